@@ -1,0 +1,9 @@
+// bind.h: one registration function per area; module.cpp calls them all. Bindings hold no
+// logic: they convert arguments, release the GIL around compute and call into the core.
+#pragma once
+#include <pybind11/pybind11.h>
+
+namespace lowbit {
+void bind_runtime(pybind11::module_& m);
+void bind_gguf(pybind11::module_& m);
+}  // namespace lowbit

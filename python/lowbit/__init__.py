@@ -1,0 +1,29 @@
+"""lowbit: a local LLM runtime for GGUF models with a C++/CUDA core."""
+from __future__ import annotations
+
+from . import _core
+from .errors import (
+    Cancelled,
+    CudaError,
+    GGUFError,
+    LowbitError,
+    ModelError,
+    RegistryError,
+    TemplateError,
+)
+
+__version__ = "0.1.0"
+
+
+def cuda_status() -> dict:
+    """Whether this build has CUDA, how many devices it sees and their facts.
+
+    Never raises on a machine without a driver or GPU: ``message`` then says
+    ``"no CUDA device (...)"``."""
+    return _core.cuda_status()
+
+
+__all__ = [
+    "Cancelled", "CudaError", "GGUFError", "LowbitError", "ModelError", "RegistryError",
+    "TemplateError", "cuda_status", "__version__",
+]

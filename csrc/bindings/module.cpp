@@ -30,4 +30,5 @@ PYBIND11_MODULE(_core, m) {
     });
     lowbit::bind_runtime(m);
     lowbit::bind_gguf(m);
+    lowbit::bind_cpu(m);
 }

@@ -32,4 +32,5 @@ PYBIND11_MODULE(_core, m) {
     lowbit::bind_gguf(m);
     lowbit::bind_cpu(m);
     lowbit::bind_quant(m);
+    lowbit::bind_engine(m);
 }

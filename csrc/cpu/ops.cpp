@@ -1,0 +1,105 @@
+// ops.cpp: see ops.h.
+#include "cpu/ops.h"
+
+#include <cmath>
+
+#include "common.h"
+#include "cpu/dispatch.h"
+
+namespace lowbit::cpu {
+namespace {
+
+float dot_f32_generic(const float* a, const float* b, int64_t n) {
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};   // 8 lanes: vectorizable without reassociation
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; ++k) acc[k] += a[i + k] * b[i + k];
+    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (; i < n; ++i) s += a[i] * b[i];
+    return s;
+}
+
+void axpy_f32_generic(float* y, float a, const float* x, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+void f16_to_f32_generic(const uint16_t* x, float* y, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) y[i] = fp16_to_fp32(x[i]);
+}
+
+void f32_to_f16_generic(const float* x, uint16_t* y, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) y[i] = fp32_to_fp16(x[i]);
+}
+
+struct HotLoops {
+    float (*dot)(const float*, const float*, int64_t);
+    void (*axpy)(float*, float, const float*, int64_t);
+    void (*to_f32)(const uint16_t*, float*, int64_t);
+    void (*to_f16)(const float*, uint16_t*, int64_t);
+};
+
+const HotLoops& hot_loops() {
+    static const HotLoops h = cpu_features().has_avx2_level()
+        ? HotLoops{avx2::dot_f32, avx2::axpy_f32, avx2::f16_to_f32_row, avx2::f32_to_f16_row}
+        : HotLoops{dot_f32_generic, axpy_f32_generic, f16_to_f32_generic, f32_to_f16_generic};
+    return h;
+}
+
+}  // namespace
+
+void rmsnorm(const float* x, const float* w, float* y, int64_t n, float eps) {
+    double ss = 0.0;
+    for (int64_t i = 0; i < n; ++i) ss += double(x[i]) * double(x[i]);
+    const float scale = float(1.0 / std::sqrt(ss / double(n) + double(eps)));
+    if (w) for (int64_t i = 0; i < n; ++i) y[i] = x[i] * scale * w[i];
+    else for (int64_t i = 0; i < n; ++i) y[i] = x[i] * scale;
+}
+
+void rope_cos_sin(double pos, const double* inv_freq, int64_t half, float* cos_sin) {
+    for (int64_t i = 0; i < half; ++i) {
+        const double a = pos * inv_freq[i];
+        cos_sin[2 * i] = float(std::cos(a));
+        cos_sin[2 * i + 1] = float(std::sin(a));
+    }
+}
+
+void rope(float* x, int64_t n_heads, int64_t head_dim, int64_t n_rot, bool neox, const float* cos_sin) {
+    const int64_t half = n_rot / 2;
+    for (int64_t h = 0; h < n_heads; ++h) {
+        float* xh = x + h * head_dim;
+        for (int64_t i = 0; i < half; ++i) {
+            const float c = cos_sin[2 * i], s = cos_sin[2 * i + 1];
+            float* a = neox ? xh + i : xh + 2 * i;
+            float* b = neox ? xh + i + half : xh + 2 * i + 1;
+            const float x0 = *a, x1 = *b;
+            *a = x0 * c - x1 * s;
+            *b = x0 * s + x1 * c;
+        }
+    }
+}
+
+void silu_mul(const float* gate, const float* up, float* out, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+        const float g = gate[i];
+        out[i] = g / (1.0f + std::exp(-g)) * up[i];
+    }
+}
+
+void gelu_tanh_mul(const float* gate, const float* up, float* out, int64_t n) {
+    constexpr float kSqrt2OverPi = 0.79788456080286535588f;
+    for (int64_t i = 0; i < n; ++i) {
+        const float g = gate[i];
+        out[i] = 0.5f * g * (1.0f + std::tanh(kSqrt2OverPi * (g + 0.044715f * g * g * g))) * up[i];
+    }
+}
+
+void add_inplace(float* y, const float* x, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+float dot_f32(const float* a, const float* b, int64_t n) { return hot_loops().dot(a, b, n); }
+void axpy_f32(float* y, float a, const float* x, int64_t n) { hot_loops().axpy(y, a, x, n); }
+void f16_to_f32_row(const uint16_t* x, float* y, int64_t n) { hot_loops().to_f32(x, y, n); }
+void f32_to_f16_row(const float* x, uint16_t* y, int64_t n) { hot_loops().to_f16(x, y, n); }
+
+}  // namespace lowbit::cpu

@@ -50,9 +50,10 @@ CpuFeatures detect() {
 const KernelSet* set_named(const std::string& name) {
     const CpuFeatures& f = cpu_features();
     if (name == "scalar") return &scalar::kKernels;
-    (void)f;  // SIMD kernel sets are not built yet
+    if (name == "avx2" && f.has_avx2_level()) return &avx2::kKernels;
+    if (name == "avx512" && f.has_avx512_level()) return &avx512::kKernels;
     const bool known = name == "avx2" || name == "avx512";
-    throw ValueError(str("CPU kernel set '", name, "' ", known ? "is not built yet" : "is unknown",
+    throw ValueError(str("CPU kernel set '", name, "' ", known ? "is not supported by this CPU" : "is unknown",
                          "; valid choices are scalar, avx2, avx512; this CPU supports: ", supported_levels()));
 }
 
@@ -75,7 +76,8 @@ const CpuFeatures& cpu_features() {
 std::string supported_levels() {
     const CpuFeatures& f = cpu_features();
     std::string s = "scalar";
-    (void)f;  // SIMD kernel sets are not built yet
+    if (f.has_avx2_level()) s += ", avx2";
+    if (f.has_avx512_level()) s += ", avx512";
     return s;
 }
 
@@ -90,8 +92,7 @@ const KernelSet& kernels() {
         ks = set_named(env);  // throws for a bad value; nothing is cached, so it stays an error
     } else {
         const CpuFeatures& f = cpu_features();
-        (void)f;
-        ks = &scalar::kKernels;
+        ks = f.has_avx512_level() ? &avx512::kKernels : f.has_avx2_level() ? &avx2::kKernels : &scalar::kKernels;
     }
     g_current.store(ks, std::memory_order_release);
     return *ks;

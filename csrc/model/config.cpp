@@ -139,6 +139,11 @@ ModelConfig load_config(const GGUFFile& f) {
     c.rope_global.freq_scale = read_freq_scale(f, m);
     c.rope_swa = c.rope_global;
     c.attn_scale = float(1.0 / std::sqrt(double(c.head_dim)));
+    c.logit_softcap = m.f32_opt("final_logit_softcapping").value_or(0.0f);
+    LOWBIT_CHECK(c.logit_softcap >= 0.0f, ModelError, f.path(), ": ", m.key("final_logit_softcapping"), " = ",
+                 c.logit_softcap, ", expected >= 0");
+    LOWBIT_CHECK(!f.find_tensor("rope_factors_long.weight"), ModelError, f.path(),
+                 ": LongRoPE (tensor 'rope_factors_long.weight') is not supported");
     c.layer_is_swa.assign(size_t(c.n_layers), false);
 
     switch (c.arch) {
@@ -152,7 +157,9 @@ ModelConfig load_config(const GGUFFile& f) {
             c.ffn_act = FfnAct::GeluTanh;
             c.embd_scale = std::sqrt(float(c.n_embd));
             c.n_swa = m.positive("attention.sliding_window");
-            c.rope_swa = RopeParams{10000.0f, 1.0f};
+            c.rope_swa = RopeParams{m.f32_opt("rope.freq_base_swa").value_or(10000.0f), 1.0f};
+            // llama.cpp: the 27B (62 layers) scales queries by 1/sqrt(n_embd / n_head)
+            if (c.n_layers == 62) c.attn_scale = float(1.0 / std::sqrt(double(c.n_embd) / double(c.n_head)));
             for (int64_t i = 0; i < c.n_layers; ++i) c.layer_is_swa[size_t(i)] = (i + 1) % 6 != 0;
             break;
     }

@@ -52,6 +52,7 @@ struct ModelConfig {
     std::vector<bool> layer_is_swa;  // (n_layers,)
     float attn_scale = 1.0f;     // multiplies q before q.k (1 / sqrt(head_dim))
     float embd_scale = 1.0f;     // multiplies the embedding rows (gemma3: sqrt(n_embd))
+    float logit_softcap = 0.0f;  // <arch>.final_logit_softcapping: logits = c tanh(logits / c); 0 = none
     FfnAct ffn_act = FfnAct::SiLU;
     bool qkv_bias = false;       // qwen2
     bool qk_norm = false;        // qwen3, gemma3

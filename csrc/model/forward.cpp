@@ -74,11 +74,9 @@ void attention_inputs(const Model& m, const LayerWeights& l, int64_t il, KVCache
             std::memcpy(k, row + Q, size_t(KV) * sizeof(float));
             std::memcpy(v, row + Q + KV, size_t(KV) * sizeof(float));
         }
-        if (c.qkv_bias) {
-            cpu::add_inplace(q, l.bq.data(), Q);
-            cpu::add_inplace(k, l.bk.data(), KV);
-            cpu::add_inplace(v, l.bv.data(), KV);
-        }
+        if (!l.bq.empty()) cpu::add_inplace(q, l.bq.data(), Q);
+        if (!l.bk.empty()) cpu::add_inplace(k, l.bk.data(), KV);
+        if (!l.bv.empty()) cpu::add_inplace(v, l.bv.data(), KV);
         if (c.qk_norm) {
             for (int64_t h = 0; h < c.n_head; ++h) cpu::rmsnorm(q + h * D, l.q_norm.data(), q + h * D, D, c.norm_eps);
             for (int64_t h = 0; h < c.n_head_kv; ++h)
@@ -141,10 +139,12 @@ void attention(const Model& m, int64_t il, const KVCache& cache, ForwardState& s
 }
 
 // x += [post_norm](proj) for every token.
-void residual(const ModelConfig& c, const Vec& post_norm, ForwardState& s, cpu::ThreadPool& pool, int64_t n) {
+void residual(const ModelConfig& c, const Vec& bias, const Vec& post_norm, ForwardState& s, cpu::ThreadPool& pool,
+              int64_t n) {
     const int64_t E = c.n_embd;
     for_tokens(pool, n, [&](int64_t t) {
         float* p = s.proj.data() + t * E;
+        if (!bias.empty()) cpu::add_inplace(p, bias.data(), E);
         if (!post_norm.empty()) cpu::rmsnorm(p, post_norm.data(), p, E, c.norm_eps);
         cpu::add_inplace(s.x.data() + t * E, p, E);
     });
@@ -242,10 +242,10 @@ void forward(const Model& m, KVCache& cache, ForwardState& s, cpu::ThreadPool& p
         if (il == 0) cache.note_written(pos0 + n - 1);
         attention(m, il, cache, s, pool, n, pos0);
         project(l.wo, s.attn.data(), n, s.proj.data(), pool);
-        residual(c, l.attn_post_norm, s, pool, n);
+        residual(c, l.bo, l.attn_post_norm, s, pool, n);
         norm_rows(l.ffn_norm, c, s, pool, n);
         feed_forward(m, l, s, pool, n);
-        residual(c, l.ffn_post_norm, s, pool, n);
+        residual(c, Vec{}, l.ffn_post_norm, s, pool, n);
         check_cancel(cancel);
     }
     if (!logits) return;
@@ -257,6 +257,10 @@ void forward(const Model& m, KVCache& cache, ForwardState& s, cpu::ThreadPool& p
         cpu::rmsnorm(s.x.data() + t * E, w.output_norm.data(), s.xn.data() + i * E, E, c.norm_eps);
     });
     project(w.output, s.xn.data(), n_out, logits, pool);
+    if (c.logit_softcap > 0.0f) {
+        const float cap = c.logit_softcap;
+        for (int64_t i = 0; i < n_out * c.n_vocab; ++i) logits[i] = cap * std::tanh(logits[i] / cap);
+    }
 }
 
 }  // namespace lowbit::model

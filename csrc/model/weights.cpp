@@ -91,7 +91,12 @@ LayerWeights load_layer(const Loader& ld, const ModelConfig& c, int64_t il) {
         l.bq = ld.vec(p + "attn_q.bias", Q);
         l.bk = ld.vec(p + "attn_k.bias", KV);
         l.bv = ld.vec(p + "attn_v.bias", KV);
+    } else if (!c.fused_qkv) {
+        l.bq = ld.vec_opt(p + "attn_q.bias", Q);
+        l.bk = ld.vec_opt(p + "attn_k.bias", KV);
+        l.bv = ld.vec_opt(p + "attn_v.bias", KV);
     }
+    l.bo = ld.vec_opt(p + "attn_output.bias", E);
     if (c.qk_norm) {
         l.q_norm = ld.vec(p + "attn_q_norm.weight", c.head_dim);
         l.k_norm = ld.vec(p + "attn_k_norm.weight", c.head_dim);
@@ -129,7 +134,17 @@ ModelWeights load_weights(const GGUFFile& f, const ModelConfig& c) {
                      ", expected positive factors");
     w.layers.reserve(size_t(c.n_layers));
     for (int64_t il = 0; il < c.n_layers; ++il) w.layers.push_back(load_layer(ld, c, il));
-    for (const TensorInfo& t : f.tensors()) w.bytes_by_type[t.type_size->name] += t.n_bytes;
+    for (const TensorInfo& t : f.tensors()) {
+        w.bytes_by_type[t.type_size->name] += t.n_bytes;
+        // A bias this engine would not add changes the model: refuse rather than ignore it.
+        const std::string name(t.name);
+        const bool used_bias = name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0 &&
+            (name.find(".attn_q.") != std::string::npos || name.find(".attn_k.") != std::string::npos ||
+             name.find(".attn_v.") != std::string::npos || name.find(".attn_output.") != std::string::npos);
+        LOWBIT_CHECK(name.size() <= 5 || name.compare(name.size() - 5, 5, ".bias") != 0 ||
+                         (used_bias && !c.fused_qkv), ModelError, f.path(), ": tensor '", name,
+                     "' is not supported for architecture ", arch_name(c.arch));
+    }
     return w;
 }
 

@@ -28,7 +28,8 @@ struct LayerWeights {
     Vec attn_norm;                // (n_embd,)
     Matrix wq, wk, wv;            // (q_dim, n_embd), (kv_dim, n_embd) x 2; absent when fused
     Matrix wqkv;                  // phi3: (q_dim + 2 kv_dim, n_embd)
-    Vec bq, bk, bv;               // qwen2: (q_dim,), (kv_dim,), (kv_dim,)
+    Vec bq, bk, bv;               // (q_dim,), (kv_dim,), (kv_dim,): qwen2 always, others when present
+    Vec bo;                       // (n_embd,) attn_output bias when present
     Vec q_norm, k_norm;           // qwen3, gemma3: (head_dim,)
     Matrix wo;                    // (n_embd, q_dim)
     Vec attn_post_norm;           // gemma3: (n_embd,)

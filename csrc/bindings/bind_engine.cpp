@@ -3,10 +3,12 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <cerrno>
 #include <vector>
 
 #include "bindings/bind.h"
 #include "common.h"
+#include "gguf/gguf.h"
 #include "runtime/engine.h"
 
 namespace py = pybind11;
@@ -73,8 +75,14 @@ void bind_engine(py::module_& m) {
     py::class_<Engine>(m, "Engine", "Decoding engine over one GGUF model: KV cache, batched prefill, decode.")
         .def(py::init([](const std::string& path, int64_t n_ctx, int n_threads, int64_t n_batch,
                          const std::string& kv_type) {
-                 py::gil_scoped_release nogil;
-                 return std::make_unique<Engine>(path, n_ctx, n_threads, n_batch, kv_type);
+                 try {
+                     py::gil_scoped_release nogil;
+                     return std::make_unique<Engine>(path, n_ctx, n_threads, n_batch, kv_type);
+                 } catch (const FileOpenError& e) {   // errno -> FileNotFoundError, PermissionError...
+                     errno = e.errno_value;
+                     PyErr_SetFromErrnoWithFilename(PyExc_OSError, path.c_str());
+                     throw py::error_already_set();
+                 }
              }),
              py::arg("path"), py::arg("n_ctx") = 4096, py::arg("n_threads") = 2, py::arg("n_batch") = 512,
              py::arg("kv_type") = "f16")

@@ -73,7 +73,7 @@ void ThreadPool::worker_loop(int thread) {
     uint64_t seen = 0;
     for (;;) {
         // Spin briefly for the next job (decode issues many small ones), then sleep.
-        for (int spin = 0; spin < 4000 && generation_.load(std::memory_order_acquire) == seen; ++spin)
+        for (int spin = 0; spin < 200000 && generation_.load(std::memory_order_acquire) == seen; ++spin)
             __builtin_ia32_pause();
         {
             std::unique_lock<std::mutex> lock(mutex_);
@@ -82,9 +82,9 @@ void ThreadPool::worker_loop(int thread) {
             seen = generation_.load(std::memory_order_relaxed);
         }
         run_chunks(thread);
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            if (--workers_busy_ == 0) done_cv_.notify_one();
+        if (workers_busy_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+            std::lock_guard<std::mutex> lock(mutex_);   // the caller checks under the lock: no lost wake-up
+            done_cv_.notify_one();
         }
     }
 }
@@ -103,15 +103,19 @@ void ThreadPool::parallel_for(int64_t n_chunks, const ChunkFn& fn) {
         next_chunk_.store(0, std::memory_order_relaxed);
         failed_.store(false, std::memory_order_relaxed);
         error_ = nullptr;
-        workers_busy_ = int(workers_.size());
+        workers_busy_.store(int(workers_.size()), std::memory_order_relaxed);
         generation_.fetch_add(1, std::memory_order_release);
     }
     start_cv_.notify_all();
     run_chunks(0);
+    // Workers usually finish within microseconds of the caller: spin before sleeping (a futex
+    // sleep + wake costs more than a decode step's small matvec).
+    for (int spin = 0; spin < 100000 && workers_busy_.load(std::memory_order_acquire) != 0; ++spin)
+        __builtin_ia32_pause();
     std::exception_ptr error;
     {
         std::unique_lock<std::mutex> lock(mutex_);
-        done_cv_.wait(lock, [&] { return workers_busy_ == 0; });
+        done_cv_.wait(lock, [&] { return workers_busy_.load(std::memory_order_acquire) == 0; });
         error = std::exchange(error_, nullptr);
         fn_ = nullptr;
     }

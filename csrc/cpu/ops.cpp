@@ -31,17 +31,35 @@ void f32_to_f16_generic(const float* x, uint16_t* y, int64_t n) {
     for (int64_t i = 0; i < n; ++i) y[i] = fp32_to_fp16(x[i]);
 }
 
+float dot_f16_generic(const float* a, const uint16_t* b, int64_t n) {
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; ++k) acc[k] += a[i + k] * fp16_to_fp32(b[i + k]);
+    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (; i < n; ++i) s += a[i] * fp16_to_fp32(b[i]);
+    return s;
+}
+
+void axpy_f16_generic(float* y, float a, const uint16_t* x, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) y[i] += a * fp16_to_fp32(x[i]);
+}
+
 struct HotLoops {
     float (*dot)(const float*, const float*, int64_t);
     void (*axpy)(float*, float, const float*, int64_t);
     void (*to_f32)(const uint16_t*, float*, int64_t);
     void (*to_f16)(const float*, uint16_t*, int64_t);
+    float (*dot16)(const float*, const uint16_t*, int64_t);
+    void (*axpy16)(float*, float, const uint16_t*, int64_t);
 };
 
 const HotLoops& hot_loops() {
     static const HotLoops h = cpu_features().has_avx2_level()
-        ? HotLoops{avx2::dot_f32, avx2::axpy_f32, avx2::f16_to_f32_row, avx2::f32_to_f16_row}
-        : HotLoops{dot_f32_generic, axpy_f32_generic, f16_to_f32_generic, f32_to_f16_generic};
+        ? HotLoops{avx2::dot_f32, avx2::axpy_f32, avx2::f16_to_f32_row, avx2::f32_to_f16_row, avx2::dot_f16,
+                   avx2::axpy_f16}
+        : HotLoops{dot_f32_generic, axpy_f32_generic, f16_to_f32_generic, f32_to_f16_generic, dot_f16_generic,
+                   axpy_f16_generic};
     return h;
 }
 
@@ -101,5 +119,7 @@ float dot_f32(const float* a, const float* b, int64_t n) { return hot_loops().do
 void axpy_f32(float* y, float a, const float* x, int64_t n) { hot_loops().axpy(y, a, x, n); }
 void f16_to_f32_row(const uint16_t* x, float* y, int64_t n) { hot_loops().to_f32(x, y, n); }
 void f32_to_f16_row(const float* x, uint16_t* y, int64_t n) { hot_loops().to_f16(x, y, n); }
+float dot_f16(const float* a, const uint16_t* b, int64_t n) { return hot_loops().dot16(a, b, n); }
+void axpy_f16(float* y, float a, const uint16_t* x, int64_t n) { hot_loops().axpy16(y, a, x, n); }
 
 }  // namespace lowbit::cpu

@@ -32,12 +32,16 @@ float dot_f32(const float* a, const float* b, int64_t n);                 // sum
 void axpy_f32(float* y, float a, const float* x, int64_t n);              // y += a * x
 void f16_to_f32_row(const uint16_t* x, float* y, int64_t n);              // IEEE half -> float
 void f32_to_f16_row(const float* x, uint16_t* y, int64_t n);              // round to nearest even
+float dot_f16(const float* a, const uint16_t* b, int64_t n);              // sum a[i] * half(b[i])
+void axpy_f16(float* y, float a, const uint16_t* x, int64_t n);           // y += a * half(x)
 
 namespace avx2 {   // ops_avx2.cpp; only called when cpu_features().has_avx2_level()
 float dot_f32(const float* a, const float* b, int64_t n);
 void axpy_f32(float* y, float a, const float* x, int64_t n);
 void f16_to_f32_row(const uint16_t* x, float* y, int64_t n);
 void f32_to_f16_row(const float* x, uint16_t* y, int64_t n);
+float dot_f16(const float* a, const uint16_t* b, int64_t n);
+void axpy_f16(float* y, float a, const uint16_t* x, int64_t n);
 }  // namespace avx2
 
 }  // namespace lowbit::cpu

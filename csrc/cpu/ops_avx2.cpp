@@ -46,4 +46,32 @@ void f32_to_f16_row(const float* x, uint16_t* y, int64_t n) {
     for (; i < n; ++i) y[i] = fp32_to_fp16(x[i]);
 }
 
+float dot_f16(const float* a, const uint16_t* b, int64_t n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    auto half8 = [&](int64_t j) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + j))); };
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), half8(i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), half8(i + 8), s1);
+    }
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), half8(i), s0);
+    const __m256 s = _mm256_add_ps(s0, s1);
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    float total = _mm_cvtss_f32(r);
+    for (; i < n; ++i) total += a[i] * fp16_to_fp32(b[i]);
+    return total;
+}
+
+void axpy_f16(float* y, float a, const uint16_t* x, int64_t n) {
+    const __m256 va = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 xv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i)));
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, xv, _mm256_loadu_ps(y + i)));
+    }
+    for (; i < n; ++i) y[i] += a * fp16_to_fp32(x[i]);
+}
+
 }  // namespace lowbit::cpu::avx2

@@ -105,11 +105,16 @@ void attention(const Model& m, int64_t il, const KVCache& cache, ForwardState& s
         const int64_t lo = first_key(t0), hi = pos0 + t1 - 1;     // keys any token of the tile sees
         float* scores = s.scores.data() + size_t(thread) * size_t(kAttTile * s.n_ctx);   // (tile, keys)
         float* row = s.kv_row.data() + size_t(thread) * size_t(D);
+        const bool f16 = cache.rows_are_f16();   // f16 rows are read in place, q8_0 rows dequantized once
         for (int64_t j = lo; j <= hi; ++j) {
-            cache.load_row(cache.k_row(il, j, g), row);
+            const uint8_t* krow = cache.k_row(il, j, g);
+            if (!f16) cache.load_row(krow, row);
             for (int64_t t = t0; t < t1; ++t) {
                 if (j < first_key(t) || j > pos0 + t) continue;
-                scores[(t - t0) * s.n_ctx + (j - lo)] = cpu::dot_f32(s.q.data() + t * Q + h * D, row, D) * scale;
+                const float* q = s.q.data() + t * Q + h * D;
+                const float dot = f16 ? cpu::dot_f16(q, reinterpret_cast<const uint16_t*>(krow), D)
+                                      : cpu::dot_f32(q, row, D);
+                scores[(t - t0) * s.n_ctx + (j - lo)] = dot * scale;
             }
         }
         double inv_sum[kAttTile];
@@ -124,10 +129,14 @@ void attention(const Model& m, int64_t il, const KVCache& cache, ForwardState& s
             std::memset(s.attn.data() + t * Q + h * D, 0, size_t(D) * sizeof(float));
         }
         for (int64_t j = lo; j <= hi; ++j) {
-            cache.load_row(cache.v_row(il, j, g), row);
+            const uint8_t* vrow = cache.v_row(il, j, g);
+            if (!f16) cache.load_row(vrow, row);
             for (int64_t t = t0; t < t1; ++t) {
                 if (j < first_key(t) || j > pos0 + t) continue;
-                cpu::axpy_f32(s.attn.data() + t * Q + h * D, scores[(t - t0) * s.n_ctx + (j - lo)], row, D);
+                float* out = s.attn.data() + t * Q + h * D;
+                const float p = scores[(t - t0) * s.n_ctx + (j - lo)];
+                if (f16) cpu::axpy_f16(out, p, reinterpret_cast<const uint16_t*>(vrow), D);
+                else cpu::axpy_f32(out, p, row, D);
             }
         }
         for (int64_t t = t0; t < t1; ++t) {

@@ -368,7 +368,7 @@ void GGUFParser::place_tensor_data() {
     }
     std::vector<size_t> order(f_.tensors_.size());
     for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-    std::sort(order.begin(), order.end(), [this](size_t a, size_t b) {
+    std::stable_sort(order.begin(), order.end(), [this](size_t a, size_t b) {   // ties: file order
         return f_.tensors_[a].offset < f_.tensors_[b].offset;
     });
     for (size_t k = 1; k < order.size(); ++k) {

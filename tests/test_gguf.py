@@ -185,6 +185,17 @@ def test_raw_v2_empty_arrays_and_nesting(tmp_path):
     assert f.tensor_bytes("w").tobytes() == data and f.tensor("w").offset == lay.tensors[0].data
 
 
+def test_non_ascii_keys_and_undecodable_string_values(tmp_path):
+    g = RawGGUF().kv("ключ.名前", VT.UINT8, 7).kv("raw", VT.STRING, b"ok\xff\xc3")
+    g.kv("raw_list", VT.ARRAY, Arr(VT.STRING, [b"\x80", "fine"]))
+    f = lowbit.GGUFFile(write(tmp_path, g.build()[0]))
+    assert f.metadata["ключ.名前"] == 7
+    assert f.metadata["raw"] == "ok\udcff\udcc3" and f.metadata["raw"].encode("utf-8", "surrogateescape") == b"ok\xff\xc3"
+    assert f.metadata["raw_list"] == ["\udc80", "fine"]
+    with pytest.raises(ValueError, match="NUL"):
+        lowbit.GGUFFile(str(tmp_path / "a") + "\0b")
+
+
 def test_typed_getters(tmp_path):
     """The C++ getters the model config uses: conversions, range checks and their messages."""
     g = RawGGUF()
@@ -527,7 +538,7 @@ def test_hostile_sizes_fail_fast_without_allocating(tmp_path):
     assert len(lines) == len(paths), out.stdout + out.stderr
     for line in lines:
         kind, seconds = line.split()
-        assert kind == "GGUFError" and float(seconds) < 0.05, line
+        assert kind == "GGUFError" and float(seconds) < 0.1, line
 
 
 def mutate(raw: bytes, lay, rng: np.random.Generator) -> bytes:

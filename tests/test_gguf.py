@@ -295,6 +295,11 @@ def test_views_outlive_close_and_the_file_object(tmp_path):
     with lowbit.GGUFFile(path) as f:
         views = {t.name: f.tensor_bytes(t.name) for t in f.tensors}
         records = f.tensors
+        for t in records:   # zero-copy: every view of a tensor is the same mapped address
+            again = f.tensor_bytes(t.name)
+            assert again.__array_interface__["data"][0] == views[t.name].__array_interface__["data"][0]
+        addresses = [views[t.name].__array_interface__["data"][0] - t.offset for t in records]
+        assert len(set(addresses)) == 1   # one mapping: address - file offset is its base
     assert f.closed
     for attr in ("metadata", "tensors", "version"):
         with pytest.raises(ValueError, match="closed"):

@@ -6,6 +6,7 @@
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include "bindings/bind.h"
 #include "gguf/gguf.h"
@@ -130,7 +131,17 @@ void bind_gguf(py::module_& m) {
             return out;
         }, "list of (name, type name, type id, shape ne[0] first, n_elements, nbytes, absolute offset)")
         .def("tensor_bytes", &tensor_bytes, py::arg("index"),
-             "read-only uint8 numpy view of tensor `index`'s bytes; keeps the mapping alive");
+             "read-only uint8 numpy view of tensor `index`'s bytes; keeps the mapping alive")
+        // The typed getters the C++ model config uses, exposed as-is (tests pin their contract).
+        .def("get_u32", &GGUFFile::get_u32).def("get_u64", &GGUFFile::get_u64)
+        .def("get_i32", &GGUFFile::get_i32).def("get_i64", &GGUFFile::get_i64)
+        .def("get_f32", &GGUFFile::get_f32).def("get_f64", &GGUFFile::get_f64)
+        .def("get_bool", &GGUFFile::get_bool).def("get_str", &GGUFFile::get_str)
+        .def("get_u32_opt", &GGUFFile::get_u32_opt).def("get_str_opt", &GGUFFile::get_str_opt)
+        .def("get_f32_array", &GGUFFile::get_f32_array).def("get_i32_array", &GGUFFile::get_i32_array)
+        .def("get_u32_array", &GGUFFile::get_u32_array).def("get_str_array", &GGUFFile::get_str_array)
+        .def("array_count", [](const GGUFFile& f, std::string_view key) { return f.get_array(key).count; })
+        .def("tensor_info_offset", [](const GGUFFile& f, std::string_view name) { return f.tensor(name).info_offset; });
 }
 
 }  // namespace lowbit

@@ -151,10 +151,11 @@ namespace {
                         ", found ", gguf_type_label(e.value)));
 }
 
-// Integer conversion with a range check; `what` describes the value for messages.
+// Integer conversion with a range check. The value is `s` when is_signed, else `u`;
+// element >= 0 names the array element in the message (formatted only on failure).
 template <typename T>
 T int_to(const std::string& path, const GGUFEntry& e, bool is_signed, uint64_t u, int64_t s, const char* want,
-         const std::string& element) {
+         int64_t element) {
     constexpr auto lo = std::numeric_limits<T>::min();
     constexpr auto hi = std::numeric_limits<T>::max();
     bool fits = u <= uint64_t(hi);
@@ -164,7 +165,8 @@ T int_to(const std::string& path, const GGUFEntry& e, bool is_signed, uint64_t u
         else fits = false;
     }
     if (!fits)
-        throw GGUFError(str(printable(path, 4096), ": key '", printable(e.key), "' (at byte ", e.offset, "): ", element, "value ",
+        throw GGUFError(str(printable(path, 4096), ": key '", printable(e.key), "' (at byte ", e.offset, "): ",
+                            element >= 0 ? str("element ", element, " ") : std::string(), "value ",
                             is_signed ? std::to_string(s) : std::to_string(u), " does not fit ", want));
     return is_signed ? static_cast<T>(s) : static_cast<T>(u);
 }
@@ -175,7 +177,7 @@ T scalar_int(const std::string& path, const GGUFEntry& e, const char* want) {
     const bool sgn = std::holds_alternative<int64_t>(e.value.data);
     const uint64_t u = sgn ? 0 : std::get<uint64_t>(e.value.data);
     const int64_t s = sgn ? std::get<int64_t>(e.value.data) : 0;
-    return int_to<T>(path, e, sgn, u, s, want, "");
+    return int_to<T>(path, e, sgn, u, s, want, -1);
 }
 
 double scalar_float(const std::string& path, const GGUFEntry& e, const char* want) {
@@ -191,8 +193,7 @@ std::vector<T> int_array(const std::string& path, const GGUFEntry& e, const char
     const bool sgn = is_signed_int(a->elem_type);
     std::vector<T> out(a->count);
     for (uint64_t i = 0; i < a->count; ++i)
-        out[i] = int_to<T>(path, e, sgn, sgn ? 0 : a->uint_at(i), sgn ? a->int_at(i) : 0, want,
-                           str("element ", i, " "));
+        out[i] = int_to<T>(path, e, sgn, sgn ? 0 : a->uint_at(i), sgn ? a->int_at(i) : 0, want, int64_t(i));
     return out;
 }
 

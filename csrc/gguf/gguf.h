@@ -13,6 +13,9 @@
 //
 // Lifetime: metadata string views, array element bytes and tensor data all point into the
 // mapping. They stay valid while the GGUFFile lives, or while a copy of mapping() is held.
+// Tensor data pointers are aligned to alignment() (capped by the page size: the mapping starts
+// on a page). A parsed GGUFFile is immutable, so concurrent readers need no locking. As with any
+// mmap reader, truncating the file on disk while it is mapped makes later reads fault (SIGBUS).
 #pragma once
 
 #include <array>

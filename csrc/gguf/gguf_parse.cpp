@@ -13,7 +13,6 @@ namespace lowbit {
 
 namespace {
 
-constexpr uint64_t kHeaderBytes = 24;            // magic, version, n_tensors, n_kv
 constexpr uint64_t kMinEntryBytes = 8 + 1 + 4 + 1;   // key length, 1-byte key, type, 1-byte value
 constexpr uint64_t kMinTensorInfoBytes = 8 + 1 + 4 + 8 + 4 + 8;  // name len, name, n_dims, ne[0], type, offset
 constexpr uint64_t kMinNestedArrayBytes = 4 + 8;   // element type + count of an inner array
@@ -368,7 +367,7 @@ void GGUFParser::place_tensor_data() {
     }
     std::vector<size_t> order(f_.tensors_.size());
     for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-    std::sort(order.begin(), order.end(), [this](size_t a, size_t b) {
+    std::stable_sort(order.begin(), order.end(), [this](size_t a, size_t b) {   // ties: file order
         return f_.tensors_[a].offset < f_.tensors_[b].offset;
     });
     for (size_t k = 1; k < order.size(); ++k) {

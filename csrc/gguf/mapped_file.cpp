@@ -23,6 +23,9 @@ struct FdGuard {
 }  // namespace
 
 std::shared_ptr<const MappedFile> MappedFile::open(const std::string& path) {
+    // A NUL would silently cut the path short at the OS call (and open another file).
+    if (path.find('\0') != std::string::npos)
+        throw ValueError(str("path '", printable(path, 4096), "' contains a NUL byte"));
     // O_NONBLOCK: opening a FIFO must not hang; it is rejected below as not a regular file.
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) throw_os(errno, path, "cannot open");

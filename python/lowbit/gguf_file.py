@@ -11,6 +11,11 @@ Malformed, truncated or hostile files raise :class:`lowbit.GGUFError` naming the
 tensor and the byte offset. A missing path raises FileNotFoundError, a directory
 IsADirectoryError, an unreadable file PermissionError (OSError subclasses).
 
+Metadata strings are decoded as UTF-8; bytes that are not valid UTF-8 (the format does not
+forbid them in values) come back as lone surrogates (``errors="surrogateescape"``), so
+``s.encode("utf-8", "surrogateescape")`` restores the exact bytes. Keys and tensor names are
+always valid UTF-8 (the reader rejects others).
+
 Lifetime: ``close()`` (or leaving the ``with`` block) drops the parsed file at once, but the
 memory mapping is unmapped only when the last array from :meth:`tensor_bytes` is garbage
 collected: views handed out stay valid after close (deferred unmap, never a dangling view).
@@ -118,9 +123,6 @@ class GGUFFile:
     def tensor_bytes(self, name: str) -> np.ndarray:
         """Zero-copy read-only uint8 view of tensor ``name``'s raw bytes (keeps the mapping alive)."""
         return self._open().tensor_bytes(self._index(name))
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._tensor_index
 
     # ---- lifetime -------------------------------------------------------------------------
     def close(self) -> None:

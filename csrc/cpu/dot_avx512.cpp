@@ -7,20 +7,219 @@
 #include "cpu/dot_x86_256.h"
 
 namespace lowbit::cpu::avx512 {
+namespace {
 
+inline __m512i load512(const void* p) { return _mm512_loadu_si512(p); }
+
+// Two 32-byte runs (at p and p + stride) as one zmm.
+inline __m512i load2x256(const uint8_t* p, size_t stride) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(load256(p)), load256(p + stride), 1);
+}
+
+// Activation pair of blocks b, b+1 as one zmm (32 quants each).
+inline __m512i act_pair(const block_q8_0* a) { return load2x256(reinterpret_cast<const uint8_t*>(a[0].qs), sizeof(block_q8_0)); }
+
+// sum (u - bias) * y over 4-element groups, with u in [0, 255] and bias * y folded as a second dpbusd.
+inline __m512i dot_biased(__m512i u, __m512i y, __m512i bias) {
+    const __m512i z = _mm512_setzero_si512();
+    return _mm512_sub_epi32(_mm512_dpbusd_epi32(z, u, y), _mm512_dpbusd_epi32(z, bias, y));
+}
+
+// Q4_0 / IQ4_NL nibbles of blocks b, b+1: [b lo | b hi | b+1 lo | b+1 hi] (16 bytes each).
+inline __m512i nibble_pair(const uint8_t* qs0, const uint8_t* qs1) {
+    const __m512i both = _mm512_mask_broadcast_i32x4(_mm512_broadcast_i32x4(load128(qs0)), 0xFF00, load128(qs1));
+    const __m512i shift = _mm512_set_epi64(0x0004000400040004, 0x0004000400040004, 0, 0,
+                                           0x0004000400040004, 0x0004000400040004, 0, 0);
+    return _mm512_and_si512(_mm512_srlv_epi16(both, shift), _mm512_set1_epi8(0x0F));
+}
+
+template <typename Block>
+inline __m128i gather_d8(const Block* x) {  // the fp16 scales of 8 consecutive blocks
+    return _mm_setr_epi16(short(x[0].d), short(x[1].d), short(x[2].d), short(x[3].d), short(x[4].d), short(x[5].d),
+                          short(x[6].d), short(x[7].d));
+}
+
+inline const block_q8_0* act_row_q8_0(const void* act, size_t stride, int r) {
+    return reinterpret_cast<const block_q8_0*>(static_cast<const uint8_t*>(act) + size_t(r) * stride);
+}
+
+// Legacy blocks x q8_0 for NR activation rows: batches of 8 blocks; `decode(w)` turns blocks
+// b, b+1 into one zmm of unsigned values u (weight = u - bias), shared by all rows; per row one
+// f32 accumulator. Tail blocks (nb % 8) go through the 256-bit kernel `tail`.
+template <int NR, typename WBlock, typename Decode>
+inline void legacy_rows_512(int n, const WBlock* w, const void* act, size_t stride, float* out, Decode decode,
+                            __m512i bias, float (*tail)(int, const void*, const void*)) {
+    const int nb = n / QK8_0, nb8 = nb / 8 * 8;
+    __m512 acc[NR];
+    for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
+    for (int b = 0; b < nb8; b += 8) {
+        const __m256 wd8 = _mm256_cvtph_ps(gather_d8(w + b));
+        __m512i wq[4];
+        for (int k = 0; k < 4; ++k) wq[k] = decode(&w[b + 2 * k]);
+        for (int r = 0; r < NR; ++r) {
+            const block_q8_0* a = act_row_q8_0(act, stride, r) + b;
+            const __m512 d16 = _mm512_castps256_ps512(_mm256_mul_ps(wd8, _mm256_cvtph_ps(gather_d8(a))));
+            for (int k = 0; k < 4; ++k) {
+                const __m512i sel = _mm512_inserti64x4(_mm512_set1_epi32(2 * k), _mm256_set1_epi32(2 * k + 1), 1);
+                const __m512i p = dot_biased(wq[k], act_pair(a + 2 * k), bias);
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(sel, d16), acc[r]);
+            }
+        }
+    }
+    for (int r = 0; r < NR; ++r) {
+        float sum = _mm512_reduce_add_ps(acc[r]);
+        if (nb8 < nb) sum += tail((nb - nb8) * QK8_0, &w[nb8], act_row_q8_0(act, stride, r) + nb8);
+        out[r] = sum;
+    }
+}
+
+// Calls Kernel<NR>(args...) for a run-time nrows in [1, kMaxDotRows].
+#define LOWBIT_ROWS_SWITCH(kernel, nrows, ...)            \
+    switch (nrows) {                                      \
+        case 1: kernel<1>(__VA_ARGS__); break;            \
+        case 2: kernel<2>(__VA_ARGS__); break;            \
+        case 3: kernel<3>(__VA_ARGS__); break;            \
+        case 4: kernel<4>(__VA_ARGS__); break;            \
+        case 5: kernel<5>(__VA_ARGS__); break;            \
+        case 6: kernel<6>(__VA_ARGS__); break;            \
+        case 7: kernel<7>(__VA_ARGS__); break;            \
+        default: kernel<8>(__VA_ARGS__); break;           \
+    }
+
+template <int NR>
+void q4_0_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
+    legacy_rows_512<NR>(n, static_cast<const block_q4_0*>(w), act, stride, out,
+                        [](const block_q4_0* x) { return nibble_pair(x[0].qs, x[1].qs); },
+                        _mm512_set1_epi8(8), vec_dot_q4_0_256);
+}
+
+template <int NR>
+void q8_0_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
+    legacy_rows_512<NR>(n, static_cast<const block_q8_0*>(w), act, stride, out,
+                        [](const block_q8_0* x) {  // w + 128 is unsigned
+                            const __m512i q = load2x256(reinterpret_cast<const uint8_t*>(x[0].qs), sizeof(block_q8_0));
+                            return _mm512_xor_si512(q, _mm512_set1_epi8(char(0x80)));
+                        },
+                        _mm512_set1_epi8(char(0x80)), vec_dot_q8_0_256);
+}
+
+template <int NR>
+void iq4_nl_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
+    legacy_rows_512<NR>(n, static_cast<const block_iq4_nl*>(w), act, stride, out,
+                        [](const block_iq4_nl* x) {  // table value + 128 is unsigned
+                            const __m512i table = _mm512_broadcast_i32x4(load128(kvalues_iq4nl));
+                            const __m512i v = _mm512_shuffle_epi8(table, nibble_pair(x[0].qs, x[1].qs));
+                            return _mm512_xor_si512(v, _mm512_set1_epi8(char(0x80)));
+                        },
+                        _mm512_set1_epi8(char(0x80)), vec_dot_iq4_nl_256);
+}
+
+inline const block_q8_K* act_row_q8_K(const void* act, size_t stride, int r) {
+    return reinterpret_cast<const block_q8_K*>(static_cast<const uint8_t*>(act) + size_t(r) * stride);
+}
+
+// Q4_K: per super-block the 4 nibble vectors (64 weights each) and their scale-word vectors are
+// decoded once; each row then needs 4 x (maddubs + dpwssd), its min sum and the float update.
+template <int NR>
+void q4_K_rows_n(int n, const void* vw, const void* act, size_t stride, float* out) {
+    const auto* w = static_cast<const block_q4_K*>(vw);
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i hi_shift = _mm512_set_epi64(0x0004000400040004, 0x0004000400040004, 0x0004000400040004,
+                                              0x0004000400040004, 0, 0, 0, 0);
+    float sumf[NR];
+    for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
+    for (int b = 0; b < n / QK_K; ++b) {
+        uint8_t sm[16];
+        unpack_k4_scales(w[b].scales, sm);
+        // scale words sc[0..7] in every 128-bit lane; per chunk c a byte shuffle picks sc[2c]
+        // for the low 256 bits (low nibbles) and sc[2c+1] for the high 256 bits.
+        const __m512i sc_all = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sm))));
+        __m512i q[4], scale[4];
+        for (int c = 0; c < 4; ++c) {
+            q[c] = _mm512_and_si512(_mm512_srlv_epi16(_mm512_broadcast_i64x4(load256(w[b].qs + 32 * c)), hi_shift), m4);
+            const int lo = 0x0100 * (4 * c + 1) + 4 * c, hi = lo + 0x0202;  // byte pairs of words 2c, 2c+1
+            scale[c] = _mm512_shuffle_epi8(sc_all, _mm512_inserti64x4(_mm512_set1_epi16(short(lo)), _mm256_set1_epi16(short(hi)), 1));
+        }
+        const float wd = h2f(w[b].d), wdmin = h2f(w[b].dmin);
+        for (int r = 0; r < NR; ++r) {
+            const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
+            const int summs = k4_min_sum(sm + 8, a->bsums);
+            __m512i acc = _mm512_setzero_si512();
+            for (int c = 0; c < 4; ++c) acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(q[c], load512(a->qs + 64 * c)), scale[c]);
+            const int isum = _mm512_reduce_add_epi32(acc);
+            const float dall = a->d * wd, dmin = a->d * wdmin;
+            sumf[r] += dall * float(isum) - dmin * float(summs);
+        }
+    }
+    for (int r = 0; r < NR; ++r) out[r] = sumf[r];
+}
+
+// Q6_K: per half super-block two vectors of 64 six-bit values; per 128-bit lane one sub-block scale.
+template <int NR>
+void q6_K_rows_n(int n, const void* vw, const void* act, size_t stride, float* out) {
+    const auto* w = static_cast<const block_q6_K*>(vw);
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(0x30);
+    const __m512i hi_shift = _mm512_set_epi64(0x0002000200020002, 0x0002000200020002, 0x0002000200020002,
+                                              0x0002000200020002, 0, 0, 0, 0);
+    float sumf[NR];
+    for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
+    for (int b = 0; b < n / QK_K; ++b) {
+        const __m256i sc16 = _mm256_cvtepi8_epi16(load128(w[b].scales));
+        const __m512i sc_z = _mm512_castsi256_si512(sc16);
+        __m512i q[4], scale[4];  // group g: elements 64g .. 64g+63 = sub-blocks 4g .. 4g+3
+        for (int half = 0; half < 2; ++half) {
+            const __m512i ql = load512(w[b].ql + 64 * half);  // [ql0 | ql1]
+            const __m512i hbits = _mm512_srlv_epi16(_mm512_broadcast_i64x4(load256(w[b].qh + 32 * half)), hi_shift);
+            q[2 * half] = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_and_si512(_mm512_slli_epi16(hbits, 4), m2));
+            q[2 * half + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), _mm512_and_si512(hbits, m2));
+        }
+        for (int g = 0; g < 4; ++g) {
+            const int s0 = 4 * g;
+            const __m512i idx = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_set1_epi16(short(s0)), _mm_set1_epi16(short(s0 + 1)), 1)),
+                _mm256_inserti128_si256(_mm256_set1_epi16(short(s0 + 2)), _mm_set1_epi16(short(s0 + 3)), 1), 1);
+            scale[g] = _mm512_permutexvar_epi16(idx, sc_z);
+        }
+        const float wd = h2f(w[b].d);
+        for (int r = 0; r < NR; ++r) {
+            const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
+            const int offset = hsum_i32(_mm256_madd_epi16(sc16, load256(a->bsums)));  // sum sc * bsum
+            __m512i acc = _mm512_setzero_si512();
+            for (int g = 0; g < 4; ++g) acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(q[g], load512(a->qs + 64 * g)), scale[g]);
+            const int isum = _mm512_reduce_add_epi32(acc) - 32 * offset;
+            sumf[r] += (a->d * wd) * float(isum);
+        }
+    }
+    for (int r = 0; r < NR; ++r) out[r] = sumf[r];
+}
+
+}  // namespace
+
+#define LOWBIT_DOT_AND_ROWS(name)                                                                     \
+    float vec_dot_##name(int n, const void* w, const void* a) {                                       \
+        float out;                                                                                    \
+        name##_rows_n<1>(n, w, a, 0, &out);                                                           \
+        return out;                                                                                   \
+    }                                                                                                 \
+    void name##_rows(int n, const void* w, const void* act, size_t stride, int nrows, float* out) {   \
+        LOWBIT_ROWS_SWITCH(name##_rows_n, nrows, n, w, act, stride, out)                              \
+    }
+
+LOWBIT_DOT_AND_ROWS(q4_0)
+LOWBIT_DOT_AND_ROWS(q8_0)
+LOWBIT_DOT_AND_ROWS(iq4_nl)
+LOWBIT_DOT_AND_ROWS(q4_K)
+LOWBIT_DOT_AND_ROWS(q6_K)
+
+// 256-bit kernels (with vpdpbusd) for the types without a 512-bit version yet.
 void quantize_act_q8_0(const float* x, block_q8_0* y, int n) { quantize_act_q8_0_256(x, y, n); }
 void quantize_act_q8_K(const float* x, block_q8_K* y, int n) { quantize_act_q8_K_256(x, y, n); }
-float vec_dot_q4_0(int n, const void* w, const void* a) { return vec_dot_q4_0_256(n, w, a); }
 float vec_dot_q4_1(int n, const void* w, const void* a) { return vec_dot_q4_1_256(n, w, a); }
 float vec_dot_q5_0(int n, const void* w, const void* a) { return vec_dot_q5_0_256(n, w, a); }
 float vec_dot_q5_1(int n, const void* w, const void* a) { return vec_dot_q5_1_256(n, w, a); }
-float vec_dot_q8_0(int n, const void* w, const void* a) { return vec_dot_q8_0_256(n, w, a); }
-float vec_dot_iq4_nl(int n, const void* w, const void* a) { return vec_dot_iq4_nl_256(n, w, a); }
 float vec_dot_q2_K(int n, const void* w, const void* a) { return vec_dot_q2_K_256(n, w, a); }
 float vec_dot_q3_K(int n, const void* w, const void* a) { return vec_dot_q3_K_256(n, w, a); }
-float vec_dot_q4_K(int n, const void* w, const void* a) { return vec_dot_q4_K_256(n, w, a); }
 float vec_dot_q5_K(int n, const void* w, const void* a) { return vec_dot_q5_K_256(n, w, a); }
-float vec_dot_q6_K(int n, const void* w, const void* a) { return vec_dot_q6_K_256(n, w, a); }
 float vec_dot_iq4_xs(int n, const void* w, const void* a) { return vec_dot_iq4_xs_256(n, w, a); }
 float vec_dot_f32(int n, const void* w, const void* a) { return vec_dot_f32_256(n, w, a); }
 float vec_dot_f16(int n, const void* w, const void* a) { return vec_dot_f16_256(n, w, a); }
@@ -32,6 +231,10 @@ extern const KernelSet kKernels = {
     vec_dot_q2_K, vec_dot_q3_K, vec_dot_q4_K, vec_dot_q5_K, vec_dot_q6_K, vec_dot_iq4_xs,
     vec_dot_f32, vec_dot_f16, vec_dot_bf16,
     quantize_act_q8_0, quantize_act_q8_K,
+    q4_0_rows, dot_rows_loop<vec_dot_q4_1>, dot_rows_loop<vec_dot_q5_0>, dot_rows_loop<vec_dot_q5_1>, q8_0_rows,
+    iq4_nl_rows, dot_rows_loop<vec_dot_q2_K>, dot_rows_loop<vec_dot_q3_K>, q4_K_rows, dot_rows_loop<vec_dot_q5_K>,
+    q6_K_rows, dot_rows_loop<vec_dot_iq4_xs>, dot_rows_loop<vec_dot_f32>, dot_rows_loop<vec_dot_f16>,
+    dot_rows_loop<vec_dot_bf16>,
 };
 
 }  // namespace lowbit::cpu::avx512

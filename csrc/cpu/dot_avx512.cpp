@@ -39,6 +39,23 @@ inline __m128i gather_d8(const Block* x) {  // the fp16 scales of 8 consecutive 
                           short(x[6].d), short(x[7].d));
 }
 
+template <typename Block>
+inline __m128i gather_m8(const Block* x) {  // the fp16 mins of 8 consecutive blocks
+    return _mm_setr_epi16(short(x[0].m), short(x[1].m), short(x[2].m), short(x[3].m), short(x[4].m), short(x[5].m),
+                          short(x[6].m), short(x[7].m));
+}
+
+// Q5 nibbles of blocks b, b+1 with the fifth bits (qh, bit j = element j) added as 16.
+template <typename Block>
+inline __m512i q5_pair(const Block* x) {
+    uint32_t h0, h1;
+    std::memcpy(&h0, x[0].qh, 4);
+    std::memcpy(&h1, x[1].qh, 4);
+    const __mmask64 hi = __mmask64(h0) | (__mmask64(h1) << 32);
+    const __m512i nib = nibble_pair(x[0].qs, x[1].qs);
+    return _mm512_mask_add_epi8(nib, hi, nib, _mm512_set1_epi8(16));
+}
+
 inline const block_q8_0* act_row_q8_0(const void* act, size_t stride, int r) {
     return reinterpret_cast<const block_q8_0*>(static_cast<const uint8_t*>(act) + size_t(r) * stride);
 }
@@ -46,7 +63,8 @@ inline const block_q8_0* act_row_q8_0(const void* act, size_t stride, int r) {
 // Legacy blocks x q8_0 for NR activation rows: batches of 8 blocks; `decode(w)` turns blocks
 // b, b+1 into one zmm of unsigned values u (weight = u - bias), shared by all rows; per row one
 // f32 accumulator. Tail blocks (nb % 8) go through the 256-bit kernel `tail`.
-template <int NR, typename WBlock, typename Decode>
+// With kMin (Q4_1, Q5_1: weight = d*u + m) `bias` is unused and the min adds m * da * sum(y).
+template <int NR, bool kMin = false, typename WBlock, typename Decode>
 inline void legacy_rows_512(int n, const WBlock* w, const void* act, size_t stride, float* out, Decode decode,
                             __m512i bias, float (*tail)(int, const void*, const void*)) {
     const int nb = n / QK8_0, nb8 = nb / 8 * 8;
@@ -54,15 +72,28 @@ inline void legacy_rows_512(int n, const WBlock* w, const void* act, size_t stri
     for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
     for (int b = 0; b < nb8; b += 8) {
         const __m256 wd8 = _mm256_cvtph_ps(gather_d8(w + b));
+        __m256 wm8 = _mm256_setzero_ps();
+        if constexpr (kMin) wm8 = _mm256_cvtph_ps(gather_m8(w + b));
         __m512i wq[4];
         for (int k = 0; k < 4; ++k) wq[k] = decode(&w[b + 2 * k]);
         for (int r = 0; r < NR; ++r) {
             const block_q8_0* a = act_row_q8_0(act, stride, r) + b;
-            const __m512 d16 = _mm512_castps256_ps512(_mm256_mul_ps(wd8, _mm256_cvtph_ps(gather_d8(a))));
+            const __m256 ad8 = _mm256_cvtph_ps(gather_d8(a));
+            const __m512 d16 = _mm512_castps256_ps512(_mm256_mul_ps(wd8, ad8));
+            __m512 m16 = _mm512_setzero_ps();
+            if constexpr (kMin) m16 = _mm512_castps256_ps512(_mm256_mul_ps(wm8, ad8));
             for (int k = 0; k < 4; ++k) {
                 const __m512i sel = _mm512_inserti64x4(_mm512_set1_epi32(2 * k), _mm256_set1_epi32(2 * k + 1), 1);
-                const __m512i p = dot_biased(wq[k], act_pair(a + 2 * k), bias);
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(sel, d16), acc[r]);
+                const __m512i y = act_pair(a + 2 * k);
+                if constexpr (kMin) {
+                    const __m512i z = _mm512_setzero_si512();
+                    const __m512i p = _mm512_dpbusd_epi32(z, wq[k], y), sy = _mm512_dpbusd_epi32(z, _mm512_set1_epi8(1), y);
+                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(sel, d16), acc[r]);
+                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sy), _mm512_permutexvar_ps(sel, m16), acc[r]);
+                } else {
+                    const __m512i p = dot_biased(wq[k], y, bias);
+                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(sel, d16), acc[r]);
+                }
             }
         }
     }
@@ -94,6 +125,26 @@ void q4_0_rows_n(int n, const void* w, const void* act, size_t stride, float* ou
 }
 
 template <int NR>
+void q4_1_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
+    legacy_rows_512<NR, true>(n, static_cast<const block_q4_1*>(w), act, stride, out,
+                              [](const block_q4_1* x) { return nibble_pair(x[0].qs, x[1].qs); },
+                              _mm512_setzero_si512(), vec_dot_q4_1_256);
+}
+
+template <int NR>
+void q5_0_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
+    legacy_rows_512<NR>(n, static_cast<const block_q5_0*>(w), act, stride, out,
+                        [](const block_q5_0* x) { return q5_pair(x); }, _mm512_set1_epi8(16), vec_dot_q5_0_256);
+}
+
+template <int NR>
+void q5_1_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
+    legacy_rows_512<NR, true>(n, static_cast<const block_q5_1*>(w), act, stride, out,
+                              [](const block_q5_1* x) { return q5_pair(x); }, _mm512_setzero_si512(),
+                              vec_dot_q5_1_256);
+}
+
+template <int NR>
 void q8_0_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
     legacy_rows_512<NR>(n, static_cast<const block_q8_0*>(w), act, stride, out,
                         [](const block_q8_0* x) {  // w + 128 is unsigned
@@ -120,9 +171,9 @@ inline const block_q8_K* act_row_q8_K(const void* act, size_t stride, int r) {
 
 // Q4_K: per super-block the 4 nibble vectors (64 weights each) and their scale-word vectors are
 // decoded once; each row then needs 4 x (maddubs + dpwssd), its min sum and the float update.
-template <int NR>
-void q4_K_rows_n(int n, const void* vw, const void* act, size_t stride, float* out) {
-    const auto* w = static_cast<const block_q4_K*>(vw);
+// kQ5: Q5_K, whose fifth bit of sub-block s is bit s of qh[l].
+template <int NR, bool kQ5, typename Block>
+void k4_rows(int n, const Block* w, const void* act, size_t stride, float* out) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     const __m512i hi_shift = _mm512_set_epi64(0x0004000400040004, 0x0004000400040004, 0x0004000400040004,
                                               0x0004000400040004, 0, 0, 0, 0);
@@ -135,8 +186,15 @@ void q4_K_rows_n(int n, const void* vw, const void* act, size_t stride, float* o
         // for the low 256 bits (low nibbles) and sc[2c+1] for the high 256 bits.
         const __m512i sc_all = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sm))));
         __m512i q[4], scale[4];
+        __m512i qh2 = _mm512_setzero_si512();
+        if constexpr (kQ5) qh2 = _mm512_broadcast_i64x4(load256(w[b].qh));
         for (int c = 0; c < 4; ++c) {
             q[c] = _mm512_and_si512(_mm512_srlv_epi16(_mm512_broadcast_i64x4(load256(w[b].qs + 32 * c)), hi_shift), m4);
+            if constexpr (kQ5) {  // bit 2c (low half) / 2c+1 (high half) of qh, moved to bit 4
+                const __m512i sh = _mm512_add_epi16(_mm512_set1_epi16(short(2 * c)), _mm512_srli_epi16(hi_shift, 2));
+                const __m512i h = _mm512_and_si512(_mm512_srlv_epi16(qh2, sh), _mm512_set1_epi8(1));
+                q[c] = _mm512_or_si512(q[c], _mm512_slli_epi16(h, 4));
+            }
             const int lo = 0x0100 * (4 * c + 1) + 4 * c, hi = lo + 0x0202;  // byte pairs of words 2c, 2c+1
             scale[c] = _mm512_shuffle_epi8(sc_all, _mm512_inserti64x4(_mm512_set1_epi16(short(lo)), _mm256_set1_epi16(short(hi)), 1));
         }
@@ -152,6 +210,16 @@ void q4_K_rows_n(int n, const void* vw, const void* act, size_t stride, float* o
         }
     }
     for (int r = 0; r < NR; ++r) out[r] = sumf[r];
+}
+
+template <int NR>
+void q4_K_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
+    k4_rows<NR, false>(n, static_cast<const block_q4_K*>(w), act, stride, out);
+}
+
+template <int NR>
+void q5_K_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
+    k4_rows<NR, true>(n, static_cast<const block_q5_K*>(w), act, stride, out);
 }
 
 // Q6_K: per half super-block two vectors of 64 six-bit values; per 128-bit lane one sub-block scale.
@@ -193,6 +261,59 @@ void q6_K_rows_n(int n, const void* vw, const void* act, size_t stride, float* o
     for (int r = 0; r < NR; ++r) out[r] = sumf[r];
 }
 
+// Float weights x f32 activations: 2 accumulators of 16 lanes per row; masked tail.
+template <int NR, typename Load16, typename LoadTail>
+inline void float_rows_512(int n, const void* act, size_t stride, float* out, Load16 load16, LoadTail load_tail) {
+    const float* a[NR];
+    __m512 acc[NR][2];
+    for (int r = 0; r < NR; ++r) {
+        a[r] = reinterpret_cast<const float*>(static_cast<const uint8_t*>(act) + size_t(r) * stride);
+        acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    }
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        const __m512 w0 = load16(i), w1 = load16(i + 16);
+        for (int r = 0; r < NR; ++r) {
+            acc[r][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(a[r] + i), acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(a[r] + i + 16), acc[r][1]);
+        }
+    }
+    if (i + 16 <= n) {
+        const __m512 w0 = load16(i);
+        for (int r = 0; r < NR; ++r) acc[r][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(a[r] + i), acc[r][0]);
+        i += 16;
+    }
+    if (i < n) {
+        const __mmask16 m = __mmask16((1u << (n - i)) - 1);
+        const __m512 w0 = load_tail(i, m);
+        for (int r = 0; r < NR; ++r) acc[r][1] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m, a[r] + i), acc[r][1]);
+    }
+    for (int r = 0; r < NR; ++r) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
+}
+
+template <int NR>
+void f32_rows_n(int n, const void* vw, const void* act, size_t stride, float* out) {
+    const auto* w = static_cast<const float*>(vw);
+    float_rows_512<NR>(n, act, stride, out, [w](int i) { return _mm512_loadu_ps(w + i); },
+                       [w](int i, __mmask16 m) { return _mm512_maskz_loadu_ps(m, w + i); });
+}
+
+template <int NR>
+void f16_rows_n(int n, const void* vw, const void* act, size_t stride, float* out) {
+    const auto* w = static_cast<const uint16_t*>(vw);
+    float_rows_512<NR>(n, act, stride, out, [w](int i) { return _mm512_cvtph_ps(load256(w + i)); },
+                       [w](int i, __mmask16 m) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, w + i)); });
+}
+
+inline __m512 bf16_to_f32(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+
+template <int NR>
+void bf16_rows_n(int n, const void* vw, const void* act, size_t stride, float* out) {
+    const auto* w = static_cast<const uint16_t*>(vw);
+    float_rows_512<NR>(n, act, stride, out, [w](int i) { return bf16_to_f32(load256(w + i)); },
+                       [w](int i, __mmask16 m) { return bf16_to_f32(_mm256_maskz_loadu_epi16(m, w + i)); });
+}
+
 }  // namespace
 
 #define LOWBIT_DOT_AND_ROWS(name)                                                                     \
@@ -210,20 +331,20 @@ LOWBIT_DOT_AND_ROWS(q8_0)
 LOWBIT_DOT_AND_ROWS(iq4_nl)
 LOWBIT_DOT_AND_ROWS(q4_K)
 LOWBIT_DOT_AND_ROWS(q6_K)
+LOWBIT_DOT_AND_ROWS(q4_1)
+LOWBIT_DOT_AND_ROWS(q5_0)
+LOWBIT_DOT_AND_ROWS(q5_1)
+LOWBIT_DOT_AND_ROWS(q5_K)
+LOWBIT_DOT_AND_ROWS(f32)
+LOWBIT_DOT_AND_ROWS(f16)
+LOWBIT_DOT_AND_ROWS(bf16)
 
 // 256-bit kernels (with vpdpbusd) for the types without a 512-bit version yet.
 void quantize_act_q8_0(const float* x, block_q8_0* y, int n) { quantize_act_q8_0_256(x, y, n); }
 void quantize_act_q8_K(const float* x, block_q8_K* y, int n) { quantize_act_q8_K_256(x, y, n); }
-float vec_dot_q4_1(int n, const void* w, const void* a) { return vec_dot_q4_1_256(n, w, a); }
-float vec_dot_q5_0(int n, const void* w, const void* a) { return vec_dot_q5_0_256(n, w, a); }
-float vec_dot_q5_1(int n, const void* w, const void* a) { return vec_dot_q5_1_256(n, w, a); }
 float vec_dot_q2_K(int n, const void* w, const void* a) { return vec_dot_q2_K_256(n, w, a); }
 float vec_dot_q3_K(int n, const void* w, const void* a) { return vec_dot_q3_K_256(n, w, a); }
-float vec_dot_q5_K(int n, const void* w, const void* a) { return vec_dot_q5_K_256(n, w, a); }
 float vec_dot_iq4_xs(int n, const void* w, const void* a) { return vec_dot_iq4_xs_256(n, w, a); }
-float vec_dot_f32(int n, const void* w, const void* a) { return vec_dot_f32_256(n, w, a); }
-float vec_dot_f16(int n, const void* w, const void* a) { return vec_dot_f16_256(n, w, a); }
-float vec_dot_bf16(int n, const void* w, const void* a) { return vec_dot_bf16_256(n, w, a); }
 
 extern const KernelSet kKernels = {
     "avx512",
@@ -231,10 +352,9 @@ extern const KernelSet kKernels = {
     vec_dot_q2_K, vec_dot_q3_K, vec_dot_q4_K, vec_dot_q5_K, vec_dot_q6_K, vec_dot_iq4_xs,
     vec_dot_f32, vec_dot_f16, vec_dot_bf16,
     quantize_act_q8_0, quantize_act_q8_K,
-    q4_0_rows, dot_rows_loop<vec_dot_q4_1>, dot_rows_loop<vec_dot_q5_0>, dot_rows_loop<vec_dot_q5_1>, q8_0_rows,
-    iq4_nl_rows, dot_rows_loop<vec_dot_q2_K>, dot_rows_loop<vec_dot_q3_K>, q4_K_rows, dot_rows_loop<vec_dot_q5_K>,
-    q6_K_rows, dot_rows_loop<vec_dot_iq4_xs>, dot_rows_loop<vec_dot_f32>, dot_rows_loop<vec_dot_f16>,
-    dot_rows_loop<vec_dot_bf16>,
+    q4_0_rows, q4_1_rows, q5_0_rows, q5_1_rows, q8_0_rows, iq4_nl_rows,
+    dot_rows_loop<vec_dot_q2_K>, dot_rows_loop<vec_dot_q3_K>, q4_K_rows, q5_K_rows, q6_K_rows,
+    dot_rows_loop<vec_dot_iq4_xs>, f32_rows, f16_rows, bf16_rows,
 };
 
 }  // namespace lowbit::cpu::avx512

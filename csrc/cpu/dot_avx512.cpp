@@ -171,6 +171,31 @@ inline const block_q8_K* act_row_q8_K(const void* act, size_t stride, int r) {
 
 // Q4_K: per super-block the 4 nibble vectors (64 weights each) and their scale-word vectors are
 // decoded once; each row then needs 4 x (maddubs + dpwssd), its min sum and the float update.
+// The 12 packed bytes of Q4_K / Q5_K scales -> bytes 0..7 the 6-bit scales, 8..15 the mins
+// (same values as unpack_k4_scales). Reads 16 bytes: the 4 after the scales are quant bytes.
+inline __m128i unpack_k4_scales_v(const uint8_t* packed) {
+    const __m128i s = load128(packed);
+    // low bits: sc j<4: s[j] & 63, sc j>=4: s[j+4] & 15, m j<4: s[j+4] & 63, m j>=4: s[j+4] >> 4
+    const __m128i a = _mm_shuffle_epi8(s, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
+    const __m128i a_hi = _mm_and_si128(_mm_srli_epi16(a, 4), _mm_set1_epi8(0x0F));
+    const __m128i lo_mask = _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0);
+    const __m128i lo = _mm_or_si128(_mm_and_si128(a, lo_mask),
+                                    _mm_and_si128(a_hi, _mm_setr_epi32(0, 0, 0, -1)));
+    // high bits (j >= 4): sc: (s[j-4] >> 6) << 4, m: (s[j] >> 6) << 4
+    const __m128i bsrc = _mm_shuffle_epi8(s, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
+    return _mm_or_si128(lo, _mm_and_si128(_mm_srli_epi16(bsrc, 2), _mm_set1_epi8(0x30)));
+}
+
+// sum over the 8 sub-blocks of mins16[s] * (bsums[2s] + bsums[2s+1]).
+inline int k4_min_sum_v(__m128i mins16, const int16_t* bsums) {
+    const __m256i b = load256(bsums);
+    const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
+    __m128i s = _mm_madd_epi16(mins16, pairs);
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(s);
+}
+
 // kQ5: Q5_K, whose fifth bit of sub-block s is bit s of qh[l].
 template <int NR, bool kQ5, typename Block>
 void k4_rows(int n, const Block* w, const void* act, size_t stride, float* out) {
@@ -180,11 +205,11 @@ void k4_rows(int n, const Block* w, const void* act, size_t stride, float* out) 
     float sumf[NR];
     for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
     for (int b = 0; b < n / QK_K; ++b) {
-        uint8_t sm[16];
-        unpack_k4_scales(w[b].scales, sm);
+        const __m128i sm = unpack_k4_scales_v(w[b].scales);
+        const __m128i mins16 = _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8));
         // scale words sc[0..7] in every 128-bit lane; per chunk c a byte shuffle picks sc[2c]
         // for the low 256 bits (low nibbles) and sc[2c+1] for the high 256 bits.
-        const __m512i sc_all = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sm))));
+        const __m512i sc_all = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(sm));
         __m512i q[4], scale[4];
         __m512i qh2 = _mm512_setzero_si512();
         if constexpr (kQ5) qh2 = _mm512_broadcast_i64x4(load256(w[b].qh));
@@ -201,7 +226,7 @@ void k4_rows(int n, const Block* w, const void* act, size_t stride, float* out) 
         const float wd = h2f(w[b].d), wdmin = h2f(w[b].dmin);
         for (int r = 0; r < NR; ++r) {
             const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
-            const int summs = k4_min_sum(sm + 8, a->bsums);
+            const int summs = k4_min_sum_v(mins16, a->bsums);
             __m512i acc = _mm512_setzero_si512();
             for (int c = 0; c < 4; ++c) acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(q[c], load512(a->qs + 64 * c)), scale[c]);
             const int isum = _mm512_reduce_add_epi32(acc);

@@ -68,8 +68,8 @@ template <int NR, bool kMin = false, typename WBlock, typename Decode>
 inline void legacy_rows_512(int n, const WBlock* w, const void* act, size_t stride, float* out, Decode decode,
                             __m512i bias, float (*tail)(int, const void*, const void*)) {
     const int nb = n / QK8_0, nb8 = nb / 8 * 8;
-    __m512 acc[NR];
-    for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
+    __m512 acc[NR][2];  // two chains per row: blocks 0-1, 4-5 and 2-3, 6-7 of each batch
+    for (int r = 0; r < NR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     for (int b = 0; b < nb8; b += 8) {
         const __m256 wd8 = _mm256_cvtph_ps(gather_d8(w + b));
         __m256 wm8 = _mm256_setzero_ps();
@@ -88,17 +88,18 @@ inline void legacy_rows_512(int n, const WBlock* w, const void* act, size_t stri
                 if constexpr (kMin) {
                     const __m512i z = _mm512_setzero_si512();
                     const __m512i p = _mm512_dpbusd_epi32(z, wq[k], y), sy = _mm512_dpbusd_epi32(z, _mm512_set1_epi8(1), y);
-                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(sel, d16), acc[r]);
-                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sy), _mm512_permutexvar_ps(sel, m16), acc[r]);
+                    __m512& ac = acc[r][k & 1];
+                    ac = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(sel, d16), ac);
+                    ac = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sy), _mm512_permutexvar_ps(sel, m16), ac);
                 } else {
                     const __m512i p = dot_biased(wq[k], y, bias);
-                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(sel, d16), acc[r]);
+                    acc[r][k & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(sel, d16), acc[r][k & 1]);
                 }
             }
         }
     }
     for (int r = 0; r < NR; ++r) {
-        float sum = _mm512_reduce_add_ps(acc[r]);
+        float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
         if (nb8 < nb) sum += tail((nb - nb8) * QK8_0, &w[nb8], act_row_q8_0(act, stride, r) + nb8);
         out[r] = sum;
     }
@@ -117,8 +118,17 @@ inline void legacy_rows_512(int n, const WBlock* w, const void* act, size_t stri
         default: kernel<8>(__VA_ARGS__); break;           \
     }
 
+// More than 4 rows: two passes (register pressure); the per-row arithmetic is unchanged.
+#define LOWBIT_SPLIT_ROWS(NR, fn)                                                 \
+    if constexpr (NR > 4) {                                                       \
+        fn<4>(n, w, act, stride, out);                                            \
+        fn<NR - 4>(n, w, static_cast<const uint8_t*>(act) + 4 * stride, stride, out + 4); \
+        return;                                                                   \
+    }
+
 template <int NR>
 void q4_0_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
+    LOWBIT_SPLIT_ROWS(NR, q4_0_rows_n)
     legacy_rows_512<NR>(n, static_cast<const block_q4_0*>(w), act, stride, out,
                         [](const block_q4_0* x) { return nibble_pair(x[0].qs, x[1].qs); },
                         _mm512_set1_epi8(8), vec_dot_q4_0_256);
@@ -126,6 +136,7 @@ void q4_0_rows_n(int n, const void* w, const void* act, size_t stride, float* ou
 
 template <int NR>
 void q4_1_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
+    LOWBIT_SPLIT_ROWS(NR, q4_1_rows_n)
     legacy_rows_512<NR, true>(n, static_cast<const block_q4_1*>(w), act, stride, out,
                               [](const block_q4_1* x) { return nibble_pair(x[0].qs, x[1].qs); },
                               _mm512_setzero_si512(), vec_dot_q4_1_256);
@@ -133,12 +144,14 @@ void q4_1_rows_n(int n, const void* w, const void* act, size_t stride, float* ou
 
 template <int NR>
 void q5_0_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
+    LOWBIT_SPLIT_ROWS(NR, q5_0_rows_n)
     legacy_rows_512<NR>(n, static_cast<const block_q5_0*>(w), act, stride, out,
                         [](const block_q5_0* x) { return q5_pair(x); }, _mm512_set1_epi8(16), vec_dot_q5_0_256);
 }
 
 template <int NR>
 void q5_1_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
+    LOWBIT_SPLIT_ROWS(NR, q5_1_rows_n)
     legacy_rows_512<NR, true>(n, static_cast<const block_q5_1*>(w), act, stride, out,
                               [](const block_q5_1* x) { return q5_pair(x); }, _mm512_setzero_si512(),
                               vec_dot_q5_1_256);
@@ -146,6 +159,7 @@ void q5_1_rows_n(int n, const void* w, const void* act, size_t stride, float* ou
 
 template <int NR>
 void q8_0_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
+    LOWBIT_SPLIT_ROWS(NR, q8_0_rows_n)
     legacy_rows_512<NR>(n, static_cast<const block_q8_0*>(w), act, stride, out,
                         [](const block_q8_0* x) {  // w + 128 is unsigned
                             const __m512i q = load2x256(reinterpret_cast<const uint8_t*>(x[0].qs), sizeof(block_q8_0));
@@ -156,6 +170,7 @@ void q8_0_rows_n(int n, const void* w, const void* act, size_t stride, float* ou
 
 template <int NR>
 void iq4_nl_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
+    LOWBIT_SPLIT_ROWS(NR, iq4_nl_rows_n)
     legacy_rows_512<NR>(n, static_cast<const block_iq4_nl*>(w), act, stride, out,
                         [](const block_iq4_nl* x) {  // table value + 128 is unsigned
                             const __m512i table = _mm512_broadcast_i32x4(load128(kvalues_iq4nl));

@@ -286,3 +286,21 @@ def test_env_override_and_bad_value(tmp_path):
     env["LOWBIT_CPU"] = "sse9"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode != 0 and "ValueError" in out.stderr and "valid choices are scalar, avx2, avx512" in out.stderr
+
+
+def test_thread_pool_many_small_jobs_and_shutdown():
+    """Back-to-back jobs on one pool, more threads than cores, and pools created and dropped."""
+    from lowbit import _core
+    rng = np.random.default_rng(6000)
+    w = random_weights(rng, "Q8_0", 37, 256)
+    x = rng.standard_normal((3, 256)).astype(np.float32)
+    ref = cpu.matmul(w, "Q8_0", (37, 256), x, n_threads=1)
+    for t in (2, 5):
+        for _ in range(200):
+            assert np.array_equal(cpu.matmul(w, "Q8_0", (37, 256), x, n_threads=t), ref)
+    for t in (1, 3, 8):
+        pool = _core.CpuThreadPool(t)
+        assert pool.size == t
+        assert np.array_equal(_core.cpu_matmul(w.reshape(-1), "Q8_0", 37, 256, x, pool), ref)
+        del pool
+    assert _core.CpuThreadPool(0).size == cpu.features()["physical_cores"]

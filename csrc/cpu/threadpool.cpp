@@ -69,18 +69,24 @@ void ThreadPool::run_chunks(int thread) {
     }
 }
 
+// A worker joins a job only while it still has unclaimed chunks, so a worker that wakes late
+// (busy machine) never holds the caller up; the caller waits only for workers that joined.
 void ThreadPool::worker_loop(int thread) {
     uint64_t seen = 0;
     for (;;) {
         // Spin briefly for the next job (decode issues many small ones), then sleep.
         for (int spin = 0; spin < 4000 && generation_.load(std::memory_order_acquire) == seen; ++spin)
             __builtin_ia32_pause();
+        bool joined = false;
         {
             std::unique_lock<std::mutex> lock(mutex_);
             start_cv_.wait(lock, [&] { return stop_ || generation_.load(std::memory_order_relaxed) != seen; });
             if (stop_) return;
             seen = generation_.load(std::memory_order_relaxed);
+            joined = fn_ && next_chunk_.load(std::memory_order_relaxed) < n_chunks_;
+            if (joined) ++workers_busy_;
         }
+        if (!joined) continue;
         run_chunks(thread);
         {
             std::lock_guard<std::mutex> lock(mutex_);
@@ -103,7 +109,7 @@ void ThreadPool::parallel_for(int64_t n_chunks, const ChunkFn& fn) {
         next_chunk_.store(0, std::memory_order_relaxed);
         failed_.store(false, std::memory_order_relaxed);
         error_ = nullptr;
-        workers_busy_ = int(workers_.size());
+        workers_busy_ = 0;
         generation_.fetch_add(1, std::memory_order_release);
     }
     start_cv_.notify_all();

@@ -13,6 +13,8 @@ Claims checked here (see csrc/cpu/kernels.h):
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT
@@ -304,3 +306,40 @@ def test_thread_pool_many_small_jobs_and_shutdown():
         assert np.array_equal(_core.cpu_matmul(w.reshape(-1), "Q8_0", 37, 256, x, pool), ref)
         del pool
     assert _core.CpuThreadPool(0).size == cpu.features()["physical_cores"]
+
+
+# ---- real weights ----------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def real_tensors(model: str) -> dict:
+    """{type name: (tensor name, cols, first 96 rows as bytes)}: one 2-D tensor per type."""
+    from _models import real_model_path
+    from gguf import GGUFReader
+    path = real_model_path(model)
+    if path is None:
+        return {}
+    out = {}
+    for t in GGUFReader(path).tensors:
+        ty = t.tensor_type.name
+        if ty not in out and ty in ALL_TYPES and len(t.data.shape) == 2:
+            out[ty] = (t.name, int(t.shape[0]), np.ascontiguousarray(t.data[:96]))
+    return out
+
+
+@pytest.mark.parametrize("model", ["gemma3-270m", "smollm2-135m-instruct"])
+def test_matmul_on_real_tensors(model, level):
+    """One tensor of every type in the real models: matmul (which quantizes the activations)
+    vs float64 x @ dequantized W.T; the error is the q8 activation rounding."""
+    tensors = real_tensors(model)
+    if not tensors:
+        pytest.skip(f"{model} not available")
+    rng = np.random.default_rng(7000)
+    for ty, (name, cols, w) in tensors.items():
+        rows = w.shape[0]
+        x = rng.standard_normal((4, cols)).astype(np.float32)
+        got = cpu.matmul(w, ty, (rows, cols), x)
+        ref = x.astype(np.float64) @ dequant_weights(ty, w).reshape(rows, cols).T
+        err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+        assert err < (1e-6 if ty in FLOAT_TYPES else 1.5e-2), (model, name, ty, err)
+        assert np.array_equal(got[1], cpu.matmul(w, ty, (rows, cols), x[1], n_threads=1))
+    assert len(tensors) >= 2

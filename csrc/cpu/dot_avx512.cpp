@@ -186,6 +186,13 @@ inline const block_q8_K* act_row_q8_K(const void* act, size_t stride, int r) {
 
 // Q4_K: per super-block the 4 nibble vectors (64 weights each) and their scale-word vectors are
 // decoded once; each row then needs 4 x (maddubs + dpwssd), its min sum and the float update.
+// Word-permute index: 128-bit lane j (8 words) takes word s0 + j.
+inline __m512i lane_index4(int s0) {
+    const __m256i lo = _mm256_inserti128_si256(_mm256_set1_epi16(short(s0)), _mm_set1_epi16(short(s0 + 1)), 1);
+    const __m256i hi = _mm256_inserti128_si256(_mm256_set1_epi16(short(s0 + 2)), _mm_set1_epi16(short(s0 + 3)), 1);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
 // The 12 packed bytes of Q4_K / Q5_K scales -> bytes 0..7 the 6-bit scales, 8..15 the mins
 // (same values as unpack_k4_scales). Reads 16 bytes: the 4 after the scales are quant bytes.
 inline __m128i unpack_k4_scales_v(const uint8_t* packed) {
@@ -260,6 +267,117 @@ void q4_K_rows_n(int n, const void* w, const void* act, size_t stride, float* ou
 template <int NR>
 void q5_K_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
     k4_rows<NR, true>(n, static_cast<const block_q5_K*>(w), act, stride, out);
+}
+
+// Q2_K: per super-block four vectors of 64 two-bit values (half h, shifts j, j+1); one 16-weight
+// sub-block per 128-bit lane, its 4-bit scale picked by a word permute; mins through bsums.
+template <int NR>
+void q2_K_rows_n(int n, const void* vw, const void* act, size_t stride, float* out) {
+    const auto* w = static_cast<const block_q2_K*>(vw);
+    const __m512i m3 = _mm512_set1_epi8(3);
+    float sumf[NR];
+    for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
+    for (int b = 0; b < n / QK_K; ++b) {
+        const __m128i sc8 = load128(w[b].scales);
+        const __m512i sc_z = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(_mm_and_si128(sc8, _mm_set1_epi8(0x0F))));
+        const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc8, 4), _mm_set1_epi8(0x0F)));
+        __m512i q[4], scale[4];  // group g = 2h + j/2: elements 64g .. 64g+63 = sub-blocks 4g .. 4g+3
+        for (int g = 0; g < 4; ++g) {
+            const int h = g / 2, j = 2 * (g % 2);
+            const __m512i shift = _mm512_inserti64x4(_mm512_set1_epi16(short(2 * j)), _mm256_set1_epi16(short(2 * j + 2)), 1);
+            q[g] = _mm512_and_si512(_mm512_srlv_epi16(_mm512_broadcast_i64x4(load256(w[b].qs + 32 * h)), shift), m3);
+            scale[g] = _mm512_permutexvar_epi16(lane_index4(4 * g), sc_z);
+        }
+        const float wd = h2f(w[b].d), wdmin = h2f(w[b].dmin);
+        for (int r = 0; r < NR; ++r) {
+            const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
+            const int summs = hsum_i32(_mm256_madd_epi16(mins16, load256(a->bsums)));
+            __m512i acc = _mm512_setzero_si512();
+            for (int g = 0; g < 4; ++g) acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(q[g], load512(a->qs + 64 * g)), scale[g]);
+            const int isum = _mm512_reduce_add_epi32(acc);
+            const float dall = a->d * wd, dmin = a->d * wdmin;
+            sumf[r] += dall * float(isum) - dmin * float(summs);
+        }
+    }
+    for (int r = 0; r < NR; ++r) out[r] = sumf[r];
+}
+
+// Q3_K: values q' = q + 4 * hbit in [0, 7] (weight = q' - 4); the -4 goes through bsums.
+template <int NR>
+void q3_K_rows_n(int n, const void* vw, const void* act, size_t stride, float* out) {
+    const auto* w = static_cast<const block_q3_K*>(vw);
+    const __m512i m3 = _mm512_set1_epi8(3), one = _mm512_set1_epi8(1);
+    float sumf[NR];
+    for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
+    for (int b = 0; b < n / QK_K; ++b) {
+        uint32_t aux[4];  // the 16 6-bit scales (bias 32), as the scalar spec
+        std::memcpy(aux, w[b].scales, 12);
+        const uint32_t kmask1 = 0x03030303, kmask2 = 0x0f0f0f0f, tmp = aux[2];
+        aux[2] = ((aux[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4);
+        aux[3] = ((aux[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4);
+        aux[0] = (aux[0] & kmask2) | (((tmp >> 0) & kmask1) << 4);
+        aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
+        // from registers, not memory: a 16-byte load of the four 4-byte stores would stall forwarding
+        const __m128i sc8 = _mm_sub_epi8(_mm_setr_epi32(int(aux[0]), int(aux[1]), int(aux[2]), int(aux[3])), _mm_set1_epi8(32));
+        const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
+        const __m512i sc_z = _mm512_castsi256_si512(sc16);
+        const __m512i hm = _mm512_broadcast_i64x4(load256(w[b].hmask));
+        __m512i q[4], scale[4];  // group g = 2h + sh/2: elements 128h + 32sh .. +63
+        for (int g = 0; g < 4; ++g) {
+            const int h = g / 2, sh = 2 * (g % 2);
+            const __m512i qshift = _mm512_inserti64x4(_mm512_set1_epi16(short(2 * sh)), _mm256_set1_epi16(short(2 * sh + 2)), 1);
+            const __m512i hshift = _mm512_inserti64x4(_mm512_set1_epi16(short(4 * h + sh)), _mm256_set1_epi16(short(4 * h + sh + 1)), 1);
+            const __m512i q2 = _mm512_and_si512(_mm512_srlv_epi16(_mm512_broadcast_i64x4(load256(w[b].qs + 32 * h)), qshift), m3);
+            const __m512i hb = _mm512_and_si512(_mm512_srlv_epi16(hm, hshift), one);
+            q[g] = _mm512_or_si512(q2, _mm512_slli_epi16(hb, 2));
+            scale[g] = _mm512_permutexvar_epi16(lane_index4(4 * g), sc_z);
+        }
+        const float wd = h2f(w[b].d);
+        for (int r = 0; r < NR; ++r) {
+            const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
+            const int offset = hsum_i32(_mm256_madd_epi16(sc16, load256(a->bsums)));  // sum sc * bsum
+            __m512i acc = _mm512_setzero_si512();
+            for (int g = 0; g < 4; ++g) acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(q[g], load512(a->qs + 64 * g)), scale[g]);
+            const int isum = _mm512_reduce_add_epi32(acc) - 4 * offset;
+            sumf[r] += (a->d * wd) * float(isum);
+        }
+    }
+    for (int r = 0; r < NR; ++r) out[r] = sumf[r];
+}
+
+// IQ4_XS: two 32-weight sub-blocks per vector; |value| and its sign mask are decoded once, each
+// row negates its activations where the weight is negative (sign trick) and multiplies.
+template <int NR>
+void iq4_xs_rows_n(int n, const void* vw, const void* act, size_t stride, float* out) {
+    const auto* w = static_cast<const block_iq4_xs*>(vw);
+    const __m512i table = _mm512_broadcast_i32x4(load128(kvalues_iq4nl));
+    float sumf[NR];
+    for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
+    for (int b = 0; b < n / QK_K; ++b) {
+        __m512i mag[4], scale[4];
+        __mmask64 neg[4];
+        for (int p = 0; p < 4; ++p) {  // sub-blocks 2p, 2p+1 = elements 64p .. 64p+63
+            const int s = 2 * p;
+            const int ls0 = ((w[b].scales_l[p] >> 0) & 0xF) | (((w[b].scales_h >> (2 * s)) & 3) << 4);
+            const int ls1 = ((w[b].scales_l[p] >> 4) & 0xF) | (((w[b].scales_h >> (2 * s + 2)) & 3) << 4);
+            const __m512i v = _mm512_shuffle_epi8(table, nibble_pair(w[b].qs + 16 * s, w[b].qs + 16 * s + 16));
+            mag[p] = _mm512_abs_epi8(v);
+            neg[p] = _mm512_movepi8_mask(v);
+            scale[p] = _mm512_inserti64x4(_mm512_set1_epi16(short(ls0 - 32)), _mm256_set1_epi16(short(ls1 - 32)), 1);
+        }
+        const float wd = h2f(w[b].d);
+        for (int r = 0; r < NR; ++r) {
+            const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
+            __m512i acc = _mm512_setzero_si512();
+            for (int p = 0; p < 4; ++p) {
+                const __m512i y = load512(a->qs + 64 * p);
+                const __m512i ys = _mm512_mask_sub_epi8(y, neg[p], _mm512_setzero_si512(), y);
+                acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(mag[p], ys), scale[p]);
+            }
+            sumf[r] += (a->d * wd) * float(_mm512_reduce_add_epi32(acc));
+        }
+    }
+    for (int r = 0; r < NR; ++r) out[r] = sumf[r];
 }
 
 // Q6_K: per half super-block two vectors of 64 six-bit values; per 128-bit lane one sub-block scale.
@@ -378,13 +496,13 @@ LOWBIT_DOT_AND_ROWS(q5_K)
 LOWBIT_DOT_AND_ROWS(f32)
 LOWBIT_DOT_AND_ROWS(f16)
 LOWBIT_DOT_AND_ROWS(bf16)
+LOWBIT_DOT_AND_ROWS(q2_K)
+LOWBIT_DOT_AND_ROWS(q3_K)
+LOWBIT_DOT_AND_ROWS(iq4_xs)
 
-// 256-bit kernels (with vpdpbusd) for the types without a 512-bit version yet.
+// The activation quantizers stay 256-bit (a small share of a mat-vec).
 void quantize_act_q8_0(const float* x, block_q8_0* y, int n) { quantize_act_q8_0_256(x, y, n); }
 void quantize_act_q8_K(const float* x, block_q8_K* y, int n) { quantize_act_q8_K_256(x, y, n); }
-float vec_dot_q2_K(int n, const void* w, const void* a) { return vec_dot_q2_K_256(n, w, a); }
-float vec_dot_q3_K(int n, const void* w, const void* a) { return vec_dot_q3_K_256(n, w, a); }
-float vec_dot_iq4_xs(int n, const void* w, const void* a) { return vec_dot_iq4_xs_256(n, w, a); }
 
 extern const KernelSet kKernels = {
     "avx512",
@@ -393,8 +511,7 @@ extern const KernelSet kKernels = {
     vec_dot_f32, vec_dot_f16, vec_dot_bf16,
     quantize_act_q8_0, quantize_act_q8_K,
     q4_0_rows, q4_1_rows, q5_0_rows, q5_1_rows, q8_0_rows, iq4_nl_rows,
-    dot_rows_loop<vec_dot_q2_K>, dot_rows_loop<vec_dot_q3_K>, q4_K_rows, q5_K_rows, q6_K_rows,
-    dot_rows_loop<vec_dot_iq4_xs>, f32_rows, f16_rows, bf16_rows,
+    q2_K_rows, q3_K_rows, q4_K_rows, q5_K_rows, q6_K_rows, iq4_xs_rows, f32_rows, f16_rows, bf16_rows,
 };
 
 }  // namespace lowbit::cpu::avx512

@@ -6,6 +6,8 @@
 #define LOWBIT_FN(name) name##_256
 #include "cpu/dot_x86_256.h"
 
+#include <cstddef>
+
 namespace lowbit::cpu::avx512 {
 namespace {
 
@@ -33,16 +35,43 @@ inline __m512i nibble_pair(const uint8_t* qs0, const uint8_t* qs1) {
     return _mm512_and_si512(_mm512_srlv_epi16(both, shift), _mm512_set1_epi8(0x0F));
 }
 
+// The fp16 fields at byte `Off` of 8 consecutive blocks of `Stride` bytes, as 8 words: up to four
+// masked 64-byte loads (never past the 8 blocks) and word permutes instead of 8 scalar inserts.
+template <size_t Stride, size_t Off>
+inline __m128i gather_h8(const void* base) {
+    static_assert(Stride % 2 == 0 && Off % 2 == 0 && 7 * Stride + Off + 2 <= 256, "fields must be word aligned");
+    constexpr size_t kBytes = 7 * Stride + Off + 2;  // bytes up to the last field's end
+    constexpr bool kHigh = 7 * Stride + Off >= 128;  // some field lies in bytes 128..255
+    struct Idx { int16_t lo[32], hi[32]; __mmask32 high_words; };
+    constexpr Idx idx = [] {
+        Idx t{};
+        for (int k = 0; k < 8; ++k) {
+            const int word = int((k * Stride + Off) / 2);
+            if (word < 64) t.lo[k] = int16_t(word);
+            else { t.hi[k] = int16_t(word - 64); t.high_words |= __mmask32(1u << k); }
+        }
+        return t;
+    }();
+    const auto* p = static_cast<const uint8_t*>(base);
+    auto load = [p](size_t i) {
+        const size_t lo = 64 * i;
+        const __mmask64 m = kBytes >= lo + 64 ? ~__mmask64(0) : kBytes <= lo ? 0 : (__mmask64(1) << (kBytes - lo)) - 1;
+        return _mm512_maskz_loadu_epi8(m, p + lo);
+    };
+    __m512i r = _mm512_permutex2var_epi16(load(0), _mm512_loadu_si512(idx.lo), load(1));
+    if constexpr (kHigh)
+        r = _mm512_mask_blend_epi16(idx.high_words, r, _mm512_permutex2var_epi16(load(2), _mm512_loadu_si512(idx.hi), load(3)));
+    return _mm512_castsi512_si128(r);
+}
+
 template <typename Block>
 inline __m128i gather_d8(const Block* x) {  // the fp16 scales of 8 consecutive blocks
-    return _mm_setr_epi16(short(x[0].d), short(x[1].d), short(x[2].d), short(x[3].d), short(x[4].d), short(x[5].d),
-                          short(x[6].d), short(x[7].d));
+    return gather_h8<sizeof(Block), offsetof(Block, d)>(x);
 }
 
 template <typename Block>
 inline __m128i gather_m8(const Block* x) {  // the fp16 mins of 8 consecutive blocks
-    return _mm_setr_epi16(short(x[0].m), short(x[1].m), short(x[2].m), short(x[3].m), short(x[4].m), short(x[5].m),
-                          short(x[6].m), short(x[7].m));
+    return gather_h8<sizeof(Block), offsetof(Block, m)>(x);
 }
 
 // Q5 nibbles of blocks b, b+1 with the fifth bits (qh, bit j = element j) added as 16.

@@ -1,5 +1,12 @@
-// dot_avx512.cpp: the AVX-512 (F/BW/VL/DQ/VNNI) kernel set. The 256-bit kernels of
-// dot_x86_256.h with vpdpbusd for the u8 x s8 dots, and 512-bit versions of the hot types.
+// dot_avx512.cpp: the AVX-512 (F/BW/VL/DQ/VNNI) kernel set: 512-bit multi-row kernels for
+// every type (one template per type, NR = 1..8 activation rows; the single-row dot is NR = 1, so
+// mat-mat and mat-vec agree bit for bit). The 256-bit kernels of dot_x86_256.h (vpdpbusd build)
+// serve the activation quantizers and the tails of the legacy dots (n % 256).
+//
+// Shapes: legacy dots take 8 blocks per batch, two blocks per zmm ([b lo|b hi|b+1 lo|b+1 hi]);
+// k-quant dots decode a super-block into 4 zmm of 64 unsigned values plus 4 zmm of int16 scale
+// words (one sub-block per 128-bit lane or per 256-bit half), then per row
+// maddubs (u8 x s8 -> s16 pairs) + dpwssd (x scale -> s32), one reduction, the scalar float step.
 #pragma GCC optimize("fp-contract=off")
 #define LOWBIT_SIMD_NS avx512
 #define LOWBIT_VNNI 1

@@ -390,16 +390,24 @@ void iq4_xs_rows_n(int n, const void* vw, const void* act, size_t stride, float*
     float sumf[NR];
     for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
     for (int b = 0; b < n / QK_K; ++b) {
+        // the 8 scales ls - 32 as words: low 4 bits from scales_l nibbles, high 2 from scales_h
+        uint32_t sl;
+        std::memcpy(&sl, w[b].scales_l, 4);
+        const __m128i l4 = _mm_cvtsi32_si128(int(sl));
+        const __m128i lo = _mm_unpacklo_epi8(_mm_and_si128(l4, _mm_set1_epi8(0x0F)),
+                                             _mm_and_si128(_mm_srli_epi16(l4, 4), _mm_set1_epi8(0x0F)));
+        const __m128i hi = _mm_and_si128(_mm_srlv_epi16(_mm_set1_epi16(short(w[b].scales_h)),
+                                                        _mm_setr_epi16(0, 2, 4, 6, 8, 10, 12, 14)), _mm_set1_epi16(3));
+        const __m128i ls = _mm_sub_epi16(_mm_or_si128(_mm_cvtepu8_epi16(lo), _mm_slli_epi16(hi, 4)), _mm_set1_epi16(32));
+        const __m512i sc_all = _mm512_broadcast_i32x4(ls);
         __m512i mag[4], scale[4];
         __mmask64 neg[4];
         for (int p = 0; p < 4; ++p) {  // sub-blocks 2p, 2p+1 = elements 64p .. 64p+63
-            const int s = 2 * p;
-            const int ls0 = ((w[b].scales_l[p] >> 0) & 0xF) | (((w[b].scales_h >> (2 * s)) & 3) << 4);
-            const int ls1 = ((w[b].scales_l[p] >> 4) & 0xF) | (((w[b].scales_h >> (2 * s + 2)) & 3) << 4);
-            const __m512i v = _mm512_shuffle_epi8(table, nibble_pair(w[b].qs + 16 * s, w[b].qs + 16 * s + 16));
+            const __m512i v = _mm512_shuffle_epi8(table, nibble_pair(w[b].qs + 32 * p, w[b].qs + 32 * p + 16));
             mag[p] = _mm512_abs_epi8(v);
             neg[p] = _mm512_movepi8_mask(v);
-            scale[p] = _mm512_inserti64x4(_mm512_set1_epi16(short(ls0 - 32)), _mm256_set1_epi16(short(ls1 - 32)), 1);
+            const int lo_pick = 0x0100 * (4 * p + 1) + 4 * p, hi_pick = lo_pick + 0x0202;  // words 2p, 2p+1
+            scale[p] = _mm512_shuffle_epi8(sc_all, _mm512_inserti64x4(_mm512_set1_epi16(short(lo_pick)), _mm256_set1_epi16(short(hi_pick)), 1));
         }
         const float wd = h2f(w[b].d);
         for (int r = 0; r < NR; ++r) {

@@ -338,6 +338,19 @@ void q2_K_rows_n(int n, const void* vw, const void* act, size_t stride, float* o
     for (int r = 0; r < NR; ++r) out[r] = sumf[r];
 }
 
+// The 16 Q3_K sub-block scales (6-bit, bias 32 removed) as int8, vectorised from the 12 packed
+// bytes s: scale j = low nibble (j < 8: s[j] & 15, else s[j-8] >> 4) | ((s[8 + j%4] >> 2*(j/4)) & 3) << 4.
+// Reads 16 bytes (the 4 after the scales are the fp16 d and are ignored).
+inline __m128i unpack_q3_K_scales_v(const uint8_t* packed) {
+    const __m128i s = load128(packed);
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    const __m128i l = _mm_shuffle_epi8(s, _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7));
+    const __m128i low = _mm_unpacklo_epi64(_mm_and_si128(l, m4), _mm_and_si128(_mm_srli_epi16(_mm_unpackhi_epi64(l, l), 4), m4));
+    const __m128i h = _mm_shuffle_epi8(s, _mm_setr_epi8(8, 9, 10, 11, 8, 9, 10, 11, 8, 9, 10, 11, 8, 9, 10, 11));
+    const __m128i h2 = _mm_and_si128(_mm_srlv_epi16(h, _mm_setr_epi16(0, 0, 2, 2, 4, 4, 6, 6)), _mm_set1_epi8(3));
+    return _mm_sub_epi8(_mm_or_si128(low, _mm_slli_epi16(h2, 4)), _mm_set1_epi8(32));
+}
+
 // Q3_K: values q' = q + 4 * hbit in [0, 7] (weight = q' - 4); the -4 goes through bsums.
 template <int NR>
 void q3_K_rows_n(int n, const void* vw, const void* act, size_t stride, float* out) {
@@ -346,15 +359,7 @@ void q3_K_rows_n(int n, const void* vw, const void* act, size_t stride, float* o
     float sumf[NR];
     for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
     for (int b = 0; b < n / QK_K; ++b) {
-        uint32_t aux[4];  // the 16 6-bit scales (bias 32), as the scalar spec
-        std::memcpy(aux, w[b].scales, 12);
-        const uint32_t kmask1 = 0x03030303, kmask2 = 0x0f0f0f0f, tmp = aux[2];
-        aux[2] = ((aux[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4);
-        aux[3] = ((aux[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4);
-        aux[0] = (aux[0] & kmask2) | (((tmp >> 0) & kmask1) << 4);
-        aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
-        // from registers, not memory: a 16-byte load of the four 4-byte stores would stall forwarding
-        const __m128i sc8 = _mm_sub_epi8(_mm_setr_epi32(int(aux[0]), int(aux[1]), int(aux[2]), int(aux[3])), _mm_set1_epi8(32));
+        const __m128i sc8 = unpack_q3_K_scales_v(w[b].scales);
         const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
         const __m512i sc_z = _mm512_castsi256_si512(sc16);
         const __m512i hm = _mm512_broadcast_i64x4(load256(w[b].hmask));

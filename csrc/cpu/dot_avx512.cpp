@@ -20,6 +20,15 @@ namespace {
 
 inline __m512i load512(const void* p) { return _mm512_loadu_si512(p); }
 
+// 16-bit logical right shift by A in the low 256 bits and by B in the high 256 bits: an
+// immediate shift plus a masked one (vpsrlvw is several uops on Zen).
+template <int A, int B>
+inline __m512i srli_halves(__m512i x) {
+    static_assert(B >= A, "high half shifts at least as far");
+    const __m512i lo = A ? _mm512_srli_epi16(x, A) : x;
+    return B > A ? _mm512_mask_srli_epi16(lo, __mmask32(0xFFFF0000u), lo, B - A) : lo;
+}
+
 // Two 32-byte runs (at p and p + stride) as one zmm.
 inline __m512i load2x256(const uint8_t* p, size_t stride) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(load256(p)), load256(p + stride), 1);
@@ -37,9 +46,8 @@ inline __m512i dot_biased(__m512i u, __m512i y, __m512i bias) {
 // Q4_0 / IQ4_NL nibbles of blocks b, b+1: [b lo | b hi | b+1 lo | b+1 hi] (16 bytes each).
 inline __m512i nibble_pair(const uint8_t* qs0, const uint8_t* qs1) {
     const __m512i both = _mm512_mask_broadcast_i32x4(_mm512_broadcast_i32x4(load128(qs0)), 0xFF00, load128(qs1));
-    const __m512i shift = _mm512_set_epi64(0x0004000400040004, 0x0004000400040004, 0, 0,
-                                           0x0004000400040004, 0x0004000400040004, 0, 0);
-    return _mm512_and_si512(_mm512_srlv_epi16(both, shift), _mm512_set1_epi8(0x0F));
+    const __m512i hi = _mm512_mask_srli_epi16(both, __mmask32(0xFF00FF00u), both, 4);  // lanes 1, 3
+    return _mm512_and_si512(hi, _mm512_set1_epi8(0x0F));
 }
 
 // The fp16 fields at byte `Off` of 8 consecutive blocks of `Stride` bytes, as 8 words: up to four
@@ -258,8 +266,6 @@ inline int k4_min_sum_v(__m128i mins16, const int16_t* bsums) {
 template <int NR, bool kQ5, typename Block>
 void k4_rows(int n, const Block* w, const void* act, size_t stride, float* out) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
-    const __m512i hi_shift = _mm512_set_epi64(0x0004000400040004, 0x0004000400040004, 0x0004000400040004,
-                                              0x0004000400040004, 0, 0, 0, 0);
     float sumf[NR];
     for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
     for (int b = 0; b < n / QK_K; ++b) {
@@ -272,10 +278,10 @@ void k4_rows(int n, const Block* w, const void* act, size_t stride, float* out) 
         __m512i qh2 = _mm512_setzero_si512();
         if constexpr (kQ5) qh2 = _mm512_broadcast_i64x4(load256(w[b].qh));
         for (int c = 0; c < 4; ++c) {
-            q[c] = _mm512_and_si512(_mm512_srlv_epi16(_mm512_broadcast_i64x4(load256(w[b].qs + 32 * c)), hi_shift), m4);
+            q[c] = _mm512_and_si512(srli_halves<0, 4>(_mm512_broadcast_i64x4(load256(w[b].qs + 32 * c))), m4);
             if constexpr (kQ5) {  // bit 2c (low half) / 2c+1 (high half) of qh, moved to bit 4
-                const __m512i sh = _mm512_add_epi16(_mm512_set1_epi16(short(2 * c)), _mm512_srli_epi16(hi_shift, 2));
-                const __m512i h = _mm512_and_si512(_mm512_srlv_epi16(qh2, sh), _mm512_set1_epi8(1));
+                const __m512i t = _mm512_srli_epi16(qh2, unsigned(2 * c));
+                const __m512i h = _mm512_and_si512(_mm512_mask_srli_epi16(t, __mmask32(0xFFFF0000u), t, 1), _mm512_set1_epi8(1));
                 q[c] = _mm512_or_si512(q[c], _mm512_slli_epi16(h, 4));
             }
             const int lo = 0x0100 * (4 * c + 1) + 4 * c, hi = lo + 0x0202;  // byte pairs of words 2c, 2c+1
@@ -434,8 +440,6 @@ template <int NR>
 void q6_K_rows_n(int n, const void* vw, const void* act, size_t stride, float* out) {
     const auto* w = static_cast<const block_q6_K*>(vw);
     const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(0x30);
-    const __m512i hi_shift = _mm512_set_epi64(0x0002000200020002, 0x0002000200020002, 0x0002000200020002,
-                                              0x0002000200020002, 0, 0, 0, 0);
     float sumf[NR];
     for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
     for (int b = 0; b < n / QK_K; ++b) {
@@ -444,7 +448,7 @@ void q6_K_rows_n(int n, const void* vw, const void* act, size_t stride, float* o
         __m512i q[4], scale[4];  // group g: elements 64g .. 64g+63 = sub-blocks 4g .. 4g+3
         for (int half = 0; half < 2; ++half) {
             const __m512i ql = load512(w[b].ql + 64 * half);  // [ql0 | ql1]
-            const __m512i hbits = _mm512_srlv_epi16(_mm512_broadcast_i64x4(load256(w[b].qh + 32 * half)), hi_shift);
+            const __m512i hbits = srli_halves<0, 2>(_mm512_broadcast_i64x4(load256(w[b].qh + 32 * half)));
             q[2 * half] = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_and_si512(_mm512_slli_epi16(hbits, 4), m2));
             q[2 * half + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), _mm512_and_si512(hbits, m2));
         }

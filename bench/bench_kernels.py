@@ -42,6 +42,17 @@ def random_weights(rng, type_name, rows, cols) -> np.ndarray:
     return raw.reshape(rows, -1)
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def time_calls(fn, n_calls) -> float:
     """Median seconds per call."""
     times = []
@@ -92,9 +103,11 @@ def main() -> None:
     feats = cpu.features()
     threads = sorted({1, feats["physical_cores"]} | {2})
     bw = {t: cpu.read_bandwidth(t, 1 << 30, 3) for t in threads}
-    res = {"machine": platform.processor() or platform.machine(), "kernels": cpu.get_kernels(),
+    res = {"machine": cpu_model(), "cores": feats["physical_cores"], "kernels": cpu.get_kernels(),
+           "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
            "load_avg_start": os.getloadavg(), "read_bandwidth_gbs": bw, "matvec": [], "prefill": []}
 
+    print(f"{res['machine']}, {res['cores']} cores, {res['date']}, load average {res['load_avg_start'][0]:.2f}")
     print(f"kernels={res['kernels']}  read bandwidth: " + ", ".join(f"{t}T {g:.1f} GB/s" for t, g in bw.items()))
     print("\n| type | shape | " + " | ".join(f"{t}T GB/s (% of read bw)" for t in threads) + " |")
     print("|---|---|" + "---|" * len(threads))

@@ -13,6 +13,8 @@ Claims checked here (see csrc/cpu/kernels.h):
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT
@@ -115,7 +117,7 @@ def make_act(type_name: str, x: np.ndarray):
 def sizes_for(type_name: str) -> list[int]:
     bs, _ = block_geometry(type_name)
     step = max(bs, 32)
-    return [step * 1, step * 3, step * 7, 16384]
+    return [step * 1, step * 3, step * 7, step * 19, 16384]
 
 
 # ---- (a) scalar dot == float64 dot of dequantized operands -----------------------------------
@@ -212,7 +214,8 @@ def matvec_rows(type_name, w, rows, cols, x, n_threads):
 def test_matmul_threads_and_tiles_agree(type_name, level):
     rng = np.random.default_rng(4000 + ALL_TYPES.index(type_name))
     bs, _ = block_geometry(type_name)
-    rows, cols = 67, max(bs, 32) * 3
+    # legacy: 2 batches of 8 blocks + a 3-block tail; k-quants: 3 super-blocks; floats: odd width
+    rows, cols = 67, {1: 611, 32: 608, 256: 768}[bs]
     w = random_weights(rng, type_name, rows, cols)
     x = rng.standard_normal((17, cols)).astype(np.float32)
     single = cpu.matmul(w, type_name, (rows, cols), x[0], n_threads=1)
@@ -285,3 +288,58 @@ def test_env_override_and_bad_value(tmp_path):
     env["LOWBIT_CPU"] = "sse9"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode != 0 and "ValueError" in out.stderr and "valid choices are scalar, avx2, avx512" in out.stderr
+
+
+def test_thread_pool_many_small_jobs_and_shutdown():
+    """Back-to-back jobs on one pool, more threads than cores, and pools created and dropped."""
+    from lowbit import _core
+    rng = np.random.default_rng(6000)
+    w = random_weights(rng, "Q8_0", 37, 256)
+    x = rng.standard_normal((3, 256)).astype(np.float32)
+    ref = cpu.matmul(w, "Q8_0", (37, 256), x, n_threads=1)
+    for t in (2, 5):
+        for _ in range(200):
+            assert np.array_equal(cpu.matmul(w, "Q8_0", (37, 256), x, n_threads=t), ref)
+    for t in (1, 3, 8):
+        pool = _core.CpuThreadPool(t)
+        assert pool.size == t
+        assert np.array_equal(_core.cpu_matmul(w.reshape(-1), "Q8_0", 37, 256, x, pool), ref)
+        del pool
+    assert _core.CpuThreadPool(0).size == cpu.features()["physical_cores"]
+
+
+# ---- real weights ----------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def real_tensors(model: str) -> dict:
+    """{type name: (tensor name, cols, first 96 rows as bytes)}: one 2-D tensor per type."""
+    from _models import real_model_path
+    from gguf import GGUFReader
+    path = real_model_path(model)
+    if path is None:
+        return {}
+    out = {}
+    for t in GGUFReader(path).tensors:
+        ty = t.tensor_type.name
+        if ty not in out and ty in ALL_TYPES and len(t.data.shape) == 2:
+            out[ty] = (t.name, int(t.shape[0]), np.ascontiguousarray(t.data[:96]))
+    return out
+
+
+@pytest.mark.parametrize("model", ["gemma3-270m", "smollm2-135m-instruct"])
+def test_matmul_on_real_tensors(model, level):
+    """One tensor of every type in the real models: matmul (which quantizes the activations)
+    vs float64 x @ dequantized W.T; the error is the q8 activation rounding."""
+    tensors = real_tensors(model)
+    if not tensors:
+        pytest.skip(f"{model} not available")
+    rng = np.random.default_rng(7000)
+    for ty, (name, cols, w) in tensors.items():
+        rows = w.shape[0]
+        x = rng.standard_normal((4, cols)).astype(np.float32)
+        got = cpu.matmul(w, ty, (rows, cols), x)
+        ref = x.astype(np.float64) @ dequant_weights(ty, w).reshape(rows, cols).T
+        err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+        assert err < (1e-6 if ty in FLOAT_TYPES else 1.5e-2), (model, name, ty, err)
+        assert np.array_equal(got[1], cpu.matmul(w, ty, (rows, cols), x[1], n_threads=1))
+    assert len(tensors) >= 2

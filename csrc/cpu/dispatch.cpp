@@ -121,6 +121,27 @@ VecDotFn kernel_for(const KernelSet& ks, GGMLType type) {
     }
 }
 
+VecDotRowsFn rows_kernel_for(const KernelSet& ks, GGMLType type) {
+    switch (type) {
+        case GGMLType::Q4_0: return ks.q4_0_rows;
+        case GGMLType::Q4_1: return ks.q4_1_rows;
+        case GGMLType::Q5_0: return ks.q5_0_rows;
+        case GGMLType::Q5_1: return ks.q5_1_rows;
+        case GGMLType::Q8_0: return ks.q8_0_rows;
+        case GGMLType::IQ4_NL: return ks.iq4_nl_rows;
+        case GGMLType::Q2_K: return ks.q2_K_rows;
+        case GGMLType::Q3_K: return ks.q3_K_rows;
+        case GGMLType::Q4_K: return ks.q4_K_rows;
+        case GGMLType::Q5_K: return ks.q5_K_rows;
+        case GGMLType::Q6_K: return ks.q6_K_rows;
+        case GGMLType::IQ4_XS: return ks.iq4_xs_rows;
+        case GGMLType::F32: return ks.f32_rows;
+        case GGMLType::F16: return ks.f16_rows;
+        case GGMLType::BF16: return ks.bf16_rows;
+        default: return nullptr;
+    }
+}
+
 ActFormat act_format(GGMLType type) {
     switch (type) {
         case GGMLType::Q4_0: case GGMLType::Q4_1: case GGMLType::Q5_0: case GGMLType::Q5_1:

@@ -14,6 +14,7 @@ extern const KernelSet kKernels = {
     vec_dot_q2_K, vec_dot_q3_K, vec_dot_q4_K, vec_dot_q5_K, vec_dot_q6_K, vec_dot_iq4_xs,
     vec_dot_f32, vec_dot_f16, vec_dot_bf16,
     quantize_act_q8_0, quantize_act_q8_K,
+    LOWBIT_ROW_LOOPS(avx2),
 };
 
 }  // namespace lowbit::cpu::avx2

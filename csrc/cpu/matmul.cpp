@@ -12,7 +12,7 @@
 namespace lowbit::cpu {
 namespace {
 
-constexpr int64_t kActTile = 8;       // activation rows per prefill tile
+constexpr int64_t kActTile = kMaxDotRows;  // activation rows per prefill tile (one multi-row dot)
 constexpr int64_t kTargetChunks = 8;  // chunks per thread: enough to balance, few enough to be cheap
 
 // The activation rows x (n, cols), quantized for `type`: n rows of act_row_bytes each.
@@ -81,14 +81,15 @@ void matvec(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
 
 // Prefill: a chunk is a band of weight rows, small enough to stay in L2 while every activation
 // row (in tiles of kActTile, whose quantized rows stay in L1/L2) is dotted against it. Each weight
-// byte therefore comes from memory once per call instead of once per activation row.
+// byte therefore comes from memory once per call instead of once per activation row, and the
+// multi-row dot decodes each weight block once per tile instead of once per activation row.
 void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, const float* x, int64_t n,
             float* y, ThreadPool& pool) {
     check_matmul_shape(type, rows, cols);
     if (n <= 0) return;
     if (n == 1) return matvec(weights, type, rows, cols, x, y, pool);
     const KernelSet& ks = kernels();
-    const VecDotFn dot = kernel_for(ks, type);
+    const VecDotRowsFn dot_rows = rows_kernel_for(ks, type);
     QuantizedActs act;
     quantize_rows(ks, type, cols, x, n, act, pool);
     const auto* w = static_cast<const uint8_t*>(weights);
@@ -101,8 +102,9 @@ void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
         for (int64_t i0 = 0; i0 < n; i0 += kActTile) {
             const int64_t i1 = std::min(n, i0 + kActTile);
             for (int64_t r = r0; r < r1; ++r) {
-                const uint8_t* wr = w + r * wrow;
-                for (int64_t i = i0; i < i1; ++i) y[i * rows + r] = dot(int(cols), wr, act.row(i));
+                float out[kActTile];
+                dot_rows(int(cols), w + r * wrow, act.row(i0), act.row_bytes, int(i1 - i0), out);
+                for (int64_t i = i0; i < i1; ++i) y[i * rows + r] = out[i - i0];
             }
         }
     });

@@ -69,22 +69,28 @@ void ThreadPool::run_chunks(int thread) {
     }
 }
 
+// A worker joins a job only while it still has unclaimed chunks, so a worker that wakes late
+// (busy machine) never holds the caller up; the caller waits only for workers that joined.
 void ThreadPool::worker_loop(int thread) {
     uint64_t seen = 0;
     for (;;) {
-        // Spin briefly for the next job (decode issues many small ones), then sleep.
+        // Spin for the next job (a decode step issues ~250 small ones back to back), then sleep.
         for (int spin = 0; spin < 200000 && generation_.load(std::memory_order_acquire) == seen; ++spin)
             __builtin_ia32_pause();
+        bool joined = false;
         {
             std::unique_lock<std::mutex> lock(mutex_);
             start_cv_.wait(lock, [&] { return stop_ || generation_.load(std::memory_order_relaxed) != seen; });
             if (stop_) return;
             seen = generation_.load(std::memory_order_relaxed);
+            joined = fn_ && next_chunk_.load(std::memory_order_relaxed) < n_chunks_;
+            if (joined) ++workers_busy_;
         }
+        if (!joined) continue;
         run_chunks(thread);
-        if (workers_busy_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-            std::lock_guard<std::mutex> lock(mutex_);   // the caller checks under the lock: no lost wake-up
-            done_cv_.notify_one();
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (--workers_busy_ == 0) done_cv_.notify_one();
         }
     }
 }
@@ -103,19 +109,19 @@ void ThreadPool::parallel_for(int64_t n_chunks, const ChunkFn& fn) {
         next_chunk_.store(0, std::memory_order_relaxed);
         failed_.store(false, std::memory_order_relaxed);
         error_ = nullptr;
-        workers_busy_.store(int(workers_.size()), std::memory_order_relaxed);
+        workers_busy_ = 0;
         generation_.fetch_add(1, std::memory_order_release);
     }
     start_cv_.notify_all();
     run_chunks(0);
-    // Workers usually finish within microseconds of the caller: spin before sleeping (a futex
-    // sleep + wake costs more than a decode step's small matvec).
+    // Joined workers usually finish within microseconds of the caller: spin before sleeping
+    // (a futex sleep + wake costs more than one of decode's small matvecs).
     for (int spin = 0; spin < 100000 && workers_busy_.load(std::memory_order_acquire) != 0; ++spin)
         __builtin_ia32_pause();
     std::exception_ptr error;
     {
         std::unique_lock<std::mutex> lock(mutex_);
-        done_cv_.wait(lock, [&] { return workers_busy_.load(std::memory_order_acquire) == 0; });
+        done_cv_.wait(lock, [&] { return workers_busy_ == 0; });
         error = std::exchange(error_, nullptr);
         fn_ = nullptr;
     }

@@ -354,7 +354,8 @@ def test_token_out_of_range_and_context_overflow(tmp_path_factory):
 
 def test_bad_engine_arguments(tmp_path_factory):
     path = tiny_model(tmp_path_factory, "llama")
-    for kwargs, word in (({"n_ctx": 0}, "n_ctx"), ({"n_threads": 0}, "n_threads"), ({"n_batch": 0}, "n_batch")):
+    for kwargs, word in (({"n_ctx": 0}, "n_ctx"), ({"n_threads": 0}, "n_threads"), ({"n_batch": 0}, "n_batch"),
+                         ({"n_ctx": 1 << 30}, "n_ctx"), ({"n_ctx": 1 << 28}, "physical memory")):
         with pytest.raises(ValueError, match=word):
             engine(path, **kwargs)
 

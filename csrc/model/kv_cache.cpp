@@ -31,10 +31,8 @@ KVCache::KVCache(const ModelConfig& c, int64_t n_ctx, int64_t n_batch, KVType ty
         Layer& l = layers_[size_t(il)];
         l.n_cells = c.layer_is_swa[size_t(il)] ? std::min(n_ctx, c.n_swa + n_batch) : n_ctx;
         const size_t bytes = size_t(l.n_cells * n_head_kv_ * row_bytes_);
-        l.k.resize(bytes);
+        l.k.resize(bytes);   // pages are touched as positions are written
         l.v.resize(bytes);
-        std::memset(l.k.data(), 0, bytes);   // touch now: memory() reports what is really held
-        std::memset(l.v.data(), 0, bytes);
     }
 }
 

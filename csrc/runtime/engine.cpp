@@ -1,6 +1,8 @@
 // engine.cpp: see engine.h.
 #include "runtime/engine.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 
 #include "cpu/dispatch.h"
@@ -8,7 +10,7 @@
 namespace lowbit::runtime {
 
 namespace {
-constexpr int64_t kMaxCtx = int64_t(1) << 24;
+constexpr int64_t kMaxCtx = int64_t(1) << 28;
 constexpr int kMaxThreads = 512;
 }  // namespace
 
@@ -23,9 +25,27 @@ Engine::Engine(const std::string& path, int64_t n_ctx, int n_threads, int64_t n_
     n_ctx_ = n_ctx;
     n_batch_ = std::min(n_batch, n_ctx);
     n_threads_ = n_threads;
+    check_fits_in_memory(c, kvt);
     cache_ = std::make_unique<model::KVCache>(c, n_ctx_, n_batch_, kvt);
     state_ = std::make_unique<model::ForwardState>(c, n_batch_, n_ctx_, n_threads_);
     pool_ = std::make_unique<cpu::ThreadPool>(n_threads_);
+}
+
+// KV cache + attention scratch must fit in physical memory: refuse up front rather than be
+// killed by the OOM killer when a large n_ctx fills up.
+void Engine::check_fits_in_memory(const model::ModelConfig& c, model::KVType kvt) const {
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    if (pages <= 0 || page <= 0) return;
+    const double phys = double(pages) * double(page);
+    const double row = kvt == model::KVType::F16 ? 2.0 * double(c.head_dim) : double(c.head_dim) / 32.0 * 34.0;
+    double cells = 0;
+    for (int64_t il = 0; il < c.n_layers; ++il)
+        cells += double(c.layer_is_swa[size_t(il)] ? std::min(n_ctx_, c.n_swa + n_batch_) : n_ctx_);
+    const double kv = 2.0 * cells * double(c.n_head_kv) * row;
+    const double scratch = double(n_threads_) * double(model::kAttTile) * double(n_ctx_) * 4.0;
+    LOWBIT_CHECK(kv + scratch < phys, ValueError, "n_ctx ", n_ctx_, " needs a ", uint64_t(kv), "-byte KV cache (",
+                 model::kv_type_name(kvt), ") plus ", uint64_t(scratch), " bytes of attention scratch, more than the ",
+                 uint64_t(phys), " bytes of physical memory");
 }
 
 void Engine::check_open() const {

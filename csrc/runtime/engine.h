@@ -59,6 +59,7 @@ public:
 
 private:
     void check_open() const;
+    void check_fits_in_memory(const model::ModelConfig& c, model::KVType kvt) const;
 
     mutable std::mutex mutex_;
     std::atomic<bool> cancel_{false};

@@ -45,6 +45,16 @@ void axpy_f16_generic(float* y, float a, const uint16_t* x, int64_t n) {
     for (int64_t i = 0; i < n; ++i) y[i] += a * fp16_to_fp32(x[i]);
 }
 
+void attn_scores_f16_generic(const float* q, const uint16_t* rows, int64_t stride, int64_t n, int64_t d,
+                             float scale, float* scores) {
+    for (int64_t j = 0; j < n; ++j) scores[j] = dot_f16_generic(q, rows + j * stride, d) * scale;
+}
+
+void attn_values_f16_generic(const float* p, const uint16_t* rows, int64_t stride, int64_t n, int64_t d,
+                             float* out) {
+    for (int64_t j = 0; j < n; ++j) axpy_f16_generic(out, p[j], rows + j * stride, d);
+}
+
 struct HotLoops {
     float (*dot)(const float*, const float*, int64_t);
     void (*axpy)(float*, float, const float*, int64_t);
@@ -52,14 +62,16 @@ struct HotLoops {
     void (*to_f16)(const float*, uint16_t*, int64_t);
     float (*dot16)(const float*, const uint16_t*, int64_t);
     void (*axpy16)(float*, float, const uint16_t*, int64_t);
+    void (*scores16)(const float*, const uint16_t*, int64_t, int64_t, int64_t, float, float*);
+    void (*values16)(const float*, const uint16_t*, int64_t, int64_t, int64_t, float*);
 };
 
 const HotLoops& hot_loops() {
     static const HotLoops h = cpu_features().has_avx2_level()
         ? HotLoops{avx2::dot_f32, avx2::axpy_f32, avx2::f16_to_f32_row, avx2::f32_to_f16_row, avx2::dot_f16,
-                   avx2::axpy_f16}
+                   avx2::axpy_f16, avx2::attn_scores_f16, avx2::attn_values_f16}
         : HotLoops{dot_f32_generic, axpy_f32_generic, f16_to_f32_generic, f32_to_f16_generic, dot_f16_generic,
-                   axpy_f16_generic};
+                   axpy_f16_generic, attn_scores_f16_generic, attn_values_f16_generic};
     return h;
 }
 
@@ -121,5 +133,12 @@ void f16_to_f32_row(const uint16_t* x, float* y, int64_t n) { hot_loops().to_f32
 void f32_to_f16_row(const float* x, uint16_t* y, int64_t n) { hot_loops().to_f16(x, y, n); }
 float dot_f16(const float* a, const uint16_t* b, int64_t n) { return hot_loops().dot16(a, b, n); }
 void axpy_f16(float* y, float a, const uint16_t* x, int64_t n) { hot_loops().axpy16(y, a, x, n); }
+void attn_scores_f16(const float* q, const uint16_t* rows, int64_t stride, int64_t n, int64_t d, float scale,
+                     float* scores) {
+    hot_loops().scores16(q, rows, stride, n, d, scale, scores);
+}
+void attn_values_f16(const float* p, const uint16_t* rows, int64_t stride, int64_t n, int64_t d, float* out) {
+    hot_loops().values16(p, rows, stride, n, d, out);
+}
 
 }  // namespace lowbit::cpu

@@ -35,6 +35,13 @@ void f32_to_f16_row(const float* x, uint16_t* y, int64_t n);              // rou
 float dot_f16(const float* a, const uint16_t* b, int64_t n);              // sum a[i] * half(b[i])
 void axpy_f16(float* y, float a, const uint16_t* x, int64_t n);           // y += a * half(x)
 
+// Attention over n cached f16 rows of d values, row j at rows + j * stride (in halves):
+//   scores[j] = scale * dot(q, row j)                  q: (d,)  scores: (n,)
+//   out += sum_j p[j] * row j  (j ascending)           p: (n,)  out: (d,)
+void attn_scores_f16(const float* q, const uint16_t* rows, int64_t stride, int64_t n, int64_t d, float scale,
+                     float* scores);
+void attn_values_f16(const float* p, const uint16_t* rows, int64_t stride, int64_t n, int64_t d, float* out);
+
 namespace avx2 {   // ops_avx2.cpp; only called when cpu_features().has_avx2_level()
 float dot_f32(const float* a, const float* b, int64_t n);
 void axpy_f32(float* y, float a, const float* x, int64_t n);
@@ -42,6 +49,9 @@ void f16_to_f32_row(const uint16_t* x, float* y, int64_t n);
 void f32_to_f16_row(const float* x, uint16_t* y, int64_t n);
 float dot_f16(const float* a, const uint16_t* b, int64_t n);
 void axpy_f16(float* y, float a, const uint16_t* x, int64_t n);
+void attn_scores_f16(const float* q, const uint16_t* rows, int64_t stride, int64_t n, int64_t d, float scale,
+                     float* scores);
+void attn_values_f16(const float* p, const uint16_t* rows, int64_t stride, int64_t n, int64_t d, float* out);
 }  // namespace avx2
 
 }  // namespace lowbit::cpu

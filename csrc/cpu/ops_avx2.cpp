@@ -74,4 +74,13 @@ void axpy_f16(float* y, float a, const uint16_t* x, int64_t n) {
     for (; i < n; ++i) y[i] += a * fp16_to_fp32(x[i]);
 }
 
+void attn_scores_f16(const float* q, const uint16_t* rows, int64_t stride, int64_t n, int64_t d, float scale,
+                     float* scores) {
+    for (int64_t j = 0; j < n; ++j) scores[j] = dot_f16(q, rows + j * stride, d) * scale;
+}
+
+void attn_values_f16(const float* p, const uint16_t* rows, int64_t stride, int64_t n, int64_t d, float* out) {
+    for (int64_t j = 0; j < n; ++j) axpy_f16(out, p[j], rows + j * stride, d);
+}
+
 }  // namespace lowbit::cpu::avx2

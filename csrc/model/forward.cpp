@@ -89,61 +89,98 @@ void attention_inputs(const Model& m, const LayerWeights& l, int64_t il, KVCache
     });
 }
 
+// In-place softmax of st[0..n) (sums in double); returns 1 / sum of the numerators.
+double softmax_numerators(float* st, int64_t n) {
+    float mx = st[0];
+    for (int64_t j = 1; j < n; ++j) mx = std::max(mx, st[j]);
+    double sum = 0.0;
+    for (int64_t j = 0; j < n; ++j) { st[j] = std::exp(st[j] - mx); sum += st[j]; }
+    return 1.0 / sum;
+}
+
+// The keys of one head over positions [a, b] as at most two runs of consecutive cells (a ring
+// wraps once at most: b - a < n_cells). fn(first position, cell of it, count).
+template <typename Fn>
+void for_cell_runs(int64_t a, int64_t b, int64_t n_cells, Fn&& fn) {
+    const int64_t cell = a % n_cells, len = b - a + 1, first = std::min(len, n_cells - cell);
+    fn(a, cell, first);
+    if (first < len) fn(a + first, int64_t(0), len - first);
+}
+
+struct AttnItem {        // one work item: query head h over tokens [t0, t1) of the batch
+    int64_t h, g, t0, t1;
+};
+
+// f16 cache: rows are read in place, token by token, by the batched kernels of ops.h.
+void attend_f16(const Model& m, int64_t il, const KVCache& cache, ForwardState& s, const AttnItem& it,
+                int64_t pos0, int64_t window, float* scores) {
+    const ModelConfig& c = m.config;
+    const int64_t D = c.head_dim, Q = c.q_dim(), n_cells = cache.n_cells(il);
+    const int64_t stride = cache.row_stride() / 2;   // in halves
+    const auto* k0 = reinterpret_cast<const uint16_t*>(cache.k_row(il, 0, it.g));   // cell 0 of head g
+    const auto* v0 = reinterpret_cast<const uint16_t*>(cache.v_row(il, 0, it.g));
+    for (int64_t t = it.t0; t < it.t1; ++t) {
+        const int64_t b = pos0 + t, a = window ? std::max<int64_t>(0, b - window + 1) : 0;   // visible keys
+        const float* q = s.q.data() + t * Q + it.h * D;
+        float* out = s.attn.data() + t * Q + it.h * D;
+        for_cell_runs(a, b, n_cells, [&](int64_t p, int64_t cell, int64_t len) {
+            cpu::attn_scores_f16(q, k0 + cell * stride, stride, len, D, c.attn_scale, scores + (p - a));
+        });
+        const float inv_sum = float(softmax_numerators(scores, b - a + 1));
+        for (int64_t j = 0; j <= b - a; ++j) scores[j] *= inv_sum;
+        std::memset(out, 0, size_t(D) * sizeof(float));
+        for_cell_runs(a, b, n_cells, [&](int64_t p, int64_t cell, int64_t len) {
+            cpu::attn_values_f16(scores + (p - a), v0 + cell * stride, stride, len, D, out);
+        });
+    }
+}
+
+// q8_0 cache: each K / V row is dequantized once per item and used by every token of the tile.
+void attend_dequantized(const Model& m, int64_t il, const KVCache& cache, ForwardState& s, const AttnItem& it,
+                        int64_t pos0, int64_t window, float* scores, float* row) {
+    const ModelConfig& c = m.config;
+    const int64_t D = c.head_dim, Q = c.q_dim();
+    auto first_key = [&](int64_t t) { return window ? std::max<int64_t>(0, pos0 + t - window + 1) : 0; };
+    auto visible = [&](int64_t j, int64_t t) { return j >= first_key(t) && j <= pos0 + t; };
+    const int64_t lo = first_key(it.t0), hi = pos0 + it.t1 - 1;   // keys any token of the tile sees
+    auto score = [&](int64_t t, int64_t j) -> float& { return scores[(t - it.t0) * s.n_ctx + (j - lo)]; };
+    for (int64_t j = lo; j <= hi; ++j) {
+        cache.load_row(cache.k_row(il, j, it.g), row);
+        for (int64_t t = it.t0; t < it.t1; ++t)
+            if (visible(j, t)) score(t, j) = cpu::dot_f32(s.q.data() + t * Q + it.h * D, row, D) * c.attn_scale;
+    }
+    for (int64_t t = it.t0; t < it.t1; ++t) {
+        const int64_t a = first_key(t), n_keys = pos0 + t - a + 1;
+        float* st = &score(t, a);
+        const float inv_sum = float(softmax_numerators(st, n_keys));
+        for (int64_t j = 0; j < n_keys; ++j) st[j] *= inv_sum;
+        std::memset(s.attn.data() + t * Q + it.h * D, 0, size_t(D) * sizeof(float));
+    }
+    for (int64_t j = lo; j <= hi; ++j) {
+        cache.load_row(cache.v_row(il, j, it.g), row);
+        for (int64_t t = it.t0; t < it.t1; ++t)
+            if (visible(j, t)) cpu::axpy_f32(s.attn.data() + t * Q + it.h * D, score(t, j), row, D);
+    }
+}
+
 // attn (n, H D) = softmax(q k^T * scale) v over each token's visible cached positions.
-// Work item = (query head, tile of kAttTile tokens): each K/V row is dequantized once per item.
+// Work item = (query head, tile of kAttTile tokens), spread over the pool's threads.
 void attention(const Model& m, int64_t il, const KVCache& cache, ForwardState& s, cpu::ThreadPool& pool,
                int64_t n, int64_t pos0) {
     const ModelConfig& c = m.config;
-    const int64_t D = c.head_dim, Q = c.q_dim(), group = c.n_head / c.n_head_kv;
+    const int64_t group = c.n_head / c.n_head_kv;
     const int64_t window = c.layer_is_swa[size_t(il)] ? c.n_swa : 0;
     const int64_t n_tiles = (n + kAttTile - 1) / kAttTile;
-    const float scale = c.attn_scale;
     pool.parallel_for(c.n_head * n_tiles, [&](int64_t item, int thread) {
-        const int64_t h = item / n_tiles, g = h / group;
-        const int64_t t0 = (item % n_tiles) * kAttTile, t1 = std::min(n, t0 + kAttTile);
-        auto first_key = [&](int64_t t) { return window ? std::max<int64_t>(0, pos0 + t - window + 1) : 0; };
-        const int64_t lo = first_key(t0), hi = pos0 + t1 - 1;     // keys any token of the tile sees
+        AttnItem it;
+        it.h = item / n_tiles;
+        it.g = it.h / group;
+        it.t0 = (item % n_tiles) * kAttTile;
+        it.t1 = std::min(n, it.t0 + kAttTile);
         float* scores = s.scores.data() + size_t(thread) * size_t(kAttTile * s.n_ctx);   // (tile, keys)
-        float* row = s.kv_row.data() + size_t(thread) * size_t(D);
-        const bool f16 = cache.rows_are_f16();   // f16 rows are read in place, q8_0 rows dequantized once
-        for (int64_t j = lo; j <= hi; ++j) {
-            const uint8_t* krow = cache.k_row(il, j, g);
-            if (!f16) cache.load_row(krow, row);
-            for (int64_t t = t0; t < t1; ++t) {
-                if (j < first_key(t) || j > pos0 + t) continue;
-                const float* q = s.q.data() + t * Q + h * D;
-                const float dot = f16 ? cpu::dot_f16(q, reinterpret_cast<const uint16_t*>(krow), D)
-                                      : cpu::dot_f32(q, row, D);
-                scores[(t - t0) * s.n_ctx + (j - lo)] = dot * scale;
-            }
-        }
-        double inv_sum[kAttTile];
-        for (int64_t t = t0; t < t1; ++t) {   // softmax numerators in place; sums in double
-            float* st = scores + (t - t0) * s.n_ctx;
-            const int64_t a = first_key(t) - lo, b = pos0 + t - lo;
-            float mx = st[a];
-            for (int64_t j = a + 1; j <= b; ++j) mx = std::max(mx, st[j]);
-            double sum = 0.0;
-            for (int64_t j = a; j <= b; ++j) { st[j] = std::exp(st[j] - mx); sum += st[j]; }
-            inv_sum[t - t0] = 1.0 / sum;
-            std::memset(s.attn.data() + t * Q + h * D, 0, size_t(D) * sizeof(float));
-        }
-        for (int64_t j = lo; j <= hi; ++j) {
-            const uint8_t* vrow = cache.v_row(il, j, g);
-            if (!f16) cache.load_row(vrow, row);
-            for (int64_t t = t0; t < t1; ++t) {
-                if (j < first_key(t) || j > pos0 + t) continue;
-                float* out = s.attn.data() + t * Q + h * D;
-                const float p = scores[(t - t0) * s.n_ctx + (j - lo)];
-                if (f16) cpu::axpy_f16(out, p, reinterpret_cast<const uint16_t*>(vrow), D);
-                else cpu::axpy_f32(out, p, row, D);
-            }
-        }
-        for (int64_t t = t0; t < t1; ++t) {
-            float* out = s.attn.data() + t * Q + h * D;
-            const float f = float(inv_sum[t - t0]);
-            for (int64_t d = 0; d < D; ++d) out[d] *= f;
-        }
+        if (cache.rows_are_f16()) attend_f16(m, il, cache, s, it, pos0, window, scores);
+        else attend_dequantized(m, il, cache, s, it, pos0, window, scores,
+                                s.kv_row.data() + size_t(thread) * size_t(c.head_dim));
     });
 }
 

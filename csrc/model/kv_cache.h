@@ -40,6 +40,8 @@ public:
     int64_t total_cells() const;     // sum over layers of n_cells
     int64_t lo_valid() const { return lo_valid_; }
 
+    // Rows of consecutive cells of one head are row_stride() bytes apart; cell of pos = pos % n_cells.
+    int64_t row_stride() const { return n_head_kv_ * row_bytes_; }
     const uint8_t* k_row(int64_t il, int64_t pos, int64_t head) const { return row(il, pos, head, false); }
     const uint8_t* v_row(int64_t il, int64_t pos, int64_t head) const { return row(il, pos, head, true); }
 

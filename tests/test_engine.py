@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -167,6 +168,28 @@ def test_q8_0_kv_needs_head_dim_multiple_of_32(tmp_path_factory):
         engine(path, kv_type="q8_0")
     with pytest.raises(ValueError, match="kv_type"):
         engine(path, kv_type="q4_0")
+
+
+def test_portable_loops_agree(tmp_path_factory):
+    """LOWBIT_CPU=scalar: scalar kernels and the portable attention loops (no AVX2), in a
+    subprocess because both are chosen once per process."""
+    path = tiny_model(tmp_path_factory, "gemma3")
+    ids = random_ids(engine(path).n_vocab, 20, seed=30)
+    script = (
+        "import sys, numpy as np; from lowbit import _core; "
+        f"ids = np.array({ids.tolist()}, np.int32); "
+        "out = [_core.Engine(sys.argv[1], 64, 2, 7, kv).eval(ids, all_logits=True) for kv in ('f16', 'q8_0')]; "
+        "np.save(sys.argv[2], np.stack(out))")
+    out_file = str(tmp_path_factory.mktemp("scalar") / "logits.npy")
+    env = dict(os.environ, LOWBIT_CPU="scalar",
+               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(_core.__file__))] + sys.path))
+    subprocess.run([sys.executable, "-c", script, path, out_file], env=env, check=True, timeout=120)
+    scalar = np.load(out_file)
+    # Different summation orders (~1e-7) can flip a rounding when K / V are stored in f16 or q8_0,
+    # which the later layers amplify: bounds 1e-3 (f16 cache) and 1e-2 (q8_0 cache).
+    assert rel_err(scalar[0], engine(path, n_ctx=64, n_batch=7).eval(ids, all_logits=True)) <= 1e-3
+    assert rel_err(scalar[1], engine(path, n_ctx=64, n_batch=7, kv_type="q8_0").eval(ids, all_logits=True)) <= 1e-2
+    assert rel_err(scalar[0], ReferenceModel(path).logits(ids)) <= 1e-3
 
 
 # ---- truncate / shift ----------------------------------------------------------------------

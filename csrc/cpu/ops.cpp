@@ -2,6 +2,8 @@
 #include "cpu/ops.h"
 
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "common.h"
 #include "cpu/dispatch.h"
@@ -66,8 +68,14 @@ struct HotLoops {
     void (*values16)(const float*, const uint16_t*, int64_t, int64_t, int64_t, float*);
 };
 
+// AVX2 when the CPU has it, unless LOWBIT_CPU=scalar asks for the portable loops (tests).
+bool use_avx2() {
+    const char* env = std::getenv("LOWBIT_CPU");
+    return cpu_features().has_avx2_level() && !(env && std::string(env) == "scalar");
+}
+
 const HotLoops& hot_loops() {
-    static const HotLoops h = cpu_features().has_avx2_level()
+    static const HotLoops h = use_avx2()
         ? HotLoops{avx2::dot_f32, avx2::axpy_f32, avx2::f16_to_f32_row, avx2::f32_to_f16_row, avx2::dot_f16,
                    avx2::axpy_f16, avx2::attn_scores_f16, avx2::attn_values_f16}
         : HotLoops{dot_f32_generic, axpy_f32_generic, f16_to_f32_generic, f32_to_f16_generic, dot_f16_generic,

@@ -3,7 +3,7 @@
 // Everything is f32 in memory; reductions that decide accuracy (norm sums, softmax sums)
 // accumulate in double. Plain loops that the compiler vectorizes for baseline SSE2; the few hot
 // inner loops of attention (dot, axpy, f16 row conversion) have AVX2/F16C versions in
-// ops_avx2.cpp, picked once from the CPU features.
+// ops_avx2.cpp, picked once from the CPU features (LOWBIT_CPU=scalar forces the portable loops).
 #pragma once
 #include <cstdint>
 

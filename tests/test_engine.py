@@ -340,6 +340,8 @@ def test_properties_and_memory(tmp_path_factory):
     assert e.kv_type == "f16" and e.kernels in ("scalar", "avx2", "avx512") and e.n_past == 0
     m = e.memory()
     assert m["weights"] == {"F32": m["weights_bytes"]} and m["weights_bytes"] > 0
+    E, F, Q, KV = spec.n_embd, spec.n_ff, spec.n_head * spec.head_dim, spec.n_head_kv * spec.head_dim
+    assert m["weights_copied_bytes"] == 6 * 4 * E * (Q + 2 * KV + 2 * F)   # fused q|k|v and gate|up
     kv = m["kv_cache"]
     # 5 sliding layers keep window 4 + n_batch 10 cells, the global layer keeps n_ctx
     assert kv["layers"] == 6 and kv["cells"] == 5 * 14 + 100 and kv["type"] == "f16"

@@ -63,6 +63,7 @@ py::dict memory(const Engine& e) {
     py::dict d;
     d["weights"] = weights;
     d["weights_bytes"] = r.weights_bytes;
+    d["weights_copied_bytes"] = r.weights_copied_bytes;
     d["kv_cache"] = kv;
     d["scratch_bytes"] = r.scratch_bytes;
     d["total_bytes"] = r.total_bytes;

@@ -55,7 +55,8 @@ void attention_inputs(const Model& m, const LayerWeights& l, int64_t il, KVCache
                       cpu::ThreadPool& pool, int64_t n, int64_t pos0) {
     const ModelConfig& c = m.config;
     const int64_t Q = c.q_dim(), KV = c.kv_dim(), D = c.head_dim;
-    if (c.fused_qkv) {
+    const bool fused = l.wqkv.present();
+    if (fused) {
         project(l.wqkv, s.xn.data(), n, s.qkv.data(), pool);
     } else {
         project(l.wq, s.xn.data(), n, s.q.data(), pool);
@@ -68,7 +69,7 @@ void attention_inputs(const Model& m, const LayerWeights& l, int64_t il, KVCache
         float* q = s.q.data() + t * Q;
         float* k = s.k.data() + t * KV;
         float* v = s.v.data() + t * KV;
-        if (c.fused_qkv) {   // qkv row: [q (Q) | k (KV) | v (KV)]
+        if (fused) {   // qkv row: [q (Q) | k (KV) | v (KV)]
             const float* row = s.qkv.data() + t * (Q + 2 * KV);
             std::memcpy(q, row, size_t(Q) * sizeof(float));
             std::memcpy(k, row + Q, size_t(KV) * sizeof(float));
@@ -199,14 +200,15 @@ void residual(const ModelConfig& c, const Vec& bias, const Vec& post_norm, Forwa
 void feed_forward(const Model& m, const LayerWeights& l, ForwardState& s, cpu::ThreadPool& pool, int64_t n) {
     const ModelConfig& c = m.config;
     const int64_t F = c.n_ff;
-    if (c.fused_gate_up) project(l.w_up, s.xn.data(), n, s.gate.data(), pool);   // (n, 2F): [gate | up]
+    const bool fused = l.w_gate_up.present();
+    if (fused) project(l.w_gate_up, s.xn.data(), n, s.gate.data(), pool);   // (n, 2F): [gate | up]
     else {
         project(l.w_gate, s.xn.data(), n, s.gate.data(), pool);
         project(l.w_up, s.xn.data(), n, s.up.data(), pool);
     }
     for_tokens(pool, n, [&](int64_t t) {
-        float* g = c.fused_gate_up ? s.gate.data() + t * 2 * F : s.gate.data() + t * F;
-        const float* u = c.fused_gate_up ? g + F : s.up.data() + t * F;
+        float* g = fused ? s.gate.data() + t * 2 * F : s.gate.data() + t * F;
+        const float* u = fused ? g + F : s.up.data() + t * F;
         float* h = s.up.data() + t * F;   // (n, F) gated hidden, in place over up
         if (c.ffn_act == FfnAct::SiLU) cpu::silu_mul(g, u, h, F);
         else cpu::gelu_tanh_mul(g, u, h, F);
@@ -236,13 +238,13 @@ ForwardState::ForwardState(const ModelConfig& c, int64_t n_batch_, int64_t n_ctx
     const size_t B = size_t(n_batch);
     x.resize(B * size_t(c.n_embd));
     xn.resize(B * size_t(c.n_embd));
-    if (c.fused_qkv) qkv.resize(B * size_t(c.q_dim() + 2 * c.kv_dim()));
+    qkv.resize(B * size_t(c.q_dim() + 2 * c.kv_dim()));
     q.resize(B * size_t(c.q_dim()));
     k.resize(B * size_t(c.kv_dim()));
     v.resize(B * size_t(c.kv_dim()));
     attn.resize(B * size_t(c.q_dim()));
     proj.resize(B * size_t(c.n_embd));
-    gate.resize(B * size_t(c.fused_gate_up ? 2 * c.n_ff : c.n_ff));
+    gate.resize(B * size_t(2 * c.n_ff));
     up.resize(B * size_t(c.n_ff));
     rope_global.resize(B * size_t(c.n_rot));
     rope_swa.resize(B * size_t(c.n_rot));

@@ -37,12 +37,12 @@ struct ForwardState {
     int64_t n_batch, n_ctx;
     AlignedBuffer<float> x;          // (n_batch, n_embd)   residual stream
     AlignedBuffer<float> xn;         // (n_batch, n_embd)   normed input of a sub-block
-    AlignedBuffer<float> qkv;        // (n_batch, q_dim + 2 kv_dim)  phi3's fused projection, else empty
+    AlignedBuffer<float> qkv;        // (n_batch, q_dim + 2 kv_dim)  fused projection [q | k | v]
     AlignedBuffer<float> q;          // (n_batch, q_dim)    queries, per head
     AlignedBuffer<float> k, v;       // (n_batch, kv_dim)   this batch's keys / values
     AlignedBuffer<float> attn;       // (n_batch, q_dim)    attention output, per head
     AlignedBuffer<float> proj;       // (n_batch, n_embd)   output of attn_output / ffn_down
-    AlignedBuffer<float> gate;       // (n_batch, n_ff)     phi3: (n_batch, 2 n_ff) fused gate-up
+    AlignedBuffer<float> gate;       // (n_batch, 2 n_ff)   [gate | up] when fused, else (n_batch, n_ff) gate
     AlignedBuffer<float> up;         // (n_batch, n_ff)
     AlignedBuffer<float> rope_global;  // (n_batch, n_rot/2, 2) cos, sin per token
     AlignedBuffer<float> rope_swa;     // (n_batch, n_rot/2, 2)

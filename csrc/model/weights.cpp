@@ -1,6 +1,11 @@
 // weights.cpp: see weights.h. Tensor names follow llama.cpp's GGUF conventions.
 #include "model/weights.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <initializer_list>
+
 #include "common.h"
 #include "cpu/matmul.h"
 #include "quant/types.h"
@@ -105,7 +110,7 @@ LayerWeights load_layer(const Loader& ld, const ModelConfig& c, int64_t il) {
     if (c.post_norms) l.attn_post_norm = ld.vec(p + "post_attention_norm.weight", E);
     l.ffn_norm = ld.vec(p + "ffn_norm.weight", E);
     if (c.fused_gate_up) {
-        l.w_up = ld.matrix(p + "ffn_up.weight", 2 * c.n_ff, E);
+        l.w_gate_up = ld.matrix(p + "ffn_up.weight", 2 * c.n_ff, E);
     } else {
         l.w_gate = ld.matrix(p + "ffn_gate.weight", c.n_ff, E);
         l.w_up = ld.matrix(p + "ffn_up.weight", c.n_ff, E);
@@ -113,6 +118,38 @@ LayerWeights load_layer(const Loader& ld, const ModelConfig& c, int64_t il) {
     l.w_down = ld.matrix(p + "ffn_down.weight", E, c.n_ff);
     if (c.post_norms) l.ffn_post_norm = ld.vec(p + "post_ffw_norm.weight", E);
     return l;
+}
+
+// Drops the mapping's pages that lie wholly inside [p, p + bytes) from this process (clean,
+// file-backed: they would be read again from the file if ever touched).
+void release_pages(const void* p, size_t bytes) {
+    const uintptr_t page = uintptr_t(sysconf(_SC_PAGE_SIZE));
+    const uintptr_t a = (uintptr_t(p) + page - 1) / page * page, b = (uintptr_t(p) + bytes) / page * page;
+    if (b > a) madvise(reinterpret_cast<void*>(a), b - a, MADV_DONTNEED);
+}
+
+// One matrix made of `parts` stacked row-wise (all of one type and width), copied into `w.fused`;
+// an absent Matrix when the types differ.
+Matrix concat_rows(ModelWeights& w, std::initializer_list<const Matrix*> parts) {
+    const Matrix& first = **parts.begin();
+    Matrix m = first;
+    m.rows = 0;
+    for (const Matrix* part : parts) {
+        if (part->type != first.type || part->cols != first.cols) return Matrix{};
+        m.rows += part->rows;
+    }
+    AlignedBuffer<uint8_t> buf(size_t(m.rows * m.row_bytes));
+    size_t off = 0;
+    for (const Matrix* part : parts) {
+        const size_t bytes = size_t(part->rows * part->row_bytes);
+        std::memcpy(buf.data() + off, part->data, bytes);
+        release_pages(part->data, bytes);
+        off += bytes;
+    }
+    m.data = buf.data();
+    w.fused_bytes += buf.size();
+    w.fused.push_back(std::move(buf));
+    return m;
 }
 
 }  // namespace
@@ -134,6 +171,10 @@ ModelWeights load_weights(const GGUFFile& f, const ModelConfig& c) {
                      ", expected positive factors");
     w.layers.reserve(size_t(c.n_layers));
     for (int64_t il = 0; il < c.n_layers; ++il) w.layers.push_back(load_layer(ld, c, il));
+    for (LayerWeights& l : w.layers) {   // fewer, larger matvecs for decode
+        if (!l.wqkv.present()) l.wqkv = concat_rows(w, {&l.wq, &l.wk, &l.wv});
+        if (!l.w_gate_up.present()) l.w_gate_up = concat_rows(w, {&l.w_gate, &l.w_up});
+    }
     for (const TensorInfo& t : f.tensors()) {
         w.bytes_by_type[t.type_size->name] += t.n_bytes;
         // A bias this engine would not add changes the model: refuse rather than ignore it.

@@ -98,6 +98,7 @@ MemoryReport Engine::memory() const {
     MemoryReport r;
     r.weights_by_type = model_->weights.bytes_by_type;
     for (const auto& [type, bytes] : r.weights_by_type) r.weights_bytes += bytes;
+    r.weights_copied_bytes = model_->weights.fused_bytes;
     r.kv_bytes = uint64_t(cache_->bytes());
     r.kv_cells = cache_->total_cells();
     r.kv_layers = cache_->n_layers();

@@ -21,6 +21,8 @@ namespace lowbit::runtime {
 struct MemoryReport {
     std::map<std::string, uint64_t> weights_by_type;   // bytes of the file's tensors by GGML type
     uint64_t weights_bytes = 0;
+    uint64_t weights_copied_bytes = 0;  // part of weights_bytes held as fused copies (q|k|v, gate|up),
+                                        // whose mapped originals were released
     uint64_t kv_bytes = 0;
     int64_t kv_cells = 0;        // summed over layers (sliding layers hold fewer)
     int64_t kv_layers = 0;

@@ -66,7 +66,12 @@ struct HotLoops {
     void (*axpy16)(float*, float, const uint16_t*, int64_t);
     void (*scores16)(const float*, const uint16_t*, int64_t, int64_t, int64_t, float, float*);
     void (*values16)(const float*, const uint16_t*, int64_t, int64_t, int64_t, float*);
+    void (*silu)(const float*, const float*, float*, int64_t);
+    void (*gelu)(const float*, const float*, float*, int64_t);
 };
+
+void silu_mul_generic(const float* gate, const float* up, float* out, int64_t n);
+void gelu_tanh_mul_generic(const float* gate, const float* up, float* out, int64_t n);
 
 // AVX2 when the CPU has it, unless LOWBIT_CPU=scalar asks for the portable loops (tests).
 bool use_avx2() {
@@ -77,9 +82,11 @@ bool use_avx2() {
 const HotLoops& hot_loops() {
     static const HotLoops h = use_avx2()
         ? HotLoops{avx2::dot_f32, avx2::axpy_f32, avx2::f16_to_f32_row, avx2::f32_to_f16_row, avx2::dot_f16,
-                   avx2::axpy_f16, avx2::attn_scores_f16, avx2::attn_values_f16}
+                   avx2::axpy_f16, avx2::attn_scores_f16, avx2::attn_values_f16, avx2::silu_mul,
+                   avx2::gelu_tanh_mul}
         : HotLoops{dot_f32_generic, axpy_f32_generic, f16_to_f32_generic, f32_to_f16_generic, dot_f16_generic,
-                   axpy_f16_generic, attn_scores_f16_generic, attn_values_f16_generic};
+                   axpy_f16_generic, attn_scores_f16_generic, attn_values_f16_generic, silu_mul_generic,
+                   gelu_tanh_mul_generic};
     return h;
 }
 
@@ -116,20 +123,26 @@ void rope(float* x, int64_t n_heads, int64_t head_dim, int64_t n_rot, bool neox,
     }
 }
 
-void silu_mul(const float* gate, const float* up, float* out, int64_t n) {
+namespace {
+void silu_mul_generic(const float* gate, const float* up, float* out, int64_t n) {
     for (int64_t i = 0; i < n; ++i) {
         const float g = gate[i];
         out[i] = g / (1.0f + std::exp(-g)) * up[i];
     }
 }
 
-void gelu_tanh_mul(const float* gate, const float* up, float* out, int64_t n) {
+void gelu_tanh_mul_generic(const float* gate, const float* up, float* out, int64_t n) {
     constexpr float kSqrt2OverPi = 0.79788456080286535588f;
     for (int64_t i = 0; i < n; ++i) {
         const float g = gate[i];
         out[i] = 0.5f * g * (1.0f + std::tanh(kSqrt2OverPi * (g + 0.044715f * g * g * g))) * up[i];
     }
 }
+
+}  // namespace
+
+void silu_mul(const float* gate, const float* up, float* out, int64_t n) { hot_loops().silu(gate, up, out, n); }
+void gelu_tanh_mul(const float* gate, const float* up, float* out, int64_t n) { hot_loops().gelu(gate, up, out, n); }
 
 void add_inplace(float* y, const float* x, int64_t n) {
     for (int64_t i = 0; i < n; ++i) y[i] += x[i];

@@ -52,6 +52,8 @@ void axpy_f16(float* y, float a, const uint16_t* x, int64_t n);
 void attn_scores_f16(const float* q, const uint16_t* rows, int64_t stride, int64_t n, int64_t d, float scale,
                      float* scores);
 void attn_values_f16(const float* p, const uint16_t* rows, int64_t stride, int64_t n, int64_t d, float* out);
+void silu_mul(const float* gate, const float* up, float* out, int64_t n);
+void gelu_tanh_mul(const float* gate, const float* up, float* out, int64_t n);
 }  // namespace avx2
 
 }  // namespace lowbit::cpu

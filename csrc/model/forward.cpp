@@ -3,6 +3,7 @@
 // Per layer (B = tokens in the batch, E = n_embd, H = n_head, D = head_dim):
 //   xn = rmsnorm(x) * attn_norm                               (B, E)
 //   q, k, v = xn Wq^T (+bq), xn Wk^T (+bk), xn Wv^T (+bv)        (B, H D), (B, Hkv D) x 2
+//     (one matmul over the stacked [q | k | v] rows when weights.cpp could fuse them; same for gate | up)
 //     [qwen3, gemma3: per-head rmsnorm of q and k]  RoPE on q, k; k, v -> cache
 //   attn = softmax(q k^T * scale, causal [, window]) v        (B, H D)
 //   proj = attn Wo^T [gemma3: rmsnorm * attn_post_norm];  x += proj
@@ -10,7 +11,8 @@
 //   proj = h Wdown^T [gemma3: rmsnorm * ffn_post_norm];  x += proj
 // then logits = rmsnorm(x) * output_norm . Wout^T.
 // Matmuls go through cpu::matmul (B > 1) / cpu::matvec (B == 1); everything else is f32 with
-// double accumulation where it is cheap, each stage one parallel_for over tokens or heads.
+// double accumulation where it is cheap (norms, softmax sums), each stage one parallel_for over
+// tokens or (head, token tile), inline for a single decode token.
 #include "model/forward.h"
 
 #include <algorithm>

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Callable, Dict, List, Optional
 
@@ -136,6 +137,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def model_summary(m) -> str:
+    """One line: model, backend and kernels, weights and KV memory."""
+    mem = m.memory()
+    return (f"{os.path.basename(m.path)} | {m.architecture} | {m.device} "
+            f"({mem.get('kernels', '?')} kernels, {mem.get('n_threads', '?')} threads) | "
+            f"weights {human_bytes(mem.get('weights_bytes', 0))} | KV cache "
+            f"{human_bytes(mem.get('kv_cache_bytes', 0))} {mem.get('kv_type', '')} for {m.n_ctx} tokens")
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .repl import run_repl
+    m = load_for_cli(args.model, args)
+    with m:
+        print(model_summary(m), file=sys.stderr)
+        params = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                      repetition_penalty=args.repetition_penalty, seed=args.seed, max_tokens=args.max_tokens)
+        return run_repl(m, params, system=args.system, context_shift=args.context_shift)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lowbit", description="Run and quantize GGUF models locally.")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -155,6 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_flags(sp)
     add_load_flags(sp)
     sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("chat", help="interactive chat in the terminal")
+    sp.add_argument("model", nargs="?", default=DEFAULT_MODEL, metavar="MODEL",
+                    help=f"a GGUF path or registry name (default {DEFAULT_MODEL})")
+    sp.add_argument("--system", default=None, help="system prompt")
+    sp.add_argument("--context-shift", action="store_true",
+                    help="when the conversation outgrows the context, forget the oldest turns")
+    add_sampling_flags(sp)
+    add_load_flags(sp)
+    sp.set_defaults(func=cmd_chat)
 
     sp = sub.add_parser("pull", help="download a named model into the cache (checksummed)")
     sp.add_argument("models", nargs="+", metavar="MODEL", help="registry name(s); see `lowbit list`")

@@ -29,5 +29,6 @@ PYBIND11_MODULE(_core, m) {
         }
     });
     lowbit::bind_runtime(m);
+    lowbit::bind_quant(m);
   
 }

@@ -1,0 +1,54 @@
+// reference.h: the scalar row (de)quantizers of every computable type: the spec that SIMD and
+// CUDA kernels are checked against. Signatures match ToFloatFn / FromFloatFn in types.h.
+// n is the number of weights in the row, a multiple of the type's block size (callers check).
+//
+// Where they live: reference.cpp (float types, legacy, Q8_K, all dequantizers),
+// kquants.cpp (Q2_K..Q6_K), iq4.cpp (IQ4_NL, IQ4_XS), legacy_imatrix.cpp (legacy with imatrix).
+#pragma once
+#include <cstdint>
+
+namespace lowbit {
+
+// ---- dequantize: blocks -> n floats ----
+void dequantize_row_f32(const void* in, float* out, int64_t n);
+void dequantize_row_f16(const void* in, float* out, int64_t n);
+void dequantize_row_bf16(const void* in, float* out, int64_t n);
+void dequantize_row_q4_0(const void* in, float* out, int64_t n);
+void dequantize_row_q4_1(const void* in, float* out, int64_t n);
+void dequantize_row_q5_0(const void* in, float* out, int64_t n);
+void dequantize_row_q5_1(const void* in, float* out, int64_t n);
+void dequantize_row_q8_0(const void* in, float* out, int64_t n);
+void dequantize_row_q2_K(const void* in, float* out, int64_t n);
+void dequantize_row_q3_K(const void* in, float* out, int64_t n);
+void dequantize_row_q4_K(const void* in, float* out, int64_t n);
+void dequantize_row_q5_K(const void* in, float* out, int64_t n);
+void dequantize_row_q6_K(const void* in, float* out, int64_t n);
+void dequantize_row_q8_K(const void* in, float* out, int64_t n);
+void dequantize_row_iq4_nl(const void* in, float* out, int64_t n);
+void dequantize_row_iq4_xs(const void* in, float* out, int64_t n);
+
+// ---- quantize: n floats -> blocks (imatrix: n per-column importances or nullptr) ----
+void quantize_row_f32(const float* x, void* out, int64_t n, const float* imatrix);
+void quantize_row_f16(const float* x, void* out, int64_t n, const float* imatrix);
+void quantize_row_bf16(const float* x, void* out, int64_t n, const float* imatrix);
+void quantize_row_q4_0(const float* x, void* out, int64_t n, const float* imatrix);
+void quantize_row_q4_1(const float* x, void* out, int64_t n, const float* imatrix);
+void quantize_row_q5_0(const float* x, void* out, int64_t n, const float* imatrix);
+void quantize_row_q5_1(const float* x, void* out, int64_t n, const float* imatrix);
+void quantize_row_q8_0(const float* x, void* out, int64_t n, const float* imatrix);
+void quantize_row_q2_K(const float* x, void* out, int64_t n, const float* imatrix);
+void quantize_row_q3_K(const float* x, void* out, int64_t n, const float* imatrix);
+void quantize_row_q4_K(const float* x, void* out, int64_t n, const float* imatrix);
+void quantize_row_q5_K(const float* x, void* out, int64_t n, const float* imatrix);
+void quantize_row_q6_K(const float* x, void* out, int64_t n, const float* imatrix);
+void quantize_row_q8_K(const float* x, void* out, int64_t n, const float* imatrix);
+void quantize_row_iq4_nl(const float* x, void* out, int64_t n, const float* imatrix);
+void quantize_row_iq4_xs(const float* x, void* out, int64_t n, const float* imatrix);
+
+// ---- legacy formats with an imatrix (legacy_imatrix.cpp); called by quantize_row_q4_0 etc.
+void quantize_row_q4_0_imatrix(const float* x, void* out, int64_t n, const float* imatrix);
+void quantize_row_q4_1_imatrix(const float* x, void* out, int64_t n, const float* imatrix);
+void quantize_row_q5_0_imatrix(const float* x, void* out, int64_t n, const float* imatrix);
+void quantize_row_q5_1_imatrix(const float* x, void* out, int64_t n, const float* imatrix);
+
+}  // namespace lowbit

@@ -1,0 +1,162 @@
+"""lowbit.quant.quantize against llama.cpp's own model quantizer, byte for byte (dev-only oracle).
+
+Skips unless env LOWBIT_LLAMA_CPP_SITE names a site-packages directory holding llama-cpp-python
+(e.g. LOWBIT_LLAMA_CPP_SITE=/work/oracle-venv/lib/python3.11/site-packages); that directory is
+appended to sys.path only for this test. The test writes a tiny one-layer llama GGUF with F32
+weights (rows of 256 and 512, random data with varied scales, outliers, zero and constant rows),
+runs llama_model_quantize with pure=True for each type's ftype (so every 2-D weight gets that
+type), and compares every block with lowbit's quantize of the same rows, once without and
+once with an imatrix (random positive per-column importances passed through
+llama_model_quantize_params.imatrix, a null-terminated array of llama_model_imatrix_data).
+
+Run with -s to see the per-type fraction of byte-identical blocks.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+import numpy as np
+import pytest
+import gguf
+
+from lowbit import quant
+
+# llama_ftype of a "pure" file of each type (llama.h)
+FTYPES = {
+    "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K": 11,
+    "Q4_K": 15, "Q5_K": 16, "Q6_K": 18, "IQ4_NL": 25, "IQ4_XS": 30, "BF16": 32, "F16": 1,
+}
+# Fraction of byte-identical blocks required per type (1.0: exact everywhere).
+REQUIRED = {name: 1.0 for name in FTYPES}
+
+
+def _llama_cpp():
+    site = os.environ.get("LOWBIT_LLAMA_CPP_SITE")
+    if not site:
+        pytest.skip("set LOWBIT_LLAMA_CPP_SITE to a site-packages with llama-cpp-python to run")
+    if site not in sys.path:
+        sys.path.append(site)
+    try:
+        import llama_cpp  # noqa: PLC0415
+    except Exception as exc:  # pragma: no cover - depends on the dev machine
+        pytest.skip(f"llama_cpp not importable from {site}: {exc}")
+    return llama_cpp
+
+
+def _weights(rng, rows, cols):
+    """Varied rows: per-row scales over 6 decades, heavy tails, outliers, a zero and a constant row."""
+    x = rng.standard_normal((rows, cols)) * np.exp(rng.uniform(np.log(1e-3), np.log(10), (rows, 1)))
+    x[::5] = rng.standard_t(3, (len(x[::5]), cols)) * 0.02
+    x[1::7, ::37] *= 40                                    # outliers
+    x[2] = 0
+    x[3] = 0.125
+    x[4, :128] = 0                                         # half-empty row
+    x[6] = np.abs(x[6])                                    # all positive
+    x[8] = rng.standard_normal(cols) * 1e-20               # below GROUP_MAX_EPS
+    x[9] = rng.standard_normal(cols) * 1e-9                # fp16-subnormal scales
+    x[10] = 0
+    x[10, 17] = -3.0                                       # one non-zero weight
+    x[11] = rng.standard_normal(cols) * 3e3                # large
+    x[12] = np.where(np.arange(cols) % 2, 1.0, -1.0)       # exact +-1
+    x[13] = rng.integers(-8, 8, cols) * 0.5                # exact halves: rounding ties
+    x[14] = -np.abs(x[14])                                 # all negative
+    return x.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def f32_model(tmp_path_factory):
+    rng = np.random.default_rng(1234)
+    emb, ff, vocab = 256, 512, 64
+    path = str(tmp_path_factory.mktemp("oracle") / "f32.gguf")
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_context_length(128)
+    w.add_embedding_length(emb)
+    w.add_block_count(1)
+    w.add_feed_forward_length(ff)
+    w.add_head_count(4)
+    w.add_head_count_kv(4)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(64)
+    w.add_vocab_size(vocab)
+    w.add_file_type(0)
+    weights = {"token_embd.weight": _weights(rng, vocab, emb), "output.weight": _weights(rng, vocab, emb)}
+    for name in ["attn_q", "attn_k", "attn_v", "attn_output"]:
+        weights[f"blk.0.{name}.weight"] = _weights(rng, emb, emb)
+    weights["blk.0.ffn_gate.weight"] = _weights(rng, ff, emb)
+    weights["blk.0.ffn_up.weight"] = _weights(rng, ff, emb)
+    weights["blk.0.ffn_down.weight"] = _weights(rng, emb, ff)
+    for name, x in weights.items():
+        w.add_tensor(name, x)
+    for name in ["output_norm.weight", "blk.0.attn_norm.weight", "blk.0.ffn_norm.weight"]:
+        w.add_tensor(name, np.ones(emb, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path, weights
+
+
+def _imatrix_param(llama_cpp, imatrix):
+    """ctypes array of llama_model_imatrix_data, null-terminated; keeps the buffers alive."""
+    entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
+    keep = []
+    for i, (name, values) in enumerate(imatrix.items()):
+        buf = np.ascontiguousarray(values, dtype=np.float32)
+        keep.append(buf)
+        entries[i].name = name.encode()
+        entries[i].data = buf.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        entries[i].size = buf.size
+    entries[len(imatrix)].name = None
+    return entries, keep
+
+
+def identical_block_fraction(llama_cpp, f32_path, weights, qtype, out_path, imatrix=None):
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = FTYPES[qtype]
+    params.pure = True
+    params.nthread = 2
+    if imatrix is not None:
+        entries, _keep = _imatrix_param(llama_cpp, imatrix)
+        params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    assert llama_cpp.llama_model_quantize(f32_path.encode(), out_path.encode(), params) == 0
+    info = quant.type_info(qtype)
+    same = total = 0
+    for t in gguf.GGUFReader(out_path).tensors:
+        if t.name not in weights:
+            continue
+        assert t.tensor_type.name == qtype, (t.name, t.tensor_type.name)
+        theirs = np.asarray(t.data).view(np.uint8).reshape(-1, info["type_size"])
+        qw = imatrix[t.name] if imatrix is not None else None
+        ours = quant.quantize(weights[t.name], qtype, imatrix=qw).reshape(-1, info["type_size"])
+        same += int(np.all(theirs == ours, axis=1).sum())
+        total += theirs.shape[0]
+    return same / total, total
+
+
+@pytest.mark.parametrize("qtype", list(FTYPES))
+def test_quantize_bytes_equal_llama_cpp(qtype, f32_model, tmp_path):
+    llama_cpp = _llama_cpp()
+    path, weights = f32_model
+    frac, n_blocks = identical_block_fraction(llama_cpp, path, weights, qtype, str(tmp_path / f"{qtype}.gguf"))
+    print(f"\n{qtype}: {frac:.6f} of {n_blocks} blocks byte-identical to llama.cpp")
+    assert frac >= REQUIRED[qtype]
+
+
+IMATRIX_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
+
+
+@pytest.mark.parametrize("qtype", IMATRIX_TYPES)
+def test_imatrix_quantize_bytes_equal_llama_cpp(qtype, f32_model, tmp_path):
+    llama_cpp = _llama_cpp()
+    path, weights = f32_model
+    rng = np.random.default_rng(99)
+    imatrix = {name: np.exp(1.5 * rng.standard_normal(x.shape[1])).astype(np.float32) for name, x in weights.items()}
+    frac, n_blocks = identical_block_fraction(llama_cpp, path, weights, qtype, str(tmp_path / f"{qtype}.gguf"),
+                                              imatrix=imatrix)
+    plain = quant.quantize(weights["blk.0.attn_q.weight"], qtype)
+    steered = quant.quantize(weights["blk.0.attn_q.weight"], qtype, imatrix=imatrix["blk.0.attn_q.weight"])
+    assert not np.array_equal(plain, steered)  # so equal bytes prove llama.cpp used the imatrix too
+    print(f"\n{qtype} + imatrix: {frac:.6f} of {n_blocks} blocks byte-identical to llama.cpp")
+    assert frac >= REQUIRED[qtype]

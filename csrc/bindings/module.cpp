@@ -31,4 +31,5 @@ PYBIND11_MODULE(_core, m) {
     lowbit::bind_runtime(m);
     lowbit::bind_quant(m);
   
+    lowbit::bind_gguf(m);
 }

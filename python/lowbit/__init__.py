@@ -11,6 +11,7 @@ from .errors import (
     RegistryError,
     TemplateError,
 )
+from .gguf_file import GGUFFile, GGUFTensorInfo
 
 __version__ = "0.1.0"
 
@@ -24,6 +25,6 @@ def cuda_status() -> dict:
 
 
 __all__ = [
-    "Cancelled", "CudaError", "GGUFError", "LowbitError", "ModelError", "RegistryError",
-    "TemplateError", "cuda_status", "__version__",
+    "Cancelled", "CudaError", "GGUFError", "GGUFFile", "GGUFTensorInfo", "LowbitError", "ModelError",
+    "RegistryError", "TemplateError", "cuda_status", "__version__",
 ]

@@ -12,6 +12,9 @@ previous one. A step is one of two kinds, and they differ in ways that change to
   number 0xD1, letter 0xD2, punctuation 0xD3, mark 0xD4, symbol 0xD5, other 0xD0) and
   \\p{X} in the pattern becomes that byte plus the ASCII members. Text between matches
   stays one chunk. Emulated here with the same collapse and ``re`` in ASCII mode.
+
+Matching runs on ``llama_view(text)`` (characters newer than llama.cpp's Unicode 15.1
+tables become unassigned); the spans found index the original text.
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ from dataclasses import dataclass
 from typing import Callable, List, Tuple
 
 import regex
+
+from .unicode_version import llama_view
 
 # Collapsed-category stand-ins (llama.cpp unicode.cpp, unicode_regex_split).
 _C_OTHER, _C_NUMBER, _C_LETTER, _C_PUNCT, _C_MARK, _C_SYMBOL, _C_SPACE = (
@@ -81,6 +86,7 @@ def _collapse_pattern(pattern: str) -> "re.Pattern":
     return re.compile("".join(out), re.ASCII)
 
 
+# A step takes the (view of the) text and its current chunks as (start, end) spans.
 Step = Callable[[str, List[Tuple[int, int]]], List[Tuple[int, int]]]
 
 
@@ -135,9 +141,10 @@ class PreTokenizer:
     add_bos: bool = False          # default when tokenizer.ggml.add_bos_token is absent
 
     def split(self, text: str) -> List[str]:
+        view = llama_view(text)
         spans = [(0, len(text))]
         for step in self.steps:
-            spans = step(text, spans)
+            spans = step(view, spans)
         return [text[a:b] for a, b in spans]
 
 

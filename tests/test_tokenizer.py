@@ -198,6 +198,9 @@ def test_bad_input(spm):
         Tokenizer.from_metadata({k: v for k, v in bpe_meta().items() if k != "tokenizer.ggml.merges"})
     with pytest.raises(TypeError):
         spm.encode(b"bytes")
+    with pytest.raises(TypeError):
+        spm.decode(["a"])
+    assert spm.decode(np.array(spm.encode("ab c", add_special=False))) == "ab c"   # numpy ids work
 
 
 def test_random_round_trip_synthetic(spm):

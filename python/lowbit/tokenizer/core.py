@@ -8,6 +8,7 @@ remove_special=False), including its leading-space removal and BPE space clean-u
 from __future__ import annotations
 
 import codecs
+import operator
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 from .bpe import CHAR_TO_BYTE, BPEModel
@@ -88,9 +89,16 @@ class Tokenizer:
         return None if tid == -1 else tid
 
     def _check_id(self, tid: int) -> int:
-        if not isinstance(tid, int) or isinstance(tid, bool) or not 0 <= tid < len(self._tokens):
-            raise ValueError(f"token id {tid!r} is out of range for a vocabulary of {len(self._tokens)}")
-        return tid
+        """``tid`` as a plain int; ValueError naming it and the vocabulary size when out of range."""
+        if isinstance(tid, bool):
+            raise TypeError(f"token ids are integers, not {tid!r}")
+        try:
+            index = operator.index(tid)
+        except TypeError:
+            raise TypeError(f"token ids are integers, not {type(tid).__name__}") from None
+        if not 0 <= index < len(self._tokens):
+            raise ValueError(f"token id {index} is out of range for a vocabulary of {len(self._tokens)}")
+        return index
 
     def is_control(self, tid: int) -> bool:
         return bool(self._attrs[self._check_id(tid)] & ATTR_CONTROL)
@@ -206,7 +214,7 @@ class Tokenizer:
     def token_to_bytes(self, tid: int, special: bool = False) -> bytes:
         """The raw bytes of a token's piece, as llama.cpp's token_to_piece yields them.
         Control and unknown tokens give b"" unless ``special``."""
-        self._check_id(tid)
+        tid = self._check_id(tid)
         if not special and self._attrs[tid] & (ATTR_CONTROL | ATTR_UNKNOWN):
             return b""
         piece = self._pieces.get(tid)

@@ -91,6 +91,13 @@ def _get(meta: dict, key: str, default=None):
     return meta.get("tokenizer.ggml." + key, default)
 
 
+def _text(value) -> str:
+    """A metadata string, whether the reader hands back str or UTF-8 bytes."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "surrogateescape")
+    return str(value)
+
+
 def _as_list(meta: dict, key: str, n: Optional[int], kind: str) -> Optional[list]:
     value = _get(meta, key)
     if value is None:
@@ -185,9 +192,9 @@ def _eog_ids(tokens: List[str], token_to_id: Dict[str, int], attrs: List[int],
 
 def _strip_attrs(meta: dict, tokens: List[str], token_to_id: Dict[str, int], attrs: List[int]) -> None:
     """Per-model lstrip/rstrip attributes llama.cpp sets by name (phi-3, jina, modern-bert)."""
-    name = str(meta.get("general.name", "")).lower()
-    pre = str(_get(meta, "pre", "") or "")
-    arch = str(meta.get("general.architecture", ""))
+    name = _text(meta.get("general.name", "")).lower()
+    pre = _text(_get(meta, "pre", "") or "")
+    arch = _text(meta.get("general.architecture", ""))
     if any(s in pre for s in ("jina-v2-de", "jina-v2-es", "jina-v2-code")) or \
             any(s in arch for s in ("nomic-bert-moe", "jina-bert-v3")):
         if "<mask>" in token_to_id:
@@ -210,7 +217,7 @@ def load_vocab(meta: dict, pre_table: dict) -> Vocab:
     if model is None:
         raise ModelError("GGUF metadata has no tokenizer.ggml.model; supported tokenizer models: "
                          + ", ".join(SUPPORTED_MODELS))
-    model = str(model)
+    model = _text(model)
     if model not in SUPPORTED_MODELS:
         raise ModelError(f"unsupported tokenizer model {model!r}; supported: " + ", ".join(SUPPORTED_MODELS))
     tokens = _read_tokens(meta)
@@ -226,13 +233,13 @@ def load_vocab(meta: dict, pre_table: dict) -> Vocab:
     types = _as_list(meta, "token_type", n, "integers")
     attrs = [ATTR_NORMAL] * n if types is None else [_ATTR_OF_TYPE.get(int(t), 0) for t in types[:n]]
 
-    pre = str(_get(meta, "pre", "") or "")
+    pre = _text(_get(meta, "pre", "") or "")
     add_space_prefix, add_bos, add_eos = False, False, False
     merges: List[str] = []
     if model == "llama":
         add_space_prefix, add_bos = True, True
     else:
-        merges = [str(m) for m in (_as_list(meta, "merges", None, "strings") or [])]
+        merges = [_text(m) for m in (_as_list(meta, "merges", None, "strings") or [])]
         if _get(meta, "merges") is None:
             raise ModelError("BPE tokenizer (tokenizer.ggml.model = 'gpt2') has no tokenizer.ggml.merges")
         if not pre:
@@ -259,5 +266,5 @@ def load_vocab(meta: dict, pre_table: dict) -> Vocab:
     return Vocab(model=model, pre=pre if model == "gpt2" else "", tokens=tokens, scores=scores,
                  attrs=attrs, token_to_id=token_to_id, merges=merges, ids=ids, add_bos=add_bos,
                  add_eos=add_eos, add_space_prefix=add_space_prefix, eog_ids=eog,
-                 chat_template=str(template) if template is not None else None,
-                 general_name=str(meta.get("general.name", "")))
+                 chat_template=_text(template) if template is not None else None,
+                 general_name=_text(meta.get("general.name", "")))

@@ -203,6 +203,19 @@ def test_bad_input(spm):
     assert spm.decode(np.array(spm.encode("ab c", add_special=False))) == "ab c"   # numpy ids work
 
 
+def test_metadata_from_any_reader(spm):
+    """Strings as UTF-8 bytes and arrays as numpy (as a C++ reader may hand them) give the same tokenizer."""
+    meta = spm_meta()
+    raw = {k: (v.encode() if isinstance(v, str) else v) for k, v in meta.items()}
+    raw["tokenizer.ggml.tokens"] = [t.encode() for t in meta["tokenizer.ggml.tokens"]]
+    raw["tokenizer.ggml.scores"] = np.array(meta["tokenizer.ggml.scores"], dtype=np.float32)
+    raw["tokenizer.ggml.token_type"] = np.array(meta["tokenizer.ggml.token_type"], dtype=np.int32)
+    tok = Tokenizer.from_metadata(raw)
+    text = "abc a<hi>é<s>"
+    assert tok.encode(text, parse_special=True) == spm.encode(text, parse_special=True)
+    assert tok.chat_template == spm.chat_template and tok.vocab_size == spm.vocab_size == 269
+
+
 def test_random_round_trip_synthetic(spm):
     rng = np.random.default_rng(1234)
     no_prefix = Tokenizer.from_metadata(spm_meta(add_space_prefix=False))

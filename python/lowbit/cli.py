@@ -156,6 +156,23 @@ def cmd_chat(args: argparse.Namespace) -> int:
         return run_repl(m, params, system=args.system, context_shift=args.context_shift)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench_model, format_table, import_llama_cpp
+    if args.vs_llama_cpp:
+        import_llama_cpp()          # fail early with the install hint
+    reports = []
+    for name in args.models or [DEFAULT_MODEL]:
+        path = str(registry.resolve(name, quiet=args.json))
+        say = None if args.json else (lambda msg, n=name: print(f"  {n}: {msg}", file=sys.stderr, flush=True))
+        reports.append(bench_model(path, n_prompt=args.p, n_gen=args.n, reps=args.r, n_threads=args.threads,
+                                   n_batch=args.batch, vs_llama_cpp=args.vs_llama_cpp, progress=say))
+    if args.json:
+        print(json.dumps(reports, indent=2))
+    else:
+        print(format_table(reports))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lowbit", description="Run and quantize GGUF models locally.")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -185,6 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_flags(sp)
     add_load_flags(sp)
     sp.set_defaults(func=cmd_chat)
+
+    sp = sub.add_parser("bench", help="llama-bench style speed test (pp/tg tok/s, load time, memory)")
+    sp.add_argument("models", nargs="*", metavar="MODEL", help=f"paths or registry names (default {DEFAULT_MODEL})")
+    sp.add_argument("-p", type=int, default=512, help="prompt tokens for the pp test (0 skips it)")
+    sp.add_argument("-n", type=int, default=128, help="generated tokens for the tg test (0 skips it)")
+    sp.add_argument("-r", type=int, default=5, help="repetitions")
+    sp.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
+    sp.add_argument("--batch", type=int, default=512, help="prefill batch size")
+    sp.add_argument("--vs-llama-cpp", action="store_true",
+                    help="also run llama.cpp (llama-cpp-python) on the same file, alternating, and print ratios")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.set_defaults(func=cmd_bench)
 
     sp = sub.add_parser("pull", help="download a named model into the cache (checksummed)")
     sp.add_argument("models", nargs="+", metavar="MODEL", help="registry name(s); see `lowbit list`")

@@ -1,0 +1,368 @@
+"""Tiny random-weight GGUF models for every architecture lowbit runs.
+
+`write_tiny_model(path, TinySpec(arch="qwen3", weight_type="Q4_K"))` writes a file that
+llama.cpp loads (same tensor names, shapes and metadata keys as the converters write) and
+that `reference_forward.ReferenceModel` runs; the engine's logits are compared to it.
+
+GGUF dims: a matrix with ne = [n_in, n_out] is a numpy array of shape (n_out, n_in).
+Weights are scaled so activations stay O(1): projections ~ N(0, 1/n_in), norm weights
+~ 1 + N(0, 0.1^2) (gemma's are stored with the +1 already added, as its converter does),
+logits ~ N(0, 3^2) so the softmax is neither flat nor one-hot.
+
+Matrices are stored in `weight_type`; quantized types that gguf can quantize (Q4_0, Q4_1,
+Q5_0, Q5_1, Q8_0, F16, BF16) quantize Gaussian weights, k-quants (Q2_K..Q6_K) get random
+valid blocks whose f16 super-block scales are chosen for the same standard deviation.
+Norms, biases and rope factors are always F32.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import gguf
+from gguf import GGMLQuantizationType as QT
+from gguf.quants import dequantize, quantize
+
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3", "phi3")
+WEIGHT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
+                "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+LOGIT_STD = 3.0
+GEMMA_TIED_EMBD_STD = 1.5
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    arch: str = "llama"
+    n_layer: int = 2
+    n_embd: int = 64
+    n_head: int = 4
+    n_head_kv: int = 2           # GQA
+    head_dim: int = 16           # key_length == value_length
+    n_ff: int = 128
+    weight_type: str = "F32"     # type of every matrix (token_embd and output included)
+    tied: bool = True            # no output.weight: the head reuses token_embd
+    tokenizer: str = "gpt2"      # "gpt2" (byte-level BPE) or "llama" (SentencePiece)
+    rope_base: float = 10000.0
+    rope_dim: int = 0            # rope.dimension_count; 0 -> head_dim (partial if smaller)
+    rope_scale: float = 0.0      # linear rope.scaling.factor; 0 -> none
+    rope_freq_factors: bool = False   # llama3-style rope_freqs.weight (llama only)
+    rms_eps: float = 1e-5
+    sliding_window: int = 0      # gemma3 only
+    final_logit_softcap: float = 0.0
+    n_ctx: int = 256
+    seed: int = 0
+
+
+def default_spec(arch: str, weight_type: str = "F32", **overrides) -> TinySpec:
+    """Small dims that exercise each architecture's features; 256-wide for k-quants
+    (their blocks span 256 input columns)."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"arch {arch!r} not in {ARCHITECTURES}")
+    spec = TinySpec(arch=arch, weight_type=weight_type)
+    if arch == "gemma3":    # 6 layers: 0-4 sliding, 5 global; heads wider than n_embd/n_head
+        spec = replace(spec, n_layer=6, head_dim=32, rope_base=1e6, sliding_window=4,
+                       rms_eps=1e-6, tokenizer="llama", tied=False)
+    elif arch == "qwen3":
+        spec = replace(spec, head_dim=32, rope_base=1e6, rms_eps=1e-6)
+    elif arch == "qwen2":
+        spec = replace(spec, n_layer=3, rope_base=1e6, rms_eps=1e-6)
+    elif arch == "phi3":
+        spec = replace(spec, n_head_kv=4, tokenizer="llama")
+    if gguf.GGML_QUANT_SIZES[QT[weight_type]][0] == 256:
+        spec = replace(spec, n_embd=256, n_ff=512, head_dim=256 // spec.n_head)
+    return replace(spec, **overrides)
+
+
+# ---------------------------------------------------------------------------------------
+# Tokenizers: minimal but valid vocabularies
+# ---------------------------------------------------------------------------------------
+_WORDS = ("the", "and", "of", "to", "in", "is", "it", "that", "on", "was", "he", "for",
+          "with", "as", "hello", "world", "once", "upon", "time", "def", "return")
+TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_BYTE = 1, 2, 3, 6
+
+
+def _gpt2_byte_chars() -> List[str]:
+    """GPT-2's bytes_to_unicode: printable bytes map to themselves, the rest to 256+n."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
+    chars, extra = [], 0
+    for b in range(256):
+        if b in printable:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
+def gpt2_vocab() -> Tuple[List[str], List[int], List[str]]:
+    """(tokens, token types, merges): 256 byte tokens, left-to-right merges building
+    'Ġword' for a few words, then <|endoftext|>, <|im_start|>, <|im_end|> (control)."""
+    tokens = _gpt2_byte_chars()
+    merges: List[str] = []
+    for word in _WORDS:
+        left = "Ġ"
+        for ch in word:
+            merged = left + ch
+            if merged not in tokens:
+                merges.append(f"{left} {ch}")
+                tokens.append(merged)
+            left = merged
+    types = [TOKEN_NORMAL] * len(tokens)
+    tokens += ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    types += [TOKEN_CONTROL] * 3
+    return tokens, types, merges
+
+
+def spm_vocab() -> Tuple[List[str], List[int], List[float]]:
+    """(tokens, types, scores): <unk> <s> </s>, <0x00>..<0xFF>, '▁', printable ASCII,
+    every prefix of '▁word' so SentencePiece's pair merging can reach the word, then the
+    control tokens <|endoftext|> <|end|>."""
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    types = [TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_CONTROL] + [TOKEN_BYTE] * 256
+    pieces = ["▁"] + [chr(c) for c in range(33, 127)]
+    for word in _WORDS:
+        for end in range(2, len(word) + 2):
+            piece = "▁" + word[:end - 1]
+            if piece not in pieces:
+                pieces.append(piece)
+    tokens += pieces
+    types += [TOKEN_NORMAL] * len(pieces)
+    scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))]
+    specials = ["<|endoftext|>", "<|end|>"]      # llama.cpp's phi3 vocab needs <|endoftext|>
+    return tokens + specials, types + [TOKEN_CONTROL] * 2, scores + [0.0] * 2
+
+
+def vocab_size(spec: TinySpec) -> int:
+    return len(gpt2_vocab()[0] if spec.tokenizer == "gpt2" else spm_vocab()[0])
+
+
+# ---------------------------------------------------------------------------------------
+# Weights (float32, numpy order) and their storage types
+# ---------------------------------------------------------------------------------------
+
+def tensor_shapes(spec: TinySpec) -> Dict[str, Tuple[int, ...]]:
+    """Every tensor of the model, numpy order (n_out, n_in) for matrices."""
+    E, F, V = spec.n_embd, spec.n_ff, vocab_size(spec)
+    q_dim, kv_dim = spec.n_head * spec.head_dim, spec.n_head_kv * spec.head_dim
+    shapes: Dict[str, Tuple[int, ...]] = {"token_embd.weight": (V, E),
+                                          "output_norm.weight": (E,)}
+    if not spec.tied:
+        shapes["output.weight"] = (V, E)
+    if spec.rope_freq_factors:
+        if spec.arch != "llama":
+            raise ValueError("rope_freqs.weight (llama3 frequency factors) is llama-only")
+        shapes["rope_freqs.weight"] = ((spec.rope_dim or spec.head_dim) // 2,)
+    for il in range(spec.n_layer):
+        p = f"blk.{il}"
+        shapes[f"{p}.attn_norm.weight"] = (E,)
+        shapes[f"{p}.ffn_norm.weight"] = (E,)
+        shapes[f"{p}.attn_output.weight"] = (E, q_dim)
+        shapes[f"{p}.ffn_down.weight"] = (E, F)
+        if spec.arch == "phi3":
+            shapes[f"{p}.attn_qkv.weight"] = (q_dim + 2 * kv_dim, E)
+            shapes[f"{p}.ffn_up.weight"] = (2 * F, E)          # rows: gate | up
+        else:
+            shapes[f"{p}.attn_q.weight"] = (q_dim, E)
+            shapes[f"{p}.attn_k.weight"] = (kv_dim, E)
+            shapes[f"{p}.attn_v.weight"] = (kv_dim, E)
+            shapes[f"{p}.ffn_gate.weight"] = (F, E)
+            shapes[f"{p}.ffn_up.weight"] = (F, E)
+        if spec.arch == "qwen2":
+            shapes[f"{p}.attn_q.bias"] = (q_dim,)
+            shapes[f"{p}.attn_k.bias"] = (kv_dim,)
+            shapes[f"{p}.attn_v.bias"] = (kv_dim,)
+        if spec.arch in ("qwen3", "gemma3"):
+            shapes[f"{p}.attn_q_norm.weight"] = (spec.head_dim,)
+            shapes[f"{p}.attn_k_norm.weight"] = (spec.head_dim,)
+        if spec.arch == "gemma3":
+            shapes[f"{p}.post_attention_norm.weight"] = (E,)
+            shapes[f"{p}.post_ffw_norm.weight"] = (E,)
+    return shapes
+
+
+def target_std(name: str, shape: Tuple[int, ...], spec: TinySpec) -> float:
+    """Standard deviation of a matrix's entries (norm vectors: of their noise)."""
+    if name == "output.weight" or (name == "token_embd.weight" and spec.tied):
+        if spec.arch == "gemma3" and spec.tied:
+            # the input is scaled by sqrt(n_embd): a larger std would make the residual
+            # stream, and so the tied head, favour the input token itself
+            return GEMMA_TIED_EMBD_STD / math.sqrt(spec.n_embd)
+        return LOGIT_STD / math.sqrt(spec.n_embd)   # a normed hidden state has RMS ~1
+    if name == "token_embd.weight" and spec.arch == "gemma3":
+        return 1.0 / math.sqrt(spec.n_embd)         # times sqrt(n_embd): RMS 1
+    return 1.0 / math.sqrt(shape[1])
+
+
+def random_vector(name: str, shape: Tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    if name.endswith(".bias"):
+        return rng.normal(0.0, 0.3, shape).astype(np.float32)
+    if name == "rope_freqs.weight":                  # llama3: 1 for fast dims, up to 8 slow
+        return np.linspace(1.0, 8.0, shape[0]).astype(np.float32)
+    return (1.0 + rng.normal(0.0, 0.1, shape)).astype(np.float32)   # norm weights
+
+
+# byte offsets of the f16 super-block scale d (and min scale dmin) inside a k-quant block,
+# and the mean of the unsigned quant that dmin should cancel (ggml block_qN_K layouts)
+_KQUANT = {
+    QT.Q2_K: dict(d=80, dmin=82, q_mean=1.5),    # scales[16] qs[64] d dmin
+    QT.Q3_K: dict(d=108, dmin=None, q_mean=0.0),  # hmask[32] qs[64] scales[12] d
+    QT.Q4_K: dict(d=0, dmin=2, q_mean=7.5),      # d dmin scales[12] qs[128]
+    QT.Q5_K: dict(d=0, dmin=2, q_mean=15.5),     # d dmin scales[12] qh[32] qs[128]
+    QT.Q6_K: dict(d=208, dmin=None, q_mean=0.0),  # ql[128] qh[64] scales[16] d
+}
+
+
+def _set_kquant_scales(blocks: np.ndarray, layout: dict, d: float) -> None:
+    """blocks: (n_blocks, block_bytes) uint8, set d and dmin = q_mean * d in place."""
+    blocks[:, layout["d"]:layout["d"] + 2] = np.float16(d).reshape(1).view(np.uint8)
+    if layout["dmin"] is not None:
+        dmin = np.float16(layout["q_mean"] * d).reshape(1).view(np.uint8)
+        blocks[:, layout["dmin"]:layout["dmin"] + 2] = dmin
+
+
+def random_kquant(shape: Tuple[int, int], qtype: QT, std: float,
+                  rng: np.random.Generator) -> np.ndarray:
+    """(n_out, n_in) matrix of random valid k-quant blocks -> (n_out, bytes) uint8."""
+    block_size, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
+    n_out, n_in = shape
+    layout = _KQUANT[qtype]
+    blocks = rng.integers(0, 256, (n_out * n_in // block_size, block_bytes), dtype=np.uint8)
+    if qtype == QT.Q6_K:        # int8 sub-block scales in [-20, 20]: d stays an f16 normal
+        blocks[:, 192:208] = rng.integers(-20, 21, (blocks.shape[0], 16)).astype(np.int8).view(np.uint8)
+    _set_kquant_scales(blocks, layout, 1.0)
+    unit_std = float(np.std(dequantize(blocks.reshape(n_out, -1), qtype)))
+    _set_kquant_scales(blocks, layout, std / unit_std)
+    return blocks.reshape(n_out, -1)
+
+
+def encode_matrix(values: np.ndarray, qtype: QT) -> np.ndarray:
+    """float32 (n_out, n_in) -> the array `GGUFWriter.add_tensor` stores for qtype."""
+    if qtype == QT.F32:
+        return values.astype(np.float32)
+    if qtype == QT.F16:
+        return values.astype(np.float16)
+    return quantize(values.astype(np.float32), qtype)
+
+
+def make_tensors(spec: TinySpec) -> Dict[str, Tuple[np.ndarray, QT]]:
+    """name -> (stored array, storage type), reproducible from spec.seed."""
+    qtype = QT[spec.weight_type]
+    block_size = gguf.GGML_QUANT_SIZES[qtype][0]
+    rng = np.random.default_rng(spec.seed)
+    tensors: Dict[str, Tuple[np.ndarray, QT]] = {}
+    for name, shape in tensor_shapes(spec).items():
+        if len(shape) == 1:
+            tensors[name] = (random_vector(name, shape, rng), QT.F32)
+            continue
+        if shape[1] % block_size:
+            raise ValueError(f"{name}: {shape[1]} input columns are not a multiple of the "
+                             f"{spec.weight_type} block size {block_size}")
+        std = target_std(name, shape, spec)
+        if qtype in _KQUANT:
+            tensors[name] = (random_kquant(shape, qtype, std, rng), qtype)
+        else:
+            values = rng.normal(0.0, std, shape).astype(np.float32)
+            tensors[name] = (encode_matrix(values, qtype), qtype)
+    return tensors
+
+
+# ---------------------------------------------------------------------------------------
+# Writing the file
+# ---------------------------------------------------------------------------------------
+
+def _write_hparams(w: gguf.GGUFWriter, spec: TinySpec, n_vocab: int) -> None:
+    w.add_name(f"tiny-{spec.arch}-{spec.weight_type.lower()}")
+    w.add_context_length(spec.n_ctx)
+    w.add_embedding_length(spec.n_embd)
+    w.add_block_count(spec.n_layer)
+    w.add_feed_forward_length(spec.n_ff)
+    w.add_head_count(spec.n_head)
+    w.add_head_count_kv(spec.n_head_kv)
+    w.add_key_length(spec.head_dim)
+    w.add_value_length(spec.head_dim)
+    w.add_rope_dimension_count(spec.rope_dim or spec.head_dim)
+    w.add_rope_freq_base(spec.rope_base)
+    w.add_layer_norm_rms_eps(spec.rms_eps)
+    w.add_vocab_size(n_vocab)
+    if spec.rope_scale:
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(spec.rope_scale)
+    if spec.sliding_window:
+        if spec.arch != "gemma3":
+            raise ValueError("sliding_window is implemented for gemma3 only (llama.cpp "
+                             "ignores it for the other architectures)")
+        w.add_sliding_window(spec.sliding_window)
+    if spec.final_logit_softcap:
+        w.add_final_logit_softcapping(spec.final_logit_softcap)
+    w.add_file_type(QT[spec.weight_type].value if spec.weight_type in ("F32", "F16")
+                    else gguf.LlamaFileType.MOSTLY_Q8_0.value if spec.weight_type == "Q8_0"
+                    else gguf.LlamaFileType.GUESSED.value)
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def _write_tokenizer(w: gguf.GGUFWriter, spec: TinySpec) -> None:
+    if spec.tokenizer == "gpt2":
+        tokens, types, merges = gpt2_vocab()
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("gpt-2")
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(merges)
+        eot = tokens.index("<|endoftext|>")
+        w.add_bos_token_id(eot)
+        w.add_eos_token_id(eot)
+        w.add_add_bos_token(False)
+        w.add_add_space_prefix(False)
+    elif spec.tokenizer == "llama":
+        tokens, types, scores = spm_vocab()
+        w.add_tokenizer_model("llama")
+        w.add_tokenizer_pre("default")
+        w.add_token_list(tokens)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        w.add_unk_token_id(0)
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+        w.add_add_bos_token(True)
+        w.add_add_space_prefix(True)
+    else:
+        raise ValueError(f"tokenizer {spec.tokenizer!r}: expected 'gpt2' or 'llama'")
+
+
+def write_tiny_model(path, spec: Optional[TinySpec] = None, **overrides) -> str:
+    """Write a tiny random model; `overrides` replace fields of `spec` (default: llama)."""
+    spec = replace(spec or TinySpec(), **overrides)
+    if spec.arch not in ARCHITECTURES:
+        raise ValueError(f"arch {spec.arch!r} not in {ARCHITECTURES}")
+    if spec.weight_type not in WEIGHT_TYPES:
+        raise ValueError(f"weight_type {spec.weight_type!r} not in {WEIGHT_TYPES}")
+    if spec.arch == "phi3" and spec.tokenizer != "llama":
+        raise ValueError("phi3: llama.cpp loads a phi3 vocabulary only as SentencePiece "
+                         "(tokenizer='llama')")
+    if spec.n_head % spec.n_head_kv:
+        raise ValueError(f"n_head {spec.n_head} is not a multiple of n_head_kv {spec.n_head_kv}")
+    if spec.arch in ("llama", "qwen2", "phi3") and spec.n_head * spec.head_dim != spec.n_embd:
+        raise ValueError(f"{spec.arch}: llama.cpp needs n_head * head_dim == n_embd "
+                         f"({spec.n_head} * {spec.head_dim} != {spec.n_embd})")
+    tensors = make_tensors(spec)
+    writer = gguf.GGUFWriter(str(path), spec.arch)
+    _write_hparams(writer, spec, tensors["token_embd.weight"][0].shape[0])
+    _write_tokenizer(writer, spec)
+    for name, (data, qtype) in tensors.items():
+        if qtype in (QT.F32, QT.F16):
+            writer.add_tensor(name, data)
+        else:
+            writer.add_tensor(name, data, raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return str(path)
+
+
+def write_default_model(path, arch: str, weight_type: str = "F32", **overrides) -> str:
+    """`write_tiny_model(path, default_spec(arch, weight_type, **overrides))`."""
+    return write_tiny_model(path, default_spec(arch, weight_type, **overrides))

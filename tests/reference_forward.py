@@ -1,0 +1,362 @@
+"""Float64 numpy reference forward pass of the decoder architectures lowbit runs.
+
+This is the spec the C++ engine is tested against: plain, slow, readable. Weights are read
+with `gguf.GGUFReader` and dequantized with `gguf.quants.dequantize` (the format oracle),
+then every activation is float64. It follows llama.cpp's graphs (src/models/*.cpp):
+
+  llama   (SmolLM2, Llama 2/3, Mistral, TinyLlama): pre-norm, SwiGLU, normal RoPE,
+          optional llama3 `rope_freqs.weight` frequency factors
+  qwen2   llama + q/k/v biases, NeoX RoPE
+  qwen3   llama + per-head RMSNorm of q and k before RoPE, NeoX RoPE
+  gemma3  embeddings * sqrt(n_embd); q/k norm; norms before and after attention and FFN;
+          GELU(tanh)-gated FFN; layers with il % 6 < 5 use a sliding window and a local
+          RoPE base (10000); queries scaled by 1/sqrt(key_length) (27B: 1/sqrt(n_embd/n_head))
+  phi3    fused `attn_qkv` (q | k | v rows) and fused `ffn_up` (gate | up rows), NeoX RoPE
+
+GGUF stores a matrix with ne[0] = input columns, so a dequantized weight is a numpy array
+of shape (n_out, n_in) and a projection is `x @ W.T`. Gemma norm weights are stored with
+the +1 already added by the converter, so every RMSNorm here multiplies by w directly.
+
+API: `ReferenceModel(path).logits(token_ids) -> (n_tokens, n_vocab)` for all positions.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import gguf
+from gguf.quants import dequantize
+
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3", "phi3")
+NEOX_ROPE_ARCHS = ("qwen2", "qwen3", "gemma3", "phi3")   # pairs (i, i + n_rot/2)
+QK_NORM_ARCHS = ("qwen3", "gemma3")
+GEMMA3_SWA_PATTERN = 6          # llama.cpp set_swa_pattern(6): layer il is SWA iff il % 6 < 5
+GEMMA3_LOCAL_ROPE_BASE = 10000.0
+
+
+@dataclass
+class HParams:
+    arch: str
+    n_layer: int
+    n_embd: int
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    head_dim_k: int            # key_length: dims per q/k head
+    head_dim_v: int            # value_length: dims per v head
+    n_vocab: int
+    n_ctx_train: int
+    n_rot: int                 # rope.dimension_count: leading dims of a head that rotate
+    rope_base: float
+    rope_freq_scale: float     # 1 / rope.scaling.factor (linear scaling), 1.0 if none
+    rope_neox: bool
+    rms_eps: float
+    attn_scale: float          # multiplies q.k
+    embd_scale: float          # multiplies the token embeddings (gemma: sqrt(n_embd))
+    final_logit_softcap: float  # 0: none, else logits = c * tanh(logits / c)
+    sliding_window: int        # 0: none
+    swa_layers: List[bool] = field(default_factory=list)
+    rope_base_swa: float = GEMMA3_LOCAL_ROPE_BASE
+    rope_freq_scale_swa: float = 1.0
+
+
+def _field(reader: gguf.GGUFReader, key: str, default=None):
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    value = f.contents()
+    if isinstance(value, list):
+        raise ValueError(f"metadata {key} is an array ({len(value)} values); the reference "
+                         f"supports only one value for every layer")
+    return value
+
+
+def read_hparams(reader: gguf.GGUFReader, tensor_shapes: Dict[str, tuple]) -> HParams:
+    arch = _field(reader, "general.architecture")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"architecture {arch!r} is not one of {ARCHITECTURES}")
+
+    def key(name, default=None):
+        return _field(reader, f"{arch}.{name}", default)
+
+    n_embd = int(key("embedding_length"))
+    n_head = int(key("attention.head_count"))
+    n_head_kv = int(key("attention.head_count_kv", n_head))
+    head_dim_k = int(key("attention.key_length", n_embd // n_head))
+    head_dim_v = int(key("attention.value_length", head_dim_k))
+    n_layer = int(key("block_count"))
+    n_vocab = int(key("vocab_size", tensor_shapes["token_embd.weight"][0]))
+
+    scaling_type = _field(reader, f"{arch}.rope.scaling.type", "none")
+    if scaling_type not in ("none", "linear"):
+        raise ValueError(f"rope.scaling.type {scaling_type!r}: the reference implements "
+                         f"none and linear (plus llama3 rope_freqs factors)")
+    factor = float(key("rope.scaling.factor", 0.0) or key("rope.scale_linear", 0.0) or 0.0)
+    if "rope_factors_long.weight" in tensor_shapes:
+        raise ValueError("LongRoPE factors (rope_factors_long/short) are not implemented "
+                         "in the reference")
+
+    sliding_window = int(key("attention.sliding_window", 0) or 0)
+    swa_layers = [False] * n_layer
+    if arch == "gemma3" and sliding_window > 0:
+        swa_layers = [il % GEMMA3_SWA_PATTERN < GEMMA3_SWA_PATTERN - 1 for il in range(n_layer)]
+    else:
+        sliding_window = 0   # llama.cpp ignores the window of llama/qwen/phi3 files
+
+    if arch == "gemma3":
+        # llama.cpp: 27B (62 layers) scales by query_pre_attn_scalar = n_embd / n_head
+        attn_scale = (1.0 / math.sqrt(n_embd / n_head) if n_layer == 62
+                      else 1.0 / math.sqrt(head_dim_k))
+        embd_scale = math.sqrt(n_embd)
+    else:
+        attn_scale = 1.0 / math.sqrt(head_dim_k)
+        embd_scale = 1.0
+
+    return HParams(
+        arch=arch, n_layer=n_layer, n_embd=n_embd, n_ff=int(key("feed_forward_length")),
+        n_head=n_head, n_head_kv=n_head_kv, head_dim_k=head_dim_k, head_dim_v=head_dim_v,
+        n_vocab=n_vocab, n_ctx_train=int(key("context_length", 0) or 0),
+        n_rot=int(key("rope.dimension_count", head_dim_k)),
+        rope_base=float(key("rope.freq_base", 10000.0)),
+        rope_freq_scale=1.0 / factor if factor else 1.0,
+        rope_neox=arch in NEOX_ROPE_ARCHS,
+        rms_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
+        attn_scale=attn_scale, embd_scale=embd_scale,
+        final_logit_softcap=float(key("final_logit_softcapping", 0.0) or 0.0),
+        sliding_window=sliding_window, swa_layers=swa_layers,
+        rope_base_swa=float(key("rope.freq_base_swa", GEMMA3_LOCAL_ROPE_BASE)),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Building blocks. x is always (n_tokens, features), float64.
+# ---------------------------------------------------------------------------------------
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """x: (..., d), weight: (d,). x / sqrt(mean(x^2) + eps) * weight over the last axis."""
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+def rope_angles(positions: np.ndarray, n_rot: int, base: float, freq_scale: float,
+                freq_factors: Optional[np.ndarray]) -> np.ndarray:
+    """(n_tokens, n_rot/2) angles: pos * freq_scale * base^(-2i/n_rot) / freq_factors[i]."""
+    inv_freq = base ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)   # (n_rot/2,)
+    if freq_factors is not None:
+        inv_freq = inv_freq / freq_factors
+    return positions.astype(np.float64)[:, None] * freq_scale * inv_freq[None, :]
+
+
+def apply_rope(x: np.ndarray, angles: np.ndarray, n_rot: int, neox: bool) -> np.ndarray:
+    """x: (n_tokens, n_heads, head_dim); rotates the first n_rot dims of every head.
+
+    normal (llama): pairs (2i, 2i+1); NeoX: pairs (i, i + n_rot/2). Dims >= n_rot pass.
+    """
+    cos = np.cos(angles)[:, None, :]        # (n_tokens, 1, n_rot/2)
+    sin = np.sin(angles)[:, None, :]
+    out = x.copy()
+    if neox:
+        half = n_rot // 2
+        x0, x1 = x[..., :half], x[..., half:n_rot]
+        out[..., :half] = x0 * cos - x1 * sin
+        out[..., half:n_rot] = x0 * sin + x1 * cos
+    else:
+        x0, x1 = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
+        out[..., 0:n_rot:2] = x0 * cos - x1 * sin
+        out[..., 1:n_rot:2] = x0 * sin + x1 * cos
+    return out
+
+
+def attention_mask(n_tokens: int, sliding_window: int) -> np.ndarray:
+    """(n_tokens, n_tokens) bool, True where query i may attend key j: j <= i and, with a
+    window W (llama.cpp LLAMA_SWA_TYPE_STANDARD), i - j < W."""
+    i = np.arange(n_tokens)[:, None]
+    j = np.arange(n_tokens)[None, :]
+    allowed = j <= i
+    if sliding_window > 0:
+        allowed &= (i - j) < sliding_window
+    return allowed
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,
+              mask: np.ndarray) -> np.ndarray:
+    """q: (T, n_head, dk), k: (T, n_head_kv, dk), v: (T, n_head_kv, dv) -> (T, n_head*dv).
+
+    GQA: query head h reads kv head h // (n_head / n_head_kv) (consecutive groups)."""
+    n_tokens, n_head, _ = q.shape
+    group = n_head // k.shape[1]
+    k = np.repeat(k, group, axis=1)                            # (T, n_head, dk)
+    v = np.repeat(v, group, axis=1)                            # (T, n_head, dv)
+    scores = np.einsum("qhd,khd->hqk", q, k) * scale           # (n_head, T, T)
+    scores = np.where(mask[None], scores, -np.inf)
+    scores -= scores.max(axis=-1, keepdims=True)
+    probs = np.exp(scores)
+    probs /= probs.sum(axis=-1, keepdims=True)
+    out = np.einsum("hqk,khd->qhd", probs, v)                  # (T, n_head, dv)
+    return out.reshape(n_tokens, -1)
+
+
+# ---------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------
+
+class ReferenceModel:
+    """Float64 forward pass over the dequantized weights of a GGUF file."""
+
+    def __init__(self, path: str):
+        self.path = str(path)
+        self._reader = gguf.GGUFReader(self.path)
+        self._tensors = {t.name: t for t in self._reader.tensors}
+        shapes = {name: tuple(int(n) for n in reversed(t.shape))   # numpy order (rows, cols)
+                  for name, t in self._tensors.items()}
+        self.hparams = read_hparams(self._reader, shapes)
+        self._cache: Dict[str, np.ndarray] = {}
+        hp = self.hparams
+        if hp.n_head % hp.n_head_kv:
+            raise ValueError(f"n_head {hp.n_head} is not a multiple of n_head_kv {hp.n_head_kv}")
+        if hp.n_rot > hp.head_dim_k or hp.n_rot % 2:
+            raise ValueError(f"rope.dimension_count {hp.n_rot} vs key_length {hp.head_dim_k}")
+
+    # -- weights --------------------------------------------------------------------
+    def has(self, name: str) -> bool:
+        return name in self._tensors
+
+    def weight(self, name: str) -> np.ndarray:
+        """Dequantized tensor, numpy order (ne[1], ne[0]) for matrices, float64, cached.
+        The token embedding stays float32 (exact: it is what gguf dequantizes to) to halve
+        its memory; it is widened per use."""
+        if name not in self._cache:
+            t = self._tensors[name]
+            values = dequantize(t.data, t.tensor_type)
+            shape = tuple(int(n) for n in reversed(t.shape))
+            values = np.asarray(values).reshape(shape)
+            dtype = np.float32 if name == "token_embd.weight" else np.float64
+            self._cache[name] = values.astype(dtype)
+        return self._cache[name]
+
+    def _optional(self, name: str) -> Optional[np.ndarray]:
+        return self.weight(name) if self.has(name) else None
+
+    def _linear(self, x: np.ndarray, name: str) -> np.ndarray:
+        """x: (T, n_in) @ W(n_out, n_in).T (+ bias when the file has `<name>.bias`)."""
+        y = x @ self.weight(f"{name}.weight").T
+        if self.has(f"{name}.bias"):
+            y = y + self.weight(f"{name}.bias")
+        return y
+
+    # -- blocks ---------------------------------------------------------------------
+    def _qkv(self, il: int, x: np.ndarray):
+        """x: (T, n_embd) -> q (T, n_head, dk), k (T, n_head_kv, dk), v (T, n_head_kv, dv)."""
+        hp = self.hparams
+        p = f"blk.{il}"
+        n_q, n_k = hp.n_head * hp.head_dim_k, hp.n_head_kv * hp.head_dim_k
+        if self.has(f"{p}.attn_qkv.weight"):                  # phi3: rows q | k | v
+            qkv = self._linear(x, f"{p}.attn_qkv")
+            q, k, v = qkv[:, :n_q], qkv[:, n_q:n_q + n_k], qkv[:, n_q + n_k:]
+        else:
+            q = self._linear(x, f"{p}.attn_q")
+            k = self._linear(x, f"{p}.attn_k")
+            v = self._linear(x, f"{p}.attn_v")
+        T = x.shape[0]
+        return (q.reshape(T, hp.n_head, hp.head_dim_k),
+                k.reshape(T, hp.n_head_kv, hp.head_dim_k),
+                v.reshape(T, hp.n_head_kv, hp.head_dim_v))
+
+    def _self_attention(self, il: int, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """x: normed (T, n_embd) -> attention output after attn_output (T, n_embd)."""
+        hp = self.hparams
+        p = f"blk.{il}"
+        q, k, v = self._qkv(il, x)
+        if hp.arch in QK_NORM_ARCHS:                          # per-head RMSNorm over dk
+            q = rms_norm(q, self.weight(f"{p}.attn_q_norm.weight"), hp.rms_eps)
+            k = rms_norm(k, self.weight(f"{p}.attn_k_norm.weight"), hp.rms_eps)
+        is_swa = hp.swa_layers[il]
+        base = hp.rope_base_swa if is_swa else hp.rope_base
+        freq_scale = hp.rope_freq_scale_swa if is_swa else hp.rope_freq_scale
+        angles = rope_angles(positions, hp.n_rot, base, freq_scale,
+                             self._optional("rope_freqs.weight"))
+        q = apply_rope(q, angles, hp.n_rot, hp.rope_neox)
+        k = apply_rope(k, angles, hp.n_rot, hp.rope_neox)
+        mask = attention_mask(x.shape[0], hp.sliding_window if is_swa else 0)
+        out = attention(q, k, v, hp.attn_scale, mask)          # (T, n_head * dv)
+        return self._linear(out, f"{p}.attn_output")
+
+    def _feed_forward(self, il: int, x: np.ndarray) -> np.ndarray:
+        """x: normed (T, n_embd) -> (T, n_embd). down(act(gate(x)) * up(x))."""
+        p = f"blk.{il}"
+        if self.has(f"{p}.ffn_gate.weight"):
+            gate = self._linear(x, f"{p}.ffn_gate")
+            up = self._linear(x, f"{p}.ffn_up")
+        else:                                                 # phi3: ffn_up rows gate | up
+            fused = self._linear(x, f"{p}.ffn_up")
+            gate, up = np.split(fused, 2, axis=1)
+        act = gelu_tanh(gate) if self.hparams.arch == "gemma3" else silu(gate)
+        return self._linear(act * up, f"{p}.ffn_down")
+
+    def _block_prenorm(self, il: int, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """llama / qwen2 / qwen3 / phi3: x + attn(norm(x)), then h + ffn(norm(h))."""
+        eps, p = self.hparams.rms_eps, f"blk.{il}"
+        h = x + self._self_attention(il, rms_norm(x, self.weight(f"{p}.attn_norm.weight"), eps),
+                                     positions)
+        return h + self._feed_forward(il, rms_norm(h, self.weight(f"{p}.ffn_norm.weight"), eps))
+
+    def _block_gemma3(self, il: int, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """gemma3: x + post_norm(attn(norm(x))), then h + post_ffw_norm(ffn(ffn_norm(h)))."""
+        eps, p = self.hparams.rms_eps, f"blk.{il}"
+        attn = self._self_attention(il, rms_norm(x, self.weight(f"{p}.attn_norm.weight"), eps),
+                                    positions)
+        h = x + rms_norm(attn, self.weight(f"{p}.post_attention_norm.weight"), eps)
+        ffn = self._feed_forward(il, rms_norm(h, self.weight(f"{p}.ffn_norm.weight"), eps))
+        return h + rms_norm(ffn, self.weight(f"{p}.post_ffw_norm.weight"), eps)
+
+    # -- whole model ----------------------------------------------------------------
+    def embed(self, token_ids: Sequence[int]) -> np.ndarray:
+        """(T,) ids -> (T, n_embd) float64 rows of token_embd, times embd_scale."""
+        ids = np.asarray(token_ids, dtype=np.int64)
+        if ids.ndim != 1 or ids.size == 0:
+            raise ValueError(f"token_ids must be a non-empty 1-D sequence, got shape {ids.shape}")
+        if ids.min() < 0 or ids.max() >= self.hparams.n_vocab:
+            raise ValueError(f"token id out of range [0, {self.hparams.n_vocab}): "
+                             f"min {ids.min()}, max {ids.max()}")
+        return self.weight("token_embd.weight")[ids].astype(np.float64) * self.hparams.embd_scale
+
+    def hidden(self, token_ids: Sequence[int]) -> np.ndarray:
+        """(T,) ids -> final normed hidden states (T, n_embd)."""
+        x = self.embed(token_ids)
+        positions = np.arange(x.shape[0])
+        block = self._block_gemma3 if self.hparams.arch == "gemma3" else self._block_prenorm
+        for il in range(self.hparams.n_layer):
+            x = block(il, x, positions)
+        return rms_norm(x, self.weight("output_norm.weight"), self.hparams.rms_eps)
+
+    def output_head(self, h: np.ndarray, chunk_rows: int = 32768) -> np.ndarray:
+        """h: (T, n_embd) -> logits (T, n_vocab); `output.weight`, else the tied embedding.
+        Widened to float64 in row chunks so a 262144-row embedding needs no float64 copy."""
+        name = "output.weight" if self.has("output.weight") else "token_embd.weight"
+        w = self.weight(name)                                  # (n_vocab, n_embd)
+        logits = np.empty((h.shape[0], w.shape[0]), dtype=np.float64)
+        for start in range(0, w.shape[0], chunk_rows):
+            rows = w[start:start + chunk_rows].astype(np.float64)
+            logits[:, start:start + rows.shape[0]] = h @ rows.T
+        cap = self.hparams.final_logit_softcap
+        if cap > 0:
+            logits = cap * np.tanh(logits / cap)
+        return logits
+
+    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Causal logits of every position: (n_tokens, n_vocab) float64."""
+        return self.output_head(self.hidden(token_ids))
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))

@@ -30,6 +30,7 @@ PYBIND11_MODULE(_core, m) {
     });
     lowbit::bind_runtime(m);
     lowbit::bind_quant(m);
+    lowbit::bind_cpu(m);
   
     lowbit::bind_gguf(m);
 }

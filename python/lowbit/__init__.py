@@ -12,8 +12,19 @@ from .errors import (
     TemplateError,
 )
 from .gguf_file import GGUFFile, GGUFTensorInfo
+from . import quant, registry
+from .generate import Generation
+from .model import Model, load
+from .sampling import SamplingParams
+from .tokenizer import Tokenizer
 
 __version__ = "0.1.0"
+
+
+def cpu_features() -> dict:
+    """Detected CPU features and the kernel set in use (see ``lowbit.cpu``)."""
+    from . import cpu
+    return cpu.features()
 
 
 def cuda_status() -> dict:
@@ -26,5 +37,6 @@ def cuda_status() -> dict:
 
 __all__ = [
     "Cancelled", "CudaError", "GGUFError", "GGUFFile", "GGUFTensorInfo", "LowbitError", "ModelError",
-    "RegistryError", "TemplateError", "cuda_status", "__version__",
+    "Generation", "Model", "RegistryError", "SamplingParams", "TemplateError", "Tokenizer", "cpu_features", "cuda_status",
+    "load", "quant", "registry", "__version__",
 ]

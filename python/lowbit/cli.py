@@ -1,4 +1,4 @@
-"""The ``lowbit`` command line: ``lowbit pull | list | info``.
+"""The ``lowbit`` command line: ``lowbit run | pull | list | info``.
 
 Errors a person can act on are one line on stderr and exit code 2; ``--debug`` shows the
 traceback instead.
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Callable, Dict, List, Optional
 
@@ -50,11 +51,169 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_sampling_flags(sp: argparse.ArgumentParser) -> None:
+    g = sp.add_argument_group("sampling")
+    g.add_argument("--temperature", "--temp", type=float, default=0.8)
+    g.add_argument("--top-k", type=int, default=40, help="0 disables")
+    g.add_argument("--top-p", type=float, default=0.95, help="1.0 disables")
+    g.add_argument("--min-p", type=float, default=0.05, help="0 disables")
+    g.add_argument("--repetition-penalty", "--repeat-penalty", type=float, default=1.0)
+    g.add_argument("--repeat-last-n", type=int, default=64)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("-n", "--max-tokens", type=int, default=256, help="most tokens to generate")
+
+
+def add_load_flags(sp: argparse.ArgumentParser) -> None:
+    g = sp.add_argument_group("model")
+    g.add_argument("--ctx", type=int, default=None, help="context length (default: the model's, "
+                   "capped to available memory)")
+    g.add_argument("--threads", "-t", type=int, default=None, help="CPU threads (default: physical cores)")
+    g.add_argument("--batch", type=int, default=512, help="prefill batch size")
+    g.add_argument("--kv-type", default="f16", choices=["f16", "q8_0"], help="KV cache type")
+
+
+def load_for_cli(model: str, args: argparse.Namespace, quiet: bool = False):
+    from .model import load
+    from .progress import ProgressBar
+    path = registry.resolve(model, quiet=quiet)
+    bar = None if quiet else ProgressBar(100, f"loading {model}", unit="count")
+
+    def progress(frac):
+        if bar:
+            bar.set(100 * frac)
+        return True
+
+    m = load(str(path), n_ctx=args.ctx, n_threads=args.threads, n_batch=args.batch,
+             kv_type=args.kv_type, progress=progress)
+    if bar:
+        bar.close("ready")
+    return m
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict:
+    return dict(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                repeat_last_n=args.repeat_last_n, seed=args.seed)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if len(args.words) == 1:
+        model, prompt = DEFAULT_MODEL, args.words[0]
+    elif len(args.words) == 2:
+        model, prompt = args.words
+    else:
+        raise ValueError(f"expected [MODEL] PROMPT, got {len(args.words)} arguments (quote the prompt)")
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    m = load_for_cli(model, args, quiet=args.json or args.quiet)
+    with m:
+        kw = sampling_kwargs(args)
+        kw["stop"] = args.stop or ()
+        use_chat = not args.raw and m.tokenizer.chat_template is not None
+        if use_chat:
+            stream = m.chat([{"role": "user", "content": prompt}], stream=True, **kw)
+        else:
+            stream = m.generate(prompt, stream=True, **kw)
+        try:
+            for piece in stream:
+                if not args.json:
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+        except KeyboardInterrupt:
+            m.cancel()
+            stream.close()
+        g = stream.result
+        if args.json:
+            out = g.to_dict()
+            out.update(model=model, path=m.path, chat_template=use_chat)
+            print(json.dumps(out, indent=2))
+        else:
+            sys.stdout.write("\n")
+            if args.verbose:
+                print(f"[{g.prompt_tokens} prompt tokens at {g.prefill_tok_s:.1f} tok/s, "
+                      f"{g.generated_tokens} generated at {g.decode_tok_s:.1f} tok/s, "
+                      f"finish: {g.finish_reason}, peak RSS {human_bytes(g.peak_memory_bytes)}]",
+                      file=sys.stderr)
+    return 0
+
+
+def model_summary(m) -> str:
+    """One line: model, backend and kernels, weights and KV memory."""
+    mem = m.memory()
+    return (f"{os.path.basename(m.path)} | {m.architecture} | {m.device} "
+            f"({mem.get('kernels', '?')} kernels, {mem.get('n_threads', '?')} threads) | "
+            f"weights {human_bytes(mem.get('weights_bytes', 0))} | KV cache "
+            f"{human_bytes(mem.get('kv_cache_bytes', 0))} {mem.get('kv_type', '')} for {m.n_ctx} tokens")
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .repl import run_repl
+    m = load_for_cli(args.model, args)
+    with m:
+        print(model_summary(m), file=sys.stderr)
+        params = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                      repetition_penalty=args.repetition_penalty, seed=args.seed, max_tokens=args.max_tokens)
+        return run_repl(m, params, system=args.system, context_shift=args.context_shift)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench_model, format_table, import_llama_cpp
+    if args.vs_llama_cpp:
+        import_llama_cpp()          # fail early with the install hint
+    reports = []
+    for name in args.models or [DEFAULT_MODEL]:
+        path = str(registry.resolve(name, quiet=args.json))
+        say = None if args.json else (lambda msg, n=name: print(f"  {n}: {msg}", file=sys.stderr, flush=True))
+        reports.append(bench_model(path, n_prompt=args.p, n_gen=args.n, reps=args.r, n_threads=args.threads,
+                                   n_batch=args.batch, vs_llama_cpp=args.vs_llama_cpp, progress=say))
+    if args.json:
+        print(json.dumps(reports, indent=2))
+    else:
+        print(format_table(reports))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lowbit", description="Run and quantize GGUF models locally.")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+
+    sp = sub.add_parser("run", help="generate text from a prompt (streams to stdout)",
+                        usage="lowbit run [options] [MODEL] PROMPT")
+    sp.add_argument("words", nargs="+", metavar="[MODEL] PROMPT",
+                    help=f"optional model (path or registry name, default {DEFAULT_MODEL}) and the "
+                         f"prompt; '-' reads the prompt from stdin")
+    sp.add_argument("--raw", action="store_true", help="continue the prompt as is, without the chat template")
+    sp.add_argument("--stop", action="append", help="stop string (repeatable)")
+    sp.add_argument("--json", action="store_true", help="print the full Generation record as JSON")
+    sp.add_argument("-v", "--verbose", action="store_true", help="print speed and memory after the reply")
+    sp.add_argument("-q", "--quiet", action="store_true", help="no load progress")
+    add_sampling_flags(sp)
+    add_load_flags(sp)
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("chat", help="interactive chat in the terminal")
+    sp.add_argument("model", nargs="?", default=DEFAULT_MODEL, metavar="MODEL",
+                    help=f"a GGUF path or registry name (default {DEFAULT_MODEL})")
+    sp.add_argument("--system", default=None, help="system prompt")
+    sp.add_argument("--context-shift", action="store_true",
+                    help="when the conversation outgrows the context, forget the oldest turns")
+    add_sampling_flags(sp)
+    add_load_flags(sp)
+    sp.set_defaults(func=cmd_chat)
+
+    sp = sub.add_parser("bench", help="llama-bench style speed test (pp/tg tok/s, load time, memory)")
+    sp.add_argument("models", nargs="*", metavar="MODEL", help=f"paths or registry names (default {DEFAULT_MODEL})")
+    sp.add_argument("-p", type=int, default=512, help="prompt tokens for the pp test (0 skips it)")
+    sp.add_argument("-n", type=int, default=128, help="generated tokens for the tg test (0 skips it)")
+    sp.add_argument("-r", type=int, default=5, help="repetitions")
+    sp.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
+    sp.add_argument("--batch", type=int, default=512, help="prefill batch size")
+    sp.add_argument("--vs-llama-cpp", action="store_true",
+                    help="also run llama.cpp (llama-cpp-python) on the same file, alternating, and print ratios")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.set_defaults(func=cmd_bench)
 
     sp = sub.add_parser("pull", help="download a named model into the cache (checksummed)")
     sp.add_argument("models", nargs="+", metavar="MODEL", help="registry name(s); see `lowbit list`")
@@ -79,7 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv            # accepted anywhere on the line, not only before COMMAND
+    args = parser.parse_args([a for a in argv if a != "--debug"])
+    args.debug = args.debug or debug
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

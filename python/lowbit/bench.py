@@ -1,0 +1,201 @@
+"""``lowbit bench``: llama-bench style prompt-processing (pp) and text-generation (tg) speed.
+
+pp N: evaluate N random tokens from an empty context in batches; tg N: generate N tokens one
+at a time from an empty context (llama-bench's definitions). Each test runs ``reps`` times;
+tok/s is reported as mean ± stddev. With ``vs_llama_cpp`` the same file runs through
+llama-cpp-python in the same process, alternating repetitions, and ratios are printed.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, List, Optional
+
+import numpy as np
+
+from .errors import LowbitError
+from .generate import peak_rss_bytes
+from .progress import human_bytes
+
+
+def current_rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+@dataclass
+class TestResult:
+    runtime: str                 # "lowbit" or "llama.cpp"
+    test: str                    # "pp512", "tg128"
+    n_tokens: int
+    tok_s: List[float] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.tok_s) if self.tok_s else 0.0
+
+    @property
+    def stdev(self) -> float:
+        return statistics.stdev(self.tok_s) if len(self.tok_s) > 1 else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(mean=self.mean, stdev=self.stdev, median=statistics.median(self.tok_s) if self.tok_s else 0.0)
+        return d
+
+
+class LowbitRunner:
+    name = "lowbit"
+
+    def __init__(self, path: str, n_ctx: int, n_threads: Optional[int], n_batch: int):
+        from .model import load
+        rss0 = current_rss_bytes()
+        t0 = time.perf_counter()
+        self.model = load(path, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch)
+        self.load_seconds = time.perf_counter() - t0
+        self.loaded_rss_bytes = current_rss_bytes() - rss0
+        self.engine = self.model._engine
+        self.n_vocab = self.engine.n_vocab
+        mem = self.model.memory()
+        self.backend = f"CPU {mem.get('kernels', '')}".strip()
+        self.n_threads = mem.get("n_threads", n_threads)
+
+    def prompt(self, tokens: np.ndarray) -> None:
+        self.engine.truncate(0)
+        self.engine.eval(tokens.astype(np.int32))
+
+    def generate(self, first: int, n: int) -> None:
+        self.engine.truncate(0)
+        tok = np.array([first], dtype=np.int32)
+        for _ in range(n):
+            logits = self.engine.eval(tok)
+            tok[0] = int(np.argmax(logits))
+
+    def close(self) -> None:
+        self.model.close()
+
+
+class LlamaCppRunner:
+    name = "llama.cpp"
+
+    def __init__(self, path: str, n_ctx: int, n_threads: Optional[int], n_batch: int):
+        llama_cpp = import_llama_cpp()
+        rss0 = current_rss_bytes()
+        t0 = time.perf_counter()
+        self.llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
+                                   n_threads=n_threads, n_threads_batch=n_threads, verbose=False)
+        self.load_seconds = time.perf_counter() - t0
+        self.loaded_rss_bytes = current_rss_bytes() - rss0
+        self.n_vocab = self.llm.n_vocab()
+        self.backend = f"CPU llama.cpp {getattr(llama_cpp, '__version__', '')}".strip()
+        self.n_threads = n_threads
+
+    def prompt(self, tokens: np.ndarray) -> None:
+        self.llm.reset()
+        self.llm._ctx.kv_cache_clear() if hasattr(self.llm._ctx, "kv_cache_clear") else None
+        self.llm.eval(tokens.tolist())
+
+    def generate(self, first: int, n: int) -> None:
+        self.llm.reset()
+        self.llm._ctx.kv_cache_clear() if hasattr(self.llm._ctx, "kv_cache_clear") else None
+        tok = first
+        for _ in range(n):
+            self.llm.eval([tok])
+            tok = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+def import_llama_cpp():
+    """llama-cpp-python, also from a separate venv named by $LOWBIT_LLAMA_CPP_SITE."""
+    site = os.environ.get("LOWBIT_LLAMA_CPP_SITE")
+    if site and site not in sys.path:
+        sys.path.append(site)
+    try:
+        import llama_cpp
+    except ImportError:
+        raise LowbitError("--vs-llama-cpp needs llama-cpp-python: pip install llama-cpp-python "
+                          "(or point LOWBIT_LLAMA_CPP_SITE at a site-packages that has it)") from None
+    return llama_cpp
+
+
+def _timed(fn: Callable[[], None]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def bench_model(path: str, *, n_prompt: int = 512, n_gen: int = 128, reps: int = 5,
+                n_threads: Optional[int] = None, n_batch: int = 512, vs_llama_cpp: bool = False,
+                progress: Optional[Callable[[str], None]] = None) -> dict:
+    if reps < 1 or n_prompt < 0 or n_gen < 0 or (n_prompt == 0 and n_gen == 0):
+        raise ValueError(f"need reps >= 1 and a positive -p or -n (got reps={reps}, p={n_prompt}, n={n_gen})")
+    n_ctx = max(n_prompt + n_gen + 8, 64)
+    runners = [LowbitRunner(path, n_ctx, n_threads, n_batch)]
+    if vs_llama_cpp:
+        runners.append(LlamaCppRunner(path, n_ctx, n_threads or runners[0].n_threads, n_batch))
+    rng = np.random.default_rng(0)
+    n_vocab = runners[0].n_vocab
+    results = {(r.name, t): TestResult(r.name, t, n) for r in runners
+               for t, n in ((f"pp{n_prompt}", n_prompt), (f"tg{n_gen}", n_gen)) if n > 0}
+    try:
+        for rep in range(reps + 1):               # rep 0 warms up and is not recorded
+            tokens = rng.integers(0, n_vocab, size=max(n_prompt, 1))
+            for r in runners:                     # alternate runtimes within each repetition
+                if progress:
+                    progress(f"{r.name} rep {rep}/{reps}")
+                if n_prompt:
+                    secs = _timed(lambda: r.prompt(tokens))
+                    if rep:
+                        results[(r.name, f"pp{n_prompt}")].tok_s.append(n_prompt / secs)
+                if n_gen:
+                    secs = _timed(lambda: r.generate(int(tokens[0]), n_gen))
+                    if rep:
+                        results[(r.name, f"tg{n_gen}")].tok_s.append(n_gen / secs)
+        from .gguf_file import GGUFFile
+        with GGUFFile(path) as g:
+            n_params = sum(t.n_elements for t in g.tensors)
+            size = sum(t.nbytes for t in g.tensors)
+        out = {
+            "model": os.path.basename(path), "path": path, "size_bytes": size, "n_params": n_params,
+            "reps": reps, "n_batch": n_batch,
+            "runtimes": {r.name: {"backend": r.backend, "threads": r.n_threads,
+                                  "load_seconds": r.load_seconds, "loaded_rss_bytes": r.loaded_rss_bytes}
+                         for r in runners},
+            "tests": [res.to_dict() for res in results.values()],
+            "process_peak_rss_bytes": peak_rss_bytes(),
+        }
+        if vs_llama_cpp:
+            out["ratios"] = {t: results[("lowbit", t)].mean / results[("llama.cpp", t)].mean
+                             for (_, t) in results if ("llama.cpp", t) in results
+                             and results[("llama.cpp", t)].mean > 0}
+        return out
+    finally:
+        for r in runners:
+            r.close()
+
+
+def format_table(reports: List[dict]) -> str:
+    lines = ["| model | size | params | backend | threads | test | t/s |",
+             "|---|---:|---:|---|---:|---|---:|"]
+    for rep in reports:
+        for t in rep["tests"]:
+            rt = rep["runtimes"][t["runtime"]]
+            lines.append(f"| {rep['model']} | {human_bytes(rep['size_bytes'])} | {rep['n_params'] / 1e6:.1f} M "
+                         f"| {rt['backend']} | {rt['threads']} | {t['test']} | {t['mean']:.2f} ± {t['stdev']:.2f} |")
+    extra = []
+    for rep in reports:
+        for name, rt in rep["runtimes"].items():
+            extra.append(f"- {rep['model']} / {name}: load {rt['load_seconds']:.2f} s, "
+                         f"RSS after load +{human_bytes(rt['loaded_rss_bytes'])}")
+        extra.append(f"- process peak RSS {human_bytes(rep['process_peak_rss_bytes'])}")
+        for test, ratio in rep.get("ratios", {}).items():
+            extra.append(f"- {rep['model']} {test}: lowbit / llama.cpp = {ratio:.2f}x")
+    return "\n".join(lines + [""] + extra)

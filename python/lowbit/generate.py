@@ -1,0 +1,225 @@
+"""Generation by phase: prefill -> decode_step -> stream -> generate.
+
+Works on any engine with ``eval(ids) -> logits``, ``n_past``, ``n_ctx``, ``truncate(n)``,
+``shift(n_keep, n_discard)`` and ``cancel()``, and any tokenizer with ``token_to_bytes(id)``.
+Text reaches the caller only as whole UTF-8 characters and never includes (a prefix of) a
+stop string that may still complete.
+"""
+from __future__ import annotations
+
+import codecs
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator, List, Optional, Sequence
+
+import numpy as np
+
+from .errors import Cancelled
+from .sampling import Sampler, SamplingParams
+
+FINISH_REASONS = ("stop", "length", "eos", "cancelled")
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident set size so far."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) * (1 if sys.platform == "darwin" else 1024)
+
+
+@dataclass
+class Generation:
+    """One response record, shared by the API, the REPL, `lowbit run --json` and bench."""
+    text: str = ""
+    tokens: List[int] = field(default_factory=list)
+    finish_reason: str = ""
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    cached_prompt_tokens: int = 0   # prompt tokens reused from the KV cache (not evaluated again)
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    prefill_tok_s: float = 0.0
+    decode_tok_s: float = 0.0
+    peak_memory_bytes: int = 0
+    context_shifts: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Utf8Stream:
+    """Token bytes in, complete UTF-8 text out; an incomplete tail is held back."""
+
+    def __init__(self, token_to_bytes: Callable[[int], bytes]):
+        self.token_to_bytes = token_to_bytes
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, token: int) -> str:
+        return self.decoder.decode(self.token_to_bytes(token))
+
+    def flush(self) -> str:
+        return self.decoder.decode(b"", final=True)
+
+
+class StopMatcher:
+    """Finds stop strings across piece boundaries and holds back text that might start one."""
+
+    def __init__(self, stops: Sequence[str]):
+        if isinstance(stops, str):
+            stops = [stops]
+        self.stops = [s for s in stops if s]
+        for s in stops:
+            if not isinstance(s, str):
+                raise TypeError(f"stop strings must be str, got {type(s).__name__}")
+        self.pending = ""
+
+    def push(self, text: str):
+        """Returns (text safe to emit now, True if a stop string was hit)."""
+        self.pending += text
+        hits = [(self.pending.find(s), s) for s in self.stops if s in self.pending]
+        if hits:
+            cut = min(i for i, _ in hits)
+            out, self.pending = self.pending[:cut], ""
+            return out, True
+        hold = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(self.pending)), 0, -1):
+                if self.pending.endswith(s[:k]):
+                    hold = max(hold, k)
+                    break
+        out = self.pending[:len(self.pending) - hold]
+        self.pending = self.pending[len(out):]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class GenerationStream:
+    """Iterates text pieces; ``.result`` holds the final Generation once exhausted."""
+
+    def __init__(self, pieces: Iterator[str], record: Generation):
+        self._pieces = pieces
+        self.result = record
+        self.done = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._pieces)
+        except StopIteration:
+            self.done = True
+            raise
+
+    def close(self):
+        self._pieces.close()
+
+
+def run(engine, tokenizer, prompt_ids: List[int], params: SamplingParams, *, max_new_tokens: int,
+        stop: Sequence[str], stop_ids: Sequence[int], cached_ids: List[int], record: Generation,
+        context_shift: bool = False, n_keep: int = 0,
+        cancelled: Callable[[], bool] = lambda: False) -> Iterator[str]:
+    """The generation loop as a generator of text pieces; fills ``record`` as it goes.
+
+    ``cached_ids`` is the token sequence currently in the engine's KV cache; it is updated in
+    place so the caller can reuse the common prefix next time."""
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if not prompt_ids:
+        raise ValueError("the prompt is empty (no tokens); pass some text or enable BOS")
+    n_ctx = engine.n_ctx
+    if len(prompt_ids) >= n_ctx and not context_shift:
+        raise ValueError(f"the prompt has {len(prompt_ids)} tokens but the context holds {n_ctx}; "
+                         f"use a larger n_ctx or a shorter prompt")
+    if len(prompt_ids) >= n_ctx:
+        raise ValueError(f"the prompt has {len(prompt_ids)} tokens, more than the context "
+                         f"({n_ctx}) can hold even with context shifting")
+    sampler = Sampler(params)
+    stops = StopMatcher(stop)
+    utf8 = Utf8Stream(tokenizer.token_to_bytes)
+    stop_set = set(int(t) for t in stop_ids)
+    record.prompt_tokens = len(prompt_ids)
+
+    # prefill: reuse the cached prefix, keep at least one token to evaluate for fresh logits
+    keep = min(common_prefix_len(cached_ids, prompt_ids), len(prompt_ids) - 1)
+    engine.truncate(keep)
+    del cached_ids[keep:]
+    record.cached_prompt_tokens = keep
+    t0 = time.perf_counter()
+    try:
+        logits = engine.eval(np.asarray(prompt_ids[keep:], dtype=np.int32))
+    except Cancelled:
+        record.finish_reason = "cancelled"
+        record.peak_memory_bytes = peak_rss_bytes()
+        return
+    cached_ids.extend(prompt_ids[keep:])
+    record.prefill_seconds = time.perf_counter() - t0
+    n_eval = len(prompt_ids) - keep
+    record.prefill_tok_s = n_eval / record.prefill_seconds if record.prefill_seconds > 0 else 0.0
+
+    history = list(prompt_ids)
+    t1 = time.perf_counter()
+    finish = "length"
+    try:
+        while record.generated_tokens < max_new_tokens:
+            if cancelled():
+                finish = "cancelled"
+                break
+            token = sampler.sample(logits, history)
+            if token in stop_set:
+                finish = "eos"
+                break
+            record.tokens.append(token)
+            record.generated_tokens += 1
+            history.append(token)
+            text, hit = stops.push(utf8.feed(token))
+            if text:
+                record.text += text
+                yield text
+            if hit:
+                finish = "stop"
+                break
+            if record.generated_tokens >= max_new_tokens:
+                break
+            if engine.n_past >= n_ctx:
+                if not context_shift:
+                    break                     # context full: finish_reason stays "length"
+                n_discard = (engine.n_past - n_keep) // 2
+                if n_discard <= 0:
+                    break
+                engine.shift(n_keep, n_discard)
+                del cached_ids[n_keep:n_keep + n_discard]
+                record.context_shifts += 1
+            try:
+                logits = engine.eval(np.asarray([token], dtype=np.int32))
+            except Cancelled:
+                finish = "cancelled"
+                break
+            cached_ids.append(token)
+    except GeneratorExit:      # the consumer stopped iterating: the generation was abandoned
+        finish = "cancelled"
+        raise
+    finally:
+        if finish != "stop":
+            tail = stops.push(utf8.flush())[0] + stops.flush()
+            if tail:
+                record.text += tail
+        record.finish_reason = finish
+        record.decode_seconds = time.perf_counter() - t1
+        steps = max(record.generated_tokens - 1, 0)   # the first token came from prefill's logits
+        record.decode_tok_s = steps / record.decode_seconds if steps and record.decode_seconds > 0 else 0.0
+        record.peak_memory_bytes = peak_rss_bytes()
+    if finish != "stop" and tail:
+        yield tail

@@ -1,0 +1,312 @@
+"""``lowbit.load()`` and ``Model``: tokenize, logits, generate, chat, memory, cancel, close."""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from . import registry
+from .chat import default_template, render_chat
+from .errors import Cancelled, CudaError, InsufficientMemory, LowbitError
+from .generate import Generation, GenerationStream, peak_rss_bytes, run
+from .memory import Hparams, kv_cache_bytes
+from .progress import ProgressFn
+from .sampling import SamplingParams
+
+KV_TYPES = ("f16", "q8_0")
+READ_CHUNK = 8 << 20
+# n_ctx default: the model's training context, capped so the KV cache uses at most this
+# share of the memory available now.
+KV_MEMORY_SHARE = 0.5
+
+
+def _available_memory_bytes() -> Optional[int]:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
+
+
+def default_n_ctx(meta: Mapping, kv_type: str) -> int:
+    """The model's context, capped to what memory allows for the KV cache."""
+    hp = Hparams.from_metadata(meta)
+    n_ctx = hp.n_ctx_train or 4096
+    avail = _available_memory_bytes()
+    if avail:
+        budget = avail * KV_MEMORY_SHARE
+        while n_ctx > 512 and kv_cache_bytes(hp, n_ctx, kv_type) > budget:
+            n_ctx //= 2
+    return n_ctx
+
+
+def check_memory(meta: Mapping, weights_bytes: int, n_ctx: int, kv_type: str,
+                 available: Optional[int] = None) -> None:
+    """Raise InsufficientMemory when weights + KV cache for ``n_ctx`` exceed available memory,
+    naming the estimate and the largest context that fits."""
+    available = _available_memory_bytes() if available is None else available
+    if not available:
+        return
+    hp = Hparams.from_metadata(meta)
+    need = weights_bytes + kv_cache_bytes(hp, n_ctx, kv_type)
+    if need <= available:
+        return
+    lo, hi = 0, n_ctx          # largest n with weights + kv(n) <= available
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if weights_bytes + kv_cache_bytes(hp, mid, kv_type) <= available:
+            lo = mid
+        else:
+            hi = mid - 1
+    fits = f"the largest context that fits is about {lo} tokens" if lo >= 16 else \
+        "even the weights alone do not fit"
+    raise InsufficientMemory(
+        f"n_ctx={n_ctx} needs about {need / 2**30:.2f} GiB (weights {weights_bytes / 2**30:.2f} GiB + "
+        f"KV cache {kv_type} {(need - weights_bytes) / 2**30:.2f} GiB) but {available / 2**30:.2f} GiB "
+        f"is available; {fits}")
+
+
+def _prefault(path: str, progress: Optional[ProgressFn], start: float, span: float) -> None:
+    """Read the file once so weights are in the page cache, reporting progress; a progress
+    callback returning False aborts the load."""
+    size = os.path.getsize(path)
+    done = 0
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(READ_CHUNK)
+        view = memoryview(buf)
+        while True:
+            n = f.readinto(view)
+            if not n:
+                break
+            done += n
+            if progress is not None and progress(start + span * done / max(size, 1)) is False:
+                raise Cancelled(f"load of {path} cancelled by the progress callback")
+
+
+def _select_device(device: str) -> str:
+    from . import cuda_status
+    if device not in ("cpu", "cuda", "auto"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
+    if device == "cpu":
+        return "cpu"
+    status = cuda_status()
+    if device == "auto":
+        return "cpu"   # the CUDA decoding backend is not wired into the engine yet
+    raise CudaError(f"device='cuda' is not available: {status['message']}; "
+                    f"the CUDA decoding backend is not part of this build yet — use device='cpu'")
+
+
+def load(path_or_name: Union[str, os.PathLike], *, n_ctx: Optional[int] = None,
+         n_threads: Optional[int] = None, n_batch: int = 512, kv_type: str = "f16",
+         device: str = "cpu", progress: Optional[ProgressFn] = None) -> "Model":
+    """Load a GGUF model from a path or a registry name (pulled into the cache on first use).
+
+    ``progress(fraction)`` is called while loading; returning False aborts cleanly."""
+    from . import _core
+    from .gguf_file import GGUFFile
+    from .tokenizer import Tokenizer
+
+    if kv_type not in KV_TYPES:
+        raise ValueError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
+    if n_batch <= 0:
+        raise ValueError(f"n_batch must be positive, got {n_batch}")
+    if n_threads is not None and n_threads <= 0:
+        raise ValueError(f"n_threads must be positive, got {n_threads}")
+    if n_ctx is not None and n_ctx <= 0:
+        raise ValueError(f"n_ctx must be positive, got {n_ctx}")
+    device = _select_device(device)
+    pulled = not os.path.exists(os.fspath(path_or_name))
+    path = str(registry.resolve(path_or_name, quiet=True,
+                                progress=(lambda f: progress(0.5 * f)) if (progress and pulled) else None))
+    if progress is not None and progress(0.5 if pulled else 0.0) is False:
+        raise Cancelled("load cancelled by the progress callback")
+    with GGUFFile(path) as g:
+        meta = g.metadata
+        weights_bytes = sum(t.nbytes for t in g.tensors)
+    tokenizer = Tokenizer.from_metadata(meta)
+    n_ctx = n_ctx or default_n_ctx(meta, kv_type)
+    check_memory(meta, weights_bytes, n_ctx, kv_type)
+    start = 0.5 if pulled else 0.0
+    _prefault(path, progress, start, (1.0 - start) * 0.9)
+    engine = _core.Engine(path, int(n_ctx), int(n_threads or 0), int(n_batch), kv_type)
+    if progress is not None and progress(1.0) is False:
+        engine.close()
+        raise Cancelled("load cancelled by the progress callback")
+    return Model(engine, tokenizer, meta, path, device=device)
+
+
+class Model:
+    """A loaded model. One generation at a time (others wait on a lock); the GIL is released
+    while the core computes, so different Models run in parallel threads."""
+
+    def __init__(self, engine, tokenizer, metadata: Mapping, path: str, device: str = "cpu"):
+        self._engine = engine
+        self.tokenizer = tokenizer
+        self.metadata = dict(metadata)
+        self.path = path
+        self.device = device
+        self.architecture = self.metadata.get("general.architecture", "")
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+        self._cached_ids: List[int] = []      # what the engine's KV cache holds
+        self._closed = False
+        self._template: Optional[str] = None
+        self.last: Optional[Generation] = None
+
+    # ---- basics ---------------------------------------------------------------------------
+    def _check_open(self):
+        if self._closed:
+            raise LowbitError("this Model is closed")
+
+    @property
+    def n_ctx(self) -> int:
+        return self._engine.n_ctx
+
+    @property
+    def n_vocab(self) -> int:
+        return self._engine.n_vocab
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> List[int]:
+        return self.tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits at every position of ``ids`` (a fresh context): shape (len(ids), n_vocab)."""
+        self._check_open()
+        arr = np.asarray(list(ids), dtype=np.int32)
+        if arr.size == 0:
+            raise ValueError("logits() needs at least one token")
+        with self._lock:
+            self._engine.truncate(0)
+            self._cached_ids = []
+            out = self._engine.eval(arr, all_logits=True)
+            self._cached_ids = arr.tolist()
+            return out
+
+    # ---- generation -----------------------------------------------------------------------
+    def _params(self, temperature, top_k, top_p, min_p, repetition_penalty, repeat_last_n, seed):
+        return SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                              repetition_penalty=repetition_penalty, repeat_last_n=repeat_last_n,
+                              seed=seed).validate()
+
+    def _generate_ids(self, prompt_ids: List[int], *, stream: bool, max_new_tokens: int,
+                      stop: Sequence[str], params: SamplingParams, context_shift: bool,
+                      n_keep: Optional[int]):
+        self._check_open()
+        record = Generation()
+        stop_ids = sorted(self.tokenizer.eot_ids)
+        keep = len(prompt_ids) if n_keep is None else n_keep
+        keep = max(0, min(keep, self.n_ctx // 2))
+
+        def pieces():
+            with self._lock:
+                self._cancel.clear()
+                self._engine.reset_cancel()
+                try:
+                    yield from run(self._engine, self.tokenizer, prompt_ids, params,
+                                   max_new_tokens=max_new_tokens, stop=stop, stop_ids=stop_ids,
+                                   cached_ids=self._cached_ids, record=record,
+                                   context_shift=context_shift, n_keep=keep,
+                                   cancelled=self._cancel.is_set)
+                finally:
+                    self.last = record
+
+        if stream:
+            return GenerationStream(pieces(), record)
+        for _ in pieces():
+            pass
+        return record
+
+    def generate(self, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.8,
+                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
+                 repetition_penalty: float = 1.0, repeat_last_n: int = 64, stop: Sequence[str] = (),
+                 seed: Optional[int] = None, stream: bool = False, parse_special: bool = False,
+                 context_shift: bool = False, n_keep: Optional[int] = None):
+        """Continue ``prompt``. Returns a Generation, or with ``stream=True`` an iterator of
+        text pieces whose ``.result`` is the Generation once exhausted."""
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be str, got {type(prompt).__name__}")
+        params = self._params(temperature, top_k, top_p, min_p, repetition_penalty, repeat_last_n, seed)
+        ids = self.tokenize(prompt, add_special=True, parse_special=parse_special)
+        return self._generate_ids(ids, stream=stream, max_new_tokens=max_new_tokens, stop=stop,
+                                  params=params, context_shift=context_shift, n_keep=n_keep)
+
+    def _piece(self, token_id: Optional[int]) -> str:
+        tokens = self.metadata.get("tokenizer.ggml.tokens") or []
+        return tokens[token_id] if token_id is not None and 0 <= token_id < len(tokens) else ""
+
+    def chat_template(self) -> str:
+        """The GGUF's ``tokenizer.chat_template``, else a built-in one for the architecture."""
+        if self._template is None:
+            tokens = self.metadata.get("tokenizer.ggml.tokens") or []
+            self._template = self.tokenizer.chat_template or default_template(
+                self.architecture, lambda piece: piece in tokens)
+        return self._template
+
+    def render_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
+        return render_chat(self.chat_template(), messages, add_generation_prompt=add_generation_prompt,
+                           bos_token=self._piece(self.tokenizer.bos_id),
+                           eos_token=self._piece(self.tokenizer.eos_id))
+
+    def chat_ids(self, messages: Sequence[Mapping[str, Any]]) -> List[int]:
+        """Token ids of the rendered conversation, with exactly one BOS when the model uses one."""
+        ids = self.tokenize(self.render_chat(messages), add_special=True, parse_special=True)
+        bos = self.tokenizer.bos_id
+        while len(ids) >= 2 and bos is not None and ids[0] == bos and ids[1] == bos:
+            ids = ids[1:]
+        return ids
+
+    def chat(self, messages: Sequence[Mapping[str, Any]], *, max_new_tokens: int = 256,
+             temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
+             repetition_penalty: float = 1.0, repeat_last_n: int = 64, stop: Sequence[str] = (),
+             seed: Optional[int] = None, stream: bool = False, context_shift: bool = False):
+        """Reply to a conversation rendered with the model's chat template; stops at the
+        model's end-of-turn tokens."""
+        params = self._params(temperature, top_k, top_p, min_p, repetition_penalty, repeat_last_n, seed)
+        ids = self.chat_ids(messages)
+        return self._generate_ids(ids, stream=stream, max_new_tokens=max_new_tokens, stop=stop,
+                                  params=params, context_shift=context_shift, n_keep=None)
+
+    # ---- control --------------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Stop the running generation (from any thread) within one decode step."""
+        self._cancel.set()
+        if not self._closed:
+            self._engine.cancel()
+
+    def memory(self) -> Dict[str, Any]:
+        """Weights by type, KV cache, scratch and totals for this model, plus the process's
+        peak RSS."""
+        self._check_open()
+        report = dict(self._engine.memory())
+        report["device"] = self.device
+        report["process_peak_rss_bytes"] = peak_rss_bytes()
+        return report
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.cancel()
+        with self._lock:
+            self._engine.close()
+            self._closed = True
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"n_ctx={self.n_ctx}"
+        return f"<lowbit.Model {self.architecture} {os.path.basename(self.path)} {state}>"

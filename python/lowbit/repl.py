@@ -1,0 +1,271 @@
+"""``lowbit chat``: a terminal chat with line editing, history, commands and streaming replies."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Callable, Dict, List, Optional
+
+from .errors import LowbitError, TemplateError
+from .progress import human_bytes
+from .registry import home
+
+PROMPT = ">>> "
+CONTINUATION = "... "
+HELP = """Commands:
+  /help                     this help
+  /bye, /exit               leave (Ctrl+D works too)
+  /clear                    start a new conversation (keeps the system prompt)
+  /set PARAM VALUE          temperature, top_k, top_p, min_p, repetition_penalty, seed, max_tokens
+  /set system TEXT          set the system prompt (starts a new conversation)
+  /show                     model info and current parameters
+  /stats                    tokens, speed and memory of the last reply
+  /save FILE, /load FILE    save or load the conversation as JSON
+Input between lines of \"\"\" is sent as one multi-line message. Ctrl+C stops a reply."""
+
+PARAMS: Dict[str, Callable[[str], object]] = {
+    "temperature": float, "top_k": int, "top_p": float, "min_p": float,
+    "repetition_penalty": float, "seed": int, "max_tokens": int,
+}
+
+
+def _setup_readline() -> Optional[str]:
+    try:
+        import readline
+    except ImportError:
+        return None
+    path = str(home() / "chat_history")
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        readline.read_history_file(path)
+    except OSError:
+        pass
+    readline.set_history_length(1000)
+    return path
+
+
+def _save_history(path: Optional[str]) -> None:
+    if not path:
+        return
+    try:
+        import readline
+        readline.write_history_file(path)
+    except (ImportError, OSError):
+        pass
+
+
+class ChatSession:
+    """Conversation state and commands, separate from terminal I/O so it can be driven by tests."""
+
+    def __init__(self, model, params: dict, system: Optional[str] = None, context_shift: bool = False,
+                 out=sys.stdout):
+        self.model = model
+        self.params = dict(params)
+        self.system = system
+        self.context_shift = context_shift
+        self.messages: List[dict] = []
+        self.out = out
+        self.last = None
+
+    def say(self, text: str = "") -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def conversation(self) -> List[dict]:
+        sys_msg = [{"role": "system", "content": self.system}] if self.system else []
+        return sys_msg + [{"role": m["role"], "content": m["content"]} for m in self.messages]
+
+    # ---- commands -------------------------------------------------------------------------
+    def command(self, line: str) -> bool:
+        """Runs a /command; returns False when the session should end."""
+        parts = line.strip().split(maxsplit=2)
+        cmd = parts[0].lower()
+        if cmd in ("/bye", "/exit", "/quit"):
+            return False
+        if cmd in ("/help", "/?"):
+            self.say(HELP)
+        elif cmd == "/clear":
+            self.messages = []
+            self.say("(new conversation)")
+        elif cmd == "/set":
+            self._set(parts[1:])
+        elif cmd == "/show":
+            self._show()
+        elif cmd == "/stats":
+            self._stats()
+        elif cmd in ("/save", "/load"):
+            if len(parts) < 2:
+                self.say(f"usage: {cmd} FILE")
+            else:
+                self._save(parts[1]) if cmd == "/save" else self._load(parts[1])
+        else:
+            self.say(f"unknown command {parts[0]!r}; /help lists the commands")
+        return True
+
+    def _set(self, args: List[str]) -> None:
+        if not args:
+            self.say("usage: /set PARAM VALUE (" + ", ".join(["system", *PARAMS]) + ")")
+            return
+        name = args[0].lower()
+        if name == "system":
+            self.system = args[1] if len(args) > 1 else None
+            self.messages = []
+            self.say("(system prompt set; new conversation)" if self.system else "(system prompt cleared)")
+            return
+        if name not in PARAMS or len(args) < 2:
+            self.say(f"usage: /set PARAM VALUE with PARAM one of: system, {', '.join(PARAMS)}")
+            return
+        try:
+            value = PARAMS[name](args[1])
+        except ValueError:
+            self.say(f"{name} needs a {PARAMS[name].__name__}, got {args[1]!r}")
+            return
+        trial = dict(self.params, **{name: value})
+        try:
+            from .sampling import SamplingParams
+            SamplingParams(temperature=trial["temperature"], top_k=trial["top_k"], top_p=trial["top_p"],
+                           min_p=trial["min_p"], repetition_penalty=trial["repetition_penalty"],
+                           seed=trial["seed"]).validate()
+            if trial["max_tokens"] <= 0:
+                raise ValueError("max_tokens must be positive")
+        except ValueError as e:
+            self.say(f"not set: {e}")
+            return
+        self.params = trial
+        self.say(f"(set {name} = {value})")
+
+    def _show(self) -> None:
+        m = self.model
+        mem = m.memory()
+        self.say(f"model       {os.path.basename(m.path)} ({m.architecture})")
+        self.say(f"context     {m.n_ctx} tokens, KV cache {mem.get('kv_type', '?')}")
+        self.say(f"memory      weights {human_bytes(mem.get('weights_bytes', 0))}, "
+                 f"KV {human_bytes(mem.get('kv_cache_bytes', 0))}")
+        self.say(f"system      {self.system!r}")
+        self.say("parameters  " + ", ".join(f"{k}={v}" for k, v in self.params.items()))
+
+    def _stats(self) -> None:
+        g = self.last
+        if g is None:
+            self.say("no reply yet")
+            return
+        self.say(f"prompt      {g.prompt_tokens} tokens ({g.cached_prompt_tokens} reused from cache), "
+                 f"{g.prefill_tok_s:.1f} tok/s")
+        self.say(f"reply       {g.generated_tokens} tokens, {g.decode_tok_s:.1f} tok/s, "
+                 f"finish: {g.finish_reason}")
+        self.say(f"memory      peak RSS {human_bytes(g.peak_memory_bytes)}")
+
+    def _save(self, path: str) -> None:
+        data = {"system": self.system, "messages": self.messages, "params": self.params}
+        try:
+            tmp = path + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=2, ensure_ascii=False)
+            os.replace(tmp, path)
+            self.say(f"(saved {len(self.messages)} messages to {path})")
+        except OSError as e:
+            self.say(f"cannot save to {path}: {e.strerror or e}")
+
+    def _load(self, path: str) -> None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            msgs = data["messages"]
+            if not all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                       and isinstance(m.get("content"), str) for m in msgs):
+                raise ValueError("messages must be objects with string role and content")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            self.say(f"cannot load {path}: {e}")
+            return
+        self.messages = msgs
+        self.system = data.get("system", self.system)
+        self.say(f"(loaded {len(msgs)} messages from {path})")
+
+    # ---- a turn -----------------------------------------------------------------------------
+    def reply(self, text: str) -> None:
+        self.messages.append({"role": "user", "content": text})
+        kw = dict(max_new_tokens=self.params["max_tokens"], temperature=self.params["temperature"],
+                  top_k=self.params["top_k"], top_p=self.params["top_p"], min_p=self.params["min_p"],
+                  repetition_penalty=self.params["repetition_penalty"], seed=self.params["seed"])
+        while True:
+            try:
+                ids = self.model.chat_ids(self.conversation())
+            except TemplateError as e:
+                self.messages.pop()
+                self.say(f"chat template error: {e}")
+                return
+            if len(ids) < self.model.n_ctx - 16:
+                break
+            if self.context_shift and len(self.messages) > 2:
+                self.messages = self.messages[2:]       # forget the oldest exchange
+                continue
+            self.messages.pop()
+            self.say(f"(the conversation needs {len(ids)} tokens but the context holds {self.model.n_ctx}; "
+                     f"use /clear to start over{'' if self.context_shift else ', or restart with --context-shift'})")
+            return
+        stream = self.model.chat(self.conversation(), stream=True, context_shift=self.context_shift, **kw)
+        interrupted = False
+        try:
+            for piece in stream:
+                self.out.write(piece)
+                self.out.flush()
+        except KeyboardInterrupt:
+            interrupted = True
+            self.model.cancel()
+            stream.close()
+        g = stream.result
+        self.last = g
+        msg = {"role": "assistant", "content": g.text}
+        if interrupted or g.finish_reason == "cancelled":
+            msg["interrupted"] = True
+            self.out.write(" [interrupted]")
+        elif g.finish_reason == "length":
+            self.out.write(" [reply cut at max_tokens or the context limit]")
+        self.messages.append(msg)
+        self.say("\n")
+
+
+def read_message(read: Callable[[str], str]) -> str:
+    """One user message: a line, or the lines between two lines of \"\"\"."""
+    line = read(PROMPT)
+    if line.strip() != '"""' and not line.lstrip().startswith('"""'):
+        return line
+    first = line.strip()[3:]
+    lines = [first] if first else []
+    while True:
+        nxt = read(CONTINUATION)
+        if nxt.rstrip().endswith('"""'):
+            tail = nxt.rstrip()[:-3]
+            if tail:
+                lines.append(tail)
+            return "\n".join(lines)
+        lines.append(nxt)
+
+
+def run_repl(model, params: dict, system: Optional[str] = None, context_shift: bool = False) -> int:
+    session = ChatSession(model, params, system=system, context_shift=context_shift)
+    history = _setup_readline()
+    session.say('Type a message, /help for commands, """ for multi-line input, Ctrl+D to exit.')
+    try:
+        while True:
+            try:
+                text = read_message(input)
+            except KeyboardInterrupt:
+                session.say("\n(use /bye or Ctrl+D to exit)")
+                continue
+            except EOFError:
+                session.say("")
+                break
+            if not text.strip():
+                continue
+            if text.lstrip().startswith("/"):
+                if not session.command(text):
+                    break
+                continue
+            try:
+                session.reply(text)
+            except LowbitError as e:
+                session.say(f"\nerror: {e}")
+    finally:
+        _save_history(history)
+    return 0

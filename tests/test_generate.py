@@ -1,0 +1,211 @@
+"""The generation loop on a scripted engine: stop strings across token boundaries, UTF-8-safe
+streaming, finish reasons, context full / shift, cancel, prefix reuse, one generation at a time.
+
+The engine double returns logits whose argmax is the next token of a script, so the text the
+loop must produce is known exactly; the tokenizer double maps ids 0..255 to single bytes."""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from lowbit.errors import Cancelled
+from lowbit.generate import StopMatcher
+from lowbit.model import Model
+
+EOS, BOS = 256, 257
+
+
+class ByteTokenizer:
+    vocab_size = 258
+    bos_id, eos_id = BOS, EOS
+    eot_ids = {EOS}
+    chat_template = None
+
+    def encode(self, text, add_special=True, parse_special=False):
+        return ([BOS] if add_special else []) + list(text.encode("utf-8"))
+
+    def decode(self, ids):
+        return b"".join(self.token_to_bytes(i) for i in ids).decode("utf-8", errors="replace")
+
+    def token_to_bytes(self, i):
+        return bytes([i]) if i < 256 else b""
+
+
+class ScriptedEngine:
+    def __init__(self, script, n_ctx=4096, delay=0.0):
+        self.script = list(script)
+        self.cursor = 0
+        self.n_ctx = n_ctx
+        self.n_vocab = 258
+        self.n_past = 0
+        self.delay = delay
+        self.cancelled = False
+        self.busy = False
+        self.calls = []
+
+    def _logits(self):
+        tok = self.script[self.cursor] if self.cursor < len(self.script) else EOS
+        self.cursor += 1
+        x = np.zeros(self.n_vocab, dtype=np.float32)
+        x[tok] = 20.0
+        return x
+
+    def eval(self, ids, all_logits=False):
+        assert not self.busy, "concurrent eval on one engine"
+        self.busy = True
+        try:
+            if self.delay:
+                time.sleep(self.delay)
+            if self.cancelled:
+                raise Cancelled("cancelled")
+            assert self.n_past + len(ids) <= self.n_ctx, "context overflow reached the engine"
+            self.calls.append(("eval", len(ids)))
+            self.n_past += len(ids)
+            return self._logits()
+        finally:
+            self.busy = False
+
+    def truncate(self, n):
+        self.calls.append(("truncate", n))
+        self.n_past = min(self.n_past, n)
+
+    def shift(self, n_keep, n_discard):
+        self.calls.append(("shift", n_keep, n_discard))
+        self.n_past -= n_discard
+
+    def cancel(self):
+        self.cancelled = True
+
+    def reset_cancel(self):
+        self.cancelled = False
+
+    def memory(self):
+        return {"weights_bytes": 0}
+
+    def close(self):
+        pass
+
+
+def model_for(text_or_ids, **kw):
+    script = list(text_or_ids.encode()) if isinstance(text_or_ids, str) else list(text_or_ids)
+    return Model(ScriptedEngine(script, **kw), ByteTokenizer(), {"general.architecture": "test"}, "x.gguf")
+
+
+GREEDY = dict(temperature=0.0)
+
+
+def test_text_and_eos():
+    g = model_for("Hello world").generate("hi", **GREEDY)
+    assert (g.text, g.finish_reason, g.generated_tokens, g.prompt_tokens) == ("Hello world", "eos", 11, 3)
+    assert g.tokens == list(b"Hello world") and g.peak_memory_bytes > 0
+
+
+def test_stop_string_across_tokens_never_leaks():
+    m = model_for("abc STOP def")
+    s = m.generate("x", stop=["STOP"], stream=True, **GREEDY)
+    pieces = list(s)
+    assert "".join(pieces) == "abc " and all("S" not in p for p in pieces)
+    assert s.result.finish_reason == "stop" and s.result.text == "abc "
+
+
+def test_partial_stop_prefix_is_released():
+    g = model_for("abc ST xyz").generate("x", stop=["STOP", "zz"], **GREEDY)
+    assert (g.text, g.finish_reason) == ("abc ST xyz", "eos")
+
+
+def test_stop_matcher_earliest_of_several():
+    m = StopMatcher(["world", "lo w"])
+    out, hit = m.push("hello world")
+    assert (out, hit) == ("hel", True)
+
+
+def test_utf8_streaming_never_splits_characters():
+    text = "héllo 🙂 漢字 ok"
+    s = model_for(text).generate("x", stream=True, **GREEDY)
+    pieces = list(s)
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in p for p in pieces)
+    assert len(pieces) < len(text.encode())    # multi-byte characters came out whole
+
+
+def test_incomplete_utf8_at_the_end_is_replaced():
+    g = model_for(list("ok".encode()) + [0xF0, 0x9F]).generate("x", **GREEDY)
+    assert g.text == "ok\ufffd" and g.finish_reason == "eos"
+
+
+def test_max_new_tokens_is_length():
+    g = model_for("abcdefgh").generate("x", max_new_tokens=3, **GREEDY)
+    assert (g.text, g.finish_reason, g.generated_tokens) == ("abc", "length", 3)
+
+
+def test_context_full_ends_with_length():
+    m = model_for("a" * 50, n_ctx=10)
+    g = m.generate("abc", **GREEDY)               # BOS + 3 = 4 prompt tokens
+    assert g.finish_reason == "length" and g.generated_tokens == 7
+    assert m._engine.n_past == 10
+
+
+def test_context_shift_keeps_going():
+    m = model_for("a" * 50, n_ctx=10)
+    g = m.generate("abc", context_shift=True, n_keep=2, max_new_tokens=30, **GREEDY)
+    assert g.finish_reason == "length" and g.generated_tokens == 30 and g.context_shifts >= 3
+    shifts = [c for c in m._engine.calls if c[0] == "shift"]
+    assert all(c[1] == 2 and c[2] == 4 for c in shifts)
+    assert len(m._cached_ids) == m._engine.n_past
+
+
+def test_prompt_longer_than_context_is_a_clear_error():
+    with pytest.raises(ValueError, match="context holds 8"):
+        model_for("a", n_ctx=8).generate("0123456789", **GREEDY)
+
+
+def test_prefix_reuse_between_calls():
+    m = model_for("xy" * 20)
+    m.generate("hello there", max_new_tokens=2, **GREEDY)
+    g = m.generate("hello world", max_new_tokens=2, **GREEDY)
+    assert g.cached_prompt_tokens == len("hello ") + 1     # BOS + common text
+    assert ("truncate", len("hello ") + 1) in m._engine.calls
+
+
+def test_cancel_from_another_thread():
+    m = model_for("a" * 10_000, delay=0.005)
+    threading.Timer(0.1, m.cancel).start()
+    t0 = time.monotonic()
+    g = m.generate("x", max_new_tokens=5000, **GREEDY)
+    assert g.finish_reason == "cancelled" and time.monotonic() - t0 < 2
+    assert 0 < g.generated_tokens < 5000
+    g2 = m.generate("x", max_new_tokens=3, **GREEDY)     # usable afterwards
+    assert g2.finish_reason == "length"
+
+
+def test_abandoned_stream_is_cancelled():
+    m = model_for("abcdefgh")
+    s = m.generate("x", stream=True, **GREEDY)
+    assert next(s) == "a"
+    s.close()
+    assert s.result.finish_reason == "cancelled"
+
+
+def test_one_generation_at_a_time_per_model():
+    m = model_for("ab" * 400, delay=0.001)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(m.generate("x", max_new_tokens=40, **GREEDY)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.finish_reason for r in results] == ["length"] * 3   # the engine asserts no overlap
+
+
+@pytest.mark.parametrize("kw,err", [(dict(max_new_tokens=-1), ValueError), (dict(top_p=0), ValueError),
+                                    (dict(stop=[3]), TypeError)])
+def test_bad_arguments(kw, err):
+    with pytest.raises(err):
+        model_for("ab").generate("x", **kw)
+
+
+def test_prompt_must_be_text():
+    with pytest.raises(TypeError):
+        model_for("ab").generate(b"bytes")

@@ -46,8 +46,9 @@ py::dict features() {
 
 // y (n, rows) = x (n, cols) . W^T for raw weight bytes of shape (rows, cols).
 Floats matmul(const Bytes& weights, const std::string& type_name, int64_t rows, int64_t cols, const Floats& x,
-              cpu::ThreadPool& pool) {
+              cpu::ThreadPool& pool, const std::string& act_precision) {
     const GGMLType type = cpu_type(type_name);
+    const cpu::ActPrecision precision = cpu::parse_act_precision(act_precision);
     cpu::check_matmul_shape(type, rows, cols);
     const int64_t want = rows * cpu::weight_row_bytes(type, cols);
     LOWBIT_CHECK(weights.size() == want, ValueError, "weights have ", weights.size(), " bytes; ", type_name,
@@ -61,7 +62,7 @@ Floats matmul(const Bytes& weights, const std::string& type_name, int64_t rows, 
     float* yp = y.mutable_data();
     {
         py::gil_scoped_release nogil;
-        cpu::matmul(w, type, rows, cols, xp, n, yp, pool);
+        cpu::matmul(w, type, rows, cols, xp, n, yp, pool, precision);
     }
     return y;
 }
@@ -111,7 +112,7 @@ void bind_cpu(py::module_& m) {
     m.def("cpu_set_kernels", [](const std::string& name) { cpu::set_kernels(name); }, py::arg("name"));
     m.def("cpu_get_kernels", []() { return std::string(cpu::kernels().name); });
     m.def("cpu_matmul", &matmul, py::arg("weights"), py::arg("type_name"), py::arg("rows"), py::arg("cols"),
-          py::arg("x"), py::arg("pool"));
+          py::arg("x"), py::arg("pool"), py::arg("act_precision") = "q8");
     m.def("cpu_vec_dot", &vec_dot, py::arg("type_name"), py::arg("weights"), py::arg("act"));
     m.def("cpu_quantize_act", &quantize_act, py::arg("fmt"), py::arg("x"));
     m.def("cpu_act_format", [](const std::string& type_name) {

@@ -75,10 +75,10 @@ py::dict memory(const Engine& e) {
 void bind_engine(py::module_& m) {
     py::class_<Engine>(m, "Engine", "Decoding engine over one GGUF model: KV cache, batched prefill, decode.")
         .def(py::init([](const std::string& path, int64_t n_ctx, int n_threads, int64_t n_batch,
-                         const std::string& kv_type) {
+                         const std::string& kv_type, const std::string& act_precision) {
                  try {
                      py::gil_scoped_release nogil;
-                     return std::make_unique<Engine>(path, n_ctx, n_threads, n_batch, kv_type);
+                     return std::make_unique<Engine>(path, n_ctx, n_threads, n_batch, kv_type, act_precision);
                  } catch (const FileOpenError& e) {   // errno -> FileNotFoundError, PermissionError...
                      errno = e.errno_value;
                      PyErr_SetFromErrnoWithFilename(PyExc_OSError, path.c_str());
@@ -86,7 +86,7 @@ void bind_engine(py::module_& m) {
                  }
              }),
              py::arg("path"), py::arg("n_ctx") = 4096, py::arg("n_threads") = 2, py::arg("n_batch") = 512,
-             py::arg("kv_type") = "f16")
+             py::arg("kv_type") = "f16", py::arg("act_precision") = "high")
         .def("eval", &eval, py::arg("tokens"), py::arg("all_logits") = false,
              "Append tokens at positions n_past..; logits of the last token (n_vocab,) or of all (n, n_vocab).")
         .def("truncate", [](Engine& e, int64_t n) { py::gil_scoped_release nogil; return e.truncate(n); },
@@ -110,7 +110,8 @@ void bind_engine(py::module_& m) {
         .def_property_readonly("n_threads", &Engine::n_threads)
         .def_property_readonly("n_past", [](const Engine& e) { py::gil_scoped_release nogil; return e.n_past(); })
         .def_property_readonly("kv_type", &Engine::kv_type)
-        .def_property_readonly("kernels", &Engine::kernels);
+        .def_property_readonly("kernels", &Engine::kernels)
+        .def_property_readonly("act_precision", &Engine::act_precision);
 }
 
 }  // namespace lowbit

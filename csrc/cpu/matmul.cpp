@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <vector>
 
 #include "common.h"
@@ -15,26 +16,55 @@ namespace {
 constexpr int64_t kActTile = kMaxDotRows;  // activation rows per prefill tile (one multi-row dot)
 constexpr int64_t kTargetChunks = 8;  // chunks per thread: enough to balance, few enough to be cheap
 
-// The activation rows x (n, cols), quantized for `type`: n rows of act_row_bytes each.
+// The activation rows x (n, cols), quantized for `type`. Q8X2 splits each x row i into two
+// adjacent activation rows, 2i = hi and 2i + 1 = lo, so one multi-row dot takes both.
 struct QuantizedActs {
     AlignedBuffer<uint8_t> data;
     size_t row_bytes = 0;
-    const void* row(int64_t i) const { return data.data() + size_t(i) * row_bytes; }
+    int64_t per_token = 1;   // activation rows per x row: 1, or 2 for (hi, lo)
+    const void* row(int64_t i) const { return data.data() + size_t(i) * row_bytes; }   // i: activation row
 };
 
-void quantize_rows(const KernelSet& ks, GGMLType type, int64_t cols, const float* x, int64_t n, QuantizedActs& out,
-                   ThreadPool& pool) {
+void quantize_row(const KernelSet& ks, ActFormat fmt, const float* x, void* dst, int64_t cols) {
+    if (fmt == ActFormat::Q8_0) ks.quantize_q8_0(x, static_cast<block_q8_0*>(dst), int(cols));
+    else ks.quantize_q8_K(x, static_cast<block_q8_K*>(dst), int(cols));
+}
+
+// r = x - dequant(q): what the q8 row q misses of x.   x, r: (cols,)
+void residual(ActFormat fmt, const float* x, const void* q, float* r, int64_t cols) {
+    if (fmt == ActFormat::Q8_0) {
+        const auto* b = static_cast<const block_q8_0*>(q);
+        for (int64_t k = 0; k < cols / QK8_0; ++k) {
+            const float d = fp16_to_fp32(b[k].d);
+            for (int j = 0; j < QK8_0; ++j) r[k * QK8_0 + j] = x[k * QK8_0 + j] - d * float(b[k].qs[j]);
+        }
+    } else {
+        const auto* b = static_cast<const block_q8_K*>(q);
+        for (int64_t k = 0; k < cols / QK_K; ++k) {
+            const float d = b[k].d;
+            for (int j = 0; j < QK_K; ++j) r[k * QK_K + j] = x[k * QK_K + j] - d * float(b[k].qs[j]);
+        }
+    }
+}
+
+void quantize_rows(const KernelSet& ks, GGMLType type, int64_t cols, const float* x, int64_t n,
+                   ActPrecision precision, QuantizedActs& out, ThreadPool& pool) {
     const ActFormat fmt = act_format(type);
     out.row_bytes = act_row_bytes(fmt, cols);
-    out.data.resize(size_t(n) * out.row_bytes);
+    out.per_token = (precision == ActPrecision::Q8X2 && fmt != ActFormat::F32) ? 2 : 1;
+    out.data.resize(size_t(n * out.per_token) * out.row_bytes);
     if (fmt == ActFormat::F32) {
         std::memcpy(out.data.data(), x, size_t(n) * out.row_bytes);
         return;
     }
-    auto quantize_one = [&](int64_t i, int) {
-        void* dst = out.data.data() + size_t(i) * out.row_bytes;
-        if (fmt == ActFormat::Q8_0) ks.quantize_q8_0(x + i * cols, static_cast<block_q8_0*>(dst), int(cols));
-        else ks.quantize_q8_K(x + i * cols, static_cast<block_q8_K*>(dst), int(cols));
+    AlignedBuffer<float> resid(out.per_token == 2 ? size_t(pool.size()) * size_t(cols) : 0);   // (threads, cols)
+    auto quantize_one = [&](int64_t i, int thread) {
+        uint8_t* hi = out.data.data() + size_t(i * out.per_token) * out.row_bytes;
+        quantize_row(ks, fmt, x + i * cols, hi, cols);
+        if (out.per_token == 1) return;
+        float* r = resid.data() + size_t(thread) * size_t(cols);
+        residual(fmt, x + i * cols, hi, r, cols);
+        quantize_row(ks, fmt, r, hi + out.row_bytes, cols);
     };
     if (n == 1) quantize_one(0, 0);
     else pool.parallel_for(n, quantize_one);
@@ -46,6 +76,15 @@ int64_t rows_per_chunk(int64_t rows, const ThreadPool& pool, int64_t multiple) {
 }
 
 }  // namespace
+
+ActPrecision parse_act_precision(const std::string& name) {
+    if (name == "q8") return ActPrecision::Q8;
+    if (name == "high") return ActPrecision::Q8X2;
+    throw ValueError(str("act_precision '", name, "' must be 'q8' (8-bit activations, as llama.cpp) or 'high' ",
+                         "(two-pass ~16-bit activations)"));
+}
+
+const char* act_precision_name(ActPrecision p) { return p == ActPrecision::Q8X2 ? "high" : "q8"; }
 
 void check_matmul_shape(GGMLType type, int64_t rows, int64_t cols) {
     const GGMLTypeSize* ts = ggml_type_size(static_cast<uint32_t>(type));
@@ -63,19 +102,31 @@ int64_t weight_row_bytes(GGMLType type, int64_t cols) {
 }
 
 void matvec(const void* weights, GGMLType type, int64_t rows, int64_t cols, const float* x, float* y,
-            ThreadPool& pool) {
+            ThreadPool& pool, ActPrecision precision) {
     check_matmul_shape(type, rows, cols);
     const KernelSet& ks = kernels();
-    const VecDotFn dot = kernel_for(ks, type);
     QuantizedActs act;
-    quantize_rows(ks, type, cols, x, 1, act, pool);
+    quantize_rows(ks, type, cols, x, 1, precision, act, pool);
     const auto* w = static_cast<const uint8_t*>(weights);
     const int64_t wrow = weight_row_bytes(type, cols);
     const int64_t chunk_rows = rows_per_chunk(rows, pool, 4);
     const int64_t n_chunks = (rows + chunk_rows - 1) / chunk_rows;
+    if (act.per_token == 1) {
+        const VecDotFn dot = kernel_for(ks, type);
+        pool.parallel_for(n_chunks, [&](int64_t c, int) {
+            const int64_t r1 = std::min(rows, (c + 1) * chunk_rows);
+            for (int64_t r = c * chunk_rows; r < r1; ++r) y[r] = dot(int(cols), w + r * wrow, act.row(0));
+        });
+        return;
+    }
+    const VecDotRowsFn dot_rows = rows_kernel_for(ks, type);   // (hi, lo) in one pass over the weight row
     pool.parallel_for(n_chunks, [&](int64_t c, int) {
         const int64_t r1 = std::min(rows, (c + 1) * chunk_rows);
-        for (int64_t r = c * chunk_rows; r < r1; ++r) y[r] = dot(int(cols), w + r * wrow, act.row(0));
+        for (int64_t r = c * chunk_rows; r < r1; ++r) {
+            float hi_lo[2];
+            dot_rows(int(cols), w + r * wrow, act.row(0), act.row_bytes, 2, hi_lo);
+            y[r] = hi_lo[0] + hi_lo[1];
+        }
     });
 }
 
@@ -84,14 +135,15 @@ void matvec(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
 // byte therefore comes from memory once per call instead of once per activation row, and the
 // multi-row dot decodes each weight block once per tile instead of once per activation row.
 void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, const float* x, int64_t n,
-            float* y, ThreadPool& pool) {
+            float* y, ThreadPool& pool, ActPrecision precision) {
     check_matmul_shape(type, rows, cols);
     if (n <= 0) return;
-    if (n == 1) return matvec(weights, type, rows, cols, x, y, pool);
+    if (n == 1) return matvec(weights, type, rows, cols, x, y, pool, precision);
     const KernelSet& ks = kernels();
     const VecDotRowsFn dot_rows = rows_kernel_for(ks, type);
     QuantizedActs act;
-    quantize_rows(ks, type, cols, x, n, act, pool);
+    quantize_rows(ks, type, cols, x, n, precision, act, pool);
+    const int64_t pt = act.per_token, tile = kActTile / pt;   // tokens per multi-row dot
     const auto* w = static_cast<const uint8_t*>(weights);
     const int64_t wrow = weight_row_bytes(type, cols);
     const int64_t band_budget = std::max<int64_t>(1, (256 << 10) / wrow);  // rows in ~256 KiB
@@ -99,12 +151,13 @@ void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
     const int64_t n_chunks = (rows + chunk_rows - 1) / chunk_rows;
     pool.parallel_for(n_chunks, [&](int64_t c, int) {
         const int64_t r0 = c * chunk_rows, r1 = std::min(rows, r0 + chunk_rows);
-        for (int64_t i0 = 0; i0 < n; i0 += kActTile) {
-            const int64_t i1 = std::min(n, i0 + kActTile);
+        for (int64_t i0 = 0; i0 < n; i0 += tile) {
+            const int64_t i1 = std::min(n, i0 + tile);
             for (int64_t r = r0; r < r1; ++r) {
-                float out[kActTile];
-                dot_rows(int(cols), w + r * wrow, act.row(i0), act.row_bytes, int(i1 - i0), out);
-                for (int64_t i = i0; i < i1; ++i) y[i * rows + r] = out[i - i0];
+                float out[kActTile];   // per token: one dot, or (hi, lo)
+                dot_rows(int(cols), w + r * wrow, act.row(i0 * pt), act.row_bytes, int((i1 - i0) * pt), out);
+                if (pt == 1) for (int64_t i = i0; i < i1; ++i) y[i * rows + r] = out[i - i0];
+                else for (int64_t i = i0; i < i1; ++i) y[i * rows + r] = out[2 * (i - i0)] + out[2 * (i - i0) + 1];
             }
         }
     });

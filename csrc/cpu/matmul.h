@@ -3,13 +3,29 @@
 // Weights: `rows` rows of `cols` elements in GGML block layout (row r starts at byte
 // r * row_bytes). Activations are float and quantized here, once per call, to the weight type's
 // activation format (kernels.h). Both use the kernel set chosen by dispatch at call time.
+//
+// Activation precision (quantized weight types; float weight types always dot exact f32):
+//   Q8    x is quantized once to q8_0 / q8_K, as llama.cpp does: each element off by up to half a
+//         step of its block's scale (amax / 127), relative error ~2^-8.
+//   Q8X2  x = hi + lo, both in the same q8 format: hi = q8(x), lo = q8(x - dequant(hi)) (lo's
+//         block scale is ~1/254 of hi's), and y = dot(w, hi) + dot(w, lo). The two activation
+//         rows go through the multi-row kernel together, so each weight block is read and decoded
+//         once for both: ~16-bit activations with the same integer kernels, about 2x the integer
+//         work (decode is memory-bound, so it mostly costs prefill).
 #pragma once
 #include <cstdint>
+#include <string>
 
 #include "cpu/threadpool.h"
 #include "quant/blocks.h"
 
 namespace lowbit::cpu {
+
+enum class ActPrecision { Q8, Q8X2 };
+
+// "q8" -> Q8, "high" -> Q8X2; ValueError names the valid ones otherwise.
+ActPrecision parse_act_precision(const std::string& name);
+const char* act_precision_name(ActPrecision p);   // "q8" / "high"
 
 // Throws ValueError unless `type` has a CPU kernel and cols is a positive multiple of its block.
 void check_matmul_shape(GGMLType type, int64_t rows, int64_t cols);
@@ -18,12 +34,12 @@ int64_t weight_row_bytes(GGMLType type, int64_t cols);
 
 // y[r] = dot(weight row r, x) for r < rows.   x: (cols,) f32   y: (rows,) f32
 void matvec(const void* weights, GGMLType type, int64_t rows, int64_t cols, const float* x, float* y,
-            ThreadPool& pool);
+            ThreadPool& pool, ActPrecision precision = ActPrecision::Q8);
 
 // y[i][r] = dot(weight row r, x row i).   x: (n, cols) f32 row-major   y: (n, rows) f32 row-major
-// Every y element equals what matvec gives for that x row, bit for bit.
+// Every y element equals what matvec gives for that x row (same precision), bit for bit.
 void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, const float* x, int64_t n,
-            float* y, ThreadPool& pool);
+            float* y, ThreadPool& pool, ActPrecision precision = ActPrecision::Q8);
 
 // Measured read bandwidth in GB/s: every pool thread sums its share of a `bytes` buffer,
 // best of `iters` passes (after one warm-up pass that also faults the pages in).

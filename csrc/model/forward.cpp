@@ -10,7 +10,7 @@
 //   xn = rmsnorm(x) * ffn_norm;  h = act(xn Wgate^T) * (xn Wup^T)  (B, n_ff)
 //   proj = h Wdown^T [gemma3: rmsnorm * ffn_post_norm];  x += proj
 // then logits = rmsnorm(x) * output_norm . Wout^T.
-// Matmuls go through cpu::matmul (B > 1) / cpu::matvec (B == 1); everything else is f32 with
+// Matmuls go through cpu::matmul (B > 1) / cpu::matvec (B == 1) at s.act_precision; everything else is f32 with
 // double accumulation where it is cheap (norms, softmax sums), each stage one parallel_for over
 // tokens or (head, token tile), inline for a single decode token.
 #include "model/forward.h"
@@ -35,10 +35,10 @@ std::vector<double> make_inv_freq(const ModelConfig& c, const RopeParams& p, con
     return f;
 }
 
-// y (n, rows) = x (n, cols) . W^T
-void project(const Matrix& w, const float* x, int64_t n, float* y, cpu::ThreadPool& pool) {
-    if (n == 1) cpu::matvec(w.data, w.type, w.rows, w.cols, x, y, pool);
-    else cpu::matmul(w.data, w.type, w.rows, w.cols, x, n, y, pool);
+// y (n, rows) = x (n, cols) . W^T, activations at the engine's precision (cpu/matmul.h)
+void project(const Matrix& w, const float* x, int64_t n, float* y, cpu::ThreadPool& pool, cpu::ActPrecision prec) {
+    if (n == 1) cpu::matvec(w.data, w.type, w.rows, w.cols, x, y, pool, prec);
+    else cpu::matmul(w.data, w.type, w.rows, w.cols, x, n, y, pool, prec);
 }
 
 // fn(t) for every token t < n: threaded for batches, inline for a single token (no wake-up cost).
@@ -59,11 +59,11 @@ void attention_inputs(const Model& m, const LayerWeights& l, int64_t il, KVCache
     const int64_t Q = c.q_dim(), KV = c.kv_dim(), D = c.head_dim;
     const bool fused = l.wqkv.present();
     if (fused) {
-        project(l.wqkv, s.xn.data(), n, s.qkv.data(), pool);
+        project(l.wqkv, s.xn.data(), n, s.qkv.data(), pool, s.act_precision);
     } else {
-        project(l.wq, s.xn.data(), n, s.q.data(), pool);
-        project(l.wk, s.xn.data(), n, s.k.data(), pool);
-        project(l.wv, s.xn.data(), n, s.v.data(), pool);
+        project(l.wq, s.xn.data(), n, s.q.data(), pool, s.act_precision);
+        project(l.wk, s.xn.data(), n, s.k.data(), pool, s.act_precision);
+        project(l.wv, s.xn.data(), n, s.v.data(), pool, s.act_precision);
     }
     const float* rope = c.layer_is_swa[size_t(il)] ? s.rope_swa.data() : s.rope_global.data();
     const bool neox = c.rope_mode == RopeMode::NeoX;
@@ -203,10 +203,10 @@ void feed_forward(const Model& m, const LayerWeights& l, ForwardState& s, cpu::T
     const ModelConfig& c = m.config;
     const int64_t F = c.n_ff;
     const bool fused = l.w_gate_up.present();
-    if (fused) project(l.w_gate_up, s.xn.data(), n, s.gate.data(), pool);   // (n, 2F): [gate | up]
+    if (fused) project(l.w_gate_up, s.xn.data(), n, s.gate.data(), pool, s.act_precision);   // (n, 2F): [gate | up]
     else {
-        project(l.w_gate, s.xn.data(), n, s.gate.data(), pool);
-        project(l.w_up, s.xn.data(), n, s.up.data(), pool);
+        project(l.w_gate, s.xn.data(), n, s.gate.data(), pool, s.act_precision);
+        project(l.w_up, s.xn.data(), n, s.up.data(), pool, s.act_precision);
     }
     for_tokens(pool, n, [&](int64_t t) {
         float* g = fused ? s.gate.data() + t * 2 * F : s.gate.data() + t * F;
@@ -215,7 +215,7 @@ void feed_forward(const Model& m, const LayerWeights& l, ForwardState& s, cpu::T
         if (c.ffn_act == FfnAct::SiLU) cpu::silu_mul(g, u, h, F);
         else cpu::gelu_tanh_mul(g, u, h, F);
     });
-    project(l.w_down, s.up.data(), n, s.proj.data(), pool);
+    project(l.w_down, s.up.data(), n, s.proj.data(), pool, s.act_precision);
 }
 
 void norm_rows(const Vec& w, const ModelConfig& c, ForwardState& s, cpu::ThreadPool& pool, int64_t n) {
@@ -291,7 +291,7 @@ void forward(const Model& m, KVCache& cache, ForwardState& s, cpu::ThreadPool& p
         attention_inputs(m, l, il, cache, s, pool, n, pos0);
         if (il == 0) cache.note_written(pos0 + n - 1);
         attention(m, il, cache, s, pool, n, pos0);
-        project(l.wo, s.attn.data(), n, s.proj.data(), pool);
+        project(l.wo, s.attn.data(), n, s.proj.data(), pool, s.act_precision);
         residual(c, l.bo, l.attn_post_norm, s, pool, n);
         norm_rows(l.ffn_norm, c, s, pool, n);
         feed_forward(m, l, s, pool, n);
@@ -306,7 +306,7 @@ void forward(const Model& m, KVCache& cache, ForwardState& s, cpu::ThreadPool& p
         const int64_t t = first + i;
         cpu::rmsnorm(s.x.data() + t * E, w.output_norm.data(), s.xn.data() + i * E, E, c.norm_eps);
     });
-    project(w.output, s.xn.data(), n_out, logits, pool);
+    project(w.output, s.xn.data(), n_out, logits, pool, s.act_precision);
     if (c.logit_softcap > 0.0f) {
         const float cap = c.logit_softcap;
         for (int64_t i = 0; i < n_out * c.n_vocab; ++i) logits[i] = cap * std::tanh(logits[i] / cap);

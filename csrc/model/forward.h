@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu/matmul.h"
 #include "cpu/threadpool.h"
 #include "gguf/gguf.h"
 #include "model/config.h"
@@ -49,6 +50,7 @@ struct ForwardState {
     AlignedBuffer<float> scores;     // (n_threads, kAttTile, n_ctx)  attention scores / probabilities
     AlignedBuffer<float> kv_row;     // (n_threads, head_dim)  one dequantized K or V row
     std::vector<int64_t> work_idx;   // scratch for row selections
+    cpu::ActPrecision act_precision = cpu::ActPrecision::Q8;   // of every weight matmul (engine option)
 };
 
 constexpr int64_t kAttTile = 8;   // query tokens per attention work item (K/V rows loaded once)

@@ -14,11 +14,13 @@ constexpr int64_t kMaxCtx = int64_t(1) << 28;
 constexpr int kMaxThreads = 512;
 }  // namespace
 
-Engine::Engine(const std::string& path, int64_t n_ctx, int n_threads, int64_t n_batch, const std::string& kv_type) {
+Engine::Engine(const std::string& path, int64_t n_ctx, int n_threads, int64_t n_batch, const std::string& kv_type,
+               const std::string& act_precision) {
     LOWBIT_CHECK(n_ctx >= 1 && n_ctx <= kMaxCtx, ValueError, "n_ctx ", n_ctx, " must be in [1, ", kMaxCtx, "]");
     LOWBIT_CHECK(n_threads >= 1 && n_threads <= kMaxThreads, ValueError, "n_threads ", n_threads,
                  " must be in [1, ", kMaxThreads, "]");
     LOWBIT_CHECK(n_batch >= 1, ValueError, "n_batch ", n_batch, " must be >= 1");
+    const cpu::ActPrecision precision = cpu::parse_act_precision(act_precision);
     model_ = model::Model::load(path);
     const model::ModelConfig& c = model_->config;
     const model::KVType kvt = model::parse_kv_type(kv_type, c.head_dim);
@@ -28,6 +30,7 @@ Engine::Engine(const std::string& path, int64_t n_ctx, int n_threads, int64_t n_
     check_fits_in_memory(c, kvt);
     cache_ = std::make_unique<model::KVCache>(c, n_ctx_, n_batch_, kvt);
     state_ = std::make_unique<model::ForwardState>(c, n_batch_, n_ctx_, n_threads_);
+    state_->act_precision = precision;
     pool_ = std::make_unique<cpu::ThreadPool>(n_threads_);
 }
 
@@ -128,5 +131,7 @@ int64_t Engine::n_past() const {
 std::string Engine::kv_type() const { check_open(); return model::kv_type_name(cache_->type()); }
 
 std::string Engine::kernels() const { check_open(); return cpu::kernels().name; }
+
+std::string Engine::act_precision() const { check_open(); return cpu::act_precision_name(state_->act_precision); }
 
 }  // namespace lowbit::runtime

@@ -34,9 +34,11 @@ struct MemoryReport {
 class Engine {
 public:
     // n_ctx: cache capacity in tokens; n_threads >= 1; n_batch: tokens per prefill pass
-    // (clamped to n_ctx); kv_type "f16" or "q8_0". Throws ValueError for bad arguments,
-    // ModelError / GGUFError for a bad file.
-    Engine(const std::string& path, int64_t n_ctx, int n_threads, int64_t n_batch, const std::string& kv_type);
+    // (clamped to n_ctx); kv_type "f16" or "q8_0"; act_precision "q8" or "high" (activations of
+    // the quantized matmuls, cpu/matmul.h). Throws ValueError for bad arguments, ModelError /
+    // GGUFError for a bad file.
+    Engine(const std::string& path, int64_t n_ctx, int n_threads, int64_t n_batch, const std::string& kv_type,
+           const std::string& act_precision = "high");
 
     // Appends tokens at positions n_past.. in n_batch chunks. out: (n, n_vocab) when all_logits,
     // else (n_vocab,) for the last token. On Cancelled, the batch that was running is dropped
@@ -58,6 +60,7 @@ public:
     int n_threads() const { check_open(); return n_threads_; }
     std::string kv_type() const;
     std::string kernels() const;
+    std::string act_precision() const;
 
 private:
     void check_open() const;

@@ -41,16 +41,19 @@ def _as_bytes(a) -> np.ndarray:
     return np.ascontiguousarray(a).view(np.uint8).reshape(-1)
 
 
-def matmul(weights, type_name: str, shape: tuple[int, int], x, n_threads: int | None = None) -> np.ndarray:
+def matmul(weights, type_name: str, shape: tuple[int, int], x, n_threads: int | None = None,
+           act_precision: str = "q8") -> np.ndarray:
     """y = x @ W.T for raw GGML weight bytes of logical shape (rows, cols).
 
     x: (cols,) or (n, cols) float32; returns (rows,) or (n, rows) float32. Activations are
-    quantized to the type's activation format (Q8_0 / Q8_K) first, as llama.cpp does."""
+    quantized to the type's activation format (Q8_0 / Q8_K) first: once with act_precision="q8"
+    (as llama.cpp), or as hi + lo q8 rows with "high" (~16-bit activations, csrc/cpu/matmul.h)."""
     rows, cols = (int(v) for v in shape)
     xa = np.ascontiguousarray(x, dtype=np.float32)
     if xa.ndim not in (1, 2):
         raise ValueError(f"x must be (cols,) or (n, cols), got shape {xa.shape}")
-    y = _core.cpu_matmul(_as_bytes(weights), type_name, rows, cols, xa.reshape(-1, xa.shape[-1]), pool(n_threads))
+    y = _core.cpu_matmul(_as_bytes(weights), type_name, rows, cols, xa.reshape(-1, xa.shape[-1]), pool(n_threads),
+                         act_precision)
     return y[0] if xa.ndim == 1 else y
 
 

@@ -16,6 +16,9 @@ from .progress import ProgressFn
 from .sampling import SamplingParams
 
 KV_TYPES = ("f16", "q8_0")
+# Activations of the quantized matmuls: "high" = hi + lo q8 rows (~16-bit, the default),
+# "q8" = quantized once to 8 bits as llama.cpp does (csrc/cpu/matmul.h).
+ACT_PRECISIONS = ("high", "q8")
 READ_CHUNK = 8 << 20
 # n_ctx default: the model's training context, capped so the KV cache uses at most this
 # share of the memory available now.
@@ -106,8 +109,13 @@ def _select_device(device: str) -> str:
 
 def load(path_or_name: Union[str, os.PathLike], *, n_ctx: Optional[int] = None,
          n_threads: Optional[int] = None, n_batch: int = 512, kv_type: str = "f16",
-         device: str = "cpu", progress: Optional[ProgressFn] = None) -> "Model":
+         device: str = "cpu", progress: Optional[ProgressFn] = None,
+         act_precision: str = "high") -> "Model":
     """Load a GGUF model from a path or a registry name (pulled into the cache on first use).
+
+    ``act_precision``: "high" (default) computes each quantized matmul on activations split into
+    two 8-bit parts (~16-bit precision, outputs much closer to the unquantized-activation
+    result); "q8" quantizes activations once to 8 bits, as llama.cpp does (faster prefill).
 
     ``progress(fraction)`` is called while loading; returning False aborts cleanly."""
     from . import _core
@@ -116,6 +124,8 @@ def load(path_or_name: Union[str, os.PathLike], *, n_ctx: Optional[int] = None,
 
     if kv_type not in KV_TYPES:
         raise ValueError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
+    if act_precision not in ACT_PRECISIONS:
+        raise ValueError(f"act_precision must be one of {', '.join(ACT_PRECISIONS)}, got {act_precision!r}")
     if n_batch <= 0:
         raise ValueError(f"n_batch must be positive, got {n_batch}")
     if n_threads is not None and n_threads <= 0:
@@ -136,7 +146,8 @@ def load(path_or_name: Union[str, os.PathLike], *, n_ctx: Optional[int] = None,
     check_memory(meta, weights_bytes, n_ctx, kv_type)
     start = 0.5 if pulled else 0.0
     _prefault(path, progress, start, (1.0 - start) * 0.9)
-    engine = _core.Engine(path, int(n_ctx), int(n_threads or 0), int(n_batch), kv_type)
+    engine = _core.Engine(path, int(n_ctx), int(n_threads or 0), int(n_batch), kv_type,
+                          act_precision=act_precision)
     if progress is not None and progress(1.0) is False:
         engine.close()
         raise Cancelled("load cancelled by the progress callback")

@@ -82,10 +82,12 @@ def dequantize(raw: Any, type: str, shape: int | Sequence[int]) -> np.ndarray:
     return out.reshape(shape)
 
 
-def matmul(raw_weights: Any, type: str, shape: Sequence[int], x: Any, n_threads: int | None = None) -> np.ndarray:
+def matmul(raw_weights: Any, type: str, shape: Sequence[int], x: Any, n_threads: int | None = None,
+           act_precision: str = "q8") -> np.ndarray:
     """y = W x with W given as raw blocks of ``type`` and ``shape`` = (rows, cols): the CPU
-    kernels of ``lowbit.cpu`` (activations quantized to q8 for quantized types, as llama.cpp).
-    ``x`` is (cols,) or (n, cols) float32; the result is (rows,) or (n, rows)."""
+    kernels of ``lowbit.cpu`` (activations quantized to q8 for quantized types, as llama.cpp,
+    or to hi + lo q8 rows with act_precision="high"). ``x`` is (cols,) or (n, cols) float32;
+    the result is (rows,) or (n, rows)."""
     from .cpu import matmul as _cpu_matmul
-    return _cpu_matmul(raw_weights, type, tuple(shape), x, n_threads=n_threads)
+    return _cpu_matmul(raw_weights, type, tuple(shape), x, n_threads=n_threads, act_precision=act_precision)
 

@@ -30,19 +30,24 @@ void quantize_row(const KernelSet& ks, ActFormat fmt, const float* x, void* dst,
     else ks.quantize_q8_K(x, static_cast<block_q8_K*>(dst), int(cols));
 }
 
-// r = x - dequant(q): what the q8 row q misses of x.   x, r: (cols,)
+// The lo row holds the residual times kLoScale (exact: a power of two), so its block scales
+// are about as large as hi's: q8_0 stores them as fp16, whose normal range would otherwise end
+// (6e-5) where activations of magnitude ~1 put an unscaled residual's scale.
+constexpr float kLoScale = 256.0f;
+
+// r = (x - dequant(q)) * kLoScale: what the q8 row q misses of x.   x, r: (cols,)
 void residual(ActFormat fmt, const float* x, const void* q, float* r, int64_t cols) {
     if (fmt == ActFormat::Q8_0) {
         const auto* b = static_cast<const block_q8_0*>(q);
         for (int64_t k = 0; k < cols / QK8_0; ++k) {
             const float d = fp16_to_fp32(b[k].d);
-            for (int j = 0; j < QK8_0; ++j) r[k * QK8_0 + j] = x[k * QK8_0 + j] - d * float(b[k].qs[j]);
+            for (int j = 0; j < QK8_0; ++j) r[k * QK8_0 + j] = (x[k * QK8_0 + j] - d * float(b[k].qs[j])) * kLoScale;
         }
     } else {
         const auto* b = static_cast<const block_q8_K*>(q);
         for (int64_t k = 0; k < cols / QK_K; ++k) {
             const float d = b[k].d;
-            for (int j = 0; j < QK_K; ++j) r[k * QK_K + j] = x[k * QK_K + j] - d * float(b[k].qs[j]);
+            for (int j = 0; j < QK_K; ++j) r[k * QK_K + j] = (x[k * QK_K + j] - d * float(b[k].qs[j])) * kLoScale;
         }
     }
 }
@@ -125,7 +130,7 @@ void matvec(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
         for (int64_t r = c * chunk_rows; r < r1; ++r) {
             float hi_lo[2];
             dot_rows(int(cols), w + r * wrow, act.row(0), act.row_bytes, 2, hi_lo);
-            y[r] = hi_lo[0] + hi_lo[1];
+            y[r] = hi_lo[0] + hi_lo[1] * (1.0f / kLoScale);
         }
     });
 }
@@ -157,7 +162,7 @@ void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
                 float out[kActTile];   // per token: one dot, or (hi, lo)
                 dot_rows(int(cols), w + r * wrow, act.row(i0 * pt), act.row_bytes, int((i1 - i0) * pt), out);
                 if (pt == 1) for (int64_t i = i0; i < i1; ++i) y[i * rows + r] = out[i - i0];
-                else for (int64_t i = i0; i < i1; ++i) y[i * rows + r] = out[2 * (i - i0)] + out[2 * (i - i0) + 1];
+                else for (int64_t i = i0; i < i1; ++i) y[i * rows + r] = out[2 * (i - i0)] + out[2 * (i - i0) + 1] * (1.0f / kLoScale);
             }
         }
     });

@@ -7,8 +7,9 @@
 // Activation precision (quantized weight types; float weight types always dot exact f32):
 //   Q8    x is quantized once to q8_0 / q8_K, as llama.cpp does: each element off by up to half a
 //         step of its block's scale (amax / 127), relative error ~2^-8.
-//   Q8X2  x = hi + lo, both in the same q8 format: hi = q8(x), lo = q8(x - dequant(hi)) (lo's
-//         block scale is ~1/254 of hi's), and y = dot(w, hi) + dot(w, lo). The two activation
+//   Q8X2  x = hi + lo / 256, both in the same q8 format: hi = q8(x), lo = q8(256 (x - dequant(hi)))
+//         (the residual's own block scale, ~1/250 of hi's, is what sets the error), and
+//         y = dot(w, hi) + dot(w, lo) / 256. The two activation
 //         rows go through the multi-row kernel together, so each weight block is read and decoded
 //         once for both: ~16-bit activations with the same integer kernels, about 2x the integer
 //         work (decode is memory-bound, so it mostly costs prefill).

@@ -74,8 +74,8 @@ void ThreadPool::run_chunks(int thread) {
 void ThreadPool::worker_loop(int thread) {
     uint64_t seen = 0;
     for (;;) {
-        // Spin briefly for the next job (decode issues many small ones), then sleep.
-        for (int spin = 0; spin < 4000 && generation_.load(std::memory_order_acquire) == seen; ++spin)
+        // Spin for the next job (a decode step issues ~250 small ones back to back), then sleep.
+        for (int spin = 0; spin < 200000 && generation_.load(std::memory_order_acquire) == seen; ++spin)
             __builtin_ia32_pause();
         bool joined = false;
         {
@@ -114,6 +114,10 @@ void ThreadPool::parallel_for(int64_t n_chunks, const ChunkFn& fn) {
     }
     start_cv_.notify_all();
     run_chunks(0);
+    // Joined workers usually finish within microseconds of the caller: spin before sleeping
+    // (a futex sleep + wake costs more than one of decode's small matvecs).
+    for (int spin = 0; spin < 100000 && workers_busy_.load(std::memory_order_acquire) != 0; ++spin)
+        __builtin_ia32_pause();
     std::exception_ptr error;
     {
         std::unique_lock<std::mutex> lock(mutex_);

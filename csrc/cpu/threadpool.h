@@ -46,7 +46,7 @@ private:
     std::condition_variable start_cv_, done_cv_;
     std::atomic<uint64_t> generation_{0};
     bool stop_ = false;
-    int workers_busy_ = 0;  // workers that joined the current job and have not finished
+    std::atomic<int> workers_busy_{0};  // workers that joined the current job and have not finished
 
     // The job of the current generation.
     const ChunkFn* fn_ = nullptr;

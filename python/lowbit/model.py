@@ -295,9 +295,12 @@ class Model:
         """Weights by type, KV cache, scratch and totals for this model, plus the process's
         peak RSS."""
         self._check_open()
-        report = dict(self._engine.memory())
-        report["device"] = self.device
-        report["process_peak_rss_bytes"] = peak_rss_bytes()
+        e = self._engine
+        report = dict(e.memory())          # weights (by type), kv_cache {...}, scratch_bytes, total_bytes
+        kv = report.get("kv_cache", {})
+        report.update(device=self.device, kernels=e.kernels, n_threads=e.n_threads, n_ctx=e.n_ctx,
+                      kv_cache_bytes=kv.get("bytes", 0), kv_type=kv.get("type", e.kv_type),
+                      process_peak_rss_bytes=peak_rss_bytes())
         return report
 
     def close(self) -> None:

@@ -128,3 +128,40 @@ def test_engine_option_on_a_real_model():
     assert (out["high"].argmax(-1) == out["q8"].argmax(-1)).mean() > 0.8
     with pytest.raises(ValueError, match="act_precision"):
         _core.Engine(path, 16, 1, 16, "f16", act_precision="int4")
+
+
+def test_runtime_fidelity_reduced(tmp_path):
+    """bench/bench_fidelity.py in small: one 256-token chunk of the pydoc corpus on SmolLM2,
+    KL(f32-dequantized reference || shipped file) over positions 128..254. "high" must sit far
+    below a third of q8's (the bench's 8 x 512 figures: q8 ~3e-3, high ~5e-7)."""
+    path = real_model_path("smollm2-135m-instruct")
+    if path is None:
+        pytest.skip("smollm2-135m-instruct not available")
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+    import pydoc_data.topics
+    from bench_fidelity import log_softmax, write_f32_reference
+    from lowbit.gguf_file import GGUFFile
+    from lowbit.tokenizer import Tokenizer
+
+    topics = pydoc_data.topics.topics
+    text = "\n\n".join(topics[k] for k in sorted(topics))[:4000]
+    with GGUFFile(path) as g:
+        tok = Tokenizer.from_metadata(g.metadata)
+    ids = np.asarray(tok.encode(text, add_special=False)[:256], dtype=np.int32)
+    assert ids.size == 256
+    ids[0] = tok.bos_id
+    ref_path = str(tmp_path / "f32.gguf")
+    write_f32_reference(path, ref_path)
+
+    def logprobs(p, act_precision):
+        e = _core.Engine(p, 256, 2, 256, "f16", act_precision=act_precision)
+        lp = log_softmax(e.eval(ids, all_logits=True)[128:255])
+        e.close()
+        return lp
+
+    ref = logprobs(ref_path, "q8")
+    kl = {}
+    for prec in ("q8", "high"):
+        lp = logprobs(path, prec)
+        kl[prec] = float((np.exp(ref) * (ref - lp)).sum(-1).mean())
+    assert 0 < kl["high"] < kl["q8"] / 3 and kl["high"] < 1e-4, kl

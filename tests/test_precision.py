@@ -122,7 +122,18 @@ def test_engine_option_on_a_real_model():
         assert e.act_precision == p
         out[p] = e.eval(ids, all_logits=True)
         e.close()
-    assert _core.Engine(path, 16, 1, 16, "f16").act_precision == "high"   # the default
+    e = _core.Engine(path, 64, 2, 64, "f16")
+    assert e.act_precision == "auto"                                      # the default
+    # auto: batched prefill at q8 (bit-exact), single-token decode steps at high
+    assert np.array_equal(e.eval(ids, all_logits=True), out["q8"])
+    step = {}
+    for p in ("q8", "high", "auto"):
+        ep = _core.Engine(path, 64, 2, 64, "f16", act_precision=p)
+        for t in ids[:8]:                       # every eval a single-token decode step
+            step[p] = ep.eval(np.array([t], dtype=np.int32))
+        ep.close()
+    assert np.array_equal(step["auto"], step["high"]) and not np.array_equal(step["auto"], step["q8"])
+    e.close()
     diff = np.abs(out["high"] - out["q8"])
     assert 0 < diff.mean() < 0.15 * out["q8"].std(), (diff.mean(), out["q8"].std())
     assert (out["high"].argmax(-1) == out["q8"].argmax(-1)).mean() > 0.8

@@ -89,7 +89,7 @@ void bind_engine(py::module_& m) {
                  }
              }),
              py::arg("path"), py::arg("n_ctx") = 4096, py::arg("n_threads") = 2, py::arg("n_batch") = 512,
-             py::arg("kv_type") = "f16", py::arg("act_precision") = "high")
+             py::arg("kv_type") = "f16", py::arg("act_precision") = "auto")
         .def("eval", &eval, py::arg("tokens"), py::arg("all_logits") = false,
              "Append tokens at positions n_past..; logits of the last token (n_vocab,) or of all (n, n_vocab).")
         .def("truncate", [](Engine& e, int64_t n) { py::gil_scoped_release nogil; return e.truncate(n); },

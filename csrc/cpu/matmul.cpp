@@ -85,11 +85,14 @@ int64_t rows_per_chunk(int64_t rows, const ThreadPool& pool, int64_t multiple) {
 ActPrecision parse_act_precision(const std::string& name) {
     if (name == "q8") return ActPrecision::Q8;
     if (name == "high") return ActPrecision::Q8X2;
-    throw ValueError(str("act_precision '", name, "' must be 'q8' (8-bit activations, as llama.cpp) or 'high' ",
-                         "(two-pass ~16-bit activations)"));
+    if (name == "auto") return ActPrecision::Auto;
+    throw ValueError(str("act_precision '", name, "' must be 'q8' (8-bit activations, as llama.cpp), 'high' ",
+                         "(two-pass ~16-bit activations) or 'auto' (high for decode, q8 for prefill)"));
 }
 
-const char* act_precision_name(ActPrecision p) { return p == ActPrecision::Q8X2 ? "high" : "q8"; }
+const char* act_precision_name(ActPrecision p) {
+    return p == ActPrecision::Q8X2 ? "high" : p == ActPrecision::Auto ? "auto" : "q8";
+}
 
 void check_matmul_shape(GGMLType type, int64_t rows, int64_t cols) {
     const GGMLTypeSize* ts = ggml_type_size(static_cast<uint32_t>(type));
@@ -109,6 +112,7 @@ int64_t weight_row_bytes(GGMLType type, int64_t cols) {
 void matvec(const void* weights, GGMLType type, int64_t rows, int64_t cols, const float* x, float* y,
             ThreadPool& pool, ActPrecision precision) {
     check_matmul_shape(type, rows, cols);
+    if (precision == ActPrecision::Auto) precision = ActPrecision::Q8X2;
     const KernelSet& ks = kernels();
     QuantizedActs act;
     quantize_rows(ks, type, cols, x, 1, precision, act, pool);
@@ -142,6 +146,7 @@ void matvec(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
 void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, const float* x, int64_t n,
             float* y, ThreadPool& pool, ActPrecision precision) {
     check_matmul_shape(type, rows, cols);
+    if (precision == ActPrecision::Auto) precision = ActPrecision::Q8;
     if (n <= 0) return;
     if (n == 1) return matvec(weights, type, rows, cols, x, y, pool, precision);
     const KernelSet& ks = kernels();

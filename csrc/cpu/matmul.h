@@ -22,11 +22,14 @@
 
 namespace lowbit::cpu {
 
-enum class ActPrecision { Q8, Q8X2 };
+// Q8: activations rounded to 8 bits per block (llama.cpp's arithmetic). Q8X2: a q8 row plus a q8
+// row of what it missed (two-pass, ~16-bit). Auto: Q8X2 for matvec (decode is memory-bound, so
+// the second pass is nearly free) and Q8 for matmul (prefill is compute-bound).
+enum class ActPrecision { Q8, Q8X2, Auto };
 
-// "q8" -> Q8, "high" -> Q8X2; ValueError names the valid ones otherwise.
+// "q8" -> Q8, "high" -> Q8X2, "auto" -> Auto; ValueError names the valid ones otherwise.
 ActPrecision parse_act_precision(const std::string& name);
-const char* act_precision_name(ActPrecision p);   // "q8" / "high"
+const char* act_precision_name(ActPrecision p);   // "q8" / "high" / "auto"
 
 // Throws ValueError unless `type` has a CPU kernel and cols is a positive multiple of its block.
 void check_matmul_shape(GGMLType type, int64_t rows, int64_t cols);

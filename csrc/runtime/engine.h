@@ -38,7 +38,7 @@ public:
     // the quantized matmuls, cpu/matmul.h). Throws ValueError for bad arguments, ModelError /
     // GGUFError for a bad file.
     Engine(const std::string& path, int64_t n_ctx, int n_threads, int64_t n_batch, const std::string& kv_type,
-           const std::string& act_precision = "high");
+           const std::string& act_precision = "auto");
 
     // Appends tokens at positions n_past.. in n_batch chunks. out: (n, n_vocab) when all_logits,
     // else (n_vocab,) for the last token. On Cancelled, the batch that was running is dropped

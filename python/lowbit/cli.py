@@ -165,7 +165,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         path = str(registry.resolve(name, quiet=args.json))
         say = None if args.json else (lambda msg, n=name: print(f"  {n}: {msg}", file=sys.stderr, flush=True))
         reports.append(bench_model(path, n_prompt=args.p, n_gen=args.n, reps=args.r, n_threads=args.threads,
-                                   n_batch=args.batch, vs_llama_cpp=args.vs_llama_cpp, progress=say))
+                                   n_batch=args.batch, vs_llama_cpp=args.vs_llama_cpp,
+                                   act_precision=args.act_precision, progress=say))
     if args.json:
         print(json.dumps(reports, indent=2))
     else:
@@ -210,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-r", type=int, default=5, help="repetitions")
     sp.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
     sp.add_argument("--batch", type=int, default=512, help="prefill batch size")
+    sp.add_argument("--act-precision", default="auto", choices=["auto", "high", "q8"],
+                    help="activation precision of the quantized matmuls (see lowbit.load)")
     sp.add_argument("--vs-llama-cpp", action="store_true",
                     help="also run llama.cpp (llama-cpp-python) on the same file, alternating, and print ratios")
     sp.add_argument("--json", action="store_true", help="machine-readable output")

@@ -18,7 +18,7 @@ from .sampling import SamplingParams
 KV_TYPES = ("f16", "q8_0")
 # Activations of the quantized matmuls: "high" = hi + lo q8 rows (~16-bit, the default),
 # "q8" = quantized once to 8 bits as llama.cpp does (csrc/cpu/matmul.h).
-ACT_PRECISIONS = ("high", "q8")
+ACT_PRECISIONS = ("auto", "high", "q8")
 READ_CHUNK = 8 << 20
 # n_ctx default: the model's training context, capped so the KV cache uses at most this
 # share of the memory available now.
@@ -110,12 +110,14 @@ def _select_device(device: str) -> str:
 def load(path_or_name: Union[str, os.PathLike], *, n_ctx: Optional[int] = None,
          n_threads: Optional[int] = None, n_batch: int = 512, kv_type: str = "f16",
          device: str = "cpu", progress: Optional[ProgressFn] = None,
-         act_precision: str = "high") -> "Model":
+         act_precision: str = "auto") -> "Model":
     """Load a GGUF model from a path or a registry name (pulled into the cache on first use).
 
-    ``act_precision``: "high" (default) computes each quantized matmul on activations split into
-    two 8-bit parts (~16-bit precision, outputs much closer to the unquantized-activation
-    result); "q8" quantizes activations once to 8 bits, as llama.cpp does (faster prefill).
+    ``act_precision`` chooses the activation precision of the quantized matmuls: "auto"
+    (default) splits decode activations into two 8-bit parts (~16-bit precision, outputs much
+    closer to unquantized activations; decode is memory-bound, so this costs little) and keeps
+    batched prefill at 8 bits for speed; "high" uses the two-pass form for prefill too
+    (perplexity-grade scoring); "q8" quantizes activations once to 8 bits, as llama.cpp does.
 
     ``progress(fraction)`` is called while loading; returning False aborts cleanly."""
     from . import _core

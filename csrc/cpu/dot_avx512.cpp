@@ -262,38 +262,117 @@ inline int k4_min_sum_v(__m128i mins16, const int16_t* bsums) {
     return _mm_cvtsi128_si32(s);
 }
 
+// One Q4_K / Q5_K super-block decoded for every row: q[c] = the 64 values of chunk c (low
+// nibbles = sub-block 2c in the low 256 bits, high nibbles = 2c+1 in the high 256 bits), scale[c]
+// their scale words. Returns the unpacked scales (bytes 0..7) and mins (bytes 8..15).
 // kQ5: Q5_K, whose fifth bit of sub-block s is bit s of qh[l].
+template <bool kQ5, typename Block>
+inline __m128i k4_decode(const Block& x, __m512i q[4], __m512i scale[4]) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m128i sm = unpack_k4_scales_v(x.scales);
+    // scale words sc[0..7] in every 128-bit lane; per chunk c a byte shuffle picks sc[2c]
+    // for the low 256 bits (low nibbles) and sc[2c+1] for the high 256 bits.
+    const __m512i sc_all = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(sm));
+    __m512i qh2 = _mm512_setzero_si512();
+    if constexpr (kQ5) qh2 = _mm512_broadcast_i64x4(load256(x.qh));
+    for (int c = 0; c < 4; ++c) {
+        q[c] = _mm512_and_si512(srli_halves<0, 4>(_mm512_broadcast_i64x4(load256(x.qs + 32 * c))), m4);
+        if constexpr (kQ5) {  // bit 2c (low half) / 2c+1 (high half) of qh, moved to bit 4
+            const __m512i t = _mm512_srli_epi16(qh2, unsigned(2 * c));
+            const __m512i h = _mm512_and_si512(_mm512_mask_srli_epi16(t, __mmask32(0xFFFF0000u), t, 1), _mm512_set1_epi8(1));
+            q[c] = _mm512_or_si512(q[c], _mm512_slli_epi16(h, 4));
+        }
+        const int lo = 0x0100 * (4 * c + 1) + 4 * c, hi = lo + 0x0202;  // byte pairs of words 2c, 2c+1
+        scale[c] = _mm512_shuffle_epi8(sc_all, _mm512_inserti64x4(_mm512_set1_epi16(short(lo)), _mm256_set1_epi16(short(hi)), 1));
+    }
+    return sm;
+}
+
+// Per 128-bit lane sum pairs of sub-block products: 16 int32 whose total is the block's isum.
+inline __m512i k4_products(const __m512i q[4], const __m512i scale[4], const int8_t* y) {
+    __m512i acc = _mm512_setzero_si512();
+    for (int c = 0; c < 4; ++c) acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(q[c], load512(y + 64 * c)), scale[c]);
+    return acc;
+}
+
+// The lane sums of four int32 vectors: [sum a[0], sum a[1], sum a[2], sum a[3]].
+inline __m128i reduce4_epi32(const __m512i a[4]) {
+    const __m512i t01 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[0], a[1]), _mm512_unpackhi_epi32(a[0], a[1]));
+    const __m512i t23 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[2], a[3]), _mm512_unpackhi_epi32(a[2], a[3]));
+    // every 128-bit lane: partial sums [a0, a1, a2, a3]
+    const __m512i t = _mm512_add_epi32(_mm512_unpacklo_epi64(t01, t23), _mm512_unpackhi_epi64(t01, t23));
+    const __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(t), _mm512_extracti64x4_epi64(t, 1));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+// [sum of the low 256 bits of m01, of its high 256 bits, the same two of m23].
+inline __m128i reduce_halves_epi32(__m512i m01, __m512i m23) {
+    const __m512i s = _mm512_add_epi32(_mm512_unpacklo_epi32(m01, m23), _mm512_unpackhi_epi32(m01, m23));
+    const __m512i s2 = _mm512_add_epi32(s, _mm512_shuffle_epi32(s, _MM_PERM_ENUM(0x4E)));  // lane: [m01, m23, m01, m23]
+    const __m512i h = _mm512_add_epi32(s2, _mm512_shuffle_i64x2(s2, s2, _MM_SHUFFLE(2, 3, 0, 1)));
+    // lane 0: [m01 low, m23 low, ..], lane 2: [m01 high, m23 high, ..]
+    return _mm_unpacklo_epi32(_mm512_castsi512_si128(h), _mm512_extracti32x4_epi32(h, 2));
+}
+
+// The 8 mins of `sm` (bytes 8..15) as 16 words, each twice: min s pairs with bsums 2s, 2s+1.
+inline __m256i k4_mins_dup(__m128i sm) { return _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sm, sm)); }
+
+inline uint32_t load_u32(const void* p) {
+    uint32_t v;
+    std::memcpy(&v, p, 4);
+    return v;
+}
+
+// Super-blocks b .. b+3 for NR rows: the integer sums of 4 super-blocks stay in vectors and are
+// reduced together; the float step runs on 4 lanes with the scalar spec's operations
+// (dall * isum - dmin * summs per super-block), then adds into sumf in super-block order.
+template <int NR, bool kQ5, typename Block>
+inline void k4_group4(const Block* w, const void* act, size_t stride, int b, float* sumf) {
+    __m512i acc[NR][4];
+    __m256i mins[4];
+    for (int j = 0; j < 4; ++j) {
+        __m512i q[4], scale[4];
+        mins[j] = k4_mins_dup(k4_decode<kQ5>(w[j], q, scale));
+        for (int r = 0; r < NR; ++r) acc[r][j] = k4_products(q, scale, (act_row_q8_K(act, stride, r) + b + j)->qs);
+    }
+    const __m512i mw01 = _mm512_inserti64x4(_mm512_castsi256_si512(mins[0]), mins[1], 1);
+    const __m512i mw23 = _mm512_inserti64x4(_mm512_castsi256_si512(mins[2]), mins[3], 1);
+    // fp16 (d, dmin) of the 4 super-blocks -> [d0..d3 | dmin0..dmin3]
+    const __m128i dd = _mm_setr_epi32(int(load_u32(&w[0].d)), int(load_u32(&w[1].d)), int(load_u32(&w[2].d)), int(load_u32(&w[3].d)));
+    const __m256 wdd = _mm256_permutexvar_ps(_mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7), _mm256_cvtph_ps(dd));
+    for (int r = 0; r < NR; ++r) {
+        const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
+        const auto* bs = reinterpret_cast<const uint8_t*>(a->bsums);
+        const __m128i isum = reduce4_epi32(acc[r]);
+        const __m128i summs = reduce_halves_epi32(_mm512_madd_epi16(mw01, load2x256(bs, sizeof(block_q8_K))),
+                                                  _mm512_madd_epi16(mw23, load2x256(bs + 2 * sizeof(block_q8_K), sizeof(block_q8_K))));
+        const __m256 f = _mm256_cvtepi32_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(isum), summs, 1));
+        const __m128 ad = _mm_setr_ps(a[0].d, a[1].d, a[2].d, a[3].d);
+        const __m256 p = _mm256_mul_ps(_mm256_mul_ps(_mm256_set_m128(ad, ad), wdd), f);  // [dall * isum | dmin * summs]
+        const __m128 t = _mm_sub_ps(_mm256_castps256_ps128(p), _mm256_extractf128_ps(p, 1));
+        __m128 s = _mm_set_ss(sumf[r]);
+        s = _mm_add_ss(s, t);
+        s = _mm_add_ss(s, _mm_movehdup_ps(t));
+        s = _mm_add_ss(s, _mm_movehl_ps(t, t));
+        s = _mm_add_ss(s, _mm_shuffle_ps(t, t, _MM_SHUFFLE(3, 3, 3, 3)));
+        sumf[r] = _mm_cvtss_f32(s);
+    }
+}
+
 template <int NR, bool kQ5, typename Block>
 void k4_rows(int n, const Block* w, const void* act, size_t stride, float* out) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const int nsb = n / QK_K, nsb4 = nsb / 4 * 4;
     float sumf[NR];
     for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
-    for (int b = 0; b < n / QK_K; ++b) {
-        const __m128i sm = unpack_k4_scales_v(w[b].scales);
-        const __m128i mins16 = _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8));
-        // scale words sc[0..7] in every 128-bit lane; per chunk c a byte shuffle picks sc[2c]
-        // for the low 256 bits (low nibbles) and sc[2c+1] for the high 256 bits.
-        const __m512i sc_all = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(sm));
+    for (int b = 0; b < nsb4; b += 4) k4_group4<NR, kQ5>(w + b, act, stride, b, sumf);
+    for (int b = nsb4; b < nsb; ++b) {  // the last nsb % 4 super-blocks one at a time
         __m512i q[4], scale[4];
-        __m512i qh2 = _mm512_setzero_si512();
-        if constexpr (kQ5) qh2 = _mm512_broadcast_i64x4(load256(w[b].qh));
-        for (int c = 0; c < 4; ++c) {
-            q[c] = _mm512_and_si512(srli_halves<0, 4>(_mm512_broadcast_i64x4(load256(w[b].qs + 32 * c))), m4);
-            if constexpr (kQ5) {  // bit 2c (low half) / 2c+1 (high half) of qh, moved to bit 4
-                const __m512i t = _mm512_srli_epi16(qh2, unsigned(2 * c));
-                const __m512i h = _mm512_and_si512(_mm512_mask_srli_epi16(t, __mmask32(0xFFFF0000u), t, 1), _mm512_set1_epi8(1));
-                q[c] = _mm512_or_si512(q[c], _mm512_slli_epi16(h, 4));
-            }
-            const int lo = 0x0100 * (4 * c + 1) + 4 * c, hi = lo + 0x0202;  // byte pairs of words 2c, 2c+1
-            scale[c] = _mm512_shuffle_epi8(sc_all, _mm512_inserti64x4(_mm512_set1_epi16(short(lo)), _mm256_set1_epi16(short(hi)), 1));
-        }
+        const __m128i mins16 = _mm_cvtepu8_epi16(_mm_srli_si128(k4_decode<kQ5>(w[b], q, scale), 8));
         const float wd = h2f(w[b].d), wdmin = h2f(w[b].dmin);
         for (int r = 0; r < NR; ++r) {
             const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
             const int summs = k4_min_sum_v(mins16, a->bsums);
-            __m512i acc = _mm512_setzero_si512();
-            for (int c = 0; c < 4; ++c) acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(q[c], load512(a->qs + 64 * c)), scale[c]);
-            const int isum = _mm512_reduce_add_epi32(acc);
+            const int isum = _mm512_reduce_add_epi32(k4_products(q, scale, a->qs));
             const float dall = a->d * wd, dmin = a->d * wdmin;
             sumf[r] += dall * float(isum) - dmin * float(summs);
         }
@@ -303,11 +382,13 @@ void k4_rows(int n, const Block* w, const void* act, size_t stride, float* out) 
 
 template <int NR>
 void q4_K_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
+    LOWBIT_SPLIT_ROWS(NR, q4_K_rows_n)
     k4_rows<NR, false>(n, static_cast<const block_q4_K*>(w), act, stride, out);
 }
 
 template <int NR>
 void q5_K_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
+    LOWBIT_SPLIT_ROWS(NR, q5_K_rows_n)
     k4_rows<NR, true>(n, static_cast<const block_q5_K*>(w), act, stride, out);
 }
 

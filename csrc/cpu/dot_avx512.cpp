@@ -237,19 +237,25 @@ inline __m512i lane_index4(int s0) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 }
 
-// The 12 packed bytes of Q4_K / Q5_K scales -> bytes 0..7 the 6-bit scales, 8..15 the mins
-// (same values as unpack_k4_scales). Reads 16 bytes: the 4 after the scales are quant bytes.
-inline __m128i unpack_k4_scales_v(const uint8_t* packed) {
-    const __m128i s = load128(packed);
+// The 12 packed bytes of Q4_K / Q5_K scales of `count` (1..4) super-blocks, one per 128-bit
+// lane -> per lane bytes 0..7 the 6-bit scales, 8..15 the mins (the values of unpack_k4_scales).
+// Reads 16 bytes per super-block: the 4 after the scales are quant bytes.
+template <typename Block>
+inline __m512i unpack_k4_scales_x4(const Block* x, int count) {
+    __m512i s = _mm512_castsi128_si512(load128(x[0].scales));
+    if (count == 4) {
+        s = _mm512_inserti32x4(s, load128(x[1].scales), 1);
+        s = _mm512_inserti64x4(s, _mm256_inserti128_si256(_mm256_castsi128_si256(load128(x[2].scales)), load128(x[3].scales), 1), 1);
+    }
+    auto lanes = [](__m128i v) { return _mm512_broadcast_i32x4(v); };
     // low bits: sc j<4: s[j] & 63, sc j>=4: s[j+4] & 15, m j<4: s[j+4] & 63, m j>=4: s[j+4] >> 4
-    const __m128i a = _mm_shuffle_epi8(s, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
-    const __m128i a_hi = _mm_and_si128(_mm_srli_epi16(a, 4), _mm_set1_epi8(0x0F));
-    const __m128i lo_mask = _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0);
-    const __m128i lo = _mm_or_si128(_mm_and_si128(a, lo_mask),
-                                    _mm_and_si128(a_hi, _mm_setr_epi32(0, 0, 0, -1)));
+    const __m512i a = _mm512_shuffle_epi8(s, lanes(_mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11)));
+    const __m512i a_hi = _mm512_and_si512(_mm512_srli_epi16(a, 4), _mm512_set1_epi8(0x0F));
+    const __m512i lo_mask = lanes(_mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0));
+    const __m512i lo = _mm512_ternarylogic_epi32(_mm512_and_si512(a, lo_mask), a_hi, lanes(_mm_setr_epi32(0, 0, 0, -1)), 0xF8);  // A | (B & C)
     // high bits (j >= 4): sc: (s[j-4] >> 6) << 4, m: (s[j] >> 6) << 4
-    const __m128i bsrc = _mm_shuffle_epi8(s, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
-    return _mm_or_si128(lo, _mm_and_si128(_mm_srli_epi16(bsrc, 2), _mm_set1_epi8(0x30)));
+    const __m512i bsrc = _mm512_shuffle_epi8(s, lanes(_mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7)));
+    return _mm512_ternarylogic_epi32(lo, _mm512_srli_epi16(bsrc, 2), _mm512_set1_epi8(0x30), 0xF8);
 }
 
 // sum over the 8 sub-blocks of mins16[s] * (bsums[2s] + bsums[2s+1]).
@@ -264,15 +270,12 @@ inline int k4_min_sum_v(__m128i mins16, const int16_t* bsums) {
 
 // One Q4_K / Q5_K super-block decoded for every row: q[c] = the 64 values of chunk c (low
 // nibbles = sub-block 2c in the low 256 bits, high nibbles = 2c+1 in the high 256 bits), scale[c]
-// their scale words. Returns the unpacked scales (bytes 0..7) and mins (bytes 8..15).
+// their scale words, picked from sc_all (the 8 scale words sc[0..7] in every 128-bit lane): per
+// chunk c a byte shuffle picks sc[2c] for the low 256 bits (low nibbles), sc[2c+1] for the high.
 // kQ5: Q5_K, whose fifth bit of sub-block s is bit s of qh[l].
 template <bool kQ5, typename Block>
-inline __m128i k4_decode(const Block& x, __m512i q[4], __m512i scale[4]) {
+inline void k4_decode(const Block& x, __m512i sc_all, __m512i q[4], __m512i scale[4]) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
-    const __m128i sm = unpack_k4_scales_v(x.scales);
-    // scale words sc[0..7] in every 128-bit lane; per chunk c a byte shuffle picks sc[2c]
-    // for the low 256 bits (low nibbles) and sc[2c+1] for the high 256 bits.
-    const __m512i sc_all = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(sm));
     __m512i qh2 = _mm512_setzero_si512();
     if constexpr (kQ5) qh2 = _mm512_broadcast_i64x4(load256(x.qh));
     for (int c = 0; c < 4; ++c) {
@@ -285,7 +288,6 @@ inline __m128i k4_decode(const Block& x, __m512i q[4], __m512i scale[4]) {
         const int lo = 0x0100 * (4 * c + 1) + 4 * c, hi = lo + 0x0202;  // byte pairs of words 2c, 2c+1
         scale[c] = _mm512_shuffle_epi8(sc_all, _mm512_inserti64x4(_mm512_set1_epi16(short(lo)), _mm256_set1_epi16(short(hi)), 1));
     }
-    return sm;
 }
 
 // Per 128-bit lane sum pairs of sub-block products: 16 int32 whose total is the block's isum.
@@ -314,9 +316,6 @@ inline __m128i reduce_halves_epi32(__m512i m01, __m512i m23) {
     return _mm_unpacklo_epi32(_mm512_castsi512_si128(h), _mm512_extracti32x4_epi32(h, 2));
 }
 
-// The 8 mins of `sm` (bytes 8..15) as 16 words, each twice: min s pairs with bsums 2s, 2s+1.
-inline __m256i k4_mins_dup(__m128i sm) { return _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sm, sm)); }
-
 inline uint32_t load_u32(const void* p) {
     uint32_t v;
     std::memcpy(&v, p, 4);
@@ -328,15 +327,18 @@ inline uint32_t load_u32(const void* p) {
 // (dall * isum - dmin * summs per super-block), then adds into sumf in super-block order.
 template <int NR, bool kQ5, typename Block>
 inline void k4_group4(const Block* w, const void* act, size_t stride, int b, float* sumf) {
+    const __m512i sm = unpack_k4_scales_x4(w, 4);  // lane j: super-block j
+    const __m512i sc_words = _mm512_unpacklo_epi8(sm, _mm512_setzero_si512());
     __m512i acc[NR][4];
-    __m256i mins[4];
     for (int j = 0; j < 4; ++j) {
         __m512i q[4], scale[4];
-        mins[j] = k4_mins_dup(k4_decode<kQ5>(w[j], q, scale));
+        k4_decode<kQ5>(w[j], _mm512_permutexvar_epi64(_mm512_set1_epi64(2 * j) + _mm512_setr_epi64(0, 1, 0, 1, 0, 1, 0, 1), sc_words), q, scale);
         for (int r = 0; r < NR; ++r) acc[r][j] = k4_products(q, scale, (act_row_q8_K(act, stride, r) + b + j)->qs);
     }
-    const __m512i mw01 = _mm512_inserti64x4(_mm512_castsi256_si512(mins[0]), mins[1], 1);
-    const __m512i mw23 = _mm512_inserti64x4(_mm512_castsi256_si512(mins[2]), mins[3], 1);
+    // the mins of super-blocks 0, 1 (2, 3) as 2 x 16 words, each twice: min s pairs with bsums 2s, 2s+1
+    const __m512i mins_dup = _mm512_unpackhi_epi8(sm, sm);
+    const __m512i mw01 = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(mins_dup));
+    const __m512i mw23 = _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(mins_dup, 1));
     // fp16 (d, dmin) of the 4 super-blocks -> [d0..d3 | dmin0..dmin3]
     const __m128i dd = _mm_setr_epi32(int(load_u32(&w[0].d)), int(load_u32(&w[1].d)), int(load_u32(&w[2].d)), int(load_u32(&w[3].d)));
     const __m256 wdd = _mm256_permutexvar_ps(_mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7), _mm256_cvtph_ps(dd));
@@ -367,7 +369,9 @@ void k4_rows(int n, const Block* w, const void* act, size_t stride, float* out) 
     for (int b = 0; b < nsb4; b += 4) k4_group4<NR, kQ5>(w + b, act, stride, b, sumf);
     for (int b = nsb4; b < nsb; ++b) {  // the last nsb % 4 super-blocks one at a time
         __m512i q[4], scale[4];
-        const __m128i mins16 = _mm_cvtepu8_epi16(_mm_srli_si128(k4_decode<kQ5>(w[b], q, scale), 8));
+        const __m128i sm = _mm512_castsi512_si128(unpack_k4_scales_x4(w + b, 1));
+        k4_decode<kQ5>(w[b], _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(sm)), q, scale);
+        const __m128i mins16 = _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8));
         const float wd = h2f(w[b].d), wdmin = h2f(w[b].dmin);
         for (int r = 0; r < NR; ++r) {
             const block_q8_K* a = act_row_q8_K(act, stride, r) + b;

@@ -89,23 +89,59 @@ inline __m128i gather_m8(const Block* x) {  // the fp16 mins of 8 consecutive bl
     return gather_h8<sizeof(Block), offsetof(Block, m)>(x);
 }
 
-// Q5 nibbles of blocks b, b+1 with the fifth bits (qh, bit j = element j) added as 16.
+// The 16-byte nibble fields of 8 consecutive blocks as the 4 nibble_pair vectors (pair k = blocks
+// 2k, 2k+1): three masked 64-byte loads of the batch (never past its end) and one word permute
+// per pair instead of two 16-byte broadcast loads (fields are word aligned in every legacy block).
 template <typename Block>
-inline __m512i q5_pair(const Block* x) {
-    uint32_t h0, h1;
-    std::memcpy(&h0, x[0].qh, 4);
-    std::memcpy(&h1, x[1].qh, 4);
-    const __mmask64 hi = __mmask64(h0) | (__mmask64(h1) << 32);
-    const __m512i nib = nibble_pair(x[0].qs, x[1].qs);
-    return _mm512_mask_add_epi8(nib, hi, nib, _mm512_set1_epi8(16));
+inline void nibble_pairs8(const Block* x, __m512i out[4]) {
+    constexpr size_t kStride = sizeof(Block), kOff = offsetof(Block, qs), kBytes = 8 * kStride;
+    static_assert(kBytes <= 192 && 2 * kStride <= 64 && kStride % 2 == 0 && kOff % 2 == 0, "word-aligned pairs in two adjacent loads");
+    struct Idx { int16_t i[4][32]; int first[4]; };
+    constexpr Idx idx = [] {
+        Idx t{};
+        for (int k = 0; k < 4; ++k) {
+            const size_t s0 = 2 * k * kStride + kOff, first = s0 / 64 * 64;
+            t.first[k] = int(first / 64);
+            for (int i = 0; i < 32; ++i) t.i[k][i] = int16_t(((i < 16 ? s0 : s0 + kStride) + 2 * (i % 8) - first) / 2);
+        }
+        return t;
+    }();
+    const auto* p = reinterpret_cast<const uint8_t*>(x);
+    __m512i l[4];
+    for (size_t i = 0; i < 3; ++i) {
+        const size_t lo = 64 * i;
+        const __mmask64 m = kBytes >= lo + 64 ? ~__mmask64(0) : kBytes <= lo ? 0 : (__mmask64(1) << (kBytes - lo)) - 1;
+        l[i] = _mm512_maskz_loadu_epi8(m, p + lo);
+    }
+    l[3] = l[2];
+    for (int k = 0; k < 4; ++k) {
+        const int f = idx.first[k];
+        const __m512i both = _mm512_permutex2var_epi16(l[f], _mm512_loadu_si512(idx.i[k]), l[f + 1]);
+        const __m512i hi = _mm512_mask_srli_epi16(both, __mmask32(0xFF00FF00u), both, 4);  // lanes 1, 3
+        out[k] = _mm512_and_si512(hi, _mm512_set1_epi8(0x0F));
+    }
+}
+
+// Q5 values of 8 blocks as 4 pairs: nibbles with the fifth bits (qh, bit j = element j) added as 16.
+template <typename Block>
+inline void q5_pairs8(const Block* x, __m512i out[4]) {
+    nibble_pairs8(x, out);
+    for (int k = 0; k < 4; ++k) {
+        uint32_t h0, h1;
+        std::memcpy(&h0, x[2 * k].qh, 4);
+        std::memcpy(&h1, x[2 * k + 1].qh, 4);
+        const __mmask64 hi = __mmask64(h0) | (__mmask64(h1) << 32);
+        out[k] = _mm512_mask_add_epi8(out[k], hi, out[k], _mm512_set1_epi8(16));
+    }
 }
 
 inline const block_q8_0* act_row_q8_0(const void* act, size_t stride, int r) {
     return reinterpret_cast<const block_q8_0*>(static_cast<const uint8_t*>(act) + size_t(r) * stride);
 }
 
-// Legacy blocks x q8_0 for NR activation rows: batches of 8 blocks; `decode(w)` turns blocks
-// b, b+1 into one zmm of unsigned values u (weight = u - bias), shared by all rows; per row one
+// Legacy blocks x q8_0 for NR activation rows: batches of 8 blocks; `decode(w + b, wq)` turns
+// the batch into 4 zmm of unsigned values u (weight = u - bias; wq[k] = blocks b+2k, b+2k+1
+// laid out as nibble_pair), shared by all rows; per row one
 // f32 accumulator. Tail blocks (nb % 8) go through the 256-bit kernel `tail`.
 // With kMin (Q4_1, Q5_1: weight = d*u + m) `bias` is unused and the min adds m * da * sum(y).
 template <int NR, bool kMin = false, typename WBlock, typename Decode>
@@ -119,7 +155,7 @@ inline void legacy_rows_512(int n, const WBlock* w, const void* act, size_t stri
         __m256 wm8 = _mm256_setzero_ps();
         if constexpr (kMin) wm8 = _mm256_cvtph_ps(gather_m8(w + b));
         __m512i wq[4];
-        for (int k = 0; k < 4; ++k) wq[k] = decode(&w[b + 2 * k]);
+        decode(w + b, wq);
         for (int r = 0; r < NR; ++r) {
             const block_q8_0* a = act_row_q8_0(act, stride, r) + b;
             const __m256 ad8 = _mm256_cvtph_ps(gather_d8(a));
@@ -174,7 +210,7 @@ template <int NR>
 void q4_0_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
     LOWBIT_SPLIT_ROWS(NR, q4_0_rows_n)
     legacy_rows_512<NR>(n, static_cast<const block_q4_0*>(w), act, stride, out,
-                        [](const block_q4_0* x) { return nibble_pair(x[0].qs, x[1].qs); },
+                        [](const block_q4_0* x, __m512i* q) { nibble_pairs8(x, q); },
                         _mm512_set1_epi8(8), vec_dot_q4_0_256);
 }
 
@@ -182,7 +218,7 @@ template <int NR>
 void q4_1_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
     LOWBIT_SPLIT_ROWS(NR, q4_1_rows_n)
     legacy_rows_512<NR, true>(n, static_cast<const block_q4_1*>(w), act, stride, out,
-                              [](const block_q4_1* x) { return nibble_pair(x[0].qs, x[1].qs); },
+                              [](const block_q4_1* x, __m512i* q) { nibble_pairs8(x, q); },
                               _mm512_setzero_si512(), vec_dot_q4_1_256);
 }
 
@@ -190,14 +226,14 @@ template <int NR>
 void q5_0_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
     LOWBIT_SPLIT_ROWS(NR, q5_0_rows_n)
     legacy_rows_512<NR>(n, static_cast<const block_q5_0*>(w), act, stride, out,
-                        [](const block_q5_0* x) { return q5_pair(x); }, _mm512_set1_epi8(16), vec_dot_q5_0_256);
+                        [](const block_q5_0* x, __m512i* q) { q5_pairs8(x, q); }, _mm512_set1_epi8(16), vec_dot_q5_0_256);
 }
 
 template <int NR>
 void q5_1_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
     LOWBIT_SPLIT_ROWS(NR, q5_1_rows_n)
     legacy_rows_512<NR, true>(n, static_cast<const block_q5_1*>(w), act, stride, out,
-                              [](const block_q5_1* x) { return q5_pair(x); }, _mm512_setzero_si512(),
+                              [](const block_q5_1* x, __m512i* q) { q5_pairs8(x, q); }, _mm512_setzero_si512(),
                               vec_dot_q5_1_256);
 }
 
@@ -205,9 +241,9 @@ template <int NR>
 void q8_0_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
     LOWBIT_SPLIT_ROWS(NR, q8_0_rows_n)
     legacy_rows_512<NR>(n, static_cast<const block_q8_0*>(w), act, stride, out,
-                        [](const block_q8_0* x) {  // w + 128 is unsigned
-                            const __m512i q = load2x256(reinterpret_cast<const uint8_t*>(x[0].qs), sizeof(block_q8_0));
-                            return _mm512_xor_si512(q, _mm512_set1_epi8(char(0x80)));
+                        [](const block_q8_0* x, __m512i* q) {  // w + 128 is unsigned
+                            for (int k = 0; k < 4; ++k)
+                                q[k] = _mm512_xor_si512(act_pair(x + 2 * k), _mm512_set1_epi8(char(0x80)));
                         },
                         _mm512_set1_epi8(char(0x80)), vec_dot_q8_0_256);
 }
@@ -216,10 +252,11 @@ template <int NR>
 void iq4_nl_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
     LOWBIT_SPLIT_ROWS(NR, iq4_nl_rows_n)
     legacy_rows_512<NR>(n, static_cast<const block_iq4_nl*>(w), act, stride, out,
-                        [](const block_iq4_nl* x) {  // table value + 128 is unsigned
-                            const __m512i table = _mm512_broadcast_i32x4(load128(kvalues_iq4nl));
-                            const __m512i v = _mm512_shuffle_epi8(table, nibble_pair(x[0].qs, x[1].qs));
-                            return _mm512_xor_si512(v, _mm512_set1_epi8(char(0x80)));
+                        [](const block_iq4_nl* x, __m512i* q) {  // table value + 128 is unsigned
+                            const __m512i table = _mm512_xor_si512(_mm512_broadcast_i32x4(load128(kvalues_iq4nl)),
+                                                                   _mm512_set1_epi8(char(0x80)));
+                            nibble_pairs8(x, q);
+                            for (int k = 0; k < 4; ++k) q[k] = _mm512_shuffle_epi8(table, q[k]);
                         },
                         _mm512_set1_epi8(char(0x80)), vec_dot_iq4_nl_256);
 }

@@ -353,6 +353,16 @@ inline __m128i reduce_halves_epi32(__m512i m01, __m512i m23) {
     return _mm_unpacklo_epi32(_mm512_castsi512_si128(h), _mm512_extracti32x4_epi32(h, 2));
 }
 
+// sum + t[0] + t[1] + t[2] + t[3], added in that order (the scalar spec's super-block order).
+inline float add4_in_order(float sum, __m128 t) {
+    __m128 s = _mm_set_ss(sum);
+    s = _mm_add_ss(s, t);
+    s = _mm_add_ss(s, _mm_movehdup_ps(t));
+    s = _mm_add_ss(s, _mm_movehl_ps(t, t));
+    s = _mm_add_ss(s, _mm_shuffle_ps(t, t, _MM_SHUFFLE(3, 3, 3, 3)));
+    return _mm_cvtss_f32(s);
+}
+
 inline uint32_t load_u32(const void* p) {
     uint32_t v;
     std::memcpy(&v, p, 4);
@@ -389,12 +399,7 @@ inline void k4_group4(const Block* w, const void* act, size_t stride, int b, flo
         const __m128 ad = _mm_setr_ps(a[0].d, a[1].d, a[2].d, a[3].d);
         const __m256 p = _mm256_mul_ps(_mm256_mul_ps(_mm256_set_m128(ad, ad), wdd), f);  // [dall * isum | dmin * summs]
         const __m128 t = _mm_sub_ps(_mm256_castps256_ps128(p), _mm256_extractf128_ps(p, 1));
-        __m128 s = _mm_set_ss(sumf[r]);
-        s = _mm_add_ss(s, t);
-        s = _mm_add_ss(s, _mm_movehdup_ps(t));
-        s = _mm_add_ss(s, _mm_movehl_ps(t, t));
-        s = _mm_add_ss(s, _mm_shuffle_ps(t, t, _MM_SHUFFLE(3, 3, 3, 3)));
-        sumf[r] = _mm_cvtss_f32(s);
+        sumf[r] = add4_in_order(sumf[r], t);
     }
 }
 
@@ -516,42 +521,68 @@ void q3_K_rows_n(int n, const void* vw, const void* act, size_t stride, float* o
 
 // IQ4_XS: two 32-weight sub-blocks per vector; |value| and its sign mask are decoded once, each
 // row negates its activations where the weight is negative (sign trick) and multiplies.
-template <int NR>
-void iq4_xs_rows_n(int n, const void* vw, const void* act, size_t stride, float* out) {
-    const auto* w = static_cast<const block_iq4_xs*>(vw);
+struct Iq4xsDecoded { __m512i mag[4], scale[4]; __mmask64 neg[4]; };
+
+inline Iq4xsDecoded iq4_xs_decode(const block_iq4_xs& x) {
     const __m512i table = _mm512_broadcast_i32x4(load128(kvalues_iq4nl));
+    // the 8 scales ls - 32 as words: low 4 bits from scales_l nibbles, high 2 from scales_h
+    const __m128i l4 = _mm_cvtsi32_si128(int(load_u32(x.scales_l)));
+    const __m128i lo = _mm_unpacklo_epi8(_mm_and_si128(l4, _mm_set1_epi8(0x0F)),
+                                         _mm_and_si128(_mm_srli_epi16(l4, 4), _mm_set1_epi8(0x0F)));
+    const __m128i hi = _mm_and_si128(_mm_srlv_epi16(_mm_set1_epi16(short(x.scales_h)),
+                                                    _mm_setr_epi16(0, 2, 4, 6, 8, 10, 12, 14)), _mm_set1_epi16(3));
+    const __m128i ls = _mm_sub_epi16(_mm_or_si128(_mm_cvtepu8_epi16(lo), _mm_slli_epi16(hi, 4)), _mm_set1_epi16(32));
+    const __m512i sc_all = _mm512_broadcast_i32x4(ls);
+    Iq4xsDecoded d;
+    for (int p = 0; p < 4; ++p) {  // sub-blocks 2p, 2p+1 = elements 64p .. 64p+63
+        const __m512i v = _mm512_shuffle_epi8(table, nibble_pair(x.qs + 32 * p, x.qs + 32 * p + 16));
+        d.mag[p] = _mm512_abs_epi8(v);
+        d.neg[p] = _mm512_movepi8_mask(v);
+        const int lo_pick = 0x0100 * (4 * p + 1) + 4 * p, hi_pick = lo_pick + 0x0202;  // words 2p, 2p+1
+        d.scale[p] = _mm512_shuffle_epi8(sc_all, _mm512_inserti64x4(_mm512_set1_epi16(short(lo_pick)), _mm256_set1_epi16(short(hi_pick)), 1));
+    }
+    return d;
+}
+
+// 16 int32 lanes whose total is the super-block's integer sum.
+inline __m512i iq4_xs_products(const Iq4xsDecoded& d, const int8_t* qs) {
+    __m512i acc = _mm512_setzero_si512();
+    for (int p = 0; p < 4; ++p) {
+        const __m512i y = load512(qs + 64 * p);
+        const __m512i ys = _mm512_mask_sub_epi8(y, d.neg[p], _mm512_setzero_si512(), y);
+        acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(d.mag[p], ys), d.scale[p]);
+    }
+    return acc;
+}
+
+// Groups of 4 super-blocks: integer sums reduced together, (a.d * d) * isum on 4 lanes, then
+// added in super-block order (the scalar spec's operations and order).
+template <int NR>
+void iq4_xs_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
+    LOWBIT_SPLIT_ROWS(NR, iq4_xs_rows_n)
+    const auto* x = static_cast<const block_iq4_xs*>(w);
+    const int nsb = n / QK_K, nsb4 = nsb / 4 * 4;
     float sumf[NR];
     for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
-    for (int b = 0; b < n / QK_K; ++b) {
-        // the 8 scales ls - 32 as words: low 4 bits from scales_l nibbles, high 2 from scales_h
-        uint32_t sl;
-        std::memcpy(&sl, w[b].scales_l, 4);
-        const __m128i l4 = _mm_cvtsi32_si128(int(sl));
-        const __m128i lo = _mm_unpacklo_epi8(_mm_and_si128(l4, _mm_set1_epi8(0x0F)),
-                                             _mm_and_si128(_mm_srli_epi16(l4, 4), _mm_set1_epi8(0x0F)));
-        const __m128i hi = _mm_and_si128(_mm_srlv_epi16(_mm_set1_epi16(short(w[b].scales_h)),
-                                                        _mm_setr_epi16(0, 2, 4, 6, 8, 10, 12, 14)), _mm_set1_epi16(3));
-        const __m128i ls = _mm_sub_epi16(_mm_or_si128(_mm_cvtepu8_epi16(lo), _mm_slli_epi16(hi, 4)), _mm_set1_epi16(32));
-        const __m512i sc_all = _mm512_broadcast_i32x4(ls);
-        __m512i mag[4], scale[4];
-        __mmask64 neg[4];
-        for (int p = 0; p < 4; ++p) {  // sub-blocks 2p, 2p+1 = elements 64p .. 64p+63
-            const __m512i v = _mm512_shuffle_epi8(table, nibble_pair(w[b].qs + 32 * p, w[b].qs + 32 * p + 16));
-            mag[p] = _mm512_abs_epi8(v);
-            neg[p] = _mm512_movepi8_mask(v);
-            const int lo_pick = 0x0100 * (4 * p + 1) + 4 * p, hi_pick = lo_pick + 0x0202;  // words 2p, 2p+1
-            scale[p] = _mm512_shuffle_epi8(sc_all, _mm512_inserti64x4(_mm512_set1_epi16(short(lo_pick)), _mm256_set1_epi16(short(hi_pick)), 1));
+    for (int b = 0; b < nsb4; b += 4) {
+        __m512i acc[NR][4];
+        for (int j = 0; j < 4; ++j) {
+            const Iq4xsDecoded d = iq4_xs_decode(x[b + j]);
+            for (int r = 0; r < NR; ++r) acc[r][j] = iq4_xs_products(d, (act_row_q8_K(act, stride, r) + b + j)->qs);
         }
-        const float wd = h2f(w[b].d);
+        const __m128 wd = _mm_cvtph_ps(_mm_setr_epi16(short(x[b].d), short(x[b + 1].d), short(x[b + 2].d), short(x[b + 3].d), 0, 0, 0, 0));
         for (int r = 0; r < NR; ++r) {
             const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
-            __m512i acc = _mm512_setzero_si512();
-            for (int p = 0; p < 4; ++p) {
-                const __m512i y = load512(a->qs + 64 * p);
-                const __m512i ys = _mm512_mask_sub_epi8(y, neg[p], _mm512_setzero_si512(), y);
-                acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(mag[p], ys), scale[p]);
-            }
-            sumf[r] += (a->d * wd) * float(_mm512_reduce_add_epi32(acc));
+            const __m128 ad = _mm_setr_ps(a[0].d, a[1].d, a[2].d, a[3].d);
+            sumf[r] = add4_in_order(sumf[r], _mm_mul_ps(_mm_mul_ps(ad, wd), _mm_cvtepi32_ps(reduce4_epi32(acc[r]))));
+        }
+    }
+    for (int b = nsb4; b < nsb; ++b) {
+        const Iq4xsDecoded d = iq4_xs_decode(x[b]);
+        const float wd = h2f(x[b].d);
+        for (int r = 0; r < NR; ++r) {
+            const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
+            sumf[r] += (a->d * wd) * float(_mm512_reduce_add_epi32(iq4_xs_products(d, a->qs)));
         }
     }
     for (int r = 0; r < NR; ++r) out[r] = sumf[r];

@@ -484,39 +484,75 @@ inline __m128i unpack_q3_K_scales_v(const uint8_t* packed) {
     return _mm_sub_epi8(_mm_or_si128(low, _mm_slli_epi16(h2, 4)), _mm_set1_epi8(32));
 }
 
-// Q3_K: values q' = q + 4 * hbit in [0, 7] (weight = q' - 4); the -4 goes through bsums.
-template <int NR>
-void q3_K_rows_n(int n, const void* vw, const void* act, size_t stride, float* out) {
-    const auto* w = static_cast<const block_q3_K*>(vw);
-    const __m512i m3 = _mm512_set1_epi8(3), one = _mm512_set1_epi8(1);
+// Q3_K, Q6_K, IQ4_XS add (a.d * d) * isum per super-block. decode(x) runs once per super-block
+// for all rows; products(decoded, a) gives 16 int32 lanes totalling that row's isum. Groups of 4
+// super-blocks reduce their sums together and run the float step on 4 lanes, then add into
+// sumf in super-block order: the scalar spec's operations and order (bit-exact).
+template <int NR, typename Block, typename Decode, typename Products>
+inline void scaled_k_rows(int n, const Block* x, const void* act, size_t stride, float* out, Decode decode,
+                          Products products) {
+    const int nsb = n / QK_K, nsb4 = nsb / 4 * 4;
     float sumf[NR];
     for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
-    for (int b = 0; b < n / QK_K; ++b) {
-        const __m128i sc8 = unpack_q3_K_scales_v(w[b].scales);
-        const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
-        const __m512i sc_z = _mm512_castsi256_si512(sc16);
-        const __m512i hm = _mm512_broadcast_i64x4(load256(w[b].hmask));
-        __m512i q[4], scale[4];  // group g = 2h + sh/2: elements 128h + 32sh .. +63
-        for (int g = 0; g < 4; ++g) {
-            const int h = g / 2, sh = 2 * (g % 2);
-            const __m512i qshift = _mm512_inserti64x4(_mm512_set1_epi16(short(2 * sh)), _mm256_set1_epi16(short(2 * sh + 2)), 1);
-            const __m512i hshift = _mm512_inserti64x4(_mm512_set1_epi16(short(4 * h + sh)), _mm256_set1_epi16(short(4 * h + sh + 1)), 1);
-            const __m512i q2 = _mm512_and_si512(_mm512_srlv_epi16(_mm512_broadcast_i64x4(load256(w[b].qs + 32 * h)), qshift), m3);
-            const __m512i hb = _mm512_and_si512(_mm512_srlv_epi16(hm, hshift), one);
-            q[g] = _mm512_or_si512(q2, _mm512_slli_epi16(hb, 2));
-            scale[g] = _mm512_permutexvar_epi16(lane_index4(4 * g), sc_z);
+    for (int b = 0; b < nsb4; b += 4) {
+        __m512i acc[NR][4];
+        for (int j = 0; j < 4; ++j) {
+            const auto dec = decode(x[b + j]);
+            for (int r = 0; r < NR; ++r) acc[r][j] = products(dec, act_row_q8_K(act, stride, r) + b + j);
         }
-        const float wd = h2f(w[b].d);
+        const __m128 wd = _mm_cvtph_ps(_mm_setr_epi16(short(x[b].d), short(x[b + 1].d), short(x[b + 2].d), short(x[b + 3].d), 0, 0, 0, 0));
         for (int r = 0; r < NR; ++r) {
             const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
-            const int offset = hsum_i32(_mm256_madd_epi16(sc16, load256(a->bsums)));  // sum sc * bsum
-            __m512i acc = _mm512_setzero_si512();
-            for (int g = 0; g < 4; ++g) acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(q[g], load512(a->qs + 64 * g)), scale[g]);
-            const int isum = _mm512_reduce_add_epi32(acc) - 4 * offset;
-            sumf[r] += (a->d * wd) * float(isum);
+            const __m128 ad = _mm_setr_ps(a[0].d, a[1].d, a[2].d, a[3].d);
+            sumf[r] = add4_in_order(sumf[r], _mm_mul_ps(_mm_mul_ps(ad, wd), _mm_cvtepi32_ps(reduce4_epi32(acc[r]))));
+        }
+    }
+    for (int b = nsb4; b < nsb; ++b) {  // the last nsb % 4 super-blocks one at a time
+        const auto dec = decode(x[b]);
+        const float wd = h2f(x[b].d);
+        for (int r = 0; r < NR; ++r) {
+            const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
+            sumf[r] += (a->d * wd) * float(_mm512_reduce_add_epi32(products(dec, a)));
         }
     }
     for (int r = 0; r < NR; ++r) out[r] = sumf[r];
+}
+
+// Q3_K: values q' = q + 4 * hbit in [0, 7] (weight = q' - 4); the -4 goes through bsums.
+struct Q3KDecoded { __m512i q[4], scale[4]; __m256i sc16; };
+
+inline Q3KDecoded q3_K_decode(const block_q3_K& x) {
+    const __m512i m3 = _mm512_set1_epi8(3), one = _mm512_set1_epi8(1);
+    Q3KDecoded d;
+    d.sc16 = _mm256_cvtepi8_epi16(unpack_q3_K_scales_v(x.scales));
+    const __m512i sc_z = _mm512_castsi256_si512(d.sc16);
+    const __m512i hm = _mm512_broadcast_i64x4(load256(x.hmask));
+    for (int g = 0; g < 4; ++g) {  // group g = 2h + sh/2: elements 128h + 32sh .. +63
+        const int h = g / 2, sh = 2 * (g % 2);
+        const __m512i qshift = _mm512_inserti64x4(_mm512_set1_epi16(short(2 * sh)), _mm256_set1_epi16(short(2 * sh + 2)), 1);
+        const __m512i hshift = _mm512_inserti64x4(_mm512_set1_epi16(short(4 * h + sh)), _mm256_set1_epi16(short(4 * h + sh + 1)), 1);
+        const __m512i q2 = _mm512_and_si512(_mm512_srlv_epi16(_mm512_broadcast_i64x4(load256(x.qs + 32 * h)), qshift), m3);
+        const __m512i hb = _mm512_and_si512(_mm512_srlv_epi16(hm, hshift), one);
+        d.q[g] = _mm512_or_si512(q2, _mm512_slli_epi16(hb, 2));
+        d.scale[g] = _mm512_permutexvar_epi16(lane_index4(4 * g), sc_z);
+    }
+    return d;
+}
+
+// 16 int32 lanes totalling sum sc * q' * y - Shift-scaled sum sc * bsum (Q3_K: 4 = 1 << 2,
+// Q6_K: 32 = 1 << 5): the offset joins the lanes instead of a reduction of its own.
+template <int Shift, typename Decoded>
+inline __m512i offset_products(const Decoded& d, const block_q8_K* a) {
+    __m512i acc = _mm512_setzero_si512();
+    for (int g = 0; g < 4; ++g) acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(d.q[g], load512(a->qs + 64 * g)), d.scale[g]);
+    const __m256i offset = _mm256_madd_epi16(d.sc16, load256(a->bsums));  // sc * bsum pairs
+    return _mm512_sub_epi32(acc, _mm512_zextsi256_si512(_mm256_slli_epi32(offset, Shift)));
+}
+
+template <int NR>
+void q3_K_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
+    LOWBIT_SPLIT_ROWS(NR, q3_K_rows_n)
+    scaled_k_rows<NR>(n, static_cast<const block_q3_K*>(w), act, stride, out, q3_K_decode, offset_products<2, Q3KDecoded>);
 }
 
 // IQ4_XS: two 32-weight sub-blocks per vector; |value| and its sign mask are decoded once, each
@@ -545,84 +581,44 @@ inline Iq4xsDecoded iq4_xs_decode(const block_iq4_xs& x) {
 }
 
 // 16 int32 lanes whose total is the super-block's integer sum.
-inline __m512i iq4_xs_products(const Iq4xsDecoded& d, const int8_t* qs) {
+inline __m512i iq4_xs_products(const Iq4xsDecoded& d, const block_q8_K* a) {
     __m512i acc = _mm512_setzero_si512();
     for (int p = 0; p < 4; ++p) {
-        const __m512i y = load512(qs + 64 * p);
+        const __m512i y = load512(a->qs + 64 * p);
         const __m512i ys = _mm512_mask_sub_epi8(y, d.neg[p], _mm512_setzero_si512(), y);
         acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(d.mag[p], ys), d.scale[p]);
     }
     return acc;
 }
 
-// Groups of 4 super-blocks: integer sums reduced together, (a.d * d) * isum on 4 lanes, then
-// added in super-block order (the scalar spec's operations and order).
 template <int NR>
 void iq4_xs_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
     LOWBIT_SPLIT_ROWS(NR, iq4_xs_rows_n)
-    const auto* x = static_cast<const block_iq4_xs*>(w);
-    const int nsb = n / QK_K, nsb4 = nsb / 4 * 4;
-    float sumf[NR];
-    for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
-    for (int b = 0; b < nsb4; b += 4) {
-        __m512i acc[NR][4];
-        for (int j = 0; j < 4; ++j) {
-            const Iq4xsDecoded d = iq4_xs_decode(x[b + j]);
-            for (int r = 0; r < NR; ++r) acc[r][j] = iq4_xs_products(d, (act_row_q8_K(act, stride, r) + b + j)->qs);
-        }
-        const __m128 wd = _mm_cvtph_ps(_mm_setr_epi16(short(x[b].d), short(x[b + 1].d), short(x[b + 2].d), short(x[b + 3].d), 0, 0, 0, 0));
-        for (int r = 0; r < NR; ++r) {
-            const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
-            const __m128 ad = _mm_setr_ps(a[0].d, a[1].d, a[2].d, a[3].d);
-            sumf[r] = add4_in_order(sumf[r], _mm_mul_ps(_mm_mul_ps(ad, wd), _mm_cvtepi32_ps(reduce4_epi32(acc[r]))));
-        }
-    }
-    for (int b = nsb4; b < nsb; ++b) {
-        const Iq4xsDecoded d = iq4_xs_decode(x[b]);
-        const float wd = h2f(x[b].d);
-        for (int r = 0; r < NR; ++r) {
-            const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
-            sumf[r] += (a->d * wd) * float(_mm512_reduce_add_epi32(iq4_xs_products(d, a->qs)));
-        }
-    }
-    for (int r = 0; r < NR; ++r) out[r] = sumf[r];
+    scaled_k_rows<NR>(n, static_cast<const block_iq4_xs*>(w), act, stride, out, iq4_xs_decode, iq4_xs_products);
 }
 
 // Q6_K: per half super-block two vectors of 64 six-bit values; per 128-bit lane one sub-block scale.
-template <int NR>
-void q6_K_rows_n(int n, const void* vw, const void* act, size_t stride, float* out) {
-    const auto* w = static_cast<const block_q6_K*>(vw);
+struct Q6KDecoded { __m512i q[4], scale[4]; __m256i sc16; };
+
+inline Q6KDecoded q6_K_decode(const block_q6_K& x) {
     const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(0x30);
-    float sumf[NR];
-    for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
-    for (int b = 0; b < n / QK_K; ++b) {
-        const __m256i sc16 = _mm256_cvtepi8_epi16(load128(w[b].scales));
-        const __m512i sc_z = _mm512_castsi256_si512(sc16);
-        __m512i q[4], scale[4];  // group g: elements 64g .. 64g+63 = sub-blocks 4g .. 4g+3
-        for (int half = 0; half < 2; ++half) {
-            const __m512i ql = load512(w[b].ql + 64 * half);  // [ql0 | ql1]
-            const __m512i hbits = srli_halves<0, 2>(_mm512_broadcast_i64x4(load256(w[b].qh + 32 * half)));
-            q[2 * half] = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_and_si512(_mm512_slli_epi16(hbits, 4), m2));
-            q[2 * half + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), _mm512_and_si512(hbits, m2));
-        }
-        for (int g = 0; g < 4; ++g) {
-            const int s0 = 4 * g;
-            const __m512i idx = _mm512_inserti64x4(
-                _mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_set1_epi16(short(s0)), _mm_set1_epi16(short(s0 + 1)), 1)),
-                _mm256_inserti128_si256(_mm256_set1_epi16(short(s0 + 2)), _mm_set1_epi16(short(s0 + 3)), 1), 1);
-            scale[g] = _mm512_permutexvar_epi16(idx, sc_z);
-        }
-        const float wd = h2f(w[b].d);
-        for (int r = 0; r < NR; ++r) {
-            const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
-            const int offset = hsum_i32(_mm256_madd_epi16(sc16, load256(a->bsums)));  // sum sc * bsum
-            __m512i acc = _mm512_setzero_si512();
-            for (int g = 0; g < 4; ++g) acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(q[g], load512(a->qs + 64 * g)), scale[g]);
-            const int isum = _mm512_reduce_add_epi32(acc) - 32 * offset;
-            sumf[r] += (a->d * wd) * float(isum);
-        }
+    Q6KDecoded d;
+    d.sc16 = _mm256_cvtepi8_epi16(load128(x.scales));
+    const __m512i sc_z = _mm512_castsi256_si512(d.sc16);
+    for (int half = 0; half < 2; ++half) {  // group g: elements 64g .. 64g+63 = sub-blocks 4g .. 4g+3
+        const __m512i ql = load512(x.ql + 64 * half);  // [ql0 | ql1]
+        const __m512i hbits = srli_halves<0, 2>(_mm512_broadcast_i64x4(load256(x.qh + 32 * half)));
+        d.q[2 * half] = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_and_si512(_mm512_slli_epi16(hbits, 4), m2));
+        d.q[2 * half + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), _mm512_and_si512(hbits, m2));
     }
-    for (int r = 0; r < NR; ++r) out[r] = sumf[r];
+    for (int g = 0; g < 4; ++g) d.scale[g] = _mm512_permutexvar_epi16(lane_index4(4 * g), sc_z);
+    return d;
+}
+
+template <int NR>
+void q6_K_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
+    LOWBIT_SPLIT_ROWS(NR, q6_K_rows_n)
+    scaled_k_rows<NR>(n, static_cast<const block_q6_K*>(w), act, stride, out, q6_K_decode, offset_products<5, Q6KDecoded>);
 }
 
 // Float weights x f32 activations: 2 accumulators of 16 lanes per row; masked tail.

@@ -369,6 +369,30 @@ inline uint32_t load_u32(const void* p) {
     return v;
 }
 
+// The float step of 4 super-blocks of a k-quant with mins (Q2_K, Q4_K, Q5_K) for NR rows:
+// acc[r][j] totals isum of super-block j, mw01 / mw23 hold the 16 min words of super-blocks 0, 1
+// (2, 3) matching bsums. Per super-block dall * isum - dmin * summs on 4 lanes, then added in
+// super-block order (the scalar spec's operations and order).
+template <int NR, typename Block>
+inline void min_k_float4(const Block* w, const void* act, size_t stride, int b, const __m512i (*acc)[4], __m512i mw01,
+                         __m512i mw23, float* sumf) {
+    // fp16 (d, dmin) of the 4 super-blocks -> [d0..d3 | dmin0..dmin3]
+    const __m128i dd = _mm_setr_epi32(int(load_u32(&w[0].d)), int(load_u32(&w[1].d)), int(load_u32(&w[2].d)), int(load_u32(&w[3].d)));
+    const __m256 wdd = _mm256_permutexvar_ps(_mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7), _mm256_cvtph_ps(dd));
+    for (int r = 0; r < NR; ++r) {
+        const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
+        const auto* bs = reinterpret_cast<const uint8_t*>(a->bsums);
+        const __m128i isum = reduce4_epi32(acc[r]);
+        const __m128i summs = reduce_halves_epi32(_mm512_madd_epi16(mw01, load2x256(bs, sizeof(block_q8_K))),
+                                                  _mm512_madd_epi16(mw23, load2x256(bs + 2 * sizeof(block_q8_K), sizeof(block_q8_K))));
+        const __m256 f = _mm256_cvtepi32_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(isum), summs, 1));
+        const __m128 ad = _mm_setr_ps(a[0].d, a[1].d, a[2].d, a[3].d);
+        const __m256 p = _mm256_mul_ps(_mm256_mul_ps(_mm256_set_m128(ad, ad), wdd), f);  // [dall * isum | dmin * summs]
+        const __m128 t = _mm_sub_ps(_mm256_castps256_ps128(p), _mm256_extractf128_ps(p, 1));
+        sumf[r] = add4_in_order(sumf[r], t);
+    }
+}
+
 // Super-blocks b .. b+3 for NR rows: the integer sums of 4 super-blocks stay in vectors and are
 // reduced together; the float step runs on 4 lanes with the scalar spec's operations
 // (dall * isum - dmin * summs per super-block), then adds into sumf in super-block order.
@@ -386,21 +410,7 @@ inline void k4_group4(const Block* w, const void* act, size_t stride, int b, flo
     const __m512i mins_dup = _mm512_unpackhi_epi8(sm, sm);
     const __m512i mw01 = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(mins_dup));
     const __m512i mw23 = _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(mins_dup, 1));
-    // fp16 (d, dmin) of the 4 super-blocks -> [d0..d3 | dmin0..dmin3]
-    const __m128i dd = _mm_setr_epi32(int(load_u32(&w[0].d)), int(load_u32(&w[1].d)), int(load_u32(&w[2].d)), int(load_u32(&w[3].d)));
-    const __m256 wdd = _mm256_permutexvar_ps(_mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7), _mm256_cvtph_ps(dd));
-    for (int r = 0; r < NR; ++r) {
-        const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
-        const auto* bs = reinterpret_cast<const uint8_t*>(a->bsums);
-        const __m128i isum = reduce4_epi32(acc[r]);
-        const __m128i summs = reduce_halves_epi32(_mm512_madd_epi16(mw01, load2x256(bs, sizeof(block_q8_K))),
-                                                  _mm512_madd_epi16(mw23, load2x256(bs + 2 * sizeof(block_q8_K), sizeof(block_q8_K))));
-        const __m256 f = _mm256_cvtepi32_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(isum), summs, 1));
-        const __m128 ad = _mm_setr_ps(a[0].d, a[1].d, a[2].d, a[3].d);
-        const __m256 p = _mm256_mul_ps(_mm256_mul_ps(_mm256_set_m128(ad, ad), wdd), f);  // [dall * isum | dmin * summs]
-        const __m128 t = _mm_sub_ps(_mm256_castps256_ps128(p), _mm256_extractf128_ps(p, 1));
-        sumf[r] = add4_in_order(sumf[r], t);
-    }
+    min_k_float4<NR>(w, act, stride, b, acc, mw01, mw23, sumf);
 }
 
 template <int NR, bool kQ5, typename Block>
@@ -440,30 +450,47 @@ void q5_K_rows_n(int n, const void* w, const void* act, size_t stride, float* ou
 
 // Q2_K: per super-block four vectors of 64 two-bit values (half h, shifts j, j+1); one 16-weight
 // sub-block per 128-bit lane, its 4-bit scale picked by a word permute; mins through bsums.
-template <int NR>
-void q2_K_rows_n(int n, const void* vw, const void* act, size_t stride, float* out) {
-    const auto* w = static_cast<const block_q2_K*>(vw);
+// Returns the 16 mins as words (min s pairs with bsums[s]).
+inline __m256i q2_K_decode(const block_q2_K& x, __m512i q[4], __m512i scale[4]) {
     const __m512i m3 = _mm512_set1_epi8(3);
+    const __m128i sc8 = load128(x.scales);
+    const __m512i sc_z = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(_mm_and_si128(sc8, _mm_set1_epi8(0x0F))));
+    for (int g = 0; g < 4; ++g) {  // group g = 2h + j/2: elements 64g .. 64g+63 = sub-blocks 4g .. 4g+3
+        const int h = g / 2, j = 2 * (g % 2);
+        const __m512i shift = _mm512_inserti64x4(_mm512_set1_epi16(short(2 * j)), _mm256_set1_epi16(short(2 * j + 2)), 1);
+        q[g] = _mm512_and_si512(_mm512_srlv_epi16(_mm512_broadcast_i64x4(load256(x.qs + 32 * h)), shift), m3);
+        scale[g] = _mm512_permutexvar_epi16(lane_index4(4 * g), sc_z);
+    }
+    return _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc8, 4), _mm_set1_epi8(0x0F)));
+}
+
+template <int NR>
+void q2_K_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
+    LOWBIT_SPLIT_ROWS(NR, q2_K_rows_n)
+    const auto* x = static_cast<const block_q2_K*>(w);
+    const int nsb = n / QK_K, nsb4 = nsb / 4 * 4;
     float sumf[NR];
     for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
-    for (int b = 0; b < n / QK_K; ++b) {
-        const __m128i sc8 = load128(w[b].scales);
-        const __m512i sc_z = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(_mm_and_si128(sc8, _mm_set1_epi8(0x0F))));
-        const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc8, 4), _mm_set1_epi8(0x0F)));
-        __m512i q[4], scale[4];  // group g = 2h + j/2: elements 64g .. 64g+63 = sub-blocks 4g .. 4g+3
-        for (int g = 0; g < 4; ++g) {
-            const int h = g / 2, j = 2 * (g % 2);
-            const __m512i shift = _mm512_inserti64x4(_mm512_set1_epi16(short(2 * j)), _mm256_set1_epi16(short(2 * j + 2)), 1);
-            q[g] = _mm512_and_si512(_mm512_srlv_epi16(_mm512_broadcast_i64x4(load256(w[b].qs + 32 * h)), shift), m3);
-            scale[g] = _mm512_permutexvar_epi16(lane_index4(4 * g), sc_z);
+    for (int b = 0; b < nsb4; b += 4) {  // groups of 4 super-blocks, as k4_group4
+        __m512i acc[NR][4];
+        __m256i mins[4];
+        for (int j = 0; j < 4; ++j) {
+            __m512i q[4], scale[4];
+            mins[j] = q2_K_decode(x[b + j], q, scale);
+            for (int r = 0; r < NR; ++r) acc[r][j] = k4_products(q, scale, (act_row_q8_K(act, stride, r) + b + j)->qs);
         }
-        const float wd = h2f(w[b].d), wdmin = h2f(w[b].dmin);
+        const __m512i mw01 = _mm512_inserti64x4(_mm512_castsi256_si512(mins[0]), mins[1], 1);
+        const __m512i mw23 = _mm512_inserti64x4(_mm512_castsi256_si512(mins[2]), mins[3], 1);
+        min_k_float4<NR>(x + b, act, stride, b, acc, mw01, mw23, sumf);
+    }
+    for (int b = nsb4; b < nsb; ++b) {  // the last nsb % 4 super-blocks one at a time
+        __m512i q[4], scale[4];
+        const __m256i mins16 = q2_K_decode(x[b], q, scale);
+        const float wd = h2f(x[b].d), wdmin = h2f(x[b].dmin);
         for (int r = 0; r < NR; ++r) {
             const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
             const int summs = hsum_i32(_mm256_madd_epi16(mins16, load256(a->bsums)));
-            __m512i acc = _mm512_setzero_si512();
-            for (int g = 0; g < 4; ++g) acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(q[g], load512(a->qs + 64 * g)), scale[g]);
-            const int isum = _mm512_reduce_add_epi32(acc);
+            const int isum = _mm512_reduce_add_epi32(k4_products(q, scale, a->qs));
             const float dall = a->d * wd, dmin = a->d * wdmin;
             sumf[r] += dall * float(isum) - dmin * float(summs);
         }

@@ -6,7 +6,10 @@
 // Shapes: legacy dots take 8 blocks per batch, two blocks per zmm ([b lo|b hi|b+1 lo|b+1 hi]);
 // k-quant dots decode a super-block into 4 zmm of 64 unsigned values plus 4 zmm of int16 scale
 // words (one sub-block per 128-bit lane or per 256-bit half), then per row
-// maddubs (u8 x s8 -> s16 pairs) + dpwssd (x scale -> s32), one reduction, the scalar float step.
+// maddubs (u8 x s8 -> s16 pairs) + dpwssd (x scale -> s32). Super-blocks go in groups of 4: their
+// integer sums (and min sums) are reduced by one transpose-add tree, the scalar float step runs
+// on 4 lanes with the same operations, and its results are added in super-block order, so the
+// result is still the scalar spec's bit for bit (n % 1024 tail: one super-block at a time).
 #pragma GCC optimize("fp-contract=off")
 #define LOWBIT_SIMD_NS avx512
 #define LOWBIT_VNNI 1
@@ -518,10 +521,11 @@ inline __m128i unpack_q3_K_scales_v(const uint8_t* packed) {
 template <int NR, typename Block, typename Decode, typename Products>
 inline void scaled_k_rows(int n, const Block* x, const void* act, size_t stride, float* out, Decode decode,
                           Products products) {
-    const int nsb = n / QK_K, nsb4 = nsb / 4 * 4;
+    // more than 4 rows: 4 x NR accumulators would not fit the registers, one super-block at a time
+    const int nsb = n / QK_K, nsb4 = NR <= 4 ? nsb / 4 * 4 : 0;
     float sumf[NR];
     for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
-    for (int b = 0; b < nsb4; b += 4) {
+    if constexpr (NR <= 4) for (int b = 0; b < nsb4; b += 4) {
         __m512i acc[NR][4];
         for (int j = 0; j < 4; ++j) {
             const auto dec = decode(x[b + j]);
@@ -534,7 +538,7 @@ inline void scaled_k_rows(int n, const Block* x, const void* act, size_t stride,
             sumf[r] = add4_in_order(sumf[r], _mm_mul_ps(_mm_mul_ps(ad, wd), _mm_cvtepi32_ps(reduce4_epi32(acc[r]))));
         }
     }
-    for (int b = nsb4; b < nsb; ++b) {  // the last nsb % 4 super-blocks one at a time
+    for (int b = nsb4; b < nsb; ++b) {  // the last nsb % 4 super-blocks (all for NR > 4) one at a time
         const auto dec = decode(x[b]);
         const float wd = h2f(x[b].d);
         for (int r = 0; r < NR; ++r) {
@@ -578,7 +582,7 @@ inline __m512i offset_products(const Decoded& d, const block_q8_K* a) {
 
 template <int NR>
 void q3_K_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
-    LOWBIT_SPLIT_ROWS(NR, q3_K_rows_n)
+    LOWBIT_SPLIT_ROWS(NR, q3_K_rows_n)  // grouped super-blocks in both passes (faster than per super-block here)
     scaled_k_rows<NR>(n, static_cast<const block_q3_K*>(w), act, stride, out, q3_K_decode, offset_products<2, Q3KDecoded>);
 }
 
@@ -620,7 +624,7 @@ inline __m512i iq4_xs_products(const Iq4xsDecoded& d, const block_q8_K* a) {
 
 template <int NR>
 void iq4_xs_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
-    LOWBIT_SPLIT_ROWS(NR, iq4_xs_rows_n)
+    // no row split: for NR > 4 one super-block at a time beats two grouped passes here
     scaled_k_rows<NR>(n, static_cast<const block_iq4_xs*>(w), act, stride, out, iq4_xs_decode, iq4_xs_products);
 }
 
@@ -644,7 +648,7 @@ inline Q6KDecoded q6_K_decode(const block_q6_K& x) {
 
 template <int NR>
 void q6_K_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
-    LOWBIT_SPLIT_ROWS(NR, q6_K_rows_n)
+    LOWBIT_SPLIT_ROWS(NR, q6_K_rows_n)  // grouped super-blocks in both passes (faster than per super-block here)
     scaled_k_rows<NR>(n, static_cast<const block_q6_K*>(w), act, stride, out, q6_K_decode, offset_products<5, Q6KDecoded>);
 }
 

@@ -6,7 +6,10 @@
 // Shapes: legacy dots take 8 blocks per batch, two blocks per zmm ([b lo|b hi|b+1 lo|b+1 hi]);
 // k-quant dots decode a super-block into 4 zmm of 64 unsigned values plus 4 zmm of int16 scale
 // words (one sub-block per 128-bit lane or per 256-bit half), then per row
-// maddubs (u8 x s8 -> s16 pairs) + dpwssd (x scale -> s32), one reduction, the scalar float step.
+// maddubs (u8 x s8 -> s16 pairs) + dpwssd (x scale -> s32). Super-blocks go in groups of 4: their
+// integer sums (and min sums) are reduced by one transpose-add tree, the scalar float step runs
+// on 4 lanes with the same operations, and its results are added in super-block order, so the
+// result is still the scalar spec's bit for bit (n % 1024 tail: one super-block at a time).
 #pragma GCC optimize("fp-contract=off")
 #define LOWBIT_SIMD_NS avx512
 #define LOWBIT_VNNI 1
@@ -89,23 +92,59 @@ inline __m128i gather_m8(const Block* x) {  // the fp16 mins of 8 consecutive bl
     return gather_h8<sizeof(Block), offsetof(Block, m)>(x);
 }
 
-// Q5 nibbles of blocks b, b+1 with the fifth bits (qh, bit j = element j) added as 16.
+// The 16-byte nibble fields of 8 consecutive blocks as the 4 nibble_pair vectors (pair k = blocks
+// 2k, 2k+1): three masked 64-byte loads of the batch (never past its end) and one word permute
+// per pair instead of two 16-byte broadcast loads (fields are word aligned in every legacy block).
 template <typename Block>
-inline __m512i q5_pair(const Block* x) {
-    uint32_t h0, h1;
-    std::memcpy(&h0, x[0].qh, 4);
-    std::memcpy(&h1, x[1].qh, 4);
-    const __mmask64 hi = __mmask64(h0) | (__mmask64(h1) << 32);
-    const __m512i nib = nibble_pair(x[0].qs, x[1].qs);
-    return _mm512_mask_add_epi8(nib, hi, nib, _mm512_set1_epi8(16));
+inline void nibble_pairs8(const Block* x, __m512i out[4]) {
+    constexpr size_t kStride = sizeof(Block), kOff = offsetof(Block, qs), kBytes = 8 * kStride;
+    static_assert(kBytes <= 192 && 2 * kStride <= 64 && kStride % 2 == 0 && kOff % 2 == 0, "word-aligned pairs in two adjacent loads");
+    struct Idx { int16_t i[4][32]; int first[4]; };
+    constexpr Idx idx = [] {
+        Idx t{};
+        for (int k = 0; k < 4; ++k) {
+            const size_t s0 = 2 * k * kStride + kOff, first = s0 / 64 * 64;
+            t.first[k] = int(first / 64);
+            for (int i = 0; i < 32; ++i) t.i[k][i] = int16_t(((i < 16 ? s0 : s0 + kStride) + 2 * (i % 8) - first) / 2);
+        }
+        return t;
+    }();
+    const auto* p = reinterpret_cast<const uint8_t*>(x);
+    __m512i l[4];
+    for (size_t i = 0; i < 3; ++i) {
+        const size_t lo = 64 * i;
+        const __mmask64 m = kBytes >= lo + 64 ? ~__mmask64(0) : kBytes <= lo ? 0 : (__mmask64(1) << (kBytes - lo)) - 1;
+        l[i] = _mm512_maskz_loadu_epi8(m, p + lo);
+    }
+    l[3] = l[2];
+    for (int k = 0; k < 4; ++k) {
+        const int f = idx.first[k];
+        const __m512i both = _mm512_permutex2var_epi16(l[f], _mm512_loadu_si512(idx.i[k]), l[f + 1]);
+        const __m512i hi = _mm512_mask_srli_epi16(both, __mmask32(0xFF00FF00u), both, 4);  // lanes 1, 3
+        out[k] = _mm512_and_si512(hi, _mm512_set1_epi8(0x0F));
+    }
+}
+
+// Q5 values of 8 blocks as 4 pairs: nibbles with the fifth bits (qh, bit j = element j) added as 16.
+template <typename Block>
+inline void q5_pairs8(const Block* x, __m512i out[4]) {
+    nibble_pairs8(x, out);
+    for (int k = 0; k < 4; ++k) {
+        uint32_t h0, h1;
+        std::memcpy(&h0, x[2 * k].qh, 4);
+        std::memcpy(&h1, x[2 * k + 1].qh, 4);
+        const __mmask64 hi = __mmask64(h0) | (__mmask64(h1) << 32);
+        out[k] = _mm512_mask_add_epi8(out[k], hi, out[k], _mm512_set1_epi8(16));
+    }
 }
 
 inline const block_q8_0* act_row_q8_0(const void* act, size_t stride, int r) {
     return reinterpret_cast<const block_q8_0*>(static_cast<const uint8_t*>(act) + size_t(r) * stride);
 }
 
-// Legacy blocks x q8_0 for NR activation rows: batches of 8 blocks; `decode(w)` turns blocks
-// b, b+1 into one zmm of unsigned values u (weight = u - bias), shared by all rows; per row one
+// Legacy blocks x q8_0 for NR activation rows: batches of 8 blocks; `decode(w + b, wq)` turns
+// the batch into 4 zmm of unsigned values u (weight = u - bias; wq[k] = blocks b+2k, b+2k+1
+// laid out as nibble_pair), shared by all rows; per row one
 // f32 accumulator. Tail blocks (nb % 8) go through the 256-bit kernel `tail`.
 // With kMin (Q4_1, Q5_1: weight = d*u + m) `bias` is unused and the min adds m * da * sum(y).
 template <int NR, bool kMin = false, typename WBlock, typename Decode>
@@ -119,7 +158,7 @@ inline void legacy_rows_512(int n, const WBlock* w, const void* act, size_t stri
         __m256 wm8 = _mm256_setzero_ps();
         if constexpr (kMin) wm8 = _mm256_cvtph_ps(gather_m8(w + b));
         __m512i wq[4];
-        for (int k = 0; k < 4; ++k) wq[k] = decode(&w[b + 2 * k]);
+        decode(w + b, wq);
         for (int r = 0; r < NR; ++r) {
             const block_q8_0* a = act_row_q8_0(act, stride, r) + b;
             const __m256 ad8 = _mm256_cvtph_ps(gather_d8(a));
@@ -174,7 +213,7 @@ template <int NR>
 void q4_0_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
     LOWBIT_SPLIT_ROWS(NR, q4_0_rows_n)
     legacy_rows_512<NR>(n, static_cast<const block_q4_0*>(w), act, stride, out,
-                        [](const block_q4_0* x) { return nibble_pair(x[0].qs, x[1].qs); },
+                        [](const block_q4_0* x, __m512i* q) { nibble_pairs8(x, q); },
                         _mm512_set1_epi8(8), vec_dot_q4_0_256);
 }
 
@@ -182,7 +221,7 @@ template <int NR>
 void q4_1_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
     LOWBIT_SPLIT_ROWS(NR, q4_1_rows_n)
     legacy_rows_512<NR, true>(n, static_cast<const block_q4_1*>(w), act, stride, out,
-                              [](const block_q4_1* x) { return nibble_pair(x[0].qs, x[1].qs); },
+                              [](const block_q4_1* x, __m512i* q) { nibble_pairs8(x, q); },
                               _mm512_setzero_si512(), vec_dot_q4_1_256);
 }
 
@@ -190,14 +229,14 @@ template <int NR>
 void q5_0_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
     LOWBIT_SPLIT_ROWS(NR, q5_0_rows_n)
     legacy_rows_512<NR>(n, static_cast<const block_q5_0*>(w), act, stride, out,
-                        [](const block_q5_0* x) { return q5_pair(x); }, _mm512_set1_epi8(16), vec_dot_q5_0_256);
+                        [](const block_q5_0* x, __m512i* q) { q5_pairs8(x, q); }, _mm512_set1_epi8(16), vec_dot_q5_0_256);
 }
 
 template <int NR>
 void q5_1_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
     LOWBIT_SPLIT_ROWS(NR, q5_1_rows_n)
     legacy_rows_512<NR, true>(n, static_cast<const block_q5_1*>(w), act, stride, out,
-                              [](const block_q5_1* x) { return q5_pair(x); }, _mm512_setzero_si512(),
+                              [](const block_q5_1* x, __m512i* q) { q5_pairs8(x, q); }, _mm512_setzero_si512(),
                               vec_dot_q5_1_256);
 }
 
@@ -205,9 +244,9 @@ template <int NR>
 void q8_0_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
     LOWBIT_SPLIT_ROWS(NR, q8_0_rows_n)
     legacy_rows_512<NR>(n, static_cast<const block_q8_0*>(w), act, stride, out,
-                        [](const block_q8_0* x) {  // w + 128 is unsigned
-                            const __m512i q = load2x256(reinterpret_cast<const uint8_t*>(x[0].qs), sizeof(block_q8_0));
-                            return _mm512_xor_si512(q, _mm512_set1_epi8(char(0x80)));
+                        [](const block_q8_0* x, __m512i* q) {  // w + 128 is unsigned
+                            for (int k = 0; k < 4; ++k)
+                                q[k] = _mm512_xor_si512(act_pair(x + 2 * k), _mm512_set1_epi8(char(0x80)));
                         },
                         _mm512_set1_epi8(char(0x80)), vec_dot_q8_0_256);
 }
@@ -216,10 +255,11 @@ template <int NR>
 void iq4_nl_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
     LOWBIT_SPLIT_ROWS(NR, iq4_nl_rows_n)
     legacy_rows_512<NR>(n, static_cast<const block_iq4_nl*>(w), act, stride, out,
-                        [](const block_iq4_nl* x) {  // table value + 128 is unsigned
-                            const __m512i table = _mm512_broadcast_i32x4(load128(kvalues_iq4nl));
-                            const __m512i v = _mm512_shuffle_epi8(table, nibble_pair(x[0].qs, x[1].qs));
-                            return _mm512_xor_si512(v, _mm512_set1_epi8(char(0x80)));
+                        [](const block_iq4_nl* x, __m512i* q) {  // table value + 128 is unsigned
+                            const __m512i table = _mm512_xor_si512(_mm512_broadcast_i32x4(load128(kvalues_iq4nl)),
+                                                                   _mm512_set1_epi8(char(0x80)));
+                            nibble_pairs8(x, q);
+                            for (int k = 0; k < 4; ++k) q[k] = _mm512_shuffle_epi8(table, q[k]);
                         },
                         _mm512_set1_epi8(char(0x80)), vec_dot_iq4_nl_256);
 }
@@ -237,19 +277,25 @@ inline __m512i lane_index4(int s0) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 }
 
-// The 12 packed bytes of Q4_K / Q5_K scales -> bytes 0..7 the 6-bit scales, 8..15 the mins
-// (same values as unpack_k4_scales). Reads 16 bytes: the 4 after the scales are quant bytes.
-inline __m128i unpack_k4_scales_v(const uint8_t* packed) {
-    const __m128i s = load128(packed);
+// The 12 packed bytes of Q4_K / Q5_K scales of `count` (1..4) super-blocks, one per 128-bit
+// lane -> per lane bytes 0..7 the 6-bit scales, 8..15 the mins (the values of unpack_k4_scales).
+// Reads 16 bytes per super-block: the 4 after the scales are quant bytes.
+template <typename Block>
+inline __m512i unpack_k4_scales_x4(const Block* x, int count) {
+    __m512i s = _mm512_castsi128_si512(load128(x[0].scales));
+    if (count == 4) {
+        s = _mm512_inserti32x4(s, load128(x[1].scales), 1);
+        s = _mm512_inserti64x4(s, _mm256_inserti128_si256(_mm256_castsi128_si256(load128(x[2].scales)), load128(x[3].scales), 1), 1);
+    }
+    auto lanes = [](__m128i v) { return _mm512_broadcast_i32x4(v); };
     // low bits: sc j<4: s[j] & 63, sc j>=4: s[j+4] & 15, m j<4: s[j+4] & 63, m j>=4: s[j+4] >> 4
-    const __m128i a = _mm_shuffle_epi8(s, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
-    const __m128i a_hi = _mm_and_si128(_mm_srli_epi16(a, 4), _mm_set1_epi8(0x0F));
-    const __m128i lo_mask = _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0);
-    const __m128i lo = _mm_or_si128(_mm_and_si128(a, lo_mask),
-                                    _mm_and_si128(a_hi, _mm_setr_epi32(0, 0, 0, -1)));
+    const __m512i a = _mm512_shuffle_epi8(s, lanes(_mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11)));
+    const __m512i a_hi = _mm512_and_si512(_mm512_srli_epi16(a, 4), _mm512_set1_epi8(0x0F));
+    const __m512i lo_mask = lanes(_mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0));
+    const __m512i lo = _mm512_ternarylogic_epi32(_mm512_and_si512(a, lo_mask), a_hi, lanes(_mm_setr_epi32(0, 0, 0, -1)), 0xF8);  // A | (B & C)
     // high bits (j >= 4): sc: (s[j-4] >> 6) << 4, m: (s[j] >> 6) << 4
-    const __m128i bsrc = _mm_shuffle_epi8(s, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
-    return _mm_or_si128(lo, _mm_and_si128(_mm_srli_epi16(bsrc, 2), _mm_set1_epi8(0x30)));
+    const __m512i bsrc = _mm512_shuffle_epi8(s, lanes(_mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7)));
+    return _mm512_ternarylogic_epi32(lo, _mm512_srli_epi16(bsrc, 2), _mm512_set1_epi8(0x30), 0xF8);
 }
 
 // sum over the 8 sub-blocks of mins16[s] * (bsums[2s] + bsums[2s+1]).
@@ -262,38 +308,130 @@ inline int k4_min_sum_v(__m128i mins16, const int16_t* bsums) {
     return _mm_cvtsi128_si32(s);
 }
 
+// One Q4_K / Q5_K super-block decoded for every row: q[c] = the 64 values of chunk c (low
+// nibbles = sub-block 2c in the low 256 bits, high nibbles = 2c+1 in the high 256 bits), scale[c]
+// their scale words, picked from sc_all (the 8 scale words sc[0..7] in every 128-bit lane): per
+// chunk c a byte shuffle picks sc[2c] for the low 256 bits (low nibbles), sc[2c+1] for the high.
 // kQ5: Q5_K, whose fifth bit of sub-block s is bit s of qh[l].
+template <bool kQ5, typename Block>
+inline void k4_decode(const Block& x, __m512i sc_all, __m512i q[4], __m512i scale[4]) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m512i qh2 = _mm512_setzero_si512();
+    if constexpr (kQ5) qh2 = _mm512_broadcast_i64x4(load256(x.qh));
+    for (int c = 0; c < 4; ++c) {
+        q[c] = _mm512_and_si512(srli_halves<0, 4>(_mm512_broadcast_i64x4(load256(x.qs + 32 * c))), m4);
+        if constexpr (kQ5) {  // bit 2c (low half) / 2c+1 (high half) of qh, moved to bit 4
+            const __m512i t = _mm512_srli_epi16(qh2, unsigned(2 * c));
+            const __m512i h = _mm512_and_si512(_mm512_mask_srli_epi16(t, __mmask32(0xFFFF0000u), t, 1), _mm512_set1_epi8(1));
+            q[c] = _mm512_or_si512(q[c], _mm512_slli_epi16(h, 4));
+        }
+        const int lo = 0x0100 * (4 * c + 1) + 4 * c, hi = lo + 0x0202;  // byte pairs of words 2c, 2c+1
+        scale[c] = _mm512_shuffle_epi8(sc_all, _mm512_inserti64x4(_mm512_set1_epi16(short(lo)), _mm256_set1_epi16(short(hi)), 1));
+    }
+}
+
+// Per 128-bit lane sum pairs of sub-block products: 16 int32 whose total is the block's isum.
+inline __m512i k4_products(const __m512i q[4], const __m512i scale[4], const int8_t* y) {
+    __m512i acc = _mm512_setzero_si512();
+    for (int c = 0; c < 4; ++c) acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(q[c], load512(y + 64 * c)), scale[c]);
+    return acc;
+}
+
+// The lane sums of four int32 vectors: [sum a[0], sum a[1], sum a[2], sum a[3]].
+inline __m128i reduce4_epi32(const __m512i a[4]) {
+    const __m512i t01 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[0], a[1]), _mm512_unpackhi_epi32(a[0], a[1]));
+    const __m512i t23 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[2], a[3]), _mm512_unpackhi_epi32(a[2], a[3]));
+    // every 128-bit lane: partial sums [a0, a1, a2, a3]
+    const __m512i t = _mm512_add_epi32(_mm512_unpacklo_epi64(t01, t23), _mm512_unpackhi_epi64(t01, t23));
+    const __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(t), _mm512_extracti64x4_epi64(t, 1));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+// [sum of the low 256 bits of m01, of its high 256 bits, the same two of m23].
+inline __m128i reduce_halves_epi32(__m512i m01, __m512i m23) {
+    const __m512i s = _mm512_add_epi32(_mm512_unpacklo_epi32(m01, m23), _mm512_unpackhi_epi32(m01, m23));
+    const __m512i s2 = _mm512_add_epi32(s, _mm512_shuffle_epi32(s, _MM_PERM_ENUM(0x4E)));  // lane: [m01, m23, m01, m23]
+    const __m512i h = _mm512_add_epi32(s2, _mm512_shuffle_i64x2(s2, s2, _MM_SHUFFLE(2, 3, 0, 1)));
+    // lane 0: [m01 low, m23 low, ..], lane 2: [m01 high, m23 high, ..]
+    return _mm_unpacklo_epi32(_mm512_castsi512_si128(h), _mm512_extracti32x4_epi32(h, 2));
+}
+
+// sum + t[0] + t[1] + t[2] + t[3], added in that order (the scalar spec's super-block order).
+inline float add4_in_order(float sum, __m128 t) {
+    __m128 s = _mm_set_ss(sum);
+    s = _mm_add_ss(s, t);
+    s = _mm_add_ss(s, _mm_movehdup_ps(t));
+    s = _mm_add_ss(s, _mm_movehl_ps(t, t));
+    s = _mm_add_ss(s, _mm_shuffle_ps(t, t, _MM_SHUFFLE(3, 3, 3, 3)));
+    return _mm_cvtss_f32(s);
+}
+
+inline uint32_t load_u32(const void* p) {
+    uint32_t v;
+    std::memcpy(&v, p, 4);
+    return v;
+}
+
+// The float step of 4 super-blocks of a k-quant with mins (Q2_K, Q4_K, Q5_K) for NR rows:
+// acc[r][j] totals isum of super-block j, mw01 / mw23 hold the 16 min words of super-blocks 0, 1
+// (2, 3) matching bsums. Per super-block dall * isum - dmin * summs on 4 lanes, then added in
+// super-block order (the scalar spec's operations and order).
+template <int NR, typename Block>
+inline void min_k_float4(const Block* w, const void* act, size_t stride, int b, const __m512i (*acc)[4], __m512i mw01,
+                         __m512i mw23, float* sumf) {
+    // fp16 (d, dmin) of the 4 super-blocks -> [d0..d3 | dmin0..dmin3]
+    const __m128i dd = _mm_setr_epi32(int(load_u32(&w[0].d)), int(load_u32(&w[1].d)), int(load_u32(&w[2].d)), int(load_u32(&w[3].d)));
+    const __m256 wdd = _mm256_permutexvar_ps(_mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7), _mm256_cvtph_ps(dd));
+    for (int r = 0; r < NR; ++r) {
+        const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
+        const auto* bs = reinterpret_cast<const uint8_t*>(a->bsums);
+        const __m128i isum = reduce4_epi32(acc[r]);
+        const __m128i summs = reduce_halves_epi32(_mm512_madd_epi16(mw01, load2x256(bs, sizeof(block_q8_K))),
+                                                  _mm512_madd_epi16(mw23, load2x256(bs + 2 * sizeof(block_q8_K), sizeof(block_q8_K))));
+        const __m256 f = _mm256_cvtepi32_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(isum), summs, 1));
+        const __m128 ad = _mm_setr_ps(a[0].d, a[1].d, a[2].d, a[3].d);
+        const __m256 p = _mm256_mul_ps(_mm256_mul_ps(_mm256_set_m128(ad, ad), wdd), f);  // [dall * isum | dmin * summs]
+        const __m128 t = _mm_sub_ps(_mm256_castps256_ps128(p), _mm256_extractf128_ps(p, 1));
+        sumf[r] = add4_in_order(sumf[r], t);
+    }
+}
+
+// Super-blocks b .. b+3 for NR rows: the integer sums of 4 super-blocks stay in vectors and are
+// reduced together; the float step runs on 4 lanes with the scalar spec's operations
+// (dall * isum - dmin * summs per super-block), then adds into sumf in super-block order.
+template <int NR, bool kQ5, typename Block>
+inline void k4_group4(const Block* w, const void* act, size_t stride, int b, float* sumf) {
+    const __m512i sm = unpack_k4_scales_x4(w, 4);  // lane j: super-block j
+    const __m512i sc_words = _mm512_unpacklo_epi8(sm, _mm512_setzero_si512());
+    __m512i acc[NR][4];
+    for (int j = 0; j < 4; ++j) {
+        __m512i q[4], scale[4];
+        k4_decode<kQ5>(w[j], _mm512_permutexvar_epi64(_mm512_set1_epi64(2 * j) + _mm512_setr_epi64(0, 1, 0, 1, 0, 1, 0, 1), sc_words), q, scale);
+        for (int r = 0; r < NR; ++r) acc[r][j] = k4_products(q, scale, (act_row_q8_K(act, stride, r) + b + j)->qs);
+    }
+    // the mins of super-blocks 0, 1 (2, 3) as 2 x 16 words, each twice: min s pairs with bsums 2s, 2s+1
+    const __m512i mins_dup = _mm512_unpackhi_epi8(sm, sm);
+    const __m512i mw01 = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(mins_dup));
+    const __m512i mw23 = _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(mins_dup, 1));
+    min_k_float4<NR>(w, act, stride, b, acc, mw01, mw23, sumf);
+}
+
 template <int NR, bool kQ5, typename Block>
 void k4_rows(int n, const Block* w, const void* act, size_t stride, float* out) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const int nsb = n / QK_K, nsb4 = nsb / 4 * 4;
     float sumf[NR];
     for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
-    for (int b = 0; b < n / QK_K; ++b) {
-        const __m128i sm = unpack_k4_scales_v(w[b].scales);
-        const __m128i mins16 = _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8));
-        // scale words sc[0..7] in every 128-bit lane; per chunk c a byte shuffle picks sc[2c]
-        // for the low 256 bits (low nibbles) and sc[2c+1] for the high 256 bits.
-        const __m512i sc_all = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(sm));
+    for (int b = 0; b < nsb4; b += 4) k4_group4<NR, kQ5>(w + b, act, stride, b, sumf);
+    for (int b = nsb4; b < nsb; ++b) {  // the last nsb % 4 super-blocks one at a time
         __m512i q[4], scale[4];
-        __m512i qh2 = _mm512_setzero_si512();
-        if constexpr (kQ5) qh2 = _mm512_broadcast_i64x4(load256(w[b].qh));
-        for (int c = 0; c < 4; ++c) {
-            q[c] = _mm512_and_si512(srli_halves<0, 4>(_mm512_broadcast_i64x4(load256(w[b].qs + 32 * c))), m4);
-            if constexpr (kQ5) {  // bit 2c (low half) / 2c+1 (high half) of qh, moved to bit 4
-                const __m512i t = _mm512_srli_epi16(qh2, unsigned(2 * c));
-                const __m512i h = _mm512_and_si512(_mm512_mask_srli_epi16(t, __mmask32(0xFFFF0000u), t, 1), _mm512_set1_epi8(1));
-                q[c] = _mm512_or_si512(q[c], _mm512_slli_epi16(h, 4));
-            }
-            const int lo = 0x0100 * (4 * c + 1) + 4 * c, hi = lo + 0x0202;  // byte pairs of words 2c, 2c+1
-            scale[c] = _mm512_shuffle_epi8(sc_all, _mm512_inserti64x4(_mm512_set1_epi16(short(lo)), _mm256_set1_epi16(short(hi)), 1));
-        }
+        const __m128i sm = _mm512_castsi512_si128(unpack_k4_scales_x4(w + b, 1));
+        k4_decode<kQ5>(w[b], _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(sm)), q, scale);
+        const __m128i mins16 = _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8));
         const float wd = h2f(w[b].d), wdmin = h2f(w[b].dmin);
         for (int r = 0; r < NR; ++r) {
             const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
             const int summs = k4_min_sum_v(mins16, a->bsums);
-            __m512i acc = _mm512_setzero_si512();
-            for (int c = 0; c < 4; ++c) acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(q[c], load512(a->qs + 64 * c)), scale[c]);
-            const int isum = _mm512_reduce_add_epi32(acc);
+            const int isum = _mm512_reduce_add_epi32(k4_products(q, scale, a->qs));
             const float dall = a->d * wd, dmin = a->d * wdmin;
             sumf[r] += dall * float(isum) - dmin * float(summs);
         }
@@ -303,40 +441,59 @@ void k4_rows(int n, const Block* w, const void* act, size_t stride, float* out) 
 
 template <int NR>
 void q4_K_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
+    LOWBIT_SPLIT_ROWS(NR, q4_K_rows_n)
     k4_rows<NR, false>(n, static_cast<const block_q4_K*>(w), act, stride, out);
 }
 
 template <int NR>
 void q5_K_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
+    LOWBIT_SPLIT_ROWS(NR, q5_K_rows_n)
     k4_rows<NR, true>(n, static_cast<const block_q5_K*>(w), act, stride, out);
 }
 
 // Q2_K: per super-block four vectors of 64 two-bit values (half h, shifts j, j+1); one 16-weight
 // sub-block per 128-bit lane, its 4-bit scale picked by a word permute; mins through bsums.
-template <int NR>
-void q2_K_rows_n(int n, const void* vw, const void* act, size_t stride, float* out) {
-    const auto* w = static_cast<const block_q2_K*>(vw);
+// Returns the 16 mins as words (min s pairs with bsums[s]).
+inline __m256i q2_K_decode(const block_q2_K& x, __m512i q[4], __m512i scale[4]) {
     const __m512i m3 = _mm512_set1_epi8(3);
+    const __m128i sc8 = load128(x.scales);
+    const __m512i sc_z = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(_mm_and_si128(sc8, _mm_set1_epi8(0x0F))));
+    for (int g = 0; g < 4; ++g) {  // group g = 2h + j/2: elements 64g .. 64g+63 = sub-blocks 4g .. 4g+3
+        const int h = g / 2, j = 2 * (g % 2);
+        const __m512i shift = _mm512_inserti64x4(_mm512_set1_epi16(short(2 * j)), _mm256_set1_epi16(short(2 * j + 2)), 1);
+        q[g] = _mm512_and_si512(_mm512_srlv_epi16(_mm512_broadcast_i64x4(load256(x.qs + 32 * h)), shift), m3);
+        scale[g] = _mm512_permutexvar_epi16(lane_index4(4 * g), sc_z);
+    }
+    return _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc8, 4), _mm_set1_epi8(0x0F)));
+}
+
+template <int NR>
+void q2_K_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
+    LOWBIT_SPLIT_ROWS(NR, q2_K_rows_n)
+    const auto* x = static_cast<const block_q2_K*>(w);
+    const int nsb = n / QK_K, nsb4 = nsb / 4 * 4;
     float sumf[NR];
     for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
-    for (int b = 0; b < n / QK_K; ++b) {
-        const __m128i sc8 = load128(w[b].scales);
-        const __m512i sc_z = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(_mm_and_si128(sc8, _mm_set1_epi8(0x0F))));
-        const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc8, 4), _mm_set1_epi8(0x0F)));
-        __m512i q[4], scale[4];  // group g = 2h + j/2: elements 64g .. 64g+63 = sub-blocks 4g .. 4g+3
-        for (int g = 0; g < 4; ++g) {
-            const int h = g / 2, j = 2 * (g % 2);
-            const __m512i shift = _mm512_inserti64x4(_mm512_set1_epi16(short(2 * j)), _mm256_set1_epi16(short(2 * j + 2)), 1);
-            q[g] = _mm512_and_si512(_mm512_srlv_epi16(_mm512_broadcast_i64x4(load256(w[b].qs + 32 * h)), shift), m3);
-            scale[g] = _mm512_permutexvar_epi16(lane_index4(4 * g), sc_z);
+    for (int b = 0; b < nsb4; b += 4) {  // groups of 4 super-blocks, as k4_group4
+        __m512i acc[NR][4];
+        __m256i mins[4];
+        for (int j = 0; j < 4; ++j) {
+            __m512i q[4], scale[4];
+            mins[j] = q2_K_decode(x[b + j], q, scale);
+            for (int r = 0; r < NR; ++r) acc[r][j] = k4_products(q, scale, (act_row_q8_K(act, stride, r) + b + j)->qs);
         }
-        const float wd = h2f(w[b].d), wdmin = h2f(w[b].dmin);
+        const __m512i mw01 = _mm512_inserti64x4(_mm512_castsi256_si512(mins[0]), mins[1], 1);
+        const __m512i mw23 = _mm512_inserti64x4(_mm512_castsi256_si512(mins[2]), mins[3], 1);
+        min_k_float4<NR>(x + b, act, stride, b, acc, mw01, mw23, sumf);
+    }
+    for (int b = nsb4; b < nsb; ++b) {  // the last nsb % 4 super-blocks one at a time
+        __m512i q[4], scale[4];
+        const __m256i mins16 = q2_K_decode(x[b], q, scale);
+        const float wd = h2f(x[b].d), wdmin = h2f(x[b].dmin);
         for (int r = 0; r < NR; ++r) {
             const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
             const int summs = hsum_i32(_mm256_madd_epi16(mins16, load256(a->bsums)));
-            __m512i acc = _mm512_setzero_si512();
-            for (int g = 0; g < 4; ++g) acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(q[g], load512(a->qs + 64 * g)), scale[g]);
-            const int isum = _mm512_reduce_add_epi32(acc);
+            const int isum = _mm512_reduce_add_epi32(k4_products(q, scale, a->qs));
             const float dall = a->d * wd, dmin = a->d * wdmin;
             sumf[r] += dall * float(isum) - dmin * float(summs);
         }
@@ -357,119 +514,142 @@ inline __m128i unpack_q3_K_scales_v(const uint8_t* packed) {
     return _mm_sub_epi8(_mm_or_si128(low, _mm_slli_epi16(h2, 4)), _mm_set1_epi8(32));
 }
 
-// Q3_K: values q' = q + 4 * hbit in [0, 7] (weight = q' - 4); the -4 goes through bsums.
-template <int NR>
-void q3_K_rows_n(int n, const void* vw, const void* act, size_t stride, float* out) {
-    const auto* w = static_cast<const block_q3_K*>(vw);
-    const __m512i m3 = _mm512_set1_epi8(3), one = _mm512_set1_epi8(1);
+// Q3_K, Q6_K, IQ4_XS add (a.d * d) * isum per super-block. decode(x) runs once per super-block
+// for all rows; products(decoded, a) gives 16 int32 lanes totalling that row's isum. Groups of 4
+// super-blocks reduce their sums together and run the float step on 4 lanes, then add into
+// sumf in super-block order: the scalar spec's operations and order (bit-exact).
+template <int NR, typename Block, typename Decode, typename Products>
+inline void scaled_k_rows(int n, const Block* x, const void* act, size_t stride, float* out, Decode decode,
+                          Products products) {
+    // more than 4 rows: 4 x NR accumulators would not fit the registers, one super-block at a time
+    const int nsb = n / QK_K, nsb4 = NR <= 4 ? nsb / 4 * 4 : 0;
     float sumf[NR];
     for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
-    for (int b = 0; b < n / QK_K; ++b) {
-        const __m128i sc8 = unpack_q3_K_scales_v(w[b].scales);
-        const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
-        const __m512i sc_z = _mm512_castsi256_si512(sc16);
-        const __m512i hm = _mm512_broadcast_i64x4(load256(w[b].hmask));
-        __m512i q[4], scale[4];  // group g = 2h + sh/2: elements 128h + 32sh .. +63
-        for (int g = 0; g < 4; ++g) {
-            const int h = g / 2, sh = 2 * (g % 2);
-            const __m512i qshift = _mm512_inserti64x4(_mm512_set1_epi16(short(2 * sh)), _mm256_set1_epi16(short(2 * sh + 2)), 1);
-            const __m512i hshift = _mm512_inserti64x4(_mm512_set1_epi16(short(4 * h + sh)), _mm256_set1_epi16(short(4 * h + sh + 1)), 1);
-            const __m512i q2 = _mm512_and_si512(_mm512_srlv_epi16(_mm512_broadcast_i64x4(load256(w[b].qs + 32 * h)), qshift), m3);
-            const __m512i hb = _mm512_and_si512(_mm512_srlv_epi16(hm, hshift), one);
-            q[g] = _mm512_or_si512(q2, _mm512_slli_epi16(hb, 2));
-            scale[g] = _mm512_permutexvar_epi16(lane_index4(4 * g), sc_z);
+    if constexpr (NR <= 4) for (int b = 0; b < nsb4; b += 4) {
+        __m512i acc[NR][4];
+        for (int j = 0; j < 4; ++j) {
+            const auto dec = decode(x[b + j]);
+            for (int r = 0; r < NR; ++r) acc[r][j] = products(dec, act_row_q8_K(act, stride, r) + b + j);
         }
-        const float wd = h2f(w[b].d);
+        const __m128 wd = _mm_cvtph_ps(_mm_setr_epi16(short(x[b].d), short(x[b + 1].d), short(x[b + 2].d), short(x[b + 3].d), 0, 0, 0, 0));
         for (int r = 0; r < NR; ++r) {
             const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
-            const int offset = hsum_i32(_mm256_madd_epi16(sc16, load256(a->bsums)));  // sum sc * bsum
-            __m512i acc = _mm512_setzero_si512();
-            for (int g = 0; g < 4; ++g) acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(q[g], load512(a->qs + 64 * g)), scale[g]);
-            const int isum = _mm512_reduce_add_epi32(acc) - 4 * offset;
-            sumf[r] += (a->d * wd) * float(isum);
+            const __m128 ad = _mm_setr_ps(a[0].d, a[1].d, a[2].d, a[3].d);
+            sumf[r] = add4_in_order(sumf[r], _mm_mul_ps(_mm_mul_ps(ad, wd), _mm_cvtepi32_ps(reduce4_epi32(acc[r]))));
+        }
+    }
+    for (int b = nsb4; b < nsb; ++b) {  // the last nsb % 4 super-blocks (all for NR > 4) one at a time
+        const auto dec = decode(x[b]);
+        const float wd = h2f(x[b].d);
+        for (int r = 0; r < NR; ++r) {
+            const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
+            sumf[r] += (a->d * wd) * float(_mm512_reduce_add_epi32(products(dec, a)));
         }
     }
     for (int r = 0; r < NR; ++r) out[r] = sumf[r];
+}
+
+// Q3_K: values q' = q + 4 * hbit in [0, 7] (weight = q' - 4); the -4 goes through bsums.
+struct Q3KDecoded { __m512i q[4], scale[4]; __m256i sc16; };
+
+inline Q3KDecoded q3_K_decode(const block_q3_K& x) {
+    const __m512i m3 = _mm512_set1_epi8(3), one = _mm512_set1_epi8(1);
+    Q3KDecoded d;
+    d.sc16 = _mm256_cvtepi8_epi16(unpack_q3_K_scales_v(x.scales));
+    const __m512i sc_z = _mm512_castsi256_si512(d.sc16);
+    const __m512i hm = _mm512_broadcast_i64x4(load256(x.hmask));
+    for (int g = 0; g < 4; ++g) {  // group g = 2h + sh/2: elements 128h + 32sh .. +63
+        const int h = g / 2, sh = 2 * (g % 2);
+        const __m512i qshift = _mm512_inserti64x4(_mm512_set1_epi16(short(2 * sh)), _mm256_set1_epi16(short(2 * sh + 2)), 1);
+        const __m512i hshift = _mm512_inserti64x4(_mm512_set1_epi16(short(4 * h + sh)), _mm256_set1_epi16(short(4 * h + sh + 1)), 1);
+        const __m512i q2 = _mm512_and_si512(_mm512_srlv_epi16(_mm512_broadcast_i64x4(load256(x.qs + 32 * h)), qshift), m3);
+        const __m512i hb = _mm512_and_si512(_mm512_srlv_epi16(hm, hshift), one);
+        d.q[g] = _mm512_or_si512(q2, _mm512_slli_epi16(hb, 2));
+        d.scale[g] = _mm512_permutexvar_epi16(lane_index4(4 * g), sc_z);
+    }
+    return d;
+}
+
+// 16 int32 lanes totalling sum sc * q' * y - Shift-scaled sum sc * bsum (Q3_K: 4 = 1 << 2,
+// Q6_K: 32 = 1 << 5): the offset joins the lanes instead of a reduction of its own.
+template <int Shift, typename Decoded>
+inline __m512i offset_products(const Decoded& d, const block_q8_K* a) {
+    __m512i acc = _mm512_setzero_si512();
+    for (int g = 0; g < 4; ++g) acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(d.q[g], load512(a->qs + 64 * g)), d.scale[g]);
+    const __m256i offset = _mm256_madd_epi16(d.sc16, load256(a->bsums));  // sc * bsum pairs
+    return _mm512_sub_epi32(acc, _mm512_zextsi256_si512(_mm256_slli_epi32(offset, Shift)));
+}
+
+template <int NR>
+void q3_K_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
+    LOWBIT_SPLIT_ROWS(NR, q3_K_rows_n)  // grouped super-blocks in both passes (faster than per super-block here)
+    scaled_k_rows<NR>(n, static_cast<const block_q3_K*>(w), act, stride, out, q3_K_decode, offset_products<2, Q3KDecoded>);
 }
 
 // IQ4_XS: two 32-weight sub-blocks per vector; |value| and its sign mask are decoded once, each
 // row negates its activations where the weight is negative (sign trick) and multiplies.
-template <int NR>
-void iq4_xs_rows_n(int n, const void* vw, const void* act, size_t stride, float* out) {
-    const auto* w = static_cast<const block_iq4_xs*>(vw);
+struct Iq4xsDecoded { __m512i mag[4], scale[4]; __mmask64 neg[4]; };
+
+inline Iq4xsDecoded iq4_xs_decode(const block_iq4_xs& x) {
     const __m512i table = _mm512_broadcast_i32x4(load128(kvalues_iq4nl));
-    float sumf[NR];
-    for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
-    for (int b = 0; b < n / QK_K; ++b) {
-        // the 8 scales ls - 32 as words: low 4 bits from scales_l nibbles, high 2 from scales_h
-        uint32_t sl;
-        std::memcpy(&sl, w[b].scales_l, 4);
-        const __m128i l4 = _mm_cvtsi32_si128(int(sl));
-        const __m128i lo = _mm_unpacklo_epi8(_mm_and_si128(l4, _mm_set1_epi8(0x0F)),
-                                             _mm_and_si128(_mm_srli_epi16(l4, 4), _mm_set1_epi8(0x0F)));
-        const __m128i hi = _mm_and_si128(_mm_srlv_epi16(_mm_set1_epi16(short(w[b].scales_h)),
-                                                        _mm_setr_epi16(0, 2, 4, 6, 8, 10, 12, 14)), _mm_set1_epi16(3));
-        const __m128i ls = _mm_sub_epi16(_mm_or_si128(_mm_cvtepu8_epi16(lo), _mm_slli_epi16(hi, 4)), _mm_set1_epi16(32));
-        const __m512i sc_all = _mm512_broadcast_i32x4(ls);
-        __m512i mag[4], scale[4];
-        __mmask64 neg[4];
-        for (int p = 0; p < 4; ++p) {  // sub-blocks 2p, 2p+1 = elements 64p .. 64p+63
-            const __m512i v = _mm512_shuffle_epi8(table, nibble_pair(w[b].qs + 32 * p, w[b].qs + 32 * p + 16));
-            mag[p] = _mm512_abs_epi8(v);
-            neg[p] = _mm512_movepi8_mask(v);
-            const int lo_pick = 0x0100 * (4 * p + 1) + 4 * p, hi_pick = lo_pick + 0x0202;  // words 2p, 2p+1
-            scale[p] = _mm512_shuffle_epi8(sc_all, _mm512_inserti64x4(_mm512_set1_epi16(short(lo_pick)), _mm256_set1_epi16(short(hi_pick)), 1));
-        }
-        const float wd = h2f(w[b].d);
-        for (int r = 0; r < NR; ++r) {
-            const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
-            __m512i acc = _mm512_setzero_si512();
-            for (int p = 0; p < 4; ++p) {
-                const __m512i y = load512(a->qs + 64 * p);
-                const __m512i ys = _mm512_mask_sub_epi8(y, neg[p], _mm512_setzero_si512(), y);
-                acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(mag[p], ys), scale[p]);
-            }
-            sumf[r] += (a->d * wd) * float(_mm512_reduce_add_epi32(acc));
-        }
+    // the 8 scales ls - 32 as words: low 4 bits from scales_l nibbles, high 2 from scales_h
+    const __m128i l4 = _mm_cvtsi32_si128(int(load_u32(x.scales_l)));
+    const __m128i lo = _mm_unpacklo_epi8(_mm_and_si128(l4, _mm_set1_epi8(0x0F)),
+                                         _mm_and_si128(_mm_srli_epi16(l4, 4), _mm_set1_epi8(0x0F)));
+    const __m128i hi = _mm_and_si128(_mm_srlv_epi16(_mm_set1_epi16(short(x.scales_h)),
+                                                    _mm_setr_epi16(0, 2, 4, 6, 8, 10, 12, 14)), _mm_set1_epi16(3));
+    const __m128i ls = _mm_sub_epi16(_mm_or_si128(_mm_cvtepu8_epi16(lo), _mm_slli_epi16(hi, 4)), _mm_set1_epi16(32));
+    const __m512i sc_all = _mm512_broadcast_i32x4(ls);
+    Iq4xsDecoded d;
+    for (int p = 0; p < 4; ++p) {  // sub-blocks 2p, 2p+1 = elements 64p .. 64p+63
+        const __m512i v = _mm512_shuffle_epi8(table, nibble_pair(x.qs + 32 * p, x.qs + 32 * p + 16));
+        d.mag[p] = _mm512_abs_epi8(v);
+        d.neg[p] = _mm512_movepi8_mask(v);
+        const int lo_pick = 0x0100 * (4 * p + 1) + 4 * p, hi_pick = lo_pick + 0x0202;  // words 2p, 2p+1
+        d.scale[p] = _mm512_shuffle_epi8(sc_all, _mm512_inserti64x4(_mm512_set1_epi16(short(lo_pick)), _mm256_set1_epi16(short(hi_pick)), 1));
     }
-    for (int r = 0; r < NR; ++r) out[r] = sumf[r];
+    return d;
+}
+
+// 16 int32 lanes whose total is the super-block's integer sum.
+inline __m512i iq4_xs_products(const Iq4xsDecoded& d, const block_q8_K* a) {
+    __m512i acc = _mm512_setzero_si512();
+    for (int p = 0; p < 4; ++p) {
+        const __m512i y = load512(a->qs + 64 * p);
+        const __m512i ys = _mm512_mask_sub_epi8(y, d.neg[p], _mm512_setzero_si512(), y);
+        acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(d.mag[p], ys), d.scale[p]);
+    }
+    return acc;
+}
+
+template <int NR>
+void iq4_xs_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
+    // no row split: for NR > 4 one super-block at a time beats two grouped passes here
+    scaled_k_rows<NR>(n, static_cast<const block_iq4_xs*>(w), act, stride, out, iq4_xs_decode, iq4_xs_products);
 }
 
 // Q6_K: per half super-block two vectors of 64 six-bit values; per 128-bit lane one sub-block scale.
-template <int NR>
-void q6_K_rows_n(int n, const void* vw, const void* act, size_t stride, float* out) {
-    const auto* w = static_cast<const block_q6_K*>(vw);
+struct Q6KDecoded { __m512i q[4], scale[4]; __m256i sc16; };
+
+inline Q6KDecoded q6_K_decode(const block_q6_K& x) {
     const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(0x30);
-    float sumf[NR];
-    for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
-    for (int b = 0; b < n / QK_K; ++b) {
-        const __m256i sc16 = _mm256_cvtepi8_epi16(load128(w[b].scales));
-        const __m512i sc_z = _mm512_castsi256_si512(sc16);
-        __m512i q[4], scale[4];  // group g: elements 64g .. 64g+63 = sub-blocks 4g .. 4g+3
-        for (int half = 0; half < 2; ++half) {
-            const __m512i ql = load512(w[b].ql + 64 * half);  // [ql0 | ql1]
-            const __m512i hbits = srli_halves<0, 2>(_mm512_broadcast_i64x4(load256(w[b].qh + 32 * half)));
-            q[2 * half] = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_and_si512(_mm512_slli_epi16(hbits, 4), m2));
-            q[2 * half + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), _mm512_and_si512(hbits, m2));
-        }
-        for (int g = 0; g < 4; ++g) {
-            const int s0 = 4 * g;
-            const __m512i idx = _mm512_inserti64x4(
-                _mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_set1_epi16(short(s0)), _mm_set1_epi16(short(s0 + 1)), 1)),
-                _mm256_inserti128_si256(_mm256_set1_epi16(short(s0 + 2)), _mm_set1_epi16(short(s0 + 3)), 1), 1);
-            scale[g] = _mm512_permutexvar_epi16(idx, sc_z);
-        }
-        const float wd = h2f(w[b].d);
-        for (int r = 0; r < NR; ++r) {
-            const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
-            const int offset = hsum_i32(_mm256_madd_epi16(sc16, load256(a->bsums)));  // sum sc * bsum
-            __m512i acc = _mm512_setzero_si512();
-            for (int g = 0; g < 4; ++g) acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(q[g], load512(a->qs + 64 * g)), scale[g]);
-            const int isum = _mm512_reduce_add_epi32(acc) - 32 * offset;
-            sumf[r] += (a->d * wd) * float(isum);
-        }
+    Q6KDecoded d;
+    d.sc16 = _mm256_cvtepi8_epi16(load128(x.scales));
+    const __m512i sc_z = _mm512_castsi256_si512(d.sc16);
+    for (int half = 0; half < 2; ++half) {  // group g: elements 64g .. 64g+63 = sub-blocks 4g .. 4g+3
+        const __m512i ql = load512(x.ql + 64 * half);  // [ql0 | ql1]
+        const __m512i hbits = srli_halves<0, 2>(_mm512_broadcast_i64x4(load256(x.qh + 32 * half)));
+        d.q[2 * half] = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_and_si512(_mm512_slli_epi16(hbits, 4), m2));
+        d.q[2 * half + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), _mm512_and_si512(hbits, m2));
     }
-    for (int r = 0; r < NR; ++r) out[r] = sumf[r];
+    for (int g = 0; g < 4; ++g) d.scale[g] = _mm512_permutexvar_epi16(lane_index4(4 * g), sc_z);
+    return d;
+}
+
+template <int NR>
+void q6_K_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
+    LOWBIT_SPLIT_ROWS(NR, q6_K_rows_n)  // grouped super-blocks in both passes (faster than per super-block here)
+    scaled_k_rows<NR>(n, static_cast<const block_q6_K*>(w), act, stride, out, q6_K_decode, offset_products<5, Q6KDecoded>);
 }
 
 // Float weights x f32 activations: 2 accumulators of 16 lanes per row; masked tail.

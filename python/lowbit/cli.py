@@ -173,6 +173,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .progress import ProgressBar
+    from .quantize import format_result, quantize
+    bars = []      # made on the first progress call, so argument errors print one line only
+
+    def progress(frac):
+        if not args.quiet:
+            if not bars:
+                bars.append(ProgressBar(100, f"quantizing to {args.type.upper()}", unit="count"))
+            bars[0].set(100 * frac)
+        return True
+
+    say = None if args.quiet else (lambda msg: print(f"note: {msg}", file=sys.stderr))
+    try:
+        r = quantize(args.input, args.output, args.type, imatrix=args.imatrix, method=args.method,
+                     n_threads=args.threads, progress=progress, pure=args.pure, log=say)
+    finally:
+        for bar in bars:
+            bar.close("stopped" if sys.exc_info()[0] else "done")
+    print(format_result(r))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lowbit", description="Run and quantize GGUF models locally.")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -233,6 +256,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--kv-type", default="f16", choices=["f16", "q8_0", "f32"], help="KV cache type")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_info)
+
+    sp = sub.add_parser("quantize", help="write a GGUF in another type or llama.cpp recipe (Q4_K_M ...)")
+    sp.add_argument("input", metavar="IN", help="input GGUF (any type lowbit reads)")
+    sp.add_argument("output", metavar="OUT", help="output GGUF (written to a temp file, renamed at the end)")
+    sp.add_argument("--type", required=True, metavar="T",
+                    help="recipe (Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K) or single type "
+                         "(F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q3_K Q4_K Q5_K IQ4_NL IQ4_XS)")
+    sp.add_argument("--imatrix", default=None, metavar="FILE", help="importance matrix (GGUF or legacy .dat)")
+    sp.add_argument("--method", default="rtn", help="rounding method (rtn)")
+    sp.add_argument("--pure", action="store_true", help="every quantizable tensor gets the one type")
+    sp.add_argument("-t", "--threads", type=int, default=None, help="threads (default: all CPUs)")
+    sp.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    sp.set_defaults(func=cmd_quantize)
     return p
 
 

@@ -196,6 +196,21 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_perplexity(args: argparse.Namespace) -> int:
+    from .evaluate import format_perplexity, perplexity
+    with open(args.text, encoding="utf-8") as f:
+        text = f.read()
+    say = None if args.json else (lambda done, total: print(f"  chunk {done}/{total}", file=sys.stderr, flush=True))
+    r = perplexity(str(registry.resolve(args.model, quiet=args.json)), text, n_ctx=args.ctx, n_chunks=args.chunks,
+                   kl_base=str(registry.resolve(args.kl_base, quiet=args.json)) if args.kl_base else None,
+                   n_threads=args.threads, progress=say)
+    if args.json:
+        print(json.dumps(dict(r.to_dict(), model=args.model, kl_base=args.kl_base), indent=2))
+    else:
+        print(format_perplexity(r, args.model))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lowbit", description="Run and quantize GGUF models locally.")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -269,6 +284,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-t", "--threads", type=int, default=None, help="threads (default: all CPUs)")
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     sp.set_defaults(func=cmd_quantize)
+    sp = sub.add_parser("perplexity", help="llama-perplexity's PPL on a text, optionally KL divergence vs a base")
+    sp.add_argument("model", metavar="MODEL", help="a GGUF path or registry name")
+    sp.add_argument("--text", required=True, metavar="FILE", help="UTF-8 text to score")
+    sp.add_argument("--ctx", type=int, default=512, help="chunk length in tokens (second half scored)")
+    sp.add_argument("--chunks", type=int, default=None, help="score at most N chunks (default: all)")
+    sp.add_argument("--kl-base", default=None, metavar="BASE", help="base model for KL divergence statistics")
+    sp.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.set_defaults(func=cmd_perplexity)
     return p
 
 

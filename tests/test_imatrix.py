@@ -144,3 +144,51 @@ def test_quantize_with_imatrix_file(tmp_path, fmt):
             x = src.tensor_bytes(t.name).view(np.float32).reshape(-1, t.shape[0])
             want = quant.quantize(x, r.tensor_types[t.name], imatrix=loaded.importance(t.name))
             assert np.array_equal(dst.tensor_bytes(t.name).reshape(x.shape[0], -1), want), t.name
+
+
+# ---- computing an imatrix -----------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "phi3"])
+def test_calibration_forward_matches_reference(tmp_path, arch):
+    from lowbit.calibrate import CalibrationModel
+    from reference_forward import ReferenceModel
+    path = write_default_model(str(tmp_path / "m.gguf"), arch, "Q4_K")
+    ids = np.random.default_rng(8).integers(0, 100, 40)
+    want = ReferenceModel(path).logits(ids)
+    got = CalibrationModel(path).logits(ids)
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_compute_imatrix_sums_layer_inputs(tmp_path):
+    from lowbit.calibrate import compute_imatrix
+    from reference_forward import ReferenceModel, rms_norm
+    path = write_default_model(str(tmp_path / "m.gguf"), "llama", "F32")
+    text = " ".join(f"word{i % 37} and more{i % 11}" for i in range(300))
+    im = compute_imatrix(path, text, n_ctx=64, n_chunks=3)
+    names = {t.name for t in lowbit.GGUFFile(path).tensors if t.name.startswith("blk.") and len(t.shape) == 2}
+    assert set(im.entries) == names and im.chunk_count == 3 and im.chunk_size == 64
+    assert all(e.counts.tolist() == [3 * 64] for e in im.entries.values())
+    np.testing.assert_array_equal(im.entries["blk.0.attn_q.weight"].sums, im.entries["blk.0.attn_v.weight"].sums)
+    # layer 0's attention input, computed independently in float64
+    tok = lowbit.Tokenizer.from_metadata(lowbit.GGUFFile(path).metadata)
+    ids = tok.encode(text, add_special=False)
+    ref = ReferenceModel(path)
+    want = np.zeros(ref.hparams.n_embd)
+    for c in range(3):
+        chunk = list(ids[c * 64:(c + 1) * 64])
+        if tok.add_bos:
+            chunk[0] = tok.bos_id
+        x = rms_norm(ref.embed(chunk), ref.weight("blk.0.attn_norm.weight"), ref.hparams.rms_eps)
+        want += (x ** 2).sum(0)
+    np.testing.assert_allclose(im.entries["blk.0.attn_q.weight"].sums[0], want, rtol=1e-4)
+
+
+def test_imatrix_cli_writes_a_file_quantize_reads(tmp_path):
+    from lowbit.cli import main
+    path = write_default_model(str(tmp_path / "m.gguf"), "llama", "F32")
+    text = tmp_path / "calib.txt"
+    text.write_text(" ".join(f"token{i % 53}" for i in range(400)))
+    out = tmp_path / "im.dat"
+    assert main(["imatrix", path, "--text", str(text), "-o", str(out), "--ctx", "64", "--chunks", "2", "-q"]) == 0
+    im = load(out)
+    assert im.datasets == [str(text)] and len(im.entries) > 0
+    assert main(["quantize", path, str(tmp_path / "q.gguf"), "--type", "Q4_K_M", "--imatrix", str(out), "-q"]) == 0

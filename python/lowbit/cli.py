@@ -211,6 +211,19 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_imatrix(args: argparse.Namespace) -> int:
+    from .calibrate import compute_imatrix
+    with open(args.text, encoding="utf-8") as f:
+        text = f.read()
+    say = None if args.quiet else (lambda done, total: print(f"  chunk {done}/{total}", file=sys.stderr, flush=True))
+    im = compute_imatrix(str(registry.resolve(args.model, quiet=args.quiet)), text, n_ctx=args.ctx,
+                         n_chunks=args.chunks, progress=say)
+    im.datasets = [args.text]
+    im.save(args.output, fmt=args.output_format)
+    print(f"{args.output}: {len(im.entries)} weight matrices, {im.chunk_count} chunks of {args.ctx} tokens")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lowbit", description="Run and quantize GGUF models locally.")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -293,6 +306,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_perplexity)
+    sp = sub.add_parser("imatrix", help="importance matrix from calibration text (llama.cpp's imatrix format)")
+    sp.add_argument("model", metavar="MODEL", help="a GGUF path or registry name")
+    sp.add_argument("--text", required=True, metavar="FILE", help="UTF-8 calibration text")
+    sp.add_argument("-o", "--output", required=True, metavar="OUT", help="output file (.gguf, or .dat for the legacy format)")
+    sp.add_argument("--output-format", choices=["gguf", "dat"], default=None, help="default: from OUT's suffix")
+    sp.add_argument("--ctx", type=int, default=512, help="chunk length in tokens")
+    sp.add_argument("--chunks", type=int, default=None, help="use at most N chunks (default: all)")
+    sp.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    sp.set_defaults(func=cmd_imatrix)
     return p
 
 

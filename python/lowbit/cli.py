@@ -224,6 +224,29 @@ def cmd_imatrix(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import check_plotting, compare, format_markdown, plot
+    if args.plot:
+        check_plotting()             # before the long work
+    with open(args.text, encoding="utf-8") as f:
+        text = f.read()
+    say = None if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    types = [t for t in args.types.split(",") if t.strip()]
+    rep = compare(str(registry.resolve(args.model, quiet=args.json)), types, text, imatrix=args.imatrix,
+                  out_dir=args.out_dir, n_ctx=args.ctx, n_chunks=args.chunks, n_threads=args.threads,
+                  backend=args.backend, progress=say)
+    rep.text = args.text
+    if args.plot:
+        plot(rep, args.plot)
+    if args.json:
+        print(json.dumps(rep.to_dict(), indent=2))
+    else:
+        print(format_markdown(rep))
+        if args.plot:
+            print(f"\nplot: {args.plot}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lowbit", description="Run and quantize GGUF models locally.")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -315,6 +338,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--chunks", type=int, default=None, help="use at most N chunks (default: all)")
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     sp.set_defaults(func=cmd_imatrix)
+    sp = sub.add_parser("compare", help="quantize several ways; size, memory, speed, PPL and KLD side by side")
+    sp.add_argument("model", metavar="MODEL", help="baseline GGUF path or registry name")
+    sp.add_argument("--types", default="Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q4_0,Q3_K_M,Q2_K",
+                    help="comma-separated candidates; TYPE:rtn or TYPE:imatrix picks the variant")
+    sp.add_argument("--text", required=True, metavar="FILE", help="UTF-8 evaluation text")
+    sp.add_argument("--imatrix", default=None, metavar="FILE", help="importance matrix for the imatrix variants")
+    sp.add_argument("--out-dir", default=None, metavar="DIR", help="keep the quantized files here (default: a temp dir)")
+    sp.add_argument("--plot", default=None, metavar="FILE.png", help="chart of quality loss against size and speed")
+    sp.add_argument("--ctx", type=int, default=512, help="perplexity chunk length")
+    sp.add_argument("--chunks", type=int, default=8, help="perplexity chunks (0: all)")
+    sp.add_argument("--backend", choices=["engine", "numpy"], default="engine",
+                    help="numpy: evaluate with the float32 numpy forward (no speed/memory figures)")
+    sp.add_argument("-t", "--threads", type=int, default=None, help="threads")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.set_defaults(func=cmd_compare)
     return p
 
 

@@ -26,6 +26,8 @@ def setup(tmp_path):
 def test_parse_candidates():
     assert parse_candidates(["q4_k_m", "Q3_K_M:rtn"], True) == [("Q4_K_M", "imatrix"), ("Q3_K_M", "rtn")]
     assert parse_candidates(["Q8_0"], False) == [("Q8_0", "rtn")]
+    with pytest.raises(ValueError, match="needs calibration"):
+        parse_candidates(["Q4_K_M:gptq"], True)
     with pytest.raises(ValueError, match="needs an imatrix"):
         parse_candidates(["Q4_K_M:imatrix"], False)
     with pytest.raises(ValueError, match="unknown quantization type"):
@@ -38,11 +40,13 @@ def test_compare_numpy_backend(setup, tmp_path):
     from lowbit.calibrate import compute_imatrix
     im = compute_imatrix(model, text, n_ctx=64, n_chunks=2)
     steps = []
-    rep = compare(model, ["Q8_0:rtn", "Q4_K_M:rtn", "Q4_K_M:imatrix", "Q2_K:rtn"], text, imatrix=im,
+    rep = compare(model, ["Q8_0:rtn", "Q4_K_M:rtn", "Q4_K_M:imatrix", "Q2_K:rtn", "Q4_K_M:gptq"], text, imatrix=im,
+                  calib_text=text,
                   out_dir=str(tmp_path / "out"), n_ctx=64, n_chunks=3, backend="numpy", progress=steps.append)
     names = [r.name for r in rep.rows]
-    assert names == ["baseline", "Q8_0 rtn", "Q4_K_M rtn", "Q4_K_M imatrix", "Q2_K rtn"]
-    base, q8, q4, q4i, q2 = rep.rows
+    assert names == ["baseline", "Q8_0 rtn", "Q4_K_M rtn", "Q4_K_M imatrix", "Q2_K rtn", "Q4_K_M gptq"]
+    base, q8, q4, q4i, q2, q4g = rep.rows
+    assert q4g.kld_mean > 0 and q4g.file_bytes == q4.file_bytes
     assert base.kld_mean == 0.0 and base.same_top1_pct == 100.0 and base.bits_per_weight == 32.0
     assert 0 < q8.kld_mean < q4.kld_mean < q2.kld_mean
     assert q8.bits_per_weight > q4.bits_per_weight > q2.bits_per_weight
@@ -50,7 +54,7 @@ def test_compare_numpy_backend(setup, tmp_path):
     assert all(os.path.exists(r.path) for r in rep.rows) and rep.n_chunks == 3
     assert any("quantizing Q2_K" in s for s in steps)
     table = format_markdown(rep)
-    assert table.count("\n| ") == 6 and "| baseline |" in table
+    assert table.count("\n| ") == 7 and "| baseline |" in table
 
 
 def test_compare_cli_json_and_errors(setup, tmp_path, capsys):

@@ -186,9 +186,14 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         return True
 
     say = None if args.quiet else (lambda msg: print(f"note: {msg}", file=sys.stderr))
+    calibration = None
+    if args.text:
+        with open(args.text, encoding="utf-8") as f:
+            calibration = f.read()
     try:
         r = quantize(args.input, args.output, args.type, imatrix=args.imatrix, method=args.method,
-                     n_threads=args.threads, progress=progress, pure=args.pure, log=say)
+                     n_threads=args.threads, progress=progress, pure=args.pure, log=say,
+                     calibration=calibration, calib_ctx=args.ctx, calib_chunks=args.chunks)
     finally:
         for bar in bars:
             bar.close("stopped" if sys.exc_info()[0] else "done")
@@ -232,7 +237,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         text = f.read()
     say = None if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
     types = [t for t in args.types.split(",") if t.strip()]
+    calib = None
+    if args.calib_text:
+        with open(args.calib_text, encoding="utf-8") as f:
+            calib = f.read()
     rep = compare(str(registry.resolve(args.model, quiet=args.json)), types, text, imatrix=args.imatrix,
+                  calib_text=calib,
                   out_dir=args.out_dir, n_ctx=args.ctx, n_chunks=args.chunks, n_threads=args.threads,
                   backend=args.backend, progress=say)
     rep.text = args.text
@@ -315,7 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="recipe (Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K) or single type "
                          "(F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q3_K Q4_K Q5_K IQ4_NL IQ4_XS)")
     sp.add_argument("--imatrix", default=None, metavar="FILE", help="importance matrix (GGUF or legacy .dat)")
-    sp.add_argument("--method", default="rtn", help="rounding method (rtn)")
+    sp.add_argument("--method", default="rtn", choices=["rtn", "gptq"],
+                    help="rtn: round each block (imatrix-weighted with --imatrix); gptq: error feedback "
+                         "from calibration activations (needs --text)")
+    sp.add_argument("--text", default=None, metavar="FILE", help="calibration text for --method gptq")
+    sp.add_argument("--ctx", type=int, default=512, help="calibration chunk length (gptq)")
+    sp.add_argument("--chunks", type=int, default=8, help="calibration chunks (gptq)")
     sp.add_argument("--pure", action="store_true", help="every quantizable tensor gets the one type")
     sp.add_argument("-t", "--threads", type=int, default=None, help="threads (default: all CPUs)")
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress output")
@@ -341,9 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("compare", help="quantize several ways; size, memory, speed, PPL and KLD side by side")
     sp.add_argument("model", metavar="MODEL", help="baseline GGUF path or registry name")
     sp.add_argument("--types", default="Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q4_0,Q3_K_M,Q2_K",
-                    help="comma-separated candidates; TYPE:rtn or TYPE:imatrix picks the variant")
+                    help="comma-separated candidates; TYPE:rtn, TYPE:imatrix or TYPE:gptq picks the variant")
     sp.add_argument("--text", required=True, metavar="FILE", help="UTF-8 evaluation text")
     sp.add_argument("--imatrix", default=None, metavar="FILE", help="importance matrix for the imatrix variants")
+    sp.add_argument("--calib-text", default=None, metavar="FILE", help="calibration text for TYPE:gptq candidates")
     sp.add_argument("--out-dir", default=None, metavar="DIR", help="keep the quantized files here (default: a temp dir)")
     sp.add_argument("--plot", default=None, metavar="FILE.png", help="chart of quality loss against size and speed")
     sp.add_argument("--ctx", type=int, default=512, help="perplexity chunk length")

@@ -5,8 +5,8 @@ of a process that loads it and runs the speed test, prompt (pp) and generation (
 perplexity, and KL divergence / same-top-1 % against the baseline on the same tokens.
 
 Candidates are types (``Q4_K_M``), optionally with a variant after a colon: ``Q4_K_M:rtn``
-(plain rounding), ``Q4_K_M:imatrix`` (needs ``imatrix=``). A bare type uses the imatrix when one
-is given. The ``numpy`` backend evaluates with the float32 numpy forward (``calibrate``) instead of
+(plain rounding), ``Q4_K_M:imatrix`` (needs ``imatrix=``), ``Q4_K_M:gptq`` (needs ``calib_text=``,
+which should not be the evaluation text). A bare type uses the imatrix when one is given. The ``numpy`` backend evaluates with the float32 numpy forward (``calibrate``) instead of
 the engine: quality figures only, no speed or memory.
 """
 from __future__ import annotations
@@ -69,7 +69,7 @@ class CompareReport:
         return asdict(self)
 
 
-def parse_candidates(types: Sequence[str], have_imatrix: bool) -> List[tuple]:
+def parse_candidates(types: Sequence[str], have_imatrix: bool, have_calib: bool = False) -> List[tuple]:
     """["Q4_K_M", "Q3_K_M:rtn"] -> [("Q4_K_M", "imatrix"|"rtn"), ("Q3_K_M", "rtn")]."""
     from .recipes import resolve_recipe
     out = []
@@ -77,10 +77,12 @@ def parse_candidates(types: Sequence[str], have_imatrix: bool) -> List[tuple]:
         name, _, variant = spec.strip().partition(":")
         canonical = resolve_recipe(name)[0]
         variant = variant or ("imatrix" if have_imatrix else "rtn")
-        if variant not in ("rtn", "imatrix"):
-            raise ValueError(f"candidate {spec!r}: variant must be 'rtn' or 'imatrix'")
+        if variant not in ("rtn", "imatrix", "gptq"):
+            raise ValueError(f"candidate {spec!r}: variant must be 'rtn', 'imatrix' or 'gptq'")
         if variant == "imatrix" and not have_imatrix:
             raise ValueError(f"candidate {spec!r} needs an imatrix (--imatrix FILE)")
+        if variant == "gptq" and not have_calib:
+            raise ValueError(f"candidate {spec!r} needs calibration text (--calib-text FILE)")
         out.append((canonical, variant))
     return out
 
@@ -128,7 +130,8 @@ def _evaluate(row: Row, base_path: str, text: str, backend: str, n_ctx: int, n_c
     return r.n_chunks
 
 
-def compare(model: str, types: Sequence[str], text: str, *, imatrix=None, out_dir: Optional[str] = None,
+def compare(model: str, types: Sequence[str], text: str, *, imatrix=None, calib_text: Optional[str] = None,
+            out_dir: Optional[str] = None,
             n_ctx: int = 512, n_chunks: Optional[int] = None, n_threads: Optional[int] = None,
             backend: str = "engine", bench_prompt: int = 128, bench_gen: int = 32, bench_reps: int = 2,
             progress: Optional[Callable[[str], None]] = None) -> CompareReport:
@@ -140,7 +143,8 @@ def compare(model: str, types: Sequence[str], text: str, *, imatrix=None, out_di
         from . import _core
         if not hasattr(_core, "Engine"):
             raise LowbitError("this build has no inference engine; use backend='numpy' (--backend numpy)")
-    candidates = parse_candidates(types, imatrix is not None)
+    candidates = parse_candidates(types, imatrix is not None, calib_text is not None)
+    hessians = None
     say = progress or (lambda msg: None)
     out_dir = out_dir or tempfile.mkdtemp(prefix="lowbit-compare-")
     os.makedirs(out_dir, exist_ok=True)
@@ -152,7 +156,12 @@ def compare(model: str, types: Sequence[str], text: str, *, imatrix=None, out_di
         say(f"[{i + 1}/{len(candidates)}] quantizing {qtype} ({variant})")
         path = os.path.join(out_dir, f"{stem}-{qtype}-{variant}.gguf")
         t0 = time.monotonic()
-        quantize(model, path, qtype, imatrix=imatrix if variant == "imatrix" else None, n_threads=n_threads)
+        if variant == "gptq" and hessians is None:
+            from .gptq import collect_hessians
+            say("calibrating (Hessians of every matrix input)")
+            hessians = collect_hessians(model, calib_text, n_ctx=n_ctx, n_chunks=n_chunks)
+        quantize(model, path, qtype, imatrix=imatrix if variant == "imatrix" else None, n_threads=n_threads,
+                 method="gptq" if variant == "gptq" else "rtn", calibration=hessians if variant == "gptq" else None)
         size, bpw = _file_facts(path)
         report.rows.append(Row(f"{qtype} {variant}", path, qtype, variant, size, bpw, time.monotonic() - t0))
     for i, row in enumerate(report.rows):

@@ -30,7 +30,7 @@ from .progress import ProgressFn
 from .recipes import ModelFacts, TensorPlan, plan_types, resolve_recipe
 
 QUANTIZATION_VERSION = 2
-METHODS = ("rtn",)
+METHODS = ("rtn", "gptq")
 # Rows per parallel job: small enough that the C++ side runs each job on one thread.
 _CHUNK_ELEMS = 1 << 17
 _FLOAT_INPUTS = ("F32", "F16", "BF16")
@@ -61,7 +61,8 @@ class QuantizeResult:
 
 def quantize(inp: "str | os.PathLike[str]", out: "str | os.PathLike[str]", type: str,
              imatrix: ImatrixArg = None, method: str = "rtn", n_threads: Optional[int] = None,
-             progress: Optional[ProgressFn] = None, *, pure: bool = False,
+             progress: Optional[ProgressFn] = None, *, pure: bool = False, calibration: Any = None,
+             calib_ctx: int = 512, calib_chunks: Optional[int] = None,
              log: Optional[Callable[[str], None]] = None) -> QuantizeResult:
     """Quantize GGUF ``inp`` to ``out`` with recipe / type ``type`` (see ``recipes``).
 
@@ -69,6 +70,8 @@ def quantize(inp: "str | os.PathLike[str]", out: "str | os.PathLike[str]", type:
     n_threads: worker threads (default: all CPUs). progress(fraction) may return False to cancel
     (raises Cancelled); any exception it raises (KeyboardInterrupt too) aborts and cleans up.
     pure: every quantizable tensor gets the one type (llama-quantize --pure).
+    method="gptq" (see ``gptq``) needs ``calibration``: a text (run through the input model in
+    chunks of calib_ctx tokens, at most calib_chunks) or a ``gptq.Hessians``.
     log: receives fallback and missing-imatrix notices (also kept in the result)."""
     t0 = time.monotonic()
     recipe, ftype_id, _, _ = _check_recipe(type)
@@ -76,6 +79,7 @@ def quantize(inp: "str | os.PathLike[str]", out: "str | os.PathLike[str]", type:
         raise QuantizeError(f"unknown quantization method {method!r}; choose one of {', '.join(METHODS)}")
     src_path, dst_path = _check_paths(inp, out)
     importances = _importance_source(imatrix)
+    hessians = _hessians(method, calibration, src_path, calib_ctx, calib_chunks)
     n_threads = max(1, int(n_threads or os.cpu_count() or 1))
     notices: List[str] = []
 
@@ -99,7 +103,7 @@ def quantize(inp: "str | os.PathLike[str]", out: "str | os.PathLike[str]", type:
                           f"dequantized first, so quantization error adds up", stacklevel=2)
         tmp = _temp_beside(dst_path)
         try:
-            n_bytes = _write(src, plans, tmp, ftype_id, importances, n_threads, progress, note)
+            n_bytes = _write(src, plans, tmp, ftype_id, importances, hessians, n_threads, progress, note)
             _finish_file(tmp)
             os.replace(tmp, dst_path)
         except BaseException:
@@ -155,6 +159,21 @@ def _check_convertible(plans: List[TensorPlan]) -> None:
                                 f"(needed to convert it to {p.dst_type})")
 
 
+def _hessians(method: str, calibration: Any, model_path: str, n_ctx: int, n_chunks: Optional[int]):
+    if method != "gptq":
+        if calibration is not None:
+            raise QuantizeError("calibration data is used by method='gptq' only")
+        return None
+    from .gptq import Hessians, collect_hessians
+    if calibration is None:
+        raise QuantizeError("method 'gptq' needs calibration text (--text FILE)")
+    if isinstance(calibration, Hessians):
+        return calibration
+    if not isinstance(calibration, str):
+        raise QuantizeError(f"calibration must be a text or gptq.Hessians, got {type(calibration).__name__}")
+    return collect_hessians(model_path, calibration, n_ctx=n_ctx, n_chunks=n_chunks)
+
+
 def _importance_source(imatrix: ImatrixArg):
     if imatrix is None:
         return None
@@ -167,7 +186,7 @@ def _importance_source(imatrix: ImatrixArg):
 
 
 # ---- writing ----------------------------------------------------------------------------------
-def _write(src: GGUFFile, plans: List[TensorPlan], path: str, ftype_id: int, importances,
+def _write(src: GGUFFile, plans: List[TensorPlan], path: str, ftype_id: int, importances, hessians,
            n_threads: int, progress: Optional[ProgressFn], note) -> int:
     import gguf
     writer = _make_writer(src, path, ftype_id)
@@ -185,7 +204,7 @@ def _write(src: GGUFFile, plans: List[TensorPlan], path: str, ftype_id: int, imp
                 def tick(n_elems: int) -> None:
                     if progress is not None and progress((done + n_elems) / max(total, 1)) is False:
                         raise Cancelled(f"quantization of {src.path} cancelled by the progress callback")
-                data = _convert(src, p, importances, pool, tick, note)
+                data = _convert(src, p, importances, hessians, pool, tick, note)
                 writer.write_tensor_data(data)
                 n_bytes += data.nbytes
                 done += int(np.prod(p.shape))
@@ -206,7 +225,8 @@ def _finish_file(path: str) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
-def _convert(src: GGUFFile, p: TensorPlan, importances, pool: ThreadPoolExecutor, tick, note) -> np.ndarray:
+def _convert(src: GGUFFile, p: TensorPlan, importances, hessians, pool: ThreadPoolExecutor, tick,
+             note) -> np.ndarray:
     """The bytes of tensor ``p`` in its target type: (rows, row_bytes) uint8 (rows = all but ne0)."""
     raw = src.tensor_bytes(p.name)
     if p.src_type == p.dst_type:
@@ -218,6 +238,10 @@ def _convert(src: GGUFFile, p: TensorPlan, importances, pool: ThreadPoolExecutor
     else:
         x = quant.dequantize(raw, p.src_type, (rows, n))
     n_mat = int(np.prod(p.shape[2:])) if len(p.shape) > 2 else 1
+    h = None if hessians is None or len(p.shape) != 2 or p.dst_type in _FLOAT_INPUTS else hessians.mean(p.name)
+    if h is not None:
+        from .gptq import gptq_quantize
+        return gptq_quantize(x, h, p.dst_type)
     qw = _tensor_importance(p, importances, n * n_mat, note)
     out = np.empty((rows, quant.row_bytes(p.dst_type, n)), dtype=np.uint8)
     rows_per_mat = rows // n_mat

@@ -190,13 +190,18 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.text:
         with open(args.text, encoding="utf-8") as f:
             calibration = f.read()
+    import warnings
     try:
-        r = quantize(args.input, args.output, args.type, imatrix=args.imatrix, method=args.method,
-                     n_threads=args.threads, progress=progress, pure=args.pure, log=say,
-                     calibration=calibration, calib_ctx=args.ctx, calib_chunks=args.chunks)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            r = quantize(args.input, args.output, args.type, imatrix=args.imatrix, method=args.method,
+                         n_threads=args.threads, progress=progress, pure=args.pure, log=say,
+                         calibration=calibration, calib_ctx=args.ctx, calib_chunks=args.chunks)
     finally:
         for bar in bars:
             bar.close("stopped" if sys.exc_info()[0] else "done")
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
     print(format_result(r))
     return 0
 

@@ -29,14 +29,16 @@ class Hessians:
     def __init__(self):
         self.sums: Dict[str, np.ndarray] = {}
         self.counts: Dict[str, int] = {}
-        self._by_input: Dict[int, np.ndarray] = {}
+        self._last: Optional[tuple] = None     # (input array, its x^T x)
 
     def add(self, name: str, x: np.ndarray) -> None:
-        key = id(x)          # q/k/v (and gate/up) see the same input array: one product
-        xtx = self._by_input.get(key)
-        if xtx is None:
+        # q/k/v (and gate/up) are fed the same input array one after another: one product
+        if self._last is not None and self._last[0] is x:
+            xtx = self._last[1]
+        else:
             x64 = np.asarray(x, dtype=np.float64)
-            xtx = self._by_input[key] = x64.T @ x64
+            xtx = x64.T @ x64
+            self._last = (x, xtx)
         if name in self.sums:
             self.sums[name] += xtx
         else:
@@ -44,7 +46,7 @@ class Hessians:
         self.counts[name] = self.counts.get(name, 0) + x.shape[0]
 
     def end_pass(self) -> None:
-        self._by_input.clear()
+        self._last = None
 
     def mean(self, name: str) -> Optional[np.ndarray]:
         if name not in self.sums:

@@ -73,3 +73,11 @@ def test_compare_cli_json_and_errors(setup, tmp_path, capsys):
     if not hasattr(_core, "Engine"):
         with pytest.raises(LowbitError, match="no inference engine"):
             compare(model, ["Q8_0"], "text", backend="engine")
+
+
+def test_report_round_trips_through_json(setup, tmp_path):
+    from lowbit.compare import CompareReport
+    model, text_path = setup
+    rep = compare(model, ["Q8_0"], open(text_path).read(), n_ctx=64, n_chunks=1, backend="numpy")
+    back = CompareReport.from_dict(json.loads(json.dumps(rep.to_dict())))
+    assert back == rep and format_markdown(back) == format_markdown(rep)

@@ -68,6 +68,11 @@ class CompareReport:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "CompareReport":
+        rows = [Row(**r) for r in d.get("rows", [])]
+        return cls(**{k: v for k, v in d.items() if k != "rows"}, rows=rows)
+
 
 def parse_candidates(types: Sequence[str], have_imatrix: bool, have_calib: bool = False) -> List[tuple]:
     """["Q4_K_M", "Q3_K_M:rtn"] -> [("Q4_K_M", "imatrix"|"rtn"), ("Q3_K_M", "rtn")]."""

@@ -92,3 +92,17 @@ def test_real_models(name):
         assert d["architecture"] == "llama" and d["hparams"]["block_count"] == 30
         # 30 layers x 8192 cells x 3 kv heads x (64 + 64) x 2 bytes
         assert d["memory"]["kv_cache_bytes"] == 30 * 8192 * 3 * 128 * 2
+
+
+def test_memory_check_names_estimate_and_largest_context(tmp_path):
+    from lowbit.errors import InsufficientMemory
+    from lowbit.model import check_memory
+    from lowbit.gguf_file import GGUFFile
+    with GGUFFile(write_model(tmp_path / "m.gguf")) as g:
+        meta = g.metadata
+    per_token = 4 * 2 * (16 + 16) * 2            # layers x kv heads x (k+v dims) x f16
+    check_memory(meta, 1000, 100, "f16", available=1000 + 100 * per_token)      # fits exactly
+    with pytest.raises(InsufficientMemory, match=r"n_ctx=100000 needs .* largest context that fits is about 50 tokens"):
+        check_memory(meta, 1000, 100_000, "f16", available=1000 + 50 * per_token)
+    with pytest.raises(MemoryError, match="weights alone"):
+        check_memory(meta, 10**9, 10, "f16", available=10**6)

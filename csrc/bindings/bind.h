@@ -6,5 +6,7 @@
 namespace lowbit {
 void bind_runtime(pybind11::module_& m);
 void bind_gguf(pybind11::module_& m);
+void bind_cpu(pybind11::module_& m);
 void bind_quant(pybind11::module_& m);
+void bind_engine(pybind11::module_& m);
 }  // namespace lowbit

@@ -29,7 +29,8 @@ PYBIND11_MODULE(_core, m) {
         }
     });
     lowbit::bind_runtime(m);
-    lowbit::bind_quant(m);
-  
     lowbit::bind_gguf(m);
+    lowbit::bind_cpu(m);
+    lowbit::bind_quant(m);
+    lowbit::bind_engine(m);
 }

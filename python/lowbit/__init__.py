@@ -22,6 +22,12 @@ from .quantize import QuantizeError, quantize   # the function shadows the submo
 __version__ = "0.1.0"
 
 
+def cpu_features() -> dict:
+    """Detected CPU features and the kernel set in use (see ``lowbit.cpu``)."""
+    from . import cpu
+    return cpu.features()
+
+
 def cuda_status() -> dict:
     """Whether this build has CUDA, how many devices it sees and their facts.
 
@@ -32,6 +38,6 @@ def cuda_status() -> dict:
 
 __all__ = [
     "Cancelled", "CudaError", "GGUFError", "GGUFFile", "GGUFTensorInfo", "LowbitError", "ModelError",
-    "Generation", "Model", "RegistryError", "SamplingParams", "TemplateError", "Tokenizer", "cuda_status",
+    "Generation", "Model", "RegistryError", "SamplingParams", "TemplateError", "Tokenizer", "cpu_features", "cuda_status",
     "load", "quant", "quantize", "QuantizeError", "registry", "__version__",
 ]

@@ -379,7 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv            # accepted anywhere on the line, not only before COMMAND
+    args = parser.parse_args([a for a in argv if a != "--debug"])
+    args.debug = args.debug or debug
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

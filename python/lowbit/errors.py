@@ -29,3 +29,9 @@ class CudaError(LowbitError, RuntimeError):
 
 class Cancelled(LowbitError):
     """Work was stopped by cancel() or by a progress callback returning False."""
+
+
+class InsufficientMemory(LowbitError, MemoryError):
+    """The asked configuration (context length, KV type) needs more memory than is available.
+
+    The message shows the estimate and the largest context that would fit."""

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import registry
 from .chat import default_template, render_chat
-from .errors import Cancelled, CudaError, LowbitError
+from .errors import Cancelled, CudaError, InsufficientMemory, LowbitError
 from .generate import Generation, GenerationStream, peak_rss_bytes, run
 from .memory import Hparams, kv_cache_bytes
 from .progress import ProgressFn
@@ -46,6 +46,32 @@ def default_n_ctx(meta: Mapping, kv_type: str) -> int:
         while n_ctx > 512 and kv_cache_bytes(hp, n_ctx, kv_type) > budget:
             n_ctx //= 2
     return n_ctx
+
+
+def check_memory(meta: Mapping, weights_bytes: int, n_ctx: int, kv_type: str,
+                 available: Optional[int] = None) -> None:
+    """Raise InsufficientMemory when weights + KV cache for ``n_ctx`` exceed available memory,
+    naming the estimate and the largest context that fits."""
+    available = _available_memory_bytes() if available is None else available
+    if not available:
+        return
+    hp = Hparams.from_metadata(meta)
+    need = weights_bytes + kv_cache_bytes(hp, n_ctx, kv_type)
+    if need <= available:
+        return
+    lo, hi = 0, n_ctx          # largest n with weights + kv(n) <= available
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if weights_bytes + kv_cache_bytes(hp, mid, kv_type) <= available:
+            lo = mid
+        else:
+            hi = mid - 1
+    fits = f"the largest context that fits is about {lo} tokens" if lo >= 16 else \
+        "even the weights alone do not fit"
+    raise InsufficientMemory(
+        f"n_ctx={n_ctx} needs about {need / 2**30:.2f} GiB (weights {weights_bytes / 2**30:.2f} GiB + "
+        f"KV cache {kv_type} {(need - weights_bytes) / 2**30:.2f} GiB) but {available / 2**30:.2f} GiB "
+        f"is available; {fits}")
 
 
 def _prefault(path: str, progress: Optional[ProgressFn], start: float, span: float) -> None:
@@ -104,8 +130,10 @@ def load(path_or_name: Union[str, os.PathLike], *, n_ctx: Optional[int] = None,
         raise Cancelled("load cancelled by the progress callback")
     with GGUFFile(path) as g:
         meta = g.metadata
+        weights_bytes = sum(t.nbytes for t in g.tensors)
     tokenizer = Tokenizer.from_metadata(meta)
     n_ctx = n_ctx or default_n_ctx(meta, kv_type)
+    check_memory(meta, weights_bytes, n_ctx, kv_type)
     start = 0.5 if pulled else 0.0
     _prefault(path, progress, start, (1.0 - start) * 0.9)
     engine = _core.Engine(path, int(n_ctx), int(n_threads or 0), int(n_batch), kv_type)

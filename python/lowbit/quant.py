@@ -22,7 +22,7 @@ import numpy as np
 
 from . import _core
 
-__all__ = ["quantize", "dequantize", "types", "type_info", "row_bytes"]
+__all__ = ["quantize", "dequantize", "matmul", "types", "type_info", "row_bytes"]
 
 
 def types() -> list[dict[str, Any]]:
@@ -80,3 +80,12 @@ def dequantize(raw: Any, type: str, shape: int | Sequence[int]) -> np.ndarray:
                          f"needs {expected} ({rows} rows x {expected // max(rows, 1)} bytes)")
     out = _core.dequantize(np.ascontiguousarray(data), type, rows, n)
     return out.reshape(shape)
+
+
+def matmul(raw_weights: Any, type: str, shape: Sequence[int], x: Any, n_threads: int | None = None) -> np.ndarray:
+    """y = W x with W given as raw blocks of ``type`` and ``shape`` = (rows, cols): the CPU
+    kernels of ``lowbit.cpu`` (activations quantized to q8 for quantized types, as llama.cpp).
+    ``x`` is (cols,) or (n, cols) float32; the result is (rows,) or (n, rows)."""
+    from .cpu import matmul as _cpu_matmul
+    return _cpu_matmul(raw_weights, type, tuple(shape), x, n_threads=n_threads)
+

@@ -1,0 +1,151 @@
+"""CPU kernel benchmark: decode mat-vec bandwidth and prefill mat-mat throughput per type.
+
+    PYTHONPATH=python python bench/bench_kernels.py [--json out.json] [--types Q4_0,Q4_K] [--quick]
+
+Mat-vec: GB/s of weight bytes for decode shapes (rows x cols) with 1 and 2 threads, weights cycled
+through enough copies to exceed 4x the L3 (so every call streams from DRAM), against the read
+bandwidth measured in the same run (lowbit.cpu.read_bandwidth: threads summing a 1 GiB buffer),
+at the start (the % in the table) and again at the end (pct_of_best_read_bw in the JSON uses the
+better of the two).
+Prefill: GOP/s (2*rows*cols*n) of one mat-mat of n activation rows vs looping the mat-vec.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+from lowbit import cpu
+
+TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS",
+         "F16", "BF16", "F32"]
+BLOCK = {"Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24), "Q8_0": (32, 34),
+         "IQ4_NL": (32, 18), "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176),
+         "Q6_K": (256, 210), "IQ4_XS": (256, 136), "F16": (1, 2), "BF16": (1, 2), "F32": (1, 4)}
+SCALE_OFFSETS = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0], "IQ4_NL": [0],
+                 "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208], "IQ4_XS": [0]}
+COLD_BYTES = 128 << 20  # > 4x the 32 MiB L3 of the dev machine
+
+
+def random_weights(rng, type_name, rows, cols) -> np.ndarray:
+    bs, bb = BLOCK[type_name]
+    if type_name == "F32":
+        return rng.standard_normal((rows, cols), dtype=np.float32).view(np.uint8)
+    if type_name in ("F16", "BF16"):
+        return rng.integers(0x3000, 0x3c00, size=(rows, cols), dtype=np.uint16).view(np.uint8)
+    raw = rng.integers(0, 256, size=(rows * cols // bs, bb), dtype=np.uint8)
+    for off in SCALE_OFFSETS[type_name]:
+        raw[:, off:off + 2] = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)
+    return raw.reshape(rows, -1)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def time_calls(fn, n_calls) -> float:
+    """Median seconds per call."""
+    times = []
+    for i in range(n_calls):
+        t0 = time.perf_counter()
+        fn(i)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_matvec(rng, type_name, rows, cols, threads) -> float:
+    w = random_weights(rng, type_name, rows, cols)
+    copies = [w] + [w.copy() for _ in range(max(0, -(-COLD_BYTES // w.nbytes) - 1))]
+    x = rng.standard_normal(cols, dtype=np.float32)
+    cpu.matmul(copies[0], type_name, (rows, cols), x, n_threads=threads)  # warm the pool
+    n_calls = max(8, min(60, int(2e9 // (w.nbytes * 4))))
+    t = time_calls(lambda i: cpu.matmul(copies[i % len(copies)], type_name, (rows, cols), x, n_threads=threads),
+                   n_calls)
+    return w.nbytes / t / 1e9
+
+
+def bench_prefill(rng, type_name, rows, cols, n, threads) -> tuple[float, float]:
+    """(mat-mat GOP/s, looped mat-vec GOP/s)."""
+    w = random_weights(rng, type_name, rows, cols)
+    x = rng.standard_normal((n, cols), dtype=np.float32)
+    ops = 2.0 * rows * cols
+    cpu.matmul(w, type_name, (rows, cols), x[:8], n_threads=threads)
+    t_mm = time_calls(lambda i: cpu.matmul(w, type_name, (rows, cols), x, n_threads=threads), 3)
+    n_loop = 64  # per-row cost of the loop is flat; time a slice of it
+    t_loop = time_calls(lambda i: [cpu.matmul(w, type_name, (rows, cols), x[j], n_threads=threads)
+                                   for j in range(n_loop)], 3)
+    return ops * n / t_mm / 1e9, ops * n_loop / t_loop / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", help="write results to this JSON file")
+    ap.add_argument("--types", default=",".join(TYPES))
+    ap.add_argument("--kernels", default=None, help="force a kernel set (scalar, avx2, avx512)")
+    ap.add_argument("--prefill-rows", type=int, default=512)
+    ap.add_argument("--quick", action="store_true", help="4096x4096 only, fewer types")
+    args = ap.parse_args()
+    if args.kernels:
+        cpu.set_kernels(args.kernels)
+    types = args.types.split(",")
+    shapes = [(4096, 4096)] if args.quick else [(4096, 4096), (14336, 4096)]
+    rng = np.random.default_rng(0)
+    feats = cpu.features()
+    threads = sorted({1, feats["physical_cores"]} | {2})
+    bw = {t: cpu.read_bandwidth(t, 1 << 30, 3) for t in threads}
+    res = {"machine": cpu_model(), "cores": feats["physical_cores"], "kernels": cpu.get_kernels(),
+           "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+           "load_avg_start": os.getloadavg(), "read_bandwidth_gbs": bw, "matvec": [], "prefill": []}
+
+    print(f"{res['machine']}, {res['cores']} cores, {res['date']}, load average {res['load_avg_start'][0]:.2f}")
+    print(f"kernels={res['kernels']}  read bandwidth: " + ", ".join(f"{t}T {g:.1f} GB/s" for t, g in bw.items()))
+    print("\n| type | shape | " + " | ".join(f"{t}T GB/s (% of read bw)" for t in threads) + " |")
+    print("|---|---|" + "---|" * len(threads))
+    for ty in types:
+        for rows, cols in shapes:
+            cells = []
+            for t in threads:
+                gbs = bench_matvec(rng, ty, rows, cols, t)
+                res["matvec"].append({"type": ty, "rows": rows, "cols": cols, "threads": t, "gbs": gbs,
+                                      "pct_of_read_bw": 100 * gbs / bw[t]})
+                cells.append(f"{gbs:.1f} ({100 * gbs / bw[t]:.0f}%)")
+            print(f"| {ty} | {rows}x{cols} | " + " | ".join(cells) + " |", flush=True)
+
+    n = args.prefill_rows
+    t = max(threads)
+    print(f"\nPrefill {n} rows x 4096x4096 weights, {t} threads\n")
+    print("| type | mat-mat GOP/s | looped mat-vec GOP/s | speed-up per row |")
+    print("|---|---|---|---|")
+    for ty in types:
+        mm, loop = bench_prefill(rng, ty, 4096, 4096, n, t)
+        res["prefill"].append({"type": ty, "rows": 4096, "cols": 4096, "n": n, "threads": t,
+                               "matmul_gops": mm, "loop_matvec_gops": loop, "speedup": mm / loop})
+        print(f"| {ty} | {mm:.1f} | {loop:.1f} | {mm / loop:.2f}x |", flush=True)
+    # bandwidth again at the end: the reference is the better of the two (conservative %)
+    bw_end = {t: cpu.read_bandwidth(t, 1 << 30, 3) for t in threads}
+    res["read_bandwidth_end_gbs"] = bw_end
+    if any(bw_end[t] > bw[t] for t in threads):
+        print("\nread bandwidth at the end: " + ", ".join(f"{t}T {g:.1f} GB/s" for t, g in bw_end.items()))
+    for row in res["matvec"]:
+        row["pct_of_best_read_bw"] = 100 * row["gbs"] / max(bw[row["threads"]], bw_end[row["threads"]])
+    res["load_avg_end"] = os.getloadavg()
+    print(f"\nload average start {res['load_avg_start']}, end {res['load_avg_end']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+// bind_engine.cpp: lowbit._core.Engine, the decoding engine (runtime/engine.h). No logic here:
+// argument conversion, the GIL released around compute.
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include <cerrno>
+#include <vector>
+
+#include "bindings/bind.h"
+#include "common.h"
+#include "gguf/gguf.h"
+#include "runtime/engine.h"
+
+namespace py = pybind11;
+
+namespace lowbit {
+namespace {
+
+using runtime::Engine;
+
+// A 1-D integer array (or sequence) of token ids as int32; ValueError names what was wrong.
+std::vector<int32_t> token_ids(const py::handle& obj) {
+    py::array arr = py::array::ensure(obj);
+    LOWBIT_CHECK(arr, ValueError, "tokens must be a 1-D integer array");
+    LOWBIT_CHECK(arr.ndim() == 1, ValueError, "tokens must be 1-D, got ", arr.ndim(), " dims");
+    const char kind = arr.dtype().kind();
+    LOWBIT_CHECK(kind == 'i' || kind == 'u' || arr.size() == 0, ValueError,
+                 "tokens must be integers, got dtype kind '", kind, "'");
+    auto ids = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(arr);
+    std::vector<int32_t> out(size_t(ids.size()));
+    const int64_t* p = ids.data();
+    for (size_t i = 0; i < out.size(); ++i) {
+        LOWBIT_CHECK(p[i] >= 0 && p[i] <= INT32_MAX, ValueError, "token id ", p[i], " at index ", i,
+                     " is out of range");
+        out[i] = int32_t(p[i]);
+    }
+    return out;
+}
+
+py::array_t<float> eval(Engine& e, const py::object& tokens, bool all_logits) {
+    const std::vector<int32_t> ids = token_ids(tokens);
+    const int64_t n_vocab = e.config().n_vocab;
+    LOWBIT_CHECK(!ids.empty(), ValueError, "eval needs at least one token");
+    py::array_t<float> out = all_logits ? py::array_t<float>({int64_t(ids.size()), n_vocab})
+                                        : py::array_t<float>({n_vocab});
+    float* dst = out.mutable_data();
+    {
+        py::gil_scoped_release nogil;
+        e.eval(ids.data(), int64_t(ids.size()), all_logits, dst);
+    }
+    return out;
+}
+
+py::dict memory(const Engine& e) {
+    const runtime::MemoryReport r = e.memory();
+    py::dict weights;
+    for (const auto& [type, bytes] : r.weights_by_type) weights[py::str(type)] = bytes;
+    py::dict kv;
+    kv["bytes"] = r.kv_bytes;
+    kv["cells"] = r.kv_cells;
+    kv["layers"] = r.kv_layers;
+    kv["type"] = r.kv_type;
+    py::dict d;
+    d["weights"] = weights;
+    d["weights_bytes"] = r.weights_bytes;
+    d["weights_copied_bytes"] = r.weights_copied_bytes;
+    d["kv_cache"] = kv;
+    d["scratch_bytes"] = r.scratch_bytes;
+    d["total_bytes"] = r.total_bytes;
+    return d;
+}
+
+}  // namespace
+
+void bind_engine(py::module_& m) {
+    py::class_<Engine>(m, "Engine", "Decoding engine over one GGUF model: KV cache, batched prefill, decode.")
+        .def(py::init([](const std::string& path, int64_t n_ctx, int n_threads, int64_t n_batch,
+                         const std::string& kv_type) {
+                 try {
+                     py::gil_scoped_release nogil;
+                     return std::make_unique<Engine>(path, n_ctx, n_threads, n_batch, kv_type);
+                 } catch (const FileOpenError& e) {   // errno -> FileNotFoundError, PermissionError...
+                     errno = e.errno_value;
+                     PyErr_SetFromErrnoWithFilename(PyExc_OSError, path.c_str());
+                     throw py::error_already_set();
+                 }
+             }),
+             py::arg("path"), py::arg("n_ctx") = 4096, py::arg("n_threads") = 2, py::arg("n_batch") = 512,
+             py::arg("kv_type") = "f16")
+        .def("eval", &eval, py::arg("tokens"), py::arg("all_logits") = false,
+             "Append tokens at positions n_past..; logits of the last token (n_vocab,) or of all (n, n_vocab).")
+        .def("truncate", [](Engine& e, int64_t n) { py::gil_scoped_release nogil; return e.truncate(n); },
+             py::arg("n"), "Drop cached positions >= n; returns the new n_past (0 when a sliding window lost it).")
+        .def("shift", [](Engine& e, int64_t keep, int64_t discard) {
+                 py::gil_scoped_release nogil;
+                 return e.shift(keep, discard);
+             }, py::arg("n_keep"), py::arg("n_discard"),
+             "Drop positions [n_keep, n_keep + n_discard) and move later ones down; returns the new n_past.")
+        .def("cancel", &Engine::cancel, "Stop the running eval (thread-safe); stays set until reset_cancel().")
+        .def("reset_cancel", &Engine::reset_cancel)
+        .def("memory", &memory)
+        .def("close", [](Engine& e) { py::gil_scoped_release nogil; e.close(); })
+        .def_property_readonly("arch", [](const Engine& e) { return model::arch_name(e.config().arch); })
+        .def_property_readonly("n_vocab", [](const Engine& e) { return e.config().n_vocab; })
+        .def_property_readonly("n_ctx_train", [](const Engine& e) { return e.config().n_ctx_train; })
+        .def_property_readonly("n_layers", [](const Engine& e) { return e.config().n_layers; })
+        .def_property_readonly("n_embd", [](const Engine& e) { return e.config().n_embd; })
+        .def_property_readonly("n_ctx", &Engine::n_ctx)
+        .def_property_readonly("n_batch", &Engine::n_batch)
+        .def_property_readonly("n_threads", &Engine::n_threads)
+        .def_property_readonly("n_past", [](const Engine& e) { py::gil_scoped_release nogil; return e.n_past(); })
+        .def_property_readonly("kv_type", &Engine::kv_type)
+        .def_property_readonly("kernels", &Engine::kernels);
+}
+
+}  // namespace lowbit

@@ -1,0 +1,166 @@
+// dispatch.cpp: cpuid/xgetbv feature detection, the kernel-set choice, per-type lookups.
+#include "cpu/dispatch.h"
+
+#include <cpuid.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <mutex>
+
+#include "common.h"
+
+namespace lowbit::cpu {
+namespace {
+
+uint64_t read_xcr0() {
+    uint32_t eax, edx;
+    __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
+    return (uint64_t(edx) << 32) | eax;
+}
+
+CpuFeatures detect() {
+    CpuFeatures f;
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
+    const bool osxsave = c & (1u << 27);
+    f.fma = c & (1u << 12);
+    f.f16c = c & (1u << 29);
+    const bool avx = c & (1u << 28);
+    if (osxsave && avx) {
+        const uint64_t xcr0 = read_xcr0();
+        f.os_avx = (xcr0 & 0x6) == 0x6;            // SSE + AVX state
+        f.os_avx512 = (xcr0 & 0xE6) == 0xE6;       // + opmask, ZMM_Hi256, Hi16_ZMM
+    }
+    if (__get_cpuid_max(0, nullptr) >= 7) {
+        __cpuid_count(7, 0, a, b, c, d);
+        f.avx2 = b & (1u << 5);
+        f.bmi2 = b & (1u << 8);
+        f.avx512f = b & (1u << 16);
+        f.avx512dq = b & (1u << 17);
+        f.avx512bw = b & (1u << 30);
+        f.avx512vl = b & (1u << 31);
+        f.avx512vnni = c & (1u << 11);
+        __cpuid_count(7, 1, a, b, c, d);
+        f.avxvnni = a & (1u << 4);
+        f.avx512bf16 = a & (1u << 5);
+    }
+    return f;
+}
+
+const KernelSet* set_named(const std::string& name) {
+    const CpuFeatures& f = cpu_features();
+    if (name == "scalar") return &scalar::kKernels;
+    if (name == "avx2" && f.has_avx2_level()) return &avx2::kKernels;
+    if (name == "avx512" && f.has_avx512_level()) return &avx512::kKernels;
+    const bool known = name == "avx2" || name == "avx512";
+    throw ValueError(str("CPU kernel set '", name, "' ", known ? "is not supported by this CPU" : "is unknown",
+                         "; valid choices are scalar, avx2, avx512; this CPU supports: ", supported_levels()));
+}
+
+std::atomic<const KernelSet*> g_current{nullptr};
+std::mutex g_choose_mutex;
+
+}  // namespace
+
+bool CpuFeatures::has_avx2_level() const { return os_avx && avx2 && fma && f16c && bmi2; }
+
+bool CpuFeatures::has_avx512_level() const {
+    return has_avx2_level() && os_avx512 && avx512f && avx512bw && avx512vl && avx512dq && avx512vnni;
+}
+
+const CpuFeatures& cpu_features() {
+    static const CpuFeatures f = detect();
+    return f;
+}
+
+std::string supported_levels() {
+    const CpuFeatures& f = cpu_features();
+    std::string s = "scalar";
+    if (f.has_avx2_level()) s += ", avx2";
+    if (f.has_avx512_level()) s += ", avx512";
+    return s;
+}
+
+const KernelSet& kernels() {
+    const KernelSet* ks = g_current.load(std::memory_order_acquire);
+    if (ks) return *ks;
+    std::lock_guard<std::mutex> lock(g_choose_mutex);
+    ks = g_current.load(std::memory_order_acquire);
+    if (ks) return *ks;
+    const char* env = std::getenv("LOWBIT_CPU");
+    if (env && *env) {
+        ks = set_named(env);  // throws for a bad value; nothing is cached, so it stays an error
+    } else {
+        const CpuFeatures& f = cpu_features();
+        ks = f.has_avx512_level() ? &avx512::kKernels : f.has_avx2_level() ? &avx2::kKernels : &scalar::kKernels;
+    }
+    g_current.store(ks, std::memory_order_release);
+    return *ks;
+}
+
+void set_kernels(const std::string& name) { g_current.store(set_named(name), std::memory_order_release); }
+
+VecDotFn kernel_for(const KernelSet& ks, GGMLType type) {
+    switch (type) {
+        case GGMLType::Q4_0: return ks.q4_0;
+        case GGMLType::Q4_1: return ks.q4_1;
+        case GGMLType::Q5_0: return ks.q5_0;
+        case GGMLType::Q5_1: return ks.q5_1;
+        case GGMLType::Q8_0: return ks.q8_0;
+        case GGMLType::IQ4_NL: return ks.iq4_nl;
+        case GGMLType::Q2_K: return ks.q2_K;
+        case GGMLType::Q3_K: return ks.q3_K;
+        case GGMLType::Q4_K: return ks.q4_K;
+        case GGMLType::Q5_K: return ks.q5_K;
+        case GGMLType::Q6_K: return ks.q6_K;
+        case GGMLType::IQ4_XS: return ks.iq4_xs;
+        case GGMLType::F32: return ks.f32;
+        case GGMLType::F16: return ks.f16;
+        case GGMLType::BF16: return ks.bf16;
+        default: return nullptr;
+    }
+}
+
+VecDotRowsFn rows_kernel_for(const KernelSet& ks, GGMLType type) {
+    switch (type) {
+        case GGMLType::Q4_0: return ks.q4_0_rows;
+        case GGMLType::Q4_1: return ks.q4_1_rows;
+        case GGMLType::Q5_0: return ks.q5_0_rows;
+        case GGMLType::Q5_1: return ks.q5_1_rows;
+        case GGMLType::Q8_0: return ks.q8_0_rows;
+        case GGMLType::IQ4_NL: return ks.iq4_nl_rows;
+        case GGMLType::Q2_K: return ks.q2_K_rows;
+        case GGMLType::Q3_K: return ks.q3_K_rows;
+        case GGMLType::Q4_K: return ks.q4_K_rows;
+        case GGMLType::Q5_K: return ks.q5_K_rows;
+        case GGMLType::Q6_K: return ks.q6_K_rows;
+        case GGMLType::IQ4_XS: return ks.iq4_xs_rows;
+        case GGMLType::F32: return ks.f32_rows;
+        case GGMLType::F16: return ks.f16_rows;
+        case GGMLType::BF16: return ks.bf16_rows;
+        default: return nullptr;
+    }
+}
+
+ActFormat act_format(GGMLType type) {
+    switch (type) {
+        case GGMLType::Q4_0: case GGMLType::Q4_1: case GGMLType::Q5_0: case GGMLType::Q5_1:
+        case GGMLType::Q8_0: case GGMLType::IQ4_NL:
+            return ActFormat::Q8_0;
+        case GGMLType::Q2_K: case GGMLType::Q3_K: case GGMLType::Q4_K: case GGMLType::Q5_K:
+        case GGMLType::Q6_K: case GGMLType::IQ4_XS:
+            return ActFormat::Q8_K;
+        default:
+            return ActFormat::F32;
+    }
+}
+
+size_t act_row_bytes(ActFormat fmt, int64_t n) {
+    switch (fmt) {
+        case ActFormat::Q8_0: return size_t(n / QK8_0) * sizeof(block_q8_0);
+        case ActFormat::Q8_K: return size_t(n / QK_K) * sizeof(block_q8_K);
+        default: return size_t(n) * sizeof(float);
+    }
+}
+
+}  // namespace lowbit::cpu

@@ -1,0 +1,493 @@
+// dot_x86_256.h: 256-bit dot kernels and activation quantizers, included by dot_avx2.cpp
+// and dot_avx512.cpp only (the files CMake compiles with the ISA flags).
+//
+// The includer defines LOWBIT_SIMD_NS (the namespace the functions land in, so the two copies
+// never merge at link time), LOWBIT_VNNI (1: u8 x s8 dot via vpdpbusd, 0: maddubs + madd) and
+// LOWBIT_FN(name), the name each public function gets (avx512 suffixes them and wraps or
+// replaces them with 512-bit versions).
+// Everything here has internal linkage or lives in that namespace, and uses no inline function
+// from other headers (an out-of-line copy compiled with these flags could be picked by the
+// linker for baseline code).
+//
+// Exactness (kernels.h): every block's integer sum is exact: maddubs never saturates here
+// (u8 <= 127, or |products| <= 2*127*127 in the sign trick). k-quants reduce the integer sums
+// of a super-block to one int and then repeat the scalar float expression; legacy types keep
+// 8 float lanes.
+#pragma once
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/kernels.h"
+
+#if !defined(LOWBIT_SIMD_NS) || !defined(LOWBIT_VNNI) || !defined(LOWBIT_FN)
+#error "define LOWBIT_SIMD_NS, LOWBIT_VNNI and LOWBIT_FN before including dot_x86_256.h"
+#endif
+
+namespace lowbit::cpu::LOWBIT_SIMD_NS {
+namespace {
+
+inline float h2f(uint16_t h) { return _cvtsh_ss(h); }  // exact, as fp16_to_fp32
+
+// ---- integer helpers ------------------------------------------------------------------------
+
+// 8 int32: each the sum of 4 adjacent u8 x s8 products.
+inline __m256i mul_sum_us8(__m256i u, __m256i s) {
+#if LOWBIT_VNNI
+    // The zmm form: always EVEX. GCC emits the VEX (AVX-VNNI) form for the ymm intrinsic when
+    // -mavxvnni is on, and that faults on AVX-512 VNNI CPUs without AVX-VNNI (Zen 4, Ice Lake).
+    const __m512i r = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_castsi256_si512(u), _mm512_castsi256_si512(s));
+    return _mm512_castsi512_si256(r);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+
+// Signed x signed through the sign trick: |x| * (y with x's sign).
+inline __m256i mul_sum_i8(__m256i x, __m256i y) {
+    return mul_sum_us8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+}
+
+// 16 int16 pair sums of u8 x s8, then times a per-lane int16 scale -> 8 int32.
+inline __m256i scaled_pairs(__m256i u, __m256i s, __m256i scale16) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scale16);
+}
+
+inline int hsum_i32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(s);
+}
+
+inline float hsum_f32(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+inline __m128i load128(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
+
+// 16 packed bytes -> 32 bytes: low nibbles (elements 0..15), then high nibbles (16..31).
+inline __m256i nibbles_32(const uint8_t* qs) {
+    const __m128i x = load128(qs);
+    const __m128i m = _mm_set1_epi8(0x0F);
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_and_si128(x, m)),
+                                   _mm_and_si128(_mm_srli_epi16(x, 4), m), 1);
+}
+
+// 32 bits -> 32 bytes, 0xFF where bit j of the word is set.
+inline __m256i bits_to_bytes_32(const uint8_t* p) {
+    uint32_t x32;
+    std::memcpy(&x32, p, 4);
+    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+    const __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(int(x32)), shuf);
+    const __m256i bit = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
+    return _mm256_cmpeq_epi8(_mm256_or_si256(bytes, bit), _mm256_set1_epi64x(-1));
+}
+
+// Scale vector for two consecutive 16-element sub-blocks: words of `lo` then of `hi`.
+inline __m256i two_scales(int lo, int hi) {
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16(short(lo))), _mm_set1_epi16(short(hi)), 1);
+}
+
+}  // namespace
+
+// ---- activation quantizers (bit-identical to the scalar spec) --------------------------------
+
+void LOWBIT_FN(quantize_act_q8_0)(const float* x, block_q8_0* y, int n) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int b = 0; b < n / QK8_0; ++b, x += QK8_0) {
+        __m256 v[4], amax = _mm256_setzero_ps();
+        for (int k = 0; k < 4; ++k) {
+            v[k] = _mm256_loadu_ps(x + 8 * k);
+            amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[k]));
+        }
+        __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+        m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_max_ss(m, _mm_movehdup_ps(m));
+        const float d = _mm_cvtss_f32(m) / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[b].d = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
+        const __m256 vid = _mm256_set1_ps(id);
+        __m256i q[4];
+        for (int k = 0; k < 4; ++k) q[k] = _mm256_cvtps_epi32(_mm256_mul_ps(v[k], vid));  // nearest-even
+        const __m256i p16 = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // undo the per-lane packing
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(y[b].qs), _mm256_permutevar8x32_epi32(p16, order));
+    }
+}
+
+void LOWBIT_FN(quantize_act_q8_K)(const float* x, block_q8_K* y, int n) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int b = 0; b < n / QK_K; ++b, x += QK_K) {
+        __m256 amax8 = _mm256_setzero_ps();
+        for (int k = 0; k < QK_K; k += 8) amax8 = _mm256_max_ps(amax8, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + k)));
+        __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax8), _mm256_extractf128_ps(amax8, 1));
+        m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_max_ss(m, _mm_movehdup_ps(m));
+        const float amax = _mm_cvtss_f32(m);
+        if (amax == 0.0f) {
+            std::memset(&y[b], 0, sizeof(block_q8_K));
+            continue;
+        }
+        int first = 0;  // first element of largest magnitude: its sign sets the scale's sign
+        for (int k = 0; k < QK_K; k += 8) {
+            const __m256 eq = _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + k)), _mm256_set1_ps(amax), _CMP_EQ_OQ);
+            const int mask = _mm256_movemask_ps(eq);
+            if (mask) { first = k + __builtin_ctz(unsigned(mask)); break; }
+        }
+        const float iscale = -127.0f / x[first];
+        const __m256 vs = _mm256_set1_ps(iscale);
+        const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for (int k = 0; k < QK_K; k += 32) {
+            __m256i q[4];
+            for (int j = 0; j < 4; ++j)
+                q[j] = _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(vs, _mm256_loadu_ps(x + k + 8 * j))),
+                                        _mm256_set1_epi32(127));
+            const __m256i p16 = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            const __m256i q8 = _mm256_permutevar8x32_epi32(p16, order);
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(y[b].qs + k), q8);
+            // bsums of the two 16-element groups: widen to int16 and add pairwise
+            const __m256i s16 = _mm256_maddubs_epi16(_mm256_set1_epi8(1), q8);   // 16 x (2 elems)
+            const __m256i s32 = _mm256_madd_epi16(s16, _mm256_set1_epi16(1));     // 8 x (4 elems)
+            const __m128i a = _mm_hadd_epi32(_mm256_castsi256_si128(s32), _mm256_extracti128_si256(s32, 1));
+            const __m128i b2 = _mm_hadd_epi32(a, a);   // 2 x (16 elems)
+            y[b].bsums[k / 16] = int16_t(_mm_cvtsi128_si32(b2));
+            y[b].bsums[k / 16 + 1] = int16_t(_mm_extract_epi32(b2, 1));
+        }
+        y[b].d = 1.0f / iscale;
+    }
+}
+
+// ---- legacy 32-blocks x q8_0 ----------------------------------------------------------------
+
+float LOWBIT_FN(vec_dot_q4_0)(int n, const void* vw, const void* va) {
+    const auto* w = static_cast<const block_q4_0*>(vw);
+    const auto* a = static_cast<const block_q8_0*>(va);
+    __m256 acc = _mm256_setzero_ps();
+    const __m256i off = _mm256_set1_epi8(8);
+    for (int b = 0; b < n / QK4_0; ++b) {
+        const __m256 d = _mm256_set1_ps(h2f(w[b].d) * h2f(a[b].d));
+        const __m256i qx = _mm256_sub_epi8(nibbles_32(w[b].qs), off);
+        const __m256i p = mul_sum_i8(qx, load256(a[b].qs));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc);
+    }
+    return hsum_f32(acc);
+}
+
+float LOWBIT_FN(vec_dot_q4_1)(int n, const void* vw, const void* va) {
+    const auto* w = static_cast<const block_q4_1*>(vw);
+    const auto* a = static_cast<const block_q8_0*>(va);
+    __m256 acc = _mm256_setzero_ps(), acc_m = _mm256_setzero_ps();
+    const __m256i ones = _mm256_set1_epi8(1);
+    for (int b = 0; b < n / QK4_1; ++b) {
+        const float da = h2f(a[b].d);
+        const __m256i qy = load256(a[b].qs);
+        const __m256i p = mul_sum_us8(nibbles_32(w[b].qs), qy);
+        const __m256i sy = mul_sum_us8(ones, qy);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(h2f(w[b].d) * da), acc);
+        acc_m = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sy), _mm256_set1_ps(h2f(w[b].m) * da), acc_m);
+    }
+    return hsum_f32(_mm256_add_ps(acc, acc_m));
+}
+
+float LOWBIT_FN(vec_dot_q5_0)(int n, const void* vw, const void* va) {
+    const auto* w = static_cast<const block_q5_0*>(vw);
+    const auto* a = static_cast<const block_q8_0*>(va);
+    __m256 acc = _mm256_setzero_ps();
+    const __m256i hi_off = _mm256_set1_epi8(char(0xF0));
+    for (int b = 0; b < n / QK5_0; ++b) {
+        const __m256 d = _mm256_set1_ps(h2f(w[b].d) * h2f(a[b].d));
+        // q - 16 as int8: the nibble with 0xF0 or-ed in where the fifth bit is clear
+        const __m256i qx = _mm256_or_si256(nibbles_32(w[b].qs), _mm256_andnot_si256(bits_to_bytes_32(w[b].qh), hi_off));
+        const __m256i p = mul_sum_i8(qx, load256(a[b].qs));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc);
+    }
+    return hsum_f32(acc);
+}
+
+float LOWBIT_FN(vec_dot_q5_1)(int n, const void* vw, const void* va) {
+    const auto* w = static_cast<const block_q5_1*>(vw);
+    const auto* a = static_cast<const block_q8_0*>(va);
+    __m256 acc = _mm256_setzero_ps(), acc_m = _mm256_setzero_ps();
+    const __m256i ones = _mm256_set1_epi8(1), bit4 = _mm256_set1_epi8(0x10);
+    for (int b = 0; b < n / QK5_1; ++b) {
+        const float da = h2f(a[b].d);
+        const __m256i qy = load256(a[b].qs);
+        const __m256i qx = _mm256_or_si256(nibbles_32(w[b].qs), _mm256_and_si256(bits_to_bytes_32(w[b].qh), bit4));
+        const __m256i p = mul_sum_us8(qx, qy);
+        const __m256i sy = mul_sum_us8(ones, qy);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(h2f(w[b].d) * da), acc);
+        acc_m = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sy), _mm256_set1_ps(h2f(w[b].m) * da), acc_m);
+    }
+    return hsum_f32(_mm256_add_ps(acc, acc_m));
+}
+
+float LOWBIT_FN(vec_dot_q8_0)(int n, const void* vw, const void* va) {
+    const auto* w = static_cast<const block_q8_0*>(vw);
+    const auto* a = static_cast<const block_q8_0*>(va);
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < n / QK8_0; ++b) {
+        const __m256 d = _mm256_set1_ps(h2f(w[b].d) * h2f(a[b].d));
+        const __m256i p = mul_sum_i8(load256(w[b].qs), load256(a[b].qs));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc);
+    }
+    return hsum_f32(acc);
+}
+
+float LOWBIT_FN(vec_dot_iq4_nl)(int n, const void* vw, const void* va) {
+    const auto* w = static_cast<const block_iq4_nl*>(vw);
+    const auto* a = static_cast<const block_q8_0*>(va);
+    const __m256i table = _mm256_broadcastsi128_si256(load128(kvalues_iq4nl));
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < n / QK4_NL; ++b) {
+        const __m256 d = _mm256_set1_ps(h2f(w[b].d) * h2f(a[b].d));
+        const __m256i qx = _mm256_shuffle_epi8(table, nibbles_32(w[b].qs));
+        const __m256i p = mul_sum_i8(qx, load256(a[b].qs));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc);
+    }
+    return hsum_f32(acc);
+}
+
+// ---- k-quants x q8_K: exact int per super-block, then the scalar float expression ------------
+
+float LOWBIT_FN(vec_dot_q2_K)(int n, const void* vw, const void* va) {
+    const auto* w = static_cast<const block_q2_K*>(vw);
+    const auto* a = static_cast<const block_q8_K*>(va);
+    const __m256i m3 = _mm256_set1_epi8(3);
+    float sumf = 0.0f;
+    for (int b = 0; b < n / QK_K; ++b) {
+        const __m128i sc8 = load128(w[b].scales);
+        const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc8, 4), _mm_set1_epi8(0x0F)));
+        const int summs = hsum_i32(_mm256_madd_epi16(mins16, load256(a[b].bsums)));
+        __m256i acc = _mm256_setzero_si256();
+        for (int half = 0; half < 2; ++half) {
+            const __m256i q2 = load256(w[b].qs + 32 * half);
+            for (int j = 0; j < 4; ++j) {  // elements 128*half + 32*j .. +31 = sub-blocks 8*half+2j, +1
+                const int s = 8 * half + 2 * j;
+                const __m256i qx = _mm256_and_si256(_mm256_srli_epi16(q2, 2 * j), m3);
+                const __m256i scale = two_scales(w[b].scales[s] & 0xF, w[b].scales[s + 1] & 0xF);
+                acc = _mm256_add_epi32(acc, scaled_pairs(qx, load256(a[b].qs + 16 * s), scale));
+            }
+        }
+        const int isum = hsum_i32(acc);
+        const float dall = a[b].d * h2f(w[b].d), dmin = a[b].d * h2f(w[b].dmin);
+        sumf += dall * float(isum) - dmin * float(summs);
+    }
+    return sumf;
+}
+
+float LOWBIT_FN(vec_dot_q3_K)(int n, const void* vw, const void* va) {
+    const auto* w = static_cast<const block_q3_K*>(vw);
+    const auto* a = static_cast<const block_q8_K*>(va);
+    const __m256i m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    float sumf = 0.0f;
+    for (int b = 0; b < n / QK_K; ++b) {
+        uint32_t aux[4];  // unpack the 16 6-bit scales (bias 32) as the scalar spec
+        std::memcpy(aux, w[b].scales, 12);
+        const uint32_t kmask1 = 0x03030303, kmask2 = 0x0f0f0f0f, tmp = aux[2];
+        aux[2] = ((aux[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4);
+        aux[3] = ((aux[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4);
+        aux[0] = (aux[0] & kmask2) | (((tmp >> 0) & kmask1) << 4);
+        aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
+        int8_t scales[16];
+        std::memcpy(scales, aux, 16);
+        const __m256i hm_not = _mm256_xor_si256(load256(w[b].hmask), _mm256_set1_epi8(-1));
+        __m256i acc = _mm256_setzero_si256();
+        for (int half = 0; half < 2; ++half) {
+            const __m256i q3 = load256(w[b].qs + 32 * half);
+            for (int sh = 0; sh < 4; ++sh) {  // elements 128*half + 32*sh .. +31
+                const int s = 8 * half + 2 * sh;
+                const __m256i qx = _mm256_and_si256(_mm256_srli_epi16(q3, 2 * sh), m3);
+                const __m256i h4 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hm_not, 4 * half + sh), one), 2);
+                const __m256i qy = load256(a[b].qs + 16 * s);
+                const __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(qx, qy), _mm256_maddubs_epi16(h4, qy));
+                const __m256i scale = two_scales(scales[s] - 32, scales[s + 1] - 32);
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p16, scale));
+            }
+        }
+        sumf += (a[b].d * h2f(w[b].d)) * float(hsum_i32(acc));
+    }
+    return sumf;
+}
+
+namespace {
+// Q4_K / Q5_K: 8 six-bit scales (bytes 0..7) and mins (bytes 8..15) from the 12 packed bytes.
+inline void unpack_k4_scales(const uint8_t* packed, uint8_t* out16) {
+    uint32_t u[4];
+    std::memcpy(u, packed, 12);
+    const uint32_t kmask1 = 0x3f3f3f3f, kmask2 = 0x0f0f0f0f, kmask3 = 0x03030303;
+    u[3] = ((u[2] >> 4) & kmask2) | (((u[1] >> 6) & kmask3) << 4);
+    const uint32_t uaux = u[1] & kmask1;
+    u[1] = (u[2] & kmask2) | (((u[0] >> 6) & kmask3) << 4);
+    u[2] = uaux;
+    u[0] &= kmask1;
+    std::memcpy(out16, u, 16);
+}
+
+// sum over the 8 sub-blocks of mins[s] * (bsums[2s] + bsums[2s+1]).
+inline int k4_min_sum(const uint8_t* mins8, const int16_t* bsums) {
+    const __m256i b = load256(bsums);
+    const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
+    const __m128i mins = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mins8)));
+    __m128i s = _mm_madd_epi16(mins, pairs);
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(s);
+}
+}  // namespace
+
+float LOWBIT_FN(vec_dot_q4_K)(int n, const void* vw, const void* va) {
+    const auto* w = static_cast<const block_q4_K*>(vw);
+    const auto* a = static_cast<const block_q8_K*>(va);
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    float sumf = 0.0f;
+    for (int b = 0; b < n / QK_K; ++b) {
+        uint8_t sm[16];
+        unpack_k4_scales(w[b].scales, sm);
+        const int summs = k4_min_sum(sm + 8, a[b].bsums);
+        __m256i acc = _mm256_setzero_si256();
+        for (int c = 0; c < 4; ++c) {  // 64 elements: sub-blocks 2c (low nibbles), 2c+1 (high)
+            const __m256i q4 = load256(w[b].qs + 32 * c);
+            const __m256i lo = _mm256_and_si256(q4, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+            acc = _mm256_add_epi32(acc, scaled_pairs(lo, load256(a[b].qs + 64 * c), _mm256_set1_epi16(sm[2 * c])));
+            acc = _mm256_add_epi32(acc, scaled_pairs(hi, load256(a[b].qs + 64 * c + 32), _mm256_set1_epi16(sm[2 * c + 1])));
+        }
+        const int isum = hsum_i32(acc);
+        const float dall = a[b].d * h2f(w[b].d), dmin = a[b].d * h2f(w[b].dmin);
+        sumf += dall * float(isum) - dmin * float(summs);
+    }
+    return sumf;
+}
+
+float LOWBIT_FN(vec_dot_q5_K)(int n, const void* vw, const void* va) {
+    const auto* w = static_cast<const block_q5_K*>(vw);
+    const auto* a = static_cast<const block_q8_K*>(va);
+    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    float sumf = 0.0f;
+    for (int b = 0; b < n / QK_K; ++b) {
+        uint8_t sm[16];
+        unpack_k4_scales(w[b].scales, sm);
+        const int summs = k4_min_sum(sm + 8, a[b].bsums);
+        const __m256i qh = load256(w[b].qh);
+        __m256i acc = _mm256_setzero_si256();
+        for (int c = 0; c < 4; ++c) {
+            const __m256i q4 = load256(w[b].qs + 32 * c);
+            const __m256i h_lo = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), one), 4);
+            const __m256i h_hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), one), 4);
+            const __m256i lo = _mm256_or_si256(_mm256_and_si256(q4, m4), h_lo);
+            const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4, 4), m4), h_hi);
+            acc = _mm256_add_epi32(acc, scaled_pairs(lo, load256(a[b].qs + 64 * c), _mm256_set1_epi16(sm[2 * c])));
+            acc = _mm256_add_epi32(acc, scaled_pairs(hi, load256(a[b].qs + 64 * c + 32), _mm256_set1_epi16(sm[2 * c + 1])));
+        }
+        const int isum = hsum_i32(acc);
+        const float dall = a[b].d * h2f(w[b].d), dmin = a[b].d * h2f(w[b].dmin);
+        sumf += dall * float(isum) - dmin * float(summs);
+    }
+    return sumf;
+}
+
+float LOWBIT_FN(vec_dot_q6_K)(int n, const void* vw, const void* va) {
+    const auto* w = static_cast<const block_q6_K*>(vw);
+    const auto* a = static_cast<const block_q8_K*>(va);
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x30);
+    float sumf = 0.0f;
+    for (int b = 0; b < n / QK_K; ++b) {
+        const __m256i sc16 = _mm256_cvtepi8_epi16(load128(w[b].scales));
+        const int offset = hsum_i32(_mm256_madd_epi16(sc16, load256(a[b].bsums)));  // sum sc * bsum
+        __m256i acc = _mm256_setzero_si256();
+        for (int half = 0; half < 2; ++half) {
+            const __m256i ql0 = load256(w[b].ql + 64 * half), ql1 = load256(w[b].ql + 64 * half + 32);
+            const __m256i qh = load256(w[b].qh + 32 * half);
+            const __m256i q[4] = {
+                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m2)),
+                _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m2)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m2)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2)),
+            };
+            for (int k = 0; k < 4; ++k) {  // elements 128*half + 32k: sub-blocks s, s+1
+                const int s = 8 * half + 2 * k;
+                const __m256i scale = two_scales(w[b].scales[s], w[b].scales[s + 1]);
+                acc = _mm256_add_epi32(acc, scaled_pairs(q[k], load256(a[b].qs + 16 * s), scale));
+            }
+        }
+        const int isum = hsum_i32(acc) - 32 * offset;
+        sumf += (a[b].d * h2f(w[b].d)) * float(isum);
+    }
+    return sumf;
+}
+
+float LOWBIT_FN(vec_dot_iq4_xs)(int n, const void* vw, const void* va) {
+    const auto* w = static_cast<const block_iq4_xs*>(vw);
+    const auto* a = static_cast<const block_q8_K*>(va);
+    const __m256i table = _mm256_broadcastsi128_si256(load128(kvalues_iq4nl));
+    float sumf = 0.0f;
+    for (int b = 0; b < n / QK_K; ++b) {
+        __m256i acc = _mm256_setzero_si256();
+        for (int s = 0; s < 8; ++s) {
+            const int ls = ((w[b].scales_l[s / 2] >> (4 * (s % 2))) & 0xF) | (((w[b].scales_h >> (2 * s)) & 3) << 4);
+            const __m256i qx = _mm256_shuffle_epi8(table, nibbles_32(w[b].qs + 16 * s));
+            const __m256i qy = load256(a[b].qs + 32 * s);
+            const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p16, _mm256_set1_epi16(short(ls - 32))));
+        }
+        sumf += (a[b].d * h2f(w[b].d)) * float(hsum_i32(acc));
+    }
+    return sumf;
+}
+
+// ---- float weights x float activations: 4 x 8 f32 lanes, tail in scalar f32 ------------------
+
+
+float LOWBIT_FN(vec_dot_f32)(int n, const void* vw, const void* va) {
+    const auto* w = static_cast<const float*>(vw);
+    const auto* a = static_cast<const float*>(va);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    int i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int k = 0; k < 4; ++k)
+            acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8 * k), _mm256_loadu_ps(a + i + 8 * k), acc[k]);
+    float sum = hsum_f32(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    for (; i < n; ++i) sum += w[i] * a[i];
+    return sum;
+}
+
+float LOWBIT_FN(vec_dot_f16)(int n, const void* vw, const void* va) {
+    const auto* w = static_cast<const uint16_t*>(vw);
+    const auto* a = static_cast<const float*>(va);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    int i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int k = 0; k < 4; ++k)
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtph_ps(load128(w + i + 8 * k)), _mm256_loadu_ps(a + i + 8 * k), acc[k]);
+    float sum = hsum_f32(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    for (; i < n; ++i) sum += h2f(w[i]) * a[i];
+    return sum;
+}
+
+float LOWBIT_FN(vec_dot_bf16)(int n, const void* vw, const void* va) {
+    const auto* w = static_cast<const uint16_t*>(vw);
+    const auto* a = static_cast<const float*>(va);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    int i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int k = 0; k < 4; ++k) {
+            const __m256i wi = _mm256_slli_epi32(_mm256_cvtepu16_epi32(load128(w + i + 8 * k)), 16);
+            acc[k] = _mm256_fmadd_ps(_mm256_castsi256_ps(wi), _mm256_loadu_ps(a + i + 8 * k), acc[k]);
+        }
+    float sum = hsum_f32(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    for (; i < n; ++i) {
+        const uint32_t bits = uint32_t(w[i]) << 16;
+        float f;
+        std::memcpy(&f, &bits, 4);
+        sum += f * a[i];
+    }
+    return sum;
+}
+
+}  // namespace lowbit::cpu::LOWBIT_SIMD_NS

@@ -1,0 +1,106 @@
+// kernels.h: the CPU dot-product kernel interface.
+//
+// A dot multiplies one weight row (n elements, stored as the type's blocks) with one activation
+// row. Quantized weights dot against quantized activations:
+//   Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL        x  block_q8_0 activations (32 per block)
+//   Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_XS        x  block_q8_K activations (256 per block, with bsums)
+//   F32 F16 BF16                           x  float activations
+// n must be a multiple of the weight type's block size (callers check; kernels do not).
+//
+// Three implementations of every function, one namespace each: scalar (the spec, dot_scalar.cpp),
+// avx2 (dot_avx2.cpp) and avx512 (dot_avx512.cpp). The integer sum of every block is exact in all
+// of them. Float combination:
+//   k-quants and IQ4_XS: per super-block float math in the same order as the scalar spec, so the
+//     SIMD result equals the scalar one bit for bit.
+//   legacy 32-blocks and F32/F16/BF16: SIMD keeps per-lane float partial sums (different
+//     reduction order), so they agree with the scalar spec within tier 1 (tests: <= 2e-7 per
+//     block, 1e-7 per element for floats, relative to sum |w_i * a_i|).
+// Multi-row dots (VecDotRowsFn) give each row exactly what the single-row dot of the same set
+// gives, so a mat-mat equals a loop of mat-vecs bit for bit in every set.
+// Activation quantizers round to nearest-even in every implementation and agree bit for bit.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "quant/blocks.h"
+
+namespace lowbit::cpu {
+
+// One weight row . one activation row (see the table above for the activation format).
+using VecDotFn = float (*)(int n, const void* weight_blocks, const void* act);
+// Several activation rows at once (prefill): out[i] = dot(weight row, activation row i) for
+// i < nrows <= kMaxDotRows, activation rows act_stride bytes apart. Decodes each weight block once
+// for all rows; every out[i] equals the single-row dot bit for bit.
+using VecDotRowsFn = void (*)(int n, const void* weight_blocks, const void* act, size_t act_stride, int nrows,
+                              float* out);
+constexpr int kMaxDotRows = 8;
+using QuantizeQ8_0Fn = void (*)(const float* x, block_q8_0* y, int n);  // n % 32 == 0
+using QuantizeQ8_KFn = void (*)(const float* x, block_q8_K* y, int n);  // n % 256 == 0
+
+// The activation format a weight type dots against.
+enum class ActFormat { F32, Q8_0, Q8_K };
+
+// Every kernel for one ISA level. Dispatch picks one set; matmul calls through it.
+struct KernelSet {
+    const char* name;  // "scalar", "avx2", "avx512"
+    VecDotFn q4_0, q4_1, q5_0, q5_1, q8_0, iq4_nl;
+    VecDotFn q2_K, q3_K, q4_K, q5_K, q6_K, iq4_xs;
+    VecDotFn f32, f16, bf16;
+    QuantizeQ8_0Fn quantize_q8_0;
+    QuantizeQ8_KFn quantize_q8_K;
+    // Multi-row dots, same order of types as above.
+    VecDotRowsFn q4_0_rows, q4_1_rows, q5_0_rows, q5_1_rows, q8_0_rows, iq4_nl_rows;
+    VecDotRowsFn q2_K_rows, q3_K_rows, q4_K_rows, q5_K_rows, q6_K_rows, iq4_xs_rows;
+    VecDotRowsFn f32_rows, f16_rows, bf16_rows;
+};
+
+// The multi-row dot as a loop of single-row dots (types without a dedicated kernel).
+template <VecDotFn Dot>
+void dot_rows_loop(int n, const void* w, const void* act, size_t act_stride, int nrows, float* out) {
+    for (int i = 0; i < nrows; ++i) out[i] = Dot(n, w, static_cast<const uint8_t*>(act) + size_t(i) * act_stride);
+}
+
+// The list of a KernelSet's multi-row members, each the row loop of the single dot `ns::vec_dot_*`
+// unless the set provides its own (ISA files override entries after this macro).
+#define LOWBIT_ROW_LOOPS(ns)                                                                          \
+    dot_rows_loop<ns::vec_dot_q4_0>, dot_rows_loop<ns::vec_dot_q4_1>, dot_rows_loop<ns::vec_dot_q5_0>, \
+    dot_rows_loop<ns::vec_dot_q5_1>, dot_rows_loop<ns::vec_dot_q8_0>, dot_rows_loop<ns::vec_dot_iq4_nl>, \
+    dot_rows_loop<ns::vec_dot_q2_K>, dot_rows_loop<ns::vec_dot_q3_K>, dot_rows_loop<ns::vec_dot_q4_K>, \
+    dot_rows_loop<ns::vec_dot_q5_K>, dot_rows_loop<ns::vec_dot_q6_K>, dot_rows_loop<ns::vec_dot_iq4_xs>, \
+    dot_rows_loop<ns::vec_dot_f32>, dot_rows_loop<ns::vec_dot_f16>, dot_rows_loop<ns::vec_dot_bf16>
+
+// The dot of `type` in `ks`, or nullptr when lowbit has no CPU kernel for that type.
+VecDotFn kernel_for(const KernelSet& ks, GGMLType type);
+VecDotRowsFn rows_kernel_for(const KernelSet& ks, GGMLType type);
+// Activation format of `type`; only meaningful where kernel_for is non-null.
+ActFormat act_format(GGMLType type);
+// Bytes of one activation row of n elements in `fmt`.
+size_t act_row_bytes(ActFormat fmt, int64_t n);
+
+#define LOWBIT_DECLARE_KERNELS                                                   \
+    float vec_dot_q4_0(int n, const void* w, const void* a);                    \
+    float vec_dot_q4_1(int n, const void* w, const void* a);                    \
+    float vec_dot_q5_0(int n, const void* w, const void* a);                    \
+    float vec_dot_q5_1(int n, const void* w, const void* a);                    \
+    float vec_dot_q8_0(int n, const void* w, const void* a);                    \
+    float vec_dot_iq4_nl(int n, const void* w, const void* a);                  \
+    float vec_dot_q2_K(int n, const void* w, const void* a);                    \
+    float vec_dot_q3_K(int n, const void* w, const void* a);                    \
+    float vec_dot_q4_K(int n, const void* w, const void* a);                    \
+    float vec_dot_q5_K(int n, const void* w, const void* a);                    \
+    float vec_dot_q6_K(int n, const void* w, const void* a);                    \
+    float vec_dot_iq4_xs(int n, const void* w, const void* a);                  \
+    float vec_dot_f32(int n, const void* w, const void* a);                     \
+    float vec_dot_f16(int n, const void* w, const void* a);                     \
+    float vec_dot_bf16(int n, const void* w, const void* a);                    \
+    void quantize_act_q8_0(const float* x, block_q8_0* y, int n);               \
+    void quantize_act_q8_K(const float* x, block_q8_K* y, int n);               \
+    extern const KernelSet kKernels;
+
+namespace scalar { LOWBIT_DECLARE_KERNELS }
+namespace avx2 { LOWBIT_DECLARE_KERNELS }
+namespace avx512 { LOWBIT_DECLARE_KERNELS }
+
+#undef LOWBIT_DECLARE_KERNELS
+
+}  // namespace lowbit::cpu

@@ -1,0 +1,145 @@
+// matmul.cpp: see matmul.h.
+#include "cpu/matmul.h"
+
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
+#include "common.h"
+#include "cpu/dispatch.h"
+#include "cpu/kernels.h"
+
+namespace lowbit::cpu {
+namespace {
+
+constexpr int64_t kActTile = kMaxDotRows;  // activation rows per prefill tile (one multi-row dot)
+constexpr int64_t kTargetChunks = 8;  // chunks per thread: enough to balance, few enough to be cheap
+
+// The activation rows x (n, cols), quantized for `type`: n rows of act_row_bytes each.
+struct QuantizedActs {
+    AlignedBuffer<uint8_t> data;
+    size_t row_bytes = 0;
+    const void* row(int64_t i) const { return data.data() + size_t(i) * row_bytes; }
+};
+
+void quantize_rows(const KernelSet& ks, GGMLType type, int64_t cols, const float* x, int64_t n, QuantizedActs& out,
+                   ThreadPool& pool) {
+    const ActFormat fmt = act_format(type);
+    out.row_bytes = act_row_bytes(fmt, cols);
+    out.data.resize(size_t(n) * out.row_bytes);
+    if (fmt == ActFormat::F32) {
+        std::memcpy(out.data.data(), x, size_t(n) * out.row_bytes);
+        return;
+    }
+    auto quantize_one = [&](int64_t i, int) {
+        void* dst = out.data.data() + size_t(i) * out.row_bytes;
+        if (fmt == ActFormat::Q8_0) ks.quantize_q8_0(x + i * cols, static_cast<block_q8_0*>(dst), int(cols));
+        else ks.quantize_q8_K(x + i * cols, static_cast<block_q8_K*>(dst), int(cols));
+    };
+    if (n == 1) quantize_one(0, 0);
+    else pool.parallel_for(n, quantize_one);
+}
+
+int64_t rows_per_chunk(int64_t rows, const ThreadPool& pool, int64_t multiple) {
+    const int64_t want = std::max<int64_t>(1, rows / (int64_t(pool.size()) * kTargetChunks));
+    return std::max(multiple, (want + multiple - 1) / multiple * multiple);
+}
+
+}  // namespace
+
+void check_matmul_shape(GGMLType type, int64_t rows, int64_t cols) {
+    const GGMLTypeSize* ts = ggml_type_size(static_cast<uint32_t>(type));
+    LOWBIT_CHECK(ts && kernel_for(scalar::kKernels, type), ValueError, "no CPU matmul kernel for GGML type id ",
+                 static_cast<uint32_t>(type), ts ? str(" (", ts->name, ")") : std::string());
+    LOWBIT_CHECK(rows > 0 && cols > 0, ValueError, "matmul shape (", rows, ", ", cols, ") must be positive");
+    LOWBIT_CHECK(cols % ts->block_elems == 0, ValueError, "matmul cols ", cols, " is not a multiple of the ",
+                 ts->name, " block size ", ts->block_elems);
+    LOWBIT_CHECK(cols <= (int64_t(1) << 30), ValueError, "matmul cols ", cols, " exceeds 2^30");
+}
+
+int64_t weight_row_bytes(GGMLType type, int64_t cols) {
+    const GGMLTypeSize* ts = ggml_type_size(static_cast<uint32_t>(type));
+    return cols / ts->block_elems * ts->block_bytes;
+}
+
+void matvec(const void* weights, GGMLType type, int64_t rows, int64_t cols, const float* x, float* y,
+            ThreadPool& pool) {
+    check_matmul_shape(type, rows, cols);
+    const KernelSet& ks = kernels();
+    const VecDotFn dot = kernel_for(ks, type);
+    QuantizedActs act;
+    quantize_rows(ks, type, cols, x, 1, act, pool);
+    const auto* w = static_cast<const uint8_t*>(weights);
+    const int64_t wrow = weight_row_bytes(type, cols);
+    const int64_t chunk_rows = rows_per_chunk(rows, pool, 4);
+    const int64_t n_chunks = (rows + chunk_rows - 1) / chunk_rows;
+    pool.parallel_for(n_chunks, [&](int64_t c, int) {
+        const int64_t r1 = std::min(rows, (c + 1) * chunk_rows);
+        for (int64_t r = c * chunk_rows; r < r1; ++r) y[r] = dot(int(cols), w + r * wrow, act.row(0));
+    });
+}
+
+// Prefill: a chunk is a band of weight rows, small enough to stay in L2 while every activation
+// row (in tiles of kActTile, whose quantized rows stay in L1/L2) is dotted against it. Each weight
+// byte therefore comes from memory once per call instead of once per activation row, and the
+// multi-row dot decodes each weight block once per tile instead of once per activation row.
+void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, const float* x, int64_t n,
+            float* y, ThreadPool& pool) {
+    check_matmul_shape(type, rows, cols);
+    if (n <= 0) return;
+    if (n == 1) return matvec(weights, type, rows, cols, x, y, pool);
+    const KernelSet& ks = kernels();
+    const VecDotRowsFn dot_rows = rows_kernel_for(ks, type);
+    QuantizedActs act;
+    quantize_rows(ks, type, cols, x, n, act, pool);
+    const auto* w = static_cast<const uint8_t*>(weights);
+    const int64_t wrow = weight_row_bytes(type, cols);
+    const int64_t band_budget = std::max<int64_t>(1, (256 << 10) / wrow);  // rows in ~256 KiB
+    const int64_t chunk_rows = std::min(band_budget, rows_per_chunk(rows, pool, 1));
+    const int64_t n_chunks = (rows + chunk_rows - 1) / chunk_rows;
+    pool.parallel_for(n_chunks, [&](int64_t c, int) {
+        const int64_t r0 = c * chunk_rows, r1 = std::min(rows, r0 + chunk_rows);
+        for (int64_t i0 = 0; i0 < n; i0 += kActTile) {
+            const int64_t i1 = std::min(n, i0 + kActTile);
+            for (int64_t r = r0; r < r1; ++r) {
+                float out[kActTile];
+                dot_rows(int(cols), w + r * wrow, act.row(i0), act.row_bytes, int(i1 - i0), out);
+                for (int64_t i = i0; i < i1; ++i) y[i * rows + r] = out[i - i0];
+            }
+        }
+    });
+}
+
+double read_bandwidth_gbs(ThreadPool& pool, int64_t bytes, int iters) {
+    LOWBIT_CHECK(bytes >= (1 << 20) && bytes <= (int64_t(16) << 30), ValueError,
+                 "read_bandwidth bytes ", bytes, " must be in [1 MiB, 16 GiB]");
+    LOWBIT_CHECK(iters >= 1 && iters <= 100, ValueError, "read_bandwidth iters ", iters, " must be in [1, 100]");
+    const int64_t words = bytes / 8;
+    AlignedBuffer<uint64_t> buf{static_cast<size_t>(words)};
+    const int64_t n_chunks = int64_t(pool.size()) * 16;
+    const int64_t per_chunk = (words + n_chunks - 1) / n_chunks;
+    std::vector<uint64_t> sums(static_cast<size_t>(n_chunks));
+    pool.parallel_for(n_chunks, [&](int64_t c, int) {  // first touch by the threads that read it
+        const int64_t e = std::min(words, (c + 1) * per_chunk);
+        for (int64_t i = c * per_chunk; i < e; ++i) buf[size_t(i)] = uint64_t(i) * 0x9E3779B97F4A7C15ull;
+    });
+    double best = 0.0;
+    for (int it = 0; it <= iters; ++it) {
+        const auto t0 = std::chrono::steady_clock::now();
+        pool.parallel_for(n_chunks, [&](int64_t c, int) {
+            const int64_t e = std::min(words, (c + 1) * per_chunk);
+            uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+            int64_t i = c * per_chunk;
+            for (; i + 4 <= e; i += 4) { s0 += buf[i]; s1 += buf[i + 1]; s2 += buf[i + 2]; s3 += buf[i + 3]; }
+            for (; i < e; ++i) s0 += buf[size_t(i)];
+            sums[size_t(c)] = s0 + s1 + s2 + s3;
+        });
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (it > 0) best = std::max(best, double(words * 8) / s / 1e9);
+    }
+    volatile uint64_t sink = 0;
+    for (uint64_t v : sums) sink = sink + v;
+    return best;
+}
+
+}  // namespace lowbit::cpu

@@ -1,0 +1,169 @@
+// config.cpp: see config.h.
+#include "model/config.h"
+
+#include <cmath>
+#include <optional>
+
+#include "common.h"
+
+namespace lowbit::model {
+namespace {
+
+struct ArchEntry { const char* name; Arch arch; };
+constexpr ArchEntry kArchs[] = {
+    {"llama", Arch::Llama}, {"qwen2", Arch::Qwen2}, {"qwen3", Arch::Qwen3},
+    {"gemma3", Arch::Gemma3}, {"phi3", Arch::Phi3},
+};
+
+// Metadata reads that fail as ModelError (a model problem), naming the key.
+class Meta {
+public:
+    Meta(const GGUFFile& f, std::string prefix) : f_(f), prefix_(std::move(prefix)) {}
+
+    std::string key(const char* suffix) const { return prefix_ + "." + suffix; }
+
+    int64_t positive(const char* suffix) const {
+        const std::string k = key(suffix);
+        LOWBIT_CHECK(f_.find(k), ModelError, f_.path(), ": missing metadata key '", k, "'");
+        const int64_t v = wrap([&] { return f_.get_i64(k); });
+        LOWBIT_CHECK(v > 0 && v <= (int64_t(1) << 31), ModelError, f_.path(), ": metadata '", k,
+                     "' = ", v, ", expected a positive count below 2^31");
+        return v;
+    }
+    std::optional<int64_t> positive_opt(const char* suffix) const {
+        if (!f_.find(key(suffix))) return std::nullopt;
+        return positive(suffix);
+    }
+    std::optional<float> f32_opt(const char* suffix) const {
+        const std::string k = key(suffix);
+        if (!f_.find(k)) return std::nullopt;
+        const float v = wrap([&] { return f_.get_f32(k); });
+        LOWBIT_CHECK(std::isfinite(v), ModelError, f_.path(), ": metadata '", k, "' is not finite (", v, ")");
+        return v;
+    }
+    std::optional<std::string> str_opt(const char* suffix) const {
+        const std::string k = key(suffix);
+        if (!f_.find(k)) return std::nullopt;
+        return std::string(wrap([&] { return f_.get_str(k); }));
+    }
+
+private:
+    template <typename F>
+    auto wrap(F&& fn) const -> decltype(fn()) {
+        try { return fn(); } catch (const GGUFError& e) { throw ModelError(e.what()); }
+    }
+    const GGUFFile& f_;
+    std::string prefix_;
+};
+
+Arch parse_arch(const GGUFFile& f) {
+    LOWBIT_CHECK(f.find("general.architecture"), ModelError, f.path(),
+                 ": missing metadata key 'general.architecture'");
+    std::string name;
+    try { name = std::string(f.get_str("general.architecture")); }
+    catch (const GGUFError& e) { throw ModelError(e.what()); }
+    for (const auto& a : kArchs)
+        if (name == a.name) return a.arch;
+    throw ModelError(str(f.path(), ": unsupported architecture '", printable(name), "'; supported: ",
+                         supported_architectures()));
+}
+
+// Linear RoPE scaling from "<arch>.rope.scaling.{type,factor}" (or the older scale_linear).
+float read_freq_scale(const GGUFFile& f, const Meta& m) {
+    const auto type = m.str_opt("rope.scaling.type");
+    std::optional<float> factor = m.f32_opt("rope.scaling.factor");
+    if (!factor) factor = m.f32_opt("rope.scale_linear");
+    if (type && *type != "linear" && *type != "none")
+        throw ModelError(str(f.path(), ": metadata '", m.key("rope.scaling.type"), "' = '", printable(*type),
+                             "' is not supported; supported: linear, none"));
+    if ((type && *type == "none") || !factor || *factor == 0.0f) return 1.0f;
+    LOWBIT_CHECK(*factor > 0.0f, ModelError, f.path(), ": metadata '", m.key("rope.scaling.factor"), "' = ",
+                 *factor, ", expected > 0");
+    return 1.0f / *factor;
+}
+
+}  // namespace
+
+const char* supported_architectures() { return "llama, qwen2, qwen3, gemma3, phi3"; }
+
+const char* arch_name(Arch a) {
+    for (const auto& e : kArchs)
+        if (e.arch == a) return e.name;
+    return "?";
+}
+
+ModelConfig load_config(const GGUFFile& f) {
+    ModelConfig c;
+    c.arch = parse_arch(f);
+    const Meta m(f, arch_name(c.arch));
+
+    const TensorInfo* embd = f.find_tensor("token_embd.weight");
+    LOWBIT_CHECK(embd, ModelError, f.path(), ": missing tensor 'token_embd.weight'");
+    c.n_vocab = embd->ne[1];
+    if (auto v = m.positive_opt("vocab_size"))
+        LOWBIT_CHECK(*v == c.n_vocab, ModelError, f.path(), ": metadata '", m.key("vocab_size"), "' = ", *v,
+                     " but token_embd.weight has ", c.n_vocab, " rows");
+
+    c.n_ctx_train = m.positive("context_length");
+    c.n_embd = m.positive("embedding_length");
+    c.n_layers = m.positive("block_count");
+    c.n_ff = m.positive("feed_forward_length");
+    c.n_head = m.positive("attention.head_count");
+    c.n_head_kv = m.positive_opt("attention.head_count_kv").value_or(c.n_head);
+    LOWBIT_CHECK(c.n_head % c.n_head_kv == 0, ModelError, f.path(), ": ", m.key("attention.head_count"), " = ",
+                 c.n_head, " is not a multiple of ", m.key("attention.head_count_kv"), " = ", c.n_head_kv);
+    const auto key_len = m.positive_opt("attention.key_length");
+    if (!key_len)
+        LOWBIT_CHECK(c.n_embd % c.n_head == 0, ModelError, f.path(), ": ", m.key("embedding_length"), " = ",
+                     c.n_embd, " is not a multiple of ", m.key("attention.head_count"), " = ", c.n_head,
+                     " and there is no ", m.key("attention.key_length"));
+    c.head_dim = key_len.value_or(c.n_embd / c.n_head);
+    if (auto vlen = m.positive_opt("attention.value_length"))
+        LOWBIT_CHECK(*vlen == c.head_dim, ModelError, f.path(), ": ", m.key("attention.value_length"), " = ", *vlen,
+                     " differs from the key length ", c.head_dim, " (unsupported)");
+    c.n_rot = m.positive_opt("rope.dimension_count").value_or(c.head_dim);
+    LOWBIT_CHECK(c.n_rot <= c.head_dim && c.n_rot % 2 == 0, ModelError, f.path(), ": ",
+                 m.key("rope.dimension_count"), " = ", c.n_rot, ", expected an even number <= head_dim ",
+                 c.head_dim);
+
+    const auto eps = m.f32_opt("attention.layer_norm_rms_epsilon");
+    LOWBIT_CHECK(eps, ModelError, f.path(), ": missing metadata key '", m.key("attention.layer_norm_rms_epsilon"),
+                 "'");
+    LOWBIT_CHECK(*eps > 0.0f && *eps < 1.0f, ModelError, f.path(), ": ", m.key("attention.layer_norm_rms_epsilon"),
+                 " = ", *eps, ", expected in (0, 1)");
+    c.norm_eps = *eps;
+
+    c.rope_global.freq_base = m.f32_opt("rope.freq_base").value_or(10000.0f);
+    LOWBIT_CHECK(c.rope_global.freq_base > 1.0f, ModelError, f.path(), ": ", m.key("rope.freq_base"), " = ",
+                 c.rope_global.freq_base, ", expected > 1");
+    c.rope_global.freq_scale = read_freq_scale(f, m);
+    c.rope_swa = c.rope_global;
+    c.attn_scale = float(1.0 / std::sqrt(double(c.head_dim)));
+    c.logit_softcap = m.f32_opt("final_logit_softcapping").value_or(0.0f);
+    LOWBIT_CHECK(c.logit_softcap >= 0.0f, ModelError, f.path(), ": ", m.key("final_logit_softcapping"), " = ",
+                 c.logit_softcap, ", expected >= 0");
+    LOWBIT_CHECK(!f.find_tensor("rope_factors_long.weight"), ModelError, f.path(),
+                 ": LongRoPE (tensor 'rope_factors_long.weight') is not supported");
+    c.layer_is_swa.assign(size_t(c.n_layers), false);
+
+    switch (c.arch) {
+        case Arch::Llama: break;
+        case Arch::Qwen2: c.rope_mode = RopeMode::NeoX; c.qkv_bias = true; break;
+        case Arch::Qwen3: c.rope_mode = RopeMode::NeoX; c.qk_norm = true; break;
+        case Arch::Phi3: c.rope_mode = RopeMode::NeoX; c.fused_qkv = c.fused_gate_up = true; break;
+        case Arch::Gemma3:
+            c.rope_mode = RopeMode::NeoX;
+            c.qk_norm = c.post_norms = true;
+            c.ffn_act = FfnAct::GeluTanh;
+            c.embd_scale = std::sqrt(float(c.n_embd));
+            c.n_swa = m.positive("attention.sliding_window");
+            c.rope_swa = RopeParams{m.f32_opt("rope.freq_base_swa").value_or(10000.0f), 1.0f};
+            // llama.cpp: the 27B (62 layers) scales queries by 1/sqrt(n_embd / n_head)
+            if (c.n_layers == 62) c.attn_scale = float(1.0 / std::sqrt(double(c.n_embd) / double(c.n_head)));
+            for (int64_t i = 0; i < c.n_layers; ++i) c.layer_is_swa[size_t(i)] = (i + 1) % 6 != 0;
+            break;
+    }
+    return c;
+}
+
+}  // namespace lowbit::model

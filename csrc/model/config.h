@@ -1,0 +1,72 @@
+// config.h: model hyper-parameters read from a GGUF's "<arch>.*" metadata and checked against
+// the tensor shapes (weights.cpp does the shape checks; this file reads and validates values).
+//
+// Supported architectures and what sets them apart (llama.cpp's graphs are the spec):
+//   llama   Llama 2/3, Mistral, TinyLlama, SmolLM2: RMSNorm, SwiGLU, normal (interleaved) RoPE,
+//           optional llama3 rope_freqs factors
+//   qwen2   llama + q/k/v biases, NeoX RoPE
+//   qwen3   llama + per-head RMSNorm of q and k (QK-norm), NeoX RoPE, head_dim from key_length
+//   gemma3  embeddings x sqrt(n_embd), QK-norm, norms after attention and FFN too, GELU(tanh)
+//           gated FFN, NeoX RoPE, sliding-window layers (layer i slides unless (i+1) % 6 == 0)
+//           with their own RoPE base 10000
+//   phi3    fused qkv and gate-up projections, NeoX RoPE
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "gguf/gguf.h"
+
+namespace lowbit::model {
+
+enum class Arch { Llama, Qwen2, Qwen3, Gemma3, Phi3 };
+enum class RopeMode { Normal, NeoX };   // Normal: pairs (2i, 2i+1); NeoX: pairs (i, i + n_rot/2)
+enum class FfnAct { SiLU, GeluTanh };   // the gate's activation: act(gate) * up
+
+// "llama, qwen2, qwen3, gemma3, phi3"
+const char* supported_architectures();
+const char* arch_name(Arch a);
+
+// RoPE parameters of one kind of layer (gemma3's sliding layers have their own base).
+struct RopeParams {
+    float freq_base = 10000.0f;
+    float freq_scale = 1.0f;     // linear scaling: position multiplier (1 / scaling factor)
+};
+
+struct ModelConfig {
+    Arch arch = Arch::Llama;
+    int64_t n_vocab = 0;         // rows of token_embd
+    int64_t n_ctx_train = 0;     // <arch>.context_length
+    int64_t n_embd = 0;          // residual width
+    int64_t n_layers = 0;
+    int64_t n_head = 0;          // query heads
+    int64_t n_head_kv = 0;       // key/value heads (GQA: n_head % n_head_kv == 0)
+    int64_t head_dim = 0;        // per head, for q, k and v
+    int64_t n_ff = 0;            // FFN hidden width
+    int64_t n_rot = 0;           // rotated dims per head (<= head_dim, even)
+    float norm_eps = 1e-5f;      // RMSNorm epsilon
+    RopeMode rope_mode = RopeMode::Normal;
+    RopeParams rope_global;      // full-attention layers
+    RopeParams rope_swa;         // sliding-window layers
+    int64_t n_swa = 0;           // sliding window (keys seen, self included); 0 = none
+    std::vector<bool> layer_is_swa;  // (n_layers,)
+    float attn_scale = 1.0f;     // multiplies q before q.k (1 / sqrt(head_dim))
+    float embd_scale = 1.0f;     // multiplies the embedding rows (gemma3: sqrt(n_embd))
+    float logit_softcap = 0.0f;  // <arch>.final_logit_softcapping: logits = c tanh(logits / c); 0 = none
+    FfnAct ffn_act = FfnAct::SiLU;
+    bool qkv_bias = false;       // qwen2
+    bool qk_norm = false;        // qwen3, gemma3
+    bool post_norms = false;     // gemma3: attn_post_norm and ffn_post_norm
+    bool fused_qkv = false;      // phi3
+    bool fused_gate_up = false;  // phi3
+
+    int64_t q_dim() const { return n_head * head_dim; }
+    int64_t kv_dim() const { return n_head_kv * head_dim; }
+    bool any_swa() const { return n_swa > 0; }
+};
+
+// Reads and validates the metadata; ModelError names the key, what was expected and found.
+// Shapes are checked by load_weights (weights.h), which needs this config.
+ModelConfig load_config(const GGUFFile& file);
+
+}  // namespace lowbit::model

@@ -1,0 +1,316 @@
+// forward.cpp: one transformer forward pass for every supported architecture, top to bottom.
+//
+// Per layer (B = tokens in the batch, E = n_embd, H = n_head, D = head_dim):
+//   xn = rmsnorm(x) * attn_norm                               (B, E)
+//   q, k, v = xn Wq^T (+bq), xn Wk^T (+bk), xn Wv^T (+bv)        (B, H D), (B, Hkv D) x 2
+//     (one matmul over the stacked [q | k | v] rows when weights.cpp could fuse them; same for gate | up)
+//     [qwen3, gemma3: per-head rmsnorm of q and k]  RoPE on q, k; k, v -> cache
+//   attn = softmax(q k^T * scale, causal [, window]) v        (B, H D)
+//   proj = attn Wo^T [gemma3: rmsnorm * attn_post_norm];  x += proj
+//   xn = rmsnorm(x) * ffn_norm;  h = act(xn Wgate^T) * (xn Wup^T)  (B, n_ff)
+//   proj = h Wdown^T [gemma3: rmsnorm * ffn_post_norm];  x += proj
+// then logits = rmsnorm(x) * output_norm . Wout^T.
+// Matmuls go through cpu::matmul (B > 1) / cpu::matvec (B == 1); everything else is f32 with
+// double accumulation where it is cheap (norms, softmax sums), each stage one parallel_for over
+// tokens or (head, token tile), inline for a single decode token.
+#include "model/forward.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "cpu/matmul.h"
+#include "cpu/ops.h"
+#include "quant/types.h"
+
+namespace lowbit::model {
+namespace {
+
+// Inverse frequencies: freq_scale * base^(-2i / n_rot) / factor_i.
+std::vector<double> make_inv_freq(const ModelConfig& c, const RopeParams& p, const Vec& factors) {
+    std::vector<double> f(size_t(c.n_rot / 2));
+    for (size_t i = 0; i < f.size(); ++i) {
+        f[i] = double(p.freq_scale) * std::pow(double(p.freq_base), -2.0 * double(i) / double(c.n_rot));
+        if (!factors.empty()) f[i] /= double(factors[i]);
+    }
+    return f;
+}
+
+// y (n, rows) = x (n, cols) . W^T
+void project(const Matrix& w, const float* x, int64_t n, float* y, cpu::ThreadPool& pool) {
+    if (n == 1) cpu::matvec(w.data, w.type, w.rows, w.cols, x, y, pool);
+    else cpu::matmul(w.data, w.type, w.rows, w.cols, x, n, y, pool);
+}
+
+// fn(t) for every token t < n: threaded for batches, inline for a single token (no wake-up cost).
+template <typename Fn>
+void for_tokens(cpu::ThreadPool& pool, int64_t n, Fn&& fn) {
+    if (n == 1) { fn(int64_t(0)); return; }
+    pool.parallel_for(n, [&](int64_t t, int) { fn(t); });
+}
+
+void check_cancel(const std::atomic<bool>& cancel) {
+    if (cancel.load(std::memory_order_relaxed)) throw Cancelled("eval cancelled");
+}
+
+// q, k, v of every token from xn: projections, biases, QK-norm, RoPE; k and v into the cache.
+void attention_inputs(const Model& m, const LayerWeights& l, int64_t il, KVCache& cache, ForwardState& s,
+                      cpu::ThreadPool& pool, int64_t n, int64_t pos0) {
+    const ModelConfig& c = m.config;
+    const int64_t Q = c.q_dim(), KV = c.kv_dim(), D = c.head_dim;
+    const bool fused = l.wqkv.present();
+    if (fused) {
+        project(l.wqkv, s.xn.data(), n, s.qkv.data(), pool);
+    } else {
+        project(l.wq, s.xn.data(), n, s.q.data(), pool);
+        project(l.wk, s.xn.data(), n, s.k.data(), pool);
+        project(l.wv, s.xn.data(), n, s.v.data(), pool);
+    }
+    const float* rope = c.layer_is_swa[size_t(il)] ? s.rope_swa.data() : s.rope_global.data();
+    const bool neox = c.rope_mode == RopeMode::NeoX;
+    for_tokens(pool, n, [&](int64_t t) {
+        float* q = s.q.data() + t * Q;
+        float* k = s.k.data() + t * KV;
+        float* v = s.v.data() + t * KV;
+        if (fused) {   // qkv row: [q (Q) | k (KV) | v (KV)]
+            const float* row = s.qkv.data() + t * (Q + 2 * KV);
+            std::memcpy(q, row, size_t(Q) * sizeof(float));
+            std::memcpy(k, row + Q, size_t(KV) * sizeof(float));
+            std::memcpy(v, row + Q + KV, size_t(KV) * sizeof(float));
+        }
+        if (!l.bq.empty()) cpu::add_inplace(q, l.bq.data(), Q);
+        if (!l.bk.empty()) cpu::add_inplace(k, l.bk.data(), KV);
+        if (!l.bv.empty()) cpu::add_inplace(v, l.bv.data(), KV);
+        if (c.qk_norm) {
+            for (int64_t h = 0; h < c.n_head; ++h) cpu::rmsnorm(q + h * D, l.q_norm.data(), q + h * D, D, c.norm_eps);
+            for (int64_t h = 0; h < c.n_head_kv; ++h)
+                cpu::rmsnorm(k + h * D, l.k_norm.data(), k + h * D, D, c.norm_eps);
+        }
+        const float* cs = rope + t * c.n_rot;   // (n_rot/2, 2) for this token
+        cpu::rope(q, c.n_head, D, c.n_rot, neox, cs);
+        cpu::rope(k, c.n_head_kv, D, c.n_rot, neox, cs);
+        cache.store(il, pos0 + t, k, v);
+    });
+}
+
+// In-place softmax of st[0..n) (sums in double); returns 1 / sum of the numerators.
+double softmax_numerators(float* st, int64_t n) {
+    float mx = st[0];
+    for (int64_t j = 1; j < n; ++j) mx = std::max(mx, st[j]);
+    double sum = 0.0;
+    for (int64_t j = 0; j < n; ++j) { st[j] = std::exp(st[j] - mx); sum += st[j]; }
+    return 1.0 / sum;
+}
+
+// The keys of one head over positions [a, b] as at most two runs of consecutive cells (a ring
+// wraps once at most: b - a < n_cells). fn(first position, cell of it, count).
+template <typename Fn>
+void for_cell_runs(int64_t a, int64_t b, int64_t n_cells, Fn&& fn) {
+    const int64_t cell = a % n_cells, len = b - a + 1, first = std::min(len, n_cells - cell);
+    fn(a, cell, first);
+    if (first < len) fn(a + first, int64_t(0), len - first);
+}
+
+struct AttnItem {        // one work item: query head h over tokens [t0, t1) of the batch
+    int64_t h, g, t0, t1;
+};
+
+// f16 cache: rows are read in place, token by token, by the batched kernels of ops.h.
+void attend_f16(const Model& m, int64_t il, const KVCache& cache, ForwardState& s, const AttnItem& it,
+                int64_t pos0, int64_t window, float* scores) {
+    const ModelConfig& c = m.config;
+    const int64_t D = c.head_dim, Q = c.q_dim(), n_cells = cache.n_cells(il);
+    const int64_t stride = cache.row_stride() / 2;   // in halves
+    const auto* k0 = reinterpret_cast<const uint16_t*>(cache.k_row(il, 0, it.g));   // cell 0 of head g
+    const auto* v0 = reinterpret_cast<const uint16_t*>(cache.v_row(il, 0, it.g));
+    for (int64_t t = it.t0; t < it.t1; ++t) {
+        const int64_t b = pos0 + t, a = window ? std::max<int64_t>(0, b - window + 1) : 0;   // visible keys
+        const float* q = s.q.data() + t * Q + it.h * D;
+        float* out = s.attn.data() + t * Q + it.h * D;
+        for_cell_runs(a, b, n_cells, [&](int64_t p, int64_t cell, int64_t len) {
+            cpu::attn_scores_f16(q, k0 + cell * stride, stride, len, D, c.attn_scale, scores + (p - a));
+        });
+        const float inv_sum = float(softmax_numerators(scores, b - a + 1));
+        for (int64_t j = 0; j <= b - a; ++j) scores[j] *= inv_sum;
+        std::memset(out, 0, size_t(D) * sizeof(float));
+        for_cell_runs(a, b, n_cells, [&](int64_t p, int64_t cell, int64_t len) {
+            cpu::attn_values_f16(scores + (p - a), v0 + cell * stride, stride, len, D, out);
+        });
+    }
+}
+
+// q8_0 cache: each K / V row is dequantized once per item and used by every token of the tile.
+void attend_dequantized(const Model& m, int64_t il, const KVCache& cache, ForwardState& s, const AttnItem& it,
+                        int64_t pos0, int64_t window, float* scores, float* row) {
+    const ModelConfig& c = m.config;
+    const int64_t D = c.head_dim, Q = c.q_dim();
+    auto first_key = [&](int64_t t) { return window ? std::max<int64_t>(0, pos0 + t - window + 1) : 0; };
+    auto visible = [&](int64_t j, int64_t t) { return j >= first_key(t) && j <= pos0 + t; };
+    const int64_t lo = first_key(it.t0), hi = pos0 + it.t1 - 1;   // keys any token of the tile sees
+    auto score = [&](int64_t t, int64_t j) -> float& { return scores[(t - it.t0) * s.n_ctx + (j - lo)]; };
+    for (int64_t j = lo; j <= hi; ++j) {
+        cache.load_row(cache.k_row(il, j, it.g), row);
+        for (int64_t t = it.t0; t < it.t1; ++t)
+            if (visible(j, t)) score(t, j) = cpu::dot_f32(s.q.data() + t * Q + it.h * D, row, D) * c.attn_scale;
+    }
+    for (int64_t t = it.t0; t < it.t1; ++t) {
+        const int64_t a = first_key(t), n_keys = pos0 + t - a + 1;
+        float* st = &score(t, a);
+        const float inv_sum = float(softmax_numerators(st, n_keys));
+        for (int64_t j = 0; j < n_keys; ++j) st[j] *= inv_sum;
+        std::memset(s.attn.data() + t * Q + it.h * D, 0, size_t(D) * sizeof(float));
+    }
+    for (int64_t j = lo; j <= hi; ++j) {
+        cache.load_row(cache.v_row(il, j, it.g), row);
+        for (int64_t t = it.t0; t < it.t1; ++t)
+            if (visible(j, t)) cpu::axpy_f32(s.attn.data() + t * Q + it.h * D, score(t, j), row, D);
+    }
+}
+
+// attn (n, H D) = softmax(q k^T * scale) v over each token's visible cached positions.
+// Work item = (query head, tile of kAttTile tokens), spread over the pool's threads.
+void attention(const Model& m, int64_t il, const KVCache& cache, ForwardState& s, cpu::ThreadPool& pool,
+               int64_t n, int64_t pos0) {
+    const ModelConfig& c = m.config;
+    const int64_t group = c.n_head / c.n_head_kv;
+    const int64_t window = c.layer_is_swa[size_t(il)] ? c.n_swa : 0;
+    const int64_t n_tiles = (n + kAttTile - 1) / kAttTile;
+    pool.parallel_for(c.n_head * n_tiles, [&](int64_t item, int thread) {
+        AttnItem it;
+        it.h = item / n_tiles;
+        it.g = it.h / group;
+        it.t0 = (item % n_tiles) * kAttTile;
+        it.t1 = std::min(n, it.t0 + kAttTile);
+        float* scores = s.scores.data() + size_t(thread) * size_t(kAttTile * s.n_ctx);   // (tile, keys)
+        if (cache.rows_are_f16()) attend_f16(m, il, cache, s, it, pos0, window, scores);
+        else attend_dequantized(m, il, cache, s, it, pos0, window, scores,
+                                s.kv_row.data() + size_t(thread) * size_t(c.head_dim));
+    });
+}
+
+// x += [post_norm](proj) for every token.
+void residual(const ModelConfig& c, const Vec& bias, const Vec& post_norm, ForwardState& s, cpu::ThreadPool& pool,
+              int64_t n) {
+    const int64_t E = c.n_embd;
+    for_tokens(pool, n, [&](int64_t t) {
+        float* p = s.proj.data() + t * E;
+        if (!bias.empty()) cpu::add_inplace(p, bias.data(), E);
+        if (!post_norm.empty()) cpu::rmsnorm(p, post_norm.data(), p, E, c.norm_eps);
+        cpu::add_inplace(s.x.data() + t * E, p, E);
+    });
+}
+
+void feed_forward(const Model& m, const LayerWeights& l, ForwardState& s, cpu::ThreadPool& pool, int64_t n) {
+    const ModelConfig& c = m.config;
+    const int64_t F = c.n_ff;
+    const bool fused = l.w_gate_up.present();
+    if (fused) project(l.w_gate_up, s.xn.data(), n, s.gate.data(), pool);   // (n, 2F): [gate | up]
+    else {
+        project(l.w_gate, s.xn.data(), n, s.gate.data(), pool);
+        project(l.w_up, s.xn.data(), n, s.up.data(), pool);
+    }
+    for_tokens(pool, n, [&](int64_t t) {
+        float* g = fused ? s.gate.data() + t * 2 * F : s.gate.data() + t * F;
+        const float* u = fused ? g + F : s.up.data() + t * F;
+        float* h = s.up.data() + t * F;   // (n, F) gated hidden, in place over up
+        if (c.ffn_act == FfnAct::SiLU) cpu::silu_mul(g, u, h, F);
+        else cpu::gelu_tanh_mul(g, u, h, F);
+    });
+    project(l.w_down, s.up.data(), n, s.proj.data(), pool);
+}
+
+void norm_rows(const Vec& w, const ModelConfig& c, ForwardState& s, cpu::ThreadPool& pool, int64_t n) {
+    const int64_t E = c.n_embd;
+    for_tokens(pool, n, [&](int64_t t) { cpu::rmsnorm(s.x.data() + t * E, w.data(), s.xn.data() + t * E, E, c.norm_eps); });
+}
+
+}  // namespace
+
+std::unique_ptr<Model> Model::load(const std::string& path) {
+    auto m = std::make_unique<Model>();
+    m->file = std::make_unique<GGUFFile>(GGUFFile::open(path));
+    m->config = load_config(*m->file);
+    m->weights = load_weights(*m->file, m->config);
+    m->inv_freq_global = make_inv_freq(m->config, m->config.rope_global, m->weights.rope_freqs);
+    m->inv_freq_swa = make_inv_freq(m->config, m->config.rope_swa, m->weights.rope_freqs);
+    return m;
+}
+
+ForwardState::ForwardState(const ModelConfig& c, int64_t n_batch_, int64_t n_ctx_, int n_threads)
+    : n_batch(n_batch_), n_ctx(n_ctx_) {
+    const size_t B = size_t(n_batch);
+    x.resize(B * size_t(c.n_embd));
+    xn.resize(B * size_t(c.n_embd));
+    qkv.resize(B * size_t(c.q_dim() + 2 * c.kv_dim()));
+    q.resize(B * size_t(c.q_dim()));
+    k.resize(B * size_t(c.kv_dim()));
+    v.resize(B * size_t(c.kv_dim()));
+    attn.resize(B * size_t(c.q_dim()));
+    proj.resize(B * size_t(c.n_embd));
+    gate.resize(B * size_t(2 * c.n_ff));
+    up.resize(B * size_t(c.n_ff));
+    rope_global.resize(B * size_t(c.n_rot));
+    rope_swa.resize(B * size_t(c.n_rot));
+    scores.resize(size_t(n_threads) * size_t(kAttTile) * size_t(n_ctx));
+    kv_row.resize(size_t(n_threads) * size_t(c.head_dim));
+}
+
+int64_t ForwardState::bytes() const {
+    size_t f = x.size() + xn.size() + qkv.size() + q.size() + k.size() + v.size() + attn.size() + proj.size() +
+               gate.size() + up.size() + rope_global.size() + rope_swa.size() + scores.size() + kv_row.size();
+    return int64_t(f * sizeof(float));
+}
+
+void rerotate_keys(const Model& m, int64_t il, float* k, int64_t delta) {
+    const ModelConfig& c = m.config;
+    std::vector<float> cs(size_t(c.n_rot));
+    cpu::rope_cos_sin(double(delta), m.inv_freq(il).data(), c.n_rot / 2, cs.data());
+    cpu::rope(k, c.n_head_kv, c.head_dim, c.n_rot, c.rope_mode == RopeMode::NeoX, cs.data());
+}
+
+void forward(const Model& m, KVCache& cache, ForwardState& s, cpu::ThreadPool& pool, const int32_t* tokens,
+             int64_t n, int64_t pos0, float* logits, bool all_logits, const std::atomic<bool>& cancel) {
+    const ModelConfig& c = m.config;
+    const ModelWeights& w = m.weights;
+    const int64_t E = c.n_embd;
+    check_cancel(cancel);
+
+    // Embeddings (scaled for gemma3) and this batch's RoPE tables.
+    const QuantType& embd_type = quant_type(w.token_embd.type);
+    for_tokens(pool, n, [&](int64_t t) {
+        float* x = s.x.data() + t * E;
+        embd_type.to_float(static_cast<const uint8_t*>(w.token_embd.data) + tokens[t] * w.token_embd.row_bytes, x, E);
+        if (c.embd_scale != 1.0f) for (int64_t i = 0; i < E; ++i) x[i] *= c.embd_scale;
+        cpu::rope_cos_sin(double(pos0 + t), m.inv_freq_global.data(), c.n_rot / 2, s.rope_global.data() + t * c.n_rot);
+        if (c.any_swa())
+            cpu::rope_cos_sin(double(pos0 + t), m.inv_freq_swa.data(), c.n_rot / 2, s.rope_swa.data() + t * c.n_rot);
+    });
+
+    for (int64_t il = 0; il < c.n_layers; ++il) {
+        const LayerWeights& l = w.layers[size_t(il)];
+        norm_rows(l.attn_norm, c, s, pool, n);
+        attention_inputs(m, l, il, cache, s, pool, n, pos0);
+        if (il == 0) cache.note_written(pos0 + n - 1);
+        attention(m, il, cache, s, pool, n, pos0);
+        project(l.wo, s.attn.data(), n, s.proj.data(), pool);
+        residual(c, l.bo, l.attn_post_norm, s, pool, n);
+        norm_rows(l.ffn_norm, c, s, pool, n);
+        feed_forward(m, l, s, pool, n);
+        residual(c, Vec{}, l.ffn_post_norm, s, pool, n);
+        check_cancel(cancel);
+    }
+    if (!logits) return;
+
+    // Final norm on the rows whose logits are wanted, then the output head.
+    const int64_t first = all_logits ? 0 : n - 1, n_out = n - first;
+    for_tokens(pool, n_out, [&](int64_t i) {
+        const int64_t t = first + i;
+        cpu::rmsnorm(s.x.data() + t * E, w.output_norm.data(), s.xn.data() + i * E, E, c.norm_eps);
+    });
+    project(w.output, s.xn.data(), n_out, logits, pool);
+    if (c.logit_softcap > 0.0f) {
+        const float cap = c.logit_softcap;
+        for (int64_t i = 0; i < n_out * c.n_vocab; ++i) logits[i] = cap * std::tanh(logits[i] / cap);
+    }
+}
+
+}  // namespace lowbit::model

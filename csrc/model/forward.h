@@ -1,0 +1,65 @@
+// forward.h: the model (file + config + weights), the activation state, and one forward pass.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common.h"
+#include "cpu/threadpool.h"
+#include "gguf/gguf.h"
+#include "model/config.h"
+#include "model/kv_cache.h"
+#include "model/weights.h"
+
+namespace lowbit::model {
+
+// A loaded model: the mapping stays alive as long as the weights that point into it.
+struct Model {
+    std::unique_ptr<GGUFFile> file;
+    ModelConfig config;
+    ModelWeights weights;
+    std::vector<double> inv_freq_global;   // (n_rot/2,) RoPE angle per position, full-attention layers
+    std::vector<double> inv_freq_swa;      // (n_rot/2,) the same for sliding-window layers
+
+    static std::unique_ptr<Model> load(const std::string& path);
+    const std::vector<double>& inv_freq(int64_t il) const {
+        return config.layer_is_swa[size_t(il)] ? inv_freq_swa : inv_freq_global;
+    }
+};
+
+// Activations for up to n_batch tokens, allocated once per engine (no per-token allocation).
+struct ForwardState {
+    ForwardState(const ModelConfig& c, int64_t n_batch, int64_t n_ctx, int n_threads);
+    int64_t bytes() const;
+
+    int64_t n_batch, n_ctx;
+    AlignedBuffer<float> x;          // (n_batch, n_embd)   residual stream
+    AlignedBuffer<float> xn;         // (n_batch, n_embd)   normed input of a sub-block
+    AlignedBuffer<float> qkv;        // (n_batch, q_dim + 2 kv_dim)  fused projection [q | k | v]
+    AlignedBuffer<float> q;          // (n_batch, q_dim)    queries, per head
+    AlignedBuffer<float> k, v;       // (n_batch, kv_dim)   this batch's keys / values
+    AlignedBuffer<float> attn;       // (n_batch, q_dim)    attention output, per head
+    AlignedBuffer<float> proj;       // (n_batch, n_embd)   output of attn_output / ffn_down
+    AlignedBuffer<float> gate;       // (n_batch, 2 n_ff)   [gate | up] when fused, else (n_batch, n_ff) gate
+    AlignedBuffer<float> up;         // (n_batch, n_ff)
+    AlignedBuffer<float> rope_global;  // (n_batch, n_rot/2, 2) cos, sin per token
+    AlignedBuffer<float> rope_swa;     // (n_batch, n_rot/2, 2)
+    AlignedBuffer<float> scores;     // (n_threads, kAttTile, n_ctx)  attention scores / probabilities
+    AlignedBuffer<float> kv_row;     // (n_threads, head_dim)  one dequantized K or V row
+    std::vector<int64_t> work_idx;   // scratch for row selections
+};
+
+constexpr int64_t kAttTile = 8;   // query tokens per attention work item (K/V rows loaded once)
+
+// Runs tokens[0..n) (n <= n_batch) at positions pos0.. through the model, writing their keys and
+// values into the cache. logits: nullptr, or (n_out, n_vocab) with n_out = all_logits ? n : 1
+// (the last token). Throws Cancelled between layers when `cancel` is set.
+void forward(const Model& m, KVCache& cache, ForwardState& s, cpu::ThreadPool& pool, const int32_t* tokens,
+             int64_t n, int64_t pos0, float* logits, bool all_logits, const std::atomic<bool>& cancel);
+
+// Re-applies RoPE to one token's cached keys for a position change of `delta`.   k: (n_head_kv, head_dim)
+void rerotate_keys(const Model& m, int64_t il, float* k, int64_t delta);
+
+}  // namespace lowbit::model

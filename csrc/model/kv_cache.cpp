@@ -1,0 +1,130 @@
+// kv_cache.cpp: see kv_cache.h.
+#include "model/kv_cache.h"
+
+#include <algorithm>
+#include <cctype>
+
+#include "cpu/ops.h"
+#include "quant/types.h"
+
+namespace lowbit::model {
+
+KVType parse_kv_type(const std::string& name, int64_t head_dim) {
+    std::string n = name;
+    for (char& ch : n) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+    if (n == "f16") return KVType::F16;
+    if (n == "q8_0") {
+        LOWBIT_CHECK(head_dim % QK8_0 == 0, ValueError, "kv_type 'q8_0' needs head_dim divisible by ", QK8_0,
+                     "; this model has head_dim ", head_dim, " (use 'f16')");
+        return KVType::Q8_0;
+    }
+    throw ValueError(str("unknown kv_type '", name, "'; valid: f16, q8_0"));
+}
+
+const char* kv_type_name(KVType t) { return t == KVType::F16 ? "f16" : "q8_0"; }
+
+KVCache::KVCache(const ModelConfig& c, int64_t n_ctx, int64_t n_batch, KVType type)
+    : type_(type), n_ctx_(n_ctx), n_head_kv_(c.n_head_kv), head_dim_(c.head_dim), n_swa_(c.n_swa) {
+    row_bytes_ = type == KVType::F16 ? head_dim_ * 2 : head_dim_ / QK8_0 * int64_t(sizeof(block_q8_0));
+    layers_.resize(size_t(c.n_layers));
+    for (int64_t il = 0; il < c.n_layers; ++il) {
+        Layer& l = layers_[size_t(il)];
+        l.n_cells = c.layer_is_swa[size_t(il)] ? std::min(n_ctx, c.n_swa + n_batch) : n_ctx;
+        const size_t bytes = size_t(l.n_cells * n_head_kv_ * row_bytes_);
+        l.k.resize(bytes);   // pages are touched as positions are written
+        l.v.resize(bytes);
+    }
+}
+
+int64_t KVCache::bytes() const {
+    int64_t b = 0;
+    for (const Layer& l : layers_) b += int64_t(l.k.size() + l.v.size());
+    return b;
+}
+
+int64_t KVCache::total_cells() const {
+    int64_t n = 0;
+    for (const Layer& l : layers_) n += l.n_cells;
+    return n;
+}
+
+int64_t KVCache::ring_cells() const {
+    for (const Layer& l : layers_)
+        if (l.n_cells < n_ctx_) return l.n_cells;
+    return 0;
+}
+
+void KVCache::store_row(const float* x, uint8_t* row) {
+    if (type_ == KVType::F16) cpu::f32_to_f16_row(x, reinterpret_cast<uint16_t*>(row), head_dim_);
+    else quant_type(GGMLType::Q8_0).from_float(x, row, head_dim_, nullptr);
+}
+
+void KVCache::load_row(const uint8_t* row, float* out) const {
+    if (type_ == KVType::F16) cpu::f16_to_f32_row(reinterpret_cast<const uint16_t*>(row), out, head_dim_);
+    else quant_type(GGMLType::Q8_0).to_float(row, out, head_dim_);
+}
+
+void KVCache::store(int64_t il, int64_t pos, const float* k, const float* v) {
+    for (int64_t h = 0; h < n_head_kv_; ++h) {
+        store_row(k + h * head_dim_, row_mut(il, pos, h, false));
+        store_row(v + h * head_dim_, row_mut(il, pos, h, true));
+    }
+}
+
+void KVCache::note_written(int64_t last_pos) {
+    const int64_t ring = ring_cells();
+    if (ring > 0) lo_valid_ = std::max(lo_valid_, last_pos + 1 - ring);
+}
+
+int64_t KVCache::truncate(int64_t n_past, int64_t n) {
+    if (n >= n_past) return n_past;
+    if (ring_cells() > 0 && lo_valid_ > std::max<int64_t>(0, n - n_swa_ + 1)) n = 0;
+    if (n == 0) lo_valid_ = 0;
+    return n;
+}
+
+int64_t KVCache::shift(int64_t n_past, int64_t n_keep, int64_t n_discard, const Rerotate& rerotate) {
+    const int64_t new_n = n_past - n_discard;
+    const int64_t ring = ring_cells();
+    // Oldest new position whose row every layer still has: rings may have lost some.
+    int64_t lo_new = 0;
+    if (ring > 0) {
+        auto available = [&](int64_t q) {
+            const int64_t s = q < n_keep ? q : q + n_discard;
+            return s >= lo_valid_ && s < n_past;
+        };
+        lo_new = new_n;
+        while (lo_new > 0 && new_n - (lo_new - 1) <= ring && available(lo_new - 1)) --lo_new;
+        const int64_t need = std::max<int64_t>(0, new_n - n_swa_ + 1);
+        LOWBIT_CHECK(lo_new <= need, ValueError, "cannot shift: the sliding-window cache (", ring,
+                     " cells) no longer holds positions ", need, "..", new_n - 1, " after the shift (kept from ",
+                     lo_new, "); truncate(0) and re-evaluate instead");
+    }
+    // Moved rows go through a temporary copy (ring cells may overlap their destinations).
+    std::vector<float> kbuf(size_t(n_head_kv_ * head_dim_));
+    for (int64_t il = 0; il < n_layers(); ++il) {
+        const bool is_ring = layers_[size_t(il)].n_cells < n_ctx_;
+        const int64_t first = std::max(n_keep, is_ring ? lo_new : int64_t(0));
+        const int64_t n_move = std::max<int64_t>(0, new_n - first);
+        const size_t tok_bytes = size_t(n_head_kv_ * row_bytes_);
+        std::vector<uint8_t> ktmp(size_t(n_move) * tok_bytes), vtmp(size_t(n_move) * tok_bytes);
+        for (int64_t i = 0; i < n_move; ++i) {
+            const int64_t src = first + i + n_discard;
+            std::memcpy(ktmp.data() + size_t(i) * tok_bytes, row(il, src, 0, false), tok_bytes);
+            std::memcpy(vtmp.data() + size_t(i) * tok_bytes, row(il, src, 0, true), tok_bytes);
+        }
+        for (int64_t i = 0; i < n_move; ++i) {
+            const int64_t dst = first + i;
+            const uint8_t* ksrc = ktmp.data() + size_t(i) * tok_bytes;
+            for (int64_t h = 0; h < n_head_kv_; ++h) load_row(ksrc + h * row_bytes_, kbuf.data() + h * head_dim_);
+            rerotate(il, kbuf.data(), -n_discard);
+            for (int64_t h = 0; h < n_head_kv_; ++h)
+                store_row(kbuf.data() + h * head_dim_, row_mut(il, dst, h, false));
+            std::memcpy(row_mut(il, dst, 0, true), vtmp.data() + size_t(i) * tok_bytes, tok_bytes);
+        }
+    }
+    if (ring > 0) lo_valid_ = lo_new;
+    return new_n;
+}
+
+}  // namespace lowbit::model

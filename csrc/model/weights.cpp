@@ -1,0 +1,192 @@
+// weights.cpp: see weights.h. Tensor names follow llama.cpp's GGUF conventions.
+#include "model/weights.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <initializer_list>
+
+#include "common.h"
+#include "cpu/matmul.h"
+#include "quant/types.h"
+
+namespace lowbit::model {
+namespace {
+
+std::string shape_str(int64_t a, int64_t b) { return str("[", a, ", ", b, "]"); }
+std::string shape_str(const TensorInfo& t) {
+    std::string s = "[";
+    for (int d = 0; d < t.n_dims; ++d) s += str(d ? ", " : "", t.ne[size_t(d)]);
+    return s + "]";
+}
+
+class Loader {
+public:
+    Loader(const GGUFFile& f) : f_(f) {}
+
+    const TensorInfo* find(const std::string& name) const { return f_.find_tensor(name); }
+
+    const TensorInfo& require(const std::string& name) const {
+        const TensorInfo* t = f_.find_tensor(name);
+        LOWBIT_CHECK(t, ModelError, f_.path(), ": missing tensor '", name, "'");
+        return *t;
+    }
+
+    // GGUF ne = [cols, rows]; a matrix the CPU kernels can multiply with.
+    Matrix matrix(const std::string& name, int64_t rows, int64_t cols) const {
+        return matrix_of(require(name), rows, cols);
+    }
+    Matrix matrix_opt(const std::string& name, int64_t rows, int64_t cols) const {
+        const TensorInfo* t = find(name);
+        return t ? matrix_of(*t, rows, cols) : Matrix{};
+    }
+
+    // A 1-D float vector of n elements, copied out as f32.
+    Vec vec(const std::string& name, int64_t n) const { return vec_of(require(name), n); }
+    Vec vec_opt(const std::string& name, int64_t n) const {
+        const TensorInfo* t = find(name);
+        return t ? vec_of(*t, n) : Vec{};
+    }
+
+    Matrix matrix_of(const TensorInfo& t, int64_t rows, int64_t cols) const {
+        LOWBIT_CHECK(t.n_dims == 2 && t.ne[0] == cols && t.ne[1] == rows, ModelError, f_.path(), ": tensor '",
+                     t.name, "' has shape ", shape_str(t), ", expected ", shape_str(cols, rows));
+        try {
+            cpu::check_matmul_shape(t.type, rows, cols);
+        } catch (const ValueError& e) {
+            throw ModelError(str(f_.path(), ": tensor '", t.name, "' (", t.type_size->name, "): ", e.what()));
+        }
+        Matrix m;
+        m.data = f_.tensor_data(t);
+        m.type = t.type;
+        m.rows = rows;
+        m.cols = cols;
+        m.row_bytes = cpu::weight_row_bytes(t.type, cols);
+        return m;
+    }
+
+    Vec vec_of(const TensorInfo& t, int64_t n) const {
+        LOWBIT_CHECK(t.n_elements == n && (t.n_dims == 1 || t.ne[0] == n), ModelError, f_.path(), ": tensor '",
+                     t.name, "' has shape ", shape_str(t), ", expected [", n, "]");
+        const QuantType* qt = find_quant_type(t.type);
+        LOWBIT_CHECK(qt && n % qt->block_elems == 0, ModelError, f_.path(), ": tensor '", t.name, "' has type ",
+                     t.type_size->name, ", which cannot be read as floats");
+        Vec v(static_cast<size_t>(n));
+        qt->to_float(f_.tensor_data(t), v.data(), n);
+        return v;
+    }
+
+private:
+    const GGUFFile& f_;
+};
+
+LayerWeights load_layer(const Loader& ld, const ModelConfig& c, int64_t il) {
+    const std::string p = str("blk.", il, ".");
+    const int64_t E = c.n_embd, Q = c.q_dim(), KV = c.kv_dim();
+    LayerWeights l;
+    l.attn_norm = ld.vec(p + "attn_norm.weight", E);
+    if (c.fused_qkv) {
+        l.wqkv = ld.matrix(p + "attn_qkv.weight", Q + 2 * KV, E);
+    } else {
+        l.wq = ld.matrix(p + "attn_q.weight", Q, E);
+        l.wk = ld.matrix(p + "attn_k.weight", KV, E);
+        l.wv = ld.matrix(p + "attn_v.weight", KV, E);
+    }
+    if (c.qkv_bias) {
+        l.bq = ld.vec(p + "attn_q.bias", Q);
+        l.bk = ld.vec(p + "attn_k.bias", KV);
+        l.bv = ld.vec(p + "attn_v.bias", KV);
+    } else if (!c.fused_qkv) {
+        l.bq = ld.vec_opt(p + "attn_q.bias", Q);
+        l.bk = ld.vec_opt(p + "attn_k.bias", KV);
+        l.bv = ld.vec_opt(p + "attn_v.bias", KV);
+    }
+    l.bo = ld.vec_opt(p + "attn_output.bias", E);
+    if (c.qk_norm) {
+        l.q_norm = ld.vec(p + "attn_q_norm.weight", c.head_dim);
+        l.k_norm = ld.vec(p + "attn_k_norm.weight", c.head_dim);
+    }
+    l.wo = ld.matrix(p + "attn_output.weight", E, Q);
+    if (c.post_norms) l.attn_post_norm = ld.vec(p + "post_attention_norm.weight", E);
+    l.ffn_norm = ld.vec(p + "ffn_norm.weight", E);
+    if (c.fused_gate_up) {
+        l.w_gate_up = ld.matrix(p + "ffn_up.weight", 2 * c.n_ff, E);
+    } else {
+        l.w_gate = ld.matrix(p + "ffn_gate.weight", c.n_ff, E);
+        l.w_up = ld.matrix(p + "ffn_up.weight", c.n_ff, E);
+    }
+    l.w_down = ld.matrix(p + "ffn_down.weight", E, c.n_ff);
+    if (c.post_norms) l.ffn_post_norm = ld.vec(p + "post_ffw_norm.weight", E);
+    return l;
+}
+
+// Drops the mapping's pages that lie wholly inside [p, p + bytes) from this process (clean,
+// file-backed: they would be read again from the file if ever touched).
+void release_pages(const void* p, size_t bytes) {
+    const uintptr_t page = uintptr_t(sysconf(_SC_PAGE_SIZE));
+    const uintptr_t a = (uintptr_t(p) + page - 1) / page * page, b = (uintptr_t(p) + bytes) / page * page;
+    if (b > a) madvise(reinterpret_cast<void*>(a), b - a, MADV_DONTNEED);
+}
+
+// One matrix made of `parts` stacked row-wise (all of one type and width), copied into `w.fused`;
+// an absent Matrix when the types differ.
+Matrix concat_rows(ModelWeights& w, std::initializer_list<const Matrix*> parts) {
+    const Matrix& first = **parts.begin();
+    Matrix m = first;
+    m.rows = 0;
+    for (const Matrix* part : parts) {
+        if (part->type != first.type || part->cols != first.cols) return Matrix{};
+        m.rows += part->rows;
+    }
+    AlignedBuffer<uint8_t> buf(size_t(m.rows * m.row_bytes));
+    size_t off = 0;
+    for (const Matrix* part : parts) {
+        const size_t bytes = size_t(part->rows * part->row_bytes);
+        std::memcpy(buf.data() + off, part->data, bytes);
+        release_pages(part->data, bytes);
+        off += bytes;
+    }
+    m.data = buf.data();
+    w.fused_bytes += buf.size();
+    w.fused.push_back(std::move(buf));
+    return m;
+}
+
+}  // namespace
+
+ModelWeights load_weights(const GGUFFile& f, const ModelConfig& c) {
+    const Loader ld(f);
+    ModelWeights w;
+    const TensorInfo& embd = ld.require("token_embd.weight");
+    w.token_embd = ld.matrix_of(embd, c.n_vocab, c.n_embd);
+    LOWBIT_CHECK(find_quant_type(embd.type), ModelError, f.path(), ": tensor 'token_embd.weight' has type ",
+                 embd.type_size->name, ", which has no row dequantizer");
+    w.output_norm = ld.vec("output_norm.weight", c.n_embd);
+    w.output = ld.matrix_opt("output.weight", c.n_vocab, c.n_embd);
+    w.tied_output = !w.output.present();
+    if (w.tied_output) w.output = w.token_embd;
+    w.rope_freqs = ld.vec_opt("rope_freqs.weight", c.n_rot / 2);
+    for (float v : w.rope_freqs)
+        LOWBIT_CHECK(std::isfinite(v) && v > 0.0f, ModelError, f.path(), ": tensor 'rope_freqs.weight' holds ", v,
+                     ", expected positive factors");
+    w.layers.reserve(size_t(c.n_layers));
+    for (int64_t il = 0; il < c.n_layers; ++il) w.layers.push_back(load_layer(ld, c, il));
+    for (LayerWeights& l : w.layers) {   // fewer, larger matvecs for decode
+        if (!l.wqkv.present()) l.wqkv = concat_rows(w, {&l.wq, &l.wk, &l.wv});
+        if (!l.w_gate_up.present()) l.w_gate_up = concat_rows(w, {&l.w_gate, &l.w_up});
+    }
+    for (const TensorInfo& t : f.tensors()) {
+        w.bytes_by_type[t.type_size->name] += t.n_bytes;
+        // A bias this engine would not add changes the model: refuse rather than ignore it.
+        const std::string name(t.name);
+        const bool used_bias = name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0 &&
+            (name.find(".attn_q.") != std::string::npos || name.find(".attn_k.") != std::string::npos ||
+             name.find(".attn_v.") != std::string::npos || name.find(".attn_output.") != std::string::npos);
+        LOWBIT_CHECK(name.size() <= 5 || name.compare(name.size() - 5, 5, ".bias") != 0 ||
+                         (used_bias && !c.fused_qkv), ModelError, f.path(), ": tensor '", name,
+                     "' is not supported for architecture ", arch_name(c.arch));
+    }
+    return w;
+}
+
+}  // namespace lowbit::model

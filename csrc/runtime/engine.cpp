@@ -1,0 +1,132 @@
+// engine.cpp: see engine.h.
+#include "runtime/engine.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+
+#include "cpu/dispatch.h"
+
+namespace lowbit::runtime {
+
+namespace {
+constexpr int64_t kMaxCtx = int64_t(1) << 28;
+constexpr int kMaxThreads = 512;
+}  // namespace
+
+Engine::Engine(const std::string& path, int64_t n_ctx, int n_threads, int64_t n_batch, const std::string& kv_type) {
+    LOWBIT_CHECK(n_ctx >= 1 && n_ctx <= kMaxCtx, ValueError, "n_ctx ", n_ctx, " must be in [1, ", kMaxCtx, "]");
+    LOWBIT_CHECK(n_threads >= 1 && n_threads <= kMaxThreads, ValueError, "n_threads ", n_threads,
+                 " must be in [1, ", kMaxThreads, "]");
+    LOWBIT_CHECK(n_batch >= 1, ValueError, "n_batch ", n_batch, " must be >= 1");
+    model_ = model::Model::load(path);
+    const model::ModelConfig& c = model_->config;
+    const model::KVType kvt = model::parse_kv_type(kv_type, c.head_dim);
+    n_ctx_ = n_ctx;
+    n_batch_ = std::min(n_batch, n_ctx);
+    n_threads_ = n_threads;
+    check_fits_in_memory(c, kvt);
+    cache_ = std::make_unique<model::KVCache>(c, n_ctx_, n_batch_, kvt);
+    state_ = std::make_unique<model::ForwardState>(c, n_batch_, n_ctx_, n_threads_);
+    pool_ = std::make_unique<cpu::ThreadPool>(n_threads_);
+}
+
+// KV cache + attention scratch must fit in physical memory: refuse up front rather than be
+// killed by the OOM killer when a large n_ctx fills up.
+void Engine::check_fits_in_memory(const model::ModelConfig& c, model::KVType kvt) const {
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    if (pages <= 0 || page <= 0) return;
+    const double phys = double(pages) * double(page);
+    const double row = kvt == model::KVType::F16 ? 2.0 * double(c.head_dim) : double(c.head_dim) / 32.0 * 34.0;
+    double cells = 0;
+    for (int64_t il = 0; il < c.n_layers; ++il)
+        cells += double(c.layer_is_swa[size_t(il)] ? std::min(n_ctx_, c.n_swa + n_batch_) : n_ctx_);
+    const double kv = 2.0 * cells * double(c.n_head_kv) * row;
+    const double scratch = double(n_threads_) * double(model::kAttTile) * double(n_ctx_) * 4.0;
+    LOWBIT_CHECK(kv + scratch < phys, ValueError, "n_ctx ", n_ctx_, " needs a ", uint64_t(kv), "-byte KV cache (",
+                 model::kv_type_name(kvt), ") plus ", uint64_t(scratch), " bytes of attention scratch, more than the ",
+                 uint64_t(phys), " bytes of physical memory");
+}
+
+void Engine::check_open() const {
+    LOWBIT_CHECK(!closed_.load(), ValueError, "engine is closed");
+}
+
+void Engine::eval(const int32_t* tokens, int64_t n, bool all_logits, float* out) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    check_open();
+    const model::ModelConfig& c = model_->config;
+    LOWBIT_CHECK(n >= 1, ValueError, "eval needs at least one token");
+    for (int64_t i = 0; i < n; ++i)
+        LOWBIT_CHECK(tokens[i] >= 0 && tokens[i] < c.n_vocab, ValueError, "token id ", tokens[i], " at index ", i,
+                     " is out of range for vocabulary size ", c.n_vocab);
+    LOWBIT_CHECK(n_past_ + n <= n_ctx_, ValueError, "context overflow: ", n_past_, " cached + ", n,
+                 " new tokens > n_ctx ", n_ctx_);
+    for (int64_t i0 = 0; i0 < n; i0 += n_batch_) {
+        const int64_t nb = std::min(n_batch_, n - i0);
+        const bool last = i0 + nb == n;
+        float* logits = all_logits ? out + i0 * c.n_vocab : (last ? out : nullptr);
+        model::forward(*model_, *cache_, *state_, *pool_, tokens + i0, nb, n_past_, logits, all_logits, cancel_);
+        n_past_ += nb;
+    }
+}
+
+int64_t Engine::truncate(int64_t n) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    check_open();
+    LOWBIT_CHECK(n >= 0, ValueError, "truncate(", n, "): position must be >= 0");
+    n_past_ = cache_->truncate(n_past_, n);
+    return n_past_;
+}
+
+int64_t Engine::shift(int64_t n_keep, int64_t n_discard) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    check_open();
+    LOWBIT_CHECK(n_keep >= 0 && n_discard >= 0 && n_keep + n_discard <= n_past_, ValueError, "shift(n_keep=",
+                 n_keep, ", n_discard=", n_discard, ") needs 0 <= n_keep, 0 <= n_discard and n_keep + n_discard <= n_past (",
+                 n_past_, ")");
+    if (n_discard == 0) return n_past_;
+    const model::Model& m = *model_;
+    n_past_ = cache_->shift(n_past_, n_keep, n_discard,
+                            [&m](int64_t il, float* k, int64_t delta) { model::rerotate_keys(m, il, k, delta); });
+    return n_past_;
+}
+
+MemoryReport Engine::memory() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    check_open();
+    MemoryReport r;
+    r.weights_by_type = model_->weights.bytes_by_type;
+    for (const auto& [type, bytes] : r.weights_by_type) r.weights_bytes += bytes;
+    r.weights_copied_bytes = model_->weights.fused_bytes;
+    r.kv_bytes = uint64_t(cache_->bytes());
+    r.kv_cells = cache_->total_cells();
+    r.kv_layers = cache_->n_layers();
+    r.kv_type = model::kv_type_name(cache_->type());
+    r.scratch_bytes = uint64_t(state_->bytes());
+    r.total_bytes = r.weights_bytes + r.kv_bytes + r.scratch_bytes;
+    return r;
+}
+
+void Engine::close() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (closed_.exchange(true)) return;
+    pool_.reset();
+    state_.reset();
+    cache_.reset();
+    model_.reset();
+}
+
+const model::ModelConfig& Engine::config() const { check_open(); return model_->config; }
+
+int64_t Engine::n_past() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    check_open();
+    return n_past_;
+}
+
+std::string Engine::kv_type() const { check_open(); return model::kv_type_name(cache_->type()); }
+
+std::string Engine::kernels() const { check_open(); return cpu::kernels().name; }
+
+}  // namespace lowbit::runtime

@@ -1,0 +1,77 @@
+// engine.h: a decoding session over one model: KV cache, activations, thread pool, cancel flag
+// and memory accounting. What lowbit._core.Engine exposes to Python.
+//
+// Threading: every Engine owns its pool and buffers (no global state), so several engines can
+// run in different threads at once. One engine is not re-entrant: eval / truncate / shift /
+// close take a mutex, so a second concurrent call waits. cancel() is lock-free and may be
+// called from any thread; the flag stays set until reset_cancel().
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "cpu/threadpool.h"
+#include "model/forward.h"
+
+namespace lowbit::runtime {
+
+struct MemoryReport {
+    std::map<std::string, uint64_t> weights_by_type;   // bytes of the file's tensors by GGML type
+    uint64_t weights_bytes = 0;
+    uint64_t weights_copied_bytes = 0;  // part of weights_bytes held as fused copies (q|k|v, gate|up),
+                                        // whose mapped originals were released
+    uint64_t kv_bytes = 0;
+    int64_t kv_cells = 0;        // summed over layers (sliding layers hold fewer)
+    int64_t kv_layers = 0;
+    std::string kv_type;
+    uint64_t scratch_bytes = 0;  // activations of one batch + attention scratch
+    uint64_t total_bytes = 0;
+};
+
+class Engine {
+public:
+    // n_ctx: cache capacity in tokens; n_threads >= 1; n_batch: tokens per prefill pass
+    // (clamped to n_ctx); kv_type "f16" or "q8_0". Throws ValueError for bad arguments,
+    // ModelError / GGUFError for a bad file.
+    Engine(const std::string& path, int64_t n_ctx, int n_threads, int64_t n_batch, const std::string& kv_type);
+
+    // Appends tokens at positions n_past.. in n_batch chunks. out: (n, n_vocab) when all_logits,
+    // else (n_vocab,) for the last token. On Cancelled, the batch that was running is dropped
+    // (n_past counts the batches that completed).
+    void eval(const int32_t* tokens, int64_t n, bool all_logits, float* out);
+    // Drops cached positions >= n; returns the new n_past (see KVCache::truncate).
+    int64_t truncate(int64_t n);
+    // Drops [n_keep, n_keep + n_discard), moves later positions down; returns the new n_past.
+    int64_t shift(int64_t n_keep, int64_t n_discard);
+    void cancel() { cancel_.store(true, std::memory_order_relaxed); }
+    void reset_cancel() { cancel_.store(false, std::memory_order_relaxed); }
+    MemoryReport memory() const;
+    void close();   // frees everything; later calls throw ValueError("engine is closed")
+
+    const model::ModelConfig& config() const;
+    int64_t n_past() const;
+    int64_t n_ctx() const { check_open(); return n_ctx_; }
+    int64_t n_batch() const { check_open(); return n_batch_; }
+    int n_threads() const { check_open(); return n_threads_; }
+    std::string kv_type() const;
+    std::string kernels() const;
+
+private:
+    void check_open() const;
+    void check_fits_in_memory(const model::ModelConfig& c, model::KVType kvt) const;
+
+    mutable std::mutex mutex_;
+    std::atomic<bool> cancel_{false};
+    std::atomic<bool> closed_{false};
+    std::unique_ptr<model::Model> model_;
+    std::unique_ptr<model::KVCache> cache_;
+    std::unique_ptr<model::ForwardState> state_;
+    std::unique_ptr<cpu::ThreadPool> pool_;
+    int64_t n_ctx_ = 0, n_batch_ = 0, n_past_ = 0;
+    int n_threads_ = 0;
+};
+
+}  // namespace lowbit::runtime

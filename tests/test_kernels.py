@@ -1,0 +1,345 @@
+"""CPU dot kernels, activation quantizers and threaded matmul.
+
+Oracles: gguf.quants.dequantize for the weights (float64 dot of dequantized weights and
+dequantized activations), the scalar kernel set for the SIMD ones.
+
+Claims checked here (see csrc/cpu/kernels.h):
+  * k-quants and IQ4_XS: every SIMD dot == scalar dot bit for bit.
+  * legacy 32-blocks (Q4_0 .. IQ4_NL): SIMD float reduction order differs: tier 1,
+    |simd - scalar| <= 2e-7 * n_blocks * sum|w_i a_i|.
+  * F32/F16/BF16: scalar sums in double, SIMD in f32 lanes: |diff| <= 1e-7 * n * sum|w_i a_i|.
+  * activation quantizers: SIMD == scalar byte for byte.
+  * matmul: threaded == single-thread, mat-mat == per-row mat-vec, all bit for bit.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT
+from gguf.quants import dequantize, quantize
+
+from lowbit import cpu
+
+QUANT_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"]
+FLOAT_TYPES = ["F32", "F16", "BF16"]
+ALL_TYPES = QUANT_TYPES + FLOAT_TYPES
+EXACT_TYPES = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"}
+LEVELS = ["scalar", "avx2", "avx512"]
+
+# Byte offsets of the fp16 scale fields of each block (set to sane values; the rest is random).
+SCALE_OFFSETS = {
+    "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0], "IQ4_NL": [0],
+    "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208], "IQ4_XS": [0],
+}
+
+
+def supported_levels() -> list[str]:
+    return [s.strip() for s in cpu.features()["supported"].split(",")]
+
+
+@pytest.fixture(params=LEVELS)
+def level(request):
+    if request.param not in supported_levels():
+        pytest.skip(f"CPU lacks {request.param}")
+    before = cpu.get_kernels()
+    cpu.set_kernels(request.param)
+    yield request.param
+    cpu.set_kernels(before)
+
+
+@pytest.fixture
+def kernel_set():
+    """Run a block under a given kernel set, restoring the previous one."""
+    before = cpu.get_kernels()
+
+    class Use:
+        def __call__(self, name):
+            cpu.set_kernels(name)
+            return self
+
+    yield Use()
+    cpu.set_kernels(before)
+
+
+def block_geometry(type_name: str) -> tuple[int, int]:
+    return GGML_QUANT_SIZES[QT[type_name]]
+
+
+def random_weights(rng, type_name: str, rows: int, cols: int) -> np.ndarray:
+    """Raw weight bytes (rows, row_bytes): random quants, fp16 scales in +-[1e-3, 1e-1]."""
+    if type_name == "F32":
+        return rng.standard_normal((rows, cols)).astype(np.float32).view(np.uint8)
+    if type_name == "F16":
+        return rng.standard_normal((rows, cols)).astype(np.float16).view(np.uint8)
+    if type_name == "BF16":
+        f = rng.standard_normal((rows, cols)).astype(np.float32)
+        return (f.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+    bs, bb = block_geometry(type_name)
+    nb = rows * cols // bs
+    raw = rng.integers(0, 256, size=(nb, bb), dtype=np.uint8)
+    for k, off in enumerate(SCALE_OFFSETS[type_name]):
+        mag = rng.uniform(1e-3, 1e-1, size=nb)
+        sign = np.where(rng.random(nb) < 0.5, -1.0, 1.0) if k > 0 else 1.0  # mins of either sign
+        raw[:, off:off + 2] = (mag * sign).astype(np.float16).view(np.uint8).reshape(nb, 2)
+    return raw.reshape(rows, -1)
+
+
+def dequant_weights(type_name: str, raw: np.ndarray) -> np.ndarray:
+    if type_name == "F32":
+        return raw.view(np.float32).astype(np.float64)
+    if type_name == "F16":
+        return raw.view(np.float16).astype(np.float64)
+    if type_name == "BF16":
+        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    return dequantize(raw, QT[type_name]).astype(np.float64)
+
+
+def dequant_act(fmt: str, act: np.ndarray) -> np.ndarray:
+    if fmt == "Q8_0":
+        return dequantize(act, QT.Q8_0).astype(np.float64)
+    blocks = act.reshape(-1, 292)
+    d = blocks[:, :4].copy().view(np.float32).astype(np.float64)
+    qs = blocks[:, 4:260].view(np.int8).astype(np.float64)
+    return (d * qs).reshape(-1)
+
+
+def make_act(type_name: str, x: np.ndarray):
+    """(activation argument for vec_dot, its float64 values)."""
+    fmt = cpu.act_format(type_name)
+    if fmt == "F32":
+        return x, x.astype(np.float64)
+    act = cpu.quantize_act(fmt, x)
+    return act, dequant_act(fmt, act)
+
+
+def sizes_for(type_name: str) -> list[int]:
+    bs, _ = block_geometry(type_name)
+    step = max(bs, 32)
+    return [step * 1, step * 3, step * 7, step * 19, 16384]
+
+
+# ---- (a) scalar dot == float64 dot of dequantized operands -----------------------------------
+
+@pytest.mark.parametrize("type_name", ALL_TYPES)
+def test_scalar_dot_matches_dequantized_dot(type_name, kernel_set):
+    kernel_set("scalar")
+    rng = np.random.default_rng(1000 + ALL_TYPES.index(type_name))
+    for n in sizes_for(type_name):
+        w = random_weights(rng, type_name, 1, n)[0]
+        act, a64 = make_act(type_name, rng.standard_normal(n).astype(np.float32))
+        wa = dequant_weights(type_name, w) * a64
+        got = cpu.vec_dot(type_name, w, act)
+        ref = wa.sum()
+        assert abs(got - ref) <= 2e-6 * np.abs(wa).sum() + 1e-30, (type_name, n, got, ref)
+
+
+# ---- (b) every SIMD dot == scalar dot ----------------------------------------------------------
+
+def dot_tolerance(type_name: str, n: int, w: np.ndarray, a64: np.ndarray) -> float:
+    scale = np.abs(dequant_weights(type_name, w) * a64).sum()
+    if type_name in EXACT_TYPES:
+        return 0.0
+    if type_name in FLOAT_TYPES:
+        return 1e-7 * n * scale
+    return 2e-7 * (n // 32) * scale
+
+
+@pytest.mark.parametrize("type_name", ALL_TYPES)
+def test_simd_dot_matches_scalar(type_name, level, kernel_set):
+    rng = np.random.default_rng(2000 + ALL_TYPES.index(type_name))
+    for n in sizes_for(type_name):
+        for _ in range(3):
+            w = random_weights(rng, type_name, 1, n)[0]
+            x = (rng.standard_normal(n) * rng.uniform(0.1, 10)).astype(np.float32)
+            kernel_set("scalar")
+            act, a64 = make_act(type_name, x)
+            ref = cpu.vec_dot(type_name, w, act)
+            kernel_set(level)
+            got = cpu.vec_dot(type_name, w, act)
+            tol = dot_tolerance(type_name, n, w, a64)
+            assert abs(got - ref) <= tol, (type_name, level, n, got, ref, tol)
+
+
+# ---- (d) activation quantizers ----------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["Q8_0", "Q8_K"])
+def test_activation_quantizer_simd_equals_scalar(fmt, level, kernel_set):
+    rng = np.random.default_rng(3000)
+    for n in [256, 768, 4096]:
+        x = (rng.standard_normal(n) * rng.uniform(0.01, 100)).astype(np.float32)
+        x[rng.integers(0, n)] *= -20  # a dominant negative element (q8_K sign rule)
+        x[:256][rng.random(256) < 0.05] = 0.0
+        kernel_set("scalar")
+        ref = cpu.quantize_act(fmt, x)
+        kernel_set(level)
+        got = cpu.quantize_act(fmt, x)
+        assert got.tobytes() == ref.tobytes(), (fmt, level, n)
+    kernel_set(level)
+    zeros_then_data = np.concatenate([np.zeros(256, np.float32), np.ones(256, np.float32)])
+    back = dequant_act(fmt, cpu.quantize_act(fmt, zeros_then_data))
+    assert np.all(back[:256] == 0) and np.allclose(back[256:], 1.0, rtol=1e-3)
+
+
+def test_q8_0_quantizer_matches_gguf():
+    rng = np.random.default_rng(3100)
+    x = rng.standard_normal(4096).astype(np.float32)
+    assert cpu.quantize_act("Q8_0", x).tobytes() == quantize(x, QT.Q8_0).tobytes()
+
+
+def test_q8_K_sign_rule_and_bsums(kernel_set):
+    rng = np.random.default_rng(3200)
+    for level_name in supported_levels():
+        kernel_set(level_name)
+        x = rng.standard_normal(512).astype(np.float32)
+        x[5] = -7.5  # largest magnitude is negative: maps to -127, d = 7.5/127 > 0
+        x[300] = 9.0  # positive: maps to -127 with d < 0
+        blocks = cpu.quantize_act("Q8_K", x).reshape(2, 292)
+        d = blocks[:, :4].copy().view(np.float32)[:, 0]
+        qs = blocks[:, 4:260].view(np.int8)
+        bsums = blocks[:, 260:].copy().view(np.int16)
+        assert qs[0, 5] == -127 and d[0] > 0 and qs[1, 300 - 256] == -127 and d[1] < 0
+        assert np.array_equal(bsums, qs.reshape(2, 16, 16).astype(np.int32).sum(-1))
+        assert np.max(np.abs(d[:, None] * qs - x.reshape(2, 256))) <= np.abs(d).max() * 0.5 + 1e-6
+
+
+# ---- (c) matmul -------------------------------------------------------------------------------
+
+def matvec_rows(type_name, w, rows, cols, x, n_threads):
+    return np.stack([cpu.matmul(w, type_name, (rows, cols), xi, n_threads=n_threads) for xi in x])
+
+
+@pytest.mark.parametrize("type_name", ALL_TYPES)
+def test_matmul_threads_and_tiles_agree(type_name, level):
+    rng = np.random.default_rng(4000 + ALL_TYPES.index(type_name))
+    bs, _ = block_geometry(type_name)
+    # legacy: 2 batches of 8 blocks + a 3-block tail; k-quants: 3 super-blocks; floats: odd width
+    rows, cols = 67, {1: 611, 32: 608, 256: 768}[bs]
+    w = random_weights(rng, type_name, rows, cols)
+    x = rng.standard_normal((17, cols)).astype(np.float32)
+    single = cpu.matmul(w, type_name, (rows, cols), x[0], n_threads=1)
+    for t in (2, 3):
+        assert np.array_equal(cpu.matmul(w, type_name, (rows, cols), x[0], n_threads=t), single)
+    # mat-vec == the dot of each row
+    act, _ = make_act(type_name, x[0])
+    dots = np.array([cpu.vec_dot(type_name, w[r], act) for r in range(rows)], np.float32)
+    assert np.array_equal(single, dots)
+    per_row = matvec_rows(type_name, w, rows, cols, x, 2)
+    for n in (1, 3, 8, 17):
+        for t in (1, 2):
+            got = cpu.matmul(w, type_name, (rows, cols), x[:n], n_threads=t)
+            assert got.shape == (n, rows) and np.array_equal(got, per_row[:n]), (type_name, n, t)
+
+
+def test_matmul_against_dequantized_reference():
+    rng = np.random.default_rng(4500)
+    rows, cols = 40, 512
+    for type_name in ALL_TYPES:
+        w = random_weights(rng, type_name, rows, cols)
+        x = rng.standard_normal((5, cols)).astype(np.float32)
+        got = cpu.matmul(w, type_name, (rows, cols), x)
+        ref = x.astype(np.float64) @ dequant_weights(type_name, w).reshape(rows, cols).T
+        err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+        assert err < (1e-6 if type_name in FLOAT_TYPES else 2e-2), (type_name, err)
+
+
+# ---- (e) bad input ----------------------------------------------------------------------------
+
+def test_bad_input_raises_value_error():
+    rng = np.random.default_rng(5000)
+    w = random_weights(rng, "Q4_K", 4, 512)
+    x = rng.standard_normal(512).astype(np.float32)
+    with pytest.raises(ValueError, match=r"1151 bytes; Q4_K shape \(4, 512\) needs 1152"):
+        cpu.matmul(w.reshape(-1)[:-1], "Q4_K", (4, 512), x)
+    with pytest.raises(ValueError, match=r"cols 500 is not a multiple of the Q4_K block size 256"):
+        cpu.matmul(w, "Q4_K", (4, 500), x[:500])
+    with pytest.raises(ValueError, match=r"no CPU kernel for type 'Q9_K'.*Q4_K"):
+        cpu.matmul(w, "Q9_K", (4, 512), x)
+    with pytest.raises(ValueError, match=r"shape \(n, 512\), got width 511"):
+        cpu.matmul(w, "Q4_K", (4, 512), x[:511])
+    with pytest.raises(ValueError, match=r"must be positive"):
+        cpu.matmul(w, "Q4_K", (0, 512), x)
+    with pytest.raises(ValueError, match=r"a Q4_K row of 512 elements needs 584"):
+        cpu.vec_dot("Q4_K", w[0], np.zeros(583, np.uint8))
+    with pytest.raises(ValueError, match=r"multiple of 256"):
+        cpu.quantize_act("Q8_K", x[:100])
+    with pytest.raises(ValueError, match=r"valid choices are scalar, avx2, avx512.*supports: scalar"):
+        cpu.set_kernels("avx9000")
+
+
+def test_features_report_detected_flags():
+    f = cpu.features()
+    assert f["kernels"] in supported_levels() and f["supported"].startswith("scalar")
+    assert f["physical_cores"] >= 1
+    if "avx512" in supported_levels():
+        assert f["avx512f"] and f["avx512vnni"] and f["os_avx512"]
+    if "avx2" in supported_levels():
+        assert f["avx2"] and f["fma"] and f["os_avx"]
+
+
+def test_env_override_and_bad_value(tmp_path):
+    import subprocess
+    import sys
+    code = "from lowbit import cpu; print(cpu.get_kernels())"
+    env = {"PYTHONPATH": str(__import__("pathlib").Path(cpu.__file__).parents[1]), "LOWBIT_CPU": "scalar"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "scalar", out.stderr
+    env["LOWBIT_CPU"] = "sse9"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "ValueError" in out.stderr and "valid choices are scalar, avx2, avx512" in out.stderr
+
+
+def test_thread_pool_many_small_jobs_and_shutdown():
+    """Back-to-back jobs on one pool, more threads than cores, and pools created and dropped."""
+    from lowbit import _core
+    rng = np.random.default_rng(6000)
+    w = random_weights(rng, "Q8_0", 37, 256)
+    x = rng.standard_normal((3, 256)).astype(np.float32)
+    ref = cpu.matmul(w, "Q8_0", (37, 256), x, n_threads=1)
+    for t in (2, 5):
+        for _ in range(200):
+            assert np.array_equal(cpu.matmul(w, "Q8_0", (37, 256), x, n_threads=t), ref)
+    for t in (1, 3, 8):
+        pool = _core.CpuThreadPool(t)
+        assert pool.size == t
+        assert np.array_equal(_core.cpu_matmul(w.reshape(-1), "Q8_0", 37, 256, x, pool), ref)
+        del pool
+    assert _core.CpuThreadPool(0).size == cpu.features()["physical_cores"]
+
+
+# ---- real weights ----------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def real_tensors(model: str) -> dict:
+    """{type name: (tensor name, cols, first 96 rows as bytes)}: one 2-D tensor per type."""
+    from _models import real_model_path
+    from gguf import GGUFReader
+    path = real_model_path(model)
+    if path is None:
+        return {}
+    out = {}
+    for t in GGUFReader(path).tensors:
+        ty = t.tensor_type.name
+        if ty not in out and ty in ALL_TYPES and len(t.data.shape) == 2:
+            out[ty] = (t.name, int(t.shape[0]), np.ascontiguousarray(t.data[:96]))
+    return out
+
+
+@pytest.mark.parametrize("model", ["gemma3-270m", "smollm2-135m-instruct"])
+def test_matmul_on_real_tensors(model, level):
+    """One tensor of every type in the real models: matmul (which quantizes the activations)
+    vs float64 x @ dequantized W.T; the error is the q8 activation rounding."""
+    tensors = real_tensors(model)
+    if not tensors:
+        pytest.skip(f"{model} not available")
+    rng = np.random.default_rng(7000)
+    for ty, (name, cols, w) in tensors.items():
+        rows = w.shape[0]
+        x = rng.standard_normal((4, cols)).astype(np.float32)
+        got = cpu.matmul(w, ty, (rows, cols), x)
+        ref = x.astype(np.float64) @ dequant_weights(ty, w).reshape(rows, cols).T
+        err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+        assert err < (1e-6 if ty in FLOAT_TYPES else 1.5e-2), (model, name, ty, err)
+        assert np.array_equal(got[1], cpu.matmul(w, ty, (rows, cols), x[1], n_threads=1))
+    assert len(tensors) >= 2

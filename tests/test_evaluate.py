@@ -121,3 +121,13 @@ def test_real_model_perplexity_within_1pct_of_llama_cpp(name):
     r = perplexity(path, pydoc_corpus(), n_ctx=oracle["n_ctx"], n_chunks=oracle["chunks"], n_threads=2)
     assert r.n_scored == oracle["scored_tokens"]
     assert abs(r.ppl / oracle["ppl"] - 1) < 0.01, (r.ppl, oracle["ppl"])
+
+
+def test_real_model_kld_against_itself_is_zero():
+    needs_engine()
+    path = real_model_path("smollm2-135m-instruct")
+    if path is None:
+        pytest.skip("smollm2-135m-instruct not available")
+    r = perplexity(path, pydoc_corpus(), n_ctx=256, n_chunks=1, kl_base=path, n_threads=2)
+    assert r.kl.mean == 0.0 and r.kl.max == 0.0 and r.kl.same_top1_pct == 100.0
+    assert r.kl.base_ppl == r.ppl

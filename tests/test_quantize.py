@@ -270,3 +270,18 @@ def test_gemma3_q4_k_m_types_equal_llama_cpp(tmp_path):
     assert seconds < 30, f"quantizing gemma3-270m to Q4_K_M took {seconds:.1f} s"
     reader = GGUFReader(r.path)
     assert {t.name: t.tensor_type.name for t in reader.tensors} == want
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_K_M", "Q3_K_S", "IQ4_XS", "BF16"])
+def test_outputs_run_in_the_engine(tiny, tmp_path, qtype):
+    from lowbit import _core
+    if not hasattr(_core, "Engine"):
+        pytest.skip("this build has no inference engine")
+    out = str(tmp_path / f"{qtype}.gguf")
+    quantize(tiny, out, qtype)
+    ids = [1, 5, 9, 17, 33, 2]
+    with lowbit.load(out, n_ctx=64, n_threads=2) as m, lowbit.load(tiny, n_ctx=64, n_threads=2) as ref:
+        got, want = m.logits(ids), ref.logits(ids)
+    assert got.shape == want.shape and np.all(np.isfinite(got))
+    rel = np.linalg.norm(got - want) / np.linalg.norm(want)
+    assert rel < (0.05 if qtype in ("Q8_0", "BF16") else 0.4), rel

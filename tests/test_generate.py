@@ -209,3 +209,22 @@ def test_bad_arguments(kw, err):
 def test_prompt_must_be_text():
     with pytest.raises(TypeError):
         model_for("ab").generate(b"bytes")
+
+
+def test_memory_record_on_a_real_model():
+    from _models import real_model_path
+    import lowbit
+    path = real_model_path("smollm2-135m-instruct")
+    if path is None:
+        pytest.skip("smollm2-135m-instruct not available")
+    with lowbit.load(path, n_ctx=512, n_threads=2) as m:
+        mem = m.memory()
+        assert mem["kv_cache_bytes"] == 30 * 512 * 3 * 128 * 2 == mem["kv_cache"]["bytes"]
+        assert mem["kv_type"] == "f16" and mem["n_ctx"] == 512 and mem["n_threads"] == 2
+        assert set(mem["weights"]) == {"F32", "Q4_1", "Q8_0"}
+        assert mem["weights_bytes"] == sum(mem["weights"].values())
+        assert mem["process_peak_rss_bytes"] > mem["weights_bytes"] // 4
+        g = m.generate("The capital of France is", max_new_tokens=4, temperature=0)
+        assert "Paris" in g.text and g.prompt_tokens == 5 and g.finish_reason == "length"   # no BOS for SmolLM2
+    with pytest.raises(lowbit.LowbitError, match="closed"):
+        m.memory()

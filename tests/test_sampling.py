@@ -98,3 +98,16 @@ def test_bad_logits():
         softmax(np.zeros((2, 2)))
     with pytest.raises(ValueError, match="no finite"):
         softmax(np.full(3, -np.inf))
+
+
+def test_fast_path_draws_the_same_distribution_as_the_filter_chain():
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=3000) * 3
+    params = SamplingParams(temperature=0.7, top_k=25, top_p=0.9, min_p=0.05, repetition_penalty=1.3, seed=5)
+    history = list(rng.integers(0, 3000, size=40))
+    s = Sampler(params)
+    want = softmax(s.filtered_logits(x, history))
+    n = 30000
+    counts = np.bincount([s.sample(x, history) for _ in range(n)], minlength=x.size) / n
+    assert set(np.flatnonzero(counts)) <= set(np.flatnonzero(want > 0))
+    assert np.abs(counts - want).max() < 0.012

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "bindings/bind.h"
+#include "model/config.h"
 #include "common.h"
 #include "gguf/gguf.h"
 #include "runtime/engine.h"
@@ -73,6 +74,8 @@ py::dict memory(const Engine& e) {
 }  // namespace
 
 void bind_engine(py::module_& m) {
+    m.def("supported_architectures", []() { return std::string(model::supported_architectures()); },
+          "Comma-separated architectures the engine runs.");
     py::class_<Engine>(m, "Engine", "Decoding engine over one GGUF model: KV cache, batched prefill, decode.")
         .def(py::init([](const std::string& path, int64_t n_ctx, int n_threads, int64_t n_batch,
                          const std::string& kv_type) {

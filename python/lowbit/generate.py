@@ -154,16 +154,21 @@ def run(engine, tokenizer, prompt_ids: List[int], params: SamplingParams, *, max
 
     # prefill: reuse the cached prefix, keep at least one token to evaluate for fresh logits
     keep = min(common_prefix_len(cached_ids, prompt_ids), len(prompt_ids) - 1)
-    engine.truncate(keep)
+    # the engine may keep fewer (a sliding-window ring that already overwrote needed keys)
+    kept = engine.truncate(keep)
+    keep = keep if kept is None else min(keep, int(kept))
     del cached_ids[keep:]
     record.cached_prompt_tokens = keep
     t0 = time.perf_counter()
     try:
         logits = engine.eval(np.asarray(prompt_ids[keep:], dtype=np.int32))
-    except Cancelled:
+    except (Cancelled, KeyboardInterrupt, GeneratorExit) as e:
         record.finish_reason = "cancelled"
         record.peak_memory_bytes = peak_rss_bytes()
-        return
+        del cached_ids[:]                    # what the cache holds is unknown: reuse nothing
+        if isinstance(e, Cancelled):
+            return
+        raise
     cached_ids.extend(prompt_ids[keep:])
     record.prefill_seconds = time.perf_counter() - t0
     n_eval = len(prompt_ids) - keep
@@ -208,7 +213,7 @@ def run(engine, tokenizer, prompt_ids: List[int], params: SamplingParams, *, max
                 finish = "cancelled"
                 break
             cached_ids.append(token)
-    except GeneratorExit:      # the consumer stopped iterating: the generation was abandoned
+    except (GeneratorExit, KeyboardInterrupt):   # abandoned by the consumer, or Ctrl+C
         finish = "cancelled"
         raise
     finally:

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import registry
 from .chat import default_template, render_chat
-from .errors import Cancelled, CudaError, InsufficientMemory, LowbitError
+from .errors import Cancelled, CudaError, InsufficientMemory, LowbitError, ModelError
 from .generate import Generation, GenerationStream, peak_rss_bytes, run
 from .memory import Hparams, kv_cache_bytes
 from .progress import ProgressFn
@@ -131,12 +131,19 @@ def load(path_or_name: Union[str, os.PathLike], *, n_ctx: Optional[int] = None,
     with GGUFFile(path) as g:
         meta = g.metadata
         weights_bytes = sum(t.nbytes for t in g.tensors)
+    supported = [a.strip() for a in _core.supported_architectures().split(",")]
+    arch = meta.get("general.architecture")
+    if arch not in supported:
+        raise ModelError(f"{path}: unsupported architecture {arch!r}; supported: {', '.join(supported)}")
     tokenizer = Tokenizer.from_metadata(meta)
     n_ctx = n_ctx or default_n_ctx(meta, kv_type)
     check_memory(meta, weights_bytes, n_ctx, kv_type)
     start = 0.5 if pulled else 0.0
     _prefault(path, progress, start, (1.0 - start) * 0.9)
-    engine = _core.Engine(path, int(n_ctx), int(n_threads or 0), int(n_batch), kv_type)
+    if n_threads is None:
+        from .cpu import features
+        n_threads = features()["physical_cores"]
+    engine = _core.Engine(path, int(n_ctx), int(n_threads), int(n_batch), kv_type)
     if progress is not None and progress(1.0) is False:
         engine.close()
         raise Cancelled("load cancelled by the progress callback")
@@ -288,9 +295,12 @@ class Model:
         """Weights by type, KV cache, scratch and totals for this model, plus the process's
         peak RSS."""
         self._check_open()
-        report = dict(self._engine.memory())
-        report["device"] = self.device
-        report["process_peak_rss_bytes"] = peak_rss_bytes()
+        e = self._engine
+        report = dict(e.memory())          # weights (by type), kv_cache {...}, scratch_bytes, total_bytes
+        kv = report.get("kv_cache", {})
+        report.update(device=self.device, kernels=e.kernels, n_threads=e.n_threads, n_ctx=e.n_ctx,
+                      kv_cache_bytes=kv.get("bytes", 0), kv_type=kv.get("type", e.kv_type),
+                      process_peak_rss_bytes=peak_rss_bytes())
         return report
 
     def close(self) -> None:

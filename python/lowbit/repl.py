@@ -203,16 +203,22 @@ class ChatSession:
             self.say(f"(the conversation needs {len(ids)} tokens but the context holds {self.model.n_ctx}; "
                      f"use /clear to start over{'' if self.context_shift else ', or restart with --context-shift'})")
             return
-        stream = self.model.chat(self.conversation(), stream=True, context_shift=self.context_shift, **kw)
+        stream = None
         interrupted = False
         try:
+            stream = self.model.chat(self.conversation(), stream=True, context_shift=self.context_shift, **kw)
             for piece in stream:
                 self.out.write(piece)
                 self.out.flush()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:         # Ctrl+C at any point of the turn, prefill included
             interrupted = True
             self.model.cancel()
-            stream.close()
+            if stream is not None:
+                stream.close()
+        if stream is None:
+            self.messages.pop()
+            self.say(" [interrupted]")
+            return
         g = stream.result
         self.last = g
         msg = {"role": "assistant", "content": g.text}

@@ -135,8 +135,25 @@ class Sampler:
         return x / p.temperature
 
     def sample(self, logits, history: Sequence[int] = ()) -> int:
-        x = self.filtered_logits(logits, history)
-        if self.params.temperature <= 0:
-            return greedy(x)
-        probs = softmax(x)
-        return int(self.rng.choice(probs.size, p=probs))
+        p = self.params
+        if p.temperature <= 0:
+            return greedy(self.filtered_logits(logits, history))
+        x = np.asarray(logits)                  # float32 from the engine: no full-vocab copies
+        if x.ndim != 1 or x.size == 0:
+            raise ValueError(f"logits must be a non-empty 1-D array, got shape {x.shape}")
+        if p.repetition_penalty != 1.0 and len(history):
+            window = history if p.repeat_last_n == -1 else history[-p.repeat_last_n:] if p.repeat_last_n else ()
+            x = repetition_penalty(x, window, p.repetition_penalty)
+        # top-k on the full vocabulary, then the rest of the chain on the k candidates only:
+        # the same distribution as filtered_logits, without sorting the whole vocabulary.
+        if 0 < p.top_k < x.size:
+            cand = np.argpartition(x, x.size - p.top_k)[x.size - p.top_k:]
+        else:
+            cand = np.arange(x.size)
+        vals = x[cand].astype(np.float64)
+        order = np.argsort(-vals, kind="stable")
+        cand, vals = cand[order], vals[order]
+        y = top_p(vals, p.top_p)
+        y = min_p(y, p.min_p) / p.temperature
+        probs = softmax(y)
+        return int(cand[self.rng.choice(probs.size, p=probs)])

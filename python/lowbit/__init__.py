@@ -17,6 +17,7 @@ from .generate import Generation
 from .model import Model, load
 from .sampling import SamplingParams
 from .tokenizer import Tokenizer
+from .quantize import QuantizeError, quantize   # the function shadows the submodule name
 
 __version__ = "0.1.0"
 
@@ -38,5 +39,5 @@ def cuda_status() -> dict:
 __all__ = [
     "Cancelled", "CudaError", "GGUFError", "GGUFFile", "GGUFTensorInfo", "LowbitError", "ModelError",
     "Generation", "Model", "RegistryError", "SamplingParams", "TemplateError", "Tokenizer", "cpu_features", "cuda_status",
-    "load", "quant", "registry", "__version__",
+    "load", "quant", "quantize", "QuantizeError", "registry", "__version__",
 ]

@@ -174,6 +174,95 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .progress import ProgressBar
+    from .quantize import format_result, quantize
+    bars = []      # made on the first progress call, so argument errors print one line only
+
+    def progress(frac):
+        if not args.quiet:
+            if not bars:
+                bars.append(ProgressBar(100, f"quantizing to {args.type.upper()}", unit="count"))
+            bars[0].set(100 * frac)
+        return True
+
+    say = None if args.quiet else (lambda msg: print(f"note: {msg}", file=sys.stderr))
+    calibration = None
+    if args.text:
+        with open(args.text, encoding="utf-8") as f:
+            calibration = f.read()
+    import warnings
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            r = quantize(args.input, args.output, args.type, imatrix=args.imatrix, method=args.method,
+                         n_threads=args.threads, progress=progress, pure=args.pure, log=say,
+                         calibration=calibration, calib_ctx=args.ctx, calib_chunks=args.chunks)
+    finally:
+        for bar in bars:
+            bar.close("stopped" if sys.exc_info()[0] else "done")
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    print(format_result(r))
+    return 0
+
+
+def cmd_perplexity(args: argparse.Namespace) -> int:
+    from .evaluate import format_perplexity, perplexity
+    with open(args.text, encoding="utf-8") as f:
+        text = f.read()
+    say = None if args.json else (lambda done, total: print(f"  chunk {done}/{total}", file=sys.stderr, flush=True))
+    r = perplexity(str(registry.resolve(args.model, quiet=args.json)), text, n_ctx=args.ctx, n_chunks=args.chunks,
+                   kl_base=str(registry.resolve(args.kl_base, quiet=args.json)) if args.kl_base else None,
+                   n_threads=args.threads, progress=say)
+    if args.json:
+        print(json.dumps(dict(r.to_dict(), model=args.model, kl_base=args.kl_base), indent=2))
+    else:
+        print(format_perplexity(r, args.model))
+    return 0
+
+
+def cmd_imatrix(args: argparse.Namespace) -> int:
+    from .calibrate import compute_imatrix
+    with open(args.text, encoding="utf-8") as f:
+        text = f.read()
+    say = None if args.quiet else (lambda done, total: print(f"  chunk {done}/{total}", file=sys.stderr, flush=True))
+    im = compute_imatrix(str(registry.resolve(args.model, quiet=args.quiet)), text, n_ctx=args.ctx,
+                         n_chunks=args.chunks, progress=say)
+    im.datasets = [args.text]
+    im.save(args.output, fmt=args.output_format)
+    print(f"{args.output}: {len(im.entries)} weight matrices, {im.chunk_count} chunks of {args.ctx} tokens")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import check_plotting, compare, format_markdown, plot
+    if args.plot:
+        check_plotting()             # before the long work
+    with open(args.text, encoding="utf-8") as f:
+        text = f.read()
+    say = None if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    types = [t for t in args.types.split(",") if t.strip()]
+    calib = None
+    if args.calib_text:
+        with open(args.calib_text, encoding="utf-8") as f:
+            calib = f.read()
+    rep = compare(str(registry.resolve(args.model, quiet=args.json)), types, text, imatrix=args.imatrix,
+                  calib_text=calib,
+                  out_dir=args.out_dir, n_ctx=args.ctx, n_chunks=args.chunks, n_threads=args.threads,
+                  backend=args.backend, progress=say)
+    rep.text = args.text
+    if args.plot:
+        plot(rep, args.plot)
+    if args.json:
+        print(json.dumps(rep.to_dict(), indent=2))
+    else:
+        print(format_markdown(rep))
+        if args.plot:
+            print(f"\nplot: {args.plot}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lowbit", description="Run and quantize GGUF models locally.")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -236,6 +325,58 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--kv-type", default="f16", choices=["f16", "q8_0", "f32"], help="KV cache type")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_info)
+
+    sp = sub.add_parser("quantize", help="write a GGUF in another type or llama.cpp recipe (Q4_K_M ...)")
+    sp.add_argument("input", metavar="IN", help="input GGUF (any type lowbit reads)")
+    sp.add_argument("output", metavar="OUT", help="output GGUF (written to a temp file, renamed at the end)")
+    sp.add_argument("--type", required=True, metavar="T",
+                    help="recipe (Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K) or single type "
+                         "(F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q3_K Q4_K Q5_K IQ4_NL IQ4_XS)")
+    sp.add_argument("--imatrix", default=None, metavar="FILE", help="importance matrix (GGUF or legacy .dat)")
+    sp.add_argument("--method", default="rtn", choices=["rtn", "gptq"],
+                    help="rtn: round each block (imatrix-weighted with --imatrix); gptq: error feedback "
+                         "from calibration activations (needs --text)")
+    sp.add_argument("--text", default=None, metavar="FILE", help="calibration text for --method gptq")
+    sp.add_argument("--ctx", type=int, default=512, help="calibration chunk length (gptq)")
+    sp.add_argument("--chunks", type=int, default=8, help="calibration chunks (gptq)")
+    sp.add_argument("--pure", action="store_true", help="every quantizable tensor gets the one type")
+    sp.add_argument("-t", "--threads", type=int, default=None, help="threads (default: all CPUs)")
+    sp.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    sp.set_defaults(func=cmd_quantize)
+    sp = sub.add_parser("perplexity", help="llama-perplexity's PPL on a text, optionally KL divergence vs a base")
+    sp.add_argument("model", metavar="MODEL", help="a GGUF path or registry name")
+    sp.add_argument("--text", required=True, metavar="FILE", help="UTF-8 text to score")
+    sp.add_argument("--ctx", type=int, default=512, help="chunk length in tokens (second half scored)")
+    sp.add_argument("--chunks", type=int, default=None, help="score at most N chunks (default: all)")
+    sp.add_argument("--kl-base", default=None, metavar="BASE", help="base model for KL divergence statistics")
+    sp.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.set_defaults(func=cmd_perplexity)
+    sp = sub.add_parser("imatrix", help="importance matrix from calibration text (llama.cpp's imatrix format)")
+    sp.add_argument("model", metavar="MODEL", help="a GGUF path or registry name")
+    sp.add_argument("--text", required=True, metavar="FILE", help="UTF-8 calibration text")
+    sp.add_argument("-o", "--output", required=True, metavar="OUT", help="output file (.gguf, or .dat for the legacy format)")
+    sp.add_argument("--output-format", choices=["gguf", "dat"], default=None, help="default: from OUT's suffix")
+    sp.add_argument("--ctx", type=int, default=512, help="chunk length in tokens")
+    sp.add_argument("--chunks", type=int, default=None, help="use at most N chunks (default: all)")
+    sp.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    sp.set_defaults(func=cmd_imatrix)
+    sp = sub.add_parser("compare", help="quantize several ways; size, memory, speed, PPL and KLD side by side")
+    sp.add_argument("model", metavar="MODEL", help="baseline GGUF path or registry name")
+    sp.add_argument("--types", default="Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q4_0,Q3_K_M,Q2_K",
+                    help="comma-separated candidates; TYPE:rtn, TYPE:imatrix or TYPE:gptq picks the variant")
+    sp.add_argument("--text", required=True, metavar="FILE", help="UTF-8 evaluation text")
+    sp.add_argument("--imatrix", default=None, metavar="FILE", help="importance matrix for the imatrix variants")
+    sp.add_argument("--calib-text", default=None, metavar="FILE", help="calibration text for TYPE:gptq candidates")
+    sp.add_argument("--out-dir", default=None, metavar="DIR", help="keep the quantized files here (default: a temp dir)")
+    sp.add_argument("--plot", default=None, metavar="FILE.png", help="chart of quality loss against size and speed")
+    sp.add_argument("--ctx", type=int, default=512, help="perplexity chunk length")
+    sp.add_argument("--chunks", type=int, default=8, help="perplexity chunks (0: all)")
+    sp.add_argument("--backend", choices=["engine", "numpy"], default="engine",
+                    help="numpy: evaluate with the float32 numpy forward (no speed/memory figures)")
+    sp.add_argument("-t", "--threads", type=int, default=None, help="threads")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.set_defaults(func=cmd_compare)
     return p
 
 

@@ -1,0 +1,350 @@
+"""``lowbit.quantize(in, out, type)``: write a GGUF with llama.cpp's per-tensor recipe.
+
+    result = lowbit.quantize("model-f32.gguf", "model-q4_k_m.gguf", "Q4_K_M", imatrix="imatrix.gguf")
+    result.tensor_types["blk.0.attn_v.weight"]   # "Q6_K"
+
+Steps: read the input (any type lowbit computes), pick every tensor's type (``recipes``), then
+stream tensor by tensor: copy the bytes when the type stays, else dequantize to f32 and quantize
+rows in parallel chunks (the C++ quantizer releases the GIL). Metadata is copied (the GGUF.*
+internals excepted), ``general.file_type`` and ``general.quantization_version`` set, tensors keep
+their order. The output goes to a hidden temp file beside OUT and is renamed at the end, so an
+error or Ctrl+C never leaves a partial OUT.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+
+import numpy as np
+
+from . import quant
+from .errors import Cancelled, LowbitError
+from .gguf_file import GGUFFile
+from .imatrix import IMatrix, load as load_imatrix
+from .progress import ProgressFn
+from .recipes import ModelFacts, TensorPlan, plan_types, resolve_recipe
+
+QUANTIZATION_VERSION = 2
+METHODS = ("rtn", "gptq")
+# Rows per parallel job: small enough that the C++ side runs each job on one thread.
+_CHUNK_ELEMS = 1 << 17
+_FLOAT_INPUTS = ("F32", "F16", "BF16")
+
+ImatrixArg = Union[None, str, os.PathLike, IMatrix, Mapping[str, Any]]
+
+
+class QuantizeError(LowbitError, ValueError):
+    """Bad arguments to quantize: unknown type or method, OUT equal to IN, unwritable place."""
+
+
+@dataclass
+class QuantizeResult:
+    path: str
+    type: str
+    file_type: int
+    n_params: int
+    n_bytes: int                      # tensor data bytes (without metadata and padding)
+    file_size: int
+    seconds: float
+    tensor_types: Dict[str, str] = field(default_factory=dict)
+    notices: List[str] = field(default_factory=list)
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.n_bytes / max(self.n_params, 1)
+
+
+def quantize(inp: "str | os.PathLike[str]", out: "str | os.PathLike[str]", type: str,
+             imatrix: ImatrixArg = None, method: str = "rtn", n_threads: Optional[int] = None,
+             progress: Optional[ProgressFn] = None, *, pure: bool = False, calibration: Any = None,
+             calib_ctx: int = 512, calib_chunks: Optional[int] = None,
+             log: Optional[Callable[[str], None]] = None) -> QuantizeResult:
+    """Quantize GGUF ``inp`` to ``out`` with recipe / type ``type`` (see ``recipes``).
+
+    imatrix: a path (GGUF or .dat), an ``IMatrix`` or {tensor name: importances}.
+    n_threads: worker threads (default: all CPUs). progress(fraction) may return False to cancel
+    (raises Cancelled); any exception it raises (KeyboardInterrupt too) aborts and cleans up.
+    pure: every quantizable tensor gets the one type (llama-quantize --pure).
+    method="gptq" (see ``gptq``) needs ``calibration``: a text (run through the input model in
+    chunks of calib_ctx tokens, at most calib_chunks) or a ``gptq.Hessians``.
+    log: receives fallback and missing-imatrix notices (also kept in the result)."""
+    t0 = time.monotonic()
+    recipe, ftype_id, _, _ = _check_recipe(type)
+    if method not in METHODS:
+        raise QuantizeError(f"unknown quantization method {method!r}; choose one of {', '.join(METHODS)}")
+    src_path, dst_path = _check_paths(inp, out)
+    importances = _importance_source(imatrix)
+    hessians = _hessians(method, calibration, src_path, calib_ctx, calib_chunks)
+    n_threads = max(1, int(n_threads or os.cpu_count() or 1))
+    notices: List[str] = []
+
+    def note(msg: str) -> None:
+        notices.append(msg)
+        if log is not None:
+            log(msg)
+
+    with GGUFFile(src_path) as src:
+        facts = ModelFacts.from_metadata(src.metadata)
+        infos = src.tensors
+        plans = plan_types([(t.name, t.shape, t.type) for t in infos], recipe, facts,
+                           has_imatrix=importances is not None, pure=pure)
+        for p in plans:
+            if p.notice:
+                note(p.notice)
+        _check_convertible(plans)
+        requantized = sorted({p.src_type for p in plans if p.src_type != p.dst_type and p.src_type not in _FLOAT_INPUTS})
+        if requantized:
+            warnings.warn(f"{src_path} is already quantized ({', '.join(requantized)}): its tensors are "
+                          f"dequantized first, so quantization error adds up", stacklevel=2)
+        tmp = _temp_beside(dst_path)
+        try:
+            n_bytes = _write(src, plans, tmp, ftype_id, importances, hessians, n_threads, progress, note)
+            _finish_file(tmp)
+            os.replace(tmp, dst_path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    n_params = sum(int(np.prod(p.shape)) for p in plans)
+    return QuantizeResult(dst_path, recipe, ftype_id, n_params, n_bytes, os.path.getsize(dst_path),
+                          time.monotonic() - t0, {p.name: p.dst_type for p in plans}, notices)
+
+
+# ---- argument checks --------------------------------------------------------------------------
+def _check_recipe(type: str):
+    try:
+        return resolve_recipe(type)
+    except ValueError as e:
+        raise QuantizeError(str(e)) from None
+
+
+def _check_paths(inp, out):
+    src, dst = os.fspath(inp), os.fspath(out)
+    if not os.path.exists(src):
+        raise FileNotFoundError(f"input model not found: {src}")
+    if os.path.isdir(dst):
+        raise QuantizeError(f"output {dst} is a directory; give a file name")
+    if os.path.realpath(src) == os.path.realpath(dst) or (os.path.exists(dst) and os.path.samefile(src, dst)):
+        raise QuantizeError(f"output {dst} is the input file; choose another output path")
+    folder = os.path.dirname(os.path.abspath(dst))
+    if not os.path.isdir(folder):
+        raise QuantizeError(f"output directory {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise QuantizeError(f"output directory {folder} is not writable")
+    os.unlink(_temp_beside(os.path.abspath(dst)))      # fail now, not after the work
+    return src, os.path.abspath(dst)
+
+
+def _temp_beside(dst: str) -> str:
+    """A new empty hidden file in dst's folder; QuantizeError when the folder refuses it."""
+    folder = os.path.dirname(dst)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dst)}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise QuantizeError(f"output directory {folder} is not writable: {e.strerror or e}") from None
+    os.close(fd)
+    return tmp
+
+
+def _check_convertible(plans: List[TensorPlan]) -> None:
+    computable = {t["name"] for t in quant.types()}
+    for p in plans:
+        if p.src_type != p.dst_type and p.src_type not in computable:
+            raise QuantizeError(f"tensor {p.name} has type {p.src_type}, which lowbit cannot dequantize "
+                                f"(needed to convert it to {p.dst_type})")
+
+
+def _hessians(method: str, calibration: Any, model_path: str, n_ctx: int, n_chunks: Optional[int]):
+    if method != "gptq":
+        if calibration is not None:
+            raise QuantizeError("calibration data is used by method='gptq' only")
+        return None
+    from .gptq import Hessians, collect_hessians
+    if calibration is None:
+        raise QuantizeError("method 'gptq' needs calibration text (--text FILE)")
+    if isinstance(calibration, Hessians):
+        return calibration
+    if not isinstance(calibration, str):
+        raise QuantizeError(f"calibration must be a text or gptq.Hessians, got {type(calibration).__name__}")
+    return collect_hessians(model_path, calibration, n_ctx=n_ctx, n_chunks=n_chunks)
+
+
+def _importance_source(imatrix: ImatrixArg):
+    if imatrix is None:
+        return None
+    if isinstance(imatrix, IMatrix):
+        return imatrix.importance
+    if isinstance(imatrix, Mapping):
+        table = {str(k): np.asarray(v, dtype=np.float32).reshape(-1) for k, v in imatrix.items()}
+        return table.get
+    return load_imatrix(imatrix).importance
+
+
+# ---- writing ----------------------------------------------------------------------------------
+def _write(src: GGUFFile, plans: List[TensorPlan], path: str, ftype_id: int, importances, hessians,
+           n_threads: int, progress: Optional[ProgressFn], note) -> int:
+    import gguf
+    writer = _make_writer(src, path, ftype_id)
+    for p in plans:
+        nbytes = _tensor_nbytes(p.shape, p.dst_type)
+        writer.add_tensor_info(p.name, tuple(reversed(p.shape)), np.dtype(np.float32), nbytes,
+                               raw_dtype=gguf.GGMLQuantizationType[p.dst_type])
+    total = sum(int(np.prod(p.shape)) for p in plans)
+    done = 0
+    n_bytes = 0
+    try:
+        _write_prefix(writer)
+        with ThreadPoolExecutor(max_workers=n_threads) as pool:
+            for p in plans:
+                def tick(n_elems: int) -> None:
+                    if progress is not None and progress((done + n_elems) / max(total, 1)) is False:
+                        raise Cancelled(f"quantization of {src.path} cancelled by the progress callback")
+                data = _convert(src, p, importances, hessians, pool, tick, note)
+                writer.write_tensor_data(data)
+                n_bytes += data.nbytes
+                done += int(np.prod(p.shape))
+                tick(0)
+    finally:
+        writer.close()
+    return n_bytes
+
+
+def _tensor_nbytes(shape, type_name: str) -> int:
+    rows = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    return rows * quant.row_bytes(type_name, shape[0])
+
+
+def _finish_file(path: str) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def _convert(src: GGUFFile, p: TensorPlan, importances, hessians, pool: ThreadPoolExecutor, tick,
+             note) -> np.ndarray:
+    """The bytes of tensor ``p`` in its target type: (rows, row_bytes) uint8 (rows = all but ne0)."""
+    raw = src.tensor_bytes(p.name)
+    if p.src_type == p.dst_type:
+        return raw
+    n = p.shape[0]
+    rows = int(np.prod(p.shape[1:])) if len(p.shape) > 1 else 1
+    if p.src_type == "F32":
+        x = raw.view(np.float32).reshape(rows, n)
+    else:
+        x = quant.dequantize(raw, p.src_type, (rows, n))
+    n_mat = int(np.prod(p.shape[2:])) if len(p.shape) > 2 else 1
+    h = None if hessians is None or len(p.shape) != 2 or p.dst_type in _FLOAT_INPUTS else hessians.mean(p.name)
+    if h is not None:
+        from .gptq import gptq_quantize
+        return gptq_quantize(x, h, p.dst_type)
+    qw = _tensor_importance(p, importances, n * n_mat, note)
+    out = np.empty((rows, quant.row_bytes(p.dst_type, n)), dtype=np.uint8)
+    rows_per_mat = rows // n_mat
+    step = max(1, _CHUNK_ELEMS // n)
+    jobs = []
+    for m in range(n_mat):
+        w = None if qw is None else qw[m * n:(m + 1) * n]
+        for r0 in range(m * rows_per_mat, (m + 1) * rows_per_mat, step):
+            r1 = min(r0 + step, (m + 1) * rows_per_mat)
+            jobs.append(pool.submit(_quantize_rows, x, out, r0, r1, p.dst_type, w))
+    try:
+        for i, job in enumerate(jobs):
+            job.result()
+            if i % 64 == 63:
+                tick(int(np.prod(p.shape)) * (i + 1) // len(jobs))
+    except BaseException:
+        for job in jobs:
+            job.cancel()
+        raise
+    return out
+
+
+def _quantize_rows(x: np.ndarray, out: np.ndarray, r0: int, r1: int, type_name: str, w) -> None:
+    out[r0:r1] = quant.quantize(x[r0:r1], type_name, imatrix=w)
+
+
+def _tensor_importance(p: TensorPlan, importances, expected: int, note) -> Optional[np.ndarray]:
+    if importances is None or p.dst_type in _FLOAT_INPUTS:
+        return None
+    qw = importances(p.name)
+    if qw is None:
+        note(f"imatrix has no entry for {p.name}: quantized without it")
+        return None
+    if qw.size != expected:
+        msg = f"imatrix entry for {p.name} has {qw.size} values, the tensor needs {expected}"
+        if p.name in ("token_embd.weight", "per_layer_token_embd.weight"):
+            note(msg + ": ignored")
+            return None
+        raise QuantizeError(msg)
+    return qw
+
+
+# ---- metadata ---------------------------------------------------------------------------------
+def _gguf_writer(path: str, arch: str):
+    """A GGUFWriter that can also write empty arrays (which the gguf package refuses)."""
+    import gguf
+
+    class Writer(gguf.GGUFWriter):
+        def _pack_val(self, val, vtype, add_vtype, sub_type=None):
+            if vtype == gguf.GGUFValueType.ARRAY and isinstance(val, (list, tuple)) and len(val) == 0:
+                head = self._pack("I", vtype) if add_vtype else b""
+                return head + self._pack("I", sub_type or gguf.GGUFValueType.UINT8) + self._pack("Q", 0)
+            return super()._pack_val(val, vtype, add_vtype, sub_type)
+
+    return Writer(path, arch=arch)
+
+
+def _value_type(kind: str):
+    """"ARRAY[ARRAY[INT32]]" -> (ARRAY, ARRAY); "UINT32" -> (UINT32, None)."""
+    import gguf
+    if kind.startswith("ARRAY[") and kind.endswith("]"):
+        inner = kind[len("ARRAY["):-1]
+        return gguf.GGUFValueType.ARRAY, gguf.GGUFValueType[inner.split("[", 1)[0]]
+    return gguf.GGUFValueType[kind], None
+
+
+def _encode(value: Any) -> Any:
+    """Strings back to their exact bytes (the reader decodes with surrogateescape)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _make_writer(src: GGUFFile, path: str, ftype_id: int):
+    meta, kinds = src.metadata, src.metadata_types
+    writer = _gguf_writer(path, str(meta.get("general.architecture", "")))
+    writer.kv_data[0].clear()          # re-added below, in the input's order
+    writer.data_alignment = src.alignment
+    for key, value in meta.items():
+        if key.startswith("GGUF.") or key in ("general.quantization_version", "general.file_type"):
+            continue
+        vtype, sub = _value_type(kinds[key])
+        if key == "general.alignment":
+            writer.data_alignment = int(value)
+        writer.add_key_value(key, _encode(value), vtype, sub_type=sub)
+    writer.add_uint32("general.quantization_version", QUANTIZATION_VERSION)
+    writer.add_uint32("general.file_type", ftype_id)
+    return writer
+
+
+def _write_prefix(writer) -> None:
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+
+
+def format_result(r: QuantizeResult) -> str:
+    counts: Dict[str, int] = {}
+    for t in r.tensor_types.values():
+        counts[t] = counts.get(t, 0) + 1
+    mix = ", ".join(f"{n} {t}" for t, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return (f"{r.path}: {r.type} (file type {r.file_type}), {r.file_size / 2**20:.1f} MiB, "
+            f"{r.bits_per_weight:.2f} bits/weight, {r.seconds:.1f} s; tensors: {mix}")
+

@@ -1,0 +1,83 @@
+"""lowbit compare: every candidate quantized and measured against the baseline (numpy backend here;
+the engine backend adds speed and memory), the markdown/JSON output, and the clear errors."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from lowbit.cli import main
+from lowbit.compare import compare, format_markdown, parse_candidates
+from lowbit.errors import LowbitError
+from lowbit.imatrix import IMatrix
+
+from model_factory import write_default_model
+
+
+@pytest.fixture
+def setup(tmp_path):
+    model = write_default_model(str(tmp_path / "tiny.gguf"), "llama", "F32")
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(f"w{(i * 7) % 41} x{i % 13}" for i in range(600)))
+    return model, str(text)
+
+
+def test_parse_candidates():
+    assert parse_candidates(["q4_k_m", "Q3_K_M:rtn"], True) == [("Q4_K_M", "imatrix"), ("Q3_K_M", "rtn")]
+    assert parse_candidates(["Q8_0"], False) == [("Q8_0", "rtn")]
+    with pytest.raises(ValueError, match="needs calibration"):
+        parse_candidates(["Q4_K_M:gptq"], True)
+    with pytest.raises(ValueError, match="needs an imatrix"):
+        parse_candidates(["Q4_K_M:imatrix"], False)
+    with pytest.raises(ValueError, match="unknown quantization type"):
+        parse_candidates(["Q7_K"], False)
+
+
+def test_compare_numpy_backend(setup, tmp_path):
+    model, text_path = setup
+    text = open(text_path).read()
+    from lowbit.calibrate import compute_imatrix
+    im = compute_imatrix(model, text, n_ctx=64, n_chunks=2)
+    steps = []
+    rep = compare(model, ["Q8_0:rtn", "Q4_K_M:rtn", "Q4_K_M:imatrix", "Q2_K:rtn", "Q4_K_M:gptq"], text, imatrix=im,
+                  calib_text=text,
+                  out_dir=str(tmp_path / "out"), n_ctx=64, n_chunks=3, backend="numpy", progress=steps.append)
+    names = [r.name for r in rep.rows]
+    assert names == ["baseline", "Q8_0 rtn", "Q4_K_M rtn", "Q4_K_M imatrix", "Q2_K rtn", "Q4_K_M gptq"]
+    base, q8, q4, q4i, q2, q4g = rep.rows
+    assert q4g.kld_mean > 0 and q4g.file_bytes == q4.file_bytes
+    assert base.kld_mean == 0.0 and base.same_top1_pct == 100.0 and base.bits_per_weight == 32.0
+    assert 0 < q8.kld_mean < q4.kld_mean < q2.kld_mean
+    assert q8.bits_per_weight > q4.bits_per_weight > q2.bits_per_weight
+    assert q4i.kld_mean > 0 and q4i.file_bytes == q4.file_bytes
+    assert all(os.path.exists(r.path) for r in rep.rows) and rep.n_chunks == 3
+    assert any("quantizing Q2_K" in s for s in steps)
+    table = format_markdown(rep)
+    assert table.count("\n| ") == 7 and "| baseline |" in table
+
+
+def test_compare_cli_json_and_errors(setup, tmp_path, capsys):
+    model, text = setup
+    assert main(["compare", model, "--types", "Q8_0", "--text", text, "--ctx", "64", "--chunks", "2",
+                 "--backend", "numpy", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in out["rows"]] == ["baseline", "Q8_0 rtn"]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert main(["compare", model, "--types", "Q8_0", "--text", text, "--backend", "numpy",
+                     "--plot", str(tmp_path / "p.png")]) == 2
+        assert "needs matplotlib" in capsys.readouterr().err
+    from lowbit import _core
+    if not hasattr(_core, "Engine"):
+        with pytest.raises(LowbitError, match="no inference engine"):
+            compare(model, ["Q8_0"], "text", backend="engine")
+
+
+def test_report_round_trips_through_json(setup, tmp_path):
+    from lowbit.compare import CompareReport
+    model, text_path = setup
+    rep = compare(model, ["Q8_0"], open(text_path).read(), n_ctx=64, n_chunks=1, backend="numpy")
+    back = CompareReport.from_dict(json.loads(json.dumps(rep.to_dict())))
+    assert back == rep and format_markdown(back) == format_markdown(rep)

@@ -1,0 +1,75 @@
+"""GPTQ-style error feedback: lower output error than imatrix rounding on correlated inputs,
+standard GGUF blocks, and `quantize(method="gptq")` end to end."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGUFReader
+
+import lowbit
+from lowbit import quant
+from lowbit.gptq import Hessians, gptq_quantize
+from lowbit.quantize import QuantizeError, quantize
+
+from model_factory import write_default_model
+
+
+def correlated_inputs(rng, n_in, n_rows=1500):
+    mix = rng.standard_normal((n_in, n_in)) * 0.3 + np.eye(n_in)
+    return rng.standard_normal((n_rows, n_in)) @ mix * rng.uniform(0.2, 3, n_in)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q5_1", "IQ4_NL", "Q3_K", "Q4_K", "Q6_K"])
+def test_gptq_beats_imatrix_rounding(qtype):
+    rng = np.random.default_rng(11)
+    x = correlated_inputs(rng, 512)
+    w = (rng.standard_normal((96, 512)) * 0.05).astype(np.float32)
+    h = x.T @ x / len(x)
+    q = gptq_quantize(w, h, qtype)
+    assert q.shape == (96, quant.row_bytes(qtype, 512))
+
+    def output_error(raw):
+        return np.mean((x @ (w - quant.dequantize(raw, qtype, w.shape)).T) ** 2)
+
+    rtn = quant.quantize(w, qtype, imatrix=np.diag(h).astype(np.float32))
+    assert output_error(q) < 0.9 * output_error(rtn)
+
+
+def test_dead_inputs_and_bad_rows():
+    rng = np.random.default_rng(12)
+    x = correlated_inputs(rng, 64, 200)
+    x[:, 5] = 0
+    w = rng.standard_normal((8, 64)).astype(np.float32)
+    q = gptq_quantize(w, x.T @ x / len(x), "Q8_0")
+    assert quant.dequantize(q, "Q8_0", w.shape)[:, 5].tolist() == [0.0] * 8
+    with pytest.raises(ValueError, match="block size"):
+        gptq_quantize(w[:, :48], np.eye(48), "Q4_0")
+
+
+def test_hessians_share_inputs_and_count_rows():
+    rng = np.random.default_rng(13)
+    hs = Hessians()
+    x = rng.standard_normal((10, 16))
+    hs.add("a", x)
+    hs.add("b", x)
+    hs.end_pass()
+    hs.add("a", x[:4])
+    np.testing.assert_allclose(hs.mean("a"), (x.T @ x + x[:4].T @ x[:4]) / 14)
+    np.testing.assert_allclose(hs.mean("b"), x.T @ x / 10)
+    assert hs.mean("c") is None
+
+
+def test_quantize_method_gptq(tmp_path):
+    model = write_default_model(str(tmp_path / "m.gguf"), "llama", "F32")
+    text = " ".join(f"tok{(i * 5) % 47}" for i in range(500))
+    out = str(tmp_path / "g.gguf")
+    r = quantize(model, out, "Q4_K_M", method="gptq", calibration=text, calib_ctx=64, calib_chunks=2)
+    assert {t.name: t.tensor_type.name for t in GGUFReader(out).tensors} == r.tensor_types
+    rtn = quantize(model, str(tmp_path / "r.gguf"), "Q4_K_M")
+    assert rtn.tensor_types == r.tensor_types and rtn.file_size == r.file_size
+    with lowbit.GGUFFile(out) as g, lowbit.GGUFFile(rtn.path) as n:
+        differs = [t.name for t in g.tensors if not np.array_equal(g.tensor_bytes(t.name), n.tensor_bytes(t.name))]
+    assert any(name.startswith("blk.") for name in differs)
+    assert not any(name == "token_embd.weight" for name in differs)      # no Hessian: plain rounding
+    with pytest.raises(QuantizeError, match="needs calibration"):
+        quantize(model, str(tmp_path / "x.gguf"), "Q4_K_M", method="gptq")

@@ -228,3 +228,15 @@ def test_memory_record_on_a_real_model():
         assert "Paris" in g.text and g.prompt_tokens == 5 and g.finish_reason == "length"   # no BOS for SmolLM2
     with pytest.raises(lowbit.LowbitError, match="closed"):
         m.memory()
+
+
+def test_peak_rss_is_this_process_not_the_parent():
+    """A child exec'd from a big parent must not report the parent's peak (ru_maxrss does)."""
+    import subprocess
+    import sys
+    ballast = bytearray(400 << 20)      # make this (parent) process large
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    out = subprocess.run([sys.executable, "-c", "from lowbit.generate import peak_rss_bytes; print(peak_rss_bytes())"],
+                         capture_output=True, text=True, check=True)
+    assert int(out.stdout) < 300 << 20, int(out.stdout)
+    del ballast

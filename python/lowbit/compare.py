@@ -25,13 +25,14 @@ from .errors import LowbitError
 BACKENDS = ("engine", "numpy")
 
 _PROBE = r"""
-import json, resource, sys
+import json, sys
 from lowbit.bench import bench_model
+from lowbit.generate import peak_rss_bytes
 rep = bench_model(sys.argv[1], n_prompt=int(sys.argv[2]), n_gen=int(sys.argv[3]), reps=int(sys.argv[4]),
                   n_threads=int(sys.argv[5]) or None)
 tok_s = {t["test"][:2]: t["mean"] for t in rep["tests"]}
 print(json.dumps({"pp": tok_s.get("pp", 0.0), "tg": tok_s.get("tg", 0.0),
-                  "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                  "peak_rss": peak_rss_bytes()}))   # VmHWM: ru_maxrss would include our parent's peak
 """
 
 

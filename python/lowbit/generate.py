@@ -23,7 +23,17 @@ FINISH_REASONS = ("stop", "length", "eos", "cancelled")
 
 
 def peak_rss_bytes() -> int:
-    """The process's peak resident set size so far."""
+    """The process's peak resident set size so far.
+
+    Linux: VmHWM of /proc/self/status (this address space only; ru_maxrss would also carry the
+    peak of the parent that exec'd us). Elsewhere: ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak) * (1 if sys.platform == "darwin" else 1024)
 

@@ -88,11 +88,6 @@ float sigma2_of(const float* x, int n) {
     return sigma2 * (2.f / n);
 }
 
-// Codes of 32 weights -> 16 bytes (weight j low nibble, j+16 high).
-void pack_nibbles(const uint8_t* L, uint8_t* qs) {
-    for (int j = 0; j < 16; ++j) qs[j] = uint8_t(L[j] | (L[j + 16] << 4));
-}
-
 }  // namespace
 
 void quantize_row_iq4_nl(const float* x, void* out, int64_t n, const float* imatrix) {

@@ -6,7 +6,6 @@
 #pragma GCC optimize("fp-contract=off")  // a fused multiply-add would change rounding
 
 #include <cmath>
-#include <cstring>
 
 #include "common.h"
 #include "quant/blocks.h"
@@ -29,16 +28,6 @@ void block_weights(const float* xb, const float* qw, float sigma2, float* weight
     for (int j = 0; j < kBlock; ++j) weight[j] = qw[j] * std::sqrt(sigma2 + xb[j] * xb[j]);
 }
 
-// 5-bit codes -> 4 low bits in qs (j | j+16 << 4) and bit 4 of code j in qh bit j.
-void pack_5bit(const uint8_t* L, uint8_t* qs, uint8_t* qh_bytes) {
-    uint32_t qh = 0;
-    for (int j = 0; j < 16; ++j) {
-        qs[j] = uint8_t((L[j] & 0x0F) | ((L[j + 16] & 0x0F) << 4));
-        qh |= uint32_t((L[j] & 0x10) >> 4) << j;
-        qh |= uint32_t((L[j + 16] & 0x10) >> 4) << (j + 16);
-    }
-    std::memcpy(qh_bytes, &qh, 4);
-}
 
 }  // namespace
 
@@ -51,7 +40,7 @@ void quantize_row_q4_0_imatrix(const float* x, void* out, int64_t n, const float
         const float* xb = x + kBlock * ib;
         block_weights(xb, imatrix + kBlock * ib, sigma2, weight);
         y[ib].d = fp32_to_fp16(make_qx_quants(kBlock, 8, xb, L, 1, weight));
-        for (int j = 0; j < 16; ++j) y[ib].qs[j] = uint8_t(L[j] | (L[j + 16] << 4));
+        pack_nibbles(reinterpret_cast<const uint8_t*>(L), y[ib].qs);
     }
 }
 
@@ -80,7 +69,7 @@ void quantize_row_q4_1_imatrix(const float* x, void* out, int64_t n, const float
         const float d = make_qkx3_quants(kBlock, 15, xb, weight, L, &min, Laux, -0.9f, 0.05f, 36, false);
         y[ib].d = fp32_to_fp16(d);
         y[ib].m = fp32_to_fp16(-min);
-        for (int j = 0; j < 16; ++j) y[ib].qs[j] = uint8_t(L[j] | (L[j + 16] << 4));
+        pack_nibbles(L, y[ib].qs);
     }
 }
 

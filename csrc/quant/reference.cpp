@@ -89,17 +89,6 @@ void min_max(const float* x, int n, float* min_out, float* max_out) {
     *max_out = max;
 }
 
-// 5-bit codes q[0..31] -> low nibbles in qs (q[j] | q[j+16] << 4) and bit 4 of q[j] in qh bit j.
-void pack_5bit(const uint8_t* q, uint8_t* qs, uint8_t* qh_bytes) {
-    uint32_t qh = 0;
-    for (int j = 0; j < 16; ++j) {
-        qs[j] = uint8_t((q[j] & 0x0F) | ((q[j + 16] & 0x0F) << 4));
-        qh |= uint32_t((q[j] & 0x10) >> 4) << j;
-        qh |= uint32_t((q[j + 16] & 0x10) >> 4) << (j + 16);
-    }
-    std::memcpy(qh_bytes, &qh, 4);
-}
-
 // Inverse of pack_5bit: the 32 codes of one block.
 void unpack_5bit(const uint8_t* qs, const uint8_t* qh_bytes, int* q) {
     uint32_t qh;
@@ -111,6 +100,21 @@ void unpack_5bit(const uint8_t* qs, const uint8_t* qh_bytes, int* q) {
 }
 
 }  // namespace
+
+// 5-bit codes q[0..31] -> low nibbles in qs (q[j] | q[j+16] << 4) and bit 4 of q[j] in qh bit j.
+void pack_5bit(const uint8_t* q, uint8_t* qs, uint8_t* qh_bytes) {
+    uint32_t qh = 0;
+    for (int j = 0; j < 16; ++j) {
+        qs[j] = uint8_t((q[j] & 0x0F) | ((q[j + 16] & 0x0F) << 4));
+        qh |= uint32_t((q[j] & 0x10) >> 4) << j;
+        qh |= uint32_t((q[j + 16] & 0x10) >> 4) << (j + 16);
+    }
+    std::memcpy(qh_bytes, &qh, 4);
+}
+
+void pack_nibbles(const uint8_t* L, uint8_t* qs) {
+    for (int j = 0; j < 16; ++j) qs[j] = uint8_t(L[j] | (L[j + 16] << 4));
+}
 
 void quantize_row_q4_0(const float* x, void* out, int64_t n, const float* imatrix) {
     if (imatrix) return quantize_row_q4_0_imatrix(x, out, n, imatrix);

@@ -9,6 +9,12 @@
 
 namespace lowbit {
 
+// ---- packing of 32-weight blocks, shared by the quantizers (reference.cpp) ----
+// codes 0..15 -> 16 bytes: weight j in the low nibble of byte j, weight j+16 in the high one
+void pack_nibbles(const uint8_t* L, uint8_t* qs);
+// codes 0..31 -> low nibbles as pack_nibbles, bit 4 of code j in bit j of the 32-bit qh
+void pack_5bit(const uint8_t* q, uint8_t* qs, uint8_t* qh_bytes);
+
 // ---- dequantize: blocks -> n floats ----
 void dequantize_row_f32(const void* in, float* out, int64_t n);
 void dequantize_row_f16(const void* in, float* out, int64_t n);

@@ -97,14 +97,17 @@ class LlamaCppRunner:
         self.backend = f"CPU llama.cpp {getattr(llama_cpp, '__version__', '')}".strip()
         self.n_threads = n_threads
 
-    def prompt(self, tokens: np.ndarray) -> None:
+    def _empty_context(self) -> None:
         self.llm.reset()
-        self.llm._ctx.kv_cache_clear() if hasattr(self.llm._ctx, "kv_cache_clear") else None
+        if hasattr(self.llm._ctx, "kv_cache_clear"):
+            self.llm._ctx.kv_cache_clear()
+
+    def prompt(self, tokens: np.ndarray) -> None:
+        self._empty_context()
         self.llm.eval(tokens.tolist())
 
     def generate(self, first: int, n: int) -> None:
-        self.llm.reset()
-        self.llm._ctx.kv_cache_clear() if hasattr(self.llm._ctx, "kv_cache_clear") else None
+        self._empty_context()
         tok = first
         for _ in range(n):
             self.llm.eval([tok])

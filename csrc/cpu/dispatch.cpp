@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 
 #include "common.h"
@@ -139,6 +140,47 @@ VecDotRowsFn rows_kernel_for(const KernelSet& ks, GGMLType type) {
         case GGMLType::F16: return ks.f16_rows;
         case GGMLType::BF16: return ks.bf16_rows;
         default: return nullptr;
+    }
+}
+
+PanelRowsFn panel_kernel_for(const KernelSet& ks, GGMLType type) {
+    switch (type) {
+        case GGMLType::Q4_0: return ks.q4_0_panel;
+        case GGMLType::Q4_1: return ks.q4_1_panel;
+        case GGMLType::Q5_0: return ks.q5_0_panel;
+        case GGMLType::Q5_1: return ks.q5_1_panel;
+        case GGMLType::Q8_0: return ks.q8_0_panel;
+        case GGMLType::IQ4_NL: return ks.iq4_nl_panel;
+        default: return nullptr;
+    }
+}
+
+int panel_bias(GGMLType type) {   // weight = u - bias with u unsigned, as the legacy kernels decode it
+    switch (type) {
+        case GGMLType::Q4_0: return 8;
+        case GGMLType::Q5_0: return 16;
+        case GGMLType::Q8_0: case GGMLType::IQ4_NL: return 128;
+        default: return 0;   // Q4_1, Q5_1: d * u + m
+    }
+}
+
+void build_q8_panel_row(const block_q8_0* blocks, int64_t n, int bias, void* panel_row) {
+    const Q8PanelLayout L(n);
+    auto* base = static_cast<uint8_t*>(panel_row);
+    auto* qs = reinterpret_cast<int8_t*>(base + L.qs);
+    auto* corr = reinterpret_cast<int32_t*>(base + L.corr);
+    auto* d = reinterpret_cast<float*>(base + L.d);
+    auto* s = reinterpret_cast<float*>(base + L.s);
+    std::memset(base, 0, size_t(L.bytes));
+    for (int64_t b = 0; b < n / QK8_0; ++b) {
+        int32_t sum = 0;
+        for (int j = 0; j < QK8_0; ++j) {
+            qs[b * QK8_0 + j] = blocks[b].qs[j];
+            sum += blocks[b].qs[j];
+        }
+        d[b] = fp16_to_fp32(blocks[b].d);
+        s[b] = d[b] * float(sum);
+        corr[(b / 2) * 16 + (b % 2) * 8] = -bias * sum;
     }
 }
 

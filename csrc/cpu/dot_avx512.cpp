@@ -1,7 +1,7 @@
 // dot_avx512.cpp: the AVX-512 (F/BW/VL/DQ/VNNI) kernel set: 512-bit multi-row kernels for
 // every type (one template per type, NR = 1..8 activation rows; the single-row dot is NR = 1, so
 // mat-mat and mat-vec agree bit for bit). The 256-bit kernels of dot_x86_256.h (vpdpbusd build)
-// serve the activation quantizers and the tails of the legacy dots (n % 256).
+// serve the activation quantizers; legacy rows end in a masked partial batch (n % 256).
 //
 // Shapes: legacy dots take 8 blocks per batch, two blocks per zmm ([b lo|b hi|b+1 lo|b+1 hi]);
 // k-quant dots decode a super-block into 4 zmm of 64 unsigned values plus 4 zmm of int16 scale
@@ -16,10 +16,16 @@
 #define LOWBIT_FN(name) name##_256
 #include "cpu/dot_x86_256.h"
 
+#include <algorithm>
 #include <cstddef>
+#include <type_traits>
+#include <vector>
 
 namespace lowbit::cpu::avx512 {
 namespace {
+
+// Helpers of the hot loops: GCC otherwise outlines some of them (zmm arguments through memory).
+#define LOWBIT_HOT inline __attribute__((always_inline))
 
 inline __m512i load512(const void* p) { return _mm512_loadu_si512(p); }
 
@@ -33,15 +39,23 @@ inline __m512i srli_halves(__m512i x) {
 }
 
 // Two 32-byte runs (at p and p + stride) as one zmm.
-inline __m512i load2x256(const uint8_t* p, size_t stride) {
+LOWBIT_HOT __m512i load2x256(const uint8_t* p, size_t stride) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(load256(p)), load256(p + stride), 1);
 }
 
 // Activation pair of blocks b, b+1 as one zmm (32 quants each).
-inline __m512i act_pair(const block_q8_0* a) { return load2x256(reinterpret_cast<const uint8_t*>(a[0].qs), sizeof(block_q8_0)); }
+LOWBIT_HOT __m512i act_pair(const block_q8_0* a) { return load2x256(reinterpret_cast<const uint8_t*>(a[0].qs), sizeof(block_q8_0)); }
+
+// The same for the last pair of a partial batch: blocks at or past `left` (0..2 of the pair) read
+// as 0 and are never touched.
+LOWBIT_HOT __m512i act_pair_tail(const block_q8_0* a, int left) {
+    const __mmask32 m0 = left > 0 ? ~__mmask32(0) : 0, m1 = left > 1 ? ~__mmask32(0) : 0;
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_maskz_loadu_epi8(m0, a[0].qs)),
+                              _mm256_maskz_loadu_epi8(m1, a[1].qs), 1);
+}
 
 // sum (u - bias) * y over 4-element groups, with u in [0, 255] and bias * y folded as a second dpbusd.
-inline __m512i dot_biased(__m512i u, __m512i y, __m512i bias) {
+LOWBIT_HOT __m512i dot_biased(__m512i u, __m512i y, __m512i bias) {
     const __m512i z = _mm512_setzero_si512();
     return _mm512_sub_epi32(_mm512_dpbusd_epi32(z, u, y), _mm512_dpbusd_epi32(z, bias, y));
 }
@@ -53,10 +67,16 @@ inline __m512i nibble_pair(const uint8_t* qs0, const uint8_t* qs1) {
     return _mm512_and_si512(hi, _mm512_set1_epi8(0x0F));
 }
 
+// Byte mask of the part of [lo, lo + 64) below `end`.
+LOWBIT_HOT __mmask64 bytes_below(size_t end, size_t lo) {
+    return end >= lo + 64 ? ~__mmask64(0) : end <= lo ? __mmask64(0) : (__mmask64(1) << (end - lo)) - 1;
+}
+
 // The fp16 fields at byte `Off` of 8 consecutive blocks of `Stride` bytes, as 8 words: up to four
-// masked 64-byte loads (never past the 8 blocks) and word permutes instead of 8 scalar inserts.
+// masked 64-byte loads (never past the 8 blocks, nor past byte `limit`: fields of blocks that do
+// not lie wholly below it read as 0) and word permutes instead of 8 scalar inserts.
 template <size_t Stride, size_t Off>
-inline __m128i gather_h8(const void* base) {
+LOWBIT_HOT __m128i gather_h8(const void* base, size_t limit = 8 * Stride) {
     static_assert(Stride % 2 == 0 && Off % 2 == 0 && 7 * Stride + Off + 2 <= 256, "fields must be word aligned");
     constexpr size_t kBytes = 7 * Stride + Off + 2;  // bytes up to the last field's end
     constexpr bool kHigh = 7 * Stride + Off >= 128;  // some field lies in bytes 128..255
@@ -71,11 +91,8 @@ inline __m128i gather_h8(const void* base) {
         return t;
     }();
     const auto* p = static_cast<const uint8_t*>(base);
-    auto load = [p](size_t i) {
-        const size_t lo = 64 * i;
-        const __mmask64 m = kBytes >= lo + 64 ? ~__mmask64(0) : kBytes <= lo ? 0 : (__mmask64(1) << (kBytes - lo)) - 1;
-        return _mm512_maskz_loadu_epi8(m, p + lo);
-    };
+    const size_t end = std::min(kBytes, limit);
+    auto load = [p, end](size_t i) { return _mm512_maskz_loadu_epi8(bytes_below(end, 64 * i), p + 64 * i); };
     __m512i r = _mm512_permutex2var_epi16(load(0), _mm512_loadu_si512(idx.lo), load(1));
     if constexpr (kHigh)
         r = _mm512_mask_blend_epi16(idx.high_words, r, _mm512_permutex2var_epi16(load(2), _mm512_loadu_si512(idx.hi), load(3)));
@@ -83,20 +100,21 @@ inline __m128i gather_h8(const void* base) {
 }
 
 template <typename Block>
-inline __m128i gather_d8(const Block* x) {  // the fp16 scales of 8 consecutive blocks
-    return gather_h8<sizeof(Block), offsetof(Block, d)>(x);
+LOWBIT_HOT __m128i gather_d8(const Block* x, int count = 8) {  // the fp16 scales of `count` blocks (0 beyond)
+    return gather_h8<sizeof(Block), offsetof(Block, d)>(x, size_t(count) * sizeof(Block));
 }
 
 template <typename Block>
-inline __m128i gather_m8(const Block* x) {  // the fp16 mins of 8 consecutive blocks
-    return gather_h8<sizeof(Block), offsetof(Block, m)>(x);
+LOWBIT_HOT __m128i gather_m8(const Block* x, int count = 8) {  // the fp16 mins of `count` blocks (0 beyond)
+    return gather_h8<sizeof(Block), offsetof(Block, m)>(x, size_t(count) * sizeof(Block));
 }
 
 // The 16-byte nibble fields of 8 consecutive blocks as the 4 nibble_pair vectors (pair k = blocks
 // 2k, 2k+1): three masked 64-byte loads of the batch (never past its end) and one word permute
 // per pair instead of two 16-byte broadcast loads (fields are word aligned in every legacy block).
+// Only the first `count` blocks are read; the values of the others are unspecified.
 template <typename Block>
-inline void nibble_pairs8(const Block* x, __m512i out[4]) {
+LOWBIT_HOT void nibble_pairs8(const Block* x, __m512i out[4], int count = 8) {
     constexpr size_t kStride = sizeof(Block), kOff = offsetof(Block, qs), kBytes = 8 * kStride;
     static_assert(kBytes <= 192 && 2 * kStride <= 64 && kStride % 2 == 0 && kOff % 2 == 0, "word-aligned pairs in two adjacent loads");
     struct Idx { int16_t i[4][32]; int first[4]; };
@@ -110,12 +128,9 @@ inline void nibble_pairs8(const Block* x, __m512i out[4]) {
         return t;
     }();
     const auto* p = reinterpret_cast<const uint8_t*>(x);
+    const size_t end = std::min(kBytes, size_t(count) * kStride);
     __m512i l[4];
-    for (size_t i = 0; i < 3; ++i) {
-        const size_t lo = 64 * i;
-        const __mmask64 m = kBytes >= lo + 64 ? ~__mmask64(0) : kBytes <= lo ? 0 : (__mmask64(1) << (kBytes - lo)) - 1;
-        l[i] = _mm512_maskz_loadu_epi8(m, p + lo);
-    }
+    for (size_t i = 0; i < 3; ++i) l[i] = _mm512_maskz_loadu_epi8(bytes_below(end, 64 * i), p + 64 * i);
     l[3] = l[2];
     for (int k = 0; k < 4; ++k) {
         const int f = idx.first[k];
@@ -127,12 +142,12 @@ inline void nibble_pairs8(const Block* x, __m512i out[4]) {
 
 // Q5 values of 8 blocks as 4 pairs: nibbles with the fifth bits (qh, bit j = element j) added as 16.
 template <typename Block>
-inline void q5_pairs8(const Block* x, __m512i out[4]) {
-    nibble_pairs8(x, out);
+LOWBIT_HOT void q5_pairs8(const Block* x, __m512i out[4], int count = 8) {
+    nibble_pairs8(x, out, count);
     for (int k = 0; k < 4; ++k) {
-        uint32_t h0, h1;
-        std::memcpy(&h0, x[2 * k].qh, 4);
-        std::memcpy(&h1, x[2 * k + 1].qh, 4);
+        uint32_t h0 = 0, h1 = 0;
+        if (2 * k < count) std::memcpy(&h0, x[2 * k].qh, 4);
+        if (2 * k + 1 < count) std::memcpy(&h1, x[2 * k + 1].qh, 4);
         const __mmask64 hi = __mmask64(h0) | (__mmask64(h1) << 32);
         out[k] = _mm512_mask_add_epi8(out[k], hi, out[k], _mm512_set1_epi8(16));
     }
@@ -142,51 +157,81 @@ inline const block_q8_0* act_row_q8_0(const void* act, size_t stride, int r) {
     return reinterpret_cast<const block_q8_0*>(static_cast<const uint8_t*>(act) + size_t(r) * stride);
 }
 
-// Legacy blocks x q8_0 for NR activation rows: batches of 8 blocks; `decode(w + b, wq)` turns
-// the batch into 4 zmm of unsigned values u (weight = u - bias; wq[k] = blocks b+2k, b+2k+1
-// laid out as nibble_pair), shared by all rows; per row one
-// f32 accumulator. Tail blocks (nb % 8) go through the 256-bit kernel `tail`.
-// With kMin (Q4_1, Q5_1: weight = d*u + m) `bias` is unused and the min adds m * da * sum(y).
+// Legacy blocks x NR panel rows (kernels.h): like legacy_rows_512, but everything that depends on
+// the activations alone comes precomputed from the panel: one 512-bit load per pair of blocks, the
+// bias term folded into the dpbusd accumulator (corr), the block scales as floats and, with kMin,
+// the min term as one 8-lane FMA per batch against d * sum(qs). Per row and pair: two loads, one
+// dpbusd, one convert, one permute, one FMA. Batches and the masked last batch as there.
 template <int NR, bool kMin = false, typename WBlock, typename Decode>
-inline void legacy_rows_512(int n, const WBlock* w, const void* act, size_t stride, float* out, Decode decode,
-                            __m512i bias, float (*tail)(int, const void*, const void*)) {
-    const int nb = n / QK8_0, nb8 = nb / 8 * 8;
-    __m512 acc[NR][2];  // two chains per row: blocks 0-1, 4-5 and 2-3, 6-7 of each batch
-    for (int r = 0; r < NR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-    for (int b = 0; b < nb8; b += 8) {
-        const __m256 wd8 = _mm256_cvtph_ps(gather_d8(w + b));
+LOWBIT_HOT void legacy_panel_512(int n, const WBlock* w, const void* panel, size_t stride, float* out, Decode decode) {
+    const int nb = n / QK8_0;
+    const Q8PanelLayout L(n);
+    __m512 acc[NR][2];
+    __m256 macc[NR];
+    for (int r = 0; r < NR; ++r) {
+        acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+        macc[r] = _mm256_setzero_ps();
+    }
+    const auto* p0 = static_cast<const uint8_t*>(panel);
+    auto batch = [&](int b, int count, auto full) {
+        constexpr bool kFull = decltype(full)::value;
+        const int n_pairs = kFull ? 4 : (count + 1) / 2;
+        const __m256 wd8 = _mm256_cvtph_ps(gather_d8(w + b, count));
         __m256 wm8 = _mm256_setzero_ps();
-        if constexpr (kMin) wm8 = _mm256_cvtph_ps(gather_m8(w + b));
+        if constexpr (kMin) wm8 = _mm256_cvtph_ps(gather_m8(w + b, count));
         __m512i wq[4];
-        decode(w + b, wq);
+        decode(w + b, wq, count);
         for (int r = 0; r < NR; ++r) {
-            const block_q8_0* a = act_row_q8_0(act, stride, r) + b;
-            const __m256 ad8 = _mm256_cvtph_ps(gather_d8(a));
-            const __m512 d16 = _mm512_castps256_ps512(_mm256_mul_ps(wd8, ad8));
-            __m512 m16 = _mm512_setzero_ps();
-            if constexpr (kMin) m16 = _mm512_castps256_ps512(_mm256_mul_ps(wm8, ad8));
-            for (int k = 0; k < 4; ++k) {
+            const uint8_t* p = p0 + size_t(r) * stride;
+            const auto* ad = reinterpret_cast<const float*>(p + L.d) + b;
+            const __m512 d16 = _mm512_castps256_ps512(_mm256_mul_ps(wd8, _mm256_loadu_ps(ad)));
+            if constexpr (kMin) macc[r] = _mm256_fmadd_ps(wm8, _mm256_loadu_ps(reinterpret_cast<const float*>(p + L.s) + b), macc[r]);
+            const uint8_t* qs = p + L.qs + size_t(b) * QK8_0;
+            const uint8_t* corr = p + L.corr + size_t(b) * QK8_0;   // 64 bytes per pair, as qs
+            for (int k = 0; k < n_pairs; ++k) {
                 const __m512i sel = _mm512_inserti64x4(_mm512_set1_epi32(2 * k), _mm256_set1_epi32(2 * k + 1), 1);
-                const __m512i y = act_pair(a + 2 * k);
-                if constexpr (kMin) {
-                    const __m512i z = _mm512_setzero_si512();
-                    const __m512i p = _mm512_dpbusd_epi32(z, wq[k], y), sy = _mm512_dpbusd_epi32(z, _mm512_set1_epi8(1), y);
-                    __m512& ac = acc[r][k & 1];
-                    ac = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(sel, d16), ac);
-                    ac = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sy), _mm512_permutexvar_ps(sel, m16), ac);
-                } else {
-                    const __m512i p = dot_biased(wq[k], y, bias);
-                    acc[r][k & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(sel, d16), acc[r][k & 1]);
-                }
+                const __m512i y = load512(qs + 64 * k);
+                const __m512i c = kMin ? _mm512_setzero_si512() : load512(corr + 64 * k);
+                const __m512i isum = _mm512_dpbusd_epi32(c, wq[k], y);
+                acc[r][k & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_permutexvar_ps(sel, d16), acc[r][k & 1]);
             }
         }
-    }
+    };
+    int b = 0;
+    for (; b + 8 <= nb; b += 8) batch(b, 8, std::true_type{});
+    if (b < nb) batch(b, nb - b, std::false_type{});
     for (int r = 0; r < NR; ++r) {
         float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
-        if (nb8 < nb) sum += tail((nb - nb8) * QK8_0, &w[nb8], act_row_q8_0(act, stride, r) + nb8);
+        if constexpr (kMin) {
+            const __m128 m4 = _mm_add_ps(_mm256_castps256_ps128(macc[r]), _mm256_extractf128_ps(macc[r], 1));
+            const __m128 m2 = _mm_add_ps(m4, _mm_movehl_ps(m4, m4));
+            sum += _mm_cvtss_f32(_mm_add_ss(m2, _mm_movehdup_ps(m2)));
+        }
         out[r] = sum;
     }
 }
+
+// The legacy decoders (weight = u - bias, u unsigned; see legacy_rows_512), shared by both kernels.
+struct DecodeQ4 {
+    template <typename B> LOWBIT_HOT void operator()(const B* x, __m512i* q, int count) const { nibble_pairs8(x, q, count); }
+};
+struct DecodeQ5 {
+    template <typename B> LOWBIT_HOT void operator()(const B* x, __m512i* q, int count) const { q5_pairs8(x, q, count); }
+};
+struct DecodeQ8 {   // w + 128 is unsigned
+    LOWBIT_HOT void operator()(const block_q8_0* x, __m512i* q, int count) const {
+        for (int k = 0; k < 4; ++k)
+            q[k] = _mm512_xor_si512(count == 8 ? act_pair(x + 2 * k) : act_pair_tail(x + 2 * k, count - 2 * k),
+                                    _mm512_set1_epi8(char(0x80)));
+    }
+};
+struct DecodeIQ4NL {   // table value + 128 is unsigned
+    LOWBIT_HOT void operator()(const block_iq4_nl* x, __m512i* q, int count) const {
+        const __m512i table = _mm512_xor_si512(_mm512_broadcast_i32x4(load128(kvalues_iq4nl)), _mm512_set1_epi8(char(0x80)));
+        nibble_pairs8(x, q, count);
+        for (int k = 0; k < 4; ++k) q[k] = _mm512_shuffle_epi8(table, q[k]);
+    }
+};
 
 // Calls Kernel<NR>(args...) for a run-time nrows in [1, kMaxDotRows].
 #define LOWBIT_ROWS_SWITCH(kernel, nrows, ...)            \
@@ -209,60 +254,31 @@ inline void legacy_rows_512(int n, const WBlock* w, const void* act, size_t stri
         return;                                                                   \
     }
 
-template <int NR>
-void q4_0_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
-    LOWBIT_SPLIT_ROWS(NR, q4_0_rows_n)
-    legacy_rows_512<NR>(n, static_cast<const block_q4_0*>(w), act, stride, out,
-                        [](const block_q4_0* x, __m512i* q) { nibble_pairs8(x, q); },
-                        _mm512_set1_epi8(8), vec_dot_q4_0_256);
+// Panel rows (kernels.h) of nrows block_q8_0 rows of n elements, stride bytes apart.
+std::vector<uint8_t> panel_of(int n, const void* act, size_t stride, int nrows, int bias) {
+    const size_t bytes = size_t(Q8PanelLayout::row_bytes(n));
+    std::vector<uint8_t> panel(bytes * size_t(nrows));
+    for (int r = 0; r < nrows; ++r)
+        build_q8_panel_row(act_row_q8_0(act, stride, r), n, bias, panel.data() + size_t(r) * bytes);
+    return panel;
 }
 
-template <int NR>
-void q4_1_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
-    LOWBIT_SPLIT_ROWS(NR, q4_1_rows_n)
-    legacy_rows_512<NR, true>(n, static_cast<const block_q4_1*>(w), act, stride, out,
-                              [](const block_q4_1* x, __m512i* q) { nibble_pairs8(x, q); },
-                              _mm512_setzero_si512(), vec_dot_q4_1_256);
-}
+#define LOWBIT_PANEL(name, Block, kMin, Decode)                                                       \
+    template <int NR>                                                                              \
+    void name##_panel_n(int n, const void* w, const void* act, size_t stride, float* out) {        \
+        LOWBIT_SPLIT_ROWS(NR, name##_panel_n)                                                      \
+        legacy_panel_512<NR, kMin>(n, static_cast<const Block*>(w), act, stride, out, Decode{});   \
+    }                                                                                              \
+    void name##_panel(int n, const void* w, const void* act, size_t stride, int nrows, float* out) { \
+        LOWBIT_ROWS_SWITCH(name##_panel_n, nrows, n, w, act, stride, out)                          \
+    }
 
-template <int NR>
-void q5_0_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
-    LOWBIT_SPLIT_ROWS(NR, q5_0_rows_n)
-    legacy_rows_512<NR>(n, static_cast<const block_q5_0*>(w), act, stride, out,
-                        [](const block_q5_0* x, __m512i* q) { q5_pairs8(x, q); }, _mm512_set1_epi8(16), vec_dot_q5_0_256);
-}
-
-template <int NR>
-void q5_1_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
-    LOWBIT_SPLIT_ROWS(NR, q5_1_rows_n)
-    legacy_rows_512<NR, true>(n, static_cast<const block_q5_1*>(w), act, stride, out,
-                              [](const block_q5_1* x, __m512i* q) { q5_pairs8(x, q); }, _mm512_setzero_si512(),
-                              vec_dot_q5_1_256);
-}
-
-template <int NR>
-void q8_0_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
-    LOWBIT_SPLIT_ROWS(NR, q8_0_rows_n)
-    legacy_rows_512<NR>(n, static_cast<const block_q8_0*>(w), act, stride, out,
-                        [](const block_q8_0* x, __m512i* q) {  // w + 128 is unsigned
-                            for (int k = 0; k < 4; ++k)
-                                q[k] = _mm512_xor_si512(act_pair(x + 2 * k), _mm512_set1_epi8(char(0x80)));
-                        },
-                        _mm512_set1_epi8(char(0x80)), vec_dot_q8_0_256);
-}
-
-template <int NR>
-void iq4_nl_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
-    LOWBIT_SPLIT_ROWS(NR, iq4_nl_rows_n)
-    legacy_rows_512<NR>(n, static_cast<const block_iq4_nl*>(w), act, stride, out,
-                        [](const block_iq4_nl* x, __m512i* q) {  // table value + 128 is unsigned
-                            const __m512i table = _mm512_xor_si512(_mm512_broadcast_i32x4(load128(kvalues_iq4nl)),
-                                                                   _mm512_set1_epi8(char(0x80)));
-                            nibble_pairs8(x, q);
-                            for (int k = 0; k < 4; ++k) q[k] = _mm512_shuffle_epi8(table, q[k]);
-                        },
-                        _mm512_set1_epi8(char(0x80)), vec_dot_iq4_nl_256);
-}
+LOWBIT_PANEL(q4_0, block_q4_0, false, DecodeQ4)
+LOWBIT_PANEL(q4_1, block_q4_1, true, DecodeQ4)
+LOWBIT_PANEL(q5_0, block_q5_0, false, DecodeQ5)
+LOWBIT_PANEL(q5_1, block_q5_1, true, DecodeQ5)
+LOWBIT_PANEL(q8_0, block_q8_0, false, DecodeQ8)
+LOWBIT_PANEL(iq4_nl, block_iq4_nl, false, DecodeIQ4NL)
 
 inline const block_q8_K* act_row_q8_K(const void* act, size_t stride, int r) {
     return reinterpret_cast<const block_q8_K*>(static_cast<const uint8_t*>(act) + size_t(r) * stride);
@@ -707,6 +723,26 @@ void bf16_rows_n(int n, const void* vw, const void* act, size_t stride, float* o
 
 }  // namespace
 
+// The block_q8_0 entry points of a legacy type: panel rows built here, so they equal the mat-mat bit
+// for bit.
+#define LOWBIT_PANEL_ENTRIES(name, type)                                                            \
+    void name##_rows(int n, const void* w, const void* act, size_t stride, int nrows, float* out) {  \
+        const std::vector<uint8_t> panel = panel_of(n, act, stride, nrows, panel_bias(type)); \
+        name##_panel(n, w, panel.data(), size_t(Q8PanelLayout::row_bytes(n)), nrows, out);         \
+    }                                                                                              \
+    float vec_dot_##name(int n, const void* w, const void* a) {                                    \
+        float out;                                                                                 \
+        name##_rows(n, w, a, 0, 1, &out);                                                          \
+        return out;                                                                                \
+    }
+
+LOWBIT_PANEL_ENTRIES(q4_0, GGMLType::Q4_0)
+LOWBIT_PANEL_ENTRIES(q4_1, GGMLType::Q4_1)
+LOWBIT_PANEL_ENTRIES(q5_0, GGMLType::Q5_0)
+LOWBIT_PANEL_ENTRIES(q5_1, GGMLType::Q5_1)
+LOWBIT_PANEL_ENTRIES(q8_0, GGMLType::Q8_0)
+LOWBIT_PANEL_ENTRIES(iq4_nl, GGMLType::IQ4_NL)
+
 #define LOWBIT_DOT_AND_ROWS(name)                                                                     \
     float vec_dot_##name(int n, const void* w, const void* a) {                                       \
         float out;                                                                                    \
@@ -717,14 +753,8 @@ void bf16_rows_n(int n, const void* vw, const void* act, size_t stride, float* o
         LOWBIT_ROWS_SWITCH(name##_rows_n, nrows, n, w, act, stride, out)                              \
     }
 
-LOWBIT_DOT_AND_ROWS(q4_0)
-LOWBIT_DOT_AND_ROWS(q8_0)
-LOWBIT_DOT_AND_ROWS(iq4_nl)
 LOWBIT_DOT_AND_ROWS(q4_K)
 LOWBIT_DOT_AND_ROWS(q6_K)
-LOWBIT_DOT_AND_ROWS(q4_1)
-LOWBIT_DOT_AND_ROWS(q5_0)
-LOWBIT_DOT_AND_ROWS(q5_1)
 LOWBIT_DOT_AND_ROWS(q5_K)
 LOWBIT_DOT_AND_ROWS(f32)
 LOWBIT_DOT_AND_ROWS(f16)
@@ -745,6 +775,7 @@ extern const KernelSet kKernels = {
     quantize_act_q8_0, quantize_act_q8_K,
     q4_0_rows, q4_1_rows, q5_0_rows, q5_1_rows, q8_0_rows, iq4_nl_rows,
     q2_K_rows, q3_K_rows, q4_K_rows, q5_K_rows, q6_K_rows, iq4_xs_rows, f32_rows, f16_rows, bf16_rows,
+    q4_0_panel, q4_1_panel, q5_0_panel, q5_1_panel, q8_0_panel, iq4_nl_panel,
 };
 
 }  // namespace lowbit::cpu::avx512

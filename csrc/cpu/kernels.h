@@ -40,6 +40,27 @@ using QuantizeQ8_KFn = void (*)(const float* x, block_q8_K* y, int n);  // n % 2
 // The activation format a weight type dots against.
 enum class ActFormat { F32, Q8_0, Q8_K };
 
+// A q8_0 activation panel: the same quantized rows as block_q8_0, regrouped so a 512-bit kernel
+// loads them without shuffles and never recomputes what depends on the activations alone. One
+// panel row of n elements (n % 32 == 0), padded to np = n rounded up to 256, is
+// Q8PanelLayout::row_bytes(n) bytes (a multiple of 64), holding at these offsets:
+//   qs    int8 [np]            the quants, 0 beyond n
+//   corr  int32[np / 64][16]   per pair of blocks (2k, 2k+1): lanes 0 and 8 = -bias * sum(qs) of
+//                              block 2k and 2k+1, other lanes 0 (bias: the weight type's, below)
+//   d     f32  [np / 32]       block scales (the fp16 values, exact), 0 beyond n
+//   s     f32  [np / 32]       d * sum(qs) per block (exact in f32: 11 x 13 bits)
+// With the weight as u - bias (u unsigned), a block's integer sum is dpbusd(corr, u, y) in exact
+// int32 arithmetic; types with a min (Q4_1, Q5_1: bias 0) use s for the min term.
+struct Q8PanelLayout {
+    int64_t np, qs, corr, d, s, bytes;
+    explicit Q8PanelLayout(int64_t n)
+        : np((n + 255) / 256 * 256), qs(0), corr(np), d(2 * np), s(2 * np + np / 8), bytes(2 * np + np / 4) {}
+    static int64_t row_bytes(int64_t n) { return Q8PanelLayout(n).bytes; }
+};
+// out[i] = dot(weight row, panel row i) for i < nrows <= kMaxDotRows, panel rows stride bytes apart.
+using PanelRowsFn = void (*)(int n, const void* weight_blocks, const void* panel, size_t stride, int nrows,
+                             float* out);
+
 // Every kernel for one ISA level. Dispatch picks one set; matmul calls through it.
 struct KernelSet {
     const char* name;  // "scalar", "avx2", "avx512"
@@ -52,6 +73,10 @@ struct KernelSet {
     VecDotRowsFn q4_0_rows, q4_1_rows, q5_0_rows, q5_1_rows, q8_0_rows, iq4_nl_rows;
     VecDotRowsFn q2_K_rows, q3_K_rows, q4_K_rows, q5_K_rows, q6_K_rows, iq4_xs_rows;
     VecDotRowsFn f32_rows, f16_rows, bf16_rows;
+    // Panel kernels of the legacy types (Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL), or all nullptr: matmul
+    // then uses the multi-row dots above. Each panel row's result does not depend on nrows or
+    // its place in the panel, so a mat-mat through them equals a loop of mat-vecs bit for bit.
+    PanelRowsFn q4_0_panel, q4_1_panel, q5_0_panel, q5_1_panel, q8_0_panel, iq4_nl_panel;
 };
 
 // The multi-row dot as a loop of single-row dots (types without a dedicated kernel).
@@ -72,6 +97,11 @@ void dot_rows_loop(int n, const void* w, const void* act, size_t act_stride, int
 // The dot of `type` in `ks`, or nullptr when lowbit has no CPU kernel for that type.
 VecDotFn kernel_for(const KernelSet& ks, GGMLType type);
 VecDotRowsFn rows_kernel_for(const KernelSet& ks, GGMLType type);
+// The panel kernel of `type` in `ks` (nullptr: none) and the weight bias its panel's corr uses.
+PanelRowsFn panel_kernel_for(const KernelSet& ks, GGMLType type);
+int panel_bias(GGMLType type);
+// One panel row (layout above) from n / 32 quantized blocks.
+void build_q8_panel_row(const block_q8_0* blocks, int64_t n, int bias, void* panel_row);
 // Activation format of `type`; only meaningful where kernel_for is non-null.
 ActFormat act_format(GGMLType type);
 // Bytes of one activation row of n elements in `fmt`.

@@ -22,6 +22,7 @@ struct QuantizedActs {
     AlignedBuffer<uint8_t> data;
     size_t row_bytes = 0;
     int64_t per_token = 1;   // activation rows per x row: 1, or 2 for (hi, lo)
+    bool panel = false;      // rows are Q8PanelLayout rows for the set's panel kernel
     const void* row(int64_t i) const { return data.data() + size_t(i) * row_bytes; }   // i: activation row
 };
 
@@ -55,24 +56,38 @@ void residual(ActFormat fmt, const float* x, const void* q, float* r, int64_t co
 void quantize_rows(const KernelSet& ks, GGMLType type, int64_t cols, const float* x, int64_t n,
                    ActPrecision precision, QuantizedActs& out, ThreadPool& pool) {
     const ActFormat fmt = act_format(type);
-    out.row_bytes = act_row_bytes(fmt, cols);
+    out.panel = panel_kernel_for(ks, type) != nullptr;
+    out.row_bytes = out.panel ? size_t(Q8PanelLayout::row_bytes(cols)) : act_row_bytes(fmt, cols);
     out.per_token = (precision == ActPrecision::Q8X2 && fmt != ActFormat::F32) ? 2 : 1;
     out.data.resize(size_t(n * out.per_token) * out.row_bytes);
     if (fmt == ActFormat::F32) {
         std::memcpy(out.data.data(), x, size_t(n) * out.row_bytes);
         return;
     }
-    AlignedBuffer<float> resid(out.per_token == 2 ? size_t(pool.size()) * size_t(cols) : 0);   // (threads, cols)
+    // Per thread: the residual (Q8X2) and, for a panel, the q8 blocks it is built from.
+    const size_t q_bytes = act_row_bytes(fmt, cols);
+    const size_t per_thread = (out.per_token == 2 ? size_t(cols) * sizeof(float) : 0) + (out.panel ? q_bytes : 0);
+    AlignedBuffer<uint8_t> scratch(size_t(pool.size()) * ((per_thread + 63) / 64 * 64));
+    const int bias = panel_bias(type);
     auto quantize_one = [&](int64_t i, int thread) {
-        uint8_t* hi = out.data.data() + size_t(i * out.per_token) * out.row_bytes;
-        quantize_row(ks, fmt, x + i * cols, hi, cols);
-        if (out.per_token == 1) return;
-        float* r = resid.data() + size_t(thread) * size_t(cols);
-        residual(fmt, x + i * cols, hi, r, cols);
-        quantize_row(ks, fmt, r, hi + out.row_bytes, cols);
+        uint8_t* mine = scratch.data() + size_t(thread) * ((per_thread + 63) / 64 * 64);
+        auto* r = reinterpret_cast<float*>(mine);                                   // residual
+        uint8_t* blocks = mine + (out.per_token == 2 ? size_t(cols) * sizeof(float) : 0);   // panel source
+        for (int64_t part = 0; part < out.per_token; ++part) {   // hi, then lo
+            uint8_t* dst = out.data.data() + size_t(i * out.per_token + part) * out.row_bytes;
+            uint8_t* q = out.panel ? blocks : dst;
+            quantize_row(ks, fmt, part == 0 ? x + i * cols : r, q, cols);
+            if (part == 0 && out.per_token == 2) residual(fmt, x + i * cols, q, r, cols);
+            if (out.panel) build_q8_panel_row(reinterpret_cast<const block_q8_0*>(q), cols, bias, dst);
+        }
     };
     if (n == 1) quantize_one(0, 0);
     else pool.parallel_for(n, quantize_one);
+}
+
+// The multi-row kernel for the activations as quantize_rows laid them out.
+VecDotRowsFn rows_kernel(const KernelSet& ks, GGMLType type, const QuantizedActs& act) {
+    return act.panel ? panel_kernel_for(ks, type) : rows_kernel_for(ks, type);
 }
 
 int64_t rows_per_chunk(int64_t rows, const ThreadPool& pool, int64_t multiple) {
@@ -120,7 +135,7 @@ void matvec(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
     const int64_t wrow = weight_row_bytes(type, cols);
     const int64_t chunk_rows = rows_per_chunk(rows, pool, 4);
     const int64_t n_chunks = (rows + chunk_rows - 1) / chunk_rows;
-    if (act.per_token == 1) {
+    if (act.per_token == 1 && !act.panel) {
         const VecDotFn dot = kernel_for(ks, type);
         pool.parallel_for(n_chunks, [&](int64_t c, int) {
             const int64_t r1 = std::min(rows, (c + 1) * chunk_rows);
@@ -128,13 +143,14 @@ void matvec(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
         });
         return;
     }
-    const VecDotRowsFn dot_rows = rows_kernel_for(ks, type);   // (hi, lo) in one pass over the weight row
+    const VecDotRowsFn dot_rows = rows_kernel(ks, type, act);   // (hi, lo) in one pass over the weight row
+    const int pt = int(act.per_token);
     pool.parallel_for(n_chunks, [&](int64_t c, int) {
         const int64_t r1 = std::min(rows, (c + 1) * chunk_rows);
         for (int64_t r = c * chunk_rows; r < r1; ++r) {
             float hi_lo[2];
-            dot_rows(int(cols), w + r * wrow, act.row(0), act.row_bytes, 2, hi_lo);
-            y[r] = hi_lo[0] + hi_lo[1] * (1.0f / kLoScale);
+            dot_rows(int(cols), w + r * wrow, act.row(0), act.row_bytes, pt, hi_lo);
+            y[r] = pt == 1 ? hi_lo[0] : hi_lo[0] + hi_lo[1] * (1.0f / kLoScale);
         }
     });
 }
@@ -150,9 +166,9 @@ void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
     if (n <= 0) return;
     if (n == 1) return matvec(weights, type, rows, cols, x, y, pool, precision);
     const KernelSet& ks = kernels();
-    const VecDotRowsFn dot_rows = rows_kernel_for(ks, type);
     QuantizedActs act;
     quantize_rows(ks, type, cols, x, n, precision, act, pool);
+    const VecDotRowsFn dot_rows = rows_kernel(ks, type, act);
     const int64_t pt = act.per_token, tile = kActTile / pt;   // tokens per multi-row dot
     const auto* w = static_cast<const uint8_t*>(weights);
     const int64_t wrow = weight_row_bytes(type, cols);

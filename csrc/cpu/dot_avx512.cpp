@@ -263,10 +263,16 @@ std::vector<uint8_t> panel_of(int n, const void* act, size_t stride, int nrows, 
     return panel;
 }
 
+constexpr int kPanelPass = 8;   // rows per pass over the weight row
+
 #define LOWBIT_PANEL(name, Block, kMin, Decode)                                                       \
     template <int NR>                                                                              \
     void name##_panel_n(int n, const void* w, const void* act, size_t stride, float* out) {        \
-        LOWBIT_SPLIT_ROWS(NR, name##_panel_n)                                                      \
+        if constexpr (NR > kPanelPass) {                                                           \
+            name##_panel_n<kPanelPass>(n, w, act, stride, out);                                    \
+            name##_panel_n<NR - kPanelPass>(n, w, static_cast<const uint8_t*>(act) + kPanelPass * stride, stride, out + kPanelPass); \
+            return;                                                                                \
+        }                                                                                          \
         legacy_panel_512<NR, kMin>(n, static_cast<const Block*>(w), act, stride, out, Decode{});   \
     }                                                                                              \
     void name##_panel(int n, const void* w, const void* act, size_t stride, int nrows, float* out) { \

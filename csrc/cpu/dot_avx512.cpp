@@ -162,6 +162,8 @@ inline const block_q8_0* act_row_q8_0(const void* act, size_t stride, int r) {
 // bias term folded into the dpbusd accumulator (corr), the block scales as floats and, with kMin,
 // the min term as one 8-lane FMA per batch against d * sum(qs). Per row and pair: two loads, one
 // dpbusd, one convert, one permute, one FMA. Batches and the masked last batch as there.
+constexpr size_t kPrefetchAhead = 2048;
+
 template <int NR, bool kMin = false, typename WBlock, typename Decode>
 LOWBIT_HOT void legacy_panel_512(int n, const WBlock* w, const void* panel, size_t stride, float* out, Decode decode) {
     const int nb = n / QK8_0;
@@ -176,6 +178,9 @@ LOWBIT_HOT void legacy_panel_512(int n, const WBlock* w, const void* panel, size
     auto batch = [&](int b, int count, auto full) {
         constexpr bool kFull = decltype(full)::value;
         const int n_pairs = kFull ? 4 : (count + 1) / 2;
+        // Weights stream from memory once (mat-vec): ask for the bytes kPrefetchAhead ahead now.
+        for (size_t off = 0; off < 8 * sizeof(WBlock); off += 64)
+            _mm_prefetch(reinterpret_cast<const char*>(w + b) + kPrefetchAhead + off, _MM_HINT_T0);
         const __m256 wd8 = _mm256_cvtph_ps(gather_d8(w + b, count));
         __m256 wm8 = _mm256_setzero_ps();
         if constexpr (kMin) wm8 = _mm256_cvtph_ps(gather_m8(w + b, count));

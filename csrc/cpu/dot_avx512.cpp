@@ -38,6 +38,15 @@ inline __m512i srli_halves(__m512i x) {
     return B > A ? _mm512_mask_srli_epi16(lo, __mmask32(0xFFFF0000u), lo, B - A) : lo;
 }
 
+// Weights stream from memory once per mat-vec, and the hardware prefetchers alone left decode
+// waiting on them: every kernel asks for the weight bytes kPrefetchAhead past the ones it is
+// about to decode (rows are contiguous, so this runs into the next rows).
+constexpr size_t kPrefetchAhead = 2048;
+LOWBIT_HOT void prefetch_ahead(const void* p, size_t bytes) {
+    for (size_t off = 0; off < bytes; off += 64)
+        _mm_prefetch(static_cast<const char*>(p) + kPrefetchAhead + off, _MM_HINT_T0);
+}
+
 // Two 32-byte runs (at p and p + stride) as one zmm.
 LOWBIT_HOT __m512i load2x256(const uint8_t* p, size_t stride) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(load256(p)), load256(p + stride), 1);
@@ -162,7 +171,6 @@ inline const block_q8_0* act_row_q8_0(const void* act, size_t stride, int r) {
 // bias term folded into the dpbusd accumulator (corr), the block scales as floats and, with kMin,
 // the min term as one 8-lane FMA per batch against d * sum(qs). Per row and pair: two loads, one
 // dpbusd, one convert, one permute, one FMA. Batches and the masked last batch as there.
-constexpr size_t kPrefetchAhead = 2048;
 
 template <int NR, bool kMin = false, typename WBlock, typename Decode>
 LOWBIT_HOT void legacy_panel_512(int n, const WBlock* w, const void* panel, size_t stride, float* out, Decode decode) {
@@ -178,9 +186,7 @@ LOWBIT_HOT void legacy_panel_512(int n, const WBlock* w, const void* panel, size
     auto batch = [&](int b, int count, auto full) {
         constexpr bool kFull = decltype(full)::value;
         const int n_pairs = kFull ? 4 : (count + 1) / 2;
-        // Weights stream from memory once (mat-vec): ask for the bytes kPrefetchAhead ahead now.
-        for (size_t off = 0; off < 8 * sizeof(WBlock); off += 64)
-            _mm_prefetch(reinterpret_cast<const char*>(w + b) + kPrefetchAhead + off, _MM_HINT_T0);
+        prefetch_ahead(w + b, 8 * sizeof(WBlock));
         const __m256 wd8 = _mm256_cvtph_ps(gather_d8(w + b, count));
         __m256 wm8 = _mm256_setzero_ps();
         if constexpr (kMin) wm8 = _mm256_cvtph_ps(gather_m8(w + b, count));
@@ -448,8 +454,12 @@ void k4_rows(int n, const Block* w, const void* act, size_t stride, float* out) 
     const int nsb = n / QK_K, nsb4 = nsb / 4 * 4;
     float sumf[NR];
     for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
-    for (int b = 0; b < nsb4; b += 4) k4_group4<NR, kQ5>(w + b, act, stride, b, sumf);
+    for (int b = 0; b < nsb4; b += 4) {
+        prefetch_ahead(w + b, 4 * sizeof(Block));
+        k4_group4<NR, kQ5>(w + b, act, stride, b, sumf);
+    }
     for (int b = nsb4; b < nsb; ++b) {  // the last nsb % 4 super-blocks one at a time
+        prefetch_ahead(w + b, sizeof(Block));
         __m512i q[4], scale[4];
         const __m128i sm = _mm512_castsi512_si128(unpack_k4_scales_x4(w + b, 1));
         k4_decode<kQ5>(w[b], _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(sm)), q, scale);
@@ -502,6 +512,7 @@ void q2_K_rows_n(int n, const void* w, const void* act, size_t stride, float* ou
     float sumf[NR];
     for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
     for (int b = 0; b < nsb4; b += 4) {  // groups of 4 super-blocks, as k4_group4
+        prefetch_ahead(x + b, 4 * sizeof(block_q2_K));
         __m512i acc[NR][4];
         __m256i mins[4];
         for (int j = 0; j < 4; ++j) {
@@ -514,6 +525,7 @@ void q2_K_rows_n(int n, const void* w, const void* act, size_t stride, float* ou
         min_k_float4<NR>(x + b, act, stride, b, acc, mw01, mw23, sumf);
     }
     for (int b = nsb4; b < nsb; ++b) {  // the last nsb % 4 super-blocks one at a time
+        prefetch_ahead(x + b, sizeof(block_q2_K));
         __m512i q[4], scale[4];
         const __m256i mins16 = q2_K_decode(x[b], q, scale);
         const float wd = h2f(x[b].d), wdmin = h2f(x[b].dmin);
@@ -553,6 +565,7 @@ inline void scaled_k_rows(int n, const Block* x, const void* act, size_t stride,
     float sumf[NR];
     for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
     if constexpr (NR <= 4) for (int b = 0; b < nsb4; b += 4) {
+        prefetch_ahead(x + b, 4 * sizeof(Block));
         __m512i acc[NR][4];
         for (int j = 0; j < 4; ++j) {
             const auto dec = decode(x[b + j]);
@@ -566,6 +579,7 @@ inline void scaled_k_rows(int n, const Block* x, const void* act, size_t stride,
         }
     }
     for (int b = nsb4; b < nsb; ++b) {  // the last nsb % 4 super-blocks (all for NR > 4) one at a time
+        prefetch_ahead(x + b, sizeof(Block));
         const auto dec = decode(x[b]);
         const float wd = h2f(x[b].d);
         for (int r = 0; r < NR; ++r) {

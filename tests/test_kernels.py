@@ -343,3 +343,65 @@ def test_matmul_on_real_tensors(model, level):
         assert err < (1e-6 if ty in FLOAT_TYPES else 1.5e-2), (model, name, ty, err)
         assert np.array_equal(got[1], cpu.matmul(w, ty, (rows, cols), x[1], n_threads=1))
     assert len(tensors) >= 2
+
+
+# ---- (g) no kernel reads past the last byte of its operands -----------------------------------
+
+_GUARD_SCRIPT = r"""
+import ctypes, mmap, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from lowbit import cpu
+from test_kernels import random_weights, make_act, block_geometry, ALL_TYPES
+
+PAGE = mmap.PAGESIZE
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+keep = []
+
+def at_page_end(data):
+    # a copy of data whose last byte is the last byte before a PROT_NONE page
+    data = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+    pages = (data.nbytes + PAGE - 1) // PAGE + 1
+    buf = mmap.mmap(-1, pages * PAGE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    assert libc.mprotect(base + (pages - 1) * PAGE, PAGE, 0) == 0
+    keep.append(buf)
+    out = np.frombuffer(buf, np.uint8, data.nbytes, (pages - 1) * PAGE - data.nbytes)
+    out[:] = data
+    return out
+
+rng = np.random.default_rng(7)
+for level in cpu.features()["supported"].split(","):
+    cpu.set_kernels(level.strip())
+    for ty in ALL_TYPES:
+        bs, _ = block_geometry(ty)
+        step = max(bs, 32)
+        for nb in (1, 2, 3, 5, 7, 9, 19):
+            n = step * nb
+            w = random_weights(rng, ty, 3, n)
+            x = rng.standard_normal((2, n)).astype(np.float32)
+            act, _ = make_act(ty, x[0])
+            ref = cpu.vec_dot(ty, w[2], act)
+            a = np.asarray(act)
+            got = cpu.vec_dot(ty, at_page_end(w[2]), at_page_end(a).view(a.dtype))
+            assert got == ref, (level, ty, n)
+            for prec in ("q8", "high"):
+                ref = cpu.matmul(w, ty, (3, n), x, act_precision=prec)
+                got = cpu.matmul(at_page_end(w).reshape(3, -1), ty, (3, n), x, act_precision=prec)
+                assert np.array_equal(got, ref), (level, ty, n, prec)
+print("ok")
+"""
+
+
+def test_kernels_never_read_past_their_operands(tmp_path):
+    """Weights and activations placed right before an unmapped page: a kernel that reads one byte
+    too far (a tail block, a masked batch) crashes the child process."""
+    import os
+    import subprocess
+    import sys
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    script = tmp_path / "guard.py"
+    script.write_text(_GUARD_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), tests_dir], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), (proc.returncode, proc.stderr[-2000:])

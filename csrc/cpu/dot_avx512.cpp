@@ -544,7 +544,7 @@ void q2_K_rows_n(int n, const void* w, const void* act, size_t stride, float* ou
 // bytes s: scale j = low nibble (j < 8: s[j] & 15, else s[j-8] >> 4) | ((s[8 + j%4] >> 2*(j/4)) & 3) << 4.
 // Reads 16 bytes (the 4 after the scales are the fp16 d and are ignored).
 inline __m128i unpack_q3_K_scales_v(const uint8_t* packed) {
-    const __m128i s = load128(packed);
+    const __m128i s = _mm_maskz_loadu_epi8(0x0FFF, packed);   // the 12 bytes only: d ends the block
     const __m128i m4 = _mm_set1_epi8(0x0F);
     const __m128i l = _mm_shuffle_epi8(s, _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7));
     const __m128i low = _mm_unpacklo_epi64(_mm_and_si128(l, m4), _mm_and_si128(_mm_srli_epi16(_mm_unpackhi_epi64(l, l), 4), m4));

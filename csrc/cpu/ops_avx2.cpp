@@ -129,8 +129,28 @@ void attn_scores_f16(const float* q, const uint16_t* rows, int64_t stride, int64
     for (int64_t j = 0; j < n; ++j) scores[j] = dot_f16(q, rows + j * stride, d) * scale;
 }
 
+// Each element gets the same operations in the same order as axpy_f16 row after row (j ascending),
+// but 64 output values stay in registers across all n rows instead of a load and a store per row.
 void attn_values_f16(const float* p, const uint16_t* rows, int64_t stride, int64_t n, int64_t d, float* out) {
-    for (int64_t j = 0; j < n; ++j) axpy_f16(out, p[j], rows + j * stride, d);
+    auto half8 = [](const uint16_t* x) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x))); };
+    int64_t i = 0;
+    for (; i + 64 <= d; i += 64) {
+        __m256 acc[8];
+        for (int k = 0; k < 8; ++k) acc[k] = _mm256_loadu_ps(out + i + 8 * k);
+        for (int64_t j = 0; j < n; ++j) {
+            const __m256 a = _mm256_set1_ps(p[j]);
+            const uint16_t* x = rows + j * stride + i;
+            for (int k = 0; k < 8; ++k) acc[k] = _mm256_fmadd_ps(a, half8(x + 8 * k), acc[k]);
+        }
+        for (int k = 0; k < 8; ++k) _mm256_storeu_ps(out + i + 8 * k, acc[k]);
+    }
+    for (; i + 8 <= d; i += 8) {
+        __m256 acc = _mm256_loadu_ps(out + i);
+        for (int64_t j = 0; j < n; ++j) acc = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), half8(rows + j * stride + i), acc);
+        _mm256_storeu_ps(out + i, acc);
+    }
+    for (; i < d; ++i)
+        for (int64_t j = 0; j < n; ++j) out[i] += p[j] * fp16_to_fp32(rows[j * stride + i]);
 }
 
 }  // namespace lowbit::cpu::avx2

@@ -14,6 +14,7 @@ namespace lowbit::cpu {
 namespace {
 
 constexpr int64_t kActTile = kMaxDotRows;  // activation rows per prefill tile (one multi-row dot)
+constexpr int64_t kTileBytes = 40 << 10;    // quantized activation bytes per tile that stay in L1
 constexpr int64_t kTargetChunks = 8;  // chunks per thread: enough to balance, few enough to be cheap
 
 // The activation rows x (n, cols), quantized for `type`. Q8X2 splits each x row i into two
@@ -169,7 +170,10 @@ void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
     QuantizedActs act;
     quantize_rows(ks, type, cols, x, n, precision, act, pool);
     const VecDotRowsFn dot_rows = rows_kernel(ks, type, act);
-    const int64_t pt = act.per_token, tile = kActTile / pt;   // tokens per multi-row dot
+    // Tokens per multi-row dot: up to kActTile activation rows, fewer where their quantized rows
+    // would not stay in L1 together (wide panels): each row's result does not depend on the tile.
+    const int64_t pt = act.per_token;
+    const int64_t tile = std::clamp<int64_t>(kTileBytes / int64_t(act.row_bytes), pt, kActTile) / pt;
     const auto* w = static_cast<const uint8_t*>(weights);
     const int64_t wrow = weight_row_bytes(type, cols);
     const int64_t band_budget = std::max<int64_t>(1, (256 << 10) / wrow);  // rows in ~256 KiB

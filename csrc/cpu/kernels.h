@@ -15,6 +15,8 @@
 //   legacy 32-blocks and F32/F16/BF16: SIMD keeps per-lane float partial sums (different
 //     reduction order), so they agree with the scalar spec within tier 1 (tests: <= 2e-7 per
 //     block, 1e-7 per element for floats, relative to sum |w_i * a_i|).
+//     On AVX-512 the legacy types compute through activation panels (Q8PanelLayout below; the
+//     block_q8_0 entry points build one first), still with exact integer block sums.
 // Multi-row dots (VecDotRowsFn) give each row exactly what the single-row dot of the same set
 // gives, so a mat-mat equals a loop of mat-vecs bit for bit in every set.
 // Activation quantizers round to nearest-even in every implementation and agree bit for bit.

@@ -63,12 +63,6 @@ LOWBIT_HOT __m512i act_pair_tail(const block_q8_0* a, int left) {
                               _mm256_maskz_loadu_epi8(m1, a[1].qs), 1);
 }
 
-// sum (u - bias) * y over 4-element groups, with u in [0, 255] and bias * y folded as a second dpbusd.
-LOWBIT_HOT __m512i dot_biased(__m512i u, __m512i y, __m512i bias) {
-    const __m512i z = _mm512_setzero_si512();
-    return _mm512_sub_epi32(_mm512_dpbusd_epi32(z, u, y), _mm512_dpbusd_epi32(z, bias, y));
-}
-
 // Q4_0 / IQ4_NL nibbles of blocks b, b+1: [b lo | b hi | b+1 lo | b+1 hi] (16 bytes each).
 inline __m512i nibble_pair(const uint8_t* qs0, const uint8_t* qs1) {
     const __m512i both = _mm512_mask_broadcast_i32x4(_mm512_broadcast_i32x4(load128(qs0)), 0xFF00, load128(qs1));
@@ -166,11 +160,16 @@ inline const block_q8_0* act_row_q8_0(const void* act, size_t stride, int r) {
     return reinterpret_cast<const block_q8_0*>(static_cast<const uint8_t*>(act) + size_t(r) * stride);
 }
 
-// Legacy blocks x NR panel rows (kernels.h): like legacy_rows_512, but everything that depends on
-// the activations alone comes precomputed from the panel: one 512-bit load per pair of blocks, the
-// bias term folded into the dpbusd accumulator (corr), the block scales as floats and, with kMin,
-// the min term as one 8-lane FMA per batch against d * sum(qs). Per row and pair: two loads, one
-// dpbusd, one convert, one permute, one FMA. Batches and the masked last batch as there.
+// Legacy blocks x NR panel rows (kernels.h): batches of 8 blocks; `decode(w + b, wq, count)` turns
+// the batch's first `count` blocks into 4 zmm of unsigned values u (weight = u - bias; wq[k] =
+// blocks b+2k, b+2k+1 laid out as nibble_pair), shared by all rows; per row two f32 accumulator
+// chains. Everything that depends on the activations alone comes precomputed from the panel: one
+// 512-bit load per pair of blocks, the bias term folded into the dpbusd accumulator (corr), the
+// block scales as floats and, with kMin (Q4_1, Q5_1: weight = d*u + m), the min term as one 8-lane
+// FMA per batch against d * sum(qs). Per row and pair: two loads, one dpbusd, one convert, one
+// permute, one FMA. The last batch of a row (nb % 8 blocks) runs the same code with masked loads:
+// blocks past the row's end read as scale 0 and quants 0 and are never touched, so they add exactly
+// 0, and only the pairs holding real blocks are multiplied.
 
 template <int NR, bool kMin = false, typename WBlock, typename Decode>
 LOWBIT_HOT void legacy_panel_512(int n, const WBlock* w, const void* panel, size_t stride, float* out, Decode decode) {
@@ -222,7 +221,7 @@ LOWBIT_HOT void legacy_panel_512(int n, const WBlock* w, const void* panel, size
     }
 }
 
-// The legacy decoders (weight = u - bias, u unsigned; see legacy_rows_512), shared by both kernels.
+// The legacy decoders (weight = u - bias, u unsigned; see legacy_panel_512), shared by all six types.
 struct DecodeQ4 {
     template <typename B> LOWBIT_HOT void operator()(const B* x, __m512i* q, int count) const { nibble_pairs8(x, q, count); }
 };

@@ -9,7 +9,10 @@ Claims checked here (see csrc/cpu/kernels.h):
     |simd - scalar| <= 2e-7 * n_blocks * sum|w_i a_i|.
   * F32/F16/BF16: scalar sums in double, SIMD in f32 lanes: |diff| <= 1e-7 * n * sum|w_i a_i|.
   * activation quantizers: SIMD == scalar byte for byte.
-  * matmul: threaded == single-thread, mat-mat == per-row mat-vec, all bit for bit.
+  * matmul: threaded == single-thread, mat-mat == per-row mat-vec, all bit for bit, except
+    the AVX-512 strip GEMM of the legacy types (>= 16 activation rows, csrc/cpu/kernels.h): exact
+    int32 block sums in another float order, tier 1 against the scalar dots; its outputs do not
+    depend on threads, tiles or how many rows a call has (bit for bit).
 """
 from __future__ import annotations
 
@@ -226,10 +229,50 @@ def test_matmul_threads_and_tiles_agree(type_name, level):
     dots = np.array([cpu.vec_dot(type_name, w[r], act) for r in range(rows)], np.float32)
     assert np.array_equal(single, dots)
     per_row = matvec_rows(type_name, w, rows, cols, x, 2)
-    for n in (1, 3, 8, 17):
+    for n in (1, 3, 8, 15):
         for t in (1, 2):
             got = cpu.matmul(w, type_name, (rows, cols), x[:n], n_threads=t)
             assert got.shape == (n, rows) and np.array_equal(got, per_row[:n]), (type_name, n, t)
+    got = cpu.matmul(w, type_name, (rows, cols), x, n_threads=2)   # 17 rows: the strip GEMM may take it
+    if type_name in STRIP_TYPES:
+        w64 = np.abs(dequant_weights(type_name, w)).reshape(rows, cols)
+        tol = 2e-7 * (cols // 32) * (np.abs(x.astype(np.float64)) @ w64.T) * 1.01   # q8 rounds x by < 1%
+        assert np.all(np.abs(got - per_row) <= tol), type_name
+    else:
+        assert np.array_equal(got, per_row), type_name
+
+
+STRIP_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"]
+
+
+@pytest.mark.parametrize("type_name", STRIP_TYPES)
+def test_strip_gemm_matches_scalar_dots(type_name, level, kernel_set):
+    """Mat-mat of >= 16 rows (the AVX-512 strip GEMM for these types): each output vs the scalar
+    dot of the same quantized activation row (tier 1), the same bits whatever the thread count,
+    tile or number of rows in the call, in both activation precisions."""
+    rng = np.random.default_rng(4100 + STRIP_TYPES.index(type_name))
+    rows, cols = 67, 608   # 4 strips + 3 rows; 19 blocks
+    w = random_weights(rng, type_name, rows, cols)
+    x = (rng.standard_normal((41, cols)) * rng.uniform(0.1, 10, size=(41, 1))).astype(np.float32)
+    got = cpu.matmul(w, type_name, (rows, cols), x, n_threads=1)
+    for t in (2, 3):
+        assert np.array_equal(cpu.matmul(w, type_name, (rows, cols), x, n_threads=t), got)
+    for n in (16, 23):   # fewer rows and other tile ends: the same bits per row
+        assert np.array_equal(cpu.matmul(w, type_name, (rows, cols), x[:n], n_threads=2), got[:n])
+    kernel_set("scalar")
+    w64 = np.abs(dequant_weights(type_name, w)).reshape(rows, cols)
+    for i in range(0, 41, 5):
+        act, a64 = make_act(type_name, x[i])
+        ref = np.array([cpu.vec_dot(type_name, w[r], act) for r in range(rows)])
+        tol = 2e-7 * (cols // 32) * (w64 @ np.abs(a64))
+        assert np.all(np.abs(got[i] - ref) <= tol), (type_name, level, i)
+    kernel_set(level)
+    hi = cpu.matmul(w, type_name, (rows, cols), x, act_precision="high")
+    ref = x.astype(np.float64) @ dequant_weights(type_name, w).reshape(rows, cols).T
+    assert np.linalg.norm(hi - ref) / np.linalg.norm(ref) < 1e-4
+    assert np.array_equal(cpu.matmul(w, type_name, (rows, cols), x[:20], act_precision="high"), hi[:20])
+    if level == "avx512":   # the strip path ran: another float order than the per-row panel dots
+        assert not np.array_equal(got[:15], cpu.matmul(w, type_name, (rows, cols), x[:15]))
 
 
 def test_matmul_against_dequantized_reference():
@@ -387,9 +430,10 @@ for level in cpu.features()["supported"].split(","):
             got = cpu.vec_dot(ty, at_page_end(w[2]), at_page_end(a).view(a.dtype))
             assert got == ref, (level, ty, n)
             for prec in ("q8", "high"):
-                ref = cpu.matmul(w, ty, (3, n), x, act_precision=prec)
-                got = cpu.matmul(at_page_end(w).reshape(3, -1), ty, (3, n), x, act_precision=prec)
-                assert np.array_equal(got, ref), (level, ty, n, prec)
+                for xs in (x, np.tile(x, (8, 1))):   # 2 and 16 rows (strip GEMM)
+                    ref = cpu.matmul(w, ty, (3, n), xs, act_precision=prec)
+                    got = cpu.matmul(at_page_end(w).reshape(3, -1), ty, (3, n), xs, act_precision=prec)
+                    assert np.array_equal(got, ref), (level, ty, n, prec)
 print("ok")
 """
 

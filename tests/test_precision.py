@@ -76,6 +76,13 @@ def test_high_matmul_equals_matvec_rows(t):
     for i in range(x.shape[0]):
         yi = q.matmul(raw, t, (ROWS, COLS), x[i], n_threads=2, act_precision="high")
         assert np.array_equal(y[i], yi), f"{t}: token {i} differs between matmul and matvec"
+    # 20 tokens: the AVX-512 strip GEMM of the legacy types (another float order, tier 1)
+    x20 = activations(rng, 20)
+    y20 = q.matmul(raw, t, (ROWS, COLS), x20, n_threads=2, act_precision="high")
+    tol = 4e-7 * (COLS // 32) * (np.abs(x20.astype(np.float64)) @ np.abs(w.astype(np.float64)).T)
+    for i in (0, 7, 19):
+        yi = q.matmul(raw, t, (ROWS, COLS), x20[i], n_threads=2, act_precision="high")
+        assert (np.abs(y20[i] - yi) <= tol[i]).all(), f"{t}: token {i} of 20 off its mat-vec by more than tier 1"
     y8 = q.matmul(raw, t, (ROWS, COLS), x, act_precision="q8")
     if t in QUANT_TYPES:
         assert not np.array_equal(y, y8)

@@ -155,6 +155,20 @@ PanelRowsFn panel_kernel_for(const KernelSet& ks, GGMLType type) {
     }
 }
 
+const StripKernels* strip_kernels_for(const KernelSet& ks, GGMLType type) {
+    const StripKernels* k = nullptr;
+    switch (type) {
+        case GGMLType::Q4_0: k = &ks.q4_0_strip; break;
+        case GGMLType::Q4_1: k = &ks.q4_1_strip; break;
+        case GGMLType::Q5_0: k = &ks.q5_0_strip; break;
+        case GGMLType::Q5_1: k = &ks.q5_1_strip; break;
+        case GGMLType::Q8_0: k = &ks.q8_0_strip; break;
+        case GGMLType::IQ4_NL: k = &ks.iq4_nl_strip; break;
+        default: return nullptr;
+    }
+    return k->decode && k->gemm ? k : nullptr;
+}
+
 int panel_bias(GGMLType type) {   // weight = u - bias with u unsigned, as the legacy kernels decode it
     switch (type) {
         case GGMLType::Q4_0: return 8;

@@ -18,7 +18,10 @@
 //     On AVX-512 the legacy types compute through activation panels (Q8PanelLayout below; the
 //     block_q8_0 entry points build one first), still with exact integer block sums.
 // Multi-row dots (VecDotRowsFn) give each row exactly what the single-row dot of the same set
-// gives, so a mat-mat equals a loop of mat-vecs bit for bit in every set.
+// gives, so a mat-mat through them equals a loop of mat-vecs bit for bit in every set. The one
+// exception is the AVX-512 strip GEMM of the legacy types (StripLayout below), which matmul takes
+// for >= 16 activation rows: exact int32 block sums, another float order (tier 1 to the spec), and
+// outputs independent of threads, tiles and the number of rows in the call.
 // Activation quantizers round to nearest-even in every implementation and agree bit for bit.
 #pragma once
 #include <cstddef>
@@ -63,6 +66,30 @@ struct Q8PanelLayout {
 using PanelRowsFn = void (*)(int n, const void* weight_blocks, const void* panel, size_t stride, int nrows,
                              float* out);
 
+// A weight strip (prefill GEMM of the legacy types): kStripRows weight rows decoded once per
+// matmul call into unsigned values u (weight = u - bias, as the panel kernels decode them) and
+// interleaved so that one dpbusd lane holds one weight row. Per 32-element block, kBlockBytes:
+//   u  uint8[8][kStripRows][4]  group g (elements 4g..4g+3) of rows 0..15: one zmm per group
+//   d  f32[kStripRows]          the rows' block scales
+//   m  f32[kStripRows]          the rows' block mins (Q4_1, Q5_1; 0 otherwise)
+// Rows past the decoded ones are all zero. A GEMM over it sums each block exactly in int32
+// (the panel's corr term included) and accumulates d_w * (d_a * isum) (+ m_w * s_a) per block in
+// order, one f32 lane per output: a different float order than the panel kernels (tier 1).
+constexpr int kStripRows = 16;
+constexpr int kStripAct = 8;   // activation (panel) rows per strip GEMM call at most
+struct StripLayout {
+    static constexpr int64_t kU = 0, kD = 32 * kStripRows, kM = kD + 4 * kStripRows, kBlockBytes = kM + 4 * kStripRows;
+    static int64_t bytes(int64_t n) { return n / 32 * kBlockBytes; }
+};
+// Decode weight rows [0, nrows) (nrows <= kStripRows, row_bytes apart) of n elements into a strip.
+using StripDecodeFn = void (*)(int n, const void* weight_rows, size_t row_bytes, int nrows, void* strip);
+// out[i * kStripRows + j] = dot(strip row j, panel row i) for i < nact <= kStripAct.
+using StripGemmFn = void (*)(int n, const void* strip, const void* panel, size_t stride, int nact, float* out);
+struct StripKernels {
+    StripDecodeFn decode;
+    StripGemmFn gemm;
+};
+
 // Every kernel for one ISA level. Dispatch picks one set; matmul calls through it.
 struct KernelSet {
     const char* name;  // "scalar", "avx2", "avx512"
@@ -79,6 +106,8 @@ struct KernelSet {
     // then uses the multi-row dots above. Each panel row's result does not depend on nrows or
     // its place in the panel, so a mat-mat through them equals a loop of mat-vecs bit for bit.
     PanelRowsFn q4_0_panel, q4_1_panel, q5_0_panel, q5_1_panel, q8_0_panel, iq4_nl_panel;
+    // Strip GEMMs of the same types for mat-mat of many rows, or all {nullptr, nullptr}.
+    StripKernels q4_0_strip, q4_1_strip, q5_0_strip, q5_1_strip, q8_0_strip, iq4_nl_strip;
 };
 
 // The multi-row dot as a loop of single-row dots (types without a dedicated kernel).
@@ -102,6 +131,8 @@ VecDotRowsFn rows_kernel_for(const KernelSet& ks, GGMLType type);
 // The panel kernel of `type` in `ks` (nullptr: none) and the weight bias its panel's corr uses.
 PanelRowsFn panel_kernel_for(const KernelSet& ks, GGMLType type);
 int panel_bias(GGMLType type);
+// The strip GEMM of `type` in `ks`, or nullptr.
+const StripKernels* strip_kernels_for(const KernelSet& ks, GGMLType type);
 // One panel row (layout above) from n / 32 quantized blocks.
 void build_q8_panel_row(const block_q8_0* blocks, int64_t n, int bias, void* panel_row);
 // Activation format of `type`; only meaningful where kernel_for is non-null.

@@ -96,6 +96,55 @@ int64_t rows_per_chunk(int64_t rows, const ThreadPool& pool, int64_t multiple) {
     return std::max(multiple, (want + multiple - 1) / multiple * multiple);
 }
 
+// Mat-mat through strips (kernels.h): a chunk is a run of strips, decoded once into the thread's
+// scratch (at most kStripScratch bytes); every tile of activation rows (kStripTileBytes of panel
+// rows, so they stay in L2 across the chunk's strips) then runs against each strip, kStripAct
+// rows per GEMM call. Each output is computed the same way wherever it lies (strip, tile, thread).
+constexpr int64_t kStripMinRows = 16;          // fewer x rows: the panel kernels
+constexpr int64_t kStripScratch = 192 << 10;   // decoded strip bytes per chunk and thread
+constexpr int64_t kStripTileBytes = 256 << 10;
+
+void strip_matmul(const StripKernels& sk, const void* weights, GGMLType type, int64_t rows, int64_t cols,
+                  const QuantizedActs& act, int64_t n, float* y, ThreadPool& pool) {
+    const int64_t strip_bytes = StripLayout::bytes(cols);
+    const int64_t n_strips = (rows + kStripRows - 1) / kStripRows;
+    const int64_t budget = std::max<int64_t>(1, kStripScratch / strip_bytes);
+    const int64_t want = std::max<int64_t>(1, n_strips / (int64_t(pool.size()) * kTargetChunks));
+    const int64_t per_chunk = std::min(budget, want);
+    const int64_t n_chunks = (n_strips + per_chunk - 1) / per_chunk;
+    const int64_t pt = act.per_token, n_act = n * pt;
+    const int64_t tile = std::max<int64_t>(kStripAct, kStripTileBytes / int64_t(act.row_bytes) / kStripAct * kStripAct);
+    const auto* w = static_cast<const uint8_t*>(weights);
+    const int64_t wrow = weight_row_bytes(type, cols);
+    AlignedBuffer<uint8_t> scratch(size_t(pool.size()) * size_t(per_chunk * strip_bytes));
+    pool.parallel_for(n_chunks, [&](int64_t c, int thread) {
+        uint8_t* mine = scratch.data() + size_t(thread) * size_t(per_chunk * strip_bytes);
+        const int64_t s0 = c * per_chunk, s1 = std::min(n_strips, s0 + per_chunk);
+        for (int64_t s = s0; s < s1; ++s) {
+            const int64_t r0 = s * kStripRows;
+            sk.decode(int(cols), w + r0 * wrow, size_t(wrow), int(std::min<int64_t>(kStripRows, rows - r0)),
+                      mine + (s - s0) * strip_bytes);
+        }
+        for (int64_t a0 = 0; a0 < n_act; a0 += tile) {
+            const int64_t a1 = std::min(n_act, a0 + tile);
+            for (int64_t s = s0; s < s1; ++s) {
+                const int64_t r0 = s * kStripRows, nw = std::min<int64_t>(kStripRows, rows - r0);
+                for (int64_t i0 = a0; i0 < a1; i0 += kStripAct) {
+                    const int64_t na = std::min<int64_t>(kStripAct, a1 - i0);   // even when pt == 2
+                    alignas(64) float out[kStripAct * kStripRows];
+                    sk.gemm(int(cols), mine + (s - s0) * strip_bytes, act.row(i0), act.row_bytes, int(na), out);
+                    for (int64_t i = 0; i < na; i += pt) {
+                        float* dst = y + (i0 + i) / pt * rows + r0;
+                        const float* o = out + i * kStripRows;
+                        if (pt == 1) for (int64_t j = 0; j < nw; ++j) dst[j] = o[j];
+                        else for (int64_t j = 0; j < nw; ++j) dst[j] = o[j] + o[kStripRows + j] * (1.0f / kLoScale);
+                    }
+                }
+            }
+        }
+    });
+}
+
 }  // namespace
 
 ActPrecision parse_act_precision(const std::string& name) {
@@ -169,6 +218,8 @@ void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
     const KernelSet& ks = kernels();
     QuantizedActs act;
     quantize_rows(ks, type, cols, x, n, precision, act, pool);
+    if (const StripKernels* sk = act.panel && n >= kStripMinRows ? strip_kernels_for(ks, type) : nullptr)
+        return strip_matmul(*sk, weights, type, rows, cols, act, n, y, pool);
     const VecDotRowsFn dot_rows = rows_kernel(ks, type, act);
     // Tokens per multi-row dot: up to kActTile activation rows, fewer where their quantized rows
     // would not stay in L1 together (wide panels): each row's result does not depend on the tile.

@@ -236,13 +236,18 @@ def test_matmul_threads_and_tiles_agree(type_name, level):
     got = cpu.matmul(w, type_name, (rows, cols), x, n_threads=2)   # 17 rows: the strip GEMM may take it
     if type_name in STRIP_TYPES:
         w64 = np.abs(dequant_weights(type_name, w)).reshape(rows, cols)
-        tol = 2e-7 * (cols // 32) * (np.abs(x.astype(np.float64)) @ w64.T) * 1.01   # q8 rounds x by < 1%
+        tol = 2e-7 * strip_blocks(type_name, cols) * (np.abs(x.astype(np.float64)) @ w64.T) * 1.01   # q8 rounds x by < 1%
         assert np.all(np.abs(got - per_row) <= tol), type_name
     else:
         assert np.array_equal(got, per_row), type_name
 
 
-STRIP_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"]
+STRIP_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q4_K", "Q5_K", "Q6_K"]
+
+
+def strip_blocks(type_name, cols):
+    """Blocks per row of the strip GEMM: one float step per weight scale (16 elements for Q6_K)."""
+    return cols // (16 if type_name == "Q6_K" else 32)
 
 
 @pytest.mark.parametrize("type_name", STRIP_TYPES)
@@ -251,7 +256,7 @@ def test_strip_gemm_matches_scalar_dots(type_name, level, kernel_set):
     dot of the same quantized activation row (tier 1), the same bits whatever the thread count,
     tile or number of rows in the call, in both activation precisions."""
     rng = np.random.default_rng(4100 + STRIP_TYPES.index(type_name))
-    rows, cols = 67, 608   # 4 strips + 3 rows; 19 blocks
+    rows, cols = 67, (608 if block_geometry(type_name)[0] == 32 else 768)   # 4 strips + 3 rows; 19 blocks / 3 super-blocks
     w = random_weights(rng, type_name, rows, cols)
     x = (rng.standard_normal((41, cols)) * rng.uniform(0.1, 10, size=(41, 1))).astype(np.float32)
     got = cpu.matmul(w, type_name, (rows, cols), x, n_threads=1)
@@ -264,7 +269,7 @@ def test_strip_gemm_matches_scalar_dots(type_name, level, kernel_set):
     for i in range(0, 41, 5):
         act, a64 = make_act(type_name, x[i])
         ref = np.array([cpu.vec_dot(type_name, w[r], act) for r in range(rows)])
-        tol = 2e-7 * (cols // 32) * (w64 @ np.abs(a64))
+        tol = 2e-7 * strip_blocks(type_name, cols) * (w64 @ np.abs(a64))
         assert np.all(np.abs(got[i] - ref) <= tol), (type_name, level, i)
     kernel_set(level)
     hi = cpu.matmul(w, type_name, (rows, cols), x, act_precision="high")

@@ -164,6 +164,9 @@ const StripKernels* strip_kernels_for(const KernelSet& ks, GGMLType type) {
         case GGMLType::Q5_1: k = &ks.q5_1_strip; break;
         case GGMLType::Q8_0: k = &ks.q8_0_strip; break;
         case GGMLType::IQ4_NL: k = &ks.iq4_nl_strip; break;
+        case GGMLType::Q4_K: k = &ks.q4_K_strip; break;
+        case GGMLType::Q5_K: k = &ks.q5_K_strip; break;
+        case GGMLType::Q6_K: k = &ks.q6_K_strip; break;
         default: return nullptr;
     }
     return k->decode && k->gemm ? k : nullptr;
@@ -196,6 +199,39 @@ void build_q8_panel_row(const block_q8_0* blocks, int64_t n, int bias, void* pan
         s[b] = d[b] * float(sum);
         corr[(b / 2) * 16 + (b % 2) * 8] = -bias * sum;
     }
+}
+
+namespace {
+// A StripActLayout row from activation blocks of QK elements; scale_of(block) is a block's scale.
+template <int QK, typename Block, typename ScaleOf>
+void strip_act_row(const Block* blocks, int64_t n, int block, int bias, void* row, ScaleOf scale_of) {
+    const StripActLayout L(n, block);
+    auto* base = static_cast<uint8_t*>(row);
+    std::memset(base, 0, size_t(L.bytes));
+    auto* qs = reinterpret_cast<int8_t*>(base + L.qs);
+    auto* corr = reinterpret_cast<int32_t*>(base + L.corr);
+    auto* d = reinterpret_cast<float*>(base + L.d);
+    auto* s = reinterpret_cast<float*>(base + L.s);
+    for (int64_t b = 0; b < n / block; ++b) {
+        int32_t sum = 0;
+        for (int j = 0; j < block; ++j) {
+            const int64_t i = b * block + j;
+            qs[i] = blocks[i / QK].qs[i % QK];
+            sum += qs[i];
+        }
+        d[b] = scale_of(blocks[b * block / QK]);
+        s[b] = d[b] * float(sum);
+        corr[b] = -bias * sum;
+    }
+}
+}  // namespace
+
+void build_strip_act_row(const block_q8_0* blocks, int64_t n, int block, int bias, void* row) {
+    strip_act_row<QK8_0>(blocks, n, block, bias, row, [](const block_q8_0& b) { return fp16_to_fp32(b.d); });
+}
+
+void build_strip_act_row(const block_q8_K* blocks, int64_t n, int block, int bias, void* row) {
+    strip_act_row<QK_K>(blocks, n, block, bias, row, [](const block_q8_K& b) { return b.d; });
 }
 
 ActFormat act_format(GGMLType type) {

@@ -299,104 +299,6 @@ LOWBIT_PANEL(q5_1, block_q5_1, true, DecodeQ5)
 LOWBIT_PANEL(q8_0, block_q8_0, false, DecodeQ8)
 LOWBIT_PANEL(iq4_nl, block_iq4_nl, false, DecodeIQ4NL)
 
-// ---- strip GEMM (kernels.h, StripLayout) ------------------------------------------------------
-// Decoding: each row's batches of 8 blocks through the panel decoders into a row of u bytes
-// (natural element order, as the panel's qs), then dword g of block b of every row gathered into
-// one zmm. Runs once per strip and matmul call, so it only has to be cheap next to the GEMM.
-template <bool kMin, typename Block, typename Decode>
-void strip_decode(int n, const void* w, size_t row_bytes, int nrows, void* strip) {
-    const int nb = n / QK8_0;
-    auto* out = static_cast<uint8_t*>(strip);
-    alignas(64) uint8_t u[kStripRows][256];   // one batch of 8 blocks per row
-    alignas(64) float d[kStripRows][8], m[kStripRows][8];
-    std::memset(u, 0, sizeof(u));
-    std::memset(d, 0, sizeof(d));
-    std::memset(m, 0, sizeof(m));
-    const __m512i row_offsets = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                                   _mm512_set1_epi32(256));
-    for (int b = 0; b < nb; b += 8) {
-        const int count = std::min(8, nb - b);
-        for (int j = 0; j < nrows; ++j) {
-            const auto* x = reinterpret_cast<const Block*>(static_cast<const uint8_t*>(w) + size_t(j) * row_bytes) + b;
-            __m512i q[4];
-            Decode{}(x, q, count);
-            for (int k = 0; k < 4; ++k) _mm512_store_si512(u[j] + 64 * k, q[k]);
-            for (int i = 0; i < count; ++i) {
-                d[j][i] = fp16_to_fp32(x[i].d);
-                if constexpr (kMin) m[j][i] = fp16_to_fp32(x[i].m);
-            }
-        }
-        for (int i = 0; i < count; ++i) {
-            uint8_t* sb = out + size_t(b + i) * StripLayout::kBlockBytes;
-            for (int g = 0; g < 8; ++g)
-                _mm512_store_si512(sb + StripLayout::kU + 64 * g,
-                                   _mm512_i32gather_epi32(row_offsets, u[0] + 32 * i + 4 * g, 1));
-            auto* sd = reinterpret_cast<float*>(sb + StripLayout::kD);
-            auto* sm = reinterpret_cast<float*>(sb + StripLayout::kM);
-            for (int j = 0; j < kStripRows; ++j) {
-                sd[j] = d[j][i];
-                sm[j] = m[j][i];
-            }
-        }
-    }
-}
-
-// NR panel rows x the strip's 16 weight rows. Per block and row: 8 dpbusd (the activation dword
-// broadcast from memory; the accumulator starts at the panel's corr = -bias * sum(qs)), one
-// convert, one multiply by the activation scale, one FMA by the 16 weight scales (+ one FMA of the
-// mins against d_a * sum(qs) with kMin): ~4x fewer non-dpbusd operations per MAC than the panel
-// kernel, whose lanes split blocks instead of outputs.
-template <int NR, bool kMin>
-LOWBIT_HOT void strip_gemm_n(int n, const void* strip, const void* panel, size_t stride, float* out) {
-    const int nb = n / QK8_0;
-    const Q8PanelLayout L(n);
-    const auto* s0 = static_cast<const uint8_t*>(strip);
-    const auto* p0 = static_cast<const uint8_t*>(panel);
-    __m512 acc[NR];
-    for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
-    for (int b = 0; b < nb; ++b) {
-        const uint8_t* sb = s0 + size_t(b) * StripLayout::kBlockBytes;
-        __m512i isum[NR];
-        for (int r = 0; r < NR; ++r) {
-            if constexpr (kMin) isum[r] = _mm512_setzero_si512();
-            else isum[r] = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(p0 + size_t(r) * stride + L.corr + (b / 2) * 64 + (b % 2) * 32));
-        }
-        for (int g = 0; g < 8; ++g) {
-            const __m512i wz = _mm512_load_si512(sb + StripLayout::kU + 64 * g);
-            for (int r = 0; r < NR; ++r)
-                isum[r] = _mm512_dpbusd_epi32(isum[r], wz, _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(
-                                                                   p0 + size_t(r) * stride + L.qs + 32 * b + 4 * g)));
-        }
-        const __m512 dw = _mm512_load_ps(reinterpret_cast<const float*>(sb + StripLayout::kD));
-        for (int r = 0; r < NR; ++r) {
-            const float da = reinterpret_cast<const float*>(p0 + size_t(r) * stride + L.d)[b];
-            acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(isum[r]), _mm512_set1_ps(da)), dw, acc[r]);
-        }
-        if constexpr (kMin) {
-            const __m512 mw = _mm512_load_ps(reinterpret_cast<const float*>(sb + StripLayout::kM));
-            for (int r = 0; r < NR; ++r) {
-                const float sa = reinterpret_cast<const float*>(p0 + size_t(r) * stride + L.s)[b];
-                acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(sa), acc[r]);
-            }
-        }
-    }
-    for (int r = 0; r < NR; ++r) _mm512_storeu_ps(out + r * kStripRows, acc[r]);
-}
-
-template <bool kMin>
-void strip_gemm(int n, const void* strip, const void* panel, size_t stride, int nact, float* out) {
-    switch (nact) {
-        case 1: strip_gemm_n<1, kMin>(n, strip, panel, stride, out); break;
-        case 2: strip_gemm_n<2, kMin>(n, strip, panel, stride, out); break;
-        case 3: strip_gemm_n<3, kMin>(n, strip, panel, stride, out); break;
-        case 4: strip_gemm_n<4, kMin>(n, strip, panel, stride, out); break;
-        case 5: strip_gemm_n<5, kMin>(n, strip, panel, stride, out); break;
-        case 6: strip_gemm_n<6, kMin>(n, strip, panel, stride, out); break;
-        case 7: strip_gemm_n<7, kMin>(n, strip, panel, stride, out); break;
-        default: strip_gemm_n<8, kMin>(n, strip, panel, stride, out); break;
-    }
-}
-
 inline const block_q8_K* act_row_q8_K(const void* act, size_t stride, int r) {
     return reinterpret_cast<const block_q8_K*>(static_cast<const uint8_t*>(act) + size_t(r) * stride);
 }
@@ -846,6 +748,154 @@ void bf16_rows_n(int n, const void* vw, const void* act, size_t stride, float* o
                        [w](int i, __mmask16 m) { return bf16_to_f32(_mm256_maskz_loadu_epi16(m, w + i)); });
 }
 
+// ---- strip GEMM (kernels.h, StripLayout) ------------------------------------------------------
+// Decoding: per row, the values of a run of blocks (8 legacy blocks or one super-block) go
+// through the dot kernels' decoders into a row of u bytes (natural element order, as the
+// activation qs), then dword g of block b of every row is gathered into one zmm. Runs once per
+// strip and matmul call, so it only has to be cheap next to the GEMM.
+// Scatter one run of `blocks` blocks of Block elements each, decoded for all 16 rows (u: rows 256
+// bytes apart; dw, mw: kRun floats per row), into strip blocks b0, b0 + 1, ...
+template <int Block, int kRun>
+LOWBIT_HOT void strip_scatter(const uint8_t (*u)[256], const float (*dw)[kRun], const float (*mw)[kRun], int b0,
+                              int blocks, uint8_t* strip) {
+    const __m512i row_offsets = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                                   _mm512_set1_epi32(256));
+    constexpr int64_t kBytes = StripLayout::block_bytes(Block), kD = StripLayout::u_bytes(Block), kM = kD + 4 * kStripRows;
+    for (int i = 0; i < blocks; ++i) {
+        uint8_t* sb = strip + size_t(b0 + i) * kBytes;
+        for (int g = 0; g < Block / 4; ++g)
+            _mm512_store_si512(sb + 64 * g, _mm512_i32gather_epi32(row_offsets, u[0] + Block * i + 4 * g, 1));
+        auto* sd = reinterpret_cast<float*>(sb + kD);
+        auto* sm = reinterpret_cast<float*>(sb + kM);
+        for (int j = 0; j < kStripRows; ++j) {
+            sd[j] = dw[j][i];
+            sm[j] = mw[j][i];
+        }
+    }
+}
+
+// Legacy types: runs of 8 blocks through the panel decoders.
+template <bool kMin, typename Block, typename Decode>
+void strip_decode(int n, const void* w, size_t row_bytes, int nrows, void* strip) {
+    const int nb = n / QK8_0;
+    alignas(64) uint8_t u[kStripRows][256] = {};
+    float d[kStripRows][8] = {}, m[kStripRows][8] = {};
+    for (int b = 0; b < nb; b += 8) {
+        const int count = std::min(8, nb - b);
+        for (int j = 0; j < nrows; ++j) {
+            const auto* x = reinterpret_cast<const Block*>(static_cast<const uint8_t*>(w) + size_t(j) * row_bytes) + b;
+            __m512i q[4];
+            Decode{}(x, q, count);
+            for (int k = 0; k < 4; ++k) _mm512_store_si512(u[j] + 64 * k, q[k]);
+            for (int i = 0; i < count; ++i) {
+                d[j][i] = h2f(x[i].d);
+                if constexpr (kMin) m[j][i] = h2f(x[i].m);
+            }
+        }
+        strip_scatter<QK8_0, 8>(u, d, m, b, count, static_cast<uint8_t*>(strip));
+    }
+}
+
+// k-quants: one super-block per run; `decode(x, q, dw, mw)` gives the 4 zmm of its 256 values
+// (natural order) and the scale and min of each of its QK_K / Block blocks.
+template <int Block, typename KBlock, typename Decode>
+void strip_decode_k(int n, const void* w, size_t row_bytes, int nrows, void* strip, Decode decode) {
+    constexpr int kRun = QK_K / Block;
+    alignas(64) uint8_t u[kStripRows][256] = {};
+    float dw[kStripRows][kRun] = {}, mw[kStripRows][kRun] = {};
+    for (int sb = 0; sb < n / QK_K; ++sb) {
+        for (int j = 0; j < nrows; ++j) {
+            const auto& x = reinterpret_cast<const KBlock*>(static_cast<const uint8_t*>(w) + size_t(j) * row_bytes)[sb];
+            __m512i q[4];
+            decode(x, q, dw[j], mw[j]);
+            for (int k = 0; k < 4; ++k) _mm512_store_si512(u[j] + 64 * k, q[k]);
+        }
+        strip_scatter<Block, kRun>(u, dw, mw, sb * kRun, kRun, static_cast<uint8_t*>(strip));
+    }
+}
+
+// Q4_K / Q5_K: w = d * sc_s * q - dmin * m_s per sub-block s of 32 (6-bit scales and mins).
+template <bool kQ5, typename KBlock>
+void strip_decode_k4(int n, const void* w, size_t row_bytes, int nrows, void* strip) {
+    strip_decode_k<32, KBlock>(n, w, row_bytes, nrows, strip, [](const KBlock& x, __m512i q[4], float* dw, float* mw) {
+        __m512i scale[4];
+        k4_decode<kQ5>(x, _mm512_setzero_si512(), q, scale);
+        alignas(16) uint8_t sm[16];
+        _mm_store_si128(reinterpret_cast<__m128i*>(sm), _mm512_castsi512_si128(unpack_k4_scales_x4(&x, 1)));
+        const float d = h2f(x.d), dmin = h2f(x.dmin);
+        for (int s = 0; s < 8; ++s) {
+            dw[s] = d * float(sm[s]);
+            mw[s] = -dmin * float(sm[8 + s]);
+        }
+    });
+}
+
+// Q6_K: w = d * sc_s * (q - 32) per sub-block s of 16 (int8 scales).
+void strip_decode_q6_K(int n, const void* w, size_t row_bytes, int nrows, void* strip) {
+    strip_decode_k<16, block_q6_K>(n, w, row_bytes, nrows, strip, [](const block_q6_K& x, __m512i q[4], float* dw, float* mw) {
+        const Q6KDecoded dec = q6_K_decode(x);
+        for (int k = 0; k < 4; ++k) q[k] = dec.q[k];
+        const float d = h2f(x.d);
+        for (int s = 0; s < 16; ++s) {
+            dw[s] = d * float(x.scales[s]);
+            mw[s] = 0.0f;
+        }
+    });
+}
+
+// NR activation rows x the strip's 16 weight rows. Per block and row: Block / 4 dpbusd (the
+// activation dword broadcast from memory; the accumulator starts at corr = -bias * sum(qs)), one
+// convert, one multiply by the activation scale, one FMA by the 16 weight scales (+ one FMA of the
+// mins against d_a * sum(qs) with kMin): for 32-blocks ~4x fewer non-dpbusd operations per MAC
+// than the panel kernel, whose lanes split blocks instead of outputs.
+template <int Block, int NR, bool kMin>
+LOWBIT_HOT void strip_gemm_n(int n, const void* strip, const void* act, size_t stride, float* out) {
+    const int nb = n / Block;
+    const StripActLayout L(n, Block);
+    constexpr int64_t kBytes = StripLayout::block_bytes(Block), kD = StripLayout::u_bytes(Block), kM = kD + 4 * kStripRows;
+    const auto* s0 = static_cast<const uint8_t*>(strip);
+    const auto* p0 = static_cast<const uint8_t*>(act);
+    auto i32 = [](const uint8_t* p) { return *reinterpret_cast<const int32_t*>(p); };
+    auto f32 = [](const uint8_t* p) { return *reinterpret_cast<const float*>(p); };
+    __m512 acc[NR];
+    for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; ++b) {
+        const uint8_t* sb = s0 + size_t(b) * kBytes;
+        __m512i isum[NR];
+        for (int r = 0; r < NR; ++r) isum[r] = _mm512_set1_epi32(i32(p0 + size_t(r) * stride + L.corr + 4 * b));
+        for (int g = 0; g < Block / 4; ++g) {
+            const __m512i wz = _mm512_load_si512(sb + 64 * g);
+            for (int r = 0; r < NR; ++r)
+                isum[r] = _mm512_dpbusd_epi32(isum[r], wz, _mm512_set1_epi32(i32(p0 + size_t(r) * stride + L.qs + Block * b + 4 * g)));
+        }
+        const __m512 dw = _mm512_load_ps(reinterpret_cast<const float*>(sb + kD));
+        for (int r = 0; r < NR; ++r) {
+            const float da = f32(p0 + size_t(r) * stride + L.d + 4 * b);
+            acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(isum[r]), _mm512_set1_ps(da)), dw, acc[r]);
+        }
+        if constexpr (kMin) {
+            const __m512 mw = _mm512_load_ps(reinterpret_cast<const float*>(sb + kM));
+            for (int r = 0; r < NR; ++r)
+                acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(f32(p0 + size_t(r) * stride + L.s + 4 * b)), acc[r]);
+        }
+    }
+    for (int r = 0; r < NR; ++r) _mm512_storeu_ps(out + r * kStripRows, acc[r]);
+}
+
+template <int Block, bool kMin>
+void strip_gemm(int n, const void* strip, const void* act, size_t stride, int nact, float* out) {
+    switch (nact) {
+        case 1: strip_gemm_n<Block, 1, kMin>(n, strip, act, stride, out); break;
+        case 2: strip_gemm_n<Block, 2, kMin>(n, strip, act, stride, out); break;
+        case 3: strip_gemm_n<Block, 3, kMin>(n, strip, act, stride, out); break;
+        case 4: strip_gemm_n<Block, 4, kMin>(n, strip, act, stride, out); break;
+        case 5: strip_gemm_n<Block, 5, kMin>(n, strip, act, stride, out); break;
+        case 6: strip_gemm_n<Block, 6, kMin>(n, strip, act, stride, out); break;
+        case 7: strip_gemm_n<Block, 7, kMin>(n, strip, act, stride, out); break;
+        default: strip_gemm_n<Block, 8, kMin>(n, strip, act, stride, out); break;
+    }
+}
+
 }  // namespace
 
 // The block_q8_0 entry points of a legacy type: panel rows built here, so they equal the mat-mat bit
@@ -901,12 +951,15 @@ extern const KernelSet kKernels = {
     q4_0_rows, q4_1_rows, q5_0_rows, q5_1_rows, q8_0_rows, iq4_nl_rows,
     q2_K_rows, q3_K_rows, q4_K_rows, q5_K_rows, q6_K_rows, iq4_xs_rows, f32_rows, f16_rows, bf16_rows,
     q4_0_panel, q4_1_panel, q5_0_panel, q5_1_panel, q8_0_panel, iq4_nl_panel,
-    {strip_decode<false, block_q4_0, DecodeQ4>, strip_gemm<false>},
-    {strip_decode<true, block_q4_1, DecodeQ4>, strip_gemm<true>},
-    {strip_decode<false, block_q5_0, DecodeQ5>, strip_gemm<false>},
-    {strip_decode<true, block_q5_1, DecodeQ5>, strip_gemm<true>},
-    {strip_decode<false, block_q8_0, DecodeQ8>, strip_gemm<false>},
-    {strip_decode<false, block_iq4_nl, DecodeIQ4NL>, strip_gemm<false>},
+    {strip_decode<false, block_q4_0, DecodeQ4>, strip_gemm<32, false>, 32, 8},
+    {strip_decode<true, block_q4_1, DecodeQ4>, strip_gemm<32, true>, 32, 0},
+    {strip_decode<false, block_q5_0, DecodeQ5>, strip_gemm<32, false>, 32, 16},
+    {strip_decode<true, block_q5_1, DecodeQ5>, strip_gemm<32, true>, 32, 0},
+    {strip_decode<false, block_q8_0, DecodeQ8>, strip_gemm<32, false>, 32, 128},
+    {strip_decode<false, block_iq4_nl, DecodeIQ4NL>, strip_gemm<32, false>, 32, 128},
+    {strip_decode_k4<false, block_q4_K>, strip_gemm<32, true>, 32, 0},
+    {strip_decode_k4<true, block_q5_K>, strip_gemm<32, true>, 32, 0},
+    {strip_decode_q6_K, strip_gemm<16, false>, 16, 32},
 };
 
 }  // namespace lowbit::cpu::avx512

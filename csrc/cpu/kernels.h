@@ -66,28 +66,44 @@ struct Q8PanelLayout {
 using PanelRowsFn = void (*)(int n, const void* weight_blocks, const void* panel, size_t stride, int nrows,
                              float* out);
 
-// A weight strip (prefill GEMM of the legacy types): kStripRows weight rows decoded once per
-// matmul call into unsigned values u (weight = u - bias, as the panel kernels decode them) and
-// interleaved so that one dpbusd lane holds one weight row. Per 32-element block, kBlockBytes:
-//   u  uint8[8][kStripRows][4]  group g (elements 4g..4g+3) of rows 0..15: one zmm per group
-//   d  f32[kStripRows]          the rows' block scales
-//   m  f32[kStripRows]          the rows' block mins (Q4_1, Q5_1; 0 otherwise)
-// Rows past the decoded ones are all zero. A GEMM over it sums each block exactly in int32
-// (the panel's corr term included) and accumulates d_w * (d_a * isum) (+ m_w * s_a) per block in
-// order, one f32 lane per output: a different float order than the panel kernels (tier 1).
+// Strip GEMM (mat-mat of many rows on AVX-512): kStripRows weight rows decoded once per matmul
+// call into unsigned values u (weight = dw * (u - bias) + mw per block of `block` elements: 32 for
+// the legacy types, Q4_K and Q5_K, 16 for Q6_K) and interleaved so that one dpbusd lane holds one
+// weight row. Per block, StripLayout::block_bytes(block) bytes:
+//   u  uint8[block / 4][kStripRows][4]  group g (elements 4g..4g+3) of rows 0..15: one zmm per group
+//   d  f32[kStripRows]                  the rows' block scales dw (d, or d * sub-block scale)
+//   m  f32[kStripRows]                  the rows' block mins mw (Q4_1 Q5_1: m; Q4_K Q5_K: -dmin * min)
+// Rows past the decoded ones are all zero. The activation rows are StripActLayout rows. A GEMM
+// sums each block exactly in int32 (corr included) and accumulates, per block in order and one
+// f32 lane per output, dw * (d_a * isum) (+ mw * s_a): a different float order than the dots and
+// the panel kernels (tier 1 to the scalar spec).
 constexpr int kStripRows = 16;
-constexpr int kStripAct = 8;   // activation (panel) rows per strip GEMM call at most
+constexpr int kStripAct = 8;   // activation rows per strip GEMM call at most
 struct StripLayout {
-    static constexpr int64_t kU = 0, kD = 32 * kStripRows, kM = kD + 4 * kStripRows, kBlockBytes = kM + 4 * kStripRows;
-    static int64_t bytes(int64_t n) { return n / 32 * kBlockBytes; }
+    static constexpr int64_t u_bytes(int block) { return int64_t(block) * kStripRows; }
+    static constexpr int64_t block_bytes(int block) { return u_bytes(block) + 8 * kStripRows; }
+    static int64_t bytes(int64_t n, int block) { return n / block * block_bytes(block); }
+};
+// An activation row for a strip GEMM: the q8_0 or q8_K row of n elements regrouped per block:
+//   qs    int8 [n]          the quants
+//   corr  int32[n / block]  -bias * sum(qs) of each block
+//   d     f32  [n / block]  the activation scale of the block (q8_0: its fp16 d; q8_K: the super-block's)
+//   s     f32  [n / block]  d * sum(qs) of each block
+struct StripActLayout {
+    int64_t qs, corr, d, s, bytes;
+    StripActLayout(int64_t n, int block)
+        : qs(0), corr((n + 63) / 64 * 64), d(corr + 4 * (n / block)), s(d + 4 * (n / block)),
+          bytes((s + 4 * (n / block) + 63) / 64 * 64) {}
 };
 // Decode weight rows [0, nrows) (nrows <= kStripRows, row_bytes apart) of n elements into a strip.
 using StripDecodeFn = void (*)(int n, const void* weight_rows, size_t row_bytes, int nrows, void* strip);
-// out[i * kStripRows + j] = dot(strip row j, panel row i) for i < nact <= kStripAct.
-using StripGemmFn = void (*)(int n, const void* strip, const void* panel, size_t stride, int nact, float* out);
+// out[i * kStripRows + j] = dot(strip row j, activation row i) for i < nact <= kStripAct.
+using StripGemmFn = void (*)(int n, const void* strip, const void* act, size_t stride, int nact, float* out);
 struct StripKernels {
     StripDecodeFn decode;
     StripGemmFn gemm;
+    int block;   // elements per weight scale (32 or 16)
+    int bias;    // weight = dw * (u - bias) + mw
 };
 
 // Every kernel for one ISA level. Dispatch picks one set; matmul calls through it.
@@ -106,8 +122,9 @@ struct KernelSet {
     // then uses the multi-row dots above. Each panel row's result does not depend on nrows or
     // its place in the panel, so a mat-mat through them equals a loop of mat-vecs bit for bit.
     PanelRowsFn q4_0_panel, q4_1_panel, q5_0_panel, q5_1_panel, q8_0_panel, iq4_nl_panel;
-    // Strip GEMMs of the same types for mat-mat of many rows, or all {nullptr, nullptr}.
+    // Strip GEMMs for mat-mat of many rows, or all {nullptr, nullptr}.
     StripKernels q4_0_strip, q4_1_strip, q5_0_strip, q5_1_strip, q8_0_strip, iq4_nl_strip;
+    StripKernels q4_K_strip, q5_K_strip, q6_K_strip;
 };
 
 // The multi-row dot as a loop of single-row dots (types without a dedicated kernel).
@@ -135,6 +152,9 @@ int panel_bias(GGMLType type);
 const StripKernels* strip_kernels_for(const KernelSet& ks, GGMLType type);
 // One panel row (layout above) from n / 32 quantized blocks.
 void build_q8_panel_row(const block_q8_0* blocks, int64_t n, int bias, void* panel_row);
+// One StripActLayout row of n elements (block, bias: the strip kernels') from q8_0 or q8_K blocks.
+void build_strip_act_row(const block_q8_0* blocks, int64_t n, int block, int bias, void* row);
+void build_strip_act_row(const block_q8_K* blocks, int64_t n, int block, int bias, void* row);
 // Activation format of `type`; only meaningful where kernel_for is non-null.
 ActFormat act_format(GGMLType type);
 // Bytes of one activation row of n elements in `fmt`.

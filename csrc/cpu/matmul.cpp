@@ -24,6 +24,7 @@ struct QuantizedActs {
     size_t row_bytes = 0;
     int64_t per_token = 1;   // activation rows per x row: 1, or 2 for (hi, lo)
     bool panel = false;      // rows are Q8PanelLayout rows for the set's panel kernel
+    const StripKernels* strip = nullptr;   // rows are StripActLayout rows for this strip GEMM
     const void* row(int64_t i) const { return data.data() + size_t(i) * row_bytes; }   // i: activation row
 };
 
@@ -54,11 +55,14 @@ void residual(ActFormat fmt, const float* x, const void* q, float* r, int64_t co
     }
 }
 
+// strip: lay the rows out for that strip GEMM (else panel rows where the set has a panel kernel).
 void quantize_rows(const KernelSet& ks, GGMLType type, int64_t cols, const float* x, int64_t n,
-                   ActPrecision precision, QuantizedActs& out, ThreadPool& pool) {
+                   ActPrecision precision, QuantizedActs& out, ThreadPool& pool, const StripKernels* strip = nullptr) {
     const ActFormat fmt = act_format(type);
-    out.panel = panel_kernel_for(ks, type) != nullptr;
-    out.row_bytes = out.panel ? size_t(Q8PanelLayout::row_bytes(cols)) : act_row_bytes(fmt, cols);
+    out.strip = strip;
+    out.panel = !strip && panel_kernel_for(ks, type) != nullptr;
+    out.row_bytes = strip ? size_t(StripActLayout(cols, strip->block).bytes)
+                    : out.panel ? size_t(Q8PanelLayout::row_bytes(cols)) : act_row_bytes(fmt, cols);
     out.per_token = (precision == ActPrecision::Q8X2 && fmt != ActFormat::F32) ? 2 : 1;
     out.data.resize(size_t(n * out.per_token) * out.row_bytes);
     if (fmt == ActFormat::F32) {
@@ -67,7 +71,8 @@ void quantize_rows(const KernelSet& ks, GGMLType type, int64_t cols, const float
     }
     // Per thread: the residual (Q8X2) and, for a panel, the q8 blocks it is built from.
     const size_t q_bytes = act_row_bytes(fmt, cols);
-    const size_t per_thread = (out.per_token == 2 ? size_t(cols) * sizeof(float) : 0) + (out.panel ? q_bytes : 0);
+    const bool regroup = out.panel || strip;   // rows built from q8 blocks quantized first
+    const size_t per_thread = (out.per_token == 2 ? size_t(cols) * sizeof(float) : 0) + (regroup ? q_bytes : 0);
     AlignedBuffer<uint8_t> scratch(size_t(pool.size()) * ((per_thread + 63) / 64 * 64));
     const int bias = panel_bias(type);
     auto quantize_one = [&](int64_t i, int thread) {
@@ -76,10 +81,14 @@ void quantize_rows(const KernelSet& ks, GGMLType type, int64_t cols, const float
         uint8_t* blocks = mine + (out.per_token == 2 ? size_t(cols) * sizeof(float) : 0);   // panel source
         for (int64_t part = 0; part < out.per_token; ++part) {   // hi, then lo
             uint8_t* dst = out.data.data() + size_t(i * out.per_token + part) * out.row_bytes;
-            uint8_t* q = out.panel ? blocks : dst;
+            uint8_t* q = regroup ? blocks : dst;
             quantize_row(ks, fmt, part == 0 ? x + i * cols : r, q, cols);
             if (part == 0 && out.per_token == 2) residual(fmt, x + i * cols, q, r, cols);
             if (out.panel) build_q8_panel_row(reinterpret_cast<const block_q8_0*>(q), cols, bias, dst);
+            else if (strip && fmt == ActFormat::Q8_0)
+                build_strip_act_row(reinterpret_cast<const block_q8_0*>(q), cols, strip->block, strip->bias, dst);
+            else if (strip)
+                build_strip_act_row(reinterpret_cast<const block_q8_K*>(q), cols, strip->block, strip->bias, dst);
         }
     };
     if (n == 1) quantize_one(0, 0);
@@ -106,7 +115,7 @@ constexpr int64_t kStripTileBytes = 256 << 10;
 
 void strip_matmul(const StripKernels& sk, const void* weights, GGMLType type, int64_t rows, int64_t cols,
                   const QuantizedActs& act, int64_t n, float* y, ThreadPool& pool) {
-    const int64_t strip_bytes = StripLayout::bytes(cols);
+    const int64_t strip_bytes = StripLayout::bytes(cols, sk.block);
     const int64_t n_strips = (rows + kStripRows - 1) / kStripRows;
     const int64_t budget = std::max<int64_t>(1, kStripScratch / strip_bytes);
     const int64_t want = std::max<int64_t>(1, n_strips / (int64_t(pool.size()) * kTargetChunks));
@@ -217,9 +226,9 @@ void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
     if (n == 1) return matvec(weights, type, rows, cols, x, y, pool, precision);
     const KernelSet& ks = kernels();
     QuantizedActs act;
-    quantize_rows(ks, type, cols, x, n, precision, act, pool);
-    if (const StripKernels* sk = act.panel && n >= kStripMinRows ? strip_kernels_for(ks, type) : nullptr)
-        return strip_matmul(*sk, weights, type, rows, cols, act, n, y, pool);
+    const StripKernels* strip = n >= kStripMinRows ? strip_kernels_for(ks, type) : nullptr;
+    quantize_rows(ks, type, cols, x, n, precision, act, pool, strip);
+    if (strip) return strip_matmul(*strip, weights, type, rows, cols, act, n, y, pool);
     const VecDotRowsFn dot_rows = rows_kernel(ks, type, act);
     // Tokens per multi-row dot: up to kActTile activation rows, fewer where their quantized rows
     // would not stay in L1 together (wide panels): each row's result does not depend on the tile.

@@ -97,6 +97,18 @@ def test_logits_match_reference_quantized_weights(tmp_path_factory, arch, weight
     assert np.array_equal(ours.argmax(1)[clear], ref.argmax(1)[clear])
 
 
+def test_odd_head_dim_matches_reference(tmp_path_factory):
+    """head_dim 40 (not a multiple of the attention kernels' 16 / 64 widths): multi-query scores
+    and values with masked tails, prefill tiles of 8 tokens (two groups of 4) and decode steps."""
+    path = tiny_model(tmp_path_factory, "llama", "F32", head_dim=40, n_embd=160)
+    e = engine(path)
+    ids = random_ids(e.n_vocab, 23, seed=5)
+    ref = ReferenceModel(path).logits(ids)
+    assert rel_err(e.eval(ids[:19], all_logits=True), ref[:19]) <= 1e-3
+    for i in range(19, 23):
+        assert rel_err(e.eval(ids[i:i + 1]), ref[i]) <= 1e-3
+
+
 def test_rope_variants_match_reference(tmp_path_factory):
     """Partial rotary dims, linear rope scaling and llama3 rope_freqs factors."""
     path = tiny_model(tmp_path_factory, "llama", "F32", rope_dim=8, rope_scale=4.0,

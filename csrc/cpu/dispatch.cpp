@@ -202,36 +202,34 @@ void build_q8_panel_row(const block_q8_0* blocks, int64_t n, int bias, void* pan
 }
 
 namespace {
-// A StripActLayout row from activation blocks of QK elements; scale_of(block) is a block's scale.
+// Slot `slot` of a StripActLayout group from a row of activation blocks of QK elements;
+// scale_of(block) is a block's scale.
 template <int QK, typename Block, typename ScaleOf>
-void strip_act_row(const Block* blocks, int64_t n, int block, int bias, void* row, ScaleOf scale_of) {
-    const StripActLayout L(n, block);
-    auto* base = static_cast<uint8_t*>(row);
-    std::memset(base, 0, size_t(L.bytes));
-    auto* qs = reinterpret_cast<int8_t*>(base + L.qs);
-    auto* corr = reinterpret_cast<int32_t*>(base + L.corr);
-    auto* d = reinterpret_cast<float*>(base + L.d);
-    auto* s = reinterpret_cast<float*>(base + L.s);
+void strip_act_row(const Block* blocks, int64_t n, int block, int bias, void* group, int slot, ScaleOf scale_of) {
+    const int64_t bb = StripActLayout::block_bytes(block);
+    auto* base = static_cast<uint8_t*>(group);
     for (int64_t b = 0; b < n / block; ++b) {
+        const Block& src = blocks[b * block / QK];
+        const int8_t* q = src.qs + (b * block) % QK;
+        uint8_t* dst = base + b * bb;
+        std::memcpy(dst + slot * block, q, size_t(block));
         int32_t sum = 0;
-        for (int j = 0; j < block; ++j) {
-            const int64_t i = b * block + j;
-            qs[i] = blocks[i / QK].qs[i % QK];
-            sum += qs[i];
-        }
-        d[b] = scale_of(blocks[b * block / QK]);
-        s[b] = d[b] * float(sum);
-        corr[b] = -bias * sum;
+        for (int j = 0; j < block; ++j) sum += q[j];
+        const float d = scale_of(src), s = d * float(sum);
+        const int32_t corr = -bias * sum;
+        std::memcpy(dst + StripActLayout::corr(block) + 4 * slot, &corr, 4);
+        std::memcpy(dst + StripActLayout::d(block) + 4 * slot, &d, 4);
+        std::memcpy(dst + StripActLayout::s(block) + 4 * slot, &s, 4);
     }
 }
 }  // namespace
 
-void build_strip_act_row(const block_q8_0* blocks, int64_t n, int block, int bias, void* row) {
-    strip_act_row<QK8_0>(blocks, n, block, bias, row, [](const block_q8_0& b) { return fp16_to_fp32(b.d); });
+void build_strip_act_row(const block_q8_0* blocks, int64_t n, int block, int bias, void* group, int slot) {
+    strip_act_row<QK8_0>(blocks, n, block, bias, group, slot, [](const block_q8_0& b) { return fp16_to_fp32(b.d); });
 }
 
-void build_strip_act_row(const block_q8_K* blocks, int64_t n, int block, int bias, void* row) {
-    strip_act_row<QK_K>(blocks, n, block, bias, row, [](const block_q8_K& b) { return b.d; });
+void build_strip_act_row(const block_q8_K* blocks, int64_t n, int block, int bias, void* group, int slot) {
+    strip_act_row<QK_K>(blocks, n, block, bias, group, slot, [](const block_q8_K& b) { return b.d; });
 }
 
 ActFormat act_format(GGMLType type) {

@@ -849,50 +849,55 @@ void strip_decode_q6_K(int n, const void* w, size_t row_bytes, int nrows, void* 
 // mins against d_a * sum(qs) with kMin): for 32-blocks ~4x fewer non-dpbusd operations per MAC
 // than the panel kernel, whose lanes split blocks instead of outputs.
 template <int Block, int NR, bool kMin>
-LOWBIT_HOT void strip_gemm_n(int n, const void* strip, const void* act, size_t stride, float* out) {
+LOWBIT_HOT void strip_gemm_n(int n, const void* strip, const void* act_group, float* out) {
     const int nb = n / Block;
-    const StripActLayout L(n, Block);
     constexpr int64_t kBytes = StripLayout::block_bytes(Block), kD = StripLayout::u_bytes(Block), kM = kD + 4 * kStripRows;
+    constexpr int64_t kAct = StripActLayout::block_bytes(Block), kCorr = StripActLayout::corr(Block),
+                      kAd = StripActLayout::d(Block), kAs = StripActLayout::s(Block);
     const auto* s0 = static_cast<const uint8_t*>(strip);
-    const auto* p0 = static_cast<const uint8_t*>(act);
+    const auto* p0 = static_cast<const uint8_t*>(act_group);
     auto i32 = [](const uint8_t* p) { return *reinterpret_cast<const int32_t*>(p); };
     auto f32 = [](const uint8_t* p) { return *reinterpret_cast<const float*>(p); };
     __m512 acc[NR];
     for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
     for (int b = 0; b < nb; ++b) {
         const uint8_t* sb = s0 + size_t(b) * kBytes;
-        __m512i isum[NR];
-        for (int r = 0; r < NR; ++r) isum[r] = _mm512_set1_epi32(i32(p0 + size_t(r) * stride + L.corr + 4 * b));
-        for (int g = 0; g < Block / 4; ++g) {
-            const __m512i wz = _mm512_load_si512(sb + 64 * g);
-            for (int r = 0; r < NR; ++r)
-                isum[r] = _mm512_dpbusd_epi32(isum[r], wz, _mm512_set1_epi32(i32(p0 + size_t(r) * stride + L.qs + Block * b + 4 * g)));
-        }
-        const __m512 dw = _mm512_load_ps(reinterpret_cast<const float*>(sb + kD));
+        const uint8_t* pa = p0 + size_t(b) * kAct;
+        __m512i isum[NR], isum2[NR];   // two chains per row (even / odd groups): dpbusd latency
         for (int r = 0; r < NR; ++r) {
-            const float da = f32(p0 + size_t(r) * stride + L.d + 4 * b);
-            acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(isum[r]), _mm512_set1_ps(da)), dw, acc[r]);
+            isum[r] = _mm512_set1_epi32(i32(pa + kCorr + 4 * r));
+            isum2[r] = _mm512_setzero_si512();
         }
+        for (int g = 0; g < Block / 4; g += 2) {
+            const __m512i w0 = _mm512_load_si512(sb + 64 * g), w1 = _mm512_load_si512(sb + 64 * g + 64);
+            for (int r = 0; r < NR; ++r) {
+                isum[r] = _mm512_dpbusd_epi32(isum[r], w0, _mm512_set1_epi32(i32(pa + r * Block + 4 * g)));
+                isum2[r] = _mm512_dpbusd_epi32(isum2[r], w1, _mm512_set1_epi32(i32(pa + r * Block + 4 * g + 4)));
+            }
+        }
+        for (int r = 0; r < NR; ++r) isum[r] = _mm512_add_epi32(isum[r], isum2[r]);
+        const __m512 dw = _mm512_load_ps(reinterpret_cast<const float*>(sb + kD));
+        for (int r = 0; r < NR; ++r)
+            acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(isum[r]), _mm512_set1_ps(f32(pa + kAd + 4 * r))), dw, acc[r]);
         if constexpr (kMin) {
             const __m512 mw = _mm512_load_ps(reinterpret_cast<const float*>(sb + kM));
-            for (int r = 0; r < NR; ++r)
-                acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(f32(p0 + size_t(r) * stride + L.s + 4 * b)), acc[r]);
+            for (int r = 0; r < NR; ++r) acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(f32(pa + kAs + 4 * r)), acc[r]);
         }
     }
     for (int r = 0; r < NR; ++r) _mm512_storeu_ps(out + r * kStripRows, acc[r]);
 }
 
 template <int Block, bool kMin>
-void strip_gemm(int n, const void* strip, const void* act, size_t stride, int nact, float* out) {
+void strip_gemm(int n, const void* strip, const void* act_group, int nact, float* out) {
     switch (nact) {
-        case 1: strip_gemm_n<Block, 1, kMin>(n, strip, act, stride, out); break;
-        case 2: strip_gemm_n<Block, 2, kMin>(n, strip, act, stride, out); break;
-        case 3: strip_gemm_n<Block, 3, kMin>(n, strip, act, stride, out); break;
-        case 4: strip_gemm_n<Block, 4, kMin>(n, strip, act, stride, out); break;
-        case 5: strip_gemm_n<Block, 5, kMin>(n, strip, act, stride, out); break;
-        case 6: strip_gemm_n<Block, 6, kMin>(n, strip, act, stride, out); break;
-        case 7: strip_gemm_n<Block, 7, kMin>(n, strip, act, stride, out); break;
-        default: strip_gemm_n<Block, 8, kMin>(n, strip, act, stride, out); break;
+        case 1: strip_gemm_n<Block, 1, kMin>(n, strip, act_group, out); break;
+        case 2: strip_gemm_n<Block, 2, kMin>(n, strip, act_group, out); break;
+        case 3: strip_gemm_n<Block, 3, kMin>(n, strip, act_group, out); break;
+        case 4: strip_gemm_n<Block, 4, kMin>(n, strip, act_group, out); break;
+        case 5: strip_gemm_n<Block, 5, kMin>(n, strip, act_group, out); break;
+        case 6: strip_gemm_n<Block, 6, kMin>(n, strip, act_group, out); break;
+        case 7: strip_gemm_n<Block, 7, kMin>(n, strip, act_group, out); break;
+        default: strip_gemm_n<Block, 8, kMin>(n, strip, act_group, out); break;
     }
 }
 

@@ -84,21 +84,24 @@ struct StripLayout {
     static constexpr int64_t block_bytes(int block) { return u_bytes(block) + 8 * kStripRows; }
     static int64_t bytes(int64_t n, int block) { return n / block * block_bytes(block); }
 };
-// An activation row for a strip GEMM: the q8_0 or q8_K row of n elements regrouped per block:
-//   qs    int8 [n]          the quants
-//   corr  int32[n / block]  -bias * sum(qs) of each block
-//   d     f32  [n / block]  the activation scale of the block (q8_0: its fp16 d; q8_K: the super-block's)
-//   s     f32  [n / block]  d * sum(qs) of each block
+// Activation rows for a strip GEMM come in groups of kStripAct rows (slots), q8_0 or q8_K rows
+// regrouped per block of `block` elements so that a GEMM walks one pointer with fixed offsets.
+// Per block, block_bytes(block) bytes:
+//   qs    int8 [kStripAct][block]  the quants of each slot
+//   corr  int32[kStripAct]         -bias * sum(qs) of the slot's block
+//   d     f32  [kStripAct]         the slot's activation scale (q8_0: the block's fp16 d; q8_K: the super-block's)
+//   s     f32  [kStripAct]         d * sum(qs)
 struct StripActLayout {
-    int64_t qs, corr, d, s, bytes;
-    StripActLayout(int64_t n, int block)
-        : qs(0), corr((n + 63) / 64 * 64), d(corr + 4 * (n / block)), s(d + 4 * (n / block)),
-          bytes((s + 4 * (n / block) + 63) / 64 * 64) {}
+    static constexpr int64_t corr(int block) { return int64_t(kStripAct) * block; }
+    static constexpr int64_t d(int block) { return corr(block) + 4 * kStripAct; }
+    static constexpr int64_t s(int block) { return d(block) + 4 * kStripAct; }
+    static constexpr int64_t block_bytes(int block) { return s(block) + 4 * kStripAct; }
+    static int64_t group_bytes(int64_t n, int block) { return n / block * block_bytes(block); }
 };
 // Decode weight rows [0, nrows) (nrows <= kStripRows, row_bytes apart) of n elements into a strip.
 using StripDecodeFn = void (*)(int n, const void* weight_rows, size_t row_bytes, int nrows, void* strip);
-// out[i * kStripRows + j] = dot(strip row j, activation row i) for i < nact <= kStripAct.
-using StripGemmFn = void (*)(int n, const void* strip, const void* act, size_t stride, int nact, float* out);
+// out[i * kStripRows + j] = dot(strip row j, slot i of the activation group) for i < nact <= kStripAct.
+using StripGemmFn = void (*)(int n, const void* strip, const void* act_group, int nact, float* out);
 struct StripKernels {
     StripDecodeFn decode;
     StripGemmFn gemm;
@@ -152,9 +155,10 @@ int panel_bias(GGMLType type);
 const StripKernels* strip_kernels_for(const KernelSet& ks, GGMLType type);
 // One panel row (layout above) from n / 32 quantized blocks.
 void build_q8_panel_row(const block_q8_0* blocks, int64_t n, int bias, void* panel_row);
-// One StripActLayout row of n elements (block, bias: the strip kernels') from q8_0 or q8_K blocks.
-void build_strip_act_row(const block_q8_0* blocks, int64_t n, int block, int bias, void* row);
-void build_strip_act_row(const block_q8_K* blocks, int64_t n, int block, int bias, void* row);
+// Slot `slot` of a StripActLayout group of n elements (block, bias: the strip kernels') from a row
+// of q8_0 or q8_K blocks.
+void build_strip_act_row(const block_q8_0* blocks, int64_t n, int block, int bias, void* group, int slot);
+void build_strip_act_row(const block_q8_K* blocks, int64_t n, int block, int bias, void* group, int slot);
 // Activation format of `type`; only meaningful where kernel_for is non-null.
 ActFormat act_format(GGMLType type);
 // Bytes of one activation row of n elements in `fmt`.

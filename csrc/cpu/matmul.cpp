@@ -24,8 +24,10 @@ struct QuantizedActs {
     size_t row_bytes = 0;
     int64_t per_token = 1;   // activation rows per x row: 1, or 2 for (hi, lo)
     bool panel = false;      // rows are Q8PanelLayout rows for the set's panel kernel
-    const StripKernels* strip = nullptr;   // rows are StripActLayout rows for this strip GEMM
+    const StripKernels* strip = nullptr;   // rows are slots of StripActLayout groups for this strip GEMM
+    size_t group_bytes = 0;                // strip: bytes per group of kStripAct rows (row_bytes: the share of one)
     const void* row(int64_t i) const { return data.data() + size_t(i) * row_bytes; }   // i: activation row
+    const void* group(int64_t i) const { return data.data() + size_t(i / kStripAct) * group_bytes; }   // strip
 };
 
 void quantize_row(const KernelSet& ks, ActFormat fmt, const float* x, void* dst, int64_t cols) {
@@ -61,10 +63,15 @@ void quantize_rows(const KernelSet& ks, GGMLType type, int64_t cols, const float
     const ActFormat fmt = act_format(type);
     out.strip = strip;
     out.panel = !strip && panel_kernel_for(ks, type) != nullptr;
-    out.row_bytes = strip ? size_t(StripActLayout(cols, strip->block).bytes)
-                    : out.panel ? size_t(Q8PanelLayout::row_bytes(cols)) : act_row_bytes(fmt, cols);
     out.per_token = (precision == ActPrecision::Q8X2 && fmt != ActFormat::F32) ? 2 : 1;
-    out.data.resize(size_t(n * out.per_token) * out.row_bytes);
+    if (strip) {
+        out.group_bytes = size_t(StripActLayout::group_bytes(cols, strip->block));
+        out.row_bytes = out.group_bytes / kStripAct;
+        out.data.resize(size_t((n * out.per_token + kStripAct - 1) / kStripAct) * out.group_bytes);
+    } else {
+        out.row_bytes = out.panel ? size_t(Q8PanelLayout::row_bytes(cols)) : act_row_bytes(fmt, cols);
+        out.data.resize(size_t(n * out.per_token) * out.row_bytes);
+    }
     if (fmt == ActFormat::F32) {
         std::memcpy(out.data.data(), x, size_t(n) * out.row_bytes);
         return;
@@ -80,15 +87,19 @@ void quantize_rows(const KernelSet& ks, GGMLType type, int64_t cols, const float
         auto* r = reinterpret_cast<float*>(mine);                                   // residual
         uint8_t* blocks = mine + (out.per_token == 2 ? size_t(cols) * sizeof(float) : 0);   // panel source
         for (int64_t part = 0; part < out.per_token; ++part) {   // hi, then lo
-            uint8_t* dst = out.data.data() + size_t(i * out.per_token + part) * out.row_bytes;
+            const int64_t a = i * out.per_token + part;   // activation row
+            uint8_t* dst = strip ? out.data.data() + size_t(a / kStripAct) * out.group_bytes
+                                 : out.data.data() + size_t(a) * out.row_bytes;
             uint8_t* q = regroup ? blocks : dst;
             quantize_row(ks, fmt, part == 0 ? x + i * cols : r, q, cols);
             if (part == 0 && out.per_token == 2) residual(fmt, x + i * cols, q, r, cols);
             if (out.panel) build_q8_panel_row(reinterpret_cast<const block_q8_0*>(q), cols, bias, dst);
             else if (strip && fmt == ActFormat::Q8_0)
-                build_strip_act_row(reinterpret_cast<const block_q8_0*>(q), cols, strip->block, strip->bias, dst);
+                build_strip_act_row(reinterpret_cast<const block_q8_0*>(q), cols, strip->block, strip->bias, dst,
+                                    int(a % kStripAct));
             else if (strip)
-                build_strip_act_row(reinterpret_cast<const block_q8_K*>(q), cols, strip->block, strip->bias, dst);
+                build_strip_act_row(reinterpret_cast<const block_q8_K*>(q), cols, strip->block, strip->bias, dst,
+                                    int(a % kStripAct));
         }
     };
     if (n == 1) quantize_one(0, 0);
@@ -141,7 +152,7 @@ void strip_matmul(const StripKernels& sk, const void* weights, GGMLType type, in
                 for (int64_t i0 = a0; i0 < a1; i0 += kStripAct) {
                     const int64_t na = std::min<int64_t>(kStripAct, a1 - i0);   // even when pt == 2
                     alignas(64) float out[kStripAct * kStripRows];
-                    sk.gemm(int(cols), mine + (s - s0) * strip_bytes, act.row(i0), act.row_bytes, int(na), out);
+                    sk.gemm(int(cols), mine + (s - s0) * strip_bytes, act.group(i0), int(na), out);
                     for (int64_t i = 0; i < na; i += pt) {
                         float* dst = y + (i0 + i) / pt * rows + r0;
                         const float* o = out + i * kStripRows;

@@ -47,14 +47,16 @@ void axpy_f16_generic(float* y, float a, const uint16_t* x, int64_t n) {
     for (int64_t i = 0; i < n; ++i) y[i] += a * fp16_to_fp32(x[i]);
 }
 
-void attn_scores_f16_generic(const float* q, const uint16_t* rows, int64_t stride, int64_t n, int64_t d,
-                             float scale, float* scores) {
-    for (int64_t j = 0; j < n; ++j) scores[j] = dot_f16_generic(q, rows + j * stride, d) * scale;
+void attn_scores_f16_generic(const float* q, int64_t q_stride, int64_t nq, const uint16_t* rows, int64_t stride,
+                             int64_t n, int64_t d, float scale, float* scores, int64_t ld) {
+    for (int64_t i = 0; i < nq; ++i)
+        for (int64_t j = 0; j < n; ++j) scores[i * ld + j] = dot_f16_generic(q + i * q_stride, rows + j * stride, d) * scale;
 }
 
-void attn_values_f16_generic(const float* p, const uint16_t* rows, int64_t stride, int64_t n, int64_t d,
-                             float* out) {
-    for (int64_t j = 0; j < n; ++j) axpy_f16_generic(out, p[j], rows + j * stride, d);
+void attn_values_f16_generic(const float* p, int64_t ld, int64_t nq, const uint16_t* rows, int64_t stride, int64_t n,
+                             int64_t d, float* out, int64_t out_stride) {
+    for (int64_t i = 0; i < nq; ++i)
+        for (int64_t j = 0; j < n; ++j) axpy_f16_generic(out + i * out_stride, p[i * ld + j], rows + j * stride, d);
 }
 
 struct HotLoops {
@@ -64,8 +66,8 @@ struct HotLoops {
     void (*to_f16)(const float*, uint16_t*, int64_t);
     float (*dot16)(const float*, const uint16_t*, int64_t);
     void (*axpy16)(float*, float, const uint16_t*, int64_t);
-    void (*scores16)(const float*, const uint16_t*, int64_t, int64_t, int64_t, float, float*);
-    void (*values16)(const float*, const uint16_t*, int64_t, int64_t, int64_t, float*);
+    decltype(&attn_scores_f16_generic) scores16;
+    decltype(&attn_values_f16_generic) values16;
     void (*silu)(const float*, const float*, float*, int64_t);
     void (*gelu)(const float*, const float*, float*, int64_t);
 };
@@ -80,21 +82,32 @@ bool use_avx2() {
 }
 
 const HotLoops& hot_loops() {
-    static const HotLoops h = use_avx2()
-        ? HotLoops{avx2::dot_f32, avx2::axpy_f32, avx2::f16_to_f32_row, avx2::f32_to_f16_row, avx2::dot_f16,
-                   avx2::axpy_f16, avx2::attn_scores_f16, avx2::attn_values_f16, avx2::silu_mul,
-                   avx2::gelu_tanh_mul}
-        : HotLoops{dot_f32_generic, axpy_f32_generic, f16_to_f32_generic, f32_to_f16_generic, dot_f16_generic,
-                   axpy_f16_generic, attn_scores_f16_generic, attn_values_f16_generic, silu_mul_generic,
-                   gelu_tanh_mul_generic};
+    static const HotLoops h = [] {
+        HotLoops l = use_avx2()
+            ? HotLoops{avx2::dot_f32, avx2::axpy_f32, avx2::f16_to_f32_row, avx2::f32_to_f16_row, avx2::dot_f16,
+                       avx2::axpy_f16, avx2::attn_scores_f16, avx2::attn_values_f16, avx2::silu_mul,
+                       avx2::gelu_tanh_mul}
+            : HotLoops{dot_f32_generic, axpy_f32_generic, f16_to_f32_generic, f32_to_f16_generic, dot_f16_generic,
+                       axpy_f16_generic, attn_scores_f16_generic, attn_values_f16_generic, silu_mul_generic,
+                       gelu_tanh_mul_generic};
+        if (use_avx2() && cpu_features().has_avx512_level()) {
+            l.scores16 = avx512::attn_scores_f16;
+            l.values16 = avx512::attn_values_f16;
+        }
+        return l;
+    }();
     return h;
 }
 
 }  // namespace
 
 void rmsnorm(const float* x, const float* w, float* y, int64_t n, float eps) {
-    double ss = 0.0;
-    for (int64_t i = 0; i < n; ++i) ss += double(x[i]) * double(x[i]);
+    double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};   // 8 lanes in double: vectorizable, and no 4-cycle add chain
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; ++k) part[k] += double(x[i + k]) * double(x[i + k]);
+    double ss = ((part[0] + part[4]) + (part[1] + part[5])) + ((part[2] + part[6]) + (part[3] + part[7]));
+    for (; i < n; ++i) ss += double(x[i]) * double(x[i]);
     const float scale = float(1.0 / std::sqrt(ss / double(n) + double(eps)));
     if (w) for (int64_t i = 0; i < n; ++i) y[i] = x[i] * scale * w[i];
     else for (int64_t i = 0; i < n; ++i) y[i] = x[i] * scale;
@@ -154,12 +167,13 @@ void f16_to_f32_row(const uint16_t* x, float* y, int64_t n) { hot_loops().to_f32
 void f32_to_f16_row(const float* x, uint16_t* y, int64_t n) { hot_loops().to_f16(x, y, n); }
 float dot_f16(const float* a, const uint16_t* b, int64_t n) { return hot_loops().dot16(a, b, n); }
 void axpy_f16(float* y, float a, const uint16_t* x, int64_t n) { hot_loops().axpy16(y, a, x, n); }
-void attn_scores_f16(const float* q, const uint16_t* rows, int64_t stride, int64_t n, int64_t d, float scale,
-                     float* scores) {
-    hot_loops().scores16(q, rows, stride, n, d, scale, scores);
+void attn_scores_f16(const float* q, int64_t q_stride, int64_t nq, const uint16_t* rows, int64_t stride, int64_t n,
+                     int64_t d, float scale, float* scores, int64_t ld) {
+    hot_loops().scores16(q, q_stride, nq, rows, stride, n, d, scale, scores, ld);
 }
-void attn_values_f16(const float* p, const uint16_t* rows, int64_t stride, int64_t n, int64_t d, float* out) {
-    hot_loops().values16(p, rows, stride, n, d, out);
+void attn_values_f16(const float* p, int64_t ld, int64_t nq, const uint16_t* rows, int64_t stride, int64_t n,
+                     int64_t d, float* out, int64_t out_stride) {
+    hot_loops().values16(p, ld, nq, rows, stride, n, d, out, out_stride);
 }
 
 }  // namespace lowbit::cpu

@@ -124,14 +124,15 @@ void gelu_tanh_mul(const float* gate, const float* up, float* out, int64_t n) {
     }
 }
 
-void attn_scores_f16(const float* q, const uint16_t* rows, int64_t stride, int64_t n, int64_t d, float scale,
-                     float* scores) {
-    for (int64_t j = 0; j < n; ++j) scores[j] = dot_f16(q, rows + j * stride, d) * scale;
+void attn_scores_f16(const float* q, int64_t q_stride, int64_t nq, const uint16_t* rows, int64_t stride, int64_t n,
+                     int64_t d, float scale, float* scores, int64_t ld) {
+    for (int64_t i = 0; i < nq; ++i)
+        for (int64_t j = 0; j < n; ++j) scores[i * ld + j] = dot_f16(q + i * q_stride, rows + j * stride, d) * scale;
 }
 
 // Each element gets the same operations in the same order as axpy_f16 row after row (j ascending),
 // but 64 output values stay in registers across all n rows instead of a load and a store per row.
-void attn_values_f16(const float* p, const uint16_t* rows, int64_t stride, int64_t n, int64_t d, float* out) {
+static void values_one(const float* p, const uint16_t* rows, int64_t stride, int64_t n, int64_t d, float* out) {
     auto half8 = [](const uint16_t* x) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x))); };
     int64_t i = 0;
     for (; i + 64 <= d; i += 64) {
@@ -151,6 +152,11 @@ void attn_values_f16(const float* p, const uint16_t* rows, int64_t stride, int64
     }
     for (; i < d; ++i)
         for (int64_t j = 0; j < n; ++j) out[i] += p[j] * fp16_to_fp32(rows[j * stride + i]);
+}
+
+void attn_values_f16(const float* p, int64_t ld, int64_t nq, const uint16_t* rows, int64_t stride, int64_t n,
+                     int64_t d, float* out, int64_t out_stride) {
+    for (int64_t i = 0; i < nq; ++i) values_one(p + i * ld, rows, stride, n, d, out + i * out_stride);
 }
 
 }  // namespace lowbit::cpu::avx2

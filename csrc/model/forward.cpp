@@ -114,28 +114,35 @@ struct AttnItem {        // one work item: query head h over tokens [t0, t1) of 
     int64_t h, g, t0, t1;
 };
 
-// f16 cache: rows are read in place, token by token, by the batched kernels of ops.h.
+// f16 cache: rows are read in place by the multi-query kernels of ops.h, once per tile: the tile's
+// queries score every key any of them sees ([lo, hi]); each token's softmax covers its own visible
+// keys and its probability of the others is 0, so they add nothing to its output.
 void attend_f16(const Model& m, int64_t il, const KVCache& cache, ForwardState& s, const AttnItem& it,
                 int64_t pos0, int64_t window, float* scores) {
     const ModelConfig& c = m.config;
-    const int64_t D = c.head_dim, Q = c.q_dim(), n_cells = cache.n_cells(il);
+    const int64_t D = c.head_dim, Q = c.q_dim(), n_cells = cache.n_cells(il), ld = s.n_ctx;
     const int64_t stride = cache.row_stride() / 2;   // in halves
     const auto* k0 = reinterpret_cast<const uint16_t*>(cache.k_row(il, 0, it.g));   // cell 0 of head g
     const auto* v0 = reinterpret_cast<const uint16_t*>(cache.v_row(il, 0, it.g));
+    auto first_key = [&](int64_t t) { return window ? std::max<int64_t>(0, pos0 + t - window + 1) : 0; };
+    const int64_t lo = first_key(it.t0), hi = pos0 + it.t1 - 1, nq = it.t1 - it.t0;
+    const float* q = s.q.data() + it.t0 * Q + it.h * D;
+    float* out = s.attn.data() + it.t0 * Q + it.h * D;
+    for_cell_runs(lo, hi, n_cells, [&](int64_t p, int64_t cell, int64_t len) {
+        cpu::attn_scores_f16(q, Q, nq, k0 + cell * stride, stride, len, D, c.attn_scale, scores + (p - lo), ld);
+    });
     for (int64_t t = it.t0; t < it.t1; ++t) {
-        const int64_t b = pos0 + t, a = window ? std::max<int64_t>(0, b - window + 1) : 0;   // visible keys
-        const float* q = s.q.data() + t * Q + it.h * D;
-        float* out = s.attn.data() + t * Q + it.h * D;
-        for_cell_runs(a, b, n_cells, [&](int64_t p, int64_t cell, int64_t len) {
-            cpu::attn_scores_f16(q, k0 + cell * stride, stride, len, D, c.attn_scale, scores + (p - a));
-        });
-        const float inv_sum = float(softmax_numerators(scores, b - a + 1));
-        for (int64_t j = 0; j <= b - a; ++j) scores[j] *= inv_sum;
-        std::memset(out, 0, size_t(D) * sizeof(float));
-        for_cell_runs(a, b, n_cells, [&](int64_t p, int64_t cell, int64_t len) {
-            cpu::attn_values_f16(scores + (p - a), v0 + cell * stride, stride, len, D, out);
-        });
+        float* row = scores + (t - it.t0) * ld;
+        const int64_t a = first_key(t) - lo, b = pos0 + t - lo;   // this token's keys in the row
+        const float inv_sum = float(softmax_numerators(row + a, b - a + 1));
+        for (int64_t j = a; j <= b; ++j) row[j] *= inv_sum;
+        std::fill(row, row + a, 0.0f);
+        std::fill(row + b + 1, row + (hi - lo + 1), 0.0f);
+        std::memset(out + (t - it.t0) * Q, 0, size_t(D) * sizeof(float));
     }
+    for_cell_runs(lo, hi, n_cells, [&](int64_t p, int64_t cell, int64_t len) {
+        cpu::attn_values_f16(scores + (p - lo), ld, nq, v0 + cell * stride, stride, len, D, out, Q);
+    });
 }
 
 // q8_0 cache: each K / V row is dequantized once per item and used by every token of the tile.

@@ -131,8 +131,10 @@ def test_engine_option_on_a_real_model():
         e.close()
     e = _core.Engine(path, 64, 2, 64, "f16")
     assert e.act_precision == "auto"                                      # the default
-    # auto: batched prefill at q8 (bit-exact), single-token decode steps at high
-    assert np.array_equal(e.eval(ids, all_logits=True), out["q8"])
+    # auto: high wherever a strip GEMM serves the prefill (SmolLM2: Q4_1 / Q8_0, on AVX-512), q8
+    # prefill otherwise; single-token decode steps at high
+    strip = _core.cpu_get_kernels() == "avx512"
+    assert np.array_equal(e.eval(ids, all_logits=True), out["high" if strip else "q8"])
     step = {}
     for p in ("q8", "high", "auto"):
         ep = _core.Engine(path, 64, 2, 64, "f16", act_precision=p)

@@ -232,12 +232,13 @@ void matvec(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
 void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, const float* x, int64_t n,
             float* y, ThreadPool& pool, ActPrecision precision) {
     check_matmul_shape(type, rows, cols);
-    if (precision == ActPrecision::Auto) precision = ActPrecision::Q8;
     if (n <= 0) return;
     if (n == 1) return matvec(weights, type, rows, cols, x, y, pool, precision);
     const KernelSet& ks = kernels();
     QuantizedActs act;
     const StripKernels* strip = n >= kStripMinRows ? strip_kernels_for(ks, type) : nullptr;
+    if (precision == ActPrecision::Auto)   // matmul.h: q8 only where prefill is compute-bound without a strip GEMM
+        precision = strip || n < kStripMinRows ? ActPrecision::Q8X2 : ActPrecision::Q8;
     quantize_rows(ks, type, cols, x, n, precision, act, pool, strip);
     if (strip) return strip_matmul(*strip, weights, type, rows, cols, act, n, y, pool);
     const VecDotRowsFn dot_rows = rows_kernel(ks, type, act);

@@ -23,8 +23,10 @@
 namespace lowbit::cpu {
 
 // Q8: activations rounded to 8 bits per block (llama.cpp's arithmetic). Q8X2: a q8 row plus a q8
-// row of what it missed (two-pass, ~16-bit). Auto: Q8X2 for matvec (decode is memory-bound, so
-// the second pass is nearly free) and Q8 for matmul (prefill is compute-bound).
+// row of what it missed (two-pass, ~16-bit). Auto: Q8X2, except Q8 for a matmul of >= 16 rows of
+// a type the kernel set has no strip GEMM for (kernels.h): decode is memory-bound, so the second
+// pass is nearly free, and the strip GEMMs leave prefill fast enough to afford it (~25% of pp);
+// the multi-row dots would pay 2x.
 enum class ActPrecision { Q8, Q8X2, Auto };
 
 // "q8" -> Q8, "high" -> Q8X2, "auto" -> Auto; ValueError names the valid ones otherwise.

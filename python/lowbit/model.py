@@ -114,10 +114,11 @@ def load(path_or_name: Union[str, os.PathLike], *, n_ctx: Optional[int] = None,
     """Load a GGUF model from a path or a registry name (pulled into the cache on first use).
 
     ``act_precision`` chooses the activation precision of the quantized matmuls: "auto"
-    (default) splits decode activations into two 8-bit parts (~16-bit precision, outputs much
-    closer to unquantized activations; decode is memory-bound, so this costs little) and keeps
-    batched prefill at 8 bits for speed; "high" uses the two-pass form for prefill too
-    (perplexity-grade scoring); "q8" quantizes activations once to 8 bits, as llama.cpp does.
+    (default) splits activations into two 8-bit parts (~16-bit precision, outputs much closer to
+    unquantized activations) for decode, where it costs little (memory-bound), and for prefill
+    wherever the CPU's strip GEMM serves the weight type (AVX-512: the legacy types, Q4_K, Q5_K,
+    Q6_K); prefill of other types stays at 8 bits for speed. "high" uses the two-pass form
+    everywhere; "q8" quantizes activations once to 8 bits, as llama.cpp does.
 
     ``progress(fraction)`` is called while loading; returning False aborts cleanly."""
     from . import _core

@@ -445,7 +445,8 @@ def test_missing_file(tmp_path):
 # match llama.cpp within 0.05 only by reproducing its rounding, not by being accurate, so the
 # bounds here are: the oracle's top-1 is ours, the top-5 sets share >= 4 ids, log-probs of the
 # shared ids within 0.6; greedy: teacher-forced over the oracle's first 16 tokens, each oracle
-# token is our argmax or within 0.3 nats of it (a near-tie).
+# token is our argmax or within 0.3 nats of it (a near-tie). The strict tier-4 bar itself is held
+# where both runtimes do the same arithmetic, on the F32 weights: test_tier4_against_llama_cpp_*.
 
 REAL = ["smollm2-135m-instruct", "gemma3-270m"]
 
@@ -490,3 +491,54 @@ def test_real_model_greedy_teacher_forced(name):
             lp = log_softmax(e.eval(np.array([tok], np.int32)).astype(np.float64))
         checked += 1
     assert checked > 0
+
+
+# ---- tier 4 at equal arithmetic: lowbit vs llama.cpp on the same F32 weights (dev oracle) ------
+# The shipped-file oracles differ from an exact forward by up to 0.44 nats in top-5 log-probs
+# (llama.cpp's 8-bit activations, see above). On F32 weights neither runtime quantizes anything,
+# so there the full tier-4 bar holds: same top-5 set, log-probs within 0.05, the same 16 greedy
+# tokens. Skips unless LOWBIT_LLAMA_CPP_SITE names a site-packages with llama-cpp-python.
+
+@pytest.mark.parametrize("name", REAL)
+def test_tier4_against_llama_cpp_on_f32_weights(tmp_path, name):
+    site = os.environ.get("LOWBIT_LLAMA_CPP_SITE")
+    if not site:
+        pytest.skip("set LOWBIT_LLAMA_CPP_SITE to a site-packages with llama-cpp-python to run")
+    path, d = oracle(name)
+    sys.path.append(site)
+    try:
+        import llama_cpp  # noqa: PLC0415
+    except Exception as exc:  # pragma: no cover - depends on the dev machine
+        pytest.skip(f"llama_cpp not importable from {site}: {exc}")
+    finally:
+        sys.path.remove(site)
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+    from bench_fidelity import write_f32_reference  # noqa: PLC0415
+    f32 = str(tmp_path / "f32.gguf")
+    write_f32_reference(path, f32)
+    ref = llama_cpp.Llama(f32, n_ctx=512, n_threads=2, n_batch=64, logits_all=True, verbose=False)
+    e = engine(f32, n_ctx=512, n_batch=64)
+    for entry in d["top5"]:
+        ids = list(entry["prompt_ids"])
+        ref.reset()
+        ref.eval(ids)
+        want = log_softmax(np.array(ref.scores[len(ids) - 1], np.float64))
+        e.truncate(0)
+        got = log_softmax(e.eval(np.array(ids, np.int32)).astype(np.float64))
+        top = np.argsort(-want)[:5]
+        assert set(np.argsort(-got)[:5].tolist()) == set(top.tolist()), entry["prompt"]
+        assert np.abs(got[top] - want[top]).max() <= 0.05, entry["prompt"]
+        # 16 greedy tokens, each runtime feeding its own choice
+        seq, ours = list(ids), []
+        for _ in range(16):
+            tok = int(np.argmax(got))
+            ours.append(tok)
+            got = log_softmax(e.eval(np.array([tok], np.int32)).astype(np.float64))
+        theirs = []
+        for _ in range(16):
+            tok = int(np.argmax(ref.scores[len(seq) - 1]))
+            theirs.append(tok)
+            seq.append(tok)
+            ref.eval([tok])
+        assert ours == theirs, entry["prompt"]
+    e.close()

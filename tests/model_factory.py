@@ -46,7 +46,9 @@ class TinySpec:
     tokenizer: str = "gpt2"      # "gpt2" (byte-level BPE) or "llama" (SentencePiece)
     rope_base: float = 10000.0
     rope_dim: int = 0            # rope.dimension_count; 0 -> head_dim (partial if smaller)
-    rope_scale: float = 0.0      # linear rope.scaling.factor; 0 -> none
+    rope_scale: float = 0.0      # rope.scaling.factor; 0 -> none
+    rope_scaling: str = "linear"  # rope.scaling.type when rope_scale is set: linear or yarn
+    rope_orig_ctx: int = 0       # yarn: rope.scaling.original_context_length (0: not written)
     rope_freq_factors: bool = False   # llama3-style rope_freqs.weight (llama only)
     rms_eps: float = 1e-5
     sliding_window: int = 0      # gemma3 only
@@ -288,8 +290,10 @@ def _write_hparams(w: gguf.GGUFWriter, spec: TinySpec, n_vocab: int) -> None:
     w.add_layer_norm_rms_eps(spec.rms_eps)
     w.add_vocab_size(n_vocab)
     if spec.rope_scale:
-        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_type(gguf.RopeScalingType(spec.rope_scaling))
         w.add_rope_scaling_factor(spec.rope_scale)
+        if spec.rope_orig_ctx:
+            w.add_rope_scaling_orig_ctx_len(spec.rope_orig_ctx)
     if spec.sliding_window:
         if spec.arch != "gemma3":
             raise ValueError("sliding_window is implemented for gemma3 only (llama.cpp "

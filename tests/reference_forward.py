@@ -50,7 +50,7 @@ class HParams:
     n_ctx_train: int
     n_rot: int                 # rope.dimension_count: leading dims of a head that rotate
     rope_base: float
-    rope_freq_scale: float     # 1 / rope.scaling.factor (linear scaling), 1.0 if none
+    rope_freq_scale: float     # 1 / rope.scaling.factor (linear or yarn), 1.0 if none
     rope_neox: bool
     rms_eps: float
     attn_scale: float          # multiplies q.k
@@ -60,6 +60,7 @@ class HParams:
     swa_layers: List[bool] = field(default_factory=list)
     rope_base_swa: float = GEMMA3_LOCAL_ROPE_BASE
     rope_freq_scale_swa: float = 1.0
+    yarn_orig_ctx: int = 0     # yarn: original context length (0: not yarn)
 
 
 def _field(reader: gguf.GGUFReader, key: str, default=None):
@@ -90,9 +91,9 @@ def read_hparams(reader: gguf.GGUFReader, tensor_shapes: Dict[str, tuple]) -> HP
     n_vocab = int(key("vocab_size", tensor_shapes["token_embd.weight"][0]))
 
     scaling_type = _field(reader, f"{arch}.rope.scaling.type", "none")
-    if scaling_type not in ("none", "linear"):
+    if scaling_type not in ("none", "linear", "yarn"):
         raise ValueError(f"rope.scaling.type {scaling_type!r}: the reference implements "
-                         f"none and linear (plus llama3 rope_freqs factors)")
+                         f"none, linear and yarn (plus llama3 rope_freqs factors)")
     factor = float(key("rope.scaling.factor", 0.0) or key("rope.scale_linear", 0.0) or 0.0)
     if "rope_factors_long.weight" in tensor_shapes:
         raise ValueError("LongRoPE factors (rope_factors_long/short) are not implemented "
@@ -121,6 +122,8 @@ def read_hparams(reader: gguf.GGUFReader, tensor_shapes: Dict[str, tuple]) -> HP
         n_rot=int(key("rope.dimension_count", head_dim_k)),
         rope_base=float(key("rope.freq_base", 10000.0)),
         rope_freq_scale=1.0 / factor if factor else 1.0,
+        yarn_orig_ctx=(int(key("rope.scaling.original_context_length", 0) or key("context_length", 0))
+                       if scaling_type == "yarn" and factor else 0),
         rope_neox=arch in NEOX_ROPE_ARCHS,
         rms_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
         attn_scale=attn_scale, embd_scale=embd_scale,
@@ -148,21 +151,39 @@ def silu(x: np.ndarray) -> np.ndarray:
 
 
 def rope_angles(positions: np.ndarray, n_rot: int, base: float, freq_scale: float,
-                freq_factors: Optional[np.ndarray]) -> np.ndarray:
-    """(n_tokens, n_rot/2) angles: pos * freq_scale * base^(-2i/n_rot) / freq_factors[i]."""
+                freq_factors: Optional[np.ndarray], yarn_orig_ctx: int = 0) -> np.ndarray:
+    """(n_tokens, n_rot/2) angles: pos * freq_scale * base^(-2i/n_rot) / freq_factors[i].
+
+    YaRN (Peng et al. 2023, "NTK-by-parts"; yarn_orig_ctx > 0, beta_fast 32, beta_slow 1): pair i
+    keeps its unscaled frequency where it rotates more than beta_fast times over the original
+    context, is fully interpolated (freq_scale) below beta_slow rotations, and linearly mixed in
+    between, the bounds being the pair indices floor/ceil(n_rot ln(L / (2 pi beta)) / (2 ln base))."""
     inv_freq = base ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)   # (n_rot/2,)
     if freq_factors is not None:
         inv_freq = inv_freq / freq_factors
-    return positions.astype(np.float64)[:, None] * freq_scale * inv_freq[None, :]
+    scale = np.full(n_rot // 2, freq_scale)
+    if yarn_orig_ctx and freq_scale != 1.0:
+        def bound(rotations):
+            return n_rot * math.log(yarn_orig_ctx / (2 * math.pi * rotations)) / (2 * math.log(base))
+        low, high = max(math.floor(bound(32.0)), 0), min(math.ceil(bound(1.0)), n_rot - 1)
+        ramp = np.clip((np.arange(n_rot // 2) - low) / max(high - low, 0.001), 0.0, 1.0)
+        extrapolate = 1.0 - ramp                  # 1: keep the original frequency
+        scale = freq_scale * (1.0 - extrapolate) + extrapolate
+    return positions.astype(np.float64)[:, None] * scale[None, :] * inv_freq[None, :]
 
 
-def apply_rope(x: np.ndarray, angles: np.ndarray, n_rot: int, neox: bool) -> np.ndarray:
+def yarn_mscale(freq_scale: float, yarn_orig_ctx: int) -> float:
+    """YaRN's attention temperature: q and k (their rotated dims) scaled by 0.1 ln(s) + 1."""
+    return 0.1 * math.log(1.0 / freq_scale) + 1.0 if yarn_orig_ctx and freq_scale != 1.0 else 1.0
+
+
+def apply_rope(x: np.ndarray, angles: np.ndarray, n_rot: int, neox: bool, mscale: float = 1.0) -> np.ndarray:
     """x: (n_tokens, n_heads, head_dim); rotates the first n_rot dims of every head.
 
     normal (llama): pairs (2i, 2i+1); NeoX: pairs (i, i + n_rot/2). Dims >= n_rot pass.
     """
-    cos = np.cos(angles)[:, None, :]        # (n_tokens, 1, n_rot/2)
-    sin = np.sin(angles)[:, None, :]
+    cos = np.cos(angles)[:, None, :] * mscale        # (n_tokens, 1, n_rot/2)
+    sin = np.sin(angles)[:, None, :] * mscale
     out = x.copy()
     if neox:
         half = n_rot // 2
@@ -282,10 +303,11 @@ class ReferenceModel:
         is_swa = hp.swa_layers[il]
         base = hp.rope_base_swa if is_swa else hp.rope_base
         freq_scale = hp.rope_freq_scale_swa if is_swa else hp.rope_freq_scale
+        yarn = 0 if is_swa else hp.yarn_orig_ctx
         angles = rope_angles(positions, hp.n_rot, base, freq_scale,
-                             self._optional("rope_freqs.weight"))
-        q = apply_rope(q, angles, hp.n_rot, hp.rope_neox)
-        k = apply_rope(k, angles, hp.n_rot, hp.rope_neox)
+                             self._optional("rope_freqs.weight"), yarn)
+        q = apply_rope(q, angles, hp.n_rot, hp.rope_neox, yarn_mscale(freq_scale, yarn))
+        k = apply_rope(k, angles, hp.n_rot, hp.rope_neox, yarn_mscale(freq_scale, yarn))
         mask = attention_mask(x.shape[0], hp.sliding_window if is_swa else 0)
         out = attention(q, k, v, hp.attn_scale, mask)          # (T, n_head * dv)
         return self._linear(out, f"{p}.attn_output")

@@ -118,6 +118,26 @@ def test_rope_variants_match_reference(tmp_path_factory):
     assert rel_err(e.eval(ids, all_logits=True), ReferenceModel(path).logits(ids)) <= 1e-3
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_yarn_rope_scaling_matches_reference(tmp_path_factory, arch):
+    """rope.scaling.type = yarn: original context 32 puts the ramp's bounds at pairs 0 and 2 of 8
+    (all three regimes: kept, mixed, interpolated frequencies) and mscale 1 + 0.1 ln 4."""
+    path = tiny_model(tmp_path_factory, arch, "F32", rope_scale=4.0, rope_scaling="yarn", rope_orig_ctx=32)
+    e = engine(path)
+    ids = random_ids(e.n_vocab, 40, seed=6)
+    ref = ReferenceModel(path).logits(ids)
+    assert rel_err(e.eval(ids, all_logits=True), ref) <= 1e-3
+    # yarn is not linear scaling: the same file with rope.scaling.type = linear gives other logits
+    lin = ReferenceModel(tiny_model(tmp_path_factory, arch, "F32", rope_scale=4.0)).logits(ids)
+    assert rel_err(lin, ref) > 1e-2
+
+
+def test_unsupported_rope_scaling_raises(tmp_path_factory):
+    path = tiny_model(tmp_path_factory, "llama", "F32", rope_scale=4.0, rope_scaling="longrope")
+    with pytest.raises(ModelError, match=r"rope\.scaling\.type' = 'longrope' is not supported; supported: linear, yarn, none"):
+        engine(path)
+
+
 def test_logit_softcap_matches_reference(tmp_path_factory):
     path = tiny_model(tmp_path_factory, "gemma3", "F32", final_logit_softcap=5.0)
     e = engine(path)

@@ -113,11 +113,11 @@ void rmsnorm(const float* x, const float* w, float* y, int64_t n, float eps) {
     else for (int64_t i = 0; i < n; ++i) y[i] = x[i] * scale;
 }
 
-void rope_cos_sin(double pos, const double* inv_freq, int64_t half, float* cos_sin) {
+void rope_cos_sin(double pos, const double* inv_freq, int64_t half, float* cos_sin, float mscale) {
     for (int64_t i = 0; i < half; ++i) {
         const double a = pos * inv_freq[i];
-        cos_sin[2 * i] = float(std::cos(a));
-        cos_sin[2 * i + 1] = float(std::sin(a));
+        cos_sin[2 * i] = float(std::cos(a) * double(mscale));
+        cos_sin[2 * i + 1] = float(std::sin(a) * double(mscale));
     }
 }
 

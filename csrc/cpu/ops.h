@@ -18,8 +18,8 @@ void rmsnorm(const float* x, const float* w, float* y, int64_t n, float eps);
 // neox=false rotates pairs (2i, 2i+1); neox=true rotates (i, i + n_rot/2). Dims >= n_rot are kept.
 void rope(float* x, int64_t n_heads, int64_t head_dim, int64_t n_rot, bool neox, const float* cos_sin);
 
-// cos_sin (n_rot/2, 2) for angle pos * inv_freq[i], computed in double.
-void rope_cos_sin(double pos, const double* inv_freq, int64_t half, float* cos_sin);
+// cos_sin (n_rot/2, 2) for angle pos * inv_freq[i], computed in double, both times mscale (YaRN).
+void rope_cos_sin(double pos, const double* inv_freq, int64_t half, float* cos_sin, float mscale = 1.0f);
 
 // out = act(gate) * up, act = SiLU or GELU (tanh approximation).   (n,) each; out may alias gate
 void silu_mul(const float* gate, const float* up, float* out, int64_t n);

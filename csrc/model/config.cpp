@@ -68,21 +68,33 @@ Arch parse_arch(const GGUFFile& f) {
                          supported_architectures()));
 }
 
-// Linear RoPE scaling from "<arch>.rope.scaling.{type,factor}" (or the older scale_linear).
-float read_freq_scale(const GGUFFile& f, const Meta& m) {
+// RoPE scaling from "<arch>.rope.scaling.{type,factor,original_context_length}" (or the older
+// scale_linear): none, linear or yarn.
+RopeParams read_rope_scaling(const GGUFFile& f, const Meta& m, float freq_base, int64_t n_ctx_train) {
+    RopeParams p;
+    p.freq_base = freq_base;
     const auto type = m.str_opt("rope.scaling.type");
     std::optional<float> factor = m.f32_opt("rope.scaling.factor");
     if (!factor) factor = m.f32_opt("rope.scale_linear");
-    if (type && *type != "linear" && *type != "none")
+    if (type && *type != "linear" && *type != "none" && *type != "yarn")
         throw ModelError(str(f.path(), ": metadata '", m.key("rope.scaling.type"), "' = '", printable(*type),
-                             "' is not supported; supported: linear, none"));
-    if ((type && *type == "none") || !factor || *factor == 0.0f) return 1.0f;
+                             "' is not supported; supported: linear, yarn, none"));
+    if ((type && *type == "none") || !factor || *factor == 0.0f) return p;
     LOWBIT_CHECK(*factor > 0.0f, ModelError, f.path(), ": metadata '", m.key("rope.scaling.factor"), "' = ",
                  *factor, ", expected > 0");
-    return 1.0f / *factor;
+    p.freq_scale = 1.0f / *factor;
+    if (type && *type == "yarn") {
+        p.ext_factor = 1.0f;
+        p.n_ctx_orig = m.positive_opt("rope.scaling.original_context_length").value_or(n_ctx_train);
+    }
+    return p;
 }
 
 }  // namespace
+
+float RopeParams::mscale() const {
+    return ext_factor != 0.0f ? attn_factor * (1.0f + 0.1f * std::log(1.0f / freq_scale)) : 1.0f;
+}
 
 const char* supported_architectures() { return "llama, qwen2, qwen3, gemma3, phi3"; }
 
@@ -133,10 +145,10 @@ ModelConfig load_config(const GGUFFile& f) {
                  " = ", *eps, ", expected in (0, 1)");
     c.norm_eps = *eps;
 
-    c.rope_global.freq_base = m.f32_opt("rope.freq_base").value_or(10000.0f);
-    LOWBIT_CHECK(c.rope_global.freq_base > 1.0f, ModelError, f.path(), ": ", m.key("rope.freq_base"), " = ",
-                 c.rope_global.freq_base, ", expected > 1");
-    c.rope_global.freq_scale = read_freq_scale(f, m);
+    const float freq_base = m.f32_opt("rope.freq_base").value_or(10000.0f);
+    LOWBIT_CHECK(freq_base > 1.0f, ModelError, f.path(), ": ", m.key("rope.freq_base"), " = ", freq_base,
+                 ", expected > 1");
+    c.rope_global = read_rope_scaling(f, m, freq_base, c.n_ctx_train);
     c.rope_swa = c.rope_global;
     c.attn_scale = float(1.0 / std::sqrt(double(c.head_dim)));
     c.logit_softcap = m.f32_opt("final_logit_softcapping").value_or(0.0f);
@@ -157,7 +169,9 @@ ModelConfig load_config(const GGUFFile& f) {
             c.ffn_act = FfnAct::GeluTanh;
             c.embd_scale = std::sqrt(float(c.n_embd));
             c.n_swa = m.positive("attention.sliding_window");
-            c.rope_swa = RopeParams{m.f32_opt("rope.freq_base_swa").value_or(10000.0f), 1.0f};
+            c.rope_swa = c.rope_global;   // unscaled (freq_scale 1: YaRN's mix and mscale do nothing)
+            c.rope_swa.freq_base = m.f32_opt("rope.freq_base_swa").value_or(10000.0f);
+            c.rope_swa.freq_scale = 1.0f;
             // llama.cpp: the 27B (62 layers) scales queries by 1/sqrt(n_embd / n_head)
             if (c.n_layers == 62) c.attn_scale = float(1.0 / std::sqrt(double(c.n_embd) / double(c.n_head)));
             for (int64_t i = 0; i < c.n_layers; ++i) c.layer_is_swa[size_t(i)] = (i + 1) % 6 != 0;

@@ -30,7 +30,14 @@ const char* arch_name(Arch a);
 // RoPE parameters of one kind of layer (gemma3's sliding layers have their own base).
 struct RopeParams {
     float freq_base = 10000.0f;
-    float freq_scale = 1.0f;     // linear scaling: position multiplier (1 / scaling factor)
+    float freq_scale = 1.0f;     // position multiplier (1 / rope.scaling.factor), linear and YaRN
+    // YaRN (rope.scaling.type = yarn), as llama.cpp: per frequency pair i a mix of the scaled and
+    // the unscaled angle, mix = ext_factor * ramp(i) between the correction dims of beta_fast and
+    // beta_slow rotations over n_ctx_orig; cos and sin scaled by mscale(). ext_factor 0: linear.
+    float ext_factor = 0.0f;
+    int64_t n_ctx_orig = 0;      // rope.scaling.original_context_length (else context_length)
+    float beta_fast = 32.0f, beta_slow = 1.0f, attn_factor = 1.0f;   // llama.cpp's fixed values
+    float mscale() const;        // attn_factor * (1 + 0.1 ln(1 / freq_scale)) with YaRN, else 1
 };
 
 struct ModelConfig {

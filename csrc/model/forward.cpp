@@ -25,12 +25,30 @@
 namespace lowbit::model {
 namespace {
 
-// Inverse frequencies: freq_scale * base^(-2i / n_rot) / factor_i.
+// Angle per position of each frequency pair i: base^(-2i / n_rot) / factor_i (rope_freqs), times
+// freq_scale; with YaRN (config.h) times freq_scale (1 - mix_i) + mix_i instead, mix_i = ext_factor
+// * ramp_i, ramp 1 below the correction dim of beta_fast rotations and 0 above that of beta_slow.
 std::vector<double> make_inv_freq(const ModelConfig& c, const RopeParams& p, const Vec& factors) {
     std::vector<double> f(size_t(c.n_rot / 2));
+    const double base = double(p.freq_base), n_rot = double(c.n_rot), pi = 3.14159265358979323846;
+    auto corr_dim = [&](double rotations) {
+        return n_rot * std::log(double(p.n_ctx_orig) / (rotations * 2.0 * pi)) / (2.0 * std::log(base));
+    };
+    double lo = 0.0, hi = 0.0;
+    if (p.ext_factor != 0.0f) {
+        lo = std::max(0.0, std::floor(corr_dim(double(p.beta_fast))));
+        hi = std::min(n_rot - 1.0, std::ceil(corr_dim(double(p.beta_slow))));
+    }
     for (size_t i = 0; i < f.size(); ++i) {
-        f[i] = double(p.freq_scale) * std::pow(double(p.freq_base), -2.0 * double(i) / double(c.n_rot));
-        if (!factors.empty()) f[i] /= double(factors[i]);
+        double theta = std::pow(base, -2.0 * double(i) / n_rot);
+        if (!factors.empty()) theta /= double(factors[i]);
+        double scale = double(p.freq_scale);
+        if (p.ext_factor != 0.0f) {
+            const double y = (double(i) - lo) / std::max(0.001, hi - lo);
+            const double mix = (1.0 - std::min(1.0, std::max(0.0, y))) * double(p.ext_factor);
+            scale = scale * (1.0 - mix) + mix;
+        }
+        f[i] = theta * scale;
     }
     return f;
 }
@@ -270,7 +288,7 @@ int64_t ForwardState::bytes() const {
 void rerotate_keys(const Model& m, int64_t il, float* k, int64_t delta) {
     const ModelConfig& c = m.config;
     std::vector<float> cs(size_t(c.n_rot));
-    cpu::rope_cos_sin(double(delta), m.inv_freq(il).data(), c.n_rot / 2, cs.data());
+    cpu::rope_cos_sin(double(delta), m.inv_freq(il).data(), c.n_rot / 2, cs.data());   // a pure rotation: no mscale
     cpu::rope(k, c.n_head_kv, c.head_dim, c.n_rot, c.rope_mode == RopeMode::NeoX, cs.data());
 }
 
@@ -287,9 +305,11 @@ void forward(const Model& m, KVCache& cache, ForwardState& s, cpu::ThreadPool& p
         float* x = s.x.data() + t * E;
         embd_type.to_float(static_cast<const uint8_t*>(w.token_embd.data) + tokens[t] * w.token_embd.row_bytes, x, E);
         if (c.embd_scale != 1.0f) for (int64_t i = 0; i < E; ++i) x[i] *= c.embd_scale;
-        cpu::rope_cos_sin(double(pos0 + t), m.inv_freq_global.data(), c.n_rot / 2, s.rope_global.data() + t * c.n_rot);
+        cpu::rope_cos_sin(double(pos0 + t), m.inv_freq_global.data(), c.n_rot / 2, s.rope_global.data() + t * c.n_rot,
+                          c.rope_global.mscale());
         if (c.any_swa())
-            cpu::rope_cos_sin(double(pos0 + t), m.inv_freq_swa.data(), c.n_rot / 2, s.rope_swa.data() + t * c.n_rot);
+            cpu::rope_cos_sin(double(pos0 + t), m.inv_freq_swa.data(), c.n_rot / 2, s.rope_swa.data() + t * c.n_rot,
+                              c.rope_swa.mscale());
     });
 
     for (int64_t il = 0; il < c.n_layers; ++il) {

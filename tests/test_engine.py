@@ -519,12 +519,11 @@ def test_real_model_greedy_teacher_forced(name):
 # so there the full tier-4 bar holds: same top-5 set, log-probs within 0.05, the same 16 greedy
 # tokens. Skips unless LOWBIT_LLAMA_CPP_SITE names a site-packages with llama-cpp-python.
 
-@pytest.mark.parametrize("name", REAL)
-def test_tier4_against_llama_cpp_on_f32_weights(tmp_path, name):
+def llama_cpp_module():
+    """llama_cpp from LOWBIT_LLAMA_CPP_SITE (dev oracle), or skip."""
     site = os.environ.get("LOWBIT_LLAMA_CPP_SITE")
     if not site:
         pytest.skip("set LOWBIT_LLAMA_CPP_SITE to a site-packages with llama-cpp-python to run")
-    path, d = oracle(name)
     sys.path.append(site)
     try:
         import llama_cpp  # noqa: PLC0415
@@ -532,6 +531,27 @@ def test_tier4_against_llama_cpp_on_f32_weights(tmp_path, name):
         pytest.skip(f"llama_cpp not importable from {site}: {exc}")
     finally:
         sys.path.remove(site)
+    return llama_cpp
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("scaling", [{}, {"rope_scale": 4.0}, {"rope_scale": 4.0, "rope_scaling": "yarn", "rope_orig_ctx": 32}])
+def test_rope_scaling_against_llama_cpp(tmp_path_factory, arch, scaling):
+    """Tiny F32 models, all logits of 40 tokens vs llama.cpp's (dev oracle): the same RoPE
+    (none, linear, YaRN). Measured 3.2e-4..4.1e-4 relative (f16 KV and llama.cpp's f16 queries)."""
+    llama_cpp = llama_cpp_module()
+    path = tiny_model(tmp_path_factory, arch, "F32", **scaling)
+    ref = llama_cpp.Llama(path, n_ctx=64, n_threads=1, n_batch=64, logits_all=True, verbose=False)
+    e = engine(path, n_ctx=64)
+    ids = random_ids(e.n_vocab, 40, seed=1)
+    ref.eval(ids.tolist())
+    assert rel_err(e.eval(ids, all_logits=True), np.array(ref.scores[:40])) <= 2e-3
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_tier4_against_llama_cpp_on_f32_weights(tmp_path, name):
+    llama_cpp = llama_cpp_module()
+    path, d = oracle(name)
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
     from bench_fidelity import write_f32_reference  # noqa: PLC0415
     f32 = str(tmp_path / "f32.gguf")

@@ -48,7 +48,8 @@ class TinySpec:
     rope_dim: int = 0            # rope.dimension_count; 0 -> head_dim (partial if smaller)
     rope_scale: float = 0.0      # rope.scaling.factor; 0 -> none
     rope_scaling: str = "linear"  # rope.scaling.type when rope_scale is set: linear or yarn
-    rope_orig_ctx: int = 0       # yarn: rope.scaling.original_context_length (0: not written)
+    rope_orig_ctx: int = 0       # yarn / longrope: rope.scaling.original_context_length (0: not written)
+    longrope: bool = False       # phi3 LongRoPE: rope_factors_long/short tensors, attn_factor 1.19
     rope_freq_factors: bool = False   # llama3-style rope_freqs.weight (llama only)
     rms_eps: float = 1e-5
     sliding_window: int = 0      # gemma3 only
@@ -157,6 +158,10 @@ def tensor_shapes(spec: TinySpec) -> Dict[str, Tuple[int, ...]]:
         if spec.arch != "llama":
             raise ValueError("rope_freqs.weight (llama3 frequency factors) is llama-only")
         shapes["rope_freqs.weight"] = ((spec.rope_dim or spec.head_dim) // 2,)
+    if spec.longrope:
+        if spec.arch != "phi3":
+            raise ValueError("LongRoPE factors are written for phi3 only")
+        shapes["rope_factors_long.weight"] = shapes["rope_factors_short.weight"] = ((spec.rope_dim or spec.head_dim) // 2,)
     for il in range(spec.n_layer):
         p = f"blk.{il}"
         shapes[f"{p}.attn_norm.weight"] = (E,)
@@ -203,6 +208,10 @@ def random_vector(name: str, shape: Tuple[int, ...], rng: np.random.Generator) -
         return rng.normal(0.0, 0.3, shape).astype(np.float32)
     if name == "rope_freqs.weight":                  # llama3: 1 for fast dims, up to 8 slow
         return np.linspace(1.0, 8.0, shape[0]).astype(np.float32)
+    if name == "rope_factors_long.weight":           # LongRoPE: up to 6 slow
+        return np.linspace(1.0, 6.0, shape[0]).astype(np.float32)
+    if name == "rope_factors_short.weight":
+        return np.linspace(1.0, 1.5, shape[0]).astype(np.float32)
     return (1.0 + rng.normal(0.0, 0.1, shape)).astype(np.float32)   # norm weights
 
 
@@ -294,6 +303,9 @@ def _write_hparams(w: gguf.GGUFWriter, spec: TinySpec, n_vocab: int) -> None:
         w.add_rope_scaling_factor(spec.rope_scale)
         if spec.rope_orig_ctx:
             w.add_rope_scaling_orig_ctx_len(spec.rope_orig_ctx)
+    if spec.longrope:
+        w.add_rope_scaling_orig_ctx_len(spec.rope_orig_ctx or 32)
+        w.add_rope_scaling_attn_factors(1.19)
     if spec.sliding_window:
         if spec.arch != "gemma3":
             raise ValueError("sliding_window is implemented for gemma3 only (llama.cpp "

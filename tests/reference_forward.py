@@ -61,6 +61,8 @@ class HParams:
     rope_base_swa: float = GEMMA3_LOCAL_ROPE_BASE
     rope_freq_scale_swa: float = 1.0
     yarn_orig_ctx: int = 0     # yarn: original context length (0: not yarn)
+    longrope_orig_ctx: int = 0   # LongRoPE (phi3 rope_factors_long/short): original context (0: none)
+    longrope_attn_factor: float = 1.0   # LongRoPE: q and k (rotated dims) times rope.scaling.attn_factor
 
 
 def _field(reader: gguf.GGUFReader, key: str, default=None):
@@ -95,9 +97,6 @@ def read_hparams(reader: gguf.GGUFReader, tensor_shapes: Dict[str, tuple]) -> HP
         raise ValueError(f"rope.scaling.type {scaling_type!r}: the reference implements "
                          f"none, linear and yarn (plus llama3 rope_freqs factors)")
     factor = float(key("rope.scaling.factor", 0.0) or key("rope.scale_linear", 0.0) or 0.0)
-    if "rope_factors_long.weight" in tensor_shapes:
-        raise ValueError("LongRoPE factors (rope_factors_long/short) are not implemented "
-                         "in the reference")
 
     sliding_window = int(key("attention.sliding_window", 0) or 0)
     swa_layers = [False] * n_layer
@@ -124,6 +123,9 @@ def read_hparams(reader: gguf.GGUFReader, tensor_shapes: Dict[str, tuple]) -> HP
         rope_freq_scale=1.0 / factor if factor else 1.0,
         yarn_orig_ctx=(int(key("rope.scaling.original_context_length", 0) or key("context_length", 0))
                        if scaling_type == "yarn" and factor else 0),
+        longrope_orig_ctx=(int(key("rope.scaling.original_context_length", 0) or key("context_length", 0))
+                           if "rope_factors_long.weight" in tensor_shapes else 0),
+        longrope_attn_factor=float(key("rope.scaling.attn_factor", 1.0)),
         rope_neox=arch in NEOX_ROPE_ARCHS,
         rms_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
         attn_scale=attn_scale, embd_scale=embd_scale,
@@ -233,13 +235,17 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,
 class ReferenceModel:
     """Float64 forward pass over the dequantized weights of a GGUF file."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, n_ctx: Optional[int] = None):
+        """n_ctx: the context size a runtime would run with; it picks LongRoPE's factor set
+        (long above rope.scaling.original_context_length, as llama.cpp; default: the training
+        context)."""
         self.path = str(path)
         self._reader = gguf.GGUFReader(self.path)
         self._tensors = {t.name: t for t in self._reader.tensors}
         shapes = {name: tuple(int(n) for n in reversed(t.shape))   # numpy order (rows, cols)
                   for name, t in self._tensors.items()}
         self.hparams = read_hparams(self._reader, shapes)
+        self.n_ctx = n_ctx or self.hparams.n_ctx_train
         self._cache: Dict[str, np.ndarray] = {}
         hp = self.hparams
         if hp.n_head % hp.n_head_kv:
@@ -304,10 +310,14 @@ class ReferenceModel:
         base = hp.rope_base_swa if is_swa else hp.rope_base
         freq_scale = hp.rope_freq_scale_swa if is_swa else hp.rope_freq_scale
         yarn = 0 if is_swa else hp.yarn_orig_ctx
-        angles = rope_angles(positions, hp.n_rot, base, freq_scale,
-                             self._optional("rope_freqs.weight"), yarn)
-        q = apply_rope(q, angles, hp.n_rot, hp.rope_neox, yarn_mscale(freq_scale, yarn))
-        k = apply_rope(k, angles, hp.n_rot, hp.rope_neox, yarn_mscale(freq_scale, yarn))
+        factors, mscale = self._optional("rope_freqs.weight"), yarn_mscale(freq_scale, yarn)
+        if hp.longrope_orig_ctx:
+            factors = self.weight("rope_factors_long.weight" if self.n_ctx > hp.longrope_orig_ctx
+                                  else "rope_factors_short.weight")
+            mscale = hp.longrope_attn_factor
+        angles = rope_angles(positions, hp.n_rot, base, freq_scale, factors, yarn)
+        q = apply_rope(q, angles, hp.n_rot, hp.rope_neox, mscale)
+        k = apply_rope(k, angles, hp.n_rot, hp.rope_neox, mscale)
         mask = attention_mask(x.shape[0], hp.sliding_window if is_swa else 0)
         out = attention(q, k, v, hp.attn_scale, mask)          # (T, n_head * dv)
         return self._linear(out, f"{p}.attn_output")

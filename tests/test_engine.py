@@ -132,6 +132,19 @@ def test_yarn_rope_scaling_matches_reference(tmp_path_factory, arch):
     assert rel_err(lin, ref) > 1e-2
 
 
+@pytest.mark.parametrize("n_ctx", [16, 64])
+def test_longrope_matches_reference(tmp_path_factory, n_ctx):
+    """phi3 LongRoPE: short factors up to rope.scaling.original_context_length (32), long above,
+    cos / sin times rope.scaling.attn_factor (llama.cpp's choice, measured against it)."""
+    path = tiny_model(tmp_path_factory, "phi3", "F32", longrope=True)
+    e = engine(path, n_ctx=n_ctx)
+    ids = random_ids(e.n_vocab, 14, seed=7)
+    ref = ReferenceModel(path, n_ctx=n_ctx).logits(ids)
+    assert rel_err(e.eval(ids, all_logits=True), ref) <= 1e-3
+    other = ReferenceModel(path, n_ctx=80 - n_ctx).logits(ids)   # the other factor set
+    assert rel_err(other, ref) > 1e-2
+
+
 def test_unsupported_rope_scaling_raises(tmp_path_factory):
     path = tiny_model(tmp_path_factory, "llama", "F32", rope_scale=4.0, rope_scaling="longrope")
     with pytest.raises(ModelError, match=r"rope\.scaling\.type' = 'longrope' is not supported; supported: linear, yarn, none"):
@@ -534,11 +547,14 @@ def llama_cpp_module():
     return llama_cpp
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
-@pytest.mark.parametrize("scaling", [{}, {"rope_scale": 4.0}, {"rope_scale": 4.0, "rope_scaling": "yarn", "rope_orig_ctx": 32}])
+@pytest.mark.parametrize("arch, scaling", [
+    (arch, scaling) for arch in ("llama", "qwen2")
+    for scaling in ({}, {"rope_scale": 4.0}, {"rope_scale": 4.0, "rope_scaling": "yarn", "rope_orig_ctx": 32})
+] + [("phi3", {"longrope": True})])
 def test_rope_scaling_against_llama_cpp(tmp_path_factory, arch, scaling):
     """Tiny F32 models, all logits of 40 tokens vs llama.cpp's (dev oracle): the same RoPE
-    (none, linear, YaRN). Measured 3.2e-4..4.1e-4 relative (f16 KV and llama.cpp's f16 queries)."""
+    (none, linear, YaRN, phi3 LongRoPE with its long factors: llama.cpp pads n_ctx 64 to 256, both
+    above the original 32). Measured 3.2e-4..4.9e-4 relative (f16 KV, llama.cpp's f16 queries)."""
     llama_cpp = llama_cpp_module()
     path = tiny_model(tmp_path_factory, arch, "F32", **scaling)
     ref = llama_cpp.Llama(path, n_ctx=64, n_threads=1, n_batch=64, logits_all=True, verbose=False)

@@ -93,7 +93,7 @@ RopeParams read_rope_scaling(const GGUFFile& f, const Meta& m, float freq_base, 
 }  // namespace
 
 float RopeParams::mscale() const {
-    return ext_factor != 0.0f ? attn_factor * (1.0f + 0.1f * std::log(1.0f / freq_scale)) : 1.0f;
+    return ext_factor != 0.0f ? attn_factor * (1.0f + 0.1f * std::log(1.0f / freq_scale)) : attn_factor;
 }
 
 const char* supported_architectures() { return "llama, qwen2, qwen3, gemma3, phi3"; }
@@ -154,8 +154,13 @@ ModelConfig load_config(const GGUFFile& f) {
     c.logit_softcap = m.f32_opt("final_logit_softcapping").value_or(0.0f);
     LOWBIT_CHECK(c.logit_softcap >= 0.0f, ModelError, f.path(), ": ", m.key("final_logit_softcapping"), " = ",
                  c.logit_softcap, ", expected >= 0");
-    LOWBIT_CHECK(!f.find_tensor("rope_factors_long.weight"), ModelError, f.path(),
-                 ": LongRoPE (tensor 'rope_factors_long.weight') is not supported");
+    if (f.find_tensor("rope_factors_long.weight")) {   // phi3 LongRoPE (llama.cpp: cos/sin times attn_factor)
+        c.rope_global.n_ctx_orig = m.positive_opt("rope.scaling.original_context_length").value_or(c.n_ctx_train);
+        c.rope_global.attn_factor = m.f32_opt("rope.scaling.attn_factor").value_or(1.0f);
+        LOWBIT_CHECK(std::isfinite(c.rope_global.attn_factor) && c.rope_global.attn_factor > 0.0f, ModelError,
+                     f.path(), ": ", m.key("rope.scaling.attn_factor"), " = ", c.rope_global.attn_factor,
+                     ", expected > 0");
+    }
     c.layer_is_swa.assign(size_t(c.n_layers), false);
 
     switch (c.arch) {

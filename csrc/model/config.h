@@ -36,8 +36,9 @@ struct RopeParams {
     // beta_slow rotations over n_ctx_orig; cos and sin scaled by mscale(). ext_factor 0: linear.
     float ext_factor = 0.0f;
     int64_t n_ctx_orig = 0;      // rope.scaling.original_context_length (else context_length)
-    float beta_fast = 32.0f, beta_slow = 1.0f, attn_factor = 1.0f;   // llama.cpp's fixed values
-    float mscale() const;        // attn_factor * (1 + 0.1 ln(1 / freq_scale)) with YaRN, else 1
+    float beta_fast = 32.0f, beta_slow = 1.0f;   // llama.cpp's fixed values
+    float attn_factor = 1.0f;    // 1, or rope.scaling.attn_factor with LongRoPE (phi3)
+    float mscale() const;        // attn_factor * (1 + 0.1 ln(1 / freq_scale)) with YaRN, else attn_factor
 };
 
 struct ModelConfig {

@@ -250,13 +250,16 @@ void norm_rows(const Vec& w, const ModelConfig& c, ForwardState& s, cpu::ThreadP
 
 }  // namespace
 
-std::unique_ptr<Model> Model::load(const std::string& path) {
+std::unique_ptr<Model> Model::load(const std::string& path, int64_t n_ctx) {
     auto m = std::make_unique<Model>();
     m->file = std::make_unique<GGUFFile>(GGUFFile::open(path));
     m->config = load_config(*m->file);
     m->weights = load_weights(*m->file, m->config);
-    m->inv_freq_global = make_inv_freq(m->config, m->config.rope_global, m->weights.rope_freqs);
-    m->inv_freq_swa = make_inv_freq(m->config, m->config.rope_swa, m->weights.rope_freqs);
+    const ModelWeights& w = m->weights;
+    const Vec& factors = w.rope_factors_long.empty() ? w.rope_freqs
+                         : n_ctx > m->config.rope_global.n_ctx_orig ? w.rope_factors_long : w.rope_factors_short;
+    m->inv_freq_global = make_inv_freq(m->config, m->config.rope_global, factors);
+    m->inv_freq_swa = make_inv_freq(m->config, m->config.rope_swa, factors);
     return m;
 }
 

@@ -24,7 +24,9 @@ struct Model {
     std::vector<double> inv_freq_global;   // (n_rot/2,) RoPE angle per position, full-attention layers
     std::vector<double> inv_freq_swa;      // (n_rot/2,) the same for sliding-window layers
 
-    static std::unique_ptr<Model> load(const std::string& path);
+    // n_ctx picks LongRoPE's factors (phi3 rope_factors_long/short, as llama.cpp: long when the
+    // context exceeds rope.scaling.original_context_length).
+    static std::unique_ptr<Model> load(const std::string& path, int64_t n_ctx);
     const std::vector<double>& inv_freq(int64_t il) const {
         return config.layer_is_swa[size_t(il)] ? inv_freq_swa : inv_freq_global;
     }

@@ -166,9 +166,18 @@ ModelWeights load_weights(const GGUFFile& f, const ModelConfig& c) {
     w.tied_output = !w.output.present();
     if (w.tied_output) w.output = w.token_embd;
     w.rope_freqs = ld.vec_opt("rope_freqs.weight", c.n_rot / 2);
-    for (float v : w.rope_freqs)
-        LOWBIT_CHECK(std::isfinite(v) && v > 0.0f, ModelError, f.path(), ": tensor 'rope_freqs.weight' holds ", v,
-                     ", expected positive factors");
+    w.rope_factors_long = ld.vec_opt("rope_factors_long.weight", c.n_rot / 2);
+    w.rope_factors_short = ld.vec_opt("rope_factors_short.weight", c.n_rot / 2);
+    LOWBIT_CHECK(w.rope_factors_long.empty() == w.rope_factors_short.empty(), ModelError, f.path(),
+                 ": LongRoPE needs both 'rope_factors_long.weight' and 'rope_factors_short.weight'");
+    LOWBIT_CHECK(w.rope_factors_long.empty() || w.rope_freqs.empty(), ModelError, f.path(),
+                 ": both 'rope_freqs.weight' and LongRoPE factors");
+    for (const auto& [name, factors] : {std::pair<const char*, const Vec*>{"rope_freqs.weight", &w.rope_freqs},
+                                        {"rope_factors_long.weight", &w.rope_factors_long},
+                                        {"rope_factors_short.weight", &w.rope_factors_short}})
+        for (float v : *factors)
+            LOWBIT_CHECK(std::isfinite(v) && v > 0.0f, ModelError, f.path(), ": tensor '", name, "' holds ", v,
+                         ", expected positive factors");
     w.layers.reserve(size_t(c.n_layers));
     for (int64_t il = 0; il < c.n_layers; ++il) w.layers.push_back(load_layer(ld, c, il));
     for (LayerWeights& l : w.layers) {   // fewer, larger matvecs for decode

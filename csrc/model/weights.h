@@ -49,6 +49,7 @@ struct ModelWeights {
     Matrix output;                // (n_vocab, n_embd); == token_embd when tied
     bool tied_output = false;
     Vec rope_freqs;               // llama3: (n_rot / 2,) frequency divisors, empty when absent
+    Vec rope_factors_long, rope_factors_short;   // phi3 LongRoPE: the same, per context size; or empty
     std::vector<LayerWeights> layers;
     std::map<std::string, uint64_t> bytes_by_type;  // every tensor of the file, by GGML type name
     std::vector<AlignedBuffer<uint8_t>> fused;      // owned storage of the concatenated matrices

@@ -21,7 +21,7 @@ Engine::Engine(const std::string& path, int64_t n_ctx, int n_threads, int64_t n_
                  " must be in [1, ", kMaxThreads, "]");
     LOWBIT_CHECK(n_batch >= 1, ValueError, "n_batch ", n_batch, " must be >= 1");
     const cpu::ActPrecision precision = cpu::parse_act_precision(act_precision);
-    model_ = model::Model::load(path);
+    model_ = model::Model::load(path, n_ctx);
     const model::ModelConfig& c = model_->config;
     const model::KVType kvt = model::parse_kv_type(kv_type, c.head_dim);
     n_ctx_ = n_ctx;

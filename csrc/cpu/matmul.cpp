@@ -172,7 +172,8 @@ ActPrecision parse_act_precision(const std::string& name) {
     if (name == "high") return ActPrecision::Q8X2;
     if (name == "auto") return ActPrecision::Auto;
     throw ValueError(str("act_precision '", name, "' must be 'q8' (8-bit activations, as llama.cpp), 'high' ",
-                         "(two-pass ~16-bit activations) or 'auto' (high for decode, q8 for prefill)"));
+                         "(two-pass ~16-bit activations) or 'auto' (high, except q8 for the prefill of types ",
+                         "without a strip GEMM)"));
 }
 
 const char* act_precision_name(ActPrecision p) {

@@ -774,44 +774,48 @@ LOWBIT_HOT void strip_scatter(const uint8_t (*u)[256], const float (*dw)[kRun], 
     }
 }
 
-// Legacy types: runs of 8 blocks through the panel decoders.
-template <bool kMin, typename Block, typename Decode>
-void strip_decode(int n, const void* w, size_t row_bytes, int nrows, void* strip) {
-    const int nb = n / QK8_0;
+// Decodes a strip in runs of 256 elements (kRun blocks of Block elements; the last run of a legacy
+// row may hold fewer blocks): decode(row bytes, run, count, q, dw, mw) gives each row's run as 4 zmm
+// (natural order) and the scale and min of its `count` blocks; strip_scatter interleaves them.
+template <int Block, int kRun, typename DecodeRun>
+void strip_decode_runs(int n, const void* w, size_t row_bytes, int nrows, void* strip, DecodeRun decode) {
+    static_assert(Block * kRun == 256, "runs of 256 elements");
+    const int nb = n / Block;
     alignas(64) uint8_t u[kStripRows][256] = {};
-    float d[kStripRows][8] = {}, m[kStripRows][8] = {};
-    for (int b = 0; b < nb; b += 8) {
-        const int count = std::min(8, nb - b);
+    float dw[kStripRows][kRun] = {}, mw[kStripRows][kRun] = {};
+    for (int b = 0; b < nb; b += kRun) {
+        const int count = std::min(kRun, nb - b);
         for (int j = 0; j < nrows; ++j) {
-            const auto* x = reinterpret_cast<const Block*>(static_cast<const uint8_t*>(w) + size_t(j) * row_bytes) + b;
             __m512i q[4];
-            Decode{}(x, q, count);
+            decode(static_cast<const uint8_t*>(w) + size_t(j) * row_bytes, b / kRun, count, q, dw[j], mw[j]);
             for (int k = 0; k < 4; ++k) _mm512_store_si512(u[j] + 64 * k, q[k]);
-            for (int i = 0; i < count; ++i) {
-                d[j][i] = h2f(x[i].d);
-                if constexpr (kMin) m[j][i] = h2f(x[i].m);
-            }
         }
-        strip_scatter<QK8_0, 8>(u, d, m, b, count, static_cast<uint8_t*>(strip));
+        strip_scatter<Block, kRun>(u, dw, mw, b, count, static_cast<uint8_t*>(strip));
     }
 }
 
-// k-quants: one super-block per run; `decode(x, q, dw, mw)` gives the 4 zmm of its 256 values
-// (natural order) and the scale and min of each of its QK_K / Block blocks.
+// Legacy types: runs of 8 blocks through the panel decoders.
+template <bool kMin, typename LBlock, typename Decode>
+void strip_decode(int n, const void* w, size_t row_bytes, int nrows, void* strip) {
+    strip_decode_runs<QK8_0, 8>(n, w, row_bytes, nrows, strip,
+                                [](const uint8_t* row, int run, int count, __m512i q[4], float* dw, float* mw) {
+        const auto* x = reinterpret_cast<const LBlock*>(row) + 8 * run;
+        Decode{}(x, q, count);
+        for (int i = 0; i < count; ++i) {
+            dw[i] = h2f(x[i].d);
+            if constexpr (kMin) mw[i] = h2f(x[i].m);
+        }
+    });
+}
+
+// k-quants: one super-block per run; `decode(x, q, dw, mw)` gives its 4 zmm and the scale and min
+// of each of its QK_K / Block blocks.
 template <int Block, typename KBlock, typename Decode>
 void strip_decode_k(int n, const void* w, size_t row_bytes, int nrows, void* strip, Decode decode) {
-    constexpr int kRun = QK_K / Block;
-    alignas(64) uint8_t u[kStripRows][256] = {};
-    float dw[kStripRows][kRun] = {}, mw[kStripRows][kRun] = {};
-    for (int sb = 0; sb < n / QK_K; ++sb) {
-        for (int j = 0; j < nrows; ++j) {
-            const auto& x = reinterpret_cast<const KBlock*>(static_cast<const uint8_t*>(w) + size_t(j) * row_bytes)[sb];
-            __m512i q[4];
-            decode(x, q, dw[j], mw[j]);
-            for (int k = 0; k < 4; ++k) _mm512_store_si512(u[j] + 64 * k, q[k]);
-        }
-        strip_scatter<Block, kRun>(u, dw, mw, sb * kRun, kRun, static_cast<uint8_t*>(strip));
-    }
+    strip_decode_runs<Block, QK_K / Block>(n, w, row_bytes, nrows, strip,
+                                           [&](const uint8_t* row, int run, int, __m512i q[4], float* dw, float* mw) {
+        decode(reinterpret_cast<const KBlock*>(row)[run], q, dw, mw);
+    });
 }
 
 // Q4_K / Q5_K: w = d * sc_s * q - dmin * m_s per sub-block s of 32 (6-bit scales and mins).

@@ -1,7 +1,7 @@
 // dot_avx512.cpp: the AVX-512 (F/BW/VL/DQ/VNNI) kernel set: 512-bit multi-row kernels for
 // every type (one template per type, NR = 1..8 activation rows; the single-row dot is NR = 1, so
-// mat-mat and mat-vec agree bit for bit), plus the legacy types' strip GEMM (kernels.h) that
-// matmul takes for >= 16 activation rows. The 256-bit kernels of dot_x86_256.h (vpdpbusd build)
+// mat-mat and mat-vec agree bit for bit), plus the strip GEMMs (kernels.h; legacy types, Q4_K,
+// Q5_K, Q6_K) that matmul takes for >= 16 x rows. The 256-bit kernels of dot_x86_256.h (vpdpbusd build)
 // serve the activation quantizers; legacy rows end in a masked partial batch (n % 256).
 //
 // Shapes: legacy dots take 8 blocks per batch, two blocks per zmm ([b lo|b hi|b+1 lo|b+1 hi]);

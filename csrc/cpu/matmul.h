@@ -44,7 +44,7 @@ void matvec(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
 
 // y[i][r] = dot(weight row r, x row i).   x: (n, cols) f32 row-major   y: (n, rows) f32 row-major
 // Every y element equals what matvec gives for that x row (same precision), bit for bit, except
-// where the AVX-512 strip GEMM runs (legacy types, n >= 16): there it
+// where the AVX-512 strip GEMM runs (legacy types, Q4_K, Q5_K, Q6_K; n >= 16): there it
 // is within tier 1 of it, and still the same bits for that x row in any call of >= 16 rows.
 void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, const float* x, int64_t n,
             float* y, ThreadPool& pool, ActPrecision precision = ActPrecision::Q8);

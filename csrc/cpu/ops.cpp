@@ -83,14 +83,15 @@ bool use_avx2() {
 
 const HotLoops& hot_loops() {
     static const HotLoops h = [] {
-        HotLoops l = use_avx2()
+        const bool avx2 = use_avx2();
+        HotLoops l = avx2
             ? HotLoops{avx2::dot_f32, avx2::axpy_f32, avx2::f16_to_f32_row, avx2::f32_to_f16_row, avx2::dot_f16,
                        avx2::axpy_f16, avx2::attn_scores_f16, avx2::attn_values_f16, avx2::silu_mul,
                        avx2::gelu_tanh_mul}
             : HotLoops{dot_f32_generic, axpy_f32_generic, f16_to_f32_generic, f32_to_f16_generic, dot_f16_generic,
                        axpy_f16_generic, attn_scores_f16_generic, attn_values_f16_generic, silu_mul_generic,
                        gelu_tanh_mul_generic};
-        if (use_avx2() && cpu_features().has_avx512_level()) {
+        if (avx2 && cpu_features().has_avx512_level()) {
             l.scores16 = avx512::attn_scores_f16;
             l.values16 = avx512::attn_values_f16;
         }

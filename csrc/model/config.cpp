@@ -68,8 +68,9 @@ Arch parse_arch(const GGUFFile& f) {
                          supported_architectures()));
 }
 
-// RoPE scaling from "<arch>.rope.scaling.{type,factor,original_context_length}" (or the older
-// scale_linear): none, linear or yarn.
+// RoPE scaling from "<arch>.rope.scaling.{type,factor,original_context_length,attn_factor}" (or the
+// older scale_linear): none, linear or yarn; and phi3 LongRoPE where the file has
+// rope_factors_long (llama.cpp: cos / sin times attn_factor).
 RopeParams read_rope_scaling(const GGUFFile& f, const Meta& m, float freq_base, int64_t n_ctx_train) {
     RopeParams p;
     p.freq_base = freq_base;
@@ -79,13 +80,19 @@ RopeParams read_rope_scaling(const GGUFFile& f, const Meta& m, float freq_base, 
     if (type && *type != "linear" && *type != "none" && *type != "yarn")
         throw ModelError(str(f.path(), ": metadata '", m.key("rope.scaling.type"), "' = '", printable(*type),
                              "' is not supported; supported: linear, yarn, none"));
-    if ((type && *type == "none") || !factor || *factor == 0.0f) return p;
-    LOWBIT_CHECK(*factor > 0.0f, ModelError, f.path(), ": metadata '", m.key("rope.scaling.factor"), "' = ",
-                 *factor, ", expected > 0");
-    p.freq_scale = 1.0f / *factor;
-    if (type && *type == "yarn") {
-        p.ext_factor = 1.0f;
+    if (!(type && *type == "none") && factor && *factor != 0.0f) {
+        LOWBIT_CHECK(*factor > 0.0f, ModelError, f.path(), ": metadata '", m.key("rope.scaling.factor"), "' = ",
+                     *factor, ", expected > 0");
+        p.freq_scale = 1.0f / *factor;
+        if (type && *type == "yarn") p.ext_factor = 1.0f;
+    }
+    const bool longrope = f.find_tensor("rope_factors_long.weight") != nullptr;
+    if (p.ext_factor != 0.0f || longrope)
         p.n_ctx_orig = m.positive_opt("rope.scaling.original_context_length").value_or(n_ctx_train);
+    if (longrope) {
+        p.attn_factor = m.f32_opt("rope.scaling.attn_factor").value_or(1.0f);
+        LOWBIT_CHECK(std::isfinite(p.attn_factor) && p.attn_factor > 0.0f, ModelError, f.path(), ": ",
+                     m.key("rope.scaling.attn_factor"), " = ", p.attn_factor, ", expected > 0");
     }
     return p;
 }
@@ -154,13 +161,6 @@ ModelConfig load_config(const GGUFFile& f) {
     c.logit_softcap = m.f32_opt("final_logit_softcapping").value_or(0.0f);
     LOWBIT_CHECK(c.logit_softcap >= 0.0f, ModelError, f.path(), ": ", m.key("final_logit_softcapping"), " = ",
                  c.logit_softcap, ", expected >= 0");
-    if (f.find_tensor("rope_factors_long.weight")) {   // phi3 LongRoPE (llama.cpp: cos/sin times attn_factor)
-        c.rope_global.n_ctx_orig = m.positive_opt("rope.scaling.original_context_length").value_or(c.n_ctx_train);
-        c.rope_global.attn_factor = m.f32_opt("rope.scaling.attn_factor").value_or(1.0f);
-        LOWBIT_CHECK(std::isfinite(c.rope_global.attn_factor) && c.rope_global.attn_factor > 0.0f, ModelError,
-                     f.path(), ": ", m.key("rope.scaling.attn_factor"), " = ", c.rope_global.attn_factor,
-                     ", expected > 0");
-    }
     c.layer_is_swa.assign(size_t(c.n_layers), false);
 
     switch (c.arch) {

@@ -132,6 +132,11 @@ struct AttnItem {        // one work item: query head h over tokens [t0, t1) of 
     int64_t h, g, t0, t1;
 };
 
+// The first position batch token t sees (it sees up to pos0 + t): 0, or the window's start.
+int64_t first_key(int64_t pos0, int64_t t, int64_t window) {
+    return window ? std::max<int64_t>(0, pos0 + t - window + 1) : 0;
+}
+
 // f16 cache: rows are read in place by the multi-query kernels of ops.h, once per tile: the tile's
 // queries score every key any of them sees ([lo, hi]); each token's softmax covers its own visible
 // keys and its probability of the others is 0, so they add nothing to its output.
@@ -142,8 +147,7 @@ void attend_f16(const Model& m, int64_t il, const KVCache& cache, ForwardState& 
     const int64_t stride = cache.row_stride() / 2;   // in halves
     const auto* k0 = reinterpret_cast<const uint16_t*>(cache.k_row(il, 0, it.g));   // cell 0 of head g
     const auto* v0 = reinterpret_cast<const uint16_t*>(cache.v_row(il, 0, it.g));
-    auto first_key = [&](int64_t t) { return window ? std::max<int64_t>(0, pos0 + t - window + 1) : 0; };
-    const int64_t lo = first_key(it.t0), hi = pos0 + it.t1 - 1, nq = it.t1 - it.t0;
+    const int64_t lo = first_key(pos0, it.t0, window), hi = pos0 + it.t1 - 1, nq = it.t1 - it.t0;
     const float* q = s.q.data() + it.t0 * Q + it.h * D;
     float* out = s.attn.data() + it.t0 * Q + it.h * D;
     for_cell_runs(lo, hi, n_cells, [&](int64_t p, int64_t cell, int64_t len) {
@@ -151,7 +155,7 @@ void attend_f16(const Model& m, int64_t il, const KVCache& cache, ForwardState& 
     });
     for (int64_t t = it.t0; t < it.t1; ++t) {
         float* row = scores + (t - it.t0) * ld;
-        const int64_t a = first_key(t) - lo, b = pos0 + t - lo;   // this token's keys in the row
+        const int64_t a = first_key(pos0, t, window) - lo, b = pos0 + t - lo;   // this token's keys in the row
         const float inv_sum = float(softmax_numerators(row + a, b - a + 1));
         for (int64_t j = a; j <= b; ++j) row[j] *= inv_sum;
         std::fill(row, row + a, 0.0f);
@@ -168,9 +172,8 @@ void attend_dequantized(const Model& m, int64_t il, const KVCache& cache, Forwar
                         int64_t pos0, int64_t window, float* scores, float* row) {
     const ModelConfig& c = m.config;
     const int64_t D = c.head_dim, Q = c.q_dim();
-    auto first_key = [&](int64_t t) { return window ? std::max<int64_t>(0, pos0 + t - window + 1) : 0; };
-    auto visible = [&](int64_t j, int64_t t) { return j >= first_key(t) && j <= pos0 + t; };
-    const int64_t lo = first_key(it.t0), hi = pos0 + it.t1 - 1;   // keys any token of the tile sees
+    auto visible = [&](int64_t j, int64_t t) { return j >= first_key(pos0, t, window) && j <= pos0 + t; };
+    const int64_t lo = first_key(pos0, it.t0, window), hi = pos0 + it.t1 - 1;   // keys any token of the tile sees
     auto score = [&](int64_t t, int64_t j) -> float& { return scores[(t - it.t0) * s.n_ctx + (j - lo)]; };
     for (int64_t j = lo; j <= hi; ++j) {
         cache.load_row(cache.k_row(il, j, it.g), row);
@@ -178,7 +181,7 @@ void attend_dequantized(const Model& m, int64_t il, const KVCache& cache, Forwar
             if (visible(j, t)) score(t, j) = cpu::dot_f32(s.q.data() + t * Q + it.h * D, row, D) * c.attn_scale;
     }
     for (int64_t t = it.t0; t < it.t1; ++t) {
-        const int64_t a = first_key(t), n_keys = pos0 + t - a + 1;
+        const int64_t a = first_key(pos0, t, window), n_keys = pos0 + t - a + 1;
         float* st = &score(t, a);
         const float inv_sum = float(softmax_numerators(st, n_keys));
         for (int64_t j = 0; j < n_keys; ++j) st[j] *= inv_sum;

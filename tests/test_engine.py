@@ -36,6 +36,7 @@ from lowbit.errors import Cancelled, ModelError  # noqa: E402
 import model_factory as mf  # noqa: E402
 from reference_forward import ReferenceModel, log_softmax  # noqa: E402
 from _models import real_model_path  # noqa: E402
+from _llama_cpp import llama_cpp_or_skip  # noqa: E402
 
 ORACLES = "/work/shared/oracles"
 ARCHS = mf.ARCHITECTURES
@@ -532,21 +533,6 @@ def test_real_model_greedy_teacher_forced(name):
 # so there the full tier-4 bar holds: same top-5 set, log-probs within 0.05, the same 16 greedy
 # tokens. Skips unless LOWBIT_LLAMA_CPP_SITE names a site-packages with llama-cpp-python.
 
-def llama_cpp_module():
-    """llama_cpp from LOWBIT_LLAMA_CPP_SITE (dev oracle), or skip."""
-    site = os.environ.get("LOWBIT_LLAMA_CPP_SITE")
-    if not site:
-        pytest.skip("set LOWBIT_LLAMA_CPP_SITE to a site-packages with llama-cpp-python to run")
-    sys.path.append(site)
-    try:
-        import llama_cpp  # noqa: PLC0415
-    except Exception as exc:  # pragma: no cover - depends on the dev machine
-        pytest.skip(f"llama_cpp not importable from {site}: {exc}")
-    finally:
-        sys.path.remove(site)
-    return llama_cpp
-
-
 @pytest.mark.parametrize("arch, scaling", [
     (arch, scaling) for arch in ("llama", "qwen2")
     for scaling in ({}, {"rope_scale": 4.0}, {"rope_scale": 4.0, "rope_scaling": "yarn", "rope_orig_ctx": 32})
@@ -555,7 +541,7 @@ def test_rope_scaling_against_llama_cpp(tmp_path_factory, arch, scaling):
     """Tiny F32 models, all logits of 40 tokens vs llama.cpp's (dev oracle): the same RoPE
     (none, linear, YaRN, phi3 LongRoPE with its long factors: llama.cpp pads n_ctx 64 to 256, both
     above the original 32). Measured 3.2e-4..4.9e-4 relative (f16 KV, llama.cpp's f16 queries)."""
-    llama_cpp = llama_cpp_module()
+    llama_cpp = llama_cpp_or_skip()
     path = tiny_model(tmp_path_factory, arch, "F32", **scaling)
     ref = llama_cpp.Llama(path, n_ctx=64, n_threads=1, n_batch=64, logits_all=True, verbose=False)
     e = engine(path, n_ctx=64)
@@ -566,7 +552,7 @@ def test_rope_scaling_against_llama_cpp(tmp_path_factory, arch, scaling):
 
 @pytest.mark.parametrize("name", REAL)
 def test_tier4_against_llama_cpp_on_f32_weights(tmp_path, name):
-    llama_cpp = llama_cpp_module()
+    llama_cpp = llama_cpp_or_skip()
     path, d = oracle(name)
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
     from bench_fidelity import write_f32_reference  # noqa: PLC0415

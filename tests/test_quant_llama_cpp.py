@@ -14,14 +14,13 @@ Run with -s to see the per-type fraction of byte-identical blocks.
 from __future__ import annotations
 
 import ctypes
-import os
-import sys
 
 import numpy as np
 import pytest
 import gguf
 
 from lowbit import quant
+from _llama_cpp import llama_cpp_or_skip
 
 # llama_ftype of a "pure" file of each type (llama.h)
 FTYPES = {
@@ -30,19 +29,6 @@ FTYPES = {
 }
 # Fraction of byte-identical blocks required per type (1.0: exact everywhere).
 REQUIRED = {name: 1.0 for name in FTYPES}
-
-
-def _llama_cpp():
-    site = os.environ.get("LOWBIT_LLAMA_CPP_SITE")
-    if not site:
-        pytest.skip("set LOWBIT_LLAMA_CPP_SITE to a site-packages with llama-cpp-python to run")
-    if site not in sys.path:
-        sys.path.append(site)
-    try:
-        import llama_cpp  # noqa: PLC0415
-    except Exception as exc:  # pragma: no cover - depends on the dev machine
-        pytest.skip(f"llama_cpp not importable from {site}: {exc}")
-    return llama_cpp
 
 
 def _weights(rng, rows, cols):
@@ -137,7 +123,7 @@ def identical_block_fraction(llama_cpp, f32_path, weights, qtype, out_path, imat
 
 @pytest.mark.parametrize("qtype", list(FTYPES))
 def test_quantize_bytes_equal_llama_cpp(qtype, f32_model, tmp_path):
-    llama_cpp = _llama_cpp()
+    llama_cpp = llama_cpp_or_skip()
     path, weights = f32_model
     frac, n_blocks = identical_block_fraction(llama_cpp, path, weights, qtype, str(tmp_path / f"{qtype}.gguf"))
     print(f"\n{qtype}: {frac:.6f} of {n_blocks} blocks byte-identical to llama.cpp")
@@ -149,7 +135,7 @@ IMATRIX_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
 
 @pytest.mark.parametrize("qtype", IMATRIX_TYPES)
 def test_imatrix_quantize_bytes_equal_llama_cpp(qtype, f32_model, tmp_path):
-    llama_cpp = _llama_cpp()
+    llama_cpp = llama_cpp_or_skip()
     path, weights = f32_model
     rng = np.random.default_rng(99)
     imatrix = {name: np.exp(1.5 * rng.standard_normal(x.shape[1])).astype(np.float32) for name, x in weights.items()}

@@ -139,10 +139,10 @@ def test_max_new_tokens_is_length():
     assert (g.text, g.finish_reason, g.generated_tokens) == ("abc", "length", 3)
 
 
-def test_context_full_ends_with_length():
+def test_context_full_ends_with_context():
     m = model_for("a" * 50, n_ctx=10)
     g = m.generate("abc", **GREEDY)               # BOS + 3 = 4 prompt tokens
-    assert g.finish_reason == "length" and g.generated_tokens == 7
+    assert g.finish_reason == "context" and g.generated_tokens == 7
     assert m._engine.n_past == 10
 
 

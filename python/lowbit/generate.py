@@ -10,16 +10,25 @@ from __future__ import annotations
 import codecs
 import resource
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import Cancelled
-from .sampling import Sampler, SamplingParams
+from .errors import Cancelled, LowbitError
+from .sampling import Sampler, SamplingParams, check_int
 
-FINISH_REASONS = ("stop", "length", "eos", "cancelled")
+# "stop": a stop string; "length": max_new_tokens; "eos": an end-of-generation token;
+# "cancelled": cancel(), close(), Ctrl+C or an abandoned stream; "context": the KV context
+# filled up (no context_shift).
+FINISH_REASONS = ("stop", "length", "eos", "cancelled", "context")
+# Evals of at least this many tokens on the main thread run in a worker thread, so that
+# Ctrl+C (SIGINT) reaches them at once: the main thread waits interruptibly and cancels the
+# engine (checked between layers) instead of seeing the signal only when the eval returns.
+INTERRUPTIBLE_MIN_TOKENS = 2
+_JOIN_POLL_S = 0.1
 
 
 def peak_rss_bytes() -> int:
@@ -116,10 +125,15 @@ def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class GenerationStream:
-    """Iterates text pieces; ``.result`` holds the final Generation once exhausted."""
+    """Iterates text pieces; ``.result`` holds the final Generation once exhausted.
 
-    def __init__(self, pieces: Iterator[str], record: Generation):
+    ``close()`` (also ``with stream:``, or dropping the last reference) stops the generation
+    at once, from any thread; ``result.finish_reason`` is then "cancelled"."""
+
+    def __init__(self, pieces: Iterator[str], record: Generation,
+                 on_close: Optional[Callable[[], None]] = None):
         self._pieces = pieces
+        self._on_close = on_close
         self.result = record
         self.done = False
 
@@ -133,8 +147,54 @@ class GenerationStream:
             self.done = True
             raise
 
-    def close(self):
-        self._pieces.close()
+    def close(self) -> None:
+        """Cancel the generation; returns without waiting for a step running in another thread
+        (that step stops within one layer and ends the stream)."""
+        if self._on_close is not None:
+            self._on_close()
+        try:
+            self._pieces.close()
+        except ValueError:          # "generator already executing": running in another thread
+            pass
+        if not self.result.finish_reason:
+            self.result.finish_reason = "cancelled"
+
+    def __enter__(self) -> "GenerationStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def eval_interruptibly(engine, ids: np.ndarray, **kwargs):
+    """``engine.eval(ids)``; on the main thread, multi-token evals run in a worker thread so
+    that Ctrl+C cancels them within one layer (then KeyboardInterrupt is re-raised here)."""
+    if len(ids) < INTERRUPTIBLE_MIN_TOKENS or threading.current_thread() is not threading.main_thread():
+        return engine.eval(ids, **kwargs)
+    box: dict = {}
+
+    def work():
+        try:
+            box["out"] = engine.eval(ids, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            box["err"] = exc
+
+    worker = threading.Thread(target=work, name="lowbit-eval", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(_JOIN_POLL_S)
+    except BaseException:            # KeyboardInterrupt, or an exception from a signal handler
+        engine.cancel()
+        while worker.is_alive():     # a second Ctrl+C must not leave the eval running unseen
+            try:
+                worker.join()
+            except KeyboardInterrupt:
+                pass
+        raise
+    if "err" in box:
+        raise box["err"]
+    return box["out"]
 
 
 def run(engine, tokenizer, prompt_ids: List[int], params: SamplingParams, *, max_new_tokens: int,
@@ -145,8 +205,7 @@ def run(engine, tokenizer, prompt_ids: List[int], params: SamplingParams, *, max
 
     ``cached_ids`` is the token sequence currently in the engine's KV cache; it is updated in
     place so the caller can reuse the common prefix next time."""
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    check_int("max_new_tokens", max_new_tokens, minimum=0)
     if not prompt_ids:
         raise ValueError("the prompt is empty (no tokens); pass some text or enable BOS")
     n_ctx = engine.n_ctx
@@ -171,12 +230,14 @@ def run(engine, tokenizer, prompt_ids: List[int], params: SamplingParams, *, max
     record.cached_prompt_tokens = keep
     t0 = time.perf_counter()
     try:
-        logits = engine.eval(np.asarray(prompt_ids[keep:], dtype=np.int32))
-    except (Cancelled, KeyboardInterrupt, GeneratorExit) as e:
-        record.finish_reason = "cancelled"
-        record.peak_memory_bytes = peak_rss_bytes()
+        logits = eval_interruptibly(engine, np.asarray(prompt_ids[keep:], dtype=np.int32))
+    except BaseException as e:
         del cached_ids[:]                    # what the cache holds is unknown: reuse nothing
-        if isinstance(e, Cancelled):
+        stopped = isinstance(e, Cancelled) or (cancelled() and isinstance(e, (ValueError, LowbitError)))
+        if stopped or isinstance(e, (KeyboardInterrupt, GeneratorExit)):
+            record.finish_reason = "cancelled"
+            record.peak_memory_bytes = peak_rss_bytes()
+        if stopped:                          # cancelled, or the engine closed under a cancel
             return
         raise
     cached_ids.extend(prompt_ids[keep:])
@@ -186,7 +247,7 @@ def run(engine, tokenizer, prompt_ids: List[int], params: SamplingParams, *, max
 
     history = list(prompt_ids)
     t1 = time.perf_counter()
-    finish = "length"
+    finish = "length"                         # max_new_tokens reached
     try:
         while record.generated_tokens < max_new_tokens:
             if cancelled():
@@ -209,23 +270,22 @@ def run(engine, tokenizer, prompt_ids: List[int], params: SamplingParams, *, max
             if record.generated_tokens >= max_new_tokens:
                 break
             if engine.n_past >= n_ctx:
-                if not context_shift:
-                    break                     # context full: finish_reason stays "length"
                 n_discard = (engine.n_past - n_keep) // 2
-                if n_discard <= 0:
+                if not context_shift or n_discard <= 0:
+                    finish = "context"        # the KV context is full
                     break
                 engine.shift(n_keep, n_discard)
                 del cached_ids[n_keep:n_keep + n_discard]
                 record.context_shifts += 1
-            try:
-                logits = engine.eval(np.asarray([token], dtype=np.int32))
-            except Cancelled:
-                finish = "cancelled"
-                break
+            logits = engine.eval(np.asarray([token], dtype=np.int32))
             cached_ids.append(token)
     except (GeneratorExit, KeyboardInterrupt):   # abandoned by the consumer, or Ctrl+C
         finish = "cancelled"
         raise
+    except (ValueError, LowbitError) as e:
+        if not (isinstance(e, Cancelled) or cancelled()):
+            raise
+        finish = "cancelled"                  # cancelled, or the engine closed under a cancel
     finally:
         if finish != "stop":
             tail = stops.push(utf8.flush())[0] + stops.flush()

@@ -1,19 +1,22 @@
 """``lowbit.load()`` and ``Model``: tokenize, logits, generate, chat, memory, cancel, close."""
 from __future__ import annotations
 
+import inspect
 import os
 import threading
+import warnings
+import weakref
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from . import registry
-from .chat import default_template, render_chat
+from .chat import BUILTIN_TEMPLATES, default_template, render_chat
 from .errors import Cancelled, CudaError, InsufficientMemory, LowbitError, ModelError
-from .generate import Generation, GenerationStream, peak_rss_bytes, run
+from .generate import Generation, GenerationStream, eval_interruptibly, peak_rss_bytes, run
 from .memory import Hparams, kv_cache_bytes
 from .progress import ProgressFn
-from .sampling import SamplingParams
+from .sampling import SamplingParams, check_int
 
 KV_TYPES = ("f16", "q8_0")
 # Activations of the quantized matmuls: "high" = hi + lo q8 rows (~16-bit, the default),
@@ -129,12 +132,11 @@ def load(path_or_name: Union[str, os.PathLike], *, n_ctx: Optional[int] = None,
         raise ValueError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
     if act_precision not in ACT_PRECISIONS:
         raise ValueError(f"act_precision must be one of {', '.join(ACT_PRECISIONS)}, got {act_precision!r}")
-    if n_batch <= 0:
-        raise ValueError(f"n_batch must be positive, got {n_batch}")
-    if n_threads is not None and n_threads <= 0:
-        raise ValueError(f"n_threads must be positive, got {n_threads}")
-    if n_ctx is not None and n_ctx <= 0:
-        raise ValueError(f"n_ctx must be positive, got {n_ctx}")
+    check_int("n_batch", n_batch, minimum=1)
+    if n_threads is not None:
+        check_int("n_threads", n_threads, minimum=1)
+    if n_ctx is not None:
+        check_int("n_ctx", n_ctx, minimum=1)
     device = _select_device(device)
     pulled = not os.path.exists(os.fspath(path_or_name))
     path = str(registry.resolve(path_or_name, quiet=True,
@@ -149,6 +151,10 @@ def load(path_or_name: Union[str, os.PathLike], *, n_ctx: Optional[int] = None,
     if arch not in supported:
         raise ModelError(f"{path}: unsupported architecture {arch!r}; supported: {', '.join(supported)}")
     tokenizer = Tokenizer.from_metadata(meta)
+    n_ctx_train = Hparams.from_metadata(meta).n_ctx_train
+    if n_ctx and n_ctx_train and n_ctx > n_ctx_train:
+        warnings.warn(f"n_ctx={n_ctx} is larger than the model's training context ({n_ctx_train} tokens); "
+                      f"output may degrade past {n_ctx_train} tokens", UserWarning, stacklevel=2)
     n_ctx = n_ctx or default_n_ctx(meta, kv_type)
     check_memory(meta, weights_bytes, n_ctx, kv_type)
     start = 0.5 if pulled else 0.0
@@ -164,8 +170,53 @@ def load(path_or_name: Union[str, os.PathLike], *, n_ctx: Optional[int] = None,
     return Model(engine, tokenizer, meta, path, device=device)
 
 
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+
+def check_chat_roles(messages: Sequence[Mapping[str, Any]]) -> None:
+    """ValueError naming the message index and role of an unknown role or non-str content."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise TypeError(f"messages must be a list of {{'role': ..., 'content': ...}} dicts, "
+                        f"got {type(messages).__name__}")
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping):
+            raise TypeError(f"messages[{i}] must be a dict, got {type(m).__name__}")
+        role = m.get("role")
+        if role not in CHAT_ROLES:
+            raise ValueError(f"messages[{i}] has role {role!r}; roles are {', '.join(CHAT_ROLES)}")
+        if not isinstance(m.get("content"), str):
+            raise ValueError(f"messages[{i}] (role {role!r}) needs str content, "
+                             f"got {type(m.get('content')).__name__}")
+
+
+class _Claim:
+    """The generation that owns a Model's KV cache: from its first step to its end."""
+
+    def __init__(self):
+        self.thread = threading.get_ident()
+        self.gen = None                  # weakref to the stream's step generator (streams only)
+        self.cancelled = False           # set by this stream's close()
+
+    def abandon(self) -> None:
+        """Close a suspended stream: it ends with finish_reason "cancelled"."""
+        gen = self.gen() if self.gen is not None else None
+        if gen is not None and inspect.getgeneratorstate(gen) != inspect.GEN_RUNNING:
+            try:
+                gen.close()
+            except ValueError:          # started running in another thread meanwhile
+                pass
+
+
 class Model:
-    """A loaded model. One generation at a time (others wait on a lock); the GIL is released
+    """A loaded model: one generation at a time.
+
+    Stream lifecycle: a stream (``stream=True``) owns the model from its first piece until it
+    is exhausted, closed (``stream.close()``, ``with stream:``) or garbage collected; no lock is
+    held while it is suspended between pieces. A new generate/chat/logits call on the thread
+    that last advanced a suspended stream closes that stream first (it ends with
+    finish_reason "cancelled"), like a new call on a llama-cpp-python ``Llama``. Calls from
+    other threads wait until the running generation or stream ends. ``close()`` and
+    ``cancel()`` never wait for a stream: they stop it (from any thread). The GIL is released
     while the core computes, so different Models run in parallel threads."""
 
     def __init__(self, engine, tokenizer, metadata: Mapping, path: str, device: str = "cpu"):
@@ -175,11 +226,13 @@ class Model:
         self.path = path
         self.device = device
         self.architecture = self.metadata.get("general.architecture", "")
-        self._lock = threading.Lock()
+        self._cond = threading.Condition(threading.RLock())   # guards _active, one step at a time
+        self._active: Optional[_Claim] = None
         self._cancel = threading.Event()
         self._cached_ids: List[int] = []      # what the engine's KV cache holds
         self._closed = False
         self._template: Optional[str] = None
+        self._warned_template = False
         self.last: Optional[Generation] = None
 
     # ---- basics ---------------------------------------------------------------------------
@@ -189,10 +242,12 @@ class Model:
 
     @property
     def n_ctx(self) -> int:
+        self._check_open()
         return self._engine.n_ctx
 
     @property
     def n_vocab(self) -> int:
+        self._check_open()
         return self._engine.n_vocab
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> List[int]:
@@ -207,12 +262,72 @@ class Model:
         arr = np.asarray(list(ids), dtype=np.int32)
         if arr.size == 0:
             raise ValueError("logits() needs at least one token")
-        with self._lock:
-            self._engine.truncate(0)
-            self._cached_ids = []
-            out = self._engine.eval(arr, all_logits=True)
-            self._cached_ids = arr.tolist()
-            return out
+        with self._cond:
+            claim = self._claim(_Claim())
+            try:
+                self._engine.truncate(0)
+                del self._cached_ids[:]       # in place: a stream made earlier shares the list
+                out = eval_interruptibly(self._engine, arr, all_logits=True)
+                self._cached_ids.extend(arr.tolist())
+                return out
+            finally:
+                self._release(claim)
+
+    # ---- ownership of the KV cache ----------------------------------------------------------
+    def _claim(self, claim: _Claim) -> _Claim:
+        """Make ``claim`` the active generation (called with the lock held): wait for another
+        thread's generation; close a stream suspended on this thread (it cannot advance while
+        this thread waits)."""
+        while True:
+            self._check_open()
+            active = self._active
+            if active is None:
+                self._active = claim
+                self._cancel.clear()
+                self._engine.reset_cancel()
+                return claim
+            if active.thread == threading.get_ident():
+                active.abandon()
+                if self._active is active:      # its generator was gone or running: drop it
+                    self._active = None
+                continue
+            self._cond.wait()
+
+    def _release(self, claim: _Claim) -> None:
+        with self._cond:
+            if self._active is claim:
+                self._active = None
+                self._cond.notify_all()
+
+    def _steps(self, inner, record: Generation, claim: _Claim):
+        """The pieces of ``inner``, each computed with the lock held; none held between them."""
+        started = False
+        try:
+            while True:
+                with self._cond:
+                    if not started:
+                        self._claim(claim)
+                        started = True
+                    elif self._closed or self._active is not claim:
+                        break
+                    claim.thread = threading.get_ident()
+                    try:
+                        piece = next(inner)
+                    except StopIteration:
+                        break
+                yield piece
+        finally:
+            inner.close()                  # suspended inside run(): finish_reason "cancelled"
+            if not record.finish_reason:
+                record.finish_reason = "cancelled"
+            self._release(claim)
+            self.last = record
+
+    def _stop_stream(self, claim: _Claim) -> None:
+        """A stream's close(): a step running in another thread stops within one layer."""
+        claim.cancelled = True
+        if self._active is claim and not self._closed:
+            self._engine.cancel()
 
     # ---- generation -----------------------------------------------------------------------
     def _params(self, temperature, top_k, top_p, min_p, repetition_penalty, repeat_last_n, seed):
@@ -224,28 +339,27 @@ class Model:
                       stop: Sequence[str], params: SamplingParams, context_shift: bool,
                       n_keep: Optional[int]):
         self._check_open()
+        check_int("max_new_tokens", max_new_tokens, minimum=0)
+        if n_keep is not None:
+            check_int("n_keep", n_keep, minimum=0)
         record = Generation()
         stop_ids = sorted(self.tokenizer.eot_ids)
         keep = len(prompt_ids) if n_keep is None else n_keep
         keep = max(0, min(keep, self.n_ctx // 2))
-
-        def pieces():
-            with self._lock:
-                self._cancel.clear()
-                self._engine.reset_cancel()
-                try:
-                    yield from run(self._engine, self.tokenizer, prompt_ids, params,
-                                   max_new_tokens=max_new_tokens, stop=stop, stop_ids=stop_ids,
-                                   cached_ids=self._cached_ids, record=record,
-                                   context_shift=context_shift, n_keep=keep,
-                                   cancelled=self._cancel.is_set)
-                finally:
-                    self.last = record
-
+        claim = _Claim()
+        inner = run(self._engine, self.tokenizer, prompt_ids, params,
+                    max_new_tokens=max_new_tokens, stop=stop, stop_ids=stop_ids,
+                    cached_ids=self._cached_ids, record=record, context_shift=context_shift,
+                    n_keep=keep, cancelled=lambda: claim.cancelled or self._cancel.is_set())
+        steps = self._steps(inner, record, claim)
+        claim.gen = weakref.ref(steps)
         if stream:
-            return GenerationStream(pieces(), record)
-        for _ in pieces():
-            pass
+            return GenerationStream(steps, record, on_close=lambda: self._stop_stream(claim))
+        try:
+            for _ in steps:
+                pass
+        finally:
+            steps.close()
         return record
 
     def generate(self, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.8,
@@ -253,8 +367,14 @@ class Model:
                  repetition_penalty: float = 1.0, repeat_last_n: int = 64, stop: Sequence[str] = (),
                  seed: Optional[int] = None, stream: bool = False, parse_special: bool = False,
                  context_shift: bool = False, n_keep: Optional[int] = None):
-        """Continue ``prompt``. Returns a Generation, or with ``stream=True`` an iterator of
-        text pieces whose ``.result`` is the Generation once exhausted."""
+        """Continue ``prompt``. Returns a Generation, or with ``stream=True`` a GenerationStream
+        of text pieces whose ``.result`` is the Generation once exhausted (see the class
+        docstring for its lifecycle).
+
+        ``finish_reason``: "stop" (a stop string), "eos" (an end-of-generation token),
+        "length" (max_new_tokens), "context" (the context is full and context_shift is off),
+        "cancelled". ``seed``: None or -1 = random, an int >= 0 = reproducible."""
+        self._check_open()
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be str, got {type(prompt).__name__}")
         params = self._params(temperature, top_k, top_p, min_p, repetition_penalty, repeat_last_n, seed)
@@ -274,6 +394,16 @@ class Model:
                 self.architecture, lambda piece: piece in tokens)
         return self._template
 
+    def _warn_builtin_template(self) -> None:
+        """Once per Model: the GGUF has no chat template, name the built-in one used."""
+        if self.tokenizer.chat_template or self._warned_template:
+            return
+        self._warned_template = True
+        template = self.chat_template()
+        name = next((k for k, v in BUILTIN_TEMPLATES.items() if v == template), "built-in")
+        warnings.warn(f"{os.path.basename(self.path)} has no chat template (tokenizer.chat_template); "
+                      f"using the built-in {name!r} template", UserWarning, stacklevel=3)
+
     def render_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
         return render_chat(self.chat_template(), messages, add_generation_prompt=add_generation_prompt,
                            bos_token=self._piece(self.tokenizer.bos_id),
@@ -292,7 +422,11 @@ class Model:
              repetition_penalty: float = 1.0, repeat_last_n: int = 64, stop: Sequence[str] = (),
              seed: Optional[int] = None, stream: bool = False, context_shift: bool = False):
         """Reply to a conversation rendered with the model's chat template; stops at the
-        model's end-of-turn tokens."""
+        model's end-of-turn tokens. Roles: system, user, assistant, tool; content: str.
+        Returns like generate()."""
+        self._check_open()
+        check_chat_roles(messages)
+        self._warn_builtin_template()
         params = self._params(temperature, top_k, top_p, min_p, repetition_penalty, repeat_last_n, seed)
         ids = self.chat_ids(messages)
         return self._generate_ids(ids, stream=stream, max_new_tokens=max_new_tokens, stop=stop,
@@ -300,7 +434,9 @@ class Model:
 
     # ---- control --------------------------------------------------------------------------
     def cancel(self) -> None:
-        """Stop the running generation (from any thread) within one decode step."""
+        """Stop the running generation or open stream (from any thread) within one decode
+        step, or one layer of a prefill; it ends with finish_reason "cancelled". A no-op on a
+        closed Model."""
         self._cancel.set()
         if not self._closed:
             self._engine.cancel()
@@ -318,12 +454,22 @@ class Model:
         return report
 
     def close(self) -> None:
+        """Free the engine. A running generation (any thread) is cancelled, not waited for to
+        the end; an open stream ends with finish_reason "cancelled". Afterwards every member
+        that needs the engine raises LowbitError("this Model is closed"). Idempotent."""
         if self._closed:
             return
         self.cancel()
-        with self._lock:
-            self._engine.close()
+        with self._cond:                   # a running step stops within one layer
+            if self._closed:
+                return
             self._closed = True
+            active = self._active
+            if active is not None:
+                active.cancelled = True
+                active.abandon()           # a suspended stream, whichever thread it is on
+            self._engine.close()
+            self._cond.notify_all()        # waiting callers see the Model closed
 
     def __enter__(self) -> "Model":
         return self

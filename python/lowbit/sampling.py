@@ -14,28 +14,52 @@ import numpy as np
 NEG_INF = -np.inf
 
 
+def check_int(name: str, value, *, minimum: Optional[int] = None) -> int:
+    """``value`` as an int, else TypeError (bool, float, str...) or ValueError (< minimum),
+    naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_number(name: str, value) -> float:
+    """``value`` as a finite float, else TypeError (bool, str, None...) or ValueError (nan, inf)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+RANDOM_SEED = -1   # as llama.cpp's --seed -1: a fresh random seed for each generation
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 0.8
+    temperature: float = 0.8      # <= 0 = greedy
     top_k: int = 40               # 0 = off
     top_p: float = 0.95           # 1.0 = off
     min_p: float = 0.05           # 0.0 = off
     repetition_penalty: float = 1.0   # 1.0 = off
     repeat_last_n: int = 64       # window of recent tokens the penalty looks at (-1 = all)
-    seed: Optional[int] = None
+    seed: Optional[int] = None    # None or -1 = random; an int >= 0 = reproducible draws
 
     def validate(self) -> "SamplingParams":
-        checks = [
-            (np.isfinite(self.temperature), "temperature must be a finite number"),
-            (self.top_k >= 0, "top_k must be >= 0 (0 disables it)"),
-            (0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
-            (0.0 <= self.min_p <= 1.0, "min_p must be in [0, 1]"),
-            (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
-            (self.repeat_last_n >= -1, "repeat_last_n must be >= -1"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(f"{msg}, got {self!r}")
+        """Return self, or raise TypeError/ValueError naming only the bad field and its value,
+        e.g. "top_p must be in (0, 1], got 2.0"."""
+        check_number("temperature", self.temperature)
+        check_int("top_k", self.top_k, minimum=0)
+        ranges = (("top_p", "(0, 1]", lambda v: 0.0 < v <= 1.0), ("min_p", "[0, 1]", lambda v: 0.0 <= v <= 1.0),
+                  ("repetition_penalty", "(0, inf)", lambda v: v > 0.0))
+        for name, interval, ok in ranges:
+            value = getattr(self, name)
+            if not ok(check_number(name, value)):
+                raise ValueError(f"{name} must be in {interval}, got {value!r}")
+        check_int("repeat_last_n", self.repeat_last_n, minimum=-1)
+        if self.seed is not None:
+            check_int("seed", self.seed, minimum=RANDOM_SEED)
         return self
 
     def with_(self, **changes) -> "SamplingParams":
@@ -119,7 +143,7 @@ class Sampler:
 
     def __init__(self, params: SamplingParams):
         self.params = params.validate()
-        self.rng = np.random.default_rng(params.seed)
+        self.rng = np.random.default_rng(None if params.seed == RANDOM_SEED else params.seed)
 
     def filtered_logits(self, logits, history: Sequence[int] = ()) -> np.ndarray:
         p = self.params

@@ -172,23 +172,26 @@ def eval_interruptibly(engine, ids: np.ndarray, **kwargs):
     if len(ids) < INTERRUPTIBLE_MIN_TOKENS or threading.current_thread() is not threading.main_thread():
         return engine.eval(ids, **kwargs)
     box: dict = {}
+    finished = threading.Event()     # not Thread.join: on 3.11 a Ctrl+C inside join() can mark
+                                     # a still-running thread as stopped (bpo-45274's fix)
 
     def work():
         try:
             box["out"] = engine.eval(ids, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
             box["err"] = exc
+        finally:
+            finished.set()
 
-    worker = threading.Thread(target=work, name="lowbit-eval", daemon=True)
-    worker.start()
+    threading.Thread(target=work, name="lowbit-eval", daemon=True).start()
     try:
-        while worker.is_alive():
-            worker.join(_JOIN_POLL_S)
+        while not finished.wait(_JOIN_POLL_S):
+            pass
     except BaseException:            # KeyboardInterrupt, or an exception from a signal handler
         engine.cancel()
-        while worker.is_alive():     # a second Ctrl+C must not leave the eval running unseen
+        while not finished.is_set():  # a second Ctrl+C must not leave the eval running unseen
             try:
-                worker.join()
+                finished.wait()
             except KeyboardInterrupt:
                 pass
         raise

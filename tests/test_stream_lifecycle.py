@@ -208,7 +208,7 @@ print("FINISHED", flush=True)
 def test_ctrl_c_stops_a_long_prefill_at_once(tmp_path, which):
     """SIGINT during a prefill that takes many seconds ends it within about a second."""
     if which == "tiny":   # wider than the default tiny model so that its prefill takes seconds
-        path = mf.write_default_model(tmp_path / "wide.gguf", "llama", n_ctx=4096, n_layer=4, n_embd=512,
+        path = mf.write_default_model(tmp_path / "wide.gguf", "llama", "F16", n_ctx=4096, n_layer=8, n_embd=512,
                                       n_head=8, head_dim=64, n_head_kv=4, n_ff=2048)
         n_tokens = 4000
     else:

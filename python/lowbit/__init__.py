@@ -13,7 +13,8 @@ from .errors import (
 )
 from .gguf_file import GGUFFile, GGUFTensorInfo
 from . import quant, registry
-from .generate import Generation
+from .generate import FINISH_REASONS, Generation, GenerationStream
+from .llama import Llama
 from .model import Model, load
 from .sampling import SamplingParams
 from .tokenizer import Tokenizer
@@ -38,6 +39,6 @@ def cuda_status() -> dict:
 
 __all__ = [
     "Cancelled", "CudaError", "GGUFError", "GGUFFile", "GGUFTensorInfo", "LowbitError", "ModelError",
-    "Generation", "Model", "RegistryError", "SamplingParams", "TemplateError", "Tokenizer", "cpu_features", "cuda_status",
+    "FINISH_REASONS", "Generation", "GenerationStream", "Llama", "Model", "RegistryError", "SamplingParams", "TemplateError", "Tokenizer", "cpu_features", "cuda_status",
     "load", "quant", "quantize", "QuantizeError", "registry", "__version__",
 ]

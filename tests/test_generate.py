@@ -240,3 +240,96 @@ def test_peak_rss_is_this_process_not_the_parent():
                          capture_output=True, text=True, check=True)
     assert int(out.stdout) < 300 << 20, int(out.stdout)
     del ballast
+
+
+# ---- argument checks, closed models, warnings (real engine on a tiny synthetic model) ---------
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    import os
+    import sys
+    sys.path.insert(0, os.path.dirname(__file__))
+    import model_factory as mf
+    return mf.write_default_model(tmp_path_factory.mktemp("m") / "tiny.gguf", "llama")   # trained n_ctx 256
+
+
+@pytest.mark.parametrize("kw,err,match", [
+    (dict(max_new_tokens=2.5), TypeError, "max_new_tokens must be an integer, got 2.5"),
+    (dict(max_new_tokens=True), TypeError, "max_new_tokens"),
+    (dict(max_new_tokens="3"), TypeError, "max_new_tokens"),
+    (dict(seed=-2), ValueError, "seed must be >= -1, got -2"),
+    (dict(seed=1.5), TypeError, "seed"),
+    (dict(top_k=2.0), TypeError, "top_k"),
+    (dict(temperature="hot"), TypeError, "temperature"),
+    (dict(n_keep=-1), ValueError, "n_keep"),
+])
+def test_bad_generation_arguments_name_the_argument(kw, err, match):
+    with pytest.raises(err, match=match):
+        model_for("ab").generate("x", **kw)
+
+
+def test_seed_minus_one_means_random():
+    import lowbit.sampling as s
+    logits = np.zeros(1000)
+    draws = {s.Sampler(s.SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=-1)).sample(logits)
+             for _ in range(20)}
+    fixed = {s.Sampler(s.SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=5)).sample(logits)
+             for _ in range(20)}
+    assert len(draws) > 1 and len(fixed) == 1
+
+
+@pytest.mark.parametrize("kw,err", [(dict(n_ctx=64.5), TypeError), (dict(n_ctx=True), TypeError),
+                                    (dict(n_ctx="64"), TypeError), (dict(n_ctx=0), ValueError),
+                                    (dict(n_threads=1.5), TypeError), (dict(n_batch=False), TypeError)])
+def test_bad_load_arguments_name_the_argument(tiny_path, kw, err):
+    import lowbit
+    with pytest.raises(err, match=next(iter(kw))):
+        lowbit.load(tiny_path, **kw)
+
+
+def test_every_member_of_a_closed_model_raises_the_same_error(tiny_path):
+    import lowbit
+    m = lowbit.load(tiny_path, n_ctx=64, n_threads=1)
+    m.close()
+    m.close()                                   # idempotent
+    m.cancel()                                  # a no-op once closed
+    calls = {"n_ctx": lambda: m.n_ctx, "n_vocab": lambda: m.n_vocab, "logits": lambda: m.logits([1, 2]),
+             "generate": lambda: m.generate("hi"), "generate stream": lambda: m.generate("hi", stream=True),
+             "chat": lambda: m.chat([{"role": "user", "content": "hi"}]), "memory": m.memory}
+    for name, call in calls.items():
+        with pytest.raises(lowbit.LowbitError, match="^this Model is closed$"):
+            call()
+    assert "closed" in repr(m)
+    assert m.detokenize(m.tokenize("hello world", add_special=False)) == "hello world"   # no engine needed
+
+
+def test_n_ctx_beyond_training_warns(tiny_path):
+    import warnings
+    import lowbit
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        lowbit.load(tiny_path, n_ctx=512, n_threads=1).close()
+        lowbit.load(tiny_path, n_ctx=256, n_threads=1).close()
+    msgs = [str(w.message) for w in seen if issubclass(w.category, UserWarning)]
+    assert len(msgs) == 1 and "n_ctx=512" in msgs[0] and "256" in msgs[0] and "\n" not in msgs[0]
+
+
+@pytest.mark.parametrize("messages,match", [
+    ([{"role": "user", "content": "hi"}, {"role": "robot", "content": "x"}], r"messages\[1\] has role 'robot'"),
+    ([{"role": "user", "content": None}], r"messages\[0\] \(role 'user'\) needs str content"),
+    ([{"content": "hi"}], r"messages\[0\] has role None"),
+])
+def test_bad_chat_messages_name_index_and_role(messages, match):
+    with pytest.raises(ValueError, match=match):
+        model_for("ab").chat(messages)
+
+
+def test_missing_chat_template_warns_once_per_model(tiny_path):
+    import warnings
+    import lowbit
+    with lowbit.load(tiny_path, n_ctx=64, n_threads=1) as m, warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            m.chat([{"role": "user", "content": "hi"}], max_new_tokens=2)
+    msgs = [str(w.message) for w in seen if issubclass(w.category, UserWarning)]
+    assert len(msgs) == 1 and "no chat template" in msgs[0] and "'chatml'" in msgs[0]

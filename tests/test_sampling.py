@@ -93,6 +93,25 @@ def test_bad_params(bad):
         SamplingParams(**bad).validate()
 
 
+@pytest.mark.parametrize("bad,message", [
+    (dict(top_p=2.0), "top_p must be in (0, 1], got 2.0"), (dict(min_p=-0.5), "min_p must be in [0, 1], got -0.5"),
+    (dict(top_k=-1), "top_k must be >= 0, got -1"), (dict(repeat_last_n=-2), "repeat_last_n must be >= -1, got -2"),
+    (dict(repetition_penalty=0), "repetition_penalty must be in (0, inf), got 0"),
+    (dict(temperature=float("inf")), "temperature must be a finite number, got inf"),
+    (dict(seed=-3), "seed must be >= -1, got -3")])
+def test_bad_params_message_names_only_the_field(bad, message):
+    with pytest.raises(ValueError) as info:
+        SamplingParams(**bad).validate()
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("bad", [dict(top_k=2.5), dict(top_p="0.9"), dict(seed=True), dict(temperature=None),
+                                 dict(repeat_last_n=1.0)])
+def test_wrong_types_are_type_errors(bad):
+    with pytest.raises(TypeError, match=next(iter(bad))):
+        SamplingParams(**bad).validate()
+
+
 def test_bad_logits():
     with pytest.raises(ValueError, match="1-D"):
         softmax(np.zeros((2, 2)))

@@ -152,11 +152,12 @@ def load(path_or_name: Union[str, os.PathLike], *, n_ctx: Optional[int] = None,
         raise ModelError(f"{path}: unsupported architecture {arch!r}; supported: {', '.join(supported)}")
     tokenizer = Tokenizer.from_metadata(meta)
     n_ctx_train = Hparams.from_metadata(meta).n_ctx_train
-    if n_ctx and n_ctx_train and n_ctx > n_ctx_train:
-        warnings.warn(f"n_ctx={n_ctx} is larger than the model's training context ({n_ctx_train} tokens); "
-                      f"output may degrade past {n_ctx_train} tokens", UserWarning, stacklevel=2)
+    asked = n_ctx
     n_ctx = n_ctx or default_n_ctx(meta, kv_type)
     check_memory(meta, weights_bytes, n_ctx, kv_type)
+    if asked and n_ctx_train and asked > n_ctx_train:      # as llama.cpp: allowed, with a warning
+        warnings.warn(f"n_ctx={asked} is larger than the model's training context ({n_ctx_train} tokens); "
+                      f"output may degrade past {n_ctx_train} tokens", UserWarning, stacklevel=2)
     start = 0.5 if pulled else 0.0
     _prefault(path, progress, start, (1.0 - start) * 0.9)
     if n_threads is None:

@@ -49,7 +49,8 @@ def command(child, line, pattern):
 
 
 def test_repl_session(model_path, env, tmp_path):
-    child = spawn_chat(model_path, env, "-n", "24")
+    # no repetition penalty: turn 2 asks the model to repeat a word of turn 1
+    child = spawn_chat(model_path, env, "-n", "24", "--repeat-penalty", "1.0")
     assert "smollm2-135m-instruct.gguf" in child.before and "kernels" in child.before
     # turn 1
     child.sendline("What is the capital of France? Answer in one word.")

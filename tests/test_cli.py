@@ -189,3 +189,33 @@ def test_quantize_takes_a_registry_name(cached_env, tmp_path):
     r = run_cli(cached_env, "quantize", MODEL, str(out), "--type", "F16", "-q", "-t", "2", timeout=600)
     assert r.returncode == 0, r.stderr
     assert out.stat().st_size > 100e6
+
+
+# ---- the README's examples (the full run: python bench/run_readme_examples.py) ---------------
+
+def test_readme_python_block_and_cheap_commands_run_as_written(model_path, tmp_path):
+    import importlib.util
+    from lowbit import registry
+    if registry.cached_path(MODEL) is None:
+        pytest.skip(f"{MODEL} is not in the lowbit cache (the README examples name it)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("run_readme_examples",
+                                                  os.path.join(root, "bench", "run_readme_examples.py"))
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
+        found = runner.examples(f.read())
+    chosen = [(k, c) for k, c in found if k == "python" or c.startswith("lowbit list")
+              or c.startswith("echo ")]
+    assert len(chosen) == 3, chosen
+    env = runner.workspace(tmp_path)
+    for kind, code in chosen:
+        status, _, detail = runner.run_one(kind, code, tmp_path, env, timeout=HANG_GUARD)
+        assert status == "pass", (code, status, detail)
+
+
+def test_chat_reads_a_piped_conversation(model_path, env):
+    r = run_cli(env, "chat", model_path, "-n", "8", "-t", "2", "--ctx", "1024",
+                input="Say hello.\n/show\n/bye\n")
+    assert r.returncode == 0, r.stderr
+    assert "parameters" in r.stdout and "Traceback" not in r.stderr

@@ -55,9 +55,13 @@ def keys_silenced(stream) -> Iterator[None]:
     discarded afterwards. Does nothing when ``stream`` is not a terminal."""
     try:
         import termios
+    except ImportError:                  # not a POSIX terminal API (Windows)
+        yield
+        return
+    try:
         fd = stream.fileno()
         saved = termios.tcgetattr(fd)
-    except (ImportError, OSError, ValueError, AttributeError):
+    except (termios.error, OSError, ValueError, AttributeError):   # not a terminal (a pipe, a file)
         yield
         return
     quiet = list(saved)

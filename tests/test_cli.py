@@ -48,9 +48,22 @@ def _default_sigint():
     signal.signal(signal.SIGINT, signal.SIG_DFL)   # a parent that ignores SIGINT would pass that on
 
 
-def spawn(env, *args, **kw):
-    return subprocess.Popen(lowbit(*args), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, preexec_fn=_default_sigint, **kw)
+@pytest.fixture
+def procs():
+    """Popen objects to kill at the end of the test (a hang guard that fired leaves one running)."""
+    started = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def spawn(procs, env, *args, stdin=subprocess.DEVNULL):
+    p = subprocess.Popen(lowbit(*args), env=env, stdin=stdin, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, preexec_fn=_default_sigint)
+    procs.append(p)
+    return p
 
 
 def one_line_error(r, *needles):
@@ -62,16 +75,16 @@ def one_line_error(r, *needles):
 
 # ---- closed pipes --------------------------------------------------------------------------
 
-def test_list_into_a_closed_pipe_is_quiet(env):
-    p = spawn(env, "list", "--json")
+def test_list_into_a_closed_pipe_is_quiet(env, procs):
+    p = spawn(procs, env, "list", "--json")
     p.stdout.close()                             # the reader is gone before lowbit writes
     err = p.stderr.read().decode()
     assert p.wait(timeout=HANG_GUARD) == 0
     assert "Traceback" not in err and "BrokenPipe" not in err and err == ""
 
 
-def test_run_into_a_closed_pipe_stops_the_generation(model_path, env):
-    p = spawn(env, "run", model_path, "Write a long essay about Rome", "-n", "2000", "-q", "-t", "2",
+def test_run_into_a_closed_pipe_stops_the_generation(model_path, env, procs):
+    p = spawn(procs, env, "run", model_path, "Write a long essay about Rome", "-n", "2000", "-q", "-t", "2",
               "--ctx", "4096")
     head = p.stdout.read(40)                     # as `| head -c 40`
     p.stdout.close()
@@ -85,8 +98,8 @@ def test_run_into_a_closed_pipe_stops_the_generation(model_path, env):
 
 # ---- exit status ---------------------------------------------------------------------------
 
-def test_ctrl_c_during_run_exits_130(model_path, env):
-    p = spawn(env, "run", model_path, "Write a long essay about Rome", "-n", "2000", "-q", "-t", "2",
+def test_ctrl_c_during_run_exits_130(model_path, env, procs):
+    p = spawn(procs, env, "run", model_path, "Write a long essay about Rome", "-n", "2000", "-q", "-t", "2",
               "--ctx", "4096")
     assert p.stdout.read(20)                     # generating
     p.send_signal(signal.SIGINT)
@@ -96,8 +109,8 @@ def test_ctrl_c_during_run_exits_130(model_path, env):
     assert "interrupted" in err and "Traceback" not in err
 
 
-def test_ctrl_c_during_bench_exits_130(model_path, env):
-    p = spawn(env, "bench", model_path, "-p", "256", "-n", "256", "-r", "50", "-t", "1")
+def test_ctrl_c_during_bench_exits_130(model_path, env, procs):
+    p = spawn(procs, env, "bench", model_path, "-p", "256", "-n", "256", "-r", "50", "-t", "1")
     p.stderr.readline()                          # the first progress line: the benchmark runs
     p.send_signal(signal.SIGINT)
     rc = p.wait(timeout=HANG_GUARD)
@@ -219,3 +232,14 @@ def test_chat_reads_a_piped_conversation(model_path, env):
                 input="Say hello.\n/show\n/bye\n")
     assert r.returncode == 0, r.stderr
     assert "parameters" in r.stdout and "Traceback" not in r.stderr
+
+
+def test_chat_into_a_closed_pipe_exits(model_path, env, procs):
+    p = spawn(procs, env, "chat", model_path, "-n", "2000", "-t", "2", "--ctx", "4096", stdin=subprocess.PIPE)
+    p.stdin.write(b"Write a very long story about a dragon.\n")
+    p.stdin.flush()
+    assert p.stdout.read(200)                    # the banner and the reply streaming
+    p.stdout.close()
+    rc = p.wait(timeout=HANG_GUARD)              # a reply left holding the model's lock hung here
+    err = p.stderr.read().decode()
+    assert rc == 0 and "Traceback" not in err, (rc, err)

@@ -283,18 +283,21 @@ class ChatSession:
                      f"use /clear to start over{'' if self.context_shift else ', or restart with --context-shift'})")
             return
         stream = None
-        interrupted = False
+        interrupted = completed = False
         try:
             with keys_silenced(self.keys):
                 stream = self.model.chat(self.conversation(), stream=True, context_shift=self.context_shift, **kw)
                 for piece in stream:
                     self.out.write(piece)
                     self.out.flush()
+            completed = True
         except KeyboardInterrupt:         # Ctrl+C at any point of the turn, prefill included
             interrupted = True
-            self.model.cancel()
-            if stream is not None:
-                stream.close()
+        finally:                          # also a closed stdout: free the model before going on
+            if not completed:
+                self.model.cancel()
+                if stream is not None:
+                    stream.close()
         if stream is None:
             self.messages.pop()
             self.say(" [interrupted]")

@@ -32,6 +32,8 @@ def env(tmp_path):
 @pytest.fixture
 def cached_env(model_path):
     """LOWBIT_HOME whose models/ holds the real model, so registry names resolve offline."""
+    if os.path.basename(os.path.dirname(model_path)) != "models" or not model_path.endswith(f"{MODEL}.gguf"):
+        pytest.skip(f"{MODEL} is not in a lowbit cache folder")
     return dict(os.environ, LOWBIT_HOME=os.path.dirname(os.path.dirname(model_path)), PYTHONUNBUFFERED="1")
 
 

@@ -411,7 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("run", help="generate text from a prompt (streams to stdout)",
                         usage="lowbit run [options] [MODEL] [PROMPT]",
                         description=RUN_ARGS_HELP)
-    sp.add_argument("words", nargs="*", metavar="[MODEL] [PROMPT]", help=RUN_ARGS_HELP)
+    sp.add_argument("words", nargs="*", metavar="[MODEL] [PROMPT]",
+                    help="optional model and prompt, by the rule above")
     sp.add_argument("--raw", action="store_true", help="continue the prompt as is, without the chat template")
     sp.add_argument("--stop", action="append", help="stop string (repeatable)")
     sp.add_argument("--json", action="store_true", help="print the full Generation record as JSON")

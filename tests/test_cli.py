@@ -245,3 +245,11 @@ def test_chat_into_a_closed_pipe_exits(model_path, env, procs):
     rc = p.wait(timeout=HANG_GUARD)              # a reply left holding the model's lock hung here
     err = p.stderr.read().decode()
     assert rc == 0 and "Traceback" not in err, (rc, err)
+
+
+def test_bench_warns_when_the_load_average_exceeds_its_threads():
+    from lowbit.bench import busy_warning
+    msg = busy_warning(2, load1=3.5)
+    assert "load average 3.5" in msg and "2 threads" in msg and "\n" not in msg
+    assert busy_warning(2, load1=1.9) is None
+    assert busy_warning(4096) is None                # no machine here is that loaded

@@ -109,16 +109,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         for kind, code in found:
             print(f"[{kind}] {code.strip().splitlines()[0]}")
         return 0
-    failed = 0
+    failed = skipped = 0
     with tempfile.TemporaryDirectory(prefix="lowbit-readme-") as tmp:
         env = workspace(Path(tmp))
         for kind, code in found:
             status, secs, detail = run_one(kind, code, Path(tmp), env, args.timeout)
             failed += status.startswith("FAIL")
+            skipped += status.startswith("skipped")
             print(f"{status:<26} {secs:7.1f} s  [{kind}] {code.strip().splitlines()[0][:110]}", flush=True)
             if detail:
                 print("    " + detail.replace("\n", "\n    "), flush=True)
-    print(f"{len(found) - failed} passed, {failed} failed")
+    print(f"{len(found) - failed - skipped} passed, {failed} failed, {skipped} skipped")
     return 1 if failed else 0
 
 

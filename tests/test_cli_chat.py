@@ -49,7 +49,8 @@ def command(child, line, pattern):
 
 
 def test_repl_session(model_path, env, tmp_path):
-    child = spawn_chat(model_path, env, "-n", "24")
+    # no repetition penalty: turn 2 asks the model to repeat a word of turn 1
+    child = spawn_chat(model_path, env, "-n", "24", "--repeat-penalty", "1.0")
     assert "smollm2-135m-instruct.gguf" in child.before and "kernels" in child.before
     # turn 1
     child.sendline("What is the capital of France? Answer in one word.")
@@ -152,3 +153,45 @@ def test_errors_are_one_line_exit_2(model_path, env, tmp_path):
     assert r.returncode == 2 and "mamba" in r.stderr and "llama" in r.stderr and r.stderr.count("\n") == 1
     r = run_cli(env, "run", str(bad), "hi", "-q", "--debug")
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_repl_settings_load_show_and_limits(model_path, env, tmp_path):
+    child = spawn_chat(model_path, env, "-n", "3")
+    child.sendline("/show")
+    child.expect(r"parameters  .*\r\n")
+    assert "system      (none)" in child.before and "None" not in child.before
+    child.expect(">>> ")
+    command(child, "/set parameter top_k 10", r"\(set top_k = 10\)")
+    command(child, "/set repeat_penalty 1.2", r"\(set repetition_penalty = 1.2\)")
+    command(child, "/set repeat_last_n 32", r"\(set repeat_last_n = 32\)")
+    command(child, "/set temperature 0.3", r"\(set temperature = 0.3\)")
+    conv = tmp_path / "conv.json"
+    command(child, f"/save {conv}", r"\(saved 0 messages")
+    command(child, "/set temperature 0.9", r"\(set temperature = 0.9\)")
+    command(child, f"/load {conv}", r"\(loaded 0 messages")
+    command(child, "/show", r"parameters  .*temperature=0.3,")
+    child.sendline("Tell me a long story about a cat.")
+    child.expect(r"\[reply cut: max tokens\]")
+    child.expect(">>> ")
+    command(child, "/set verbose", r"\(verbose on\)")
+    child.sendline("And a dog?")
+    child.expect(r"reply\s+\d+ tokens, [\d.]+ tok/s")
+    child.expect(">>> ")
+    command(child, "/set num_ctx 512", r"\(set num_ctx = 512; model reloaded")
+    command(child, "/show", r"context     512 tokens")
+    child.sendline("/bye")
+    child.expect(pexpect.EOF)
+
+
+def test_keys_typed_during_a_reply_are_not_echoed_nor_kept(model_path, env):
+    child = spawn_chat(model_path, env, "-n", "80")
+    child.sendline("Write a story about a lighthouse keeper.")
+    child.expect("keeper.\r\n")              # our own line echoed back
+    child.expect(r"\w+ \w+ \w+")             # the reply streams
+    child.send("zzqq")                       # typed while the reply streams
+    child.expect(">>> ")
+    assert "zzqq" not in child.before
+    command(child, "/show", r"parameters  ")   # would read 'zzqq/show' if the keys were kept
+    assert "zzqq" not in child.before and "unknown command" not in child.before
+    child.sendline("/bye")
+    child.expect(pexpect.EOF)

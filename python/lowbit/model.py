@@ -420,11 +420,13 @@ class Model:
 
     def chat(self, messages: Sequence[Mapping[str, Any]], *, max_new_tokens: int = 256,
              temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
-             repetition_penalty: float = 1.0, repeat_last_n: int = 64, stop: Sequence[str] = (),
+             repetition_penalty: float = 1.1, repeat_last_n: int = 64, stop: Sequence[str] = (),
              seed: Optional[int] = None, stream: bool = False, context_shift: bool = False):
         """Reply to a conversation rendered with the model's chat template; stops at the
         model's end-of-turn tokens. Roles: system, user, assistant, tool; content: str.
-        Returns like generate()."""
+        Returns like generate(). The default repetition_penalty 1.1 (ollama's, over the last
+        64 tokens) is the chat default `lowbit chat` uses: on SmolLM2 3-turn chats at
+        temperature 0.8, 13 of 36 replies looped with 1.0 and none with 1.1."""
         self._check_open()
         check_chat_roles(messages)
         self._warn_builtin_template()

@@ -10,6 +10,7 @@
 
 #include "bindings/bind.h"
 #include "gguf/gguf.h"
+#include "model/config.h"
 
 namespace py = pybind11;
 
@@ -130,6 +131,8 @@ void bind_gguf(py::module_& m) {
             }
             return out;
         }, "list of (name, type name, type id, shape ne[0] first, n_elements, nbytes, absolute offset)")
+        .def("model_config", [](const GGUFFile& f) { return config_dict(model::load_config(f)); },
+             "the engine's validated hyper-parameters (see lowbit._core.model_config)")
         .def("tensor_bytes", &tensor_bytes, py::arg("index"),
              "read-only uint8 numpy view of tensor `index`'s bytes; keeps the mapping alive")
         // The typed getters the C++ model config uses, exposed as-is (tests pin their contract).

@@ -32,6 +32,23 @@ from . import _core
 from .errors import GGUFError
 
 
+class Metadata(dict):
+    """The metadata dict, which also knows the file it came from: :meth:`model_config` gives the
+    engine's validated hyper-parameters (the one parse of them, in the C++ core)."""
+
+    def __init__(self, items: Dict[str, Any], path: str):
+        super().__init__(items)
+        self.path = path
+        self._config: Optional[Dict[str, Any]] = None
+
+    def model_config(self) -> Dict[str, Any]:
+        """``lowbit._core.model_config(path)``: ModelError (naming the key) when the metadata is
+        wrong or does not fit the tensors; computed once."""
+        if self._config is None:
+            self._config = _core.model_config(os.fsencode(self.path))
+        return self._config
+
+
 @dataclass(frozen=True)
 class GGUFTensorInfo:
     """One tensor's record. ``shape`` is in GGUF order (ne[0], the contiguous row length,
@@ -86,7 +103,7 @@ class GGUFFile:
         Computed once and cached; treat it as read-only."""
         core = self._open()
         if self._metadata is None:
-            self._metadata = core.metadata()
+            self._metadata = Metadata(core.metadata(), self._path)
         return self._metadata
 
     @property
@@ -96,6 +113,10 @@ class GGUFFile:
         if self._metadata_types is None:
             self._metadata_types = core.metadata_types()
         return self._metadata_types
+
+    def model_config(self) -> Dict[str, Any]:
+        """The engine's validated hyper-parameters (see :meth:`Metadata.model_config`)."""
+        return self.metadata.model_config()
 
     @property
     def architecture(self) -> str:

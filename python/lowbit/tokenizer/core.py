@@ -43,7 +43,14 @@ class Tokenizer:
 
     @classmethod
     def from_metadata(cls, meta: dict) -> "Tokenizer":
-        """Build from a GGUF metadata dict (keys ``tokenizer.ggml.*``, ``tokenizer.chat_template``)."""
+        """Build from a GGUF metadata dict (keys ``tokenizer.ggml.*``, ``tokenizer.chat_template``).
+
+        With ``GGUFFile.metadata`` of a model the engine runs, the model's config is validated
+        first (one token per embedding row, among others), so a hostile token count fails
+        before millions of pieces are built."""
+        validate = getattr(meta, "model_config", None)
+        if validate is not None and meta.get("general.architecture") in _engine_architectures():
+            validate()
         return cls(load_vocab(meta, PRE_TOKENIZERS))
 
     # ---- facts -------------------------------------------------------------------------
@@ -276,6 +283,11 @@ class Tokenizer:
 
     def stream_decoder(self, skip_special: bool = False) -> "StreamDecoder":
         return StreamDecoder(self, skip_special)
+
+
+def _engine_architectures() -> frozenset:
+    from .. import _core
+    return frozenset(a.strip() for a in _core.supported_architectures().split(","))
 
 
 class _LiteralSpans:

@@ -258,3 +258,99 @@ def test_matmul_size_overflow_is_a_value_error():
     pool = _core.CpuThreadPool(1)
     with pytest.raises(ValueError, match="overflows"):
         _core.cpu_matmul(np.zeros(16, np.uint8), "F32", (1 << 62) + 1, 4, np.zeros((1, 4), np.float32), pool, "auto")
+
+
+# ---- 3. tensor types quantize cannot read ------------------------------------------------------
+@pytest.mark.parametrize("qtype", ["TQ1_0", "TQ2_0", "MXFP4"])
+def test_quantize_rejects_unreadable_tensor_types_typed(tiny, tmp_path, qtype):
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT
+    from lowbit.quantize import QuantizeError
+    block, type_size = GGML_QUANT_SIZES[QT[qtype]]
+    shape = (max(64, block), 64)
+    data = bytes(shape[0] * shape[1] // block * type_size)
+    path = mutate(tiny, tmp_path / "t.gguf", tensors={"blk.0.attn_q.weight": (shape, int(QT[qtype]), data)})
+    with pytest.raises(QuantizeError, match=f"blk.0.attn_q.weight has type {qtype}"):
+        lowbit.quantize(path, tmp_path / "out.gguf", "Q8_0")
+    assert os.listdir(tmp_path) == ["t.gguf"]
+
+
+# ---- 5. a full disk -----------------------------------------------------------------------------
+def _quantize_under_fsize_limit(src, out, limit):
+    code = ("import resource, signal, lowbit\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+            f"try:\n    lowbit.quantize({str(src)!r}, {str(out)!r}, 'F32')\n"
+            "except lowbit.LowbitError as e:\n    print('ERROR', type(e).__name__, e)\n")
+    out, _, _ = _run_isolated(code)
+    return out
+
+
+def test_quantize_over_the_file_size_limit_is_one_clean_error(tiny, tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    out = _quantize_under_fsize_limit(tiny, folder / "q.gguf", 64 * 1024)
+    assert "ERROR QuantizeError" in out and str(folder / "q.gguf") in out and "needs about" in out
+    assert os.listdir(folder) == []          # no partial output, no temp file
+
+
+def test_quantize_and_imatrix_on_a_full_disk(tiny, tmp_path):
+    folder = tmp_path / "tiny_fs"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)],
+                             capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip("cannot mount a small tmpfs here (needs root); the RLIMIT_FSIZE test covers the path")
+    try:
+        from lowbit.imatrix import IMatrix, IMatrixError
+        from lowbit.quantize import QuantizeError
+        with pytest.raises(QuantizeError, match=r"no space left .*needs about \d+ bytes"):
+            lowbit.quantize(tiny, folder / "q.gguf", "F32")
+        im = IMatrix(chunk_size=8)
+        im.add("blk.0.ffn_down.weight", np.ones((4, 1 << 15), np.float32))
+        with pytest.raises(IMatrixError, match="no space left"):
+            im.save(folder / "im.gguf")
+        assert os.listdir(folder) == []
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+# ---- 8. smaller things --------------------------------------------------------------------------
+def test_quantize_keeps_the_replaced_files_mode(tiny, tmp_path):
+    out = tmp_path / "q.gguf"
+    out.write_bytes(b"old")
+    os.chmod(out, 0o600)
+    lowbit.quantize(tiny, out, "Q8_0")
+    assert os.stat(out).st_mode & 0o777 == 0o600
+
+
+def test_thread_pool_size_is_capped():
+    with pytest.raises(ValueError, match="exceeds the limit"):
+        from lowbit import cpu
+        cpu.pool(4096)
+
+
+@pytest.mark.parametrize("chunks", [-1, 0])
+def test_negative_chunk_counts_are_rejected(tiny, tmp_path, chunks):
+    from lowbit.calibrate import compute_imatrix
+    with pytest.raises(ValueError, match="positive number of chunks"):
+        compute_imatrix(tiny, "some text", n_ctx=16, n_chunks=chunks)
+    with pytest.raises(ValueError, match="positive number of chunks"):
+        lowbit.quantize(tiny, tmp_path / "q.gguf", "Q4_0", method="gptq", calibration="text", calib_chunks=chunks)
+
+
+def test_fallback_notices_are_summarised(tiny, tmp_path):
+    lines = []
+    r = lowbit.quantize(tiny, tmp_path / "q.gguf", "Q4_K_M", log=lines.append)
+    fallen = sum(1 for name, t in r.tensor_types.items() if t not in ("Q4_K", "Q6_K", "F32"))
+    assert fallen > 3 and len(lines) < fallen and all("falling back" in line for line in lines)
+    assert any(line.startswith(f"{n} tensors") for line in lines for n in range(2, fallen + 1))
+
+
+def test_requantization_warning_only_for_lossy_targets(tmp_path):
+    import warnings
+    src = write_tiny_model(tmp_path / "q8.gguf", weight_type="Q8_0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lowbit.quantize(src, tmp_path / "f32.gguf", "F32")
+    with pytest.warns(UserWarning, match="already quantized"):
+        lowbit.quantize(src, tmp_path / "q4.gguf", "Q4_0")

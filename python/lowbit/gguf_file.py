@@ -11,6 +11,9 @@ Malformed, truncated or hostile files raise :class:`lowbit.GGUFError` naming the
 tensor and the byte offset. A missing path raises FileNotFoundError, a directory
 IsADirectoryError, an unreadable file PermissionError (OSError subclasses).
 
+Numeric arrays of more than 65536 elements come back as read-only numpy arrays viewing the
+mapping (zero copy: a huge array costs nothing until read); shorter ones as lists.
+
 Metadata strings are decoded as UTF-8; bytes that are not valid UTF-8 (the format does not
 forbid them in values) come back as lone surrogates (``errors="surrogateescape"``), so
 ``s.encode("utf-8", "surrogateescape")`` restores the exact bytes. Keys and tensor names are

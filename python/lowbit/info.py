@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from typing import Mapping, Optional, Sequence
 
+import numpy as np
+
 from .memory import Hparams, estimate, weights_by_type
 from .progress import human_bytes
 
@@ -26,13 +28,15 @@ HPARAM_KEYS = [
 
 
 def _length(value) -> Optional[int]:
-    return len(value) if isinstance(value, (list, tuple)) else None
+    return len(value) if isinstance(value, (list, tuple, np.ndarray)) else None
 
 
 def _shown(value):
     """A metadata value as info shows it: long arrays summarised, not copied into the output."""
-    if isinstance(value, (list, tuple)) and len(value) > 8:
+    if isinstance(value, (list, tuple, np.ndarray)) and len(value) > 8:
         return f"[{len(value)} values]"
+    if isinstance(value, np.ndarray):
+        return value.tolist()
     if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
         return repr(value)      # JSON has no NaN/inf
     return value
@@ -50,7 +54,7 @@ def describe(meta: Mapping, tensors: Sequence, *, file_size: int, path: str = ""
         "model": tok_model,
         "kind": TOKENIZER_KINDS.get(tok_model, tok_model),
         "pre": meta.get("tokenizer.ggml.pre"),
-        "vocab_size": len(tokens) if isinstance(tokens, (list, tuple)) else None,
+        "vocab_size": len(tokens) if isinstance(tokens, list) else None,
         "merges": _length(meta.get("tokenizer.ggml.merges")),
         "bos_token_id": _shown(meta.get("tokenizer.ggml.bos_token_id")),
         "eos_token_id": _shown(meta.get("tokenizer.ggml.eos_token_id")),

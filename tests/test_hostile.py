@@ -167,8 +167,9 @@ HOSTILE_LLAMA = [
 def _run_isolated(code: str, timeout: float = 60):
     """Run `code` in a fresh interpreter; returns (stdout, peak RSS MiB, seconds)."""
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", code + "\nimport resource\n"
-                           "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
+    # VmHWM (this image's peak RSS): ru_maxrss would carry the forking parent's peak over exec
+    proc = subprocess.run([sys.executable, "-c", code + "\nprint('RSS', [line.split()[1] for line in "
+                           "open('/proc/self/status') if line.startswith('VmHWM:')][0])"],
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONPATH": PYTHONPATH})
     seconds = time.monotonic() - t0

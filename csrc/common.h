@@ -37,6 +37,25 @@ std::string str(Args&&... args) {
         if (!(cond)) throw ::lowbit::ExcType(::lowbit::str(__VA_ARGS__));        \
     } while (0)
 
+// ---- checked sizes -------------------------------------------------------------------------
+// a * b (and a + b) for sizes computed from outside numbers (Python arguments, GGUF fields,
+// hyper-parameters): throws ExcType naming `what` instead of wrapping around.
+template <typename ExcType = ValueError>
+inline int64_t checked_mul(int64_t a, int64_t b, const char* what) {
+    int64_t out;
+    if (__builtin_mul_overflow(a, b, &out))
+        throw ExcType(str(what, ": ", a, " x ", b, " overflows 64-bit sizes"));
+    return out;
+}
+
+template <typename ExcType = ValueError>
+inline int64_t checked_add(int64_t a, int64_t b, const char* what) {
+    int64_t out;
+    if (__builtin_add_overflow(a, b, &out))
+        throw ExcType(str(what, ": ", a, " + ", b, " overflows 64-bit sizes"));
+    return out;
+}
+
 // ---- half precision -------------------------------------------------------------------------
 // IEEE binary16 <-> binary32 with round-to-nearest-even, as F16C and ggml do.
 inline float fp32_from_bits(uint32_t w) { float f; std::memcpy(&f, &w, 4); return f; }

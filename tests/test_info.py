@@ -20,6 +20,7 @@ def write_model(path, arch="llama", window=None, n_layers=4, ctx=1024):
     w.add_uint32(f"{arch}.feed_forward_length", 128)
     w.add_uint32(f"{arch}.attention.head_count", 4)
     w.add_uint32(f"{arch}.attention.head_count_kv", 2)
+    w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
     if window:
         w.add_uint32(f"{arch}.attention.sliding_window", window)
     w.add_string("tokenizer.ggml.model", "gpt2")
@@ -27,6 +28,8 @@ def write_model(path, arch="llama", window=None, n_layers=4, ctx=1024):
     rng = np.random.default_rng(0)
     w.add_tensor("token_embd.weight", rng.normal(size=(100, 64)).astype(np.float32))
     w.add_tensor("blk.0.attn_q.weight", rng.normal(size=(64, 64)).astype(np.float16))
+    for i in range(1, n_layers):     # block_count must match the layers the tensors have
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(1, np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -36,9 +39,9 @@ def write_model(path, arch="llama", window=None, n_layers=4, ctx=1024):
 
 def test_describe_synthetic(tmp_path):
     d = describe_file(write_model(tmp_path / "m.gguf"), n_ctx=256)
-    assert d["architecture"] == "llama" and d["n_params"] == 100 * 64 + 64 * 64
-    assert d["tensor_types"]["F32"]["params"] == 6400 and d["tensor_types"]["F16"]["bytes"] == 64 * 64 * 2
-    assert d["bits_per_weight"] == pytest.approx(8 * (6400 * 4 + 4096 * 2) / 10496, abs=1e-3)
+    assert d["architecture"] == "llama" and d["n_params"] == 100 * 64 + 64 * 64 + 3
+    assert d["tensor_types"]["F32"]["params"] == 6403 and d["tensor_types"]["F16"]["bytes"] == 64 * 64 * 2
+    assert d["bits_per_weight"] == pytest.approx(8 * (6403 * 4 + 4096 * 2) / 10499, abs=1e-3)
     # KV f16: layers x ctx x kv_heads x (k + v head dims) x 2 bytes, head_dim = 64 / 4
     assert d["memory"]["kv_cache_bytes"] == 4 * 256 * 2 * (16 + 16) * 2
     assert d["tokenizer"]["vocab_size"] == 100 and d["hparams"]["head_count_kv"] == 2
@@ -62,16 +65,16 @@ def test_cli_info_json_and_errors(tmp_path, capsys):
     assert d["memory"]["n_ctx"] == 128
     assert cli_main(["info", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "| F32 | 1 |" in out and "memory estimate at n_ctx=1024" in out
+    assert "| F32 | 4 |" in out and "memory estimate at n_ctx=1024" in out
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 8)
     assert cli_main(["info", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lowbit: error: ") and "GGUF" not in err.split(":")[0]
     with pytest.raises(ValueError, match="kv_type"):
-        kv_cache_bytes(Hparams.from_metadata({"general.architecture": "llama", "llama.block_count": 1,
-                                              "llama.embedding_length": 8, "llama.attention.head_count": 1}),
-                       16, "q4")
+        kv_cache_bytes(Hparams.from_config({"arch": "llama", "n_layers": 1, "n_ctx_train": 16, "n_embd": 8,
+                                            "n_head": 1, "n_head_kv": 1, "head_dim": 8, "sliding_window": 0,
+                                            "layer_is_swa": [False]}), 16, "q4")
 
 
 @pytest.mark.parametrize("name", ["smollm2-135m-instruct", "gemma3-270m"])

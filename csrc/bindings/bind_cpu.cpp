@@ -50,12 +50,13 @@ Floats matmul(const Bytes& weights, const std::string& type_name, int64_t rows, 
     const GGMLType type = cpu_type(type_name);
     const cpu::ActPrecision precision = cpu::parse_act_precision(act_precision);
     cpu::check_matmul_shape(type, rows, cols);
-    const int64_t want = rows * cpu::weight_row_bytes(type, cols);
+    const int64_t want = checked_mul(rows, cpu::weight_row_bytes(type, cols), "matmul weight bytes (rows x row bytes)");
     LOWBIT_CHECK(weights.size() == want, ValueError, "weights have ", weights.size(), " bytes; ", type_name,
                  " shape (", rows, ", ", cols, ") needs ", want);
     LOWBIT_CHECK(x.ndim() == 2 && x.shape(1) == cols, ValueError, "x must have shape (n, ", cols, "), got width ",
                  x.ndim() >= 1 ? x.shape(x.ndim() - 1) : 0, " with ", x.ndim(), " dims");
     const int64_t n = x.shape(0);
+    checked_mul(checked_mul(n, rows, "matmul output (n x rows)"), int64_t(sizeof(float)), "matmul output bytes");
     Floats y({n, rows});
     const uint8_t* w = weights.data();
     const float* xp = x.data();

@@ -73,7 +73,45 @@ py::dict memory(const Engine& e) {
 
 }  // namespace
 
+py::dict config_dict(const model::ModelConfig& c) {
+    py::dict d;
+    d["arch"] = model::arch_name(c.arch);
+    d["n_vocab"] = c.n_vocab;
+    d["n_ctx_train"] = c.n_ctx_train;
+    d["n_embd"] = c.n_embd;
+    d["n_layers"] = c.n_layers;
+    d["n_head"] = c.n_head;
+    d["n_head_kv"] = c.n_head_kv;
+    d["head_dim"] = c.head_dim;
+    d["n_ff"] = c.n_ff;
+    d["n_rot"] = c.n_rot;
+    d["norm_eps"] = c.norm_eps;
+    d["rope_freq_base"] = c.rope_global.freq_base;
+    d["rope_freq_scale"] = c.rope_global.freq_scale;
+    d["sliding_window"] = c.n_swa;
+    py::list swa;
+    for (bool b : c.layer_is_swa) swa.append(py::bool_(b));
+    d["layer_is_swa"] = swa;
+    d["logit_softcap"] = c.logit_softcap;
+    return d;
+}
+
 void bind_engine(py::module_& m) {
+    m.def("model_config", [](const std::string& path) {
+              std::unique_ptr<GGUFFile> f;
+              try {
+                  py::gil_scoped_release nogil;
+                  f = std::make_unique<GGUFFile>(GGUFFile::open(path));
+              } catch (const FileOpenError& e) {
+                  errno = e.errno_value;
+                  PyErr_SetFromErrnoWithFilename(PyExc_OSError, path.c_str());
+                  throw py::error_already_set();
+              }
+              return config_dict(model::load_config(*f));
+          }, py::arg("path"),
+          "The engine's validated hyper-parameters of a GGUF model (ModelError naming the key when the "
+          "metadata is wrong or does not fit the tensors): the one parse that info, memory estimates and "
+          "the engine share.");
     m.def("supported_architectures", []() { return std::string(model::supported_architectures()); },
           "Comma-separated architectures the engine runs.");
     py::class_<Engine>(m, "Engine", "Decoding engine over one GGUF model: KV cache, batched prefill, decode.")

@@ -10,6 +10,7 @@
 
 #include "bindings/bind.h"
 #include "gguf/gguf.h"
+#include "model/config.h"
 
 namespace py = pybind11;
 
@@ -62,10 +63,39 @@ py::object array_to_py(const GGUFArray& a) {
     throw GGUFError("internal: array of an invalid value type");
 }
 
-py::object value_to_py(const GGUFValue& v) {
+// Numeric arrays longer than this come back as read-only numpy arrays over the mapping (zero
+// copy) instead of lists of Python numbers: a 100 MB array costs nothing until someone reads it.
+constexpr uint64_t kArrayAsNumpy = uint64_t(1) << 16;
+
+// The numpy dtype of a numeric GGUF element type ("" for strings, bools and nested arrays).
+const char* numpy_dtype(GGUFType t) {
+    switch (t) {
+    case GGUFType::UINT8: return "<u1"; case GGUFType::INT8: return "<i1";
+    case GGUFType::UINT16: return "<u2"; case GGUFType::INT16: return "<i2";
+    case GGUFType::UINT32: return "<u4"; case GGUFType::INT32: return "<i4";
+    case GGUFType::UINT64: return "<u8"; case GGUFType::INT64: return "<i8";
+    case GGUFType::FLOAT32: return "<f4"; case GGUFType::FLOAT64: return "<f8";
+    case GGUFType::BOOL: return "?";   // the reader checked every element is 0 or 1
+    default: return "";
+    }
+}
+
+py::object numpy_view(const GGUFFile& f, const GGUFArray& a) {
+    auto* keep = new std::shared_ptr<const MappedFile>(f.mapping());
+    py::capsule owner(keep, [](void* p) { delete static_cast<std::shared_ptr<const MappedFile>*>(p); });
+    py::array view(py::dtype(numpy_dtype(a.elem_type)), {py::ssize_t(a.count)}, a.raw, owner);
+    py::detail::array_proxy(view.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+    return std::move(view);
+}
+
+py::object value_to_py(const GGUFFile& f, const GGUFValue& v) {
     switch (v.type) {
     case GGUFType::STRING: return steal_or_throw(new_str(std::get<std::string_view>(v.data)));
-    case GGUFType::ARRAY: return array_to_py(std::get<GGUFArray>(v.data));
+    case GGUFType::ARRAY: {
+        const GGUFArray& a = std::get<GGUFArray>(v.data);
+        if (a.count > kArrayAsNumpy && *numpy_dtype(a.elem_type)) return numpy_view(f, a);
+        return array_to_py(a);
+    }
     case GGUFType::BOOL: return py::bool_(std::get<bool>(v.data));
     case GGUFType::FLOAT32: case GGUFType::FLOAT64: return py::float_(std::get<double>(v.data));
     case GGUFType::INT8: case GGUFType::INT16: case GGUFType::INT32: case GGUFType::INT64:
@@ -110,9 +140,10 @@ void bind_gguf(py::module_& m) {
         .def("metadata", [](const GGUFFile& f) {
             py::dict out;
             for (const GGUFEntry& e : f.metadata())
-                out[steal_or_throw(new_str(e.key))] = value_to_py(e.value);
+                out[steal_or_throw(new_str(e.key))] = value_to_py(f, e.value);
             return out;
-        }, "dict key -> Python value (ints, floats, bools, str, nested lists), in file order")
+        }, "dict key -> Python value (ints, floats, bools, str, nested lists; numeric arrays of more than "
+           "65536 elements as read-only numpy views of the mapping), in file order")
         .def("metadata_types", [](const GGUFFile& f) {
             py::dict out;
             for (const GGUFEntry& e : f.metadata())
@@ -130,6 +161,8 @@ void bind_gguf(py::module_& m) {
             }
             return out;
         }, "list of (name, type name, type id, shape ne[0] first, n_elements, nbytes, absolute offset)")
+        .def("model_config", [](const GGUFFile& f) { return config_dict(model::load_config(f)); },
+             "the engine's validated hyper-parameters (see lowbit._core.model_config)")
         .def("tensor_bytes", &tensor_bytes, py::arg("index"),
              "read-only uint8 numpy view of tensor `index`'s bytes; keeps the mapping alive")
         // The typed getters the C++ model config uses, exposed as-is (tests pin their contract).

@@ -44,6 +44,7 @@ py::array_t<uint8_t> quantize(const FloatArray& x, const std::string& type_name,
                      imatrix->size(), " values, expected one per column: ", n);
         qw = imatrix->data();
     }
+    checked_mul(rows, row_bytes, "quantize output bytes (rows x row bytes)");
     py::array_t<uint8_t> out({rows, row_bytes});
     uint8_t* dst = out.mutable_data();
     const float* src = x.data();

@@ -1,6 +1,8 @@
 // threadpool.cpp: see threadpool.h.
 #include "cpu/threadpool.h"
 
+#include "common.h"
+
 #include <sched.h>
 
 #include <fstream>
@@ -41,6 +43,8 @@ int physical_core_count() {
 }
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads > 0 ? n_threads : physical_core_count()) {
+    LOWBIT_CHECK(n_threads_ <= kMaxThreads, ValueError, "n_threads ", n_threads_, " exceeds the limit of ",
+                 kMaxThreads);
     workers_.reserve(n_threads_ - 1);
     for (int t = 1; t < n_threads_; ++t) workers_.emplace_back([this, t] { worker_loop(t); });
 }

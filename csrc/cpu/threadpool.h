@@ -19,9 +19,12 @@ namespace lowbit::cpu {
 // Physical cores this process may run on (sysfs topology, bounded by the affinity mask).
 int physical_core_count();
 
+// Most threads a pool (and so an Engine) may have: more is a mistake, not a machine.
+constexpr int kMaxThreads = 512;
+
 class ThreadPool {
 public:
-    // n_threads <= 0: physical_core_count(). Threads = workers + the caller.
+    // n_threads <= 0: physical_core_count(); above kMaxThreads: ValueError. Threads = workers + the caller.
     explicit ThreadPool(int n_threads = 0);
     ~ThreadPool();
     ThreadPool(const ThreadPool&) = delete;

@@ -1,6 +1,7 @@
 // config.cpp: see config.h.
 #include "model/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 
@@ -97,6 +98,53 @@ RopeParams read_rope_scaling(const GGUFFile& f, const Meta& m, float freq_base, 
     return p;
 }
 
+// The number of layers the tensors have: 1 + the largest N of a "blk.N." tensor name (0 without).
+int64_t layers_in_tensors(const GGUFFile& f) {
+    int64_t n = 0;
+    for (const TensorInfo& t : f.tensors()) {
+        const std::string_view name = t.name;
+        if (name.rfind("blk.", 0) != 0) continue;
+        int64_t index = 0;
+        size_t i = 4;
+        for (; i < name.size() && i < 14 && name[i] >= '0' && name[i] <= '9'; ++i)
+            index = index * 10 + (name[i] - '0');
+        if (i > 4 && i < name.size() && name[i] == '.') n = std::max(n, index + 1);
+    }
+    return n;
+}
+
+// llama.cpp's rule: the vocabulary (tokenizer.ggml.tokens) has one token per embedding row.
+void check_vocab(const GGUFFile& f, int64_t n_vocab) {
+    const char* key = "tokenizer.ggml.tokens";
+    if (!f.find(key)) return;    // the tokenizer reports a missing vocabulary
+    uint64_t count = 0;
+    try { count = f.get_array(key, GGUFType::STRING).count; }
+    catch (const GGUFError& e) { throw ModelError(e.what()); }
+    LOWBIT_CHECK(count == uint64_t(n_vocab), ModelError, f.path(), ": metadata '", key, "' has ", count,
+                 " tokens but token_embd.weight has ", n_vocab, " rows (one token per row expected)");
+    if (const TensorInfo* out = f.find_tensor("output.weight"))
+        LOWBIT_CHECK(out->n_dims == 2 && out->ne[1] == n_vocab, ModelError, f.path(), ": output.weight has ",
+                     out->n_dims == 2 ? out->ne[1] : 0, " rows but the vocabulary has ", n_vocab, " tokens");
+}
+
+// Which layers slide: "<arch>.attention.sliding_window_pattern" when present (a period p: layer i
+// slides unless (i + 1) % p == 0; or one bool per layer), else the architecture's period.
+void read_swa_layers(const GGUFFile& f, const Meta& m, ModelConfig& c, int64_t default_period) {
+    const std::string key = m.key("attention.sliding_window_pattern");
+    const GGUFEntry* e = f.find(key);
+    int64_t period = default_period;
+    if (e && e->value.type == GGUFType::ARRAY) {
+        const GGUFArray* a = &std::get<GGUFArray>(e->value.data);
+        LOWBIT_CHECK(a->elem_type == GGUFType::BOOL && a->count == uint64_t(c.n_layers), ModelError, f.path(),
+                     ": metadata '", key, "' must be an array of ", c.n_layers, " BOOL (one per layer), found ",
+                     gguf_type_label(e->value), " of ", a->count);
+        for (int64_t i = 0; i < c.n_layers; ++i) c.layer_is_swa[size_t(i)] = a->raw[size_t(i)] != 0;
+        return;
+    }
+    if (e) period = m.positive("attention.sliding_window_pattern");
+    for (int64_t i = 0; i < c.n_layers; ++i) c.layer_is_swa[size_t(i)] = (i + 1) % period != 0;
+}
+
 }  // namespace
 
 float RopeParams::mscale() const {
@@ -126,6 +174,11 @@ ModelConfig load_config(const GGUFFile& f) {
     c.n_ctx_train = m.positive("context_length");
     c.n_embd = m.positive("embedding_length");
     c.n_layers = m.positive("block_count");
+    const int64_t tensor_layers = layers_in_tensors(f);
+    LOWBIT_CHECK(c.n_layers == tensor_layers, ModelError, f.path(), ": metadata '", m.key("block_count"), "' = ",
+                 c.n_layers, " but the file has tensors for ", tensor_layers, " layers (blk.0 .. blk.",
+                 tensor_layers - 1, ")");
+    check_vocab(f, c.n_vocab);
     c.n_ff = m.positive("feed_forward_length");
     c.n_head = m.positive("attention.head_count");
     c.n_head_kv = m.positive_opt("attention.head_count_kv").value_or(c.n_head);
@@ -179,7 +232,7 @@ ModelConfig load_config(const GGUFFile& f) {
             c.rope_swa.freq_scale = 1.0f;
             // llama.cpp: the 27B (62 layers) scales queries by 1/sqrt(n_embd / n_head)
             if (c.n_layers == 62) c.attn_scale = float(1.0 / std::sqrt(double(c.n_embd) / double(c.n_head)));
-            for (int64_t i = 0; i < c.n_layers; ++i) c.layer_is_swa[size_t(i)] = (i + 1) % 6 != 0;
+            read_swa_layers(f, m, c, 6);
             break;
     }
     return c;

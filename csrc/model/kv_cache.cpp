@@ -30,7 +30,8 @@ KVCache::KVCache(const ModelConfig& c, int64_t n_ctx, int64_t n_batch, KVType ty
     for (int64_t il = 0; il < c.n_layers; ++il) {
         Layer& l = layers_[size_t(il)];
         l.n_cells = c.layer_is_swa[size_t(il)] ? std::min(n_ctx, c.n_swa + n_batch) : n_ctx;
-        const size_t bytes = size_t(l.n_cells * n_head_kv_ * row_bytes_);
+        const size_t bytes = size_t(checked_mul<ModelError>(checked_mul<ModelError>(l.n_cells, n_head_kv_, "KV cells x heads"),
+                                                            row_bytes_, "KV cache layer bytes"));
         l.k.resize(bytes);   // pages are touched as positions are written
         l.v.resize(bytes);
     }
@@ -106,7 +107,7 @@ int64_t KVCache::shift(int64_t n_past, int64_t n_keep, int64_t n_discard, const 
         const bool is_ring = layers_[size_t(il)].n_cells < n_ctx_;
         const int64_t first = std::max(n_keep, is_ring ? lo_new : int64_t(0));
         const int64_t n_move = std::max<int64_t>(0, new_n - first);
-        const size_t tok_bytes = size_t(n_head_kv_ * row_bytes_);
+        const size_t tok_bytes = size_t(checked_mul<ModelError>(n_head_kv_, row_bytes_, "KV bytes per token"));
         std::vector<uint8_t> ktmp(size_t(n_move) * tok_bytes), vtmp(size_t(n_move) * tok_bytes);
         for (int64_t i = 0; i < n_move; ++i) {
             const int64_t src = first + i + n_discard;

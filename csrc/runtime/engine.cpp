@@ -11,7 +11,7 @@ namespace lowbit::runtime {
 
 namespace {
 constexpr int64_t kMaxCtx = int64_t(1) << 28;
-constexpr int kMaxThreads = 512;
+using cpu::kMaxThreads;
 }  // namespace
 
 Engine::Engine(const std::string& path, int64_t n_ctx, int n_threads, int64_t n_batch, const std::string& kv_type,

@@ -195,6 +195,12 @@ class CalibrationModel:
         return cap * np.tanh(out / cap) if cap > 0 else out
 
 
+def check_chunks(n_chunks: Optional[int], what: str = "n_chunks") -> None:
+    """None (all) or a positive count; ValueError otherwise (-1 used to mean "all" silently)."""
+    if n_chunks is not None and (isinstance(n_chunks, bool) or not isinstance(n_chunks, int) or n_chunks <= 0):
+        raise ValueError(f"{what} must be a positive number of chunks or None (all), got {n_chunks!r}")
+
+
 def compute_imatrix(path: str, text: str, *, n_ctx: int = 512, n_chunks: Optional[int] = None,
                     progress: Optional[Callable[[int, int], Optional[bool]]] = None) -> IMatrix:
     """llama-imatrix on ``text``: chunks of n_ctx tokens (first one BOS), x^2 sums of the inputs of
@@ -202,6 +208,7 @@ def compute_imatrix(path: str, text: str, *, n_ctx: int = 512, n_chunks: Optiona
     (the chunks so far are kept)."""
     from .evaluate import make_chunks
     from .tokenizer import Tokenizer
+    check_chunks(n_chunks)
     model = CalibrationModel(path)
     try:
         tok = Tokenizer.from_metadata(model._file.metadata)

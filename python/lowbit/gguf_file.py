@@ -11,6 +11,9 @@ Malformed, truncated or hostile files raise :class:`lowbit.GGUFError` naming the
 tensor and the byte offset. A missing path raises FileNotFoundError, a directory
 IsADirectoryError, an unreadable file PermissionError (OSError subclasses).
 
+Numeric arrays of more than 65536 elements come back as read-only numpy arrays viewing the
+mapping (zero copy: a huge array costs nothing until read); shorter ones as lists.
+
 Metadata strings are decoded as UTF-8; bytes that are not valid UTF-8 (the format does not
 forbid them in values) come back as lone surrogates (``errors="surrogateescape"``), so
 ``s.encode("utf-8", "surrogateescape")`` restores the exact bytes. Keys and tensor names are
@@ -30,6 +33,23 @@ import numpy as np
 
 from . import _core
 from .errors import GGUFError
+
+
+class Metadata(dict):
+    """The metadata dict, which also knows the file it came from: :meth:`model_config` gives the
+    engine's validated hyper-parameters (the one parse of them, in the C++ core)."""
+
+    def __init__(self, items: Dict[str, Any], path: str):
+        super().__init__(items)
+        self.path = path
+        self._config: Optional[Dict[str, Any]] = None
+
+    def model_config(self) -> Dict[str, Any]:
+        """``lowbit._core.model_config(path)``: ModelError (naming the key) when the metadata is
+        wrong or does not fit the tensors; computed once."""
+        if self._config is None:
+            self._config = _core.model_config(os.fsencode(self.path))
+        return self._config
 
 
 @dataclass(frozen=True)
@@ -86,7 +106,7 @@ class GGUFFile:
         Computed once and cached; treat it as read-only."""
         core = self._open()
         if self._metadata is None:
-            self._metadata = core.metadata()
+            self._metadata = Metadata(core.metadata(), self._path)
         return self._metadata
 
     @property
@@ -96,6 +116,10 @@ class GGUFFile:
         if self._metadata_types is None:
             self._metadata_types = core.metadata_types()
         return self._metadata_types
+
+    def model_config(self) -> Dict[str, Any]:
+        """The engine's validated hyper-parameters (see :meth:`Metadata.model_config`)."""
+        return self.metadata.model_config()
 
     @property
     def architecture(self) -> str:

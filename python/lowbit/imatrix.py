@@ -20,6 +20,7 @@ ncall gives the mean of x^2. Reading a .dat back sets count = ncall * chunk_size
 """
 from __future__ import annotations
 
+import errno
 import math
 import os
 import struct
@@ -36,6 +37,24 @@ _MAX_NAME = 1 << 16
 
 class IMatrixError(LowbitError, ValueError):
     """An imatrix file is malformed, truncated, or does not fit the model."""
+
+
+def disk_error(e: OSError, path: str, need: int, error_type=LowbitError) -> BaseException:
+    """A failed write as one clear error: a full disk, quota or file-size limit becomes
+    ``error_type`` naming the path and the bytes needed; other OS errors stay as they are."""
+    short_write = e.errno is None and " requested and " in str(e)   # numpy's tofile() on a full disk
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) and not short_write:
+        return e
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        st = os.statvfs(folder)
+        free = f", {st.f_bavail * st.f_frsize} bytes free there"
+    except OSError:
+        free = ""
+    what = {errno.EFBIG: "the file size limit was reached", None: "a write came up short: no space left "
+            "on the device or a file size limit"}.get(e.errno, "no space left on the device")
+    return error_type(f"cannot write {path}: {what} (needs about {need} bytes{free}); "
+                      f"nothing was left behind")
 
 
 @dataclass
@@ -82,6 +101,9 @@ class IMatrix:
         try:
             (_save_dat if fmt == "dat" else _save_gguf)(self, tmp)
             os.replace(tmp, path)
+        except OSError as e:
+            need = sum(e.sums.nbytes // 2 + e.counts.nbytes // 2 + 64 for e in self.entries.values())
+            raise disk_error(e, os.fspath(path), need, IMatrixError) from None
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

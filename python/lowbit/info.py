@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from typing import Mapping, Optional, Sequence
 
+import numpy as np
+
 from .memory import Hparams, estimate, weights_by_type
 from .progress import human_bytes
 
@@ -25,22 +27,37 @@ HPARAM_KEYS = [
 ]
 
 
+def _length(value) -> Optional[int]:
+    return len(value) if isinstance(value, (list, tuple, np.ndarray)) else None
+
+
+def _shown(value):
+    """A metadata value as info shows it: long arrays summarised, not copied into the output."""
+    if isinstance(value, (list, tuple, np.ndarray)) and len(value) > 8:
+        return f"[{len(value)} values]"
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
+        return repr(value)      # JSON has no NaN/inf
+    return value
+
+
 def describe(meta: Mapping, tensors: Sequence, *, file_size: int, path: str = "",
              version: Optional[int] = None, n_ctx: Optional[int] = None, kv_type: str = "f16") -> dict:
     """A JSON-ready description: architecture, hyper-parameters, tokenizer, tensor types,
     parameter count, bits per weight, file size and a memory estimate."""
     arch = meta.get("general.architecture", "")
-    hparams = {label: meta[f"{arch}.{key}"] for label, key in HPARAM_KEYS if f"{arch}.{key}" in meta}
+    hparams = {label: _shown(meta[f"{arch}.{key}"]) for label, key in HPARAM_KEYS if f"{arch}.{key}" in meta}
     tokens = meta.get("tokenizer.ggml.tokens")
     tok_model = meta.get("tokenizer.ggml.model")
     tokenizer = {
         "model": tok_model,
         "kind": TOKENIZER_KINDS.get(tok_model, tok_model),
         "pre": meta.get("tokenizer.ggml.pre"),
-        "vocab_size": len(tokens) if tokens is not None else None,
-        "merges": len(meta["tokenizer.ggml.merges"]) if "tokenizer.ggml.merges" in meta else None,
-        "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"),
-        "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
+        "vocab_size": len(tokens) if isinstance(tokens, list) else None,
+        "merges": _length(meta.get("tokenizer.ggml.merges")),
+        "bos_token_id": _shown(meta.get("tokenizer.ggml.bos_token_id")),
+        "eos_token_id": _shown(meta.get("tokenizer.ggml.eos_token_id")),
         "add_bos_token": meta.get("tokenizer.ggml.add_bos_token"),
         "chat_template": "tokenizer.chat_template" in meta,
     }

@@ -12,23 +12,11 @@ from typing import Dict, List, Mapping, Optional, Sequence
 # bytes per cached element for each KV cache type
 KV_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32}
 
-# Which layers use the sliding window, per architecture (as llama.cpp decides): layer i is a
-# sliding-window layer unless (i + 1) % pattern == 0. Architectures with a window but no
-# pattern here apply it to every layer (Mistral style).
-SWA_PATTERN = {"gemma2": 2, "gemma3": 6, "gemma3n": 5, "cohere2": 4}
-
-
-def _per_layer(value, n_layers: int, what: str) -> List[int]:
-    if isinstance(value, (list, tuple)):
-        if len(value) != n_layers:
-            raise ValueError(f"{what} has {len(value)} entries for {n_layers} layers")
-        return [int(v) for v in value]
-    return [int(value)] * n_layers
-
-
 @dataclass
 class Hparams:
-    """The attention geometry the KV estimate needs, read from ``<arch>.*`` keys."""
+    """The attention geometry the KV estimate needs: the C++ core's validated model config
+    (``lowbit._core.model_config``), so counts and sizes are checked against the tensors before
+    anything here sizes a list by them."""
     arch: str
     n_layers: int
     n_ctx_train: int
@@ -41,41 +29,25 @@ class Hparams:
     swa_layers: List[bool] = field(default_factory=list)
 
     @classmethod
+    def from_config(cls, config: Mapping) -> "Hparams":
+        """From the dict ``lowbit._core.model_config(path)`` returns."""
+        n_layers = int(config["n_layers"])
+        window = int(config["sliding_window"])
+        return cls(arch=config["arch"], n_layers=n_layers, n_ctx_train=int(config["n_ctx_train"]),
+                   n_embd=int(config["n_embd"]), n_head=[int(config["n_head"])] * n_layers,
+                   n_head_kv=[int(config["n_head_kv"])] * n_layers, key_length=int(config["head_dim"]),
+                   value_length=int(config["head_dim"]), sliding_window=window or None,
+                   swa_layers=[bool(b) for b in config["layer_is_swa"]] if window else [False] * n_layers)
+
+    @classmethod
     def from_metadata(cls, meta: Mapping) -> "Hparams":
-        arch = meta.get("general.architecture")
-        if not isinstance(arch, str):
-            raise ValueError("metadata has no general.architecture")
-
-        def get(key, default=None):
-            v = meta.get(f"{arch}.{key}", default)
-            if v is None:
-                raise ValueError(f"metadata key {arch}.{key} is missing")
-            return v
-
-        n_layers = int(get("block_count"))
-        n_embd = int(get("embedding_length"))
-        n_head = _per_layer(get("attention.head_count"), n_layers, f"{arch}.attention.head_count")
-        n_head_kv = _per_layer(get("attention.head_count_kv", n_head), n_layers,
-                               f"{arch}.attention.head_count_kv")
-        if any(h <= 0 for h in n_head):
-            raise ValueError(f"{arch}.attention.head_count must be positive, got {n_head[:4]}")
-        head_dim = n_embd // max(n_head)
-        window = meta.get(f"{arch}.attention.sliding_window")
-        pattern = meta.get(f"{arch}.attention.sliding_window_pattern", SWA_PATTERN.get(arch))
-        if window:
-            if isinstance(pattern, (list, tuple)):
-                swa = [bool(x) for x in pattern][:n_layers]
-            elif pattern:
-                swa = [(i + 1) % int(pattern) != 0 for i in range(n_layers)]
-            else:
-                swa = [True] * n_layers
-        else:
-            swa = [False] * n_layers
-        return cls(arch=arch, n_layers=n_layers, n_ctx_train=int(get("context_length", 0) or 0),
-                   n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
-                   key_length=int(get("attention.key_length", head_dim)),
-                   value_length=int(get("attention.value_length", head_dim)),
-                   sliding_window=int(window) if window else None, swa_layers=swa)
+        """From the metadata of a GGUFFile (``GGUFFile.metadata``, which knows its file);
+        ModelError naming the key when the hyper-parameters are wrong or do not fit the tensors."""
+        config = getattr(meta, "model_config", None)
+        if config is None:
+            raise TypeError("Hparams.from_metadata needs GGUFFile.metadata (it validates through the "
+                            "file); use Hparams.from_config(lowbit._core.model_config(path))")
+        return cls.from_config(config())
 
 
 def kv_cache_bytes(hp: Hparams, n_ctx: int, kv_type: str = "f16") -> int:

@@ -411,8 +411,14 @@ class Model:
                            eos_token=self._piece(self.tokenizer.eos_id))
 
     def chat_ids(self, messages: Sequence[Mapping[str, Any]]) -> List[int]:
-        """Token ids of the rendered conversation, with exactly one BOS when the model uses one."""
-        ids = self.tokenize(self.render_chat(messages), add_special=True, parse_special=True)
+        """Token ids of the rendered conversation, with exactly one BOS when the model uses one.
+        Special tokens are parsed in the template's text only: in message contents they are
+        ordinary text (a user's '<|im_end|>' does not end the turn)."""
+        from .chat import render_chat_spans
+        text, spans = render_chat_spans(self.chat_template(), messages, add_generation_prompt=True,
+                                        bos_token=self._piece(self.tokenizer.bos_id),
+                                        eos_token=self._piece(self.tokenizer.eos_id))
+        ids = self.tokenizer.encode(text, add_special=True, parse_special=True, literal_spans=spans)
         bos = self.tokenizer.bos_id
         while len(ids) >= 2 and bos is not None and ids[0] == bos and ids[1] == bos:
             ids = ids[1:]

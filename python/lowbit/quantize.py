@@ -25,7 +25,7 @@ import numpy as np
 from . import quant
 from .errors import Cancelled, LowbitError
 from .gguf_file import GGUFFile
-from .imatrix import IMatrix, load as load_imatrix
+from .imatrix import IMatrix, disk_error, load as load_imatrix
 from .progress import ProgressFn
 from .recipes import ModelFacts, TensorPlan, plan_types, resolve_recipe
 
@@ -77,6 +77,8 @@ def quantize(inp: "str | os.PathLike[str]", out: "str | os.PathLike[str]", type:
     recipe, ftype_id, _, _ = _check_recipe(type)
     if method not in METHODS:
         raise QuantizeError(f"unknown quantization method {method!r}; choose one of {', '.join(METHODS)}")
+    from .calibrate import check_chunks
+    check_chunks(calib_chunks, "calib_chunks")
     src_path, dst_path = _check_paths(inp, out)
     importances = _importance_source(imatrix)
     hessians = _hessians(method, calibration, src_path, calib_ctx, calib_chunks)
@@ -93,22 +95,25 @@ def quantize(inp: "str | os.PathLike[str]", out: "str | os.PathLike[str]", type:
         infos = src.tensors
         plans = plan_types([(t.name, t.shape, t.type) for t in infos], recipe, facts,
                            has_imatrix=importances is not None, pure=pure)
-        for p in plans:
-            if p.notice:
-                note(p.notice)
+        for line in summarize_notices(plans):
+            note(line)
         _check_convertible(plans)
-        requantized = sorted({p.src_type for p in plans if p.src_type != p.dst_type and p.src_type not in _FLOAT_INPUTS})
+        requantized = sorted({p.src_type for p in plans if p.src_type != p.dst_type
+                              and p.src_type not in _FLOAT_INPUTS and p.dst_type not in _FLOAT_INPUTS})
         if requantized:
             warnings.warn(f"{src_path} is already quantized ({', '.join(requantized)}): its tensors are "
                           f"dequantized first, so quantization error adds up", stacklevel=2)
         tmp = _temp_beside(dst_path)
+        need = sum(_tensor_nbytes(p.shape, p.dst_type) for p in plans)
         try:
             n_bytes = _write(src, plans, tmp, ftype_id, importances, hessians, n_threads, progress, note)
-            _finish_file(tmp)
+            _finish_file(tmp, dst_path)
             os.replace(tmp, dst_path)
+        except OSError as e:
+            _remove(tmp)
+            raise disk_error(e, dst_path, need, QuantizeError) from None
         except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            _remove(tmp)
             raise
     n_params = sum(int(np.prod(p.shape)) for p in plans)
     return QuantizeResult(dst_path, recipe, ftype_id, n_params, n_bytes, os.path.getsize(dst_path),
@@ -219,10 +224,37 @@ def _tensor_nbytes(shape, type_name: str) -> int:
     return rows * quant.row_bytes(type_name, shape[0])
 
 
-def _finish_file(path: str) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+def _finish_file(path: str, dst: str) -> None:
+    """The new file's mode: the replaced file's when OUT exists, else 0666 less the umask."""
+    try:
+        mode = os.stat(dst).st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    os.chmod(path, mode)
+
+
+def _remove(path: str) -> None:
+    if os.path.exists(path):
+        os.unlink(path)
+
+
+def summarize_notices(plans: List[TensorPlan]) -> List[str]:
+    """One line per distinct notice rule with how many tensors it hit (plans' notices read
+    '<tensor>: <rule>'), instead of one line per tensor."""
+    by_rule: Dict[str, List[str]] = {}
+    for p in plans:
+        if p.notice:
+            name, _, rule = p.notice.partition(": ")
+            by_rule.setdefault(rule or p.notice, []).append(name)
+    lines = []
+    for rule, names in by_rule.items():
+        if len(names) == 1:
+            lines.append(f"{names[0]}: {rule}")
+        else:
+            lines.append(f"{len(names)} tensors ({names[0]}, ...): {rule}")
+    return lines
 
 
 def _convert(src: GGUFFile, p: TensorPlan, importances, hessians, pool: ThreadPoolExecutor, tick,
@@ -314,6 +346,8 @@ def _encode(value: Any) -> Any:
         return value.encode("utf-8", "surrogateescape")
     if isinstance(value, (list, tuple)):
         return [_encode(v) for v in value]
+    if isinstance(value, np.ndarray):      # a long numeric array, read as a view of the mapping
+        return value.tolist()
     return value
 
 

@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
+
 # llama.cpp's llama_ftype ids (general.file_type) and each one's default tensor type.
 FILE_TYPES: Dict[str, Tuple[int, str]] = {
     "F32": (0, "F32"), "F16": (1, "F16"), "Q4_0": (2, "Q4_0"), "Q4_1": (3, "Q4_1"),
@@ -110,9 +112,13 @@ class ModelFacts:
         arch = str(meta.get("general.architecture", ""))
 
         def first(v, default=0) -> int:
-            if isinstance(v, (list, tuple)):
-                v = v[0] if v else default
-            return int(v) if v is not None else default
+            if isinstance(v, (list, tuple, np.ndarray)):
+                v = v[0] if len(v) else default
+            if v is None:
+                return default
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                return default       # not a count: the rules fall back as for a missing key
+            return int(v)
 
         n_layer = first(meta.get(f"{arch}.block_count"), 0)
         n_head = first(meta.get(f"{arch}.attention.head_count"), 0)

@@ -7,9 +7,10 @@ decode(): the concatenated token pieces (llama.cpp's llama_detokenize with
 remove_special=False), including its leading-space removal and BPE space clean-up."""
 from __future__ import annotations
 
+import bisect
 import codecs
 import operator
-from typing import Dict, Iterable, List, Optional, Sequence, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from .bpe import CHAR_TO_BYTE, BPEModel
 from .pretokenize import PRE_TOKENIZERS
@@ -42,7 +43,14 @@ class Tokenizer:
 
     @classmethod
     def from_metadata(cls, meta: dict) -> "Tokenizer":
-        """Build from a GGUF metadata dict (keys ``tokenizer.ggml.*``, ``tokenizer.chat_template``)."""
+        """Build from a GGUF metadata dict (keys ``tokenizer.ggml.*``, ``tokenizer.chat_template``).
+
+        With ``GGUFFile.metadata`` of a model the engine runs, the model's config is validated
+        first (one token per embedding row, among others), so a hostile token count fails
+        before millions of pieces are built."""
+        validate = getattr(meta, "model_config", None)
+        if validate is not None and meta.get("general.architecture") in _engine_architectures():
+            validate()
         return cls(load_vocab(meta, PRE_TOKENIZERS))
 
     # ---- facts -------------------------------------------------------------------------
@@ -133,22 +141,34 @@ class Tokenizer:
                 found.update(t for t in ids if not self._attrs[t] & skip and self._tokens[t] in text)
         return [t for t in self._specials if t in found]
 
-    def _partition(self, text: str, parse_special: bool) -> List[Fragment]:
+    def _partition(self, text: str, parse_special: bool,
+                   literal: Optional["_LiteralSpans"] = None) -> List[Fragment]:
         frags: List[Fragment] = [(0, len(text))]
         for tid in self._present_specials(text, parse_special):
-            frags = self._cut(text, frags, tid)
+            frags = self._cut(text, frags, tid, literal)
         return frags
 
-    def _cut(self, text: str, frags: List[Fragment], tid: int) -> List[Fragment]:
-        """Split every raw fragment at each (leftmost, non-overlapping) occurrence of token tid."""
+    def _cut(self, text: str, frags: List[Fragment], tid: int,
+             literal: Optional["_LiteralSpans"] = None) -> List[Fragment]:
+        """Split every raw fragment at each (leftmost, non-overlapping) occurrence of token tid;
+        control and unknown tokens are not matched where they overlap a literal span."""
         tok, attr = self._tokens[tid], self._attrs[tid]
+        if literal is not None and not attr & (ATTR_CONTROL | ATTR_UNKNOWN):
+            literal = None            # user-defined tokens are parsed everywhere, as without parse_special
+
+        def find(start: int, stop: int) -> int:
+            pos = text.find(tok, start, stop)
+            while pos >= 0 and literal is not None and literal.overlaps(pos, pos + len(tok)):
+                pos = text.find(tok, pos + 1, stop)
+            return pos
+
         out: List[Fragment] = []
         for frag in frags:
             if isinstance(frag, int):
                 out.append(frag)
                 continue
             base, end = frag
-            pos = text.find(tok, base, end)
+            pos = find(base, end)
             if pos < 0:
                 out.append(frag)
                 continue
@@ -164,23 +184,29 @@ class Tokenizer:
                 if attr & ATTR_RSTRIP:
                     while base < end and text[base] in _C_SPACES:
                         base += 1
-                pos = text.find(tok, base, end) if base < end else -1
+                pos = find(base, end) if base < end else -1
             if base < end:
                 out.append((base, end))
         return out
 
     # ---- encode ---------------------------------------------------------------------------
-    def encode(self, text: str, add_special: bool = True, parse_special: bool = False) -> List[int]:
+    def encode(self, text: str, add_special: bool = True, parse_special: bool = False,
+               literal_spans: Sequence[Tuple[int, int]] = ()) -> List[int]:
         """Token ids of ``text`` as llama.cpp's llama_tokenize(text, add_special, parse_special).
 
         add_special adds BOS/EOS per the metadata (tokenizer.ggml.add_bos_token/add_eos_token).
         One deliberate difference: when the text itself starts with the BOS token (parsed with
         parse_special=True, e.g. a chat template that renders '<bos>'), no second BOS is added;
-        llama.cpp adds it anyway and only logs a warning."""
+        llama.cpp adds it anyway and only logs a warning.
+
+        ``literal_spans``: (start, end) character ranges of ``text`` (e.g. message contents in a
+        rendered chat, see chat.render_chat_spans) where control tokens are not parsed even with
+        parse_special=True: there '<|im_end|>' is ordinary text."""
         if not isinstance(text, str):
             raise TypeError(f"encode() takes str, not {type(text).__name__}")
         out: List[int] = []
-        frags = self._partition(text, parse_special) if text else []
+        literal = _LiteralSpans(literal_spans, len(text)) if literal_spans else None
+        frags = self._partition(text, parse_special, literal) if text else []
         if self._spm is not None:
             self._encode_spm(text, frags, out)
         else:
@@ -257,6 +283,32 @@ class Tokenizer:
 
     def stream_decoder(self, skip_special: bool = False) -> "StreamDecoder":
         return StreamDecoder(self, skip_special)
+
+
+def _engine_architectures() -> frozenset:
+    from .. import _core
+    return frozenset(a.strip() for a in _core.supported_architectures().split(","))
+
+
+class _LiteralSpans:
+    """Sorted, validated (start, end) character ranges; overlaps() by binary search."""
+
+    def __init__(self, spans: Sequence[Tuple[int, int]], n: int):
+        merged: List[List[int]] = []
+        for span in sorted((int(a), int(b)) for a, b in spans):
+            start, end = span
+            if not 0 <= start <= end <= n:
+                raise ValueError(f"literal span {span} is outside the text (0..{n})")
+            if merged and start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], end)
+            elif start < end:
+                merged.append([start, end])
+        self._starts = [a for a, _ in merged]
+        self._ends = [b for _, b in merged]
+
+    def overlaps(self, start: int, end: int) -> bool:
+        i = bisect.bisect_right(self._starts, end - 1) - 1   # last span starting before `end`
+        return i >= 0 and self._ends[i] > start
 
 
 def _gpt2_bytes(text: str) -> bytes:

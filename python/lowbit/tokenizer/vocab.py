@@ -9,6 +9,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+import numpy as np
+
 from ..errors import ModelError
 
 # GGUF `tokenizer.ggml.token_type` values (llama.h LLAMA_TOKEN_TYPE_*).
@@ -98,14 +100,29 @@ def _text(value) -> str:
     return str(value)
 
 
+_ITEM_KINDS = {"strings": "SU", "numbers": "iuf", "integers": "iu"}   # numpy dtype kinds
+_ITEM_TYPES = {"strings": (str, bytes), "numbers": (int, float), "integers": (int,)}
+
+
 def _as_list(meta: dict, key: str, n: Optional[int], kind: str) -> Optional[list]:
+    """An array value (list, tuple or 1-D numpy array) whose items are all of ``kind``;
+    ModelError naming the key otherwise."""
     value = _get(meta, key)
     if value is None:
         return None
-    try:
-        value = list(value)
-    except TypeError:
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        if value.size and value.dtype.kind not in _ITEM_KINDS[kind]:
+            raise ModelError(f"tokenizer.ggml.{key} must be an array of {kind}, got dtype {value.dtype}")
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
         raise ModelError(f"tokenizer.ggml.{key} must be an array of {kind}, got {type(value).__name__}")
+    ok = _ITEM_TYPES[kind]
+    bad_types = {t for t in set(map(type, value)) if not issubclass(t, ok) or t is bool}
+    if bad_types:
+        bad = next(i for i, v in enumerate(value) if type(v) in bad_types)
+        raise ModelError(f"tokenizer.ggml.{key} must be an array of {kind}, but item {bad} is "
+                         f"{type(value[bad]).__name__}")
+    value = list(value)
     if n is not None and len(value) < n:
         raise ModelError(f"tokenizer.ggml.{key} has {len(value)} entries, fewer than the {n} tokens")
     return value
@@ -123,6 +140,11 @@ def _read_tokens(meta: dict) -> List[str]:
             raise ModelError(f"tokenizer.ggml.tokens[{i}] is {type(t).__name__}, not a string")
         out.append(t if t else f"[EMPTY_{i}]")  # llama.cpp renames empty pieces the same way
     return out
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _initial_ids(model: str) -> Dict[str, int]:
@@ -143,7 +165,9 @@ def _read_ids(meta: dict, model: str, n: int) -> Dict[str, int]:
         value = _get(meta, key)
         if value is None:
             continue
-        value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ModelError(f"tokenizer.ggml.{key} must be an integer token id, got {type(value).__name__} "
+                             f"{_short(value)}")
         if 0 <= value < n:
             ids[slot] = value
         else:

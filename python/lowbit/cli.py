@@ -250,7 +250,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     rep = compare(str(registry.resolve(args.model, quiet=args.json)), types, text, imatrix=args.imatrix,
                   calib_text=calib,
                   out_dir=args.out_dir, n_ctx=args.ctx, n_chunks=args.chunks, n_threads=args.threads,
-                  backend=args.backend, progress=say)
+                  measure_speed=not args.no_speed, progress=say)
     rep.text = args.text
     if args.plot:
         plot(rep, args.plot)
@@ -372,8 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--plot", default=None, metavar="FILE.png", help="chart of quality loss against size and speed")
     sp.add_argument("--ctx", type=int, default=512, help="perplexity chunk length")
     sp.add_argument("--chunks", type=int, default=8, help="perplexity chunks (0: all)")
-    sp.add_argument("--backend", choices=["engine", "numpy"], default="engine",
-                    help="numpy: evaluate with the float32 numpy forward (no speed/memory figures)")
+    sp.add_argument("--no-speed", action="store_true", help="quality figures only: skip the speed and memory probes")
     sp.add_argument("-t", "--threads", type=int, default=None, help="threads")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_compare)

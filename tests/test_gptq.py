@@ -8,7 +8,7 @@ from gguf import GGUFReader
 
 import lowbit
 from lowbit import quant
-from lowbit.gptq import Hessians, gptq_quantize
+from lowbit.gptq import gptq_quantize
 from lowbit.quantize import QuantizeError, quantize
 
 from model_factory import write_default_model
@@ -46,17 +46,29 @@ def test_dead_inputs_and_bad_rows():
         gptq_quantize(w[:, :48], np.eye(48), "Q4_0")
 
 
-def test_hessians_share_inputs_and_count_rows():
-    rng = np.random.default_rng(13)
-    hs = Hessians()
-    x = rng.standard_normal((10, 16))
-    hs.add("a", x)
-    hs.add("b", x)
-    hs.end_pass()
-    hs.add("a", x[:4])
-    np.testing.assert_allclose(hs.mean("a"), (x.T @ x + x[:4].T @ x[:4]) / 14)
-    np.testing.assert_allclose(hs.mean("b"), x.T @ x / 10)
-    assert hs.mean("c") is None
+def test_hessians_from_the_engine_are_the_layer_inputs_gram(tmp_path):
+    """collect_hessians: X^T X / rows of each blk.* input over the calibration chunks, q/k/v
+    sharing one input; layer 0's attention input recomputed in float64 by the reference."""
+    from lowbit.gptq import collect_hessians
+    from reference_forward import ReferenceModel, rms_norm
+    path = write_default_model(str(tmp_path / "m.gguf"), "qwen2", "F32")
+    text = " ".join(f"word{i % 37} and more{i % 11}" for i in range(300))
+    hs = collect_hessians(path, text, n_ctx=64, n_chunks=2)
+    names = {t.name for t in lowbit.GGUFFile(path).tensors if t.name.startswith("blk.") and len(t.shape) == 2}
+    assert set(hs.sums) == names and all(n == 2 * 64 for n in hs.counts.values())
+    np.testing.assert_array_equal(hs.mean("blk.0.attn_q.weight"), hs.mean("blk.0.attn_v.weight"))
+    assert hs.mean("output.weight") is None
+    tok = lowbit.Tokenizer.from_metadata(lowbit.GGUFFile(path).metadata)
+    ids = tok.encode(text, add_special=False)
+    ref = ReferenceModel(path)
+    want = np.zeros((ref.hparams.n_embd, ref.hparams.n_embd))
+    for c in range(2):
+        chunk = list(ids[c * 64:(c + 1) * 64])
+        if tok.add_bos:
+            chunk[0] = tok.bos_id
+        x = rms_norm(ref.embed(chunk), ref.weight("blk.0.attn_norm.weight"), ref.hparams.rms_eps)
+        want += x.T @ x
+    np.testing.assert_allclose(hs.mean("blk.0.attn_k.weight"), want / 128, rtol=1e-4, atol=1e-6 * np.abs(want).max())
 
 
 def test_quantize_method_gptq(tmp_path):

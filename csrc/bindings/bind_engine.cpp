@@ -10,6 +10,7 @@
 #include "model/config.h"
 #include "common.h"
 #include "gguf/gguf.h"
+#include "model/observer.h"
 #include "runtime/engine.h"
 
 namespace py = pybind11;
@@ -71,6 +72,41 @@ py::dict memory(const Engine& e) {
     return d;
 }
 
+py::dict sum_squares(const model::SumSquaresObserver& o) {
+    py::dict d;
+    for (const auto& [name, e] : o.entries()) {
+        py::array_t<double> sums(int64_t(e.sums.size()));
+        std::copy(e.sums.begin(), e.sums.end(), sums.mutable_data());
+        d[py::str(name)] = py::make_tuple(sums, e.rows);
+    }
+    return d;
+}
+
+py::array_t<double> gram(const model::GramObserver& o, const std::string& name) {
+    const model::GramObserver::Entry& e = o.entry(name);
+    py::array_t<double> out({e.cols, e.cols});
+    std::copy(e.gram.begin(), e.gram.end(), out.mutable_data());
+    return out;
+}
+
+void bind_observers(py::module_& m) {
+    py::class_<model::MatmulObserver, std::shared_ptr<model::MatmulObserver>>(
+        m, "MatmulObserver", "Sees the float input of every weight matmul of an Engine's evals (set_observer).");
+    py::class_<model::SumSquaresObserver, model::MatmulObserver, std::shared_ptr<model::SumSquaresObserver>>(
+        m, "SumSquaresObserver", "llama.cpp's imatrix statistics: per tensor, sum of x^2 per input column and rows seen.")
+        .def(py::init<>())
+        .def("entries", &sum_squares, "{tensor name: (sums (cols,) float64, rows)}")
+        .def("clear", &model::SumSquaresObserver::clear);
+    py::class_<model::GramObserver, model::MatmulObserver, std::shared_ptr<model::GramObserver>>(
+        m, "GramObserver", "GPTQ's Hessian: per input, X^T X in float64; tensors sharing an input share it.")
+        .def(py::init<>())
+        .def("names", &model::GramObserver::names, "names of the tensors whose inputs were observed")
+        .def("gram", &gram, py::arg("name"), "X^T X (cols, cols) of the input of tensor `name`")
+        .def("rows", [](const model::GramObserver& o, const std::string& name) { return o.entry(name).rows; },
+             py::arg("name"), "rows (tokens) observed for tensor `name`")
+        .def("clear", &model::GramObserver::clear);
+}
+
 }  // namespace
 
 py::dict config_dict(const model::ModelConfig& c) {
@@ -112,6 +148,7 @@ void bind_engine(py::module_& m) {
           "The engine's validated hyper-parameters of a GGUF model (ModelError naming the key when the "
           "metadata is wrong or does not fit the tensors): the one parse that info, memory estimates and "
           "the engine share.");
+    bind_observers(m);
     m.def("supported_architectures", []() { return std::string(model::supported_architectures()); },
           "Comma-separated architectures the engine runs.");
     py::class_<Engine>(m, "Engine", "Decoding engine over one GGUF model: KV cache, batched prefill, decode.")
@@ -140,6 +177,11 @@ void bind_engine(py::module_& m) {
         .def("cancel", &Engine::cancel, "Stop the running eval (thread-safe); stays set until reset_cancel().")
         .def("reset_cancel", &Engine::reset_cancel)
         .def("memory", &memory)
+        .def("set_observer", [](Engine& e, std::shared_ptr<model::MatmulObserver> obs) {
+                 py::gil_scoped_release nogil;
+                 e.set_observer(std::move(obs));
+             }, py::arg("observer").none(true),
+             "Report the input of every weight matmul of later evals to `observer` (None detaches).")
         .def("close", [](Engine& e) { py::gil_scoped_release nogil; e.close(); })
         .def_property_readonly("arch", [](const Engine& e) { return model::arch_name(e.config().arch); })
         .def_property_readonly("n_vocab", [](const Engine& e) { return e.config().n_vocab; })

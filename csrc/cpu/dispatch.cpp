@@ -101,84 +101,29 @@ const KernelSet& kernels() {
 
 void set_kernels(const std::string& name) { g_current.store(set_named(name), std::memory_order_release); }
 
-VecDotFn kernel_for(const KernelSet& ks, GGMLType type) {
-    switch (type) {
-        case GGMLType::Q4_0: return ks.q4_0;
-        case GGMLType::Q4_1: return ks.q4_1;
-        case GGMLType::Q5_0: return ks.q5_0;
-        case GGMLType::Q5_1: return ks.q5_1;
-        case GGMLType::Q8_0: return ks.q8_0;
-        case GGMLType::IQ4_NL: return ks.iq4_nl;
-        case GGMLType::Q2_K: return ks.q2_K;
-        case GGMLType::Q3_K: return ks.q3_K;
-        case GGMLType::Q4_K: return ks.q4_K;
-        case GGMLType::Q5_K: return ks.q5_K;
-        case GGMLType::Q6_K: return ks.q6_K;
-        case GGMLType::IQ4_XS: return ks.iq4_xs;
-        case GGMLType::F32: return ks.f32;
-        case GGMLType::F16: return ks.f16;
-        case GGMLType::BF16: return ks.bf16;
-        default: return nullptr;
-    }
+namespace {
+// One line per weight type lowbit computes with on the CPU; a type missing here has no kernel.
+constexpr CpuTypeTraits kCpuTypeTraits[] = {
+    {GGMLType::F32, ActFormat::F32, 0},     {GGMLType::F16, ActFormat::F32, 0},
+    {GGMLType::BF16, ActFormat::F32, 0},
+    {GGMLType::Q4_0, ActFormat::Q8_0, 8},   {GGMLType::Q4_1, ActFormat::Q8_0, 0},
+    {GGMLType::Q5_0, ActFormat::Q8_0, 16},  {GGMLType::Q5_1, ActFormat::Q8_0, 0},
+    {GGMLType::Q8_0, ActFormat::Q8_0, 128}, {GGMLType::IQ4_NL, ActFormat::Q8_0, 128},
+    {GGMLType::Q2_K, ActFormat::Q8_K, 0},   {GGMLType::Q3_K, ActFormat::Q8_K, 0},
+    {GGMLType::Q4_K, ActFormat::Q8_K, 0},   {GGMLType::Q5_K, ActFormat::Q8_K, 0},
+    {GGMLType::Q6_K, ActFormat::Q8_K, 0},   {GGMLType::IQ4_XS, ActFormat::Q8_K, 0},
+};
+}  // namespace
+
+const CpuTypeTraits* cpu_type_traits(GGMLType type) {
+    for (const CpuTypeTraits& t : kCpuTypeTraits)
+        if (t.type == type) return &t;
+    return nullptr;
 }
 
-VecDotRowsFn rows_kernel_for(const KernelSet& ks, GGMLType type) {
-    switch (type) {
-        case GGMLType::Q4_0: return ks.q4_0_rows;
-        case GGMLType::Q4_1: return ks.q4_1_rows;
-        case GGMLType::Q5_0: return ks.q5_0_rows;
-        case GGMLType::Q5_1: return ks.q5_1_rows;
-        case GGMLType::Q8_0: return ks.q8_0_rows;
-        case GGMLType::IQ4_NL: return ks.iq4_nl_rows;
-        case GGMLType::Q2_K: return ks.q2_K_rows;
-        case GGMLType::Q3_K: return ks.q3_K_rows;
-        case GGMLType::Q4_K: return ks.q4_K_rows;
-        case GGMLType::Q5_K: return ks.q5_K_rows;
-        case GGMLType::Q6_K: return ks.q6_K_rows;
-        case GGMLType::IQ4_XS: return ks.iq4_xs_rows;
-        case GGMLType::F32: return ks.f32_rows;
-        case GGMLType::F16: return ks.f16_rows;
-        case GGMLType::BF16: return ks.bf16_rows;
-        default: return nullptr;
-    }
-}
-
-PanelRowsFn panel_kernel_for(const KernelSet& ks, GGMLType type) {
-    switch (type) {
-        case GGMLType::Q4_0: return ks.q4_0_panel;
-        case GGMLType::Q4_1: return ks.q4_1_panel;
-        case GGMLType::Q5_0: return ks.q5_0_panel;
-        case GGMLType::Q5_1: return ks.q5_1_panel;
-        case GGMLType::Q8_0: return ks.q8_0_panel;
-        case GGMLType::IQ4_NL: return ks.iq4_nl_panel;
-        default: return nullptr;
-    }
-}
-
-const StripKernels* strip_kernels_for(const KernelSet& ks, GGMLType type) {
-    const StripKernels* k = nullptr;
-    switch (type) {
-        case GGMLType::Q4_0: k = &ks.q4_0_strip; break;
-        case GGMLType::Q4_1: k = &ks.q4_1_strip; break;
-        case GGMLType::Q5_0: k = &ks.q5_0_strip; break;
-        case GGMLType::Q5_1: k = &ks.q5_1_strip; break;
-        case GGMLType::Q8_0: k = &ks.q8_0_strip; break;
-        case GGMLType::IQ4_NL: k = &ks.iq4_nl_strip; break;
-        case GGMLType::Q4_K: k = &ks.q4_K_strip; break;
-        case GGMLType::Q5_K: k = &ks.q5_K_strip; break;
-        case GGMLType::Q6_K: k = &ks.q6_K_strip; break;
-        default: return nullptr;
-    }
-    return k->decode && k->gemm ? k : nullptr;
-}
-
-int panel_bias(GGMLType type) {   // weight = u - bias with u unsigned, as the legacy kernels decode it
-    switch (type) {
-        case GGMLType::Q4_0: return 8;
-        case GGMLType::Q5_0: return 16;
-        case GGMLType::Q8_0: case GGMLType::IQ4_NL: return 128;
-        default: return 0;   // Q4_1, Q5_1: d * u + m
-    }
+int panel_bias(GGMLType type) {
+    const CpuTypeTraits* t = cpu_type_traits(type);
+    return t ? t->bias : 0;
 }
 
 void build_q8_panel_row(const block_q8_0* blocks, int64_t n, int bias, void* panel_row) {
@@ -233,16 +178,8 @@ void build_strip_act_row(const block_q8_K* blocks, int64_t n, int block, int bia
 }
 
 ActFormat act_format(GGMLType type) {
-    switch (type) {
-        case GGMLType::Q4_0: case GGMLType::Q4_1: case GGMLType::Q5_0: case GGMLType::Q5_1:
-        case GGMLType::Q8_0: case GGMLType::IQ4_NL:
-            return ActFormat::Q8_0;
-        case GGMLType::Q2_K: case GGMLType::Q3_K: case GGMLType::Q4_K: case GGMLType::Q5_K:
-        case GGMLType::Q6_K: case GGMLType::IQ4_XS:
-            return ActFormat::Q8_K;
-        default:
-            return ActFormat::F32;
-    }
+    const CpuTypeTraits* t = cpu_type_traits(type);
+    return t ? t->act : ActFormat::F32;
 }
 
 size_t act_row_bytes(ActFormat fmt, int64_t n) {

@@ -951,24 +951,42 @@ LOWBIT_DOT_AND_ROWS(iq4_xs)
 void quantize_act_q8_0(const float* x, block_q8_0* y, int n) { quantize_act_q8_0_256(x, y, n); }
 void quantize_act_q8_K(const float* x, block_q8_K* y, int n) { quantize_act_q8_K_256(x, y, n); }
 
-extern const KernelSet kKernels = {
-    "avx512",
-    vec_dot_q4_0, vec_dot_q4_1, vec_dot_q5_0, vec_dot_q5_1, vec_dot_q8_0, vec_dot_iq4_nl,
-    vec_dot_q2_K, vec_dot_q3_K, vec_dot_q4_K, vec_dot_q5_K, vec_dot_q6_K, vec_dot_iq4_xs,
-    vec_dot_f32, vec_dot_f16, vec_dot_bf16,
-    quantize_act_q8_0, quantize_act_q8_K,
-    q4_0_rows, q4_1_rows, q5_0_rows, q5_1_rows, q8_0_rows, iq4_nl_rows,
-    q2_K_rows, q3_K_rows, q4_K_rows, q5_K_rows, q6_K_rows, iq4_xs_rows, f32_rows, f16_rows, bf16_rows,
-    q4_0_panel, q4_1_panel, q5_0_panel, q5_1_panel, q8_0_panel, iq4_nl_panel,
-    {strip_decode<false, block_q4_0, DecodeQ4>, strip_gemm<32, false>, 32, 8},
-    {strip_decode<true, block_q4_1, DecodeQ4>, strip_gemm<32, true>, 32, 0},
-    {strip_decode<false, block_q5_0, DecodeQ5>, strip_gemm<32, false>, 32, 16},
-    {strip_decode<true, block_q5_1, DecodeQ5>, strip_gemm<32, true>, 32, 0},
-    {strip_decode<false, block_q8_0, DecodeQ8>, strip_gemm<32, false>, 32, 128},
-    {strip_decode<false, block_iq4_nl, DecodeIQ4NL>, strip_gemm<32, false>, 32, 128},
-    {strip_decode_k4<false, block_q4_K>, strip_gemm<32, true>, 32, 0},
-    {strip_decode_k4<true, block_q5_K>, strip_gemm<32, true>, 32, 0},
-    {strip_decode_q6_K, strip_gemm<16, false>, 16, 32},
-};
+namespace {
+// Entries of the types with panel kernels (legacy 32-blocks) and strip GEMMs.
+constexpr TypeKernels legacy(VecDotFn dot, VecDotRowsFn rows, PanelRowsFn panel, StripKernels strip) {
+    return {.dot = dot, .dot_rows = rows, .panel = panel, .strip = strip};
+}
+
+KernelSet make_kernels() {
+    KernelSet k{"avx512", quantize_act_q8_0, quantize_act_q8_K};
+    k[GGMLType::Q4_0] = legacy(vec_dot_q4_0, q4_0_rows, q4_0_panel,
+                               {strip_decode<false, block_q4_0, DecodeQ4>, strip_gemm<32, false>, 32, 8});
+    k[GGMLType::Q4_1] = legacy(vec_dot_q4_1, q4_1_rows, q4_1_panel,
+                               {strip_decode<true, block_q4_1, DecodeQ4>, strip_gemm<32, true>, 32, 0});
+    k[GGMLType::Q5_0] = legacy(vec_dot_q5_0, q5_0_rows, q5_0_panel,
+                               {strip_decode<false, block_q5_0, DecodeQ5>, strip_gemm<32, false>, 32, 16});
+    k[GGMLType::Q5_1] = legacy(vec_dot_q5_1, q5_1_rows, q5_1_panel,
+                               {strip_decode<true, block_q5_1, DecodeQ5>, strip_gemm<32, true>, 32, 0});
+    k[GGMLType::Q8_0] = legacy(vec_dot_q8_0, q8_0_rows, q8_0_panel,
+                               {strip_decode<false, block_q8_0, DecodeQ8>, strip_gemm<32, false>, 32, 128});
+    k[GGMLType::IQ4_NL] = legacy(vec_dot_iq4_nl, iq4_nl_rows, iq4_nl_panel,
+                                 {strip_decode<false, block_iq4_nl, DecodeIQ4NL>, strip_gemm<32, false>, 32, 128});
+    k[GGMLType::Q2_K] = {.dot = vec_dot_q2_K, .dot_rows = q2_K_rows};
+    k[GGMLType::Q3_K] = {.dot = vec_dot_q3_K, .dot_rows = q3_K_rows};
+    k[GGMLType::Q4_K] = {.dot = vec_dot_q4_K, .dot_rows = q4_K_rows,
+                         .strip = {strip_decode_k4<false, block_q4_K>, strip_gemm<32, true>, 32, 0}};
+    k[GGMLType::Q5_K] = {.dot = vec_dot_q5_K, .dot_rows = q5_K_rows,
+                         .strip = {strip_decode_k4<true, block_q5_K>, strip_gemm<32, true>, 32, 0}};
+    k[GGMLType::Q6_K] = {.dot = vec_dot_q6_K, .dot_rows = q6_K_rows,
+                         .strip = {strip_decode_q6_K, strip_gemm<16, false>, 16, 32}};
+    k[GGMLType::IQ4_XS] = {.dot = vec_dot_iq4_xs, .dot_rows = iq4_xs_rows};
+    k[GGMLType::F32] = {.dot = vec_dot_f32, .dot_rows = f32_rows};
+    k[GGMLType::F16] = {.dot = vec_dot_f16, .dot_rows = f16_rows};
+    k[GGMLType::BF16] = {.dot = vec_dot_bf16, .dot_rows = bf16_rows};
+    return k;
+}
+}  // namespace
+
+extern const KernelSet kKernels = make_kernels();
 
 }  // namespace lowbit::cpu::avx512

@@ -109,25 +109,37 @@ struct StripKernels {
     int bias;    // weight = dw * (u - bias) + mw
 };
 
-// Every kernel for one ISA level. Dispatch picks one set; matmul calls through it.
+// What one kernel set has for one weight type (ggml's type_traits_cpu), written per type with
+// designated initializers in each ISA file; members left null mean "none": no dot = no kernel for
+// the type, no panel / strip = matmul takes the multi-row dots.
+//   dot        one weight row . one activation row
+//   dot_rows   several activation rows (dot_rows_loop<dot> where the set has nothing better)
+//   panel      AVX-512 legacy types: dots against a Q8PanelLayout. Each panel row's result does not
+//              depend on nrows or its place in the panel, so a mat-mat through them equals a loop
+//              of mat-vecs bit for bit.
+//   strip      AVX-512 strip GEMM for mat-mat of many rows (StripLayout)
+struct TypeKernels {
+    VecDotFn dot = nullptr;
+    VecDotRowsFn dot_rows = nullptr;
+    PanelRowsFn panel = nullptr;
+    StripKernels strip = {nullptr, nullptr, 0, 0};
+};
+
+constexpr size_t kTypeSlots = 40;   // > every GGMLType id (blocks.h)
+static_assert(size_t(GGMLType::MXFP4) < kTypeSlots, "kTypeSlots must exceed every GGMLType id");
+
+// Every kernel for one ISA level, by weight type. Dispatch picks one set; matmul calls through it.
 struct KernelSet {
-    const char* name;  // "scalar", "avx2", "avx512"
-    VecDotFn q4_0, q4_1, q5_0, q5_1, q8_0, iq4_nl;
-    VecDotFn q2_K, q3_K, q4_K, q5_K, q6_K, iq4_xs;
-    VecDotFn f32, f16, bf16;
-    QuantizeQ8_0Fn quantize_q8_0;
-    QuantizeQ8_KFn quantize_q8_K;
-    // Multi-row dots, same order of types as above.
-    VecDotRowsFn q4_0_rows, q4_1_rows, q5_0_rows, q5_1_rows, q8_0_rows, iq4_nl_rows;
-    VecDotRowsFn q2_K_rows, q3_K_rows, q4_K_rows, q5_K_rows, q6_K_rows, iq4_xs_rows;
-    VecDotRowsFn f32_rows, f16_rows, bf16_rows;
-    // Panel kernels of the legacy types (Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL), or all nullptr: matmul
-    // then uses the multi-row dots above. Each panel row's result does not depend on nrows or
-    // its place in the panel, so a mat-mat through them equals a loop of mat-vecs bit for bit.
-    PanelRowsFn q4_0_panel, q4_1_panel, q5_0_panel, q5_1_panel, q8_0_panel, iq4_nl_panel;
-    // Strip GEMMs for mat-mat of many rows, or all {nullptr, nullptr}.
-    StripKernels q4_0_strip, q4_1_strip, q5_0_strip, q5_1_strip, q8_0_strip, iq4_nl_strip;
-    StripKernels q4_K_strip, q5_K_strip, q6_K_strip;
+    const char* name = "";   // "scalar", "avx2", "avx512"
+    QuantizeQ8_0Fn quantize_q8_0 = nullptr;
+    QuantizeQ8_KFn quantize_q8_K = nullptr;
+    TypeKernels types[kTypeSlots] = {};
+
+    const TypeKernels& of(GGMLType t) const {
+        static const TypeKernels none;
+        return size_t(t) < kTypeSlots ? types[size_t(t)] : none;
+    }
+    TypeKernels& operator[](GGMLType t) { return types[size_t(t)]; }
 };
 
 // The multi-row dot as a loop of single-row dots (types without a dedicated kernel).
@@ -136,23 +148,30 @@ void dot_rows_loop(int n, const void* w, const void* act, size_t act_stride, int
     for (int i = 0; i < nrows; ++i) out[i] = Dot(n, w, static_cast<const uint8_t*>(act) + size_t(i) * act_stride);
 }
 
-// The list of a KernelSet's multi-row members, each the row loop of the single dot `ns::vec_dot_*`
-// unless the set provides its own (ISA files override entries after this macro).
-#define LOWBIT_ROW_LOOPS(ns)                                                                          \
-    dot_rows_loop<ns::vec_dot_q4_0>, dot_rows_loop<ns::vec_dot_q4_1>, dot_rows_loop<ns::vec_dot_q5_0>, \
-    dot_rows_loop<ns::vec_dot_q5_1>, dot_rows_loop<ns::vec_dot_q8_0>, dot_rows_loop<ns::vec_dot_iq4_nl>, \
-    dot_rows_loop<ns::vec_dot_q2_K>, dot_rows_loop<ns::vec_dot_q3_K>, dot_rows_loop<ns::vec_dot_q4_K>, \
-    dot_rows_loop<ns::vec_dot_q5_K>, dot_rows_loop<ns::vec_dot_q6_K>, dot_rows_loop<ns::vec_dot_iq4_xs>, \
-    dot_rows_loop<ns::vec_dot_f32>, dot_rows_loop<ns::vec_dot_f16>, dot_rows_loop<ns::vec_dot_bf16>
+// The entry of a type whose set has only a single-row dot.
+template <VecDotFn Dot>
+constexpr TypeKernels dot_only() {
+    return TypeKernels{.dot = Dot, .dot_rows = dot_rows_loop<Dot>};
+}
+
+// The ISA-independent facts of a weight type for the CPU kernels (one table, dispatch.cpp).
+struct CpuTypeTraits {
+    GGMLType type;
+    ActFormat act;   // the activation format its dots take
+    int bias;        // weight = u - bias with u unsigned, as the panel decoders see it (0: d * u + m)
+};
+// The traits of `type`, or nullptr when lowbit has no CPU kernel for it.
+const CpuTypeTraits* cpu_type_traits(GGMLType type);
 
 // The dot of `type` in `ks`, or nullptr when lowbit has no CPU kernel for that type.
-VecDotFn kernel_for(const KernelSet& ks, GGMLType type);
-VecDotRowsFn rows_kernel_for(const KernelSet& ks, GGMLType type);
-// The panel kernel of `type` in `ks` (nullptr: none) and the weight bias its panel's corr uses.
-PanelRowsFn panel_kernel_for(const KernelSet& ks, GGMLType type);
+inline VecDotFn kernel_for(const KernelSet& ks, GGMLType type) { return ks.of(type).dot; }
+// The weight bias a panel's corr uses for `type` (CpuTypeTraits::bias).
 int panel_bias(GGMLType type);
 // The strip GEMM of `type` in `ks`, or nullptr.
-const StripKernels* strip_kernels_for(const KernelSet& ks, GGMLType type);
+inline const StripKernels* strip_kernels_for(const KernelSet& ks, GGMLType type) {
+    const StripKernels& k = ks.of(type).strip;
+    return k.decode && k.gemm ? &k : nullptr;
+}
 // One panel row (layout above) from n / 32 quantized blocks.
 void build_q8_panel_row(const block_q8_0* blocks, int64_t n, int bias, void* panel_row);
 // Slot `slot` of a StripActLayout group of n elements (block, bias: the strip kernels') from a row

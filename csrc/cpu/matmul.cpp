@@ -62,7 +62,7 @@ void quantize_rows(const KernelSet& ks, GGMLType type, int64_t cols, const float
                    ActPrecision precision, QuantizedActs& out, ThreadPool& pool, const StripKernels* strip = nullptr) {
     const ActFormat fmt = act_format(type);
     out.strip = strip;
-    out.panel = !strip && panel_kernel_for(ks, type) != nullptr;
+    out.panel = !strip && ks.of(type).panel != nullptr;
     out.per_token = (precision == ActPrecision::Q8X2 && fmt != ActFormat::F32) ? 2 : 1;
     if (strip) {
         out.group_bytes = size_t(StripActLayout::group_bytes(cols, strip->block));
@@ -108,7 +108,7 @@ void quantize_rows(const KernelSet& ks, GGMLType type, int64_t cols, const float
 
 // The multi-row kernel for the activations as quantize_rows laid them out.
 VecDotRowsFn rows_kernel(const KernelSet& ks, GGMLType type, const QuantizedActs& act) {
-    return act.panel ? panel_kernel_for(ks, type) : rows_kernel_for(ks, type);
+    return act.panel ? ks.of(type).panel : ks.of(type).dot_rows;
 }
 
 int64_t rows_per_chunk(int64_t rows, const ThreadPool& pool, int64_t multiple) {

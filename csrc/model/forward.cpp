@@ -66,6 +66,17 @@ void for_tokens(cpu::ThreadPool& pool, int64_t n, Fn&& fn) {
     pool.parallel_for(n, [&](int64_t t, int) { fn(t); });
 }
 
+// Reports x (n, cols), the input of the tensors `roles` of layer il (il < 0: outside the layers),
+// to the state's observer; nothing is done without one.
+void observe(ForwardState& s, cpu::ThreadPool& pool, int64_t il, std::initializer_list<const char*> roles,
+             const float* x, int64_t n, int64_t cols) {
+    if (!s.observer) return;
+    std::vector<std::string> names;
+    const std::string prefix = il < 0 ? std::string() : "blk." + std::to_string(il) + ".";
+    for (const char* role : roles) names.push_back(prefix + role + ".weight");
+    s.observer->observe(names, x, n, cols, pool);
+}
+
 void check_cancel(const std::atomic<bool>& cancel) {
     if (cancel.load(std::memory_order_relaxed)) throw Cancelled("eval cancelled");
 }
@@ -76,6 +87,8 @@ void attention_inputs(const Model& m, const LayerWeights& l, int64_t il, KVCache
     const ModelConfig& c = m.config;
     const int64_t Q = c.q_dim(), KV = c.kv_dim(), D = c.head_dim;
     const bool fused = l.wqkv.present();
+    if (c.fused_qkv) observe(s, pool, il, {"attn_qkv"}, s.xn.data(), n, c.n_embd);
+    else observe(s, pool, il, {"attn_q", "attn_k", "attn_v"}, s.xn.data(), n, c.n_embd);
     if (fused) {
         project(l.wqkv, s.xn.data(), n, s.qkv.data(), pool, s.act_precision);
     } else {
@@ -227,10 +240,13 @@ void residual(const ModelConfig& c, const Vec& bias, const Vec& post_norm, Forwa
     });
 }
 
-void feed_forward(const Model& m, const LayerWeights& l, ForwardState& s, cpu::ThreadPool& pool, int64_t n) {
+void feed_forward(const Model& m, const LayerWeights& l, int64_t il, ForwardState& s, cpu::ThreadPool& pool,
+                  int64_t n) {
     const ModelConfig& c = m.config;
     const int64_t F = c.n_ff;
     const bool fused = l.w_gate_up.present();
+    if (c.fused_gate_up) observe(s, pool, il, {"ffn_up"}, s.xn.data(), n, c.n_embd);
+    else observe(s, pool, il, {"ffn_gate", "ffn_up"}, s.xn.data(), n, c.n_embd);
     if (fused) project(l.w_gate_up, s.xn.data(), n, s.gate.data(), pool, s.act_precision);   // (n, 2F): [gate | up]
     else {
         project(l.w_gate, s.xn.data(), n, s.gate.data(), pool, s.act_precision);
@@ -243,6 +259,7 @@ void feed_forward(const Model& m, const LayerWeights& l, ForwardState& s, cpu::T
         if (c.ffn_act == FfnAct::SiLU) cpu::silu_mul(g, u, h, F);
         else cpu::gelu_tanh_mul(g, u, h, F);
     });
+    observe(s, pool, il, {"ffn_down"}, s.up.data(), n, F);
     project(l.w_down, s.up.data(), n, s.proj.data(), pool, s.act_precision);
 }
 
@@ -324,10 +341,11 @@ void forward(const Model& m, KVCache& cache, ForwardState& s, cpu::ThreadPool& p
         attention_inputs(m, l, il, cache, s, pool, n, pos0);
         if (il == 0) cache.note_written(pos0 + n - 1);
         attention(m, il, cache, s, pool, n, pos0);
+        observe(s, pool, il, {"attn_output"}, s.attn.data(), n, c.q_dim());
         project(l.wo, s.attn.data(), n, s.proj.data(), pool, s.act_precision);
         residual(c, l.bo, l.attn_post_norm, s, pool, n);
         norm_rows(l.ffn_norm, c, s, pool, n);
-        feed_forward(m, l, s, pool, n);
+        feed_forward(m, l, il, s, pool, n);
         residual(c, Vec{}, l.ffn_post_norm, s, pool, n);
         check_cancel(cancel);
     }
@@ -339,6 +357,7 @@ void forward(const Model& m, KVCache& cache, ForwardState& s, cpu::ThreadPool& p
         const int64_t t = first + i;
         cpu::rmsnorm(s.x.data() + t * E, w.output_norm.data(), s.xn.data() + i * E, E, c.norm_eps);
     });
+    observe(s, pool, -1, {w.tied_output ? "token_embd" : "output"}, s.xn.data(), n_out, E);
     project(w.output, s.xn.data(), n_out, logits, pool, s.act_precision);
     if (c.logit_softcap > 0.0f) {
         const float cap = c.logit_softcap;

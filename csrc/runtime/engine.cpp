@@ -51,6 +51,13 @@ void Engine::check_fits_in_memory(const model::ModelConfig& c, model::KVType kvt
                  uint64_t(phys), " bytes of physical memory");
 }
 
+void Engine::set_observer(std::shared_ptr<model::MatmulObserver> observer) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    check_open();
+    observer_ = std::move(observer);
+    state_->observer = observer_.get();
+}
+
 void Engine::check_open() const {
     LOWBIT_CHECK(!closed_.load(), ValueError, "engine is closed");
 }
@@ -115,6 +122,7 @@ void Engine::close() {
     std::lock_guard<std::mutex> lock(mutex_);
     if (closed_.exchange(true)) return;
     pool_.reset();
+    observer_.reset();
     state_.reset();
     cache_.reset();
     model_.reset();

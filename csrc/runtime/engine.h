@@ -51,6 +51,9 @@ public:
     void cancel() { cancel_.store(true, std::memory_order_relaxed); }
     void reset_cancel() { cancel_.store(false, std::memory_order_relaxed); }
     MemoryReport memory() const;
+    // Reports the input of every weight matmul of later evals to `observer` (model/observer.h);
+    // nullptr detaches. Waits for a running eval.
+    void set_observer(std::shared_ptr<model::MatmulObserver> observer);
     void close();   // frees everything; later calls throw ValueError("engine is closed")
 
     const model::ModelConfig& config() const;
@@ -73,6 +76,7 @@ private:
     std::unique_ptr<model::KVCache> cache_;
     std::unique_ptr<model::ForwardState> state_;
     std::unique_ptr<cpu::ThreadPool> pool_;
+    std::shared_ptr<model::MatmulObserver> observer_;   // kept alive while attached
     int64_t n_ctx_ = 0, n_batch_ = 0, n_past_ = 0;
     int n_threads_ = 0;
 };

@@ -389,7 +389,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     rep = compare(str(resolve_model(args.model, quiet=args.json)), types, text, imatrix=args.imatrix,
                   calib_text=calib,
                   out_dir=args.out_dir, n_ctx=args.ctx, n_chunks=args.chunks, n_threads=args.threads,
-                  backend=args.backend, progress=say)
+                  measure_speed=not args.no_speed, progress=say)
     rep.text = args.text
     if args.plot:
         plot(rep, args.plot)
@@ -477,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "from calibration activations (needs --text)")
     sp.add_argument("--text", default=None, metavar="FILE", help="calibration text for --method gptq")
     sp.add_argument("--ctx", type=int, default=512, help="calibration chunk length (gptq)")
-    sp.add_argument("--chunks", type=int, default=8, help="calibration chunks (gptq)")
+    sp.add_argument("--chunks", type=positive_int, default=8, help="calibration chunks (gptq)")
     sp.add_argument("--pure", action="store_true", help="every quantizable tensor gets the one type")
     sp.add_argument("-t", "--threads", type=int, default=None, help="threads (default: all CPUs)")
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress output")
@@ -486,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("model", metavar="MODEL", help="a GGUF path or registry name")
     sp.add_argument("--text", required=True, metavar="FILE", help="UTF-8 text to score")
     sp.add_argument("--ctx", type=int, default=512, help="chunk length in tokens (second half scored)")
-    sp.add_argument("--chunks", type=int, default=None, help="score at most N chunks (default: all)")
+    sp.add_argument("--chunks", type=positive_int, default=None, help="score at most N chunks (default: all)")
     sp.add_argument("--kl-base", default=None, metavar="BASE", help="base model for KL divergence statistics")
     sp.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
@@ -497,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", required=True, metavar="OUT", help="output file (.gguf, or .dat for the legacy format)")
     sp.add_argument("--output-format", choices=["gguf", "dat"], default=None, help="default: from OUT's suffix")
     sp.add_argument("--ctx", type=int, default=512, help="chunk length in tokens")
-    sp.add_argument("--chunks", type=int, default=None, help="use at most N chunks (default: all)")
+    sp.add_argument("--chunks", type=positive_int, default=None, help="use at most N chunks (default: all)")
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     sp.set_defaults(func=cmd_imatrix)
     sp = sub.add_parser("compare", help="quantize several ways; size, memory, speed, PPL and KLD side by side")
@@ -510,9 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out-dir", default=None, metavar="DIR", help="keep the quantized files here (default: a temp dir)")
     sp.add_argument("--plot", default=None, metavar="FILE.png", help="chart of quality loss against size and speed")
     sp.add_argument("--ctx", type=int, default=512, help="perplexity chunk length")
-    sp.add_argument("--chunks", type=int, default=8, help="perplexity chunks (0: all)")
-    sp.add_argument("--backend", choices=["engine", "numpy"], default="engine",
-                    help="numpy: evaluate with the float32 numpy forward (no speed/memory figures)")
+    sp.add_argument("--chunks", type=positive_int, default=8, help="perplexity chunks")
+    sp.add_argument("--no-speed", action="store_true", help="quality figures only: skip the speed and memory probes")
     sp.add_argument("-t", "--threads", type=int, default=None, help="threads")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_compare)

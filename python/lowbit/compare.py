@@ -6,8 +6,9 @@ perplexity, and KL divergence / same-top-1 % against the baseline on the same to
 
 Candidates are types (``Q4_K_M``), optionally with a variant after a colon: ``Q4_K_M:rtn``
 (plain rounding), ``Q4_K_M:imatrix`` (needs ``imatrix=``), ``Q4_K_M:gptq`` (needs ``calib_text=``,
-which should not be the evaluation text). A bare type uses the imatrix when one is given. The ``numpy`` backend evaluates with the float32 numpy forward (``calibrate``) instead of
-the engine: quality figures only, no speed or memory.
+which should not be the evaluation text). A bare type uses the imatrix when one is given. Every
+figure comes from the engine; ``measure_speed=False`` (``--no-speed``) skips the speed and memory
+probes for quality figures only.
 """
 from __future__ import annotations
 
@@ -21,8 +22,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, List, Optional, Sequence
 
 from .errors import LowbitError
-
-BACKENDS = ("engine", "numpy")
 
 _PROBE = r"""
 import json, sys
@@ -63,7 +62,6 @@ class CompareReport:
     text: str
     n_ctx: int
     n_chunks: int
-    backend: str
     rows: List[Row] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -72,7 +70,8 @@ class CompareReport:
     @classmethod
     def from_dict(cls, d: dict) -> "CompareReport":
         rows = [Row(**r) for r in d.get("rows", [])]
-        return cls(**{k: v for k, v in d.items() if k != "rows"}, rows=rows)
+        # "backend" was a field of reports written before the numpy forward was removed
+        return cls(**{k: v for k, v in d.items() if k not in ("rows", "backend")}, rows=rows)
 
 
 def parse_candidates(types: Sequence[str], have_imatrix: bool, have_calib: bool = False) -> List[tuple]:
@@ -113,22 +112,11 @@ def _probe_speed(path: str, n_prompt: int, n_gen: int, reps: int, n_threads: Opt
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _numpy_model(path: str):
-    from .calibrate import CalibrationModel
-    from .tokenizer import Tokenizer
-    m = CalibrationModel(path)
-    m.tokenizer = Tokenizer.from_metadata(m._file.metadata)
-    return m
-
-
-def _evaluate(row: Row, base_path: str, text: str, backend: str, n_ctx: int, n_chunks: Optional[int],
+def _evaluate(row: Row, base_path: str, text: str, n_ctx: int, n_chunks: Optional[int],
               n_threads: Optional[int]) -> int:
     from .evaluate import perplexity
-    if backend == "numpy":
-        model, base = _numpy_model(row.path), (None if row.path == base_path else _numpy_model(base_path))
-    else:
-        model, base = row.path, (None if row.path == base_path else base_path)
-    r = perplexity(model, text, n_ctx=n_ctx, n_chunks=n_chunks, kl_base=base, n_threads=n_threads)
+    base = None if row.path == base_path else base_path
+    r = perplexity(row.path, text, n_ctx=n_ctx, n_chunks=n_chunks, kl_base=base, n_threads=n_threads)
     row.ppl, row.ppl_err = r.ppl, r.ppl_err
     if r.kl is not None:
         row.kld_mean, row.kld_err, row.kld_p99 = r.kl.mean, r.kl.mean_err, r.kl.p99
@@ -139,16 +127,10 @@ def _evaluate(row: Row, base_path: str, text: str, backend: str, n_ctx: int, n_c
 def compare(model: str, types: Sequence[str], text: str, *, imatrix=None, calib_text: Optional[str] = None,
             out_dir: Optional[str] = None,
             n_ctx: int = 512, n_chunks: Optional[int] = None, n_threads: Optional[int] = None,
-            backend: str = "engine", bench_prompt: int = 128, bench_gen: int = 32, bench_reps: int = 2,
+            measure_speed: bool = True, bench_prompt: int = 128, bench_gen: int = 32, bench_reps: int = 2,
             progress: Optional[Callable[[str], None]] = None) -> CompareReport:
     """Quantize ``model`` to each candidate of ``types`` and measure everything (see module doc)."""
     from .quantize import quantize
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if backend == "engine":
-        from . import _core
-        if not hasattr(_core, "Engine"):
-            raise LowbitError("this build has no inference engine; use backend='numpy' (--backend numpy)")
     candidates = parse_candidates(types, imatrix is not None, calib_text is not None)
     hessians = None
     say = progress or (lambda msg: None)
@@ -156,7 +138,7 @@ def compare(model: str, types: Sequence[str], text: str, *, imatrix=None, calib_
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.splitext(os.path.basename(model))[0]
     size, bpw = _file_facts(model)
-    report = CompareReport(os.path.basename(model), text="", n_ctx=n_ctx, n_chunks=0, backend=backend)
+    report = CompareReport(os.path.basename(model), text="", n_ctx=n_ctx, n_chunks=0)
     report.rows.append(Row("baseline", model, "baseline", "-", size, bpw))
     for i, (qtype, variant) in enumerate(candidates):
         say(f"[{i + 1}/{len(candidates)}] quantizing {qtype} ({variant})")
@@ -171,18 +153,18 @@ def compare(model: str, types: Sequence[str], text: str, *, imatrix=None, calib_
         size, bpw = _file_facts(path)
         report.rows.append(Row(f"{qtype} {variant}", path, qtype, variant, size, bpw, time.monotonic() - t0))
     for i, row in enumerate(report.rows):
-        if backend == "engine":
+        if measure_speed:
             say(f"[{i + 1}/{len(report.rows)}] {row.name}: speed and memory")
             speed = _probe_speed(row.path, bench_prompt, bench_gen, bench_reps, n_threads)
             row.pp_tok_s, row.tg_tok_s, row.peak_rss_bytes = speed["pp"], speed["tg"], speed["peak_rss"]
         say(f"[{i + 1}/{len(report.rows)}] {row.name}: perplexity and KL divergence")
-        report.n_chunks = _evaluate(row, model, text, backend, n_ctx, n_chunks, n_threads)
+        report.n_chunks = _evaluate(row, model, text, n_ctx, n_chunks, n_threads)
     return report
 
 
 def format_markdown(rep: CompareReport) -> str:
     base = rep.rows[0]
-    lines = [f"{rep.model}: {rep.n_chunks} chunks of {rep.n_ctx} tokens, backend {rep.backend}", "",
+    lines = [f"{rep.model}: {rep.n_chunks} chunks of {rep.n_ctx} tokens", "",
              "| variant | size MiB | bpw | peak RSS MiB | pp tok/s | tg tok/s | PPL | ΔPPL % | mean KLD | KLD p99 "
              "| RMS Δp % | same top-1 % |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -71,8 +71,15 @@ def log_softmax64(logits: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
+def check_chunks(n_chunks: Optional[int], what: str = "n_chunks") -> None:
+    """None (all) or a positive count; ValueError otherwise (0 and -1 used to mean "all" silently)."""
+    if n_chunks is not None and (isinstance(n_chunks, bool) or not isinstance(n_chunks, int) or n_chunks <= 0):
+        raise ValueError(f"{what} must be a positive number of chunks or None (all), got {n_chunks!r}")
+
+
 def make_chunks(tokens: Sequence[int], n_ctx: int, n_chunks: Optional[int], bos: Optional[int]) -> List[np.ndarray]:
-    """Chunks of n_ctx tokens (at most n_chunks), each starting with BOS when ``bos`` is given."""
+    """Chunks of n_ctx tokens (at most n_chunks; None: all), each starting with BOS when ``bos`` is given."""
+    check_chunks(n_chunks)
     if n_ctx < 4:
         raise ValueError(f"n_ctx must be at least 4, got {n_ctx}")
     tokens = np.asarray(tokens, dtype=np.int32)
@@ -80,7 +87,7 @@ def make_chunks(tokens: Sequence[int], n_ctx: int, n_chunks: Optional[int], bos:
     if available == 0:
         raise ValueError(f"the text has {len(tokens)} tokens, fewer than one chunk of {n_ctx}: "
                          "use more text or a smaller --ctx")
-    count = available if n_chunks is None or n_chunks <= 0 else min(n_chunks, available)
+    count = available if n_chunks is None else min(n_chunks, available)
     chunks = []
     for i in range(count):
         c = tokens[i * n_ctx:(i + 1) * n_ctx].copy()

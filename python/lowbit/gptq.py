@@ -24,29 +24,11 @@ DAMP = 0.01          # H += DAMP * mean(diag(H)) * I, as GPTQ does
 
 
 class Hessians:
-    """Sum of x x^T of every blk.* matrix input, and the rows summed (float64)."""
+    """Sum of x x^T of every blk.* matrix input, and the rows summed (float64), by tensor name."""
 
-    def __init__(self):
-        self.sums: Dict[str, np.ndarray] = {}
-        self.counts: Dict[str, int] = {}
-        self._last: Optional[tuple] = None     # (input array, its x^T x)
-
-    def add(self, name: str, x: np.ndarray) -> None:
-        # q/k/v (and gate/up) are fed the same input array one after another: one product
-        if self._last is not None and self._last[0] is x:
-            xtx = self._last[1]
-        else:
-            x64 = np.asarray(x, dtype=np.float64)
-            xtx = x64.T @ x64
-            self._last = (x, xtx)
-        if name in self.sums:
-            self.sums[name] += xtx
-        else:
-            self.sums[name] = xtx.copy()
-        self.counts[name] = self.counts.get(name, 0) + x.shape[0]
-
-    def end_pass(self) -> None:
-        self._last = None
+    def __init__(self, sums: Optional[Dict[str, np.ndarray]] = None, counts: Optional[Dict[str, int]] = None):
+        self.sums: Dict[str, np.ndarray] = dict(sums or {})
+        self.counts: Dict[str, int] = dict(counts or {})
 
     def mean(self, name: str) -> Optional[np.ndarray]:
         if name not in self.sums:
@@ -55,26 +37,13 @@ class Hessians:
 
 
 def collect_hessians(path: str, text: str, *, n_ctx: int = 512, n_chunks: Optional[int] = None,
+                     n_threads: Optional[int] = None,
                      progress: Optional[Callable[[int, int], Optional[bool]]] = None) -> Hessians:
-    """Run the calibration text through the numpy forward pass and sum x x^T per matrix input."""
-    from .calibrate import CalibrationModel
-    from .evaluate import make_chunks
-    from .tokenizer import Tokenizer
-    model = CalibrationModel(path)
-    try:
-        tok = Tokenizer.from_metadata(model._file.metadata)
-        chunks = make_chunks(tok.encode(text, add_special=False), n_ctx, n_chunks,
-                             tok.bos_id if tok.add_bos else None)
-        hs = Hessians()
-        model.observer = lambda name, x: hs.add(name, x) if name.startswith("blk.") else None
-        for i, chunk in enumerate(chunks):
-            model.hidden(chunk)
-            hs.end_pass()
-            if progress is not None and progress(i + 1, len(chunks)) is False:
-                break
-        return hs
-    finally:
-        model.close()
+    """Run the calibration text through the engine and sum x x^T per matrix input
+    (``calibrate.collect_gram``)."""
+    from .calibrate import collect_gram
+    grams = collect_gram(path, text, n_ctx=n_ctx, n_chunks=n_chunks, n_threads=n_threads, progress=progress)
+    return Hessians({name: g for name, (g, _) in grams.items()}, {name: rows for name, (_, rows) in grams.items()})
 
 
 def _inverse(h: np.ndarray, w: np.ndarray) -> np.ndarray:

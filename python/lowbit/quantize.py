@@ -77,7 +77,7 @@ def quantize(inp: "str | os.PathLike[str]", out: "str | os.PathLike[str]", type:
     recipe, ftype_id, _, _ = _check_recipe(type)
     if method not in METHODS:
         raise QuantizeError(f"unknown quantization method {method!r}; choose one of {', '.join(METHODS)}")
-    from .calibrate import check_chunks
+    from .evaluate import check_chunks
     check_chunks(calib_chunks, "calib_chunks")
     src_path, dst_path = _check_paths(inp, out)
     importances = _importance_source(imatrix)

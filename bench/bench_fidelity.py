@@ -5,7 +5,7 @@
         [--threads 2] [--decode 32] [--repeats 3] [--json out.json]
 
 As the oracles' `runtime_fidelity` (shared/oracles/README.md): the reference is lowbit running
-the same weights dequantized to an F32 GGUF (every tensor through lowbit.quant.dequantize,
+the same weights dequantized to an F32 GGUF (every tensor through lowbit.quant.blocks.dequantize,
 metadata copied; F32 weights dot float activations, exact up to f32 rounding), written to a
 temporary folder. The candidate is lowbit on the shipped file at each activation precision
 ("q8": activations quantized once to 8 bits, llama.cpp's arithmetic; "high": hi + lo q8 rows,
@@ -28,8 +28,8 @@ import time
 import numpy as np
 
 from lowbit import _core
-from lowbit.quant import dequantize
-from lowbit.tokenizer import Tokenizer
+from lowbit.quant.blocks import dequantize
+from lowbit.runtime.tokenizer import Tokenizer
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from _models import real_model_path  # noqa: E402
@@ -43,7 +43,7 @@ LLAMA_CPP = {"smollm2-135m-instruct": {"mean_kld": 0.0030, "same_top1_pct": 97.0
 
 
 def write_f32_reference(src: str, dst: str) -> None:
-    """dst = src with every tensor dequantized to F32 (lowbit.quant.dequantize), metadata copied."""
+    """dst = src with every tensor dequantized to F32 (lowbit.quant.blocks.dequantize), metadata copied."""
     import gguf
     reader = gguf.GGUFReader(src)
     arch = reader.fields["general.architecture"].contents()
@@ -70,7 +70,7 @@ def write_f32_reference(src: str, dst: str) -> None:
 def corpus_chunks(path: str, n_chunks: int) -> np.ndarray:
     """(n_chunks, N_CTX) token ids of the pydoc corpus, first of each chunk replaced by BOS."""
     import pydoc_data.topics
-    from lowbit.gguf_file import GGUFFile
+    from lowbit.runtime.gguf_file import GGUFFile
     topics = pydoc_data.topics.topics
     text = "\n\n".join(topics[k] for k in sorted(topics))
     with GGUFFile(path) as g:

@@ -10,8 +10,8 @@ import argparse
 import json
 import sys
 
-from lowbit import registry
-from lowbit.bench import bench_model, format_table, import_llama_cpp
+from lowbit.runtime import registry
+from lowbit.runtime.bench import bench_model, format_table, import_llama_cpp
 from lowbit.errors import LowbitError
 
 MODELS = ["smollm2-135m-instruct", "gemma3-270m"]

@@ -14,7 +14,7 @@ import time
 import pydoc_data.topics as tp
 
 import lowbit
-from lowbit.gptq import collect_hessians
+from lowbit.quant.gptq import collect_hessians
 
 
 def main():

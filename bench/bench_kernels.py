@@ -4,7 +4,7 @@
 
 Mat-vec: GB/s of weight bytes for decode shapes (rows x cols) with 1 and 2 threads, weights cycled
 through enough copies to exceed 4x the L3 (so every call streams from DRAM), against the read
-bandwidth measured in the same run (lowbit.cpu.read_bandwidth: threads summing a 1 GiB buffer),
+bandwidth measured in the same run (lowbit.runtime.cpu.read_bandwidth: threads summing a 1 GiB buffer),
 at the start (the % in the table) and again at the end (pct_of_best_read_bw in the JSON uses the
 better of the two).
 Prefill: GOP/s (2*rows*cols*n) of one mat-mat of n activation rows vs looping the mat-vec.
@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from lowbit import cpu
+from lowbit.runtime import cpu
 
 TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS",
          "F16", "BF16", "F32"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sys
 
-from lowbit.compare import CompareReport, format_markdown
+from lowbit.quant.compare import CompareReport, format_markdown
 
 if __name__ == "__main__":
     for path in sys.argv[1:]:

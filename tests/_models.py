@@ -7,7 +7,7 @@ import os
 from functools import lru_cache
 from typing import Optional
 
-from lowbit import registry
+from lowbit.runtime import registry
 from lowbit.errors import RegistryError
 
 

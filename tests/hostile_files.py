@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, Optional, Tuple
 
 from gguf_factory import VT, Arr, RawGGUF
-from lowbit.gguf_file import GGUFFile
+from lowbit.runtime.gguf_file import GGUFFile
 
 _SCALAR = {name: VT[name] for name in ("UINT8", "INT8", "UINT16", "INT16", "UINT32", "INT32", "UINT64",
                                         "INT64", "FLOAT32", "FLOAT64", "BOOL", "STRING")}

@@ -29,8 +29,8 @@ def test_issue_api_names():
     feats = lowbit.cpu_features()
     assert feats["kernels"] in ("scalar", "avx2", "avx512") and feats["physical_cores"] >= 1
     rng = np.random.default_rng(5)
-    w = lowbit.quant.quantize(rng.normal(size=(4, 64)).astype(np.float32), "Q8_0")
+    w = lowbit.quant.blocks.quantize(rng.normal(size=(4, 64)).astype(np.float32), "Q8_0")
     x = rng.normal(size=64).astype(np.float32)
-    y = lowbit.quant.matmul(w, "Q8_0", (4, 64), x, n_threads=1)
-    ref = lowbit.quant.dequantize(w, "Q8_0", (4, 64)).astype(np.float64) @ x
+    y = lowbit.quant.blocks.matmul(w, "Q8_0", (4, 64), x, n_threads=1)
+    ref = lowbit.quant.blocks.dequantize(w, "Q8_0", (4, 64)).astype(np.float64) @ x
     assert y.shape == (4,) and np.allclose(y, ref, rtol=0.02, atol=0.02 * np.abs(ref).max())

@@ -4,7 +4,7 @@ import time
 import pytest
 
 from lowbit import TemplateError
-from lowbit.chat import BUILTIN_TEMPLATES, default_template, render_chat
+from lowbit.runtime.templates import BUILTIN_TEMPLATES, default_template, render_chat
 
 MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Why is the sky blue?"}]

@@ -210,7 +210,7 @@ def test_quantize_takes_a_registry_name(cached_env, tmp_path):
 
 def test_readme_python_block_and_cheap_commands_run_as_written(model_path, tmp_path):
     import importlib.util
-    from lowbit import registry
+    from lowbit.runtime import registry
     if registry.cached_path(MODEL) is None:
         pytest.skip(f"{MODEL} is not in the lowbit cache (the README examples name it)")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -248,7 +248,7 @@ def test_chat_into_a_closed_pipe_exits(model_path, env, procs):
 
 
 def test_bench_warns_when_the_load_average_exceeds_its_threads():
-    from lowbit.bench import busy_warning
+    from lowbit.runtime.bench import busy_warning
     msg = busy_warning(2, load1=3.5)
     assert "load average 3.5" in msg and "2 threads" in msg and "\n" not in msg
     assert busy_warning(2, load1=1.9) is None

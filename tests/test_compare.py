@@ -8,9 +8,7 @@ import os
 import pytest
 
 from lowbit.cli import main
-from lowbit.compare import compare, format_markdown, parse_candidates
-from lowbit.errors import LowbitError
-from lowbit.imatrix import IMatrix
+from lowbit.quant.compare import compare, format_markdown, parse_candidates
 
 from model_factory import write_default_model
 
@@ -37,7 +35,7 @@ def test_parse_candidates():
 def test_compare_quality(setup, tmp_path):
     model, text_path = setup
     text = open(text_path).read()
-    from lowbit.calibrate import compute_imatrix
+    from lowbit.quant.calibrate import compute_imatrix
     im = compute_imatrix(model, text, n_ctx=64, n_chunks=2)
     steps = []
     rep = compare(model, ["Q8_0:rtn", "Q4_K_M:rtn", "Q4_K_M:imatrix", "Q2_K:rtn", "Q4_K_M:gptq"], text, imatrix=im,
@@ -73,7 +71,7 @@ def test_compare_cli_json_and_errors(setup, tmp_path, capsys):
 
 
 def test_report_round_trips_through_json(setup, tmp_path):
-    from lowbit.compare import CompareReport
+    from lowbit.quant.compare import CompareReport
     model, text_path = setup
     rep = compare(model, ["Q8_0"], open(text_path).read(), n_ctx=64, n_chunks=1, measure_speed=False)
     back = CompareReport.from_dict(json.loads(json.dumps(rep.to_dict())))

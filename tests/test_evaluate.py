@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lowbit import _core
-from lowbit.evaluate import make_chunks, perplexity
+from lowbit.quant.evaluate import make_chunks, perplexity
 
 from _models import real_model_path
 

@@ -14,10 +14,10 @@ import time
 import pytest
 
 from lowbit import LowbitError, TemplateError
-from lowbit.chat import render_chat, render_chat_spans
-from lowbit.gguf_file import GGUFFile
-from lowbit.info import describe_file
-from lowbit.tokenizer import Tokenizer
+from lowbit.runtime.templates import render_chat, render_chat_spans
+from lowbit.runtime.gguf_file import GGUFFile
+from lowbit.runtime.info import describe_file
+from lowbit.runtime.tokenizer import Tokenizer
 
 from model_factory import write_tiny_model
 

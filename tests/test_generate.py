@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from lowbit.errors import Cancelled
-from lowbit.generate import StopMatcher
-from lowbit.model import Model
+from lowbit.runtime.generate import StopMatcher
+from lowbit.runtime.model import Model
 
 EOS, BOS = 256, 257
 
@@ -236,7 +236,7 @@ def test_peak_rss_is_this_process_not_the_parent():
     import sys
     ballast = bytearray(400 << 20)      # make this (parent) process large
     ballast[::4096] = b"x" * len(ballast[::4096])
-    out = subprocess.run([sys.executable, "-c", "from lowbit.generate import peak_rss_bytes; print(peak_rss_bytes())"],
+    out = subprocess.run([sys.executable, "-c", "from lowbit.runtime.generate import peak_rss_bytes; print(peak_rss_bytes())"],
                          capture_output=True, text=True, check=True)
     assert int(out.stdout) < 300 << 20, int(out.stdout)
     del ballast
@@ -269,7 +269,7 @@ def test_bad_generation_arguments_name_the_argument(kw, err, match):
 
 
 def test_seed_minus_one_means_random():
-    import lowbit.sampling as s
+    import lowbit.runtime.sampling as s
     logits = np.zeros(1000)
     draws = {s.Sampler(s.SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=-1)).sample(logits)
              for _ in range(20)}

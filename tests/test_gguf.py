@@ -17,8 +17,8 @@ from gguf import quants
 
 import lowbit
 from _models import real_model_path
-from gguf_factory import (QT, VT, Arr, RawGGUF, encode_value, random_tensor_bytes, small_valid_file,
-                          tensor_nbytes, write_with_gguf_writer)
+from gguf_factory import (QT, VT, Arr, RawGGUF, random_tensor_bytes, small_valid_file,
+                          write_with_gguf_writer)
 
 
 def write(tmp_path, raw: bytes, name: str = "t.gguf") -> str:

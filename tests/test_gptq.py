@@ -7,9 +7,9 @@ import pytest
 from gguf import GGUFReader
 
 import lowbit
-from lowbit import quant
-from lowbit.gptq import gptq_quantize
-from lowbit.quantize import QuantizeError, quantize
+from lowbit.quant import blocks
+from lowbit.quant.gptq import gptq_quantize
+from lowbit.quant.quantize import QuantizeError, quantize
 
 from model_factory import write_default_model
 
@@ -26,12 +26,12 @@ def test_gptq_beats_imatrix_rounding(qtype):
     w = (rng.standard_normal((96, 512)) * 0.05).astype(np.float32)
     h = x.T @ x / len(x)
     q = gptq_quantize(w, h, qtype)
-    assert q.shape == (96, quant.row_bytes(qtype, 512))
+    assert q.shape == (96, blocks.row_bytes(qtype, 512))
 
     def output_error(raw):
-        return np.mean((x @ (w - quant.dequantize(raw, qtype, w.shape)).T) ** 2)
+        return np.mean((x @ (w - blocks.dequantize(raw, qtype, w.shape)).T) ** 2)
 
-    rtn = quant.quantize(w, qtype, imatrix=np.diag(h).astype(np.float32))
+    rtn = blocks.quantize(w, qtype, imatrix=np.diag(h).astype(np.float32))
     assert output_error(q) < 0.9 * output_error(rtn)
 
 
@@ -41,7 +41,7 @@ def test_dead_inputs_and_bad_rows():
     x[:, 5] = 0
     w = rng.standard_normal((8, 64)).astype(np.float32)
     q = gptq_quantize(w, x.T @ x / len(x), "Q8_0")
-    assert quant.dequantize(q, "Q8_0", w.shape)[:, 5].tolist() == [0.0] * 8
+    assert blocks.dequantize(q, "Q8_0", w.shape)[:, 5].tolist() == [0.0] * 8
     with pytest.raises(ValueError, match="block size"):
         gptq_quantize(w[:, :48], np.eye(48), "Q4_0")
 
@@ -49,7 +49,7 @@ def test_dead_inputs_and_bad_rows():
 def test_hessians_from_the_engine_are_the_layer_inputs_gram(tmp_path):
     """collect_hessians: X^T X / rows of each blk.* input over the calibration chunks, q/k/v
     sharing one input; layer 0's attention input recomputed in float64 by the reference."""
-    from lowbit.gptq import collect_hessians
+    from lowbit.quant.gptq import collect_hessians
     from reference_forward import ReferenceModel, rms_norm
     path = write_default_model(str(tmp_path / "m.gguf"), "qwen2", "F32")
     text = " ".join(f"word{i % 37} and more{i % 11}" for i in range(300))

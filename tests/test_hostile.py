@@ -12,8 +12,8 @@ import pytest
 
 import lowbit
 from lowbit import LowbitError, ModelError, TemplateError
-from lowbit.chat import render_chat, render_chat_spans
-from lowbit.info import describe_file
+from lowbit.runtime.templates import render_chat, render_chat_spans
+from lowbit.runtime.info import describe_file
 
 from _models import real_model_path
 from gguf_factory import VT, Arr
@@ -193,7 +193,7 @@ def test_hostile_metadata_fails_typed_naming_the_key(tiny, tmp_path, name, chang
 def test_huge_block_count_is_cheap_for_info_and_load(tiny, tmp_path, count):
     path = mutate(tiny, tmp_path / "huge.gguf", set={"llama.block_count": (I64, count)})
     out, rss, seconds = _run_isolated(
-        "import lowbit\nfrom lowbit.info import describe_file\n"
+        "import lowbit\nfrom lowbit.runtime.info import describe_file\n"
         f"d = describe_file({str(path)!r})\nprint('INFO', d['memory'])\n"
         f"try:\n    lowbit.load({str(path)!r}, n_ctx=64, n_threads=1)\n"
         "except lowbit.ModelError as e:\n    print('LOAD', e)\n")
@@ -265,7 +265,7 @@ def test_matmul_size_overflow_is_a_value_error():
 @pytest.mark.parametrize("qtype", ["TQ1_0", "TQ2_0", "MXFP4"])
 def test_quantize_rejects_unreadable_tensor_types_typed(tiny, tmp_path, qtype):
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT
-    from lowbit.quantize import QuantizeError
+    from lowbit.quant.quantize import QuantizeError
     block, type_size = GGML_QUANT_SIZES[QT[qtype]]
     shape = (max(64, block), 64)
     data = bytes(shape[0] * shape[1] // block * type_size)
@@ -302,8 +302,8 @@ def test_quantize_and_imatrix_on_a_full_disk(tiny, tmp_path):
     if not mounted:
         pytest.skip("cannot mount a small tmpfs here (needs root); the RLIMIT_FSIZE test covers the path")
     try:
-        from lowbit.imatrix import IMatrix, IMatrixError
-        from lowbit.quantize import QuantizeError
+        from lowbit.quant.imatrix import IMatrix, IMatrixError
+        from lowbit.quant.quantize import QuantizeError
         with pytest.raises(QuantizeError, match=r"no space left .*needs about \d+ bytes"):
             lowbit.quantize(tiny, folder / "q.gguf", "F32")
         im = IMatrix(chunk_size=8)
@@ -326,13 +326,13 @@ def test_quantize_keeps_the_replaced_files_mode(tiny, tmp_path):
 
 def test_thread_pool_size_is_capped():
     with pytest.raises(ValueError, match="exceeds the limit"):
-        from lowbit import cpu
+        from lowbit.runtime import cpu
         cpu.pool(4096)
 
 
 @pytest.mark.parametrize("chunks", [-1, 0])
 def test_negative_chunk_counts_are_rejected(tiny, tmp_path, chunks):
-    from lowbit.calibrate import compute_imatrix
+    from lowbit.quant.calibrate import compute_imatrix
     with pytest.raises(ValueError, match="positive number of chunks"):
         compute_imatrix(tiny, "some text", n_ctx=16, n_chunks=chunks)
     with pytest.raises(ValueError, match="positive number of chunks"):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import lowbit
-from lowbit import quant
-from lowbit.imatrix import IMatrix, IMatrixEntry, IMatrixError, load
-from lowbit.quantize import quantize
+from lowbit.quant import blocks
+from lowbit.quant.imatrix import IMatrix, IMatrixError, load
+from lowbit.quant.quantize import quantize
 
 from model_factory import write_default_model
 
@@ -142,13 +142,13 @@ def test_quantize_with_imatrix_file(tmp_path, fmt):
     with lowbit.GGUFFile(model) as src, lowbit.GGUFFile(out) as dst:
         for t in mats:
             x = src.tensor_bytes(t.name).view(np.float32).reshape(-1, t.shape[0])
-            want = quant.quantize(x, r.tensor_types[t.name], imatrix=loaded.importance(t.name))
+            want = blocks.quantize(x, r.tensor_types[t.name], imatrix=loaded.importance(t.name))
             assert np.array_equal(dst.tensor_bytes(t.name).reshape(x.shape[0], -1), want), t.name
 
 
 # ---- computing an imatrix -----------------------------------------------------------------------
 def test_compute_imatrix_sums_layer_inputs(tmp_path):
-    from lowbit.calibrate import compute_imatrix
+    from lowbit.quant.calibrate import compute_imatrix
     from reference_forward import ReferenceModel, rms_norm
     path = write_default_model(str(tmp_path / "m.gguf"), "llama", "F32")
     text = " ".join(f"word{i % 37} and more{i % 11}" for i in range(300))

@@ -3,11 +3,11 @@ import json
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType as QT, GGUFReader, GGUFWriter
+from gguf import GGUFReader, GGUFWriter
 
 from lowbit.cli import main as cli_main
-from lowbit.info import describe_file
-from lowbit.memory import Hparams, kv_cache_bytes
+from lowbit.runtime.info import describe_file
+from lowbit.runtime.memory import Hparams, kv_cache_bytes
 
 from _models import real_model_path
 
@@ -99,8 +99,8 @@ def test_real_models(name):
 
 def test_memory_check_names_estimate_and_largest_context(tmp_path):
     from lowbit.errors import InsufficientMemory
-    from lowbit.model import check_memory
-    from lowbit.gguf_file import GGUFFile
+    from lowbit.runtime.model import check_memory
+    from lowbit.runtime.gguf_file import GGUFFile
     with GGUFFile(write_model(tmp_path / "m.gguf")) as g:
         meta = g.metadata
     per_token = 4 * 2 * (16 + 16) * 2            # layers x kv heads x (k+v dims) x f16

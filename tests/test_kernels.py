@@ -23,7 +23,7 @@ import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT
 from gguf.quants import dequantize, quantize
 
-from lowbit import cpu
+from lowbit.runtime import cpu
 
 QUANT_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"]
 FLOAT_TYPES = ["F32", "F16", "BF16"]
@@ -329,8 +329,8 @@ def test_features_report_detected_flags():
 def test_env_override_and_bad_value(tmp_path):
     import subprocess
     import sys
-    code = "from lowbit import cpu; print(cpu.get_kernels())"
-    env = {"PYTHONPATH": str(__import__("pathlib").Path(cpu.__file__).parents[1]), "LOWBIT_CPU": "scalar"}
+    code = "from lowbit.runtime import cpu; print(cpu.get_kernels())"
+    env = {"PYTHONPATH": str(__import__("pathlib").Path(cpu.__file__).parents[2]), "LOWBIT_CPU": "scalar"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "scalar", out.stderr
     env["LOWBIT_CPU"] = "sse9"
@@ -399,7 +399,7 @@ _GUARD_SCRIPT = r"""
 import ctypes, mmap, sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
-from lowbit import cpu
+from lowbit.runtime import cpu
 from test_kernels import random_weights, make_act, block_geometry, ALL_TYPES
 
 PAGE = mmap.PAGESIZE

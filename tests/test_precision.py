@@ -18,8 +18,8 @@ import pytest
 
 import lowbit
 from lowbit import _core
-from lowbit import cpu
-from lowbit import quant as q
+from lowbit.runtime import cpu
+from lowbit.quant import blocks as q
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _models import real_model_path  # noqa: E402
@@ -160,8 +160,8 @@ def test_runtime_fidelity_reduced(tmp_path):
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
     import pydoc_data.topics
     from bench_fidelity import log_softmax, write_f32_reference
-    from lowbit.gguf_file import GGUFFile
-    from lowbit.tokenizer import Tokenizer
+    from lowbit.runtime.gguf_file import GGUFFile
+    from lowbit.runtime.tokenizer import Tokenizer
 
     topics = pydoc_data.topics.topics
     text = "\n\n".join(topics[k] for k in sorted(topics))[:4000]

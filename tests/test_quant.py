@@ -10,7 +10,7 @@ from gguf import GGUFReader
 from gguf.quants import dequantize as gguf_dequantize
 from gguf.quants import quantize as gguf_quantize
 
-from lowbit import quant
+from lowbit.quant import blocks
 from _models import real_model_path
 
 ALL_TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
@@ -35,7 +35,7 @@ def random_fp16_bits(rng, size):
 
 def random_blocks(rng, qtype, n_blocks):
     """Random bytes for n_blocks of qtype with sane (finite) scales and float payloads."""
-    info = quant.type_info(qtype)
+    info = blocks.type_info(qtype)
     if qtype == "F32":
         return (rng.standard_normal(n_blocks) * 100).astype(np.float32).view(np.uint8)
     if qtype == "F16":
@@ -63,7 +63,7 @@ def ggml_total_error(x, y):
 
 
 def test_type_table_lists_every_computable_type():
-    table = {t["name"]: t for t in quant.types()}
+    table = {t["name"]: t for t in blocks.types()}
     assert set(table) == set(ALL_TYPES)
     assert table["Q4_K"]["block_size"] == 256 and table["Q4_K"]["type_size"] == 144
     assert table["Q4_K"]["bits_per_weight"] == 4.5
@@ -79,11 +79,11 @@ def test_type_table_lists_every_computable_type():
 
 
 def test_type_info_is_case_insensitive_and_unknown_names_list_supported():
-    assert quant.type_info("q4_k") == quant.type_info("Q4_K")
+    assert blocks.type_info("q4_k") == blocks.type_info("Q4_K")
     with pytest.raises(ValueError, match=r"unknown quantization type 'Q7_K'.*Q4_K"):
-        quant.type_info("Q7_K")
+        blocks.type_info("Q7_K")
     with pytest.raises(ValueError, match="IQ2_XXS"):
-        quant.quantize(np.ones(256, np.float32), "IQ2_XXS")
+        blocks.quantize(np.ones(256, np.float32), "IQ2_XXS")
 
 
 # ---------------------------------------------------------------- dequantize
@@ -92,11 +92,11 @@ def test_type_info_is_case_insensitive_and_unknown_names_list_supported():
 @pytest.mark.parametrize("qtype", GGUF_DEQUANT_TYPES)
 def test_dequantize_matches_gguf_bit_exact_on_random_blocks(qtype):
     rng = np.random.default_rng(1000 + ALL_TYPES.index(qtype))
-    info = quant.type_info(qtype)
+    info = blocks.type_info(qtype)
     rows, blocks_per_row = 5, 3
     raw = random_blocks(rng, qtype, rows * blocks_per_row)
     shape = (rows, blocks_per_row * info["block_size"])
-    ours = quant.dequantize(raw, qtype, shape)
+    ours = blocks.dequantize(raw, qtype, shape)
     ref = gguf_dequantize(raw.reshape(rows, -1), GT[qtype]).reshape(shape).astype(np.float32)
     assert ours.dtype == np.float32 and ours.shape == shape
     assert np.array_equal(ours.view(np.uint32), ref.view(np.uint32))
@@ -107,7 +107,7 @@ def test_dequantize_q8_K_is_d_times_q():
     raw = random_blocks(rng, "Q8_K", 4).reshape(4, 292)
     d = raw[:, :4].copy().view(np.float32)
     q = raw[:, 4:260].copy().view(np.int8).astype(np.float32)
-    assert np.array_equal(quant.dequantize(raw, "Q8_K", (4, 256)), (d * q).astype(np.float32))
+    assert np.array_equal(blocks.dequantize(raw, "Q8_K", (4, 256)), (d * q).astype(np.float32))
 
 
 def _check_model_tensors(path, max_tensors=None, rng=None):
@@ -120,7 +120,7 @@ def _check_model_tensors(path, max_tensors=None, rng=None):
     for t in tensors:
         name = t.tensor_type.name
         shape = tuple(int(s) for s in reversed(t.shape.tolist()))  # GGUF dims are innermost-first
-        ours = quant.dequantize(np.asarray(t.data), name, shape)
+        ours = blocks.dequantize(np.asarray(t.data), name, shape)
         ref = gguf_dequantize(np.asarray(t.data), t.tensor_type).reshape(shape).astype(np.float32)
         assert np.array_equal(ours.view(np.uint32), ref.view(np.uint32)), t.name
         seen.add(name)
@@ -167,7 +167,7 @@ def test_legacy_and_bf16_quantize_match_gguf_bit_exact(qtype):
     rng = np.random.default_rng(20 + (LEGACY + ["BF16"]).index(qtype))
     for x in (legacy_test_rows(rng), (rng.standard_normal((13, 160)) * 3).astype(np.float32),
               (rng.standard_normal((1, 32)) - 5).astype(np.float32)):
-        ours = quant.quantize(x, qtype)
+        ours = blocks.quantize(x, qtype)
         ref = gguf_quantize(x, GT[qtype]).view(np.uint8).reshape(x.shape[0], -1)
         assert ours.shape == ref.shape
         bad = np.nonzero((ours != ref).any(axis=1))[0]
@@ -177,18 +177,18 @@ def test_legacy_and_bf16_quantize_match_gguf_bit_exact(qtype):
 def test_float_types_quantize_like_numpy():
     rng = np.random.default_rng(5)
     x = (rng.standard_normal((3, 64)) * np.array([[1e-6], [1.0], [1e4]])).astype(np.float32)
-    assert np.array_equal(quant.quantize(x, "F32").view(np.float32), x)
-    assert np.array_equal(quant.quantize(x, "F16").view(np.uint16), x.astype(np.float16).view(np.uint16))
-    assert np.array_equal(quant.quantize(x, "BF16"), gguf_quantize(x, GT.BF16).view(np.uint8))
+    assert np.array_equal(blocks.quantize(x, "F32").view(np.float32), x)
+    assert np.array_equal(blocks.quantize(x, "F16").view(np.uint16), x.astype(np.float16).view(np.uint16))
+    assert np.array_equal(blocks.quantize(x, "BF16"), gguf_quantize(x, GT.BF16).view(np.uint8))
 
 
 def test_q8_K_quantize_matches_numpy_port():
     rng = np.random.default_rng(8)
     x = (rng.standard_normal((4, 512)) * 2).astype(np.float32)
     x[1, 256:] = 0
-    raw = quant.quantize(x, "Q8_K").reshape(-1, 292)
-    blocks = x.reshape(-1, 256)
-    for b, blk in zip(raw, blocks):
+    raw = blocks.quantize(x, "Q8_K").reshape(-1, 292)
+    rows = x.reshape(-1, 256)
+    for b, blk in zip(raw, rows):
         amax_i = np.argmax(np.abs(blk))
         if blk[amax_i] == 0:
             assert not b.any()
@@ -210,7 +210,7 @@ GGML_LIMITS = {"Q2_K": 0.0075, "Q3_K": 0.0040}
 @pytest.mark.parametrize("qtype", [t for t in ALL_TYPES if t != "F32"])
 def test_round_trip_error_within_ggml_limits(qtype):
     x = (0.1 + 2 * np.cos(np.arange(4096, dtype=np.float32))).astype(np.float32)
-    y = quant.dequantize(quant.quantize(x, qtype), qtype, x.shape)
+    y = blocks.dequantize(blocks.quantize(x, qtype), qtype, x.shape)
     assert ggml_total_error(x, y) < GGML_LIMITS.get(qtype, 0.002)
 
 
@@ -222,8 +222,8 @@ def test_imatrix_lowers_importance_weighted_error(qtype):
     rng = np.random.default_rng(40 + IMATRIX_TYPES.index(qtype))
     x = rng.standard_normal((16, 1024)).astype(np.float32)
     imatrix = np.exp(2.0 * rng.standard_normal(1024)).astype(np.float32)
-    plain = quant.dequantize(quant.quantize(x, qtype), qtype, x.shape)
-    steered = quant.dequantize(quant.quantize(x, qtype, imatrix=imatrix), qtype, x.shape)
+    plain = blocks.dequantize(blocks.quantize(x, qtype), qtype, x.shape)
+    steered = blocks.dequantize(blocks.quantize(x, qtype, imatrix=imatrix), qtype, x.shape)
     err_plain = float(np.sum(imatrix * (x - plain) ** 2))
     err_steered = float(np.sum(imatrix * (x - steered) ** 2))
     assert err_steered < 0.97 * err_plain, (err_steered, err_plain)
@@ -234,14 +234,14 @@ def test_imatrix_ignored_where_ggml_ignores_it():
     x = rng.standard_normal((2, 256)).astype(np.float32)
     w = rng.uniform(0.1, 5, 256).astype(np.float32)
     for qtype in ["Q8_0", "F16", "BF16", "F32", "Q8_K"]:
-        assert np.array_equal(quant.quantize(x, qtype, imatrix=w), quant.quantize(x, qtype))
+        assert np.array_equal(blocks.quantize(x, qtype, imatrix=w), blocks.quantize(x, qtype))
 
 
 def test_uniform_imatrix_changes_search_but_stays_accurate():
     rng = np.random.default_rng(10)
     x = rng.standard_normal((4, 512)).astype(np.float32)
     for qtype in ["Q4_K", "IQ4_XS", "Q4_0"]:
-        y = quant.dequantize(quant.quantize(x, qtype, imatrix=np.ones(512, np.float32)), qtype, x.shape)
+        y = blocks.dequantize(blocks.quantize(x, qtype, imatrix=np.ones(512, np.float32)), qtype, x.shape)
         assert np.sqrt(np.mean((x - y) ** 2)) < 0.12
 
 
@@ -252,8 +252,8 @@ def test_uniform_imatrix_changes_search_but_stays_accurate():
 def test_requantizing_dequantized_values_is_stable(qtype):
     rng = np.random.default_rng(60)
     x = (rng.standard_normal((8, 256)) * rng.uniform(0.01, 50, (8, 1))).astype(np.float32)
-    q1 = quant.quantize(x, qtype)
-    q2 = quant.quantize(quant.dequantize(q1, qtype, x.shape), qtype)
+    q1 = blocks.quantize(x, qtype)
+    q2 = blocks.quantize(blocks.dequantize(q1, qtype, x.shape), qtype)
     assert np.array_equal(q1, q2)
 
 
@@ -262,8 +262,8 @@ def test_requantizing_searched_types_stays_close(qtype):
     """Scale searches are not exactly idempotent, but a second pass must not drift."""
     rng = np.random.default_rng(61)
     x = rng.standard_normal((8, 512)).astype(np.float32)
-    y1 = quant.dequantize(quant.quantize(x, qtype), qtype, x.shape)
-    y2 = quant.dequantize(quant.quantize(y1, qtype), qtype, x.shape)
+    y1 = blocks.dequantize(blocks.quantize(x, qtype), qtype, x.shape)
+    y2 = blocks.dequantize(blocks.quantize(y1, qtype), qtype, x.shape)
     e1 = np.sqrt(np.mean((x - y1) ** 2))
     assert np.sqrt(np.mean((y1 - y2) ** 2)) <= 0.5 * e1
 
@@ -274,62 +274,62 @@ def test_requantizing_searched_types_stays_close(qtype):
 def test_1d_and_2d_shapes():
     rng = np.random.default_rng(11)
     x = rng.standard_normal((3, 512)).astype(np.float32)
-    q2 = quant.quantize(x, "Q4_K")
+    q2 = blocks.quantize(x, "Q4_K")
     assert q2.shape == (3, 2 * 144) and q2.dtype == np.uint8
-    q1 = quant.quantize(x[1], "Q4_K")
+    q1 = blocks.quantize(x[1], "Q4_K")
     assert q1.shape == (288,) and np.array_equal(q1, q2[1])
-    assert quant.dequantize(q2, "Q4_K", (3, 512)).shape == (3, 512)
-    assert quant.dequantize(q1.tobytes(), "Q4_K", 512).shape == (512,)
-    assert quant.dequantize(q2, "Q4_K", (3, 1, 512)).shape == (3, 1, 512)
+    assert blocks.dequantize(q2, "Q4_K", (3, 512)).shape == (3, 512)
+    assert blocks.dequantize(q1.tobytes(), "Q4_K", 512).shape == (512,)
+    assert blocks.dequantize(q2, "Q4_K", (3, 1, 512)).shape == (3, 1, 512)
     # float64 and non-contiguous input is converted
-    assert np.array_equal(quant.quantize(x.astype(np.float64)[:, ::1], "Q8_0"), quant.quantize(x, "Q8_0"))
-    assert np.array_equal(quant.quantize(np.asfortranarray(x), "Q5_K"), quant.quantize(x, "Q5_K"))
-    assert quant.row_bytes("q6_k", 512) == 420
+    assert np.array_equal(blocks.quantize(x.astype(np.float64)[:, ::1], "Q8_0"), blocks.quantize(x, "Q8_0"))
+    assert np.array_equal(blocks.quantize(np.asfortranarray(x), "Q5_K"), blocks.quantize(x, "Q5_K"))
+    assert blocks.row_bytes("q6_k", 512) == 420
 
 
 def test_large_input_is_parallel_and_equal_to_row_by_row():
     rng = np.random.default_rng(12)
     x = rng.standard_normal((64, 2048)).astype(np.float32)
-    whole = quant.quantize(x, "Q4_K")
+    whole = blocks.quantize(x, "Q4_K")
     for r in (0, 31, 63):
-        assert np.array_equal(whole[r], quant.quantize(x[r], "Q4_K"))
+        assert np.array_equal(whole[r], blocks.quantize(x[r], "Q4_K"))
 
 
 def test_bad_inputs_raise_value_error_with_numbers():
     x = np.ones((2, 256), np.float32)
     with pytest.raises(ValueError, match=r"row length 100 .* Q4_K's block size 256"):
-        quant.quantize(np.ones(100, np.float32), "Q4_K")
+        blocks.quantize(np.ones(100, np.float32), "Q4_K")
     with pytest.raises(ValueError, match=r"row length 48 .* block size 32"):
-        quant.quantize(np.ones((2, 48), np.float32), "Q8_0")
+        blocks.quantize(np.ones((2, 48), np.float32), "Q8_0")
     with pytest.raises(ValueError, match="unknown quantization type 'Q9'"):
-        quant.quantize(x, "Q9")
+        blocks.quantize(x, "Q9")
     with pytest.raises(ValueError, match=r"imatrix has shape \(128,\), expected \(256,\)"):
-        quant.quantize(x, "Q4_K", imatrix=np.ones(128, np.float32))
+        blocks.quantize(x, "Q4_K", imatrix=np.ones(128, np.float32))
     with pytest.raises(ValueError, match=r"imatrix\[3\] = -1"):
-        quant.quantize(x, "Q4_K", imatrix=np.where(np.arange(256) == 3, -1, 1).astype(np.float32))
+        blocks.quantize(x, "Q4_K", imatrix=np.where(np.arange(256) == 3, -1, 1).astype(np.float32))
     with pytest.raises(ValueError, match="not a finite"):
-        quant.quantize(x, "Q4_K", imatrix=np.full(256, np.nan, np.float32))
+        blocks.quantize(x, "Q4_K", imatrix=np.full(256, np.nan, np.float32))
     bad = x.copy()
     bad[1, 7] = np.nan
     with pytest.raises(ValueError, match="non-finite value nan at row 1, column 7"):
-        quant.quantize(bad, "Q4_0")
+        blocks.quantize(bad, "Q4_0")
     bad[1, 7] = np.inf
     with pytest.raises(ValueError, match="non-finite value inf"):
-        quant.quantize(bad, "IQ4_XS")
-    assert quant.quantize(bad, "F16").shape == (2, 512)  # float types carry inf as is
+        blocks.quantize(bad, "IQ4_XS")
+    assert blocks.quantize(bad, "F16").shape == (2, 512)  # float types carry inf as is
     with pytest.raises(ValueError, match=r"1-D row or a 2-D"):
-        quant.quantize(np.ones((2, 2, 256), np.float32), "Q4_K")
-    raw = quant.quantize(x, "Q4_K")
+        blocks.quantize(np.ones((2, 2, 256), np.float32), "Q4_K")
+    raw = blocks.quantize(x, "Q4_K")
     with pytest.raises(ValueError, match=r"raw data has 287 bytes .* needs 288"):
-        quant.dequantize(raw.reshape(-1)[:287], "Q4_K", (2, 256))
+        blocks.dequantize(raw.reshape(-1)[:287], "Q4_K", (2, 256))
     with pytest.raises(ValueError, match=r"raw data has 144 bytes .* needs 288"):
-        quant.dequantize(raw[0], "Q4_K", (2, 256))
+        blocks.dequantize(raw[0], "Q4_K", (2, 256))
     with pytest.raises(ValueError, match=r"raw data has 288 bytes .* needs 144"):
-        quant.dequantize(raw, "Q4_K", 256)
+        blocks.dequantize(raw, "Q4_K", 256)
     with pytest.raises(ValueError, match=r"row length 200"):
-        quant.dequantize(raw, "Q4_K", (2, 200))
+        blocks.dequantize(raw, "Q4_K", (2, 200))
     with pytest.raises(ValueError, match="bad shape"):
-        quant.dequantize(raw, "Q4_K", (-2, 256))
+        blocks.dequantize(raw, "Q4_K", (-2, 256))
 
 
 def test_core_checks_byte_counts_itself():

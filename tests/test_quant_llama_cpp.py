@@ -1,4 +1,4 @@
-"""lowbit.quant.quantize against llama.cpp's own model quantizer, byte for byte (dev-only oracle).
+"""lowbit.quant.blocks.quantize against llama.cpp's own model quantizer, byte for byte (dev-only oracle).
 
 Skips unless env LOWBIT_LLAMA_CPP_SITE names a site-packages directory holding llama-cpp-python
 (e.g. LOWBIT_LLAMA_CPP_SITE=/work/oracle-venv/lib/python3.11/site-packages); that directory is
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import gguf
 
-from lowbit import quant
+from lowbit.quant import blocks
 from _llama_cpp import llama_cpp_or_skip
 
 # llama_ftype of a "pure" file of each type (llama.h)
@@ -107,7 +107,7 @@ def identical_block_fraction(llama_cpp, f32_path, weights, qtype, out_path, imat
         entries, _keep = _imatrix_param(llama_cpp, imatrix)
         params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
     assert llama_cpp.llama_model_quantize(f32_path.encode(), out_path.encode(), params) == 0
-    info = quant.type_info(qtype)
+    info = blocks.type_info(qtype)
     same = total = 0
     for t in gguf.GGUFReader(out_path).tensors:
         if t.name not in weights:
@@ -115,7 +115,7 @@ def identical_block_fraction(llama_cpp, f32_path, weights, qtype, out_path, imat
         assert t.tensor_type.name == qtype, (t.name, t.tensor_type.name)
         theirs = np.asarray(t.data).view(np.uint8).reshape(-1, info["type_size"])
         qw = imatrix[t.name] if imatrix is not None else None
-        ours = quant.quantize(weights[t.name], qtype, imatrix=qw).reshape(-1, info["type_size"])
+        ours = blocks.quantize(weights[t.name], qtype, imatrix=qw).reshape(-1, info["type_size"])
         same += int(np.all(theirs == ours, axis=1).sum())
         total += theirs.shape[0]
     return same / total, total
@@ -141,8 +141,8 @@ def test_imatrix_quantize_bytes_equal_llama_cpp(qtype, f32_model, tmp_path):
     imatrix = {name: np.exp(1.5 * rng.standard_normal(x.shape[1])).astype(np.float32) for name, x in weights.items()}
     frac, n_blocks = identical_block_fraction(llama_cpp, path, weights, qtype, str(tmp_path / f"{qtype}.gguf"),
                                               imatrix=imatrix)
-    plain = quant.quantize(weights["blk.0.attn_q.weight"], qtype)
-    steered = quant.quantize(weights["blk.0.attn_q.weight"], qtype, imatrix=imatrix["blk.0.attn_q.weight"])
+    plain = blocks.quantize(weights["blk.0.attn_q.weight"], qtype)
+    steered = blocks.quantize(weights["blk.0.attn_q.weight"], qtype, imatrix=imatrix["blk.0.attn_q.weight"])
     assert not np.array_equal(plain, steered)  # so equal bytes prove llama.cpp used the imatrix too
     print(f"\n{qtype} + imatrix: {frac:.6f} of {n_blocks} blocks byte-identical to llama.cpp")
     assert frac >= REQUIRED[qtype]

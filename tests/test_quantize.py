@@ -12,10 +12,10 @@ import pytest
 from gguf import GGUFReader
 
 import lowbit
-from lowbit import quant
+from lowbit.quant import blocks
 from lowbit.cli import main as cli_main
-from lowbit.quantize import QuantizeError, quantize
-from lowbit.recipes import ModelFacts, plan_types, use_more_bits
+from lowbit.quant.quantize import QuantizeError, quantize
+from lowbit.quant.recipes import ModelFacts, plan_types, use_more_bits
 
 from _models import real_model_path
 from model_factory import write_default_model
@@ -126,7 +126,7 @@ def tiny(tmp_path):
 
 def dequantized(path):
     with lowbit.GGUFFile(path) as f:
-        return {t.name: quant.dequantize(f.tensor_bytes(t.name), t.type, t.shape[::-1]).reshape(-1)
+        return {t.name: blocks.dequantize(f.tensor_bytes(t.name), t.type, t.shape[::-1]).reshape(-1)
                 for t in f.tensors}
 
 
@@ -160,7 +160,7 @@ def test_tensor_bytes_equal_reference_quantizer(tiny, tmp_path):
         for t in dst.tensors:
             x = src.tensor_bytes(t.name).view(np.float32).reshape(t.shape[::-1]).reshape(-1, t.shape[0])
             if t.type != "F32":
-                assert np.array_equal(dst.tensor_bytes(t.name).reshape(x.shape[0], -1), quant.quantize(x, t.type))
+                assert np.array_equal(dst.tensor_bytes(t.name).reshape(x.shape[0], -1), blocks.quantize(x, t.type))
 
 
 def test_requantize_warns(tiny, tmp_path):
@@ -186,8 +186,8 @@ def test_imatrix_steers_the_search_and_missing_entries_are_noted(tiny, tmp_path)
         got = dst.tensor_bytes(name).reshape(x.shape[0], -1)
         qtype = dst.tensor(name).type          # Q5_0: 64-wide rows fall back from Q4_K
         assert qtype == "Q5_0"
-        assert np.array_equal(got, quant.quantize(x, qtype, imatrix=weights[name]))
-        assert not np.array_equal(got, quant.quantize(x, qtype))
+        assert np.array_equal(got, blocks.quantize(x, qtype, imatrix=weights[name]))
+        assert not np.array_equal(got, blocks.quantize(x, qtype))
     with pytest.raises(QuantizeError, match="needs"):
         quantize(tiny, str(tmp_path / "bad.gguf"), "Q4_K", imatrix={name: np.ones(3)})
 

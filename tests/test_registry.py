@@ -9,7 +9,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from lowbit import Cancelled, RegistryError, registry
+from lowbit import Cancelled, RegistryError
+from lowbit.runtime import registry
 from lowbit.cli import main as cli_main
 
 

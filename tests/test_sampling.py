@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from lowbit.sampling import (Sampler, SamplingParams, greedy, min_p, repetition_penalty, softmax,
+from lowbit.runtime.sampling import (Sampler, SamplingParams, greedy, min_p, repetition_penalty, softmax,
                              top_k, top_p)
 
 

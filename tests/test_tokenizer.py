@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from lowbit import ModelError
-from lowbit.tokenizer import PRE_TOKENIZERS, Tokenizer
-from lowbit.tokenizer.bpe import BYTE_TO_CHAR
+from lowbit.runtime.tokenizer import PRE_TOKENIZERS, Tokenizer
+from lowbit.runtime.tokenizer.bpe import BYTE_TO_CHAR
 
 from _gguf_meta import read_metadata
 from _models import real_model_path

@@ -1,8 +1,8 @@
 """lowbit: a local LLM runtime for GGUF models with a C++/CUDA core."""
 from __future__ import annotations
 
-from . import _core
-from .errors import (
+from lowbit import _core
+from lowbit.errors import (
     Cancelled,
     CudaError,
     GGUFError,
@@ -11,21 +11,22 @@ from .errors import (
     RegistryError,
     TemplateError,
 )
-from .gguf_file import GGUFFile, GGUFTensorInfo
-from . import quant, registry
-from .generate import FINISH_REASONS, Generation, GenerationStream
-from .llama import Llama
-from .model import Model, load
-from .sampling import SamplingParams
-from .tokenizer import Tokenizer
-from .quantize import QuantizeError, quantize   # the function shadows the submodule name
+from lowbit.runtime.gguf_file import GGUFFile, GGUFTensorInfo
+from lowbit import quant
+from lowbit.runtime import registry
+from lowbit.runtime.generate import FINISH_REASONS, Generation, GenerationStream
+from lowbit.runtime.llama import Llama
+from lowbit.runtime.model import Model, load
+from lowbit.runtime.sampling import SamplingParams
+from lowbit.runtime.tokenizer import Tokenizer
+from lowbit.quant.quantize import QuantizeError, quantize
 
 __version__ = "0.1.0"
 
 
 def cpu_features() -> dict:
     """Detected CPU features and the kernel set in use (see ``lowbit.cpu``)."""
-    from . import cpu
+    from lowbit.runtime import cpu
     return cpu.features()
 
 

@@ -22,12 +22,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 
-from . import quant
-from .errors import Cancelled, LowbitError
-from .gguf_file import GGUFFile
-from .imatrix import IMatrix, disk_error, load as load_imatrix
-from .progress import ProgressFn
-from .recipes import ModelFacts, TensorPlan, plan_types, resolve_recipe
+from lowbit.quant import blocks
+from lowbit.errors import Cancelled, LowbitError
+from lowbit.runtime.gguf_file import GGUFFile
+from lowbit.quant.imatrix import IMatrix, disk_error, load as load_imatrix
+from lowbit.runtime.progress import ProgressFn
+from lowbit.quant.recipes import ModelFacts, TensorPlan, plan_types, resolve_recipe
 
 QUANTIZATION_VERSION = 2
 METHODS = ("rtn", "gptq")
@@ -77,7 +77,7 @@ def quantize(inp: "str | os.PathLike[str]", out: "str | os.PathLike[str]", type:
     recipe, ftype_id, _, _ = _check_recipe(type)
     if method not in METHODS:
         raise QuantizeError(f"unknown quantization method {method!r}; choose one of {', '.join(METHODS)}")
-    from .evaluate import check_chunks
+    from lowbit.quant.evaluate import check_chunks
     check_chunks(calib_chunks, "calib_chunks")
     src_path, dst_path = _check_paths(inp, out)
     importances = _importance_source(imatrix)
@@ -157,7 +157,7 @@ def _temp_beside(dst: str) -> str:
 
 
 def _check_convertible(plans: List[TensorPlan]) -> None:
-    computable = {t["name"] for t in quant.types()}
+    computable = {t["name"] for t in blocks.types()}
     for p in plans:
         if p.src_type != p.dst_type and p.src_type not in computable:
             raise QuantizeError(f"tensor {p.name} has type {p.src_type}, which lowbit cannot dequantize "
@@ -169,7 +169,7 @@ def _hessians(method: str, calibration: Any, model_path: str, n_ctx: int, n_chun
         if calibration is not None:
             raise QuantizeError("calibration data is used by method='gptq' only")
         return None
-    from .gptq import Hessians, collect_hessians
+    from lowbit.quant.gptq import Hessians, collect_hessians
     if calibration is None:
         raise QuantizeError("method 'gptq' needs calibration text (--text FILE)")
     if isinstance(calibration, Hessians):
@@ -221,7 +221,7 @@ def _write(src: GGUFFile, plans: List[TensorPlan], path: str, ftype_id: int, imp
 
 def _tensor_nbytes(shape, type_name: str) -> int:
     rows = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-    return rows * quant.row_bytes(type_name, shape[0])
+    return rows * blocks.row_bytes(type_name, shape[0])
 
 
 def _finish_file(path: str, dst: str) -> None:
@@ -268,14 +268,14 @@ def _convert(src: GGUFFile, p: TensorPlan, importances, hessians, pool: ThreadPo
     if p.src_type == "F32":
         x = raw.view(np.float32).reshape(rows, n)
     else:
-        x = quant.dequantize(raw, p.src_type, (rows, n))
+        x = blocks.dequantize(raw, p.src_type, (rows, n))
     n_mat = int(np.prod(p.shape[2:])) if len(p.shape) > 2 else 1
     h = None if hessians is None or len(p.shape) != 2 or p.dst_type in _FLOAT_INPUTS else hessians.mean(p.name)
     if h is not None:
-        from .gptq import gptq_quantize
+        from lowbit.quant.gptq import gptq_quantize
         return gptq_quantize(x, h, p.dst_type)
     qw = _tensor_importance(p, importances, n * n_mat, note)
-    out = np.empty((rows, quant.row_bytes(p.dst_type, n)), dtype=np.uint8)
+    out = np.empty((rows, blocks.row_bytes(p.dst_type, n)), dtype=np.uint8)
     rows_per_mat = rows // n_mat
     step = max(1, _CHUNK_ELEMS // n)
     jobs = []
@@ -297,7 +297,7 @@ def _convert(src: GGUFFile, p: TensorPlan, importances, hessians, pool: ThreadPo
 
 
 def _quantize_rows(x: np.ndarray, out: np.ndarray, r0: int, r1: int, type_name: str, w) -> None:
-    out[r0:r1] = quant.quantize(x[r0:r1], type_name, imatrix=w)
+    out[r0:r1] = blocks.quantize(x[r0:r1], type_name, imatrix=w)
 
 
 def _tensor_importance(p: TensorPlan, importances, expected: int, note) -> Optional[np.ndarray]:

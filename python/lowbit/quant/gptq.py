@@ -18,7 +18,7 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 
-from . import quant
+from lowbit.quant import blocks
 
 DAMP = 0.01          # H += DAMP * mean(diag(H)) * I, as GPTQ does
 
@@ -41,7 +41,7 @@ def collect_hessians(path: str, text: str, *, n_ctx: int = 512, n_chunks: Option
                      progress: Optional[Callable[[int, int], Optional[bool]]] = None) -> Hessians:
     """Run the calibration text through the engine and sum x x^T per matrix input
     (``calibrate.collect_gram``)."""
-    from .calibrate import collect_gram
+    from lowbit.quant.calibrate import collect_gram
     grams = collect_gram(path, text, n_ctx=n_ctx, n_chunks=n_chunks, n_threads=n_threads, progress=progress)
     return Hessians({name: g for name, (g, _) in grams.items()}, {name: rows for name, (_, rows) in grams.items()})
 
@@ -58,22 +58,22 @@ def _inverse(h: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def gptq_quantize(w: np.ndarray, h: np.ndarray, qtype: str) -> np.ndarray:
     """w: (n_out, n_in) float, h: (n_in, n_in) mean x x^T -> (n_out, row_bytes) uint8 of ``qtype``."""
-    block = quant.type_info(qtype)["block_size"]
+    block = blocks.type_info(qtype)["block_size"]
     n_out, n_in = w.shape
     if n_in % block:
         raise ValueError(f"row length {n_in} is not a multiple of {qtype}'s block size {block}")
     w = np.array(w, dtype=np.float64)
     importance = np.maximum(np.diag(h), 0).astype(np.float32)
     hinv = _inverse(h, w)
-    out = np.empty((n_out, quant.row_bytes(qtype, n_in)), dtype=np.uint8)
-    bytes_per_block = quant.row_bytes(qtype, block)
+    out = np.empty((n_out, blocks.row_bytes(qtype, n_in)), dtype=np.uint8)
+    bytes_per_block = blocks.row_bytes(qtype, block)
     for c0 in range(0, n_in, block):
         c1 = c0 + block
-        qb = quant.quantize(w[:, c0:c1].astype(np.float32), qtype, imatrix=importance[c0:c1])
+        qb = blocks.quantize(w[:, c0:c1].astype(np.float32), qtype, imatrix=importance[c0:c1])
         out[:, c0 // block * bytes_per_block:c1 // block * bytes_per_block] = qb
         if c1 == n_in:
             break
-        err = w[:, c0:c1] - quant.dequantize(qb, qtype, (n_out, block)).astype(np.float64)
+        err = w[:, c0:c1] - blocks.dequantize(qb, qtype, (n_out, block)).astype(np.float64)
         hbb, hbr = hinv[c0:c1, c0:c1], hinv[c0:c1, c1:]
         step = np.linalg.solve(hbb, hbr)                       # Hinv_bb^-1 Hinv_b,rest
         w[:, c1:] -= err @ step

@@ -16,9 +16,9 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from .errors import LowbitError
-from .generate import peak_rss_bytes
-from .progress import human_bytes
+from lowbit.errors import LowbitError
+from lowbit.runtime.generate import peak_rss_bytes
+from lowbit.runtime.progress import human_bytes
 
 
 def current_rss_bytes() -> int:
@@ -55,7 +55,7 @@ class LowbitRunner:
 
     def __init__(self, path: str, n_ctx: int, n_threads: Optional[int], n_batch: int,
                  act_precision: str = "auto"):
-        from .model import load
+        from lowbit.runtime.model import load
         rss0 = current_rss_bytes()
         t0 = time.perf_counter()
         self.model = load(path, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, act_precision=act_precision)
@@ -140,7 +140,7 @@ def busy_warning(n_threads: Optional[int], load1: Optional[float] = None) -> Opt
         except (OSError, AttributeError):
             return None
     if n_threads is None:
-        from .cpu import features
+        from lowbit.runtime.cpu import features
         n_threads = features()["physical_cores"]
     if load1 <= n_threads:
         return None
@@ -181,7 +181,7 @@ def bench_model(path: str, *, n_prompt: int = 512, n_gen: int = 128, reps: int =
                     secs = _timed(lambda: r.generate(int(tokens[0]), n_gen))
                     if rep:
                         results[(r.name, f"tg{n_gen}")].tok_s.append(n_gen / secs)
-        from .gguf_file import GGUFFile
+        from lowbit.runtime.gguf_file import GGUFFile
         with GGUFFile(path) as g:
             n_params = sum(t.n_elements for t in g.tensors)
             size = sum(t.nbytes for t in g.tensors)

@@ -29,7 +29,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .errors import LowbitError
+from lowbit.errors import LowbitError
 
 DEFAULT_CHUNK_SIZE = 512
 _MAX_NAME = 1 << 16
@@ -216,7 +216,7 @@ def _write_with_empty_arrays(w) -> None:
 
 
 def _load_gguf(path) -> IMatrix:
-    from .gguf_file import GGUFFile
+    from lowbit.runtime.gguf_file import GGUFFile
     with GGUFFile(path) as f:
         meta = f.metadata
         if meta.get("general.type") != "imatrix":

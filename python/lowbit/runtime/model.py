@@ -10,13 +10,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from . import registry
-from .chat import BUILTIN_TEMPLATES, default_template, render_chat
-from .errors import Cancelled, CudaError, InsufficientMemory, LowbitError, ModelError
-from .generate import Generation, GenerationStream, eval_interruptibly, peak_rss_bytes, run
-from .memory import Hparams, kv_cache_bytes
-from .progress import ProgressFn
-from .sampling import SamplingParams, check_int
+from lowbit.runtime import registry
+from lowbit.runtime.templates import BUILTIN_TEMPLATES, default_template, render_chat
+from lowbit.errors import Cancelled, CudaError, InsufficientMemory, LowbitError, ModelError
+from lowbit.runtime.generate import Generation, GenerationStream, eval_interruptibly, peak_rss_bytes, run
+from lowbit.runtime.memory import Hparams, kv_cache_bytes
+from lowbit.runtime.progress import ProgressFn
+from lowbit.runtime.sampling import SamplingParams, check_int
 
 KV_TYPES = ("f16", "q8_0")
 # Activations of the quantized matmuls: "high" = hi + lo q8 rows (~16-bit, the default),
@@ -98,7 +98,7 @@ def _prefault(path: str, progress: Optional[ProgressFn], start: float, span: flo
 
 
 def _select_device(device: str) -> str:
-    from . import cuda_status
+    from lowbit import cuda_status
     if device not in ("cpu", "cuda", "auto"):
         raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
     if device == "cpu":
@@ -124,9 +124,9 @@ def load(path_or_name: Union[str, os.PathLike], *, n_ctx: Optional[int] = None,
     everywhere; "q8" quantizes activations once to 8 bits, as llama.cpp does.
 
     ``progress(fraction)`` is called while loading; returning False aborts cleanly."""
-    from . import _core
-    from .gguf_file import GGUFFile
-    from .tokenizer import Tokenizer
+    from lowbit import _core
+    from lowbit.runtime.gguf_file import GGUFFile
+    from lowbit.runtime.tokenizer import Tokenizer
 
     if kv_type not in KV_TYPES:
         raise ValueError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
@@ -161,7 +161,7 @@ def load(path_or_name: Union[str, os.PathLike], *, n_ctx: Optional[int] = None,
     start = 0.5 if pulled else 0.0
     _prefault(path, progress, start, (1.0 - start) * 0.9)
     if n_threads is None:
-        from .cpu import features
+        from lowbit.runtime.cpu import features
         n_threads = features()["physical_cores"]
     engine = _core.Engine(path, int(n_ctx), int(n_threads), int(n_batch), kv_type,
                           act_precision=act_precision)
@@ -414,7 +414,7 @@ class Model:
         """Token ids of the rendered conversation, with exactly one BOS when the model uses one.
         Special tokens are parsed in the template's text only: in message contents they are
         ordinary text (a user's '<|im_end|>' does not end the turn)."""
-        from .chat import render_chat_spans
+        from lowbit.runtime.templates import render_chat_spans
         text, spans = render_chat_spans(self.chat_template(), messages, add_generation_prompt=True,
                                         bos_token=self._piece(self.tokenizer.bos_id),
                                         eos_token=self._piece(self.tokenizer.eos_id))

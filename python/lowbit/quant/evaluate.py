@@ -20,7 +20,7 @@ from typing import Any, Callable, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import LowbitError
+from lowbit.errors import LowbitError
 
 ROWS_PER_SLICE = 32        # logits rows widened to float64 at once (vocab 262144 -> 64 MiB)
 
@@ -144,7 +144,7 @@ def _kl_stats(s: _Scores) -> KLStats:
 def _load(model: Any, n_ctx: int, n_threads: Optional[int]):
     """A path or registry name -> (Model, owned=True); a loaded model -> (model, False)."""
     if isinstance(model, (str, os.PathLike)):
-        from .model import load
+        from lowbit.runtime.model import load
         return load(os.fspath(model), n_ctx=n_ctx, n_threads=n_threads), True
     return model, False
 
@@ -155,7 +155,7 @@ def perplexity(model: Any, text: str, *, n_ctx: int = 512, n_chunks: Optional[in
     """PPL of ``model`` (path, registry name or loaded Model) on ``text``; with ``kl_base`` also
     KL-divergence statistics against that model on the same tokens. progress(done, total) is
     called after each chunk (returning False stops with Cancelled)."""
-    from .errors import Cancelled
+    from lowbit.errors import Cancelled
     t0 = time.monotonic()
     m, own_m = _load(model, n_ctx, n_threads)
     b, own_b = (None, False) if kl_base is None else _load(kl_base, n_ctx, n_threads)

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ..errors import ModelError
+from lowbit.errors import ModelError
 
 # GGUF `tokenizer.ggml.token_type` values (llama.h LLAMA_TOKEN_TYPE_*).
 TYPE_NORMAL, TYPE_UNKNOWN, TYPE_CONTROL, TYPE_USER_DEFINED, TYPE_UNUSED, TYPE_BYTE = 1, 2, 3, 4, 5, 6

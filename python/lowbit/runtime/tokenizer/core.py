@@ -286,7 +286,7 @@ class Tokenizer:
 
 
 def _engine_architectures() -> frozenset:
-    from .. import _core
+    from lowbit import _core
     return frozenset(a.strip() for a in _core.supported_architectures().split(","))
 
 

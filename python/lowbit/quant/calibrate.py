@@ -20,13 +20,13 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from .imatrix import IMatrix, IMatrixEntry
+from lowbit.quant.imatrix import IMatrix, IMatrixEntry
 
 Progress = Callable[[int, int], Optional[bool]]
 
 
 def calibration_chunks(tokenizer, text: str, n_ctx: int, n_chunks: Optional[int]) -> List[np.ndarray]:
-    from .evaluate import make_chunks
+    from lowbit.quant.evaluate import make_chunks
     return make_chunks(tokenizer.encode(text, add_special=False), n_ctx, n_chunks,
                        tokenizer.bos_id if tokenizer.add_bos else None)
 
@@ -36,10 +36,10 @@ def observe_text(path: str, text: str, observer, *, n_ctx: int = 512, n_chunks: 
     """Runs ``text`` through the model at ``path`` in chunks with ``observer`` attached; returns
     the number of chunks run. progress(done, total) after each chunk; False stops early (what
     was observed so far is kept)."""
-    from . import _core
-    from .cpu import features
-    from .gguf_file import GGUFFile
-    from .tokenizer import Tokenizer
+    from lowbit import _core
+    from lowbit.runtime.cpu import features
+    from lowbit.runtime.gguf_file import GGUFFile
+    from lowbit.runtime.tokenizer import Tokenizer
 
     with GGUFFile(path) as g:
         tokenizer = Tokenizer.from_metadata(g.metadata)
@@ -64,7 +64,7 @@ def compute_imatrix(path: str, text: str, *, n_ctx: int = 512, n_chunks: Optiona
                     n_threads: Optional[int] = None, progress: Optional[Progress] = None) -> IMatrix:
     """llama-imatrix on ``text``: x^2 sums of the inputs of every ``blk.*`` weight matrix over
     chunks of n_ctx tokens (first one BOS)."""
-    from . import _core
+    from lowbit import _core
     observer = _core.SumSquaresObserver()
     im = IMatrix(chunk_size=n_ctx)
     im.chunk_count = observe_text(path, text, observer, n_ctx=n_ctx, n_chunks=n_chunks,
@@ -79,7 +79,7 @@ def collect_gram(path: str, text: str, *, n_ctx: int = 512, n_chunks: Optional[i
                  n_threads: Optional[int] = None, progress: Optional[Progress] = None) -> Dict[str, tuple]:
     """{blk.* tensor name: (X^T X (n_in, n_in) float64, rows)} of the matrix inputs over the
     calibration chunks."""
-    from . import _core
+    from lowbit import _core
     observer = _core.GramObserver()
     observe_text(path, text, observer, n_ctx=n_ctx, n_chunks=n_chunks, n_threads=n_threads, progress=progress)
     return {name: (observer.gram(name), observer.rows(name))

@@ -21,12 +21,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, List, Optional, Sequence
 
-from .errors import LowbitError
+from lowbit.errors import LowbitError
 
 _PROBE = r"""
 import json, sys
-from lowbit.bench import bench_model
-from lowbit.generate import peak_rss_bytes
+from lowbit.runtime.bench import bench_model
+from lowbit.runtime.generate import peak_rss_bytes
 rep = bench_model(sys.argv[1], n_prompt=int(sys.argv[2]), n_gen=int(sys.argv[3]), reps=int(sys.argv[4]),
                   n_threads=int(sys.argv[5]) or None)
 tok_s = {t["test"][:2]: t["mean"] for t in rep["tests"]}
@@ -76,7 +76,7 @@ class CompareReport:
 
 def parse_candidates(types: Sequence[str], have_imatrix: bool, have_calib: bool = False) -> List[tuple]:
     """["Q4_K_M", "Q3_K_M:rtn"] -> [("Q4_K_M", "imatrix"|"rtn"), ("Q3_K_M", "rtn")]."""
-    from .recipes import resolve_recipe
+    from lowbit.quant.recipes import resolve_recipe
     out = []
     for spec in types:
         name, _, variant = spec.strip().partition(":")
@@ -93,7 +93,7 @@ def parse_candidates(types: Sequence[str], have_imatrix: bool, have_calib: bool 
 
 
 def _file_facts(path: str):
-    from .gguf_file import GGUFFile
+    from lowbit.runtime.gguf_file import GGUFFile
     with GGUFFile(path) as f:
         n_params = sum(t.n_elements for t in f.tensors)
         n_bytes = sum(t.nbytes for t in f.tensors)
@@ -103,7 +103,7 @@ def _file_facts(path: str):
 def _probe_speed(path: str, n_prompt: int, n_gen: int, reps: int, n_threads: Optional[int]) -> dict:
     """pp / tg tok/s and the peak RSS of a fresh process that loads ``path`` and benchmarks it."""
     env = dict(os.environ)
-    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run([sys.executable, "-c", _PROBE, path, str(n_prompt), str(n_gen), str(reps),
                            str(n_threads or 0)], capture_output=True, text=True, env=env)
@@ -114,7 +114,7 @@ def _probe_speed(path: str, n_prompt: int, n_gen: int, reps: int, n_threads: Opt
 
 def _evaluate(row: Row, base_path: str, text: str, n_ctx: int, n_chunks: Optional[int],
               n_threads: Optional[int]) -> int:
-    from .evaluate import perplexity
+    from lowbit.quant.evaluate import perplexity
     base = None if row.path == base_path else base_path
     r = perplexity(row.path, text, n_ctx=n_ctx, n_chunks=n_chunks, kl_base=base, n_threads=n_threads)
     row.ppl, row.ppl_err = r.ppl, r.ppl_err
@@ -130,7 +130,7 @@ def compare(model: str, types: Sequence[str], text: str, *, imatrix=None, calib_
             measure_speed: bool = True, bench_prompt: int = 128, bench_gen: int = 32, bench_reps: int = 2,
             progress: Optional[Callable[[str], None]] = None) -> CompareReport:
     """Quantize ``model`` to each candidate of ``types`` and measure everything (see module doc)."""
-    from .quantize import quantize
+    from lowbit.quant.quantize import quantize
     candidates = parse_candidates(types, imatrix is not None, calib_text is not None)
     hessians = None
     say = progress or (lambda msg: None)
@@ -145,7 +145,7 @@ def compare(model: str, types: Sequence[str], text: str, *, imatrix=None, calib_
         path = os.path.join(out_dir, f"{stem}-{qtype}-{variant}.gguf")
         t0 = time.monotonic()
         if variant == "gptq" and hessians is None:
-            from .gptq import collect_hessians
+            from lowbit.quant.gptq import collect_hessians
             say("calibrating (Hessians of every matrix input)")
             hessians = collect_hessians(model, calib_text, n_ctx=n_ctx, n_chunks=n_chunks)
         quantize(model, path, qtype, imatrix=imatrix if variant == "imatrix" else None, n_threads=n_threads,

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import _core
+from lowbit import _core
 
 __all__ = ["quantize", "dequantize", "matmul", "types", "type_info", "row_bytes"]
 
@@ -88,6 +88,6 @@ def matmul(raw_weights: Any, type: str, shape: Sequence[int], x: Any, n_threads:
     kernels of ``lowbit.cpu`` (activations quantized to q8 for quantized types, as llama.cpp,
     or to hi + lo q8 rows with act_precision="high"). ``x`` is (cols,) or (n, cols) float32;
     the result is (rows,) or (n, rows)."""
-    from .cpu import matmul as _cpu_matmul
+    from lowbit.runtime.cpu import matmul as _cpu_matmul
     return _cpu_matmul(raw_weights, type, tuple(shape), x, n_threads=n_threads, act_precision=act_precision)
 

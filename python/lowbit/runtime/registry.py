@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from .errors import Cancelled, RegistryError
-from .progress import ProgressBar, ProgressFn, human_bytes
+from lowbit.errors import Cancelled, RegistryError
+from lowbit.runtime.progress import ProgressBar, ProgressFn
 
 CHUNK = 1 << 20
 STALE_TMP_SECONDS = 6 * 3600
@@ -68,10 +68,10 @@ def _default_registry_file() -> Path:
     env = os.environ.get("LOWBIT_REGISTRY")                    # a private registry file
     if env:
         return Path(env).expanduser()
-    packaged = Path(__file__).with_name("registry.json")      # installed wheel
+    packaged = Path(__file__).parents[1] / "registry.json"      # installed wheel
     if packaged.is_file():
         return packaged
-    return Path(__file__).resolve().parents[2] / "models" / "registry.json"  # source tree
+    return Path(__file__).resolve().parents[3] / "models" / "registry.json"  # source tree
 
 
 class Registry:

@@ -21,8 +21,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .model import Model, check_chat_roles, load
-from .sampling import RANDOM_SEED, SamplingParams, check_int
+from lowbit.runtime.model import Model, check_chat_roles, load
+from lowbit.runtime.sampling import RANDOM_SEED, SamplingParams, check_int
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF      # llama.cpp's "random seed"
 OPENAI_FINISH = {"eos": "stop", "stop": "stop", "length": "length", "context": "length",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _core
+from lowbit import _core
 
 _pools: dict[int, "_core.CpuThreadPool"] = {}
 

@@ -6,8 +6,8 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from .memory import Hparams, estimate, weights_by_type
-from .progress import human_bytes
+from lowbit.runtime.memory import Hparams, estimate, weights_by_type
+from lowbit.runtime.progress import human_bytes
 
 TOKENIZER_KINDS = {
     "gpt2": "BPE (byte-level)", "llama": "SPM (sentencepiece)", "bert": "WPM (wordpiece)",
@@ -84,7 +84,7 @@ def describe(meta: Mapping, tensors: Sequence, *, file_size: int, path: str = ""
 
 
 def describe_file(path: os.PathLike, *, n_ctx: Optional[int] = None, kv_type: str = "f16") -> dict:
-    from .gguf_file import GGUFFile
+    from lowbit.runtime.gguf_file import GGUFFile
     with GGUFFile(path) as g:
         return describe(g.metadata, g.tensors, file_size=g.file_size, path=str(path),
                         version=g.version, n_ctx=n_ctx, kv_type=kv_type)

@@ -17,8 +17,8 @@ from typing import Callable, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import Cancelled, LowbitError
-from .sampling import Sampler, SamplingParams, check_int
+from lowbit.errors import Cancelled, LowbitError
+from lowbit.runtime.sampling import Sampler, SamplingParams, check_int
 
 # "stop": a stop string; "length": max_new_tokens; "eos": an end-of-generation token;
 # "cancelled": cancel(), close(), Ctrl+C or an abandoned stream; "context": the KV context

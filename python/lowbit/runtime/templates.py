@@ -21,7 +21,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEscapeFormatt
 from jinja2.utils import Namespace
 from markupsafe import Markup
 
-from .errors import TemplateError
+from lowbit.errors import TemplateError
 
 RENDER_TIMEOUT_S = 1.0
 MAX_OUTPUT_CHARS = 1 << 20

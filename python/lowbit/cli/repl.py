@@ -12,9 +12,9 @@ import os
 import sys
 from typing import Callable, Dict, Iterator, List, Optional
 
-from .errors import LowbitError, TemplateError
-from .progress import human_bytes
-from .registry import home
+from lowbit.errors import LowbitError, TemplateError
+from lowbit.runtime.progress import human_bytes
+from lowbit.runtime.registry import home
 
 PROMPT = ">>> "
 CONTINUATION = "... "
@@ -43,7 +43,7 @@ LIMITS = {"length": "max tokens", "context": "context full"}      # finish reaso
 
 def check_params(params: dict) -> None:
     """ValueError naming the bad parameter, if any."""
-    from .sampling import SamplingParams
+    from lowbit.runtime.sampling import SamplingParams
     SamplingParams(**{k: params[k] for k in SAMPLING_KEYS}).validate()
     if params["max_tokens"] <= 0:
         raise ValueError("max_tokens must be positive")

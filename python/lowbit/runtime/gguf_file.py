@@ -31,8 +31,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import _core
-from .errors import GGUFError
+from lowbit import _core
+from lowbit.errors import GGUFError
 
 
 class Metadata(dict):

@@ -1,0 +1,136 @@
+"""What the command modules share: default model and sampling, flag groups, argument checks,
+loading with a progress bar."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional
+
+from lowbit.runtime import registry
+from lowbit.runtime.progress import human_bytes
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+# chat-friendly defaults for `run` and `chat` (ollama's are 1.1 over the last 64 tokens): with
+# 1.0 small models fall into loops within a few turns; see the REPL notes in the README
+DEFAULT_REPEAT_PENALTY = 1.1
+
+
+DEFAULT_REPEAT_LAST_N = 64
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def add_sampling_flags(sp: argparse.ArgumentParser) -> None:
+    g = sp.add_argument_group("sampling")
+    g.add_argument("--temperature", "--temp", type=float, default=0.8)
+    g.add_argument("--top-k", type=int, default=40, help="0 disables")
+    g.add_argument("--top-p", type=float, default=0.95, help="1.0 disables")
+    g.add_argument("--min-p", type=float, default=0.05, help="0 disables")
+    g.add_argument("--repetition-penalty", "--repeat-penalty", type=float, default=DEFAULT_REPEAT_PENALTY,
+                   help=f"1.0 disables (default {DEFAULT_REPEAT_PENALTY}, as ollama)")
+    g.add_argument("--repeat-last-n", type=int, default=DEFAULT_REPEAT_LAST_N,
+                   help="recent tokens the penalty looks at (-1: all)")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("-n", "--max-tokens", type=positive_int, default=256, help="most tokens to generate")
+
+
+def add_load_flags(sp: argparse.ArgumentParser) -> None:
+    g = sp.add_argument_group("model")
+    g.add_argument("--ctx", type=positive_int, default=None, help="context length (default: the model's, "
+                   "capped to available memory)")
+    g.add_argument("--threads", "-t", type=positive_int, default=None,
+                   help="CPU threads (default: physical cores)")
+    g.add_argument("--batch", type=positive_int, default=512, help="prefill batch size")
+    g.add_argument("--kv-type", default="f16", choices=["f16", "q8_0"], help="KV cache type")
+
+
+SAMPLING_FLAGS = {"temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "min_p": "--min-p",
+                  "repetition_penalty": "--repeat-penalty", "repeat_last_n": "--repeat-last-n", "seed": "--seed"}
+
+
+def check_sampling(args: argparse.Namespace):
+    """SamplingParams from the flags, validated before any model is loaded; the error names the
+    one flag that is wrong (each field is checked alone, the others at their defaults)."""
+    from lowbit.runtime.sampling import SamplingParams
+    for field, flag in SAMPLING_FLAGS.items():
+        value = getattr(args, field)
+        try:
+            SamplingParams(**{field: value}).validate()
+        except ValueError as e:
+            reason = str(e).split(", got SamplingParams(")[0]
+            shown = f"{value:g}" if isinstance(value, float) else value
+            raise ValueError(f"{flag} {shown}: {reason}") from None
+    return SamplingParams(**{field: getattr(args, field) for field in SAMPLING_FLAGS}).validate()
+
+
+def resolve_model(model: str, quiet: bool, what: str = "MODEL"):
+    """registry.resolve, with a missing path named as the argument it came from."""
+    try:
+        return registry.resolve(model, quiet=quiet)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what}: no such file: {model}") from None
+
+
+def read_text_arg(flag: str, path: str) -> str:
+    """The UTF-8 text of a file argument; errors name the flag and the path."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ValueError(f"{flag}: no such file: {path}") from None
+    except IsADirectoryError:
+        raise ValueError(f"{flag}: {path} is a directory, not a file") from None
+    except PermissionError:
+        raise ValueError(f"{flag}: permission denied: {path}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{flag}: {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def check_file_arg(flag: str, path: Optional[str]) -> None:
+    if path is not None and os.path.isdir(path):
+        raise ValueError(f"{flag}: {path} is a directory, not a file")
+    if path is not None and not os.path.isfile(path):
+        raise ValueError(f"{flag}: no such file: {path}")
+
+
+def load_for_cli(model: str, args: argparse.Namespace, quiet: bool = False):
+    from lowbit.runtime.model import load
+    from lowbit.runtime.progress import ProgressBar
+    path = resolve_model(model, quiet)
+    bar = None if quiet else ProgressBar(100, f"loading {model}", unit="percent")
+
+    def progress(frac):
+        if bar:
+            bar.set(100 * frac)
+        return True
+
+    try:
+        m = load(str(path), n_ctx=args.ctx, n_threads=args.threads, n_batch=args.batch,
+                 kv_type=args.kv_type, progress=progress)
+    finally:
+        if bar:
+            bar.close("loaded" if sys.exc_info()[0] is None else "stopped")
+    return m
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict:
+    return dict(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                repeat_last_n=args.repeat_last_n, seed=args.seed)
+
+
+def model_summary(m) -> str:
+    """One line: model, backend and kernels, weights and KV memory."""
+    mem = m.memory()
+    return (f"{os.path.basename(m.path)} | {m.architecture} | {m.device} "
+            f"({mem.get('kernels', '?')} kernels, {mem.get('n_threads', '?')} threads) | "
+            f"weights {human_bytes(mem.get('weights_bytes', 0))} | KV cache "
+            f"{human_bytes(mem.get('kv_cache_bytes', 0))} {mem.get('kv_type', '')} for {m.n_ctx} tokens")

@@ -1,0 +1,1 @@
+"""The quantization tools: block formats, quantize, recipes, imatrix, GPTQ, evaluate, compare."""

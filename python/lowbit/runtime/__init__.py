@@ -1,0 +1,1 @@
+"""The runtime: load, Model, sessions, generation, sampling, chat templates, tokenizer."""

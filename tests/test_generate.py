@@ -333,3 +333,33 @@ def test_missing_chat_template_warns_once_per_model(tiny_path):
             m.chat([{"role": "user", "content": "hi"}], max_new_tokens=2)
     msgs = [str(w.message) for w in seen if issubclass(w.category, UserWarning)]
     assert len(msgs) == 1 and "no chat template" in msgs[0] and "'chatml'" in msgs[0]
+
+
+# ---- the phases on the real engine ----------------------------------------------------------
+def test_prefill_and_decode_step_phases(tmp_path):
+    """prefill reuses the cached prefix (and gives the logits a fresh context gives);
+    decode_step appends one token, and at a full context without shifting returns None."""
+    from lowbit import _core
+    from lowbit.runtime.generate import Generation, decode_step, prefill
+    from model_factory import write_default_model
+    path = write_default_model(str(tmp_path / "m.gguf"), "llama", "F32", n_ctx=32)
+    ids = list(np.random.default_rng(4).integers(3, 200, 12))
+    fresh = _core.Engine(path, 16, 1, 512, "f16")
+    want = fresh.eval(np.asarray(ids, dtype=np.int32))
+    e = _core.Engine(path, 16, 1, 512, "f16")
+    cached = []
+    rec = Generation()
+    prefill(e, ids[:8], cached, rec)
+    assert cached == ids[:8] and rec.cached_prompt_tokens == 0 and rec.prompt_tokens == 8
+    rec = Generation()
+    logits = prefill(e, ids, cached, rec)
+    assert rec.cached_prompt_tokens == 8 and cached == ids and e.n_past == 12
+    np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
+    for t in range(4):                         # fills the 16-token context
+        assert decode_step(e, 7 + t, cached, rec, context_shift=False, n_keep=0) is not None
+    assert e.n_past == 16 and len(cached) == 16
+    assert decode_step(e, 5, cached, rec, context_shift=False, n_keep=0) is None
+    out = decode_step(e, 5, cached, rec, context_shift=True, n_keep=4)
+    assert out is not None and rec.context_shifts == 1 and e.n_past == 16 - 6 + 1
+    fresh.close()
+    e.close()

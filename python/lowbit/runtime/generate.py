@@ -200,36 +200,29 @@ def eval_interruptibly(engine, ids: np.ndarray, **kwargs):
     return box["out"]
 
 
-def run(engine, tokenizer, prompt_ids: List[int], params: SamplingParams, *, max_new_tokens: int,
-        stop: Sequence[str], stop_ids: Sequence[int], cached_ids: List[int], record: Generation,
-        context_shift: bool = False, n_keep: int = 0,
-        cancelled: Callable[[], bool] = lambda: False) -> Iterator[str]:
-    """The generation loop as a generator of text pieces; fills ``record`` as it goes.
-
-    ``cached_ids`` is the token sequence currently in the engine's KV cache; it is updated in
-    place so the caller can reuse the common prefix next time."""
-    check_int("max_new_tokens", max_new_tokens, minimum=0)
+def check_prompt(prompt_ids: List[int], n_ctx: int, context_shift: bool) -> None:
     if not prompt_ids:
         raise ValueError("the prompt is empty (no tokens); pass some text or enable BOS")
-    n_ctx = engine.n_ctx
     if len(prompt_ids) >= n_ctx and not context_shift:
         raise ValueError(f"the prompt has {len(prompt_ids)} tokens but the context holds {n_ctx}; "
                          f"use a larger n_ctx or a shorter prompt")
     if len(prompt_ids) >= n_ctx:
         raise ValueError(f"the prompt has {len(prompt_ids)} tokens, more than the context "
                          f"({n_ctx}) can hold even with context shifting")
-    sampler = Sampler(params)
-    stops = StopMatcher(stop)
-    utf8 = Utf8Stream(tokenizer.token_to_bytes)
-    stop_set = set(int(t) for t in stop_ids)
-    record.prompt_tokens = len(prompt_ids)
 
-    # prefill: reuse the cached prefix, keep at least one token to evaluate for fresh logits
+
+def prefill(engine, prompt_ids: List[int], cached_ids: List[int], record: Generation,
+            cancelled: Callable[[], bool] = lambda: False) -> Optional[np.ndarray]:
+    """Phase 1: evaluate the prompt past the prefix the KV cache already holds (``cached_ids``,
+    updated in place); returns the logits of its last token, or None when cancelled (then
+    ``record.finish_reason`` is "cancelled")."""
+    # keep at least one token to evaluate for fresh logits
     keep = min(common_prefix_len(cached_ids, prompt_ids), len(prompt_ids) - 1)
     # the engine may keep fewer (a sliding-window ring that already overwrote needed keys)
     kept = engine.truncate(keep)
     keep = keep if kept is None else min(keep, int(kept))
     del cached_ids[keep:]
+    record.prompt_tokens = len(prompt_ids)
     record.cached_prompt_tokens = keep
     t0 = time.perf_counter()
     try:
@@ -241,13 +234,50 @@ def run(engine, tokenizer, prompt_ids: List[int], params: SamplingParams, *, max
             record.finish_reason = "cancelled"
             record.peak_memory_bytes = peak_rss_bytes()
         if stopped:                          # cancelled, or the engine closed under a cancel
-            return
+            return None
         raise
     cached_ids.extend(prompt_ids[keep:])
     record.prefill_seconds = time.perf_counter() - t0
     n_eval = len(prompt_ids) - keep
     record.prefill_tok_s = n_eval / record.prefill_seconds if record.prefill_seconds > 0 else 0.0
+    return logits
 
+
+def decode_step(engine, token: int, cached_ids: List[int], record: Generation, *, context_shift: bool,
+                n_keep: int) -> Optional[np.ndarray]:
+    """Phase 2, one step: append ``token`` and return its logits; None when the context is full
+    and cannot shift (no ``context_shift``, or nothing past ``n_keep`` to drop)."""
+    if engine.n_past >= engine.n_ctx:
+        n_discard = (engine.n_past - n_keep) // 2
+        if not context_shift or n_discard <= 0:
+            return None
+        engine.shift(n_keep, n_discard)
+        del cached_ids[n_keep:n_keep + n_discard]
+        record.context_shifts += 1
+    logits = engine.eval(np.asarray([token], dtype=np.int32))
+    cached_ids.append(token)
+    return logits
+
+
+def stream_generate(engine, tokenizer, prompt_ids: List[int], params: SamplingParams, *, max_new_tokens: int,
+                    stop: Sequence[str], stop_ids: Sequence[int], cached_ids: List[int], record: Generation,
+                    context_shift: bool = False, n_keep: int = 0,
+                    cancelled: Callable[[], bool] = lambda: False) -> Iterator[str]:
+    """Phase 3: prefill, then sample / decode_step until a finish reason, as a generator of text
+    pieces (whole UTF-8 characters, stop strings held back); fills ``record`` as it goes. The
+    full generation (Model.generate without stream) is this generator run to its end.
+
+    ``cached_ids`` is the token sequence currently in the engine's KV cache; it is updated in
+    place so the caller can reuse the common prefix next time."""
+    check_int("max_new_tokens", max_new_tokens, minimum=0)
+    check_prompt(prompt_ids, engine.n_ctx, context_shift)
+    sampler = Sampler(params)
+    stops = StopMatcher(stop)
+    utf8 = Utf8Stream(tokenizer.token_to_bytes)
+    stop_set = set(int(t) for t in stop_ids)
+    logits = prefill(engine, prompt_ids, cached_ids, record, cancelled)
+    if logits is None:
+        return
     history = list(prompt_ids)
     t1 = time.perf_counter()
     finish = "length"                         # max_new_tokens reached
@@ -272,16 +302,10 @@ def run(engine, tokenizer, prompt_ids: List[int], params: SamplingParams, *, max
                 break
             if record.generated_tokens >= max_new_tokens:
                 break
-            if engine.n_past >= n_ctx:
-                n_discard = (engine.n_past - n_keep) // 2
-                if not context_shift or n_discard <= 0:
-                    finish = "context"        # the KV context is full
-                    break
-                engine.shift(n_keep, n_discard)
-                del cached_ids[n_keep:n_keep + n_discard]
-                record.context_shifts += 1
-            logits = engine.eval(np.asarray([token], dtype=np.int32))
-            cached_ids.append(token)
+            logits = decode_step(engine, token, cached_ids, record, context_shift=context_shift, n_keep=n_keep)
+            if logits is None:
+                finish = "context"            # the KV context is full
+                break
     except (GeneratorExit, KeyboardInterrupt):   # abandoned by the consumer, or Ctrl+C
         finish = "cancelled"
         raise

@@ -13,7 +13,7 @@ import numpy as np
 from lowbit.runtime import registry
 from lowbit.runtime.templates import BUILTIN_TEMPLATES, default_template, render_chat
 from lowbit.errors import Cancelled, CudaError, InsufficientMemory, LowbitError, ModelError
-from lowbit.runtime.generate import Generation, GenerationStream, eval_interruptibly, peak_rss_bytes, run
+from lowbit.runtime.generate import Generation, GenerationStream, eval_interruptibly, peak_rss_bytes, stream_generate
 from lowbit.runtime.memory import Hparams, kv_cache_bytes
 from lowbit.runtime.progress import ProgressFn
 from lowbit.runtime.sampling import SamplingParams, check_int
@@ -318,7 +318,7 @@ class Model:
                         break
                 yield piece
         finally:
-            inner.close()                  # suspended inside run(): finish_reason "cancelled"
+            inner.close()                  # suspended inside stream_generate(): finish_reason "cancelled"
             if not record.finish_reason:
                 record.finish_reason = "cancelled"
             self._release(claim)
@@ -348,7 +348,7 @@ class Model:
         keep = len(prompt_ids) if n_keep is None else n_keep
         keep = max(0, min(keep, self.n_ctx // 2))
         claim = _Claim()
-        inner = run(self._engine, self.tokenizer, prompt_ids, params,
+        inner = stream_generate(self._engine, self.tokenizer, prompt_ids, params,
                     max_new_tokens=max_new_tokens, stop=stop, stop_ids=stop_ids,
                     cached_ids=self._cached_ids, record=record, context_shift=context_shift,
                     n_keep=keep, cancelled=lambda: claim.cancelled or self._cancel.is_set())

@@ -51,11 +51,12 @@ def test_sliding_window_layers_keep_their_window(tmp_path):
     path = write_model(tmp_path / "g.gguf", arch="gemma3", window=64, n_layers=12)
     d = describe_file(path, n_ctx=1000)
     per_cell = 2 * (16 + 16) * 2
-    # gemma3: every 6th layer is global (2 of 12), the other 10 keep 64 cells
+    # gemma3: every 6th layer is global (2 of 12), the other 10 keep a ring of the window plus
+    # one batch (the engine's rule: min(n_ctx, 64 + 512) cells)
     assert d["memory"]["swa_layers"] == 10
-    assert d["memory"]["kv_cache_bytes"] == (2 * 1000 + 10 * 64) * per_cell
-    assert describe_file(path, n_ctx=1000, kv_type="q8_0")["memory"]["kv_cache_bytes"] == \
-        int((2 * 1000 + 10 * 64) * 2 * 32 * 34 / 32)
+    assert d["memory"]["kv_cache_bytes"] == (2 * 1000 + 10 * 576) * per_cell
+    # q8_0 rows are blocks of 32: a head_dim of 16 cannot use it, as the engine says
+    assert "head_dim" in describe_file(path, n_ctx=1000, kv_type="q8_0")["memory"]["error"]
 
 
 def test_cli_info_json_and_errors(tmp_path, capsys):
@@ -109,3 +110,22 @@ def test_memory_check_names_estimate_and_largest_context(tmp_path):
         check_memory(meta, 1000, 100_000, "f16", available=1000 + 50 * per_token)
     with pytest.raises(MemoryError, match="weights alone"):
         check_memory(meta, 10**9, 10, "f16", available=10**6)
+
+
+@pytest.mark.parametrize("arch,overrides", [("llama", {}), ("qwen2", {}), ("qwen3", {}), ("phi3", {}),
+                                            ("gemma3", {"sliding_window": 8, "n_layer": 7})])
+def test_estimate_equals_what_the_engine_allocates(tmp_path, arch, overrides):
+    """The estimate before load and the engine's own KV cache agree to the byte (one rule in the
+    core), sliding windows included, for several contexts, batch sizes and KV types."""
+    import model_factory as mf
+    from lowbit import _core
+    from lowbit.runtime.memory import kv_cache_bytes as estimate_kv
+    spec = mf.default_spec(arch, "F32", head_dim=32, n_embd=128, **overrides)
+    path = mf.write_tiny_model(tmp_path / f"{arch}.gguf", spec)
+    hp = Hparams.from_config(_core.model_config(path))
+    for n_ctx, n_batch in [(16, 512), (64, 7), (200, 32), (256, 256)]:
+        for kv_type in ("f16", "q8_0"):
+            e = _core.Engine(path, n_ctx, 1, n_batch, kv_type)
+            assert estimate_kv(hp, n_ctx, kv_type, n_batch) == e.memory()["kv_cache"]["bytes"], \
+                (n_ctx, n_batch, kv_type)
+            e.close()

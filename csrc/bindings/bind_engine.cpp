@@ -10,6 +10,7 @@
 #include "model/config.h"
 #include "common.h"
 #include "gguf/gguf.h"
+#include "model/kv_cache.h"
 #include "model/observer.h"
 #include "runtime/engine.h"
 
@@ -132,7 +133,28 @@ py::dict config_dict(const model::ModelConfig& c) {
     return d;
 }
 
+// The fields of a model_config() dict that size the KV cache, back in a ModelConfig.
+model::ModelConfig kv_geometry(const py::dict& d) {
+    model::ModelConfig c;
+    c.n_layers = d["n_layers"].cast<int64_t>();
+    c.n_head_kv = d["n_head_kv"].cast<int64_t>();
+    c.head_dim = d["head_dim"].cast<int64_t>();
+    c.n_swa = d["sliding_window"].cast<int64_t>();
+    c.layer_is_swa = d["layer_is_swa"].cast<std::vector<bool>>();
+    LOWBIT_CHECK(int64_t(c.layer_is_swa.size()) == c.n_layers, ValueError, "layer_is_swa has ",
+                 c.layer_is_swa.size(), " entries for ", c.n_layers, " layers");
+    return c;
+}
+
 void bind_engine(py::module_& m) {
+    m.def("kv_cache_bytes", [](const py::dict& config, int64_t n_ctx, int64_t n_batch, const std::string& kv_type) {
+              LOWBIT_CHECK(n_ctx >= 1 && n_batch >= 1, ValueError, "n_ctx and n_batch must be positive, got ",
+                           n_ctx, " and ", n_batch);
+              const model::ModelConfig c = kv_geometry(config);
+              return model::kv_cache_bytes(c, n_ctx, std::min(n_batch, n_ctx), model::parse_kv_type(kv_type, c.head_dim));
+          }, py::arg("config"), py::arg("n_ctx"), py::arg("n_batch") = 512, py::arg("kv_type") = "f16",
+          "Bytes of the KV cache an Engine with this model_config() dict, n_ctx, n_batch and kv_type "
+          "allocates (the rule KVCache and the Engine's memory check use).");
     m.def("model_config", [](const std::string& path) {
               std::unique_ptr<GGUFFile> f;
               try {

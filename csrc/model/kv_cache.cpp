@@ -23,13 +23,30 @@ KVType parse_kv_type(const std::string& name, int64_t head_dim) {
 
 const char* kv_type_name(KVType t) { return t == KVType::F16 ? "f16" : "q8_0"; }
 
+int64_t kv_layer_cells(const ModelConfig& c, int64_t il, int64_t n_ctx, int64_t n_batch) {
+    return c.layer_is_swa[size_t(il)] ? std::min(n_ctx, c.n_swa + n_batch) : n_ctx;
+}
+
+int64_t kv_row_bytes(KVType t, int64_t head_dim) {
+    return t == KVType::F16 ? head_dim * 2 : head_dim / QK8_0 * int64_t(sizeof(block_q8_0));
+}
+
+int64_t kv_cache_bytes(const ModelConfig& c, int64_t n_ctx, int64_t n_batch, KVType t) {
+    const int64_t row = checked_mul<ModelError>(c.n_head_kv, kv_row_bytes(t, c.head_dim), "KV heads x row bytes");
+    int64_t total = 0;
+    for (int64_t il = 0; il < c.n_layers; ++il)
+        total = checked_add<ModelError>(total, checked_mul<ModelError>(2 * kv_layer_cells(c, il, n_ctx, n_batch), row,
+                                                                       "KV cache layer bytes"), "KV cache bytes");
+    return total;
+}
+
 KVCache::KVCache(const ModelConfig& c, int64_t n_ctx, int64_t n_batch, KVType type)
     : type_(type), n_ctx_(n_ctx), n_head_kv_(c.n_head_kv), head_dim_(c.head_dim), n_swa_(c.n_swa) {
-    row_bytes_ = type == KVType::F16 ? head_dim_ * 2 : head_dim_ / QK8_0 * int64_t(sizeof(block_q8_0));
+    row_bytes_ = kv_row_bytes(type, head_dim_);
     layers_.resize(size_t(c.n_layers));
     for (int64_t il = 0; il < c.n_layers; ++il) {
         Layer& l = layers_[size_t(il)];
-        l.n_cells = c.layer_is_swa[size_t(il)] ? std::min(n_ctx, c.n_swa + n_batch) : n_ctx;
+        l.n_cells = kv_layer_cells(c, il, n_ctx, n_batch);
         const size_t bytes = size_t(checked_mul<ModelError>(checked_mul<ModelError>(l.n_cells, n_head_kv_, "KV cells x heads"),
                                                             row_bytes_, "KV cache layer bytes"));
         l.k.resize(bytes);   // pages are touched as positions are written

@@ -27,6 +27,13 @@ enum class KVType { F16, Q8_0 };
 KVType parse_kv_type(const std::string& name, int64_t head_dim);
 const char* kv_type_name(KVType t);
 
+// The one rule for the cache's size, used by KVCache itself, the Engine's memory check and the
+// estimate before load (lowbit._core.kv_cache_bytes): cells of layer il (sliding-window layers:
+// min(n_ctx, window + n_batch), others n_ctx), bytes of one head's row, and K + V bytes in all.
+int64_t kv_layer_cells(const ModelConfig& c, int64_t il, int64_t n_ctx, int64_t n_batch);
+int64_t kv_row_bytes(KVType t, int64_t head_dim);
+int64_t kv_cache_bytes(const ModelConfig& c, int64_t n_ctx, int64_t n_batch, KVType t);
+
 class KVCache {
 public:
     KVCache(const ModelConfig& c, int64_t n_ctx, int64_t n_batch, KVType type);

@@ -40,11 +40,7 @@ void Engine::check_fits_in_memory(const model::ModelConfig& c, model::KVType kvt
     const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
     if (pages <= 0 || page <= 0) return;
     const double phys = double(pages) * double(page);
-    const double row = kvt == model::KVType::F16 ? 2.0 * double(c.head_dim) : double(c.head_dim) / 32.0 * 34.0;
-    double cells = 0;
-    for (int64_t il = 0; il < c.n_layers; ++il)
-        cells += double(c.layer_is_swa[size_t(il)] ? std::min(n_ctx_, c.n_swa + n_batch_) : n_ctx_);
-    const double kv = 2.0 * cells * double(c.n_head_kv) * row;
+    const double kv = double(model::kv_cache_bytes(c, n_ctx_, n_batch_, kvt));
     const double scratch = double(n_threads_) * double(model::kAttTile) * double(n_ctx_) * 4.0;
     LOWBIT_CHECK(kv + scratch < phys, ValueError, "n_ctx ", n_ctx_, " needs a ", uint64_t(kv), "-byte KV cache (",
                  model::kv_type_name(kvt), ") plus ", uint64_t(scratch), " bytes of attention scratch, more than the ",

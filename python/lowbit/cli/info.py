@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
                     help=f"a GGUF path or registry name (default {DEFAULT_MODEL}); pulled on first use")
     sp.add_argument("--ctx", type=int, default=None, help="context length for the memory estimate "
                     "(default: the model's training context)")
-    sp.add_argument("--kv-type", default="f16", choices=["f16", "q8_0", "f32"], help="KV cache type")
+    sp.add_argument("--kv-type", default="f16", choices=["f16", "q8_0"], help="KV cache type")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=run)
 

@@ -1,16 +1,18 @@
 """Memory estimates before loading (weights by tensor type, KV cache per layer).
 
 weights = sum of the tensors' bytes, grouped by type (params x bits / 8);
-KV cache = per layer, cells x kv_heads x (key_length + value_length) x bytes per element,
-where sliding-window layers keep only their window.
+KV cache = what the engine will allocate, by the core's own rule (``lowbit._core.kv_cache_bytes``,
+the function KVCache and the Engine's memory check use): per layer, cells x kv_heads x
+(key_length + value_length) x bytes per element, where sliding-window layers keep a ring of
+min(n_ctx, window + n_batch) cells.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence
 
-# bytes per cached element for each KV cache type
-KV_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32}
+KV_TYPES = ("f16", "q8_0")
+DEFAULT_N_BATCH = 512
 
 @dataclass
 class Hparams:
@@ -27,6 +29,7 @@ class Hparams:
     value_length: int
     sliding_window: Optional[int] = None
     swa_layers: List[bool] = field(default_factory=list)
+    config: Dict = field(default_factory=dict, repr=False)   # the core's model_config() dict
 
     @classmethod
     def from_config(cls, config: Mapping) -> "Hparams":
@@ -37,7 +40,8 @@ class Hparams:
                    n_embd=int(config["n_embd"]), n_head=[int(config["n_head"])] * n_layers,
                    n_head_kv=[int(config["n_head_kv"])] * n_layers, key_length=int(config["head_dim"]),
                    value_length=int(config["head_dim"]), sliding_window=window or None,
-                   swa_layers=[bool(b) for b in config["layer_is_swa"]] if window else [False] * n_layers)
+                   swa_layers=[bool(b) for b in config["layer_is_swa"]] if window else [False] * n_layers,
+                   config=dict(config))
 
     @classmethod
     def from_metadata(cls, meta: Mapping) -> "Hparams":
@@ -50,17 +54,14 @@ class Hparams:
         return cls.from_config(config())
 
 
-def kv_cache_bytes(hp: Hparams, n_ctx: int, kv_type: str = "f16") -> int:
-    if kv_type not in KV_TYPE_BYTES:
-        raise ValueError(f"unknown kv_type {kv_type!r}; choose one of {', '.join(KV_TYPE_BYTES)}")
+def kv_cache_bytes(hp: Hparams, n_ctx: int, kv_type: str = "f16", n_batch: int = DEFAULT_N_BATCH) -> int:
+    """Bytes of the KV cache an engine with ``n_ctx`` and ``n_batch`` allocates (to the byte)."""
+    from lowbit import _core
+    if kv_type not in KV_TYPES:
+        raise ValueError(f"unknown kv_type {kv_type!r}; choose one of {', '.join(KV_TYPES)}")
     if n_ctx <= 0:
         raise ValueError(f"n_ctx must be positive, got {n_ctx}")
-    per_elem = KV_TYPE_BYTES[kv_type]
-    total = 0.0
-    for i in range(hp.n_layers):
-        cells = min(n_ctx, hp.sliding_window) if hp.swa_layers[i] and hp.sliding_window else n_ctx
-        total += cells * hp.n_head_kv[i] * (hp.key_length + hp.value_length) * per_elem
-    return int(total)
+    return int(_core.kv_cache_bytes(hp.config, int(n_ctx), int(n_batch), kv_type))
 
 
 def weights_by_type(tensors: Sequence) -> Dict[str, Dict[str, int]]:
@@ -75,12 +76,12 @@ def weights_by_type(tensors: Sequence) -> Dict[str, Dict[str, int]]:
 
 
 def estimate(meta: Mapping, tensors: Sequence, n_ctx: Optional[int] = None,
-             kv_type: str = "f16") -> dict:
+             kv_type: str = "f16", n_batch: int = DEFAULT_N_BATCH) -> dict:
     """Weights + KV cache estimate for ``n_ctx`` (default: the model's training context)."""
     hp = Hparams.from_metadata(meta)
     n_ctx = int(n_ctx or hp.n_ctx_train or 2048)
     weights = sum(int(t.nbytes) for t in tensors)
-    kv = kv_cache_bytes(hp, n_ctx, kv_type)
+    kv = kv_cache_bytes(hp, n_ctx, kv_type, n_batch)
     return {"n_ctx": n_ctx, "kv_type": kv_type, "weights_bytes": weights,
             "kv_cache_bytes": kv, "total_bytes": weights + kv,
             "swa_layers": sum(hp.swa_layers), "sliding_window": hp.sliding_window}

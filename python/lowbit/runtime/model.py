@@ -42,33 +42,33 @@ def _available_memory_bytes() -> Optional[int]:
         return None
 
 
-def default_n_ctx(meta: Mapping, kv_type: str) -> int:
+def default_n_ctx(meta: Mapping, kv_type: str, n_batch: int = 512) -> int:
     """The model's context, capped to what memory allows for the KV cache."""
     hp = Hparams.from_metadata(meta)
     n_ctx = hp.n_ctx_train or 4096
     avail = _available_memory_bytes()
     if avail:
         budget = avail * KV_MEMORY_SHARE
-        while n_ctx > 512 and kv_cache_bytes(hp, n_ctx, kv_type) > budget:
+        while n_ctx > 512 and kv_cache_bytes(hp, n_ctx, kv_type, n_batch) > budget:
             n_ctx //= 2
     return n_ctx
 
 
 def check_memory(meta: Mapping, weights_bytes: int, n_ctx: int, kv_type: str,
-                 available: Optional[int] = None) -> None:
+                 available: Optional[int] = None, n_batch: int = 512) -> None:
     """Raise InsufficientMemory when weights + KV cache for ``n_ctx`` exceed available memory,
     naming the estimate and the largest context that fits."""
     available = _available_memory_bytes() if available is None else available
     if not available:
         return
     hp = Hparams.from_metadata(meta)
-    need = weights_bytes + kv_cache_bytes(hp, n_ctx, kv_type)
+    need = weights_bytes + kv_cache_bytes(hp, n_ctx, kv_type, n_batch)
     if need <= available:
         return
     lo, hi = 0, n_ctx          # largest n with weights + kv(n) <= available
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if weights_bytes + kv_cache_bytes(hp, mid, kv_type) <= available:
+        if weights_bytes + kv_cache_bytes(hp, mid, kv_type, n_batch) <= available:
             lo = mid
         else:
             hi = mid - 1
@@ -153,8 +153,8 @@ def load(path_or_name: Union[str, os.PathLike], *, n_ctx: Optional[int] = None,
     tokenizer = Tokenizer.from_metadata(meta)
     n_ctx_train = Hparams.from_metadata(meta).n_ctx_train
     asked = n_ctx
-    n_ctx = n_ctx or default_n_ctx(meta, kv_type)
-    check_memory(meta, weights_bytes, n_ctx, kv_type)
+    n_ctx = n_ctx or default_n_ctx(meta, kv_type, n_batch)
+    check_memory(meta, weights_bytes, n_ctx, kv_type, n_batch=n_batch)
     if asked and n_ctx_train and asked > n_ctx_train:      # as llama.cpp: allowed, with a warning
         warnings.warn(f"n_ctx={asked} is larger than the model's training context ({n_ctx_train} tokens); "
                       f"output may degrade past {n_ctx_train} tokens", UserWarning, stacklevel=2)

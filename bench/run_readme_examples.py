@@ -25,6 +25,15 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def package_parent() -> str:
+    """The folder holding the lowbit this interpreter imports: the installed package (with its
+    compiled core) under pip, the source tree's python/ in the developer loop."""
+    spec = importlib.util.find_spec("lowbit")
+    if spec is None or not spec.submodule_search_locations:
+        return str(ROOT / "python")
+    return str(Path(list(spec.submodule_search_locations)[0]).parent)
 CHAT_INPUT = "Say hello in three words.\n/bye\n"
 NEEDS = {"llama-cpp-python": "llama_cpp", "matplotlib": "matplotlib"}
 
@@ -67,9 +76,9 @@ def workspace(tmp: Path) -> dict:
     shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m lowbit "$@"\n')
     shim.chmod(0o755)
     shutil.copy(ROOT / "README.md", tmp / "calib.txt")
-    texts = [p.read_text(encoding="utf-8") for p in sorted((ROOT / "python" / "lowbit").glob("*.py"))]
+    texts = [p.read_text(encoding="utf-8") for p in sorted((ROOT / "python" / "lowbit").rglob("*.py"))]
     (tmp / "eval.txt").write_text("\n".join(texts)[:60000], encoding="utf-8")
-    path_py = os.pathsep.join(filter(None, [str(ROOT / "python"), os.environ.get("PYTHONPATH")]))
+    path_py = os.pathsep.join(filter(None, [package_parent(), os.environ.get("PYTHONPATH")]))
     return dict(os.environ, LOWBIT_HOME=str(home), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
                 PYTHONPATH=path_py, PYTHONUNBUFFERED="1")
 

@@ -21,7 +21,8 @@ from hostile_files import mutate
 from model_factory import write_tiny_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PYTHONPATH = os.pathsep.join([os.path.join(HERE, "..", "python"), HERE])
+# the lowbit this test imports (installed under CI, python/ in the developer loop), and tests/
+PYTHONPATH = os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(lowbit.__file__))), HERE])
 MSGS = [{"role": "user", "content": "hi"}]
 
 

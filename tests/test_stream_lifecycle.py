@@ -21,7 +21,8 @@ import model_factory as mf  # noqa: E402
 from _models import real_model_path  # noqa: E402
 
 HANG_S = 60          # hang guard only: every scenario takes well under a second or two
-PYTHON_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python")
+# the folder of the lowbit this test imports (installed under CI, python/ in the developer loop)
+PYTHON_DIR = os.path.dirname(os.path.dirname(os.path.abspath(lowbit.__file__)))
 
 
 @pytest.fixture(scope="module", params=["tiny", "smollm2"])

@@ -25,3 +25,12 @@ def real_model_path(name: str) -> Optional[str]:
         return str(registry.pull(name, quiet=True))
     except (RegistryError, OSError):
         return None
+
+
+def real_model_or_skip(name: str) -> str:
+    """The path of a real model, or skip the calling test saying which one is missing."""
+    import pytest
+    path = real_model_path(name)
+    if path is None:
+        pytest.skip(f"{name} not available")
+    return path

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from _models import real_model_path
+from _models import real_model_or_skip, real_model_path
 
 MODEL = "smollm2-135m-instruct"
 HANG_GUARD = 120
@@ -18,10 +18,7 @@ HANG_GUARD = 120
 
 @pytest.fixture(scope="module")
 def model_path():
-    path = real_model_path(MODEL)
-    if path is None:
-        pytest.skip(f"{MODEL} not available")
-    return path
+    return real_model_or_skip(MODEL)
 
 
 @pytest.fixture

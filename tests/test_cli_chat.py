@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from _models import real_model_path
+from _models import real_model_or_skip, real_model_path
 
 pexpect = pytest.importorskip("pexpect")
 
@@ -16,10 +16,7 @@ MODEL = "smollm2-135m-instruct"
 
 @pytest.fixture(scope="module")
 def model_path():
-    path = real_model_path(MODEL)
-    if path is None:
-        pytest.skip(f"{MODEL} not available")
-    return path
+    return real_model_or_skip(MODEL)
 
 
 def lowbit_cmd(*args):

@@ -154,6 +154,29 @@ constexpr TypeKernels dot_only() {
     return TypeKernels{.dot = Dot, .dot_rows = dot_rows_loop<Dot>};
 }
 
+// A set in which every type has only its single-row dot (the scalar and AVX2 sets), built from the
+// vec_dot_* and quantize_act_* of the namespace it is used in.
+#define LOWBIT_DOT_ONLY_SET(set_name)                                          \
+    [] {                                                                       \
+        KernelSet k{set_name, quantize_act_q8_0, quantize_act_q8_K};           \
+        k[GGMLType::Q4_0] = dot_only<vec_dot_q4_0>();                          \
+        k[GGMLType::Q4_1] = dot_only<vec_dot_q4_1>();                          \
+        k[GGMLType::Q5_0] = dot_only<vec_dot_q5_0>();                          \
+        k[GGMLType::Q5_1] = dot_only<vec_dot_q5_1>();                          \
+        k[GGMLType::Q8_0] = dot_only<vec_dot_q8_0>();                          \
+        k[GGMLType::IQ4_NL] = dot_only<vec_dot_iq4_nl>();                      \
+        k[GGMLType::Q2_K] = dot_only<vec_dot_q2_K>();                          \
+        k[GGMLType::Q3_K] = dot_only<vec_dot_q3_K>();                          \
+        k[GGMLType::Q4_K] = dot_only<vec_dot_q4_K>();                          \
+        k[GGMLType::Q5_K] = dot_only<vec_dot_q5_K>();                          \
+        k[GGMLType::Q6_K] = dot_only<vec_dot_q6_K>();                          \
+        k[GGMLType::IQ4_XS] = dot_only<vec_dot_iq4_xs>();                      \
+        k[GGMLType::F32] = dot_only<vec_dot_f32>();                            \
+        k[GGMLType::F16] = dot_only<vec_dot_f16>();                            \
+        k[GGMLType::BF16] = dot_only<vec_dot_bf16>();                          \
+        return k;                                                              \
+    }()
+
 // The ISA-independent facts of a weight type for the CPU kernels (one table, dispatch.cpp).
 struct CpuTypeTraits {
     GGMLType type;

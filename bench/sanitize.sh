@@ -32,6 +32,7 @@ if [ $# -eq 0 ]; then
   # test_env_override_and_bad_value starts a child with a clean environment (no LD_PRELOAD), which
   # the ASan runtime refuses to start in: not a finding, so it is left out here.
   set -- tests/test_gguf.py tests/test_kernels.py tests/test_engine.py tests/test_hostile.py tests/test_fuzz.py \
+         tests/test_observer.py tests/test_info.py \
          --deselect tests/test_kernels.py::test_env_override_and_bad_value
 fi
 echo "sanitized module: $(ls "$STAGE"/lowbit/_core*.so)"

@@ -131,8 +131,8 @@ def format_info(d: dict, name: str = "") -> str:
     if "error" in m:
         lines.append(f"  memory estimate unavailable: {m['error']}")
     else:
-        swa = (f", {m['swa_layers']} sliding-window layers keep {m['sliding_window']} cells"
-               if m["swa_layers"] else "")
+        swa = (f", {m['swa_layers']} sliding-window layers keep a ring of {m['swa_cells']} cells: "
+               f"window {m['sliding_window']} + batch {m['n_batch']}" if m["swa_layers"] else "")
         lines.append(f"  memory estimate at n_ctx={m['n_ctx']} (KV cache {m['kv_type']}{swa}):")
         lines.append(f"    weights   {human_bytes(m['weights_bytes'])}")
         lines.append(f"    KV cache  {human_bytes(m['kv_cache_bytes'])}")

@@ -84,4 +84,6 @@ def estimate(meta: Mapping, tensors: Sequence, n_ctx: Optional[int] = None,
     kv = kv_cache_bytes(hp, n_ctx, kv_type, n_batch)
     return {"n_ctx": n_ctx, "kv_type": kv_type, "weights_bytes": weights,
             "kv_cache_bytes": kv, "total_bytes": weights + kv,
-            "swa_layers": sum(hp.swa_layers), "sliding_window": hp.sliding_window}
+            "swa_layers": sum(hp.swa_layers), "sliding_window": hp.sliding_window, "n_batch": n_batch,
+            # cells of each sliding-window layer: the window plus one batch, as a ring (the engine's rule)
+            "swa_cells": min(n_ctx, (hp.sliding_window or 0) + n_batch) if hp.sliding_window else None}

@@ -3,6 +3,10 @@
 #pragma once
 #include <pybind11/pybind11.h>
 
+#include <memory>
+#include <string>
+
+#include "gguf/gguf.h"
 #include "model/config.h"
 
 namespace lowbit {
@@ -13,4 +17,9 @@ void bind_quant(pybind11::module_& m);
 void bind_engine(pybind11::module_& m);
 // The validated ModelConfig as a dict (lowbit._core.model_config, _GGUFFile.model_config).
 pybind11::dict config_dict(const model::ModelConfig& c);
+// A file that cannot be opened as Python's OSError subclass for its errno (FileNotFoundError,
+// PermissionError, IsADirectoryError ...), naming the path.
+[[noreturn]] void throw_os_error(const FileOpenError& e, const std::string& path);
+// GGUFFile::open with the GIL released; open failures through throw_os_error.
+std::unique_ptr<GGUFFile> open_gguf(const std::string& path);
 }  // namespace lowbit

@@ -3,7 +3,6 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
-#include <cerrno>
 #include <vector>
 
 #include "bindings/bind.h"
@@ -155,18 +154,8 @@ void bind_engine(py::module_& m) {
           }, py::arg("config"), py::arg("n_ctx"), py::arg("n_batch") = 512, py::arg("kv_type") = "f16",
           "Bytes of the KV cache an Engine with this model_config() dict, n_ctx, n_batch and kv_type "
           "allocates (the rule KVCache and the Engine's memory check use).");
-    m.def("model_config", [](const std::string& path) {
-              std::unique_ptr<GGUFFile> f;
-              try {
-                  py::gil_scoped_release nogil;
-                  f = std::make_unique<GGUFFile>(GGUFFile::open(path));
-              } catch (const FileOpenError& e) {
-                  errno = e.errno_value;
-                  PyErr_SetFromErrnoWithFilename(PyExc_OSError, path.c_str());
-                  throw py::error_already_set();
-              }
-              return config_dict(model::load_config(*f));
-          }, py::arg("path"),
+    m.def("model_config", [](const std::string& path) { return config_dict(model::load_config(*open_gguf(path))); },
+          py::arg("path"),
           "The engine's validated hyper-parameters of a GGUF model (ModelError naming the key when the "
           "metadata is wrong or does not fit the tensors): the one parse that info, memory estimates and "
           "the engine share.");
@@ -180,9 +169,7 @@ void bind_engine(py::module_& m) {
                      py::gil_scoped_release nogil;
                      return std::make_unique<Engine>(path, n_ctx, n_threads, n_batch, kv_type, act_precision);
                  } catch (const FileOpenError& e) {   // errno -> FileNotFoundError, PermissionError...
-                     errno = e.errno_value;
-                     PyErr_SetFromErrnoWithFilename(PyExc_OSError, path.c_str());
-                     throw py::error_already_set();
+                     throw_os_error(e, path);
                  }
              }),
              py::arg("path"), py::arg("n_ctx") = 4096, py::arg("n_threads") = 2, py::arg("n_batch") = 512,

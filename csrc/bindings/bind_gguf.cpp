@@ -80,12 +80,14 @@ const char* numpy_dtype(GGUFType t) {
     }
 }
 
-py::object numpy_view(const GGUFFile& f, const GGUFArray& a) {
+// A read-only 1-D numpy array of `count` items at `data` inside f's mapping (zero copy); the
+// capsule keeps the mapping alive as long as the array.
+py::array mapped_view(const GGUFFile& f, const py::dtype& dtype, uint64_t count, const void* data) {
     auto* keep = new std::shared_ptr<const MappedFile>(f.mapping());
     py::capsule owner(keep, [](void* p) { delete static_cast<std::shared_ptr<const MappedFile>*>(p); });
-    py::array view(py::dtype(numpy_dtype(a.elem_type)), {py::ssize_t(a.count)}, a.raw, owner);
+    py::array view(dtype, {py::ssize_t(count)}, data, owner);
     py::detail::array_proxy(view.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
-    return std::move(view);
+    return view;
 }
 
 py::object value_to_py(const GGUFFile& f, const GGUFValue& v) {
@@ -93,7 +95,8 @@ py::object value_to_py(const GGUFFile& f, const GGUFValue& v) {
     case GGUFType::STRING: return steal_or_throw(new_str(std::get<std::string_view>(v.data)));
     case GGUFType::ARRAY: {
         const GGUFArray& a = std::get<GGUFArray>(v.data);
-        if (a.count > kArrayAsNumpy && *numpy_dtype(a.elem_type)) return numpy_view(f, a);
+        if (a.count > kArrayAsNumpy && *numpy_dtype(a.elem_type))
+            return mapped_view(f, py::dtype(numpy_dtype(a.elem_type)), a.count, a.raw);
         return array_to_py(a);
     }
     case GGUFType::BOOL: return py::bool_(std::get<bool>(v.data));
@@ -104,30 +107,29 @@ py::object value_to_py(const GGUFFile& f, const GGUFValue& v) {
     }
 }
 
+// Read-only uint8 view of the tensor's bytes.
+py::array tensor_bytes(const GGUFFile& f, size_t index) {
+    if (index >= f.tensors().size()) throw py::index_error(str("tensor index ", index, " out of range"));
+    const TensorInfo& t = f.tensors()[index];
+    return mapped_view(f, py::dtype::of<uint8_t>(), t.n_bytes, f.tensor_data(t));
+}
+
+}  // namespace
+
+void throw_os_error(const FileOpenError& e, const std::string& path) {
+    errno = e.errno_value;
+    PyErr_SetFromErrnoWithFilename(PyExc_OSError, path.c_str());
+    throw py::error_already_set();
+}
+
 std::unique_ptr<GGUFFile> open_gguf(const std::string& path) {
     try {
         py::gil_scoped_release nogil;
         return std::make_unique<GGUFFile>(GGUFFile::open(path));
     } catch (const FileOpenError& e) {
-        // errno -> FileNotFoundError / IsADirectoryError / PermissionError ... (OSError subclasses)
-        errno = e.errno_value;
-        PyErr_SetFromErrnoWithFilename(PyExc_OSError, path.c_str());
-        throw py::error_already_set();
+        throw_os_error(e, path);
     }
 }
-
-// Read-only uint8 view of the tensor's bytes; the capsule keeps the mapping alive.
-py::array tensor_bytes(const GGUFFile& f, size_t index) {
-    if (index >= f.tensors().size()) throw py::index_error(str("tensor index ", index, " out of range"));
-    const TensorInfo& t = f.tensors()[index];
-    auto* keep = new std::shared_ptr<const MappedFile>(f.mapping());
-    py::capsule owner(keep, [](void* p) { delete static_cast<std::shared_ptr<const MappedFile>*>(p); });
-    py::array_t<uint8_t> view({py::ssize_t(t.n_bytes)}, {py::ssize_t(1)}, f.tensor_data(t), owner);
-    py::detail::array_proxy(view.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
-    return std::move(view);
-}
-
-}  // namespace
 
 void bind_gguf(py::module_& m) {
     py::class_<GGUFFile>(m, "_GGUFFile", "Parsed GGUF file over a read-only mapping (see lowbit.GGUFFile).")

@@ -112,9 +112,10 @@ class ModelFacts:
         """From the core's validated config (``GGUFFile.metadata.model_config()``) for the
         architectures the engine runs; the keys themselves only for others (files lowbit can
         quantize for llama.cpp but not run), read defensively."""
+        from lowbit.runtime import engine_architectures
         arch = str(meta.get("general.architecture", ""))
         config = getattr(meta, "model_config", None)
-        if config is not None and arch in _engine_architectures():
+        if config is not None and arch in engine_architectures():
             c = config()
             n_head, n_head_kv = int(c["n_head"]), int(c["n_head_kv"])
             return cls(arch, int(c["n_layers"]), n_head // n_head_kv, 0,
@@ -135,11 +136,6 @@ class ModelFacts:
         n_gqa = n_head // n_head_kv if n_head_kv else 0
         n_expert = first(meta.get(f"{arch}.expert_count"), 0)
         return cls(arch, n_layer, n_gqa, n_expert, arch == "llama" and n_layer == 80 and n_head != n_head_kv)
-
-
-def _engine_architectures() -> Tuple[str, ...]:
-    from lowbit import _core
-    return tuple(a.strip() for a in _core.supported_architectures().split(","))
 
 
 @dataclass

@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from lowbit.runtime.model import Model, check_chat_roles, load
+from lowbit.runtime.model import Model, load
 from lowbit.runtime.sampling import RANDOM_SEED, SamplingParams, check_int
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF      # llama.cpp's "random seed"
@@ -155,8 +155,6 @@ class Llama:
         finish_reason. The prompt is the model's chat template (Model.chat)."""
         m = self.lowbit_model
         params = self._params(temperature, top_p, top_k, min_p, repeat_penalty, seed)
-        check_chat_roles(messages)
-        m._warn_builtin_template()
         prompt_ids = m.chat_ids(messages)
         head = {"id": f"chatcmpl-{uuid.uuid4()}", "object": "chat.completion", "created": int(time.time()),
                 "model": model if model is not None else self.model_path}

@@ -10,8 +10,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from lowbit.runtime import registry
-from lowbit.runtime.templates import BUILTIN_TEMPLATES, default_template, render_chat
+from lowbit.runtime import engine_architectures, registry
+from lowbit.runtime.templates import BUILTIN_TEMPLATES, default_template, render_chat, validate_messages
 from lowbit.errors import Cancelled, CudaError, InsufficientMemory, LowbitError, ModelError
 from lowbit.runtime.generate import Generation, GenerationStream, eval_interruptibly, peak_rss_bytes, stream_generate
 from lowbit.runtime.memory import Hparams, kv_cache_bytes
@@ -146,7 +146,7 @@ def load(path_or_name: Union[str, os.PathLike], *, n_ctx: Optional[int] = None,
     with GGUFFile(path) as g:
         meta = g.metadata
         weights_bytes = sum(t.nbytes for t in g.tensors)
-    supported = [a.strip() for a in _core.supported_architectures().split(",")]
+    supported = engine_architectures()
     arch = meta.get("general.architecture")
     if arch not in supported:
         raise ModelError(f"{path}: unsupported architecture {arch!r}; supported: {', '.join(supported)}")
@@ -176,18 +176,7 @@ CHAT_ROLES = ("system", "user", "assistant", "tool")
 
 def check_chat_roles(messages: Sequence[Mapping[str, Any]]) -> None:
     """ValueError naming the message index and role of an unknown role or non-str content."""
-    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-        raise TypeError(f"messages must be a list of {{'role': ..., 'content': ...}} dicts, "
-                        f"got {type(messages).__name__}")
-    for i, m in enumerate(messages):
-        if not isinstance(m, Mapping):
-            raise TypeError(f"messages[{i}] must be a dict, got {type(m).__name__}")
-        role = m.get("role")
-        if role not in CHAT_ROLES:
-            raise ValueError(f"messages[{i}] has role {role!r}; roles are {', '.join(CHAT_ROLES)}")
-        if not isinstance(m.get("content"), str):
-            raise ValueError(f"messages[{i}] (role {role!r}) needs str content, "
-                             f"got {type(m.get('content')).__name__}")
+    validate_messages(messages, roles=CHAT_ROLES)
 
 
 class _Claim:
@@ -403,7 +392,7 @@ class Model:
         template = self.chat_template()
         name = next((k for k, v in BUILTIN_TEMPLATES.items() if v == template), "built-in")
         warnings.warn(f"{os.path.basename(self.path)} has no chat template (tokenizer.chat_template); "
-                      f"using the built-in {name!r} template", UserWarning, stacklevel=3)
+                      f"using the built-in {name!r} template", UserWarning, stacklevel=4)
 
     def render_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
         return render_chat(self.chat_template(), messages, add_generation_prompt=add_generation_prompt,
@@ -413,8 +402,11 @@ class Model:
     def chat_ids(self, messages: Sequence[Mapping[str, Any]]) -> List[int]:
         """Token ids of the rendered conversation, with exactly one BOS when the model uses one.
         Special tokens are parsed in the template's text only: in message contents they are
-        ordinary text (a user's '<|im_end|>' does not end the turn)."""
+        ordinary text (a user's '<|im_end|>' does not end the turn). Roles: system, user,
+        assistant, tool; content: str. A model without a chat template warns once."""
         from lowbit.runtime.templates import render_chat_spans
+        check_chat_roles(messages)
+        self._warn_builtin_template()
         text, spans = render_chat_spans(self.chat_template(), messages, add_generation_prompt=True,
                                         bos_token=self._piece(self.tokenizer.bos_id),
                                         eos_token=self._piece(self.tokenizer.eos_id))
@@ -434,8 +426,6 @@ class Model:
         64 tokens) is the chat default `lowbit chat` uses: on SmolLM2 3-turn chats at
         temperature 0.8, 13 of 36 replies looped with 1.0 and none with 1.1."""
         self._check_open()
-        check_chat_roles(messages)
-        self._warn_builtin_template()
         params = self._params(temperature, top_k, top_p, min_p, repetition_penalty, repeat_last_n, seed)
         ids = self.chat_ids(messages)
         return self._generate_ids(ids, stream=stream, max_new_tokens=max_new_tokens, stop=stop,

@@ -357,18 +357,25 @@ def _make_env(max_chars: int = MAX_OUTPUT_CHARS) -> _Env:
     return env
 
 
-def validate_messages(messages: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+def validate_messages(messages: Sequence[Mapping[str, Any]],
+                      roles: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
+    """Copies of the message dicts; TypeError/ValueError naming the index and role of a message
+    that is not a dict, has a role that is not a non-empty string (or not one of ``roles`` when
+    given) or content that is not a string."""
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-        raise TypeError("messages must be a list of {'role': ..., 'content': ...} dicts")
+        raise TypeError(f"messages must be a list of {{'role': ..., 'content': ...}} dicts, "
+                        f"got {type(messages).__name__}")
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, Mapping):
             raise TypeError(f"messages[{i}] must be a dict, got {type(m).__name__}")
         role, content = m.get("role"), m.get("content")
+        if roles is not None and role not in roles:
+            raise ValueError(f"messages[{i}] has role {role!r}; roles are {', '.join(roles)}")
         if not isinstance(role, str) or not role:
-            raise ValueError(f"messages[{i}] needs a non-empty string 'role'")
+            raise ValueError(f"messages[{i}] has role {role!r}; a role is a non-empty string")
         if not isinstance(content, str):
-            raise ValueError(f"messages[{i}] ('{role}') needs a string 'content'")
+            raise ValueError(f"messages[{i}] (role {role!r}) needs str content, got {type(content).__name__}")
         out.append(dict(m))
     return out
 

@@ -48,8 +48,9 @@ class Tokenizer:
         With ``GGUFFile.metadata`` of a model the engine runs, the model's config is validated
         first (one token per embedding row, among others), so a hostile token count fails
         before millions of pieces are built."""
+        from lowbit.runtime import engine_architectures
         validate = getattr(meta, "model_config", None)
-        if validate is not None and meta.get("general.architecture") in _engine_architectures():
+        if validate is not None and meta.get("general.architecture") in engine_architectures():
             validate()
         return cls(load_vocab(meta, PRE_TOKENIZERS))
 
@@ -283,11 +284,6 @@ class Tokenizer:
 
     def stream_decoder(self, skip_special: bool = False) -> "StreamDecoder":
         return StreamDecoder(self, skip_special)
-
-
-def _engine_architectures() -> frozenset:
-    from lowbit import _core
-    return frozenset(a.strip() for a in _core.supported_architectures().split(","))
 
 
 class _LiteralSpans:

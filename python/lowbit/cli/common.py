@@ -65,9 +65,8 @@ def check_sampling(args: argparse.Namespace):
         try:
             SamplingParams(**{field: value}).validate()
         except ValueError as e:
-            reason = str(e).split(", got SamplingParams(")[0]
             shown = f"{value:g}" if isinstance(value, float) else value
-            raise ValueError(f"{flag} {shown}: {reason}") from None
+            raise ValueError(f"{flag} {shown}: {e}") from None
     return SamplingParams(**{field: getattr(args, field) for field in SAMPLING_FLAGS}).validate()
 
 
@@ -134,3 +133,20 @@ def model_summary(m) -> str:
             f"({mem.get('kernels', '?')} kernels, {mem.get('n_threads', '?')} threads) | "
             f"weights {human_bytes(mem.get('weights_bytes', 0))} | KV cache "
             f"{human_bytes(mem.get('kv_cache_bytes', 0))} {mem.get('kv_type', '')} for {m.n_ctx} tokens")
+
+
+def stream_reply(m, stream, out) -> None:
+    """Writes the pieces as they come. If the loop ends early for any reason (Ctrl+C, a closed
+    stdout), the generation is cancelled and the stream closed before the exception goes on, so
+    the model's lock is free and the process can exit at once."""
+    done = False
+    try:
+        for piece in stream:
+            if out is not None:
+                out.write(piece)
+                out.flush()
+        done = True
+    finally:
+        if not done:
+            m.cancel()
+            stream.close()

@@ -12,6 +12,7 @@ import os
 import sys
 from typing import Callable, Dict, Iterator, List, Optional
 
+from lowbit.cli.common import stream_reply
 from lowbit.errors import LowbitError, TemplateError
 from lowbit.runtime.progress import human_bytes
 from lowbit.runtime.registry import home
@@ -183,7 +184,7 @@ class ChatSession:
         try:
             check_params(trial)
         except ValueError as e:
-            self.say(f"not set: {str(e).split(', got SamplingParams(')[0]}")
+            self.say(f"not set: {e}")
             return
         self.params = trial
         self.say(f"(set {name} = {value})")
@@ -255,7 +256,7 @@ class ChatSession:
                                           for k, v in saved.items() if k in PARAMS})
             check_params(params)
         except (OSError, ValueError, KeyError, TypeError) as e:
-            self.say(f"cannot load {path}: {str(e).split(', got SamplingParams(')[0]}")
+            self.say(f"cannot load {path}: {e}")
             return
         self.messages = msgs
         self.params = params
@@ -283,21 +284,13 @@ class ChatSession:
                      f"use /clear to start over{'' if self.context_shift else ', or restart with --context-shift'})")
             return
         stream = None
-        interrupted = completed = False
+        interrupted = False
         try:
             with keys_silenced(self.keys):
                 stream = self.model.chat(self.conversation(), stream=True, context_shift=self.context_shift, **kw)
-                for piece in stream:
-                    self.out.write(piece)
-                    self.out.flush()
-            completed = True
+                stream_reply(self.model, stream, self.out)   # a reply ended early frees the model at once
         except KeyboardInterrupt:         # Ctrl+C at any point of the turn, prefill included
             interrupted = True
-        finally:                          # also a closed stdout: free the model before going on
-            if not completed:
-                self.model.cancel()
-                if stream is not None:
-                    stream.close()
         if stream is None:
             self.messages.pop()
             self.say(" [interrupted]")

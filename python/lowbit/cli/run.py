@@ -11,7 +11,7 @@ from lowbit.errors import RegistryError
 from lowbit.runtime import registry
 from lowbit.runtime.progress import human_bytes
 from lowbit.cli.common import (DEFAULT_MODEL, add_load_flags, add_sampling_flags, check_sampling,
-                               load_for_cli, sampling_kwargs)
+                               load_for_cli, sampling_kwargs, stream_reply)
 
 
 RUN_ARGS_HELP = (f"MODEL is a registry name (see `lowbit list`) or a GGUF path; it may be left out "
@@ -61,23 +61,6 @@ def read_prompt(model: str, prompt: Optional[str]) -> str:
     if not text.strip():
         raise ValueError("the prompt read from stdin is empty")
     return text
-
-
-def stream_reply(m, stream, out) -> None:
-    """Writes the pieces as they come. If the loop ends early for any reason (Ctrl+C, a closed
-    stdout), the generation is cancelled and the stream closed before the exception goes on, so
-    the model's lock is free and the process can exit at once."""
-    done = False
-    try:
-        for piece in stream:
-            if out is not None:
-                out.write(piece)
-                out.flush()
-        done = True
-    finally:
-        if not done:
-            m.cancel()
-            stream.close()
 
 
 def run(args) -> int:

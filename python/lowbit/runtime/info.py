@@ -6,7 +6,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from lowbit.runtime.memory import Hparams, estimate, weights_by_type
+from lowbit.runtime.memory import estimate, weights_by_type
 from lowbit.runtime.progress import human_bytes
 
 TOKENIZER_KINDS = {
@@ -76,7 +76,6 @@ def describe(meta: Mapping, tensors: Sequence, *, file_size: int, path: str = ""
         "tensor_types": by_type,
     }
     try:
-        Hparams.from_metadata(meta)
         out["memory"] = estimate(meta, tensors, n_ctx=n_ctx, kv_type=kv_type)
     except ValueError as e:
         out["memory"] = {"error": str(e)}

@@ -16,17 +16,11 @@ DEFAULT_N_BATCH = 512
 
 @dataclass
 class Hparams:
-    """The attention geometry the KV estimate needs: the C++ core's validated model config
-    (``lowbit._core.model_config``), so counts and sizes are checked against the tensors before
-    anything here sizes a list by them."""
+    """What the estimates need from the C++ core's validated model config
+    (``lowbit._core.model_config``, kept whole in ``config`` for the core's KV-size rule), so
+    counts and sizes are checked against the tensors before anything here sizes a list by them."""
     arch: str
-    n_layers: int
     n_ctx_train: int
-    n_embd: int
-    n_head: List[int]
-    n_head_kv: List[int]
-    key_length: int
-    value_length: int
     sliding_window: Optional[int] = None
     swa_layers: List[bool] = field(default_factory=list)
     config: Dict = field(default_factory=dict, repr=False)   # the core's model_config() dict
@@ -34,13 +28,9 @@ class Hparams:
     @classmethod
     def from_config(cls, config: Mapping) -> "Hparams":
         """From the dict ``lowbit._core.model_config(path)`` returns."""
-        n_layers = int(config["n_layers"])
         window = int(config["sliding_window"])
-        return cls(arch=config["arch"], n_layers=n_layers, n_ctx_train=int(config["n_ctx_train"]),
-                   n_embd=int(config["n_embd"]), n_head=[int(config["n_head"])] * n_layers,
-                   n_head_kv=[int(config["n_head_kv"])] * n_layers, key_length=int(config["head_dim"]),
-                   value_length=int(config["head_dim"]), sliding_window=window or None,
-                   swa_layers=[bool(b) for b in config["layer_is_swa"]] if window else [False] * n_layers,
+        return cls(arch=config["arch"], n_ctx_train=int(config["n_ctx_train"]), sliding_window=window or None,
+                   swa_layers=[bool(b) for b in config["layer_is_swa"]] if window else [],
                    config=dict(config))
 
     @classmethod

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from lowbit.cli import main
-from lowbit.quant.compare import compare, format_markdown, parse_candidates
+from lowbit.quant.compare import compare, format_markdown, parse_candidates, ratios_to_rtn
 
 from model_factory import write_default_model
 
@@ -38,12 +38,21 @@ def test_compare_quality(setup, tmp_path):
     from lowbit.quant.calibrate import compute_imatrix
     im = compute_imatrix(model, text, n_ctx=64, n_chunks=2)
     steps = []
-    rep = compare(model, ["Q8_0:rtn", "Q4_K_M:rtn", "Q4_K_M:imatrix", "Q2_K:rtn", "Q4_K_M:gptq"], text, imatrix=im,
-                  calib_text=text,
+    rep = compare(model, ["Q8_0:rtn", "Q4_K_M:rtn", "Q4_K_M:imatrix", "Q2_K:rtn", "Q4_K_M:gptq", "Q4_K_M:awq"],
+                  text, imatrix=im, calib_text=text,
                   out_dir=str(tmp_path / "out"), n_ctx=64, n_chunks=3, measure_speed=False, progress=steps.append)
     names = [r.name for r in rep.rows]
-    assert names == ["baseline", "Q8_0 rtn", "Q4_K_M rtn", "Q4_K_M imatrix", "Q2_K rtn", "Q4_K_M gptq"]
-    base, q8, q4, q4i, q2, q4g = rep.rows
+    assert names == ["baseline", "Q8_0 rtn", "Q4_K_M rtn", "Q4_K_M imatrix", "Q2_K rtn", "Q4_K_M gptq", "Q4_K_M awq"]
+    base, q8, q4, q4i, q2, q4g, q4a = rep.rows
+    assert q4a.kld_mean > 0 and q4a.file_bytes == q4.file_bytes
+    # intervals: bootstrap over the 3 chunks, containing the mean; ratios to the same type's rtn row
+    for r in rep.rows[1:]:
+        assert len(r.kld_chunks) == 3 and r.kld_ci[0] <= r.kld_mean <= r.kld_ci[1]
+        assert r.kld_mean == pytest.approx(sum(r.kld_chunks) / 3, rel=1e-9)
+    ratios = ratios_to_rtn(rep)
+    assert set(ratios) == {"Q4_K_M imatrix", "Q4_K_M gptq", "Q4_K_M awq"}
+    ratio, (lo, hi) = ratios["Q4_K_M imatrix"]
+    assert ratio == pytest.approx(q4i.kld_mean / q4.kld_mean) and lo <= ratio <= hi
     assert q4g.kld_mean > 0 and q4g.file_bytes == q4.file_bytes
     assert base.kld_mean == 0.0 and base.same_top1_pct == 100.0 and base.bits_per_weight == 32.0
     assert 0 < q8.kld_mean < q4.kld_mean < q2.kld_mean
@@ -52,7 +61,7 @@ def test_compare_quality(setup, tmp_path):
     assert all(os.path.exists(r.path) for r in rep.rows) and rep.n_chunks == 3
     assert any("quantizing Q2_K" in s for s in steps)
     table = format_markdown(rep)
-    assert table.count("\n| ") == 7 and "| baseline |" in table
+    assert table.count("\n| ") == 8 and "| baseline |" in table and f"{ratio:.3f} [{lo:.3f}, {hi:.3f}]" in table
 
 
 def test_compare_cli_json_and_errors(setup, tmp_path, capsys):

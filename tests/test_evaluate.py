@@ -131,3 +131,17 @@ def test_real_model_kld_against_itself_is_zero():
     r = perplexity(path, pydoc_corpus(), n_ctx=256, n_chunks=1, kl_base=path, n_threads=2)
     assert r.kl.mean == 0.0 and r.kl.max == 0.0 and r.kl.same_top1_pct == 100.0
     assert r.kl.base_ppl == r.ppl
+
+
+def test_bootstrap_is_paired_and_reproducible():
+    from lowbit.quant.evaluate import bootstrap_means, interval
+    rng = np.random.default_rng(1)
+    a = rng.uniform(0.5, 2.0, 8)
+    b = 2 * a                                   # the same chunks, exactly twice as bad
+    m = bootstrap_means([a, b])
+    assert m.shape[1] == 2 and np.allclose(m[:, 1] / m[:, 0], 2.0)   # paired: ratio 2 in every resample
+    np.testing.assert_array_equal(m, bootstrap_means([a, b]))
+    lo, hi = interval(m[:, 0])
+    assert lo < a.mean() < hi and lo >= a.min() and hi <= a.max()
+    with pytest.raises(ValueError, match="at least one chunk"):
+        bootstrap_means([[]])

@@ -36,10 +36,11 @@ def add_parser(sub) -> None:
     sp = sub.add_parser("compare", help="quantize several ways; size, memory, speed, PPL and KLD side by side")
     sp.add_argument("model", metavar="MODEL", help="baseline GGUF path or registry name")
     sp.add_argument("--types", default="Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q4_0,Q3_K_M,Q2_K",
-                    help="comma-separated candidates; TYPE:rtn, TYPE:imatrix or TYPE:gptq picks the variant")
+                    help="comma-separated candidates; TYPE:rtn, TYPE:imatrix, TYPE:gptq, TYPE:awq or TYPE:awq+gptq "
+                         "picks the variant")
     sp.add_argument("--text", required=True, metavar="FILE", help="UTF-8 evaluation text")
     sp.add_argument("--imatrix", default=None, metavar="FILE", help="importance matrix for the imatrix variants")
-    sp.add_argument("--calib-text", default=None, metavar="FILE", help="calibration text for TYPE:gptq candidates")
+    sp.add_argument("--calib-text", default=None, metavar="FILE", help="calibration text for the gptq / awq candidates")
     sp.add_argument("--out-dir", default=None, metavar="DIR", help="keep the quantized files here (default: a temp dir)")
     sp.add_argument("--plot", default=None, metavar="FILE.png", help="chart of quality loss against size and speed")
     sp.add_argument("--ctx", type=int, default=512, help="perplexity chunk length")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 from lowbit.cli.common import check_file_arg, positive_int, read_text_arg, resolve_model
+from lowbit.quant import METHODS
 
 
 def run(args) -> int:
@@ -41,12 +42,13 @@ def add_parser(sub) -> None:
                     help="recipe (Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K) or single type "
                          "(F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q3_K Q4_K Q5_K IQ4_NL IQ4_XS)")
     sp.add_argument("--imatrix", default=None, metavar="FILE", help="importance matrix (GGUF or legacy .dat)")
-    sp.add_argument("--method", default="rtn", choices=["rtn", "gptq"],
+    sp.add_argument("--method", default="rtn", choices=list(METHODS),
                     help="rtn: round each block (imatrix-weighted with --imatrix); gptq: error feedback "
-                         "from calibration activations (needs --text)")
-    sp.add_argument("--text", default=None, metavar="FILE", help="calibration text for --method gptq")
-    sp.add_argument("--ctx", type=int, default=512, help="calibration chunk length (gptq)")
-    sp.add_argument("--chunks", type=positive_int, default=8, help="calibration chunks (gptq)")
+                         "from calibration activations; awq: activation-aware scales folded into the norm "
+                         "weights (a standard GGUF); awq+gptq: both (the last three need --text)")
+    sp.add_argument("--text", default=None, metavar="FILE", help="calibration text for gptq / awq methods")
+    sp.add_argument("--ctx", type=int, default=512, help="calibration chunk length (gptq, awq)")
+    sp.add_argument("--chunks", type=positive_int, default=8, help="calibration chunks (gptq, awq)")
     sp.add_argument("--pure", action="store_true", help="every quantizable tensor gets the one type")
     sp.add_argument("-t", "--threads", type=int, default=None, help="threads (default: all CPUs)")
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress output")

@@ -16,7 +16,7 @@ arithmetic.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -32,10 +32,11 @@ def calibration_chunks(tokenizer, text: str, n_ctx: int, n_chunks: Optional[int]
 
 
 def observe_text(path: str, text: str, observer, *, n_ctx: int = 512, n_chunks: Optional[int] = None,
-                 n_threads: Optional[int] = None, progress: Optional[Progress] = None) -> int:
-    """Runs ``text`` through the model at ``path`` in chunks with ``observer`` attached; returns
-    the number of chunks run. progress(done, total) after each chunk; False stops early (what
-    was observed so far is kept)."""
+                 n_threads: Optional[int] = None, progress: Optional[Progress] = None,
+                 route: Optional[Callable[[int], object]] = None) -> int:
+    """Runs ``text`` through the model at ``path`` in chunks with ``observer`` attached (or, with
+    ``route``, route(chunk index)'s observer for each chunk); returns the number of chunks run.
+    progress(done, total) after each chunk; False stops early (what was observed so far is kept)."""
     from lowbit import _core
     from lowbit.runtime.cpu import features
     from lowbit.runtime.gguf_file import GGUFFile
@@ -48,8 +49,12 @@ def observe_text(path: str, text: str, observer, *, n_ctx: int = 512, n_chunks: 
     engine = _core.Engine(str(path), n_ctx, threads, n_ctx, "f16", act_precision="high")
     try:
         engine.set_observer(observer)
+        attached = observer
         done = 0
-        for chunk in chunks:
+        for i, chunk in enumerate(chunks):
+            if route is not None and route(i) is not attached:
+                attached = route(i)
+                engine.set_observer(attached)
             engine.truncate(0)
             engine.eval(chunk)
             done += 1
@@ -76,11 +81,21 @@ def compute_imatrix(path: str, text: str, *, n_ctx: int = 512, n_chunks: Optiona
 
 
 def collect_gram(path: str, text: str, *, n_ctx: int = 512, n_chunks: Optional[int] = None,
-                 n_threads: Optional[int] = None, progress: Optional[Progress] = None) -> Dict[str, tuple]:
-    """{blk.* tensor name: (X^T X (n_in, n_in) float64, rows)} of the matrix inputs over the
-    calibration chunks."""
+                 n_threads: Optional[int] = None, progress: Optional[Progress] = None,
+                 holdout_every: int = 0) -> Tuple[Dict[str, tuple], Dict[str, tuple]]:
+    """({blk.* tensor name: (X^T X (n_in, n_in) float64, rows)}, the same over held-out chunks)
+    of the matrix inputs over the calibration chunks. holdout_every=k > 1: chunks k-1, 2k-1, ...
+    are summed apart (when there are at least k chunks; else the held-out part is empty)."""
     from lowbit import _core
-    observer = _core.GramObserver()
-    observe_text(path, text, observer, n_ctx=n_ctx, n_chunks=n_chunks, n_threads=n_threads, progress=progress)
-    return {name: (observer.gram(name), observer.rows(name))
-            for name in sorted(observer.names()) if name.startswith("blk.")}
+    fit, held = _core.GramObserver(), _core.GramObserver()
+    route = None
+    if holdout_every > 1:
+        route = lambda i: held if i % holdout_every == holdout_every - 1 else fit   # noqa: E731
+    observe_text(path, text, fit, n_ctx=n_ctx, n_chunks=n_chunks, n_threads=n_threads, progress=progress,
+                 route=route)    # fewer than holdout_every chunks: none reaches `held`
+
+    def table(observer) -> Dict[str, tuple]:
+        return {name: (observer.gram(name), observer.rows(name))
+                for name in sorted(observer.names()) if name.startswith("blk.")}
+    return table(fit), table(held)
+

@@ -5,10 +5,16 @@ of a process that loads it and runs the speed test, prompt (pp) and generation (
 perplexity, and KL divergence / same-top-1 % against the baseline on the same tokens.
 
 Candidates are types (``Q4_K_M``), optionally with a variant after a colon: ``Q4_K_M:rtn``
-(plain rounding), ``Q4_K_M:imatrix`` (needs ``imatrix=``), ``Q4_K_M:gptq`` (needs ``calib_text=``,
-which should not be the evaluation text). A bare type uses the imatrix when one is given. Every
-figure comes from the engine; ``measure_speed=False`` (``--no-speed``) skips the speed and memory
-probes for quality figures only.
+(plain rounding), ``Q4_K_M:imatrix`` (needs ``imatrix=``), ``Q4_K_M:gptq``, ``Q4_K_M:awq`` and
+``Q4_K_M:awq+gptq`` (need ``calib_text=``, which should not be the evaluation text; see
+``quantize.METHODS``). A bare type uses the imatrix when one is given. Every figure comes from the
+engine; ``measure_speed=False`` (``--no-speed``) skips the speed and memory probes for quality
+figures only.
+
+Mean KLD comes with a 95 % interval from a bootstrap over the evaluation chunks, and every
+calibrated variant with its KLD relative to the same type's ``rtn`` row, whose interval resamples
+the same chunks for both (paired): an interval that excludes 1 is a difference the text shows,
+one that straddles it is not.
 """
 from __future__ import annotations
 
@@ -22,6 +28,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, List, Optional, Sequence
 
 from lowbit.errors import LowbitError
+from lowbit.quant import CALIBRATED      # quantize(method=...) with the calibration Hessians
+
+
+VARIANTS = ("rtn", "imatrix") + CALIBRATED
 
 _PROBE = r"""
 import json, sys
@@ -54,6 +64,8 @@ class Row:
     kld_p99: float = 0.0
     rms_dp_pct: float = 0.0
     same_top1_pct: float = 100.0
+    kld_ci: List[float] = field(default_factory=lambda: [0.0, 0.0])   # 95 % bootstrap interval over chunks
+    kld_chunks: List[float] = field(default_factory=list)               # mean KLD of each evaluation chunk
 
 
 @dataclass
@@ -82,11 +94,11 @@ def parse_candidates(types: Sequence[str], have_imatrix: bool, have_calib: bool 
         name, _, variant = spec.strip().partition(":")
         canonical = resolve_recipe(name)[0]
         variant = variant or ("imatrix" if have_imatrix else "rtn")
-        if variant not in ("rtn", "imatrix", "gptq"):
-            raise ValueError(f"candidate {spec!r}: variant must be 'rtn', 'imatrix' or 'gptq'")
+        if variant not in VARIANTS:
+            raise ValueError(f"candidate {spec!r}: variant must be one of {', '.join(VARIANTS)}")
         if variant == "imatrix" and not have_imatrix:
             raise ValueError(f"candidate {spec!r} needs an imatrix (--imatrix FILE)")
-        if variant == "gptq" and not have_calib:
+        if variant in CALIBRATED and not have_calib:
             raise ValueError(f"candidate {spec!r} needs calibration text (--calib-text FILE)")
         out.append((canonical, variant))
     return out
@@ -121,6 +133,7 @@ def _evaluate(row: Row, base_path: str, text: str, n_ctx: int, n_chunks: Optiona
     if r.kl is not None:
         row.kld_mean, row.kld_err, row.kld_p99 = r.kl.mean, r.kl.mean_err, r.kl.p99
         row.rms_dp_pct, row.same_top1_pct = 100 * r.kl.rms_dp, r.kl.same_top1_pct
+        row.kld_ci, row.kld_chunks = list(r.kl.mean_ci), list(r.kl.chunk_means)
     return r.n_chunks
 
 
@@ -144,12 +157,13 @@ def compare(model: str, types: Sequence[str], text: str, *, imatrix=None, calib_
         say(f"[{i + 1}/{len(candidates)}] quantizing {qtype} ({variant})")
         path = os.path.join(out_dir, f"{stem}-{qtype}-{variant}.gguf")
         t0 = time.monotonic()
-        if variant == "gptq" and hessians is None:
+        calibrated = variant in CALIBRATED
+        if calibrated and hessians is None:
             from lowbit.quant.gptq import collect_hessians
             say("calibrating (Hessians of every matrix input)")
             hessians = collect_hessians(model, calib_text, n_ctx=n_ctx, n_chunks=n_chunks)
         quantize(model, path, qtype, imatrix=imatrix if variant == "imatrix" else None, n_threads=n_threads,
-                 method="gptq" if variant == "gptq" else "rtn", calibration=hessians if variant == "gptq" else None)
+                 method=variant if calibrated else "rtn", calibration=hessians if calibrated else None)
         size, bpw = _file_facts(path)
         report.rows.append(Row(f"{qtype} {variant}", path, qtype, variant, size, bpw, time.monotonic() - t0))
     for i, row in enumerate(report.rows):
@@ -162,23 +176,43 @@ def compare(model: str, types: Sequence[str], text: str, *, imatrix=None, calib_
     return report
 
 
+def ratios_to_rtn(rep: CompareReport) -> dict:
+    """{row name: (KLD / KLD of the same type's rtn row, 95 % paired-bootstrap interval)} for
+    every non-rtn row whose type also has an rtn row measured on the same chunks."""
+    from lowbit.quant.evaluate import bootstrap_means, interval
+    rtn = {r.type: r for r in rep.rows if r.method == "rtn" and r.kld_chunks}
+    out = {}
+    for r in rep.rows:
+        ref = rtn.get(r.type)
+        if r.method in ("rtn", "-") or ref is None or len(r.kld_chunks) != len(ref.kld_chunks) \
+                or ref.kld_mean <= 0:
+            continue
+        means = bootstrap_means([r.kld_chunks, ref.kld_chunks])
+        ok = means[:, 1] > 0
+        out[r.name] = (r.kld_mean / ref.kld_mean, interval(means[ok, 0] / means[ok, 1]))
+    return out
+
+
 def format_markdown(rep: CompareReport) -> str:
     base = rep.rows[0]
-    lines = [f"{rep.model}: {rep.n_chunks} chunks of {rep.n_ctx} tokens", "",
-             "| variant | size MiB | bpw | peak RSS MiB | pp tok/s | tg tok/s | PPL | ΔPPL % | mean KLD | KLD p99 "
-             "| RMS Δp % | same top-1 % |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    ratios = ratios_to_rtn(rep)
+    lines = [f"{rep.model}: {rep.n_chunks} chunks of {rep.n_ctx} tokens; intervals: 95 % bootstrap over chunks", "",
+             "| variant | size MiB | bpw | peak RSS MiB | pp tok/s | tg tok/s | PPL | ΔPPL % | mean KLD | KLD 95 % CI "
+             "| KLD / rtn | KLD p99 | RMS Δp % | same top-1 % |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def opt(v, fmt):
         return "-" if v is None else format(v, fmt)
 
     for r in rep.rows:
         dppl = 100 * (r.ppl / base.ppl - 1) if base.ppl else 0.0
+        ratio = ratios.get(r.name)
+        ratio_cell = "-" if ratio is None else f"{ratio[0]:.3f} [{ratio[1][0]:.3f}, {ratio[1][1]:.3f}]"
         lines.append(f"| {r.name} | {r.file_bytes / 2**20:.1f} | {r.bits_per_weight:.2f} "
                      f"| {opt(None if r.peak_rss_bytes is None else r.peak_rss_bytes / 2**20, '.0f')} "
                      f"| {opt(r.pp_tok_s, '.1f')} | {opt(r.tg_tok_s, '.1f')} | {r.ppl:.3f} ± {r.ppl_err:.3f} "
-                     f"| {dppl:+.2f} | {r.kld_mean:.5f} ± {r.kld_err:.5f} | {r.kld_p99:.4f} | {r.rms_dp_pct:.2f} "
-                     f"| {r.same_top1_pct:.2f} |")
+                     f"| {dppl:+.2f} | {r.kld_mean:.5f} | [{r.kld_ci[0]:.5f}, {r.kld_ci[1]:.5f}] | {ratio_cell} "
+                     f"| {r.kld_p99:.4f} | {r.rms_dp_pct:.2f} | {r.same_top1_pct:.2f} |")
     return "\n".join(lines)
 
 
@@ -201,10 +235,20 @@ def plot(rep: CompareReport, path: str) -> None:
     panels = [("file size (MiB)", lambda r: r.file_bytes / 2**20)]
     if speed:
         panels.append(("generation tok/s", lambda r: r.tg_tok_s))
+    markers = dict(zip(VARIANTS, "osD^v"))
     for ax, (label, x_of) in zip(axes[0], panels):
-        for r in rows:
-            ax.scatter(x_of(r), r.kld_mean, marker="o" if r.method == "rtn" else "^")
-            ax.annotate(r.name, (x_of(r), r.kld_mean), fontsize=8, xytext=(3, 3), textcoords="offset points")
+        for i, method in enumerate(m for m in VARIANTS if any(r.method == m for r in rows)):
+            mine = [r for r in rows if r.method == method]
+            x = [x_of(r) for r in mine]
+            y = [r.kld_mean for r in mine]
+            # error bars: the 95 % bootstrap interval (reports without one: the mean's standard error)
+            lo = [r.kld_mean - (r.kld_ci[0] if r.kld_chunks else r.kld_mean - r.kld_err) for r in mine]
+            hi = [(r.kld_ci[1] if r.kld_chunks else r.kld_mean + r.kld_err) - r.kld_mean for r in mine]
+            ax.errorbar(x, y, yerr=[lo, hi], fmt=markers.get(method, "o"), color=f"C{i}", capsize=3,
+                        label=method)
+            for r, xi in zip(mine, x):
+                ax.annotate(r.type, (xi, r.kld_mean), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.legend(title="method", fontsize=8)
         ax.set_xlabel(label)
         ax.set_ylabel("mean KL divergence vs baseline")
         ax.set_yscale("log")

@@ -16,13 +16,15 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from lowbit.errors import LowbitError
 
 ROWS_PER_SLICE = 32        # logits rows widened to float64 at once (vocab 262144 -> 64 MiB)
+BOOTSTRAP_SAMPLES = 2000   # resamples of the chunks behind every confidence interval
+BOOTSTRAP_SEED = 0         # fixed: the same report gives the same interval
 
 
 @dataclass
@@ -37,6 +39,8 @@ class KLStats:
     same_top1_pct: float
     same_top1_err: float
     base_ppl: float
+    mean_ci: Tuple[float, float] = (0.0, 0.0)   # 95 % bootstrap interval of the mean over chunks
+    chunk_means: List[float] = field(default_factory=list)   # mean KLD of each chunk
 
 
 @dataclass
@@ -63,6 +67,7 @@ class _Scores:
     kld: List[np.ndarray] = field(default_factory=list)
     dp: List[np.ndarray] = field(default_factory=list)
     same: List[np.ndarray] = field(default_factory=list)
+    chunk_kld: List[float] = field(default_factory=list)   # mean KLD of each chunk
 
 
 def log_softmax64(logits: np.ndarray) -> np.ndarray:
@@ -101,6 +106,7 @@ def _score_chunk(chunk: np.ndarray, logits: np.ndarray, base_logits: Optional[np
     n_ctx = len(chunk)
     first = n_ctx // 2
     nll_parts = []
+    kld_before = len(s.kld)
     for r0 in range(first, n_ctx - 1, ROWS_PER_SLICE):
         r1 = min(r0 + ROWS_PER_SLICE, n_ctx - 1)
         target = chunk[r0 + 1:r1 + 1]
@@ -116,7 +122,29 @@ def _score_chunk(chunk: np.ndarray, logits: np.ndarray, base_logits: Optional[np
             s.base_nll.append(-lb[rows, target])
             s.dp.append(np.exp(lp[rows, target]) - pb[rows, target])
             s.same.append(lp.argmax(axis=1) == lb.argmax(axis=1))
+    if base_logits is not None:
+        s.chunk_kld.append(float(np.concatenate(s.kld[kld_before:]).mean()))
     return float(np.exp(np.concatenate(nll_parts).mean()))
+
+
+def bootstrap_means(chunk_values: Sequence[Sequence[float]], n_samples: int = BOOTSTRAP_SAMPLES,
+                    seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """(n_samples, n_series) means over chunks resampled with replacement, the SAME resampled
+    chunks for every series (so that series measured on the same chunks are compared paired).
+    Every chunk scores the same number of positions, so the mean over positions is the mean of
+    the chunk means."""
+    v = np.asarray(chunk_values, dtype=np.float64)
+    if v.ndim != 2 or v.shape[1] == 0:
+        raise ValueError("bootstrap needs per-chunk values of at least one chunk for every series")
+    idx = np.random.default_rng(seed).integers(0, v.shape[1], size=(n_samples, v.shape[1]))
+    return v[:, idx].mean(axis=2).T
+
+
+def interval(samples: np.ndarray, level: float = 0.95) -> Tuple[float, float]:
+    """The central ``level`` percentile interval of bootstrap samples."""
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(samples, [tail, 100 - tail])
+    return float(lo), float(hi)
 
 
 def _mean_err(x: np.ndarray) -> float:
@@ -135,10 +163,11 @@ def _kl_stats(s: _Scores) -> KLStats:
     # error of sqrt(mean(dp^2)) by the delta method, as llama.cpp prints it
     rms_err = _mean_err(dp * dp) / (2 * rms) if rms > 0 else 0.0
     top1 = float(same.mean())
+    ci = interval(bootstrap_means([s.chunk_kld])[:, 0])
     return KLStats(mean=float(kld.mean()), mean_err=_mean_err(kld), median=float(np.median(kld)),
                    p99=float(np.percentile(kld, 99)), max=float(kld.max()), rms_dp=rms, rms_dp_err=rms_err,
                    same_top1_pct=100 * top1, same_top1_err=100 * math.sqrt(top1 * (1 - top1) / max(same.size - 1, 1)),
-                   base_ppl=float(np.exp(base_nll.mean())))
+                   base_ppl=float(np.exp(base_nll.mean())), mean_ci=ci, chunk_means=list(s.chunk_kld))
 
 
 def _load(model: Any, n_ctx: int, n_threads: Optional[int]):
@@ -194,7 +223,8 @@ def format_perplexity(r: PerplexityResult, name: str = "") -> str:
     if r.kl is not None:
         k = r.kl
         lines += [f"base PPL        = {k.base_ppl:.4f}",
-                  f"mean KLD        = {k.mean:.6f} +/- {k.mean_err:.6f}",
+                  f"mean KLD        = {k.mean:.6f} +/- {k.mean_err:.6f} "
+                  f"(95% CI over chunks {k.mean_ci[0]:.6f} .. {k.mean_ci[1]:.6f})",
                   f"median KLD      = {k.median:.6f}",
                   f"99th pct KLD    = {k.p99:.6f}",
                   f"max KLD         = {k.max:.6f}",

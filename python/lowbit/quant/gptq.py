@@ -11,39 +11,80 @@ the columns not yet quantized with the optimal-brain-surgeon update
 
 so later blocks absorb the error in the directions the activations use. The bytes written are
 those of the last quantizer call per block, so every file reads anywhere GGUF reads.
+
+Never worse than imatrix: error feedback fits the calibration chunks, and on few chunks it can fit
+them better than it fits text it has not seen. ``collect_hessians`` keeps every HOLDOUT_EVERY-th
+chunk apart; ``choose`` quantizes a tensor both ways (GPTQ on the other chunks' Hessian, and
+plain importance-weighted rounding with diag of that Hessian, which is what an imatrix of the
+same chunks gives) and keeps whichever has the lower output error tr(E H E^T) on the held-out
+Hessian.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
 from lowbit.quant import blocks
 
 DAMP = 0.01          # H += DAMP * mean(diag(H)) * I, as GPTQ does
+HOLDOUT_EVERY = 4    # every 4th calibration chunk (when there are at least 4) scores, the rest fit
 
 
 class Hessians:
-    """Sum of x x^T of every blk.* matrix input, and the rows summed (float64), by tensor name."""
+    """Sum of x x^T of every blk.* matrix input, and the rows summed (float64), by tensor name;
+    optionally the same over held-out chunks (``holdout_*``), used only to choose."""
 
-    def __init__(self, sums: Optional[Dict[str, np.ndarray]] = None, counts: Optional[Dict[str, int]] = None):
+    def __init__(self, sums: Optional[Dict[str, np.ndarray]] = None, counts: Optional[Dict[str, int]] = None,
+                 holdout_sums: Optional[Dict[str, np.ndarray]] = None,
+                 holdout_counts: Optional[Dict[str, int]] = None):
         self.sums: Dict[str, np.ndarray] = dict(sums or {})
         self.counts: Dict[str, int] = dict(counts or {})
+        self.holdout_sums: Dict[str, np.ndarray] = dict(holdout_sums or {})
+        self.holdout_counts: Dict[str, int] = dict(holdout_counts or {})
 
     def mean(self, name: str) -> Optional[np.ndarray]:
         if name not in self.sums:
             return None
         return self.sums[name] / max(self.counts[name], 1)
 
+    def holdout_mean(self, name: str) -> Optional[np.ndarray]:
+        if name not in self.holdout_sums or not self.holdout_counts.get(name):
+            return None
+        return self.holdout_sums[name] / self.holdout_counts[name]
+
 
 def collect_hessians(path: str, text: str, *, n_ctx: int = 512, n_chunks: Optional[int] = None,
-                     n_threads: Optional[int] = None,
+                     n_threads: Optional[int] = None, holdout: bool = True,
                      progress: Optional[Callable[[int, int], Optional[bool]]] = None) -> Hessians:
     """Run the calibration text through the engine and sum x x^T per matrix input
-    (``calibrate.collect_gram``)."""
+    (``calibrate.collect_gram``); with ``holdout`` every HOLDOUT_EVERY-th chunk goes to the
+    held-out sums instead (when there are at least HOLDOUT_EVERY chunks)."""
     from lowbit.quant.calibrate import collect_gram
-    grams = collect_gram(path, text, n_ctx=n_ctx, n_chunks=n_chunks, n_threads=n_threads, progress=progress)
-    return Hessians({name: g for name, (g, _) in grams.items()}, {name: rows for name, (_, rows) in grams.items()})
+    fit, held = collect_gram(path, text, n_ctx=n_ctx, n_chunks=n_chunks, n_threads=n_threads, progress=progress,
+                             holdout_every=HOLDOUT_EVERY if holdout else 0)
+    return Hessians({name: g for name, (g, _) in fit.items()}, {name: rows for name, (_, rows) in fit.items()},
+                    {name: g for name, (g, _) in held.items()}, {name: rows for name, (_, rows) in held.items()})
+
+
+def output_loss(w: np.ndarray, w_hat: np.ndarray, h: np.ndarray) -> float:
+    """tr(E H E^T), E = w - w_hat: the mean squared output error over the rows behind H."""
+    e = np.asarray(w, dtype=np.float64) - np.asarray(w_hat, dtype=np.float64)
+    return float(np.einsum("ij,ij->", e @ h, e))
+
+
+def choose(w: np.ndarray, h_fit: np.ndarray, h_holdout: Optional[np.ndarray], qtype: str) -> Tuple[np.ndarray, bool]:
+    """(bytes, True when GPTQ was kept): GPTQ on h_fit against importance-weighted rounding with
+    diag(h_fit), judged on h_holdout (module doc). Without a held-out Hessian, GPTQ."""
+    q_gptq = gptq_quantize(w, h_fit, qtype)
+    if h_holdout is None:
+        return q_gptq, True
+    q_plain = blocks.quantize(np.asarray(w, dtype=np.float32), qtype,
+                              imatrix=np.maximum(np.diag(h_fit), 0).astype(np.float32))
+    shape = np.shape(w)
+    loss_gptq = output_loss(w, blocks.dequantize(q_gptq, qtype, shape), h_holdout)
+    loss_plain = output_loss(w, blocks.dequantize(q_plain, qtype, shape), h_holdout)
+    return (q_gptq, True) if loss_gptq <= loss_plain else (q_plain, False)
 
 
 def _inverse(h: np.ndarray, w: np.ndarray) -> np.ndarray:

@@ -22,15 +22,15 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 
-from lowbit.quant import blocks
+from lowbit.quant import CALIBRATED, METHODS, blocks  # noqa: F401 - METHODS re-exported
 from lowbit.errors import Cancelled, LowbitError
 from lowbit.runtime.gguf_file import GGUFFile
 from lowbit.quant.imatrix import IMatrix, disk_error, load as load_imatrix
 from lowbit.runtime.progress import ProgressFn
+from lowbit.quant.awq import ARCHITECTURES as AWQ_ARCHITECTURES
 from lowbit.quant.recipes import ModelFacts, TensorPlan, plan_types, resolve_recipe
 
 QUANTIZATION_VERSION = 2
-METHODS = ("rtn", "gptq")
 # Rows per parallel job: small enough that the C++ side runs each job on one thread.
 _CHUNK_ELEMS = 1 << 17
 _FLOAT_INPUTS = ("F32", "F16", "BF16")
@@ -70,8 +70,8 @@ def quantize(inp: "str | os.PathLike[str]", out: "str | os.PathLike[str]", type:
     n_threads: worker threads (default: all CPUs). progress(fraction) may return False to cancel
     (raises Cancelled); any exception it raises (KeyboardInterrupt too) aborts and cleans up.
     pure: every quantizable tensor gets the one type (llama-quantize --pure).
-    method="gptq" (see ``gptq``) needs ``calibration``: a text (run through the input model in
-    chunks of calib_ctx tokens, at most calib_chunks) or a ``gptq.Hessians``.
+    method "gptq", "awq" or "awq+gptq" (see ``METHODS``) needs ``calibration``: a text (run through
+    the input model in chunks of calib_ctx tokens, at most calib_chunks) or a ``gptq.Hessians``.
     log: receives fallback and missing-imatrix notices (also kept in the result)."""
     t0 = time.monotonic()
     recipe, ftype_id, _, _ = _check_recipe(type)
@@ -98,15 +98,20 @@ def quantize(inp: "str | os.PathLike[str]", out: "str | os.PathLike[str]", type:
         for line in summarize_notices(plans):
             note(line)
         _check_convertible(plans)
+        if method.startswith("awq") and facts.arch not in AWQ_ARCHITECTURES:
+            raise QuantizeError(f"method {method!r} folds scales into RMSNorm weights, which lowbit does for "
+                                f"{', '.join(AWQ_ARCHITECTURES)}; {src_path} is {facts.arch!r}")
         requantized = sorted({p.src_type for p in plans if p.src_type != p.dst_type
                               and p.src_type not in _FLOAT_INPUTS and p.dst_type not in _FLOAT_INPUTS})
         if requantized:
             warnings.warn(f"{src_path} is already quantized ({', '.join(requantized)}): its tensors are "
                           f"dequantized first, so quantization error adds up", stacklevel=2)
+        awq_plan = _plan_awq(src, plans, facts, hessians, note) if method.startswith("awq") else None
+        calib = None if hessians is None else _Calibration(hessians, awq_plan, gptq="gptq" in method)
         tmp = _temp_beside(dst_path)
         need = sum(_tensor_nbytes(p.shape, p.dst_type) for p in plans)
         try:
-            n_bytes = _write(src, plans, tmp, ftype_id, importances, hessians, n_threads, progress, note)
+            n_bytes = _write(src, plans, tmp, ftype_id, importances, calib, n_threads, progress, note)
             _finish_file(tmp, dst_path)
             os.replace(tmp, dst_path)
         except OSError as e:
@@ -165,13 +170,13 @@ def _check_convertible(plans: List[TensorPlan]) -> None:
 
 
 def _hessians(method: str, calibration: Any, model_path: str, n_ctx: int, n_chunks: Optional[int]):
-    if method != "gptq":
+    if method not in CALIBRATED:
         if calibration is not None:
-            raise QuantizeError("calibration data is used by method='gptq' only")
+            raise QuantizeError(f"calibration data is used by methods {', '.join(CALIBRATED)} only")
         return None
     from lowbit.quant.gptq import Hessians, collect_hessians
     if calibration is None:
-        raise QuantizeError("method 'gptq' needs calibration text (--text FILE)")
+        raise QuantizeError(f"method {method!r} needs calibration text (--text FILE)")
     if isinstance(calibration, Hessians):
         return calibration
     if not isinstance(calibration, str):
@@ -191,7 +196,7 @@ def _importance_source(imatrix: ImatrixArg):
 
 
 # ---- writing ----------------------------------------------------------------------------------
-def _write(src: GGUFFile, plans: List[TensorPlan], path: str, ftype_id: int, importances, hessians,
+def _write(src: GGUFFile, plans: List[TensorPlan], path: str, ftype_id: int, importances, calib,
            n_threads: int, progress: Optional[ProgressFn], note) -> int:
     import gguf
     writer = _make_writer(src, path, ftype_id)
@@ -209,13 +214,16 @@ def _write(src: GGUFFile, plans: List[TensorPlan], path: str, ftype_id: int, imp
                 def tick(n_elems: int) -> None:
                     if progress is not None and progress((done + n_elems) / max(total, 1)) is False:
                         raise Cancelled(f"quantization of {src.path} cancelled by the progress callback")
-                data = _convert(src, p, importances, hessians, pool, tick, note)
+                data = _convert(src, p, importances, calib, pool, tick, note)
                 writer.write_tensor_data(data)
                 n_bytes += data.nbytes
                 done += int(np.prod(p.shape))
                 tick(0)
     finally:
         writer.close()
+    if calib is not None and calib.gptq:
+        note(f"gptq: kept for {calib.kept_gptq} of {calib.kept_gptq + calib.kept_plain} matrices; the others "
+             f"rounded imatrix-weighted, which had the lower error on the held-out calibration chunks")
     return n_bytes
 
 
@@ -257,24 +265,80 @@ def summarize_notices(plans: List[TensorPlan]) -> List[str]:
     return lines
 
 
-def _convert(src: GGUFFile, p: TensorPlan, importances, hessians, pool: ThreadPoolExecutor, tick,
-             note) -> np.ndarray:
-    """The bytes of tensor ``p`` in its target type: (rows, row_bytes) uint8 (rows = all but ne0)."""
+class _Calibration:
+    """What the calibrated methods need while writing: the Hessians, the AWQ plan (or None), and
+    whether GPTQ runs; counts which of GPTQ / plain rounding each matrix kept."""
+
+    def __init__(self, hessians, awq_plan, gptq: bool):
+        self.hessians, self.awq, self.gptq = hessians, awq_plan, gptq
+        self.kept_gptq = self.kept_plain = 0
+
+    def hessian(self, name: str) -> Optional[tuple]:
+        """(fit, held-out or None) Hessians of ``name``'s input as the quantizer sees it (scaled by AWQ)."""
+        h = self.hessians.mean(name)
+        if h is None:
+            return None
+        held = self.hessians.holdout_mean(name)
+        if self.awq is not None:
+            h, held = self.awq.hessian(name, h), None if held is None else self.awq.hessian(name, held)
+        return h, held
+
+
+def _read_float(src: GGUFFile, p: TensorPlan) -> np.ndarray:
+    """Tensor ``p`` as float32 (rows, ne0)."""
     raw = src.tensor_bytes(p.name)
-    if p.src_type == p.dst_type:
-        return raw
     n = p.shape[0]
     rows = int(np.prod(p.shape[1:])) if len(p.shape) > 1 else 1
     if p.src_type == "F32":
-        x = raw.view(np.float32).reshape(rows, n)
-    else:
-        x = blocks.dequantize(raw, p.src_type, (rows, n))
+        return raw.view(np.float32).reshape(rows, n)
+    return blocks.dequantize(raw, p.src_type, (rows, n))
+
+
+def _plan_awq(src: GGUFFile, plans: List[TensorPlan], facts: ModelFacts, hessians, note):
+    from lowbit.quant import awq
+    by_name = {p.name: p for p in plans}
+    plan = awq.plan_awq(lambda name: _read_float(src, by_name[name]), {p.name: p.shape for p in plans},
+                        {p.name: p.dst_type for p in plans}, hessians, facts.n_layer)
+    note(awq.summary(plan))
+    return plan
+
+
+def _as_type(x: np.ndarray, type_name: str) -> np.ndarray:
+    """float values -> the bytes of a float tensor type (the AWQ-scaled norms keep their type)."""
+    if type_name == "F32":
+        return np.ascontiguousarray(x, dtype=np.float32).view(np.uint8)
+    if type_name == "F16":
+        return np.ascontiguousarray(x, dtype=np.float16).view(np.uint8)
+    return blocks.quantize(np.ascontiguousarray(x, dtype=np.float32), type_name)
+
+
+def _convert(src: GGUFFile, p: TensorPlan, importances, calib: Optional[_Calibration], pool: ThreadPoolExecutor,
+             tick, note) -> np.ndarray:
+    """The bytes of tensor ``p`` in its target type: (rows, row_bytes) uint8 (rows = all but ne0)."""
+    scaled = calib is not None and calib.awq is not None and calib.awq.transforms(p.name)
+    if p.src_type == p.dst_type and not scaled:
+        return src.tensor_bytes(p.name)
+    x = _read_float(src, p)
+    if scaled:
+        x = calib.awq.apply(p.name, x)
+        if p.dst_type in _FLOAT_INPUTS:
+            return _as_type(x, p.dst_type)
+    n = p.shape[0]
+    rows = x.shape[0]
     n_mat = int(np.prod(p.shape[2:])) if len(p.shape) > 2 else 1
-    h = None if hessians is None or len(p.shape) != 2 or p.dst_type in _FLOAT_INPUTS else hessians.mean(p.name)
-    if h is not None:
-        from lowbit.quant.gptq import gptq_quantize
-        return gptq_quantize(x, h, p.dst_type)
-    qw = _tensor_importance(p, importances, n * n_mat, note)
+    hs = None
+    if calib is not None and len(p.shape) == 2 and p.dst_type not in _FLOAT_INPUTS:
+        hs = calib.hessian(p.name)
+    if hs is not None and calib.gptq:
+        from lowbit.quant.gptq import choose
+        out, kept = choose(x, hs[0], hs[1], p.dst_type)
+        calib.kept_gptq += kept
+        calib.kept_plain += not kept
+        return out
+    if hs is not None:       # awq without gptq: importance from the (scaled) calibration inputs
+        qw = np.maximum(np.diag(hs[0]), 0).astype(np.float32)
+    else:
+        qw = _tensor_importance(p, importances, n * n_mat, note)
     out = np.empty((rows, blocks.row_bytes(p.dst_type, n)), dtype=np.uint8)
     rows_per_mat = rows // n_mat
     step = max(1, _CHUNK_ELEMS // n)

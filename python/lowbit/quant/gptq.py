@@ -97,21 +97,31 @@ def _inverse(h: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.linalg.inv(h)
 
 
-def gptq_quantize(w: np.ndarray, h: np.ndarray, qtype: str) -> np.ndarray:
-    """w: (n_out, n_in) float, h: (n_in, n_in) mean x x^T -> (n_out, row_bytes) uint8 of ``qtype``."""
+def gptq_quantize(w: np.ndarray, h: np.ndarray, qtype: str, act_order: bool = True) -> np.ndarray:
+    """w: (n_out, n_in) float, h: (n_in, n_in) mean x x^T -> (n_out, row_bytes) uint8 of ``qtype``.
+
+    act_order: blocks are fixed in order of falling importance (their share of diag(H)), as
+    GPTQ's act-order does column by column; whole blocks move, so the bytes land in the file's
+    own block order and the layout is unchanged."""
     block = blocks.type_info(qtype)["block_size"]
     n_out, n_in = w.shape
     if n_in % block:
         raise ValueError(f"row length {n_in} is not a multiple of {qtype}'s block size {block}")
-    w = np.array(w, dtype=np.float64)
+    n_blocks = n_in // block
+    order = np.arange(n_blocks)
+    if act_order:
+        order = np.argsort(-np.diag(h).reshape(n_blocks, block).sum(axis=1), kind="stable")
+    cols = (order[:, None] * block + np.arange(block)[None, :]).reshape(-1)    # permuted column order
+    w = np.array(w, dtype=np.float64)[:, cols]
+    h = np.asarray(h, dtype=np.float64)[np.ix_(cols, cols)]
     importance = np.maximum(np.diag(h), 0).astype(np.float32)
     hinv = _inverse(h, w)
-    out = np.empty((n_out, blocks.row_bytes(qtype, n_in)), dtype=np.uint8)
     bytes_per_block = blocks.row_bytes(qtype, block)
-    for c0 in range(0, n_in, block):
-        c1 = c0 + block
+    out = np.empty((n_out, n_blocks, bytes_per_block), dtype=np.uint8)
+    for i, b in enumerate(order):
+        c0, c1 = i * block, (i + 1) * block
         qb = blocks.quantize(w[:, c0:c1].astype(np.float32), qtype, imatrix=importance[c0:c1])
-        out[:, c0 // block * bytes_per_block:c1 // block * bytes_per_block] = qb
+        out[:, b] = qb
         if c1 == n_in:
             break
         err = w[:, c0:c1] - blocks.dequantize(qb, qtype, (n_out, block)).astype(np.float64)
@@ -119,4 +129,4 @@ def gptq_quantize(w: np.ndarray, h: np.ndarray, qtype: str) -> np.ndarray:
         step = np.linalg.solve(hbb, hbr)                       # Hinv_bb^-1 Hinv_b,rest
         w[:, c1:] -= err @ step
         hinv[c1:, c1:] -= hinv[c1:, c0:c1] @ step
-    return out
+    return out.reshape(n_out, n_blocks * bytes_per_block)

@@ -80,14 +80,17 @@ def window():
     app.processEvents()
 
 
-def send(win, prompt: str, max_new_tokens: int, type_it: bool = True) -> None:
+def send(win, prompt: str, max_new_tokens: int, type_it: bool = True, ctrl_enter: bool = False) -> None:
     win.max_new_tokens = max_new_tokens
     if type_it:
         win.prompt_edit.setFocus()
         QTest.keyClicks(win.prompt_edit, prompt)
     else:
         win.prompt_edit.setPlainText(prompt)
-    QTest.mouseClick(win.send_button, Qt.LeftButton)
+    if ctrl_enter:
+        QTest.keyClick(win.prompt_edit, Qt.Key_Return, Qt.ControlModifier)
+    else:
+        QTest.mouseClick(win.send_button, Qt.LeftButton)
     assert win.busy == "reply" and not win.send_button.isEnabled() and win.stop_button.isEnabled()
     assert win.prompt_edit.toPlainText() == ""
 
@@ -123,7 +126,8 @@ def test_streamed_reply_and_screenshot(window, tmp_path):
 
 def test_stop_mid_reply_stops_at_once(window):
     meter = FreezeMeter()
-    send(window, "Write a long story about a lighthouse keeper and a storm.", max_new_tokens=2000)
+    send(window, "Write a long story about a lighthouse keeper and a storm.", max_new_tokens=2000,
+         ctrl_enter=True)
     wait_until(lambda: len(window.reply_text) >= 40 or not window.busy, 120, "streamed text")
     assert window.busy, f"the reply ended before Stop: {window.last_result['finish_reason']}"
     QTest.mouseClick(window.stop_button, Qt.LeftButton)

@@ -1,0 +1,55 @@
+// moe.h: the mixture-of-experts feed-forward block (config.is_moe()).
+//
+// For each token t of the batch (xn: the normed input, E = n_embd, X = n_expert, k = n_expert_used,
+// F = n_ff_exp):
+//   logits = xn Wrouter^T (+ router bias)                          (X,)
+//   Softmax:      p = softmax(logits); top-k of p; w = p[top]     [/ sum(w) when expert_weights_norm]
+//   SoftmaxTopK:  top-k of logits; w = softmax(logits[top])       (gpt-oss)
+//   out = sum over the k selected e of w_e * down_e(act(gate_e(xn)) * up_e(xn))   (+ expert biases)
+// Experts are matrices of the stacked GGUF tensors (weights.h ExpertMatrices). The batch is
+// grouped by expert: each selected expert multiplies the rows of all its tokens in one matmul, so
+// its bytes are read once per batch; in decode only the k selected experts are read. Each token's
+// sum runs over its experts in ascending expert id, whatever the batch, so a prefill and the same
+// tokens decoded one at a time add the same terms in the same order.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "common.h"
+#include "cpu/matmul.h"
+#include "cpu/threadpool.h"
+#include "model/config.h"
+#include "model/observer.h"
+#include "model/weights.h"
+
+namespace lowbit::model {
+
+// Scratch for up to n_batch tokens, allocated once per engine (empty for a dense model).
+struct MoeScratch {
+    MoeScratch() = default;
+    MoeScratch(const ModelConfig& c, int64_t n_batch);
+    int64_t bytes() const;
+
+    AlignedBuffer<float> logits;       // (n_batch, n_expert)  router logits, then probabilities
+    std::vector<int32_t> selected;     // (n_batch, k)  expert ids of each token, ascending
+    std::vector<float> weight;         // (n_batch, k)  their weights
+    std::vector<int64_t> first;        // (n_expert + 1)  slots of expert e: order[first[e] .. first[e+1])
+    std::vector<int64_t> order;        // (n_batch * k)  slot indices t * k + j grouped by expert
+    std::vector<int64_t> cursor;       // (n_expert)  next free place of each expert in order
+    std::vector<int32_t> ids;          // (n_expert)  scratch of the top-k selection
+    AlignedBuffer<float> x;            // (n_batch, n_embd)   the rows of one expert's tokens
+    AlignedBuffer<float> gate, up;     // (n_batch, n_ff_exp)
+    AlignedBuffer<float> down;         // (n_batch, n_embd)
+};
+
+// out (n, n_embd) = the MoE block of layer il on xn (n, n_embd). observer: nullptr, or it sees the
+// router's input ("ffn_gate_inp") and each expert's input rows under the stacked tensors' names.
+void moe_feed_forward(const ModelConfig& c, const LayerWeights& l, int64_t il, const float* xn, int64_t n,
+                      float* out, MoeScratch& s, cpu::ThreadPool& pool, cpu::ActPrecision prec,
+                      MatmulObserver* observer);
+
+// The k (expert, weight) pairs of one token from its router logits (X,), as described above; the
+// pairs are returned sorted by expert id. logits is overwritten (probabilities); ids: (X,) scratch.
+void route_token(const ModelConfig& c, float* logits, int32_t* ids, int32_t* selected, float* weight);
+
+}  // namespace lowbit::model

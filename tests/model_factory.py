@@ -26,8 +26,10 @@ from gguf import GGMLQuantizationType as QT
 from gguf.quants import dequantize, quantize
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3", "phi3", "qwen3moe", "olmoe", "gemma2", "granite",
-                 "olmo2", "smollm3")
-MOE_ARCHITECTURES = ("qwen3moe", "olmoe")      # always experts; llama has them when n_expert > 0
+                 "olmo2", "smollm3", "gpt-oss")
+MOE_ARCHITECTURES = ("qwen3moe", "olmoe", "gpt-oss")   # always experts; llama has them when n_expert > 0
+GPT_OSS_EXPERT_STD = 2.0     # gpt-oss gate / up rows
+GPT_OSS_EXPERT_BIAS_STD = 4.0   # their biases: ~8% of the rows sit beyond its SwiGLU clamp (7)
 QK_NORM_FULL_ARCHS = ("olmoe", "olmo2")        # q / k norm weights span the whole row, not one head
 WEIGHT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
                 "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
@@ -99,6 +101,11 @@ def default_spec(arch: str, weight_type: str = "F32", **overrides) -> TinySpec:
                        logit_scale=1.7)
     elif arch == "olmo2":
         spec = replace(spec, rope_base=5e5, rms_eps=1e-6, tied=False)   # llama.cpp needs output.weight
+    elif arch == "gpt-oss":     # 3 layers (0, 2 slide), YaRN, sinks, biases everywhere, 5 experts, 2 used
+        spec = replace(spec, n_layer=3, n_head=4, n_head_kv=2, head_dim=16, n_ff=96, n_expert=5,
+                       n_expert_used=2, n_ff_exp=96, sliding_window=4, rope_base=15e4, rope_scale=4.0,
+                       rope_scaling="yarn", rope_orig_ctx=32, tied=False, seed=4)
+        # seed 4: no router near-tie (reference_forward.route) on the token sequences the tests use
     elif arch == "smollm3":     # layer 3 of 4 has no RoPE
         spec = replace(spec, n_layer=4, rope_base=5e6, rms_eps=1e-6)
     if gguf.GGML_QUANT_SIZES[QT[weight_type]][0] == 256:
@@ -176,7 +183,9 @@ def vocab_size(spec: TinySpec) -> int:
 # ---------------------------------------------------------------------------------------
 
 def expert_width(spec: TinySpec) -> int:
-    """Rows of each expert's gate / up: qwen3moe's expert_feed_forward_length, else n_ff."""
+    """Rows of each expert's gate / up: qwen3moe's / gpt-oss's expert_feed_forward_length, else n_ff."""
+    if spec.arch == "gpt-oss":
+        return spec.n_ff_exp or spec.n_ff
     if spec.arch == "qwen3moe":
         return spec.n_ff_exp or spec.n_ff // spec.n_expert_used
     return spec.n_ff
@@ -190,6 +199,11 @@ def _expert_shapes(spec: TinySpec, p: str, shapes: Dict[str, Tuple[int, ...]]) -
     shapes[f"{p}.ffn_gate_exps.weight"] = (X, FX, E)
     shapes[f"{p}.ffn_up_exps.weight"] = (X, FX, E)
     shapes[f"{p}.ffn_down_exps.weight"] = (X, E, FX)
+    if spec.arch == "gpt-oss":                                 # biased router and experts
+        shapes[f"{p}.ffn_gate_inp.bias"] = (X,)
+        shapes[f"{p}.ffn_gate_exps.bias"] = (X, FX)
+        shapes[f"{p}.ffn_up_exps.bias"] = (X, FX)
+        shapes[f"{p}.ffn_down_exps.bias"] = (X, E)
 
 
 def tensor_shapes(spec: TinySpec) -> Dict[str, Tuple[int, ...]]:
@@ -210,7 +224,11 @@ def tensor_shapes(spec: TinySpec) -> Dict[str, Tuple[int, ...]]:
         shapes["rope_factors_long.weight"] = shapes["rope_factors_short.weight"] = ((spec.rope_dim or spec.head_dim) // 2,)
     for il in range(spec.n_layer):
         p = f"blk.{il}"
-        if spec.arch != "olmo2":                               # olmo2: post-norms only
+        if spec.arch == "gpt-oss":      # its FFN pre-norm is named post_attention_norm; one sink per head
+            shapes[f"{p}.attn_norm.weight"] = (E,)
+            shapes[f"{p}.post_attention_norm.weight"] = (E,)
+            shapes[f"{p}.attn_sinks.weight"] = (spec.n_head,)
+        elif spec.arch != "olmo2":                             # olmo2: post-norms only
             shapes[f"{p}.attn_norm.weight"] = (E,)
             shapes[f"{p}.ffn_norm.weight"] = (E,)
         shapes[f"{p}.attn_output.weight"] = (E, q_dim)
@@ -228,7 +246,9 @@ def tensor_shapes(spec: TinySpec) -> Dict[str, Tuple[int, ...]]:
             else:
                 shapes[f"{p}.ffn_gate.weight"] = (F, E)
                 shapes[f"{p}.ffn_up.weight"] = (F, E)
-        if spec.arch == "qwen2":
+        if spec.arch == "gpt-oss":
+            shapes[f"{p}.attn_output.bias"] = (E,)
+        if spec.arch in ("qwen2", "gpt-oss"):
             shapes[f"{p}.attn_q.bias"] = (q_dim,)
             shapes[f"{p}.attn_k.bias"] = (kv_dim,)
             shapes[f"{p}.attn_v.bias"] = (kv_dim,)
@@ -248,6 +268,10 @@ def target_std(name: str, shape: Tuple[int, ...], spec: TinySpec) -> float:
     """Standard deviation of a matrix's entries (norm vectors: of their noise)."""
     if name.endswith("ffn_gate_inp.weight"):
         return 2.0 / math.sqrt(shape[-1])           # router logits ~N(0, 2^2): clear top-k choices
+    if spec.arch == "gpt-oss" and (name.endswith("ffn_gate_exps.weight") or name.endswith("ffn_up_exps.weight")):
+        return GPT_OSS_EXPERT_STD / math.sqrt(shape[-1])
+    if spec.arch == "gpt-oss" and name.endswith("ffn_down_exps.weight"):   # the block's output back to O(1)
+        return 1.0 / (GPT_OSS_EXPERT_STD * math.sqrt(shape[-1]))
     if name == "output.weight" or (name == "token_embd.weight" and spec.tied):
         if spec.arch in ("gemma3", "gemma2") and spec.tied:
             # the input is scaled by sqrt(n_embd): a larger std would make the residual
@@ -260,8 +284,12 @@ def target_std(name: str, shape: Tuple[int, ...], spec: TinySpec) -> float:
 
 
 def random_vector(name: str, shape: Tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    if name.endswith("_exps.bias") and ("gate" in name or "up" in name):   # gpt-oss: some rows past the clamp (7)
+        return rng.normal(0.0, GPT_OSS_EXPERT_BIAS_STD, shape).astype(np.float32)
     if name.endswith(".bias"):
         return rng.normal(0.0, 0.3, shape).astype(np.float32)
+    if name.endswith("attn_sinks.weight"):           # logits of the same order as q.k / sqrt(d)
+        return rng.normal(0.0, 1.0, shape).astype(np.float32)
     if name == "rope_freqs.weight":                  # llama3: 1 for fast dims, up to 8 slow
         return np.linspace(1.0, 8.0, shape[0]).astype(np.float32)
     if name == "rope_factors_long.weight":           # LongRoPE: up to 6 slow
@@ -324,7 +352,7 @@ def make_tensors(spec: TinySpec) -> Dict[str, Tuple[np.ndarray, QT]]:
     rng = np.random.default_rng(spec.seed)
     tensors: Dict[str, Tuple[np.ndarray, QT]] = {}
     for name, shape in tensor_shapes(spec).items():
-        if len(shape) == 1:
+        if len(shape) == 1 or name.endswith(".bias"):   # gpt-oss's expert biases are (n_expert, n)
             tensors[name] = (random_vector(name, shape, rng), QT.F32)
             continue
         std = target_std(name, shape, spec)
@@ -369,8 +397,8 @@ def _write_hparams(w: gguf.GGUFWriter, spec: TinySpec, n_vocab: int) -> None:
         w.add_rope_scaling_orig_ctx_len(spec.rope_orig_ctx or 32)
         w.add_rope_scaling_attn_factors(1.19)
     if spec.sliding_window:
-        if spec.arch not in ("gemma3", "gemma2"):
-            raise ValueError("sliding_window is implemented for gemma3 and gemma2 only (llama.cpp "
+        if spec.arch not in ("gemma3", "gemma2", "gpt-oss"):
+            raise ValueError("sliding_window is implemented for gemma3, gemma2 and gpt-oss only (llama.cpp "
                              "ignores it for the other architectures)")
         w.add_sliding_window(spec.sliding_window)
     if spec.final_logit_softcap:
@@ -441,7 +469,7 @@ def write_tiny_model(path, spec: Optional[TinySpec] = None, **overrides) -> str:
         raise ValueError(f"n_expert_used {spec.n_expert_used}: expected 2 .. n_expert {spec.n_expert}")
     if spec.arch == "gemma2" and not spec.tied:
         raise ValueError("gemma2: llama.cpp always uses token_embd as the output head (tied=True)")
-    if spec.arch in ("olmoe", "olmo2") and spec.tied:
+    if spec.arch in ("olmoe", "olmo2", "gpt-oss") and spec.tied:
         raise ValueError(f"{spec.arch}: llama.cpp requires output.weight (tied=False)")
     if spec.arch == "olmoe" and spec.n_head_kv != spec.n_head:
         raise ValueError("olmoe: llama.cpp's k norm spans n_embd, so n_head_kv must equal n_head")

@@ -23,6 +23,11 @@ then every activation is float64. It follows llama.cpp's graphs (src/models/*.cp
   olmo2   no pre-norms: x + post_attention_norm(attn(x)), h + post_ffw_norm(ffn(h)); q / k
           normed over the whole row; NeoX RoPE
   smollm3 llama where layer il has no RoPE when (il + 1) % 4 == 0
+  gpt-oss q/k/v/o biases; one learned sink logit per head joins each softmax (no value);
+          even layers slide (pattern 2) with the same (YaRN) RoPE; the FFN's pre-norm is the
+          tensor post_attention_norm; MoE with a biased router: top-k of the logits, softmax over
+          those k; biased experts with a clamped SwiGLU: g = min(gate, 7), u = clamp(up, -7, 7),
+          h = g sigmoid(1.702 g) (u + 1)
 
 Mixture of experts (llama.cpp build_moe_ffn): probs = softmax(x Wr^T); the k largest probs pick the
 experts; w = probs[picked] (/ sum when renormalised); out = sum_e w_e down_e(silu(gate_e x) * up_e x).
@@ -45,12 +50,14 @@ import gguf
 from gguf.quants import dequantize
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3", "phi3", "qwen3moe", "olmoe", "gemma2", "granite",
-                 "olmo2", "smollm3")
-NEOX_ROPE_ARCHS = ("qwen2", "qwen3", "gemma3", "phi3", "qwen3moe", "olmoe", "gemma2", "olmo2")  # pairs (i, i + n_rot/2)
+                 "olmo2", "smollm3", "gpt-oss")
+NEOX_ROPE_ARCHS = ("qwen2", "qwen3", "gemma3", "phi3", "qwen3moe", "olmoe", "gemma2", "olmo2",
+                   "gpt-oss")  # pairs (i, i + n_rot/2)
 QK_NORM_ARCHS = ("qwen3", "gemma3", "qwen3moe")       # per head
 QK_NORM_FULL_ARCHS = ("olmoe", "olmo2")               # over the whole q / k row
 GEMMA_ARCHS = ("gemma2", "gemma3")
-MOE_NOT_RENORMALISED = ("olmoe",)
+MOE_NOT_RENORMALISED = ("olmoe", "gpt-oss")
+OAI_SWIGLU_ALPHA, OAI_SWIGLU_LIMIT = 1.702, 7.0
 SMOLLM3_NO_ROPE_STEP = 4
 GEMMA3_SWA_PATTERN = 6          # llama.cpp set_swa_pattern(6): layer il is SWA iff il % 6 < 5
 GEMMA3_LOCAL_ROPE_BASE = 10000.0
@@ -132,6 +139,8 @@ def read_hparams(reader: gguf.GGUFReader, tensor_shapes: Dict[str, tuple]) -> HP
     elif arch == "gemma2":
         sliding_window = sliding_window or 4096         # llama.cpp's default for gemma2
         swa_layers = [il % 2 == 0 for il in range(n_layer)]
+    elif arch == "gpt-oss":
+        swa_layers = [il % 2 == 0 for il in range(n_layer)]
     else:
         sliding_window = 0   # llama.cpp ignores the window of llama/qwen/phi3 files
 
@@ -173,6 +182,7 @@ def read_hparams(reader: gguf.GGUFReader, tensor_shapes: Dict[str, tuple]) -> HP
         sliding_window=sliding_window, swa_layers=swa_layers,
         rope_base_swa=float(key("rope.freq_base_swa", GEMMA3_LOCAL_ROPE_BASE if arch == "gemma3"
                                 else float(key("rope.freq_base", 10000.0)))),
+        rope_freq_scale_swa=1.0 / factor if factor and arch == "gpt-oss" else 1.0,
         attn_softcap=attn_softcap, residual_scale=residual_scale, logit_scale=logit_scale,
         n_expert=n_expert, n_expert_used=int(key("expert_used_count", 0) or 0),
         expert_weights_norm=arch not in MOE_NOT_RENORMALISED, rope_layers=rope_layers,
@@ -255,7 +265,7 @@ def attention_mask(n_tokens: int, sliding_window: int) -> np.ndarray:
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,
-              mask: np.ndarray, softcap: float = 0.0) -> np.ndarray:
+              mask: np.ndarray, softcap: float = 0.0, sinks: Optional[np.ndarray] = None) -> np.ndarray:
     """q: (T, n_head, dk), k: (T, n_head_kv, dk), v: (T, n_head_kv, dv) -> (T, n_head*dv).
 
     GQA: query head h reads kv head h // (n_head / n_head_kv) (consecutive groups)."""
@@ -267,9 +277,13 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,
     if softcap > 0:
         scores = softcap * np.tanh(scores / softcap)
     scores = np.where(mask[None], scores, -np.inf)
+    if sinks is not None:        # one more logit per head in every row, with no value
+        sink_col = np.broadcast_to(sinks[:, None, None], scores.shape[:2] + (1,))
+        scores = np.concatenate([scores, sink_col], axis=-1)
     scores -= scores.max(axis=-1, keepdims=True)
     probs = np.exp(scores)
     probs /= probs.sum(axis=-1, keepdims=True)
+    probs = probs[..., :n_tokens]
     out = np.einsum("hqk,khd->qhd", probs, v)                  # (T, n_head, dv)
     return out.reshape(n_tokens, -1)
 
@@ -293,6 +307,8 @@ class ReferenceModel:
         self.hparams = read_hparams(self._reader, shapes)
         self.n_ctx = n_ctx or self.hparams.n_ctx_train
         self._cache: Dict[str, np.ndarray] = {}
+        self.router_margin = math.inf    # see route(); inf for dense models
+        self.clamped = 0                 # gpt-oss: expert pre-activations its SwiGLU clamped
         hp = self.hparams
         if hp.n_head % hp.n_head_kv:
             raise ValueError(f"n_head {hp.n_head} is not a multiple of n_head_kv {hp.n_head_kv}")
@@ -359,7 +375,7 @@ class ReferenceModel:
         is_swa = hp.swa_layers[il]
         base = hp.rope_base_swa if is_swa else hp.rope_base
         freq_scale = hp.rope_freq_scale_swa if is_swa else hp.rope_freq_scale
-        yarn = 0 if is_swa else hp.yarn_orig_ctx
+        yarn = hp.yarn_orig_ctx if (not is_swa or hp.arch == "gpt-oss") else 0
         factors, mscale = self._optional("rope_freqs.weight"), yarn_mscale(freq_scale, yarn)
         if hp.longrope_orig_ctx:
             factors = self.weight("rope_factors_long.weight" if self.n_ctx > hp.longrope_orig_ctx
@@ -370,7 +386,8 @@ class ReferenceModel:
             q = apply_rope(q, angles, hp.n_rot, hp.rope_neox, mscale)
             k = apply_rope(k, angles, hp.n_rot, hp.rope_neox, mscale)
         mask = attention_mask(x.shape[0], hp.sliding_window if is_swa else 0)
-        out = attention(q, k, v, hp.attn_scale, mask, hp.attn_softcap)   # (T, n_head * dv)
+        out = attention(q, k, v, hp.attn_scale, mask, hp.attn_softcap,
+                        self._optional(f"{p}.attn_sinks.weight"))    # (T, n_head * dv)
         return self._linear(out, f"{p}.attn_output")
 
     def _feed_forward(self, il: int, x: np.ndarray) -> np.ndarray:
@@ -388,9 +405,27 @@ class ReferenceModel:
         return self._linear(act * up, f"{p}.ffn_down")
 
     def route(self, il: int, x: np.ndarray):
-        """x: normed (T, n_embd) -> (picked (T, k) expert ids, weights (T, k)) of layer il."""
+        """x: normed (T, n_embd) -> (picked (T, k) expert ids, weights (T, k)) of layer il.
+
+        Records in self.router_margin the smallest gap, over tokens, between the k-th and the
+        (k+1)-th selection score (probabilities; gpt-oss: logits): the choice is discontinuous, so
+        a runtime whose router input differs by its rounding can pick another expert where this
+        gap is tiny; tests compare logits only where it is not."""
         hp = self.hparams
-        logits = x @ self.weight(f"blk.{il}.ffn_gate_inp.weight").T            # (T, n_expert)
+        logits = self._linear(x, f"blk.{il}.ffn_gate_inp")                    # (T, n_expert)
+        score = logits
+        if hp.arch != "gpt-oss":
+            score = np.exp(logits - logits.max(axis=1, keepdims=True))
+            score /= score.sum(axis=1, keepdims=True)
+        if hp.n_expert_used < hp.n_expert:
+            ranked = -np.sort(-score, axis=1)
+            gap = float(np.min(ranked[:, hp.n_expert_used - 1] - ranked[:, hp.n_expert_used]))
+            self.router_margin = min(self.router_margin, gap)
+        if hp.arch == "gpt-oss":      # top-k of the logits, softmax over those k
+            picked = np.argsort(-logits, axis=1, kind="stable")[:, :hp.n_expert_used]
+            top = np.take_along_axis(logits, picked, axis=1)
+            weights = np.exp(top - top.max(axis=1, keepdims=True))
+            return picked, weights / weights.sum(axis=1, keepdims=True)
         probs = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs /= probs.sum(axis=1, keepdims=True)
         picked = np.argsort(-probs, axis=1, kind="stable")[:, :hp.n_expert_used]
@@ -403,12 +438,22 @@ class ReferenceModel:
         """The mixture-of-experts FFN: every token through its k experts, weighted sum."""
         p = f"blk.{il}"
         gate, up, down = (self.weight(f"{p}.ffn_{r}_exps.weight") for r in ("gate", "up", "down"))
+        def bias(role, like):      # (n_expert, n_out): gpt-oss's, else zeros
+            b = self._optional(f"{p}.ffn_{role}_exps.bias")
+            return np.zeros(like.shape[:2]) if b is None else b
+        gate_b, up_b, down_b = bias("gate", gate), bias("up", up), bias("down", down)
         picked, weights = self.route(il, x)
         out = np.zeros_like(x)
         for t in range(x.shape[0]):
             for e, w in zip(picked[t], weights[t]):
-                h = silu(gate[e] @ x[t]) * (up[e] @ x[t])
-                out[t] += w * (down[e] @ h)
+                g, u = gate[e] @ x[t] + gate_b[e], up[e] @ x[t] + up_b[e]
+                if self.hparams.arch == "gpt-oss":
+                    self.clamped += int(np.sum(g > OAI_SWIGLU_LIMIT) + np.sum(np.abs(u) > OAI_SWIGLU_LIMIT))
+                    g, u = np.minimum(g, OAI_SWIGLU_LIMIT), np.clip(u, -OAI_SWIGLU_LIMIT, OAI_SWIGLU_LIMIT)
+                    h = g / (1.0 + np.exp(-OAI_SWIGLU_ALPHA * g)) * (u + 1.0)
+                else:
+                    h = silu(g) * u
+                out[t] += w * (down[e] @ h + down_b[e])
         return out
 
     def _block_prenorm(self, il: int, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -430,6 +475,12 @@ class ReferenceModel:
         h = x + rms_norm(self._self_attention(il, x, positions),
                          self.weight(f"{p}.post_attention_norm.weight"), eps)
         return h + rms_norm(self._feed_forward(il, h), self.weight(f"{p}.post_ffw_norm.weight"), eps)
+
+    def _block_gpt_oss(self, il: int, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """gpt-oss: the pre-norm block whose FFN norm is the tensor post_attention_norm."""
+        eps, p = self.hparams.rms_eps, f"blk.{il}"
+        h = x + self._self_attention(il, rms_norm(x, self.weight(f"{p}.attn_norm.weight"), eps), positions)
+        return h + self._feed_forward(il, rms_norm(h, self.weight(f"{p}.post_attention_norm.weight"), eps))
 
     def _block_gemma3(self, il: int, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """gemma3: x + post_norm(attn(norm(x))), then h + post_ffw_norm(ffn(ffn_norm(h)))."""
@@ -456,7 +507,8 @@ class ReferenceModel:
         x = self.embed(token_ids)
         positions = np.arange(x.shape[0])
         block = {"gemma3": self._block_gemma3, "gemma2": self._block_gemma3, "granite": self._block_granite,
-                 "olmo2": self._block_olmo2}.get(self.hparams.arch, self._block_prenorm)
+                 "olmo2": self._block_olmo2, "gpt-oss": self._block_gpt_oss}.get(self.hparams.arch,
+                                                                                  self._block_prenorm)
         for il in range(self.hparams.n_layer):
             x = block(il, x, positions)
         return rms_norm(x, self.weight("output_norm.weight"), self.hparams.rms_eps)

@@ -1,5 +1,5 @@
 """The architectures added after the first five: qwen3moe, olmoe, llama with experts (Mixtral), gemma2,
-granite, olmo2, smollm3. tests/test_engine.py runs every architecture of the factory against the
+granite, olmo2, smollm3, gpt-oss. tests/test_engine.py runs every architecture of the factory against the
 float64 reference (F32, F16, four quantized types, prefill vs decode); here: llama with experts
 (not a factory architecture of its own) in the same checks, every new one against llama.cpp on
 the same file (dev oracle), and the features that set them apart.
@@ -34,6 +34,7 @@ MODELS = {
     "granite": ("granite", {}),
     "olmo2": ("olmo2", {}),
     "smollm3": ("smollm3", {}),
+    "gpt-oss": ("gpt-oss", {}),
 }
 _FILES = {}
 
@@ -169,3 +170,29 @@ def test_quantized_against_llama_cpp(tmp_path_factory, name, weight_type):
     top2 = np.sort(theirs, axis=1)[:, -2:]
     clear = (top2[:, 1] - top2[:, 0]) > 0.5
     assert np.array_equal(ours.argmax(1)[clear], theirs.argmax(1)[clear])
+
+
+def test_gpt_oss_tiny_model_exercises_its_features(tmp_path_factory):
+    """The factory's gpt-oss model is not a degenerate case of its features: sliding and global
+    layers alternate, YaRN is on, some selected experts' pre-activations pass the SwiGLU clamp, the
+    router has no near-tie on the tokens tests use, and the engine follows the reference there."""
+    path = model_path(tmp_path_factory, "gpt-oss")
+    ref = ReferenceModel(path)
+    hp = ref.hparams
+    assert hp.swa_layers == [True, False, True] and hp.sliding_window == 4
+    assert hp.yarn_orig_ctx == 32 and hp.rope_freq_scale == hp.rope_freq_scale_swa == 0.25
+    ids = random_ids(hp.n_vocab, 20, seed=1)
+    want = ref.logits(ids)
+    assert ref.clamped > 0
+    assert rel_err(engine(path).eval(ids, all_logits=True), want) <= 1e-3
+
+
+def test_gpt_oss_default_chat_format_is_harmony():
+    """A gpt-oss file without a chat template gets harmony turns (system -> developer)."""
+    from lowbit.runtime.templates import default_template, render_chat  # noqa: PLC0415
+    text = render_chat(default_template("gpt-oss"), [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"}])
+    assert text == ("<|start|>developer<|message|>Be brief.<|end|><|start|>user<|message|>Hi<|end|>"
+                    "<|start|>assistant<|channel|>final<|message|>Hello.<|end|>"
+                    "<|start|>user<|message|>Bye<|end|><|start|>assistant")

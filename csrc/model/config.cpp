@@ -15,6 +15,7 @@ constexpr ArchEntry kArchs[] = {
     {"llama", Arch::Llama}, {"qwen2", Arch::Qwen2}, {"qwen3", Arch::Qwen3},
     {"gemma3", Arch::Gemma3}, {"phi3", Arch::Phi3}, {"qwen3moe", Arch::Qwen3Moe}, {"olmoe", Arch::Olmoe},
     {"gemma2", Arch::Gemma2}, {"granite", Arch::Granite}, {"olmo2", Arch::Olmo2}, {"smollm3", Arch::Smollm3},
+    {"gpt-oss", Arch::GptOss},
 };
 
 // Metadata reads that fail as ModelError (a model problem), naming the key.
@@ -158,7 +159,7 @@ void read_swa_layers(const GGUFFile& f, const Meta& m, ModelConfig& c, int64_t d
 // Experts: "<arch>.expert_count" / "expert_used_count" / "expert_feed_forward_length". The MoE
 // architectures need them; llama has them for Mixtral; elsewhere a non-zero count is refused.
 void read_experts(const GGUFFile& f, const Meta& m, ModelConfig& c) {
-    const bool moe_arch = c.arch == Arch::Qwen3Moe || c.arch == Arch::Olmoe;
+    const bool moe_arch = c.arch == Arch::Qwen3Moe || c.arch == Arch::Olmoe || c.arch == Arch::GptOss;
     c.n_expert = m.count_or_zero("expert_count");
     if (moe_arch)
         LOWBIT_CHECK(c.n_expert > 0, ModelError, f.path(), ": metadata '", m.key("expert_count"),
@@ -173,10 +174,14 @@ void read_experts(const GGUFFile& f, const Meta& m, ModelConfig& c) {
     if (c.arch == Arch::Qwen3Moe) {
         const auto width = m.positive_opt("expert_feed_forward_length");
         c.n_ff_exp = width ? *width : m.positive("feed_forward_length") / c.n_expert_used;
-    } else
+    } else if (c.arch == Arch::GptOss) {
+        c.n_ff_exp = m.positive("expert_feed_forward_length");
+    } else {
         c.n_ff_exp = m.positive("feed_forward_length");
+    }
     LOWBIT_CHECK(c.n_ff_exp > 0, ModelError, f.path(), ": expert width is 0");
-    c.expert_weights_norm = c.arch != Arch::Olmoe;
+    c.expert_weights_norm = c.arch == Arch::Qwen3Moe || c.arch == Arch::Llama;
+    if (c.arch == Arch::GptOss) c.expert_gating = ExpertGating::SoftmaxTopK;
 }
 
 // granite: "<arch>.embedding_scale", "residual_scale", "attention.scale" (0 / absent: none) and
@@ -293,7 +298,14 @@ ModelConfig load_config(const GGUFFile& f) {
             for (int64_t i = 0; i < c.n_layers; ++i) c.layer_has_rope[size_t(i)] = (i + 1) % 4 != 0;
             break;
         case Arch::Granite: read_granite_scales(f, m, c); break;
-        case Arch::GptOss: break;
+        case Arch::GptOss:
+            c.rope_mode = RopeMode::NeoX;
+            c.attn_sinks = true;
+            c.ffn_act = FfnAct::SwigluOai;   // the experts' activation (gpt-oss has no dense FFN)
+            c.n_swa = m.positive("attention.sliding_window");
+            c.rope_swa.freq_base = m.f32_opt("rope.freq_base_swa").value_or(c.rope_global.freq_base);
+            read_swa_layers(f, m, c, 2);     // sliding layers keep the global layers' YaRN (llama.cpp)
+            break;
         case Arch::Gemma2:
             c.rope_mode = RopeMode::NeoX;
             c.post_norms = true;

@@ -158,3 +158,42 @@ def test_factory_refuses_impossible_specs(tmp_path):
         mf.write_tiny_model(tmp_path / "a.gguf", replace(mf.default_spec("qwen3moe"), n_expert_used=7))
     with pytest.raises(ValueError, match="needs n_expert"):
         mf.write_tiny_model(tmp_path / "b.gguf", replace(mf.default_spec("olmoe"), n_expert=0))
+
+
+# ---- info and the estimate before load -------------------------------------------------------
+
+def test_info_counts_active_parameters_and_decode_reads(tmp_path_factory):
+    """Total vs active parameters and the bytes a decode step reads, from the factory's own shapes:
+    experts count k / n of their size, token_embd one row (the file has output.weight)."""
+    from lowbit.runtime.info import describe_file, format_info  # noqa: PLC0415
+    spec = mf.default_spec("olmoe", "Q8_0")
+    path = moe_model(tmp_path_factory, "olmoe", "Q8_0")
+    shapes = mf.tensor_shapes(spec)
+    n = {name: int(np.prod(shape)) for name, shape in shapes.items()}
+    total = sum(n.values())
+    experts = sum(v for name, v in n.items() if "_exps." in name)
+    share = spec.n_expert_used / spec.n_expert
+    d = describe_file(path, n_ctx=64)
+    m = d["memory"]
+    assert d["n_params"] == m["n_params"] == total
+    assert m["expert_params"] == experts and m["n_expert"] == 5 and m["n_expert_used"] == 2
+    assert m["active_params"] == round(total - experts * (1 - share))
+
+    def q8_bytes(name):   # F32 vectors and router, Q8_0 matrices: 34 bytes per 32 values
+        return 4 * n[name] if len(shapes[name]) == 1 or "ffn_gate_inp" in name else n[name] // 32 * 34
+    tensor_bytes = sum(q8_bytes(name) for name in n)
+    reads = sum(q8_bytes(name) * (share if "_exps." in name else 1) for name in n if name != "token_embd.weight")
+    reads += q8_bytes("token_embd.weight") / shapes["token_embd.weight"][0]
+    assert d["tensor_bytes"] == tensor_bytes
+    assert m["decode_bytes_per_token"] == round(reads)
+    assert m["decode_read_fraction"] == pytest.approx(reads / tensor_bytes)
+    text = format_info(d)
+    assert "experts: 2 of 5 per token" in text and "a decode step reads" in text
+
+
+def test_info_of_a_dense_model_reads_everything_but_the_embedding(tmp_path_factory):
+    from lowbit.runtime.info import describe_file  # noqa: PLC0415
+    path = moe_model(tmp_path_factory, "qwen3", "F32")   # tied: token_embd is also the output head
+    m = describe_file(path, n_ctx=64)["memory"]
+    assert m["n_expert"] == 0 and m["active_params"] == m["n_params"] and m["expert_params"] == 0
+    assert m["decode_bytes_per_token"] == m["weights_bytes"] and m["decode_read_fraction"] == 1.0

@@ -197,3 +197,18 @@ def test_info_of_a_dense_model_reads_everything_but_the_embedding(tmp_path_facto
     m = describe_file(path, n_ctx=64)["memory"]
     assert m["n_expert"] == 0 and m["active_params"] == m["n_params"] and m["expert_params"] == 0
     assert m["decode_bytes_per_token"] == m["weights_bytes"] and m["decode_read_fraction"] == 1.0
+
+
+def test_auto_precision_uses_8_bit_experts_in_prefill_only(tmp_path_factory):
+    """act_precision auto: two-pass activations (as "high") for batches under 16 tokens, 8-bit
+    activations in the expert matmuls of larger (prefill) batches (moe.cpp); both within the
+    quantized tier of the reference."""
+    path = moe_model(tmp_path_factory, "qwen3moe", "Q4_K")
+    ids = np.random.default_rng(8).integers(0, engine(path).n_vocab, 20).astype(np.int32)
+    run = {p: _core.Engine(path, 64, 2, 32, "f16", p) for p in ("auto", "high")}
+    short = {p: e.eval(ids[:15], all_logits=True) for p, e in run.items()}
+    assert rel_err(short["auto"], short["high"]) <= 1e-6
+    long = {p: _core.Engine(path, 64, 2, 32, "f16", p).eval(ids, all_logits=True) for p in ("auto", "high")}
+    assert rel_err(long["auto"], long["high"]) > 1e-5
+    ref = ReferenceModel(path).logits(ids)
+    assert rel_err(long["auto"], ref) <= 6e-2 and rel_err(long["high"], ref) <= 6e-2

@@ -14,6 +14,7 @@ namespace {
 
 constexpr float kOaiAlpha = 1.702f, kOaiLimit = 7.0f;   // gpt-oss's SwiGLU (llama.cpp's constants)
 constexpr float kMinWeightSum = 6.103515625e-5f;          // llama.cpp clamps the sum it divides by
+constexpr int64_t kPrefillTokens = 16;   // batches from this size on count as prefill (see moe_feed_forward)
 
 void project(const Matrix& w, const float* x, int64_t n, float* y, cpu::ThreadPool& pool, cpu::ActPrecision prec) {
     if (n == 1) cpu::matvec(w.data, w.type, w.rows, w.cols, x, y, pool, prec);
@@ -143,12 +144,18 @@ void moe_feed_forward(const ModelConfig& c, const LayerWeights& l, int64_t il, c
     }
     group_by_expert(c, n, s);
     std::memset(out, 0, size_t(n * E) * sizeof(float));
+    // Auto (cpu/matmul.h) keeps two-pass activations where the second pass is cheap: decode, and
+    // matmuls of >= 16 rows with a strip GEMM. A prefill batch gives each expert only its share of
+    // the tokens (n k / n_expert rows on average), which go through the multi-row dots at 2x the
+    // integer work, so expert matmuls of a prefill batch use 8-bit activations (llama.cpp's).
+    const cpu::ActPrecision expert_prec = prec == cpu::ActPrecision::Auto && n >= kPrefillTokens
+                                              ? cpu::ActPrecision::Q8 : prec;
     for (int64_t e = 0; e < X; ++e) {   // ascending ids: each token adds its experts in id order
         const int64_t a = s.first[size_t(e)], cnt = s.first[size_t(e) + 1] - a;
         if (cnt == 0) continue;
         for (int64_t i = 0; i < cnt; ++i)
             std::memcpy(s.x.data() + i * E, xn + (s.order[size_t(a + i)] / k) * E, size_t(E) * sizeof(float));
-        run_expert(c, l, il, e, cnt, s, pool, prec, observer);
+        run_expert(c, l, il, e, cnt, s, pool, expert_prec, observer);
         for (int64_t i = 0; i < cnt; ++i) {
             const int64_t slot = s.order[size_t(a + i)];
             cpu::axpy_f32(out + (slot / k) * E, s.weight[size_t(slot)], s.down.data() + i * E, E);

@@ -52,12 +52,13 @@ def test_routing_spreads_over_experts(tmp_path_factory):
 
 @pytest.mark.parametrize("arch", ["qwen3moe", "olmoe"])
 def test_batch_sizes_and_threads_agree(tmp_path_factory, arch):
-    """Grouping a batch by expert does not change any token's result: n_batch 1 (decode: one
-    expert at a time per token), 3, 7 and 40 (each expert's tokens in one matmul), 1 or 3 threads."""
+    """Grouping a batch by expert does not change any token's result: n_batch 1 (decode: the k
+    experts in parallel, or one by one on the whole pool when k < threads: olmoe's k = 2 on 3), 3,
+    7 and 40 (each expert's tokens in one matmul), 1, 2 or 3 threads."""
     path = moe_model(tmp_path_factory, arch)
     ids = np.random.default_rng(6).integers(0, engine(path).n_vocab, 40).astype(np.int32)
     base = engine(path, n_batch=40).eval(ids, all_logits=True)
-    for n_batch, n_threads in ((1, 2), (3, 1), (7, 3)):
+    for n_batch, n_threads in ((1, 2), (1, 3), (3, 1), (7, 3)):
         got = engine(path, n_batch=n_batch, n_threads=n_threads).eval(ids, all_logits=True)
         assert rel_err(got, base) <= 1e-5, (n_batch, n_threads)
 

@@ -307,7 +307,7 @@ std::unique_ptr<Model> Model::load(const std::string& path, int64_t n_ctx) {
 }
 
 ForwardState::ForwardState(const ModelConfig& c, int64_t n_batch_, int64_t n_ctx_, int n_threads)
-    : n_batch(n_batch_), n_ctx(n_ctx_), moe(c, n_batch_) {
+    : n_batch(n_batch_), n_ctx(n_ctx_), moe(c, n_batch_, n_threads) {
     const size_t B = size_t(n_batch);
     x.resize(B * size_t(c.n_embd));
     xn.resize(B * size_t(c.n_embd));

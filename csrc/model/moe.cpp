@@ -54,33 +54,55 @@ void group_by_expert(const ModelConfig& c, int64_t n, MoeScratch& s) {
     for (int64_t i = 0; i < n * k; ++i) s.order[size_t(s.cursor[size_t(s.selected[size_t(i)])]++)] = i;
 }
 
-// One expert over its `cnt` token rows (already gathered in s.x): s.down = down(act(gate) * up) + biases.
-void run_expert(const ModelConfig& c, const LayerWeights& l, int64_t il, int64_t e, int64_t cnt, MoeScratch& s,
-                cpu::ThreadPool& pool, cpu::ActPrecision prec, MatmulObserver* obs) {
-    const int64_t E = c.n_embd, F = c.n_ff_exp;
-    observe(obs, pool, il, {"ffn_gate_exps", "ffn_up_exps"}, s.x.data(), cnt, E);
-    project(l.gate_exps.expert(e), s.x.data(), cnt, s.gate.data(), pool, prec);
-    project(l.up_exps.expert(e), s.x.data(), cnt, s.up.data(), pool, prec);
-    auto row = [&](int64_t i) {
-        float* g = s.gate.data() + i * F;
-        float* u = s.up.data() + i * F;
+// One work item: expert e over its `count` slots order[first ..], with the worker's single-threaded
+// pool (or `pool` when an observer is attached: the items then run one by one on the caller).
+// Each slot's row of slot_out = down(act(gate x + bg) * (up x + bu)) + bd.
+void run_item(const ModelConfig& c, const LayerWeights& l, int64_t il, const float* xn, const MoeScratch::Item& it,
+              MoeScratch& s, MoeScratch::Worker& w, cpu::ThreadPool& pool, cpu::ActPrecision prec,
+              MatmulObserver* obs) {
+    const int64_t E = c.n_embd, F = c.n_ff_exp, k = c.n_expert_used, e = it.expert, n = it.count;
+    const int64_t* slots = s.order.data() + it.first;
+    for (int64_t i = 0; i < n; ++i)
+        std::memcpy(w.x.data() + i * E, xn + (slots[i] / k) * E, size_t(E) * sizeof(float));
+    observe(obs, pool, il, {"ffn_gate_exps", "ffn_up_exps"}, w.x.data(), n, E);
+    project(l.gate_exps.expert(e), w.x.data(), n, w.gate.data(), pool, prec);
+    project(l.up_exps.expert(e), w.x.data(), n, w.up.data(), pool, prec);
+    for (int64_t i = 0; i < n; ++i) {
+        float* g = w.gate.data() + i * F;
+        float* u = w.up.data() + i * F;
         if (!l.gate_exps_b.empty()) {
             cpu::add_inplace(g, l.gate_exps_b.data() + e * F, F);
             cpu::add_inplace(u, l.up_exps_b.data() + e * F, F);
         }
         gated_act(c.ffn_act, g, u, F);
-    };
-    if (cnt == 1) row(0);
-    else pool.parallel_for(cnt, [&](int64_t i, int) { row(i); });
-    observe(obs, pool, il, {"ffn_down_exps"}, s.gate.data(), cnt, F);
-    project(l.down_exps.expert(e), s.gate.data(), cnt, s.down.data(), pool, prec);
-    if (!l.down_exps_b.empty())
-        for (int64_t i = 0; i < cnt; ++i) cpu::add_inplace(s.down.data() + i * E, l.down_exps_b.data() + e * E, E);
+    }
+    observe(obs, pool, il, {"ffn_down_exps"}, w.gate.data(), n, F);
+    project(l.down_exps.expert(e), w.gate.data(), n, w.down.data(), pool, prec);
+    for (int64_t i = 0; i < n; ++i) {
+        float* y = s.slot_out.data() + slots[i] * E;
+        std::memcpy(y, w.down.data() + i * E, size_t(E) * sizeof(float));
+        if (!l.down_exps_b.empty()) cpu::add_inplace(y, l.down_exps_b.data() + e * E, E);
+    }
+}
+
+// The batch's work items: every selected expert's slots in runs of at most kExpertRows.
+void make_items(const ModelConfig& c, MoeScratch& s) {
+    s.items.clear();
+    for (int64_t e = 0; e < c.n_expert; ++e)
+        for (int64_t a = s.first[size_t(e)], b = s.first[size_t(e) + 1]; a < b; a += kExpertRows)
+            s.items.push_back({e, a, std::min(kExpertRows, b - a)});
 }
 
 }  // namespace
 
-MoeScratch::MoeScratch(const ModelConfig& c, int64_t n_batch) {
+MoeScratch::Worker::Worker(const ModelConfig& c) {
+    x.resize(size_t(kExpertRows * c.n_embd));
+    gate.resize(size_t(kExpertRows * c.n_ff_exp));
+    up.resize(size_t(kExpertRows * c.n_ff_exp));
+    down.resize(size_t(kExpertRows * c.n_embd));
+}
+
+MoeScratch::MoeScratch(const ModelConfig& c, int64_t n_batch, int n_threads) {
     if (!c.is_moe()) return;
     const size_t B = size_t(n_batch), k = size_t(c.n_expert_used);
     logits.resize(B * size_t(c.n_expert));
@@ -90,16 +112,16 @@ MoeScratch::MoeScratch(const ModelConfig& c, int64_t n_batch) {
     cursor.resize(size_t(c.n_expert));
     ids.resize(size_t(c.n_expert));
     order.resize(B * k);
-    x.resize(B * size_t(c.n_embd));
-    gate.resize(B * size_t(c.n_ff_exp));
-    up.resize(B * size_t(c.n_ff_exp));
-    down.resize(B * size_t(c.n_embd));
+    items.reserve(size_t(c.n_expert) + B * k / size_t(kExpertRows) + 1);
+    slot_out.resize(B * k * size_t(c.n_embd));
+    for (int t = 0; t < n_threads; ++t) workers.push_back(std::make_unique<Worker>(c));
 }
 
 int64_t MoeScratch::bytes() const {
-    const size_t floats = logits.size() + weight.size() + x.size() + gate.size() + up.size() + down.size();
+    size_t floats = logits.size() + weight.size() + slot_out.size();
+    for (const auto& w : workers) floats += w->x.size() + w->gate.size() + w->up.size() + w->down.size();
     return int64_t(floats * sizeof(float) + (selected.size() + ids.size()) * sizeof(int32_t) +
-                   (first.size() + cursor.size() + order.size()) * sizeof(int64_t));
+                   (first.size() + cursor.size() + order.size()) * sizeof(int64_t) + items.capacity() * sizeof(Item));
 }
 
 void route_token(const ModelConfig& c, float* logits, int32_t* ids, int32_t* selected, float* weight) {
@@ -143,24 +165,34 @@ void moe_feed_forward(const ModelConfig& c, const LayerWeights& l, int64_t il, c
         route_token(c, lg, s.ids.data(), s.selected.data() + t * k, s.weight.data() + t * k);
     }
     group_by_expert(c, n, s);
-    std::memset(out, 0, size_t(n * E) * sizeof(float));
+    make_items(c, s);
     // Auto (cpu/matmul.h) keeps two-pass activations where the second pass is cheap: decode, and
     // matmuls of >= 16 rows with a strip GEMM. A prefill batch gives each expert only its share of
     // the tokens (n k / n_expert rows on average), which go through the multi-row dots at 2x the
     // integer work, so expert matmuls of a prefill batch use 8-bit activations (llama.cpp's).
     const cpu::ActPrecision expert_prec = prec == cpu::ActPrecision::Auto && n >= kPrefillTokens
                                               ? cpu::ActPrecision::Q8 : prec;
-    for (int64_t e = 0; e < X; ++e) {   // ascending ids: each token adds its experts in id order
-        const int64_t a = s.first[size_t(e)], cnt = s.first[size_t(e) + 1] - a;
-        if (cnt == 0) continue;
-        for (int64_t i = 0; i < cnt; ++i)
-            std::memcpy(s.x.data() + i * E, xn + (s.order[size_t(a + i)] / k) * E, size_t(E) * sizeof(float));
-        run_expert(c, l, il, e, cnt, s, pool, expert_prec, observer);
-        for (int64_t i = 0; i < cnt; ++i) {
-            const int64_t slot = s.order[size_t(a + i)];
-            cpu::axpy_f32(out + (slot / k) * E, s.weight[size_t(slot)], s.down.data() + i * E, E);
-        }
+    const int64_t n_items = int64_t(s.items.size());
+    // Items one by one, each matmul on the whole pool: with an observer (observer.h: it runs on the
+    // caller with the pool) or when there are fewer items than threads (decode with k < threads:
+    // every thread still streams weights). The same rows give the same results either way.
+    if (observer || n_items < pool.size()) {
+        for (int64_t i = 0; i < n_items; ++i)
+            run_item(c, l, il, xn, s.items[size_t(i)], s, *s.workers[0], pool, expert_prec, observer);
+    } else {
+        pool.parallel_for(n_items, [&](int64_t i, int thread) {
+            MoeScratch::Worker& w = *s.workers[size_t(thread)];
+            run_item(c, l, il, xn, s.items[size_t(i)], s, w, w.pool, expert_prec, nullptr);
+        });
     }
+    auto combine = [&](int64_t t) {   // out[t] = sum_j w_tj slot_out[t k + j], experts in id order
+        float* y = out + t * E;
+        std::memset(y, 0, size_t(E) * sizeof(float));
+        for (int64_t j = 0; j < k; ++j)
+            cpu::axpy_f32(y, s.weight[size_t(t * k + j)], s.slot_out.data() + (t * k + j) * E, E);
+    };
+    if (n == 1) combine(0);
+    else pool.parallel_for(n, [&](int64_t t, int) { combine(t); });
 }
 
 }  // namespace lowbit::model

@@ -7,12 +7,17 @@
 //   SoftmaxTopK:  top-k of logits; w = softmax(logits[top])       (gpt-oss)
 //   out = sum over the k selected e of w_e * down_e(act(gate_e(xn)) * up_e(xn))   (+ expert biases)
 // Experts are matrices of the stacked GGUF tensors (weights.h ExpertMatrices). The batch is
-// grouped by expert: each selected expert multiplies the rows of all its tokens in one matmul, so
-// its bytes are read once per batch; in decode only the k selected experts are read. Each token's
-// sum runs over its experts in ascending expert id, whatever the batch, so a prefill and the same
-// tokens decoded one at a time add the same terms in the same order.
+// grouped by expert: each selected expert multiplies the rows of its tokens (up to kExpertRows at
+// a time) in one matmul, so its bytes are read once per batch (per kExpertRows tokens); in decode
+// only the k selected experts are read. The work items (expert, rows) run in parallel, one pool
+// thread each, every matmul single-threaded (one barrier per layer instead of three per expert;
+// with fewer items than threads, one by one on the whole pool);
+// each slot's output lands in its own row, and each token's sum then runs over its experts in
+// ascending expert id, so a prefill and the same tokens decoded one at a time add the same terms
+// in the same order.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "common.h"
@@ -24,11 +29,23 @@
 
 namespace lowbit::model {
 
-// Scratch for up to n_batch tokens, allocated once per engine (empty for a dense model).
+constexpr int64_t kExpertRows = 64;   // token rows of one work item at most
+
+// Scratch for up to n_batch tokens and n_threads threads, allocated once per engine (empty for a
+// dense model).
 struct MoeScratch {
     MoeScratch() = default;
-    MoeScratch(const ModelConfig& c, int64_t n_batch);
+    MoeScratch(const ModelConfig& c, int64_t n_batch, int n_threads);
     int64_t bytes() const;
+
+    struct Item { int64_t expert, first, count; };   // order[first .. first + count) of one expert
+    struct Worker {                    // one per pool thread
+        explicit Worker(const ModelConfig& c);
+        cpu::ThreadPool pool{1};       // the caller alone: a single-threaded matmul
+        AlignedBuffer<float> x;        // (kExpertRows, n_embd)   the item's token rows
+        AlignedBuffer<float> gate, up; // (kExpertRows, n_ff_exp)
+        AlignedBuffer<float> down;     // (kExpertRows, n_embd)
+    };
 
     AlignedBuffer<float> logits;       // (n_batch, n_expert)  router logits, then probabilities
     std::vector<int32_t> selected;     // (n_batch, k)  expert ids of each token, ascending
@@ -37,9 +54,9 @@ struct MoeScratch {
     std::vector<int64_t> order;        // (n_batch * k)  slot indices t * k + j grouped by expert
     std::vector<int64_t> cursor;       // (n_expert)  next free place of each expert in order
     std::vector<int32_t> ids;          // (n_expert)  scratch of the top-k selection
-    AlignedBuffer<float> x;            // (n_batch, n_embd)   the rows of one expert's tokens
-    AlignedBuffer<float> gate, up;     // (n_batch, n_ff_exp)
-    AlignedBuffer<float> down;         // (n_batch, n_embd)
+    std::vector<Item> items;           // this batch's work items (capacity reserved)
+    AlignedBuffer<float> slot_out;     // (n_batch * k, n_embd)  each slot's expert output, biased
+    std::vector<std::unique_ptr<Worker>> workers;   // (n_threads,)
 };
 
 // out (n, n_embd) = the MoE block of layer il on xn (n, n_embd). observer: nullptr, or it sees the

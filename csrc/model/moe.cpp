@@ -176,7 +176,7 @@ void moe_feed_forward(const ModelConfig& c, const LayerWeights& l, int64_t il, c
     // Items one by one, each matmul on the whole pool: with an observer (observer.h: it runs on the
     // caller with the pool) or when there are fewer items than threads (decode with k < threads:
     // every thread still streams weights). The same rows give the same results either way.
-    if (observer || n_items < pool.size()) {
+    if (observer || n_items < pool.size() || size_t(pool.size()) > s.workers.size()) {
         for (int64_t i = 0; i < n_items; ++i)
             run_item(c, l, il, xn, s.items[size_t(i)], s, *s.workers[0], pool, expert_prec, observer);
     } else {

@@ -60,7 +60,9 @@ struct MoeScratch {
 };
 
 // out (n, n_embd) = the MoE block of layer il on xn (n, n_embd). observer: nullptr, or it sees the
-// router's input ("ffn_gate_inp") and each expert's input rows under the stacked tensors' names.
+// router's input ("ffn_gate_inp") and each expert's input rows under the stacked tensors' names
+// (all experts of a tensor under one name: llama.cpp's imatrix keeps a row of sums per expert,
+// which this interface cannot name).
 void moe_feed_forward(const ModelConfig& c, const LayerWeights& l, int64_t il, const float* xn, int64_t n,
                       float* out, MoeScratch& s, cpu::ThreadPool& pool, cpu::ActPrecision prec,
                       MatmulObserver* observer);

@@ -98,8 +98,9 @@ def test_engine_memory_counts_moe_scratch(tmp_path_factory):
 
 # ---- bad files -----------------------------------------------------------------------------
 
-def write_variant(tmp_path, spec, *, drop_keys=(), extra_keys=None, reshape=None):
-    """The factory's model with metadata keys dropped / added or one tensor reshaped."""
+def write_variant(tmp_path, spec, *, drop_keys=(), extra_keys=None, reshape=None, values=None):
+    """The factory's model with metadata keys dropped / added, one tensor reshaped, or tensors'
+    data replaced (values: {name: array})."""
     tensors = mf.make_tensors(spec)
     writer = gguf.GGUFWriter(str(tmp_path / "bad.gguf"), spec.arch)
     mf._write_hparams(writer, spec, tensors["token_embd.weight"][0].shape[0])
@@ -110,6 +111,7 @@ def write_variant(tmp_path, spec, *, drop_keys=(), extra_keys=None, reshape=None
     for name, (data, qtype) in tensors.items():
         if name == reshape:
             data = data[:-1]
+        data = (values or {}).get(name, data)
         writer.add_tensor(name, data)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -213,3 +215,16 @@ def test_auto_precision_uses_8_bit_experts_in_prefill_only(tmp_path_factory):
     assert rel_err(long["auto"], long["high"]) > 1e-5
     ref = ReferenceModel(path).logits(ids)
     assert rel_err(long["auto"], ref) <= 6e-2 and rel_err(long["high"], ref) <= 6e-2
+
+
+def test_nan_router_does_not_break_selection(tmp_path):
+    """A router row of NaN (a damaged file) must not break the top-k selection (a comparator that
+    NaN makes non-strict is undefined behaviour in std::partial_sort): the eval completes with its
+    shape (the softmax spreads the NaN to the outputs, as llama.cpp's does)."""
+    spec = mf.default_spec("qwen3moe")
+    router = mf.make_tensors(spec)["blk.0.ffn_gate_inp.weight"][0].copy()
+    router[2, :] = np.nan
+    path = write_variant(tmp_path, spec, values={"blk.0.ffn_gate_inp.weight": router})
+    ids = np.arange(3, 15, dtype=np.int32)
+    out = engine(path).eval(ids, all_logits=True)
+    assert out.shape == (12, engine(path).n_vocab)

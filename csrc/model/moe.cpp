@@ -132,10 +132,12 @@ void route_token(const ModelConfig& c, float* logits, int32_t* ids, int32_t* sel
         for (int64_t e = 0; e < X; ++e) { logits[e] = std::exp(logits[e] - mx); sum += logits[e]; }
         for (int64_t e = 0; e < X; ++e) logits[e] = float(logits[e] / sum);
     }
-    // top-k, the larger value first and the lower id on ties; then sorted by id (moe.h)
+    // top-k, the larger value first and the lower id on ties (a NaN ranks last, keeping the order
+    // strict); then sorted by id (moe.h)
     std::iota(ids, ids + X, 0);
+    auto key = [&](int32_t e) { return std::isnan(logits[e]) ? -INFINITY : logits[e]; };
     std::partial_sort(ids, ids + k, ids + X, [&](int32_t a, int32_t b) {
-        return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+        return key(a) > key(b) || (key(a) == key(b) && a < b);
     });
     std::sort(ids, ids + k);
     for (int64_t j = 0; j < k; ++j) { selected[j] = ids[j]; weight[j] = logits[ids[j]]; }

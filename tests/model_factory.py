@@ -25,7 +25,12 @@ import gguf
 from gguf import GGMLQuantizationType as QT
 from gguf.quants import dequantize, quantize
 
-ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3", "phi3")
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3", "phi3", "qwen3moe", "olmoe", "gemma2", "granite",
+                 "olmo2", "smollm3", "gpt-oss")
+MOE_ARCHITECTURES = ("qwen3moe", "olmoe", "gpt-oss")   # always experts; llama has them when n_expert > 0
+GPT_OSS_EXPERT_STD = 2.0     # gpt-oss gate / up rows
+GPT_OSS_EXPERT_BIAS_STD = 4.0   # their biases: ~8% of the rows sit beyond its SwiGLU clamp (7)
+QK_NORM_FULL_ARCHS = ("olmoe", "olmo2")        # q / k norm weights span the whole row, not one head
 WEIGHT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
                 "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 LOGIT_STD = 3.0
@@ -54,6 +59,17 @@ class TinySpec:
     rms_eps: float = 1e-5
     sliding_window: int = 0      # gemma3 only
     final_logit_softcap: float = 0.0
+    attn_softcap: float = 0.0    # gemma2: attention.attn_logit_softcapping (0: not written)
+    # mixture of experts (qwen3moe, olmoe; llama = Mixtral when n_expert > 0): stacked expert tensors,
+    # an F32 router (llama.cpp's quantize keeps ffn_gate_inp in F32)
+    n_expert: int = 0
+    n_expert_used: int = 0
+    n_ff_exp: int = 0            # qwen3moe: expert_feed_forward_length; the others' experts are n_ff wide
+    # granite's scale factors (0: not written)
+    embedding_scale: float = 0.0
+    residual_scale: float = 0.0
+    attention_scale: float = 0.0
+    logit_scale: float = 0.0
     n_ctx: int = 256
     seed: int = 0
 
@@ -73,8 +89,28 @@ def default_spec(arch: str, weight_type: str = "F32", **overrides) -> TinySpec:
         spec = replace(spec, n_layer=3, rope_base=1e6, rms_eps=1e-6)
     elif arch == "phi3":
         spec = replace(spec, n_head_kv=4, tokenizer="llama")
+    elif arch == "qwen3moe":    # 6 experts, 3 per token, experts 96 wide (not a power of two)
+        spec = replace(spec, head_dim=32, rope_base=1e6, rms_eps=1e-6, n_expert=6, n_expert_used=3, n_ff_exp=96)
+    elif arch == "olmoe":       # llama.cpp's olmoe norms q and k over n_embd: n_head_kv == n_head
+        spec = replace(spec, n_head_kv=4, n_ff=96, n_expert=5, n_expert_used=2, tied=False)   # needs output.weight
+    elif arch == "gemma2":      # 4 layers, even ones sliding; tied head (llama.cpp ignores output.weight)
+        spec = replace(spec, n_layer=4, head_dim=32, sliding_window=4, rms_eps=1e-6, tokenizer="llama",
+                       attn_softcap=1.5, final_logit_softcap=8.0)
+    elif arch == "granite":
+        spec = replace(spec, n_layer=3, embedding_scale=3.0, residual_scale=0.6, attention_scale=0.09,
+                       logit_scale=1.7)
+    elif arch == "olmo2":
+        spec = replace(spec, rope_base=5e5, rms_eps=1e-6, tied=False)   # llama.cpp needs output.weight
+    elif arch == "gpt-oss":     # 3 layers (0, 2 slide), YaRN, sinks, biases everywhere, 5 experts, 2 used
+        spec = replace(spec, n_layer=3, n_head=4, n_head_kv=2, head_dim=16, n_ff=96, n_expert=5,
+                       n_expert_used=2, n_ff_exp=96, sliding_window=4, rope_base=15e4, rope_scale=4.0,
+                       rope_scaling="yarn", rope_orig_ctx=32, tied=False, seed=4)
+        # seed 4: no router near-tie (reference_forward.route) on the token sequences the tests use
+    elif arch == "smollm3":     # layer 3 of 4 has no RoPE
+        spec = replace(spec, n_layer=4, rope_base=5e6, rms_eps=1e-6)
     if gguf.GGML_QUANT_SIZES[QT[weight_type]][0] == 256:
-        spec = replace(spec, n_embd=256, n_ff=512, head_dim=256 // spec.n_head)
+        spec = replace(spec, n_embd=256, n_ff=512 if not spec.n_expert or spec.arch == "qwen3moe" else 256,
+                       head_dim=256 // spec.n_head, n_ff_exp=256 if spec.n_ff_exp else 0)
     return replace(spec, **overrides)
 
 
@@ -146,6 +182,30 @@ def vocab_size(spec: TinySpec) -> int:
 # Weights (float32, numpy order) and their storage types
 # ---------------------------------------------------------------------------------------
 
+def expert_width(spec: TinySpec) -> int:
+    """Rows of each expert's gate / up: qwen3moe's / gpt-oss's expert_feed_forward_length, else n_ff."""
+    if spec.arch == "gpt-oss":
+        return spec.n_ff_exp or spec.n_ff
+    if spec.arch == "qwen3moe":
+        return spec.n_ff_exp or spec.n_ff // spec.n_expert_used
+    return spec.n_ff
+
+
+def _expert_shapes(spec: TinySpec, p: str, shapes: Dict[str, Tuple[int, ...]]) -> None:
+    """Layer p's router and stacked experts, (n_expert, n_out, n_in) in numpy order = GGUF ne
+    [n_in, n_out, n_expert]."""
+    E, X, FX = spec.n_embd, spec.n_expert, expert_width(spec)
+    shapes[f"{p}.ffn_gate_inp.weight"] = (X, E)
+    shapes[f"{p}.ffn_gate_exps.weight"] = (X, FX, E)
+    shapes[f"{p}.ffn_up_exps.weight"] = (X, FX, E)
+    shapes[f"{p}.ffn_down_exps.weight"] = (X, E, FX)
+    if spec.arch == "gpt-oss":                                 # biased router and experts
+        shapes[f"{p}.ffn_gate_inp.bias"] = (X,)
+        shapes[f"{p}.ffn_gate_exps.bias"] = (X, FX)
+        shapes[f"{p}.ffn_up_exps.bias"] = (X, FX)
+        shapes[f"{p}.ffn_down_exps.bias"] = (X, E)
+
+
 def tensor_shapes(spec: TinySpec) -> Dict[str, Tuple[int, ...]]:
     """Every tensor of the model, numpy order (n_out, n_in) for matrices."""
     E, F, V = spec.n_embd, spec.n_ff, vocab_size(spec)
@@ -164,10 +224,16 @@ def tensor_shapes(spec: TinySpec) -> Dict[str, Tuple[int, ...]]:
         shapes["rope_factors_long.weight"] = shapes["rope_factors_short.weight"] = ((spec.rope_dim or spec.head_dim) // 2,)
     for il in range(spec.n_layer):
         p = f"blk.{il}"
-        shapes[f"{p}.attn_norm.weight"] = (E,)
-        shapes[f"{p}.ffn_norm.weight"] = (E,)
+        if spec.arch == "gpt-oss":      # its FFN pre-norm is named post_attention_norm; one sink per head
+            shapes[f"{p}.attn_norm.weight"] = (E,)
+            shapes[f"{p}.post_attention_norm.weight"] = (E,)
+            shapes[f"{p}.attn_sinks.weight"] = (spec.n_head,)
+        elif spec.arch != "olmo2":                             # olmo2: post-norms only
+            shapes[f"{p}.attn_norm.weight"] = (E,)
+            shapes[f"{p}.ffn_norm.weight"] = (E,)
         shapes[f"{p}.attn_output.weight"] = (E, q_dim)
-        shapes[f"{p}.ffn_down.weight"] = (E, F)
+        if not spec.n_expert:
+            shapes[f"{p}.ffn_down.weight"] = (E, F)
         if spec.arch == "phi3":
             shapes[f"{p}.attn_qkv.weight"] = (q_dim + 2 * kv_dim, E)
             shapes[f"{p}.ffn_up.weight"] = (2 * F, E)          # rows: gate | up
@@ -175,16 +241,24 @@ def tensor_shapes(spec: TinySpec) -> Dict[str, Tuple[int, ...]]:
             shapes[f"{p}.attn_q.weight"] = (q_dim, E)
             shapes[f"{p}.attn_k.weight"] = (kv_dim, E)
             shapes[f"{p}.attn_v.weight"] = (kv_dim, E)
-            shapes[f"{p}.ffn_gate.weight"] = (F, E)
-            shapes[f"{p}.ffn_up.weight"] = (F, E)
-        if spec.arch == "qwen2":
+            if spec.n_expert:
+                _expert_shapes(spec, p, shapes)
+            else:
+                shapes[f"{p}.ffn_gate.weight"] = (F, E)
+                shapes[f"{p}.ffn_up.weight"] = (F, E)
+        if spec.arch == "gpt-oss":
+            shapes[f"{p}.attn_output.bias"] = (E,)
+        if spec.arch in ("qwen2", "gpt-oss"):
             shapes[f"{p}.attn_q.bias"] = (q_dim,)
             shapes[f"{p}.attn_k.bias"] = (kv_dim,)
             shapes[f"{p}.attn_v.bias"] = (kv_dim,)
-        if spec.arch in ("qwen3", "gemma3"):
+        if spec.arch in ("qwen3", "gemma3", "qwen3moe"):
             shapes[f"{p}.attn_q_norm.weight"] = (spec.head_dim,)
             shapes[f"{p}.attn_k_norm.weight"] = (spec.head_dim,)
-        if spec.arch == "gemma3":
+        if spec.arch in QK_NORM_FULL_ARCHS:
+            shapes[f"{p}.attn_q_norm.weight"] = (q_dim,)
+            shapes[f"{p}.attn_k_norm.weight"] = (kv_dim,)
+        if spec.arch in ("gemma3", "gemma2", "olmo2"):
             shapes[f"{p}.post_attention_norm.weight"] = (E,)
             shapes[f"{p}.post_ffw_norm.weight"] = (E,)
     return shapes
@@ -192,20 +266,30 @@ def tensor_shapes(spec: TinySpec) -> Dict[str, Tuple[int, ...]]:
 
 def target_std(name: str, shape: Tuple[int, ...], spec: TinySpec) -> float:
     """Standard deviation of a matrix's entries (norm vectors: of their noise)."""
+    if name.endswith("ffn_gate_inp.weight"):
+        return 2.0 / math.sqrt(shape[-1])           # router logits ~N(0, 2^2): clear top-k choices
+    if spec.arch == "gpt-oss" and (name.endswith("ffn_gate_exps.weight") or name.endswith("ffn_up_exps.weight")):
+        return GPT_OSS_EXPERT_STD / math.sqrt(shape[-1])
+    if spec.arch == "gpt-oss" and name.endswith("ffn_down_exps.weight"):   # the block's output back to O(1)
+        return 1.0 / (GPT_OSS_EXPERT_STD * math.sqrt(shape[-1]))
     if name == "output.weight" or (name == "token_embd.weight" and spec.tied):
-        if spec.arch == "gemma3" and spec.tied:
+        if spec.arch in ("gemma3", "gemma2") and spec.tied:
             # the input is scaled by sqrt(n_embd): a larger std would make the residual
             # stream, and so the tied head, favour the input token itself
             return GEMMA_TIED_EMBD_STD / math.sqrt(spec.n_embd)
         return LOGIT_STD / math.sqrt(spec.n_embd)   # a normed hidden state has RMS ~1
-    if name == "token_embd.weight" and spec.arch == "gemma3":
+    if name == "token_embd.weight" and spec.arch in ("gemma3", "gemma2"):
         return 1.0 / math.sqrt(spec.n_embd)         # times sqrt(n_embd): RMS 1
-    return 1.0 / math.sqrt(shape[1])
+    return 1.0 / math.sqrt(shape[-1])
 
 
 def random_vector(name: str, shape: Tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    if name.endswith("_exps.bias") and ("gate" in name or "up" in name):   # gpt-oss: some rows past the clamp (7)
+        return rng.normal(0.0, GPT_OSS_EXPERT_BIAS_STD, shape).astype(np.float32)
     if name.endswith(".bias"):
         return rng.normal(0.0, 0.3, shape).astype(np.float32)
+    if name.endswith("attn_sinks.weight"):           # logits of the same order as q.k / sqrt(d)
+        return rng.normal(0.0, 1.0, shape).astype(np.float32)
     if name == "rope_freqs.weight":                  # llama3: 1 for fast dims, up to 8 slow
         return np.linspace(1.0, 8.0, shape[0]).astype(np.float32)
     if name == "rope_factors_long.weight":           # LongRoPE: up to 6 slow
@@ -234,9 +318,12 @@ def _set_kquant_scales(blocks: np.ndarray, layout: dict, d: float) -> None:
         blocks[:, layout["dmin"]:layout["dmin"] + 2] = dmin
 
 
-def random_kquant(shape: Tuple[int, int], qtype: QT, std: float,
+def random_kquant(shape: Tuple[int, ...], qtype: QT, std: float,
                   rng: np.random.Generator) -> np.ndarray:
-    """(n_out, n_in) matrix of random valid k-quant blocks -> (n_out, bytes) uint8."""
+    """(..., n_out, n_in) matrices of random valid k-quant blocks -> (..., n_out, bytes) uint8."""
+    if len(shape) > 2:
+        flat = random_kquant((int(np.prod(shape[:-1])), shape[-1]), qtype, std, rng)
+        return flat.reshape(*shape[:-1], -1)
     block_size, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
     n_out, n_in = shape
     layout = _KQUANT[qtype]
@@ -265,13 +352,16 @@ def make_tensors(spec: TinySpec) -> Dict[str, Tuple[np.ndarray, QT]]:
     rng = np.random.default_rng(spec.seed)
     tensors: Dict[str, Tuple[np.ndarray, QT]] = {}
     for name, shape in tensor_shapes(spec).items():
-        if len(shape) == 1:
+        if len(shape) == 1 or name.endswith(".bias"):   # gpt-oss's expert biases are (n_expert, n)
             tensors[name] = (random_vector(name, shape, rng), QT.F32)
             continue
-        if shape[1] % block_size:
-            raise ValueError(f"{name}: {shape[1]} input columns are not a multiple of the "
-                             f"{spec.weight_type} block size {block_size}")
         std = target_std(name, shape, spec)
+        if name.endswith("ffn_gate_inp.weight"):        # the router stays F32 (llama.cpp's quantize)
+            tensors[name] = (rng.normal(0.0, std, shape).astype(np.float32), QT.F32)
+            continue
+        if shape[-1] % block_size:
+            raise ValueError(f"{name}: {shape[-1]} input columns are not a multiple of the "
+                             f"{spec.weight_type} block size {block_size}")
         if qtype in _KQUANT:
             tensors[name] = (random_kquant(shape, qtype, std, rng), qtype)
         else:
@@ -307,12 +397,23 @@ def _write_hparams(w: gguf.GGUFWriter, spec: TinySpec, n_vocab: int) -> None:
         w.add_rope_scaling_orig_ctx_len(spec.rope_orig_ctx or 32)
         w.add_rope_scaling_attn_factors(1.19)
     if spec.sliding_window:
-        if spec.arch != "gemma3":
-            raise ValueError("sliding_window is implemented for gemma3 only (llama.cpp "
+        if spec.arch not in ("gemma3", "gemma2", "gpt-oss"):
+            raise ValueError("sliding_window is implemented for gemma3, gemma2 and gpt-oss only (llama.cpp "
                              "ignores it for the other architectures)")
         w.add_sliding_window(spec.sliding_window)
     if spec.final_logit_softcap:
         w.add_final_logit_softcapping(spec.final_logit_softcap)
+    if spec.attn_softcap:
+        w.add_attn_logit_softcapping(spec.attn_softcap)
+    if spec.n_expert:
+        w.add_expert_count(spec.n_expert)
+        w.add_expert_used_count(spec.n_expert_used)
+        if spec.n_ff_exp:
+            w.add_expert_feed_forward_length(spec.n_ff_exp)
+    for value, add in ((spec.embedding_scale, w.add_embedding_scale), (spec.residual_scale, w.add_residual_scale),
+                       (spec.attention_scale, w.add_attention_scale), (spec.logit_scale, w.add_logit_scale)):
+        if value:
+            add(value)
     w.add_file_type(QT[spec.weight_type].value if spec.weight_type in ("F32", "F16")
                     else gguf.LlamaFileType.MOSTLY_Q8_0.value if spec.weight_type == "Q8_0"
                     else gguf.LlamaFileType.GUESSED.value)
@@ -360,7 +461,20 @@ def write_tiny_model(path, spec: Optional[TinySpec] = None, **overrides) -> str:
                          "(tokenizer='llama')")
     if spec.n_head % spec.n_head_kv:
         raise ValueError(f"n_head {spec.n_head} is not a multiple of n_head_kv {spec.n_head_kv}")
-    if spec.arch in ("llama", "qwen2", "phi3") and spec.n_head * spec.head_dim != spec.n_embd:
+    if spec.arch in MOE_ARCHITECTURES and not spec.n_expert:
+        raise ValueError(f"{spec.arch} needs n_expert > 0")
+    if spec.n_expert and not (spec.arch in MOE_ARCHITECTURES or spec.arch == "llama"):
+        raise ValueError(f"{spec.arch}: experts are written for {MOE_ARCHITECTURES} and llama only")
+    if spec.n_expert and not 2 <= spec.n_expert_used <= spec.n_expert:
+        raise ValueError(f"n_expert_used {spec.n_expert_used}: expected 2 .. n_expert {spec.n_expert}")
+    if spec.arch == "gemma2" and not spec.tied:
+        raise ValueError("gemma2: llama.cpp always uses token_embd as the output head (tied=True)")
+    if spec.arch in ("olmoe", "olmo2", "gpt-oss") and spec.tied:
+        raise ValueError(f"{spec.arch}: llama.cpp requires output.weight (tied=False)")
+    if spec.arch == "olmoe" and spec.n_head_kv != spec.n_head:
+        raise ValueError("olmoe: llama.cpp's k norm spans n_embd, so n_head_kv must equal n_head")
+    if spec.arch in ("llama", "qwen2", "phi3", "olmoe", "granite", "smollm3", "olmo2") \
+            and spec.n_head * spec.head_dim != spec.n_embd:
         raise ValueError(f"{spec.arch}: llama.cpp needs n_head * head_dim == n_embd "
                          f"({spec.n_head} * {spec.head_dim} != {spec.n_embd})")
     tensors = make_tensors(spec)

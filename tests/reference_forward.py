@@ -12,6 +12,26 @@ then every activation is float64. It follows llama.cpp's graphs (src/models/*.cp
           GELU(tanh)-gated FFN; layers with il % 6 < 5 use a sliding window and a local
           RoPE base (10000); queries scaled by 1/sqrt(key_length) (27B: 1/sqrt(n_embd/n_head))
   phi3    fused `attn_qkv` (q | k | v rows) and fused `ffn_up` (gate | up rows), NeoX RoPE
+  qwen3moe  qwen3 attention; mixture-of-experts FFN: softmax router, top-k, weights renormalised
+  olmoe   RMSNorm of the whole q and k rows (all heads at once), NeoX RoPE; MoE with softmax
+          top-k weights NOT renormalised
+  llama + `<arch>.expert_count` (Mixtral): MoE, softmax top-k renormalised
+  gemma2  gemma3 without QK-norm: attention scores soft-capped c*tanh(s/c) before the softmax,
+          final logits soft-capped, even layers slide (pattern 2), GELU(tanh)
+  granite llama + embedding_scale, residual_scale (on each branch before the residual add),
+          attention.scale (replaces 1/sqrt(d)), logits / logit_scale
+  olmo2   no pre-norms: x + post_attention_norm(attn(x)), h + post_ffw_norm(ffn(h)); q / k
+          normed over the whole row; NeoX RoPE
+  smollm3 llama where layer il has no RoPE when (il + 1) % 4 == 0
+  gpt-oss q/k/v/o biases; one learned sink logit per head joins each softmax (no value);
+          even layers slide (pattern 2) with the same (YaRN) RoPE; the FFN's pre-norm is the
+          tensor post_attention_norm; MoE with a biased router: top-k of the logits, softmax over
+          those k; biased experts with a clamped SwiGLU: g = min(gate, 7), u = clamp(up, -7, 7),
+          h = g sigmoid(1.702 g) (u + 1)
+
+Mixture of experts (llama.cpp build_moe_ffn): probs = softmax(x Wr^T); the k largest probs pick the
+experts; w = probs[picked] (/ sum when renormalised); out = sum_e w_e down_e(silu(gate_e x) * up_e x).
+Stacked expert tensors are (n_expert, n_out, n_in) arrays here.
 
 GGUF stores a matrix with ne[0] = input columns, so a dequantized weight is a numpy array
 of shape (n_out, n_in) and a projection is `x @ W.T`. Gemma norm weights are stored with
@@ -29,9 +49,16 @@ import numpy as np
 import gguf
 from gguf.quants import dequantize
 
-ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3", "phi3")
-NEOX_ROPE_ARCHS = ("qwen2", "qwen3", "gemma3", "phi3")   # pairs (i, i + n_rot/2)
-QK_NORM_ARCHS = ("qwen3", "gemma3")
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3", "phi3", "qwen3moe", "olmoe", "gemma2", "granite",
+                 "olmo2", "smollm3", "gpt-oss")
+NEOX_ROPE_ARCHS = ("qwen2", "qwen3", "gemma3", "phi3", "qwen3moe", "olmoe", "gemma2", "olmo2",
+                   "gpt-oss")  # pairs (i, i + n_rot/2)
+QK_NORM_ARCHS = ("qwen3", "gemma3", "qwen3moe")       # per head
+QK_NORM_FULL_ARCHS = ("olmoe", "olmo2")               # over the whole q / k row
+GEMMA_ARCHS = ("gemma2", "gemma3")
+MOE_NOT_RENORMALISED = ("olmoe", "gpt-oss")
+OAI_SWIGLU_ALPHA, OAI_SWIGLU_LIMIT = 1.702, 7.0
+SMOLLM3_NO_ROPE_STEP = 4
 GEMMA3_SWA_PATTERN = 6          # llama.cpp set_swa_pattern(6): layer il is SWA iff il % 6 < 5
 GEMMA3_LOCAL_ROPE_BASE = 10000.0
 
@@ -59,6 +86,13 @@ class HParams:
     sliding_window: int        # 0: none
     swa_layers: List[bool] = field(default_factory=list)
     rope_base_swa: float = GEMMA3_LOCAL_ROPE_BASE
+    attn_softcap: float = 0.0  # gemma2: scores = c * tanh(scores / c) before the softmax
+    residual_scale: float = 1.0   # granite: each branch times this before the residual add
+    logit_scale: float = 1.0   # granite: logits / logit_scale
+    n_expert: int = 0
+    n_expert_used: int = 0
+    expert_weights_norm: bool = False
+    rope_layers: List[bool] = field(default_factory=list)   # False: the layer has no RoPE
     rope_freq_scale_swa: float = 1.0
     yarn_orig_ctx: int = 0     # yarn: original context length (0: not yarn)
     longrope_orig_ctx: int = 0   # LongRoPE (phi3 rope_factors_long/short): original context (0: none)
@@ -102,17 +136,32 @@ def read_hparams(reader: gguf.GGUFReader, tensor_shapes: Dict[str, tuple]) -> HP
     swa_layers = [False] * n_layer
     if arch == "gemma3" and sliding_window > 0:
         swa_layers = [il % GEMMA3_SWA_PATTERN < GEMMA3_SWA_PATTERN - 1 for il in range(n_layer)]
+    elif arch == "gemma2":
+        sliding_window = sliding_window or 4096         # llama.cpp's default for gemma2
+        swa_layers = [il % 2 == 0 for il in range(n_layer)]
+    elif arch == "gpt-oss":
+        swa_layers = [il % 2 == 0 for il in range(n_layer)]
     else:
         sliding_window = 0   # llama.cpp ignores the window of llama/qwen/phi3 files
 
+    attn_scale, embd_scale = 1.0 / math.sqrt(head_dim_k), 1.0
     if arch == "gemma3":
         # llama.cpp: 27B (62 layers) scales by query_pre_attn_scalar = n_embd / n_head
-        attn_scale = (1.0 / math.sqrt(n_embd / n_head) if n_layer == 62
-                      else 1.0 / math.sqrt(head_dim_k))
+        attn_scale = 1.0 / math.sqrt(n_embd / n_head) if n_layer == 62 else attn_scale
+    if arch == "gemma2":
+        attn_scale = 1.0 / math.sqrt(n_embd // n_head) if n_layer == 46 else attn_scale
+    if arch in GEMMA_ARCHS:
         embd_scale = math.sqrt(n_embd)
-    else:
-        attn_scale = 1.0 / math.sqrt(head_dim_k)
-        embd_scale = 1.0
+    residual_scale, logit_scale = 1.0, 1.0
+    if arch == "granite":
+        embd_scale = float(key("embedding_scale", 0.0) or 1.0)
+        residual_scale = float(key("residual_scale", 0.0) or 1.0)
+        attn_scale = float(key("attention.scale", 0.0) or attn_scale)
+        logit_scale = float(key("logit_scale"))
+    final_softcap = float(key("final_logit_softcapping", 30.0 if arch == "gemma2" else 0.0) or 0.0)
+    attn_softcap = float(key("attn_logit_softcapping", 50.0)) if arch == "gemma2" else 0.0
+    n_expert = int(key("expert_count", 0) or 0)
+    rope_layers = [arch != "smollm3" or (il + 1) % SMOLLM3_NO_ROPE_STEP != 0 for il in range(n_layer)]
 
     return HParams(
         arch=arch, n_layer=n_layer, n_embd=n_embd, n_ff=int(key("feed_forward_length")),
@@ -129,9 +178,14 @@ def read_hparams(reader: gguf.GGUFReader, tensor_shapes: Dict[str, tuple]) -> HP
         rope_neox=arch in NEOX_ROPE_ARCHS,
         rms_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
         attn_scale=attn_scale, embd_scale=embd_scale,
-        final_logit_softcap=float(key("final_logit_softcapping", 0.0) or 0.0),
+        final_logit_softcap=final_softcap,
         sliding_window=sliding_window, swa_layers=swa_layers,
-        rope_base_swa=float(key("rope.freq_base_swa", GEMMA3_LOCAL_ROPE_BASE)),
+        rope_base_swa=float(key("rope.freq_base_swa", GEMMA3_LOCAL_ROPE_BASE if arch == "gemma3"
+                                else float(key("rope.freq_base", 10000.0)))),
+        rope_freq_scale_swa=1.0 / factor if factor and arch == "gpt-oss" else 1.0,
+        attn_softcap=attn_softcap, residual_scale=residual_scale, logit_scale=logit_scale,
+        n_expert=n_expert, n_expert_used=int(key("expert_used_count", 0) or 0),
+        expert_weights_norm=arch not in MOE_NOT_RENORMALISED, rope_layers=rope_layers,
     )
 
 
@@ -211,7 +265,7 @@ def attention_mask(n_tokens: int, sliding_window: int) -> np.ndarray:
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,
-              mask: np.ndarray) -> np.ndarray:
+              mask: np.ndarray, softcap: float = 0.0, sinks: Optional[np.ndarray] = None) -> np.ndarray:
     """q: (T, n_head, dk), k: (T, n_head_kv, dk), v: (T, n_head_kv, dv) -> (T, n_head*dv).
 
     GQA: query head h reads kv head h // (n_head / n_head_kv) (consecutive groups)."""
@@ -220,10 +274,16 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,
     k = np.repeat(k, group, axis=1)                            # (T, n_head, dk)
     v = np.repeat(v, group, axis=1)                            # (T, n_head, dv)
     scores = np.einsum("qhd,khd->hqk", q, k) * scale           # (n_head, T, T)
+    if softcap > 0:
+        scores = softcap * np.tanh(scores / softcap)
     scores = np.where(mask[None], scores, -np.inf)
+    if sinks is not None:        # one more logit per head in every row, with no value
+        sink_col = np.broadcast_to(sinks[:, None, None], scores.shape[:2] + (1,))
+        scores = np.concatenate([scores, sink_col], axis=-1)
     scores -= scores.max(axis=-1, keepdims=True)
     probs = np.exp(scores)
     probs /= probs.sum(axis=-1, keepdims=True)
+    probs = probs[..., :n_tokens]
     out = np.einsum("hqk,khd->qhd", probs, v)                  # (T, n_head, dv)
     return out.reshape(n_tokens, -1)
 
@@ -247,6 +307,8 @@ class ReferenceModel:
         self.hparams = read_hparams(self._reader, shapes)
         self.n_ctx = n_ctx or self.hparams.n_ctx_train
         self._cache: Dict[str, np.ndarray] = {}
+        self.router_margin = math.inf    # see route(); inf for dense models
+        self.clamped = 0                 # gpt-oss: expert pre-activations its SwiGLU clamped
         hp = self.hparams
         if hp.n_head % hp.n_head_kv:
             raise ValueError(f"n_head {hp.n_head} is not a multiple of n_head_kv {hp.n_head_kv}")
@@ -306,33 +368,93 @@ class ReferenceModel:
         if hp.arch in QK_NORM_ARCHS:                          # per-head RMSNorm over dk
             q = rms_norm(q, self.weight(f"{p}.attn_q_norm.weight"), hp.rms_eps)
             k = rms_norm(k, self.weight(f"{p}.attn_k_norm.weight"), hp.rms_eps)
+        if hp.arch in QK_NORM_FULL_ARCHS:                     # one RMSNorm over all heads
+            T = x.shape[0]
+            q = rms_norm(q.reshape(T, -1), self.weight(f"{p}.attn_q_norm.weight"), hp.rms_eps).reshape(q.shape)
+            k = rms_norm(k.reshape(T, -1), self.weight(f"{p}.attn_k_norm.weight"), hp.rms_eps).reshape(k.shape)
         is_swa = hp.swa_layers[il]
         base = hp.rope_base_swa if is_swa else hp.rope_base
         freq_scale = hp.rope_freq_scale_swa if is_swa else hp.rope_freq_scale
-        yarn = 0 if is_swa else hp.yarn_orig_ctx
+        yarn = hp.yarn_orig_ctx if (not is_swa or hp.arch == "gpt-oss") else 0
         factors, mscale = self._optional("rope_freqs.weight"), yarn_mscale(freq_scale, yarn)
         if hp.longrope_orig_ctx:
             factors = self.weight("rope_factors_long.weight" if self.n_ctx > hp.longrope_orig_ctx
                                   else "rope_factors_short.weight")
             mscale = hp.longrope_attn_factor
-        angles = rope_angles(positions, hp.n_rot, base, freq_scale, factors, yarn)
-        q = apply_rope(q, angles, hp.n_rot, hp.rope_neox, mscale)
-        k = apply_rope(k, angles, hp.n_rot, hp.rope_neox, mscale)
+        if hp.rope_layers[il]:
+            angles = rope_angles(positions, hp.n_rot, base, freq_scale, factors, yarn)
+            q = apply_rope(q, angles, hp.n_rot, hp.rope_neox, mscale)
+            k = apply_rope(k, angles, hp.n_rot, hp.rope_neox, mscale)
         mask = attention_mask(x.shape[0], hp.sliding_window if is_swa else 0)
-        out = attention(q, k, v, hp.attn_scale, mask)          # (T, n_head * dv)
+        out = attention(q, k, v, hp.attn_scale, mask, hp.attn_softcap,
+                        self._optional(f"{p}.attn_sinks.weight"))    # (T, n_head * dv)
         return self._linear(out, f"{p}.attn_output")
 
     def _feed_forward(self, il: int, x: np.ndarray) -> np.ndarray:
         """x: normed (T, n_embd) -> (T, n_embd). down(act(gate(x)) * up(x))."""
         p = f"blk.{il}"
+        if self.hparams.n_expert:
+            return self._experts(il, x)
         if self.has(f"{p}.ffn_gate.weight"):
             gate = self._linear(x, f"{p}.ffn_gate")
             up = self._linear(x, f"{p}.ffn_up")
         else:                                                 # phi3: ffn_up rows gate | up
             fused = self._linear(x, f"{p}.ffn_up")
             gate, up = np.split(fused, 2, axis=1)
-        act = gelu_tanh(gate) if self.hparams.arch == "gemma3" else silu(gate)
+        act = gelu_tanh(gate) if self.hparams.arch in GEMMA_ARCHS else silu(gate)
         return self._linear(act * up, f"{p}.ffn_down")
+
+    def route(self, il: int, x: np.ndarray):
+        """x: normed (T, n_embd) -> (picked (T, k) expert ids, weights (T, k)) of layer il.
+
+        Records in self.router_margin the smallest gap, over tokens, between the k-th and the
+        (k+1)-th selection score (probabilities; gpt-oss: logits): the choice is discontinuous, so
+        a runtime whose router input differs by its rounding can pick another expert where this
+        gap is tiny; tests compare logits only where it is not."""
+        hp = self.hparams
+        logits = self._linear(x, f"blk.{il}.ffn_gate_inp")                    # (T, n_expert)
+        score = logits
+        if hp.arch != "gpt-oss":
+            score = np.exp(logits - logits.max(axis=1, keepdims=True))
+            score /= score.sum(axis=1, keepdims=True)
+        if hp.n_expert_used < hp.n_expert:
+            ranked = -np.sort(-score, axis=1)
+            gap = float(np.min(ranked[:, hp.n_expert_used - 1] - ranked[:, hp.n_expert_used]))
+            self.router_margin = min(self.router_margin, gap)
+        if hp.arch == "gpt-oss":      # top-k of the logits, softmax over those k
+            picked = np.argsort(-logits, axis=1, kind="stable")[:, :hp.n_expert_used]
+            top = np.take_along_axis(logits, picked, axis=1)
+            weights = np.exp(top - top.max(axis=1, keepdims=True))
+            return picked, weights / weights.sum(axis=1, keepdims=True)
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        picked = np.argsort(-probs, axis=1, kind="stable")[:, :hp.n_expert_used]
+        weights = np.take_along_axis(probs, picked, axis=1)
+        if hp.expert_weights_norm:
+            weights = weights / np.maximum(weights.sum(axis=1, keepdims=True), 6.103515625e-5)
+        return picked, weights
+
+    def _experts(self, il: int, x: np.ndarray) -> np.ndarray:
+        """The mixture-of-experts FFN: every token through its k experts, weighted sum."""
+        p = f"blk.{il}"
+        gate, up, down = (self.weight(f"{p}.ffn_{r}_exps.weight") for r in ("gate", "up", "down"))
+        def bias(role, like):      # (n_expert, n_out): gpt-oss's, else zeros
+            b = self._optional(f"{p}.ffn_{role}_exps.bias")
+            return np.zeros(like.shape[:2]) if b is None else b
+        gate_b, up_b, down_b = bias("gate", gate), bias("up", up), bias("down", down)
+        picked, weights = self.route(il, x)
+        out = np.zeros_like(x)
+        for t in range(x.shape[0]):
+            for e, w in zip(picked[t], weights[t]):
+                g, u = gate[e] @ x[t] + gate_b[e], up[e] @ x[t] + up_b[e]
+                if self.hparams.arch == "gpt-oss":
+                    self.clamped += int(np.sum(g > OAI_SWIGLU_LIMIT) + np.sum(np.abs(u) > OAI_SWIGLU_LIMIT))
+                    g, u = np.minimum(g, OAI_SWIGLU_LIMIT), np.clip(u, -OAI_SWIGLU_LIMIT, OAI_SWIGLU_LIMIT)
+                    h = g / (1.0 + np.exp(-OAI_SWIGLU_ALPHA * g)) * (u + 1.0)
+                else:
+                    h = silu(g) * u
+                out[t] += w * (down[e] @ h + down_b[e])
+        return out
 
     def _block_prenorm(self, il: int, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """llama / qwen2 / qwen3 / phi3: x + attn(norm(x)), then h + ffn(norm(h))."""
@@ -340,6 +462,25 @@ class ReferenceModel:
         h = x + self._self_attention(il, rms_norm(x, self.weight(f"{p}.attn_norm.weight"), eps),
                                      positions)
         return h + self._feed_forward(il, rms_norm(h, self.weight(f"{p}.ffn_norm.weight"), eps))
+
+    def _block_granite(self, il: int, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """granite: the llama block with each branch scaled by residual_scale."""
+        eps, p, r = self.hparams.rms_eps, f"blk.{il}", self.hparams.residual_scale
+        h = x + r * self._self_attention(il, rms_norm(x, self.weight(f"{p}.attn_norm.weight"), eps), positions)
+        return h + r * self._feed_forward(il, rms_norm(h, self.weight(f"{p}.ffn_norm.weight"), eps))
+
+    def _block_olmo2(self, il: int, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """olmo2: x + post_norm(attn(x)), then h + post_ffw_norm(ffn(h)) (no pre-norms)."""
+        eps, p = self.hparams.rms_eps, f"blk.{il}"
+        h = x + rms_norm(self._self_attention(il, x, positions),
+                         self.weight(f"{p}.post_attention_norm.weight"), eps)
+        return h + rms_norm(self._feed_forward(il, h), self.weight(f"{p}.post_ffw_norm.weight"), eps)
+
+    def _block_gpt_oss(self, il: int, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """gpt-oss: the pre-norm block whose FFN norm is the tensor post_attention_norm."""
+        eps, p = self.hparams.rms_eps, f"blk.{il}"
+        h = x + self._self_attention(il, rms_norm(x, self.weight(f"{p}.attn_norm.weight"), eps), positions)
+        return h + self._feed_forward(il, rms_norm(h, self.weight(f"{p}.post_attention_norm.weight"), eps))
 
     def _block_gemma3(self, il: int, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """gemma3: x + post_norm(attn(norm(x))), then h + post_ffw_norm(ffn(ffn_norm(h)))."""
@@ -365,7 +506,9 @@ class ReferenceModel:
         """(T,) ids -> final normed hidden states (T, n_embd)."""
         x = self.embed(token_ids)
         positions = np.arange(x.shape[0])
-        block = self._block_gemma3 if self.hparams.arch == "gemma3" else self._block_prenorm
+        block = {"gemma3": self._block_gemma3, "gemma2": self._block_gemma3, "granite": self._block_granite,
+                 "olmo2": self._block_olmo2, "gpt-oss": self._block_gpt_oss}.get(self.hparams.arch,
+                                                                                  self._block_prenorm)
         for il in range(self.hparams.n_layer):
             x = block(il, x, positions)
         return rms_norm(x, self.weight("output_norm.weight"), self.hparams.rms_eps)
@@ -379,6 +522,7 @@ class ReferenceModel:
         for start in range(0, w.shape[0], chunk_rows):
             rows = w[start:start + chunk_rows].astype(np.float64)
             logits[:, start:start + rows.shape[0]] = h @ rows.T
+        logits /= self.hparams.logit_scale
         cap = self.hparams.final_logit_softcap
         if cap > 0:
             logits = cap * np.tanh(logits / cap)

@@ -129,6 +129,9 @@ py::dict config_dict(const model::ModelConfig& c) {
     for (bool b : c.layer_is_swa) swa.append(py::bool_(b));
     d["layer_is_swa"] = swa;
     d["logit_softcap"] = c.logit_softcap;
+    d["n_expert"] = c.n_expert;              // 0: dense
+    d["n_expert_used"] = c.n_expert_used;
+    d["n_ff_exp"] = c.n_ff_exp;
     return d;
 }
 

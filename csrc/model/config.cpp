@@ -13,7 +13,9 @@ namespace {
 struct ArchEntry { const char* name; Arch arch; };
 constexpr ArchEntry kArchs[] = {
     {"llama", Arch::Llama}, {"qwen2", Arch::Qwen2}, {"qwen3", Arch::Qwen3},
-    {"gemma3", Arch::Gemma3}, {"phi3", Arch::Phi3},
+    {"gemma3", Arch::Gemma3}, {"phi3", Arch::Phi3}, {"qwen3moe", Arch::Qwen3Moe}, {"olmoe", Arch::Olmoe},
+    {"gemma2", Arch::Gemma2}, {"granite", Arch::Granite}, {"olmo2", Arch::Olmo2}, {"smollm3", Arch::Smollm3},
+    {"gpt-oss", Arch::GptOss},
 };
 
 // Metadata reads that fail as ModelError (a model problem), naming the key.
@@ -34,6 +36,15 @@ public:
     std::optional<int64_t> positive_opt(const char* suffix) const {
         if (!f_.find(key(suffix))) return std::nullopt;
         return positive(suffix);
+    }
+    // A count that may be 0 (dense files of MoE-capable architectures write expert_count = 0).
+    int64_t count_or_zero(const char* suffix) const {
+        const std::string k = key(suffix);
+        if (!f_.find(k)) return 0;
+        const int64_t v = wrap([&] { return f_.get_i64(k); });
+        LOWBIT_CHECK(v >= 0 && v <= (int64_t(1) << 31), ModelError, f_.path(), ": metadata '", k, "' = ", v,
+                     ", expected a count in [0, 2^31]");
+        return v;
     }
     std::optional<float> f32_opt(const char* suffix) const {
         const std::string k = key(suffix);
@@ -145,13 +156,63 @@ void read_swa_layers(const GGUFFile& f, const Meta& m, ModelConfig& c, int64_t d
     for (int64_t i = 0; i < c.n_layers; ++i) c.layer_is_swa[size_t(i)] = (i + 1) % period != 0;
 }
 
+// Experts: "<arch>.expert_count" / "expert_used_count" / "expert_feed_forward_length". The MoE
+// architectures need them; llama has them for Mixtral; elsewhere a non-zero count is refused.
+void read_experts(const GGUFFile& f, const Meta& m, ModelConfig& c) {
+    const bool moe_arch = c.arch == Arch::Qwen3Moe || c.arch == Arch::Olmoe || c.arch == Arch::GptOss;
+    c.n_expert = m.count_or_zero("expert_count");
+    if (moe_arch)
+        LOWBIT_CHECK(c.n_expert > 0, ModelError, f.path(), ": metadata '", m.key("expert_count"),
+                     "' is missing or 0; architecture ", arch_name(c.arch), " needs experts");
+    if (c.n_expert == 0) return;
+    LOWBIT_CHECK(moe_arch || c.arch == Arch::Llama, ModelError, f.path(), ": metadata '", m.key("expert_count"),
+                 "' = ", c.n_expert, ": experts are not supported for architecture ", arch_name(c.arch));
+    c.n_expert_used = m.positive("expert_used_count");
+    LOWBIT_CHECK(c.n_expert_used <= c.n_expert, ModelError, f.path(), ": metadata '", m.key("expert_used_count"),
+                 "' = ", c.n_expert_used, " exceeds ", m.key("expert_count"), " = ", c.n_expert);
+    // llama.cpp: qwen3moe's experts are expert_feed_forward_length wide (else n_ff / k), the others n_ff
+    if (c.arch == Arch::Qwen3Moe) {
+        const auto width = m.positive_opt("expert_feed_forward_length");
+        c.n_ff_exp = width ? *width : m.positive("feed_forward_length") / c.n_expert_used;
+    } else if (c.arch == Arch::GptOss) {
+        c.n_ff_exp = m.positive("expert_feed_forward_length");
+    } else {
+        c.n_ff_exp = m.positive("feed_forward_length");
+    }
+    LOWBIT_CHECK(c.n_ff_exp > 0, ModelError, f.path(), ": expert width is 0");
+    c.expert_weights_norm = c.arch == Arch::Qwen3Moe || c.arch == Arch::Llama;
+    if (c.arch == Arch::GptOss) c.expert_gating = ExpertGating::SoftmaxTopK;
+}
+
+// granite: "<arch>.embedding_scale", "residual_scale", "attention.scale" (0 / absent: none) and
+// the required "logit_scale" (logits are divided by it), as llama.cpp.
+void read_granite_scales(const GGUFFile& f, const Meta& m, ModelConfig& c) {
+    auto scale = [&](const char* suffix, float fallback) {
+        const float v = m.f32_opt(suffix).value_or(0.0f);
+        LOWBIT_CHECK(v >= 0.0f, ModelError, f.path(), ": metadata '", m.key(suffix), "' = ", v, ", expected >= 0");
+        return v == 0.0f ? fallback : v;
+    };
+    c.embd_scale = scale("embedding_scale", 1.0f);
+    c.residual_scale = scale("residual_scale", 1.0f);
+    c.attn_scale = scale("attention.scale", c.attn_scale);
+    LOWBIT_CHECK(m.f32_opt("logit_scale"), ModelError, f.path(), ": missing metadata key '", m.key("logit_scale"), "'");
+    c.logit_scale = scale("logit_scale", 1.0f);
+}
+
 }  // namespace
 
 float RopeParams::mscale() const {
     return ext_factor != 0.0f ? attn_factor * (1.0f + 0.1f * std::log(1.0f / freq_scale)) : attn_factor;
 }
 
-const char* supported_architectures() { return "llama, qwen2, qwen3, gemma3, phi3"; }
+const char* supported_architectures() {
+    static const std::string names = [] {
+        std::string out;
+        for (const auto& a : kArchs) out += std::string(out.empty() ? "" : ", ") + a.name;
+        return out;
+    }();
+    return names.c_str();
+}
 
 const char* arch_name(Arch a) {
     for (const auto& e : kArchs)
@@ -179,7 +240,8 @@ ModelConfig load_config(const GGUFFile& f) {
                  c.n_layers, " but the file has tensors for ", tensor_layers, " layers (blk.0 .. blk.",
                  tensor_layers - 1, ")");
     check_vocab(f, c.n_vocab);
-    c.n_ff = m.positive("feed_forward_length");
+    read_experts(f, m, c);
+    c.n_ff = c.is_moe() ? m.positive_opt("feed_forward_length").value_or(c.n_ff_exp) : m.positive("feed_forward_length");
     c.n_head = m.positive("attention.head_count");
     c.n_head_kv = m.positive_opt("attention.head_count_kv").value_or(c.n_head);
     LOWBIT_CHECK(c.n_head % c.n_head_kv == 0, ModelError, f.path(), ": ", m.key("attention.head_count"), " = ",
@@ -215,12 +277,50 @@ ModelConfig load_config(const GGUFFile& f) {
     LOWBIT_CHECK(c.logit_softcap >= 0.0f, ModelError, f.path(), ": ", m.key("final_logit_softcapping"), " = ",
                  c.logit_softcap, ", expected >= 0");
     c.layer_is_swa.assign(size_t(c.n_layers), false);
+    c.layer_has_rope.assign(size_t(c.n_layers), true);
 
     switch (c.arch) {
         case Arch::Llama: break;
         case Arch::Qwen2: c.rope_mode = RopeMode::NeoX; c.qkv_bias = true; break;
         case Arch::Qwen3: c.rope_mode = RopeMode::NeoX; c.qk_norm = true; break;
         case Arch::Phi3: c.rope_mode = RopeMode::NeoX; c.fused_qkv = c.fused_gate_up = true; break;
+        case Arch::Qwen3Moe: c.rope_mode = RopeMode::NeoX; c.qk_norm = true; break;
+        case Arch::Olmoe: c.rope_mode = RopeMode::NeoX; c.qk_norm_full = true; break;
+        case Arch::Olmo2:
+            c.rope_mode = RopeMode::NeoX;
+            c.qk_norm_full = c.post_norms = true;
+            c.pre_norms = false;
+            // OLMo 3 (olmo2 files with a window): sliding layers with unscaled RoPE, not implemented here
+            LOWBIT_CHECK(m.count_or_zero("attention.sliding_window") == 0, ModelError, f.path(), ": metadata '",
+                         m.key("attention.sliding_window"), "': olmo2 with sliding-window layers is not supported");
+            break;
+        case Arch::Smollm3:   // llama.cpp: n_no_rope_layer_step = 4
+            for (int64_t i = 0; i < c.n_layers; ++i) c.layer_has_rope[size_t(i)] = (i + 1) % 4 != 0;
+            break;
+        case Arch::Granite: read_granite_scales(f, m, c); break;
+        case Arch::GptOss:
+            c.rope_mode = RopeMode::NeoX;
+            c.attn_sinks = true;
+            c.ffn_act = FfnAct::SwigluOai;   // the experts' activation (gpt-oss has no dense FFN)
+            c.n_swa = m.positive("attention.sliding_window");
+            c.rope_swa.freq_base = m.f32_opt("rope.freq_base_swa").value_or(c.rope_global.freq_base);
+            read_swa_layers(f, m, c, 2);     // sliding layers keep the global layers' YaRN (llama.cpp)
+            break;
+        case Arch::Gemma2:
+            c.rope_mode = RopeMode::NeoX;
+            c.post_norms = true;
+            c.ffn_act = FfnAct::GeluTanh;
+            c.embd_scale = std::sqrt(float(c.n_embd));
+            c.n_swa = m.positive_opt("attention.sliding_window").value_or(4096);   // llama.cpp's default
+            c.rope_swa.freq_base = m.f32_opt("rope.freq_base_swa").value_or(c.rope_global.freq_base);
+            c.attn_softcap = m.f32_opt("attn_logit_softcapping").value_or(50.0f);
+            c.logit_softcap = m.f32_opt("final_logit_softcapping").value_or(30.0f);
+            LOWBIT_CHECK(c.attn_softcap > 0.0f && c.logit_softcap > 0.0f, ModelError, f.path(), ": ",
+                         m.key("attn_logit_softcapping"), " and ", m.key("final_logit_softcapping"),
+                         " must be > 0");
+            if (c.n_layers == 46) c.attn_scale = float(1.0 / std::sqrt(double(c.n_embd / c.n_head)));   // 27B
+            read_swa_layers(f, m, c, 2);
+            break;
         case Arch::Gemma3:
             c.rope_mode = RopeMode::NeoX;
             c.qk_norm = c.post_norms = true;

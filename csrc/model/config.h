@@ -10,6 +10,17 @@
 //           gated FFN, NeoX RoPE, sliding-window layers (layer i slides unless (i+1) % 6 == 0)
 //           with their own RoPE base 10000
 //   phi3    fused qkv and gate-up projections, NeoX RoPE
+//   qwen3moe  qwen3 with a mixture-of-experts FFN: softmax router, top-k renormalised (moe.h)
+//   olmoe   llama + RMSNorm of the whole q and k rows, NeoX RoPE, MoE with softmax top-k not renormalised
+//   llama with <arch>.expert_count (Mixtral): MoE, softmax top-k renormalised
+//   gemma2  gemma3 without QK-norm: attention logits soft-capped (c tanh(s / c)), final logits
+//           soft-capped, every other layer slides (layer i slides unless (i+1) % 2 == 0)
+//   granite llama + embedding, residual-branch, attention and logit scale factors from metadata
+//   olmo2   no pre-norms: norms after attention and FFN, RMSNorm of the whole q and k rows, NeoX RoPE
+//   smollm3 llama where every 4th layer (i+1) % 4 == 0 has no RoPE
+//   gpt-oss MoE with a biased router (softmax over the top-k logits), biased experts with a clamped
+//           SwiGLU, attention sinks, every other layer slides, YaRN, NeoX RoPE, q/k/v/o biases,
+//           the FFN's pre-norm stored as post_attention_norm
 #pragma once
 #include <cstdint>
 #include <string>
@@ -19,11 +30,17 @@
 
 namespace lowbit::model {
 
-enum class Arch { Llama, Qwen2, Qwen3, Gemma3, Phi3 };
+enum class Arch { Llama, Qwen2, Qwen3, Gemma3, Phi3, Qwen3Moe, Olmoe, Gemma2, Granite, Olmo2, Smollm3, GptOss };
 enum class RopeMode { Normal, NeoX };   // Normal: pairs (2i, 2i+1); NeoX: pairs (i, i + n_rot/2)
-enum class FfnAct { SiLU, GeluTanh };   // the gate's activation: act(gate) * up
+// the gate's activation: act(gate) * up; SwigluOai (gpt-oss): g = min(gate, 7), u = clamp(up, -7, 7),
+// g sigmoid(1.702 g) (u + 1)
+enum class FfnAct { SiLU, GeluTanh, SwigluOai };
+// How router logits become expert weights (llama.cpp's gating functions): Softmax over all
+// experts, top-k of the probabilities; SoftmaxTopK (gpt-oss): top-k of the logits, softmax over
+// those k.
+enum class ExpertGating { Softmax, SoftmaxTopK };
 
-// "llama, qwen2, qwen3, gemma3, phi3"
+// "llama, qwen2, qwen3, gemma3, phi3, ..."
 const char* supported_architectures();
 const char* arch_name(Arch a);
 
@@ -67,10 +84,24 @@ struct ModelConfig {
     bool post_norms = false;     // gemma3: attn_post_norm and ffn_post_norm
     bool fused_qkv = false;      // phi3
     bool fused_gate_up = false;  // phi3
+    bool qk_norm_full = false;   // olmoe, olmo2: q and k normed over the whole row (all heads at once)
+    bool pre_norms = true;       // olmo2: false (no attn_norm / ffn_norm)
+    float attn_softcap = 0.0f;   // gemma2: attention scores = c tanh(scores / c); 0 = none
+    bool attn_sinks = false;     // gpt-oss: a learned logit per head joins every softmax (attn_sinks)
+    float residual_scale = 1.0f; // granite: x += residual_scale * branch
+    float logit_scale = 1.0f;    // granite: logits divided by it
+    std::vector<bool> layer_has_rope;   // (n_layers,): false where a layer does not rotate (smollm3)
+    // Mixture of experts (n_expert > 0): every layer's FFN is n_expert experts of width n_ff_exp,
+    // n_expert_used of them per token (moe.h).
+    int64_t n_expert = 0, n_expert_used = 0, n_ff_exp = 0;
+    ExpertGating expert_gating = ExpertGating::Softmax;
+    bool expert_weights_norm = false;   // divide the k weights by their sum (qwen3moe, Mixtral)
 
     int64_t q_dim() const { return n_head * head_dim; }
     int64_t kv_dim() const { return n_head_kv * head_dim; }
     bool any_swa() const { return n_swa > 0; }
+    bool is_moe() const { return n_expert > 0; }
+    bool has_rope(int64_t il) const { return layer_has_rope[size_t(il)]; }
 };
 
 // Reads and validates the metadata; ModelError names the key, what was expected and found.

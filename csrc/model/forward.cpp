@@ -14,6 +14,7 @@
 // double accumulation where it is cheap (norms, softmax sums), each stage one parallel_for over
 // tokens or (head, token tile), inline for a single decode token.
 #include "model/forward.h"
+#include "model/moe.h"
 
 #include <algorithm>
 #include <cmath>
@@ -115,21 +116,36 @@ void attention_inputs(const Model& m, const LayerWeights& l, int64_t il, KVCache
             for (int64_t h = 0; h < c.n_head; ++h) cpu::rmsnorm(q + h * D, l.q_norm.data(), q + h * D, D, c.norm_eps);
             for (int64_t h = 0; h < c.n_head_kv; ++h)
                 cpu::rmsnorm(k + h * D, l.k_norm.data(), k + h * D, D, c.norm_eps);
+        } else if (c.qk_norm_full) {   // olmoe, olmo2: one norm over all heads
+            cpu::rmsnorm(q, l.q_norm.data(), q, Q, c.norm_eps);
+            cpu::rmsnorm(k, l.k_norm.data(), k, KV, c.norm_eps);
         }
-        const float* cs = rope + t * c.n_rot;   // (n_rot/2, 2) for this token
-        cpu::rope(q, c.n_head, D, c.n_rot, neox, cs);
-        cpu::rope(k, c.n_head_kv, D, c.n_rot, neox, cs);
+        if (c.has_rope(il)) {
+            const float* cs = rope + t * c.n_rot;   // (n_rot/2, 2) for this token
+            cpu::rope(q, c.n_head, D, c.n_rot, neox, cs);
+            cpu::rope(k, c.n_head_kv, D, c.n_rot, neox, cs);
+        }
         cache.store(il, pos0 + t, k, v);
     });
 }
 
-// In-place softmax of st[0..n) (sums in double); returns 1 / sum of the numerators.
-double softmax_numerators(float* st, int64_t n) {
-    float mx = st[0];
+// In-place softmax of st[0..n) (sums in double); returns 1 / sum of the numerators. cap > 0
+// soft-caps the scores first (gemma2: cap tanh(s / cap)); a finite `sink` is one more logit in the
+// sum that has no value row (gpt-oss's attention sinks).
+double softmax_numerators(float* st, int64_t n, float cap = 0.0f, float sink = -INFINITY) {
+    if (cap > 0.0f)
+        for (int64_t j = 0; j < n; ++j) st[j] = cap * std::tanh(st[j] / cap);
+    float mx = std::max(st[0], sink);
     for (int64_t j = 1; j < n; ++j) mx = std::max(mx, st[j]);
-    double sum = 0.0;
+    double sum = std::exp(double(sink) - double(mx));
     for (int64_t j = 0; j < n; ++j) { st[j] = std::exp(st[j] - mx); sum += st[j]; }
     return 1.0 / sum;
+}
+
+// Head h's sink logit in layer il, or -inf without sinks.
+float sink_of(const Model& m, int64_t il, int64_t h) {
+    const Vec& sinks = m.weights.layers[size_t(il)].attn_sinks;
+    return sinks.empty() ? -INFINITY : sinks[size_t(h)];
 }
 
 // The keys of one head over positions [a, b] as at most two runs of consecutive cells (a ring
@@ -169,7 +185,7 @@ void attend_f16(const Model& m, int64_t il, const KVCache& cache, ForwardState& 
     for (int64_t t = it.t0; t < it.t1; ++t) {
         float* row = scores + (t - it.t0) * ld;
         const int64_t a = first_key(pos0, t, window) - lo, b = pos0 + t - lo;   // this token's keys in the row
-        const float inv_sum = float(softmax_numerators(row + a, b - a + 1));
+        const float inv_sum = float(softmax_numerators(row + a, b - a + 1, c.attn_softcap, sink_of(m, il, it.h)));
         for (int64_t j = a; j <= b; ++j) row[j] *= inv_sum;
         std::fill(row, row + a, 0.0f);
         std::fill(row + b + 1, row + (hi - lo + 1), 0.0f);
@@ -196,7 +212,7 @@ void attend_dequantized(const Model& m, int64_t il, const KVCache& cache, Forwar
     for (int64_t t = it.t0; t < it.t1; ++t) {
         const int64_t a = first_key(pos0, t, window), n_keys = pos0 + t - a + 1;
         float* st = &score(t, a);
-        const float inv_sum = float(softmax_numerators(st, n_keys));
+        const float inv_sum = float(softmax_numerators(st, n_keys, c.attn_softcap, sink_of(m, il, it.h)));
         for (int64_t j = 0; j < n_keys; ++j) st[j] *= inv_sum;
         std::memset(s.attn.data() + t * Q + it.h * D, 0, size_t(D) * sizeof(float));
     }
@@ -236,13 +252,16 @@ void residual(const ModelConfig& c, const Vec& bias, const Vec& post_norm, Forwa
         float* p = s.proj.data() + t * E;
         if (!bias.empty()) cpu::add_inplace(p, bias.data(), E);
         if (!post_norm.empty()) cpu::rmsnorm(p, post_norm.data(), p, E, c.norm_eps);
-        cpu::add_inplace(s.x.data() + t * E, p, E);
+        if (c.residual_scale != 1.0f) cpu::axpy_f32(s.x.data() + t * E, c.residual_scale, p, E);   // granite
+        else cpu::add_inplace(s.x.data() + t * E, p, E);
     });
 }
 
 void feed_forward(const Model& m, const LayerWeights& l, int64_t il, ForwardState& s, cpu::ThreadPool& pool,
                   int64_t n) {
     const ModelConfig& c = m.config;
+    if (c.is_moe())
+        return moe_feed_forward(c, l, il, s.xn.data(), n, s.proj.data(), s.moe, pool, s.act_precision, s.observer);
     const int64_t F = c.n_ff;
     const bool fused = l.w_gate_up.present();
     if (c.fused_gate_up) observe(s, pool, il, {"ffn_up"}, s.xn.data(), n, c.n_embd);
@@ -265,6 +284,10 @@ void feed_forward(const Model& m, const LayerWeights& l, int64_t il, ForwardStat
 
 void norm_rows(const Vec& w, const ModelConfig& c, ForwardState& s, cpu::ThreadPool& pool, int64_t n) {
     const int64_t E = c.n_embd;
+    if (w.empty()) {   // olmo2: no pre-norm, the sub-block reads the residual stream itself
+        std::memcpy(s.xn.data(), s.x.data(), size_t(n * E) * sizeof(float));
+        return;
+    }
     for_tokens(pool, n, [&](int64_t t) { cpu::rmsnorm(s.x.data() + t * E, w.data(), s.xn.data() + t * E, E, c.norm_eps); });
 }
 
@@ -284,7 +307,7 @@ std::unique_ptr<Model> Model::load(const std::string& path, int64_t n_ctx) {
 }
 
 ForwardState::ForwardState(const ModelConfig& c, int64_t n_batch_, int64_t n_ctx_, int n_threads)
-    : n_batch(n_batch_), n_ctx(n_ctx_) {
+    : n_batch(n_batch_), n_ctx(n_ctx_), moe(c, n_batch_, n_threads) {
     const size_t B = size_t(n_batch);
     x.resize(B * size_t(c.n_embd));
     xn.resize(B * size_t(c.n_embd));
@@ -305,11 +328,12 @@ ForwardState::ForwardState(const ModelConfig& c, int64_t n_batch_, int64_t n_ctx
 int64_t ForwardState::bytes() const {
     size_t f = x.size() + xn.size() + qkv.size() + q.size() + k.size() + v.size() + attn.size() + proj.size() +
                gate.size() + up.size() + rope_global.size() + rope_swa.size() + scores.size() + kv_row.size();
-    return int64_t(f * sizeof(float));
+    return int64_t(f * sizeof(float)) + moe.bytes();
 }
 
 void rerotate_keys(const Model& m, int64_t il, float* k, int64_t delta) {
     const ModelConfig& c = m.config;
+    if (!c.has_rope(il)) return;   // smollm3's layers without RoPE: keys do not depend on position
     std::vector<float> cs(size_t(c.n_rot));
     cpu::rope_cos_sin(double(delta), m.inv_freq(il).data(), c.n_rot / 2, cs.data());   // a pure rotation: no mscale
     cpu::rope(k, c.n_head_kv, c.head_dim, c.n_rot, c.rope_mode == RopeMode::NeoX, cs.data());
@@ -359,6 +383,8 @@ void forward(const Model& m, KVCache& cache, ForwardState& s, cpu::ThreadPool& p
     });
     observe(s, pool, -1, {w.tied_output ? "token_embd" : "output"}, s.xn.data(), n_out, E);
     project(w.output, s.xn.data(), n_out, logits, pool, s.act_precision);
+    if (c.logit_scale != 1.0f)   // granite
+        for (int64_t i = 0; i < n_out * c.n_vocab; ++i) logits[i] /= c.logit_scale;
     if (c.logit_softcap > 0.0f) {
         const float cap = c.logit_softcap;
         for (int64_t i = 0; i < n_out * c.n_vocab; ++i) logits[i] = cap * std::tanh(logits[i] / cap);

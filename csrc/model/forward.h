@@ -12,6 +12,7 @@
 #include "gguf/gguf.h"
 #include "model/config.h"
 #include "model/kv_cache.h"
+#include "model/moe.h"
 #include "model/observer.h"
 #include "model/weights.h"
 
@@ -53,6 +54,7 @@ struct ForwardState {
     AlignedBuffer<float> scores;     // (n_threads, kAttTile, n_ctx)  attention scores / probabilities
     AlignedBuffer<float> kv_row;     // (n_threads, head_dim)  one dequantized K or V row
     std::vector<int64_t> work_idx;   // scratch for row selections
+    MoeScratch moe;                  // the expert FFN's scratch (moe.h); empty for dense models
     cpu::ActPrecision act_precision = cpu::ActPrecision::Q8;   // of every weight matmul (engine option)
     MatmulObserver* observer = nullptr;   // sees the input of every weight matmul when set (observer.h)
 };

@@ -65,6 +65,40 @@ public:
         return m;
     }
 
+    // GGUF ne = [cols, rows, n]: n stacked matrices the CPU kernels can multiply with.
+    ExpertMatrices experts(const std::string& name, int64_t n, int64_t rows, int64_t cols) const {
+        const TensorInfo& t = require(name);
+        LOWBIT_CHECK(t.n_dims == 3 && t.ne[0] == cols && t.ne[1] == rows && t.ne[2] == n, ModelError, f_.path(),
+                     ": tensor '", name, "' has shape ", shape_str(t), ", expected [", cols, ", ", rows, ", ", n, "]");
+        try {
+            cpu::check_matmul_shape(t.type, rows, cols);
+        } catch (const ValueError& e) {
+            throw ModelError(str(f_.path(), ": tensor '", t.name, "' (", t.type_size->name, "): ", e.what()));
+        }
+        ExpertMatrices x;
+        x.first.data = f_.tensor_data(t);
+        x.first.type = t.type;
+        x.first.rows = rows;
+        x.first.cols = cols;
+        x.first.row_bytes = cpu::weight_row_bytes(t.type, cols);
+        x.n = n;
+        x.stride = rows * x.first.row_bytes;
+        return x;
+    }
+
+    // A (rows, cols) float table (GGUF ne = [cols, rows]) copied out as f32, row-major.
+    Vec table(const std::string& name, int64_t rows, int64_t cols) const {
+        const TensorInfo& t = require(name);
+        LOWBIT_CHECK(t.n_dims == 2 && t.ne[0] == cols && t.ne[1] == rows, ModelError, f_.path(), ": tensor '", name,
+                     "' has shape ", shape_str(t), ", expected ", shape_str(cols, rows));
+        const QuantType* qt = find_quant_type(t.type);
+        LOWBIT_CHECK(qt && cols % qt->block_elems == 0, ModelError, f_.path(), ": tensor '", name, "' has type ",
+                     t.type_size->name, ", which cannot be read as floats");
+        Vec v(size_t(rows * cols));
+        qt->to_float(f_.tensor_data(t), v.data(), rows * cols);
+        return v;
+    }
+
     Vec vec_of(const TensorInfo& t, int64_t n) const {
         LOWBIT_CHECK(t.n_elements == n && (t.n_dims == 1 || t.ne[0] == n), ModelError, f_.path(), ": tensor '",
                      t.name, "' has shape ", shape_str(t), ", expected [", n, "]");
@@ -80,11 +114,34 @@ private:
     const GGUFFile& f_;
 };
 
+// The router and the stacked experts of one MoE layer (biases: gpt-oss).
+void load_experts(const Loader& ld, const ModelConfig& c, const std::string& p, LayerWeights& l) {
+    const int64_t E = c.n_embd, F = c.n_ff_exp, X = c.n_expert;
+    l.router = ld.matrix(p + "ffn_gate_inp.weight", X, E);
+    l.gate_exps = ld.experts(p + "ffn_gate_exps.weight", X, F, E);
+    l.up_exps = ld.experts(p + "ffn_up_exps.weight", X, F, E);
+    l.down_exps = ld.experts(p + "ffn_down_exps.weight", X, E, F);
+    if (c.arch == Arch::GptOss) {
+        l.router_b = ld.vec(p + "ffn_gate_inp.bias", X);
+        l.gate_exps_b = ld.table(p + "ffn_gate_exps.bias", X, F);
+        l.up_exps_b = ld.table(p + "ffn_up_exps.bias", X, F);
+        l.down_exps_b = ld.table(p + "ffn_down_exps.bias", X, E);
+    }
+}
+
+// Whether the engine adds the bias tensor `name` (one it would not add changes the model: refused).
+bool bias_is_used(const std::string& name, const ModelConfig& c) {
+    auto has = [&](const char* part) { return name.find(part) != std::string::npos; };
+    if (has(".attn_q.") || has(".attn_k.") || has(".attn_v.") || has(".attn_output.")) return !c.fused_qkv;
+    return c.arch == Arch::GptOss && (has(".ffn_gate_inp.") || has(".ffn_gate_exps.") || has(".ffn_up_exps.") ||
+                                      has(".ffn_down_exps."));
+}
+
 LayerWeights load_layer(const Loader& ld, const ModelConfig& c, int64_t il) {
     const std::string p = str("blk.", il, ".");
     const int64_t E = c.n_embd, Q = c.q_dim(), KV = c.kv_dim();
     LayerWeights l;
-    l.attn_norm = ld.vec(p + "attn_norm.weight", E);
+    if (c.pre_norms) l.attn_norm = ld.vec(p + "attn_norm.weight", E);
     if (c.fused_qkv) {
         l.wqkv = ld.matrix(p + "attn_qkv.weight", Q + 2 * KV, E);
     } else {
@@ -102,20 +159,25 @@ LayerWeights load_layer(const Loader& ld, const ModelConfig& c, int64_t il) {
         l.bv = ld.vec_opt(p + "attn_v.bias", KV);
     }
     l.bo = ld.vec_opt(p + "attn_output.bias", E);
-    if (c.qk_norm) {
-        l.q_norm = ld.vec(p + "attn_q_norm.weight", c.head_dim);
-        l.k_norm = ld.vec(p + "attn_k_norm.weight", c.head_dim);
+    if (c.qk_norm || c.qk_norm_full) {   // per head, or over the whole q / k row
+        l.q_norm = ld.vec(p + "attn_q_norm.weight", c.qk_norm ? c.head_dim : Q);
+        l.k_norm = ld.vec(p + "attn_k_norm.weight", c.qk_norm ? c.head_dim : KV);
     }
     l.wo = ld.matrix(p + "attn_output.weight", E, Q);
+    if (c.attn_sinks) l.attn_sinks = ld.vec(p + "attn_sinks.weight", c.n_head);
     if (c.post_norms) l.attn_post_norm = ld.vec(p + "post_attention_norm.weight", E);
-    l.ffn_norm = ld.vec(p + "ffn_norm.weight", E);
-    if (c.fused_gate_up) {
+    // gpt-oss stores its FFN pre-norm under the name post_attention_norm (llama.cpp's attn_post_norm)
+    if (c.arch == Arch::GptOss) l.ffn_norm = ld.vec(p + "post_attention_norm.weight", E);
+    else if (c.pre_norms) l.ffn_norm = ld.vec(p + "ffn_norm.weight", E);
+    if (c.is_moe()) {
+        load_experts(ld, c, p, l);
+    } else if (c.fused_gate_up) {
         l.w_gate_up = ld.matrix(p + "ffn_up.weight", 2 * c.n_ff, E);
     } else {
         l.w_gate = ld.matrix(p + "ffn_gate.weight", c.n_ff, E);
         l.w_up = ld.matrix(p + "ffn_up.weight", c.n_ff, E);
     }
-    l.w_down = ld.matrix(p + "ffn_down.weight", E, c.n_ff);
+    if (!c.is_moe()) l.w_down = ld.matrix(p + "ffn_down.weight", E, c.n_ff);
     if (c.post_norms) l.ffn_post_norm = ld.vec(p + "post_ffw_norm.weight", E);
     return l;
 }
@@ -182,17 +244,14 @@ ModelWeights load_weights(const GGUFFile& f, const ModelConfig& c) {
     for (int64_t il = 0; il < c.n_layers; ++il) w.layers.push_back(load_layer(ld, c, il));
     for (LayerWeights& l : w.layers) {   // fewer, larger matvecs for decode
         if (!l.wqkv.present()) l.wqkv = concat_rows(w, {&l.wq, &l.wk, &l.wv});
-        if (!l.w_gate_up.present()) l.w_gate_up = concat_rows(w, {&l.w_gate, &l.w_up});
+        if (!l.w_gate_up.present() && l.w_gate.present()) l.w_gate_up = concat_rows(w, {&l.w_gate, &l.w_up});
     }
     for (const TensorInfo& t : f.tensors()) {
         w.bytes_by_type[t.type_size->name] += t.n_bytes;
         // A bias this engine would not add changes the model: refuse rather than ignore it.
         const std::string name(t.name);
-        const bool used_bias = name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0 &&
-            (name.find(".attn_q.") != std::string::npos || name.find(".attn_k.") != std::string::npos ||
-             name.find(".attn_v.") != std::string::npos || name.find(".attn_output.") != std::string::npos);
-        LOWBIT_CHECK(name.size() <= 5 || name.compare(name.size() - 5, 5, ".bias") != 0 ||
-                         (used_bias && !c.fused_qkv), ModelError, f.path(), ": tensor '", name,
+        const bool is_bias = name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
+        LOWBIT_CHECK(!is_bias || bias_is_used(name, c), ModelError, f.path(), ": tensor '", name,
                      "' is not supported for architecture ", arch_name(c.arch));
     }
     return w;

@@ -25,6 +25,20 @@ struct Matrix {
 
 using Vec = std::vector<float>;   // empty when the model has no such tensor
 
+// A stacked expert tensor as GGUF stores it: ne = [cols, rows, n], expert-major, so expert e is
+// the (rows, cols) matrix starting stride = rows * row_bytes bytes after expert e - 1.
+struct ExpertMatrices {
+    Matrix first;                 // expert 0
+    int64_t n = 0;                // experts
+    int64_t stride = 0;           // bytes per expert
+    bool present() const { return first.present(); }
+    Matrix expert(int64_t e) const {
+        Matrix m = first;
+        m.data = static_cast<const uint8_t*>(first.data) + e * stride;
+        return m;
+    }
+};
+
 struct LayerWeights {
     Vec attn_norm;                // (n_embd,)
     Matrix wq, wk, wv;            // (q_dim, n_embd), (kv_dim, n_embd) x 2
@@ -41,6 +55,14 @@ struct LayerWeights {
                                   // w_gate|w_up when they share a type
     Matrix w_down;                // (n_embd, n_ff)
     Vec ffn_post_norm;            // gemma3: (n_embd,)
+    Vec attn_sinks;               // gpt-oss: (n_head,) one extra softmax logit per head
+    // Mixture of experts (config.is_moe(); the dense FFN matrices are then absent)
+    Matrix router;                // ffn_gate_inp: (n_expert, n_embd)
+    Vec router_b;                 // gpt-oss: (n_expert,)
+    ExpertMatrices gate_exps, up_exps;   // (n_ff_exp, n_embd) each
+    ExpertMatrices down_exps;     // (n_embd, n_ff_exp) each
+    Vec gate_exps_b, up_exps_b;   // gpt-oss: (n_expert, n_ff_exp), expert-major
+    Vec down_exps_b;              // gpt-oss: (n_expert, n_embd)
 };
 
 struct ModelWeights {

@@ -136,4 +136,9 @@ def format_info(d: dict, name: str = "") -> str:
         lines.append(f"    weights   {human_bytes(m['weights_bytes'])}")
         lines.append(f"    KV cache  {human_bytes(m['kv_cache_bytes'])}")
         lines.append(f"    total     {human_bytes(m['total_bytes'])}")
+        if m["n_expert"]:
+            lines.append(f"  experts: {m['n_expert_used']} of {m['n_expert']} per token; parameters "
+                         f"{_count(m['n_params'])} total, {_count(m['active_params'])} active")
+        lines.append(f"  a decode step reads {human_bytes(m['decode_bytes_per_token'])} of weights "
+                     f"({100 * m['decode_read_fraction']:.1f}% of the tensors)")
     return "\n".join(lines)

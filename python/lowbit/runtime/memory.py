@@ -1,10 +1,16 @@
-"""Memory estimates before loading (weights by tensor type, KV cache per layer).
+"""Memory estimates before loading (weights by tensor type, KV cache per layer), and what a decode
+step reads.
 
 weights = sum of the tensors' bytes, grouped by type (params x bits / 8);
 KV cache = what the engine will allocate, by the core's own rule (``lowbit._core.kv_cache_bytes``,
 the function KVCache and the Engine's memory check use): per layer, cells x kv_heads x
 (key_length + value_length) x bytes per element, where sliding-window layers keep a ring of
 min(n_ctx, window + n_batch) cells.
+
+Decode reads (``decode_reads``): every weight once per token, except the stacked expert tensors
+(``*_exps.*``) of a mixture-of-experts model, of which only n_expert_used of n_expert experts are
+read, and token_embd, of which one row is read unless it is also the output head. Active
+parameters count the experts the same way.
 """
 from __future__ import annotations
 
@@ -44,6 +50,32 @@ class Hparams:
         return cls.from_config(config())
 
 
+def decode_reads(config: Mapping, tensors: Sequence) -> Dict[str, float]:
+    """Parameters and bytes by what one decode step touches (module docstring); ``config`` is the
+    core's model_config() dict, ``tensors`` records with ``name``, ``n_elements``, ``nbytes``."""
+    n_expert, n_used = int(config.get("n_expert", 0)), int(config.get("n_expert_used", 0))
+    share = n_used / n_expert if n_expert else 1.0
+    tied = not any(t.name == "output.weight" for t in tensors)
+    n_vocab = max(int(config.get("n_vocab", 1)), 1)
+    params = expert_params = 0
+    total_bytes = read_bytes = 0.0
+    for t in tensors:
+        params += int(t.n_elements)
+        total_bytes += int(t.nbytes)
+        if "_exps." in t.name:
+            expert_params += int(t.n_elements)
+            read_bytes += int(t.nbytes) * share
+        elif t.name == "token_embd.weight" and not tied:
+            read_bytes += int(t.nbytes) / n_vocab
+        else:
+            read_bytes += int(t.nbytes)
+    return {"n_params": params, "expert_params": expert_params,
+            "active_params": int(round(params - expert_params * (1.0 - share))),
+            "n_expert": n_expert, "n_expert_used": n_used,
+            "decode_bytes_per_token": int(round(read_bytes)),
+            "decode_read_fraction": read_bytes / total_bytes if total_bytes else 0.0}
+
+
 def kv_cache_bytes(hp: Hparams, n_ctx: int, kv_type: str = "f16", n_batch: int = DEFAULT_N_BATCH) -> int:
     """Bytes of the KV cache an engine with ``n_ctx`` and ``n_batch`` allocates (to the byte)."""
     from lowbit import _core
@@ -72,7 +104,7 @@ def estimate(meta: Mapping, tensors: Sequence, n_ctx: Optional[int] = None,
     n_ctx = int(n_ctx or hp.n_ctx_train or 2048)
     weights = sum(int(t.nbytes) for t in tensors)
     kv = kv_cache_bytes(hp, n_ctx, kv_type, n_batch)
-    return {"n_ctx": n_ctx, "kv_type": kv_type, "weights_bytes": weights,
+    return {**decode_reads(hp.config, tensors), "n_ctx": n_ctx, "kv_type": kv_type, "weights_bytes": weights,
             "kv_cache_bytes": kv, "total_bytes": weights + kv,
             "swa_layers": sum(hp.swa_layers), "sliding_window": hp.sliding_window, "n_batch": n_batch,
             # cells of each sliding-window layer: the window plus one batch, as a ring (the engine's rule)

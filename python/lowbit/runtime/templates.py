@@ -49,8 +49,15 @@ BUILTIN_TEMPLATES = {
     "phi3": (
         "{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + '<|end|>\n' }}{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"),
+    # gpt-oss's harmony turns (its files carry the full template; this is the fallback): a system
+    # message becomes the developer instructions, the reply opens on the final channel
+    "harmony": (
+        "{% for m in messages %}{% set role = 'developer' if m['role'] == 'system' else m['role'] %}"
+        "{% if role == 'assistant' %}{{ '<|start|>assistant<|channel|>final<|message|>' + m['content'] + '<|end|>' }}"
+        "{% else %}{{ '<|start|>' + role + '<|message|>' + m['content'] + '<|end|>' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start|>assistant' }}{% endif %}"),
 }
-ARCH_DEFAULT_TEMPLATE = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "phi3": "phi3"}
+ARCH_DEFAULT_TEMPLATE = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "phi3": "phi3", "gpt-oss": "harmony"}
 
 
 def default_template(arch: str, vocab_has: Optional[callable] = None) -> str:

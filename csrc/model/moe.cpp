@@ -1,0 +1,200 @@
+// moe.cpp: see moe.h.
+#include "model/moe.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <string>
+
+#include "cpu/ops.h"
+
+namespace lowbit::model {
+namespace {
+
+constexpr float kOaiAlpha = 1.702f, kOaiLimit = 7.0f;   // gpt-oss's SwiGLU (llama.cpp's constants)
+constexpr float kMinWeightSum = 6.103515625e-5f;          // llama.cpp clamps the sum it divides by
+constexpr int64_t kPrefillTokens = 16;   // batches from this size on count as prefill (see moe_feed_forward)
+
+void project(const Matrix& w, const float* x, int64_t n, float* y, cpu::ThreadPool& pool, cpu::ActPrecision prec) {
+    if (n == 1) cpu::matvec(w.data, w.type, w.rows, w.cols, x, y, pool, prec);
+    else cpu::matmul(w.data, w.type, w.rows, w.cols, x, n, y, pool, prec);
+}
+
+void observe(MatmulObserver* obs, cpu::ThreadPool& pool, int64_t il, std::initializer_list<const char*> roles,
+             const float* x, int64_t n, int64_t cols) {
+    if (!obs) return;
+    std::vector<std::string> names;
+    for (const char* role : roles) names.push_back("blk." + std::to_string(il) + "." + role + ".weight");
+    obs->observe(names, x, n, cols, pool);
+}
+
+// h = act(g) * u in place over g (one row of F).
+void gated_act(FfnAct act, float* g, const float* u, int64_t F) {
+    if (act == FfnAct::SiLU) {
+        cpu::silu_mul(g, u, g, F);
+    } else if (act == FfnAct::GeluTanh) {
+        cpu::gelu_tanh_mul(g, u, g, F);
+    } else {   // SwigluOai
+        for (int64_t i = 0; i < F; ++i) {
+            const float x = std::min(g[i], kOaiLimit), y = std::clamp(u[i], -kOaiLimit, kOaiLimit);
+            g[i] = x / (1.0f + std::exp(-kOaiAlpha * x)) * (y + 1.0f);
+        }
+    }
+}
+
+// Slots t * k + j grouped by expert (a counting sort): s.order[s.first[e] .. s.first[e + 1]).
+void group_by_expert(const ModelConfig& c, int64_t n, MoeScratch& s) {
+    const int64_t k = c.n_expert_used;
+    std::fill(s.first.begin(), s.first.end(), 0);
+    for (int64_t i = 0; i < n * k; ++i) ++s.first[size_t(s.selected[size_t(i)]) + 1];
+    for (int64_t e = 0; e < c.n_expert; ++e) s.first[size_t(e) + 1] += s.first[size_t(e)];
+    // filled in token order, so each expert's rows stay in ascending token order
+    std::copy(s.first.begin(), s.first.end() - 1, s.cursor.begin());
+    for (int64_t i = 0; i < n * k; ++i) s.order[size_t(s.cursor[size_t(s.selected[size_t(i)])]++)] = i;
+}
+
+// One work item: expert e over its `count` slots order[first ..], with the worker's single-threaded
+// pool (or `pool` when an observer is attached: the items then run one by one on the caller).
+// Each slot's row of slot_out = down(act(gate x + bg) * (up x + bu)) + bd.
+void run_item(const ModelConfig& c, const LayerWeights& l, int64_t il, const float* xn, const MoeScratch::Item& it,
+              MoeScratch& s, MoeScratch::Worker& w, cpu::ThreadPool& pool, cpu::ActPrecision prec,
+              MatmulObserver* obs) {
+    const int64_t E = c.n_embd, F = c.n_ff_exp, k = c.n_expert_used, e = it.expert, n = it.count;
+    const int64_t* slots = s.order.data() + it.first;
+    for (int64_t i = 0; i < n; ++i)
+        std::memcpy(w.x.data() + i * E, xn + (slots[i] / k) * E, size_t(E) * sizeof(float));
+    observe(obs, pool, il, {"ffn_gate_exps", "ffn_up_exps"}, w.x.data(), n, E);
+    project(l.gate_exps.expert(e), w.x.data(), n, w.gate.data(), pool, prec);
+    project(l.up_exps.expert(e), w.x.data(), n, w.up.data(), pool, prec);
+    for (int64_t i = 0; i < n; ++i) {
+        float* g = w.gate.data() + i * F;
+        float* u = w.up.data() + i * F;
+        if (!l.gate_exps_b.empty()) {
+            cpu::add_inplace(g, l.gate_exps_b.data() + e * F, F);
+            cpu::add_inplace(u, l.up_exps_b.data() + e * F, F);
+        }
+        gated_act(c.ffn_act, g, u, F);
+    }
+    observe(obs, pool, il, {"ffn_down_exps"}, w.gate.data(), n, F);
+    project(l.down_exps.expert(e), w.gate.data(), n, w.down.data(), pool, prec);
+    for (int64_t i = 0; i < n; ++i) {
+        float* y = s.slot_out.data() + slots[i] * E;
+        std::memcpy(y, w.down.data() + i * E, size_t(E) * sizeof(float));
+        if (!l.down_exps_b.empty()) cpu::add_inplace(y, l.down_exps_b.data() + e * E, E);
+    }
+}
+
+// The batch's work items: every selected expert's slots in runs of at most kExpertRows.
+void make_items(const ModelConfig& c, MoeScratch& s) {
+    s.items.clear();
+    for (int64_t e = 0; e < c.n_expert; ++e)
+        for (int64_t a = s.first[size_t(e)], b = s.first[size_t(e) + 1]; a < b; a += kExpertRows)
+            s.items.push_back({e, a, std::min(kExpertRows, b - a)});
+}
+
+}  // namespace
+
+MoeScratch::Worker::Worker(const ModelConfig& c) {
+    x.resize(size_t(kExpertRows * c.n_embd));
+    gate.resize(size_t(kExpertRows * c.n_ff_exp));
+    up.resize(size_t(kExpertRows * c.n_ff_exp));
+    down.resize(size_t(kExpertRows * c.n_embd));
+}
+
+MoeScratch::MoeScratch(const ModelConfig& c, int64_t n_batch, int n_threads) {
+    if (!c.is_moe()) return;
+    const size_t B = size_t(n_batch), k = size_t(c.n_expert_used);
+    logits.resize(B * size_t(c.n_expert));
+    selected.resize(B * k);
+    weight.resize(B * k);
+    first.resize(size_t(c.n_expert) + 1);
+    cursor.resize(size_t(c.n_expert));
+    ids.resize(size_t(c.n_expert));
+    order.resize(B * k);
+    items.reserve(size_t(c.n_expert) + B * k / size_t(kExpertRows) + 1);
+    slot_out.resize(B * k * size_t(c.n_embd));
+    for (int t = 0; t < n_threads; ++t) workers.push_back(std::make_unique<Worker>(c));
+}
+
+int64_t MoeScratch::bytes() const {
+    size_t floats = logits.size() + weight.size() + slot_out.size();
+    for (const auto& w : workers) floats += w->x.size() + w->gate.size() + w->up.size() + w->down.size();
+    return int64_t(floats * sizeof(float) + (selected.size() + ids.size()) * sizeof(int32_t) +
+                   (first.size() + cursor.size() + order.size()) * sizeof(int64_t) + items.capacity() * sizeof(Item));
+}
+
+void route_token(const ModelConfig& c, float* logits, int32_t* ids, int32_t* selected, float* weight) {
+    const int64_t X = c.n_expert, k = c.n_expert_used;
+    if (c.expert_gating == ExpertGating::Softmax) {   // probabilities first, selection on them
+        const float mx = *std::max_element(logits, logits + X);
+        double sum = 0.0;
+        for (int64_t e = 0; e < X; ++e) { logits[e] = std::exp(logits[e] - mx); sum += logits[e]; }
+        for (int64_t e = 0; e < X; ++e) logits[e] = float(logits[e] / sum);
+    }
+    // top-k, the larger value first and the lower id on ties (a NaN ranks last, keeping the order
+    // strict); then sorted by id (moe.h)
+    std::iota(ids, ids + X, 0);
+    auto key = [&](int32_t e) { return std::isnan(logits[e]) ? -INFINITY : logits[e]; };
+    std::partial_sort(ids, ids + k, ids + X, [&](int32_t a, int32_t b) {
+        return key(a) > key(b) || (key(a) == key(b) && a < b);
+    });
+    std::sort(ids, ids + k);
+    for (int64_t j = 0; j < k; ++j) { selected[j] = ids[j]; weight[j] = logits[ids[j]]; }
+    if (c.expert_gating == ExpertGating::SoftmaxTopK) {
+        const float mx = *std::max_element(weight, weight + k);
+        double sum = 0.0;
+        for (int64_t j = 0; j < k; ++j) { weight[j] = std::exp(weight[j] - mx); sum += weight[j]; }
+        for (int64_t j = 0; j < k; ++j) weight[j] = float(weight[j] / sum);
+    }
+    if (c.expert_weights_norm) {
+        double sum = 0.0;
+        for (int64_t j = 0; j < k; ++j) sum += weight[j];
+        const double inv = 1.0 / std::max(sum, double(kMinWeightSum));
+        for (int64_t j = 0; j < k; ++j) weight[j] = float(weight[j] * inv);
+    }
+}
+
+void moe_feed_forward(const ModelConfig& c, const LayerWeights& l, int64_t il, const float* xn, int64_t n,
+                      float* out, MoeScratch& s, cpu::ThreadPool& pool, cpu::ActPrecision prec,
+                      MatmulObserver* observer) {
+    const int64_t E = c.n_embd, X = c.n_expert, k = c.n_expert_used;
+    observe(observer, pool, il, {"ffn_gate_inp"}, xn, n, E);
+    project(l.router, xn, n, s.logits.data(), pool, prec);
+    for (int64_t t = 0; t < n; ++t) {
+        float* lg = s.logits.data() + t * X;
+        if (!l.router_b.empty()) cpu::add_inplace(lg, l.router_b.data(), X);
+        route_token(c, lg, s.ids.data(), s.selected.data() + t * k, s.weight.data() + t * k);
+    }
+    group_by_expert(c, n, s);
+    make_items(c, s);
+    // Auto (cpu/matmul.h) keeps two-pass activations where the second pass is cheap: decode, and
+    // matmuls of >= 16 rows with a strip GEMM. A prefill batch gives each expert only its share of
+    // the tokens (n k / n_expert rows on average), which go through the multi-row dots at 2x the
+    // integer work, so expert matmuls of a prefill batch use 8-bit activations (llama.cpp's).
+    const cpu::ActPrecision expert_prec = prec == cpu::ActPrecision::Auto && n >= kPrefillTokens
+                                              ? cpu::ActPrecision::Q8 : prec;
+    const int64_t n_items = int64_t(s.items.size());
+    // Items one by one, each matmul on the whole pool: with an observer (observer.h: it runs on the
+    // caller with the pool) or when there are fewer items than threads (decode with k < threads:
+    // every thread still streams weights). The same rows give the same results either way.
+    if (observer || n_items < pool.size() || size_t(pool.size()) > s.workers.size()) {
+        for (int64_t i = 0; i < n_items; ++i)
+            run_item(c, l, il, xn, s.items[size_t(i)], s, *s.workers[0], pool, expert_prec, observer);
+    } else {
+        pool.parallel_for(n_items, [&](int64_t i, int thread) {
+            MoeScratch::Worker& w = *s.workers[size_t(thread)];
+            run_item(c, l, il, xn, s.items[size_t(i)], s, w, w.pool, expert_prec, nullptr);
+        });
+    }
+    auto combine = [&](int64_t t) {   // out[t] = sum_j w_tj slot_out[t k + j], experts in id order
+        float* y = out + t * E;
+        std::memset(y, 0, size_t(E) * sizeof(float));
+        for (int64_t j = 0; j < k; ++j)
+            cpu::axpy_f32(y, s.weight[size_t(t * k + j)], s.slot_out.data() + (t * k + j) * E, E);
+    };
+    if (n == 1) combine(0);
+    else pool.parallel_for(n, [&](int64_t t, int) { combine(t); });
+}
+
+}  // namespace lowbit::model

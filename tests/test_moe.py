@@ -1,0 +1,230 @@
+"""Mixture-of-experts specifics (csrc/model/moe.cpp): batching and grouping by expert, what the
+observer sees, the metadata and tensor checks. Logits of every MoE architecture against the
+float64 reference and llama.cpp are in tests/test_architectures_more.py."""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import replace
+
+import gguf
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from lowbit import _core  # noqa: E402
+from lowbit.errors import ModelError  # noqa: E402
+import model_factory as mf  # noqa: E402
+from reference_forward import ReferenceModel  # noqa: E402
+
+_FILES = {}
+
+
+def moe_model(tmp_path_factory, arch="qwen3moe", weight_type="F32", **overrides):
+    key = (arch, weight_type, tuple(sorted(overrides.items())))
+    if key not in _FILES:
+        spec = mf.default_spec(arch, weight_type, **overrides)
+        _FILES[key] = mf.write_tiny_model(tmp_path_factory.mktemp("moe") / f"{arch}.gguf", spec)
+    return _FILES[key]
+
+
+def rel_err(a, b):
+    a, b = np.atleast_2d(a).astype(np.float64), np.atleast_2d(b).astype(np.float64)
+    return float(np.max(np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)))
+
+
+def engine(path, n_ctx=128, n_batch=32, n_threads=2):
+    return _core.Engine(path, n_ctx, n_threads, n_batch, "f16")
+
+
+def test_routing_spreads_over_experts(tmp_path_factory):
+    """The factory's router is not degenerate: over 40 tokens every expert is picked by some token
+    and most tokens mix their experts (so the tests below exercise real mixtures)."""
+    path = moe_model(tmp_path_factory)
+    ref = ReferenceModel(path)
+    ids = np.random.default_rng(0).integers(0, ref.hparams.n_vocab, 40)
+    x = ref.embed(ids)
+    picked, weights = ref.route(0, x / np.sqrt(np.mean(x * x, axis=1, keepdims=True)))
+    assert set(picked.ravel().tolist()) == set(range(ref.hparams.n_expert))
+    assert np.median(weights.max(1)) < 0.8 and np.allclose(weights.sum(1), 1.0)
+
+
+@pytest.mark.parametrize("arch", ["qwen3moe", "olmoe"])
+def test_batch_sizes_and_threads_agree(tmp_path_factory, arch):
+    """Grouping a batch by expert does not change any token's result: n_batch 1 (decode: the k
+    experts in parallel, or one by one on the whole pool when k < threads: olmoe's k = 2 on 3), 3,
+    7 and 40 (each expert's tokens in one matmul), 1, 2 or 3 threads."""
+    path = moe_model(tmp_path_factory, arch)
+    ids = np.random.default_rng(6).integers(0, engine(path).n_vocab, 40).astype(np.int32)
+    base = engine(path, n_batch=40).eval(ids, all_logits=True)
+    for n_batch, n_threads in ((1, 2), (1, 3), (3, 1), (7, 3)):
+        got = engine(path, n_batch=n_batch, n_threads=n_threads).eval(ids, all_logits=True)
+        assert rel_err(got, base) <= 1e-5, (n_batch, n_threads)
+
+
+def test_observer_sees_each_token_k_times_per_layer(tmp_path_factory):
+    """Expert inputs are reported under the stacked tensors' names: each token's normed input
+    once per selected expert, so n * k rows and k times the router's sums of squares."""
+    path = moe_model(tmp_path_factory)
+    spec = mf.default_spec("qwen3moe")
+    e = engine(path)
+    obs = _core.SumSquaresObserver()
+    e.set_observer(obs)
+    n = 13
+    e.eval(np.random.default_rng(7).integers(0, e.n_vocab, n).astype(np.int32))
+    entries = obs.entries()
+    for il in range(spec.n_layer):
+        router_sums, router_rows = entries[f"blk.{il}.ffn_gate_inp.weight"]
+        assert router_rows == n
+        for role in ("gate", "up"):
+            sums, rows = entries[f"blk.{il}.ffn_{role}_exps.weight"]
+            assert rows == n * spec.n_expert_used
+            np.testing.assert_allclose(sums, spec.n_expert_used * np.asarray(router_sums), rtol=1e-9)
+        sums, rows = entries[f"blk.{il}.ffn_down_exps.weight"]
+        assert rows == n * spec.n_expert_used and len(sums) == spec.n_ff_exp
+    assert not any("ffn_gate.weight" in name for name in entries)
+
+
+def test_engine_memory_counts_moe_scratch(tmp_path_factory):
+    """The MoE scratch is part of the engine's scratch bytes: it grows with n_batch."""
+    path = moe_model(tmp_path_factory)
+    small, large = engine(path, n_batch=4).memory(), engine(path, n_batch=64).memory()
+    spec = mf.default_spec("qwen3moe")
+    # per token at least: router logits, gathered row, gate, up, down (floats)
+    per_token = 4 * (spec.n_expert + 2 * spec.n_embd + 2 * spec.n_ff_exp)
+    assert large["scratch_bytes"] - small["scratch_bytes"] >= 60 * per_token
+
+
+# ---- bad files -----------------------------------------------------------------------------
+
+def write_variant(tmp_path, spec, *, drop_keys=(), extra_keys=None, reshape=None, values=None):
+    """The factory's model with metadata keys dropped / added, one tensor reshaped, or tensors'
+    data replaced (values: {name: array})."""
+    tensors = mf.make_tensors(spec)
+    writer = gguf.GGUFWriter(str(tmp_path / "bad.gguf"), spec.arch)
+    mf._write_hparams(writer, spec, tensors["token_embd.weight"][0].shape[0])
+    for key in drop_keys:
+        del writer.kv_data[0][key]
+    for key, (value, vtype) in (extra_keys or {}).items():
+        writer.add_key_value(key, value, vtype)
+    for name, (data, qtype) in tensors.items():
+        if name == reshape:
+            data = data[:-1]
+        data = (values or {}).get(name, data)
+        writer.add_tensor(name, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return str(tmp_path / "bad.gguf")
+
+
+def test_moe_arch_without_experts_is_refused(tmp_path):
+    path = write_variant(tmp_path, mf.default_spec("qwen3moe"), drop_keys=("qwen3moe.expert_count",))
+    with pytest.raises(ModelError, match="'qwen3moe.expert_count' is missing or 0"):
+        engine(path)
+
+
+def test_more_used_than_experts_is_refused(tmp_path):
+    spec = mf.default_spec("qwen3moe")
+    path = write_variant(tmp_path, spec, drop_keys=("qwen3moe.expert_used_count",),
+                         extra_keys={"qwen3moe.expert_used_count": (7, gguf.GGUFValueType.UINT32)})
+    with pytest.raises(ModelError, match="expert_used_count' = 7 exceeds qwen3moe.expert_count = 6"):
+        engine(path)
+
+
+def test_wrong_expert_tensor_shape(tmp_path):
+    spec = mf.default_spec("olmoe")
+    path = write_variant(tmp_path, spec, reshape="blk.1.ffn_up_exps.weight")
+    with pytest.raises(ModelError, match=r"'blk.1.ffn_up_exps.weight' has shape \[64, 96, 4\], expected \[64, 96, 5\]"):
+        engine(path)
+
+
+def test_experts_on_a_dense_architecture_are_refused(tmp_path):
+    path = write_variant(tmp_path, mf.default_spec("qwen2"),
+                         extra_keys={"qwen2.expert_count": (4, gguf.GGUFValueType.UINT32)})
+    with pytest.raises(ModelError, match="experts are not supported for architecture qwen2"):
+        engine(path)
+
+
+def test_dense_llama_with_zero_expert_count_loads(tmp_path):
+    """Dense llama files may say expert_count = 0 (llama.cpp's converter writes it for some)."""
+    spec = mf.default_spec("llama")
+    path = write_variant(tmp_path, spec, extra_keys={"llama.expert_count": (0, gguf.GGUFValueType.UINT32)})
+    ids = np.arange(5, dtype=np.int32)
+    assert rel_err(engine(path).eval(ids, all_logits=True), ReferenceModel(path).logits(ids)) <= 1e-3
+
+
+def test_factory_refuses_impossible_specs(tmp_path):
+    with pytest.raises(ValueError, match="n_expert_used"):
+        mf.write_tiny_model(tmp_path / "a.gguf", replace(mf.default_spec("qwen3moe"), n_expert_used=7))
+    with pytest.raises(ValueError, match="needs n_expert"):
+        mf.write_tiny_model(tmp_path / "b.gguf", replace(mf.default_spec("olmoe"), n_expert=0))
+
+
+# ---- info and the estimate before load -------------------------------------------------------
+
+def test_info_counts_active_parameters_and_decode_reads(tmp_path_factory):
+    """Total vs active parameters and the bytes a decode step reads, from the factory's own shapes:
+    experts count k / n of their size, token_embd one row (the file has output.weight)."""
+    from lowbit.runtime.info import describe_file, format_info  # noqa: PLC0415
+    spec = mf.default_spec("olmoe", "Q8_0")
+    path = moe_model(tmp_path_factory, "olmoe", "Q8_0")
+    shapes = mf.tensor_shapes(spec)
+    n = {name: int(np.prod(shape)) for name, shape in shapes.items()}
+    total = sum(n.values())
+    experts = sum(v for name, v in n.items() if "_exps." in name)
+    share = spec.n_expert_used / spec.n_expert
+    d = describe_file(path, n_ctx=64)
+    m = d["memory"]
+    assert d["n_params"] == m["n_params"] == total
+    assert m["expert_params"] == experts and m["n_expert"] == 5 and m["n_expert_used"] == 2
+    assert m["active_params"] == round(total - experts * (1 - share))
+
+    def q8_bytes(name):   # F32 vectors and router, Q8_0 matrices: 34 bytes per 32 values
+        return 4 * n[name] if len(shapes[name]) == 1 or "ffn_gate_inp" in name else n[name] // 32 * 34
+    tensor_bytes = sum(q8_bytes(name) for name in n)
+    reads = sum(q8_bytes(name) * (share if "_exps." in name else 1) for name in n if name != "token_embd.weight")
+    reads += q8_bytes("token_embd.weight") / shapes["token_embd.weight"][0]
+    assert d["tensor_bytes"] == tensor_bytes
+    assert m["decode_bytes_per_token"] == round(reads)
+    assert m["decode_read_fraction"] == pytest.approx(reads / tensor_bytes)
+    text = format_info(d)
+    assert "experts: 2 of 5 per token" in text and "a decode step reads" in text
+
+
+def test_info_of_a_dense_model_reads_everything_but_the_embedding(tmp_path_factory):
+    from lowbit.runtime.info import describe_file  # noqa: PLC0415
+    path = moe_model(tmp_path_factory, "qwen3", "F32")   # tied: token_embd is also the output head
+    m = describe_file(path, n_ctx=64)["memory"]
+    assert m["n_expert"] == 0 and m["active_params"] == m["n_params"] and m["expert_params"] == 0
+    assert m["decode_bytes_per_token"] == m["weights_bytes"] and m["decode_read_fraction"] == 1.0
+
+
+def test_auto_precision_uses_8_bit_experts_in_prefill_only(tmp_path_factory):
+    """act_precision auto: two-pass activations (as "high") for batches under 16 tokens, 8-bit
+    activations in the expert matmuls of larger (prefill) batches (moe.cpp); both within the
+    quantized tier of the reference."""
+    path = moe_model(tmp_path_factory, "qwen3moe", "Q4_K")
+    ids = np.random.default_rng(8).integers(0, engine(path).n_vocab, 20).astype(np.int32)
+    run = {p: _core.Engine(path, 64, 2, 32, "f16", p) for p in ("auto", "high")}
+    short = {p: e.eval(ids[:15], all_logits=True) for p, e in run.items()}
+    assert rel_err(short["auto"], short["high"]) <= 1e-6
+    long = {p: _core.Engine(path, 64, 2, 32, "f16", p).eval(ids, all_logits=True) for p in ("auto", "high")}
+    assert rel_err(long["auto"], long["high"]) > 1e-5
+    ref = ReferenceModel(path).logits(ids)
+    assert rel_err(long["auto"], ref) <= 6e-2 and rel_err(long["high"], ref) <= 6e-2
+
+
+def test_nan_router_does_not_break_selection(tmp_path):
+    """A router row of NaN (a damaged file) must not break the top-k selection (a comparator that
+    NaN makes non-strict is undefined behaviour in std::partial_sort): the eval completes with its
+    shape (the softmax spreads the NaN to the outputs, as llama.cpp's does)."""
+    spec = mf.default_spec("qwen3moe")
+    router = mf.make_tensors(spec)["blk.0.ffn_gate_inp.weight"][0].copy()
+    router[2, :] = np.nan
+    path = write_variant(tmp_path, spec, values={"blk.0.ffn_gate_inp.weight": router})
+    ids = np.arange(3, 15, dtype=np.int32)
+    out = engine(path).eval(ids, all_logits=True)
+    assert out.shape == (12, engine(path).n_vocab)

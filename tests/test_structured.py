@@ -320,3 +320,17 @@ def test_repl_format_json(tmp_path):
         child.expect(pexpect.EOF)
     finally:
         child.close(force=True)
+
+
+def test_closing_a_constrained_stream_cancels_it_and_the_model_goes_on(smol):
+    constraint = Constraint.for_model(smol, json_schema=PERSON)
+    stream = smol.chat([{"role": "user", "content": "A person as JSON."}], constraint=constraint, stream=True,
+                       temperature=1.0, seed=2, max_new_tokens=200)
+    pieces = [next(stream), next(stream)]
+    stream.close()
+    assert stream.result.finish_reason == "cancelled" and "".join(pieces) == stream.result.text
+    g = smol.chat([{"role": "user", "content": "A person as JSON."}], constraint=constraint, temperature=1.0,
+                  seed=2, max_new_tokens=200)
+    assert g.finish_reason == "stop" and g.text.startswith("".join(pieces))   # same seed, same start
+    jsonschema.validate(json.loads(g.text), PERSON)
+    assert g.to_dict()["tool_calls"] == []

@@ -34,4 +34,5 @@ PYBIND11_MODULE(_core, m) {
     lowbit::bind_quant(m);
     lowbit::bind_engine(m);
     lowbit::bind_sampling(m);
+    lowbit::bind_tokenizer(m);
 }

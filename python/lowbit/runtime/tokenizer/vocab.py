@@ -2,7 +2,7 @@
 
 Token attributes, the special ids (explicit keys first, then llama.cpp's text-based
 detection), add-BOS/EOS defaults per tokenizer model, and the end-of-generation set.
-Knows no algorithm: spm.py / bpe.py tokenize, tokenizer.py ties them together."""
+Knows no algorithm: the C++ core (csrc/tokenizer) tokenizes, core.py hands it this vocabulary."""
 from __future__ import annotations
 
 import warnings

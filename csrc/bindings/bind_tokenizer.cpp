@@ -7,6 +7,7 @@
 #include "bindings/bind.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/unicode.h"
+#include "tokenizer/vocab.h"
 
 namespace py = pybind11;
 
@@ -24,8 +25,8 @@ py::bytes utf8_of(const py::handle& text, const char* what) {
     return py::reinterpret_steal<py::bytes>(b);
 }
 
-py::str str_of(std::string_view bytes) {
-    PyObject* s = PyUnicode_DecodeUTF8(bytes.data(), py::ssize_t(bytes.size()), "surrogatepass");
+py::str str_of(std::string_view bytes, const char* errors = "surrogatepass") {
+    PyObject* s = PyUnicode_DecodeUTF8(bytes.data(), py::ssize_t(bytes.size()), errors);
     if (!s) throw py::error_already_set();
     return py::reinterpret_steal<py::str>(s);
 }
@@ -36,22 +37,69 @@ int32_t checked_id(const Tokenizer& t, int64_t id) {
     return int32_t(id);
 }
 
-std::unique_ptr<Tokenizer> make_tokenizer(std::string model, std::string pre, std::vector<std::string> tokens,
-                                          std::vector<float> scores, std::vector<uint32_t> attrs,
-                                          std::vector<std::string> merges, int32_t bos, int32_t eos, int32_t unk,
-                                          bool add_bos, bool add_eos, bool add_space_prefix) {
-    VocabData v{std::move(model), std::move(pre), std::move(tokens), std::move(scores), std::move(attrs),
-                std::move(merges), bos, eos, unk, add_bos, add_eos, add_space_prefix};
-    py::gil_scoped_release nogil;
-    return std::make_unique<Tokenizer>(std::move(v));
+py::tuple with_warnings(std::unique_ptr<Tokenizer> t, const std::vector<std::string>& warnings) {
+    py::list w;
+    for (const std::string& text : warnings) w.append(str_of(text));
+    return py::make_tuple(std::move(t), w);
+}
+
+// A metadata dict's fields (lowbit.runtime.tokenizer.vocab checks their Python types first).
+py::tuple from_fields(const py::dict& d) {
+    tokenizer::VocabFields f;
+    auto get = [&](const char* key) -> py::object { return d.contains(key) ? py::object(d[key]) : py::none(); };
+    auto text = [&](const char* key) -> std::optional<std::string> {
+        py::object v = get(key);
+        return v.is_none() ? std::nullopt : std::optional<std::string>(v.cast<std::string>());
+    };
+    auto flag = [&](const char* key) -> std::optional<bool> {
+        py::object v = get(key);
+        return v.is_none() ? std::nullopt : std::optional<bool>(v.cast<bool>());
+    };
+    f.model = text("model");
+    f.pre = text("pre");
+    f.chat_template = text("chat_template");
+    f.general_name = text("general_name").value_or("");
+    f.architecture = text("architecture").value_or("");
+    if (!get("tokens").is_none()) f.tokens = get("tokens").cast<std::vector<std::string>>();
+    if (!get("merges").is_none()) f.merges = get("merges").cast<std::vector<std::string>>();
+    if (!get("scores").is_none()) f.scores = get("scores").cast<std::vector<float>>();
+    if (!get("token_types").is_none()) f.token_types = get("token_types").cast<std::vector<int64_t>>();
+    f.id_keys = get("id_keys").cast<std::vector<std::pair<std::string, int64_t>>>();
+    f.add_space_prefix = flag("add_space_prefix");
+    f.add_bos = flag("add_bos");
+    f.add_eos = flag("add_eos");
+    std::vector<std::string> warnings;
+    std::unique_ptr<Tokenizer> t;
+    {
+        py::gil_scoped_release nogil;
+        t = std::make_unique<Tokenizer>(tokenizer::load_vocab(f, warnings));
+    }
+    return with_warnings(std::move(t), warnings);
+}
+
+py::tuple from_gguf(const std::string& path) {
+    std::unique_ptr<GGUFFile> file = open_gguf(path);
+    std::vector<std::string> warnings;
+    std::unique_ptr<Tokenizer> t;
+    {
+        py::gil_scoped_release nogil;
+        t = std::make_unique<Tokenizer>(tokenizer::load_vocab(tokenizer::vocab_fields_from_gguf(*file), warnings));
+    }
+    return with_warnings(std::move(t), warnings);
+}
+
+py::object optional_str(const std::optional<std::string>& s) {
+    return s ? py::object(str_of(*s, "surrogateescape")) : py::object(py::none());
 }
 }  // namespace
 
 void bind_tokenizer(py::module_& m) {
     py::class_<Tokenizer>(m, "Tokenizer", "llama.cpp-exact SPM / byte-level BPE (csrc/tokenizer/tokenizer.h)")
-        .def(py::init(&make_tokenizer), py::arg("model"), py::arg("pre"), py::arg("tokens"), py::arg("scores"),
-             py::arg("attrs"), py::arg("merges"), py::arg("bos"), py::arg("eos"), py::arg("unk"),
-             py::arg("add_bos"), py::arg("add_eos"), py::arg("add_space_prefix"))
+        .def_static("from_fields", &from_fields, py::arg("fields"),
+                    "(Tokenizer, warnings) from a dict: model, pre, tokens, scores, token_types, merges, "
+                    "id_keys [(key, id)], add_space_prefix, add_bos, add_eos, chat_template, general_name, "
+                    "architecture (strings as UTF-8 bytes)")
+        .def_static("from_gguf", &from_gguf, py::arg("path"), "(Tokenizer, warnings) from a GGUF file's metadata")
         .def("encode", [](const Tokenizer& t, const py::handle& text, bool add_special, bool parse_special,
                           const std::vector<std::pair<int64_t, int64_t>>& literal_spans) {
                  py::bytes utf8 = utf8_of(text, "encode()");
@@ -79,7 +127,25 @@ void bind_tokenizer(py::module_& m) {
                  }
                  return py::bytes(out);
              }, py::arg("ids"), py::arg("special"))
-        .def_property_readonly("n_tokens", &Tokenizer::n_tokens);
+        .def_property_readonly("n_tokens", &Tokenizer::n_tokens)
+        .def("piece", [](const Tokenizer& t, int64_t id) {
+                 return py::bytes(t.vocab().tokens[size_t(checked_id(t, id))]);
+             }, "the token's text as stored in the GGUF (bytes)")
+        .def("token_id", [](const Tokenizer& t, const py::bytes& piece) { return t.token_id(std::string(piece)); })
+        .def("attr", [](const Tokenizer& t, int64_t id) { return t.vocab().attrs[size_t(checked_id(t, id))]; })
+        .def_property_readonly("model", [](const Tokenizer& t) { return t.vocab().model; })
+        .def_property_readonly("pre", [](const Tokenizer& t) { return t.vocab().pre; })
+        .def_property_readonly("add_bos", [](const Tokenizer& t) { return t.vocab().add_bos; })
+        .def_property_readonly("add_eos", [](const Tokenizer& t) { return t.vocab().add_eos; })
+        .def_property_readonly("add_space_prefix", [](const Tokenizer& t) { return t.vocab().add_space_prefix; })
+        .def_property_readonly("chat_template", [](const Tokenizer& t) { return optional_str(t.vocab().chat_template); })
+        .def_property_readonly("general_name", [](const Tokenizer& t) { return str_of(t.vocab().general_name, "surrogateescape"); })
+        .def_property_readonly("eog_ids", [](const Tokenizer& t) { return t.vocab().eog_ids; })
+        .def_property_readonly("slots", [](const Tokenizer& t) {
+            py::dict out;
+            for (const auto& [name, id] : t.vocab().slots) out[py::str(name)] = id;
+            return out;
+        }, "special-id slot -> id (-1 when absent)");
 
     m.def("pre_tokenizers", []() {
         py::dict out;

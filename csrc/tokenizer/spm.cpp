@@ -14,15 +14,13 @@
 namespace lowbit::tokenizer {
 
 void Tokenizer::init_spm() {
-    lookup_.reserve(vocab_.tokens.size());
-    for (size_t id = 0; id < vocab_.tokens.size(); ++id) lookup_.emplace(vocab_.tokens[id], int32_t(id));
     byte_ids_.assign(256, -1);
     static const char* hex = "0123456789ABCDEF";
     for (int b = 0; b < 256; ++b) {
         const std::string name = std::string("<0x") + hex[b >> 4] + hex[b & 15] + ">";
-        auto it = lookup_.find(name);
-        if (it == lookup_.end() && b < 128) it = lookup_.find(std::string(1, char(b)));
-        if (it != lookup_.end()) byte_ids_[size_t(b)] = it->second;
+        auto it = text_ids_.find(name);
+        if (it == text_ids_.end() && b < 128) it = text_ids_.find(std::string(1, char(b)));
+        if (it != text_ids_.end()) byte_ids_[size_t(b)] = it->second;
     }
 }
 
@@ -50,8 +48,8 @@ void Tokenizer::spm_merge(std::string_view text, std::vector<int32_t>& out) cons
     auto try_pair = [&](int32_t left, int32_t right) {
         if (left == -1 || right == -1) return;
         const uint32_t size = syms[size_t(left)].size + syms[size_t(right)].size;
-        auto it = lookup_.find(text.substr(syms[size_t(left)].first, size));
-        if (it != lookup_.end()) queue.push({vocab_.scores[size_t(it->second)], left, right, size});
+        auto it = text_ids_.find(text.substr(syms[size_t(left)].first, size));
+        if (it != text_ids_.end()) queue.push({vocab_.scores[size_t(it->second)], left, right, size});
     };
     for (int32_t i = 0; i + 1 < n; ++i) try_pair(i, i + 1);
     while (!queue.empty()) {
@@ -69,8 +67,8 @@ void Tokenizer::spm_merge(std::string_view text, std::vector<int32_t>& out) cons
     }
     for (int32_t i = 0; i != -1; i = syms[size_t(i)].next) {
         const std::string_view piece = text.substr(syms[size_t(i)].first, syms[size_t(i)].size);
-        auto it = lookup_.find(piece);
-        if (it != lookup_.end()) { out.push_back(it->second); continue; }
+        auto it = text_ids_.find(piece);
+        if (it != text_ids_.end()) { out.push_back(it->second); continue; }
         for (char ch : piece) {
             const uint8_t byte = uint8_t(ch);
             int32_t id = byte_ids_[byte];

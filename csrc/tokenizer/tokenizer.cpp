@@ -100,6 +100,8 @@ int gpt2_byte_of_char(uint32_t cpt) {
 
 Tokenizer::Tokenizer(VocabData vocab) : vocab_(std::move(vocab)) {
     const size_t n = vocab_.tokens.size();
+    text_ids_.reserve(n);
+    for (size_t id = 0; id < n; ++id) text_ids_.emplace(vocab_.tokens[id], int32_t(id));   // first wins
     LOWBIT_CHECK(vocab_.scores.size() >= n && vocab_.attrs.size() >= n, ModelError,
                  "vocabulary arrays are shorter than its ", n, " tokens");
     if (vocab_.model == "gpt2") {
@@ -121,6 +123,11 @@ Tokenizer::Tokenizer(VocabData vocab) : vocab_(std::move(vocab)) {
     for (int32_t id : specials_) special_lead_.push_back(lead_of(vocab_.tokens[size_t(id)]));
     pieces_.reserve(n);
     for (size_t id = 0; id < n; ++id) pieces_.push_back(render(int32_t(id)));
+}
+
+int32_t Tokenizer::token_id(std::string_view piece) const {
+    auto it = text_ids_.find(piece);
+    return it == text_ids_.end() ? -1 : it->second;
 }
 
 // ---- special-token partition ------------------------------------------------------------------

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -44,6 +45,12 @@ struct VocabData {
     std::vector<std::string> merges;   // BPE "left right" lines (GPT-2 byte characters)
     int32_t bos = -1, eos = -1, unk = -1;
     bool add_bos = false, add_eos = false, add_space_prefix = false;
+    // filled by load_vocab (vocab.h): every special-id slot ("bos", "eot", "fim_pre"...; -1 when
+    // absent), the end-of-generation ids, the chat template and the model's name
+    std::vector<std::pair<std::string, int32_t>> slots;
+    std::vector<int32_t> eog_ids;
+    std::optional<std::string> chat_template;
+    std::string general_name;
 };
 
 class Tokenizer {
@@ -60,6 +67,7 @@ public:
     std::string detokenize(const int32_t* ids, size_t n, bool special) const;
 
     size_t n_tokens() const { return vocab_.tokens.size(); }
+    int32_t token_id(std::string_view piece) const;   // -1 when no token has this text
     const VocabData& vocab() const { return vocab_; }
     const PreTokenizer* pre_tokenizer() const { return pre_; }
 
@@ -87,7 +95,8 @@ private:
 
     VocabData vocab_;
     const PreTokenizer* pre_ = nullptr;            // BPE only
-    std::unordered_map<std::string_view, int32_t> lookup_;   // SPM: piece bytes; BPE: raw bytes
+    std::unordered_map<std::string_view, int32_t> text_ids_; // piece bytes -> id (SPM merges look up here)
+    std::unordered_map<std::string_view, int32_t> lookup_;   // BPE: raw bytes -> id
     std::vector<std::string> raw_;                 // BPE: raw bytes of each piece ("" when unmappable)
     std::vector<std::pair<std::string, std::string>> merge_sides_;   // BPE: raw bytes of each rule
     std::unordered_map<std::pair<std::string_view, std::string_view>, int32_t, PairHash> ranks_;

@@ -1,38 +1,34 @@
 """Tokenizer: exact llama.cpp tokenization and detokenization from GGUF metadata.
 
 A thin wrapper over the C++ tokenizer (csrc/tokenizer: SPM and byte-level BPE, the special-token
-partition, detokenization; the rules are in csrc/tokenizer/tokenizer.h). vocab.py reads the
-vocabulary from the metadata; this class keeps its facts and hands text to the core."""
+partition, detokenization, and the vocabulary rules: csrc/tokenizer/tokenizer.h and vocab.h).
+The core reads a GGUF file's vocabulary itself; vocab.py hands it a metadata dict's fields."""
 from __future__ import annotations
 
 import codecs
 import operator
+import os
+import warnings
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from lowbit import _core
 
-from .pretokenize import PRE_TOKENIZERS
-from .vocab import ATTR_CONTROL, Vocab, load_vocab
+from lowbit.runtime.gguf_file import Metadata
 
-
-def _utf8(text: str) -> bytes:
-    return text.encode("utf-8", "surrogateescape")
+from .vocab import ATTR_CONTROL, vocab_fields
 
 
 class Tokenizer:
     """Exact llama.cpp tokenizer for a GGUF vocabulary (SPM 'llama' or BPE 'gpt2')."""
 
-    def __init__(self, vocab: Vocab):
-        self._vocab = vocab
-        self._tokens = vocab.tokens
-        self._attrs = vocab.attrs
-        ids = vocab.ids
-        self._core = _core.Tokenizer(
-            vocab.model, vocab.pre, [_utf8(t) for t in vocab.tokens], vocab.scores, vocab.attrs,
-            [_utf8(m) for m in vocab.merges], ids["bos"], ids["eos"], ids["unk"], vocab.add_bos,
-            vocab.add_eos, vocab.add_space_prefix)
+    def __init__(self, core: "_core.Tokenizer"):
+        self._core = core
+        self._n = core.n_tokens
+        self._slots = core.slots
+        self._eog = frozenset(core.eog_ids)
+        self._template = core.chat_template
 
     @classmethod
     def from_metadata(cls, meta: dict) -> "Tokenizer":
@@ -40,25 +36,32 @@ class Tokenizer:
 
         With ``GGUFFile.metadata`` of a model the engine runs, the model's config is validated
         first (one token per embedding row, among others), so a hostile token count fails
-        before millions of pieces are built."""
+        before millions of pieces are built; such metadata is read by the core from the file."""
         from lowbit.runtime import engine_architectures
         validate = getattr(meta, "model_config", None)
         if validate is not None and meta.get("general.architecture") in engine_architectures():
             validate()
-        return cls(load_vocab(meta, PRE_TOKENIZERS))
+        path = getattr(meta, "path", None)
+        if isinstance(meta, Metadata) and path is not None:
+            core, notes = _core.Tokenizer.from_gguf(os.fsencode(path))
+        else:
+            core, notes = _core.Tokenizer.from_fields(vocab_fields(meta))
+        for note in notes:
+            warnings.warn(note, stacklevel=2)
+        return cls(core)
 
     # ---- facts -------------------------------------------------------------------------
     @property
     def vocab_size(self) -> int:
-        return len(self._tokens)
+        return self._n
 
     @property
     def model(self) -> str:
-        return self._vocab.model
+        return self._core.model
 
     @property
     def pre(self) -> str:
-        return self._vocab.pre
+        return self._core.pre
 
     @property
     def bos_id(self) -> Optional[int]:
@@ -70,47 +73,53 @@ class Tokenizer:
 
     @property
     def add_bos(self) -> bool:
-        return self._vocab.add_bos
+        return self._core.add_bos
 
     @property
     def add_eos(self) -> bool:
-        return self._vocab.add_eos
+        return self._core.add_eos
 
     @property
     def eot_ids(self) -> frozenset:
         """Ids that end generation (llama.cpp's special_eog_ids: eos, eot, eom, FIM pad/repo/sep
         and tokens such as <end_of_turn>, <|im_end|>, <|eot_id|>, <|endoftext|>)."""
-        return self._vocab.eog_ids
+        return self._eog
 
     @property
     def chat_template(self) -> Optional[str]:
-        return self._vocab.chat_template
+        return self._template
+
+    @property
+    def special_ids(self) -> dict:
+        """Every special-id slot ("bos", "eot", "fim_pre"...) -> id, None when absent."""
+        return {slot: None if tid == -1 else tid for slot, tid in self._slots.items()}
 
     def _id_or_none(self, slot: str) -> Optional[int]:
-        tid = self._vocab.ids[slot]
+        tid = self._slots[slot]
         return None if tid == -1 else tid
 
     def _check_id(self, tid: int) -> int:
         """``tid`` as a plain int; ValueError naming it and the vocabulary size when out of range."""
-        if isinstance(tid, bool):
+        if isinstance(tid, (bool, np.bool_)):
             raise TypeError(f"token ids are integers, not {tid!r}")
         try:
             index = operator.index(tid)
         except TypeError:
             raise TypeError(f"token ids are integers, not {type(tid).__name__}") from None
-        if not 0 <= index < len(self._tokens):
-            raise ValueError(f"token id {index} is out of range for a vocabulary of {len(self._tokens)}")
+        if not 0 <= index < self._n:
+            raise ValueError(f"token id {index} is out of range for a vocabulary of {self._n}")
         return index
 
     def is_control(self, tid: int) -> bool:
-        return bool(self._attrs[self._check_id(tid)] & ATTR_CONTROL)
+        return bool(self._core.attr(self._check_id(tid)) & ATTR_CONTROL)
 
     def piece(self, tid: int) -> str:
         """The token's text as stored in the GGUF vocabulary (e.g. '▁the', 'Ġthe', '<0x0A>')."""
-        return self._tokens[self._check_id(tid)]
+        return self._core.piece(self._check_id(tid)).decode("utf-8", "surrogateescape")
 
     def token_id(self, piece: str) -> Optional[int]:
-        return self._vocab.token_to_id.get(piece)
+        tid = self._core.token_id(piece.encode("utf-8", "surrogateescape"))
+        return None if tid == -1 else tid
 
     # ---- encode / decode (the C++ core) ---------------------------------------------------
     def encode(self, text: str, add_special: bool = True, parse_special: bool = False,
@@ -175,7 +184,7 @@ class StreamDecoder:
     def feed(self, tid: int) -> str:
         piece = self._tok.token_to_bytes(tid, self._special)
         if self._first:
-            if self._tok._vocab.add_space_prefix and piece[:1] == b" ":
+            if self._tok._core.add_space_prefix and piece[:1] == b" ":
                 piece = piece[1:]
             self._first = False
         return self._utf8.decode(piece)

@@ -140,3 +140,14 @@ def test_hostile_text_equals_llama_cpp(real_path):
                 assert tok._detokenize_bytes(ids, True) == ref.detokenize(ids, special=True)
     finally:
         ref.close()
+
+
+def test_concurrent_encodes_agree(real_path):
+    """encode releases the GIL and shares the merge cache: threads must see the same ids."""
+    from concurrent.futures import ThreadPoolExecutor
+    tok = Tokenizer.from_metadata(lowbit.GGUFFile(real_path).metadata)
+    texts = hostile_texts(tok)[10:90]
+    want = [Tokenizer.from_metadata(lowbit.GGUFFile(real_path).metadata).encode(t) for t in texts]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            assert list(pool.map(tok.encode, texts)) == want

@@ -65,6 +65,10 @@ void Tokenizer::bpe_word(std::string_view word, std::vector<int32_t>& out) const
         auto it = lookup_.find(word);
         if (it != lookup_.end()) { out.push_back(it->second); return; }
     }
+    cached(word, out, &Tokenizer::bpe_merge);
+}
+
+void Tokenizer::bpe_merge(std::string_view word, std::vector<int32_t>& out) const {
     struct Symbol {
         uint32_t first, size;   // bytes of the word; size 0 once merged into its left neighbour
         int32_t prev, next;

@@ -14,6 +14,11 @@
 namespace lowbit::tokenizer {
 
 void Tokenizer::init_spm() {
+    for (const std::string& piece : vocab_.tokens) {
+        const DecodedText d = decode_utf8(piece);
+        for (size_t i = 1; i < d.cpts.size(); ++i)
+            if (d.cpts[i] == 0x2581) spm_joiners_.insert(d.cpts[i - 1]);
+    }
     byte_ids_.assign(256, -1);
     static const char* hex = "0123456789ABCDEF";
     for (int b = 0; b < 256; ++b) {
@@ -21,6 +26,19 @@ void Tokenizer::init_spm() {
         auto it = text_ids_.find(name);
         if (it == text_ids_.end() && b < 128) it = text_ids_.find(std::string(1, char(b)));
         if (it != text_ids_.end()) byte_ids_[size_t(b)] = it->second;
+    }
+}
+
+// A merge only ever forms a vocabulary piece, so it never crosses a U+2581 whose left neighbour
+// precedes U+2581 inside no piece: the text is cut there and each piece merged (and cached) on
+// its own, with the ids of merging the whole text at once.
+void Tokenizer::spm_pieces(std::string_view text, std::vector<int32_t>& out) const {
+    const DecodedText d = decode_utf8(text);
+    size_t start = 0;
+    for (size_t i = 1; i <= d.cpts.size(); ++i) {
+        if (i < d.cpts.size() && !(d.cpts[i] == 0x2581 && !spm_joiners_.count(d.cpts[i - 1]))) continue;
+        cached(text.substr(d.offsets[start], d.offsets[i] - d.offsets[start]), out, &Tokenizer::spm_merge);
+        start = i;
     }
 }
 

@@ -125,6 +125,24 @@ Tokenizer::Tokenizer(VocabData vocab) : vocab_(std::move(vocab)) {
     for (size_t id = 0; id < n; ++id) pieces_.push_back(render(int32_t(id)));
 }
 
+void Tokenizer::cached(std::string_view key, std::vector<int32_t>& out, MergeFn merge) const {
+    constexpr size_t kCacheLimit = 200000;
+    {
+        std::lock_guard<std::mutex> lock(cache_mu_);
+        auto it = cache_.find(std::string(key));
+        if (it != cache_.end()) {
+            out.insert(out.end(), it->second.begin(), it->second.end());
+            return;
+        }
+    }
+    std::vector<int32_t> ids;
+    (this->*merge)(key, ids);
+    out.insert(out.end(), ids.begin(), ids.end());
+    std::lock_guard<std::mutex> lock(cache_mu_);
+    if (cache_.size() >= kCacheLimit) cache_.clear();
+    cache_.emplace(std::string(key), std::move(ids));
+}
+
 int32_t Tokenizer::token_id(std::string_view piece) const {
     auto it = text_ids_.find(piece);
     return it == text_ids_.end() ? -1 : it->second;
@@ -237,7 +255,7 @@ void Tokenizer::encode_spm(std::string_view text, const std::vector<Fragment>& f
         std::string raw;
         if (vocab_.add_space_prefix && prev_special) raw.push_back(' ');
         raw.append(text.substr(f.first, f.last - f.first));
-        spm_merge(replace_all(raw, " ", kEscapedSpace), out);
+        spm_pieces(replace_all(raw, " ", kEscapedSpace), out);
         prev_special = false;
     }
 }

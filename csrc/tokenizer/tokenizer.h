@@ -14,14 +14,16 @@
 //
 // Text is UTF-8 (lone surrogates as Python's "surrogatepass" bytes are code points like any
 // other; other invalid bytes are single bytes of no class). A Tokenizer is immutable once
-// built: encode/detokenize may run on many threads at once.
+// built but for its merge cache (behind a mutex): encode/detokenize may run on many threads at once.
 #pragma once
 
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <mutex>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -88,7 +90,12 @@ private:
     void cut(std::string_view text, int32_t id, const std::vector<std::pair<size_t, size_t>>* literal,
              std::vector<Fragment>& frags) const;
     void encode_spm(std::string_view text, const std::vector<Fragment>& frags, std::vector<int32_t>& out) const;
+    void spm_pieces(std::string_view escaped, std::vector<int32_t>& out) const;
     void spm_merge(std::string_view escaped, std::vector<int32_t>& out) const;
+    // ids of a word / SPM piece from the cache, else merged and remembered
+    using MergeFn = void (Tokenizer::*)(std::string_view, std::vector<int32_t>&) const;
+    void cached(std::string_view key, std::vector<int32_t>& out, MergeFn merge) const;
+    void bpe_merge(std::string_view word, std::vector<int32_t>& out) const;
     void bpe_fragment(std::string_view text, std::vector<int32_t>& out) const;
     void bpe_word(std::string_view word, std::vector<int32_t>& out) const;
     std::string render(int32_t id) const;
@@ -105,6 +112,11 @@ private:
     std::vector<int32_t> special_lead_;            // [specials_] first two bytes (or 1 byte + 0x10000)
     std::vector<std::string> pieces_;              // rendered piece of every id
     bool clean_spaces_ = false;
+    std::unordered_set<uint32_t> spm_joiners_;     // code points that precede U+2581 inside a piece
+    // Merge results per word (BPE) or per piece (SPM): text repeats its words, so most merges
+    // are looked up. Bounded (cleared when full); a mutex keeps encode() thread-safe.
+    mutable std::mutex cache_mu_;
+    mutable std::unordered_map<std::string, std::vector<int32_t>> cache_;
 };
 
 // GPT-2's byte <-> character table: printable latin-1 bytes are themselves, the rest U+0100 on.

@@ -147,7 +147,8 @@ def test_concurrent_encodes_agree(real_path):
     from concurrent.futures import ThreadPoolExecutor
     tok = Tokenizer.from_metadata(lowbit.GGUFFile(real_path).metadata)
     texts = hostile_texts(tok)[10:90]
-    want = [Tokenizer.from_metadata(lowbit.GGUFFile(real_path).metadata).encode(t) for t in texts]
+    fresh = Tokenizer.from_metadata(lowbit.GGUFFile(real_path).metadata)
+    want = [fresh.encode(t) for t in texts]
     with ThreadPoolExecutor(4) as pool:
         for _ in range(3):
             assert list(pool.map(tok.encode, texts)) == want

@@ -75,10 +75,17 @@ GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|
 LLAMA3 = (r"'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD]|[^\r\n\p{L}\p{N}]?\p{L}+|"
           r"\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN2 = LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")
+QWEN35 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}|"
+          r" ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# llama.cpp's adaptation of o200k's regex (std::regex path: a non-ASCII letter is both cases)
+GPT4O = (r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|"
+         r"'[lL][lL]|'[dD])?|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*(?:'[sS]|'[tT]|'[rR][eE]|"
+         r"'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 DEFAULT = [("class", r"[\p{P}\$\+<=>\^~\|]+"), ("custom", GPT2), ("class", r"\p{N}+"), ("class", "[0-9][0-9][0-9]")]
 STEPS = {"default": DEFAULT, "llama-bpe": [("custom", LLAMA3)], "gpt-2": [("custom", GPT2)],
          "starcoder": [("class", r"\p{N}"), ("custom", GPT2)], "smollm": [("class", r"\p{N}"), ("custom", GPT2)],
-         "qwen2": [("custom", QWEN2)], "stablelm2": [("custom", QWEN2)]}
+         "qwen2": [("custom", QWEN2)], "stablelm2": [("custom", QWEN2)], "qwen35": [("custom", QWEN35)],
+         "dbrx": [("custom", LLAMA3)], "gpt-4o": [("class", GPT4O)]}
 
 
 def reference_split(steps, text, newer):
@@ -102,8 +109,9 @@ def reference_split(steps, text, newer):
 
 def hostile_strings():
     rng = random.Random(20261130)
-    alphabet = (list("aZ09 '\n\r\t.,!$+<=>^~|`_-") + ["é", "漢", "🙂", "\u00a0", "\u2028", "\u3000", "\u0301",
-                "①", "٣", "Ⅷ", "\x85", "\x1c", "\U0002EBF0", "\U00016EAA", "\ud800", "'s", "'LL", "'Re", "\r\n"])
+    alphabet = (list("aZ09 '\n\r\t.,!$+<=>^~|`_-/") + ["Ab", "dE", "ÀÉ", "çà", "ǅ", "\u0903", "'T", "'ll"] +
+                ["é", "漢", "🙂", "\u00a0", "\u2028", "\u3000", "\u0301", "①", "٣", "Ⅷ", "\x85", "\x1c",
+                 "\U0002EBF0", "\U00016EAA", "\ud800", "'s", "'LL", "'Re", "\r\n"])
     fixed = ["", " ", "  x", "abc 12345 don't   x", "a\n\n  b:\r\n", "x" * 3000, " " * 2000, "1" * 1000,
              "\n" * 500 + "a", "🙂" * 300, "'" * 50 + "s", "\ud800\udfff\udc80", "$$$ +++ ~~ `` ||| ^^ ¿¡«»"]
     return fixed + ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 60))) for _ in range(600)]
@@ -120,6 +128,12 @@ def test_pre_tokenizers_equal_their_regexes(label, gen):
     pre = PRE_TOKENIZERS[label]
     for text in hostile_strings():
         assert pre.split(text) == reference_split(STEPS[label], text, newer), repr(text)
+
+
+def test_flags_of_the_new_labels():
+    assert (PRE_TOKENIZERS["gpt-4o"].clean_spaces, PRE_TOKENIZERS["qwen35"].clean_spaces) == (False, False)
+    assert not PRE_TOKENIZERS["dbrx"].ignore_merges and PRE_TOKENIZERS["llama-bpe"].ignore_merges
+    assert PRE_TOKENIZERS["gpt-4o"].split("HelloWorld's URLs\n/x") == ["Hello", "World's", " URLs", "\n", "/x"]
 
 
 def test_every_label_has_a_reference_family():

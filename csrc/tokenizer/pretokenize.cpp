@@ -19,6 +19,9 @@ struct Cursor {
     bool space(uint32_t i) const { return i < end && (flags[i] & kCptSpace); }
     // [^\s\p{L}\p{N}]
     bool other(uint32_t i) const { return i < end && !(flags[i] & (kCptSpace | kCptLetter | kCptNumber)); }
+    bool mark(uint32_t i) const { return i < end && (flags[i] & kCptMark); }
+    bool upper_ok(uint32_t i) const { return letter(i) && !(cpt[i] >= 'a' && cpt[i] <= 'z'); }   // U
+    bool lower_ok(uint32_t i) const { return letter(i) && !(cpt[i] >= 'A' && cpt[i] <= 'Z'); }   // W
     bool newline(uint32_t i) const { return i < end && (cpt[i] == '\r' || cpt[i] == '\n'); }
     uint32_t lower(uint32_t i) const {      // ASCII letters folded, for case-blind contractions
         const uint32_t c = i < end ? cpt[i] : 0;
@@ -46,6 +49,16 @@ uint32_t spaces(const Cursor& c, uint32_t pos) {
     return (run < c.end && run - pos > 1) ? run - 1 : run;
 }
 
+// \s*[\r\n]+|\s+(?!\S)|\s+ at pos (else one code point): up to and including the run's last
+// \r or \n, else the run as spaces() takes it.
+uint32_t space_alternatives(const Cursor& c, uint32_t pos) {
+    if (!c.space(pos)) return pos + 1;
+    const uint32_t run = c.skip(pos, [&](uint32_t i) { return c.space(i); });
+    for (uint32_t i = run; i > pos; --i)
+        if (c.newline(i - 1)) return i;
+    return spaces(c, pos);
+}
+
 uint32_t match_gpt2(const Cursor& c, uint32_t pos) {
     if (uint32_t e = contraction(c, pos, false); e != pos) return e;
     const uint32_t j = pos + (c.cpt[pos] == ' ');                   // the optional leading ' '
@@ -56,30 +69,58 @@ uint32_t match_gpt2(const Cursor& c, uint32_t pos) {
     return pos + 1;
 }
 
-uint32_t match_llama3(const Cursor& c, uint32_t pos, uint32_t max_digits) {
+// Llama-3 / Qwen2 / Qwen3.5 (see pretokenize.h); marks_join: \p{M} counts as a letter.
+uint32_t match_llama3(const Cursor& c, uint32_t pos, uint32_t max_digits, bool marks_join = false) {
     if (uint32_t e = contraction(c, pos, true); e != pos) return e;
+    auto word = [&](uint32_t i) { return c.letter(i) || (marks_join && c.mark(i)); };
+    auto other = [&](uint32_t i) { return c.other(i) && !(marks_join && c.mark(i)); };
     // [^\r\n\p{L}\p{N}]?\p{L}+
-    if (!c.newline(pos) && !c.letter(pos) && !c.number(pos) && c.letter(pos + 1))
-        return c.skip(pos + 1, [&](uint32_t i) { return c.letter(i); });
-    if (c.letter(pos)) return c.skip(pos, [&](uint32_t i) { return c.letter(i); });
+    if (!c.newline(pos) && !c.letter(pos) && !c.number(pos) && word(pos + 1))
+        return c.skip(pos + 1, word);
+    if (word(pos)) return c.skip(pos, word);
     if (c.number(pos)) {                                             // \p{N}{1,max}
         uint32_t e = pos;
         while (e - pos < max_digits && c.number(e)) ++e;
         return e;
     }
     const uint32_t j = pos + (c.cpt[pos] == ' ');                   // ' ?[^\s\p{L}\p{N}]+[\r\n]*
-    if (c.other(j)) {
-        const uint32_t e = c.skip(j, [&](uint32_t i) { return c.other(i); });
+    if (other(j)) {
+        const uint32_t e = c.skip(j, other);
         return c.skip(e, [&](uint32_t i) { return c.newline(i); });
     }
-    if (c.space(pos)) {
-        // \s*[\r\n]+: up to and including the run's last \r or \n
-        const uint32_t run = c.skip(pos, [&](uint32_t i) { return c.space(i); });
-        for (uint32_t i = run; i > pos; --i)
-            if (c.newline(i - 1)) return i;
-        return spaces(c, pos);
+    return space_alternatives(c, pos);
+}
+
+// GPT-4o's two letter alternatives at `start`: U*W+ (backtracking U* until W+ can start), else
+// U+W*; then an optional contraction. Returns start when neither matches.
+uint32_t gpt4o_letters(const Cursor& c, uint32_t start) {
+    auto upper = [&](uint32_t i) { return c.upper_ok(i); };
+    auto lower = [&](uint32_t i) { return c.lower_ok(i); };
+    const uint32_t u_end = c.skip(start, upper);
+    uint32_t e = start;
+    for (uint32_t k = u_end + 1; k-- > start;)
+        if (lower(k)) { e = c.skip(k, lower); break; }
+    if (e == start && u_end > start) e = c.skip(u_end, lower);
+    if (e == start) return start;
+    return contraction(c, e, true);
+}
+
+uint32_t match_gpt4o(const Cursor& c, uint32_t pos) {
+    if (!c.newline(pos) && !c.letter(pos) && !c.number(pos)) {     // the optional leading character
+        if (uint32_t e = gpt4o_letters(c, pos + 1); e != pos + 1) return e;
     }
-    return pos + 1;
+    if (uint32_t e = gpt4o_letters(c, pos); e != pos) return e;
+    if (c.number(pos)) {                                             // \p{N}{1,3}
+        uint32_t e = pos;
+        while (e - pos < 3 && c.number(e)) ++e;
+        return e;
+    }
+    const uint32_t j = pos + (c.cpt[pos] == ' ');                   // ' ?[^\s\p{L}\p{N}]+[\r\n/]*
+    if (c.other(j)) {
+        const uint32_t e = c.skip(j, [&](uint32_t i) { return c.other(i); });
+        return c.skip(e, [&](uint32_t i) { return c.newline(i) || (i < c.end && c.cpt[i] == '/'); });
+    }
+    return space_alternatives(c, pos);
 }
 
 bool in_class(CharClass cls, uint32_t cpt, uint8_t flags) {
@@ -118,6 +159,7 @@ void split_class(const SplitStep& step, const std::vector<uint32_t>& cpts, const
 
 std::map<std::string, PreTokenizer, std::less<>> make_table() {
     const SplitStep gpt2{SplitKind::Gpt2}, llama3{SplitKind::Llama3}, qwen2{SplitKind::Qwen2};
+    const SplitStep qwen35{SplitKind::Qwen35}, gpt4o{SplitKind::Gpt4o};
     const SplitStep each_number{SplitKind::ClassWindows, CharClass::Number, 1};
     const std::vector<SplitStep> default_steps{{SplitKind::ClassRuns, CharClass::DefaultPunct}, gpt2,
                                                {SplitKind::ClassRuns, CharClass::Number},
@@ -134,6 +176,9 @@ std::map<std::string, PreTokenizer, std::less<>> make_table() {
     add({"smollm", "command-r"}, {each_number, gpt2}, false);
     add({"qwen2", "deepseek-r1-qwen"}, {qwen2}, false);
     add({"stablelm2", "megrez"}, {qwen2});
+    add({"qwen35"}, {qwen35}, false);
+    add({"dbrx", "smaug-bpe"}, {llama3});                  // llama3's regex, without its flags
+    add({"gpt-4o", "llama4", "kanana2", "talkie"}, {gpt4o}, false);
     return table;
 }
 
@@ -156,8 +201,14 @@ std::vector<Span> PreTokenizer::split(const std::vector<uint32_t>& cpts) const {
             }
             const Cursor c{cpts.data(), flags.data(), chunk.second};
             for (uint32_t pos = chunk.first; pos < chunk.second;) {
-                const uint32_t e = step.kind == SplitKind::Gpt2 ? match_gpt2(c, pos)
-                                   : match_llama3(c, pos, step.kind == SplitKind::Llama3 ? 3 : 1);
+                uint32_t e;
+                switch (step.kind) {
+                case SplitKind::Gpt2: e = match_gpt2(c, pos); break;
+                case SplitKind::Llama3: e = match_llama3(c, pos, 3); break;
+                case SplitKind::Qwen35: e = match_llama3(c, pos, 1, true); break;
+                case SplitKind::Gpt4o: e = match_gpt4o(c, pos); break;
+                default: e = match_llama3(c, pos, 1); break;
+                }
                 next.push_back({pos, e});
                 pos = e;
             }

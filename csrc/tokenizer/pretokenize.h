@@ -7,6 +7,10 @@
 //      Llama-3 '[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD]|[^\r\n\p{L}\p{N}]?\p{L}+|
 //              \p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
 //      Qwen2   the same with \p{N} (one digit per chunk)
+//      Qwen3.5 Qwen2 with marks as letters: [^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+ and ?[^\s\p{L}\p{M}\p{N}]+
+//      GPT-4o  (o200k, as llama.cpp adapts it) [^\r\n\p{L}\p{N}]?U*W+C?|[^\r\n\p{L}\p{N}]?U+W*C?|
+//              \p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+ where U = a letter but
+//              a-z, W = a letter but A-Z, C = the Llama-3 contractions
 //    a position no alternative matches becomes a one-code-point chunk (llama.cpp's custom splits).
 //  * class steps (llama.cpp's std::regex path over its collapsed text): the matches of a
 //    character class - maximal runs, or windows of exactly `count` - become chunks, and the
@@ -24,7 +28,7 @@
 
 namespace lowbit::tokenizer {
 
-enum class SplitKind : uint8_t { Gpt2, Llama3, Qwen2, ClassRuns, ClassWindows };
+enum class SplitKind : uint8_t { Gpt2, Llama3, Qwen2, Qwen35, Gpt4o, ClassRuns, ClassWindows };
 enum class CharClass : uint8_t { None, Number, Digit, DefaultPunct };
 
 struct SplitStep {

@@ -22,10 +22,33 @@ bool ranks_before(const Ranked& a, const Ranked& b) {
     return a.value > b.value || (a.value == b.value && a.index < b.index);
 }
 
+// Indices of x (no NaN) in rank order: values descending, ties by index. A stable LSD radix
+// sort on order-preserving 64-bit keys (8 passes of 8 bits): a full vocabulary in a few ms,
+// where a comparison sort takes tens.
 std::vector<int64_t> rank_order(const double* x, size_t n) {
-    std::vector<int64_t> order(n);
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [x](int64_t a, int64_t b) { return x[a] > x[b]; });
+    std::vector<uint64_t> keys(n), keys_tmp(n);
+    std::vector<int64_t> order(n), order_tmp(n);
+    for (size_t i = 0; i < n; ++i) {
+        const double v = x[i] == 0.0 ? 0.0 : x[i];     // -0.0 ties with +0.0, as comparisons say
+        uint64_t bits;
+        std::memcpy(&bits, &v, sizeof bits);
+        const uint64_t ascending = (bits >> 63) ? ~bits : (bits | (uint64_t(1) << 63));
+        keys[i] = ~ascending;                          // descending values sort first
+        order[i] = int64_t(i);
+    }
+    for (int shift = 0; shift < 64; shift += 8) {
+        size_t count[257] = {0};
+        for (size_t i = 0; i < n; ++i) ++count[((keys[i] >> shift) & 0xFF) + 1];
+        if (count[1 + ((keys[0] >> shift) & 0xFF)] == n) continue;   // every key shares this byte
+        for (int d = 0; d < 256; ++d) count[d + 1] += count[d];
+        for (size_t i = 0; i < n; ++i) {
+            const size_t slot = count[(keys[i] >> shift) & 0xFF]++;
+            keys_tmp[slot] = keys[i];
+            order_tmp[slot] = order[i];
+        }
+        keys.swap(keys_tmp);
+        order.swap(order_tmp);
+    }
     return order;
 }
 
@@ -150,7 +173,7 @@ double pairwise_sum(const double* a, size_t n) {
 void softmax(const double* x, size_t n, double* out) {
     const double m = n ? *std::max_element(x, x + n) : kNegInf;
     if (!std::isfinite(m)) throw ValueError("logits have no finite entry");
-    for (size_t i = 0; i < n; ++i) out[i] = std::exp(x[i] - m);
+    for (size_t i = 0; i < n; ++i) out[i] = x[i] == kNegInf ? 0.0 : std::exp(x[i] - m);   // removed: skip exp
     const double total = pairwise_sum(out, n);
     for (size_t i = 0; i < n; ++i) out[i] /= total;
 }
@@ -237,9 +260,14 @@ int64_t Sampler::sample(const T* logits, size_t n, const int64_t* history, size_
     if (k < n) {
         cand = top_k_ranked(logits, n, k, o);
     } else {
+        std::vector<double> row(n);
+        for (size_t i = 0; i < n; ++i) row[i] = double(logits[i]);
+        for (size_t j = 0; j < o.ids.size(); ++j) row[size_t(o.ids[j])] = o.values[j];
+        for (size_t i = 0; i < n; ++i)
+            if (std::isnan(row[i])) throw_nan(i);
         cand.resize(n);
-        for (size_t i = 0; i < n; ++i) cand[i] = {penalized_at(logits, o, i), int64_t(i)};
-        std::sort(cand.begin(), cand.end(), ranks_before);   // a total order: no stable sort needed
+        size_t j = 0;
+        for (int64_t i : rank_order(row.data(), n)) cand[j++] = {row[size_t(i)], i};
     }
     std::vector<double> vals(cand.size()), probs(cand.size());
     for (size_t j = 0; j < cand.size(); ++j) vals[j] = cand[j].value;

@@ -72,7 +72,7 @@ py::tuple from_fields(const py::dict& d) {
     std::unique_ptr<Tokenizer> t;
     {
         py::gil_scoped_release nogil;
-        t = std::make_unique<Tokenizer>(tokenizer::load_vocab(f, warnings));
+        t = std::make_unique<Tokenizer>(tokenizer::load_vocab(std::move(f), warnings));
     }
     return with_warnings(std::move(t), warnings);
 }

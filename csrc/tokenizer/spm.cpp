@@ -15,6 +15,7 @@ namespace lowbit::tokenizer {
 
 void Tokenizer::init_spm() {
     for (const std::string& piece : vocab_.tokens) {
+        if (piece.find("\xE2\x96\x81", 1) == std::string::npos) continue;   // no U+2581 after the start
         const DecodedText d = decode_utf8(piece);
         for (size_t i = 1; i < d.cpts.size(); ++i)
             if (d.cpts[i] == 0x2581) spm_joiners_.insert(d.cpts[i - 1]);

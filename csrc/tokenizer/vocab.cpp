@@ -139,9 +139,9 @@ struct Builder {
     }
 };
 
-void read_tokens(const VocabFields& f, VocabData& v) {
+void read_tokens(VocabFields& f, VocabData& v) {
     LOWBIT_CHECK(f.tokens.has_value(), ModelError, "GGUF metadata has no tokenizer.ggml.tokens (the vocabulary)");
-    v.tokens = *f.tokens;
+    v.tokens = std::move(*f.tokens);
     LOWBIT_CHECK(!v.tokens.empty(), ModelError, "tokenizer.ggml.tokens is empty");
     for (size_t i = 0; i < v.tokens.size(); ++i)
         if (v.tokens[i].empty()) v.tokens[i] = str("[EMPTY_", i, "]");   // llama.cpp renames them the same way
@@ -163,7 +163,7 @@ void read_tokens(const VocabFields& f, VocabData& v) {
 }
 }  // namespace
 
-VocabData load_vocab(const VocabFields& f, std::vector<std::string>& warnings) {
+VocabData load_vocab(VocabFields f, std::vector<std::string>& warnings) {
     LOWBIT_CHECK(f.model.has_value(), ModelError,
                  "GGUF metadata has no tokenizer.ggml.model; supported tokenizer models: llama, gpt2");
     LOWBIT_CHECK(*f.model == "llama" || *f.model == "gpt2", ModelError, "unsupported tokenizer model '",
@@ -186,7 +186,7 @@ VocabData load_vocab(const VocabFields& f, std::vector<std::string>& warnings) {
     } else {
         LOWBIT_CHECK(f.merges.has_value(), ModelError,
                      "BPE tokenizer (tokenizer.ggml.model = 'gpt2') has no tokenizer.ggml.merges");
-        v.merges = *f.merges;
+        v.merges = std::move(*f.merges);
         if (pre.empty()) {
             warnings.push_back("GGUF has no tokenizer.ggml.pre; using the 'default' pre-tokenizer as llama.cpp does");
             pre = "default";

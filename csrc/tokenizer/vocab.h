@@ -29,7 +29,7 @@ struct VocabFields {
 
 // The validated vocabulary; ModelError naming the key for what the tokenizer cannot use.
 // `warnings` receives what llama.cpp only logs (an id outside the vocabulary, no pre label).
-VocabData load_vocab(const VocabFields& fields, std::vector<std::string>& warnings);
+VocabData load_vocab(VocabFields fields, std::vector<std::string>& warnings);   // takes the arrays over
 
 // The fields of a GGUF file; ModelError naming the key when one has the wrong type.
 VocabFields vocab_fields_from_gguf(const GGUFFile& file);

@@ -130,3 +130,134 @@ def test_fast_path_draws_the_same_distribution_as_the_filter_chain():
     counts = np.bincount([s.sample(x, history) for _ in range(n)], minlength=x.size) / n
     assert set(np.flatnonzero(counts)) <= set(np.flatnonzero(want > 0))
     assert np.abs(counts - want).max() < 0.012
+
+
+# ---------------------------------------------------------------------------------------
+# The C++ sampler against numpy: the chain written with numpy's own calls (the reference the
+# Python sampler was before it moved to C++), drawing with numpy's default_rng(seed).choice.
+# ---------------------------------------------------------------------------------------
+def numpy_reference_draws(x, history, params, n_draws):
+    rng = np.random.default_rng(params.seed)
+    out = []
+    for _ in range(n_draws):
+        y = np.asarray(x)
+        if params.repetition_penalty != 1.0 and history:
+            window = history[-params.repeat_last_n:] if params.repeat_last_n > 0 else history
+            y = y.astype(np.float64)
+            ids = np.unique(np.asarray(window, dtype=np.int64))
+            y[ids] = np.where(y[ids] > 0, y[ids] / params.repetition_penalty, y[ids] * params.repetition_penalty)
+        k = params.top_k if 0 < params.top_k < y.size else y.size
+        cand = np.argsort(-y.astype(np.float64), kind="stable")[:k]
+        vals = y[cand].astype(np.float64)
+        if params.top_p < 1.0:
+            e = np.exp(vals - vals.max())
+            cum = np.cumsum(e / e.sum())
+            vals[max(int(np.searchsorted(cum, params.top_p) + 1), 1):] = -np.inf
+        if params.min_p > 0.0:
+            vals[vals < vals.max() + np.log(params.min_p)] = -np.inf
+        vals = vals / params.temperature
+        e = np.exp(vals - vals.max())
+        out.append(int(cand[rng.choice(e.size, p=e / e.sum())]))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("params", [
+    SamplingParams(seed=1),                                                       # the defaults
+    SamplingParams(temperature=1.3, top_k=0, top_p=0.9, min_p=0.0, seed=7),
+    SamplingParams(temperature=0.6, top_k=100, top_p=1.0, min_p=0.1, repetition_penalty=1.3,
+                   repeat_last_n=16, seed=2**40 + 3),
+    SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=2**70 + 11),
+])
+def test_seeded_tokens_equal_numpy_default_rng(params, dtype):
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=5000) * 2.5).astype(dtype)
+    history = [int(t) for t in rng.integers(0, 5000, size=30)] + [int(np.argmax(x))]
+    want = numpy_reference_draws(x, history, params, 200)
+    s = Sampler(params)
+    assert [s.sample(x, history) for _ in range(200)] == want
+
+
+def test_filtered_logits_support_is_the_reference_math():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=2000) * 2
+    p = SamplingParams(temperature=0.5, top_k=300, top_p=0.8, min_p=0.02)
+    order = np.argsort(-x, kind="stable")
+    probs = softmax(np.where(np.isin(np.arange(x.size), order[:300]), x, -np.inf))
+    cum = np.cumsum(probs[order])
+    support = order[:int(np.searchsorted(cum, 0.8)) + 1]
+    support = support[x[support] >= x.max() + np.log(0.02)]
+    got = Sampler(p).filtered_logits(x)
+    assert kept(got) == set(support.tolist())
+    assert np.array_equal(got[support], x[support] / 0.5)
+
+
+def test_ties_go_to_the_lower_index():
+    x = np.array([1.0, 3.0, 2.0, 3.0, 3.0, 0.5])
+    assert kept(top_k(x, 2)) == {1, 3}
+    assert kept(top_p(np.zeros(4), 0.5)) == {0, 1}                  # equal probabilities: first two
+    assert kept(min_p(np.array([-np.inf, -np.inf]), 0.5)) == set()    # min_keep keeps index 0 (at -inf)
+    assert top_k(np.full(5, -np.inf), 2).tolist() == [-np.inf] * 5
+    s = Sampler(SamplingParams(temperature=1.0, top_k=1, seed=0))
+    assert {s.sample(x) for _ in range(20)} == {1}
+    assert Sampler(SamplingParams(temperature=0)).sample(x) == 1
+
+
+def test_min_keep_and_filter_edges():
+    x = logits_of([0.6, 0.3, 0.1])
+    assert kept(top_p(x, 0.01, min_keep=2)) == {0, 1}
+    assert kept(min_p(x, 1.0, min_keep=2)) == {0, 1}
+    assert kept(top_k(x, 3)) == {0, 1, 2} and kept(top_k(x, 7)) == {0, 1, 2}
+
+
+def test_float32_rows_are_read_in_place_and_never_written():
+    x = np.random.default_rng(2).normal(size=1000).astype(np.float32)
+    before = x.copy()
+    s = Sampler(SamplingParams(repetition_penalty=1.5, seed=3))
+    for _ in range(5):
+        s.sample(x, [1, 2, 3])
+    s.filtered_logits(x, [1, 2, 3])
+    assert np.array_equal(x, before)
+    # a strided view is sampled as its values (copied to a contiguous row)
+    y = np.random.default_rng(3).normal(size=2000)
+    assert Sampler(SamplingParams(temperature=0)).sample(y[::2]) == int(np.argmax(y[::2]))
+
+
+def test_chi_square_on_a_known_distribution():
+    p = np.array([0.4, 0.3, 0.15, 0.1, 0.05])
+    n = 40000
+    s = Sampler(SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=123))
+    counts = np.bincount([s.sample(logits_of(p)) for _ in range(n)], minlength=5)
+    chi2 = float((((counts - n * p) ** 2) / (n * p)).sum())
+    assert chi2 < 18.47, (chi2, counts)     # chi-square 0.999 quantile at 4 degrees of freedom
+    # temperature 2 flattens the same logits to softmax(log p / 2)
+    q = softmax(logits_of(p) / 2)
+    s = Sampler(SamplingParams(temperature=2.0, top_k=0, top_p=1.0, min_p=0.0, seed=321))
+    counts = np.bincount([s.sample(logits_of(p)) for _ in range(n)], minlength=5)
+    chi2 = float((((counts - n * q) ** 2) / (n * q)).sum())
+    assert chi2 < 18.47, (chi2, counts)
+
+
+def test_bad_rows_are_clear_errors():
+    s = Sampler(SamplingParams(seed=1))
+    with pytest.raises(ValueError, match="NaN"):
+        s.sample(np.array([0.0, np.nan, 1.0]))
+    with pytest.raises(ValueError, match="NaN"):
+        Sampler(SamplingParams(temperature=0)).sample(np.array([np.nan, 1.0], dtype=np.float32))
+    with pytest.raises(ValueError, match="no finite"):
+        s.sample(np.full(4, -np.inf, dtype=np.float32))
+    with pytest.raises(ValueError, match="1-D"):
+        s.sample(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="1-D"):
+        s.sample(np.zeros(0, dtype=np.float32))
+    # a masked row (allowed tokens only) samples among the survivors
+    x = np.full(50, -np.inf, dtype=np.float32)
+    x[[7, 9]] = [1.0, 1.5]
+    assert {s.sample(x) for _ in range(40)} == {7, 9}
+
+
+def test_unseeded_samplers_differ():
+    x = np.zeros(1000)
+    params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None)
+    a, b = Sampler(params), Sampler(params)
+    assert [a.sample(x) for _ in range(20)] != [b.sample(x) for _ in range(20)]

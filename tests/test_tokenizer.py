@@ -11,7 +11,6 @@ import pytest
 
 from lowbit import ModelError
 from lowbit.runtime.tokenizer import PRE_TOKENIZERS, Tokenizer
-from lowbit.runtime.tokenizer.bpe import BYTE_TO_CHAR
 
 from _gguf_meta import read_metadata
 from _models import real_model_path
@@ -23,6 +22,21 @@ REAL_MODELS = ["smollm2-135m-instruct", "gemma3-270m"]
 # synthetic vocabularies
 # ---------------------------------------------------------------------------------------
 NORMAL, UNKNOWN, CONTROL, USER, BYTE = 1, 2, 3, 4, 6
+
+
+def byte_to_unicode():
+    """GPT-2's table: printable latin-1 bytes map to themselves, the rest to U+0100 onwards."""
+    keep = list(range(0x21, 0x7F)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    table, extra = [""] * 256, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b], extra = chr(256 + extra), extra + 1
+    return table
+
+
+BYTE_TO_CHAR = byte_to_unicode()
 
 
 def spm_meta(add_space_prefix=True, extra=()):

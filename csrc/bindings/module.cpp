@@ -33,4 +33,6 @@ PYBIND11_MODULE(_core, m) {
     lowbit::bind_cpu(m);
     lowbit::bind_quant(m);
     lowbit::bind_engine(m);
+    lowbit::bind_sampling(m);
+    lowbit::bind_tokenizer(m);
 }

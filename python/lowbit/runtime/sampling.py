@@ -1,15 +1,19 @@
-"""Sampling as pure functions of logits, and a seeded sampler that chains them.
+"""Sampling parameters, and the seeded sampler and filters of the C++ core (csrc/sampling).
 
 Chain order follows llama.cpp's default: repetition penalty -> top-k -> top-p -> min-p ->
-temperature -> draw. Filters return new float64 logits with removed tokens at -inf; they
-never modify their input. ``temperature <= 0`` means greedy.
+temperature -> draw; the exact rules (ties, min_keep, the arithmetic) are in
+csrc/sampling/sampler.h. Filters return new float64 logits with removed tokens at -inf; they
+never modify their input. ``temperature <= 0`` means greedy. The draw is numpy's
+default_rng(seed).choice, reproduced in C++, so a seed gives the tokens it gave before.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence
 
 import numpy as np
+
+from lowbit import _core
 
 NEG_INF = -np.inf
 
@@ -66,118 +70,76 @@ class SamplingParams:
         return replace(self, **changes).validate()
 
 
-def _as_logits(logits) -> np.ndarray:
-    x = np.asarray(logits, dtype=np.float64)
+def _row(logits) -> np.ndarray:
+    """``logits`` as a C-contiguous 1-D float32/float64 array: engine rows pass through uncopied."""
+    x = np.asarray(logits)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
     if x.ndim != 1 or x.size == 0:
         raise ValueError(f"logits must be a non-empty 1-D array, got shape {x.shape}")
-    return x
+    return np.ascontiguousarray(x)
 
 
 def softmax(logits) -> np.ndarray:
-    x = _as_logits(logits)
-    m = np.max(x)
-    if not np.isfinite(m):
-        raise ValueError("logits have no finite entry")
-    e = np.exp(x - m)
-    return e / e.sum()
+    return _core.sampling_softmax(_row(logits))
 
 
 def repetition_penalty(logits, recent_ids: Iterable[int], penalty: float) -> np.ndarray:
     """llama.cpp's rule: for each distinct recent token, positive logits are divided by the
     penalty and negative ones multiplied by it."""
-    x = _as_logits(logits).copy()
-    if penalty == 1.0:
-        return x
-    ids = np.unique(np.fromiter(recent_ids, dtype=np.int64))
-    ids = ids[(ids >= 0) & (ids < x.size)]
-    vals = x[ids]
-    x[ids] = np.where(vals > 0, vals / penalty, vals * penalty)
-    return x
+    return _core.sampling_repetition_penalty(_row(logits), [int(t) for t in recent_ids], float(penalty))
 
 
 def top_k(logits, k: int) -> np.ndarray:
-    x = _as_logits(logits)
-    if k <= 0 or k >= x.size:
-        return x.copy()
-    keep = np.argpartition(-x, k - 1)[:k]
-    out = np.full_like(x, NEG_INF)
-    out[keep] = x[keep]
-    return out
+    """The k largest (ties: the lower index); k <= 0 or >= the vocabulary: all."""
+    return _core.sampling_top_k(_row(logits), int(k))
 
 
 def top_p(logits, p: float, min_keep: int = 1) -> np.ndarray:
     """Keep the smallest set of most likely tokens whose probability mass reaches ``p``."""
-    x = _as_logits(logits)
-    if p >= 1.0:
-        return x.copy()
-    probs = softmax(x)
-    order = np.argsort(-probs, kind="stable")
-    cum = np.cumsum(probs[order])
-    n_keep = max(int(np.searchsorted(cum, p) + 1), min_keep)
-    out = np.full_like(x, NEG_INF)
-    keep = order[:n_keep]
-    out[keep] = x[keep]
-    return out
+    return _core.sampling_top_p(_row(logits), float(p), int(min_keep))
 
 
 def min_p(logits, p: float, min_keep: int = 1) -> np.ndarray:
     """Drop tokens whose probability is below ``p`` times the most likely token's."""
-    x = _as_logits(logits)
-    if p <= 0.0:
-        return x.copy()
-    finite = np.isfinite(x)
-    threshold = np.max(x) + np.log(p)
-    keep = finite & (x >= threshold)
-    if keep.sum() < min_keep:
-        keep = np.zeros_like(finite)
-        keep[np.argsort(-x, kind="stable")[:min_keep]] = True
-    return np.where(keep, x, NEG_INF)
+    return _core.sampling_min_p(_row(logits), float(p), int(min_keep))
 
 
 def greedy(logits) -> int:
-    return int(np.argmax(_as_logits(logits)))
+    return int(np.argmax(_row(logits)))
+
+
+def seed_words(seed: Optional[int]) -> List[int]:
+    """A seed as numpy's SeedSequence reads an int: little-endian 32-bit words; [] = random."""
+    if seed is None or seed == RANDOM_SEED:
+        return []
+    words = []
+    while True:
+        words.append(seed & 0xFFFFFFFF)
+        seed >>= 32
+        if not seed:
+            return words
 
 
 class Sampler:
-    """The chain above with its own seeded RNG: the same seed gives the same tokens."""
+    """The chain above with its own seeded RNG: the same seed gives the same tokens.
+    Not thread-safe (one sampler per generation)."""
 
     def __init__(self, params: SamplingParams):
-        self.params = params.validate()
-        self.rng = np.random.default_rng(None if params.seed == RANDOM_SEED else params.seed)
+        self.params = p = params.validate()
+        self._core = _core.Sampler(p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty,
+                                   p.repeat_last_n, seed_words(p.seed))
+
+    def _window(self, history: Sequence[int]) -> List[int]:
+        """Only the ids the penalty looks at cross into C++ (not the whole history each token)."""
+        p = self.params
+        if p.repetition_penalty == 1.0 or not len(history) or p.repeat_last_n == 0:
+            return []
+        window = history if p.repeat_last_n == -1 else history[-p.repeat_last_n:]
+        return [int(t) for t in window]
 
     def filtered_logits(self, logits, history: Sequence[int] = ()) -> np.ndarray:
-        p = self.params
-        x = _as_logits(logits)
-        if p.repetition_penalty != 1.0 and len(history):
-            window = history if p.repeat_last_n == -1 else history[-p.repeat_last_n:] if p.repeat_last_n else ()
-            x = repetition_penalty(x, window, p.repetition_penalty)
-        if p.temperature <= 0:
-            return x
-        x = top_k(x, p.top_k)
-        x = top_p(x, p.top_p)
-        x = min_p(x, p.min_p)
-        return x / p.temperature
+        return self._core.filtered_logits(_row(logits), self._window(history))
 
     def sample(self, logits, history: Sequence[int] = ()) -> int:
-        p = self.params
-        if p.temperature <= 0:
-            return greedy(self.filtered_logits(logits, history))
-        x = np.asarray(logits)                  # float32 from the engine: no full-vocab copies
-        if x.ndim != 1 or x.size == 0:
-            raise ValueError(f"logits must be a non-empty 1-D array, got shape {x.shape}")
-        if p.repetition_penalty != 1.0 and len(history):
-            window = history if p.repeat_last_n == -1 else history[-p.repeat_last_n:] if p.repeat_last_n else ()
-            x = repetition_penalty(x, window, p.repetition_penalty)
-        # top-k on the full vocabulary, then the rest of the chain on the k candidates only:
-        # the same distribution as filtered_logits, without sorting the whole vocabulary.
-        if 0 < p.top_k < x.size:
-            cand = np.argpartition(x, x.size - p.top_k)[x.size - p.top_k:]
-        else:
-            cand = np.arange(x.size)
-        vals = x[cand].astype(np.float64)
-        order = np.argsort(-vals, kind="stable")
-        cand, vals = cand[order], vals[order]
-        y = top_p(vals, p.top_p)
-        y = min_p(y, p.min_p) / p.temperature
-        probs = softmax(y)
-        return int(cand[self.rng.choice(probs.size, p=probs)])
+        return self._core.sample(_row(logits), self._window(history))

@@ -1,0 +1,107 @@
+// spm.cpp: SentencePiece-style (SPM) merging as llama.cpp's llm_tokenizer_spm does it.
+//
+// Start from one symbol per UTF-8 character of the escaped text; repeatedly merge the adjacent
+// pair whose joined text is a vocabulary piece with the highest score (ties: the leftmost pair);
+// symbols that end up as no piece are emitted byte by byte as <0xXX> tokens (else the one-byte
+// piece, else the unknown token). A symbol is always a contiguous byte range of the text, so
+// lookups are string_views into it (no string is built per merge).
+#include <queue>
+
+#include "common.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/unicode.h"
+
+namespace lowbit::tokenizer {
+
+void Tokenizer::init_spm() {
+    for (const std::string& piece : vocab_.tokens) {
+        if (piece.find("\xE2\x96\x81", 1) == std::string::npos) continue;   // no U+2581 after the start
+        const DecodedText d = decode_utf8(piece);
+        for (size_t i = 1; i < d.cpts.size(); ++i)
+            if (d.cpts[i] == 0x2581) spm_joiners_.insert(d.cpts[i - 1]);
+    }
+    byte_ids_.assign(256, -1);
+    static const char* hex = "0123456789ABCDEF";
+    for (int b = 0; b < 256; ++b) {
+        const std::string name = std::string("<0x") + hex[b >> 4] + hex[b & 15] + ">";
+        auto it = text_ids_.find(name);
+        if (it == text_ids_.end() && b < 128) it = text_ids_.find(std::string(1, char(b)));
+        if (it != text_ids_.end()) byte_ids_[size_t(b)] = it->second;
+    }
+}
+
+// A merge only ever forms a vocabulary piece, so it never crosses a U+2581 whose left neighbour
+// precedes U+2581 inside no piece: the text is cut there and each piece merged (and cached) on
+// its own, with the ids of merging the whole text at once.
+void Tokenizer::spm_pieces(std::string_view text, std::vector<int32_t>& out) const {
+    const DecodedText d = decode_utf8(text);
+    size_t start = 0;
+    for (size_t i = 1; i <= d.cpts.size(); ++i) {
+        if (i < d.cpts.size() && !(d.cpts[i] == 0x2581 && !spm_joiners_.count(d.cpts[i - 1]))) continue;
+        cached(text.substr(d.offsets[start], d.offsets[i] - d.offsets[start]), out, &Tokenizer::spm_merge);
+        start = i;
+    }
+}
+
+void Tokenizer::spm_merge(std::string_view text, std::vector<int32_t>& out) const {
+    struct Symbol {
+        uint32_t first, size;   // bytes of the text; size 0 once merged into its left neighbour
+        int32_t prev, next;
+    };
+    struct Candidate {
+        float score;
+        int32_t left, right;
+        uint32_t size;          // joined size when queued (stale when the sides changed since)
+        bool operator<(const Candidate& o) const {   // priority_queue top: best score, then leftmost
+            return score < o.score || (score == o.score && left > o.left);
+        }
+    };
+    const DecodedText d = decode_utf8(text);
+    const int32_t n = int32_t(d.cpts.size());
+    if (n == 0) return;
+    std::vector<Symbol> syms(static_cast<size_t>(n));
+    for (int32_t i = 0; i < n; ++i)
+        syms[size_t(i)] = {d.offsets[size_t(i)], d.offsets[size_t(i) + 1] - d.offsets[size_t(i)], i - 1,
+                           i + 1 < n ? i + 1 : -1};
+    std::priority_queue<Candidate> queue;
+    auto try_pair = [&](int32_t left, int32_t right) {
+        if (left == -1 || right == -1) return;
+        const uint32_t size = syms[size_t(left)].size + syms[size_t(right)].size;
+        auto it = text_ids_.find(text.substr(syms[size_t(left)].first, size));
+        if (it != text_ids_.end()) queue.push({vocab_.scores[size_t(it->second)], left, right, size});
+    };
+    for (int32_t i = 0; i + 1 < n; ++i) try_pair(i, i + 1);
+    while (!queue.empty()) {
+        const Candidate c = queue.top();
+        queue.pop();
+        Symbol& a = syms[size_t(c.left)];
+        Symbol& b = syms[size_t(c.right)];
+        if (a.size == 0 || b.size == 0 || a.size + b.size != c.size) continue;   // stale
+        a.size += b.size;
+        b.size = 0;
+        a.next = b.next;
+        if (b.next != -1) syms[size_t(b.next)].prev = c.left;
+        try_pair(a.prev, c.left);
+        try_pair(c.left, a.next);
+    }
+    for (int32_t i = 0; i != -1; i = syms[size_t(i)].next) {
+        const std::string_view piece = text.substr(syms[size_t(i)].first, syms[size_t(i)].size);
+        auto it = text_ids_.find(piece);
+        if (it != text_ids_.end()) { out.push_back(it->second); continue; }
+        for (char ch : piece) {
+            const uint8_t byte = uint8_t(ch);
+            int32_t id = byte_ids_[byte];
+            if (id == -1) {
+                // llama.cpp aborts here (no byte token); the unknown token is the SPM convention
+                LOWBIT_CHECK(vocab_.unk != -1, ValueError, "cannot encode byte 0x", "0123456789ABCDEF"[byte >> 4],
+                             "0123456789ABCDEF"[byte & 15], ": the vocabulary has neither a <0x",
+                             "0123456789ABCDEF"[byte >> 4], "0123456789ABCDEF"[byte & 15],
+                             "> token nor an unknown token");
+                id = vocab_.unk;
+            }
+            out.push_back(id);
+        }
+    }
+}
+
+}  // namespace lowbit::tokenizer

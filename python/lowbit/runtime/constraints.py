@@ -69,7 +69,7 @@ class _VocabView:
         special = []
         pieces: List[bytes] = []
         for tid in range(tokenizer.vocab_size):
-            if tokenizer._attrs[tid] & (ATTR_CONTROL | ATTR_UNKNOWN):
+            if tokenizer.attr(tid) & (ATTR_CONTROL | ATTR_UNKNOWN):
                 special.append(tid)
                 pieces.append(b"\xff" + tokenizer.token_to_bytes(tid, special=True))
             else:

@@ -110,8 +110,12 @@ class Tokenizer:
             raise ValueError(f"token id {index} is out of range for a vocabulary of {self._n}")
         return index
 
+    def attr(self, tid: int) -> int:
+        """The token's attribute bits (``vocab.ATTR_*``: normal, control, user-defined, unknown...)."""
+        return int(self._core.attr(self._check_id(tid)))
+
     def is_control(self, tid: int) -> bool:
-        return bool(self._core.attr(self._check_id(tid)) & ATTR_CONTROL)
+        return bool(self.attr(tid) & ATTR_CONTROL)
 
     def piece(self, tid: int) -> str:
         """The token's text as stored in the GGUF vocabulary (e.g. '▁the', 'Ġthe', '<0x0A>')."""

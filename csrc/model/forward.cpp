@@ -55,10 +55,11 @@ std::vector<double> make_inv_freq(const ModelConfig& c, const RopeParams& p, con
     return f;
 }
 
-// y (n, rows) = x (n, cols) . W^T, activations at the engine's precision (cpu/matmul.h)
+// y (n, rows) = x (n, cols) . W^T, activations at the engine's precision (cpu/matmul.h; small
+// batches such as a decode step of several sessions take the strip GEMM where it is faster)
 void project(const Matrix& w, const float* x, int64_t n, float* y, cpu::ThreadPool& pool, cpu::ActPrecision prec) {
     if (n == 1) cpu::matvec(w.data, w.type, w.rows, w.cols, x, y, pool, prec);
-    else cpu::matmul(w.data, w.type, w.rows, w.cols, x, n, y, pool, prec);
+    else cpu::matmul(w.data, w.type, w.rows, w.cols, x, n, y, pool, prec, /*small_batches=*/true);
 }
 
 // fn(t) for every token t < n: threaded for batches, inline for a single token (no wake-up cost).

@@ -252,3 +252,16 @@ def test_closing_the_model_closes_its_sessions(tiny):
         s.generate("hello")
     with pytest.raises(LowbitError, match="closed"):
         m.session()
+
+
+def test_truncate_keeps_a_prefix_for_the_next_prompt(tiny):
+    with lowbit.load(tiny("llama"), n_ctx=64, n_threads=1) as m:
+        first = m.generate("hello world once upon", max_new_tokens=3, temperature=0)
+        n = len(m.cached_tokens)
+        assert m.truncate(2) == 2 and m.n_past == 2 and m.cached_tokens == (m.tokenize("hello world once upon") +
+                                                                          first.tokens)[:2]
+        assert m.truncate(50) == 2                  # nothing past what is cached
+        again = m.generate("hello world once upon", max_new_tokens=3, temperature=0)
+        assert again.cached_prompt_tokens == 2 and again.tokens == first.tokens and n > 2
+        with pytest.raises(ValueError):
+            m.truncate(-1)

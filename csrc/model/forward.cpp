@@ -317,7 +317,8 @@ ForwardState::ForwardState(const ModelConfig& c, int64_t n_batch_, int64_t n_ctx
 
 int64_t ForwardState::bytes() const {
     size_t f = x.size() + xn.size() + qkv.size() + q.size() + k.size() + v.size() + attn.size() + proj.size() +
-               gate.size() + up.size() + rope_global.size() + rope_swa.size() + scores.size() + kv_row.size();
+               gate.size() + up.size() + rope_global.size() + rope_swa.size() + scores.size() + kv_row.size() +
+               out_tmp.size();
     return int64_t(f * sizeof(float));
 }
 

@@ -3,7 +3,8 @@
 session, one forward over all of them), next to N sessions decoded one after another
 (what N conversations get without batching) and the single-session Model.generate rate.
 
-    python bench/bench_batch.py [--threads 2] [--steps 32] [--sessions 1 2 4 8 16] [--json out.json]
+    python bench/bench_batch.py [--threads 2] [--steps 32] [--sessions 1 2 4 8 16] [--act-precision auto]
+                                [--json out.json]
 
 Every session starts from its own 32-token prompt (prefilled outside the timing) and decodes
 `steps` tokens; tok/s = sessions x steps / seconds, best of `-r` repetitions."""
@@ -49,15 +50,15 @@ def decode_rates(model, n_sessions: int, steps: int, reps: int) -> dict:
     return {"sessions": n_sessions, "batched_tok_s": max(batched), "serial_tok_s": max(serial)}
 
 
-def bench(path: str, threads: int, counts, steps: int, reps: int) -> dict:
-    model = lowbit.load(path, n_ctx=256, n_threads=threads)
+def bench(path: str, threads: int, counts, steps: int, reps: int, act_precision: str) -> dict:
+    model = lowbit.load(path, n_ctx=256, n_threads=threads, act_precision=act_precision)
     gen = model.generate("The history of", max_new_tokens=steps + 1, temperature=0)
     rows = [decode_rates(model, n, steps, reps) for n in counts]
     base = rows[0]["batched_tok_s"]
     for r in rows:
         r["speedup_vs_1"] = r["batched_tok_s"] / base
     model.close()
-    return {"model": os.path.basename(path), "threads": threads, "steps": steps,
+    return {"model": os.path.basename(path), "threads": threads, "steps": steps, "act_precision": act_precision,
             "generate_decode_tok_s": gen.decode_tok_s, "rows": rows, "kernels": lowbit.cpu_features().get("kernels")}
 
 
@@ -78,9 +79,11 @@ def main() -> int:
     ap.add_argument("-r", type=int, default=3)
     ap.add_argument("--sessions", type=int, nargs="*", default=[1, 2, 4, 8, 16])
     ap.add_argument("--models", nargs="*", default=MODELS)
+    ap.add_argument("--act-precision", default="auto", choices=["auto", "high", "q8"])
     ap.add_argument("--json", help="write the reports to this file")
     args = ap.parse_args()
-    reports = [bench(str(registry.resolve(m)), args.threads, args.sessions, args.steps, args.r) for m in args.models]
+    reports = [bench(str(registry.resolve(m)), args.threads, args.sessions, args.steps, args.r, args.act_precision)
+               for m in args.models]
     print(f"load average: {os.getloadavg()[0]:.2f}")
     print(table(reports))
     if args.json:

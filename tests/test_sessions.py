@@ -2,7 +2,7 @@
 
 Bounds: sessions run the same arithmetic as the model's implicit session, so on F32 tiny
 models (no strip GEMM: matmul.h) results are bit-for-bit equal; on the real quantized models
-a row's bits depend only on the row-count class of the pass (1..4 rows vs >= 5: strip GEMM),
+a row's bits depend only on the row-count class of the pass (1..7 rows vs >= 8: strip GEMM),
 so comparisons keep the passes of the same class and stay exact too. Where the same tokens
 were split into other passes (n_batch), 1e-5 relative, as tests/test_engine.py's n_batch bound.
 """

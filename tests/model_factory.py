@@ -72,6 +72,7 @@ class TinySpec:
     logit_scale: float = 0.0
     n_ctx: int = 256
     seed: int = 0
+    pooling_type: int = -1       # <arch>.pooling_type (llama.cpp's enum: 0 none, 1 mean, 2 cls, 3 last); -1 not written
 
 
 def default_spec(arch: str, weight_type: str = "F32", **overrides) -> TinySpec:
@@ -414,6 +415,9 @@ def _write_hparams(w: gguf.GGUFWriter, spec: TinySpec, n_vocab: int) -> None:
                        (spec.attention_scale, w.add_attention_scale), (spec.logit_scale, w.add_logit_scale)):
         if value:
             add(value)
+
+    if spec.pooling_type >= 0:
+        w.add_pooling_type(gguf.PoolingType(spec.pooling_type))
     w.add_file_type(QT[spec.weight_type].value if spec.weight_type in ("F32", "F16")
                     else gguf.LlamaFileType.MOSTLY_Q8_0.value if spec.weight_type == "Q8_0"
                     else gguf.LlamaFileType.GUESSED.value)

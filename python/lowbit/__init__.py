@@ -17,7 +17,7 @@ from lowbit.runtime import registry
 from lowbit.runtime.generate import FINISH_REASONS, Generation, GenerationStream
 from lowbit.runtime.constraints import Constraint, ConstraintError
 from lowbit.runtime.llama import Llama
-from lowbit.runtime.model import Model, load
+from lowbit.runtime.model import Model, Session, load
 from lowbit.runtime.sampling import SamplingParams
 from lowbit.runtime.tokenizer import Tokenizer
 from lowbit.quant.quantize import QuantizeError, quantize
@@ -41,7 +41,7 @@ def cuda_status() -> dict:
 
 __all__ = [
     "Cancelled", "CudaError", "GGUFError", "GGUFFile", "GGUFTensorInfo", "LowbitError", "ModelError",
-    "FINISH_REASONS", "Generation", "GenerationStream", "Llama", "Model", "RegistryError", "SamplingParams", "TemplateError", "Tokenizer", "cpu_features", "cuda_status",
+    "FINISH_REASONS", "Generation", "GenerationStream", "Llama", "Model", "RegistryError", "SamplingParams", "Session", "TemplateError", "Tokenizer", "cpu_features", "cuda_status",
     "load", "quant", "quantize", "QuantizeError", "registry", "__version__",
     "Constraint", "ConstraintError",
 ]

@@ -1,0 +1,222 @@
+"""The i-quant (IQ1_S IQ1_M IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S), ternary (TQ1_0 TQ2_0) and FP4
+(MXFP4 NVFP4) formats.
+
+Oracles: gguf.quants (the codebooks, dequantization, and the TQ/MXFP4 quantizers), the float64
+reference forward (tests/reference_forward.py) for whole tiny models, llama.cpp (dev oracle) for
+its quantizer's bytes. Kernel checks (scalar == dequantized dot, SIMD == scalar, the guard page)
+are in test_kernels.py, which lists these types.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import gguf
+from gguf import GGMLQuantizationType as QT
+from gguf import quants as gq
+
+import lowbit
+from lowbit import _core
+from lowbit.quant import blocks
+
+sys.path.insert(0, os.path.dirname(__file__))
+import model_factory as mf  # noqa: E402
+from reference_forward import ReferenceModel  # noqa: E402
+from test_kernels import IQ_TYPES, random_weights  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HEADER = os.path.join(REPO, "csrc", "quant", "iq_tables.h")
+LATTICE_TYPES = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"]
+QUANTIZABLE = ["TQ1_0", "TQ2_0", "MXFP4", "NVFP4"]
+
+
+# ---- codebooks ---------------------------------------------------------------------------------
+
+def header_arrays() -> dict:
+    """name -> list of ints, parsed from the committed iq_tables.h."""
+    text = open(HEADER).read()
+    out = {}
+    for m in re.finditer(r"constexpr \w+ (\w+)\[(\d+)\] = \{([^}]*)\}", text):
+        values = [int(v, 0) for v in m.group(3).replace("\n", " ").split(",") if v.strip()]
+        assert len(values) == int(m.group(2)), m.group(1)
+        out[m.group(1)] = values
+    return out
+
+
+def unpack(values, point_len, signed=False):
+    arr = np.array([[(v >> (8 * j)) & 0xFF for j in range(point_len)] for v in values], dtype=np.int64)
+    return np.where(arr > 127, arr - 256, arr) if signed else arr
+
+
+@pytest.mark.skipif(not os.path.exists(HEADER), reason="needs the source tree")
+def test_tables_header_equals_gguf_codebooks():
+    """Every codebook lowbit compiles in equals gguf-py's (decoded independently of the
+    generator), and the generator reproduces the committed header byte for byte."""
+    arrays = header_arrays()
+    for name, cls, plen, signed in [("kIq2xxsGrid", gq.IQ2_XXS, 8, False), ("kIq2xsGrid", gq.IQ2_XS, 8, False),
+                                    ("kIq2sGrid", gq.IQ2_S, 8, False), ("kIq3xxsGrid", gq.IQ3_XXS, 4, False),
+                                    ("kIq3sGrid", gq.IQ3_S, 4, False), ("kIq1sGrid", gq.IQ1_S, 8, True)]:
+        cls.init_grid()
+        expected = np.asarray(cls.grid).reshape(cls.grid_shape).astype(np.int64)
+        assert np.array_equal(unpack(arrays[name], plen, signed), expected), name
+    assert arrays["kSignsIq2xs"] == list(gq.IQ2_XXS.ksigns)
+    assert arrays["kValuesMxfp4"] == list(gq.MXFP4.kvalues)
+    # the sign table's rule: 7 bits + an even-parity 8th
+    assert all(s & 0x7F == i and bin(s).count("1") % 2 == 0 for i, s in enumerate(arrays["kSignsIq2xs"]))
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "gen_iq_tables.py"), "--check"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ---- dequantization: bit-exact against gguf.quants -----------------------------------------------
+
+def same_bits(a, b) -> bool:
+    a, b = np.ascontiguousarray(a, np.float32), np.ascontiguousarray(b, np.float32)
+    return a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+@pytest.mark.parametrize("type_name", IQ_TYPES)
+def test_dequantize_random_blocks_bit_exact(type_name):
+    rng = np.random.default_rng(100 + IQ_TYPES.index(type_name))
+    bs = gguf.GGML_QUANT_SIZES[QT[type_name]][0]
+    for rows, cols in [(1, bs), (3, 4 * bs), (7, 1024)]:
+        raw = random_weights(rng, type_name, rows, cols)
+        ours = blocks.dequantize(raw, type_name, (rows, cols))
+        assert same_bits(ours, gq.dequantize(raw, QT[type_name])), (type_name, rows, cols)
+
+
+def test_dequantize_every_codebook_point():
+    """Blocks that walk every grid index and sign pattern (not just random ones) decode as gguf."""
+    for type_name, n_index in [("IQ2_XXS", 256), ("IQ2_XS", 512), ("IQ2_S", 1024), ("IQ3_XXS", 256),
+                               ("IQ3_S", 512), ("IQ1_S", 2048), ("IQ1_M", 2048)]:
+        rng = np.random.default_rng(n_index)
+        raw = random_weights(rng, type_name, 64, 256 * 8)
+        # overwrite index bytes with a ramp so that every low-8-bit index value appears
+        lo = {"IQ2_XXS": None, "IQ2_XS": None, "IQ2_S": (2, 34), "IQ3_XXS": (2, 66), "IQ3_S": (2, 66),
+              "IQ1_S": (2, 34), "IQ1_M": (0, 32)}[type_name]
+        if lo:
+            blk = raw.reshape(-1, gguf.GGML_QUANT_SIZES[QT[type_name]][1])
+            span = lo[1] - lo[0]
+            blk[:, lo[0]:lo[1]] = (np.arange(blk.shape[0] * span) % 256).reshape(-1, span)
+        ours = blocks.dequantize(raw, type_name, (64, 2048))
+        assert same_bits(ours, gq.dequantize(raw, QT[type_name])), type_name
+
+
+# ---- quantizers --------------------------------------------------------------------------------
+
+def gaussian_rows(rng, rows, cols):
+    x = rng.standard_normal((rows, cols)) * np.exp(rng.uniform(-6, 2, (rows, 1)))
+    x[0] = 0
+    x[1, ::3] = 0
+    x[2] = np.where(np.arange(cols) % 2, 1.0, -1.0)
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("type_name", ["TQ1_0", "TQ2_0", "MXFP4"])
+def test_quantize_equals_gguf(type_name):
+    """gguf.quants ports ggml's reference quantizers of these types; the bytes agree."""
+    rng = np.random.default_rng(7)
+    x = gaussian_rows(rng, 24, 1024)
+    ours = blocks.quantize(x, type_name)
+    assert ours.tobytes() == gq.quantize(x, QT[type_name]).tobytes()
+    imatrix = rng.uniform(0.1, 10, 1024).astype(np.float32)   # ignored, as in ggml
+    assert blocks.quantize(x, type_name, imatrix=imatrix).tobytes() == ours.tobytes()
+
+
+def test_nvfp4_round_trip_error():
+    """NVFP4 (gguf has no quantizer to compare with): codes are the nearest E2M1 values at the
+    E4M3 scale of each 16-weight sub-block, so the round-trip error is within half a step. (Scales
+    below E4M3's normal range, 2^-6, lose precision: rows here stay above it.)"""
+    rng = np.random.default_rng(8)
+    x = gaussian_rows(rng, 16, 512)
+    x[3:] = (rng.standard_normal((13, 512)) * np.exp(rng.uniform(-1, 3, (13, 1)))).astype(np.float32)
+    back = blocks.dequantize(blocks.quantize(x, "NVFP4"), "NVFP4", x.shape)
+    err = np.linalg.norm(back - x, axis=1) / np.maximum(np.linalg.norm(x, axis=1), 1e-30)
+    assert np.all(err[3:] < 0.15) and np.all(back[0] == 0)
+
+
+@pytest.mark.parametrize("type_name", LATTICE_TYPES)
+def test_lattice_types_refuse_to_quantize(type_name):
+    x = np.ones((2, 256), np.float32)
+    with pytest.raises(ValueError, match=f"no quantizer for {type_name}"):
+        blocks.quantize(x, type_name)
+    info = blocks.type_info(type_name)
+    assert info["block_size"] == 256 and info["type_size"] == gguf.GGML_QUANT_SIZES[QT[type_name]][1]
+
+
+def test_type_table_lists_the_new_types():
+    names = {t["name"]: t for t in blocks.types()}
+    for type_name in IQ_TYPES:
+        bs, bb = gguf.GGML_QUANT_SIZES[QT[type_name]]
+        t = names[type_name]
+        assert (t["type_id"], t["block_size"], t["type_size"]) == (int(QT[type_name]), bs, bb)
+        assert t["bits_per_weight"] == pytest.approx(8 * bb / bs)
+        assert t["vec_dot_type"] == ("Q8_0" if type_name in ("MXFP4", "NVFP4") else "Q8_K")
+
+
+# ---- whole models: a tiny model in each type vs the float64 reference ---------------------------
+
+def set_block_scale(raw: np.ndarray, type_name: str, d: float) -> None:
+    """Set every block's super-block scale to d (raw: (n_blocks, block_bytes), in place)."""
+    h = np.float16(d).reshape(1).view(np.uint16)[0]
+    if type_name == "IQ1_M":
+        words = raw[:, 48:56].copy().view(np.uint16)
+        for k in range(4):
+            words[:, k] = (words[:, k] & 0x0FFF) | (((int(h) >> (4 * k)) & 0xF) << 12)
+        raw[:, 48:56] = words.view(np.uint8)
+    else:
+        off = {"TQ1_0": 52, "TQ2_0": 64}.get(type_name, 0)
+        raw[:, off:off + 2] = np.frombuffer(np.uint16(h).tobytes(), np.uint8)
+
+
+def random_matrix(rng, type_name, shape, std):
+    """(n_out, n_in) matrix of type_name with about the given standard deviation: quantized
+    Gaussian values where lowbit has a quantizer, random valid blocks otherwise."""
+    if type_name in QUANTIZABLE:
+        return blocks.quantize(rng.normal(0, std, shape).astype(np.float32), type_name)
+    bs, bb = gguf.GGML_QUANT_SIZES[QT[type_name]]
+    raw = rng.integers(0, 256, (shape[0] * shape[1] // bs, bb), dtype=np.uint8)
+    set_block_scale(raw, type_name, 1.0)
+    unit = float(np.std(gq.dequantize(raw, QT[type_name])))
+    set_block_scale(raw, type_name, std / unit)
+    return raw.reshape(shape[0], -1)
+
+
+def write_tiny(path, arch, type_name):
+    spec = mf.default_spec(arch, "F32", n_embd=256, n_ff=512, head_dim=256 // 4)
+    rng = np.random.default_rng(11)
+    tensors = mf.make_tensors(spec)
+    writer = gguf.GGUFWriter(str(path), spec.arch)
+    mf._write_hparams(writer, spec, tensors["token_embd.weight"][0].shape[0])
+    mf._write_tokenizer(writer, spec)
+    for name, (data, qtype) in tensors.items():
+        if data.ndim == 2:
+            writer.add_tensor(name, random_matrix(rng, type_name, data.shape, float(np.std(data))),
+                              raw_dtype=QT[type_name])
+        else:
+            writer.add_tensor(name, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return str(path)
+
+
+@pytest.mark.parametrize("type_name", IQ_TYPES)
+def test_tiny_model_matches_reference(type_name, tmp_path):
+    """Every matrix (embedding and head included) in type_name: the engine's logits against the
+    float64 forward of the gguf-dequantized weights; the gap is the q8 activation rounding."""
+    path = write_tiny(tmp_path / f"{type_name}.gguf", "llama", type_name)
+    e = _core.Engine(path, 64, 2, 16, "f16")
+    ids = np.random.default_rng(3).integers(0, e.n_vocab, 12).astype(np.int32)
+    ours = e.eval(ids, all_logits=True)
+    ref = ReferenceModel(path).logits(ids)
+    err = np.max(np.linalg.norm(ours - ref, axis=1) / np.linalg.norm(ref, axis=1))
+    assert err <= 6e-2, (type_name, err)
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 0.5
+    assert np.array_equal(ours.argmax(1)[clear], ref.argmax(1)[clear])

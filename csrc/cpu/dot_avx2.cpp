@@ -8,10 +8,6 @@
 
 namespace lowbit::cpu::avx2 {
 
-// i-quant / ternary / FP4 dots without an AVX2 kernel yet take the scalar spec.
-using scalar::vec_dot_iq2_xxs, scalar::vec_dot_iq2_xs, scalar::vec_dot_iq2_s, scalar::vec_dot_iq3_xxs,
-    scalar::vec_dot_iq3_s, scalar::vec_dot_iq1_s, scalar::vec_dot_iq1_m, scalar::vec_dot_tq1_0,
-    scalar::vec_dot_tq2_0, scalar::vec_dot_mxfp4, scalar::vec_dot_nvfp4;
 
 extern const KernelSet kKernels = LOWBIT_DOT_ONLY_SET("avx2");
 

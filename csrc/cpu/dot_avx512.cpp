@@ -951,10 +951,6 @@ LOWBIT_DOT_AND_ROWS(iq4_xs)
 void quantize_act_q8_0(const float* x, block_q8_0* y, int n) { quantize_act_q8_0_256(x, y, n); }
 void quantize_act_q8_K(const float* x, block_q8_K* y, int n) { quantize_act_q8_K_256(x, y, n); }
 
-// i-quant / ternary / FP4 dots without an AVX-512 kernel yet take the scalar spec.
-using scalar::vec_dot_iq2_xxs, scalar::vec_dot_iq2_xs, scalar::vec_dot_iq2_s, scalar::vec_dot_iq3_xxs,
-    scalar::vec_dot_iq3_s, scalar::vec_dot_iq1_s, scalar::vec_dot_iq1_m, scalar::vec_dot_tq1_0,
-    scalar::vec_dot_tq2_0, scalar::vec_dot_mxfp4, scalar::vec_dot_nvfp4;
 
 namespace {
 // Entries of the types with panel kernels (legacy 32-blocks) and strip GEMMs.

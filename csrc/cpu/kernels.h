@@ -246,8 +246,8 @@ size_t act_row_bytes(ActFormat fmt, int64_t n);
     void quantize_act_q8_K(const float* x, block_q8_K* y, int n);               \
     extern const KernelSet kKernels;
 
-// The i-quant / ternary / FP4 dots (dot_scalar_iq.cpp); an ISA set without its own kernel for
-// one of them takes the scalar one (a using-declaration in its file).
+// The i-quant / ternary / FP4 dots: dot_scalar_iq.cpp (the spec), dot_iq_avx2.cpp and
+// dot_iq_avx512.cpp (dot_iq_x86_256.h), equal to the spec bit for bit.
 #define LOWBIT_DECLARE_IQ_KERNELS                                                \
     float vec_dot_iq2_xxs(int n, const void* w, const void* a);                 \
     float vec_dot_iq2_xs(int n, const void* w, const void* a);                  \
@@ -262,8 +262,8 @@ size_t act_row_bytes(ActFormat fmt, int64_t n);
     float vec_dot_nvfp4(int n, const void* w, const void* a);
 
 namespace scalar { LOWBIT_DECLARE_KERNELS LOWBIT_DECLARE_IQ_KERNELS }
-namespace avx2 { LOWBIT_DECLARE_KERNELS }
-namespace avx512 { LOWBIT_DECLARE_KERNELS }
+namespace avx2 { LOWBIT_DECLARE_KERNELS LOWBIT_DECLARE_IQ_KERNELS }
+namespace avx512 { LOWBIT_DECLARE_KERNELS LOWBIT_DECLARE_IQ_KERNELS }
 
 #undef LOWBIT_DECLARE_KERNELS
 #undef LOWBIT_DECLARE_IQ_KERNELS

@@ -220,3 +220,88 @@ def test_tiny_model_matches_reference(type_name, tmp_path):
     top2 = np.sort(ref, axis=1)[:, -2:]
     clear = (top2[:, 1] - top2[:, 0]) > 0.5
     assert np.array_equal(ours.argmax(1)[clear], ref.argmax(1)[clear])
+
+
+# ---- llama.cpp file types TQ1_0 / TQ2_0 / MXFP4_MOE ----------------------------------------------
+
+def test_file_type_plans_follow_llama_cpp_rules():
+    from lowbit.quant import recipes
+    facts = recipes.ModelFacts("llama", 2, 1, 0, False)
+    tensors = [("token_embd.weight", (256, 64), "F32"), ("output.weight", (256, 64), "F32"),
+               ("blk.0.attn_q.weight", (256, 256), "F32"), ("blk.0.ffn_down.weight", (576, 256), "F32"),
+               ("blk.0.ffn_up_exps.weight", (256, 512, 4), "F32"), ("blk.0.attn_norm.weight", (256,), "F32")]
+    plan = {p.name: p.dst_type for p in recipes.plan_types(tensors, "TQ2_0", facts)}
+    assert plan == {"token_embd.weight": "Q4_K", "output.weight": "Q6_K", "blk.0.attn_q.weight": "TQ2_0",
+                    "blk.0.ffn_down.weight": "Q4_0", "blk.0.ffn_up_exps.weight": "TQ2_0",
+                    "blk.0.attn_norm.weight": "F32"}
+    plan = {p.name: p.dst_type for p in recipes.plan_types(tensors, "mxfp4_moe", facts)}
+    assert plan == {"token_embd.weight": "Q8_0", "output.weight": "Q8_0", "blk.0.attn_q.weight": "Q8_0",
+                    "blk.0.ffn_down.weight": "Q8_0", "blk.0.ffn_up_exps.weight": "MXFP4",
+                    "blk.0.attn_norm.weight": "F32"}
+    odd = recipes.plan_types([("blk.0.ffn_up_exps.weight", (48, 512, 4), "F32")], "MXFP4_MOE", facts)
+    assert odd[0].dst_type == "F16" and "F16" in odd[0].notice   # a 32-block type has no smaller fallback
+    assert recipes.resolve_recipe("tq1_0")[:3] == ("TQ1_0", 36, "TQ1_0")
+
+
+def ggml_quantize_or_skip():
+    """ggml's own row quantizer (ggml_quantize_chunk in the dev oracle's libggml-base), or skip."""
+    import ctypes
+    from _llama_cpp import llama_cpp_or_skip
+    llama_cpp = llama_cpp_or_skip()
+    lib_path = os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-base.so")
+    if not os.path.exists(lib_path):
+        pytest.skip(f"no {lib_path}")
+    lib = ctypes.CDLL(lib_path)
+    fn = lib.ggml_quantize_chunk
+    fn.restype = ctypes.c_size_t
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                   ctypes.c_int64, ctypes.c_void_p]
+
+    def quantize(x: np.ndarray, type_name: str, imatrix=None) -> np.ndarray:
+        x = np.ascontiguousarray(x, np.float32)
+        out = np.zeros(x.shape[0] * blocks.row_bytes(type_name, x.shape[1]), np.uint8)
+        qw = None if imatrix is None else np.ascontiguousarray(imatrix, np.float32)
+        fn(int(QT[type_name]), x.ctypes.data, out.ctypes.data, 0, x.shape[0], x.shape[1],
+           None if qw is None else qw.ctypes.data)
+        return out.reshape(x.shape[0], -1)
+    return quantize
+
+
+@pytest.mark.parametrize("type_name", QUANTIZABLE)
+def test_quantize_bytes_equal_ggml(type_name):
+    """ggml_quantize_chunk (what llama.cpp's model quantizer calls per tensor) on varied rows, with
+    and without an imatrix (ignored by both for these types): every byte equal."""
+    ggml_quantize = ggml_quantize_or_skip()
+    from test_quant_llama_cpp import _weights
+    rng = np.random.default_rng(5)
+    x = _weights(rng, 96, 512)
+    imatrix = np.exp(rng.standard_normal(512)).astype(np.float32)
+    assert blocks.quantize(x, type_name).tobytes() == ggml_quantize(x, type_name).tobytes()
+    assert blocks.quantize(x, type_name, imatrix=imatrix).tobytes() == ggml_quantize(x, type_name, imatrix).tobytes()
+
+
+@pytest.mark.parametrize("recipe", ["TQ1_0", "TQ2_0", "MXFP4_MOE"])
+def test_file_types_on_smollm2_equal_llama_cpp(recipe, tmp_path):
+    """`lowbit quantize --type T` of SmolLM2 vs llama.cpp's quantizer on the same file: the same type
+    for every tensor (fallbacks included) and the same bytes."""
+    from _llama_cpp import llama_cpp_or_skip
+    from _models import real_model_path
+    llama_cpp = llama_cpp_or_skip()
+    path = real_model_path("smollm2-135m-instruct")
+    if path is None:
+        pytest.skip("smollm2-135m-instruct not available")
+    from lowbit.quant import recipes
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = recipes.resolve_recipe(recipe)[1]
+    params.allow_requantize = True
+    params.nthread = 2
+    theirs_path, ours_path = str(tmp_path / "theirs.gguf"), str(tmp_path / "ours.gguf")
+    assert llama_cpp.llama_model_quantize(path.encode(), theirs_path.encode(), params) == 0
+    with pytest.warns(UserWarning, match="already quantized"):
+        lowbit.quantize(path, ours_path, recipe, n_threads=2)
+    theirs = {t.name: t for t in gguf.GGUFReader(theirs_path).tensors}
+    ours = {t.name: t for t in gguf.GGUFReader(ours_path).tensors}
+    assert set(ours) == set(theirs)
+    for name, t in theirs.items():
+        assert ours[name].tensor_type == t.tensor_type, name
+        assert np.asarray(ours[name].data).tobytes() == np.asarray(t.data).tobytes(), name

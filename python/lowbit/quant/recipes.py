@@ -8,9 +8,12 @@ block type plus per-tensor rules that keep the sensitive tensors at higher preci
     eighth, every third layer between) for Q4_K_M / Q5_K_M, more for Q2_K / Q3_K_*;
   - attn_output gets Q3_K / Q4_K / Q5_K for Q2_K / Q3_K_M / Q3_K_L;
   - the n_gqa >= 4, n_expert and 70B rules of llama.cpp.
+  - TQ1_0 / TQ2_0: an untied token embedding -> Q4_K;
+  - MXFP4_MOE: expert tensors (3-D, more than one expert) -> MXFP4, every other matrix (output and
+    embedding included) -> Q8_0.
 Rows whose length is not a multiple of the chosen type's block size fall back (Q4_K -> Q5_0,
-Q5_K -> Q5_1, Q6_K -> Q8_0, Q2_K / Q3_K -> Q4_0, IQ4_XS -> IQ4_NL, F16 when even 32 does not
-divide the row), each with a notice.
+Q5_K -> Q5_1, Q6_K -> Q8_0, Q2_K / Q3_K / TQ1_0 / TQ2_0 -> Q4_0, IQ4_XS -> IQ4_NL, F16 when even
+32 does not divide the row), each with a notice.
 
 Counters (the i-th attn_v, the i-th ffn_down) run over the tensors in llama.cpp's order: by
 layer number, then by name, as its loader's weight map iterates.
@@ -33,6 +36,7 @@ FILE_TYPES: Dict[str, Tuple[int, str]] = {
     "Q3_K_S": (11, "Q3_K"), "Q3_K_M": (12, "Q3_K"), "Q3_K_L": (13, "Q3_K"),
     "Q4_K_S": (14, "Q4_K"), "Q4_K_M": (15, "Q4_K"), "Q5_K_S": (16, "Q5_K"), "Q5_K_M": (17, "Q5_K"),
     "Q6_K": (18, "Q6_K"), "IQ4_NL": (25, "IQ4_NL"), "IQ4_XS": (30, "IQ4_XS"), "BF16": (32, "BF16"),
+    "TQ1_0": (36, "TQ1_0"), "TQ2_0": (37, "TQ2_0"), "MXFP4_MOE": (38, "MXFP4"),
 }
 # Single block types that are not file types of their own: every tensor gets the type
 # (general.file_type records the _M recipe of that family, as llama-quantize --pure does).
@@ -40,9 +44,12 @@ PURE_ONLY: Dict[str, Tuple[int, str]] = {"Q3_K": (12, "Q3_K"), "Q4_K": (15, "Q4_
 
 FLOAT_TYPES = ("F32", "F16", "BF16")
 BLOCK_SIZES = {"F32": 1, "F16": 1, "BF16": 1, "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32, "Q8_0": 32,
-               "IQ4_NL": 32, "Q2_K": 256, "Q3_K": 256, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256, "IQ4_XS": 256}
-# llama.cpp's tensor_type_fallback: a type whose block does not divide the row -> this one.
-FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "IQ4_XS": "IQ4_NL"}
+               "IQ4_NL": 32, "Q2_K": 256, "Q3_K": 256, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256, "IQ4_XS": 256,
+               "TQ1_0": 256, "TQ2_0": 256, "MXFP4": 32}
+# llama.cpp's tensor_type_fallback: a type whose block does not divide the row -> this one (a
+# 32-block type that does not fit goes to F16).
+FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "IQ4_XS": "IQ4_NL",
+            "TQ1_0": "Q4_0", "TQ2_0": "Q4_0"}
 
 # Substrings that keep a 2-D "*weight" tensor unquantized (llama.cpp's tensor_allows_quantization).
 _NEVER_QUANTIZED = (
@@ -183,11 +190,16 @@ def _mixture_type(t: str, name: str, shape: Sequence[int], ftype: str, cat: str,
                   c: _Counters, has_imatrix: bool) -> str:
     """llama_tensor_get_type_impl for the file types lowbit writes; ``t`` is the default type."""
     if cat == "output" or (c.tied and cat == "token_embd"):
-        if facts.arch == "falcon" or shape[0] % BLOCK_SIZES[t] != 0:
+        if ftype == "MXFP4_MOE" or facts.arch == "falcon" or shape[0] % BLOCK_SIZES[t] != 0:
             return "Q8_0"
         return t if t == "Q8_0" else "Q6_K"
+    if ftype == "MXFP4_MOE":     # expert tensors (3-D, several experts) -> MXFP4, the rest Q8_0
+        experts = len(shape) > 2 and shape[2] > 1
+        if facts.arch == "bailingmoe3":
+            experts = experts and cat in ("ffn_up", "ffn_gate", "ffn_down")
+        return "MXFP4" if experts else "Q8_0"
     if cat == "token_embd":
-        return t
+        return "Q4_K" if ftype in ("TQ1_0", "TQ2_0") else t
     if cat in ("attn_v", "attn_qkv", "attn_kv_b"):
         return _attn_v_type(t, ftype, facts, c)
     if cat == "attn_k":
@@ -261,6 +273,8 @@ def _attn_output_type(t: str, ftype: str, facts: ModelFacts) -> str:
 def _fallback(name: str, n_cols: int, t: str) -> Tuple[str, Optional[str]]:
     if n_cols % BLOCK_SIZES[t] == 0:
         return t, None
+    if t not in FALLBACK and BLOCK_SIZES[t] <= 32:   # no smaller block to demote to
+        return "F16", f"{name}: row length {n_cols} is not a multiple of {BLOCK_SIZES[t]} (required by {t}) -> F16"
     if t not in FALLBACK:
         raise ValueError(f"tensor {name}: row length {n_cols} does not fit {t}'s blocks of {BLOCK_SIZES[t]} "
                          "and llama.cpp defines no fallback for it")

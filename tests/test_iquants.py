@@ -30,8 +30,9 @@ from test_kernels import IQ_TYPES, random_weights  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEADER = os.path.join(REPO, "csrc", "quant", "iq_tables.h")
-LATTICE_TYPES = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"]
+NO_QUANTIZER = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_S", "IQ1_S", "IQ1_M"]
 QUANTIZABLE = ["TQ1_0", "TQ2_0", "MXFP4", "NVFP4"]
+SEARCHED = ["IQ3_XXS"]   # codebook searches, importance-weighted
 
 
 # ---- codebooks ---------------------------------------------------------------------------------
@@ -127,6 +128,26 @@ def test_quantize_equals_gguf(type_name):
     assert blocks.quantize(x, type_name, imatrix=imatrix).tobytes() == ours.tobytes()
 
 
+@pytest.mark.parametrize("type_name", SEARCHED)
+def test_searched_quantizer_round_trip(type_name):
+    """The codebook search: the error is that of a ~3-bit format and an imatrix moves the error to
+    the unimportant columns. (An all-zero group decodes to the smallest codebook point at the
+    smallest group scale, not to zero, as in ggml.)"""
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal((8, 1024)) * np.exp(rng.uniform(-3, 2, (8, 1)))).astype(np.float32)
+    x[0, :32] = 0
+    q = blocks.quantize(x, type_name)
+    back = blocks.dequantize(q, type_name, x.shape)
+    assert np.abs(back[0, :32]).max() < 0.05 * np.abs(x[0]).max()
+    err = np.linalg.norm(back - x, axis=1) / np.linalg.norm(x, axis=1)
+    assert np.all(err < 0.25), err
+    imp = np.where(np.arange(1024) % 2 == 0, 100.0, 0.01).astype(np.float32)
+    back_w = blocks.dequantize(blocks.quantize(x, type_name, imatrix=imp), type_name, x.shape)
+    even_err = lambda b: np.linalg.norm((b - x)[:, ::2]) / np.linalg.norm(x[:, ::2])  # noqa: E731
+    assert even_err(back_w) < even_err(back)
+    assert blocks.type_info(type_name)["can_quantize"] and blocks.type_info(type_name)["uses_imatrix"]
+
+
 def test_nvfp4_round_trip_error():
     """NVFP4 (gguf has no quantizer to compare with): codes are the nearest E2M1 values at the
     E4M3 scale of each 16-weight sub-block, so the round-trip error is within half a step. (Scales
@@ -139,13 +160,14 @@ def test_nvfp4_round_trip_error():
     assert np.all(err[3:] < 0.15) and np.all(back[0] == 0)
 
 
-@pytest.mark.parametrize("type_name", LATTICE_TYPES)
-def test_lattice_types_refuse_to_quantize(type_name):
+@pytest.mark.parametrize("type_name", NO_QUANTIZER)
+def test_types_without_quantizer_refuse(type_name):
     x = np.ones((2, 256), np.float32)
     with pytest.raises(ValueError, match=f"no quantizer for {type_name}"):
         blocks.quantize(x, type_name)
     info = blocks.type_info(type_name)
     assert info["block_size"] == 256 and info["type_size"] == gguf.GGML_QUANT_SIZES[QT[type_name]][1]
+    assert not info["can_quantize"]
 
 
 def test_type_table_lists_the_new_types():
@@ -176,7 +198,7 @@ def set_block_scale(raw: np.ndarray, type_name: str, d: float) -> None:
 def random_matrix(rng, type_name, shape, std):
     """(n_out, n_in) matrix of type_name with about the given standard deviation: quantized
     Gaussian values where lowbit has a quantizer, random valid blocks otherwise."""
-    if type_name in QUANTIZABLE:
+    if type_name in QUANTIZABLE + SEARCHED:
         return blocks.quantize(rng.normal(0, std, shape).astype(np.float32), type_name)
     bs, bb = gguf.GGML_QUANT_SIZES[QT[type_name]]
     raw = rng.integers(0, 256, (shape[0] * shape[1] // bs, bb), dtype=np.uint8)
@@ -267,10 +289,10 @@ def ggml_quantize_or_skip():
     return quantize
 
 
-@pytest.mark.parametrize("type_name", QUANTIZABLE)
+@pytest.mark.parametrize("type_name", QUANTIZABLE + SEARCHED)
 def test_quantize_bytes_equal_ggml(type_name):
     """ggml_quantize_chunk (what llama.cpp's model quantizer calls per tensor) on varied rows, with
-    and without an imatrix (ignored by both for these types): every byte equal."""
+    and without an imatrix (the TQ/FP4 types ignore it, the searches weigh by it): every byte equal."""
     ggml_quantize = ggml_quantize_or_skip()
     from test_quant_llama_cpp import _weights
     rng = np.random.default_rng(5)

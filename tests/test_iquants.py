@@ -30,9 +30,9 @@ from test_kernels import IQ_TYPES, random_weights  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEADER = os.path.join(REPO, "csrc", "quant", "iq_tables.h")
-NO_QUANTIZER = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_S", "IQ1_S", "IQ1_M"]
+NO_QUANTIZER = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M"]
 QUANTIZABLE = ["TQ1_0", "TQ2_0", "MXFP4", "NVFP4"]
-SEARCHED = ["IQ3_XXS"]   # codebook searches, importance-weighted
+SEARCHED = ["IQ3_XXS", "IQ3_S"]   # codebook searches, importance-weighted
 
 
 # ---- codebooks ---------------------------------------------------------------------------------
@@ -302,6 +302,57 @@ def test_quantize_bytes_equal_ggml(type_name):
     assert blocks.quantize(x, type_name, imatrix=imatrix).tobytes() == ggml_quantize(x, type_name, imatrix).tobytes()
 
 
+@pytest.fixture(scope="module")
+def tiny_f32_llama(tmp_path_factory):
+    """An 8-layer F32 llama with GQA 4 (so the n_gqa and layer-fraction rules all fire), and a
+    random imatrix for its matrices."""
+    path = tmp_path_factory.mktemp("recipes") / "f32.gguf"
+    spec = mf.default_spec("llama", "F32", n_layer=8, n_embd=256, n_head=4, n_head_kv=1, head_dim=64, n_ff=512,
+                           tied=False)
+    mf.write_tiny_model(path, spec)
+    rng = np.random.default_rng(17)
+    imatrix = {t.name: np.exp(1.5 * rng.standard_normal(int(t.shape[0]))).astype(np.float32)
+               for t in gguf.GGUFReader(str(path)).tensors if len(t.shape) == 2}
+    return str(path), imatrix
+
+
+def assert_same_tensors(ours_path, theirs_path):
+    theirs = {t.name: t for t in gguf.GGUFReader(theirs_path).tensors}
+    ours = {t.name: t for t in gguf.GGUFReader(ours_path).tensors}
+    assert set(ours) == set(theirs)
+    for name, t in theirs.items():
+        assert ours[name].tensor_type == t.tensor_type, (name, ours[name].tensor_type.name, t.tensor_type.name)
+        assert np.asarray(ours[name].data).tobytes() == np.asarray(t.data).tobytes(), name
+
+
+@pytest.mark.parametrize("with_imatrix", [False, True])
+@pytest.mark.parametrize("recipe", ["IQ3_XS", "IQ3_S", "IQ3_M", "TQ1_0", "TQ2_0", "MXFP4_MOE"])
+def test_file_types_equal_llama_cpp(recipe, with_imatrix, tiny_f32_llama, tmp_path):
+    """`lowbit quantize --type T` vs llama.cpp's model quantizer on the same F32 file: every
+    tensor's type (llama.cpp's per-tensor rules) and bytes (the quantizers) equal."""
+    from _llama_cpp import llama_cpp_or_skip
+    from test_quant_llama_cpp import _imatrix_param
+    from lowbit.quant import recipes
+    import ctypes
+    llama_cpp = llama_cpp_or_skip()
+    path, imatrix = tiny_f32_llama
+    if recipe == "IQ3_XS" and not with_imatrix:   # its IQ3_XXS tensors need one (llama.cpp refuses too)
+        with pytest.raises(lowbit.LowbitError, match="needs an importance matrix"):
+            lowbit.quantize(path, str(tmp_path / "ours.gguf"), recipe)
+        assert os.listdir(tmp_path) == []
+        return
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = recipes.resolve_recipe(recipe)[1]
+    params.nthread = 2
+    if with_imatrix:
+        entries, _keep = _imatrix_param(llama_cpp, imatrix)
+        params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    theirs_path, ours_path = str(tmp_path / "theirs.gguf"), str(tmp_path / "ours.gguf")
+    assert llama_cpp.llama_model_quantize(path.encode(), theirs_path.encode(), params) == 0
+    lowbit.quantize(path, ours_path, recipe, imatrix=imatrix if with_imatrix else None, n_threads=2)
+    assert_same_tensors(ours_path, theirs_path)
+
+
 @pytest.mark.parametrize("recipe", ["TQ1_0", "TQ2_0", "MXFP4_MOE"])
 def test_file_types_on_smollm2_equal_llama_cpp(recipe, tmp_path):
     """`lowbit quantize --type T` of SmolLM2 vs llama.cpp's quantizer on the same file: the same type
@@ -321,9 +372,4 @@ def test_file_types_on_smollm2_equal_llama_cpp(recipe, tmp_path):
     assert llama_cpp.llama_model_quantize(path.encode(), theirs_path.encode(), params) == 0
     with pytest.warns(UserWarning, match="already quantized"):
         lowbit.quantize(path, ours_path, recipe, n_threads=2)
-    theirs = {t.name: t for t in gguf.GGUFReader(theirs_path).tensors}
-    ours = {t.name: t for t in gguf.GGUFReader(ours_path).tensors}
-    assert set(ours) == set(theirs)
-    for name, t in theirs.items():
-        assert ours[name].tensor_type == t.tensor_type, name
-        assert np.asarray(ours[name].data).tobytes() == np.asarray(t.data).tobytes(), name
+    assert_same_tensors(ours_path, theirs_path)

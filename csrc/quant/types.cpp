@@ -34,12 +34,12 @@ std::vector<QuantType> make_table() {
         {T::IQ4_NL, "IQ4_NL", QK4_NL, sizeof(block_iq4_nl), dequantize_row_iq4_nl, quantize_row_iq4_nl, T::Q8_0, true},
         {T::IQ4_XS, "IQ4_XS", QK_K, sizeof(block_iq4_xs), dequantize_row_iq4_xs, quantize_row_iq4_xs, T::Q8_K, true},
         {T::BF16, "BF16", 1, 2, dequantize_row_bf16, quantize_row_bf16, T::F32, false},
-        // i-quants on lattice codebooks: lowbit reads and computes with them; quantizes IQ3_XXS only
+        // i-quants on lattice codebooks: lowbit reads and computes with them; quantizes IQ3_XXS and IQ3_S
         {T::IQ2_XXS, "IQ2_XXS", QK_K, sizeof(block_iq2_xxs), dequantize_row_iq2_xxs, nullptr, T::Q8_K, true},
         {T::IQ2_XS, "IQ2_XS", QK_K, sizeof(block_iq2_xs), dequantize_row_iq2_xs, nullptr, T::Q8_K, true},
         {T::IQ2_S, "IQ2_S", QK_K, sizeof(block_iq2_s), dequantize_row_iq2_s, nullptr, T::Q8_K, true},
         {T::IQ3_XXS, "IQ3_XXS", QK_K, sizeof(block_iq3_xxs), dequantize_row_iq3_xxs, quantize_row_iq3_xxs, T::Q8_K, true},
-        {T::IQ3_S, "IQ3_S", QK_K, sizeof(block_iq3_s), dequantize_row_iq3_s, nullptr, T::Q8_K, true},
+        {T::IQ3_S, "IQ3_S", QK_K, sizeof(block_iq3_s), dequantize_row_iq3_s, quantize_row_iq3_s, T::Q8_K, true},
         {T::IQ1_S, "IQ1_S", QK_K, sizeof(block_iq1_s), dequantize_row_iq1_s, nullptr, T::Q8_K, true},
         {T::IQ1_M, "IQ1_M", QK_K, sizeof(block_iq1_m), dequantize_row_iq1_m, nullptr, T::Q8_K, true},
         {T::TQ1_0, "TQ1_0", QK_K, sizeof(block_tq1_0), dequantize_row_tq1_0, quantize_row_tq1_0, T::Q8_K, false},

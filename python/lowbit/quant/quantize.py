@@ -98,6 +98,7 @@ def quantize(inp: "str | os.PathLike[str]", out: "str | os.PathLike[str]", type:
         for line in summarize_notices(plans):
             note(line)
         _check_convertible(plans)
+        _check_imatrix_present(plans, importances is not None, recipe)
         requantized = sorted({p.src_type for p in plans if p.src_type != p.dst_type
                               and p.src_type not in _FLOAT_INPUTS and p.dst_type not in _FLOAT_INPUTS})
         if requantized:
@@ -154,6 +155,17 @@ def _temp_beside(dst: str) -> str:
         raise QuantizeError(f"output directory {folder} is not writable: {e.strerror or e}") from None
     os.close(fd)
     return tmp
+
+
+def _check_imatrix_present(plans: List[TensorPlan], has_imatrix: bool, recipe: str) -> None:
+    from lowbit.quant.recipes import requires_imatrix
+    if has_imatrix:
+        return
+    needy = [p for p in plans if p.src_type != p.dst_type and requires_imatrix(p.name, p.dst_type)]
+    if needy:
+        types = ", ".join(sorted({p.dst_type for p in needy}))
+        raise QuantizeError(f"{recipe} puts {len(needy)} tensors (e.g. {needy[0].name}) in {types}, which needs an "
+                            "importance matrix (--imatrix FILE; make one with `lowbit imatrix`), as in llama.cpp")
 
 
 def _check_convertible(plans: List[TensorPlan]) -> None:

@@ -205,8 +205,6 @@ inline __m256i iq1_points(int i0, int i1, int i2, int i3) {
     const __m256i one = _mm256_set1_epi8(1);
     return _mm256_add_epi8(points8(kIq1sGrid, i0, i1, i2, i3), one);
 }
-// 8 int32 lanes: sums of 4 activations each (two lanes per 8-weight point).
-inline __m256i q8_sums4(__m256i y) { return iq_mul_sum_us8(_mm256_set1_epi8(1), y); }
 }  // namespace
 
 float vec_dot_iq1_s(int n, const void* vw, const void* va) {
@@ -222,8 +220,8 @@ float vec_dot_iq1_s(int n, const void* vw, const void* va) {
             const __m256i q = iq1_points(qs[0] | ((qh & 7) << 8), qs[1] | (((qh >> 3) & 7) << 8),
                                          qs[2] | (((qh >> 6) & 7) << 8), qs[3] | (((qh >> 9) & 7) << 8));
             const int ls = 2 * ((qh >> 12) & 7) + 1;
-            const __m256i gs = iq_mul_sum_us8(q, iq_load(a[b].qs + 32 * g));
-            acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(gs, _mm256_set1_epi32(8 * ls)));
+            // pairs (g+1) * q8 <= 2 * 2 * 127, times 8 * ls <= 120 in the madd: exact
+            acc = _mm256_add_epi32(acc, iq_scaled(q, iq_load(a[b].qs + 32 * g), _mm256_set1_epi16(short(8 * ls))));
             shift += ls * (qh & 0x8000 ? -9 : -7) * (a[b].bsums[2 * g] + a[b].bsums[2 * g + 1]);
         }
         sumf += (iq_h2f(w[b].d) * a[b].d) * float(iq_hsum(acc) + shift);
@@ -234,6 +232,7 @@ float vec_dot_iq1_s(int n, const void* vw, const void* va) {
 float vec_dot_iq1_m(int n, const void* vw, const void* va) {
     const auto* w = static_cast<const block_iq1_m*>(vw);
     const auto* a = static_cast<const block_q8_K*>(va);
+    const __m256i ones = _mm256_set1_epi8(1);
     float sumf = 0.0f;
     for (int b = 0; b < n / QK_K; ++b) {
         uint16_t sc[4];
@@ -247,15 +246,14 @@ float vec_dot_iq1_m(int n, const void* vw, const void* va) {
                                          qs[2] | ((h1 & 7) << 8), qs[3] | (((h1 >> 4) & 7) << 8));
             const int ls1 = 2 * ((sc[g / 2] >> (6 * (g % 2))) & 7) + 1;
             const int ls2 = 2 * ((sc[g / 2] >> (6 * (g % 2) + 3)) & 7) + 1;
-            // per point: scale ls * 8 on the grid sum, ls * (-8 +- 1) on the activation sum
-            const int d0 = ls1 * (h0 & 0x08 ? -9 : -7), d1 = ls1 * (h0 & 0x80 ? -9 : -7);
-            const int d2 = ls2 * (h1 & 0x08 ? -9 : -7), d3 = ls2 * (h1 & 0x80 ? -9 : -7);
+            // per point: ls * 8 on the grid pairs, ls * (-8 +- 1) on the activation pairs (int16 lanes
+            // 4k..4k+3 hold point k); every factor fits int16 and every product sum int32
+            const short d0 = short(ls1 * (h0 & 0x08 ? -9 : -7)), d1 = short(ls1 * (h0 & 0x80 ? -9 : -7));
+            const short d2 = short(ls2 * (h1 & 0x08 ? -9 : -7)), d3 = short(ls2 * (h1 & 0x80 ? -9 : -7));
             const __m256i y = iq_load(a[b].qs + 32 * g);
-            const __m256i gs = iq_mul_sum_us8(q, y);
-            const __m256i grid_scale = _mm256_set_epi32(8 * ls2, 8 * ls2, 8 * ls2, 8 * ls2, 8 * ls1, 8 * ls1, 8 * ls1, 8 * ls1);
-            const __m256i shift_scale = _mm256_set_epi32(d3, d3, d2, d2, d1, d1, d0, d0);
-            acc = _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_mullo_epi32(gs, grid_scale),
-                                                         _mm256_mullo_epi32(q8_sums4(y), shift_scale)));
+            const __m256i shift_scale = _mm256_set_epi16(d3, d3, d3, d3, d2, d2, d2, d2, d1, d1, d1, d1, d0, d0, d0, d0);
+            acc = _mm256_add_epi32(acc, iq_scaled(q, y, iq_two_scales(8 * ls1, 8 * ls2)));
+            acc = _mm256_add_epi32(acc, iq_scaled(ones, y, shift_scale));
         }
         sumf += (iq_h2f(dbits) * a[b].d) * float(iq_hsum(acc));
     }

@@ -132,18 +132,22 @@ def test_quantize_equals_gguf(type_name):
 def test_searched_quantizer_round_trip(type_name):
     """The codebook search: the error is that of a ~3-bit format and an imatrix moves the error to
     the unimportant columns. (An all-zero group decodes to the smallest codebook point at the
-    smallest group scale, not to zero, as in ggml.)"""
+    smallest group scale, not to zero, as in ggml; in IQ3_S it also shifts the following groups'
+    codes of its super-block, as ggml's write position does, so row 0 is checked for IQ3_XXS only:
+    test_quantize_bytes_equal_ggml covers IQ3_S's behaviour byte for byte.)"""
     rng = np.random.default_rng(9)
     x = (rng.standard_normal((8, 1024)) * np.exp(rng.uniform(-3, 2, (8, 1)))).astype(np.float32)
     x[0, :32] = 0
     q = blocks.quantize(x, type_name)
     back = blocks.dequantize(q, type_name, x.shape)
-    assert np.abs(back[0, :32]).max() < 0.05 * np.abs(x[0]).max()
+    first = 0 if type_name == "IQ3_XXS" else 1
+    if type_name == "IQ3_XXS":
+        assert np.abs(back[0, :32]).max() < 0.05 * np.abs(x[0]).max()
     err = np.linalg.norm(back - x, axis=1) / np.linalg.norm(x, axis=1)
-    assert np.all(err < 0.25), err
+    assert np.all(err[first:] < 0.25), err
     imp = np.where(np.arange(1024) % 2 == 0, 100.0, 0.01).astype(np.float32)
     back_w = blocks.dequantize(blocks.quantize(x, type_name, imatrix=imp), type_name, x.shape)
-    even_err = lambda b: np.linalg.norm((b - x)[:, ::2]) / np.linalg.norm(x[:, ::2])  # noqa: E731
+    even_err = lambda b: np.linalg.norm((b - x)[1:, ::2]) / np.linalg.norm(x[1:, ::2])  # noqa: E731
     assert even_err(back_w) < even_err(back)
     assert blocks.type_info(type_name)["can_quantize"] and blocks.type_info(type_name)["uses_imatrix"]
 

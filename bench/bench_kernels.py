@@ -22,13 +22,19 @@ import numpy as np
 
 from lowbit.runtime import cpu
 
+IQ_TYPES = ["IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "TQ1_0", "TQ2_0", "MXFP4", "NVFP4"]
 TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS",
-         "F16", "BF16", "F32"]
+         "F16", "BF16", "F32"] + IQ_TYPES
 BLOCK = {"Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24), "Q8_0": (32, 34),
          "IQ4_NL": (32, 18), "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176),
-         "Q6_K": (256, 210), "IQ4_XS": (256, 136), "F16": (1, 2), "BF16": (1, 2), "F32": (1, 4)}
+         "Q6_K": (256, 210), "IQ4_XS": (256, 136), "F16": (1, 2), "BF16": (1, 2), "F32": (1, 4),
+         "IQ1_S": (256, 50), "IQ1_M": (256, 56), "IQ2_XXS": (256, 66), "IQ2_XS": (256, 74), "IQ2_S": (256, 82),
+         "IQ3_XXS": (256, 98), "IQ3_S": (256, 110), "TQ1_0": (256, 54), "TQ2_0": (256, 66), "MXFP4": (32, 17),
+         "NVFP4": (64, 36)}
 SCALE_OFFSETS = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0], "IQ4_NL": [0],
-                 "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208], "IQ4_XS": [0]}
+                 "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208], "IQ4_XS": [0],
+                 "IQ1_S": [0], "IQ2_XXS": [0], "IQ2_XS": [0], "IQ2_S": [0], "IQ3_XXS": [0], "IQ3_S": [0],
+                 "TQ1_0": [52], "TQ2_0": [64], "IQ1_M": [], "MXFP4": [], "NVFP4": []}
 COLD_BYTES = 128 << 20  # > 4x the 32 MiB L3 of the dev machine
 
 
@@ -41,6 +47,14 @@ def random_weights(rng, type_name, rows, cols) -> np.ndarray:
     raw = rng.integers(0, 256, size=(rows * cols // bs, bb), dtype=np.uint8)
     for off in SCALE_OFFSETS[type_name]:
         raw[:, off:off + 2] = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)
+    if type_name == "IQ1_M":     # the fp16 scale lives in the top nibbles of the 4 scale words
+        words = raw[:, 48:56].copy().view(np.uint16)
+        h = int(np.float16(0.01).view(np.uint16))
+        for k in range(4):
+            words[:, k] = (words[:, k] & 0x0FFF) | (((h >> (4 * k)) & 0xF) << 12)
+        raw[:, 48:56] = words.view(np.uint8)
+    elif type_name == "MXFP4":   # E8M0 exponent byte: 2^-8
+        raw[:, 0] = 120
     return raw.reshape(rows, -1)
 
 

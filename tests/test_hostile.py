@@ -263,7 +263,7 @@ def test_matmul_size_overflow_is_a_value_error():
 
 
 # ---- 3. tensor types quantize cannot read ------------------------------------------------------
-@pytest.mark.parametrize("qtype", ["TQ1_0", "TQ2_0", "MXFP4"])
+@pytest.mark.parametrize("qtype", ["Q8_1", "I32", "F64"])
 def test_quantize_rejects_unreadable_tensor_types_typed(tiny, tmp_path, qtype):
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT
     from lowbit.quant.quantize import QuantizeError

@@ -25,17 +25,36 @@ from gguf.quants import dequantize, quantize
 
 from lowbit.runtime import cpu
 
-QUANT_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"]
+IQ_TYPES = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M", "TQ1_0", "TQ2_0", "MXFP4", "NVFP4"]
+QUANT_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+               "IQ4_XS"] + IQ_TYPES
 FLOAT_TYPES = ["F32", "F16", "BF16"]
 ALL_TYPES = QUANT_TYPES + FLOAT_TYPES
-EXACT_TYPES = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"}
+EXACT_TYPES = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", *IQ_TYPES}
 LEVELS = ["scalar", "avx2", "avx512"]
 
 # Byte offsets of the fp16 scale fields of each block (set to sane values; the rest is random).
 SCALE_OFFSETS = {
     "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0], "IQ4_NL": [0],
     "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208], "IQ4_XS": [0],
+    "IQ2_XXS": [0], "IQ2_XS": [0], "IQ2_S": [0], "IQ3_XXS": [0], "IQ3_S": [0], "IQ1_S": [0],
+    "TQ1_0": [52], "TQ2_0": [64], "IQ1_M": [], "NVFP4": [],   # NVFP4: any E4M3 byte is a sane scale
+    "MXFP4": [],
 }
+
+
+def set_odd_scales(rng, type_name: str, raw: np.ndarray) -> None:
+    """Scales that are not one fp16 field: IQ1_M's fp16 in the top nibbles of its four scale
+    words, MXFP4's E8M0 exponent byte (kept near 2^-8 so products stay finite)."""
+    nb = raw.shape[0]
+    if type_name == "IQ1_M":
+        d = rng.uniform(1e-3, 1e-1, size=nb).astype(np.float16).view(np.uint16)
+        words = raw[:, 48:56].copy().view(np.uint16)
+        for k in range(4):
+            words[:, k] = (words[:, k] & 0x0FFF) | (((d >> (4 * k)) & 0xF) << 12)
+        raw[:, 48:56] = words.view(np.uint8)
+    elif type_name == "MXFP4":
+        raw[:, 0] = rng.integers(112, 128, size=nb)
 
 
 def supported_levels() -> list[str]:
@@ -86,6 +105,7 @@ def random_weights(rng, type_name: str, rows: int, cols: int) -> np.ndarray:
         mag = rng.uniform(1e-3, 1e-1, size=nb)
         sign = np.where(rng.random(nb) < 0.5, -1.0, 1.0) if k > 0 else 1.0  # mins of either sign
         raw[:, off:off + 2] = (mag * sign).astype(np.float16).view(np.uint8).reshape(nb, 2)
+    set_odd_scales(rng, type_name, raw)
     return raw.reshape(rows, -1)
 
 
@@ -218,7 +238,7 @@ def test_matmul_threads_and_tiles_agree(type_name, level):
     rng = np.random.default_rng(4000 + ALL_TYPES.index(type_name))
     bs, _ = block_geometry(type_name)
     # legacy: 2 batches of 8 blocks + a 3-block tail; k-quants: 3 super-blocks; floats: odd width
-    rows, cols = 67, {1: 611, 32: 608, 256: 768}[bs]
+    rows, cols = 67, {1: 611, 32: 608, 64: 640, 256: 768}[bs]
     w = random_weights(rng, type_name, rows, cols)
     x = rng.standard_normal((17, cols)).astype(np.float32)
     single = cpu.matmul(w, type_name, (rows, cols), x[0], n_threads=1)

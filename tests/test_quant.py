@@ -64,7 +64,9 @@ def ggml_total_error(x, y):
 
 def test_type_table_lists_every_computable_type():
     table = {t["name"]: t for t in blocks.types()}
-    assert set(table) == set(ALL_TYPES)
+    # the i-quant / ternary / FP4 types are checked in test_iquants.py
+    assert set(table) == set(ALL_TYPES) | {"IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M",
+                                           "TQ1_0", "TQ2_0", "MXFP4", "NVFP4"}
     assert table["Q4_K"]["block_size"] == 256 and table["Q4_K"]["type_size"] == 144
     assert table["Q4_K"]["bits_per_weight"] == 4.5
     assert table["IQ4_XS"]["bits_per_weight"] == 4.25

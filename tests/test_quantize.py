@@ -80,8 +80,9 @@ def test_fallbacks_when_rows_do_not_fit_256():
     assert q3["blk.1.attn_q.weight"] == "Q4_0"                      # Q3_K -> Q4_0
     odd = plan_types([("blk.0.attn_q.weight", (100, 64), "F32")], "Q4_K", FACTS_18)
     assert odd[0].dst_type == "F16" and "unusual shape" in odd[0].notice
-    with pytest.raises(ValueError, match="no fallback"):          # as llama.cpp: Q8_0 has none
-        plan_types([("blk.0.attn_q.weight", (100, 64), "F32")], "Q8_0", FACTS_18)
+    # as llama.cpp's tensor_type_fallback: a 32-block type has no smaller block -> F16
+    odd_q8 = plan_types([("blk.0.attn_q.weight", (100, 64), "F32")], "Q8_0", FACTS_18)
+    assert odd_q8[0].dst_type == "F16" and "F16" in odd_q8[0].notice
 
 
 def test_q2_k_and_q3_k_recipes():

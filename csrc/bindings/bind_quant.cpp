@@ -28,6 +28,7 @@ py::dict type_dict(const QuantType& t) {
     d["bits_per_weight"] = t.bits_per_weight();
     d["vec_dot_type"] = quant_type(t.vec_dot_type).name;
     d["uses_imatrix"] = t.uses_imatrix;
+    d["can_quantize"] = t.from_float != nullptr;
     return d;
 }
 

@@ -112,6 +112,12 @@ constexpr CpuTypeTraits kCpuTypeTraits[] = {
     {GGMLType::Q2_K, ActFormat::Q8_K, 0},   {GGMLType::Q3_K, ActFormat::Q8_K, 0},
     {GGMLType::Q4_K, ActFormat::Q8_K, 0},   {GGMLType::Q5_K, ActFormat::Q8_K, 0},
     {GGMLType::Q6_K, ActFormat::Q8_K, 0},   {GGMLType::IQ4_XS, ActFormat::Q8_K, 0},
+    {GGMLType::IQ2_XXS, ActFormat::Q8_K, 0}, {GGMLType::IQ2_XS, ActFormat::Q8_K, 0},
+    {GGMLType::IQ2_S, ActFormat::Q8_K, 0},  {GGMLType::IQ3_XXS, ActFormat::Q8_K, 0},
+    {GGMLType::IQ3_S, ActFormat::Q8_K, 0},  {GGMLType::IQ1_S, ActFormat::Q8_K, 0},
+    {GGMLType::IQ1_M, ActFormat::Q8_K, 0},  {GGMLType::TQ1_0, ActFormat::Q8_K, 0},
+    {GGMLType::TQ2_0, ActFormat::Q8_K, 0},  {GGMLType::MXFP4, ActFormat::Q8_0, 0},
+    {GGMLType::NVFP4, ActFormat::Q8_0, 0},
 };
 }  // namespace
 

@@ -8,6 +8,7 @@
 
 namespace lowbit::cpu::avx2 {
 
+
 extern const KernelSet kKernels = LOWBIT_DOT_ONLY_SET("avx2");
 
 }  // namespace lowbit::cpu::avx2

@@ -951,6 +951,7 @@ LOWBIT_DOT_AND_ROWS(iq4_xs)
 void quantize_act_q8_0(const float* x, block_q8_0* y, int n) { quantize_act_q8_0_256(x, y, n); }
 void quantize_act_q8_K(const float* x, block_q8_K* y, int n) { quantize_act_q8_K_256(x, y, n); }
 
+
 namespace {
 // Entries of the types with panel kernels (legacy 32-blocks) and strip GEMMs.
 constexpr TypeKernels legacy(VecDotFn dot, VecDotRowsFn rows, PanelRowsFn panel, StripKernels strip) {
@@ -983,6 +984,7 @@ KernelSet make_kernels() {
     k[GGMLType::F32] = {.dot = vec_dot_f32, .dot_rows = f32_rows};
     k[GGMLType::F16] = {.dot = vec_dot_f16, .dot_rows = f16_rows};
     k[GGMLType::BF16] = {.dot = vec_dot_bf16, .dot_rows = bf16_rows};
+    LOWBIT_IQ_DOT_ONLY_ENTRIES(k);
     return k;
 }
 }  // namespace

@@ -4,6 +4,8 @@
 // row. Quantized weights dot against quantized activations:
 //   Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL        x  block_q8_0 activations (32 per block)
 //   Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_XS        x  block_q8_K activations (256 per block, with bsums)
+//   IQ1_S IQ1_M IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S TQ1_0 TQ2_0   x  block_q8_K
+//   MXFP4 NVFP4                            x  block_q8_0
 //   F32 F16 BF16                           x  float activations
 // n must be a multiple of the weight type's block size (callers check; kernels do not).
 //
@@ -125,8 +127,8 @@ struct TypeKernels {
     StripKernels strip = {nullptr, nullptr, 0, 0};
 };
 
-constexpr size_t kTypeSlots = 40;   // > every GGMLType id (blocks.h)
-static_assert(size_t(GGMLType::MXFP4) < kTypeSlots, "kTypeSlots must exceed every GGMLType id");
+constexpr size_t kTypeSlots = 41;   // > every GGMLType id (blocks.h)
+static_assert(size_t(GGMLType::NVFP4) < kTypeSlots, "kTypeSlots must exceed every GGMLType id");
 
 // Every kernel for one ISA level, by weight type. Dispatch picks one set; matmul calls through it.
 struct KernelSet {
@@ -174,8 +176,26 @@ constexpr TypeKernels dot_only() {
         k[GGMLType::F32] = dot_only<vec_dot_f32>();                            \
         k[GGMLType::F16] = dot_only<vec_dot_f16>();                            \
         k[GGMLType::BF16] = dot_only<vec_dot_bf16>();                          \
+        LOWBIT_IQ_DOT_ONLY_ENTRIES(k);                                         \
         return k;                                                              \
     }()
+
+// The single-row dots of the i-quant, ternary and FP4 types (dot_scalar_iq.cpp and the ISA files;
+// their exactness rule is in dot_scalar_iq.cpp: every set equals the scalar spec bit for bit).
+#define LOWBIT_IQ_DOT_ONLY_ENTRIES(k)                                          \
+    do {                                                                       \
+        k[GGMLType::IQ2_XXS] = dot_only<vec_dot_iq2_xxs>();                    \
+        k[GGMLType::IQ2_XS] = dot_only<vec_dot_iq2_xs>();                      \
+        k[GGMLType::IQ2_S] = dot_only<vec_dot_iq2_s>();                        \
+        k[GGMLType::IQ3_XXS] = dot_only<vec_dot_iq3_xxs>();                    \
+        k[GGMLType::IQ3_S] = dot_only<vec_dot_iq3_s>();                        \
+        k[GGMLType::IQ1_S] = dot_only<vec_dot_iq1_s>();                        \
+        k[GGMLType::IQ1_M] = dot_only<vec_dot_iq1_m>();                        \
+        k[GGMLType::TQ1_0] = dot_only<vec_dot_tq1_0>();                        \
+        k[GGMLType::TQ2_0] = dot_only<vec_dot_tq2_0>();                        \
+        k[GGMLType::MXFP4] = dot_only<vec_dot_mxfp4>();                        \
+        k[GGMLType::NVFP4] = dot_only<vec_dot_nvfp4>();                        \
+    } while (0)
 
 // The ISA-independent facts of a weight type for the CPU kernels (one table, dispatch.cpp).
 struct CpuTypeTraits {
@@ -226,10 +246,26 @@ size_t act_row_bytes(ActFormat fmt, int64_t n);
     void quantize_act_q8_K(const float* x, block_q8_K* y, int n);               \
     extern const KernelSet kKernels;
 
-namespace scalar { LOWBIT_DECLARE_KERNELS }
-namespace avx2 { LOWBIT_DECLARE_KERNELS }
-namespace avx512 { LOWBIT_DECLARE_KERNELS }
+// The i-quant / ternary / FP4 dots: dot_scalar_iq.cpp (the spec), dot_iq_avx2.cpp and
+// dot_iq_avx512.cpp (dot_iq_x86_256.h), equal to the spec bit for bit.
+#define LOWBIT_DECLARE_IQ_KERNELS                                                \
+    float vec_dot_iq2_xxs(int n, const void* w, const void* a);                 \
+    float vec_dot_iq2_xs(int n, const void* w, const void* a);                  \
+    float vec_dot_iq2_s(int n, const void* w, const void* a);                   \
+    float vec_dot_iq3_xxs(int n, const void* w, const void* a);                 \
+    float vec_dot_iq3_s(int n, const void* w, const void* a);                   \
+    float vec_dot_iq1_s(int n, const void* w, const void* a);                   \
+    float vec_dot_iq1_m(int n, const void* w, const void* a);                   \
+    float vec_dot_tq1_0(int n, const void* w, const void* a);                   \
+    float vec_dot_tq2_0(int n, const void* w, const void* a);                   \
+    float vec_dot_mxfp4(int n, const void* w, const void* a);                   \
+    float vec_dot_nvfp4(int n, const void* w, const void* a);
+
+namespace scalar { LOWBIT_DECLARE_KERNELS LOWBIT_DECLARE_IQ_KERNELS }
+namespace avx2 { LOWBIT_DECLARE_KERNELS LOWBIT_DECLARE_IQ_KERNELS }
+namespace avx512 { LOWBIT_DECLARE_KERNELS LOWBIT_DECLARE_IQ_KERNELS }
 
 #undef LOWBIT_DECLARE_KERNELS
+#undef LOWBIT_DECLARE_IQ_KERNELS
 
 }  // namespace lowbit::cpu

@@ -15,7 +15,7 @@ enum class GGMLType : uint32_t {
     Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15,
     IQ2_XXS = 16, IQ2_XS = 17, IQ3_XXS = 18, IQ1_S = 19, IQ4_NL = 20, IQ3_S = 21, IQ2_S = 22,
     IQ4_XS = 23, I8 = 24, I16 = 25, I32 = 26, I64 = 27, F64 = 28, IQ1_M = 29, BF16 = 30,
-    TQ1_0 = 34, TQ2_0 = 35, MXFP4 = 39,
+    TQ1_0 = 34, TQ2_0 = 35, MXFP4 = 39, NVFP4 = 40,
 };
 
 // Every type id a GGUF file may carry, with its block geometry. Parsing needs only this;
@@ -44,6 +44,7 @@ inline constexpr GGMLTypeSize kGGMLTypeSizes[] = {
     {GGMLType::F64, "F64", 1, 8},           {GGMLType::IQ1_M, "IQ1_M", 256, 56},
     {GGMLType::BF16, "BF16", 1, 2},         {GGMLType::TQ1_0, "TQ1_0", 256, 54},
     {GGMLType::TQ2_0, "TQ2_0", 256, 66},    {GGMLType::MXFP4, "MXFP4", 32, 17},
+    {GGMLType::NVFP4, "NVFP4", 64, 36},
 };
 
 // nullptr for an id that is not a GGML type.
@@ -54,6 +55,7 @@ inline const GGMLTypeSize* ggml_type_size(uint32_t id) {
 }
 
 constexpr int QK4_0 = 32, QK4_1 = 32, QK5_0 = 32, QK5_1 = 32, QK8_0 = 32, QK4_NL = 32;
+constexpr int QK_MXFP4 = 32, QK_NVFP4 = 64, QK_NVFP4_SUB = 16;
 constexpr int QK_K = 256;          // super-block of the k-quants
 constexpr int K_SCALE_SIZE = 12;   // packed 6-bit scales/mins of Q4_K and Q5_K
 
@@ -121,5 +123,77 @@ static_assert(sizeof(block_q8_K) == 292, "block_q8_K size");
 // high 2 bits in scales_h), bias 32: w = d*(ls-32)*kvalues_iq4nl[q]; nibble order per sub-block as Q4_0.
 struct block_iq4_xs { uint16_t d; uint16_t scales_h; uint8_t scales_l[QK_K / 64]; uint8_t qs[QK_K / 2]; };
 static_assert(sizeof(block_iq4_xs) == 136, "block_iq4_xs size");
+
+// ---- i-quants on lattice codebooks (tables in quant/iq_tables.h) -----------------------------
+// A super-block of 256 is 8 groups of 32; weights come in points of 8 (or 4) that index a
+// codebook of magnitudes, with separate sign bits. "ksigns" (kSignsIq2xs) expands 7 stored sign
+// bits to 8: the 8th makes the number of negative weights in the point even.
+
+// IQ2_XXS: 2.0625 bpw. Group g = qs[4g .. 4g+3] as two uint32 (a0, a1): byte l of a0 indexes
+// kIq2xxsGrid for point l, bits 7l..7l+6 of a1 are its ksigns index, a1 >> 28 the 4-bit scale s:
+// w = d * (0.5 + s) * 0.25 * grid * sign.
+struct block_iq2_xxs { uint16_t d; uint16_t qs[QK_K / 8]; };
+static_assert(sizeof(block_iq2_xxs) == 66, "block_iq2_xxs size");
+
+// IQ2_XS: 2.3125 bpw. qs[4g + l]: bits 0..8 index kIq2xsGrid (512), bits 9..15 the ksigns
+// index; scales[g]: low nibble scales points 0-1, high nibble points 2-3: w = d*(0.5+s)*0.25*grid*sign.
+struct block_iq2_xs { uint16_t d; uint16_t qs[QK_K / 8]; uint8_t scales[QK_K / 32]; };
+static_assert(sizeof(block_iq2_xs) == 74, "block_iq2_xs size");
+
+// IQ2_S: 2.5625 bpw. Point l of group g indexes kIq2sGrid (1024) with qs[4g+l] | bits 2l..2l+1 of
+// qh[g] << 8; its 8 signs are the plain bits of qs[32 + 4g + l] (no parity); scales as IQ2_XS.
+struct block_iq2_s { uint16_t d; uint8_t qs[QK_K / 4]; uint8_t qh[QK_K / 32]; uint8_t scales[QK_K / 32]; };
+static_assert(sizeof(block_iq2_s) == 82, "block_iq2_s size");
+
+// IQ3_XXS: 3.0625 bpw. qs[0..63]: one kIq3xxsGrid (256) index per 4 weights, 8 per group; then per
+// group a uint32 at qs[64 + 4g]: bits 7l.. the ksigns index of point pair l (8 weights), >> 28 the
+// scale s: w = d * (0.5 + s) * 0.5 * grid * sign.
+struct block_iq3_xxs { uint16_t d; uint8_t qs[3 * QK_K / 8]; };
+static_assert(sizeof(block_iq3_xxs) == 98, "block_iq3_xxs size");
+
+// IQ3_S: 3.4375 bpw. 4-weight point k of group g indexes kIq3sGrid (512) with qs[8g+k] | bit k of
+// qh[g] << 8; signs are plain bits of signs[4g + k/2]; scales[g/2] nibble (g&1) is s:
+// w = d * (1 + 2s) * grid * sign.
+struct block_iq3_s { uint16_t d; uint8_t qs[QK_K / 4]; uint8_t qh[QK_K / 32]; uint8_t signs[QK_K / 8]; uint8_t scales[QK_K / 64]; };
+static_assert(sizeof(block_iq3_s) == 110, "block_iq3_s size");
+
+// IQ1_S: 1.5625 bpw. Point l of group g indexes kIq1sGrid (2048, values -1/0/1) with
+// qs[4g+l] | bits 3l..3l+2 of qh[g] << 8; qh[g] bits 12..14 scale s, bit 15 the delta sign:
+// w = d * (2s + 1) * (grid +- 0.125).
+struct block_iq1_s { uint16_t d; uint8_t qs[QK_K / 8]; uint16_t qh[QK_K / 32]; };
+static_assert(sizeof(block_iq1_s) == 50, "block_iq1_s size");
+
+// IQ1_M: 1.75 bpw, no separate d: the fp16 super-block scale is the top nibbles of the four
+// uint16 in scales (nibble of word k = bits 4k..4k+3 of d). Point l of group g: index
+// qs[4g+l] | 3 bits of qh[2g + l/2] (low nibble for even l, high for odd) << 8, bit 3 of that nibble
+// the delta sign; 3-bit scales per 16 weights: word g/2, bits 6(g%2) (points 0-1) and +3 (2-3).
+struct block_iq1_m { uint8_t qs[QK_K / 8]; uint8_t qh[QK_K / 16]; uint8_t scales[QK_K / 32]; };
+static_assert(sizeof(block_iq1_m) == 56, "block_iq1_m size");
+constexpr float kIq1Delta = 0.125f;   // IQ1_S / IQ1_M grid shift
+
+// ---- ternary --------------------------------------------------------------------------------
+
+// TQ1_0: 1.6875 bpw, w = d * (t - 1), t in {0,1,2}. Base-3 digits in bytes stored as
+// ceil(v * 256 / 243): digit k of byte q is ((uint8)(q * 3^k) * 3) >> 8. qs[0..31]: 5 digits
+// each for weights 32k + m (k = digit, m = byte); qs[32..47]: weights 160 + 16k + m; qh[0..3]:
+// 4 digits each for weights 240 + 4k + m.
+struct block_tq1_0 { uint8_t qs[48]; uint8_t qh[4]; uint16_t d; };
+static_assert(sizeof(block_tq1_0) == 54, "block_tq1_0 size");
+
+// TQ2_0: 2.0625 bpw, w = d * (t - 1), t 2 bits: bits 2k of qs[32c + m] = weight 128c + 32k + m.
+struct block_tq2_0 { uint8_t qs[QK_K / 4]; uint16_t d; };
+static_assert(sizeof(block_tq2_0) == 66, "block_tq2_0 size");
+
+// ---- FP4 ------------------------------------------------------------------------------------
+
+// MXFP4: 4.25 bpw. E8M0 exponent e, E2M1 codes (kValuesMxfp4 = doubled values), nibble order as
+// Q4_0: w = 2^(e - 128) * kValuesMxfp4[q].
+struct block_mxfp4 { uint8_t e; uint8_t qs[QK_MXFP4 / 2]; };
+static_assert(sizeof(block_mxfp4) == 17, "block_mxfp4 size");
+
+// NVFP4: 4.5 bpw. 4 sub-blocks of 16 with unsigned E4M3 scales d[s]; sub-block s in qs[8s..8s+7],
+// weight j in the low nibble of byte j, j+8 in the high one: w = ue4m3(d[s]) / 2 * kValuesMxfp4[q].
+struct block_nvfp4 { uint8_t d[QK_NVFP4 / QK_NVFP4_SUB]; uint8_t qs[QK_NVFP4 / 2]; };
+static_assert(sizeof(block_nvfp4) == 36, "block_nvfp4 size");
 
 }  // namespace lowbit

@@ -3,7 +3,9 @@
 // n is the number of weights in the row, a multiple of the type's block size (callers check).
 //
 // Where they live: reference.cpp (float types, legacy, Q8_K, all dequantizers),
-// kquants.cpp (Q2_K..Q6_K), iq4.cpp (IQ4_NL, IQ4_XS), legacy_imatrix.cpp (legacy with imatrix).
+// kquants.cpp (Q2_K..Q6_K), iq4.cpp (IQ4_NL, IQ4_XS), legacy_imatrix.cpp (legacy with imatrix),
+// iq_dequant.cpp (dequantizers of the IQ1/IQ2/IQ3 families, TQ1_0, TQ2_0, MXFP4, NVFP4),
+// ternary_fp4.cpp (quantizers of TQ1_0, TQ2_0, MXFP4, NVFP4).
 #pragma once
 #include <cstdint>
 
@@ -32,6 +34,17 @@ void dequantize_row_q6_K(const void* in, float* out, int64_t n);
 void dequantize_row_q8_K(const void* in, float* out, int64_t n);
 void dequantize_row_iq4_nl(const void* in, float* out, int64_t n);
 void dequantize_row_iq4_xs(const void* in, float* out, int64_t n);
+void dequantize_row_iq2_xxs(const void* in, float* out, int64_t n);
+void dequantize_row_iq2_xs(const void* in, float* out, int64_t n);
+void dequantize_row_iq2_s(const void* in, float* out, int64_t n);
+void dequantize_row_iq3_xxs(const void* in, float* out, int64_t n);
+void dequantize_row_iq3_s(const void* in, float* out, int64_t n);
+void dequantize_row_iq1_s(const void* in, float* out, int64_t n);
+void dequantize_row_iq1_m(const void* in, float* out, int64_t n);
+void dequantize_row_tq1_0(const void* in, float* out, int64_t n);
+void dequantize_row_tq2_0(const void* in, float* out, int64_t n);
+void dequantize_row_mxfp4(const void* in, float* out, int64_t n);
+void dequantize_row_nvfp4(const void* in, float* out, int64_t n);
 
 // ---- quantize: n floats -> blocks (imatrix: n per-column importances or nullptr) ----
 void quantize_row_f32(const float* x, void* out, int64_t n, const float* imatrix);
@@ -50,6 +63,12 @@ void quantize_row_q6_K(const float* x, void* out, int64_t n, const float* imatri
 void quantize_row_q8_K(const float* x, void* out, int64_t n, const float* imatrix);
 void quantize_row_iq4_nl(const float* x, void* out, int64_t n, const float* imatrix);
 void quantize_row_iq4_xs(const float* x, void* out, int64_t n, const float* imatrix);
+void quantize_row_iq3_xxs(const float* x, void* out, int64_t n, const float* imatrix);   // iq3_quant.cpp
+void quantize_row_iq3_s(const float* x, void* out, int64_t n, const float* imatrix);     // iq3_quant.cpp
+void quantize_row_tq1_0(const float* x, void* out, int64_t n, const float* imatrix);
+void quantize_row_tq2_0(const float* x, void* out, int64_t n, const float* imatrix);
+void quantize_row_mxfp4(const float* x, void* out, int64_t n, const float* imatrix);
+void quantize_row_nvfp4(const float* x, void* out, int64_t n, const float* imatrix);
 
 // ---- legacy formats with an imatrix (legacy_imatrix.cpp); called by quantize_row_q4_0 etc.
 void quantize_row_q4_0_imatrix(const float* x, void* out, int64_t n, const float* imatrix);

@@ -10,7 +10,11 @@
 //   - legacy Q4_0/Q4_1/Q5_0/Q5_1 and k-quants: the *_ref algorithm without imatrix, the
 //     importance-weighted *_impl search with one;
 //   - IQ4_NL / IQ4_XS: the scale search with ntry = 7 (with or without imatrix);
-//   - Q8_0, Q8_K, F16, BF16, F32: imatrix ignored (as in ggml).
+//   - Q8_0, Q8_K, F16, BF16, F32: imatrix ignored (as in ggml);
+//   - TQ1_0, TQ2_0, MXFP4, NVFP4: ggml's *_ref algorithm, imatrix ignored (as in ggml);
+//   - IQ3_XXS, IQ3_S: llama.cpp's codebook searches (iq3_quant.cpp), with or without imatrix;
+//   - IQ1_S IQ1_M IQ2_XXS IQ2_XS IQ2_S: from_float is nullptr (lowbit reads them, it
+//     cannot write them yet); quantize_rows refuses them with ValueError.
 #pragma once
 #include <cstdint>
 #include <string>

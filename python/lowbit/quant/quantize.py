@@ -101,6 +101,8 @@ def quantize(inp: "str | os.PathLike[str]", out: "str | os.PathLike[str]", type:
         if method.startswith("awq") and facts.arch not in AWQ_ARCHITECTURES:
             raise QuantizeError(f"method {method!r} folds scales into RMSNorm weights, which lowbit does for "
                                 f"{', '.join(AWQ_ARCHITECTURES)}; {src_path} is {facts.arch!r}")
+        # the calibrated methods weight every block by the calibration inputs' diag(H), an imatrix
+        _check_imatrix_present(plans, importances is not None or hessians is not None, recipe)
         requantized = sorted({p.src_type for p in plans if p.src_type != p.dst_type
                               and p.src_type not in _FLOAT_INPUTS and p.dst_type not in _FLOAT_INPUTS})
         if requantized:
@@ -159,6 +161,17 @@ def _temp_beside(dst: str) -> str:
         raise QuantizeError(f"output directory {folder} is not writable: {e.strerror or e}") from None
     os.close(fd)
     return tmp
+
+
+def _check_imatrix_present(plans: List[TensorPlan], has_imatrix: bool, recipe: str) -> None:
+    from lowbit.quant.recipes import requires_imatrix
+    if has_imatrix:
+        return
+    needy = [p for p in plans if p.src_type != p.dst_type and requires_imatrix(p.name, p.dst_type)]
+    if needy:
+        types = ", ".join(sorted({p.dst_type for p in needy}))
+        raise QuantizeError(f"{recipe} puts {len(needy)} tensors (e.g. {needy[0].name}) in {types}, which needs an "
+                            "importance matrix (--imatrix FILE; make one with `lowbit imatrix`), as in llama.cpp")
 
 
 def _check_convertible(plans: List[TensorPlan]) -> None:

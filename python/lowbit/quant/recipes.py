@@ -8,9 +8,15 @@ block type plus per-tensor rules that keep the sensitive tensors at higher preci
     eighth, every third layer between) for Q4_K_M / Q5_K_M, more for Q2_K / Q3_K_*;
   - attn_output gets Q3_K / Q4_K / Q5_K for Q2_K / Q3_K_M / Q3_K_L;
   - the n_gqa >= 4, n_expert and 70B rules of llama.cpp.
+  - TQ1_0 / TQ2_0: an untied token embedding -> Q4_K;
+  - IQ3_XS / IQ3_S / IQ3_M (default IQ3_S): attn_v -> Q4_K (IQ3_M always, the others at n_gqa >= 4);
+    IQ3_XS: attn_q, attn_k and the middle three quarters of ffn_gate / ffn_up -> IQ3_XXS; IQ3_M:
+    attn_output and the first eighth of ffn_down -> Q4_K;
+  - MXFP4_MOE: expert tensors (3-D, more than one expert) -> MXFP4, every other matrix (output and
+    embedding included) -> Q8_0.
 Rows whose length is not a multiple of the chosen type's block size fall back (Q4_K -> Q5_0,
-Q5_K -> Q5_1, Q6_K -> Q8_0, Q2_K / Q3_K -> Q4_0, IQ4_XS -> IQ4_NL, F16 when even 32 does not
-divide the row), each with a notice.
+Q5_K -> Q5_1, Q6_K -> Q8_0, Q2_K / Q3_K / TQ1_0 / TQ2_0 -> Q4_0, IQ4_XS -> IQ4_NL, F16 when even
+32 does not divide the row), each with a notice.
 
 Counters (the i-th attn_v, the i-th ffn_down) run over the tensors in llama.cpp's order: by
 layer number, then by name, as its loader's weight map iterates.
@@ -33,6 +39,8 @@ FILE_TYPES: Dict[str, Tuple[int, str]] = {
     "Q3_K_S": (11, "Q3_K"), "Q3_K_M": (12, "Q3_K"), "Q3_K_L": (13, "Q3_K"),
     "Q4_K_S": (14, "Q4_K"), "Q4_K_M": (15, "Q4_K"), "Q5_K_S": (16, "Q5_K"), "Q5_K_M": (17, "Q5_K"),
     "Q6_K": (18, "Q6_K"), "IQ4_NL": (25, "IQ4_NL"), "IQ4_XS": (30, "IQ4_XS"), "BF16": (32, "BF16"),
+    "TQ1_0": (36, "TQ1_0"), "TQ2_0": (37, "TQ2_0"), "MXFP4_MOE": (38, "MXFP4"),
+    "IQ3_XS": (22, "IQ3_S"), "IQ3_S": (26, "IQ3_S"), "IQ3_M": (27, "IQ3_S"),
 }
 # Single block types that are not file types of their own: every tensor gets the type
 # (general.file_type records the _M recipe of that family, as llama-quantize --pure does).
@@ -40,9 +48,12 @@ PURE_ONLY: Dict[str, Tuple[int, str]] = {"Q3_K": (12, "Q3_K"), "Q4_K": (15, "Q4_
 
 FLOAT_TYPES = ("F32", "F16", "BF16")
 BLOCK_SIZES = {"F32": 1, "F16": 1, "BF16": 1, "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32, "Q8_0": 32,
-               "IQ4_NL": 32, "Q2_K": 256, "Q3_K": 256, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256, "IQ4_XS": 256}
-# llama.cpp's tensor_type_fallback: a type whose block does not divide the row -> this one.
-FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "IQ4_XS": "IQ4_NL"}
+               "IQ4_NL": 32, "Q2_K": 256, "Q3_K": 256, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256, "IQ4_XS": 256,
+               "TQ1_0": 256, "TQ2_0": 256, "MXFP4": 32, "IQ3_XXS": 256, "IQ3_S": 256}
+# llama.cpp's tensor_type_fallback: a type whose block does not divide the row -> this one (a
+# 32-block type that does not fit goes to F16).
+FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "IQ4_XS": "IQ4_NL",
+            "TQ1_0": "Q4_0", "TQ2_0": "Q4_0", "IQ3_XXS": "IQ4_NL", "IQ3_S": "IQ4_NL"}
 
 # Substrings that keep a 2-D "*weight" tensor unquantized (llama.cpp's tensor_allows_quantization).
 _NEVER_QUANTIZED = (
@@ -81,6 +92,15 @@ def allows_quantization(name: str, n_dims: int) -> bool:
     if name in _NEVER_QUANTIZED_EXACT:
         return False
     return not any(s in name for s in _NEVER_QUANTIZED)
+
+
+# Tensor types llama.cpp's model quantizer refuses to write without an importance matrix
+# (tensor_requires_imatrix; the token embedding and the output matrix are exempt).
+IMATRIX_REQUIRED = ("IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_M", "IQ1_S")
+
+
+def requires_imatrix(name: str, dst_type: str) -> bool:
+    return dst_type in IMATRIX_REQUIRED and category(name) not in ("token_embd", "output")
 
 
 def category(name: str) -> str:
@@ -167,6 +187,8 @@ class _Counters:
     n_ffn: int = 0
     i_attn_v: int = 0
     i_ffn_down: int = 0
+    i_ffn_gate: int = 0
+    i_ffn_up: int = 0
     tied: bool = True
 
 
@@ -183,15 +205,28 @@ def _mixture_type(t: str, name: str, shape: Sequence[int], ftype: str, cat: str,
                   c: _Counters, has_imatrix: bool) -> str:
     """llama_tensor_get_type_impl for the file types lowbit writes; ``t`` is the default type."""
     if cat == "output" or (c.tied and cat == "token_embd"):
-        if facts.arch == "falcon" or shape[0] % BLOCK_SIZES[t] != 0:
+        if ftype == "MXFP4_MOE" or facts.arch == "falcon" or shape[0] % BLOCK_SIZES[t] != 0:
             return "Q8_0"
         return t if t == "Q8_0" else "Q6_K"
+    if ftype == "MXFP4_MOE":     # expert tensors (3-D, several experts) -> MXFP4, the rest Q8_0
+        experts = len(shape) > 2 and shape[2] > 1
+        if facts.arch == "bailingmoe3":
+            experts = experts and cat in ("ffn_up", "ffn_gate", "ffn_down")
+        return "MXFP4" if experts else "Q8_0"
     if cat == "token_embd":
-        return t
+        return "Q4_K" if ftype in ("TQ1_0", "TQ2_0") else t
     if cat in ("attn_v", "attn_qkv", "attn_kv_b"):
         return _attn_v_type(t, ftype, facts, c)
     if cat == "attn_k":
-        return "Q8_0" if facts.n_expert == 8 else t
+        return "Q8_0" if facts.n_expert == 8 else "IQ3_XXS" if ftype == "IQ3_XS" else t
+    if cat == "attn_q":
+        return "IQ3_XXS" if ftype == "IQ3_XS" else t
+    if cat in ("ffn_gate", "ffn_up"):   # IQ3_XS: the middle layers get IQ3_XXS
+        counter = "i_ffn_gate" if cat == "ffn_gate" else "i_ffn_up"
+        i_layer, n_layer = _layer_info(getattr(c, counter), c.n_ffn, name, facts)
+        setattr(c, counter, getattr(c, counter) + 1)
+        middle = n_layer // 8 <= i_layer < 7 * n_layer // 8
+        return "IQ3_XXS" if ftype == "IQ3_XS" and middle else t
     if cat == "ffn_down":
         i_layer, n_layer = _layer_info(c.i_ffn_down, c.n_ffn, name, facts)
         c.i_ffn_down += 1
@@ -211,6 +246,8 @@ def _attn_v_type(t: str, ftype: str, facts: ModelFacts, c: _Counters) -> str:
         t = "Q5_K"
     elif ftype in ("IQ4_NL", "IQ4_XS") and facts.n_gqa >= 4:
         t = "Q5_K"
+    elif (ftype in ("IQ3_XS", "IQ3_S") and facts.n_gqa >= 4) or ftype == "IQ3_M":
+        t = "Q4_K"
     elif ftype in ("Q4_K_M", "Q5_K_M") and use_more_bits(i, n):
         t = "Q6_K"
     elif ftype == "Q4_K_S" and i < 4:
@@ -231,6 +268,8 @@ def _ffn_down_type(t: str, ftype: str, facts: ModelFacts, i_layer: int, n_layer:
         if i_layer < n_layer // 16:
             return "Q5_K"
         return "Q4_K" if (not falcon or use_more_bits(i_layer, n_layer)) else "Q3_K"
+    if ftype == "IQ3_M" and (i_layer < n_layer // 8 or (facts.n_expert == 8 and use_more_bits(i_layer, n_layer))):
+        return "Q4_K"
     if ftype == "Q3_K_L":
         return "Q4_K" if falcon else "Q5_K"
     if ftype == "Q4_K_M":
@@ -252,15 +291,17 @@ def _attn_output_type(t: str, ftype: str, facts: ModelFacts) -> str:
     if facts.arch == "falcon":
         return "Q4_K" if ftype == "Q3_K_L" else t
     if facts.n_expert == 8:
-        if ftype in ("Q2_K", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M", "IQ4_XS"):
+        if ftype in ("Q2_K", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M", "IQ4_XS", "IQ3_XS", "IQ3_S", "IQ3_M"):
             return "Q5_K"
         return t
-    return {"Q2_K": "Q3_K", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K"}.get(ftype, t)
+    return {"Q2_K": "Q3_K", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K", "IQ3_M": "Q4_K"}.get(ftype, t)
 
 
 def _fallback(name: str, n_cols: int, t: str) -> Tuple[str, Optional[str]]:
     if n_cols % BLOCK_SIZES[t] == 0:
         return t, None
+    if t not in FALLBACK and BLOCK_SIZES[t] <= 32:   # no smaller block to demote to
+        return "F16", f"{name}: row length {n_cols} is not a multiple of {BLOCK_SIZES[t]} (required by {t}) -> F16"
     if t not in FALLBACK:
         raise ValueError(f"tensor {name}: row length {n_cols} does not fit {t}'s blocks of {BLOCK_SIZES[t]} "
                          "and llama.cpp defines no fallback for it")

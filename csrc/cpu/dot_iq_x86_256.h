@@ -1,0 +1,410 @@
+// dot_iq_x86_256.h: 256-bit dot kernels of the i-quants (IQ1_S IQ1_M IQ2_XXS IQ2_XS IQ2_S
+// IQ3_XXS IQ3_S), ternary (TQ1_0 TQ2_0) and FP4 (MXFP4 NVFP4) formats, included by
+// dot_iq_avx2.cpp (maddubs + madd) and dot_iq_avx512.cpp (vpdpbusd) only.
+//
+// The includer defines LOWBIT_SIMD_NS (the namespace the kernels land in) and LOWBIT_VNNI.
+// As in dot_x86_256.h, nothing here calls an inline function of another header (an out-of-line
+// copy compiled with these ISA flags could be linked into baseline code); the codebooks of
+// quant/iq_tables.h are data only.
+//
+// Exactness: each kernel computes the scalar spec's integers (dot_scalar_iq.cpp) exactly
+// (maddubs pairs stay below 2^15: grid magnitudes <= 62 times |q8| <= 128, twice) and then the
+// spec's float operations in its order, so every result equals the scalar one bit for bit.
+// Shape: one 32-weight group per ymm; grid points are gathered with scalar loads (the index
+// bits are scattered), signs become a +-1 byte mask applied to the activations (vpsignb).
+#pragma once
+#include <immintrin.h>
+
+#include <array>
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/kernels.h"
+#include "quant/iq_tables.h"
+
+#if !defined(LOWBIT_SIMD_NS) || !defined(LOWBIT_VNNI)
+#error "define LOWBIT_SIMD_NS and LOWBIT_VNNI before including dot_iq_x86_256.h"
+#endif
+
+namespace lowbit::cpu::LOWBIT_SIMD_NS {
+namespace {
+
+inline float iq_h2f(uint16_t h) { return _cvtsh_ss(h); }
+
+// 8 sign bits -> 8 bytes of +1 (bit clear) / -1 (bit set), for vpsignb.
+constexpr std::array<uint64_t, 256> make_sign_masks() {
+    std::array<uint64_t, 256> t{};
+    for (int i = 0; i < 256; ++i)
+        for (int j = 0; j < 8; ++j) t[i] |= uint64_t((i >> j) & 1 ? 0xFF : 0x01) << (8 * j);
+    return t;
+}
+constexpr std::array<uint64_t, 256> kSignMask = make_sign_masks();
+
+inline __m256i iq_load(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+
+// 8 int32: sums of 4 adjacent u8 x s8 products.
+inline __m256i iq_mul_sum_us8(__m256i u, __m256i s) {
+#if LOWBIT_VNNI
+    // the EVEX (zmm) form: the ymm intrinsic may become AVX-VNNI, missing on some AVX-512 CPUs
+    const __m512i r = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_castsi256_si512(u), _mm512_castsi256_si512(s));
+    return _mm512_castsi512_si256(r);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+
+// u8 x s8 pair sums (int16), times int16 scales per pair lane -> 8 int32.
+inline __m256i iq_scaled(__m256i u, __m256i s, __m256i scale16) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scale16);
+}
+
+// Two int16 scales: the first for bytes 0..15, the second for 16..31.
+inline __m256i iq_two_scales(int lo, int hi) {
+    return _mm256_set_m128i(_mm_set1_epi16(short(hi)), _mm_set1_epi16(short(lo)));
+}
+
+inline int iq_hsum(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(s);
+}
+
+inline __m256i signs4(uint8_t s0, uint8_t s1, uint8_t s2, uint8_t s3) {
+    return _mm256_set_epi64x(int64_t(kSignMask[s3]), int64_t(kSignMask[s2]), int64_t(kSignMask[s1]),
+                             int64_t(kSignMask[s0]));
+}
+
+inline __m256i points8(const uint64_t* grid, int i0, int i1, int i2, int i3) {
+    return _mm256_set_epi64x(int64_t(grid[i3]), int64_t(grid[i2]), int64_t(grid[i1]), int64_t(grid[i0]));
+}
+
+inline __m256i points4(const uint32_t* grid, const int* idx) {
+    return _mm256_set_epi32(int(grid[idx[7]]), int(grid[idx[6]]), int(grid[idx[5]]), int(grid[idx[4]]),
+                            int(grid[idx[3]]), int(grid[idx[2]]), int(grid[idx[1]]), int(grid[idx[0]]));
+}
+
+}  // namespace
+
+// ---- IQ2 family: 8-weight points, magnitudes {8, 25, 43}, group scales 2s + 1 --------------------
+
+float vec_dot_iq2_xxs(int n, const void* vw, const void* va) {
+    const auto* w = static_cast<const block_iq2_xxs*>(vw);
+    const auto* a = static_cast<const block_q8_K*>(va);
+    float sumf = 0.0f;
+    for (int b = 0; b < n / QK_K; ++b) {
+        __m256i acc = _mm256_setzero_si256();
+        for (int g = 0; g < 8; ++g) {
+            uint32_t aux[2];
+            std::memcpy(aux, w[b].qs + 4 * g, 8);
+            const __m256i q = points8(kIq2xxsGrid, aux[0] & 0xFF, (aux[0] >> 8) & 0xFF, (aux[0] >> 16) & 0xFF, aux[0] >> 24);
+            const __m256i s = signs4(kSignsIq2xs[aux[1] & 127], kSignsIq2xs[(aux[1] >> 7) & 127],
+                                     kSignsIq2xs[(aux[1] >> 14) & 127], kSignsIq2xs[(aux[1] >> 21) & 127]);
+            const __m256i y = _mm256_sign_epi8(iq_load(a[b].qs + 32 * g), s);
+            acc = _mm256_add_epi32(acc, iq_scaled(q, y, _mm256_set1_epi16(short(2 * (aux[1] >> 28) + 1))));
+        }
+        sumf += (iq_h2f(w[b].d) * a[b].d) * float(iq_hsum(acc));
+    }
+    return 0.125f * sumf;
+}
+
+float vec_dot_iq2_xs(int n, const void* vw, const void* va) {
+    const auto* w = static_cast<const block_iq2_xs*>(vw);
+    const auto* a = static_cast<const block_q8_K*>(va);
+    float sumf = 0.0f;
+    for (int b = 0; b < n / QK_K; ++b) {
+        __m256i acc = _mm256_setzero_si256();
+        for (int g = 0; g < 8; ++g) {
+            const uint16_t* q2 = w[b].qs + 4 * g;
+            const __m256i q = points8(kIq2xsGrid, q2[0] & 511, q2[1] & 511, q2[2] & 511, q2[3] & 511);
+            const __m256i s = signs4(kSignsIq2xs[q2[0] >> 9], kSignsIq2xs[q2[1] >> 9], kSignsIq2xs[q2[2] >> 9],
+                                     kSignsIq2xs[q2[3] >> 9]);
+            const __m256i y = _mm256_sign_epi8(iq_load(a[b].qs + 32 * g), s);
+            const uint8_t sc = w[b].scales[g];
+            acc = _mm256_add_epi32(acc, iq_scaled(q, y, iq_two_scales(2 * (sc & 0xF) + 1, 2 * (sc >> 4) + 1)));
+        }
+        sumf += (iq_h2f(w[b].d) * a[b].d) * float(iq_hsum(acc));
+    }
+    return 0.125f * sumf;
+}
+
+float vec_dot_iq2_s(int n, const void* vw, const void* va) {
+    const auto* w = static_cast<const block_iq2_s*>(vw);
+    const auto* a = static_cast<const block_q8_K*>(va);
+    float sumf = 0.0f;
+    for (int b = 0; b < n / QK_K; ++b) {
+        const uint8_t* signs = w[b].qs + QK_K / 8;
+        __m256i acc = _mm256_setzero_si256();
+        for (int g = 0; g < 8; ++g) {
+            const uint8_t* qs = w[b].qs + 4 * g;
+            const int qh = w[b].qh[g];
+            const __m256i q = points8(kIq2sGrid, qs[0] | ((qh << 8) & 0x300), qs[1] | ((qh << 6) & 0x300),
+                                      qs[2] | ((qh << 4) & 0x300), qs[3] | ((qh << 2) & 0x300));
+            const __m256i s = signs4(signs[4 * g], signs[4 * g + 1], signs[4 * g + 2], signs[4 * g + 3]);
+            const __m256i y = _mm256_sign_epi8(iq_load(a[b].qs + 32 * g), s);
+            const uint8_t sc = w[b].scales[g];
+            acc = _mm256_add_epi32(acc, iq_scaled(q, y, iq_two_scales(2 * (sc & 0xF) + 1, 2 * (sc >> 4) + 1)));
+        }
+        sumf += (iq_h2f(w[b].d) * a[b].d) * float(iq_hsum(acc));
+    }
+    return 0.125f * sumf;
+}
+
+// ---- IQ3 family: 4-weight points (two per 8-weight sign byte) ------------------------------------
+
+float vec_dot_iq3_xxs(int n, const void* vw, const void* va) {
+    const auto* w = static_cast<const block_iq3_xxs*>(vw);
+    const auto* a = static_cast<const block_q8_K*>(va);
+    float sumf = 0.0f;
+    for (int b = 0; b < n / QK_K; ++b) {
+        __m256i acc = _mm256_setzero_si256();
+        for (int g = 0; g < 8; ++g) {
+            uint32_t aux;
+            std::memcpy(&aux, w[b].qs + QK_K / 4 + 4 * g, 4);
+            const uint8_t* q3 = w[b].qs + 8 * g;
+            const int idx[8] = {q3[0], q3[1], q3[2], q3[3], q3[4], q3[5], q3[6], q3[7]};
+            const __m256i q = points4(kIq3xxsGrid, idx);
+            const __m256i s = signs4(kSignsIq2xs[aux & 127], kSignsIq2xs[(aux >> 7) & 127],
+                                     kSignsIq2xs[(aux >> 14) & 127], kSignsIq2xs[(aux >> 21) & 127]);
+            const __m256i y = _mm256_sign_epi8(iq_load(a[b].qs + 32 * g), s);
+            acc = _mm256_add_epi32(acc, iq_scaled(q, y, _mm256_set1_epi16(short(2 * (aux >> 28) + 1))));
+        }
+        sumf += (iq_h2f(w[b].d) * a[b].d) * float(iq_hsum(acc));
+    }
+    return 0.25f * sumf;
+}
+
+float vec_dot_iq3_s(int n, const void* vw, const void* va) {
+    const auto* w = static_cast<const block_iq3_s*>(vw);
+    const auto* a = static_cast<const block_q8_K*>(va);
+    float sumf = 0.0f;
+    for (int b = 0; b < n / QK_K; ++b) {
+        __m256i acc = _mm256_setzero_si256();
+        for (int g = 0; g < 8; ++g) {
+            const uint8_t* qs = w[b].qs + 8 * g;
+            const int qh = w[b].qh[g];
+            int idx[8];
+            for (int k = 0; k < 8; ++k) idx[k] = qs[k] | (((qh >> k) & 1) << 8);
+            const __m256i q = points4(kIq3sGrid, idx);
+            const uint8_t* sg = w[b].signs + 4 * g;
+            const __m256i y = _mm256_sign_epi8(iq_load(a[b].qs + 32 * g), signs4(sg[0], sg[1], sg[2], sg[3]));
+            const int ls = 2 * ((w[b].scales[g / 2] >> (4 * (g % 2))) & 0xF) + 1;
+            acc = _mm256_add_epi32(acc, iq_scaled(q, y, _mm256_set1_epi16(short(ls))));
+        }
+        sumf += (iq_h2f(w[b].d) * a[b].d) * float(iq_hsum(acc));
+    }
+    return sumf;
+}
+
+// ---- IQ1: grid values -1/0/1 stored +1 (0, 1, 2) so they multiply as u8; the +1 comes back out
+// through the activation sums, together with the +-1/8 shift: 8*(g - 1 + delta) = 8g - 8 +- 1. ---
+
+namespace {
+// IQ1 grid points with every byte + 1 (unsigned 0..2).
+inline __m256i iq1_points(int i0, int i1, int i2, int i3) {
+    const __m256i one = _mm256_set1_epi8(1);
+    return _mm256_add_epi8(points8(kIq1sGrid, i0, i1, i2, i3), one);
+}
+}  // namespace
+
+float vec_dot_iq1_s(int n, const void* vw, const void* va) {
+    const auto* w = static_cast<const block_iq1_s*>(vw);
+    const auto* a = static_cast<const block_q8_K*>(va);
+    float sumf = 0.0f;
+    for (int b = 0; b < n / QK_K; ++b) {
+        __m256i acc = _mm256_setzero_si256();
+        int shift = 0;   // sum over groups of ls * (-8 +- 1) * q8 group sum
+        for (int g = 0; g < 8; ++g) {
+            const uint8_t* qs = w[b].qs + 4 * g;
+            const int qh = w[b].qh[g];
+            const __m256i q = iq1_points(qs[0] | ((qh & 7) << 8), qs[1] | (((qh >> 3) & 7) << 8),
+                                         qs[2] | (((qh >> 6) & 7) << 8), qs[3] | (((qh >> 9) & 7) << 8));
+            const int ls = 2 * ((qh >> 12) & 7) + 1;
+            // pairs (g+1) * q8 <= 2 * 2 * 127, times 8 * ls <= 120 in the madd: exact
+            acc = _mm256_add_epi32(acc, iq_scaled(q, iq_load(a[b].qs + 32 * g), _mm256_set1_epi16(short(8 * ls))));
+            shift += ls * (qh & 0x8000 ? -9 : -7) * (a[b].bsums[2 * g] + a[b].bsums[2 * g + 1]);
+        }
+        sumf += (iq_h2f(w[b].d) * a[b].d) * float(iq_hsum(acc) + shift);
+    }
+    return 0.125f * sumf;
+}
+
+float vec_dot_iq1_m(int n, const void* vw, const void* va) {
+    const auto* w = static_cast<const block_iq1_m*>(vw);
+    const auto* a = static_cast<const block_q8_K*>(va);
+    const __m256i ones = _mm256_set1_epi8(1);
+    float sumf = 0.0f;
+    for (int b = 0; b < n / QK_K; ++b) {
+        uint16_t sc[4];
+        std::memcpy(sc, w[b].scales, 8);
+        const uint16_t dbits = uint16_t((sc[0] >> 12) | ((sc[1] >> 8) & 0x00f0) | ((sc[2] >> 4) & 0x0f00) | (sc[3] & 0xf000));
+        __m256i acc = _mm256_setzero_si256();
+        for (int g = 0; g < 8; ++g) {
+            const uint8_t* qs = w[b].qs + 4 * g;
+            const int h0 = w[b].qh[2 * g], h1 = w[b].qh[2 * g + 1];
+            const __m256i q = iq1_points(qs[0] | ((h0 & 7) << 8), qs[1] | (((h0 >> 4) & 7) << 8),
+                                         qs[2] | ((h1 & 7) << 8), qs[3] | (((h1 >> 4) & 7) << 8));
+            const int ls1 = 2 * ((sc[g / 2] >> (6 * (g % 2))) & 7) + 1;
+            const int ls2 = 2 * ((sc[g / 2] >> (6 * (g % 2) + 3)) & 7) + 1;
+            // per point: ls * 8 on the grid pairs, ls * (-8 +- 1) on the activation pairs (int16 lanes
+            // 4k..4k+3 hold point k); every factor fits int16 and every product sum int32
+            const short d0 = short(ls1 * (h0 & 0x08 ? -9 : -7)), d1 = short(ls1 * (h0 & 0x80 ? -9 : -7));
+            const short d2 = short(ls2 * (h1 & 0x08 ? -9 : -7)), d3 = short(ls2 * (h1 & 0x80 ? -9 : -7));
+            const __m256i y = iq_load(a[b].qs + 32 * g);
+            const __m256i shift_scale = _mm256_set_epi16(d3, d3, d3, d3, d2, d2, d2, d2, d1, d1, d1, d1, d0, d0, d0, d0);
+            acc = _mm256_add_epi32(acc, iq_scaled(q, y, iq_two_scales(8 * ls1, 8 * ls2)));
+            acc = _mm256_add_epi32(acc, iq_scaled(ones, y, shift_scale));
+        }
+        sumf += (iq_h2f(dbits) * a[b].d) * float(iq_hsum(acc));
+    }
+    return 0.125f * sumf;
+}
+
+// ---- ternary: trits t in {0,1,2} multiply as u8; the -1 comes out through the activation sum -----
+
+namespace {
+inline int q8_K_total(const block_q8_K& a) {
+    int s = 0;
+    for (int j = 0; j < QK_K / 16; ++j) s += a.bsums[j];
+    return s;
+}
+
+// Bytes times a constant mod 256 (no byte multiply in AVX2: even and odd bytes in 16-bit lanes).
+inline __m256i mul_bytes(__m256i x, short c) {
+    const __m256i m = _mm256_set1_epi16(short(0x00FF)), vc = _mm256_set1_epi16(c);
+    const __m256i even = _mm256_and_si256(_mm256_mullo_epi16(x, vc), m);
+    const __m256i odd = _mm256_mullo_epi16(_mm256_andnot_si256(m, x), vc);
+    return _mm256_or_si256(even, _mm256_andnot_si256(m, odd));
+}
+
+// The top base-3 digit of each byte: (y * 3) >> 8 = (y >= 86) + (y >= 171).
+inline __m256i top_trit(__m256i y) {
+    const __m256i flip = _mm256_set1_epi8(char(0x80));
+    const __m256i ys = _mm256_xor_si256(y, flip);
+    const __m256i ge86 = _mm256_cmpgt_epi8(ys, _mm256_set1_epi8(char(85 ^ 0x80)));
+    const __m256i ge171 = _mm256_cmpgt_epi8(ys, _mm256_set1_epi8(char(170 ^ 0x80)));
+    return _mm256_sub_epi8(_mm256_setzero_si256(), _mm256_add_epi8(ge86, ge171));
+}
+}  // namespace
+
+float vec_dot_tq1_0(int n, const void* vw, const void* va) {
+    const auto* w = static_cast<const block_tq1_0*>(vw);
+    const auto* a = static_cast<const block_q8_K*>(va);
+    static constexpr short kPow3[5] = {1, 3, 9, 27, 81};
+    float sumf = 0.0f;
+    for (int b = 0; b < n / QK_K; ++b) {
+        const int8_t* q8 = a[b].qs;
+        __m256i acc = _mm256_setzero_si256();
+        const __m256i qs32 = iq_load(w[b].qs);
+        for (int k = 0; k < 5; ++k)   // weights 32k + m
+            acc = _mm256_add_epi32(acc, iq_mul_sum_us8(top_trit(mul_bytes(qs32, kPow3[k])), iq_load(q8 + 32 * k)));
+        // qs[32..47] (weights 160 + 16k + m) and qh[0..3] (240 + 4k + m) in one 32-byte row:
+        // bytes 0..15 = qs[32 + m], 16..19 = qh[m], and activations gathered to match
+        alignas(32) uint8_t rest[32] = {};
+        std::memcpy(rest, w[b].qs + 32, 16);
+        std::memcpy(rest + 16, w[b].qh, 4);
+        const __m256i r = _mm256_load_si256(reinterpret_cast<const __m256i*>(rest));
+        for (int k = 0; k < 5; ++k) {
+            alignas(32) int8_t y[32] = {};
+            std::memcpy(y, q8 + 160 + 16 * k, 16);
+            if (k < 4) std::memcpy(y + 16, q8 + 240 + 4 * k, 4);
+            acc = _mm256_add_epi32(acc, iq_mul_sum_us8(top_trit(mul_bytes(r, kPow3[k])),
+                                                       _mm256_load_si256(reinterpret_cast<const __m256i*>(y))));
+        }
+        const int isum = iq_hsum(acc) - q8_K_total(a[b]);
+        sumf += (iq_h2f(w[b].d) * a[b].d) * float(isum);
+    }
+    return sumf;
+}
+
+float vec_dot_tq2_0(int n, const void* vw, const void* va) {
+    const auto* w = static_cast<const block_tq2_0*>(vw);
+    const auto* a = static_cast<const block_q8_K*>(va);
+    const __m256i m3 = _mm256_set1_epi8(3);
+    float sumf = 0.0f;
+    for (int b = 0; b < n / QK_K; ++b) {
+        __m256i acc = _mm256_setzero_si256();
+        for (int c = 0; c < 2; ++c) {
+            const __m256i q = iq_load(w[b].qs + 32 * c);
+            for (int k = 0; k < 4; ++k) {
+                const __m256i t = _mm256_and_si256(_mm256_srli_epi16(q, 2 * k), m3);
+                acc = _mm256_add_epi32(acc, iq_mul_sum_us8(t, iq_load(a[b].qs + 128 * c + 32 * k)));
+            }
+        }
+        const int isum = iq_hsum(acc) - q8_K_total(a[b]);
+        sumf += (iq_h2f(w[b].d) * a[b].d) * float(isum);
+    }
+    return sumf;
+}
+
+// ---- FP4: nibble codes through a 16-entry table (pshufb), signed products by the sign trick -------
+
+namespace {
+inline float e8m0_half(uint8_t e) {
+    const uint32_t bits = e < 2 ? uint32_t(0x00200000) << e : uint32_t(e - 1) << 23;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+
+// ue4m3 / 2 by its bits: exp 1..15 -> 2^(exp - 8) * (1 + man/8); exp 0 -> man * 2^-10; 0 and 0x7F -> 0.
+inline float ue4m3_half(uint8_t x) {
+    if (x == 0 || x == 0x7F) return 0.0f;
+    const int exp = (x >> 3) & 0xF, man = x & 7;
+    if (exp == 0) return float(man) * 0.0009765625f;
+    const uint32_t bits = uint32_t(exp + 119) << 23 | uint32_t(man) << 20;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+
+inline __m256i fp4_values(const __m256i table, const uint8_t* qs16) {
+    const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs16));
+    const __m128i m = _mm_set1_epi8(0x0F);
+    const __m256i nib = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(x, 4), m), _mm_and_si128(x, m));
+    return _mm256_shuffle_epi8(table, nib);
+}
+
+inline __m256i mul_sum_i8(__m256i x, __m256i y) { return iq_mul_sum_us8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x)); }
+}  // namespace
+
+float vec_dot_mxfp4(int n, const void* vw, const void* va) {
+    const auto* w = static_cast<const block_mxfp4*>(vw);
+    const auto* a = static_cast<const block_q8_0*>(va);
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kValuesMxfp4)));
+    float sumf = 0.0f;
+    for (int b = 0; b < n / QK_MXFP4; ++b) {
+        const int isum = iq_hsum(mul_sum_i8(fp4_values(table, w[b].qs), iq_load(a[b].qs)));
+        sumf += (iq_h2f(a[b].d) * e8m0_half(w[b].e)) * float(isum);
+    }
+    return sumf;
+}
+
+float vec_dot_nvfp4(int n, const void* vw, const void* va) {
+    const auto* w = static_cast<const block_nvfp4*>(vw);
+    const auto* a = static_cast<const block_q8_0*>(va);
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kValuesMxfp4)));
+    float sumf = 0.0f;
+    for (int b = 0; b < n / QK_NVFP4; ++b) {
+        for (int h = 0; h < 2; ++h) {   // sub-blocks 2h, 2h+1 against q8_0 block 2b + h
+            const block_q8_0& y = a[2 * b + h];
+            // nibble layout per sub-block: bytes j -> weight j (low) and j + 8 (high)
+            const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qs + 16 * h));
+            const __m128i m = _mm_set1_epi8(0x0F);
+            const __m128i lo = _mm_and_si128(x, m), hi = _mm_and_si128(_mm_srli_epi16(x, 4), m);
+            // weights of sub-block 2h: lo[0..7], hi[0..7]; of 2h+1: lo[8..15], hi[8..15]
+            const __m256i nib = _mm256_set_m128i(_mm_unpackhi_epi64(lo, hi), _mm_unpacklo_epi64(lo, hi));
+            const __m256i v = _mm256_shuffle_epi8(table, nib);
+            const __m256i p = mul_sum_i8(v, iq_load(y.qs));
+            alignas(32) int32_t lanes[8];
+            _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), p);
+            const int s0 = lanes[0] + lanes[1] + lanes[2] + lanes[3], s1 = lanes[4] + lanes[5] + lanes[6] + lanes[7];
+            const float dy = iq_h2f(y.d);
+            sumf += (dy * ue4m3_half(w[b].d[2 * h])) * float(s0);
+            sumf += (dy * ue4m3_half(w[b].d[2 * h + 1])) * float(s1);
+        }
+    }
+    return sumf;
+}
+
+}  // namespace lowbit::cpu::LOWBIT_SIMD_NS

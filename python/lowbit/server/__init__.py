@@ -1,0 +1,49 @@
+"""``lowbit serve``: an OpenAI-compatible HTTP server on one model (Starlette + uvicorn, the
+optional extra ``lowbit[server]``).
+
+    app.py        routes, SSE streaming, API key, errors as OpenAI error objects
+    openai_api.py request validation and response shapes
+    scheduler.py  bounded queue, N slots, one forward step for all busy slots
+    metrics.py    counters and the Prometheus text of /metrics
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_QUEUE = 64
+
+
+def require_server_deps() -> None:
+    """ImportError naming the extra to install when Starlette or uvicorn is missing."""
+    missing = []
+    for name in ("starlette", "uvicorn"):
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ImportError(f"lowbit serve needs {' and '.join(missing)}: pip install 'lowbit[server]'")
+
+
+def build_app(model, model_name: str, *, parallel: int = 1, max_queue: int = DEFAULT_QUEUE,
+              prefill_chunk: Optional[int] = None, api_key: Optional[str] = None):
+    """The ASGI app serving ``model`` under ``model_name``; the server owns the model from now
+    on (its lifespan closes it)."""
+    require_server_deps()
+    from lowbit.server.app import create_app
+    from lowbit.server.metrics import Metrics
+    from lowbit.server.scheduler import ModelBackend, Scheduler
+    if parallel != 1:
+        raise ValueError(f"--parallel {parallel}: this build serves one request at a time (--parallel 1)")
+    metrics = Metrics()
+    backend = ModelBackend(model)
+    scheduler = Scheduler(backend, max_queue=max_queue, prefill_chunk=prefill_chunk or 256, metrics=metrics)
+    return create_app(model, model_name, scheduler, metrics, api_key=api_key)
+
+
+def serve(app, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, log_level: str = "warning") -> None:
+    """Run ``app`` with uvicorn until Ctrl+C / SIGTERM."""
+    import uvicorn
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

@@ -53,6 +53,44 @@ py::array_t<float> eval(Engine& e, const py::object& tokens, bool all_logits) {
     return out;
 }
 
+// _core.eval_batch: items = [(Engine, tokens), ...]; per item the last token's logits (n_vocab,),
+// or with hidden=True the output-normed hidden states of all its tokens (n, n_embd), no logits.
+py::list eval_batch(const py::sequence& items, bool hidden) {
+    const size_t n_items = py::len(items);
+    std::vector<std::vector<int32_t>> ids(n_items);
+    std::vector<runtime::BatchItem> batch(n_items);
+    py::list out;
+    for (size_t i = 0; i < n_items; ++i) {
+        py::sequence pair = py::reinterpret_borrow<py::object>(items[i]);
+        LOWBIT_CHECK(py::isinstance<py::sequence>(items[i]) && py::len(pair) == 2, ValueError, "eval_batch item ", i,
+                     " must be a pair (session, token ids)");
+        Engine* e = nullptr;
+        try {
+            e = pair[0].cast<Engine*>();
+        } catch (const py::cast_error&) {
+            throw ValueError(str("eval_batch item ", i, ": not a session"));
+        }
+        LOWBIT_CHECK(e, ValueError, "eval_batch item ", i, ": not a session");
+        try {
+            ids[i] = token_ids(pair[1]);
+        } catch (const ValueError& err) {
+            throw ValueError(str("eval_batch item ", i, ": ", err.what()));
+        }
+        LOWBIT_CHECK(!ids[i].empty(), ValueError, "eval_batch item ", i, ": no tokens");
+        const model::ModelConfig& c = e->config();
+        py::array_t<float> arr = hidden ? py::array_t<float>({int64_t(ids[i].size()), c.n_embd})
+                                        : py::array_t<float>({c.n_vocab});
+        batch[i] = runtime::BatchItem{e, ids[i].data(), int64_t(ids[i].size()), hidden ? nullptr : arr.mutable_data(),
+                                      hidden ? arr.mutable_data() : nullptr};
+        out.append(arr);
+    }
+    {
+        py::gil_scoped_release nogil;
+        Engine::eval_batch(batch);
+    }
+    return out;
+}
+
 py::dict memory(const Engine& e) {
     const runtime::MemoryReport r = e.memory();
     py::dict weights;
@@ -160,6 +198,10 @@ void bind_engine(py::module_& m) {
           "metadata is wrong or does not fit the tensors): the one parse that info, memory estimates and "
           "the engine share.");
     bind_observers(m);
+    m.def("eval_batch", &eval_batch, py::arg("items"), py::arg("hidden") = false,
+          "items: [(Engine, tokens)]: each item's tokens appended at its engine's n_past, the weight matmuls run once "
+          "over the rows of all items per pass. Returns per item the last token's logits (n_vocab,), or with "
+          "hidden=True the output-normed hidden states (n, n_embd) of all its tokens.");
     m.def("supported_architectures", []() { return std::string(model::supported_architectures()); },
           "Comma-separated architectures the engine runs.");
     py::class_<Engine>(m, "Engine", "Decoding engine over one GGUF model: KV cache, batched prefill, decode.")
@@ -176,6 +218,21 @@ void bind_engine(py::module_& m) {
              py::arg("kv_type") = "f16", py::arg("act_precision") = "auto")
         .def("eval", &eval, py::arg("tokens"), py::arg("all_logits") = false,
              "Append tokens at positions n_past..; logits of the last token (n_vocab,) or of all (n, n_vocab).")
+        .def("new_session", [](const Engine& e, int64_t n_ctx, int n_threads, int64_t n_batch, const std::string& kv_type,
+                                const std::string& act_precision) {
+                 py::gil_scoped_release nogil;
+                 return std::make_unique<Engine>(e.shared_model(), n_ctx, n_threads, n_batch, kv_type, act_precision);
+             }, py::arg("n_ctx"), py::arg("n_threads"), py::arg("n_batch"), py::arg("kv_type") = "f16",
+             py::arg("act_precision") = "auto",
+             "A new engine (session: own KV cache, state, pool, position) on this engine's weights, shared read-only; "
+             "the weights stay loaded until every engine on them is closed.")
+        .def("copy_prefix_from", [](Engine& e, Engine& other, int64_t n) {
+                 py::gil_scoped_release nogil;
+                 e.copy_prefix_from(other, n);
+             }, py::arg("other"), py::arg("n"),
+             "Make this cache hold other's first n positions (K/V rows copied, same model and kv_type); n_past = n.")
+        .def("same_model", [](const Engine& e, const Engine& other) { return e.shared_model() == other.shared_model(); },
+             py::arg("other"), "True when both engines run on one loaded copy of the weights.")
         .def("truncate", [](Engine& e, int64_t n) { py::gil_scoped_release nogil; return e.truncate(n); },
              py::arg("n"), "Drop cached positions >= n; returns the new n_past (0 when a sliding window lost it).")
         .def("shift", [](Engine& e, int64_t keep, int64_t discard) {

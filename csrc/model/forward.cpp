@@ -10,6 +10,7 @@
 //   xn = rmsnorm(x) * ffn_norm;  h = act(xn Wgate^T) * (xn Wup^T)  (B, n_ff)
 //   proj = h Wdown^T [gemma3: rmsnorm * ffn_post_norm];  x += proj
 // then logits = rmsnorm(x) * output_norm . Wout^T.
+// B may hold rows of several sequences (forward_batch: each with its own cache and positions).
 // Matmuls go through cpu::matmul (B > 1) / cpu::matvec (B == 1) at s.act_precision; everything else is f32 with
 // double accumulation where it is cheap (norms, softmax sums), each stage one parallel_for over
 // tokens or (head, token tile), inline for a single decode token.
@@ -17,6 +18,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "cpu/matmul.h"
 #include "cpu/ops.h"
@@ -82,8 +84,8 @@ void check_cancel(const std::atomic<bool>& cancel) {
 }
 
 // q, k, v of every token from xn: projections, biases, QK-norm, RoPE; k and v into the cache.
-void attention_inputs(const Model& m, const LayerWeights& l, int64_t il, KVCache& cache, ForwardState& s,
-                      cpu::ThreadPool& pool, int64_t n, int64_t pos0) {
+void attention_inputs(const Model& m, const LayerWeights& l, int64_t il, const std::vector<SeqSpan>& spans,
+                      ForwardState& s, cpu::ThreadPool& pool, int64_t n) {
     const ModelConfig& c = m.config;
     const int64_t Q = c.q_dim(), KV = c.kv_dim(), D = c.head_dim;
     const bool fused = l.wqkv.present();
@@ -119,7 +121,7 @@ void attention_inputs(const Model& m, const LayerWeights& l, int64_t il, KVCache
         const float* cs = rope + t * c.n_rot;   // (n_rot/2, 2) for this token
         cpu::rope(q, c.n_head, D, c.n_rot, neox, cs);
         cpu::rope(k, c.n_head_kv, D, c.n_rot, neox, cs);
-        cache.store(il, pos0 + t, k, v);
+        spans[size_t(s.row_seq[size_t(t)])].cache->store(il, s.row_pos[size_t(t)], k, v);
     });
 }
 
@@ -141,8 +143,9 @@ void for_cell_runs(int64_t a, int64_t b, int64_t n_cells, Fn&& fn) {
     if (first < len) fn(a + first, int64_t(0), len - first);
 }
 
-struct AttnItem {        // one work item: query head h over tokens [t0, t1) of the batch
-    int64_t h, g, t0, t1;
+struct AttnItem {        // one work item: query head h over tokens [t0, t1) of one sequence
+    int64_t h, g, t0, t1;   // t0, t1: batch rows
+    int64_t pos0;           // position of batch row 0 in that sequence (its span's pos0 - row0)
 };
 
 // The first position batch token t sees (it sees up to pos0 + t): 0, or the window's start.
@@ -154,8 +157,9 @@ int64_t first_key(int64_t pos0, int64_t t, int64_t window) {
 // queries score every key any of them sees ([lo, hi]); each token's softmax covers its own visible
 // keys and its probability of the others is 0, so they add nothing to its output.
 void attend_f16(const Model& m, int64_t il, const KVCache& cache, ForwardState& s, const AttnItem& it,
-                int64_t pos0, int64_t window, float* scores) {
+                int64_t window, float* scores) {
     const ModelConfig& c = m.config;
+    const int64_t pos0 = it.pos0;
     const int64_t D = c.head_dim, Q = c.q_dim(), n_cells = cache.n_cells(il), ld = s.n_ctx;
     const int64_t stride = cache.row_stride() / 2;   // in halves
     const auto* k0 = reinterpret_cast<const uint16_t*>(cache.k_row(il, 0, it.g));   // cell 0 of head g
@@ -182,9 +186,9 @@ void attend_f16(const Model& m, int64_t il, const KVCache& cache, ForwardState& 
 
 // q8_0 cache: each K / V row is dequantized once per item and used by every token of the tile.
 void attend_dequantized(const Model& m, int64_t il, const KVCache& cache, ForwardState& s, const AttnItem& it,
-                        int64_t pos0, int64_t window, float* scores, float* row) {
+                        int64_t window, float* scores, float* row) {
     const ModelConfig& c = m.config;
-    const int64_t D = c.head_dim, Q = c.q_dim();
+    const int64_t D = c.head_dim, Q = c.q_dim(), pos0 = it.pos0;
     auto visible = [&](int64_t j, int64_t t) { return j >= first_key(pos0, t, window) && j <= pos0 + t; };
     const int64_t lo = first_key(pos0, it.t0, window), hi = pos0 + it.t1 - 1;   // keys any token of the tile sees
     auto score = [&](int64_t t, int64_t j) -> float& { return scores[(t - it.t0) * s.n_ctx + (j - lo)]; };
@@ -207,23 +211,30 @@ void attend_dequantized(const Model& m, int64_t il, const KVCache& cache, Forwar
     }
 }
 
-// attn (n, H D) = softmax(q k^T * scale) v over each token's visible cached positions.
-// Work item = (query head, tile of kAttTile tokens), spread over the pool's threads.
-void attention(const Model& m, int64_t il, const KVCache& cache, ForwardState& s, cpu::ThreadPool& pool,
-               int64_t n, int64_t pos0) {
+// attn (n, H D) = softmax(q k^T * scale) v over each token's visible cached positions, each
+// sequence in its own cache. Work item = (sequence, query head, tile of kAttTile of its tokens),
+// spread over the pool's threads; items of span i are numbered from first_item[i].
+void attention(const Model& m, int64_t il, const std::vector<SeqSpan>& spans, ForwardState& s,
+               cpu::ThreadPool& pool) {
     const ModelConfig& c = m.config;
     const int64_t group = c.n_head / c.n_head_kv;
     const int64_t window = c.layer_is_swa[size_t(il)] ? c.n_swa : 0;
-    const int64_t n_tiles = (n + kAttTile - 1) / kAttTile;
-    pool.parallel_for(c.n_head * n_tiles, [&](int64_t item, int thread) {
+    std::vector<int64_t> first_item(spans.size() + 1, 0);
+    for (size_t i = 0; i < spans.size(); ++i)
+        first_item[i + 1] = first_item[i] + c.n_head * ((spans[i].n + kAttTile - 1) / kAttTile);
+    pool.parallel_for(first_item.back(), [&](int64_t item, int thread) {
+        const size_t si = size_t(std::upper_bound(first_item.begin(), first_item.end(), item) - first_item.begin() - 1);
+        const SeqSpan& sp = spans[si];
+        const int64_t local = item - first_item[si], n_tiles = (sp.n + kAttTile - 1) / kAttTile;
         AttnItem it;
-        it.h = item / n_tiles;
+        it.h = local / n_tiles;
         it.g = it.h / group;
-        it.t0 = (item % n_tiles) * kAttTile;
-        it.t1 = std::min(n, it.t0 + kAttTile);
+        it.t0 = sp.row0 + (local % n_tiles) * kAttTile;
+        it.t1 = std::min(sp.row0 + sp.n, it.t0 + kAttTile);
+        it.pos0 = sp.pos0 - sp.row0;
         float* scores = s.scores.data() + size_t(thread) * size_t(kAttTile * s.n_ctx);   // (tile, keys)
-        if (cache.rows_are_f16()) attend_f16(m, il, cache, s, it, pos0, window, scores);
-        else attend_dequantized(m, il, cache, s, it, pos0, window, scores,
+        if (sp.cache->rows_are_f16()) attend_f16(m, il, *sp.cache, s, it, window, scores);
+        else attend_dequantized(m, il, *sp.cache, s, it, window, scores,
                                 s.kv_row.data() + size_t(thread) * size_t(c.head_dim));
     });
 }
@@ -280,6 +291,7 @@ std::unique_ptr<Model> Model::load(const std::string& path, int64_t n_ctx) {
                          : n_ctx > m->config.rope_global.n_ctx_orig ? w.rope_factors_long : w.rope_factors_short;
     m->inv_freq_global = make_inv_freq(m->config, m->config.rope_global, factors);
     m->inv_freq_swa = make_inv_freq(m->config, m->config.rope_swa, factors);
+    m->load_n_ctx = n_ctx;
     return m;
 }
 
@@ -315,54 +327,100 @@ void rerotate_keys(const Model& m, int64_t il, float* k, int64_t delta) {
     cpu::rope(k, c.n_head_kv, c.head_dim, c.n_rot, c.rope_mode == RopeMode::NeoX, cs.data());
 }
 
+namespace {
+
+// Final norm of the rows in `outputs` (into xn, in their order), their hidden states and the output head.
+void output_rows(const Model& m, ForwardState& s, cpu::ThreadPool& pool, const std::vector<RowOutput>& outputs) {
+    const ModelConfig& c = m.config;
+    const ModelWeights& w = m.weights;
+    const int64_t E = c.n_embd, V = c.n_vocab, n_out = int64_t(outputs.size());
+    bool any_logits = false, contiguous = true;   // logits destinations one after another: written in place
+    for (int64_t i = 0; i < n_out; ++i) {
+        any_logits = any_logits || outputs[size_t(i)].logits;
+        contiguous = contiguous && outputs[size_t(i)].logits && outputs[size_t(i)].logits == outputs[0].logits + i * V;
+    }
+    for_tokens(pool, n_out, [&](int64_t i) {
+        const RowOutput& o = outputs[size_t(i)];
+        cpu::rmsnorm(s.x.data() + o.row * E, w.output_norm.data(), s.xn.data() + i * E, E, c.norm_eps);
+        if (o.hidden) std::memcpy(o.hidden, s.xn.data() + i * E, size_t(E) * sizeof(float));
+    });
+    if (!any_logits) return;
+    observe(s, pool, -1, {w.tied_output ? "token_embd" : "output"}, s.xn.data(), n_out, E);
+    if (!contiguous && s.out_tmp.size() < size_t(n_out * V)) s.out_tmp.resize(size_t(n_out * V));
+    float* logits = contiguous ? outputs[0].logits : s.out_tmp.data();
+    project(w.output, s.xn.data(), n_out, logits, pool, s.act_precision);
+    if (c.logit_softcap > 0.0f) {
+        const float cap = c.logit_softcap;
+        for (int64_t i = 0; i < n_out * V; ++i) logits[i] = cap * std::tanh(logits[i] / cap);
+    }
+    if (!contiguous)
+        for (int64_t i = 0; i < n_out; ++i)
+            if (outputs[size_t(i)].logits) std::memcpy(outputs[size_t(i)].logits, logits + i * V, size_t(V) * sizeof(float));
+}
+
+}  // namespace
+
 void forward(const Model& m, KVCache& cache, ForwardState& s, cpu::ThreadPool& pool, const int32_t* tokens,
              int64_t n, int64_t pos0, float* logits, bool all_logits, const std::atomic<bool>& cancel) {
+    std::vector<RowOutput> outputs;
+    if (logits) {
+        for (int64_t t = all_logits ? 0 : n - 1, i = 0; t < n; ++t, ++i)
+            outputs.push_back(RowOutput{t, logits + i * m.config.n_vocab, nullptr});
+    }
+    forward_batch(m, {SeqSpan{&cache, pos0, 0, n}}, s, pool, tokens, outputs, [&cancel]() { check_cancel(cancel); });
+}
+
+void forward_batch(const Model& m, const std::vector<SeqSpan>& spans, ForwardState& s, cpu::ThreadPool& pool,
+                   const int32_t* tokens, const std::vector<RowOutput>& outputs,
+                   const std::function<void()>& check_cancel) {
     const ModelConfig& c = m.config;
     const ModelWeights& w = m.weights;
     const int64_t E = c.n_embd;
-    check_cancel(cancel);
+    check_cancel();
+    int64_t n = 0;   // rows of the pass; each row's sequence and position
+    s.row_pos.resize(size_t(s.n_batch));
+    s.row_seq.resize(size_t(s.n_batch));
+    for (size_t i = 0; i < spans.size(); ++i) {
+        LOWBIT_CHECK(spans[i].row0 == n && spans[i].n >= 1 && n + spans[i].n <= s.n_batch, ValueError,
+                     "forward_batch: span ", i, " (rows ", spans[i].row0, "+", spans[i].n, ") does not follow row ", n,
+                     " within the state's ", s.n_batch, " rows");
+        for (int64_t t = 0; t < spans[i].n; ++t) {
+            s.row_pos[size_t(n + t)] = spans[i].pos0 + t;
+            s.row_seq[size_t(n + t)] = int32_t(i);
+        }
+        n += spans[i].n;
+    }
 
-    // Embeddings (scaled for gemma3) and this batch's RoPE tables.
+    // Embeddings (scaled for gemma3) and each row's RoPE tables.
     const QuantType& embd_type = quant_type(w.token_embd.type);
     for_tokens(pool, n, [&](int64_t t) {
         float* x = s.x.data() + t * E;
+        const double pos = double(s.row_pos[size_t(t)]);
         embd_type.to_float(static_cast<const uint8_t*>(w.token_embd.data) + tokens[t] * w.token_embd.row_bytes, x, E);
         if (c.embd_scale != 1.0f) for (int64_t i = 0; i < E; ++i) x[i] *= c.embd_scale;
-        cpu::rope_cos_sin(double(pos0 + t), m.inv_freq_global.data(), c.n_rot / 2, s.rope_global.data() + t * c.n_rot,
+        cpu::rope_cos_sin(pos, m.inv_freq_global.data(), c.n_rot / 2, s.rope_global.data() + t * c.n_rot,
                           c.rope_global.mscale());
         if (c.any_swa())
-            cpu::rope_cos_sin(double(pos0 + t), m.inv_freq_swa.data(), c.n_rot / 2, s.rope_swa.data() + t * c.n_rot,
+            cpu::rope_cos_sin(pos, m.inv_freq_swa.data(), c.n_rot / 2, s.rope_swa.data() + t * c.n_rot,
                               c.rope_swa.mscale());
     });
 
     for (int64_t il = 0; il < c.n_layers; ++il) {
         const LayerWeights& l = w.layers[size_t(il)];
         norm_rows(l.attn_norm, c, s, pool, n);
-        attention_inputs(m, l, il, cache, s, pool, n, pos0);
-        if (il == 0) cache.note_written(pos0 + n - 1);
-        attention(m, il, cache, s, pool, n, pos0);
+        attention_inputs(m, l, il, spans, s, pool, n);
+        if (il == 0)
+            for (const SeqSpan& sp : spans) sp.cache->note_written(sp.pos0 + sp.n - 1);
+        attention(m, il, spans, s, pool);
         observe(s, pool, il, {"attn_output"}, s.attn.data(), n, c.q_dim());
         project(l.wo, s.attn.data(), n, s.proj.data(), pool, s.act_precision);
         residual(c, l.bo, l.attn_post_norm, s, pool, n);
         norm_rows(l.ffn_norm, c, s, pool, n);
         feed_forward(m, l, il, s, pool, n);
         residual(c, Vec{}, l.ffn_post_norm, s, pool, n);
-        check_cancel(cancel);
+        check_cancel();
     }
-    if (!logits) return;
-
-    // Final norm on the rows whose logits are wanted, then the output head.
-    const int64_t first = all_logits ? 0 : n - 1, n_out = n - first;
-    for_tokens(pool, n_out, [&](int64_t i) {
-        const int64_t t = first + i;
-        cpu::rmsnorm(s.x.data() + t * E, w.output_norm.data(), s.xn.data() + i * E, E, c.norm_eps);
-    });
-    observe(s, pool, -1, {w.tied_output ? "token_embd" : "output"}, s.xn.data(), n_out, E);
-    project(w.output, s.xn.data(), n_out, logits, pool, s.act_precision);
-    if (c.logit_softcap > 0.0f) {
-        const float cap = c.logit_softcap;
-        for (int64_t i = 0; i < n_out * c.n_vocab; ++i) logits[i] = cap * std::tanh(logits[i] / cap);
-    }
+    if (!outputs.empty()) output_rows(m, s, pool, outputs);
 }
 
 }  // namespace lowbit::model

@@ -1,7 +1,12 @@
 // forward.h: the model (file + config + weights), the activation state, and one forward pass.
+//
+// A Model is read-only after load and shared by every session on it (runtime/engine.h); each
+// session owns its KVCache and ForwardState. One pass may run rows of several sequences at once
+// (SeqSpan): the weight matmuls see all rows, attention and the cache writes go per sequence.
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -24,6 +29,7 @@ struct Model {
     ModelWeights weights;
     std::vector<double> inv_freq_global;   // (n_rot/2,) RoPE angle per position, full-attention layers
     std::vector<double> inv_freq_swa;      // (n_rot/2,) the same for sliding-window layers
+    int64_t load_n_ctx = 0;                // the n_ctx that picked LongRoPE's factors
 
     // n_ctx picks LongRoPE's factors (phi3 rope_factors_long/short, as llama.cpp: long when the
     // context exceeds rope.scaling.original_context_length).
@@ -53,6 +59,9 @@ struct ForwardState {
     AlignedBuffer<float> scores;     // (n_threads, kAttTile, n_ctx)  attention scores / probabilities
     AlignedBuffer<float> kv_row;     // (n_threads, head_dim)  one dequantized K or V row
     std::vector<int64_t> work_idx;   // scratch for row selections
+    std::vector<int64_t> row_pos;    // (n_batch,) position of each batch row in its own sequence
+    std::vector<int32_t> row_seq;    // (n_batch,) index of the row's SeqSpan
+    AlignedBuffer<float> out_tmp;    // (rows, n_vocab) logits gathered before scattering, grown on demand
     cpu::ActPrecision act_precision = cpu::ActPrecision::Q8;   // of every weight matmul (engine option)
     MatmulObserver* observer = nullptr;   // sees the input of every weight matmul when set (observer.h)
 };
@@ -64,6 +73,29 @@ constexpr int64_t kAttTile = 8;   // query tokens per attention work item (K/V r
 // (the last token). Throws Cancelled between layers when `cancel` is set.
 void forward(const Model& m, KVCache& cache, ForwardState& s, cpu::ThreadPool& pool, const int32_t* tokens,
              int64_t n, int64_t pos0, float* logits, bool all_logits, const std::atomic<bool>& cancel);
+
+// Batch rows [row0, row0 + n) are one sequence's tokens at positions pos0.. of its own cache
+// (which must hold every position it attends to, and at most its own n_batch of new rows).
+struct SeqSpan {
+    KVCache* cache = nullptr;
+    int64_t pos0 = 0, row0 = 0, n = 0;
+};
+
+// An output wanted from a pass: batch row `row`'s logits (n_vocab,) and / or its hidden state
+// after the output norm (n_embd,: what embeddings pool). nullptr: not wanted.
+struct RowOutput {
+    int64_t row = 0;
+    float* logits = nullptr;
+    float* hidden = nullptr;
+};
+
+// One pass over the rows of several sequences (spans cover rows 0..n_rows without gaps, n_rows
+// <= s.n_batch, each span's keys fit s.n_ctx): the weight matmuls run once over all rows, so each
+// row gets the bits it would get in any pass of the same row count class (cpu/matmul.h).
+// check_cancel() is called before the pass and between layers; it throws to stop.
+void forward_batch(const Model& m, const std::vector<SeqSpan>& spans, ForwardState& s, cpu::ThreadPool& pool,
+                   const int32_t* tokens, const std::vector<RowOutput>& outputs,
+                   const std::function<void()>& check_cancel);
 
 // Re-applies RoPE to one token's cached keys for a position change of `delta`.   k: (n_head_kv, head_dim)
 void rerotate_keys(const Model& m, int64_t il, float* k, int64_t delta);

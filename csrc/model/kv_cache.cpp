@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstring>
 
 #include "cpu/ops.h"
 #include "quant/types.h"
@@ -143,6 +144,38 @@ int64_t KVCache::shift(int64_t n_past, int64_t n_keep, int64_t n_discard, const 
     }
     if (ring > 0) lo_valid_ = lo_new;
     return new_n;
+}
+
+void KVCache::copy_prefix(const KVCache& src, int64_t src_n_past, int64_t n) {
+    LOWBIT_CHECK(src.type_ == type_ && src.n_head_kv_ == n_head_kv_ && src.head_dim_ == head_dim_ &&
+                 src.layers_.size() == layers_.size(), ValueError, "copy_prefix: the caches differ (",
+                 kv_type_name(src.type_), " vs ", kv_type_name(type_), " or geometry); both must be of one model and kv_type");
+    LOWBIT_CHECK(n >= 0 && n <= src_n_past && n <= n_ctx_, ValueError, "copy_prefix: ", n,
+                 " positions asked, the source holds ", src_n_past, " and this cache ", n_ctx_);
+    // Per layer, the positions to copy: what this cache would hold after writing [0, n) itself,
+    // cut to what src still holds; a ring of src may have lost only keys no later query sees.
+    const int64_t need = std::max<int64_t>(0, n - n_swa_ + 1);   // oldest key a query at n sees
+    int64_t lo_new = 0;
+    std::vector<int64_t> first(layers_.size());
+    for (size_t il = 0; il < layers_.size(); ++il) {
+        const int64_t cells = layers_[il].n_cells, src_cells = src.layers_[il].n_cells;
+        const int64_t src_lo = src_cells < src.n_ctx_ ? std::max(src.lo_valid_, src_n_past - src_cells) : 0;
+        first[il] = std::max<int64_t>(0, n - cells);
+        if (src_lo > first[il]) {
+            LOWBIT_CHECK(cells < n_ctx_ && src_lo <= need, ValueError, "copy_prefix: the source's sliding-window cache (",
+                         src_cells, " cells) no longer holds positions ", need, "..", n - 1, " (kept from ", src_lo,
+                         "); evaluate the prefix instead");
+            first[il] = src_lo;
+            lo_new = std::max(lo_new, src_lo);
+        }
+    }
+    const size_t tok_bytes = size_t(n_head_kv_ * row_bytes_);   // one position: every head's row
+    for (size_t il = 0; il < layers_.size(); ++il)
+        for (int64_t p = first[il]; p < n; ++p) {
+            std::memcpy(row_mut(int64_t(il), p, 0, false), src.row(int64_t(il), p, 0, false), tok_bytes);
+            std::memcpy(row_mut(int64_t(il), p, 0, true), src.row(int64_t(il), p, 0, true), tok_bytes);
+        }
+    lo_valid_ = ring_cells() > 0 ? std::max(lo_new, std::max<int64_t>(0, n - ring_cells())) : 0;
 }
 
 }  // namespace lowbit::model

@@ -74,6 +74,13 @@ public:
     using Rerotate = std::function<void(int64_t il, float* k, int64_t delta)>;
     int64_t shift(int64_t n_past, int64_t n_keep, int64_t n_discard, const Rerotate& rerotate);
 
+    // Makes positions [0, n) hold what `src` (a cache of the same model and type, holding
+    // positions up to src_n_past > n - 1) holds there: K/V rows copied as bytes, cell by cell
+    // (the two may differ in n_ctx, so in ring size). Throws ValueError, this cache unchanged,
+    // when a ring of src no longer holds the window a query at position n needs. The caller's
+    // n_past becomes n; positions src's rings had lost stay lost here (lo_valid).
+    void copy_prefix(const KVCache& src, int64_t src_n_past, int64_t n);
+
 private:
     struct Layer {
         int64_t n_cells = 0;

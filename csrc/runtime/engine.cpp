@@ -17,12 +17,39 @@ using cpu::kMaxThreads;
 Engine::Engine(const std::string& path, int64_t n_ctx, int n_threads, int64_t n_batch, const std::string& kv_type,
                const std::string& act_precision) {
     LOWBIT_CHECK(n_ctx >= 1 && n_ctx <= kMaxCtx, ValueError, "n_ctx ", n_ctx, " must be in [1, ", kMaxCtx, "]");
+    cpu::parse_act_precision(act_precision);   // bad arguments fail before the file is read
+    LOWBIT_CHECK(n_threads >= 1 && n_threads <= kMaxThreads, ValueError, "n_threads ", n_threads,
+                 " must be in [1, ", kMaxThreads, "]");
+    LOWBIT_CHECK(n_batch >= 1, ValueError, "n_batch ", n_batch, " must be >= 1");
+    model_ = model::Model::load(path, n_ctx);
+    init_session(n_ctx, n_threads, n_batch, kv_type, act_precision);
+}
+
+Engine::Engine(std::shared_ptr<const model::Model> model, int64_t n_ctx, int n_threads, int64_t n_batch,
+               const std::string& kv_type, const std::string& act_precision) {
+    LOWBIT_CHECK(model, ValueError, "a session needs a loaded model");
+    model_ = std::move(model);
+    init_session(n_ctx, n_threads, n_batch, kv_type, act_precision);
+}
+
+std::shared_ptr<const model::Model> Engine::shared_model() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    check_open();
+    return model_;
+}
+
+void Engine::init_session(int64_t n_ctx, int n_threads, int64_t n_batch, const std::string& kv_type,
+                          const std::string& act_precision) {
+    LOWBIT_CHECK(n_ctx >= 1 && n_ctx <= kMaxCtx, ValueError, "n_ctx ", n_ctx, " must be in [1, ", kMaxCtx, "]");
     LOWBIT_CHECK(n_threads >= 1 && n_threads <= kMaxThreads, ValueError, "n_threads ", n_threads,
                  " must be in [1, ", kMaxThreads, "]");
     LOWBIT_CHECK(n_batch >= 1, ValueError, "n_batch ", n_batch, " must be >= 1");
     const cpu::ActPrecision precision = cpu::parse_act_precision(act_precision);
-    model_ = model::Model::load(path, n_ctx);
     const model::ModelConfig& c = model_->config;
+    const int64_t orig = c.rope_global.n_ctx_orig;
+    LOWBIT_CHECK(model_->weights.rope_factors_long.empty() || (n_ctx > orig) == (model_->load_n_ctx > orig),
+                 ValueError, "n_ctx ", n_ctx, " needs the other LongRoPE factor set than the model was loaded with (n_ctx ",
+                 model_->load_n_ctx, ", original context ", orig, "): load the model again with this n_ctx");
     const model::KVType kvt = model::parse_kv_type(kv_type, c.head_dim);
     n_ctx_ = n_ctx;
     n_batch_ = std::min(n_batch, n_ctx);
@@ -118,6 +145,7 @@ void Engine::close() {
     std::lock_guard<std::mutex> lock(mutex_);
     if (closed_.exchange(true)) return;
     pool_.reset();
+    batch_state_.reset();
     observer_.reset();
     state_.reset();
     cache_.reset();

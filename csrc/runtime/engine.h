@@ -1,10 +1,16 @@
-// engine.h: a decoding session over one model: KV cache, activations, thread pool, cancel flag
-// and memory accounting. What lowbit._core.Engine exposes to Python.
+// engine.h: a decoding session over a shared model: KV cache, activations, thread pool, cancel
+// flag and memory accounting. What lowbit._core.Engine exposes to Python.
 //
-// Threading: every Engine owns its pool and buffers (no global state), so several engines can
-// run in different threads at once. One engine is not re-entrant: eval / truncate / shift /
-// close take a mutex, so a second concurrent call waits. cancel() is lock-free and may be
-// called from any thread; the flag stays set until reset_cancel().
+// Model and sessions: the weights (model::Model: mapping, fused copies, RoPE tables) are
+// read-only after load and held by shared_ptr; every Engine on them (the one that loaded them,
+// and each new_session()) keeps them alive, so they are unmapped when the last one closes.
+//
+// Threading: every Engine owns its KV cache, state, pool and position (no global state), so
+// engines of one model run in different threads at once. One engine is not re-entrant: eval /
+// truncate / shift / copy_prefix_from / eval_batch / close take its mutex, so a second
+// concurrent call waits (eval_batch and copy_prefix_from lock several, in address order).
+// cancel() is lock-free and may be called from any thread; the flag stays set until
+// reset_cancel() (eval_batch clears it when it reports the cancel).
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -31,6 +37,19 @@ struct MemoryReport {
     uint64_t total_bytes = 0;
 };
 
+class Engine;
+
+// One sequence of an eval_batch: tokens appended at that engine's own n_past. Outputs (nullptr:
+// not wanted): logits (n_vocab,) of the last token; hidden (n, n_embd) the output-normed hidden
+// state of every token (what embeddings pool).
+struct BatchItem {
+    Engine* engine = nullptr;
+    const int32_t* tokens = nullptr;
+    int64_t n = 0;
+    float* logits = nullptr;
+    float* hidden = nullptr;
+};
+
 class Engine {
 public:
     // n_ctx: cache capacity in tokens; n_threads >= 1; n_batch: tokens per prefill pass
@@ -39,6 +58,26 @@ public:
     // GGUFError for a bad file.
     Engine(const std::string& path, int64_t n_ctx, int n_threads, int64_t n_batch, const std::string& kv_type,
            const std::string& act_precision = "auto");
+    // A session on an already loaded model (shared, read-only). ValueError when n_ctx would need
+    // the other LongRoPE factor set than the one the model was loaded with (phi3).
+    Engine(std::shared_ptr<const model::Model> model, int64_t n_ctx, int n_threads, int64_t n_batch,
+           const std::string& kv_type, const std::string& act_precision = "auto");
+    std::shared_ptr<const model::Model> shared_model() const;
+
+    // Runs the items' tokens as passes of at most max(n_batch of the items) rows, each pass one
+    // forward over rows of all its sequences (every item takes at most its own n_batch rows per
+    // pass; decodes and prefill chunks mix: continuous batching). The first item's engine lends
+    // its pool. Before any work: ValueError naming the item for a closed engine, another model, a
+    // repeated engine, no tokens, a bad token id or a context overflow; Cancelled naming it when
+    // its flag is set. A cancel during a pass throws Cancelled naming the item and drops that pass
+    // (each engine's n_past counts the passes that completed: one pass when the rows fit).
+    static void eval_batch(const std::vector<BatchItem>& items);
+
+    // Makes this engine's cache hold the first n positions of `other`'s (same model and kv_type):
+    // K/V rows are copied, nothing is recomputed; n_past becomes n. ValueError when other holds
+    // fewer than n positions, or a sliding-window ring of it no longer holds the window that
+    // position n needs (this cache is unchanged then).
+    void copy_prefix_from(Engine& other, int64_t n);
 
     // Appends tokens at positions n_past.. in n_batch chunks. out: (n, n_vocab) when all_logits,
     // else (n_vocab,) for the last token. On Cancelled, the batch that was running is dropped
@@ -67,16 +106,19 @@ public:
 
 private:
     void check_open() const;
+    void init_session(int64_t n_ctx, int n_threads, int64_t n_batch, const std::string& kv_type,
+                      const std::string& act_precision);
     void check_fits_in_memory(const model::ModelConfig& c, model::KVType kvt) const;
 
     mutable std::mutex mutex_;
     std::atomic<bool> cancel_{false};
     std::atomic<bool> closed_{false};
-    std::unique_ptr<model::Model> model_;
+    std::shared_ptr<const model::Model> model_;
     std::unique_ptr<model::KVCache> cache_;
     std::unique_ptr<model::ForwardState> state_;
     std::unique_ptr<cpu::ThreadPool> pool_;
     std::shared_ptr<model::MatmulObserver> observer_;   // kept alive while attached
+    std::unique_ptr<model::ForwardState> batch_state_;  // eval_batch's rows when this engine leads one
     int64_t n_ctx_ = 0, n_batch_ = 0, n_past_ = 0;
     int n_threads_ = 0;
 };

@@ -16,7 +16,7 @@ from lowbit import quant
 from lowbit.runtime import registry
 from lowbit.runtime.generate import FINISH_REASONS, Generation, GenerationStream
 from lowbit.runtime.llama import Llama
-from lowbit.runtime.model import Model, load
+from lowbit.runtime.model import Model, Session, load
 from lowbit.runtime.sampling import SamplingParams
 from lowbit.runtime.tokenizer import Tokenizer
 from lowbit.quant.quantize import QuantizeError, quantize
@@ -40,6 +40,6 @@ def cuda_status() -> dict:
 
 __all__ = [
     "Cancelled", "CudaError", "GGUFError", "GGUFFile", "GGUFTensorInfo", "LowbitError", "ModelError",
-    "FINISH_REASONS", "Generation", "GenerationStream", "Llama", "Model", "RegistryError", "SamplingParams", "TemplateError", "Tokenizer", "cpu_features", "cuda_status",
+    "FINISH_REASONS", "Generation", "GenerationStream", "Llama", "Model", "RegistryError", "SamplingParams", "Session", "TemplateError", "Tokenizer", "cpu_features", "cuda_status",
     "load", "quant", "quantize", "QuantizeError", "registry", "__version__",
 ]

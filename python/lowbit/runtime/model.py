@@ -1,4 +1,6 @@
-"""``lowbit.load()`` and ``Model``: tokenize, logits, generate, chat, memory, cancel, close."""
+"""``lowbit.load()``, ``Session`` (one conversation: tokenize, logits, generate, chat, memory,
+cancel, close) and ``Model`` (the loaded weights with their implicit session, plus ``session()``
+for more conversations on the same weights and ``embed()``)."""
 from __future__ import annotations
 
 import inspect
@@ -168,7 +170,7 @@ def load(path_or_name: Union[str, os.PathLike], *, n_ctx: Optional[int] = None,
     if progress is not None and progress(1.0) is False:
         engine.close()
         raise Cancelled("load cancelled by the progress callback")
-    return Model(engine, tokenizer, meta, path, device=device)
+    return Model(engine, tokenizer, meta, path, device=device, load_options=dict(n_batch=int(n_batch)))
 
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")
@@ -197,8 +199,11 @@ class _Claim:
                 pass
 
 
-class Model:
-    """A loaded model: one generation at a time.
+class Session:
+    """One conversation on a loaded model: its own KV cache, position and cancel flag, on
+    weights shared with the Model it came from (``Model.session()``; a Model is itself a Session,
+    its implicit one). Sessions of one model run in parallel threads; each runs one generation
+    at a time.
 
     Stream lifecycle: a stream (``stream=True``) owns the model from its first piece until it
     is exhausted, closed (``stream.close()``, ``with stream:``) or garbage collected; no lock is
@@ -207,7 +212,7 @@ class Model:
     finish_reason "cancelled"), like a new call on a llama-cpp-python ``Llama``. Calls from
     other threads wait until the running generation or stream ends. ``close()`` and
     ``cancel()`` never wait for a stream: they stop it (from any thread). The GIL is released
-    while the core computes, so different Models run in parallel threads."""
+    while the core computes, so different Models and Sessions run in parallel threads."""
 
     def __init__(self, engine, tokenizer, metadata: Mapping, path: str, device: str = "cpu"):
         self._engine = engine
@@ -228,7 +233,7 @@ class Model:
     # ---- basics ---------------------------------------------------------------------------
     def _check_open(self):
         if self._closed:
-            raise LowbitError("this Model is closed")
+            raise LowbitError(f"this {type(self).__name__} is closed")
 
     @property
     def n_ctx(self) -> int:
@@ -239,6 +244,46 @@ class Model:
     def n_vocab(self) -> int:
         self._check_open()
         return self._engine.n_vocab
+
+    @property
+    def n_past(self) -> int:
+        """Tokens the KV cache holds (``cached_tokens`` lists them)."""
+        self._check_open()
+        return self._engine.n_past
+
+    @property
+    def cached_tokens(self) -> List[int]:
+        """A copy of the token ids the KV cache holds, in order: what a later prompt starting with
+        them reuses, and what ``copy_prefix_from`` can hand to another session."""
+        with self._cond:
+            return list(self._cached_ids)
+
+    def copy_prefix_from(self, other: "Session", n_tokens: int) -> int:
+        """Make this session's cache hold the first ``n_tokens`` cached positions of ``other``
+        (a session of the same model and kv_type): their keys and values are copied, not
+        recomputed, so a prompt starting with those tokens reuses them here
+        (``Generation.cached_prompt_tokens``). Returns ``n_tokens``. ValueError when ``other``
+        holds fewer, or when a sliding-window layer of ``other`` no longer holds the window that
+        position needs (this session is then left empty); LowbitError for a closed session."""
+        if not isinstance(other, Session):
+            raise TypeError(f"copy_prefix_from needs a Session, got {type(other).__name__}")
+        check_int("n_tokens", n_tokens, minimum=0)
+        other._check_open()
+        with other._cond:                  # its token list as of now; the core copies under both locks
+            source_ids = list(other._cached_ids[:n_tokens])
+        if len(source_ids) < n_tokens:
+            raise ValueError(f"copy_prefix_from: {n_tokens} tokens asked, the other session holds "
+                             f"{len(source_ids)}")
+        with self._cond:
+            claim = self._claim(_Claim())
+            try:
+                del self._cached_ids[:]
+                self._engine.truncate(0)
+                self._engine.copy_prefix_from(other._engine, int(n_tokens))
+                self._cached_ids.extend(source_ids)
+                return int(n_tokens)
+            finally:
+                self._release(claim)
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> List[int]:
         return self.tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
@@ -455,7 +500,8 @@ class Model:
     def close(self) -> None:
         """Free the engine. A running generation (any thread) is cancelled, not waited for to
         the end; an open stream ends with finish_reason "cancelled". Afterwards every member
-        that needs the engine raises LowbitError("this Model is closed"). Idempotent."""
+        that needs the engine raises LowbitError("this Model is closed"). Idempotent. The
+        weights stay loaded while another session on them is open (Model.close() closes all)."""
         if self._closed:
             return
         self.cancel()
@@ -470,7 +516,7 @@ class Model:
             self._engine.close()
             self._cond.notify_all()        # waiting callers see the Model closed
 
-    def __enter__(self) -> "Model":
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
@@ -478,4 +524,90 @@ class Model:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"n_ctx={self.n_ctx}"
-        return f"<lowbit.Model {self.architecture} {os.path.basename(self.path)} {state}>"
+        return f"<lowbit.{type(self).__name__} {self.architecture} {os.path.basename(self.path)} {state}>"
+
+
+class Model(Session):
+    """A loaded model: the weights (mapped once, shared read-only) with an implicit session, so
+    ``model.generate(...)`` / ``chat`` / ``logits`` work on one conversation as before.
+    ``model.session()`` opens another conversation on the same weights (own KV cache); sessions
+    run in parallel threads and batch together through ``lowbit.runtime.batch.eval_batch``.
+    ``model.embed(texts)`` computes pooled embeddings in its own state. ``close()`` closes the
+    model and every session made from it."""
+
+    def __init__(self, engine, tokenizer, metadata: Mapping, path: str, device: str = "cpu",
+                 load_options: Optional[Mapping[str, Any]] = None):
+        super().__init__(engine, tokenizer, metadata, path, device=device)
+        self._sessions: "weakref.WeakSet[Session]" = weakref.WeakSet()
+        self._sessions_lock = threading.Lock()
+        self._load_options = dict(load_options or {})
+        self._embedder = None
+        self._closing = False              # set by close(): no new sessions from then on
+        self._hparams: Optional[Hparams] = None   # the core's config, for session memory checks
+
+    def session(self, n_ctx: Optional[int] = None, *, n_threads: Optional[int] = None,
+                n_batch: Optional[int] = None, kv_type: Optional[str] = None) -> Session:
+        """A new conversation on these weights: its own KV cache of ``n_ctx`` tokens (default:
+        the model's), state and thread pool (``n_threads``, default the model's). The same
+        generation API as the Model; closed by ``Model.close()``."""
+        self._check_open()
+        e = self._engine
+        n_ctx = e.n_ctx if n_ctx is None else n_ctx
+        n_threads = e.n_threads if n_threads is None else n_threads
+        n_batch = self._load_options.get("n_batch", e.n_batch) if n_batch is None else n_batch
+        kv_type = e.kv_type if kv_type is None else kv_type
+        check_int("n_ctx", n_ctx, minimum=1)
+        check_int("n_threads", n_threads, minimum=1)
+        check_int("n_batch", n_batch, minimum=1)
+        if kv_type not in KV_TYPES:
+            raise ValueError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
+        self._check_session_memory(int(n_ctx), kv_type, int(n_batch))
+        engine = e.new_session(int(n_ctx), int(n_threads), int(n_batch), kv_type, e.act_precision)
+        s = Session(engine, self.tokenizer, self.metadata, self.path, device=self.device)
+        s._template, s._warned_template = self._template, self._warned_template
+        s._parent = self                   # the Python Model stays alive with its sessions
+        with self._sessions_lock:
+            if self._closing:
+                engine.close()
+                raise LowbitError("this Model is closed")
+            self._sessions.add(s)
+        return s
+
+    def _check_session_memory(self, n_ctx: int, kv_type: str, n_batch: int) -> None:
+        """InsufficientMemory when a new session's KV cache exceeds the memory available now."""
+        from lowbit import _core
+        if self._hparams is None:
+            self._hparams = Hparams.from_config(_core.model_config(self.path))
+        need = kv_cache_bytes(self._hparams, n_ctx, kv_type, n_batch)
+        available = _available_memory_bytes()
+        if available and need > available:
+            raise InsufficientMemory(f"a session of n_ctx={n_ctx} needs a {need / 2**30:.2f} GiB KV cache ({kv_type}) "
+                                     f"but {available / 2**30:.2f} GiB is available; use a smaller n_ctx")
+
+    def embed(self, texts: Union[str, Sequence[str]], *, pooling: Optional[str] = None,
+              normalize: bool = True) -> np.ndarray:
+        """Embeddings of ``texts``: (len(texts), n_embd) float32 (a str gives one row), the
+        output-normed hidden states pooled as the GGUF's ``<arch>.pooling_type`` says (mean, cls
+        = first token, last = last token; a model that declares none is mean-pooled, with a
+        warning saying so) or as ``pooling`` overrides, L2-normalised unless ``normalize=False``.
+        Texts are batched; this uses its own sessions, so the chat cache is left as it was."""
+        from lowbit.runtime.embed import Embedder
+        self._check_open()
+        with self._sessions_lock:
+            if self._embedder is None:
+                self._embedder = Embedder(self)
+            embedder = self._embedder
+        return embedder.embed(texts, pooling=pooling, normalize=normalize)
+
+    def close(self) -> None:
+        """Close every session made from this model, its embedding state, then the model
+        itself (see Session.close). Idempotent."""
+        with self._sessions_lock:
+            self._closing = True
+            sessions = list(self._sessions)
+            embedder, self._embedder = self._embedder, None
+        for s in sessions:                 # not under our lock: a session's close takes its own
+            s.close()
+        if embedder is not None:
+            embedder.close()
+        super().close()

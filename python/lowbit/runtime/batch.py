@@ -1,0 +1,76 @@
+"""``eval_batch``: one forward step over several sessions of one model (continuous batching).
+
+Each item is (session, token ids): the tokens are appended at that session's own position in
+its own KV cache, and the weight matmuls run once over the rows of all items, so decode tokens
+of many conversations and prefill chunks of new ones share one read of the weights. A server's
+scheduler calls this once per step with one token per decoding session and a chunk of each new
+prompt (keep the rows of a step within the sessions' n_batch: then a step is one pass).
+
+Errors name the item (``eval_batch item 2: ...``): ValueError for a bad token id, a context
+overflow, an empty item, sessions of different models or the same session twice;
+LowbitError for a closed session or one busy with a generation; ``Cancelled`` when a session
+was cancelled (its cancel flag is cleared by reporting it). Nothing is evaluated when the
+check before the work fails; a cancel during the step drops that step (``session.n_past``
+and ``session.cached_tokens`` always agree with what was evaluated).
+"""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import numpy as np
+
+from lowbit.errors import LowbitError
+
+
+def _ids(tokens, index: int) -> np.ndarray:
+    arr = np.asarray(tokens)
+    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+        raise ValueError(f"eval_batch item {index}: token ids must be a 1-D sequence of ints")
+    if arr.size == 0:
+        raise ValueError(f"eval_batch item {index}: no tokens")
+    return arr.astype(np.int64, copy=False)
+
+
+def eval_batch(items: Sequence[Tuple["Session", Sequence[int]]], *, hidden: bool = False) -> List[np.ndarray]:
+    """Evaluate every item's tokens in one batched step. Returns per item the last token's logits
+    (n_vocab,) float32, or with ``hidden=True`` the output-normed hidden states of all its tokens
+    (n, n_embd) (what embeddings pool). The GIL is released while the core computes."""
+    from lowbit import _core
+    from lowbit.runtime.model import Session
+
+    items = list(items)
+    if not items:
+        raise ValueError("eval_batch needs at least one item")
+    pairs = []
+    for i, item in enumerate(items):
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise TypeError(f"eval_batch item {i} must be a pair (session, token ids)")
+        session, tokens = item
+        if not isinstance(session, Session):
+            raise TypeError(f"eval_batch item {i}: expected a lowbit Session or Model, got {type(session).__name__}")
+        pairs.append((session, _ids(tokens, i)))
+    order = sorted(range(len(pairs)), key=lambda i: id(pairs[i][0]))   # one lock order for every caller
+    held = []
+    try:
+        for i in order:
+            session = pairs[i][0]
+            session._cond.acquire()
+            held.append(session)
+            if session._closed:
+                raise LowbitError(f"eval_batch item {i}: this {type(session).__name__} is closed")
+            if session._active is not None:
+                raise LowbitError(f"eval_batch item {i}: the session is busy with a generation or an open stream")
+        for session, _ in pairs:         # after a failed prefill the token list was dropped: realign
+            if session._engine.n_past != len(session._cached_ids):
+                session._engine.truncate(len(session._cached_ids))
+                del session._cached_ids[session._engine.n_past:]
+        before = [len(s._cached_ids) for s, _ in pairs]
+        try:
+            return _core.eval_batch([(s._engine, ids) for s, ids in pairs], hidden=hidden)
+        finally:   # each session's token list follows what its cache now holds
+            for (session, ids), n0 in zip(pairs, before):
+                done = session._engine.n_past - n0
+                session._cached_ids.extend(ids[:max(done, 0)].tolist())
+    finally:
+        for session in reversed(held):
+            session._cond.release()

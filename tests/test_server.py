@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -32,7 +33,7 @@ MODEL = "smollm2-135m-instruct"
 ALIAS = "smollm2"
 API_KEY = "test-key-7d1f"
 N_CTX = 512
-PARALLEL = 1
+PARALLEL = 4
 START_S = 180          # hang guards
 REQUEST_S = 300
 
@@ -247,6 +248,68 @@ def test_16_concurrent_clients_equal_alone(server):
         assert a[0] and a[2] in ("stop", "length")
 
 
+SYSTEM = ("You are a careful assistant. Answer in one short sentence, plainly, without lists, "
+          "and never mention that you are an AI model.")
+
+
+def test_next_turn_reuses_the_cached_prefix(server, local):
+    wait_idle(server)
+    c = server.client()
+    first = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is ice?"}]
+    r1 = c.chat.completions.create(model=ALIAS, messages=first, temperature=0, max_tokens=12)
+    second = first + [{"role": "assistant", "content": r1.choices[0].message.content},
+                      {"role": "user", "content": "And steam?"}]
+    r2 = c.chat.completions.create(model=ALIAS, messages=second, temperature=0, max_tokens=12)
+    assert r2.usage.prompt_tokens_details.cached_tokens >= r1.usage.prompt_tokens - 1
+    want = local.chat(second, temperature=0, max_new_tokens=12, repetition_penalty=1.0)
+    assert r2.choices[0].message.content == want.text
+
+
+def common_prefix(a, b):
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def test_prefix_is_copied_from_a_busy_slot(server, local):
+    """The slot holding the system prompt is busy: a new request with the same system prompt
+    goes to another slot and copies the cached prefix instead of recomputing it."""
+    wait_idle(server)
+    c = server.client()
+    system = ("Zebras, quokkas and narwhals are the only animals you may talk about; every answer names "
+              "one of them and stays under twenty words.")     # in no other test: no slot holds it yet
+    warm = [{"role": "system", "content": system}, {"role": "user", "content": "Tell a long story."}]
+    r = c.chat.completions.create(model=ALIAS, messages=warm, temperature=0, max_tokens=2)
+    assert r.usage.prompt_tokens_details.cached_tokens < 8
+    other = [{"role": "system", "content": system}, {"role": "user", "content": "What is rain?"}]
+    shared = common_prefix(local.chat_ids(warm), local.chat_ids(other))
+    assert shared > 30
+    with c.chat.completions.create(model=ALIAS, messages=warm, temperature=0, max_tokens=N_CTX // 2,
+                                   stream=True) as busy:
+        next(iter(busy))                 # the slot holding the prefix is now busy with this stream
+        r = c.chat.completions.create(model=ALIAS, messages=other, temperature=0, max_tokens=12)
+    assert r.usage.prompt_tokens_details.cached_tokens == shared
+    want = local.chat(other, temperature=0, max_new_tokens=12, repetition_penalty=1.0)
+    assert r.choices[0].message.content == want.text
+
+
+def test_embeddings_equal_model_embed(server, local):
+    texts = ["The cat sat on the mat.", "Stock markets fell sharply today."]
+    r = server.client().embeddings.create(model=ALIAS, input=texts)      # the client asks for base64
+    got = np.array([d.embedding for d in r.data], dtype=np.float32)
+    want = local.embed(texts)
+    assert got.shape == want.shape and np.allclose(got, want, atol=1e-6)
+    assert r.usage.prompt_tokens == sum(len(local.tokenize(t)) for t in texts)
+    status, text = server.post("/v1/embeddings", {"input": "one", "encoding_format": "float"})
+    assert status == 200 and np.allclose(json.loads(text)["data"][0]["embedding"], local.embed(["one"])[0],
+                                         atol=1e-6)
+    for bad, needle in (({"input": []}, "input"), ({"input": [[1, 2]]}, "token ids"), ({"input": ""}, "input"),
+                        ({"input": "x", "dimensions": 8}, "dimensions")):
+        status, text = server.post("/v1/embeddings", bad)
+        assert status == 400 and needle in json.loads(text)["error"]["message"], text
+
+
 def wait_idle(server, timeout=60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -268,7 +331,9 @@ def test_disconnect_mid_stream_frees_the_slot(server):
                      headers={"Authorization": f"Bearer {API_KEY}"})
         resp = conn.getresponse()
         assert resp.status == 200
-        assert resp.readline().startswith(b"data: ")
+        for line in resp:          # until the first generated token: the request holds a slot
+            if line.startswith(b"data: ") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                break
         conns.append(conn)
     assert server.health()[1]["slots_busy"] == PARALLEL
     for conn in conns:

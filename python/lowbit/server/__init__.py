@@ -13,6 +13,8 @@ from typing import Optional
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_QUEUE = 64
+# prompt tokens per step: small enough that running streams keep flowing while a prompt is read
+DEFAULT_PREFILL_CHUNK = 256
 
 
 def require_server_deps() -> None:
@@ -34,12 +36,11 @@ def build_app(model, model_name: str, *, parallel: int = 1, max_queue: int = DEF
     require_server_deps()
     from lowbit.server.app import create_app
     from lowbit.server.metrics import Metrics
-    from lowbit.server.scheduler import ModelBackend, Scheduler
-    if parallel != 1:
-        raise ValueError(f"--parallel {parallel}: this build serves one request at a time (--parallel 1)")
+    from lowbit.server.scheduler import Scheduler, SessionBackend
     metrics = Metrics()
-    backend = ModelBackend(model)
-    scheduler = Scheduler(backend, max_queue=max_queue, prefill_chunk=prefill_chunk or 256, metrics=metrics)
+    backend = SessionBackend(model, parallel)
+    scheduler = Scheduler(backend, max_queue=max_queue, prefill_chunk=prefill_chunk or DEFAULT_PREFILL_CHUNK,
+                          metrics=metrics)
     return create_app(model, model_name, scheduler, metrics, api_key=api_key)
 
 

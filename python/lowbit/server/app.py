@@ -26,7 +26,7 @@ from lowbit.errors import LowbitError
 from lowbit.server import openai_api as api
 from lowbit.server.metrics import CONTENT_TYPE, Metrics
 from lowbit.server.openai_api import ApiError, Reply
-from lowbit.server.scheduler import Done, Failed, GenRequest, Job, Piece, QueueFull, Scheduler
+from lowbit.server.scheduler import Done, ExclusiveJob, Failed, GenRequest, Job, Piece, QueueFull, Scheduler
 
 MAX_BODY_BYTES = 16 << 20
 
@@ -133,25 +133,36 @@ async def run_job(request: Request, state: ServerState, gen: GenRequest, reply: 
     text, logprobs = [], []
     try:
         while True:
-            get = asyncio.ensure_future(events.queue.get())
-            await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if not get.done():
-                get.cancel()
+            event = await next_event(events, gone)
+            if event is None:
                 state.scheduler.cancel(job)
                 return Response(status_code=499)      # nobody reads it: the client is gone
-            event = get.result()
             if isinstance(event, Piece):
                 text.append(event.text)
                 logprobs += event.logprobs
             elif isinstance(event, Done):
                 return JSONResponse(reply.response("".join(text), logprobs + event.logprobs, event))
             elif isinstance(event, Failed):
-                raise ApiError(event.status, event.message, kind="server_error" if event.status >= 500
-                               else "invalid_request_error")
+                raise failed_error(event)
     finally:
         gone.cancel()
         if not job.finished:
             state.scheduler.cancel(job)
+
+
+async def next_event(events: JobEvents, gone: asyncio.Future):
+    """The job's next event, or None when the client went away first."""
+    get = asyncio.ensure_future(events.queue.get())
+    await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+    if not get.done():
+        get.cancel()
+        return None
+    return get.result()
+
+
+def failed_error(event: Failed) -> ApiError:
+    return ApiError(event.status, event.message,
+                    kind="server_error" if event.status >= 500 else "invalid_request_error")
 
 
 def sse(data) -> str:
@@ -174,7 +185,7 @@ async def stream_events(state: ServerState, job: Job, events: JobEvents, reply: 
                     yield sse(chunk)
                 break
             elif isinstance(event, Failed):
-                yield sse(ApiError(event.status, event.message, kind="server_error").body())
+                yield sse(failed_error(event).body())
                 break
         yield "data: [DONE]\n\n"
     finally:
@@ -226,6 +237,33 @@ async def completions(request: Request, state: ServerState) -> Response:
     reply = Reply("completion", state.model_name, logprobs=logprobs, echo=text if echo else "",
                   usage_in_stream=stream and usage, tokenizer=model.tokenizer)
     return await run_job(request, state, gen, reply, stream)
+
+
+async def embeddings(request: Request, state: ServerState) -> Response:
+    body = await read_json(request)
+    api.check_model(body, state.model_name, state.aliases)
+    texts = api.embedding_inputs(body)
+    model = state.model
+
+    def embed():                        # on the scheduler thread, between steps
+        return model.embed(texts), sum(len(model.tokenize(t)) for t in texts)
+
+    events = JobEvents()
+    job = ExclusiveJob(embed, events.emit)
+    state.scheduler.submit(job)
+    gone = asyncio.ensure_future(wait_disconnect(request))
+    try:
+        event = await next_event(events, gone)
+    finally:
+        gone.cancel()
+    if event is None:
+        state.scheduler.cancel(job)
+        return Response(status_code=499)
+    if isinstance(event, Failed):
+        raise failed_error(event)
+    vectors, n_tokens = event
+    return JSONResponse(api.embeddings_response(vectors, n_tokens, state.model_name,
+                                                body.get("encoding_format", "float")))
 
 
 # ---- the rest ---------------------------------------------------------------------------------
@@ -292,6 +330,7 @@ def create_app(model, model_name: str, scheduler: Scheduler, metrics_: Metrics,
     routes = [
         Route("/v1/chat/completions", endpoint("chat", chat_completions), methods=["POST"]),
         Route("/v1/completions", endpoint("completions", completions), methods=["POST"]),
+        Route("/v1/embeddings", endpoint("embeddings", embeddings), methods=["POST"]),
         Route("/v1/models", endpoint("models", list_models), methods=["GET"]),
         Route("/v1/models/{model:path}", endpoint("models", get_model), methods=["GET"]),
         Route("/health", endpoint("health", health, auth=False), methods=["GET"]),

@@ -309,6 +309,44 @@ def completion_prompt(body: Mapping):
     raise _bad("prompt", f"must be a string or a non-empty array of token ids, got {_kind(prompt)}")
 
 
+MAX_EMBEDDING_INPUTS = 2048          # OpenAI's limit per request
+
+
+def embedding_inputs(body: Mapping) -> List[str]:
+    """``input``: a non-empty string or an array of them."""
+    value = body.get("input")
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not texts:
+        raise _bad("input", f"must be a string or a non-empty array of strings, got {_kind(value)}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            what = "token ids are not supported, send text" if isinstance(text, (int, list)) else _kind(text)
+            raise _bad(f"input[{i}]", f"must be a string ({what})")
+        if not text:
+            raise _bad(f"input[{i}]", "is empty")
+    if len(texts) > MAX_EMBEDDING_INPUTS:
+        raise _bad("input", f"at most {MAX_EMBEDDING_INPUTS} inputs per request, got {len(texts)}")
+    fmt = body.get("encoding_format", "float")
+    if fmt not in ("float", "base64"):
+        raise _bad("encoding_format", f"must be 'float' or 'base64', got {fmt!r}")
+    if body.get("dimensions") is not None:
+        raise _bad("dimensions", "is not supported: lowbit returns the model's full embedding size")
+    return texts
+
+
+def embeddings_response(vectors, n_tokens: int, model: str, encoding: str) -> Dict[str, Any]:
+    import base64
+
+    import numpy as np
+    data = []
+    for i, vec in enumerate(vectors):
+        vec = np.asarray(vec, dtype="<f4")
+        value = base64.b64encode(vec.tobytes()).decode() if encoding == "base64" else vec.tolist()
+        data.append({"object": "embedding", "index": i, "embedding": value})
+    return {"object": "list", "data": data, "model": model,
+            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
+
+
 def check_unsupported(body: Mapping) -> None:
     """Fields whose meaning lowbit would silently change: each a 400 naming it."""
     fmt = body.get("response_format")

@@ -26,8 +26,13 @@ from typing import Callable, Deque, List, Optional, Sequence, Tuple
 import numpy as np
 
 from lowbit.errors import LowbitError
+from lowbit.runtime.batch import eval_batch
 from lowbit.runtime.generate import Generation, StopMatcher, Utf8Stream, common_prefix_len
 from lowbit.runtime.sampling import Sampler, SamplingParams
+
+
+# copy a prefix from another slot only when it saves at least this many tokens of prefill
+MIN_PREFIX_COPY = 16
 
 
 class QueueFull(LowbitError):
@@ -198,24 +203,38 @@ class ExclusiveJob:
             self._emit(Failed(status, message))
 
 
-class Slot:
-    """One conversation's KV cache (a session) and the tokens it holds."""
+def truncate_session(session, n: int) -> int:
+    """Drop a session's cached tokens past ``n``; returns how many it keeps (a sliding-window
+    ring may keep fewer). Session has no public truncate yet: this keeps its token list and its
+    engine's position in step, under its lock, as Session's own methods do."""
+    with session._cond:
+        kept = session._engine.truncate(n)
+        keep = n if kept is None else min(n, int(kept))
+        del session._cached_ids[keep:]
+        return keep
 
-    def __init__(self, index: int, engine):
+
+class Slot:
+    """One conversation's KV cache (a lowbit Session) and the job using it."""
+
+    def __init__(self, index: int, session):
         self.index = index
-        self.engine = engine                     # eval / truncate / n_past / n_ctx
-        self.cached: List[int] = []              # the tokens in the engine's KV cache, in order
+        self.session = session
         self.job: Optional[Job] = None
         self.last_used = 0.0
 
-    def take(self, job: Job) -> None:
-        """Start ``job`` here, keeping the cached prefix it shares (at least one prompt token is
-        evaluated again, for fresh logits)."""
-        prompt = job.request.prompt_ids
-        keep = min(common_prefix_len(self.cached, prompt), len(prompt) - 1)
-        kept = self.engine.truncate(keep)
-        keep = keep if kept is None else min(keep, int(kept))   # a sliding ring may keep fewer
-        del self.cached[keep:]
+    def cached(self) -> List[int]:
+        return self.session.cached_tokens
+
+    def take(self, job: Job, keep: int, donor: Optional["Slot"] = None) -> None:
+        """Start ``job`` here with the first ``keep`` prompt tokens already cached: this slot's
+        own, or copied from ``donor``'s cache (keys and values copied, not recomputed)."""
+        if donor is not None:
+            try:
+                self.session.copy_prefix_from(donor.session, keep)
+            except ValueError:          # a sliding-window ring lost what the copy needs
+                keep = 0
+        keep = truncate_session(self.session, keep)
         job.fed = keep
         job.record.cached_prompt_tokens = keep
         self.job = job
@@ -223,14 +242,6 @@ class Slot:
     def release(self) -> None:
         self.job = None
         self.last_used = time.monotonic()
-
-    def forget(self) -> None:
-        """After a failed step: what the cache holds is unknown, reuse nothing."""
-        self.cached = []
-        try:
-            self.engine.truncate(0)
-        except (ValueError, LowbitError):
-            pass
 
 
 class Scheduler:
@@ -246,7 +257,9 @@ class Scheduler:
         self.slots: List[Slot] = list(backend.slots)
         self.n_ctx = int(backend.n_ctx)
         self.max_queue = max_queue
-        self.prefill_chunk = prefill_chunk
+        # one pass of eval_batch holds n_batch rows: the decode rows plus the prompt chunk
+        self.prefill_chunk = max(1, min(prefill_chunk, int(getattr(backend, "n_batch", prefill_chunk))
+                                        - len(self.slots)))
         self.metrics = metrics
         self._pending: Deque = collections.deque()
         self._cond = threading.Condition()
@@ -337,17 +350,23 @@ class Scheduler:
 
     def _admit(self, job: Job) -> None:
         """Put ``job`` in the free slot whose cache shares the longest prefix with its prompt
-        (ties: the least recently used)."""
+        (ties: the least recently used). When another slot, busy or not, holds a longer prefix
+        (the same system prompt, the previous turn of a chat), its cells are copied over."""
         prompt = job.request.prompt_ids
-        free = [s for s in self.slots if s.job is None]
-        slot = max(free, key=lambda s: (common_prefix_len(s.cached, prompt), -s.last_used))
         if len(prompt) >= self.n_ctx:
             job.fail(400, f"the prompt has {len(prompt)} tokens but the context holds {self.n_ctx}")
             return
+        limit = len(prompt) - 1            # at least one token is evaluated, for fresh logits
+        shared = {s.index: min(common_prefix_len(s.cached(), prompt), limit) for s in self.slots}
+        free = [s for s in self.slots if s.job is None]
+        slot = max(free, key=lambda s: (shared[s.index], -s.last_used))
+        donor = max(self.slots, key=lambda s: shared[s.index])
+        keep, source = shared[slot.index], None
+        if donor is not slot and shared[donor.index] >= keep + MIN_PREFIX_COPY:
+            keep, source = shared[donor.index], donor
         try:
-            slot.take(job)
+            slot.take(job, keep, source)
         except (ValueError, LowbitError) as e:
-            slot.forget()
             job.fail(500, f"could not start the request: {e}")
             return
         if self.metrics is not None:
@@ -367,7 +386,7 @@ class Scheduler:
                 slot.release()
             elif job.prefilling:
                 prefilling.append(slot)
-            elif len(slot.cached) >= self.n_ctx:
+            elif slot.session.n_past >= self.n_ctx:
                 job.finish("context")          # the slot's context is full
                 slot.release()
             else:
@@ -389,15 +408,13 @@ class Scheduler:
         try:
             all_logits = self.backend.step([(slot, np.asarray(ids, dtype=np.int32)) for slot, ids in items])
         except Exception as e:          # noqa: BLE001 - the requests of this step fail, the server goes on
-            for slot, _ in items:
+            for slot, _ in items:       # (each session's cache still matches its token list)
                 slot.job.fail(500, f"the forward step failed: {type(e).__name__}: {e}")
-                slot.forget()
                 slot.release()
             return
         generated = 0
         for (slot, ids), logits in zip(items, all_logits):
             job = slot.job
-            slot.cached.extend(ids)
             if job.prefilling:
                 job.fed += len(ids)
                 if job.prefilling:
@@ -427,14 +444,18 @@ class Scheduler:
                 slot.release()
 
 
-class ModelBackend:
-    """One slot on a Model's own KV cache; each item is one eval. The server owns the Model:
-    nothing else generates on it while the scheduler runs."""
+class SessionBackend:
+    """``parallel`` slots on one model: the Model's own session and ``parallel - 1`` more, each
+    with its own KV cache of the model's n_ctx; a step is one ``eval_batch`` over them."""
 
-    def __init__(self, model):
+    def __init__(self, model, parallel: int):
+        if parallel < 1:
+            raise ValueError(f"parallel must be >= 1, got {parallel}")
         self.model = model
+        sessions = [model] + [model.session() for _ in range(parallel - 1)]
+        self.slots = [Slot(i, s) for i, s in enumerate(sessions)]
         self.n_ctx = model.n_ctx
-        self.slots = [Slot(0, model._engine)]
+        self.n_batch = model._engine.n_batch
 
     def step(self, items):
-        return [slot.engine.eval(ids) for slot, ids in items]
+        return eval_batch([(slot.session, ids) for slot, ids in items])

@@ -347,6 +347,23 @@ def test_disconnect_mid_stream_frees_the_slot(server):
     assert freed_s < 30
 
 
+def test_disconnect_while_waiting_for_a_whole_reply(server):
+    """A non-streaming request whose client hangs up is cancelled too (no orphan generation)."""
+    wait_idle(server)
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    body = json.dumps({"messages": ask("Write a very long essay about lakes."), "max_tokens": N_CTX - 64,
+                       "temperature": 0}).encode()
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Authorization: Bearer " + API_KEY.encode() + b"\r\nContent-Length: " +
+                 str(len(body)).encode() + b"\r\n\r\n" + body)
+    deadline = time.monotonic() + 60
+    while server.health()[1]["slots_busy"] == 0:      # generating
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    sock.close()
+    wait_idle(server, timeout=30)
+
+
 BAD_REQUESTS = [
     (b"{not json", 400, "not valid JSON"),
     ({"model": "gpt-9", "messages": ask("Hi")}, 404, "gpt-9"),
@@ -451,3 +468,63 @@ def run_cli(*args):
 def test_cli_usage_errors_exit_2(args, needle):
     r = run_cli(*args)
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) <= 2, r.stderr
+
+
+class RecordingBackend:
+    """The real SessionBackend, with a log of each step's items: (slot, tokens fed)."""
+
+    def __init__(self, model, parallel):
+        from lowbit.server.scheduler import SessionBackend
+        self.inner = SessionBackend(model, parallel)
+        self.slots, self.n_ctx, self.n_batch = self.inner.slots, self.inner.n_ctx, self.inner.n_batch
+        self.log = []
+
+    def step(self, items):
+        self.log.append([(slot.index, len(ids)) for slot, ids in items])
+        return self.inner.step(items)
+
+
+def test_long_prompt_is_prefilled_in_chunks_beside_running_decodes(model_path):
+    """Continuous batching: while a long prompt is read in chunks of at most prefill_chunk
+    tokens, the running request gets a token in every step; both replies equal Model.chat's."""
+    from lowbit.runtime.sampling import SamplingParams
+    from lowbit.server.scheduler import Done, GenRequest, Job, Scheduler
+    chunk = 64
+    short_msgs = ask("Count from one to fifty in words.")
+    long_msgs = ask("Summarize: " + "The river runs past the old mill and the town. " * 30)
+    with lowbit.load(model_path, n_ctx=N_CTX, n_threads=2) as m:
+        backend = RecordingBackend(m, 2)
+        sched = Scheduler(backend, max_queue=4, prefill_chunk=chunk).start()
+        done = {}
+
+        def job(name, messages, n):
+            return Job(GenRequest(m.chat_ids(messages), SamplingParams(temperature=0), n), m.tokenizer,
+                       sorted(m.tokenizer.eot_ids), lambda ev: isinstance(ev, Done) and done.setdefault(name, ev.record))
+
+        deadline = time.monotonic() + REQUEST_S
+        try:
+            short = job("short", short_msgs, 60)
+            sched.submit(short)
+            while short.record.generated_tokens < 3:          # decoding before the long prompt comes
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
+            long_job = job("long", long_msgs, 8)
+            n_long = len(long_job.request.prompt_ids)
+            assert n_long > 5 * chunk
+            sched.submit(long_job)
+            while len(done) < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        finally:
+            sched.stop()
+        # steps that carried a prompt chunk of the long request: each also carried one token of
+        # the short one (unless it had finished), and no chunk exceeded prefill_chunk
+        chunk_steps = [step for step in backend.log if any(n > 1 for _, n in step)][1:]   # [0]: short's prompt
+        assert sum(max(n for _, n in step) for step in chunk_steps) >= n_long - 1 - chunk
+        assert all(max(n for _, n in step) <= chunk for step in chunk_steps)
+        with_decode = [step for step in chunk_steps if sorted(n for _, n in step)[0] == 1]
+        assert len(with_decode) >= min(len(chunk_steps), 60 - 3) - 1
+        assert len(chunk_steps) >= 4
+        for name, messages, n in (("short", short_msgs, 60), ("long", long_msgs, 8)):
+            ref = m.chat(messages, temperature=0, max_new_tokens=n, repetition_penalty=1.0)
+            assert done[name].tokens == ref.tokens and ref.tokens, name

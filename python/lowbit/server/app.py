@@ -39,6 +39,7 @@ class ServerState:
     metrics: Metrics
     api_key: Optional[str] = None
     started: int = 0
+    memory: Optional[dict] = None       # bytes by part, see slots_memory
 
     @property
     def aliases(self):
@@ -296,16 +297,18 @@ async def health(request: Request, state: ServerState) -> Response:
 
 async def metrics(request: Request, state: ServerState) -> Response:
     s = state.scheduler
-    mem = await run_in_threadpool(model_memory, state.model)
-    text = state.metrics.render(s.queue_length(), s.busy_slots(), len(s.slots), mem, state.model_name)
+    text = state.metrics.render(s.queue_length(), s.busy_slots(), len(s.slots), state.memory, state.model_name)
     return Response(text, media_type=CONTENT_TYPE)
 
 
-def model_memory(model) -> dict:
-    report = model.memory()
-    parts = {"weights": report.get("weights_bytes", 0), "kv_cache": report.get("kv_cache_bytes", 0),
-             "scratch": report.get("scratch_bytes", 0)}
-    return {k: int(v) for k, v in parts.items() if isinstance(v, (int, float))}
+def slots_memory(sessions) -> dict:
+    """Weights once, KV caches and scratch of every slot's session. Measured at start: they are
+    allocated up front and do not grow (and the engine's report waits for a running step)."""
+    reports = [s.memory() for s in sessions]
+    return {"weights": int(reports[0].get("weights_bytes", 0)),
+            "weights_copied": int(reports[0].get("weights_copied_bytes", 0)),    # fused / repacked copies
+            "kv_cache": sum(int(r.get("kv_cache_bytes", 0)) for r in reports),
+            "scratch": sum(int(r.get("scratch_bytes", 0)) for r in reports)}
 
 
 async def not_found(request: Request, exc: HTTPException) -> Response:
@@ -337,5 +340,6 @@ def create_app(model, model_name: str, scheduler: Scheduler, metrics_: Metrics,
         Route("/metrics", endpoint("metrics", metrics, auth=False), methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: not_found})
-    app.state.lowbit = ServerState(model, model_name, scheduler, metrics_, api_key, int(time.time()))
+    app.state.lowbit = ServerState(model, model_name, scheduler, metrics_, api_key, int(time.time()),
+                                   slots_memory([slot.session for slot in scheduler.slots]))
     return app

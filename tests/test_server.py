@@ -392,6 +392,23 @@ def test_bad_request_is_4xx_and_server_keeps_serving(server, body, status, needl
     assert r.usage.completion_tokens >= 1 or r.choices[0].finish_reason == "stop"
 
 
+BAD_COMPLETIONS = [
+    ({}, 400, "prompt"),
+    ({"prompt": ["one", "two"]}, 400, "one prompt"),
+    ({"prompt": [1, 10**9]}, 400, "outside the vocabulary"),
+    ({"prompt": "Hi", "logprobs": 9}, 400, "logprobs"),
+    ({"prompt": "Hi", "echo": True, "logprobs": 1}, 400, "echo"),
+    ({"prompt": "Hi", "presence_penalty": 0.5}, 400, "presence_penalty"),
+    ({"prompt": "Hi", "stream": "yes"}, 400, "stream"),
+]
+
+
+@pytest.mark.parametrize("body,status,needle", BAD_COMPLETIONS, ids=[str(i) for i in range(len(BAD_COMPLETIONS))])
+def test_bad_completion_request_is_4xx(server, body, status, needle):
+    got, text = server.post("/v1/completions", body)
+    assert got == status and needle in json.loads(text)["error"]["message"], text
+
+
 def test_openai_client_sees_typed_errors(server):
     c = server.client()
     with pytest.raises(openai.BadRequestError) as e:

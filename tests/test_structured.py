@@ -273,3 +273,34 @@ def test_cli_bad_constraint_is_one_line_exit_2(tmp_path, setup, args, match):
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lowbit: error:") and match in lines[0], r.stderr
+
+
+def test_repl_format_json(tmp_path):
+    """`lowbit chat` through a real pseudo-terminal: /format json constrains the replies."""
+    pexpect = pytest.importorskip("pexpect")
+    path = real_model_or_skip(SMOL)
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(lowbit.__file__)),
+               LOWBIT_HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1", TERM="dumb")
+    child = pexpect.spawn(sys.executable, ["-m", "lowbit", "chat", path, "-t", "2", "--temperature", "0",
+                                           "--ctx", "1024", "-n", "300"],
+                          env=env, encoding="utf-8", timeout=120, dimensions=(40, 400))
+    try:
+        child.expect(">>> ")
+        for line, answer in (("/format yaml", "usage: /format json"), ("/format json", r"\(format json\)")):
+            child.sendline(line)
+            child.expect(answer)
+            child.expect(">>> ")
+        child.sendline("Describe your favourite dog.")
+        child.expect(">>> ")
+        reply = child.before.split("Describe your favourite dog.", 1)[1].strip()
+        assert isinstance(json.loads(reply), dict), reply
+        child.sendline("/show")
+        child.expect(r"format\s+json")
+        child.expect(">>> ")
+        child.sendline("/format off")
+        child.expect(r"\(format off\)")
+        child.expect(">>> ")
+        child.sendeof()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)

@@ -15,6 +15,7 @@ from lowbit.runtime.gguf_file import GGUFFile, GGUFTensorInfo
 from lowbit import quant
 from lowbit.runtime import registry
 from lowbit.runtime.generate import FINISH_REASONS, Generation, GenerationStream
+from lowbit.runtime.constraints import Constraint, ConstraintError
 from lowbit.runtime.llama import Llama
 from lowbit.runtime.model import Model, Session, load
 from lowbit.runtime.sampling import SamplingParams
@@ -42,4 +43,5 @@ __all__ = [
     "Cancelled", "CudaError", "GGUFError", "GGUFFile", "GGUFTensorInfo", "LowbitError", "ModelError",
     "FINISH_REASONS", "Generation", "GenerationStream", "Llama", "Model", "RegistryError", "SamplingParams", "Session", "TemplateError", "Tokenizer", "cpu_features", "cuda_status",
     "load", "quant", "quantize", "QuantizeError", "registry", "__version__",
+    "Constraint", "ConstraintError",
 ]

@@ -42,6 +42,39 @@ def add_sampling_flags(sp: argparse.ArgumentParser) -> None:
     g.add_argument("-n", "--max-tokens", type=positive_int, default=256, help="most tokens to generate")
 
 
+def add_constraint_flags(sp: argparse.ArgumentParser) -> None:
+    g = sp.add_argument_group("structured output (one of)")
+    g.add_argument("--json-schema", metavar="FILE", help="reply with JSON valid against this JSON Schema file")
+    g.add_argument("--grammar", metavar="FILE", help="reply in this grammar (Lark or GBNF file)")
+    g.add_argument("--regex", metavar="RE", help="reply matching this regular expression")
+    g.add_argument("--format", choices=["json"], help="json: reply with a JSON object (ollama's --format json)")
+
+
+def constraint_kwargs(args: argparse.Namespace) -> dict:
+    """generate/chat keywords for the structured-output flags; files are read and the schema
+    parsed here, before any model is loaded (errors name the flag and the file)."""
+    import json
+    given = [f for f, v in (("--json-schema", args.json_schema), ("--grammar", args.grammar),
+                            ("--regex", args.regex), ("--format", args.format)) if v is not None]
+    if len(given) > 1:
+        raise ValueError(f"{' and '.join(given)}: give at most one structured-output flag")
+    if args.json_schema is not None:
+        text = read_text_arg("--json-schema", args.json_schema)
+        try:
+            schema = json.loads(text)
+        except ValueError as e:
+            raise ValueError(f"--json-schema: {args.json_schema} is not valid JSON: {e}") from None
+        if not isinstance(schema, dict):
+            raise ValueError(f"--json-schema: {args.json_schema} holds a JSON {type(schema).__name__}, "
+                             f"not a schema object")
+        return {"json_schema": schema}
+    if args.grammar is not None:
+        return {"grammar": read_text_arg("--grammar", args.grammar)}
+    if args.regex is not None:
+        return {"regex": args.regex}
+    return {"json": True} if args.format == "json" else {}
+
+
 def add_load_flags(sp: argparse.ArgumentParser) -> None:
     g = sp.add_argument_group("model")
     g.add_argument("--ctx", type=positive_int, default=None, help="context length (default: the model's, "

@@ -28,6 +28,7 @@ HELP = """Commands:
   /set parameter PARAM VALUE  the same, as ollama writes it
   /set system TEXT          set the system prompt (starts a new conversation)
   /set verbose, /set quiet  show or hide speed figures after each reply
+  /format json, /format off replies as JSON objects (constrained while sampling), or free text
   /show                     model info and current parameters
   /stats                    tokens, speed and memory of the last reply
   /save FILE, /load FILE    save or load the conversation as JSON
@@ -115,6 +116,7 @@ class ChatSession:
         self.verbose = False
         self.reload = reload          # n_ctx -> a new model with that context (for /set num_ctx)
         self.keys = keys              # the terminal whose echo is off while a reply streams
+        self.format: Optional[str] = None   # "json": replies constrained to a JSON object
 
     def say(self, text: str = "") -> None:
         self.out.write(text + "\n")
@@ -142,6 +144,8 @@ class ChatSession:
             self._show()
         elif cmd == "/stats":
             self._stats()
+        elif cmd == "/format":
+            self._format(parts[1].lower() if len(parts) > 1 else "")
         elif cmd in ("/save", "/load"):
             if len(parts) < 2:
                 self.say(f"usage: {cmd} FILE")
@@ -189,6 +193,13 @@ class ChatSession:
         self.params = trial
         self.say(f"(set {name} = {value})")
 
+    def _format(self, value: str) -> None:
+        if value not in ("json", "off"):
+            self.say("usage: /format json (replies are JSON objects) or /format off (free text)")
+            return
+        self.format = None if value == "off" else value
+        self.say(f"(format {value})")
+
     def _set_num_ctx(self, text: str) -> None:
         try:
             n_ctx = int(text)
@@ -217,6 +228,7 @@ class ChatSession:
         self.say(f"memory      weights {human_bytes(mem.get('weights_bytes', 0))}, "
                  f"KV {human_bytes(mem.get('kv_cache_bytes', 0))}")
         self.say(f"system      {self.system if self.system else '(none)'}")
+        self.say(f"format      {self.format or 'text'}")
         self.say("parameters  " + ", ".join(f"{k}={v}" for k, v in self.params.items()))
 
     def _stats(self) -> None:
@@ -266,7 +278,8 @@ class ChatSession:
     # ---- a turn -----------------------------------------------------------------------------
     def reply(self, text: str) -> None:
         self.messages.append({"role": "user", "content": text})
-        kw = dict({k: self.params[k] for k in SAMPLING_KEYS}, max_new_tokens=self.params["max_tokens"])
+        kw = dict({k: self.params[k] for k in SAMPLING_KEYS}, max_new_tokens=self.params["max_tokens"],
+                  json=self.format == "json")
         while True:
             try:
                 ids = self.model.chat_ids(self.conversation())

@@ -10,8 +10,8 @@ from typing import List, Optional
 from lowbit.errors import RegistryError
 from lowbit.runtime import registry
 from lowbit.runtime.progress import human_bytes
-from lowbit.cli.common import (DEFAULT_MODEL, add_load_flags, add_sampling_flags, check_sampling,
-                               load_for_cli, sampling_kwargs, stream_reply)
+from lowbit.cli.common import (DEFAULT_MODEL, add_constraint_flags, add_load_flags, add_sampling_flags,
+                               check_sampling, constraint_kwargs, load_for_cli, sampling_kwargs, stream_reply)
 
 
 RUN_ARGS_HELP = (f"MODEL is a registry name (see `lowbit list`) or a GGUF path; it may be left out "
@@ -66,11 +66,13 @@ def read_prompt(model: str, prompt: Optional[str]) -> str:
 def run(args) -> int:
     model, prompt = split_run_words(args.words)
     check_sampling(args)
+    constrained = constraint_kwargs(args)
     prompt = read_prompt(model, prompt)
     m = load_for_cli(model, args, quiet=args.json or args.quiet)
     with m:
         kw = sampling_kwargs(args)
         kw["stop"] = args.stop or ()
+        kw.update(constrained)
         use_chat = not args.raw and m.tokenizer.chat_template is not None
         if use_chat:
             stream = m.chat([{"role": "user", "content": prompt}], stream=True, **kw)
@@ -105,6 +107,7 @@ def add_parser(sub) -> None:
     sp.add_argument("-v", "--verbose", action="store_true", help="print speed and memory after the reply")
     sp.add_argument("-q", "--quiet", action="store_true", help="no load progress")
     add_sampling_flags(sp)
+    add_constraint_flags(sp)
     add_load_flags(sp)
     sp.set_defaults(func=run)
 

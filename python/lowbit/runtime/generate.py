@@ -22,8 +22,9 @@ from lowbit.runtime.sampling import Sampler, SamplingParams, check_int
 
 # "stop": a stop string; "length": max_new_tokens; "eos": an end-of-generation token;
 # "cancelled": cancel(), close(), Ctrl+C or an abandoned stream; "context": the KV context
-# filled up (no context_shift).
-FINISH_REASONS = ("stop", "length", "eos", "cancelled", "context")
+# filled up (no context_shift); "tool_calls": the reply is tool calls (chat with tools=).
+# Under a constraint (json_schema=, regex=, grammar=), "stop" also means the grammar is complete.
+FINISH_REASONS = ("stop", "length", "eos", "cancelled", "context", "tool_calls")
 # Evals of at least this many tokens on the main thread run in a worker thread, so that
 # Ctrl+C (SIGINT) reaches them at once: the main thread waits interruptibly and cancels the
 # engine (checked between layers) instead of seeing the signal only when the eval returns.
@@ -62,6 +63,8 @@ class Generation:
     decode_tok_s: float = 0.0
     peak_memory_bytes: int = 0
     context_shifts: int = 0
+    # [{"id", "type": "function", "function": {"name", "arguments": JSON str}}] (chat with tools=)
+    tool_calls: List[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -262,13 +265,16 @@ def decode_step(engine, token: int, cached_ids: List[int], record: Generation, *
 def stream_generate(engine, tokenizer, prompt_ids: List[int], params: SamplingParams, *, max_new_tokens: int,
                     stop: Sequence[str], stop_ids: Sequence[int], cached_ids: List[int], record: Generation,
                     context_shift: bool = False, n_keep: int = 0,
-                    cancelled: Callable[[], bool] = lambda: False) -> Iterator[str]:
+                    cancelled: Callable[[], bool] = lambda: False, constraint=None) -> Iterator[str]:
     """Phase 3: prefill, then sample / decode_step until a finish reason, as a generator of text
     pieces (whole UTF-8 characters, stop strings held back); fills ``record`` as it goes. The
     full generation (Model.generate without stream) is this generator run to its end.
 
     ``cached_ids`` is the token sequence currently in the engine's KV cache; it is updated in
-    place so the caller can reuse the common prefix next time."""
+    place so the caller can reuse the common prefix next time.
+
+    ``constraint`` (runtime/constraints.py): its mask is put on the logits before each sample;
+    the generation ends ("stop") when its grammar is complete."""
     check_int("max_new_tokens", max_new_tokens, minimum=0)
     check_prompt(prompt_ids, engine.n_ctx, context_shift)
     sampler = Sampler(params)
@@ -278,6 +284,8 @@ def stream_generate(engine, tokenizer, prompt_ids: List[int], params: SamplingPa
     logits = prefill(engine, prompt_ids, cached_ids, record, cancelled)
     if logits is None:
         return
+    guide = constraint.start() if constraint is not None else None
+    complete = hit = False                    # the constraint's grammar is complete; a stop string
     history = list(prompt_ids)
     t1 = time.perf_counter()
     finish = "length"                         # max_new_tokens reached
@@ -286,9 +294,12 @@ def stream_generate(engine, tokenizer, prompt_ids: List[int], params: SamplingPa
             if cancelled():
                 finish = "cancelled"
                 break
+            if guide is not None:
+                logits = guide.apply(logits)  # the one place a constraint touches sampling
             token = sampler.sample(logits, history)
+            complete = guide is not None and guide.accept(token)
             if token in stop_set:
-                finish = "eos"
+                finish = "stop" if complete else "eos"
                 break
             record.tokens.append(token)
             record.generated_tokens += 1
@@ -297,7 +308,7 @@ def stream_generate(engine, tokenizer, prompt_ids: List[int], params: SamplingPa
             if text:
                 record.text += text
                 yield text
-            if hit:
+            if hit or complete:
                 finish = "stop"
                 break
             if record.generated_tokens >= max_new_tokens:
@@ -314,7 +325,8 @@ def stream_generate(engine, tokenizer, prompt_ids: List[int], params: SamplingPa
             raise
         finish = "cancelled"                  # cancelled, or the engine closed under a cancel
     finally:
-        if finish != "stop":
+        flush = finish != "stop" or (complete and not hit)
+        if flush:
             tail = stops.push(utf8.flush())[0] + stops.flush()
             if tail:
                 record.text += tail
@@ -323,5 +335,7 @@ def stream_generate(engine, tokenizer, prompt_ids: List[int], params: SamplingPa
         steps = max(record.generated_tokens - 1, 0)   # the first token came from prefill's logits
         record.decode_tok_s = steps / record.decode_seconds if steps and record.decode_seconds > 0 else 0.0
         record.peak_memory_bytes = peak_rss_bytes()
-    if finish != "stop" and tail:
+        if guide is not None:
+            guide.close(record)
+    if flush and tail:
         yield tail

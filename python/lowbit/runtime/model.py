@@ -372,7 +372,7 @@ class Session:
 
     def _generate_ids(self, prompt_ids: List[int], *, stream: bool, max_new_tokens: int,
                       stop: Sequence[str], params: SamplingParams, context_shift: bool,
-                      n_keep: Optional[int]):
+                      n_keep: Optional[int], constraint=None):
         self._check_open()
         check_int("max_new_tokens", max_new_tokens, minimum=0)
         if n_keep is not None:
@@ -385,7 +385,8 @@ class Session:
         inner = stream_generate(self._engine, self.tokenizer, prompt_ids, params,
                     max_new_tokens=max_new_tokens, stop=stop, stop_ids=stop_ids,
                     cached_ids=self._cached_ids, record=record, context_shift=context_shift,
-                    n_keep=keep, cancelled=lambda: claim.cancelled or self._cancel.is_set())
+                    n_keep=keep, cancelled=lambda: claim.cancelled or self._cancel.is_set(),
+                    constraint=constraint)
         steps = self._steps(inner, record, claim)
         claim.gen = weakref.ref(steps)
         if stream:
@@ -401,21 +402,31 @@ class Session:
                  top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
                  repetition_penalty: float = 1.0, repeat_last_n: int = 64, stop: Sequence[str] = (),
                  seed: Optional[int] = None, stream: bool = False, parse_special: bool = False,
-                 context_shift: bool = False, n_keep: Optional[int] = None):
+                 context_shift: bool = False, n_keep: Optional[int] = None, json_schema: Any = None,
+                 regex: Optional[str] = None, grammar: Optional[str] = None, json: bool = False,
+                 constraint=None):
         """Continue ``prompt``. Returns a Generation, or with ``stream=True`` a GenerationStream
         of text pieces whose ``.result`` is the Generation once exhausted (see the class
         docstring for its lifecycle).
 
         ``finish_reason``: "stop" (a stop string), "eos" (an end-of-generation token),
         "length" (max_new_tokens), "context" (the context is full and context_shift is off),
-        "cancelled". ``seed``: None or -1 = random, an int >= 0 = reproducible."""
+        "cancelled". ``seed``: None or -1 = random, an int >= 0 = reproducible.
+
+        Structured output (runtime/constraints.py): at most one of ``json_schema`` (dict, JSON
+        string or pydantic model class), ``regex``, ``grammar`` (Lark or GBNF), ``json=True``
+        (any JSON object) or a prebuilt ``constraint``; it is compiled before any token is
+        generated (ConstraintError, a ValueError, when malformed or unsatisfiable)."""
+        from lowbit.runtime import constraints
         self._check_open()
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be str, got {type(prompt).__name__}")
         params = self._params(temperature, top_k, top_p, min_p, repetition_penalty, repeat_last_n, seed)
+        guide = constraints.resolve(self, json_schema=json_schema, regex=regex, grammar=grammar, json=json,
+                                    constraint=constraint)
         ids = self.tokenize(prompt, add_special=True, parse_special=parse_special)
         return self._generate_ids(ids, stream=stream, max_new_tokens=max_new_tokens, stop=stop,
-                                  params=params, context_shift=context_shift, n_keep=n_keep)
+                                  params=params, context_shift=context_shift, n_keep=n_keep, constraint=guide)
 
     def _piece(self, token_id: Optional[int]) -> str:
         tokens = self.metadata.get("tokenizer.ggml.tokens") or []
@@ -444,17 +455,18 @@ class Session:
                            bos_token=self._piece(self.tokenizer.bos_id),
                            eos_token=self._piece(self.tokenizer.eos_id))
 
-    def chat_ids(self, messages: Sequence[Mapping[str, Any]]) -> List[int]:
+    def chat_ids(self, messages: Sequence[Mapping[str, Any]], **template_vars: Any) -> List[int]:
         """Token ids of the rendered conversation, with exactly one BOS when the model uses one.
         Special tokens are parsed in the template's text only: in message contents they are
         ordinary text (a user's '<|im_end|>' does not end the turn). Roles: system, user,
-        assistant, tool; content: str. A model without a chat template warns once."""
+        assistant, tool; content: str. A model without a chat template warns once.
+        ``template_vars`` (e.g. ``tools``) are passed to the template."""
         from lowbit.runtime.templates import render_chat_spans
         check_chat_roles(messages)
         self._warn_builtin_template()
         text, spans = render_chat_spans(self.chat_template(), messages, add_generation_prompt=True,
                                         bos_token=self._piece(self.tokenizer.bos_id),
-                                        eos_token=self._piece(self.tokenizer.eos_id))
+                                        eos_token=self._piece(self.tokenizer.eos_id), **template_vars)
         ids = self.tokenizer.encode(text, add_special=True, parse_special=True, literal_spans=spans)
         bos = self.tokenizer.bos_id
         while len(ids) >= 2 and bos is not None and ids[0] == bos and ids[1] == bos:
@@ -464,17 +476,33 @@ class Session:
     def chat(self, messages: Sequence[Mapping[str, Any]], *, max_new_tokens: int = 256,
              temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
              repetition_penalty: float = 1.1, repeat_last_n: int = 64, stop: Sequence[str] = (),
-             seed: Optional[int] = None, stream: bool = False, context_shift: bool = False):
+             seed: Optional[int] = None, stream: bool = False, context_shift: bool = False,
+             tools: Optional[Sequence[Mapping[str, Any]]] = None, tool_choice: Any = "auto",
+             json_schema: Any = None, regex: Optional[str] = None, grammar: Optional[str] = None,
+             json: bool = False, constraint=None):
         """Reply to a conversation rendered with the model's chat template; stops at the
         model's end-of-turn tokens. Roles: system, user, assistant, tool; content: str.
         Returns like generate(). The default repetition_penalty 1.1 (ollama's, over the last
         64 tokens) is the chat default `lowbit chat` uses: on SmolLM2 3-turn chats at
-        temperature 0.8, 13 of 36 replies looped with 1.0 and none with 1.1."""
+        temperature 0.8, 13 of 36 replies looped with 1.0 and none with 1.1.
+
+        ``tools`` / ``tool_choice`` ("auto", "none", "required" or {"type": "function",
+        "function": {"name": ...}}): see runtime/tools.py; calls come back in
+        ``Generation.tool_calls`` with finish_reason "tool_calls". ``json_schema``, ``regex``,
+        ``grammar``, ``json``, ``constraint``: as in generate() (not together with tools)."""
+        from lowbit.runtime import constraints, tools as tool_calls
         self._check_open()
         params = self._params(temperature, top_k, top_p, min_p, repetition_penalty, repeat_last_n, seed)
-        ids = self.chat_ids(messages)
+        messages, template_vars, guide = tool_calls.prepare_chat(self, messages, tools, tool_choice)
+        asked = constraints.resolve(self, json_schema=json_schema, regex=regex, grammar=grammar, json=json,
+                                    constraint=constraint)
+        if asked is not None and guide is not None:
+            raise ValueError("tools= (with a tool_choice other than 'none') cannot be combined with "
+                             "json_schema=, regex=, grammar=, json=True or constraint=")
+        ids = self.chat_ids(messages, **template_vars)
         return self._generate_ids(ids, stream=stream, max_new_tokens=max_new_tokens, stop=stop,
-                                  params=params, context_shift=context_shift, n_keep=None)
+                                  params=params, context_shift=context_shift, n_keep=None,
+                                  constraint=guide or asked)
 
     # ---- control --------------------------------------------------------------------------
     def cancel(self) -> None:

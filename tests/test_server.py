@@ -310,6 +310,69 @@ def test_embeddings_equal_model_embed(server, local):
         assert status == 400 and needle in json.loads(text)["error"]["message"], text
 
 
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
+                                          "age": {"type": "integer", "minimum": 0, "maximum": 120},
+                                          "pets": {"type": "array", "items": {"enum": ["cat", "dog"]},
+                                                   "maxItems": 3}},
+          "required": ["name", "age", "pets"], "additionalProperties": False}
+ADD = {"type": "function", "function": {
+    "name": "add", "description": "Add two integers",
+    "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                   "required": ["a", "b"], "additionalProperties": False}}}
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}},
+                   "required": ["city"], "additionalProperties": False}}}
+
+
+def test_response_format_json_schema_and_json_object(server):
+    jsonschema = pytest.importorskip("jsonschema")
+    c = server.client()
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    for seed in range(3):
+        r = c.chat.completions.create(model=ALIAS, messages=ask("Describe a person."), temperature=1.0,
+                                      seed=seed, max_tokens=80, response_format=fmt)
+        assert r.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(r.choices[0].message.content), PERSON)
+    chunks = list(c.chat.completions.create(model=ALIAS, messages=ask("Describe a city as JSON."), temperature=0,
+                                            max_tokens=60, response_format={"type": "json_object"}, stream=True))
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert isinstance(json.loads(text), dict) and chunks[-1].choices[0].finish_reason == "stop"
+    for bad in ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}},
+                {"type": "yaml"}):
+        status, body = server.post("/v1/chat/completions", {"messages": ask("Hi"), "response_format": bad})
+        assert status == 400 and "response_format" in json.loads(body)["error"]["message"], body
+
+
+def test_tool_call_round_trip(server):
+    c = server.client()
+    question = [{"role": "user", "content": "What is 2 + 3? Use the add tool."}]
+    add = {"type": "function", "function": {"name": "add"}}      # exactly one call, then the grammar ends
+    r = c.chat.completions.create(model=ALIAS, messages=question, tools=[ADD, WEATHER], tool_choice=add,
+                                  temperature=0, max_tokens=80)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and len(choice.message.tool_calls) == 1
+    call = choice.message.tool_calls[0]
+    args = json.loads(call.function.arguments)
+    assert call.type == "function" and call.function.name == "add" and set(args) == {"a", "b"}
+    assert all(isinstance(v, int) for v in args.values())
+    history = question + [choice.message.model_dump(exclude_none=True),
+                          {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"sum": 5})}]
+    reply = c.chat.completions.create(model=ALIAS, messages=history, tools=[ADD, WEATHER], tool_choice="none",
+                                      temperature=0, max_tokens=30)
+    assert reply.choices[0].message.content and not reply.choices[0].message.tool_calls
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    chunks = list(c.chat.completions.create(model=ALIAS, messages=ask("Weather in Oslo?"), tools=[ADD, WEATHER],
+                                            tool_choice=named, temperature=0, max_tokens=60, stream=True))
+    deltas = [d for ch in chunks if ch.choices for d in (ch.choices[0].delta.tool_calls or [])]
+    assert len(deltas) == 1 and deltas[0].function.name == "get_weather"
+    assert "city" in json.loads(deltas[0].function.arguments)
+    assert not "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices).strip()
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    status, body = server.post("/v1/chat/completions", {"messages": ask("Hi"), "tools": [{"type": "function"}]})
+    assert status == 400 and "tools" in json.loads(body)["error"]["message"], body
+
+
 def wait_idle(server, timeout=60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -23,6 +23,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from lowbit.errors import LowbitError
+from lowbit.runtime.generate import StopMatcher
+from lowbit.runtime.tools import CALL_OPEN
 from lowbit.server import openai_api as api
 from lowbit.server.metrics import CONTENT_TYPE, Metrics
 from lowbit.server.openai_api import ApiError, Reply
@@ -171,7 +173,11 @@ def sse(data) -> str:
 
 
 async def stream_events(state: ServerState, job: Job, events: JobEvents, reply: Reply):
-    """Server-sent events; closing this generator (the client went away) cancels the job."""
+    """Server-sent events; closing this generator (the client went away) cancels the job.
+    With tools, text from ``<tool_call>`` on is held back: it becomes a tool_calls delta, or
+    content after all when the reply ends without a complete call."""
+    gate = StopMatcher([CALL_OPEN]) if reply.tools else None
+    calling, sent = False, 0                  # a call has started; characters sent as content
     try:
         if reply.kind == "chat":
             yield sse(reply.chunk(None, [], role=True))
@@ -180,8 +186,19 @@ async def stream_events(state: ServerState, job: Job, events: JobEvents, reply: 
         while True:
             event = await events.queue.get()
             if isinstance(event, Piece):
-                yield sse(reply.chunk(event.text, event.logprobs))
+                text = event.text
+                if gate is not None:
+                    text, hit = ("", True) if calling else gate.push(text)
+                    calling = calling or hit
+                if text or event.logprobs:
+                    sent += len(text)
+                    yield sse(reply.chunk(text, event.logprobs))
             elif isinstance(event, Done):
+                calls = event.record.tool_calls
+                if gate is not None and not calls and len(event.record.text) > sent:
+                    yield sse(reply.chunk(event.record.text[sent:], []))
+                if calls:
+                    yield sse(reply.tool_calls_chunk(calls))
                 for chunk in reply.final_chunks(event):
                     yield sse(chunk)
                 break
@@ -194,21 +211,46 @@ async def stream_events(state: ServerState, job: Job, events: JobEvents, reply: 
             state.scheduler.cancel(job)
 
 
+def chat_prompt(model, messages, body):
+    """(prompt ids, constraint or None) for a chat request: tools through the model's template
+    (runtime/tools.py), response_format as a JSON constraint; each bad field a 400 naming it."""
+    from lowbit.runtime import constraints, tools as tool_calls
+    fmt = api.response_format(body)
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    choice = ("auto" if tools else "none") if choice is None else choice
+    if fmt and tools and choice != "none":
+        raise ApiError(400, "response_format cannot be combined with tools (unless tool_choice is 'none')",
+                       param="response_format")
+    try:
+        messages, template_vars, guide = tool_calls.prepare_chat(model, messages, tools, choice)
+    except (ValueError, TypeError) as e:
+        param = "tool_choice" if "tool_choice" in str(e) else "messages" if "messages" in str(e) else "tools"
+        raise ApiError(400, f"{param}: {e}", param=param) from None
+    if fmt:
+        try:
+            guide = constraints.resolve(model, **fmt)
+        except (ValueError, TypeError) as e:
+            raise ApiError(400, f"response_format: {e}", param="response_format") from None
+    try:
+        ids = model.chat_ids(messages, **template_vars)
+    except (ValueError, TypeError) as e:
+        raise ApiError(400, f"messages: {e}", param="messages") from None
+    return ids, guide
+
+
 async def chat_completions(request: Request, state: ServerState) -> Response:
     body = await read_json(request)
     api.check_model(body, state.model_name, state.aliases)
     api.check_single_choice(body)
-    api.check_unsupported(body)
+    api.check_unsupported(body, chat=True)
     messages = api.chat_messages(body)
     params, stops, logprobs = api.sampling_params(body), api.stop_strings(body), api.chat_logprobs(body)
     stream, usage = api.get_bool(body, "stream"), api.include_usage(body)
-    try:
-        ids = await run_in_threadpool(state.model.chat_ids, messages)
-    except (ValueError, TypeError) as e:
-        raise ApiError(400, f"messages: {e}", param="messages") from None
-    gen = GenRequest(ids, params, api.max_new_tokens(body, len(ids), state.scheduler.n_ctx), stops, logprobs)
+    ids, constraint = await run_in_threadpool(chat_prompt, state.model, messages, body)
+    gen = GenRequest(ids, params, api.max_new_tokens(body, len(ids), state.scheduler.n_ctx), stops, logprobs,
+                     constraint)
     reply = Reply("chat", state.model_name, logprobs=logprobs, usage_in_stream=stream and usage,
-                  tokenizer=state.model.tokenizer)
+                  tools=constraint is not None and constraint.kind == "tools", tokenizer=state.model.tokenizer)
     return await run_job(request, state, gen, reply, stream)
 
 
@@ -216,7 +258,7 @@ async def completions(request: Request, state: ServerState) -> Response:
     body = await read_json(request)
     api.check_model(body, state.model_name, state.aliases)
     api.check_single_choice(body)
-    api.check_unsupported(body)
+    api.check_unsupported(body, chat=False)
     prompt = api.completion_prompt(body)
     params, stops, logprobs = api.sampling_params(body), api.stop_strings(body), api.completion_logprobs(body)
     stream, usage, echo = api.get_bool(body, "stream"), api.include_usage(body), api.get_bool(body, "echo")

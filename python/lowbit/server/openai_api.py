@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from lowbit.runtime.llama import OPENAI_FINISH
 from lowbit.runtime.sampling import SamplingParams
+from lowbit.runtime.tools import split_tool_calls
 from lowbit.server.scheduler import Done, GenRequest, TokenLogprob
 
 MAX_STOP_STRINGS = 16
@@ -171,6 +172,7 @@ class Reply:
     logprobs: Optional[int] = None             # the request's setting (None: off)
     echo: str = ""                             # completions: prompt text to put first
     usage_in_stream: bool = False
+    tools: bool = False                        # the reply may be tool calls (chat with tools)
     tokenizer: Any = None
     text_offset: int = 0                       # completions logprobs: where the next token starts
     extra: Dict[str, Any] = field(default_factory=dict)
@@ -220,8 +222,11 @@ class Reply:
     def response(self, text: str, lps: List[TokenLogprob], done: Done) -> Dict[str, Any]:
         finish = OPENAI_FINISH.get(done.record.finish_reason, done.record.finish_reason)
         if self.kind == "chat":
-            choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                      "logprobs": self.logprobs_json(lps), "finish_reason": finish}
+            message: Dict[str, Any] = {"role": "assistant", "content": text}
+            if done.record.tool_calls:
+                message = {"role": "assistant", "content": split_tool_calls(text)[0] or None,
+                           "tool_calls": done.record.tool_calls}
+            choice = {"index": 0, "message": message, "logprobs": self.logprobs_json(lps), "finish_reason": finish}
         else:
             choice = {"index": 0, "text": self.echo + text, "logprobs": self.logprobs_json(lps),
                       "finish_reason": finish}
@@ -243,6 +248,14 @@ class Reply:
             out["usage"] = None
         return out
 
+    def tool_calls_chunk(self, calls: List[Dict[str, Any]]) -> Dict[str, Any]:
+        delta = {"tool_calls": [dict(call, index=i) for i, call in enumerate(calls)]}
+        out = dict(self._head(True), choices=[{"index": 0, "delta": delta, "logprobs": None,
+                                                "finish_reason": None}])
+        if self.usage_in_stream:
+            out["usage"] = None
+        return out
+
     def final_chunks(self, done: Done) -> List[Dict[str, Any]]:
         """The chunk with the finish_reason (and the log-probs not sent yet), then the usage
         chunk when the request asked for it (stream_options.include_usage)."""
@@ -253,8 +266,8 @@ class Reply:
         return out
 
 
-def chat_messages(body: Mapping) -> List[Dict[str, str]]:
-    """``messages`` as {"role", "content": str} dicts: text content parts are joined, the
+def chat_messages(body: Mapping) -> List[Dict[str, Any]]:
+    """``messages`` with str content: text content parts are joined, null content is "", the
     "developer" role is the system role."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -277,7 +290,8 @@ def chat_messages(body: Mapping) -> List[Dict[str, str]]:
             content = ""
         elif not isinstance(content, str):
             raise _bad(f"messages[{i}].content", f"must be a string or an array of text parts, got {_kind(content)}")
-        out.append({"role": "system" if role == "developer" else role, "content": content})
+        # other keys (tool_calls of an assistant turn, tool_call_id of a tool result) stay
+        out.append(dict(m, role="system" if role == "developer" else role, content=content))
     return out
 
 
@@ -347,13 +361,29 @@ def embeddings_response(vectors, n_tokens: int, model: str, encoding: str) -> Di
             "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
 
 
-def check_unsupported(body: Mapping) -> None:
+def check_unsupported(body: Mapping, chat: bool) -> None:
     """Fields whose meaning lowbit would silently change: each a 400 naming it."""
-    fmt = body.get("response_format")
-    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
-        raise _bad("response_format", "only {\"type\": \"text\"} is supported by this server")
-    for name in ("tools", "functions"):
+    names = ["functions", "function_call", "suffix"] + ([] if chat else ["response_format", "tools"])
+    for name in names:
         if body.get(name):
-            raise _bad(name, "tool calls are not supported by this server")
-    if body.get("suffix"):
-        raise _bad("suffix", "is not supported by lowbit")
+            raise _bad(name, "is not supported by lowbit" + (" on /v1/completions (use /v1/chat/completions)"
+                                                            if name in ("response_format", "tools") else ""))
+
+
+def response_format(body: Mapping) -> Dict[str, Any]:
+    """The constraint arguments ``response_format`` asks for: {} (text), {"json": True}
+    (json_object) or {"json_schema": schema} (json_schema)."""
+    fmt = body.get("response_format")
+    if fmt is None:
+        return {}
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return {}
+    if kind == "json_object":
+        return {"json": True}
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+            raise _bad("response_format", "json_schema must be {\"name\": ..., \"schema\": {...}}")
+        return {"json_schema": spec.get("schema", {"type": "object"})}
+    raise _bad("response_format", f"type must be 'text', 'json_object' or 'json_schema', got {kind!r}")

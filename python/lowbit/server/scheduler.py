@@ -47,6 +47,7 @@ class GenRequest:
     max_new_tokens: int
     stop: Sequence[str] = ()
     logprobs: Optional[int] = None      # None: off; k >= 0: the sampled token's + k alternatives
+    constraint: Optional[object] = None  # a runtime.constraints.Constraint (response_format, tools)
 
 
 @dataclass
@@ -100,6 +101,7 @@ class Job:
         self.stops = StopMatcher(request.stop)
         self.utf8 = Utf8Stream(tokenizer.token_to_bytes)
         self.stop_ids = frozenset(int(t) for t in stop_ids)
+        self.guide = None              # the constraint's matcher, from admission on (begin)
         self.record = Generation(prompt_tokens=len(request.prompt_ids))
         self.history = list(request.prompt_ids)
         self.fed = 0                   # prompt tokens already in the slot's cache
@@ -110,6 +112,11 @@ class Job:
         self.first_token_at: Optional[float] = None
         self._pending_logprobs: List[TokenLogprob] = []
         self._emit = emit
+
+    def begin(self) -> None:
+        """Admitted to a slot: the constraint's first mask is computed while the prompt is read."""
+        if self.request.constraint is not None:
+            self.guide = self.request.constraint.start()
 
     @property
     def prefilling(self) -> bool:
@@ -124,22 +131,26 @@ class Job:
 
     def on_logits(self, logits: np.ndarray) -> None:
         """Logits after the prompt or the last fed token: sample, emit, maybe finish."""
+        raw = logits
+        if self.guide is not None:
+            logits = self.guide.apply(logits)       # the grammar's mask, before the sampler
         token = self.sampler.sample(logits, self.history)
+        complete = self.guide is not None and self.guide.accept(token)
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
             self.record.prefill_seconds = self.first_token_at - self.submitted_at
         if self.request.logprobs is not None and token not in self.stop_ids:
-            self._pending_logprobs.append(token_logprob(logits, token, self.request.logprobs))
+            self._pending_logprobs.append(token_logprob(raw, token, self.request.logprobs))
         if token in self.stop_ids:
-            return self.finish("eos")
+            return self.finish("stop" if complete else "eos")
         self.record.tokens.append(token)
         self.record.generated_tokens += 1
         self.history.append(token)
         text, hit = self.stops.push(self.utf8.feed(token))
         if text:
             self._send_piece(text)
-        if hit:
-            return self.finish("stop")
+        if hit or complete:
+            return self.finish("stop", flush=complete and not hit)
         if self.record.generated_tokens >= self.request.max_new_tokens:
             return self.finish("length")
         self.next_token = token
@@ -149,13 +160,13 @@ class Job:
         self._emit(Piece(text, self._pending_logprobs))
         self._pending_logprobs = []
 
-    def finish(self, reason: str) -> None:
+    def finish(self, reason: str, flush: Optional[bool] = None) -> None:
         """End the generation with a Generation finish reason (eos, stop, length, context,
-        cancelled) and send Done."""
+        cancelled) and send Done. Held-back text is sent unless a stop string ended it."""
         if self.finished:
             return
         self.finished = True
-        if reason != "stop":
+        if reason != "stop" if flush is None else flush:
             tail = self.stops.push(self.utf8.flush())[0] + self.stops.flush()
             if tail:
                 self._send_piece(tail)
@@ -165,11 +176,18 @@ class Job:
             rec.decode_seconds = time.perf_counter() - self.first_token_at
             steps = max(rec.generated_tokens - 1, 0)
             rec.decode_tok_s = steps / rec.decode_seconds if steps and rec.decode_seconds > 0 else 0.0
+        self._close_guide(rec)               # tool calls: parsed into rec.tool_calls here
         self._emit(Done(rec, self._pending_logprobs))
+
+    def _close_guide(self, record=None) -> None:
+        guide, self.guide = self.guide, None
+        if guide is not None:
+            guide.close(record)
 
     def fail(self, status: int, message: str) -> None:
         if not self.finished:
             self.finished = True
+            self._close_guide()
             self._emit(Failed(status, message))
 
 
@@ -339,6 +357,8 @@ class Scheduler:
         out, keep = [], collections.deque()
         for job in self._pending:
             if job.cancelled:
+                if isinstance(job, Job):
+                    job.finish("cancelled")     # releases its constraint's worker
                 continue
             if isinstance(job, ExclusiveJob) or free > 0:
                 free -= 0 if isinstance(job, ExclusiveJob) else 1
@@ -366,7 +386,10 @@ class Scheduler:
             keep, source = shared[donor.index], donor
         try:
             slot.take(job, keep, source)
+            job.begin()
         except (ValueError, LowbitError) as e:
+            if slot.job is job:
+                slot.release()
             job.fail(500, f"could not start the request: {e}")
             return
         if self.metrics is not None:

@@ -608,3 +608,12 @@ def test_long_prompt_is_prefilled_in_chunks_beside_running_decodes(model_path):
         for name, messages, n in (("short", short_msgs, 60), ("long", long_msgs, 8)):
             ref = m.chat(messages, temperature=0, max_new_tokens=n, repetition_penalty=1.0)
             assert done[name].tokens == ref.tokens and ref.tokens, name
+
+
+def test_port_in_use_is_a_one_line_error_before_loading():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        r = run_cli("--port", str(taken.getsockname()[1]), "no-such-model-3b")
+    assert r.returncode == 2 and "cannot listen on 127.0.0.1" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

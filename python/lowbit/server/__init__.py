@@ -44,7 +44,24 @@ def build_app(model, model_name: str, *, parallel: int = 1, max_queue: int = DEF
     return create_app(model, model_name, scheduler, metrics, api_key=api_key)
 
 
-def serve(app, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, log_level: str = "warning") -> None:
-    """Run ``app`` with uvicorn until Ctrl+C / SIGTERM."""
+def bind(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT):
+    """A listening socket on host:port, made before the model loads so that a port in use is a
+    one-line error at once (ValueError); port 0 picks a free one."""
+    import socket
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
+
+
+def serve(app, sock, log_level: str = "warning") -> None:
+    """Run ``app`` with uvicorn on the bound ``sock`` until Ctrl+C / SIGTERM."""
     import uvicorn
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])

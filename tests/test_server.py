@@ -8,13 +8,13 @@ import concurrent.futures
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
@@ -38,35 +38,35 @@ START_S = 180          # hang guards
 REQUEST_S = 300
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """`python -m lowbit serve` in a subprocess; ready when /health answers 200."""
 
     def __init__(self, path, *extra):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, PYTHONPATH=PYTHON_DIR)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lowbit", "serve", path, "--port", str(self.port), "-q", "--alias", ALIAS,
+            [sys.executable, "-m", "lowbit", "serve", path, "--port", "0", "-q", "--alias", ALIAS,
              "--n-ctx", str(N_CTX), "--threads", "2", *extra],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines = []                  # its output, read as it comes (a full pipe would block it)
+        self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
+        self._reader.start()
         deadline = time.monotonic() + START_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"the server exited with {self.proc.returncode}: {self.proc.stdout.read()}")
-            try:
+                self._reader.join(10)
+                raise AssertionError(f"the server exited with {self.proc.returncode}: {self.output()}")
+            banner = re.search(r"at http://127\.0\.0\.1:(\d+)/v1", self.output())
+            if banner:
+                self.port = int(banner.group(1))
+                self.url = f"http://127.0.0.1:{self.port}"
                 if self.get("/health")[0] == 200:
                     return
-            except OSError:
-                pass
             time.sleep(0.2)
         self.stop()
-        raise AssertionError(f"the server did not answer /health within {START_S} s")
+        raise AssertionError(f"the server did not answer /health within {START_S} s: {self.output()}")
+
+    def output(self):
+        return "".join(self.lines)
 
     def request(self, method, path, body=None, headers=None, timeout=REQUEST_S):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
@@ -102,6 +102,7 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(30)
+        self._reader.join(30)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,7 @@ def server(model_path):
     s = Server(model_path, "--parallel", str(PARALLEL), "--api-key", API_KEY)
     yield s
     s.stop()
-    out = s.proc.stdout.read()
+    out = s.output()
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal (the conventional exit)
     assert s.proc.returncode in (0, -signal.SIGTERM) and "lowbit: stopped serving" in out, out
 

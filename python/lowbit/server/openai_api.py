@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional
 from lowbit.runtime.llama import OPENAI_FINISH
 from lowbit.runtime.sampling import SamplingParams
 from lowbit.runtime.tools import split_tool_calls
-from lowbit.server.scheduler import Done, GenRequest, TokenLogprob
+from lowbit.server.scheduler import Done, TokenLogprob
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 512

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Optional
 
@@ -97,6 +98,9 @@ def endpoint(name: str, handler: Callable[[Request, ServerState], Awaitable[Resp
             response = error_response(ApiError(429, str(e), code="rate_limit_exceeded", kind="rate_limit_error"))
         except LowbitError as e:        # shutting down
             response = error_response(ApiError(503, str(e), kind="server_error"))
+        except Exception as e:          # noqa: BLE001 - a bug: the client still gets an error object
+            traceback.print_exc()
+            response = error_response(ApiError(500, f"internal error: {type(e).__name__}: {e}", kind="server_error"))
         state.metrics.on_request(name, response.status_code)
         return response
     return wrapped

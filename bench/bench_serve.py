@@ -5,7 +5,7 @@ and 8 concurrent streams, `lowbit serve --parallel C` against llama.cpp's server
     python bench/bench_serve.py [--threads 2] [--streams 1 4 8] [--requests 2] [--max-tokens 64]
                                 [--json bench/results/serve.json]
 
-Each of C client threads sends --requests streaming chat completions back to back (distinct
+Each of C client threads sends --requests streaming completions back to back (distinct raw
 prompts, temperature 0, max_tokens --max-tokens); tok/s = completion tokens of all requests /
 wall time from the first send to the last [DONE]; TTFT = send -> first content chunk. The row
 "Model.generate" is single-stream decode tok/s of the in-process API, the reference that one
@@ -95,16 +95,17 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def one_stream(port: int, prompt: str, max_tokens: int) -> Dict[str, float]:
-    """One streaming chat completion; (ttft seconds, completion tokens, seconds)."""
-    body = {"messages": [{"role": "user", "content": prompt}], "stream": True,
-            "max_tokens": max_tokens, "temperature": 0, "stream_options": {"include_usage": True}}
+    """One streaming completion (raw prompt: no chat template, so both servers read the same
+    tokens); time to first token, completion tokens, seconds."""
+    body = {"prompt": prompt, "stream": True, "max_tokens": max_tokens, "temperature": 0,
+            "stream_options": {"include_usage": True}}
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     t0 = time.perf_counter()
-    conn.request("POST", "/v1/chat/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+    conn.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
     resp = conn.getresponse()
     if resp.status != 200:
         raise RuntimeError(f"HTTP {resp.status}: {resp.read()[:500]!r}")
-    ttft, pieces, usage = None, 0, None
+    ttft, chunks, usage = None, 0, None
     for raw in resp:
         line = raw.decode().strip()
         if not line.startswith("data: ") or line == "data: [DONE]":
@@ -113,12 +114,12 @@ def one_stream(port: int, prompt: str, max_tokens: int) -> Dict[str, float]:
         if chunk.get("usage"):
             usage = chunk["usage"]
         for choice in chunk.get("choices") or []:
-            if (choice.get("delta") or {}).get("content"):
-                pieces += 1
+            if choice.get("finish_reason") is None:
+                chunks += 1                  # llama-cpp-python: one chunk per token
                 if ttft is None:
                     ttft = time.perf_counter() - t0
     conn.close()
-    tokens = usage["completion_tokens"] if usage else pieces     # usage chunk where the server sends one
+    tokens = usage["completion_tokens"] if usage else chunks     # lowbit sends usage (include_usage)
     return {"ttft": ttft if ttft is not None else time.perf_counter() - t0, "tokens": tokens,
             "seconds": time.perf_counter() - t0}
 
@@ -132,7 +133,7 @@ def run_load(port: int, streams: int, requests: int, max_tokens: int) -> Dict[st
         for r in range(requests):
             topic = TOPICS[(i * requests + r) % len(TOPICS)]
             try:
-                out = one_stream(port, f"Write a long, detailed essay about {topic}.", max_tokens)
+                out = one_stream(port, f"A long, detailed essay about {topic}.\n\n", max_tokens)
             except Exception as e:      # noqa: BLE001 - reported in the row
                 with lock:
                     errors.append(str(e))
@@ -157,12 +158,11 @@ def run_load(port: int, streams: int, requests: int, max_tokens: int) -> Dict[st
 
 
 def generate_baseline(model_path: str, threads: int, max_tokens: int) -> float:
-    """Decode tok/s of Model.generate on the first bench prompt, chat-templated (one stream)."""
+    """Decode tok/s of Model.generate on the first bench prompt (one stream, greedy)."""
     with lowbit.load(model_path, n_ctx=N_CTX, n_threads=threads) as m:
-        msgs = [{"role": "user", "content": f"Write a long, detailed essay about {TOPICS[0]}."}]
-        m.chat(msgs, max_new_tokens=4, temperature=0)
-        g = m.chat(msgs, max_new_tokens=max_tokens, temperature=0, repetition_penalty=1.0)
-        return g.decode_tok_s
+        prompt = f"A long, detailed essay about {TOPICS[0]}.\n\n"
+        m.generate(prompt, max_new_tokens=4, temperature=0)
+        return m.generate(prompt, max_new_tokens=max_tokens, temperature=0).decode_tok_s
 
 
 def llama_cpp_usable(python: str) -> Optional[str]:

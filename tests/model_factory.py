@@ -56,6 +56,7 @@ class TinySpec:
     final_logit_softcap: float = 0.0
     n_ctx: int = 256
     seed: int = 0
+    pooling_type: int = -1       # <arch>.pooling_type (llama.cpp's enum: 0 none, 1 mean, 2 cls, 3 last); -1 not written
 
 
 def default_spec(arch: str, weight_type: str = "F32", **overrides) -> TinySpec:
@@ -313,6 +314,8 @@ def _write_hparams(w: gguf.GGUFWriter, spec: TinySpec, n_vocab: int) -> None:
         w.add_sliding_window(spec.sliding_window)
     if spec.final_logit_softcap:
         w.add_final_logit_softcapping(spec.final_logit_softcap)
+    if spec.pooling_type >= 0:
+        w.add_pooling_type(gguf.PoolingType(spec.pooling_type))
     w.add_file_type(QT[spec.weight_type].value if spec.weight_type in ("F32", "F16")
                     else gguf.LlamaFileType.MOSTLY_Q8_0.value if spec.weight_type == "Q8_0"
                     else gguf.LlamaFileType.GUESSED.value)

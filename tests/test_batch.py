@@ -1,11 +1,12 @@
 """lowbit.runtime.batch.eval_batch: one forward step over several sessions of one model.
 
 Bounds (the kernel tiers of DESIGN.md applied to whole logits):
-  - a row's matmul bits depend only on the pass's row-count class (cpu/matmul.h: 1..15 rows
-    equal matvec bit for bit; >= 16 rows run the strip GEMM, the same bits in any such pass),
-    so where batched and lone passes are of one class the logits are equal bit for bit
-    (np.array_equal): decodes of up to 15 sessions, prefills of >= 16 tokens;
-  - passes of different classes (a 5-token prompt alone vs inside a 60-row batch): the strip
+  - a row's matmul bits depend only on the pass's row-count class (cpu/matmul.h; the forward
+    passes small_batches: 1..4 rows at the default high precision equal matvec bit for bit,
+    >= 5 rows run the strip GEMM, the same bits in any such pass), so where batched and lone
+    passes are of one class the logits are equal bit for bit (np.array_equal): decodes of up to
+    4 sessions, prefills of >= 5 tokens;
+  - passes of different classes (a 2-token prompt alone vs inside a 60-row batch): the strip
     GEMM is within tier 1 of the multi-row dots per matmul, which compounds over the layers to
     <= 2e-3 relative on the real models' logits (measured up to 3.3e-4), argmax equal;
   - tiny F32 models (no strip GEMM): the same tokens split into other passes, 1e-5 relative
@@ -87,7 +88,7 @@ def test_mixed_batch_equals_each_sequence_alone_tiny(tiny, arch):
         s.close()
 
 
-def test_real_decode_batch_is_bit_equal_to_each_decode_alone(real):
+def test_real_decode_batch_equals_each_decode_alone(real):
     prompts = [real.tokenize(t) for t in ("The capital of France is", "def add(a, b):", "Water boils at",
                                            "My favourite book is", "1, 2, 3, 4,", "Roses are red,")]
     sessions = [real.session(128) for _ in prompts]
@@ -95,11 +96,16 @@ def test_real_decode_batch_is_bit_equal_to_each_decode_alone(real):
     for s, a, p in zip(sessions, singles, prompts):      # each prompt alone: same pass as below
         s._engine.eval(np.asarray(p)); s._cached_ids.extend(p)
         a._engine.eval(np.asarray(p))
-    for step in range(3):                                # three decode steps of all six at once
+    for step in range(3):                                # decode steps of four, then of all six
         toks = [[int(t)] for t in ids(len(prompts), 10 + step, n_vocab=real.n_vocab)]
-        got = eval_batch(list(zip(sessions, toks)))
+        n = 4 if step < 2 else 6
+        got = eval_batch(list(zip(sessions[:n], toks)))
         for a, t, g in zip(singles, toks, got):
-            assert np.array_equal(g, a._engine.eval(np.asarray(t)))
+            want = a._engine.eval(np.asarray(t))
+            if n <= 4:                                    # multi-row dots: matvec's bits
+                assert np.array_equal(g, want)
+            else:                                         # the strip GEMM: tier 1 per matmul
+                assert rel_err(g, want) <= 2e-3 and np.argmax(g) == np.argmax(want)
     for s in sessions + singles:
         s.close()
 
@@ -135,7 +141,7 @@ GEN_PROMPTS = ("Once upon a time, in a small village by the sea, there lived an 
 def test_greedy_generations_through_eval_batch_equal_generate(real):
     n_new = 12
     prompts = [real.tokenize(p) for p in GEN_PROMPTS]
-    assert all(len(p) >= 16 for p in prompts)           # their prefill is a strip pass alone too
+    assert all(len(p) >= 5 for p in prompts)            # their prefill is a strip pass alone too
     want = [real.generate(p, max_new_tokens=n_new, temperature=0).tokens for p in GEN_PROMPTS]
     sessions = [real.session(256) for _ in prompts]
     stop = set(real.tokenizer.eot_ids)

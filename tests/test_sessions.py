@@ -2,7 +2,7 @@
 
 Bounds: sessions run the same arithmetic as the model's implicit session, so on F32 tiny
 models (no strip GEMM: matmul.h) results are bit-for-bit equal; on the real quantized models
-a row's bits depend only on the row-count class of the pass (1..15 rows vs >= 16: strip GEMM),
+a row's bits depend only on the row-count class of the pass (1..4 rows vs >= 5: strip GEMM),
 so comparisons keep the passes of the same class and stay exact too. Where the same tokens
 were split into other passes (n_batch), 1e-5 relative, as tests/test_engine.py's n_batch bound.
 """
@@ -252,3 +252,16 @@ def test_closing_the_model_closes_its_sessions(tiny):
         s.generate("hello")
     with pytest.raises(LowbitError, match="closed"):
         m.session()
+
+
+def test_truncate_keeps_a_prefix_for_the_next_prompt(tiny):
+    with lowbit.load(tiny("llama"), n_ctx=64, n_threads=1) as m:
+        first = m.generate("hello world once upon", max_new_tokens=3, temperature=0)
+        n = len(m.cached_tokens)
+        assert m.truncate(2) == 2 and m.n_past == 2 and m.cached_tokens == (m.tokenize("hello world once upon") +
+                                                                          first.tokens)[:2]
+        assert m.truncate(50) == 2                  # nothing past what is cached
+        again = m.generate("hello world once upon", max_new_tokens=3, temperature=0)
+        assert again.cached_prompt_tokens == 2 and again.tokens == first.tokens and n > 2
+        with pytest.raises(ValueError):
+            m.truncate(-1)

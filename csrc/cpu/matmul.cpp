@@ -231,15 +231,17 @@ void matvec(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
 // byte therefore comes from memory once per call instead of once per activation row, and the
 // multi-row dot decodes each weight block once per tile instead of once per activation row.
 void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, const float* x, int64_t n,
-            float* y, ThreadPool& pool, ActPrecision precision) {
+            float* y, ThreadPool& pool, ActPrecision precision, bool small_batches) {
     check_matmul_shape(type, rows, cols);
     if (n <= 0) return;
     if (n == 1) return matvec(weights, type, rows, cols, x, y, pool, precision);
     const KernelSet& ks = kernels();
     QuantizedActs act;
-    const StripKernels* strip = n >= kStripMinRows ? strip_kernels_for(ks, type) : nullptr;
+    const StripKernels* type_strip = strip_kernels_for(ks, type);
     if (precision == ActPrecision::Auto)   // matmul.h: q8 only where prefill is compute-bound without a strip GEMM
-        precision = strip || n < kStripMinRows ? ActPrecision::Q8X2 : ActPrecision::Q8;
+        precision = type_strip || n < kStripMinRows ? ActPrecision::Q8X2 : ActPrecision::Q8;
+    const int64_t act_rows = n * (precision == ActPrecision::Q8X2 ? 2 : 1);
+    const StripKernels* strip = n >= kStripMinRows || (small_batches && act_rows >= kStripMinActRows) ? type_strip : nullptr;
     quantize_rows(ks, type, cols, x, n, precision, act, pool, strip);
     if (strip) return strip_matmul(*strip, weights, type, rows, cols, act, n, y, pool);
     const VecDotRowsFn dot_rows = rows_kernel(ks, type, act);

@@ -46,8 +46,16 @@ void matvec(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
 // Every y element equals what matvec gives for that x row (same precision), bit for bit, except
 // where the AVX-512 strip GEMM runs (legacy types, Q4_K, Q5_K, Q6_K; n >= 16): there it
 // is within tier 1 of it, and still the same bits for that x row in any call of >= 16 rows.
+//
+// small_batches: the strip GEMM also takes calls of fewer rows, from kStripMinActRows activation
+// rows (x rows, times 2 at Q8X2: 5 x rows at high precision, 10 at q8), where it beats the
+// multi-row dots (its strip decode is paid once per call, theirs once per tile of 4-8 rows):
+// Q4_1 1536x576, 2 threads, 8 rows 137 vs 182 us, 12 rows 164 vs 272 us; 4 rows 112 vs 93 us.
+// The model's forward passes (batched decoding of several sessions) set it; the bit-for-bit
+// contract above then holds below that size.
+constexpr int64_t kStripMinActRows = 10;
 void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, const float* x, int64_t n,
-            float* y, ThreadPool& pool, ActPrecision precision = ActPrecision::Q8);
+            float* y, ThreadPool& pool, ActPrecision precision = ActPrecision::Q8, bool small_batches = false);
 
 // Measured read bandwidth in GB/s: every pool thread sums its share of a `bytes` buffer,
 // best of `iters` passes (after one warm-up pass that also faults the pages in).

@@ -55,10 +55,11 @@ std::vector<double> make_inv_freq(const ModelConfig& c, const RopeParams& p, con
     return f;
 }
 
-// y (n, rows) = x (n, cols) . W^T, activations at the engine's precision (cpu/matmul.h)
+// y (n, rows) = x (n, cols) . W^T, activations at the engine's precision (cpu/matmul.h; small
+// batches such as a decode step of several sessions take the strip GEMM where it is faster)
 void project(const Matrix& w, const float* x, int64_t n, float* y, cpu::ThreadPool& pool, cpu::ActPrecision prec) {
     if (n == 1) cpu::matvec(w.data, w.type, w.rows, w.cols, x, y, pool, prec);
-    else cpu::matmul(w.data, w.type, w.rows, w.cols, x, n, y, pool, prec);
+    else cpu::matmul(w.data, w.type, w.rows, w.cols, x, n, y, pool, prec, /*small_batches=*/true);
 }
 
 // fn(t) for every token t < n: threaded for batches, inline for a single token (no wake-up cost).
@@ -316,7 +317,8 @@ ForwardState::ForwardState(const ModelConfig& c, int64_t n_batch_, int64_t n_ctx
 
 int64_t ForwardState::bytes() const {
     size_t f = x.size() + xn.size() + qkv.size() + q.size() + k.size() + v.size() + attn.size() + proj.size() +
-               gate.size() + up.size() + rope_global.size() + rope_swa.size() + scores.size() + kv_row.size();
+               gate.size() + up.size() + rope_global.size() + rope_swa.size() + scores.size() + kv_row.size() +
+               out_tmp.size();
     return int64_t(f * sizeof(float));
 }
 

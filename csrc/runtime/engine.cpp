@@ -136,7 +136,7 @@ MemoryReport Engine::memory() const {
     r.kv_cells = cache_->total_cells();
     r.kv_layers = cache_->n_layers();
     r.kv_type = model::kv_type_name(cache_->type());
-    r.scratch_bytes = uint64_t(state_->bytes());
+    r.scratch_bytes = uint64_t(state_->bytes() + (batch_state_ ? batch_state_->bytes() : 0));
     r.total_bytes = r.weights_bytes + r.kv_bytes + r.scratch_bytes;
     return r;
 }

@@ -26,14 +26,14 @@ namespace lowbit::runtime {
 
 struct MemoryReport {
     std::map<std::string, uint64_t> weights_by_type;   // bytes of the file's tensors by GGML type
-    uint64_t weights_bytes = 0;
+    uint64_t weights_bytes = 0;         // shared by every session on the model: count them once
     uint64_t weights_copied_bytes = 0;  // part of weights_bytes held as fused copies (q|k|v, gate|up),
                                         // whose mapped originals were released
     uint64_t kv_bytes = 0;
     int64_t kv_cells = 0;        // summed over layers (sliding layers hold fewer)
     int64_t kv_layers = 0;
     std::string kv_type;
-    uint64_t scratch_bytes = 0;  // activations of one batch + attention scratch
+    uint64_t scratch_bytes = 0;  // activations of one batch + attention scratch (+ eval_batch's, when this led one)
     uint64_t total_bytes = 0;
 };
 

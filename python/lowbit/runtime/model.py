@@ -258,6 +258,21 @@ class Session:
         with self._cond:
             return list(self._cached_ids)
 
+    def truncate(self, n_tokens: int) -> int:
+        """Drop cached tokens from position ``n_tokens`` on (a scheduler reusing this session for
+        a prompt that shares ``n_tokens`` with ``cached_tokens``); returns what the cache now
+        holds: ``min(n_tokens, n_past)``, or 0 when a sliding-window layer no longer holds the
+        window that position needs (everything is dropped then)."""
+        check_int("n_tokens", n_tokens, minimum=0)
+        with self._cond:
+            claim = self._claim(_Claim())
+            try:
+                kept = int(self._engine.truncate(int(min(n_tokens, len(self._cached_ids)))))
+                del self._cached_ids[kept:]
+                return kept
+            finally:
+                self._release(claim)
+
     def copy_prefix_from(self, other: "Session", n_tokens: int) -> int:
         """Make this session's cache hold the first ``n_tokens`` cached positions of ``other``
         (a session of the same model and kv_type): their keys and values are copied, not

@@ -129,6 +129,9 @@ def test_fallback_prompt_and_history_for_a_template_without_tools(smol):
     with pytest.raises(ValueError, match=r"messages\[1\].tool_calls\[0\].function.arguments is not valid JSON"):
         T.prepare_messages([ASK[0], {"role": "assistant", "content": None, "tool_calls": [
             {"type": "function", "function": {"name": "add", "arguments": "{oops"}}]}], native=False)
+    with pytest.raises(ValueError, match=r"messages\[1\].tool_calls\[0\] must be"):
+        T.prepare_messages([ASK[0], {"role": "assistant", "content": None, "tool_calls": [{"id": "x"}]}],
+                           native=True)
 
 
 def test_split_tool_calls():

@@ -1,7 +1,8 @@
 """Cost of constrained decoding: decode tok/s with and without each constraint (any JSON
 object, a nested JSON schema, a regular expression), in the same run on both real models,
 and the mask time per token (computed by llguidance in a worker thread while the engine
-evaluates; "wait" is the part the sampler still waits for, "apply" putting it on the logits).
+evaluates; "wait" is the part the sampler still waits for; "sample" is sampling on the allowed
+tokens, gather and Sampler.sample together).
 
     python bench/bench_constraints.py [--threads 2] [-r 3] [-n 96] [--json bench/results/constraints.json]
 
@@ -65,7 +66,7 @@ def bench_model(name: str, reps: int, n_gen: int, threads: int) -> dict:
             st = constraint.stats
             row.update(mask_ms=round(1e3 * st.mask_seconds / max(st.masks, 1), 3),
                        wait_ms=round(1e3 * st.wait_seconds / max(st.masks, 1), 3),
-                       apply_ms=round(1e3 * st.apply_seconds / max(st.masks, 1), 3))
+                       sample_ms=round(1e3 * st.sample_seconds / max(st.masks, 1), 3))
         rows.append(row)
     m.close()
     return {"model": name, "n_vocab": len(m.tokenizer._tokens), "rows": rows}
@@ -73,13 +74,14 @@ def bench_model(name: str, reps: int, n_gen: int, threads: int) -> dict:
 
 def format_table(reports) -> str:
     head = (f"{'model':<24}{'constraint':<15}{'tok/s':>8}{'spread':>16}{'lost':>8}{'tokens':>8}"
-            f"{'mask ms':>9}{'wait ms':>9}{'apply ms':>9}")
+            f"{'mask ms':>9}{'wait ms':>9}{'sample ms':>10}")
     lines = [head, "-" * len(head)]
     for rep in reports:
         for r in rep["rows"]:
             spread = f"{r['spread_tok_s'][0]:.1f}-{r['spread_tok_s'][1]:.1f}"
             lost = "" if r["constraint"] == "none" else f"{r['lost_pct']:.1f}%"
-            ms = "".join(f"{r[k]:>9.3f}" if k in r else f"{'':>9}" for k in ("mask_ms", "wait_ms", "apply_ms"))
+            ms = "".join(f"{r[k]:>{w}.3f}" if k in r else " " * w
+                         for k, w in (("mask_ms", 9), ("wait_ms", 9), ("sample_ms", 10)))
             lines.append(f"{r['model']:<24}{r['constraint']:<15}{r['decode_tok_s']:>8.1f}{spread:>16}{lost:>8}"
                          f"{r['tokens_mean']:>8.1f}{ms}")
     return "\n".join(lines)

@@ -219,7 +219,7 @@ def test_readme_python_block_and_cheap_commands_run_as_written(model_path, tmp_p
         found = runner.examples(f.read())
     chosen = [(k, c) for k, c in found if k == "python" or c.startswith("lowbit list")
               or c.startswith("echo ")]
-    assert len(chosen) == 3, chosen
+    assert len(chosen) == 4, chosen   # 2 python blocks (use it; structured output and tools)
     env = runner.workspace(tmp_path)
     for kind, code in chosen:
         status, _, detail = runner.run_one(kind, code, tmp_path, env, timeout=HANG_GUARD)

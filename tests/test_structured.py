@@ -183,30 +183,46 @@ def test_argument_errors(smol):
 def test_eos_only_where_the_grammar_may_end(smol):
     constraint = Constraint.for_model(smol, regex="[0-9]+")
     guide = constraint.start()
-    eos = sorted(smol.tokenizer.eot_ids)
-    zeros = np.zeros(smol.n_vocab, dtype=np.float32)
-    first = guide.apply(zeros)
-    assert np.all(np.isneginf(first[eos])), "EOS allowed before any digit"
+    eos = set(smol.tokenizer.eot_ids)
+    first = set(guide.allowed().tolist())
+    assert first and not first & eos, "EOS allowed before any digit"
     digit = smol.tokenize("7", add_special=False)[0]
-    assert np.isfinite(first[digit])
+    assert digit in first
     assert not guide.accept(digit)
-    assert np.all(np.isfinite(guide.apply(zeros)[eos])), "EOS forbidden after a complete number"
-    assert guide.accept(eos[0]) and guide.complete
+    assert eos <= set(guide.allowed().tolist()), "EOS forbidden after a complete number"
+    assert guide.accept(min(eos)) and guide.complete
     guide.close()
 
 
-def test_mask_logits_matches_numpy_where_on_random_data():
+def test_allowed_ids_read_llguidance_bit_order():
     rng = np.random.default_rng(1234)
-    for n in (1, 31, 32, 33, 49152, 262144):
+    for n in (1, 31, 32, 33, 1000, 262144):
         words = rng.integers(-2**31, 2**31, size=(n + 31) // 32, dtype=np.int64).astype(np.int32)
-        logits = rng.standard_normal(n).astype(np.float32) * 10
-        allowed = np.unpackbits(words.view(np.uint8), count=n, bitorder="little").astype(bool)
-        want = np.where(allowed, logits, np.float32(-np.inf))
-        got = constraints.mask_logits(logits, words)
-        assert got.dtype == np.float32 and np.array_equal(got, want)
-        got64 = constraints.mask_logits(logits.astype(np.float64), words)
-        assert np.array_equal(got64, want.astype(np.float64))
-    assert logits.min() > -np.inf          # the input is never modified
+        want = [t for t in range(n) if (int(words[t // 32]) >> (t % 32)) & 1]
+        assert constraints.allowed_ids(words, n).tolist() == want
+
+
+@pytest.mark.parametrize("repeat_last_n", [-1, 0, 1, 7, 64])
+def test_sampling_on_allowed_tokens_equals_masking_to_minus_inf(repeat_last_n):
+    """The sampler chain on the allowed entries (history mapped by penalty_window) gives exactly
+    the full-vocabulary chain's values with the other tokens at -inf, on fresh random data."""
+    from lowbit.runtime.sampling import Sampler, SamplingParams
+    rng = np.random.default_rng(repeat_last_n + 100)
+    n = 5000
+    for trial in range(20):
+        logits = (rng.standard_normal(n) * 3).astype(np.float32)
+        ids = np.sort(rng.choice(n, size=int(rng.integers(1, 400)), replace=False))
+        history = rng.choice(np.concatenate([ids, rng.integers(0, n, 50)]), size=100).tolist()
+        params = SamplingParams(temperature=0.9, top_k=int(rng.integers(0, 60)), top_p=0.9, min_p=0.02,
+                                repetition_penalty=1.3, repeat_last_n=repeat_last_n, seed=trial)
+        sampler = Sampler(params)
+        full = np.full(n, -np.inf, dtype=np.float32)
+        full[ids] = logits[ids]
+        want = sampler.filtered_logits(full, history)[ids]
+        got = sampler.filtered_logits(logits[ids], constraints.penalty_window(params, history, ids))
+        assert np.array_equal(got, want)
+    greedy = Sampler(SamplingParams(temperature=0))
+    assert ids[greedy.sample(logits[ids], [])] == int(np.argmax(full))
 
 
 def test_llguidance_tokenizer_is_built_once_per_model(smol):

@@ -273,8 +273,8 @@ def stream_generate(engine, tokenizer, prompt_ids: List[int], params: SamplingPa
     ``cached_ids`` is the token sequence currently in the engine's KV cache; it is updated in
     place so the caller can reuse the common prefix next time.
 
-    ``constraint`` (runtime/constraints.py): its mask is put on the logits before each sample;
-    the generation ends ("stop") when its grammar is complete."""
+    ``constraint`` (runtime/constraints.py): each token is sampled among those its grammar
+    allows; the generation ends ("stop") when the grammar is complete."""
     check_int("max_new_tokens", max_new_tokens, minimum=0)
     check_prompt(prompt_ids, engine.n_ctx, context_shift)
     sampler = Sampler(params)
@@ -294,9 +294,10 @@ def stream_generate(engine, tokenizer, prompt_ids: List[int], params: SamplingPa
             if cancelled():
                 finish = "cancelled"
                 break
-            if guide is not None:
-                logits = guide.apply(logits)  # the one place a constraint touches sampling
-            token = sampler.sample(logits, history)
+            if guide is None:
+                token = sampler.sample(logits, history)
+            else:                             # the one place a constraint touches sampling
+                token = guide.sample(sampler, logits, history)
             complete = guide is not None and guide.accept(token)
             if token in stop_set:
                 finish = "stop" if complete else "eos"

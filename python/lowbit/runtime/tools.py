@@ -106,7 +106,8 @@ def fallback_system_prompt(tools: List[Dict[str, Any]]) -> str:
     return FALLBACK_SYSTEM_PROMPT.format(tools="\n".join(json.dumps(t, ensure_ascii=False) for t in tools))
 
 
-def _arguments(call: Mapping, where: str) -> Dict[str, Any]:
+def _call_parts(call: Mapping, where: str) -> Tuple[str, Dict[str, Any]]:
+    """(name, arguments as a dict) of an OpenAI-shaped tool call; ValueError naming ``where``."""
     fn = call.get("function") if isinstance(call, Mapping) else None
     if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str):
         raise ValueError(f"{where} must be {{'type': 'function', 'function': {{'name': ..., 'arguments': ...}}}}")
@@ -118,7 +119,7 @@ def _arguments(call: Mapping, where: str) -> Dict[str, Any]:
             raise ValueError(f"{where}.function.arguments is not valid JSON: {e}") from None
     if not isinstance(args, Mapping):
         raise ValueError(f"{where}.function.arguments must be a JSON object")
-    return dict(args)
+    return fn["name"], dict(args)
 
 
 def prepare_messages(messages: Sequence[Mapping[str, Any]], native: bool) -> List[Dict[str, Any]]:
@@ -137,8 +138,7 @@ def prepare_messages(messages: Sequence[Mapping[str, Any]], native: bool) -> Lis
         if calls and m.get("role") == "assistant":
             if not isinstance(calls, Sequence) or isinstance(calls, (str, bytes)):
                 raise ValueError(f"messages[{i}].tool_calls must be a list")
-            parsed = [(c["function"]["name"] if isinstance(c, Mapping) else None,
-                       _arguments(c, f"messages[{i}].tool_calls[{j}]")) for j, c in enumerate(calls)]
+            parsed = [_call_parts(c, f"messages[{i}].tool_calls[{j}]") for j, c in enumerate(calls)]
             content = m.get("content") or ""
             if native:
                 m["content"] = content

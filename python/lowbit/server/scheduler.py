@@ -131,16 +131,16 @@ class Job:
 
     def on_logits(self, logits: np.ndarray) -> None:
         """Logits after the prompt or the last fed token: sample, emit, maybe finish."""
-        raw = logits
-        if self.guide is not None:
-            logits = self.guide.apply(logits)       # the grammar's mask, before the sampler
-        token = self.sampler.sample(logits, self.history)
+        if self.guide is None:
+            token = self.sampler.sample(logits, self.history)
+        else:                                        # the sampler on the tokens the grammar allows
+            token = self.guide.sample(self.sampler, logits, self.history)
         complete = self.guide is not None and self.guide.accept(token)
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
             self.record.prefill_seconds = self.first_token_at - self.submitted_at
         if self.request.logprobs is not None and token not in self.stop_ids:
-            self._pending_logprobs.append(token_logprob(raw, token, self.request.logprobs))
+            self._pending_logprobs.append(token_logprob(logits, token, self.request.logprobs))
         if token in self.stop_ids:
             return self.finish("stop" if complete else "eos")
         self.record.tokens.append(token)
@@ -221,17 +221,6 @@ class ExclusiveJob:
             self._emit(Failed(status, message))
 
 
-def truncate_session(session, n: int) -> int:
-    """Drop a session's cached tokens past ``n``; returns how many it keeps (a sliding-window
-    ring may keep fewer). Session has no public truncate yet: this keeps its token list and its
-    engine's position in step, under its lock, as Session's own methods do."""
-    with session._cond:
-        kept = session._engine.truncate(n)
-        keep = n if kept is None else min(n, int(kept))
-        del session._cached_ids[keep:]
-        return keep
-
-
 class Slot:
     """One conversation's KV cache (a lowbit Session) and the job using it."""
 
@@ -252,7 +241,7 @@ class Slot:
                 self.session.copy_prefix_from(donor.session, keep)
             except ValueError:          # a sliding-window ring lost what the copy needs
                 keep = 0
-        keep = truncate_session(self.session, keep)
+        keep = self.session.truncate(keep)          # a sliding-window ring may keep fewer
         job.fed = keep
         job.record.cached_prompt_tokens = keep
         self.job = job

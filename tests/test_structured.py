@@ -334,3 +334,4 @@ def test_closing_a_constrained_stream_cancels_it_and_the_model_goes_on(smol):
     assert g.finish_reason == "stop" and g.text.startswith("".join(pieces))   # same seed, same start
     jsonschema.validate(json.loads(g.text), PERSON)
     assert g.to_dict()["tool_calls"] == []
+

@@ -1,4 +1,4 @@
-"""The ``lowbit`` command line: ``lowbit run | chat | pull | list | info | bench | quantize ...``.
+"""The ``lowbit`` command line: ``lowbit run | chat | serve | pull | list | info | bench | quantize ...``.
 
 Exit status, the same for every command: 0 on success (also when stdout is a pipe that the
 reader closed early, as in ``lowbit list | head -1``: lowbit stops at once, quietly); 2 for usage
@@ -21,7 +21,7 @@ from typing import List, Optional
 from lowbit.errors import LowbitError
 
 # modules in the order of `lowbit --help` (list_models: a module named `list` would shadow the builtin here)
-COMMANDS = ("run", "chat", "bench", "pull", "list_models", "info", "quantize", "perplexity", "imatrix", "compare")
+COMMANDS = ("run", "chat", "serve", "bench", "pull", "list_models", "info", "quantize", "perplexity", "imatrix", "compare")
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2

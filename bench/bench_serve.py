@@ -1,0 +1,249 @@
+"""Serving speed: aggregate generated tok/s and p50 / p95 time to first token (TTFT) with 1, 4
+and 8 concurrent streams, `lowbit serve --parallel C` against llama.cpp's server
+(llama-cpp-python's `python -m llama_cpp.server`) in the same run, on both real models.
+
+    python bench/bench_serve.py [--threads 2] [--streams 1 4 8] [--requests 2] [--max-tokens 64]
+                                [--json bench/results/serve.json]
+
+Each of C client threads sends --requests streaming completions back to back (distinct raw
+prompts, temperature 0, max_tokens --max-tokens); tok/s = completion tokens of all requests /
+wall time from the first send to the last [DONE]; TTFT = send -> first content chunk. The row
+"Model.generate" is single-stream decode tok/s of the in-process API, the reference that one
+stream through the server should not fall below.
+
+llama.cpp's server comes from the Python at --llama-python (default /work/oracle-venv/bin/python,
+needs llama-cpp-python[server]); it is skipped, and said so, when that Python cannot run it.
+llama-cpp-python's server has no parallel slots: it answers one request at a time (run with
+--interrupt_requests False so that a new request waits instead of cutting the running one).
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from typing import Dict, List, Optional
+
+import lowbit
+from lowbit.runtime import registry
+
+MODELS = ["smollm2-135m-instruct", "gemma3-270m"]
+LLAMA_PYTHON = "/work/oracle-venv/bin/python"
+PYTHON_DIR = os.path.dirname(os.path.dirname(os.path.abspath(lowbit.__file__)))
+TOPICS = ["rivers", "mountains", "the moon", "bread", "trains", "bees", "libraries", "storms",
+          "glass", "chess", "salt", "owls", "bridges", "clocks", "maps", "tea"]
+START_S = 300
+N_CTX = 2048
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(proc: subprocess.Popen, port: int, path: str) -> None:
+    deadline = time.monotonic() + START_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stdout.read()[-2000:]}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"server on port {port} not ready after {START_S} s")
+
+
+def start_lowbit(model_path: str, parallel: int, threads: int):
+    port = free_port()
+    cmd = [sys.executable, "-m", "lowbit", "serve", model_path, "--port", str(port), "-q",
+           "--parallel", str(parallel), "--threads", str(threads), "--n-ctx", str(N_CTX)]
+    proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=PYTHON_DIR), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    wait_ready(proc, port, "/health")
+    return proc, port
+
+
+def start_llama_cpp(python: str, model_path: str, threads: int):
+    port = free_port()
+    cmd = [python, "-m", "llama_cpp.server", "--model", model_path, "--port", str(port), "--host", "127.0.0.1",
+           "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", str(N_CTX),
+           "--interrupt_requests", "False", "--verbose", "False"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_ready(proc, port, "/v1/models")
+    return proc, port
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
+
+
+def one_stream(port: int, prompt: str, max_tokens: int) -> Dict[str, float]:
+    """One streaming completion (raw prompt: no chat template, so both servers read the same
+    tokens); time to first token, completion tokens, seconds."""
+    body = {"prompt": prompt, "stream": True, "max_tokens": max_tokens, "temperature": 0,
+            "stream_options": {"include_usage": True}}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    t0 = time.perf_counter()
+    conn.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    if resp.status != 200:
+        raise RuntimeError(f"HTTP {resp.status}: {resp.read()[:500]!r}")
+    ttft, chunks, usage = None, 0, None
+    for raw in resp:
+        line = raw.decode().strip()
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        chunk = json.loads(line[6:])
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        for choice in chunk.get("choices") or []:
+            if choice.get("finish_reason") is None:
+                chunks += 1                  # llama-cpp-python: one chunk per token
+                if ttft is None:
+                    ttft = time.perf_counter() - t0
+    conn.close()
+    tokens = usage["completion_tokens"] if usage else chunks     # lowbit sends usage (include_usage)
+    return {"ttft": ttft if ttft is not None else time.perf_counter() - t0, "tokens": tokens,
+            "seconds": time.perf_counter() - t0}
+
+
+def run_load(port: int, streams: int, requests: int, max_tokens: int) -> Dict[str, float]:
+    results: List[Dict[str, float]] = []
+    errors: List[str] = []
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        for r in range(requests):
+            topic = TOPICS[(i * requests + r) % len(TOPICS)]
+            try:
+                out = one_stream(port, f"A long, detailed essay about {topic}.\n\n", max_tokens)
+            except Exception as e:      # noqa: BLE001 - reported in the row
+                with lock:
+                    errors.append(str(e))
+                return
+            with lock:
+                results.append(out)
+
+    one_stream(port, "Hello", 4)                       # warm-up (first-call costs, caches)
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    ttfts = sorted(r["ttft"] for r in results)
+    tokens = sum(r["tokens"] for r in results)
+    return {"streams": streams, "requests": len(results), "errors": errors, "tokens": tokens, "wall_s": wall,
+            "tok_s": tokens / wall if wall > 0 else 0.0,
+            "ttft_p50_s": statistics.median(ttfts) if ttfts else None,
+            "ttft_p95_s": ttfts[min(len(ttfts) - 1, int(round(0.95 * (len(ttfts) - 1))))] if ttfts else None}
+
+
+def generate_baseline(model_path: str, threads: int, max_tokens: int) -> float:
+    """Decode tok/s of Model.generate on the first bench prompt (one stream, greedy)."""
+    with lowbit.load(model_path, n_ctx=N_CTX, n_threads=threads) as m:
+        prompt = f"A long, detailed essay about {TOPICS[0]}.\n\n"
+        m.generate(prompt, max_new_tokens=4, temperature=0)
+        return m.generate(prompt, max_new_tokens=max_tokens, temperature=0).decode_tok_s
+
+
+def llama_cpp_usable(python: str) -> Optional[str]:
+    """None when `python` can run llama_cpp.server, else why not."""
+    if not os.path.exists(python):
+        return f"{python} not found"
+    r = subprocess.run([python, "-c", "import llama_cpp.server.app"], capture_output=True, text=True)
+    return None if r.returncode == 0 else r.stderr.strip().splitlines()[-1]
+
+
+def bench_model(name: str, args, vs_llama: bool) -> Dict:
+    path = str(registry.resolve(name, quiet=True))
+    report = {"model": name, "generate_tok_s": generate_baseline(path, args.threads, args.max_tokens),
+              "lowbit": [], "llama_cpp": []}
+    for c in args.streams:
+        proc, port = start_lowbit(path, c, args.threads)
+        try:
+            report["lowbit"].append(run_load(port, c, args.requests, args.max_tokens))
+        finally:
+            stop(proc)
+    if vs_llama:
+        proc, port = start_llama_cpp(args.llama_python, path, args.threads)
+        try:
+            for c in args.streams:
+                report["llama_cpp"].append(run_load(port, c, args.requests, args.max_tokens))
+        finally:
+            stop(proc)
+    return report
+
+
+def fmt(v, spec=".1f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(reports: List[Dict]) -> str:
+    lines = ["| model | server | streams | tok/s | vs 1 stream | TTFT p50 s | TTFT p95 s | requests |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for rep in reports:
+        lines.append(f"| {rep['model']} | Model.generate | 1 | {fmt(rep['generate_tok_s'])} | | | | |")
+        for server in ("lowbit", "llama_cpp"):
+            rows = rep[server]
+            base = rows[0]["tok_s"] if rows else None
+            for row in rows:
+                ratio = row["tok_s"] / base if base else None
+                err = f" ({len(row['errors'])} failed)" if row["errors"] else ""
+                lines.append(f"| {rep['model']} | {server} | {row['streams']} | {fmt(row['tok_s'])} | "
+                             f"{fmt(ratio, '.2f')}x | {fmt(row['ttft_p50_s'], '.3f')} | "
+                             f"{fmt(row['ttft_p95_s'], '.3f')} | {row['requests']}{err} |")
+        by_c = {r["streams"]: r["tok_s"] for r in rep["llama_cpp"]}
+        for row in rep["lowbit"]:
+            if by_c.get(row["streams"]):
+                lines.append(f"| {rep['model']} | lowbit / llama_cpp | {row['streams']} | "
+                             f"{row['tok_s'] / by_c[row['streams']]:.2f}x | | | | |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--streams", type=int, nargs="*", default=[1, 4, 8])
+    ap.add_argument("--requests", type=int, default=2, help="requests per stream, sent back to back")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--models", nargs="*", default=MODELS)
+    ap.add_argument("--llama-python", default=LLAMA_PYTHON)
+    ap.add_argument("--json", help="write the reports to this file")
+    args = ap.parse_args()
+    why = llama_cpp_usable(args.llama_python)
+    if why:
+        print(f"(llama.cpp's server not available, lowbit only: {why})", file=sys.stderr)
+    load_before = os.getloadavg()
+    reports = [bench_model(m, args, why is None) for m in args.models]
+    out = {"load_average_before": load_before, "load_average_after": os.getloadavg(),
+           "threads": args.threads, "max_tokens": args.max_tokens, "requests_per_stream": args.requests,
+           "reports": reports}
+    print(table(reports))
+    print(f"load average before {load_before[0]:.2f}, after {out['load_average_after'][0]:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""``lowbit serve [MODEL]``: an OpenAI-compatible HTTP server (needs ``pip install 'lowbit[server]'``)."""
+from __future__ import annotations
+
+import os
+import sys
+
+from lowbit.cli.common import DEFAULT_MODEL, load_for_cli, positive_int
+
+
+def run(args) -> int:
+    from lowbit.server import bind, build_app, require_server_deps, serve
+    require_server_deps()                       # before the model loads
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be in 0..65535, got {args.port}")
+    if args.queue_size < 0:
+        raise ValueError(f"--queue-size must be >= 0, got {args.queue_size}")
+    api_key = args.api_key if args.api_key is not None else os.environ.get("LOWBIT_API_KEY") or None
+    if api_key is not None and not api_key.strip():
+        raise ValueError("--api-key is empty")
+    sock = bind(args.host, args.port)
+    try:
+        model = load_for_cli(args.model, args, quiet=args.quiet)
+        name = args.alias or args.model
+        app = build_app(model, name, parallel=args.parallel, max_queue=args.queue_size,
+                        prefill_chunk=args.prefill_chunk, api_key=api_key)
+        host, port = sock.getsockname()[:2]
+        print(f"lowbit: serving {name} (n_ctx {model.n_ctx}, {args.parallel} parallel) at http://{host}:{port}/v1"
+              f"{' (API key required)' if api_key else ''}; Ctrl+C stops", file=sys.stderr, flush=True)
+        serve(app, sock, log_level=args.log_level)
+    finally:
+        sock.close()
+    return 0
+
+
+def add_parser(sub) -> None:
+    from lowbit.server import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_QUEUE
+    sp = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API",
+                        usage="lowbit serve [options] [MODEL]",
+                        description="Serve MODEL (a registry name or a GGUF path) at /v1/chat/completions, /v1/embeddings, "
+                                    "/v1/completions, /v1/models, /health and /metrics. Binds 127.0.0.1 "
+                                    "unless --host says otherwise. Needs: pip install 'lowbit[server]'.")
+    sp.add_argument("model", nargs="?", default=DEFAULT_MODEL, metavar="MODEL",
+                    help=f"registry name or GGUF path (default {DEFAULT_MODEL})")
+    sp.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}; "
+                                                         f"0.0.0.0 exposes the server to the network)")
+    sp.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT}; 0: a free one)")
+    sp.add_argument("--parallel", "-np", type=positive_int, default=1,
+                    help="requests generated at once, each in its own KV cache (default 1)")
+    sp.add_argument("--queue-size", type=int, default=DEFAULT_QUEUE,
+                    help=f"requests that may wait for a slot; more get HTTP 429 (default {DEFAULT_QUEUE})")
+    sp.add_argument("--prefill-chunk", type=positive_int, default=None,
+                    help="most prompt tokens evaluated per step, so long prompts do not stall running "
+                         "streams (default 256)")
+    sp.add_argument("--api-key", default=None,
+                    help="require 'Authorization: Bearer KEY' on /v1 (default: $LOWBIT_API_KEY, else none)")
+    sp.add_argument("--alias", default=None, help="model id shown in /v1/models (default: MODEL as given)")
+    sp.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
+                    help="uvicorn's log level (default warning)")
+    sp.add_argument("-q", "--quiet", action="store_true", help="no load progress")
+    g = sp.add_argument_group("model")
+    g.add_argument("--n-ctx", "--ctx", dest="ctx", type=positive_int, default=None,
+                   help="context length of each slot (default: the model's, capped to available memory)")
+    g.add_argument("--threads", "-t", type=positive_int, default=None, help="CPU threads (default: physical cores)")
+    g.add_argument("--batch", type=positive_int, default=512, help="prefill batch size")
+    g.add_argument("--kv-type", default="f16", choices=["f16", "q8_0"], help="KV cache type")
+    sp.set_defaults(func=run)

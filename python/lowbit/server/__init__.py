@@ -1,0 +1,67 @@
+"""``lowbit serve``: an OpenAI-compatible HTTP server on one model (Starlette + uvicorn, the
+optional extra ``lowbit[server]``).
+
+    app.py        routes, SSE streaming, API key, errors as OpenAI error objects
+    openai_api.py request validation and response shapes
+    scheduler.py  bounded queue, N slots, one forward step for all busy slots
+    metrics.py    counters and the Prometheus text of /metrics
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_QUEUE = 64
+# prompt tokens per step: small enough that running streams keep flowing while a prompt is read
+DEFAULT_PREFILL_CHUNK = 256
+
+
+def require_server_deps() -> None:
+    """ImportError naming the extra to install when Starlette or uvicorn is missing."""
+    missing = []
+    for name in ("starlette", "uvicorn"):
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ImportError(f"lowbit serve needs {' and '.join(missing)}: pip install 'lowbit[server]'")
+
+
+def build_app(model, model_name: str, *, parallel: int = 1, max_queue: int = DEFAULT_QUEUE,
+              prefill_chunk: Optional[int] = None, api_key: Optional[str] = None):
+    """The ASGI app serving ``model`` under ``model_name``; the server owns the model from now
+    on (its lifespan closes it)."""
+    require_server_deps()
+    from lowbit.server.app import create_app
+    from lowbit.server.metrics import Metrics
+    from lowbit.server.scheduler import Scheduler, SessionBackend
+    metrics = Metrics()
+    backend = SessionBackend(model, parallel)
+    scheduler = Scheduler(backend, max_queue=max_queue, prefill_chunk=prefill_chunk or DEFAULT_PREFILL_CHUNK,
+                          metrics=metrics)
+    return create_app(model, model_name, scheduler, metrics, api_key=api_key)
+
+
+def bind(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT):
+    """A listening socket on host:port, made before the model loads so that a port in use is a
+    one-line error at once (ValueError); port 0 picks a free one."""
+    import socket
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
+
+
+def serve(app, sock, log_level: str = "warning") -> None:
+    """Run ``app`` with uvicorn on the bound ``sock`` until Ctrl+C / SIGTERM."""
+    import uvicorn
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])

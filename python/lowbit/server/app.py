@@ -1,0 +1,391 @@
+"""The HTTP side of ``lowbit serve``: a Starlette app with OpenAI's endpoints on a Scheduler.
+
+Handlers validate and tokenize (in a worker thread: templates and long prompts take time),
+hand a Job to the scheduler and relay its events: one JSON response, or server-sent events
+ending with ``data: [DONE]``. A client that goes away cancels its job at once (its slot is
+free at the next step)."""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Optional
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from lowbit.errors import LowbitError
+from lowbit.runtime.generate import StopMatcher
+from lowbit.runtime.tools import CALL_OPEN
+from lowbit.server import openai_api as api
+from lowbit.server.metrics import CONTENT_TYPE, Metrics
+from lowbit.server.openai_api import ApiError, Reply
+from lowbit.server.scheduler import Done, ExclusiveJob, Failed, GenRequest, Job, Piece, QueueFull, Scheduler
+
+MAX_BODY_BYTES = 16 << 20
+
+
+@dataclass
+class ServerState:
+    model: object                 # lowbit.Model
+    model_name: str
+    scheduler: Scheduler
+    metrics: Metrics
+    api_key: Optional[str] = None
+    started: int = 0
+    memory: Optional[dict] = None       # bytes by part, see slots_memory
+
+    @property
+    def aliases(self):
+        base = os.path.basename(self.model.path)
+        return {base, base[:-5] if base.endswith(".gguf") else base, self.model.path}
+
+
+# ---- plumbing ---------------------------------------------------------------------------------
+def error_response(e: ApiError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status)
+
+
+async def read_json(request: Request) -> dict:
+    """The request body as a JSON object; 413 past MAX_BODY_BYTES, 400 when it is not JSON."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError(413, f"the request body has {declared} bytes; the limit is {MAX_BODY_BYTES}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise ApiError(400, f"the request body must be a JSON object, got {api._kind(value)}")
+    return value
+
+
+def check_auth(state: ServerState, request: Request) -> None:
+    if state.api_key is None:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), state.api_key.encode()):
+        raise ApiError(401, "Invalid or missing API key: send the header 'Authorization: Bearer <key>'",
+                       code="invalid_api_key")
+
+
+def endpoint(name: str, handler: Callable[[Request, ServerState], Awaitable[Response]], auth: bool = True):
+    """Wraps ``handler``: API key check, errors as OpenAI error objects, request counting."""
+    async def wrapped(request: Request) -> Response:
+        state: ServerState = request.app.state.lowbit
+        try:
+            if auth:
+                check_auth(state, request)
+            response = await handler(request, state)
+        except ApiError as e:
+            response = error_response(e)
+        except QueueFull as e:
+            response = error_response(ApiError(429, str(e), code="rate_limit_exceeded", kind="rate_limit_error"))
+        except LowbitError as e:        # shutting down
+            response = error_response(ApiError(503, str(e), kind="server_error"))
+        except Exception as e:          # noqa: BLE001 - a bug: the client still gets an error object
+            traceback.print_exc()
+            response = error_response(ApiError(500, f"internal error: {type(e).__name__}: {e}", kind="server_error"))
+        state.metrics.on_request(name, response.status_code)
+        return response
+    return wrapped
+
+
+class JobEvents:
+    """A job's events, moved from the scheduler thread into this request's event loop."""
+
+    def __init__(self):
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    def emit(self, event) -> None:      # called on the scheduler thread
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        except RuntimeError:            # the loop is closed: the server is going down
+            pass
+
+
+async def wait_disconnect(request: Request) -> None:
+    """Returns when the client closes the connection (the body has been read already)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+# ---- generation endpoints ---------------------------------------------------------------------
+async def run_job(request: Request, state: ServerState, gen: GenRequest, reply: Reply, stream: bool) -> Response:
+    events = JobEvents()
+    job = Job(gen, state.model.tokenizer, sorted(state.model.tokenizer.eot_ids), events.emit)
+    state.scheduler.submit(job)
+    if stream:
+        return StreamingResponse(stream_events(state, job, events, reply), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    gone = asyncio.ensure_future(wait_disconnect(request))
+    text, logprobs = [], []
+    try:
+        while True:
+            event = await next_event(events, gone)
+            if event is None:
+                state.scheduler.cancel(job)
+                return Response(status_code=499)      # nobody reads it: the client is gone
+            if isinstance(event, Piece):
+                text.append(event.text)
+                logprobs += event.logprobs
+            elif isinstance(event, Done):
+                return JSONResponse(reply.response("".join(text), logprobs + event.logprobs, event))
+            elif isinstance(event, Failed):
+                raise failed_error(event)
+    finally:
+        gone.cancel()
+        if not job.finished:
+            state.scheduler.cancel(job)
+
+
+async def next_event(events: JobEvents, gone: asyncio.Future):
+    """The job's next event, or None when the client went away first."""
+    get = asyncio.ensure_future(events.queue.get())
+    await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+    if not get.done():
+        get.cancel()
+        return None
+    return get.result()
+
+
+def failed_error(event: Failed) -> ApiError:
+    return ApiError(event.status, event.message,
+                    kind="server_error" if event.status >= 500 else "invalid_request_error")
+
+
+def sse(data) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+async def stream_events(state: ServerState, job: Job, events: JobEvents, reply: Reply):
+    """Server-sent events; closing this generator (the client went away) cancels the job.
+    With tools, text from ``<tool_call>`` on is held back: it becomes a tool_calls delta, or
+    content after all when the reply ends without a complete call."""
+    gate = StopMatcher([CALL_OPEN]) if reply.tools else None
+    calling, sent = False, 0                  # a call has started; characters sent as content
+    try:
+        if reply.kind == "chat":
+            yield sse(reply.chunk(None, [], role=True))
+        elif reply.echo:
+            yield sse(reply.chunk(reply.echo, []))
+        while True:
+            event = await events.queue.get()
+            if isinstance(event, Piece):
+                text = event.text
+                if gate is not None:
+                    text, hit = ("", True) if calling else gate.push(text)
+                    calling = calling or hit
+                if text or event.logprobs:
+                    sent += len(text)
+                    yield sse(reply.chunk(text, event.logprobs))
+            elif isinstance(event, Done):
+                calls = event.record.tool_calls
+                if gate is not None and not calls and len(event.record.text) > sent:
+                    yield sse(reply.chunk(event.record.text[sent:], []))
+                if calls:
+                    yield sse(reply.tool_calls_chunk(calls))
+                for chunk in reply.final_chunks(event):
+                    yield sse(chunk)
+                break
+            elif isinstance(event, Failed):
+                yield sse(failed_error(event).body())
+                break
+        yield "data: [DONE]\n\n"
+    finally:
+        if not job.finished:
+            state.scheduler.cancel(job)
+
+
+def chat_prompt(model, messages, body):
+    """(prompt ids, constraint or None) for a chat request: tools through the model's template
+    (runtime/tools.py), response_format as a JSON constraint; each bad field a 400 naming it."""
+    from lowbit.runtime import constraints, tools as tool_calls
+    fmt = api.response_format(body)
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    choice = ("auto" if tools else "none") if choice is None else choice
+    if fmt and tools and choice != "none":
+        raise ApiError(400, "response_format cannot be combined with tools (unless tool_choice is 'none')",
+                       param="response_format")
+    try:
+        messages, template_vars, guide = tool_calls.prepare_chat(model, messages, tools, choice)
+    except (ValueError, TypeError) as e:
+        param = "tool_choice" if "tool_choice" in str(e) else "messages" if "messages" in str(e) else "tools"
+        raise ApiError(400, f"{param}: {e}", param=param) from None
+    if fmt:
+        try:
+            guide = constraints.resolve(model, **fmt)
+        except (ValueError, TypeError) as e:
+            raise ApiError(400, f"response_format: {e}", param="response_format") from None
+    try:
+        ids = model.chat_ids(messages, **template_vars)
+    except (ValueError, TypeError) as e:
+        raise ApiError(400, f"messages: {e}", param="messages") from None
+    return ids, guide
+
+
+async def chat_completions(request: Request, state: ServerState) -> Response:
+    body = await read_json(request)
+    api.check_model(body, state.model_name, state.aliases)
+    api.check_single_choice(body)
+    api.check_unsupported(body, chat=True)
+    messages = api.chat_messages(body)
+    params, stops, logprobs = api.sampling_params(body), api.stop_strings(body), api.chat_logprobs(body)
+    stream, usage = api.get_bool(body, "stream"), api.include_usage(body)
+    ids, constraint = await run_in_threadpool(chat_prompt, state.model, messages, body)
+    gen = GenRequest(ids, params, api.max_new_tokens(body, len(ids), state.scheduler.n_ctx), stops, logprobs,
+                     constraint)
+    reply = Reply("chat", state.model_name, logprobs=logprobs, usage_in_stream=stream and usage,
+                  tools=constraint is not None and constraint.kind == "tools", tokenizer=state.model.tokenizer)
+    return await run_job(request, state, gen, reply, stream)
+
+
+async def completions(request: Request, state: ServerState) -> Response:
+    body = await read_json(request)
+    api.check_model(body, state.model_name, state.aliases)
+    api.check_single_choice(body)
+    api.check_unsupported(body, chat=False)
+    prompt = api.completion_prompt(body)
+    params, stops, logprobs = api.sampling_params(body), api.stop_strings(body), api.completion_logprobs(body)
+    stream, usage, echo = api.get_bool(body, "stream"), api.include_usage(body), api.get_bool(body, "echo")
+    if echo and logprobs is not None:
+        raise ApiError(400, "echo with logprobs is not supported (no prompt log-probs)", param="echo")
+    model = state.model
+    if isinstance(prompt, str):
+        ids = await run_in_threadpool(model.tokenize, prompt, True, True)
+        text = prompt
+    else:
+        bad = next((t for t in prompt if not 0 <= t < model.tokenizer.vocab_size), None)
+        if bad is not None:
+            raise ApiError(400, f"prompt: token id {bad} is outside the vocabulary (0..{model.tokenizer.vocab_size - 1})",
+                           param="prompt")
+        ids, text = list(prompt), (model.detokenize(prompt) if echo else "")
+    if not ids:
+        raise ApiError(400, "prompt: the prompt is empty (no tokens)", param="prompt")
+    gen = GenRequest(ids, params, api.max_new_tokens(body, len(ids), state.scheduler.n_ctx), stops, logprobs)
+    reply = Reply("completion", state.model_name, logprobs=logprobs, echo=text if echo else "",
+                  usage_in_stream=stream and usage, tokenizer=model.tokenizer)
+    return await run_job(request, state, gen, reply, stream)
+
+
+async def embeddings(request: Request, state: ServerState) -> Response:
+    body = await read_json(request)
+    api.check_model(body, state.model_name, state.aliases)
+    texts = api.embedding_inputs(body)
+    model = state.model
+
+    def embed():                        # on the scheduler thread, between steps
+        return model.embed(texts), sum(len(model.tokenize(t)) for t in texts)
+
+    events = JobEvents()
+    job = ExclusiveJob(embed, events.emit)
+    state.scheduler.submit(job)
+    gone = asyncio.ensure_future(wait_disconnect(request))
+    try:
+        event = await next_event(events, gone)
+    finally:
+        gone.cancel()
+    if event is None:
+        state.scheduler.cancel(job)
+        return Response(status_code=499)
+    if isinstance(event, Failed):
+        raise failed_error(event)
+    vectors, n_tokens = event
+    return JSONResponse(api.embeddings_response(vectors, n_tokens, state.model_name,
+                                                body.get("encoding_format", "float")))
+
+
+# ---- the rest ---------------------------------------------------------------------------------
+def model_card(state: ServerState) -> dict:
+    return {"id": state.model_name, "object": "model", "created": state.started, "owned_by": "lowbit",
+            "meta": {"path": state.model.path, "architecture": state.model.architecture,
+                     "n_ctx": state.scheduler.n_ctx, "parallel": len(state.scheduler.slots)}}
+
+
+async def list_models(request: Request, state: ServerState) -> Response:
+    return JSONResponse({"object": "list", "data": [model_card(state)]})
+
+
+async def get_model(request: Request, state: ServerState) -> Response:
+    name = request.path_params["model"]
+    if name != state.model_name and name not in state.aliases:
+        raise ApiError(404, f"The model '{name}' does not exist; this server serves '{state.model_name}'",
+                       param="model", code="model_not_found")
+    return JSONResponse(model_card(state))
+
+
+async def health(request: Request, state: ServerState) -> Response:
+    s = state.scheduler
+    if not s.alive:
+        reason = f"scheduler stopped: {s.error!r}" if s.error is not None else "shutting down"
+        return JSONResponse({"status": "error", "message": reason}, status_code=503)
+    return JSONResponse({"status": "ok", "slots_busy": s.busy_slots(), "slots": len(s.slots),
+                         "queue_length": s.queue_length()})
+
+
+async def metrics(request: Request, state: ServerState) -> Response:
+    s = state.scheduler
+    text = state.metrics.render(s.queue_length(), s.busy_slots(), len(s.slots), state.memory, state.model_name)
+    return Response(text, media_type=CONTENT_TYPE)
+
+
+def slots_memory(sessions) -> dict:
+    """Weights once, KV caches and scratch of every slot's session. Measured at start: they are
+    allocated up front and do not grow (and the engine's report waits for a running step)."""
+    reports = [s.memory() for s in sessions]
+    return {"weights": int(reports[0].get("weights_bytes", 0)),
+            "weights_copied": int(reports[0].get("weights_copied_bytes", 0)),    # fused / repacked copies
+            "kv_cache": sum(int(r.get("kv_cache_bytes", 0)) for r in reports),
+            "scratch": sum(int(r.get("scratch_bytes", 0)) for r in reports)}
+
+
+async def not_found(request: Request, exc: HTTPException) -> Response:
+    return error_response(ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}"))
+
+
+def create_app(model, model_name: str, scheduler: Scheduler, metrics_: Metrics,
+               api_key: Optional[str] = None) -> Starlette:
+    """The ASGI app; its lifespan starts the scheduler and stops it (then closes the model)."""
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app):
+        scheduler.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(scheduler.stop)
+            model.close()
+            print(f"lowbit: stopped serving {model_name}", file=sys.stderr, flush=True)
+
+    routes = [
+        Route("/v1/chat/completions", endpoint("chat", chat_completions), methods=["POST"]),
+        Route("/v1/completions", endpoint("completions", completions), methods=["POST"]),
+        Route("/v1/embeddings", endpoint("embeddings", embeddings), methods=["POST"]),
+        Route("/v1/models", endpoint("models", list_models), methods=["GET"]),
+        Route("/v1/models/{model:path}", endpoint("models", get_model), methods=["GET"]),
+        Route("/health", endpoint("health", health, auth=False), methods=["GET"]),
+        Route("/metrics", endpoint("metrics", metrics, auth=False), methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: not_found})
+    app.state.lowbit = ServerState(model, model_name, scheduler, metrics_, api_key, int(time.time()),
+                                   slots_memory([slot.session for slot in scheduler.slots]))
+    return app

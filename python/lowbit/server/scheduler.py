@@ -1,0 +1,473 @@
+"""The engine side of ``lowbit serve``: a bounded queue of requests, N slots on one model, and
+one thread that advances every busy slot by one forward step at a time.
+
+    HTTP handlers ──submit(job)──> pending (bounded: QueueFull when full)
+                                      │ admitted into the free slot whose cached tokens
+                                      v share the longest prefix with the prompt
+    scheduler thread:  slots[0..N-1] ── each step: one token of every decoding slot
+                                        + a chunk of each prefilling slot's prompt
+                                        (at most prefill_chunk prompt tokens per step,
+                                        so a long prompt does not stall the others)
+                       backend.step(items) -> last-token logits per item
+                       job.on_logits(logits): sample with the request's own sampler,
+                       emit text to the handler (thread-safe callback)
+
+A job that is cancelled (client gone) leaves its slot at the next step boundary; its cached
+tokens stay for the prefix reuse of later requests.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Deque, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from lowbit.errors import LowbitError
+from lowbit.runtime.batch import eval_batch
+from lowbit.runtime.generate import Generation, StopMatcher, Utf8Stream, common_prefix_len
+from lowbit.runtime.sampling import Sampler, SamplingParams
+
+
+# copy a prefix from another slot only when it saves at least this many tokens of prefill
+MIN_PREFIX_COPY = 16
+
+
+class QueueFull(LowbitError):
+    """The server's request queue is full (HTTP 429)."""
+
+
+@dataclass
+class GenRequest:
+    """A validated generation request, in tokens."""
+    prompt_ids: List[int]
+    params: SamplingParams
+    max_new_tokens: int
+    stop: Sequence[str] = ()
+    logprobs: Optional[int] = None      # None: off; k >= 0: the sampled token's + k alternatives
+    constraint: Optional[object] = None  # a runtime.constraints.Constraint (response_format, tools)
+
+
+@dataclass
+class TokenLogprob:
+    token: int
+    logprob: float
+    top: List[Tuple[int, float]] = field(default_factory=list)   # (token, logprob), best first
+
+
+@dataclass
+class Piece:
+    """Text ready for the client and the log-probs of the tokens that produced it."""
+    text: str
+    logprobs: List[TokenLogprob]
+
+
+@dataclass
+class Done:
+    record: Generation
+    logprobs: List[TokenLogprob]        # of tokens whose text was not in a Piece
+
+
+@dataclass
+class Failed:
+    status: int
+    message: str
+
+
+def token_logprob(logits: np.ndarray, token: int, k: int) -> TokenLogprob:
+    """log softmax of the model's raw logits at ``token``, and the ``k`` most likely tokens."""
+    x = np.asarray(logits, dtype=np.float64)
+    m = float(np.max(x))
+    lse = m + float(np.log(np.sum(np.exp(x - m))))
+    top: List[Tuple[int, float]] = []
+    if k > 0:
+        k = min(k, x.size)
+        cand = np.argpartition(-x, k - 1)[:k]
+        cand = cand[np.argsort(-x[cand], kind="stable")]
+        top = [(int(t), float(x[t]) - lse) for t in cand]
+    return TokenLogprob(int(token), float(x[token]) - lse, top)
+
+
+class Job:
+    """One request's generation. The scheduler feeds it tokens' logits; it samples with its own
+    sampler, holds back stop-string prefixes and incomplete UTF-8, and emits Piece / Done /
+    Failed events through ``emit`` (called on the scheduler thread)."""
+
+    def __init__(self, request: GenRequest, tokenizer, stop_ids, emit: Callable[[object], None]):
+        self.request = request
+        self.sampler = Sampler(request.params)
+        self.stops = StopMatcher(request.stop)
+        self.utf8 = Utf8Stream(tokenizer.token_to_bytes)
+        self.stop_ids = frozenset(int(t) for t in stop_ids)
+        self.guide = None              # the constraint's matcher, from admission on (begin)
+        self.record = Generation(prompt_tokens=len(request.prompt_ids))
+        self.history = list(request.prompt_ids)
+        self.fed = 0                   # prompt tokens already in the slot's cache
+        self.next_token: Optional[int] = None
+        self.cancelled = False         # set from the HTTP side: the client went away
+        self.finished = False
+        self.submitted_at = time.perf_counter()
+        self.first_token_at: Optional[float] = None
+        self._pending_logprobs: List[TokenLogprob] = []
+        self._emit = emit
+
+    def begin(self) -> None:
+        """Admitted to a slot: the constraint's first mask is computed while the prompt is read."""
+        if self.request.constraint is not None:
+            self.guide = self.request.constraint.start()
+
+    @property
+    def prefilling(self) -> bool:
+        return self.fed < len(self.request.prompt_ids)
+
+    def next_ids(self, budget: int) -> List[int]:
+        """The tokens this job feeds in the next step: up to ``budget`` prompt tokens while
+        prefilling, else the last sampled token."""
+        if self.prefilling:
+            return self.request.prompt_ids[self.fed:self.fed + budget]
+        return [self.next_token]
+
+    def on_logits(self, logits: np.ndarray) -> None:
+        """Logits after the prompt or the last fed token: sample, emit, maybe finish."""
+        if self.guide is None:
+            token = self.sampler.sample(logits, self.history)
+        else:                                        # the sampler on the tokens the grammar allows
+            token = self.guide.sample(self.sampler, logits, self.history)
+        complete = self.guide is not None and self.guide.accept(token)
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+            self.record.prefill_seconds = self.first_token_at - self.submitted_at
+        if self.request.logprobs is not None and token not in self.stop_ids:
+            self._pending_logprobs.append(token_logprob(logits, token, self.request.logprobs))
+        if token in self.stop_ids:
+            return self.finish("stop" if complete else "eos")
+        self.record.tokens.append(token)
+        self.record.generated_tokens += 1
+        self.history.append(token)
+        text, hit = self.stops.push(self.utf8.feed(token))
+        if text:
+            self._send_piece(text)
+        if hit or complete:
+            return self.finish("stop", flush=complete and not hit)
+        if self.record.generated_tokens >= self.request.max_new_tokens:
+            return self.finish("length")
+        self.next_token = token
+
+    def _send_piece(self, text: str) -> None:
+        self.record.text += text
+        self._emit(Piece(text, self._pending_logprobs))
+        self._pending_logprobs = []
+
+    def finish(self, reason: str, flush: Optional[bool] = None) -> None:
+        """End the generation with a Generation finish reason (eos, stop, length, context,
+        cancelled) and send Done. Held-back text is sent unless a stop string ended it."""
+        if self.finished:
+            return
+        self.finished = True
+        if reason != "stop" if flush is None else flush:
+            tail = self.stops.push(self.utf8.flush())[0] + self.stops.flush()
+            if tail:
+                self._send_piece(tail)
+        rec = self.record
+        rec.finish_reason = reason
+        if self.first_token_at is not None:
+            rec.decode_seconds = time.perf_counter() - self.first_token_at
+            steps = max(rec.generated_tokens - 1, 0)
+            rec.decode_tok_s = steps / rec.decode_seconds if steps and rec.decode_seconds > 0 else 0.0
+        self._close_guide(rec)               # tool calls: parsed into rec.tool_calls here
+        self._emit(Done(rec, self._pending_logprobs))
+
+    def _close_guide(self, record=None) -> None:
+        guide, self.guide = self.guide, None
+        if guide is not None:
+            guide.close(record)
+
+    def fail(self, status: int, message: str) -> None:
+        if not self.finished:
+            self.finished = True
+            self._close_guide()
+            self._emit(Failed(status, message))
+
+
+class ExclusiveJob:
+    """Work that needs the model between steps (embeddings): ``fn()`` runs on the scheduler
+    thread; its result or exception goes to ``emit``."""
+
+    def __init__(self, fn: Callable[[], object], emit: Callable[[object], None]):
+        self.fn = fn
+        self._emit = emit
+        self.cancelled = False
+        self.finished = False
+
+    def run(self) -> None:
+        try:
+            result = self.fn()
+        except (ValueError, TypeError) as e:
+            self.finished = True
+            self._emit(Failed(400, str(e)))
+            return
+        except Exception as e:          # noqa: BLE001 - reported to the client as a 500
+            self.finished = True
+            self._emit(Failed(500, f"{type(e).__name__}: {e}"))
+            return
+        self.finished = True
+        self._emit(result)
+
+    def fail(self, status: int, message: str) -> None:
+        if not self.finished:
+            self.finished = True
+            self._emit(Failed(status, message))
+
+
+class Slot:
+    """One conversation's KV cache (a lowbit Session) and the job using it."""
+
+    def __init__(self, index: int, session):
+        self.index = index
+        self.session = session
+        self.job: Optional[Job] = None
+        self.last_used = 0.0
+
+    def cached(self) -> List[int]:
+        return self.session.cached_tokens
+
+    def take(self, job: Job, keep: int, donor: Optional["Slot"] = None) -> None:
+        """Start ``job`` here with the first ``keep`` prompt tokens already cached: this slot's
+        own, or copied from ``donor``'s cache (keys and values copied, not recomputed)."""
+        if donor is not None:
+            try:
+                self.session.copy_prefix_from(donor.session, keep)
+            except ValueError:          # a sliding-window ring lost what the copy needs
+                keep = 0
+        keep = self.session.truncate(keep)          # a sliding-window ring may keep fewer
+        job.fed = keep
+        job.record.cached_prompt_tokens = keep
+        self.job = job
+
+    def release(self) -> None:
+        self.job = None
+        self.last_used = time.monotonic()
+
+
+class Scheduler:
+    """Runs jobs on ``backend.slots`` from a bounded queue, on one thread of its own.
+
+    ``backend``: ``slots`` (list of Slot), ``n_ctx`` (tokens per slot) and
+    ``step([(slot, ids), ...]) -> [last-token logits, ...]``, one forward for all items."""
+
+    def __init__(self, backend, *, max_queue: int, prefill_chunk: int, metrics=None):
+        if max_queue < 0 or prefill_chunk < 1:
+            raise ValueError(f"max_queue must be >= 0 and prefill_chunk >= 1, got {max_queue}, {prefill_chunk}")
+        self.backend = backend
+        self.slots: List[Slot] = list(backend.slots)
+        self.n_ctx = int(backend.n_ctx)
+        self.max_queue = max_queue
+        # one pass of eval_batch holds n_batch rows: the decode rows plus the prompt chunk
+        self.prefill_chunk = max(1, min(prefill_chunk, int(getattr(backend, "n_batch", prefill_chunk))
+                                        - len(self.slots)))
+        self.metrics = metrics
+        self._pending: Deque = collections.deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self.error: Optional[BaseException] = None     # what ended the loop, if it crashed
+        self._thread = threading.Thread(target=self._loop, name="lowbit-scheduler", daemon=True)
+
+    # ---- the HTTP side ----------------------------------------------------------------------
+    def start(self) -> "Scheduler":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Ends the loop after the running step; queued and running jobs fail with 503."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._stopping
+
+    def submit(self, job) -> None:
+        """Queue ``job``; QueueFull when ``max_queue`` jobs already wait for a slot."""
+        with self._cond:
+            if self._stopping or self.error is not None:
+                raise LowbitError("the server is shutting down")
+            free = sum(1 for s in self.slots if s.job is None)   # queued jobs that will not wait
+            if len(self._pending) - free >= self.max_queue:
+                raise QueueFull(f"the server is busy: {len(self._pending)} requests are waiting "
+                                f"(queue size {self.max_queue}, {len(self.slots)} parallel slots); retry later")
+            self._pending.append(job)
+            self._cond.notify_all()
+
+    def cancel(self, job) -> None:
+        """The client went away: the job leaves the queue, or its slot at the next step."""
+        job.cancelled = True
+        with self._cond:
+            self._cond.notify_all()
+
+    def queue_length(self) -> int:
+        return len(self._pending)
+
+    def busy_slots(self) -> int:
+        return sum(1 for s in self.slots if s.job is not None)
+
+    # ---- the scheduler thread ---------------------------------------------------------------
+    def _loop(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not self._stopping and not self._pending and not self.busy_slots():
+                        self._cond.wait()
+                    if self._stopping:
+                        break
+                    batch = self._pop_admissible()
+                for job in batch:
+                    if isinstance(job, ExclusiveJob):
+                        job.run()
+                    else:
+                        self._admit(job)
+                self._step()
+        except BaseException as e:      # noqa: BLE001 - a bug: health reports it, clients get 500
+            self.error = e
+            raise
+        finally:
+            self._fail_all(503 if self.error is None else 500,
+                           "the server is shutting down" if self.error is None else
+                           f"the scheduler stopped: {type(self.error).__name__}: {self.error}")
+
+    def _pop_admissible(self) -> list:
+        """Queued jobs that can start now (called with the lock): exclusive jobs, and as many
+        generation jobs as there are free slots, in arrival order; cancelled ones are dropped."""
+        free = sum(1 for s in self.slots if s.job is None)
+        out, keep = [], collections.deque()
+        for job in self._pending:
+            if job.cancelled:
+                if isinstance(job, Job):
+                    job.finish("cancelled")     # releases its constraint's worker
+                continue
+            if isinstance(job, ExclusiveJob) or free > 0:
+                free -= 0 if isinstance(job, ExclusiveJob) else 1
+                out.append(job)
+            else:
+                keep.append(job)
+        self._pending = keep
+        return out
+
+    def _admit(self, job: Job) -> None:
+        """Put ``job`` in the free slot whose cache shares the longest prefix with its prompt
+        (ties: the least recently used). When another slot, busy or not, holds a longer prefix
+        (the same system prompt, the previous turn of a chat), its cells are copied over."""
+        prompt = job.request.prompt_ids
+        if len(prompt) >= self.n_ctx:
+            job.fail(400, f"the prompt has {len(prompt)} tokens but the context holds {self.n_ctx}")
+            return
+        limit = len(prompt) - 1            # at least one token is evaluated, for fresh logits
+        shared = {s.index: min(common_prefix_len(s.cached(), prompt), limit) for s in self.slots}
+        free = [s for s in self.slots if s.job is None]
+        slot = max(free, key=lambda s: (shared[s.index], -s.last_used))
+        donor = max(self.slots, key=lambda s: shared[s.index])
+        keep, source = shared[slot.index], None
+        if donor is not slot and shared[donor.index] >= keep + MIN_PREFIX_COPY:
+            keep, source = shared[donor.index], donor
+        try:
+            slot.take(job, keep, source)
+            job.begin()
+        except (ValueError, LowbitError) as e:
+            if slot.job is job:
+                slot.release()
+            job.fail(500, f"could not start the request: {e}")
+            return
+        if self.metrics is not None:
+            self.metrics.on_admit(job)
+
+    def _step_items(self) -> List[Tuple[Slot, List[int]]]:
+        """This step's work: the next token of every decoding slot, then prompt chunks of the
+        prefilling slots (oldest first) up to ``prefill_chunk`` tokens in all."""
+        items: List[Tuple[Slot, List[int]]] = []
+        prefilling = []
+        for slot in self.slots:
+            job = slot.job
+            if job is None:
+                continue
+            if job.cancelled:
+                job.finish("cancelled")
+                slot.release()
+            elif job.prefilling:
+                prefilling.append(slot)
+            elif slot.session.n_past >= self.n_ctx:
+                job.finish("context")          # the slot's context is full
+                slot.release()
+            else:
+                items.append((slot, job.next_ids(1)))
+        budget = self.prefill_chunk
+        for slot in sorted(prefilling, key=lambda s: s.job.submitted_at):
+            if budget <= 0:
+                break
+            ids = slot.job.next_ids(budget)
+            budget -= len(ids)
+            items.append((slot, ids))
+        return items
+
+    def _step(self) -> None:
+        items = self._step_items()
+        if not items:
+            return
+        t0 = time.perf_counter()
+        try:
+            all_logits = self.backend.step([(slot, np.asarray(ids, dtype=np.int32)) for slot, ids in items])
+        except Exception as e:          # noqa: BLE001 - the requests of this step fail, the server goes on
+            for slot, _ in items:       # (each session's cache still matches its token list)
+                slot.job.fail(500, f"the forward step failed: {type(e).__name__}: {e}")
+                slot.release()
+            return
+        generated = 0
+        for (slot, ids), logits in zip(items, all_logits):
+            job = slot.job
+            if job.prefilling:
+                job.fed += len(ids)
+                if job.prefilling:
+                    continue
+            first = job.first_token_at is None
+            try:
+                job.on_logits(logits)
+                generated += 1
+                if first and self.metrics is not None and job.first_token_at is not None:
+                    self.metrics.on_first_token(job.first_token_at - job.submitted_at)
+            except Exception as e:      # noqa: BLE001
+                job.fail(500, f"sampling failed: {type(e).__name__}: {e}")
+            if job.finished:
+                slot.release()
+        if self.metrics is not None:
+            self.metrics.on_step(generated, time.perf_counter() - t0)
+
+    def _fail_all(self, status: int, message: str) -> None:
+        with self._cond:
+            pending, self._pending = list(self._pending), collections.deque()
+            self._stopping = True
+        for job in pending:
+            job.fail(status, message)
+        for slot in self.slots:
+            if slot.job is not None:
+                slot.job.fail(status, message)
+                slot.release()
+
+
+class SessionBackend:
+    """``parallel`` slots on one model: the Model's own session and ``parallel - 1`` more, each
+    with its own KV cache of the model's n_ctx; a step is one ``eval_batch`` over them."""
+
+    def __init__(self, model, parallel: int):
+        if parallel < 1:
+            raise ValueError(f"parallel must be >= 1, got {parallel}")
+        self.model = model
+        sessions = [model] + [model.session() for _ in range(parallel - 1)]
+        self.slots = [Slot(i, s) for i, s in enumerate(sessions)]
+        self.n_ctx = model.n_ctx
+        self.n_batch = model._engine.n_batch
+
+    def step(self, items):
+        return eval_batch([(slot.session, ids) for slot, ids in items])

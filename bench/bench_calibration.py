@@ -118,6 +118,30 @@ def ratio(row: dict, ref: dict):
         else (float("nan"), float("nan"))
 
 
+GREEDY_PROMPT = "The Python standard library"
+
+
+def greedy_in_both(path: str, n: int = 32) -> dict:
+    """The same greedy continuation in lowbit and in llama.cpp (llama-cpp-python) on one file: the
+    file is a standard GGUF that llama.cpp runs unchanged. Returns both token lists and how many
+    leading tokens agree."""
+    from lowbit.runtime.bench import import_llama_cpp
+    with lowbit.load(path, n_ctx=256, n_threads=2) as m:
+        prompt = m.tokenize(GREEDY_PROMPT)
+        ours = m.generate(GREEDY_PROMPT, max_new_tokens=n, temperature=0.0).tokens
+    llm = import_llama_cpp().Llama(model_path=path, n_ctx=256, n_threads=2, verbose=False)
+    try:
+        theirs = []
+        for tok in llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0):
+            theirs.append(int(tok))
+            if len(theirs) == len(ours):
+                break
+    finally:
+        llm.close()
+    same = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+    return {"path": os.path.basename(path), "lowbit": ours, "llama_cpp": theirs, "same_prefix": same}
+
+
 def table(rep: dict) -> str:
     lines = [f"**{rep['model']}** (calibration: {rep['calib']}; load {rep['load_avg_start']:.1f} -> "
              f"{rep['load_avg_end']:.1f})", "",
@@ -137,6 +161,9 @@ def table(rep: dict) -> str:
             lines.append(f"| {qtype} | {r['method']} | {r['bytes'] / 2**20:.1f} | {r['kld']:.5f} "
                          f"[{r['kld_ci'][0]:.5f}, {r['kld_ci'][1]:.5f}] | {cells[0]} | {cells[1]} "
                          f"| {r['same_top1_pct']:.2f} | {r['quantize_seconds']:.1f} |")
+    for g in rep.get("greedy", []):
+        lines.append(f"- greedy {len(g['lowbit'])} tokens, lowbit vs llama.cpp on {g['path']}: "
+                     f"first {g['same_prefix']} equal")
     if "imatrix_speed" in rep:
         s = rep["imatrix_speed"]
         lines += ["", f"imatrix tok/s: lowbit {max(s['lowbit_tok_s']):.0f}, llama.cpp "
@@ -177,6 +204,13 @@ def main() -> None:
                 row.update(evaluate(row.pop("path"), f32, evaluation, args.threads))
                 rep["rows"].append(row)
                 print(f"{name} {qtype} {row['method']}: KLD {row['kld']:.5f}", flush=True)
+        if args.llama_cpp_bin:     # the best lowbit file of each type, run by llama.cpp as well
+            for qtype in types:
+                best = min((r for r in rep["rows"] if r["type"] == qtype and r["method"].startswith("lowbit")),
+                           key=lambda r: r["kld"])
+                method = best["method"].split()[1]
+                rep.setdefault("greedy", []).append(
+                    greedy_in_both(os.path.join(args.work, f"{name}-{qtype}-{method}.gguf")))
         rep["load_avg_end"] = os.getloadavg()[0]
         reports.append(rep)
         print(table(rep), flush=True)

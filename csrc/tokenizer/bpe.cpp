@@ -5,9 +5,8 @@
 // then adjacent symbols joined by merge rank (lowest first, ties: leftmost). A symbol that is no
 // piece falls back to its bytes 0x21..0x7E as one-byte pieces (the only bytes llama.cpp's
 // fallback can name). Pieces or rules holding a character outside the byte table never match.
-#include <queue>
-
 #include "common.h"
+#include "tokenizer/merge.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/unicode.h"
 
@@ -69,42 +68,13 @@ void Tokenizer::bpe_word(std::string_view word, std::vector<int32_t>& out) const
 }
 
 void Tokenizer::bpe_merge(std::string_view word, std::vector<int32_t>& out) const {
-    struct Symbol {
-        uint32_t first, size;   // bytes of the word; size 0 once merged into its left neighbour
-        int32_t prev, next;
-    };
-    struct Candidate {
-        int32_t rank, left, right;
-        uint32_t size;
-        bool operator<(const Candidate& o) const {   // priority_queue top: lowest rank, then leftmost
-            return rank > o.rank || (rank == o.rank && left > o.left);
-        }
-    };
     const int32_t n = int32_t(word.size());
-    std::vector<Symbol> syms(static_cast<size_t>(n));
-    for (int32_t i = 0; i < n; ++i) syms[size_t(i)] = {uint32_t(i), 1, i - 1, i + 1 < n ? i + 1 : -1};
-    std::priority_queue<Candidate> queue;
-    auto try_pair = [&](int32_t left, int32_t right) {
-        if (left == -1 || right == -1) return;
-        const Symbol& a = syms[size_t(left)];
-        const Symbol& b = syms[size_t(right)];
+    std::vector<MergeSymbol> syms = chain_symbols(std::vector<uint32_t>(word.size(), 1));   // one per byte
+    merge_symbols(syms, [&](const MergeSymbol& a, const MergeSymbol& b) -> std::optional<double> {
         auto it = ranks_.find({word.substr(a.first, a.size), word.substr(b.first, b.size)});
-        if (it != ranks_.end()) queue.push({it->second, left, right, a.size + b.size});
-    };
-    for (int32_t i = 0; i + 1 < n; ++i) try_pair(i, i + 1);
-    while (!queue.empty()) {
-        const Candidate c = queue.top();
-        queue.pop();
-        Symbol& a = syms[size_t(c.left)];
-        Symbol& b = syms[size_t(c.right)];
-        if (a.size == 0 || b.size == 0 || a.size + b.size != c.size) continue;   // stale
-        a.size += b.size;
-        b.size = 0;
-        a.next = b.next;
-        if (b.next != -1) syms[size_t(b.next)].prev = c.left;
-        try_pair(a.prev, c.left);
-        try_pair(c.left, a.next);
-    }
+        if (it == ranks_.end()) return std::nullopt;
+        return -double(it->second);   // lowest rank first
+    });
     for (int32_t i = n ? 0 : -1; i != -1; i = syms[size_t(i)].next) {
         const std::string_view sym = word.substr(syms[size_t(i)].first, syms[size_t(i)].size);
         auto it = lookup_.find(sym);

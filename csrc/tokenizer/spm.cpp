@@ -5,9 +5,8 @@
 // symbols that end up as no piece are emitted byte by byte as <0xXX> tokens (else the one-byte
 // piece, else the unknown token). A symbol is always a contiguous byte range of the text, so
 // lookups are string_views into it (no string is built per merge).
-#include <queue>
-
 #include "common.h"
+#include "tokenizer/merge.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/unicode.h"
 
@@ -44,46 +43,17 @@ void Tokenizer::spm_pieces(std::string_view text, std::vector<int32_t>& out) con
 }
 
 void Tokenizer::spm_merge(std::string_view text, std::vector<int32_t>& out) const {
-    struct Symbol {
-        uint32_t first, size;   // bytes of the text; size 0 once merged into its left neighbour
-        int32_t prev, next;
-    };
-    struct Candidate {
-        float score;
-        int32_t left, right;
-        uint32_t size;          // joined size when queued (stale when the sides changed since)
-        bool operator<(const Candidate& o) const {   // priority_queue top: best score, then leftmost
-            return score < o.score || (score == o.score && left > o.left);
-        }
-    };
     const DecodedText d = decode_utf8(text);
-    const int32_t n = int32_t(d.cpts.size());
+    const size_t n = d.cpts.size();
     if (n == 0) return;
-    std::vector<Symbol> syms(static_cast<size_t>(n));
-    for (int32_t i = 0; i < n; ++i)
-        syms[size_t(i)] = {d.offsets[size_t(i)], d.offsets[size_t(i) + 1] - d.offsets[size_t(i)], i - 1,
-                           i + 1 < n ? i + 1 : -1};
-    std::priority_queue<Candidate> queue;
-    auto try_pair = [&](int32_t left, int32_t right) {
-        if (left == -1 || right == -1) return;
-        const uint32_t size = syms[size_t(left)].size + syms[size_t(right)].size;
-        auto it = text_ids_.find(text.substr(syms[size_t(left)].first, size));
-        if (it != text_ids_.end()) queue.push({vocab_.scores[size_t(it->second)], left, right, size});
-    };
-    for (int32_t i = 0; i + 1 < n; ++i) try_pair(i, i + 1);
-    while (!queue.empty()) {
-        const Candidate c = queue.top();
-        queue.pop();
-        Symbol& a = syms[size_t(c.left)];
-        Symbol& b = syms[size_t(c.right)];
-        if (a.size == 0 || b.size == 0 || a.size + b.size != c.size) continue;   // stale
-        a.size += b.size;
-        b.size = 0;
-        a.next = b.next;
-        if (b.next != -1) syms[size_t(b.next)].prev = c.left;
-        try_pair(a.prev, c.left);
-        try_pair(c.left, a.next);
-    }
+    std::vector<uint32_t> sizes(n);                 // one symbol per code point
+    for (size_t i = 0; i < n; ++i) sizes[i] = d.offsets[i + 1] - d.offsets[i];
+    std::vector<MergeSymbol> syms = chain_symbols(sizes);
+    merge_symbols(syms, [&](const MergeSymbol& a, const MergeSymbol& b) -> std::optional<double> {
+        auto it = text_ids_.find(text.substr(a.first, a.size + b.size));   // adjacent: one span
+        if (it == text_ids_.end()) return std::nullopt;
+        return double(vocab_.scores[size_t(it->second)]);   // best score first
+    });
     for (int32_t i = 0; i != -1; i = syms[size_t(i)].next) {
         const std::string_view piece = text.substr(syms[size_t(i)].first, syms[size_t(i)].size);
         auto it = text_ids_.find(piece);

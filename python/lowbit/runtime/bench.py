@@ -87,6 +87,7 @@ class LlamaCppRunner:
 
     def __init__(self, path: str, n_ctx: int, n_threads: Optional[int], n_batch: int):
         llama_cpp = import_llama_cpp()
+        self._llama_cpp = llama_cpp
         rss0 = current_rss_bytes()
         t0 = time.perf_counter()
         self.llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
@@ -106,12 +107,19 @@ class LlamaCppRunner:
         self._empty_context()
         self.llm.eval(tokens.tolist())
 
+    def last_logits(self) -> np.ndarray:
+        """The logits of the last evaluated token. Not ``Llama.scores``: without logits_all,
+        llama-cpp-python 0.3 leaves it zero (its sampler reads the context), so an argmax over
+        it would feed token 0 back every step."""
+        ptr = self._llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
     def generate(self, first: int, n: int) -> None:
         self._empty_context()
         tok = first
         for _ in range(n):
             self.llm.eval([tok])
-            tok = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+            tok = int(np.argmax(self.last_logits()))
 
     def close(self) -> None:
         self.llm.close()

@@ -41,9 +41,14 @@ def core_flags():
 
 
 def test_header_is_what_the_generator_writes(gen, core_flags):
-    flags = gen.flags_of_all()
-    assert core_flags == bytes(flags)
-    assert gen.HEADER.read_text() == gen.render(flags)
+    """Only with the regex release the table was derived with: a later one knows a newer Unicode
+    (test_table_agrees_with_unicodedata checks the table without regex everywhere)."""
+    if regex.__version__ != gen.REGEX_VERSION:
+        pytest.skip(f"regex {regex.__version__} is not the {gen.REGEX_VERSION} the table was derived with")
+    flags = bytes(gen.flags_of_all())
+    differ = [hex(c) for c in range(len(flags)) if flags[c] != core_flags[c]][:10]
+    assert len(core_flags) == len(flags) and not differ, f"first differing code points: {differ}"
+    assert gen.HEADER.read_text() == gen.render(bytearray(flags))
 
 
 def test_table_agrees_with_unicodedata(gen, core_flags):

@@ -19,6 +19,9 @@ import sys
 from pathlib import Path
 
 HEADER = Path(__file__).resolve().parents[1] / "csrc" / "tokenizer" / "unicode_tables.h"
+# ASSIGNED_AFTER_15_1 lists what this regex release assigns beyond 15.1; a later release knows a
+# newer Unicode (regex 2026.11 assigns Unicode 17's characters too), so it must be re-derived then.
+REGEX_VERSION = "2026.5.9"
 LETTER, NUMBER, PUNCT, MARK, SYMBOL, SPACE = 1, 2, 4, 8, 16, 32
 MAX_CPT = 0x110000
 
@@ -50,6 +53,10 @@ ASSIGNED_AFTER_15_1 = (
 def flags_of_all() -> bytearray:
     """Flags of every code point 0..0x10FFFF."""
     import regex
+    if regex.__version__ != REGEX_VERSION:
+        raise RuntimeError(f"regex {regex.__version__} is installed; this table was derived with regex "
+                           f"{REGEX_VERSION}, whose Unicode ASSIGNED_AFTER_15_1 matches: install that one "
+                           f"(pip install regex=={REGEX_VERSION}) or re-derive the list")
     probes = [(regex.compile(r"\p{L}"), LETTER), (regex.compile(r"\p{N}"), NUMBER),
               (regex.compile(r"\p{P}"), PUNCT), (regex.compile(r"\p{M}"), MARK),
               (regex.compile(r"\p{S}"), SYMBOL), (regex.compile(r"\s"), SPACE)]

@@ -165,6 +165,14 @@ void strip_signs(const float* xb, const float* weight, float* xval, uint8_t* sig
     }
 }
 
+// The importance of each weight of a 32-block: imatrix * sqrt(sigma2 + x^2), or x^2 without one.
+void block_weights(const float* xb, const float* qw, float sigma2, float* weight) {
+    if (qw)
+        for (int i = 0; i < 32; ++i) weight[i] = qw[i] * std::sqrt(sigma2 + xb[i] * xb[i]);
+    else
+        for (int i = 0; i < 32; ++i) weight[i] = xb[i] * xb[i];
+}
+
 float max_of(const float* xval) {
     float max = xval[0];
     for (int i = 1; i < 32; ++i) max = std::max(max, xval[i]);
@@ -235,12 +243,7 @@ void quantize_row_iq3_xxs(const float* x, void* out, int64_t n, const float* ima
         for (int ib = 0; ib < QK_K / 32; ++ib) {
             const float* xb = xbl + 32 * ib;
             float weight[32], xval[32];
-            if (imatrix) {
-                const float* qw = imatrix + QK_K * ibl + 32 * ib;
-                for (int i = 0; i < 32; ++i) weight[i] = qw[i] * std::sqrt(sigma2 + xb[i] * xb[i]);
-            } else {
-                for (int i = 0; i < 32; ++i) weight[i] = xb[i] * xb[i];
-            }
+            block_weights(xb, imatrix ? imatrix + QK_K * ibl + 32 * ib : nullptr, sigma2, weight);
             uint8_t signs[4];
             strip_signs(xb, weight, xval, signs);
             const float max = max_of(xval);
@@ -291,12 +294,7 @@ void quantize_row_iq3_s(const float* x, void* out, int64_t n, const float* imatr
         for (int ib = 0; ib < QK_K / 32; ++ib) {
             const float* xb = xbl + 32 * ib;
             float weight[32], xval[32];
-            if (imatrix) {
-                const float* qw = imatrix + QK_K * ibl + 32 * ib;
-                for (int i = 0; i < 32; ++i) weight[i] = qw[i] * std::sqrt(sigma2 + xb[i] * xb[i]);
-            } else {
-                for (int i = 0; i < 32; ++i) weight[i] = xb[i] * xb[i];
-            }
+            block_weights(xb, imatrix ? imatrix + QK_K * ibl + 32 * ib : nullptr, sigma2, weight);
             uint8_t block_signs[4];
             for (int k = 0; k < 4; ++k) {
                 uint8_t s = 0;

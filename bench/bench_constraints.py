@@ -69,7 +69,7 @@ def bench_model(name: str, reps: int, n_gen: int, threads: int) -> dict:
                        sample_ms=round(1e3 * st.sample_seconds / max(st.masks, 1), 3))
         rows.append(row)
     m.close()
-    return {"model": name, "n_vocab": len(m.tokenizer._tokens), "rows": rows}
+    return {"model": name, "n_vocab": m.tokenizer.vocab_size, "rows": rows}
 
 
 def format_table(reports) -> str:

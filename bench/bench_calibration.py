@@ -31,7 +31,7 @@ import pydoc_data.topics as tp
 
 import lowbit
 from lowbit.quant.calibrate import compute_imatrix
-from lowbit.quant.evaluate import bootstrap_means, interval, perplexity
+from lowbit.quant.evaluate import paired_ratio, perplexity
 from lowbit.quant.gptq import collect_hessians
 from lowbit.runtime.registry import resolve
 
@@ -112,10 +112,7 @@ def quantize_all(name: str, f32: str, qtype: str, im_path: str, hessians, bin_di
 
 
 def ratio(row: dict, ref: dict):
-    m = bootstrap_means([row["kld_chunks"], ref["kld_chunks"]])
-    ok = m[:, 1] > 0
-    return row["kld"] / ref["kld"] if ref["kld"] > 0 else float("nan"), interval(m[ok, 0] / m[ok, 1]) if ok.any() \
-        else (float("nan"), float("nan"))
+    return paired_ratio(row["kld_chunks"], ref["kld_chunks"])
 
 
 GREEDY_PROMPT = "The Python standard library"

@@ -179,7 +179,7 @@ def compare(model: str, types: Sequence[str], text: str, *, imatrix=None, calib_
 def ratios_to_rtn(rep: CompareReport) -> dict:
     """{row name: (KLD / KLD of the same type's rtn row, 95 % paired-bootstrap interval)} for
     every non-rtn row whose type also has an rtn row measured on the same chunks."""
-    from lowbit.quant.evaluate import bootstrap_means, interval
+    from lowbit.quant.evaluate import paired_ratio
     rtn = {r.type: r for r in rep.rows if r.method == "rtn" and r.kld_chunks}
     out = {}
     for r in rep.rows:
@@ -187,9 +187,7 @@ def ratios_to_rtn(rep: CompareReport) -> dict:
         if r.method in ("rtn", "-") or ref is None or len(r.kld_chunks) != len(ref.kld_chunks) \
                 or ref.kld_mean <= 0:
             continue
-        means = bootstrap_means([r.kld_chunks, ref.kld_chunks])
-        ok = means[:, 1] > 0
-        out[r.name] = (r.kld_mean / ref.kld_mean, interval(means[ok, 0] / means[ok, 1]))
+        out[r.name] = (r.kld_mean / ref.kld_mean, paired_ratio(r.kld_chunks, ref.kld_chunks)[1])
     return out
 
 

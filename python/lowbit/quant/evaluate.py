@@ -140,6 +140,16 @@ def bootstrap_means(chunk_values: Sequence[Sequence[float]], n_samples: int = BO
     return v[:, idx].mean(axis=2).T
 
 
+def paired_ratio(chunks: Sequence[float], ref_chunks: Sequence[float]) -> Tuple[float, Tuple[float, float]]:
+    """mean(chunks) / mean(ref_chunks) and its 95 % interval from resampling the same chunks for
+    both (resamples whose reference mean is 0 are left out; none left: nan bounds)."""
+    ref = float(np.mean(ref_chunks))
+    m = bootstrap_means([chunks, ref_chunks])
+    ok = m[:, 1] > 0
+    ratio = float(np.mean(chunks)) / ref if ref > 0 else float("nan")
+    return ratio, interval(m[ok, 0] / m[ok, 1]) if ok.any() else (float("nan"), float("nan"))
+
+
 def interval(samples: np.ndarray, level: float = 0.95) -> Tuple[float, float]:
     """The central ``level`` percentile interval of bootstrap samples."""
     tail = 100 * (1 - level) / 2

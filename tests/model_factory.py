@@ -26,13 +26,14 @@ from gguf import GGMLQuantizationType as QT
 from gguf.quants import dequantize, quantize
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3", "phi3", "qwen3moe", "olmoe", "gemma2", "granite",
-                 "olmo2", "smollm3", "gpt-oss")
-MOE_ARCHITECTURES = ("qwen3moe", "olmoe", "gpt-oss")   # always experts; llama has them when n_expert > 0
+                 "olmo2", "smollm3", "gpt-oss", "qwen2moe")
+MOE_ARCHITECTURES = ("qwen3moe", "olmoe", "gpt-oss", "qwen2moe")   # always experts; llama has them when n_expert > 0
 GPT_OSS_EXPERT_STD = 2.0     # gpt-oss gate / up rows
 GPT_OSS_EXPERT_BIAS_STD = 4.0   # their biases: ~8% of the rows sit beyond its SwiGLU clamp (7)
 QK_NORM_FULL_ARCHS = ("olmoe", "olmo2")        # q / k norm weights span the whole row, not one head
 WEIGHT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
                 "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+EXPERT_ONLY_TYPES = ("MXFP4",)   # written for the *_exps matrices only (llama.cpp's MXFP4_MOE)
 LOGIT_STD = 3.0
 GEMMA_TIED_EMBD_STD = 1.5
 
@@ -65,6 +66,8 @@ class TinySpec:
     n_expert: int = 0
     n_expert_used: int = 0
     n_ff_exp: int = 0            # qwen3moe: expert_feed_forward_length; the others' experts are n_ff wide
+    n_ff_shexp: int = 0          # qwen2moe: expert_shared_feed_forward_length (its shared expert's width)
+    expert_type: str = ""        # storage type of the *_exps matrices ("": weight_type), e.g. MXFP4
     # granite's scale factors (0: not written)
     embedding_scale: float = 0.0
     residual_scale: float = 0.0
@@ -107,11 +110,15 @@ def default_spec(arch: str, weight_type: str = "F32", **overrides) -> TinySpec:
                        n_expert_used=2, n_ff_exp=96, sliding_window=4, rope_base=15e4, rope_scale=4.0,
                        rope_scaling="yarn", rope_orig_ctx=32, tied=False, seed=4)
         # seed 4: no router near-tie (reference_forward.route) on the token sequences the tests use
+    elif arch == "qwen2moe":    # 5 experts, 2 per token, 64 wide, and a 96-wide shared expert
+        spec = replace(spec, rope_base=1e6, rms_eps=1e-6, n_expert=5, n_expert_used=2, n_ff_exp=64,
+                       n_ff_shexp=96, tied=False)
     elif arch == "smollm3":     # layer 3 of 4 has no RoPE
         spec = replace(spec, n_layer=4, rope_base=5e6, rms_eps=1e-6)
     if gguf.GGML_QUANT_SIZES[QT[weight_type]][0] == 256:
         spec = replace(spec, n_embd=256, n_ff=512 if not spec.n_expert or spec.arch == "qwen3moe" else 256,
-                       head_dim=256 // spec.n_head, n_ff_exp=256 if spec.n_ff_exp else 0)
+                       head_dim=256 // spec.n_head, n_ff_exp=256 if spec.n_ff_exp else 0,
+                       n_ff_shexp=256 if spec.n_ff_shexp else 0)
     return replace(spec, **overrides)
 
 
@@ -187,7 +194,7 @@ def expert_width(spec: TinySpec) -> int:
     """Rows of each expert's gate / up: qwen3moe's / gpt-oss's expert_feed_forward_length, else n_ff."""
     if spec.arch == "gpt-oss":
         return spec.n_ff_exp or spec.n_ff
-    if spec.arch == "qwen3moe":
+    if spec.arch in ("qwen3moe", "qwen2moe"):
         return spec.n_ff_exp or spec.n_ff // spec.n_expert_used
     return spec.n_ff
 
@@ -205,6 +212,12 @@ def _expert_shapes(spec: TinySpec, p: str, shapes: Dict[str, Tuple[int, ...]]) -
         shapes[f"{p}.ffn_gate_exps.bias"] = (X, FX)
         shapes[f"{p}.ffn_up_exps.bias"] = (X, FX)
         shapes[f"{p}.ffn_down_exps.bias"] = (X, E)
+    if spec.arch == "qwen2moe":                               # the shared expert and its gate
+        FS = spec.n_ff_shexp or spec.n_ff
+        shapes[f"{p}.ffn_gate_inp_shexp.weight"] = (E,)
+        shapes[f"{p}.ffn_gate_shexp.weight"] = (FS, E)
+        shapes[f"{p}.ffn_up_shexp.weight"] = (FS, E)
+        shapes[f"{p}.ffn_down_shexp.weight"] = (E, FS)
 
 
 def tensor_shapes(spec: TinySpec) -> Dict[str, Tuple[int, ...]]:
@@ -249,7 +262,7 @@ def tensor_shapes(spec: TinySpec) -> Dict[str, Tuple[int, ...]]:
                 shapes[f"{p}.ffn_up.weight"] = (F, E)
         if spec.arch == "gpt-oss":
             shapes[f"{p}.attn_output.bias"] = (E,)
-        if spec.arch in ("qwen2", "gpt-oss"):
+        if spec.arch in ("qwen2", "gpt-oss", "qwen2moe"):
             shapes[f"{p}.attn_q.bias"] = (q_dim,)
             shapes[f"{p}.attn_k.bias"] = (kv_dim,)
             shapes[f"{p}.attn_v.bias"] = (kv_dim,)
@@ -289,6 +302,8 @@ def random_vector(name: str, shape: Tuple[int, ...], rng: np.random.Generator) -
         return rng.normal(0.0, GPT_OSS_EXPERT_BIAS_STD, shape).astype(np.float32)
     if name.endswith(".bias"):
         return rng.normal(0.0, 0.3, shape).astype(np.float32)
+    if name.endswith("ffn_gate_inp_shexp.weight"):   # the shared expert's gate logit ~N(0, 1)
+        return rng.normal(0.0, 1.0 / math.sqrt(shape[0]), shape).astype(np.float32)
     if name.endswith("attn_sinks.weight"):           # logits of the same order as q.k / sqrt(d)
         return rng.normal(0.0, 1.0, shape).astype(np.float32)
     if name == "rope_freqs.weight":                  # llama3: 1 for fast dims, up to 8 slow
@@ -360,6 +375,11 @@ def make_tensors(spec: TinySpec) -> Dict[str, Tuple[np.ndarray, QT]]:
         if name.endswith("ffn_gate_inp.weight"):        # the router stays F32 (llama.cpp's quantize)
             tensors[name] = (rng.normal(0.0, std, shape).astype(np.float32), QT.F32)
             continue
+        if spec.expert_type and "_exps." in name:       # e.g. MXFP4_MOE's experts
+            etype = QT[spec.expert_type]
+            values = rng.normal(0.0, std, shape).astype(np.float32)
+            tensors[name] = (encode_matrix(values, etype), etype)
+            continue
         if shape[-1] % block_size:
             raise ValueError(f"{name}: {shape[-1]} input columns are not a multiple of the "
                              f"{spec.weight_type} block size {block_size}")
@@ -411,6 +431,8 @@ def _write_hparams(w: gguf.GGUFWriter, spec: TinySpec, n_vocab: int) -> None:
         w.add_expert_used_count(spec.n_expert_used)
         if spec.n_ff_exp:
             w.add_expert_feed_forward_length(spec.n_ff_exp)
+        if spec.n_ff_shexp:
+            w.add_expert_shared_feed_forward_length(spec.n_ff_shexp)
     for value, add in ((spec.embedding_scale, w.add_embedding_scale), (spec.residual_scale, w.add_residual_scale),
                        (spec.attention_scale, w.add_attention_scale), (spec.logit_scale, w.add_logit_scale)):
         if value:
@@ -477,7 +499,9 @@ def write_tiny_model(path, spec: Optional[TinySpec] = None, **overrides) -> str:
         raise ValueError(f"{spec.arch}: llama.cpp requires output.weight (tied=False)")
     if spec.arch == "olmoe" and spec.n_head_kv != spec.n_head:
         raise ValueError("olmoe: llama.cpp's k norm spans n_embd, so n_head_kv must equal n_head")
-    if spec.arch in ("llama", "qwen2", "phi3", "olmoe", "granite", "smollm3", "olmo2") \
+    if spec.expert_type and spec.expert_type not in WEIGHT_TYPES + EXPERT_ONLY_TYPES:
+        raise ValueError(f"expert_type {spec.expert_type!r} not in {WEIGHT_TYPES + EXPERT_ONLY_TYPES}")
+    if spec.arch in ("llama", "qwen2", "phi3", "olmoe", "granite", "smollm3", "olmo2", "qwen2moe") \
             and spec.n_head * spec.head_dim != spec.n_embd:
         raise ValueError(f"{spec.arch}: llama.cpp needs n_head * head_dim == n_embd "
                          f"({spec.n_head} * {spec.head_dim} != {spec.n_embd})")

@@ -15,6 +15,8 @@ then every activation is float64. It follows llama.cpp's graphs (src/models/*.cp
   qwen3moe  qwen3 attention; mixture-of-experts FFN: softmax router, top-k, weights renormalised
   olmoe   RMSNorm of the whole q and k rows (all heads at once), NeoX RoPE; MoE with softmax
           top-k weights NOT renormalised
+  qwen2moe  qwen2 attention; MoE with softmax top-k NOT renormalised, plus a shared expert:
+          + sigmoid(x . ffn_gate_inp_shexp) * down_sh(silu(gate_sh x) * up_sh x)
   llama + `<arch>.expert_count` (Mixtral): MoE, softmax top-k renormalised
   gemma2  gemma3 without QK-norm: attention scores soft-capped c*tanh(s/c) before the softmax,
           final logits soft-capped, even layers slide (pattern 2), GELU(tanh)
@@ -50,13 +52,13 @@ import gguf
 from gguf.quants import dequantize
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3", "phi3", "qwen3moe", "olmoe", "gemma2", "granite",
-                 "olmo2", "smollm3", "gpt-oss")
+                 "olmo2", "smollm3", "gpt-oss", "qwen2moe")
 NEOX_ROPE_ARCHS = ("qwen2", "qwen3", "gemma3", "phi3", "qwen3moe", "olmoe", "gemma2", "olmo2",
-                   "gpt-oss")  # pairs (i, i + n_rot/2)
+                   "gpt-oss", "qwen2moe")  # pairs (i, i + n_rot/2)
 QK_NORM_ARCHS = ("qwen3", "gemma3", "qwen3moe")       # per head
 QK_NORM_FULL_ARCHS = ("olmoe", "olmo2")               # over the whole q / k row
 GEMMA_ARCHS = ("gemma2", "gemma3")
-MOE_NOT_RENORMALISED = ("olmoe", "gpt-oss")
+MOE_NOT_RENORMALISED = ("olmoe", "gpt-oss", "qwen2moe")
 OAI_SWIGLU_ALPHA, OAI_SWIGLU_LIMIT = 1.702, 7.0
 SMOLLM3_NO_ROPE_STEP = 4
 GEMMA3_SWA_PATTERN = 6          # llama.cpp set_swa_pattern(6): layer il is SWA iff il % 6 < 5
@@ -454,6 +456,11 @@ class ReferenceModel:
                 else:
                     h = silu(g) * u
                 out[t] += w * (down[e] @ h + down_b[e])
+        if self.has(f"{p}.ffn_gate_inp_shexp.weight"):     # qwen2moe's shared expert
+            gate_logit = x @ self.weight(f"{p}.ffn_gate_inp_shexp.weight")
+            shared = self._linear(silu(self._linear(x, f"{p}.ffn_gate_shexp")) * self._linear(x, f"{p}.ffn_up_shexp"),
+                                  f"{p}.ffn_down_shexp")
+            out += shared / (1.0 + np.exp(-gate_logit))[:, None]
         return out
 
     def _block_prenorm(self, il: int, x: np.ndarray, positions: np.ndarray) -> np.ndarray:

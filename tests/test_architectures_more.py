@@ -1,5 +1,5 @@
 """The architectures added after the first five: qwen3moe, olmoe, llama with experts (Mixtral), gemma2,
-granite, olmo2, smollm3, gpt-oss. tests/test_engine.py runs every architecture of the factory against the
+granite, olmo2, smollm3, gpt-oss, qwen2moe (shared expert). tests/test_engine.py runs every architecture of the factory against the
 float64 reference (F32, F16, four quantized types, prefill vs decode); here: llama with experts
 (not a factory architecture of its own) in the same checks, every new one against llama.cpp on
 the same file (dev oracle), and the features that set them apart.
@@ -35,6 +35,7 @@ MODELS = {
     "olmo2": ("olmo2", {}),
     "smollm3": ("smollm3", {}),
     "gpt-oss": ("gpt-oss", {}),
+    "qwen2moe": ("qwen2moe", {}),
 }
 _FILES = {}
 
@@ -170,6 +171,41 @@ def test_quantized_against_llama_cpp(tmp_path_factory, name, weight_type):
     top2 = np.sort(theirs, axis=1)[:, -2:]
     clear = (top2[:, 1] - top2[:, 0]) > 0.5
     assert np.array_equal(ours.argmax(1)[clear], theirs.argmax(1)[clear])
+
+
+def test_mxfp4_experts(tmp_path_factory):
+    """gpt-oss as it ships (llama.cpp's MXFP4_MOE: experts MXFP4, the other matrices Q8_0): the
+    engine follows the float64 reference within the kernel tier, and llama.cpp on the same file
+    within the tier plus llama.cpp's own distance to the exact result (dev oracle)."""
+    path = model_path(tmp_path_factory, "gpt-oss", "Q8_0", expert_type="MXFP4")
+    e = engine(path)
+    ids = random_ids(e.n_vocab, 24, seed=2)
+    ours = e.eval(ids, all_logits=True)
+    exact = ReferenceModel(path).logits(ids)
+    assert rel_err(ours, exact) <= 6e-2
+    top2 = np.sort(exact, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 0.5
+    assert np.array_equal(ours.argmax(1)[clear], exact.argmax(1)[clear])
+    llama_cpp = llama_cpp_or_skip()
+    ref = llama_cpp.Llama(path, n_ctx=64, n_threads=1, n_batch=64, logits_all=True, verbose=False)
+    ref.eval(ids.tolist())
+    theirs = np.array(ref.scores[:24])
+    assert rel_err(ours, theirs) <= 6e-2 + rel_err(theirs, exact)
+
+
+def test_qwen2moe_shared_expert_counts(tmp_path_factory):
+    """The shared expert is not a negligible term: the reference with it dropped differs by > 1e-2,
+    and the engine follows the reference that keeps it (1e-3)."""
+    path = model_path(tmp_path_factory, "qwen2moe")
+    ids = random_ids(engine(path).n_vocab, 12, seed=6)
+    ours = engine(path).eval(ids, all_logits=True)
+    ref = ReferenceModel(path)
+    with_shared = ref.logits(ids)
+    has = ref.has
+    ref.has = lambda name: not name.endswith("ffn_gate_inp_shexp.weight") and has(name)
+    without = ref.logits(ids)
+    assert rel_err(with_shared, without) > 1e-2
+    assert rel_err(ours, with_shared) <= 1e-3
 
 
 def test_gpt_oss_tiny_model_exercises_its_features(tmp_path_factory):

@@ -15,7 +15,7 @@ constexpr ArchEntry kArchs[] = {
     {"llama", Arch::Llama}, {"qwen2", Arch::Qwen2}, {"qwen3", Arch::Qwen3},
     {"gemma3", Arch::Gemma3}, {"phi3", Arch::Phi3}, {"qwen3moe", Arch::Qwen3Moe}, {"olmoe", Arch::Olmoe},
     {"gemma2", Arch::Gemma2}, {"granite", Arch::Granite}, {"olmo2", Arch::Olmo2}, {"smollm3", Arch::Smollm3},
-    {"gpt-oss", Arch::GptOss},
+    {"gpt-oss", Arch::GptOss}, {"qwen2moe", Arch::Qwen2Moe},
 };
 
 // Metadata reads that fail as ModelError (a model problem), naming the key.
@@ -159,7 +159,8 @@ void read_swa_layers(const GGUFFile& f, const Meta& m, ModelConfig& c, int64_t d
 // Experts: "<arch>.expert_count" / "expert_used_count" / "expert_feed_forward_length". The MoE
 // architectures need them; llama has them for Mixtral; elsewhere a non-zero count is refused.
 void read_experts(const GGUFFile& f, const Meta& m, ModelConfig& c) {
-    const bool moe_arch = c.arch == Arch::Qwen3Moe || c.arch == Arch::Olmoe || c.arch == Arch::GptOss;
+    const bool moe_arch = c.arch == Arch::Qwen3Moe || c.arch == Arch::Olmoe || c.arch == Arch::GptOss ||
+                          c.arch == Arch::Qwen2Moe;
     c.n_expert = m.count_or_zero("expert_count");
     if (moe_arch)
         LOWBIT_CHECK(c.n_expert > 0, ModelError, f.path(), ": metadata '", m.key("expert_count"),
@@ -170,8 +171,9 @@ void read_experts(const GGUFFile& f, const Meta& m, ModelConfig& c) {
     c.n_expert_used = m.positive("expert_used_count");
     LOWBIT_CHECK(c.n_expert_used <= c.n_expert, ModelError, f.path(), ": metadata '", m.key("expert_used_count"),
                  "' = ", c.n_expert_used, " exceeds ", m.key("expert_count"), " = ", c.n_expert);
-    // llama.cpp: qwen3moe's experts are expert_feed_forward_length wide (else n_ff / k), the others n_ff
-    if (c.arch == Arch::Qwen3Moe) {
+    // llama.cpp: qwen3moe's / qwen2moe's experts are expert_feed_forward_length wide (else n_ff / k),
+    // the others n_ff
+    if (c.arch == Arch::Qwen3Moe || c.arch == Arch::Qwen2Moe) {
         const auto width = m.positive_opt("expert_feed_forward_length");
         c.n_ff_exp = width ? *width : m.positive("feed_forward_length") / c.n_expert_used;
     } else if (c.arch == Arch::GptOss) {
@@ -180,6 +182,10 @@ void read_experts(const GGUFFile& f, const Meta& m, ModelConfig& c) {
         c.n_ff_exp = m.positive("feed_forward_length");
     }
     LOWBIT_CHECK(c.n_ff_exp > 0, ModelError, f.path(), ": expert width is 0");
+    if (c.arch == Arch::Qwen2Moe) {   // the shared expert: expert_shared_feed_forward_length, else n_ff
+        const auto width = m.positive_opt("expert_shared_feed_forward_length");
+        c.n_ff_shexp = width ? *width : m.positive("feed_forward_length");
+    }
     c.expert_weights_norm = c.arch == Arch::Qwen3Moe || c.arch == Arch::Llama;
     if (c.arch == Arch::GptOss) c.expert_gating = ExpertGating::SoftmaxTopK;
 }
@@ -285,6 +291,7 @@ ModelConfig load_config(const GGUFFile& f) {
         case Arch::Qwen3: c.rope_mode = RopeMode::NeoX; c.qk_norm = true; break;
         case Arch::Phi3: c.rope_mode = RopeMode::NeoX; c.fused_qkv = c.fused_gate_up = true; break;
         case Arch::Qwen3Moe: c.rope_mode = RopeMode::NeoX; c.qk_norm = true; break;
+        case Arch::Qwen2Moe: c.rope_mode = RopeMode::NeoX; c.qkv_bias = true; break;
         case Arch::Olmoe: c.rope_mode = RopeMode::NeoX; c.qk_norm_full = true; break;
         case Arch::Olmo2:
             c.rope_mode = RopeMode::NeoX;

@@ -11,6 +11,8 @@
 //           with their own RoPE base 10000
 //   phi3    fused qkv and gate-up projections, NeoX RoPE
 //   qwen3moe  qwen3 with a mixture-of-experts FFN: softmax router, top-k renormalised (moe.h)
+//   qwen2moe  qwen2 attention; MoE (softmax top-k, not renormalised) plus a shared expert: a dense
+//           SiLU FFN whose output is scaled by sigmoid(x . ffn_gate_inp_shexp) and added
 //   olmoe   llama + RMSNorm of the whole q and k rows, NeoX RoPE, MoE with softmax top-k not renormalised
 //   llama with <arch>.expert_count (Mixtral): MoE, softmax top-k renormalised
 //   gemma2  gemma3 without QK-norm: attention logits soft-capped (c tanh(s / c)), final logits
@@ -30,7 +32,8 @@
 
 namespace lowbit::model {
 
-enum class Arch { Llama, Qwen2, Qwen3, Gemma3, Phi3, Qwen3Moe, Olmoe, Gemma2, Granite, Olmo2, Smollm3, GptOss };
+enum class Arch { Llama, Qwen2, Qwen3, Gemma3, Phi3, Qwen3Moe, Olmoe, Gemma2, Granite, Olmo2, Smollm3, GptOss,
+                  Qwen2Moe };
 enum class RopeMode { Normal, NeoX };   // Normal: pairs (2i, 2i+1); NeoX: pairs (i, i + n_rot/2)
 // the gate's activation: act(gate) * up; SwigluOai (gpt-oss): g = min(gate, 7), u = clamp(up, -7, 7),
 // g sigmoid(1.702 g) (u + 1)
@@ -96,6 +99,7 @@ struct ModelConfig {
     int64_t n_expert = 0, n_expert_used = 0, n_ff_exp = 0;
     ExpertGating expert_gating = ExpertGating::Softmax;
     bool expert_weights_norm = false;   // divide the k weights by their sum (qwen3moe, Mixtral)
+    int64_t n_ff_shexp = 0;      // qwen2moe: the shared expert's width (0 = no shared expert)
 
     int64_t q_dim() const { return n_head * head_dim; }
     int64_t kv_dim() const { return n_head_kv * head_dim; }

@@ -85,6 +85,25 @@ void run_item(const ModelConfig& c, const LayerWeights& l, int64_t il, const flo
     }
 }
 
+// qwen2moe's shared expert, added to out: sigmoid(xn . shexp_gate) * down(silu(gate xn) * up xn).
+void add_shared_expert(const ModelConfig& c, const LayerWeights& l, int64_t il, const float* xn, int64_t n,
+                       float* out, MoeScratch& s, cpu::ThreadPool& pool, cpu::ActPrecision prec,
+                       MatmulObserver* obs) {
+    const int64_t E = c.n_embd, F = c.n_ff_shexp;
+    observe(obs, pool, il, {"ffn_gate_shexp", "ffn_up_shexp"}, xn, n, E);
+    project(l.gate_shexp, xn, n, s.sh_gate.data(), pool, prec);
+    project(l.up_shexp, xn, n, s.sh_up.data(), pool, prec);
+    for (int64_t t = 0; t < n; ++t) gated_act(FfnAct::SiLU, s.sh_gate.data() + t * F, s.sh_up.data() + t * F, F);
+    observe(obs, pool, il, {"ffn_down_shexp"}, s.sh_gate.data(), n, F);
+    project(l.down_shexp, s.sh_gate.data(), n, s.sh_out.data(), pool, prec);
+    for (int64_t t = 0; t < n; ++t) {
+        const float* x = xn + t * E;
+        float logit = 0.0f;
+        for (int64_t i = 0; i < E; ++i) logit += x[i] * l.shexp_gate[size_t(i)];
+        cpu::axpy_f32(out + t * E, 1.0f / (1.0f + std::exp(-logit)), s.sh_out.data() + t * E, E);
+    }
+}
+
 // The batch's work items: every selected expert's slots in runs of at most kExpertRows.
 void make_items(const ModelConfig& c, MoeScratch& s) {
     s.items.clear();
@@ -115,10 +134,15 @@ MoeScratch::MoeScratch(const ModelConfig& c, int64_t n_batch, int n_threads) {
     items.reserve(size_t(c.n_expert) + B * k / size_t(kExpertRows) + 1);
     slot_out.resize(B * k * size_t(c.n_embd));
     for (int t = 0; t < n_threads; ++t) workers.push_back(std::make_unique<Worker>(c));
+    if (c.n_ff_shexp > 0) {
+        sh_gate.resize(B * size_t(c.n_ff_shexp));
+        sh_up.resize(B * size_t(c.n_ff_shexp));
+        sh_out.resize(B * size_t(c.n_embd));
+    }
 }
 
 int64_t MoeScratch::bytes() const {
-    size_t floats = logits.size() + weight.size() + slot_out.size();
+    size_t floats = logits.size() + weight.size() + slot_out.size() + sh_gate.size() + sh_up.size() + sh_out.size();
     for (const auto& w : workers) floats += w->x.size() + w->gate.size() + w->up.size() + w->down.size();
     return int64_t(floats * sizeof(float) + (selected.size() + ids.size()) * sizeof(int32_t) +
                    (first.size() + cursor.size() + order.size()) * sizeof(int64_t) + items.capacity() * sizeof(Item));
@@ -195,6 +219,7 @@ void moe_feed_forward(const ModelConfig& c, const LayerWeights& l, int64_t il, c
     };
     if (n == 1) combine(0);
     else pool.parallel_for(n, [&](int64_t t, int) { combine(t); });
+    if (c.n_ff_shexp > 0) add_shared_expert(c, l, il, xn, n, out, s, pool, prec, observer);
 }
 
 }  // namespace lowbit::model

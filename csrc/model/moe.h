@@ -6,6 +6,8 @@
 //   Softmax:      p = softmax(logits); top-k of p; w = p[top]     [/ sum(w) when expert_weights_norm]
 //   SoftmaxTopK:  top-k of logits; w = softmax(logits[top])       (gpt-oss)
 //   out = sum over the k selected e of w_e * down_e(act(gate_e(xn)) * up_e(xn))   (+ expert biases)
+//   qwen2moe, then: out += sigmoid(xn . gate_inp_shexp) * down_sh(silu(gate_sh(xn)) * up_sh(xn))
+//   (the shared expert: a dense FFN over every token, on the whole pool)
 // Experts are matrices of the stacked GGUF tensors (weights.h ExpertMatrices). The batch is
 // grouped by expert: each selected expert multiplies the rows of its tokens (up to kExpertRows at
 // a time) in one matmul, so its bytes are read once per batch (per kExpertRows tokens); in decode
@@ -57,6 +59,8 @@ struct MoeScratch {
     std::vector<Item> items;           // this batch's work items (capacity reserved)
     AlignedBuffer<float> slot_out;     // (n_batch * k, n_embd)  each slot's expert output, biased
     std::vector<std::unique_ptr<Worker>> workers;   // (n_threads,)
+    AlignedBuffer<float> sh_gate, sh_up;   // qwen2moe's shared expert: (n_batch, n_ff_shexp)
+    AlignedBuffer<float> sh_out;           // (n_batch, n_embd)
 };
 
 // out (n, n_embd) = the MoE block of layer il on xn (n, n_embd). observer: nullptr, or it sees the

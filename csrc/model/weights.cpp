@@ -127,6 +127,12 @@ void load_experts(const Loader& ld, const ModelConfig& c, const std::string& p, 
         l.up_exps_b = ld.table(p + "ffn_up_exps.bias", X, F);
         l.down_exps_b = ld.table(p + "ffn_down_exps.bias", X, E);
     }
+    if (c.n_ff_shexp > 0) {
+        l.shexp_gate = ld.vec(p + "ffn_gate_inp_shexp.weight", E);
+        l.gate_shexp = ld.matrix(p + "ffn_gate_shexp.weight", c.n_ff_shexp, E);
+        l.up_shexp = ld.matrix(p + "ffn_up_shexp.weight", c.n_ff_shexp, E);
+        l.down_shexp = ld.matrix(p + "ffn_down_shexp.weight", E, c.n_ff_shexp);
+    }
 }
 
 // Whether the engine adds the bias tensor `name` (one it would not add changes the model: refused).

@@ -63,6 +63,9 @@ struct LayerWeights {
     ExpertMatrices down_exps;     // (n_embd, n_ff_exp) each
     Vec gate_exps_b, up_exps_b;   // gpt-oss: (n_expert, n_ff_exp), expert-major
     Vec down_exps_b;              // gpt-oss: (n_expert, n_embd)
+    Vec shexp_gate;               // qwen2moe: ffn_gate_inp_shexp (n_embd,): the shared expert's gate
+    Matrix gate_shexp, up_shexp;  // qwen2moe: (n_ff_shexp, n_embd)
+    Matrix down_shexp;            // qwen2moe: (n_embd, n_ff_shexp)
 };
 
 struct ModelWeights {

@@ -58,7 +58,7 @@ class TinySpec:
     longrope: bool = False       # phi3 LongRoPE: rope_factors_long/short tensors, attn_factor 1.19
     rope_freq_factors: bool = False   # llama3-style rope_freqs.weight (llama only)
     rms_eps: float = 1e-5
-    sliding_window: int = 0      # gemma3 only
+    sliding_window: int = 0      # gemma3, gemma2, gpt-oss, olmo2 (OLMo 3)
     final_logit_softcap: float = 0.0
     attn_softcap: float = 0.0    # gemma2: attention.attn_logit_softcapping (0: not written)
     # mixture of experts (qwen3moe, olmoe; llama = Mixtral when n_expert > 0): stacked expert tensors,
@@ -418,8 +418,8 @@ def _write_hparams(w: gguf.GGUFWriter, spec: TinySpec, n_vocab: int) -> None:
         w.add_rope_scaling_orig_ctx_len(spec.rope_orig_ctx or 32)
         w.add_rope_scaling_attn_factors(1.19)
     if spec.sliding_window:
-        if spec.arch not in ("gemma3", "gemma2", "gpt-oss"):
-            raise ValueError("sliding_window is implemented for gemma3, gemma2 and gpt-oss only (llama.cpp "
+        if spec.arch not in ("gemma3", "gemma2", "gpt-oss", "olmo2"):
+            raise ValueError("sliding_window is implemented for gemma3, gemma2, gpt-oss and olmo2 only (llama.cpp "
                              "ignores it for the other architectures)")
         w.add_sliding_window(spec.sliding_window)
     if spec.final_logit_softcap:

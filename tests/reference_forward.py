@@ -23,7 +23,8 @@ then every activation is float64. It follows llama.cpp's graphs (src/models/*.cp
   granite llama + embedding_scale, residual_scale (on each branch before the residual add),
           attention.scale (replaces 1/sqrt(d)), logits / logit_scale
   olmo2   no pre-norms: x + post_attention_norm(attn(x)), h + post_ffw_norm(ffn(h)); q / k
-          normed over the whole row; NeoX RoPE
+          normed over the whole row; NeoX RoPE; OLMo 3 (with a sliding window): layer il slides when
+          il % 4 < 3, rotating with the global base, unscaled (no YaRN there)
   smollm3 llama where layer il has no RoPE when (il + 1) % 4 == 0
   gpt-oss q/k/v/o biases; one learned sink logit per head joins each softmax (no value);
           even layers slide (pattern 2) with the same (YaRN) RoPE; the FFN's pre-norm is the
@@ -143,6 +144,8 @@ def read_hparams(reader: gguf.GGUFReader, tensor_shapes: Dict[str, tuple]) -> HP
         swa_layers = [il % 2 == 0 for il in range(n_layer)]
     elif arch == "gpt-oss":
         swa_layers = [il % 2 == 0 for il in range(n_layer)]
+    elif arch == "olmo2" and sliding_window > 0:         # OLMo 3: llama.cpp's swa pattern 4
+        swa_layers = [il % 4 < 3 for il in range(n_layer)]
     else:
         sliding_window = 0   # llama.cpp ignores the window of llama/qwen/phi3 files
 
@@ -182,8 +185,10 @@ def read_hparams(reader: gguf.GGUFReader, tensor_shapes: Dict[str, tuple]) -> HP
         attn_scale=attn_scale, embd_scale=embd_scale,
         final_logit_softcap=final_softcap,
         sliding_window=sliding_window, swa_layers=swa_layers,
-        rope_base_swa=float(key("rope.freq_base_swa", GEMMA3_LOCAL_ROPE_BASE if arch == "gemma3"
-                                else float(key("rope.freq_base", 10000.0)))),
+        # olmo2 (OLMo 3): llama.cpp's graph rotates sliding layers with the global base
+        rope_base_swa=(float(key("rope.freq_base", 10000.0)) if arch == "olmo2" else
+                       float(key("rope.freq_base_swa", GEMMA3_LOCAL_ROPE_BASE if arch == "gemma3"
+                                 else float(key("rope.freq_base", 10000.0))))),
         rope_freq_scale_swa=1.0 / factor if factor and arch == "gpt-oss" else 1.0,
         attn_softcap=attn_softcap, residual_scale=residual_scale, logit_scale=logit_scale,
         n_expert=n_expert, n_expert_used=int(key("expert_used_count", 0) or 0),

@@ -33,6 +33,9 @@ MODELS = {
     "gemma2": ("gemma2", {}),
     "granite": ("granite", {}),
     "olmo2": ("olmo2", {}),
+    # OLMo 3: olmo2 with a window (layers 0-2 slide, 3 is global) and YaRN on the global layers only
+    "olmo3": ("olmo2", {"n_layer": 4, "sliding_window": 4, "rope_scale": 4.0, "rope_scaling": "yarn",
+                        "rope_orig_ctx": 32}),
     "smollm3": ("smollm3", {}),
     "gpt-oss": ("gpt-oss", {}),
     "qwen2moe": ("qwen2moe", {}),
@@ -62,7 +65,7 @@ def engine(path, n_ctx=128, n_batch=32):
     return _core.Engine(path, n_ctx, 2, n_batch, "f16")
 
 
-REFERENCE_ONLY_HERE = ["mixtral"]   # the others: tests/test_engine.py (ARCHS = the factory's)
+REFERENCE_ONLY_HERE = ["mixtral", "olmo3"]   # the others: tests/test_engine.py (ARCHS = the factory's)
 
 
 @pytest.mark.parametrize("name", REFERENCE_ONLY_HERE)
@@ -191,6 +194,25 @@ def test_mxfp4_experts(tmp_path_factory):
     ref.eval(ids.tolist())
     theirs = np.array(ref.scores[:24])
     assert rel_err(ours, theirs) <= 6e-2 + rel_err(theirs, exact)
+
+
+def test_olmo3_window_and_unscaled_sliding_rope_matter(tmp_path_factory):
+    """OLMo 3's sliding layers are not a degenerate case: the reference without the window, or with
+    the global layers' scale on the sliding layers too, differs by > 1e-2; the engine follows the
+    reference that has both right (2e-3: 24 positions through the f16 cache measured 1.02e-3)."""
+    import dataclasses
+    path = model_path(tmp_path_factory, "olmo3")
+    ids = random_ids(engine(path).n_vocab, 24, seed=7)
+    ours = engine(path).eval(ids, all_logits=True)
+    ref = ReferenceModel(path)
+    want = ref.logits(ids)
+    assert rel_err(ours, want) <= 2e-3
+    hp = ref.hparams
+    for wrong in (dataclasses.replace(hp, sliding_window=0),
+                  dataclasses.replace(hp, rope_freq_scale_swa=hp.rope_freq_scale)):
+        ref.hparams = wrong
+        assert rel_err(ref.logits(ids), want) > 1e-2
+    ref.hparams = hp
 
 
 def test_qwen2moe_shared_expert_counts(tmp_path_factory):

@@ -297,9 +297,16 @@ ModelConfig load_config(const GGUFFile& f) {
             c.rope_mode = RopeMode::NeoX;
             c.qk_norm_full = c.post_norms = true;
             c.pre_norms = false;
-            // OLMo 3 (olmo2 files with a window): sliding layers with unscaled RoPE, not implemented here
-            LOWBIT_CHECK(m.count_or_zero("attention.sliding_window") == 0, ModelError, f.path(), ": metadata '",
-                         m.key("attention.sliding_window"), "': olmo2 with sliding-window layers is not supported");
+            // OLMo 3 (olmo2 files with a window): 3 sliding : 1 global layers; the sliding ones rotate
+            // with the global base but unscaled (llama.cpp's graph: freq_scale 1, no YaRN mix or mscale)
+            c.n_swa = m.count_or_zero("attention.sliding_window");
+            if (c.n_swa > 0) {
+                c.rope_swa = c.rope_global;
+                c.rope_swa.freq_scale = 1.0f;
+                c.rope_swa.ext_factor = 0.0f;
+                c.rope_swa.attn_factor = 1.0f;
+                read_swa_layers(f, m, c, 4);
+            }
             break;
         case Arch::Smollm3:   // llama.cpp: n_no_rope_layer_step = 4
             for (int64_t i = 0; i < c.n_layers; ++i) c.layer_has_rope[size_t(i)] = (i + 1) % 4 != 0;

@@ -18,7 +18,8 @@
 //   gemma2  gemma3 without QK-norm: attention logits soft-capped (c tanh(s / c)), final logits
 //           soft-capped, every other layer slides (layer i slides unless (i+1) % 2 == 0)
 //   granite llama + embedding, residual-branch, attention and logit scale factors from metadata
-//   olmo2   no pre-norms: norms after attention and FFN, RMSNorm of the whole q and k rows, NeoX RoPE
+//   olmo2   no pre-norms: norms after attention and FFN, RMSNorm of the whole q and k rows, NeoX RoPE;
+//           OLMo 3 (with attention.sliding_window): 3 sliding : 1 global layers, sliding ones unscaled RoPE
 //   smollm3 llama where every 4th layer (i+1) % 4 == 0 has no RoPE
 //   gpt-oss MoE with a biased router (softmax over the top-k logits), biased experts with a clamped
 //           SwiGLU, attention sinks, every other layer slides, YaRN, NeoX RoPE, q/k/v/o biases,

@@ -231,6 +231,33 @@ def test_seeded_sampling_is_reproducible(server):
     assert a == b
 
 
+def test_n_choices_are_the_seeded_requests_side_by_side(server):
+    """n=3 with a seed: choice i is what the same request alone gives with seed + i (so the choices
+    differ), each complete, usage counts the prompt once and every completion; streamed, each
+    chunk names its choice and every choice ends with its own finish_reason."""
+    c = server.client()
+    kw = dict(model=ALIAS, max_tokens=10, temperature=1.0, extra_body=dict(top_k=0, min_p=0.0))
+    r = c.chat.completions.create(messages=ask("Name a fruit."), n=3, seed=77, **kw)
+    assert [ch.index for ch in r.choices] == [0, 1, 2]
+    alone = [c.chat.completions.create(messages=ask("Name a fruit."), seed=77 + i, **kw) for i in range(3)]
+    assert [ch.message.content for ch in r.choices] == [a.choices[0].message.content for a in alone]
+    assert len({ch.message.content for ch in r.choices}) > 1
+    assert r.usage.prompt_tokens == alone[0].usage.prompt_tokens
+    assert r.usage.completion_tokens == sum(a.usage.completion_tokens for a in alone)
+    chunks = list(c.completions.create(prompt="Once upon a time", n=2, seed=5, stream=True,
+                                       stream_options={"include_usage": True}, **kw))
+    texts, finishes = ["", ""], [[], []]
+    for ch in chunks[:-1]:
+        (choice,) = ch.choices
+        texts[choice.index] += choice.text
+        if choice.finish_reason:
+            finishes[choice.index].append(choice.finish_reason)
+    assert all(len(f) == 1 for f in finishes), finishes
+    want = [c.completions.create(prompt="Once upon a time", seed=5 + i, **kw) for i in range(2)]
+    assert texts == [w.choices[0].text for w in want]
+    assert chunks[-1].usage.completion_tokens == sum(w.usage.completion_tokens for w in want)
+
+
 PROMPTS = [f"Write one sentence about the number {i}." for i in range(16)]
 
 
@@ -433,7 +460,8 @@ BAD_REQUESTS = [
     ({"model": "gpt-9", "messages": ask("Hi")}, 404, "gpt-9"),
     ({"messages": ask("Hi"), "max_tokens": -5}, 400, "max_tokens"),
     ({"messages": ask("Hi"), "max_tokens": "ten"}, 400, "max_tokens"),
-    ({"messages": ask("Hi"), "n": 2}, 400, "n=2"),
+    ({"messages": ask("Hi"), "n": 17}, 400, "n"),
+    ({"messages": ask("Hi"), "n": 0}, 400, "n"),
     ({"messages": ask("Hi"), "temperature": -1}, 400, "temperature"),
     ({"messages": ask("Hi"), "top_p": 7}, 400, "top_p"),
     ({"messages": ask("Hi"), "stop": 5}, 400, "stop"),
@@ -464,6 +492,7 @@ BAD_COMPLETIONS = [
     ({"prompt": "Hi", "echo": True, "logprobs": 1}, 400, "echo"),
     ({"prompt": "Hi", "presence_penalty": 0.5}, 400, "presence_penalty"),
     ({"prompt": "Hi", "stream": "yes"}, 400, "stream"),
+    ({"prompt": "Hi", "n": 2, "best_of": 3}, 400, "best_of"),
 ]
 
 

@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Optional
+from typing import Awaitable, Callable, List, Optional
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -129,36 +129,50 @@ async def wait_disconnect(request: Request) -> None:
 
 
 # ---- generation endpoints ---------------------------------------------------------------------
-async def run_job(request: Request, state: ServerState, gen: GenRequest, reply: Reply, stream: bool) -> Response:
+async def run_job(request: Request, state: ServerState, gens: List[GenRequest], reply: Reply,
+                  stream: bool) -> Response:
+    """Runs the request's choices (one GenRequest each, n > 1 for ``n``) as jobs side by side in
+    the scheduler; their events arrive on one queue as (choice index, event)."""
     events = JobEvents()
-    job = Job(gen, state.model.tokenizer, sorted(state.model.tokenizer.eot_ids), events.emit)
-    state.scheduler.submit(job)
+    eot = sorted(state.model.tokenizer.eot_ids)
+    jobs = [Job(gen, state.model.tokenizer, eot, lambda event, i=i: events.emit((i, event)))
+            for i, gen in enumerate(gens)]
+    state.scheduler.submit(*jobs)
+    replies = [reply.for_choice(i) for i in range(len(jobs))]
     if stream:
-        return StreamingResponse(stream_events(state, job, events, reply), media_type="text/event-stream",
+        return StreamingResponse(stream_events(state, jobs, events, replies), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     gone = asyncio.ensure_future(wait_disconnect(request))
-    text, logprobs = [], []
+    texts, logprobs = [[] for _ in jobs], [[] for _ in jobs]
+    dones: List[Optional[Done]] = [None] * len(jobs)
     try:
-        while True:
-            event = await next_event(events, gone)
-            if event is None:
-                state.scheduler.cancel(job)
+        while any(d is None for d in dones):
+            got = await next_event(events, gone)
+            if got is None:
                 return Response(status_code=499)      # nobody reads it: the client is gone
+            i, event = got
             if isinstance(event, Piece):
-                text.append(event.text)
-                logprobs += event.logprobs
+                texts[i].append(event.text)
+                logprobs[i] += event.logprobs
             elif isinstance(event, Done):
-                return JSONResponse(reply.response("".join(text), logprobs + event.logprobs, event))
+                dones[i] = event
             elif isinstance(event, Failed):
                 raise failed_error(event)
+        choices = [r.choice("".join(t), lp + d.logprobs, d) for r, t, lp, d in zip(replies, texts, logprobs, dones)]
+        return JSONResponse(dict(reply._head(False), choices=choices, usage=Reply.usage_of(dones)))
     finally:
         gone.cancel()
+        cancel_unfinished(state, jobs)
+
+
+def cancel_unfinished(state: ServerState, jobs: List[Job]) -> None:
+    for job in jobs:
         if not job.finished:
             state.scheduler.cancel(job)
 
 
 async def next_event(events: JobEvents, gone: asyncio.Future):
-    """The job's next event, or None when the client went away first."""
+    """The next event on the queue, or None when the client went away first."""
     get = asyncio.ensure_future(events.queue.get())
     await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
     if not get.done():
@@ -176,43 +190,64 @@ def sse(data) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def stream_events(state: ServerState, job: Job, events: JobEvents, reply: Reply):
-    """Server-sent events; closing this generator (the client went away) cancels the job.
-    With tools, text from ``<tool_call>`` on is held back: it becomes a tool_calls delta, or
-    content after all when the reply ends without a complete call."""
-    gate = StopMatcher([CALL_OPEN]) if reply.tools else None
-    calling, sent = False, 0                  # a call has started; characters sent as content
+class ChoiceStream:
+    """One choice's part of a stream. With tools, text from ``<tool_call>`` on is held back: it
+    becomes a tool_calls delta, or content after all when the reply ends without a complete call."""
+
+    def __init__(self, reply: Reply):
+        self.reply = reply
+        self.gate = StopMatcher([CALL_OPEN]) if reply.tools else None
+        self.calling, self.sent = False, 0       # a call has started; characters sent as content
+
+    def piece(self, event: Piece) -> List[dict]:
+        text = event.text
+        if self.gate is not None:
+            text, hit = ("", True) if self.calling else self.gate.push(text)
+            self.calling = self.calling or hit
+        if not (text or event.logprobs):
+            return []
+        self.sent += len(text)
+        return [self.reply.chunk(text, event.logprobs)]
+
+    def done(self, event: Done) -> List[dict]:
+        out, calls = [], event.record.tool_calls
+        if self.gate is not None and not calls and len(event.record.text) > self.sent:
+            out.append(self.reply.chunk(event.record.text[self.sent:], []))
+        if calls:
+            out.append(self.reply.tool_calls_chunk(calls))
+        return out + [self.reply.final_chunk(event)]
+
+
+async def stream_events(state: ServerState, jobs: List[Job], events: JobEvents, replies: List[Reply]):
+    """Server-sent events of every choice as they come (each chunk names its choice index), the
+    usage chunk when asked for, then [DONE]; closing this generator (the client went away)
+    cancels the jobs."""
+    streams = [ChoiceStream(r) for r in replies]
+    dones: List[Optional[Done]] = [None] * len(jobs)
     try:
-        if reply.kind == "chat":
-            yield sse(reply.chunk(None, [], role=True))
-        elif reply.echo:
-            yield sse(reply.chunk(reply.echo, []))
-        while True:
-            event = await events.queue.get()
+        for r in replies:
+            if r.kind == "chat":
+                yield sse(r.chunk(None, [], role=True))
+            elif r.echo:
+                yield sse(r.chunk(r.echo, []))
+        while any(d is None for d in dones):
+            i, event = await events.queue.get()
             if isinstance(event, Piece):
-                text = event.text
-                if gate is not None:
-                    text, hit = ("", True) if calling else gate.push(text)
-                    calling = calling or hit
-                if text or event.logprobs:
-                    sent += len(text)
-                    yield sse(reply.chunk(text, event.logprobs))
+                chunks = streams[i].piece(event)
             elif isinstance(event, Done):
-                calls = event.record.tool_calls
-                if gate is not None and not calls and len(event.record.text) > sent:
-                    yield sse(reply.chunk(event.record.text[sent:], []))
-                if calls:
-                    yield sse(reply.tool_calls_chunk(calls))
-                for chunk in reply.final_chunks(event):
-                    yield sse(chunk)
-                break
-            elif isinstance(event, Failed):
+                dones[i] = event
+                chunks = streams[i].done(event)
+            else:                                   # Failed: the error object ends the stream
                 yield sse(failed_error(event).body())
                 break
+            for chunk in chunks:
+                yield sse(chunk)
+        else:
+            if replies[0].usage_in_stream:
+                yield sse(replies[0].usage_chunk(dones))
         yield "data: [DONE]\n\n"
     finally:
-        if not job.finished:
-            state.scheduler.cancel(job)
+        cancel_unfinished(state, jobs)
 
 
 def chat_prompt(model, messages, body):
@@ -245,23 +280,23 @@ def chat_prompt(model, messages, body):
 async def chat_completions(request: Request, state: ServerState) -> Response:
     body = await read_json(request)
     api.check_model(body, state.model_name, state.aliases)
-    api.check_single_choice(body)
+    n = api.choice_count(body)
     api.check_unsupported(body, chat=True)
     messages = api.chat_messages(body)
     params, stops, logprobs = api.sampling_params(body), api.stop_strings(body), api.chat_logprobs(body)
     stream, usage = api.get_bool(body, "stream"), api.include_usage(body)
     ids, constraint = await run_in_threadpool(chat_prompt, state.model, messages, body)
-    gen = GenRequest(ids, params, api.max_new_tokens(body, len(ids), state.scheduler.n_ctx), stops, logprobs,
-                     constraint)
+    budget = api.max_new_tokens(body, len(ids), state.scheduler.n_ctx)
+    gens = [GenRequest(ids, p, budget, stops, logprobs, constraint) for p in api.choice_params(params, n)]
     reply = Reply("chat", state.model_name, logprobs=logprobs, usage_in_stream=stream and usage,
                   tools=constraint is not None and constraint.kind == "tools", tokenizer=state.model.tokenizer)
-    return await run_job(request, state, gen, reply, stream)
+    return await run_job(request, state, gens, reply, stream)
 
 
 async def completions(request: Request, state: ServerState) -> Response:
     body = await read_json(request)
     api.check_model(body, state.model_name, state.aliases)
-    api.check_single_choice(body)
+    n = api.choice_count(body)
     api.check_unsupported(body, chat=False)
     prompt = api.completion_prompt(body)
     params, stops, logprobs = api.sampling_params(body), api.stop_strings(body), api.completion_logprobs(body)
@@ -280,10 +315,11 @@ async def completions(request: Request, state: ServerState) -> Response:
         ids, text = list(prompt), (model.detokenize(prompt) if echo else "")
     if not ids:
         raise ApiError(400, "prompt: the prompt is empty (no tokens)", param="prompt")
-    gen = GenRequest(ids, params, api.max_new_tokens(body, len(ids), state.scheduler.n_ctx), stops, logprobs)
+    budget = api.max_new_tokens(body, len(ids), state.scheduler.n_ctx)
+    gens = [GenRequest(ids, p, budget, stops, logprobs) for p in api.choice_params(params, n)]
     reply = Reply("completion", state.model_name, logprobs=logprobs, echo=text if echo else "",
                   usage_in_stream=stream and usage, tokenizer=model.tokenizer)
-    return await run_job(request, state, gen, reply, stream)
+    return await run_job(request, state, gens, reply, stream)
 
 
 async def embeddings(request: Request, state: ServerState) -> Response:

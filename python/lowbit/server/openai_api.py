@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Mapping, Optional
 
 from lowbit.runtime.llama import OPENAI_FINISH
@@ -21,6 +21,7 @@ MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 512
 MAX_TOP_LOGPROBS_CHAT = 20           # OpenAI's limits
 MAX_LOGPROBS_COMPLETION = 5
+MAX_CHOICES = 16                     # n: choices of one request at most
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "repeat_last_n", "seed")
 
 
@@ -143,14 +144,24 @@ def stop_strings(body: Mapping) -> List[str]:
     return [s for s in stops if s]
 
 
-def check_single_choice(body: Mapping) -> None:
-    n = get_int(body, "n", minimum=1)
-    if n is not None and n != 1:
-        raise _bad("n", f"n={n} is not supported: lowbit returns one choice per request (n=1); "
-                        f"send {n} requests instead")
+def choice_count(body: Mapping) -> int:
+    """``n``: how many choices to generate for the prompt (1..MAX_CHOICES). ``best_of`` (legacy
+    completions) may only repeat n: lowbit does not rank hidden candidates."""
+    n = get_int(body, "n", minimum=1, maximum=MAX_CHOICES)
+    n = 1 if n is None else n
     best_of = get_int(body, "best_of", minimum=1)
-    if best_of is not None and best_of != 1:
-        raise _bad("best_of", "only best_of=1 is supported")
+    if best_of is not None and best_of != n:
+        raise _bad("best_of", f"best_of={best_of} differs from n={n}: lowbit returns every candidate "
+                              f"it generates (best_of = n)")
+    return n
+
+
+def choice_params(params: SamplingParams, n: int) -> List[SamplingParams]:
+    """The sampling of each of n choices: with a seed, choice i draws with seed + i (reproducible,
+    and the choices differ); without one each draws its own random seed."""
+    if n == 1 or params.seed is None:
+        return [params] * n
+    return [params.with_(seed=params.seed + i) for i in range(n)]
 
 
 def include_usage(body: Mapping) -> bool:
@@ -175,6 +186,7 @@ class Reply:
     tools: bool = False                        # the reply may be tool calls (chat with tools)
     tokenizer: Any = None
     text_offset: int = 0                       # completions logprobs: where the next token starts
+    index: int = 0                             # the choice this Reply writes (n > 1: one Reply each)
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -219,18 +231,32 @@ class Reply:
                 "total_tokens": r.prompt_tokens + r.generated_tokens,
                 "prompt_tokens_details": {"cached_tokens": r.cached_prompt_tokens}}
 
-    def response(self, text: str, lps: List[TokenLogprob], done: Done) -> Dict[str, Any]:
+    @staticmethod
+    def usage_of(dones: List[Done]) -> Dict[str, Any]:
+        """Usage of n choices of one prompt: the prompt counted once, the completions summed."""
+        out = Reply.usage(dones[0])
+        out["completion_tokens"] = sum(d.record.generated_tokens for d in dones)
+        out["total_tokens"] = out["prompt_tokens"] + out["completion_tokens"]
+        return out
+
+    def choice(self, text: str, lps: List[TokenLogprob], done: Done) -> Dict[str, Any]:
         finish = OPENAI_FINISH.get(done.record.finish_reason, done.record.finish_reason)
         if self.kind == "chat":
             message: Dict[str, Any] = {"role": "assistant", "content": text}
             if done.record.tool_calls:
                 message = {"role": "assistant", "content": split_tool_calls(text)[0] or None,
                            "tool_calls": done.record.tool_calls}
-            choice = {"index": 0, "message": message, "logprobs": self.logprobs_json(lps), "finish_reason": finish}
-        else:
-            choice = {"index": 0, "text": self.echo + text, "logprobs": self.logprobs_json(lps),
-                      "finish_reason": finish}
-        return dict(self._head(False), choices=[choice], usage=self.usage(done))
+            return {"index": self.index, "message": message, "logprobs": self.logprobs_json(lps),
+                    "finish_reason": finish}
+        return {"index": self.index, "text": self.echo + text, "logprobs": self.logprobs_json(lps),
+                "finish_reason": finish}
+
+    def response(self, text: str, lps: List[TokenLogprob], done: Done) -> Dict[str, Any]:
+        return dict(self._head(False), choices=[self.choice(text, lps, done)], usage=self.usage(done))
+
+    def for_choice(self, index: int) -> "Reply":
+        """The Reply of choice ``index`` of the same response (same id and time)."""
+        return replace(self, index=index, text_offset=0, extra=dict(self.extra))
 
     def chunk(self, text: Optional[str], lps: List[TokenLogprob], finish: Optional[str] = None,
               role: bool = False) -> Dict[str, Any]:
@@ -238,10 +264,10 @@ class Reply:
             delta: Dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
             if text is not None and not role:
                 delta["content"] = text
-            choice = {"index": 0, "delta": delta, "logprobs": self.logprobs_json(lps) if lps else None,
+            choice = {"index": self.index, "delta": delta, "logprobs": self.logprobs_json(lps) if lps else None,
                       "finish_reason": finish}
         else:
-            choice = {"index": 0, "text": text or "", "logprobs": self.logprobs_json(lps) if lps else None,
+            choice = {"index": self.index, "text": text or "", "logprobs": self.logprobs_json(lps) if lps else None,
                       "finish_reason": finish}
         out = dict(self._head(True), choices=[choice])
         if self.usage_in_stream:
@@ -250,20 +276,20 @@ class Reply:
 
     def tool_calls_chunk(self, calls: List[Dict[str, Any]]) -> Dict[str, Any]:
         delta = {"tool_calls": [dict(call, index=i) for i, call in enumerate(calls)]}
-        out = dict(self._head(True), choices=[{"index": 0, "delta": delta, "logprobs": None,
+        out = dict(self._head(True), choices=[{"index": self.index, "delta": delta, "logprobs": None,
                                                 "finish_reason": None}])
         if self.usage_in_stream:
             out["usage"] = None
         return out
 
-    def final_chunks(self, done: Done) -> List[Dict[str, Any]]:
-        """The chunk with the finish_reason (and the log-probs not sent yet), then the usage
-        chunk when the request asked for it (stream_options.include_usage)."""
+    def final_chunk(self, done: Done) -> Dict[str, Any]:
+        """The chunk with the finish_reason (and the log-probs not sent yet)."""
         finish = OPENAI_FINISH.get(done.record.finish_reason, done.record.finish_reason)
-        out = [self.chunk(None if self.kind == "chat" else "", done.logprobs, finish)]
-        if self.usage_in_stream:
-            out.append(dict(self._head(True), choices=[], usage=self.usage(done)))
-        return out
+        return self.chunk(None if self.kind == "chat" else "", done.logprobs, finish)
+
+    def usage_chunk(self, dones: List[Done]) -> Dict[str, Any]:
+        """The last chunk when the request asked for usage (stream_options.include_usage)."""
+        return dict(self._head(True), choices=[], usage=self.usage_of(dones))
 
 
 def chat_messages(body: Mapping) -> List[Dict[str, Any]]:

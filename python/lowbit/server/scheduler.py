@@ -291,16 +291,17 @@ class Scheduler:
     def alive(self) -> bool:
         return self._thread.is_alive() and not self._stopping
 
-    def submit(self, job) -> None:
-        """Queue ``job``; QueueFull when ``max_queue`` jobs already wait for a slot."""
+    def submit(self, *jobs) -> None:
+        """Queue the jobs (all or none: the n choices of one request); QueueFull when that would
+        leave more than ``max_queue`` jobs waiting for a slot."""
         with self._cond:
             if self._stopping or self.error is not None:
                 raise LowbitError("the server is shutting down")
             free = sum(1 for s in self.slots if s.job is None)   # queued jobs that will not wait
-            if len(self._pending) - free >= self.max_queue:
+            if len(self._pending) + len(jobs) - 1 - free >= self.max_queue:
                 raise QueueFull(f"the server is busy: {len(self._pending)} requests are waiting "
                                 f"(queue size {self.max_queue}, {len(self.slots)} parallel slots); retry later")
-            self._pending.append(job)
+            self._pending.extend(jobs)
             self._cond.notify_all()
 
     def cancel(self, job) -> None:

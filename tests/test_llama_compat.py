@@ -2,6 +2,7 @@
 smollm2; then the same calls against llama-cpp-python itself (dev oracle, skipped without it)."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 import warnings
@@ -97,6 +98,63 @@ def test_chat_completion_shape_and_stream(llm, smollm2_path):
     assert deltas[0] == {"role": "assistant"} and deltas[-1] == {}
     assert "".join(d["content"] for d in deltas[1:-1]) == choice["message"]["content"]
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather of a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+COLOUR_SCHEMA = {"type": "object", "properties": {"colour": {"type": "string", "enum": ["red", "green"]},
+                                                  "n": {"type": "integer"}},
+                 "required": ["colour", "n"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("fmt", [{"type": "json_object"},
+                                 {"type": "json_object", "schema": COLOUR_SCHEMA},       # llama-cpp-python's
+                                 {"type": "json_schema", "json_schema": {"name": "c", "schema": COLOUR_SCHEMA}}])
+def test_chat_completion_response_format(llm, fmt):
+    """Each reply that ends parses (and validates against the schema when one is given); plain
+    json_object may also run out of tokens inside a long key string (seed 1 does: a valid JSON
+    prefix, as llama.cpp's JSON grammar allows), so there at least one of three must end."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = fmt.get("schema") or fmt.get("json_schema")
+    ended = 0
+    for seed in range(3):
+        r = llm.create_chat_completion([{"role": "user", "content": "Pick a colour and a number."}],
+                                       temperature=1.0, seed=seed, max_tokens=60, response_format=fmt)
+        (choice,) = r["choices"]
+        content = choice["message"]["content"]
+        assert content.startswith("{"), content
+        if choice["finish_reason"] == "length" and not schema:
+            continue
+        assert choice["finish_reason"] == "stop", choice
+        ended += 1
+        value = json.loads(content)
+        assert isinstance(value, dict)
+        if schema:
+            jsonschema.validate(value, COLOUR_SCHEMA)
+    assert ended >= 1
+
+
+def test_chat_completion_tools_and_their_stream(llm):
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    named = {"type": "function", "function": {"name": "get_weather"}}      # exactly one call
+    r = llm.create_chat_completion(ask, tools=[WEATHER_TOOL], tool_choice=named, temperature=1.0, seed=3,
+                                   max_tokens=80)
+    (choice,) = r["choices"]
+    assert choice["finish_reason"] == "tool_calls"
+    msg = choice["message"]
+    assert msg["content"] is None and msg["tool_calls"][0]["function"]["name"] == "get_weather"
+    assert isinstance(json.loads(msg["tool_calls"][0]["function"]["arguments"])["city"], str)
+    chunks = list(llm.create_chat_completion(ask, tools=[WEATHER_TOOL], tool_choice=named, temperature=1.0,
+                                             seed=3, max_tokens=80, stream=True))
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert not any(d.get("content") for d in deltas)          # the call is not streamed as text
+    calls = [d["tool_calls"] for d in deltas if "tool_calls" in d]
+    assert len(calls) == 1 and [c["function"] for c in calls[0]] == [c["function"] for c in msg["tool_calls"]]
+    assert [c["index"] for c in calls[0]] == [0] and calls[0][0]["id"].startswith("call_")
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    with pytest.raises(ValueError, match="response_format"):
+        llm.create_chat_completion(ask, response_format={"type": "xml"})
 
 
 def test_tokens_and_context(llm):

@@ -21,16 +21,37 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from lowbit.runtime.generate import StopMatcher
 from lowbit.runtime.model import Model, load
 from lowbit.runtime.sampling import RANDOM_SEED, SamplingParams, check_int
+from lowbit.runtime.tools import CALL_OPEN
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF      # llama.cpp's "random seed"
 OPENAI_FINISH = {"eos": "stop", "stop": "stop", "length": "length", "context": "length",
-                 "cancelled": "cancelled"}
+                 "cancelled": "cancelled", "tool_calls": "tool_calls"}
 
 
 def _openai_finish(reason: str) -> str:
     return OPENAI_FINISH.get(reason, reason)
+
+
+def _response_format(fmt: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """Model.chat's constraint arguments for a ``response_format`` (llama-cpp-python's and
+    OpenAI's spellings); ValueError naming the field otherwise."""
+    if fmt is None:
+        return {}
+    kind = fmt.get("type") if isinstance(fmt, Mapping) else None
+    if kind == "text":
+        return {}
+    if kind == "json_object":
+        schema = fmt.get("schema")
+        return {"json_schema": schema} if schema is not None else {"json": True}
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, Mapping) or not isinstance(spec.get("schema", {}), Mapping):
+            raise ValueError("response_format: json_schema must be {'name': ..., 'schema': {...}}")
+        return {"json_schema": spec.get("schema", {"type": "object"})}
+    raise ValueError(f"response_format: type must be 'text', 'json_object' or 'json_schema', got {kind!r}")
 
 
 class Llama:
@@ -149,31 +170,64 @@ class Llama:
                                top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05,
                                stream: bool = False, stop: Union[None, str, List[str]] = None,
                                seed: Optional[int] = None, max_tokens: Optional[int] = None,
-                               repeat_penalty: float = 1.0, model: Optional[str] = None):
+                               repeat_penalty: float = 1.0, model: Optional[str] = None,
+                               response_format: Optional[Mapping[str, Any]] = None,
+                               tools: Optional[List[Mapping[str, Any]]] = None, tool_choice: Any = None):
         """A "chat.completion" dict, or with ``stream=True`` "chat.completion.chunk" dicts: the
         first with delta {"role": "assistant"}, then {"content": ...}, the last {} with the
-        finish_reason. The prompt is the model's chat template (Model.chat)."""
+        finish_reason. The prompt is the model's chat template (Model.chat).
+
+        ``response_format``: {"type": "json_object"} (any JSON object; with "schema": that JSON
+        schema, llama-cpp-python's form) or OpenAI's {"type": "json_schema", "json_schema":
+        {"schema": ...}}; ``tools`` / ``tool_choice`` as OpenAI's: the calls come back as
+        ``message.tool_calls`` (content None) with finish_reason "tool_calls" (runtime/tools.py).
+        Both are enforced while sampling."""
         m = self.lowbit_model
         params = self._params(temperature, top_p, top_k, min_p, repeat_penalty, seed)
-        prompt_ids = m.chat_ids(messages)
         head = {"id": f"chatcmpl-{uuid.uuid4()}", "object": "chat.completion", "created": int(time.time()),
                 "model": model if model is not None else self.model_path}
-        result = self._run(prompt_ids, max_tokens=max_tokens, stop=stop, params=params, stream=stream)
+        if response_format is None and not tools:
+            prompt_ids = m.chat_ids(messages)
+            result = self._run(prompt_ids, max_tokens=max_tokens, stop=stop, params=params, stream=stream)
+        else:
+            max_new = m.n_ctx if max_tokens is None or check_int("max_tokens", max_tokens) <= 0 else max_tokens
+            result = m.chat(messages, max_new_tokens=max_new, temperature=params.temperature, top_k=params.top_k,
+                            top_p=params.top_p, min_p=params.min_p, repetition_penalty=params.repetition_penalty,
+                            stop=self._stops(stop), seed=params.seed, stream=stream, tools=tools,
+                            tool_choice="auto" if tool_choice is None else tool_choice,
+                            **_response_format(response_format))
         if stream:
-            return self._chat_chunks(dict(head, object="chat.completion.chunk"), result)
-        return dict(head, choices=[{"index": 0, "message": {"role": "assistant", "content": result.text},
-                                    "logprobs": None, "finish_reason": _openai_finish(result.finish_reason)}],
+            return self._chat_chunks(dict(head, object="chat.completion.chunk"), result, bool(tools))
+        message: Dict[str, Any] = {"role": "assistant", "content": result.text}
+        if result.tool_calls:
+            message = {"role": "assistant", "content": None, "tool_calls": result.tool_calls}
+        return dict(head, choices=[{"index": 0, "message": message, "logprobs": None,
+                                    "finish_reason": _openai_finish(result.finish_reason)}],
                     usage=self._usage(result))
 
     @staticmethod
-    def _chat_chunks(head: Mapping[str, Any], stream) -> Iterator[Dict[str, Any]]:
-        def chunk(delta: Dict[str, str], finish: Optional[str]):
+    def _chat_chunks(head: Mapping[str, Any], stream, tools: bool = False) -> Iterator[Dict[str, Any]]:
+        """Content deltas as they come. With tools, text from ``<tool_call>`` on is held back: it
+        becomes one tool_calls delta, or content after all when no complete call came."""
+        def chunk(delta: Dict[str, Any], finish: Optional[str]):
             return dict(head, choices=[{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}])
+        gate = StopMatcher([CALL_OPEN]) if tools else None
+        calling, sent = False, 0
         with stream:
             yield chunk({"role": "assistant"}, None)
             for piece in stream:
-                yield chunk({"content": piece}, None)
-            yield chunk({}, _openai_finish(stream.result.finish_reason))
+                if gate is not None:
+                    piece, hit = ("", True) if calling else gate.push(piece)
+                    calling = calling or hit
+                if piece:
+                    sent += len(piece)
+                    yield chunk({"content": piece}, None)
+            record = stream.result
+            if record.tool_calls:
+                yield chunk({"tool_calls": [dict(call, index=i) for i, call in enumerate(record.tool_calls)]}, None)
+            elif gate is not None and len(record.text) > sent:
+                yield chunk({"content": record.text[sent:]}, None)
+            yield chunk({}, _openai_finish(record.finish_reason))
 
     # ---- lifetime -------------------------------------------------------------------------
     def close(self) -> None:

@@ -222,6 +222,25 @@ class Constraint:
         return f"<lowbit.Constraint {self.kind} n_vocab={self.n_vocab}>"
 
 
+def response_format_args(fmt: Any) -> Dict[str, Any]:
+    """The constraint arguments (of generate / chat / resolve) that an OpenAI ``response_format``
+    asks for: {} for {"type": "text"}, {"json": True} for {"type": "json_object"} (with
+    llama-cpp-python's "schema" key: {"json_schema": schema}), {"json_schema": schema} for
+    {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}. ValueError otherwise."""
+    kind = fmt.get("type") if isinstance(fmt, Mapping) else None
+    if kind == "text":
+        return {}
+    if kind == "json_object":
+        schema = fmt.get("schema")
+        return {"json": True} if schema is None else {"json_schema": schema}
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, Mapping) or not isinstance(spec.get("schema", {}), Mapping):
+            raise ValueError("json_schema must be {\"name\": ..., \"schema\": {...}}")
+        return {"json_schema": spec.get("schema", {"type": "object"})}
+    raise ValueError(f"type must be 'text', 'json_object' or 'json_schema', got {kind!r}")
+
+
 def resolve(model, *, json_schema: Any = None, regex: Optional[str] = None, grammar: Optional[str] = None,
             json: bool = False, constraint: Optional[Constraint] = None) -> Optional[Constraint]:
     """The Constraint a generate/chat call asked for (compiled now, before any token), or None."""

@@ -36,22 +36,13 @@ def _openai_finish(reason: str) -> str:
 
 
 def _response_format(fmt: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
-    """Model.chat's constraint arguments for a ``response_format`` (llama-cpp-python's and
-    OpenAI's spellings); ValueError naming the field otherwise."""
     if fmt is None:
         return {}
-    kind = fmt.get("type") if isinstance(fmt, Mapping) else None
-    if kind == "text":
-        return {}
-    if kind == "json_object":
-        schema = fmt.get("schema")
-        return {"json_schema": schema} if schema is not None else {"json": True}
-    if kind == "json_schema":
-        spec = fmt.get("json_schema")
-        if not isinstance(spec, Mapping) or not isinstance(spec.get("schema", {}), Mapping):
-            raise ValueError("response_format: json_schema must be {'name': ..., 'schema': {...}}")
-        return {"json_schema": spec.get("schema", {"type": "object"})}
-    raise ValueError(f"response_format: type must be 'text', 'json_object' or 'json_schema', got {kind!r}")
+    from lowbit.runtime.constraints import response_format_args
+    try:
+        return response_format_args(fmt)
+    except ValueError as e:
+        raise ValueError(f"response_format: {e}") from None
 
 
 class Llama:

@@ -397,19 +397,13 @@ def check_unsupported(body: Mapping, chat: bool) -> None:
 
 
 def response_format(body: Mapping) -> Dict[str, Any]:
-    """The constraint arguments ``response_format`` asks for: {} (text), {"json": True}
-    (json_object) or {"json_schema": schema} (json_schema)."""
+    """The constraint arguments ``response_format`` asks for (constraints.response_format_args);
+    a bad one is a 400 naming the field."""
+    from lowbit.runtime.constraints import response_format_args
     fmt = body.get("response_format")
     if fmt is None:
         return {}
-    kind = fmt.get("type") if isinstance(fmt, dict) else None
-    if kind == "text":
-        return {}
-    if kind == "json_object":
-        return {"json": True}
-    if kind == "json_schema":
-        spec = fmt.get("json_schema")
-        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
-            raise _bad("response_format", "json_schema must be {\"name\": ..., \"schema\": {...}}")
-        return {"json_schema": spec.get("schema", {"type": "object"})}
-    raise _bad("response_format", f"type must be 'text', 'json_object' or 'json_schema', got {kind!r}")
+    try:
+        return response_format_args(fmt)
+    except ValueError as e:
+        raise _bad("response_format", str(e)) from None

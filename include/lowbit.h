@@ -161,7 +161,7 @@ LOWBIT_API lowbit_status lowbit_session_new(lowbit_model* model, const lowbit_se
 LOWBIT_API void lowbit_session_free(lowbit_session* session);
 
 LOWBIT_API int64_t lowbit_session_n_ctx(const lowbit_session* session);
-LOWBIT_API int64_t lowbit_session_n_past(const lowbit_session* session);   /* tokens in the KV cache */
+LOWBIT_API int64_t lowbit_session_n_past(const lowbit_session* session);   /* tokens in the KV cache (-1: error) */
 
 /* Appends `tokens` to the KV cache; logits (may be NULL): the n_vocab logits of the last token.
  * LOWBIT_ERR_ARGUMENT for a bad id or a context overflow; LOWBIT_ERR_CANCELLED when cancelled

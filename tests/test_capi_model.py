@@ -26,8 +26,11 @@ ABORT_TOKENS = 2000
 ABORT_BUDGET_MS = 100.0
 # The abort is polled between layers, so its latency is about one layer of one prefill pass: on
 # 2 cores under load 10, SmolLM2 measured 13 / 25 / 65 ms per layer at n_batch 128 / 256 / 512
-# (stop latency 15-23 / 37-55 / 92-144 ms). 256 keeps the 100 ms budget with a 2x margin.
-ABORT_N_BATCH = 256
+# (stop latency 15-23 / 37-55 / 92-144 ms; bench/bench_capi_abort.py), twice that under load 17.
+# n_batch 128 keeps the 100 ms budget on a busy machine; the best of 3 tries rides out a load
+# spike, while an abort that is not polled during the prefill (seconds) fails every try.
+ABORT_N_BATCH = 128
+ABORT_TRIES = 3
 
 
 @pytest.fixture(scope="module")
@@ -61,15 +64,20 @@ def test_simple_c_streams_the_greedy_reply_python_gives(build, prompt):
 def test_abort_during_a_long_prefill_returns_within_100_ms(build, mode):
     path = real_model_or_skip(SMOLLM)
     exe = compile_c(SOURCES / "abort_prefill.c", build / "abort_prefill", std="c11")
-    out = run([exe, path, ABORT_TOKENS, ABORT_N_BATCH, mode])
-    fields = out.stdout.split("\n")[0].split()
-    got = dict(zip(fields[::2], fields[1::2]))
-    if mode == "generate":
-        assert got["status"] == "0" and got["finish"] == "3", out.stdout   # LOWBIT_OK, LOWBIT_FINISH_CANCELLED
-    else:
-        assert got["status"] == "7", out.stdout                            # LOWBIT_ERR_CANCELLED
-    assert int(got["n_past"]) < ABORT_TOKENS                                # stopped inside the prefill
-    assert float(got["latency_ms"]) < ABORT_BUDGET_MS, out.stdout
+    latencies = []
+    for _ in range(ABORT_TRIES):
+        out = run([exe, path, ABORT_TOKENS, ABORT_N_BATCH, mode])
+        fields = out.stdout.split("\n")[0].split()
+        got = dict(zip(fields[::2], fields[1::2]))
+        if mode == "generate":
+            assert got["status"] == "0" and got["finish"] == "3", out.stdout   # LOWBIT_OK, LOWBIT_FINISH_CANCELLED
+        else:
+            assert got["status"] == "7", out.stdout                            # LOWBIT_ERR_CANCELLED
+        assert int(got["n_past"]) < ABORT_TOKENS, out.stdout                    # stopped inside the prefill
+        latencies.append(float(got["latency_ms"]))
+        if latencies[-1] < ABORT_BUDGET_MS:
+            break
+    assert min(latencies) < ABORT_BUDGET_MS, latencies
 
 
 @pytest.fixture(scope="module")

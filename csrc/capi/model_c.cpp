@@ -207,7 +207,12 @@ lowbit_status generate(lowbit_session* s, const int32_t* prompt, size_t n, const
 
 extern "C" {
 
-void lowbit_set_log(lowbit_log_fn sink, void* user_data) { lowbit::set_log_sink(sink, user_data); }
+void lowbit_set_log(lowbit_log_fn sink, void* user_data) {
+    try {
+        lowbit::set_log_sink(sink, user_data);
+    } catch (...) {   // std::system_error from the lock: nothing else can fail here
+    }
+}
 
 lowbit_model_params lowbit_model_default(void) { return lowbit_model_params{0, nullptr, nullptr}; }
 
@@ -281,7 +286,14 @@ lowbit_status lowbit_session_new(lowbit_model* model, const lowbit_session_param
 void lowbit_session_free(lowbit_session* session) { delete session; }
 
 int64_t lowbit_session_n_ctx(const lowbit_session* s) { return s ? s->engine->n_ctx() : 0; }
-int64_t lowbit_session_n_past(const lowbit_session* s) { return s ? s->engine->n_past() : 0; }
+
+int64_t lowbit_session_n_past(const lowbit_session* s) {
+    try {
+        return s ? s->engine->n_past() : 0;
+    } catch (...) {   // std::system_error from the session's lock
+        return -1;
+    }
+}
 
 lowbit_status lowbit_session_eval(lowbit_session* s, const int32_t* tokens, size_t n_tokens, float* logits) {
     LOWBIT_REQUIRE(s && tokens, "lowbit_session_eval: NULL argument");

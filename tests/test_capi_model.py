@@ -126,6 +126,7 @@ def test_api_contracts_match_python(build):
         assert got["template"] == "0 chatml"
         expect = m.logits([1, 2, 3, 4])[-1, :3]
         py_mem = m.memory()
+        seeded = m.generate("Once upon a time", temperature=0.8, seed=7, max_new_tokens=20)
     eval_fields = got["eval"].split()
     assert eval_fields[:3] == ["0", "n_past", "4"]
     np.testing.assert_allclose([float(x) for x in eval_fields[4:7]], expect, atol=2e-3)
@@ -141,3 +142,6 @@ def test_api_contracts_match_python(build):
     assert got["overflow"] == "1 the prompt has 200 tokens but the context holds 128; use a larger n_ctx or a shorter prompt"
     assert got["bad_sampling"] == "1 top_p must be in (0, 1], got 2"
     assert got["null_args"] == "1"
+    assert [int(t) for t in got["seeded"].split()] == seeded.tokens     # the same seeded draws as Python
+    assert got["seeded_result"] == f"0 finish {0 if seeded.finish_reason == 'length' else 1} generated " \
+                                   f"{len(seeded.tokens)} prompt {seeded.prompt_tokens}"

@@ -21,6 +21,12 @@ static int record_progress(float fraction, void* user_data) {
     return user_data == NULL || fraction < *(float*)user_data;   /* stop once past the limit */
 }
 
+static int print_token(int32_t token, const char* text, size_t len, void* user_data) {
+    (void)text; (void)len; (void)user_data;
+    if (token >= 0) printf(" %d", (int)token);
+    return 0;
+}
+
 int main(int argc, char** argv) {
     if (argc != 2) return 2;
     lowbit_set_log(log_sink, NULL);
@@ -78,6 +84,17 @@ int main(int argc, char** argv) {
     gp.sampling.top_p = 2.0;
     s = lowbit_session_generate(session, ids, 4, &gp, NULL);
     printf("bad_sampling %d %s\n", (int)s, lowbit_last_error());
+    lowbit_session_truncate(session, 0);
+    gp = lowbit_generate_default();
+    gp.sampling = lowbit_sampling_default();   /* temperature 0.8, top-k 40, top-p 0.95, min-p 0.05 */
+    gp.sampling.seed = 7;
+    gp.max_tokens = 20;
+    gp.on_token = print_token;
+    printf("seeded");
+    lowbit_generation g;
+    s = lowbit_session_generate_text(session, "Once upon a time", &gp, &g);
+    printf("\nseeded_result %d finish %d generated %d prompt %d\n", (int)s, (int)g.finish, g.generated_tokens,
+           g.prompt_tokens);
     s = lowbit_session_new(NULL, NULL, NULL);
     printf("null_args %d\n", (int)s);
     free(logits);

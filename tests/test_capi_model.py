@@ -74,6 +74,7 @@ def test_abort_during_a_long_prefill_returns_within_100_ms(build, mode):
         else:
             assert got["status"] == "7", out.stdout                            # LOWBIT_ERR_CANCELLED
         assert int(got["n_past"]) < ABORT_TOKENS, out.stdout                    # stopped inside the prefill
+        assert out.stdout.split("\n")[1] == "error ", out.stdout     # the worker's error is its own thread's
         latencies.append(float(got["latency_ms"]))
         if latencies[-1] < ABORT_BUDGET_MS:
             break
@@ -145,3 +146,5 @@ def test_api_contracts_match_python(build):
     assert [int(t) for t in got["seeded"].split()] == seeded.tokens     # the same seeded draws as Python
     assert got["seeded_result"] == f"0 finish {0 if seeded.finish_reason == 'length' else 1} generated " \
                                    f"{len(seeded.tokens)} prompt {seeded.prompt_tokens}"
+    # the token callback stops it (LOWBIT_FINISH_STOPPED) after 3; the prompt came from the cache
+    assert got["stopped"] == f"0 finish 2 generated 3 cached {seeded.prompt_tokens - 1}"

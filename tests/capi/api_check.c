@@ -27,6 +27,11 @@ static int print_token(int32_t token, const char* text, size_t len, void* user_d
     return 0;
 }
 
+static int stop_after(int32_t token, const char* text, size_t len, void* user_data) {
+    (void)token; (void)text; (void)len;
+    return --*(int*)user_data == 0;   /* nonzero: stop */
+}
+
 int main(int argc, char** argv) {
     if (argc != 2) return 2;
     lowbit_set_log(log_sink, NULL);
@@ -95,6 +100,12 @@ int main(int argc, char** argv) {
     s = lowbit_session_generate_text(session, "Once upon a time", &gp, &g);
     printf("\nseeded_result %d finish %d generated %d prompt %d\n", (int)s, (int)g.finish, g.generated_tokens,
            g.prompt_tokens);
+    int budget = 3;
+    gp.on_token = stop_after;
+    gp.user_data = &budget;
+    s = lowbit_session_generate_text(session, "Once upon a time", &gp, &g);
+    printf("stopped %d finish %d generated %d cached %d\n", (int)s, (int)g.finish, g.generated_tokens,
+           g.cached_prompt_tokens);
     s = lowbit_session_new(NULL, NULL, NULL);
     printf("null_args %d\n", (int)s);
     free(logits);

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <sstream>
 #include <stdexcept>
@@ -36,6 +37,36 @@ std::string str(Args&&... args) {
     do {                                                                         \
         if (!(cond)) throw ::lowbit::ExcType(::lowbit::str(__VA_ARGS__));        \
     } while (0)
+
+// ---- log sink -------------------------------------------------------------------------------
+// Where the core's messages go (the C API's lowbit_set_log); nowhere by default. Thread-safe: the
+// sink runs under a (recursive) mutex, so once set_log_sink returns the old sink is never called.
+enum class LogLevel : int { Debug = 0, Info = 1, Warn = 2, Error = 3 };
+using LogSinkFn = void (*)(int level, const char* message, void* user_data);
+
+struct LogSink {
+    std::recursive_mutex mu;
+    LogSinkFn fn = nullptr;
+    void* user_data = nullptr;
+};
+
+inline LogSink& log_sink() {
+    static LogSink sink;
+    return sink;
+}
+
+inline void set_log_sink(LogSinkFn fn, void* user_data) {
+    LogSink& s = log_sink();
+    std::lock_guard<std::recursive_mutex> lock(s.mu);
+    s.fn = fn;
+    s.user_data = user_data;
+}
+
+inline void log_message(LogLevel level, const std::string& message) {
+    LogSink& s = log_sink();
+    std::lock_guard<std::recursive_mutex> lock(s.mu);
+    if (s.fn) s.fn(int(level), message.c_str(), s.user_data);
+}
 
 // ---- checked sizes -------------------------------------------------------------------------
 // a * b (and a + b) for sizes computed from outside numbers (Python arguments, GGUF fields,

@@ -1,6 +1,6 @@
-// lowbit_c.cpp: the C API (include/lowbit.h) over the core. Every entry point catches every
-// exception and turns it into a status plus the thread's last-error text.
-#include "../../include/lowbit.h"
+// lowbit_c.cpp: the C API (include/lowbit.h): errors, tokenizer and sampler. Models and sessions
+// are in model_c.cpp, chat templates in chat_c.cpp. Every entry point runs inside guarded().
+#include "capi/capi_internal.h"
 
 #include <algorithm>
 #include <cmath>
@@ -15,39 +15,15 @@
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/vocab.h"
 
-struct lowbit_tokenizer {
-    std::unique_ptr<lowbit::tokenizer::Tokenizer> impl;
-};
 struct lowbit_sampler {
     std::unique_ptr<lowbit::sampling::Sampler> impl;
 };
 
+using lowbit::capi::fail;
+using lowbit::capi::guarded;
+
 namespace {
 thread_local std::string g_last_error;
-
-lowbit_status fail(lowbit_status status, const std::string& message) {
-    g_last_error = message;
-    return status;
-}
-
-// Runs body() and maps what it throws to a status (kinds as lowbit.errors maps them in Python).
-template <typename Body>
-lowbit_status guarded(Body&& body) {
-    try {
-        g_last_error.clear();
-        return body();
-    } catch (const lowbit::FileOpenError& e) { return fail(LOWBIT_ERR_FILE, e.what());
-    } catch (const lowbit::GGUFError& e) { return fail(LOWBIT_ERR_FORMAT, e.what());
-    } catch (const lowbit::ModelError& e) { return fail(LOWBIT_ERR_FORMAT, e.what());
-    } catch (const lowbit::ValueError& e) { return fail(LOWBIT_ERR_ARGUMENT, e.what());
-    } catch (const std::bad_alloc&) { return fail(LOWBIT_ERR_MEMORY, "out of memory");
-    } catch (const std::exception& e) { return fail(LOWBIT_ERR_INTERNAL, e.what());
-    } catch (...) { return fail(LOWBIT_ERR_INTERNAL, "unknown error");
-    }
-}
-
-#define LOWBIT_REQUIRE(cond, what) \
-    do { if (!(cond)) return fail(LOWBIT_ERR_ARGUMENT, what); } while (0)
 
 // The range rules of lowbit.runtime.sampling.SamplingParams.validate, with its messages.
 void check_params(const lowbit_sampling_params& p) {
@@ -62,6 +38,11 @@ void check_params(const lowbit_sampling_params& p) {
     LOWBIT_CHECK(p.seed >= -1, ValueError, "seed must be >= -1, got ", p.seed);
 }
 }  // namespace
+
+namespace lowbit::capi {
+void set_last_error(const std::string& message) { g_last_error = message; }
+void clear_last_error() { g_last_error.clear(); }
+}  // namespace lowbit::capi
 
 extern "C" {
 

@@ -5,8 +5,9 @@
 
 #include "common.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
-// One binary, two code paths chosen by the loader: AVX2+FMA where the CPU has them.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__SANITIZE_THREAD__)
+// One binary, two code paths chosen by the loader: AVX2+FMA where the CPU has them. Not under
+// ThreadSanitizer: its instrumented ifunc resolver would run before the TSan runtime (a crash at load).
 #define LOWBIT_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define LOWBIT_CLONES

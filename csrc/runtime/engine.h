@@ -14,6 +14,7 @@
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -89,6 +90,9 @@ public:
     int64_t shift(int64_t n_keep, int64_t n_discard);
     void cancel() { cancel_.store(true, std::memory_order_relaxed); }
     void reset_cancel() { cancel_.store(false, std::memory_order_relaxed); }
+    // Polled with the cancel flag before each pass and between layers of eval(); returning true
+    // cancels like cancel() (the C API's abort callback). Set it while no eval runs; {} removes it.
+    void set_abort_check(std::function<bool()> check);
     MemoryReport memory() const;
     // Reports the input of every weight matmul of later evals to `observer` (model/observer.h);
     // nullptr detaches. Waits for a running eval.
@@ -109,6 +113,7 @@ private:
     void init_session(int64_t n_ctx, int n_threads, int64_t n_batch, const std::string& kv_type,
                       const std::string& act_precision);
     void check_fits_in_memory(const model::ModelConfig& c, model::KVType kvt) const;
+    void forward_polling_abort(const int32_t* tokens, int64_t n, float* logits, bool all_logits);
 
     mutable std::mutex mutex_;
     std::atomic<bool> cancel_{false};
@@ -118,6 +123,7 @@ private:
     std::unique_ptr<model::ForwardState> state_;
     std::unique_ptr<cpu::ThreadPool> pool_;
     std::shared_ptr<model::MatmulObserver> observer_;   // kept alive while attached
+    std::function<bool()> abort_check_;                  // set_abort_check's, or empty
     std::unique_ptr<model::ForwardState> batch_state_;  // eval_batch's rows when this engine leads one
     int64_t n_ctx_ = 0, n_batch_ = 0, n_past_ = 0;
     int n_threads_ = 0;

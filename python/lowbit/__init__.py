@@ -39,9 +39,31 @@ def cuda_status() -> dict:
     return _core.cuda_status()
 
 
+def get_include() -> str:
+    """The folder holding ``lowbit.h``, the C API's header (``cc -I"$(...)"``): the installed
+    package's ``lowbit/include``, or in a source checkout the repository's ``include/``."""
+    import os
+    here = os.path.dirname(os.path.abspath(__file__))
+    for folder in (os.path.join(here, "include"), os.path.join(here, os.pardir, os.pardir, "include")):
+        if os.path.isfile(os.path.join(folder, "lowbit.h")):
+            return os.path.normpath(folder)
+    raise FileNotFoundError(f"lowbit.h is not installed with this lowbit ({here}); reinstall with `pip install .`")
+
+
+def get_library() -> str:
+    """The path of ``liblowbit.so``, the C API's shared library installed with the package
+    (``cc ... -L"$(dirname ...)" -llowbit``); a developer build puts it in ``lowbit/lib`` too."""
+    import os
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib", "liblowbit.so")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist: this lowbit was installed without the C API "
+                                f"(build it with `pip install .` or the CMake build)")
+    return path
+
+
 __all__ = [
     "Cancelled", "CudaError", "GGUFError", "GGUFFile", "GGUFTensorInfo", "LowbitError", "ModelError",
     "FINISH_REASONS", "Generation", "GenerationStream", "Llama", "Model", "RegistryError", "SamplingParams", "Session", "TemplateError", "Tokenizer", "cpu_features", "cuda_status",
     "load", "quant", "quantize", "QuantizeError", "registry", "__version__",
-    "Constraint", "ConstraintError",
+    "Constraint", "ConstraintError", "get_include", "get_library",
 ]

@@ -112,3 +112,89 @@ def test_real_tensors_bytes_equal_ggml(type_name, smollm2_ffn_down):
         assert ours.tobytes() == ggml_quantize(x, type_name, imatrix).tobytes(), name
         if type_name not in NEEDS_IMATRIX:
             assert blocks.quantize(x, type_name).tobytes() == ggml_quantize(x, type_name).tobytes(), name
+
+
+# ---- file types ---------------------------------------------------------------------------------
+
+FILE_TYPES = ["IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS"]
+
+
+def test_file_type_plans():
+    """llama.cpp's low-bit rules on an 8-layer model without GQA: output Q5_K; untied embedding,
+    attn_v and the first ffn_down at Q2_K (IQ2_S / IQ2_M: IQ3_S); attn_output one step up;
+    IQ3_XXS: attn_q / attn_k IQ2_S, and without an imatrix attn_v IQ3_S, ffn_down Q4_K / Q3_K."""
+    from lowbit.quant import recipes
+    facts = recipes.ModelFacts("llama", 8, 1, 0, False)
+    names = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
+    tensors = [("token_embd.weight", (256, 64), "F32"), ("output.weight", (256, 64), "F32")] + [
+        (f"blk.{i}.{n}.weight", (512 if n == "ffn_down" else 256, 256), "F32") for i in range(8) for n in names]
+    expect = {  # recipe: (default, embedding, attn_v, ffn_down of layer 0, attn_output)
+        "IQ1_S": ("IQ1_S", "Q2_K", "Q2_K", "Q2_K", "IQ2_XXS"), "IQ1_M": ("IQ1_M", "Q2_K", "Q2_K", "Q2_K", "IQ2_XXS"),
+        "IQ2_XXS": ("IQ2_XXS", "Q2_K", "Q2_K", "Q2_K", "IQ2_XXS"), "IQ2_XS": ("IQ2_XS", "Q2_K", "Q2_K", "Q2_K", "IQ2_XS"),
+        "IQ2_S": ("IQ2_XS", "IQ3_S", "IQ3_S", "IQ3_S", "IQ3_S"), "IQ2_M": ("IQ2_S", "IQ3_S", "IQ3_S", "IQ3_S", "IQ3_S"),
+        "IQ3_XXS": ("IQ3_XXS", "IQ3_S", "IQ3_XXS", "IQ3_XXS", "IQ3_S")}
+    for recipe, (default, embd, attn_v, down0, attn_out) in expect.items():
+        plan = {p.name: p.dst_type for p in recipes.plan_types(tensors, recipe, facts, has_imatrix=True)}
+        assert plan["output.weight"] == "Q5_K" and plan["token_embd.weight"] == embd, recipe
+        assert (plan["blk.3.attn_v.weight"], plan["blk.0.ffn_down.weight"]) == (attn_v, down0), recipe
+        assert (plan["blk.1.ffn_down.weight"], plan["blk.3.ffn_gate.weight"]) == (default, default), recipe
+        assert plan["blk.5.attn_output.weight"] == attn_out, recipe
+        assert plan["blk.2.attn_q.weight"] == ("IQ2_S" if recipe == "IQ3_XXS" else default), recipe
+    plain = {p.name: p.dst_type for p in recipes.plan_types(tensors, "IQ3_XXS", facts, has_imatrix=False)}
+    assert (plain["blk.0.attn_v.weight"], plain["blk.0.ffn_down.weight"], plain["blk.1.ffn_down.weight"]) == \
+        ("IQ3_S", "Q4_K", "Q3_K")
+    odd = recipes.plan_types([("blk.0.ffn_up.weight", (576, 64), "F32")], "IQ1_M", facts, has_imatrix=True)
+    assert odd[0].dst_type == "IQ4_NL" and "IQ4_NL" in odd[0].notice
+
+
+@pytest.mark.parametrize("recipe", FILE_TYPES)
+def test_file_types_without_imatrix_refused(recipe, tmp_path):
+    """Every one of these files puts some tensor in a type that needs an imatrix: QuantizeError
+    before anything is written, as llama.cpp refuses; so does an imatrix without an entry for such
+    a tensor (llama.cpp: "Missing importance matrix for tensor"), and no partial file is left."""
+    import lowbit
+    import model_factory as mf
+    path = tmp_path / "f32.gguf"
+    mf.write_tiny_model(path, mf.default_spec("llama", "F32", n_layer=2, n_embd=256, n_head=4, n_head_kv=1,
+                                              head_dim=64, n_ff=512, tied=False))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(lowbit.LowbitError, match="needs an importance matrix"):
+        lowbit.quantize(str(path), str(out / "q.gguf"), recipe)
+    assert os.listdir(out) == []
+    import gguf
+    partial = {t.name: np.ones(int(t.shape[0]), np.float32) for t in gguf.GGUFReader(str(path)).tensors
+               if len(t.shape) == 2 and t.name != "blk.1.ffn_gate.weight"}
+    with pytest.raises(lowbit.LowbitError, match="no entry for blk.1.ffn_gate.weight"):
+        lowbit.quantize(str(path), str(out / "q.gguf"), recipe, imatrix=partial)
+    assert os.listdir(out) == []
+
+
+@pytest.mark.parametrize("recipe", FILE_TYPES)
+def test_file_types_equal_llama_cpp(recipe, tmp_path):
+    """`lowbit quantize --type T --imatrix` vs llama.cpp's model quantizer with the same imatrix on
+    an 8-layer F32 llama with GQA 4: every tensor's type and bytes equal."""
+    import ctypes
+    import gguf
+    import lowbit
+    import model_factory as mf
+    from _llama_cpp import llama_cpp_or_skip
+    from test_iquants import assert_same_tensors
+    from test_quant_llama_cpp import _imatrix_param
+    from lowbit.quant import recipes
+    llama_cpp = llama_cpp_or_skip()
+    path = str(tmp_path / "f32.gguf")
+    mf.write_tiny_model(path, mf.default_spec("llama", "F32", n_layer=8, n_embd=256, n_head=4, n_head_kv=1,
+                                              head_dim=64, n_ff=512, tied=False))
+    rng = np.random.default_rng(17)
+    imatrix = {t.name: np.exp(1.5 * rng.standard_normal(int(t.shape[0]))).astype(np.float32)
+               for t in gguf.GGUFReader(path).tensors if len(t.shape) == 2}
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = recipes.resolve_recipe(recipe)[1]
+    params.nthread = 2
+    entries, _keep = _imatrix_param(llama_cpp, imatrix)
+    params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    theirs, ours = str(tmp_path / "theirs.gguf"), str(tmp_path / "ours.gguf")
+    assert llama_cpp.llama_model_quantize(path.encode(), theirs.encode(), params) == 0
+    lowbit.quantize(path, ours, recipe, imatrix=imatrix, n_threads=2)
+    assert_same_tensors(ours, theirs)

@@ -198,3 +198,46 @@ def test_file_types_equal_llama_cpp(recipe, tmp_path):
     assert llama_cpp.llama_model_quantize(path.encode(), theirs.encode(), params) == 0
     lowbit.quantize(path, ours, recipe, imatrix=imatrix, n_threads=2)
     assert_same_tensors(ours, theirs)
+
+
+def test_cli_quantize_and_info(tmp_path):
+    """`lowbit quantize --type IQ2_M --imatrix FILE` (a GGUF imatrix as `lowbit imatrix` writes)
+    then `lowbit info`: the IQ2_S / IQ3_S tensors listed with their bits per weight, and the
+    engine's logits on the file match the float64 forward of its gguf-dequantized weights; without
+    --imatrix a one-line error, exit 2."""
+    import subprocess
+    import lowbit
+    import model_factory as mf
+    from lowbit.quant.imatrix import IMatrix
+    src = tmp_path / "f32.gguf"
+    mf.write_tiny_model(src, mf.default_spec("llama", "F32", n_layer=2, n_embd=256, n_head=4, n_head_kv=4,
+                                             head_dim=64, n_ff=512, tied=False))
+    im = IMatrix()
+    rng = np.random.default_rng(4)
+    import gguf
+    for t in gguf.GGUFReader(str(src)).tensors:
+        if len(t.shape) == 2:
+            im.add(t.name, rng.standard_normal((16, int(t.shape[0]))))
+    im.save(tmp_path / "im.gguf")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(lowbit.__file__)))
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "lowbit", *args], env=env, capture_output=True, text=True,
+                              timeout=300)
+    out = tmp_path / "iq2m.gguf"
+    r = cli("quantize", str(src), str(out), "--type", "IQ2_M", "-q")
+    assert r.returncode == 2 and "importance matrix" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+    r = cli("quantize", str(src), str(out), "--type", "iq2_m", "--imatrix", str(tmp_path / "im.gguf"), "-q")
+    assert r.returncode == 0, r.stderr
+    r = cli("info", str(out))
+    assert r.returncode == 0, r.stderr
+    rows = {line.split("|")[1].strip(): line for line in r.stdout.splitlines() if line.strip().startswith("| IQ")}
+    assert set(rows) == {"IQ2_S", "IQ3_S"}, r.stdout
+    assert rows["IQ2_S"].rstrip(" |").endswith("2.56") and rows["IQ3_S"].rstrip(" |").endswith("3.44")
+    from lowbit import _core
+    from reference_forward import ReferenceModel
+    ids = np.random.default_rng(3).integers(0, 64, 12).astype(np.int32)
+    ours = _core.Engine(str(out), 64, 2, 16, "f16").eval(ids, all_logits=True)
+    ref = ReferenceModel(str(out)).logits(ids)
+    assert np.max(np.linalg.norm(ours - ref, axis=1) / np.linalg.norm(ref, axis=1)) <= 6e-2

@@ -241,3 +241,12 @@ def test_cli_quantize_and_info(tmp_path):
     ours = _core.Engine(str(out), 64, 2, 16, "f16").eval(ids, all_logits=True)
     ref = ReferenceModel(str(out)).logits(ids)
     assert np.max(np.linalg.norm(ours - ref, axis=1) / np.linalg.norm(ref, axis=1)) <= 6e-2
+
+
+def test_compare_accepts_the_new_file_types():
+    """`lowbit compare --types` resolves the new names (canonical case) through the recipe table."""
+    from lowbit.quant.compare import parse_candidates
+    got = parse_candidates(["iq2_m", "IQ1_S:imatrix", "IQ3_XXS"], have_imatrix=True)
+    assert got == [("IQ2_M", "imatrix"), ("IQ1_S", "imatrix"), ("IQ3_XXS", "imatrix")]
+    with pytest.raises(ValueError, match="needs an imatrix"):
+        parse_candidates(["IQ2_XXS:imatrix"], have_imatrix=False)

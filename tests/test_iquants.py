@@ -30,7 +30,6 @@ from test_kernels import IQ_TYPES, random_weights  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEADER = os.path.join(REPO, "csrc", "quant", "iq_tables.h")
-NO_QUANTIZER = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M"]
 QUANTIZABLE = ["TQ1_0", "TQ2_0", "MXFP4", "NVFP4"]
 SEARCHED = ["IQ3_XXS", "IQ3_S"]   # codebook searches, importance-weighted
 
@@ -162,16 +161,6 @@ def test_nvfp4_round_trip_error():
     back = blocks.dequantize(blocks.quantize(x, "NVFP4"), "NVFP4", x.shape)
     err = np.linalg.norm(back - x, axis=1) / np.maximum(np.linalg.norm(x, axis=1), 1e-30)
     assert np.all(err[3:] < 0.15) and np.all(back[0] == 0)
-
-
-@pytest.mark.parametrize("type_name", NO_QUANTIZER)
-def test_types_without_quantizer_refuse(type_name):
-    x = np.ones((2, 256), np.float32)
-    with pytest.raises(ValueError, match=f"no quantizer for {type_name}"):
-        blocks.quantize(x, type_name)
-    info = blocks.type_info(type_name)
-    assert info["block_size"] == 256 and info["type_size"] == gguf.GGML_QUANT_SIZES[QT[type_name]][1]
-    assert not info["can_quantize"]
 
 
 def test_type_table_lists_the_new_types():

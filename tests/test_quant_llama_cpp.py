@@ -14,6 +14,7 @@ Run with -s to see the per-type fraction of byte-identical blocks.
 from __future__ import annotations
 
 import ctypes
+import re
 
 import numpy as np
 import pytest
@@ -146,3 +147,100 @@ def test_imatrix_quantize_bytes_equal_llama_cpp(qtype, f32_model, tmp_path):
     assert not np.array_equal(plain, steered)  # so equal bytes prove llama.cpp used the imatrix too
     print(f"\n{qtype} + imatrix: {frac:.6f} of {n_blocks} blocks byte-identical to llama.cpp")
     assert frac >= REQUIRED[qtype]
+
+
+# ---- the i-quant file types on the real models ---------------------------------------------------
+
+IQ_RECIPES = ["IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS"]
+_LOG_LINES: list = []
+_LOG_CALLBACK = None    # kept alive for as long as llama.cpp may call it
+
+
+def _capture_llama_log(llama_cpp):
+    global _LOG_CALLBACK
+    if _LOG_CALLBACK is None:
+        @llama_cpp.llama_log_callback
+        def callback(level, text, user_data):
+            _LOG_LINES.append(text.decode(errors="replace"))
+        _LOG_CALLBACK = callback
+        llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+    _LOG_LINES.clear()
+    return _LOG_LINES
+
+
+def _random_imatrix(path):
+    rng = np.random.default_rng(17)
+    return {t.name: np.exp(1.5 * rng.standard_normal(int(t.shape[0]))).astype(np.float32)
+            for t in gguf.GGUFReader(path).tensors if len(t.shape) == 2 and t.name != "token_embd.weight"}
+
+
+def llama_cpp_plan(llama_cpp, path, recipe, imatrix, tmp_path):
+    """{tensor: target type} of llama.cpp's quantizer (a dry run, read from its log)."""
+    from lowbit.quant import recipes
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = recipes.resolve_recipe(recipe)[1]
+    params.dry_run = True
+    params.allow_requantize = True
+    params.nthread = 1
+    if imatrix is not None:
+        entries, _keep = _imatrix_param(llama_cpp, imatrix)
+        params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    lines = _capture_llama_log(llama_cpp)
+    assert llama_cpp.llama_model_quantize(path.encode(), str(tmp_path / "dry.gguf").encode(), params) == 0
+    plan = {}
+    for line in "".join(lines).splitlines():
+        m = re.match(r"\[\s*\d+/\s*\d+\]\s+(\S+)\s+- \[.*\], type =\s+(\w+),.*?(?:\((\w+)\))?\s*$", line)
+        if m:
+            plan[m.group(1)] = (m.group(3) or m.group(2)).upper()
+    return plan
+
+
+@pytest.mark.parametrize("with_imatrix", [True, False])
+@pytest.mark.parametrize("model", ["smollm2-135m-instruct", "gemma3-270m"])
+def test_iq_file_type_plans_on_real_models(model, with_imatrix, tmp_path):
+    """Every tensor's target type in each i-quant file type, lowbit's recipes vs llama.cpp's
+    quantizer (a dry run) on the real models: with an imatrix, and without one (IQ3_XXS's rules
+    change; the files themselves are then refused by both)."""
+    from _models import real_model_or_skip
+    from lowbit.quant import recipes
+    from lowbit.runtime.gguf_file import GGUFFile
+    llama_cpp = llama_cpp_or_skip()
+    path = real_model_or_skip(model)
+    imatrix = _random_imatrix(path) if with_imatrix else None
+    with GGUFFile(path) as src:
+        facts = recipes.ModelFacts.from_metadata(src.metadata)
+        tensors = [(t.name, t.shape, t.type) for t in src.tensors]
+    for recipe in IQ_RECIPES:
+        ours = {p.name: p.dst_type for p in recipes.plan_types(tensors, recipe, facts, has_imatrix=with_imatrix)}
+        theirs = llama_cpp_plan(llama_cpp, path, recipe, imatrix, tmp_path)
+        assert len(theirs) == len(ours)
+        diff = {n: (ours[n], t) for n, t in theirs.items() if ours[n] != t}
+        assert not diff, (recipe, dict(list(diff.items())[:5]))
+
+
+@pytest.mark.parametrize("recipe", ["IQ2_M"])
+def test_iq_file_types_on_smollm2_bytes_equal_llama_cpp(recipe, tmp_path):
+    """SmolLM2 (from its Q4_1) quantized by lowbit and by llama.cpp with the same imatrix: every
+    tensor's type and bytes equal (IQ2_S, IQ3_S, the IQ4_NL fallbacks, Q8_0). One recipe here (a
+    few minutes per file pair under load); bench/bench_iq_types.py --llama-cpp-bin compares every
+    i-quant file type on both models with the llama-quantize CLI and lowbit's imatrix file."""
+    import warnings
+    import lowbit
+    from _models import real_model_or_skip
+    from test_iquants import assert_same_tensors
+    from lowbit.quant import recipes
+    llama_cpp = llama_cpp_or_skip()
+    path = real_model_or_skip("smollm2-135m-instruct")
+    imatrix = _random_imatrix(path)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = recipes.resolve_recipe(recipe)[1]
+    params.allow_requantize = True
+    params.nthread = 2
+    entries, _keep = _imatrix_param(llama_cpp, imatrix)
+    params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    theirs, ours = str(tmp_path / "theirs.gguf"), str(tmp_path / "ours.gguf")
+    assert llama_cpp.llama_model_quantize(path.encode(), theirs.encode(), params) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)      # "already quantized"
+        lowbit.quantize(path, ours, recipe, imatrix=imatrix, n_threads=2)
+    assert_same_tensors(ours, theirs)

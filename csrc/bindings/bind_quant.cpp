@@ -29,6 +29,7 @@ py::dict type_dict(const QuantType& t) {
     d["vec_dot_type"] = quant_type(t.vec_dot_type).name;
     d["uses_imatrix"] = t.uses_imatrix;
     d["can_quantize"] = t.from_float != nullptr;
+    d["requires_imatrix"] = t.requires_imatrix;
     return d;
 }
 

@@ -65,6 +65,11 @@ void quantize_row_iq4_nl(const float* x, void* out, int64_t n, const float* imat
 void quantize_row_iq4_xs(const float* x, void* out, int64_t n, const float* imatrix);
 void quantize_row_iq3_xxs(const float* x, void* out, int64_t n, const float* imatrix);   // iq3_quant.cpp
 void quantize_row_iq3_s(const float* x, void* out, int64_t n, const float* imatrix);     // iq3_quant.cpp
+void quantize_row_iq2_xxs(const float* x, void* out, int64_t n, const float* imatrix);   // iq2_quant.cpp
+void quantize_row_iq2_xs(const float* x, void* out, int64_t n, const float* imatrix);    // iq2_quant.cpp
+void quantize_row_iq2_s(const float* x, void* out, int64_t n, const float* imatrix);     // iq2_quant.cpp
+void quantize_row_iq1_s(const float* x, void* out, int64_t n, const float* imatrix);     // iq1_quant.cpp
+void quantize_row_iq1_m(const float* x, void* out, int64_t n, const float* imatrix);     // iq1_quant.cpp
 void quantize_row_tq1_0(const float* x, void* out, int64_t n, const float* imatrix);
 void quantize_row_tq2_0(const float* x, void* out, int64_t n, const float* imatrix);
 void quantize_row_mxfp4(const float* x, void* out, int64_t n, const float* imatrix);

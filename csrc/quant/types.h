@@ -12,9 +12,10 @@
 //   - IQ4_NL / IQ4_XS: the scale search with ntry = 7 (with or without imatrix);
 //   - Q8_0, Q8_K, F16, BF16, F32: imatrix ignored (as in ggml);
 //   - TQ1_0, TQ2_0, MXFP4, NVFP4: ggml's *_ref algorithm, imatrix ignored (as in ggml);
-//   - IQ3_XXS, IQ3_S: llama.cpp's codebook searches (iq3_quant.cpp), with or without imatrix;
-//   - IQ1_S IQ1_M IQ2_XXS IQ2_XS IQ2_S: from_float is nullptr (lowbit reads them, it
-//     cannot write them yet); quantize_rows refuses them with ValueError.
+//   - IQ3_XXS, IQ3_S, IQ2_S, IQ1_M: llama.cpp's codebook searches (iq3_quant.cpp,
+//     iq2_quant.cpp, iq1_quant.cpp), with or without imatrix;
+//   - IQ2_XXS, IQ2_XS, IQ1_S: the same, only with an imatrix (requires_imatrix; ggml asserts
+//     one): quantize_rows refuses nullptr with ValueError.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -36,6 +37,7 @@ struct QuantType {
     FromFloatFn from_float;  // quantize one row
     GGMLType vec_dot_type;   // activation format the CPU dot product pairs it with
     bool uses_imatrix;       // from_float changes its search when given importances
+    bool requires_imatrix = false;   // from_float needs importances (ggml_quantize_requires_imatrix)
 
     double bits_per_weight() const { return 8.0 * block_bytes / block_elems; }
 };

@@ -35,13 +35,12 @@ def run(args) -> int:
 
 
 def add_parser(sub) -> None:
+    from lowbit.quant.recipes import known_types
     sp = sub.add_parser("quantize", help="write a GGUF in another type or llama.cpp recipe (Q4_K_M ...)")
     sp.add_argument("input", metavar="IN", help="input GGUF path or registry name (any type lowbit reads)")
     sp.add_argument("output", metavar="OUT", help="output GGUF (written to a temp file, renamed at the end)")
     sp.add_argument("--type", required=True, metavar="T",
-                    help="recipe (Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K IQ3_XS IQ3_S "
-                         "IQ3_M TQ1_0 TQ2_0 MXFP4_MOE) or single type (F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q3_K Q4_K Q5_K IQ4_NL "
-                         "IQ4_XS)")
+                    help="a llama.cpp file type (recipe) or single block type: " + " ".join(known_types()))
     sp.add_argument("--imatrix", default=None, metavar="FILE", help="importance matrix (GGUF or legacy .dat)")
     sp.add_argument("--method", default="rtn", choices=list(METHODS),
                     help="rtn: round each block (imatrix-weighted with --imatrix); gptq: error feedback "

@@ -382,6 +382,10 @@ def _tensor_importance(p: TensorPlan, importances, expected: int, note) -> Optio
         return None
     qw = importances(p.name)
     if qw is None:
+        from lowbit.quant.recipes import requires_imatrix
+        if requires_imatrix(p.name, p.dst_type):   # llama.cpp stops here too
+            raise QuantizeError(f"imatrix has no entry for {p.name}, which {p.dst_type} needs (a very low-bit "
+                                "type: quantize it with an importance matrix that covers every matrix)")
         note(f"imatrix has no entry for {p.name}: quantized without it")
         return None
     if qw.size != expected:

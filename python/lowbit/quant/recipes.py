@@ -14,9 +14,16 @@ block type plus per-tensor rules that keep the sensitive tensors at higher preci
     attn_output and the first eighth of ffn_down -> Q4_K;
   - MXFP4_MOE: expert tensors (3-D, more than one expert) -> MXFP4, every other matrix (output and
     embedding included) -> Q8_0.
+  - the low-bit i-quant files IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S (default IQ2_XS), IQ2_M
+    (default IQ2_S): output -> Q5_K; untied embedding -> Q2_K (IQ2_S / IQ2_M: IQ3_S); attn_v ->
+    Q4_K at n_gqa >= 4 or >= 4 experts, else Q2_K (IQ2_S / IQ2_M: IQ3_S); the first eighth of
+    ffn_down (by counter) likewise; attn_output -> IQ2_XXS for IQ1_*, IQ3_S for IQ2_S / IQ2_M.
+  - IQ3_XXS: output -> Q5_K, untied embedding and attn_output -> IQ3_S, attn_q / attn_k -> IQ2_S;
+    attn_v -> Q4_K at n_gqa >= 4, else IQ3_XXS with an imatrix and IQ3_S without; without an
+    imatrix ffn_down -> Q4_K in the first eighth of layers, Q3_K after.
 Rows whose length is not a multiple of the chosen type's block size fall back (Q4_K -> Q5_0,
-Q5_K -> Q5_1, Q6_K -> Q8_0, Q2_K / Q3_K / TQ1_0 / TQ2_0 -> Q4_0, IQ4_XS -> IQ4_NL, F16 when even
-32 does not divide the row), each with a notice.
+Q5_K -> Q5_1, Q6_K -> Q8_0, Q2_K / Q3_K / TQ1_0 / TQ2_0 -> Q4_0, IQ4_XS and the IQ1/IQ2/IQ3
+types -> IQ4_NL, F16 when even 32 does not divide the row), each with a notice.
 
 Counters (the i-th attn_v, the i-th ffn_down) run over the tensors in llama.cpp's order: by
 layer number, then by name, as its loader's weight map iterates.
@@ -41,6 +48,8 @@ FILE_TYPES: Dict[str, Tuple[int, str]] = {
     "Q6_K": (18, "Q6_K"), "IQ4_NL": (25, "IQ4_NL"), "IQ4_XS": (30, "IQ4_XS"), "BF16": (32, "BF16"),
     "TQ1_0": (36, "TQ1_0"), "TQ2_0": (37, "TQ2_0"), "MXFP4_MOE": (38, "MXFP4"),
     "IQ3_XS": (22, "IQ3_S"), "IQ3_S": (26, "IQ3_S"), "IQ3_M": (27, "IQ3_S"),
+    "IQ2_XXS": (19, "IQ2_XXS"), "IQ2_XS": (20, "IQ2_XS"), "IQ3_XXS": (23, "IQ3_XXS"), "IQ1_S": (24, "IQ1_S"),
+    "IQ2_S": (28, "IQ2_XS"), "IQ2_M": (29, "IQ2_S"), "IQ1_M": (31, "IQ1_M"),
 }
 # Single block types that are not file types of their own: every tensor gets the type
 # (general.file_type records the _M recipe of that family, as llama-quantize --pure does).
@@ -49,11 +58,13 @@ PURE_ONLY: Dict[str, Tuple[int, str]] = {"Q3_K": (12, "Q3_K"), "Q4_K": (15, "Q4_
 FLOAT_TYPES = ("F32", "F16", "BF16")
 BLOCK_SIZES = {"F32": 1, "F16": 1, "BF16": 1, "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32, "Q8_0": 32,
                "IQ4_NL": 32, "Q2_K": 256, "Q3_K": 256, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256, "IQ4_XS": 256,
-               "TQ1_0": 256, "TQ2_0": 256, "MXFP4": 32, "IQ3_XXS": 256, "IQ3_S": 256}
+               "TQ1_0": 256, "TQ2_0": 256, "MXFP4": 32, "IQ3_XXS": 256, "IQ3_S": 256, "IQ2_XXS": 256,
+               "IQ2_XS": 256, "IQ2_S": 256, "IQ1_S": 256, "IQ1_M": 256}
 # llama.cpp's tensor_type_fallback: a type whose block does not divide the row -> this one (a
 # 32-block type that does not fit goes to F16).
 FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "IQ4_XS": "IQ4_NL",
-            "TQ1_0": "Q4_0", "TQ2_0": "Q4_0", "IQ3_XXS": "IQ4_NL", "IQ3_S": "IQ4_NL"}
+            "TQ1_0": "Q4_0", "TQ2_0": "Q4_0", "IQ3_XXS": "IQ4_NL", "IQ3_S": "IQ4_NL", "IQ2_XXS": "IQ4_NL",
+            "IQ2_XS": "IQ4_NL", "IQ2_S": "IQ4_NL", "IQ1_S": "IQ4_NL", "IQ1_M": "IQ4_NL"}
 
 # Substrings that keep a 2-D "*weight" tensor unquantized (llama.cpp's tensor_allows_quantization).
 _NEVER_QUANTIZED = (
@@ -207,6 +218,8 @@ def _mixture_type(t: str, name: str, shape: Sequence[int], ftype: str, cat: str,
     if cat == "output" or (c.tied and cat == "token_embd"):
         if ftype == "MXFP4_MOE" or facts.arch == "falcon" or shape[0] % BLOCK_SIZES[t] != 0:
             return "Q8_0"
+        if ftype in LOW_BIT_FILES or ftype == "IQ3_XXS":
+            return "Q5_K"
         return t if t == "Q8_0" else "Q6_K"
     if ftype == "MXFP4_MOE":     # expert tensors (3-D, several experts) -> MXFP4, the rest Q8_0
         experts = len(shape) > 2 and shape[2] > 1
@@ -214,13 +227,15 @@ def _mixture_type(t: str, name: str, shape: Sequence[int], ftype: str, cat: str,
             experts = experts and cat in ("ffn_up", "ffn_gate", "ffn_down")
         return "MXFP4" if experts else "Q8_0"
     if cat == "token_embd":
-        return "Q4_K" if ftype in ("TQ1_0", "TQ2_0") else t
+        return _EMBEDDING_TYPE.get(ftype, t)
+    if ftype in LOW_BIT_FILES:
+        return _low_bit_type(t, name, ftype, cat, facts, c)
     if cat in ("attn_v", "attn_qkv", "attn_kv_b"):
-        return _attn_v_type(t, ftype, facts, c)
+        return _attn_v_type(t, ftype, facts, c, has_imatrix)
     if cat == "attn_k":
-        return "Q8_0" if facts.n_expert == 8 else "IQ3_XXS" if ftype == "IQ3_XS" else t
+        return "Q8_0" if facts.n_expert == 8 else _ATTN_QK_TYPE.get(ftype, t)
     if cat == "attn_q":
-        return "IQ3_XXS" if ftype == "IQ3_XS" else t
+        return _ATTN_QK_TYPE.get(ftype, t)
     if cat in ("ffn_gate", "ffn_up"):   # IQ3_XS: the middle layers get IQ3_XXS
         counter = "i_ffn_gate" if cat == "ffn_gate" else "i_ffn_up"
         i_layer, n_layer = _layer_info(getattr(c, counter), c.n_ffn, name, facts)
@@ -236,10 +251,40 @@ def _mixture_type(t: str, name: str, shape: Sequence[int], ftype: str, cat: str,
     return t
 
 
-def _attn_v_type(t: str, ftype: str, facts: ModelFacts, c: _Counters) -> str:
+# The file types of llama.cpp's lowest-bit branch (output Q5_K, embedding / attn_v / first ffn_down
+# at Q2_K or IQ3_S, attn_output a step up).
+LOW_BIT_FILES = ("IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M")
+_EMBEDDING_TYPE = {"IQ2_XXS": "Q2_K", "IQ2_XS": "Q2_K", "IQ1_S": "Q2_K", "IQ1_M": "Q2_K", "IQ2_S": "IQ3_S",
+                   "IQ2_M": "IQ3_S", "IQ3_XXS": "IQ3_S", "TQ1_0": "Q4_K", "TQ2_0": "Q4_K"}
+_ATTN_QK_TYPE = {"IQ3_XS": "IQ3_XXS", "IQ3_XXS": "IQ2_S"}
+
+
+def _low_bit_type(t: str, name: str, ftype: str, cat: str, facts: ModelFacts, c: _Counters) -> str:
+    """llama.cpp's branch for LOW_BIT_FILES (the other categories keep the default type, and its
+    ffn_down rule reads the counter, not the layer of the name)."""
+    step_up = "IQ3_S" if ftype in ("IQ2_S", "IQ2_M") else "Q2_K"
+    if cat in ("attn_v", "attn_qkv", "attn_kv_b"):
+        c.i_attn_v += 1
+        return "Q4_K" if facts.n_gqa >= 4 or facts.n_expert >= 4 else step_up
+    if facts.n_expert == 8 and cat == "attn_k":
+        return "Q4_K"
+    if cat == "ffn_down":
+        i = c.i_ffn_down
+        c.i_ffn_down += 1
+        return step_up if i < c.n_ffn // 8 else t
+    if cat == "attn_output":
+        if facts.n_expert == 8:
+            return "Q5_K"
+        return {"IQ1_S": "IQ2_XXS", "IQ1_M": "IQ2_XXS", "IQ2_S": "IQ3_S", "IQ2_M": "IQ3_S"}.get(ftype, t)
+    return t
+
+
+def _attn_v_type(t: str, ftype: str, facts: ModelFacts, c: _Counters, has_imatrix: bool) -> str:
     i, n = c.i_attn_v, c.n_attn_v
     if ftype == "Q2_K":
         t = "Q4_K" if facts.n_gqa >= 4 else "Q3_K"
+    elif ftype == "IQ3_XXS":
+        t = "Q4_K" if facts.n_gqa >= 4 else "IQ3_XXS" if has_imatrix else "IQ3_S"
     elif ftype == "Q3_K_M":
         t = "Q5_K" if i < 2 else "Q4_K"
     elif ftype == "Q3_K_L":
@@ -264,6 +309,8 @@ def _ffn_down_type(t: str, ftype: str, facts: ModelFacts, i_layer: int, n_layer:
     falcon = facts.arch == "falcon"
     if ftype == "Q2_K":
         return "Q3_K"
+    if ftype == "IQ3_XXS" and not has_imatrix:
+        return "Q4_K" if i_layer < n_layer // 8 else "Q3_K"
     if ftype == "Q3_K_M":
         if i_layer < n_layer // 16:
             return "Q5_K"
@@ -291,10 +338,11 @@ def _attn_output_type(t: str, ftype: str, facts: ModelFacts) -> str:
     if facts.arch == "falcon":
         return "Q4_K" if ftype == "Q3_K_L" else t
     if facts.n_expert == 8:
-        if ftype in ("Q2_K", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M", "IQ4_XS", "IQ3_XS", "IQ3_S", "IQ3_M"):
+        if ftype in ("Q2_K", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M", "IQ4_XS", "IQ3_XS", "IQ3_S", "IQ3_M",
+                     "IQ3_XXS"):
             return "Q5_K"
         return t
-    return {"Q2_K": "Q3_K", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K", "IQ3_M": "Q4_K"}.get(ftype, t)
+    return {"Q2_K": "Q3_K", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K", "IQ3_M": "Q4_K", "IQ3_XXS": "IQ3_S"}.get(ftype, t)
 
 
 def _fallback(name: str, n_cols: int, t: str) -> Tuple[str, Optional[str]]:

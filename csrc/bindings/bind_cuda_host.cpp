@@ -1,4 +1,5 @@
-// bind_cuda_host.cpp: the CUDA arithmetic checked on the host, in every build (GPU or not).
+// bind_cuda_host.cpp: the CUDA arithmetic checked on the host, in every build (GPU or not), and
+// the device self-test entry point (csrc/cuda/selftest.h; "no CUDA" errors without a device).
 //
 // cuda_host_check(seed, blocks): cuda/host_check.h's checks as {format: {...}}.
 #include <pybind11/stl.h>
@@ -8,6 +9,7 @@
 #include "bindings/bind.h"
 #include "cuda/host_check.h"
 #include "cuda/quant_hd.h"
+#include "cuda/selftest.h"
 
 namespace py = pybind11;
 
@@ -45,6 +47,29 @@ void bind_cuda_host(py::module_& m) {
 #undef LOWBIT_FORMAT_NAME
         return names;
     }, "The weight formats the CUDA backend computes with.");
+    m.def("cuda_selftest", [](uint64_t seed, bool bandwidth) {
+        cuda::SelfTestReport r;
+        {
+            py::gil_scoped_release release;
+            r = cuda::run_selftest(seed, bandwidth);
+        }
+        py::dict out;
+        for (const auto& e : r.entries) {
+            py::dict d;
+            d["max_err"] = e.max_err;
+            d["tol"] = e.tol;
+            d["gbs"] = e.gbs;
+            d["detail"] = e.detail;
+            out[py::str(e.name)] = d;
+        }
+        return py::make_tuple(py::str(r.device), out);
+    }, py::arg("seed") = 1, py::arg("bandwidth") = true,
+       "Run every CUDA kernel on random data against the CPU path: (device name, {check: {max_err, tol, gbs, "
+       "detail}}). Raises lowbit.CudaError without a CUDA build or device.");
+    m.def("cuda_alloc_probe", [](size_t bytes) {
+        py::gil_scoped_release release;
+        cuda::device_alloc_probe(bytes);
+    }, py::arg("bytes"), "Allocate and free `bytes` of device memory; lowbit.CudaError when that fails.");
 }
 
 }  // namespace lowbit

@@ -28,6 +28,12 @@
 #else
 #define LOWBIT_HD inline
 #endif
+// Unrolled on the device so that the activation block stays in registers (constant indices).
+#if defined(__CUDA_ARCH__)
+#define LOWBIT_UNROLL _Pragma("unroll")
+#else
+#define LOWBIT_UNROLL
+#endif
 #if !defined(__CUDA_ARCH__)
 #include "common.h"
 #endif

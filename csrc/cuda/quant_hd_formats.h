@@ -21,11 +21,11 @@ template <>
 struct Fmt<GGMLType::F32> {
     LOWBIT_FMT_HEAD(F32, 32, 128, true)
     LOWBIT_HD static void decode(const uint8_t* b, int, float* y, const GridTables&) {
-        for (int j = 0; j < 32; ++j) y[j] = f32_bits(ld32(b + 4 * j));
+        LOWBIT_UNROLL for (int j = 0; j < 32; ++j) y[j] = f32_bits(ld32(b + 4 * j));
     }
     LOWBIT_HD static float dotf(const uint8_t* b, int, const float* x) {
         float s = 0.0f;
-        for (int j = 0; j < 32; ++j) s += f32_bits(ld32(b + 4 * j)) * x[j];
+        LOWBIT_UNROLL for (int j = 0; j < 32; ++j) s += f32_bits(ld32(b + 4 * j)) * x[j];
         return s;
     }
 };
@@ -34,11 +34,11 @@ template <>
 struct Fmt<GGMLType::F16> {
     LOWBIT_FMT_HEAD(F16, 32, 64, true)
     LOWBIT_HD static void decode(const uint8_t* b, int, float* y, const GridTables&) {
-        for (int j = 0; j < 32; ++j) y[j] = h2f(ld16(b + 2 * j));
+        LOWBIT_UNROLL for (int j = 0; j < 32; ++j) y[j] = h2f(ld16(b + 2 * j));
     }
     LOWBIT_HD static float dotf(const uint8_t* b, int, const float* x) {
         float s = 0.0f;
-        for (int j = 0; j < 32; ++j) s += h2f(ld16(b + 2 * j)) * x[j];
+        LOWBIT_UNROLL for (int j = 0; j < 32; ++j) s += h2f(ld16(b + 2 * j)) * x[j];
         return s;
     }
 };
@@ -47,11 +47,11 @@ template <>
 struct Fmt<GGMLType::BF16> {
     LOWBIT_FMT_HEAD(BF16, 32, 64, true)
     LOWBIT_HD static void decode(const uint8_t* b, int, float* y, const GridTables&) {
-        for (int j = 0; j < 32; ++j) y[j] = bf2f(ld16(b + 2 * j));
+        LOWBIT_UNROLL for (int j = 0; j < 32; ++j) y[j] = bf2f(ld16(b + 2 * j));
     }
     LOWBIT_HD static float dotf(const uint8_t* b, int, const float* x) {
         float s = 0.0f;
-        for (int j = 0; j < 32; ++j) s += bf2f(ld16(b + 2 * j)) * x[j];
+        LOWBIT_UNROLL for (int j = 0; j < 32; ++j) s += bf2f(ld16(b + 2 * j)) * x[j];
         return s;
     }
 };
@@ -63,14 +63,14 @@ struct Fmt<GGMLType::Q4_0> {
     LOWBIT_FMT_HEAD(Q4_0, 32, 18, false)
     LOWBIT_HD static void decode(const uint8_t* b, int, float* y, const GridTables&) {
         const float d = h2f(ld16(b));
-        for (int j = 0; j < 16; ++j) {
+        LOWBIT_UNROLL for (int j = 0; j < 16; ++j) {
             y[j] = float((b[2 + j] & 0x0F) - 8) * d;
             y[j + 16] = float((b[2 + j] >> 4) - 8) * d;
         }
     }
     LOWBIT_HD static float dot(const uint8_t* b, int, const block_q8a& a, const GridTables&) {
         int sumi = 0;
-        for (int j = 0; j < 16; ++j) sumi += ((b[2 + j] & 0xF) - 8) * a.qs[j] + ((b[2 + j] >> 4) - 8) * a.qs[j + 16];
+        LOWBIT_UNROLL for (int j = 0; j < 16; ++j) sumi += ((b[2 + j] & 0xF) - 8) * a.qs[j] + ((b[2 + j] >> 4) - 8) * a.qs[j + 16];
         return float(sumi) * (h2f(ld16(b)) * a.d);
     }
 };
@@ -80,14 +80,14 @@ struct Fmt<GGMLType::Q4_1> {
     LOWBIT_FMT_HEAD(Q4_1, 32, 20, false)
     LOWBIT_HD static void decode(const uint8_t* b, int, float* y, const GridTables&) {
         const float d = h2f(ld16(b)), m = h2f(ld16(b + 2));
-        for (int j = 0; j < 16; ++j) {
+        LOWBIT_UNROLL for (int j = 0; j < 16; ++j) {
             y[j] = float(b[4 + j] & 0x0F) * d + m;
             y[j + 16] = float(b[4 + j] >> 4) * d + m;
         }
     }
     LOWBIT_HD static float dot(const uint8_t* b, int, const block_q8a& a, const GridTables&) {
         int sumi = 0;
-        for (int j = 0; j < 16; ++j) sumi += (b[4 + j] & 0xF) * a.qs[j] + (b[4 + j] >> 4) * a.qs[j + 16];
+        LOWBIT_UNROLL for (int j = 0; j < 16; ++j) sumi += (b[4 + j] & 0xF) * a.qs[j] + (b[4 + j] >> 4) * a.qs[j + 16];
         return float(sumi) * (h2f(ld16(b)) * a.d) + float(a.sum) * (h2f(ld16(b + 2)) * a.d);
     }
 };
@@ -103,12 +103,12 @@ struct Fmt<GGMLType::Q5_0> {
     LOWBIT_HD static void decode(const uint8_t* b, int, float* y, const GridTables&) {
         const float d = h2f(ld16(b));
         const uint32_t qh = ld32(b + 2);
-        for (int j = 0; j < 32; ++j) y[j] = float(q5_code(b + 6, qh, j) - 16) * d;
+        LOWBIT_UNROLL for (int j = 0; j < 32; ++j) y[j] = float(q5_code(b + 6, qh, j) - 16) * d;
     }
     LOWBIT_HD static float dot(const uint8_t* b, int, const block_q8a& a, const GridTables&) {
         const uint32_t qh = ld32(b + 2);
         int sumi = 0;
-        for (int j = 0; j < 32; ++j) sumi += (q5_code(b + 6, qh, j) - 16) * a.qs[j];
+        LOWBIT_UNROLL for (int j = 0; j < 32; ++j) sumi += (q5_code(b + 6, qh, j) - 16) * a.qs[j];
         return float(sumi) * (h2f(ld16(b)) * a.d);
     }
 };
@@ -119,12 +119,12 @@ struct Fmt<GGMLType::Q5_1> {
     LOWBIT_HD static void decode(const uint8_t* b, int, float* y, const GridTables&) {
         const float d = h2f(ld16(b)), m = h2f(ld16(b + 2));
         const uint32_t qh = ld32(b + 4);
-        for (int j = 0; j < 32; ++j) y[j] = float(q5_code(b + 8, qh, j)) * d + m;
+        LOWBIT_UNROLL for (int j = 0; j < 32; ++j) y[j] = float(q5_code(b + 8, qh, j)) * d + m;
     }
     LOWBIT_HD static float dot(const uint8_t* b, int, const block_q8a& a, const GridTables&) {
         const uint32_t qh = ld32(b + 4);
         int sumi = 0;
-        for (int j = 0; j < 32; ++j) sumi += q5_code(b + 8, qh, j) * a.qs[j];
+        LOWBIT_UNROLL for (int j = 0; j < 32; ++j) sumi += q5_code(b + 8, qh, j) * a.qs[j];
         return float(sumi) * (h2f(ld16(b)) * a.d) + float(a.sum) * (h2f(ld16(b + 2)) * a.d);
     }
 };
@@ -134,11 +134,11 @@ struct Fmt<GGMLType::Q8_0> {
     LOWBIT_FMT_HEAD(Q8_0, 32, 34, false)
     LOWBIT_HD static void decode(const uint8_t* b, int, float* y, const GridTables&) {
         const float d = h2f(ld16(b));
-        for (int j = 0; j < 32; ++j) y[j] = float(int8_t(b[2 + j])) * d;
+        LOWBIT_UNROLL for (int j = 0; j < 32; ++j) y[j] = float(int8_t(b[2 + j])) * d;
     }
     LOWBIT_HD static float dot(const uint8_t* b, int, const block_q8a& a, const GridTables&) {
         int sumi = 0;
-        for (int j = 0; j < 32; ++j) sumi += int8_t(b[2 + j]) * a.qs[j];
+        LOWBIT_UNROLL for (int j = 0; j < 32; ++j) sumi += int8_t(b[2 + j]) * a.qs[j];
         return float(sumi) * (h2f(ld16(b)) * a.d);
     }
 };
@@ -148,14 +148,14 @@ struct Fmt<GGMLType::IQ4_NL> {
     LOWBIT_FMT_HEAD(IQ4_NL, 32, 18, false)
     LOWBIT_HD static void decode(const uint8_t* b, int, float* y, const GridTables& t) {
         const float d = h2f(ld16(b));
-        for (int j = 0; j < 16; ++j) {
+        LOWBIT_UNROLL for (int j = 0; j < 16; ++j) {
             y[j] = d * float(t.iq4nl[b[2 + j] & 0x0F]);
             y[j + 16] = d * float(t.iq4nl[b[2 + j] >> 4]);
         }
     }
     LOWBIT_HD static float dot(const uint8_t* b, int, const block_q8a& a, const GridTables& t) {
         int sumi = 0;
-        for (int j = 0; j < 16; ++j) sumi += t.iq4nl[b[2 + j] & 0xF] * a.qs[j] + t.iq4nl[b[2 + j] >> 4] * a.qs[j + 16];
+        LOWBIT_UNROLL for (int j = 0; j < 16; ++j) sumi += t.iq4nl[b[2 + j] & 0xF] * a.qs[j] + t.iq4nl[b[2 + j] >> 4] * a.qs[j + 16];
         return float(sumi) * (h2f(ld16(b)) * a.d);
     }
 };
@@ -165,14 +165,14 @@ struct Fmt<GGMLType::MXFP4> {
     LOWBIT_FMT_HEAD(MXFP4, 32, 17, false)
     LOWBIT_HD static void decode(const uint8_t* b, int, float* y, const GridTables& t) {
         const float d = e8m0_half(b[0]);
-        for (int j = 0; j < 16; ++j) {
+        LOWBIT_UNROLL for (int j = 0; j < 16; ++j) {
             y[j] = float(t.fp4[b[1 + j] & 0xF]) * d;
             y[j + 16] = float(t.fp4[b[1 + j] >> 4]) * d;
         }
     }
     LOWBIT_HD static float dot(const uint8_t* b, int, const block_q8a& a, const GridTables& t) {
         int sumi = 0;
-        for (int j = 0; j < 16; ++j) sumi += t.fp4[b[1 + j] & 0xF] * a.qs[j] + t.fp4[b[1 + j] >> 4] * a.qs[j + 16];
+        LOWBIT_UNROLL for (int j = 0; j < 16; ++j) sumi += t.fp4[b[1 + j] & 0xF] * a.qs[j] + t.fp4[b[1 + j] >> 4] * a.qs[j + 16];
         return (a.d * e8m0_half(b[0])) * float(sumi);
     }
 };
@@ -182,10 +182,10 @@ template <>
 struct Fmt<GGMLType::NVFP4> {
     LOWBIT_FMT_HEAD(NVFP4, 64, 36, false)
     LOWBIT_HD static void decode(const uint8_t* b, int c, float* y, const GridTables& t) {
-        for (int h = 0; h < 2; ++h) {
+        LOWBIT_UNROLL for (int h = 0; h < 2; ++h) {
             const int s = 2 * c + h;
             const float d = ue4m3_half(b[s]);
-            for (int j = 0; j < 8; ++j) {
+            LOWBIT_UNROLL for (int j = 0; j < 8; ++j) {
                 const uint32_t q = b[4 + 8 * s + j];
                 y[16 * h + j] = float(t.fp4[q & 0xF]) * d;
                 y[16 * h + j + 8] = float(t.fp4[q >> 4]) * d;
@@ -194,10 +194,10 @@ struct Fmt<GGMLType::NVFP4> {
     }
     LOWBIT_HD static float dot(const uint8_t* b, int c, const block_q8a& a, const GridTables& t) {
         float sumf = 0.0f;
-        for (int h = 0; h < 2; ++h) {
+        LOWBIT_UNROLL for (int h = 0; h < 2; ++h) {
             const int s = 2 * c + h;
             int isum = 0;
-            for (int j = 0; j < 8; ++j) {
+            LOWBIT_UNROLL for (int j = 0; j < 8; ++j) {
                 const uint32_t q = b[4 + 8 * s + j];
                 isum += t.fp4[q & 0xF] * a.qs[16 * h + j] + t.fp4[q >> 4] * a.qs[16 * h + j + 8];
             }

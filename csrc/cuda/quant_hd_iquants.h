@@ -9,14 +9,14 @@ namespace lowbit::cuda {
 // sum_j grid[j] * sign_j * q8[j] over one point of 8 bytes (g1: bytes 0-3 and g2: 4-7 for IQ3).
 LOWBIT_HD int point8(uint64_t grid, uint32_t signs, const int8_t* q8) {
     int s = 0;
-    for (int j = 0; j < 8; ++j) s += int(grid_byte(grid, j)) * (sign_bit(signs, j) ? -q8[j] : q8[j]);
+    LOWBIT_UNROLL for (int j = 0; j < 8; ++j) s += int(grid_byte(grid, j)) * (sign_bit(signs, j) ? -q8[j] : q8[j]);
     return s;
 }
 LOWBIT_HD uint64_t grid_pair(uint32_t g1, uint32_t g2) { return uint64_t(g1) | (uint64_t(g2) << 32); }
 
 // One 8-weight point decoded: db * grid * sign (the dequantizers' order: scale first).
 LOWBIT_HD void decode_point8(float db, uint64_t grid, uint32_t signs, float* y) {
-    for (int j = 0; j < 8; ++j) y[j] = db * float(grid_byte(grid, j)) * fsign(signs, j);
+    LOWBIT_UNROLL for (int j = 0; j < 8; ++j) y[j] = db * float(grid_byte(grid, j)) * fsign(signs, j);
 }
 
 template <>
@@ -26,13 +26,13 @@ struct Fmt<GGMLType::IQ2_XXS> {
     LOWBIT_HD static void decode(const uint8_t* b, int c, float* y, const GridTables& t) {
         const uint32_t aux0 = ld32(b + 2 + 8 * c), aux1 = ld32(b + 6 + 8 * c);
         const float db = h2f(ld16(b)) * (0.5f + float(aux1 >> 28)) * 0.25f;
-        for (int l = 0; l < 4; ++l)
+        LOWBIT_UNROLL for (int l = 0; l < 4; ++l)
             decode_point8(db, t.iq2xxs[(aux0 >> (8 * l)) & 0xFF], t.ksigns[(aux1 >> (7 * l)) & 127], y + 8 * l);
     }
     LOWBIT_HD static float dot(const uint8_t* b, int c, const block_q8a& a, const GridTables& t) {
         const uint32_t aux0 = ld32(b + 2 + 8 * c), aux1 = ld32(b + 6 + 8 * c);
         int s = 0;
-        for (int l = 0; l < 4; ++l)
+        LOWBIT_UNROLL for (int l = 0; l < 4; ++l)
             s += point8(t.iq2xxs[(aux0 >> (8 * l)) & 0xFF], t.ksigns[(aux1 >> (7 * l)) & 127], a.qs + 8 * l);
         return 0.125f * ((h2f(ld16(b)) * a.d) * float(int(2 * (aux1 >> 28) + 1) * s));
     }
@@ -46,14 +46,14 @@ struct Fmt<GGMLType::IQ2_XS> {
         const float d = h2f(ld16(b));
         const uint32_t sc = b[66 + c];
         const float db[2] = {d * (0.5f + float(sc & 0xF)) * 0.25f, d * (0.5f + float(sc >> 4)) * 0.25f};
-        for (int l = 0; l < 4; ++l) {
+        LOWBIT_UNROLL for (int l = 0; l < 4; ++l) {
             const uint32_t q = ld16(b + 2 + 2 * (4 * c + l));
             decode_point8(db[l / 2], t.iq2xs[q & 511], t.ksigns[q >> 9], y + 8 * l);
         }
     }
     LOWBIT_HD static float dot(const uint8_t* b, int c, const block_q8a& a, const GridTables& t) {
         int s[2] = {0, 0};
-        for (int l = 0; l < 4; ++l) {
+        LOWBIT_UNROLL for (int l = 0; l < 4; ++l) {
             const uint32_t q = ld16(b + 2 + 2 * (4 * c + l));
             s[l / 2] += point8(t.iq2xs[q & 511], t.ksigns[q >> 9], a.qs + 8 * l);
         }
@@ -74,11 +74,11 @@ struct Fmt<GGMLType::IQ2_S> {
         const float d = h2f(ld16(b));
         const uint32_t sc = b[74 + c];
         const float db[2] = {d * (0.5f + float(sc & 0xF)) * 0.25f, d * (0.5f + float(sc >> 4)) * 0.25f};
-        for (int l = 0; l < 4; ++l) decode_point8(db[l / 2], t.iq2s[index(b, c, l)], b[2 + 32 + 4 * c + l], y + 8 * l);
+        LOWBIT_UNROLL for (int l = 0; l < 4; ++l) decode_point8(db[l / 2], t.iq2s[index(b, c, l)], b[2 + 32 + 4 * c + l], y + 8 * l);
     }
     LOWBIT_HD static float dot(const uint8_t* b, int c, const block_q8a& a, const GridTables& t) {
         int s[2] = {0, 0};
-        for (int l = 0; l < 4; ++l) s[l / 2] += point8(t.iq2s[index(b, c, l)], b[2 + 32 + 4 * c + l], a.qs + 8 * l);
+        LOWBIT_UNROLL for (int l = 0; l < 4; ++l) s[l / 2] += point8(t.iq2s[index(b, c, l)], b[2 + 32 + 4 * c + l], a.qs + 8 * l);
         const uint32_t sc = b[74 + c];
         const int isum = int(2 * (sc & 0xF) + 1) * s[0] + int(2 * (sc >> 4) + 1) * s[1];
         return 0.125f * ((h2f(ld16(b)) * a.d) * float(isum));
@@ -95,12 +95,12 @@ struct Fmt<GGMLType::IQ3_XXS> {
     LOWBIT_HD static void decode(const uint8_t* b, int c, float* y, const GridTables& t) {
         const uint32_t aux = ld32(b + 2 + 64 + 4 * c);
         const float db = h2f(ld16(b)) * (0.5f + float(aux >> 28)) * 0.5f;
-        for (int l = 0; l < 4; ++l) decode_point8(db, grid(b, c, l, t), t.ksigns[(aux >> (7 * l)) & 127], y + 8 * l);
+        LOWBIT_UNROLL for (int l = 0; l < 4; ++l) decode_point8(db, grid(b, c, l, t), t.ksigns[(aux >> (7 * l)) & 127], y + 8 * l);
     }
     LOWBIT_HD static float dot(const uint8_t* b, int c, const block_q8a& a, const GridTables& t) {
         const uint32_t aux = ld32(b + 2 + 64 + 4 * c);
         int s = 0;
-        for (int l = 0; l < 4; ++l) s += point8(grid(b, c, l, t), t.ksigns[(aux >> (7 * l)) & 127], a.qs + 8 * l);
+        LOWBIT_UNROLL for (int l = 0; l < 4; ++l) s += point8(grid(b, c, l, t), t.ksigns[(aux >> (7 * l)) & 127], a.qs + 8 * l);
         return 0.25f * ((h2f(ld16(b)) * a.d) * float(int(2 * (aux >> 28) + 1) * s));
     }
 };
@@ -117,11 +117,11 @@ struct Fmt<GGMLType::IQ3_S> {
     LOWBIT_HD static int scale(const uint8_t* b, int c) { return 1 + 2 * ((b[106 + c / 2] >> (4 * (c % 2))) & 0xF); }
     LOWBIT_HD static void decode(const uint8_t* b, int c, float* y, const GridTables& t) {
         const float db = h2f(ld16(b)) * float(scale(b, c));
-        for (int l = 0; l < 4; ++l) decode_point8(db, grid(b, c, l, t), b[74 + 4 * c + l], y + 8 * l);
+        LOWBIT_UNROLL for (int l = 0; l < 4; ++l) decode_point8(db, grid(b, c, l, t), b[74 + 4 * c + l], y + 8 * l);
     }
     LOWBIT_HD static float dot(const uint8_t* b, int c, const block_q8a& a, const GridTables& t) {
         int s = 0;
-        for (int l = 0; l < 4; ++l) s += point8(grid(b, c, l, t), b[74 + 4 * c + l], a.qs + 8 * l);
+        LOWBIT_UNROLL for (int l = 0; l < 4; ++l) s += point8(grid(b, c, l, t), b[74 + 4 * c + l], a.qs + 8 * l);
         return (h2f(ld16(b)) * a.d) * float(scale(b, c) * s);
     }
 };
@@ -129,11 +129,11 @@ struct Fmt<GGMLType::IQ3_S> {
 // sum_j grid[j] * q8[j] over one IQ1 point (grid bytes are int8 -1 / 0 / 1).
 LOWBIT_HD int point_iq1(uint64_t grid, const int8_t* q8) {
     int s = 0;
-    for (int j = 0; j < 8; ++j) s += int(int8_t(grid_byte(grid, j))) * q8[j];
+    LOWBIT_UNROLL for (int j = 0; j < 8; ++j) s += int(int8_t(grid_byte(grid, j))) * q8[j];
     return s;
 }
 LOWBIT_HD void decode_iq1(float dl, uint64_t grid, float delta, float* y) {
-    for (int j = 0; j < 8; ++j) y[j] = dl * (float(int8_t(grid_byte(grid, j))) + delta);
+    LOWBIT_UNROLL for (int j = 0; j < 8; ++j) y[j] = dl * (float(int8_t(grid_byte(grid, j))) + delta);
 }
 
 // IQ1_S: qs at 2, qh words at 34: index qs[4c + l] | 3 bits of qh[c] << 8; scale bits 12-14, sign 15.
@@ -147,12 +147,12 @@ struct Fmt<GGMLType::IQ1_S> {
         const uint32_t qh = ld16(b + 34 + 2 * c);
         const float dl = h2f(ld16(b)) * float(2 * ((qh >> 12) & 7) + 1);
         const float delta = qh & 0x8000 ? -kIq1Delta : kIq1Delta;
-        for (int l = 0; l < 4; ++l) decode_iq1(dl, grid(b, c, l, qh, t), delta, y + 8 * l);
+        LOWBIT_UNROLL for (int l = 0; l < 4; ++l) decode_iq1(dl, grid(b, c, l, qh, t), delta, y + 8 * l);
     }
     LOWBIT_HD static float dot(const uint8_t* b, int c, const block_q8a& a, const GridTables& t) {
         const uint32_t qh = ld16(b + 34 + 2 * c);
         int s = 0;
-        for (int l = 0; l < 4; ++l) s += point_iq1(grid(b, c, l, qh, t), a.qs + 8 * l);
+        LOWBIT_UNROLL for (int l = 0; l < 4; ++l) s += point_iq1(grid(b, c, l, qh, t), a.qs + 8 * l);
         const int isum = int(2 * ((qh >> 12) & 7) + 1) * (8 * s + (qh & 0x8000 ? -a.sum : a.sum));
         return 0.125f * ((h2f(ld16(b)) * a.d) * float(isum));
     }
@@ -169,14 +169,14 @@ struct Fmt<GGMLType::IQ1_M> {
     LOWBIT_HD static void decode(const uint8_t* b, int c, float* y, const GridTables& t) {
         const float d = h2f(iq1m_scale(b + 48));
         const float dl[2] = {d * float(scale(b, c, 0)), d * float(scale(b, c, 1))};
-        for (int l = 0; l < 4; ++l) {
+        LOWBIT_UNROLL for (int l = 0; l < 4; ++l) {
             const uint32_t n = nib(b, c, l);
             decode_iq1(dl[l / 2], t.iq1s[b[4 * c + l] | ((n & 7) << 8)], n & 8 ? -kIq1Delta : kIq1Delta, y + 8 * l);
         }
     }
     LOWBIT_HD static float dot(const uint8_t* b, int c, const block_q8a& a, const GridTables& t) {
         int s[2] = {0, 0};
-        for (int l = 0; l < 4; ++l) {
+        LOWBIT_UNROLL for (int l = 0; l < 4; ++l) {
             const uint32_t n = nib(b, c, l);
             const int q8sum = sum_i8(a.qs + 8 * l, 8);
             s[l / 2] += 8 * point_iq1(t.iq1s[b[4 * c + l] | ((n & 7) << 8)], a.qs + 8 * l) + (n & 8 ? -q8sum : q8sum);
@@ -200,11 +200,11 @@ struct Fmt<GGMLType::TQ1_0> {
     }
     LOWBIT_HD static void decode(const uint8_t* b, int c, float* y, const GridTables&) {
         const float d = h2f(ld16(b + 52));
-        for (int l = 0; l < 32; ++l) y[l] = float(trit(b, c, l)) * d;
+        LOWBIT_UNROLL for (int l = 0; l < 32; ++l) y[l] = float(trit(b, c, l)) * d;
     }
     LOWBIT_HD static float dot(const uint8_t* b, int c, const block_q8a& a, const GridTables&) {
         int isum = 0;
-        for (int l = 0; l < 32; ++l) isum += trit(b, c, l) * a.qs[l];
+        LOWBIT_UNROLL for (int l = 0; l < 32; ++l) isum += trit(b, c, l) * a.qs[l];
         return (h2f(ld16(b + 52)) * a.d) * float(isum);
     }
 };
@@ -216,11 +216,11 @@ struct Fmt<GGMLType::TQ2_0> {
     LOWBIT_HD static int trit(const uint8_t* b, int c, int l) { return ((b[32 * (c / 4) + l] >> (2 * (c % 4))) & 3) - 1; }
     LOWBIT_HD static void decode(const uint8_t* b, int c, float* y, const GridTables&) {
         const float d = h2f(ld16(b + 64));
-        for (int l = 0; l < 32; ++l) y[l] = float(trit(b, c, l)) * d;
+        LOWBIT_UNROLL for (int l = 0; l < 32; ++l) y[l] = float(trit(b, c, l)) * d;
     }
     LOWBIT_HD static float dot(const uint8_t* b, int c, const block_q8a& a, const GridTables&) {
         int isum = 0;
-        for (int l = 0; l < 32; ++l) isum += trit(b, c, l) * a.qs[l];
+        LOWBIT_UNROLL for (int l = 0; l < 32; ++l) isum += trit(b, c, l) * a.qs[l];
         return (h2f(ld16(b + 64)) * a.d) * float(isum);
     }
 };

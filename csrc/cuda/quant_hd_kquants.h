@@ -17,7 +17,7 @@ struct Fmt<GGMLType::Q2_K> {
     LOWBIT_HD static void decode(const uint8_t* b, int c, float* y, const GridTables&) {
         const float d = h2f(ld16(b + kD)), dmin = h2f(ld16(b + kDmin));
         const int half = c / 4, shift = 2 * (c % 4);
-        for (int l = 0; l < 32; ++l) {
+        LOWBIT_UNROLL for (int l = 0; l < 32; ++l) {
             const int sub = 2 * c + l / 16;
             const int q = (b[kQs + 32 * half + l] >> shift) & 3;
             const float dl = d * float(b[kSc + sub] & 0x0F);
@@ -28,10 +28,10 @@ struct Fmt<GGMLType::Q2_K> {
     LOWBIT_HD static float dot(const uint8_t* b, int c, const block_q8a& a, const GridTables&) {
         const int half = c / 4, shift = 2 * (c % 4);
         int isum = 0, summs = 0;
-        for (int h = 0; h < 2; ++h) {
+        LOWBIT_UNROLL for (int h = 0; h < 2; ++h) {
             const int sub = 2 * c + h;
             int isuml = 0;
-            for (int l = 0; l < 16; ++l) isuml += a.qs[16 * h + l] * ((b[kQs + 32 * half + 16 * h + l] >> shift) & 3);
+            LOWBIT_UNROLL for (int l = 0; l < 16; ++l) isuml += a.qs[16 * h + l] * ((b[kQs + 32 * half + 16 * h + l] >> shift) & 3);
             isum += (b[kSc + sub] & 0xF) * isuml;
             summs += sum_i8(a.qs + 16 * h, 16) * (b[kSc + sub] >> 4);
         }
@@ -55,16 +55,16 @@ struct Fmt<GGMLType::Q3_K> {
     }
     LOWBIT_HD static void decode(const uint8_t* b, int c, float* y, const GridTables&) {
         const float d = h2f(ld16(b + kD));
-        for (int l = 0; l < 32; ++l) {
+        LOWBIT_UNROLL for (int l = 0; l < 32; ++l) {
             const float dl = d * float(q3k_scale(b + kSc, 2 * c + l / 16));
             y[l] = dl * float(code(b, c, l));
         }
     }
     LOWBIT_HD static float dot(const uint8_t* b, int c, const block_q8a& a, const GridTables&) {
         int isum = 0;
-        for (int h = 0; h < 2; ++h) {
+        LOWBIT_UNROLL for (int h = 0; h < 2; ++h) {
             int isuml = 0;
-            for (int l = 16 * h; l < 16 * h + 16; ++l) isuml += a.qs[l] * code(b, c, l);
+            LOWBIT_UNROLL for (int l = 16 * h; l < 16 * h + 16; ++l) isuml += a.qs[l] * code(b, c, l);
             isum += q3k_scale(b + kSc, 2 * c + h) * isuml;
         }
         return (a.d * h2f(ld16(b + kD))) * float(isum);
@@ -88,13 +88,13 @@ struct FmtQ45K {
         int sc, m;
         scale_min_k4(c, b + kSc, sc, m);
         const float d1 = d * float(sc), m1 = dmin * float(m);
-        for (int l = 0; l < 32; ++l) y[l] = d1 * float(code(b, c, l)) - m1;
+        LOWBIT_UNROLL for (int l = 0; l < 32; ++l) y[l] = d1 * float(code(b, c, l)) - m1;
     }
     LOWBIT_HD static float dot(const uint8_t* b, int c, const block_q8a& a, const GridTables&) {
         int sc, m;
         scale_min_k4(c, b + kSc, sc, m);
         int isuml = 0;
-        for (int l = 0; l < 32; ++l) isuml += a.qs[l] * code(b, c, l);
+        LOWBIT_UNROLL for (int l = 0; l < 32; ++l) isuml += a.qs[l] * code(b, c, l);
         const float dall = a.d * h2f(ld16(b)), dmin = a.d * h2f(ld16(b + 2));
         return dall * float(sc * isuml) - dmin * float(m * a.sum);
     }
@@ -118,16 +118,16 @@ struct Fmt<GGMLType::Q6_K> {
     }
     LOWBIT_HD static void decode(const uint8_t* b, int c, float* y, const GridTables&) {
         const float d = h2f(ld16(b + kD));
-        for (int l = 0; l < 32; ++l) {
+        LOWBIT_UNROLL for (int l = 0; l < 32; ++l) {
             const float dl = d * float(int8_t(b[kSc + 2 * c + l / 16]));
             y[l] = dl * float(code(b, c, l));
         }
     }
     LOWBIT_HD static float dot(const uint8_t* b, int c, const block_q8a& a, const GridTables&) {
         int isum = 0;
-        for (int h = 0; h < 2; ++h) {
+        LOWBIT_UNROLL for (int h = 0; h < 2; ++h) {
             int isuml = 0;
-            for (int l = 16 * h; l < 16 * h + 16; ++l) isuml += a.qs[l] * code(b, c, l);
+            LOWBIT_UNROLL for (int l = 16 * h; l < 16 * h + 16; ++l) isuml += a.qs[l] * code(b, c, l);
             isum += int8_t(b[kSc + 2 * c + h]) * isuml;
         }
         return (a.d * h2f(ld16(b + kD))) * float(isum);
@@ -145,7 +145,7 @@ struct Fmt<GGMLType::IQ4_XS> {
     LOWBIT_HD static void decode(const uint8_t* b, int c, float* y, const GridTables& t) {
         const float dl = h2f(ld16(b)) * float(scale(b, c));
         const uint8_t* qs = b + kQs + 16 * c;
-        for (int j = 0; j < 16; ++j) {
+        LOWBIT_UNROLL for (int j = 0; j < 16; ++j) {
             y[j] = dl * float(t.iq4nl[qs[j] & 0x0F]);
             y[j + 16] = dl * float(t.iq4nl[qs[j] >> 4]);
         }
@@ -153,7 +153,7 @@ struct Fmt<GGMLType::IQ4_XS> {
     LOWBIT_HD static float dot(const uint8_t* b, int c, const block_q8a& a, const GridTables& t) {
         const uint8_t* qs = b + kQs + 16 * c;
         int isuml = 0;
-        for (int j = 0; j < 16; ++j) isuml += t.iq4nl[qs[j] & 0xF] * a.qs[j] + t.iq4nl[qs[j] >> 4] * a.qs[j + 16];
+        LOWBIT_UNROLL for (int j = 0; j < 16; ++j) isuml += t.iq4nl[qs[j] & 0xF] * a.qs[j] + t.iq4nl[qs[j] >> 4] * a.qs[j + 16];
         return (a.d * h2f(ld16(b))) * float(scale(b, c) * isuml);
     }
 };

@@ -13,6 +13,8 @@
 // bytes; "copy" is a 1 GiB device-to-device copy counting read + written bytes.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <vector>
 
@@ -317,13 +319,29 @@ SelfTestReport run_selftest(uint64_t seed, bool bandwidth) {
         }, 2, 10);
         r.entries.push_back({"copy", 0, 0, 2.0 * double(kBenchBytes) / (ms * 1e6), "1 GiB device-to-device copy, read + write"});
     }
+    // A failing check becomes an entry with an infinite error and the exception's message, so one
+    // run names every failure (after a sticky error such as an illegal address, the rest fail too).
+    const bool verbose = std::getenv("LOWBIT_SELFTEST_VERBOSE") != nullptr;
+    size_t reported = r.entries.size();
+    auto guarded = [&](const std::string& name, auto&& fn) {
+        try {
+            fn();
+        } catch (const std::exception& e) {
+            r.entries.push_back({str("error/", name), INFINITY, 0, 0, e.what()});
+        }
+        for (; verbose && reported < r.entries.size(); ++reported) {
+            const SelfTestEntry& e = r.entries[reported];
+            std::fprintf(stderr, "selftest %-20s err %.3g tol %.1g  %.1f GB/s  %s\n", e.name.c_str(), e.max_err, e.tol,
+                         e.gbs, e.detail.c_str());
+        }
+    };
     for (const QuantType& qt : quant_types()) {
         if (!has_format(qt.type)) continue;
-        check_matvec(qt.type, rng, pool, bandwidth ? &bench : nullptr, r);
-        check_matmul(qt.type, rng, r);
+        guarded(str("matvec/", qt.name), [&] { check_matvec(qt.type, rng, pool, bandwidth ? &bench : nullptr, r); });
+        guarded(str("matmul/", qt.name), [&] { check_matmul(qt.type, rng, r); });
     }
-    check_ops(rng, r);
-    LOWBIT_CUDA_CHECK(cudaDeviceSynchronize());
+    guarded("ops", [&] { check_ops(rng, r); });
+    guarded("sync", [&] { LOWBIT_CUDA_CHECK(cudaDeviceSynchronize()); });
     return r;
 }
 

@@ -17,6 +17,7 @@ void bind_quant(pybind11::module_& m);
 void bind_engine(pybind11::module_& m);
 void bind_sampling(pybind11::module_& m);
 void bind_tokenizer(pybind11::module_& m);
+void bind_cuda_host(pybind11::module_& m);
 // The validated ModelConfig as a dict (lowbit._core.model_config, _GGUFFile.model_config).
 pybind11::dict config_dict(const model::ModelConfig& c);
 // A file that cannot be opened as Python's OSError subclass for its errno (FileNotFoundError,

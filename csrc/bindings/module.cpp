@@ -35,4 +35,5 @@ PYBIND11_MODULE(_core, m) {
     lowbit::bind_engine(m);
     lowbit::bind_sampling(m);
     lowbit::bind_tokenizer(m);
+    lowbit::bind_cuda_host(m);
 }

@@ -1,0 +1,64 @@
+// ops.cuh: host-callable launchers of the CUDA kernels (one .cu per role, as ggml's CUDA backend).
+// Pointers are device pointers; every launcher checks the launch and throws CudaError / ValueError,
+// and runs on `stream` without synchronizing. Weights: `rows` rows of `cols` elements in GGML block
+// layout, row r at byte r * row_bytes, the allocation padded by >= 16 bytes (DeviceBuffer does).
+#pragma once
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/cuda_common.cuh"
+
+namespace lowbit::cuda {
+
+// Whether `type` has a device path (LOWBIT_CUDA_FORMATS), and its geometry for device rows.
+bool has_format(GGMLType type);
+int64_t device_row_bytes(GGMLType type, int64_t cols);   // ValueError unless cols % 32 == 0 etc.
+
+// quantize_act.cu: x (n, cols) f32 -> n rows of cols/32 block_q8a (cols % 32 == 0).
+void quantize_act(const float* x, block_q8a* out, int64_t n, int64_t cols, cudaStream_t stream);
+
+// dequantize.cu: weights -> (rows, cols) f32 or f16.
+void dequantize(const void* w, GGMLType type, int64_t rows, int64_t cols, float* out, cudaStream_t stream);
+void dequantize(const void* w, GGMLType type, int64_t rows, int64_t cols, __half* out, cudaStream_t stream);
+
+// mmvq.cu: y[r] = dot(weight row r, x) for decode. Quantized types take q8 (x quantized on the
+// device into `act_scratch`, cols/32 blocks); float types dot x directly (act_scratch unused).
+void matvec(const void* w, GGMLType type, int64_t rows, int64_t cols, const float* x, block_q8a* act_scratch,
+            float* y, cudaStream_t stream);
+
+// mmm.cu: y (n, rows) = x (n, cols) . W^T for prefill: weights dequantized to f16 and multiplied
+// by cuBLAS (LOWBIT_WITH_CUBLAS) or a tiled kernel with f32 accumulation. Scratch is allocated
+// per call (prefill-sized calls amortize it).
+void matmul(const void* w, GGMLType type, int64_t rows, int64_t cols, const float* x, int64_t n, float* y,
+            cudaStream_t stream);
+bool matmul_uses_cublas();
+
+// norm.cu: y = x / sqrt(mean(x^2) + eps) * w per row (w may be null), rows x n; sums in double.
+void rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t n, float eps, cudaStream_t stream);
+// In place, per row of n: x = softmax(scale * x) (max subtracted, sums in double).
+void softmax(float* x, int64_t rows, int64_t n, float scale, cudaStream_t stream);
+
+// rope.cu: x (n_tok, n_heads, head_dim) in place; token t at position pos[t]; angle pos * inv_freq[i]
+// in double (inv_freq: n_rot/2 values, YaRN / LongRoPE already folded in as the CPU's
+// make_inv_freq does), cos / sin times mscale. neox: pairs (i, i + n_rot/2), else (2i, 2i+1).
+void rope(float* x, int64_t n_tok, int64_t n_heads, int64_t head_dim, int64_t n_rot, bool neox, const int32_t* pos,
+          const double* inv_freq, float mscale, cudaStream_t stream);
+
+// act.cu: out = act(gate) * up (n values); act SiLU or GELU (tanh approximation).
+void silu_mul(const float* gate, const float* up, float* out, int64_t n, cudaStream_t stream);
+void gelu_tanh_mul(const float* gate, const float* up, float* out, int64_t n, cudaStream_t stream);
+
+// attention.cu: KV-cache write, f32 rows (n_tok, width) -> f16 cache rows pos0 .. pos0+n_tok-1
+// (cache row stride `width` halves, round to nearest even).
+void kv_write_f16(const float* src, __half* cache, int64_t n_tok, int64_t width, int64_t pos0, cudaStream_t stream);
+// Decode attention of one token: q (n_head, d), keys / values: n_kv cached f16 rows of
+// n_head_kv * d; head h reads kv head h / (n_head / n_head_kv). out (n_head, d) =
+// softmax(scale * q.K^T) V, split over the cache in chunks (partials combined in a second pass).
+// scratch: attention_scratch_floats(n_head, n_kv, d) floats.
+int64_t attention_scratch_floats(int64_t n_head, int64_t n_kv, int64_t d);
+void attention_decode(const float* q, const __half* k, const __half* v, float* out, int64_t n_head, int64_t n_head_kv,
+                      int64_t d, int64_t n_kv, float scale, float* scratch, cudaStream_t stream);
+
+}  // namespace lowbit::cuda

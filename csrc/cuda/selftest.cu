@@ -1,0 +1,348 @@
+// selftest.cu: every CUDA kernel on fresh random data against the CPU path (cuda/selftest.h).
+//
+// Errors are relative, each against the scale that bounds it:
+//   matvec/T      vs emulation: |y_dev - y_emu| / sum|w x| per row, y_emu = the same Fmt<T> dots on the
+//                 host after the same activation quantization (only the float summation order
+//                 differs: tol 1e-5); vs the CPU matvec (its own q8_0 / q8_K activations): tol 1e-2.
+//   dequant/T     f32 values whose bits differ from quant/reference.h (tol 0; -fmad=false).
+//   matmul/T      |y - y_ref| / sum|w x| against double sums of the decoded weights (f16 rounding
+//                 of the weights, and of x with cuBLAS: tol 3e-3).
+//   ops           max |dev - cpu| relative to max |cpu| (tol per op below), kv_write bit for bit.
+// Bandwidth: the mat-vec over >= 1 GiB of weights (a small random matrix replicated on the device,
+// so no cache holds it), median of 20 timed launches after 3 warm-ups, counting weight + activation
+// bytes; "copy" is a 1 GiB device-to-device copy counting read + written bytes.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <vector>
+
+#include "cpu/matmul.h"
+#include "cpu/ops.h"
+#include "cpu/threadpool.h"
+#include "cuda/host_check.h"
+#include "cuda/ops.cuh"
+#include "cuda/selftest.h"
+#include "quant/types.h"
+
+namespace lowbit::cuda {
+namespace {
+
+using Rng = std::mt19937_64;
+
+std::vector<float> random_floats(size_t n, Rng& rng, float lo = -1.0f, float hi = 1.0f) {
+    std::uniform_real_distribution<float> u(lo, hi);
+    std::vector<float> v(n);
+    for (auto& x : v) x = u(rng);
+    return v;
+}
+
+DeviceBuffer to_device(const void* host, size_t bytes) {
+    DeviceBuffer b(bytes);
+    b.upload(host, bytes);
+    return b;
+}
+template <typename T>
+DeviceBuffer to_device(const std::vector<T>& v) { return to_device(v.data(), v.size() * sizeof(T)); }
+
+template <typename T>
+std::vector<T> from_device(const DeviceBuffer& b, size_t n) {
+    std::vector<T> v(n);
+    LOWBIT_CUDA_CHECK(cudaDeviceSynchronize());
+    b.download(v.data(), n * sizeof(T));
+    return v;
+}
+
+double max_abs(const std::vector<float>& v) {
+    double m = 0;
+    for (float x : v) m = std::max(m, double(std::fabs(x)));
+    return m;
+}
+
+// max |a - b| / max |b| (NaN in a counts as an infinite error)
+double rel_max(const std::vector<float>& a, const std::vector<float>& b) {
+    double e = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+        const double d = std::fabs(double(a[i]) - double(b[i]));
+        e = std::max(e, std::isnan(d) ? INFINITY : d);
+    }
+    const double m = max_abs(b);
+    return m > 0 ? e / m : e;
+}
+
+struct Timer {
+    cudaEvent_t a, b;
+    Timer() { LOWBIT_CUDA_CHECK(cudaEventCreate(&a)); LOWBIT_CUDA_CHECK(cudaEventCreate(&b)); }
+    ~Timer() { cudaEventDestroy(a); cudaEventDestroy(b); }
+    template <class Fn>
+    double median_ms(Fn&& fn, int warm, int reps) {
+        for (int i = 0; i < warm; ++i) fn();
+        std::vector<float> ms(reps);
+        for (int i = 0; i < reps; ++i) {
+            LOWBIT_CUDA_CHECK(cudaEventRecord(a));
+            fn();
+            LOWBIT_CUDA_CHECK(cudaEventRecord(b));
+            LOWBIT_CUDA_CHECK(cudaEventSynchronize(b));
+            LOWBIT_CUDA_CHECK(cudaEventElapsedTime(&ms[i], a, b));
+        }
+        std::sort(ms.begin(), ms.end());
+        return ms[reps / 2];
+    }
+};
+
+constexpr size_t kBenchBytes = size_t(1) << 30;
+
+// Correctness of the mat-vec of `type` at an odd shape, and (bandwidth) its speed over 1 GiB.
+void check_matvec(GGMLType type, Rng& rng, cpu::ThreadPool& pool, DeviceBuffer* bench, SelfTestReport& r) {
+    const QuantType& qt = quant_type(type);
+    const int64_t elems = qt.block_elems == 1 ? 32 : qt.block_elems;
+    const int64_t rows = 1027, cols = elems == 32 ? 4096 + 32 * 3 : 4096 + 256 * 3;
+    const int64_t nb = cols / elems, row_bytes = device_row_bytes(type, cols);
+    const std::vector<uint8_t> w = random_blocks(type, rows * nb, rng());
+    const std::vector<float> x = random_floats(size_t(cols), rng);
+
+    DeviceBuffer dw = to_device(w), dx = to_device(x), dy(rows * sizeof(float)), dact(cols / 32 * sizeof(block_q8a));
+    matvec(dw.as<uint8_t>(), type, rows, cols, dx.as<float>(), dact.as<block_q8a>(), dy.as<float>(), nullptr);
+    const std::vector<float> y = from_device<float>(dy, size_t(rows));
+
+    std::vector<float> y_emu(rows), y_cpu(rows);
+    std::vector<double> mag(rows);
+    emulate_matvec(type, w.data(), rows, cols, x.data(), y_emu.data(), mag.data());
+    cpu::matvec(w.data(), type, rows, cols, x.data(), y_cpu.data(), pool, cpu::ActPrecision::Q8);
+    double e_emu = 0, e_cpu = 0;
+    for (int64_t i = 0; i < rows; ++i) {
+        const double m = mag[i] > 0 ? mag[i] : 1.0;
+        const double de = std::fabs(double(y[i]) - y_emu[i]) / m, dc = std::fabs(double(y[i]) - y_cpu[i]) / m;
+        e_emu = std::max(e_emu, std::isnan(de) ? INFINITY : de);
+        e_cpu = std::max(e_cpu, std::isnan(dc) ? INFINITY : dc);
+    }
+
+    double gbs = 0;
+    if (bench) {
+        // fill the bench buffer with copies of the test matrix, then time rows_big rows of it
+        const size_t unit = size_t(rows * row_bytes);
+        const int64_t rows_big = int64_t(kBenchBytes / size_t(row_bytes));
+        for (size_t off = 0; off < size_t(rows_big * row_bytes); off += unit)
+            LOWBIT_CUDA_CHECK(cudaMemcpy(bench->as<uint8_t>() + off, dw.as<uint8_t>(),
+                                         std::min(unit, size_t(rows_big * row_bytes) - off), cudaMemcpyDeviceToDevice));
+        DeviceBuffer dy_big(rows_big * sizeof(float));
+        Timer t;
+        const double ms = t.median_ms([&] {
+            matvec(bench->as<uint8_t>(), type, rows_big, cols, dx.as<float>(), dact.as<block_q8a>(), dy_big.as<float>(), nullptr);
+        }, 3, 20);
+        gbs = double(rows_big * row_bytes + cols * 4) / (ms * 1e6);
+    }
+    r.entries.push_back({str("matvec/", qt.name), e_emu, 1e-5, gbs,
+                         str(rows, "x", cols, ": vs host emulation (same arithmetic); bandwidth over ",
+                             kBenchBytes >> 20, " MiB")});
+    r.entries.push_back({str("matvec_cpu/", qt.name), e_cpu, 1e-2, 0,
+                         str(rows, "x", cols, ": vs cpu::matvec (q8 activations), relative to sum|w x|")});
+
+    // dequantize: bit for bit in f32, and the f16 output equal to the f32 value rounded
+    std::vector<float> ref(size_t(rows * cols));
+    dequantize_rows(qt, w.data(), ref.data(), rows, cols);
+    DeviceBuffer df(ref.size() * sizeof(float)), dh(ref.size() * sizeof(__half));
+    dequantize(dw.as<uint8_t>(), type, rows, cols, df.as<float>(), nullptr);
+    dequantize(dw.as<uint8_t>(), type, rows, cols, dh.as<__half>(), nullptr);
+    const std::vector<float> got = from_device<float>(df, ref.size());
+    const std::vector<uint16_t> got16 = from_device<uint16_t>(dh, ref.size());
+    int64_t bad = 0, bad16 = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+        bad += fp32_to_bits(got[i]) != fp32_to_bits(ref[i]);
+        bad16 += got16[i] != fp32_to_fp16(ref[i]) && !(std::isnan(ref[i]));
+    }
+    r.entries.push_back({str("dequant/", qt.name), double(bad + bad16), 0, 0,
+                         str("values of ", ref.size(), " whose f32 bits (or f16 rounding) differ from the CPU dequantizer")});
+}
+
+// Prefill mat-mat at an odd shape against double sums of the decoded weights.
+void check_matmul(GGMLType type, Rng& rng, SelfTestReport& r) {
+    const QuantType& qt = quant_type(type);
+    const int64_t elems = qt.block_elems == 1 ? 32 : qt.block_elems;
+    const int64_t rows = 301, cols = elems == 32 ? 1024 + 96 : 1024 + 256, n = 37;
+    const std::vector<uint8_t> w = random_blocks(type, rows * (cols / elems), rng());
+    const std::vector<float> x = random_floats(size_t(n * cols), rng);
+    DeviceBuffer dw = to_device(w), dx = to_device(x), dy(n * rows * sizeof(float));
+    matmul(dw.as<uint8_t>(), type, rows, cols, dx.as<float>(), n, dy.as<float>(), nullptr);
+    const std::vector<float> y = from_device<float>(dy, size_t(n * rows));
+    std::vector<float> wf(size_t(rows * cols));
+    dequantize_rows(qt, w.data(), wf.data(), rows, cols);
+    double err = 0;
+    for (int64_t i = 0; i < n; ++i)
+        for (int64_t o = 0; o < rows; ++o) {
+            double s = 0, m = 0;
+            for (int64_t k = 0; k < cols; ++k) {
+                const double p = double(wf[o * cols + k]) * x[i * cols + k];
+                s += p;
+                m += std::fabs(p);
+            }
+            const double e = std::fabs(y[i * rows + o] - s) / (m > 0 ? m : 1.0);
+            err = std::max(err, std::isnan(e) ? INFINITY : e);
+        }
+    r.entries.push_back({str("matmul/", qt.name), err, 3e-3, 0,
+                         str(n, "x", cols, " . ", rows, "x", cols, "^T via ", matmul_uses_cublas() ? "cuBLAS" : "tiled kernel",
+                             ", vs double sums of the decoded weights")});
+}
+
+void check_ops(Rng& rng, SelfTestReport& r) {
+    {   // RMSNorm, 3 rows of an odd width
+        const int64_t rows = 3, n = 2053;
+        const std::vector<float> x = random_floats(size_t(rows * n), rng, -3, 3), w = random_floats(size_t(n), rng);
+        DeviceBuffer dx = to_device(x), dw = to_device(w), dy(x.size() * sizeof(float));
+        rmsnorm(dx.as<float>(), dw.as<float>(), dy.as<float>(), rows, n, 1e-6f, nullptr);
+        std::vector<float> ref(x.size());
+        for (int64_t i = 0; i < rows; ++i) cpu::rmsnorm(x.data() + i * n, w.data(), ref.data() + i * n, n, 1e-6f);
+        r.entries.push_back({"rmsnorm", rel_max(from_device<float>(dy, x.size()), ref), 1e-6, 0, "3x2053 vs cpu::rmsnorm"});
+    }
+    {   // softmax with a scale, against double
+        const int64_t rows = 5, n = 3001;
+        const float scale = 0.37f;
+        const std::vector<float> x = random_floats(size_t(rows * n), rng, -20, 20);
+        DeviceBuffer dx = to_device(x);
+        softmax(dx.as<float>(), rows, n, scale, nullptr);
+        std::vector<float> ref(x.size());
+        for (int64_t i = 0; i < rows; ++i) {
+            double m = -INFINITY, s = 0;
+            for (int64_t j = 0; j < n; ++j) m = std::max(m, double(scale * x[i * n + j]));
+            for (int64_t j = 0; j < n; ++j) s += std::exp(double(scale * x[i * n + j]) - m);
+            for (int64_t j = 0; j < n; ++j) ref[i * n + j] = float(std::exp(double(scale * x[i * n + j]) - m) / s);
+        }
+        r.entries.push_back({"softmax", rel_max(from_device<float>(dx, x.size()), ref), 1e-5, 0, "5x3001 vs double"});
+    }
+    for (const bool neox : {false, true}) {   // RoPE, partial rotation, YaRN-like inv_freq and mscale
+        const int64_t n_tok = 7, n_heads = 6, head_dim = 128, n_rot = 96, half = n_rot / 2;
+        const float mscale = 1.137f;
+        std::vector<double> inv_freq(half);
+        for (int64_t i = 0; i < half; ++i) inv_freq[i] = std::pow(500000.0, -2.0 * double(i) / double(n_rot)) * (i % 3 ? 1.0 : 0.25);
+        std::vector<int32_t> pos(n_tok);
+        for (int64_t t = 0; t < n_tok; ++t) pos[t] = int32_t(rng() % 100000);
+        const std::vector<float> x = random_floats(size_t(n_tok * n_heads * head_dim), rng, -2, 2);
+        DeviceBuffer dx = to_device(x), dp = to_device(pos), df = to_device(inv_freq);
+        rope(dx.as<float>(), n_tok, n_heads, head_dim, n_rot, neox, dp.as<int32_t>(), df.as<double>(), mscale, nullptr);
+        std::vector<float> ref = x;
+        std::vector<float> cs(static_cast<size_t>(n_rot));
+        for (int64_t t = 0; t < n_tok; ++t) {
+            cpu::rope_cos_sin(double(pos[t]), inv_freq.data(), half, cs.data(), mscale);
+            cpu::rope(ref.data() + t * n_heads * head_dim, n_heads, head_dim, n_rot, neox, cs.data());
+        }
+        r.entries.push_back({neox ? "rope_neox" : "rope_normal", rel_max(from_device<float>(dx, x.size()), ref), 1e-6, 0,
+                             "7 tokens x 6 heads x 128 (96 rotated), positions < 1e5, vs cpu::rope"});
+    }
+    {   // gated activations
+        const int64_t n = 10007;
+        const std::vector<float> g = random_floats(size_t(n), rng, -8, 8), u = random_floats(size_t(n), rng);
+        DeviceBuffer dg = to_device(g), du = to_device(u), d1(n * sizeof(float)), d2(n * sizeof(float));
+        silu_mul(dg.as<float>(), du.as<float>(), d1.as<float>(), n, nullptr);
+        gelu_tanh_mul(dg.as<float>(), du.as<float>(), d2.as<float>(), n, nullptr);
+        std::vector<float> r1(static_cast<size_t>(n)), r2(static_cast<size_t>(n));
+        cpu::silu_mul(g.data(), u.data(), r1.data(), n);
+        cpu::gelu_tanh_mul(g.data(), u.data(), r2.data(), n);
+        r.entries.push_back({"silu_mul", rel_max(from_device<float>(d1, size_t(n)), r1), 2e-6, 0, "10007 vs cpu::silu_mul"});
+        r.entries.push_back({"gelu_tanh_mul", rel_max(from_device<float>(d2, size_t(n)), r2), 2e-6, 0,
+                             "10007 vs cpu::gelu_tanh_mul"});
+    }
+    {   // KV write f16 at an offset, then decode attention (GQA 8:2, 1000 cached positions: 4 splits)
+        const int64_t n_head = 8, n_kv_head = 2, d = 128, n_kv = 1000, width = n_kv_head * d;
+        const std::vector<float> kf = random_floats(size_t(n_kv * width), rng, -2, 2), vf = random_floats(size_t(n_kv * width), rng, -2, 2);
+        const std::vector<float> q = random_floats(size_t(n_head * d), rng, -2, 2);
+        DeviceBuffer dkf = to_device(kf), dvf = to_device(vf), dq = to_device(q);
+        DeviceBuffer dk(n_kv * width * sizeof(__half)), dv(n_kv * width * sizeof(__half));
+        kv_write_f16(dkf.as<float>(), dk.as<__half>(), 600, width, 0, nullptr);   // two writes: positions 0..599, 600..999
+        kv_write_f16(dkf.as<float>() + 600 * width, dk.as<__half>(), n_kv - 600, width, 600, nullptr);
+        kv_write_f16(dvf.as<float>(), dv.as<__half>(), n_kv, width, 0, nullptr);
+        std::vector<uint16_t> k16(kf.size()), v16(vf.size());
+        cpu::f32_to_f16_row(kf.data(), k16.data(), int64_t(kf.size()));
+        cpu::f32_to_f16_row(vf.data(), v16.data(), int64_t(vf.size()));
+        const std::vector<uint16_t> gk = from_device<uint16_t>(dk, k16.size()), gv = from_device<uint16_t>(dv, v16.size());
+        int64_t bad = 0;
+        for (size_t i = 0; i < k16.size(); ++i) bad += (gk[i] != k16[i]) + (gv[i] != v16[i]);
+        r.entries.push_back({"kv_write_f16", double(bad), 0, 0, "1000x256 (two writes) vs cpu::f32_to_f16_row, bit for bit"});
+
+        const float scale = 1.0f / std::sqrt(float(d));
+        DeviceBuffer dout(n_head * d * sizeof(float)), scratch(attention_scratch_floats(n_head, n_kv, d) * sizeof(float));
+        attention_decode(dq.as<float>(), dk.as<__half>(), dv.as<__half>(), dout.as<float>(), n_head, n_kv_head, d, n_kv,
+                         scale, scratch.as<float>(), nullptr);
+        std::vector<float> ref(static_cast<size_t>(n_head * d));
+        for (int64_t h = 0; h < n_head; ++h) {
+            const int64_t kvh = h / (n_head / n_kv_head);
+            std::vector<double> p(static_cast<size_t>(n_kv));
+            double m = -INFINITY, s = 0;
+            for (int64_t j = 0; j < n_kv; ++j) {
+                double dot = 0;
+                for (int64_t e = 0; e < d; ++e) dot += double(q[h * d + e]) * fp16_to_fp32(k16[j * width + kvh * d + e]);
+                p[j] = double(scale) * dot;
+                m = std::max(m, p[j]);
+            }
+            for (auto& v : p) { v = std::exp(v - m); s += v; }
+            for (int64_t e = 0; e < d; ++e) {
+                double o = 0;
+                for (int64_t j = 0; j < n_kv; ++j) o += p[j] * fp16_to_fp32(v16[j * width + kvh * d + e]);
+                ref[h * d + e] = float(o / s);
+            }
+        }
+        r.entries.push_back({"attention_decode", rel_max(from_device<float>(dout, ref.size()), ref), 1e-5, 0,
+                             "8 heads (GQA 4:1) x 128, 1000 cached f16 positions, vs double"});
+    }
+}
+
+}  // namespace
+
+void device_alloc_probe(size_t bytes) {
+    DeviceBuffer b(bytes, 0);
+    LOWBIT_CUDA_CHECK(cudaMemset(b.as<uint8_t>(), 0, bytes));
+    LOWBIT_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+SelfTestReport run_selftest(uint64_t seed, bool bandwidth) {
+    int count = 0;
+    const cudaError_t err = cudaGetDeviceCount(&count);
+    if (err != cudaSuccess || count == 0) {
+        cudaGetLastError();
+        throw CudaError(str("no CUDA device (", err != cudaSuccess ? cudaGetErrorString(err) : "none found", ")"));
+    }
+    LOWBIT_CUDA_CHECK(cudaSetDevice(0));
+    cudaDeviceProp prop{};
+    LOWBIT_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    SelfTestReport r;
+    r.device = str(prop.name, " (cc ", prop.major, ".", prop.minor, ", ", prop.multiProcessorCount, " SMs, ",
+                   prop.totalGlobalMem >> 20, " MiB)");
+    Rng rng(seed);
+    cpu::ThreadPool pool;
+    DeviceBuffer bench;
+    if (bandwidth) {
+        bench.alloc(kBenchBytes + (size_t(64) << 20));
+        DeviceBuffer dst(kBenchBytes);
+        Timer t;
+        const double ms = t.median_ms([&] {
+            LOWBIT_CUDA_CHECK(cudaMemcpyAsync(dst.as<uint8_t>(), bench.as<uint8_t>(), kBenchBytes, cudaMemcpyDeviceToDevice));
+        }, 2, 10);
+        r.entries.push_back({"copy", 0, 0, 2.0 * double(kBenchBytes) / (ms * 1e6), "1 GiB device-to-device copy, read + write"});
+    }
+    // A failing check becomes an entry with an infinite error and the exception's message, so one
+    // run names every failure (after a sticky error such as an illegal address, the rest fail too).
+    const bool verbose = std::getenv("LOWBIT_SELFTEST_VERBOSE") != nullptr;
+    size_t reported = r.entries.size();
+    auto guarded = [&](const std::string& name, auto&& fn) {
+        try {
+            fn();
+        } catch (const std::exception& e) {
+            r.entries.push_back({str("error/", name), INFINITY, 0, 0, e.what()});
+        }
+        for (; verbose && reported < r.entries.size(); ++reported) {
+            const SelfTestEntry& e = r.entries[reported];
+            std::fprintf(stderr, "selftest %-20s err %.3g tol %.1g  %.1f GB/s  %s\n", e.name.c_str(), e.max_err, e.tol,
+                         e.gbs, e.detail.c_str());
+        }
+    };
+    for (const QuantType& qt : quant_types()) {
+        if (!has_format(qt.type)) continue;
+        guarded(str("matvec/", qt.name), [&] { check_matvec(qt.type, rng, pool, bandwidth ? &bench : nullptr, r); });
+        guarded(str("matmul/", qt.name), [&] { check_matmul(qt.type, rng, r); });
+    }
+    guarded("ops", [&] { check_ops(rng, r); });
+    guarded("sync", [&] { LOWBIT_CUDA_CHECK(cudaDeviceSynchronize()); });
+    return r;
+}
+
+}  // namespace lowbit::cuda

@@ -21,6 +21,7 @@
 #include <cstdint>
 
 #include "quant/blocks.h"
+#include "quant/scale_codes.h"
 
 #if defined(__CUDACC__)
 #include <cuda_fp16.h>
@@ -87,23 +88,9 @@ LOWBIT_HD float h2f(uint32_t h) {
 
 LOWBIT_HD float bf2f(uint32_t h) { return f32_bits(h << 16); }
 
-// E8M0 e -> 2^(e - 128) (half the MX scale; quant/iq_common.h e8m0_to_fp32_half).
-LOWBIT_HD float e8m0_half(uint32_t e) { return f32_bits(e < 2 ? uint32_t(0x00200000) << e : (e - 1) << 23); }
-
-// Unsigned E4M3 -> value / 2 (quant/iq_common.h ue4m3_to_fp32_half), built from bits: every value
-// is exact, so this equals the ldexp form there.
-LOWBIT_HD float ue4m3_half(uint32_t x) {
-    if (x == 0 || x == 0x7F) return 0.0f;
-    const uint32_t exp = (x >> 3) & 0xF, man = x & 0x7;
-    const float raw = exp == 0 ? float(man) * f32_bits(uint32_t(127 - 9) << 23)      // man * 2^-9
-                               : f32_bits(((exp - 7 + 127) << 23) | (man << 20));   // (1 + man/8) 2^(exp-7)
-    return raw * 0.5f;
-}
-
-LOWBIT_HD int tq1_digit(uint32_t q, int k) {
-    const uint32_t pow3 = k == 0 ? 1 : k == 1 ? 3 : k == 2 ? 9 : k == 3 ? 27 : 81;
-    return int(((q * pow3) & 0xFF) * 3) >> 8;
-}
+using codes::e8m0_half;    // the scale codes and TQ1_0's digit rule: quant/scale_codes.h
+using codes::tq1_digit;
+using codes::ue4m3_half;
 
 LOWBIT_HD uint32_t grid_byte(uint64_t g, int j) { return uint32_t(g >> (8 * j)) & 0xFF; }
 LOWBIT_HD int sign_bit(uint32_t signs, int j) { return (signs >> j) & 1; }
@@ -132,12 +119,6 @@ LOWBIT_HD int q3k_scale(const uint8_t* p, int s) {
     const int low = (p[s % 8] >> (4 * (s / 8))) & 0xF;
     const int high = (p[8 + s % 4] >> (2 * (s / 4))) & 3;
     return (low | (high << 4)) - 32;
-}
-
-// IQ1_M's fp16 super-block scale from the top nibbles of its four scale words.
-LOWBIT_HD uint32_t iq1m_scale(const uint8_t* scales) {
-    const uint32_t s0 = ld16(scales), s1 = ld16(scales + 2), s2 = ld16(scales + 4), s3 = ld16(scales + 6);
-    return (s0 >> 12) | ((s1 >> 8) & 0x00f0) | ((s2 >> 4) & 0x0f00) | (s3 & 0xf000);
 }
 
 }  // namespace lowbit::cuda

@@ -167,7 +167,7 @@ struct Fmt<GGMLType::IQ1_M> {
         return 2 * int((ld16(b + 48 + 2 * (c / 2)) >> (6 * (c % 2) + 3 * h)) & 7) + 1;
     }
     LOWBIT_HD static void decode(const uint8_t* b, int c, float* y, const GridTables& t) {
-        const float d = h2f(iq1m_scale(b + 48));
+        const float d = h2f(codes::iq1m_scale_bits(b + 48));
         const float dl[2] = {d * float(scale(b, c, 0)), d * float(scale(b, c, 1))};
         LOWBIT_UNROLL for (int l = 0; l < 4; ++l) {
             const uint32_t n = nib(b, c, l);
@@ -182,7 +182,7 @@ struct Fmt<GGMLType::IQ1_M> {
             s[l / 2] += 8 * point_iq1(t.iq1s[b[4 * c + l] | ((n & 7) << 8)], a.qs + 8 * l) + (n & 8 ? -q8sum : q8sum);
         }
         const int isum = scale(b, c, 0) * s[0] + scale(b, c, 1) * s[1];
-        return 0.125f * ((h2f(iq1m_scale(b + 48)) * a.d) * float(isum));
+        return 0.125f * ((h2f(codes::iq1m_scale_bits(b + 48)) * a.d) * float(isum));
     }
 };
 

@@ -9,6 +9,7 @@
 #include "common.h"
 #include "cpu/dispatch.h"
 #include "cpu/kernels.h"
+#include "cpu/profile.h"
 
 namespace lowbit::cpu {
 namespace {
@@ -61,6 +62,7 @@ void residual(ActFormat fmt, const float* x, const void* q, float* r, int64_t co
 void quantize_rows(const KernelSet& ks, GGMLType type, int64_t cols, const float* x, int64_t n,
                    ActPrecision precision, QuantizedActs& out, ThreadPool& pool, const StripKernels* strip = nullptr) {
     const ActFormat fmt = act_format(type);
+    prof::Scope scope(prof::Op::ActQuant);
     out.strip = strip;
     out.panel = !strip && ks.of(type).panel != nullptr;
     out.per_token = (precision == ActPrecision::Q8X2 && fmt != ActFormat::F32) ? 2 : 1;

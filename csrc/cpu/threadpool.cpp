@@ -2,9 +2,11 @@
 #include "cpu/threadpool.h"
 
 #include "common.h"
+#include "cpu/profile.h"
 
 #include <sched.h>
 
+#include <algorithm>
 #include <fstream>
 #include <set>
 #include <string>
@@ -59,6 +61,12 @@ ThreadPool::~ThreadPool() {
 }
 
 void ThreadPool::run_chunks(int thread) {
+    const uint64_t t0 = profiling_ ? prof::now_ns() : 0;
+    run_chunks_untimed(thread);
+    if (profiling_) busy_ns_.fetch_add(prof::now_ns() - t0, std::memory_order_relaxed);
+}
+
+void ThreadPool::run_chunks_untimed(int thread) {
     for (;;) {
         if (failed_.load(std::memory_order_relaxed)) return;
         const int64_t c = next_chunk_.fetch_add(1, std::memory_order_relaxed);
@@ -106,6 +114,8 @@ void ThreadPool::parallel_for(int64_t n_chunks, const ChunkFn& fn) {
         for (int64_t c = 0; c < n_chunks; ++c) fn(c, 0);
         return;
     }
+    const bool prof_on = prof::enabled();
+    const uint64_t t_publish = prof_on ? prof::now_ns() : 0;
     {
         std::lock_guard<std::mutex> lock(mutex_);
         fn_ = &fn;
@@ -114,6 +124,8 @@ void ThreadPool::parallel_for(int64_t n_chunks, const ChunkFn& fn) {
         failed_.store(false, std::memory_order_relaxed);
         error_ = nullptr;
         workers_busy_ = 0;
+        profiling_ = prof_on;
+        busy_ns_.store(0, std::memory_order_relaxed);
         generation_.fetch_add(1, std::memory_order_release);
     }
     start_cv_.notify_all();
@@ -128,6 +140,10 @@ void ThreadPool::parallel_for(int64_t n_chunks, const ChunkFn& fn) {
         done_cv_.wait(lock, [&] { return workers_busy_ == 0; });
         error = std::exchange(error_, nullptr);
         fn_ = nullptr;
+    }
+    if (prof_on) {
+        const uint64_t wall = prof::now_ns() - t_publish, busy = busy_ns_.load(std::memory_order_relaxed);
+        prof::add_parallel_for(uint64_t(n_threads_) * wall - std::min(uint64_t(n_threads_) * wall, busy));
     }
     if (error) std::rethrow_exception(error);
 }

@@ -40,6 +40,7 @@ public:
 private:
     void worker_loop(int thread);
     void run_chunks(int thread);
+    void run_chunks_untimed(int thread);
 
     int n_threads_;
     std::vector<std::thread> workers_;
@@ -56,6 +57,8 @@ private:
     int64_t n_chunks_ = 0;
     std::atomic<int64_t> next_chunk_{0};
     std::atomic<bool> failed_{false};
+    bool profiling_ = false;                  // this job measures its threads' busy time (cpu/profile.h)
+    std::atomic<uint64_t> busy_ns_{0};
     std::exception_ptr error_;
 };
 

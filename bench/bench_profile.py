@@ -135,8 +135,8 @@ def table(rep: dict) -> str:
 
 def worker(args) -> int:
     """One subprocess of the A/B: decode tok/s of each session count on one model with one core."""
-    core = load_core(args.core)
-    path = model_path(args.models[0])
+    core = load_core(args.core)   # no lowbit import here: two builds of _core cannot share a process
+    path = args.models[0]
     out = {"read_gbs": bandwidth_gbs(core, args.threads)}
     for n in args.sessions:
         engines = open_sessions(core, path, args.threads, n, PROMPT + args.steps + 8)
@@ -152,13 +152,14 @@ def worker(args) -> int:
 
 def ab(args) -> dict:
     cores = {"old": os.path.abspath(args.ab[0]),
-             "new": os.path.abspath(args.ab[1]) if len(args.ab) > 1 else load_core(None).__file__}
+             "new": os.path.abspath(args.ab[1]) if len(args.ab) > 1 else importlib.util.find_spec("lowbit._core").origin}
     results = {}
     for name in args.models:
+        path = model_path(name)
         runs = {k: [] for k in cores}
         for _ in range(args.r):
             for label, so in cores.items():   # interleaved: old, new, old, new...
-                cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--core", so, "--models", name,
+                cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--core", so, "--models", path,
                        "--threads", str(args.threads), "--steps", str(args.steps), "--sessions",
                        *map(str, args.sessions)]
                 p = subprocess.run(cmd, capture_output=True, text=True, check=True)

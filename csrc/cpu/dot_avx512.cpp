@@ -751,26 +751,59 @@ void bf16_rows_n(int n, const void* vw, const void* act, size_t stride, float* o
 // ---- strip GEMM (kernels.h, StripLayout) ------------------------------------------------------
 // Decoding: per row, the values of a run of blocks (8 legacy blocks or one super-block) go
 // through the dot kernels' decoders into a row of u bytes (natural element order, as the
-// activation qs), then dword g of block b of every row is gathered into one zmm. Runs once per
-// strip and matmul call, so it only has to be cheap next to the GEMM.
+// activation qs); the 16 rows x 64 dwords of the run are then transposed in registers so that
+// dword g of block b of every row lands in one zmm (and the rows' scales and mins likewise).
+// Runs once per strip and matmul call: for the small batches of a decode step (8-16 activation
+// rows) it costs about a third of the GEMM, so it has to stay shuffles, not gathers.
+
+// In-register transpose of 16 rows x 16 dwords: on return r[k] holds dword k of every input row
+// (row j in lane j). Unpacks pair rows into 2x2, then 4x4 dword blocks inside 128-bit lanes;
+// two lane shuffles gather each column's four 4-row pieces.
+LOWBIT_HOT void transpose16x16_epi32(__m512i r[16]) {
+    __m512i t[16], u[16];
+    for (int k = 0; k < 8; ++k) {
+        t[2 * k] = _mm512_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm512_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+    }
+    for (int q = 0; q < 4; ++q) {   // u[4q + m], lane l: dword 4l + m of rows 4q..4q+3
+        u[4 * q + 0] = _mm512_unpacklo_epi64(t[4 * q], t[4 * q + 2]);
+        u[4 * q + 1] = _mm512_unpackhi_epi64(t[4 * q], t[4 * q + 2]);
+        u[4 * q + 2] = _mm512_unpacklo_epi64(t[4 * q + 1], t[4 * q + 3]);
+        u[4 * q + 3] = _mm512_unpackhi_epi64(t[4 * q + 1], t[4 * q + 3]);
+    }
+    for (int m = 0; m < 4; ++m) {
+        const __m512i v0 = _mm512_shuffle_i32x4(u[m], u[4 + m], 0x88), v1 = _mm512_shuffle_i32x4(u[m], u[4 + m], 0xDD);
+        const __m512i v2 = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0x88), v3 = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0xDD);
+        r[m] = _mm512_shuffle_i32x4(v0, v2, 0x88);
+        r[8 + m] = _mm512_shuffle_i32x4(v0, v2, 0xDD);
+        r[4 + m] = _mm512_shuffle_i32x4(v1, v3, 0x88);
+        r[12 + m] = _mm512_shuffle_i32x4(v1, v3, 0xDD);
+    }
+}
+
 // Scatter one run of `blocks` blocks of Block elements each, decoded for all 16 rows (u: rows 256
-// bytes apart; dw, mw: kRun floats per row), into strip blocks b0, b0 + 1, ...
-template <int Block, int kRun>
-LOWBIT_HOT void strip_scatter(const uint8_t (*u)[256], const float (*dw)[kRun], const float (*mw)[kRun], int b0,
+// bytes apart; dw, mw: per row the scale and min of each block, 16 floats a row), into strip
+// blocks b0, b0 + 1, ...
+template <int Block>
+LOWBIT_HOT void strip_scatter(const uint8_t (*u)[256], const float (*dw)[16], const float (*mw)[16], int b0,
                               int blocks, uint8_t* strip) {
-    const __m512i row_offsets = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                                   _mm512_set1_epi32(256));
     constexpr int64_t kBytes = StripLayout::block_bytes(Block), kD = StripLayout::u_bytes(Block), kM = kD + 4 * kStripRows;
-    for (int i = 0; i < blocks; ++i) {
-        uint8_t* sb = strip + size_t(b0 + i) * kBytes;
-        for (int g = 0; g < Block / 4; ++g)
-            _mm512_store_si512(sb + 64 * g, _mm512_i32gather_epi32(row_offsets, u[0] + Block * i + 4 * g, 1));
-        auto* sd = reinterpret_cast<float*>(sb + kD);
-        auto* sm = reinterpret_cast<float*>(sb + kM);
-        for (int j = 0; j < kStripRows; ++j) {
-            sd[j] = dw[j][i];
-            sm[j] = mw[j][i];
+    constexpr int kGroups = Block / 4;   // dwords per block and row
+    __m512i r[16];
+    for (int tile = 0; tile < 4; ++tile) {   // dwords 16 tile .. 16 tile + 15 of the run
+        if (16 * tile >= blocks * kGroups) break;
+        for (int j = 0; j < kStripRows; ++j) r[j] = _mm512_load_si512(u[j] + 64 * tile);
+        transpose16x16_epi32(r);
+        for (int k = 0; k < 16; ++k) {
+            const int c = 16 * tile + k, i = c / kGroups;   // dword c of the run: group c % kGroups of block i
+            if (i < blocks) _mm512_store_si512(strip + size_t(b0 + i) * kBytes + 64 * (c % kGroups), r[k]);
         }
+    }
+    for (int part = 0; part < 2; ++part) {   // scales, then mins
+        const float (*src)[16] = part == 0 ? dw : mw;
+        for (int j = 0; j < kStripRows; ++j) r[j] = _mm512_castps_si512(_mm512_loadu_ps(src[j]));
+        transpose16x16_epi32(r);
+        for (int i = 0; i < blocks; ++i) _mm512_store_si512(strip + size_t(b0 + i) * kBytes + (part == 0 ? kD : kM), r[i]);
     }
 }
 
@@ -781,8 +814,9 @@ template <int Block, int kRun, typename DecodeRun>
 void strip_decode_runs(int n, const void* w, size_t row_bytes, int nrows, void* strip, DecodeRun decode) {
     static_assert(Block * kRun == 256, "runs of 256 elements");
     const int nb = n / Block;
+    static_assert(kRun <= 16, "a run's scales transpose as 16 x 16");
     alignas(64) uint8_t u[kStripRows][256] = {};
-    float dw[kStripRows][kRun] = {}, mw[kStripRows][kRun] = {};
+    alignas(64) float dw[kStripRows][16] = {}, mw[kStripRows][16] = {};
     for (int b = 0; b < nb; b += kRun) {
         const int count = std::min(kRun, nb - b);
         for (int j = 0; j < nrows; ++j) {
@@ -790,7 +824,7 @@ void strip_decode_runs(int n, const void* w, size_t row_bytes, int nrows, void* 
             decode(static_cast<const uint8_t*>(w) + size_t(j) * row_bytes, b / kRun, count, q, dw[j], mw[j]);
             for (int k = 0; k < 4; ++k) _mm512_store_si512(u[j] + 64 * k, q[k]);
         }
-        strip_scatter<Block, kRun>(u, dw, mw, b, count, static_cast<uint8_t*>(strip));
+        strip_scatter<Block>(u, dw, mw, b, count, static_cast<uint8_t*>(strip));
     }
 }
 

@@ -17,6 +17,9 @@ namespace {
 constexpr int64_t kActTile = kMaxDotRows;  // activation rows per prefill tile (one multi-row dot)
 constexpr int64_t kTileBytes = 40 << 10;    // quantized activation bytes per tile that stay in L1
 constexpr int64_t kTargetChunks = 8;  // chunks per thread: enough to balance, few enough to be cheap
+// Activation elements quantized on the calling thread rather than through the pool: below this a
+// parallel_for's wake-up and barrier cost more than the work (~10 us).
+constexpr int64_t kInlineQuantElems = 32 << 10;
 
 // The activation rows x (n, cols), quantized for `type`. Q8X2 splits each x row i into two
 // adjacent activation rows, 2i = hi and 2i + 1 = lo, so one multi-row dot takes both.
@@ -104,8 +107,11 @@ void quantize_rows(const KernelSet& ks, GGMLType type, int64_t cols, const float
                                     int(a % kStripAct));
         }
     };
-    if (n == 1) quantize_one(0, 0);
-    else pool.parallel_for(n, quantize_one);
+    if (n * cols * out.per_token <= kInlineQuantElems) {   // a decode step of a few sessions: no barrier
+        for (int64_t i = 0; i < n; ++i) quantize_one(i, 0);
+    } else {
+        pool.parallel_for(n, quantize_one);
+    }
 }
 
 // The multi-row kernel for the activations as quantize_rows laid them out.

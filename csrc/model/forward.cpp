@@ -65,10 +65,16 @@ void project(const Matrix& w, const float* x, int64_t n, float* y, cpu::ThreadPo
     else cpu::matmul(w.data, w.type, w.rows, w.cols, x, n, y, pool, prec, /*small_batches=*/true);
 }
 
-// fn(t) for every token t < n: threaded for batches, inline for a single token (no wake-up cost).
+// fn(t) for every token t < n, each touching about `width` floats: threaded for batches, inline
+// when the whole pass is smaller than one pool wake-up and barrier costs (a decode token, or a
+// decode step of a few sessions: their norms, RoPE and gating take a few microseconds).
+constexpr int64_t kInlineFloats = 16 << 10;
 template <typename Fn>
-void for_tokens(cpu::ThreadPool& pool, int64_t n, Fn&& fn) {
-    if (n == 1) { fn(int64_t(0)); return; }
+void for_tokens(cpu::ThreadPool& pool, int64_t n, int64_t width, Fn&& fn) {
+    if (n == 1 || n * width <= kInlineFloats) {
+        for (int64_t t = 0; t < n; ++t) fn(t);
+        return;
+    }
     pool.parallel_for(n, [&](int64_t t, int) { fn(t); });
 }
 
@@ -106,7 +112,7 @@ void attention_inputs(const Model& m, const LayerWeights& l, int64_t il, const s
     scope.emplace(cpu::prof::Op::QKVPost);
     const float* rope = c.layer_is_swa[size_t(il)] ? s.rope_swa.data() : s.rope_global.data();
     const bool neox = c.rope_mode == RopeMode::NeoX;
-    for_tokens(pool, n, [&](int64_t t) {
+    for_tokens(pool, n, Q + 2 * KV, [&](int64_t t) {
         float* q = s.q.data() + t * Q;
         float* k = s.k.data() + t * KV;
         float* v = s.v.data() + t * KV;
@@ -266,7 +272,7 @@ void residual(const ModelConfig& c, const Vec& bias, const Vec& post_norm, Forwa
               int64_t n) {
     const int64_t E = c.n_embd;
     cpu::prof::Scope scope(cpu::prof::Op::Residual);
-    for_tokens(pool, n, [&](int64_t t) {
+    for_tokens(pool, n, E, [&](int64_t t) {
         float* p = s.proj.data() + t * E;
         if (!bias.empty()) cpu::add_inplace(p, bias.data(), E);
         if (!post_norm.empty()) cpu::rmsnorm(p, post_norm.data(), p, E, c.norm_eps);
@@ -291,7 +297,7 @@ void feed_forward(const Model& m, const LayerWeights& l, int64_t il, ForwardStat
         project(l.w_up, s.xn.data(), n, s.up.data(), pool, s.act_precision);
     }
     scope.emplace(cpu::prof::Op::FfnAct);
-    for_tokens(pool, n, [&](int64_t t) {
+    for_tokens(pool, n, F, [&](int64_t t) {
         float* g = fused ? s.gate.data() + t * 2 * F : s.gate.data() + t * F;
         const float* u = fused ? g + F : s.up.data() + t * F;
         float* h = s.up.data() + t * F;   // (n, F) gated hidden, in place over up
@@ -310,7 +316,7 @@ void norm_rows(const Vec& w, const ModelConfig& c, ForwardState& s, cpu::ThreadP
         std::memcpy(s.xn.data(), s.x.data(), size_t(n * E) * sizeof(float));
         return;
     }
-    for_tokens(pool, n, [&](int64_t t) { cpu::rmsnorm(s.x.data() + t * E, w.data(), s.xn.data() + t * E, E, c.norm_eps); });
+    for_tokens(pool, n, E, [&](int64_t t) { cpu::rmsnorm(s.x.data() + t * E, w.data(), s.xn.data() + t * E, E, c.norm_eps); });
 }
 
 }  // namespace
@@ -376,7 +382,7 @@ void output_rows(const Model& m, ForwardState& s, cpu::ThreadPool& pool, const s
         contiguous = contiguous && outputs[size_t(i)].logits && outputs[size_t(i)].logits == outputs[0].logits + i * V;
     }
     std::optional<cpu::prof::Scope> scope(std::in_place, cpu::prof::Op::Norm);
-    for_tokens(pool, n_out, [&](int64_t i) {
+    for_tokens(pool, n_out, E, [&](int64_t i) {
         const RowOutput& o = outputs[size_t(i)];
         cpu::rmsnorm(s.x.data() + o.row * E, w.output_norm.data(), s.xn.data() + i * E, E, c.norm_eps);
         if (o.hidden) std::memcpy(o.hidden, s.xn.data() + i * E, size_t(E) * sizeof(float));
@@ -435,7 +441,7 @@ void forward_batch(const Model& m, const std::vector<SeqSpan>& spans, ForwardSta
     const QuantType& embd_type = quant_type(w.token_embd.type);
     cpu::prof::add_pass(n);
     std::optional<cpu::prof::Scope> scope(std::in_place, cpu::prof::Op::Embed);
-    for_tokens(pool, n, [&](int64_t t) {
+    for_tokens(pool, n, E, [&](int64_t t) {
         float* x = s.x.data() + t * E;
         const double pos = double(s.row_pos[size_t(t)]);
         embd_type.to_float(static_cast<const uint8_t*>(w.token_embd.data) + tokens[t] * w.token_embd.row_bytes, x, E);

@@ -835,10 +835,8 @@ void strip_decode(int n, const void* w, size_t row_bytes, int nrows, void* strip
                                 [](const uint8_t* row, int run, int count, __m512i q[4], float* dw, float* mw) {
         const auto* x = reinterpret_cast<const LBlock*>(row) + 8 * run;
         Decode{}(x, q, count);
-        for (int i = 0; i < count; ++i) {
-            dw[i] = h2f(x[i].d);
-            if constexpr (kMin) mw[i] = h2f(x[i].m);
-        }
+        _mm256_storeu_ps(dw, _mm256_cvtph_ps(gather_d8(x, count)));   // exact fp16 -> f32, 0 beyond count
+        if constexpr (kMin) _mm256_storeu_ps(mw, _mm256_cvtph_ps(gather_m8(x, count)));
     });
 }
 

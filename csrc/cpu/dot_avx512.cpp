@@ -784,7 +784,7 @@ LOWBIT_HOT void transpose16x16_epi32(__m512i r[16]) {
 // Scatter one run of `blocks` blocks of Block elements each, decoded for all 16 rows (u: rows 256
 // bytes apart; dw, mw: per row the scale and min of each block, 16 floats a row), into strip
 // blocks b0, b0 + 1, ...
-template <int Block>
+template <int Block, bool kMins>
 LOWBIT_HOT void strip_scatter(const uint8_t (*u)[256], const float (*dw)[16], const float (*mw)[16], int b0,
                               int blocks, uint8_t* strip) {
     constexpr int64_t kBytes = StripLayout::block_bytes(Block), kD = StripLayout::u_bytes(Block), kM = kD + 4 * kStripRows;
@@ -799,7 +799,7 @@ LOWBIT_HOT void strip_scatter(const uint8_t (*u)[256], const float (*dw)[16], co
             if (i < blocks) _mm512_store_si512(strip + size_t(b0 + i) * kBytes + 64 * (c % kGroups), r[k]);
         }
     }
-    for (int part = 0; part < 2; ++part) {   // scales, then mins
+    for (int part = 0; part < (kMins ? 2 : 1); ++part) {   // scales, then mins (never read without kMin)
         const float (*src)[16] = part == 0 ? dw : mw;
         for (int j = 0; j < kStripRows; ++j) r[j] = _mm512_castps_si512(_mm512_loadu_ps(src[j]));
         transpose16x16_epi32(r);
@@ -810,7 +810,7 @@ LOWBIT_HOT void strip_scatter(const uint8_t (*u)[256], const float (*dw)[16], co
 // Decodes a strip in runs of 256 elements (kRun blocks of Block elements; the last run of a legacy
 // row may hold fewer blocks): decode(row bytes, run, count, q, dw, mw) gives each row's run as 4 zmm
 // (natural order) and the scale and min of its `count` blocks; strip_scatter interleaves them.
-template <int Block, int kRun, typename DecodeRun>
+template <int Block, int kRun, bool kMins, typename DecodeRun>
 void strip_decode_runs(int n, const void* w, size_t row_bytes, int nrows, void* strip, DecodeRun decode) {
     static_assert(Block * kRun == 256, "runs of 256 elements");
     const int nb = n / Block;
@@ -824,14 +824,14 @@ void strip_decode_runs(int n, const void* w, size_t row_bytes, int nrows, void* 
             decode(static_cast<const uint8_t*>(w) + size_t(j) * row_bytes, b / kRun, count, q, dw[j], mw[j]);
             for (int k = 0; k < 4; ++k) _mm512_store_si512(u[j] + 64 * k, q[k]);
         }
-        strip_scatter<Block>(u, dw, mw, b, count, static_cast<uint8_t*>(strip));
+        strip_scatter<Block, kMins>(u, dw, mw, b, count, static_cast<uint8_t*>(strip));
     }
 }
 
 // Legacy types: runs of 8 blocks through the panel decoders.
 template <bool kMin, typename LBlock, typename Decode>
 void strip_decode(int n, const void* w, size_t row_bytes, int nrows, void* strip) {
-    strip_decode_runs<QK8_0, 8>(n, w, row_bytes, nrows, strip,
+    strip_decode_runs<QK8_0, 8, kMin>(n, w, row_bytes, nrows, strip,
                                 [](const uint8_t* row, int run, int count, __m512i q[4], float* dw, float* mw) {
         const auto* x = reinterpret_cast<const LBlock*>(row) + 8 * run;
         Decode{}(x, q, count);
@@ -842,9 +842,9 @@ void strip_decode(int n, const void* w, size_t row_bytes, int nrows, void* strip
 
 // k-quants: one super-block per run; `decode(x, q, dw, mw)` gives its 4 zmm and the scale and min
 // of each of its QK_K / Block blocks.
-template <int Block, typename KBlock, typename Decode>
+template <int Block, bool kMins, typename KBlock, typename Decode>
 void strip_decode_k(int n, const void* w, size_t row_bytes, int nrows, void* strip, Decode decode) {
-    strip_decode_runs<Block, QK_K / Block>(n, w, row_bytes, nrows, strip,
+    strip_decode_runs<Block, QK_K / Block, kMins>(n, w, row_bytes, nrows, strip,
                                            [&](const uint8_t* row, int run, int, __m512i q[4], float* dw, float* mw) {
         decode(reinterpret_cast<const KBlock*>(row)[run], q, dw, mw);
     });
@@ -853,7 +853,7 @@ void strip_decode_k(int n, const void* w, size_t row_bytes, int nrows, void* str
 // Q4_K / Q5_K: w = d * sc_s * q - dmin * m_s per sub-block s of 32 (6-bit scales and mins).
 template <bool kQ5, typename KBlock>
 void strip_decode_k4(int n, const void* w, size_t row_bytes, int nrows, void* strip) {
-    strip_decode_k<32, KBlock>(n, w, row_bytes, nrows, strip, [](const KBlock& x, __m512i q[4], float* dw, float* mw) {
+    strip_decode_k<32, true, KBlock>(n, w, row_bytes, nrows, strip, [](const KBlock& x, __m512i q[4], float* dw, float* mw) {
         __m512i scale[4];
         k4_decode<kQ5>(x, _mm512_setzero_si512(), q, scale);
         alignas(16) uint8_t sm[16];
@@ -868,7 +868,7 @@ void strip_decode_k4(int n, const void* w, size_t row_bytes, int nrows, void* st
 
 // Q6_K: w = d * sc_s * (q - 32) per sub-block s of 16 (int8 scales).
 void strip_decode_q6_K(int n, const void* w, size_t row_bytes, int nrows, void* strip) {
-    strip_decode_k<16, block_q6_K>(n, w, row_bytes, nrows, strip, [](const block_q6_K& x, __m512i q[4], float* dw, float* mw) {
+    strip_decode_k<16, false, block_q6_K>(n, w, row_bytes, nrows, strip, [](const block_q6_K& x, __m512i q[4], float* dw, float* mw) {
         const Q6KDecoded dec = q6_K_decode(x);
         for (int k = 0; k < 4; ++k) q[k] = dec.q[k];
         const float d = h2f(x.d);

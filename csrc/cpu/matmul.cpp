@@ -128,6 +128,14 @@ int64_t rows_per_chunk(int64_t rows, const ThreadPool& pool, int64_t multiple) {
 // scratch (at most kStripScratch bytes); every tile of activation rows (kStripTileBytes of panel
 // rows, so they stay in L2 across the chunk's strips) then runs against each strip, kStripAct
 // rows per GEMM call. Each output is computed the same way wherever it lies (strip, tile, thread).
+// The next strip's weight rows (one contiguous run of bytes) are requested while this one
+// decodes: the decoder walks 16 rows in runs of 256 elements, an access pattern the hardware
+// prefetchers follow poorly, and a decode step's weights come from memory, not cache (one
+// Q4_1 65536 x 576 strip GEMM of 16 activation rows: 5.9 -> 4.2 ms CPU time).
+inline void prefetch_strip(const uint8_t* p, int64_t bytes) {
+    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 3);
+}
+
 constexpr int64_t kStripMinRows = 16;          // fewer x rows: the panel kernels
 constexpr int64_t kStripScratch = 192 << 10;   // decoded strip bytes per chunk and thread
 constexpr int64_t kStripTileBytes = 256 << 10;
@@ -145,31 +153,39 @@ void strip_matmul(const StripKernels& sk, const void* weights, GGMLType type, in
     const auto* w = static_cast<const uint8_t*>(weights);
     const int64_t wrow = weight_row_bytes(type, cols);
     AlignedBuffer<uint8_t> scratch(size_t(pool.size()) * size_t(per_chunk * strip_bytes));
+    // One strip against activation rows [a0, a1): kStripAct rows per GEMM call, combined into y.
+    auto gemm_strip = [&](const uint8_t* strip, int64_t s, int64_t a0, int64_t a1) {
+        const int64_t r0 = s * kStripRows, nw = std::min<int64_t>(kStripRows, rows - r0);
+        for (int64_t i0 = a0; i0 < a1; i0 += kStripAct) {
+            const int64_t na = std::min<int64_t>(kStripAct, a1 - i0);   // even when pt == 2
+            alignas(64) float out[kStripAct * kStripRows];
+            sk.gemm(int(cols), strip, act.group(i0), int(na), out);
+            for (int64_t i = 0; i < na; i += pt) {
+                float* dst = y + (i0 + i) / pt * rows + r0;
+                const float* o = out + i * kStripRows;
+                if (pt == 1) for (int64_t j = 0; j < nw; ++j) dst[j] = o[j];
+                else for (int64_t j = 0; j < nw; ++j) dst[j] = o[j] + o[kStripRows + j] * (1.0f / kLoScale);
+            }
+        }
+    };
+    auto decode_strip = [&](int64_t s, int64_t s1, uint8_t* strip) {
+        const int64_t r0 = s * kStripRows;
+        if (s + 1 < s1) prefetch_strip(w + (r0 + kStripRows) * wrow, std::min<int64_t>(kStripRows, rows - r0 - kStripRows) * wrow);
+        sk.decode(int(cols), w + r0 * wrow, size_t(wrow), int(std::min<int64_t>(kStripRows, rows - r0)), strip);
+    };
     pool.parallel_for(n_chunks, [&](int64_t c, int thread) {
         uint8_t* mine = scratch.data() + size_t(thread) * size_t(per_chunk * strip_bytes);
         const int64_t s0 = c * per_chunk, s1 = std::min(n_strips, s0 + per_chunk);
-        for (int64_t s = s0; s < s1; ++s) {
-            const int64_t r0 = s * kStripRows;
-            sk.decode(int(cols), w + r0 * wrow, size_t(wrow), int(std::min<int64_t>(kStripRows, rows - r0)),
-                      mine + (s - s0) * strip_bytes);
-        }
-        for (int64_t a0 = 0; a0 < n_act; a0 += tile) {
-            const int64_t a1 = std::min(n_act, a0 + tile);
+        if (n_act <= tile) {   // one tile (a decode step of several sessions): each strip used while in L1
             for (int64_t s = s0; s < s1; ++s) {
-                const int64_t r0 = s * kStripRows, nw = std::min<int64_t>(kStripRows, rows - r0);
-                for (int64_t i0 = a0; i0 < a1; i0 += kStripAct) {
-                    const int64_t na = std::min<int64_t>(kStripAct, a1 - i0);   // even when pt == 2
-                    alignas(64) float out[kStripAct * kStripRows];
-                    sk.gemm(int(cols), mine + (s - s0) * strip_bytes, act.group(i0), int(na), out);
-                    for (int64_t i = 0; i < na; i += pt) {
-                        float* dst = y + (i0 + i) / pt * rows + r0;
-                        const float* o = out + i * kStripRows;
-                        if (pt == 1) for (int64_t j = 0; j < nw; ++j) dst[j] = o[j];
-                        else for (int64_t j = 0; j < nw; ++j) dst[j] = o[j] + o[kStripRows + j] * (1.0f / kLoScale);
-                    }
-                }
+                decode_strip(s, s1, mine);
+                gemm_strip(mine, s, 0, n_act);
             }
+            return;
         }
+        for (int64_t s = s0; s < s1; ++s) decode_strip(s, s1, mine + (s - s0) * strip_bytes);
+        for (int64_t a0 = 0; a0 < n_act; a0 += tile)
+            for (int64_t s = s0; s < s1; ++s) gemm_strip(mine + (s - s0) * strip_bytes, s, a0, std::min(n_act, a0 + tile));
     });
 }
 

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "common.h"
@@ -21,17 +22,44 @@ constexpr int64_t kTargetChunks = 8;  // chunks per thread: enough to balance, f
 // parallel_for's wake-up and barrier cost more than the work (~10 us).
 constexpr int64_t kInlineQuantElems = 32 << 10;
 
+// Scratch of the calling thread that is kept between calls: a decode step makes a few hundred
+// matmul calls, each of which would otherwise allocate its buffers (and, past malloc's mmap
+// threshold, fault their pages in again). Slots: the quantized activations, quantize_rows' per
+// thread work rows, the strip GEMM's decoded strips. Above kKeptScratch a call gets its own
+// buffer (a long prefill), so what a thread keeps stays small.
+enum ScratchSlot { kActSlot, kQuantSlot, kStripSlot, kSlots };
+constexpr size_t kKeptScratch = size_t(8) << 20;
+
+class Scratch {
+public:
+    Scratch(ScratchSlot slot, size_t bytes) {
+        thread_local AlignedBuffer<uint8_t> kept[kSlots];
+        if (bytes > kKeptScratch) {
+            own_.resize(bytes);
+            ptr_ = own_.data();
+            return;
+        }
+        if (kept[slot].size() < bytes) kept[slot].resize(bytes);
+        ptr_ = kept[slot].data();
+    }
+    uint8_t* data() const { return ptr_; }
+
+private:
+    AlignedBuffer<uint8_t> own_;
+    uint8_t* ptr_ = nullptr;
+};
+
 // The activation rows x (n, cols), quantized for `type`. Q8X2 splits each x row i into two
 // adjacent activation rows, 2i = hi and 2i + 1 = lo, so one multi-row dot takes both.
 struct QuantizedActs {
-    AlignedBuffer<uint8_t> data;
+    std::optional<Scratch> data;
     size_t row_bytes = 0;
     int64_t per_token = 1;   // activation rows per x row: 1, or 2 for (hi, lo)
     bool panel = false;      // rows are Q8PanelLayout rows for the set's panel kernel
     const StripKernels* strip = nullptr;   // rows are slots of StripActLayout groups for this strip GEMM
     size_t group_bytes = 0;                // strip: bytes per group of kStripAct rows (row_bytes: the share of one)
-    const void* row(int64_t i) const { return data.data() + size_t(i) * row_bytes; }   // i: activation row
-    const void* group(int64_t i) const { return data.data() + size_t(i / kStripAct) * group_bytes; }   // strip
+    const void* row(int64_t i) const { return data->data() + size_t(i) * row_bytes; }   // i: activation row
+    const void* group(int64_t i) const { return data->data() + size_t(i / kStripAct) * group_bytes; }   // strip
 };
 
 void quantize_row(const KernelSet& ks, ActFormat fmt, const float* x, void* dst, int64_t cols) {
@@ -72,20 +100,20 @@ void quantize_rows(const KernelSet& ks, GGMLType type, int64_t cols, const float
     if (strip) {
         out.group_bytes = size_t(StripActLayout::group_bytes(cols, strip->block));
         out.row_bytes = out.group_bytes / kStripAct;
-        out.data.resize(size_t((n * out.per_token + kStripAct - 1) / kStripAct) * out.group_bytes);
+        out.data.emplace(kActSlot, size_t((n * out.per_token + kStripAct - 1) / kStripAct) * out.group_bytes);
     } else {
         out.row_bytes = out.panel ? size_t(Q8PanelLayout::row_bytes(cols)) : act_row_bytes(fmt, cols);
-        out.data.resize(size_t(n * out.per_token) * out.row_bytes);
+        out.data.emplace(kActSlot, size_t(n * out.per_token) * out.row_bytes);
     }
     if (fmt == ActFormat::F32) {
-        std::memcpy(out.data.data(), x, size_t(n) * out.row_bytes);
+        std::memcpy(out.data->data(), x, size_t(n) * out.row_bytes);
         return;
     }
     // Per thread: the residual (Q8X2) and, for a panel, the q8 blocks it is built from.
     const size_t q_bytes = act_row_bytes(fmt, cols);
     const bool regroup = out.panel || strip;   // rows built from q8 blocks quantized first
     const size_t per_thread = (out.per_token == 2 ? size_t(cols) * sizeof(float) : 0) + (regroup ? q_bytes : 0);
-    AlignedBuffer<uint8_t> scratch(size_t(pool.size()) * ((per_thread + 63) / 64 * 64));
+    const Scratch scratch(kQuantSlot, size_t(pool.size()) * ((per_thread + 63) / 64 * 64));
     const int bias = panel_bias(type);
     auto quantize_one = [&](int64_t i, int thread) {
         uint8_t* mine = scratch.data() + size_t(thread) * ((per_thread + 63) / 64 * 64);
@@ -93,8 +121,8 @@ void quantize_rows(const KernelSet& ks, GGMLType type, int64_t cols, const float
         uint8_t* blocks = mine + (out.per_token == 2 ? size_t(cols) * sizeof(float) : 0);   // panel source
         for (int64_t part = 0; part < out.per_token; ++part) {   // hi, then lo
             const int64_t a = i * out.per_token + part;   // activation row
-            uint8_t* dst = strip ? out.data.data() + size_t(a / kStripAct) * out.group_bytes
-                                 : out.data.data() + size_t(a) * out.row_bytes;
+            uint8_t* dst = strip ? out.data->data() + size_t(a / kStripAct) * out.group_bytes
+                                 : out.data->data() + size_t(a) * out.row_bytes;
             uint8_t* q = regroup ? blocks : dst;
             quantize_row(ks, fmt, part == 0 ? x + i * cols : r, q, cols);
             if (part == 0 && out.per_token == 2) residual(fmt, x + i * cols, q, r, cols);
@@ -152,7 +180,7 @@ void strip_matmul(const StripKernels& sk, const void* weights, GGMLType type, in
     const int64_t tile = std::max<int64_t>(kStripAct, kStripTileBytes / int64_t(act.row_bytes) / kStripAct * kStripAct);
     const auto* w = static_cast<const uint8_t*>(weights);
     const int64_t wrow = weight_row_bytes(type, cols);
-    AlignedBuffer<uint8_t> scratch(size_t(pool.size()) * size_t(per_chunk * strip_bytes));
+    const Scratch scratch(kStripSlot, size_t(pool.size()) * size_t(per_chunk * strip_bytes));
     // One strip against activation rows [a0, a1): kStripAct rows per GEMM call, combined into y.
     auto gemm_strip = [&](const uint8_t* strip, int64_t s, int64_t a0, int64_t a1) {
         const int64_t r0 = s * kStripRows, nw = std::min<int64_t>(kStripRows, rows - r0);

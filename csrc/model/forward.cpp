@@ -69,6 +69,7 @@ void project(const Matrix& w, const float* x, int64_t n, float* y, cpu::ThreadPo
 // when the whole pass is smaller than one pool wake-up and barrier costs (a decode token, or a
 // decode step of a few sessions: their norms, RoPE and gating take a few microseconds).
 constexpr int64_t kInlineFloats = 16 << 10;
+constexpr int64_t kInlineAttnWork = 16 << 10;   // attention: keys x head_dim over all heads and rows
 template <typename Fn>
 void for_tokens(cpu::ThreadPool& pool, int64_t n, int64_t width, Fn&& fn) {
     if (n == 1 || n * width <= kInlineFloats) {
@@ -250,7 +251,10 @@ void attention(const Model& m, int64_t il, const std::vector<SeqSpan>& spans, Fo
     std::vector<int64_t> first_item(spans.size() + 1, 0);
     for (size_t i = 0; i < spans.size(); ++i)
         first_item[i + 1] = first_item[i] + c.n_head * ((spans[i].n + kAttTile - 1) / kAttTile);
-    pool.parallel_for(first_item.back(), [&](int64_t item, int thread) {
+    // Keys x head_dim the pass reads: a short context's decode step is less work than a barrier.
+    int64_t work = 0;
+    for (const SeqSpan& sp : spans) work += c.n_head * (sp.pos0 + sp.n) * c.head_dim;
+    auto run_item = [&](int64_t item, int thread) {
         const size_t si = size_t(std::upper_bound(first_item.begin(), first_item.end(), item) - first_item.begin() - 1);
         const SeqSpan& sp = spans[si];
         const int64_t local = item - first_item[si], n_tiles = (sp.n + kAttTile - 1) / kAttTile;
@@ -264,7 +268,12 @@ void attention(const Model& m, int64_t il, const std::vector<SeqSpan>& spans, Fo
         if (sp.cache->rows_are_f16()) attend_f16(m, il, *sp.cache, s, it, window, scores);
         else attend_dequantized(m, il, *sp.cache, s, it, window, scores,
                                 s.kv_row.data() + size_t(thread) * size_t(c.head_dim));
-    });
+    };
+    if (work <= kInlineAttnWork) {
+        for (int64_t item = 0; item < first_item.back(); ++item) run_item(item, 0);
+    } else {
+        pool.parallel_for(first_item.back(), run_item);
+    }
 }
 
 // x += [post_norm](proj) for every token.

@@ -4,7 +4,8 @@ head) for one-token decode and for a batched step of N sessions, next to the rea
 roofline (weight bytes read per step / read bandwidth measured in the same run).
 
     PYTHONPATH=python python bench/bench_profile.py [--models smollm2-135m-instruct gemma3-270m]
-        [--threads 2] [--steps 64] [--sessions 1 8] [--json out.json]
+        [--threads 2] [--steps 64] [--sessions 1 8] [--core OTHER_core.so --models A.gguf B.gguf]
+        [--json out.json]
 
 A/B of two builds of the core (same run, interleaved subprocesses, decode tok/s only):
 
@@ -45,6 +46,9 @@ def load_core(path: str | None):
 
 
 def model_path(name: str) -> str:
+    """A model name from tests/_models.py (imports lowbit), or a .gguf path (imports nothing)."""
+    if os.path.isfile(name):
+        return name
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
     from _models import real_model_path
     p = real_model_path(name)
@@ -111,7 +115,7 @@ def profile_model(core, name: str, threads: int, steps: int, sessions: int, reps
     ops["other"] = {"ms_per_step": max(0.0, step_s - in_forward) * 1e3, "idle_ms_per_step": 0.0,
                     "parallel_fors_per_step": 0.0}
     roofline_steps = bw * 1e9 / weight_bytes
-    return {"model": name, "threads": threads, "sessions": sessions, "steps": steps,
+    return {"model": os.path.basename(name).removesuffix(".gguf"), "threads": threads, "sessions": sessions, "steps": steps,
             "step_ms": step_s * 1e3, "tok_s": sessions / step_s, "weight_bytes": weight_bytes,
             "read_gbs": bw, "roofline_fraction": (1.0 / step_s) / roofline_steps, "ops": ops,
             "load_avg": os.getloadavg()[0]}
@@ -206,7 +210,7 @@ def main() -> int:
     ap.add_argument("-r", type=int, default=3, help="repetitions (profile: best of; A/B: interleaved runs)")
     ap.add_argument("--ab", nargs="+", metavar="CORE_SO", help="A/B decode speed: old [new] _core builds")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--core", help=argparse.SUPPRESS)
+    ap.add_argument("--core", help="profile this build of the core (a _core*.so path; give --models as .gguf paths)")
     ap.add_argument("--json", help="write the reports to this file")
     args = ap.parse_args()
     if args.worker:
@@ -217,7 +221,7 @@ def main() -> int:
         print(ab_table(res))
         report = res
     else:
-        core = load_core(None)
+        core = load_core(args.core)
         report = [profile_model(core, m, args.threads, args.steps, n, args.r) for m in args.models for n in args.sessions]
         for rep in report:
             print(table(rep))

@@ -9,6 +9,7 @@
 #include "cpu/dispatch.h"
 #include "cpu/kernels.h"
 #include "cpu/matmul.h"
+#include "cpu/profile.h"
 
 namespace py = pybind11;
 
@@ -103,6 +104,29 @@ Bytes quantize_act(const std::string& fmt, const Floats& x) {
     return out;
 }
 
+// The per-op totals of cpu/profile.h: {"enabled", "passes", "rows", "ops": {name: {"seconds",
+// "calls", "idle_seconds", "parallel_fors"}}}; reset zeroes them after reading.
+py::dict op_profile(bool reset) {
+    const cpu::prof::Snapshot snap = cpu::prof::snapshot();
+    if (reset) cpu::prof::reset();
+    py::dict ops;
+    for (int i = 0; i < cpu::prof::kOps; ++i) {
+        const cpu::prof::OpTotals& t = snap.ops[i];
+        py::dict d;
+        d["seconds"] = double(t.ns) * 1e-9;
+        d["calls"] = t.calls;
+        d["idle_seconds"] = double(t.idle_ns) * 1e-9;
+        d["parallel_fors"] = t.parallel_fors;
+        ops[cpu::prof::op_name(cpu::prof::Op(i))] = d;
+    }
+    py::dict out;
+    out["enabled"] = cpu::prof::enabled();
+    out["passes"] = snap.passes;
+    out["rows"] = snap.rows;
+    out["ops"] = ops;
+    return out;
+}
+
 }  // namespace
 
 void bind_cpu(py::module_& m) {
@@ -124,6 +148,10 @@ void bind_cpu(py::module_& m) {
         py::gil_scoped_release nogil;
         return cpu::read_bandwidth_gbs(pool, bytes, iters);
     }, py::arg("pool"), py::arg("bytes"), py::arg("iters"));
+    m.def("cpu_set_op_profile", [](bool on) { cpu::prof::set_enabled(on); }, py::arg("on"),
+          "Turns the per-op forward profile on or off (also on with LOWBIT_PROFILE=1).");
+    m.def("cpu_op_profile", &op_profile, py::arg("reset") = false,
+          "Per-op totals of every forward pass since the last reset (cpu/profile.h).");
 }
 
 }  // namespace lowbit

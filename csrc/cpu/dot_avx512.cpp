@@ -751,38 +751,72 @@ void bf16_rows_n(int n, const void* vw, const void* act, size_t stride, float* o
 // ---- strip GEMM (kernels.h, StripLayout) ------------------------------------------------------
 // Decoding: per row, the values of a run of blocks (8 legacy blocks or one super-block) go
 // through the dot kernels' decoders into a row of u bytes (natural element order, as the
-// activation qs), then dword g of block b of every row is gathered into one zmm. Runs once per
-// strip and matmul call, so it only has to be cheap next to the GEMM.
+// activation qs); the 16 rows x 64 dwords of the run are then transposed in registers so that
+// dword g of block b of every row lands in one zmm (and the rows' scales and mins likewise).
+// Runs once per strip and matmul call: for the small batches of a decode step (8-16 activation
+// rows) it costs about a third of the GEMM, so it has to stay shuffles, not gathers.
+
+// In-register transpose of 16 rows x 16 dwords: on return r[k] holds dword k of every input row
+// (row j in lane j). Unpacks pair rows into 2x2, then 4x4 dword blocks inside 128-bit lanes;
+// two lane shuffles gather each column's four 4-row pieces.
+LOWBIT_HOT void transpose16x16_epi32(__m512i r[16]) {
+    __m512i t[16], u[16];
+    for (int k = 0; k < 8; ++k) {
+        t[2 * k] = _mm512_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm512_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+    }
+    for (int q = 0; q < 4; ++q) {   // u[4q + m], lane l: dword 4l + m of rows 4q..4q+3
+        u[4 * q + 0] = _mm512_unpacklo_epi64(t[4 * q], t[4 * q + 2]);
+        u[4 * q + 1] = _mm512_unpackhi_epi64(t[4 * q], t[4 * q + 2]);
+        u[4 * q + 2] = _mm512_unpacklo_epi64(t[4 * q + 1], t[4 * q + 3]);
+        u[4 * q + 3] = _mm512_unpackhi_epi64(t[4 * q + 1], t[4 * q + 3]);
+    }
+    for (int m = 0; m < 4; ++m) {
+        const __m512i v0 = _mm512_shuffle_i32x4(u[m], u[4 + m], 0x88), v1 = _mm512_shuffle_i32x4(u[m], u[4 + m], 0xDD);
+        const __m512i v2 = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0x88), v3 = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0xDD);
+        r[m] = _mm512_shuffle_i32x4(v0, v2, 0x88);
+        r[8 + m] = _mm512_shuffle_i32x4(v0, v2, 0xDD);
+        r[4 + m] = _mm512_shuffle_i32x4(v1, v3, 0x88);
+        r[12 + m] = _mm512_shuffle_i32x4(v1, v3, 0xDD);
+    }
+}
+
 // Scatter one run of `blocks` blocks of Block elements each, decoded for all 16 rows (u: rows 256
-// bytes apart; dw, mw: kRun floats per row), into strip blocks b0, b0 + 1, ...
-template <int Block, int kRun>
-LOWBIT_HOT void strip_scatter(const uint8_t (*u)[256], const float (*dw)[kRun], const float (*mw)[kRun], int b0,
+// bytes apart; dw, mw: per row the scale and min of each block, 16 floats a row), into strip
+// blocks b0, b0 + 1, ...
+template <int Block, bool kMins>
+LOWBIT_HOT void strip_scatter(const uint8_t (*u)[256], const float (*dw)[16], const float (*mw)[16], int b0,
                               int blocks, uint8_t* strip) {
-    const __m512i row_offsets = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                                   _mm512_set1_epi32(256));
     constexpr int64_t kBytes = StripLayout::block_bytes(Block), kD = StripLayout::u_bytes(Block), kM = kD + 4 * kStripRows;
-    for (int i = 0; i < blocks; ++i) {
-        uint8_t* sb = strip + size_t(b0 + i) * kBytes;
-        for (int g = 0; g < Block / 4; ++g)
-            _mm512_store_si512(sb + 64 * g, _mm512_i32gather_epi32(row_offsets, u[0] + Block * i + 4 * g, 1));
-        auto* sd = reinterpret_cast<float*>(sb + kD);
-        auto* sm = reinterpret_cast<float*>(sb + kM);
-        for (int j = 0; j < kStripRows; ++j) {
-            sd[j] = dw[j][i];
-            sm[j] = mw[j][i];
+    constexpr int kGroups = Block / 4;   // dwords per block and row
+    __m512i r[16];
+    for (int tile = 0; tile < 4; ++tile) {   // dwords 16 tile .. 16 tile + 15 of the run
+        if (16 * tile >= blocks * kGroups) break;
+        for (int j = 0; j < kStripRows; ++j) r[j] = _mm512_load_si512(u[j] + 64 * tile);
+        transpose16x16_epi32(r);
+        for (int k = 0; k < 16; ++k) {
+            const int c = 16 * tile + k, i = c / kGroups;   // dword c of the run: group c % kGroups of block i
+            if (i < blocks) _mm512_store_si512(strip + size_t(b0 + i) * kBytes + 64 * (c % kGroups), r[k]);
         }
+    }
+    for (int part = 0; part < (kMins ? 2 : 1); ++part) {   // scales, then mins (never read without kMin)
+        const float (*src)[16] = part == 0 ? dw : mw;
+        for (int j = 0; j < kStripRows; ++j) r[j] = _mm512_castps_si512(_mm512_loadu_ps(src[j]));
+        transpose16x16_epi32(r);
+        for (int i = 0; i < blocks; ++i) _mm512_store_si512(strip + size_t(b0 + i) * kBytes + (part == 0 ? kD : kM), r[i]);
     }
 }
 
 // Decodes a strip in runs of 256 elements (kRun blocks of Block elements; the last run of a legacy
 // row may hold fewer blocks): decode(row bytes, run, count, q, dw, mw) gives each row's run as 4 zmm
 // (natural order) and the scale and min of its `count` blocks; strip_scatter interleaves them.
-template <int Block, int kRun, typename DecodeRun>
+template <int Block, int kRun, bool kMins, typename DecodeRun>
 void strip_decode_runs(int n, const void* w, size_t row_bytes, int nrows, void* strip, DecodeRun decode) {
     static_assert(Block * kRun == 256, "runs of 256 elements");
     const int nb = n / Block;
+    static_assert(kRun <= 16, "a run's scales transpose as 16 x 16");
     alignas(64) uint8_t u[kStripRows][256] = {};
-    float dw[kStripRows][kRun] = {}, mw[kStripRows][kRun] = {};
+    alignas(64) float dw[kStripRows][16] = {}, mw[kStripRows][16] = {};
     for (int b = 0; b < nb; b += kRun) {
         const int count = std::min(kRun, nb - b);
         for (int j = 0; j < nrows; ++j) {
@@ -790,29 +824,27 @@ void strip_decode_runs(int n, const void* w, size_t row_bytes, int nrows, void* 
             decode(static_cast<const uint8_t*>(w) + size_t(j) * row_bytes, b / kRun, count, q, dw[j], mw[j]);
             for (int k = 0; k < 4; ++k) _mm512_store_si512(u[j] + 64 * k, q[k]);
         }
-        strip_scatter<Block, kRun>(u, dw, mw, b, count, static_cast<uint8_t*>(strip));
+        strip_scatter<Block, kMins>(u, dw, mw, b, count, static_cast<uint8_t*>(strip));
     }
 }
 
 // Legacy types: runs of 8 blocks through the panel decoders.
 template <bool kMin, typename LBlock, typename Decode>
 void strip_decode(int n, const void* w, size_t row_bytes, int nrows, void* strip) {
-    strip_decode_runs<QK8_0, 8>(n, w, row_bytes, nrows, strip,
+    strip_decode_runs<QK8_0, 8, kMin>(n, w, row_bytes, nrows, strip,
                                 [](const uint8_t* row, int run, int count, __m512i q[4], float* dw, float* mw) {
         const auto* x = reinterpret_cast<const LBlock*>(row) + 8 * run;
         Decode{}(x, q, count);
-        for (int i = 0; i < count; ++i) {
-            dw[i] = h2f(x[i].d);
-            if constexpr (kMin) mw[i] = h2f(x[i].m);
-        }
+        _mm256_storeu_ps(dw, _mm256_cvtph_ps(gather_d8(x, count)));   // exact fp16 -> f32, 0 beyond count
+        if constexpr (kMin) _mm256_storeu_ps(mw, _mm256_cvtph_ps(gather_m8(x, count)));
     });
 }
 
 // k-quants: one super-block per run; `decode(x, q, dw, mw)` gives its 4 zmm and the scale and min
 // of each of its QK_K / Block blocks.
-template <int Block, typename KBlock, typename Decode>
+template <int Block, bool kMins, typename KBlock, typename Decode>
 void strip_decode_k(int n, const void* w, size_t row_bytes, int nrows, void* strip, Decode decode) {
-    strip_decode_runs<Block, QK_K / Block>(n, w, row_bytes, nrows, strip,
+    strip_decode_runs<Block, QK_K / Block, kMins>(n, w, row_bytes, nrows, strip,
                                            [&](const uint8_t* row, int run, int, __m512i q[4], float* dw, float* mw) {
         decode(reinterpret_cast<const KBlock*>(row)[run], q, dw, mw);
     });
@@ -821,7 +853,7 @@ void strip_decode_k(int n, const void* w, size_t row_bytes, int nrows, void* str
 // Q4_K / Q5_K: w = d * sc_s * q - dmin * m_s per sub-block s of 32 (6-bit scales and mins).
 template <bool kQ5, typename KBlock>
 void strip_decode_k4(int n, const void* w, size_t row_bytes, int nrows, void* strip) {
-    strip_decode_k<32, KBlock>(n, w, row_bytes, nrows, strip, [](const KBlock& x, __m512i q[4], float* dw, float* mw) {
+    strip_decode_k<32, true, KBlock>(n, w, row_bytes, nrows, strip, [](const KBlock& x, __m512i q[4], float* dw, float* mw) {
         __m512i scale[4];
         k4_decode<kQ5>(x, _mm512_setzero_si512(), q, scale);
         alignas(16) uint8_t sm[16];
@@ -836,7 +868,7 @@ void strip_decode_k4(int n, const void* w, size_t row_bytes, int nrows, void* st
 
 // Q6_K: w = d * sc_s * (q - 32) per sub-block s of 16 (int8 scales).
 void strip_decode_q6_K(int n, const void* w, size_t row_bytes, int nrows, void* strip) {
-    strip_decode_k<16, block_q6_K>(n, w, row_bytes, nrows, strip, [](const block_q6_K& x, __m512i q[4], float* dw, float* mw) {
+    strip_decode_k<16, false, block_q6_K>(n, w, row_bytes, nrows, strip, [](const block_q6_K& x, __m512i q[4], float* dw, float* mw) {
         const Q6KDecoded dec = q6_K_decode(x);
         for (int k = 0; k < 4; ++k) q[k] = dec.q[k];
         const float d = h2f(x.d);

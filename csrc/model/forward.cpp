@@ -20,9 +20,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 
 #include "cpu/matmul.h"
 #include "cpu/ops.h"
+#include "cpu/profile.h"
 #include "quant/types.h"
 
 namespace lowbit::model {
@@ -63,10 +65,17 @@ void project(const Matrix& w, const float* x, int64_t n, float* y, cpu::ThreadPo
     else cpu::matmul(w.data, w.type, w.rows, w.cols, x, n, y, pool, prec, /*small_batches=*/true);
 }
 
-// fn(t) for every token t < n: threaded for batches, inline for a single token (no wake-up cost).
+// fn(t) for every token t < n, each touching about `width` floats: threaded for batches, inline
+// when the whole pass is smaller than one pool wake-up and barrier costs (a decode token, or a
+// decode step of a few sessions: their norms, RoPE and gating take a few microseconds).
+constexpr int64_t kInlineFloats = 16 << 10;
+constexpr int64_t kInlineAttnWork = 16 << 10;   // attention: keys x head_dim over all heads and rows
 template <typename Fn>
-void for_tokens(cpu::ThreadPool& pool, int64_t n, Fn&& fn) {
-    if (n == 1) { fn(int64_t(0)); return; }
+void for_tokens(cpu::ThreadPool& pool, int64_t n, int64_t width, Fn&& fn) {
+    if (n == 1 || n * width <= kInlineFloats) {
+        for (int64_t t = 0; t < n; ++t) fn(t);
+        return;
+    }
     pool.parallel_for(n, [&](int64_t t, int) { fn(t); });
 }
 
@@ -91,6 +100,7 @@ void attention_inputs(const Model& m, const LayerWeights& l, int64_t il, const s
     const ModelConfig& c = m.config;
     const int64_t Q = c.q_dim(), KV = c.kv_dim(), D = c.head_dim;
     const bool fused = l.wqkv.present();
+    std::optional<cpu::prof::Scope> scope(std::in_place, cpu::prof::Op::MatQKV);
     if (c.fused_qkv) observe(s, pool, il, {"attn_qkv"}, s.xn.data(), n, c.n_embd);
     else observe(s, pool, il, {"attn_q", "attn_k", "attn_v"}, s.xn.data(), n, c.n_embd);
     if (fused) {
@@ -100,9 +110,10 @@ void attention_inputs(const Model& m, const LayerWeights& l, int64_t il, const s
         project(l.wk, s.xn.data(), n, s.k.data(), pool, s.act_precision);
         project(l.wv, s.xn.data(), n, s.v.data(), pool, s.act_precision);
     }
+    scope.emplace(cpu::prof::Op::QKVPost);
     const float* rope = c.layer_is_swa[size_t(il)] ? s.rope_swa.data() : s.rope_global.data();
     const bool neox = c.rope_mode == RopeMode::NeoX;
-    for_tokens(pool, n, [&](int64_t t) {
+    for_tokens(pool, n, Q + 2 * KV, [&](int64_t t) {
         float* q = s.q.data() + t * Q;
         float* k = s.k.data() + t * KV;
         float* v = s.v.data() + t * KV;
@@ -236,10 +247,14 @@ void attention(const Model& m, int64_t il, const std::vector<SeqSpan>& spans, Fo
     const ModelConfig& c = m.config;
     const int64_t group = c.n_head / c.n_head_kv;
     const int64_t window = c.layer_is_swa[size_t(il)] ? c.n_swa : 0;
+    cpu::prof::Scope scope(cpu::prof::Op::Attention);
     std::vector<int64_t> first_item(spans.size() + 1, 0);
     for (size_t i = 0; i < spans.size(); ++i)
         first_item[i + 1] = first_item[i] + c.n_head * ((spans[i].n + kAttTile - 1) / kAttTile);
-    pool.parallel_for(first_item.back(), [&](int64_t item, int thread) {
+    // Keys x head_dim the pass reads: a short context's decode step is less work than a barrier.
+    int64_t work = 0;
+    for (const SeqSpan& sp : spans) work += c.n_head * (sp.pos0 + sp.n) * c.head_dim;
+    auto run_item = [&](int64_t item, int thread) {
         const size_t si = size_t(std::upper_bound(first_item.begin(), first_item.end(), item) - first_item.begin() - 1);
         const SeqSpan& sp = spans[si];
         const int64_t local = item - first_item[si], n_tiles = (sp.n + kAttTile - 1) / kAttTile;
@@ -253,14 +268,20 @@ void attention(const Model& m, int64_t il, const std::vector<SeqSpan>& spans, Fo
         if (sp.cache->rows_are_f16()) attend_f16(m, il, *sp.cache, s, it, window, scores);
         else attend_dequantized(m, il, *sp.cache, s, it, window, scores,
                                 s.kv_row.data() + size_t(thread) * size_t(c.head_dim));
-    });
+    };
+    if (work <= kInlineAttnWork) {
+        for (int64_t item = 0; item < first_item.back(); ++item) run_item(item, 0);
+    } else {
+        pool.parallel_for(first_item.back(), run_item);
+    }
 }
 
 // x += [post_norm](proj) for every token.
 void residual(const ModelConfig& c, const Vec& bias, const Vec& post_norm, ForwardState& s, cpu::ThreadPool& pool,
               int64_t n) {
     const int64_t E = c.n_embd;
-    for_tokens(pool, n, [&](int64_t t) {
+    cpu::prof::Scope scope(cpu::prof::Op::Residual);
+    for_tokens(pool, n, E, [&](int64_t t) {
         float* p = s.proj.data() + t * E;
         if (!bias.empty()) cpu::add_inplace(p, bias.data(), E);
         if (!post_norm.empty()) cpu::rmsnorm(p, post_norm.data(), p, E, c.norm_eps);
@@ -272,6 +293,7 @@ void residual(const ModelConfig& c, const Vec& bias, const Vec& post_norm, Forwa
 void feed_forward(const Model& m, const LayerWeights& l, int64_t il, ForwardState& s, cpu::ThreadPool& pool,
                   int64_t n) {
     const ModelConfig& c = m.config;
+    std::optional<cpu::prof::Scope> scope(std::in_place, c.is_moe() ? cpu::prof::Op::Moe : cpu::prof::Op::MatGateUp);
     if (c.is_moe())
         return moe_feed_forward(c, l, il, s.xn.data(), n, s.proj.data(), s.moe, pool, s.act_precision, s.observer);
     const int64_t F = c.n_ff;
@@ -283,24 +305,27 @@ void feed_forward(const Model& m, const LayerWeights& l, int64_t il, ForwardStat
         project(l.w_gate, s.xn.data(), n, s.gate.data(), pool, s.act_precision);
         project(l.w_up, s.xn.data(), n, s.up.data(), pool, s.act_precision);
     }
-    for_tokens(pool, n, [&](int64_t t) {
+    scope.emplace(cpu::prof::Op::FfnAct);
+    for_tokens(pool, n, F, [&](int64_t t) {
         float* g = fused ? s.gate.data() + t * 2 * F : s.gate.data() + t * F;
         const float* u = fused ? g + F : s.up.data() + t * F;
         float* h = s.up.data() + t * F;   // (n, F) gated hidden, in place over up
         if (c.ffn_act == FfnAct::SiLU) cpu::silu_mul(g, u, h, F);
         else cpu::gelu_tanh_mul(g, u, h, F);
     });
+    scope.emplace(cpu::prof::Op::MatDown);
     observe(s, pool, il, {"ffn_down"}, s.up.data(), n, F);
     project(l.w_down, s.up.data(), n, s.proj.data(), pool, s.act_precision);
 }
 
 void norm_rows(const Vec& w, const ModelConfig& c, ForwardState& s, cpu::ThreadPool& pool, int64_t n) {
     const int64_t E = c.n_embd;
+    cpu::prof::Scope scope(cpu::prof::Op::Norm);
     if (w.empty()) {   // olmo2: no pre-norm, the sub-block reads the residual stream itself
         std::memcpy(s.xn.data(), s.x.data(), size_t(n * E) * sizeof(float));
         return;
     }
-    for_tokens(pool, n, [&](int64_t t) { cpu::rmsnorm(s.x.data() + t * E, w.data(), s.xn.data() + t * E, E, c.norm_eps); });
+    for_tokens(pool, n, E, [&](int64_t t) { cpu::rmsnorm(s.x.data() + t * E, w.data(), s.xn.data() + t * E, E, c.norm_eps); });
 }
 
 }  // namespace
@@ -365,12 +390,14 @@ void output_rows(const Model& m, ForwardState& s, cpu::ThreadPool& pool, const s
         any_logits = any_logits || outputs[size_t(i)].logits;
         contiguous = contiguous && outputs[size_t(i)].logits && outputs[size_t(i)].logits == outputs[0].logits + i * V;
     }
-    for_tokens(pool, n_out, [&](int64_t i) {
+    std::optional<cpu::prof::Scope> scope(std::in_place, cpu::prof::Op::Norm);
+    for_tokens(pool, n_out, E, [&](int64_t i) {
         const RowOutput& o = outputs[size_t(i)];
         cpu::rmsnorm(s.x.data() + o.row * E, w.output_norm.data(), s.xn.data() + i * E, E, c.norm_eps);
         if (o.hidden) std::memcpy(o.hidden, s.xn.data() + i * E, size_t(E) * sizeof(float));
     });
     if (!any_logits) return;
+    scope.emplace(cpu::prof::Op::OutputHead);
     observe(s, pool, -1, {w.tied_output ? "token_embd" : "output"}, s.xn.data(), n_out, E);
     if (!contiguous && s.out_tmp.size() < size_t(n_out * V)) s.out_tmp.resize(size_t(n_out * V));
     float* logits = contiguous ? outputs[0].logits : s.out_tmp.data();
@@ -421,7 +448,9 @@ void forward_batch(const Model& m, const std::vector<SeqSpan>& spans, ForwardSta
 
     // Embeddings (scaled for gemma3) and each row's RoPE tables.
     const QuantType& embd_type = quant_type(w.token_embd.type);
-    for_tokens(pool, n, [&](int64_t t) {
+    cpu::prof::add_pass(n);
+    std::optional<cpu::prof::Scope> scope(std::in_place, cpu::prof::Op::Embed);
+    for_tokens(pool, n, E, [&](int64_t t) {
         float* x = s.x.data() + t * E;
         const double pos = double(s.row_pos[size_t(t)]);
         embd_type.to_float(static_cast<const uint8_t*>(w.token_embd.data) + tokens[t] * w.token_embd.row_bytes, x, E);
@@ -432,6 +461,7 @@ void forward_batch(const Model& m, const std::vector<SeqSpan>& spans, ForwardSta
             cpu::rope_cos_sin(pos, m.inv_freq_swa.data(), c.n_rot / 2, s.rope_swa.data() + t * c.n_rot,
                               c.rope_swa.mscale());
     });
+    scope.reset();
 
     for (int64_t il = 0; il < c.n_layers; ++il) {
         const LayerWeights& l = w.layers[size_t(il)];
@@ -440,8 +470,11 @@ void forward_batch(const Model& m, const std::vector<SeqSpan>& spans, ForwardSta
         if (il == 0)
             for (const SeqSpan& sp : spans) sp.cache->note_written(sp.pos0 + sp.n - 1);
         attention(m, il, spans, s, pool);
-        observe(s, pool, il, {"attn_output"}, s.attn.data(), n, c.q_dim());
-        project(l.wo, s.attn.data(), n, s.proj.data(), pool, s.act_precision);
+        {
+            cpu::prof::Scope out_scope(cpu::prof::Op::MatOut);
+            observe(s, pool, il, {"attn_output"}, s.attn.data(), n, c.q_dim());
+            project(l.wo, s.attn.data(), n, s.proj.data(), pool, s.act_precision);
+        }
         residual(c, l.bo, l.attn_post_norm, s, pool, n);
         norm_rows(l.ffn_norm, c, s, pool, n);
         feed_forward(m, l, il, s, pool, n);

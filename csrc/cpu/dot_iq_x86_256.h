@@ -11,7 +11,9 @@
 // (maddubs pairs stay below 2^15: grid magnitudes <= 62 times |q8| <= 128, twice) and then the
 // spec's float operations in its order, so every result equals the scalar one bit for bit.
 // Shape: one 32-weight group per ymm; grid points are gathered with scalar loads (the index
-// bits are scattered), signs become a +-1 byte mask applied to the activations (vpsignb).
+// bits are scattered); the 32 sign bits of a group (built for all 8 groups of a super-block at
+// once where they are 7-bit ksigns) negate activation bytes: one masked subtract on AVX-512,
+// shuffle + compare + xor/sub on AVX2.
 #pragma once
 #include <immintrin.h>
 
@@ -31,15 +33,6 @@ namespace {
 
 inline float iq_h2f(uint16_t h) { return _cvtsh_ss(h); }
 
-// 8 sign bits -> 8 bytes of +1 (bit clear) / -1 (bit set), for vpsignb.
-constexpr std::array<uint64_t, 256> make_sign_masks() {
-    std::array<uint64_t, 256> t{};
-    for (int i = 0; i < 256; ++i)
-        for (int j = 0; j < 8; ++j) t[i] |= uint64_t((i >> j) & 1 ? 0xFF : 0x01) << (8 * j);
-    return t;
-}
-constexpr std::array<uint64_t, 256> kSignMask = make_sign_masks();
-
 inline __m256i iq_load(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
 // 8 int32: sums of 4 adjacent u8 x s8 products.
@@ -58,9 +51,9 @@ inline __m256i iq_scaled(__m256i u, __m256i s, __m256i scale16) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scale16);
 }
 
-// Two int16 scales: the first for bytes 0..15, the second for 16..31.
-inline __m256i iq_two_scales(int lo, int hi) {
-    return _mm256_set_m128i(_mm_set1_epi16(short(hi)), _mm_set1_epi16(short(lo)));
+// Two int16 scales from memory: the first for bytes 0..15, the second for 16..31.
+inline __m256i iq_two_scales(const uint16_t* lo_hi) {
+    return _mm256_set_m128i(_mm_set1_epi16(short(lo_hi[1])), _mm_set1_epi16(short(lo_hi[0])));
 }
 
 inline int iq_hsum(__m256i v) {
@@ -70,9 +63,54 @@ inline int iq_hsum(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
-inline __m256i signs4(uint8_t s0, uint8_t s1, uint8_t s2, uint8_t s3) {
-    return _mm256_set_epi64x(int64_t(kSignMask[s3]), int64_t(kSignMask[s2]), int64_t(kSignMask[s1]),
-                             int64_t(kSignMask[s0]));
+// y with byte i negated where bit i of `bits` is set (the 32 sign bits of one group of 32).
+inline __m256i iq_apply_signs(__m256i y, uint32_t bits) {
+#if LOWBIT_VNNI
+    return _mm256_mask_sub_epi8(y, __mmask32(bits), _mm256_setzero_si256(), y);
+#else
+    const __m256i spread = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+    const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201));
+    const __m256i m = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(int(bits)), spread), bit), bit);
+    return _mm256_sub_epi8(_mm256_xor_si256(y, m), m);
+#endif
+}
+
+// ksigns for 8 groups at once: each dword of f holds four 7-bit sign fields, field l in byte l
+// (bit 7 clear); byte l becomes the field with bit 7 = the parity of its 7 bits (kSignsIq2xs).
+inline __m256i iq_ksigns(__m256i f) {
+    // bit 0 of each byte after the three steps is the xor of that byte's bits (shifts of 4, 2, 1
+    // bring only the byte's own bits down to bit 0)
+    __m256i p = _mm256_xor_si256(f, _mm256_srli_epi32(f, 4));
+    p = _mm256_xor_si256(p, _mm256_srli_epi32(p, 2));
+    p = _mm256_xor_si256(p, _mm256_srli_epi32(p, 1));
+    return _mm256_or_si256(f, _mm256_slli_epi32(_mm256_and_si256(p, _mm256_set1_epi32(0x01010101)), 7));
+}
+
+// Four 7-bit fields at bits 0, 7, 14, 21 of each dword -> bytes 0..3.
+inline __m256i iq_spread_7bit(__m256i a) {
+    const __m256i m = _mm256_set1_epi32(0x7F);
+    __m256i f = _mm256_and_si256(a, m);
+    f = _mm256_or_si256(f, _mm256_and_si256(_mm256_slli_epi32(a, 1), _mm256_slli_epi32(m, 8)));
+    f = _mm256_or_si256(f, _mm256_and_si256(_mm256_slli_epi32(a, 2), _mm256_slli_epi32(m, 16)));
+    return _mm256_or_si256(f, _mm256_and_si256(_mm256_slli_epi32(a, 3), _mm256_slli_epi32(m, 24)));
+}
+
+// The odd dwords of 64 bytes (dword 2g + 1 for g = 0..7), in order.
+inline __m256i iq_odd_dwords(const void* p) {
+    const __m256 a = _mm256_castsi256_ps(iq_load(p));
+    const __m256 b = _mm256_castsi256_ps(iq_load(static_cast<const uint8_t*>(p) + 32));
+    const __m256i odd = _mm256_castps_si256(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));   // g 0 1 4 5 | 2 3 6 7
+    return _mm256_permute4x64_epi64(odd, _MM_SHUFFLE(3, 1, 2, 0));
+}
+
+// Odd group scales 2s + 1 of the IQ2_XS / IQ2_S scale bytes (low nibble: points 0-1, high: 2-3)
+// as 16 words: word 2g, 2g + 1 for group g.
+inline void iq_nibble_scales(const uint8_t* scales, uint16_t* out) {
+    const __m128i x = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales));
+    const __m128i m = _mm_set1_epi8(0x0F);
+    const __m128i nib = _mm_unpacklo_epi8(_mm_and_si128(x, m), _mm_and_si128(_mm_srli_epi16(x, 4), m));
+    const __m256i w = _mm256_cvtepu8_epi16(nib);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_add_epi16(_mm256_add_epi16(w, w), _mm256_set1_epi16(1)));
 }
 
 inline __m256i points8(const uint64_t* grid, int i0, int i1, int i2, int i3) {
@@ -87,21 +125,27 @@ inline __m256i points4(const uint32_t* grid, const int* idx) {
 }  // namespace
 
 // ---- IQ2 family: 8-weight points, magnitudes {8, 25, 43}, group scales 2s + 1 --------------------
+// Per super-block the 32 sign words (4 sign bytes per group, ksigns parity included) are built at
+// once in a ymm; per group: 4 grid loads, the signs applied to the activations, one maddubs and
+// one madd by the group scale.
 
 float vec_dot_iq2_xxs(int n, const void* vw, const void* va) {
     const auto* w = static_cast<const block_iq2_xxs*>(vw);
     const auto* a = static_cast<const block_q8_K*>(va);
     float sumf = 0.0f;
     for (int b = 0; b < n / QK_K; ++b) {
+        const __m256i aux1 = iq_odd_dwords(w[b].qs);   // per group: 4 x 7 sign bits, scale in bits 28..31
+        alignas(32) uint32_t signs[8], scales[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(signs), iq_ksigns(iq_spread_7bit(aux1)));
+        const __m256i sc = _mm256_add_epi32(_mm256_slli_epi32(_mm256_srli_epi32(aux1, 28), 1), _mm256_set1_epi32(1));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(scales), sc);
+        const auto* idx = reinterpret_cast<const uint8_t*>(w[b].qs);
         __m256i acc = _mm256_setzero_si256();
         for (int g = 0; g < 8; ++g) {
-            uint32_t aux[2];
-            std::memcpy(aux, w[b].qs + 4 * g, 8);
-            const __m256i q = points8(kIq2xxsGrid, aux[0] & 0xFF, (aux[0] >> 8) & 0xFF, (aux[0] >> 16) & 0xFF, aux[0] >> 24);
-            const __m256i s = signs4(kSignsIq2xs[aux[1] & 127], kSignsIq2xs[(aux[1] >> 7) & 127],
-                                     kSignsIq2xs[(aux[1] >> 14) & 127], kSignsIq2xs[(aux[1] >> 21) & 127]);
-            const __m256i y = _mm256_sign_epi8(iq_load(a[b].qs + 32 * g), s);
-            acc = _mm256_add_epi32(acc, iq_scaled(q, y, _mm256_set1_epi16(short(2 * (aux[1] >> 28) + 1))));
+            const uint8_t* i8 = idx + 8 * g;
+            const __m256i q = points8(kIq2xxsGrid, i8[0], i8[1], i8[2], i8[3]);
+            const __m256i y = iq_apply_signs(iq_load(a[b].qs + 32 * g), signs[g]);
+            acc = _mm256_add_epi32(acc, iq_scaled(q, y, _mm256_set1_epi16(short(scales[g]))));
         }
         sumf += (iq_h2f(w[b].d) * a[b].d) * float(iq_hsum(acc));
     }
@@ -113,15 +157,20 @@ float vec_dot_iq2_xs(int n, const void* vw, const void* va) {
     const auto* a = static_cast<const block_q8_K*>(va);
     float sumf = 0.0f;
     for (int b = 0; b < n / QK_K; ++b) {
+        // 7 sign bits in the top of each uint16: packed to bytes in point order (packus works per
+        // 128-bit lane: groups 0 1 4 5 | 2 3 6 7, put back in order by the permute)
+        const __m256i lo = _mm256_srli_epi16(iq_load(w[b].qs), 9), hi = _mm256_srli_epi16(iq_load(w[b].qs + 16), 9);
+        const __m256i f = _mm256_permute4x64_epi64(_mm256_packus_epi16(lo, hi), _MM_SHUFFLE(3, 1, 2, 0));
+        alignas(32) uint32_t signs[8];
+        alignas(32) uint16_t scales[16];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(signs), iq_ksigns(f));
+        iq_nibble_scales(w[b].scales, scales);
         __m256i acc = _mm256_setzero_si256();
         for (int g = 0; g < 8; ++g) {
             const uint16_t* q2 = w[b].qs + 4 * g;
             const __m256i q = points8(kIq2xsGrid, q2[0] & 511, q2[1] & 511, q2[2] & 511, q2[3] & 511);
-            const __m256i s = signs4(kSignsIq2xs[q2[0] >> 9], kSignsIq2xs[q2[1] >> 9], kSignsIq2xs[q2[2] >> 9],
-                                     kSignsIq2xs[q2[3] >> 9]);
-            const __m256i y = _mm256_sign_epi8(iq_load(a[b].qs + 32 * g), s);
-            const uint8_t sc = w[b].scales[g];
-            acc = _mm256_add_epi32(acc, iq_scaled(q, y, iq_two_scales(2 * (sc & 0xF) + 1, 2 * (sc >> 4) + 1)));
+            const __m256i y = iq_apply_signs(iq_load(a[b].qs + 32 * g), signs[g]);
+            acc = _mm256_add_epi32(acc, iq_scaled(q, y, iq_two_scales(scales + 2 * g)));
         }
         sumf += (iq_h2f(w[b].d) * a[b].d) * float(iq_hsum(acc));
     }
@@ -133,17 +182,19 @@ float vec_dot_iq2_s(int n, const void* vw, const void* va) {
     const auto* a = static_cast<const block_q8_K*>(va);
     float sumf = 0.0f;
     for (int b = 0; b < n / QK_K; ++b) {
-        const uint8_t* signs = w[b].qs + QK_K / 8;
+        const uint8_t* signs = w[b].qs + QK_K / 8;   // plain sign bytes, 4 per group
+        alignas(32) uint16_t scales[16];
+        iq_nibble_scales(w[b].scales, scales);
         __m256i acc = _mm256_setzero_si256();
         for (int g = 0; g < 8; ++g) {
             const uint8_t* qs = w[b].qs + 4 * g;
             const int qh = w[b].qh[g];
             const __m256i q = points8(kIq2sGrid, qs[0] | ((qh << 8) & 0x300), qs[1] | ((qh << 6) & 0x300),
                                       qs[2] | ((qh << 4) & 0x300), qs[3] | ((qh << 2) & 0x300));
-            const __m256i s = signs4(signs[4 * g], signs[4 * g + 1], signs[4 * g + 2], signs[4 * g + 3]);
-            const __m256i y = _mm256_sign_epi8(iq_load(a[b].qs + 32 * g), s);
-            const uint8_t sc = w[b].scales[g];
-            acc = _mm256_add_epi32(acc, iq_scaled(q, y, iq_two_scales(2 * (sc & 0xF) + 1, 2 * (sc >> 4) + 1)));
+            uint32_t sg;
+            std::memcpy(&sg, signs + 4 * g, 4);
+            const __m256i y = iq_apply_signs(iq_load(a[b].qs + 32 * g), sg);
+            acc = _mm256_add_epi32(acc, iq_scaled(q, y, iq_two_scales(scales + 2 * g)));
         }
         sumf += (iq_h2f(w[b].d) * a[b].d) * float(iq_hsum(acc));
     }
@@ -157,17 +208,18 @@ float vec_dot_iq3_xxs(int n, const void* vw, const void* va) {
     const auto* a = static_cast<const block_q8_K*>(va);
     float sumf = 0.0f;
     for (int b = 0; b < n / QK_K; ++b) {
+        const __m256i aux = iq_load(w[b].qs + QK_K / 4);   // per group: 4 x 7 sign bits, scale in bits 28..31
+        alignas(32) uint32_t signs[8], scales[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(signs), iq_ksigns(iq_spread_7bit(aux)));
+        const __m256i sc = _mm256_add_epi32(_mm256_slli_epi32(_mm256_srli_epi32(aux, 28), 1), _mm256_set1_epi32(1));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(scales), sc);
         __m256i acc = _mm256_setzero_si256();
         for (int g = 0; g < 8; ++g) {
-            uint32_t aux;
-            std::memcpy(&aux, w[b].qs + QK_K / 4 + 4 * g, 4);
             const uint8_t* q3 = w[b].qs + 8 * g;
             const int idx[8] = {q3[0], q3[1], q3[2], q3[3], q3[4], q3[5], q3[6], q3[7]};
             const __m256i q = points4(kIq3xxsGrid, idx);
-            const __m256i s = signs4(kSignsIq2xs[aux & 127], kSignsIq2xs[(aux >> 7) & 127],
-                                     kSignsIq2xs[(aux >> 14) & 127], kSignsIq2xs[(aux >> 21) & 127]);
-            const __m256i y = _mm256_sign_epi8(iq_load(a[b].qs + 32 * g), s);
-            acc = _mm256_add_epi32(acc, iq_scaled(q, y, _mm256_set1_epi16(short(2 * (aux >> 28) + 1))));
+            const __m256i y = iq_apply_signs(iq_load(a[b].qs + 32 * g), signs[g]);
+            acc = _mm256_add_epi32(acc, iq_scaled(q, y, _mm256_set1_epi16(short(scales[g]))));
         }
         sumf += (iq_h2f(w[b].d) * a[b].d) * float(iq_hsum(acc));
     }
@@ -184,10 +236,11 @@ float vec_dot_iq3_s(int n, const void* vw, const void* va) {
             const uint8_t* qs = w[b].qs + 8 * g;
             const int qh = w[b].qh[g];
             int idx[8];
-            for (int k = 0; k < 8; ++k) idx[k] = qs[k] | (((qh >> k) & 1) << 8);
+            for (int k = 0; k < 8; ++k) idx[k] = qs[k] | ((qh << (8 - k)) & 256);
             const __m256i q = points4(kIq3sGrid, idx);
-            const uint8_t* sg = w[b].signs + 4 * g;
-            const __m256i y = _mm256_sign_epi8(iq_load(a[b].qs + 32 * g), signs4(sg[0], sg[1], sg[2], sg[3]));
+            uint32_t sg;
+            std::memcpy(&sg, w[b].signs + 4 * g, 4);
+            const __m256i y = iq_apply_signs(iq_load(a[b].qs + 32 * g), sg);
             const int ls = 2 * ((w[b].scales[g / 2] >> (4 * (g % 2))) & 0xF) + 1;
             acc = _mm256_add_epi32(acc, iq_scaled(q, y, _mm256_set1_epi16(short(ls))));
         }
@@ -197,7 +250,8 @@ float vec_dot_iq3_s(int n, const void* vw, const void* va) {
 }
 
 // ---- IQ1: grid values -1/0/1 stored +1 (0, 1, 2) so they multiply as u8; the +1 comes back out
-// through the activation sums, together with the +-1/8 shift: 8*(g - 1 + delta) = 8g - 8 +- 1. ---
+// through the activation sums, together with the +-1/8 shift: 8*(g - 1 + delta) = 8g - 8 +- 1.
+// The delta sign selects -9 / -7 arithmetically (a branch on random bits mispredicts half the time). ---
 
 namespace {
 // IQ1 grid points with every byte + 1 (unsigned 0..2).
@@ -205,6 +259,8 @@ inline __m256i iq1_points(int i0, int i1, int i2, int i3) {
     const __m256i one = _mm256_set1_epi8(1);
     return _mm256_add_epi8(points8(kIq1sGrid, i0, i1, i2, i3), one);
 }
+// -7 for a clear delta bit, -9 for a set one.
+inline int iq1_shift(int delta_bit) { return -7 - 2 * delta_bit; }
 }  // namespace
 
 float vec_dot_iq1_s(int n, const void* vw, const void* va) {
@@ -222,7 +278,7 @@ float vec_dot_iq1_s(int n, const void* vw, const void* va) {
             const int ls = 2 * ((qh >> 12) & 7) + 1;
             // pairs (g+1) * q8 <= 2 * 2 * 127, times 8 * ls <= 120 in the madd: exact
             acc = _mm256_add_epi32(acc, iq_scaled(q, iq_load(a[b].qs + 32 * g), _mm256_set1_epi16(short(8 * ls))));
-            shift += ls * (qh & 0x8000 ? -9 : -7) * (a[b].bsums[2 * g] + a[b].bsums[2 * g + 1]);
+            shift += ls * iq1_shift((qh >> 15) & 1) * (a[b].bsums[2 * g] + a[b].bsums[2 * g + 1]);
         }
         sumf += (iq_h2f(w[b].d) * a[b].d) * float(iq_hsum(acc) + shift);
     }
@@ -232,13 +288,13 @@ float vec_dot_iq1_s(int n, const void* vw, const void* va) {
 float vec_dot_iq1_m(int n, const void* vw, const void* va) {
     const auto* w = static_cast<const block_iq1_m*>(vw);
     const auto* a = static_cast<const block_q8_K*>(va);
-    const __m256i ones = _mm256_set1_epi8(1);
     float sumf = 0.0f;
     for (int b = 0; b < n / QK_K; ++b) {
         uint16_t sc[4];
         std::memcpy(sc, w[b].scales, 8);
         const uint16_t dbits = uint16_t((sc[0] >> 12) | ((sc[1] >> 8) & 0x00f0) | ((sc[2] >> 4) & 0x0f00) | (sc[3] & 0xf000));
         __m256i acc = _mm256_setzero_si256();
+        const __m256i ones = _mm256_set1_epi8(1);
         for (int g = 0; g < 8; ++g) {
             const uint8_t* qs = w[b].qs + 4 * g;
             const int h0 = w[b].qh[2 * g], h1 = w[b].qh[2 * g + 1];
@@ -248,11 +304,12 @@ float vec_dot_iq1_m(int n, const void* vw, const void* va) {
             const int ls2 = 2 * ((sc[g / 2] >> (6 * (g % 2) + 3)) & 7) + 1;
             // per point: ls * 8 on the grid pairs, ls * (-8 +- 1) on the activation pairs (int16 lanes
             // 4k..4k+3 hold point k); every factor fits int16 and every product sum int32
-            const short d0 = short(ls1 * (h0 & 0x08 ? -9 : -7)), d1 = short(ls1 * (h0 & 0x80 ? -9 : -7));
-            const short d2 = short(ls2 * (h1 & 0x08 ? -9 : -7)), d3 = short(ls2 * (h1 & 0x80 ? -9 : -7));
+            const short d0 = short(ls1 * iq1_shift((h0 >> 3) & 1)), d1 = short(ls1 * iq1_shift((h0 >> 7) & 1));
+            const short d2 = short(ls2 * iq1_shift((h1 >> 3) & 1)), d3 = short(ls2 * iq1_shift((h1 >> 7) & 1));
             const __m256i y = iq_load(a[b].qs + 32 * g);
             const __m256i shift_scale = _mm256_set_epi16(d3, d3, d3, d3, d2, d2, d2, d2, d1, d1, d1, d1, d0, d0, d0, d0);
-            acc = _mm256_add_epi32(acc, iq_scaled(q, y, iq_two_scales(8 * ls1, 8 * ls2)));
+            acc = _mm256_add_epi32(acc, iq_scaled(q, y, _mm256_set_m128i(_mm_set1_epi16(short(8 * ls2)),
+                                                                         _mm_set1_epi16(short(8 * ls1)))));
             acc = _mm256_add_epi32(acc, iq_scaled(ones, y, shift_scale));
         }
         sumf += (iq_h2f(dbits) * a[b].d) * float(iq_hsum(acc));

@@ -249,18 +249,66 @@ float vec_dot_iq3_s(int n, const void* vw, const void* va) {
     return sumf;
 }
 
-// ---- IQ1: grid values -1/0/1 stored +1 (0, 1, 2) so they multiply as u8; the +1 comes back out
-// through the activation sums, together with the +-1/8 shift: 8*(g - 1 + delta) = 8g - 8 +- 1.
-// The delta sign selects -9 / -7 arithmetically (a branch on random bits mispredicts half the time). ---
+// ---- IQ1: the integer weight 8g + delta (g in -1/0/1, delta = +-1: the +-1/8 grid shift) is
+// multiplied as the unsigned byte u = 8 (g + 1) + (1 + delta) = 8g + delta + 9 in 0..18; the 9 comes
+// back out as -9 * ls * (q8 sum) per 16 weights, from the activation bsums. ---------------------
 
 namespace {
-// IQ1 grid points with every byte + 1 (unsigned 0..2).
-inline __m256i iq1_points(int i0, int i1, int i2, int i3) {
-    const __m256i one = _mm256_set1_epi8(1);
-    return _mm256_add_epi8(points8(kIq1sGrid, i0, i1, i2, i3), one);
+// IQ1 grid points as bytes 8 (g + 1) in {0, 8, 16}.
+constexpr std::array<uint64_t, 2048> make_iq1_u8() {
+    std::array<uint64_t, 2048> t{};
+    for (int i = 0; i < 2048; ++i)
+        for (int j = 0; j < 8; ++j) t[i] |= uint64_t(8 * (int8_t(uint8_t(kIq1sGrid[i] >> (8 * j))) + 1)) << (8 * j);
+    return t;
 }
-// -7 for a clear delta bit, -9 for a set one.
-inline int iq1_shift(int delta_bit) { return -7 - 2 * delta_bit; }
+constexpr std::array<uint64_t, 2048> kIq1U8 = make_iq1_u8();
+
+// -9 * sum over the 16 bsums of ls[i] * bsum[i] as 8 int32 lanes (ls: 16 odd scales, one per 16 weights).
+inline __m256i iq1_offset(const block_q8_K& a, const int16_t* ls) {
+    const __m256i l9 = _mm256_mullo_epi16(iq_load(ls), _mm256_set1_epi16(-9));
+    return _mm256_madd_epi16(iq_load(a.bsums), l9);
+}
+}  // namespace
+
+namespace {
+// The 32 grid indices of an IQ1_S super-block in point order: qs[p] | 3 bits of qh[p / 4] at 3 (p % 4).
+// (16-bit lanes; the variable shift is a multiply by 2^(13 - 3l) that lifts the 3 bits to 13..15.)
+inline void iq1s_indices(const block_iq1_s& x, uint16_t* idx) {
+    const __m256i qh = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.qh)));
+    const __m256i lift = _mm256_set1_epi64x(0x0010008004002000);   // 2^13, 2^10, 2^7, 2^4 per point l
+    for (int h = 0; h < 2; ++h) {   // points 16h .. 16h + 15 (groups 4h .. 4h + 3)
+        const char w0 = char(8 * h), w1 = char(8 * h + 2), w2 = char(8 * h + 4), w3 = char(8 * h + 6);
+        const __m256i rep = _mm256_setr_epi8(w0, w0 + 1, w0, w0 + 1, w0, w0 + 1, w0, w0 + 1, w1, w1 + 1, w1, w1 + 1, w1,
+                                             w1 + 1, w1, w1 + 1, w2, w2 + 1, w2, w2 + 1, w2, w2 + 1, w2, w2 + 1, w3, w3 + 1,
+                                             w3, w3 + 1, w3, w3 + 1, w3, w3 + 1);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(_mm256_mullo_epi16(_mm256_shuffle_epi8(qh, rep), lift), 5),
+                                            _mm256_set1_epi16(0x0700));
+        const __m256i lo = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.qs + 16 * h)));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(idx + 16 * h), _mm256_or_si256(lo, hi));
+    }
+}
+
+// The 32 grid indices of an IQ1_M super-block: qs[p] | 3 low bits of nibble p % 2 of qh[p / 2].
+inline void iq1m_indices(const block_iq1_m& x, uint16_t* idx) {
+    const __m128i qh = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.qh));
+    const __m128i m7 = _mm_set1_epi8(7);
+    const __m128i lo = _mm_and_si128(qh, m7), hi = _mm_and_si128(_mm_srli_epi16(qh, 4), m7);
+    const __m128i hb[2] = {_mm_unpacklo_epi8(lo, hi), _mm_unpackhi_epi8(lo, hi)};   // points 0..15, 16..31
+    for (int h = 0; h < 2; ++h) {
+        const __m128i qs = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.qs + 16 * h));
+        _mm_store_si128(reinterpret_cast<__m128i*>(idx + 16 * h), _mm_unpacklo_epi8(qs, hb[h]));
+        _mm_store_si128(reinterpret_cast<__m128i*>(idx + 16 * h + 8), _mm_unpackhi_epi8(qs, hb[h]));
+    }
+}
+
+// The 1 + delta bytes of a group's 4 points from their 4 delta bits (bit k set: delta -1, adds 0).
+constexpr std::array<std::array<uint64_t, 4>, 16> make_iq1_delta() {
+    std::array<std::array<uint64_t, 4>, 16> t{};
+    for (int m = 0; m < 16; ++m)
+        for (int k = 0; k < 4; ++k) t[m][k] = (m >> k) & 1 ? 0 : 0x0202020202020202ull;
+    return t;
+}
+constexpr std::array<std::array<uint64_t, 4>, 16> kIq1Delta = make_iq1_delta();
 }  // namespace
 
 float vec_dot_iq1_s(int n, const void* vw, const void* va) {
@@ -268,19 +316,19 @@ float vec_dot_iq1_s(int n, const void* vw, const void* va) {
     const auto* a = static_cast<const block_q8_K*>(va);
     float sumf = 0.0f;
     for (int b = 0; b < n / QK_K; ++b) {
-        __m256i acc = _mm256_setzero_si256();
-        int shift = 0;   // sum over groups of ls * (-8 +- 1) * q8 group sum
+        alignas(32) int16_t ls[16];
+        alignas(32) uint16_t idx[32];
+        for (int g = 0; g < 8; ++g) ls[2 * g] = ls[2 * g + 1] = int16_t(2 * ((w[b].qh[g] >> 12) & 7) + 1);
+        iq1s_indices(w[b], idx);
+        __m256i acc = iq1_offset(a[b], ls);
         for (int g = 0; g < 8; ++g) {
-            const uint8_t* qs = w[b].qs + 4 * g;
-            const int qh = w[b].qh[g];
-            const __m256i q = iq1_points(qs[0] | ((qh & 7) << 8), qs[1] | (((qh >> 3) & 7) << 8),
-                                         qs[2] | (((qh >> 6) & 7) << 8), qs[3] | (((qh >> 9) & 7) << 8));
-            const int ls = 2 * ((qh >> 12) & 7) + 1;
-            // pairs (g+1) * q8 <= 2 * 2 * 127, times 8 * ls <= 120 in the madd: exact
-            acc = _mm256_add_epi32(acc, iq_scaled(q, iq_load(a[b].qs + 32 * g), _mm256_set1_epi16(short(8 * ls))));
-            shift += ls * iq1_shift((qh >> 15) & 1) * (a[b].bsums[2 * g] + a[b].bsums[2 * g + 1]);
+            const uint16_t* i4 = idx + 4 * g;
+            const __m256i q = _mm256_add_epi8(points8(kIq1U8.data(), i4[0], i4[1], i4[2], i4[3]),
+                                              _mm256_set1_epi8(char(w[b].qh[g] & 0x8000 ? 0 : 2)));
+            // pairs u * q8 <= 2 * 18 * 128 fit int16; times ls <= 15 in the madd
+            acc = _mm256_add_epi32(acc, iq_scaled(q, iq_load(a[b].qs + 32 * g), _mm256_set1_epi16(ls[2 * g])));
         }
-        sumf += (iq_h2f(w[b].d) * a[b].d) * float(iq_hsum(acc) + shift);
+        sumf += (iq_h2f(w[b].d) * a[b].d) * float(iq_hsum(acc));
     }
     return 0.125f * sumf;
 }
@@ -293,24 +341,19 @@ float vec_dot_iq1_m(int n, const void* vw, const void* va) {
         uint16_t sc[4];
         std::memcpy(sc, w[b].scales, 8);
         const uint16_t dbits = uint16_t((sc[0] >> 12) | ((sc[1] >> 8) & 0x00f0) | ((sc[2] >> 4) & 0x0f00) | (sc[3] & 0xf000));
-        __m256i acc = _mm256_setzero_si256();
-        const __m256i ones = _mm256_set1_epi8(1);
+        alignas(32) int16_t ls[16];   // 3-bit scales: word g/2, bits 6 (g % 2) and + 3
+        alignas(32) uint16_t idx[32];
+        for (int i = 0; i < 16; ++i) ls[i] = int16_t(2 * ((sc[i / 4] >> (3 * (i % 4))) & 7) + 1);
+        iq1m_indices(w[b], idx);
+        __m256i acc = iq1_offset(a[b], ls);
         for (int g = 0; g < 8; ++g) {
-            const uint8_t* qs = w[b].qs + 4 * g;
-            const int h0 = w[b].qh[2 * g], h1 = w[b].qh[2 * g + 1];
-            const __m256i q = iq1_points(qs[0] | ((h0 & 7) << 8), qs[1] | (((h0 >> 4) & 7) << 8),
-                                         qs[2] | ((h1 & 7) << 8), qs[3] | (((h1 >> 4) & 7) << 8));
-            const int ls1 = 2 * ((sc[g / 2] >> (6 * (g % 2))) & 7) + 1;
-            const int ls2 = 2 * ((sc[g / 2] >> (6 * (g % 2) + 3)) & 7) + 1;
-            // per point: ls * 8 on the grid pairs, ls * (-8 +- 1) on the activation pairs (int16 lanes
-            // 4k..4k+3 hold point k); every factor fits int16 and every product sum int32
-            const short d0 = short(ls1 * iq1_shift((h0 >> 3) & 1)), d1 = short(ls1 * iq1_shift((h0 >> 7) & 1));
-            const short d2 = short(ls2 * iq1_shift((h1 >> 3) & 1)), d3 = short(ls2 * iq1_shift((h1 >> 7) & 1));
-            const __m256i y = iq_load(a[b].qs + 32 * g);
-            const __m256i shift_scale = _mm256_set_epi16(d3, d3, d3, d3, d2, d2, d2, d2, d1, d1, d1, d1, d0, d0, d0, d0);
-            acc = _mm256_add_epi32(acc, iq_scaled(q, y, _mm256_set_m128i(_mm_set1_epi16(short(8 * ls2)),
-                                                                         _mm_set1_epi16(short(8 * ls1)))));
-            acc = _mm256_add_epi32(acc, iq_scaled(ones, y, shift_scale));
+            const uint16_t* i4 = idx + 4 * g;
+            uint16_t h01;   // qh[2g] | qh[2g + 1] << 8: the delta bits of points 0..3 are bits 3, 7, 11, 15
+            std::memcpy(&h01, w[b].qh + 2 * g, 2);
+            const __m256i delta = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kIq1Delta[_pext_u32(h01, 0x8888)].data()));
+            const __m256i q = _mm256_add_epi8(points8(kIq1U8.data(), i4[0], i4[1], i4[2], i4[3]), delta);
+            const __m256i scale = _mm256_set_m128i(_mm_set1_epi16(ls[2 * g + 1]), _mm_set1_epi16(ls[2 * g]));
+            acc = _mm256_add_epi32(acc, iq_scaled(q, iq_load(a[b].qs + 32 * g), scale));
         }
         sumf += (iq_h2f(dbits) * a[b].d) * float(iq_hsum(acc));
     }

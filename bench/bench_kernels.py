@@ -109,8 +109,10 @@ def bench_matvec(rng, type_name, rows, cols, threads_list, llama_threads) -> tup
                 ours_t.append(time_calls(lambda i: cpu.matmul(copies[i % len(copies)], type_name, (rows, cols), x,
                                                               n_threads=t), n_calls))
                 if ref and t == llama_threads:
+                    ref.resume()
                     ref.run(0)
                     mine.append(time_calls(lambda i: ref.run(i % len(copies)), n_calls))
+                    ref.pause()
             gbs[t] = w.nbytes / min(ours_t) / 1e9
             if mine:
                 theirs = w.nbytes / min(mine) / 1e9
@@ -142,12 +144,13 @@ def bench_prefill(rng, type_name, rows, cols, n, threads, repeats=3) -> dict:
     try:
         if ref:
             ref.set_x(x)
-            ref.run()
         for _ in range(repeats):
             t_mm = min(t_mm, time_best(lambda: out.__setitem__("y", cpu.matmul(w, type_name, (rows, cols), x,
                                                                                n_threads=threads)), 1))
             if ref:
+                ref.resume()
                 t_ref = min(t_ref, time_best(ref.run, 1))
+                ref.pause()
         rel = None
         if ref:
             y_ref = ref.output()
@@ -175,6 +178,9 @@ def main() -> None:
     ap.add_argument("--prefill-rows", type=int, default=512)
     ap.add_argument("--quick", action="store_true", help="4096x4096 only")
     ap.add_argument("--skip-prefill", action="store_true", help="decode mat-vec table only")
+    ap.add_argument("--prefill-threads", type=int, default=None, help="threads of the prefill table (default: all cores)")
+    ap.add_argument("--llama-decode-threads", type=int, default=2,
+                    help="threads of llama.cpp's decode column (1 on a loaded host: ggml's pool waits a scheduler slice per barrier there)")
     args = ap.parse_args()
     if args.kernels:
         cpu.set_kernels(args.kernels)
@@ -190,7 +196,7 @@ def main() -> None:
 
     llama = ggml_ref.available()
     res["llama_cpp"] = ggml_ref.version_note() if llama else None
-    lt = 2 if 2 in threads else max(threads)
+    lt = args.llama_decode_threads if args.llama_decode_threads in threads else max(threads)
     print(f"{res['machine']}, {res['cores']} cores, {res['date']}, load average {res['load_avg_start'][0]:.2f}")
     print(f"kernels={res['kernels']}  read bandwidth: " + ", ".join(f"{t}T {g:.1f} GB/s" for t, g in bw.items()))
     print(f"llama.cpp: {res['llama_cpp'] or 'not found (set LOWBIT_LLAMA_CPP_SITE)'}")
@@ -214,7 +220,7 @@ def main() -> None:
             print(f"| {ty} | {rows}x{cols} | " + " | ".join(cells) + " |", flush=True)
 
     n = args.prefill_rows
-    t = max(threads)
+    t = args.prefill_threads or max(threads)
     types_prefill = [] if args.skip_prefill else types
     print(f"\nPrefill {n} rows x 4096x4096 weights, {t} threads\n")
     print("| type | lowbit rows/s | llama.cpp rows/s | lowbit / llama.cpp | mat-mat GOP/s | looped mat-vec GOP/s |"

@@ -32,6 +32,11 @@ class _CPlan(ctypes.Structure):   # ggml-cpu.h struct ggml_cplan
                 ("abort_callback_data", ctypes.c_void_p), ("use_ref", ctypes.c_bool)]
 
 
+class _ThreadpoolParams(ctypes.Structure):   # ggml.h struct ggml_threadpool_params (GGML_MAX_N_THREADS 512)
+    _fields_ = [("cpumask", ctypes.c_bool * 512), ("n_threads", ctypes.c_int), ("prio", ctypes.c_int),
+                ("poll", ctypes.c_uint32), ("strict_cpu", ctypes.c_bool), ("paused", ctypes.c_bool)]
+
+
 _libs = None
 
 
@@ -51,6 +56,7 @@ def _load():
                               (base.ggml_build_forward_expand, [_P, _P], None), (base.ggml_get_data, [_P], _P),
                               (base.ggml_threadpool_params_init, [_P, ctypes.c_int], None),
                               (cpu.ggml_threadpool_new, [_P], _P), (cpu.ggml_threadpool_free, [_P], None),
+                              (cpu.ggml_threadpool_pause, [_P], None), (cpu.ggml_threadpool_resume, [_P], None),
                               (cpu.ggml_graph_plan, [_P, ctypes.c_int, _P], _CPlan),
                               (cpu.ggml_graph_compute, [_P, ctypes.POINTER(_CPlan)], ctypes.c_int)]:
             fn.argtypes, fn.restype = args, res
@@ -96,9 +102,10 @@ class GgmlMatmul:
             self._graphs.append(g)
             self._outs.append(y)
         self._rows, self._n = rows, n
-        params = ctypes.create_string_buffer(16384)   # > sizeof(ggml_threadpool_params)
-        base.ggml_threadpool_params_init(params, threads)
-        self._pool = cpu.ggml_threadpool_new(params)
+        params = _ThreadpoolParams()
+        base.ggml_threadpool_params_init(ctypes.byref(params), threads)
+        self._pool = cpu.ggml_threadpool_new(ctypes.byref(params))
+        cpu.ggml_threadpool_pause(self._pool)
         self._plans, self._work = [], []
         for g in self._graphs:
             plan = cpu.ggml_graph_plan(g, threads, self._pool)
@@ -110,6 +117,14 @@ class GgmlMatmul:
     def set_x(self, x: np.ndarray) -> None:
         xa = np.ascontiguousarray(x, dtype=np.float32)
         ctypes.memmove(self._base.ggml_get_data(self._x), xa.ctypes.data, xa.nbytes)
+
+    def resume(self) -> None:
+        """Wake the threadpool (it polls for work as in llama.cpp) before a batch of runs."""
+        self._cpu.ggml_threadpool_resume(self._pool)
+
+    def pause(self) -> None:
+        """Park the threadpool after a batch, so its polling threads do not compete with lowbit's."""
+        self._cpu.ggml_threadpool_pause(self._pool)
 
     def run(self, i: int = 0) -> None:
         if self._cpu.ggml_graph_compute(self._graphs[i], ctypes.byref(self._plans[i])) != 0:

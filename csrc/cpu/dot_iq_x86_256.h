@@ -129,6 +129,7 @@ inline __m256i points4(const uint32_t* grid, const int* idx) {
 // once in a ymm; per group: 4 grid loads, the signs applied to the activations, one maddubs and
 // one madd by the group scale.
 
+#if !defined(LOWBIT_IQ_WIDE)   // dot_iq_avx512.cpp has 512-bit bodies of these four
 float vec_dot_iq2_xxs(int n, const void* vw, const void* va) {
     const auto* w = static_cast<const block_iq2_xxs*>(vw);
     const auto* a = static_cast<const block_q8_K*>(va);
@@ -225,6 +226,8 @@ float vec_dot_iq3_xxs(int n, const void* vw, const void* va) {
     }
     return 0.25f * sumf;
 }
+
+#endif  // LOWBIT_IQ_WIDE
 
 float vec_dot_iq3_s(int n, const void* vw, const void* va) {
     const auto* w = static_cast<const block_iq3_s*>(vw);

@@ -22,15 +22,15 @@ inline __m512i points8x2(const uint64_t* grid, const int* i) {
 // one scale per group of 32 (v holds s | s << 16 per dword).
 inline __m512i group_scales(__m256i v, int j) {
     const __m512i idx = _mm512_inserti64x4(_mm512_set1_epi32(2 * j), _mm256_set1_epi32(2 * j + 1), 1);
-    return _mm512_permutexvar_epi32(idx, _mm512_castsi256_si512(v));
+    return _mm512_permutexvar_epi32(idx, _mm512_zextsi256_si512(v));
 }
 
 // Words 4j .. 4j + 3 of 16 (one scale per 16 weights) broadcast to the 4 128-bit lanes in turn.
 inline __m512i half_group_scales(__m256i words, int j) {
     const __m512i idx = _mm512_add_epi16(_mm512_set1_epi16(short(4 * j)),
-                                         _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set_m128i(_mm_set1_epi16(1), _mm_setzero_si128())),
+                                         _mm512_inserti64x4(_mm512_zextsi256_si512(_mm256_set_m128i(_mm_set1_epi16(1), _mm_setzero_si128())),
                                                             _mm256_set_m128i(_mm_set1_epi16(3), _mm_set1_epi16(2)), 1));
-    return _mm512_permutexvar_epi16(idx, _mm512_castsi256_si512(words));
+    return _mm512_permutexvar_epi16(idx, _mm512_zextsi256_si512(words));
 }
 
 // acc += sum over pairs of (grid . signed q8) * scale, pairs of 64 activation bytes.

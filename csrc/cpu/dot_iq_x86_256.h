@@ -39,7 +39,7 @@ inline __m256i iq_load(const void* p) { return _mm256_loadu_si256(static_cast<co
 inline __m256i iq_mul_sum_us8(__m256i u, __m256i s) {
 #if LOWBIT_VNNI
     // the EVEX (zmm) form: the ymm intrinsic may become AVX-VNNI, missing on some AVX-512 CPUs
-    const __m512i r = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_castsi256_si512(u), _mm512_castsi256_si512(s));
+    const __m512i r = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_zextsi256_si512(u), _mm512_zextsi256_si512(s));
     return _mm512_castsi512_si256(r);
 #else
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));

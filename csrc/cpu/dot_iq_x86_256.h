@@ -18,6 +18,7 @@
 #include <immintrin.h>
 
 #include <array>
+#include <bit>
 #include <cstdint>
 #include <cstring>
 
@@ -367,9 +368,7 @@ float vec_dot_iq1_m(int n, const void* vw, const void* va) {
 
 namespace {
 inline int q8_K_total(const block_q8_K& a) {
-    int s = 0;
-    for (int j = 0; j < QK_K / 16; ++j) s += a.bsums[j];
-    return s;
+    return iq_hsum(_mm256_madd_epi16(iq_load(a.bsums), _mm256_set1_epi16(1)));
 }
 
 // Bytes times a constant mod 256 (no byte multiply in AVX2: even and odd bytes in 16-bit lanes).
@@ -402,17 +401,20 @@ float vec_dot_tq1_0(int n, const void* vw, const void* va) {
         for (int k = 0; k < 5; ++k)   // weights 32k + m
             acc = _mm256_add_epi32(acc, iq_mul_sum_us8(top_trit(mul_bytes(qs32, kPow3[k])), iq_load(q8 + 32 * k)));
         // qs[32..47] (weights 160 + 16k + m) and qh[0..3] (240 + 4k + m) in one 32-byte row:
-        // bytes 0..15 = qs[32 + m], 16..19 = qh[m], and activations gathered to match
-        alignas(32) uint8_t rest[32] = {};
-        std::memcpy(rest, w[b].qs + 32, 16);
-        std::memcpy(rest + 16, w[b].qh, 4);
-        const __m256i r = _mm256_load_si256(reinterpret_cast<const __m256i*>(rest));
+        // bytes 0..15 = qs[32 + m], 16..19 = qh[m], 20..31 = 0, and activations loaded to match
+        // (built in registers: a stack copy would stall on store forwarding)
+        uint32_t qh4;
+        std::memcpy(&qh4, w[b].qh, 4);
+        const __m256i r = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qs + 32))),
+            _mm_cvtsi32_si128(int(qh4)), 1);
         for (int k = 0; k < 5; ++k) {
-            alignas(32) int8_t y[32] = {};
-            std::memcpy(y, q8 + 160 + 16 * k, 16);
-            if (k < 4) std::memcpy(y + 16, q8 + 240 + 4 * k, 4);
-            acc = _mm256_add_epi32(acc, iq_mul_sum_us8(top_trit(mul_bytes(r, kPow3[k])),
-                                                       _mm256_load_si256(reinterpret_cast<const __m256i*>(y))));
+            int32_t y4 = 0;
+            if (k < 4) std::memcpy(&y4, q8 + 240 + 4 * k, 4);
+            const __m256i y = _mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q8 + 160 + 16 * k))),
+                _mm_cvtsi32_si128(y4), 1);
+            acc = _mm256_add_epi32(acc, iq_mul_sum_us8(top_trit(mul_bytes(r, kPow3[k])), y));
         }
         const int isum = iq_hsum(acc) - q8_K_total(a[b]);
         sumf += (iq_h2f(w[b].d) * a[b].d) * float(isum);
@@ -451,15 +453,20 @@ inline float e8m0_half(uint8_t e) {
 }
 
 // ue4m3 / 2 by its bits: exp 1..15 -> 2^(exp - 8) * (1 + man/8); exp 0 -> man * 2^-10; 0 and 0x7F -> 0.
-inline float ue4m3_half(uint8_t x) {
+// As a table (a branch on exp == 0 mispredicts on real scales).
+constexpr float ue4m3_half_of(int x) {
     if (x == 0 || x == 0x7F) return 0.0f;
     const int exp = (x >> 3) & 0xF, man = x & 7;
     if (exp == 0) return float(man) * 0.0009765625f;
-    const uint32_t bits = uint32_t(exp + 119) << 23 | uint32_t(man) << 20;
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
+    return std::bit_cast<float>(uint32_t(exp + 119) << 23 | uint32_t(man) << 20);
 }
+constexpr std::array<float, 256> make_ue4m3_half() {
+    std::array<float, 256> t{};
+    for (int x = 0; x < 256; ++x) t[x] = ue4m3_half_of(x);
+    return t;
+}
+constexpr std::array<float, 256> kUe4m3Half = make_ue4m3_half();
+inline float ue4m3_half(uint8_t x) { return kUe4m3Half[x]; }
 
 inline __m256i fp4_values(const __m256i table, const uint8_t* qs16) {
     const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs16));
@@ -507,25 +514,27 @@ float vec_dot_nvfp4(int n, const void* vw, const void* va) {
     const auto* w = static_cast<const block_nvfp4*>(vw);
     const auto* a = static_cast<const block_q8_0*>(va);
     const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kValuesMxfp4)));
+    const __m128i m = _mm_set1_epi8(0x0F);
     float sumf = 0.0f;
     for (int b = 0; b < n / QK_NVFP4; ++b) {
+        __m256i p[2];
         for (int h = 0; h < 2; ++h) {   // sub-blocks 2h, 2h+1 against q8_0 block 2b + h
-            const block_q8_0& y = a[2 * b + h];
             // nibble layout per sub-block: bytes j -> weight j (low) and j + 8 (high)
             const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qs + 16 * h));
-            const __m128i m = _mm_set1_epi8(0x0F);
             const __m128i lo = _mm_and_si128(x, m), hi = _mm_and_si128(_mm_srli_epi16(x, 4), m);
             // weights of sub-block 2h: lo[0..7], hi[0..7]; of 2h+1: lo[8..15], hi[8..15]
             const __m256i nib = _mm256_set_m128i(_mm_unpackhi_epi64(lo, hi), _mm_unpacklo_epi64(lo, hi));
-            const __m256i v = _mm256_shuffle_epi8(table, nib);
-            const __m256i p = mul_sum_i8(v, iq_load(y.qs));
-            alignas(32) int32_t lanes[8];
-            _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), p);
-            const int s0 = lanes[0] + lanes[1] + lanes[2] + lanes[3], s1 = lanes[4] + lanes[5] + lanes[6] + lanes[7];
-            const float dy = iq_h2f(y.d);
-            sumf += (dy * ue4m3_half(w[b].d[2 * h])) * float(s0);
-            sumf += (dy * ue4m3_half(w[b].d[2 * h + 1])) * float(s1);
+            p[h] = mul_sum_i8(_mm256_shuffle_epi8(table, nib), iq_load(a[2 * b + h].qs));
         }
+        // lanes 0, 4, 1, 5 of t: the sums of sub-blocks 0, 1, 2, 3
+        const __m256i t = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_setzero_si256());
+        alignas(32) float s[8];
+        _mm256_store_ps(s, _mm256_cvtepi32_ps(t));
+        const float d0 = iq_h2f(a[2 * b].d), d1 = iq_h2f(a[2 * b + 1].d);
+        sumf += (d0 * ue4m3_half(w[b].d[0])) * s[0];
+        sumf += (d0 * ue4m3_half(w[b].d[1])) * s[4];
+        sumf += (d1 * ue4m3_half(w[b].d[2])) * s[1];
+        sumf += (d1 * ue4m3_half(w[b].d[3])) * s[5];
     }
     return sumf;
 }

@@ -1,5 +1,5 @@
 // dot_iq_avx512.cpp: the AVX-512 VNNI (vpdpbusd) build of the i-quant / ternary / FP4 dot kernels
-// (dot_iq_x86_256.h), with 512-bit bodies for the IQ2 family and IQ3_XXS below: two 32-weight
+// (dot_iq_x86_256.h), with 512-bit bodies for the IQ2 family, IQ3_XXS and IQ3_S below: two 32-weight
 // groups per zmm, their 64 sign bits one mask register (masked subtract), the group scales
 // spread per 128-bit lane by one permute. Same integers and float steps as the spec, so still
 // bit for bit equal to it. Contraction off: the float steps round as in the scalar spec.
@@ -103,11 +103,15 @@ float vec_dot_iq2_s(int n, const void* vw, const void* va) {
         const __m256i scales = _mm256_load_si256(reinterpret_cast<const __m256i*>(sc));
         __m512i acc = _mm512_setzero_si512();
         for (int j = 0; j < 4; ++j) {
-            const uint8_t* qs = w[b].qs + 8 * j;
-            const int h0 = w[b].qh[2 * j], h1 = w[b].qh[2 * j + 1];
-            const int i[8] = {qs[0] | ((h0 << 8) & 0x300), qs[1] | ((h0 << 6) & 0x300), qs[2] | ((h0 << 4) & 0x300),
-                              qs[3] | ((h0 << 2) & 0x300), qs[4] | ((h1 << 8) & 0x300), qs[5] | ((h1 << 6) & 0x300),
-                              qs[6] | ((h1 << 4) & 0x300), qs[7] | ((h1 << 2) & 0x300)};
+            // 10-bit indices qs[4g + l] | bits 2l, 2l + 1 of qh[g] << 8, four per 64-bit word
+            uint64_t q8;
+            std::memcpy(&q8, w[b].qs + 8 * j, 8);
+            int i[8];
+            for (int h = 0; h < 2; ++h) {
+                const uint64_t idx = _pdep_u64(uint32_t(q8 >> (32 * h)), 0x00FF00FF00FF00FFull) |
+                                     _pdep_u64(w[b].qh[2 * j + h], 0x0300030003000300ull);
+                for (int l = 0; l < 4; ++l) i[4 * h + l] = int((idx >> (16 * l)) & 0xFFFF);
+            }
             uint64_t sg;
             std::memcpy(&sg, sign_bytes + 8 * j, 8);
             acc = wide_step(acc, points8x2(kIq2sGrid, i), a[b].qs + 64 * j, sg, half_group_scales(scales, j));
@@ -137,6 +141,48 @@ float vec_dot_iq3_xxs(int n, const void* vw, const void* va) {
         sumf += (iq_h2f(w[b].d) * a[b].d) * float(_mm512_reduce_add_epi32(acc));
     }
     return 0.25f * sumf;
+}
+
+// IQ3_S: 9-bit indices qs[8g + k] | bit k of qh[g] << 8, four per 64-bit word (16-bit lanes) by
+// two deposits, then paired 4-byte points as in IQ3_XXS.
+namespace {
+inline __m512i iq3s_points(const uint8_t* qs, const uint8_t* qh) {
+    int64_t p[8];
+    for (int h = 0; h < 2; ++h) {   // groups 2j + h
+        uint64_t q8;
+        std::memcpy(&q8, qs + 8 * h, 8);
+        for (int k = 0; k < 2; ++k) {   // points 4k .. 4k + 3 of the group
+            const uint64_t idx = _pdep_u64(uint32_t(q8 >> (32 * k)), 0x00FF00FF00FF00FFull) |
+                                 _pdep_u64(uint32_t(qh[h] >> (4 * k)) & 0xF, 0x0100010001000100ull);
+            p[4 * h + 2 * k] = int64_t(kIq3sGrid[idx & 0xFFFF] | uint64_t(kIq3sGrid[(idx >> 16) & 0xFFFF]) << 32);
+            p[4 * h + 2 * k + 1] = int64_t(kIq3sGrid[(idx >> 32) & 0xFFFF] | uint64_t(kIq3sGrid[idx >> 48]) << 32);
+        }
+    }
+    return _mm512_set_epi64(p[7], p[6], p[5], p[4], p[3], p[2], p[1], p[0]);
+}
+}  // namespace
+
+float vec_dot_iq3_s(int n, const void* vw, const void* va) {
+    const auto* w = static_cast<const block_iq3_s*>(vw);
+    const auto* a = static_cast<const block_q8_K*>(va);
+    float sumf = 0.0f;
+    for (int b = 0; b < n / QK_K; ++b) {
+        // odd scales 2s + 1, s the nibble g % 2 of scales[g / 2], as s | s << 16 per group
+        uint32_t sc4;
+        std::memcpy(&sc4, w[b].scales, 4);
+        const __m128i x = _mm_cvtsi32_si128(int(sc4)), m = _mm_set1_epi8(0x0F);
+        const __m256i s = _mm256_cvtepu8_epi32(_mm_unpacklo_epi8(_mm_and_si128(x, m), _mm_and_si128(_mm_srli_epi16(x, 4), m)));
+        const __m256i ls = _mm256_add_epi32(_mm256_add_epi32(s, s), _mm256_set1_epi32(1));
+        const __m256i scales = _mm256_or_si256(ls, _mm256_slli_epi32(ls, 16));
+        __m512i acc = _mm512_setzero_si512();
+        for (int j = 0; j < 4; ++j) {
+            uint64_t sg;   // plain sign bits of groups 2j, 2j + 1
+            std::memcpy(&sg, w[b].signs + 8 * j, 8);
+            acc = wide_step(acc, iq3s_points(w[b].qs + 16 * j, w[b].qh + 2 * j), a[b].qs + 64 * j, sg, group_scales(scales, j));
+        }
+        sumf += (iq_h2f(w[b].d) * a[b].d) * float(_mm512_reduce_add_epi32(acc));
+    }
+    return sumf;
 }
 
 }  // namespace lowbit::cpu::avx512

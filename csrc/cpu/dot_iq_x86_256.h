@@ -130,7 +130,7 @@ inline __m256i points4(const uint32_t* grid, const int* idx) {
 // once in a ymm; per group: 4 grid loads, the signs applied to the activations, one maddubs and
 // one madd by the group scale.
 
-#if !defined(LOWBIT_IQ_WIDE)   // dot_iq_avx512.cpp has 512-bit bodies of these four
+#if !defined(LOWBIT_IQ_WIDE)   // dot_iq_avx512.cpp has 512-bit bodies of these four and IQ3_S
 float vec_dot_iq2_xxs(int n, const void* vw, const void* va) {
     const auto* w = static_cast<const block_iq2_xxs*>(vw);
     const auto* a = static_cast<const block_q8_K*>(va);
@@ -230,6 +230,7 @@ float vec_dot_iq3_xxs(int n, const void* vw, const void* va) {
 
 #endif  // LOWBIT_IQ_WIDE
 
+#if !defined(LOWBIT_IQ_WIDE)
 float vec_dot_iq3_s(int n, const void* vw, const void* va) {
     const auto* w = static_cast<const block_iq3_s*>(vw);
     const auto* a = static_cast<const block_q8_K*>(va);
@@ -252,6 +253,8 @@ float vec_dot_iq3_s(int n, const void* vw, const void* va) {
     }
     return sumf;
 }
+
+#endif  // LOWBIT_IQ_WIDE
 
 // ---- IQ1: the integer weight 8g + delta (g in -1/0/1, delta = +-1: the +-1/8 grid shift) is
 // multiplied as the unsigned byte u = 8 (g + 1) + (1 + delta) = 8g + delta + 9 in 0..18; the 9 comes
@@ -354,7 +357,12 @@ float vec_dot_iq1_m(int n, const void* vw, const void* va) {
             const uint16_t* i4 = idx + 4 * g;
             uint16_t h01;   // qh[2g] | qh[2g + 1] << 8: the delta bits of points 0..3 are bits 3, 7, 11, 15
             std::memcpy(&h01, w[b].qh + 2 * g, 2);
-            const __m256i delta = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kIq1Delta[_pext_u32(h01, 0x8888)].data()));
+#if LOWBIT_VNNI   // pext is fast on every AVX-512 CPU (microcoded on AVX2-only Zen 1/2)
+            const unsigned bits = _pext_u32(h01, 0x8888);
+#else
+            const unsigned bits = ((h01 >> 3) & 1) | ((h01 >> 6) & 2) | ((h01 >> 9) & 4) | ((h01 >> 12) & 8);
+#endif
+            const __m256i delta = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kIq1Delta[bits].data()));
             const __m256i q = _mm256_add_epi8(points8(kIq1U8.data(), i4[0], i4[1], i4[2], i4[3]), delta);
             const __m256i scale = _mm256_set_m128i(_mm_set1_epi16(ls[2 * g + 1]), _mm_set1_epi16(ls[2 * g]));
             acc = _mm256_add_epi32(acc, iq_scaled(q, iq_load(a[b].qs + 32 * g), scale));

@@ -10,7 +10,7 @@ Claims checked here (see csrc/cpu/kernels.h):
   * F32/F16/BF16: scalar sums in double, SIMD in f32 lanes: |diff| <= 1e-7 * n * sum|w_i a_i|.
   * activation quantizers: SIMD == scalar byte for byte.
   * matmul: threaded == single-thread, mat-mat == per-row mat-vec, all bit for bit, except
-    the AVX-512 strip GEMM of the legacy types (>= 16 activation rows, csrc/cpu/kernels.h): exact
+    the AVX-512 strip GEMM (STRIP_TYPES, >= 16 activation rows, csrc/cpu/kernels.h): exact
     int32 block sums in another float order, tier 1 against the scalar dots; its outputs do not
     depend on threads, tiles or how many rows a call has (bit for bit).
 """

@@ -270,11 +270,6 @@ constexpr std::array<uint64_t, 2048> make_iq1_u8() {
 }
 constexpr std::array<uint64_t, 2048> kIq1U8 = make_iq1_u8();
 
-// -9 * sum over the 16 bsums of ls[i] * bsum[i] as 8 int32 lanes (ls: 16 odd scales, one per 16 weights).
-inline __m256i iq1_offset(const block_q8_K& a, const int16_t* ls) {
-    const __m256i l9 = _mm256_mullo_epi16(iq_load(ls), _mm256_set1_epi16(-9));
-    return _mm256_madd_epi16(iq_load(a.bsums), l9);
-}
 }  // namespace
 
 namespace {
@@ -323,17 +318,21 @@ float vec_dot_iq1_s(int n, const void* vw, const void* va) {
     const auto* a = static_cast<const block_q8_K*>(va);
     float sumf = 0.0f;
     for (int b = 0; b < n / QK_K; ++b) {
-        alignas(32) int16_t ls[16];
         alignas(32) uint16_t idx[32];
-        for (int g = 0; g < 8; ++g) ls[2 * g] = ls[2 * g + 1] = int16_t(2 * ((w[b].qh[g] >> 12) & 7) + 1);
         iq1s_indices(w[b], idx);
-        __m256i acc = iq1_offset(a[b], ls);
+        // ls = 2 ((qh >> 12) & 7) + 1 per group, twice per dword: the scale of each of the 16 bsums
+        const __m256i s = _mm256_and_si256(_mm256_srli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(
+                                               reinterpret_cast<const __m128i*>(w[b].qh))), 12), _mm256_set1_epi32(7));
+        const __m256i ls = _mm256_add_epi32(_mm256_add_epi32(s, s), _mm256_set1_epi32(1));
+        const __m256i ls16 = _mm256_or_si256(ls, _mm256_slli_epi32(ls, 16));
+        __m256i acc = _mm256_madd_epi16(iq_load(a[b].bsums), _mm256_mullo_epi16(ls16, _mm256_set1_epi16(-9)));
         for (int g = 0; g < 8; ++g) {
             const uint16_t* i4 = idx + 4 * g;
+            const int qh = w[b].qh[g];
             const __m256i q = _mm256_add_epi8(points8(kIq1U8.data(), i4[0], i4[1], i4[2], i4[3]),
-                                              _mm256_set1_epi8(char(w[b].qh[g] & 0x8000 ? 0 : 2)));
+                                              _mm256_set1_epi8(char(qh & 0x8000 ? 0 : 2)));
             // pairs u * q8 <= 2 * 18 * 128 fit int16; times ls <= 15 in the madd
-            acc = _mm256_add_epi32(acc, iq_scaled(q, iq_load(a[b].qs + 32 * g), _mm256_set1_epi16(ls[2 * g])));
+            acc = _mm256_add_epi32(acc, iq_scaled(q, iq_load(a[b].qs + 32 * g), _mm256_set1_epi16(short(2 * ((qh >> 12) & 7) + 1))));
         }
         sumf += (iq_h2f(w[b].d) * a[b].d) * float(iq_hsum(acc));
     }
@@ -348,11 +347,17 @@ float vec_dot_iq1_m(int n, const void* vw, const void* va) {
         uint16_t sc[4];
         std::memcpy(sc, w[b].scales, 8);
         const uint16_t dbits = uint16_t((sc[0] >> 12) | ((sc[1] >> 8) & 0x00f0) | ((sc[2] >> 4) & 0x0f00) | (sc[3] & 0xf000));
-        alignas(32) int16_t ls[16];   // 3-bit scales: word g/2, bits 6 (g % 2) and + 3
         alignas(32) uint16_t idx[32];
-        for (int i = 0; i < 16; ++i) ls[i] = int16_t(2 * ((sc[i / 4] >> (3 * (i % 4))) & 7) + 1);
         iq1m_indices(w[b], idx);
-        __m256i acc = iq1_offset(a[b], ls);
+        // 3-bit scales ls[i] = 2 ((sc[i / 4] >> 3 (i % 4)) & 7) + 1 per 16 weights, in registers (a
+        // vector load of 16 scalar stores would stall on store forwarding): word i / 4 in lane i,
+        // its field lifted to bits 13..15 by a multiply
+        const __m256i rep = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sc))),
+                                                _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3,
+                                                                 4, 5, 4, 5, 4, 5, 4, 5, 6, 7, 6, 7, 6, 7, 6, 7));
+        const __m256i f = _mm256_srli_epi16(_mm256_mullo_epi16(rep, _mm256_set1_epi64x(0x0010008004002000)), 13);
+        const __m256i ls16 = _mm256_add_epi16(_mm256_add_epi16(f, f), _mm256_set1_epi16(1));
+        __m256i acc = _mm256_madd_epi16(iq_load(a[b].bsums), _mm256_mullo_epi16(ls16, _mm256_set1_epi16(-9)));
         for (int g = 0; g < 8; ++g) {
             const uint16_t* i4 = idx + 4 * g;
             uint16_t h01;   // qh[2g] | qh[2g + 1] << 8: the delta bits of points 0..3 are bits 3, 7, 11, 15
@@ -364,7 +369,8 @@ float vec_dot_iq1_m(int n, const void* vw, const void* va) {
 #endif
             const __m256i delta = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kIq1Delta[bits].data()));
             const __m256i q = _mm256_add_epi8(points8(kIq1U8.data(), i4[0], i4[1], i4[2], i4[3]), delta);
-            const __m256i scale = _mm256_set_m128i(_mm_set1_epi16(ls[2 * g + 1]), _mm_set1_epi16(ls[2 * g]));
+            const int ls1 = 2 * ((sc[g / 2] >> (6 * (g % 2))) & 7) + 1, ls2 = 2 * ((sc[g / 2] >> (6 * (g % 2) + 3)) & 7) + 1;
+            const __m256i scale = _mm256_set_m128i(_mm_set1_epi16(short(ls2)), _mm_set1_epi16(short(ls1)));
             acc = _mm256_add_epi32(acc, iq_scaled(q, iq_load(a[b].qs + 32 * g), scale));
         }
         sumf += (iq_h2f(dbits) * a[b].d) * float(iq_hsum(acc));

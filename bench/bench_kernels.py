@@ -103,23 +103,49 @@ def bench_matvec(rng, type_name, rows, cols, threads_list, llama_threads) -> tup
             ref.set_x(x)
         for t in threads_list:
             cpu.matmul(copies[0], type_name, (rows, cols), x, n_threads=t)  # warm the pool
-            mine = []
-            ours_t = []
+            ours_t, theirs_t = [], []
             for rep in range(2 if ref and t == llama_threads else 1):
                 ours_t.append(time_calls(lambda i: cpu.matmul(copies[i % len(copies)], type_name, (rows, cols), x,
                                                               n_threads=t), n_calls))
                 if ref and t == llama_threads:
                     ref.resume()
                     ref.run(0)
-                    mine.append(time_calls(lambda i: ref.run(i % len(copies)), n_calls))
+                    theirs_t.append(time_calls(lambda i: ref.run(i % len(copies)), n_calls))
                     ref.pause()
             gbs[t] = w.nbytes / min(ours_t) / 1e9
-            if mine:
-                theirs = w.nbytes / min(mine) / 1e9
+            if theirs_t:
+                theirs = w.nbytes / min(theirs_t) / 1e9
     finally:
         if ref:
             ref.close()
     return gbs, theirs
+
+
+def bench_matvec_hot(rng, type_name, rows, cols) -> tuple[float, float | None]:
+    """Kernel speed without DRAM: GB/s of one mat-vec on 1 thread with the same weights every
+    call (L3-resident: the decode kernel's compute rate), best of many calls, lowbit and
+    llama.cpp alternating; (lowbit, llama.cpp or None)."""
+    w = random_weights(rng, type_name, rows, cols)
+    x = rng.standard_normal(cols, dtype=np.float32)
+    n_calls = max(20, min(200, int(4e8 // w.nbytes)))
+    ref = ggml_ref.GgmlMatmul(type_name, [w], rows, cols, 1, 1) \
+        if ggml_ref.available() and type_name in ggml_ref.GGML_TYPE else None
+    ours, theirs = float("inf"), float("inf")
+    try:
+        if ref:
+            ref.set_x(x)
+        for _ in range(3):
+            cpu.matmul(w, type_name, (rows, cols), x, n_threads=1)
+            ours = min(ours, min(time_best(lambda: cpu.matmul(w, type_name, (rows, cols), x, n_threads=1), 1)
+                                 for _ in range(n_calls)))
+            if ref:
+                ref.resume()
+                theirs = min(theirs, min(time_best(ref.run, 1) for _ in range(n_calls)))
+                ref.pause()
+    finally:
+        if ref:
+            ref.close()
+    return w.nbytes / ours / 1e9, (w.nbytes / theirs / 1e9 if ref else None)
 
 
 def time_best(fn, repeats) -> float:
@@ -218,6 +244,17 @@ def main() -> None:
             elif llama:
                 cells.append("-")
             print(f"| {ty} | {rows}x{cols} | " + " | ".join(cells) + " |", flush=True)
+
+    print("\nDecode kernel speed without DRAM (1 thread, 4096x4096, weights L3-resident, best call)\n")
+    print("| type | lowbit GB/s | llama.cpp GB/s | lowbit / llama.cpp |")
+    print("|---|---|---|---|")
+    res["matvec_hot"] = []
+    for ty in types:
+        ours, theirs = bench_matvec_hot(rng, ty, 4096, 4096)
+        res["matvec_hot"].append({"type": ty, "rows": 4096, "cols": 4096, "threads": 1, "gbs": ours,
+                                  "llama_cpp_gbs": theirs})
+        cell = f"{theirs:.1f} | {ours / theirs:.2f}x" if theirs else "- | -"
+        print(f"| {ty} | {ours:.1f} | {cell} |", flush=True)
 
     n = args.prefill_rows
     t = args.prefill_threads or max(threads)

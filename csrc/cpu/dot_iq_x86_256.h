@@ -357,6 +357,8 @@ float vec_dot_iq1_m(int n, const void* vw, const void* va) {
                                                                  4, 5, 4, 5, 4, 5, 4, 5, 6, 7, 6, 7, 6, 7, 6, 7));
         const __m256i f = _mm256_srli_epi16(_mm256_mullo_epi16(rep, _mm256_set1_epi64x(0x0010008004002000)), 13);
         const __m256i ls16 = _mm256_add_epi16(_mm256_add_epi16(f, f), _mm256_set1_epi16(1));
+        alignas(32) uint16_t ls[16];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(ls), ls16);
         __m256i acc = _mm256_madd_epi16(iq_load(a[b].bsums), _mm256_mullo_epi16(ls16, _mm256_set1_epi16(-9)));
         for (int g = 0; g < 8; ++g) {
             const uint16_t* i4 = idx + 4 * g;
@@ -369,9 +371,7 @@ float vec_dot_iq1_m(int n, const void* vw, const void* va) {
 #endif
             const __m256i delta = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kIq1Delta[bits].data()));
             const __m256i q = _mm256_add_epi8(points8(kIq1U8.data(), i4[0], i4[1], i4[2], i4[3]), delta);
-            const int ls1 = 2 * ((sc[g / 2] >> (6 * (g % 2))) & 7) + 1, ls2 = 2 * ((sc[g / 2] >> (6 * (g % 2) + 3)) & 7) + 1;
-            const __m256i scale = _mm256_set_m128i(_mm_set1_epi16(short(ls2)), _mm_set1_epi16(short(ls1)));
-            acc = _mm256_add_epi32(acc, iq_scaled(q, iq_load(a[b].qs + 32 * g), scale));
+            acc = _mm256_add_epi32(acc, iq_scaled(q, iq_load(a[b].qs + 32 * g), iq_two_scales(ls + 2 * g)));
         }
         sumf += (iq_h2f(dbits) * a[b].d) * float(iq_hsum(acc));
     }
@@ -385,13 +385,8 @@ inline int q8_K_total(const block_q8_K& a) {
     return iq_hsum(_mm256_madd_epi16(iq_load(a.bsums), _mm256_set1_epi16(1)));
 }
 
-// Bytes times a constant mod 256 (no byte multiply in AVX2: even and odd bytes in 16-bit lanes).
-inline __m256i mul_bytes(__m256i x, short c) {
-    const __m256i m = _mm256_set1_epi16(short(0x00FF)), vc = _mm256_set1_epi16(c);
-    const __m256i even = _mm256_and_si256(_mm256_mullo_epi16(x, vc), m);
-    const __m256i odd = _mm256_mullo_epi16(_mm256_andnot_si256(m, x), vc);
-    return _mm256_or_si256(even, _mm256_andnot_si256(m, odd));
-}
+// Bytes times 3 mod 256 (byte adds wrap).
+inline __m256i times3(__m256i x) { return _mm256_add_epi8(x, _mm256_add_epi8(x, x)); }
 
 // The top base-3 digit of each byte: (y * 3) >> 8 = (y >= 86) + (y >= 171).
 inline __m256i top_trit(__m256i y) {
@@ -406,29 +401,28 @@ inline __m256i top_trit(__m256i y) {
 float vec_dot_tq1_0(int n, const void* vw, const void* va) {
     const auto* w = static_cast<const block_tq1_0*>(vw);
     const auto* a = static_cast<const block_q8_K*>(va);
-    static constexpr short kPow3[5] = {1, 3, 9, 27, 81};
     float sumf = 0.0f;
     for (int b = 0; b < n / QK_K; ++b) {
         const int8_t* q8 = a[b].qs;
         __m256i acc = _mm256_setzero_si256();
-        const __m256i qs32 = iq_load(w[b].qs);
-        for (int k = 0; k < 5; ++k)   // weights 32k + m
-            acc = _mm256_add_epi32(acc, iq_mul_sum_us8(top_trit(mul_bytes(qs32, kPow3[k])), iq_load(q8 + 32 * k)));
+        __m256i qs32 = iq_load(w[b].qs);   // times 3^k mod 256 for digit k: one byte triple per step
+        for (int k = 0; k < 5; ++k, qs32 = times3(qs32))   // weights 32k + m
+            acc = _mm256_add_epi32(acc, iq_mul_sum_us8(top_trit(qs32), iq_load(q8 + 32 * k)));
         // qs[32..47] (weights 160 + 16k + m) and qh[0..3] (240 + 4k + m) in one 32-byte row:
         // bytes 0..15 = qs[32 + m], 16..19 = qh[m], 20..31 = 0, and activations loaded to match
         // (built in registers: a stack copy would stall on store forwarding)
         uint32_t qh4;
         std::memcpy(&qh4, w[b].qh, 4);
-        const __m256i r = _mm256_inserti128_si256(
+        __m256i r = _mm256_inserti128_si256(
             _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qs + 32))),
             _mm_cvtsi32_si128(int(qh4)), 1);
-        for (int k = 0; k < 5; ++k) {
+        for (int k = 0; k < 5; ++k, r = times3(r)) {
             int32_t y4 = 0;
             if (k < 4) std::memcpy(&y4, q8 + 240 + 4 * k, 4);
             const __m256i y = _mm256_inserti128_si256(
                 _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q8 + 160 + 16 * k))),
                 _mm_cvtsi32_si128(y4), 1);
-            acc = _mm256_add_epi32(acc, iq_mul_sum_us8(top_trit(mul_bytes(r, kPow3[k])), y));
+            acc = _mm256_add_epi32(acc, iq_mul_sum_us8(top_trit(r), y));
         }
         const int isum = iq_hsum(acc) - q8_K_total(a[b]);
         sumf += (iq_h2f(w[b].d) * a[b].d) * float(isum);

@@ -16,6 +16,7 @@
 #define LOWBIT_VNNI 1
 #define LOWBIT_FN(name) name##_256
 #include "cpu/dot_x86_256.h"
+#include "cpu/strip_iq.h"
 #include "common.h"
 
 #include <algorithm>
@@ -979,6 +980,22 @@ LOWBIT_DOT_AND_ROWS(q2_K)
 LOWBIT_DOT_AND_ROWS(q3_K)
 LOWBIT_DOT_AND_ROWS(iq4_xs)
 
+// The strip pieces the i-quant strips reuse (strip_iq.h): a strip decoded run by run through
+// a StripRunFn, and the no-min GEMMs.
+void strip_decode_from_runs(int n, const void* w, size_t row_bytes, int nrows, void* strip, int block, StripRunFn run) {
+    auto adapt = [run](const uint8_t* row, int r, int count, __m512i q[4], float* dw, float*) {
+        alignas(64) uint8_t u[256];
+        run(row, r, count, u, dw);
+        for (int k = 0; k < 4; ++k) q[k] = _mm512_load_si512(u + 64 * k);
+    };
+    if (block == 16)
+        strip_decode_runs<16, 16>(n, w, row_bytes, nrows, strip, adapt);
+    else
+        strip_decode_runs<32, 8>(n, w, row_bytes, nrows, strip, adapt);
+}
+void strip_gemm_b32(int n, const void* strip, const void* act, int nact, float* out) { strip_gemm<32, false>(n, strip, act, nact, out); }
+void strip_gemm_b16(int n, const void* strip, const void* act, int nact, float* out) { strip_gemm<16, false>(n, strip, act, nact, out); }
+
 // The activation quantizers stay 256-bit (a small share of a mat-vec).
 void quantize_act_q8_0(const float* x, block_q8_0* y, int n) { quantize_act_q8_0_256(x, y, n); }
 void quantize_act_q8_K(const float* x, block_q8_K* y, int n) { quantize_act_q8_K_256(x, y, n); }
@@ -1017,6 +1034,7 @@ KernelSet make_kernels() {
     k[GGMLType::F16] = {.dot = vec_dot_f16, .dot_rows = f16_rows};
     k[GGMLType::BF16] = {.dot = vec_dot_bf16, .dot_rows = bf16_rows};
     LOWBIT_IQ_DOT_ONLY_ENTRIES(k);
+    add_iq_strips(k);   // strip_iq.cpp
     return k;
 }
 }  // namespace

@@ -11,11 +11,14 @@
 // (maddubs pairs stay below 2^15: grid magnitudes <= 62 times |q8| <= 128, twice) and then the
 // spec's float operations in its order, so every result equals the scalar one bit for bit.
 // Shape: one 32-weight group per ymm; grid points are gathered with scalar loads (the index
-// bits are scattered), signs become a +-1 byte mask applied to the activations (vpsignb).
+// bits are scattered); the 32 sign bits of a group (built for all 8 groups of a super-block at
+// once where they are 7-bit ksigns) negate activation bytes: one masked subtract on AVX-512,
+// shuffle + compare + xor/sub on AVX2.
 #pragma once
 #include <immintrin.h>
 
 #include <array>
+#include <bit>
 #include <cstdint>
 #include <cstring>
 
@@ -31,22 +34,13 @@ namespace {
 
 inline float iq_h2f(uint16_t h) { return _cvtsh_ss(h); }
 
-// 8 sign bits -> 8 bytes of +1 (bit clear) / -1 (bit set), for vpsignb.
-constexpr std::array<uint64_t, 256> make_sign_masks() {
-    std::array<uint64_t, 256> t{};
-    for (int i = 0; i < 256; ++i)
-        for (int j = 0; j < 8; ++j) t[i] |= uint64_t((i >> j) & 1 ? 0xFF : 0x01) << (8 * j);
-    return t;
-}
-constexpr std::array<uint64_t, 256> kSignMask = make_sign_masks();
-
 inline __m256i iq_load(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
 // 8 int32: sums of 4 adjacent u8 x s8 products.
 inline __m256i iq_mul_sum_us8(__m256i u, __m256i s) {
 #if LOWBIT_VNNI
     // the EVEX (zmm) form: the ymm intrinsic may become AVX-VNNI, missing on some AVX-512 CPUs
-    const __m512i r = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_castsi256_si512(u), _mm512_castsi256_si512(s));
+    const __m512i r = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_zextsi256_si512(u), _mm512_zextsi256_si512(s));
     return _mm512_castsi512_si256(r);
 #else
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
@@ -58,9 +52,9 @@ inline __m256i iq_scaled(__m256i u, __m256i s, __m256i scale16) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scale16);
 }
 
-// Two int16 scales: the first for bytes 0..15, the second for 16..31.
-inline __m256i iq_two_scales(int lo, int hi) {
-    return _mm256_set_m128i(_mm_set1_epi16(short(hi)), _mm_set1_epi16(short(lo)));
+// Two int16 scales from memory: the first for bytes 0..15, the second for 16..31.
+inline __m256i iq_two_scales(const uint16_t* lo_hi) {
+    return _mm256_set_m128i(_mm_set1_epi16(short(lo_hi[1])), _mm_set1_epi16(short(lo_hi[0])));
 }
 
 inline int iq_hsum(__m256i v) {
@@ -70,9 +64,54 @@ inline int iq_hsum(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
-inline __m256i signs4(uint8_t s0, uint8_t s1, uint8_t s2, uint8_t s3) {
-    return _mm256_set_epi64x(int64_t(kSignMask[s3]), int64_t(kSignMask[s2]), int64_t(kSignMask[s1]),
-                             int64_t(kSignMask[s0]));
+// y with byte i negated where bit i of `bits` is set (the 32 sign bits of one group of 32).
+inline __m256i iq_apply_signs(__m256i y, uint32_t bits) {
+#if LOWBIT_VNNI
+    return _mm256_mask_sub_epi8(y, __mmask32(bits), _mm256_setzero_si256(), y);
+#else
+    const __m256i spread = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+    const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201));
+    const __m256i m = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(int(bits)), spread), bit), bit);
+    return _mm256_sub_epi8(_mm256_xor_si256(y, m), m);
+#endif
+}
+
+// ksigns for 8 groups at once: each dword of f holds four 7-bit sign fields, field l in byte l
+// (bit 7 clear); byte l becomes the field with bit 7 = the parity of its 7 bits (kSignsIq2xs).
+inline __m256i iq_ksigns(__m256i f) {
+    // bit 0 of each byte after the three steps is the xor of that byte's bits (shifts of 4, 2, 1
+    // bring only the byte's own bits down to bit 0)
+    __m256i p = _mm256_xor_si256(f, _mm256_srli_epi32(f, 4));
+    p = _mm256_xor_si256(p, _mm256_srli_epi32(p, 2));
+    p = _mm256_xor_si256(p, _mm256_srli_epi32(p, 1));
+    return _mm256_or_si256(f, _mm256_slli_epi32(_mm256_and_si256(p, _mm256_set1_epi32(0x01010101)), 7));
+}
+
+// Four 7-bit fields at bits 0, 7, 14, 21 of each dword -> bytes 0..3.
+inline __m256i iq_spread_7bit(__m256i a) {
+    const __m256i m = _mm256_set1_epi32(0x7F);
+    __m256i f = _mm256_and_si256(a, m);
+    f = _mm256_or_si256(f, _mm256_and_si256(_mm256_slli_epi32(a, 1), _mm256_slli_epi32(m, 8)));
+    f = _mm256_or_si256(f, _mm256_and_si256(_mm256_slli_epi32(a, 2), _mm256_slli_epi32(m, 16)));
+    return _mm256_or_si256(f, _mm256_and_si256(_mm256_slli_epi32(a, 3), _mm256_slli_epi32(m, 24)));
+}
+
+// The odd dwords of 64 bytes (dword 2g + 1 for g = 0..7), in order.
+inline __m256i iq_odd_dwords(const void* p) {
+    const __m256 a = _mm256_castsi256_ps(iq_load(p));
+    const __m256 b = _mm256_castsi256_ps(iq_load(static_cast<const uint8_t*>(p) + 32));
+    const __m256i odd = _mm256_castps_si256(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));   // g 0 1 4 5 | 2 3 6 7
+    return _mm256_permute4x64_epi64(odd, _MM_SHUFFLE(3, 1, 2, 0));
+}
+
+// Odd group scales 2s + 1 of the IQ2_XS / IQ2_S scale bytes (low nibble: points 0-1, high: 2-3)
+// as 16 words: word 2g, 2g + 1 for group g.
+inline void iq_nibble_scales(const uint8_t* scales, uint16_t* out) {
+    const __m128i x = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales));
+    const __m128i m = _mm_set1_epi8(0x0F);
+    const __m128i nib = _mm_unpacklo_epi8(_mm_and_si128(x, m), _mm_and_si128(_mm_srli_epi16(x, 4), m));
+    const __m256i w = _mm256_cvtepu8_epi16(nib);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_add_epi16(_mm256_add_epi16(w, w), _mm256_set1_epi16(1)));
 }
 
 inline __m256i points8(const uint64_t* grid, int i0, int i1, int i2, int i3) {
@@ -87,21 +126,28 @@ inline __m256i points4(const uint32_t* grid, const int* idx) {
 }  // namespace
 
 // ---- IQ2 family: 8-weight points, magnitudes {8, 25, 43}, group scales 2s + 1 --------------------
+// Per super-block the 32 sign words (4 sign bytes per group, ksigns parity included) are built at
+// once in a ymm; per group: 4 grid loads, the signs applied to the activations, one maddubs and
+// one madd by the group scale.
 
+#if !defined(LOWBIT_IQ_WIDE)   // dot_iq_avx512.cpp has 512-bit bodies of these four and IQ3_S
 float vec_dot_iq2_xxs(int n, const void* vw, const void* va) {
     const auto* w = static_cast<const block_iq2_xxs*>(vw);
     const auto* a = static_cast<const block_q8_K*>(va);
     float sumf = 0.0f;
     for (int b = 0; b < n / QK_K; ++b) {
+        const __m256i aux1 = iq_odd_dwords(w[b].qs);   // per group: 4 x 7 sign bits, scale in bits 28..31
+        alignas(32) uint32_t signs[8], scales[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(signs), iq_ksigns(iq_spread_7bit(aux1)));
+        const __m256i sc = _mm256_add_epi32(_mm256_slli_epi32(_mm256_srli_epi32(aux1, 28), 1), _mm256_set1_epi32(1));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(scales), sc);
+        const auto* idx = reinterpret_cast<const uint8_t*>(w[b].qs);
         __m256i acc = _mm256_setzero_si256();
         for (int g = 0; g < 8; ++g) {
-            uint32_t aux[2];
-            std::memcpy(aux, w[b].qs + 4 * g, 8);
-            const __m256i q = points8(kIq2xxsGrid, aux[0] & 0xFF, (aux[0] >> 8) & 0xFF, (aux[0] >> 16) & 0xFF, aux[0] >> 24);
-            const __m256i s = signs4(kSignsIq2xs[aux[1] & 127], kSignsIq2xs[(aux[1] >> 7) & 127],
-                                     kSignsIq2xs[(aux[1] >> 14) & 127], kSignsIq2xs[(aux[1] >> 21) & 127]);
-            const __m256i y = _mm256_sign_epi8(iq_load(a[b].qs + 32 * g), s);
-            acc = _mm256_add_epi32(acc, iq_scaled(q, y, _mm256_set1_epi16(short(2 * (aux[1] >> 28) + 1))));
+            const uint8_t* i8 = idx + 8 * g;
+            const __m256i q = points8(kIq2xxsGrid, i8[0], i8[1], i8[2], i8[3]);
+            const __m256i y = iq_apply_signs(iq_load(a[b].qs + 32 * g), signs[g]);
+            acc = _mm256_add_epi32(acc, iq_scaled(q, y, _mm256_set1_epi16(short(scales[g]))));
         }
         sumf += (iq_h2f(w[b].d) * a[b].d) * float(iq_hsum(acc));
     }
@@ -113,15 +159,20 @@ float vec_dot_iq2_xs(int n, const void* vw, const void* va) {
     const auto* a = static_cast<const block_q8_K*>(va);
     float sumf = 0.0f;
     for (int b = 0; b < n / QK_K; ++b) {
+        // 7 sign bits in the top of each uint16: packed to bytes in point order (packus works per
+        // 128-bit lane: groups 0 1 4 5 | 2 3 6 7, put back in order by the permute)
+        const __m256i lo = _mm256_srli_epi16(iq_load(w[b].qs), 9), hi = _mm256_srli_epi16(iq_load(w[b].qs + 16), 9);
+        const __m256i f = _mm256_permute4x64_epi64(_mm256_packus_epi16(lo, hi), _MM_SHUFFLE(3, 1, 2, 0));
+        alignas(32) uint32_t signs[8];
+        alignas(32) uint16_t scales[16];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(signs), iq_ksigns(f));
+        iq_nibble_scales(w[b].scales, scales);
         __m256i acc = _mm256_setzero_si256();
         for (int g = 0; g < 8; ++g) {
             const uint16_t* q2 = w[b].qs + 4 * g;
             const __m256i q = points8(kIq2xsGrid, q2[0] & 511, q2[1] & 511, q2[2] & 511, q2[3] & 511);
-            const __m256i s = signs4(kSignsIq2xs[q2[0] >> 9], kSignsIq2xs[q2[1] >> 9], kSignsIq2xs[q2[2] >> 9],
-                                     kSignsIq2xs[q2[3] >> 9]);
-            const __m256i y = _mm256_sign_epi8(iq_load(a[b].qs + 32 * g), s);
-            const uint8_t sc = w[b].scales[g];
-            acc = _mm256_add_epi32(acc, iq_scaled(q, y, iq_two_scales(2 * (sc & 0xF) + 1, 2 * (sc >> 4) + 1)));
+            const __m256i y = iq_apply_signs(iq_load(a[b].qs + 32 * g), signs[g]);
+            acc = _mm256_add_epi32(acc, iq_scaled(q, y, iq_two_scales(scales + 2 * g)));
         }
         sumf += (iq_h2f(w[b].d) * a[b].d) * float(iq_hsum(acc));
     }
@@ -133,17 +184,19 @@ float vec_dot_iq2_s(int n, const void* vw, const void* va) {
     const auto* a = static_cast<const block_q8_K*>(va);
     float sumf = 0.0f;
     for (int b = 0; b < n / QK_K; ++b) {
-        const uint8_t* signs = w[b].qs + QK_K / 8;
+        const uint8_t* signs = w[b].qs + QK_K / 8;   // plain sign bytes, 4 per group
+        alignas(32) uint16_t scales[16];
+        iq_nibble_scales(w[b].scales, scales);
         __m256i acc = _mm256_setzero_si256();
         for (int g = 0; g < 8; ++g) {
             const uint8_t* qs = w[b].qs + 4 * g;
             const int qh = w[b].qh[g];
             const __m256i q = points8(kIq2sGrid, qs[0] | ((qh << 8) & 0x300), qs[1] | ((qh << 6) & 0x300),
                                       qs[2] | ((qh << 4) & 0x300), qs[3] | ((qh << 2) & 0x300));
-            const __m256i s = signs4(signs[4 * g], signs[4 * g + 1], signs[4 * g + 2], signs[4 * g + 3]);
-            const __m256i y = _mm256_sign_epi8(iq_load(a[b].qs + 32 * g), s);
-            const uint8_t sc = w[b].scales[g];
-            acc = _mm256_add_epi32(acc, iq_scaled(q, y, iq_two_scales(2 * (sc & 0xF) + 1, 2 * (sc >> 4) + 1)));
+            uint32_t sg;
+            std::memcpy(&sg, signs + 4 * g, 4);
+            const __m256i y = iq_apply_signs(iq_load(a[b].qs + 32 * g), sg);
+            acc = _mm256_add_epi32(acc, iq_scaled(q, y, iq_two_scales(scales + 2 * g)));
         }
         sumf += (iq_h2f(w[b].d) * a[b].d) * float(iq_hsum(acc));
     }
@@ -157,23 +210,27 @@ float vec_dot_iq3_xxs(int n, const void* vw, const void* va) {
     const auto* a = static_cast<const block_q8_K*>(va);
     float sumf = 0.0f;
     for (int b = 0; b < n / QK_K; ++b) {
+        const __m256i aux = iq_load(w[b].qs + QK_K / 4);   // per group: 4 x 7 sign bits, scale in bits 28..31
+        alignas(32) uint32_t signs[8], scales[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(signs), iq_ksigns(iq_spread_7bit(aux)));
+        const __m256i sc = _mm256_add_epi32(_mm256_slli_epi32(_mm256_srli_epi32(aux, 28), 1), _mm256_set1_epi32(1));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(scales), sc);
         __m256i acc = _mm256_setzero_si256();
         for (int g = 0; g < 8; ++g) {
-            uint32_t aux;
-            std::memcpy(&aux, w[b].qs + QK_K / 4 + 4 * g, 4);
             const uint8_t* q3 = w[b].qs + 8 * g;
             const int idx[8] = {q3[0], q3[1], q3[2], q3[3], q3[4], q3[5], q3[6], q3[7]};
             const __m256i q = points4(kIq3xxsGrid, idx);
-            const __m256i s = signs4(kSignsIq2xs[aux & 127], kSignsIq2xs[(aux >> 7) & 127],
-                                     kSignsIq2xs[(aux >> 14) & 127], kSignsIq2xs[(aux >> 21) & 127]);
-            const __m256i y = _mm256_sign_epi8(iq_load(a[b].qs + 32 * g), s);
-            acc = _mm256_add_epi32(acc, iq_scaled(q, y, _mm256_set1_epi16(short(2 * (aux >> 28) + 1))));
+            const __m256i y = iq_apply_signs(iq_load(a[b].qs + 32 * g), signs[g]);
+            acc = _mm256_add_epi32(acc, iq_scaled(q, y, _mm256_set1_epi16(short(scales[g]))));
         }
         sumf += (iq_h2f(w[b].d) * a[b].d) * float(iq_hsum(acc));
     }
     return 0.25f * sumf;
 }
 
+#endif  // LOWBIT_IQ_WIDE
+
+#if !defined(LOWBIT_IQ_WIDE)
 float vec_dot_iq3_s(int n, const void* vw, const void* va) {
     const auto* w = static_cast<const block_iq3_s*>(vw);
     const auto* a = static_cast<const block_q8_K*>(va);
@@ -184,10 +241,11 @@ float vec_dot_iq3_s(int n, const void* vw, const void* va) {
             const uint8_t* qs = w[b].qs + 8 * g;
             const int qh = w[b].qh[g];
             int idx[8];
-            for (int k = 0; k < 8; ++k) idx[k] = qs[k] | (((qh >> k) & 1) << 8);
+            for (int k = 0; k < 8; ++k) idx[k] = qs[k] | ((qh << (8 - k)) & 256);
             const __m256i q = points4(kIq3sGrid, idx);
-            const uint8_t* sg = w[b].signs + 4 * g;
-            const __m256i y = _mm256_sign_epi8(iq_load(a[b].qs + 32 * g), signs4(sg[0], sg[1], sg[2], sg[3]));
+            uint32_t sg;
+            std::memcpy(&sg, w[b].signs + 4 * g, 4);
+            const __m256i y = iq_apply_signs(iq_load(a[b].qs + 32 * g), sg);
             const int ls = 2 * ((w[b].scales[g / 2] >> (4 * (g % 2))) & 0xF) + 1;
             acc = _mm256_add_epi32(acc, iq_scaled(q, y, _mm256_set1_epi16(short(ls))));
         }
@@ -196,15 +254,63 @@ float vec_dot_iq3_s(int n, const void* vw, const void* va) {
     return sumf;
 }
 
-// ---- IQ1: grid values -1/0/1 stored +1 (0, 1, 2) so they multiply as u8; the +1 comes back out
-// through the activation sums, together with the +-1/8 shift: 8*(g - 1 + delta) = 8g - 8 +- 1. ---
+#endif  // LOWBIT_IQ_WIDE
+
+// ---- IQ1: the integer weight 8g + delta (g in -1/0/1, delta = +-1: the +-1/8 grid shift) is
+// multiplied as the unsigned byte u = 8 (g + 1) + (1 + delta) = 8g + delta + 9 in 0..18; the 9 comes
+// back out as -9 * ls * (q8 sum) per 16 weights, from the activation bsums. ---------------------
 
 namespace {
-// IQ1 grid points with every byte + 1 (unsigned 0..2).
-inline __m256i iq1_points(int i0, int i1, int i2, int i3) {
-    const __m256i one = _mm256_set1_epi8(1);
-    return _mm256_add_epi8(points8(kIq1sGrid, i0, i1, i2, i3), one);
+// IQ1 grid points as bytes 8 (g + 1) in {0, 8, 16}.
+constexpr std::array<uint64_t, 2048> make_iq1_u8() {
+    std::array<uint64_t, 2048> t{};
+    for (int i = 0; i < 2048; ++i)
+        for (int j = 0; j < 8; ++j) t[i] |= uint64_t(8 * (int8_t(uint8_t(kIq1sGrid[i] >> (8 * j))) + 1)) << (8 * j);
+    return t;
 }
+constexpr std::array<uint64_t, 2048> kIq1U8 = make_iq1_u8();
+
+}  // namespace
+
+namespace {
+// The 32 grid indices of an IQ1_S super-block in point order: qs[p] | 3 bits of qh[p / 4] at 3 (p % 4).
+// (16-bit lanes; the variable shift is a multiply by 2^(13 - 3l) that lifts the 3 bits to 13..15.)
+inline void iq1s_indices(const block_iq1_s& x, uint16_t* idx) {
+    const __m256i qh = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.qh)));
+    const __m256i lift = _mm256_set1_epi64x(0x0010008004002000);   // 2^13, 2^10, 2^7, 2^4 per point l
+    for (int h = 0; h < 2; ++h) {   // points 16h .. 16h + 15 (groups 4h .. 4h + 3)
+        const char w0 = char(8 * h), w1 = char(8 * h + 2), w2 = char(8 * h + 4), w3 = char(8 * h + 6);
+        const __m256i rep = _mm256_setr_epi8(w0, w0 + 1, w0, w0 + 1, w0, w0 + 1, w0, w0 + 1, w1, w1 + 1, w1, w1 + 1, w1,
+                                             w1 + 1, w1, w1 + 1, w2, w2 + 1, w2, w2 + 1, w2, w2 + 1, w2, w2 + 1, w3, w3 + 1,
+                                             w3, w3 + 1, w3, w3 + 1, w3, w3 + 1);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(_mm256_mullo_epi16(_mm256_shuffle_epi8(qh, rep), lift), 5),
+                                            _mm256_set1_epi16(0x0700));
+        const __m256i lo = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.qs + 16 * h)));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(idx + 16 * h), _mm256_or_si256(lo, hi));
+    }
+}
+
+// The 32 grid indices of an IQ1_M super-block: qs[p] | 3 low bits of nibble p % 2 of qh[p / 2].
+inline void iq1m_indices(const block_iq1_m& x, uint16_t* idx) {
+    const __m128i qh = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.qh));
+    const __m128i m7 = _mm_set1_epi8(7);
+    const __m128i lo = _mm_and_si128(qh, m7), hi = _mm_and_si128(_mm_srli_epi16(qh, 4), m7);
+    const __m128i hb[2] = {_mm_unpacklo_epi8(lo, hi), _mm_unpackhi_epi8(lo, hi)};   // points 0..15, 16..31
+    for (int h = 0; h < 2; ++h) {
+        const __m128i qs = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.qs + 16 * h));
+        _mm_store_si128(reinterpret_cast<__m128i*>(idx + 16 * h), _mm_unpacklo_epi8(qs, hb[h]));
+        _mm_store_si128(reinterpret_cast<__m128i*>(idx + 16 * h + 8), _mm_unpackhi_epi8(qs, hb[h]));
+    }
+}
+
+// The 1 + delta bytes of a group's 4 points from their 4 delta bits (bit k set: delta -1, adds 0).
+constexpr std::array<std::array<uint64_t, 4>, 16> make_iq1_delta() {
+    std::array<std::array<uint64_t, 4>, 16> t{};
+    for (int m = 0; m < 16; ++m)
+        for (int k = 0; k < 4; ++k) t[m][k] = (m >> k) & 1 ? 0 : 0x0202020202020202ull;
+    return t;
+}
+constexpr std::array<std::array<uint64_t, 4>, 16> kIq1Delta = make_iq1_delta();
 }  // namespace
 
 float vec_dot_iq1_s(int n, const void* vw, const void* va) {
@@ -212,19 +318,23 @@ float vec_dot_iq1_s(int n, const void* vw, const void* va) {
     const auto* a = static_cast<const block_q8_K*>(va);
     float sumf = 0.0f;
     for (int b = 0; b < n / QK_K; ++b) {
-        __m256i acc = _mm256_setzero_si256();
-        int shift = 0;   // sum over groups of ls * (-8 +- 1) * q8 group sum
+        alignas(32) uint16_t idx[32];
+        iq1s_indices(w[b], idx);
+        // ls = 2 ((qh >> 12) & 7) + 1 per group, twice per dword: the scale of each of the 16 bsums
+        const __m256i s = _mm256_and_si256(_mm256_srli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(
+                                               reinterpret_cast<const __m128i*>(w[b].qh))), 12), _mm256_set1_epi32(7));
+        const __m256i ls = _mm256_add_epi32(_mm256_add_epi32(s, s), _mm256_set1_epi32(1));
+        const __m256i ls16 = _mm256_or_si256(ls, _mm256_slli_epi32(ls, 16));
+        __m256i acc = _mm256_madd_epi16(iq_load(a[b].bsums), _mm256_mullo_epi16(ls16, _mm256_set1_epi16(-9)));
         for (int g = 0; g < 8; ++g) {
-            const uint8_t* qs = w[b].qs + 4 * g;
+            const uint16_t* i4 = idx + 4 * g;
             const int qh = w[b].qh[g];
-            const __m256i q = iq1_points(qs[0] | ((qh & 7) << 8), qs[1] | (((qh >> 3) & 7) << 8),
-                                         qs[2] | (((qh >> 6) & 7) << 8), qs[3] | (((qh >> 9) & 7) << 8));
-            const int ls = 2 * ((qh >> 12) & 7) + 1;
-            // pairs (g+1) * q8 <= 2 * 2 * 127, times 8 * ls <= 120 in the madd: exact
-            acc = _mm256_add_epi32(acc, iq_scaled(q, iq_load(a[b].qs + 32 * g), _mm256_set1_epi16(short(8 * ls))));
-            shift += ls * (qh & 0x8000 ? -9 : -7) * (a[b].bsums[2 * g] + a[b].bsums[2 * g + 1]);
+            const __m256i q = _mm256_add_epi8(points8(kIq1U8.data(), i4[0], i4[1], i4[2], i4[3]),
+                                              _mm256_set1_epi8(char(qh & 0x8000 ? 0 : 2)));
+            // pairs u * q8 <= 2 * 18 * 128 fit int16; times ls <= 15 in the madd
+            acc = _mm256_add_epi32(acc, iq_scaled(q, iq_load(a[b].qs + 32 * g), _mm256_set1_epi16(short(2 * ((qh >> 12) & 7) + 1))));
         }
-        sumf += (iq_h2f(w[b].d) * a[b].d) * float(iq_hsum(acc) + shift);
+        sumf += (iq_h2f(w[b].d) * a[b].d) * float(iq_hsum(acc));
     }
     return 0.125f * sumf;
 }
@@ -232,28 +342,36 @@ float vec_dot_iq1_s(int n, const void* vw, const void* va) {
 float vec_dot_iq1_m(int n, const void* vw, const void* va) {
     const auto* w = static_cast<const block_iq1_m*>(vw);
     const auto* a = static_cast<const block_q8_K*>(va);
-    const __m256i ones = _mm256_set1_epi8(1);
     float sumf = 0.0f;
     for (int b = 0; b < n / QK_K; ++b) {
         uint16_t sc[4];
         std::memcpy(sc, w[b].scales, 8);
         const uint16_t dbits = uint16_t((sc[0] >> 12) | ((sc[1] >> 8) & 0x00f0) | ((sc[2] >> 4) & 0x0f00) | (sc[3] & 0xf000));
-        __m256i acc = _mm256_setzero_si256();
+        alignas(32) uint16_t idx[32];
+        iq1m_indices(w[b], idx);
+        // 3-bit scales ls[i] = 2 ((sc[i / 4] >> 3 (i % 4)) & 7) + 1 per 16 weights, in registers (a
+        // vector load of 16 scalar stores would stall on store forwarding): word i / 4 in lane i,
+        // its field lifted to bits 13..15 by a multiply
+        const __m256i rep = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sc))),
+                                                _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3,
+                                                                 4, 5, 4, 5, 4, 5, 4, 5, 6, 7, 6, 7, 6, 7, 6, 7));
+        const __m256i f = _mm256_srli_epi16(_mm256_mullo_epi16(rep, _mm256_set1_epi64x(0x0010008004002000)), 13);
+        const __m256i ls16 = _mm256_add_epi16(_mm256_add_epi16(f, f), _mm256_set1_epi16(1));
+        alignas(32) uint16_t ls[16];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(ls), ls16);
+        __m256i acc = _mm256_madd_epi16(iq_load(a[b].bsums), _mm256_mullo_epi16(ls16, _mm256_set1_epi16(-9)));
         for (int g = 0; g < 8; ++g) {
-            const uint8_t* qs = w[b].qs + 4 * g;
-            const int h0 = w[b].qh[2 * g], h1 = w[b].qh[2 * g + 1];
-            const __m256i q = iq1_points(qs[0] | ((h0 & 7) << 8), qs[1] | (((h0 >> 4) & 7) << 8),
-                                         qs[2] | ((h1 & 7) << 8), qs[3] | (((h1 >> 4) & 7) << 8));
-            const int ls1 = 2 * ((sc[g / 2] >> (6 * (g % 2))) & 7) + 1;
-            const int ls2 = 2 * ((sc[g / 2] >> (6 * (g % 2) + 3)) & 7) + 1;
-            // per point: ls * 8 on the grid pairs, ls * (-8 +- 1) on the activation pairs (int16 lanes
-            // 4k..4k+3 hold point k); every factor fits int16 and every product sum int32
-            const short d0 = short(ls1 * (h0 & 0x08 ? -9 : -7)), d1 = short(ls1 * (h0 & 0x80 ? -9 : -7));
-            const short d2 = short(ls2 * (h1 & 0x08 ? -9 : -7)), d3 = short(ls2 * (h1 & 0x80 ? -9 : -7));
-            const __m256i y = iq_load(a[b].qs + 32 * g);
-            const __m256i shift_scale = _mm256_set_epi16(d3, d3, d3, d3, d2, d2, d2, d2, d1, d1, d1, d1, d0, d0, d0, d0);
-            acc = _mm256_add_epi32(acc, iq_scaled(q, y, iq_two_scales(8 * ls1, 8 * ls2)));
-            acc = _mm256_add_epi32(acc, iq_scaled(ones, y, shift_scale));
+            const uint16_t* i4 = idx + 4 * g;
+            uint16_t h01;   // qh[2g] | qh[2g + 1] << 8: the delta bits of points 0..3 are bits 3, 7, 11, 15
+            std::memcpy(&h01, w[b].qh + 2 * g, 2);
+#if LOWBIT_VNNI   // pext is fast on every AVX-512 CPU (microcoded on AVX2-only Zen 1/2)
+            const unsigned bits = _pext_u32(h01, 0x8888);
+#else
+            const unsigned bits = ((h01 >> 3) & 1) | ((h01 >> 6) & 2) | ((h01 >> 9) & 4) | ((h01 >> 12) & 8);
+#endif
+            const __m256i delta = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kIq1Delta[bits].data()));
+            const __m256i q = _mm256_add_epi8(points8(kIq1U8.data(), i4[0], i4[1], i4[2], i4[3]), delta);
+            acc = _mm256_add_epi32(acc, iq_scaled(q, iq_load(a[b].qs + 32 * g), iq_two_scales(ls + 2 * g)));
         }
         sumf += (iq_h2f(dbits) * a[b].d) * float(iq_hsum(acc));
     }
@@ -264,18 +382,11 @@ float vec_dot_iq1_m(int n, const void* vw, const void* va) {
 
 namespace {
 inline int q8_K_total(const block_q8_K& a) {
-    int s = 0;
-    for (int j = 0; j < QK_K / 16; ++j) s += a.bsums[j];
-    return s;
+    return iq_hsum(_mm256_madd_epi16(iq_load(a.bsums), _mm256_set1_epi16(1)));
 }
 
-// Bytes times a constant mod 256 (no byte multiply in AVX2: even and odd bytes in 16-bit lanes).
-inline __m256i mul_bytes(__m256i x, short c) {
-    const __m256i m = _mm256_set1_epi16(short(0x00FF)), vc = _mm256_set1_epi16(c);
-    const __m256i even = _mm256_and_si256(_mm256_mullo_epi16(x, vc), m);
-    const __m256i odd = _mm256_mullo_epi16(_mm256_andnot_si256(m, x), vc);
-    return _mm256_or_si256(even, _mm256_andnot_si256(m, odd));
-}
+// Bytes times 3 mod 256 (byte adds wrap).
+inline __m256i times3(__m256i x) { return _mm256_add_epi8(x, _mm256_add_epi8(x, x)); }
 
 // The top base-3 digit of each byte: (y * 3) >> 8 = (y >= 86) + (y >= 171).
 inline __m256i top_trit(__m256i y) {
@@ -290,26 +401,28 @@ inline __m256i top_trit(__m256i y) {
 float vec_dot_tq1_0(int n, const void* vw, const void* va) {
     const auto* w = static_cast<const block_tq1_0*>(vw);
     const auto* a = static_cast<const block_q8_K*>(va);
-    static constexpr short kPow3[5] = {1, 3, 9, 27, 81};
     float sumf = 0.0f;
     for (int b = 0; b < n / QK_K; ++b) {
         const int8_t* q8 = a[b].qs;
         __m256i acc = _mm256_setzero_si256();
-        const __m256i qs32 = iq_load(w[b].qs);
-        for (int k = 0; k < 5; ++k)   // weights 32k + m
-            acc = _mm256_add_epi32(acc, iq_mul_sum_us8(top_trit(mul_bytes(qs32, kPow3[k])), iq_load(q8 + 32 * k)));
+        __m256i qs32 = iq_load(w[b].qs);   // times 3^k mod 256 for digit k: one byte triple per step
+        for (int k = 0; k < 5; ++k, qs32 = times3(qs32))   // weights 32k + m
+            acc = _mm256_add_epi32(acc, iq_mul_sum_us8(top_trit(qs32), iq_load(q8 + 32 * k)));
         // qs[32..47] (weights 160 + 16k + m) and qh[0..3] (240 + 4k + m) in one 32-byte row:
-        // bytes 0..15 = qs[32 + m], 16..19 = qh[m], and activations gathered to match
-        alignas(32) uint8_t rest[32] = {};
-        std::memcpy(rest, w[b].qs + 32, 16);
-        std::memcpy(rest + 16, w[b].qh, 4);
-        const __m256i r = _mm256_load_si256(reinterpret_cast<const __m256i*>(rest));
-        for (int k = 0; k < 5; ++k) {
-            alignas(32) int8_t y[32] = {};
-            std::memcpy(y, q8 + 160 + 16 * k, 16);
-            if (k < 4) std::memcpy(y + 16, q8 + 240 + 4 * k, 4);
-            acc = _mm256_add_epi32(acc, iq_mul_sum_us8(top_trit(mul_bytes(r, kPow3[k])),
-                                                       _mm256_load_si256(reinterpret_cast<const __m256i*>(y))));
+        // bytes 0..15 = qs[32 + m], 16..19 = qh[m], 20..31 = 0, and activations loaded to match
+        // (built in registers: a stack copy would stall on store forwarding)
+        uint32_t qh4;
+        std::memcpy(&qh4, w[b].qh, 4);
+        __m256i r = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qs + 32))),
+            _mm_cvtsi32_si128(int(qh4)), 1);
+        for (int k = 0; k < 5; ++k, r = times3(r)) {
+            int32_t y4 = 0;
+            if (k < 4) std::memcpy(&y4, q8 + 240 + 4 * k, 4);
+            const __m256i y = _mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q8 + 160 + 16 * k))),
+                _mm_cvtsi32_si128(y4), 1);
+            acc = _mm256_add_epi32(acc, iq_mul_sum_us8(top_trit(r), y));
         }
         const int isum = iq_hsum(acc) - q8_K_total(a[b]);
         sumf += (iq_h2f(w[b].d) * a[b].d) * float(isum);
@@ -348,15 +461,20 @@ inline float e8m0_half(uint8_t e) {
 }
 
 // ue4m3 / 2 by its bits: exp 1..15 -> 2^(exp - 8) * (1 + man/8); exp 0 -> man * 2^-10; 0 and 0x7F -> 0.
-inline float ue4m3_half(uint8_t x) {
+// As a table (a branch on exp == 0 mispredicts on real scales).
+constexpr float ue4m3_half_of(int x) {
     if (x == 0 || x == 0x7F) return 0.0f;
     const int exp = (x >> 3) & 0xF, man = x & 7;
     if (exp == 0) return float(man) * 0.0009765625f;
-    const uint32_t bits = uint32_t(exp + 119) << 23 | uint32_t(man) << 20;
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
+    return std::bit_cast<float>(uint32_t(exp + 119) << 23 | uint32_t(man) << 20);
 }
+constexpr std::array<float, 256> make_ue4m3_half() {
+    std::array<float, 256> t{};
+    for (int x = 0; x < 256; ++x) t[x] = ue4m3_half_of(x);
+    return t;
+}
+constexpr std::array<float, 256> kUe4m3Half = make_ue4m3_half();
+inline float ue4m3_half(uint8_t x) { return kUe4m3Half[x]; }
 
 inline __m256i fp4_values(const __m256i table, const uint8_t* qs16) {
     const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs16));
@@ -368,12 +486,32 @@ inline __m256i fp4_values(const __m256i table, const uint8_t* qs16) {
 inline __m256i mul_sum_i8(__m256i x, __m256i y) { return iq_mul_sum_us8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x)); }
 }  // namespace
 
+namespace {
+// The 8 lane sums of each of s[0..7], in order (one hadd tree instead of 8 horizontal sums).
+inline __m256i iq_hsum8(const __m256i* s) {
+    const __m256i t0 = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
+    const __m256i t1 = _mm256_hadd_epi32(_mm256_hadd_epi32(s[4], s[5]), _mm256_hadd_epi32(s[6], s[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(t0, t1, 0x20), _mm256_permute2x128_si256(t0, t1, 0x31));
+}
+}  // namespace
+
+// Runs of 8 blocks: the 8 integer sums come out of one reduction; the float steps stay scalar,
+// per block in order as in the spec.
 float vec_dot_mxfp4(int n, const void* vw, const void* va) {
     const auto* w = static_cast<const block_mxfp4*>(vw);
     const auto* a = static_cast<const block_q8_0*>(va);
     const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kValuesMxfp4)));
+    const int nb = n / QK_MXFP4;
     float sumf = 0.0f;
-    for (int b = 0; b < n / QK_MXFP4; ++b) {
+    int b = 0;
+    for (; b + 8 <= nb; b += 8) {
+        __m256i s[8];
+        for (int i = 0; i < 8; ++i) s[i] = mul_sum_i8(fp4_values(table, w[b + i].qs), iq_load(a[b + i].qs));
+        alignas(32) float isum[8];
+        _mm256_store_ps(isum, _mm256_cvtepi32_ps(iq_hsum8(s)));
+        for (int i = 0; i < 8; ++i) sumf += (iq_h2f(a[b + i].d) * e8m0_half(w[b + i].e)) * isum[i];
+    }
+    for (; b < nb; ++b) {
         const int isum = iq_hsum(mul_sum_i8(fp4_values(table, w[b].qs), iq_load(a[b].qs)));
         sumf += (iq_h2f(a[b].d) * e8m0_half(w[b].e)) * float(isum);
     }
@@ -384,25 +522,27 @@ float vec_dot_nvfp4(int n, const void* vw, const void* va) {
     const auto* w = static_cast<const block_nvfp4*>(vw);
     const auto* a = static_cast<const block_q8_0*>(va);
     const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kValuesMxfp4)));
+    const __m128i m = _mm_set1_epi8(0x0F);
     float sumf = 0.0f;
     for (int b = 0; b < n / QK_NVFP4; ++b) {
+        __m256i p[2];
         for (int h = 0; h < 2; ++h) {   // sub-blocks 2h, 2h+1 against q8_0 block 2b + h
-            const block_q8_0& y = a[2 * b + h];
             // nibble layout per sub-block: bytes j -> weight j (low) and j + 8 (high)
             const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qs + 16 * h));
-            const __m128i m = _mm_set1_epi8(0x0F);
             const __m128i lo = _mm_and_si128(x, m), hi = _mm_and_si128(_mm_srli_epi16(x, 4), m);
             // weights of sub-block 2h: lo[0..7], hi[0..7]; of 2h+1: lo[8..15], hi[8..15]
             const __m256i nib = _mm256_set_m128i(_mm_unpackhi_epi64(lo, hi), _mm_unpacklo_epi64(lo, hi));
-            const __m256i v = _mm256_shuffle_epi8(table, nib);
-            const __m256i p = mul_sum_i8(v, iq_load(y.qs));
-            alignas(32) int32_t lanes[8];
-            _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), p);
-            const int s0 = lanes[0] + lanes[1] + lanes[2] + lanes[3], s1 = lanes[4] + lanes[5] + lanes[6] + lanes[7];
-            const float dy = iq_h2f(y.d);
-            sumf += (dy * ue4m3_half(w[b].d[2 * h])) * float(s0);
-            sumf += (dy * ue4m3_half(w[b].d[2 * h + 1])) * float(s1);
+            p[h] = mul_sum_i8(_mm256_shuffle_epi8(table, nib), iq_load(a[2 * b + h].qs));
         }
+        // lanes 0, 4, 1, 5 of t: the sums of sub-blocks 0, 1, 2, 3
+        const __m256i t = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_setzero_si256());
+        alignas(32) float s[8];
+        _mm256_store_ps(s, _mm256_cvtepi32_ps(t));
+        const float d0 = iq_h2f(a[2 * b].d), d1 = iq_h2f(a[2 * b + 1].d);
+        sumf += (d0 * ue4m3_half(w[b].d[0])) * s[0];
+        sumf += (d0 * ue4m3_half(w[b].d[1])) * s[4];
+        sumf += (d1 * ue4m3_half(w[b].d[2])) * s[1];
+        sumf += (d1 * ue4m3_half(w[b].d[3])) * s[5];
     }
     return sumf;
 }

@@ -21,7 +21,8 @@
 //     block_q8_0 entry points build one first), still with exact integer block sums.
 // Multi-row dots (VecDotRowsFn) give each row exactly what the single-row dot of the same set
 // gives, so a mat-mat through them equals a loop of mat-vecs bit for bit in every set. The one
-// exception is the AVX-512 strip GEMM (legacy types, Q4_K, Q5_K, Q6_K; StripLayout below), which
+// exception is the AVX-512 strip GEMM (legacy types, Q4_K, Q5_K, Q6_K, and through strip_iq.h the
+// i-quant / ternary / FP4 types and IQ4_XS; StripLayout below), which
 // matmul takes for >= 16 x rows: exact int32 block sums, another float order (tier 1 to the spec), and
 // outputs independent of threads, tiles and the number of rows in the call.
 // Activation quantizers round to nearest-even in every implementation and agree bit for bit.

@@ -989,9 +989,9 @@ void strip_decode_from_runs(int n, const void* w, size_t row_bytes, int nrows, v
         for (int k = 0; k < 4; ++k) q[k] = _mm512_load_si512(u + 64 * k);
     };
     if (block == 16)
-        strip_decode_runs<16, 16>(n, w, row_bytes, nrows, strip, adapt);
+        strip_decode_runs<16, 16, false>(n, w, row_bytes, nrows, strip, adapt);
     else
-        strip_decode_runs<32, 8>(n, w, row_bytes, nrows, strip, adapt);
+        strip_decode_runs<32, 8, false>(n, w, row_bytes, nrows, strip, adapt);
 }
 void strip_gemm_b32(int n, const void* strip, const void* act, int nact, float* out) { strip_gemm<32, false>(n, strip, act, nact, out); }
 void strip_gemm_b16(int n, const void* strip, const void* act, int nact, float* out) { strip_gemm<16, false>(n, strip, act, nact, out); }

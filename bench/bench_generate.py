@@ -14,6 +14,10 @@ count; every repetition runs all of them interleaved (the first is a warm-up).
 
     python bench/bench_generate.py --vs-engine-loop [-r 5] [-n 128] [--json out.json]
 
+With --python-overhead: the calling thread's CPU microseconds per token outside the engine's
+evals (the engine wrapped to clock its eval / eval_sample calls), for the same variants: the
+per-token cost of the Python loop itself, a figure the machine's load moves little.
+
 Set LOWBIT_LLAMA_CPP_SITE to a site-packages holding llama-cpp-python (e.g. a separate venv)
 to compare without installing it next to lowbit."""
 import argparse
@@ -21,6 +25,7 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 
 import numpy as np
@@ -100,6 +105,58 @@ def vs_engine_loop(name: str, n_threads: int, n_gen: int, reps: int) -> dict:
                      for k in variants}}
 
 
+class EngineClock:
+    """The model's engine, adding up the main thread's CPU time inside eval / eval_sample, so the
+    rest of a generation's time on that thread is the Python loop's own cost (a prompt's eval
+    that generate runs in a worker thread is on neither side)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.inside = 0.0
+
+    def __getattr__(self, name):
+        attr = getattr(self.engine, name)
+        if name not in ("eval", "eval_sample") or threading.current_thread() is not threading.main_thread():
+            return attr
+
+        def clocked(*args, **kwargs):
+            t0 = time.thread_time()
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                self.inside += time.thread_time() - t0
+        return clocked
+
+
+def python_overhead(name: str, n_threads: int, n_gen: int, reps: int) -> dict:
+    """CPU microseconds per token the calling thread spends outside the engine's eval /
+    eval_sample (for the general path that includes the Python-side sampler call; in the engine
+    loop, numpy's argmax). Thread CPU time moves little with the load."""
+    import lowbit
+    model = lowbit.load(str(registry.resolve(name)), n_ctx=512, n_threads=n_threads)
+    ids = model.tokenize(PROMPT)
+    clock = EngineClock(model._engine)
+    model._engine = clock
+    out = {}
+    runs = {"engine loop": lambda: engine_loop(model, ids, n_gen)}
+    for s, settings in SETTINGS.items():
+        for path, in_engine in (("in engine", True), ("general", False)):
+            runs[f"{s} / {path}"] = lambda st=settings, ie=in_engine: generate(model, ids, n_gen, st, ie)
+    for k, fn in runs.items():
+        per_token = []
+        for rep in range(reps + 1):
+            reset(model)
+            clock.inside = 0.0
+            t0 = time.thread_time()
+            n = fn() or n_gen
+            if rep:
+                per_token.append((time.thread_time() - t0 - clock.inside) / n * 1e6)
+        out[k] = statistics.median(per_token)
+    model._engine = clock.engine
+    model.close()
+    return {"model": name, "threads": n_threads, "n_gen": n_gen, "python_us_per_token": out}
+
+
 def format_vs_loop(reports) -> str:
     lines = ["| model | decode | tok/s | x engine loop | tok per CPU s | x engine loop (CPU) | tokens |",
              "|---|---|---:|---:|---:|---:|---:|"]
@@ -121,7 +178,19 @@ def main() -> int:
     ap.add_argument("--json", help="write the reports to this file")
     ap.add_argument("--vs-engine-loop", action="store_true",
                     help="Model.generate (both decode paths, three sampling settings) against the engine's loop")
+    ap.add_argument("--python-overhead", action="store_true",
+                    help="CPU us per token of the calling thread outside the engine's evals, per variant")
     args = ap.parse_args()
+    if args.python_overhead:
+        reports = [python_overhead(m, args.threads, args.n, args.r) for m in args.models]
+        print("| model | " + " | ".join(reports[0]["python_us_per_token"]) + " |")
+        print("|---|" + "---:|" * len(reports[0]["python_us_per_token"]))
+        for rep in reports:
+            print(f"| {rep['model']} | " + " | ".join(f"{v:.0f}" for v in rep["python_us_per_token"].values()) + " |")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"load_avg": os.getloadavg(), "reports": reports}, f, indent=2)
+        return 0
     if args.vs_engine_loop:
         load_before = os.getloadavg()
         reports = [vs_engine_loop(m, args.threads, args.n, args.r) for m in args.models]

@@ -12,6 +12,7 @@
 #include "model/kv_cache.h"
 #include "model/observer.h"
 #include "runtime/engine.h"
+#include "sampling/sampler.h"
 
 namespace py = pybind11;
 
@@ -221,6 +222,13 @@ void bind_engine(py::module_& m) {
              py::arg("kv_type") = "f16", py::arg("act_precision") = "auto")
         .def("eval", &eval, py::arg("tokens"), py::arg("all_logits") = false,
              "Append tokens at positions n_past..; logits of the last token (n_vocab,) or of all (n, n_vocab).")
+        .def("eval_sample", [](Engine& e, int64_t token, sampling::Sampler& sampler, const std::vector<int64_t>& history) {
+                 LOWBIT_CHECK(token >= 0 && token <= INT32_MAX, ValueError, "token id ", token, " is out of range");
+                 py::gil_scoped_release nogil;
+                 return e.eval_sample(int32_t(token), sampler, history.data(), history.size());
+             }, py::arg("token"), py::arg("sampler"), py::arg("history"),
+             "Append one token and return the id `sampler` (a Sampler) draws from its logits, which stay in the "
+             "core; history: the tokens so far, or the penalty window's tail of them.")
         .def("new_session", [](const Engine& e, int64_t n_ctx, int n_threads, int64_t n_batch, const std::string& kv_type,
                                 const std::string& act_precision) {
                  py::gil_scoped_release nogil;

@@ -87,6 +87,18 @@ void Engine::check_open() const {
 
 void Engine::eval(const int32_t* tokens, int64_t n, bool all_logits, float* out) {
     std::lock_guard<std::mutex> lock(mutex_);
+    eval_locked(tokens, n, all_logits, out);
+}
+
+int64_t Engine::eval_sample(int32_t token, sampling::Sampler& sampler, const int64_t* history, size_t n_history) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    check_open();
+    sample_logits_.resize(size_t(model_->config.n_vocab));
+    eval_locked(&token, 1, false, sample_logits_.data());
+    return sampler.sample(sample_logits_.data(), sample_logits_.size(), history, n_history);
+}
+
+void Engine::eval_locked(const int32_t* tokens, int64_t n, bool all_logits, float* out) {
     check_open();
     const model::ModelConfig& c = model_->config;
     LOWBIT_CHECK(n >= 1, ValueError, "eval needs at least one token");
@@ -169,6 +181,7 @@ void Engine::close() {
     pool_.reset();
     batch_state_.reset();
     observer_.reset();
+    std::vector<float>().swap(sample_logits_);
     state_.reset();
     cache_.reset();
     model_.reset();

@@ -20,8 +20,11 @@
 #include <mutex>
 #include <string>
 
+#include <vector>
+
 #include "cpu/threadpool.h"
 #include "model/forward.h"
+#include "sampling/sampler.h"
 
 namespace lowbit::runtime {
 
@@ -84,6 +87,11 @@ public:
     // else (n_vocab,) for the last token. On Cancelled, the batch that was running is dropped
     // (n_past counts the batches that completed).
     void eval(const int32_t* tokens, int64_t n, bool all_logits, float* out);
+    // The decode step of a generation: appends `token` at n_past (as eval) and returns the id
+    // `sampler` draws from its logits, which stay in this engine's own row: no vocabulary-sized
+    // array per token leaves the core. history: the tokens so far (the sampler takes its penalty
+    // window from their end). Same errors as eval.
+    int64_t eval_sample(int32_t token, sampling::Sampler& sampler, const int64_t* history, size_t n_history);
     // Drops cached positions >= n; returns the new n_past (see KVCache::truncate).
     int64_t truncate(int64_t n);
     // Drops [n_keep, n_keep + n_discard), moves later positions down; returns the new n_past.
@@ -110,6 +118,7 @@ public:
 
 private:
     void check_open() const;
+    void eval_locked(const int32_t* tokens, int64_t n, bool all_logits, float* out);
     void init_session(int64_t n_ctx, int n_threads, int64_t n_batch, const std::string& kv_type,
                       const std::string& act_precision);
     void check_fits_in_memory(const model::ModelConfig& c, model::KVType kvt) const;
@@ -125,6 +134,7 @@ private:
     std::shared_ptr<model::MatmulObserver> observer_;   // kept alive while attached
     std::function<bool()> abort_check_;                  // set_abort_check's, or empty
     std::unique_ptr<model::ForwardState> batch_state_;  // eval_batch's rows when this engine leads one
+    std::vector<float> sample_logits_;                  // eval_sample's row (n_vocab), made on first use
     int64_t n_ctx_ = 0, n_batch_ = 0, n_past_ = 0;
     int n_threads_ = 0;
 };

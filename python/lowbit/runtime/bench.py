@@ -4,6 +4,14 @@ pp N: evaluate N random tokens from an empty context in batches; tg N: generate 
 at a time from an empty context (llama-bench's definitions). Each test runs ``reps`` times;
 tok/s is reported as mean ± stddev. With ``vs_llama_cpp`` the same file runs through
 llama-cpp-python in the same process, alternating repetitions, and ratios are printed.
+
+Roofline: decode is bound by reading the weights, so each report carries the weight bytes one
+decode step reads (``memory.decode_reads``, the rule ``lowbit info`` prints: every matrix once,
+one token_embd row unless it is also the output head, n_expert_used / n_expert of the stacked
+experts), the read bandwidth measured in the same run with the same thread count
+(``cpu.read_bandwidth``: threads summing a buffer larger than the caches, best of a few passes,
+measured before and after the tests; the larger is the limit), the limit bandwidth / bytes in
+tok/s, and each runtime's tg as a fraction of it (tg x bytes / bandwidth).
 """
 from __future__ import annotations
 
@@ -18,6 +26,7 @@ import numpy as np
 
 from lowbit.errors import LowbitError
 from lowbit.runtime.generate import peak_rss_bytes
+from lowbit.runtime.memory import decode_reads
 from lowbit.runtime.progress import human_bytes
 
 
@@ -156,6 +165,35 @@ def busy_warning(n_threads: Optional[int], load1: Optional[float] = None) -> Opt
             f"thread{'s' if n_threads != 1 else ''} the benchmark uses; figures will be low and noisy")
 
 
+BANDWIDTH_BUFFER_BYTES = 256 << 20   # well past any last-level cache
+BANDWIDTH_PASSES = 3
+
+
+def measure_bandwidth(n_threads: int) -> float:
+    """Read bandwidth (GB/s) of ``n_threads`` threads, best of a few passes."""
+    from lowbit.runtime.cpu import read_bandwidth
+    return read_bandwidth(n_threads, BANDWIDTH_BUFFER_BYTES, BANDWIDTH_PASSES)
+
+
+def decode_bytes_per_token(path: str) -> int:
+    """Weight bytes one decode step reads (``memory.decode_reads``, as ``lowbit info``)."""
+    from lowbit.runtime.gguf_file import GGUFFile
+    with GGUFFile(path) as g:
+        return int(decode_reads(g.model_config(), g.tensors)["decode_bytes_per_token"])
+
+
+def roofline(path: str, bandwidths_gbs: List[float], tg_means: dict) -> dict:
+    """The decode limit of ``path`` at the best of ``bandwidths_gbs`` and each runtime's
+    tg tok/s (``tg_means``: {runtime: tok/s}) as a fraction of it."""
+    per_token = decode_bytes_per_token(path)
+    bandwidth = max(bandwidths_gbs)
+    limit = bandwidth * 1e9 / per_token if per_token else 0.0
+    return {"decode_bytes_per_token": per_token, "read_bandwidth_gbs": bandwidth,
+            "read_bandwidth_measured_gbs": list(bandwidths_gbs), "roofline_tok_s": limit,
+            "tg_fraction": {name: (tok_s * per_token / (bandwidth * 1e9) if bandwidth > 0 else 0.0)
+                            for name, tok_s in tg_means.items()}}
+
+
 def _timed(fn: Callable[[], None]) -> float:
     t0 = time.perf_counter()
     fn()
@@ -171,6 +209,7 @@ def bench_model(path: str, *, n_prompt: int = 512, n_gen: int = 128, reps: int =
     runners = [LowbitRunner(path, n_ctx, n_threads, n_batch, act_precision)]
     if vs_llama_cpp:
         runners.append(LlamaCppRunner(path, n_ctx, n_threads or runners[0].n_threads, n_batch))
+    bandwidths = [measure_bandwidth(runners[0].n_threads)]
     rng = np.random.default_rng(0)
     n_vocab = runners[0].n_vocab
     results = {(r.name, t): TestResult(r.name, t, n) for r in runners
@@ -189,6 +228,7 @@ def bench_model(path: str, *, n_prompt: int = 512, n_gen: int = 128, reps: int =
                     secs = _timed(lambda: r.generate(int(tokens[0]), n_gen))
                     if rep:
                         results[(r.name, f"tg{n_gen}")].tok_s.append(n_gen / secs)
+        bandwidths.append(measure_bandwidth(runners[0].n_threads))
         from lowbit.runtime.gguf_file import GGUFFile
         with GGUFFile(path) as g:
             n_params = sum(t.n_elements for t in g.tensors)
@@ -201,6 +241,8 @@ def bench_model(path: str, *, n_prompt: int = 512, n_gen: int = 128, reps: int =
                          for r in runners},
             "tests": [res.to_dict() for res in results.values()],
             "process_peak_rss_bytes": peak_rss_bytes(),
+            "roofline": roofline(path, bandwidths, {r.name: results[(r.name, f"tg{n_gen}")].mean
+                                                    for r in runners if n_gen}),
         }
         if vs_llama_cpp:
             out["ratios"] = {t: results[("lowbit", t)].mean / results[("llama.cpp", t)].mean
@@ -213,15 +255,25 @@ def bench_model(path: str, *, n_prompt: int = 512, n_gen: int = 128, reps: int =
 
 
 def format_table(reports: List[dict]) -> str:
-    lines = ["| model | size | params | backend | threads | test | t/s |",
-             "|---|---:|---:|---|---:|---|---:|"]
+    """The llama-bench style table; tg rows carry their fraction of the decode roofline."""
+    lines = ["| model | size | params | backend | threads | test | t/s | of roofline |",
+             "|---|---:|---:|---|---:|---|---:|---:|"]
     for rep in reports:
+        fractions = rep.get("roofline", {}).get("tg_fraction", {})
         for t in rep["tests"]:
             rt = rep["runtimes"][t["runtime"]]
+            share = f"{fractions[t['runtime']]:.2f}" if t["test"].startswith("tg") and t["runtime"] in fractions else ""
             lines.append(f"| {rep['model']} | {human_bytes(rep['size_bytes'])} | {rep['n_params'] / 1e6:.1f} M "
-                         f"| {rt['backend']} | {rt['threads']} | {t['test']} | {t['mean']:.2f} ± {t['stdev']:.2f} |")
+                         f"| {rt['backend']} | {rt['threads']} | {t['test']} | {t['mean']:.2f} ± {t['stdev']:.2f} "
+                         f"| {share} |")
     extra = []
     for rep in reports:
+        roof = rep.get("roofline")
+        if roof:
+            extra.append(f"- {rep['model']}: a decode step reads {human_bytes(roof['decode_bytes_per_token'])} of "
+                         f"weights; read bandwidth {roof['read_bandwidth_gbs']:.1f} GB/s (best of "
+                         f"{', '.join(f'{b:.1f}' for b in roof['read_bandwidth_measured_gbs'])}) "
+                         f"-> roofline {roof['roofline_tok_s']:.1f} tok/s")
         for name, rt in rep["runtimes"].items():
             extra.append(f"- {rep['model']} / {name}: load {rt['load_seconds']:.2f} s, "
                          f"RSS after load +{human_bytes(rt['loaded_rss_bytes'])}")

@@ -1,7 +1,9 @@
 """Generation by phase: prefill -> decode_step -> stream -> generate.
 
 Works on any engine with ``eval(ids) -> logits``, ``n_past``, ``n_ctx``, ``truncate(n)``,
-``shift(n_keep, n_discard)`` and ``cancel()``, and any tokenizer with ``token_to_bytes(id)``.
+``shift(n_keep, n_discard)`` and ``cancel()``, and any tokenizer with ``token_to_bytes(id)``. An
+engine that also has ``eval_sample(token, sampler, history) -> id`` (lowbit._core.Engine) samples
+the decode steps itself, so no logits row per token crosses into Python.
 Text reaches the caller only as whole UTF-8 characters and never includes (a prefix of) a
 stop string that may still complete.
 """
@@ -246,26 +248,47 @@ def prefill(engine, prompt_ids: List[int], cached_ids: List[int], record: Genera
     return logits
 
 
+def make_room(engine, cached_ids: List[int], record: Generation, *, context_shift: bool, n_keep: int) -> bool:
+    """Before a decode step: True when the cache has room for one more token (shifting the
+    context when it is full and ``context_shift`` allows); False when it is full for good."""
+    if engine.n_past >= engine.n_ctx:
+        n_discard = (engine.n_past - n_keep) // 2
+        if not context_shift or n_discard <= 0:
+            return False
+        engine.shift(n_keep, n_discard)
+        del cached_ids[n_keep:n_keep + n_discard]
+        record.context_shifts += 1
+    return True
+
+
 def decode_step(engine, token: int, cached_ids: List[int], record: Generation, *, context_shift: bool,
                 n_keep: int) -> Optional[np.ndarray]:
     """Phase 2, one step: append ``token`` and return its logits; None when the context is full
     and cannot shift (no ``context_shift``, or nothing past ``n_keep`` to drop)."""
-    if engine.n_past >= engine.n_ctx:
-        n_discard = (engine.n_past - n_keep) // 2
-        if not context_shift or n_discard <= 0:
-            return None
-        engine.shift(n_keep, n_discard)
-        del cached_ids[n_keep:n_keep + n_discard]
-        record.context_shifts += 1
+    if not make_room(engine, cached_ids, record, context_shift=context_shift, n_keep=n_keep):
+        return None
     logits = engine.eval(np.asarray([token], dtype=np.int32))
     cached_ids.append(token)
     return logits
 
 
+def decode_sample_step(engine, token: int, sampler: Sampler, history: Sequence[int], cached_ids: List[int],
+                       record: Generation, *, context_shift: bool, n_keep: int) -> Optional[int]:
+    """Phase 2, one step sampled in the engine: append ``token`` and return the next token,
+    drawn by ``sampler`` from logits that stay in the core (``Engine.eval_sample``); None as
+    decode_step. The same token as ``sampler.sample(decode_step(...), history)``."""
+    if not make_room(engine, cached_ids, record, context_shift=context_shift, n_keep=n_keep):
+        return None
+    drawn = engine.eval_sample(token, sampler.core, sampler.window(history))
+    cached_ids.append(token)
+    return drawn
+
+
 def stream_generate(engine, tokenizer, prompt_ids: List[int], params: SamplingParams, *, max_new_tokens: int,
                     stop: Sequence[str], stop_ids: Sequence[int], cached_ids: List[int], record: Generation,
                     context_shift: bool = False, n_keep: int = 0,
-                    cancelled: Callable[[], bool] = lambda: False, constraint=None) -> Iterator[str]:
+                    cancelled: Callable[[], bool] = lambda: False, constraint=None,
+                    sample_in_engine: bool = True) -> Iterator[str]:
     """Phase 3: prefill, then sample / decode_step until a finish reason, as a generator of text
     pieces (whole UTF-8 characters, stop strings held back); fills ``record`` as it goes. The
     full generation (Model.generate without stream) is this generator run to its end.
@@ -274,7 +297,12 @@ def stream_generate(engine, tokenizer, prompt_ids: List[int], params: SamplingPa
     place so the caller can reuse the common prefix next time.
 
     ``constraint`` (runtime/constraints.py): each token is sampled among those its grammar
-    allows; the generation ends ("stop") when the grammar is complete."""
+    allows; the generation ends ("stop") when the grammar is complete.
+
+    ``sample_in_engine``: without a constraint, each decode step samples inside the engine
+    (decode_sample_step: no vocabulary-sized logits row per token reaches Python, the per-token
+    cost Model.generate has over the engine's own loop); False hands every step's logits to the
+    Python-side sampler, as a constraint needs. The same seed gives the same tokens either way."""
     check_int("max_new_tokens", max_new_tokens, minimum=0)
     check_prompt(prompt_ids, engine.n_ctx, context_shift)
     sampler = Sampler(params)
@@ -285,8 +313,10 @@ def stream_generate(engine, tokenizer, prompt_ids: List[int], params: SamplingPa
     if logits is None:
         return
     guide = constraint.start() if constraint is not None else None
+    in_engine = sample_in_engine and guide is None and hasattr(engine, "eval_sample")
     complete = hit = False                    # the constraint's grammar is complete; a stop string
     history = list(prompt_ids)
+    drawn: Optional[int] = None               # the next token when the engine sampled it
     t1 = time.perf_counter()
     finish = "length"                         # max_new_tokens reached
     try:
@@ -294,7 +324,9 @@ def stream_generate(engine, tokenizer, prompt_ids: List[int], params: SamplingPa
             if cancelled():
                 finish = "cancelled"
                 break
-            if guide is None:
+            if drawn is not None:
+                token = drawn
+            elif guide is None:
                 token = sampler.sample(logits, history)
             else:                             # the one place a constraint touches sampling
                 token = guide.sample(sampler, logits, history)
@@ -314,8 +346,14 @@ def stream_generate(engine, tokenizer, prompt_ids: List[int], params: SamplingPa
                 break
             if record.generated_tokens >= max_new_tokens:
                 break
-            logits = decode_step(engine, token, cached_ids, record, context_shift=context_shift, n_keep=n_keep)
-            if logits is None:
+            step = dict(context_shift=context_shift, n_keep=n_keep)
+            if in_engine:
+                drawn = decode_sample_step(engine, token, sampler, history, cached_ids, record, **step)
+                full = drawn is None
+            else:
+                logits = decode_step(engine, token, cached_ids, record, **step)
+                full = logits is None
+            if full:
                 finish = "context"            # the KV context is full
                 break
     except (GeneratorExit, KeyboardInterrupt):   # abandoned by the consumer, or Ctrl+C

@@ -387,7 +387,7 @@ class Session:
 
     def _generate_ids(self, prompt_ids: List[int], *, stream: bool, max_new_tokens: int,
                       stop: Sequence[str], params: SamplingParams, context_shift: bool,
-                      n_keep: Optional[int], constraint=None):
+                      n_keep: Optional[int], constraint=None, sample_in_engine: bool = True):
         self._check_open()
         check_int("max_new_tokens", max_new_tokens, minimum=0)
         if n_keep is not None:
@@ -401,7 +401,7 @@ class Session:
                     max_new_tokens=max_new_tokens, stop=stop, stop_ids=stop_ids,
                     cached_ids=self._cached_ids, record=record, context_shift=context_shift,
                     n_keep=keep, cancelled=lambda: claim.cancelled or self._cancel.is_set(),
-                    constraint=constraint)
+                    constraint=constraint, sample_in_engine=sample_in_engine)
         steps = self._steps(inner, record, claim)
         claim.gen = weakref.ref(steps)
         if stream:

@@ -127,10 +127,10 @@ class Sampler:
 
     def __init__(self, params: SamplingParams):
         self.params = p = params.validate()
-        self._core = _core.Sampler(p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty,
-                                   p.repeat_last_n, seed_words(p.seed))
+        self.core = _core.Sampler(p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty,
+                                  p.repeat_last_n, seed_words(p.seed))   # also Engine.eval_sample's
 
-    def _window(self, history: Sequence[int]) -> List[int]:
+    def window(self, history: Sequence[int]) -> List[int]:
         """Only the ids the penalty looks at cross into C++ (not the whole history each token)."""
         p = self.params
         if p.repetition_penalty == 1.0 or not len(history) or p.repeat_last_n == 0:
@@ -139,7 +139,7 @@ class Sampler:
         return [int(t) for t in window]
 
     def filtered_logits(self, logits, history: Sequence[int] = ()) -> np.ndarray:
-        return self._core.filtered_logits(_row(logits), self._window(history))
+        return self.core.filtered_logits(_row(logits), self.window(history))
 
     def sample(self, logits, history: Sequence[int] = ()) -> int:
-        return self._core.sample(_row(logits), self._window(history))
+        return self.core.sample(_row(logits), self.window(history))

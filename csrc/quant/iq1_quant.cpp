@@ -36,11 +36,7 @@ constexpr float kGroupMaxEpsIq1m = 1e-7f;
 constexpr float kShiftPlus[3] = {-1 + kIq1Delta, kIq1Delta, 1 + kIq1Delta};
 constexpr float kShiftMinus[3] = {-1 - kIq1Delta, -kIq1Delta, 1 - kIq1Delta};
 
-float sigma2_of(const float* xbl) {
-    float sumx2 = 0;
-    for (int i = 0; i < QK_K; ++i) sumx2 += xbl[i] * xbl[i];
-    return 2 * sumx2 / QK_K;
-}
+float sigma2_of(const float* xbl) { return 2 * iq_sum_squares(xbl, QK_K) / QK_K; }
 
 float max_abs(const float* xb, int n) {
     float max = std::fabs(xb[0]);

@@ -32,12 +32,6 @@ constexpr IqGroupSearch kSearchXxs = {32, kMaxQ, 6, 0.1f, true, true, true};
 constexpr IqGroupSearch kSearchXs = {16, kMaxQ, 9, 0.1f, true, false, false};
 constexpr float kGroupMaxEpsIq2s = 1e-8f;
 
-float sum_squares(const float* xbl) {
-    float sumx2 = 0;
-    for (int i = 0; i < QK_K; ++i) sumx2 += xbl[i] * xbl[i];
-    return sumx2;
-}
-
 // The 4-bit code of a group scale under the super-block scale 1 / id: scale ~ d (2 l + 1).
 int scale_code(float id, float scale) { return std::max(0, std::min(15, nearest_int(0.5f * (id * scale - 1)))); }
 
@@ -58,7 +52,7 @@ void quantize_row_iq2_xxs(const float* x, void* out, int64_t n, const float* ima
         const float* xbl = x + QK_K * ibl;
         uint32_t q2[2 * (QK_K / 32)] = {};
         y[ibl].d = fp32_to_fp16(0.0f);
-        const float sigma2 = sum_squares(xbl) / QK_K;
+        const float sigma2 = iq_sum_squares(xbl, QK_K) / QK_K;
         float scales[QK_K / 32], max_scale = 0;
         for (int ib = 0; ib < QK_K / 32; ++ib) {
             const float* xb = xbl + 32 * ib;
@@ -103,7 +97,7 @@ namespace {
 // returns the largest scale. plain_signs: IQ2_S (8 sign bits, no parity).
 float search_groups_16(const IqLattice& g, const float* xbl, const float* qw, bool plain_signs, float* scales,
                        int* index, uint8_t* signs) {
-    const float sigma2 = plain_signs ? 2 * sum_squares(xbl) / QK_K : sum_squares(xbl) / QK_K;
+    const float sigma2 = plain_signs ? 2 * iq_sum_squares(xbl, QK_K) / QK_K : iq_sum_squares(xbl, QK_K) / QK_K;
     float max_scale = 0;
     for (int ib = 0; ib < QK_K / 16; ++ib) {
         const float* xb = xbl + 16 * ib;

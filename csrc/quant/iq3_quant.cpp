@@ -46,9 +46,7 @@ void quantize_row_iq3_xxs(const float* x, void* out, int64_t n, const float* ima
         uint8_t* qs = y[ibl].qs;
         std::memset(qs, 0, sizeof(y[ibl].qs));
         y[ibl].d = fp32_to_fp16(0.0f);
-        float sumx2 = 0;
-        for (int i = 0; i < QK_K; ++i) sumx2 += xbl[i] * xbl[i];
-        const float sigma2 = 2 * sumx2 / QK_K;
+        const float sigma2 = 2 * iq_sum_squares(xbl, QK_K) / QK_K;
         float scales[QK_K / 32], max_scale = 0;
         uint32_t signs_word[QK_K / 32];
         for (int ib = 0; ib < QK_K / 32; ++ib) {
@@ -98,9 +96,7 @@ void quantize_row_iq3_s(const float* x, void* out, int64_t n, const float* imatr
         std::memset(&y[ibl], 0, sizeof(block_iq3_s));
         uint8_t* qs = y[ibl].qs;          // write positions: advance only past non-empty groups
         uint8_t* signs = y[ibl].signs;
-        float sumx2 = 0;
-        for (int i = 0; i < QK_K; ++i) sumx2 += xbl[i] * xbl[i];
-        const float sigma2 = 2 * sumx2 / QK_K;
+        const float sigma2 = 2 * iq_sum_squares(xbl, QK_K) / QK_K;
         float scales[QK_K / 32], max_scale = 0;
         for (int ib = 0; ib < QK_K / 32; ++ib) {
             const float* xb = xbl + 32 * ib;

@@ -53,6 +53,14 @@ void iq_strip_signs(const float* xb, const float* weight, int npoints, bool pari
 
 float iq_max_of(const float* xval, int n);
 
+// sum x^2 over n weights, in order (the quantizers' sigma2 is built from it; inline, so each
+// quantizer keeps its own floating-point evaluation).
+inline float iq_sum_squares(const float* x, int n) {
+    float sum = 0;
+    for (int i = 0; i < n; ++i) sum += x[i] * x[i];
+    return sum;
+}
+
 // How the trial-scale group searches of the IQ2 and IQ3 quantizers differ.
 struct IqGroupSearch {
     int n;               // weights per group: 32 or 16

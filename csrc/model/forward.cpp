@@ -90,10 +90,6 @@ void observe(ForwardState& s, cpu::ThreadPool& pool, int64_t il, std::initialize
     s.observer->observe(names, x, n, cols, pool);
 }
 
-void check_cancel(const std::atomic<bool>& cancel) {
-    if (cancel.load(std::memory_order_relaxed)) throw Cancelled("eval cancelled");
-}
-
 // q, k, v of every token from xn: projections, biases, QK-norm, RoPE; k and v into the cache.
 void attention_inputs(const Model& m, const LayerWeights& l, int64_t il, const std::vector<SeqSpan>& spans,
                       ForwardState& s, cpu::ThreadPool& pool, int64_t n) {
@@ -416,13 +412,13 @@ void output_rows(const Model& m, ForwardState& s, cpu::ThreadPool& pool, const s
 }  // namespace
 
 void forward(const Model& m, KVCache& cache, ForwardState& s, cpu::ThreadPool& pool, const int32_t* tokens,
-             int64_t n, int64_t pos0, float* logits, bool all_logits, const std::atomic<bool>& cancel) {
+             int64_t n, int64_t pos0, float* logits, bool all_logits, const std::function<void()>& check_cancel) {
     std::vector<RowOutput> outputs;
     if (logits) {
         for (int64_t t = all_logits ? 0 : n - 1, i = 0; t < n; ++t, ++i)
             outputs.push_back(RowOutput{t, logits + i * m.config.n_vocab, nullptr});
     }
-    forward_batch(m, {SeqSpan{&cache, pos0, 0, n}}, s, pool, tokens, outputs, [&cancel]() { check_cancel(cancel); });
+    forward_batch(m, {SeqSpan{&cache, pos0, 0, n}}, s, pool, tokens, outputs, check_cancel);
 }
 
 void forward_batch(const Model& m, const std::vector<SeqSpan>& spans, ForwardState& s, cpu::ThreadPool& pool,

@@ -73,9 +73,9 @@ constexpr int64_t kAttTile = 8;   // query tokens per attention work item (K/V r
 
 // Runs tokens[0..n) (n <= n_batch) at positions pos0.. through the model, writing their keys and
 // values into the cache. logits: nullptr, or (n_out, n_vocab) with n_out = all_logits ? n : 1
-// (the last token). Throws Cancelled between layers when `cancel` is set.
+// (the last token). check_cancel runs between layers (it throws Cancelled to stop the pass).
 void forward(const Model& m, KVCache& cache, ForwardState& s, cpu::ThreadPool& pool, const int32_t* tokens,
-             int64_t n, int64_t pos0, float* logits, bool all_logits, const std::atomic<bool>& cancel);
+             int64_t n, int64_t pos0, float* logits, bool all_logits, const std::function<void()>& check_cancel);
 
 // Batch rows [row0, row0 + n) are one sequence's tokens at positions pos0.. of its own cache
 // (which must hold every position it attends to, and at most its own n_batch of new rows).

@@ -107,14 +107,16 @@ void Engine::eval_locked(const int32_t* tokens, int64_t n, bool all_logits, floa
                      " is out of range for vocabulary size ", c.n_vocab);
     LOWBIT_CHECK(n_past_ + n <= n_ctx_, ValueError, "context overflow: ", n_past_, " cached + ", n,
                  " new tokens > n_ctx ", n_ctx_);
+    // between layers: the cancel flag, and set_abort_check's callback when there is one
+    const auto check_cancel = [this]() {
+        if (cancel_.load(std::memory_order_relaxed) || (abort_check_ && abort_check_()))
+            throw Cancelled("eval cancelled");
+    };
     for (int64_t i0 = 0; i0 < n; i0 += n_batch_) {
         const int64_t nb = std::min(n_batch_, n - i0);
         const bool last = i0 + nb == n;
         float* logits = all_logits ? out + i0 * c.n_vocab : (last ? out : nullptr);
-        if (abort_check_)
-            forward_polling_abort(tokens + i0, nb, logits, all_logits);
-        else
-            model::forward(*model_, *cache_, *state_, *pool_, tokens + i0, nb, n_past_, logits, all_logits, cancel_);
+        model::forward(*model_, *cache_, *state_, *pool_, tokens + i0, nb, n_past_, logits, all_logits, check_cancel);
         n_past_ += nb;
     }
 }
@@ -123,19 +125,6 @@ void Engine::set_abort_check(std::function<bool()> check) {
     std::lock_guard<std::mutex> lock(mutex_);
     check_open();
     abort_check_ = std::move(check);
-}
-
-// model::forward with abort_check_ polled beside the cancel flag (same rows out as forward()).
-void Engine::forward_polling_abort(const int32_t* tokens, int64_t n, float* logits, bool all_logits) {
-    std::vector<model::RowOutput> outputs;
-    if (logits)
-        for (int64_t t = all_logits ? 0 : n - 1, i = 0; t < n; ++t, ++i)
-            outputs.push_back(model::RowOutput{t, logits + i * model_->config.n_vocab, nullptr});
-    model::forward_batch(*model_, {model::SeqSpan{cache_.get(), n_past_, 0, n}}, *state_, *pool_, tokens, outputs,
-                         [this]() {
-                             if (cancel_.load(std::memory_order_relaxed) || abort_check_())
-                                 throw Cancelled("eval cancelled");
-                         });
 }
 
 int64_t Engine::truncate(int64_t n) {

@@ -122,7 +122,6 @@ private:
     void init_session(int64_t n_ctx, int n_threads, int64_t n_batch, const std::string& kv_type,
                       const std::string& act_precision);
     void check_fits_in_memory(const model::ModelConfig& c, model::KVType kvt) const;
-    void forward_polling_abort(const int32_t* tokens, int64_t n, float* logits, bool all_logits);
 
     mutable std::mutex mutex_;
     std::atomic<bool> cancel_{false};

@@ -23,6 +23,9 @@ SETTINGS = {
     "top-p only": dict(seed=7, top_k=0, top_p=0.5, min_p=0.0),
     "min-p only": dict(seed=8, top_k=0, top_p=1.0, min_p=0.2),
     "hot": dict(seed=9, temperature=1.7, top_k=0, top_p=1.0, min_p=0.0),
+    "presence frequency": dict(seed=10, presence_penalty=1.2, frequency_penalty=0.7),
+    "bias": dict(seed=13, logit_bias={3: 4.0, 5: -100.0, 7: 1.5}),
+    "greedy openai": dict(temperature=0.0, presence_penalty=0.4, frequency_penalty=1.1, logit_bias={2: 2.0}),
 }
 
 
@@ -70,7 +73,7 @@ def test_same_tokens_at_a_full_context(tiny):
     assert fast.tokens == general.tokens
 
 
-@pytest.mark.parametrize("setting", ["greedy", "default", "penalty"])
+@pytest.mark.parametrize("setting", ["greedy", "default", "penalty", "presence frequency", "greedy openai"])
 def test_same_seed_same_tokens_smollm2(setting):
     path = real_model_path("smollm2-135m-instruct")
     if path is None:
@@ -148,3 +151,27 @@ def test_eval_sample_errors(tmp_path):
     e.close()
     with pytest.raises(ValueError, match="closed"):
         e.eval_sample(1, s, [])
+
+
+def test_model_and_llama_take_the_openai_fields(tmp_path):
+    """presence_penalty / frequency_penalty / logit_bias through Model.generate and lowbit.Llama
+    (llama-cpp-python's names): the same greedy tokens both ways, a +100 bias forces its token,
+    and bad values are ValueErrors naming the field."""
+    path = mf.write_default_model(tmp_path / "tiny.gguf", "llama", "Q8_0")
+    kw = dict(presence_penalty=0.9, frequency_penalty=0.6, logit_bias={3: 2.5, 4: -1.0})
+    with lowbit.load(path, n_ctx=48, n_threads=1) as m:
+        plain = m.generate("hello world", temperature=0, max_new_tokens=12)
+        want = m.generate("hello world", temperature=0, max_new_tokens=12, **kw)
+        assert want.tokens != plain.tokens and want.generated_tokens == 12
+        forced_id = next(t for t in range(5, m.n_vocab) if t not in m.tokenizer.eot_ids)
+        with pytest.raises(ValueError, match=f"logit_bias: token id {m.n_vocab} is out of range"):
+            m.generate("hi", logit_bias={m.n_vocab: 1.0})
+        with pytest.raises(ValueError, match=r"frequency_penalty must be in \[-2, 2\], got 2.5"):
+            m.generate("hi", frequency_penalty=2.5)
+    with lowbit.Llama(model_path=path, n_ctx=48, n_threads=1, verbose=False) as llm:
+        out = llm.create_completion("hello world", temperature=0, max_tokens=12, **kw)
+        assert out["choices"][0]["text"] == want.text
+        forced = llm.create_completion("hello world", max_tokens=4, seed=3, logit_bias={forced_id: 100.0})
+        assert forced["choices"][0]["text"] == llm.detokenize([forced_id] * 4).decode("utf-8", "replace")
+        with pytest.raises(ValueError, match="presence_penalty"):
+            llm.create_completion("hi", presence_penalty=-2.1)

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from lowbit.runtime.sampling import (Sampler, SamplingParams, greedy, min_p, repetition_penalty, softmax,
-                             top_k, top_p)
+from lowbit.runtime.sampling import (Sampler, SamplingParams, check_bias_ids, greedy, logit_bias, min_p,
+                                     presence_frequency_penalty, repetition_penalty, softmax, top_k, top_p)
 
 
 def logits_of(probs):
@@ -137,15 +137,23 @@ def test_fast_path_draws_the_same_distribution_as_the_filter_chain():
 # Python sampler was before it moved to C++), drawing with numpy's default_rng(seed).choice.
 # ---------------------------------------------------------------------------------------
 def numpy_reference_draws(x, history, params, n_draws):
+    """Each draw is counted as generated (the presence / frequency penalties' counts)."""
     rng = np.random.default_rng(params.seed)
     out = []
+    counts = np.zeros(np.asarray(x).size, dtype=np.int64)
     for _ in range(n_draws):
         y = np.asarray(x)
+        if params.logit_bias:
+            y = y.astype(np.float64)
+            for t, b in params.logit_bias.items():
+                y[int(t)] += b
         if params.repetition_penalty != 1.0 and history:
             window = history[-params.repeat_last_n:] if params.repeat_last_n > 0 else history
             y = y.astype(np.float64)
             ids = np.unique(np.asarray(window, dtype=np.int64))
             y[ids] = np.where(y[ids] > 0, y[ids] / params.repetition_penalty, y[ids] * params.repetition_penalty)
+        if params.presence_penalty or params.frequency_penalty:
+            y = y - (counts * params.frequency_penalty + (counts > 0) * params.presence_penalty)
         k = params.top_k if 0 < params.top_k < y.size else y.size
         cand = np.argsort(-y.astype(np.float64), kind="stable")[:k]
         vals = y[cand].astype(np.float64)
@@ -158,6 +166,7 @@ def numpy_reference_draws(x, history, params, n_draws):
         vals = vals / params.temperature
         e = np.exp(vals - vals.max())
         out.append(int(cand[rng.choice(e.size, p=e / e.sum())]))
+        counts[out[-1]] += 1
     return out
 
 
@@ -168,6 +177,10 @@ def numpy_reference_draws(x, history, params, n_draws):
     SamplingParams(temperature=0.6, top_k=100, top_p=1.0, min_p=0.1, repetition_penalty=1.3,
                    repeat_last_n=16, seed=2**40 + 3),
     SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=2**70 + 11),
+    SamplingParams(temperature=0.9, top_k=60, top_p=0.95, min_p=0.0, presence_penalty=1.5,
+                   frequency_penalty=0.8, seed=21),
+    SamplingParams(temperature=1.1, top_k=0, top_p=0.9, min_p=0.01, repetition_penalty=1.2, presence_penalty=-0.5,
+                   frequency_penalty=2.0, logit_bias={7: 100.0, 12: -100.0, 4999: 3.5, 2: -1.25}, seed=22),
 ])
 def test_seeded_tokens_equal_numpy_default_rng(params, dtype):
     rng = np.random.default_rng(3)
@@ -261,3 +274,91 @@ def test_unseeded_samplers_differ():
     params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None)
     a, b = Sampler(params), Sampler(params)
     assert [a.sample(x) for _ in range(20)] != [b.sample(x) for _ in range(20)]
+
+
+# ---------------------------------------------------------------------------------------
+# presence / frequency penalties and logit bias
+# ---------------------------------------------------------------------------------------
+def test_logit_bias_adds_to_the_named_logits():
+    x = np.array([1.0, -2.0, 0.5, 3.0])
+    assert np.array_equal(logit_bias(x, {1: 5.0, "3": -100}), [1.0, 3.0, 0.5, -97.0])
+    assert np.array_equal(x, [1.0, -2.0, 0.5, 3.0])                  # input untouched
+    with pytest.raises(ValueError, match="logit_bias: token id 4 is out of range for 4 logits"):
+        logit_bias(x, {4: 1.0})
+
+
+def test_presence_frequency_openai_rule():
+    x = np.array([2.0, -2.0, 1.0, 4.0, 0.0])
+    y = presence_frequency_penalty(x, [0, 1, 1, 1, 3, 9], presence=0.5, frequency=0.25)   # 9: outside
+    assert np.array_equal(y, [2.0 - 0.75, -2.0 - 1.25, 1.0, 4.0 - 0.75, 0.0])
+    assert np.array_equal(presence_frequency_penalty(x, [2, 2], presence=-1.0, frequency=0.0), [2, -2, 2, 4, 0])
+
+
+def test_penalties_count_the_generated_tokens_not_the_history():
+    """The counts are the sampler's draws (and accept()ed tokens); the history's prompt is only
+    the repetition penalty's window."""
+    x = np.array([5.0, 4.9, 4.8])
+    s = Sampler(SamplingParams(temperature=0, presence_penalty=2.0, frequency_penalty=0.0))
+    assert s.sample(x, history=[0, 0, 0]) == 0                       # prompt tokens: no penalty
+    assert s.sample(x, history=[0]) == 1                             # 0 was generated: 5 - 2 < 4.9
+    assert s.sample(x, history=[0]) == 2
+    s.accept(2)
+    assert s.core.counts == {0: 1, 1: 1, 2: 2}
+    assert np.array_equal(s.filtered_logits(x), x - 2.0)
+    f = Sampler(SamplingParams(temperature=0, frequency_penalty=0.06))
+    assert [f.sample(x) for _ in range(4)] == [0, 0, 1, 0]           # 5 - 0.06 > 4.9 > 5 - 0.12 > 4.9 - 0.06
+
+
+def test_bias_then_repetition_then_presence_order():
+    """bias -> repetition penalty (on the biased value) -> presence / frequency (llama.cpp's and
+    vLLM's order)."""
+    x = np.array([1.0, 2.0, 3.0])
+    s = Sampler(SamplingParams(temperature=0, repetition_penalty=2.0, presence_penalty=0.5, frequency_penalty=0.25,
+                               logit_bias={0: 3.0, 2: -4.0}))
+    s.accept(0)
+    s.accept(0)
+    got = s.filtered_logits(x, history=[0, 2])
+    assert np.array_equal(got, [(1.0 + 3.0) / 2.0 - 0.5 - 0.5, 2.0, (3.0 - 4.0) * 2.0])
+
+
+@pytest.mark.parametrize("bad,message", [
+    (dict(presence_penalty=2.5), "presence_penalty must be in [-2, 2], got 2.5"),
+    (dict(frequency_penalty=-3), "frequency_penalty must be in [-2, 2], got -3"),
+    (dict(logit_bias={5: 101}), "logit_bias[5] must be in [-100, 100], got 101"),
+    (dict(logit_bias={"x": 1}), "logit_bias keys must be token ids (integers >= 0), got 'x'"),
+    (dict(logit_bias={-1: 1}), "logit_bias keys must be token ids (integers >= 0), got -1"),
+    (dict(logit_bias={1: float("nan")}), "logit_bias[1] must be a finite number, got nan")])
+def test_bad_penalty_and_bias_messages(bad, message):
+    with pytest.raises(ValueError) as info:
+        SamplingParams(**bad).validate()
+    assert str(info.value) == message
+
+
+def test_bias_of_wrong_types_are_type_errors():
+    with pytest.raises(TypeError, match="logit_bias must be a mapping"):
+        SamplingParams(logit_bias=[(1, 2.0)]).validate()
+    with pytest.raises(TypeError, match="logit_bias"):
+        SamplingParams(logit_bias={1: "2"}).validate()
+    with pytest.raises(TypeError, match="presence_penalty"):
+        SamplingParams(presence_penalty=None).validate()
+
+
+def test_bias_ids_are_checked_against_the_vocabulary():
+    check_bias_ids(SamplingParams(logit_bias={9: 1.0}), 10)
+    with pytest.raises(ValueError, match="logit_bias: token id 10 is out of range for a vocabulary of 10"):
+        check_bias_ids(SamplingParams(logit_bias={"10": 1.0}), 10)
+
+
+def test_restricted_row_maps_ids_to_tokens():
+    """sample(row, ids=...) on a grammar's allowed tokens: bias and counts by token id, a token
+    id comes back and is counted."""
+    x = np.array([1.0, 2.0, 3.0])                 # tokens 10, 20, 30
+    ids = np.array([10, 20, 30])
+    s = Sampler(SamplingParams(temperature=0, presence_penalty=2.0, logit_bias={20: 1.5, 99: 50.0}))
+    assert s.sample(x, [], ids=ids) == 20         # 2 + 1.5 beats 3; the bias of 99 (not in the row) is skipped
+    assert s.sample(x, [], ids=ids) == 30         # 20 generated once: 3.5 - 2 < 3
+    assert s.core.counts == {20: 1, 30: 1}
+    with pytest.raises(ValueError, match="ascending"):
+        s.sample(x, [], ids=np.array([10, 30, 20]))
+    with pytest.raises(ValueError, match="one token id per logit"):
+        s.sample(x, [], ids=np.array([10, 20]))

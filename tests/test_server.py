@@ -490,7 +490,8 @@ BAD_COMPLETIONS = [
     ({"prompt": [1, 10**9]}, 400, "outside the vocabulary"),
     ({"prompt": "Hi", "logprobs": 9}, 400, "logprobs"),
     ({"prompt": "Hi", "echo": True, "logprobs": 1}, 400, "echo"),
-    ({"prompt": "Hi", "presence_penalty": 0.5}, 400, "presence_penalty"),
+    ({"prompt": "Hi", "presence_penalty": 2.5}, 400, "presence_penalty"),
+    ({"prompt": "Hi", "logit_bias": {"1": 300}}, 400, "logit_bias"),
     ({"prompt": "Hi", "stream": "yes"}, 400, "stream"),
     ({"prompt": "Hi", "n": 2, "best_of": 3}, 400, "best_of"),
 ]

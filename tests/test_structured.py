@@ -204,8 +204,9 @@ def test_allowed_ids_read_llguidance_bit_order():
 
 @pytest.mark.parametrize("repeat_last_n", [-1, 0, 1, 7, 64])
 def test_sampling_on_allowed_tokens_equals_masking_to_minus_inf(repeat_last_n):
-    """The sampler chain on the allowed entries (history mapped by penalty_window) gives exactly
-    the full-vocabulary chain's values with the other tokens at -inf, on fresh random data."""
+    """The sampler chain on the allowed entries (their ids map the row to tokens) gives exactly
+    the full-vocabulary chain's values with the other tokens at -inf, on fresh random data,
+    bias and presence / frequency penalties included."""
     from lowbit.runtime.sampling import Sampler, SamplingParams
     rng = np.random.default_rng(repeat_last_n + 100)
     n = 5000
@@ -213,16 +214,25 @@ def test_sampling_on_allowed_tokens_equals_masking_to_minus_inf(repeat_last_n):
         logits = (rng.standard_normal(n) * 3).astype(np.float32)
         ids = np.sort(rng.choice(n, size=int(rng.integers(1, 400)), replace=False))
         history = rng.choice(np.concatenate([ids, rng.integers(0, n, 50)]), size=100).tolist()
+        bias = {int(t): float(rng.uniform(-5, 5)) for t in rng.choice(n, size=30)}
         params = SamplingParams(temperature=0.9, top_k=int(rng.integers(0, 60)), top_p=0.9, min_p=0.02,
-                                repetition_penalty=1.3, repeat_last_n=repeat_last_n, seed=trial)
+                                repetition_penalty=1.3, repeat_last_n=repeat_last_n, seed=trial,
+                                presence_penalty=0.7, frequency_penalty=0.4, logit_bias=bias)
         sampler = Sampler(params)
+        for t in rng.choice(ids, size=10):        # generated tokens: counted by the sampler
+            sampler.accept(int(t))
         full = np.full(n, -np.inf, dtype=np.float32)
         full[ids] = logits[ids]
         want = sampler.filtered_logits(full, history)[ids]
-        got = sampler.filtered_logits(logits[ids], constraints.penalty_window(params, history, ids))
+        got = sampler.filtered_logits(logits[ids], history, ids=ids)
         assert np.array_equal(got, want)
+        twin = Sampler(params)
+        for t in sampler.core.counts.items():
+            for _ in range(t[1]):
+                twin.accept(t[0])
+        assert sampler.sample(logits[ids], history, ids=ids) == twin.sample(full, history)
     greedy = Sampler(SamplingParams(temperature=0))
-    assert ids[greedy.sample(logits[ids], [])] == int(np.argmax(full))
+    assert greedy.sample(logits[ids], [], ids=ids) == int(np.argmax(full))
 
 
 def test_llguidance_tokenizer_is_built_once_per_model(smol):

@@ -114,8 +114,13 @@ lowbit_status lowbit_sampler_new(const lowbit_sampling_params* params, lowbit_sa
     *out = nullptr;
     return guarded([&] {
         check_params(*params);
-        const lowbit::sampling::SamplerParams p{params->temperature, params->top_k, params->top_p, params->min_p,
-                                                params->repetition_penalty, params->repeat_last_n};
+        lowbit::sampling::SamplerParams p;        // presence / frequency / bias: off (not in the C struct)
+        p.temperature = params->temperature;
+        p.top_k = params->top_k;
+        p.top_p = params->top_p;
+        p.min_p = params->min_p;
+        p.repetition_penalty = params->repetition_penalty;
+        p.repeat_last_n = params->repeat_last_n;
         const std::vector<uint32_t> words =
             params->seed < 0 ? std::vector<uint32_t>{} : lowbit::sampling::seed_words(uint64_t(params->seed));
         auto s = std::make_unique<lowbit_sampler>();

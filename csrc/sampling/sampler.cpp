@@ -52,26 +52,63 @@ std::vector<int64_t> rank_order(const double* x, size_t n) {
     return order;
 }
 
-// Penalized values of the distinct in-range window ids, sorted by id (a row is never copied:
-// the scan substitutes these few).
+// Adjusted values (bias, then penalties) of the few row entries they touch, sorted by row
+// position (a row is never copied: the scan substitutes these few).
 struct Overrides {
-    std::vector<int64_t> ids;
+    std::vector<int64_t> ids;        // row positions
     std::vector<double> values;
 };
+
+// Row position of token t, or -1 when the row has no entry for it (`ids`: see Sampler::sample).
+int64_t row_of(int64_t t, size_t n, const int64_t* ids) {
+    if (ids == nullptr) return (t >= 0 && t < int64_t(n)) ? t : -1;
+    const int64_t* it = std::lower_bound(ids, ids + n, t);
+    return (it != ids + n && *it == t) ? int64_t(it - ids) : -1;
+}
+
+struct Adjustment {
+    int64_t pos;
+    double bias = 0.0;
+    bool repeated = false;           // in the repetition penalty's window
+    int64_t count = 0;               // times generated
+};
+
+// The chain's first three steps (sampler.h) on the entries they touch.
 template <typename T>
-Overrides penalty_overrides(const T* logits, size_t n, Window recent, double penalty) {
+Overrides adjustments(const T* logits, size_t n, const int64_t* ids, const SamplerParams& p, Window recent,
+                      const TokenCounts& counts) {
+    std::vector<Adjustment> touched;
+    for (const auto& [token, bias] : p.logit_bias) {
+        if (ids == nullptr && (token < 0 || token >= int64_t(n)))
+            throw ValueError(str("logit_bias: token id ", token, " is out of range for ", n, " logits"));
+        if (const int64_t pos = row_of(token, n, ids); pos >= 0) touched.push_back({pos, bias});
+    }
+    if (p.repetition_penalty != 1.0)
+        for (size_t i = 0; i < recent.n; ++i)
+            if (const int64_t pos = row_of(recent.ids[i], n, ids); pos >= 0) touched.push_back({pos, 0.0, true});
+    if (p.presence_penalty != 0.0 || p.frequency_penalty != 0.0)
+        for (const auto& [token, count] : counts)
+            if (const int64_t pos = row_of(token, n, ids); pos >= 0) touched.push_back({pos, 0.0, false, count});
+    std::sort(touched.begin(), touched.end(), [](const Adjustment& a, const Adjustment& b) { return a.pos < b.pos; });
     Overrides o;
-    if (penalty == 1.0) return o;
-    o.ids.assign(recent.ids, recent.ids + recent.n);
-    std::sort(o.ids.begin(), o.ids.end());
-    o.ids.erase(std::unique(o.ids.begin(), o.ids.end()), o.ids.end());
-    o.ids.erase(std::remove_if(o.ids.begin(), o.ids.end(), [n](int64_t t) { return t < 0 || t >= int64_t(n); }),
-                o.ids.end());
-    for (int64_t t : o.ids) {
-        const double v = double(logits[t]);
-        o.values.push_back(v > 0 ? v / penalty : v * penalty);
+    for (size_t i = 0; i < touched.size();) {
+        Adjustment a = touched[i];
+        for (++i; i < touched.size() && touched[i].pos == a.pos; ++i) {
+            a.bias += touched[i].bias;
+            a.repeated |= touched[i].repeated;
+            a.count += touched[i].count;
+        }
+        double v = double(logits[a.pos]) + a.bias;
+        if (a.repeated) v = v > 0 ? v / p.repetition_penalty : v * p.repetition_penalty;
+        if (a.count > 0) v -= double(a.count) * p.frequency_penalty + p.presence_penalty;
+        o.ids.push_back(a.pos);
+        o.values.push_back(v);
     }
     return o;
+}
+
+void apply(double* x, const Overrides& o) {
+    for (size_t j = 0; j < o.ids.size(); ++j) x[o.ids[j]] = o.values[j];
 }
 
 [[noreturn]] void throw_nan(size_t i) {
@@ -185,8 +222,22 @@ Window penalty_window(const SamplerParams& p, const int64_t* history, size_t n_h
 }
 
 void apply_repetition_penalty(double* x, size_t n, Window recent, double penalty) {
-    const Overrides o = penalty_overrides(x, n, recent, penalty);
-    for (size_t j = 0; j < o.ids.size(); ++j) x[o.ids[j]] = o.values[j];
+    SamplerParams p;
+    p.repetition_penalty = penalty;
+    apply(x, adjustments(x, n, nullptr, p, recent, {}));
+}
+
+void apply_logit_bias(double* x, size_t n, const std::vector<std::pair<int64_t, double>>& bias) {
+    SamplerParams p;
+    p.logit_bias = bias;
+    apply(x, adjustments(x, n, nullptr, p, {nullptr, 0}, {}));
+}
+
+void apply_presence_frequency(double* x, size_t n, const TokenCounts& counts, double presence, double frequency) {
+    SamplerParams p;
+    p.presence_penalty = presence;
+    p.frequency_penalty = frequency;
+    apply(x, adjustments(x, n, nullptr, p, {nullptr, 0}, counts));
 }
 
 void keep_top_k(double* x, size_t n, int64_t k) {
@@ -232,13 +283,13 @@ Sampler::Sampler(const SamplerParams& params, const std::vector<uint32_t>& seed_
 
 template <typename T>
 void Sampler::filtered_logits(const T* logits, size_t n, const int64_t* history, size_t n_history,
-                              double* out) const {
+                              double* out, const int64_t* ids) const {
     const SamplerParams& p = params_;
     for (size_t i = 0; i < n; ++i) {
         out[i] = double(logits[i]);
         if (std::isnan(out[i])) throw_nan(i);
     }
-    apply_repetition_penalty(out, n, penalty_window(p, history, n_history), p.repetition_penalty);
+    apply(out, adjustments(logits, n, ids, p, penalty_window(p, history, n_history), counts_));
     if (p.temperature <= 0) return;
     keep_top_k(out, n, p.top_k);
     keep_top_p(out, n, p.top_p);
@@ -246,13 +297,11 @@ void Sampler::filtered_logits(const T* logits, size_t n, const int64_t* history,
     for (size_t i = 0; i < n; ++i) out[i] /= p.temperature;
 }
 
+namespace {
+// The row position the chain draws from a row whose first entries `o` adjusted.
 template <typename T>
-int64_t Sampler::sample(const T* logits, size_t n, const int64_t* history, size_t n_history) {
-    const SamplerParams& p = params_;
-    if (n == 0) throw ValueError("logits must be a non-empty 1-D array, got shape (0,)");
-    const Overrides o = penalty_overrides(logits, n, penalty_window(p, history, n_history),
-                                          p.repetition_penalty);
-    if (p.temperature <= 0) return int64_t(argmax(logits, n, o));   // greedy
+size_t draw(const SamplerParams& p, Pcg64& rng, const T* logits, size_t n, const Overrides& o) {
+    if (p.temperature <= 0) return argmax(logits, n, o);   // greedy
     // top-k on the full row, then the rest of the chain on the k candidates in rank order: the
     // same distribution as filtered_logits without sorting the vocabulary.
     const size_t k = (p.top_k > 0 && size_t(p.top_k) < n) ? size_t(p.top_k) : n;
@@ -279,14 +328,27 @@ int64_t Sampler::sample(const T* logits, size_t n, const int64_t* history, size_
     for (size_t j = 1; j < probs.size(); ++j) probs[j] += probs[j - 1];
     const double last = probs.back();
     for (double& c : probs) c /= last;
-    const double u = rng_.next_double();
+    const double u = rng.next_double();
     const size_t pick = size_t(std::upper_bound(probs.begin(), probs.end(), u) - probs.begin());
-    return cand[std::min(pick, cand.size() - 1)].index;
+    return size_t(cand[std::min(pick, cand.size() - 1)].index);
+}
+}  // namespace
+
+template <typename T>
+int64_t Sampler::sample(const T* logits, size_t n, const int64_t* history, size_t n_history, const int64_t* ids) {
+    if (n == 0) throw ValueError("logits must be a non-empty 1-D array, got shape (0,)");
+    const Window recent = penalty_window(params_, history, n_history);
+    const size_t pos = draw(params_, rng_, logits, n, adjustments(logits, n, ids, params_, recent, counts_));
+    const int64_t token = ids == nullptr ? int64_t(pos) : ids[pos];
+    accept(token);
+    return token;
 }
 
-template int64_t Sampler::sample<float>(const float*, size_t, const int64_t*, size_t);
-template int64_t Sampler::sample<double>(const double*, size_t, const int64_t*, size_t);
-template void Sampler::filtered_logits<float>(const float*, size_t, const int64_t*, size_t, double*) const;
-template void Sampler::filtered_logits<double>(const double*, size_t, const int64_t*, size_t, double*) const;
+template int64_t Sampler::sample<float>(const float*, size_t, const int64_t*, size_t, const int64_t*);
+template int64_t Sampler::sample<double>(const double*, size_t, const int64_t*, size_t, const int64_t*);
+template void Sampler::filtered_logits<float>(const float*, size_t, const int64_t*, size_t, double*,
+                                              const int64_t*) const;
+template void Sampler::filtered_logits<double>(const double*, size_t, const int64_t*, size_t, double*,
+                                               const int64_t*) const;
 
 }  // namespace lowbit::sampling

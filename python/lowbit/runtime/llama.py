@@ -23,7 +23,7 @@ import numpy as np
 
 from lowbit.runtime.generate import StopMatcher
 from lowbit.runtime.model import Model, load
-from lowbit.runtime.sampling import RANDOM_SEED, SamplingParams, check_int
+from lowbit.runtime.sampling import RANDOM_SEED, SamplingParams, check_bias_ids, check_int
 from lowbit.runtime.tools import CALL_OPEN
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF      # llama.cpp's "random seed"
@@ -89,11 +89,15 @@ class Llama:
         return self.lowbit_model.n_ctx
 
     # ---- completion -----------------------------------------------------------------------
-    def _params(self, temperature, top_p, top_k, min_p, repeat_penalty, seed) -> SamplingParams:
+    def _params(self, temperature, top_p, top_k, min_p, repeat_penalty, seed, presence_penalty,
+                frequency_penalty, logit_bias) -> SamplingParams:
         if seed is None or seed == LLAMA_DEFAULT_SEED:
             seed = int(self._seeds.integers(0, 2**63)) if seed is None else RANDOM_SEED
-        return SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                              repetition_penalty=repeat_penalty, seed=seed).validate()
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                repetition_penalty=repeat_penalty, seed=seed, presence_penalty=presence_penalty,
+                                frequency_penalty=frequency_penalty, logit_bias=logit_bias).validate()
+        check_bias_ids(params, self.lowbit_model.n_vocab)
+        return params
 
     def _max_new(self, max_tokens: Optional[int], n_prompt: int) -> int:
         """llama-cpp-python's rule: None or <= 0 = until the context is full; capped to it."""
@@ -118,10 +122,14 @@ class Llama:
                           temperature: float = 0.8, top_p: float = 0.95, min_p: float = 0.05,
                           echo: bool = False, stop: Union[None, str, List[str]] = None,
                           repeat_penalty: float = 1.0, top_k: int = 40, stream: bool = False,
-                          seed: Optional[int] = None, model: Optional[str] = None):
+                          seed: Optional[int] = None, model: Optional[str] = None,
+                          presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+                          logit_bias: Optional[Dict[int, float]] = None):
         """A "text_completion" dict, or with ``stream=True`` an iterator of chunk dicts (the
-        last one has text "" and the finish_reason)."""
-        params = self._params(temperature, top_p, top_k, min_p, repeat_penalty, seed)
+        last one has text "" and the finish_reason). ``presence_penalty``, ``frequency_penalty``
+        and ``logit_bias`` as OpenAI's (see lowbit.runtime.sampling)."""
+        params = self._params(temperature, top_p, top_k, min_p, repeat_penalty, seed, presence_penalty,
+                              frequency_penalty, logit_bias)
         if isinstance(prompt, str):
             prompt_text = prompt
             prompt_ids = self.lowbit_model.tokenize(prompt, add_special=True, parse_special=True)
@@ -163,7 +171,9 @@ class Llama:
                                seed: Optional[int] = None, max_tokens: Optional[int] = None,
                                repeat_penalty: float = 1.0, model: Optional[str] = None,
                                response_format: Optional[Mapping[str, Any]] = None,
-                               tools: Optional[List[Mapping[str, Any]]] = None, tool_choice: Any = None):
+                               tools: Optional[List[Mapping[str, Any]]] = None, tool_choice: Any = None,
+                               presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+                               logit_bias: Optional[Dict[int, float]] = None):
         """A "chat.completion" dict, or with ``stream=True`` "chat.completion.chunk" dicts: the
         first with delta {"role": "assistant"}, then {"content": ...}, the last {} with the
         finish_reason. The prompt is the model's chat template (Model.chat).
@@ -174,7 +184,8 @@ class Llama:
         ``message.tool_calls`` (content None) with finish_reason "tool_calls" (runtime/tools.py).
         Both are enforced while sampling."""
         m = self.lowbit_model
-        params = self._params(temperature, top_p, top_k, min_p, repeat_penalty, seed)
+        params = self._params(temperature, top_p, top_k, min_p, repeat_penalty, seed, presence_penalty,
+                              frequency_penalty, logit_bias)
         head = {"id": f"chatcmpl-{uuid.uuid4()}", "object": "chat.completion", "created": int(time.time()),
                 "model": model if model is not None else self.model_path}
         if response_format is None and not tools:
@@ -185,6 +196,8 @@ class Llama:
             result = m.chat(messages, max_new_tokens=max_new, temperature=params.temperature, top_k=params.top_k,
                             top_p=params.top_p, min_p=params.min_p, repetition_penalty=params.repetition_penalty,
                             stop=self._stops(stop), seed=params.seed, stream=stream, tools=tools,
+                            presence_penalty=params.presence_penalty, frequency_penalty=params.frequency_penalty,
+                            logit_bias=params.logit_bias,
                             tool_choice="auto" if tool_choice is None else tool_choice,
                             **_response_format(response_format))
         if stream:

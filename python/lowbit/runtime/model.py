@@ -18,7 +18,7 @@ from lowbit.errors import Cancelled, CudaError, InsufficientMemory, LowbitError,
 from lowbit.runtime.generate import Generation, GenerationStream, eval_interruptibly, peak_rss_bytes, stream_generate
 from lowbit.runtime.memory import Hparams, kv_cache_bytes
 from lowbit.runtime.progress import ProgressFn
-from lowbit.runtime.sampling import SamplingParams, check_int
+from lowbit.runtime.sampling import SamplingParams, check_bias_ids, check_int
 
 KV_TYPES = ("f16", "q8_0")
 # Activations of the quantized matmuls: "high" = hi + lo q8 rows (~16-bit, the default),
@@ -380,10 +380,14 @@ class Session:
             self._engine.cancel()
 
     # ---- generation -----------------------------------------------------------------------
-    def _params(self, temperature, top_k, top_p, min_p, repetition_penalty, repeat_last_n, seed):
-        return SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                              repetition_penalty=repetition_penalty, repeat_last_n=repeat_last_n,
-                              seed=seed).validate()
+    def _params(self, temperature, top_k, top_p, min_p, repetition_penalty, repeat_last_n, seed,
+                presence_penalty=0.0, frequency_penalty=0.0, logit_bias=None):
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                repetition_penalty=repetition_penalty, repeat_last_n=repeat_last_n, seed=seed,
+                                presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+                                logit_bias=logit_bias).validate()
+        check_bias_ids(params, self.n_vocab)
+        return params
 
     def _generate_ids(self, prompt_ids: List[int], *, stream: bool, max_new_tokens: int,
                       stop: Sequence[str], params: SamplingParams, context_shift: bool,
@@ -419,7 +423,8 @@ class Session:
                  seed: Optional[int] = None, stream: bool = False, parse_special: bool = False,
                  context_shift: bool = False, n_keep: Optional[int] = None, json_schema: Any = None,
                  regex: Optional[str] = None, grammar: Optional[str] = None, json: bool = False,
-                 constraint=None):
+                 constraint=None, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+                 logit_bias: Optional[Mapping[int, float]] = None):
         """Continue ``prompt``. Returns a Generation, or with ``stream=True`` a GenerationStream
         of text pieces whose ``.result`` is the Generation once exhausted (see the class
         docstring for its lifecycle).
@@ -427,6 +432,8 @@ class Session:
         ``finish_reason``: "stop" (a stop string), "eos" (an end-of-generation token),
         "length" (max_new_tokens), "context" (the context is full and context_shift is off),
         "cancelled". ``seed``: None or -1 = random, an int >= 0 = reproducible.
+        ``presence_penalty`` / ``frequency_penalty`` (-2..2, OpenAI's: over the tokens generated
+        so far) and ``logit_bias`` ({token id: -100..100}): see runtime/sampling.py for the order.
 
         Structured output (runtime/constraints.py): at most one of ``json_schema`` (dict, JSON
         string or pydantic model class), ``regex``, ``grammar`` (Lark or GBNF), ``json=True``
@@ -436,7 +443,8 @@ class Session:
         self._check_open()
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be str, got {type(prompt).__name__}")
-        params = self._params(temperature, top_k, top_p, min_p, repetition_penalty, repeat_last_n, seed)
+        params = self._params(temperature, top_k, top_p, min_p, repetition_penalty, repeat_last_n, seed,
+                              presence_penalty, frequency_penalty, logit_bias)
         guide = constraints.resolve(self, json_schema=json_schema, regex=regex, grammar=grammar, json=json,
                                     constraint=constraint)
         ids = self.tokenize(prompt, add_special=True, parse_special=parse_special)
@@ -494,7 +502,8 @@ class Session:
              seed: Optional[int] = None, stream: bool = False, context_shift: bool = False,
              tools: Optional[Sequence[Mapping[str, Any]]] = None, tool_choice: Any = "auto",
              json_schema: Any = None, regex: Optional[str] = None, grammar: Optional[str] = None,
-             json: bool = False, constraint=None):
+             json: bool = False, constraint=None, presence_penalty: float = 0.0,
+             frequency_penalty: float = 0.0, logit_bias: Optional[Mapping[int, float]] = None):
         """Reply to a conversation rendered with the model's chat template; stops at the
         model's end-of-turn tokens. Roles: system, user, assistant, tool; content: str.
         Returns like generate(). The default repetition_penalty 1.1 (ollama's, over the last
@@ -504,10 +513,12 @@ class Session:
         ``tools`` / ``tool_choice`` ("auto", "none", "required" or {"type": "function",
         "function": {"name": ...}}): see runtime/tools.py; calls come back in
         ``Generation.tool_calls`` with finish_reason "tool_calls". ``json_schema``, ``regex``,
-        ``grammar``, ``json``, ``constraint``: as in generate() (not together with tools)."""
+        ``grammar``, ``json``, ``constraint``, ``presence_penalty``, ``frequency_penalty``,
+        ``logit_bias``: as in generate() (not together with tools)."""
         from lowbit.runtime import constraints, tools as tool_calls
         self._check_open()
-        params = self._params(temperature, top_k, top_p, min_p, repetition_penalty, repeat_last_n, seed)
+        params = self._params(temperature, top_k, top_p, min_p, repetition_penalty, repeat_last_n, seed,
+                              presence_penalty, frequency_penalty, logit_bias)
         messages, template_vars, guide = tool_calls.prepare_chat(self, messages, tools, tool_choice)
         asked = constraints.resolve(self, json_schema=json_schema, regex=regex, grammar=grammar, json=json,
                                     constraint=constraint)

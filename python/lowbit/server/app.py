@@ -283,7 +283,7 @@ async def chat_completions(request: Request, state: ServerState) -> Response:
     n = api.choice_count(body)
     api.check_unsupported(body, chat=True)
     messages = api.chat_messages(body)
-    params, stops, logprobs = api.sampling_params(body), api.stop_strings(body), api.chat_logprobs(body)
+    params, stops, logprobs = api.sampling_params(body, state.model.n_vocab), api.stop_strings(body), api.chat_logprobs(body)
     stream, usage = api.get_bool(body, "stream"), api.include_usage(body)
     ids, constraint = await run_in_threadpool(chat_prompt, state.model, messages, body)
     budget = api.max_new_tokens(body, len(ids), state.scheduler.n_ctx)
@@ -299,7 +299,7 @@ async def completions(request: Request, state: ServerState) -> Response:
     n = api.choice_count(body)
     api.check_unsupported(body, chat=False)
     prompt = api.completion_prompt(body)
-    params, stops, logprobs = api.sampling_params(body), api.stop_strings(body), api.completion_logprobs(body)
+    params, stops, logprobs = api.sampling_params(body, state.model.n_vocab), api.stop_strings(body), api.completion_logprobs(body)
     stream, usage, echo = api.get_bool(body, "stream"), api.include_usage(body), api.get_bool(body, "echo")
     if echo and logprobs is not None:
         raise ApiError(400, "echo with logprobs is not supported (no prompt log-probs)", param="echo")

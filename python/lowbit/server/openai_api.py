@@ -4,7 +4,8 @@ naming it) and the JSON of completions, chat completions, their stream chunks an
 Sampling fields the request leaves out take lowbit's defaults (those of ``SamplingParams``,
 which are llama.cpp server's: temperature 0.8, top_k 40, top_p 0.95, min_p 0.05); lowbit's own
 fields ``top_k``, ``min_p``, ``repetition_penalty`` and ``repeat_last_n`` are accepted beside
-OpenAI's."""
+OpenAI's (``presence_penalty``, ``frequency_penalty``: -2..2 over the generated tokens;
+``logit_bias``: {"token id": -100..100}; the order they apply in: runtime/sampling.py)."""
 from __future__ import annotations
 
 import time
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Mapping, Optional
 
 from lowbit.runtime.llama import OPENAI_FINISH
-from lowbit.runtime.sampling import SamplingParams
+from lowbit.runtime.sampling import SamplingParams, check_bias_ids
 from lowbit.runtime.tools import split_tool_calls
 from lowbit.server.scheduler import Done, TokenLogprob
 
@@ -22,7 +23,8 @@ MAX_STOP_CHARS = 512
 MAX_TOP_LOGPROBS_CHAT = 20           # OpenAI's limits
 MAX_LOGPROBS_COMPLETION = 5
 MAX_CHOICES = 16                     # n: choices of one request at most
-SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "repeat_last_n", "seed")
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "repeat_last_n", "seed",
+                   "presence_penalty", "frequency_penalty")
 
 
 class ApiError(Exception):
@@ -89,7 +91,7 @@ def check_model(body: Mapping, served: str, aliases) -> None:
                        param="model", code="model_not_found")
 
 
-def sampling_params(body: Mapping) -> SamplingParams:
+def sampling_params(body: Mapping, n_vocab: int) -> SamplingParams:
     """SamplingParams from the request; a bad value is a 400 naming its field."""
     changes: Dict[str, Any] = {}
     for name in SAMPLING_FIELDS:
@@ -101,16 +103,17 @@ def sampling_params(body: Mapping) -> SamplingParams:
         raise _bad("temperature", f"must be >= 0, got {changes['temperature']:g}")
     if changes.get("seed", 0) < 0:
         raise _bad("seed", f"must be >= 0, got {changes['seed']}")
-    for name in ("presence_penalty", "frequency_penalty"):
-        value = get_number(body, name)
-        if value not in (None, 0.0):
-            raise _bad(name, "is not supported by lowbit (only 0); use repetition_penalty (1.0 = off)")
-    if body.get("logit_bias"):
-        raise _bad("logit_bias", "is not supported by lowbit")
+    bias = body.get("logit_bias")
+    if bias is not None:
+        if not isinstance(bias, dict):
+            raise _bad("logit_bias", f"must be an object mapping token ids to numbers, got {_kind(bias)}")
+        changes["logit_bias"] = bias
     try:
-        return SamplingParams(**changes).validate()
+        params = SamplingParams(**changes).validate()
+        check_bias_ids(params, n_vocab)
+        return params
     except (TypeError, ValueError) as e:
-        param = next((n for n in SAMPLING_FIELDS if str(e).startswith(n)), None)
+        param = next((n for n in SAMPLING_FIELDS + ("logit_bias",) if str(e).startswith(n)), None)
         raise ApiError(400, str(e), param=param) from None
 
 

@@ -3,13 +3,16 @@ and 8 concurrent streams, `lowbit serve --parallel C` against llama.cpp's server
 (llama-cpp-python's `python -m llama_cpp.server`) in the same run, on both real models.
 
     python bench/bench_serve.py [--threads 2] [--streams 1 4 8] [--requests 2] [--max-tokens 64]
-                                [--json bench/results/serve.json]
+                                [--repeats 3] [--json bench/results/serve.json]
 
 Each of C client threads sends --requests streaming completions back to back (distinct raw
 prompts, temperature 0, max_tokens --max-tokens); tok/s = completion tokens of all requests /
 wall time from the first send to the last [DONE]; TTFT = send -> first content chunk. The row
 "Model.generate" is single-stream decode tok/s of the in-process API, the reference that one
-stream through the server should not fall below.
+stream through the server should not fall below. With --repeats R every row is measured R
+times, the rounds interleaved (Model.generate, lowbit at each stream count, llama.cpp's server at
+each, then again), and the table shows the median with the range; each run records the 1-minute
+load average at its end (a shared machine moves these figures by tens of percent).
 
 llama.cpp's server comes from the Python at --llama-python (default /work/oracle-venv/bin/python,
 needs llama-cpp-python[server]); it is skipped, and said so, when that Python cannot run it.
@@ -152,6 +155,7 @@ def run_load(port: int, streams: int, requests: int, max_tokens: int) -> Dict[st
     ttfts = sorted(r["ttft"] for r in results)
     tokens = sum(r["tokens"] for r in results)
     return {"streams": streams, "requests": len(results), "errors": errors, "tokens": tokens, "wall_s": wall,
+            "load_1m": os.getloadavg()[0],
             "tok_s": tokens / wall if wall > 0 else 0.0,
             "ttft_p50_s": statistics.median(ttfts) if ttfts else None,
             "ttft_p95_s": ttfts[min(len(ttfts) - 1, int(round(0.95 * (len(ttfts) - 1))))] if ttfts else None}
@@ -173,24 +177,39 @@ def llama_cpp_usable(python: str) -> Optional[str]:
     return None if r.returncode == 0 else r.stderr.strip().splitlines()[-1]
 
 
+def median_row(runs: List[Dict]) -> Dict:
+    """One row from R runs of the same setting: medians, the tok/s range, every run kept."""
+    ttft50 = [r["ttft_p50_s"] for r in runs if r["ttft_p50_s"] is not None]
+    ttft95 = [r["ttft_p95_s"] for r in runs if r["ttft_p95_s"] is not None]
+    rates = [r["tok_s"] for r in runs]
+    return {"streams": runs[0]["streams"], "tok_s": statistics.median(rates), "tok_s_min": min(rates),
+            "tok_s_max": max(rates), "ttft_p50_s": statistics.median(ttft50) if ttft50 else None,
+            "ttft_p95_s": statistics.median(ttft95) if ttft95 else None,
+            "requests": sum(r["requests"] for r in runs), "errors": [e for r in runs for e in r["errors"]],
+            "load_1m": [round(r["load_1m"], 2) for r in runs], "runs": runs}
+
+
 def bench_model(name: str, args, vs_llama: bool) -> Dict:
     path = str(registry.resolve(name, quiet=True))
-    report = {"model": name, "generate_tok_s": generate_baseline(path, args.threads, args.max_tokens),
-              "lowbit": [], "llama_cpp": []}
-    for c in args.streams:
-        proc, port = start_lowbit(path, c, args.threads)
-        try:
-            report["lowbit"].append(run_load(port, c, args.requests, args.max_tokens))
-        finally:
-            stop(proc)
-    if vs_llama:
-        proc, port = start_llama_cpp(args.llama_python, path, args.threads)
-        try:
-            for c in args.streams:
-                report["llama_cpp"].append(run_load(port, c, args.requests, args.max_tokens))
-        finally:
-            stop(proc)
-    return report
+    generate, lowbit_runs, llama_runs = [], {c: [] for c in args.streams}, {c: [] for c in args.streams}
+    for _ in range(args.repeats):            # rounds interleaved: the load drifts alike for all rows
+        generate.append(generate_baseline(path, args.threads, args.max_tokens))
+        for c in args.streams:
+            proc, port = start_lowbit(path, c, args.threads)
+            try:
+                lowbit_runs[c].append(run_load(port, c, args.requests, args.max_tokens))
+            finally:
+                stop(proc)
+        if vs_llama:
+            proc, port = start_llama_cpp(args.llama_python, path, args.threads)
+            try:
+                for c in args.streams:
+                    llama_runs[c].append(run_load(port, c, args.requests, args.max_tokens))
+            finally:
+                stop(proc)
+    return {"model": name, "generate_tok_s": statistics.median(generate), "generate_runs": generate,
+            "lowbit": [median_row(lowbit_runs[c]) for c in args.streams],
+            "llama_cpp": [median_row(llama_runs[c]) for c in args.streams] if vs_llama else []}
 
 
 def fmt(v, spec=".1f") -> str:
@@ -198,10 +217,12 @@ def fmt(v, spec=".1f") -> str:
 
 
 def table(reports: List[Dict]) -> str:
-    lines = ["| model | server | streams | tok/s | vs 1 stream | TTFT p50 s | TTFT p95 s | requests |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | server | streams | tok/s (median) | range | vs 1 stream | TTFT p50 s | TTFT p95 s | "
+             "requests | load 1m |", "|---|---|---:|---:|---|---:|---:|---:|---:|---|"]
     for rep in reports:
-        lines.append(f"| {rep['model']} | Model.generate | 1 | {fmt(rep['generate_tok_s'])} | | | | |")
+        gen = rep["generate_runs"]
+        lines.append(f"| {rep['model']} | Model.generate | 1 | {fmt(rep['generate_tok_s'])} | "
+                     f"{fmt(min(gen))}-{fmt(max(gen))} | | | | | |")
         for server in ("lowbit", "llama_cpp"):
             rows = rep[server]
             base = rows[0]["tok_s"] if rows else None
@@ -209,13 +230,17 @@ def table(reports: List[Dict]) -> str:
                 ratio = row["tok_s"] / base if base else None
                 err = f" ({len(row['errors'])} failed)" if row["errors"] else ""
                 lines.append(f"| {rep['model']} | {server} | {row['streams']} | {fmt(row['tok_s'])} | "
-                             f"{fmt(ratio, '.2f')}x | {fmt(row['ttft_p50_s'], '.3f')} | "
-                             f"{fmt(row['ttft_p95_s'], '.3f')} | {row['requests']}{err} |")
+                             f"{fmt(row['tok_s_min'])}-{fmt(row['tok_s_max'])} | {fmt(ratio, '.2f')}x | "
+                             f"{fmt(row['ttft_p50_s'], '.3f')} | {fmt(row['ttft_p95_s'], '.3f')} | "
+                             f"{row['requests']}{err} | {', '.join(f'{x:.1f}' for x in row['load_1m'])} |")
+        if rep["lowbit"] and rep["lowbit"][0]["streams"] == 1 and rep["generate_tok_s"]:
+            lines.append(f"| {rep['model']} | lowbit 1 stream / Model.generate | 1 | "
+                         f"{rep['lowbit'][0]['tok_s'] / rep['generate_tok_s']:.2f}x | | | | | | |")
         by_c = {r["streams"]: r["tok_s"] for r in rep["llama_cpp"]}
         for row in rep["lowbit"]:
             if by_c.get(row["streams"]):
                 lines.append(f"| {rep['model']} | lowbit / llama_cpp | {row['streams']} | "
-                             f"{row['tok_s'] / by_c[row['streams']]:.2f}x | | | | |")
+                             f"{row['tok_s'] / by_c[row['streams']]:.2f}x | | | | | | |")
     return "\n".join(lines)
 
 
@@ -225,10 +250,13 @@ def main() -> int:
     ap.add_argument("--streams", type=int, nargs="*", default=[1, 4, 8])
     ap.add_argument("--requests", type=int, default=2, help="requests per stream, sent back to back")
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=1, help="rounds of every row, interleaved; medians shown")
     ap.add_argument("--models", nargs="*", default=MODELS)
     ap.add_argument("--llama-python", default=LLAMA_PYTHON)
     ap.add_argument("--json", help="write the reports to this file")
     args = ap.parse_args()
+    if args.repeats < 1 or args.requests < 1 or not args.streams:
+        ap.error("--repeats and --requests must be >= 1, and --streams needs at least one value")
     why = llama_cpp_usable(args.llama_python)
     if why:
         print(f"(llama.cpp's server not available, lowbit only: {why})", file=sys.stderr)
@@ -236,6 +264,7 @@ def main() -> int:
     reports = [bench_model(m, args, why is None) for m in args.models]
     out = {"load_average_before": load_before, "load_average_after": os.getloadavg(),
            "threads": args.threads, "max_tokens": args.max_tokens, "requests_per_stream": args.requests,
+           "repeats": args.repeats,
            "reports": reports}
     print(table(reports))
     print(f"load average before {load_before[0]:.2f}, after {out['load_average_after'][0]:.2f}")

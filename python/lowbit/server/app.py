@@ -11,6 +11,7 @@ import hmac
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ class ServerState:
     api_key: Optional[str] = None
     started: int = 0
     memory: Optional[dict] = None       # bytes by part, see slots_memory
+    post: Optional["EventPost"] = None  # made by the lifespan, on the serving loop
 
     @property
     def aliases(self):
@@ -106,18 +108,77 @@ def endpoint(name: str, handler: Callable[[Request, ServerState], Awaitable[Resp
     return wrapped
 
 
+class EventPost:
+    """Job events from the scheduler thread into the event loop. What the scheduler thread posts
+    during one iteration (a forward step and the sampling after it) is handed to the loop by a
+    small relay thread when the iteration ends (Scheduler.after_iteration): the relay's wake-up
+    of the loop runs while the scheduler computes the next step with the GIL released. Waking the
+    loop from the scheduler thread itself (a socket write, which releases the GIL) let the loop
+    thread take the GIL and write its SSE chunks while the scheduler waited: 5 ms a token
+    (bench/RESULTS.md, "Serving: scheduler profile"). Events from other threads go at once."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, scheduler: Scheduler):
+        self.loop, self.scheduler = loop, scheduler
+        self._held: list = []          # (queue, event) of this iteration; scheduler thread only
+        self._ready: list = []         # batches for the relay, under _cond
+        self._cond = threading.Condition()
+        self._closed = False
+        self._relay = threading.Thread(target=self._run_relay, name="lowbit-events", daemon=True)
+        self._relay.start()
+        scheduler.after_iteration.append(self.flush)
+
+    def post(self, queue: asyncio.Queue, event) -> None:
+        if self.scheduler.on_thread():
+            self._held.append((queue, event))
+        else:
+            self._send([(queue, event)])
+
+    def flush(self) -> None:
+        batch, self._held = self._held, []
+        if batch:
+            with self._cond:
+                self._ready.append(batch)
+                self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._relay.join(10)
+
+    def _run_relay(self) -> None:
+        while True:
+            with self._cond:
+                while not self._ready and not self._closed:
+                    self._cond.wait()
+                batches, self._ready = self._ready, []
+                closed = self._closed
+            for batch in batches:
+                self._send(batch)
+            if closed:
+                return
+
+    def _send(self, batch: list) -> None:
+        try:
+            self.loop.call_soon_threadsafe(_deliver, batch)
+        except RuntimeError:            # the loop is closed: the server is going down
+            pass
+
+
+def _deliver(batch: list) -> None:
+    for queue, event in batch:
+        queue.put_nowait(event)
+
+
 class JobEvents:
     """A job's events, moved from the scheduler thread into this request's event loop."""
 
-    def __init__(self):
-        self.loop = asyncio.get_running_loop()
+    def __init__(self, post: EventPost):
+        self.post = post
         self.queue: asyncio.Queue = asyncio.Queue()
 
     def emit(self, event) -> None:      # called on the scheduler thread
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
-        except RuntimeError:            # the loop is closed: the server is going down
-            pass
+        self.post.post(self.queue, event)
 
 
 async def wait_disconnect(request: Request) -> None:
@@ -133,7 +194,7 @@ async def run_job(request: Request, state: ServerState, gens: List[GenRequest], 
                   stream: bool) -> Response:
     """Runs the request's choices (one GenRequest each, n > 1 for ``n``) as jobs side by side in
     the scheduler; their events arrive on one queue as (choice index, event)."""
-    events = JobEvents()
+    events = JobEvents(state.post)
     eot = sorted(state.model.tokenizer.eot_ids)
     jobs = [Job(gen, state.model.tokenizer, eot, lambda event, i=i: events.emit((i, event)))
             for i, gen in enumerate(gens)]
@@ -331,7 +392,7 @@ async def embeddings(request: Request, state: ServerState) -> Response:
     def embed():                        # on the scheduler thread, between steps
         return model.embed(texts), sum(len(model.tokenize(t)) for t in texts)
 
-    events = JobEvents()
+    events = JobEvents(state.post)
     job = ExclusiveJob(embed, events.emit)
     state.scheduler.submit(job)
     gone = asyncio.ensure_future(wait_disconnect(request))
@@ -404,11 +465,13 @@ def create_app(model, model_name: str, scheduler: Scheduler, metrics_: Metrics,
 
     @asynccontextmanager
     async def lifespan(app):
+        app.state.lowbit.post = EventPost(asyncio.get_running_loop(), scheduler)
         scheduler.start()
         try:
             yield
         finally:
             await run_in_threadpool(scheduler.stop)
+            app.state.lowbit.post.close()
             model.close()
             print(f"lowbit: stopped serving {model_name}", file=sys.stderr, flush=True)
 

@@ -272,6 +272,9 @@ class Scheduler:
         self._cond = threading.Condition()
         self._stopping = False
         self.error: Optional[BaseException] = None     # what ended the loop, if it crashed
+        # called on the scheduler thread after each iteration (admissions, one step, its
+        # sampling) and when the loop ends: the HTTP side hands the iteration's events over here
+        self.after_iteration: List[Callable[[], None]] = []
         self._thread = threading.Thread(target=self._loop, name="lowbit-scheduler", daemon=True)
 
     # ---- the HTTP side ----------------------------------------------------------------------
@@ -286,6 +289,10 @@ class Scheduler:
             self._cond.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+    def on_thread(self) -> bool:
+        """True when called on the scheduler thread."""
+        return threading.current_thread() is self._thread
 
     @property
     def alive(self) -> bool:
@@ -332,6 +339,7 @@ class Scheduler:
                     else:
                         self._admit(job)
                 self._step()
+                self._run_hooks()
         except BaseException as e:      # noqa: BLE001 - a bug: health reports it, clients get 500
             self.error = e
             raise
@@ -339,6 +347,11 @@ class Scheduler:
             self._fail_all(503 if self.error is None else 500,
                            "the server is shutting down" if self.error is None else
                            f"the scheduler stopped: {type(self.error).__name__}: {self.error}")
+            self._run_hooks()
+
+    def _run_hooks(self) -> None:
+        for hook in self.after_iteration:
+            hook()
 
     def _pop_admissible(self) -> list:
         """Queued jobs that can start now (called with the lock): exclusive jobs, and as many

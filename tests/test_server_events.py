@@ -1,0 +1,84 @@
+"""EventPost (server/app.py), the hand-over of job events from the scheduler thread to the
+event loop: what the scheduler thread posts during an iteration reaches the loop in order, all
+of it when the iteration ends, and the loop is woken from the relay thread, never from the
+scheduler thread (waking it there made the scheduler wait for the GIL while the loop wrote its
+SSE chunks: 5 ms a token under load). Events from other threads arrive at once."""
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+pytest.importorskip("starlette")
+
+from lowbit.server.app import EventPost  # noqa: E402
+
+WAIT_S = 30      # hang guard
+
+
+class SchedulerThread:
+    """What EventPost uses of a Scheduler (on_thread, after_iteration), on a real thread that
+    runs the given iterations and then its hooks, as Scheduler._loop does."""
+
+    def __init__(self):
+        self.after_iteration = []
+        self.thread = None
+
+    def on_thread(self) -> bool:
+        return threading.current_thread() is self.thread
+
+    def run(self, iteration):
+        def body():
+            iteration()
+            for hook in self.after_iteration:
+                hook()
+        self.thread = threading.Thread(target=body, name="lowbit-scheduler")
+        self.thread.start()
+        return self.thread
+
+
+def test_an_iterations_events_arrive_together_woken_by_the_relay():
+    loop = asyncio.new_event_loop()
+    wakers = []
+    call_soon_threadsafe = loop.call_soon_threadsafe
+
+    def recording(callback, *args, **kw):      # the wake-ups that deliver events (not asyncio's own)
+        if getattr(callback, "__name__", "") == "_deliver":
+            wakers.append(threading.current_thread().name)
+        return call_soon_threadsafe(callback, *args, **kw)
+    loop.call_soon_threadsafe = recording
+    scheduler = SchedulerThread()
+
+    async def main():
+        post = EventPost(asyncio.get_running_loop(), scheduler)
+        queues = [asyncio.Queue(), asyncio.Queue()]
+        posted = threading.Event()
+        release = threading.Event()
+
+        def iteration():
+            for i in range(3):
+                post.post(queues[i % 2], ("token", i))
+            posted.set()
+            release.wait(WAIT_S)        # the step's sampling is still going on: nothing is sent yet
+
+        scheduler.run(iteration)
+        assert await asyncio.to_thread(posted.wait, WAIT_S)
+        await asyncio.sleep(0.2)
+        assert queues[0].empty() and queues[1].empty() and wakers == []
+        release.set()
+        got0 = [await asyncio.wait_for(queues[0].get(), WAIT_S) for _ in range(2)]
+        got1 = await asyncio.wait_for(queues[1].get(), WAIT_S)
+        assert got0 == [("token", 0), ("token", 2)] and got1 == ("token", 1)
+        assert wakers == ["lowbit-events"]          # one wake-up for the iteration, from the relay
+        post.post(queues[1], "from the loop thread")    # not the scheduler thread: sent at once
+        assert await asyncio.wait_for(queues[1].get(), WAIT_S) == "from the loop thread"
+        assert wakers[-1] == "MainThread"
+        await asyncio.to_thread(scheduler.thread.join, WAIT_S)
+        await asyncio.to_thread(post.close)
+        assert not post._relay.is_alive()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()

@@ -264,16 +264,18 @@ PROMPTS = [f"Write one sentence about the number {i}." for i in range(16)]
 def test_16_concurrent_clients_equal_alone(server):
     c = server.client()
 
-    def run(prompt):
-        r = c.chat.completions.create(model=ALIAS, messages=ask(prompt), temperature=0, max_tokens=20)
-        return r.choices[0].message.content, r.usage.completion_tokens, r.choices[0].finish_reason
+    def run(prompt):          # the tokens themselves, through logprobs (each token's bytes)
+        r = c.chat.completions.create(model=ALIAS, messages=ask(prompt), temperature=0, max_tokens=20,
+                                      logprobs=True)
+        tokens = [bytes(e.bytes) for e in r.choices[0].logprobs.content]
+        return r.choices[0].message.content, tokens, r.usage.completion_tokens, r.choices[0].finish_reason
 
     alone = [run(p) for p in PROMPTS]
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         together = list(pool.map(run, PROMPTS))
     for p, a, t in zip(PROMPTS, alone, together):
         assert t == a, p
-        assert a[0] and a[2] in ("stop", "length")
+        assert a[0] and len(a[1]) == a[2] and a[3] in ("stop", "length")
 
 
 SYSTEM = ("You are a careful assistant. Answer in one short sentence, plainly, without lists, "

@@ -1,0 +1,134 @@
+"""Where a `lowbit serve` step's time goes: the real server in a subprocess with timers around
+its scheduler (Scheduler._step, the backend's batched forward, each job's sampling and event
+hand-over, the time between steps), driven by bench_serve's streaming clients.
+
+    python bench/profile_serve.py [--model smollm2-135m-instruct] [--streams 1 8] [--requests 3]
+                                  [--threads 2] [--json out.json]
+
+Per stream count, one fresh server: steps, prompt+decode rows per step, ms per step inside the
+batched forward (eval_batch), ms per token in Job.on_logits (sampling, stop strings, UTF-8 and
+posting the event), ms per step between steps (the scheduler loop, the event hand-over hooks),
+and the server's share of the scheduler thread's time outside the forward. The timers wrap the
+real methods; nothing else changes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def serve_child(path: str, parallel: int, threads: int, port: int, out: str) -> None:
+    """The server with timers; writes its totals to `out` on SIGUSR1 and at exit."""
+    import atexit
+    import lowbit
+    from lowbit import server as srv
+    from lowbit.server import scheduler as sch
+    totals = dict(steps=0, rows=0, tokens=0, step_s=0.0, forward_s=0.0, on_logits_s=0.0, between_s=0.0)
+    last_end = [None]
+    step, backend_step, on_logits = sch.Scheduler._step, sch.SessionBackend.step, sch.Job.on_logits
+
+    def timed_step(self):
+        t0 = time.perf_counter()
+        if last_end[0] is not None:
+            totals["between_s"] += t0 - last_end[0]
+        step(self)
+        t1 = time.perf_counter()
+        totals["step_s"] += t1 - t0
+        last_end[0] = t1 if self.busy_slots() else None
+
+    def timed_backend_step(self, items):
+        t0 = time.perf_counter()
+        result = backend_step(self, items)
+        totals["forward_s"] += time.perf_counter() - t0
+        totals["steps"] += 1
+        totals["rows"] += sum(len(ids) for _, ids in items)
+        return result
+
+    def timed_on_logits(self, logits):
+        t0 = time.perf_counter()
+        on_logits(self, logits)
+        totals["on_logits_s"] += time.perf_counter() - t0
+        totals["tokens"] += 1
+
+    sch.Scheduler._step, sch.SessionBackend.step, sch.Job.on_logits = timed_step, timed_backend_step, timed_on_logits
+
+    def dump(*_):
+        with open(out, "w") as f:
+            json.dump(totals, f)
+    atexit.register(dump)
+    signal.signal(signal.SIGUSR1, dump)
+    model = lowbit.load(path, n_ctx=2048, n_threads=threads)
+    srv.serve(srv.build_app(model, "profiled", parallel=parallel), srv.bind("127.0.0.1", port))
+
+
+def profile(path: str, streams: int, requests: int, threads: int, max_tokens: int) -> dict:
+    import bench_serve
+    port = bench_serve.free_port()
+    out = f"/tmp/lowbit_profile_serve_{os.getpid()}_{streams}.json"
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", path, str(streams), str(threads),
+                             str(port), out], env=dict(os.environ, PYTHONPATH=bench_serve.PYTHON_DIR),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        bench_serve.wait_ready(proc, port, "/health")
+        bench_serve.one_stream(port, "Hello", 4)                # warm-up, then count from zero
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.5)
+        with open(out) as f:
+            before = json.load(f)
+        load = bench_serve.run_load(port, streams, requests, max_tokens)
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.5)
+        with open(out) as f:
+            after = json.load(f)
+    finally:
+        bench_serve.stop(proc)
+        if os.path.exists(out):
+            os.remove(out)
+    t = {k: after[k] - before[k] for k in after}
+    steps, tokens = max(t["steps"], 1), max(t["tokens"], 1)
+    outside = t["step_s"] - t["forward_s"] + t["between_s"]
+    return {"streams": streams, "tok_s": load["tok_s"], "load_1m": load["load_1m"], "steps": t["steps"],
+            "rows_per_step": t["rows"] / steps, "forward_ms_per_step": 1e3 * t["forward_s"] / steps,
+            "on_logits_ms_per_token": 1e3 * t["on_logits_s"] / tokens,
+            "between_ms_per_step": 1e3 * t["between_s"] / steps,
+            "outside_forward_share": outside / max(outside + t["forward_s"], 1e-9), "totals": t}
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        path, parallel, threads, port, out = sys.argv[2:7]
+        serve_child(path, int(parallel), int(threads), int(port), out)
+        return 0
+    from lowbit.runtime import registry
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--streams", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--requests", type=int, default=3, help="streaming completions per client, back to back")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    path = str(registry.resolve(args.model, quiet=True))
+    rows = [profile(path, c, args.requests, args.threads, args.max_tokens) for c in args.streams]
+    print("| streams | tok/s | steps | rows/step | forward ms/step | on_logits ms/token | between steps ms | "
+          "outside the forward | load 1m |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['streams']} | {r['tok_s']:.1f} | {r['steps']} | {r['rows_per_step']:.2f} | "
+              f"{r['forward_ms_per_step']:.2f} | {r['on_logits_ms_per_token']:.3f} | {r['between_ms_per_step']:.2f} | "
+              f"{100 * r['outside_forward_share']:.1f} % | {r['load_1m']:.1f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": args.model, "rows": rows}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -100,6 +100,16 @@ typedef struct lowbit_sampler lowbit_sampler;
 LOWBIT_API lowbit_status lowbit_sampler_new(const lowbit_sampling_params* params, lowbit_sampler** out);
 LOWBIT_API void lowbit_sampler_free(lowbit_sampler* sampler);
 
+/* OpenAI's sampling fields (beside lowbit_sampling_params, whose layout stays as it is); call
+ * before the sampler's first lowbit_sample. presence_penalty / frequency_penalty in [-2, 2]
+ * (0: off) over the tokens this sampler draws: x -= count * frequency + (count > 0) * presence;
+ * n_bias pairs (bias_ids[i], bias_values[i] in [-100, 100]) added to the logits first (NULL
+ * arrays when n_bias is 0; an id outside the row: LOWBIT_ERR_ARGUMENT from lowbit_sample).
+ * Chain order and rules: lowbit.runtime.sampling. LOWBIT_ERR_ARGUMENT for a value out of range. */
+LOWBIT_API lowbit_status lowbit_sampler_set_openai(lowbit_sampler* sampler, double presence_penalty,
+                                                   double frequency_penalty, const int32_t* bias_ids,
+                                                   const double* bias_values, size_t n_bias);
+
 /* One token from a row of n_vocab logits; `history` = the tokens so far (prompt and generated),
  * n_history of them (may be 0). LOWBIT_ERR_ARGUMENT for NaN logits or a row with no finite one. */
 LOWBIT_API lowbit_status lowbit_sample(lowbit_sampler* sampler, const float* logits, size_t n_vocab,

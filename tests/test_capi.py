@@ -66,5 +66,13 @@ def test_c_program_equals_python(program, name, tmp_path):
     for _ in range(64):
         history.append(sampler.sample(logits, history))
     assert [int(t) for t in lines["draws"].split(",")] == history
+    sampler = Sampler(SamplingParams(seed=1234, repetition_penalty=1.3, repeat_last_n=8, presence_penalty=0.7,
+                                     frequency_penalty=0.4, logit_bias={3: 2.5, 11: -1.0}))
+    history = []
+    for _ in range(64):
+        history.append(sampler.sample(logits, history))
+    assert [int(t) for t in lines["draws_openai"].split(",")] == history
+    assert lines["openai_after_draw"] == "1"
+    assert lines["bad_openai"] == "1 presence_penalty must be in [-2, 2], got 2.5"
     assert lines["bad_params"].startswith("1 top_p must be in (0, 1], got 2")
     assert lines["bad_file"] == "2 1"

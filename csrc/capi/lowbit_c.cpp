@@ -17,6 +17,8 @@
 
 struct lowbit_sampler {
     std::unique_ptr<lowbit::sampling::Sampler> impl;
+    std::vector<uint32_t> seed_words;   // to rebuild impl with the OpenAI fields (before a draw)
+    bool drawn = false;
 };
 
 using lowbit::capi::fail;
@@ -125,12 +127,39 @@ lowbit_status lowbit_sampler_new(const lowbit_sampling_params* params, lowbit_sa
             params->seed < 0 ? std::vector<uint32_t>{} : lowbit::sampling::seed_words(uint64_t(params->seed));
         auto s = std::make_unique<lowbit_sampler>();
         s->impl = std::make_unique<lowbit::sampling::Sampler>(p, words);
+        s->seed_words = words;
         *out = s.release();
         return LOWBIT_OK;
     });
 }
 
 void lowbit_sampler_free(lowbit_sampler* sampler) { delete sampler; }
+
+lowbit_status lowbit_sampler_set_openai(lowbit_sampler* sampler, double presence_penalty, double frequency_penalty,
+                                        const int32_t* bias_ids, const double* bias_values, size_t n_bias) {
+    LOWBIT_REQUIRE(sampler && (n_bias == 0 || (bias_ids && bias_values)), "lowbit_sampler_set_openai: NULL argument");
+    return guarded([&] {
+        LOWBIT_CHECK(!sampler->drawn, ValueError, "lowbit_sampler_set_openai: call it before the first lowbit_sample");
+        // the range rules of lowbit.runtime.sampling, with its messages
+        LOWBIT_CHECK(std::isfinite(presence_penalty) && std::fabs(presence_penalty) <= 2.0, ValueError,
+                     "presence_penalty must be in [-2, 2], got ", presence_penalty);
+        LOWBIT_CHECK(std::isfinite(frequency_penalty) && std::fabs(frequency_penalty) <= 2.0, ValueError,
+                     "frequency_penalty must be in [-2, 2], got ", frequency_penalty);
+        lowbit::sampling::SamplerParams p = sampler->impl->params();
+        p.presence_penalty = presence_penalty;
+        p.frequency_penalty = frequency_penalty;
+        p.logit_bias.clear();
+        for (size_t i = 0; i < n_bias; ++i) {
+            LOWBIT_CHECK(bias_ids[i] >= 0, ValueError, "logit_bias keys must be token ids (integers >= 0), got ",
+                         bias_ids[i]);
+            LOWBIT_CHECK(std::isfinite(bias_values[i]) && std::fabs(bias_values[i]) <= 100.0, ValueError,
+                         "logit_bias[", bias_ids[i], "] must be in [-100, 100], got ", bias_values[i]);
+            p.logit_bias.emplace_back(bias_ids[i], bias_values[i]);
+        }
+        sampler->impl = std::make_unique<lowbit::sampling::Sampler>(p, sampler->seed_words);
+        return LOWBIT_OK;
+    });
+}
 
 lowbit_status lowbit_sample(lowbit_sampler* sampler, const float* logits, size_t n_vocab, const int32_t* history,
                             size_t n_history, int32_t* token) {
@@ -141,6 +170,7 @@ lowbit_status lowbit_sample(lowbit_sampler* sampler, const float* logits, size_t
         const int64_t last_n = sampler->impl->params().repeat_last_n;
         const size_t take = last_n < 0 ? n_history : std::min(n_history, size_t(last_n));
         const std::vector<int64_t> recent(history + (n_history - take), history + n_history);
+        sampler->drawn = true;
         *token = int32_t(sampler->impl->sample(logits, n_vocab, recent.data(), recent.size()));
         return LOWBIT_OK;
     });

@@ -56,6 +56,26 @@ int main(int argc, char** argv) {
         printf("%s%d", i ? "," : " ", history[i]);
     }
     printf("\n");
+    /* OpenAI's fields on a second sampler of the same seed */
+    lowbit_sampler* openai = NULL;
+    check(lowbit_sampler_new(&p, &openai), "lowbit_sampler_new");
+    const int32_t bias_ids[2] = {3, 11};
+    const double bias_values[2] = {2.5, -1.0};
+    check(lowbit_sampler_set_openai(openai, 0.7, 0.4, bias_ids, bias_values, 2), "lowbit_sampler_set_openai");
+    printf("draws_openai");
+    for (int i = 0; i < N_DRAWS; ++i) {
+        check(lowbit_sample(openai, logits, N_VOCAB, history, (size_t)i, &history[i]), "lowbit_sample");
+        printf("%s%d", i ? "," : " ", history[i]);
+    }
+    printf("\n");
+    s = lowbit_sampler_set_openai(openai, 0.0, 0.0, NULL, NULL, 0);
+    printf("openai_after_draw %d\n", (int)s);
+    lowbit_sampler_free(openai);
+    lowbit_sampler* fresh = NULL;
+    check(lowbit_sampler_new(&p, &fresh), "lowbit_sampler_new");
+    s = lowbit_sampler_set_openai(fresh, 2.5, 0.0, NULL, NULL, 0);
+    printf("bad_openai %d %s\n", (int)s, lowbit_last_error());
+    lowbit_sampler_free(fresh);
     p.top_p = 2.0;
     lowbit_sampler* bad = NULL;
     s = lowbit_sampler_new(&p, &bad);

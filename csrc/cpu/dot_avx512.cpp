@@ -1,6 +1,7 @@
 // dot_avx512.cpp: the AVX-512 (F/BW/VL/DQ/VNNI) kernel set: 512-bit multi-row kernels for
 // every type (one template per type, NR = 1..8 activation rows; the single-row dot is NR = 1, so
-// mat-mat and mat-vec agree bit for bit), plus the strip GEMMs (kernels.h; legacy types, Q4_K,
+// mat-mat and mat-vec agree bit for bit; the legacy types' mat-vec also takes 1..4 weight rows per
+// call with the same per-output operations), plus the strip GEMMs (kernels.h; legacy types, Q4_K,
 // Q5_K, Q6_K) that matmul takes for >= 16 x rows. The 256-bit kernels of dot_x86_256.h (vpdpbusd build)
 // serve the activation quantizers; legacy rows end in a masked partial batch (n % 256).
 //

@@ -248,11 +248,20 @@ def test_matmul_threads_and_tiles_agree(type_name, level):
     act, _ = make_act(type_name, x[0])
     dots = np.array([cpu.vec_dot(type_name, w[r], act) for r in range(rows)], np.float32)
     assert np.array_equal(single, dots)
+    for sub in (65, 66):   # mat-vec tails of 1 and 2 weight rows
+        assert np.array_equal(cpu.matmul(w[:sub], type_name, (sub, cols), x[0], n_threads=1), dots[:sub])
     per_row = matvec_rows(type_name, w, rows, cols, x, 2)
     for n in (1, 3, 8, 15):
         for t in (1, 2):
             got = cpu.matmul(w, type_name, (rows, cols), x[:n], n_threads=t)
             assert got.shape == (n, rows) and np.array_equal(got, per_row[:n]), (type_name, n, t)
+    # two-pass activations (the default for decode): the mat-vec's (hi, lo) rows, several weight
+    # rows per call on AVX-512 (legacy types), give each row what the mat-mat's calls give
+    per_row_hi = np.stack([cpu.matmul(w, type_name, (rows, cols), xi, n_threads=2, act_precision="high") for xi in x[:7]])
+    for n in (2, 3, 7):
+        for t in (1, 3):
+            got = cpu.matmul(w, type_name, (rows, cols), x[:n], n_threads=t, act_precision="high")
+            assert np.array_equal(got, per_row_hi[:n]), (type_name, n, t)
     got = cpu.matmul(w, type_name, (rows, cols), x, n_threads=2)   # 17 rows: the strip GEMM may take it
     if type_name in STRIP_TYPES:
         w64 = np.abs(dequant_weights(type_name, w)).reshape(rows, cols)

@@ -144,7 +144,9 @@ def test_pydantic_model_class_as_schema(smol):
         name: pydantic.constr(max_length=20)
         population: pydantic.conint(ge=0, le=10**8)
 
-    g = smol.chat([{"role": "user", "content": "A city as JSON."}], json_schema=City, temperature=1.0, seed=1,
+    # greedy: the schema allows extra properties, and a sampled run (T 1.0) may follow them past
+    # max_new_tokens on another float order of the kernels (one seed did after a kernel change)
+    g = smol.chat([{"role": "user", "content": "A city as JSON."}], json_schema=City, temperature=0.0,
                   max_new_tokens=80)
     assert g.finish_reason == "stop"
     City.model_validate_json(g.text)

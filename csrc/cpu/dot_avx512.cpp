@@ -1,6 +1,7 @@
 // dot_avx512.cpp: the AVX-512 (F/BW/VL/DQ/VNNI) kernel set: 512-bit multi-row kernels for
 // every type (one template per type, NR = 1..8 activation rows; the single-row dot is NR = 1, so
-// mat-mat and mat-vec agree bit for bit), plus the strip GEMMs (kernels.h; legacy types, Q4_K,
+// mat-mat and mat-vec agree bit for bit; the legacy types' mat-vec also takes 1..4 weight rows per
+// call with the same per-output operations), plus the strip GEMMs (kernels.h; legacy types, Q4_K,
 // Q5_K, Q6_K) that matmul takes for >= 16 x rows. The 256-bit kernels of dot_x86_256.h (vpdpbusd build)
 // serve the activation quantizers; legacy rows end in a masked partial batch (n % 256).
 //
@@ -45,10 +46,10 @@ inline __m512i srli_halves(__m512i x) {
 // Weights stream from memory once per mat-vec, and the hardware prefetchers alone left decode
 // waiting on them: every kernel asks for the weight bytes kPrefetchAhead past the ones it is
 // about to decode (rows are contiguous, so this runs into the next rows).
-constexpr size_t kPrefetchAhead = 2048;
-LOWBIT_HOT void prefetch_ahead(const void* p, size_t bytes) {
+constexpr size_t kPrefetchAhead = 8192;
+LOWBIT_HOT void prefetch_ahead(const void* p, size_t bytes, size_t ahead = kPrefetchAhead) {
     for (size_t off = 0; off < bytes; off += 64)
-        _mm_prefetch(static_cast<const char*>(p) + kPrefetchAhead + off, _MM_HINT_T0);
+        _mm_prefetch(static_cast<const char*>(p) + ahead + off, _MM_HINT_T0);
 }
 
 // Two 32-byte runs (at p and p + stride) as one zmm.
@@ -164,64 +165,92 @@ inline const block_q8_0* act_row_q8_0(const void* act, size_t stride, int r) {
     return reinterpret_cast<const block_q8_0*>(static_cast<const uint8_t*>(act) + size_t(r) * stride);
 }
 
-// Legacy blocks x NR panel rows (kernels.h): batches of 8 blocks; `decode(w + b, wq, count)` turns
-// the batch's first `count` blocks into 4 zmm of unsigned values u (weight = u - bias; wq[k] =
-// blocks b+2k, b+2k+1 laid out as nibble_pair), shared by all rows; per row two f32 accumulator
-// chains. Everything that depends on the activations alone comes precomputed from the panel: one
+// The sums of v[0..3], each over its 16 lanes in one fixed tree: within each 128-bit lane
+// (l0 + l2) + (l1 + l3), then across the lanes (L0 + L2) + (L1 + L3). Only lanes of one vector
+// are ever added together, so a vector's sum does not depend on which others share the call.
+LOWBIT_HOT __m128 reduce4_ps(__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
+    const __m512 t01 = _mm512_add_ps(_mm512_unpacklo_ps(v0, v1), _mm512_unpackhi_ps(v0, v1));  // [a0+a2, b0+b2, a1+a3, b1+b3]
+    const __m512 t23 = _mm512_add_ps(_mm512_unpacklo_ps(v2, v3), _mm512_unpackhi_ps(v2, v3));
+    const __m512d p01 = _mm512_castps_pd(t01), p23 = _mm512_castps_pd(t23);
+    const __m512 t = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(p01, p23)),
+                                   _mm512_castpd_ps(_mm512_unpackhi_pd(p01, p23)));   // lane: [a, b, c, d]
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(t), _mm512_extractf32x8_ps(t, 1));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+// Legacy blocks: NW weight rows (row_bytes apart) x NR panel rows (kernels.h): batches of 8
+// blocks; `decode(w + b, wq, count)` turns the batch's first `count` blocks of one weight row
+// into 4 zmm of unsigned values u (weight = u - bias; wq[k] = blocks b+2k, b+2k+1 laid out as
+// nibble_pair), shared by all panel rows; one f32 accumulator chain per (weight row, panel row).
+// Everything that depends on the activations alone comes precomputed from the panel: one
 // 512-bit load per pair of blocks, the bias term folded into the dpbusd accumulator (corr), the
 // block scales as floats and, with kMin (Q4_1, Q5_1: weight = d*u + m), the min term as one 8-lane
-// FMA per batch against d * sum(qs). Per row and pair: two loads, one dpbusd, one convert, one
-// permute, one FMA. The last batch of a row (nb % 8 blocks) runs the same code with masked loads:
-// blocks past the row's end read as scale 0 and quants 0 and are never touched, so they add exactly
-// 0, and only the pairs holding real blocks are multiplied.
-
-template <int NR, bool kMin = false, typename WBlock, typename Decode>
-LOWBIT_HOT void legacy_panel_512(int n, const WBlock* w, const void* panel, size_t stride, float* out, Decode decode) {
+// FMA per batch against d * sum(qs), added to the low lanes before the final sum. Per output and
+// pair: two loads, one dpbusd, one convert, one permute, one FMA. The last batch of a row (nb % 8
+// blocks) runs the same code with masked loads: blocks past the row's end read as scale 0 and
+// quants 0 and are never touched, so they add exactly 0, and only the pairs holding real blocks
+// are multiplied. Every output's operations are the same whatever NW and NR (reduce4_ps), so a
+// mat-vec through NW weight rows equals the mat-mat's one-weight-row calls bit for bit; several
+// weight rows per call share the panel loads and the call, and give the core independent chains.
+template <int NW, int NR, bool kMin = false, typename WBlock, typename Decode>
+LOWBIT_HOT void legacy_panel_512(int n, const WBlock* w0, size_t row_bytes, const void* panel, size_t stride, float* out,
+                                 Decode decode) {
     const int nb = n / QK8_0;
     const Q8PanelLayout L(n);
-    __m512 acc[NR][2];
-    __m256 macc[NR];
-    for (int r = 0; r < NR; ++r) {
-        acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-        macc[r] = _mm256_setzero_ps();
-    }
+    __m512 acc[NW][NR];
+    __m256 macc[NW][NR];
+    for (int i = 0; i < NW; ++i)
+        for (int r = 0; r < NR; ++r) {
+            acc[i][r] = _mm512_setzero_ps();
+            macc[i][r] = _mm256_setzero_ps();
+        }
     const auto* p0 = static_cast<const uint8_t*>(panel);
+    // Each weight row asks for its own bytes `lead` ahead, past its end those of the same row of
+    // the next call (a mat-vec's next NW rows): NW streams of kPrefetchAhead / NW bytes in flight,
+    // as many as one row's stream (NW = 1: kPrefetchAhead ahead, running into the next rows).
+    const size_t lead = kPrefetchAhead, row_end = NW == 1 ? ~size_t(0) : row_bytes;
     auto batch = [&](int b, int count, auto full) {
         constexpr bool kFull = decltype(full)::value;
         const int n_pairs = kFull ? 4 : (count + 1) / 2;
-        prefetch_ahead(w + b, 8 * sizeof(WBlock));
-        const __m256 wd8 = _mm256_cvtph_ps(gather_d8(w + b, count));
-        __m256 wm8 = _mm256_setzero_ps();
-        if constexpr (kMin) wm8 = _mm256_cvtph_ps(gather_m8(w + b, count));
-        __m512i wq[4];
-        decode(w + b, wq, count);
-        for (int r = 0; r < NR; ++r) {
-            const uint8_t* p = p0 + size_t(r) * stride;
-            const auto* ad = reinterpret_cast<const float*>(p + L.d) + b;
-            const __m512 d16 = _mm512_castps256_ps512(_mm256_mul_ps(wd8, _mm256_loadu_ps(ad)));
-            if constexpr (kMin) macc[r] = _mm256_fmadd_ps(wm8, _mm256_loadu_ps(reinterpret_cast<const float*>(p + L.s) + b), macc[r]);
-            const uint8_t* qs = p + L.qs + size_t(b) * QK8_0;
-            const uint8_t* corr = p + L.corr + size_t(b) * QK8_0;   // 64 bytes per pair, as qs
-            for (int k = 0; k < n_pairs; ++k) {
-                const __m512i sel = _mm512_inserti64x4(_mm512_set1_epi32(2 * k), _mm256_set1_epi32(2 * k + 1), 1);
-                const __m512i y = load512(qs + 64 * k);
-                const __m512i c = kMin ? _mm512_setzero_si512() : load512(corr + 64 * k);
-                const __m512i isum = _mm512_dpbusd_epi32(c, wq[k], y);
-                acc[r][k & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_permutexvar_ps(sel, d16), acc[r][k & 1]);
+        for (int i = 0; i < NW; ++i) {
+            const WBlock* w = reinterpret_cast<const WBlock*>(reinterpret_cast<const uint8_t*>(w0) + i * row_bytes) + b;
+            const size_t at = size_t(b) * sizeof(WBlock) + lead;
+            prefetch_ahead(w, 8 * sizeof(WBlock), at < row_end ? lead : lead + (NW - 1) * row_bytes);
+            const __m256 wd8 = _mm256_cvtph_ps(gather_d8(w, count));
+            __m256 wm8 = _mm256_setzero_ps();
+            if constexpr (kMin) wm8 = _mm256_cvtph_ps(gather_m8(w, count));
+            __m512i wq[4];
+            decode(w, wq, count);
+            for (int r = 0; r < NR; ++r) {
+                const uint8_t* p = p0 + size_t(r) * stride;
+                const auto* ad = reinterpret_cast<const float*>(p + L.d) + b;
+                const __m512 d16 = _mm512_castps256_ps512(_mm256_mul_ps(wd8, _mm256_loadu_ps(ad)));
+                if constexpr (kMin)
+                    macc[i][r] = _mm256_fmadd_ps(wm8, _mm256_loadu_ps(reinterpret_cast<const float*>(p + L.s) + b), macc[i][r]);
+                const uint8_t* qs = p + L.qs + size_t(b) * QK8_0;
+                const uint8_t* corr = p + L.corr + size_t(b) * QK8_0;   // 64 bytes per pair, as qs
+                for (int k = 0; k < n_pairs; ++k) {
+                    const __m512i sel = _mm512_inserti64x4(_mm512_set1_epi32(2 * k), _mm256_set1_epi32(2 * k + 1), 1);
+                    const __m512i c = kMin ? _mm512_setzero_si512() : load512(corr + 64 * k);
+                    const __m512i isum = _mm512_dpbusd_epi32(c, wq[k], load512(qs + 64 * k));
+                    acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_permutexvar_ps(sel, d16), acc[i][r]);
+                }
             }
         }
     };
     int b = 0;
     for (; b + 8 <= nb; b += 8) batch(b, 8, std::true_type{});
     if (b < nb) batch(b, nb - b, std::false_type{});
-    for (int r = 0; r < NR; ++r) {
-        float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
-        if constexpr (kMin) {
-            const __m128 m4 = _mm_add_ps(_mm256_castps256_ps128(macc[r]), _mm256_extractf128_ps(macc[r], 1));
-            const __m128 m2 = _mm_add_ps(m4, _mm_movehl_ps(m4, m4));
-            sum += _mm_cvtss_f32(_mm_add_ss(m2, _mm_movehdup_ps(m2)));
-        }
-        out[r] = sum;
+    constexpr int kOut = NW * NR;
+    __m512 v[(kOut + 3) / 4 * 4];
+    for (int i = 0; i < NW; ++i)
+        for (int r = 0; r < NR; ++r)
+            v[i * NR + r] = kMin ? _mm512_add_ps(acc[i][r], _mm512_zextps256_ps512(macc[i][r])) : acc[i][r];
+    for (int o = kOut; o < (kOut + 3) / 4 * 4; ++o) v[o] = _mm512_setzero_ps();
+    for (int o = 0; o < kOut; o += 4) {
+        alignas(16) float s[4];
+        _mm_store_ps(s, reduce4_ps(v[o], v[o + 1], v[o + 2], v[o + 3]));
+        for (int j = 0; j < 4 && o + j < kOut; ++j) out[o + j] = s[j];
     }
 }
 
@@ -287,10 +316,24 @@ constexpr int kPanelPass = 8;   // rows per pass over the weight row
             name##_panel_n<NR - kPanelPass>(n, w, static_cast<const uint8_t*>(act) + kPanelPass * stride, stride, out + kPanelPass); \
             return;                                                                                \
         }                                                                                          \
-        legacy_panel_512<NR, kMin>(n, static_cast<const Block*>(w), act, stride, out, Decode{});   \
+        legacy_panel_512<1, NR, kMin>(n, static_cast<const Block*>(w), 0, act, stride, out, Decode{}); \
     }                                                                                              \
     void name##_panel(int n, const void* w, const void* act, size_t stride, int nrows, float* out) { \
         LOWBIT_ROWS_SWITCH(name##_panel_n, nrows, n, w, act, stride, out)                          \
+    }                                                                                              \
+    template <int NW>                                                                              \
+    void name##_panel_w(int n, const void* w, size_t row_bytes, const void* act, size_t stride, int nrows, float* out) { \
+        if (nrows == 1) legacy_panel_512<NW, 1, kMin>(n, static_cast<const Block*>(w), row_bytes, act, stride, out, Decode{}); \
+        else legacy_panel_512<NW, 2, kMin>(n, static_cast<const Block*>(w), row_bytes, act, stride, out, Decode{}); \
+    }                                                                                              \
+    void name##_panel_wrows(int n, const void* w, size_t row_bytes, int nw, const void* act, size_t stride, \
+                            int nrows, float* out) {                                              \
+        switch (nw) {                                                                              \
+            case 1: name##_panel_w<1>(n, w, row_bytes, act, stride, nrows, out); break;            \
+            case 2: name##_panel_w<2>(n, w, row_bytes, act, stride, nrows, out); break;            \
+            case 3: name##_panel_w<3>(n, w, row_bytes, act, stride, nrows, out); break;            \
+            default: name##_panel_w<4>(n, w, row_bytes, act, stride, nrows, out); break;           \
+        }                                                                                          \
     }
 
 LOWBIT_PANEL(q4_0, block_q4_0, false, DecodeQ4)
@@ -1003,23 +1046,23 @@ void quantize_act_q8_K(const float* x, block_q8_K* y, int n) { quantize_act_q8_K
 
 namespace {
 // Entries of the types with panel kernels (legacy 32-blocks) and strip GEMMs.
-constexpr TypeKernels legacy(VecDotFn dot, VecDotRowsFn rows, PanelRowsFn panel, StripKernels strip) {
-    return {.dot = dot, .dot_rows = rows, .panel = panel, .strip = strip};
+constexpr TypeKernels legacy(VecDotFn dot, VecDotRowsFn rows, PanelRowsFn panel, PanelWRowsFn wrows, StripKernels strip) {
+    return {.dot = dot, .dot_rows = rows, .panel = panel, .panel_wrows = wrows, .strip = strip};
 }
 
 KernelSet make_kernels() {
     KernelSet k{"avx512", quantize_act_q8_0, quantize_act_q8_K};
-    k[GGMLType::Q4_0] = legacy(vec_dot_q4_0, q4_0_rows, q4_0_panel,
+    k[GGMLType::Q4_0] = legacy(vec_dot_q4_0, q4_0_rows, q4_0_panel, q4_0_panel_wrows,
                                {strip_decode<false, block_q4_0, DecodeQ4>, strip_gemm<32, false>, 32, 8});
-    k[GGMLType::Q4_1] = legacy(vec_dot_q4_1, q4_1_rows, q4_1_panel,
+    k[GGMLType::Q4_1] = legacy(vec_dot_q4_1, q4_1_rows, q4_1_panel, q4_1_panel_wrows,
                                {strip_decode<true, block_q4_1, DecodeQ4>, strip_gemm<32, true>, 32, 0});
-    k[GGMLType::Q5_0] = legacy(vec_dot_q5_0, q5_0_rows, q5_0_panel,
+    k[GGMLType::Q5_0] = legacy(vec_dot_q5_0, q5_0_rows, q5_0_panel, q5_0_panel_wrows,
                                {strip_decode<false, block_q5_0, DecodeQ5>, strip_gemm<32, false>, 32, 16});
-    k[GGMLType::Q5_1] = legacy(vec_dot_q5_1, q5_1_rows, q5_1_panel,
+    k[GGMLType::Q5_1] = legacy(vec_dot_q5_1, q5_1_rows, q5_1_panel, q5_1_panel_wrows,
                                {strip_decode<true, block_q5_1, DecodeQ5>, strip_gemm<32, true>, 32, 0});
-    k[GGMLType::Q8_0] = legacy(vec_dot_q8_0, q8_0_rows, q8_0_panel,
+    k[GGMLType::Q8_0] = legacy(vec_dot_q8_0, q8_0_rows, q8_0_panel, q8_0_panel_wrows,
                                {strip_decode<false, block_q8_0, DecodeQ8>, strip_gemm<32, false>, 32, 128});
-    k[GGMLType::IQ4_NL] = legacy(vec_dot_iq4_nl, iq4_nl_rows, iq4_nl_panel,
+    k[GGMLType::IQ4_NL] = legacy(vec_dot_iq4_nl, iq4_nl_rows, iq4_nl_panel, iq4_nl_panel_wrows,
                                  {strip_decode<false, block_iq4_nl, DecodeIQ4NL>, strip_gemm<32, false>, 32, 128});
     k[GGMLType::Q2_K] = {.dot = vec_dot_q2_K, .dot_rows = q2_K_rows};
     k[GGMLType::Q3_K] = {.dot = vec_dot_q3_K, .dot_rows = q3_K_rows};

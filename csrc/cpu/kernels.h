@@ -68,6 +68,14 @@ struct Q8PanelLayout {
 // out[i] = dot(weight row, panel row i) for i < nrows <= kMaxDotRows, panel rows stride bytes apart.
 using PanelRowsFn = void (*)(int n, const void* weight_blocks, const void* panel, size_t stride, int nrows,
                              float* out);
+// Mat-vec (decode) through panels: nw <= kPanelWRows weight rows (row_bytes apart) against nrows <= 2
+// panel rows (a token's q8 row, or its hi and lo rows); out[i * nrows + r] = the PanelRowsFn's
+// out[r] for weight row i, bit for bit (same operations per output), so a mat-vec through it
+// equals the mat-mat's per-row results. Several weight rows per call share the activation loads
+// and the call, and give the core independent accumulator chains.
+using PanelWRowsFn = void (*)(int n, const void* weight_rows, size_t row_bytes, int nw, const void* panel,
+                              size_t stride, int nrows, float* out);
+constexpr int kPanelWRows = 4;
 
 // Strip GEMM (mat-mat of many rows on AVX-512): kStripRows weight rows decoded once per matmul
 // call into unsigned values u (weight = dw * (u - bias) + mw per block of `block` elements: 32 for
@@ -120,11 +128,13 @@ struct StripKernels {
 //   panel      AVX-512 legacy types: dots against a Q8PanelLayout. Each panel row's result does not
 //              depend on nrows or its place in the panel, so a mat-mat through them equals a loop
 //              of mat-vecs bit for bit.
+//   panel_wrows  the same panels, several weight rows per call (mat-vec; PanelWRowsFn)
 //   strip      AVX-512 strip GEMM for mat-mat of many rows (StripLayout)
 struct TypeKernels {
     VecDotFn dot = nullptr;
     VecDotRowsFn dot_rows = nullptr;
     PanelRowsFn panel = nullptr;
+    PanelWRowsFn panel_wrows = nullptr;
     StripKernels strip = {nullptr, nullptr, 0, 0};
 };
 

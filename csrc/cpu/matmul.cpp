@@ -266,8 +266,20 @@ void matvec(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
         });
         return;
     }
-    const VecDotRowsFn dot_rows = rows_kernel(ks, type, act);   // (hi, lo) in one pass over the weight row
     const int pt = int(act.per_token);
+    if (const PanelWRowsFn wrows = act.panel ? ks.of(type).panel_wrows : nullptr) {   // kPanelWRows weight rows a call
+        pool.parallel_for(n_chunks, [&](int64_t c, int) {
+            const int64_t r1 = std::min(rows, (c + 1) * chunk_rows);
+            for (int64_t r = c * chunk_rows; r < r1; r += kPanelWRows) {
+                const int nw = int(std::min<int64_t>(kPanelWRows, r1 - r));
+                float out[2 * kPanelWRows];
+                wrows(int(cols), w + r * wrow, size_t(wrow), nw, act.row(0), act.row_bytes, pt, out);
+                for (int i = 0; i < nw; ++i) y[r + i] = pt == 1 ? out[i] : out[2 * i] + out[2 * i + 1] * (1.0f / kLoScale);
+            }
+        });
+        return;
+    }
+    const VecDotRowsFn dot_rows = rows_kernel(ks, type, act);   // (hi, lo) in one pass over the weight row
     pool.parallel_for(n_chunks, [&](int64_t c, int) {
         const int64_t r1 = std::min(rows, (c + 1) * chunk_rows);
         for (int64_t r = c * chunk_rows; r < r1; ++r) {

@@ -122,8 +122,10 @@ inline void iq_nibble_scales(const uint8_t* scales, uint16_t* out) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_add_epi16(_mm256_add_epi16(w, w), _mm256_set1_epi16(1)));
 }
 
+// 4 table qwords: broadcast loads and blends (no inserts: shuffle ports are the scarce ones).
 inline __m256i points8(const uint64_t* grid, int i0, int i1, int i2, int i3) {
-    return _mm256_set_epi64x(int64_t(grid[i3]), int64_t(grid[i2]), int64_t(grid[i1]), int64_t(grid[i0]));
+    const auto bq = [&](int i) { return _mm256_castpd_si256(_mm256_broadcast_sd(reinterpret_cast<const double*>(grid + i))); };
+    return _mm256_blend_epi32(_mm256_blend_epi32(bq(i0), bq(i1), 0x0C), _mm256_blend_epi32(bq(i2), bq(i3), 0xC0), 0xF0);
 }
 
 inline __m256i points4(const uint32_t* grid, const int* idx) {
@@ -278,6 +280,18 @@ constexpr std::array<uint64_t, 2048> make_iq1_u8() {
 }
 constexpr std::array<uint64_t, 2048> kIq1U8 = make_iq1_u8();
 
+// IQ1_M: the point's 1 + delta byte folded in, its delta bit (nibble bit 3, set: delta -1) as index
+// bit 11: entry i = 8 (g + 1) + 2 for i < 2048, 8 (g + 1) for i >= 2048 (32 KiB).
+constexpr std::array<uint64_t, 4096> make_iq1_u8_delta() {
+    std::array<uint64_t, 4096> t{};
+    for (int i = 0; i < 2048; ++i) {
+        t[i] = kIq1U8[i] + 0x0202020202020202ull;
+        t[i + 2048] = kIq1U8[i];
+    }
+    return t;
+}
+constexpr std::array<uint64_t, 4096> kIq1U8Delta = make_iq1_u8_delta();
+
 }  // namespace
 
 namespace {
@@ -298,11 +312,12 @@ inline void iq1s_indices(const block_iq1_s& x, uint16_t* idx) {
     }
 }
 
-// The 32 grid indices of an IQ1_M super-block: qs[p] | 3 low bits of nibble p % 2 of qh[p / 2].
+// The 32 indices into kIq1U8Delta of an IQ1_M super-block: qs[p] | nibble p % 2 of qh[p / 2] << 8
+// (its 3 low bits: the grid index; bit 3: the delta).
 inline void iq1m_indices(const block_iq1_m& x, uint16_t* idx) {
     const __m128i qh = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.qh));
-    const __m128i m7 = _mm_set1_epi8(7);
-    const __m128i lo = _mm_and_si128(qh, m7), hi = _mm_and_si128(_mm_srli_epi16(qh, 4), m7);
+    const __m128i m15 = _mm_set1_epi8(15);
+    const __m128i lo = _mm_and_si128(qh, m15), hi = _mm_and_si128(_mm_srli_epi16(qh, 4), m15);
     const __m128i hb[2] = {_mm_unpacklo_epi8(lo, hi), _mm_unpackhi_epi8(lo, hi)};   // points 0..15, 16..31
     for (int h = 0; h < 2; ++h) {
         const __m128i qs = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.qs + 16 * h));
@@ -311,14 +326,6 @@ inline void iq1m_indices(const block_iq1_m& x, uint16_t* idx) {
     }
 }
 
-// The 1 + delta bytes of a group's 4 points from their 4 delta bits (bit k set: delta -1, adds 0).
-constexpr std::array<std::array<uint64_t, 4>, 16> make_iq1_delta() {
-    std::array<std::array<uint64_t, 4>, 16> t{};
-    for (int m = 0; m < 16; ++m)
-        for (int k = 0; k < 4; ++k) t[m][k] = (m >> k) & 1 ? 0 : 0x0202020202020202ull;
-    return t;
-}
-constexpr std::array<std::array<uint64_t, 4>, 16> kIq1Delta = make_iq1_delta();
 }  // namespace
 
 float vec_dot_iq1_s(int n, const void* vw, const void* va) {
@@ -329,18 +336,22 @@ float vec_dot_iq1_s(int n, const void* vw, const void* va) {
         alignas(32) uint16_t idx[32];
         iq1s_indices(w[b], idx);
         // ls = 2 ((qh >> 12) & 7) + 1 per group, twice per dword: the scale of each of the 16 bsums
-        const __m256i s = _mm256_and_si256(_mm256_srli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(
-                                               reinterpret_cast<const __m128i*>(w[b].qh))), 12), _mm256_set1_epi32(7));
+        const __m256i qh = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qh)));
+        const __m256i s = _mm256_and_si256(_mm256_srli_epi32(qh, 12), _mm256_set1_epi32(7));
         const __m256i ls = _mm256_add_epi32(_mm256_add_epi32(s, s), _mm256_set1_epi32(1));
         const __m256i ls16 = _mm256_or_si256(ls, _mm256_slli_epi32(ls, 16));
-        __m256i acc = _mm256_madd_epi16(iq_load(a[b].bsums), _mm256_mullo_epi16(ls16, _mm256_set1_epi16(-9)));
+        // the group's 1 + delta - 9 = delta - 8 = -7 - 2 (qh >> 15) joins the bsums term, so the
+        // grid bytes need no per-group add
+        const __m256i neg = _mm256_srli_epi32(qh, 15), neg16 = _mm256_or_si256(neg, _mm256_slli_epi32(neg, 16));
+        const __m256i coef = _mm256_mullo_epi16(ls16, _mm256_sub_epi16(_mm256_set1_epi16(-7), _mm256_add_epi16(neg16, neg16)));
+        __m256i acc = _mm256_madd_epi16(iq_load(a[b].bsums), coef);
+        alignas(32) uint32_t ls32[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(ls32), ls16);
         for (int g = 0; g < 8; ++g) {
             const uint16_t* i4 = idx + 4 * g;
-            const int qh = w[b].qh[g];
-            const __m256i q = _mm256_add_epi8(points8(kIq1U8.data(), i4[0], i4[1], i4[2], i4[3]),
-                                              _mm256_set1_epi8(char(qh & 0x8000 ? 0 : 2)));
-            // pairs u * q8 <= 2 * 18 * 128 fit int16; times ls <= 15 in the madd
-            acc = _mm256_add_epi32(acc, iq_scaled(q, iq_load(a[b].qs + 32 * g), _mm256_set1_epi16(short(2 * ((qh >> 12) & 7) + 1))));
+            const __m256i q = points8(kIq1U8.data(), i4[0], i4[1], i4[2], i4[3]);
+            // pairs u * q8 <= 2 * 16 * 128 fit int16; times ls <= 15 in the madd
+            acc = _mm256_add_epi32(acc, iq_scaled(q, iq_load(a[b].qs + 32 * g), _mm256_set1_epi32(int(ls32[g]))));
         }
         sumf += (iq_h2f(w[b].d) * a[b].d) * float(iq_hsum(acc));
     }
@@ -365,21 +376,20 @@ float vec_dot_iq1_m(int n, const void* vw, const void* va) {
                                                                  4, 5, 4, 5, 4, 5, 4, 5, 6, 7, 6, 7, 6, 7, 6, 7));
         const __m256i f = _mm256_srli_epi16(_mm256_mullo_epi16(rep, _mm256_set1_epi64x(0x0010008004002000)), 13);
         const __m256i ls16 = _mm256_add_epi16(_mm256_add_epi16(f, f), _mm256_set1_epi16(1));
-        alignas(32) uint16_t ls[16];
-        _mm256_store_si256(reinterpret_cast<__m256i*>(ls), ls16);
         __m256i acc = _mm256_madd_epi16(iq_load(a[b].bsums), _mm256_mullo_epi16(ls16, _mm256_set1_epi16(-9)));
+        // unscaled sums per group (dwords 0-3: its first 16 weights, 4-7: the second), folded by an
+        // hadd tree into [g0 g1 g2 g3 | g0' g1' g2' g3'] (g: first half, g': second) for groups
+        // 0-3 and 4-7, then multiplied by their scales ls[2g], ls[2g + 1] in that order
+        __m256i p[8];
         for (int g = 0; g < 8; ++g) {
             const uint16_t* i4 = idx + 4 * g;
-            uint16_t h01;   // qh[2g] | qh[2g + 1] << 8: the delta bits of points 0..3 are bits 3, 7, 11, 15
-            std::memcpy(&h01, w[b].qh + 2 * g, 2);
-#if LOWBIT_VNNI   // pext is fast on every AVX-512 CPU (microcoded on AVX2-only Zen 1/2)
-            const unsigned bits = _pext_u32(h01, 0x8888);
-#else
-            const unsigned bits = ((h01 >> 3) & 1) | ((h01 >> 6) & 2) | ((h01 >> 9) & 4) | ((h01 >> 12) & 8);
-#endif
-            const __m256i delta = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kIq1Delta[bits].data()));
-            const __m256i q = _mm256_add_epi8(points8(kIq1U8.data(), i4[0], i4[1], i4[2], i4[3]), delta);
-            acc = _mm256_add_epi32(acc, iq_scaled(q, iq_load(a[b].qs + 32 * g), iq_two_scales(ls + 2 * g)));
+            p[g] = iq_mul_sum_us8(points8(kIq1U8Delta.data(), i4[0], i4[1], i4[2], i4[3]), iq_load(a[b].qs + 32 * g));
+        }
+        const __m256i even_odd = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+        for (int h = 0; h < 2; ++h) {
+            const __m256i sums = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4 * h], p[4 * h + 1]), _mm256_hadd_epi32(p[4 * h + 2], p[4 * h + 3]));
+            const __m128i ls8 = h ? _mm256_extracti128_si256(ls16, 1) : _mm256_castsi256_si128(ls16);
+            acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(sums, _mm256_permutevar8x32_epi32(_mm256_cvtepu16_epi32(ls8), even_odd)));
         }
         sumf += (iq_h2f(dbits) * a[b].d) * float(iq_hsum(acc));
     }

@@ -205,6 +205,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="4096x4096 only")
     ap.add_argument("--skip-prefill", action="store_true", help="decode mat-vec table only")
     ap.add_argument("--prefill-threads", type=int, default=None, help="threads of the prefill table (default: all cores)")
+    ap.add_argument("--prefill-repeats", type=int, default=3,
+                    help="best of this many calls each side (more on a loaded host: one slice lost costs a call)")
     ap.add_argument("--llama-decode-threads", type=int, default=2,
                     help="threads of llama.cpp's decode column (1 on a loaded host: ggml's pool waits a scheduler slice per barrier there)")
     args = ap.parse_args()
@@ -264,7 +266,7 @@ def main() -> None:
           " speed-up per row |")
     print("|---|---|---|---|---|---|---|")
     for ty in types_prefill:
-        r = bench_prefill(rng, ty, 4096, 4096, n, t)
+        r = bench_prefill(rng, ty, 4096, 4096, n, t, args.prefill_repeats)
         res["prefill"].append(r)
         theirs = (f"{r['llama_cpp_rows_per_s']:.0f} | {r['ratio_vs_llama_cpp']:.2f}x" if "llama_cpp_rows_per_s" in r
                   else "- | -")

@@ -4,9 +4,10 @@ Oracles: gguf.quants.dequantize for the weights (float64 dot of dequantized weig
 dequantized activations), the scalar kernel set for the SIMD ones.
 
 Claims checked here (see csrc/cpu/kernels.h):
-  * k-quants and IQ4_XS: every SIMD dot == scalar dot bit for bit.
-  * legacy 32-blocks (Q4_0 .. IQ4_NL): SIMD float reduction order differs: tier 1,
-    |simd - scalar| <= 2e-7 * n_blocks * sum|w_i a_i|.
+  * k-quants, IQ4_XS and the IQ1 / IQ2 / IQ3 i-quants: every SIMD dot == scalar dot bit for bit.
+  * legacy 32-blocks (Q4_0 .. IQ4_NL), FP4 and ternary (MXFP4 NVFP4 TQ1_0 TQ2_0): exact integer block sums, SIMD
+    float reduction order differs: tier 1, |simd - scalar| <= 2e-7 * n_blocks * sum|w_i a_i|
+    (n_blocks: float steps of the spec, FLOAT_STEP elements each).
   * F32/F16/BF16: scalar sums in double, SIMD in f32 lanes: |diff| <= 1e-7 * n * sum|w_i a_i|.
   * activation quantizers: SIMD == scalar byte for byte.
   * matmul: threaded == single-thread, mat-mat == per-row mat-vec, all bit for bit, except
@@ -30,7 +31,9 @@ QUANT_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q2_K", "Q3_K",
                "IQ4_XS"] + IQ_TYPES
 FLOAT_TYPES = ["F32", "F16", "BF16"]
 ALL_TYPES = QUANT_TYPES + FLOAT_TYPES
-EXACT_TYPES = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", *IQ_TYPES}
+TIER1_IQ_TYPES = {"MXFP4", "NVFP4", "TQ1_0", "TQ2_0"}   # float steps in vector lanes (dot_iq_x86_256.h)
+EXACT_TYPES = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", *IQ_TYPES} - TIER1_IQ_TYPES
+FLOAT_STEP = {"NVFP4": 16}   # elements per float step (else 32: a block, or a lane of 32 weights)
 LEVELS = ["scalar", "avx2", "avx512"]
 
 # Byte offsets of the fp16 scale fields of each block (set to sane values; the rest is random).
@@ -166,7 +169,7 @@ def dot_tolerance(type_name: str, n: int, w: np.ndarray, a64: np.ndarray) -> flo
         return 0.0
     if type_name in FLOAT_TYPES:
         return 1e-7 * n * scale
-    return 2e-7 * (n // 32) * scale
+    return 2e-7 * (n // FLOAT_STEP.get(type_name, 32)) * scale
 
 
 @pytest.mark.parametrize("type_name", ALL_TYPES)

@@ -9,7 +9,9 @@
 //
 // Exactness: each kernel computes the scalar spec's integers (dot_scalar_iq.cpp) exactly
 // (maddubs pairs stay below 2^15: grid magnitudes <= 62 times |q8| <= 128, twice) and then the
-// spec's float operations in its order, so every result equals the scalar one bit for bit.
+// spec's float operations in its order, so every result equals the scalar one bit for bit;
+// except FP4, TQ1_0 and TQ2_0, whose integer block sums stay exact but whose float steps run in
+// vector lanes with one reduction per row (tier 1 to the spec: see vec_dot_tq1_0, vec_dot_mxfp4).
 // Shape: one 32-weight group per ymm; grid points are gathered with scalar loads (the index
 // bits are scattered); the 32 sign bits of a group (built for all 8 groups of a super-block at
 // once where they are 7-bit ksigns) negate activation bytes: one masked subtract on AVX-512,
@@ -39,9 +41,9 @@ inline __m256i iq_load(const void* p) { return _mm256_loadu_si256(static_cast<co
 // 8 int32: sums of 4 adjacent u8 x s8 products.
 inline __m256i iq_mul_sum_us8(__m256i u, __m256i s) {
 #if LOWBIT_VNNI
-    // the EVEX (zmm) form: the ymm intrinsic may become AVX-VNNI, missing on some AVX-512 CPUs
-    const __m512i r = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_zextsi256_si512(u), _mm512_zextsi256_si512(s));
-    return _mm512_castsi512_si256(r);
+    // the ymm form: EVEX-encoded as the build has no -mavxvnni (CMakeLists.txt); a zmm op on a
+    // zero-extended ymm costs two 256-bit slots on Zen 4
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
 #else
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 #endif
@@ -62,6 +64,12 @@ inline int iq_hsum(__m256i v) {
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
     return _mm_cvtsi128_si32(s);
+}
+
+inline float iq_hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
 
 // y with byte i negated where bit i of `bits` is set (the 32 sign bits of one group of 32).
@@ -114,8 +122,10 @@ inline void iq_nibble_scales(const uint8_t* scales, uint16_t* out) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_add_epi16(_mm256_add_epi16(w, w), _mm256_set1_epi16(1)));
 }
 
+// 4 table qwords: broadcast loads and blends (no inserts: shuffle ports are the scarce ones).
 inline __m256i points8(const uint64_t* grid, int i0, int i1, int i2, int i3) {
-    return _mm256_set_epi64x(int64_t(grid[i3]), int64_t(grid[i2]), int64_t(grid[i1]), int64_t(grid[i0]));
+    const auto bq = [&](int i) { return _mm256_castpd_si256(_mm256_broadcast_sd(reinterpret_cast<const double*>(grid + i))); };
+    return _mm256_blend_epi32(_mm256_blend_epi32(bq(i0), bq(i1), 0x0C), _mm256_blend_epi32(bq(i2), bq(i3), 0xC0), 0xF0);
 }
 
 inline __m256i points4(const uint32_t* grid, const int* idx) {
@@ -270,6 +280,18 @@ constexpr std::array<uint64_t, 2048> make_iq1_u8() {
 }
 constexpr std::array<uint64_t, 2048> kIq1U8 = make_iq1_u8();
 
+// IQ1_M: the point's 1 + delta byte folded in, its delta bit (nibble bit 3, set: delta -1) as index
+// bit 11: entry i = 8 (g + 1) + 2 for i < 2048, 8 (g + 1) for i >= 2048 (32 KiB).
+constexpr std::array<uint64_t, 4096> make_iq1_u8_delta() {
+    std::array<uint64_t, 4096> t{};
+    for (int i = 0; i < 2048; ++i) {
+        t[i] = kIq1U8[i] + 0x0202020202020202ull;
+        t[i + 2048] = kIq1U8[i];
+    }
+    return t;
+}
+constexpr std::array<uint64_t, 4096> kIq1U8Delta = make_iq1_u8_delta();
+
 }  // namespace
 
 namespace {
@@ -290,11 +312,12 @@ inline void iq1s_indices(const block_iq1_s& x, uint16_t* idx) {
     }
 }
 
-// The 32 grid indices of an IQ1_M super-block: qs[p] | 3 low bits of nibble p % 2 of qh[p / 2].
+// The 32 indices into kIq1U8Delta of an IQ1_M super-block: qs[p] | nibble p % 2 of qh[p / 2] << 8
+// (its 3 low bits: the grid index; bit 3: the delta).
 inline void iq1m_indices(const block_iq1_m& x, uint16_t* idx) {
     const __m128i qh = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.qh));
-    const __m128i m7 = _mm_set1_epi8(7);
-    const __m128i lo = _mm_and_si128(qh, m7), hi = _mm_and_si128(_mm_srli_epi16(qh, 4), m7);
+    const __m128i m15 = _mm_set1_epi8(15);
+    const __m128i lo = _mm_and_si128(qh, m15), hi = _mm_and_si128(_mm_srli_epi16(qh, 4), m15);
     const __m128i hb[2] = {_mm_unpacklo_epi8(lo, hi), _mm_unpackhi_epi8(lo, hi)};   // points 0..15, 16..31
     for (int h = 0; h < 2; ++h) {
         const __m128i qs = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.qs + 16 * h));
@@ -303,14 +326,6 @@ inline void iq1m_indices(const block_iq1_m& x, uint16_t* idx) {
     }
 }
 
-// The 1 + delta bytes of a group's 4 points from their 4 delta bits (bit k set: delta -1, adds 0).
-constexpr std::array<std::array<uint64_t, 4>, 16> make_iq1_delta() {
-    std::array<std::array<uint64_t, 4>, 16> t{};
-    for (int m = 0; m < 16; ++m)
-        for (int k = 0; k < 4; ++k) t[m][k] = (m >> k) & 1 ? 0 : 0x0202020202020202ull;
-    return t;
-}
-constexpr std::array<std::array<uint64_t, 4>, 16> kIq1Delta = make_iq1_delta();
 }  // namespace
 
 float vec_dot_iq1_s(int n, const void* vw, const void* va) {
@@ -321,18 +336,22 @@ float vec_dot_iq1_s(int n, const void* vw, const void* va) {
         alignas(32) uint16_t idx[32];
         iq1s_indices(w[b], idx);
         // ls = 2 ((qh >> 12) & 7) + 1 per group, twice per dword: the scale of each of the 16 bsums
-        const __m256i s = _mm256_and_si256(_mm256_srli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(
-                                               reinterpret_cast<const __m128i*>(w[b].qh))), 12), _mm256_set1_epi32(7));
+        const __m256i qh = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qh)));
+        const __m256i s = _mm256_and_si256(_mm256_srli_epi32(qh, 12), _mm256_set1_epi32(7));
         const __m256i ls = _mm256_add_epi32(_mm256_add_epi32(s, s), _mm256_set1_epi32(1));
         const __m256i ls16 = _mm256_or_si256(ls, _mm256_slli_epi32(ls, 16));
-        __m256i acc = _mm256_madd_epi16(iq_load(a[b].bsums), _mm256_mullo_epi16(ls16, _mm256_set1_epi16(-9)));
+        // the group's 1 + delta - 9 = delta - 8 = -7 - 2 (qh >> 15) joins the bsums term, so the
+        // grid bytes need no per-group add
+        const __m256i neg = _mm256_srli_epi32(qh, 15), neg16 = _mm256_or_si256(neg, _mm256_slli_epi32(neg, 16));
+        const __m256i coef = _mm256_mullo_epi16(ls16, _mm256_sub_epi16(_mm256_set1_epi16(-7), _mm256_add_epi16(neg16, neg16)));
+        __m256i acc = _mm256_madd_epi16(iq_load(a[b].bsums), coef);
+        alignas(32) uint32_t ls32[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(ls32), ls16);
         for (int g = 0; g < 8; ++g) {
             const uint16_t* i4 = idx + 4 * g;
-            const int qh = w[b].qh[g];
-            const __m256i q = _mm256_add_epi8(points8(kIq1U8.data(), i4[0], i4[1], i4[2], i4[3]),
-                                              _mm256_set1_epi8(char(qh & 0x8000 ? 0 : 2)));
-            // pairs u * q8 <= 2 * 18 * 128 fit int16; times ls <= 15 in the madd
-            acc = _mm256_add_epi32(acc, iq_scaled(q, iq_load(a[b].qs + 32 * g), _mm256_set1_epi16(short(2 * ((qh >> 12) & 7) + 1))));
+            const __m256i q = points8(kIq1U8.data(), i4[0], i4[1], i4[2], i4[3]);
+            // pairs u * q8 <= 2 * 16 * 128 fit int16; times ls <= 15 in the madd
+            acc = _mm256_add_epi32(acc, iq_scaled(q, iq_load(a[b].qs + 32 * g), _mm256_set1_epi32(int(ls32[g]))));
         }
         sumf += (iq_h2f(w[b].d) * a[b].d) * float(iq_hsum(acc));
     }
@@ -357,21 +376,20 @@ float vec_dot_iq1_m(int n, const void* vw, const void* va) {
                                                                  4, 5, 4, 5, 4, 5, 4, 5, 6, 7, 6, 7, 6, 7, 6, 7));
         const __m256i f = _mm256_srli_epi16(_mm256_mullo_epi16(rep, _mm256_set1_epi64x(0x0010008004002000)), 13);
         const __m256i ls16 = _mm256_add_epi16(_mm256_add_epi16(f, f), _mm256_set1_epi16(1));
-        alignas(32) uint16_t ls[16];
-        _mm256_store_si256(reinterpret_cast<__m256i*>(ls), ls16);
         __m256i acc = _mm256_madd_epi16(iq_load(a[b].bsums), _mm256_mullo_epi16(ls16, _mm256_set1_epi16(-9)));
+        // unscaled sums per group (dwords 0-3: its first 16 weights, 4-7: the second), folded by an
+        // hadd tree into [g0 g1 g2 g3 | g0' g1' g2' g3'] (g: first half, g': second) for groups
+        // 0-3 and 4-7, then multiplied by their scales ls[2g], ls[2g + 1] in that order
+        __m256i p[8];
         for (int g = 0; g < 8; ++g) {
             const uint16_t* i4 = idx + 4 * g;
-            uint16_t h01;   // qh[2g] | qh[2g + 1] << 8: the delta bits of points 0..3 are bits 3, 7, 11, 15
-            std::memcpy(&h01, w[b].qh + 2 * g, 2);
-#if LOWBIT_VNNI   // pext is fast on every AVX-512 CPU (microcoded on AVX2-only Zen 1/2)
-            const unsigned bits = _pext_u32(h01, 0x8888);
-#else
-            const unsigned bits = ((h01 >> 3) & 1) | ((h01 >> 6) & 2) | ((h01 >> 9) & 4) | ((h01 >> 12) & 8);
-#endif
-            const __m256i delta = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kIq1Delta[bits].data()));
-            const __m256i q = _mm256_add_epi8(points8(kIq1U8.data(), i4[0], i4[1], i4[2], i4[3]), delta);
-            acc = _mm256_add_epi32(acc, iq_scaled(q, iq_load(a[b].qs + 32 * g), iq_two_scales(ls + 2 * g)));
+            p[g] = iq_mul_sum_us8(points8(kIq1U8Delta.data(), i4[0], i4[1], i4[2], i4[3]), iq_load(a[b].qs + 32 * g));
+        }
+        const __m256i even_odd = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+        for (int h = 0; h < 2; ++h) {
+            const __m256i sums = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4 * h], p[4 * h + 1]), _mm256_hadd_epi32(p[4 * h + 2], p[4 * h + 3]));
+            const __m128i ls8 = h ? _mm256_extracti128_si256(ls16, 1) : _mm256_castsi256_si128(ls16);
+            acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(sums, _mm256_permutevar8x32_epi32(_mm256_cvtepu16_epi32(ls8), even_odd)));
         }
         sumf += (iq_h2f(dbits) * a[b].d) * float(iq_hsum(acc));
     }
@@ -381,85 +399,91 @@ float vec_dot_iq1_m(int n, const void* vw, const void* va) {
 // ---- ternary: trits t in {0,1,2} multiply as u8; the -1 comes out through the activation sum -----
 
 namespace {
-inline int q8_K_total(const block_q8_K& a) {
-    return iq_hsum(_mm256_madd_epi16(iq_load(a.bsums), _mm256_set1_epi16(1)));
-}
-
 // Bytes times 3 mod 256 (byte adds wrap).
 inline __m256i times3(__m256i x) { return _mm256_add_epi8(x, _mm256_add_epi8(x, x)); }
 
 // The top base-3 digit of each byte: (y * 3) >> 8 = (y >= 86) + (y >= 171).
 inline __m256i top_trit(__m256i y) {
+#if LOWBIT_VNNI
+    const __m256i one = _mm256_set1_epi8(1);
+    const __m256i t = _mm256_maskz_mov_epi8(_mm256_cmpge_epu8_mask(y, _mm256_set1_epi8(char(86))), one);
+    return _mm256_mask_add_epi8(t, _mm256_cmpge_epu8_mask(y, _mm256_set1_epi8(char(171))), t, one);
+#else
     const __m256i flip = _mm256_set1_epi8(char(0x80));
     const __m256i ys = _mm256_xor_si256(y, flip);
     const __m256i ge86 = _mm256_cmpgt_epi8(ys, _mm256_set1_epi8(char(85 ^ 0x80)));
     const __m256i ge171 = _mm256_cmpgt_epi8(ys, _mm256_set1_epi8(char(170 ^ 0x80)));
     return _mm256_sub_epi8(_mm256_setzero_si256(), _mm256_add_epi8(ge86, ge171));
+#endif
 }
+
+// acc + the 8 int32 sums of 4 adjacent u8 x s8 products.
+inline __m256i iq_dot_acc(__m256i acc, __m256i u, __m256i s) {
+#if LOWBIT_VNNI
+    return _mm256_dpbusd_epi32(acc, u, s);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
+
+inline __m128i times3_128(__m128i x) { return _mm_add_epi8(x, _mm_add_epi8(x, x)); }
+
 }  // namespace
 
+// TQ1_0 in 8 steps of 32 weights. Digit k of byte q is top_trit(q * 3^k mod 256). qs[0..31] give
+// weights 32k + m (k < 5); qs[32..47] weights 160 + 16k + m, two digits per step ([digit k |
+// digit k + 1] against the 32 activations 160 + 32j), and the last step pairs digit 4 of qs[32..47]
+// with the 4 digits of qh[0..3] (weights 240 + 4k + m: qh times 1, 3, 9, 27 in dwords 0..3).
+// The integer sum of a super-block is exact; it is converted and scaled into float lanes with one
+// horizontal sum per row (tier 1, as FP4 below).
 float vec_dot_tq1_0(int n, const void* vw, const void* va) {
     const auto* w = static_cast<const block_tq1_0*>(vw);
     const auto* a = static_cast<const block_q8_K*>(va);
-    float sumf = 0.0f;
+    __m256 accf = _mm256_setzero_ps();
     for (int b = 0; b < n / QK_K; ++b) {
         const int8_t* q8 = a[b].qs;
-        __m256i acc = _mm256_setzero_si256();
-        __m256i qs32 = iq_load(w[b].qs);   // times 3^k mod 256 for digit k: one byte triple per step
-        for (int k = 0; k < 5; ++k, qs32 = times3(qs32))   // weights 32k + m
-            acc = _mm256_add_epi32(acc, iq_mul_sum_us8(top_trit(qs32), iq_load(q8 + 32 * k)));
-        // qs[32..47] (weights 160 + 16k + m) and qh[0..3] (240 + 4k + m) in one 32-byte row:
-        // bytes 0..15 = qs[32 + m], 16..19 = qh[m], 20..31 = 0, and activations loaded to match
-        // (built in registers: a stack copy would stall on store forwarding)
+        // the -1 of every trit: minus the sum of the 256 activations
+        __m256i acc = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_madd_epi16(iq_load(a[b].bsums), _mm256_set1_epi16(1)));
+        __m256i q = iq_load(w[b].qs);
+        for (int k = 0; k < 5; ++k, q = times3(q)) acc = iq_dot_acc(acc, top_trit(q), iq_load(q8 + 32 * k));
+        const __m128i r0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qs + 32));
+        __m256i r = _mm256_inserti128_si256(_mm256_castsi128_si256(r0), times3_128(r0), 1);
+        acc = iq_dot_acc(acc, top_trit(r), iq_load(q8 + 160));
+        r = times3(times3(r));
+        acc = iq_dot_acc(acc, top_trit(r), iq_load(q8 + 192));
         uint32_t qh4;
         std::memcpy(&qh4, w[b].qh, 4);
-        __m256i r = _mm256_inserti128_si256(
-            _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qs + 32))),
-            _mm_cvtsi32_si128(int(qh4)), 1);
-        for (int k = 0; k < 5; ++k, r = times3(r)) {
-            int32_t y4 = 0;
-            if (k < 4) std::memcpy(&y4, q8 + 240 + 4 * k, 4);
-            const __m256i y = _mm256_inserti128_si256(
-                _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q8 + 160 + 16 * k))),
-                _mm_cvtsi32_si128(y4), 1);
-            acc = _mm256_add_epi32(acc, iq_mul_sum_us8(top_trit(r), y));
-        }
-        const int isum = iq_hsum(acc) - q8_K_total(a[b]);
-        sumf += (iq_h2f(w[b].d) * a[b].d) * float(isum);
+        const __m128i h1 = _mm_set1_epi32(int(qh4)), h3 = times3_128(h1), h9 = times3_128(h3), h27 = times3_128(h9);
+        const __m128i h = _mm_blend_epi32(_mm_blend_epi32(h1, h3, 0x2), _mm_blend_epi32(h9, h27, 0x8), 0xC);
+        r = _mm256_inserti128_si256(times3(times3(r)), h, 1);
+        acc = iq_dot_acc(acc, top_trit(r), iq_load(q8 + 224));
+        accf = _mm256_fmadd_ps(_mm256_set1_ps(iq_h2f(w[b].d) * a[b].d), _mm256_cvtepi32_ps(acc), accf);
     }
-    return sumf;
+    return iq_hsum_ps(accf);
 }
 
+// TQ2_0: 2-bit trits, digit k of byte m of each 32-byte half c is weight 128c + 32k + m; float
+// steps as TQ1_0 (tier 1).
 float vec_dot_tq2_0(int n, const void* vw, const void* va) {
     const auto* w = static_cast<const block_tq2_0*>(vw);
     const auto* a = static_cast<const block_q8_K*>(va);
     const __m256i m3 = _mm256_set1_epi8(3);
-    float sumf = 0.0f;
+    __m256 accf = _mm256_setzero_ps();
     for (int b = 0; b < n / QK_K; ++b) {
-        __m256i acc = _mm256_setzero_si256();
+        __m256i acc = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_madd_epi16(iq_load(a[b].bsums), _mm256_set1_epi16(1)));
         for (int c = 0; c < 2; ++c) {
             const __m256i q = iq_load(w[b].qs + 32 * c);
-            for (int k = 0; k < 4; ++k) {
-                const __m256i t = _mm256_and_si256(_mm256_srli_epi16(q, 2 * k), m3);
-                acc = _mm256_add_epi32(acc, iq_mul_sum_us8(t, iq_load(a[b].qs + 128 * c + 32 * k)));
-            }
+            for (int k = 0; k < 4; ++k)
+                acc = iq_dot_acc(acc, _mm256_and_si256(_mm256_srli_epi16(q, 2 * k), m3), iq_load(a[b].qs + 128 * c + 32 * k));
         }
-        const int isum = iq_hsum(acc) - q8_K_total(a[b]);
-        sumf += (iq_h2f(w[b].d) * a[b].d) * float(isum);
+        accf = _mm256_fmadd_ps(_mm256_set1_ps(iq_h2f(w[b].d) * a[b].d), _mm256_cvtepi32_ps(acc), accf);
     }
-    return sumf;
+    return iq_hsum_ps(accf);
 }
 
-// ---- FP4: nibble codes through a 16-entry table (pshufb), signed products by the sign trick -------
+// ---- FP4: nibble codes through a 16-entry table (pshufb), signs applied to the activations ------
 
 namespace {
-inline float e8m0_half(uint8_t e) {
-    const uint32_t bits = e < 2 ? uint32_t(0x00200000) << e : uint32_t(e - 1) << 23;
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
-}
-
 // ue4m3 / 2 by its bits: exp 1..15 -> 2^(exp - 8) * (1 + man/8); exp 0 -> man * 2^-10; 0 and 0x7F -> 0.
 // As a table (a branch on exp == 0 mispredicts on real scales).
 constexpr float ue4m3_half_of(int x) {
@@ -476,75 +500,107 @@ constexpr std::array<float, 256> make_ue4m3_half() {
 constexpr std::array<float, 256> kUe4m3Half = make_ue4m3_half();
 inline float ue4m3_half(uint8_t x) { return kUe4m3Half[x]; }
 
-inline __m256i fp4_values(const __m256i table, const uint8_t* qs16) {
-    const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs16));
-    const __m128i m = _mm_set1_epi8(0x0F);
-    const __m256i nib = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(x, 4), m), _mm_and_si128(x, m));
-    return _mm256_shuffle_epi8(table, nib);
-}
-
-inline __m256i mul_sum_i8(__m256i x, __m256i y) { return iq_mul_sum_us8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x)); }
 }  // namespace
 
+// FP4 is tier 1 (kernels.h), not bit-exact: a block holds only 32 (NVFP4: 16) weights, so the
+// spec's one scalar float step per block in strict order costs as much as the integer dot. Here
+// the exact int32 lane sums of 4 blocks (NVFP4: 4 sub-blocks) are folded by one hadd tree into
+// 8 lanes, converted, and multiplied by a vector of their scales into 8 float lanes; a row has
+// one horizontal sum.
+//
+// Integer part per 16 bytes of codes x, 6 operations: S = [x << 4 | x] (the bytes broadcast to both
+// halves, one 64-bit variable shift) holds each weight's nibble in the top 4 bits of its byte, so
+// the byte's sign bit is the code's sign bit (bit 3) and the byte is non-zero wherever the nibble
+// is (bytes whose nibble is 0 may be anything: the magnitude, hence the product, is 0). Index =
+// (S >> 4) & 15 (16-bit shift, masked: each byte its own nibble), |value| by pshufb, the
+// activation negated / zeroed by S (vpsignb), one u8 x s8 dot.
 namespace {
-// The 8 lane sums of each of s[0..7], in order (one hadd tree instead of 8 horizontal sums).
-inline __m256i iq_hsum8(const __m256i* s) {
-    const __m256i t0 = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
-    const __m256i t1 = _mm256_hadd_epi32(_mm256_hadd_epi32(s[4], s[5]), _mm256_hadd_epi32(s[6], s[7]));
-    return _mm256_add_epi32(_mm256_permute2x128_si256(t0, t1, 0x20), _mm256_permute2x128_si256(t0, t1, 0x31));
+alignas(16) constexpr int8_t kAbsMxfp4[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, 1, 2, 3, 4, 6, 8, 12};
+
+// 8 int32 sums of code * y over 4-byte groups; s: 32 sign/index bytes as above.
+inline __m256i fp4_dot(__m256i abs_table, __m256i s, __m256i y) {
+    const __m256i idx = _mm256_and_si256(_mm256_srli_epi16(s, 4), _mm256_set1_epi8(0x0F));
+    return iq_mul_sum_us8(_mm256_shuffle_epi8(abs_table, idx), _mm256_sign_epi8(y, s));
 }
+
+// MXFP4 block: low nibbles are weights 0..15, high nibbles 16..31.
+inline __m256i mxfp4_block(__m256i abs_table, const block_mxfp4& w, const block_q8_0& a) {
+    const __m256i x = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.qs)));
+    return fp4_dot(abs_table, _mm256_sllv_epi64(x, _mm256_set_epi64x(0, 0, 4, 4)), iq_load(a.qs));
+}
+
+// 4 fp16 values, each 2 bytes at p + k * stride, as floats.
+inline __m128 four_h2f(const uint8_t* p, size_t stride) {
+    uint64_t h = 0;
+    for (int k = 0; k < 4; ++k) {
+        uint16_t v;
+        std::memcpy(&v, p + k * stride, 2);
+        h |= uint64_t(v) << (16 * k);
+    }
+    return _mm_cvtph_ps(_mm_cvtsi64_si128(int64_t(h)));
+}
+
+constexpr std::array<float, 256> make_e8m0_half() {
+    std::array<float, 256> t{};
+    for (int e = 0; e < 256; ++e)
+        t[e] = std::bit_cast<float>(e < 2 ? uint32_t(0x00200000) << e : uint32_t(e - 1) << 23);
+    return t;
+}
+constexpr std::array<float, 256> kE8m0Half = make_e8m0_half();
 }  // namespace
 
-// Runs of 8 blocks: the 8 integer sums come out of one reduction; the float steps stay scalar,
-// per block in order as in the spec.
 float vec_dot_mxfp4(int n, const void* vw, const void* va) {
     const auto* w = static_cast<const block_mxfp4*>(vw);
     const auto* a = static_cast<const block_q8_0*>(va);
-    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kValuesMxfp4)));
+    const __m256i abs_table = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kAbsMxfp4)));
     const int nb = n / QK_MXFP4;
-    float sumf = 0.0f;
+    __m256 acc = _mm256_setzero_ps();
     int b = 0;
-    for (; b + 8 <= nb; b += 8) {
-        __m256i s[8];
-        for (int i = 0; i < 8; ++i) s[i] = mul_sum_i8(fp4_values(table, w[b + i].qs), iq_load(a[b + i].qs));
-        alignas(32) float isum[8];
-        _mm256_store_ps(isum, _mm256_cvtepi32_ps(iq_hsum8(s)));
-        for (int i = 0; i < 8; ++i) sumf += (iq_h2f(a[b + i].d) * e8m0_half(w[b + i].e)) * isum[i];
+    for (; b + 4 <= nb; b += 4) {
+        __m256i p[4];
+        for (int i = 0; i < 4; ++i) p[i] = mxfp4_block(abs_table, w[b + i], a[b + i]);
+        // lanes k and 4 + k: block b + k (its two 128-bit halves)
+        const __m256i q = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+        const __m128 e = _mm_setr_ps(kE8m0Half[w[b].e], kE8m0Half[w[b + 1].e], kE8m0Half[w[b + 2].e], kE8m0Half[w[b + 3].e]);
+        const __m128 d = _mm_mul_ps(four_h2f(reinterpret_cast<const uint8_t*>(&a[b].d), sizeof(block_q8_0)), e);
+        acc = _mm256_fmadd_ps(_mm256_set_m128(d, d), _mm256_cvtepi32_ps(q), acc);
     }
-    for (; b < nb; ++b) {
-        const int isum = iq_hsum(mul_sum_i8(fp4_values(table, w[b].qs), iq_load(a[b].qs)));
-        sumf += (iq_h2f(a[b].d) * e8m0_half(w[b].e)) * float(isum);
-    }
-    return sumf;
+    __m256 tail = _mm256_setzero_ps();
+    for (; b < nb; ++b)
+        tail = _mm256_fmadd_ps(_mm256_set1_ps(iq_h2f(a[b].d) * kE8m0Half[w[b].e]),
+                               _mm256_cvtepi32_ps(mxfp4_block(abs_table, w[b], a[b])), tail);
+    return iq_hsum_ps(_mm256_add_ps(acc, tail));
 }
 
+// NVFP4: per 16 bytes of codes (sub-blocks 2h, 2h + 1: bytes j -> weights j (low nibble), j + 8
+// (high)) the 64-bit words q0 q0 q1 q1, shifted by 4, 0, 4, 0, give sub-block 2h in lanes 0-3 and
+// 2h + 1 in lanes 4-7 of the product with q8_0 block 2b + h.
 float vec_dot_nvfp4(int n, const void* vw, const void* va) {
     const auto* w = static_cast<const block_nvfp4*>(vw);
     const auto* a = static_cast<const block_q8_0*>(va);
-    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kValuesMxfp4)));
-    const __m128i m = _mm_set1_epi8(0x0F);
-    float sumf = 0.0f;
+    const __m256i abs_table = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kAbsMxfp4)));
+    const __m256i shifts = _mm256_set_epi64x(0, 4, 0, 4);
+    const __m256i lane_of = _mm256_setr_epi32(0, 0, 2, 2, 1, 1, 3, 3);
+    __m256 acc = _mm256_setzero_ps();
     for (int b = 0; b < n / QK_NVFP4; ++b) {
         __m256i p[2];
-        for (int h = 0; h < 2; ++h) {   // sub-blocks 2h, 2h+1 against q8_0 block 2b + h
-            // nibble layout per sub-block: bytes j -> weight j (low) and j + 8 (high)
-            const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qs + 16 * h));
-            const __m128i lo = _mm_and_si128(x, m), hi = _mm_and_si128(_mm_srli_epi16(x, 4), m);
-            // weights of sub-block 2h: lo[0..7], hi[0..7]; of 2h+1: lo[8..15], hi[8..15]
-            const __m256i nib = _mm256_set_m128i(_mm_unpackhi_epi64(lo, hi), _mm_unpacklo_epi64(lo, hi));
-            p[h] = mul_sum_i8(_mm256_shuffle_epi8(table, nib), iq_load(a[2 * b + h].qs));
+        for (int h = 0; h < 2; ++h) {
+            const __m256i x = _mm256_permute4x64_epi64(_mm256_castsi128_si256(_mm_loadu_si128(
+                                  reinterpret_cast<const __m128i*>(w[b].qs + 16 * h))), _MM_SHUFFLE(1, 1, 0, 0));
+            p[h] = fp4_dot(abs_table, _mm256_sllv_epi64(x, shifts), iq_load(a[2 * b + h].qs));
         }
-        // lanes 0, 4, 1, 5 of t: the sums of sub-blocks 0, 1, 2, 3
-        const __m256i t = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_setzero_si256());
-        alignas(32) float s[8];
-        _mm256_store_ps(s, _mm256_cvtepi32_ps(t));
-        const float d0 = iq_h2f(a[2 * b].d), d1 = iq_h2f(a[2 * b + 1].d);
-        sumf += (d0 * ue4m3_half(w[b].d[0])) * s[0];
-        sumf += (d0 * ue4m3_half(w[b].d[1])) * s[4];
-        sumf += (d1 * ue4m3_half(w[b].d[2])) * s[1];
-        sumf += (d1 * ue4m3_half(w[b].d[3])) * s[5];
+        // lanes 0-1: sub-block 0, 2-3: 2, 4-5: 1, 6-7: 3
+        const __m256i q = _mm256_hadd_epi32(p[0], p[1]);
+        uint32_t dd;   // the two q8_0 scales
+        std::memcpy(&dd, &a[2 * b].d, 2);
+        std::memcpy(reinterpret_cast<uint8_t*>(&dd) + 2, &a[2 * b + 1].d, 2);
+        const __m128 da = _mm_cvtph_ps(_mm_cvtsi32_si128(int(dd)));
+        const __m128 u = _mm_setr_ps(ue4m3_half(w[b].d[0]), ue4m3_half(w[b].d[1]), ue4m3_half(w[b].d[2]), ue4m3_half(w[b].d[3]));
+        const __m128 sc = _mm_mul_ps(u, _mm_unpacklo_ps(da, da));   // sub-block s: d_a[s / 2] * u[s]
+        const __m256 scales = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(sc), lane_of);
+        acc = _mm256_fmadd_ps(scales, _mm256_cvtepi32_ps(q), acc);
     }
-    return sumf;
+    return iq_hsum_ps(acc);
 }
 
 }  // namespace lowbit::cpu::LOWBIT_SIMD_NS

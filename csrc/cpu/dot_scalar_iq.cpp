@@ -7,8 +7,10 @@
 // so no fraction is ever rounded. Then, per super-block in order,
 //   sumf += (d_w * d_a) * float(isum)            and the result is kFinal[type] * sumf,
 // with kFinal the grid's common factor (IQ2: 1/8, IQ3_XXS: 1/4, IQ1: 1/8, others 1). The SIMD
-// kernels compute the same integers and repeat these float operations, so they equal this bit
-// for bit. FP4 x q8_0: per 32-weight block (NVFP4: per 16-weight sub-block)
+// kernels compute the same integers; for the IQ1 / IQ2 / IQ3 families they repeat these float
+// operations, so they equal this bit for bit, while for TQ1_0 / TQ2_0 and FP4 they scale in
+// vector lanes and sum once per row (tier 1, dot_iq_x86_256.h). FP4 x q8_0: per 32-weight block
+// (NVFP4: per 16-weight sub-block)
 //   sumf += (d_a * d_w) * float(isum).
 #pragma GCC optimize("fp-contract=off")
 #include <cstring>

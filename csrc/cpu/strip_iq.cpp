@@ -18,7 +18,8 @@
 // These are the integers of the scalar spec (dot_scalar_iq.cpp), so every block sum is exact; the
 // float steps follow the strip GEMM's order (tier 1 to the spec, kernels.h).
 // Decoding runs once per strip and matmul call (a few % of a prefill GEMM), so it is plain C++
-// with 8 weights per uint64 (bytes never carry: bias +- magnitude stays in 2..126).
+// with 8 weights per uint64 (bytes never carry: bias +- magnitude stays in 2..126); IQ4_XS's,
+// a table load per weight in C++, is AVX-512 (strip_iq_avx512.cpp).
 #include "cpu/strip_iq.h"
 
 #include <array>
@@ -221,16 +222,6 @@ void run_nvfp4(const uint8_t* row, int run, int count, uint8_t* u, float* dw) {
     }
 }
 
-void run_iq4_xs(const uint8_t* row, int run, int, uint8_t* u, float* dw) {
-    const auto& x = super_block<block_iq4_xs>(row, run);
-    const float d = fp16_to_fp32(x.d);
-    for (int s = 0; s < 8; ++s) {
-        const int ls = ((x.scales_l[s / 2] >> (4 * (s % 2))) & 0xF) | (((x.scales_h >> (2 * s)) & 3) << 4);
-        nibble_values<16>(x.qs + 16 * s, kvalues_iq4nl, 128, u + 32 * s);
-        dw[s] = d * float(ls - 32);
-    }
-}
-
 template <StripRunFn Run, int Block>
 void decode_strip(int n, const void* w, size_t row_bytes, int nrows, void* strip) {
     avx512::strip_decode_from_runs(n, w, row_bytes, nrows, strip, Block, Run);
@@ -255,7 +246,7 @@ void avx512::add_iq_strips(KernelSet& k) {
     k[GGMLType::TQ2_0].strip = strip_of<run_tq2_0, 32, kBias>();
     k[GGMLType::MXFP4].strip = strip_of<run_mxfp4, 32, kBias>();
     k[GGMLType::NVFP4].strip = strip_of<run_nvfp4, 16, kBias>();
-    k[GGMLType::IQ4_XS].strip = strip_of<run_iq4_xs, 32, 128>();
+    k[GGMLType::IQ4_XS].strip = strip_of<avx512::strip_run_iq4_xs, 32, 128>();
 }
 
 }  // namespace lowbit::cpu

@@ -24,6 +24,8 @@ void strip_gemm_b32(int n, const void* strip, const void* act_group, int nact, f
 void strip_gemm_b16(int n, const void* strip, const void* act_group, int nact, float* out);
 // strip_iq.cpp: sets the strip entry of every type above in the AVX-512 set.
 void add_iq_strips(KernelSet& k);
+// strip_iq_avx512.cpp: IQ4_XS's run decoder in AVX-512 (pshufb per 64 nibbles).
+void strip_run_iq4_xs(const uint8_t* row, int run, int count, uint8_t* u, float* dw);
 }  // namespace avx512
 
 }  // namespace lowbit::cpu

@@ -61,7 +61,8 @@ std::vector<double> make_inv_freq(const ModelConfig& c, const RopeParams& p, con
 // y (n, rows) = x (n, cols) . W^T, activations at the engine's precision (cpu/matmul.h; small
 // batches such as a decode step of several sessions take the strip GEMM where it is faster)
 void project(const Matrix& w, const float* x, int64_t n, float* y, cpu::ThreadPool& pool, cpu::ActPrecision prec) {
-    if (n == 1) cpu::matvec(w.data, w.type, w.rows, w.cols, x, y, pool, prec);
+    if (w.packed) cpu::matmul_packed(w.packed, w.type, w.rows, w.cols, x, n, y, pool, prec);   // weights.h
+    else if (n == 1) cpu::matvec(w.data, w.type, w.rows, w.cols, x, y, pool, prec);
     else cpu::matmul(w.data, w.type, w.rows, w.cols, x, n, y, pool, prec, /*small_batches=*/true);
 }
 

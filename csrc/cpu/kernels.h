@@ -114,6 +114,9 @@ struct StripKernels {
     // integer sums and the float order are gemm's, so its outputs equal gemm's on the decoded strip
     // bit for bit. Null: the type has no packed layout.
     StripGemmFn packed = nullptr;
+    // A packed strip (weight_rows: its first byte) -> a strip of this layout, for calls with many
+    // activation rows (decoded once, then gemm per group). Null with packed.
+    StripDecodeFn packed_to_strip = nullptr;
 };
 
 // Packed rows: a weight matrix repacked once at load (weights.cpp) so that the strip GEMM reads

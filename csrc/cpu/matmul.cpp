@@ -167,6 +167,7 @@ inline void prefetch_strip(const uint8_t* p, int64_t bytes) {
 constexpr int64_t kStripMinRows = 16;          // fewer x rows: the panel kernels
 constexpr int64_t kStripScratch = 192 << 10;   // decoded strip bytes per chunk and thread
 constexpr int64_t kStripTileBytes = 256 << 10;
+constexpr int64_t kPackedInPlaceRows = 2 * kStripAct;   // activation rows the packed GEMM reads in place
 
 // One strip's outputs: out[i * kStripRows + j] for activation rows i < na (pt per token) into
 // y rows (i0 + i) / pt, weight rows r0 + j < r0 + nw.
@@ -240,8 +241,9 @@ void unpacked_matmul(const KernelSet& ks, const void* packed, GGMLType type, int
 }
 
 
+// packed: weights are packed strips (PackedLayout), turned into strips by sk.packed_to_strip.
 void strip_matmul(const StripKernels& sk, const void* weights, GGMLType type, int64_t rows, int64_t cols,
-                  const QuantizedActs& act, int64_t n, float* y, ThreadPool& pool) {
+                  const QuantizedActs& act, int64_t n, float* y, ThreadPool& pool, bool packed = false) {
     const int64_t strip_bytes = StripLayout::bytes(cols, sk.block);
     const int64_t n_strips = (rows + kStripRows - 1) / kStripRows;
     const int64_t budget = std::max<int64_t>(1, kStripScratch / strip_bytes);
@@ -268,8 +270,13 @@ void strip_matmul(const StripKernels& sk, const void* weights, GGMLType type, in
             }
         }
     };
+    const int64_t packed_bytes = packed ? PackedLayout(type, cols).strip_bytes : 0;
     auto decode_strip = [&](int64_t s, int64_t s1, uint8_t* strip) {
         const int64_t r0 = s * kStripRows;
+        if (packed) {
+            if (s + 1 < s1) prefetch_strip(w + (s + 1) * packed_bytes, packed_bytes);
+            return sk.packed_to_strip(int(cols), w + s * packed_bytes, 0, kStripRows, strip);
+        }
         if (s + 1 < s1) prefetch_strip(w + (r0 + kStripRows) * wrow, std::min<int64_t>(kStripRows, rows - r0 - kStripRows) * wrow);
         sk.decode(int(cols), w + r0 * wrow, size_t(wrow), int(std::min<int64_t>(kStripRows, rows - r0)), strip);
     };
@@ -408,7 +415,10 @@ void matmul_packed(const void* packed, GGMLType type, int64_t rows, int64_t cols
     QuantizedActs act;
     if (sk && sk->packed) {
         quantize_rows(ks, type, cols, x, n, precision, act, pool, sk);
-        return packed_matmul(*sk, packed, type, rows, cols, act, n, y, pool);
+        // Up to two GEMM calls per strip (a decode step of <= 8 sessions at two-pass precision):
+        // read in place; more: each strip turned into u bytes once (cheap from packed) and reused.
+        if (n * act.per_token <= kPackedInPlaceRows) return packed_matmul(*sk, packed, type, rows, cols, act, n, y, pool);
+        return strip_matmul(*sk, packed, type, rows, cols, act, n, y, pool, /*packed=*/true);
     }
     quantize_rows(ks, type, cols, x, n, precision, act, pool);
     unpacked_matmul(ks, packed, type, rows, cols, act, n, y, pool);

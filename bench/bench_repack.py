@@ -9,7 +9,12 @@ totals: where its time goes).
 
 Each repetition runs both variants in fresh subprocesses, interleaved (0, 1, 0, 1, ...); a
 subprocess takes the best of 2 prefills and of 2 decode runs; the table gives medians over the
-repetitions and the load average seen."""
+repetitions and the load average seen.
+
+`--kernels`: one matmul at a time (cpu_matmul on the GGML rows, small_batches as the forward
+passes it, against cpu_matmul on cpu_pack_rows' output), the shapes of the three models' matrices,
+1 to 512 rows, two-pass activations, both variants alternated in one process (medians of 0.3 s
+of calls each, best of 3 rounds): the kernel-level view, much less sensitive to a loaded machine."""
 from __future__ import annotations
 
 import argparse
@@ -66,6 +71,43 @@ def worker(path: str, threads: int, p: int, n: int) -> dict:
             "total_bytes": mem["total_bytes"]}
 
 
+KERNEL_SHAPES = [("Q4_1", 3072, 576), ("Q8_0", 49152, 576), ("Q5_0", 4096, 640), ("Q8_0", 262144, 640),
+                 ("Q5_0", 9728, 896)]
+
+
+def kernel_ab(threads: int) -> list[dict]:
+    from lowbit import _core
+    pool = _core.CpuThreadPool(threads)
+    rng = np.random.default_rng(5)
+
+    def med_us(f, secs=0.3):
+        f()
+        ts, end = [], time.time() + secs
+        while time.time() < end:
+            t0 = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t0)
+        return statistics.median(ts) * 1e6
+
+    rows_out = []
+    for typ, rows, cols in KERNEL_SHAPES:
+        w = np.asarray(_core.quantize(rng.standard_normal((rows, cols)).astype(np.float32), typ)).reshape(-1)
+        p = np.asarray(_core.cpu_pack_rows(w, typ, rows, cols))
+        for n in (1, 2, 4, 8, 16, 512):
+            if n == 512 and rows > 10000:
+                continue
+            x = rng.standard_normal((n, cols)).astype(np.float32)
+            best = None
+            for _ in range(3):
+                a = med_us(lambda: _core.cpu_matmul(w, typ, rows, cols, x, pool, "high", small_batches=True))
+                b = med_us(lambda: _core.cpu_matmul(p, typ, rows, cols, x, pool, "high", packed=True))
+                best = (a, b) if best is None else (min(best[0], a), min(best[1], b))
+            rows_out.append({"type": typ, "rows": rows, "cols": cols, "n": n, "plain_us": best[0], "packed_us": best[1],
+                             "load": os.getloadavg()[0]})
+            print(f"| {typ} {rows}x{cols} | {n} | {best[0]:.0f} | {best[1]:.0f} | {best[0] / best[1]:.2f} |", flush=True)
+    return rows_out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -75,7 +117,16 @@ def main() -> int:
     ap.add_argument("--models", nargs="*", default=MODELS)
     ap.add_argument("--json")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--kernels", action="store_true", help="per-matmul A/B instead of the models")
     args = ap.parse_args()
+    if args.kernels:
+        print(f"load average {os.getloadavg()[0]:.1f}, {args.threads} threads, two-pass activations")
+        print("| matrix | x rows | plain us | packed us | packed speed-up |\n|---|---:|---:|---:|---:|")
+        res = kernel_ab(args.threads)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(res, f, indent=2)
+        return 0
     if args.worker:
         print(json.dumps(worker(args.worker, args.threads, args.p, args.n)))
         return 0

@@ -8,7 +8,8 @@ shapes and partial last strips:
     sums, same float order), is within tier 1 of the scalar spec's dots, and gives each x row the
     same bits whatever the number of rows in the call (so batched decode equals unbatched).
   * other kernel sets: packed weights give exactly what matmul gives on the GGML rows.
-  * a model loaded with packed weights counts them once (weights_copied_bytes, not twice).
+  * a model loaded with packed weights counts them once (weights_copied_bytes, not twice) and keeps
+    the same resident size (a tied head's token embedding lookups read the packed copy).
 """
 from __future__ import annotations
 
@@ -115,11 +116,13 @@ def test_model_packed_counts_once_and_matches_unpacked(tmp_path):
     code = (
         "import numpy as np, json\n"
         "from lowbit import _core\n"
-        f"e = _core.Engine({path!r}, 64, 2, 64, 'f16', 'auto')\n"
+        f"e = _core.Engine({path!r}, 600, 2, 64, 'f16', 'auto')\n"
         "m = e.memory()\n"
         "y = np.asarray(e.eval(np.array([1, 400, 2000, 17], np.int32)))\n"
+        "e.eval(np.random.default_rng(0).integers(100, 49000, 500).astype(np.int32))\n"   # embedding rows all over
+        "rss = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS')][0] * 1024\n"
         f"np.save({str(tmp_path)!r} + '/y_' + __import__('os').environ['LOWBIT_REPACK'] + '.npy', y)\n"
-        "print(json.dumps({k: m[k] for k in ('weights_bytes', 'weights_copied_bytes', 'total_bytes')}))\n"
+        "print(json.dumps(dict({k: m[k] for k in ('weights_bytes', 'weights_copied_bytes', 'total_bytes')}, rss=rss)))\n"
     )
     import json
     packed = json.loads(run_model("1", code))
@@ -128,6 +131,9 @@ def test_model_packed_counts_once_and_matches_unpacked(tmp_path):
     # plain: the fused q|k|v and gate|up copies; packed: every matrix once (the head too), nothing more
     assert plain["weights_copied_bytes"] < packed["weights_copied_bytes"] <= packed["weights_bytes"] * 1.01
     assert packed["total_bytes"] - plain["total_bytes"] < 0.01 * plain["weights_bytes"]
+    # resident: the packed copies replace the mapped rows; the tied head's embedding lookups read
+    # the packed copy (a mapped table would fault back in around every looked-up row)
+    assert packed["rss"] - plain["rss"] < 0.05 * plain["weights_bytes"], (packed["rss"], plain["rss"])
     y1, y0 = np.load(tmp_path / "y_1.npy"), np.load(tmp_path / "y_0.npy")
     assert np.linalg.norm(y1 - y0) / np.linalg.norm(y0) < 1e-3   # 30 layers of tier-1 reorderings
     assert np.array_equal(np.argmax(y1, axis=-1), np.argmax(y0, axis=-1))

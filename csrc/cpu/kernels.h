@@ -140,6 +140,8 @@ struct PackedLayout {
 void pack_rows(GGMLType type, int64_t rows, int64_t cols, const void* src, size_t row_bytes, void* dst);
 // Strip `s` of a packed matrix back to GGML rows (nrows <= kStripRows, row_bytes apart).
 void unpack_strip(GGMLType type, int64_t cols, const void* packed, int64_t s, int nrows, void* dst, size_t row_bytes);
+// Row r of a packed matrix back to one GGML row (a tied head's token embedding lookups).
+void unpack_row(GGMLType type, int64_t cols, const void* packed, int64_t r, void* dst);
 // Bytes of a packed matrix of rows x cols.
 inline int64_t packed_bytes(GGMLType type, int64_t rows, int64_t cols) {
     return (rows + kStripRows - 1) / kStripRows * PackedLayout(type, cols).strip_bytes;

@@ -115,4 +115,12 @@ void unpack_strip(GGMLType type, int64_t cols, const void* packed, int64_t s, in
     }
 }
 
+void unpack_row(GGMLType type, int64_t cols, const void* packed, int64_t r, void* dst) {
+    const PackedLayout L(type, cols);
+    const BlockFields f = fields_of(type);
+    auto* strip = const_cast<uint8_t*>(static_cast<const uint8_t*>(packed)) + r / kStripRows * L.strip_bytes;   // read only
+    for (int64_t b = 0; b < L.nb; ++b)
+        move_block(type, L, strip, b, int(r % kStripRows), static_cast<uint8_t*>(dst) + b * f.bytes, false);
+}
+
 }  // namespace lowbit::cpu

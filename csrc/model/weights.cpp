@@ -250,6 +250,14 @@ void pack_matrix(ModelWeights& w, Matrix& m) {
 
 }  // namespace
 
+const uint8_t* matrix_row(const Matrix& m, int64_t r) {
+    if (!m.packed) return static_cast<const uint8_t*>(m.data) + r * m.row_bytes;
+    thread_local std::vector<uint8_t> row;
+    row.resize(size_t(m.row_bytes));
+    cpu::unpack_row(m.type, m.cols, m.packed, r, row.data());
+    return row.data();
+}
+
 bool repack_enabled() {
     const char* v = std::getenv("LOWBIT_REPACK");
     return !v || std::string(v) != "0";
@@ -295,6 +303,9 @@ ModelWeights load_weights(const GGUFFile& f, const ModelConfig& c) {
             pack_matrix(w, l.w_down);
         }
         pack_matrix(w, w.output);
+        // A tied head's rows are the token embeddings: lookups read the packed copy too, so the
+        // mapped table (whose pages pack_matrix released) is not faulted back in row by row.
+        if (w.tied_output && w.output.packed) w.token_embd.packed = w.output.packed;
     }
     for (const TensorInfo& t : f.tensors()) {
         w.bytes_by_type[t.type_size->name] += t.n_bytes;

@@ -87,6 +87,10 @@ struct ModelWeights {
 // has a packed strip GEMM for the type, unless env LOWBIT_REPACK=0 (A/B measurements).
 bool repack_enabled();
 
+// The GGML bytes of row r of m: in place, or unpacked from m.packed into a buffer of the calling
+// thread (valid until its next call).
+const uint8_t* matrix_row(const Matrix& m, int64_t r);
+
 // Maps every tensor the architecture needs; checks presence, shapes and that matrices have a
 // CPU kernel. ModelError names the tensor, the expected and the found shape or type.
 ModelWeights load_weights(const GGUFFile& file, const ModelConfig& config);

@@ -6,11 +6,17 @@ session, one forward over all of them), next to N sessions decoded one after ano
     python bench/bench_batch.py [--threads 2] [--steps 32] [--sessions 1 2 4 8 16] [--act-precision auto]
                                 [--json out.json]
 
+Same-run A/B of packed weights (LOWBIT_REPACK=1, the default) against the GGML rows with the
+per-call strip decode (LOWBIT_REPACK=0): `--ab-repack` runs each variant `-r` times in fresh
+subprocesses, interleaved (0, 1, 0, 1, ...), one repetition each, and reports medians.
+
 Every session starts from its own 32-token prompt (prefilled outside the timing) and decodes
 `steps` tokens; tok/s = sessions x steps / seconds, best of `-r` repetitions."""
 import argparse
 import json
 import os
+import statistics
+import subprocess
 import sys
 import time
 
@@ -72,6 +78,41 @@ def table(reports) -> str:
     return "\n".join(lines)
 
 
+def ab_repack(args) -> dict:
+    """Interleaved subprocess runs with LOWBIT_REPACK=0 / 1: medians per model and session count."""
+    runs = {"0": [], "1": []}
+    loads = [os.getloadavg()[0]]
+    for _ in range(args.r):
+        for variant in ("0", "1"):
+            cmd = [sys.executable, os.path.abspath(__file__), "--threads", str(args.threads), "--steps", str(args.steps),
+                   "-r", "1", "--act-precision", args.act_precision, "--worker-json", "-",
+                   "--sessions", *map(str, args.sessions), "--models", *args.models]
+            out = subprocess.run(cmd, env=dict(os.environ, LOWBIT_REPACK=variant), capture_output=True, text=True,
+                                 check=True)
+            runs[variant].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            loads.append(os.getloadavg()[0])
+    rows = []
+    for mi, model in enumerate(runs["0"][0]):
+        for si, row in enumerate(model["rows"]):
+            med = {v: statistics.median(run[mi]["rows"][si]["batched_tok_s"] for run in runs[v]) for v in runs}
+            base = {v: statistics.median(run[mi]["rows"][0]["batched_tok_s"] for run in runs[v]) for v in runs}
+            rows.append({"model": model["model"], "sessions": row["sessions"], "plain_tok_s": med["0"],
+                         "packed_tok_s": med["1"], "packed_over_plain": med["1"] / med["0"],
+                         "plain_x_vs_1": med["0"] / base["0"], "packed_x_vs_1": med["1"] / base["1"]})
+    return {"threads": args.threads, "steps": args.steps, "repetitions": args.r, "load_avg": loads, "rows": rows,
+            "runs": runs}
+
+
+def ab_table(res: dict) -> str:
+    lines = [f"load average {min(res['load_avg']):.1f}-{max(res['load_avg']):.1f}; medians of {res['repetitions']} "
+             "interleaved runs", "| model | sessions | plain tok/s | packed tok/s | packed / plain | plain x vs 1 | "
+             "packed x vs 1 |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in res["rows"]:
+        lines.append(f"| {r['model']} | {r['sessions']} | {r['plain_tok_s']:.1f} | {r['packed_tok_s']:.1f} | "
+                     f"{r['packed_over_plain']:.2f} | {r['plain_x_vs_1']:.2f} | {r['packed_x_vs_1']:.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -81,9 +122,21 @@ def main() -> int:
     ap.add_argument("--models", nargs="*", default=MODELS)
     ap.add_argument("--act-precision", default="auto", choices=["auto", "high", "q8"])
     ap.add_argument("--json", help="write the reports to this file")
+    ap.add_argument("--ab-repack", action="store_true", help="A/B: LOWBIT_REPACK=0 vs 1, interleaved subprocesses")
+    ap.add_argument("--worker-json", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.ab_repack:
+        res = ab_repack(args)
+        print(ab_table(res))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(res, f, indent=2)
+        return 0
     reports = [bench(str(registry.resolve(m)), args.threads, args.sessions, args.steps, args.r, args.act_precision)
                for m in args.models]
+    if args.worker_json:
+        print(json.dumps(reports))
+        return 0
     print(f"load average: {os.getloadavg()[0]:.2f}")
     print(table(reports))
     if args.json:

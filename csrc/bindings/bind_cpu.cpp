@@ -46,14 +46,17 @@ py::dict features() {
 }
 
 // y (n, rows) = x (n, cols) . W^T for raw weight bytes of shape (rows, cols).
+// packed: weights are cpu_pack_rows output (kernels.h, PackedLayout); small_batches: matmul.h.
 Floats matmul(const Bytes& weights, const std::string& type_name, int64_t rows, int64_t cols, const Floats& x,
-              cpu::ThreadPool& pool, const std::string& act_precision) {
+              cpu::ThreadPool& pool, const std::string& act_precision, bool packed, bool small_batches) {
     const GGMLType type = cpu_type(type_name);
     const cpu::ActPrecision precision = cpu::parse_act_precision(act_precision);
     cpu::check_matmul_shape(type, rows, cols);
-    const int64_t want = checked_mul(rows, cpu::weight_row_bytes(type, cols), "matmul weight bytes (rows x row bytes)");
+    LOWBIT_CHECK(!packed || cpu::PackedLayout::has(type), ValueError, type_name, " has no packed layout");
+    const int64_t want = packed ? cpu::packed_bytes(type, rows, cols)
+                                : checked_mul(rows, cpu::weight_row_bytes(type, cols), "matmul weight bytes (rows x row bytes)");
     LOWBIT_CHECK(weights.size() == want, ValueError, "weights have ", weights.size(), " bytes; ", type_name,
-                 " shape (", rows, ", ", cols, ") needs ", want);
+                 packed ? " packed" : "", " shape (", rows, ", ", cols, ") needs ", want);
     LOWBIT_CHECK(x.ndim() == 2 && x.shape(1) == cols, ValueError, "x must have shape (n, ", cols, "), got width ",
                  x.ndim() >= 1 ? x.shape(x.ndim() - 1) : 0, " with ", x.ndim(), " dims");
     const int64_t n = x.shape(0);
@@ -64,9 +67,37 @@ Floats matmul(const Bytes& weights, const std::string& type_name, int64_t rows, 
     float* yp = y.mutable_data();
     {
         py::gil_scoped_release nogil;
-        cpu::matmul(w, type, rows, cols, xp, n, yp, pool, precision);
+        if (packed) cpu::matmul_packed(w, type, rows, cols, xp, n, yp, pool, precision);
+        else cpu::matmul(w, type, rows, cols, xp, n, yp, pool, precision, small_batches);
     }
     return y;
+}
+
+// GGML rows (rows x cols of type_name, as bytes) -> packed strips (kernels.h, PackedLayout).
+Bytes pack_rows(const Bytes& weights, const std::string& type_name, int64_t rows, int64_t cols) {
+    const GGMLType type = cpu_type(type_name);
+    cpu::check_matmul_shape(type, rows, cols);
+    LOWBIT_CHECK(cpu::PackedLayout::has(type), ValueError, type_name, " has no packed layout");
+    const int64_t wrow = cpu::weight_row_bytes(type, cols);
+    LOWBIT_CHECK(weights.size() == checked_mul(rows, wrow, "weight bytes"), ValueError, "weights have ",
+                 weights.size(), " bytes; ", type_name, " shape (", rows, ", ", cols, ") needs ", rows * wrow);
+    Bytes out(cpu::packed_bytes(type, rows, cols));
+    cpu::pack_rows(type, rows, cols, weights.data(), size_t(wrow), out.mutable_data());
+    return out;
+}
+
+// Strip s of packed weights back to GGML rows (its rows that exist), as bytes.
+Bytes unpack_strip(const Bytes& packed, const std::string& type_name, int64_t rows, int64_t cols, int64_t s) {
+    const GGMLType type = cpu_type(type_name);
+    cpu::check_matmul_shape(type, rows, cols);
+    LOWBIT_CHECK(cpu::PackedLayout::has(type) && packed.size() == cpu::packed_bytes(type, rows, cols), ValueError,
+                 "packed ", type_name, " (", rows, ", ", cols, ") needs ", cpu::packed_bytes(type, rows, cols), " bytes");
+    LOWBIT_CHECK(s >= 0 && s * cpu::kStripRows < rows, ValueError, "strip ", s, " out of range");
+    const int64_t wrow = cpu::weight_row_bytes(type, cols);
+    const int nrows = int(std::min<int64_t>(cpu::kStripRows, rows - s * cpu::kStripRows));
+    Bytes out(nrows * wrow);
+    cpu::unpack_strip(type, cols, packed.data(), s, nrows, out.mutable_data(), size_t(wrow));
+    return out;
 }
 
 // One dot of a weight row with an activation row already in the type's activation format
@@ -137,7 +168,12 @@ void bind_cpu(py::module_& m) {
     m.def("cpu_set_kernels", [](const std::string& name) { cpu::set_kernels(name); }, py::arg("name"));
     m.def("cpu_get_kernels", []() { return std::string(cpu::kernels().name); });
     m.def("cpu_matmul", &matmul, py::arg("weights"), py::arg("type_name"), py::arg("rows"), py::arg("cols"),
-          py::arg("x"), py::arg("pool"), py::arg("act_precision") = "q8");
+          py::arg("x"), py::arg("pool"), py::arg("act_precision") = "q8", py::arg("packed") = false,
+          py::arg("small_batches") = false);
+    m.def("cpu_pack_rows", &pack_rows, py::arg("weights"), py::arg("type_name"), py::arg("rows"), py::arg("cols"),
+          "GGML rows -> packed strips of 16 interleaved rows (the layout weights are repacked into at load).");
+    m.def("cpu_unpack_strip", &unpack_strip, py::arg("packed"), py::arg("type_name"), py::arg("rows"), py::arg("cols"),
+          py::arg("strip"));
     m.def("cpu_vec_dot", &vec_dot, py::arg("type_name"), py::arg("weights"), py::arg("act"));
     m.def("cpu_quantize_act", &quantize_act, py::arg("fmt"), py::arg("x"));
     m.def("cpu_act_format", [](const std::string& type_name) {

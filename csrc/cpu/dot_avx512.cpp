@@ -1078,6 +1078,7 @@ KernelSet make_kernels() {
     k[GGMLType::BF16] = {.dot = vec_dot_bf16, .dot_rows = bf16_rows};
     LOWBIT_IQ_DOT_ONLY_ENTRIES(k);
     add_iq_strips(k);   // strip_iq.cpp
+    add_packed_gemms(k);
     return k;
 }
 }  // namespace

@@ -118,7 +118,42 @@ struct StripKernels {
     StripGemmFn gemm;
     int block;   // elements per weight scale (32 or 16)
     int bias;    // weight = dw * (u - bias) + mw
+    // The same GEMM reading packed strips (PackedLayout below) in place: no decode per call. The
+    // integer sums and the float order are gemm's, so its outputs equal gemm's on the decoded strip
+    // bit for bit. Null: the type has no packed layout.
+    StripGemmFn packed = nullptr;
+    // A packed strip (weight_rows: its first byte) -> a strip of this layout, for calls with many
+    // activation rows (decoded once, then gemm per group). Null with packed.
+    StripDecodeFn packed_to_strip = nullptr;
 };
+
+// Packed rows: a weight matrix repacked once at load (weights.cpp) so that the strip GEMM reads
+// 16 interleaved rows in place instead of decoding them per call (ik_llama.cpp's _R4/_R8 idea, in
+// lowbit's strip shape). Same bytes per row as the GGML blocks (plus < 64 bytes of padding per
+// strip and a zero-filled partial last strip); pack and unpack are byte permutations, so nothing
+// is rounded. One strip of kStripRows rows and nb = n / 32 blocks, four arrays, each 64-aligned:
+//   qs  Q4_0 Q4_1 Q5_0 Q5_1: uint8[nb][4][kStripRows][4]: dword j of part k = row j's qs[4k..4k+3]
+//       (low nibbles: elements 4k..4k+3, high nibbles: elements 16+4k..16+4k+3)
+//       Q8_0: int8[nb][8][kStripRows][4]: dword j of part g = row j's qs[4g..4g+3]
+//   qh  Q5_0 Q5_1: uint64[nb][8]: bit 4j + i of word g = bit 4 of element 4g + i of row j
+//   d   fp16[nb][kStripRows]
+//   m   fp16[nb][kStripRows]  Q4_1 Q5_1
+// Rows past the matrix's last are zero bytes (scale 0: they add nothing and are never stored).
+struct PackedLayout {
+    int64_t nb = 0, qs = 0, qh = 0, d = 0, m = 0, strip_bytes = 0;   // offsets of the arrays in a strip
+    PackedLayout(GGMLType type, int64_t n);
+    static bool has(GGMLType type);   // whether `type` has a packed layout
+};
+// rows x cols of `type` (GGML rows, row_bytes apart) -> ceil(rows / kStripRows) packed strips.
+void pack_rows(GGMLType type, int64_t rows, int64_t cols, const void* src, size_t row_bytes, void* dst);
+// Strip `s` of a packed matrix back to GGML rows (nrows <= kStripRows, row_bytes apart).
+void unpack_strip(GGMLType type, int64_t cols, const void* packed, int64_t s, int nrows, void* dst, size_t row_bytes);
+// Row r of a packed matrix back to one GGML row (a tied head's token embedding lookups).
+void unpack_row(GGMLType type, int64_t cols, const void* packed, int64_t r, void* dst);
+// Bytes of a packed matrix of rows x cols.
+inline int64_t packed_bytes(GGMLType type, int64_t rows, int64_t cols) {
+    return (rows + kStripRows - 1) / kStripRows * PackedLayout(type, cols).strip_bytes;
+}
 
 // What one kernel set has for one weight type (ggml's type_traits_cpu), written per type with
 // designated initializers in each ISA file; members left null mean "none": no dot = no kernel for
@@ -274,7 +309,10 @@ size_t act_row_bytes(ActFormat fmt, int64_t n);
 
 namespace scalar { LOWBIT_DECLARE_KERNELS LOWBIT_DECLARE_IQ_KERNELS }
 namespace avx2 { LOWBIT_DECLARE_KERNELS LOWBIT_DECLARE_IQ_KERNELS }
-namespace avx512 { LOWBIT_DECLARE_KERNELS LOWBIT_DECLARE_IQ_KERNELS }
+namespace avx512 {
+LOWBIT_DECLARE_KERNELS LOWBIT_DECLARE_IQ_KERNELS
+void add_packed_gemms(KernelSet& k);   // packed_avx512.cpp: StripKernels::packed of the legacy types
+}
 
 #undef LOWBIT_DECLARE_KERNELS
 #undef LOWBIT_DECLARE_IQ_KERNELS

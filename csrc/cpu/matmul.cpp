@@ -167,9 +167,83 @@ inline void prefetch_strip(const uint8_t* p, int64_t bytes) {
 constexpr int64_t kStripMinRows = 16;          // fewer x rows: the panel kernels
 constexpr int64_t kStripScratch = 192 << 10;   // decoded strip bytes per chunk and thread
 constexpr int64_t kStripTileBytes = 256 << 10;
+constexpr int64_t kPackedInPlaceRows = 2 * kStripAct;   // activation rows the packed GEMM reads in place
 
+// One strip's outputs: out[i * kStripRows + j] for activation rows i < na (pt per token) into
+// y rows (i0 + i) / pt, weight rows r0 + j < r0 + nw.
+inline void store_strip(const float* out, int64_t i0, int64_t na, int64_t pt, int64_t r0, int64_t nw, int64_t rows, float* y) {
+    for (int64_t i = 0; i < na; i += pt) {
+        float* dst = y + (i0 + i) / pt * rows + r0;
+        const float* o = out + i * kStripRows;
+        if (pt == 1) for (int64_t j = 0; j < nw; ++j) dst[j] = o[j];
+        else for (int64_t j = 0; j < nw; ++j) dst[j] = o[j] + o[kStripRows + j] * (1.0f / kLoScale);
+    }
+}
+
+// Mat-mat (any n >= 1) on packed strips read in place: a chunk is a run of strips; each strip
+// runs against every activation row, kStripAct per GEMM call (tiles of kStripTileBytes when the
+// activations outgrow L2, so they are reused across the chunk's strips). Nothing is decoded, so
+// one decode step of a few sessions costs the weight reads and its GEMM only.
+void packed_matmul(const StripKernels& sk, const void* packed, GGMLType type, int64_t rows, int64_t cols,
+                   const QuantizedActs& act, int64_t n, float* y, ThreadPool& pool) {
+    const int64_t strip_bytes = PackedLayout(type, cols).strip_bytes;
+    const int64_t n_strips = (rows + kStripRows - 1) / kStripRows;
+    const int64_t pt = act.per_token, n_act = n * pt;
+    const int64_t tile = std::max<int64_t>(kStripAct, kStripTileBytes / int64_t(act.row_bytes) / kStripAct * kStripAct);
+    int64_t per_chunk = rows_per_chunk(n_strips, pool, 1);
+    if (n_act > tile) per_chunk = std::min(per_chunk, std::max<int64_t>(1, kStripScratch / strip_bytes));   // stay in L2
+    const int64_t n_chunks = (n_strips + per_chunk - 1) / per_chunk;
+    const auto* w = static_cast<const uint8_t*>(packed);
+    pool.parallel_for(n_chunks, [&](int64_t c, int) {
+        const int64_t s0 = c * per_chunk, s1 = std::min(n_strips, s0 + per_chunk);
+        for (int64_t a0 = 0; a0 < n_act; a0 += tile) {
+            const int64_t a1 = std::min(n_act, a0 + tile);
+            for (int64_t s = s0; s < s1; ++s) {
+                const int64_t r0 = s * kStripRows, nw = std::min<int64_t>(kStripRows, rows - r0);
+                if (a0 == 0 && s + 1 < s1) prefetch_strip(w + (s + 1) * strip_bytes, strip_bytes);   // from memory once
+                for (int64_t i0 = a0; i0 < a1; i0 += kStripAct) {
+                    const int64_t na = std::min<int64_t>(kStripAct, a1 - i0);
+                    alignas(64) float out[kStripAct * kStripRows];
+                    sk.packed(int(cols), w + s * strip_bytes, act.group(i0), int(na), out);
+                    store_strip(out, i0, na, pt, r0, nw, rows, y);
+                }
+            }
+        }
+    });
+}
+
+// Packed weights under a kernel set without the packed GEMM (the scalar / AVX2 sets, or AVX-512
+// set by set_kernels after load): each strip is unpacked to GGML rows in the thread's scratch and
+// multiplied by the set's multi-row dot, as matvec / matmul would on the original rows (the same
+// bits: unpacking is a byte permutation).
+void unpacked_matmul(const KernelSet& ks, const void* packed, GGMLType type, int64_t rows, int64_t cols,
+                     const QuantizedActs& act, int64_t n, float* y, ThreadPool& pool) {
+    const VecDotRowsFn dot_rows = act.panel ? ks.of(type).panel : ks.of(type).dot_rows;
+    const int64_t wrow = weight_row_bytes(type, cols);
+    const int64_t n_strips = (rows + kStripRows - 1) / kStripRows;
+    const int64_t pt = act.per_token;
+    const int64_t tile = std::clamp<int64_t>(kTileBytes / int64_t(act.row_bytes), pt, kActTile) / pt;
+    const Scratch scratch(kStripSlot, size_t(pool.size()) * size_t(kStripRows * wrow));
+    pool.parallel_for(n_strips, [&](int64_t s, int thread) {
+        uint8_t* mine = scratch.data() + size_t(thread) * size_t(kStripRows * wrow);
+        const int64_t r0 = s * kStripRows, nw = std::min<int64_t>(kStripRows, rows - r0);
+        unpack_strip(type, cols, packed, s, int(nw), mine, size_t(wrow));
+        for (int64_t i0 = 0; i0 < n; i0 += tile) {
+            const int64_t i1 = std::min(n, i0 + tile);
+            for (int64_t j = 0; j < nw; ++j) {
+                float out[kActTile];
+                dot_rows(int(cols), mine + j * wrow, act.row(i0 * pt), act.row_bytes, int((i1 - i0) * pt), out);
+                for (int64_t i = i0; i < i1; ++i)
+                    y[i * rows + r0 + j] = pt == 1 ? out[i - i0] : out[pt * (i - i0)] + out[pt * (i - i0) + 1] * (1.0f / kLoScale);
+            }
+        }
+    });
+}
+
+
+// packed: weights are packed strips (PackedLayout), turned into strips by sk.packed_to_strip.
 void strip_matmul(const StripKernels& sk, const void* weights, GGMLType type, int64_t rows, int64_t cols,
-                  const QuantizedActs& act, int64_t n, float* y, ThreadPool& pool) {
+                  const QuantizedActs& act, int64_t n, float* y, ThreadPool& pool, bool packed = false) {
     const int64_t strip_bytes = StripLayout::bytes(cols, sk.block);
     const int64_t n_strips = (rows + kStripRows - 1) / kStripRows;
     const int64_t budget = std::max<int64_t>(1, kStripScratch / strip_bytes);
@@ -196,8 +270,13 @@ void strip_matmul(const StripKernels& sk, const void* weights, GGMLType type, in
             }
         }
     };
+    const int64_t packed_bytes = packed ? PackedLayout(type, cols).strip_bytes : 0;
     auto decode_strip = [&](int64_t s, int64_t s1, uint8_t* strip) {
         const int64_t r0 = s * kStripRows;
+        if (packed) {
+            if (s + 1 < s1) prefetch_strip(w + (s + 1) * packed_bytes, packed_bytes);
+            return sk.packed_to_strip(int(cols), w + s * packed_bytes, 0, kStripRows, strip);
+        }
         if (s + 1 < s1) prefetch_strip(w + (r0 + kStripRows) * wrow, std::min<int64_t>(kStripRows, rows - r0 - kStripRows) * wrow);
         sk.decode(int(cols), w + r0 * wrow, size_t(wrow), int(std::min<int64_t>(kStripRows, rows - r0)), strip);
     };
@@ -295,9 +374,10 @@ void matvec(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
 // byte therefore comes from memory once per call instead of once per activation row, and the
 // multi-row dot decodes each weight block once per tile instead of once per activation row.
 void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, const float* x, int64_t n,
-            float* y, ThreadPool& pool, ActPrecision precision, bool small_batches) {
+            float* y, ThreadPool& pool, ActPrecision precision, bool small_batches, const void* packed) {
     check_matmul_shape(type, rows, cols);
     if (n <= 0) return;
+    if (packed) return matmul_packed(packed, type, rows, cols, x, n, y, pool, precision);
     if (n == 1) return matvec(weights, type, rows, cols, x, y, pool, precision);
     const KernelSet& ks = kernels();
     QuantizedActs act;
@@ -330,6 +410,30 @@ void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
             }
         }
     });
+}
+
+// Packed weights: the packed strip GEMM for every n (one token too: its lanes are weight rows, so
+// a mat-vec is the same kernel with one or two activation rows, and batched rows equal unbatched
+// ones bit for bit), or the set's dots on unpacked strips where the set has no packed GEMM.
+void matmul_packed(const void* packed, GGMLType type, int64_t rows, int64_t cols, const float* x, int64_t n,
+                   float* y, ThreadPool& pool, ActPrecision precision) {
+    check_matmul_shape(type, rows, cols);
+    LOWBIT_CHECK(PackedLayout::has(type), ValueError, "GGML type id ", uint32_t(type), " has no packed layout");
+    if (n <= 0) return;
+    const KernelSet& ks = kernels();
+    const StripKernels* sk = strip_kernels_for(ks, type);
+    if (precision == ActPrecision::Auto)   // as matmul decides on the unpacked rows (a strip GEMM for every n here)
+        precision = sk || n < kStripMinRows ? ActPrecision::Q8X2 : ActPrecision::Q8;
+    QuantizedActs act;
+    if (sk && sk->packed) {
+        quantize_rows(ks, type, cols, x, n, precision, act, pool, sk);
+        // Up to two GEMM calls per strip (a decode step of <= 8 sessions at two-pass precision):
+        // read in place; more: each strip turned into u bytes once (cheap from packed) and reused.
+        if (n * act.per_token <= kPackedInPlaceRows) return packed_matmul(*sk, packed, type, rows, cols, act, n, y, pool);
+        return strip_matmul(*sk, packed, type, rows, cols, act, n, y, pool, /*packed=*/true);
+    }
+    quantize_rows(ks, type, cols, x, n, precision, act, pool);
+    unpacked_matmul(ks, packed, type, rows, cols, act, n, y, pool);
 }
 
 double read_bandwidth_gbs(ThreadPool& pool, int64_t bytes, int iters) {

@@ -55,9 +55,21 @@ void matvec(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
 // per-call overheads included) breaks even at 8 and gains ~20% at 12, loses ~25% at 5-6.
 // The model's forward passes (batched decoding of several sessions) set it; the bit-for-bit
 // contract above then holds below that size.
+//
+// packed: the same matrix as packed strips (kernels.h, PackedLayout; weights.cpp packs at load),
+// taken instead of `weights` for every n (matmul_packed below).
 constexpr int64_t kStripMinActRows = 16;
 void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, const float* x, int64_t n,
-            float* y, ThreadPool& pool, ActPrecision precision = ActPrecision::Q8, bool small_batches = false);
+            float* y, ThreadPool& pool, ActPrecision precision = ActPrecision::Q8, bool small_batches = false,
+            const void* packed = nullptr);
+
+// y[i][r] = dot(weight row r, x row i) for weights packed by pack_rows (kernels.h). On AVX-512 the
+// packed strip GEMM runs for every n, one token included (Auto: two-pass activations): within tier
+// 1 of the scalar spec, the same bits as the strip GEMM on the unpacked rows, and the same bits
+// for an x row whatever n and its place in x (so batched decode equals unbatched bit for bit).
+// Other kernel sets unpack strip by strip and give exactly what matvec / matmul give unpacked.
+void matmul_packed(const void* packed, GGMLType type, int64_t rows, int64_t cols, const float* x, int64_t n,
+                   float* y, ThreadPool& pool, ActPrecision precision = ActPrecision::Q8);
 
 // Measured read bandwidth in GB/s: every pool thread sums its share of a `bytes` buffer,
 // best of `iters` passes (after one warm-up pass that also faults the pages in).

@@ -61,7 +61,8 @@ std::vector<double> make_inv_freq(const ModelConfig& c, const RopeParams& p, con
 // y (n, rows) = x (n, cols) . W^T, activations at the engine's precision (cpu/matmul.h; small
 // batches such as a decode step of several sessions take the strip GEMM where it is faster)
 void project(const Matrix& w, const float* x, int64_t n, float* y, cpu::ThreadPool& pool, cpu::ActPrecision prec) {
-    if (n == 1) cpu::matvec(w.data, w.type, w.rows, w.cols, x, y, pool, prec);
+    if (w.packed) cpu::matmul_packed(w.packed, w.type, w.rows, w.cols, x, n, y, pool, prec);   // weights.h
+    else if (n == 1) cpu::matvec(w.data, w.type, w.rows, w.cols, x, y, pool, prec);
     else cpu::matmul(w.data, w.type, w.rows, w.cols, x, n, y, pool, prec, /*small_batches=*/true);
 }
 
@@ -449,7 +450,7 @@ void forward_batch(const Model& m, const std::vector<SeqSpan>& spans, ForwardSta
     for_tokens(pool, n, E, [&](int64_t t) {
         float* x = s.x.data() + t * E;
         const double pos = double(s.row_pos[size_t(t)]);
-        embd_type.to_float(static_cast<const uint8_t*>(w.token_embd.data) + tokens[t] * w.token_embd.row_bytes, x, E);
+        embd_type.to_float(model::matrix_row(w.token_embd, tokens[t]), x, E);   // packed when the head is tied (weights.h)
         if (c.embd_scale != 1.0f) for (int64_t i = 0; i < E; ++i) x[i] *= c.embd_scale;
         cpu::rope_cos_sin(pos, m.inv_freq_global.data(), c.n_rot / 2, s.rope_global.data() + t * c.n_rot,
                           c.rope_global.mscale());

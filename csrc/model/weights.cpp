@@ -4,9 +4,13 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <initializer_list>
 
 #include "common.h"
+#include "cpu/dispatch.h"
+#include "cpu/kernels.h"
 #include "cpu/matmul.h"
 #include "quant/types.h"
 
@@ -220,7 +224,44 @@ Matrix concat_rows(ModelWeights& w, std::initializer_list<const Matrix*> parts) 
     return m;
 }
 
+// Replaces the use of m's rows by a packed copy (PackedLayout) where the kernel set reads one in
+// place. The source stops being resident: a fused copy is freed, mapped pages are released (the
+// token embedding of a tied head keeps its mapping: lookups fault in the rows they read).
+void pack_matrix(ModelWeights& w, Matrix& m) {
+    if (!m.present() || m.packed || !m.data) return;
+    const cpu::StripKernels* sk = cpu::strip_kernels_for(cpu::kernels(), m.type);
+    if (!sk || !sk->packed || !cpu::PackedLayout::has(m.type)) return;
+    AlignedBuffer<uint8_t> buf(size_t(cpu::packed_bytes(m.type, m.rows, m.cols)));
+    cpu::pack_rows(m.type, m.rows, m.cols, m.data, size_t(m.row_bytes), buf.data());
+    const size_t src_bytes = size_t(m.rows * m.row_bytes);
+    auto owned = std::find_if(w.fused.begin(), w.fused.end(), [&](const auto& b) { return b.data() == m.data; });
+    if (owned != w.fused.end()) {
+        w.fused_bytes -= owned->size();
+        w.fused.erase(owned);
+        m.data = nullptr;
+    } else {
+        release_pages(m.data, src_bytes);
+    }
+    m.packed = buf.data();
+    w.fused_bytes += buf.size();
+    w.packed_bytes += buf.size();
+    w.fused.push_back(std::move(buf));
+}
+
 }  // namespace
+
+const uint8_t* matrix_row(const Matrix& m, int64_t r) {
+    if (!m.packed) return static_cast<const uint8_t*>(m.data) + r * m.row_bytes;
+    thread_local std::vector<uint8_t> row;
+    row.resize(size_t(m.row_bytes));
+    cpu::unpack_row(m.type, m.cols, m.packed, r, row.data());
+    return row.data();
+}
+
+bool repack_enabled() {
+    const char* v = std::getenv("LOWBIT_REPACK");
+    return !v || std::string(v) != "0";
+}
 
 ModelWeights load_weights(const GGUFFile& f, const ModelConfig& c) {
     const Loader ld(f);
@@ -251,6 +292,20 @@ ModelWeights load_weights(const GGUFFile& f, const ModelConfig& c) {
     for (LayerWeights& l : w.layers) {   // fewer, larger matvecs for decode
         if (!l.wqkv.present()) l.wqkv = concat_rows(w, {&l.wq, &l.wk, &l.wv});
         if (!l.w_gate_up.present() && l.w_gate.present()) l.w_gate_up = concat_rows(w, {&l.w_gate, &l.w_up});
+    }
+    if (repack_enabled()) {   // every dense matrix the forward multiplies through project()
+        for (LayerWeights& l : w.layers) {
+            if (l.wqkv.present()) pack_matrix(w, l.wqkv);
+            else for (Matrix* m : {&l.wq, &l.wk, &l.wv}) pack_matrix(w, *m);
+            pack_matrix(w, l.wo);
+            if (l.w_gate_up.present()) pack_matrix(w, l.w_gate_up);
+            else for (Matrix* m : {&l.w_gate, &l.w_up}) pack_matrix(w, *m);
+            pack_matrix(w, l.w_down);
+        }
+        pack_matrix(w, w.output);
+        // A tied head's rows are the token embeddings: lookups read the packed copy too, so the
+        // mapped table (whose pages pack_matrix released) is not faulted back in row by row.
+        if (w.tied_output && w.output.packed) w.token_embd.packed = w.output.packed;
     }
     for (const TensorInfo& t : f.tensors()) {
         w.bytes_by_type[t.type_size->name] += t.n_bytes;

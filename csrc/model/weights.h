@@ -16,11 +16,12 @@
 namespace lowbit::model {
 
 struct Matrix {
-    const void* data = nullptr;   // rows x row_bytes, inside the mapping
+    const void* data = nullptr;   // rows x row_bytes, inside the mapping (or a fused copy); null once packed from a copy
     GGMLType type = GGMLType::F32;
     int64_t rows = 0, cols = 0;
     int64_t row_bytes = 0;
-    bool present() const { return data != nullptr; }
+    const void* packed = nullptr;   // the same rows repacked at load (cpu/kernels.h, PackedLayout): what matmuls read
+    bool present() const { return data != nullptr || packed != nullptr; }
 };
 
 using Vec = std::vector<float>;   // empty when the model has no such tensor
@@ -77,9 +78,18 @@ struct ModelWeights {
     Vec rope_factors_long, rope_factors_short;   // phi3 LongRoPE: the same, per context size; or empty
     std::vector<LayerWeights> layers;
     std::map<std::string, uint64_t> bytes_by_type;  // every tensor of the file, by GGML type name
-    std::vector<AlignedBuffer<uint8_t>> fused;      // owned storage of the concatenated matrices
+    std::vector<AlignedBuffer<uint8_t>> fused;      // owned storage of the concatenated and the packed matrices
     uint64_t fused_bytes = 0;                       // their size (their sources' pages are released)
+    uint64_t packed_bytes = 0;                      // the packed ones' share of fused_bytes
 };
+
+// Whether load_weights repacks matrices (cpu/kernels.h, PackedLayout): where the kernel set in use
+// has a packed strip GEMM for the type, unless env LOWBIT_REPACK=0 (A/B measurements).
+bool repack_enabled();
+
+// The GGML bytes of row r of m: in place, or unpacked from m.packed into a buffer of the calling
+// thread (valid until its next call).
+const uint8_t* matrix_row(const Matrix& m, int64_t r);
 
 // Maps every tensor the architecture needs; checks presence, shapes and that matrices have a
 // CPU kernel. ModelError names the tensor, the expected and the found shape or type.

@@ -1,0 +1,149 @@
+// packed_avx512.cpp: the strip GEMM on packed strips (kernels.h, PackedLayout) for the legacy
+// types: the weights are read in place, 16 rows per zmm lane set, and turned into the strip GEMM's
+// unsigned values in registers (nibble mask / shift, a masked OR for Q5's bit 4, an XOR for
+// Q8_0's sign), so a call pays no strip decode, however few activation rows it has.
+//
+// Loads are unaligned (a caller's buffer, e.g. a numpy array, need not be 64-aligned; the
+// model's packed copies are).
+//
+// Arithmetic: the strip GEMM's (dot_avx512.cpp, strip_gemm_n): per block and output lane an exact
+// int32 sum started at the activation's corr, then acc = fma(float(isum) * d_a, dw, acc) and, with
+// a min, acc = fma(mw, s_a, acc), blocks in order. dw and mw are the fp16 values (exact in f32),
+// as the strip decoder stores them, so both give the same bits.
+#include <immintrin.h>
+
+#include "cpu/kernels.h"
+
+namespace lowbit::cpu::avx512 {
+namespace {
+
+enum class Kind { Q4, Q5, Q8 };
+
+// Chains per activation row: enough independent dpbusd chains to cover its latency.
+constexpr int chains_for(int nr) { return nr <= 2 ? 4 : nr <= 4 ? 2 : 1; }
+
+// The strip GEMM's unsigned values of one packed block: w[g] = elements 4g..4g+3 of the 16 rows
+// (u = q for the 4-bit types, q | bit 4 for Q5, q + 128 for Q8_0). qh: the block's 8 mask words.
+template <Kind K>
+__attribute__((always_inline)) inline void unsigned_groups(const uint8_t* q, const uint8_t* qh, __m512i w[8]) {
+    if constexpr (K == Kind::Q8) {
+        for (int g = 0; g < 8; ++g) w[g] = _mm512_xor_si512(_mm512_loadu_si512(q + 64 * g), _mm512_set1_epi8(char(0x80)));
+    } else {
+        const __m512i low4 = _mm512_set1_epi8(0x0F);
+        for (int k = 0; k < 4; ++k) {
+            const __m512i v = _mm512_loadu_si512(q + 64 * k);
+            w[k] = _mm512_and_si512(v, low4);
+            w[k + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+        }
+        if constexpr (K == Kind::Q5) {
+            const auto* h = reinterpret_cast<const __mmask64*>(qh);
+            for (int g = 0; g < 8; ++g) w[g] = _mm512_mask_add_epi8(w[g], h[g], w[g], _mm512_set1_epi8(0x10));   // bit 4 (nibble <= 15)
+        }
+    }
+}
+
+// Where a packed strip's arrays start (PackedLayout, repack.cpp), for n = 32 nb columns.
+template <Kind K>
+struct PackedPtrs {
+    const uint8_t *qs, *qh, *d, *m;
+    PackedPtrs(const void* strip, int nb) {
+        constexpr int kQs = K == Kind::Q8 ? 512 : 256;
+        auto round64 = [](int64_t b) { return (b + 63) / 64 * 64; };
+        qs = static_cast<const uint8_t*>(strip);
+        qh = qs + round64(int64_t(nb) * kQs);
+        d = qh + (K == Kind::Q5 ? int64_t(nb) * 64 : 0);
+        m = qs + round64(d - qs + int64_t(nb) * 32);
+    }
+};
+
+template <Kind K, bool kMin, int NR>
+__attribute__((hot)) void packed_gemm_n(int n, const void* strip, const void* act_group, float* out) {
+    const int nb = n / 32;
+    constexpr int kQs = K == Kind::Q8 ? 512 : 256;
+    constexpr int C = chains_for(NR);
+    constexpr int64_t kAct = StripActLayout::block_bytes(32), kCorr = StripActLayout::corr(32),
+                      kAd = StripActLayout::d(32), kAs = StripActLayout::s(32);
+    const PackedPtrs<K> P(strip, nb);
+    const uint8_t *qs = P.qs, *qh = P.qh, *dp = P.d, *mp = P.m;
+    const auto* pa0 = static_cast<const uint8_t*>(act_group);
+    auto i32 = [](const uint8_t* p) { return *reinterpret_cast<const int32_t*>(p); };
+    auto f32 = [](const uint8_t* p) { return *reinterpret_cast<const float*>(p); };
+    __m512 acc[NR];
+    for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; ++b) {
+        const uint8_t* q = qs + size_t(b) * kQs;
+        const uint8_t* pa = pa0 + size_t(b) * kAct;
+        __m512i w[8];   // w[g]: elements 4g..4g+3 of the 16 rows, unsigned
+        unsigned_groups<K>(q, qh + size_t(b) * 64, w);
+        __m512i isum[NR][C];
+        for (int r = 0; r < NR; ++r) {
+            isum[r][0] = _mm512_set1_epi32(i32(pa + kCorr + 4 * r));
+            for (int c = 1; c < C; ++c) isum[r][c] = _mm512_setzero_si512();
+        }
+        for (int g = 0; g < 8; ++g)
+            for (int r = 0; r < NR; ++r)
+                isum[r][g % C] = _mm512_dpbusd_epi32(isum[r][g % C], w[g], _mm512_set1_epi32(i32(pa + r * 32 + 4 * g)));
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dp + size_t(b) * 32)));
+        for (int r = 0; r < NR; ++r) {
+            __m512i s = isum[r][0];
+            for (int c = 1; c < C; ++c) s = _mm512_add_epi32(s, isum[r][c]);
+            acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(f32(pa + kAd + 4 * r))), dw, acc[r]);
+        }
+        if constexpr (kMin) {
+            const __m512 mw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mp + size_t(b) * 32)));
+            for (int r = 0; r < NR; ++r) acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(f32(pa + kAs + 4 * r)), acc[r]);
+        }
+    }
+    for (int r = 0; r < NR; ++r) _mm512_storeu_ps(out + r * kStripRows, acc[r]);
+}
+
+// A packed strip -> a StripLayout strip (for calls with many activation rows: each strip is then
+// turned into u bytes once, not once per GEMM call). The same u, dw, mw the packed GEMM uses, so
+// the strip GEMM on it gives the packed GEMM's bits. row_bytes and nrows: unused (always 16 rows).
+template <Kind K, bool kMin>
+void packed_to_strip(int n, const void* packed, size_t, int, void* strip) {
+    const int nb = n / 32;
+    constexpr int kQs = K == Kind::Q8 ? 512 : 256;
+    constexpr int64_t kBytes = StripLayout::block_bytes(32), kD = StripLayout::u_bytes(32), kM = kD + 4 * kStripRows;
+    const PackedPtrs<K> P(packed, nb);
+    auto* out = static_cast<uint8_t*>(strip);
+    for (int b = 0; b < nb; ++b) {
+        __m512i w[8];
+        unsigned_groups<K>(P.qs + size_t(b) * kQs, P.qh + size_t(b) * 64, w);
+        uint8_t* o = out + size_t(b) * kBytes;
+        for (int g = 0; g < 8; ++g) _mm512_store_si512(o + 64 * g, w[g]);
+        _mm512_store_ps(o + kD, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(P.d + size_t(b) * 32))));
+        if constexpr (kMin)
+            _mm512_store_ps(o + kM, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(P.m + size_t(b) * 32))));
+    }
+}
+
+template <Kind K, bool kMin>
+void packed_gemm(int n, const void* strip, const void* act_group, int nact, float* out) {
+    switch (nact) {
+        case 1: packed_gemm_n<K, kMin, 1>(n, strip, act_group, out); break;
+        case 2: packed_gemm_n<K, kMin, 2>(n, strip, act_group, out); break;
+        case 3: packed_gemm_n<K, kMin, 3>(n, strip, act_group, out); break;
+        case 4: packed_gemm_n<K, kMin, 4>(n, strip, act_group, out); break;
+        case 5: packed_gemm_n<K, kMin, 5>(n, strip, act_group, out); break;
+        case 6: packed_gemm_n<K, kMin, 6>(n, strip, act_group, out); break;
+        case 7: packed_gemm_n<K, kMin, 7>(n, strip, act_group, out); break;
+        default: packed_gemm_n<K, kMin, 8>(n, strip, act_group, out); break;
+    }
+}
+
+}  // namespace
+
+void add_packed_gemms(KernelSet& k) {
+    auto set = [&](GGMLType t, StripGemmFn gemm, StripDecodeFn to_strip) {
+        k[t].strip.packed = gemm;
+        k[t].strip.packed_to_strip = to_strip;
+    };
+    set(GGMLType::Q4_0, packed_gemm<Kind::Q4, false>, packed_to_strip<Kind::Q4, false>);
+    set(GGMLType::Q4_1, packed_gemm<Kind::Q4, true>, packed_to_strip<Kind::Q4, true>);
+    set(GGMLType::Q5_0, packed_gemm<Kind::Q5, false>, packed_to_strip<Kind::Q5, false>);
+    set(GGMLType::Q5_1, packed_gemm<Kind::Q5, true>, packed_to_strip<Kind::Q5, true>);
+    set(GGMLType::Q8_0, packed_gemm<Kind::Q8, false>, packed_to_strip<Kind::Q8, false>);
+}
+
+}  // namespace lowbit::cpu::avx512

@@ -1,0 +1,139 @@
+"""Packed weights (csrc/cpu/kernels.h, PackedLayout): the legacy types repacked at load into strips of
+16 interleaved rows that the AVX-512 strip GEMM reads in place.
+
+Claims checked here, on fresh random blocks (random quants, sane random scales and mins), odd
+shapes and partial last strips:
+  * pack / unpack are byte permutations: every strip unpacks to exactly the GGML rows it came from.
+  * AVX-512: the packed GEMM equals the strip GEMM on the unpacked rows bit for bit (same integer
+    sums, same float order), is within tier 1 of the scalar spec's dots, and gives each x row the
+    same bits whatever the number of rows in the call (so batched decode equals unbatched).
+  * other kernel sets: packed weights give exactly what matmul gives on the GGML rows.
+  * a model loaded with packed weights counts them once (weights_copied_bytes, not twice) and keeps
+    the same resident size (a tied head's token embedding lookups read the packed copy).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import lowbit
+from lowbit import _core
+from lowbit.runtime import cpu
+
+from _models import real_model_path
+from test_kernels import dequant_weights, kernel_set, level, make_act, random_weights  # noqa: F401 (fixtures)
+
+PACKED_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
+
+
+def packed_matmul(p, type_name, rows, cols, x, threads=2, precision="q8"):
+    return np.asarray(_core.cpu_matmul(p, type_name, rows, cols, np.ascontiguousarray(x, np.float32),
+                                       _core.CpuThreadPool(threads), precision, packed=True))
+
+
+def raw_matmul(w, type_name, rows, cols, x, threads=2, precision="q8", small_batches=False):
+    return np.asarray(_core.cpu_matmul(w.reshape(-1), type_name, rows, cols, np.ascontiguousarray(x, np.float32),
+                                       _core.CpuThreadPool(threads), precision, small_batches=small_batches))
+
+
+@pytest.mark.parametrize("type_name", PACKED_TYPES)
+@pytest.mark.parametrize("rows,cols", [(1, 32), (15, 96), (16, 64), (17, 608), (67, 96)])
+def test_pack_unpack_roundtrip(type_name, rows, cols):
+    rng = np.random.default_rng(rows * 1000 + cols + PACKED_TYPES.index(type_name))
+    w = random_weights(rng, type_name, rows, cols)
+    p = np.asarray(_core.cpu_pack_rows(w.reshape(-1), type_name, rows, cols))
+    n_strips = (rows + 15) // 16
+    assert p.size % n_strips == 0 and (p.size // n_strips) % 64 == 0
+    assert p.size - w.size < n_strips * (16 * w.shape[1] + 64)   # only the partial strip and alignment added
+    for s in range(n_strips):
+        back = np.asarray(_core.cpu_unpack_strip(p, type_name, rows, cols, s)).reshape(-1, w.shape[1])
+        assert np.array_equal(back, w[16 * s:16 * s + 16]), (type_name, s)
+    with pytest.raises(ValueError):
+        _core.cpu_pack_rows(w.reshape(-1)[:-1], type_name, rows, cols)
+    with pytest.raises(ValueError):
+        _core.cpu_unpack_strip(p, type_name, rows, cols, n_strips)
+
+
+def test_types_without_packed_layout_are_refused():
+    w = random_weights(np.random.default_rng(1), "Q4_K", 16, 256)
+    with pytest.raises(ValueError, match="no packed layout"):
+        _core.cpu_pack_rows(w.reshape(-1), "Q4_K", 16, 256)
+
+
+@pytest.mark.parametrize("type_name", PACKED_TYPES)
+def test_packed_matmul_tiers(type_name, level, kernel_set):
+    """67 rows (4 strips + 3), 19 blocks: the packed path at every kernel level vs the scalar spec."""
+    rng = np.random.default_rng(7300 + PACKED_TYPES.index(type_name))
+    rows, cols = 67, 608
+    w = random_weights(rng, type_name, rows, cols)
+    p = np.asarray(_core.cpu_pack_rows(w.reshape(-1), type_name, rows, cols))
+    x = (rng.standard_normal((41, cols)) * rng.uniform(0.1, 10, size=(41, 1))).astype(np.float32)
+    got = {prec: packed_matmul(p, type_name, rows, cols, x, precision=prec) for prec in ("q8", "high")}
+    for prec, y in got.items():
+        for t in (1, 3):
+            assert np.array_equal(packed_matmul(p, type_name, rows, cols, x, threads=t, precision=prec), y)
+        for n in (1, 2, 3, 7, 8, 16):   # any number of rows: the same bits per row (on every level)
+            if level == "avx512" or n < 16 or prec == "high":
+                assert np.array_equal(packed_matmul(p, type_name, rows, cols, x[:n], precision=prec), y[:n]), (prec, n)
+        if level != "avx512":   # unpacked strip by strip: exactly matmul's result on the GGML rows
+            for n in (1, 5, 41):
+                assert np.array_equal(y[:n], raw_matmul(w, type_name, rows, cols, x[:n], precision=prec)), (prec, n)
+        else:   # the strip GEMM on the unpacked rows: the same bits
+            for n in (8, 16, 41) if prec == "high" else (16, 41):
+                assert np.array_equal(y[:n], raw_matmul(w, type_name, rows, cols, x[:n], precision=prec,
+                                                        small_batches=True)), (prec, n)
+    kernel_set("scalar")
+    w64 = np.abs(dequant_weights(type_name, w)).reshape(rows, cols)
+    for i in range(0, 41, 4):
+        act, a64 = make_act(type_name, x[i])
+        ref = np.array([cpu.vec_dot(type_name, w[r], act) for r in range(rows)])
+        tol = 2e-7 * (cols // 32) * (w64 @ np.abs(a64))
+        assert np.all(np.abs(got["q8"][i] - ref) <= tol), (type_name, level, i)
+    ref = x.astype(np.float64) @ dequant_weights(type_name, w).reshape(rows, cols).T
+    assert np.linalg.norm(got["high"] - ref) / np.linalg.norm(ref) < 1e-4
+
+
+def run_model(env_repack: str, code: str) -> str:
+    env = dict(os.environ, LOWBIT_REPACK=env_repack,
+               PYTHONPATH=os.path.dirname(os.path.dirname(lowbit.__file__)))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+@pytest.mark.skipif(not real_model_path("smollm2-135m-instruct"), reason="SmolLM2 not cached")
+@pytest.mark.skipif("avx512" not in [s.strip() for s in cpu.features()["supported"].split(",")],
+                    reason="no packed GEMM without AVX-512")
+def test_model_packed_counts_once_and_matches_unpacked(tmp_path):
+    """SmolLM2 (Q4_1 + a tied Q8_0 head): with packing the copied bytes are the packed matrices
+    (about the weights' size, not twice it), the logits stay within the strip tier of the
+    unpacked model's, and LOWBIT_REPACK=0 packs nothing."""
+    path = str(real_model_path("smollm2-135m-instruct"))
+    code = (
+        "import numpy as np, json\n"
+        "from lowbit import _core\n"
+        f"e = _core.Engine({path!r}, 600, 2, 64, 'f16', 'auto')\n"
+        "m = e.memory()\n"
+        "y = np.asarray(e.eval(np.array([1, 400, 2000, 17], np.int32)))\n"
+        "e.eval(np.random.default_rng(0).integers(100, 49000, 500).astype(np.int32))\n"   # embedding rows all over
+        "rss = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS')][0] * 1024\n"
+        f"np.save({str(tmp_path)!r} + '/y_' + __import__('os').environ['LOWBIT_REPACK'] + '.npy', y)\n"
+        "print(json.dumps(dict({k: m[k] for k in ('weights_bytes', 'weights_copied_bytes', 'total_bytes')}, rss=rss)))\n"
+    )
+    import json
+    packed = json.loads(run_model("1", code))
+    plain = json.loads(run_model("0", code))
+    assert packed["weights_bytes"] == plain["weights_bytes"]
+    # plain: the fused q|k|v and gate|up copies; packed: every matrix once (the head too), nothing more
+    assert plain["weights_copied_bytes"] < packed["weights_copied_bytes"] <= packed["weights_bytes"] * 1.01
+    assert packed["total_bytes"] - plain["total_bytes"] < 0.01 * plain["weights_bytes"]
+    # resident: the packed copies replace the mapped rows; the tied head's embedding lookups read
+    # the packed copy (a mapped table would fault back in around every looked-up row)
+    assert packed["rss"] - plain["rss"] < 0.05 * plain["weights_bytes"], (packed["rss"], plain["rss"])
+    y1, y0 = np.load(tmp_path / "y_1.npy"), np.load(tmp_path / "y_0.npy")
+    assert np.linalg.norm(y1 - y0) / np.linalg.norm(y0) < 1e-3   # 30 layers of tier-1 reorderings
+    assert np.array_equal(np.argmax(y1, axis=-1), np.argmax(y0, axis=-1))

@@ -109,9 +109,11 @@ void run_item(const ModelConfig& c, const LayerWeights& l, int64_t il, const flo
 // kStripItemRows rows, else the multi-row dots. One thread, Q4_K 768 x 2048, weights in L2
 // (micro-benchmark of matmul()): the dots cost ~16 us a row and decode the weights again every 4
 // rows (5 rows 87 us), and their super-blocks come in groups of 4, so the 3 of a 768-wide down
-// row cost ~1.3x (5 rows 123 us); the strip GEMM pays ~80 us to decode the matrix once, then
-// ~4.5 us a row (5 rows 98 us, 8 rows 112 vs 123 / 165 us). The kernels and activation layouts
-// are matmul()'s (kernels.h), so each output is what matmul() gives for that row in that path.
+// row cost ~1.3x (5 rows 123 us); the strip GEMM pays ~50 us to decode the matrix once, then
+// ~4.5 us a row. With the weights coming from memory the strip costs more than that: prefill of
+// the bench_moe model (64 tokens, one thread) was fastest from 6 rows (3 to 10 tried). The
+// kernels and activation layouts are matmul()'s (kernels.h), so each output is what matmul()
+// gives for that row in that path.
 constexpr int64_t kStripItemRows = 6;
 
 // q8 rows of n elements in the activation format of `type` (never F32 on this path).
@@ -266,7 +268,8 @@ MoeScratch::MoeScratch(const ModelConfig& c, int64_t n_batch, int n_threads) {
     order.resize(B * k);
     items.reserve(size_t(c.n_expert) + B * k / size_t(kExpertRows) + 1);
     slot_out.resize(B * k * size_t(c.n_embd));
-    xq.resize(B * widest_row_bytes(c.n_embd));
+    const int64_t e256 = (c.n_embd + QK_K - 1) / QK_K * QK_K;   // q8 rows only (no panels)
+    xq.resize(B * std::max(cpu::act_row_bytes(cpu::ActFormat::Q8_0, e256), cpu::act_row_bytes(cpu::ActFormat::Q8_K, e256)));
     for (int t = 0; t < n_threads; ++t) workers.push_back(std::make_unique<Worker>(c));
     if (c.n_ff_shexp > 0) {
         sh_gate.resize(B * size_t(c.n_ff_shexp));

@@ -16,7 +16,9 @@
 // with fewer items than threads, one by one on the whole pool);
 // each slot's output lands in its own row, and each token's sum then runs over its experts in
 // ascending expert id, so a prefill and the same tokens decoded one at a time add the same terms
-// in the same order.
+// in the same order. With 8-bit activations (prefill under "auto") each token's row is quantized
+// once per layer and the items multiply the quantized rows in place (moe.cpp, "8-bit prefill
+// path"), the largest items first.
 #pragma once
 #include <cstdint>
 #include <memory>

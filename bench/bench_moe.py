@@ -1,7 +1,8 @@
 """Mixture-of-experts decode and prefill: lowbit vs llama.cpp on the same file, same run.
 
     PYTHONPATH=python LOWBIT_LLAMA_CPP_SITE=/work/oracle-venv/lib/python3.11/site-packages \
-        python bench/bench_moe.py [--layers 2] [--threads 2] [--prompt 64] [--decode 32] [--json out.json]
+        python bench/bench_moe.py [--layers 2] [--threads 2] [--prompt 64] [--decode 32]
+            [--act-precision auto|q8|high] [--json out.json]
 
 The model: Qwen3-30B-A3B's layer shapes (n_embd 2048, 32 query / 4 KV heads of 128, 128 experts
 of width 768, 8 used per token, QK-norm) with `--layers` layers instead of 48 and the factory's
@@ -11,7 +12,9 @@ blocks (scales set for activations of O(1)), router and norms F32. Written once 
 Bytes per token: what a decode step reads (lowbit.runtime.memory.decode_reads: every non-expert
 tensor, 8/128 of the experts, one embedding row). Roofline: the measured read bandwidth of the
 same thread count divided by those bytes. Prefill: one eval of `--prompt` tokens; decode:
-`--decode` one-token evals after it; best of `--repeats`. Prints a table and, with --json, the
+`--decode` one-token evals after it; best of `--repeats`. --act-precision: lowbit's activation
+precision (default auto: 8-bit expert matmuls in prefill, two-pass elsewhere; q8: 8-bit
+everywhere, llama.cpp's arithmetic). Prints a table and, with --json, the
 figures; the load average is recorded (the machine is shared).
 """
 from __future__ import annotations
@@ -72,8 +75,8 @@ def write_model(path: str, n_layers: int) -> None:
     w.close()
 
 
-def time_lowbit(path, ids, n_decode, n_threads, repeats):
-    e = _core.Engine(path, len(ids) + n_decode + 8, n_threads, 512, "f16")
+def time_lowbit(path, ids, n_decode, n_threads, repeats, act_precision="auto"):
+    e = _core.Engine(path, len(ids) + n_decode + 8, n_threads, 512, "f16", act_precision)
     e.eval(ids[:8])   # fault the pages in
     prefill, decode = [], []
     for _ in range(repeats):
@@ -120,6 +123,7 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--decode", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--act-precision", default="auto", choices=["auto", "q8", "high"])
     ap.add_argument("--file", default="/tmp/lowbit-bench-qwen3moe-q4k.gguf")
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -130,12 +134,13 @@ def main() -> None:
         file_bytes = sum(t.nbytes for t in g.tensors)
     ids = np.random.default_rng(1).integers(0, 250, args.prompt).astype(np.int32)
     load_before = os.getloadavg()
-    ours = time_lowbit(args.file, ids, args.decode, args.threads, args.repeats)
+    ours = time_lowbit(args.file, ids, args.decode, args.threads, args.repeats, args.act_precision)
     theirs = time_llama_cpp(args.file, ids, args.decode, args.threads, args.repeats)
     bandwidth = _core.cpu_read_bandwidth(_core.CpuThreadPool(args.threads), 1 << 28, 3)
     per_token = reads["decode_bytes_per_token"]
     roofline = bandwidth * 1e9 / per_token
-    res = {"layers": args.layers, "threads": args.threads, "file_bytes": file_bytes,
+    res = {"layers": args.layers, "threads": args.threads, "prompt": args.prompt, "act_precision": args.act_precision,
+           "file_bytes": file_bytes,
            "decode_bytes_per_token": per_token, "decode_read_fraction": reads["decode_read_fraction"],
            "read_bandwidth_gbs": bandwidth, "roofline_decode_tok_s": roofline,
            "lowbit": {"prefill_tok_s": ours[0], "decode_tok_s": ours[1]},
@@ -144,7 +149,8 @@ def main() -> None:
     print(f"qwen3moe (Qwen3-30B-A3B layers) x {args.layers}, Q4_K, {args.threads} threads; file "
           f"{file_bytes / 2**20:.0f} MiB, a decode step reads {per_token / 2**20:.1f} MiB "
           f"({100 * reads['decode_read_fraction']:.1f}%); read bandwidth {bandwidth:.1f} GB/s -> roofline "
-          f"{roofline:.1f} tok/s; load {load_before[0]:.1f} -> {res['load_avg_after'][0]:.1f}")
+          f"{roofline:.1f} tok/s; load {load_before[0]:.1f} -> {res['load_avg_after'][0]:.1f}; lowbit "
+          f"act_precision {args.act_precision}, prompt {args.prompt}")
     print("| runtime | prefill tok/s | decode tok/s | decode / roofline |")
     print("|---|---:|---:|---:|")
     for name, r in (("lowbit", ours), ("llama.cpp", theirs)):

@@ -217,6 +217,30 @@ def test_auto_precision_uses_8_bit_experts_in_prefill_only(tmp_path_factory):
     assert rel_err(long["auto"], ref) <= 6e-2 and rel_err(long["high"], ref) <= 6e-2
 
 
+@pytest.mark.parametrize("arch, weight_type, overrides", [
+    ("qwen3moe", "Q4_K", {}),                       # k-quant dots and strips (q8_K rows)
+    ("qwen3moe", "Q8_0", {}),                       # legacy: panel rows on AVX-512 (q8_0 rows)
+    ("gpt-oss", "Q8_0", {"expert_type": "MXFP4"}),  # expert biases, SwiGLU-OAI, q8_0 rows
+])
+def test_8_bit_expert_path_matches_matmul(tmp_path_factory, arch, weight_type, overrides):
+    """With 8-bit activations a batch's experts take moe.cpp's prefill path (each token quantized
+    once, items multiplying their tokens' rows in place: the strip GEMM from 6 rows, the multi-row
+    dots below); with an observer attached every expert goes through matmul() instead. Same
+    kernels and activation layouts, so the logits agree to the strip-vs-dots tier (items of 6-15
+    rows take the strip here, the dots in matmul()); a row gathered from the wrong token, slot or
+    layout would be off by O(1). Batches of 40 (strip and dots) and 5 (dots only) tokens, 1-3 threads."""
+    path = moe_model(tmp_path_factory, arch, weight_type, **overrides)
+    ids = np.random.default_rng(9).integers(0, engine(path).n_vocab, 40).astype(np.int32)
+    for n, n_threads in ((40, 2), (40, 3), (5, 2), (40, 1)):
+        fast = _core.Engine(path, 64, n_threads, 40, "f16", "q8").eval(ids[:n], all_logits=True)
+        slow_engine = _core.Engine(path, 64, n_threads, 40, "f16", "q8")
+        slow_engine.set_observer(_core.SumSquaresObserver())
+        slow = slow_engine.eval(ids[:n], all_logits=True)
+        assert rel_err(fast, slow) <= 2e-5, (n, n_threads)
+        if not overrides:   # MXFP4 experts against the reference: test_architectures_more.py's tier
+            assert rel_err(fast, ReferenceModel(path).logits(ids[:n])) <= 6e-2
+
+
 def test_nan_router_does_not_break_selection(tmp_path):
     """A router row of NaN (a damaged file) must not break the top-k selection (a comparator that
     NaN makes non-strict is undefined behaviour in std::partial_sort): the eval completes with its

@@ -900,13 +900,12 @@ void strip_decode_k4(int n, const void* w, size_t row_bytes, int nrows, void* st
     strip_decode_k<32, true, KBlock>(n, w, row_bytes, nrows, strip, [](const KBlock& x, __m512i q[4], float* dw, float* mw) {
         __m512i scale[4];
         k4_decode<kQ5>(x, _mm512_setzero_si512(), q, scale);
-        alignas(16) uint8_t sm[16];
-        _mm_store_si128(reinterpret_cast<__m128i*>(sm), _mm512_castsi512_si128(unpack_k4_scales_x4(&x, 1)));
-        const float d = h2f(x.d), dmin = h2f(x.dmin);
-        for (int s = 0; s < 8; ++s) {
-            dw[s] = d * float(sm[s]);
-            mw[s] = -dmin * float(sm[8 + s]);
-        }
+        // the 8 scales and 8 mins (bytes 0..15) times d and -dmin, 16 lanes at once (the same products)
+        const __m512 sm = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_castsi512_si128(unpack_k4_scales_x4(&x, 1))));
+        const __m512 dd = _mm512_insertf32x8(_mm512_set1_ps(h2f(x.d)), _mm256_set1_ps(-h2f(x.dmin)), 1);
+        const __m512 p = _mm512_mul_ps(sm, dd);
+        _mm256_storeu_ps(dw, _mm512_castps512_ps256(p));
+        _mm256_storeu_ps(mw, _mm512_extractf32x8_ps(p, 1));
     });
 }
 

@@ -7,6 +7,8 @@
 #include <numeric>
 #include <string>
 
+#include "cpu/dispatch.h"
+#include "cpu/kernels.h"
 #include "cpu/ops.h"
 
 namespace lowbit::model {
@@ -54,6 +56,32 @@ void group_by_expert(const ModelConfig& c, int64_t n, MoeScratch& s) {
     for (int64_t i = 0; i < n * k; ++i) s.order[size_t(s.cursor[size_t(s.selected[size_t(i)])]++)] = i;
 }
 
+// The n rows of w.gate = act(gate + bg) * (up + bu) of expert e (bias rows where the model has them).
+void activate_rows(const ModelConfig& c, const LayerWeights& l, int64_t e, int64_t n, MoeScratch::Worker& w) {
+    const int64_t F = c.n_ff_exp;
+    for (int64_t i = 0; i < n; ++i) {
+        float* g = w.gate.data() + i * F;
+        float* u = w.up.data() + i * F;
+        if (!l.gate_exps_b.empty()) {
+            cpu::add_inplace(g, l.gate_exps_b.data() + e * F, F);
+            cpu::add_inplace(u, l.up_exps_b.data() + e * F, F);
+        }
+        gated_act(c.ffn_act, g, u, F);
+    }
+}
+
+// Each slot's row of slot_out = its row of w.down + bd.
+void store_slots(const ModelConfig& c, const LayerWeights& l, const MoeScratch::Item& it, MoeScratch& s,
+                 MoeScratch::Worker& w) {
+    const int64_t E = c.n_embd;
+    const int64_t* slots = s.order.data() + it.first;
+    for (int64_t i = 0; i < it.count; ++i) {
+        float* y = s.slot_out.data() + slots[i] * E;
+        std::memcpy(y, w.down.data() + i * E, size_t(E) * sizeof(float));
+        if (!l.down_exps_b.empty()) cpu::add_inplace(y, l.down_exps_b.data() + it.expert * E, E);
+    }
+}
+
 // One work item: expert e over its `count` slots order[first ..], with the worker's single-threaded
 // pool (or `pool` when an observer is attached: the items then run one by one on the caller).
 // Each slot's row of slot_out = down(act(gate x + bg) * (up x + bu)) + bd.
@@ -67,22 +95,111 @@ void run_item(const ModelConfig& c, const LayerWeights& l, int64_t il, const flo
     observe(obs, pool, il, {"ffn_gate_exps", "ffn_up_exps"}, w.x.data(), n, E);
     project(l.gate_exps.expert(e), w.x.data(), n, w.gate.data(), pool, prec);
     project(l.up_exps.expert(e), w.x.data(), n, w.up.data(), pool, prec);
-    for (int64_t i = 0; i < n; ++i) {
-        float* g = w.gate.data() + i * F;
-        float* u = w.up.data() + i * F;
-        if (!l.gate_exps_b.empty()) {
-            cpu::add_inplace(g, l.gate_exps_b.data() + e * F, F);
-            cpu::add_inplace(u, l.up_exps_b.data() + e * F, F);
-        }
-        gated_act(c.ffn_act, g, u, F);
-    }
+    activate_rows(c, l, e, n, w);
     observe(obs, pool, il, {"ffn_down_exps"}, w.gate.data(), n, F);
     project(l.down_exps.expert(e), w.gate.data(), n, w.down.data(), pool, prec);
-    for (int64_t i = 0; i < n; ++i) {
-        float* y = s.slot_out.data() + slots[i] * E;
-        std::memcpy(y, w.down.data() + i * E, size_t(E) * sizeof(float));
-        if (!l.down_exps_b.empty()) cpu::add_inplace(y, l.down_exps_b.data() + e * E, E);
+    store_slots(c, l, it, s, w);
+}
+
+// ---- The 8-bit prefill path ----------------------------------------------------------------
+// With 8-bit activations (the expert matmuls of a prefill batch under "auto", or act_precision
+// "q8") each token's xn row is quantized once per layer into s.xq, and a work item multiplies its
+// tokens' rows from there: gate and up share them (matmul() would quantize every row of every
+// item twice: 2k times per token). Per matrix, the strip GEMM when the item has at least
+// kStripItemRows rows, else the multi-row dots. One thread, Q4_K 768 x 2048, weights in L2
+// (micro-benchmark of matmul()): the dots cost ~16 us a row and decode the weights again every 4
+// rows (5 rows 87 us), and their super-blocks come in groups of 4, so the 3 of a 768-wide down
+// row cost ~1.3x (5 rows 123 us); the strip GEMM pays ~50 us to decode the matrix once, then
+// ~4.5 us a row. With the weights coming from memory the strip costs more than that: prefill of
+// the bench_moe model (64 tokens, one thread) was fastest from 6 rows (3 to 10 tried). The
+// kernels and activation layouts are matmul()'s (kernels.h), so each output is what matmul()
+// gives for that row in that path.
+constexpr int64_t kStripItemRows = 6;
+
+// q8 rows of n elements in the activation format of `type` (never F32 on this path).
+size_t q8_row_bytes(GGMLType type, int64_t n) { return cpu::act_row_bytes(cpu::act_format(type), n); }
+
+void quantize_q8_row(const cpu::KernelSet& ks, GGMLType type, const float* x, uint8_t* dst, int64_t n) {
+    if (cpu::act_format(type) == cpu::ActFormat::Q8_0) ks.quantize_q8_0(x, reinterpret_cast<block_q8_0*>(dst), int(n));
+    else ks.quantize_q8_K(x, reinterpret_cast<block_q8_K*>(dst), int(n));
+}
+
+// Whether the experts of layer l take the 8-bit path: quantized types, gate and up dotting the
+// same activation format (so one quantized xn row serves both).
+bool q8_experts(const LayerWeights& l) {
+    const GGMLType g = l.gate_exps.first.type, u = l.up_exps.first.type, d = l.down_exps.first.type;
+    return cpu::act_format(g) != cpu::ActFormat::F32 && cpu::act_format(g) == cpu::act_format(u) &&
+           cpu::act_format(d) != cpu::ActFormat::F32;
+}
+
+// y (n, m.rows) = m . q[i] for the n q8 rows q[i] (the item's tokens, anywhere in memory), on the
+// calling thread with the worker's scratch.
+void expert_matmul(const Matrix& m, const uint8_t* const* q, int64_t n, float* y, MoeScratch::Worker& w) {
+    const cpu::KernelSet& ks = cpu::kernels();
+    const auto* weights = static_cast<const uint8_t*>(m.data);
+    const bool q8_0 = cpu::act_format(m.type) == cpu::ActFormat::Q8_0;
+    if (const cpu::StripKernels* sk = n >= kStripItemRows ? cpu::strip_kernels_for(ks, m.type) : nullptr) {
+        const size_t group_bytes = size_t(cpu::StripActLayout::group_bytes(m.cols, sk->block));
+        for (int64_t i = 0; i < n; ++i) {
+            uint8_t* group = w.groups.data() + size_t(i / cpu::kStripAct) * group_bytes;
+            if (q8_0) cpu::build_strip_act_row(reinterpret_cast<const block_q8_0*>(q[i]), m.cols, sk->block, sk->bias, group, int(i % cpu::kStripAct));
+            else cpu::build_strip_act_row(reinterpret_cast<const block_q8_K*>(q[i]), m.cols, sk->block, sk->bias, group, int(i % cpu::kStripAct));
+        }
+        for (int64_t r0 = 0; r0 < m.rows; r0 += cpu::kStripRows) {
+            const int64_t nw = std::min<int64_t>(cpu::kStripRows, m.rows - r0);
+            const uint8_t* next = weights + (r0 + nw) * m.row_bytes;   // its decode walks rows poorly for the prefetchers
+            for (int64_t off = 0, end = std::min<int64_t>(cpu::kStripRows, m.rows - r0 - nw) * m.row_bytes; off < end; off += 64)
+                __builtin_prefetch(next + off, 0, 3);
+            sk->decode(int(m.cols), weights + r0 * m.row_bytes, size_t(m.row_bytes), int(nw), w.strip.data());
+            for (int64_t i0 = 0; i0 < n; i0 += cpu::kStripAct) {
+                const int64_t na = std::min<int64_t>(cpu::kStripAct, n - i0);
+                alignas(64) float out[cpu::kStripAct * cpu::kStripRows];
+                sk->gemm(int(m.cols), w.strip.data(), w.groups.data() + size_t(i0 / cpu::kStripAct) * group_bytes, int(na), out);
+                for (int64_t i = 0; i < na; ++i)
+                    std::memcpy(y + (i0 + i) * m.rows + r0, out + i * cpu::kStripRows, size_t(nw) * sizeof(float));
+            }
+        }
+        return;
     }
+    // multi-row dots over contiguous rows (panel rows where the set dots legacy types against panels)
+    const cpu::TypeKernels& tk = ks.of(m.type);
+    const size_t row_bytes = tk.panel ? size_t(cpu::Q8PanelLayout::row_bytes(m.cols)) : q8_row_bytes(m.type, m.cols);
+    for (int64_t i = 0; i < n; ++i) {
+        uint8_t* dst = w.rows.data() + size_t(i) * row_bytes;
+        if (tk.panel) cpu::build_q8_panel_row(reinterpret_cast<const block_q8_0*>(q[i]), m.cols, cpu::panel_bias(m.type), dst);
+        else std::memcpy(dst, q[i], row_bytes);
+    }
+    const cpu::VecDotRowsFn dot_rows = tk.panel ? tk.panel : tk.dot_rows;
+    const int64_t tile = std::clamp<int64_t>(int64_t(40 << 10) / int64_t(row_bytes), 1, cpu::kMaxDotRows);  // rows kept in L1
+    for (int64_t i0 = 0; i0 < n; i0 += tile) {
+        const int64_t i1 = std::min(n, i0 + tile);
+        for (int64_t r = 0; r < m.rows; ++r) {
+            float out[cpu::kMaxDotRows];
+            dot_rows(int(m.cols), weights + r * m.row_bytes, w.rows.data() + size_t(i0) * row_bytes, row_bytes, int(i1 - i0), out);
+            for (int64_t i = i0; i < i1; ++i) y[i * m.rows + r] = out[i - i0];
+        }
+    }
+}
+
+// run_item on the 8-bit path: the item's xn rows from s.xq, its gated rows quantized into w.hq.
+void run_item_q8(const ModelConfig& c, const LayerWeights& l, const MoeScratch::Item& it, MoeScratch& s,
+                 MoeScratch::Worker& w) {
+    const int64_t E = c.n_embd, F = c.n_ff_exp, k = c.n_expert_used, e = it.expert, n = it.count;
+    const int64_t* slots = s.order.data() + it.first;
+    const uint8_t* q[kExpertRows];
+    const size_t x_bytes = q8_row_bytes(l.gate_exps.first.type, E), h_bytes = q8_row_bytes(l.down_exps.first.type, F);
+    for (int64_t i = 0; i < n; ++i) q[i] = s.xq.data() + size_t(slots[i] / k) * x_bytes;
+    expert_matmul(l.gate_exps.expert(e), q, n, w.gate.data(), w);
+    expert_matmul(l.up_exps.expert(e), q, n, w.up.data(), w);
+    activate_rows(c, l, e, n, w);
+    const cpu::KernelSet& ks = cpu::kernels();
+    for (int64_t i = 0; i < n; ++i) {
+        uint8_t* dst = w.hq.data() + size_t(i) * h_bytes;
+        quantize_q8_row(ks, l.down_exps.first.type, w.gate.data() + i * F, dst, F);
+        q[i] = dst;
+    }
+    expert_matmul(l.down_exps.expert(e), q, n, w.down.data(), w);
+    store_slots(c, l, it, s, w);
 }
 
 // qwen2moe's shared expert, added to out: sigmoid(xn . shexp_gate) * down(silu(gate xn) * up xn).
@@ -110,7 +227,20 @@ void make_items(const ModelConfig& c, MoeScratch& s) {
     for (int64_t e = 0; e < c.n_expert; ++e)
         for (int64_t a = s.first[size_t(e)], b = s.first[size_t(e) + 1]; a < b; a += kExpertRows)
             s.items.push_back({e, a, std::min(kExpertRows, b - a)});
+    // the largest first, so the pool's threads end together (an expert can have 10x the average)
+    std::stable_sort(s.items.begin(), s.items.end(), [](const MoeScratch::Item& a, const MoeScratch::Item& b) {
+        return a.count > b.count;
+    });
 }
+
+// Bytes of the widest q8 row (q8_0, q8_K or panel) of n elements, and of the strip layouts (the
+// smallest block, 16, is the widest).
+size_t widest_row_bytes(int64_t n) {
+    const int64_t n256 = (n + QK_K - 1) / QK_K * QK_K;
+    return std::max({cpu::act_row_bytes(cpu::ActFormat::Q8_0, n256), cpu::act_row_bytes(cpu::ActFormat::Q8_K, n256),
+                     size_t(cpu::Q8PanelLayout::row_bytes(n))});
+}
+int64_t widest_strip_elems(int64_t n) { return (n + 15) / 16 * 16; }
 
 }  // namespace
 
@@ -119,6 +249,11 @@ MoeScratch::Worker::Worker(const ModelConfig& c) {
     gate.resize(size_t(kExpertRows * c.n_ff_exp));
     up.resize(size_t(kExpertRows * c.n_ff_exp));
     down.resize(size_t(kExpertRows * c.n_embd));
+    const int64_t wide = std::max(c.n_embd, c.n_ff_exp), wide16 = widest_strip_elems(wide);
+    hq.resize(size_t(kExpertRows) * widest_row_bytes(c.n_ff_exp));
+    rows.resize(size_t(kExpertRows) * widest_row_bytes(wide));
+    groups.resize(size_t((kExpertRows + cpu::kStripAct - 1) / cpu::kStripAct * cpu::StripActLayout::group_bytes(wide16, 16)));
+    strip.resize(size_t(cpu::StripLayout::bytes(wide16, 16)));
 }
 
 MoeScratch::MoeScratch(const ModelConfig& c, int64_t n_batch, int n_threads) {
@@ -133,6 +268,8 @@ MoeScratch::MoeScratch(const ModelConfig& c, int64_t n_batch, int n_threads) {
     order.resize(B * k);
     items.reserve(size_t(c.n_expert) + B * k / size_t(kExpertRows) + 1);
     slot_out.resize(B * k * size_t(c.n_embd));
+    const int64_t e256 = (c.n_embd + QK_K - 1) / QK_K * QK_K;   // q8 rows only (no panels)
+    xq.resize(B * std::max(cpu::act_row_bytes(cpu::ActFormat::Q8_0, e256), cpu::act_row_bytes(cpu::ActFormat::Q8_K, e256)));
     for (int t = 0; t < n_threads; ++t) workers.push_back(std::make_unique<Worker>(c));
     if (c.n_ff_shexp > 0) {
         sh_gate.resize(B * size_t(c.n_ff_shexp));
@@ -143,8 +280,12 @@ MoeScratch::MoeScratch(const ModelConfig& c, int64_t n_batch, int n_threads) {
 
 int64_t MoeScratch::bytes() const {
     size_t floats = logits.size() + weight.size() + slot_out.size() + sh_gate.size() + sh_up.size() + sh_out.size();
-    for (const auto& w : workers) floats += w->x.size() + w->gate.size() + w->up.size() + w->down.size();
-    return int64_t(floats * sizeof(float) + (selected.size() + ids.size()) * sizeof(int32_t) +
+    size_t bytes = xq.size();
+    for (const auto& w : workers) {
+        floats += w->x.size() + w->gate.size() + w->up.size() + w->down.size();
+        bytes += w->hq.size() + w->rows.size() + w->groups.size() + w->strip.size();
+    }
+    return int64_t(floats * sizeof(float) + bytes + (selected.size() + ids.size()) * sizeof(int32_t) +
                    (first.size() + cursor.size() + order.size()) * sizeof(int64_t) + items.capacity() * sizeof(Item));
 }
 
@@ -205,6 +346,14 @@ void moe_feed_forward(const ModelConfig& c, const LayerWeights& l, int64_t il, c
     if (observer || n_items < pool.size() || size_t(pool.size()) > s.workers.size()) {
         for (int64_t i = 0; i < n_items; ++i)
             run_item(c, l, il, xn, s.items[size_t(i)], s, *s.workers[0], pool, expert_prec, observer);
+    } else if (expert_prec == cpu::ActPrecision::Q8 && q8_experts(l)) {
+        const cpu::KernelSet& ks = cpu::kernels();
+        const GGMLType type = l.gate_exps.first.type;
+        const size_t x_bytes = q8_row_bytes(type, E);
+        pool.parallel_for(n, [&](int64_t t, int) { quantize_q8_row(ks, type, xn + t * E, s.xq.data() + size_t(t) * x_bytes, E); });
+        pool.parallel_for(n_items, [&](int64_t i, int thread) {
+            run_item_q8(c, l, s.items[size_t(i)], s, *s.workers[size_t(thread)]);
+        });
     } else {
         pool.parallel_for(n_items, [&](int64_t i, int thread) {
             MoeScratch::Worker& w = *s.workers[size_t(thread)];

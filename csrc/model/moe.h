@@ -16,7 +16,9 @@
 // with fewer items than threads, one by one on the whole pool);
 // each slot's output lands in its own row, and each token's sum then runs over its experts in
 // ascending expert id, so a prefill and the same tokens decoded one at a time add the same terms
-// in the same order.
+// in the same order. With 8-bit activations (prefill under "auto") each token's row is quantized
+// once per layer and the items multiply the quantized rows in place (moe.cpp, "8-bit prefill
+// path"), the largest items first.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -47,6 +49,11 @@ struct MoeScratch {
         AlignedBuffer<float> x;        // (kExpertRows, n_embd)   the item's token rows
         AlignedBuffer<float> gate, up; // (kExpertRows, n_ff_exp)
         AlignedBuffer<float> down;     // (kExpertRows, n_embd)
+        // the 8-bit prefill path (moe.cpp expert_matmul), sized for the widest layout of E and F:
+        AlignedBuffer<uint8_t> hq;     // (kExpertRows) q8 rows of the gated activations
+        AlignedBuffer<uint8_t> rows;   // (kExpertRows) rows for the multi-row dots (q8 or panel)
+        AlignedBuffer<uint8_t> groups; // (kExpertRows / kStripAct) strip activation groups
+        AlignedBuffer<uint8_t> strip;  // one decoded strip of weight rows
     };
 
     AlignedBuffer<float> logits;       // (n_batch, n_expert)  router logits, then probabilities
@@ -58,6 +65,7 @@ struct MoeScratch {
     std::vector<int32_t> ids;          // (n_expert)  scratch of the top-k selection
     std::vector<Item> items;           // this batch's work items (capacity reserved)
     AlignedBuffer<float> slot_out;     // (n_batch * k, n_embd)  each slot's expert output, biased
+    AlignedBuffer<uint8_t> xq;         // (n_batch) q8 rows of xn: each token quantized once (8-bit prefill)
     std::vector<std::unique_ptr<Worker>> workers;   // (n_threads,)
     AlignedBuffer<float> sh_gate, sh_up;   // qwen2moe's shared expert: (n_batch, n_ff_shexp)
     AlignedBuffer<float> sh_out;           // (n_batch, n_embd)

@@ -153,17 +153,13 @@ void build_q8_panel_row(const block_q8_0* blocks, int64_t n, int bias, void* pan
 }
 
 namespace {
-// The sum of the `Block` quants of a strip block starting at element `off` of its source block:
-// q8_K's 16-element bsums where they tile it (the same integer), else added up.
+// The sum of the `Block` quants of a strip block starting at element `off` of its source block
+// (q8_K: its 16-element bsums, the same integer).
 template <int Block>
 int32_t block_sum(const block_q8_K& src, int64_t off) {
-    if constexpr (Block % 16 == 0) {
-        int32_t sum = 0;
-        for (int g = 0; g < Block / 16; ++g) sum += src.bsums[off / 16 + g];
-        return sum;
-    }
+    static_assert(Block % 16 == 0, "strip blocks tile q8_K's 16-element bsums");
     int32_t sum = 0;
-    for (int j = 0; j < Block; ++j) sum += src.qs[off + j];
+    for (int g = 0; g < Block / 16; ++g) sum += src.bsums[off / 16 + g];
     return sum;
 }
 template <int Block>
@@ -211,6 +207,11 @@ void build_strip_act_row(const block_q8_0* blocks, int64_t n, int block, int bia
 
 void build_strip_act_row(const block_q8_K* blocks, int64_t n, int block, int bias, void* group, int slot) {
     strip_act_row_any<QK_K>(blocks, n, block, bias, group, slot, [](const block_q8_K& b) { return b.d; });
+}
+
+void quantize_act_row(const KernelSet& ks, ActFormat fmt, const float* x, void* dst, int64_t cols) {
+    if (fmt == ActFormat::Q8_0) ks.quantize_q8_0(x, static_cast<block_q8_0*>(dst), int(cols));
+    else ks.quantize_q8_K(x, static_cast<block_q8_K*>(dst), int(cols));
 }
 
 ActFormat act_format(GGMLType type) {

@@ -271,6 +271,8 @@ void build_strip_act_row(const block_q8_K* blocks, int64_t n, int block, int bia
 ActFormat act_format(GGMLType type);
 // Bytes of one activation row of n elements in `fmt`.
 size_t act_row_bytes(ActFormat fmt, int64_t n);
+// x (cols,) -> one row of q8_0 or q8_K blocks (fmt: either) with the set's quantizer.
+void quantize_act_row(const KernelSet& ks, ActFormat fmt, const float* x, void* dst, int64_t cols);
 
 #define LOWBIT_DECLARE_KERNELS                                                   \
     float vec_dot_q4_0(int n, const void* w, const void* a);                    \

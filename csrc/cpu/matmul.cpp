@@ -62,11 +62,6 @@ struct QuantizedActs {
     const void* group(int64_t i) const { return data->data() + size_t(i / kStripAct) * group_bytes; }   // strip
 };
 
-void quantize_row(const KernelSet& ks, ActFormat fmt, const float* x, void* dst, int64_t cols) {
-    if (fmt == ActFormat::Q8_0) ks.quantize_q8_0(x, static_cast<block_q8_0*>(dst), int(cols));
-    else ks.quantize_q8_K(x, static_cast<block_q8_K*>(dst), int(cols));
-}
-
 // The lo row holds the residual times kLoScale (exact: a power of two), so its block scales
 // are about as large as hi's: q8_0 stores them as fp16, whose normal range would otherwise end
 // (6e-5) where activations of magnitude ~1 put an unscaled residual's scale.
@@ -124,7 +119,7 @@ void quantize_rows(const KernelSet& ks, GGMLType type, int64_t cols, const float
             uint8_t* dst = strip ? out.data->data() + size_t(a / kStripAct) * out.group_bytes
                                  : out.data->data() + size_t(a) * out.row_bytes;
             uint8_t* q = regroup ? blocks : dst;
-            quantize_row(ks, fmt, part == 0 ? x + i * cols : r, q, cols);
+            quantize_act_row(ks, fmt, part == 0 ? x + i * cols : r, q, cols);
             if (part == 0 && out.per_token == 2) residual(fmt, x + i * cols, q, r, cols);
             if (out.panel) build_q8_panel_row(reinterpret_cast<const block_q8_0*>(q), cols, bias, dst);
             else if (strip && fmt == ActFormat::Q8_0)

@@ -119,10 +119,6 @@ constexpr int64_t kStripItemRows = 6;
 // q8 rows of n elements in the activation format of `type` (never F32 on this path).
 size_t q8_row_bytes(GGMLType type, int64_t n) { return cpu::act_row_bytes(cpu::act_format(type), n); }
 
-void quantize_q8_row(const cpu::KernelSet& ks, GGMLType type, const float* x, uint8_t* dst, int64_t n) {
-    if (cpu::act_format(type) == cpu::ActFormat::Q8_0) ks.quantize_q8_0(x, reinterpret_cast<block_q8_0*>(dst), int(n));
-    else ks.quantize_q8_K(x, reinterpret_cast<block_q8_K*>(dst), int(n));
-}
 
 // Whether the experts of layer l take the 8-bit path: quantized types, gate and up dotting the
 // same activation format (so one quantized xn row serves both).
@@ -195,7 +191,7 @@ void run_item_q8(const ModelConfig& c, const LayerWeights& l, const MoeScratch::
     const cpu::KernelSet& ks = cpu::kernels();
     for (int64_t i = 0; i < n; ++i) {
         uint8_t* dst = w.hq.data() + size_t(i) * h_bytes;
-        quantize_q8_row(ks, l.down_exps.first.type, w.gate.data() + i * F, dst, F);
+        cpu::quantize_act_row(ks, cpu::act_format(l.down_exps.first.type), w.gate.data() + i * F, dst, F);
         q[i] = dst;
     }
     expert_matmul(l.down_exps.expert(e), q, n, w.down.data(), w);
@@ -350,7 +346,7 @@ void moe_feed_forward(const ModelConfig& c, const LayerWeights& l, int64_t il, c
         const cpu::KernelSet& ks = cpu::kernels();
         const GGMLType type = l.gate_exps.first.type;
         const size_t x_bytes = q8_row_bytes(type, E);
-        pool.parallel_for(n, [&](int64_t t, int) { quantize_q8_row(ks, type, xn + t * E, s.xq.data() + size_t(t) * x_bytes, E); });
+        pool.parallel_for(n, [&](int64_t t, int) { cpu::quantize_act_row(ks, cpu::act_format(type), xn + t * E, s.xq.data() + size_t(t) * x_bytes, E); });
         pool.parallel_for(n_items, [&](int64_t i, int thread) {
             run_item_q8(c, l, s.items[size_t(i)], s, *s.workers[size_t(thread)]);
         });

@@ -105,16 +105,17 @@ void run_item(const ModelConfig& c, const LayerWeights& l, int64_t il, const flo
 // With 8-bit activations (the expert matmuls of a prefill batch under "auto", or act_precision
 // "q8") each token's xn row is quantized once per layer into s.xq, and a work item multiplies its
 // tokens' rows from there: gate and up share them (matmul() would quantize every row of every
-// item twice: 2k times per token). Per matrix, the strip GEMM when the item has at least
-// kStripItemRows rows, else the multi-row dots. One thread, Q4_K 768 x 2048, weights in L2
-// (micro-benchmark of matmul()): the dots cost ~16 us a row and decode the weights again every 4
-// rows (5 rows 87 us), and their super-blocks come in groups of 4, so the 3 of a 768-wide down
-// row cost ~1.3x (5 rows 123 us); the strip GEMM pays ~50 us to decode the matrix once, then
-// ~4.5 us a row. With the weights coming from memory the strip costs more than that: prefill of
-// the bench_moe model (64 tokens, one thread) was fastest from 6 rows (3 to 10 tried). Both
-// paths are cpu::matmul_quantized (matmul()'s loops on rows quantized here), so each output is
-// what matmul() gives for that row in that path.
-constexpr int64_t kStripItemRows = 6;
+// item twice: 2k times per token). Per matrix, cpu::matmul_quantized: the strip GEMM from
+// kStripGateUpRows / kStripDownRows rows, else the multi-row dots (matmul()'s loops on rows
+// quantized here, so each output is what matmul() gives for that row in that path). The dots
+// decode the weights once per 4 rows and cost ~15 us a row of a Q4_K 768 x 2048 matrix; the
+// strip GEMM decodes the matrix once (~100 us with the weights coming from memory), then costs
+// ~4 us a row; a 768-wide down row has 3 super-blocks, which the dots take one by one, not as a
+// group of 4, so down's strip pays off sooner. Thread CPU time per item of the bench_moe model
+// (prefill 64 and 128 tokens, 2 threads, every item on one path, then on the other):
+//   gate + up: dots = strip at 8-9 rows (8: 276 vs 289 us, 9: 324 vs 311 us)
+//   down:      dots = strip at 5 rows   (5: 144 vs 144 us, 6: 155 vs 151 us)
+constexpr int64_t kStripGateUpRows = 9, kStripDownRows = 6;
 
 // q8 rows of n elements in the activation format of `type` (never F32 on this path).
 size_t q8_row_bytes(GGMLType type, int64_t n) { return cpu::act_row_bytes(cpu::act_format(type), n); }
@@ -130,8 +131,9 @@ bool q8_experts(const LayerWeights& l) {
 
 // run_item on the 8-bit path: the item's xn rows from s.xq, its gated rows quantized into w.hq.
 // y (n, m.rows) = m . q[i] for the item's n q8 rows, on the calling thread (the worker's pool).
-void expert_matmul(const Matrix& m, const void* const* q, int64_t n, float* y, MoeScratch::Worker& w) {
-    cpu::matmul_quantized(m.data, m.type, m.rows, m.cols, q, n, y, w.pool, kStripItemRows);
+void expert_matmul(const Matrix& m, const void* const* q, int64_t n, float* y, MoeScratch::Worker& w,
+                   int64_t strip_rows) {
+    cpu::matmul_quantized(m.data, m.type, m.rows, m.cols, q, n, y, w.pool, strip_rows);
 }
 
 void run_item_q8(const ModelConfig& c, const LayerWeights& l, const MoeScratch::Item& it, MoeScratch& s,
@@ -141,8 +143,8 @@ void run_item_q8(const ModelConfig& c, const LayerWeights& l, const MoeScratch::
     const void* q[kExpertRows];
     const size_t x_bytes = q8_row_bytes(l.gate_exps.first.type, E), h_bytes = q8_row_bytes(l.down_exps.first.type, F);
     for (int64_t i = 0; i < n; ++i) q[i] = s.xq.data() + size_t(slots[i] / k) * x_bytes;
-    expert_matmul(l.gate_exps.expert(e), q, n, w.gate.data(), w);
-    expert_matmul(l.up_exps.expert(e), q, n, w.up.data(), w);
+    expert_matmul(l.gate_exps.expert(e), q, n, w.gate.data(), w, kStripGateUpRows);
+    expert_matmul(l.up_exps.expert(e), q, n, w.up.data(), w, kStripGateUpRows);
     activate_rows(c, l, e, n, w);
     const cpu::KernelSet& ks = cpu::kernels();
     for (int64_t i = 0; i < n; ++i) {
@@ -150,7 +152,7 @@ void run_item_q8(const ModelConfig& c, const LayerWeights& l, const MoeScratch::
         cpu::quantize_act_row(ks, cpu::act_format(l.down_exps.first.type), w.gate.data() + i * F, dst, F);
         q[i] = dst;
     }
-    expert_matmul(l.down_exps.expert(e), q, n, w.down.data(), w);
+    expert_matmul(l.down_exps.expert(e), q, n, w.down.data(), w, kStripDownRows);
     store_slots(c, l, it, s, w);
 }
 

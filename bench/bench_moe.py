@@ -1,8 +1,8 @@
 """Mixture-of-experts decode and prefill: lowbit vs llama.cpp on the same file, same run.
 
     PYTHONPATH=python LOWBIT_LLAMA_CPP_SITE=/work/oracle-venv/lib/python3.11/site-packages \
-        python bench/bench_moe.py [--layers 2] [--threads 2] [--prompt 64] [--decode 32]
-            [--act-precision auto|q8|high] [--json out.json]
+        python bench/bench_moe.py [--layers 2] [--threads 2] [--prompt 64 256] [--decode 32]
+            [--repeats 2] [--act-precision auto|q8|high] [--profile] [--json out.json]
 
 The model: Qwen3-30B-A3B's layer shapes (n_embd 2048, 32 query / 4 KV heads of 128, 128 experts
 of width 768, 8 used per token, QK-norm) with `--layers` layers instead of 48 and the factory's
@@ -11,11 +11,13 @@ blocks (scales set for activations of O(1)), router and norms F32. Written once 
 
 Bytes per token: what a decode step reads (lowbit.runtime.memory.decode_reads: every non-expert
 tensor, 8/128 of the experts, one embedding row). Roofline: the measured read bandwidth of the
-same thread count divided by those bytes. Prefill: one eval of `--prompt` tokens; decode:
-`--decode` one-token evals after it; best of `--repeats`. --act-precision: lowbit's activation
-precision (default auto: 8-bit expert matmuls in prefill, two-pass elsewhere; q8: 8-bit
-everywhere, llama.cpp's arithmetic). Prints a table and, with --json, the
-figures; the load average is recorded (the machine is shared).
+same thread count divided by those bytes. Prefill: one eval of each `--prompt` length (an expert
+gets n * 8 / 128 of its tokens on average: 4 rows at 64, 16 at 256); decode: `--decode` one-token
+evals after the first prompt; best of `--repeats`, lowbit and llama.cpp alternating within each
+repeat so that both see the same load. --profile adds lowbit's per-op prefill times.
+--act-precision: lowbit's activation precision (default auto: 8-bit expert matmuls in prefill,
+two-pass elsewhere; q8: 8-bit everywhere, llama.cpp's arithmetic). Prints a table and, with
+--json, the figures; the load average is recorded (the machine is shared).
 """
 from __future__ import annotations
 
@@ -75,89 +77,135 @@ def write_model(path: str, n_layers: int) -> None:
     w.close()
 
 
-def time_lowbit(path, ids, n_decode, n_threads, repeats, act_precision="auto"):
-    e = _core.Engine(path, len(ids) + n_decode + 8, n_threads, 512, "f16", act_precision)
-    e.eval(ids[:8])   # fault the pages in
-    prefill, decode = [], []
-    for _ in range(repeats):
-        e.truncate(0)
+class Lowbit:
+    def __init__(self, path, n_ctx, n_threads, act_precision):
+        self.e = _core.Engine(path, n_ctx, n_threads, 512, "f16", act_precision)
+        self.e.eval(np.arange(8, dtype=np.int32))   # fault the pages in
+
+    def prefill(self, ids):
+        self.e.truncate(0)
         t0 = time.perf_counter()
-        logits = e.eval(ids)
-        prefill.append(time.perf_counter() - t0)
-        tok = int(np.argmax(logits))
+        logits = self.e.eval(ids)
+        return time.perf_counter() - t0, int(np.argmax(logits))
+
+    def decode(self, tok, n):
         t0 = time.perf_counter()
-        for _ in range(n_decode):
-            tok = int(np.argmax(e.eval(np.array([tok], np.int32))))
-        decode.append(time.perf_counter() - t0)
-    return len(ids) / min(prefill), n_decode / min(decode)
+        for _ in range(n):
+            tok = int(np.argmax(self.e.eval(np.array([tok], np.int32))))
+        return time.perf_counter() - t0
+
+    def profile(self, ids, repeats):
+        """Per-op milliseconds of one prefill of ids (cpu_op_profile, mean of `repeats`)."""
+        _core.cpu_set_op_profile(True)
+        _core.cpu_op_profile(reset=True)
+        for _ in range(repeats):
+            self.prefill(ids)
+        ops = _core.cpu_op_profile(reset=True)["ops"]
+        _core.cpu_set_op_profile(False)
+        return {name: {"ms": 1e3 * o["seconds"] / repeats, "idle_ms": 1e3 * o["idle_seconds"] / repeats}
+                for name, o in ops.items() if o["seconds"] > 0}
 
 
-def time_llama_cpp(path, ids, n_decode, n_threads, repeats):
-    site = os.environ.get("LOWBIT_LLAMA_CPP_SITE")
-    if not site:
-        return None
-    sys.path.append(site)
-    import llama_cpp  # noqa: PLC0415
-    llm = llama_cpp.Llama(path, n_ctx=len(ids) + n_decode + 8, n_threads=n_threads, n_threads_batch=n_threads,
-                          n_batch=512, verbose=False)
-    llm.eval(ids[:8].tolist())
-    prefill, decode = [], []
+class LlamaCpp:
+    def __init__(self, path, n_ctx, n_threads):
+        import llama_cpp  # noqa: PLC0415
+        self.llm = llama_cpp.Llama(path, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
+                                   n_batch=512, verbose=False)
+        self.llm.eval(list(range(8)))
+
+    def prefill(self, ids):
+        self.llm.reset()
+        t0 = time.perf_counter()
+        self.llm.eval(ids.tolist())
+        return time.perf_counter() - t0, int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+
+    def decode(self, tok, n):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            self.llm.eval([tok])
+            tok = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+        return time.perf_counter() - t0
+
+
+def measure(runtimes, prompts, n_decode, repeats):
+    """Best prefill seconds per (runtime, prompt length) and best decode seconds per runtime; the
+    runtimes alternate within every repeat (same load for both). Decode follows the first prompt."""
+    prefill = {name: {len(p): float("inf") for p in prompts} for name in runtimes}
+    decode = {name: float("inf") for name in runtimes}
     for _ in range(repeats):
-        llm.reset()
-        t0 = time.perf_counter()
-        llm.eval(ids.tolist())
-        prefill.append(time.perf_counter() - t0)
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        t0 = time.perf_counter()
-        for _ in range(n_decode):
-            llm.eval([tok])
-            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        decode.append(time.perf_counter() - t0)
-    return len(ids) / min(prefill), n_decode / min(decode)
+        for ids in prompts:
+            for name, rt in runtimes.items():
+                prefill[name][len(ids)] = min(prefill[name][len(ids)], rt.prefill(ids)[0])
+        for name, rt in runtimes.items():
+            _, tok = rt.prefill(prompts[0])
+            decode[name] = min(decode[name], rt.decode(tok, n_decode))
+    return prefill, decode
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--prompt", type=int, default=64)
+    ap.add_argument("--prompt", type=int, nargs="+", default=[64, 256], help="prefill lengths (<= 512)")
     ap.add_argument("--decode", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--act-precision", default="auto", choices=["auto", "q8", "high"])
+    ap.add_argument("--profile", action="store_true", help="also lowbit's per-op prefill profile")
     ap.add_argument("--file", default="/tmp/lowbit-bench-qwen3moe-q4k.gguf")
     ap.add_argument("--json")
     args = ap.parse_args()
+    if not all(1 <= p <= 512 for p in args.prompt):
+        ap.error("--prompt lengths must be in [1, 512] (one batch)")
     if not os.path.isfile(args.file):
         write_model(args.file, args.layers)
     with GGUFFile(args.file) as g:
         reads = decode_reads(g.model_config(), g.tensors)
         file_bytes = sum(t.nbytes for t in g.tensors)
-    ids = np.random.default_rng(1).integers(0, 250, args.prompt).astype(np.int32)
+    rng = np.random.default_rng(1)
+    prompts = [rng.integers(0, 250, p).astype(np.int32) for p in args.prompt]
+    n_ctx = max(args.prompt) + args.decode + 8
     load_before = os.getloadavg()
-    ours = time_lowbit(args.file, ids, args.decode, args.threads, args.repeats, args.act_precision)
-    theirs = time_llama_cpp(args.file, ids, args.decode, args.threads, args.repeats)
+    runtimes = {"lowbit": Lowbit(args.file, n_ctx, args.threads, args.act_precision)}
+    site = os.environ.get("LOWBIT_LLAMA_CPP_SITE")
+    if site:
+        sys.path.append(site)
+        runtimes["llama.cpp"] = LlamaCpp(args.file, n_ctx, args.threads)
+    prefill, decode = measure(runtimes, prompts, args.decode, args.repeats)
     bandwidth = _core.cpu_read_bandwidth(_core.CpuThreadPool(args.threads), 1 << 28, 3)
     per_token = reads["decode_bytes_per_token"]
     roofline = bandwidth * 1e9 / per_token
-    res = {"layers": args.layers, "threads": args.threads, "prompt": args.prompt, "act_precision": args.act_precision,
-           "file_bytes": file_bytes,
+    res = {"layers": args.layers, "threads": args.threads, "prompts": args.prompt, "decode_tokens": args.decode,
+           "act_precision": args.act_precision, "file_bytes": file_bytes,
            "decode_bytes_per_token": per_token, "decode_read_fraction": reads["decode_read_fraction"],
            "read_bandwidth_gbs": bandwidth, "roofline_decode_tok_s": roofline,
-           "lowbit": {"prefill_tok_s": ours[0], "decode_tok_s": ours[1]},
-           "llama_cpp": {"prefill_tok_s": theirs[0], "decode_tok_s": theirs[1]} if theirs else None,
+           "runtimes": {name: {"prefill_tok_s": {str(p): p / prefill[name][p] for p in args.prompt},
+                               "decode_tok_s": args.decode / decode[name]} for name in runtimes},
            "load_avg_before": load_before, "load_avg_after": os.getloadavg()}
     print(f"qwen3moe (Qwen3-30B-A3B layers) x {args.layers}, Q4_K, {args.threads} threads; file "
           f"{file_bytes / 2**20:.0f} MiB, a decode step reads {per_token / 2**20:.1f} MiB "
           f"({100 * reads['decode_read_fraction']:.1f}%); read bandwidth {bandwidth:.1f} GB/s -> roofline "
           f"{roofline:.1f} tok/s; load {load_before[0]:.1f} -> {res['load_avg_after'][0]:.1f}; lowbit "
-          f"act_precision {args.act_precision}, prompt {args.prompt}")
-    print("| runtime | prefill tok/s | decode tok/s | decode / roofline |")
-    print("|---|---:|---:|---:|")
-    for name, r in (("lowbit", ours), ("llama.cpp", theirs)):
-        if r:
-            print(f"| {name} | {r[0]:.1f} | {r[1]:.2f} | {r[1] / roofline:.2f} |")
-    if theirs:
-        print(f"lowbit / llama.cpp: prefill {ours[0] / theirs[0]:.2f}x, decode {ours[1] / theirs[1]:.2f}x")
+          f"act_precision {args.act_precision}; best of {args.repeats}, runtimes alternating")
+    print("| runtime | " + " | ".join(f"prefill {p} tok/s" for p in args.prompt) + " | decode tok/s | decode / roofline |")
+    print("|---|" + "---:|" * (len(args.prompt) + 2))
+    for name in runtimes:
+        r = res["runtimes"][name]
+        print(f"| {name} | " + " | ".join(f"{r['prefill_tok_s'][str(p)]:.1f}" for p in args.prompt)
+              + f" | {r['decode_tok_s']:.2f} | {r['decode_tok_s'] / roofline:.2f} |")
+    if "llama.cpp" in runtimes:
+        ours, theirs = res["runtimes"]["lowbit"], res["runtimes"]["llama.cpp"]
+        res["ratio"] = {"prefill": {str(p): ours["prefill_tok_s"][str(p)] / theirs["prefill_tok_s"][str(p)]
+                                    for p in args.prompt},
+                        "decode": ours["decode_tok_s"] / theirs["decode_tok_s"]}
+        print("lowbit / llama.cpp: " + ", ".join(f"prefill {p} {res['ratio']['prefill'][str(p)]:.2f}x" for p in args.prompt)
+              + f", decode {res['ratio']['decode']:.2f}x")
+    if args.profile:
+        res["lowbit_prefill_profile_ms"] = {}
+        for ids in prompts:
+            prof = runtimes["lowbit"].profile(ids, args.repeats)
+            res["lowbit_prefill_profile_ms"][str(len(ids))] = prof
+            print(f"lowbit prefill {len(ids)}, ms per pass (idle: pool threads waiting): " + ", ".join(
+                f"{name} {o['ms']:.2f} ({o['idle_ms']:.2f})" for name, o in sorted(prof.items(), key=lambda kv: -kv[1]["ms"])))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)

@@ -224,14 +224,16 @@ def test_auto_precision_uses_8_bit_experts_in_prefill_only(tmp_path_factory):
 ])
 def test_8_bit_expert_path_matches_matmul(tmp_path_factory, arch, weight_type, overrides):
     """With 8-bit activations a batch's experts take moe.cpp's prefill path (each token quantized
-    once, items multiplying their tokens' rows in place: the strip GEMM from 6 rows, the multi-row
-    dots below); with an observer attached every expert goes through matmul() instead. Same
-    kernels and activation layouts, so the logits agree to the strip-vs-dots tier (items of 6-15
-    rows take the strip here, the dots in matmul()); a row gathered from the wrong token, slot or
-    layout would be off by O(1). Batches of 40 (strip and dots) and 5 (dots only) tokens, 1-3 threads."""
+    once, items multiplying their tokens' rows in place through cpu::matmul_quantized: the strip
+    GEMM from 9 rows for gate and up and from 6 for down, the multi-row dots below); with an
+    observer attached every expert goes through matmul() instead. Same kernels and activation
+    layouts, so the logits agree to the strip-vs-dots tier (items of 6-15 rows take the strip here,
+    the dots in matmul()); a row gathered from the wrong token, slot or layout would be off by O(1).
+    Batches of 40 (mostly strips), 16 (~8 rows an expert: both paths) and 5 (dots only) tokens,
+    1-3 threads."""
     path = moe_model(tmp_path_factory, arch, weight_type, **overrides)
     ids = np.random.default_rng(9).integers(0, engine(path).n_vocab, 40).astype(np.int32)
-    for n, n_threads in ((40, 2), (40, 3), (5, 2), (40, 1)):
+    for n, n_threads in ((40, 2), (40, 3), (16, 2), (5, 2), (40, 1)):
         fast = _core.Engine(path, 64, n_threads, 40, "f16", "q8").eval(ids[:n], all_logits=True)
         slow_engine = _core.Engine(path, 64, n_threads, 40, "f16", "q8")
         slow_engine.set_observer(_core.SumSquaresObserver())

@@ -291,6 +291,33 @@ void strip_matmul(const StripKernels& sk, const void* weights, GGMLType type, in
     });
 }
 
+// The multi-row dots (no strip GEMM) over the activation rows as quantize_rows laid them out.
+void dots_matmul(const KernelSet& ks, const void* weights, GGMLType type, int64_t rows, int64_t cols,
+                 const QuantizedActs& act, int64_t n, float* y, ThreadPool& pool) {
+    const VecDotRowsFn dot_rows = rows_kernel(ks, type, act);
+    // Tokens per multi-row dot: up to kActTile activation rows, fewer where their quantized rows
+    // would not stay in L1 together (wide panels): each row's result does not depend on the tile.
+    const int64_t pt = act.per_token;
+    const int64_t tile = std::clamp<int64_t>(kTileBytes / int64_t(act.row_bytes), pt, kActTile) / pt;
+    const auto* w = static_cast<const uint8_t*>(weights);
+    const int64_t wrow = weight_row_bytes(type, cols);
+    const int64_t band_budget = std::max<int64_t>(1, (256 << 10) / wrow);  // rows in ~256 KiB
+    const int64_t chunk_rows = std::min(band_budget, rows_per_chunk(rows, pool, 1));
+    const int64_t n_chunks = (rows + chunk_rows - 1) / chunk_rows;
+    pool.parallel_for(n_chunks, [&](int64_t c, int) {
+        const int64_t r0 = c * chunk_rows, r1 = std::min(rows, r0 + chunk_rows);
+        for (int64_t i0 = 0; i0 < n; i0 += tile) {
+            const int64_t i1 = std::min(n, i0 + tile);
+            for (int64_t r = r0; r < r1; ++r) {
+                float out[kActTile];   // per token: one dot, or (hi, lo)
+                dot_rows(int(cols), w + r * wrow, act.row(i0 * pt), act.row_bytes, int((i1 - i0) * pt), out);
+                if (pt == 1) for (int64_t i = i0; i < i1; ++i) y[i * rows + r] = out[i - i0];
+                else for (int64_t i = i0; i < i1; ++i) y[i * rows + r] = out[2 * (i - i0)] + out[2 * (i - i0) + 1] * (1.0f / kLoScale);
+            }
+        }
+    });
+}
+
 }  // namespace
 
 ActPrecision parse_act_precision(const std::string& name) {
@@ -383,28 +410,7 @@ void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
     const StripKernels* strip = n >= kStripMinRows || (small_batches && act_rows >= kStripMinActRows) ? type_strip : nullptr;
     quantize_rows(ks, type, cols, x, n, precision, act, pool, strip);
     if (strip) return strip_matmul(*strip, weights, type, rows, cols, act, n, y, pool);
-    const VecDotRowsFn dot_rows = rows_kernel(ks, type, act);
-    // Tokens per multi-row dot: up to kActTile activation rows, fewer where their quantized rows
-    // would not stay in L1 together (wide panels): each row's result does not depend on the tile.
-    const int64_t pt = act.per_token;
-    const int64_t tile = std::clamp<int64_t>(kTileBytes / int64_t(act.row_bytes), pt, kActTile) / pt;
-    const auto* w = static_cast<const uint8_t*>(weights);
-    const int64_t wrow = weight_row_bytes(type, cols);
-    const int64_t band_budget = std::max<int64_t>(1, (256 << 10) / wrow);  // rows in ~256 KiB
-    const int64_t chunk_rows = std::min(band_budget, rows_per_chunk(rows, pool, 1));
-    const int64_t n_chunks = (rows + chunk_rows - 1) / chunk_rows;
-    pool.parallel_for(n_chunks, [&](int64_t c, int) {
-        const int64_t r0 = c * chunk_rows, r1 = std::min(rows, r0 + chunk_rows);
-        for (int64_t i0 = 0; i0 < n; i0 += tile) {
-            const int64_t i1 = std::min(n, i0 + tile);
-            for (int64_t r = r0; r < r1; ++r) {
-                float out[kActTile];   // per token: one dot, or (hi, lo)
-                dot_rows(int(cols), w + r * wrow, act.row(i0 * pt), act.row_bytes, int((i1 - i0) * pt), out);
-                if (pt == 1) for (int64_t i = i0; i < i1; ++i) y[i * rows + r] = out[i - i0];
-                else for (int64_t i = i0; i < i1; ++i) y[i * rows + r] = out[2 * (i - i0)] + out[2 * (i - i0) + 1] * (1.0f / kLoScale);
-            }
-        }
-    });
+    dots_matmul(ks, weights, type, rows, cols, act, n, y, pool);
 }
 
 // Packed weights: the packed strip GEMM for every n (one token too: its lanes are weight rows, so
@@ -429,6 +435,43 @@ void matmul_packed(const void* packed, GGMLType type, int64_t rows, int64_t cols
     }
     quantize_rows(ks, type, cols, x, n, precision, act, pool);
     unpacked_matmul(ks, packed, type, rows, cols, act, n, y, pool);
+}
+
+// Rows quantized by the caller: laid out as quantize_rows lays out its own (strip groups, panel
+// rows or plain q8 rows, one activation row per x row), then matmul's strip or dot loops.
+void matmul_quantized(const void* weights, GGMLType type, int64_t rows, int64_t cols, const void* const* act,
+                      int64_t n, float* y, ThreadPool& pool, int64_t strip_min_rows) {
+    check_matmul_shape(type, rows, cols);
+    const ActFormat fmt = act_format(type);
+    LOWBIT_CHECK(fmt != ActFormat::F32, ValueError, "matmul_quantized: GGML type id ", uint32_t(type),
+                 " takes float activations, not quantized rows");
+    if (n <= 0) return;
+    const KernelSet& ks = kernels();
+    const StripKernels* strip = n >= strip_min_rows ? strip_kernels_for(ks, type) : nullptr;
+    QuantizedActs q;
+    q.strip = strip;
+    q.panel = !strip && ks.of(type).panel != nullptr;
+    if (strip) {
+        q.group_bytes = size_t(StripActLayout::group_bytes(cols, strip->block));
+        q.row_bytes = q.group_bytes / kStripAct;
+        q.data.emplace(kActSlot, size_t((n + kStripAct - 1) / kStripAct) * q.group_bytes);
+    } else {
+        q.row_bytes = q.panel ? size_t(Q8PanelLayout::row_bytes(cols)) : act_row_bytes(fmt, cols);
+        q.data.emplace(kActSlot, size_t(n) * q.row_bytes);
+    }
+    for (int64_t i = 0; i < n; ++i) {   // no profile scope: callers run this on pool threads too
+        uint8_t* dst = q.data->data() + (strip ? size_t(i / kStripAct) * q.group_bytes : size_t(i) * q.row_bytes);
+        if (strip && fmt == ActFormat::Q8_0)
+            build_strip_act_row(static_cast<const block_q8_0*>(act[i]), cols, strip->block, strip->bias, dst, int(i % kStripAct));
+        else if (strip)
+            build_strip_act_row(static_cast<const block_q8_K*>(act[i]), cols, strip->block, strip->bias, dst, int(i % kStripAct));
+        else if (q.panel)
+            build_q8_panel_row(static_cast<const block_q8_0*>(act[i]), cols, panel_bias(type), dst);
+        else
+            std::memcpy(dst, act[i], q.row_bytes);
+    }
+    if (strip) return strip_matmul(*strip, weights, type, rows, cols, q, n, y, pool);
+    dots_matmul(ks, weights, type, rows, cols, q, n, y, pool);
 }
 
 double read_bandwidth_gbs(ThreadPool& pool, int64_t bytes, int iters) {

@@ -63,6 +63,15 @@ void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
             float* y, ThreadPool& pool, ActPrecision precision = ActPrecision::Q8, bool small_batches = false,
             const void* packed = nullptr);
 
+// y[i][r] = dot(weight row r, act[i]) for n activation rows quantized beforehand to the weight
+// type's activation format (act_format(type), not F32: q8_0 / q8_K rows as quantize_act_row writes
+// them, i.e. 8-bit activations), each anywhere in memory: a gather, such as the tokens routed to
+// one expert, whose rows are quantized once and shared by the matrices that take them. The strip
+// GEMM from strip_min_rows rows where the kernel set has one for `type`, else the multi-row dots:
+// matmul's kernels and loops, so each output is what matmul gives that x row at Q8 in that path.
+void matmul_quantized(const void* weights, GGMLType type, int64_t rows, int64_t cols, const void* const* act,
+                      int64_t n, float* y, ThreadPool& pool, int64_t strip_min_rows = kStripMinActRows);
+
 // y[i][r] = dot(weight row r, x row i) for weights packed by pack_rows (kernels.h). On AVX-512 the
 // packed strip GEMM runs for every n, one token included (Auto: two-pass activations): within tier
 // 1 of the scalar spec, the same bits as the strip GEMM on the unpacked rows, and the same bits

@@ -105,16 +105,17 @@ void run_item(const ModelConfig& c, const LayerWeights& l, int64_t il, const flo
 // With 8-bit activations (the expert matmuls of a prefill batch under "auto", or act_precision
 // "q8") each token's xn row is quantized once per layer into s.xq, and a work item multiplies its
 // tokens' rows from there: gate and up share them (matmul() would quantize every row of every
-// item twice: 2k times per token). Per matrix, the strip GEMM when the item has at least
-// kStripItemRows rows, else the multi-row dots. One thread, Q4_K 768 x 2048, weights in L2
-// (micro-benchmark of matmul()): the dots cost ~16 us a row and decode the weights again every 4
-// rows (5 rows 87 us), and their super-blocks come in groups of 4, so the 3 of a 768-wide down
-// row cost ~1.3x (5 rows 123 us); the strip GEMM pays ~50 us to decode the matrix once, then
-// ~4.5 us a row. With the weights coming from memory the strip costs more than that: prefill of
-// the bench_moe model (64 tokens, one thread) was fastest from 6 rows (3 to 10 tried). The
-// kernels and activation layouts are matmul()'s (kernels.h), so each output is what matmul()
-// gives for that row in that path.
-constexpr int64_t kStripItemRows = 6;
+// item twice: 2k times per token). Per matrix, cpu::matmul_quantized: the strip GEMM from
+// kStripGateUpRows / kStripDownRows rows, else the multi-row dots (matmul()'s loops on rows
+// quantized here, so each output is what matmul() gives for that row in that path). The dots
+// decode the weights once per 4 rows and cost ~15 us a row of a Q4_K 768 x 2048 matrix; the
+// strip GEMM decodes the matrix once (~100 us with the weights coming from memory), then costs
+// ~4 us a row; a 768-wide down row has 3 super-blocks, which the dots take one by one, not as a
+// group of 4, so down's strip pays off sooner. Thread CPU time per item of the bench_moe model
+// (prefill 64 and 128 tokens, 2 threads, every item on one path, then on the other):
+//   gate + up: dots = strip at 8-9 rows (8: 276 vs 289 us, 9: 324 vs 311 us)
+//   down:      dots = strip at 5 rows   (5: 144 vs 144 us, 6: 155 vs 151 us)
+constexpr int64_t kStripGateUpRows = 9, kStripDownRows = 6;
 
 // q8 rows of n elements in the activation format of `type` (never F32 on this path).
 size_t q8_row_bytes(GGMLType type, int64_t n) { return cpu::act_row_bytes(cpu::act_format(type), n); }
@@ -128,65 +129,22 @@ bool q8_experts(const LayerWeights& l) {
            cpu::act_format(d) != cpu::ActFormat::F32;
 }
 
-// y (n, m.rows) = m . q[i] for the n q8 rows q[i] (the item's tokens, anywhere in memory), on the
-// calling thread with the worker's scratch.
-void expert_matmul(const Matrix& m, const uint8_t* const* q, int64_t n, float* y, MoeScratch::Worker& w) {
-    const cpu::KernelSet& ks = cpu::kernels();
-    const auto* weights = static_cast<const uint8_t*>(m.data);
-    const bool q8_0 = cpu::act_format(m.type) == cpu::ActFormat::Q8_0;
-    if (const cpu::StripKernels* sk = n >= kStripItemRows ? cpu::strip_kernels_for(ks, m.type) : nullptr) {
-        const size_t group_bytes = size_t(cpu::StripActLayout::group_bytes(m.cols, sk->block));
-        for (int64_t i = 0; i < n; ++i) {
-            uint8_t* group = w.groups.data() + size_t(i / cpu::kStripAct) * group_bytes;
-            if (q8_0) cpu::build_strip_act_row(reinterpret_cast<const block_q8_0*>(q[i]), m.cols, sk->block, sk->bias, group, int(i % cpu::kStripAct));
-            else cpu::build_strip_act_row(reinterpret_cast<const block_q8_K*>(q[i]), m.cols, sk->block, sk->bias, group, int(i % cpu::kStripAct));
-        }
-        for (int64_t r0 = 0; r0 < m.rows; r0 += cpu::kStripRows) {
-            const int64_t nw = std::min<int64_t>(cpu::kStripRows, m.rows - r0);
-            const uint8_t* next = weights + (r0 + nw) * m.row_bytes;   // its decode walks rows poorly for the prefetchers
-            for (int64_t off = 0, end = std::min<int64_t>(cpu::kStripRows, m.rows - r0 - nw) * m.row_bytes; off < end; off += 64)
-                __builtin_prefetch(next + off, 0, 3);
-            sk->decode(int(m.cols), weights + r0 * m.row_bytes, size_t(m.row_bytes), int(nw), w.strip.data());
-            for (int64_t i0 = 0; i0 < n; i0 += cpu::kStripAct) {
-                const int64_t na = std::min<int64_t>(cpu::kStripAct, n - i0);
-                alignas(64) float out[cpu::kStripAct * cpu::kStripRows];
-                sk->gemm(int(m.cols), w.strip.data(), w.groups.data() + size_t(i0 / cpu::kStripAct) * group_bytes, int(na), out);
-                for (int64_t i = 0; i < na; ++i)
-                    std::memcpy(y + (i0 + i) * m.rows + r0, out + i * cpu::kStripRows, size_t(nw) * sizeof(float));
-            }
-        }
-        return;
-    }
-    // multi-row dots over contiguous rows (panel rows where the set dots legacy types against panels)
-    const cpu::TypeKernels& tk = ks.of(m.type);
-    const size_t row_bytes = tk.panel ? size_t(cpu::Q8PanelLayout::row_bytes(m.cols)) : q8_row_bytes(m.type, m.cols);
-    for (int64_t i = 0; i < n; ++i) {
-        uint8_t* dst = w.rows.data() + size_t(i) * row_bytes;
-        if (tk.panel) cpu::build_q8_panel_row(reinterpret_cast<const block_q8_0*>(q[i]), m.cols, cpu::panel_bias(m.type), dst);
-        else std::memcpy(dst, q[i], row_bytes);
-    }
-    const cpu::VecDotRowsFn dot_rows = tk.panel ? tk.panel : tk.dot_rows;
-    const int64_t tile = std::clamp<int64_t>(int64_t(40 << 10) / int64_t(row_bytes), 1, cpu::kMaxDotRows);  // rows kept in L1
-    for (int64_t i0 = 0; i0 < n; i0 += tile) {
-        const int64_t i1 = std::min(n, i0 + tile);
-        for (int64_t r = 0; r < m.rows; ++r) {
-            float out[cpu::kMaxDotRows];
-            dot_rows(int(m.cols), weights + r * m.row_bytes, w.rows.data() + size_t(i0) * row_bytes, row_bytes, int(i1 - i0), out);
-            for (int64_t i = i0; i < i1; ++i) y[i * m.rows + r] = out[i - i0];
-        }
-    }
+// run_item on the 8-bit path: the item's xn rows from s.xq, its gated rows quantized into w.hq.
+// y (n, m.rows) = m . q[i] for the item's n q8 rows, on the calling thread (the worker's pool).
+void expert_matmul(const Matrix& m, const void* const* q, int64_t n, float* y, MoeScratch::Worker& w,
+                   int64_t strip_rows) {
+    cpu::matmul_quantized(m.data, m.type, m.rows, m.cols, q, n, y, w.pool, strip_rows);
 }
 
-// run_item on the 8-bit path: the item's xn rows from s.xq, its gated rows quantized into w.hq.
 void run_item_q8(const ModelConfig& c, const LayerWeights& l, const MoeScratch::Item& it, MoeScratch& s,
                  MoeScratch::Worker& w) {
     const int64_t E = c.n_embd, F = c.n_ff_exp, k = c.n_expert_used, e = it.expert, n = it.count;
     const int64_t* slots = s.order.data() + it.first;
-    const uint8_t* q[kExpertRows];
+    const void* q[kExpertRows];
     const size_t x_bytes = q8_row_bytes(l.gate_exps.first.type, E), h_bytes = q8_row_bytes(l.down_exps.first.type, F);
     for (int64_t i = 0; i < n; ++i) q[i] = s.xq.data() + size_t(slots[i] / k) * x_bytes;
-    expert_matmul(l.gate_exps.expert(e), q, n, w.gate.data(), w);
-    expert_matmul(l.up_exps.expert(e), q, n, w.up.data(), w);
+    expert_matmul(l.gate_exps.expert(e), q, n, w.gate.data(), w, kStripGateUpRows);
+    expert_matmul(l.up_exps.expert(e), q, n, w.up.data(), w, kStripGateUpRows);
     activate_rows(c, l, e, n, w);
     const cpu::KernelSet& ks = cpu::kernels();
     for (int64_t i = 0; i < n; ++i) {
@@ -194,7 +152,7 @@ void run_item_q8(const ModelConfig& c, const LayerWeights& l, const MoeScratch::
         cpu::quantize_act_row(ks, cpu::act_format(l.down_exps.first.type), w.gate.data() + i * F, dst, F);
         q[i] = dst;
     }
-    expert_matmul(l.down_exps.expert(e), q, n, w.down.data(), w);
+    expert_matmul(l.down_exps.expert(e), q, n, w.down.data(), w, kStripDownRows);
     store_slots(c, l, it, s, w);
 }
 
@@ -229,14 +187,11 @@ void make_items(const ModelConfig& c, MoeScratch& s) {
     });
 }
 
-// Bytes of the widest q8 row (q8_0, q8_K or panel) of n elements, and of the strip layouts (the
-// smallest block, 16, is the widest).
+// Bytes of the wider q8 row (q8_0 or q8_K) of n elements.
 size_t widest_row_bytes(int64_t n) {
     const int64_t n256 = (n + QK_K - 1) / QK_K * QK_K;
-    return std::max({cpu::act_row_bytes(cpu::ActFormat::Q8_0, n256), cpu::act_row_bytes(cpu::ActFormat::Q8_K, n256),
-                     size_t(cpu::Q8PanelLayout::row_bytes(n))});
+    return std::max(cpu::act_row_bytes(cpu::ActFormat::Q8_0, n256), cpu::act_row_bytes(cpu::ActFormat::Q8_K, n256));
 }
-int64_t widest_strip_elems(int64_t n) { return (n + 15) / 16 * 16; }
 
 }  // namespace
 
@@ -245,11 +200,7 @@ MoeScratch::Worker::Worker(const ModelConfig& c) {
     gate.resize(size_t(kExpertRows * c.n_ff_exp));
     up.resize(size_t(kExpertRows * c.n_ff_exp));
     down.resize(size_t(kExpertRows * c.n_embd));
-    const int64_t wide = std::max(c.n_embd, c.n_ff_exp), wide16 = widest_strip_elems(wide);
     hq.resize(size_t(kExpertRows) * widest_row_bytes(c.n_ff_exp));
-    rows.resize(size_t(kExpertRows) * widest_row_bytes(wide));
-    groups.resize(size_t((kExpertRows + cpu::kStripAct - 1) / cpu::kStripAct * cpu::StripActLayout::group_bytes(wide16, 16)));
-    strip.resize(size_t(cpu::StripLayout::bytes(wide16, 16)));
 }
 
 MoeScratch::MoeScratch(const ModelConfig& c, int64_t n_batch, int n_threads) {
@@ -264,8 +215,7 @@ MoeScratch::MoeScratch(const ModelConfig& c, int64_t n_batch, int n_threads) {
     order.resize(B * k);
     items.reserve(size_t(c.n_expert) + B * k / size_t(kExpertRows) + 1);
     slot_out.resize(B * k * size_t(c.n_embd));
-    const int64_t e256 = (c.n_embd + QK_K - 1) / QK_K * QK_K;   // q8 rows only (no panels)
-    xq.resize(B * std::max(cpu::act_row_bytes(cpu::ActFormat::Q8_0, e256), cpu::act_row_bytes(cpu::ActFormat::Q8_K, e256)));
+    xq.resize(B * widest_row_bytes(c.n_embd));
     for (int t = 0; t < n_threads; ++t) workers.push_back(std::make_unique<Worker>(c));
     if (c.n_ff_shexp > 0) {
         sh_gate.resize(B * size_t(c.n_ff_shexp));
@@ -279,7 +229,7 @@ int64_t MoeScratch::bytes() const {
     size_t bytes = xq.size();
     for (const auto& w : workers) {
         floats += w->x.size() + w->gate.size() + w->up.size() + w->down.size();
-        bytes += w->hq.size() + w->rows.size() + w->groups.size() + w->strip.size();
+        bytes += w->hq.size();
     }
     return int64_t(floats * sizeof(float) + bytes + (selected.size() + ids.size()) * sizeof(int32_t) +
                    (first.size() + cursor.size() + order.size()) * sizeof(int64_t) + items.capacity() * sizeof(Item));

@@ -49,11 +49,8 @@ struct MoeScratch {
         AlignedBuffer<float> x;        // (kExpertRows, n_embd)   the item's token rows
         AlignedBuffer<float> gate, up; // (kExpertRows, n_ff_exp)
         AlignedBuffer<float> down;     // (kExpertRows, n_embd)
-        // the 8-bit prefill path (moe.cpp expert_matmul), sized for the widest layout of E and F:
-        AlignedBuffer<uint8_t> hq;     // (kExpertRows) q8 rows of the gated activations
-        AlignedBuffer<uint8_t> rows;   // (kExpertRows) rows for the multi-row dots (q8 or panel)
-        AlignedBuffer<uint8_t> groups; // (kExpertRows / kStripAct) strip activation groups
-        AlignedBuffer<uint8_t> strip;  // one decoded strip of weight rows
+        // the 8-bit prefill path (moe.cpp run_item_q8; cpu::matmul_quantized keeps the rest):
+        AlignedBuffer<uint8_t> hq;     // (kExpertRows) q8 rows of the gated activations, q8_0 or q8_K
     };
 
     AlignedBuffer<float> logits;       // (n_batch, n_expert)  router logits, then probabilities

@@ -71,7 +71,7 @@ void project(const Matrix& w, const float* x, int64_t n, float* y, cpu::ThreadPo
 // when the whole pass is smaller than one pool wake-up and barrier costs (a decode token, or a
 // decode step of a few sessions: their norms, RoPE and gating take a few microseconds).
 constexpr int64_t kInlineFloats = 16 << 10;
-constexpr int64_t kInlineAttnWork = 16 << 10;   // attention: keys x head_dim over all heads and rows
+constexpr int64_t kInlineAttnWork = 128 << 10;  // attention: keys x head_dim x query heads over all rows (~4 us)
 template <typename Fn>
 void for_tokens(cpu::ThreadPool& pool, int64_t n, int64_t width, Fn&& fn) {
     if (n == 1 || n * width <= kInlineFloats) {

@@ -2,10 +2,13 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <cstring>
+#include <optional>
 #include <string>
 
 #include "bindings/bind.h"
 #include "common.h"
+#include "cpu/attention.h"
 #include "cpu/dispatch.h"
 #include "cpu/kernels.h"
 #include "cpu/matmul.h"
@@ -135,6 +138,73 @@ Bytes quantize_act(const std::string& fmt, const Floats& x) {
     return out;
 }
 
+// Rows of a K or V array for attend_head: (n_cells, d) float16 (read in place) or float32 (read
+// through AttnCache::fetch, as a q8_0 cache's dequantized rows are).
+struct AttnRowsArg {
+    py::array a;
+    bool f16 = false;
+    static void fetch(const void* ctx, bool value, int64_t cell, int64_t n, float* rows) {
+        const auto* kv = static_cast<const AttnRowsArg*>(ctx);
+        const py::array& a = kv[value ? 1 : 0].a;
+        const int64_t d = a.shape(1);
+        std::memcpy(rows, static_cast<const float*>(a.data()) + cell * d, size_t(n * d) * sizeof(float));
+    }
+};
+
+// out (n_tok, n_heads, d) = cpu::attend_head of q (n_tok, n_heads, d) over K / V rows (n_cells, d):
+// token t at position pos0 + t, position p in cell p % n_cells (attention.h), with the named
+// kernel set; repeat > 1 runs it again (benchmarks).
+Floats attend_head(const Floats& q, const py::array& k, const py::array& v, int64_t pos0, int64_t window, float scale,
+                   float softcap, const std::optional<Floats>& sinks, const std::string& kernels, int repeat) {
+    LOWBIT_CHECK(q.ndim() == 3 && k.ndim() == 2 && v.ndim() == 2 && k.shape(0) == v.shape(0) &&
+                     k.shape(1) == q.shape(2) && v.shape(1) == q.shape(2), ValueError,
+                 "attend_head: q (n_tok, n_heads, d) and k, v (n_cells, d) do not match");
+    const int64_t n_tok = q.shape(0), n_heads = q.shape(1), d = q.shape(2), n_cells = k.shape(0);
+    AttnRowsArg rows[2];
+    for (int i = 0; i < 2; ++i) {
+        const py::array& a = i ? v : k;
+        const bool f16 = a.dtype().kind() == 'f' && a.itemsize() == 2, f32 = a.dtype().is(py::dtype::of<float>());
+        LOWBIT_CHECK((f16 || f32) && (a.flags() & py::array::c_style), ValueError,
+                     "attend_head: k and v must be C-contiguous float16 or float32");
+        rows[i] = AttnRowsArg{a, f16};
+    }
+    LOWBIT_CHECK(rows[0].f16 == rows[1].f16, ValueError, "attend_head: k and v of different dtypes");
+    const int64_t lo = window > 0 ? std::max<int64_t>(0, pos0 - window + 1) : 0;
+    LOWBIT_CHECK(pos0 >= 0 && window >= 0 && n_tok >= 1 && pos0 + n_tok - lo <= n_cells, ValueError,
+                 "attend_head: keys ", lo, "..", pos0 + n_tok - 1, " do not fit ", n_cells, " cells");
+    LOWBIT_CHECK(!sinks || (sinks->ndim() == 1 && sinks->shape(0) == n_heads), ValueError,
+                 "attend_head: sinks must be (n_heads,)");
+    const cpu::AttnKernels& ks = cpu::attn_kernels(kernels);
+    Floats out({n_tok, n_heads, d});
+    cpu::AttnQueries a;
+    a.q = q.data();
+    a.out = out.mutable_data();
+    a.q_head_stride = a.out_head_stride = d;
+    a.q_tok_stride = a.out_tok_stride = n_heads * d;
+    a.n_heads = n_heads;
+    a.n_tok = n_tok;
+    a.d = d;
+    a.pos0 = pos0;
+    a.window = window;
+    a.scale = scale;
+    a.softcap = softcap;
+    a.sinks = sinks ? sinks->data() : nullptr;
+    cpu::AttnCache kv;
+    kv.n_cells = n_cells;
+    if (rows[0].f16) {
+        kv.k = static_cast<const uint16_t*>(k.data());
+        kv.v = static_cast<const uint16_t*>(v.data());
+        kv.stride = d;
+    } else {
+        kv.fetch = AttnRowsArg::fetch;
+        kv.ctx = rows;
+    }
+    std::vector<float> scratch(size_t(cpu::attn_scratch_floats(d)));
+    py::gil_scoped_release nogil;
+    for (int i = 0; i < std::max(1, repeat); ++i) cpu::attend_head(a, kv, scratch.data(), ks);
+    return out;
+}
+
 // The per-op totals of cpu/profile.h: {"enabled", "passes", "rows", "ops": {name: {"seconds",
 // "calls", "idle_seconds", "parallel_fors"}}}; reset zeroes them after reading.
 py::dict op_profile(bool reset) {
@@ -184,6 +254,10 @@ void bind_cpu(py::module_& m) {
         py::gil_scoped_release nogil;
         return cpu::read_bandwidth_gbs(pool, bytes, iters);
     }, py::arg("pool"), py::arg("bytes"), py::arg("iters"));
+    m.def("cpu_attend_head", &attend_head, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("pos0"),
+          py::arg("window") = 0, py::arg("scale") = 1.0f, py::arg("softcap") = 0.0f, py::arg("sinks") = py::none(),
+          py::arg("kernels") = "scalar", py::arg("repeat") = 1,
+          "Attention of one KV head's query rows over its cached rows with a named kernel set (cpu/attention.h).");
     m.def("cpu_set_op_profile", [](bool on) { cpu::prof::set_enabled(on); }, py::arg("on"),
           "Turns the per-op forward profile on or off (also on with LOWBIT_PROFILE=1).");
     m.def("cpu_op_profile", &op_profile, py::arg("reset") = false,

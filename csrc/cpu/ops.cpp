@@ -11,16 +11,6 @@
 namespace lowbit::cpu {
 namespace {
 
-float dot_f32_generic(const float* a, const float* b, int64_t n) {
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};   // 8 lanes: vectorizable without reassociation
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int k = 0; k < 8; ++k) acc[k] += a[i + k] * b[i + k];
-    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (; i < n; ++i) s += a[i] * b[i];
-    return s;
-}
-
 void axpy_f32_generic(float* y, float a, const float* x, int64_t n) {
     for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
@@ -33,41 +23,10 @@ void f32_to_f16_generic(const float* x, uint16_t* y, int64_t n) {
     for (int64_t i = 0; i < n; ++i) y[i] = fp32_to_fp16(x[i]);
 }
 
-float dot_f16_generic(const float* a, const uint16_t* b, int64_t n) {
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int k = 0; k < 8; ++k) acc[k] += a[i + k] * fp16_to_fp32(b[i + k]);
-    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (; i < n; ++i) s += a[i] * fp16_to_fp32(b[i]);
-    return s;
-}
-
-void axpy_f16_generic(float* y, float a, const uint16_t* x, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) y[i] += a * fp16_to_fp32(x[i]);
-}
-
-void attn_scores_f16_generic(const float* q, int64_t q_stride, int64_t nq, const uint16_t* rows, int64_t stride,
-                             int64_t n, int64_t d, float scale, float* scores, int64_t ld) {
-    for (int64_t i = 0; i < nq; ++i)
-        for (int64_t j = 0; j < n; ++j) scores[i * ld + j] = dot_f16_generic(q + i * q_stride, rows + j * stride, d) * scale;
-}
-
-void attn_values_f16_generic(const float* p, int64_t ld, int64_t nq, const uint16_t* rows, int64_t stride, int64_t n,
-                             int64_t d, float* out, int64_t out_stride) {
-    for (int64_t i = 0; i < nq; ++i)
-        for (int64_t j = 0; j < n; ++j) axpy_f16_generic(out + i * out_stride, p[i * ld + j], rows + j * stride, d);
-}
-
 struct HotLoops {
-    float (*dot)(const float*, const float*, int64_t);
     void (*axpy)(float*, float, const float*, int64_t);
     void (*to_f32)(const uint16_t*, float*, int64_t);
     void (*to_f16)(const float*, uint16_t*, int64_t);
-    float (*dot16)(const float*, const uint16_t*, int64_t);
-    void (*axpy16)(float*, float, const uint16_t*, int64_t);
-    decltype(&attn_scores_f16_generic) scores16;
-    decltype(&attn_values_f16_generic) values16;
     void (*silu)(const float*, const float*, float*, int64_t);
     void (*gelu)(const float*, const float*, float*, int64_t);
 };
@@ -84,18 +43,10 @@ bool use_avx2() {
 const HotLoops& hot_loops() {
     static const HotLoops h = [] {
         const bool avx2 = use_avx2();
-        HotLoops l = avx2
-            ? HotLoops{avx2::dot_f32, avx2::axpy_f32, avx2::f16_to_f32_row, avx2::f32_to_f16_row, avx2::dot_f16,
-                       avx2::axpy_f16, avx2::attn_scores_f16, avx2::attn_values_f16, avx2::silu_mul,
-                       avx2::gelu_tanh_mul}
-            : HotLoops{dot_f32_generic, axpy_f32_generic, f16_to_f32_generic, f32_to_f16_generic, dot_f16_generic,
-                       axpy_f16_generic, attn_scores_f16_generic, attn_values_f16_generic, silu_mul_generic,
-                       gelu_tanh_mul_generic};
-        if (avx2 && cpu_features().has_avx512_level()) {
-            l.scores16 = avx512::attn_scores_f16;
-            l.values16 = avx512::attn_values_f16;
-        }
-        return l;
+        return avx2 ? HotLoops{avx2::axpy_f32, avx2::f16_to_f32_row, avx2::f32_to_f16_row, avx2::silu_mul,
+                               avx2::gelu_tanh_mul}
+                    : HotLoops{axpy_f32_generic, f16_to_f32_generic, f32_to_f16_generic, silu_mul_generic,
+                               gelu_tanh_mul_generic};
     }();
     return h;
 }
@@ -162,19 +113,8 @@ void add_inplace(float* y, const float* x, int64_t n) {
     for (int64_t i = 0; i < n; ++i) y[i] += x[i];
 }
 
-float dot_f32(const float* a, const float* b, int64_t n) { return hot_loops().dot(a, b, n); }
 void axpy_f32(float* y, float a, const float* x, int64_t n) { hot_loops().axpy(y, a, x, n); }
 void f16_to_f32_row(const uint16_t* x, float* y, int64_t n) { hot_loops().to_f32(x, y, n); }
 void f32_to_f16_row(const float* x, uint16_t* y, int64_t n) { hot_loops().to_f16(x, y, n); }
-float dot_f16(const float* a, const uint16_t* b, int64_t n) { return hot_loops().dot16(a, b, n); }
-void axpy_f16(float* y, float a, const uint16_t* x, int64_t n) { hot_loops().axpy16(y, a, x, n); }
-void attn_scores_f16(const float* q, int64_t q_stride, int64_t nq, const uint16_t* rows, int64_t stride, int64_t n,
-                     int64_t d, float scale, float* scores, int64_t ld) {
-    hot_loops().scores16(q, q_stride, nq, rows, stride, n, d, scale, scores, ld);
-}
-void attn_values_f16(const float* p, int64_t ld, int64_t nq, const uint16_t* rows, int64_t stride, int64_t n,
-                     int64_t d, float* out, int64_t out_stride) {
-    hot_loops().values16(p, ld, nq, rows, stride, n, d, out, out_stride);
-}
 
 }  // namespace lowbit::cpu

@@ -22,6 +22,7 @@
 #include <cstring>
 #include <optional>
 
+#include "cpu/attention.h"
 #include "cpu/matmul.h"
 #include "cpu/ops.h"
 #include "cpu/profile.h"
@@ -70,7 +71,7 @@ void project(const Matrix& w, const float* x, int64_t n, float* y, cpu::ThreadPo
 // when the whole pass is smaller than one pool wake-up and barrier costs (a decode token, or a
 // decode step of a few sessions: their norms, RoPE and gating take a few microseconds).
 constexpr int64_t kInlineFloats = 16 << 10;
-constexpr int64_t kInlineAttnWork = 16 << 10;   // attention: keys x head_dim over all heads and rows
+constexpr int64_t kInlineAttnWork = 128 << 10;  // attention: keys x head_dim x query heads over all rows (~4 us)
 template <typename Fn>
 void for_tokens(cpu::ThreadPool& pool, int64_t n, int64_t width, Fn&& fn) {
     if (n == 1 || n * width <= kInlineFloats) {
@@ -140,136 +141,87 @@ void attention_inputs(const Model& m, const LayerWeights& l, int64_t il, const s
     });
 }
 
-// In-place softmax of st[0..n) (sums in double); returns 1 / sum of the numerators. cap > 0
-// soft-caps the scores first (gemma2: cap tanh(s / cap)); a finite `sink` is one more logit in the
-// sum that has no value row (gpt-oss's attention sinks).
-double softmax_numerators(float* st, int64_t n, float cap = 0.0f, float sink = -INFINITY) {
-    if (cap > 0.0f)
-        for (int64_t j = 0; j < n; ++j) st[j] = cap * std::tanh(st[j] / cap);
-    float mx = std::max(st[0], sink);
-    for (int64_t j = 1; j < n; ++j) mx = std::max(mx, st[j]);
-    double sum = std::exp(double(sink) - double(mx));
-    for (int64_t j = 0; j < n; ++j) { st[j] = std::exp(st[j] - mx); sum += st[j]; }
-    return 1.0 / sum;
+// Query heads per work item: the whole GQA group (each K / V row loaded once for all of them),
+// split into parts when the step has too few items to keep every thread busy (one session's
+// decode with one or two KV heads). A row's result does not depend on the split (cpu/attention.h).
+int64_t heads_per_item(int64_t group, int64_t items, int n_threads) {
+    int64_t parts = 1;
+    while (parts < group && items * parts < 2 * int64_t(n_threads)) ++parts;
+    return (group + parts - 1) / parts;
 }
 
-// Head h's sink logit in layer il, or -inf without sinks.
-float sink_of(const Model& m, int64_t il, int64_t h) {
-    const Vec& sinks = m.weights.layers[size_t(il)].attn_sinks;
-    return sinks.empty() ? -INFINITY : sinks[size_t(h)];
-}
-
-// The keys of one head over positions [a, b] as at most two runs of consecutive cells (a ring
-// wraps once at most: b - a < n_cells). fn(first position, cell of it, count).
-template <typename Fn>
-void for_cell_runs(int64_t a, int64_t b, int64_t n_cells, Fn&& fn) {
-    const int64_t cell = a % n_cells, len = b - a + 1, first = std::min(len, n_cells - cell);
-    fn(a, cell, first);
-    if (first < len) fn(a + first, int64_t(0), len - first);
-}
-
-struct AttnItem {        // one work item: query head h over tokens [t0, t1) of one sequence
-    int64_t h, g, t0, t1;   // t0, t1: batch rows
-    int64_t pos0;           // position of batch row 0 in that sequence (its span's pos0 - row0)
+// Reads q8_0 cache rows for cpu::attend_head: n rows of consecutive cells of one KV head, as floats.
+struct DequantRows {
+    const KVCache* cache;
+    int64_t il, g, d;
+    static void fetch(const void* ctx, bool value, int64_t cell, int64_t n, float* rows) {
+        const auto& f = *static_cast<const DequantRows*>(ctx);
+        for (int64_t i = 0; i < n; ++i) {
+            const uint8_t* row = value ? f.cache->v_row(f.il, cell + i, f.g) : f.cache->k_row(f.il, cell + i, f.g);
+            f.cache->load_row(row, rows + i * f.d);
+        }
+    }
 };
 
-// The first position batch token t sees (it sees up to pos0 + t): 0, or the window's start.
-int64_t first_key(int64_t pos0, int64_t t, int64_t window) {
-    return window ? std::max<int64_t>(0, pos0 + t - window + 1) : 0;
-}
-
-// f16 cache: rows are read in place by the multi-query kernels of ops.h, once per tile: the tile's
-// queries score every key any of them sees ([lo, hi]); each token's softmax covers its own visible
-// keys and its probability of the others is 0, so they add nothing to its output.
-void attend_f16(const Model& m, int64_t il, const KVCache& cache, ForwardState& s, const AttnItem& it,
-                int64_t window, float* scores) {
-    const ModelConfig& c = m.config;
-    const int64_t pos0 = it.pos0;
-    const int64_t D = c.head_dim, Q = c.q_dim(), n_cells = cache.n_cells(il), ld = s.n_ctx;
-    const int64_t stride = cache.row_stride() / 2;   // in halves
-    const auto* k0 = reinterpret_cast<const uint16_t*>(cache.k_row(il, 0, it.g));   // cell 0 of head g
-    const auto* v0 = reinterpret_cast<const uint16_t*>(cache.v_row(il, 0, it.g));
-    const int64_t lo = first_key(pos0, it.t0, window), hi = pos0 + it.t1 - 1, nq = it.t1 - it.t0;
-    const float* q = s.q.data() + it.t0 * Q + it.h * D;
-    float* out = s.attn.data() + it.t0 * Q + it.h * D;
-    for_cell_runs(lo, hi, n_cells, [&](int64_t p, int64_t cell, int64_t len) {
-        cpu::attn_scores_f16(q, Q, nq, k0 + cell * stride, stride, len, D, c.attn_scale, scores + (p - lo), ld);
-    });
-    for (int64_t t = it.t0; t < it.t1; ++t) {
-        float* row = scores + (t - it.t0) * ld;
-        const int64_t a = first_key(pos0, t, window) - lo, b = pos0 + t - lo;   // this token's keys in the row
-        const float inv_sum = float(softmax_numerators(row + a, b - a + 1, c.attn_softcap, sink_of(m, il, it.h)));
-        for (int64_t j = a; j <= b; ++j) row[j] *= inv_sum;
-        std::fill(row, row + a, 0.0f);
-        std::fill(row + b + 1, row + (hi - lo + 1), 0.0f);
-        std::memset(out + (t - it.t0) * Q, 0, size_t(D) * sizeof(float));
-    }
-    for_cell_runs(lo, hi, n_cells, [&](int64_t p, int64_t cell, int64_t len) {
-        cpu::attn_values_f16(scores + (p - lo), ld, nq, v0 + cell * stride, stride, len, D, out, Q);
-    });
-}
-
-// q8_0 cache: each K / V row is dequantized once per item and used by every token of the tile.
-void attend_dequantized(const Model& m, int64_t il, const KVCache& cache, ForwardState& s, const AttnItem& it,
-                        int64_t window, float* scores, float* row) {
-    const ModelConfig& c = m.config;
-    const int64_t D = c.head_dim, Q = c.q_dim(), pos0 = it.pos0;
-    auto visible = [&](int64_t j, int64_t t) { return j >= first_key(pos0, t, window) && j <= pos0 + t; };
-    const int64_t lo = first_key(pos0, it.t0, window), hi = pos0 + it.t1 - 1;   // keys any token of the tile sees
-    auto score = [&](int64_t t, int64_t j) -> float& { return scores[(t - it.t0) * s.n_ctx + (j - lo)]; };
-    for (int64_t j = lo; j <= hi; ++j) {
-        cache.load_row(cache.k_row(il, j, it.g), row);
-        for (int64_t t = it.t0; t < it.t1; ++t)
-            if (visible(j, t)) score(t, j) = cpu::dot_f32(s.q.data() + t * Q + it.h * D, row, D) * c.attn_scale;
-    }
-    for (int64_t t = it.t0; t < it.t1; ++t) {
-        const int64_t a = first_key(pos0, t, window), n_keys = pos0 + t - a + 1;
-        float* st = &score(t, a);
-        const float inv_sum = float(softmax_numerators(st, n_keys, c.attn_softcap, sink_of(m, il, it.h)));
-        for (int64_t j = 0; j < n_keys; ++j) st[j] *= inv_sum;
-        std::memset(s.attn.data() + t * Q + it.h * D, 0, size_t(D) * sizeof(float));
-    }
-    for (int64_t j = lo; j <= hi; ++j) {
-        cache.load_row(cache.v_row(il, j, it.g), row);
-        for (int64_t t = it.t0; t < it.t1; ++t)
-            if (visible(j, t)) cpu::axpy_f32(s.attn.data() + t * Q + it.h * D, score(t, j), row, D);
-    }
-}
-
 // attn (n, H D) = softmax(q k^T * scale) v over each token's visible cached positions, each
-// sequence in its own cache. Work item = (sequence, query head, tile of kAttTile of its tokens),
-// spread over the pool's threads; items of span i are numbered from first_item[i].
+// sequence in its own cache: cpu::attend_head per work item = (sequence, KV head, `heads` of its
+// query heads, tile of `tile` tokens), spread over the pool's threads (the tiles that see the most
+// keys first), or inline when the whole step is less work than a pool wake-up.
 void attention(const Model& m, int64_t il, const std::vector<SeqSpan>& spans, ForwardState& s,
                cpu::ThreadPool& pool) {
     const ModelConfig& c = m.config;
-    const int64_t group = c.n_head / c.n_head_kv;
-    const int64_t window = c.layer_is_swa[size_t(il)] ? c.n_swa : 0;
+    const int64_t D = c.head_dim, Q = c.q_dim(), group = c.n_head / c.n_head_kv;
     cpu::prof::Scope scope(cpu::prof::Op::Attention);
-    std::vector<int64_t> first_item(spans.size() + 1, 0);
-    for (size_t i = 0; i < spans.size(); ++i)
-        first_item[i + 1] = first_item[i] + c.n_head * ((spans[i].n + kAttTile - 1) / kAttTile);
-    // Keys x head_dim the pass reads: a short context's decode step is less work than a barrier.
-    int64_t work = 0;
-    for (const SeqSpan& sp : spans) work += c.n_head * (sp.pos0 + sp.n) * c.head_dim;
+    const int64_t tile = std::max<int64_t>(1, cpu::kAttnMaxRows / group);
+    int64_t work = 0, tiles = 0;   // keys x head_dim x query heads the pass reads; tiles of all spans
+    for (const SeqSpan& sp : spans) {
+        work += c.n_head * (sp.pos0 + sp.n) * D * sp.n;
+        tiles += (sp.n + tile - 1) / tile;
+    }
+    const bool inline_run = work <= kInlineAttnWork;
+    const int64_t heads = std::min(cpu::kAttnMaxRows,
+                                   inline_run ? group : heads_per_item(group, tiles * c.n_head_kv, pool.size()));
+    const int64_t parts = (group + heads - 1) / heads, per_tile = c.n_head_kv * parts;
+    const Vec& sinks = m.weights.layers[size_t(il)].attn_sinks;
     auto run_item = [&](int64_t item, int thread) {
-        const size_t si = size_t(std::upper_bound(first_item.begin(), first_item.end(), item) - first_item.begin() - 1);
+        int64_t local = tiles - 1 - item / per_tile;   // the last tile of the last span first
+        size_t si = 0;
+        for (int64_t n_tiles; local >= (n_tiles = (spans[si].n + tile - 1) / tile); ++si) local -= n_tiles;
         const SeqSpan& sp = spans[si];
-        const int64_t local = item - first_item[si], n_tiles = (sp.n + kAttTile - 1) / kAttTile;
-        AttnItem it;
-        it.h = local / n_tiles;
-        it.g = it.h / group;
-        it.t0 = sp.row0 + (local % n_tiles) * kAttTile;
-        it.t1 = std::min(sp.row0 + sp.n, it.t0 + kAttTile);
-        it.pos0 = sp.pos0 - sp.row0;
-        float* scores = s.scores.data() + size_t(thread) * size_t(kAttTile * s.n_ctx);   // (tile, keys)
-        if (sp.cache->rows_are_f16()) attend_f16(m, il, *sp.cache, s, it, window, scores);
-        else attend_dequantized(m, il, *sp.cache, s, it, window, scores,
-                                s.kv_row.data() + size_t(thread) * size_t(c.head_dim));
+        const int64_t g = item % per_tile / parts, h0 = g * group + item % parts * heads;
+        const int64_t t0 = sp.row0 + local * tile;
+        cpu::AttnQueries a;
+        a.n_heads = std::min(heads, (g + 1) * group - h0);
+        a.n_tok = std::min(tile, sp.row0 + sp.n - t0);
+        a.q = s.q.data() + t0 * Q + h0 * D;
+        a.out = s.attn.data() + t0 * Q + h0 * D;
+        a.q_head_stride = a.out_head_stride = D;
+        a.q_tok_stride = a.out_tok_stride = Q;
+        a.d = D;
+        a.pos0 = sp.pos0 + (t0 - sp.row0);
+        a.window = c.layer_is_swa[size_t(il)] ? c.n_swa : 0;
+        a.scale = c.attn_scale;
+        a.softcap = c.attn_softcap;
+        a.sinks = sinks.empty() ? nullptr : sinks.data() + h0;
+        const KVCache& cache = *sp.cache;
+        cpu::AttnCache kv;
+        kv.n_cells = cache.n_cells(il);
+        const DequantRows rows{&cache, il, g, D};
+        if (cache.rows_are_f16()) {
+            kv.k = reinterpret_cast<const uint16_t*>(cache.k_row(il, 0, g));   // cell 0 of head g
+            kv.v = reinterpret_cast<const uint16_t*>(cache.v_row(il, 0, g));
+            kv.stride = cache.row_stride() / 2;   // in halves
+        } else {
+            kv.fetch = DequantRows::fetch;
+            kv.ctx = &rows;
+        }
+        cpu::attend_head(a, kv, s.scores.data() + size_t(thread) * size_t(cpu::attn_scratch_floats(D)));
     };
-    if (work <= kInlineAttnWork) {
-        for (int64_t item = 0; item < first_item.back(); ++item) run_item(item, 0);
+    const int64_t n_items = tiles * per_tile;
+    if (inline_run) {
+        for (int64_t item = 0; item < n_items; ++item) run_item(item, 0);
     } else {
-        pool.parallel_for(first_item.back(), run_item);
+        pool.parallel_for(n_items, run_item);
     }
 }
 
@@ -356,13 +308,12 @@ ForwardState::ForwardState(const ModelConfig& c, int64_t n_batch_, int64_t n_ctx
     up.resize(B * size_t(c.n_ff));
     rope_global.resize(B * size_t(c.n_rot));
     rope_swa.resize(B * size_t(c.n_rot));
-    scores.resize(size_t(n_threads) * size_t(kAttTile) * size_t(n_ctx));
-    kv_row.resize(size_t(n_threads) * size_t(c.head_dim));
+    scores.resize(size_t(n_threads) * size_t(cpu::attn_scratch_floats(c.head_dim)));
 }
 
 int64_t ForwardState::bytes() const {
     size_t f = x.size() + xn.size() + qkv.size() + q.size() + k.size() + v.size() + attn.size() + proj.size() +
-               gate.size() + up.size() + rope_global.size() + rope_swa.size() + scores.size() + kv_row.size() +
+               gate.size() + up.size() + rope_global.size() + rope_swa.size() + scores.size() +
                out_tmp.size();
     return int64_t(f * sizeof(float)) + moe.bytes();
 }

@@ -57,8 +57,7 @@ struct ForwardState {
     AlignedBuffer<float> up;         // (n_batch, n_ff)
     AlignedBuffer<float> rope_global;  // (n_batch, n_rot/2, 2) cos, sin per token
     AlignedBuffer<float> rope_swa;     // (n_batch, n_rot/2, 2)
-    AlignedBuffer<float> scores;     // (n_threads, kAttTile, n_ctx)  attention scores / probabilities
-    AlignedBuffer<float> kv_row;     // (n_threads, head_dim)  one dequantized K or V row
+    AlignedBuffer<float> scores;     // (n_threads, cpu::attn_scratch_floats(head_dim))  attention scratch
     std::vector<int64_t> work_idx;   // scratch for row selections
     MoeScratch moe;                  // the expert FFN's scratch (moe.h); empty for dense models
 
@@ -68,8 +67,6 @@ struct ForwardState {
     cpu::ActPrecision act_precision = cpu::ActPrecision::Q8;   // of every weight matmul (engine option)
     MatmulObserver* observer = nullptr;   // sees the input of every weight matmul when set (observer.h)
 };
-
-constexpr int64_t kAttTile = 8;   // query tokens per attention work item (K/V rows loaded once)
 
 // Runs tokens[0..n) (n <= n_batch) at positions pos0.. through the model, writing their keys and
 // values into the cache. logits: nullptr, or (n_out, n_vocab) with n_out = all_logits ? n : 1

@@ -56,7 +56,7 @@ public:
     void store(int64_t il, int64_t pos, const float* k, const float* v);
     // Dequantizes one row (one head) to f32.   out: (head_dim,)
     void load_row(const uint8_t* row, float* out) const;
-    // True when rows can be used in place (f16: dot_f16 / axpy_f16), false when they must be
+    // True when rows can be used in place (f16: cpu/attention.h reads them), false when they must be
     // dequantized with load_row first (q8_0).
     bool rows_are_f16() const { return type_ == KVType::F16; }
     // Call after writing positions up to `last_pos` in every layer: rings lost what they overwrote.

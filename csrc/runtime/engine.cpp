@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "cpu/attention.h"
 #include "cpu/dispatch.h"
 
 namespace lowbit::runtime {
@@ -68,7 +69,7 @@ void Engine::check_fits_in_memory(const model::ModelConfig& c, model::KVType kvt
     if (pages <= 0 || page <= 0) return;
     const double phys = double(pages) * double(page);
     const double kv = double(model::kv_cache_bytes(c, n_ctx_, n_batch_, kvt));
-    const double scratch = double(n_threads_) * double(model::kAttTile) * double(n_ctx_) * 4.0;
+    const double scratch = double(n_threads_) * double(cpu::attn_scratch_floats(c.head_dim)) * 4.0;
     LOWBIT_CHECK(kv + scratch < phys, ValueError, "n_ctx ", n_ctx_, " needs a ", uint64_t(kv), "-byte KV cache (",
                  model::kv_type_name(kvt), ") plus ", uint64_t(scratch), " bytes of attention scratch, more than the ",
                  uint64_t(phys), " bytes of physical memory");

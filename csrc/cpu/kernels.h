@@ -113,6 +113,8 @@ struct StripActLayout {
 using StripDecodeFn = void (*)(int n, const void* weight_rows, size_t row_bytes, int nrows, void* strip);
 // out[i * kStripRows + j] = dot(strip row j, slot i of the activation group) for i < nact <= kStripAct.
 using StripGemmFn = void (*)(int n, const void* strip, const void* act_group, int nact, float* out);
+using StripGemmPairFn = void (*)(int n, const void* strip, size_t strip_stride, const void* act_group, int nact,
+                                 float* out);
 struct StripKernels {
     StripDecodeFn decode;
     StripGemmFn gemm;
@@ -125,6 +127,11 @@ struct StripKernels {
     // A packed strip (weight_rows: its first byte) -> a strip of this layout, for calls with many
     // activation rows (decoded once, then gemm per group). Null with packed.
     StripDecodeFn packed_to_strip = nullptr;
+    // packed on two strips at once (the second strip_stride bytes after the first) against up to
+    // kStripAct rows: out[s * kStripAct * kStripRows + i * kStripRows + j] for strip s < 2. Each
+    // activation dword is loaded once for both strips' weights (packed_avx512.cpp). Per output the
+    // integer sum (exact) and float steps of packed, so the same bits. Null: not available.
+    StripGemmPairFn packed_pair = nullptr;
 };
 
 // Packed rows: a weight matrix repacked once at load (weights.cpp) so that the strip GEMM reads

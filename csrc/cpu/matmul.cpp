@@ -178,14 +178,17 @@ inline void store_strip(const float* out, int64_t i0, int64_t na, int64_t pt, in
 // Mat-mat (any n >= 1) on packed strips read in place: a chunk is a run of strips; each strip
 // runs against every activation row, kStripAct per GEMM call (tiles of kStripTileBytes when the
 // activations outgrow L2, so they are reused across the chunk's strips). Nothing is decoded, so
-// one decode step of a few sessions costs the weight reads and its GEMM only.
+// one decode step of a few sessions costs the weight reads and its GEMM only. Several tokens (a
+// batched decode step): strips in pairs through the pair GEMM where the set has one (each
+// activation load serves two strips; kernels.h), the same bits; one token keeps the one-strip GEMM.
 void packed_matmul(const StripKernels& sk, const void* packed, GGMLType type, int64_t rows, int64_t cols,
                    const QuantizedActs& act, int64_t n, float* y, ThreadPool& pool) {
     const int64_t strip_bytes = PackedLayout(type, cols).strip_bytes;
     const int64_t n_strips = (rows + kStripRows - 1) / kStripRows;
     const int64_t pt = act.per_token, n_act = n * pt;
     const int64_t tile = std::max<int64_t>(kStripAct, kStripTileBytes / int64_t(act.row_bytes) / kStripAct * kStripAct);
-    int64_t per_chunk = rows_per_chunk(n_strips, pool, 1);
+    const bool pairs = n >= 2 && sk.packed_pair;
+    int64_t per_chunk = rows_per_chunk(n_strips, pool, pairs ? 2 : 1);
     if (n_act > tile) per_chunk = std::min(per_chunk, std::max<int64_t>(1, kStripScratch / strip_bytes));   // stay in L2
     const int64_t n_chunks = (n_strips + per_chunk - 1) / per_chunk;
     const auto* w = static_cast<const uint8_t*>(packed);
@@ -193,15 +196,21 @@ void packed_matmul(const StripKernels& sk, const void* packed, GGMLType type, in
         const int64_t s0 = c * per_chunk, s1 = std::min(n_strips, s0 + per_chunk);
         for (int64_t a0 = 0; a0 < n_act; a0 += tile) {
             const int64_t a1 = std::min(n_act, a0 + tile);
-            for (int64_t s = s0; s < s1; ++s) {
-                const int64_t r0 = s * kStripRows, nw = std::min<int64_t>(kStripRows, rows - r0);
-                if (a0 == 0 && s + 1 < s1) prefetch_strip(w + (s + 1) * strip_bytes, strip_bytes);   // from memory once
+            for (int64_t s = s0; s < s1;) {
+                const int64_t ns = pairs && s + 1 < s1 ? 2 : 1;   // strips this call
+                if (a0 == 0 && s + ns < s1)   // the next call's strips, from memory once
+                    prefetch_strip(w + (s + ns) * strip_bytes, std::min(ns, s1 - s - ns) * strip_bytes);
                 for (int64_t i0 = a0; i0 < a1; i0 += kStripAct) {
                     const int64_t na = std::min<int64_t>(kStripAct, a1 - i0);
-                    alignas(64) float out[kStripAct * kStripRows];
-                    sk.packed(int(cols), w + s * strip_bytes, act.group(i0), int(na), out);
-                    store_strip(out, i0, na, pt, r0, nw, rows, y);
+                    alignas(64) float out[2 * kStripAct * kStripRows];
+                    if (ns == 2) sk.packed_pair(int(cols), w + s * strip_bytes, size_t(strip_bytes), act.group(i0), int(na), out);
+                    else sk.packed(int(cols), w + s * strip_bytes, act.group(i0), int(na), out);
+                    for (int64_t h = 0; h < ns; ++h) {
+                        const int64_t r0 = (s + h) * kStripRows, nw = std::min<int64_t>(kStripRows, rows - r0);
+                        store_strip(out + h * kStripAct * kStripRows, i0, na, pt, r0, nw, rows, y);
+                    }
                 }
+                s += ns;
             }
         }
     });

@@ -113,8 +113,10 @@ struct StripActLayout {
 using StripDecodeFn = void (*)(int n, const void* weight_rows, size_t row_bytes, int nrows, void* strip);
 // out[i * kStripRows + j] = dot(strip row j, slot i of the activation group) for i < nact <= kStripAct.
 using StripGemmFn = void (*)(int n, const void* strip, const void* act_group, int nact, float* out);
+// prefetch: prefetch_bytes (a multiple of 64) the call requests while it runs, spread over its
+// blocks (the next call's weights; null: none).
 using StripGemmPairFn = void (*)(int n, const void* strip, size_t strip_stride, const void* act_group, int nact,
-                                 float* out);
+                                 float* out, const void* prefetch, size_t prefetch_bytes);
 struct StripKernels {
     StripDecodeFn decode;
     StripGemmFn gemm;

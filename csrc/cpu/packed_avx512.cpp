@@ -12,6 +12,8 @@
 // as the strip decoder stores them, so both give the same bits.
 #include <immintrin.h>
 
+#include <algorithm>
+
 
 #include "cpu/kernels.h"
 
@@ -169,7 +171,8 @@ struct PackedStrip {
 
 // Weights from a Source (PackedStrip): S = 2 strips strip_stride bytes apart; out + s * kOut: strip s's.
 template <class Source, int NR>
-__attribute__((hot)) void pair_gemm_n(int n, const void* strip, size_t strip_stride, const void* act_group, float* out) {
+__attribute__((hot)) void pair_gemm_n(int n, const void* strip, size_t strip_stride, const void* act_group, float* out,
+                                      const uint8_t* prefetch, size_t prefetch_bytes) {
     static_assert(NR >= 1 && NR <= kStripAct, "the pair GEMM takes 1..8 rows");
     constexpr int S = 2, B = Source::kBlock, G = B / 4, kOut = kStripAct * kStripRows;
     constexpr int64_t kAct = StripActLayout::block_bytes(B), kCorr = StripActLayout::corr(B),
@@ -181,8 +184,14 @@ __attribute__((hot)) void pair_gemm_n(int n, const void* strip, size_t strip_str
     auto f32 = [](const uint8_t* p) { return *reinterpret_cast<const float*>(p); };
     for (int s = 0; s < S; ++s)
         for (int r = 0; r < NR; ++r) _mm512_storeu_ps(out + s * kOut + r * kStripRows, _mm512_setzero_ps());
+    // The lines of prefetch requested per block: a steady trickle, so the loads of the next call's
+    // weights overlap this call's arithmetic instead of arriving in one burst.
+    const size_t lines = prefetch_bytes / 64, per_block = (lines + nb - 1) / nb;
+    size_t next_line = 0;
     for (int b = 0; b < nb; ++b) {
         const uint8_t* pa = g0 + size_t(b) * kAct;
+        for (size_t e = std::min(lines, next_line + per_block); next_line < e; ++next_line)
+            _mm_prefetch(reinterpret_cast<const char*>(prefetch + 64 * next_line), _MM_HINT_T0);
         __m512i isum[S][NR];
         for (int r = 0; r < NR; ++r) {
             const __m512i corr = _mm512_set1_epi32(i32(pa + kCorr + 4 * r));
@@ -218,13 +227,16 @@ __attribute__((hot)) void pair_gemm_n(int n, const void* strip, size_t strip_str
 }
 
 template <class Source>
-void pair_gemm(int n, const void* strip, size_t strip_stride, const void* act_group, int nact, float* out) {
+void pair_gemm(int n, const void* strip, size_t strip_stride, const void* act_group, int nact, float* out,
+               const void* prefetch, size_t prefetch_bytes) {
+    const auto* pf = static_cast<const uint8_t*>(prefetch);
+    if (!pf) prefetch_bytes = 0;
     switch (nact) {
-#define LOWBIT_PAIR_CASE(nr) case nr: return pair_gemm_n<Source, nr>(n, strip, strip_stride, act_group, out);
+#define LOWBIT_PAIR_CASE(nr) case nr: return pair_gemm_n<Source, nr>(n, strip, strip_stride, act_group, out, pf, prefetch_bytes);
         LOWBIT_PAIR_CASE(1) LOWBIT_PAIR_CASE(2) LOWBIT_PAIR_CASE(3) LOWBIT_PAIR_CASE(4)
         LOWBIT_PAIR_CASE(5) LOWBIT_PAIR_CASE(6) LOWBIT_PAIR_CASE(7)
 #undef LOWBIT_PAIR_CASE
-        default: return pair_gemm_n<Source, 8>(n, strip, strip_stride, act_group, out);
+        default: return pair_gemm_n<Source, 8>(n, strip, strip_stride, act_group, out, pf, prefetch_bytes);
     }
 }
 

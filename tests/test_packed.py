@@ -101,11 +101,11 @@ def test_packed_matmul_tiers(type_name, level, kernel_set):
 @pytest.mark.parametrize("type_name", PACKED_TYPES)
 def test_packed_batched_rows_2_to_15(type_name, level, kernel_set):
     """A batched decode step's shapes: every x row count 2..15 (2..30 activation rows at "high"),
-    83 rows (5 strips + 3: strip pairs for the pair GEMM and a lone strip), 11 blocks, 2 threads.
+    99 rows (6 strips + 3: strip pairs for the pair GEMM and a lone strip), 11 blocks, 2 threads.
     Each row equals the one-row call bit for bit (AVX-512: pair GEMM vs one-strip GEMM), and the
     q8 rows are within tier 1 of the scalar spec's dots."""
     rng = np.random.default_rng(7400 + PACKED_TYPES.index(type_name))
-    rows, cols = 83, 352
+    rows, cols = 99, 352
     w = random_weights(rng, type_name, rows, cols)
     p = np.asarray(_core.cpu_pack_rows(w.reshape(-1), type_name, rows, cols))
     x = (rng.standard_normal((15, cols)) * rng.uniform(0.1, 10, size=(15, 1))).astype(np.float32)

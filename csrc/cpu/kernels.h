@@ -134,6 +134,8 @@ struct StripKernels {
     // activation dword is loaded once for both strips' weights (packed_avx512.cpp). Per output the
     // integer sum (exact) and float steps of packed, so the same bits. Null: not available.
     StripGemmPairFn packed_pair = nullptr;
+    // gemm on two decoded strips at once, as packed_pair (the same bits as gemm).
+    StripGemmPairFn gemm_pair = nullptr;
 };
 
 // Packed rows: a weight matrix repacked once at load (weights.cpp) so that the strip GEMM reads

@@ -13,9 +13,11 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <initializer_list>
 
 
 #include "cpu/kernels.h"
+#include "cpu/strip_iq.h"
 
 namespace lowbit::cpu::avx512 {
 namespace {
@@ -169,7 +171,25 @@ struct PackedStrip {
     __m512 mw(int b) const { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(P.m + size_t(b) * 32))); }
 };
 
-// Weights from a Source (PackedStrip): S = 2 strips strip_stride bytes apart; out + s * kOut: strip s's.
+// A decoded strip (kernels.h, StripLayout: u bytes, f32 scales and mins) as the pair GEMM's
+// Source: the strip GEMM of the types without a packed layout (k-quants, i-quants).
+template <int Block, bool kMin_>
+struct DecodedStrip {
+    static constexpr int kBlock = Block;
+    static constexpr bool kMin = kMin_;
+    static constexpr int64_t kBytes = StripLayout::block_bytes(Block), kD = StripLayout::u_bytes(Block), kM = kD + 4 * kStripRows;
+    const uint8_t* s;
+    DecodedStrip(const void* strip, int) : s(static_cast<const uint8_t*>(strip)) {}
+    // Groups k and k + Block / 8 of block b.
+    __attribute__((always_inline)) void pair(int b, int k, __m512i& lo, __m512i& hi) const {
+        lo = _mm512_load_si512(s + size_t(b) * kBytes + 64 * k);
+        hi = _mm512_load_si512(s + size_t(b) * kBytes + 64 * (k + Block / 8));
+    }
+    __m512 dw(int b) const { return _mm512_load_ps(s + size_t(b) * kBytes + kD); }
+    __m512 mw(int b) const { return _mm512_load_ps(s + size_t(b) * kBytes + kM); }
+};
+
+// Weights from a Source (PackedStrip or DecodedStrip): S = 2 strips strip_stride bytes apart; out + s * kOut: strip s's.
 template <class Source, int NR>
 __attribute__((hot)) void pair_gemm_n(int n, const void* strip, size_t strip_stride, const void* act_group, float* out,
                                       const uint8_t* prefetch, size_t prefetch_bytes) {
@@ -257,6 +277,18 @@ void add_packed_gemms(KernelSet& k) {
     k[GGMLType::Q5_0].strip.packed_pair = pair_gemm<PackedStrip<Kind::Q5, false>>;
     k[GGMLType::Q5_1].strip.packed_pair = pair_gemm<PackedStrip<Kind::Q5, true>>;
     k[GGMLType::Q8_0].strip.packed_pair = pair_gemm<PackedStrip<Kind::Q8, false>>;
+    // Decoded strips: every type whose strip GEMM is dot_avx512.cpp's strip_gemm<Block, kMin>
+    // (legacy, k-quants; the i-quants through strip_gemm_b32 / b16, no min).
+    for (GGMLType t : {GGMLType::Q4_1, GGMLType::Q5_1, GGMLType::Q4_K, GGMLType::Q5_K})
+        if (k[t].strip.gemm) k[t].strip.gemm_pair = pair_gemm<DecodedStrip<32, true>>;
+    for (GGMLType t : {GGMLType::Q4_0, GGMLType::Q5_0, GGMLType::Q8_0, GGMLType::IQ4_NL})
+        if (k[t].strip.gemm) k[t].strip.gemm_pair = pair_gemm<DecodedStrip<32, false>>;
+    if (k[GGMLType::Q6_K].strip.gemm) k[GGMLType::Q6_K].strip.gemm_pair = pair_gemm<DecodedStrip<16, false>>;
+    for (TypeKernels& tk : k.types) {
+        if (tk.strip.gemm_pair || !tk.strip.gemm) continue;
+        if (tk.strip.gemm == strip_gemm_b32) tk.strip.gemm_pair = pair_gemm<DecodedStrip<32, false>>;
+        else if (tk.strip.gemm == strip_gemm_b16) tk.strip.gemm_pair = pair_gemm<DecodedStrip<16, false>>;
+    }
 }
 
 }  // namespace lowbit::cpu::avx512

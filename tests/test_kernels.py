@@ -24,6 +24,7 @@ import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT
 from gguf.quants import dequantize, quantize
 
+from lowbit import _core
 from lowbit.runtime import cpu
 
 IQ_TYPES = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M", "TQ1_0", "TQ2_0", "MXFP4", "NVFP4"]
@@ -313,6 +314,37 @@ def test_strip_gemm_matches_scalar_dots(type_name, level, kernel_set):
     # two, so both orders round the same products once: equal there)
     if level == "avx512" and type_name != "MXFP4":
         assert not np.array_equal(got[:15], cpu.matmul(w, type_name, (rows, cols), x[:15]))
+
+
+@pytest.mark.parametrize("type_name", STRIP_TYPES)
+def test_strip_pairs_of_a_batched_step_match_the_strip_gemm(type_name, level, kernel_set):
+    """A batched decode step of 8..15 sessions at high precision (small_batches: the strip GEMM from
+    16 activation rows, in pairs of strips where the set has a pair GEMM; fewer sessions take the
+    multi-row dots), and 16..23 rows at q8 (pair calls of every count of 1..8 activation rows):
+    each row equals the same row in a call too large for one activation tile (one strip a GEMM
+    call) bit for bit; q8 rows within tier 1 of the scalar dots. 99 rows: 6 strips + 3 rows
+    (pairs and a lone strip), 2 threads."""
+    rng = np.random.default_rng(4300 + STRIP_TYPES.index(type_name))
+    rows, cols = 99, (608 if block_geometry(type_name)[0] == 32 else 768)
+    w = random_weights(rng, type_name, rows, cols)
+    x = (rng.standard_normal((400, cols)) * rng.uniform(0.1, 10, size=(400, 1))).astype(np.float32)
+
+    def run(xs, prec):
+        return np.asarray(_core.cpu_matmul(w.reshape(-1), type_name, rows, cols, np.ascontiguousarray(xs),
+                                           cpu.pool(2), prec, small_batches=True))
+    big = {"high": run(x[:200], "high"), "q8": run(x, "q8")}   # > 1 tile: 400 activation rows
+    for n in range(8, 16):
+        assert np.array_equal(run(x[:n], "high"), big["high"][:n]), ("high", n)
+    for n in range(16, 24):
+        got = run(x[:n], "q8")
+        assert np.array_equal(got, big["q8"][:n]), ("q8", n)
+    kernel_set("scalar")
+    w64 = np.abs(dequant_weights(type_name, w)).reshape(rows, cols)
+    for i in range(23):
+        act, a64 = make_act(type_name, x[i])
+        ref = np.array([cpu.vec_dot(type_name, w[r], act) for r in range(rows)])
+        tol = 2e-7 * strip_blocks(type_name, cols) * (w64 @ np.abs(a64))
+        assert np.all(np.abs(got[i] - ref) <= tol), (type_name, level, i)
 
 
 def test_matmul_against_dequantized_reference():

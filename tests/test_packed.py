@@ -6,7 +6,8 @@ shapes and partial last strips:
   * pack / unpack are byte permutations: every strip unpacks to exactly the GGML rows it came from.
   * AVX-512: the packed GEMM equals the strip GEMM on the unpacked rows bit for bit (same integer
     sums, same float order), is within tier 1 of the scalar spec's dots, and gives each x row the
-    same bits whatever the number of rows in the call (so batched decode equals unbatched).
+    same bits whatever the number of rows in the call (so batched decode equals unbatched): for
+    2..15 rows the pair GEMM (two strips a call) against the one-row call's one-strip GEMM.
   * other kernel sets: packed weights give exactly what matmul gives on the GGML rows.
   * a model loaded with packed weights counts them once (weights_copied_bytes, not twice) and keeps
     the same resident size (a tied head's token embedding lookups read the packed copy).
@@ -95,6 +96,32 @@ def test_packed_matmul_tiers(type_name, level, kernel_set):
         assert np.all(np.abs(got["q8"][i] - ref) <= tol), (type_name, level, i)
     ref = x.astype(np.float64) @ dequant_weights(type_name, w).reshape(rows, cols).T
     assert np.linalg.norm(got["high"] - ref) / np.linalg.norm(ref) < 1e-4
+
+
+@pytest.mark.parametrize("type_name", PACKED_TYPES)
+def test_packed_batched_rows_2_to_15(type_name, level, kernel_set):
+    """A batched decode step's shapes: every x row count 2..15 (2..30 activation rows at "high"),
+    99 rows (6 strips + 3: strip pairs for the pair GEMM and a lone strip), 11 blocks, 2 threads.
+    Each row equals the one-row call bit for bit (AVX-512: pair GEMM vs one-strip GEMM), and the
+    q8 rows are within tier 1 of the scalar spec's dots."""
+    rng = np.random.default_rng(7400 + PACKED_TYPES.index(type_name))
+    rows, cols = 99, 352
+    w = random_weights(rng, type_name, rows, cols)
+    p = np.asarray(_core.cpu_pack_rows(w.reshape(-1), type_name, rows, cols))
+    x = (rng.standard_normal((15, cols)) * rng.uniform(0.1, 10, size=(15, 1))).astype(np.float32)
+    for prec in ("q8", "high"):
+        alone = np.stack([packed_matmul(p, type_name, rows, cols, x[i:i + 1], precision=prec)[0] for i in range(15)])
+        for n in range(2, 16):
+            got = packed_matmul(p, type_name, rows, cols, x[:n], precision=prec)
+            assert np.array_equal(got, alone[:n]), (prec, n, np.flatnonzero(got != alone[:n])[:5])
+    got = packed_matmul(p, type_name, rows, cols, x, precision="q8")
+    kernel_set("scalar")
+    w64 = np.abs(dequant_weights(type_name, w)).reshape(rows, cols)
+    for i in range(15):
+        act, a64 = make_act(type_name, x[i])
+        ref = np.array([cpu.vec_dot(type_name, w[r], act) for r in range(rows)])
+        tol = 2e-7 * (cols // 32) * (w64 @ np.abs(a64))
+        assert np.all(np.abs(got[i] - ref) <= tol), (type_name, level, i)
 
 
 def run_model(env_repack: str, code: str) -> str:

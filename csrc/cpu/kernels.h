@@ -113,6 +113,10 @@ struct StripActLayout {
 using StripDecodeFn = void (*)(int n, const void* weight_rows, size_t row_bytes, int nrows, void* strip);
 // out[i * kStripRows + j] = dot(strip row j, slot i of the activation group) for i < nact <= kStripAct.
 using StripGemmFn = void (*)(int n, const void* strip, const void* act_group, int nact, float* out);
+// prefetch: prefetch_bytes (a multiple of 64) the call requests while it runs, spread over its
+// blocks (the next call's weights; null: none).
+using StripGemmPairFn = void (*)(int n, const void* strip, size_t strip_stride, const void* act_group, int nact,
+                                 float* out, const void* prefetch, size_t prefetch_bytes);
 struct StripKernels {
     StripDecodeFn decode;
     StripGemmFn gemm;
@@ -125,6 +129,13 @@ struct StripKernels {
     // A packed strip (weight_rows: its first byte) -> a strip of this layout, for calls with many
     // activation rows (decoded once, then gemm per group). Null with packed.
     StripDecodeFn packed_to_strip = nullptr;
+    // packed on two strips at once (the second strip_stride bytes after the first) against up to
+    // kStripAct rows: out[s * kStripAct * kStripRows + i * kStripRows + j] for strip s < 2. Each
+    // activation dword is loaded once for both strips' weights (packed_avx512.cpp). Per output the
+    // integer sum (exact) and float steps of packed, so the same bits. Null: not available.
+    StripGemmPairFn packed_pair = nullptr;
+    // gemm on two decoded strips at once, as packed_pair (the same bits as gemm).
+    StripGemmPairFn gemm_pair = nullptr;
 };
 
 // Packed rows: a weight matrix repacked once at load (weights.cpp) so that the strip GEMM reads

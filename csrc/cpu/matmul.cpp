@@ -178,14 +178,20 @@ inline void store_strip(const float* out, int64_t i0, int64_t na, int64_t pt, in
 // Mat-mat (any n >= 1) on packed strips read in place: a chunk is a run of strips; each strip
 // runs against every activation row, kStripAct per GEMM call (tiles of kStripTileBytes when the
 // activations outgrow L2, so they are reused across the chunk's strips). Nothing is decoded, so
-// one decode step of a few sessions costs the weight reads and its GEMM only.
+// one decode step of a few sessions costs the weight reads and its GEMM only. Several tokens (a
+// batched decode step): strips in pairs through the pair GEMM where the set has one (each
+// activation load serves two strips; kernels.h), the same bits; one token keeps the one-strip GEMM.
 void packed_matmul(const StripKernels& sk, const void* packed, GGMLType type, int64_t rows, int64_t cols,
                    const QuantizedActs& act, int64_t n, float* y, ThreadPool& pool) {
     const int64_t strip_bytes = PackedLayout(type, cols).strip_bytes;
     const int64_t n_strips = (rows + kStripRows - 1) / kStripRows;
     const int64_t pt = act.per_token, n_act = n * pt;
     const int64_t tile = std::max<int64_t>(kStripAct, kStripTileBytes / int64_t(act.row_bytes) / kStripAct * kStripAct);
-    int64_t per_chunk = rows_per_chunk(n_strips, pool, 1);
+    const bool pairs = n >= 2 && sk.packed_pair;
+    // Pairs: chunks of whole pairs, at least three, as only a chunk's later pairs have their weights
+    // requested by the call before them (Q4_1 576 x 576, 16 activation rows: ~195 -> ~212 G MAC/s
+    // against chunks of one pair; a decode step's smallest matrices still make 6+ chunks).
+    int64_t per_chunk = rows_per_chunk(n_strips, pool, pairs ? 6 : 1);
     if (n_act > tile) per_chunk = std::min(per_chunk, std::max<int64_t>(1, kStripScratch / strip_bytes));   // stay in L2
     const int64_t n_chunks = (n_strips + per_chunk - 1) / per_chunk;
     const auto* w = static_cast<const uint8_t*>(packed);
@@ -193,15 +199,28 @@ void packed_matmul(const StripKernels& sk, const void* packed, GGMLType type, in
         const int64_t s0 = c * per_chunk, s1 = std::min(n_strips, s0 + per_chunk);
         for (int64_t a0 = 0; a0 < n_act; a0 += tile) {
             const int64_t a1 = std::min(n_act, a0 + tile);
-            for (int64_t s = s0; s < s1; ++s) {
-                const int64_t r0 = s * kStripRows, nw = std::min<int64_t>(kStripRows, rows - r0);
-                if (a0 == 0 && s + 1 < s1) prefetch_strip(w + (s + 1) * strip_bytes, strip_bytes);   // from memory once
+            for (int64_t s = s0; s < s1;) {
+                const int64_t ns = pairs && s + 1 < s1 ? 2 : 1;   // strips this call
+                // The next call's strips, from memory once. The pair GEMM spreads those requests
+                // over the blocks of its first call (one Q4_1 3072 x 576 matmul of 16 activation
+                // rows from memory, 1 thread: ~177 -> ~245 G MAC/s against one burst per call); the
+                // first pair of a chunk is requested here, as is the one-strip GEMM's next strip.
+                const int64_t next_bytes = s + ns < s1 ? std::min<int64_t>(2, s1 - s - ns) * strip_bytes : 0;
+                if (a0 == 0 && ns == 1 && next_bytes) prefetch_strip(w + (s + 1) * strip_bytes, strip_bytes);
+                if (a0 == 0 && ns == 2 && s == s0) prefetch_strip(w + s * strip_bytes, 2 * strip_bytes);
                 for (int64_t i0 = a0; i0 < a1; i0 += kStripAct) {
                     const int64_t na = std::min<int64_t>(kStripAct, a1 - i0);
-                    alignas(64) float out[kStripAct * kStripRows];
-                    sk.packed(int(cols), w + s * strip_bytes, act.group(i0), int(na), out);
-                    store_strip(out, i0, na, pt, r0, nw, rows, y);
+                    alignas(64) float out[2 * kStripAct * kStripRows];
+                    if (ns == 2)
+                        sk.packed_pair(int(cols), w + s * strip_bytes, size_t(strip_bytes), act.group(i0), int(na), out,
+                                       w + (s + 2) * strip_bytes, size_t(a0 == 0 && i0 == a0 ? next_bytes : 0));
+                    else sk.packed(int(cols), w + s * strip_bytes, act.group(i0), int(na), out);
+                    for (int64_t h = 0; h < ns; ++h) {
+                        const int64_t r0 = (s + h) * kStripRows, nw = std::min<int64_t>(kStripRows, rows - r0);
+                        store_strip(out + h * kStripAct * kStripRows, i0, na, pt, r0, nw, rows, y);
+                    }
                 }
+                s += ns;
             }
         }
     });
@@ -241,15 +260,19 @@ void strip_matmul(const StripKernels& sk, const void* weights, GGMLType type, in
                   const QuantizedActs& act, int64_t n, float* y, ThreadPool& pool, bool packed = false) {
     const int64_t strip_bytes = StripLayout::bytes(cols, sk.block);
     const int64_t n_strips = (rows + kStripRows - 1) / kStripRows;
-    const int64_t budget = std::max<int64_t>(1, kStripScratch / strip_bytes);
-    const int64_t want = std::max<int64_t>(1, n_strips / (int64_t(pool.size()) * kTargetChunks));
-    const int64_t per_chunk = std::min(budget, want);
-    const int64_t n_chunks = (n_strips + per_chunk - 1) / per_chunk;
     const int64_t pt = act.per_token, n_act = n * pt;
     const int64_t tile = std::max<int64_t>(kStripAct, kStripTileBytes / int64_t(act.row_bytes) / kStripAct * kStripAct);
+    // Pairs (GGML rows, n >= 2, one tile): two strips of scratch, chunks of at least three pairs
+    // (as packed_matmul: a chunk's first pair is requested in one burst).
+    const bool pairs = !packed && n >= 2 && sk.gemm_pair && n_act <= tile;
+    const int64_t budget = std::max<int64_t>(1, kStripScratch / strip_bytes);
+    const int64_t want = std::max<int64_t>(1, n_strips / (int64_t(pool.size()) * kTargetChunks));
+    const int64_t per_chunk = pairs ? rows_per_chunk(n_strips, pool, 6) : std::min(budget, want);
+    const int64_t n_chunks = (n_strips + per_chunk - 1) / per_chunk;
     const auto* w = static_cast<const uint8_t*>(weights);
     const int64_t wrow = weight_row_bytes(type, cols);
-    const Scratch scratch(kStripSlot, size_t(pool.size()) * size_t(per_chunk * strip_bytes));
+    const int64_t scratch_strips = pairs ? 2 : per_chunk;
+    const Scratch scratch(kStripSlot, size_t(pool.size()) * size_t(scratch_strips * strip_bytes));
     // One strip against activation rows [a0, a1): kStripAct rows per GEMM call, combined into y.
     auto gemm_strip = [&](const uint8_t* strip, int64_t s, int64_t a0, int64_t a1) {
         const int64_t r0 = s * kStripRows, nw = std::min<int64_t>(kStripRows, rows - r0);
@@ -257,12 +280,7 @@ void strip_matmul(const StripKernels& sk, const void* weights, GGMLType type, in
             const int64_t na = std::min<int64_t>(kStripAct, a1 - i0);   // even when pt == 2
             alignas(64) float out[kStripAct * kStripRows];
             sk.gemm(int(cols), strip, act.group(i0), int(na), out);
-            for (int64_t i = 0; i < na; i += pt) {
-                float* dst = y + (i0 + i) / pt * rows + r0;
-                const float* o = out + i * kStripRows;
-                if (pt == 1) for (int64_t j = 0; j < nw; ++j) dst[j] = o[j];
-                else for (int64_t j = 0; j < nw; ++j) dst[j] = o[j] + o[kStripRows + j] * (1.0f / kLoScale);
-            }
+            store_strip(out, i0, na, pt, r0, nw, rows, y);
         }
     };
     const int64_t packed_bytes = packed ? PackedLayout(type, cols).strip_bytes : 0;
@@ -275,9 +293,41 @@ void strip_matmul(const StripKernels& sk, const void* weights, GGMLType type, in
         if (s + 1 < s1) prefetch_strip(w + (r0 + kStripRows) * wrow, std::min<int64_t>(kStripRows, rows - r0 - kStripRows) * wrow);
         sk.decode(int(cols), w + r0 * wrow, size_t(wrow), int(std::min<int64_t>(kStripRows, rows - r0)), strip);
     };
+    // Pairs of strips decoded from GGML rows: the pair GEMM, which also requests the next pair's
+    // rows a few lines per block while the decoded pair is multiplied (one Q4_K 640 x 1024 matmul
+    // of 16 activation rows from memory, 1 thread: ~133 -> ~180 G MAC/s; Q6_K 640 x 2048: ~128 ->
+    // ~147, its decode being the larger part).
+    auto gemm_pairs = [&](uint8_t* mine, int64_t s0, int64_t s1) {
+        const int64_t chunk_end = std::min(rows, s1 * kStripRows);
+        prefetch_strip(w + s0 * kStripRows * wrow, (std::min(chunk_end, (s0 + 2) * kStripRows) - s0 * kStripRows) * wrow);
+        for (int64_t s = s0; s < s1; s += 2) {
+            if (s + 1 == s1) {   // a lone last strip
+                sk.decode(int(cols), w + s * kStripRows * wrow, size_t(wrow), int(std::min<int64_t>(kStripRows, rows - s * kStripRows)), mine);
+                gemm_strip(mine, s, 0, n_act);
+                break;
+            }
+            for (int64_t h = 0; h < 2; ++h) {
+                const int64_t r0 = (s + h) * kStripRows;
+                sk.decode(int(cols), w + r0 * wrow, size_t(wrow), int(std::min<int64_t>(kStripRows, rows - r0)), mine + h * strip_bytes);
+            }
+            const int64_t next0 = std::min(chunk_end, (s + 2) * kStripRows), next1 = std::min(chunk_end, (s + 4) * kStripRows);
+            const size_t next_bytes = size_t((next1 - next0) * wrow + 63) / 64 * 64;
+            for (int64_t i0 = 0; i0 < n_act; i0 += kStripAct) {
+                const int64_t na = std::min<int64_t>(kStripAct, n_act - i0);
+                alignas(64) float out[2 * kStripAct * kStripRows];
+                sk.gemm_pair(int(cols), mine, size_t(strip_bytes), act.group(i0), int(na), out, w + next0 * wrow,
+                             i0 == 0 ? next_bytes : 0);
+                for (int64_t h = 0; h < 2; ++h) {
+                    const int64_t r0 = (s + h) * kStripRows;
+                    store_strip(out + h * kStripAct * kStripRows, i0, na, pt, r0, std::min<int64_t>(kStripRows, rows - r0), rows, y);
+                }
+            }
+        }
+    };
     pool.parallel_for(n_chunks, [&](int64_t c, int thread) {
-        uint8_t* mine = scratch.data() + size_t(thread) * size_t(per_chunk * strip_bytes);
+        uint8_t* mine = scratch.data() + size_t(thread) * size_t(scratch_strips * strip_bytes);
         const int64_t s0 = c * per_chunk, s1 = std::min(n_strips, s0 + per_chunk);
+        if (pairs) return gemm_pairs(mine, s0, s1);
         if (n_act <= tile) {   // one tile (a decode step of several sessions): each strip used while in L1
             for (int64_t s = s0; s < s1; ++s) {
                 decode_strip(s, s1, mine);

@@ -113,6 +113,13 @@ struct StripActLayout {
 using StripDecodeFn = void (*)(int n, const void* weight_rows, size_t row_bytes, int nrows, void* strip);
 // out[i * kStripRows + j] = dot(strip row j, slot i of the activation group) for i < nact <= kStripAct.
 using StripGemmFn = void (*)(int n, const void* strip, const void* act_group, int nact, float* out);
+// One token (nact <= 2: its q8 row, or its hi and lo rows) on a packed strip: out as StripGemmFn,
+// the same bits as StripKernels::packed. While it walks the strip it also requests, spread evenly
+// over its blocks, the strip's own byte count of memory from `ahead` on (stopping at `ahead_end`):
+// a decode step's weights come from memory, and a steady stream of requests a fixed distance
+// ahead keeps enough reads in flight where one burst per strip overruns L1 (matmul.cpp).
+using StripGemvFn = void (*)(int n, const void* strip, const void* act_group, int nact, float* out,
+                             const void* ahead, const void* ahead_end);
 struct StripKernels {
     StripDecodeFn decode;
     StripGemmFn gemm;
@@ -125,6 +132,8 @@ struct StripKernels {
     // A packed strip (weight_rows: its first byte) -> a strip of this layout, for calls with many
     // activation rows (decoded once, then gemm per group). Null with packed.
     StripDecodeFn packed_to_strip = nullptr;
+    // The packed GEMM for one token, with requests ahead (StripGemvFn). Null with packed.
+    StripGemvFn packed_gemv = nullptr;
 };
 
 // Packed rows: a weight matrix repacked once at load (weights.cpp) so that the strip GEMM reads
@@ -313,7 +322,7 @@ namespace scalar { LOWBIT_DECLARE_KERNELS LOWBIT_DECLARE_IQ_KERNELS }
 namespace avx2 { LOWBIT_DECLARE_KERNELS LOWBIT_DECLARE_IQ_KERNELS }
 namespace avx512 {
 LOWBIT_DECLARE_KERNELS LOWBIT_DECLARE_IQ_KERNELS
-void add_packed_gemms(KernelSet& k);   // packed_avx512.cpp: StripKernels::packed of the legacy types
+void add_packed_gemms(KernelSet& k);   // packed_avx512.cpp: StripKernels::packed (and packed_gemv) of the legacy types
 }
 
 #undef LOWBIT_DECLARE_KERNELS

@@ -215,15 +215,18 @@ void packed_matmul(const StripKernels& sk, const void* packed, GGMLType type, in
 // the smaller the matrix (a chunk of a 576x576 Q4_1 matrix starts cold every 12 KB). Measured
 // (2 threads, load ~7, wall per call): SmolLM2's Q4_1 576x576 15.1 -> 7.9 us, 576x1536 30.6 ->
 // 20.9, 960x576 16.4 -> 11.5, 3072x576 33.3 -> 30.7. kGemvChunks per thread: fewer cold starts
-// than kTargetChunks, enough to balance.
+// than kTargetChunks, enough to balance; at most kGemvChunkBytes a chunk, so that an output head
+// (gemma3's: 178 MB) does not end on one thread reading its last eighth while the other waits.
 constexpr int64_t kGemvAhead = 8 << 10;
 constexpr int64_t kGemvChunks = 4;
+constexpr int64_t kGemvChunkBytes = 512 << 10;
 
 void packed_matvec(const StripKernels& sk, const void* packed, GGMLType type, int64_t rows, int64_t cols,
                    const QuantizedActs& act, float* y, ThreadPool& pool) {
     const int64_t strip_bytes = PackedLayout(type, cols).strip_bytes;
     const int64_t n_strips = (rows + kStripRows - 1) / kStripRows;
-    const int64_t per_chunk = std::max<int64_t>(1, n_strips / (int64_t(pool.size()) * kGemvChunks));
+    const int64_t per_chunk = std::max<int64_t>(
+        1, std::min(n_strips / (int64_t(pool.size()) * kGemvChunks), kGemvChunkBytes / strip_bytes));
     const int64_t n_chunks = (n_strips + per_chunk - 1) / per_chunk;
     const int64_t pt = act.per_token;
     const auto* w = static_cast<const uint8_t*>(packed);

@@ -124,6 +124,26 @@ def test_packed_batched_rows_2_to_15(type_name, level, kernel_set):
         assert np.all(np.abs(got[i] - ref) <= tol), (type_name, level, i)
 
 
+@pytest.mark.parametrize("type_name", PACKED_TYPES)
+def test_one_token_gemv_equals_packed_gemm_on_wide_matrices(type_name, level, kernel_set):
+    """The one-token path (packed_gemv: chunks of strips read with requests 8 KB ahead) on matrices
+    of many wide strips, a partial last one and 1-5 threads: the same bits as the packed GEMM gives
+    that x row in a call of several rows, at both precisions."""
+    rng = np.random.default_rng(7400 + PACKED_TYPES.index(type_name))
+    rows, cols = 16 * 37 + 5, 1536
+    w = random_weights(rng, type_name, rows, cols)
+    p = np.asarray(_core.cpu_pack_rows(w.reshape(-1), type_name, rows, cols))
+    x = (rng.standard_normal((5, cols)) * rng.uniform(0.1, 10, size=(5, 1))).astype(np.float32)
+    for prec in ("q8", "high"):
+        batched = packed_matmul(p, type_name, rows, cols, x, precision=prec)
+        for i in range(len(x)):
+            for threads in (1, 2, 5):
+                one = packed_matmul(p, type_name, rows, cols, x[i:i + 1], threads=threads, precision=prec)
+                assert np.array_equal(one[0], batched[i]), (prec, i, threads)
+    ref = x.astype(np.float64) @ dequant_weights(type_name, w).reshape(rows, cols).T
+    one = np.concatenate([packed_matmul(p, type_name, rows, cols, x[i:i + 1], precision="high") for i in range(len(x))])
+    assert np.linalg.norm(one - ref) / np.linalg.norm(ref) < 1e-4
+
 def run_model(env_repack: str, code: str) -> str:
     env = dict(os.environ, LOWBIT_REPACK=env_repack,
                PYTHONPATH=os.path.dirname(os.path.dirname(lowbit.__file__)))

@@ -117,6 +117,13 @@ using StripGemmFn = void (*)(int n, const void* strip, const void* act_group, in
 // blocks (the next call's weights; null: none).
 using StripGemmPairFn = void (*)(int n, const void* strip, size_t strip_stride, const void* act_group, int nact,
                                  float* out, const void* prefetch, size_t prefetch_bytes);
+// One token (nact <= 2: its q8 row, or its hi and lo rows) on a packed strip: out as StripGemmFn,
+// the same bits as StripKernels::packed. While it walks the strip it also requests, spread evenly
+// over its blocks, the strip's own byte count of memory from `ahead` on (stopping at `ahead_end`):
+// a decode step's weights come from memory, and a steady stream of requests a fixed distance
+// ahead keeps enough reads in flight where one burst per strip overruns L1 (matmul.cpp).
+using StripGemvFn = void (*)(int n, const void* strip, const void* act_group, int nact, float* out,
+                             const void* ahead, const void* ahead_end);
 struct StripKernels {
     StripDecodeFn decode;
     StripGemmFn gemm;
@@ -136,6 +143,8 @@ struct StripKernels {
     StripGemmPairFn packed_pair = nullptr;
     // gemm on two decoded strips at once, as packed_pair (the same bits as gemm).
     StripGemmPairFn gemm_pair = nullptr;
+    // The packed GEMM for one token, with requests ahead (StripGemvFn). Null with packed.
+    StripGemvFn packed_gemv = nullptr;
 };
 
 // Packed rows: a weight matrix repacked once at load (weights.cpp) so that the strip GEMM reads
@@ -324,7 +333,7 @@ namespace scalar { LOWBIT_DECLARE_KERNELS LOWBIT_DECLARE_IQ_KERNELS }
 namespace avx2 { LOWBIT_DECLARE_KERNELS LOWBIT_DECLARE_IQ_KERNELS }
 namespace avx512 {
 LOWBIT_DECLARE_KERNELS LOWBIT_DECLARE_IQ_KERNELS
-void add_packed_gemms(KernelSet& k);   // packed_avx512.cpp: StripKernels::packed of the legacy types
+void add_packed_gemms(KernelSet& k);   // packed_avx512.cpp: StripKernels::packed (and packed_gemv) of the legacy types
 }
 
 #undef LOWBIT_DECLARE_KERNELS

@@ -226,6 +226,42 @@ void packed_matmul(const StripKernels& sk, const void* packed, GGMLType type, in
     });
 }
 
+// One token on packed strips (matmul_packed's n == 1): a chunk is a run of strips, one contiguous
+// range of bytes, walked with requests kGemvAhead bytes ahead of the reads (StripGemvFn; the
+// chunk's first kGemvAhead bytes requested at once before its first strip). A decode step's
+// weights come from memory: with nothing but the hardware prefetchers (or one burst per strip,
+// which overruns L1 on wide strips) a mat-vec ran at 50-70% of the read bandwidth, the more so
+// the smaller the matrix (a chunk of a 576x576 Q4_1 matrix starts cold every 12 KB). Measured
+// (2 threads, load ~7, wall per call): SmolLM2's Q4_1 576x576 15.1 -> 7.9 us, 576x1536 30.6 ->
+// 20.9, 960x576 16.4 -> 11.5, 3072x576 33.3 -> 30.7. kGemvChunks per thread: fewer cold starts
+// than kTargetChunks, enough to balance; at most kGemvChunkBytes a chunk, so that an output head
+// (gemma3's: 178 MB) does not end on one thread reading its last eighth while the other waits.
+constexpr int64_t kGemvAhead = 8 << 10;
+constexpr int64_t kGemvChunks = 4;
+constexpr int64_t kGemvChunkBytes = 512 << 10;
+
+void packed_matvec(const StripKernels& sk, const void* packed, GGMLType type, int64_t rows, int64_t cols,
+                   const QuantizedActs& act, float* y, ThreadPool& pool) {
+    const int64_t strip_bytes = PackedLayout(type, cols).strip_bytes;
+    const int64_t n_strips = (rows + kStripRows - 1) / kStripRows;
+    const int64_t per_chunk = std::max<int64_t>(
+        1, std::min(n_strips / (int64_t(pool.size()) * kGemvChunks), kGemvChunkBytes / strip_bytes));
+    const int64_t n_chunks = (n_strips + per_chunk - 1) / per_chunk;
+    const int64_t pt = act.per_token;
+    const auto* w = static_cast<const uint8_t*>(packed);
+    pool.parallel_for(n_chunks, [&](int64_t c, int) {
+        const int64_t s0 = c * per_chunk, s1 = std::min(n_strips, s0 + per_chunk);
+        const uint8_t* end = w + s1 * strip_bytes;
+        prefetch_strip(w + s0 * strip_bytes, std::min<int64_t>(kGemvAhead, (s1 - s0) * strip_bytes));
+        for (int64_t s = s0; s < s1; ++s) {
+            const int64_t r0 = s * kStripRows, nw = std::min<int64_t>(kStripRows, rows - r0);
+            alignas(64) float out[kStripAct * kStripRows];
+            sk.packed_gemv(int(cols), w + s * strip_bytes, act.group(0), int(pt), out, w + s * strip_bytes + kGemvAhead, end);
+            store_strip(out, 0, pt, pt, r0, nw, rows, y);
+        }
+    });
+}
+
 // Packed weights under a kernel set without the packed GEMM (the scalar / AVX2 sets, or AVX-512
 // set by set_kernels after load): each strip is unpacked to GGML rows in the thread's scratch and
 // multiplied by the set's multi-row dot, as matvec / matmul would on the original rows (the same
@@ -480,6 +516,7 @@ void matmul_packed(const void* packed, GGMLType type, int64_t rows, int64_t cols
         quantize_rows(ks, type, cols, x, n, precision, act, pool, sk);
         // Up to two GEMM calls per strip (a decode step of <= 8 sessions at two-pass precision):
         // read in place; more: each strip turned into u bytes once (cheap from packed) and reused.
+        if (n == 1 && sk->packed_gemv) return packed_matvec(*sk, packed, type, rows, cols, act, y, pool);
         if (n * act.per_token <= kPackedInPlaceRows) return packed_matmul(*sk, packed, type, rows, cols, act, n, y, pool);
         return strip_matmul(*sk, packed, type, rows, cols, act, n, y, pool, /*packed=*/true);
     }

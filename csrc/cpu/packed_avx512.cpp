@@ -60,8 +60,12 @@ struct PackedPtrs {
     }
 };
 
+// With `ahead` (the one-token gemv, StripGemvFn): block b also requests lines [b, b + 1) * step
+// of `ahead` (up to ahead_end), step = the strip's bytes per block, so the whole request stream
+// spans one strip's bytes while the strip is multiplied.
 template <Kind K, bool kMin, int NR>
-__attribute__((hot)) void packed_gemm_n(int n, const void* strip, const void* act_group, float* out) {
+__attribute__((hot)) void packed_gemm_n(int n, const void* strip, const void* act_group, float* out,
+                                        const uint8_t* ahead = nullptr, const uint8_t* ahead_end = nullptr) {
     const int nb = n / 32;
     constexpr int kQs = K == Kind::Q8 ? 512 : 256;
     constexpr int C = chains_for(NR);
@@ -69,12 +73,16 @@ __attribute__((hot)) void packed_gemm_n(int n, const void* strip, const void* ac
                       kAd = StripActLayout::d(32), kAs = StripActLayout::s(32);
     const PackedPtrs<K> P(strip, nb);
     const uint8_t *qs = P.qs, *qh = P.qh, *dp = P.d, *mp = P.m;
+    const int64_t step = ahead && nb ? ((mp - qs) + (kMin ? int64_t(nb) * 32 : 0) + nb - 1) / nb : 0;
     const auto* pa0 = static_cast<const uint8_t*>(act_group);
     auto i32 = [](const uint8_t* p) { return *reinterpret_cast<const int32_t*>(p); };
     auto f32 = [](const uint8_t* p) { return *reinterpret_cast<const float*>(p); };
     __m512 acc[NR];
     for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
     for (int b = 0; b < nb; ++b) {
+        if (ahead)
+            for (const uint8_t *p = ahead + b * step, *e = std::min(p + step, ahead_end); p < e; p += 64)
+                __builtin_prefetch(p, 0, 3);
         const uint8_t* q = qs + size_t(b) * kQs;
         const uint8_t* pa = pa0 + size_t(b) * kAct;
         __m512i w[8];   // w[g]: elements 4g..4g+3 of the 16 rows, unsigned
@@ -101,52 +109,12 @@ __attribute__((hot)) void packed_gemm_n(int n, const void* strip, const void* ac
     for (int r = 0; r < NR; ++r) _mm512_storeu_ps(out + r * kStripRows, acc[r]);
 }
 
-// One token (NR = 1: its q8 row; 2: hi and lo) on a packed strip: packed_gemm_n's integer sums
-// (exact, so one chain per row gives the same sums) and float steps in the same order, so the same
-// bits. Block b also requests lines [b, b + 1) * step of `ahead` (StripGemvFn): step = the strip's
-// bytes per block, so the whole request stream spans one strip's bytes.
-template <Kind K, bool kMin, int NR>
-__attribute__((hot)) void packed_gemv_n(int n, const void* strip, const void* act_group, float* out,
-                                        const uint8_t* ahead, const uint8_t* ahead_end) {
-    const int nb = n / 32;
-    constexpr int kQs = K == Kind::Q8 ? 512 : 256;
-    constexpr int64_t kAct = StripActLayout::block_bytes(32), kCorr = StripActLayout::corr(32),
-                      kAd = StripActLayout::d(32), kAs = StripActLayout::s(32);
-    const PackedPtrs<K> P(strip, nb);
-    const int64_t step = nb ? ((P.m - P.qs) + (kMin ? int64_t(nb) * 32 : 0) + nb - 1) / nb : 0;
-    const auto* pa0 = static_cast<const uint8_t*>(act_group);
-    auto i32 = [](const uint8_t* p) { return *reinterpret_cast<const int32_t*>(p); };
-    auto f32 = [](const uint8_t* p) { return *reinterpret_cast<const float*>(p); };
-    __m512 acc[NR];
-    for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
-    for (int b = 0; b < nb; ++b) {
-        for (const uint8_t *p = ahead + b * step, *e = std::min(p + step, ahead_end); p < e; p += 64)
-            __builtin_prefetch(p, 0, 3);
-        const uint8_t* pa = pa0 + size_t(b) * kAct;
-        __m512i w[8];
-        unsigned_groups<K>(P.qs + size_t(b) * kQs, P.qh + size_t(b) * 64, w);
-        __m512i isum[NR];
-        for (int r = 0; r < NR; ++r) isum[r] = _mm512_set1_epi32(i32(pa + kCorr + 4 * r));
-        for (int g = 0; g < 8; ++g)
-            for (int r = 0; r < NR; ++r)
-                isum[r] = _mm512_dpbusd_epi32(isum[r], w[g], _mm512_set1_epi32(i32(pa + r * 32 + 4 * g)));
-        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(P.d + size_t(b) * 32)));
-        for (int r = 0; r < NR; ++r)
-            acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(isum[r]), _mm512_set1_ps(f32(pa + kAd + 4 * r))), dw, acc[r]);
-        if constexpr (kMin) {
-            const __m512 mw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(P.m + size_t(b) * 32)));
-            for (int r = 0; r < NR; ++r) acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(f32(pa + kAs + 4 * r)), acc[r]);
-        }
-    }
-    for (int r = 0; r < NR; ++r) _mm512_storeu_ps(out + r * kStripRows, acc[r]);
-}
-
 template <Kind K, bool kMin>
 void packed_gemv(int n, const void* strip, const void* act_group, int nact, float* out, const void* ahead,
                  const void* ahead_end) {
     const auto *a = static_cast<const uint8_t*>(ahead), *e = static_cast<const uint8_t*>(ahead_end);
-    if (nact == 1) packed_gemv_n<K, kMin, 1>(n, strip, act_group, out, a, e);
-    else packed_gemv_n<K, kMin, 2>(n, strip, act_group, out, a, e);
+    if (nact == 1) packed_gemm_n<K, kMin, 1>(n, strip, act_group, out, a, e);
+    else packed_gemm_n<K, kMin, 2>(n, strip, act_group, out, a, e);
 }
 
 // A packed strip -> a StripLayout strip (for calls with many activation rows: each strip is then

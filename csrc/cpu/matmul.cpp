@@ -84,22 +84,48 @@ void residual(ActFormat fmt, const float* x, const void* q, float* r, int64_t co
     }
 }
 
+// out's layout for n_rows activation rows of `type`: slots of StripActLayout groups for `strip`,
+// else panel rows where the set has a panel kernel, else plain rows of the activation format.
+void lay_out_acts(const KernelSet& ks, GGMLType type, int64_t cols, int64_t n_rows, const StripKernels* strip,
+                  QuantizedActs& out) {
+    out.strip = strip;
+    out.panel = !strip && ks.of(type).panel != nullptr;
+    if (strip) {
+        out.group_bytes = size_t(StripActLayout::group_bytes(cols, strip->block));
+        out.row_bytes = out.group_bytes / kStripAct;
+        out.data.emplace(kActSlot, size_t((n_rows + kStripAct - 1) / kStripAct) * out.group_bytes);
+    } else {
+        out.row_bytes = out.panel ? size_t(Q8PanelLayout::row_bytes(cols)) : act_row_bytes(act_format(type), cols);
+        out.data.emplace(kActSlot, size_t(n_rows) * out.row_bytes);
+    }
+}
+
+// Where activation row a lives: its strip group (slot a % kStripAct), or its own row.
+uint8_t* act_row_dst(const QuantizedActs& out, int64_t a) {
+    return out.data->data() + (out.strip ? size_t(a / kStripAct) * out.group_bytes : size_t(a) * out.row_bytes);
+}
+
+// Activation row a from its q8 blocks q (q8_0 or q8_K, as fmt): regrouped into its strip slot or
+// panel row, else copied (nothing to do when q is the row itself).
+void place_act_row(const QuantizedActs& out, GGMLType type, ActFormat fmt, int64_t cols, const void* q, int64_t a) {
+    uint8_t* dst = act_row_dst(out, a);
+    if (out.panel)
+        build_q8_panel_row(static_cast<const block_q8_0*>(q), cols, panel_bias(type), dst);
+    else if (out.strip && fmt == ActFormat::Q8_0)
+        build_strip_act_row(static_cast<const block_q8_0*>(q), cols, out.strip->block, out.strip->bias, dst, int(a % kStripAct));
+    else if (out.strip)
+        build_strip_act_row(static_cast<const block_q8_K*>(q), cols, out.strip->block, out.strip->bias, dst, int(a % kStripAct));
+    else if (q != dst)
+        std::memcpy(dst, q, out.row_bytes);
+}
+
 // strip: lay the rows out for that strip GEMM (else panel rows where the set has a panel kernel).
 void quantize_rows(const KernelSet& ks, GGMLType type, int64_t cols, const float* x, int64_t n,
                    ActPrecision precision, QuantizedActs& out, ThreadPool& pool, const StripKernels* strip = nullptr) {
     const ActFormat fmt = act_format(type);
     prof::Scope scope(prof::Op::ActQuant);
-    out.strip = strip;
-    out.panel = !strip && ks.of(type).panel != nullptr;
     out.per_token = (precision == ActPrecision::Q8X2 && fmt != ActFormat::F32) ? 2 : 1;
-    if (strip) {
-        out.group_bytes = size_t(StripActLayout::group_bytes(cols, strip->block));
-        out.row_bytes = out.group_bytes / kStripAct;
-        out.data.emplace(kActSlot, size_t((n * out.per_token + kStripAct - 1) / kStripAct) * out.group_bytes);
-    } else {
-        out.row_bytes = out.panel ? size_t(Q8PanelLayout::row_bytes(cols)) : act_row_bytes(fmt, cols);
-        out.data.emplace(kActSlot, size_t(n * out.per_token) * out.row_bytes);
-    }
+    lay_out_acts(ks, type, cols, n * out.per_token, strip, out);
     if (fmt == ActFormat::F32) {
         std::memcpy(out.data->data(), x, size_t(n) * out.row_bytes);
         return;
@@ -109,25 +135,16 @@ void quantize_rows(const KernelSet& ks, GGMLType type, int64_t cols, const float
     const bool regroup = out.panel || strip;   // rows built from q8 blocks quantized first
     const size_t per_thread = (out.per_token == 2 ? size_t(cols) * sizeof(float) : 0) + (regroup ? q_bytes : 0);
     const Scratch scratch(kQuantSlot, size_t(pool.size()) * ((per_thread + 63) / 64 * 64));
-    const int bias = panel_bias(type);
     auto quantize_one = [&](int64_t i, int thread) {
         uint8_t* mine = scratch.data() + size_t(thread) * ((per_thread + 63) / 64 * 64);
         auto* r = reinterpret_cast<float*>(mine);                                   // residual
         uint8_t* blocks = mine + (out.per_token == 2 ? size_t(cols) * sizeof(float) : 0);   // panel source
         for (int64_t part = 0; part < out.per_token; ++part) {   // hi, then lo
             const int64_t a = i * out.per_token + part;   // activation row
-            uint8_t* dst = strip ? out.data->data() + size_t(a / kStripAct) * out.group_bytes
-                                 : out.data->data() + size_t(a) * out.row_bytes;
-            uint8_t* q = regroup ? blocks : dst;
+            uint8_t* q = regroup ? blocks : act_row_dst(out, a);
             quantize_act_row(ks, fmt, part == 0 ? x + i * cols : r, q, cols);
             if (part == 0 && out.per_token == 2) residual(fmt, x + i * cols, q, r, cols);
-            if (out.panel) build_q8_panel_row(reinterpret_cast<const block_q8_0*>(q), cols, bias, dst);
-            else if (strip && fmt == ActFormat::Q8_0)
-                build_strip_act_row(reinterpret_cast<const block_q8_0*>(q), cols, strip->block, strip->bias, dst,
-                                    int(a % kStripAct));
-            else if (strip)
-                build_strip_act_row(reinterpret_cast<const block_q8_K*>(q), cols, strip->block, strip->bias, dst,
-                                    int(a % kStripAct));
+            place_act_row(out, type, fmt, cols, q, a);
         }
     };
     if (n * cols * out.per_token <= kInlineQuantElems) {   // a decode step of a few sessions: no barrier
@@ -538,27 +555,9 @@ void matmul_quantized(const void* weights, GGMLType type, int64_t rows, int64_t 
     const KernelSet& ks = kernels();
     const StripKernels* strip = n >= strip_min_rows ? strip_kernels_for(ks, type) : nullptr;
     QuantizedActs q;
-    q.strip = strip;
-    q.panel = !strip && ks.of(type).panel != nullptr;
-    if (strip) {
-        q.group_bytes = size_t(StripActLayout::group_bytes(cols, strip->block));
-        q.row_bytes = q.group_bytes / kStripAct;
-        q.data.emplace(kActSlot, size_t((n + kStripAct - 1) / kStripAct) * q.group_bytes);
-    } else {
-        q.row_bytes = q.panel ? size_t(Q8PanelLayout::row_bytes(cols)) : act_row_bytes(fmt, cols);
-        q.data.emplace(kActSlot, size_t(n) * q.row_bytes);
-    }
-    for (int64_t i = 0; i < n; ++i) {   // no profile scope: callers run this on pool threads too
-        uint8_t* dst = q.data->data() + (strip ? size_t(i / kStripAct) * q.group_bytes : size_t(i) * q.row_bytes);
-        if (strip && fmt == ActFormat::Q8_0)
-            build_strip_act_row(static_cast<const block_q8_0*>(act[i]), cols, strip->block, strip->bias, dst, int(i % kStripAct));
-        else if (strip)
-            build_strip_act_row(static_cast<const block_q8_K*>(act[i]), cols, strip->block, strip->bias, dst, int(i % kStripAct));
-        else if (q.panel)
-            build_q8_panel_row(static_cast<const block_q8_0*>(act[i]), cols, panel_bias(type), dst);
-        else
-            std::memcpy(dst, act[i], q.row_bytes);
-    }
+    lay_out_acts(ks, type, cols, n, strip, q);
+    for (int64_t i = 0; i < n; ++i)   // no profile scope: callers run this on pool threads too
+        place_act_row(q, type, fmt, cols, act[i], i);
     if (strip) return strip_matmul(*strip, weights, type, rows, cols, q, n, y, pool);
     dots_matmul(ks, weights, type, rows, cols, q, n, y, pool);
 }

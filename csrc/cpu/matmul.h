@@ -72,6 +72,14 @@ void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
 void matmul_quantized(const void* weights, GGMLType type, int64_t rows, int64_t cols, const void* const* act,
                       int64_t n, float* y, ThreadPool& pool, int64_t strip_min_rows = kStripMinActRows);
 
+// matmul_quantized on weights packed by pack_rows (kernels.h; a model's experts): the packed
+// GEMM read in place for every n (up to kPackedInPlaceRows rows, else each strip turned into a
+// strip once), one row through the one-token gemv, as matmul_packed runs its rows at Q8 (the same
+// bits per row whatever n); under a set without the packed GEMM, strips unpacked and the set's
+// dots (exactly matmul_quantized's result on the unpacked rows).
+void matmul_quantized_packed(const void* packed, GGMLType type, int64_t rows, int64_t cols, const void* const* act,
+                             int64_t n, float* y, ThreadPool& pool);
+
 // y[i][r] = dot(weight row r, x row i) for weights packed by pack_rows (kernels.h). On AVX-512 the
 // packed strip GEMM runs for every n, one token included (Auto: two-pass activations): within tier
 // 1 of the scalar spec, the same bits as the strip GEMM on the unpacked rows, and the same bits

@@ -267,7 +267,7 @@ def packed_and_plain(monkeypatch, path, n_batch, act_precision="auto"):
     engines = {}
     for repack in ("1", "0"):
         monkeypatch.setenv("LOWBIT_REPACK", repack)
-        engines[repack] = _core.Engine(path, 64, 2, n_batch, "f16", act_precision)
+        engines[repack] = _core.Engine(path, 128, 2, n_batch, "f16", act_precision)
     monkeypatch.delenv("LOWBIT_REPACK")
     return engines["1"], engines["0"]
 
@@ -282,24 +282,25 @@ def test_packed_experts_match_unpacked(tmp_path_factory, monkeypatch, weight_typ
     """Types with a packed layout have their experts repacked at load: counted once among the
     copied bytes (the mapped pages are released), and the logits stay within the packed-vs-dots
     tier of the unpacked model's in decode (the one-token packed gemv at two-pass precision) and
-    in prefill (8-bit expert rows through matmul_quantized_packed: 40 tokens, ~13 rows an expert,
-    and 16 tokens, ~5: the unpacked model takes the strip GEMM or the dots there); both within
+    in prefill (8-bit expert rows through matmul_quantized_packed: 120 tokens, ~40 rows an expert,
+    40, ~13, and 16, ~5: the unpacked model takes the strip GEMM or the dots there); both within
     the quantized tier of the reference. An expert read at the wrong offset, or a row gathered from
     the wrong token, would be off by O(1)."""
     path = moe_model(tmp_path_factory, "qwen3moe", weight_type)
-    packed, plain = packed_and_plain(monkeypatch, path, n_batch=40)
+    packed, plain = packed_and_plain(monkeypatch, path, n_batch=120)
     mp, mu = packed.memory(), plain.memory()
     assert mp["weights_bytes"] == mu["weights_bytes"]
     assert mp["weights_copied_bytes"] - mu["weights_copied_bytes"] >= expert_bytes(path)
     assert mp["weights_copied_bytes"] <= 1.05 * mp["weights_bytes"]
-    ids = np.random.default_rng(10).integers(0, packed.n_vocab, 40).astype(np.int32)
+    ids = np.random.default_rng(10).integers(0, packed.n_vocab, 120).astype(np.int32)
     ref = ReferenceModel(path)
-    for n in (40, 16):
+    for n in (120, 40, 16):
         packed.truncate(0)
         plain.truncate(0)
         got, want = packed.eval(ids[:n], all_logits=True), plain.eval(ids[:n], all_logits=True)
-        assert rel_err(got, want) <= 2e-5, n
-        assert rel_err(got, ref.logits(ids[:n])) <= 6e-2
+        assert rel_err(got, want) <= 1e-4, n   # strip-vs-dots tier, through the layers
+        if n <= 40:   # the 8-bit tier of test_8_bit_expert_path_matches_matmul (its batches of up to 40)
+            assert rel_err(got, ref.logits(ids[:n])) <= 6e-2
     dec_packed, dec_plain = packed_and_plain(monkeypatch, path, n_batch=1)
     got, want = dec_packed.eval(ids[:8], all_logits=True), dec_plain.eval(ids[:8], all_logits=True)
     assert rel_err(got, want) <= 1e-3   # tier-1 reorderings of every matrix, through the layers

@@ -577,10 +577,8 @@ void matmul_quantized_packed(const void* packed, GGMLType type, int64_t rows, in
     lay_out_acts(ks, type, cols, n, sk, q);
     for (int64_t i = 0; i < n; ++i) place_act_row(q, type, fmt, cols, act[i], i);
     if (!sk) return unpacked_matmul(ks, packed, type, rows, cols, q, n, y, pool);
-    // matmul_packed's choice of kernel for n rows of one activation row each
     if (n == 1 && sk->packed_gemv) return packed_matvec(*sk, packed, type, rows, cols, q, y, pool);
-    if (n <= kPackedInPlaceRows) return packed_matmul(*sk, packed, type, rows, cols, q, n, y, pool);
-    strip_matmul(*sk, packed, type, rows, cols, q, n, y, pool, /*packed=*/true);
+    packed_matmul(*sk, packed, type, rows, cols, q, n, y, pool);
 }
 
 double read_bandwidth_gbs(ThreadPool& pool, int64_t bytes, int iters) {

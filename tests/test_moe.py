@@ -277,8 +277,12 @@ def expert_bytes(path):
 
 
 @needs_packed_gemm
-@pytest.mark.parametrize("weight_type", ["Q8_0", "Q4_0", "Q5_1"])
-def test_packed_experts_match_unpacked(tmp_path_factory, monkeypatch, weight_type):
+@pytest.mark.parametrize("arch, weight_type", [
+    ("qwen3moe", "Q8_0"), ("qwen3moe", "Q4_0"), ("qwen3moe", "Q5_1"),
+    ("qwen2moe", "Q4_1"),   # the shared expert's matrices packed as dense ones
+    ("gpt-oss", "Q8_0"),    # expert biases, SwiGLU-OAI on packed experts
+])
+def test_packed_experts_match_unpacked(tmp_path_factory, monkeypatch, arch, weight_type):
     """Types with a packed layout have their experts repacked at load: counted once among the
     copied bytes (the mapped pages are released), and the logits stay within the packed-vs-dots
     tier of the unpacked model's in decode (the one-token packed gemv at two-pass precision) and
@@ -286,7 +290,7 @@ def test_packed_experts_match_unpacked(tmp_path_factory, monkeypatch, weight_typ
     40, ~13, and 16, ~5: the unpacked model takes the strip GEMM or the dots there); both within
     the quantized tier of the reference. An expert read at the wrong offset, or a row gathered from
     the wrong token, would be off by O(1)."""
-    path = moe_model(tmp_path_factory, "qwen3moe", weight_type)
+    path = moe_model(tmp_path_factory, arch, weight_type)
     packed, plain = packed_and_plain(monkeypatch, path, n_batch=120)
     mp, mu = packed.memory(), plain.memory()
     assert mp["weights_bytes"] == mu["weights_bytes"]
@@ -299,7 +303,10 @@ def test_packed_experts_match_unpacked(tmp_path_factory, monkeypatch, weight_typ
         plain.truncate(0)
         got, want = packed.eval(ids[:n], all_logits=True), plain.eval(ids[:n], all_logits=True)
         assert rel_err(got, want) <= 1e-4, n   # strip-vs-dots tier, through the layers
-        if n <= 40:   # the 8-bit tier of test_8_bit_expert_path_matches_matmul (its batches of up to 40)
+        # the 8-bit tier of test_8_bit_expert_path_matches_matmul (its batches of up to 40); not for
+        # gpt-oss, one of whose 40 tokens here is off by 0.43 with 8-bit activations on the unpacked
+        # model and on main's core too (6e-4 at "high"; likely an expert choice flipped by the rounding)
+        if n <= 40 and arch != "gpt-oss":
             assert rel_err(got, ref.logits(ids[:n])) <= 6e-2
     dec_packed, dec_plain = packed_and_plain(monkeypatch, path, n_batch=1)
     got, want = dec_packed.eval(ids[:8], all_logits=True), dec_plain.eval(ids[:8], all_logits=True)

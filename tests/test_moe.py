@@ -343,3 +343,28 @@ def test_packed_experts_under_scalar_kernels_equal_unpacked(tmp_path_factory, mo
         np.testing.assert_array_equal(dec_packed.eval(ids[:4], all_logits=True), dec_plain.eval(ids[:4], all_logits=True))
     finally:
         _core.cpu_set_kernels(before)
+
+
+@needs_packed_gemm
+def test_packed_experts_batched_decode_equals_each_alone(tmp_path_factory):
+    """A decode step of several sessions (eval_batch: one MoE block over their tokens, under 16
+    rows so two-pass as decode) gives each session the bits of its decode alone: packed experts
+    go through the packed GEMM for the batch and the one-token gemv alone (the same bits)."""
+    import lowbit  # noqa: PLC0415
+    from lowbit.runtime.batch import eval_batch  # noqa: PLC0415
+    m = lowbit.load(moe_model(tmp_path_factory, "qwen3moe", "Q4_0"), n_ctx=64, n_threads=2, n_batch=16)
+    rng = np.random.default_rng(13)
+    prompts = [rng.integers(3, m.n_vocab, n).astype(np.int32) for n in (5, 9, 2, 7, 4)]
+    sessions = [m.session(64, n_batch=16) for _ in prompts]
+    alone = [m.session(64, n_batch=16) for _ in prompts]
+    for s, a, p in zip(sessions, alone, prompts):
+        s._engine.eval(p); s._cached_ids.extend(p.tolist())
+        a._engine.eval(p)
+    for step in range(3):
+        toks = [[int(t)] for t in rng.integers(3, m.n_vocab, len(prompts))]
+        got = eval_batch(list(zip(sessions, toks)))
+        for a, t, g in zip(alone, toks, got):
+            np.testing.assert_array_equal(g, a._engine.eval(np.asarray(t, np.int32)), err_msg=f"step {step}")
+    for s in sessions + alone:
+        s.close()
+    m.close()

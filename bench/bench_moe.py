@@ -2,12 +2,15 @@
 
     PYTHONPATH=python LOWBIT_LLAMA_CPP_SITE=/work/oracle-venv/lib/python3.11/site-packages \
         python bench/bench_moe.py [--layers 2] [--threads 2] [--prompt 64 256] [--decode 32]
-            [--repeats 2] [--act-precision auto|q8|high] [--profile] [--json out.json]
+            [--repeats 2] [--act-precision auto|q8|high] [--type Q4_K|Q4_0|Q8_0] [--profile] [--json out.json]
 
 The model: Qwen3-30B-A3B's layer shapes (n_embd 2048, 32 query / 4 KV heads of 128, 128 experts
 of width 768, 8 used per token, QK-norm) with `--layers` layers instead of 48 and the factory's
 small test vocabulary (so the output head does not dominate), every matrix random valid Q4_K
 blocks (scales set for activations of O(1)), router and norms F32. Written once to `--file`.
+--type Q4_0 / Q8_0: the same model in a legacy type (random quants, every block's scale set the
+same way), whose experts lowbit repacks at load (weights.h ExpertMatrices; Q4_K has no packed
+layout, so its experts are read from the mapping).
 
 Bytes per token: what a decode step reads (lowbit.runtime.memory.decode_reads: every non-expert
 tensor, 8/128 of the experts, one embedding row). Roofline: the measured read bandwidth of the
@@ -54,8 +57,22 @@ def q4_k_matrix(rng: np.random.Generator, shape, std: float) -> np.ndarray:
     return blocks.reshape(*shape[:-1], (n_in // 256) * 144)
 
 
-def write_model(path: str, n_layers: int) -> None:
-    spec = mf.TinySpec(arch="qwen3moe", n_layer=n_layers, weight_type="Q4_K", **QWEN3_30B_A3B)
+# Legacy 32-blocks: (bytes per block, bytes of fp16 scales before the quants, std of the raw quant values).
+_LEGACY = {"Q4_0": (18, 2, np.sqrt((16 ** 2 - 1) / 12)), "Q8_0": (34, 2, np.sqrt((256 ** 2 - 1) / 12))}
+
+
+def legacy_matrix(rng: np.random.Generator, shape, std: float, qtype: str) -> np.ndarray:
+    """Random valid Q4_0 / Q8_0 blocks of (..., n_out, n_in) values -> (..., n_out, bytes) uint8:
+    uniform random quants, every block's fp16 scale set for entries of standard deviation `std`."""
+    block_bytes, scale_bytes, unit = _LEGACY[qtype]
+    n_in = shape[-1]
+    blocks = rng.integers(0, 256, (int(np.prod(shape[:-1])) * (n_in // 32), block_bytes), dtype=np.uint8)
+    blocks[:, :scale_bytes] = np.frombuffer(np.float16(std / unit).tobytes(), np.uint8)
+    return blocks.reshape(*shape[:-1], (n_in // 32) * block_bytes)
+
+
+def write_model(path: str, n_layers: int, qtype: str = "Q4_K") -> None:
+    spec = mf.TinySpec(arch="qwen3moe", n_layer=n_layers, weight_type=qtype, **QWEN3_30B_A3B)
     rng = np.random.default_rng(0)
     n_vocab = mf.vocab_size(spec)
     w = gguf.GGUFWriter(path, "qwen3moe")
@@ -69,8 +86,9 @@ def write_model(path: str, n_layers: int) -> None:
             w.add_tensor(name, rng.normal(0.0, mf.target_std(name, shape, spec), shape).astype(np.float32))
         else:
             rows = shape if name != "token_embd.weight" else (vocab_rows, shape[1])
-            w.add_tensor(name, q4_k_matrix(rng, rows, mf.target_std(name, shape, spec)),
-                         raw_dtype=gguf.GGMLQuantizationType.Q4_K)
+            std = mf.target_std(name, shape, spec)
+            data = q4_k_matrix(rng, rows, std) if qtype == "Q4_K" else legacy_matrix(rng, rows, std, qtype)
+            w.add_tensor(name, data, raw_dtype=gguf.GGMLQuantizationType[qtype])
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -151,13 +169,17 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--act-precision", default="auto", choices=["auto", "q8", "high"])
     ap.add_argument("--profile", action="store_true", help="also lowbit's per-op prefill profile")
-    ap.add_argument("--file", default="/tmp/lowbit-bench-qwen3moe-q4k.gguf")
+    ap.add_argument("--type", default="Q4_K", choices=["Q4_K", *_LEGACY],
+                    help="type of every matrix (Q4_0 / Q8_0: types whose experts lowbit repacks at load)")
+    ap.add_argument("--file", help="default /tmp/lowbit-bench-qwen3moe-<type>.gguf (q4k for Q4_K)")
     ap.add_argument("--json")
     args = ap.parse_args()
     if not all(1 <= p <= 512 for p in args.prompt):
         ap.error("--prompt lengths must be in [1, 512] (one batch)")
+    if args.file is None:
+        args.file = f"/tmp/lowbit-bench-qwen3moe-{'q4k' if args.type == 'Q4_K' else args.type.lower()}.gguf"
     if not os.path.isfile(args.file):
-        write_model(args.file, args.layers)
+        write_model(args.file, args.layers, args.type)
     with GGUFFile(args.file) as g:
         reads = decode_reads(g.model_config(), g.tensors)
         file_bytes = sum(t.nbytes for t in g.tensors)
@@ -174,14 +196,14 @@ def main() -> None:
     bandwidth = _core.cpu_read_bandwidth(_core.CpuThreadPool(args.threads), 1 << 28, 3)
     per_token = reads["decode_bytes_per_token"]
     roofline = bandwidth * 1e9 / per_token
-    res = {"layers": args.layers, "threads": args.threads, "prompts": args.prompt, "decode_tokens": args.decode,
+    res = {"layers": args.layers, "type": args.type, "threads": args.threads, "prompts": args.prompt, "decode_tokens": args.decode,
            "act_precision": args.act_precision, "file_bytes": file_bytes,
            "decode_bytes_per_token": per_token, "decode_read_fraction": reads["decode_read_fraction"],
            "read_bandwidth_gbs": bandwidth, "roofline_decode_tok_s": roofline,
            "runtimes": {name: {"prefill_tok_s": {str(p): p / prefill[name][p] for p in args.prompt},
                                "decode_tok_s": args.decode / decode[name]} for name in runtimes},
            "load_avg_before": load_before, "load_avg_after": os.getloadavg()}
-    print(f"qwen3moe (Qwen3-30B-A3B layers) x {args.layers}, Q4_K, {args.threads} threads; file "
+    print(f"qwen3moe (Qwen3-30B-A3B layers) x {args.layers}, {args.type}, {args.threads} threads; file "
           f"{file_bytes / 2**20:.0f} MiB, a decode step reads {per_token / 2**20:.1f} MiB "
           f"({100 * reads['decode_read_fraction']:.1f}%); read bandwidth {bandwidth:.1f} GB/s -> roofline "
           f"{roofline:.1f} tok/s; load {load_before[0]:.1f} -> {res['load_avg_after'][0]:.1f}; lowbit "

@@ -254,3 +254,117 @@ def test_nan_router_does_not_break_selection(tmp_path):
     ids = np.arange(3, 15, dtype=np.int32)
     out = engine(path).eval(ids, all_logits=True)
     assert out.shape == (12, engine(path).n_vocab)
+
+
+# ---- packed experts (weights.cpp pack_experts, moe.cpp) --------------------------------------
+
+_AVX512 = "avx512" in [s.strip() for s in _core.cpu_features()["supported"].split(",")]
+needs_packed_gemm = pytest.mark.skipif(not _AVX512, reason="experts are packed only for the AVX-512 packed GEMM")
+
+
+def packed_and_plain(monkeypatch, path, n_batch, act_precision="auto"):
+    """Two engines on one file: experts (and every dense matrix) packed at load, and nothing packed."""
+    engines = {}
+    for repack in ("1", "0"):
+        monkeypatch.setenv("LOWBIT_REPACK", repack)
+        engines[repack] = _core.Engine(path, 128, 2, n_batch, "f16", act_precision)
+    monkeypatch.delenv("LOWBIT_REPACK")
+    return engines["1"], engines["0"]
+
+
+def expert_bytes(path):
+    return sum(int(t.n_bytes) for t in gguf.GGUFReader(path).tensors if "_exps." in t.name)
+
+
+@needs_packed_gemm
+@pytest.mark.parametrize("arch, weight_type", [
+    ("qwen3moe", "Q8_0"), ("qwen3moe", "Q4_0"), ("qwen3moe", "Q5_1"),
+    ("qwen2moe", "Q4_1"),   # the shared expert's matrices packed as dense ones
+    ("gpt-oss", "Q8_0"),    # expert biases, SwiGLU-OAI on packed experts
+])
+def test_packed_experts_match_unpacked(tmp_path_factory, monkeypatch, arch, weight_type):
+    """Types with a packed layout have their experts repacked at load: counted once among the
+    copied bytes (the mapped pages are released), and the logits stay within the packed-vs-dots
+    tier of the unpacked model's in decode (the one-token packed gemv at two-pass precision) and
+    in prefill (8-bit expert rows through matmul_quantized_packed: 120 tokens, ~40 rows an expert,
+    40, ~13, and 16, ~5: the unpacked model takes the strip GEMM or the dots there); both within
+    the quantized tier of the reference. An expert read at the wrong offset, or a row gathered from
+    the wrong token, would be off by O(1)."""
+    path = moe_model(tmp_path_factory, arch, weight_type)
+    packed, plain = packed_and_plain(monkeypatch, path, n_batch=120)
+    mp, mu = packed.memory(), plain.memory()
+    assert mp["weights_bytes"] == mu["weights_bytes"]
+    assert mp["weights_copied_bytes"] - mu["weights_copied_bytes"] >= expert_bytes(path)
+    assert mp["weights_copied_bytes"] <= 1.05 * mp["weights_bytes"]
+    ids = np.random.default_rng(10).integers(0, packed.n_vocab, 120).astype(np.int32)
+    ref = ReferenceModel(path)
+    for n in (120, 40, 16):
+        packed.truncate(0)
+        plain.truncate(0)
+        got, want = packed.eval(ids[:n], all_logits=True), plain.eval(ids[:n], all_logits=True)
+        assert rel_err(got, want) <= 1e-4, n   # strip-vs-dots tier, through the layers
+        # the 8-bit tier of test_8_bit_expert_path_matches_matmul (its batches of up to 40); not for
+        # gpt-oss, one of whose 40 tokens here is off by 0.43 with 8-bit activations on the unpacked
+        # model and on main's core too (6e-4 at "high"; likely an expert choice flipped by the rounding)
+        if n <= 40 and arch != "gpt-oss":
+            assert rel_err(got, ref.logits(ids[:n])) <= 6e-2
+    dec_packed, dec_plain = packed_and_plain(monkeypatch, path, n_batch=1)
+    got, want = dec_packed.eval(ids[:8], all_logits=True), dec_plain.eval(ids[:8], all_logits=True)
+    assert rel_err(got, want) <= 1e-3   # tier-1 reorderings of every matrix, through the layers
+    assert rel_err(got, ref.logits(ids[:8])) <= 6e-2
+
+
+@needs_packed_gemm
+def test_packed_experts_decode_equals_batch(tmp_path_factory):
+    """Packed experts give a token's row the same bits whatever the batch (moe.h: the packed GEMM
+    for every n, the one-token gemv included): 9 tokens decoded one by one, in batches of 3, and as
+    one batch of 9 (under 16 tokens: two-pass activations, as decode) give equal logits."""
+    path = moe_model(tmp_path_factory, "qwen3moe", "Q4_0")
+    ids = np.random.default_rng(11).integers(0, engine(path).n_vocab, 9).astype(np.int32)
+    whole = engine(path, n_batch=9).eval(ids, all_logits=True)
+    for n_batch in (1, 3):
+        got = engine(path, n_batch=n_batch).eval(ids, all_logits=True)
+        np.testing.assert_array_equal(got, whole, err_msg=f"n_batch {n_batch}")
+
+
+@needs_packed_gemm
+def test_packed_experts_under_scalar_kernels_equal_unpacked(tmp_path_factory, monkeypatch):
+    """Experts packed at load, then the scalar kernel set (no packed GEMM): strips are unpacked
+    and multiplied by the set's dots, exactly what the unpacked model computes (both paths: the
+    decode's float rows and the prefill's 8-bit expert rows, matmul_quantized_packed's fallback)."""
+    path = moe_model(tmp_path_factory, "qwen3moe", "Q8_0")
+    ids = np.random.default_rng(12).integers(0, engine(path).n_vocab, 30).astype(np.int32)
+    packed, plain = packed_and_plain(monkeypatch, path, n_batch=30)
+    dec_packed, dec_plain = packed_and_plain(monkeypatch, path, n_batch=1)
+    before = _core.cpu_get_kernels()
+    _core.cpu_set_kernels("scalar")
+    try:
+        np.testing.assert_array_equal(packed.eval(ids, all_logits=True), plain.eval(ids, all_logits=True))
+        np.testing.assert_array_equal(dec_packed.eval(ids[:4], all_logits=True), dec_plain.eval(ids[:4], all_logits=True))
+    finally:
+        _core.cpu_set_kernels(before)
+
+
+@needs_packed_gemm
+def test_packed_experts_batched_decode_equals_each_alone(tmp_path_factory):
+    """A decode step of several sessions (eval_batch: one MoE block over their tokens, under 16
+    rows so two-pass as decode) gives each session the bits of its decode alone: packed experts
+    go through the packed GEMM for the batch and the one-token gemv alone (the same bits)."""
+    import lowbit  # noqa: PLC0415
+    from lowbit.runtime.batch import eval_batch  # noqa: PLC0415
+    m = lowbit.load(moe_model(tmp_path_factory, "qwen3moe", "Q4_0"), n_ctx=64, n_threads=2, n_batch=16)
+    rng = np.random.default_rng(13)
+    prompts = [rng.integers(3, m.n_vocab, n).astype(np.int32) for n in (5, 9, 2, 7, 4)]
+    sessions = [m.session(64, n_batch=16) for _ in prompts]
+    alone = [m.session(64, n_batch=16) for _ in prompts]
+    for s, a, p in zip(sessions, alone, prompts):
+        s._engine.eval(p); s._cached_ids.extend(p.tolist())
+        a._engine.eval(p)
+    for step in range(3):
+        toks = [[int(t)] for t in rng.integers(3, m.n_vocab, len(prompts))]
+        got = eval_batch(list(zip(sessions, toks)))
+        for a, t, g in zip(alone, toks, got):
+            np.testing.assert_array_equal(g, a._engine.eval(np.asarray(t, np.int32)), err_msg=f"step {step}")
+    for s in sessions + alone:
+        s.close()
+    m.close()

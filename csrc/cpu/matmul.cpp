@@ -562,6 +562,25 @@ void matmul_quantized(const void* weights, GGMLType type, int64_t rows, int64_t 
     dots_matmul(ks, weights, type, rows, cols, q, n, y, pool);
 }
 
+void matmul_quantized_packed(const void* packed, GGMLType type, int64_t rows, int64_t cols, const void* const* act,
+                             int64_t n, float* y, ThreadPool& pool) {
+    check_matmul_shape(type, rows, cols);
+    LOWBIT_CHECK(PackedLayout::has(type), ValueError, "GGML type id ", uint32_t(type), " has no packed layout");
+    const ActFormat fmt = act_format(type);
+    LOWBIT_CHECK(fmt != ActFormat::F32, ValueError, "matmul_quantized_packed: GGML type id ", uint32_t(type),
+                 " takes float activations, not quantized rows");
+    if (n <= 0) return;
+    const KernelSet& ks = kernels();
+    const StripKernels* sk = strip_kernels_for(ks, type);
+    if (sk && !sk->packed) sk = nullptr;
+    QuantizedActs q;
+    lay_out_acts(ks, type, cols, n, sk, q);
+    for (int64_t i = 0; i < n; ++i) place_act_row(q, type, fmt, cols, act[i], i);
+    if (!sk) return unpacked_matmul(ks, packed, type, rows, cols, q, n, y, pool);
+    if (n == 1 && sk->packed_gemv) return packed_matvec(*sk, packed, type, rows, cols, q, y, pool);
+    packed_matmul(*sk, packed, type, rows, cols, q, n, y, pool);
+}
+
 double read_bandwidth_gbs(ThreadPool& pool, int64_t bytes, int iters) {
     LOWBIT_CHECK(bytes >= (1 << 20) && bytes <= (int64_t(16) << 30), ValueError,
                  "read_bandwidth bytes ", bytes, " must be in [1 MiB, 16 GiB]");

@@ -18,8 +18,12 @@ constexpr float kOaiAlpha = 1.702f, kOaiLimit = 7.0f;   // gpt-oss's SwiGLU (lla
 constexpr float kMinWeightSum = 6.103515625e-5f;          // llama.cpp clamps the sum it divides by
 constexpr int64_t kPrefillTokens = 16;   // batches from this size on count as prefill (see moe_feed_forward)
 
+// y (n, w.rows) = x w^T. Packed weights (an expert or a shared-expert matrix repacked at load,
+// weights.h) take the packed GEMM for every n: a decode step's one-token gemv reads the strips in
+// place with requests ahead, and a token's row comes out the same whatever the batch.
 void project(const Matrix& w, const float* x, int64_t n, float* y, cpu::ThreadPool& pool, cpu::ActPrecision prec) {
-    if (n == 1) cpu::matvec(w.data, w.type, w.rows, w.cols, x, y, pool, prec);
+    if (w.packed) cpu::matmul_packed(w.packed, w.type, w.rows, w.cols, x, n, y, pool, prec);
+    else if (n == 1) cpu::matvec(w.data, w.type, w.rows, w.cols, x, y, pool, prec);
     else cpu::matmul(w.data, w.type, w.rows, w.cols, x, n, y, pool, prec);
 }
 
@@ -131,9 +135,12 @@ bool q8_experts(const LayerWeights& l) {
 
 // run_item on the 8-bit path: the item's xn rows from s.xq, its gated rows quantized into w.hq.
 // y (n, m.rows) = m . q[i] for the item's n q8 rows, on the calling thread (the worker's pool).
+// Packed experts: the packed GEMM in place for any number of rows (no strip decode to amortize,
+// so no threshold; cpu::matmul_quantized_packed).
 void expert_matmul(const Matrix& m, const void* const* q, int64_t n, float* y, MoeScratch::Worker& w,
                    int64_t strip_rows) {
-    cpu::matmul_quantized(m.data, m.type, m.rows, m.cols, q, n, y, w.pool, strip_rows);
+    if (m.packed) cpu::matmul_quantized_packed(m.packed, m.type, m.rows, m.cols, q, n, y, w.pool);
+    else cpu::matmul_quantized(m.data, m.type, m.rows, m.cols, q, n, y, w.pool, strip_rows);
 }
 
 void run_item_q8(const ModelConfig& c, const LayerWeights& l, const MoeScratch::Item& it, MoeScratch& s,

@@ -16,7 +16,10 @@
 // with fewer items than threads, one by one on the whole pool);
 // each slot's output lands in its own row, and each token's sum then runs over its experts in
 // ascending expert id, so a prefill and the same tokens decoded one at a time add the same terms
-// in the same order. With 8-bit activations (prefill under "auto") each token's row is quantized
+// in the same order. Experts of a type with a packed layout (cpu/kernels.h) are packed at load
+// (weights.h ExpertMatrices) and every expert matmul then reads the packed strips in place: a
+// decode step's one-token gemv, batches of any size through the packed GEMM (so a token's row has
+// the same bits whatever the batch). With 8-bit activations (prefill under "auto") each token's row is quantized
 // once per layer and the items multiply the quantized rows in place (moe.cpp, "8-bit prefill
 // path"), the largest items first.
 #pragma once

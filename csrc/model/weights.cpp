@@ -227,10 +227,14 @@ Matrix concat_rows(ModelWeights& w, std::initializer_list<const Matrix*> parts) 
 // Replaces the use of m's rows by a packed copy (PackedLayout) where the kernel set reads one in
 // place. The source stops being resident: a fused copy is freed, mapped pages are released (the
 // token embedding of a tied head keeps its mapping: lookups fault in the rows they read).
+// Whether matrices of `type` are repacked: the kernel set in use reads a packed layout of it in place.
+bool packable(GGMLType type) {
+    const cpu::StripKernels* sk = cpu::strip_kernels_for(cpu::kernels(), type);
+    return sk && sk->packed && cpu::PackedLayout::has(type);
+}
+
 void pack_matrix(ModelWeights& w, Matrix& m) {
-    if (!m.present() || m.packed || !m.data) return;
-    const cpu::StripKernels* sk = cpu::strip_kernels_for(cpu::kernels(), m.type);
-    if (!sk || !sk->packed || !cpu::PackedLayout::has(m.type)) return;
+    if (!m.present() || m.packed || !m.data || !packable(m.type)) return;
     AlignedBuffer<uint8_t> buf(size_t(cpu::packed_bytes(m.type, m.rows, m.cols)));
     cpu::pack_rows(m.type, m.rows, m.cols, m.data, size_t(m.row_bytes), buf.data());
     const size_t src_bytes = size_t(m.rows * m.row_bytes);
@@ -243,6 +247,24 @@ void pack_matrix(ModelWeights& w, Matrix& m) {
         release_pages(m.data, src_bytes);
     }
     m.packed = buf.data();
+    w.fused_bytes += buf.size();
+    w.packed_bytes += buf.size();
+    w.fused.push_back(std::move(buf));
+}
+
+// Every expert of x packed (ExpertMatrices) where its type is packable; the mapped pages of the
+// stacked tensor are released, so the packed copy replaces them (counted in fused / packed bytes).
+void pack_experts(ModelWeights& w, ExpertMatrices& x) {
+    const Matrix& m = x.first;
+    if (!x.present() || x.packed || !m.data || !packable(m.type)) return;
+    const int64_t per_expert = cpu::packed_bytes(m.type, m.rows, m.cols);
+    AlignedBuffer<uint8_t> buf(size_t(per_expert * x.n));
+    for (int64_t e = 0; e < x.n; ++e)
+        cpu::pack_rows(m.type, m.rows, m.cols, static_cast<const uint8_t*>(m.data) + e * x.stride, size_t(m.row_bytes),
+                       buf.data() + e * per_expert);
+    release_pages(m.data, size_t(x.n * x.stride));
+    x.packed = buf.data();
+    x.packed_stride = per_expert;
     w.fused_bytes += buf.size();
     w.packed_bytes += buf.size();
     w.fused.push_back(std::move(buf));
@@ -293,7 +315,7 @@ ModelWeights load_weights(const GGUFFile& f, const ModelConfig& c) {
         if (!l.wqkv.present()) l.wqkv = concat_rows(w, {&l.wq, &l.wk, &l.wv});
         if (!l.w_gate_up.present() && l.w_gate.present()) l.w_gate_up = concat_rows(w, {&l.w_gate, &l.w_up});
     }
-    if (repack_enabled()) {   // every dense matrix the forward multiplies through project()
+    if (repack_enabled()) {   // every matrix the forward multiplies through project(), experts included
         for (LayerWeights& l : w.layers) {
             if (l.wqkv.present()) pack_matrix(w, l.wqkv);
             else for (Matrix* m : {&l.wq, &l.wk, &l.wv}) pack_matrix(w, *m);
@@ -301,6 +323,8 @@ ModelWeights load_weights(const GGUFFile& f, const ModelConfig& c) {
             if (l.w_gate_up.present()) pack_matrix(w, l.w_gate_up);
             else for (Matrix* m : {&l.w_gate, &l.w_up}) pack_matrix(w, *m);
             pack_matrix(w, l.w_down);
+            for (ExpertMatrices* x : {&l.gate_exps, &l.up_exps, &l.down_exps}) pack_experts(w, *x);
+            for (Matrix* m : {&l.gate_shexp, &l.up_shexp, &l.down_shexp}) pack_matrix(w, *m);
         }
         pack_matrix(w, w.output);
         // A tied head's rows are the token embeddings: lookups read the packed copy too, so the

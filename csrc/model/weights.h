@@ -27,15 +27,21 @@ struct Matrix {
 using Vec = std::vector<float>;   // empty when the model has no such tensor
 
 // A stacked expert tensor as GGUF stores it: ne = [cols, rows, n], expert-major, so expert e is
-// the (rows, cols) matrix starting stride = rows * row_bytes bytes after expert e - 1.
+// the (rows, cols) matrix starting stride = rows * row_bytes bytes after expert e - 1. Where the
+// type has a packed layout, load_weights repacks every expert into one owned buffer (expert e's
+// packed strips at packed + e * packed_stride) and releases the mapped pages (first.data keeps
+// the mapping's address: a page read through it again would come back from the file).
 struct ExpertMatrices {
     Matrix first;                 // expert 0
     int64_t n = 0;                // experts
-    int64_t stride = 0;           // bytes per expert
+    int64_t stride = 0;           // bytes per expert in the mapping
+    const void* packed = nullptr; // all experts packed (cpu/kernels.h, PackedLayout), or null
+    int64_t packed_stride = 0;    // packed bytes per expert (cpu::packed_bytes, a multiple of 64)
     bool present() const { return first.present(); }
     Matrix expert(int64_t e) const {
         Matrix m = first;
         m.data = static_cast<const uint8_t*>(first.data) + e * stride;
+        if (packed) m.packed = static_cast<const uint8_t*>(packed) + e * packed_stride;
         return m;
     }
 };

@@ -224,15 +224,15 @@ Matrix concat_rows(ModelWeights& w, std::initializer_list<const Matrix*> parts) 
     return m;
 }
 
-// Replaces the use of m's rows by a packed copy (PackedLayout) where the kernel set reads one in
-// place. The source stops being resident: a fused copy is freed, mapped pages are released (the
-// token embedding of a tied head keeps its mapping: lookups fault in the rows they read).
 // Whether matrices of `type` are repacked: the kernel set in use reads a packed layout of it in place.
 bool packable(GGMLType type) {
     const cpu::StripKernels* sk = cpu::strip_kernels_for(cpu::kernels(), type);
     return sk && sk->packed && cpu::PackedLayout::has(type);
 }
 
+// Replaces the use of m's rows by a packed copy (PackedLayout) where the kernel set reads one in
+// place. The source stops being resident: a fused copy is freed, mapped pages are released (the
+// token embedding of a tied head keeps its mapping: lookups fault in the rows they read).
 void pack_matrix(ModelWeights& w, Matrix& m) {
     if (!m.present() || m.packed || !m.data || !packable(m.type)) return;
     AlignedBuffer<uint8_t> buf(size_t(cpu::packed_bytes(m.type, m.rows, m.cols)));

@@ -592,9 +592,9 @@ class RecordingBackend:
         self.slots, self.n_ctx, self.n_batch = self.inner.slots, self.inner.n_ctx, self.inner.n_batch
         self.log = []
 
-    def step(self, items):
+    def step(self, items, samplers=None):
         self.log.append([(slot.index, len(ids)) for slot, ids in items])
-        return self.inner.step(items)
+        return self.inner.step(items, samplers)
 
 
 def test_long_prompt_is_prefilled_in_chunks_beside_running_decodes(model_path):

@@ -8,9 +8,10 @@ one thread that advances every busy slot by one forward step at a time.
                                         + a chunk of each prefilling slot's prompt
                                         (at most prefill_chunk prompt tokens per step,
                                         so a long prompt does not stall the others)
-                       backend.step(items) -> last-token logits per item
-                       job.on_logits(logits): sample with the request's own sampler,
-                       emit text to the handler (thread-safe callback)
+                       backend.step(items, samplers) -> per item the token the core drew
+                       with the job's own sampler (job.on_token), or for a job that needs
+                       the row (grammar, log-probs) its last-token logits (job.on_logits
+                       samples them); emit text to the handler (thread-safe callback)
 
 A job that is cancelled (client gone) leaves its slot at the next step boundary; its cached
 tokens stay for the prefix reuse of later requests.
@@ -129,18 +130,32 @@ class Job:
             return self.request.prompt_ids[self.fed:self.fed + budget]
         return [self.next_token]
 
+    @property
+    def samples_in_core(self) -> bool:
+        """True when the core may draw this job's tokens right after the step (no grammar mask,
+        no log-probs: nothing needs the logits row in Python)."""
+        return self.guide is None and self.request.logprobs is None
+
     def on_logits(self, logits: np.ndarray) -> None:
         """Logits after the prompt or the last fed token: sample, emit, maybe finish."""
         if self.guide is None:
             token = self.sampler.sample(logits, self.history)
         else:                                        # the sampler on the tokens the grammar allows
             token = self.guide.sample(self.sampler, logits, self.history)
+        logprob = None
+        if self.request.logprobs is not None and token not in self.stop_ids:
+            logprob = token_logprob(logits, token, self.request.logprobs)
+        self.on_token(token, logprob)
+
+    def on_token(self, token: int, logprob: Optional[TokenLogprob] = None) -> None:
+        """The token drawn after the prompt or the last fed token (by on_logits, or by the core
+        with this job's sampler): emit, maybe finish."""
         complete = self.guide is not None and self.guide.accept(token)
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
             self.record.prefill_seconds = self.first_token_at - self.submitted_at
-        if self.request.logprobs is not None and token not in self.stop_ids:
-            self._pending_logprobs.append(token_logprob(logits, token, self.request.logprobs))
+        if logprob is not None:
+            self._pending_logprobs.append(logprob)
         if token in self.stop_ids:
             return self.finish("stop" if complete else "eos")
         self.record.tokens.append(token)
@@ -255,7 +270,9 @@ class Scheduler:
     """Runs jobs on ``backend.slots`` from a bounded queue, on one thread of its own.
 
     ``backend``: ``slots`` (list of Slot), ``n_ctx`` (tokens per slot) and
-    ``step([(slot, ids), ...]) -> [last-token logits, ...]``, one forward for all items."""
+    ``step([(slot, ids), ...], samplers) -> [result, ...]``, one forward for all items: per
+    item the last token's logits, or where ``samplers`` has (sampler, history) the token id the
+    core drew with that sampler (or the ValueError of a failed draw; see runtime/batch.py)."""
 
     def __init__(self, backend, *, max_queue: int, prefill_chunk: int, metrics=None):
         if max_queue < 0 or prefill_chunk < 1:
@@ -431,15 +448,20 @@ class Scheduler:
         if not items:
             return
         t0 = time.perf_counter()
+        # a job that draws its next token after this step (decoding, or its prompt's last chunk)
+        # and needs no logits row in Python is sampled in the core, right after the forward
+        samplers = [(slot.job.sampler, slot.job.history)
+                    if slot.job.samples_in_core and slot.job.fed + len(ids) >= len(slot.job.request.prompt_ids)
+                    else None for slot, ids in items]
         try:
-            all_logits = self.backend.step([(slot, np.asarray(ids, dtype=np.int32)) for slot, ids in items])
+            results = self.backend.step([(slot, np.asarray(ids, dtype=np.int32)) for slot, ids in items], samplers)
         except Exception as e:          # noqa: BLE001 - the requests of this step fail, the server goes on
             for slot, _ in items:       # (each session's cache still matches its token list)
                 slot.job.fail(500, f"the forward step failed: {type(e).__name__}: {e}")
                 slot.release()
             return
         generated = 0
-        for (slot, ids), logits in zip(items, all_logits):
+        for (slot, ids), result in zip(items, results):
             job = slot.job
             if job.prefilling:
                 job.fed += len(ids)
@@ -447,7 +469,12 @@ class Scheduler:
                     continue
             first = job.first_token_at is None
             try:
-                job.on_logits(logits)
+                if isinstance(result, Exception):       # the core's draw failed (NaN logits)
+                    raise result
+                if isinstance(result, int):
+                    job.on_token(result)
+                else:
+                    job.on_logits(result)
                 generated += 1
                 if first and self.metrics is not None and job.first_token_at is not None:
                     self.metrics.on_first_token(job.first_token_at - job.submitted_at)
@@ -483,5 +510,5 @@ class SessionBackend:
         self.n_ctx = model.n_ctx
         self.n_batch = model._engine.n_batch
 
-    def step(self, items):
-        return eval_batch([(slot.session, ids) for slot, ids in items])
+    def step(self, items, samplers=None):
+        return eval_batch([(slot.session, ids) for slot, ids in items], samplers=samplers)

@@ -3,7 +3,7 @@ and 8 concurrent streams, `lowbit serve --parallel C` against llama.cpp's server
 (llama-cpp-python's `python -m llama_cpp.server`) in the same run, on both real models.
 
     python bench/bench_serve.py [--threads 2] [--streams 1 4 8] [--requests 2] [--max-tokens 64]
-                                [--repeats 3] [--json bench/results/serve.json]
+                                [--repeats 3] [--stream-interval-ms MS] [--json bench/results/serve.json]
 
 Each of C client threads sends --requests streaming completions back to back (distinct raw
 prompts, temperature 0, max_tokens --max-tokens); tok/s = completion tokens of all requests /
@@ -72,10 +72,12 @@ def wait_ready(proc: subprocess.Popen, port: int, path: str) -> None:
     raise RuntimeError(f"server on port {port} not ready after {START_S} s")
 
 
-def start_lowbit(model_path: str, parallel: int, threads: int):
+def start_lowbit(model_path: str, parallel: int, threads: int, stream_interval_ms: Optional[float] = None):
     port = free_port()
     cmd = [sys.executable, "-m", "lowbit", "serve", model_path, "--port", str(port), "-q",
            "--parallel", str(parallel), "--threads", str(threads), "--n-ctx", str(N_CTX)]
+    if stream_interval_ms is not None:             # else the server's default
+        cmd += ["--stream-interval-ms", str(stream_interval_ms)]
     proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=PYTHON_DIR), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     wait_ready(proc, port, "/health")
@@ -234,7 +236,7 @@ def bench_model(name: str, args, vs_llama: bool) -> Dict:
     for _ in range(args.repeats):            # rounds interleaved: the load drifts alike for all rows
         generate.append(generate_baseline(path, args.threads, args.max_tokens))
         for c in args.streams:
-            proc, port = start_lowbit(path, c, args.threads)
+            proc, port = start_lowbit(path, c, args.threads, args.stream_interval_ms)
             try:
                 lowbit_runs[c].append(run_load(port, c, args.requests, args.max_tokens, proc.pid))
             finally:
@@ -304,6 +306,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=1, help="rounds of every row, interleaved; medians shown")
     ap.add_argument("--models", nargs="*", default=MODELS)
     ap.add_argument("--llama-python", default=LLAMA_PYTHON)
+    ap.add_argument("--stream-interval-ms", type=float, default=None,
+                    help="lowbit serve's --stream-interval-ms (default: the server's default)")
     ap.add_argument("--json", help="write the reports to this file")
     args = ap.parse_args()
     if args.repeats < 1 or args.requests < 1 or not args.streams:
@@ -315,7 +319,7 @@ def main() -> int:
     reports = [bench_model(m, args, why is None) for m in args.models]
     out = {"load_average_before": load_before, "load_average_after": os.getloadavg(),
            "threads": args.threads, "max_tokens": args.max_tokens, "requests_per_stream": args.requests,
-           "repeats": args.repeats,
+           "repeats": args.repeats, "stream_interval_ms": args.stream_interval_ms,
            "reports": reports}
     print(table(reports))
     print(f"load average before {load_before[0]:.2f}, after {out['load_average_after'][0]:.2f}")

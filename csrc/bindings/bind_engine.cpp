@@ -244,6 +244,16 @@ void bind_engine(py::module_& m) {
           "last token's logits (n_vocab,), or with hidden=True the output-normed hidden states (n, n_embd) of all "
           "its tokens; a sampled item gives the token its sampler draws from the last row (history: the penalty "
           "window), or a ValueError instance when that draw failed.");
+    m.def("n_past_of", [](const std::vector<Engine*>& engines) {
+              for (size_t i = 0; i < engines.size(); ++i)
+                  LOWBIT_CHECK(engines[i], ValueError, "n_past_of: item ", i, " is not a session");
+              py::gil_scoped_release nogil;     // each read waits for that engine's running call
+              std::vector<int64_t> out;
+              for (Engine* e : engines) out.push_back(e->n_past());
+              return out;
+          }, py::arg("engines"),
+          "n_past of each engine, read in one call (one release of the GIL for all, where the property "
+          "takes one each: a scheduler between steps must not hand the GIL to other threads N times).");
     m.def("supported_architectures", []() { return std::string(model::supported_architectures()); },
           "Comma-separated architectures the engine runs.");
     py::class_<Engine>(m, "Engine", "Decoding engine over one GGUF model: KV cache, batched prefill, decode.")

@@ -95,16 +95,22 @@ def eval_batch(items: Sequence[Tuple["Session", Sequence[int]]], *, hidden: bool
                 raise LowbitError(f"eval_batch item {i}: this {type(session).__name__} is closed")
             if session._active is not None:
                 raise LowbitError(f"eval_batch item {i}: the session is busy with a generation or an open stream")
-        for session, _ in pairs:         # after a failed prefill the token list was dropped: realign
-            if session._engine.n_past != len(session._cached_ids):
+        # after a failed prefill the token list was dropped: realign (the n_past of all sessions
+        # in one call: each read releases the GIL, which a server's event loop then takes)
+        for (session, _), n_past in zip(pairs, _core.n_past_of([s._engine for s, _ in pairs])):
+            if n_past != len(session._cached_ids):
                 session._engine.truncate(len(session._cached_ids))
                 del session._cached_ids[session._engine.n_past:]
         before = [len(s._cached_ids) for s, _ in pairs]
+        completed = False
         try:
-            return _core.eval_batch(core_items, hidden=hidden)
-        finally:   # each session's token list follows what its cache now holds
-            for (session, ids), n0 in zip(pairs, before):
-                done = session._engine.n_past - n0
+            results = _core.eval_batch(core_items, hidden=hidden)
+            completed = True
+            return results
+        finally:   # each session's token list follows what its cache now holds: all its tokens
+            after = None if completed else _core.n_past_of([s._engine for s, _ in pairs])   # after a cancel
+            for i, ((session, ids), n0) in enumerate(zip(pairs, before)):
+                done = len(ids) if after is None else after[i] - n0
                 session._cached_ids.extend(ids[:max(done, 0)].tolist())
     finally:
         for session in reversed(held):

@@ -92,11 +92,17 @@ def token_logprob(logits: np.ndarray, token: int, k: int) -> TokenLogprob:
 
 
 class Job:
-    """One request's generation. The scheduler feeds it tokens' logits; it samples with its own
-    sampler, holds back stop-string prefixes and incomplete UTF-8, and emits Piece / Done /
-    Failed events through ``emit`` (called on the scheduler thread)."""
+    """One request's generation. The scheduler feeds it tokens (or logits, which it samples with
+    its own sampler), holds back stop-string prefixes and incomplete UTF-8, and emits Piece /
+    Done / Failed events through ``emit`` (called on the scheduler thread).
 
-    def __init__(self, request: GenRequest, tokenizer, stop_ids, emit: Callable[[object], None]):
+    ``piece_interval`` (seconds): text ready within that long of the last Piece joins the next
+    one (the first Piece and the text before Done go at once). Each Piece costs the server's
+    event loop an SSE chunk and the client a read, on the cores the forward runs on; 0 sends
+    every token's text as its own Piece (vLLM's stream_interval, counted in time)."""
+
+    def __init__(self, request: GenRequest, tokenizer, stop_ids, emit: Callable[[object], None],
+                 piece_interval: float = 0.0):
         self.request = request
         self.sampler = Sampler(request.params)
         self.stops = StopMatcher(request.stop)
@@ -113,6 +119,9 @@ class Job:
         self.first_token_at: Optional[float] = None
         self._pending_logprobs: List[TokenLogprob] = []
         self._emit = emit
+        self.piece_interval = piece_interval
+        self._unsent = ""                  # text ready, held for the next Piece
+        self._piece_at: Optional[float] = None   # when the last Piece went
 
     def begin(self) -> None:
         """Admitted to a slot: the constraint's first mask is computed while the prompt is read."""
@@ -172,8 +181,15 @@ class Job:
 
     def _send_piece(self, text: str) -> None:
         self.record.text += text
-        self._emit(Piece(text, self._pending_logprobs))
-        self._pending_logprobs = []
+        self._unsent += text
+        now = time.perf_counter()
+        if self._piece_at is None or now - self._piece_at >= self.piece_interval:
+            self._flush_piece(now)
+
+    def _flush_piece(self, now: float) -> None:
+        if self._unsent:
+            self._emit(Piece(self._unsent, self._pending_logprobs))
+            self._unsent, self._pending_logprobs, self._piece_at = "", [], now
 
     def finish(self, reason: str, flush: Optional[bool] = None) -> None:
         """End the generation with a Generation finish reason (eos, stop, length, context,
@@ -185,6 +201,7 @@ class Job:
             tail = self.stops.push(self.utf8.flush())[0] + self.stops.flush()
             if tail:
                 self._send_piece(tail)
+        self._flush_piece(time.perf_counter())
         rec = self.record
         rec.finish_reason = reason
         if self.first_token_at is not None:
@@ -289,9 +306,12 @@ class Scheduler:
         self._cond = threading.Condition()
         self._stopping = False
         self.error: Optional[BaseException] = None     # what ended the loop, if it crashed
-        # called on the scheduler thread after each iteration (admissions, one step, its
-        # sampling) and when the loop ends: the HTTP side hands the iteration's events over here
-        self.after_iteration: List[Callable[[], None]] = []
+        # called on the scheduler thread right before it computes or waits (a forward step, an
+        # exclusive job, going idle) and when the loop ends: the HTTP side hands the events
+        # posted since over here, so the event loop writes them while this thread holds no GIL
+        # (woken at the end of an iteration instead, the loop took the GIL from the scheduler's
+        # Python between two steps, while the engine's threads waited)
+        self.hand_over: List[Callable[[], None]] = []
         self._thread = threading.Thread(target=self._loop, name="lowbit-scheduler", daemon=True)
 
     # ---- the HTTP side ----------------------------------------------------------------------
@@ -344,6 +364,8 @@ class Scheduler:
     def _loop(self) -> None:
         try:
             while True:
+                if not self._pending and not self.busy_slots():
+                    self._run_hooks()               # going idle: the last step's events go now
                 with self._cond:
                     while not self._stopping and not self._pending and not self.busy_slots():
                         self._cond.wait()
@@ -352,11 +374,11 @@ class Scheduler:
                     batch = self._pop_admissible()
                 for job in batch:
                     if isinstance(job, ExclusiveJob):
+                        self._run_hooks()
                         job.run()
                     else:
                         self._admit(job)
                 self._step()
-                self._run_hooks()
         except BaseException as e:      # noqa: BLE001 - a bug: health reports it, clients get 500
             self.error = e
             raise
@@ -367,7 +389,7 @@ class Scheduler:
             self._run_hooks()
 
     def _run_hooks(self) -> None:
-        for hook in self.after_iteration:
+        for hook in self.hand_over:
             hook()
 
     def _pop_admissible(self) -> list:
@@ -429,7 +451,7 @@ class Scheduler:
                 slot.release()
             elif job.prefilling:
                 prefilling.append(slot)
-            elif slot.session.n_past >= self.n_ctx:
+            elif len(job.history) - 1 >= self.n_ctx:   # the cache's n_past: the last drawn token is not in it
                 job.finish("context")          # the slot's context is full
                 slot.release()
             else:
@@ -446,6 +468,7 @@ class Scheduler:
     def _step(self) -> None:
         items = self._step_items()
         if not items:
+            self._run_hooks()
             return
         t0 = time.perf_counter()
         # a job that draws its next token after this step (decoding, or its prompt's last chunk)
@@ -453,8 +476,10 @@ class Scheduler:
         samplers = [(slot.job.sampler, slot.job.history)
                     if slot.job.samples_in_core and slot.job.fed + len(ids) >= len(slot.job.request.prompt_ids)
                     else None for slot, ids in items]
+        batch = [(slot, np.asarray(ids, dtype=np.int32)) for slot, ids in items]
+        self._run_hooks()               # the events of the last step go while this one computes
         try:
-            results = self.backend.step([(slot, np.asarray(ids, dtype=np.int32)) for slot, ids in items], samplers)
+            results = self.backend.step(batch, samplers)
         except Exception as e:          # noqa: BLE001 - the requests of this step fail, the server goes on
             for slot, _ in items:       # (each session's cache still matches its token list)
                 slot.job.fail(500, f"the forward step failed: {type(e).__name__}: {e}")

@@ -67,9 +67,9 @@ def serve_child(path: str, parallel: int, threads: int, port: int, out: str, int
         totals["step_s"] += t1 - t0
         last_end[0] = t1 if self.busy_slots() else None
 
-    def timed_backend_step(self, items, samplers=None):
+    def timed_backend_step(self, items, *args, **kw):     # older trees: step(items)
         t0 = time.perf_counter()
-        result = backend_step(self, items) if samplers is None else backend_step(self, items, samplers)
+        result = backend_step(self, items, *args, **kw)
         totals["forward_s"] += time.perf_counter() - t0
         totals["steps"] += 1
         totals["rows"] += sum(len(ids) for _, ids in items)

@@ -218,6 +218,20 @@ def test_a_failed_draw_fails_its_item_only(real):
     a.close(); b.close()
 
 
+def test_before_compute_runs_once_after_the_checks(tiny):
+    """eval_batch's before_compute hook: not called when the Python-side checks fail, called
+    once right before the core's call otherwise (sessions locked, nothing evaluated yet; the
+    core's own checks come after it)."""
+    m = tiny("llama")
+    a, b = m.session(16), m.session(16)
+    seen = []
+    with pytest.raises(TypeError, match="item 1"):
+        eval_batch([(a, [1]), ("b", [2])], before_compute=lambda: seen.append("bad"))
+    eval_batch([(a, [1, 2]), (b, [3])], before_compute=lambda: seen.append((a.n_past, b.n_past)))
+    assert seen == [(0, 0)] and (a.n_past, b.n_past) == (2, 1)
+    a.close(); b.close()
+
+
 def test_sampler_arguments_are_checked(tiny):
     from lowbit.runtime.sampling import Sampler, SamplingParams
     m = tiny("llama")

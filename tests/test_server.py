@@ -611,9 +611,9 @@ class RecordingBackend:
         self.slots, self.n_ctx, self.n_batch = self.inner.slots, self.inner.n_ctx, self.inner.n_batch
         self.log = []
 
-    def step(self, items, samplers=None):
+    def step(self, items, samplers=None, before_compute=None):
         self.log.append([(slot.index, len(ids)) for slot, ids in items])
-        return self.inner.step(items, samplers)
+        return self.inner.step(items, samplers, before_compute)
 
 
 def test_long_prompt_is_prefilled_in_chunks_beside_running_decodes(model_path):
@@ -663,17 +663,20 @@ def test_long_prompt_is_prefilled_in_chunks_beside_running_decodes(model_path):
 
 
 def test_events_are_handed_over_before_each_forward_and_when_idle(model_path):
-    """Scheduler.hand_over (EventPost.flush in the server) runs right before every forward step,
-    so a step's events are written while the next step computes without the GIL, and once the
-    last job is done, before the scheduler waits: no event is held back while it idles."""
+    """Scheduler.hand_over (EventPost.flush in the server) runs inside every forward step right
+    before the core computes, so a step's events are written while the next step runs without
+    the GIL, and once the last job is done, before the scheduler waits: no event is held back
+    while it idles."""
     from lowbit.runtime.sampling import SamplingParams
     from lowbit.server.scheduler import Done, GenRequest, Job, Scheduler
     order = []
 
     class Ordered(RecordingBackend):
-        def step(self, items, samplers=None):
+        def step(self, items, samplers=None, before_compute=None):
             order.append("step")
-            return super().step(items, samplers)
+            out = super().step(items, samplers, before_compute)
+            order.append("computed")
+            return out
 
     with lowbit.load(model_path, n_ctx=N_CTX, n_threads=2) as m:
         sched = Scheduler(Ordered(m, 2), max_queue=4, prefill_chunk=64)
@@ -691,7 +694,7 @@ def test_events_are_handed_over_before_each_forward_and_when_idle(model_path):
         finally:
             sched.stop()
     steps = [i for i, what in enumerate(order) if what == "step"]
-    assert len(steps) >= 9 and all(order[i - 1] == "hand_over" for i in steps)
+    assert len(steps) >= 9 and all(order[i + 1:i + 3] == ["hand_over", "computed"] for i in steps), order
     last_done = max(i for i, what in enumerate(order) if what == "done")
     assert "hand_over" in order[last_done:] and "step" not in order[last_done:]
 

@@ -15,7 +15,7 @@ and ``session.cached_tokens`` always agree with what was evaluated).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -52,7 +52,8 @@ def _core_items(pairs, samplers) -> list:
 
 
 def eval_batch(items: Sequence[Tuple["Session", Sequence[int]]], *, hidden: bool = False,
-               samplers: Optional[Sequence[Optional[Tuple["Sampler", Sequence[int]]]]] = None) -> list:
+               samplers: Optional[Sequence[Optional[Tuple["Sampler", Sequence[int]]]]] = None,
+               before_compute: Optional[Callable[[], None]] = None) -> list:
     """Evaluate every item's tokens in one batched step. Returns per item the last token's logits
     (n_vocab,) float32, or with ``hidden=True`` the output-normed hidden states of all its tokens
     (n, n_embd) (what embeddings pool). The GIL is released while the core computes.
@@ -62,7 +63,12 @@ def eval_batch(items: Sequence[Tuple["Session", Sequence[int]]], *, hidden: bool
     the step, and its result is the token id (an int; the same id as ``sampler.sample(logits,
     history)`` on its logits) instead of a vocabulary-sized row; when that draw fails (NaN
     logits) its result is the ValueError, returned rather than raised so that the other items'
-    results stand."""
+    results stand.
+
+    ``before_compute``: called on this thread after the Python-side checks, right before the
+    core's call, which releases the GIL at once (nothing in between lets another thread take
+    it; the core's own checks, e.g. token ids, come after): a server hands its events over
+    there, so that its event loop writes them while the step runs."""
     from lowbit import _core
     from lowbit.runtime.model import Session
 
@@ -104,6 +110,8 @@ def eval_batch(items: Sequence[Tuple["Session", Sequence[int]]], *, hidden: bool
         before = [len(s._cached_ids) for s, _ in pairs]
         completed = False
         try:
+            if before_compute is not None:
+                before_compute()
             results = _core.eval_batch(core_items, hidden=hidden)
             completed = True
             return results

@@ -287,9 +287,10 @@ class Scheduler:
     """Runs jobs on ``backend.slots`` from a bounded queue, on one thread of its own.
 
     ``backend``: ``slots`` (list of Slot), ``n_ctx`` (tokens per slot) and
-    ``step([(slot, ids), ...], samplers) -> [result, ...]``, one forward for all items: per
-    item the last token's logits, or where ``samplers`` has (sampler, history) the token id the
-    core drew with that sampler (or the ValueError of a failed draw; see runtime/batch.py)."""
+    ``step([(slot, ids), ...], samplers, before_compute) -> [result, ...]``, one forward for all
+    items: per item the last token's logits, or where ``samplers`` has (sampler, history) the
+    token id the core drew with that sampler (or the ValueError of a failed draw); it calls
+    ``before_compute()`` right before the core computes (see runtime/batch.py)."""
 
     def __init__(self, backend, *, max_queue: int, prefill_chunk: int, metrics=None):
         if max_queue < 0 or prefill_chunk < 1:
@@ -306,11 +307,12 @@ class Scheduler:
         self._cond = threading.Condition()
         self._stopping = False
         self.error: Optional[BaseException] = None     # what ended the loop, if it crashed
-        # called on the scheduler thread right before it computes or waits (a forward step, an
-        # exclusive job, going idle) and when the loop ends: the HTTP side hands the events
-        # posted since over here, so the event loop writes them while this thread holds no GIL
-        # (woken at the end of an iteration instead, the loop took the GIL from the scheduler's
-        # Python between two steps, while the engine's threads waited)
+        # called on the scheduler thread right before it computes or waits (inside a forward
+        # step's eval_batch, after its checks, right before the core releases the GIL; before an
+        # exclusive job; before going idle) and when the loop ends: the HTTP side hands the
+        # events posted since over here, so the event loop writes them while this thread holds
+        # no GIL (woken at the end of an iteration instead, the loop took the GIL from the
+        # scheduler's Python between two steps, while the engine's threads waited)
         self.hand_over: List[Callable[[], None]] = []
         self._thread = threading.Thread(target=self._loop, name="lowbit-scheduler", daemon=True)
 
@@ -477,9 +479,8 @@ class Scheduler:
                     if slot.job.samples_in_core and slot.job.fed + len(ids) >= len(slot.job.request.prompt_ids)
                     else None for slot, ids in items]
         batch = [(slot, np.asarray(ids, dtype=np.int32)) for slot, ids in items]
-        self._run_hooks()               # the events of the last step go while this one computes
-        try:
-            results = self.backend.step(batch, samplers)
+        try:            # the last step's events go right before this one computes (hand_over)
+            results = self.backend.step(batch, samplers, before_compute=self._run_hooks)
         except Exception as e:          # noqa: BLE001 - the requests of this step fail, the server goes on
             for slot, _ in items:       # (each session's cache still matches its token list)
                 slot.job.fail(500, f"the forward step failed: {type(e).__name__}: {e}")
@@ -535,5 +536,6 @@ class SessionBackend:
         self.n_ctx = model.n_ctx
         self.n_batch = model._engine.n_batch
 
-    def step(self, items, samplers=None):
-        return eval_batch([(slot.session, ids) for slot, ids in items], samplers=samplers)
+    def step(self, items, samplers=None, before_compute=None):
+        return eval_batch([(slot.session, ids) for slot, ids in items], samplers=samplers,
+                          before_compute=before_compute)

@@ -40,7 +40,8 @@ def build_app(model, model_name: str, *, parallel: int = 1, max_queue: int = DEF
     that long of its last chunk waits for the next chunk (the first and the last go at once);
     0: a chunk per token (default DEFAULT_STREAM_INTERVAL_MS)."""
     interval = DEFAULT_STREAM_INTERVAL_MS if stream_interval_ms is None else stream_interval_ms
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 <= interval <= MAX_STREAM_INTERVAL_MS:
+    if (isinstance(interval, bool) or not isinstance(interval, (int, float))
+            or not 0 <= interval <= MAX_STREAM_INTERVAL_MS):
         raise ValueError(f"stream_interval_ms must be a number in [0, {MAX_STREAM_INTERVAL_MS:g}], got {interval!r}")
     require_server_deps()
     from lowbit.server.app import create_app

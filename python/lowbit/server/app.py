@@ -2,8 +2,8 @@
 
 Handlers validate and tokenize (in a worker thread: templates and long prompts take time; a
 short completion prompt on the loop), hand a Job to the scheduler and relay its events: one
-JSON response, or server-sent events ending with ``data: [DONE]``. A client that goes away cancels its job at once (its slot is
-free at the next step)."""
+JSON response, or server-sent events ending with ``data: [DONE]``. A client that goes away
+cancels its job at once (its slot is free at the next step)."""
 from __future__ import annotations
 
 import asyncio

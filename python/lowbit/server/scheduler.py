@@ -485,6 +485,7 @@ class Scheduler:
             for slot, _ in items:       # (each session's cache still matches its token list)
                 slot.job.fail(500, f"the forward step failed: {type(e).__name__}: {e}")
                 slot.release()
+            self._run_hooks()           # the step may have failed before its hand-over
             return
         generated = 0
         for (slot, ids), result in zip(items, results):

@@ -1,7 +1,10 @@
 """Aggregate decode speed of N sessions on one model, batched through eval_batch: tok/s at
 1, 2, 4, 8, 16 concurrent sequences on both real models (one step = one token of every
 session, one forward over all of them), next to N sessions decoded one after another
-(what N conversations get without batching) and the single-session Model.generate rate.
+(what N conversations get without batching) and the single-session Model.generate rate. The
+"sampled in the core" columns run the same batched steps with a greedy sampler per session
+passed to eval_batch (token ids out, as the server's decode steps), interleaved with the
+logits-row runs.
 
     python bench/bench_batch.py [--threads 2] [--steps 32] [--sessions 1 2 4 8 16] [--act-precision auto]
                                 [--json out.json]
@@ -25,6 +28,7 @@ import numpy as np
 import lowbit
 from lowbit.runtime import registry
 from lowbit.runtime.batch import eval_batch
+from lowbit.runtime.sampling import Sampler, SamplingParams
 
 MODELS = ["smollm2-135m-instruct", "gemma3-270m"]
 PROMPT_TOKENS = 32
@@ -34,7 +38,7 @@ def decode_rates(model, n_sessions: int, steps: int, reps: int) -> dict:
     rng = np.random.default_rng(n_sessions)
     sessions = [model.session(PROMPT_TOKENS + steps + 8) for _ in range(n_sessions)]
     prompts = [rng.integers(100, model.n_vocab - 100, size=PROMPT_TOKENS) for _ in sessions]
-    batched, serial = [], []
+    batched, in_core, serial = [], [], []
     for _ in range(reps):
         for s, p in zip(sessions, prompts):
             s._engine.truncate(0); del s._cached_ids[:]
@@ -43,6 +47,15 @@ def decode_rates(model, n_sessions: int, steps: int, reps: int) -> dict:
         for _ in range(steps):
             logits = eval_batch([(s, [int(np.argmax(l))]) for s, l in zip(sessions, logits)])
         batched.append(n_sessions * steps / (time.perf_counter() - t0))
+        # the same steps with greedy samplers in the core (a server's decode): token ids out
+        for s, p in zip(sessions, prompts):
+            s._engine.truncate(0); del s._cached_ids[:]
+        samplers = [(Sampler(SamplingParams(temperature=0)), []) for _ in sessions]
+        tokens = eval_batch(list(zip(sessions, prompts)), samplers=samplers)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            tokens = eval_batch([(s, [t]) for s, t in zip(sessions, tokens)], samplers=samplers)
+        in_core.append(n_sessions * steps / (time.perf_counter() - t0))
     for _ in range(reps if n_sessions <= 4 else 1):   # serial is linear in N: one rep is plenty
         for s, p in zip(sessions, prompts):
             s._engine.truncate(PROMPT_TOKENS)
@@ -53,7 +66,8 @@ def decode_rates(model, n_sessions: int, steps: int, reps: int) -> dict:
         serial.append(n_sessions * steps / (time.perf_counter() - t0))
     for s in sessions:
         s.close()
-    return {"sessions": n_sessions, "batched_tok_s": max(batched), "serial_tok_s": max(serial)}
+    return {"sessions": n_sessions, "batched_tok_s": max(batched), "sampled_in_core_tok_s": max(in_core),
+            "serial_tok_s": max(serial)}
 
 
 def bench(path: str, threads: int, counts, steps: int, reps: int, act_precision: str) -> dict:
@@ -61,19 +75,22 @@ def bench(path: str, threads: int, counts, steps: int, reps: int, act_precision:
     gen = model.generate("The history of", max_new_tokens=steps + 1, temperature=0)
     rows = [decode_rates(model, n, steps, reps) for n in counts]
     base = rows[0]["batched_tok_s"]
+    base_core = rows[0]["sampled_in_core_tok_s"]
     for r in rows:
         r["speedup_vs_1"] = r["batched_tok_s"] / base
+        r["in_core_speedup_vs_1"] = r["sampled_in_core_tok_s"] / base_core
     model.close()
     return {"model": os.path.basename(path), "threads": threads, "steps": steps, "act_precision": act_precision,
             "generate_decode_tok_s": gen.decode_tok_s, "rows": rows, "kernels": lowbit.cpu_features().get("kernels")}
 
 
 def table(reports) -> str:
-    lines = ["| model | sessions | batched tok/s | x vs 1 | one-by-one tok/s | Model.generate tok/s |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| model | sessions | batched tok/s | x vs 1 | sampled in the core tok/s | x vs 1 | one-by-one tok/s | "
+             "Model.generate tok/s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for rep in reports:
         for r in rep["rows"]:
             lines.append(f"| {rep['model']} | {r['sessions']} | {r['batched_tok_s']:.1f} | {r['speedup_vs_1']:.2f} | "
+                         f"{r['sampled_in_core_tok_s']:.1f} | {r['in_core_speedup_vs_1']:.2f} | "
                          f"{r['serial_tok_s']:.1f} | {rep['generate_decode_tok_s']:.1f} |")
     return "\n".join(lines)
 

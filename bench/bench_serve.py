@@ -3,13 +3,17 @@ and 8 concurrent streams, `lowbit serve --parallel C` against llama.cpp's server
 (llama-cpp-python's `python -m llama_cpp.server`) in the same run, on both real models.
 
     python bench/bench_serve.py [--threads 2] [--streams 1 4 8] [--requests 2] [--max-tokens 64]
-                                [--repeats 3] [--json bench/results/serve.json]
+                                [--repeats 3] [--stream-interval-ms MS] [--json bench/results/serve.json]
 
 Each of C client threads sends --requests streaming completions back to back (distinct raw
 prompts, temperature 0, max_tokens --max-tokens); tok/s = completion tokens of all requests /
 wall time from the first send to the last [DONE]; TTFT = send -> first content chunk. The row
 "Model.generate" is single-stream decode tok/s of the in-process API, the reference that one
-stream through the server should not fall below. With --repeats R every row is measured R
+stream through the server should not fall below. Extra columns, for reading the rows: "decode
+tok/s per stream" (tokens after the first / seconds after the first chunk, over the requests:
+Model.generate's decode_tok_s measured at the client), the server process's CPU time (all its
+threads) and this benchmark's clients' CPU time per generated token (they share the cores); the
+row "Model.generate end to end" counts its prefill too (all tokens / prefill + decode seconds). With --repeats R every row is measured R
 times, the rounds interleaved (Model.generate, lowbit at each stream count, llama.cpp's server at
 each, then again), and the table shows the median with the range; each run records the 1-minute
 load average at its end (a shared machine moves these figures by tens of percent).
@@ -25,6 +29,7 @@ import argparse
 import http.client
 import json
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -67,10 +72,12 @@ def wait_ready(proc: subprocess.Popen, port: int, path: str) -> None:
     raise RuntimeError(f"server on port {port} not ready after {START_S} s")
 
 
-def start_lowbit(model_path: str, parallel: int, threads: int):
+def start_lowbit(model_path: str, parallel: int, threads: int, stream_interval_ms: Optional[float] = None):
     port = free_port()
     cmd = [sys.executable, "-m", "lowbit", "serve", model_path, "--port", str(port), "-q",
            "--parallel", str(parallel), "--threads", str(threads), "--n-ctx", str(N_CTX)]
+    if stream_interval_ms is not None:             # else the server's default
+        cmd += ["--stream-interval-ms", str(stream_interval_ms)]
     proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=PYTHON_DIR), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     wait_ready(proc, port, "/health")
@@ -127,7 +134,21 @@ def one_stream(port: int, prompt: str, max_tokens: int) -> Dict[str, float]:
             "seconds": time.perf_counter() - t0}
 
 
-def run_load(port: int, streams: int, requests: int, max_tokens: int) -> Dict[str, float]:
+def process_cpu_s(pid: Optional[int]) -> Optional[float]:
+    """User + system CPU seconds of process `pid` (all its threads) so far; None without one."""
+    if pid is None:
+        return None
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def client_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def run_load(port: int, streams: int, requests: int, max_tokens: int, pid: Optional[int] = None) -> Dict[str, float]:
     results: List[Dict[str, float]] = []
     errors: List[str] = []
     lock = threading.Lock()
@@ -145,6 +166,7 @@ def run_load(port: int, streams: int, requests: int, max_tokens: int) -> Dict[st
                 results.append(out)
 
     one_stream(port, "Hello", 4)                       # warm-up (first-call costs, caches)
+    server0, client0 = process_cpu_s(pid), client_cpu_s()
     t0 = time.perf_counter()
     threads = [threading.Thread(target=client, args=(i,)) for i in range(streams)]
     for t in threads:
@@ -152,21 +174,33 @@ def run_load(port: int, streams: int, requests: int, max_tokens: int) -> Dict[st
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    server_cpu = process_cpu_s(pid) - server0 if pid is not None else None
+    client_cpu = client_cpu_s() - client0
     ttfts = sorted(r["ttft"] for r in results)
     tokens = sum(r["tokens"] for r in results)
+    # the rate of Model.generate's decode_tok_s, per stream: tokens after the first / time after it
+    after_first = sum(r["seconds"] - r["ttft"] for r in results)
     return {"streams": streams, "requests": len(results), "errors": errors, "tokens": tokens, "wall_s": wall,
             "load_1m": os.getloadavg()[0],
             "tok_s": tokens / wall if wall > 0 else 0.0,
+            "decode_tok_s_per_stream": (sum(r["tokens"] - 1 for r in results) / after_first
+                                        if after_first > 0 else None),
+            "server_cpu_ms_per_token": 1e3 * server_cpu / tokens if server_cpu is not None and tokens else None,
+            "client_cpu_ms_per_token": 1e3 * client_cpu / tokens if tokens else None,
             "ttft_p50_s": statistics.median(ttfts) if ttfts else None,
             "ttft_p95_s": ttfts[min(len(ttfts) - 1, int(round(0.95 * (len(ttfts) - 1))))] if ttfts else None}
 
 
-def generate_baseline(model_path: str, threads: int, max_tokens: int) -> float:
-    """Decode tok/s of Model.generate on the first bench prompt (one stream, greedy)."""
+def generate_baseline(model_path: str, threads: int, max_tokens: int) -> Dict[str, float]:
+    """Model.generate on the first bench prompt (one stream, greedy): decode tok/s (the
+    reference), and end to end (all generated tokens / prefill + decode seconds: what the
+    server's tok/s counts, less the HTTP and tokenization)."""
     with lowbit.load(model_path, n_ctx=N_CTX, n_threads=threads) as m:
         prompt = f"A long, detailed essay about {TOPICS[0]}.\n\n"
         m.generate(prompt, max_new_tokens=4, temperature=0)
-        return m.generate(prompt, max_new_tokens=max_tokens, temperature=0).decode_tok_s
+        g = m.generate(prompt, max_new_tokens=max_tokens, temperature=0)
+        return {"decode_tok_s": g.decode_tok_s,
+                "e2e_tok_s": g.generated_tokens / (g.prefill_seconds + g.decode_seconds)}
 
 
 def llama_cpp_usable(python: str) -> Optional[str]:
@@ -182,7 +216,14 @@ def median_row(runs: List[Dict]) -> Dict:
     ttft50 = [r["ttft_p50_s"] for r in runs if r["ttft_p50_s"] is not None]
     ttft95 = [r["ttft_p95_s"] for r in runs if r["ttft_p95_s"] is not None]
     rates = [r["tok_s"] for r in runs]
+
+    def median_of(key):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        return statistics.median(values) if values else None
     return {"streams": runs[0]["streams"], "tok_s": statistics.median(rates), "tok_s_min": min(rates),
+            "decode_tok_s_per_stream": median_of("decode_tok_s_per_stream"),
+            "server_cpu_ms_per_token": median_of("server_cpu_ms_per_token"),
+            "client_cpu_ms_per_token": median_of("client_cpu_ms_per_token"),
             "tok_s_max": max(rates), "ttft_p50_s": statistics.median(ttft50) if ttft50 else None,
             "ttft_p95_s": statistics.median(ttft95) if ttft95 else None,
             "requests": sum(r["requests"] for r in runs), "errors": [e for r in runs for e in r["errors"]],
@@ -195,19 +236,20 @@ def bench_model(name: str, args, vs_llama: bool) -> Dict:
     for _ in range(args.repeats):            # rounds interleaved: the load drifts alike for all rows
         generate.append(generate_baseline(path, args.threads, args.max_tokens))
         for c in args.streams:
-            proc, port = start_lowbit(path, c, args.threads)
+            proc, port = start_lowbit(path, c, args.threads, args.stream_interval_ms)
             try:
-                lowbit_runs[c].append(run_load(port, c, args.requests, args.max_tokens))
+                lowbit_runs[c].append(run_load(port, c, args.requests, args.max_tokens, proc.pid))
             finally:
                 stop(proc)
         if vs_llama:
             proc, port = start_llama_cpp(args.llama_python, path, args.threads)
             try:
                 for c in args.streams:
-                    llama_runs[c].append(run_load(port, c, args.requests, args.max_tokens))
+                    llama_runs[c].append(run_load(port, c, args.requests, args.max_tokens, proc.pid))
             finally:
                 stop(proc)
-    return {"model": name, "generate_tok_s": statistics.median(generate), "generate_runs": generate,
+    return {"model": name, "generate_tok_s": statistics.median(g["decode_tok_s"] for g in generate),
+            "generate_e2e_tok_s": statistics.median(g["e2e_tok_s"] for g in generate), "generate_runs": generate,
             "lowbit": [median_row(lowbit_runs[c]) for c in args.streams],
             "llama_cpp": [median_row(llama_runs[c]) for c in args.streams] if vs_llama else []}
 
@@ -218,11 +260,14 @@ def fmt(v, spec=".1f") -> str:
 
 def table(reports: List[Dict]) -> str:
     lines = ["| model | server | streams | tok/s (median) | range | vs 1 stream | TTFT p50 s | TTFT p95 s | "
-             "requests | load 1m |", "|---|---|---:|---:|---|---:|---:|---:|---:|---|"]
+             "decode tok/s per stream | server CPU ms/token | client CPU ms/token | requests | load 1m |",
+             "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for rep in reports:
-        gen = rep["generate_runs"]
+        gen = [g["decode_tok_s"] for g in rep["generate_runs"]]
         lines.append(f"| {rep['model']} | Model.generate | 1 | {fmt(rep['generate_tok_s'])} | "
-                     f"{fmt(min(gen))}-{fmt(max(gen))} | | | | | |")
+                     f"{fmt(min(gen))}-{fmt(max(gen))} | | | | {fmt(rep['generate_tok_s'])} | | | | |")
+        lines.append(f"| {rep['model']} | Model.generate end to end | 1 | {fmt(rep['generate_e2e_tok_s'])} | "
+                     f"| | | | | | | | |")
         for server in ("lowbit", "llama_cpp"):
             rows = rep[server]
             base = rows[0]["tok_s"] if rows else None
@@ -232,15 +277,23 @@ def table(reports: List[Dict]) -> str:
                 lines.append(f"| {rep['model']} | {server} | {row['streams']} | {fmt(row['tok_s'])} | "
                              f"{fmt(row['tok_s_min'])}-{fmt(row['tok_s_max'])} | {fmt(ratio, '.2f')}x | "
                              f"{fmt(row['ttft_p50_s'], '.3f')} | {fmt(row['ttft_p95_s'], '.3f')} | "
+                             f"{fmt(row.get('decode_tok_s_per_stream'))} | {fmt(row.get('server_cpu_ms_per_token'), '.2f')} | "
+                             f"{fmt(row.get('client_cpu_ms_per_token'), '.2f')} | "
                              f"{row['requests']}{err} | {', '.join(f'{x:.1f}' for x in row['load_1m'])} |")
-        if rep["lowbit"] and rep["lowbit"][0]["streams"] == 1 and rep["generate_tok_s"]:
+        one = rep["lowbit"][0] if rep["lowbit"] and rep["lowbit"][0]["streams"] == 1 else None
+        if one and rep["generate_tok_s"]:
             lines.append(f"| {rep['model']} | lowbit 1 stream / Model.generate | 1 | "
-                         f"{rep['lowbit'][0]['tok_s'] / rep['generate_tok_s']:.2f}x | | | | | | |")
+                         f"{one['tok_s'] / rep['generate_tok_s']:.2f}x | | | | | | | | | |")
+            if one.get("decode_tok_s_per_stream"):
+                lines.append(f"| {rep['model']} | decode: lowbit 1 stream / Model.generate | 1 | "
+                             f"{one['decode_tok_s_per_stream'] / rep['generate_tok_s']:.2f}x | | | | | | | | | |")
+            lines.append(f"| {rep['model']} | end to end: lowbit 1 stream / Model.generate | 1 | "
+                         f"{one['tok_s'] / rep['generate_e2e_tok_s']:.2f}x | | | | | | | | | |")
         by_c = {r["streams"]: r["tok_s"] for r in rep["llama_cpp"]}
         for row in rep["lowbit"]:
             if by_c.get(row["streams"]):
                 lines.append(f"| {rep['model']} | lowbit / llama_cpp | {row['streams']} | "
-                             f"{row['tok_s'] / by_c[row['streams']]:.2f}x | | | | | | |")
+                             f"{row['tok_s'] / by_c[row['streams']]:.2f}x | | | | | | | | | |")
     return "\n".join(lines)
 
 
@@ -253,6 +306,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=1, help="rounds of every row, interleaved; medians shown")
     ap.add_argument("--models", nargs="*", default=MODELS)
     ap.add_argument("--llama-python", default=LLAMA_PYTHON)
+    ap.add_argument("--stream-interval-ms", type=float, default=None,
+                    help="lowbit serve's --stream-interval-ms (default: the server's default)")
     ap.add_argument("--json", help="write the reports to this file")
     args = ap.parse_args()
     if args.repeats < 1 or args.requests < 1 or not args.streams:
@@ -264,7 +319,7 @@ def main() -> int:
     reports = [bench_model(m, args, why is None) for m in args.models]
     out = {"load_average_before": load_before, "load_average_after": os.getloadavg(),
            "threads": args.threads, "max_tokens": args.max_tokens, "requests_per_stream": args.requests,
-           "repeats": args.repeats,
+           "repeats": args.repeats, "stream_interval_ms": args.stream_interval_ms,
            "reports": reports}
     print(table(reports))
     print(f"load average before {load_before[0]:.2f}, after {out['load_average_after'][0]:.2f}")

@@ -3,19 +3,21 @@ its scheduler (Scheduler._step, the backend's batched forward, each job's sampli
 hand-over, the time between steps), driven by bench_serve's streaming clients.
 
     python bench/profile_serve.py [--model smollm2-135m-instruct] [--streams 1 8] [--requests 3]
-                                  [--threads 2] [--json out.json]
+                                  [--threads 2] [--stream-interval-ms MS] [--json out.json]
 
 Per stream count, one fresh server: steps, prompt+decode rows per step, ms per step inside the
-batched forward (eval_batch), ms per token in Job.on_logits (sampling, stop strings, UTF-8 and
-posting the event), ms per step between steps (the scheduler loop, the event hand-over hooks),
-and the server's share of the scheduler thread's time outside the forward. The timers wrap the
-real methods; nothing else changes.
+batched forward (eval_batch, with the core's draws; and of that, inside the core's call), ms per token in Job.on_logits (sampling in
+Python, for jobs that need the logits row) and Job.on_token (stop strings, UTF-8, posting the
+event), ms per step between steps (the scheduler loop, the event hand-over hooks), the server's share of the scheduler thread's time outside the forward, and CPU time per generated
+token of the server's threads by role (event loop, scheduler, event relay, engine pools and the
+rest) and of the benchmark's own clients. The timers wrap the real methods; nothing else changes.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -24,15 +26,37 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def serve_child(path: str, parallel: int, threads: int, port: int, out: str) -> None:
+def thread_cpu() -> dict:
+    """CPU seconds of this process's threads by role: the event loop (HTTP, SSE), the scheduler
+    thread (Python between steps + its share of the forward as the pool's caller), the event
+    relay, and the rest (the engine pools' workers, anyio's tokenizer threads)."""
+    import threading
+    tick = os.sysconf("SC_CLK_TCK")
+    roles = {t.native_id: {"MainThread": "loop", "lowbit-scheduler": "scheduler", "lowbit-events": "relay"}[t.name]
+             for t in threading.enumerate() if t.name in ("MainThread", "lowbit-scheduler", "lowbit-events")}
+    cpu = {f"cpu_{r}_s": 0.0 for r in ("loop", "scheduler", "relay", "other")}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:                 # the thread ended
+            continue
+        cpu[f"cpu_{roles.get(int(tid), 'other')}_s"] += (int(fields[11]) + int(fields[12])) / tick
+    return cpu
+
+
+def serve_child(path: str, parallel: int, threads: int, port: int, out: str, interval: str) -> None:
     """The server with timers; writes its totals to `out` on SIGUSR1 and at exit."""
     import atexit
     import lowbit
-    from lowbit import server as srv
+    from lowbit import _core, server as srv
     from lowbit.server import scheduler as sch
-    totals = dict(steps=0, rows=0, tokens=0, step_s=0.0, forward_s=0.0, on_logits_s=0.0, between_s=0.0)
+    totals = dict(steps=0, rows=0, tokens=0, step_s=0.0, forward_s=0.0, core_s=0.0, on_logits_s=0.0,
+                  on_token_s=0.0, between_s=0.0)
     last_end = [None]
-    step, backend_step, on_logits = sch.Scheduler._step, sch.SessionBackend.step, sch.Job.on_logits
+    step, backend_step = sch.Scheduler._step, sch.SessionBackend.step
+    # a server from before on_token (PYTHONPATH on an older tree, for A/B runs): on_logits did it all
+    on_logits, on_token = sch.Job.on_logits, getattr(sch.Job, "on_token", None)
 
     def timed_step(self):
         t0 = time.perf_counter()
@@ -43,37 +67,56 @@ def serve_child(path: str, parallel: int, threads: int, port: int, out: str) -> 
         totals["step_s"] += t1 - t0
         last_end[0] = t1 if self.busy_slots() else None
 
-    def timed_backend_step(self, items):
+    def timed_backend_step(self, items, *args, **kw):     # older trees: step(items)
         t0 = time.perf_counter()
-        result = backend_step(self, items)
+        result = backend_step(self, items, *args, **kw)
         totals["forward_s"] += time.perf_counter() - t0
         totals["steps"] += 1
         totals["rows"] += sum(len(ids) for _, ids in items)
         return result
 
-    def timed_on_logits(self, logits):
+    core_eval_batch = _core.eval_batch
+
+    def timed_core_eval_batch(*args, **kw):     # the core's own step, inside backend.step
+        t0 = time.perf_counter()
+        try:
+            return core_eval_batch(*args, **kw)
+        finally:
+            totals["core_s"] += time.perf_counter() - t0
+
+    def timed_on_logits(self, logits):          # sampling in Python, then on_token
         t0 = time.perf_counter()
         on_logits(self, logits)
         totals["on_logits_s"] += time.perf_counter() - t0
+        totals["tokens"] += on_token is None
+
+    def timed_on_token(self, token, logprob=None):
+        t0 = time.perf_counter()
+        on_token(self, token, logprob)
+        totals["on_token_s"] += time.perf_counter() - t0
         totals["tokens"] += 1
 
     sch.Scheduler._step, sch.SessionBackend.step, sch.Job.on_logits = timed_step, timed_backend_step, timed_on_logits
+    _core.eval_batch = timed_core_eval_batch
+    if on_token is not None:
+        sch.Job.on_token = timed_on_token
 
     def dump(*_):
         with open(out, "w") as f:
-            json.dump(totals, f)
+            json.dump(dict(totals, **thread_cpu()), f)
     atexit.register(dump)
     signal.signal(signal.SIGUSR1, dump)
     model = lowbit.load(path, n_ctx=2048, n_threads=threads)
-    srv.serve(srv.build_app(model, "profiled", parallel=parallel), srv.bind("127.0.0.1", port))
+    extra = {} if interval == "default" else {"stream_interval_ms": float(interval)}   # older trees: no such option
+    srv.serve(srv.build_app(model, "profiled", parallel=parallel, **extra), srv.bind("127.0.0.1", port))
 
 
-def profile(path: str, streams: int, requests: int, threads: int, max_tokens: int) -> dict:
+def profile(path: str, streams: int, requests: int, threads: int, max_tokens: int, interval: str = "default") -> dict:
     import bench_serve
     port = bench_serve.free_port()
     out = f"/tmp/lowbit_profile_serve_{os.getpid()}_{streams}.json"
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", path, str(streams), str(threads),
-                             str(port), out], env=dict(os.environ, PYTHONPATH=bench_serve.PYTHON_DIR),
+                             str(port), out, interval], env=dict(os.environ, PYTHONPATH=bench_serve.PYTHON_DIR),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         bench_serve.wait_ready(proc, port, "/health")
@@ -82,7 +125,9 @@ def profile(path: str, streams: int, requests: int, threads: int, max_tokens: in
         time.sleep(0.5)
         with open(out) as f:
             before = json.load(f)
+        client0 = resource.getrusage(resource.RUSAGE_SELF)
         load = bench_serve.run_load(port, streams, requests, max_tokens)
+        client1 = resource.getrusage(resource.RUSAGE_SELF)
         proc.send_signal(signal.SIGUSR1)
         time.sleep(0.5)
         with open(out) as f:
@@ -92,19 +137,25 @@ def profile(path: str, streams: int, requests: int, threads: int, max_tokens: in
         if os.path.exists(out):
             os.remove(out)
     t = {k: after[k] - before[k] for k in after}
+    t["cpu_client_s"] = (client1.ru_utime + client1.ru_stime) - (client0.ru_utime + client0.ru_stime)
     steps, tokens = max(t["steps"], 1), max(t["tokens"], 1)
     outside = t["step_s"] - t["forward_s"] + t["between_s"]
     return {"streams": streams, "tok_s": load["tok_s"], "load_1m": load["load_1m"], "steps": t["steps"],
             "rows_per_step": t["rows"] / steps, "forward_ms_per_step": 1e3 * t["forward_s"] / steps,
+            "core_ms_per_step": 1e3 * t["core_s"] / steps,
             "on_logits_ms_per_token": 1e3 * t["on_logits_s"] / tokens,
+            "on_token_ms_per_token": 1e3 * t["on_token_s"] / tokens,
             "between_ms_per_step": 1e3 * t["between_s"] / steps,
-            "outside_forward_share": outside / max(outside + t["forward_s"], 1e-9), "totals": t}
+            "outside_forward_share": outside / max(outside + t["forward_s"], 1e-9),
+            "cpu_ms_per_token": {r: 1e3 * t[f"cpu_{r}_s"] / tokens
+                                 for r in ("loop", "scheduler", "relay", "other", "client")},
+            "totals": t}
 
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        path, parallel, threads, port, out = sys.argv[2:7]
-        serve_child(path, int(parallel), int(threads), int(port), out)
+        path, parallel, threads, port, out, interval = sys.argv[2:8]
+        serve_child(path, int(parallel), int(threads), int(port), out, interval)
         return 0
     from lowbit.runtime import registry
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -113,17 +164,22 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=3, help="streaming completions per client, back to back")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--stream-interval-ms", default="default",
+                    help="the server's stream_interval_ms (default: the server's default)")
     ap.add_argument("--json")
     args = ap.parse_args()
     path = str(registry.resolve(args.model, quiet=True))
-    rows = [profile(path, c, args.requests, args.threads, args.max_tokens) for c in args.streams]
-    print("| streams | tok/s | steps | rows/step | forward ms/step | on_logits ms/token | between steps ms | "
-          "outside the forward | load 1m |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows = [profile(path, c, args.requests, args.threads, args.max_tokens, args.stream_interval_ms)
+            for c in args.streams]
+    print("| streams | tok/s | steps | rows/step | forward ms/step | of which core | on_logits ms/token | on_token ms/token | "
+          "between steps ms | outside the forward | CPU ms/token: loop / scheduler / relay / pools+other / client "
+          "| load 1m |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for r in rows:
+        cpu = " / ".join(f"{r['cpu_ms_per_token'][k]:.2f}" for k in ("loop", "scheduler", "relay", "other", "client"))
         print(f"| {r['streams']} | {r['tok_s']:.1f} | {r['steps']} | {r['rows_per_step']:.2f} | "
-              f"{r['forward_ms_per_step']:.2f} | {r['on_logits_ms_per_token']:.3f} | {r['between_ms_per_step']:.2f} | "
-              f"{100 * r['outside_forward_share']:.1f} % | {r['load_1m']:.1f} |")
+              f"{r['forward_ms_per_step']:.2f} | {r['core_ms_per_step']:.2f} | {r['on_logits_ms_per_token']:.3f} | {r['on_token_ms_per_token']:.3f} | "
+              f"{r['between_ms_per_step']:.2f} | {100 * r['outside_forward_share']:.1f} % | {cpu} | {r['load_1m']:.1f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": args.model, "rows": rows}, f, indent=2)

@@ -166,6 +166,90 @@ def test_greedy_generations_through_eval_batch_equal_generate(real):
         s.close()
 
 
+# ---- sampling in the core: the same tokens as sampling the returned logits ---------------------
+
+SAMPLED_PARAMS = (dict(temperature=0),
+                  dict(temperature=0.9, seed=11),
+                  dict(temperature=1.2, top_k=0, top_p=0.9, min_p=0.0, seed=5),
+                  dict(temperature=0.7, seed=3, repetition_penalty=1.3, presence_penalty=0.6,
+                       frequency_penalty=0.4, logit_bias={13: 4.0, 42: -100}))
+
+
+def test_sampling_in_the_core_equals_sampling_the_logits(real):
+    """Two identical sets of sessions step side by side (same rows, same pass shapes: the same
+    logits bit for bit); one draws in the core (samplers=), the other samples the returned
+    rows with equal samplers: the same tokens at every step, greedy, seeded, penalized and
+    biased alike. An item without a sampler still gets its logits row."""
+    from lowbit.runtime.sampling import Sampler, SamplingParams
+    prompts = [real.tokenize(p) for p in GEN_PROMPTS] + [real.tokenize("The capital of France is")] * 2
+    params = [SamplingParams(**p) for p in SAMPLED_PARAMS]
+    n = len(params)
+    core_side, py_side = [real.session(128) for _ in range(n + 1)], [real.session(128) for _ in range(n + 1)]
+    core_samplers, py_samplers = [Sampler(p) for p in params], [Sampler(p) for p in params]
+    histories = [list(prompts[i % len(prompts)]) for i in range(n)]
+    feed = [prompts[i % len(prompts)] for i in range(n)] + [prompts[0]]
+    for _ in range(10):
+        entries = [(core_samplers[i], histories[i]) for i in range(n)] + [None]
+        drawn = eval_batch(list(zip(core_side, feed)), samplers=entries)
+        rows = eval_batch(list(zip(py_side, feed)))
+        want = [py_samplers[i].sample(rows[i], histories[i]) for i in range(n)]
+        assert drawn[:n] == want and all(type(t) is int for t in drawn[:n])
+        assert np.array_equal(drawn[n], rows[n])                    # the unsampled item: its row
+        for i, t in enumerate(want):
+            histories[i].append(t)
+        feed = [[t] for t in want] + [[int(np.argmax(rows[n]))]]
+    assert [s.cached_tokens for s in core_side] == [s.cached_tokens for s in py_side]
+    assert [s.counts for s in (c.core for c in core_samplers)] == [s.counts for s in (c.core for c in py_samplers)]
+    for s in core_side + py_side:
+        s.close()
+
+
+def test_a_failed_draw_fails_its_item_only(real):
+    """A sampler that raises in the core (a bias id outside the row) gives that item its
+    ValueError; the other item's token stands and both caches took the step."""
+    from lowbit.runtime.sampling import Sampler, SamplingParams
+    a, b = real.session(64), real.session(64)
+    good = Sampler(SamplingParams(temperature=0))
+    bad = Sampler(SamplingParams(temperature=0, logit_bias={real.n_vocab + 5: 1.0}))
+    out = eval_batch([(a, [1, 2, 3]), (b, [4, 5])], samplers=[(good, [1, 2, 3]), (bad, [4, 5])])
+    assert type(out[0]) is int and 0 <= out[0] < real.n_vocab
+    assert isinstance(out[1], ValueError) and "logit_bias" in str(out[1])
+    assert (a.n_past, b.n_past) == (3, 2) and b.cached_tokens == [4, 5]
+    a.close(); b.close()
+
+
+def test_before_compute_runs_once_after_the_checks(tiny):
+    """eval_batch's before_compute hook: not called when the Python-side checks fail, called
+    once right before the core's call otherwise (sessions locked, nothing evaluated yet; the
+    core's own checks come after it)."""
+    m = tiny("llama")
+    a, b = m.session(16), m.session(16)
+    seen = []
+    with pytest.raises(TypeError, match="item 1"):
+        eval_batch([(a, [1]), ("b", [2])], before_compute=lambda: seen.append("bad"))
+    eval_batch([(a, [1, 2]), (b, [3])], before_compute=lambda: seen.append((a.n_past, b.n_past)))
+    assert seen == [(0, 0)] and (a.n_past, b.n_past) == (2, 1)
+    a.close(); b.close()
+
+
+def test_sampler_arguments_are_checked(tiny):
+    from lowbit.runtime.sampling import Sampler, SamplingParams
+    m = tiny("llama")
+    a, b = m.session(16), m.session(16)
+    one = Sampler(SamplingParams(temperature=0))
+    cases = [
+        (dict(samplers=[(one, []), (one, [])]), ValueError, "items 0 and 1 share one sampler"),
+        (dict(samplers=[(one, [])]), ValueError, "1 samplers for 2 items"),
+        (dict(samplers=[(one, []), None], hidden=True), ValueError, "hidden"),
+        (dict(samplers=[one, None]), TypeError, "item 0: a sampler entry"),
+    ]
+    for kwargs, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            eval_batch([(a, [1]), (b, [2])], **kwargs)
+        assert a.n_past == 0 and b.n_past == 0
+    a.close(); b.close()
+
+
 # ---- errors name the item; nothing runs when the check fails ------------------------------------
 
 def test_errors_name_the_item(tiny):

@@ -165,6 +165,24 @@ def test_chat_stream_matches_non_stream(server):
     assert len({ch.id for ch in chunks}) == 1
 
 
+def test_stream_interval_joins_tokens_into_fewer_chunks(model_path, local):
+    """--stream-interval-ms: the first token's text goes at once; text of the tokens drawn within
+    the interval after it waits and goes as one chunk (here: the rest of the reply, sent before
+    the finish). The text is Model.generate's either way."""
+    prompt = "The three primary colours are"
+    want = local.generate(prompt, temperature=0, max_new_tokens=24)
+    s = Server(model_path, "--stream-interval-ms", "10000")
+    try:
+        chunks = list(s.client().completions.create(model=ALIAS, prompt=prompt, stream=True, temperature=0,
+                                                    max_tokens=24))
+    finally:
+        s.stop()
+    texts = [ch.choices[0].text for ch in chunks if ch.choices and ch.choices[0].text]
+    assert "".join(texts) == want.text and want.generated_tokens == 24
+    assert len(texts) == 2 and texts[0] == local.detokenize(want.tokens[:1])
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
 def test_stream_is_sse_ending_with_done(server):
     status, text = server.post("/v1/chat/completions", {"messages": ask("Hi"), "stream": True, "max_tokens": 4})
     assert status == 200
@@ -577,7 +595,8 @@ def run_cli(*args):
 
 
 @pytest.mark.parametrize("args,needle", [(["--port", "70000"], "--port"), (["--parallel", "0"], "--parallel"),
-                                         (["--queue-size", "-1"], "--queue-size")])
+                                         (["--queue-size", "-1"], "--queue-size"),
+                                         (["--stream-interval-ms", "-1"], "--stream-interval-ms")])
 def test_cli_usage_errors_exit_2(args, needle):
     r = run_cli(*args)
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) <= 2, r.stderr
@@ -592,9 +611,9 @@ class RecordingBackend:
         self.slots, self.n_ctx, self.n_batch = self.inner.slots, self.inner.n_ctx, self.inner.n_batch
         self.log = []
 
-    def step(self, items):
+    def step(self, items, samplers=None, before_compute=None):
         self.log.append([(slot.index, len(ids)) for slot, ids in items])
-        return self.inner.step(items)
+        return self.inner.step(items, samplers, before_compute)
 
 
 def test_long_prompt_is_prefilled_in_chunks_beside_running_decodes(model_path):
@@ -641,6 +660,43 @@ def test_long_prompt_is_prefilled_in_chunks_beside_running_decodes(model_path):
         for name, messages, n in (("short", short_msgs, 60), ("long", long_msgs, 8)):
             ref = m.chat(messages, temperature=0, max_new_tokens=n, repetition_penalty=1.0)
             assert done[name].tokens == ref.tokens and ref.tokens, name
+
+
+def test_events_are_handed_over_before_each_forward_and_when_idle(model_path):
+    """Scheduler.hand_over (EventPost.flush in the server) runs inside every forward step right
+    before the core computes, so a step's events are written while the next step runs without
+    the GIL, and once the last job is done, before the scheduler waits: no event is held back
+    while it idles."""
+    from lowbit.runtime.sampling import SamplingParams
+    from lowbit.server.scheduler import Done, GenRequest, Job, Scheduler
+    order = []
+
+    class Ordered(RecordingBackend):
+        def step(self, items, samplers=None, before_compute=None):
+            order.append("step")
+            out = super().step(items, samplers, before_compute)
+            order.append("computed")
+            return out
+
+    with lowbit.load(model_path, n_ctx=N_CTX, n_threads=2) as m:
+        sched = Scheduler(Ordered(m, 2), max_queue=4, prefill_chunk=64)
+        sched.hand_over.append(lambda: order.append("hand_over"))
+        sched.start()
+        try:
+            for n in (5, 9):
+                job = Job(GenRequest(m.tokenize("Once upon a time"), SamplingParams(temperature=0), n), m.tokenizer,
+                          [], lambda ev: order.append("done") if isinstance(ev, Done) else None)
+                sched.submit(job)
+            deadline = time.monotonic() + REQUEST_S
+            while order.count("done") < 2 or order[-1] != "hand_over":
+                assert time.monotonic() < deadline, order
+                time.sleep(0.01)
+        finally:
+            sched.stop()
+    steps = [i for i, what in enumerate(order) if what == "step"]
+    assert len(steps) >= 9 and all(order[i + 1:i + 3] == ["hand_over", "computed"] for i in steps), order
+    last_done = max(i for i, what in enumerate(order) if what == "done")
+    assert "hand_over" in order[last_done:] and "step" not in order[last_done:]
 
 
 def test_port_in_use_is_a_one_line_error_before_loading():

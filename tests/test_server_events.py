@@ -1,8 +1,9 @@
 """EventPost (server/app.py), the hand-over of job events from the scheduler thread to the
-event loop: what the scheduler thread posts during an iteration reaches the loop in order, all
-of it when the iteration ends, and the loop is woken from the relay thread, never from the
-scheduler thread (waking it there made the scheduler wait for the GIL while the loop wrote its
-SSE chunks: 5 ms a token under load). Events from other threads arrive at once."""
+event loop: what the scheduler thread posts reaches the loop in order, all of it when the
+scheduler hands over (Scheduler.hand_over: before its next forward or wait), and the loop is
+woken from the relay thread, never from the scheduler thread (waking it there made the
+scheduler wait for the GIL while the loop wrote its SSE chunks: 5 ms a token under load).
+Events from other threads arrive at once."""
 from __future__ import annotations
 
 import asyncio
@@ -18,11 +19,11 @@ WAIT_S = 30      # hang guard
 
 
 class SchedulerThread:
-    """What EventPost uses of a Scheduler (on_thread, after_iteration), on a real thread that
-    runs the given iterations and then its hooks, as Scheduler._loop does."""
+    """What EventPost uses of a Scheduler (on_thread, hand_over), on a real thread that runs the
+    given work and then its hand-over hooks, as Scheduler._loop does before its next forward."""
 
     def __init__(self):
-        self.after_iteration = []
+        self.hand_over = []
         self.thread = None
 
     def on_thread(self) -> bool:
@@ -31,7 +32,7 @@ class SchedulerThread:
     def run(self, iteration):
         def body():
             iteration()
-            for hook in self.after_iteration:
+            for hook in self.hand_over:
                 hook()
         self.thread = threading.Thread(target=body, name="lowbit-scheduler")
         self.thread.start()

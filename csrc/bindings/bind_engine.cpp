@@ -54,42 +54,78 @@ py::array_t<float> eval(Engine& e, const py::object& tokens, bool all_logits) {
     return out;
 }
 
-// _core.eval_batch: items = [(Engine, tokens), ...]; per item the last token's logits (n_vocab,),
-// or with hidden=True the output-normed hidden states of all its tokens (n, n_embd), no logits.
+// _core.eval_batch: items = [(Engine, tokens) or (Engine, tokens, Sampler, history)]; per item
+// the last token's logits (n_vocab,), or with hidden=True the output-normed hidden states of all
+// its tokens (n, n_embd); a sampled item (Sampler and its penalty window) gives the drawn token
+// id, or a ValueError instance (not raised: the other items' results stand) when its draw failed.
 py::list eval_batch(const py::sequence& items, bool hidden) {
     const size_t n_items = py::len(items);
     std::vector<std::vector<int32_t>> ids(n_items);
+    std::vector<std::vector<int64_t>> histories(n_items);
+    std::vector<int64_t> tokens(n_items, -1);
+    std::vector<std::string> errors(n_items);
     std::vector<runtime::BatchItem> batch(n_items);
-    py::list out;
+    std::vector<py::object> out(n_items);
     for (size_t i = 0; i < n_items; ++i) {
-        py::sequence pair = py::reinterpret_borrow<py::object>(items[i]);
-        LOWBIT_CHECK(py::isinstance<py::sequence>(items[i]) && py::len(pair) == 2, ValueError, "eval_batch item ", i,
-                     " must be a pair (session, token ids)");
+        LOWBIT_CHECK(py::isinstance<py::sequence>(items[i]), ValueError, "eval_batch item ", i,
+                     " must be a pair (session, token ids) or (session, token ids, sampler, history)");
+        py::sequence entry = py::reinterpret_borrow<py::object>(items[i]);
+        const size_t len = py::len(entry);
+        LOWBIT_CHECK(len == 2 || len == 4, ValueError, "eval_batch item ", i,
+                     " must be a pair (session, token ids) or (session, token ids, sampler, history)");
         Engine* e = nullptr;
+        sampling::Sampler* sampler = nullptr;
         try {
-            e = pair[0].cast<Engine*>();
+            e = entry[0].cast<Engine*>();
         } catch (const py::cast_error&) {
             throw ValueError(str("eval_batch item ", i, ": not a session"));
         }
         LOWBIT_CHECK(e, ValueError, "eval_batch item ", i, ": not a session");
         try {
-            ids[i] = token_ids(pair[1]);
+            ids[i] = token_ids(entry[1]);
         } catch (const ValueError& err) {
             throw ValueError(str("eval_batch item ", i, ": ", err.what()));
         }
         LOWBIT_CHECK(!ids[i].empty(), ValueError, "eval_batch item ", i, ": no tokens");
+        if (len == 4) {
+            LOWBIT_CHECK(!hidden, ValueError, "eval_batch item ", i, ": a sampled item with hidden=True");
+            try {
+                sampler = entry[2].cast<sampling::Sampler*>();
+                histories[i] = entry[3].cast<std::vector<int64_t>>();
+            } catch (const py::cast_error&) {
+                throw ValueError(str("eval_batch item ", i, ": expected a Sampler and a list of token ids"));
+            }
+            LOWBIT_CHECK(sampler, ValueError, "eval_batch item ", i, ": no sampler");
+        }
         const model::ModelConfig& c = e->config();
-        py::array_t<float> arr = hidden ? py::array_t<float>({int64_t(ids[i].size()), c.n_embd})
-                                        : py::array_t<float>({c.n_vocab});
-        batch[i] = runtime::BatchItem{e, ids[i].data(), int64_t(ids[i].size()), hidden ? nullptr : arr.mutable_data(),
-                                      hidden ? arr.mutable_data() : nullptr};
-        out.append(arr);
+        float* logits = nullptr;
+        float* hidden_out = nullptr;
+        if (hidden) {
+            py::array_t<float> arr({int64_t(ids[i].size()), c.n_embd});
+            hidden_out = arr.mutable_data();
+            out[i] = std::move(arr);
+        } else if (!sampler) {
+            py::array_t<float> arr({c.n_vocab});
+            logits = arr.mutable_data();
+            out[i] = std::move(arr);
+        }
+        batch[i] = runtime::BatchItem{e, ids[i].data(), int64_t(ids[i].size()), logits, hidden_out, sampler,
+                                      histories[i].data(), histories[i].size(), &tokens[i], &errors[i]};
     }
     {
         py::gil_scoped_release nogil;
         Engine::eval_batch(batch);
     }
-    return out;
+    py::list result;
+    for (size_t i = 0; i < n_items; ++i) {
+        if (!batch[i].sampler)
+            result.append(out[i]);
+        else if (errors[i].empty())
+            result.append(py::int_(tokens[i]));
+        else
+            result.append(py::handle(PyExc_ValueError)(py::str(errors[i])));
+    }
+    return result;
 }
 
 py::dict memory(const Engine& e) {
@@ -203,9 +239,21 @@ void bind_engine(py::module_& m) {
           "the engine share.");
     bind_observers(m);
     m.def("eval_batch", &eval_batch, py::arg("items"), py::arg("hidden") = false,
-          "items: [(Engine, tokens)]: each item's tokens appended at its engine's n_past, the weight matmuls run once "
-          "over the rows of all items per pass. Returns per item the last token's logits (n_vocab,), or with "
-          "hidden=True the output-normed hidden states (n, n_embd) of all its tokens.");
+          "items: [(Engine, tokens) or (Engine, tokens, Sampler, history)]: each item's tokens appended at its "
+          "engine's n_past, the weight matmuls run once over the rows of all items per pass. Returns per item the "
+          "last token's logits (n_vocab,), or with hidden=True the output-normed hidden states (n, n_embd) of all "
+          "its tokens; a sampled item gives the token its sampler draws from the last row (history: the penalty "
+          "window), or a ValueError instance when that draw failed.");
+    m.def("n_past_of", [](const std::vector<Engine*>& engines) {
+              for (size_t i = 0; i < engines.size(); ++i)
+                  LOWBIT_CHECK(engines[i], ValueError, "n_past_of: item ", i, " is not a session");
+              py::gil_scoped_release nogil;     // each read waits for that engine's running call
+              std::vector<int64_t> out;
+              for (Engine* e : engines) out.push_back(e->n_past());
+              return out;
+          }, py::arg("engines"),
+          "n_past of each engine, read in one call (one release of the GIL for all, where the property "
+          "takes one each: a scheduler between steps must not hand the GIL to other threads N times).");
     m.def("supported_architectures", []() { return std::string(model::supported_architectures()); },
           "Comma-separated architectures the engine runs.");
     py::class_<Engine>(m, "Engine", "Decoding engine over one GGUF model: KV cache, batched prefill, decode.")

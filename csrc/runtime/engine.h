@@ -46,12 +46,23 @@ class Engine;
 // One sequence of an eval_batch: tokens appended at that engine's own n_past. Outputs (nullptr:
 // not wanted): logits (n_vocab,) of the last token; hidden (n, n_embd) the output-normed hidden
 // state of every token (what embeddings pool).
+// Sampling in the core (a server's decode step: no vocabulary-sized row per item leaves the
+// core): with `sampler` set, the last token's logits go to the engine's own row (or to `logits`
+// when that is set too) and `sampler` draws from them once every pass is done (history: the
+// tokens so far, or the penalty window's tail); `token` gets the id, or `error` the message of
+// the sampler's ValueError (NaN logits...), which fails this item only. The draw is
+// Sampler::sample on the same row: the same id as sampling the returned logits.
 struct BatchItem {
     Engine* engine = nullptr;
     const int32_t* tokens = nullptr;
     int64_t n = 0;
     float* logits = nullptr;
     float* hidden = nullptr;
+    sampling::Sampler* sampler = nullptr;
+    const int64_t* history = nullptr;
+    size_t n_history = 0;
+    int64_t* token = nullptr;          // required with sampler
+    std::string* error = nullptr;      // required with sampler; left empty on success
 };
 
 class Engine {
@@ -75,6 +86,8 @@ public:
     // repeated engine, no tokens, a bad token id or a context overflow; Cancelled naming it when
     // its flag is set. A cancel during a pass throws Cancelled naming the item and drops that pass
     // (each engine's n_past counts the passes that completed: one pass when the rows fit).
+    // Items with a sampler are sampled after the last pass, side by side on the first item's
+    // pool (each sampler is its own; one sampler in two items is a ValueError).
     static void eval_batch(const std::vector<BatchItem>& items);
 
     // Makes this engine's cache hold the first n positions of `other`'s (same model and kv_type):
@@ -133,7 +146,8 @@ private:
     std::shared_ptr<model::MatmulObserver> observer_;   // kept alive while attached
     std::function<bool()> abort_check_;                  // set_abort_check's, or empty
     std::unique_ptr<model::ForwardState> batch_state_;  // eval_batch's rows when this engine leads one
-    std::vector<float> sample_logits_;                  // eval_sample's row (n_vocab), made on first use
+    std::vector<float> sample_logits_;                  // eval_sample's / eval_batch's sampled row (n_vocab),
+                                                        // made on first use
     int64_t n_ctx_ = 0, n_batch_ = 0, n_past_ = 0;
     int n_threads_ = 0;
 };

@@ -15,11 +15,15 @@ and ``session.cached_tokens`` always agree with what was evaluated).
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from lowbit.errors import LowbitError
+
+if TYPE_CHECKING:
+    from lowbit.runtime.model import Session
+    from lowbit.runtime.sampling import Sampler
 
 
 def _ids(tokens, index: int) -> np.ndarray:
@@ -31,16 +35,52 @@ def _ids(tokens, index: int) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
-def eval_batch(items: Sequence[Tuple["Session", Sequence[int]]], *, hidden: bool = False) -> List[np.ndarray]:
+def _core_items(pairs, samplers) -> list:
+    """(engine, ids) per item, or (engine, ids, core sampler, penalty window) for a sampled one."""
+    if samplers is None:
+        return [(s._engine, ids) for s, ids in pairs]
+    out = []
+    for i, ((session, ids), entry) in enumerate(zip(pairs, samplers)):
+        if entry is None:
+            out.append((session._engine, ids))
+            continue
+        if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and hasattr(entry[0], "window")):
+            raise TypeError(f"eval_batch item {i}: a sampler entry must be (Sampler, history) or None")
+        sampler, history = entry
+        out.append((session._engine, ids, sampler.core, sampler.window(history)))
+    return out
+
+
+def eval_batch(items: Sequence[Tuple["Session", Sequence[int]]], *, hidden: bool = False,
+               samplers: Optional[Sequence[Optional[Tuple["Sampler", Sequence[int]]]]] = None,
+               before_compute: Optional[Callable[[], None]] = None) -> list:
     """Evaluate every item's tokens in one batched step. Returns per item the last token's logits
     (n_vocab,) float32, or with ``hidden=True`` the output-normed hidden states of all its tokens
-    (n, n_embd) (what embeddings pool). The GIL is released while the core computes."""
+    (n, n_embd) (what embeddings pool). The GIL is released while the core computes.
+
+    ``samplers`` (one entry per item, or None): an item whose entry is ``(sampler, history)``
+    (a lowbit.runtime.sampling.Sampler and the tokens so far) is sampled in the core right after
+    the step, and its result is the token id (an int; the same id as ``sampler.sample(logits,
+    history)`` on its logits) instead of a vocabulary-sized row; when that draw fails (NaN
+    logits) its result is the ValueError, returned rather than raised so that the other items'
+    results stand.
+
+    ``before_compute``: called on this thread after the Python-side checks, right before the
+    core's call, which releases the GIL at once (nothing in between lets another thread take
+    it; the core's own checks, e.g. token ids, come after): a server hands its events over
+    there, so that its event loop writes them while the step runs."""
     from lowbit import _core
     from lowbit.runtime.model import Session
 
     items = list(items)
     if not items:
         raise ValueError("eval_batch needs at least one item")
+    if samplers is not None:
+        samplers = list(samplers)
+        if len(samplers) != len(items):
+            raise ValueError(f"eval_batch: {len(samplers)} samplers for {len(items)} items (one each, or None)")
+        if hidden and any(s is not None for s in samplers):
+            raise ValueError("eval_batch: samplers and hidden=True do not go together (hidden states are not sampled)")
     pairs = []
     for i, item in enumerate(items):
         if not (isinstance(item, (tuple, list)) and len(item) == 2):
@@ -49,6 +89,7 @@ def eval_batch(items: Sequence[Tuple["Session", Sequence[int]]], *, hidden: bool
         if not isinstance(session, Session):
             raise TypeError(f"eval_batch item {i}: expected a lowbit Session or Model, got {type(session).__name__}")
         pairs.append((session, _ids(tokens, i)))
+    core_items = _core_items(pairs, samplers)
     order = sorted(range(len(pairs)), key=lambda i: id(pairs[i][0]))   # one lock order for every caller
     held = []
     try:
@@ -60,16 +101,24 @@ def eval_batch(items: Sequence[Tuple["Session", Sequence[int]]], *, hidden: bool
                 raise LowbitError(f"eval_batch item {i}: this {type(session).__name__} is closed")
             if session._active is not None:
                 raise LowbitError(f"eval_batch item {i}: the session is busy with a generation or an open stream")
-        for session, _ in pairs:         # after a failed prefill the token list was dropped: realign
-            if session._engine.n_past != len(session._cached_ids):
+        # after a failed prefill the token list was dropped: realign (the n_past of all sessions
+        # in one call: each read releases the GIL, which a server's event loop then takes)
+        for (session, _), n_past in zip(pairs, _core.n_past_of([s._engine for s, _ in pairs])):
+            if n_past != len(session._cached_ids):
                 session._engine.truncate(len(session._cached_ids))
                 del session._cached_ids[session._engine.n_past:]
         before = [len(s._cached_ids) for s, _ in pairs]
+        completed = False
         try:
-            return _core.eval_batch([(s._engine, ids) for s, ids in pairs], hidden=hidden)
-        finally:   # each session's token list follows what its cache now holds
-            for (session, ids), n0 in zip(pairs, before):
-                done = session._engine.n_past - n0
+            if before_compute is not None:
+                before_compute()
+            results = _core.eval_batch(core_items, hidden=hidden)
+            completed = True
+            return results
+        finally:   # each session's token list follows what its cache now holds: all its tokens
+            after = None if completed else _core.n_past_of([s._engine for s, _ in pairs])   # after a cancel
+            for i, ((session, ids), n0) in enumerate(zip(pairs, before)):
+                done = len(ids) if after is None else after[i] - n0
                 session._cached_ids.extend(ids[:max(done, 0)].tolist())
     finally:
         for session in reversed(held):

@@ -15,6 +15,9 @@ DEFAULT_PORT = 8000
 DEFAULT_QUEUE = 64
 # prompt tokens per step: small enough that running streams keep flowing while a prompt is read
 DEFAULT_PREFILL_CHUNK = 256
+# a stream's text of tokens drawn within this many ms of its last chunk waits for the next one
+DEFAULT_STREAM_INTERVAL_MS = 0.0
+MAX_STREAM_INTERVAL_MS = 10000.0
 
 
 def require_server_deps() -> None:
@@ -30,9 +33,16 @@ def require_server_deps() -> None:
 
 
 def build_app(model, model_name: str, *, parallel: int = 1, max_queue: int = DEFAULT_QUEUE,
-              prefill_chunk: Optional[int] = None, api_key: Optional[str] = None):
+              prefill_chunk: Optional[int] = None, api_key: Optional[str] = None,
+              stream_interval_ms: Optional[float] = None):
     """The ASGI app serving ``model`` under ``model_name``; the server owns the model from now
-    on (its lifespan closes it)."""
+    on (its lifespan closes it). ``stream_interval_ms``: a stream's text of tokens drawn within
+    that long of its last chunk waits for the next chunk (the first and the last go at once);
+    0: a chunk per token (default DEFAULT_STREAM_INTERVAL_MS)."""
+    interval = DEFAULT_STREAM_INTERVAL_MS if stream_interval_ms is None else stream_interval_ms
+    if (isinstance(interval, bool) or not isinstance(interval, (int, float))
+            or not 0 <= interval <= MAX_STREAM_INTERVAL_MS):
+        raise ValueError(f"stream_interval_ms must be a number in [0, {MAX_STREAM_INTERVAL_MS:g}], got {interval!r}")
     require_server_deps()
     from lowbit.server.app import create_app
     from lowbit.server.metrics import Metrics
@@ -41,7 +51,7 @@ def build_app(model, model_name: str, *, parallel: int = 1, max_queue: int = DEF
     backend = SessionBackend(model, parallel)
     scheduler = Scheduler(backend, max_queue=max_queue, prefill_chunk=prefill_chunk or DEFAULT_PREFILL_CHUNK,
                           metrics=metrics)
-    return create_app(model, model_name, scheduler, metrics, api_key=api_key)
+    return create_app(model, model_name, scheduler, metrics, api_key=api_key, piece_interval=interval / 1000.0)
 
 
 def bind(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT):

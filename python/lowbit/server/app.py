@@ -1,9 +1,9 @@
 """The HTTP side of ``lowbit serve``: a Starlette app with OpenAI's endpoints on a Scheduler.
 
-Handlers validate and tokenize (in a worker thread: templates and long prompts take time),
-hand a Job to the scheduler and relay its events: one JSON response, or server-sent events
-ending with ``data: [DONE]``. A client that goes away cancels its job at once (its slot is
-free at the next step)."""
+Handlers validate and tokenize (in a worker thread: templates and long prompts take time; a
+short completion prompt on the loop), hand a Job to the scheduler and relay its events: one
+JSON response, or server-sent events ending with ``data: [DONE]``. A client that goes away
+cancels its job at once (its slot is free at the next step)."""
 from __future__ import annotations
 
 import asyncio
@@ -33,6 +33,9 @@ from lowbit.server.openai_api import ApiError, Reply
 from lowbit.server.scheduler import Done, ExclusiveJob, Failed, GenRequest, Job, Piece, QueueFull, Scheduler
 
 MAX_BODY_BYTES = 16 << 20
+# prompts up to this many characters are tokenized on the event loop (~70 us at 2,000 characters;
+# the thread-pool hop of longer ones costs more than the tokenizing of short ones)
+INLINE_TOKENIZE_CHARS = 2048
 
 
 @dataclass
@@ -45,6 +48,7 @@ class ServerState:
     started: int = 0
     memory: Optional[dict] = None       # bytes by part, see slots_memory
     post: Optional["EventPost"] = None  # made by the lifespan, on the serving loop
+    piece_interval: float = 0.0         # seconds: text of tokens this close together shares a Piece (Job)
 
     @property
     def aliases(self):
@@ -110,12 +114,14 @@ def endpoint(name: str, handler: Callable[[Request, ServerState], Awaitable[Resp
 
 class EventPost:
     """Job events from the scheduler thread into the event loop. What the scheduler thread posts
-    during one iteration (a forward step and the sampling after it) is handed to the loop by a
-    small relay thread when the iteration ends (Scheduler.after_iteration): the relay's wake-up
-    of the loop runs while the scheduler computes the next step with the GIL released. Waking the
-    loop from the scheduler thread itself (a socket write, which releases the GIL) let the loop
-    thread take the GIL and write its SSE chunks while the scheduler waited: 5 ms a token
-    (bench/RESULTS.md, "Serving: scheduler profile"). Events from other threads go at once."""
+    (a step's tokens, admissions' failures) is handed to the loop by a small relay thread when
+    the scheduler is about to compute or wait (Scheduler.hand_over: right before the next
+    forward, an exclusive job, going idle): the relay's wake-up of the loop and the loop's SSE
+    writes run while the scheduler computes with the GIL released. Waking the loop from the
+    scheduler thread itself (a socket write, which releases the GIL) let the loop thread take the
+    GIL and write its SSE chunks while the scheduler waited: 5 ms a token (bench/RESULTS.md,
+    "Serving: scheduler profile"); waking it at the end of an iteration let it take the GIL from
+    the scheduler's Python between two steps. Events from other threads go at once."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, scheduler: Scheduler):
         self.loop, self.scheduler = loop, scheduler
@@ -125,7 +131,7 @@ class EventPost:
         self._closed = False
         self._relay = threading.Thread(target=self._run_relay, name="lowbit-events", daemon=True)
         self._relay.start()
-        scheduler.after_iteration.append(self.flush)
+        scheduler.hand_over.append(self.flush)
 
     def post(self, queue: asyncio.Queue, event) -> None:
         if self.scheduler.on_thread():
@@ -196,7 +202,7 @@ async def run_job(request: Request, state: ServerState, gens: List[GenRequest], 
     the scheduler; their events arrive on one queue as (choice index, event)."""
     events = JobEvents(state.post)
     eot = sorted(state.model.tokenizer.eot_ids)
-    jobs = [Job(gen, state.model.tokenizer, eot, lambda event, i=i: events.emit((i, event)))
+    jobs = [Job(gen, state.model.tokenizer, eot, lambda event, i=i: events.emit((i, event)), state.piece_interval)
             for i, gen in enumerate(gens)]
     state.scheduler.submit(*jobs)
     replies = [reply.for_choice(i) for i in range(len(jobs))]
@@ -366,7 +372,10 @@ async def completions(request: Request, state: ServerState) -> Response:
         raise ApiError(400, "echo with logprobs is not supported (no prompt log-probs)", param="echo")
     model = state.model
     if isinstance(prompt, str):
-        ids = await run_in_threadpool(model.tokenize, prompt, True, True)
+        if len(prompt) <= INLINE_TOKENIZE_CHARS:     # microseconds: a worker thread's hop costs more
+            ids = model.tokenize(prompt, True, True)
+        else:
+            ids = await run_in_threadpool(model.tokenize, prompt, True, True)
         text = prompt
     else:
         bad = next((t for t in prompt if not 0 <= t < model.tokenizer.vocab_size), None)
@@ -459,8 +468,9 @@ async def not_found(request: Request, exc: HTTPException) -> Response:
 
 
 def create_app(model, model_name: str, scheduler: Scheduler, metrics_: Metrics,
-               api_key: Optional[str] = None) -> Starlette:
-    """The ASGI app; its lifespan starts the scheduler and stops it (then closes the model)."""
+               api_key: Optional[str] = None, piece_interval: float = 0.0) -> Starlette:
+    """The ASGI app; its lifespan starts the scheduler and stops it (then closes the model).
+    ``piece_interval``: see Job (seconds; 0: one SSE chunk per token)."""
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
@@ -486,5 +496,6 @@ def create_app(model, model_name: str, scheduler: Scheduler, metrics_: Metrics,
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: not_found})
     app.state.lowbit = ServerState(model, model_name, scheduler, metrics_, api_key, int(time.time()),
-                                   slots_memory([slot.session for slot in scheduler.slots]))
+                                   slots_memory([slot.session for slot in scheduler.slots]),
+                                   piece_interval=piece_interval)
     return app

@@ -8,9 +8,10 @@ one thread that advances every busy slot by one forward step at a time.
                                         + a chunk of each prefilling slot's prompt
                                         (at most prefill_chunk prompt tokens per step,
                                         so a long prompt does not stall the others)
-                       backend.step(items) -> last-token logits per item
-                       job.on_logits(logits): sample with the request's own sampler,
-                       emit text to the handler (thread-safe callback)
+                       backend.step(items, samplers) -> per item the token the core drew
+                       with the job's own sampler (job.on_token), or for a job that needs
+                       the row (grammar, log-probs) its last-token logits (job.on_logits
+                       samples them); emit text to the handler (thread-safe callback)
 
 A job that is cancelled (client gone) leaves its slot at the next step boundary; its cached
 tokens stay for the prefix reuse of later requests.
@@ -91,11 +92,17 @@ def token_logprob(logits: np.ndarray, token: int, k: int) -> TokenLogprob:
 
 
 class Job:
-    """One request's generation. The scheduler feeds it tokens' logits; it samples with its own
-    sampler, holds back stop-string prefixes and incomplete UTF-8, and emits Piece / Done /
-    Failed events through ``emit`` (called on the scheduler thread)."""
+    """One request's generation. The scheduler feeds it tokens (or logits, which it samples with
+    its own sampler), holds back stop-string prefixes and incomplete UTF-8, and emits Piece /
+    Done / Failed events through ``emit`` (called on the scheduler thread).
 
-    def __init__(self, request: GenRequest, tokenizer, stop_ids, emit: Callable[[object], None]):
+    ``piece_interval`` (seconds): text ready within that long of the last Piece joins the next
+    one (the first Piece and the text before Done go at once). Each Piece costs the server's
+    event loop an SSE chunk and the client a read, on the cores the forward runs on; 0 sends
+    every token's text as its own Piece (vLLM's stream_interval, counted in time)."""
+
+    def __init__(self, request: GenRequest, tokenizer, stop_ids, emit: Callable[[object], None],
+                 piece_interval: float = 0.0):
         self.request = request
         self.sampler = Sampler(request.params)
         self.stops = StopMatcher(request.stop)
@@ -112,6 +119,9 @@ class Job:
         self.first_token_at: Optional[float] = None
         self._pending_logprobs: List[TokenLogprob] = []
         self._emit = emit
+        self.piece_interval = piece_interval
+        self._unsent = ""                  # text ready, held for the next Piece
+        self._piece_at: Optional[float] = None   # when the last Piece went
 
     def begin(self) -> None:
         """Admitted to a slot: the constraint's first mask is computed while the prompt is read."""
@@ -129,18 +139,32 @@ class Job:
             return self.request.prompt_ids[self.fed:self.fed + budget]
         return [self.next_token]
 
+    @property
+    def samples_in_core(self) -> bool:
+        """True when the core may draw this job's tokens right after the step (no grammar mask,
+        no log-probs: nothing needs the logits row in Python)."""
+        return self.guide is None and self.request.logprobs is None
+
     def on_logits(self, logits: np.ndarray) -> None:
         """Logits after the prompt or the last fed token: sample, emit, maybe finish."""
         if self.guide is None:
             token = self.sampler.sample(logits, self.history)
         else:                                        # the sampler on the tokens the grammar allows
             token = self.guide.sample(self.sampler, logits, self.history)
+        logprob = None
+        if self.request.logprobs is not None and token not in self.stop_ids:
+            logprob = token_logprob(logits, token, self.request.logprobs)
+        self.on_token(token, logprob)
+
+    def on_token(self, token: int, logprob: Optional[TokenLogprob] = None) -> None:
+        """The token drawn after the prompt or the last fed token (by on_logits, or by the core
+        with this job's sampler): emit, maybe finish."""
         complete = self.guide is not None and self.guide.accept(token)
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
             self.record.prefill_seconds = self.first_token_at - self.submitted_at
-        if self.request.logprobs is not None and token not in self.stop_ids:
-            self._pending_logprobs.append(token_logprob(logits, token, self.request.logprobs))
+        if logprob is not None:
+            self._pending_logprobs.append(logprob)
         if token in self.stop_ids:
             return self.finish("stop" if complete else "eos")
         self.record.tokens.append(token)
@@ -157,8 +181,15 @@ class Job:
 
     def _send_piece(self, text: str) -> None:
         self.record.text += text
-        self._emit(Piece(text, self._pending_logprobs))
-        self._pending_logprobs = []
+        self._unsent += text
+        now = time.perf_counter()
+        if self._piece_at is None or now - self._piece_at >= self.piece_interval:
+            self._flush_piece(now)
+
+    def _flush_piece(self, now: float) -> None:
+        if self._unsent:
+            self._emit(Piece(self._unsent, self._pending_logprobs))
+            self._unsent, self._pending_logprobs, self._piece_at = "", [], now
 
     def finish(self, reason: str, flush: Optional[bool] = None) -> None:
         """End the generation with a Generation finish reason (eos, stop, length, context,
@@ -170,6 +201,7 @@ class Job:
             tail = self.stops.push(self.utf8.flush())[0] + self.stops.flush()
             if tail:
                 self._send_piece(tail)
+        self._flush_piece(time.perf_counter())
         rec = self.record
         rec.finish_reason = reason
         if self.first_token_at is not None:
@@ -255,7 +287,10 @@ class Scheduler:
     """Runs jobs on ``backend.slots`` from a bounded queue, on one thread of its own.
 
     ``backend``: ``slots`` (list of Slot), ``n_ctx`` (tokens per slot) and
-    ``step([(slot, ids), ...]) -> [last-token logits, ...]``, one forward for all items."""
+    ``step([(slot, ids), ...], samplers, before_compute) -> [result, ...]``, one forward for all
+    items: per item the last token's logits, or where ``samplers`` has (sampler, history) the
+    token id the core drew with that sampler (or the ValueError of a failed draw); it calls
+    ``before_compute()`` right before the core computes (see runtime/batch.py)."""
 
     def __init__(self, backend, *, max_queue: int, prefill_chunk: int, metrics=None):
         if max_queue < 0 or prefill_chunk < 1:
@@ -272,9 +307,13 @@ class Scheduler:
         self._cond = threading.Condition()
         self._stopping = False
         self.error: Optional[BaseException] = None     # what ended the loop, if it crashed
-        # called on the scheduler thread after each iteration (admissions, one step, its
-        # sampling) and when the loop ends: the HTTP side hands the iteration's events over here
-        self.after_iteration: List[Callable[[], None]] = []
+        # called on the scheduler thread right before it computes or waits (inside a forward
+        # step's eval_batch, after its checks, right before the core releases the GIL; before an
+        # exclusive job; before going idle) and when the loop ends: the HTTP side hands the
+        # events posted since over here, so the event loop writes them while this thread holds
+        # no GIL (woken at the end of an iteration instead, the loop took the GIL from the
+        # scheduler's Python between two steps, while the engine's threads waited)
+        self.hand_over: List[Callable[[], None]] = []
         self._thread = threading.Thread(target=self._loop, name="lowbit-scheduler", daemon=True)
 
     # ---- the HTTP side ----------------------------------------------------------------------
@@ -327,6 +366,8 @@ class Scheduler:
     def _loop(self) -> None:
         try:
             while True:
+                if not self._pending and not self.busy_slots():
+                    self._run_hooks()               # going idle: the last step's events go now
                 with self._cond:
                     while not self._stopping and not self._pending and not self.busy_slots():
                         self._cond.wait()
@@ -335,11 +376,11 @@ class Scheduler:
                     batch = self._pop_admissible()
                 for job in batch:
                     if isinstance(job, ExclusiveJob):
+                        self._run_hooks()
                         job.run()
                     else:
                         self._admit(job)
                 self._step()
-                self._run_hooks()
         except BaseException as e:      # noqa: BLE001 - a bug: health reports it, clients get 500
             self.error = e
             raise
@@ -350,7 +391,7 @@ class Scheduler:
             self._run_hooks()
 
     def _run_hooks(self) -> None:
-        for hook in self.after_iteration:
+        for hook in self.hand_over:
             hook()
 
     def _pop_admissible(self) -> list:
@@ -412,7 +453,7 @@ class Scheduler:
                 slot.release()
             elif job.prefilling:
                 prefilling.append(slot)
-            elif slot.session.n_past >= self.n_ctx:
+            elif len(job.history) - 1 >= self.n_ctx:   # the cache's n_past: the last drawn token is not in it
                 job.finish("context")          # the slot's context is full
                 slot.release()
             else:
@@ -429,17 +470,25 @@ class Scheduler:
     def _step(self) -> None:
         items = self._step_items()
         if not items:
+            self._run_hooks()
             return
         t0 = time.perf_counter()
-        try:
-            all_logits = self.backend.step([(slot, np.asarray(ids, dtype=np.int32)) for slot, ids in items])
+        # a job that draws its next token after this step (decoding, or its prompt's last chunk)
+        # and needs no logits row in Python is sampled in the core, right after the forward
+        samplers = [(slot.job.sampler, slot.job.history)
+                    if slot.job.samples_in_core and slot.job.fed + len(ids) >= len(slot.job.request.prompt_ids)
+                    else None for slot, ids in items]
+        batch = [(slot, np.asarray(ids, dtype=np.int32)) for slot, ids in items]
+        try:            # the last step's events go right before this one computes (hand_over)
+            results = self.backend.step(batch, samplers, before_compute=self._run_hooks)
         except Exception as e:          # noqa: BLE001 - the requests of this step fail, the server goes on
             for slot, _ in items:       # (each session's cache still matches its token list)
                 slot.job.fail(500, f"the forward step failed: {type(e).__name__}: {e}")
                 slot.release()
+            self._run_hooks()           # the step may have failed before its hand-over
             return
         generated = 0
-        for (slot, ids), logits in zip(items, all_logits):
+        for (slot, ids), result in zip(items, results):
             job = slot.job
             if job.prefilling:
                 job.fed += len(ids)
@@ -447,7 +496,12 @@ class Scheduler:
                     continue
             first = job.first_token_at is None
             try:
-                job.on_logits(logits)
+                if isinstance(result, Exception):       # the core's draw failed (NaN logits)
+                    raise result
+                if isinstance(result, int):
+                    job.on_token(result)
+                else:
+                    job.on_logits(result)
                 generated += 1
                 if first and self.metrics is not None and job.first_token_at is not None:
                     self.metrics.on_first_token(job.first_token_at - job.submitted_at)
@@ -483,5 +537,6 @@ class SessionBackend:
         self.n_ctx = model.n_ctx
         self.n_batch = model._engine.n_batch
 
-    def step(self, items):
-        return eval_batch([(slot.session, ids) for slot, ids in items])
+    def step(self, items, samplers=None, before_compute=None):
+        return eval_batch([(slot.session, ids) for slot, ids in items], samplers=samplers,
+                          before_compute=before_compute)

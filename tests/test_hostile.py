@@ -356,3 +356,24 @@ def test_requantization_warning_only_for_lossy_targets(tmp_path):
         lowbit.quantize(src, tmp_path / "f32.gguf", "F32")
     with pytest.warns(UserWarning, match="already quantized"):
         lowbit.quantize(src, tmp_path / "q4.gguf", "Q4_0")
+
+
+def test_template_work_budget_is_per_render():
+    # Each render builds ~28 x max_chars of strings, under the per-render budget of 32 x; the
+    # compiled template is reused between calls, so its budget must start afresh each time.
+    t = "{% for i in range(28) %}{% set y = 'x' * 900 %}{% endfor %}{{ messages[0].content }}"
+    for _ in range(3):
+        assert render_chat(t, MSGS, max_chars=1000, add_generation_prompt=False) == MSGS[0]["content"]
+    over = "{% for i in range(40) %}{% set y = 'x' * 900 %}{% endfor %}"
+    for _ in range(2):
+        with pytest.raises(TemplateError, match="in all"):
+            render_chat(over, MSGS, max_chars=1000)
+
+
+def test_templates_render_the_same_from_several_threads():
+    import concurrent.futures
+    t = "{% for m in messages %}[{{ m.role }}:{{ m.content }}]{% set y = 'x' * 900 %}{% endfor %}"
+    msgs = [[{"role": "user", "content": f"q{i}"}] for i in range(64)]
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        outs = list(ex.map(lambda m: render_chat(t, m, max_chars=1000, add_generation_prompt=False), msgs))
+    assert outs == [f"[user:q{i}]" for i in range(64)]

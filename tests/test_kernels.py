@@ -209,6 +209,28 @@ def test_activation_quantizer_simd_equals_scalar(fmt, level, kernel_set):
     assert np.all(back[:256] == 0) and np.allclose(back[256:], 1.0, rtol=1e-3)
 
 
+@pytest.mark.parametrize("type_name", ["Q4_0", "Q8_0", "MXFP4", "Q4_K", "Q6_K", "IQ2_XS"])   # q8_0 / q8_K x block 32 / 16
+def test_fused_strip_quantizer_equals_the_composed_steps(type_name, level, kernel_set):
+    """The strip GEMM's activation groups (both precisions, one thread and the pool, zero blocks
+    and a dominant negative element included): every set's bytes equal the scalar set's (there
+    quantize_act, the residual and the regrouping run one after another; the AVX-512 set fuses
+    them into one pass)."""
+    rng = np.random.default_rng(3050)
+    pool = cpu.pool(2)
+    for precision, n, cols in [("high", 4, 512), ("q8", 8, 768), ("high", 36, 2048), ("auto", 12, 256)]:
+        x = (rng.standard_normal((n, cols)) * rng.uniform(0.001, 100, size=(n, 1))).astype(np.float32)
+        x[0, :256] = 0.0
+        x[1, rng.integers(0, cols)] *= -50
+        x[2, :32] = np.float32(1e-30)   # residual scales below fp16's normal range
+        kernel_set("scalar")
+        ref = _core.cpu_strip_acts(type_name, x, precision, pool)
+        kernel_set(level)
+        got = _core.cpu_strip_acts(type_name, x, precision, pool)
+        assert got.tobytes() == ref.tobytes(), (type_name, level, precision, n, cols)
+    with pytest.raises(ValueError, match="whole groups"):
+        _core.cpu_strip_acts(type_name, x[:3], "high", pool)
+
+
 def test_q8_0_quantizer_matches_gguf():
     rng = np.random.default_rng(3100)
     x = rng.standard_normal(4096).astype(np.float32)

@@ -207,6 +207,21 @@ Floats attend_head(const Floats& q, const py::array& k, const py::array& v, int6
 
 // The per-op totals of cpu/profile.h: {"enabled", "passes", "rows", "ops": {name: {"seconds",
 // "calls", "idle_seconds", "parallel_fors"}}}; reset zeroes them after reading.
+// x (n, cols) f32 -> the strip GEMM's activation groups for `type` at `precision` (matmul.h), as bytes.
+Bytes strip_acts(const std::string& type_name, const Floats& x, const std::string& precision, cpu::ThreadPool& pool) {
+    const GGMLType type = cpu_type(type_name);
+    LOWBIT_CHECK(x.ndim() == 2, ValueError, "x must be 2-D (n, cols), got ", x.ndim(), " dims");
+    const cpu::ActPrecision p = cpu::parse_act_precision(precision);
+    std::vector<uint8_t> bytes;
+    {
+        py::gil_scoped_release nogil;
+        bytes = cpu::strip_activations(type, x.shape(1), x.data(), x.shape(0), p, pool);
+    }
+    Bytes out(int64_t(bytes.size()));
+    std::memcpy(out.mutable_data(), bytes.data(), bytes.size());
+    return out;
+}
+
 py::dict op_profile(bool reset) {
     const cpu::prof::Snapshot snap = cpu::prof::snapshot();
     if (reset) cpu::prof::reset();
@@ -246,6 +261,7 @@ void bind_cpu(py::module_& m) {
           py::arg("strip"));
     m.def("cpu_vec_dot", &vec_dot, py::arg("type_name"), py::arg("weights"), py::arg("act"));
     m.def("cpu_quantize_act", &quantize_act, py::arg("fmt"), py::arg("x"));
+    m.def("cpu_strip_acts", &strip_acts, py::arg("type_name"), py::arg("x"), py::arg("precision"), py::arg("pool"));
     m.def("cpu_act_format", [](const std::string& type_name) {
         const cpu::ActFormat f = cpu::act_format(cpu_type(type_name));
         return std::string(f == cpu::ActFormat::Q8_0 ? "Q8_0" : f == cpu::ActFormat::Q8_K ? "Q8_K" : "F32");

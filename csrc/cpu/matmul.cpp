@@ -65,7 +65,7 @@ struct QuantizedActs {
 // The lo row holds the residual times kLoScale (exact: a power of two), so its block scales
 // are about as large as hi's: q8_0 stores them as fp16, whose normal range would otherwise end
 // (6e-5) where activations of magnitude ~1 put an unscaled residual's scale.
-constexpr float kLoScale = 256.0f;
+constexpr float kLoScale = kActLoScale;
 
 // r = (x - dequant(q)) * kLoScale: what the q8 row q misses of x.   x, r: (cols,)
 void residual(ActFormat fmt, const float* x, const void* q, float* r, int64_t cols) {
@@ -129,6 +129,24 @@ void quantize_rows(const KernelSet& ks, GGMLType type, int64_t cols, const float
     if (fmt == ActFormat::F32) {
         std::memcpy(out.data->data(), x, size_t(n) * out.row_bytes);
         return;
+    }
+    if (strip) {
+        if (const QuantizeStripFn fused = fmt == ActFormat::Q8_0 ? ks.quantize_strip_q8_0 : ks.quantize_strip_q8_K) {
+            // A chunk is a group of kStripAct activation rows: its rows share cache lines (slots
+            // of the same blocks), so one thread writes them all, in order.
+            const int64_t per_group = kStripAct / out.per_token, n_groups = (n + per_group - 1) / per_group;
+            auto quantize_group = [&](int64_t g, int) {
+                for (int64_t i = g * per_group; i < std::min(n, (g + 1) * per_group); ++i)
+                    fused(x + i * cols, cols, strip->block, strip->bias, out.per_token == 2, act_row_dst(out, i * out.per_token),
+                          int(i * out.per_token % kStripAct));
+            };
+            if (n * cols * out.per_token <= kInlineQuantElems) {
+                for (int64_t g = 0; g < n_groups; ++g) quantize_group(g, 0);
+            } else {
+                pool.parallel_for(n_groups, quantize_group);
+            }
+            return;
+        }
     }
     // Per thread: the residual (Q8X2) and, for a panel, the q8 blocks it is built from.
     const size_t q_bytes = act_row_bytes(fmt, cols);
@@ -560,6 +578,21 @@ void matmul_quantized(const void* weights, GGMLType type, int64_t rows, int64_t 
         place_act_row(q, type, fmt, cols, act[i], i);
     if (strip) return strip_matmul(*strip, weights, type, rows, cols, q, n, y, pool);
     dots_matmul(ks, weights, type, rows, cols, q, n, y, pool);
+}
+
+std::vector<uint8_t> strip_activations(GGMLType type, int64_t cols, const float* x, int64_t n, ActPrecision precision,
+                                       ThreadPool& pool) {
+    check_matmul_shape(type, 1, cols);
+    const StripKernels* strip = strip_kernels_for(avx512::kKernels, type);
+    LOWBIT_CHECK(strip, ValueError, "GGML type id ", uint32_t(type), " has no strip GEMM");
+    if (precision == ActPrecision::Auto) precision = ActPrecision::Q8X2;
+    const int64_t pt = precision == ActPrecision::Q8X2 ? 2 : 1;
+    LOWBIT_CHECK(n > 0 && n * pt % kStripAct == 0, ValueError, "strip_activations: ", n, " rows x ", pt,
+                 " per token do not fill whole groups of ", kStripAct);
+    QuantizedActs act;
+    quantize_rows(kernels(), type, cols, x, n, precision, act, pool, strip);
+    const uint8_t* p = act.data->data();
+    return std::vector<uint8_t>(p, p + size_t(n * pt / kStripAct) * act.group_bytes);
 }
 
 double read_bandwidth_gbs(ThreadPool& pool, int64_t bytes, int iters) {

@@ -16,6 +16,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "cpu/threadpool.h"
 #include "quant/blocks.h"
@@ -79,6 +80,15 @@ void matmul_quantized(const void* weights, GGMLType type, int64_t rows, int64_t 
 // Other kernel sets unpack strip by strip and give exactly what matvec / matmul give unpacked.
 void matmul_packed(const void* packed, GGMLType type, int64_t rows, int64_t cols, const float* x, int64_t n,
                    float* y, ThreadPool& pool, ActPrecision precision = ActPrecision::Q8);
+
+// The activation bytes the strip GEMM of `type` takes for x (n, cols) at `precision` (Auto: Q8X2):
+// StripActLayout groups, (hi, lo) slots per x row at Q8X2, quantized with the current kernel set
+// (its fused strip quantizer where it has one, kernels.h); block and bias are the AVX-512 set's
+// strip kernels' for `type` (ValueError where it has none). n times the rows per token must fill
+// whole groups (a multiple of kStripAct), so that every byte is defined. For tests: every kernel
+// set gives the same bytes.
+std::vector<uint8_t> strip_activations(GGMLType type, int64_t cols, const float* x, int64_t n, ActPrecision precision,
+                                       ThreadPool& pool);
 
 // Measured read bandwidth in GB/s: every pool thread sums its share of a `bytes` buffer,
 // best of `iters` passes (after one warm-up pass that also faults the pages in).

@@ -12,6 +12,7 @@
 #include "cpu/dispatch.h"
 #include "cpu/kernels.h"
 #include "cpu/matmul.h"
+#include "cpu/ops.h"
 #include "cpu/profile.h"
 
 namespace py = pybind11;
@@ -222,6 +223,24 @@ Bytes strip_acts(const std::string& type_name, const Floats& x, const std::strin
     return out;
 }
 
+// act(gate) * up ("silu" / "gelu") and rmsnorm by one implementation of ops.h's loops ("generic",
+// "avx2", "avx512"), for the tests that hold them to each other.
+Floats gated_act(const std::string& impl, const std::string& act, const Floats& gate, const Floats& up) {
+    LOWBIT_CHECK(gate.ndim() == 1 && up.ndim() == 1 && gate.size() == up.size(), ValueError,
+                 "gate and up must be 1-D of one length");
+    Floats out(gate.size());
+    cpu::gated_act_with(impl.c_str(), act.c_str(), gate.data(), up.data(), out.mutable_data(), gate.size());
+    return out;
+}
+
+Floats rmsnorm(const std::string& impl, const Floats& x, const std::optional<Floats>& w, float eps) {
+    LOWBIT_CHECK(x.ndim() == 1 && x.size() > 0 && (!w || (w->ndim() == 1 && w->size() == x.size())), ValueError,
+                 "x must be 1-D and non-empty, w (if given) of its length");
+    Floats out(x.size());
+    cpu::rmsnorm_with(impl.c_str(), x.data(), w ? w->data() : nullptr, out.mutable_data(), x.size(), eps);
+    return out;
+}
+
 py::dict op_profile(bool reset) {
     const cpu::prof::Snapshot snap = cpu::prof::snapshot();
     if (reset) cpu::prof::reset();
@@ -261,6 +280,8 @@ void bind_cpu(py::module_& m) {
           py::arg("strip"));
     m.def("cpu_vec_dot", &vec_dot, py::arg("type_name"), py::arg("weights"), py::arg("act"));
     m.def("cpu_quantize_act", &quantize_act, py::arg("fmt"), py::arg("x"));
+    m.def("cpu_gated_act", &gated_act, py::arg("impl"), py::arg("act"), py::arg("gate"), py::arg("up"));
+    m.def("cpu_rmsnorm", &rmsnorm, py::arg("impl"), py::arg("x"), py::arg("w"), py::arg("eps"));
     m.def("cpu_strip_acts", &strip_acts, py::arg("type_name"), py::arg("x"), py::arg("precision"), py::arg("pool"));
     m.def("cpu_act_format", [](const std::string& type_name) {
         const cpu::ActFormat f = cpu::act_format(cpu_type(type_name));

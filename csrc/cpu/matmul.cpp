@@ -354,6 +354,22 @@ void strip_matmul(const StripKernels& sk, const void* weights, GGMLType type, in
             store_strip(out, i0, na, pt, r0, nw, rows, y);
         }
     };
+    // Strips s and s + 1 (decoded one after the other at `strip`) against rows [a0, a1): each
+    // activation dword loaded once for both. One matmul of 512 x rows at two-pass precision, 1
+    // thread, CPU time, strips one at a time -> in pairs: Q4_1 1536x576 1.65 -> 1.45 ms, Q4_K
+    // 896x4864 8.5 -> 7.85, Q8_0 1024x640 1.15 -> 1.05, Q6_K 896x4864 9.85 -> 9.75, Q5_0 2048x896
+    // 3.05 -> 3.1 (load ~5, best of 6, two runs each).
+    auto gemm_pair = [&](const uint8_t* strip, int64_t s, int64_t a0, int64_t a1) {
+        for (int64_t i0 = a0; i0 < a1; i0 += kStripAct) {
+            const int64_t na = std::min<int64_t>(kStripAct, a1 - i0);
+            alignas(64) float out[2 * kStripAct * kStripRows];
+            sk.gemm_pair(int(cols), strip, size_t(strip_bytes), act.group(i0), int(na), out, nullptr, 0);
+            for (int64_t h = 0; h < 2; ++h) {
+                const int64_t r0 = (s + h) * kStripRows;
+                store_strip(out + h * kStripAct * kStripRows, i0, na, pt, r0, std::min<int64_t>(kStripRows, rows - r0), rows, y);
+            }
+        }
+    };
     const int64_t packed_bytes = packed ? PackedLayout(type, cols).strip_bytes : 0;
     auto decode_strip = [&](int64_t s, int64_t s1, uint8_t* strip) {
         const int64_t r0 = s * kStripRows;
@@ -407,8 +423,13 @@ void strip_matmul(const StripKernels& sk, const void* weights, GGMLType type, in
             return;
         }
         for (int64_t s = s0; s < s1; ++s) decode_strip(s, s1, mine + (s - s0) * strip_bytes);
-        for (int64_t a0 = 0; a0 < n_act; a0 += tile)
-            for (int64_t s = s0; s < s1; ++s) gemm_strip(mine + (s - s0) * strip_bytes, s, a0, std::min(n_act, a0 + tile));
+        for (int64_t a0 = 0; a0 < n_act; a0 += tile) {
+            const int64_t a1 = std::min(n_act, a0 + tile);
+            int64_t s = s0;
+            if (sk.gemm_pair)   // the chunk's decoded strips lie one after another: pairs (the same bits)
+                for (; s + 1 < s1; s += 2) gemm_pair(mine + (s - s0) * strip_bytes, s, a0, a1);
+            for (; s < s1; ++s) gemm_strip(mine + (s - s0) * strip_bytes, s, a0, a1);
+        }
     });
 }
 

@@ -231,6 +231,33 @@ def test_fused_strip_quantizer_equals_the_composed_steps(type_name, level, kerne
         _core.cpu_strip_acts(type_name, x[:3], "high", pool)
 
 
+@pytest.mark.parametrize("type_name", ["Q4_1", "Q8_0", "Q4_K", "Q6_K", "IQ4_XS", "F16"])
+def test_matmul_of_rows_made_on_demand_equals_plain(type_name, level, kernel_set):
+    """cpu::matmul over a RowMaker (the forward's FFN down projection makes its gated rows that
+    way) gives the plain call's bits on every path: the fused strip quantizer (rows made one by
+    one), the composed one, panels / dots, packed weights, one row, both precisions."""
+    rng = np.random.default_rng(3070)
+    rows, cols = 37, 512
+    w = random_weights(rng, type_name, rows, cols)
+    pool = cpu.pool(2)
+    packable = type_name in ("Q4_1", "Q8_0")
+    wp = cpu_pack(w, type_name, rows, cols) if packable else None
+    for n in (1, 5, 16, 40):
+        x = (rng.standard_normal((n, cols)) * rng.uniform(0.1, 10, size=(n, 1))).astype(np.float32)
+        for precision in ("auto", "q8", "high"):
+            for small in (False, True):
+                args = (w.reshape(-1), type_name, rows, cols, x, pool, precision, False, small)
+                ref = _core.cpu_matmul(*args)
+                assert np.array_equal(_core.cpu_matmul(*args, made_rows=True), ref), (type_name, n, precision, small)
+            if wp is not None:
+                args = (wp, type_name, rows, cols, x, pool, precision, True, False)
+                assert np.array_equal(_core.cpu_matmul(*args, made_rows=True), _core.cpu_matmul(*args)), (n, precision)
+
+
+def cpu_pack(w, type_name, rows, cols):
+    return _core.cpu_pack_rows(w.reshape(-1), type_name, rows, cols)
+
+
 def test_q8_0_quantizer_matches_gguf():
     rng = np.random.default_rng(3100)
     x = rng.standard_normal(4096).astype(np.float32)

@@ -52,7 +52,8 @@ py::dict features() {
 // y (n, rows) = x (n, cols) . W^T for raw weight bytes of shape (rows, cols).
 // packed: weights are cpu_pack_rows output (kernels.h, PackedLayout); small_batches: matmul.h.
 Floats matmul(const Bytes& weights, const std::string& type_name, int64_t rows, int64_t cols, const Floats& x,
-              cpu::ThreadPool& pool, const std::string& act_precision, bool packed, bool small_batches) {
+              cpu::ThreadPool& pool, const std::string& act_precision, bool packed, bool small_batches,
+              bool made_rows) {
     const GGMLType type = cpu_type(type_name);
     const cpu::ActPrecision precision = cpu::parse_act_precision(act_precision);
     cpu::check_matmul_shape(type, rows, cols);
@@ -71,7 +72,15 @@ Floats matmul(const Bytes& weights, const std::string& type_name, int64_t rows, 
     float* yp = y.mutable_data();
     {
         py::gil_scoped_release nogil;
-        if (packed) cpu::matmul_packed(w, type, rows, cols, xp, n, yp, pool, precision);
+        // made_rows: x's rows handed out one by one through a cpu::RowMaker (as the forward pass
+        // makes the FFN's gated rows), for the tests that hold it to the plain call
+        auto copy_row = [&](int64_t i, float* row) { std::memcpy(row, xp + i * cols, size_t(cols) * sizeof(float)); };
+        using Copy = decltype(copy_row);
+        const cpu::RowMaker maker{[](const void* ctx, int64_t i, float* row) { (*static_cast<const Copy*>(ctx))(i, row); },
+                                  &copy_row};
+        if (made_rows) cpu::matmul(packed ? nullptr : w, type, rows, cols, maker, n, yp, pool, precision, small_batches,
+                                   packed ? w : nullptr);
+        else if (packed) cpu::matmul_packed(w, type, rows, cols, xp, n, yp, pool, precision);
         else cpu::matmul(w, type, rows, cols, xp, n, yp, pool, precision, small_batches);
     }
     return y;
@@ -273,7 +282,7 @@ void bind_cpu(py::module_& m) {
     m.def("cpu_get_kernels", []() { return std::string(cpu::kernels().name); });
     m.def("cpu_matmul", &matmul, py::arg("weights"), py::arg("type_name"), py::arg("rows"), py::arg("cols"),
           py::arg("x"), py::arg("pool"), py::arg("act_precision") = "q8", py::arg("packed") = false,
-          py::arg("small_batches") = false);
+          py::arg("small_batches") = false, py::arg("made_rows") = false);
     m.def("cpu_pack_rows", &pack_rows, py::arg("weights"), py::arg("type_name"), py::arg("rows"), py::arg("cols"),
           "GGML rows -> packed strips of 16 interleaved rows (the layout weights are repacked into at load).");
     m.def("cpu_unpack_strip", &unpack_strip, py::arg("packed"), py::arg("type_name"), py::arg("rows"), py::arg("cols"),

@@ -25,9 +25,9 @@ constexpr int64_t kInlineQuantElems = 32 << 10;
 // Scratch of the calling thread that is kept between calls: a decode step makes a few hundred
 // matmul calls, each of which would otherwise allocate its buffers (and, past malloc's mmap
 // threshold, fault their pages in again). Slots: the quantized activations, quantize_rows' per
-// thread work rows, the strip GEMM's decoded strips. Above kKeptScratch a call gets its own
+// thread work rows, the strip GEMM's decoded strips, rows made on demand (RowMaker). Above kKeptScratch a call gets its own
 // buffer (a long prefill), so what a thread keeps stays small.
-enum ScratchSlot { kActSlot, kQuantSlot, kStripSlot, kSlots };
+enum ScratchSlot { kActSlot, kQuantSlot, kStripSlot, kRowSlot, kSlots };
 constexpr size_t kKeptScratch = size_t(8) << 20;
 
 class Scratch {
@@ -119,34 +119,60 @@ void place_act_row(const QuantizedActs& out, GGMLType type, ActFormat fmt, int64
         std::memcpy(dst, q, out.row_bytes);
 }
 
+// The x rows of a matmul: in memory (x, cols floats apart), or made on demand (maker; matmul.h).
+struct XRows {
+    const float* x = nullptr;
+    const RowMaker* maker = nullptr;
+};
+
+// Every row of `src` made into `buf` (n, cols), threaded as quantize_rows threads its rows.
+const float* make_all_rows(const RowMaker& maker, int64_t cols, int64_t n, float* buf, ThreadPool& pool) {
+    auto make = [&](int64_t i, int) { maker.make(maker.ctx, i, buf + i * cols); };
+    if (n * cols <= kInlineQuantElems) {
+        for (int64_t i = 0; i < n; ++i) make(i, 0);
+    } else {
+        pool.parallel_for(n, make);
+    }
+    return buf;
+}
+
 // strip: lay the rows out for that strip GEMM (else panel rows where the set has a panel kernel).
-void quantize_rows(const KernelSet& ks, GGMLType type, int64_t cols, const float* x, int64_t n,
+// Rows made on demand are made one at a time on the fused strip path, else all first.
+void quantize_rows(const KernelSet& ks, GGMLType type, int64_t cols, XRows src, int64_t n,
                    ActPrecision precision, QuantizedActs& out, ThreadPool& pool, const StripKernels* strip = nullptr) {
     const ActFormat fmt = act_format(type);
     prof::Scope scope(prof::Op::ActQuant);
     out.per_token = (precision == ActPrecision::Q8X2 && fmt != ActFormat::F32) ? 2 : 1;
     lay_out_acts(ks, type, cols, n * out.per_token, strip, out);
+    const QuantizeStripFn fused = !strip || fmt == ActFormat::F32 ? nullptr
+                                  : fmt == ActFormat::Q8_0    ? ks.quantize_strip_q8_0
+                                                              : ks.quantize_strip_q8_K;
+    std::optional<Scratch> made;   // rows made on demand: one per thread (fused), else all of them
+    if (src.maker) made.emplace(kRowSlot, size_t(fused ? pool.size() : n) * size_t(cols) * sizeof(float));
+    if (src.maker && !fused) src.x = make_all_rows(*src.maker, cols, n, reinterpret_cast<float*>(made->data()), pool);
+    const float* x = src.x;
     if (fmt == ActFormat::F32) {
         std::memcpy(out.data->data(), x, size_t(n) * out.row_bytes);
         return;
     }
-    if (strip) {
-        if (const QuantizeStripFn fused = fmt == ActFormat::Q8_0 ? ks.quantize_strip_q8_0 : ks.quantize_strip_q8_K) {
-            // A chunk is a group of kStripAct activation rows: its rows share cache lines (slots
-            // of the same blocks), so one thread writes them all, in order.
-            const int64_t per_group = kStripAct / out.per_token, n_groups = (n + per_group - 1) / per_group;
-            auto quantize_group = [&](int64_t g, int) {
-                for (int64_t i = g * per_group; i < std::min(n, (g + 1) * per_group); ++i)
-                    fused(x + i * cols, cols, strip->block, strip->bias, out.per_token == 2, act_row_dst(out, i * out.per_token),
-                          int(i * out.per_token % kStripAct));
-            };
-            if (n * cols * out.per_token <= kInlineQuantElems) {
-                for (int64_t g = 0; g < n_groups; ++g) quantize_group(g, 0);
-            } else {
-                pool.parallel_for(n_groups, quantize_group);
+    if (fused) {
+        // A chunk is a group of kStripAct activation rows: its rows share cache lines (slots of the
+        // same blocks), so one thread writes them all, in order.
+        const int64_t per_group = kStripAct / out.per_token, n_groups = (n + per_group - 1) / per_group;
+        auto quantize_group = [&](int64_t g, int thread) {
+            float* row = src.maker ? reinterpret_cast<float*>(made->data()) + size_t(thread) * size_t(cols) : nullptr;
+            for (int64_t i = g * per_group; i < std::min(n, (g + 1) * per_group); ++i) {
+                if (row) src.maker->make(src.maker->ctx, i, row);
+                fused(row ? row : x + i * cols, cols, strip->block, strip->bias, out.per_token == 2,
+                      act_row_dst(out, i * out.per_token), int(i * out.per_token % kStripAct));
             }
-            return;
+        };
+        if (n * cols * out.per_token <= kInlineQuantElems) {
+            for (int64_t g = 0; g < n_groups; ++g) quantize_group(g, 0);
+        } else {
+            pool.parallel_for(n_groups, quantize_group);
         }
+        return;
     }
     // Per thread: the residual (Q8X2) and, for a panel, the q8 blocks it is built from.
     const size_t q_bytes = act_row_bytes(fmt, cols);
@@ -496,7 +522,7 @@ void matvec(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
     if (precision == ActPrecision::Auto) precision = ActPrecision::Q8X2;
     const KernelSet& ks = kernels();
     QuantizedActs act;
-    quantize_rows(ks, type, cols, x, 1, precision, act, pool);
+    quantize_rows(ks, type, cols, XRows{x}, 1, precision, act, pool);
     const auto* w = static_cast<const uint8_t*>(weights);
     const int64_t wrow = weight_row_bytes(type, cols);
     const int64_t chunk_rows = rows_per_chunk(rows, pool, 4);
@@ -533,16 +559,25 @@ void matvec(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
     });
 }
 
+namespace {
+void matmul_packed_x(const void* packed, GGMLType type, int64_t rows, int64_t cols, XRows x, int64_t n, float* y,
+                     ThreadPool& pool, ActPrecision precision);
+
 // Prefill: a chunk is a band of weight rows, small enough to stay in L2 while every activation
 // row (in tiles of kActTile, whose quantized rows stay in L1/L2) is dotted against it. Each weight
 // byte therefore comes from memory once per call instead of once per activation row, and the
 // multi-row dot decodes each weight block once per tile instead of once per activation row.
-void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, const float* x, int64_t n,
-            float* y, ThreadPool& pool, ActPrecision precision, bool small_batches, const void* packed) {
+void matmul_x(const void* weights, GGMLType type, int64_t rows, int64_t cols, XRows x, int64_t n, float* y,
+              ThreadPool& pool, ActPrecision precision, bool small_batches, const void* packed) {
     check_matmul_shape(type, rows, cols);
     if (n <= 0) return;
-    if (packed) return matmul_packed(packed, type, rows, cols, x, n, y, pool, precision);
-    if (n == 1) return matvec(weights, type, rows, cols, x, y, pool, precision);
+    if (packed) return matmul_packed_x(packed, type, rows, cols, x, n, y, pool, precision);
+    if (n == 1 && x.maker) {
+        std::vector<float> row(static_cast<size_t>(cols));
+        x.maker->make(x.maker->ctx, 0, row.data());
+        return matvec(weights, type, rows, cols, row.data(), y, pool, precision);
+    }
+    if (n == 1) return matvec(weights, type, rows, cols, x.x, y, pool, precision);
     const KernelSet& ks = kernels();
     QuantizedActs act;
     const StripKernels* type_strip = strip_kernels_for(ks, type);
@@ -558,8 +593,8 @@ void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
 // Packed weights: the packed strip GEMM for every n (one token too: its lanes are weight rows, so
 // a mat-vec is the same kernel with one or two activation rows, and batched rows equal unbatched
 // ones bit for bit), or the set's dots on unpacked strips where the set has no packed GEMM.
-void matmul_packed(const void* packed, GGMLType type, int64_t rows, int64_t cols, const float* x, int64_t n,
-                   float* y, ThreadPool& pool, ActPrecision precision) {
+void matmul_packed_x(const void* packed, GGMLType type, int64_t rows, int64_t cols, XRows x, int64_t n, float* y,
+                     ThreadPool& pool, ActPrecision precision) {
     check_matmul_shape(type, rows, cols);
     LOWBIT_CHECK(PackedLayout::has(type), ValueError, "GGML type id ", uint32_t(type), " has no packed layout");
     if (n <= 0) return;
@@ -580,6 +615,22 @@ void matmul_packed(const void* packed, GGMLType type, int64_t rows, int64_t cols
     }
     quantize_rows(ks, type, cols, x, n, precision, act, pool);
     unpacked_matmul(ks, packed, type, rows, cols, act, n, y, pool);
+}
+}  // namespace
+
+void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, const float* x, int64_t n, float* y,
+            ThreadPool& pool, ActPrecision precision, bool small_batches, const void* packed) {
+    matmul_x(weights, type, rows, cols, XRows{x}, n, y, pool, precision, small_batches, packed);
+}
+
+void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, const RowMaker& x, int64_t n, float* y,
+            ThreadPool& pool, ActPrecision precision, bool small_batches, const void* packed) {
+    matmul_x(weights, type, rows, cols, XRows{nullptr, &x}, n, y, pool, precision, small_batches, packed);
+}
+
+void matmul_packed(const void* packed, GGMLType type, int64_t rows, int64_t cols, const float* x, int64_t n,
+                   float* y, ThreadPool& pool, ActPrecision precision) {
+    matmul_packed_x(packed, type, rows, cols, XRows{x}, n, y, pool, precision);
 }
 
 // Rows quantized by the caller: laid out as quantize_rows lays out its own (strip groups, panel
@@ -611,7 +662,7 @@ std::vector<uint8_t> strip_activations(GGMLType type, int64_t cols, const float*
     LOWBIT_CHECK(n > 0 && n * pt % kStripAct == 0, ValueError, "strip_activations: ", n, " rows x ", pt,
                  " per token do not fill whole groups of ", kStripAct);
     QuantizedActs act;
-    quantize_rows(kernels(), type, cols, x, n, precision, act, pool, strip);
+    quantize_rows(kernels(), type, cols, XRows{x}, n, precision, act, pool, strip);
     const uint8_t* p = act.data->data();
     return std::vector<uint8_t>(p, p + size_t(n * pt / kStripAct) * act.group_bytes);
 }

@@ -136,6 +136,27 @@ const float* make_all_rows(const RowMaker& maker, int64_t cols, int64_t n, float
     return buf;
 }
 
+// The fused path of quantize_rows: x rows (or rows made into `made`, one per thread) straight
+// into their strip slots. A chunk is a group of kStripAct activation rows: its rows share cache
+// lines (slots of the same blocks), so one thread writes them all, in order.
+void quantize_into_strips(QuantizeStripFn fused, const StripKernels& strip, int64_t cols, XRows src, float* made,
+                          int64_t n, QuantizedActs& out, ThreadPool& pool) {
+    const int64_t pt = out.per_token, per_group = kStripAct / pt, n_groups = (n + per_group - 1) / per_group;
+    auto quantize_group = [&](int64_t g, int thread) {
+        float* row = src.maker ? made + size_t(thread) * size_t(cols) : nullptr;
+        for (int64_t i = g * per_group; i < std::min(n, (g + 1) * per_group); ++i) {
+            if (row) src.maker->make(src.maker->ctx, i, row);
+            fused(row ? row : src.x + i * cols, cols, strip.block, strip.bias, pt == 2, act_row_dst(out, i * pt),
+                  int(i * pt % kStripAct));
+        }
+    };
+    if (n * cols * pt <= kInlineQuantElems) {
+        for (int64_t g = 0; g < n_groups; ++g) quantize_group(g, 0);
+    } else {
+        pool.parallel_for(n_groups, quantize_group);
+    }
+}
+
 // strip: lay the rows out for that strip GEMM (else panel rows where the set has a panel kernel).
 // Rows made on demand are made one at a time on the fused strip path, else all first.
 void quantize_rows(const KernelSet& ks, GGMLType type, int64_t cols, XRows src, int64_t n,
@@ -155,25 +176,9 @@ void quantize_rows(const KernelSet& ks, GGMLType type, int64_t cols, XRows src, 
         std::memcpy(out.data->data(), x, size_t(n) * out.row_bytes);
         return;
     }
-    if (fused) {
-        // A chunk is a group of kStripAct activation rows: its rows share cache lines (slots of the
-        // same blocks), so one thread writes them all, in order.
-        const int64_t per_group = kStripAct / out.per_token, n_groups = (n + per_group - 1) / per_group;
-        auto quantize_group = [&](int64_t g, int thread) {
-            float* row = src.maker ? reinterpret_cast<float*>(made->data()) + size_t(thread) * size_t(cols) : nullptr;
-            for (int64_t i = g * per_group; i < std::min(n, (g + 1) * per_group); ++i) {
-                if (row) src.maker->make(src.maker->ctx, i, row);
-                fused(row ? row : x + i * cols, cols, strip->block, strip->bias, out.per_token == 2,
-                      act_row_dst(out, i * out.per_token), int(i * out.per_token % kStripAct));
-            }
-        };
-        if (n * cols * out.per_token <= kInlineQuantElems) {
-            for (int64_t g = 0; g < n_groups; ++g) quantize_group(g, 0);
-        } else {
-            pool.parallel_for(n_groups, quantize_group);
-        }
-        return;
-    }
+    if (fused)
+        return quantize_into_strips(fused, *strip, cols, src, made ? reinterpret_cast<float*>(made->data()) : nullptr,
+                                    n, out, pool);
     // Per thread: the residual (Q8X2) and, for a panel, the q8 blocks it is built from.
     const size_t q_bytes = act_row_bytes(fmt, cols);
     const bool regroup = out.panel || strip;   // rows built from q8 blocks quantized first

@@ -12,6 +12,11 @@ A/B of two builds of the core (same run, interleaved subprocesses, decode tok/s 
     PYTHONPATH=python python bench/bench_profile.py --ab OLD_core.so [NEW_core.so] [-r 5]
         [--sessions 1 8 16]
 
+Prefill instead of decode (--prefill N: one N-token prompt into a fresh cache, best of -r passes
+per process, with the per-op profile of that pass; with --ab, both builds' profiles side by side):
+
+    PYTHONPATH=python python bench/bench_profile.py --prefill 512 [--ab OLD_core.so [NEW_core.so]]
+
 `idle` is what the pool measured for the op's parallel_for calls: threads x wall - time running
 chunks (wake-ups, waiting for the slowest thread). `other` is the step's wall time outside the
 forward (Python, logits copy). Roofline: bytes = the model's weight bytes (every weight is read
@@ -135,12 +140,51 @@ def table(rep: dict) -> str:
     return "\n".join(lines)
 
 
+def prefill_model(core, path: str, threads: int, n_tokens: int, reps: int) -> dict:
+    """Best of `reps` N-token prefills into a fresh cache (after one untimed warm-up) and its op profile."""
+    eng = core.Engine(path, n_tokens + 8, threads, n_tokens, "f16", "auto")
+    toks = np.random.default_rng(0).integers(100, eng.n_vocab - 100, n_tokens).astype(np.int32)
+    eng.eval(toks)
+    best = None
+    for _ in range(reps):
+        eng.truncate(0)
+        core.cpu_set_op_profile(True)
+        core.cpu_op_profile(reset=True)
+        t0 = time.perf_counter()
+        eng.eval(toks)
+        wall = time.perf_counter() - t0
+        core.cpu_set_op_profile(False)
+        prof = core.cpu_op_profile(reset=True)
+        if best is None or wall < best[0]:
+            best = (wall, prof)
+    eng.close()
+    wall, prof = best
+    ops = {k: v["seconds"] * 1e3 for k, v in prof["ops"].items() if v["seconds"] > 0}
+    return {"tok_s": n_tokens / wall, "ms": wall * 1e3, "ops_ms": ops}
+
+
+def prefill_table(name: str, reps: dict) -> str:
+    """Per-op ms of each build's best pass (medians over the processes for tok/s)."""
+    labels = list(reps)
+    lines = [f"{name}: " + ", ".join(f"{k} {statistics.median(r['tok_s'] for r in v):.1f} tok/s" for k, v in reps.items()),
+             "| op | " + " | ".join(f"{k} ms" for k in labels) + " |", "|---|" + "---:|" * len(labels)]
+    keys = sorted({op for v in reps.values() for r in v for op in r["ops_ms"]},
+                  key=lambda op: -max(r["ops_ms"].get(op, 0) for r in reps[labels[0]]))
+    for op in keys:
+        lines.append(f"| {op} | " + " | ".join(
+            f"{statistics.median(r['ops_ms'].get(op, 0.0) for r in reps[k]):.1f}" for k in labels) + " |")
+    return "\n".join(lines)
+
+
 # --- A/B of two core builds --------------------------------------------------------------------
 
 def worker(args) -> int:
     """One subprocess of the A/B: decode tok/s of each session count on one model with one core."""
     core = load_core(args.core)   # no lowbit import here: two builds of _core cannot share a process
     path = args.models[0]
+    if args.prefill:
+        print(json.dumps(prefill_model(core, path, args.threads, args.prefill, 2)))
+        return 0
     out = {"read_gbs": bandwidth_gbs(core, args.threads)}
     for n in args.sessions:
         engines = open_sessions(core, path, args.threads, n, PROMPT + args.steps + 8)
@@ -165,9 +209,14 @@ def ab(args) -> dict:
             for label, so in cores.items():   # interleaved: old, new, old, new...
                 cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--core", so, "--models", path,
                        "--threads", str(args.threads), "--steps", str(args.steps), "--sessions",
-                       *map(str, args.sessions)]
+                       *map(str, args.sessions), "--prefill", str(args.prefill)]
                 p = subprocess.run(cmd, capture_output=True, text=True, check=True)
                 runs[label].append(json.loads(p.stdout.strip().splitlines()[-1]))
+        if args.prefill:
+            med = {k: statistics.median(r["tok_s"] for r in v) for k, v in runs.items()}
+            results[name] = {"prefill": args.prefill, "runs": runs, "new_over_old": med["new"] / med["old"],
+                             "table": prefill_table(os.path.basename(path), runs)}
+            continue
         rows = {}
         for n in args.sessions:
             med = {k: statistics.median(r[str(n)] for r in v) for k, v in runs.items()}
@@ -191,6 +240,8 @@ def ab_table(res: dict) -> str:
     lines = ["| model | sessions | old tok/s | new tok/s | new/old | old x vs 1 | new x vs 1 | roofline old / new |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in res.items():
+        if isinstance(r, dict) and "table" in r:
+            lines.insert(0, f"{r['table']}\nnew/old (median tok/s): {r['new_over_old']:.3f}\n")
         if not isinstance(r, dict) or "rows" not in r:
             continue
         for n, row in r["rows"].items():
@@ -209,6 +260,7 @@ def main() -> int:
     ap.add_argument("--sessions", type=int, nargs="*", default=[1, 8])
     ap.add_argument("-r", type=int, default=3, help="repetitions (profile: best of; A/B: interleaved runs)")
     ap.add_argument("--ab", nargs="+", metavar="CORE_SO", help="A/B decode speed: old [new] _core builds")
+    ap.add_argument("--prefill", type=int, default=0, help="time an N-token prefill instead of decode steps")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--core", help="profile this build of the core (a _core*.so path; give --models as .gguf paths)")
     ap.add_argument("--json", help="write the reports to this file")
@@ -222,10 +274,15 @@ def main() -> int:
         report = res
     else:
         core = load_core(args.core)
-        report = [profile_model(core, m, args.threads, args.steps, n, args.r) for m in args.models for n in args.sessions]
-        for rep in report:
-            print(table(rep))
-            print()
+        if args.prefill:
+            report = {m: [prefill_model(core, model_path(m), args.threads, args.prefill, args.r)] for m in args.models}
+            for m, reps in report.items():
+                print(prefill_table(m, {"this": reps}))
+        else:
+            report = [profile_model(core, m, args.threads, args.steps, n, args.r) for m in args.models for n in args.sessions]
+            for rep in report:
+                print(table(rep))
+                print()
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

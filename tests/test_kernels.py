@@ -209,6 +209,55 @@ def test_activation_quantizer_simd_equals_scalar(fmt, level, kernel_set):
     assert np.all(back[:256] == 0) and np.allclose(back[256:], 1.0, rtol=1e-3)
 
 
+@pytest.mark.parametrize("type_name", ["Q4_0", "Q8_0", "MXFP4", "Q4_K", "Q6_K", "IQ2_XS"])   # q8_0 / q8_K x block 32 / 16
+def test_fused_strip_quantizer_equals_the_composed_steps(type_name, level, kernel_set):
+    """The strip GEMM's activation groups (both precisions, one thread and the pool, zero blocks
+    and a dominant negative element included): every set's bytes equal the scalar set's (there
+    quantize_act, the residual and the regrouping run one after another; the AVX-512 set fuses
+    them into one pass)."""
+    rng = np.random.default_rng(3050)
+    pool = cpu.pool(2)
+    for precision, n, cols in [("high", 4, 512), ("q8", 8, 768), ("high", 36, 2048), ("auto", 12, 256)]:
+        x = (rng.standard_normal((n, cols)) * rng.uniform(0.001, 100, size=(n, 1))).astype(np.float32)
+        x[0, :256] = 0.0
+        x[1, rng.integers(0, cols)] *= -50
+        x[2, :32] = np.float32(1e-30)   # residual scales below fp16's normal range
+        kernel_set("scalar")
+        ref = _core.cpu_strip_acts(type_name, x, precision, pool)
+        kernel_set(level)
+        got = _core.cpu_strip_acts(type_name, x, precision, pool)
+        assert got.tobytes() == ref.tobytes(), (type_name, level, precision, n, cols)
+    with pytest.raises(ValueError, match="whole groups"):
+        _core.cpu_strip_acts(type_name, x[:3], "high", pool)
+
+
+@pytest.mark.parametrize("type_name", ["Q4_1", "Q8_0", "Q4_K", "Q6_K", "IQ4_XS", "F16"])
+def test_matmul_of_rows_made_on_demand_equals_plain(type_name, level, kernel_set):
+    """cpu::matmul over a RowMaker (the forward's FFN down projection makes its gated rows that
+    way) gives the plain call's bits on every path: the fused strip quantizer (rows made one by
+    one), the composed one, panels / dots, packed weights, one row, both precisions."""
+    rng = np.random.default_rng(3070)
+    rows, cols = 37, 512
+    w = random_weights(rng, type_name, rows, cols)
+    pool = cpu.pool(2)
+    packable = type_name in ("Q4_1", "Q8_0")
+    wp = cpu_pack(w, type_name, rows, cols) if packable else None
+    for n in (1, 5, 16, 40):
+        x = (rng.standard_normal((n, cols)) * rng.uniform(0.1, 10, size=(n, 1))).astype(np.float32)
+        for precision in ("auto", "q8", "high"):
+            for small in (False, True):
+                args = (w.reshape(-1), type_name, rows, cols, x, pool, precision, False, small)
+                ref = _core.cpu_matmul(*args)
+                assert np.array_equal(_core.cpu_matmul(*args, made_rows=True), ref), (type_name, n, precision, small)
+            if wp is not None:
+                args = (wp, type_name, rows, cols, x, pool, precision, True, False)
+                assert np.array_equal(_core.cpu_matmul(*args, made_rows=True), _core.cpu_matmul(*args)), (n, precision)
+
+
+def cpu_pack(w, type_name, rows, cols):
+    return _core.cpu_pack_rows(w.reshape(-1), type_name, rows, cols)
+
+
 def test_q8_0_quantizer_matches_gguf():
     rng = np.random.default_rng(3100)
     x = rng.standard_normal(4096).astype(np.float32)

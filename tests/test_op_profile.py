@@ -68,7 +68,9 @@ def test_decode_and_batched_step_are_attributed(model_path, profiling):
     _core.eval_batch([(s, np.array([5 + i], np.int32)) for i, s in enumerate([e] + others)])
     p = _core.cpu_op_profile(reset=True)
     assert p["passes"] == 1 and p["rows"] == 4
-    assert all(p["ops"][op]["calls"] >= n_layers for op in LAYER_OPS)
+    # several rows: the gating runs inside the down projection's activation quantization
+    assert all(p["ops"][op]["calls"] >= n_layers for op in LAYER_OPS if op != "ffn_act")
+    assert p["ops"]["ffn_act"]["calls"] == 0
     assert all(v["idle_seconds"] >= 0 for v in p["ops"].values())
     for s in others + [e]:
         s.close()

@@ -12,6 +12,7 @@
 #include "cpu/dispatch.h"
 #include "cpu/kernels.h"
 #include "cpu/matmul.h"
+#include "cpu/ops.h"
 #include "cpu/profile.h"
 
 namespace py = pybind11;
@@ -51,7 +52,8 @@ py::dict features() {
 // y (n, rows) = x (n, cols) . W^T for raw weight bytes of shape (rows, cols).
 // packed: weights are cpu_pack_rows output (kernels.h, PackedLayout); small_batches: matmul.h.
 Floats matmul(const Bytes& weights, const std::string& type_name, int64_t rows, int64_t cols, const Floats& x,
-              cpu::ThreadPool& pool, const std::string& act_precision, bool packed, bool small_batches) {
+              cpu::ThreadPool& pool, const std::string& act_precision, bool packed, bool small_batches,
+              bool made_rows) {
     const GGMLType type = cpu_type(type_name);
     const cpu::ActPrecision precision = cpu::parse_act_precision(act_precision);
     cpu::check_matmul_shape(type, rows, cols);
@@ -70,7 +72,15 @@ Floats matmul(const Bytes& weights, const std::string& type_name, int64_t rows, 
     float* yp = y.mutable_data();
     {
         py::gil_scoped_release nogil;
-        if (packed) cpu::matmul_packed(w, type, rows, cols, xp, n, yp, pool, precision);
+        // made_rows: x's rows handed out one by one through a cpu::RowMaker (as the forward pass
+        // makes the FFN's gated rows), for the tests that hold it to the plain call
+        auto copy_row = [&](int64_t i, float* row) { std::memcpy(row, xp + i * cols, size_t(cols) * sizeof(float)); };
+        using Copy = decltype(copy_row);
+        const cpu::RowMaker maker{[](const void* ctx, int64_t i, float* row) { (*static_cast<const Copy*>(ctx))(i, row); },
+                                  &copy_row};
+        if (made_rows) cpu::matmul(packed ? nullptr : w, type, rows, cols, maker, n, yp, pool, precision, small_batches,
+                                   packed ? w : nullptr);
+        else if (packed) cpu::matmul_packed(w, type, rows, cols, xp, n, yp, pool, precision);
         else cpu::matmul(w, type, rows, cols, xp, n, yp, pool, precision, small_batches);
     }
     return y;
@@ -207,6 +217,39 @@ Floats attend_head(const Floats& q, const py::array& k, const py::array& v, int6
 
 // The per-op totals of cpu/profile.h: {"enabled", "passes", "rows", "ops": {name: {"seconds",
 // "calls", "idle_seconds", "parallel_fors"}}}; reset zeroes them after reading.
+// x (n, cols) f32 -> the strip GEMM's activation groups for `type` at `precision` (matmul.h), as bytes.
+Bytes strip_acts(const std::string& type_name, const Floats& x, const std::string& precision, cpu::ThreadPool& pool) {
+    const GGMLType type = cpu_type(type_name);
+    LOWBIT_CHECK(x.ndim() == 2, ValueError, "x must be 2-D (n, cols), got ", x.ndim(), " dims");
+    const cpu::ActPrecision p = cpu::parse_act_precision(precision);
+    std::vector<uint8_t> bytes;
+    {
+        py::gil_scoped_release nogil;
+        bytes = cpu::strip_activations(type, x.shape(1), x.data(), x.shape(0), p, pool);
+    }
+    Bytes out(int64_t(bytes.size()));
+    std::memcpy(out.mutable_data(), bytes.data(), bytes.size());
+    return out;
+}
+
+// act(gate) * up ("silu" / "gelu") and rmsnorm by one implementation of ops.h's loops ("generic",
+// "avx2", "avx512"), for the tests that hold them to each other.
+Floats gated_act(const std::string& impl, const std::string& act, const Floats& gate, const Floats& up) {
+    LOWBIT_CHECK(gate.ndim() == 1 && up.ndim() == 1 && gate.size() == up.size(), ValueError,
+                 "gate and up must be 1-D of one length");
+    Floats out(gate.size());
+    cpu::gated_act_with(impl.c_str(), act.c_str(), gate.data(), up.data(), out.mutable_data(), gate.size());
+    return out;
+}
+
+Floats rmsnorm(const std::string& impl, const Floats& x, const std::optional<Floats>& w, float eps) {
+    LOWBIT_CHECK(x.ndim() == 1 && x.size() > 0 && (!w || (w->ndim() == 1 && w->size() == x.size())), ValueError,
+                 "x must be 1-D and non-empty, w (if given) of its length");
+    Floats out(x.size());
+    cpu::rmsnorm_with(impl.c_str(), x.data(), w ? w->data() : nullptr, out.mutable_data(), x.size(), eps);
+    return out;
+}
+
 py::dict op_profile(bool reset) {
     const cpu::prof::Snapshot snap = cpu::prof::snapshot();
     if (reset) cpu::prof::reset();
@@ -239,13 +282,16 @@ void bind_cpu(py::module_& m) {
     m.def("cpu_get_kernels", []() { return std::string(cpu::kernels().name); });
     m.def("cpu_matmul", &matmul, py::arg("weights"), py::arg("type_name"), py::arg("rows"), py::arg("cols"),
           py::arg("x"), py::arg("pool"), py::arg("act_precision") = "q8", py::arg("packed") = false,
-          py::arg("small_batches") = false);
+          py::arg("small_batches") = false, py::arg("made_rows") = false);
     m.def("cpu_pack_rows", &pack_rows, py::arg("weights"), py::arg("type_name"), py::arg("rows"), py::arg("cols"),
           "GGML rows -> packed strips of 16 interleaved rows (the layout weights are repacked into at load).");
     m.def("cpu_unpack_strip", &unpack_strip, py::arg("packed"), py::arg("type_name"), py::arg("rows"), py::arg("cols"),
           py::arg("strip"));
     m.def("cpu_vec_dot", &vec_dot, py::arg("type_name"), py::arg("weights"), py::arg("act"));
     m.def("cpu_quantize_act", &quantize_act, py::arg("fmt"), py::arg("x"));
+    m.def("cpu_gated_act", &gated_act, py::arg("impl"), py::arg("act"), py::arg("gate"), py::arg("up"));
+    m.def("cpu_rmsnorm", &rmsnorm, py::arg("impl"), py::arg("x"), py::arg("w"), py::arg("eps"));
+    m.def("cpu_strip_acts", &strip_acts, py::arg("type_name"), py::arg("x"), py::arg("precision"), py::arg("pool"));
     m.def("cpu_act_format", [](const std::string& type_name) {
         const cpu::ActFormat f = cpu::act_format(cpu_type(type_name));
         return std::string(f == cpu::ActFormat::Q8_0 ? "Q8_0" : f == cpu::ActFormat::Q8_K ? "Q8_K" : "F32");

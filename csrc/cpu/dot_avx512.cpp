@@ -1078,6 +1078,7 @@ KernelSet make_kernels() {
     LOWBIT_IQ_DOT_ONLY_ENTRIES(k);
     add_iq_strips(k);   // strip_iq.cpp
     add_packed_gemms(k);
+    add_strip_quantizers(k);
     return k;
 }
 }  // namespace

@@ -197,11 +197,23 @@ constexpr size_t kTypeSlots = 41;   // > every GGMLType id (blocks.h)
 static_assert(size_t(GGMLType::NVFP4) < kTypeSlots, "kTypeSlots must exceed every GGMLType id");
 
 // Every kernel for one ISA level, by weight type. Dispatch picks one set; matmul calls through it.
+// x (n elements) quantized straight into slot `slot` of a StripActLayout group of n elements
+// (block, bias: the strip kernels'), and with two_pass its residual row, (x - dequant(q)) *
+// kActLoScale, into slot + 1: the same bytes as the set's quantize_act_q8_0 / q8_K (by the
+// function's format), the residual and build_strip_act_row for each row in turn (matmul.cpp's
+// quantize_rows, the spec) in one pass over x.
+using QuantizeStripFn = void (*)(const float* x, int64_t n, int block, int bias, bool two_pass, void* group, int slot);
+// The two-pass activations' lo row holds the residual times this power of two (matmul.h).
+constexpr float kActLoScale = 256.0f;
+
 struct KernelSet {
     const char* name = "";   // "scalar", "avx2", "avx512"
     QuantizeQ8_0Fn quantize_q8_0 = nullptr;
     QuantizeQ8_KFn quantize_q8_K = nullptr;
     TypeKernels types[kTypeSlots] = {};
+    // Fused quantizers into strip slots (null: quantize_rows composes the steps itself).
+    QuantizeStripFn quantize_strip_q8_0 = nullptr;
+    QuantizeStripFn quantize_strip_q8_K = nullptr;
 
     const TypeKernels& of(GGMLType t) const {
         static const TypeKernels none;
@@ -334,6 +346,7 @@ namespace avx2 { LOWBIT_DECLARE_KERNELS LOWBIT_DECLARE_IQ_KERNELS }
 namespace avx512 {
 LOWBIT_DECLARE_KERNELS LOWBIT_DECLARE_IQ_KERNELS
 void add_packed_gemms(KernelSet& k);   // packed_avx512.cpp: StripKernels::packed (and packed_gemv) of the legacy types
+void add_strip_quantizers(KernelSet& k);   // act_strip_avx512.cpp: KernelSet::quantize_strip_q8_0 / q8_K
 }
 
 #undef LOWBIT_DECLARE_KERNELS

@@ -16,6 +16,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "cpu/threadpool.h"
 #include "quant/blocks.h"
@@ -63,6 +64,21 @@ void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
             float* y, ThreadPool& pool, ActPrecision precision = ActPrecision::Q8, bool small_batches = false,
             const void* packed = nullptr);
 
+// Activation rows made on demand: make(ctx, i, row) writes x row i (cols floats) into `row`, from
+// any thread of the pool, each i once. The matmul overload below calls it where the rows are
+// needed: on the fused strip quantizer's path (kernels.h, QuantizeStripFn) into a thread's
+// scratch just before that row is quantized into its strip slots, so a prefill's rows are never
+// stored as floats (the FFN's gated hidden rows: (512, 4864) floats, ~10 MB written and read back
+// per layer for the 0.5B shape's prefill); on every other path all rows into scratch first. Either
+// way each output is what matmul gives for the rows it made, bit for bit.
+struct RowMaker {
+    void (*make)(const void* ctx, int64_t i, float* row);
+    const void* ctx;
+};
+void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, const RowMaker& x, int64_t n, float* y,
+            ThreadPool& pool, ActPrecision precision = ActPrecision::Q8, bool small_batches = false,
+            const void* packed = nullptr);
+
 // y[i][r] = dot(weight row r, act[i]) for n activation rows quantized beforehand to the weight
 // type's activation format (act_format(type), not F32: q8_0 / q8_K rows as quantize_act_row writes
 // them, i.e. 8-bit activations), each anywhere in memory: a gather, such as the tokens routed to
@@ -90,6 +106,15 @@ void matmul_quantized_packed(const void* packed, GGMLType type, int64_t rows, in
 // Other kernel sets unpack strip by strip and give exactly what matvec / matmul give unpacked.
 void matmul_packed(const void* packed, GGMLType type, int64_t rows, int64_t cols, const float* x, int64_t n,
                    float* y, ThreadPool& pool, ActPrecision precision = ActPrecision::Q8);
+
+// The activation bytes the strip GEMM of `type` takes for x (n, cols) at `precision` (Auto: Q8X2):
+// StripActLayout groups, (hi, lo) slots per x row at Q8X2, quantized with the current kernel set
+// (its fused strip quantizer where it has one, kernels.h); block and bias are the AVX-512 set's
+// strip kernels' for `type` (ValueError where it has none). n times the rows per token must fill
+// whole groups (a multiple of kStripAct), so that every byte is defined. For tests: every kernel
+// set gives the same bytes.
+std::vector<uint8_t> strip_activations(GGMLType type, int64_t cols, const float* x, int64_t n, ActPrecision precision,
+                                       ThreadPool& pool);
 
 // Measured read bandwidth in GB/s: every pool thread sums its share of a `bytes` buffer,
 // best of `iters` passes (after one warm-up pass that also faults the pages in).

@@ -23,37 +23,67 @@ void f32_to_f16_generic(const float* x, uint16_t* y, int64_t n) {
     for (int64_t i = 0; i < n; ++i) y[i] = fp32_to_fp16(x[i]);
 }
 
+void rmsnorm_generic(const float* x, const float* w, float* y, int64_t n, float eps);
+
 struct HotLoops {
     void (*axpy)(float*, float, const float*, int64_t);
     void (*to_f32)(const uint16_t*, float*, int64_t);
     void (*to_f16)(const float*, uint16_t*, int64_t);
     void (*silu)(const float*, const float*, float*, int64_t);
     void (*gelu)(const float*, const float*, float*, int64_t);
+    void (*rmsnorm)(const float*, const float*, float*, int64_t, float);
 };
 
 void silu_mul_generic(const float* gate, const float* up, float* out, int64_t n);
 void gelu_tanh_mul_generic(const float* gate, const float* up, float* out, int64_t n);
 
-// AVX2 when the CPU has it, unless LOWBIT_CPU=scalar asks for the portable loops (tests).
-bool use_avx2() {
-    const char* env = std::getenv("LOWBIT_CPU");
-    return cpu_features().has_avx2_level() && !(env && std::string(env) == "scalar");
+const HotLoops kGeneric{axpy_f32_generic, f16_to_f32_generic, f32_to_f16_generic, silu_mul_generic,
+                        gelu_tanh_mul_generic, rmsnorm_generic};
+const HotLoops kAvx2{avx2::axpy_f32, avx2::f16_to_f32_row, avx2::f32_to_f16_row, avx2::silu_mul, avx2::gelu_tanh_mul,
+                     rmsnorm_generic};
+const HotLoops kAvx512{avx2::axpy_f32, avx2::f16_to_f32_row, avx2::f32_to_f16_row, avx512::silu_mul,
+                       avx512::gelu_tanh_mul, avx512::rmsnorm};
+
+// The loops of implementation `impl`, or ValueError where this CPU lacks it.
+const HotLoops& hot_loops_named(const std::string& impl) {
+    const CpuFeatures& f = cpu_features();
+    if (impl == "generic" || impl == "scalar") return kGeneric;
+    if (impl == "avx2" && f.has_avx2_level()) return kAvx2;
+    if (impl == "avx512" && f.has_avx512_level()) return kAvx512;
+    throw ValueError(str("CPU op loops '", impl, "': valid choices are generic and ", supported_levels()));
 }
 
+// The widest set the CPU has, unless LOWBIT_CPU names a narrower one ("scalar": the portable
+// loops, as for the kernels; "avx2").
 const HotLoops& hot_loops() {
-    static const HotLoops h = [] {
-        const bool avx2 = use_avx2();
-        return avx2 ? HotLoops{avx2::axpy_f32, avx2::f16_to_f32_row, avx2::f32_to_f16_row, avx2::silu_mul,
-                               avx2::gelu_tanh_mul}
-                    : HotLoops{axpy_f32_generic, f16_to_f32_generic, f32_to_f16_generic, silu_mul_generic,
-                               gelu_tanh_mul_generic};
+    static const HotLoops& h = [&]() -> const HotLoops& {
+        const char* env = std::getenv("LOWBIT_CPU");
+        const std::string want = env ? env : "";
+        const CpuFeatures& f = cpu_features();
+        if (want == "scalar") return kGeneric;
+        if (f.has_avx512_level() && want != "avx2") return kAvx512;
+        return f.has_avx2_level() ? kAvx2 : kGeneric;
     }();
     return h;
 }
 
 }  // namespace
 
-void rmsnorm(const float* x, const float* w, float* y, int64_t n, float eps) {
+void rmsnorm(const float* x, const float* w, float* y, int64_t n, float eps) { hot_loops().rmsnorm(x, w, y, n, eps); }
+
+void gated_act_with(const char* impl, const char* act, const float* gate, const float* up, float* out, int64_t n) {
+    const HotLoops& h = hot_loops_named(impl);
+    LOWBIT_CHECK(std::string(act) == "silu" || std::string(act) == "gelu", ValueError, "gated activation '", act,
+                 "' must be silu or gelu");
+    (std::string(act) == "silu" ? h.silu : h.gelu)(gate, up, out, n);
+}
+
+void rmsnorm_with(const char* impl, const float* x, const float* w, float* y, int64_t n, float eps) {
+    hot_loops_named(impl).rmsnorm(x, w, y, n, eps);
+}
+
+namespace {
+void rmsnorm_generic(const float* x, const float* w, float* y, int64_t n, float eps) {
     double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};   // 8 lanes in double: vectorizable, and no 4-cycle add chain
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
@@ -64,6 +94,7 @@ void rmsnorm(const float* x, const float* w, float* y, int64_t n, float eps) {
     if (w) for (int64_t i = 0; i < n; ++i) y[i] = x[i] * scale * w[i];
     else for (int64_t i = 0; i < n; ++i) y[i] = x[i] * scale;
 }
+}  // namespace
 
 void rope_cos_sin(double pos, const double* inv_freq, int64_t half, float* cos_sin, float mscale) {
     for (int64_t i = 0; i < half; ++i) {

@@ -2,8 +2,10 @@
 //
 // Everything is f32 in memory; reductions that decide accuracy (norm sums) accumulate in double.
 // Plain loops that the compiler vectorizes for baseline SSE2; a few hot loops (axpy, f16 row
-// conversion, the gated activations) have AVX2/F16C versions in ops_avx2.cpp, picked once from
-// the CPU features (LOWBIT_CPU=scalar forces the portable loops). Attention: cpu/attention.h.
+// conversion, the gated activations) have AVX2/F16C versions in ops_avx2.cpp, and the gated
+// activations and rmsnorm AVX-512 ones in ops_avx512.cpp (the same bits as the AVX2 / portable
+// loops), picked once from the CPU features (LOWBIT_CPU=scalar forces the portable loops,
+// LOWBIT_CPU=avx2 the AVX2 ones). Attention: cpu/attention.h.
 #pragma once
 #include <cstdint>
 
@@ -39,5 +41,16 @@ void f32_to_f16_row(const float* x, uint16_t* y, int64_t n);
 void silu_mul(const float* gate, const float* up, float* out, int64_t n);
 void gelu_tanh_mul(const float* gate, const float* up, float* out, int64_t n);
 }  // namespace avx2
+
+namespace avx512 {   // ops_avx512.cpp; only called when cpu_features().has_avx512_level()
+void silu_mul(const float* gate, const float* up, float* out, int64_t n);
+void gelu_tanh_mul(const float* gate, const float* up, float* out, int64_t n);
+void rmsnorm(const float* x, const float* w, float* y, int64_t n, float eps);
+}  // namespace avx512
+
+// The gated activation ("silu" / "gelu") and rmsnorm of one implementation ("generic", "avx2",
+// "avx512"; ValueError for one this CPU lacks), for the tests that hold them to each other.
+void gated_act_with(const char* impl, const char* act, const float* gate, const float* up, float* out, int64_t n);
+void rmsnorm_with(const char* impl, const float* x, const float* w, float* y, int64_t n, float eps);
 
 }  // namespace lowbit::cpu

@@ -22,7 +22,7 @@ enum class Op : int {
     MatOut,       // attention output projection
     Residual,     // post-norms and the residual add
     MatGateUp,    // gate / up projection (fused or two)
-    FfnAct,       // SiLU / GELU gating
+    FfnAct,       // SiLU / GELU gating of one row (several: made inside MatDown's ActQuant, matmul.h RowMaker)
     MatDown,      // FFN down projection
     Moe,          // expert FFN (router, experts, combine)
     OutputHead,   // logits matmul, scaling, soft-cap, scatter

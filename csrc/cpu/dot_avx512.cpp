@@ -357,14 +357,17 @@ inline __m512i lane_index4(int s0) {
 }
 
 // The 12 packed bytes of Q4_K / Q5_K scales of `count` (1..4) super-blocks, one per 128-bit
-// lane -> per lane bytes 0..7 the 6-bit scales, 8..15 the mins (the values of unpack_k4_scales).
-// Reads 16 bytes per super-block: the 4 after the scales are quant bytes.
+// lane -> per lane bytes 0..7 the 6-bit scales, 8..15 the mins (the values of unpack_k4_scales);
+// lanes past `count` hold 0. Reads 16 bytes per super-block: the 4 after the scales are quant bytes.
 template <typename Block>
 inline __m512i unpack_k4_scales_x4(const Block* x, int count) {
-    __m512i s = _mm512_castsi128_si512(load128(x[0].scales));
+    __m512i s = _mm512_zextsi128_si512(load128(x[0].scales));
     if (count == 4) {
         s = _mm512_inserti32x4(s, load128(x[1].scales), 1);
         s = _mm512_inserti64x4(s, _mm256_inserti128_si256(_mm256_castsi128_si256(load128(x[2].scales)), load128(x[3].scales), 1), 1);
+    } else {
+        if (count > 1) s = _mm512_inserti32x4(s, load128(x[1].scales), 1);
+        if (count > 2) s = _mm512_inserti32x4(s, load128(x[2].scales), 2);
     }
     auto lanes = [](__m128i v) { return _mm512_broadcast_i32x4(v); };
     // low bits: sc j<4: s[j] & 63, sc j>=4: s[j+4] & 15, m j<4: s[j+4] & 63, m j>=4: s[j+4] >> 4
@@ -375,16 +378,6 @@ inline __m512i unpack_k4_scales_x4(const Block* x, int count) {
     // high bits (j >= 4): sc: (s[j-4] >> 6) << 4, m: (s[j] >> 6) << 4
     const __m512i bsrc = _mm512_shuffle_epi8(s, lanes(_mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7)));
     return _mm512_ternarylogic_epi32(lo, _mm512_srli_epi16(bsrc, 2), _mm512_set1_epi8(0x30), 0xF8);
-}
-
-// sum over the 8 sub-blocks of mins16[s] * (bsums[2s] + bsums[2s+1]).
-inline int k4_min_sum_v(__m128i mins16, const int16_t* bsums) {
-    const __m256i b = load256(bsums);
-    const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
-    __m128i s = _mm_madd_epi16(mins16, pairs);
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-    return _mm_cvtsi128_si32(s);
 }
 
 // One Q4_K / Q5_K super-block decoded for every row: q[c] = the 64 values of chunk c (low
@@ -451,39 +444,64 @@ inline uint32_t load_u32(const void* p) {
     return v;
 }
 
-// The float step of 4 super-blocks of a k-quant with mins (Q2_K, Q4_K, Q5_K) for NR rows:
+// sum + t[0] + .. + t[C-1], added in that order (the scalar spec's super-block order).
+template <int C>
+inline float add_in_order(float sum, __m128 t) {
+    if constexpr (C == 4) return add4_in_order(sum, t);
+    __m128 s = _mm_add_ss(_mm_set_ss(sum), t);
+    if constexpr (C > 1) s = _mm_add_ss(s, _mm_movehdup_ps(t));
+    if constexpr (C > 2) s = _mm_add_ss(s, _mm_movehl_ps(t, t));
+    return _mm_cvtss_f32(s);
+}
+
+// The bsums of activation super-blocks j, j + 1 (32 words) as one zmm; those at or past C read as 0.
+template <int C>
+LOWBIT_HOT __m512i bsums_pair(const block_q8_K* a, int j) {
+    const auto* bs = reinterpret_cast<const uint8_t*>(a[j].bsums);
+    if (j + 1 < C) return load2x256(bs, sizeof(block_q8_K));
+    if (j < C) return _mm512_zextsi256_si512(load256(bs));
+    return _mm512_setzero_si512();
+}
+
+// The float step of C (1..4) super-blocks of a k-quant with mins (Q2_K, Q4_K, Q5_K) for NR rows:
 // acc[r][j] totals isum of super-block j, mw01 / mw23 hold the 16 min words of super-blocks 0, 1
-// (2, 3) matching bsums. Per super-block dall * isum - dmin * summs on 4 lanes, then added in
-// super-block order (the scalar spec's operations and order).
-template <int NR, typename Block>
-inline void min_k_float4(const Block* w, const void* act, size_t stride, int b, const __m512i (*acc)[4], __m512i mw01,
+// (2, 3) matching bsums. Per super-block dall * isum - dmin * summs on 4 lanes (lanes past C: 0,
+// nothing past the C super-blocks is read), then added in super-block order (the scalar spec's
+// operations and order).
+template <int NR, int C = 4, typename Block>
+LOWBIT_HOT void min_k_float4(const Block* w, const void* act, size_t stride, int b, const __m512i (*acc)[4], __m512i mw01,
                          __m512i mw23, float* sumf) {
-    // fp16 (d, dmin) of the 4 super-blocks -> [d0..d3 | dmin0..dmin3]
-    const __m128i dd = _mm_setr_epi32(int(load_u32(&w[0].d)), int(load_u32(&w[1].d)), int(load_u32(&w[2].d)), int(load_u32(&w[3].d)));
+    // fp16 (d, dmin) of the C super-blocks -> [d0..d3 | dmin0..dmin3]
+    auto dd_of = [w](int j) { return j < C ? int(load_u32(&w[j].d)) : 0; };
+    const __m128i dd = _mm_setr_epi32(dd_of(0), dd_of(1), dd_of(2), dd_of(3));
     const __m256 wdd = _mm256_permutexvar_ps(_mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7), _mm256_cvtph_ps(dd));
     for (int r = 0; r < NR; ++r) {
         const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
-        const auto* bs = reinterpret_cast<const uint8_t*>(a->bsums);
         const __m128i isum = reduce4_epi32(acc[r]);
-        const __m128i summs = reduce_halves_epi32(_mm512_madd_epi16(mw01, load2x256(bs, sizeof(block_q8_K))),
-                                                  _mm512_madd_epi16(mw23, load2x256(bs + 2 * sizeof(block_q8_K), sizeof(block_q8_K))));
+        const __m128i summs = reduce_halves_epi32(_mm512_madd_epi16(mw01, bsums_pair<C>(a, 0)),
+                                                  _mm512_madd_epi16(mw23, bsums_pair<C>(a, 2)));
         const __m256 f = _mm256_cvtepi32_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(isum), summs, 1));
-        const __m128 ad = _mm_setr_ps(a[0].d, a[1].d, a[2].d, a[3].d);
+        auto ad_of = [a](int j) { return j < C ? a[j].d : 0.0f; };
+        const __m128 ad = _mm_setr_ps(ad_of(0), ad_of(1), ad_of(2), ad_of(3));
         const __m256 p = _mm256_mul_ps(_mm256_mul_ps(_mm256_set_m128(ad, ad), wdd), f);  // [dall * isum | dmin * summs]
         const __m128 t = _mm_sub_ps(_mm256_castps256_ps128(p), _mm256_extractf128_ps(p, 1));
-        sumf[r] = add4_in_order(sumf[r], t);
+        sumf[r] = add_in_order<C>(sumf[r], t);
     }
 }
 
-// Super-blocks b .. b+3 for NR rows: the integer sums of 4 super-blocks stay in vectors and are
-// reduced together; the float step runs on 4 lanes with the scalar spec's operations
-// (dall * isum - dmin * summs per super-block), then adds into sumf in super-block order.
-template <int NR, bool kQ5, typename Block>
-inline void k4_group4(const Block* w, const void* act, size_t stride, int b, float* sumf) {
-    const __m512i sm = unpack_k4_scales_x4(w, 4);  // lane j: super-block j
+// Super-blocks b .. b+C-1 (C = 1..4) for NR rows: the integer sums of the C super-blocks stay in
+// vectors and are reduced together; the float step runs on 4 lanes with the scalar spec's
+// operations (dall * isum - dmin * summs per super-block), then adds into sumf in super-block order.
+template <int NR, bool kQ5, int C, typename Block>
+LOWBIT_HOT void k4_group(const Block* w, const void* act, size_t stride, int b, float* sumf) {
+    const __m512i sm = unpack_k4_scales_x4(w, C);  // lane j: super-block j
     const __m512i sc_words = _mm512_unpacklo_epi8(sm, _mm512_setzero_si512());
     __m512i acc[NR][4];
     for (int j = 0; j < 4; ++j) {
+        if (j >= C) {
+            for (int r = 0; r < NR; ++r) acc[r][j] = _mm512_setzero_si512();
+            continue;
+        }
         __m512i q[4], scale[4];
         k4_decode<kQ5>(w[j], _mm512_permutexvar_epi64(_mm512_set1_epi64(2 * j) + _mm512_setr_epi64(0, 1, 0, 1, 0, 1, 0, 1), sc_words), q, scale);
         for (int r = 0; r < NR; ++r) acc[r][j] = k4_products(q, scale, (act_row_q8_K(act, stride, r) + b + j)->qs);
@@ -492,9 +510,23 @@ inline void k4_group4(const Block* w, const void* act, size_t stride, int b, flo
     const __m512i mins_dup = _mm512_unpackhi_epi8(sm, sm);
     const __m512i mw01 = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(mins_dup));
     const __m512i mw23 = _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(mins_dup, 1));
-    min_k_float4<NR>(w, act, stride, b, acc, mw01, mw23, sumf);
+    min_k_float4<NR, C>(w, act, stride, b, acc, mw01, mw23, sumf);
 }
 
+// The last count (1..3) super-blocks of a row as one group (kept out of line: inlined, it made the
+// main loop of k4_rows slower).
+template <int NR, bool kQ5, typename Block>
+__attribute__((noinline)) void k4_partial_group(int count, const Block* w, const void* act, size_t stride, int b, float* sumf) {
+    prefetch_ahead(w, count * sizeof(Block));
+    switch (count) {
+        case 1: k4_group<NR, kQ5, 1>(w, act, stride, b, sumf); break;
+        case 2: k4_group<NR, kQ5, 2>(w, act, stride, b, sumf); break;
+        default: k4_group<NR, kQ5, 3>(w, act, stride, b, sumf); break;
+    }
+}
+
+// Groups of 4 super-blocks, then the last nsb % 4 as one partial group (short rows, such as a
+// MoE expert's 768 columns = 3 super-blocks, take the 4-lane path too).
 template <int NR, bool kQ5, typename Block>
 void k4_rows(int n, const Block* w, const void* act, size_t stride, float* out) {
     const int nsb = n / QK_K, nsb4 = nsb / 4 * 4;
@@ -502,23 +534,9 @@ void k4_rows(int n, const Block* w, const void* act, size_t stride, float* out) 
     for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
     for (int b = 0; b < nsb4; b += 4) {
         prefetch_ahead(w + b, 4 * sizeof(Block));
-        k4_group4<NR, kQ5>(w + b, act, stride, b, sumf);
+        k4_group<NR, kQ5, 4>(w + b, act, stride, b, sumf);
     }
-    for (int b = nsb4; b < nsb; ++b) {  // the last nsb % 4 super-blocks one at a time
-        prefetch_ahead(w + b, sizeof(Block));
-        __m512i q[4], scale[4];
-        const __m128i sm = _mm512_castsi512_si128(unpack_k4_scales_x4(w + b, 1));
-        k4_decode<kQ5>(w[b], _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(sm)), q, scale);
-        const __m128i mins16 = _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8));
-        const float wd = h2f(w[b].d), wdmin = h2f(w[b].dmin);
-        for (int r = 0; r < NR; ++r) {
-            const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
-            const int summs = k4_min_sum_v(mins16, a->bsums);
-            const int isum = _mm512_reduce_add_epi32(k4_products(q, scale, a->qs));
-            const float dall = a->d * wd, dmin = a->d * wdmin;
-            sumf[r] += dall * float(isum) - dmin * float(summs);
-        }
-    }
+    if (nsb4 < nsb) k4_partial_group<NR, kQ5>(nsb - nsb4, w + nsb4, act, stride, nsb4, sumf);
     for (int r = 0; r < NR; ++r) out[r] = sumf[r];
 }
 

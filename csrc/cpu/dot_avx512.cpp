@@ -380,26 +380,24 @@ inline __m512i unpack_k4_scales_x4(const Block* x, int count) {
     return _mm512_ternarylogic_epi32(lo, _mm512_srli_epi16(bsrc, 2), _mm512_set1_epi8(0x30), 0xF8);
 }
 
-// One Q4_K / Q5_K super-block decoded for every row: q[c] = the 64 values of chunk c (low
-// nibbles = sub-block 2c in the low 256 bits, high nibbles = 2c+1 in the high 256 bits), scale[c]
-// their scale words, picked from sc_all (the 8 scale words sc[0..7] in every 128-bit lane): per
-// chunk c a byte shuffle picks sc[2c] for the low 256 bits (low nibbles), sc[2c+1] for the high.
-// kQ5: Q5_K, whose fifth bit of sub-block s is bit s of qh[l].
+// Chunk c (64 weights) of a Q4_K / Q5_K super-block: low nibbles of qs[32c..32c+32) (sub-block 2c)
+// in the low 256 bits, high nibbles (sub-block 2c+1) in the high 256 bits, the order of the
+// activation's 64 quants. kQ5: Q5_K, whose fifth bit of sub-block s is bit s of qh[l].
 template <bool kQ5, typename Block>
-inline void k4_decode(const Block& x, __m512i sc_all, __m512i q[4], __m512i scale[4]) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
-    __m512i qh2 = _mm512_setzero_si512();
-    if constexpr (kQ5) qh2 = _mm512_broadcast_i64x4(load256(x.qh));
-    for (int c = 0; c < 4; ++c) {
-        q[c] = _mm512_and_si512(srli_halves<0, 4>(_mm512_broadcast_i64x4(load256(x.qs + 32 * c))), m4);
-        if constexpr (kQ5) {  // bit 2c (low half) / 2c+1 (high half) of qh, moved to bit 4
-            const __m512i t = _mm512_srli_epi16(qh2, unsigned(2 * c));
-            const __m512i h = _mm512_and_si512(_mm512_mask_srli_epi16(t, __mmask32(0xFFFF0000u), t, 1), _mm512_set1_epi8(1));
-            q[c] = _mm512_or_si512(q[c], _mm512_slli_epi16(h, 4));
-        }
-        const int lo = 0x0100 * (4 * c + 1) + 4 * c, hi = lo + 0x0202;  // byte pairs of words 2c, 2c+1
-        scale[c] = _mm512_shuffle_epi8(sc_all, _mm512_inserti64x4(_mm512_set1_epi16(short(lo)), _mm256_set1_epi16(short(hi)), 1));
+LOWBIT_HOT __m512i k4_chunk(const Block& x, int c) {
+    const __m512i q = _mm512_and_si512(srli_halves<0, 4>(_mm512_broadcast_i64x4(load256(x.qs + 32 * c))), _mm512_set1_epi8(0x0F));
+    if constexpr (kQ5) {
+        const __m512i t = _mm512_srli_epi16(_mm512_broadcast_i64x4(load256(x.qh)), unsigned(2 * c));  // bit 2c / 2c+1 of qh
+        const __m512i h = _mm512_and_si512(_mm512_mask_srli_epi16(t, __mmask32(0xFFFF0000u), t, 1), _mm512_set1_epi8(1));
+        return _mm512_or_si512(q, _mm512_slli_epi16(h, 4));
+    } else {
+        return q;
     }
+}
+
+template <bool kQ5, typename Block>
+inline void k4_quants(const Block& x, __m512i q[4]) {
+    for (int c = 0; c < 4; ++c) q[c] = k4_chunk<kQ5>(x, c);
 }
 
 // Per 128-bit lane sum pairs of sub-block products: 16 int32 whose total is the block's isum.
@@ -463,54 +461,113 @@ LOWBIT_HOT __m512i bsums_pair(const block_q8_K* a, int j) {
     return _mm512_setzero_si512();
 }
 
-// The float step of C (1..4) super-blocks of a k-quant with mins (Q2_K, Q4_K, Q5_K) for NR rows:
-// acc[r][j] totals isum of super-block j, mw01 / mw23 hold the 16 min words of super-blocks 0, 1
-// (2, 3) matching bsums. Per super-block dall * isum - dmin * summs on 4 lanes (lanes past C: 0,
-// nothing past the C super-blocks is read), then added in super-block order (the scalar spec's
-// operations and order).
-template <int NR, int C = 4, typename Block>
-LOWBIT_HOT void min_k_float4(const Block* w, const void* act, size_t stride, int b, const __m512i (*acc)[4], __m512i mw01,
-                         __m512i mw23, float* sumf) {
-    // fp16 (d, dmin) of the C super-blocks -> [d0..d3 | dmin0..dmin3]
+// fp16 (d, dmin) of C (1..4) super-blocks of a k-quant with mins -> [d0..d3 | dmin0..dmin3] (0 past C).
+template <int C, typename Block>
+LOWBIT_HOT __m256 min_k_wdd(const Block* w) {
     auto dd_of = [w](int j) { return j < C ? int(load_u32(&w[j].d)) : 0; };
     const __m128i dd = _mm_setr_epi32(dd_of(0), dd_of(1), dd_of(2), dd_of(3));
-    const __m256 wdd = _mm256_permutexvar_ps(_mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7), _mm256_cvtph_ps(dd));
+    return _mm256_permutexvar_ps(_mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7), _mm256_cvtph_ps(dd));
+}
+
+// One row's float step of C (1..4) super-blocks of a k-quant with mins (Q2_K, Q4_K, Q5_K): sums =
+// [isum 0..3 | summs 0..3], a = the row's first activation super-block. Per super-block dall *
+// isum - dmin * summs on 4 lanes (lanes past C: 0, nothing past the C super-blocks is read), then
+// added in super-block order (the scalar spec's operations and order).
+template <int C>
+LOWBIT_HOT float min_k_float_row(float sum, __m256 wdd, const block_q8_K* a, __m256i sums) {
+    auto ad_of = [a](int j) { return j < C ? a[j].d : 0.0f; };
+    const __m128 ad = _mm_setr_ps(ad_of(0), ad_of(1), ad_of(2), ad_of(3));
+    const __m256 p = _mm256_mul_ps(_mm256_mul_ps(_mm256_set_m128(ad, ad), wdd), _mm256_cvtepi32_ps(sums));  // [dall * isum | dmin * summs]
+    return add_in_order<C>(sum, _mm_sub_ps(_mm256_castps256_ps128(p), _mm256_extractf128_ps(p, 1)));
+}
+
+// The float step of 4 super-blocks (Q2_K) for NR rows: acc[r][j] totals isum of super-block j,
+// mw01 / mw23 hold the 16 min words of super-blocks 0, 1 (2, 3) matching bsums.
+template <int NR, typename Block>
+LOWBIT_HOT void min_k_float4(const Block* w, const void* act, size_t stride, int b, const __m512i (*acc)[4], __m512i mw01,
+                             __m512i mw23, float* sumf) {
+    const __m256 wdd = min_k_wdd<4>(w);
     for (int r = 0; r < NR; ++r) {
         const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
         const __m128i isum = reduce4_epi32(acc[r]);
-        const __m128i summs = reduce_halves_epi32(_mm512_madd_epi16(mw01, bsums_pair<C>(a, 0)),
-                                                  _mm512_madd_epi16(mw23, bsums_pair<C>(a, 2)));
-        const __m256 f = _mm256_cvtepi32_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(isum), summs, 1));
-        auto ad_of = [a](int j) { return j < C ? a[j].d : 0.0f; };
-        const __m128 ad = _mm_setr_ps(ad_of(0), ad_of(1), ad_of(2), ad_of(3));
-        const __m256 p = _mm256_mul_ps(_mm256_mul_ps(_mm256_set_m128(ad, ad), wdd), f);  // [dall * isum | dmin * summs]
-        const __m128 t = _mm_sub_ps(_mm256_castps256_ps128(p), _mm256_extractf128_ps(p, 1));
-        sumf[r] = add_in_order<C>(sumf[r], t);
+        const __m128i summs = reduce_halves_epi32(_mm512_madd_epi16(mw01, bsums_pair<4>(a, 0)),
+                                                  _mm512_madd_epi16(mw23, bsums_pair<4>(a, 2)));
+        sumf[r] = min_k_float_row<4>(sumf[r], wdd, a, _mm256_inserti128_si256(_mm256_castsi128_si256(isum), summs, 1));
     }
 }
 
-// Super-blocks b .. b+C-1 (C = 1..4) for NR rows: the integer sums of the C super-blocks stay in
-// vectors and are reduced together; the float step runs on 4 lanes with the scalar spec's
-// operations (dall * isum - dmin * summs per super-block), then adds into sumf in super-block order.
+// Q4_K / Q5_K products of a pair of super-blocks (2p, 2p+1): per chunk c and row, dpbusd gives
+// 16 dwords of 4 products each (|.| <= 4 * 31 * 128 < 2^15, so packs_epi32 keeps them exactly);
+// the two super-blocks' dwords are packed into words (per 128-bit lane: 4 of 2p, then 4 of 2p+1)
+// and dpwssd multiplies them by their sub-block scales (kK4ScaleIdx) into the pair's accumulator:
+// per 128-bit lane dwords 0-1 total super-block 2p, 2-3 super-block 2p+1.
+// Scale-word index of pair p, chunk c: lane k (sub-block 2c in lanes 0-1, 2c+1 in lanes 2-3), word i
+// -> word 8 * (2p + i / 4) + sub-block of sc_words (128-bit lane j = super-block j's 8 scales).
+struct K4ScaleIdx { int16_t w[2][4][32]; };
+constexpr K4ScaleIdx kK4ScaleIdx = [] {
+    K4ScaleIdx t{};
+    for (int p = 0; p < 2; ++p)
+        for (int c = 0; c < 4; ++c)
+            for (int k = 0; k < 4; ++k)
+                for (int i = 0; i < 8; ++i) t.w[p][c][8 * k + i] = int16_t(8 * (2 * p + i / 4) + 2 * c + k / 2);
+    return t;
+}();
+
+// [isum 0..3 | summs 0..3] from the pair accumulators acc01, acc23 (above) and the min products
+// m01 / m23 (dwords 0-7: super-block 0 / 2, 8-15: super-block 1 / 3): 128-bit shuffles and adds.
+LOWBIT_HOT __m256i k4_sums8(__m512i acc01, __m512i acc23, __m512i m01, __m512i m23) {
+    auto pick = [](__m512i x, __m512i y, auto imm) {
+        return _mm512_castps_si512(_mm512_shuffle_ps(_mm512_castsi512_ps(x), _mm512_castsi512_ps(y), decltype(imm)::value));
+    };
+    using Even = std::integral_constant<int, 0x88>;  // [x0, x2, y0, y2] per lane
+    using Odd = std::integral_constant<int, 0xDD>;   // [x1, x3, y1, y3]
+    const __m512i is = _mm512_add_epi32(pick(acc01, acc23, Even{}), pick(acc01, acc23, Odd{}));  // lane: [s0 s1 s2 s3]
+    const __m512i ms = _mm512_add_epi32(pick(m01, m23, Even{}), pick(m01, m23, Odd{}));  // lanes 0-1: [m0 m0 m2 m2], 2-3: [m1 m1 m3 m3]
+    const __m512i z = _mm512_add_epi32(_mm512_shuffle_i64x2(is, ms, _MM_SHUFFLE(2, 0, 1, 0)),
+                                       _mm512_shuffle_i64x2(is, ms, _MM_SHUFFLE(3, 1, 3, 2)));
+    // z: [is0 + is2, is1 + is3, ms0 + ms1 = [m0 m0 m2 m2], ms2 + ms3 = [m1 m1 m3 m3]]
+    const __m512i lo = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 1, 2, 3, 8, 12, 10, 14, 0, 0, 0, 0, 0, 0, 0, 0), z);
+    const __m512i hi = _mm512_permutexvar_epi32(_mm512_setr_epi32(4, 5, 6, 7, 9, 13, 11, 15, 0, 0, 0, 0, 0, 0, 0, 0), z);
+    return _mm256_add_epi32(_mm512_castsi512_si256(lo), _mm512_castsi512_si256(hi));
+}
+
+// Super-blocks b .. b+C-1 (C = 1..4) of a Q4_K / Q5_K row for NR rows: chunk by chunk, each pair of
+// super-blocks decoded once for all rows; the integer sums of the C super-blocks are reduced
+// together and the float step runs on 4 lanes with the scalar spec's operations (dall * isum -
+// dmin * summs per super-block), then adds into sumf in super-block order.
 template <int NR, bool kQ5, int C, typename Block>
 LOWBIT_HOT void k4_group(const Block* w, const void* act, size_t stride, int b, float* sumf) {
     const __m512i sm = unpack_k4_scales_x4(w, C);  // lane j: super-block j
     const __m512i sc_words = _mm512_unpacklo_epi8(sm, _mm512_setzero_si512());
-    __m512i acc[NR][4];
-    for (int j = 0; j < 4; ++j) {
-        if (j >= C) {
-            for (int r = 0; r < NR; ++r) acc[r][j] = _mm512_setzero_si512();
-            continue;
+    const __m512i zero = _mm512_setzero_si512();
+    __m512i acc[NR][2];
+    for (int p = 0; p < 2; ++p) {
+        for (int r = 0; r < NR; ++r) acc[r][p] = zero;
+        if (2 * p >= C) continue;
+        const bool second = 2 * p + 1 < C;
+        for (int c = 0; c < 4; ++c) {
+            const __m512i q0 = k4_chunk<kQ5>(w[2 * p], c);
+            const __m512i q1 = second ? k4_chunk<kQ5>(w[2 * p + 1], c) : zero;
+            const __m512i scale = _mm512_permutexvar_epi16(_mm512_loadu_si512(kK4ScaleIdx.w[p][c]), sc_words);
+            for (int r = 0; r < NR; ++r) {
+                const block_q8_K* a = act_row_q8_K(act, stride, r) + b + 2 * p;
+                const __m512i p0 = _mm512_dpbusd_epi32(zero, q0, load512(a[0].qs + 64 * c));
+                const __m512i p1 = second ? _mm512_dpbusd_epi32(zero, q1, load512(a[1].qs + 64 * c)) : zero;
+                acc[r][p] = _mm512_dpwssd_epi32(acc[r][p], _mm512_packs_epi32(p0, p1), scale);
+            }
         }
-        __m512i q[4], scale[4];
-        k4_decode<kQ5>(w[j], _mm512_permutexvar_epi64(_mm512_set1_epi64(2 * j) + _mm512_setr_epi64(0, 1, 0, 1, 0, 1, 0, 1), sc_words), q, scale);
-        for (int r = 0; r < NR; ++r) acc[r][j] = k4_products(q, scale, (act_row_q8_K(act, stride, r) + b + j)->qs);
     }
     // the mins of super-blocks 0, 1 (2, 3) as 2 x 16 words, each twice: min s pairs with bsums 2s, 2s+1
     const __m512i mins_dup = _mm512_unpackhi_epi8(sm, sm);
     const __m512i mw01 = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(mins_dup));
     const __m512i mw23 = _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(mins_dup, 1));
-    min_k_float4<NR, C>(w, act, stride, b, acc, mw01, mw23, sumf);
+    const __m256 wdd = min_k_wdd<C>(w);
+    for (int r = 0; r < NR; ++r) {
+        const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
+        const __m256i sums = k4_sums8(acc[r][0], acc[r][1], _mm512_madd_epi16(mw01, bsums_pair<C>(a, 0)),
+                                      _mm512_madd_epi16(mw23, bsums_pair<C>(a, 2)));
+        sumf[r] = min_k_float_row<C>(sumf[r], wdd, a, sums);
+    }
 }
 
 // The last count (1..3) super-blocks of a row as one group (kept out of line: inlined, it made the
@@ -916,8 +973,7 @@ void strip_decode_k(int n, const void* w, size_t row_bytes, int nrows, void* str
 template <bool kQ5, typename KBlock>
 void strip_decode_k4(int n, const void* w, size_t row_bytes, int nrows, void* strip) {
     strip_decode_k<32, true, KBlock>(n, w, row_bytes, nrows, strip, [](const KBlock& x, __m512i q[4], float* dw, float* mw) {
-        __m512i scale[4];
-        k4_decode<kQ5>(x, _mm512_setzero_si512(), q, scale);
+        k4_quants<kQ5>(x, q);
         // the 8 scales and 8 mins (bytes 0..15) times d and -dmin, 16 lanes at once (the same products)
         const __m512 sm = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_castsi512_si128(unpack_k4_scales_x4(&x, 1))));
         const __m512 dd = _mm512_insertf32x8(_mm512_set1_ps(h2f(x.d)), _mm256_set1_ps(-h2f(x.dmin)), 1);

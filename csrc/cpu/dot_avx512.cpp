@@ -790,28 +790,93 @@ void iq4_xs_rows_n(int n, const void* w, const void* act, size_t stride, float* 
     scaled_k_rows<NR>(n, static_cast<const block_iq4_xs*>(w), act, stride, out, iq4_xs_decode, iq4_xs_products);
 }
 
-// Q6_K: per half super-block two vectors of 64 six-bit values; per 128-bit lane one sub-block scale.
-struct Q6KDecoded { __m512i q[4], scale[4]; __m256i sc16; };
-
-inline Q6KDecoded q6_K_decode(const block_q6_K& x) {
+// Q6_K: per half super-block two vectors of 64 six-bit values q (weight = q - 32), chunk g =
+// elements 64g .. 64g+63 = sub-blocks 4g .. 4g+3, one per 128-bit lane.
+inline void q6_K_quants(const block_q6_K& x, __m512i q[4]) {
     const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(0x30);
-    Q6KDecoded d;
-    d.sc16 = _mm256_cvtepi8_epi16(load128(x.scales));
-    const __m512i sc_z = _mm512_castsi256_si512(d.sc16);
-    for (int half = 0; half < 2; ++half) {  // group g: elements 64g .. 64g+63 = sub-blocks 4g .. 4g+3
+    for (int half = 0; half < 2; ++half) {
         const __m512i ql = load512(x.ql + 64 * half);  // [ql0 | ql1]
         const __m512i hbits = srli_halves<0, 2>(_mm512_broadcast_i64x4(load256(x.qh + 32 * half)));
-        d.q[2 * half] = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_and_si512(_mm512_slli_epi16(hbits, 4), m2));
-        d.q[2 * half + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), _mm512_and_si512(hbits, m2));
+        q[2 * half] = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_and_si512(_mm512_slli_epi16(hbits, 4), m2));
+        q[2 * half + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), _mm512_and_si512(hbits, m2));
     }
-    for (int g = 0; g < 4; ++g) d.scale[g] = _mm512_permutexvar_epi16(lane_index4(4 * g), sc_z);
-    return d;
+}
+
+// Q6_K rows as Q4_K's (k4_group): per chunk and row dpbusd of the unsigned q (|sum of 4| <= 4 *
+// 63 * 128 < 2^15: packs is exact), two super-blocks' sums packed into words and scaled by one
+// dpwssd; the -32 offset (32 * sum sc * bsum) reduced beside the sums (k4_sums8's min lanes) and
+// taken off the integer sums: the same isum, and the float step (a.d * d) * isum of the spec.
+// Scale-word index of chunk g in a pair's 32 scale words (word 16 i + s: sub-block s of the
+// pair's super-block i): lane k (sub-block 4g + k), words 0-3 super-block 0, 4-7 super-block 1.
+struct Q6ScaleIdx { int16_t w[4][32]; };
+constexpr Q6ScaleIdx kQ6ScaleIdx = [] {
+    Q6ScaleIdx t{};
+    for (int g = 0; g < 4; ++g)
+        for (int k = 0; k < 4; ++k)
+            for (int i = 0; i < 8; ++i) t.w[g][8 * k + i] = int16_t(16 * (i / 4) + 4 * g + k);
+    return t;
+}();
+
+template <int NR, int C>
+LOWBIT_HOT void q6_K_group(const block_q6_K* x, const void* act, size_t stride, int b, float* sumf) {
+    const __m512i zero = _mm512_setzero_si512();
+    __m512i acc[NR][2], off[NR][2];
+    for (int p = 0; p < 2; ++p) {
+        for (int r = 0; r < NR; ++r) acc[r][p] = off[r][p] = zero;
+        if (2 * p >= C) continue;
+        const bool second = 2 * p + 1 < C;
+        __m512i q0[4], q1[4] = {zero, zero, zero, zero};
+        q6_K_quants(x[2 * p], q0);
+        if (second) q6_K_quants(x[2 * p + 1], q1);
+        const __m128i sc_lo = load128(x[2 * p].scales);
+        const __m512i scw = _mm512_cvtepi8_epi16(second ? _mm256_inserti128_si256(_mm256_castsi128_si256(sc_lo), load128(x[2 * p + 1].scales), 1)
+                                                        : _mm256_zextsi128_si256(sc_lo));
+        for (int r = 0; r < NR; ++r) off[r][p] = _mm512_madd_epi16(scw, bsums_pair<C>(act_row_q8_K(act, stride, r) + b, 2 * p));
+        for (int g = 0; g < 4; ++g) {
+            const __m512i scale = _mm512_permutexvar_epi16(_mm512_loadu_si512(kQ6ScaleIdx.w[g]), scw);
+            for (int r = 0; r < NR; ++r) {
+                const block_q8_K* a = act_row_q8_K(act, stride, r) + b + 2 * p;
+                const __m512i p0 = _mm512_dpbusd_epi32(zero, q0[g], load512(a[0].qs + 64 * g));
+                const __m512i p1 = second ? _mm512_dpbusd_epi32(zero, q1[g], load512(a[1].qs + 64 * g)) : zero;
+                acc[r][p] = _mm512_dpwssd_epi32(acc[r][p], _mm512_packs_epi32(p0, p1), scale);
+            }
+        }
+    }
+    auto d_of = [x](int j) { return j < C ? short(x[j].d) : short(0); };
+    const __m128 wd = _mm_cvtph_ps(_mm_setr_epi16(d_of(0), d_of(1), d_of(2), d_of(3), 0, 0, 0, 0));
+    for (int r = 0; r < NR; ++r) {
+        const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
+        const __m256i sums = k4_sums8(acc[r][0], acc[r][1], off[r][0], off[r][1]);  // [sum sc q y | sum sc bsum]
+        const __m128i isum = _mm_sub_epi32(_mm256_castsi256_si128(sums), _mm_slli_epi32(_mm256_extracti128_si256(sums, 1), 5));
+        auto ad_of = [a](int j) { return j < C ? a[j].d : 0.0f; };
+        const __m128 ad = _mm_setr_ps(ad_of(0), ad_of(1), ad_of(2), ad_of(3));
+        sumf[r] = add_in_order<C>(sumf[r], _mm_mul_ps(_mm_mul_ps(ad, wd), _mm_cvtepi32_ps(isum)));
+    }
+}
+
+template <int NR>
+__attribute__((noinline)) void q6_K_partial_group(int count, const block_q6_K* x, const void* act, size_t stride, int b, float* sumf) {
+    prefetch_ahead(x, count * sizeof(block_q6_K));
+    switch (count) {
+        case 1: q6_K_group<NR, 1>(x, act, stride, b, sumf); break;
+        case 2: q6_K_group<NR, 2>(x, act, stride, b, sumf); break;
+        default: q6_K_group<NR, 3>(x, act, stride, b, sumf); break;
+    }
 }
 
 template <int NR>
 void q6_K_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
-    LOWBIT_SPLIT_ROWS(NR, q6_K_rows_n)  // grouped super-blocks in both passes (faster than per super-block here)
-    scaled_k_rows<NR>(n, static_cast<const block_q6_K*>(w), act, stride, out, q6_K_decode, offset_products<5, Q6KDecoded>);
+    LOWBIT_SPLIT_ROWS(NR, q6_K_rows_n)
+    const auto* x = static_cast<const block_q6_K*>(w);
+    const int nsb = n / QK_K, nsb4 = nsb / 4 * 4;
+    float sumf[NR];
+    for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
+    for (int b = 0; b < nsb4; b += 4) {
+        prefetch_ahead(x + b, 4 * sizeof(block_q6_K));
+        q6_K_group<NR, 4>(x + b, act, stride, b, sumf);
+    }
+    if (nsb4 < nsb) q6_K_partial_group<NR>(nsb - nsb4, x + nsb4, act, stride, nsb4, sumf);
+    for (int r = 0; r < NR; ++r) out[r] = sumf[r];
 }
 
 // Float weights x f32 activations: 2 accumulators of 16 lanes per row; masked tail.
@@ -986,8 +1051,7 @@ void strip_decode_k4(int n, const void* w, size_t row_bytes, int nrows, void* st
 // Q6_K: w = d * sc_s * (q - 32) per sub-block s of 16 (int8 scales).
 void strip_decode_q6_K(int n, const void* w, size_t row_bytes, int nrows, void* strip) {
     strip_decode_k<16, false, block_q6_K>(n, w, row_bytes, nrows, strip, [](const block_q6_K& x, __m512i q[4], float* dw, float* mw) {
-        const Q6KDecoded dec = q6_K_decode(x);
-        for (int k = 0; k < 4; ++k) q[k] = dec.q[k];
+        q6_K_quants(x, q);
         const float d = h2f(x.d);
         for (int s = 0; s < 16; ++s) {
             dw[s] = d * float(x.scales[s]);

@@ -6,12 +6,14 @@
 // serve the activation quantizers; legacy rows end in a masked partial batch (n % 256).
 //
 // Shapes: legacy dots take 8 blocks per batch, two blocks per zmm ([b lo|b hi|b+1 lo|b+1 hi]);
-// k-quant dots decode a super-block into 4 zmm of 64 unsigned values plus 4 zmm of int16 scale
-// words (one sub-block per 128-bit lane or per 256-bit half), then per row
-// maddubs (u8 x s8 -> s16 pairs) + dpwssd (x scale -> s32). Super-blocks go in groups of 4: their
-// integer sums (and min sums) are reduced by one transpose-add tree, the scalar float step runs
-// on 4 lanes with the same operations, and its results are added in super-block order, so the
-// result is still the scalar spec's bit for bit (n % 1024 tail: one super-block at a time).
+// k-quant dots decode a super-block into 4 zmm of 64 unsigned values plus int16 scale words (one
+// sub-block per 128-bit lane or per 256-bit half), then per row maddubs (u8 x s8 -> s16 pairs) +
+// dpwssd (x scale -> s32); Q4_K / Q5_K / Q6_K instead dpbusd (u8 x s8 -> s32 sums of 4, small
+// enough for int16), two super-blocks' sums packed into words, one dpwssd by the scales (k4_group).
+// Super-blocks go in groups of 4: their integer sums (and min sums) are reduced by one transpose-add
+// tree, the scalar float step runs on 4 lanes with the same operations, and its results are added
+// in super-block order, so the result is still the scalar spec's bit for bit (n % 1024 tail: one
+// super-block at a time; Q4_K / Q5_K: one partial group of 1..3).
 #pragma GCC optimize("fp-contract=off")
 #define LOWBIT_SIMD_NS avx512
 #define LOWBIT_VNNI 1
@@ -802,7 +804,7 @@ inline void q6_K_quants(const block_q6_K& x, __m512i q[4]) {
     }
 }
 
-// Q6_K rows as Q4_K's (k4_group): per chunk and row dpbusd of the unsigned q (|sum of 4| <= 4 *
+// Q6_K groups of 4 super-blocks as Q4_K's (k4_group): per chunk and row dpbusd of the unsigned q (|sum of 4| <= 4 *
 // 63 * 128 < 2^15: packs is exact), two super-blocks' sums packed into words and scaled by one
 // dpwssd; the -32 offset (32 * sum sc * bsum) reduced beside the sums (k4_sums8's min lanes) and
 // taken off the integer sums: the same isum, and the float step (a.d * d) * isum of the spec.
@@ -817,50 +819,53 @@ constexpr Q6ScaleIdx kQ6ScaleIdx = [] {
     return t;
 }();
 
-template <int NR, int C>
-LOWBIT_HOT void q6_K_group(const block_q6_K* x, const void* act, size_t stride, int b, float* sumf) {
+template <int NR>
+LOWBIT_HOT void q6_K_group4(const block_q6_K* x, const void* act, size_t stride, int b, float* sumf) {
     const __m512i zero = _mm512_setzero_si512();
     __m512i acc[NR][2], off[NR][2];
     for (int p = 0; p < 2; ++p) {
-        for (int r = 0; r < NR; ++r) acc[r][p] = off[r][p] = zero;
-        if (2 * p >= C) continue;
-        const bool second = 2 * p + 1 < C;
-        __m512i q0[4], q1[4] = {zero, zero, zero, zero};
+        __m512i q0[4], q1[4];
         q6_K_quants(x[2 * p], q0);
-        if (second) q6_K_quants(x[2 * p + 1], q1);
-        const __m128i sc_lo = load128(x[2 * p].scales);
-        const __m512i scw = _mm512_cvtepi8_epi16(second ? _mm256_inserti128_si256(_mm256_castsi128_si256(sc_lo), load128(x[2 * p + 1].scales), 1)
-                                                        : _mm256_zextsi128_si256(sc_lo));
-        for (int r = 0; r < NR; ++r) off[r][p] = _mm512_madd_epi16(scw, bsums_pair<C>(act_row_q8_K(act, stride, r) + b, 2 * p));
+        q6_K_quants(x[2 * p + 1], q1);
+        const __m512i scw = _mm512_cvtepi8_epi16(_mm256_inserti128_si256(_mm256_castsi128_si256(load128(x[2 * p].scales)),
+                                                                         load128(x[2 * p + 1].scales), 1));
+        for (int r = 0; r < NR; ++r) {
+            acc[r][p] = zero;
+            off[r][p] = _mm512_madd_epi16(scw, bsums_pair<4>(act_row_q8_K(act, stride, r) + b, 2 * p));
+        }
         for (int g = 0; g < 4; ++g) {
             const __m512i scale = _mm512_permutexvar_epi16(_mm512_loadu_si512(kQ6ScaleIdx.w[g]), scw);
             for (int r = 0; r < NR; ++r) {
                 const block_q8_K* a = act_row_q8_K(act, stride, r) + b + 2 * p;
                 const __m512i p0 = _mm512_dpbusd_epi32(zero, q0[g], load512(a[0].qs + 64 * g));
-                const __m512i p1 = second ? _mm512_dpbusd_epi32(zero, q1[g], load512(a[1].qs + 64 * g)) : zero;
+                const __m512i p1 = _mm512_dpbusd_epi32(zero, q1[g], load512(a[1].qs + 64 * g));
                 acc[r][p] = _mm512_dpwssd_epi32(acc[r][p], _mm512_packs_epi32(p0, p1), scale);
             }
         }
     }
-    auto d_of = [x](int j) { return j < C ? short(x[j].d) : short(0); };
-    const __m128 wd = _mm_cvtph_ps(_mm_setr_epi16(d_of(0), d_of(1), d_of(2), d_of(3), 0, 0, 0, 0));
+    const __m128 wd = _mm_cvtph_ps(_mm_setr_epi16(short(x[0].d), short(x[1].d), short(x[2].d), short(x[3].d), 0, 0, 0, 0));
     for (int r = 0; r < NR; ++r) {
         const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
         const __m256i sums = k4_sums8(acc[r][0], acc[r][1], off[r][0], off[r][1]);  // [sum sc q y | sum sc bsum]
         const __m128i isum = _mm_sub_epi32(_mm256_castsi256_si128(sums), _mm_slli_epi32(_mm256_extracti128_si256(sums, 1), 5));
-        auto ad_of = [a](int j) { return j < C ? a[j].d : 0.0f; };
-        const __m128 ad = _mm_setr_ps(ad_of(0), ad_of(1), ad_of(2), ad_of(3));
-        sumf[r] = add_in_order<C>(sumf[r], _mm_mul_ps(_mm_mul_ps(ad, wd), _mm_cvtepi32_ps(isum)));
+        const __m128 ad = _mm_setr_ps(a[0].d, a[1].d, a[2].d, a[3].d);
+        sumf[r] = add4_in_order(sumf[r], _mm_mul_ps(_mm_mul_ps(ad, wd), _mm_cvtepi32_ps(isum)));
     }
 }
 
+// One Q6_K super-block for NR rows (a row's last n_sb % 4): maddubs + dpwssd per chunk and the
+// -32 offset in the same lanes (offset_products), reduced alone. Faster here than a partial group
+// (a MoE expert's down rows, 3 super-blocks: ~8% at NR 2), whose packs and dpwssd run half empty.
 template <int NR>
-__attribute__((noinline)) void q6_K_partial_group(int count, const block_q6_K* x, const void* act, size_t stride, int b, float* sumf) {
-    prefetch_ahead(x, count * sizeof(block_q6_K));
-    switch (count) {
-        case 1: q6_K_group<NR, 1>(x, act, stride, b, sumf); break;
-        case 2: q6_K_group<NR, 2>(x, act, stride, b, sumf); break;
-        default: q6_K_group<NR, 3>(x, act, stride, b, sumf); break;
+inline void q6_K_one(const block_q6_K& x, const block_q8_K* a0, size_t stride, float* sumf) {
+    struct { __m512i q[4], scale[4]; __m256i sc16; } dec;
+    q6_K_quants(x, dec.q);
+    dec.sc16 = _mm256_cvtepi8_epi16(load128(x.scales));
+    for (int g = 0; g < 4; ++g) dec.scale[g] = _mm512_permutexvar_epi16(lane_index4(4 * g), _mm512_castsi256_si512(dec.sc16));
+    const float wd = h2f(x.d);
+    for (int r = 0; r < NR; ++r) {
+        const block_q8_K* a = act_row_q8_K(a0, stride, r);
+        sumf[r] += (a->d * wd) * float(_mm512_reduce_add_epi32(offset_products<5>(dec, a)));
     }
 }
 
@@ -873,9 +878,12 @@ void q6_K_rows_n(int n, const void* w, const void* act, size_t stride, float* ou
     for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
     for (int b = 0; b < nsb4; b += 4) {
         prefetch_ahead(x + b, 4 * sizeof(block_q6_K));
-        q6_K_group<NR, 4>(x + b, act, stride, b, sumf);
+        q6_K_group4<NR>(x + b, act, stride, b, sumf);
     }
-    if (nsb4 < nsb) q6_K_partial_group<NR>(nsb - nsb4, x + nsb4, act, stride, nsb4, sumf);
+    for (int b = nsb4; b < nsb; ++b) {
+        prefetch_ahead(x + b, sizeof(block_q6_K));
+        q6_K_one<NR>(x[b], act_row_q8_K(act, stride, 0) + b, stride, sumf);
+    }
     for (int r = 0; r < NR; ++r) out[r] = sumf[r];
 }
 

@@ -6,12 +6,14 @@
 // serve the activation quantizers; legacy rows end in a masked partial batch (n % 256).
 //
 // Shapes: legacy dots take 8 blocks per batch, two blocks per zmm ([b lo|b hi|b+1 lo|b+1 hi]);
-// k-quant dots decode a super-block into 4 zmm of 64 unsigned values plus 4 zmm of int16 scale
-// words (one sub-block per 128-bit lane or per 256-bit half), then per row
-// maddubs (u8 x s8 -> s16 pairs) + dpwssd (x scale -> s32). Super-blocks go in groups of 4: their
-// integer sums (and min sums) are reduced by one transpose-add tree, the scalar float step runs
-// on 4 lanes with the same operations, and its results are added in super-block order, so the
-// result is still the scalar spec's bit for bit (n % 1024 tail: one super-block at a time).
+// k-quant dots decode a super-block into 4 zmm of 64 unsigned values plus int16 scale words (one
+// sub-block per 128-bit lane or per 256-bit half), then per row maddubs (u8 x s8 -> s16 pairs) +
+// dpwssd (x scale -> s32); Q4_K / Q5_K / Q6_K instead dpbusd (u8 x s8 -> s32 sums of 4, small
+// enough for int16), two super-blocks' sums packed into words, one dpwssd by the scales (k4_group).
+// Super-blocks go in groups of 4: their integer sums (and min sums) are reduced by one transpose-add
+// tree, the scalar float step runs on 4 lanes with the same operations, and its results are added
+// in super-block order, so the result is still the scalar spec's bit for bit (n % 1024 tail: one
+// super-block at a time; Q4_K / Q5_K: one partial group of 1..3).
 #pragma GCC optimize("fp-contract=off")
 #define LOWBIT_SIMD_NS avx512
 #define LOWBIT_VNNI 1
@@ -357,14 +359,17 @@ inline __m512i lane_index4(int s0) {
 }
 
 // The 12 packed bytes of Q4_K / Q5_K scales of `count` (1..4) super-blocks, one per 128-bit
-// lane -> per lane bytes 0..7 the 6-bit scales, 8..15 the mins (the values of unpack_k4_scales).
-// Reads 16 bytes per super-block: the 4 after the scales are quant bytes.
+// lane -> per lane bytes 0..7 the 6-bit scales, 8..15 the mins (the values of unpack_k4_scales);
+// lanes past `count` hold 0. Reads 16 bytes per super-block: the 4 after the scales are quant bytes.
 template <typename Block>
 inline __m512i unpack_k4_scales_x4(const Block* x, int count) {
-    __m512i s = _mm512_castsi128_si512(load128(x[0].scales));
+    __m512i s = _mm512_zextsi128_si512(load128(x[0].scales));
     if (count == 4) {
         s = _mm512_inserti32x4(s, load128(x[1].scales), 1);
         s = _mm512_inserti64x4(s, _mm256_inserti128_si256(_mm256_castsi128_si256(load128(x[2].scales)), load128(x[3].scales), 1), 1);
+    } else {
+        if (count > 1) s = _mm512_inserti32x4(s, load128(x[1].scales), 1);
+        if (count > 2) s = _mm512_inserti32x4(s, load128(x[2].scales), 2);
     }
     auto lanes = [](__m128i v) { return _mm512_broadcast_i32x4(v); };
     // low bits: sc j<4: s[j] & 63, sc j>=4: s[j+4] & 15, m j<4: s[j+4] & 63, m j>=4: s[j+4] >> 4
@@ -377,36 +382,24 @@ inline __m512i unpack_k4_scales_x4(const Block* x, int count) {
     return _mm512_ternarylogic_epi32(lo, _mm512_srli_epi16(bsrc, 2), _mm512_set1_epi8(0x30), 0xF8);
 }
 
-// sum over the 8 sub-blocks of mins16[s] * (bsums[2s] + bsums[2s+1]).
-inline int k4_min_sum_v(__m128i mins16, const int16_t* bsums) {
-    const __m256i b = load256(bsums);
-    const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
-    __m128i s = _mm_madd_epi16(mins16, pairs);
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-    return _mm_cvtsi128_si32(s);
+// Chunk c (64 weights) of a Q4_K / Q5_K super-block: low nibbles of qs[32c..32c+32) (sub-block 2c)
+// in the low 256 bits, high nibbles (sub-block 2c+1) in the high 256 bits, the order of the
+// activation's 64 quants. kQ5: Q5_K, whose fifth bit of sub-block s is bit s of qh[l].
+template <bool kQ5, typename Block>
+LOWBIT_HOT __m512i k4_chunk(const Block& x, int c) {
+    const __m512i q = _mm512_and_si512(srli_halves<0, 4>(_mm512_broadcast_i64x4(load256(x.qs + 32 * c))), _mm512_set1_epi8(0x0F));
+    if constexpr (kQ5) {
+        const __m512i t = _mm512_srli_epi16(_mm512_broadcast_i64x4(load256(x.qh)), unsigned(2 * c));  // bit 2c / 2c+1 of qh
+        const __m512i h = _mm512_and_si512(_mm512_mask_srli_epi16(t, __mmask32(0xFFFF0000u), t, 1), _mm512_set1_epi8(1));
+        return _mm512_or_si512(q, _mm512_slli_epi16(h, 4));
+    } else {
+        return q;
+    }
 }
 
-// One Q4_K / Q5_K super-block decoded for every row: q[c] = the 64 values of chunk c (low
-// nibbles = sub-block 2c in the low 256 bits, high nibbles = 2c+1 in the high 256 bits), scale[c]
-// their scale words, picked from sc_all (the 8 scale words sc[0..7] in every 128-bit lane): per
-// chunk c a byte shuffle picks sc[2c] for the low 256 bits (low nibbles), sc[2c+1] for the high.
-// kQ5: Q5_K, whose fifth bit of sub-block s is bit s of qh[l].
 template <bool kQ5, typename Block>
-inline void k4_decode(const Block& x, __m512i sc_all, __m512i q[4], __m512i scale[4]) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
-    __m512i qh2 = _mm512_setzero_si512();
-    if constexpr (kQ5) qh2 = _mm512_broadcast_i64x4(load256(x.qh));
-    for (int c = 0; c < 4; ++c) {
-        q[c] = _mm512_and_si512(srli_halves<0, 4>(_mm512_broadcast_i64x4(load256(x.qs + 32 * c))), m4);
-        if constexpr (kQ5) {  // bit 2c (low half) / 2c+1 (high half) of qh, moved to bit 4
-            const __m512i t = _mm512_srli_epi16(qh2, unsigned(2 * c));
-            const __m512i h = _mm512_and_si512(_mm512_mask_srli_epi16(t, __mmask32(0xFFFF0000u), t, 1), _mm512_set1_epi8(1));
-            q[c] = _mm512_or_si512(q[c], _mm512_slli_epi16(h, 4));
-        }
-        const int lo = 0x0100 * (4 * c + 1) + 4 * c, hi = lo + 0x0202;  // byte pairs of words 2c, 2c+1
-        scale[c] = _mm512_shuffle_epi8(sc_all, _mm512_inserti64x4(_mm512_set1_epi16(short(lo)), _mm256_set1_epi16(short(hi)), 1));
-    }
+inline void k4_quants(const Block& x, __m512i q[4]) {
+    for (int c = 0; c < 4; ++c) q[c] = k4_chunk<kQ5>(x, c);
 }
 
 // Per 128-bit lane sum pairs of sub-block products: 16 int32 whose total is the block's isum.
@@ -451,50 +444,148 @@ inline uint32_t load_u32(const void* p) {
     return v;
 }
 
-// The float step of 4 super-blocks of a k-quant with mins (Q2_K, Q4_K, Q5_K) for NR rows:
-// acc[r][j] totals isum of super-block j, mw01 / mw23 hold the 16 min words of super-blocks 0, 1
-// (2, 3) matching bsums. Per super-block dall * isum - dmin * summs on 4 lanes, then added in
-// super-block order (the scalar spec's operations and order).
+// sum + t[0] + .. + t[C-1], added in that order (the scalar spec's super-block order).
+template <int C>
+inline float add_in_order(float sum, __m128 t) {
+    if constexpr (C == 4) return add4_in_order(sum, t);
+    __m128 s = _mm_add_ss(_mm_set_ss(sum), t);
+    if constexpr (C > 1) s = _mm_add_ss(s, _mm_movehdup_ps(t));
+    if constexpr (C > 2) s = _mm_add_ss(s, _mm_movehl_ps(t, t));
+    return _mm_cvtss_f32(s);
+}
+
+// The bsums of activation super-blocks j, j + 1 (32 words) as one zmm; those at or past C read as 0.
+template <int C>
+LOWBIT_HOT __m512i bsums_pair(const block_q8_K* a, int j) {
+    const auto* bs = reinterpret_cast<const uint8_t*>(a[j].bsums);
+    if (j + 1 < C) return load2x256(bs, sizeof(block_q8_K));
+    if (j < C) return _mm512_zextsi256_si512(load256(bs));
+    return _mm512_setzero_si512();
+}
+
+// fp16 (d, dmin) of C (1..4) super-blocks of a k-quant with mins -> [d0..d3 | dmin0..dmin3] (0 past C).
+template <int C, typename Block>
+LOWBIT_HOT __m256 min_k_wdd(const Block* w) {
+    auto dd_of = [w](int j) { return j < C ? int(load_u32(&w[j].d)) : 0; };
+    const __m128i dd = _mm_setr_epi32(dd_of(0), dd_of(1), dd_of(2), dd_of(3));
+    return _mm256_permutexvar_ps(_mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7), _mm256_cvtph_ps(dd));
+}
+
+// One row's float step of C (1..4) super-blocks of a k-quant with mins (Q2_K, Q4_K, Q5_K): sums =
+// [isum 0..3 | summs 0..3], a = the row's first activation super-block. Per super-block dall *
+// isum - dmin * summs on 4 lanes (lanes past C: 0, nothing past the C super-blocks is read), then
+// added in super-block order (the scalar spec's operations and order).
+template <int C>
+LOWBIT_HOT float min_k_float_row(float sum, __m256 wdd, const block_q8_K* a, __m256i sums) {
+    auto ad_of = [a](int j) { return j < C ? a[j].d : 0.0f; };
+    const __m128 ad = _mm_setr_ps(ad_of(0), ad_of(1), ad_of(2), ad_of(3));
+    const __m256 p = _mm256_mul_ps(_mm256_mul_ps(_mm256_set_m128(ad, ad), wdd), _mm256_cvtepi32_ps(sums));  // [dall * isum | dmin * summs]
+    return add_in_order<C>(sum, _mm_sub_ps(_mm256_castps256_ps128(p), _mm256_extractf128_ps(p, 1)));
+}
+
+// The float step of 4 super-blocks (Q2_K) for NR rows: acc[r][j] totals isum of super-block j,
+// mw01 / mw23 hold the 16 min words of super-blocks 0, 1 (2, 3) matching bsums.
 template <int NR, typename Block>
-inline void min_k_float4(const Block* w, const void* act, size_t stride, int b, const __m512i (*acc)[4], __m512i mw01,
-                         __m512i mw23, float* sumf) {
-    // fp16 (d, dmin) of the 4 super-blocks -> [d0..d3 | dmin0..dmin3]
-    const __m128i dd = _mm_setr_epi32(int(load_u32(&w[0].d)), int(load_u32(&w[1].d)), int(load_u32(&w[2].d)), int(load_u32(&w[3].d)));
-    const __m256 wdd = _mm256_permutexvar_ps(_mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7), _mm256_cvtph_ps(dd));
+LOWBIT_HOT void min_k_float4(const Block* w, const void* act, size_t stride, int b, const __m512i (*acc)[4], __m512i mw01,
+                             __m512i mw23, float* sumf) {
+    const __m256 wdd = min_k_wdd<4>(w);
     for (int r = 0; r < NR; ++r) {
         const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
-        const auto* bs = reinterpret_cast<const uint8_t*>(a->bsums);
         const __m128i isum = reduce4_epi32(acc[r]);
-        const __m128i summs = reduce_halves_epi32(_mm512_madd_epi16(mw01, load2x256(bs, sizeof(block_q8_K))),
-                                                  _mm512_madd_epi16(mw23, load2x256(bs + 2 * sizeof(block_q8_K), sizeof(block_q8_K))));
-        const __m256 f = _mm256_cvtepi32_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(isum), summs, 1));
-        const __m128 ad = _mm_setr_ps(a[0].d, a[1].d, a[2].d, a[3].d);
-        const __m256 p = _mm256_mul_ps(_mm256_mul_ps(_mm256_set_m128(ad, ad), wdd), f);  // [dall * isum | dmin * summs]
-        const __m128 t = _mm_sub_ps(_mm256_castps256_ps128(p), _mm256_extractf128_ps(p, 1));
-        sumf[r] = add4_in_order(sumf[r], t);
+        const __m128i summs = reduce_halves_epi32(_mm512_madd_epi16(mw01, bsums_pair<4>(a, 0)),
+                                                  _mm512_madd_epi16(mw23, bsums_pair<4>(a, 2)));
+        sumf[r] = min_k_float_row<4>(sumf[r], wdd, a, _mm256_inserti128_si256(_mm256_castsi128_si256(isum), summs, 1));
     }
 }
 
-// Super-blocks b .. b+3 for NR rows: the integer sums of 4 super-blocks stay in vectors and are
-// reduced together; the float step runs on 4 lanes with the scalar spec's operations
-// (dall * isum - dmin * summs per super-block), then adds into sumf in super-block order.
-template <int NR, bool kQ5, typename Block>
-inline void k4_group4(const Block* w, const void* act, size_t stride, int b, float* sumf) {
-    const __m512i sm = unpack_k4_scales_x4(w, 4);  // lane j: super-block j
+// Q4_K / Q5_K products of a pair of super-blocks (2p, 2p+1): per chunk c and row, dpbusd gives
+// 16 dwords of 4 products each (|.| <= 4 * 31 * 128 < 2^15, so packs_epi32 keeps them exactly);
+// the two super-blocks' dwords are packed into words (per 128-bit lane: 4 of 2p, then 4 of 2p+1)
+// and dpwssd multiplies them by their sub-block scales (kK4ScaleIdx) into the pair's accumulator:
+// per 128-bit lane dwords 0-1 total super-block 2p, 2-3 super-block 2p+1.
+// Scale-word index of pair p, chunk c: lane k (sub-block 2c in lanes 0-1, 2c+1 in lanes 2-3), word i
+// -> word 8 * (2p + i / 4) + sub-block of sc_words (128-bit lane j = super-block j's 8 scales).
+struct K4ScaleIdx { int16_t w[2][4][32]; };
+constexpr K4ScaleIdx kK4ScaleIdx = [] {
+    K4ScaleIdx t{};
+    for (int p = 0; p < 2; ++p)
+        for (int c = 0; c < 4; ++c)
+            for (int k = 0; k < 4; ++k)
+                for (int i = 0; i < 8; ++i) t.w[p][c][8 * k + i] = int16_t(8 * (2 * p + i / 4) + 2 * c + k / 2);
+    return t;
+}();
+
+// [isum 0..3 | summs 0..3] from the pair accumulators acc01, acc23 (above) and the min products
+// m01 / m23 (dwords 0-7: super-block 0 / 2, 8-15: super-block 1 / 3): 128-bit shuffles and adds.
+LOWBIT_HOT __m256i k4_sums8(__m512i acc01, __m512i acc23, __m512i m01, __m512i m23) {
+    auto pick = [](__m512i x, __m512i y, auto imm) {
+        return _mm512_castps_si512(_mm512_shuffle_ps(_mm512_castsi512_ps(x), _mm512_castsi512_ps(y), decltype(imm)::value));
+    };
+    using Even = std::integral_constant<int, 0x88>;  // [x0, x2, y0, y2] per lane
+    using Odd = std::integral_constant<int, 0xDD>;   // [x1, x3, y1, y3]
+    const __m512i is = _mm512_add_epi32(pick(acc01, acc23, Even{}), pick(acc01, acc23, Odd{}));  // lane: [s0 s1 s2 s3]
+    const __m512i ms = _mm512_add_epi32(pick(m01, m23, Even{}), pick(m01, m23, Odd{}));  // lanes 0-1: [m0 m0 m2 m2], 2-3: [m1 m1 m3 m3]
+    const __m512i z = _mm512_add_epi32(_mm512_shuffle_i64x2(is, ms, _MM_SHUFFLE(2, 0, 1, 0)),
+                                       _mm512_shuffle_i64x2(is, ms, _MM_SHUFFLE(3, 1, 3, 2)));
+    // z: [is0 + is2, is1 + is3, ms0 + ms1 = [m0 m0 m2 m2], ms2 + ms3 = [m1 m1 m3 m3]]
+    const __m512i lo = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 1, 2, 3, 8, 12, 10, 14, 0, 0, 0, 0, 0, 0, 0, 0), z);
+    const __m512i hi = _mm512_permutexvar_epi32(_mm512_setr_epi32(4, 5, 6, 7, 9, 13, 11, 15, 0, 0, 0, 0, 0, 0, 0, 0), z);
+    return _mm256_add_epi32(_mm512_castsi512_si256(lo), _mm512_castsi512_si256(hi));
+}
+
+// Super-blocks b .. b+C-1 (C = 1..4) of a Q4_K / Q5_K row for NR rows: chunk by chunk, each pair of
+// super-blocks decoded once for all rows; the integer sums of the C super-blocks are reduced
+// together and the float step runs on 4 lanes with the scalar spec's operations (dall * isum -
+// dmin * summs per super-block), then adds into sumf in super-block order.
+template <int NR, bool kQ5, int C, typename Block>
+LOWBIT_HOT void k4_group(const Block* w, const void* act, size_t stride, int b, float* sumf) {
+    const __m512i sm = unpack_k4_scales_x4(w, C);  // lane j: super-block j
     const __m512i sc_words = _mm512_unpacklo_epi8(sm, _mm512_setzero_si512());
-    __m512i acc[NR][4];
-    for (int j = 0; j < 4; ++j) {
-        __m512i q[4], scale[4];
-        k4_decode<kQ5>(w[j], _mm512_permutexvar_epi64(_mm512_set1_epi64(2 * j) + _mm512_setr_epi64(0, 1, 0, 1, 0, 1, 0, 1), sc_words), q, scale);
-        for (int r = 0; r < NR; ++r) acc[r][j] = k4_products(q, scale, (act_row_q8_K(act, stride, r) + b + j)->qs);
+    const __m512i zero = _mm512_setzero_si512();
+    __m512i acc[NR][2];
+    for (int p = 0; p < 2; ++p) {
+        for (int r = 0; r < NR; ++r) acc[r][p] = zero;
+        if (2 * p >= C) continue;
+        const bool second = 2 * p + 1 < C;
+        for (int c = 0; c < 4; ++c) {
+            const __m512i q0 = k4_chunk<kQ5>(w[2 * p], c);
+            const __m512i q1 = second ? k4_chunk<kQ5>(w[2 * p + 1], c) : zero;
+            const __m512i scale = _mm512_permutexvar_epi16(_mm512_loadu_si512(kK4ScaleIdx.w[p][c]), sc_words);
+            for (int r = 0; r < NR; ++r) {
+                const block_q8_K* a = act_row_q8_K(act, stride, r) + b + 2 * p;
+                const __m512i p0 = _mm512_dpbusd_epi32(zero, q0, load512(a[0].qs + 64 * c));
+                const __m512i p1 = second ? _mm512_dpbusd_epi32(zero, q1, load512(a[1].qs + 64 * c)) : zero;
+                acc[r][p] = _mm512_dpwssd_epi32(acc[r][p], _mm512_packs_epi32(p0, p1), scale);
+            }
+        }
     }
     // the mins of super-blocks 0, 1 (2, 3) as 2 x 16 words, each twice: min s pairs with bsums 2s, 2s+1
     const __m512i mins_dup = _mm512_unpackhi_epi8(sm, sm);
     const __m512i mw01 = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(mins_dup));
     const __m512i mw23 = _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(mins_dup, 1));
-    min_k_float4<NR>(w, act, stride, b, acc, mw01, mw23, sumf);
+    const __m256 wdd = min_k_wdd<C>(w);
+    for (int r = 0; r < NR; ++r) {
+        const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
+        const __m256i sums = k4_sums8(acc[r][0], acc[r][1], _mm512_madd_epi16(mw01, bsums_pair<C>(a, 0)),
+                                      _mm512_madd_epi16(mw23, bsums_pair<C>(a, 2)));
+        sumf[r] = min_k_float_row<C>(sumf[r], wdd, a, sums);
+    }
 }
 
+// The last count (1..3) super-blocks of a row as one group (kept out of line: inlined, it made the
+// main loop of k4_rows slower).
+template <int NR, bool kQ5, typename Block>
+__attribute__((noinline)) void k4_partial_group(int count, const Block* w, const void* act, size_t stride, int b, float* sumf) {
+    prefetch_ahead(w, count * sizeof(Block));
+    switch (count) {
+        case 1: k4_group<NR, kQ5, 1>(w, act, stride, b, sumf); break;
+        case 2: k4_group<NR, kQ5, 2>(w, act, stride, b, sumf); break;
+        default: k4_group<NR, kQ5, 3>(w, act, stride, b, sumf); break;
+    }
+}
+
+// Groups of 4 super-blocks, then the last nsb % 4 as one partial group (short rows, such as a
+// MoE expert's 768 columns = 3 super-blocks, take the 4-lane path too).
 template <int NR, bool kQ5, typename Block>
 void k4_rows(int n, const Block* w, const void* act, size_t stride, float* out) {
     const int nsb = n / QK_K, nsb4 = nsb / 4 * 4;
@@ -502,23 +593,9 @@ void k4_rows(int n, const Block* w, const void* act, size_t stride, float* out) 
     for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
     for (int b = 0; b < nsb4; b += 4) {
         prefetch_ahead(w + b, 4 * sizeof(Block));
-        k4_group4<NR, kQ5>(w + b, act, stride, b, sumf);
+        k4_group<NR, kQ5, 4>(w + b, act, stride, b, sumf);
     }
-    for (int b = nsb4; b < nsb; ++b) {  // the last nsb % 4 super-blocks one at a time
-        prefetch_ahead(w + b, sizeof(Block));
-        __m512i q[4], scale[4];
-        const __m128i sm = _mm512_castsi512_si128(unpack_k4_scales_x4(w + b, 1));
-        k4_decode<kQ5>(w[b], _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(sm)), q, scale);
-        const __m128i mins16 = _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8));
-        const float wd = h2f(w[b].d), wdmin = h2f(w[b].dmin);
-        for (int r = 0; r < NR; ++r) {
-            const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
-            const int summs = k4_min_sum_v(mins16, a->bsums);
-            const int isum = _mm512_reduce_add_epi32(k4_products(q, scale, a->qs));
-            const float dall = a->d * wd, dmin = a->d * wdmin;
-            sumf[r] += dall * float(isum) - dmin * float(summs);
-        }
-    }
+    if (nsb4 < nsb) k4_partial_group<NR, kQ5>(nsb - nsb4, w + nsb4, act, stride, nsb4, sumf);
     for (int r = 0; r < NR; ++r) out[r] = sumf[r];
 }
 
@@ -715,28 +792,99 @@ void iq4_xs_rows_n(int n, const void* w, const void* act, size_t stride, float* 
     scaled_k_rows<NR>(n, static_cast<const block_iq4_xs*>(w), act, stride, out, iq4_xs_decode, iq4_xs_products);
 }
 
-// Q6_K: per half super-block two vectors of 64 six-bit values; per 128-bit lane one sub-block scale.
-struct Q6KDecoded { __m512i q[4], scale[4]; __m256i sc16; };
-
-inline Q6KDecoded q6_K_decode(const block_q6_K& x) {
+// Q6_K: per half super-block two vectors of 64 six-bit values q (weight = q - 32), chunk g =
+// elements 64g .. 64g+63 = sub-blocks 4g .. 4g+3, one per 128-bit lane.
+inline void q6_K_quants(const block_q6_K& x, __m512i q[4]) {
     const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(0x30);
-    Q6KDecoded d;
-    d.sc16 = _mm256_cvtepi8_epi16(load128(x.scales));
-    const __m512i sc_z = _mm512_castsi256_si512(d.sc16);
-    for (int half = 0; half < 2; ++half) {  // group g: elements 64g .. 64g+63 = sub-blocks 4g .. 4g+3
+    for (int half = 0; half < 2; ++half) {
         const __m512i ql = load512(x.ql + 64 * half);  // [ql0 | ql1]
         const __m512i hbits = srli_halves<0, 2>(_mm512_broadcast_i64x4(load256(x.qh + 32 * half)));
-        d.q[2 * half] = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_and_si512(_mm512_slli_epi16(hbits, 4), m2));
-        d.q[2 * half + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), _mm512_and_si512(hbits, m2));
+        q[2 * half] = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_and_si512(_mm512_slli_epi16(hbits, 4), m2));
+        q[2 * half + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), _mm512_and_si512(hbits, m2));
     }
-    for (int g = 0; g < 4; ++g) d.scale[g] = _mm512_permutexvar_epi16(lane_index4(4 * g), sc_z);
-    return d;
+}
+
+// Q6_K groups of 4 super-blocks as Q4_K's (k4_group): per chunk and row dpbusd of the unsigned q (|sum of 4| <= 4 *
+// 63 * 128 < 2^15: packs is exact), two super-blocks' sums packed into words and scaled by one
+// dpwssd; the -32 offset (32 * sum sc * bsum) reduced beside the sums (k4_sums8's min lanes) and
+// taken off the integer sums: the same isum, and the float step (a.d * d) * isum of the spec.
+// Scale-word index of chunk g in a pair's 32 scale words (word 16 i + s: sub-block s of the
+// pair's super-block i): lane k (sub-block 4g + k), words 0-3 super-block 0, 4-7 super-block 1.
+struct Q6ScaleIdx { int16_t w[4][32]; };
+constexpr Q6ScaleIdx kQ6ScaleIdx = [] {
+    Q6ScaleIdx t{};
+    for (int g = 0; g < 4; ++g)
+        for (int k = 0; k < 4; ++k)
+            for (int i = 0; i < 8; ++i) t.w[g][8 * k + i] = int16_t(16 * (i / 4) + 4 * g + k);
+    return t;
+}();
+
+template <int NR>
+LOWBIT_HOT void q6_K_group4(const block_q6_K* x, const void* act, size_t stride, int b, float* sumf) {
+    const __m512i zero = _mm512_setzero_si512();
+    __m512i acc[NR][2], off[NR][2];
+    for (int p = 0; p < 2; ++p) {
+        __m512i q0[4], q1[4];
+        q6_K_quants(x[2 * p], q0);
+        q6_K_quants(x[2 * p + 1], q1);
+        const __m512i scw = _mm512_cvtepi8_epi16(_mm256_inserti128_si256(_mm256_castsi128_si256(load128(x[2 * p].scales)),
+                                                                         load128(x[2 * p + 1].scales), 1));
+        for (int r = 0; r < NR; ++r) {
+            acc[r][p] = zero;
+            off[r][p] = _mm512_madd_epi16(scw, bsums_pair<4>(act_row_q8_K(act, stride, r) + b, 2 * p));
+        }
+        for (int g = 0; g < 4; ++g) {
+            const __m512i scale = _mm512_permutexvar_epi16(_mm512_loadu_si512(kQ6ScaleIdx.w[g]), scw);
+            for (int r = 0; r < NR; ++r) {
+                const block_q8_K* a = act_row_q8_K(act, stride, r) + b + 2 * p;
+                const __m512i p0 = _mm512_dpbusd_epi32(zero, q0[g], load512(a[0].qs + 64 * g));
+                const __m512i p1 = _mm512_dpbusd_epi32(zero, q1[g], load512(a[1].qs + 64 * g));
+                acc[r][p] = _mm512_dpwssd_epi32(acc[r][p], _mm512_packs_epi32(p0, p1), scale);
+            }
+        }
+    }
+    const __m128 wd = _mm_cvtph_ps(_mm_setr_epi16(short(x[0].d), short(x[1].d), short(x[2].d), short(x[3].d), 0, 0, 0, 0));
+    for (int r = 0; r < NR; ++r) {
+        const block_q8_K* a = act_row_q8_K(act, stride, r) + b;
+        const __m256i sums = k4_sums8(acc[r][0], acc[r][1], off[r][0], off[r][1]);  // [sum sc q y | sum sc bsum]
+        const __m128i isum = _mm_sub_epi32(_mm256_castsi256_si128(sums), _mm_slli_epi32(_mm256_extracti128_si256(sums, 1), 5));
+        const __m128 ad = _mm_setr_ps(a[0].d, a[1].d, a[2].d, a[3].d);
+        sumf[r] = add4_in_order(sumf[r], _mm_mul_ps(_mm_mul_ps(ad, wd), _mm_cvtepi32_ps(isum)));
+    }
+}
+
+// One Q6_K super-block for NR rows (a row's last n_sb % 4): maddubs + dpwssd per chunk and the
+// -32 offset in the same lanes (offset_products), reduced alone. Faster here than a partial group
+// (a MoE expert's down rows, 3 super-blocks: ~8% at NR 2), whose packs and dpwssd run half empty.
+template <int NR>
+inline void q6_K_one(const block_q6_K& x, const block_q8_K* a0, size_t stride, float* sumf) {
+    struct { __m512i q[4], scale[4]; __m256i sc16; } dec;
+    q6_K_quants(x, dec.q);
+    dec.sc16 = _mm256_cvtepi8_epi16(load128(x.scales));
+    for (int g = 0; g < 4; ++g) dec.scale[g] = _mm512_permutexvar_epi16(lane_index4(4 * g), _mm512_castsi256_si512(dec.sc16));
+    const float wd = h2f(x.d);
+    for (int r = 0; r < NR; ++r) {
+        const block_q8_K* a = act_row_q8_K(a0, stride, r);
+        sumf[r] += (a->d * wd) * float(_mm512_reduce_add_epi32(offset_products<5>(dec, a)));
+    }
 }
 
 template <int NR>
 void q6_K_rows_n(int n, const void* w, const void* act, size_t stride, float* out) {
-    LOWBIT_SPLIT_ROWS(NR, q6_K_rows_n)  // grouped super-blocks in both passes (faster than per super-block here)
-    scaled_k_rows<NR>(n, static_cast<const block_q6_K*>(w), act, stride, out, q6_K_decode, offset_products<5, Q6KDecoded>);
+    LOWBIT_SPLIT_ROWS(NR, q6_K_rows_n)
+    const auto* x = static_cast<const block_q6_K*>(w);
+    const int nsb = n / QK_K, nsb4 = nsb / 4 * 4;
+    float sumf[NR];
+    for (int r = 0; r < NR; ++r) sumf[r] = 0.0f;
+    for (int b = 0; b < nsb4; b += 4) {
+        prefetch_ahead(x + b, 4 * sizeof(block_q6_K));
+        q6_K_group4<NR>(x + b, act, stride, b, sumf);
+    }
+    for (int b = nsb4; b < nsb; ++b) {
+        prefetch_ahead(x + b, sizeof(block_q6_K));
+        q6_K_one<NR>(x[b], act_row_q8_K(act, stride, 0) + b, stride, sumf);
+    }
+    for (int r = 0; r < NR; ++r) out[r] = sumf[r];
 }
 
 // Float weights x f32 activations: 2 accumulators of 16 lanes per row; masked tail.
@@ -898,8 +1046,7 @@ void strip_decode_k(int n, const void* w, size_t row_bytes, int nrows, void* str
 template <bool kQ5, typename KBlock>
 void strip_decode_k4(int n, const void* w, size_t row_bytes, int nrows, void* strip) {
     strip_decode_k<32, true, KBlock>(n, w, row_bytes, nrows, strip, [](const KBlock& x, __m512i q[4], float* dw, float* mw) {
-        __m512i scale[4];
-        k4_decode<kQ5>(x, _mm512_setzero_si512(), q, scale);
+        k4_quants<kQ5>(x, q);
         // the 8 scales and 8 mins (bytes 0..15) times d and -dmin, 16 lanes at once (the same products)
         const __m512 sm = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_castsi512_si128(unpack_k4_scales_x4(&x, 1))));
         const __m512 dd = _mm512_insertf32x8(_mm512_set1_ps(h2f(x.d)), _mm256_set1_ps(-h2f(x.dmin)), 1);
@@ -912,8 +1059,7 @@ void strip_decode_k4(int n, const void* w, size_t row_bytes, int nrows, void* st
 // Q6_K: w = d * sc_s * (q - 32) per sub-block s of 16 (int8 scales).
 void strip_decode_q6_K(int n, const void* w, size_t row_bytes, int nrows, void* strip) {
     strip_decode_k<16, false, block_q6_K>(n, w, row_bytes, nrows, strip, [](const block_q6_K& x, __m512i q[4], float* dw, float* mw) {
-        const Q6KDecoded dec = q6_K_decode(x);
-        for (int k = 0; k < 4; ++k) q[k] = dec.q[k];
+        q6_K_quants(x, q);
         const float d = h2f(x.d);
         for (int s = 0; s < 16; ++s) {
             dw[s] = d * float(x.scales[s]);

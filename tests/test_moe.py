@@ -286,7 +286,7 @@ def test_packed_experts_match_unpacked(tmp_path_factory, monkeypatch, arch, weig
     """Types with a packed layout have their experts repacked at load: counted once among the
     copied bytes (the mapped pages are released), and the logits stay within the packed-vs-dots
     tier of the unpacked model's in decode (the one-token packed gemv at two-pass precision) and
-    in prefill (8-bit expert rows through matmul_quantized_packed: 120 tokens, ~40 rows an expert,
+    in prefill (8-bit expert rows through matmul_quantized on the packed strips: 120 tokens, ~40 rows an expert,
     40, ~13, and 16, ~5: the unpacked model takes the strip GEMM or the dots there); both within
     the quantized tier of the reference. An expert read at the wrong offset, or a row gathered from
     the wrong token, would be off by O(1)."""
@@ -331,7 +331,7 @@ def test_packed_experts_decode_equals_batch(tmp_path_factory):
 def test_packed_experts_under_scalar_kernels_equal_unpacked(tmp_path_factory, monkeypatch):
     """Experts packed at load, then the scalar kernel set (no packed GEMM): strips are unpacked
     and multiplied by the set's dots, exactly what the unpacked model computes (both paths: the
-    decode's float rows and the prefill's 8-bit expert rows, matmul_quantized_packed's fallback)."""
+    decode's float rows and the prefill's 8-bit expert rows, matmul_quantized's packed fallback)."""
     path = moe_model(tmp_path_factory, "qwen3moe", "Q8_0")
     ids = np.random.default_rng(12).integers(0, engine(path).n_vocab, 30).astype(np.int32)
     packed, plain = packed_and_plain(monkeypatch, path, n_batch=30)

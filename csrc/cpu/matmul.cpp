@@ -639,41 +639,31 @@ void matmul_packed(const void* packed, GGMLType type, int64_t rows, int64_t cols
 }
 
 // Rows quantized by the caller: laid out as quantize_rows lays out its own (strip groups, panel
-// rows or plain q8 rows, one activation row per x row), then matmul's strip or dot loops.
+// rows or plain q8 rows, one activation row per x row), then matmul's strip or dot loops, or on
+// packed weights the packed GEMM in place (any n: no strip decode to amortize, so no threshold).
 void matmul_quantized(const void* weights, GGMLType type, int64_t rows, int64_t cols, const void* const* act,
-                      int64_t n, float* y, ThreadPool& pool, int64_t strip_min_rows) {
+                      int64_t n, float* y, ThreadPool& pool, int64_t strip_min_rows, const void* packed) {
     check_matmul_shape(type, rows, cols);
+    LOWBIT_CHECK(!packed || PackedLayout::has(type), ValueError, "GGML type id ", uint32_t(type),
+                 " has no packed layout");
     const ActFormat fmt = act_format(type);
     LOWBIT_CHECK(fmt != ActFormat::F32, ValueError, "matmul_quantized: GGML type id ", uint32_t(type),
                  " takes float activations, not quantized rows");
     if (n <= 0) return;
     const KernelSet& ks = kernels();
-    const StripKernels* strip = n >= strip_min_rows ? strip_kernels_for(ks, type) : nullptr;
+    const StripKernels* strip = strip_kernels_for(ks, type);
+    if (packed ? strip && !strip->packed : n < strip_min_rows) strip = nullptr;
     QuantizedActs q;
     lay_out_acts(ks, type, cols, n, strip, q);
     for (int64_t i = 0; i < n; ++i)   // no profile scope: callers run this on pool threads too
         place_act_row(q, type, fmt, cols, act[i], i);
+    if (packed) {
+        if (!strip) return unpacked_matmul(ks, packed, type, rows, cols, q, n, y, pool);
+        if (n == 1 && strip->packed_gemv) return packed_matvec(*strip, packed, type, rows, cols, q, y, pool);
+        return packed_matmul(*strip, packed, type, rows, cols, q, n, y, pool);
+    }
     if (strip) return strip_matmul(*strip, weights, type, rows, cols, q, n, y, pool);
     dots_matmul(ks, weights, type, rows, cols, q, n, y, pool);
-}
-
-void matmul_quantized_packed(const void* packed, GGMLType type, int64_t rows, int64_t cols, const void* const* act,
-                             int64_t n, float* y, ThreadPool& pool) {
-    check_matmul_shape(type, rows, cols);
-    LOWBIT_CHECK(PackedLayout::has(type), ValueError, "GGML type id ", uint32_t(type), " has no packed layout");
-    const ActFormat fmt = act_format(type);
-    LOWBIT_CHECK(fmt != ActFormat::F32, ValueError, "matmul_quantized_packed: GGML type id ", uint32_t(type),
-                 " takes float activations, not quantized rows");
-    if (n <= 0) return;
-    const KernelSet& ks = kernels();
-    const StripKernels* sk = strip_kernels_for(ks, type);
-    if (sk && !sk->packed) sk = nullptr;
-    QuantizedActs q;
-    lay_out_acts(ks, type, cols, n, sk, q);
-    for (int64_t i = 0; i < n; ++i) place_act_row(q, type, fmt, cols, act[i], i);
-    if (!sk) return unpacked_matmul(ks, packed, type, rows, cols, q, n, y, pool);
-    if (n == 1 && sk->packed_gemv) return packed_matvec(*sk, packed, type, rows, cols, q, y, pool);
-    packed_matmul(*sk, packed, type, rows, cols, q, n, y, pool);
 }
 
 std::vector<uint8_t> strip_activations(GGMLType type, int64_t cols, const float* x, int64_t n, ActPrecision precision,

@@ -85,19 +85,18 @@ void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
 // one expert, whose rows are quantized once and shared by the matrices that take them. The strip
 // GEMM from strip_min_rows rows where the kernel set has one for `type`, else the multi-row dots:
 // matmul's kernels and loops, so each output is what matmul gives that x row at Q8 in that path.
+//
+// packed: the same matrix packed by pack_rows (kernels.h; a model's experts), taken instead of
+// `weights`: the packed GEMM read in place for every n (one row: the one-token gemv), the same bits
+// per row whatever n; under a set without the packed GEMM, strips unpacked and the set's dots
+// (exactly the result on the unpacked rows). In place beats turning each strip into a decoded
+// strip first (matmul_packed's choice above kPackedInPlaceRows) up to an expert item's 64 rows:
+// Q4_0 768 x 2048 from memory, 1 thread, CPU time, in place vs unpacked rows (moe.cpp's strip
+// thresholds): 4 rows 42 vs 63 us, 16: 89 vs 126, 32: 157 vs 194, 64: 303 vs 334; decoded strips
+// from 40 rows on: 265 vs 231 at 40, 380 vs 340 at 64.
 void matmul_quantized(const void* weights, GGMLType type, int64_t rows, int64_t cols, const void* const* act,
-                      int64_t n, float* y, ThreadPool& pool, int64_t strip_min_rows = kStripMinActRows);
-
-// matmul_quantized on weights packed by pack_rows (kernels.h; a model's experts): the packed
-// GEMM read in place for every n (one row: the one-token gemv), the same bits per row whatever n;
-// under a set without the packed GEMM, strips unpacked and the set's dots (exactly
-// matmul_quantized's result on the unpacked rows). In place beats turning each strip into a
-// decoded strip first (matmul_packed's choice above kPackedInPlaceRows) up to an expert item's 64
-// rows: Q4_0 768 x 2048 from memory, 1 thread, CPU time, in place vs unpacked rows through
-// matmul_quantized (moe.cpp's strip thresholds): 4 rows 42 vs 63 us, 16: 89 vs 126, 32: 157 vs
-// 194, 64: 303 vs 334; decoded strips from 40 rows on: 265 vs 231 at 40, 380 vs 340 at 64.
-void matmul_quantized_packed(const void* packed, GGMLType type, int64_t rows, int64_t cols, const void* const* act,
-                             int64_t n, float* y, ThreadPool& pool);
+                      int64_t n, float* y, ThreadPool& pool, int64_t strip_min_rows = kStripMinActRows,
+                      const void* packed = nullptr);
 
 // y[i][r] = dot(weight row r, x row i) for weights packed by pack_rows (kernels.h). On AVX-512 the
 // packed strip GEMM runs for every n, one token included (Auto: two-pass activations): within tier

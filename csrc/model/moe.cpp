@@ -136,11 +136,10 @@ bool q8_experts(const LayerWeights& l) {
 // run_item on the 8-bit path: the item's xn rows from s.xq, its gated rows quantized into w.hq.
 // y (n, m.rows) = m . q[i] for the item's n q8 rows, on the calling thread (the worker's pool).
 // Packed experts: the packed GEMM in place for any number of rows (no strip decode to amortize,
-// so no threshold; cpu::matmul_quantized_packed).
+// so strip_rows does not apply; cpu::matmul_quantized).
 void expert_matmul(const Matrix& m, const void* const* q, int64_t n, float* y, MoeScratch::Worker& w,
                    int64_t strip_rows) {
-    if (m.packed) cpu::matmul_quantized_packed(m.packed, m.type, m.rows, m.cols, q, n, y, w.pool);
-    else cpu::matmul_quantized(m.data, m.type, m.rows, m.cols, q, n, y, w.pool, strip_rows);
+    cpu::matmul_quantized(m.data, m.type, m.rows, m.cols, q, n, y, w.pool, strip_rows, m.packed);
 }
 
 void run_item_q8(const ModelConfig& c, const LayerWeights& l, const MoeScratch::Item& it, MoeScratch& s,

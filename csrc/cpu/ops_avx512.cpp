@@ -2,7 +2,7 @@
 // rmsnorm. Each does what its AVX2 / generic counterpart does, element by element, in the same
 // float operations (so the same bits; tests/test_ops_simd.py):
 //   silu_mul, gelu_tanh_mul  ops_avx2.cpp's formulas, 16 lanes at a time (exp16 is exp8's
-//     polynomial), then 8 lanes (exp8), then the same scalar tail for the last n % 8.
+//     polynomial), then ops_avx2.cpp's own loop for the last n % 16 elements.
 //   rmsnorm  the generic one's 8 double lanes in one zmm (lane k sums elements k, k + 8, ... in
 //     order; a float's square is exact in double, so the fused multiply-add rounds as the
 //     generic multiply then add do), the same tree over the lanes, y = x * scale * w.
@@ -18,9 +18,11 @@
 namespace lowbit::cpu::avx512 {
 namespace {
 
-// out[i] = g / (1 + e(g)) * up[i] for i < n, e = exp of the activation's argument (8 and 16 lanes).
-template <typename Arg8, typename Arg16, typename Tail>
-void gated(const float* gate, const float* up, float* out, int64_t n, Arg8 arg8, Arg16 arg16, Tail tail) {
+// out[i] = g / (1 + e(g)) * up[i] for i < n, e = exp of the activation's argument (arg16), 16
+// lanes at a time; the last n % 16 elements go through the AVX2 loop (rest), the same formula.
+template <typename Arg16>
+void gated(const float* gate, const float* up, float* out, int64_t n, Arg16 arg16,
+           void (*rest)(const float*, const float*, float*, int64_t)) {
     const __m512 one = _mm512_set1_ps(1.0f);
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
@@ -28,37 +30,24 @@ void gated(const float* gate, const float* up, float* out, int64_t n, Arg8 arg8,
         const __m512 e = exp16(arg16(g));
         _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(one, e)), _mm512_loadu_ps(up + i)));
     }
-    for (; i + 8 <= n; i += 8) {
-        const __m256 g = _mm256_loadu_ps(gate + i);
-        const __m256 e = exp8(arg8(g));
-        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e)),
-                                                _mm256_loadu_ps(up + i)));
-    }
-    for (; i < n; ++i) out[i] = tail(gate[i]) * up[i];
+    rest(gate + i, up + i, out + i, n - i);
 }
 
 }  // namespace
 
 void silu_mul(const float* gate, const float* up, float* out, int64_t n) {
-    gated(
-        gate, up, out, n, [](__m256 g) { return _mm256_sub_ps(_mm256_setzero_ps(), g); },
-        [](__m512 g) { return _mm512_sub_ps(_mm512_setzero_ps(), g); },
-        [](float g) { return g / (1.0f + std::exp(-g)); });
+    gated(gate, up, out, n, [](__m512 g) { return _mm512_sub_ps(_mm512_setzero_ps(), g); }, avx2::silu_mul);
 }
 
 void gelu_tanh_mul(const float* gate, const float* up, float* out, int64_t n) {
-    constexpr float c = 0.044715f, m2k = -2.0f * 0.79788456080286535588f;
     gated(
         gate, up, out, n,
-        [](__m256 g) {   // -2 z = -2 sqrt(2/pi) (g + c g^3)
-            const __m256 inner = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(c), g), _mm256_mul_ps(g, g), g);
-            return _mm256_mul_ps(_mm256_set1_ps(m2k), inner);
+        [](__m512 g) {   // -2 z = -2 sqrt(2/pi) (g + c g^3), as ops_avx2.cpp
+            const __m512 c = _mm512_set1_ps(0.044715f), m2k = _mm512_set1_ps(-2.0f * 0.79788456080286535588f);
+            const __m512 inner = _mm512_fmadd_ps(_mm512_mul_ps(c, g), _mm512_mul_ps(g, g), g);
+            return _mm512_mul_ps(m2k, inner);
         },
-        [](__m512 g) {
-            const __m512 inner = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(c), g), _mm512_mul_ps(g, g), g);
-            return _mm512_mul_ps(_mm512_set1_ps(m2k), inner);
-        },
-        [](float g) { return 0.5f * g * (1.0f + std::tanh(0.79788456080286535588f * (g + 0.044715f * g * g * g))); });
+        avx2::gelu_tanh_mul);
 }
 
 void rmsnorm(const float* x, const float* w, float* y, int64_t n, float eps) {

@@ -16,7 +16,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 from lowbit import _core  # noqa: E402
 from lowbit.errors import ModelError  # noqa: E402
 import model_factory as mf  # noqa: E402
+import reference_forward as rf  # noqa: E402
 from reference_forward import ReferenceModel  # noqa: E402
+from _llama_cpp import llama_cpp_or_skip  # noqa: E402
 
 _FILES = {}
 
@@ -27,6 +29,12 @@ def moe_model(tmp_path_factory, arch="qwen3moe", weight_type="F32", **overrides)
         spec = mf.default_spec(arch, weight_type, **overrides)
         _FILES[key] = mf.write_tiny_model(tmp_path_factory.mktemp("moe") / f"{arch}.gguf", spec)
     return _FILES[key]
+
+
+def rel_rows(a, b):
+    """Each row's relative L2 distance of a from b."""
+    a, b = np.atleast_2d(a).astype(np.float64), np.atleast_2d(b).astype(np.float64)
+    return np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def rel_err(a, b):
@@ -303,11 +311,12 @@ def test_packed_experts_match_unpacked(tmp_path_factory, monkeypatch, arch, weig
         plain.truncate(0)
         got, want = packed.eval(ids[:n], all_logits=True), plain.eval(ids[:n], all_logits=True)
         assert rel_err(got, want) <= 1e-4, n   # strip-vs-dots tier, through the layers
-        # the 8-bit tier of test_8_bit_expert_path_matches_matmul (its batches of up to 40); not for
-        # gpt-oss, one of whose 40 tokens here is off by 0.43 with 8-bit activations on the unpacked
-        # model and on main's core too (6e-4 at "high"; likely an expert choice flipped by the rounding)
-        if n <= 40 and arch != "gpt-oss":
-            assert rel_err(got, ref.logits(ids[:n])) <= 6e-2
+        # the 8-bit tier of test_8_bit_expert_path_matches_matmul (its batches of up to 40); gpt-oss
+        # against the reference with the same 8-bit rounding of the expert inputs, which breaks its
+        # router near-ties as the engine does (test_gpt_oss_8_bit_outlier_is_a_router_near_tie)
+        if n <= 40:
+            want = (EightBitExpertsReference(path) if arch == "gpt-oss" else ref).logits(ids[:n])
+            assert rel_err(got, want) <= 6e-2
     dec_packed, dec_plain = packed_and_plain(monkeypatch, path, n_batch=1)
     got, want = dec_packed.eval(ids[:8], all_logits=True), dec_plain.eval(ids[:8], all_logits=True)
     assert rel_err(got, want) <= 1e-3   # tier-1 reorderings of every matrix, through the layers
@@ -368,3 +377,92 @@ def test_packed_experts_batched_decode_equals_each_alone(tmp_path_factory):
     for s in sessions + alone:
         s.close()
     m.close()
+
+
+# ---- gpt-oss with 8-bit expert activations: a router near-tie, not an error ------------------
+
+def q8_0_rows(x):
+    """x (n, m), m % 32 == 0, rounded as the engine's (and llama.cpp's) q8_0 activation rows:
+    blocks of 32, d = amax / 127 stored as fp16, q = round(x / d); returned dequantized."""
+    blocks = np.asarray(x, np.float32).reshape(len(x), -1, 32)
+    d = np.abs(blocks).max(axis=2, keepdims=True) / np.float32(127.0)
+    q = np.round(blocks / np.where(d > 0, d, 1.0))
+    return (q * d.astype(np.float16).astype(np.float64)).reshape(np.shape(x))
+
+
+class EightBitExpertsReference(ReferenceModel):
+    """gpt-oss's float64 reference with the expert matmuls fed what the engine's 8-bit expert path
+    feeds them (moe.cpp run_item_q8): each token's normed row and each gated row h rounded to q8_0
+    rows; the router keeps the unrounded row (an F32 matrix). rounded=False: the plain reference.
+    Records each layer's picks (sorted ids) and each token's top-k margin of the router logits
+    (the k-th minus the (k+1)-th); force ({layer: (T, k) ids}) replaces the selection."""
+
+    def __init__(self, path, rounded=True, force=None):
+        super().__init__(path)
+        assert self.hparams.arch == "gpt-oss"
+        self.rounded, self.force, self.picks, self.margins = rounded, force, {}, {}
+
+    def route(self, il, x):
+        k = self.hparams.n_expert_used
+        logits = self._linear(x, f"blk.{il}.ffn_gate_inp")
+        ranked = -np.sort(-logits, axis=1)
+        self.margins[il] = ranked[:, k - 1] - ranked[:, k]
+        picked, _ = super().route(il, x)
+        if self.force is not None:
+            picked = self.force[il]
+        self.picks[il] = np.sort(picked, axis=1)
+        top = np.take_along_axis(logits, picked, axis=1)   # gpt-oss: softmax over the k picked logits
+        weights = np.exp(top - top.max(axis=1, keepdims=True))
+        return picked, weights / weights.sum(axis=1, keepdims=True)
+
+    def _experts(self, il, x):
+        p, limit, alpha = f"blk.{il}", rf.OAI_SWIGLU_LIMIT, rf.OAI_SWIGLU_ALPHA
+        gate, up, down = (self.weight(f"{p}.ffn_{r}_exps.weight") for r in ("gate", "up", "down"))
+        gate_b, up_b, down_b = (self.weight(f"{p}.ffn_{r}_exps.bias") for r in ("gate", "up", "down"))
+        rounded = q8_0_rows if self.rounded else (lambda rows: rows)
+        picked, weights = self.route(il, x)
+        xq, out = rounded(x), np.zeros_like(x)
+        for t in range(len(x)):
+            for e, w in zip(picked[t], weights[t]):
+                g = np.minimum(gate[e] @ xq[t] + gate_b[e], limit)
+                u = np.clip(up[e] @ xq[t] + up_b[e], -limit, limit)
+                h = g / (1.0 + np.exp(-alpha * g)) * (u + 1.0)
+                out[t] += w * (down[e] @ rounded(h[None])[0] + down_b[e])
+        return out
+
+
+def test_gpt_oss_8_bit_outlier_is_a_router_near_tie(tmp_path_factory):
+    """gpt-oss Q8_0, 40 tokens at 8-bit expert activations: token 27 is 0.43 (relative) from the
+    float64 reference, the rest <= 4.5e-2. Not an error: in layer 2 its router's 2nd and 3rd
+    logits are 0.0076 apart (their spread over the experts: std 1.7), and the 8-bit rounding of
+    layers 0-1's expert inputs moves layer 2's router logits by 0.025 rms (0.13 at most), so the
+    engine picks expert 4 instead of 2 there; another token (32, margin 0.0073) flips too. Shown:
+    the reference with the same rounding picks the same experts, flips only where its exact
+    margin is under 0.02, and the engine follows it within the 8-bit tier on every token
+    (measured 1.9e-2); the exact reference made to break the ties the same way agrees too
+    (2.6e-2); and llama.cpp on the same file (8-bit activations too) lands at token 27 on the
+    rounded side (1.8e-2 from it, 0.42 from the exact one)."""
+    path = moe_model(tmp_path_factory, "gpt-oss", "Q8_0")
+    ids = np.random.default_rng(10).integers(0, engine(path).n_vocab, 120).astype(np.int32)[:40]
+    got = _core.Engine(path, 128, 2, 40, "f16", "auto").eval(ids, all_logits=True)   # >= 16: 8-bit experts
+    exact, rounded = EightBitExpertsReference(path, rounded=False), EightBitExpertsReference(path)
+    want, want8 = exact.logits(ids), rounded.logits(ids)
+    flipped = sorted({int(t) for il in exact.picks for t in np.nonzero((exact.picks[il] != rounded.picks[il]).any(1))[0]})
+    assert flipped, "this batch was chosen for its near-ties"
+    for il in exact.picks:
+        changed = (exact.picks[il] != rounded.picks[il]).any(1)
+        assert np.all(exact.margins[il][changed] < 0.02), il
+    err, err8 = rel_rows(got, want), rel_rows(got, want8)
+    assert err8.max() <= 6e-2
+    assert int(err.argmax()) in flipped and err.max() > 0.2   # the outlier is a flipped token
+    assert np.delete(err, flipped).max() <= 6e-2
+    tie_broken_alike = EightBitExpertsReference(path, rounded=False, force=rounded.picks).logits(ids)
+    assert rel_err(got, tie_broken_alike) <= 6e-2
+    llama_cpp = llama_cpp_or_skip()
+    ref = llama_cpp.Llama(path, n_ctx=64, n_threads=1, n_batch=64, logits_all=True, verbose=False)
+    ref.eval(ids.tolist())
+    theirs = np.array(ref.scores[:40])
+    # each token on one side of its tie or the other (llama.cpp's own rounding), the outlier on ours
+    assert np.all(np.minimum(rel_rows(theirs, want), rel_rows(theirs, want8)) <= 6e-2)
+    worst = int(err.argmax())
+    assert rel_rows(theirs, want8)[worst] <= 6e-2 < rel_rows(theirs, want)[worst]

@@ -13,7 +13,11 @@ stream through the server should not fall below. Extra columns, for reading the 
 tok/s per stream" (tokens after the first / seconds after the first chunk, over the requests:
 Model.generate's decode_tok_s measured at the client), the server process's CPU time (all its
 threads) and this benchmark's clients' CPU time per generated token (they share the cores); the
-row "Model.generate end to end" counts its prefill too (all tokens / prefill + decode seconds). With --repeats R every row is measured R
+row "Model.generate end to end" counts its prefill too (all tokens / wall time of the same
+requests a client sends, back to back), and its "server CPU ms/token" cell is Model.generate's
+own process CPU per token: the server's column minus it is what serving costs a token. The
+ratio rows pair each round's 1-stream server run with that round's Model.generate run (the
+median and range of the per-round ratios). With --repeats R every row is measured R
 times, the rounds interleaved (Model.generate, lowbit at each stream count, llama.cpp's server at
 each, then again), and the table shows the median with the range; each run records the 1-minute
 load average at its end (a shared machine moves these figures by tens of percent).
@@ -191,16 +195,23 @@ def run_load(port: int, streams: int, requests: int, max_tokens: int, pid: Optio
             "ttft_p95_s": ttfts[min(len(ttfts) - 1, int(round(0.95 * (len(ttfts) - 1))))] if ttfts else None}
 
 
-def generate_baseline(model_path: str, threads: int, max_tokens: int) -> Dict[str, float]:
-    """Model.generate on the first bench prompt (one stream, greedy): decode tok/s (the
-    reference), and end to end (all generated tokens / prefill + decode seconds: what the
-    server's tok/s counts, less the HTTP and tokenization)."""
+def generate_baseline(model_path: str, threads: int, max_tokens: int, requests: int = 1) -> Dict[str, float]:
+    """Model.generate on the prompts one bench client sends (``requests`` of them back to back,
+    greedy): decode tok/s (tokens after the first / seconds after it, over the requests: the
+    reference), end to end (all generated tokens / wall time of the requests, tokenizing and
+    prefill included: what the server's tok/s counts, less the HTTP) and the process's CPU time
+    per generated token (compare with the server's)."""
     with lowbit.load(model_path, n_ctx=N_CTX, n_threads=threads) as m:
-        prompt = f"A long, detailed essay about {TOPICS[0]}.\n\n"
-        m.generate(prompt, max_new_tokens=4, temperature=0)
-        g = m.generate(prompt, max_new_tokens=max_tokens, temperature=0)
-        return {"decode_tok_s": g.decode_tok_s,
-                "e2e_tok_s": g.generated_tokens / (g.prefill_seconds + g.decode_seconds)}
+        m.generate("Hello", max_new_tokens=4, temperature=0)             # the server's warm-up
+        cpu0, t0 = client_cpu_s(), time.perf_counter()
+        gens = [m.generate(f"A long, detailed essay about {TOPICS[r % len(TOPICS)]}.\n\n",
+                           max_new_tokens=max_tokens, temperature=0) for r in range(requests)]
+        wall, cpu = time.perf_counter() - t0, client_cpu_s() - cpu0
+        tokens = sum(g.generated_tokens for g in gens)
+        decode_s = sum(g.decode_seconds for g in gens)
+        return {"decode_tok_s": sum(g.generated_tokens - 1 for g in gens) / decode_s if decode_s > 0 else 0.0,
+                "e2e_tok_s": tokens / wall if wall > 0 else 0.0,
+                "cpu_ms_per_token": 1e3 * cpu / tokens if tokens else None}
 
 
 def llama_cpp_usable(python: str) -> Optional[str]:
@@ -234,7 +245,7 @@ def bench_model(name: str, args, vs_llama: bool) -> Dict:
     path = str(registry.resolve(name, quiet=True))
     generate, lowbit_runs, llama_runs = [], {c: [] for c in args.streams}, {c: [] for c in args.streams}
     for _ in range(args.repeats):            # rounds interleaved: the load drifts alike for all rows
-        generate.append(generate_baseline(path, args.threads, args.max_tokens))
+        generate.append(generate_baseline(path, args.threads, args.max_tokens, args.requests))
         for c in args.streams:
             proc, port = start_lowbit(path, c, args.threads, args.stream_interval_ms)
             try:
@@ -250,6 +261,7 @@ def bench_model(name: str, args, vs_llama: bool) -> Dict:
                 stop(proc)
     return {"model": name, "generate_tok_s": statistics.median(g["decode_tok_s"] for g in generate),
             "generate_e2e_tok_s": statistics.median(g["e2e_tok_s"] for g in generate), "generate_runs": generate,
+            "generate_cpu_ms_per_token": statistics.median(g["cpu_ms_per_token"] for g in generate),
             "lowbit": [median_row(lowbit_runs[c]) for c in args.streams],
             "llama_cpp": [median_row(llama_runs[c]) for c in args.streams] if vs_llama else []}
 
@@ -265,7 +277,8 @@ def table(reports: List[Dict]) -> str:
     for rep in reports:
         gen = [g["decode_tok_s"] for g in rep["generate_runs"]]
         lines.append(f"| {rep['model']} | Model.generate | 1 | {fmt(rep['generate_tok_s'])} | "
-                     f"{fmt(min(gen))}-{fmt(max(gen))} | | | | {fmt(rep['generate_tok_s'])} | | | | |")
+                     f"{fmt(min(gen))}-{fmt(max(gen))} | | | | {fmt(rep['generate_tok_s'])} | "
+                     f"{fmt(rep.get('generate_cpu_ms_per_token'), '.2f')} | | | |")
         lines.append(f"| {rep['model']} | Model.generate end to end | 1 | {fmt(rep['generate_e2e_tok_s'])} | "
                      f"| | | | | | | | |")
         for server in ("lowbit", "llama_cpp"):
@@ -282,13 +295,19 @@ def table(reports: List[Dict]) -> str:
                              f"{row['requests']}{err} | {', '.join(f'{x:.1f}' for x in row['load_1m'])} |")
         one = rep["lowbit"][0] if rep["lowbit"] and rep["lowbit"][0]["streams"] == 1 else None
         if one and rep["generate_tok_s"]:
-            lines.append(f"| {rep['model']} | lowbit 1 stream / Model.generate | 1 | "
-                         f"{one['tok_s'] / rep['generate_tok_s']:.2f}x | | | | | | | | | |")
-            if one.get("decode_tok_s_per_stream"):
-                lines.append(f"| {rep['model']} | decode: lowbit 1 stream / Model.generate | 1 | "
-                             f"{one['decode_tok_s_per_stream'] / rep['generate_tok_s']:.2f}x | | | | | | | | | |")
-            lines.append(f"| {rep['model']} | end to end: lowbit 1 stream / Model.generate | 1 | "
-                         f"{one['tok_s'] / rep['generate_e2e_tok_s']:.2f}x | | | | | | | | | |")
+            # per round (the 1-stream server run and the Model.generate run of the same round, so
+            # the load drift cancels), then the median and the range of those ratios
+            pairs = list(zip(one["runs"], rep["generate_runs"]))
+            for what, server_key, generate_key in (("lowbit 1 stream / Model.generate", "tok_s", "decode_tok_s"),
+                                                   ("decode: lowbit 1 stream / Model.generate", "decode_tok_s_per_stream",
+                                                    "decode_tok_s"),
+                                                   ("end to end: lowbit 1 stream / Model.generate", "tok_s", "e2e_tok_s"),
+                                                   ("CPU a token: lowbit server / Model.generate", "server_cpu_ms_per_token",
+                                                    "cpu_ms_per_token")):
+                ratios = [r[server_key] / g[generate_key] for r, g in pairs if r.get(server_key) and g.get(generate_key)]
+                if ratios:
+                    lines.append(f"| {rep['model']} | {what} (per round) | 1 | {statistics.median(ratios):.2f}x | "
+                                 f"{min(ratios):.2f}-{max(ratios):.2f} | | | | | | | | |")
         by_c = {r["streams"]: r["tok_s"] for r in rep["llama_cpp"]}
         for row in rep["lowbit"]:
             if by_c.get(row["streams"]):

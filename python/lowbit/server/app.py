@@ -11,6 +11,7 @@ import collections
 import hmac
 import json
 import os
+import queue
 import sys
 import threading
 import time
@@ -127,9 +128,9 @@ class EventPost:
     def __init__(self, loop: asyncio.AbstractEventLoop, scheduler: Scheduler):
         self.loop, self.scheduler = loop, scheduler
         self._held: list = []          # (target, event) of this iteration; scheduler thread only
-        self._ready: list = []         # batches for the relay, under _cond
-        self._cond = threading.Condition()
-        self._closed = False
+        # batches for the relay, None when closed: a C queue, whose put is one lock release (a
+        # Condition's notify ran ~10 us of Python on the scheduler thread before each forward)
+        self._ready: queue.SimpleQueue = queue.SimpleQueue()
         self._relay = threading.Thread(target=self._run_relay, name="lowbit-events", daemon=True)
         self._relay.start()
         scheduler.hand_over.append(self.flush)
@@ -144,24 +145,25 @@ class EventPost:
     def flush(self) -> None:
         batch, self._held = self._held, []
         if batch:
-            with self._cond:
-                self._ready.append(batch)
-                self._cond.notify()
+            self._ready.put(batch)
 
     def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
+        self._ready.put(None)
         self._relay.join(10)
 
     def _run_relay(self) -> None:
         while True:
-            with self._cond:
-                while not self._ready and not self._closed:
-                    self._cond.wait()
-                batches, self._ready = self._ready, []
-                closed = self._closed
-            for batch in batches:
+            batch = self._ready.get()
+            closed = batch is None
+            batch = batch or []
+            while not closed:           # what else is ready goes with it: one wake-up of the loop
+                try:
+                    more = self._ready.get_nowait()
+                except queue.Empty:
+                    break
+                closed = more is None
+                batch += more or []
+            if batch:
                 self._send(batch)
             if closed:
                 return

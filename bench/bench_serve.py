@@ -3,7 +3,8 @@ and 8 concurrent streams, `lowbit serve --parallel C` against llama.cpp's server
 (llama-cpp-python's `python -m llama_cpp.server`) in the same run, on both real models.
 
     python bench/bench_serve.py [--threads 2] [--streams 1 4 8] [--requests 2] [--max-tokens 64]
-                                [--repeats 3] [--stream-interval-ms MS] [--json bench/results/serve.json]
+                                [--repeats 3] [--stream-interval-ms MS] [--compare OTHER/python]
+                                [--json bench/results/serve.json]
 
 Each of C client threads sends --requests streaming completions back to back (distinct raw
 prompts, temperature 0, max_tokens --max-tokens); tok/s = completion tokens of all requests /
@@ -20,7 +21,9 @@ ratio rows pair each round's 1-stream server run with that round's Model.generat
 median and range of the per-round ratios). With --repeats R every row is measured R
 times, the rounds interleaved (Model.generate, lowbit at each stream count, llama.cpp's server at
 each, then again), and the table shows the median with the range; each run records the 1-minute
-load average at its end (a shared machine moves these figures by tens of percent).
+load average at its end (a shared machine moves these figures by tens of percent). --compare
+runs a second tree's server (A/B: e.g. main's python/ folder) beside this one's in every round,
+alternating which goes first, and prints per-round ratios of the two.
 
 llama.cpp's server comes from the Python at --llama-python (default /work/oracle-venv/bin/python,
 needs llama-cpp-python[server]); it is skipped, and said so, when that Python cannot run it.
@@ -76,13 +79,14 @@ def wait_ready(proc: subprocess.Popen, port: int, path: str) -> None:
     raise RuntimeError(f"server on port {port} not ready after {START_S} s")
 
 
-def start_lowbit(model_path: str, parallel: int, threads: int, stream_interval_ms: Optional[float] = None):
+def start_lowbit(model_path: str, parallel: int, threads: int, stream_interval_ms: Optional[float] = None,
+                 python_dir: str = PYTHON_DIR):
     port = free_port()
     cmd = [sys.executable, "-m", "lowbit", "serve", model_path, "--port", str(port), "-q",
            "--parallel", str(parallel), "--threads", str(threads), "--n-ctx", str(N_CTX)]
     if stream_interval_ms is not None:             # else the server's default
         cmd += ["--stream-interval-ms", str(stream_interval_ms)]
-    proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=PYTHON_DIR), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=python_dir), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     wait_ready(proc, port, "/health")
     return proc, port
@@ -249,14 +253,17 @@ def median_row(runs: List[Dict]) -> Dict:
 def bench_model(name: str, args, vs_llama: bool) -> Dict:
     path = str(registry.resolve(name, quiet=True))
     generate, lowbit_runs, llama_runs = [], {c: [] for c in args.streams}, {c: [] for c in args.streams}
-    for _ in range(args.repeats):            # rounds interleaved: the load drifts alike for all rows
+    compare_runs = {c: [] for c in args.streams}
+    for r in range(args.repeats):            # rounds interleaved: the load drifts alike for all rows
         generate.append(generate_baseline(path, args.threads, args.max_tokens, args.requests))
         for c in args.streams:
-            proc, port = start_lowbit(path, c, args.threads, args.stream_interval_ms)
-            try:
-                lowbit_runs[c].append(run_load(port, c, args.requests, args.max_tokens, proc.pid))
-            finally:
-                stop(proc)
+            trees = [(PYTHON_DIR, lowbit_runs)] + ([(args.compare, compare_runs)] if args.compare else [])
+            for tree, runs in (trees if r % 2 == 0 else trees[::-1]):   # who goes first alternates
+                proc, port = start_lowbit(path, c, args.threads, args.stream_interval_ms, tree)
+                try:
+                    runs[c].append(run_load(port, c, args.requests, args.max_tokens, proc.pid))
+                finally:
+                    stop(proc)
         if vs_llama:
             proc, port = start_llama_cpp(args.llama_python, path, args.threads)
             try:
@@ -268,6 +275,8 @@ def bench_model(name: str, args, vs_llama: bool) -> Dict:
             "generate_e2e_tok_s": statistics.median(g["e2e_tok_s"] for g in generate), "generate_runs": generate,
             "generate_cpu_ms_per_token": statistics.median(g["cpu_ms_per_token"] for g in generate),
             "lowbit": [median_row(lowbit_runs[c]) for c in args.streams],
+            "lowbit_compare": [median_row(compare_runs[c]) for c in args.streams] if args.compare else [],
+            "compare_tree": args.compare,
             "llama_cpp": [median_row(llama_runs[c]) for c in args.streams] if vs_llama else []}
 
 
@@ -286,8 +295,8 @@ def table(reports: List[Dict]) -> str:
                      f"{fmt(rep.get('generate_cpu_ms_per_token'), '.2f')} | | | |")
         lines.append(f"| {rep['model']} | Model.generate end to end | 1 | {fmt(rep['generate_e2e_tok_s'])} | "
                      f"| | | | | | | | |")
-        for server in ("lowbit", "llama_cpp"):
-            rows = rep[server]
+        for server in ("lowbit", "lowbit_compare", "llama_cpp"):
+            rows = rep.get(server) or []
             base = rows[0]["tok_s"] if rows else None
             for row in rows:
                 ratio = row["tok_s"] / base if base else None
@@ -313,6 +322,14 @@ def table(reports: List[Dict]) -> str:
                 if ratios:
                     lines.append(f"| {rep['model']} | {what} (per round) | 1 | {statistics.median(ratios):.2f}x | "
                                  f"{min(ratios):.2f}-{max(ratios):.2f} | | | | | | | | |")
+        for row, other in zip(rep["lowbit"], rep.get("lowbit_compare") or []):
+            ratios = [a["tok_s"] / b["tok_s"] for a, b in zip(row["runs"], other["runs"]) if b["tok_s"]]
+            cpu = [a["server_cpu_ms_per_token"] / b["server_cpu_ms_per_token"] for a, b in zip(row["runs"], other["runs"])
+                   if a.get("server_cpu_ms_per_token") and b.get("server_cpu_ms_per_token")]
+            if ratios:
+                lines.append(f"| {rep['model']} | lowbit / lowbit_compare tok/s (per round) | {row['streams']} | "
+                             f"{statistics.median(ratios):.2f}x | {min(ratios):.2f}-{max(ratios):.2f} | | | | | "
+                             f"{statistics.median(cpu) if cpu else 0:.2f}x CPU | | | |")
         by_c = {r["streams"]: r["tok_s"] for r in rep["llama_cpp"]}
         for row in rep["lowbit"]:
             if by_c.get(row["streams"]):
@@ -332,6 +349,10 @@ def main() -> int:
     ap.add_argument("--llama-python", default=LLAMA_PYTHON)
     ap.add_argument("--stream-interval-ms", type=float, default=None,
                     help="lowbit serve's --stream-interval-ms (default: the server's default)")
+    ap.add_argument("--compare", metavar="PYTHON_DIR",
+                    help="another lowbit tree's python/ folder (a checkout of main, with its built core): its "
+                         "server runs beside this one's at every stream count of every round (rows "
+                         "lowbit_compare, and per-round ratios)")
     ap.add_argument("--json", help="write the reports to this file")
     args = ap.parse_args()
     if args.repeats < 1 or args.requests < 1 or not args.streams:
@@ -343,7 +364,7 @@ def main() -> int:
     reports = [bench_model(m, args, why is None) for m in args.models]
     out = {"load_average_before": load_before, "load_average_after": os.getloadavg(),
            "threads": args.threads, "max_tokens": args.max_tokens, "requests_per_stream": args.requests,
-           "repeats": args.repeats, "stream_interval_ms": args.stream_interval_ms,
+           "repeats": args.repeats, "stream_interval_ms": args.stream_interval_ms, "compare": args.compare,
            "reports": reports}
     print(table(reports))
     print(f"load average before {load_before[0]:.2f}, after {out['load_average_after'][0]:.2f}")

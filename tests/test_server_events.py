@@ -112,3 +112,33 @@ def test_text_chunk_templates_equal_the_dumped_chunk():
                     assert got == sse(reply.chunk(text, [])), (kind, usage, model, text)
                     assert json.loads(got[len("data: "):])["choices"][0]["delta" if kind == "chat" else "text"] == \
                         ({"content": text} if kind == "chat" else text)
+
+
+def test_close_delivers_what_was_handed_over_in_order_then_ends_the_relay():
+    """Batches handed over right before close() (the scheduler's last iterations as the server
+    stops) all reach the loop, in order, and the relay thread ends."""
+    loop = asyncio.new_event_loop()
+    scheduler = SchedulerThread()
+
+    async def main():
+        post = EventPost(asyncio.get_running_loop(), scheduler)
+        target = asyncio.Queue()
+
+        def iterations():
+            for step in range(5):
+                for i in range(3):
+                    post.post(target, (step, i))
+                post.flush()                    # as Scheduler.hand_over does before each forward
+            post.close()                        # the server stops right after
+
+        scheduler.thread = threading.Thread(target=iterations, name="lowbit-scheduler")
+        scheduler.thread.start()
+        got = [await asyncio.wait_for(target.get(), WAIT_S) for _ in range(15)]
+        assert got == [(step, i) for step in range(5) for i in range(3)]
+        await asyncio.to_thread(scheduler.thread.join, WAIT_S)
+        assert not post._relay.is_alive()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()

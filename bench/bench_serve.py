@@ -3,7 +3,8 @@ and 8 concurrent streams, `lowbit serve --parallel C` against llama.cpp's server
 (llama-cpp-python's `python -m llama_cpp.server`) in the same run, on both real models.
 
     python bench/bench_serve.py [--threads 2] [--streams 1 4 8] [--requests 2] [--max-tokens 64]
-                                [--repeats 3] [--stream-interval-ms MS] [--json bench/results/serve.json]
+                                [--repeats 3] [--stream-interval-ms MS] [--compare OTHER/python]
+                                [--json bench/results/serve.json]
 
 Each of C client threads sends --requests streaming completions back to back (distinct raw
 prompts, temperature 0, max_tokens --max-tokens); tok/s = completion tokens of all requests /
@@ -13,10 +14,16 @@ stream through the server should not fall below. Extra columns, for reading the 
 tok/s per stream" (tokens after the first / seconds after the first chunk, over the requests:
 Model.generate's decode_tok_s measured at the client), the server process's CPU time (all its
 threads) and this benchmark's clients' CPU time per generated token (they share the cores); the
-row "Model.generate end to end" counts its prefill too (all tokens / prefill + decode seconds). With --repeats R every row is measured R
+row "Model.generate end to end" counts its prefill too (all tokens / wall time of the same
+requests a client sends, back to back), and its "server CPU ms/token" cell is Model.generate's
+own process CPU per token: the server's column minus it is what serving costs a token. The
+ratio rows pair each round's 1-stream server run with that round's Model.generate run (the
+median and range of the per-round ratios). With --repeats R every row is measured R
 times, the rounds interleaved (Model.generate, lowbit at each stream count, llama.cpp's server at
 each, then again), and the table shows the median with the range; each run records the 1-minute
-load average at its end (a shared machine moves these figures by tens of percent).
+load average at its end (a shared machine moves these figures by tens of percent). --compare
+runs a second tree's server (A/B: e.g. main's python/ folder) beside this one's in every round,
+alternating which goes first, and prints per-round ratios of the two.
 
 llama.cpp's server comes from the Python at --llama-python (default /work/oracle-venv/bin/python,
 needs llama-cpp-python[server]); it is skipped, and said so, when that Python cannot run it.
@@ -72,13 +79,14 @@ def wait_ready(proc: subprocess.Popen, port: int, path: str) -> None:
     raise RuntimeError(f"server on port {port} not ready after {START_S} s")
 
 
-def start_lowbit(model_path: str, parallel: int, threads: int, stream_interval_ms: Optional[float] = None):
+def start_lowbit(model_path: str, parallel: int, threads: int, stream_interval_ms: Optional[float] = None,
+                 python_dir: str = PYTHON_DIR):
     port = free_port()
     cmd = [sys.executable, "-m", "lowbit", "serve", model_path, "--port", str(port), "-q",
            "--parallel", str(parallel), "--threads", str(threads), "--n-ctx", str(N_CTX)]
     if stream_interval_ms is not None:             # else the server's default
         cmd += ["--stream-interval-ms", str(stream_interval_ms)]
-    proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=PYTHON_DIR), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=python_dir), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     wait_ready(proc, port, "/health")
     return proc, port
@@ -104,6 +112,12 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(30)
 
 
+try:        # the clients share the cores with the server: the cheaper their parsing, the less they disturb it
+    from orjson import loads as loads_json
+except ImportError:
+    loads_json = json.loads
+
+
 def one_stream(port: int, prompt: str, max_tokens: int) -> Dict[str, float]:
     """One streaming completion (raw prompt: no chat template, so both servers read the same
     tokens); time to first token, completion tokens, seconds."""
@@ -117,10 +131,9 @@ def one_stream(port: int, prompt: str, max_tokens: int) -> Dict[str, float]:
         raise RuntimeError(f"HTTP {resp.status}: {resp.read()[:500]!r}")
     ttft, chunks, usage = None, 0, None
     for raw in resp:
-        line = raw.decode().strip()
-        if not line.startswith("data: ") or line == "data: [DONE]":
+        if not raw.startswith(b"data: ") or raw.startswith(b"data: [DONE]"):
             continue
-        chunk = json.loads(line[6:])
+        chunk = loads_json(raw[6:])
         if chunk.get("usage"):
             usage = chunk["usage"]
         for choice in chunk.get("choices") or []:
@@ -191,16 +204,23 @@ def run_load(port: int, streams: int, requests: int, max_tokens: int, pid: Optio
             "ttft_p95_s": ttfts[min(len(ttfts) - 1, int(round(0.95 * (len(ttfts) - 1))))] if ttfts else None}
 
 
-def generate_baseline(model_path: str, threads: int, max_tokens: int) -> Dict[str, float]:
-    """Model.generate on the first bench prompt (one stream, greedy): decode tok/s (the
-    reference), and end to end (all generated tokens / prefill + decode seconds: what the
-    server's tok/s counts, less the HTTP and tokenization)."""
+def generate_baseline(model_path: str, threads: int, max_tokens: int, requests: int = 1) -> Dict[str, float]:
+    """Model.generate on the prompts one bench client sends (``requests`` of them back to back,
+    greedy): decode tok/s (tokens after the first / seconds after it, over the requests: the
+    reference), end to end (all generated tokens / wall time of the requests, tokenizing and
+    prefill included: what the server's tok/s counts, less the HTTP) and the process's CPU time
+    per generated token (compare with the server's)."""
     with lowbit.load(model_path, n_ctx=N_CTX, n_threads=threads) as m:
-        prompt = f"A long, detailed essay about {TOPICS[0]}.\n\n"
-        m.generate(prompt, max_new_tokens=4, temperature=0)
-        g = m.generate(prompt, max_new_tokens=max_tokens, temperature=0)
-        return {"decode_tok_s": g.decode_tok_s,
-                "e2e_tok_s": g.generated_tokens / (g.prefill_seconds + g.decode_seconds)}
+        m.generate("Hello", max_new_tokens=4, temperature=0)             # the server's warm-up
+        cpu0, t0 = client_cpu_s(), time.perf_counter()
+        gens = [m.generate(f"A long, detailed essay about {TOPICS[r % len(TOPICS)]}.\n\n",
+                           max_new_tokens=max_tokens, temperature=0) for r in range(requests)]
+        wall, cpu = time.perf_counter() - t0, client_cpu_s() - cpu0
+        tokens = sum(g.generated_tokens for g in gens)
+        decode_s = sum(g.decode_seconds for g in gens)
+        return {"decode_tok_s": sum(g.generated_tokens - 1 for g in gens) / decode_s if decode_s > 0 else 0.0,
+                "e2e_tok_s": tokens / wall if wall > 0 else 0.0,
+                "cpu_ms_per_token": 1e3 * cpu / tokens if tokens else None}
 
 
 def llama_cpp_usable(python: str) -> Optional[str]:
@@ -233,14 +253,17 @@ def median_row(runs: List[Dict]) -> Dict:
 def bench_model(name: str, args, vs_llama: bool) -> Dict:
     path = str(registry.resolve(name, quiet=True))
     generate, lowbit_runs, llama_runs = [], {c: [] for c in args.streams}, {c: [] for c in args.streams}
-    for _ in range(args.repeats):            # rounds interleaved: the load drifts alike for all rows
-        generate.append(generate_baseline(path, args.threads, args.max_tokens))
+    compare_runs = {c: [] for c in args.streams}
+    for r in range(args.repeats):            # rounds interleaved: the load drifts alike for all rows
+        generate.append(generate_baseline(path, args.threads, args.max_tokens, args.requests))
         for c in args.streams:
-            proc, port = start_lowbit(path, c, args.threads, args.stream_interval_ms)
-            try:
-                lowbit_runs[c].append(run_load(port, c, args.requests, args.max_tokens, proc.pid))
-            finally:
-                stop(proc)
+            trees = [(PYTHON_DIR, lowbit_runs)] + ([(args.compare, compare_runs)] if args.compare else [])
+            for tree, runs in (trees if r % 2 == 0 else trees[::-1]):   # who goes first alternates
+                proc, port = start_lowbit(path, c, args.threads, args.stream_interval_ms, tree)
+                try:
+                    runs[c].append(run_load(port, c, args.requests, args.max_tokens, proc.pid))
+                finally:
+                    stop(proc)
         if vs_llama:
             proc, port = start_llama_cpp(args.llama_python, path, args.threads)
             try:
@@ -250,7 +273,10 @@ def bench_model(name: str, args, vs_llama: bool) -> Dict:
                 stop(proc)
     return {"model": name, "generate_tok_s": statistics.median(g["decode_tok_s"] for g in generate),
             "generate_e2e_tok_s": statistics.median(g["e2e_tok_s"] for g in generate), "generate_runs": generate,
+            "generate_cpu_ms_per_token": statistics.median(g["cpu_ms_per_token"] for g in generate),
             "lowbit": [median_row(lowbit_runs[c]) for c in args.streams],
+            "lowbit_compare": [median_row(compare_runs[c]) for c in args.streams] if args.compare else [],
+            "compare_tree": args.compare,
             "llama_cpp": [median_row(llama_runs[c]) for c in args.streams] if vs_llama else []}
 
 
@@ -265,11 +291,12 @@ def table(reports: List[Dict]) -> str:
     for rep in reports:
         gen = [g["decode_tok_s"] for g in rep["generate_runs"]]
         lines.append(f"| {rep['model']} | Model.generate | 1 | {fmt(rep['generate_tok_s'])} | "
-                     f"{fmt(min(gen))}-{fmt(max(gen))} | | | | {fmt(rep['generate_tok_s'])} | | | | |")
+                     f"{fmt(min(gen))}-{fmt(max(gen))} | | | | {fmt(rep['generate_tok_s'])} | "
+                     f"{fmt(rep.get('generate_cpu_ms_per_token'), '.2f')} | | | |")
         lines.append(f"| {rep['model']} | Model.generate end to end | 1 | {fmt(rep['generate_e2e_tok_s'])} | "
                      f"| | | | | | | | |")
-        for server in ("lowbit", "llama_cpp"):
-            rows = rep[server]
+        for server in ("lowbit", "lowbit_compare", "llama_cpp"):
+            rows = rep.get(server) or []
             base = rows[0]["tok_s"] if rows else None
             for row in rows:
                 ratio = row["tok_s"] / base if base else None
@@ -282,13 +309,27 @@ def table(reports: List[Dict]) -> str:
                              f"{row['requests']}{err} | {', '.join(f'{x:.1f}' for x in row['load_1m'])} |")
         one = rep["lowbit"][0] if rep["lowbit"] and rep["lowbit"][0]["streams"] == 1 else None
         if one and rep["generate_tok_s"]:
-            lines.append(f"| {rep['model']} | lowbit 1 stream / Model.generate | 1 | "
-                         f"{one['tok_s'] / rep['generate_tok_s']:.2f}x | | | | | | | | | |")
-            if one.get("decode_tok_s_per_stream"):
-                lines.append(f"| {rep['model']} | decode: lowbit 1 stream / Model.generate | 1 | "
-                             f"{one['decode_tok_s_per_stream'] / rep['generate_tok_s']:.2f}x | | | | | | | | | |")
-            lines.append(f"| {rep['model']} | end to end: lowbit 1 stream / Model.generate | 1 | "
-                         f"{one['tok_s'] / rep['generate_e2e_tok_s']:.2f}x | | | | | | | | | |")
+            # per round (the 1-stream server run and the Model.generate run of the same round, so
+            # the load drift cancels), then the median and the range of those ratios
+            pairs = list(zip(one["runs"], rep["generate_runs"]))
+            for what, server_key, generate_key in (("lowbit 1 stream / Model.generate", "tok_s", "decode_tok_s"),
+                                                   ("decode: lowbit 1 stream / Model.generate", "decode_tok_s_per_stream",
+                                                    "decode_tok_s"),
+                                                   ("end to end: lowbit 1 stream / Model.generate", "tok_s", "e2e_tok_s"),
+                                                   ("CPU a token: lowbit server / Model.generate", "server_cpu_ms_per_token",
+                                                    "cpu_ms_per_token")):
+                ratios = [r[server_key] / g[generate_key] for r, g in pairs if r.get(server_key) and g.get(generate_key)]
+                if ratios:
+                    lines.append(f"| {rep['model']} | {what} (per round) | 1 | {statistics.median(ratios):.2f}x | "
+                                 f"{min(ratios):.2f}-{max(ratios):.2f} | | | | | | | | |")
+        for row, other in zip(rep["lowbit"], rep.get("lowbit_compare") or []):
+            ratios = [a["tok_s"] / b["tok_s"] for a, b in zip(row["runs"], other["runs"]) if b["tok_s"]]
+            cpu = [a["server_cpu_ms_per_token"] / b["server_cpu_ms_per_token"] for a, b in zip(row["runs"], other["runs"])
+                   if a.get("server_cpu_ms_per_token") and b.get("server_cpu_ms_per_token")]
+            if ratios:
+                lines.append(f"| {rep['model']} | lowbit / lowbit_compare tok/s (per round) | {row['streams']} | "
+                             f"{statistics.median(ratios):.2f}x | {min(ratios):.2f}-{max(ratios):.2f} | | | | | "
+                             f"{statistics.median(cpu) if cpu else 0:.2f}x CPU | | | |")
         by_c = {r["streams"]: r["tok_s"] for r in rep["llama_cpp"]}
         for row in rep["lowbit"]:
             if by_c.get(row["streams"]):
@@ -308,6 +349,10 @@ def main() -> int:
     ap.add_argument("--llama-python", default=LLAMA_PYTHON)
     ap.add_argument("--stream-interval-ms", type=float, default=None,
                     help="lowbit serve's --stream-interval-ms (default: the server's default)")
+    ap.add_argument("--compare", metavar="PYTHON_DIR",
+                    help="another lowbit tree's python/ folder (a checkout of main, with its built core): its "
+                         "server runs beside this one's at every stream count of every round (rows "
+                         "lowbit_compare, and per-round ratios)")
     ap.add_argument("--json", help="write the reports to this file")
     args = ap.parse_args()
     if args.repeats < 1 or args.requests < 1 or not args.streams:
@@ -319,7 +364,7 @@ def main() -> int:
     reports = [bench_model(m, args, why is None) for m in args.models]
     out = {"load_average_before": load_before, "load_average_after": os.getloadavg(),
            "threads": args.threads, "max_tokens": args.max_tokens, "requests_per_stream": args.requests,
-           "repeats": args.repeats, "stream_interval_ms": args.stream_interval_ms,
+           "repeats": args.repeats, "stream_interval_ms": args.stream_interval_ms, "compare": args.compare,
            "reports": reports}
     print(table(reports))
     print(f"load average before {load_before[0]:.2f}, after {out['load_average_after'][0]:.2f}")

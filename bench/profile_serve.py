@@ -10,7 +10,9 @@ batched forward (eval_batch, with the core's draws; and of that, inside the core
 Python, for jobs that need the logits row) and Job.on_token (stop strings, UTF-8, posting the
 event), ms per step between steps (the scheduler loop, the event hand-over hooks), the server's share of the scheduler thread's time outside the forward, and CPU time per generated
 token of the server's threads by role (event loop, scheduler, event relay, engine pools and the
-rest) and of the benchmark's own clients. The timers wrap the real methods; nothing else changes.
+rest) and of the benchmark's own clients, and by role the time runnable threads waited for a
+core (run-queue delay: what preemption costs them). The timers wrap the real methods; nothing
+else changes.
 """
 from __future__ import annotations
 
@@ -29,19 +31,31 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 def thread_cpu() -> dict:
     """CPU seconds of this process's threads by role: the event loop (HTTP, SSE), the scheduler
     thread (Python between steps + its share of the forward as the pool's caller), the event
-    relay, and the rest (the engine pools' workers, anyio's tokenizer threads)."""
+    relay, and the rest (the engine pools' workers, anyio's tokenizer threads); and by role the
+    seconds they were runnable but waited for a core (run-queue delay: preempted, by this
+    process's other threads or by other processes). From /proc/<tid>/schedstat (nanoseconds)
+    where the kernel has it, else stat's user + system ticks (10 ms steps) and no delays."""
     import threading
     tick = os.sysconf("SC_CLK_TCK")
     roles = {t.native_id: {"MainThread": "loop", "lowbit-scheduler": "scheduler", "lowbit-events": "relay"}[t.name]
              for t in threading.enumerate() if t.name in ("MainThread", "lowbit-scheduler", "lowbit-events")}
-    cpu = {f"cpu_{r}_s": 0.0 for r in ("loop", "scheduler", "relay", "other")}
+    cpu = {f"{kind}_{r}_s": 0.0 for kind in ("cpu", "wait") for r in ("loop", "scheduler", "relay", "other")}
     for tid in os.listdir("/proc/self/task"):
+        role = roles.get(int(tid), "other")
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                run_ns, wait_ns = (int(x) for x in f.read().split()[:2])
+            cpu[f"cpu_{role}_s"] += run_ns / 1e9
+            cpu[f"wait_{role}_s"] += wait_ns / 1e9
+            continue
+        except (OSError, ValueError):   # the thread ended, or no schedstat
+            pass
         try:
             with open(f"/proc/self/task/{tid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:                 # the thread ended
             continue
-        cpu[f"cpu_{roles.get(int(tid), 'other')}_s"] += (int(fields[11]) + int(fields[12])) / tick
+        cpu[f"cpu_{role}_s"] += (int(fields[11]) + int(fields[12])) / tick
     return cpu
 
 
@@ -149,6 +163,8 @@ def profile(path: str, streams: int, requests: int, threads: int, max_tokens: in
             "outside_forward_share": outside / max(outside + t["forward_s"], 1e-9),
             "cpu_ms_per_token": {r: 1e3 * t[f"cpu_{r}_s"] / tokens
                                  for r in ("loop", "scheduler", "relay", "other", "client")},
+            "wait_ms_per_token": {r: 1e3 * t.get(f"wait_{r}_s", 0.0) / tokens
+                                  for r in ("loop", "scheduler", "relay", "other")},
             "totals": t}
 
 
@@ -173,13 +189,14 @@ def main() -> int:
             for c in args.streams]
     print("| streams | tok/s | steps | rows/step | forward ms/step | of which core | on_logits ms/token | on_token ms/token | "
           "between steps ms | outside the forward | CPU ms/token: loop / scheduler / relay / pools+other / client "
-          "| load 1m |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+          "| run-queue wait ms/token: loop / scheduler / relay / pools+other | load 1m |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|")
     for r in rows:
-        cpu = " / ".join(f"{r['cpu_ms_per_token'][k]:.2f}" for k in ("loop", "scheduler", "relay", "other", "client"))
+        cpu = " / ".join(f"{r['cpu_ms_per_token'][k]:.3f}" for k in ("loop", "scheduler", "relay", "other", "client"))
+        wait = " / ".join(f"{r['wait_ms_per_token'][k]:.3f}" for k in ("loop", "scheduler", "relay", "other"))
         print(f"| {r['streams']} | {r['tok_s']:.1f} | {r['steps']} | {r['rows_per_step']:.2f} | "
               f"{r['forward_ms_per_step']:.2f} | {r['core_ms_per_step']:.2f} | {r['on_logits_ms_per_token']:.3f} | {r['on_token_ms_per_token']:.3f} | "
-              f"{r['between_ms_per_step']:.2f} | {100 * r['outside_forward_share']:.1f} % | {cpu} | {r['load_1m']:.1f} |")
+              f"{r['between_ms_per_step']:.2f} | {100 * r['outside_forward_share']:.1f} % | {cpu} | {wait} | {r['load_1m']:.1f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": args.model, "rows": rows}, f, indent=2)

@@ -192,6 +192,27 @@ def test_stream_is_sse_ending_with_done(server):
     assert json.loads(events[-2][6:])["choices"][0]["finish_reason"] in ("stop", "length")
 
 
+def test_stream_events_are_the_dumped_chunks_in_order(server, local):
+    """Each SSE event of a stream is exactly json.dumps(ensure_ascii=False) of its chunk (text
+    chunks are built from a template: server/app.py TextChunks), events of n choices name their
+    index, and the text of each choice is the whole completion; the usage chunk and [DONE] end it."""
+    prompt = 'She said: "Stop!"\n\tThen, in C: printf("%s\\n", s);'
+    body = {"prompt": prompt, "stream": True, "max_tokens": 12, "temperature": 0.8, "seed": 5, "n": 2,
+            "stream_options": {"include_usage": True}}
+    status, text = server.post("/v1/completions", body)
+    assert status == 200
+    events = [e for e in text.split("\n\n") if e]
+    assert events[-1] == "data: [DONE]" and all(e.startswith("data: ") for e in events)
+    chunks = [json.loads(e[6:]) for e in events[:-1]]
+    for e, chunk in zip(events, chunks):
+        assert e[6:] == json.dumps(chunk, ensure_ascii=False)
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 24
+    for i in range(2):
+        want = local.generate(prompt, max_new_tokens=12, temperature=0.8, seed=5 + i)
+        got = "".join(c["choices"][0]["text"] for c in chunks[:-1] if c["choices"][0]["index"] == i)
+        assert got == want.text
+
+
 def test_completion_equals_model_generate(server, local):
     c = server.client()
     prompt = "The three primary colours are"

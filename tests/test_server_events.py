@@ -83,3 +83,62 @@ def test_an_iterations_events_arrive_together_woken_by_the_relay():
         loop.run_until_complete(main())
     finally:
         loop.close()
+
+
+def test_text_chunk_templates_equal_the_dumped_chunk():
+    """TextChunks (server/app.py) builds a text-only SSE chunk from a template around the text's
+    JSON string: byte for byte what sse(reply.chunk(text, [])) gives, for chat and completion
+    replies, with and without usage in the stream, any choice index, and texts that JSON must
+    escape (quotes, backslashes, control characters, U+2028, non-BMP, the template's own mark)."""
+    import json
+    import random
+
+    from lowbit.server.app import _TEXT_MARK, TextChunks, sse
+    from lowbit.server.openai_api import Reply
+
+    rng = random.Random(20)
+    alphabet = ['"', "\\", "\n", "\t", "\x00", "\x1f", "\u2028", "é", "日本", "\U0001F600", "a", " ", "/", "</",
+                _TEXT_MARK, "{", "}"]
+    texts = ["", "hello", _TEXT_MARK] + ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12)))
+                                          for _ in range(200)]
+    for kind in ("chat", "completion"):
+        for usage in (False, True):
+            for model in ("m", 'a "quoted" model', _TEXT_MARK):
+                reply = Reply(kind, model, usage_in_stream=usage).for_choice(rng.randint(0, 3))
+                chunks = TextChunks(reply)
+                assert (chunks.halves is None) == (model == _TEXT_MARK)   # the mark twice: no template
+                for text in texts:
+                    got = chunks(text)
+                    assert got == sse(reply.chunk(text, [])), (kind, usage, model, text)
+                    assert json.loads(got[len("data: "):])["choices"][0]["delta" if kind == "chat" else "text"] == \
+                        ({"content": text} if kind == "chat" else text)
+
+
+def test_close_delivers_what_was_handed_over_in_order_then_ends_the_relay():
+    """Batches handed over right before close() (the scheduler's last iterations as the server
+    stops) all reach the loop, in order, and the relay thread ends."""
+    loop = asyncio.new_event_loop()
+    scheduler = SchedulerThread()
+
+    async def main():
+        post = EventPost(asyncio.get_running_loop(), scheduler)
+        target = asyncio.Queue()
+
+        def iterations():
+            for step in range(5):
+                for i in range(3):
+                    post.post(target, (step, i))
+                post.flush()                    # as Scheduler.hand_over does before each forward
+            post.close()                        # the server stops right after
+
+        scheduler.thread = threading.Thread(target=iterations, name="lowbit-scheduler")
+        scheduler.thread.start()
+        got = [await asyncio.wait_for(target.get(), WAIT_S) for _ in range(15)]
+        assert got == [(step, i) for step in range(5) for i in range(3)]
+        await asyncio.to_thread(scheduler.thread.join, WAIT_S)
+        assert not post._relay.is_alive()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()

@@ -7,9 +7,11 @@ cancels its job at once (its slot is free at the next step)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import hmac
 import json
 import os
+import queue
 import sys
 import threading
 import time
@@ -125,41 +127,43 @@ class EventPost:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, scheduler: Scheduler):
         self.loop, self.scheduler = loop, scheduler
-        self._held: list = []          # (queue, event) of this iteration; scheduler thread only
-        self._ready: list = []         # batches for the relay, under _cond
-        self._cond = threading.Condition()
-        self._closed = False
+        self._held: list = []          # (target, event) of this iteration; scheduler thread only
+        # batches for the relay, None when closed: a C queue, whose put is one lock release (a
+        # Condition's notify ran ~10 us of Python on the scheduler thread before each forward)
+        self._ready: queue.SimpleQueue = queue.SimpleQueue()
         self._relay = threading.Thread(target=self._run_relay, name="lowbit-events", daemon=True)
         self._relay.start()
         scheduler.hand_over.append(self.flush)
 
-    def post(self, queue: asyncio.Queue, event) -> None:
+    def post(self, target, event) -> None:
+        """``target.put_nowait(event)`` on the loop (a JobEvents or an asyncio.Queue)."""
         if self.scheduler.on_thread():
-            self._held.append((queue, event))
+            self._held.append((target, event))
         else:
-            self._send([(queue, event)])
+            self._send([(target, event)])
 
     def flush(self) -> None:
         batch, self._held = self._held, []
         if batch:
-            with self._cond:
-                self._ready.append(batch)
-                self._cond.notify()
+            self._ready.put(batch)
 
     def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
+        self._ready.put(None)
         self._relay.join(10)
 
     def _run_relay(self) -> None:
         while True:
-            with self._cond:
-                while not self._ready and not self._closed:
-                    self._cond.wait()
-                batches, self._ready = self._ready, []
-                closed = self._closed
-            for batch in batches:
+            batch = self._ready.get()
+            closed = batch is None
+            batch = batch or []
+            while not closed:           # what else is ready goes with it: one wake-up of the loop
+                try:
+                    more = self._ready.get_nowait()
+                except queue.Empty:
+                    break
+                closed = more is None
+                batch += more or []
+            if batch:
                 self._send(batch)
             if closed:
                 return
@@ -172,19 +176,48 @@ class EventPost:
 
 
 def _deliver(batch: list) -> None:
-    for queue, event in batch:
-        queue.put_nowait(event)
+    for target, event in batch:
+        target.put_nowait(event)
 
 
 class JobEvents:
-    """A job's events, moved from the scheduler thread into this request's event loop."""
+    """A request's job events, moved from the scheduler thread into the event loop. The handler
+    takes all that has arrived at once (``drain``): a step's tokens cost the loop one future and
+    one wake-up of the handler, where asyncio.Queue made a future and a task step per event."""
 
     def __init__(self, post: EventPost):
         self.post = post
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self._events: collections.deque = collections.deque()
+        self._waiter: Optional[asyncio.Future] = None
 
     def emit(self, event) -> None:      # called on the scheduler thread
-        self.post.post(self.queue, event)
+        self.post.post(self, event)
+
+    def put_nowait(self, event) -> None:        # on the loop (EventPost)
+        self._events.append(event)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        while not self._events:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    async def get(self):
+        """The next event (waits for one)."""
+        await self._wait()
+        return self._events.popleft()
+
+    async def drain(self) -> list:
+        """Every event that has arrived, in order (waits for at least one)."""
+        await self._wait()
+        out = list(self._events)
+        self._events.clear()
+        return out
 
 
 async def wait_disconnect(request: Request) -> None:
@@ -240,7 +273,7 @@ def cancel_unfinished(state: ServerState, jobs: List[Job]) -> None:
 
 async def next_event(events: JobEvents, gone: asyncio.Future):
     """The next event on the queue, or None when the client went away first."""
-    get = asyncio.ensure_future(events.queue.get())
+    get = asyncio.ensure_future(events.get())
     await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
     if not get.done():
         get.cancel()
@@ -257,62 +290,90 @@ def sse(data) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-class ChoiceStream:
-    """One choice's part of a stream. With tools, text from ``<tool_call>`` on is held back: it
-    becomes a tool_calls delta, or content after all when the reply ends without a complete call."""
+DONE_EVENT = "data: [DONE]\n\n"
+_TEXT_MARK = "\x00lowbit-text\x00"       # stands for a chunk's text while its template is made
+
+
+class TextChunks:
+    """The SSE event of a text-only chunk of one choice (no log-probs, no finish reason) from a
+    template: everything but the text is the same in every such chunk of a response, so the
+    chunk is the template's two halves around the text's JSON string, which is what
+    ``sse(reply.chunk(text, []))`` gives (one dumps of the text instead of the whole dict)."""
 
     def __init__(self, reply: Reply):
         self.reply = reply
+        whole, mark = sse(reply.chunk(_TEXT_MARK, [])), json.dumps(_TEXT_MARK, ensure_ascii=False)
+        parts = whole.split(mark)
+        self.halves = (parts[0], parts[1]) if len(parts) == 2 else None   # the mark elsewhere too: no template
+
+    def __call__(self, text: str) -> str:
+        if self.halves is None:
+            return sse(self.reply.chunk(text, []))
+        return f"{self.halves[0]}{json.dumps(text, ensure_ascii=False)}{self.halves[1]}"
+
+
+class ChoiceStream:
+    """One choice's part of a stream, as SSE events. With tools, text from ``<tool_call>`` on is
+    held back: it becomes a tool_calls delta, or content after all when the reply ends without a
+    complete call."""
+
+    def __init__(self, reply: Reply):
+        self.reply = reply
+        self.text_chunk = TextChunks(reply)
         self.gate = StopMatcher([CALL_OPEN]) if reply.tools else None
         self.calling, self.sent = False, 0       # a call has started; characters sent as content
 
-    def piece(self, event: Piece) -> List[dict]:
+    def piece(self, event: Piece, out: List[str]) -> None:
         text = event.text
         if self.gate is not None:
             text, hit = ("", True) if self.calling else self.gate.push(text)
             self.calling = self.calling or hit
         if not (text or event.logprobs):
-            return []
+            return
         self.sent += len(text)
-        return [self.reply.chunk(text, event.logprobs)]
+        out.append(sse(self.reply.chunk(text, event.logprobs)) if event.logprobs else self.text_chunk(text))
 
-    def done(self, event: Done) -> List[dict]:
-        out, calls = [], event.record.tool_calls
+    def done(self, event: Done, out: List[str]) -> None:
+        calls = event.record.tool_calls
         if self.gate is not None and not calls and len(event.record.text) > self.sent:
-            out.append(self.reply.chunk(event.record.text[self.sent:], []))
+            out.append(self.text_chunk(event.record.text[self.sent:]))
         if calls:
-            out.append(self.reply.tool_calls_chunk(calls))
-        return out + [self.reply.final_chunk(event)]
+            out.append(sse(self.reply.tool_calls_chunk(calls)))
+        out.append(sse(self.reply.final_chunk(event)))
 
 
 async def stream_events(state: ServerState, jobs: List[Job], events: JobEvents, replies: List[Reply]):
     """Server-sent events of every choice as they come (each chunk names its choice index), the
     usage chunk when asked for, then [DONE]; closing this generator (the client went away)
-    cancels the jobs."""
+    cancels the jobs. The events that arrived together (a step's tokens, the last token and the
+    end) go out as one write: one send through the HTTP stack and one socket write, not one each."""
     streams = [ChoiceStream(r) for r in replies]
     dones: List[Optional[Done]] = [None] * len(jobs)
+    left = len(jobs)
     try:
-        for r in replies:
-            if r.kind == "chat":
-                yield sse(r.chunk(None, [], role=True))
-            elif r.echo:
-                yield sse(r.chunk(r.echo, []))
-        while any(d is None for d in dones):
-            i, event = await events.queue.get()
-            if isinstance(event, Piece):
-                chunks = streams[i].piece(event)
-            elif isinstance(event, Done):
-                dones[i] = event
-                chunks = streams[i].done(event)
-            else:                                   # Failed: the error object ends the stream
-                yield sse(failed_error(event).body())
-                break
-            for chunk in chunks:
-                yield sse(chunk)
-        else:
-            if replies[0].usage_in_stream:
-                yield sse(replies[0].usage_chunk(dones))
-        yield "data: [DONE]\n\n"
+        head = [sse(r.chunk(None, [], role=True)) if r.kind == "chat" else sse(r.chunk(r.echo, []))
+                for r in replies if r.kind == "chat" or r.echo]
+        if head:
+            yield "".join(head)
+        while left > 0:
+            out: List[str] = []
+            for i, event in await events.drain():
+                if isinstance(event, Piece):
+                    streams[i].piece(event, out)
+                elif isinstance(event, Done):
+                    left -= dones[i] is None
+                    dones[i] = event
+                    streams[i].done(event, out)
+                else:                               # Failed: the error object ends the stream
+                    out.append(sse(failed_error(event).body()))
+                    left = -1
+                    break
+            if left == 0 and replies[0].usage_in_stream:
+                out.append(sse(replies[0].usage_chunk(dones)))
+            if left <= 0:
+                out.append(DONE_EVENT)
+            if out:
+                yield "".join(out)
     finally:
         cancel_unfinished(state, jobs)
 

@@ -437,8 +437,9 @@ def test_gpt_oss_8_bit_outlier_is_a_router_near_tie(tmp_path_factory):
     logits are 0.0076 apart (their spread over the experts: std 1.7), and the 8-bit rounding of
     layers 0-1's expert inputs moves layer 2's router logits by 0.025 rms (0.13 at most), so the
     engine picks expert 4 instead of 2 there; another token (32, margin 0.0073) flips too. Shown:
-    the reference with the same rounding picks the same experts, flips only where its exact
-    margin is under 0.02, and the engine follows it within the 8-bit tier on every token
+    the reference with the same rounding flips only where its exact margin is under 0.02 and has
+    no margin under 0.02 itself (0.030 at least), and the engine follows it within the 8-bit tier
+    on every token
     (measured 1.9e-2); the exact reference made to break the ties the same way agrees too
     (2.6e-2); and llama.cpp on the same file (8-bit activations too) lands at token 27 on the
     rounded side (1.8e-2 from it, 0.42 from the exact one)."""
@@ -452,6 +453,9 @@ def test_gpt_oss_8_bit_outlier_is_a_router_near_tie(tmp_path_factory):
     for il in exact.picks:
         changed = (exact.picks[il] != rounded.picks[il]).any(1)
         assert np.all(exact.margins[il][changed] < 0.02), il
+        # no near-tie left on the rounded side (measured >= 0.030): the engine's own float order
+        # cannot flip a choice there, so comparing it with this reference is well-posed
+        assert rounded.margins[il].min() > 0.02, il
     err, err8 = rel_rows(got, want), rel_rows(got, want8)
     assert err8.max() <= 6e-2
     assert int(err.argmax()) in flipped and err.max() > 0.2   # the outlier is a flipped token

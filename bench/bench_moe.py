@@ -17,7 +17,7 @@ tensor, 8/128 of the experts, one embedding row). Roofline: the measured read ba
 same thread count divided by those bytes. Prefill: one eval of each `--prompt` length (an expert
 gets n * 8 / 128 of its tokens on average: 4 rows at 64, 16 at 256); decode: `--decode` one-token
 evals after the first prompt; best of `--repeats`, lowbit and llama.cpp alternating within each
-repeat so that both see the same load. --profile adds lowbit's per-op prefill times.
+repeat so that both see the same load. --profile adds lowbit's per-op prefill and decode times.
 --act-precision: lowbit's activation precision (default auto: 8-bit expert matmuls in prefill,
 two-pass elsewhere; q8: 8-bit everywhere, llama.cpp's arithmetic). Prints a table and, with
 --json, the figures; the load average is recorded (the machine is shared).
@@ -112,15 +112,23 @@ class Lowbit:
             tok = int(np.argmax(self.e.eval(np.array([tok], np.int32))))
         return time.perf_counter() - t0
 
-    def profile(self, ids, repeats):
-        """Per-op milliseconds of one prefill of ids (cpu_op_profile, mean of `repeats`)."""
+    def profile(self, ids, repeats, n_decode=0):
+        """Per-op milliseconds (cpu_op_profile, mean of `repeats`) of one prefill of ids, or with
+        n_decode > 0 of one decode step (n_decode steps after the prefill, per step)."""
+        passes = repeats * max(n_decode, 1)
         _core.cpu_set_op_profile(True)
         _core.cpu_op_profile(reset=True)
         for _ in range(repeats):
-            self.prefill(ids)
+            if n_decode:
+                _core.cpu_set_op_profile(False)
+                _, tok = self.prefill(ids)
+                _core.cpu_set_op_profile(True)
+                self.decode(tok, n_decode)
+            else:
+                self.prefill(ids)
         ops = _core.cpu_op_profile(reset=True)["ops"]
         _core.cpu_set_op_profile(False)
-        return {name: {"ms": 1e3 * o["seconds"] / repeats, "idle_ms": 1e3 * o["idle_seconds"] / repeats}
+        return {name: {"ms": 1e3 * o["seconds"] / passes, "idle_ms": 1e3 * o["idle_seconds"] / passes}
                 for name, o in ops.items() if o["seconds"] > 0}
 
 
@@ -160,6 +168,11 @@ def measure(runtimes, prompts, n_decode, repeats):
     return prefill, decode
 
 
+def print_profile(what, prof):
+    print(f"lowbit {what} (idle: pool threads waiting): " + ", ".join(
+        f"{name} {o['ms']:.3f} ({o['idle_ms']:.3f})" for name, o in sorted(prof.items(), key=lambda kv: -kv[1]["ms"])))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=2)
@@ -168,7 +181,7 @@ def main() -> None:
     ap.add_argument("--decode", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--act-precision", default="auto", choices=["auto", "q8", "high"])
-    ap.add_argument("--profile", action="store_true", help="also lowbit's per-op prefill profile")
+    ap.add_argument("--profile", action="store_true", help="also lowbit's per-op prefill and decode profiles")
     ap.add_argument("--type", default="Q4_K", choices=["Q4_K", *_LEGACY],
                     help="type of every matrix (Q4_0 / Q8_0: types whose experts lowbit repacks at load)")
     ap.add_argument("--file", help="default /tmp/lowbit-bench-qwen3moe-<type>.gguf (q4k for Q4_K)")
@@ -226,8 +239,10 @@ def main() -> None:
         for ids in prompts:
             prof = runtimes["lowbit"].profile(ids, args.repeats)
             res["lowbit_prefill_profile_ms"][str(len(ids))] = prof
-            print(f"lowbit prefill {len(ids)}, ms per pass (idle: pool threads waiting): " + ", ".join(
-                f"{name} {o['ms']:.2f} ({o['idle_ms']:.2f})" for name, o in sorted(prof.items(), key=lambda kv: -kv[1]["ms"])))
+            print_profile(f"prefill {len(ids)}, ms per pass", prof)
+        prof = runtimes["lowbit"].profile(prompts[0], args.repeats, args.decode)
+        res["lowbit_decode_profile_ms"] = prof
+        print_profile("decode, ms per token", prof)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)

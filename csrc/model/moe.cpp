@@ -17,6 +17,20 @@ namespace {
 constexpr float kOaiAlpha = 1.702f, kOaiLimit = 7.0f;   // gpt-oss's SwiGLU (llama.cpp's constants)
 constexpr float kMinWeightSum = 6.103515625e-5f;          // llama.cpp clamps the sum it divides by
 constexpr int64_t kPrefillTokens = 16;   // batches from this size on count as prefill (see moe_feed_forward)
+// Per-token loops (routing, the shared expert's gate) run on the pool from this many tokens: one
+// token's work is ~1-2 us (128 experts: softmax and top-k), a parallel_for's barrier a few us.
+constexpr int64_t kParallelTokens = 8;
+
+// fn(t, thread) for every token t < n: on the pool from kParallelTokens tokens, else on the caller
+// (thread 0). Each token's result is its own, so the split does not change any bit.
+template <typename Fn>
+void for_tokens(int64_t n, cpu::ThreadPool& pool, Fn&& fn) {
+    if (n < kParallelTokens) {
+        for (int64_t t = 0; t < n; ++t) fn(t, 0);
+    } else {
+        pool.parallel_for(n, fn);
+    }
+}
 
 // y (n, w.rows) = x w^T. Packed weights (an expert or a shared-expert matrix repacked at load,
 // weights.h) take the packed GEMM for every n: a decode step's one-token gemv reads the strips in
@@ -173,12 +187,12 @@ void add_shared_expert(const ModelConfig& c, const LayerWeights& l, int64_t il, 
     for (int64_t t = 0; t < n; ++t) gated_act(FfnAct::SiLU, s.sh_gate.data() + t * F, s.sh_up.data() + t * F, F);
     observe(obs, pool, il, {"ffn_down_shexp"}, s.sh_gate.data(), n, F);
     project(l.down_shexp, s.sh_gate.data(), n, s.sh_out.data(), pool, prec);
-    for (int64_t t = 0; t < n; ++t) {
+    for_tokens(n, pool, [&](int64_t t, int) {
         const float* x = xn + t * E;
         float logit = 0.0f;
         for (int64_t i = 0; i < E; ++i) logit += x[i] * l.shexp_gate[size_t(i)];
         cpu::axpy_f32(out + t * E, 1.0f / (1.0f + std::exp(-logit)), s.sh_out.data() + t * E, E);
-    }
+    });
 }
 
 // The batch's work items: every selected expert's slots in runs of at most kExpertRows.
@@ -217,7 +231,7 @@ MoeScratch::MoeScratch(const ModelConfig& c, int64_t n_batch, int n_threads) {
     weight.resize(B * k);
     first.resize(size_t(c.n_expert) + 1);
     cursor.resize(size_t(c.n_expert));
-    ids.resize(size_t(c.n_expert));
+    ids.resize(size_t(n_threads) * size_t(c.n_expert));
     order.resize(B * k);
     items.reserve(size_t(c.n_expert) + B * k / size_t(kExpertRows) + 1);
     slot_out.resize(B * k * size_t(c.n_embd));
@@ -278,10 +292,15 @@ void moe_feed_forward(const ModelConfig& c, const LayerWeights& l, int64_t il, c
     const int64_t E = c.n_embd, X = c.n_expert, k = c.n_expert_used;
     observe(observer, pool, il, {"ffn_gate_inp"}, xn, n, E);
     project(l.router, xn, n, s.logits.data(), pool, prec);
-    for (int64_t t = 0; t < n; ++t) {
+    auto route = [&](int64_t t, int thread) {   // thread: its own row of ids
         float* lg = s.logits.data() + t * X;
         if (!l.router_b.empty()) cpu::add_inplace(lg, l.router_b.data(), X);
-        route_token(c, lg, s.ids.data(), s.selected.data() + t * k, s.weight.data() + t * k);
+        route_token(c, lg, s.ids.data() + thread * X, s.selected.data() + t * k, s.weight.data() + t * k);
+    };
+    if (size_t(pool.size()) * size_t(X) > s.ids.size()) {   // a pool larger than the scratch's
+        for (int64_t t = 0; t < n; ++t) route(t, 0);
+    } else {
+        for_tokens(n, pool, route);
     }
     group_by_expert(c, n, s);
     make_items(c, s);

@@ -62,7 +62,7 @@ struct MoeScratch {
     std::vector<int64_t> first;        // (n_expert + 1)  slots of expert e: order[first[e] .. first[e+1])
     std::vector<int64_t> order;        // (n_batch * k)  slot indices t * k + j grouped by expert
     std::vector<int64_t> cursor;       // (n_expert)  next free place of each expert in order
-    std::vector<int32_t> ids;          // (n_expert)  scratch of the top-k selection
+    std::vector<int32_t> ids;          // (n_threads, n_expert)  scratch of the top-k selection, a row per thread
     std::vector<Item> items;           // this batch's work items (capacity reserved)
     AlignedBuffer<float> slot_out;     // (n_batch * k, n_embd)  each slot's expert output, biased
     AlignedBuffer<uint8_t> xq;         // (n_batch) q8 rows of xn: each token quantized once (8-bit prefill)

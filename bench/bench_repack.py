@@ -72,7 +72,10 @@ def worker(path: str, threads: int, p: int, n: int) -> dict:
 
 
 KERNEL_SHAPES = [("Q4_1", 3072, 576), ("Q8_0", 49152, 576), ("Q5_0", 4096, 640), ("Q8_0", 262144, 640),
-                 ("Q5_0", 9728, 896)]
+                 ("Q5_0", 9728, 896),
+                 # the k-quant matrices: gemma3's and the 0.5B shape's ffn_down, a Qwen3-30B-A3B expert (bench_moe)
+                 ("Q4_K", 640, 2048), ("Q6_K", 640, 2048), ("Q4_K", 896, 4864), ("Q6_K", 896, 4864),
+                 ("Q4_K", 768, 2048), ("Q4_K", 2048, 768)]
 
 
 def kernel_ab(threads: int) -> list[dict]:

@@ -159,8 +159,26 @@ struct StripKernels {
 //   d   fp16[nb][kStripRows]
 //   m   fp16[nb][kStripRows]  Q4_1 Q5_1
 // Rows past the matrix's last are zero bytes (scale 0: they add nothing and are never stored).
+//
+// The k-quants (Q4_K Q5_K Q6_K; ik_llama.cpp's Q4_K_R4 / Q6_K_R4 idea with 16 rows, llama.cpp's
+// block_q4_Kx8 with the quants left as they are) keep every byte of their GGML super-blocks too,
+// moved dword by dword: nb = n / 256 super-blocks, per super-block b one record of sb_bytes (a
+// multiple of 64) at b * sb_bytes, each of its runs `field[w][kStripRows][4]` (dword j of run w =
+// row j's field bytes 4w..4w+3), then the fp16 scales of all super-blocks:
+//   Q4_K record (2240): qs[32][16][4]  scales[3][16][4]
+//   Q5_K record (2752): qs[32][16][4]  qh[8][16][4]  scales[3][16][4]
+//   Q6_K record (3328): ql[32][16][4]  qh[16][16][4]  scales[4][16][4]
+//   d   fp16[nb][kStripRows] at offset d = nb * sb_bytes
+//   m   fp16[nb][kStripRows] at offset m = d + nb * 32: dmin (Q4_K Q5_K)
+// So one zmm load gives the 16 rows' quant dword w (Q4_K: the low nibbles of qs dword 8c + g are
+// elements 4g..4g+3 of sub-block 2c, the high nibbles those of sub-block 2c + 1), and the 16 rows'
+// 6-bit scales and mins of sub-block s come out of the 3 scale zmm with a shift and a mask per
+// lane (s >= 4: two of each), the Q6_K int8 scales with two shifts: the kernels get the strip
+// GEMM's dw = d * sc and mw = -dmin * m (exact products in f32) with a few vector ops per
+// sub-block. Padding: < 64 bytes per strip (Q6_K with an odd nb).
 struct PackedLayout {
     int64_t nb = 0, qs = 0, qh = 0, d = 0, m = 0, strip_bytes = 0;   // offsets of the arrays in a strip
+    int64_t sb_bytes = 0;   // k-quants: bytes of a super-block's record (above); 0 for the legacy types
     PackedLayout(GGMLType type, int64_t n);
     static bool has(GGMLType type);   // whether `type` has a packed layout
 };
@@ -345,7 +363,7 @@ namespace scalar { LOWBIT_DECLARE_KERNELS LOWBIT_DECLARE_IQ_KERNELS }
 namespace avx2 { LOWBIT_DECLARE_KERNELS LOWBIT_DECLARE_IQ_KERNELS }
 namespace avx512 {
 LOWBIT_DECLARE_KERNELS LOWBIT_DECLARE_IQ_KERNELS
-void add_packed_gemms(KernelSet& k);   // packed_avx512.cpp: StripKernels::packed (and packed_gemv) of the legacy types
+void add_packed_gemms(KernelSet& k);   // packed_avx512.cpp: StripKernels::packed (and packed_gemv) of the legacy types and k-quants
 void add_strip_quantizers(KernelSet& k);   // act_strip_avx512.cpp: KernelSet::quantize_strip_q8_0 / q8_K
 }
 

@@ -229,6 +229,12 @@ constexpr int64_t kStripMinRows = 16;          // fewer x rows: the panel kernel
 constexpr int64_t kStripScratch = 192 << 10;   // decoded strip bytes per chunk and thread
 constexpr int64_t kStripTileBytes = 256 << 10;
 constexpr int64_t kPackedInPlaceRows = 4 * kStripAct;   // activation rows the packed GEMM reads in place
+// The same for a type: the k-quants' in-place decode of their scales and quants costs more per
+// GEMM call than the legacy types' (one Q4_K 640x2048 matmul of 32 two-pass activation rows, 2
+// threads: 172 us in place vs 157 us through decoded strips), so they switch at 16 rows.
+int64_t packed_in_place_rows(GGMLType type, int64_t cols) {
+    return PackedLayout(type, cols).sb_bytes ? 2 * kStripAct : kPackedInPlaceRows;
+}
 
 // One strip's outputs: out[i * kStripRows + j] for activation rows i < na (pt per token) into
 // y rows (i0 + i) / pt, weight rows r0 + j < r0 + nw.
@@ -615,7 +621,7 @@ void matmul_packed_x(const void* packed, GGMLType type, int64_t rows, int64_t co
         // decoding each strip once at 9+ sessions); more: each strip turned into u bytes once
         // (cheap from packed) and reused.
         if (n == 1 && sk->packed_gemv) return packed_matvec(*sk, packed, type, rows, cols, act, y, pool);
-        if (n * act.per_token <= kPackedInPlaceRows) return packed_matmul(*sk, packed, type, rows, cols, act, n, y, pool);
+        if (n * act.per_token <= packed_in_place_rows(type, cols)) return packed_matmul(*sk, packed, type, rows, cols, act, n, y, pool);
         return strip_matmul(*sk, packed, type, rows, cols, act, n, y, pool, /*packed=*/true);
     }
     quantize_rows(ks, type, cols, x, n, precision, act, pool);
@@ -660,6 +666,8 @@ void matmul_quantized(const void* weights, GGMLType type, int64_t rows, int64_t 
     if (packed) {
         if (!strip) return unpacked_matmul(ks, packed, type, rows, cols, q, n, y, pool);
         if (n == 1 && strip->packed_gemv) return packed_matvec(*strip, packed, type, rows, cols, q, y, pool);
+        if (PackedLayout(type, cols).sb_bytes && n > packed_in_place_rows(type, cols))   // k-quants: as matmul_packed
+            return strip_matmul(*strip, packed, type, rows, cols, q, n, y, pool, /*packed=*/true);
         return packed_matmul(*strip, packed, type, rows, cols, q, n, y, pool);
     }
     if (strip) return strip_matmul(*strip, weights, type, rows, cols, q, n, y, pool);

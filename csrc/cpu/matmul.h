@@ -87,8 +87,9 @@ void matmul(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
 // matmul's kernels and loops, so each output is what matmul gives that x row at Q8 in that path.
 //
 // packed: the same matrix packed by pack_rows (kernels.h; a model's experts), taken instead of
-// `weights`: the packed GEMM read in place for every n (one row: the one-token gemv), the same bits
-// per row whatever n; under a set without the packed GEMM, strips unpacked and the set's dots
+// `weights`: the packed GEMM read in place for every n (one row: the one-token gemv; k-quants: up to
+// 16 rows, then strips decoded from the packed ones, the same bits), the same bits per row whatever
+// n; under a set without the packed GEMM, strips unpacked and the set's dots
 // (exactly the result on the unpacked rows). In place beats turning each strip into a decoded
 // strip first (matmul_packed's choice above kPackedInPlaceRows) up to an expert item's 64 rows:
 // Q4_0 768 x 2048 from memory, 1 thread, CPU time, in place vs unpacked rows (moe.cpp's strip

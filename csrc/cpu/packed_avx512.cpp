@@ -1,5 +1,5 @@
 // packed_avx512.cpp: the strip GEMM on packed strips (kernels.h, PackedLayout) for the legacy
-// types: the weights are read in place, 16 rows per zmm lane set, and turned into the strip GEMM's
+// types and the k-quants (Q4_K, Q5_K, Q6_K; below the legacy kernels): the weights are read in place, 16 rows per zmm lane set, and turned into the strip GEMM's
 // unsigned values in registers (nibble mask / shift, a masked OR for Q5's bit 4, an XOR for
 // Q8_0's sign), so a call pays no strip decode, however few activation rows it has.
 //
@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <initializer_list>
 
+#include "cpu/dot_avx512_common.h"   // LOWBIT_HOT
 #include "cpu/kernels.h"
 #include "cpu/strip_iq.h"
 
@@ -275,6 +276,340 @@ void pair_gemm(int n, const void* strip, size_t strip_stride, const void* act_gr
     }
 }
 
+
+// ---- k-quants (kernels.h, PackedLayout: one record per super-block, then d and dmin) ----------
+// The strip GEMM's blocks are the sub-blocks (32 elements for Q4_K / Q5_K, 16 for Q6_K), and its
+// dw / mw the exact f32 products d * sc and -dmin * m (11 + 8 significant bits at most), so
+// decoding them here from the packed 6-bit (int8) scales with other instructions than the strip
+// decoder gives the same floats, and the same integer sums and float steps give the same bits.
+enum class KQ { Q4K, Q5K, Q6K };
+template <KQ T>
+struct KqGeo {
+    static constexpr int64_t kRec = T == KQ::Q4K ? 2240 : T == KQ::Q5K ? 2752 : 3328;   // record bytes
+    static constexpr int64_t kQh = 2048;                                              // Q5_K Q6_K
+    static constexpr int64_t kSc = T == KQ::Q4K ? 2048 : T == KQ::Q5K ? 2560 : 3072;
+    static constexpr bool kMin = T != KQ::Q6K;
+    static constexpr int kBlock = T == KQ::Q6K ? 16 : 32;
+    static constexpr int kSub = 256 / kBlock;   // strip blocks per super-block
+    const uint8_t *rec0, *d, *m;
+    KqGeo(const void* strip, int nsb)
+        : rec0(static_cast<const uint8_t*>(strip)), d(rec0 + nsb * kRec), m(d + nsb * 32) {}
+    const uint8_t* rec(int64_t sb) const { return rec0 + sb * kRec; }
+    __m512 dw16(int64_t sb) const { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + 32 * sb))); }
+    // -dmin (the sign flipped, as the strip decoder's -h2f(dmin))
+    __m512 neg_dmin16(int64_t sb) const {
+        return _mm512_xor_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(m + 32 * sb))),
+                             _mm512_set1_ps(-0.0f));
+    }
+};
+
+// Q4_K / Q5_K: the 6-bit scale and min of sub-block s of the 16 rows from the record's three
+// scale dwords (sc3[i] = bytes 4i..4i+3 of each row's scales): GGML's get_scale_min_k4 per lane.
+LOWBIT_HOT void k4_scale_min(const __m512i sc3[3], int s, __m512i& sc, __m512i& m) {
+    const __m512i m63 = _mm512_set1_epi32(63), m15 = _mm512_set1_epi32(15), m48 = _mm512_set1_epi32(0x30);
+    if (s < 4) {
+        sc = _mm512_and_si512(_mm512_srli_epi32(sc3[0], 8 * s), m63);
+        m = _mm512_and_si512(_mm512_srli_epi32(sc3[1], 8 * s), m63);
+    } else {
+        const int t = s - 4;
+        sc = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(sc3[2], 8 * t), m15),
+                             _mm512_and_si512(_mm512_srli_epi32(sc3[0], 8 * t + 2), m48));
+        m = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(sc3[2], 8 * t + 4), m15),
+                            _mm512_and_si512(_mm512_srli_epi32(sc3[1], 8 * t + 2), m48));
+    }
+}
+template <KQ T>
+LOWBIT_HOT void load_sc3(const uint8_t* rec, __m512i sc3[3]) {
+    for (int i = 0; i < 3; ++i) sc3[i] = _mm512_loadu_si512(rec + KqGeo<T>::kSc + 64 * i);
+}
+// Q6_K: the int8 scale of sub-block s of the 16 rows (sc4[i] = bytes 4i..4i+3 of each row's scales).
+LOWBIT_HOT __m512i q6k_scale(const __m512i sc4[4], int s) {
+    return _mm512_srai_epi32(_mm512_slli_epi32(sc4[s >> 2], 24 - 8 * (s & 3)), 24);
+}
+
+// Q4_K / Q5_K: the unsigned values of groups (dword) g of chunk c: low nibbles -> sub-block 2c,
+// high -> 2c + 1 (Q5_K: bit 4 from qh dword g, bit 2c / 2c + 1 of each byte).
+template <KQ T>
+LOWBIT_HOT void k4_group_pair(const uint8_t* rec, int c, int g, __m512i& lo, __m512i& hi) {
+    const __m512i low4 = _mm512_set1_epi8(0x0F), v = _mm512_loadu_si512(rec + 64 * (8 * c + g));
+    lo = _mm512_and_si512(v, low4);
+    hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+    if constexpr (T == KQ::Q5K) {
+        const __m512i h = _mm512_loadu_si512(rec + KqGeo<T>::kQh + 64 * g), b16 = _mm512_set1_epi8(0x10);
+        lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(h, _mm512_set1_epi8(char(1 << (2 * c)))), lo, b16);
+        hi = _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(h, _mm512_set1_epi8(char(2 << (2 * c)))), hi, b16);
+    }
+}
+
+// Q6_K: the unsigned values (q, 0..63) of group g of the four sub-blocks 8h + 2Q + part (Q = 0..3)
+// that share their ql / qh dwords: u[Q].
+LOWBIT_HOT void q6k_groups4(const uint8_t* rec, int h, int part, int g, __m512i u[4]) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    const __m512i ql0 = _mm512_loadu_si512(rec + 64 * (16 * h + 4 * part + g));
+    const __m512i ql1 = _mm512_loadu_si512(rec + 64 * (16 * h + 8 + 4 * part + g));
+    const __m512i qh = _mm512_loadu_si512(rec + KqGeo<KQ::Q6K>::kQh + 64 * (8 * h + 4 * part + g));
+    u[0] = _mm512_or_si512(_mm512_and_si512(ql0, m4), _mm512_and_si512(_mm512_slli_epi16(qh, 4), m30));
+    u[1] = _mm512_or_si512(_mm512_and_si512(ql1, m4), _mm512_and_si512(_mm512_slli_epi16(qh, 2), m30));
+    u[2] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql0, 4), m4), _mm512_and_si512(qh, m30));
+    u[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql1, 4), m4), _mm512_and_si512(_mm512_srli_epi16(qh, 2), m30));
+}
+
+// Q6_K: group g of sub-block 8h + 2q + part alone (the pair GEMM's Source).
+LOWBIT_HOT __m512i q6k_group1(const uint8_t* rec, int h, int q, int part, int g) {
+    const __m512i ql = _mm512_loadu_si512(rec + 64 * (16 * h + 8 * (q & 1) + 4 * part + g));
+    const __m512i qh = _mm512_loadu_si512(rec + KqGeo<KQ::Q6K>::kQh + 64 * (8 * h + 4 * part + g));
+    const __m512i lo4 = _mm512_and_si512(q >= 2 ? _mm512_srli_epi16(ql, 4) : ql, _mm512_set1_epi8(0x0F));
+    const __m512i hi2 = _mm512_and_si512(_mm512_srli_epi16(qh, 2 * q), _mm512_set1_epi8(0x03));
+    return _mm512_or_si512(lo4, _mm512_slli_epi16(hi2, 4));
+}
+
+// The requests ahead of a one-token call (StripGemvFn): lines [sb, sb + 1) * step of `ahead`.
+LOWBIT_HOT void request_ahead(const uint8_t* ahead, const uint8_t* ahead_end, int64_t sb, int64_t step) {
+    if (!ahead) return;
+    for (const uint8_t *p = ahead + sb * step, *e = std::min(p + step, ahead_end); p < e; p += 64) __builtin_prefetch(p, 0, 3);
+}
+
+// The float step of the strip GEMM for one block and NR rows (strip_gemm_n's, same order).
+// Activation slots slot0 .. slot0 + NR - 1 of the block at pa.
+template <int NR, bool kMin>
+LOWBIT_HOT void block_float_step(__m512 acc[NR], const __m512i* isum, const uint8_t* pa, int block, __m512 dw, __m512 mw,
+                                 int slot0 = 0) {
+    const int64_t kAd = StripActLayout::d(block) + 4 * slot0, kAs = StripActLayout::s(block) + 4 * slot0;
+    auto f32 = [](const uint8_t* p) { return *reinterpret_cast<const float*>(p); };
+    for (int r = 0; r < NR; ++r)
+        acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(isum[r]), _mm512_set1_ps(f32(pa + kAd + 4 * r))), dw, acc[r]);
+    if constexpr (kMin)
+        for (int r = 0; r < NR; ++r) acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(f32(pa + kAs + 4 * r)), acc[r]);
+}
+
+inline int32_t act_i32(const uint8_t* p) { return *reinterpret_cast<const int32_t*>(p); }
+
+// Q4_K / Q5_K on a packed strip, NR activation rows: per chunk (64 elements: sub-blocks 2c and
+// 2c + 1) 8 quant loads shared by all rows, two dpbusd chains per row and sub-block for one or two
+// rows (latency), then the two blocks' float steps in order.
+template <KQ T, int NR>
+__attribute__((hot)) void packed_k4_n(int n, const void* strip, const void* act_group, float* out,
+                                      const uint8_t* ahead = nullptr, const uint8_t* ahead_end = nullptr) {
+    using G = KqGeo<T>;
+    const int nsb = n / QK_K;
+    constexpr int C = NR <= 2 ? 2 : 1;
+    constexpr int64_t kAct = StripActLayout::block_bytes(32), kCorr = StripActLayout::corr(32);
+    const G geo(strip, nsb);
+    const auto* pa0 = static_cast<const uint8_t*>(act_group);
+    const int64_t step = G::kRec + 64;   // strip bytes per super-block
+    __m512 acc[NR];
+    for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
+    for (int sb = 0; sb < nsb; ++sb) {
+        request_ahead(ahead, ahead_end, sb, step);
+        const uint8_t* rec = geo.rec(sb);
+        __m512i sc3[3];
+        load_sc3<T>(rec, sc3);
+        const __m512 d = geo.dw16(sb), ndmin = geo.neg_dmin16(sb);
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) {
+            const uint8_t* pa[2] = {pa0 + (8 * sb + 2 * c) * kAct, pa0 + (8 * sb + 2 * c + 1) * kAct};
+            __m512i isum[2][NR][C];
+            for (int h = 0; h < 2; ++h)
+                for (int r = 0; r < NR; ++r) {
+                    isum[h][r][0] = _mm512_set1_epi32(act_i32(pa[h] + kCorr + 4 * r));
+                    for (int k = 1; k < C; ++k) isum[h][r][k] = _mm512_setzero_si512();
+                }
+#pragma GCC unroll 8
+            for (int g = 0; g < 8; ++g) {
+                __m512i w[2];
+                k4_group_pair<T>(rec, c, g, w[0], w[1]);
+                for (int h = 0; h < 2; ++h)
+                    for (int r = 0; r < NR; ++r)
+                        isum[h][r][g % C] = _mm512_dpbusd_epi32(isum[h][r][g % C], w[h], _mm512_set1_epi32(act_i32(pa[h] + r * 32 + 4 * g)));
+            }
+            for (int h = 0; h < 2; ++h) {
+                __m512i sum[NR], sc, m;
+                for (int r = 0; r < NR; ++r) {
+                    sum[r] = isum[h][r][0];
+                    for (int k = 1; k < C; ++k) sum[r] = _mm512_add_epi32(sum[r], isum[h][r][k]);
+                }
+                k4_scale_min(sc3, 2 * c + h, sc, m);
+                block_float_step<NR, true>(acc, sum, pa[h], 32, _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc)),
+                                           _mm512_mul_ps(ndmin, _mm512_cvtepi32_ps(m)));
+            }
+        }
+    }
+    for (int r = 0; r < NR; ++r) _mm512_storeu_ps(out + r * kStripRows, acc[r]);
+}
+
+// Q6_K on a packed strip, NR <= 4 activation rows: per half super-block, the four sub-blocks that
+// share ql / qh dwords (8h + part + 0, 2, 4, 6) are summed together for part 0, then part 1, and
+// the 8 blocks' float steps run in order after both.
+// slot0: the first activation slot of the group these NR rows are.
+template <int NR>
+__attribute__((hot)) void packed_q6k_n(int n, const void* strip, const void* act_group, float* out,
+                                       const uint8_t* ahead = nullptr, const uint8_t* ahead_end = nullptr, int slot0 = 0) {
+    static_assert(NR >= 1 && NR <= 4, "Q6_K: up to 4 rows a pass");
+    using G = KqGeo<KQ::Q6K>;
+    const int nsb = n / QK_K;
+    constexpr int64_t kAct = StripActLayout::block_bytes(16), kCorr = StripActLayout::corr(16);
+    const G geo(strip, nsb);
+    const auto* pa0 = static_cast<const uint8_t*>(act_group);
+    const int64_t strip_bytes = (nsb * (G::kRec + 32) + 63) / 64 * 64, step = (strip_bytes + nsb - 1) / nsb;
+    __m512 acc[NR];
+    for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
+    for (int sb = 0; sb < nsb; ++sb) {
+        request_ahead(ahead, ahead_end, sb, step);
+        const uint8_t* rec = geo.rec(sb);
+        __m512i sc4[4];
+        for (int i = 0; i < 4; ++i) sc4[i] = _mm512_loadu_si512(rec + G::kSc + 64 * i);
+        const __m512 d = geo.dw16(sb);
+        for (int h = 0; h < 2; ++h) {
+            const uint8_t* pa = pa0 + (16 * sb + 8 * h) * kAct;   // block 8h + s8 of the super-block
+            __m512i isum[8][NR];
+#pragma GCC unroll 2
+            for (int part = 0; part < 2; ++part) {
+                for (int q = 0; q < 4; ++q)
+                    for (int r = 0; r < NR; ++r)
+                        isum[2 * q + part][r] = _mm512_set1_epi32(act_i32(pa + (2 * q + part) * kAct + kCorr + 4 * (slot0 + r)));
+#pragma GCC unroll 4
+                for (int g = 0; g < 4; ++g) {
+                    __m512i u[4];
+                    q6k_groups4(rec, h, part, g, u);
+                    for (int q = 0; q < 4; ++q)
+                        for (int r = 0; r < NR; ++r)
+                            isum[2 * q + part][r] = _mm512_dpbusd_epi32(
+                                isum[2 * q + part][r], u[q], _mm512_set1_epi32(act_i32(pa + (2 * q + part) * kAct + (slot0 + r) * 16 + 4 * g)));
+                }
+            }
+#pragma GCC unroll 8
+            for (int s8 = 0; s8 < 8; ++s8)
+                block_float_step<NR, false>(acc, isum[s8], pa + s8 * kAct, 16,
+                                            _mm512_mul_ps(d, _mm512_cvtepi32_ps(q6k_scale(sc4, 8 * h + s8))), _mm512_setzero_ps(), slot0);
+        }
+    }
+    for (int r = 0; r < NR; ++r) _mm512_storeu_ps(out + r * kStripRows, acc[r]);
+}
+
+template <KQ T, int NR>
+void packed_kq_n(int n, const void* strip, const void* act_group, float* out, const uint8_t* ahead = nullptr,
+                 const uint8_t* ahead_end = nullptr) {
+    if constexpr (T != KQ::Q6K) packed_k4_n<T, NR>(n, strip, act_group, out, ahead, ahead_end);
+    else if constexpr (NR <= 4) packed_q6k_n<NR>(n, strip, act_group, out, ahead, ahead_end);
+    else {   // two passes over the strip (registers): each row's sums and steps are unchanged
+        packed_q6k_n<4>(n, strip, act_group, out);
+        packed_q6k_n<NR - 4>(n, strip, act_group, out + 4 * kStripRows, nullptr, nullptr, 4);
+    }
+}
+
+template <KQ T>
+void packed_kq_gemm(int n, const void* strip, const void* act_group, int nact, float* out) {
+    switch (nact) {
+#define LOWBIT_KQ_CASE(nr) case nr: return packed_kq_n<T, nr>(n, strip, act_group, out);
+        LOWBIT_KQ_CASE(1) LOWBIT_KQ_CASE(2) LOWBIT_KQ_CASE(3) LOWBIT_KQ_CASE(4)
+        LOWBIT_KQ_CASE(5) LOWBIT_KQ_CASE(6) LOWBIT_KQ_CASE(7)
+#undef LOWBIT_KQ_CASE
+        default: return packed_kq_n<T, 8>(n, strip, act_group, out);
+    }
+}
+
+template <KQ T>
+void packed_kq_gemv(int n, const void* strip, const void* act_group, int nact, float* out, const void* ahead,
+                    const void* ahead_end) {
+    const auto *a = static_cast<const uint8_t*>(ahead), *e = static_cast<const uint8_t*>(ahead_end);
+    if (nact == 1) packed_kq_n<T, 1>(n, strip, act_group, out, a, e);
+    else packed_kq_n<T, 2>(n, strip, act_group, out, a, e);
+}
+
+// A packed k-quant strip -> a StripLayout strip: the same u, dw, mw the packed GEMM uses.
+template <KQ T>
+void packed_kq_to_strip(int n, const void* packed, size_t, int, void* strip) {
+    using G = KqGeo<T>;
+    const int nsb = n / QK_K;
+    constexpr int64_t kBytes = StripLayout::block_bytes(G::kBlock), kD = StripLayout::u_bytes(G::kBlock), kM = kD + 4 * kStripRows;
+    const G geo(packed, nsb);
+    auto* out = static_cast<uint8_t*>(strip);
+    for (int sb = 0; sb < nsb; ++sb) {
+        const uint8_t* rec = geo.rec(sb);
+        uint8_t* o = out + sb * G::kSub * kBytes;   // block s of the super-block at o + s * kBytes
+        const __m512 d = geo.dw16(sb);
+        if constexpr (T != KQ::Q6K) {
+            __m512i sc3[3];
+            load_sc3<T>(rec, sc3);
+            const __m512 ndmin = geo.neg_dmin16(sb);
+            for (int c = 0; c < 4; ++c)
+                for (int g = 0; g < 8; ++g) {
+                    __m512i lo, hi;
+                    k4_group_pair<T>(rec, c, g, lo, hi);
+                    _mm512_store_si512(o + 2 * c * kBytes + 64 * g, lo);
+                    _mm512_store_si512(o + (2 * c + 1) * kBytes + 64 * g, hi);
+                }
+            for (int s = 0; s < 8; ++s) {
+                __m512i sc, m;
+                k4_scale_min(sc3, s, sc, m);
+                _mm512_store_ps(o + s * kBytes + kD, _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc)));
+                _mm512_store_ps(o + s * kBytes + kM, _mm512_mul_ps(ndmin, _mm512_cvtepi32_ps(m)));
+            }
+        } else {
+            __m512i sc4[4];
+            for (int i = 0; i < 4; ++i) sc4[i] = _mm512_loadu_si512(rec + G::kSc + 64 * i);
+            for (int h = 0; h < 2; ++h)
+                for (int part = 0; part < 2; ++part)
+                    for (int g = 0; g < 4; ++g) {
+                        __m512i u[4];
+                        q6k_groups4(rec, h, part, g, u);
+                        for (int q = 0; q < 4; ++q) _mm512_store_si512(o + (8 * h + 2 * q + part) * kBytes + 64 * g, u[q]);
+                    }
+            for (int s = 0; s < 16; ++s) {
+                _mm512_store_ps(o + s * kBytes + kD, _mm512_mul_ps(d, _mm512_cvtepi32_ps(q6k_scale(sc4, s))));
+                _mm512_store_ps(o + s * kBytes + kM, _mm512_setzero_ps());
+            }
+        }
+    }
+}
+
+// A packed k-quant strip as the pair GEMM's Source (blocks = sub-blocks; the scales of a block
+// decoded per call of dw / mw, once per block and strip).
+template <KQ T>
+struct PackedKqStrip {
+    using G = KqGeo<T>;
+    static constexpr int kBlock = G::kBlock;
+    static constexpr bool kMin = G::kMin;
+    G geo;
+    PackedKqStrip(const void* strip, int nb) : geo(strip, nb / G::kSub) {}
+    // Groups k and k + kBlock / 8 of block b.
+    __attribute__((always_inline)) void pair(int b, int k, __m512i& lo, __m512i& hi) const {
+        const int sb = b / G::kSub, s = b % G::kSub;
+        const uint8_t* rec = geo.rec(sb);
+        if constexpr (T != KQ::Q6K) {
+            __m512i l0, h0, l1, h1;
+            k4_group_pair<T>(rec, s >> 1, k, l0, h0);
+            k4_group_pair<T>(rec, s >> 1, k + 4, l1, h1);
+            lo = s & 1 ? h0 : l0;
+            hi = s & 1 ? h1 : l1;
+        } else {
+            const int h = s >> 3, q = (s & 7) >> 1, part = s & 1;
+            lo = q6k_group1(rec, h, q, part, k);
+            hi = q6k_group1(rec, h, q, part, k + 2);
+        }
+    }
+    __m512 dw(int b) const {
+        const int sb = b / G::kSub, s = b % G::kSub;
+        if constexpr (T != KQ::Q6K) {
+            __m512i sc3[3], sc, m;
+            load_sc3<T>(geo.rec(sb), sc3);
+            k4_scale_min(sc3, s, sc, m);
+            return _mm512_mul_ps(geo.dw16(sb), _mm512_cvtepi32_ps(sc));
+        } else {
+            __m512i sc4[4];
+            for (int i = 0; i < 4; ++i) sc4[i] = _mm512_loadu_si512(geo.rec(sb) + G::kSc + 64 * i);
+            return _mm512_mul_ps(geo.dw16(sb), _mm512_cvtepi32_ps(q6k_scale(sc4, s)));
+        }
+    }
+    __m512 mw(int b) const {
+        const int sb = b / G::kSub, s = b % G::kSub;
+        __m512i sc3[3], sc, m;
+        load_sc3<T>(geo.rec(sb), sc3);
+        k4_scale_min(sc3, s, sc, m);
+        return _mm512_mul_ps(geo.neg_dmin16(sb), _mm512_cvtepi32_ps(m));
+    }
+};
+
 }  // namespace
 
 void add_packed_gemms(KernelSet& k) {
@@ -293,6 +628,12 @@ void add_packed_gemms(KernelSet& k) {
     k[GGMLType::Q5_0].strip.packed_pair = pair_gemm<PackedStrip<Kind::Q5, false>>;
     k[GGMLType::Q5_1].strip.packed_pair = pair_gemm<PackedStrip<Kind::Q5, true>>;
     k[GGMLType::Q8_0].strip.packed_pair = pair_gemm<PackedStrip<Kind::Q8, false>>;
+    set(GGMLType::Q4_K, packed_kq_gemm<KQ::Q4K>, packed_kq_to_strip<KQ::Q4K>, packed_kq_gemv<KQ::Q4K>);
+    set(GGMLType::Q5_K, packed_kq_gemm<KQ::Q5K>, packed_kq_to_strip<KQ::Q5K>, packed_kq_gemv<KQ::Q5K>);
+    set(GGMLType::Q6_K, packed_kq_gemm<KQ::Q6K>, packed_kq_to_strip<KQ::Q6K>, packed_kq_gemv<KQ::Q6K>);
+    k[GGMLType::Q4_K].strip.packed_pair = pair_gemm<PackedKqStrip<KQ::Q4K>>;
+    k[GGMLType::Q5_K].strip.packed_pair = pair_gemm<PackedKqStrip<KQ::Q5K>>;
+    k[GGMLType::Q6_K].strip.packed_pair = pair_gemm<PackedKqStrip<KQ::Q6K>>;
     // Decoded strips: every type whose strip GEMM is dot_avx512.cpp's strip_gemm<Block, kMin>
     // (legacy, k-quants; the i-quants through strip_gemm_b32 / b16, no min).
     for (GGMLType t : {GGMLType::Q4_1, GGMLType::Q5_1, GGMLType::Q4_K, GGMLType::Q5_K})

@@ -9,8 +9,8 @@ of width 768, 8 used per token, QK-norm) with `--layers` layers instead of 48 an
 small test vocabulary (so the output head does not dominate), every matrix random valid Q4_K
 blocks (scales set for activations of O(1)), router and norms F32. Written once to `--file`.
 --type Q4_0 / Q8_0: the same model in a legacy type (random quants, every block's scale set the
-same way), whose experts lowbit repacks at load (weights.h ExpertMatrices; Q4_K has no packed
-layout, so its experts are read from the mapping).
+same way). lowbit repacks the experts of every type with a packed layout (Q4_K included) at load
+(weights.h ExpertMatrices); LOWBIT_REPACK=0 reads them from the mapping instead.
 
 Bytes per token: what a decode step reads (lowbit.runtime.memory.decode_reads: every non-expert
 tensor, 8/128 of the experts, one embedding row). Roofline: the measured read bandwidth of the
@@ -183,7 +183,7 @@ def main() -> None:
     ap.add_argument("--act-precision", default="auto", choices=["auto", "q8", "high"])
     ap.add_argument("--profile", action="store_true", help="also lowbit's per-op prefill and decode profiles")
     ap.add_argument("--type", default="Q4_K", choices=["Q4_K", *_LEGACY],
-                    help="type of every matrix (Q4_0 / Q8_0: types whose experts lowbit repacks at load)")
+                    help="type of every matrix (Q4_K, or a legacy type: Q4_0 / Q8_0)")
     ap.add_argument("--file", help="default /tmp/lowbit-bench-qwen3moe-<type>.gguf (q4k for Q4_K)")
     ap.add_argument("--json")
     args = ap.parse_args()

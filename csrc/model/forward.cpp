@@ -183,14 +183,14 @@ void attention(const Model& m, int64_t il, const std::vector<SeqSpan>& spans, Fo
                                    inline_run ? group : heads_per_item(group, tiles * c.n_head_kv, pool.size()));
     const int64_t parts = (group + heads - 1) / heads, per_tile = c.n_head_kv * parts;
     const Vec& sinks = m.weights.layers[size_t(il)].attn_sinks;
-    auto run_item = [&](int64_t item, int thread) {
+    // Work item `item`'s queries and cache rows (rows: the q8_0 reader kv points to).
+    auto item_args = [&](int64_t item, cpu::AttnQueries& a, cpu::AttnCache& kv, DequantRows& rows) {
         int64_t local = tiles - 1 - item / per_tile;   // the last tile of the last span first
         size_t si = 0;
         for (int64_t n_tiles; local >= (n_tiles = (spans[si].n + tile - 1) / tile); ++si) local -= n_tiles;
         const SeqSpan& sp = spans[si];
         const int64_t g = item % per_tile / parts, h0 = g * group + item % parts * heads;
         const int64_t t0 = sp.row0 + local * tile;
-        cpu::AttnQueries a;
         a.n_heads = std::min(heads, (g + 1) * group - h0);
         a.n_tok = std::min(tile, sp.row0 + sp.n - t0);
         a.q = s.q.data() + t0 * Q + h0 * D;
@@ -204,9 +204,8 @@ void attention(const Model& m, int64_t il, const std::vector<SeqSpan>& spans, Fo
         a.softcap = c.attn_softcap;
         a.sinks = sinks.empty() ? nullptr : sinks.data() + h0;
         const KVCache& cache = *sp.cache;
-        cpu::AttnCache kv;
         kv.n_cells = cache.n_cells(il);
-        const DequantRows rows{&cache, il, g, D};
+        rows = DequantRows{&cache, il, g, D};
         if (cache.rows_are_f16()) {
             kv.k = reinterpret_cast<const uint16_t*>(cache.k_row(il, 0, g));   // cell 0 of head g
             kv.v = reinterpret_cast<const uint16_t*>(cache.v_row(il, 0, g));
@@ -215,10 +214,23 @@ void attention(const Model& m, int64_t il, const std::vector<SeqSpan>& spans, Fo
             kv.fetch = DequantRows::fetch;
             kv.ctx = &rows;
         }
+    };
+    auto run_item = [&](int64_t item, int thread) {
+        cpu::AttnQueries a;
+        cpu::AttnCache kv;
+        DequantRows rows{};
+        item_args(item, a, kv, rows);
         cpu::attend_head(a, kv, s.scores.data() + size_t(thread) * size_t(cpu::attn_scratch_floats(D)));
     };
     const int64_t n_items = tiles * per_tile;
-    if (inline_run) {
+    if (inline_run) {   // every item's first rows requested before the first item runs
+        for (int64_t item = 0; item < n_items; ++item) {
+            cpu::AttnQueries a;
+            cpu::AttnCache kv;
+            DequantRows rows{};
+            item_args(item, a, kv, rows);
+            cpu::attend_prefetch(a, kv, cpu::kAttnBlock);
+        }
         for (int64_t item = 0; item < n_items; ++item) run_item(item, 0);
     } else {
         pool.parallel_for(n_items, run_item);

@@ -95,7 +95,9 @@ Region map_region(size_t bytes) {
     auto* base = reinterpret_cast<uint8_t*>(round_up(reinterpret_cast<uintptr_t>(start), kHugePage));
     if (base > start) munmap(start, size_t(base - start));   // trim to whole aligned 2 MB pages
     if (base + size < start + size + kHugePage) munmap(base + size, size_t(start + size + kHugePage - (base + size)));
+#ifdef MADV_HUGEPAGE
     madvise(base, size, MADV_HUGEPAGE);   // advice only: EINVAL where THP is compiled out changes nothing
+#endif
     Region r;
     r.base = base;
     r.size = size;

@@ -11,8 +11,9 @@
 // pages where the system's transparent-huge-page mode is "madvise" or "always" (under "never"
 // they are ordinary pages: nothing else changes). Blocks are 64-byte multiples handed out first
 // fit from a region's holes, else from its top; a freed block becomes a hole (merged with its
-// neighbours; at the top it lowers the top), so load's pattern - a fused copy freed once it is
-// packed - reuses the space at once. A region with no live block is unmapped.
+// neighbours; at the top it lowers the top) whose whole 2 MB pages return to the system. A region
+// with no live block is unmapped. Temporaries do not belong here (weights.cpp makes the fused
+// copies that are packed afterwards on small pages): their holes would keep memory resident.
 #include "common.h"
 
 #include <sys/mman.h>
@@ -74,6 +75,10 @@ struct Region {
         }
         if (off + len == top) top = off;   // at the top: the top comes down
         else holes.emplace(off, len);
+        // The whole 2 MB pages of the free range go back to the system (a page shared with a live
+        // block stays: splitting it would put that block on 4 KB pages).
+        const size_t lo = round_up(off, kHugePage), hi = (off + len) / kHugePage * kHugePage;
+        if (lo < hi) madvise(base + lo, hi - lo, MADV_DONTNEED);
     }
 };
 

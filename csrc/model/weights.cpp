@@ -202,6 +202,8 @@ void release_pages(const void* p, size_t bytes) {
 
 // One matrix made of `parts` stacked row-wise (all of one type and width), copied into `w.fused`;
 // an absent Matrix when the types differ.
+bool packable(GGMLType type);
+
 Matrix concat_rows(ModelWeights& w, std::initializer_list<const Matrix*> parts) {
     const Matrix& first = **parts.begin();
     Matrix m = first;
@@ -210,7 +212,8 @@ Matrix concat_rows(ModelWeights& w, std::initializer_list<const Matrix*> parts) 
         if (part->type != first.type || part->cols != first.cols) return Matrix{};
         m.rows += part->rows;
     }
-    AlignedBuffer<uint8_t> buf(size_t(m.rows * m.row_bytes), Pages::Huge);
+    AlignedBuffer<uint8_t> buf(size_t(m.rows * m.row_bytes),
+                               repack_enabled() && packable(m.type) ? Pages::Small : Pages::Huge);   // packed later: a temporary
     size_t off = 0;
     for (const Matrix* part : parts) {
         const size_t bytes = size_t(part->rows * part->row_bytes);

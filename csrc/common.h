@@ -135,21 +135,38 @@ inline uint16_t fp32_to_bf16(float f) {
 
 // ---- aligned buffers ------------------------------------------------------------------------
 // Owning, 64-byte aligned scratch (SIMD loads, no false sharing between worker chunks).
-struct AlignedFree { void operator()(void* p) const { std::free(p); } };
+//
+// Pages::Huge: the buffer lives in regions advised as transparent huge pages (huge_pages.cpp:
+// large_alloc / large_free), for the large buffers a decode step reads end to end every token
+// (packed weights, KV caches): 2 MB pages spare the weight stream a TLB miss every 4 KB.
+enum class Pages { Small, Huge };
+void* large_alloc(size_t bytes);              // 64-byte aligned; std::bad_alloc when the system has no memory
+void large_free(void* p, size_t bytes);       // bytes: as given to large_alloc
+
+struct AlignedFree {
+    size_t huge_bytes = 0;   // > 0: from large_alloc
+    void operator()(void* p) const {
+        if (huge_bytes) large_free(p, huge_bytes);
+        else std::free(p);
+    }
+};
 
 template <typename T>
 class AlignedBuffer {
 public:
     AlignedBuffer() = default;
-    explicit AlignedBuffer(size_t n) { resize(n); }
+    explicit AlignedBuffer(size_t n, Pages pages = Pages::Small) : pages_(pages) { resize(n); }
     void resize(size_t n) {
         if (n == size_) return;
         size_t bytes = ((n * sizeof(T) + 63) / 64) * 64;
-        void* p = bytes ? std::aligned_alloc(64, bytes) : nullptr;
+        const bool huge = bytes && pages_ == Pages::Huge;
+        void* p = !bytes ? nullptr : huge ? large_alloc(bytes) : std::aligned_alloc(64, bytes);
         if (bytes && !p) throw std::bad_alloc();
-        ptr_.reset(static_cast<T*>(p));
+        ptr_ = std::unique_ptr<T, AlignedFree>(static_cast<T*>(p), AlignedFree{huge ? bytes : 0});
         size_ = n;
     }
+    // Sets where the next resize places the buffer (an empty buffer: before its first resize).
+    void set_pages(Pages pages) { pages_ = pages; }
     T* data() { return ptr_.get(); }
     const T* data() const { return ptr_.get(); }
     size_t size() const { return size_; }
@@ -158,6 +175,7 @@ public:
 private:
     std::unique_ptr<T, AlignedFree> ptr_;
     size_t size_ = 0;
+    Pages pages_ = Pages::Small;
 };
 
 }  // namespace lowbit

@@ -64,6 +64,12 @@ struct AttnKernels;
 void attend_head(const AttnQueries& q, const AttnCache& kv, float* scratch);
 void attend_head(const AttnQueries& q, const AttnCache& kv, float* scratch, const AttnKernels& kernels);
 
+// Requests the K / V rows of the first max_keys keys that the item's rows see (f16 caches read in
+// place; nothing for a fetch cache), so that a caller running several items one after another
+// has all their first rows in flight at once. attend_head itself requests each block's rows one
+// block ahead.
+void attend_prefetch(const AttnQueries& q, const AttnCache& kv, int64_t max_keys);
+
 // The per-instruction-set kernels (exposed for the tests that hold each set to the scalar one).
 // Rows are given as pointer arrays; nq <= kAttnMaxRows, nk <= kAttnBlock.
 //   scores:  s[i * ld + j] = scale * dot(q_i, key j)          key j at k + j * stride, (d,)

@@ -694,7 +694,7 @@ double read_bandwidth_gbs(ThreadPool& pool, int64_t bytes, int iters) {
                  "read_bandwidth bytes ", bytes, " must be in [1 MiB, 16 GiB]");
     LOWBIT_CHECK(iters >= 1 && iters <= 100, ValueError, "read_bandwidth iters ", iters, " must be in [1, 100]");
     const int64_t words = bytes / 8;
-    AlignedBuffer<uint64_t> buf{static_cast<size_t>(words)};
+    AlignedBuffer<uint64_t> buf{static_cast<size_t>(words), Pages::Huge};   // as the weights it bounds (common.h)
     const int64_t n_chunks = int64_t(pool.size()) * 16;
     const int64_t per_chunk = (words + n_chunks - 1) / n_chunks;
     std::vector<uint64_t> sums(static_cast<size_t>(n_chunks));

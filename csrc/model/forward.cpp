@@ -183,14 +183,14 @@ void attention(const Model& m, int64_t il, const std::vector<SeqSpan>& spans, Fo
                                    inline_run ? group : heads_per_item(group, tiles * c.n_head_kv, pool.size()));
     const int64_t parts = (group + heads - 1) / heads, per_tile = c.n_head_kv * parts;
     const Vec& sinks = m.weights.layers[size_t(il)].attn_sinks;
-    auto run_item = [&](int64_t item, int thread) {
+    // Work item `item`'s queries and cache rows (rows: the q8_0 reader kv points to).
+    auto item_args = [&](int64_t item, cpu::AttnQueries& a, cpu::AttnCache& kv, DequantRows& rows) {
         int64_t local = tiles - 1 - item / per_tile;   // the last tile of the last span first
         size_t si = 0;
         for (int64_t n_tiles; local >= (n_tiles = (spans[si].n + tile - 1) / tile); ++si) local -= n_tiles;
         const SeqSpan& sp = spans[si];
         const int64_t g = item % per_tile / parts, h0 = g * group + item % parts * heads;
         const int64_t t0 = sp.row0 + local * tile;
-        cpu::AttnQueries a;
         a.n_heads = std::min(heads, (g + 1) * group - h0);
         a.n_tok = std::min(tile, sp.row0 + sp.n - t0);
         a.q = s.q.data() + t0 * Q + h0 * D;
@@ -204,9 +204,8 @@ void attention(const Model& m, int64_t il, const std::vector<SeqSpan>& spans, Fo
         a.softcap = c.attn_softcap;
         a.sinks = sinks.empty() ? nullptr : sinks.data() + h0;
         const KVCache& cache = *sp.cache;
-        cpu::AttnCache kv;
         kv.n_cells = cache.n_cells(il);
-        const DequantRows rows{&cache, il, g, D};
+        rows = DequantRows{&cache, il, g, D};
         if (cache.rows_are_f16()) {
             kv.k = reinterpret_cast<const uint16_t*>(cache.k_row(il, 0, g));   // cell 0 of head g
             kv.v = reinterpret_cast<const uint16_t*>(cache.v_row(il, 0, g));
@@ -215,13 +214,43 @@ void attention(const Model& m, int64_t il, const std::vector<SeqSpan>& spans, Fo
             kv.fetch = DequantRows::fetch;
             kv.ctx = &rows;
         }
+    };
+    auto run_item = [&](int64_t item, int thread) {
+        cpu::AttnQueries a;
+        cpu::AttnCache kv;
+        DequantRows rows{};
+        item_args(item, a, kv, rows);
         cpu::attend_head(a, kv, s.scores.data() + size_t(thread) * size_t(cpu::attn_scratch_floats(D)));
     };
     const int64_t n_items = tiles * per_tile;
-    if (inline_run) {
+    if (inline_run) {   // every item's first rows requested before the first item runs
+        for (int64_t item = 0; item < n_items; ++item) {
+            cpu::AttnQueries a;
+            cpu::AttnCache kv;
+            DequantRows rows{};
+            item_args(item, a, kv, rows);
+            cpu::attend_prefetch(a, kv, cpu::kAttnBlock);
+        }
         for (int64_t item = 0; item < n_items; ++item) run_item(item, 0);
     } else {
         pool.parallel_for(n_items, run_item);
+    }
+}
+
+// The cached K / V rows that layer il's attention will read, requested before its projections
+// (KVCache::prefetch) when the step is a few decode rows: up to kPrefetchKV bytes of K (and as
+// much of V) over all sequences, the latest positions first. SmolLM2, 1 thread, positions 32-120,
+// load ~8: attention 0.43 -> 0.22 ms a token, 3.4 -> 1.6 ms a step of 8 sessions (10 % less CPU).
+constexpr int64_t kPrefetchKV = 256 << 10;
+void prefetch_keys(const ModelConfig& c, int64_t il, const std::vector<SeqSpan>& spans) {
+    int64_t rows = 0;
+    for (const SeqSpan& sp : spans) rows += sp.n;
+    if (rows > int64_t(spans.size()) * 2) return;   // prefill: attention is compute, not latency
+    const int64_t per_seq = kPrefetchKV / int64_t(spans.size());
+    const int64_t window = c.layer_is_swa[size_t(il)] ? c.n_swa : 0;
+    for (const SeqSpan& sp : spans) {
+        const int64_t p0 = window > 0 ? std::max<int64_t>(0, sp.pos0 - window + 1) : 0;
+        sp.cache->prefetch(il, p0, sp.pos0, per_seq);   // rows written before this step
     }
 }
 
@@ -427,6 +456,7 @@ void forward_batch(const Model& m, const std::vector<SeqSpan>& spans, ForwardSta
 
     for (int64_t il = 0; il < c.n_layers; ++il) {
         const LayerWeights& l = w.layers[size_t(il)];
+        prefetch_keys(c, il, spans);
         norm_rows(l.attn_norm, c, s, pool, n);
         attention_inputs(m, l, il, spans, s, pool, n);
         if (il == 0)

@@ -90,6 +90,21 @@ void KVCache::store(int64_t il, int64_t pos, const float* k, const float* v) {
     }
 }
 
+void KVCache::prefetch(int64_t il, int64_t p0, int64_t p1, int64_t max_bytes) const {
+    const Layer& l = layers_[size_t(il)];
+    const int64_t stride = row_stride();   // the rows of one position: one run of bytes
+    p0 = std::max(p0, p1 - std::min(l.n_cells, max_bytes / stride));
+    for (int64_t p = std::max<int64_t>(p0, 0); p < p1;) {   // runs of consecutive cells (a ring wraps)
+        const int64_t cell = p % l.n_cells, run = std::min(p1 - p, l.n_cells - cell);
+        const int64_t b0 = cell * stride, b1 = (cell + run) * stride;
+        for (int64_t b = b0 - b0 % 64; b < b1; b += 64) {
+            __builtin_prefetch(l.k.data() + b, 0, 2);
+            __builtin_prefetch(l.v.data() + b, 0, 2);
+        }
+        p += run;
+    }
+}
+
 void KVCache::note_written(int64_t last_pos) {
     const int64_t ring = ring_cells();
     if (ring > 0) lo_valid_ = std::max(lo_valid_, last_pos + 1 - ring);

@@ -59,6 +59,12 @@ public:
     // True when rows can be used in place (f16: cpu/attention.h reads them), false when they must be
     // dequantized with load_row first (q8_0).
     bool rows_are_f16() const { return type_ == KVType::F16; }
+    // Requests into cache the K and V rows (every head) of positions [p0, p1) of layer il, at most
+    // max_bytes of each: a decode step's attention finds them in memory otherwise (the weights
+    // streamed since the last step evicted them), and reading them one head at a time, on one
+    // thread, left the other waiting. Asked for before the layer's q/k/v projection, they arrive
+    // while it runs.
+    void prefetch(int64_t il, int64_t p0, int64_t p1, int64_t max_bytes) const;
     // Call after writing positions up to `last_pos` in every layer: rings lost what they overwrote.
     void note_written(int64_t last_pos);
 

@@ -202,6 +202,8 @@ void release_pages(const void* p, size_t bytes) {
 
 // One matrix made of `parts` stacked row-wise (all of one type and width), copied into `w.fused`;
 // an absent Matrix when the types differ.
+bool packable(GGMLType type);
+
 Matrix concat_rows(ModelWeights& w, std::initializer_list<const Matrix*> parts) {
     const Matrix& first = **parts.begin();
     Matrix m = first;
@@ -210,7 +212,8 @@ Matrix concat_rows(ModelWeights& w, std::initializer_list<const Matrix*> parts) 
         if (part->type != first.type || part->cols != first.cols) return Matrix{};
         m.rows += part->rows;
     }
-    AlignedBuffer<uint8_t> buf(size_t(m.rows * m.row_bytes));
+    AlignedBuffer<uint8_t> buf(size_t(m.rows * m.row_bytes),
+                               repack_enabled() && packable(m.type) ? Pages::Small : Pages::Huge);   // packed later: a temporary
     size_t off = 0;
     for (const Matrix* part : parts) {
         const size_t bytes = size_t(part->rows * part->row_bytes);
@@ -235,7 +238,7 @@ bool packable(GGMLType type) {
 // token embedding of a tied head keeps its mapping: lookups fault in the rows they read).
 void pack_matrix(ModelWeights& w, Matrix& m) {
     if (!m.present() || m.packed || !m.data || !packable(m.type)) return;
-    AlignedBuffer<uint8_t> buf(size_t(cpu::packed_bytes(m.type, m.rows, m.cols)));
+    AlignedBuffer<uint8_t> buf(size_t(cpu::packed_bytes(m.type, m.rows, m.cols)), Pages::Huge);
     cpu::pack_rows(m.type, m.rows, m.cols, m.data, size_t(m.row_bytes), buf.data());
     const size_t src_bytes = size_t(m.rows * m.row_bytes);
     auto owned = std::find_if(w.fused.begin(), w.fused.end(), [&](const auto& b) { return b.data() == m.data; });
@@ -258,7 +261,7 @@ void pack_experts(ModelWeights& w, ExpertMatrices& x) {
     const Matrix& m = x.first;
     if (!x.present() || x.packed || !m.data || !packable(m.type)) return;
     const int64_t per_expert = cpu::packed_bytes(m.type, m.rows, m.cols);
-    AlignedBuffer<uint8_t> buf(size_t(per_expert * x.n));
+    AlignedBuffer<uint8_t> buf(size_t(per_expert * x.n), Pages::Huge);
     for (int64_t e = 0; e < x.n; ++e)
         cpu::pack_rows(m.type, m.rows, m.cols, static_cast<const uint8_t*>(m.data) + e * x.stride, size_t(m.row_bytes),
                        buf.data() + e * per_expert);

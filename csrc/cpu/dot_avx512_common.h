@@ -12,22 +12,13 @@
 
 #include "cpu/kernels.h"
 
+#ifndef LOWBIT_SIMD_NS
+#define LOWBIT_SIMD_NS avx512   // x86_basics.h's helpers go into this header's namespace
+#endif
+#include "cpu/x86_basics.h"   // h2f, load128, load256, hsum_i32, hsum_f32
+
 namespace lowbit::cpu::avx512 {
 namespace {
-
-#ifndef LOWBIT_FN
-// The helpers of dot_x86_256.h these files use: that header defines the 256-bit kernels and is
-// included by dot_avx512.cpp alone (LOWBIT_FN defined), so the others get their own copies.
-inline float h2f(uint16_t h) { return _cvtsh_ss(h); }  // exact, as fp16_to_fp32
-inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
-inline __m128i load128(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
-inline int hsum_i32(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-    return _mm_cvtsi128_si32(s);
-}
-#endif
 
 // Helpers of the hot loops: GCC otherwise outlines some of them (zmm arguments through memory).
 #define LOWBIT_HOT inline __attribute__((always_inline))

@@ -64,7 +64,7 @@ float vec_dot_iq2_xxs(int n, const void* vw, const void* va) {
             const int i[8] = {i8[0], i8[1], i8[2], i8[3], i8[8], i8[9], i8[10], i8[11]};
             acc = wide_step(acc, points8x2(kIq2xxsGrid, i), a[b].qs + 64 * j, signs[j], group_scales(scales, j));
         }
-        sumf += (iq_h2f(w[b].d) * a[b].d) * float(_mm512_reduce_add_epi32(acc));
+        sumf += (h2f(w[b].d) * a[b].d) * float(_mm512_reduce_add_epi32(acc));
     }
     return 0.125f * sumf;
 }
@@ -74,7 +74,7 @@ float vec_dot_iq2_xs(int n, const void* vw, const void* va) {
     const auto* a = static_cast<const block_q8_K*>(va);
     float sumf = 0.0f;
     for (int b = 0; b < n / QK_K; ++b) {
-        const __m256i lo = _mm256_srli_epi16(iq_load(w[b].qs), 9), hi = _mm256_srli_epi16(iq_load(w[b].qs + 16), 9);
+        const __m256i lo = _mm256_srli_epi16(load256(w[b].qs), 9), hi = _mm256_srli_epi16(load256(w[b].qs + 16), 9);
         const __m256i f = _mm256_permute4x64_epi64(_mm256_packus_epi16(lo, hi), _MM_SHUFFLE(3, 1, 2, 0));
         alignas(32) uint64_t signs[4];
         alignas(32) uint16_t sc[16];
@@ -87,7 +87,7 @@ float vec_dot_iq2_xs(int n, const void* vw, const void* va) {
             const int i[8] = {q2[0] & 511, q2[1] & 511, q2[2] & 511, q2[3] & 511, q2[4] & 511, q2[5] & 511, q2[6] & 511, q2[7] & 511};
             acc = wide_step(acc, points8x2(kIq2xsGrid, i), a[b].qs + 64 * j, signs[j], half_group_scales(scales, j));
         }
-        sumf += (iq_h2f(w[b].d) * a[b].d) * float(_mm512_reduce_add_epi32(acc));
+        sumf += (h2f(w[b].d) * a[b].d) * float(_mm512_reduce_add_epi32(acc));
     }
     return 0.125f * sumf;
 }
@@ -116,7 +116,7 @@ float vec_dot_iq2_s(int n, const void* vw, const void* va) {
             std::memcpy(&sg, sign_bytes + 8 * j, 8);
             acc = wide_step(acc, points8x2(kIq2sGrid, i), a[b].qs + 64 * j, sg, half_group_scales(scales, j));
         }
-        sumf += (iq_h2f(w[b].d) * a[b].d) * float(_mm512_reduce_add_epi32(acc));
+        sumf += (h2f(w[b].d) * a[b].d) * float(_mm512_reduce_add_epi32(acc));
     }
     return 0.125f * sumf;
 }
@@ -126,7 +126,7 @@ float vec_dot_iq3_xxs(int n, const void* vw, const void* va) {
     const auto* a = static_cast<const block_q8_K*>(va);
     float sumf = 0.0f;
     for (int b = 0; b < n / QK_K; ++b) {
-        const __m256i aux = iq_load(w[b].qs + QK_K / 4);
+        const __m256i aux = load256(w[b].qs + QK_K / 4);
         alignas(32) uint64_t signs[4];
         _mm256_store_si256(reinterpret_cast<__m256i*>(signs), iq_ksigns(iq_spread_7bit(aux)));
         const __m256i scales = top_nibble_scales(aux);
@@ -138,7 +138,7 @@ float vec_dot_iq3_xxs(int n, const void* vw, const void* va) {
             const __m512i q = _mm512_set_epi64(p[7], p[6], p[5], p[4], p[3], p[2], p[1], p[0]);
             acc = wide_step(acc, q, a[b].qs + 64 * j, signs[j], group_scales(scales, j));
         }
-        sumf += (iq_h2f(w[b].d) * a[b].d) * float(_mm512_reduce_add_epi32(acc));
+        sumf += (h2f(w[b].d) * a[b].d) * float(_mm512_reduce_add_epi32(acc));
     }
     return 0.25f * sumf;
 }
@@ -180,7 +180,7 @@ float vec_dot_iq3_s(int n, const void* vw, const void* va) {
             std::memcpy(&sg, w[b].signs + 8 * j, 8);
             acc = wide_step(acc, iq3s_points(w[b].qs + 16 * j, w[b].qh + 2 * j), a[b].qs + 64 * j, sg, group_scales(scales, j));
         }
-        sumf += (iq_h2f(w[b].d) * a[b].d) * float(_mm512_reduce_add_epi32(acc));
+        sumf += (h2f(w[b].d) * a[b].d) * float(_mm512_reduce_add_epi32(acc));
     }
     return sumf;
 }

@@ -4,7 +4,8 @@
 //
 // The includer defines LOWBIT_SIMD_NS (the namespace the kernels land in) and LOWBIT_VNNI.
 // As in dot_x86_256.h, nothing here calls an inline function of another header (an out-of-line
-// copy compiled with these ISA flags could be linked into baseline code); the codebooks of
+// copy compiled with these ISA flags could be linked into baseline code) but x86_basics.h's,
+// which land in the includer's namespace with internal linkage; the codebooks of
 // quant/iq_tables.h are data only.
 //
 // Exactness: each kernel computes the scalar spec's integers (dot_scalar_iq.cpp) exactly
@@ -31,12 +32,10 @@
 #error "define LOWBIT_SIMD_NS and LOWBIT_VNNI before including dot_iq_x86_256.h"
 #endif
 
+#include "cpu/x86_basics.h"   // h2f, load256, hsum_i32, hsum_f32
+
 namespace lowbit::cpu::LOWBIT_SIMD_NS {
 namespace {
-
-inline float iq_h2f(uint16_t h) { return _cvtsh_ss(h); }
-
-inline __m256i iq_load(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
 // 8 int32: sums of 4 adjacent u8 x s8 products.
 inline __m256i iq_mul_sum_us8(__m256i u, __m256i s) {
@@ -57,19 +56,6 @@ inline __m256i iq_scaled(__m256i u, __m256i s, __m256i scale16) {
 // Two int16 scales from memory: the first for bytes 0..15, the second for 16..31.
 inline __m256i iq_two_scales(const uint16_t* lo_hi) {
     return _mm256_set_m128i(_mm_set1_epi16(short(lo_hi[1])), _mm_set1_epi16(short(lo_hi[0])));
-}
-
-inline int iq_hsum(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-    return _mm_cvtsi128_si32(s);
-}
-
-inline float iq_hsum_ps(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
 
 // y with byte i negated where bit i of `bits` is set (the 32 sign bits of one group of 32).
@@ -106,8 +92,8 @@ inline __m256i iq_spread_7bit(__m256i a) {
 
 // The odd dwords of 64 bytes (dword 2g + 1 for g = 0..7), in order.
 inline __m256i iq_odd_dwords(const void* p) {
-    const __m256 a = _mm256_castsi256_ps(iq_load(p));
-    const __m256 b = _mm256_castsi256_ps(iq_load(static_cast<const uint8_t*>(p) + 32));
+    const __m256 a = _mm256_castsi256_ps(load256(p));
+    const __m256 b = _mm256_castsi256_ps(load256(static_cast<const uint8_t*>(p) + 32));
     const __m256i odd = _mm256_castps_si256(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));   // g 0 1 4 5 | 2 3 6 7
     return _mm256_permute4x64_epi64(odd, _MM_SHUFFLE(3, 1, 2, 0));
 }
@@ -156,10 +142,10 @@ float vec_dot_iq2_xxs(int n, const void* vw, const void* va) {
         for (int g = 0; g < 8; ++g) {
             const uint8_t* i8 = idx + 8 * g;
             const __m256i q = points8(kIq2xxsGrid, i8[0], i8[1], i8[2], i8[3]);
-            const __m256i y = iq_apply_signs(iq_load(a[b].qs + 32 * g), signs[g]);
+            const __m256i y = iq_apply_signs(load256(a[b].qs + 32 * g), signs[g]);
             acc = _mm256_add_epi32(acc, iq_scaled(q, y, _mm256_set1_epi16(short(scales[g]))));
         }
-        sumf += (iq_h2f(w[b].d) * a[b].d) * float(iq_hsum(acc));
+        sumf += (h2f(w[b].d) * a[b].d) * float(hsum_i32(acc));
     }
     return 0.125f * sumf;
 }
@@ -171,7 +157,7 @@ float vec_dot_iq2_xs(int n, const void* vw, const void* va) {
     for (int b = 0; b < n / QK_K; ++b) {
         // 7 sign bits in the top of each uint16: packed to bytes in point order (packus works per
         // 128-bit lane: groups 0 1 4 5 | 2 3 6 7, put back in order by the permute)
-        const __m256i lo = _mm256_srli_epi16(iq_load(w[b].qs), 9), hi = _mm256_srli_epi16(iq_load(w[b].qs + 16), 9);
+        const __m256i lo = _mm256_srli_epi16(load256(w[b].qs), 9), hi = _mm256_srli_epi16(load256(w[b].qs + 16), 9);
         const __m256i f = _mm256_permute4x64_epi64(_mm256_packus_epi16(lo, hi), _MM_SHUFFLE(3, 1, 2, 0));
         alignas(32) uint32_t signs[8];
         alignas(32) uint16_t scales[16];
@@ -181,10 +167,10 @@ float vec_dot_iq2_xs(int n, const void* vw, const void* va) {
         for (int g = 0; g < 8; ++g) {
             const uint16_t* q2 = w[b].qs + 4 * g;
             const __m256i q = points8(kIq2xsGrid, q2[0] & 511, q2[1] & 511, q2[2] & 511, q2[3] & 511);
-            const __m256i y = iq_apply_signs(iq_load(a[b].qs + 32 * g), signs[g]);
+            const __m256i y = iq_apply_signs(load256(a[b].qs + 32 * g), signs[g]);
             acc = _mm256_add_epi32(acc, iq_scaled(q, y, iq_two_scales(scales + 2 * g)));
         }
-        sumf += (iq_h2f(w[b].d) * a[b].d) * float(iq_hsum(acc));
+        sumf += (h2f(w[b].d) * a[b].d) * float(hsum_i32(acc));
     }
     return 0.125f * sumf;
 }
@@ -205,10 +191,10 @@ float vec_dot_iq2_s(int n, const void* vw, const void* va) {
                                       qs[2] | ((qh << 4) & 0x300), qs[3] | ((qh << 2) & 0x300));
             uint32_t sg;
             std::memcpy(&sg, signs + 4 * g, 4);
-            const __m256i y = iq_apply_signs(iq_load(a[b].qs + 32 * g), sg);
+            const __m256i y = iq_apply_signs(load256(a[b].qs + 32 * g), sg);
             acc = _mm256_add_epi32(acc, iq_scaled(q, y, iq_two_scales(scales + 2 * g)));
         }
-        sumf += (iq_h2f(w[b].d) * a[b].d) * float(iq_hsum(acc));
+        sumf += (h2f(w[b].d) * a[b].d) * float(hsum_i32(acc));
     }
     return 0.125f * sumf;
 }
@@ -220,7 +206,7 @@ float vec_dot_iq3_xxs(int n, const void* vw, const void* va) {
     const auto* a = static_cast<const block_q8_K*>(va);
     float sumf = 0.0f;
     for (int b = 0; b < n / QK_K; ++b) {
-        const __m256i aux = iq_load(w[b].qs + QK_K / 4);   // per group: 4 x 7 sign bits, scale in bits 28..31
+        const __m256i aux = load256(w[b].qs + QK_K / 4);   // per group: 4 x 7 sign bits, scale in bits 28..31
         alignas(32) uint32_t signs[8], scales[8];
         _mm256_store_si256(reinterpret_cast<__m256i*>(signs), iq_ksigns(iq_spread_7bit(aux)));
         const __m256i sc = _mm256_add_epi32(_mm256_slli_epi32(_mm256_srli_epi32(aux, 28), 1), _mm256_set1_epi32(1));
@@ -230,10 +216,10 @@ float vec_dot_iq3_xxs(int n, const void* vw, const void* va) {
             const uint8_t* q3 = w[b].qs + 8 * g;
             const int idx[8] = {q3[0], q3[1], q3[2], q3[3], q3[4], q3[5], q3[6], q3[7]};
             const __m256i q = points4(kIq3xxsGrid, idx);
-            const __m256i y = iq_apply_signs(iq_load(a[b].qs + 32 * g), signs[g]);
+            const __m256i y = iq_apply_signs(load256(a[b].qs + 32 * g), signs[g]);
             acc = _mm256_add_epi32(acc, iq_scaled(q, y, _mm256_set1_epi16(short(scales[g]))));
         }
-        sumf += (iq_h2f(w[b].d) * a[b].d) * float(iq_hsum(acc));
+        sumf += (h2f(w[b].d) * a[b].d) * float(hsum_i32(acc));
     }
     return 0.25f * sumf;
 }
@@ -255,11 +241,11 @@ float vec_dot_iq3_s(int n, const void* vw, const void* va) {
             const __m256i q = points4(kIq3sGrid, idx);
             uint32_t sg;
             std::memcpy(&sg, w[b].signs + 4 * g, 4);
-            const __m256i y = iq_apply_signs(iq_load(a[b].qs + 32 * g), sg);
+            const __m256i y = iq_apply_signs(load256(a[b].qs + 32 * g), sg);
             const int ls = 2 * ((w[b].scales[g / 2] >> (4 * (g % 2))) & 0xF) + 1;
             acc = _mm256_add_epi32(acc, iq_scaled(q, y, _mm256_set1_epi16(short(ls))));
         }
-        sumf += (iq_h2f(w[b].d) * a[b].d) * float(iq_hsum(acc));
+        sumf += (h2f(w[b].d) * a[b].d) * float(hsum_i32(acc));
     }
     return sumf;
 }
@@ -344,16 +330,16 @@ float vec_dot_iq1_s(int n, const void* vw, const void* va) {
         // grid bytes need no per-group add
         const __m256i neg = _mm256_srli_epi32(qh, 15), neg16 = _mm256_or_si256(neg, _mm256_slli_epi32(neg, 16));
         const __m256i coef = _mm256_mullo_epi16(ls16, _mm256_sub_epi16(_mm256_set1_epi16(-7), _mm256_add_epi16(neg16, neg16)));
-        __m256i acc = _mm256_madd_epi16(iq_load(a[b].bsums), coef);
+        __m256i acc = _mm256_madd_epi16(load256(a[b].bsums), coef);
         alignas(32) uint32_t ls32[8];
         _mm256_store_si256(reinterpret_cast<__m256i*>(ls32), ls16);
         for (int g = 0; g < 8; ++g) {
             const uint16_t* i4 = idx + 4 * g;
             const __m256i q = points8(kIq1U8.data(), i4[0], i4[1], i4[2], i4[3]);
             // pairs u * q8 <= 2 * 16 * 128 fit int16; times ls <= 15 in the madd
-            acc = _mm256_add_epi32(acc, iq_scaled(q, iq_load(a[b].qs + 32 * g), _mm256_set1_epi32(int(ls32[g]))));
+            acc = _mm256_add_epi32(acc, iq_scaled(q, load256(a[b].qs + 32 * g), _mm256_set1_epi32(int(ls32[g]))));
         }
-        sumf += (iq_h2f(w[b].d) * a[b].d) * float(iq_hsum(acc));
+        sumf += (h2f(w[b].d) * a[b].d) * float(hsum_i32(acc));
     }
     return 0.125f * sumf;
 }
@@ -376,14 +362,14 @@ float vec_dot_iq1_m(int n, const void* vw, const void* va) {
                                                                  4, 5, 4, 5, 4, 5, 4, 5, 6, 7, 6, 7, 6, 7, 6, 7));
         const __m256i f = _mm256_srli_epi16(_mm256_mullo_epi16(rep, _mm256_set1_epi64x(0x0010008004002000)), 13);
         const __m256i ls16 = _mm256_add_epi16(_mm256_add_epi16(f, f), _mm256_set1_epi16(1));
-        __m256i acc = _mm256_madd_epi16(iq_load(a[b].bsums), _mm256_mullo_epi16(ls16, _mm256_set1_epi16(-9)));
+        __m256i acc = _mm256_madd_epi16(load256(a[b].bsums), _mm256_mullo_epi16(ls16, _mm256_set1_epi16(-9)));
         // unscaled sums per group (dwords 0-3: its first 16 weights, 4-7: the second), folded by an
         // hadd tree into [g0 g1 g2 g3 | g0' g1' g2' g3'] (g: first half, g': second) for groups
         // 0-3 and 4-7, then multiplied by their scales ls[2g], ls[2g + 1] in that order
         __m256i p[8];
         for (int g = 0; g < 8; ++g) {
             const uint16_t* i4 = idx + 4 * g;
-            p[g] = iq_mul_sum_us8(points8(kIq1U8Delta.data(), i4[0], i4[1], i4[2], i4[3]), iq_load(a[b].qs + 32 * g));
+            p[g] = iq_mul_sum_us8(points8(kIq1U8Delta.data(), i4[0], i4[1], i4[2], i4[3]), load256(a[b].qs + 32 * g));
         }
         const __m256i even_odd = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
         for (int h = 0; h < 2; ++h) {
@@ -391,7 +377,7 @@ float vec_dot_iq1_m(int n, const void* vw, const void* va) {
             const __m128i ls8 = h ? _mm256_extracti128_si256(ls16, 1) : _mm256_castsi256_si128(ls16);
             acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(sums, _mm256_permutevar8x32_epi32(_mm256_cvtepu16_epi32(ls8), even_odd)));
         }
-        sumf += (iq_h2f(dbits) * a[b].d) * float(iq_hsum(acc));
+        sumf += (h2f(dbits) * a[b].d) * float(hsum_i32(acc));
     }
     return 0.125f * sumf;
 }
@@ -443,23 +429,23 @@ float vec_dot_tq1_0(int n, const void* vw, const void* va) {
     for (int b = 0; b < n / QK_K; ++b) {
         const int8_t* q8 = a[b].qs;
         // the -1 of every trit: minus the sum of the 256 activations
-        __m256i acc = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_madd_epi16(iq_load(a[b].bsums), _mm256_set1_epi16(1)));
-        __m256i q = iq_load(w[b].qs);
-        for (int k = 0; k < 5; ++k, q = times3(q)) acc = iq_dot_acc(acc, top_trit(q), iq_load(q8 + 32 * k));
+        __m256i acc = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_madd_epi16(load256(a[b].bsums), _mm256_set1_epi16(1)));
+        __m256i q = load256(w[b].qs);
+        for (int k = 0; k < 5; ++k, q = times3(q)) acc = iq_dot_acc(acc, top_trit(q), load256(q8 + 32 * k));
         const __m128i r0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qs + 32));
         __m256i r = _mm256_inserti128_si256(_mm256_castsi128_si256(r0), times3_128(r0), 1);
-        acc = iq_dot_acc(acc, top_trit(r), iq_load(q8 + 160));
+        acc = iq_dot_acc(acc, top_trit(r), load256(q8 + 160));
         r = times3(times3(r));
-        acc = iq_dot_acc(acc, top_trit(r), iq_load(q8 + 192));
+        acc = iq_dot_acc(acc, top_trit(r), load256(q8 + 192));
         uint32_t qh4;
         std::memcpy(&qh4, w[b].qh, 4);
         const __m128i h1 = _mm_set1_epi32(int(qh4)), h3 = times3_128(h1), h9 = times3_128(h3), h27 = times3_128(h9);
         const __m128i h = _mm_blend_epi32(_mm_blend_epi32(h1, h3, 0x2), _mm_blend_epi32(h9, h27, 0x8), 0xC);
         r = _mm256_inserti128_si256(times3(times3(r)), h, 1);
-        acc = iq_dot_acc(acc, top_trit(r), iq_load(q8 + 224));
-        accf = _mm256_fmadd_ps(_mm256_set1_ps(iq_h2f(w[b].d) * a[b].d), _mm256_cvtepi32_ps(acc), accf);
+        acc = iq_dot_acc(acc, top_trit(r), load256(q8 + 224));
+        accf = _mm256_fmadd_ps(_mm256_set1_ps(h2f(w[b].d) * a[b].d), _mm256_cvtepi32_ps(acc), accf);
     }
-    return iq_hsum_ps(accf);
+    return hsum_f32(accf);
 }
 
 // TQ2_0: 2-bit trits, digit k of byte m of each 32-byte half c is weight 128c + 32k + m; float
@@ -470,15 +456,15 @@ float vec_dot_tq2_0(int n, const void* vw, const void* va) {
     const __m256i m3 = _mm256_set1_epi8(3);
     __m256 accf = _mm256_setzero_ps();
     for (int b = 0; b < n / QK_K; ++b) {
-        __m256i acc = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_madd_epi16(iq_load(a[b].bsums), _mm256_set1_epi16(1)));
+        __m256i acc = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_madd_epi16(load256(a[b].bsums), _mm256_set1_epi16(1)));
         for (int c = 0; c < 2; ++c) {
-            const __m256i q = iq_load(w[b].qs + 32 * c);
+            const __m256i q = load256(w[b].qs + 32 * c);
             for (int k = 0; k < 4; ++k)
-                acc = iq_dot_acc(acc, _mm256_and_si256(_mm256_srli_epi16(q, 2 * k), m3), iq_load(a[b].qs + 128 * c + 32 * k));
+                acc = iq_dot_acc(acc, _mm256_and_si256(_mm256_srli_epi16(q, 2 * k), m3), load256(a[b].qs + 128 * c + 32 * k));
         }
-        accf = _mm256_fmadd_ps(_mm256_set1_ps(iq_h2f(w[b].d) * a[b].d), _mm256_cvtepi32_ps(acc), accf);
+        accf = _mm256_fmadd_ps(_mm256_set1_ps(h2f(w[b].d) * a[b].d), _mm256_cvtepi32_ps(acc), accf);
     }
-    return iq_hsum_ps(accf);
+    return hsum_f32(accf);
 }
 
 // ---- FP4: nibble codes through a 16-entry table (pshufb), signs applied to the activations ------
@@ -526,7 +512,7 @@ inline __m256i fp4_dot(__m256i abs_table, __m256i s, __m256i y) {
 // MXFP4 block: low nibbles are weights 0..15, high nibbles 16..31.
 inline __m256i mxfp4_block(__m256i abs_table, const block_mxfp4& w, const block_q8_0& a) {
     const __m256i x = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.qs)));
-    return fp4_dot(abs_table, _mm256_sllv_epi64(x, _mm256_set_epi64x(0, 0, 4, 4)), iq_load(a.qs));
+    return fp4_dot(abs_table, _mm256_sllv_epi64(x, _mm256_set_epi64x(0, 0, 4, 4)), load256(a.qs));
 }
 
 // 4 fp16 values, each 2 bytes at p + k * stride, as floats.
@@ -567,9 +553,9 @@ float vec_dot_mxfp4(int n, const void* vw, const void* va) {
     }
     __m256 tail = _mm256_setzero_ps();
     for (; b < nb; ++b)
-        tail = _mm256_fmadd_ps(_mm256_set1_ps(iq_h2f(a[b].d) * kE8m0Half[w[b].e]),
+        tail = _mm256_fmadd_ps(_mm256_set1_ps(h2f(a[b].d) * kE8m0Half[w[b].e]),
                                _mm256_cvtepi32_ps(mxfp4_block(abs_table, w[b], a[b])), tail);
-    return iq_hsum_ps(_mm256_add_ps(acc, tail));
+    return hsum_f32(_mm256_add_ps(acc, tail));
 }
 
 // NVFP4: per 16 bytes of codes (sub-blocks 2h, 2h + 1: bytes j -> weights j (low nibble), j + 8
@@ -587,7 +573,7 @@ float vec_dot_nvfp4(int n, const void* vw, const void* va) {
         for (int h = 0; h < 2; ++h) {
             const __m256i x = _mm256_permute4x64_epi64(_mm256_castsi128_si256(_mm_loadu_si128(
                                   reinterpret_cast<const __m128i*>(w[b].qs + 16 * h))), _MM_SHUFFLE(1, 1, 0, 0));
-            p[h] = fp4_dot(abs_table, _mm256_sllv_epi64(x, shifts), iq_load(a[2 * b + h].qs));
+            p[h] = fp4_dot(abs_table, _mm256_sllv_epi64(x, shifts), load256(a[2 * b + h].qs));
         }
         // lanes 0-1: sub-block 0, 2-3: 2, 4-5: 1, 6-7: 3
         const __m256i q = _mm256_hadd_epi32(p[0], p[1]);
@@ -600,7 +586,7 @@ float vec_dot_nvfp4(int n, const void* vw, const void* va) {
         const __m256 scales = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(sc), lane_of);
         acc = _mm256_fmadd_ps(scales, _mm256_cvtepi32_ps(q), acc);
     }
-    return iq_hsum_ps(acc);
+    return hsum_f32(acc);
 }
 
 }  // namespace lowbit::cpu::LOWBIT_SIMD_NS

@@ -7,7 +7,7 @@
 // replaces them with 512-bit versions).
 // Everything here has internal linkage or lives in that namespace, and uses no inline function
 // from other headers (an out-of-line copy compiled with these flags could be picked by the
-// linker for baseline code).
+// linker for baseline code) except x86_basics.h's, which land in the same namespace the same way.
 //
 // Exactness (kernels.h): every block's integer sum is exact: maddubs never saturates here
 // (u8 <= 127, or |products| <= 2*127*127 in the sign trick). k-quants reduce the integer sums
@@ -25,10 +25,10 @@
 #error "define LOWBIT_SIMD_NS, LOWBIT_VNNI and LOWBIT_FN before including dot_x86_256.h"
 #endif
 
+#include "cpu/x86_basics.h"   // h2f, load128, load256, hsum_i32, hsum_f32
+
 namespace lowbit::cpu::LOWBIT_SIMD_NS {
 namespace {
-
-inline float h2f(uint16_t h) { return _cvtsh_ss(h); }  // exact, as fp16_to_fp32
 
 // ---- integer helpers ------------------------------------------------------------------------
 
@@ -53,23 +53,6 @@ inline __m256i mul_sum_i8(__m256i x, __m256i y) {
 inline __m256i scaled_pairs(__m256i u, __m256i s, __m256i scale16) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scale16);
 }
-
-inline int hsum_i32(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-    return _mm_cvtsi128_si32(s);
-}
-
-inline float hsum_f32(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
-inline __m128i load128(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
 
 // 16 packed bytes -> 32 bytes: low nibbles (elements 0..15), then high nibbles (16..31).
 inline __m256i nibbles_32(const uint8_t* qs) {

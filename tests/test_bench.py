@@ -57,12 +57,18 @@ def test_bench_json_reports_the_decode_roofline(tmp_path, arch, weight_type, ove
     assert roof["decode_bytes_per_token"] == expected
     total = sum(int(t.n_bytes) for t in gguf.GGUFReader(path).tensors)
     assert (expected == total) == (arch == "llama")         # the rule did drop something where it should
-    assert len(roof["read_bandwidth_measured_gbs"]) == 2 and min(roof["read_bandwidth_measured_gbs"]) > 0
-    assert roof["read_bandwidth_gbs"] == max(roof["read_bandwidth_measured_gbs"])
+    probes = roof["read_bandwidth_measured_gbs"]
+    assert len(probes) == 2 + 2 and min(probes) > 0          # before, after the warm-up, after each of -r 2
+    assert roof["read_bandwidth_gbs"] == max(probes)
     tg = next(t for t in report["tests"] if t["test"] == "tg8" and t["runtime"] == "lowbit")
-    assert tg["mean"] > 0
+    assert tg["mean"] > 0 and len(tg["tok_s"]) == 2
     assert roof["tg_fraction"]["lowbit"] == pytest.approx(tg["mean"] * expected / (roof["read_bandwidth_gbs"] * 1e9),
                                                           rel=1e-12)
+    # Each repetition against the larger probe on either side of it; the median of the two.
+    paired = [tok_s * expected / (max(probes[k + 1], probes[k + 2]) * 1e9) for k, tok_s in enumerate(tg["tok_s"])]
+    assert roof["tg_fraction_paired_reps"]["lowbit"] == pytest.approx(paired, rel=1e-12)
+    assert roof["tg_fraction_paired"]["lowbit"] == pytest.approx(sum(paired) / 2, rel=1e-12)
+    assert roof["tg_fraction_paired"]["lowbit"] >= roof["tg_fraction"]["lowbit"] * (1 - 1e-12)
     assert roof["roofline_tok_s"] == pytest.approx(roof["read_bandwidth_gbs"] * 1e9 / expected, rel=1e-12)
 
 
@@ -71,9 +77,11 @@ def test_bench_table_prints_the_roofline(tmp_path):
     r = bench_cli(path, "-p", "16", "-n", "8", "-r", "1", "-t", "1")
     assert r.returncode == 0, r.stderr
     header = r.stdout.splitlines()[0]
-    assert header.split("|")[-2].strip() == "of roofline"
+    assert [c.strip() for c in header.split("|")[-3:-1]] == ["of roofline, paired", "of roofline"]
     tg_row = next(line for line in r.stdout.splitlines() if "| tg8 |" in line)
     pp_row = next(line for line in r.stdout.splitlines() if "| pp16 |" in line)
     assert float(tg_row.split("|")[-2]) > 0 and pp_row.split("|")[-2].strip() == ""
+    # The paired limit is one of the run's probes, never above the best of them.
+    assert float(tg_row.split("|")[-3]) >= float(tg_row.split("|")[-2]) and pp_row.split("|")[-3].strip() == ""
     line = next(line for line in r.stdout.splitlines() if "a decode step reads" in line)
     assert "read bandwidth" in line and "GB/s" in line and "roofline" in line and "tok/s" in line

@@ -10,8 +10,12 @@ decode step reads (``memory.decode_reads``, the rule ``lowbit info`` prints: eve
 one token_embd row unless it is also the output head, n_expert_used / n_expert of the stacked
 experts), the read bandwidth measured in the same run with the same thread count
 (``cpu.read_bandwidth``: threads summing a buffer larger than the caches, best of a few passes,
-measured before and after the tests; the larger is the limit), the limit bandwidth / bytes in
-tok/s, and each runtime's tg as a fraction of it (tg x bytes / bandwidth).
+measured before the tests and after each repetition; the largest is the limit), the limit
+bandwidth / bytes in tok/s, and each runtime's tg as a fraction of it (tg x bytes / bandwidth).
+On a shared host the bandwidth left to one process moves by tens of percent within a minute
+(other tenants), so each tg repetition is also set against the probes on either side of it (the
+larger of the two): ``tg_fraction_paired`` is the median of those per-repetition fractions, next to
+the whole-run ``tg_fraction`` (mean tg against the best probe of the run, the stricter figure).
 """
 from __future__ import annotations
 
@@ -182,16 +186,30 @@ def decode_bytes_per_token(path: str) -> int:
         return int(decode_reads(g.model_config(), g.tensors)["decode_bytes_per_token"])
 
 
-def roofline(path: str, bandwidths_gbs: List[float], tg_means: dict) -> dict:
+def roofline(path: str, bandwidths_gbs: List[float], tg_means: dict, tg_reps: Optional[dict] = None) -> dict:
     """The decode limit of ``path`` at the best of ``bandwidths_gbs`` and each runtime's
-    tg tok/s (``tg_means``: {runtime: tok/s}) as a fraction of it."""
+    tg tok/s (``tg_means``: {runtime: tok/s}) as a fraction of it. With ``tg_reps``
+    ({runtime: [tok/s of recorded repetition k = 0, 1, ...]}), ``bandwidths_gbs[k + 1]`` and
+    ``[k + 2]`` are the probes on either side of repetition k (probe 0 precedes the unrecorded
+    warm-up, probe 1 follows it), and each
+    repetition is also set against the larger of its two probes (``tg_fraction_paired``: the
+    median over repetitions; ``tg_fraction_paired_reps``: each)."""
     per_token = decode_bytes_per_token(path)
     bandwidth = max(bandwidths_gbs)
     limit = bandwidth * 1e9 / per_token if per_token else 0.0
-    return {"decode_bytes_per_token": per_token, "read_bandwidth_gbs": bandwidth,
-            "read_bandwidth_measured_gbs": list(bandwidths_gbs), "roofline_tok_s": limit,
-            "tg_fraction": {name: (tok_s * per_token / (bandwidth * 1e9) if bandwidth > 0 else 0.0)
-                            for name, tok_s in tg_means.items()}}
+    out = {"decode_bytes_per_token": per_token, "read_bandwidth_gbs": bandwidth,
+           "read_bandwidth_measured_gbs": list(bandwidths_gbs), "roofline_tok_s": limit,
+           "tg_fraction": {name: (tok_s * per_token / (bandwidth * 1e9) if bandwidth > 0 else 0.0)
+                           for name, tok_s in tg_means.items()}}
+    if tg_reps:
+        if any(len(bandwidths_gbs) < len(reps) + 2 for reps in tg_reps.values()):
+            raise ValueError(f"need a probe on either side of each of the repetitions: "
+                             f"{len(bandwidths_gbs)} probes for {max(map(len, tg_reps.values()))} repetitions")
+        paired = {name: [tok_s * per_token / (max(bandwidths_gbs[k + 1], bandwidths_gbs[k + 2]) * 1e9)
+                         for k, tok_s in enumerate(reps)] for name, reps in tg_reps.items()}
+        out["tg_fraction_paired_reps"] = paired
+        out["tg_fraction_paired"] = {name: statistics.median(f) for name, f in paired.items() if f}
+    return out
 
 
 def _timed(fn: Callable[[], None]) -> float:
@@ -228,7 +246,7 @@ def bench_model(path: str, *, n_prompt: int = 512, n_gen: int = 128, reps: int =
                     secs = _timed(lambda: r.generate(int(tokens[0]), n_gen))
                     if rep:
                         results[(r.name, f"tg{n_gen}")].tok_s.append(n_gen / secs)
-        bandwidths.append(measure_bandwidth(runners[0].n_threads))
+            bandwidths.append(measure_bandwidth(runners[0].n_threads))   # after each repetition
         from lowbit.runtime.gguf_file import GGUFFile
         with GGUFFile(path) as g:
             n_params = sum(t.n_elements for t in g.tensors)
@@ -242,7 +260,8 @@ def bench_model(path: str, *, n_prompt: int = 512, n_gen: int = 128, reps: int =
             "tests": [res.to_dict() for res in results.values()],
             "process_peak_rss_bytes": peak_rss_bytes(),
             "roofline": roofline(path, bandwidths, {r.name: results[(r.name, f"tg{n_gen}")].mean
-                                                    for r in runners if n_gen}),
+                                                    for r in runners if n_gen},
+                                 {r.name: results[(r.name, f"tg{n_gen}")].tok_s for r in runners if n_gen}),
         }
         if vs_llama_cpp:
             out["ratios"] = {t: results[("lowbit", t)].mean / results[("llama.cpp", t)].mean
@@ -256,16 +275,19 @@ def bench_model(path: str, *, n_prompt: int = 512, n_gen: int = 128, reps: int =
 
 def format_table(reports: List[dict]) -> str:
     """The llama-bench style table; tg rows carry their fraction of the decode roofline."""
-    lines = ["| model | size | params | backend | threads | test | t/s | of roofline |",
-             "|---|---:|---:|---|---:|---|---:|---:|"]
+    lines = ["| model | size | params | backend | threads | test | t/s | of roofline, paired | of roofline |",
+             "|---|---:|---:|---|---:|---|---:|---:|---:|"]
     for rep in reports:
-        fractions = rep.get("roofline", {}).get("tg_fraction", {})
+        roof = rep.get("roofline", {})
+        fractions, paired = roof.get("tg_fraction", {}), roof.get("tg_fraction_paired", {})
         for t in rep["tests"]:
             rt = rep["runtimes"][t["runtime"]]
-            share = f"{fractions[t['runtime']]:.2f}" if t["test"].startswith("tg") and t["runtime"] in fractions else ""
+            tg = t["test"].startswith("tg")
+            share = f"{fractions[t['runtime']]:.2f}" if tg and t["runtime"] in fractions else ""
+            share_paired = f"{paired[t['runtime']]:.2f}" if tg and t["runtime"] in paired else ""
             lines.append(f"| {rep['model']} | {human_bytes(rep['size_bytes'])} | {rep['n_params'] / 1e6:.1f} M "
                          f"| {rt['backend']} | {rt['threads']} | {t['test']} | {t['mean']:.2f} ± {t['stdev']:.2f} "
-                         f"| {share} |")
+                         f"| {share_paired} | {share} |")
     extra = []
     for rep in reports:
         roof = rep.get("roofline")

@@ -316,7 +316,9 @@ void packed_matvec(const StripKernels& sk, const void* packed, GGMLType type, in
                    const QuantizedActs& act, float* y, ThreadPool& pool) {
     const int64_t strip_bytes = PackedLayout(type, cols).strip_bytes;
     const int64_t n_strips = (rows + kStripRows - 1) / kStripRows;
-    const int64_t per_chunk = std::max<int64_t>(
+    // One thread (a MoE expert's matmul on its worker, moe.cpp): one chunk, so the requests ahead
+    // run through the whole matrix instead of restarting cold every few strips.
+    const int64_t per_chunk = pool.size() == 1 ? n_strips : std::max<int64_t>(
         1, std::min(n_strips / (int64_t(pool.size()) * kGemvChunks), kGemvChunkBytes / strip_bytes));
     const int64_t n_chunks = (n_strips + per_chunk - 1) / per_chunk;
     const int64_t pt = act.per_token;

@@ -18,8 +18,8 @@ same thread count divided by those bytes. Prefill: one eval of each `--prompt` l
 gets n * 8 / 128 of its tokens on average: 4 rows at 64, 16 at 256); decode: `--decode` one-token
 evals after the first prompt; best of `--repeats`, lowbit and llama.cpp alternating within each
 repeat so that both see the same load. --profile adds lowbit's per-op prefill and decode times.
---act-precision: lowbit's activation precision (default auto: 8-bit expert matmuls in prefill,
-two-pass elsewhere; q8: 8-bit everywhere, llama.cpp's arithmetic). Prints a table and, with
+--act-precision: lowbit's activation precision (default auto: 8-bit expert matmuls, prefill and
+decode, two-pass elsewhere; q8: 8-bit everywhere, llama.cpp's arithmetic; high: two-pass everywhere). Prints a table and, with
 --json, the figures; the load average is recorded (the machine is shared).
 """
 from __future__ import annotations

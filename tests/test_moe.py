@@ -210,19 +210,24 @@ def test_info_of_a_dense_model_reads_everything_but_the_embedding(tmp_path_facto
     assert m["decode_bytes_per_token"] == m["weights_bytes"] and m["decode_read_fraction"] == 1.0
 
 
-def test_auto_precision_uses_8_bit_experts_in_prefill_only(tmp_path_factory):
-    """act_precision auto: two-pass activations (as "high") for batches under 16 tokens, 8-bit
-    activations in the expert matmuls of larger (prefill) batches (moe.cpp); both within the
-    quantized tier of the reference."""
+def test_auto_precision_uses_8_bit_experts_at_every_batch_size(tmp_path_factory):
+    """act_precision auto: 8-bit activations in the expert matmuls of every batch, a decode step's
+    included (moe.cpp), two-pass elsewhere; "high": two-pass everywhere. So under auto a token
+    gets the same expert arithmetic decoded alone as in a prefill of 20 (gate / up items of ~10
+    rows: the strip GEMM, or the packed GEMM on packed experts), while decode at "high" differs
+    from decode at "auto" by the 8-bit rounding; every variant within the quantized tier of the
+    reference, "high" far inside it (measured 3.6e-4 vs 1.3e-2 at auto)."""
     path = moe_model(tmp_path_factory, "qwen3moe", "Q4_K")
     ids = np.random.default_rng(8).integers(0, engine(path).n_vocab, 20).astype(np.int32)
-    run = {p: _core.Engine(path, 64, 2, 32, "f16", p) for p in ("auto", "high")}
-    short = {p: e.eval(ids[:15], all_logits=True) for p, e in run.items()}
-    assert rel_err(short["auto"], short["high"]) <= 1e-6
-    long = {p: _core.Engine(path, 64, 2, 32, "f16", p).eval(ids, all_logits=True) for p in ("auto", "high")}
-    assert rel_err(long["auto"], long["high"]) > 1e-5
+    prefill = _core.Engine(path, 64, 2, 32, "f16", "auto").eval(ids, all_logits=True)
+    decode = {p: _core.Engine(path, 64, 2, 1, "f16", p).eval(ids, all_logits=True) for p in ("auto", "high")}
+    assert rel_err(decode["auto"], decode["high"]) > 1e-3   # decode experts not two-pass under auto
+    if _AVX512:   # packed experts: the same bits in the gemv and the packed GEMM (else tier-1 apart,
+        # which can move an 8-bit rounding by one step)
+        assert rel_err(decode["auto"], prefill) <= 1e-5
     ref = ReferenceModel(path).logits(ids)
-    assert rel_err(long["auto"], ref) <= 6e-2 and rel_err(long["high"], ref) <= 6e-2
+    assert rel_err(prefill, ref) <= 6e-2 and rel_err(decode["auto"], ref) <= 6e-2
+    assert rel_err(decode["high"], ref) <= 5e-3
 
 
 @pytest.mark.parametrize("arch, weight_type, overrides", [
@@ -293,8 +298,8 @@ def expert_bytes(path):
 def test_packed_experts_match_unpacked(tmp_path_factory, monkeypatch, arch, weight_type):
     """Types with a packed layout have their experts repacked at load: counted once among the
     copied bytes (the mapped pages are released), and the logits stay within the packed-vs-dots
-    tier of the unpacked model's in decode (the one-token packed gemv at two-pass precision) and
-    in prefill (8-bit expert rows through matmul_quantized on the packed strips: 120 tokens, ~40 rows an expert,
+    tier of the unpacked model's in decode (the one-token packed gemv at "high"; at "auto", 8-bit
+    expert rows, both within the reference's tier) and in prefill (8-bit expert rows through matmul_quantized on the packed strips: 120 tokens, ~40 rows an expert,
     40, ~13, and 16, ~5: the unpacked model takes the strip GEMM or the dots there); both within
     the quantized tier of the reference. An expert read at the wrong offset, or a row gathered from
     the wrong token, would be off by O(1)."""
@@ -317,10 +322,17 @@ def test_packed_experts_match_unpacked(tmp_path_factory, monkeypatch, arch, weig
         if n <= 40:
             want = (EightBitExpertsReference(path) if arch == "gpt-oss" else ref).logits(ids[:n])
             assert rel_err(got, want) <= 6e-2
-    dec_packed, dec_plain = packed_and_plain(monkeypatch, path, n_batch=1)
+    # decode: at "high" (two-pass everywhere) the packed gemv and the unpacked dots are tier-1
+    # reorderings of every matrix, through the layers; at "auto" (8-bit expert rows) those tier-1
+    # differences of the dense matmuls can move an expert input's 8-bit rounding by one step
+    # (~2e-3 at the logits of these 64-wide models), so there both against the reference's tier
+    dec_packed, dec_plain = packed_and_plain(monkeypatch, path, n_batch=1, act_precision="high")
     got, want = dec_packed.eval(ids[:8], all_logits=True), dec_plain.eval(ids[:8], all_logits=True)
-    assert rel_err(got, want) <= 1e-3   # tier-1 reorderings of every matrix, through the layers
-    assert rel_err(got, ref.logits(ids[:8])) <= 6e-2
+    assert rel_err(got, want) <= 1e-3
+    dec_packed, dec_plain = packed_and_plain(monkeypatch, path, n_batch=1)
+    want = (EightBitExpertsReference(path) if arch == "gpt-oss" else ref).logits(ids[:8])
+    for dec in (dec_packed, dec_plain):
+        assert rel_err(dec.eval(ids[:8], all_logits=True), want) <= 6e-2
 
 
 @needs_packed_gemm

@@ -263,7 +263,8 @@ void packed_matmul(const StripKernels& sk, const void* packed, GGMLType type, in
     // Pairs: chunks of whole pairs, at least three, as only a chunk's later pairs have their weights
     // requested by the call before them (Q4_1 576 x 576, 16 activation rows: ~195 -> ~212 G MAC/s
     // against chunks of one pair; a decode step's smallest matrices still make 6+ chunks).
-    int64_t per_chunk = rows_per_chunk(n_strips, pool, pairs ? 6 : 1);
+    // One thread (a MoE expert's item on its worker): one chunk, the requests running on through it.
+    int64_t per_chunk = pool.size() == 1 ? n_strips : rows_per_chunk(n_strips, pool, pairs ? 6 : 1);
     if (n_act > tile) per_chunk = std::min(per_chunk, std::max<int64_t>(1, kStripScratch / strip_bytes));   // stay in L2
     const int64_t n_chunks = (n_strips + per_chunk - 1) / per_chunk;
     const auto* w = static_cast<const uint8_t*>(packed);
@@ -316,7 +317,9 @@ void packed_matvec(const StripKernels& sk, const void* packed, GGMLType type, in
                    const QuantizedActs& act, float* y, ThreadPool& pool) {
     const int64_t strip_bytes = PackedLayout(type, cols).strip_bytes;
     const int64_t n_strips = (rows + kStripRows - 1) / kStripRows;
-    const int64_t per_chunk = std::max<int64_t>(
+    // One thread (a MoE expert's matmul on its worker, moe.cpp): one chunk, so the requests ahead
+    // run through the whole matrix instead of restarting cold every few strips.
+    const int64_t per_chunk = pool.size() == 1 ? n_strips : std::max<int64_t>(
         1, std::min(n_strips / (int64_t(pool.size()) * kGemvChunks), kGemvChunkBytes / strip_bytes));
     const int64_t n_chunks = (n_strips + per_chunk - 1) / per_chunk;
     const int64_t pt = act.per_token;

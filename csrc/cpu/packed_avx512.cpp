@@ -369,6 +369,15 @@ LOWBIT_HOT void request_ahead(const uint8_t* ahead, const uint8_t* ahead_end, in
     for (const uint8_t *p = ahead + sb * step, *e = std::min(p + step, ahead_end); p < e; p += 64) __builtin_prefetch(p, 0, 3);
 }
 
+// Q4_K / Q5_K's one-token gemv: the same lines kGemvFar bytes further ahead into L2 (T1), so that
+// more of the weight stream is in flight than the L1's miss buffers hold.
+constexpr int64_t kGemvFar = 24 << 10;
+LOWBIT_HOT void request_far(const uint8_t* ahead, const uint8_t* ahead_end, int64_t sb, int64_t step) {
+    if (!ahead) return;
+    for (const uint8_t *p = ahead + kGemvFar + sb * step, *e = std::min(p + step, ahead_end); p < e; p += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1);
+}
+
 // The float step of the strip GEMM for one block and NR rows (strip_gemm_n's, same order).
 // Activation slots slot0 .. slot0 + NR - 1 of the block at pa.
 template <int NR, bool kMin>
@@ -401,6 +410,7 @@ __attribute__((hot)) void packed_k4_n(int n, const void* strip, const void* act_
     for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
     for (int sb = 0; sb < nsb; ++sb) {
         request_ahead(ahead, ahead_end, sb, step);
+        request_far(ahead, ahead_end, sb, step);
         const uint8_t* rec = geo.rec(sb);
         __m512i sc3[3];
         load_sc3<T>(rec, sc3);

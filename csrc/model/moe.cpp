@@ -16,7 +16,6 @@ namespace {
 
 constexpr float kOaiAlpha = 1.702f, kOaiLimit = 7.0f;   // gpt-oss's SwiGLU (llama.cpp's constants)
 constexpr float kMinWeightSum = 6.103515625e-5f;          // llama.cpp clamps the sum it divides by
-constexpr int64_t kPrefillTokens = 16;   // batches from this size on count as prefill (see moe_feed_forward)
 // Per-token loops (routing, the shared expert's gate) run on the pool from this many tokens: one
 // token's work is ~1-2 us (128 experts: softmax and top-k), a parallel_for's barrier a few us.
 constexpr int64_t kParallelTokens = 8;
@@ -119,9 +118,9 @@ void run_item(const ModelConfig& c, const LayerWeights& l, int64_t il, const flo
     store_slots(c, l, it, s, w);
 }
 
-// ---- The 8-bit prefill path ----------------------------------------------------------------
-// With 8-bit activations (the expert matmuls of a prefill batch under "auto", or act_precision
-// "q8") each token's xn row is quantized once per layer into s.xq, and a work item multiplies its
+// ---- The 8-bit path -----------------------------------------------------------------------
+// With 8-bit activations (the expert matmuls of every batch under "auto", or act_precision "q8")
+// each token's xn row is quantized once per layer into s.xq, and a work item multiplies its
 // tokens' rows from there: gate and up share them (matmul() would quantize every row of every
 // item twice: 2k times per token). Per matrix, cpu::matmul_quantized: the strip GEMM from
 // kStripGateUpRows / kStripDownRows rows, else the multi-row dots (matmul()'s loops on rows
@@ -304,12 +303,14 @@ void moe_feed_forward(const ModelConfig& c, const LayerWeights& l, int64_t il, c
     }
     group_by_expert(c, n, s);
     make_items(c, s);
-    // Auto (cpu/matmul.h) keeps two-pass activations where the second pass is cheap: decode, and
-    // matmuls of >= 16 rows with a strip GEMM. A prefill batch gives each expert only its share of
-    // the tokens (n k / n_expert rows on average), which go through the multi-row dots at 2x the
-    // integer work, so expert matmuls of a prefill batch use 8-bit activations (llama.cpp's).
-    const cpu::ActPrecision expert_prec = prec == cpu::ActPrecision::Auto && n >= kPrefillTokens
-                                              ? cpu::ActPrecision::Q8 : prec;
+    // Auto (cpu/matmul.h) keeps two-pass activations where the second pass is cheap, but not in
+    // the experts, at any batch size: a prefill batch gives each expert only its share of the
+    // tokens (n k / n_expert rows on average), which go through the multi-row dots at 2x the
+    // integer work, and a decode step's k experts are compute-bound in the packed gemv (two
+    // activation rows: 2x the dpbusd; bench_moe decode +18 % at 8 bits). So expert matmuls use
+    // 8-bit activations (llama.cpp's) for every batch, and a token gets the same expert
+    // arithmetic in a prefill and decoded alone (packed experts: the same bits).
+    const cpu::ActPrecision expert_prec = prec == cpu::ActPrecision::Auto ? cpu::ActPrecision::Q8 : prec;
     const int64_t n_items = int64_t(s.items.size());
     // Items one by one, each matmul on the whole pool: with an observer (observer.h: it runs on the
     // caller with the pool) or when there are fewer items than threads (decode with k < threads:
@@ -321,7 +322,9 @@ void moe_feed_forward(const ModelConfig& c, const LayerWeights& l, int64_t il, c
         const cpu::KernelSet& ks = cpu::kernels();
         const GGMLType type = l.gate_exps.first.type;
         const size_t x_bytes = q8_row_bytes(type, E);
-        pool.parallel_for(n, [&](int64_t t, int) { cpu::quantize_act_row(ks, cpu::act_format(type), xn + t * E, s.xq.data() + size_t(t) * x_bytes, E); });
+        for_tokens(n, pool, [&](int64_t t, int) {   // a decode step's one row on the caller (no barrier)
+            cpu::quantize_act_row(ks, cpu::act_format(type), xn + t * E, s.xq.data() + size_t(t) * x_bytes, E);
+        });
         pool.parallel_for(n_items, [&](int64_t i, int thread) {
             run_item_q8(c, l, s.items[size_t(i)], s, *s.workers[size_t(thread)]);
         });

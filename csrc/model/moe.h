@@ -19,9 +19,9 @@
 // in the same order. Experts of a type with a packed layout (cpu/kernels.h) are packed at load
 // (weights.h ExpertMatrices) and every expert matmul then reads the packed strips in place: a
 // decode step's one-token gemv, batches of any size through the packed GEMM (so a token's row has
-// the same bits whatever the batch). With 8-bit activations (prefill under "auto") each token's row is quantized
-// once per layer and the items multiply the quantized rows in place (moe.cpp, "8-bit prefill
-// path"), the largest items first.
+// the same bits whatever the batch). With 8-bit activations (every expert matmul under "auto")
+// each token's row is quantized once per layer and the items multiply the quantized rows in place
+// (moe.cpp, "8-bit path"), the largest items first.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -52,7 +52,7 @@ struct MoeScratch {
         AlignedBuffer<float> x;        // (kExpertRows, n_embd)   the item's token rows
         AlignedBuffer<float> gate, up; // (kExpertRows, n_ff_exp)
         AlignedBuffer<float> down;     // (kExpertRows, n_embd)
-        // the 8-bit prefill path (moe.cpp run_item_q8; cpu::matmul_quantized keeps the rest):
+        // the 8-bit path (moe.cpp run_item_q8; cpu::matmul_quantized keeps the rest):
         AlignedBuffer<uint8_t> hq;     // (kExpertRows) q8 rows of the gated activations, q8_0 or q8_K
     };
 
@@ -65,7 +65,7 @@ struct MoeScratch {
     std::vector<int32_t> ids;          // (n_threads, n_expert)  scratch of the top-k selection, a row per thread
     std::vector<Item> items;           // this batch's work items (capacity reserved)
     AlignedBuffer<float> slot_out;     // (n_batch * k, n_embd)  each slot's expert output, biased
-    AlignedBuffer<uint8_t> xq;         // (n_batch) q8 rows of xn: each token quantized once (8-bit prefill)
+    AlignedBuffer<uint8_t> xq;         // (n_batch) q8 rows of xn: each token quantized once (8-bit path)
     std::vector<std::unique_ptr<Worker>> workers;   // (n_threads,)
     AlignedBuffer<float> sh_gate, sh_up;   // qwen2moe's shared expert: (n_batch, n_ff_shexp)
     AlignedBuffer<float> sh_out;           // (n_batch, n_embd)

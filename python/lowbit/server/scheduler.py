@@ -30,12 +30,12 @@ from lowbit.errors import LowbitError
 from lowbit.runtime.batch import decode_run, eval_batch
 from lowbit.runtime.generate import Generation, StopMatcher, Utf8Stream, common_prefix_len
 from lowbit.runtime.sampling import Sampler, SamplingParams
+from lowbit.server import DEFAULT_SOLO_RUN_MS
 
 
 # copy a prefix from another slot only when it saves at least this many tokens of prefill
 MIN_PREFIX_COPY = 16
-# a lone decoding request runs its steps in the core for up to this long per call (solo runs)
-DEFAULT_SOLO_RUN_S = 0.010
+DEFAULT_SOLO_RUN_S = DEFAULT_SOLO_RUN_MS / 1000.0
 
 
 class QueueFull(LowbitError):
@@ -342,6 +342,7 @@ class Scheduler:
         """Ends the loop after the running step; queued and running jobs fail with 503."""
         with self._cond:
             self._stopping = True
+            self._run_signal.set()
             self._cond.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout)

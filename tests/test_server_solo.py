@@ -191,6 +191,18 @@ def test_solo_runs_equal_step_by_step_and_drop_surplus_steps(model):
     assert want.finish_reason == "stop" and want.generated_tokens < base.generated_tokens
 
 
+def test_solo_runs_stop_at_the_context_like_steps(model):
+    """max_tokens past the context: the runs end where the cache is full, and the request ends
+    ("context") with the tokens and cache of step by step."""
+    ids = model.tokenize("One, two, three, four,")
+    spec = [(ids, 2 * N_CTX, ())]
+    [(_, want)], _, want_cache = run_jobs(model, 0.0, spec, eot=False)
+    [(_, got)], on, got_cache = run_jobs(model, 60.0, spec, eot=False)
+    assert want.finish_reason == got.finish_reason == "context"
+    assert got.tokens == want.tokens and len(want.tokens) == N_CTX + 1 - len(ids)
+    assert got_cache == want_cache and len(want_cache[0]) == N_CTX and len(on.runs) <= 3
+
+
 def test_submit_and_cancel_end_a_solo_run(model):
     """With a 60 s budget a run would hold the slot to the end of its request: a request that
     comes while one runs is served beside it (it finishes first), and a cancel ends the run

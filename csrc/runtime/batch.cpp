@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <string>
 
@@ -169,13 +170,14 @@ DecodeRun decode_run(Engine& engine, int32_t token, sampling::Sampler& sampler, 
     const auto start = std::chrono::steady_clock::now();
     const auto deadline = start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                                       std::chrono::duration<double>(seconds));
-    std::vector<float> logits(size_t(engine.config().n_vocab));
+    const size_t n_vocab = size_t(engine.config().n_vocab);
+    const std::unique_ptr<float[]> logits(new float[n_vocab]);   // written by each step: no zeroing
     DecodeRun run;
     for (int64_t step = 0; step < max_steps; ++step) {
-        engine.eval(&token, 1, false, logits.data());   // the same step as Engine::eval_sample
+        engine.eval(&token, 1, false, logits.get());   // the same step as Engine::eval_sample
         int64_t next;
         try {
-            next = sampler.sample(logits.data(), logits.size(), history.data(), history.size());
+            next = sampler.sample(logits.get(), n_vocab, history.data(), history.size());
         } catch (const ValueError& e) {
             run.error = e.what();
             break;

@@ -543,7 +543,7 @@ class Scheduler:
                 or job.request.max_new_tokens - job.record.generated_tokens < 2):
             return False
         self._run_signal.clear()
-        if self._pending:                   # a submit before the clear: step by step for it
+        if self._pending or job.cancelled or self._stopping:   # what set the signal before the clear
             return False
         n_past = len(job.history) - 1       # the cache holds all but the last drawn token
         max_steps = min(job.request.max_new_tokens - job.record.generated_tokens, self.n_ctx - n_past)

@@ -1,4 +1,5 @@
-"""``eval_batch``: one forward step over several sessions of one model (continuous batching).
+"""``eval_batch``: one forward step over several sessions of one model (continuous batching);
+``decode_run``: several decode steps of one session in one call (a server's lone stream).
 
 Each item is (session, token ids): the tokens are appended at that session's own position in
 its own KV cache, and the weight matmuls run once over the rows of all items, so decode tokens

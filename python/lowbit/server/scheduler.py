@@ -12,6 +12,8 @@ one thread that advances every busy slot by one forward step at a time.
                        with the job's own sampler (job.on_token), or for a job that needs
                        the row (grammar, log-probs) its last-token logits (job.on_logits
                        samples them); emit text to the handler (thread-safe callback)
+                       one busy slot, decoding, nobody waiting: backend.run(...) draws its
+                       tokens several steps per call of the core (a solo run, <= solo_run_s)
 
 A job that is cancelled (client gone) leaves its slot at the next step boundary; its cached
 tokens stay for the prefix reuse of later requests.

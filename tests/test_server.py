@@ -193,11 +193,15 @@ def test_lone_stream_in_solo_runs_sends_a_chunk_per_token(model_path, local):
     try:
         chunks = list(s.client().completions.create(model=ALIAS, prompt=prompt, stream=True, temperature=0,
                                                     max_tokens=24))
+        status, metrics = s.get("/metrics")
     finally:
         s.stop()
     texts = [ch.choices[0].text for ch in chunks if ch.choices and ch.choices[0].text]
     assert texts == [local.detokenize([t]) for t in want.tokens] and want.generated_tokens == 24
     assert chunks[-1].choices[0].finish_reason == "length"
+    # /metrics counts the forward steps of a run, not the run: the prompt's step and 23 decode steps
+    steps = [line for line in metrics.splitlines() if line.startswith("lowbit_steps_total")]
+    assert status == 200 and len(steps) == 1 and float(steps[0].split()[-1]) == 24, steps
 
 
 def test_stream_is_sse_ending_with_done(server):

@@ -577,7 +577,7 @@ class Scheduler:
                 slot.session.truncate(n_past + used)
             slot.release()
         if self.metrics is not None:
-            self.metrics.on_step(used, time.perf_counter() - t0)
+            self.metrics.on_step(used, time.perf_counter() - t0, steps=len(got.tokens) + (got.error is not None))
         return True
 
     def _fail_all(self, status: int, message: str) -> None:

@@ -3,7 +3,8 @@ and 8 concurrent streams, `lowbit serve --parallel C` against llama.cpp's server
 (llama-cpp-python's `python -m llama_cpp.server`) in the same run, on both real models.
 
     python bench/bench_serve.py [--threads 2] [--streams 1 4 8] [--requests 2] [--max-tokens 64]
-                                [--repeats 3] [--stream-interval-ms MS] [--compare OTHER/python]
+                                [--repeats 3] [--stream-interval-ms MS] [--solo-run-ms MS]
+                                [--compare OTHER/python [--compare-solo-run-ms MS]]
                                 [--json bench/results/serve.json]
 
 Each of C client threads sends --requests streaming completions back to back (distinct raw
@@ -80,12 +81,14 @@ def wait_ready(proc: subprocess.Popen, port: int, path: str) -> None:
 
 
 def start_lowbit(model_path: str, parallel: int, threads: int, stream_interval_ms: Optional[float] = None,
-                 python_dir: str = PYTHON_DIR):
+                 python_dir: str = PYTHON_DIR, solo_run_ms: Optional[float] = None):
     port = free_port()
     cmd = [sys.executable, "-m", "lowbit", "serve", model_path, "--port", str(port), "-q",
            "--parallel", str(parallel), "--threads", str(threads), "--n-ctx", str(N_CTX)]
     if stream_interval_ms is not None:             # else the server's default
         cmd += ["--stream-interval-ms", str(stream_interval_ms)]
+    if solo_run_ms is not None:                    # else the server's default (older trees: no such option)
+        cmd += ["--solo-run-ms", str(solo_run_ms)]
     proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=python_dir), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     wait_ready(proc, port, "/health")
@@ -257,9 +260,11 @@ def bench_model(name: str, args, vs_llama: bool) -> Dict:
     for r in range(args.repeats):            # rounds interleaved: the load drifts alike for all rows
         generate.append(generate_baseline(path, args.threads, args.max_tokens, args.requests))
         for c in args.streams:
-            trees = [(PYTHON_DIR, lowbit_runs)] + ([(args.compare, compare_runs)] if args.compare else [])
-            for tree, runs in (trees if r % 2 == 0 else trees[::-1]):   # who goes first alternates
-                proc, port = start_lowbit(path, c, args.threads, args.stream_interval_ms, tree)
+            trees = [(PYTHON_DIR, lowbit_runs, args.solo_run_ms)]
+            if args.compare:
+                trees.append((args.compare, compare_runs, args.compare_solo_run_ms))
+            for tree, runs, solo in (trees if r % 2 == 0 else trees[::-1]):   # who goes first alternates
+                proc, port = start_lowbit(path, c, args.threads, args.stream_interval_ms, tree, solo)
                 try:
                     runs[c].append(run_load(port, c, args.requests, args.max_tokens, proc.pid))
                 finally:
@@ -349,6 +354,11 @@ def main() -> int:
     ap.add_argument("--llama-python", default=LLAMA_PYTHON)
     ap.add_argument("--stream-interval-ms", type=float, default=None,
                     help="lowbit serve's --stream-interval-ms (default: the server's default)")
+    ap.add_argument("--solo-run-ms", type=float, default=None,
+                    help="lowbit serve's --solo-run-ms (default: the server's default)")
+    ap.add_argument("--compare-solo-run-ms", type=float, default=None,
+                    help="--solo-run-ms of the --compare tree's server (e.g. 0 with --compare python: solo runs "
+                         "off against on in one tree)")
     ap.add_argument("--compare", metavar="PYTHON_DIR",
                     help="another lowbit tree's python/ folder (a checkout of main, with its built core): its "
                          "server runs beside this one's at every stream count of every round (rows "
@@ -365,6 +375,7 @@ def main() -> int:
     out = {"load_average_before": load_before, "load_average_after": os.getloadavg(),
            "threads": args.threads, "max_tokens": args.max_tokens, "requests_per_stream": args.requests,
            "repeats": args.repeats, "stream_interval_ms": args.stream_interval_ms, "compare": args.compare,
+           "solo_run_ms": args.solo_run_ms, "compare_solo_run_ms": args.compare_solo_run_ms,
            "reports": reports}
     print(table(reports))
     print(f"load average before {load_before[0]:.2f}, after {out['load_average_after'][0]:.2f}")

@@ -3,9 +3,10 @@ its scheduler (Scheduler._step, the backend's batched forward, each job's sampli
 hand-over, the time between steps), driven by bench_serve's streaming clients.
 
     python bench/profile_serve.py [--model smollm2-135m-instruct] [--streams 1 8] [--requests 3]
-                                  [--threads 2] [--stream-interval-ms MS] [--json out.json]
+                                  [--threads 2] [--stream-interval-ms MS] [--solo-run-ms MS] [--json out.json]
 
-Per stream count, one fresh server: steps, prompt+decode rows per step, ms per step inside the
+Per stream count, one fresh server: steps, prompt+decode rows per step, forward steps per solo run
+(a lone stream's steps run in the core several at a time: each counts as a step), ms per step inside the
 batched forward (eval_batch, with the core's draws; and of that, inside the core's call), ms per token in Job.on_logits (sampling in
 Python, for jobs that need the logits row) and Job.on_token (stop strings, UTF-8, posting the
 event), ms per step between steps (the scheduler loop, the event hand-over hooks), the server's share of the scheduler thread's time outside the forward, and CPU time per generated
@@ -59,14 +60,14 @@ def thread_cpu() -> dict:
     return cpu
 
 
-def serve_child(path: str, parallel: int, threads: int, port: int, out: str, interval: str) -> None:
+def serve_child(path: str, parallel: int, threads: int, port: int, out: str, interval: str, solo: str) -> None:
     """The server with timers; writes its totals to `out` on SIGUSR1 and at exit."""
     import atexit
     import lowbit
     from lowbit import _core, server as srv
     from lowbit.server import scheduler as sch
     totals = dict(steps=0, rows=0, tokens=0, step_s=0.0, forward_s=0.0, core_s=0.0, on_logits_s=0.0,
-                  on_token_s=0.0, between_s=0.0)
+                  on_token_s=0.0, between_s=0.0, runs=0, run_steps=0)
     last_end = [None]
     step, backend_step = sch.Scheduler._step, sch.SessionBackend.step
     # a server from before on_token (PYTHONPATH on an older tree, for A/B runs): on_logits did it all
@@ -89,7 +90,27 @@ def serve_child(path: str, parallel: int, threads: int, port: int, out: str, int
         totals["rows"] += sum(len(ids) for _, ids in items)
         return result
 
-    core_eval_batch = _core.eval_batch
+    backend_run = getattr(sch.SessionBackend, "run", None)     # solo runs (older trees: none)
+
+    def timed_backend_run(self, slot, *args, **kw):   # a solo run: one forward step per draw
+        t0 = time.perf_counter()
+        got = backend_run(self, slot, *args, **kw)
+        totals["forward_s"] += time.perf_counter() - t0
+        n = len(got.tokens) + (got.error is not None)
+        totals["steps"] += n
+        totals["rows"] += n
+        totals["runs"] += 1
+        totals["run_steps"] += n
+        return got
+
+    core_eval_batch, core_decode_run = _core.eval_batch, getattr(_core, "decode_run", None)
+
+    def timed_core_decode_run(*args, **kw):
+        t0 = time.perf_counter()
+        try:
+            return core_decode_run(*args, **kw)
+        finally:
+            totals["core_s"] += time.perf_counter() - t0
 
     def timed_core_eval_batch(*args, **kw):     # the core's own step, inside backend.step
         t0 = time.perf_counter()
@@ -112,6 +133,8 @@ def serve_child(path: str, parallel: int, threads: int, port: int, out: str, int
 
     sch.Scheduler._step, sch.SessionBackend.step, sch.Job.on_logits = timed_step, timed_backend_step, timed_on_logits
     _core.eval_batch = timed_core_eval_batch
+    if backend_run is not None:
+        sch.SessionBackend.run, _core.decode_run = timed_backend_run, timed_core_decode_run
     if on_token is not None:
         sch.Job.on_token = timed_on_token
 
@@ -122,15 +145,18 @@ def serve_child(path: str, parallel: int, threads: int, port: int, out: str, int
     signal.signal(signal.SIGUSR1, dump)
     model = lowbit.load(path, n_ctx=2048, n_threads=threads)
     extra = {} if interval == "default" else {"stream_interval_ms": float(interval)}   # older trees: no such option
+    if solo != "default":
+        extra["solo_run_ms"] = float(solo)
     srv.serve(srv.build_app(model, "profiled", parallel=parallel, **extra), srv.bind("127.0.0.1", port))
 
 
-def profile(path: str, streams: int, requests: int, threads: int, max_tokens: int, interval: str = "default") -> dict:
+def profile(path: str, streams: int, requests: int, threads: int, max_tokens: int, interval: str = "default",
+            solo: str = "default") -> dict:
     import bench_serve
     port = bench_serve.free_port()
     out = f"/tmp/lowbit_profile_serve_{os.getpid()}_{streams}.json"
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", path, str(streams), str(threads),
-                             str(port), out, interval], env=dict(os.environ, PYTHONPATH=bench_serve.PYTHON_DIR),
+                             str(port), out, interval, solo], env=dict(os.environ, PYTHONPATH=bench_serve.PYTHON_DIR),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         bench_serve.wait_ready(proc, port, "/health")
@@ -155,7 +181,9 @@ def profile(path: str, streams: int, requests: int, threads: int, max_tokens: in
     steps, tokens = max(t["steps"], 1), max(t["tokens"], 1)
     outside = t["step_s"] - t["forward_s"] + t["between_s"]
     return {"streams": streams, "tok_s": load["tok_s"], "load_1m": load["load_1m"], "steps": t["steps"],
-            "rows_per_step": t["rows"] / steps, "forward_ms_per_step": 1e3 * t["forward_s"] / steps,
+            "rows_per_step": t["rows"] / steps,
+            "solo_runs": t.get("runs", 0), "steps_per_solo_run": t.get("run_steps", 0) / max(t.get("runs", 0), 1),
+            "forward_ms_per_step": 1e3 * t["forward_s"] / steps,
             "core_ms_per_step": 1e3 * t["core_s"] / steps,
             "on_logits_ms_per_token": 1e3 * t["on_logits_s"] / tokens,
             "on_token_ms_per_token": 1e3 * t["on_token_s"] / tokens,
@@ -170,8 +198,8 @@ def profile(path: str, streams: int, requests: int, threads: int, max_tokens: in
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        path, parallel, threads, port, out, interval = sys.argv[2:8]
-        serve_child(path, int(parallel), int(threads), int(port), out, interval)
+        path, parallel, threads, port, out, interval, solo = sys.argv[2:9]
+        serve_child(path, int(parallel), int(threads), int(port), out, interval, solo)
         return 0
     from lowbit.runtime import registry
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -182,20 +210,22 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--stream-interval-ms", default="default",
                     help="the server's stream_interval_ms (default: the server's default)")
+    ap.add_argument("--solo-run-ms", default="default",
+                    help="the server's solo_run_ms (default: the server's default; older trees have none)")
     ap.add_argument("--json")
     args = ap.parse_args()
     path = str(registry.resolve(args.model, quiet=True))
-    rows = [profile(path, c, args.requests, args.threads, args.max_tokens, args.stream_interval_ms)
+    rows = [profile(path, c, args.requests, args.threads, args.max_tokens, args.stream_interval_ms, args.solo_run_ms)
             for c in args.streams]
-    print("| streams | tok/s | steps | rows/step | forward ms/step | of which core | on_logits ms/token | on_token ms/token | "
+    print("| streams | tok/s | steps | rows/step | steps/solo run | forward ms/step | of which core | on_logits ms/token | on_token ms/token | "
           "between steps ms | outside the forward | CPU ms/token: loop / scheduler / relay / pools+other / client "
           "| run-queue wait ms/token: loop / scheduler / relay / pools+other | load 1m |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|")
     for r in rows:
         cpu = " / ".join(f"{r['cpu_ms_per_token'][k]:.3f}" for k in ("loop", "scheduler", "relay", "other", "client"))
         wait = " / ".join(f"{r['wait_ms_per_token'][k]:.3f}" for k in ("loop", "scheduler", "relay", "other"))
         print(f"| {r['streams']} | {r['tok_s']:.1f} | {r['steps']} | {r['rows_per_step']:.2f} | "
-              f"{r['forward_ms_per_step']:.2f} | {r['core_ms_per_step']:.2f} | {r['on_logits_ms_per_token']:.3f} | {r['on_token_ms_per_token']:.3f} | "
+              f"{r['steps_per_solo_run']:.1f} | {r['forward_ms_per_step']:.2f} | {r['core_ms_per_step']:.2f} | {r['on_logits_ms_per_token']:.3f} | {r['on_token_ms_per_token']:.3f} | "
               f"{r['between_ms_per_step']:.2f} | {100 * r['outside_forward_share']:.1f} % | {cpu} | {wait} | {r['load_1m']:.1f} |")
     if args.json:
         with open(args.json, "w") as f:

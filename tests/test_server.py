@@ -183,6 +183,27 @@ def test_stream_interval_joins_tokens_into_fewer_chunks(model_path, local):
     assert chunks[-1].choices[0].finish_reason == "length"
 
 
+def test_lone_stream_in_solo_runs_sends_a_chunk_per_token(model_path, local):
+    """--solo-run-ms 1000: a lone request's tokens are drawn many steps per call of the core and
+    reach the event loop together, yet each token's text is still its own chunk (OpenAI's
+    semantics); the reply is Model.generate's."""
+    prompt = "The three primary colours are"
+    want = local.generate(prompt, temperature=0, max_new_tokens=24)
+    s = Server(model_path, "--solo-run-ms", "1000")
+    try:
+        chunks = list(s.client().completions.create(model=ALIAS, prompt=prompt, stream=True, temperature=0,
+                                                    max_tokens=24))
+        status, metrics = s.get("/metrics")
+    finally:
+        s.stop()
+    texts = [ch.choices[0].text for ch in chunks if ch.choices and ch.choices[0].text]
+    assert texts == [local.detokenize([t]) for t in want.tokens] and want.generated_tokens == 24
+    assert chunks[-1].choices[0].finish_reason == "length"
+    # /metrics counts the forward steps of a run, not the run: the prompt's step and 23 decode steps
+    steps = [line for line in metrics.splitlines() if line.startswith("lowbit_steps_total")]
+    assert status == 200 and len(steps) == 1 and float(steps[0].split()[-1]) == 24, steps
+
+
 def test_stream_is_sse_ending_with_done(server):
     status, text = server.post("/v1/chat/completions", {"messages": ask("Hi"), "stream": True, "max_tokens": 4})
     assert status == 200
@@ -617,7 +638,8 @@ def run_cli(*args):
 
 @pytest.mark.parametrize("args,needle", [(["--port", "70000"], "--port"), (["--parallel", "0"], "--parallel"),
                                          (["--queue-size", "-1"], "--queue-size"),
-                                         (["--stream-interval-ms", "-1"], "--stream-interval-ms")])
+                                         (["--stream-interval-ms", "-1"], "--stream-interval-ms"),
+                                         (["--solo-run-ms", "-1"], "--solo-run-ms")])
 def test_cli_usage_errors_exit_2(args, needle):
     r = run_cli(*args)
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) <= 2, r.stderr

@@ -11,6 +11,7 @@
 #include "gguf/gguf.h"
 #include "model/kv_cache.h"
 #include "model/observer.h"
+#include "runtime/batch.h"
 #include "runtime/engine.h"
 #include "sampling/sampler.h"
 
@@ -244,6 +245,29 @@ void bind_engine(py::module_& m) {
           "last token's logits (n_vocab,), or with hidden=True the output-normed hidden states (n, n_embd) of all "
           "its tokens; a sampled item gives the token its sampler draws from the last row (history: the penalty "
           "window), or a ValueError instance when that draw failed.");
+    py::class_<runtime::RunSignal>(m, "RunSignal",
+                                   "A flag another thread sets to end a decode_run after its running step.")
+        .def(py::init<>())
+        .def("set", [](runtime::RunSignal& s) { s.set.store(true, std::memory_order_relaxed); })
+        .def("clear", [](runtime::RunSignal& s) { s.set.store(false, std::memory_order_relaxed); })
+        .def_property_readonly("is_set", [](const runtime::RunSignal& s) { return s.set.load(); });
+    m.def("decode_run", [](Engine& e, int64_t token, sampling::Sampler& sampler, std::vector<int64_t> history,
+                           int64_t max_steps, std::vector<int64_t> stop_ids, double seconds,
+                           const runtime::RunSignal* signal) {
+              LOWBIT_CHECK(token >= 0 && token <= INT32_MAX, ValueError, "token id ", token, " is out of range");
+              runtime::DecodeRun run;
+              {
+                  py::gil_scoped_release nogil;
+                  run = runtime::decode_run(e, int32_t(token), sampler, std::move(history), max_steps, stop_ids,
+                                            seconds, signal);
+              }
+              return py::make_tuple(py::cast(run.drawn), run.error.empty() ? py::object(py::none())
+                                                                           : py::object(py::str(run.error)));
+          }, py::arg("engine"), py::arg("token"), py::arg("sampler"), py::arg("history"), py::arg("max_steps"),
+          py::arg("stop_ids"), py::arg("seconds"), py::arg("signal") = nullptr,
+          "Decode steps of one engine in one call (runtime/batch.h): feed token, draw with sampler, feed the draw, "
+          "... until max_steps draws, a draw in stop_ids, `seconds` passed or signal set. Returns (drawn ids, "
+          "None or the failed draw's ValueError text); every drawn id but the last was fed.");
     m.def("n_past_of", [](const std::vector<Engine*>& engines) {
               for (size_t i = 0; i < engines.size(); ++i)
                   LOWBIT_CHECK(engines[i], ValueError, "n_past_of: item ", i, " is not a session");

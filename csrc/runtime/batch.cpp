@@ -9,10 +9,13 @@
 // before a long prompt always run in the first pass. After the last pass the items that carry a
 // sampler draw their next token from their last row (logits that never leave the core).
 #include <algorithm>
+#include <chrono>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <string>
 
+#include "runtime/batch.h"
 #include "runtime/engine.h"
 
 namespace lowbit::runtime {
@@ -157,6 +160,36 @@ void Engine::copy_prefix_from(Engine& other, int64_t n) {
     LOWBIT_CHECK(n <= n_ctx_, ValueError, "copy_prefix_from: ", n, " tokens do not fit n_ctx ", n_ctx_);
     cache_->copy_prefix(*other.cache_, other.n_past_, n);
     n_past_ = n;
+}
+
+DecodeRun decode_run(Engine& engine, int32_t token, sampling::Sampler& sampler, std::vector<int64_t> history,
+                     int64_t max_steps, const std::vector<int64_t>& stop_ids, double seconds,
+                     const RunSignal* signal) {
+    LOWBIT_CHECK(max_steps >= 1, ValueError, "decode_run: max_steps must be >= 1, got ", max_steps);
+    LOWBIT_CHECK(seconds >= 0, ValueError, "decode_run: seconds must be >= 0, got ", seconds);
+    const auto start = std::chrono::steady_clock::now();
+    const auto deadline = start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                      std::chrono::duration<double>(seconds));
+    const size_t n_vocab = size_t(engine.config().n_vocab);
+    const std::unique_ptr<float[]> logits(new float[n_vocab]);   // written by each step: no zeroing
+    DecodeRun run;
+    for (int64_t step = 0; step < max_steps; ++step) {
+        engine.eval(&token, 1, false, logits.get());   // the same step as Engine::eval_sample
+        int64_t next;
+        try {
+            next = sampler.sample(logits.get(), n_vocab, history.data(), history.size());
+        } catch (const ValueError& e) {
+            run.error = e.what();
+            break;
+        }
+        run.drawn.push_back(next);
+        if (std::find(stop_ids.begin(), stop_ids.end(), next) != stop_ids.end()) break;
+        if (std::chrono::steady_clock::now() >= deadline) break;
+        if (signal && signal->set.load(std::memory_order_relaxed)) break;
+        history.push_back(next);
+        token = int32_t(next);
+    }
+    return run;
 }
 
 }  // namespace lowbit::runtime

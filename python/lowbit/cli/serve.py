@@ -8,7 +8,7 @@ from lowbit.cli.common import DEFAULT_MODEL, load_for_cli, positive_int
 
 
 def run(args) -> int:
-    from lowbit.server import MAX_STREAM_INTERVAL_MS, bind, build_app, require_server_deps, serve
+    from lowbit.server import MAX_SOLO_RUN_MS, MAX_STREAM_INTERVAL_MS, bind, build_app, require_server_deps, serve
     require_server_deps()                       # before the model loads
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
@@ -16,6 +16,8 @@ def run(args) -> int:
         raise ValueError(f"--queue-size must be >= 0, got {args.queue_size}")
     if args.stream_interval_ms is not None and not 0 <= args.stream_interval_ms <= MAX_STREAM_INTERVAL_MS:
         raise ValueError(f"--stream-interval-ms must be in 0..{MAX_STREAM_INTERVAL_MS:g}, got {args.stream_interval_ms:g}")
+    if args.solo_run_ms is not None and not 0 <= args.solo_run_ms <= MAX_SOLO_RUN_MS:
+        raise ValueError(f"--solo-run-ms must be in 0..{MAX_SOLO_RUN_MS:g}, got {args.solo_run_ms:g}")
     api_key = args.api_key if args.api_key is not None else os.environ.get("LOWBIT_API_KEY") or None
     if api_key is not None and not api_key.strip():
         raise ValueError("--api-key is empty")
@@ -25,7 +27,7 @@ def run(args) -> int:
         name = args.alias or args.model
         app = build_app(model, name, parallel=args.parallel, max_queue=args.queue_size,
                         prefill_chunk=args.prefill_chunk, api_key=api_key,
-                        stream_interval_ms=args.stream_interval_ms)
+                        stream_interval_ms=args.stream_interval_ms, solo_run_ms=args.solo_run_ms)
         host, port = sock.getsockname()[:2]
         print(f"lowbit: serving {name} (n_ctx {model.n_ctx}, {args.parallel} parallel) at http://{host}:{port}/v1"
               f"{' (API key required)' if api_key else ''}; Ctrl+C stops", file=sys.stderr, flush=True)
@@ -36,7 +38,7 @@ def run(args) -> int:
 
 
 def add_parser(sub) -> None:
-    from lowbit.server import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_QUEUE, DEFAULT_STREAM_INTERVAL_MS
+    from lowbit.server import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_QUEUE, DEFAULT_SOLO_RUN_MS, DEFAULT_STREAM_INTERVAL_MS
     sp = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API",
                         usage="lowbit serve [options] [MODEL]",
                         description="Serve MODEL (a registry name or a GGUF path) at /v1/chat/completions, /v1/embeddings, "
@@ -58,6 +60,10 @@ def add_parser(sub) -> None:
                     help="a stream's tokens drawn within this many ms of its last SSE chunk share the next "
                          f"chunk (fewer chunks: less CPU for server and client; 0: a chunk per token; "
                          f"default {DEFAULT_STREAM_INTERVAL_MS:g})")
+    sp.add_argument("--solo-run-ms", type=float, default=None,
+                    help="while one request decodes alone, its steps run in the core for up to this many ms "
+                         "per call and its tokens go out together, each its own chunk (less CPU per token; "
+                         f"0: a call per token; default {DEFAULT_SOLO_RUN_MS:g})")
     sp.add_argument("--api-key", default=None,
                     help="require 'Authorization: Bearer KEY' on /v1 (default: $LOWBIT_API_KEY, else none)")
     sp.add_argument("--alias", default=None, help="model id shown in /v1/models (default: MODEL as given)")

@@ -1,4 +1,5 @@
-"""``eval_batch``: one forward step over several sessions of one model (continuous batching).
+"""``eval_batch``: one forward step over several sessions of one model (continuous batching);
+``decode_run``: several decode steps of one session in one call (a server's lone stream).
 
 Each item is (session, token ids): the tokens are appended at that session's own position in
 its own KV cache, and the weight matmuls run once over the rows of all items, so decode tokens
@@ -15,7 +16,7 @@ and ``session.cached_tokens`` always agree with what was evaluated).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -123,3 +124,58 @@ def eval_batch(items: Sequence[Tuple["Session", Sequence[int]]], *, hidden: bool
     finally:
         for session in reversed(held):
             session._cond.release()
+
+
+class DecodeRun(NamedTuple):
+    """What ``decode_run`` drew: ``tokens`` in order (every one but the last is now in the
+    session's cache) and ``error``, the ValueError of a draw that failed after them, or None."""
+    tokens: List[int]
+    error: Optional[ValueError]
+
+
+def decode_run(session: "Session", token: int, sampler: "Sampler", history: Sequence[int], *,
+               max_steps: int, stop_ids: Sequence[int] = (), seconds: float = 0.0, signal=None,
+               before_compute: Optional[Callable[[], None]] = None) -> DecodeRun:
+    """Decode steps of one session in one call of the core: feed ``token``, draw the next with
+    ``sampler`` (history: the tokens so far, ``token`` last), feed that, ... The run ends after
+    a draw when ``max_steps`` tokens are drawn, a token of ``stop_ids`` is drawn, ``seconds``
+    have passed since it began, ``signal`` (a ``lowbit._core.RunSignal``) is set from another
+    thread, or a draw fails (NaN logits: the ``error``). Each draw is the one ``eval_batch`` with
+    that sampler would give for the same step (the same forward of one row, the same sampler).
+
+    A server whose one busy sequence is decoding calls this instead of ``eval_batch`` per token:
+    its Python per step (locks, bookkeeping, a wake-up of the event loop) then runs once per run.
+    ``before_compute`` as in ``eval_batch``. Errors as ``eval_batch``'s for one item; on any of
+    them ``session.cached_tokens`` still follows the cache (the steps that completed)."""
+    from lowbit import _core
+    from lowbit.runtime.model import Session
+
+    if not isinstance(session, Session):
+        raise TypeError(f"decode_run: expected a lowbit Session or Model, got {type(session).__name__}")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"decode_run: max_steps must be an int >= 1, got {max_steps!r}")
+    with session._cond:
+        if session._closed:
+            raise LowbitError(f"decode_run: this {type(session).__name__} is closed")
+        if session._active is not None:
+            raise LowbitError("decode_run: the session is busy with a generation or an open stream")
+        engine, cached = session._engine, session._cached_ids
+        before = engine.n_past
+        if before != len(cached):             # after a failed prefill the token list was dropped
+            engine.truncate(len(cached))
+            del cached[engine.n_past:]
+            before = len(cached)
+        window = sampler.window(history)
+        drawn: List[int] = []
+        try:
+            if before_compute is not None:
+                before_compute()
+            drawn, error = _core.decode_run(engine, int(token), sampler.core, window, max_steps,
+                                            list(stop_ids), float(seconds), signal)
+        finally:   # the token list follows the cache: the fed tokens are token, then the draws
+            fed, known = engine.n_past - before, [int(token)] + drawn
+            if fed <= len(known):
+                cached.extend(known[:fed])
+            else:                            # an error lost the draws: drop the run's steps
+                del cached[engine.truncate(before):]
+        return DecodeRun(drawn, None if error is None else ValueError(error))

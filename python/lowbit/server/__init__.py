@@ -18,6 +18,17 @@ DEFAULT_PREFILL_CHUNK = 256
 # a stream's text of tokens drawn within this many ms of its last chunk waits for the next one
 DEFAULT_STREAM_INTERVAL_MS = 0.0
 MAX_STREAM_INTERVAL_MS = 10000.0
+# a lone decoding request runs its steps in the core for up to this many ms per call (Scheduler:
+# solo runs); its tokens then reach the client together, each still its own chunk
+DEFAULT_SOLO_RUN_MS = 10.0
+MAX_SOLO_RUN_MS = 1000.0
+
+
+def check_ms(name: str, value, maximum: float) -> float:
+    """A number of milliseconds in [0, maximum], else ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= maximum:
+        raise ValueError(f"{name} must be a number in [0, {maximum:g}], got {value!r}")
+    return float(value)
 
 
 def require_server_deps() -> None:
@@ -34,15 +45,16 @@ def require_server_deps() -> None:
 
 def build_app(model, model_name: str, *, parallel: int = 1, max_queue: int = DEFAULT_QUEUE,
               prefill_chunk: Optional[int] = None, api_key: Optional[str] = None,
-              stream_interval_ms: Optional[float] = None):
+              stream_interval_ms: Optional[float] = None, solo_run_ms: Optional[float] = None):
     """The ASGI app serving ``model`` under ``model_name``; the server owns the model from now
     on (its lifespan closes it). ``stream_interval_ms``: a stream's text of tokens drawn within
     that long of its last chunk waits for the next chunk (the first and the last go at once);
-    0: a chunk per token (default DEFAULT_STREAM_INTERVAL_MS)."""
-    interval = DEFAULT_STREAM_INTERVAL_MS if stream_interval_ms is None else stream_interval_ms
-    if (isinstance(interval, bool) or not isinstance(interval, (int, float))
-            or not 0 <= interval <= MAX_STREAM_INTERVAL_MS):
-        raise ValueError(f"stream_interval_ms must be a number in [0, {MAX_STREAM_INTERVAL_MS:g}], got {interval!r}")
+    0: a chunk per token (default DEFAULT_STREAM_INTERVAL_MS). ``solo_run_ms``: while one request
+    decodes alone, its steps run in the core for up to this long per call and its tokens are
+    sent together (each its own chunk); 0: one step per call (default DEFAULT_SOLO_RUN_MS)."""
+    interval = check_ms("stream_interval_ms", DEFAULT_STREAM_INTERVAL_MS if stream_interval_ms is None
+                        else stream_interval_ms, MAX_STREAM_INTERVAL_MS)
+    solo = check_ms("solo_run_ms", DEFAULT_SOLO_RUN_MS if solo_run_ms is None else solo_run_ms, MAX_SOLO_RUN_MS)
     require_server_deps()
     from lowbit.server.app import create_app
     from lowbit.server.metrics import Metrics
@@ -50,7 +62,7 @@ def build_app(model, model_name: str, *, parallel: int = 1, max_queue: int = DEF
     metrics = Metrics()
     backend = SessionBackend(model, parallel)
     scheduler = Scheduler(backend, max_queue=max_queue, prefill_chunk=prefill_chunk or DEFAULT_PREFILL_CHUNK,
-                          metrics=metrics)
+                          metrics=metrics, solo_run_s=solo / 1000.0)
     return create_app(model, model_name, scheduler, metrics, api_key=api_key, piece_interval=interval / 1000.0)
 
 

@@ -56,10 +56,11 @@ class Metrics:
             self.first_tokens += 1
             self.first_token_seconds += seconds
 
-    def on_step(self, generated: int, seconds: float) -> None:
+    def on_step(self, generated: int, seconds: float, steps: int = 1) -> None:
+        """``steps`` forward steps (a solo run: several) that took ``seconds`` and drew ``generated`` tokens."""
         now = time.monotonic()
         with self._lock:
-            self.steps += 1
+            self.steps += steps
             self.step_seconds += seconds
             self.generated_tokens += generated
             self._recent.append((now, generated))

@@ -12,6 +12,8 @@ one thread that advances every busy slot by one forward step at a time.
                        with the job's own sampler (job.on_token), or for a job that needs
                        the row (grammar, log-probs) its last-token logits (job.on_logits
                        samples them); emit text to the handler (thread-safe callback)
+                       one busy slot, decoding, nobody waiting: backend.run(...) draws its
+                       tokens several steps per call of the core (a solo run, <= solo_run_s)
 
 A job that is cancelled (client gone) leaves its slot at the next step boundary; its cached
 tokens stay for the prefix reuse of later requests.
@@ -27,13 +29,15 @@ from typing import Callable, Deque, List, Optional, Sequence, Tuple
 import numpy as np
 
 from lowbit.errors import LowbitError
-from lowbit.runtime.batch import eval_batch
+from lowbit.runtime.batch import decode_run, eval_batch
 from lowbit.runtime.generate import Generation, StopMatcher, Utf8Stream, common_prefix_len
 from lowbit.runtime.sampling import Sampler, SamplingParams
+from lowbit.server import DEFAULT_SOLO_RUN_MS
 
 
 # copy a prefix from another slot only when it saves at least this many tokens of prefill
 MIN_PREFIX_COPY = 16
+DEFAULT_SOLO_RUN_S = DEFAULT_SOLO_RUN_MS / 1000.0
 
 
 class QueueFull(LowbitError):
@@ -290,11 +294,26 @@ class Scheduler:
     ``step([(slot, ids), ...], samplers, before_compute) -> [result, ...]``, one forward for all
     items: per item the last token's logits, or where ``samplers`` has (sampler, history) the
     token id the core drew with that sampler (or the ValueError of a failed draw); it calls
-    ``before_compute()`` right before the core computes (see runtime/batch.py)."""
+    ``before_compute()`` right before the core computes (see runtime/batch.py).
 
-    def __init__(self, backend, *, max_queue: int, prefill_chunk: int, metrics=None):
+    Solo runs: when one job is busy, decoding, sampled in the core, and nobody waits, and the
+    backend has ``run(slot, token, sampler, history, max_steps, stop_ids, seconds, signal,
+    before_compute) -> DecodeRun`` (runtime/batch.py: decode_run), its steps run in the core for
+    up to ``solo_run_s`` seconds per call and the tokens come back together: the per-step Python
+    (here, in eval_batch, the event loop's wake-up and SSE write) then runs once per run, not once
+    per token; each token is still its own Piece (its own SSE chunk). A submit or a cancel sets
+    the run's signal, which ends it after the running step, so a new request waits no longer for
+    its slot than in step-by-step mode. 0 turns solo runs off."""
+
+    def __init__(self, backend, *, max_queue: int, prefill_chunk: int, metrics=None,
+                 solo_run_s: float = DEFAULT_SOLO_RUN_S):
         if max_queue < 0 or prefill_chunk < 1:
             raise ValueError(f"max_queue must be >= 0 and prefill_chunk >= 1, got {max_queue}, {prefill_chunk}")
+        if isinstance(solo_run_s, bool) or not isinstance(solo_run_s, (int, float)) or not 0 <= solo_run_s <= 60:
+            raise ValueError(f"solo_run_s must be a number of seconds in [0, 60], got {solo_run_s!r}")
+        from lowbit import _core
+        self.solo_run_s = float(solo_run_s)
+        self._run_signal = _core.RunSignal()    # ends a solo run: set by submit and cancel
         self.backend = backend
         self.slots: List[Slot] = list(backend.slots)
         self.n_ctx = int(backend.n_ctx)
@@ -325,6 +344,7 @@ class Scheduler:
         """Ends the loop after the running step; queued and running jobs fail with 503."""
         with self._cond:
             self._stopping = True
+            self._run_signal.set()
             self._cond.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout)
@@ -348,11 +368,13 @@ class Scheduler:
                 raise QueueFull(f"the server is busy: {len(self._pending)} requests are waiting "
                                 f"(queue size {self.max_queue}, {len(self.slots)} parallel slots); retry later")
             self._pending.extend(jobs)
+            self._run_signal.set()
             self._cond.notify_all()
 
     def cancel(self, job) -> None:
         """The client went away: the job leaves the queue, or its slot at the next step."""
         job.cancelled = True
+        self._run_signal.set()
         with self._cond:
             self._cond.notify_all()
 
@@ -472,6 +494,8 @@ class Scheduler:
         if not items:
             self._run_hooks()
             return
+        if len(items) == 1 and self._solo_run(*items[0]):
+            return
         t0 = time.perf_counter()
         # a job that draws its next token after this step (decoding, or its prompt's last chunk)
         # and needs no logits row in Python is sampled in the core, right after the forward
@@ -512,6 +536,50 @@ class Scheduler:
         if self.metrics is not None:
             self.metrics.on_step(generated, time.perf_counter() - t0)
 
+    def _solo_run(self, slot: Slot, ids: List[int]) -> bool:
+        """The step of a lone decoding job as a solo run (see the class); False when it is not
+        one (prefilling, logits needed in Python, someone waiting, off)."""
+        job = slot.job
+        run = getattr(self.backend, "run", None)
+        if (run is None or self.solo_run_s <= 0 or job.prefilling or not job.samples_in_core
+                or job.request.max_new_tokens - job.record.generated_tokens < 2):
+            return False
+        self._run_signal.clear()
+        if self._pending or job.cancelled or self._stopping:   # what set the signal before the clear
+            return False
+        n_past = len(job.history) - 1       # the cache holds all but the last drawn token
+        max_steps = min(job.request.max_new_tokens - job.record.generated_tokens, self.n_ctx - n_past)
+        t0 = time.perf_counter()
+        try:
+            got = run(slot, job.next_token, job.sampler, job.history, max_steps=max_steps,
+                      stop_ids=sorted(job.stop_ids), seconds=self.solo_run_s, signal=self._run_signal,
+                      before_compute=self._run_hooks)
+        except Exception as e:          # noqa: BLE001 - as a failed step: this request fails
+            job.fail(500, f"the forward step failed: {type(e).__name__}: {e}")
+            slot.release()
+            self._run_hooks()
+            return True
+        used = 0
+        try:
+            for token in got.tokens:
+                used += 1
+                job.on_token(token)
+                if job.finished:
+                    break
+            if got.error is not None and not job.finished:
+                raise got.error
+        except Exception as e:          # noqa: BLE001
+            job.fail(500, f"sampling failed: {type(e).__name__}: {e}")
+        if job.finished:
+            # the steps past the finishing token are dropped: the cache holds what step by
+            # step would have left (the prompt and every generated token but the last)
+            if slot.session.n_past > n_past + used:
+                slot.session.truncate(n_past + used)
+            slot.release()
+        if self.metrics is not None:
+            self.metrics.on_step(used, time.perf_counter() - t0, steps=len(got.tokens) + (got.error is not None))
+        return True
+
     def _fail_all(self, status: int, message: str) -> None:
         with self._cond:
             pending, self._pending = list(self._pending), collections.deque()
@@ -540,3 +608,7 @@ class SessionBackend:
     def step(self, items, samplers=None, before_compute=None):
         return eval_batch([(slot.session, ids) for slot, ids in items], samplers=samplers,
                           before_compute=before_compute)
+
+    def run(self, slot, token, sampler, history, *, max_steps, stop_ids, seconds, signal, before_compute=None):
+        return decode_run(slot.session, token, sampler, history, max_steps=max_steps, stop_ids=stop_ids,
+                          seconds=seconds, signal=signal, before_compute=before_compute)

@@ -612,6 +612,8 @@ struct PackedKqStrip {
 
 }  // namespace
 
+void add_packed_q6k_gemms(KernelSet& k);   // packed_q6k_avx512.cpp: packed, packed_to_strip, packed_gemv, packed_pair of Q6_K
+
 void add_packed_gemms(KernelSet& k) {
     auto set = [&](GGMLType t, StripGemmFn gemm, StripDecodeFn to_strip, StripGemvFn gemv) {
         k[t].strip.packed = gemm;
@@ -630,10 +632,9 @@ void add_packed_gemms(KernelSet& k) {
     k[GGMLType::Q8_0].strip.packed_pair = pair_gemm<PackedStrip<Kind::Q8, false>>;
     set(GGMLType::Q4_K, packed_kq_gemm<KQ::Q4K>, packed_kq_to_strip<KQ::Q4K>, packed_kq_gemv<KQ::Q4K>);
     set(GGMLType::Q5_K, packed_kq_gemm<KQ::Q5K>, packed_kq_to_strip<KQ::Q5K>, packed_kq_gemv<KQ::Q5K>);
-    set(GGMLType::Q6_K, packed_kq_gemm<KQ::Q6K>, packed_kq_to_strip<KQ::Q6K>, packed_kq_gemv<KQ::Q6K>);
+    add_packed_q6k_gemms(k);   // packed_q6k_avx512.cpp (its pair GEMM too)
     k[GGMLType::Q4_K].strip.packed_pair = pair_gemm<PackedKqStrip<KQ::Q4K>>;
     k[GGMLType::Q5_K].strip.packed_pair = pair_gemm<PackedKqStrip<KQ::Q5K>>;
-    k[GGMLType::Q6_K].strip.packed_pair = pair_gemm<PackedKqStrip<KQ::Q6K>>;
     // Decoded strips: every type whose strip GEMM is dot_avx512.cpp's strip_gemm<Block, kMin>
     // (legacy, k-quants; the i-quants through strip_gemm_b32 / b16, no min).
     for (GGMLType t : {GGMLType::Q4_1, GGMLType::Q5_1, GGMLType::Q4_K, GGMLType::Q5_K})

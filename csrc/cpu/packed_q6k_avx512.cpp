@@ -93,7 +93,7 @@ LOWBIT_HOT void float_step(__m512 acc[NR], const __m512i isum[NR], const uint8_t
 struct Ahead {
     const uint8_t *p = nullptr, *end = nullptr;
     int64_t span = 0;
-    int64_t step(int nsb) const { return p ? ((span + nsb - 1) / nsb + 63) / 64 * 64 : 0; }
+    int64_t step(int nsb) const { return p ? (span + nsb - 1) / nsb : 0; }
 };
 
 // Bytes of one packed strip of nsb super-blocks (PackedLayout).

@@ -8,10 +8,11 @@
 // sum(a)), then acc = fma(float(isum) * d_a, dw, acc), blocks in order, dw = d * sc exact in f32.
 // So every kernel here gives the strip GEMM's bits on the unpacked rows.
 //
-// Cost per super-block of 16 rows (3360 bytes), one activation row: 64 vpdpbusd, and per group of
-// 4 sub-blocks' dwords 11 ops of unpack (below), 16 float steps. The unpack is the part that
-// made the one-token gemv compute-bound (13 ops a group before); the float step cannot shrink
-// without changing bits.
+// Cost per super-block of 16 rows (3360 bytes) and activation row: 64 vpdpbusd and 16 float
+// steps (3 FP ops each), plus per group of 4 sub-blocks' dwords 11 ops of unpack (below) shared by
+// the rows. Measured on one Zen 5 core, strips in L1/L2: ~77 TSC cycles per super-block for one
+// row (~40 bytes/cycle: far above a core's share of DRAM), ~100 / ~172 / ~322 for 2 / 4 / 8 rows,
+// where the float steps weigh most; they cannot shrink without changing the bits.
 #pragma GCC optimize("fp-contract=off")
 #include <immintrin.h>
 

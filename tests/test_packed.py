@@ -226,3 +226,43 @@ def test_packed_kquant_experts_match_unpacked(tmp_path_factory, monkeypatch, wei
     for bit at 16, 40 and 120 tokens, checked by hand.)"""
     import test_moe
     test_moe.test_packed_experts_match_unpacked(tmp_path_factory, monkeypatch, "qwen3moe", weight_type)
+
+
+@pytest.mark.skipif(not _AVX512, reason="no packed GEMM without AVX-512")
+def test_packed_q6k_extreme_blocks_equal_strip_gemm(kernel_set):
+    """Q6_K's own kernels (packed_q6k_avx512.cpp: the unpack of ql nibbles + qh pairs, dw from the
+    int8 scales through d * 2^-24 * (sc * 2^24)) at the edges random blocks rarely reach together:
+    quants all 0 or all 63 (every qh bit set / clear), scales -128 / 127 / 0, fp16 d subnormal
+    (2^-24), 1 and 65504. Every path (one-token gemv, the 1..8-row GEMM and the pair GEMM of 2..15
+    rows, packed -> strip for many rows) equals the strip GEMM on the unpacked GGML rows bit for
+    bit, and the q8 rows stay within tier 1 of the scalar spec."""
+    kernel_set("avx512")
+    rng = np.random.default_rng(7500)
+    rows, cols = 16 * 5 + 7, 768
+    w = random_weights(rng, "Q6_K", rows, cols)
+    blocks = w.reshape(-1, 210)   # ql[128] qh[64] scales int8[16] d fp16
+    kind = np.arange(len(blocks)) % 6
+    blocks[kind == 0, :192] = 0xFF                         # every quant 63
+    blocks[kind == 1, :192] = 0x00                         # every quant 0
+    blocks[kind == 2, 128:192] = 0xFF                      # high pairs all set, low nibbles random
+    blocks[kind == 3, 192:208] = np.array([-128, 127] * 8, np.int8).view(np.uint8)
+    blocks[kind == 4, 192:208] = np.array([-128, 0, 1, -1] * 4, np.int8).view(np.uint8)
+    d_choices = np.array([2.0 ** -24, 1.0, 65504.0, 1e-3], np.float16)
+    blocks[:, 208:210] = d_choices[rng.integers(0, 4, len(blocks))].view(np.uint8).reshape(-1, 2)
+    p = np.asarray(_core.cpu_pack_rows(w.reshape(-1), "Q6_K", rows, cols))
+    x = (rng.standard_normal((16, cols)) * rng.uniform(0.1, 10, size=(16, 1))).astype(np.float32)
+    for prec in ("q8", "high"):   # 16 rows: matmul takes the strip GEMM (fewer: the multi-row dots)
+        strip = raw_matmul(w, "Q6_K", rows, cols, x, precision=prec, small_batches=True)
+        for n in (1, 2, 3, 5, 8, 9, 15, 16):
+            assert np.array_equal(packed_matmul(p, "Q6_K", rows, cols, x[:n], precision=prec), strip[:n]), (prec, n)
+        for i in (0, 7):
+            one = packed_matmul(p, "Q6_K", rows, cols, x[i:i + 1], threads=1, precision=prec)
+            assert np.array_equal(one[0], strip[i]), (prec, i)
+    got = packed_matmul(p, "Q6_K", rows, cols, x[:4], precision="q8")
+    kernel_set("scalar")
+    w64 = np.abs(dequant_weights("Q6_K", w)).reshape(rows, cols)
+    for i in range(4):
+        act, a64 = make_act("Q6_K", x[i])
+        ref = np.array([cpu.vec_dot("Q6_K", w[r], act) for r in range(rows)])
+        tol = 2e-7 * tier1_blocks("Q6_K", cols) * (w64 @ np.abs(a64))
+        assert np.all(np.abs(got[i] - ref) <= tol), i

@@ -1,5 +1,5 @@
 // packed_avx512.cpp: the strip GEMM on packed strips (kernels.h, PackedLayout) for the legacy
-// types and the k-quants (Q4_K, Q5_K, Q6_K; below the legacy kernels): the weights are read in place, 16 rows per zmm lane set, and turned into the strip GEMM's
+// types and the k-quants Q4_K, Q5_K (below the legacy kernels; Q6_K's in packed_q6k_avx512.cpp): the weights are read in place, 16 rows per zmm lane set, and turned into the strip GEMM's
 // unsigned values in registers (nibble mask / shift, a masked OR for Q5's bit 4, an XOR for
 // Q8_0's sign), so a call pays no strip decode, however few activation rows it has.
 //
@@ -278,18 +278,18 @@ void pair_gemm(int n, const void* strip, size_t strip_stride, const void* act_gr
 
 
 // ---- k-quants (kernels.h, PackedLayout: one record per super-block, then d and dmin) ----------
-// The strip GEMM's blocks are the sub-blocks (32 elements for Q4_K / Q5_K, 16 for Q6_K), and its
+// The strip GEMM's blocks are the sub-blocks (32 elements), and its
 // dw / mw the exact f32 products d * sc and -dmin * m (11 + 8 significant bits at most), so
 // decoding them here from the packed 6-bit (int8) scales with other instructions than the strip
 // decoder gives the same floats, and the same integer sums and float steps give the same bits.
-enum class KQ { Q4K, Q5K, Q6K };
+enum class KQ { Q4K, Q5K };   // Q6_K: packed_q6k_avx512.cpp
 template <KQ T>
 struct KqGeo {
-    static constexpr int64_t kRec = T == KQ::Q4K ? 2240 : T == KQ::Q5K ? 2752 : 3328;   // record bytes
-    static constexpr int64_t kQh = 2048;                                              // Q5_K Q6_K
-    static constexpr int64_t kSc = T == KQ::Q4K ? 2048 : T == KQ::Q5K ? 2560 : 3072;
-    static constexpr bool kMin = T != KQ::Q6K;
-    static constexpr int kBlock = T == KQ::Q6K ? 16 : 32;
+    static constexpr int64_t kRec = T == KQ::Q4K ? 2240 : 2752;   // record bytes
+    static constexpr int64_t kQh = 2048;                         // Q5_K
+    static constexpr int64_t kSc = T == KQ::Q4K ? 2048 : 2560;
+    static constexpr bool kMin = true;
+    static constexpr int kBlock = 32;
     static constexpr int kSub = 256 / kBlock;   // strip blocks per super-block
     const uint8_t *rec0, *d, *m;
     KqGeo(const void* strip, int nsb)
@@ -322,11 +322,6 @@ template <KQ T>
 LOWBIT_HOT void load_sc3(const uint8_t* rec, __m512i sc3[3]) {
     for (int i = 0; i < 3; ++i) sc3[i] = _mm512_loadu_si512(rec + KqGeo<T>::kSc + 64 * i);
 }
-// Q6_K: the int8 scale of sub-block s of the 16 rows (sc4[i] = bytes 4i..4i+3 of each row's scales).
-LOWBIT_HOT __m512i q6k_scale(const __m512i sc4[4], int s) {
-    return _mm512_srai_epi32(_mm512_slli_epi32(sc4[s >> 2], 24 - 8 * (s & 3)), 24);
-}
-
 // Q4_K / Q5_K: the unsigned values of groups (dword) g of chunk c: low nibbles -> sub-block 2c,
 // high -> 2c + 1 (Q5_K: bit 4 from qh dword g, bit 2c / 2c + 1 of each byte).
 template <KQ T>
@@ -339,28 +334,6 @@ LOWBIT_HOT void k4_group_pair(const uint8_t* rec, int c, int g, __m512i& lo, __m
         lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(h, _mm512_set1_epi8(char(1 << (2 * c)))), lo, b16);
         hi = _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(h, _mm512_set1_epi8(char(2 << (2 * c)))), hi, b16);
     }
-}
-
-// Q6_K: the unsigned values (q, 0..63) of group g of the four sub-blocks 8h + 2Q + part (Q = 0..3)
-// that share their ql / qh dwords: u[Q].
-LOWBIT_HOT void q6k_groups4(const uint8_t* rec, int h, int part, int g, __m512i u[4]) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
-    const __m512i ql0 = _mm512_loadu_si512(rec + 64 * (16 * h + 4 * part + g));
-    const __m512i ql1 = _mm512_loadu_si512(rec + 64 * (16 * h + 8 + 4 * part + g));
-    const __m512i qh = _mm512_loadu_si512(rec + KqGeo<KQ::Q6K>::kQh + 64 * (8 * h + 4 * part + g));
-    u[0] = _mm512_or_si512(_mm512_and_si512(ql0, m4), _mm512_and_si512(_mm512_slli_epi16(qh, 4), m30));
-    u[1] = _mm512_or_si512(_mm512_and_si512(ql1, m4), _mm512_and_si512(_mm512_slli_epi16(qh, 2), m30));
-    u[2] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql0, 4), m4), _mm512_and_si512(qh, m30));
-    u[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql1, 4), m4), _mm512_and_si512(_mm512_srli_epi16(qh, 2), m30));
-}
-
-// Q6_K: group g of sub-block 8h + 2q + part alone (the pair GEMM's Source).
-LOWBIT_HOT __m512i q6k_group1(const uint8_t* rec, int h, int q, int part, int g) {
-    const __m512i ql = _mm512_loadu_si512(rec + 64 * (16 * h + 8 * (q & 1) + 4 * part + g));
-    const __m512i qh = _mm512_loadu_si512(rec + KqGeo<KQ::Q6K>::kQh + 64 * (8 * h + 4 * part + g));
-    const __m512i lo4 = _mm512_and_si512(q >= 2 ? _mm512_srli_epi16(ql, 4) : ql, _mm512_set1_epi8(0x0F));
-    const __m512i hi2 = _mm512_and_si512(_mm512_srli_epi16(qh, 2 * q), _mm512_set1_epi8(0x03));
-    return _mm512_or_si512(lo4, _mm512_slli_epi16(hi2, 4));
 }
 
 // The requests ahead of a one-token call (StripGemvFn): lines [sb, sb + 1) * step of `ahead`.
@@ -447,64 +420,10 @@ __attribute__((hot)) void packed_k4_n(int n, const void* strip, const void* act_
     for (int r = 0; r < NR; ++r) _mm512_storeu_ps(out + r * kStripRows, acc[r]);
 }
 
-// Q6_K on a packed strip, NR <= 4 activation rows: per half super-block, the four sub-blocks that
-// share ql / qh dwords (8h + part + 0, 2, 4, 6) are summed together for part 0, then part 1, and
-// the 8 blocks' float steps run in order after both.
-// slot0: the first activation slot of the group these NR rows are.
-template <int NR>
-__attribute__((hot)) void packed_q6k_n(int n, const void* strip, const void* act_group, float* out,
-                                       const uint8_t* ahead = nullptr, const uint8_t* ahead_end = nullptr, int slot0 = 0) {
-    static_assert(NR >= 1 && NR <= 4, "Q6_K: up to 4 rows a pass");
-    using G = KqGeo<KQ::Q6K>;
-    const int nsb = n / QK_K;
-    constexpr int64_t kAct = StripActLayout::block_bytes(16), kCorr = StripActLayout::corr(16);
-    const G geo(strip, nsb);
-    const auto* pa0 = static_cast<const uint8_t*>(act_group);
-    const int64_t strip_bytes = (nsb * (G::kRec + 32) + 63) / 64 * 64, step = (strip_bytes + nsb - 1) / nsb;
-    __m512 acc[NR];
-    for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
-    for (int sb = 0; sb < nsb; ++sb) {
-        request_ahead(ahead, ahead_end, sb, step);
-        const uint8_t* rec = geo.rec(sb);
-        __m512i sc4[4];
-        for (int i = 0; i < 4; ++i) sc4[i] = _mm512_loadu_si512(rec + G::kSc + 64 * i);
-        const __m512 d = geo.dw16(sb);
-        for (int h = 0; h < 2; ++h) {
-            const uint8_t* pa = pa0 + (16 * sb + 8 * h) * kAct;   // block 8h + s8 of the super-block
-            __m512i isum[8][NR];
-#pragma GCC unroll 2
-            for (int part = 0; part < 2; ++part) {
-                for (int q = 0; q < 4; ++q)
-                    for (int r = 0; r < NR; ++r)
-                        isum[2 * q + part][r] = _mm512_set1_epi32(act_i32(pa + (2 * q + part) * kAct + kCorr + 4 * (slot0 + r)));
-#pragma GCC unroll 4
-                for (int g = 0; g < 4; ++g) {
-                    __m512i u[4];
-                    q6k_groups4(rec, h, part, g, u);
-                    for (int q = 0; q < 4; ++q)
-                        for (int r = 0; r < NR; ++r)
-                            isum[2 * q + part][r] = _mm512_dpbusd_epi32(
-                                isum[2 * q + part][r], u[q], _mm512_set1_epi32(act_i32(pa + (2 * q + part) * kAct + (slot0 + r) * 16 + 4 * g)));
-                }
-            }
-#pragma GCC unroll 8
-            for (int s8 = 0; s8 < 8; ++s8)
-                block_float_step<NR, false>(acc, isum[s8], pa + s8 * kAct, 16,
-                                            _mm512_mul_ps(d, _mm512_cvtepi32_ps(q6k_scale(sc4, 8 * h + s8))), _mm512_setzero_ps(), slot0);
-        }
-    }
-    for (int r = 0; r < NR; ++r) _mm512_storeu_ps(out + r * kStripRows, acc[r]);
-}
-
 template <KQ T, int NR>
 void packed_kq_n(int n, const void* strip, const void* act_group, float* out, const uint8_t* ahead = nullptr,
                  const uint8_t* ahead_end = nullptr) {
-    if constexpr (T != KQ::Q6K) packed_k4_n<T, NR>(n, strip, act_group, out, ahead, ahead_end);
-    else if constexpr (NR <= 4) packed_q6k_n<NR>(n, strip, act_group, out, ahead, ahead_end);
-    else {   // two passes over the strip (registers): each row's sums and steps are unchanged
-        packed_q6k_n<4>(n, strip, act_group, out);
-        packed_q6k_n<NR - 4>(n, strip, act_group, out + 4 * kStripRows, nullptr, nullptr, 4);
-    }
+    packed_k4_n<T, NR>(n, strip, act_group, out, ahead, ahead_end);
 }
 
 template <KQ T>
@@ -538,37 +457,21 @@ void packed_kq_to_strip(int n, const void* packed, size_t, int, void* strip) {
         const uint8_t* rec = geo.rec(sb);
         uint8_t* o = out + sb * G::kSub * kBytes;   // block s of the super-block at o + s * kBytes
         const __m512 d = geo.dw16(sb);
-        if constexpr (T != KQ::Q6K) {
-            __m512i sc3[3];
-            load_sc3<T>(rec, sc3);
-            const __m512 ndmin = geo.neg_dmin16(sb);
-            for (int c = 0; c < 4; ++c)
-                for (int g = 0; g < 8; ++g) {
-                    __m512i lo, hi;
-                    k4_group_pair<T>(rec, c, g, lo, hi);
-                    _mm512_store_si512(o + 2 * c * kBytes + 64 * g, lo);
-                    _mm512_store_si512(o + (2 * c + 1) * kBytes + 64 * g, hi);
-                }
-            for (int s = 0; s < 8; ++s) {
-                __m512i sc, m;
-                k4_scale_min(sc3, s, sc, m);
-                _mm512_store_ps(o + s * kBytes + kD, _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc)));
-                _mm512_store_ps(o + s * kBytes + kM, _mm512_mul_ps(ndmin, _mm512_cvtepi32_ps(m)));
+        __m512i sc3[3];
+        load_sc3<T>(rec, sc3);
+        const __m512 ndmin = geo.neg_dmin16(sb);
+        for (int c = 0; c < 4; ++c)
+            for (int g = 0; g < 8; ++g) {
+                __m512i lo, hi;
+                k4_group_pair<T>(rec, c, g, lo, hi);
+                _mm512_store_si512(o + 2 * c * kBytes + 64 * g, lo);
+                _mm512_store_si512(o + (2 * c + 1) * kBytes + 64 * g, hi);
             }
-        } else {
-            __m512i sc4[4];
-            for (int i = 0; i < 4; ++i) sc4[i] = _mm512_loadu_si512(rec + G::kSc + 64 * i);
-            for (int h = 0; h < 2; ++h)
-                for (int part = 0; part < 2; ++part)
-                    for (int g = 0; g < 4; ++g) {
-                        __m512i u[4];
-                        q6k_groups4(rec, h, part, g, u);
-                        for (int q = 0; q < 4; ++q) _mm512_store_si512(o + (8 * h + 2 * q + part) * kBytes + 64 * g, u[q]);
-                    }
-            for (int s = 0; s < 16; ++s) {
-                _mm512_store_ps(o + s * kBytes + kD, _mm512_mul_ps(d, _mm512_cvtepi32_ps(q6k_scale(sc4, s))));
-                _mm512_store_ps(o + s * kBytes + kM, _mm512_setzero_ps());
-            }
+        for (int s = 0; s < 8; ++s) {
+            __m512i sc, m;
+            k4_scale_min(sc3, s, sc, m);
+            _mm512_store_ps(o + s * kBytes + kD, _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc)));
+            _mm512_store_ps(o + s * kBytes + kM, _mm512_mul_ps(ndmin, _mm512_cvtepi32_ps(m)));
         }
     }
 }
@@ -586,30 +489,18 @@ struct PackedKqStrip {
     __attribute__((always_inline)) void pair(int b, int k, __m512i& lo, __m512i& hi) const {
         const int sb = b / G::kSub, s = b % G::kSub;
         const uint8_t* rec = geo.rec(sb);
-        if constexpr (T != KQ::Q6K) {
-            __m512i l0, h0, l1, h1;
-            k4_group_pair<T>(rec, s >> 1, k, l0, h0);
-            k4_group_pair<T>(rec, s >> 1, k + 4, l1, h1);
-            lo = s & 1 ? h0 : l0;
-            hi = s & 1 ? h1 : l1;
-        } else {
-            const int h = s >> 3, q = (s & 7) >> 1, part = s & 1;
-            lo = q6k_group1(rec, h, q, part, k);
-            hi = q6k_group1(rec, h, q, part, k + 2);
-        }
+        __m512i l0, h0, l1, h1;
+        k4_group_pair<T>(rec, s >> 1, k, l0, h0);
+        k4_group_pair<T>(rec, s >> 1, k + 4, l1, h1);
+        lo = s & 1 ? h0 : l0;
+        hi = s & 1 ? h1 : l1;
     }
     __m512 dw(int b) const {
         const int sb = b / G::kSub, s = b % G::kSub;
-        if constexpr (T != KQ::Q6K) {
-            __m512i sc3[3], sc, m;
-            load_sc3<T>(geo.rec(sb), sc3);
-            k4_scale_min(sc3, s, sc, m);
-            return _mm512_mul_ps(geo.dw16(sb), _mm512_cvtepi32_ps(sc));
-        } else {
-            __m512i sc4[4];
-            for (int i = 0; i < 4; ++i) sc4[i] = _mm512_loadu_si512(geo.rec(sb) + G::kSc + 64 * i);
-            return _mm512_mul_ps(geo.dw16(sb), _mm512_cvtepi32_ps(q6k_scale(sc4, s)));
-        }
+        __m512i sc3[3], sc, m;
+        load_sc3<T>(geo.rec(sb), sc3);
+        k4_scale_min(sc3, s, sc, m);
+        return _mm512_mul_ps(geo.dw16(sb), _mm512_cvtepi32_ps(sc));
     }
     __m512 mw(int b) const {
         const int sb = b / G::kSub, s = b % G::kSub;
@@ -621,6 +512,8 @@ struct PackedKqStrip {
 };
 
 }  // namespace
+
+void add_packed_q6k_gemms(KernelSet& k);   // packed_q6k_avx512.cpp: packed, packed_to_strip, packed_gemv, packed_pair of Q6_K
 
 void add_packed_gemms(KernelSet& k) {
     auto set = [&](GGMLType t, StripGemmFn gemm, StripDecodeFn to_strip, StripGemvFn gemv) {
@@ -640,10 +533,9 @@ void add_packed_gemms(KernelSet& k) {
     k[GGMLType::Q8_0].strip.packed_pair = pair_gemm<PackedStrip<Kind::Q8, false>>;
     set(GGMLType::Q4_K, packed_kq_gemm<KQ::Q4K>, packed_kq_to_strip<KQ::Q4K>, packed_kq_gemv<KQ::Q4K>);
     set(GGMLType::Q5_K, packed_kq_gemm<KQ::Q5K>, packed_kq_to_strip<KQ::Q5K>, packed_kq_gemv<KQ::Q5K>);
-    set(GGMLType::Q6_K, packed_kq_gemm<KQ::Q6K>, packed_kq_to_strip<KQ::Q6K>, packed_kq_gemv<KQ::Q6K>);
+    add_packed_q6k_gemms(k);   // packed_q6k_avx512.cpp (its pair GEMM too)
     k[GGMLType::Q4_K].strip.packed_pair = pair_gemm<PackedKqStrip<KQ::Q4K>>;
     k[GGMLType::Q5_K].strip.packed_pair = pair_gemm<PackedKqStrip<KQ::Q5K>>;
-    k[GGMLType::Q6_K].strip.packed_pair = pair_gemm<PackedKqStrip<KQ::Q6K>>;
     // Decoded strips: every type whose strip GEMM is dot_avx512.cpp's strip_gemm<Block, kMin>
     // (legacy, k-quants; the i-quants through strip_gemm_b32 / b16, no min).
     for (GGMLType t : {GGMLType::Q4_1, GGMLType::Q5_1, GGMLType::Q4_K, GGMLType::Q5_K})

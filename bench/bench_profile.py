@@ -190,8 +190,7 @@ def worker(args) -> int:
         engines = open_sessions(core, path, args.threads, n, PROMPT + args.steps + 8)
         decode_steps(core, engines, 4)
         out[str(n)] = n * args.steps / min(decode_steps(core, engines, args.steps) for _ in range(2))
-        if n == 1:
-            out["weight_bytes"] = engines[0].memory()["weights_bytes"]
+        out.setdefault("weight_bytes", engines[0].memory()["weights_bytes"])
         for e in engines:
             e.close()
     print(json.dumps(out))

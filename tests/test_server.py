@@ -165,19 +165,26 @@ def test_chat_stream_matches_non_stream(server):
     assert len({ch.id for ch in chunks}) == 1
 
 
+def lone_stream(model_path, local, *server_args):
+    """One greedy 24-token completion streamed alone from a server started with server_args:
+    (Model.generate's Generation, the chunks, their non-empty texts, the server's /metrics after)."""
+    prompt = "The three primary colours are"
+    want = local.generate(prompt, temperature=0, max_new_tokens=24)
+    s = Server(model_path, *server_args)
+    try:
+        chunks = list(s.client().completions.create(model=ALIAS, prompt=prompt, stream=True, temperature=0,
+                                                    max_tokens=24))
+        metrics = s.get("/metrics")
+    finally:
+        s.stop()
+    return want, chunks, [ch.choices[0].text for ch in chunks if ch.choices and ch.choices[0].text], metrics
+
+
 def test_stream_interval_joins_tokens_into_fewer_chunks(model_path, local):
     """--stream-interval-ms: the first token's text goes at once; text of the tokens drawn within
     the interval after it waits and goes as one chunk (here: the rest of the reply, sent before
     the finish). The text is Model.generate's either way."""
-    prompt = "The three primary colours are"
-    want = local.generate(prompt, temperature=0, max_new_tokens=24)
-    s = Server(model_path, "--stream-interval-ms", "10000")
-    try:
-        chunks = list(s.client().completions.create(model=ALIAS, prompt=prompt, stream=True, temperature=0,
-                                                    max_tokens=24))
-    finally:
-        s.stop()
-    texts = [ch.choices[0].text for ch in chunks if ch.choices and ch.choices[0].text]
+    want, chunks, texts, _ = lone_stream(model_path, local, "--stream-interval-ms", "10000")
     assert "".join(texts) == want.text and want.generated_tokens == 24
     assert len(texts) == 2 and texts[0] == local.detokenize(want.tokens[:1])
     assert chunks[-1].choices[0].finish_reason == "length"
@@ -187,16 +194,7 @@ def test_lone_stream_in_solo_runs_sends_a_chunk_per_token(model_path, local):
     """--solo-run-ms 1000: a lone request's tokens are drawn many steps per call of the core and
     reach the event loop together, yet each token's text is still its own chunk (OpenAI's
     semantics); the reply is Model.generate's."""
-    prompt = "The three primary colours are"
-    want = local.generate(prompt, temperature=0, max_new_tokens=24)
-    s = Server(model_path, "--solo-run-ms", "1000")
-    try:
-        chunks = list(s.client().completions.create(model=ALIAS, prompt=prompt, stream=True, temperature=0,
-                                                    max_tokens=24))
-        status, metrics = s.get("/metrics")
-    finally:
-        s.stop()
-    texts = [ch.choices[0].text for ch in chunks if ch.choices and ch.choices[0].text]
+    want, chunks, texts, (status, metrics) = lone_stream(model_path, local, "--solo-run-ms", "1000")
     assert texts == [local.detokenize([t]) for t in want.tokens] and want.generated_tokens == 24
     assert chunks[-1].choices[0].finish_reason == "length"
     # /metrics counts the forward steps of a run, not the run: the prompt's step and 23 decode steps

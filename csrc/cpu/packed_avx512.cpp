@@ -61,6 +61,15 @@ struct PackedPtrs {
     }
 };
 
+// The one-token gemv (legacy types and Q4_K / Q5_K): the same lines kGemvFar bytes further ahead into L2 (T1), so that
+// more of the weight stream is in flight than the L1's miss buffers hold.
+constexpr int64_t kGemvFar = 24 << 10;
+LOWBIT_HOT void request_far(const uint8_t* ahead, const uint8_t* ahead_end, int64_t sb, int64_t step) {
+    if (!ahead) return;
+    for (const uint8_t *p = ahead + kGemvFar + sb * step, *e = std::min(p + step, ahead_end); p < e; p += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1);
+}
+
 // With `ahead` (the one-token gemv, StripGemvFn): block b also requests lines [b, b + 1) * step
 // of `ahead` (up to ahead_end), step = the strip's bytes per block, so the whole request stream
 // spans one strip's bytes while the strip is multiplied.
@@ -81,9 +90,11 @@ __attribute__((hot)) void packed_gemm_n(int n, const void* strip, const void* ac
     __m512 acc[NR];
     for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
     for (int b = 0; b < nb; ++b) {
-        if (ahead)
+        if (ahead) {
             for (const uint8_t *p = ahead + b * step, *e = std::min(p + step, ahead_end); p < e; p += 64)
                 __builtin_prefetch(p, 0, 3);
+            request_far(ahead, ahead_end, b, step);
+        }
         const uint8_t* q = qs + size_t(b) * kQs;
         const uint8_t* pa = pa0 + size_t(b) * kAct;
         __m512i w[8];   // w[g]: elements 4g..4g+3 of the 16 rows, unsigned
@@ -342,14 +353,6 @@ LOWBIT_HOT void request_ahead(const uint8_t* ahead, const uint8_t* ahead_end, in
     for (const uint8_t *p = ahead + sb * step, *e = std::min(p + step, ahead_end); p < e; p += 64) __builtin_prefetch(p, 0, 3);
 }
 
-// Q4_K / Q5_K's one-token gemv: the same lines kGemvFar bytes further ahead into L2 (T1), so that
-// more of the weight stream is in flight than the L1's miss buffers hold.
-constexpr int64_t kGemvFar = 24 << 10;
-LOWBIT_HOT void request_far(const uint8_t* ahead, const uint8_t* ahead_end, int64_t sb, int64_t step) {
-    if (!ahead) return;
-    for (const uint8_t *p = ahead + kGemvFar + sb * step, *e = std::min(p + step, ahead_end); p < e; p += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1);
-}
 
 // The float step of the strip GEMM for one block and NR rows (strip_gemm_n's, same order).
 // Activation slots slot0 .. slot0 + NR - 1 of the block at pa.

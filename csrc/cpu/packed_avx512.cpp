@@ -498,19 +498,21 @@ struct PackedKqStrip {
         lo = s & 1 ? h0 : l0;
         hi = s & 1 ? h1 : l1;
     }
+    // Block b's integer scale and min of the 16 rows (its sub-block of super-block b / kSub).
+    __attribute__((always_inline)) void scale_min(int b, __m512i& sc, __m512i& m) const {
+        __m512i sc3[3];
+        load_sc3<T>(geo.rec(b / G::kSub), sc3);
+        k4_scale_min(sc3, b % G::kSub, sc, m);
+    }
     __m512 dw(int b) const {
-        const int sb = b / G::kSub, s = b % G::kSub;
-        __m512i sc3[3], sc, m;
-        load_sc3<T>(geo.rec(sb), sc3);
-        k4_scale_min(sc3, s, sc, m);
-        return _mm512_mul_ps(geo.dw16(sb), _mm512_cvtepi32_ps(sc));
+        __m512i sc, m;
+        scale_min(b, sc, m);
+        return _mm512_mul_ps(geo.dw16(b / G::kSub), _mm512_cvtepi32_ps(sc));
     }
     __m512 mw(int b) const {
-        const int sb = b / G::kSub, s = b % G::kSub;
-        __m512i sc3[3], sc, m;
-        load_sc3<T>(geo.rec(sb), sc3);
-        k4_scale_min(sc3, s, sc, m);
-        return _mm512_mul_ps(geo.neg_dmin16(sb), _mm512_cvtepi32_ps(m));
+        __m512i sc, m;
+        scale_min(b, sc, m);
+        return _mm512_mul_ps(geo.neg_dmin16(b / G::kSub), _mm512_cvtepi32_ps(m));
     }
 };
 

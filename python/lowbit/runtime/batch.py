@@ -52,6 +52,22 @@ def _core_items(pairs, samplers) -> list:
     return out
 
 
+def _check_free(session: "Session", where: str) -> None:
+    """LowbitError naming ``where`` unless ``session`` (its lock held) is open and idle."""
+    if session._closed:
+        raise LowbitError(f"{where}: this {type(session).__name__} is closed")
+    if session._active is not None:
+        raise LowbitError(f"{where}: the session is busy with a generation or an open stream")
+
+
+def _realign(session: "Session", n_past: int) -> None:
+    """After a failed prefill the token list was dropped: cut the cache back to it (``n_past``:
+    the engine's, read by the caller)."""
+    if n_past != len(session._cached_ids):
+        session._engine.truncate(len(session._cached_ids))
+        del session._cached_ids[session._engine.n_past:]
+
+
 def eval_batch(items: Sequence[Tuple["Session", Sequence[int]]], *, hidden: bool = False,
                samplers: Optional[Sequence[Optional[Tuple["Sampler", Sequence[int]]]]] = None,
                before_compute: Optional[Callable[[], None]] = None) -> list:
@@ -98,16 +114,11 @@ def eval_batch(items: Sequence[Tuple["Session", Sequence[int]]], *, hidden: bool
             session = pairs[i][0]
             session._cond.acquire()
             held.append(session)
-            if session._closed:
-                raise LowbitError(f"eval_batch item {i}: this {type(session).__name__} is closed")
-            if session._active is not None:
-                raise LowbitError(f"eval_batch item {i}: the session is busy with a generation or an open stream")
-        # after a failed prefill the token list was dropped: realign (the n_past of all sessions
-        # in one call: each read releases the GIL, which a server's event loop then takes)
+            _check_free(session, f"eval_batch item {i}")
+        # the n_past of all sessions in one call: each read releases the GIL, which a server's
+        # event loop then takes
         for (session, _), n_past in zip(pairs, _core.n_past_of([s._engine for s, _ in pairs])):
-            if n_past != len(session._cached_ids):
-                session._engine.truncate(len(session._cached_ids))
-                del session._cached_ids[session._engine.n_past:]
+            _realign(session, n_past)
         before = [len(s._cached_ids) for s, _ in pairs]
         completed = False
         try:
@@ -155,16 +166,10 @@ def decode_run(session: "Session", token: int, sampler: "Sampler", history: Sequ
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"decode_run: max_steps must be an int >= 1, got {max_steps!r}")
     with session._cond:
-        if session._closed:
-            raise LowbitError(f"decode_run: this {type(session).__name__} is closed")
-        if session._active is not None:
-            raise LowbitError("decode_run: the session is busy with a generation or an open stream")
+        _check_free(session, "decode_run")
         engine, cached = session._engine, session._cached_ids
-        before = engine.n_past
-        if before != len(cached):             # after a failed prefill the token list was dropped
-            engine.truncate(len(cached))
-            del cached[engine.n_past:]
-            before = len(cached)
+        _realign(session, engine.n_past)
+        before = len(cached)
         window = sampler.window(history)
         drawn: List[int] = []
         try:

@@ -226,3 +226,50 @@ def test_submit_and_cancel_end_a_solo_run(model):
     [(_, rec)], _, _ = run_jobs(model, 60.0, [(ids, 400, ())], eot=False,
                                 between=inside_the_run(lambda sched, jobs: sched.cancel(jobs[0])))
     assert rec.finish_reason == "cancelled" and rec.generated_tokens < 400
+
+
+class FailingOnceBackend(CountingBackend):
+    """CountingBackend whose first call of ``method`` ("step" or "run") raises."""
+
+    def __init__(self, model, parallel, method):
+        super().__init__(model, parallel)
+        self.method, self.failed = method, False
+
+    def _maybe_fail(self, method):
+        if method == self.method and not self.failed:
+            self.failed = True
+            raise RuntimeError("planted failure")
+
+    def step(self, items, samplers=None, before_compute=None):
+        self._maybe_fail("step")
+        return super().step(items, samplers, before_compute)
+
+    def run(self, slot, *args, **kwargs):
+        self._maybe_fail("run")
+        return super().run(slot, *args, **kwargs)
+
+
+@pytest.mark.parametrize("method, solo_run_s", [("step", 0.0), ("run", 60.0)])
+def test_a_failed_step_or_run_fails_its_request_and_the_server_goes_on(model, method, solo_run_s):
+    """A forward step (step by step) or a solo run that raises: its request ends with a 500 naming
+    the error and leaves its slot, and the next request is served."""
+    from lowbit.server.scheduler import Done, Failed, GenRequest, Job, Scheduler
+    backend = FailingOnceBackend(model, 1, method)
+    sched = Scheduler(backend, max_queue=4, prefill_chunk=64, solo_run_s=solo_run_s).start()
+    events = []
+    ids = model.tokenize("One, two, three, four,")
+    try:
+        for i in range(2):
+            sched.submit(Job(GenRequest(ids, SamplingParams(temperature=0), 8, ()), model.tokenizer, [],
+                             lambda ev, i=i: isinstance(ev, (Done, Failed)) and events.append((i, ev))))
+            deadline = time.monotonic() + HANG_S
+            while len(events) <= i:
+                assert time.monotonic() < deadline, events
+                time.sleep(0.005)
+    finally:
+        sched.stop()
+    (_, first), (_, second) = events
+    assert backend.failed
+    assert isinstance(first, Failed) and first.status == 500, first
+    assert first.message == "the forward step failed: RuntimeError: planted failure"
+    assert isinstance(second, Done) and second.record.generated_tokens == 8, second

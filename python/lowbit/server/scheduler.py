@@ -506,10 +506,7 @@ class Scheduler:
         try:            # the last step's events go right before this one computes (hand_over)
             results = self.backend.step(batch, samplers, before_compute=self._run_hooks)
         except Exception as e:          # noqa: BLE001 - the requests of this step fail, the server goes on
-            for slot, _ in items:       # (each session's cache still matches its token list)
-                slot.job.fail(500, f"the forward step failed: {type(e).__name__}: {e}")
-                slot.release()
-            self._run_hooks()           # the step may have failed before its hand-over
+            self._fail_step([slot for slot, _ in items], e)
             return
         generated = 0
         for (slot, ids), result in zip(items, results):
@@ -536,6 +533,15 @@ class Scheduler:
         if self.metrics is not None:
             self.metrics.on_step(generated, time.perf_counter() - t0)
 
+    def _fail_step(self, slots: List[Slot], e: Exception) -> None:
+        """A forward step (or solo run) raised: its requests fail with 500 and leave their slots
+        (each session's cache still matches its token list); the server goes on. The hooks run,
+        as the step may have failed before its hand-over."""
+        for slot in slots:
+            slot.job.fail(500, f"the forward step failed: {type(e).__name__}: {e}")
+            slot.release()
+        self._run_hooks()
+
     def _solo_run(self, slot: Slot, ids: List[int]) -> bool:
         """The step of a lone decoding job as a solo run (see the class); False when it is not
         one (prefilling, logits needed in Python, someone waiting, off)."""
@@ -555,9 +561,7 @@ class Scheduler:
                       stop_ids=sorted(job.stop_ids), seconds=self.solo_run_s, signal=self._run_signal,
                       before_compute=self._run_hooks)
         except Exception as e:          # noqa: BLE001 - as a failed step: this request fails
-            job.fail(500, f"the forward step failed: {type(e).__name__}: {e}")
-            slot.release()
-            self._run_hooks()
+            self._fail_step([slot], e)
             return True
         used = 0
         try:

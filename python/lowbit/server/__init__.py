@@ -24,8 +24,8 @@ DEFAULT_SOLO_RUN_MS = 10.0
 MAX_SOLO_RUN_MS = 1000.0
 
 
-def check_ms(name: str, value, maximum: float) -> float:
-    """A number of milliseconds in [0, maximum], else ValueError naming ``name``."""
+def check_in_range(name: str, value, maximum: float) -> float:
+    """A number (not a bool) in [0, maximum] as a float, else ValueError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= maximum:
         raise ValueError(f"{name} must be a number in [0, {maximum:g}], got {value!r}")
     return float(value)
@@ -52,9 +52,9 @@ def build_app(model, model_name: str, *, parallel: int = 1, max_queue: int = DEF
     0: a chunk per token (default DEFAULT_STREAM_INTERVAL_MS). ``solo_run_ms``: while one request
     decodes alone, its steps run in the core for up to this long per call and its tokens are
     sent together (each its own chunk); 0: one step per call (default DEFAULT_SOLO_RUN_MS)."""
-    interval = check_ms("stream_interval_ms", DEFAULT_STREAM_INTERVAL_MS if stream_interval_ms is None
+    interval = check_in_range("stream_interval_ms", DEFAULT_STREAM_INTERVAL_MS if stream_interval_ms is None
                         else stream_interval_ms, MAX_STREAM_INTERVAL_MS)
-    solo = check_ms("solo_run_ms", DEFAULT_SOLO_RUN_MS if solo_run_ms is None else solo_run_ms, MAX_SOLO_RUN_MS)
+    solo = check_in_range("solo_run_ms", DEFAULT_SOLO_RUN_MS if solo_run_ms is None else solo_run_ms, MAX_SOLO_RUN_MS)
     require_server_deps()
     from lowbit.server.app import create_app
     from lowbit.server.metrics import Metrics

@@ -32,7 +32,7 @@ from lowbit.errors import LowbitError
 from lowbit.runtime.batch import decode_run, eval_batch
 from lowbit.runtime.generate import Generation, StopMatcher, Utf8Stream, common_prefix_len
 from lowbit.runtime.sampling import Sampler, SamplingParams
-from lowbit.server import DEFAULT_SOLO_RUN_MS
+from lowbit.server import DEFAULT_SOLO_RUN_MS, check_in_range
 
 
 # copy a prefix from another slot only when it saves at least this many tokens of prefill
@@ -309,10 +309,8 @@ class Scheduler:
                  solo_run_s: float = DEFAULT_SOLO_RUN_S):
         if max_queue < 0 or prefill_chunk < 1:
             raise ValueError(f"max_queue must be >= 0 and prefill_chunk >= 1, got {max_queue}, {prefill_chunk}")
-        if isinstance(solo_run_s, bool) or not isinstance(solo_run_s, (int, float)) or not 0 <= solo_run_s <= 60:
-            raise ValueError(f"solo_run_s must be a number of seconds in [0, 60], got {solo_run_s!r}")
+        self.solo_run_s = check_in_range("solo_run_s", solo_run_s, 60.0)   # seconds
         from lowbit import _core
-        self.solo_run_s = float(solo_run_s)
         self._run_signal = _core.RunSignal()    # ends a solo run: set by submit and cancel
         self.backend = backend
         self.slots: List[Slot] = list(backend.slots)

@@ -62,9 +62,12 @@ def model_path(name: str) -> str:
     return str(p)
 
 
+ACT = "auto"          # activation precision of every engine (--act-precision)
+
+
 def open_sessions(core, path: str, threads: int, n: int, n_ctx: int):
-    lead = core.Engine(path, n_ctx, threads, 64, "f16", "auto")
-    return [lead] + [lead.new_session(n_ctx, threads, 64, "f16", "auto") for _ in range(n - 1)]
+    lead = core.Engine(path, n_ctx, threads, 64, "f16", ACT)
+    return [lead] + [lead.new_session(n_ctx, threads, 64, "f16", ACT) for _ in range(n - 1)]
 
 
 def decode_steps(core, engines, steps: int, profile: bool = False) -> float:
@@ -142,7 +145,7 @@ def table(rep: dict) -> str:
 
 def prefill_model(core, path: str, threads: int, n_tokens: int, reps: int) -> dict:
     """Best of `reps` N-token prefills into a fresh cache (after one untimed warm-up) and its op profile."""
-    eng = core.Engine(path, n_tokens + 8, threads, n_tokens, "f16", "auto")
+    eng = core.Engine(path, n_tokens + 8, threads, n_tokens, "f16", ACT)
     toks = np.random.default_rng(0).integers(100, eng.n_vocab - 100, n_tokens).astype(np.int32)
     eng.eval(toks)
     best = None
@@ -208,7 +211,7 @@ def ab(args) -> dict:
             for label, so in cores.items():   # interleaved: old, new, old, new...
                 cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--core", so, "--models", path,
                        "--threads", str(args.threads), "--steps", str(args.steps), "--sessions",
-                       *map(str, args.sessions), "--prefill", str(args.prefill)]
+                       *map(str, args.sessions), "--prefill", str(args.prefill), "--act-precision", ACT]
                 p = subprocess.run(cmd, capture_output=True, text=True, check=True)
                 runs[label].append(json.loads(p.stdout.strip().splitlines()[-1]))
         if args.prefill:
@@ -262,8 +265,12 @@ def main() -> int:
     ap.add_argument("--prefill", type=int, default=0, help="time an N-token prefill instead of decode steps")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--core", help="profile this build of the core (a _core*.so path; give --models as .gguf paths)")
+    ap.add_argument("--act-precision", default="auto", choices=["auto", "high", "q8"],
+                    help="activation precision of the engines (lowbit serve's default is q8)")
     ap.add_argument("--json", help="write the reports to this file")
     args = ap.parse_args()
+    global ACT
+    ACT = args.act_precision
     if args.worker:
         return worker(args)
     if args.ab:

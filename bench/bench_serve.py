@@ -4,7 +4,8 @@ and 8 concurrent streams, `lowbit serve --parallel C` against llama.cpp's server
 
     python bench/bench_serve.py [--threads 2] [--streams 1 4 8] [--requests 2] [--max-tokens 64]
                                 [--repeats 3] [--stream-interval-ms MS] [--solo-run-ms MS]
-                                [--compare OTHER/python [--compare-solo-run-ms MS]]
+                                [--act-precision P] [--compare OTHER/python
+                                [--compare-solo-run-ms MS] [--compare-act-precision P]]
                                 [--json bench/results/serve.json]
 
 Each of C client threads sends --requests streaming completions back to back (distinct raw
@@ -81,7 +82,8 @@ def wait_ready(proc: subprocess.Popen, port: int, path: str) -> None:
 
 
 def start_lowbit(model_path: str, parallel: int, threads: int, stream_interval_ms: Optional[float] = None,
-                 python_dir: str = PYTHON_DIR, solo_run_ms: Optional[float] = None):
+                 python_dir: str = PYTHON_DIR, solo_run_ms: Optional[float] = None,
+                 act_precision: Optional[str] = None):
     port = free_port()
     cmd = [sys.executable, "-m", "lowbit", "serve", model_path, "--port", str(port), "-q",
            "--parallel", str(parallel), "--threads", str(threads), "--n-ctx", str(N_CTX)]
@@ -89,6 +91,8 @@ def start_lowbit(model_path: str, parallel: int, threads: int, stream_interval_m
         cmd += ["--stream-interval-ms", str(stream_interval_ms)]
     if solo_run_ms is not None:                    # else the server's default (older trees: no such option)
         cmd += ["--solo-run-ms", str(solo_run_ms)]
+    if act_precision is not None:                  # else the server's default (q8; older trees: auto)
+        cmd += ["--act-precision", act_precision]
     proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=python_dir), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     wait_ready(proc, port, "/health")
@@ -260,11 +264,11 @@ def bench_model(name: str, args, vs_llama: bool) -> Dict:
     for r in range(args.repeats):            # rounds interleaved: the load drifts alike for all rows
         generate.append(generate_baseline(path, args.threads, args.max_tokens, args.requests))
         for c in args.streams:
-            trees = [(PYTHON_DIR, lowbit_runs, args.solo_run_ms)]
+            trees = [(PYTHON_DIR, lowbit_runs, args.solo_run_ms, args.act_precision)]
             if args.compare:
-                trees.append((args.compare, compare_runs, args.compare_solo_run_ms))
-            for tree, runs, solo in (trees if r % 2 == 0 else trees[::-1]):   # who goes first alternates
-                proc, port = start_lowbit(path, c, args.threads, args.stream_interval_ms, tree, solo)
+                trees.append((args.compare, compare_runs, args.compare_solo_run_ms, args.compare_act_precision))
+            for tree, runs, solo, act in (trees if r % 2 == 0 else trees[::-1]):   # who goes first alternates
+                proc, port = start_lowbit(path, c, args.threads, args.stream_interval_ms, tree, solo, act)
                 try:
                     runs[c].append(run_load(port, c, args.requests, args.max_tokens, proc.pid))
                 finally:
@@ -359,6 +363,10 @@ def main() -> int:
     ap.add_argument("--compare-solo-run-ms", type=float, default=None,
                     help="--solo-run-ms of the --compare tree's server (e.g. 0 with --compare python: solo runs "
                          "off against on in one tree)")
+    ap.add_argument("--act-precision", choices=["auto", "high", "q8"], default=None,
+                    help="lowbit serve's --act-precision (default: the server's default, q8)")
+    ap.add_argument("--compare-act-precision", choices=["auto", "high", "q8"], default=None,
+                    help="--act-precision of the --compare tree's server (e.g. auto with --compare python)")
     ap.add_argument("--compare", metavar="PYTHON_DIR",
                     help="another lowbit tree's python/ folder (a checkout of main, with its built core): its "
                          "server runs beside this one's at every stream count of every round (rows "
@@ -376,6 +384,7 @@ def main() -> int:
            "threads": args.threads, "max_tokens": args.max_tokens, "requests_per_stream": args.requests,
            "repeats": args.repeats, "stream_interval_ms": args.stream_interval_ms, "compare": args.compare,
            "solo_run_ms": args.solo_run_ms, "compare_solo_run_ms": args.compare_solo_run_ms,
+           "act_precision": args.act_precision, "compare_act_precision": args.compare_act_precision,
            "reports": reports}
     print(table(reports))
     print(f"load average before {load_before[0]:.2f}, after {out['load_average_after'][0]:.2f}")

@@ -143,7 +143,8 @@ def serve_child(path: str, parallel: int, threads: int, port: int, out: str, int
             json.dump(dict(totals, **thread_cpu()), f)
     atexit.register(dump)
     signal.signal(signal.SIGUSR1, dump)
-    model = lowbit.load(path, n_ctx=2048, n_threads=threads)
+    act = getattr(srv, "DEFAULT_ACT_PRECISION", "auto")          # `lowbit serve`'s (older trees: auto)
+    model = lowbit.load(path, n_ctx=2048, n_threads=threads, act_precision=act)
     extra = {} if interval == "default" else {"stream_interval_ms": float(interval)}   # older trees: no such option
     if solo != "default":
         extra["solo_run_ms"] = float(solo)

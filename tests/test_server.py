@@ -26,6 +26,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
 import lowbit  # noqa: E402
+from lowbit.server import DEFAULT_ACT_PRECISION  # noqa: E402
 from _models import real_model_or_skip  # noqa: E402
 
 PYTHON_DIR = os.path.dirname(os.path.dirname(os.path.abspath(lowbit.__file__)))
@@ -122,8 +123,9 @@ def server(model_path):
 
 @pytest.fixture(scope="module")
 def local(model_path):
-    """The same model in this process: what each request gives when run alone."""
-    m = lowbit.load(model_path, n_ctx=N_CTX, n_threads=2)
+    """The same model in this process, at the server's default activation precision (q8): what each
+    request gives when run alone."""
+    m = lowbit.load(model_path, n_ctx=N_CTX, n_threads=2, act_precision=DEFAULT_ACT_PRECISION)
     yield m
     m.close()
 
@@ -316,6 +318,27 @@ def test_n_choices_are_the_seeded_requests_side_by_side(server):
     assert chunks[-1].usage.completion_tokens == sum(w.usage.completion_tokens for w in want)
 
 
+def test_act_precision_option_reaches_the_engine(server, model_path):
+    """The default server computes on q8 activations (its banner says so); `--act-precision auto`
+    gives Model.chat's reply at auto, and log-probs of auto differ from q8's (the flag is not
+    ignored), by no more than the activations' rounding."""
+    assert f"{DEFAULT_ACT_PRECISION} activations) at" in server.output() and DEFAULT_ACT_PRECISION == "q8"
+    question = ask("Name a large animal.")
+    kw = dict(model=ALIAS, messages=question, temperature=0, max_tokens=8, logprobs=True)
+    q8 = server.client().chat.completions.create(**kw)
+    s = Server(model_path, "--act-precision", "auto")
+    try:
+        assert "auto activations) at" in s.output()
+        auto = s.client().chat.completions.create(**kw)
+    finally:
+        s.stop()
+    with lowbit.load(model_path, n_ctx=N_CTX, n_threads=2) as m:
+        want = m.chat(question, temperature=0, max_new_tokens=8, repetition_penalty=1.0)
+    assert auto.choices[0].message.content == want.text and want.text
+    first = [r.choices[0].logprobs.content[0].logprob for r in (q8, auto)]
+    assert first[0] != first[1] and abs(first[0] - first[1]) < 0.05, first
+
+
 PROMPTS = [f"Write one sentence about the number {i}." for i in range(16)]
 
 
@@ -422,8 +445,9 @@ def test_response_format_json_schema_and_json_object(server):
                                       seed=seed, max_tokens=80, response_format=fmt)
         assert r.choices[0].finish_reason == "stop"
         jsonschema.validate(json.loads(r.choices[0].message.content), PERSON)
-    chunks = list(c.chat.completions.create(model=ALIAS, messages=ask("Describe a city as JSON."), temperature=0,
-                                            max_tokens=60, response_format={"type": "json_object"}, stream=True))
+    city = ask("Give the name and country of one city as JSON.")
+    chunks = list(c.chat.completions.create(model=ALIAS, messages=city, temperature=0, max_tokens=60,
+                                            response_format={"type": "json_object"}, stream=True))
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert isinstance(json.loads(text), dict) and chunks[-1].choices[0].finish_reason == "stop"
     for bad in ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}},

@@ -19,6 +19,7 @@ pytest.importorskip("uvicorn")
 
 import lowbit  # noqa: E402
 from test_server import ALIAS, API_KEY, MODEL, N_CTX, Server, ask  # noqa: E402
+from lowbit.server import DEFAULT_ACT_PRECISION  # noqa: E402
 from _models import real_model_or_skip  # noqa: E402
 
 
@@ -36,7 +37,7 @@ def server(model_path):
 
 @pytest.fixture(scope="module")
 def local(model_path):
-    m = lowbit.load(model_path, n_ctx=N_CTX, n_threads=2)
+    m = lowbit.load(model_path, n_ctx=N_CTX, n_threads=2, act_precision=DEFAULT_ACT_PRECISION)
     yield m
     m.close()
 

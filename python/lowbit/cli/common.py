@@ -83,6 +83,15 @@ def add_load_flags(sp: argparse.ArgumentParser) -> None:
                    help="CPU threads (default: physical cores)")
     g.add_argument("--batch", type=positive_int, default=512, help="prefill batch size")
     g.add_argument("--kv-type", default="f16", choices=["f16", "q8_0"], help="KV cache type")
+    add_act_precision_flag(g, "auto")
+
+
+def add_act_precision_flag(g, default: str) -> None:
+    from lowbit.runtime.model import ACT_PRECISIONS
+    g.add_argument("--act-precision", default=default, choices=list(ACT_PRECISIONS),
+                   help="activations of the quantized matmuls: auto (two-pass ~16-bit where it costs no "
+                        "speed), high (two-pass everywhere) or q8 (llama.cpp's 8-bit arithmetic, fastest "
+                        f"when compute-bound); default {default}")
 
 
 SAMPLING_FLAGS = {"temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "min_p": "--min-p",
@@ -146,7 +155,7 @@ def load_for_cli(model: str, args: argparse.Namespace, quiet: bool = False):
 
     try:
         m = load(str(path), n_ctx=args.ctx, n_threads=args.threads, n_batch=args.batch,
-                 kv_type=args.kv_type, progress=progress)
+                 kv_type=args.kv_type, act_precision=args.act_precision, progress=progress)
     finally:
         if bar:
             bar.close("loaded" if sys.exc_info()[0] is None else "stopped")

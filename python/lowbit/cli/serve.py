@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from lowbit.cli.common import DEFAULT_MODEL, load_for_cli, positive_int
+from lowbit.cli.common import DEFAULT_MODEL, add_act_precision_flag, load_for_cli, positive_int
 
 
 def run(args) -> int:
@@ -29,7 +29,8 @@ def run(args) -> int:
                         prefill_chunk=args.prefill_chunk, api_key=api_key,
                         stream_interval_ms=args.stream_interval_ms, solo_run_ms=args.solo_run_ms)
         host, port = sock.getsockname()[:2]
-        print(f"lowbit: serving {name} (n_ctx {model.n_ctx}, {args.parallel} parallel) at http://{host}:{port}/v1"
+        print(f"lowbit: serving {name} (n_ctx {model.n_ctx}, {args.parallel} parallel, "
+              f"{args.act_precision} activations) at http://{host}:{port}/v1"
               f"{' (API key required)' if api_key else ''}; Ctrl+C stops", file=sys.stderr, flush=True)
         serve(app, sock, log_level=args.log_level)
     finally:
@@ -38,7 +39,7 @@ def run(args) -> int:
 
 
 def add_parser(sub) -> None:
-    from lowbit.server import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_QUEUE, DEFAULT_SOLO_RUN_MS, DEFAULT_STREAM_INTERVAL_MS
+    from lowbit.server import DEFAULT_ACT_PRECISION, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_QUEUE, DEFAULT_SOLO_RUN_MS, DEFAULT_STREAM_INTERVAL_MS
     sp = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API",
                         usage="lowbit serve [options] [MODEL]",
                         description="Serve MODEL (a registry name or a GGUF path) at /v1/chat/completions, /v1/embeddings, "
@@ -76,4 +77,7 @@ def add_parser(sub) -> None:
     g.add_argument("--threads", "-t", type=positive_int, default=None, help="CPU threads (default: physical cores)")
     g.add_argument("--batch", type=positive_int, default=512, help="prefill batch size")
     g.add_argument("--kv-type", default="f16", choices=["f16", "q8_0"], help="KV cache type")
+    # q8 by default: a decode step of several streams batched together is compute-bound, and two-pass
+    # activations double its int8 work (README, "Serving")
+    add_act_precision_flag(g, DEFAULT_ACT_PRECISION)
     sp.set_defaults(func=run)

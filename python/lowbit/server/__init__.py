@@ -22,6 +22,9 @@ MAX_STREAM_INTERVAL_MS = 10000.0
 # solo runs); its tokens then reach the client together, each still its own chunk
 DEFAULT_SOLO_RUN_MS = 10.0
 MAX_SOLO_RUN_MS = 1000.0
+# `lowbit serve` computes on 8-bit activations (llama.cpp's arithmetic): a decode step of several
+# streams is compute-bound, and two-pass activations would double its int8 work
+DEFAULT_ACT_PRECISION = "q8"
 
 
 def check_in_range(name: str, value, maximum: float) -> float:

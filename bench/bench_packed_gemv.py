@@ -4,7 +4,7 @@ past 4x the L3, 2 threads: what decode sees), for one or two builds of the core 
 (interleaved subprocesses, best of -r passes each).
 
     PYTHONPATH=python python bench/bench_packed_gemv.py [--types Q6_K,Q8_0] [--ab OLD_core.so [NEW_core.so]]
-        [--rows 2048 --cols 2048] [--nact 1 4 8] [-r 5] [--json out.json]
+        [--rows 2048 --cols 2048] [--nact 1 4 8] [--act-precision q8|high] [-r 5] [--json out.json]
 
 The hot figure is the one an unpack change moves; the cold one is capped by the read bandwidth.
 """
@@ -57,7 +57,7 @@ def measure(core, args) -> list[dict]:
             for mode, threads in (("hot", 1), ("cold", 2)):
                 pool = core.CpuThreadPool(threads)
                 mats = [packed] if mode == "hot" else cold
-                run = lambda i: core.cpu_matmul(mats[i % len(mats)], type_name, args.rows, args.cols, x, pool, "q8",
+                run = lambda i: core.cpu_matmul(mats[i % len(mats)], type_name, args.rows, args.cols, x, pool, args.act_precision,
                                                 packed=True)
                 run(0)
                 best = best_seconds(run, 40 if mode == "hot" else 2 * len(mats))
@@ -75,6 +75,8 @@ def main() -> None:
     ap.add_argument("--cols", type=int, default=2048)
     ap.add_argument("--nact", type=int, nargs="+", default=[1, 4, 8], help="activation rows per call")
     ap.add_argument("-r", type=int, default=5, help="passes per build (interleaved subprocesses with --ab)")
+    ap.add_argument("--act-precision", default="q8", choices=["q8", "high"],
+                    help="activations: q8 (one int8 pass) or high (two-pass: twice the int8 work)")
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.core is not None:
@@ -85,7 +87,7 @@ def main() -> None:
     for _ in range(args.r):   # two builds of one module cannot share a process: one subprocess per pass
         for k, b in enumerate(builds):
             cmd = [sys.executable, os.path.abspath(__file__), "--core", b, "--types", args.types, "--rows",
-                   str(args.rows), "--cols", str(args.cols), "--nact", *map(str, args.nact)]
+                   str(args.rows), "--cols", str(args.cols), "--nact", *map(str, args.nact), "--act-precision", args.act_precision]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             for row in json.loads(out.strip().splitlines()[-1]):
                 key = (row["type"], row["nact"], row["mode"], row["threads"])

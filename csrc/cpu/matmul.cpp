@@ -11,6 +11,7 @@
 #include "cpu/dispatch.h"
 #include "cpu/kernels.h"
 #include "cpu/profile.h"
+#include "cpu/weight_stream.h"
 
 namespace lowbit::cpu {
 namespace {
@@ -221,9 +222,7 @@ int64_t rows_per_chunk(int64_t rows, const ThreadPool& pool, int64_t multiple) {
 // decodes: the decoder walks 16 rows in runs of 256 elements, an access pattern the hardware
 // prefetchers follow poorly, and a decode step's weights come from memory, not cache (one
 // Q4_1 65536 x 576 strip GEMM of 16 activation rows: 5.9 -> 4.2 ms CPU time).
-inline void prefetch_strip(const uint8_t* p, int64_t bytes) {
-    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 3);
-}
+inline void prefetch_strip(const uint8_t* p, int64_t bytes) { request_weight_bytes(p, bytes); }
 
 constexpr int64_t kStripMinRows = 16;          // fewer x rows: the panel kernels
 constexpr int64_t kStripScratch = 192 << 10;   // decoded strip bytes per chunk and thread

@@ -18,6 +18,7 @@
 #include "cpu/dot_avx512_common.h"   // LOWBIT_HOT
 #include "cpu/kernels.h"
 #include "cpu/strip_iq.h"
+#include "cpu/weight_stream.h"
 
 namespace lowbit::cpu::avx512 {
 namespace {
@@ -61,13 +62,11 @@ struct PackedPtrs {
     }
 };
 
-// The one-token gemv (legacy types and Q4_K / Q5_K): the same lines kGemvFar bytes further ahead into L2 (T1), so that
+// The one-token gemv (legacy types and Q4_K / Q5_K): the same lines kGemvFar bytes further ahead too, so that
 // more of the weight stream is in flight than the L1's miss buffers hold.
 constexpr int64_t kGemvFar = 24 << 10;
 LOWBIT_HOT void request_far(const uint8_t* ahead, const uint8_t* ahead_end, int64_t sb, int64_t step) {
-    if (!ahead) return;
-    for (const uint8_t *p = ahead + kGemvFar + sb * step, *e = std::min(p + step, ahead_end); p < e; p += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1);
+    if (ahead) request_ahead(ahead + kGemvFar, ahead_end, sb, step);
 }
 
 // With `ahead` (the one-token gemv, StripGemvFn): block b also requests lines [b, b + 1) * step
@@ -90,11 +89,8 @@ __attribute__((hot)) void packed_gemm_n(int n, const void* strip, const void* ac
     __m512 acc[NR];
     for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
     for (int b = 0; b < nb; ++b) {
-        if (ahead) {
-            for (const uint8_t *p = ahead + b * step, *e = std::min(p + step, ahead_end); p < e; p += 64)
-                __builtin_prefetch(p, 0, 3);
-            request_far(ahead, ahead_end, b, step);
-        }
+        request_ahead(ahead, ahead_end, b, step);
+        request_far(ahead, ahead_end, b, step);
         const uint8_t* q = qs + size_t(b) * kQs;
         const uint8_t* pa = pa0 + size_t(b) * kAct;
         __m512i w[8];   // w[g]: elements 4g..4g+3 of the 16 rows, unsigned
@@ -238,7 +234,7 @@ __attribute__((hot)) void pair_gemm_n(int n, const void* strip, size_t strip_str
     for (int b = 0; b < nb; ++b) {
         const uint8_t* pa = g0 + size_t(b) * kAct;
         for (size_t e = std::min(lines, next_line + per_block); next_line < e; ++next_line)
-            _mm_prefetch(reinterpret_cast<const char*>(prefetch + 64 * next_line), _MM_HINT_T0);
+            request_weight_line(prefetch + 64 * next_line);
         __m512i isum[S][NR];
         for (int r = 0; r < NR; ++r) {
             const __m512i corr = _mm512_set1_epi32(i32(pa + kCorr + 4 * r));
@@ -345,12 +341,6 @@ LOWBIT_HOT void k4_group_pair(const uint8_t* rec, int c, int g, __m512i& lo, __m
         lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(h, _mm512_set1_epi8(char(1 << (2 * c)))), lo, b16);
         hi = _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(h, _mm512_set1_epi8(char(2 << (2 * c)))), hi, b16);
     }
-}
-
-// The requests ahead of a one-token call (StripGemvFn): lines [sb, sb + 1) * step of `ahead`.
-LOWBIT_HOT void request_ahead(const uint8_t* ahead, const uint8_t* ahead_end, int64_t sb, int64_t step) {
-    if (!ahead) return;
-    for (const uint8_t *p = ahead + sb * step, *e = std::min(p + step, ahead_end); p < e; p += 64) __builtin_prefetch(p, 0, 3);
 }
 
 

@@ -20,6 +20,7 @@
 
 #include "cpu/dot_avx512_common.h"   // LOWBIT_HOT
 #include "cpu/kernels.h"
+#include "cpu/weight_stream.h"
 
 namespace lowbit::cpu::avx512 {
 namespace {
@@ -73,12 +74,6 @@ LOWBIT_HOT void q6k_groups4(const uint8_t* rec, int h, int part, int g, __m512i 
     u[1] = select(m4, ql1, _mm512_slli_epi16(hB, 2));
     u[2] = select(m4, _mm512_srli_epi16(ql0, 4), hA);
     u[3] = select(m4, _mm512_srli_epi16(ql1, 4), _mm512_srli_epi16(hB, 2));
-}
-
-// The requests ahead of a one-token call (StripGemvFn): lines [sb, sb + 1) * step of `ahead`.
-LOWBIT_HOT void request_ahead(const uint8_t* ahead, const uint8_t* ahead_end, int64_t sb, int64_t step) {
-    if (!ahead) return;
-    for (const uint8_t *p = ahead + sb * step, *e = std::min(p + step, ahead_end); p < e; p += 64) __builtin_prefetch(p, 0, 3);
 }
 
 // The strip GEMM's float step of one block for NR rows (activation slots 0 .. NR - 1).

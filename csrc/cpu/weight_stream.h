@@ -1,0 +1,34 @@
+// weight_stream.h: the software requests of the weight bytes a matmul streams from memory (the
+// packed GEMM's and gemv's lines ahead, a strip GEMM's next strip), one helper for every kernel.
+//
+// The hint is non-temporal (prefetchnta): a decode step reads each weight byte once, while its
+// KV-cache rows, activations and scratch are read again within the step or in the next one.
+// Weight lines requested into L1 / L2 (T0 / T1) were later evicted into the L3 (a victim cache
+// on AMD Zen) and pushed those reused lines out, so attention read its cached K / V rows from
+// memory again every step. Measured on Zen 5 (2 cores, same process pairs, decode steps after a
+// 32-token prompt): SmolLM2 8 sessions, q8 activations: 4.14 -> 3.85 ms a step (best of 15);
+// gemma3 one token: 4.54 -> 4.24 ms. Bits are unchanged (requests only).
+// Internal linkage: these are included by files compiled under different ISA flags.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+
+namespace lowbit::cpu {
+namespace {
+
+inline void request_weight_line(const void* p) { __builtin_prefetch(p, 0, 0); }
+
+inline void request_weight_bytes(const uint8_t* p, int64_t bytes) {
+    for (int64_t off = 0; off < bytes; off += 64) request_weight_line(p + off);
+}
+
+// The requests of a one-token call's block sb (StripGemvFn's `ahead`): lines [sb, sb + 1) * step
+// of ahead, clipped to ahead_end, so that a whole call's requests span one strip's bytes.
+inline void request_ahead(const uint8_t* ahead, const uint8_t* ahead_end, int64_t sb, int64_t step) {
+    if (!ahead) return;
+    for (const uint8_t *p = ahead + sb * step, *e = std::min(p + step, ahead_end); p < e; p += 64)
+        request_weight_line(p);
+}
+
+}  // namespace
+}  // namespace lowbit::cpu

@@ -2,6 +2,7 @@
 pipes, the exit-status rule (0 / 2 / 130 / 1), run's MODEL/PROMPT rule, flag validation before
 loading, one-line warnings and file-argument errors. Real-model parts use smollm2-135m-instruct
 (skipped when it is not available). Timeouts are hang guards only."""
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import time
 
 import pytest
 
+import lowbit
 from _models import real_model_or_skip, real_model_path
 
 MODEL = "smollm2-135m-instruct"
@@ -129,6 +131,22 @@ def test_lone_model_argument_reads_the_prompt_from_stdin(model_path, env):
                 input="The capital of France is")
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
+
+
+def test_act_precision_flag_reaches_the_engine(model_path, env):
+    """--act-precision q8: the engine computes on 8-bit activations (its own report, in --json),
+    and the greedy tokens are those of a model loaded with act_precision="q8"; a bad value is a
+    usage error."""
+    prompt = "The three primary colours are"
+    r = run_cli(env, "run", model_path, prompt, "--raw", "-n", "12", "--temperature", "0", "-q", "-t", "2",
+                "--repeat-penalty", "1.0", "--json", "--act-precision", "q8")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    with lowbit.load(model_path, n_ctx=512, n_threads=2, act_precision="q8") as m:
+        want = m.generate(prompt, max_new_tokens=12, temperature=0, repetition_penalty=1.0)
+    assert out["act_precision"] == "q8" and out["tokens"] == want.tokens
+    bad = run_cli(env, "run", model_path, prompt, "--act-precision", "fp8")
+    assert bad.returncode == 2 and "--act-precision" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_lone_model_argument_on_a_terminal_says_how_to_pass_a_prompt(cached_env):

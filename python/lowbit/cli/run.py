@@ -82,7 +82,7 @@ def run(args) -> int:
         g = stream.result
         if args.json:
             out = g.to_dict()
-            out.update(model=model, path=m.path, chat_template=use_chat)
+            out.update(model=model, path=m.path, chat_template=use_chat, act_precision=m._engine.act_precision)
             print(json.dumps(out, indent=2))
         else:
             sys.stdout.write("\n")

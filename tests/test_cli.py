@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-import lowbit
+from lowbit import load
 from _models import real_model_or_skip, real_model_path
 
 MODEL = "smollm2-135m-instruct"
@@ -142,7 +142,7 @@ def test_act_precision_flag_reaches_the_engine(model_path, env):
                 "--repeat-penalty", "1.0", "--json", "--act-precision", "q8")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    with lowbit.load(model_path, n_ctx=512, n_threads=2, act_precision="q8") as m:
+    with load(model_path, n_ctx=512, n_threads=2, act_precision="q8") as m:
         want = m.generate(prompt, max_new_tokens=12, temperature=0, repetition_penalty=1.0)
     assert out["act_precision"] == "q8" and out["tokens"] == want.tokens
     bad = run_cli(env, "run", model_path, prompt, "--act-precision", "fp8")

@@ -39,7 +39,8 @@ def run(args) -> int:
 
 
 def add_parser(sub) -> None:
-    from lowbit.server import DEFAULT_ACT_PRECISION, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_QUEUE, DEFAULT_SOLO_RUN_MS, DEFAULT_STREAM_INTERVAL_MS
+    from lowbit.server import (DEFAULT_ACT_PRECISION, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_QUEUE, DEFAULT_SOLO_RUN_MS,
+                               DEFAULT_STREAM_INTERVAL_MS)
     sp = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API",
                         usage="lowbit serve [options] [MODEL]",
                         description="Serve MODEL (a registry name or a GGUF path) at /v1/chat/completions, /v1/embeddings, "
@@ -78,6 +79,6 @@ def add_parser(sub) -> None:
     g.add_argument("--batch", type=positive_int, default=512, help="prefill batch size")
     g.add_argument("--kv-type", default="f16", choices=["f16", "q8_0"], help="KV cache type")
     # q8 by default: a decode step of several streams batched together is compute-bound, and two-pass
-    # activations double its int8 work (README, "Serving")
+    # activations double its int8 work (README, "Serve")
     add_act_precision_flag(g, DEFAULT_ACT_PRECISION)
     sp.set_defaults(func=run)

@@ -119,23 +119,31 @@ void block_values(const AttnKernels& K, const AttnQueries& a, const AttnCache& k
     if (kv.fetch) K.values_f32(P + c0, kAttnBlock, r.n, rows_f32, a.d, p1 - p0, a.d, r.out);
 }
 
+// fn(k_row, v_row) for the f16 K and V rows of positions [p0, p1), in order (fetch caches: none).
+template <typename Fn>
+void for_f16_rows(const AttnCache& kv, int64_t p0, int64_t p1, Fn&& fn) {
+    if (kv.fetch) return;
+    for (int64_t p = p0; p < p1; ++p) {
+        const int64_t cell = p % kv.n_cells;
+        fn(kv.k + cell * kv.stride, kv.v + cell * kv.stride);
+    }
+}
+
 // Requests the f16 K and V rows of the keys at positions [p0, p1) (fetch caches: nothing). A
 // decode step finds them in memory, not cache (the weights streamed since the last step evicted
 // them), one head's rows d halves every `stride`: a strided walk that the hardware prefetchers
 // follow slowly, so that without requests a SmolLM2 layer's 3 KV heads x 64 keys took ~7 us
 // in place against ~1.6 us with the rows in cache.
 void prefetch_rows(const AttnCache& kv, int64_t d, int64_t p0, int64_t p1) {
-    if (kv.fetch || p0 >= p1) return;
     const int64_t row_bytes = d * int64_t(sizeof(uint16_t));
-    for (int64_t p = p0; p < p1; ++p) {
-        const int64_t cell = p % kv.n_cells;
-        const auto* k = reinterpret_cast<const char*>(kv.k + cell * kv.stride);
-        const auto* v = reinterpret_cast<const char*>(kv.v + cell * kv.stride);
+    for_f16_rows(kv, p0, p1, [&](const uint16_t* k_row, const uint16_t* v_row) {
+        const auto* k = reinterpret_cast<const char*>(k_row);
+        const auto* v = reinterpret_cast<const char*>(v_row);
         for (int64_t off = 0; off < row_bytes; off += 64) {
             __builtin_prefetch(k + off, 0, 2);
             __builtin_prefetch(v + off, 0, 2);
         }
-    }
+    });
 }
 
 // Loads one value of every line of the f16 K and V rows of positions [p0, p1) before a decode
@@ -148,15 +156,11 @@ void prefetch_rows(const AttnCache& kv, int64_t d, int64_t p0, int64_t p1) {
 // SmolLM2 8 sessions 1.15x, one token 1.03x, gemma3 1.06x / 1.00x. Reads only: same bits.
 constexpr int64_t kTouchKeys = 512;   // at most this many keys (the rest: requested block by block)
 void touch_rows(const AttnCache& kv, int64_t d, int64_t p0, int64_t p1) {
-    if (kv.fetch || p0 >= p1) return;
     constexpr int64_t kLineHalves = 32;
     uint32_t acc = 0;
-    for (int64_t p = p0; p < p1; ++p) {
-        const int64_t cell = p % kv.n_cells;
-        const uint16_t* k = kv.k + cell * kv.stride;
-        const uint16_t* v = kv.v + cell * kv.stride;
+    for_f16_rows(kv, p0, p1, [&](const uint16_t* k, const uint16_t* v) {
         for (int64_t off = 0; off < d; off += kLineHalves) acc += uint32_t(k[off]) + v[off];
-    }
+    });
     __asm__ volatile("" : : "r"(acc));   // the loads stay; nothing is written
 }
 

@@ -8,16 +8,17 @@ from lowbit.cli.common import DEFAULT_MODEL, add_act_precision_flag, load_for_cl
 
 
 def run(args) -> int:
-    from lowbit.server import MAX_SOLO_RUN_MS, MAX_STREAM_INTERVAL_MS, bind, build_app, require_server_deps, serve
+    from lowbit.server import (MAX_SOLO_RUN_MS, MAX_STREAM_INTERVAL_MS, bind, build_app, check_in_range,
+                               require_server_deps, serve)
     require_server_deps()                       # before the model loads
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
     if args.queue_size < 0:
         raise ValueError(f"--queue-size must be >= 0, got {args.queue_size}")
-    if args.stream_interval_ms is not None and not 0 <= args.stream_interval_ms <= MAX_STREAM_INTERVAL_MS:
-        raise ValueError(f"--stream-interval-ms must be in 0..{MAX_STREAM_INTERVAL_MS:g}, got {args.stream_interval_ms:g}")
-    if args.solo_run_ms is not None and not 0 <= args.solo_run_ms <= MAX_SOLO_RUN_MS:
-        raise ValueError(f"--solo-run-ms must be in 0..{MAX_SOLO_RUN_MS:g}, got {args.solo_run_ms:g}")
+    for flag, value, top in (("--stream-interval-ms", args.stream_interval_ms, MAX_STREAM_INTERVAL_MS),
+                             ("--solo-run-ms", args.solo_run_ms, MAX_SOLO_RUN_MS)):
+        if value is not None:                   # the range build_app checks, named as the flag
+            check_in_range(flag, value, top)
     api_key = args.api_key if args.api_key is not None else os.environ.get("LOWBIT_API_KEY") or None
     if api_key is not None and not api_key.strip():
         raise ValueError("--api-key is empty")

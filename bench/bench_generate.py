@@ -10,7 +10,10 @@ one-token evals, argmax in numpy: bench's tg), per sampling setting (greedy; the
 top-k 40, top-p 0.95, min-p 0.05; the default with repetition penalty 1.1), for both of
 generate's decode paths: sampled in the engine (Engine.eval_sample, the default) and the general
 path (each step's logits to the Python sampler, as before it). Same model, prompt and thread
-count; every repetition runs all of them interleaved (the first is a warm-up).
+count; every repetition runs each variant next to its own engine-loop run, the order alternating
+(the first repetition is a warm-up). "x engine loop" divides the means of the whole run; "paired"
+is the median over repetitions of each variant's tok/s over its neighbouring loop run's, the
+figure this host's drifting read bandwidth moves least.
 
     python bench/bench_generate.py --vs-engine-loop [-r 5] [-n 128] [--json out.json]
 
@@ -87,19 +90,35 @@ def vs_engine_loop(name: str, n_threads: int, n_gen: int, reps: int) -> dict:
                              tokens.__setitem__(k, generate(model, ids, n_gen, st, ie)))
     wall = {k: [] for k in variants}
     cpu = {k: [] for k in variants}
+    paired = {k: [] for k in variants}        # tok/s over the engine loop's run just before / after it
+
+    def run(k):
+        reset(model)
+        w, c = timed(variants[k])
+        return tokens[k] / w, tokens[k] / c
+
     for rep in range(reps + 1):               # rep 0 warms up
-        for k, fn in variants.items():
-            reset(model)
-            w, c = timed(fn)
+        for k in variants:
+            if k == "engine loop":
+                continue
+            # each variant next to its own engine-loop run, the order alternating by repetition, so
+            # that the ratio compares two runs a second apart (this host's read bandwidth moves
+            # by 10-25 % over minutes, and the mean ratio of the whole run carried that noise)
+            order = ("engine loop", k) if rep % 2 else (k, "engine loop")
+            got = {j: run(j) for j in order}
             if rep:
-                wall[k].append(tokens[k] / w)
-                cpu[k].append(tokens[k] / c)
+                for j in order:
+                    wall[j].append(got[j][0])
+                    cpu[j].append(got[j][1])
+                paired[k].append(got[k][0] / got["engine loop"][0])
     model.close()
     loop_wall, loop_cpu = statistics.fmean(wall["engine loop"]), statistics.fmean(cpu["engine loop"])
     return {"model": name, "threads": n_threads, "n_gen": n_gen, "reps": reps,
             "runs": {k: {"tok_s": wall[k], "mean": statistics.fmean(wall[k]),
-                         "stdev": statistics.stdev(wall[k]) if reps > 1 else 0.0,
+                         "stdev": statistics.stdev(wall[k]) if len(wall[k]) > 1 else 0.0,
                          "vs_engine_loop": statistics.fmean(wall[k]) / loop_wall,
+                         "paired_ratios": paired[k],
+                         "paired_median": statistics.median(paired[k]) if paired[k] else 1.0,
                          "tok_per_cpu_s": cpu[k], "cpu_vs_engine_loop": statistics.fmean(cpu[k]) / loop_cpu,
                          "generated": tokens[k]}
                      for k in variants}}
@@ -158,13 +177,14 @@ def python_overhead(name: str, n_threads: int, n_gen: int, reps: int) -> dict:
 
 
 def format_vs_loop(reports) -> str:
-    lines = ["| model | decode | tok/s | x engine loop | tok per CPU s | x engine loop (CPU) | tokens |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| model | decode | tok/s | x engine loop | x engine loop, paired (median) | tok per CPU s "
+             "| x engine loop (CPU) | tokens |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for rep in reports:
         for k, r in rep["runs"].items():
             lines.append(f"| {rep['model']} | {k} | {r['mean']:.1f} ± {r['stdev']:.1f} | {r['vs_engine_loop']:.3f} "
-                         f"| {statistics.fmean(r['tok_per_cpu_s']):.1f} | {r['cpu_vs_engine_loop']:.3f} "
-                         f"| {r['generated']} |")
+                         f"| {r['paired_median']:.3f} | {statistics.fmean(r['tok_per_cpu_s']):.1f} "
+                         f"| {r['cpu_vs_engine_loop']:.3f} | {r['generated']} |")
     return "\n".join(lines)
 
 

@@ -305,11 +305,15 @@ void packed_matmul(const StripKernels& sk, const void* packed, GGMLType type, in
 // which overruns L1 on wide strips) a mat-vec ran at 50-70% of the read bandwidth, the more so
 // the smaller the matrix (a chunk of a 576x576 Q4_1 matrix starts cold every 12 KB). Measured
 // (2 threads, load ~7, wall per call): SmolLM2's Q4_1 576x576 15.1 -> 7.9 us, 576x1536 30.6 ->
-// 20.9, 960x576 16.4 -> 11.5, 3072x576 33.3 -> 30.7. kGemvChunks per thread: fewer cold starts
-// than kTargetChunks, enough to balance; at most kGemvChunkBytes a chunk, so that an output head
-// (gemma3's: 178 MB) does not end on one thread reading its last eighth while the other waits.
+// 20.9, 960x576 16.4 -> 11.5, 3072x576 33.3 -> 30.7. One chunk per thread (kGemvChunks): every
+// chunk start is a cold start of the request stream, and the pool's workers are awake when a
+// decode step's matmuls come, so finer chunks bought balance nobody needed. Against four a thread
+// (interleaved decode steps, 15 pairs each, 2 threads): SmolLM2 1.09x, 1.10x (two a thread) then
+// 1.06x more (one), gemma3 1.01-1.05x, the 0.5B shape 0.99-1.00x. At most kGemvChunkBytes a
+// chunk, so that an output head (gemma3's: 178 MB) does not end on one thread reading its last
+// part while the other waits.
 constexpr int64_t kGemvAhead = 8 << 10;
-constexpr int64_t kGemvChunks = 4;
+constexpr int64_t kGemvChunks = 1;
 constexpr int64_t kGemvChunkBytes = 512 << 10;
 
 void packed_matvec(const StripKernels& sk, const void* packed, GGMLType type, int64_t rows, int64_t cols,
@@ -318,8 +322,9 @@ void packed_matvec(const StripKernels& sk, const void* packed, GGMLType type, in
     const int64_t n_strips = (rows + kStripRows - 1) / kStripRows;
     // One thread (a MoE expert's matmul on its worker, moe.cpp): one chunk, so the requests ahead
     // run through the whole matrix instead of restarting cold every few strips.
+    const int64_t target = int64_t(pool.size()) * kGemvChunks;
     const int64_t per_chunk = pool.size() == 1 ? n_strips : std::max<int64_t>(
-        1, std::min(n_strips / (int64_t(pool.size()) * kGemvChunks), kGemvChunkBytes / strip_bytes));
+        1, std::min((n_strips + target - 1) / target, kGemvChunkBytes / strip_bytes));
     const int64_t n_chunks = (n_strips + per_chunk - 1) / per_chunk;
     const int64_t pt = act.per_token;
     const auto* w = static_cast<const uint8_t*>(packed);

@@ -252,6 +252,8 @@ inline void store_strip(const float* out, int64_t i0, int64_t na, int64_t pt, in
 // one decode step of a few sessions costs the weight reads and its GEMM only. Several tokens (a
 // batched decode step): strips in pairs through the pair GEMM where the set has one (each
 // activation load serves two strips; kernels.h), the same bits; one token keeps the one-strip GEMM.
+constexpr int64_t kPackedChunks = 2;
+
 void packed_matmul(const StripKernels& sk, const void* packed, GGMLType type, int64_t rows, int64_t cols,
                    const QuantizedActs& act, int64_t n, float* y, ThreadPool& pool) {
     const int64_t strip_bytes = PackedLayout(type, cols).strip_bytes;
@@ -261,9 +263,13 @@ void packed_matmul(const StripKernels& sk, const void* packed, GGMLType type, in
     const bool pairs = n >= 2 && sk.packed_pair;
     // Pairs: chunks of whole pairs, at least three, as only a chunk's later pairs have their weights
     // requested by the call before them (Q4_1 576 x 576, 16 activation rows: ~195 -> ~212 G MAC/s
-    // against chunks of one pair; a decode step's smallest matrices still make 6+ chunks).
+    // against chunks of one pair). kPackedChunks a thread, as packed_matvec's one: each chunk
+    // starts its weight stream cold (against kTargetChunks, interleaved batched decode steps,
+    // 2 threads: 4 sessions 1.10x SmolLM2, 1.03x gemma3; 8 sessions at q8 1.03x, 1.03x).
     // One thread (a MoE expert's item on its worker): one chunk, the requests running on through it.
-    int64_t per_chunk = pool.size() == 1 ? n_strips : rows_per_chunk(n_strips, pool, pairs ? 6 : 1);
+    const int64_t target = int64_t(pool.size()) * kPackedChunks, multiple = pairs ? 2 : 1;
+    int64_t per_chunk = pool.size() == 1 ? n_strips : std::max<int64_t>(
+        pairs ? 6 : 1, ((n_strips + target - 1) / target + multiple - 1) / multiple * multiple);
     if (n_act > tile) per_chunk = std::min(per_chunk, std::max<int64_t>(1, kStripScratch / strip_bytes));   // stay in L2
     const int64_t n_chunks = (n_strips + per_chunk - 1) / per_chunk;
     const auto* w = static_cast<const uint8_t*>(packed);

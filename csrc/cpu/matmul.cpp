@@ -253,6 +253,7 @@ inline void store_strip(const float* out, int64_t i0, int64_t na, int64_t pt, in
 // batched decode step): strips in pairs through the pair GEMM where the set has one (each
 // activation load serves two strips; kernels.h), the same bits; one token keeps the one-strip GEMM.
 constexpr int64_t kPackedChunks = 2;
+constexpr int64_t kGemvChunkBytes = 512 << 10;   // the most bytes of weights in a chunk (packed_matvec)
 
 void packed_matmul(const StripKernels& sk, const void* packed, GGMLType type, int64_t rows, int64_t cols,
                    const QuantizedActs& act, int64_t n, float* y, ThreadPool& pool) {
@@ -267,9 +268,11 @@ void packed_matmul(const StripKernels& sk, const void* packed, GGMLType type, in
     // starts its weight stream cold (against kTargetChunks, interleaved batched decode steps,
     // 2 threads: 4 sessions 1.10x SmolLM2, 1.03x gemma3; 8 sessions at q8 1.03x, 1.03x).
     // One thread (a MoE expert's item on its worker): one chunk, the requests running on through it.
+    // At most kGemvChunkBytes a chunk (an output head of 178 MB in four chunks left one thread
+    // waiting for the other's last: gemma3 4 sessions 0.93x).
     const int64_t target = int64_t(pool.size()) * kPackedChunks, multiple = pairs ? 2 : 1;
-    int64_t per_chunk = pool.size() == 1 ? n_strips : std::max<int64_t>(
-        pairs ? 6 : 1, ((n_strips + target - 1) / target + multiple - 1) / multiple * multiple);
+    const int64_t even = std::min((n_strips + target - 1) / target, kGemvChunkBytes / strip_bytes);
+    int64_t per_chunk = pool.size() == 1 ? n_strips : std::max<int64_t>(pairs ? 6 : 1, (even + multiple - 1) / multiple * multiple);
     if (n_act > tile) per_chunk = std::min(per_chunk, std::max<int64_t>(1, kStripScratch / strip_bytes));   // stay in L2
     const int64_t n_chunks = (n_strips + per_chunk - 1) / per_chunk;
     const auto* w = static_cast<const uint8_t*>(packed);
@@ -320,7 +323,6 @@ void packed_matmul(const StripKernels& sk, const void* packed, GGMLType type, in
 // part while the other waits.
 constexpr int64_t kGemvAhead = 8 << 10;
 constexpr int64_t kGemvChunks = 1;
-constexpr int64_t kGemvChunkBytes = 512 << 10;
 
 void packed_matvec(const StripKernels& sk, const void* packed, GGMLType type, int64_t rows, int64_t cols,
                    const QuantizedActs& act, float* y, ThreadPool& pool) {

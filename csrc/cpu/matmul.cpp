@@ -255,6 +255,20 @@ inline void store_strip(const float* out, int64_t i0, int64_t na, int64_t pt, in
 constexpr int64_t kPackedChunks = 2;
 constexpr int64_t kGemvChunkBytes = 512 << 10;   // the most bytes of weights in a chunk (packed_matvec)
 
+// Strips per chunk of a decode matmul on packed strips: per_thread chunks a thread, each at most
+// kGemvChunkBytes; where that cap makes more chunks, their count is rounded up to a multiple of
+// the thread count, so that every thread takes as many (the 0.5B shape's FFN down projection,
+// 56 Q6_K strips of 64 KB: 7 chunks of 8 left one thread a chunk after the other's last, 12 % of
+// its thread time idle). Then rounded up to `multiple` strips, at least `least`.
+int64_t strips_per_chunk(int64_t n_strips, int64_t strip_bytes, int64_t threads, int64_t per_thread, int64_t multiple,
+                         int64_t least) {
+    const int64_t by_cap = (n_strips + std::max<int64_t>(1, kGemvChunkBytes / strip_bytes) - 1) /
+                           std::max<int64_t>(1, kGemvChunkBytes / strip_bytes);
+    const int64_t n_chunks = std::max(threads * per_thread, (by_cap + threads - 1) / threads * threads);
+    const int64_t per = (n_strips + n_chunks - 1) / n_chunks;
+    return std::max(least, (per + multiple - 1) / multiple * multiple);
+}
+
 void packed_matmul(const StripKernels& sk, const void* packed, GGMLType type, int64_t rows, int64_t cols,
                    const QuantizedActs& act, int64_t n, float* y, ThreadPool& pool) {
     const int64_t strip_bytes = PackedLayout(type, cols).strip_bytes;
@@ -270,9 +284,9 @@ void packed_matmul(const StripKernels& sk, const void* packed, GGMLType type, in
     // One thread (a MoE expert's item on its worker): one chunk, the requests running on through it.
     // At most kGemvChunkBytes a chunk (an output head of 178 MB in four chunks left one thread
     // waiting for the other's last: gemma3 4 sessions 0.93x).
-    const int64_t target = int64_t(pool.size()) * kPackedChunks, multiple = pairs ? 2 : 1;
-    const int64_t even = std::min((n_strips + target - 1) / target, kGemvChunkBytes / strip_bytes);
-    int64_t per_chunk = pool.size() == 1 ? n_strips : std::max<int64_t>(pairs ? 6 : 1, (even + multiple - 1) / multiple * multiple);
+    int64_t per_chunk = pool.size() == 1 ? n_strips
+                                          : strips_per_chunk(n_strips, strip_bytes, pool.size(), kPackedChunks, pairs ? 2 : 1,
+                                                             pairs ? 6 : 1);
     if (n_act > tile) per_chunk = std::min(per_chunk, std::max<int64_t>(1, kStripScratch / strip_bytes));   // stay in L2
     const int64_t n_chunks = (n_strips + per_chunk - 1) / per_chunk;
     const auto* w = static_cast<const uint8_t*>(packed);
@@ -330,9 +344,8 @@ void packed_matvec(const StripKernels& sk, const void* packed, GGMLType type, in
     const int64_t n_strips = (rows + kStripRows - 1) / kStripRows;
     // One thread (a MoE expert's matmul on its worker, moe.cpp): one chunk, so the requests ahead
     // run through the whole matrix instead of restarting cold every few strips.
-    const int64_t target = int64_t(pool.size()) * kGemvChunks;
-    const int64_t per_chunk = pool.size() == 1 ? n_strips : std::max<int64_t>(
-        1, std::min((n_strips + target - 1) / target, kGemvChunkBytes / strip_bytes));
+    const int64_t per_chunk =
+        pool.size() == 1 ? n_strips : strips_per_chunk(n_strips, strip_bytes, pool.size(), kGemvChunks, 1, 1);
     const int64_t n_chunks = (n_strips + per_chunk - 1) / per_chunk;
     const int64_t pt = act.per_token;
     const auto* w = static_cast<const uint8_t*>(packed);

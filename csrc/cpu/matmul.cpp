@@ -246,14 +246,10 @@ inline void store_strip(const float* out, int64_t i0, int64_t na, int64_t pt, in
     }
 }
 
-// Mat-mat (any n >= 1) on packed strips read in place: a chunk is a run of strips; each strip
-// runs against every activation row, kStripAct per GEMM call (tiles of kStripTileBytes when the
-// activations outgrow L2, so they are reused across the chunk's strips). Nothing is decoded, so
-// one decode step of a few sessions costs the weight reads and its GEMM only. Several tokens (a
-// batched decode step): strips in pairs through the pair GEMM where the set has one (each
-// activation load serves two strips; kernels.h), the same bits; one token keeps the one-strip GEMM.
-constexpr int64_t kPackedChunks = 2;
-constexpr int64_t kGemvChunkBytes = 512 << 10;   // the most bytes of weights in a chunk (packed_matvec)
+constexpr int64_t kPackedChunks = 2;   // chunks a thread of packed_matmul (several tokens)
+// The most bytes of weights in a chunk of a decode matmul on packed strips (packed_matmul and
+// packed_matvec: strips_per_chunk).
+constexpr int64_t kGemvChunkBytes = 512 << 10;
 
 // Strips per chunk of a decode matmul on packed strips: per_thread chunks a thread, each at most
 // kGemvChunkBytes; where that cap makes more chunks, their count is rounded up to a multiple of
@@ -262,13 +258,19 @@ constexpr int64_t kGemvChunkBytes = 512 << 10;   // the most bytes of weights in
 // its thread time idle). Then rounded up to `multiple` strips, at least `least`.
 int64_t strips_per_chunk(int64_t n_strips, int64_t strip_bytes, int64_t threads, int64_t per_thread, int64_t multiple,
                          int64_t least) {
-    const int64_t by_cap = (n_strips + std::max<int64_t>(1, kGemvChunkBytes / strip_bytes) - 1) /
-                           std::max<int64_t>(1, kGemvChunkBytes / strip_bytes);
+    const int64_t cap = std::max<int64_t>(1, kGemvChunkBytes / strip_bytes);   // strips
+    const int64_t by_cap = (n_strips + cap - 1) / cap;
     const int64_t n_chunks = std::max(threads * per_thread, (by_cap + threads - 1) / threads * threads);
     const int64_t per = (n_strips + n_chunks - 1) / n_chunks;
     return std::max(least, (per + multiple - 1) / multiple * multiple);
 }
 
+// Mat-mat (any n >= 1) on packed strips read in place: a chunk is a run of strips; each strip
+// runs against every activation row, kStripAct per GEMM call (tiles of kStripTileBytes when the
+// activations outgrow L2, so they are reused across the chunk's strips). Nothing is decoded, so
+// one decode step of a few sessions costs the weight reads and its GEMM only. Several tokens (a
+// batched decode step): strips in pairs through the pair GEMM where the set has one (each
+// activation load serves two strips; kernels.h), the same bits; one token keeps the one-strip GEMM.
 void packed_matmul(const StripKernels& sk, const void* packed, GGMLType type, int64_t rows, int64_t cols,
                    const QuantizedActs& act, int64_t n, float* y, ThreadPool& pool) {
     const int64_t strip_bytes = PackedLayout(type, cols).strip_bytes;

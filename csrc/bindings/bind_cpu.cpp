@@ -27,7 +27,7 @@ using Floats = py::array_t<float, py::array::c_style>;
 GGMLType cpu_type(const std::string& name) {
     std::string valid;
     for (const auto& t : kGGMLTypeSizes) {
-        if (!cpu::kernel_for(cpu::scalar::kKernels, t.type)) continue;
+        if (!cpu::kernel_for(cpu::scalar::kernel_set(), t.type)) continue;
         if (name == t.name) return t.type;
         valid += valid.empty() ? t.name : str(", ", t.name);
     }

@@ -50,9 +50,9 @@ CpuFeatures detect() {
 
 const KernelSet* set_named(const std::string& name) {
     const CpuFeatures& f = cpu_features();
-    if (name == "scalar") return &scalar::kKernels;
-    if (name == "avx2" && f.has_avx2_level()) return &avx2::kKernels;
-    if (name == "avx512" && f.has_avx512_level()) return &avx512::kKernels;
+    if (name == "scalar") return &scalar::kernel_set();
+    if (name == "avx2" && f.has_avx2_level()) return &avx2::kernel_set();
+    if (name == "avx512" && f.has_avx512_level()) return &avx512::kernel_set();
     const bool known = name == "avx2" || name == "avx512";
     throw ValueError(str("CPU kernel set '", name, "' ", known ? "is not supported by this CPU" : "is unknown",
                          "; valid choices are scalar, avx2, avx512; this CPU supports: ", supported_levels()));
@@ -93,7 +93,7 @@ const KernelSet& kernels() {
         ks = set_named(env);  // throws for a bad value; nothing is cached, so it stays an error
     } else {
         const CpuFeatures& f = cpu_features();
-        ks = f.has_avx512_level() ? &avx512::kKernels : f.has_avx2_level() ? &avx2::kKernels : &scalar::kKernels;
+        ks = f.has_avx512_level() ? &avx512::kernel_set() : f.has_avx2_level() ? &avx2::kernel_set() : &scalar::kernel_set();
     }
     g_current.store(ks, std::memory_order_release);
     return *ks;

@@ -8,7 +8,11 @@
 
 namespace lowbit::cpu::avx2 {
 
-
-extern const KernelSet kKernels = LOWBIT_DOT_ONLY_SET("avx2");
+// Built on the first call (dispatch.cpp makes it only where the CPU has AVX2): code of this file
+// may use AVX2 anywhere, a namespace-scope initializer included, and those run at load on any CPU.
+const KernelSet& kernel_set() {
+    static const KernelSet k = LOWBIT_DOT_ONLY_SET("avx2");
+    return k;
+}
 
 }  // namespace lowbit::cpu::avx2

@@ -264,6 +264,12 @@ KernelSet make_kernels() {
 }
 }  // namespace
 
-extern const KernelSet kKernels = make_kernels();
+// Built on the first call, which dispatch.cpp makes only where the CPU has the AVX-512 level: the
+// compiler fills the set with AVX-512 stores, and as a namespace-scope initializer it ran when the
+// module loaded, so `import lowbit` died of SIGILL on AVX2-only CPUs (Zen 3, most Intel clients).
+const KernelSet& kernel_set() {
+    static const KernelSet k = make_kernels();
+    return k;
+}
 
 }  // namespace lowbit::cpu::avx512

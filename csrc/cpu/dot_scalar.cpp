@@ -352,6 +352,9 @@ float vec_dot_bf16(int n, const void* vw, const void* va) {
     return float(sum);
 }
 
-extern const KernelSet kKernels = LOWBIT_DOT_ONLY_SET("scalar");
+const KernelSet& kernel_set() {
+    static const KernelSet k = LOWBIT_DOT_ONLY_SET("scalar");
+    return k;
+}
 
 }  // namespace lowbit::cpu::scalar

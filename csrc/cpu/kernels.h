@@ -342,7 +342,7 @@ void quantize_act_row(const KernelSet& ks, ActFormat fmt, const float* x, void* 
     float vec_dot_bf16(int n, const void* w, const void* a);                    \
     void quantize_act_q8_0(const float* x, block_q8_0* y, int n);               \
     void quantize_act_q8_K(const float* x, block_q8_K* y, int n);               \
-    extern const KernelSet kKernels;
+    const KernelSet& kernel_set();
 
 // The i-quant / ternary / FP4 dots: dot_scalar_iq.cpp (the spec), dot_iq_avx2.cpp and
 // dot_iq_avx512.cpp (dot_iq_x86_256.h), equal to the spec bit for bit.

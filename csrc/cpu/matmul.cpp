@@ -544,7 +544,7 @@ const char* act_precision_name(ActPrecision p) {
 
 void check_matmul_shape(GGMLType type, int64_t rows, int64_t cols) {
     const GGMLTypeSize* ts = ggml_type_size(static_cast<uint32_t>(type));
-    LOWBIT_CHECK(ts && kernel_for(scalar::kKernels, type), ValueError, "no CPU matmul kernel for GGML type id ",
+    LOWBIT_CHECK(ts && kernel_for(scalar::kernel_set(), type), ValueError, "no CPU matmul kernel for GGML type id ",
                  static_cast<uint32_t>(type), ts ? str(" (", ts->name, ")") : std::string());
     LOWBIT_CHECK(rows > 0 && cols > 0, ValueError, "matmul shape (", rows, ", ", cols, ") must be positive");
     LOWBIT_CHECK(cols % ts->block_elems == 0, ValueError, "matmul cols ", cols, " is not a multiple of the ",
@@ -707,7 +707,9 @@ void matmul_quantized(const void* weights, GGMLType type, int64_t rows, int64_t 
 std::vector<uint8_t> strip_activations(GGMLType type, int64_t cols, const float* x, int64_t n, ActPrecision precision,
                                        ThreadPool& pool) {
     check_matmul_shape(type, 1, cols);
-    const StripKernels* strip = strip_kernels_for(avx512::kKernels, type);
+    LOWBIT_CHECK(cpu_features().has_avx512_level(), ValueError,
+                 "strip_activations: the strip GEMM's activation layout is AVX-512's; this CPU supports: ", supported_levels());
+    const StripKernels* strip = strip_kernels_for(avx512::kernel_set(), type);
     LOWBIT_CHECK(strip, ValueError, "GGML type id ", uint32_t(type), " has no strip GEMM");
     if (precision == ActPrecision::Auto) precision = ActPrecision::Q8X2;
     const int64_t pt = precision == ActPrecision::Q8X2 ? 2 : 1;

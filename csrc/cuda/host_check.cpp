@@ -141,7 +141,7 @@ FormatCheck check_format(Rng& rng, int nb) {
     const cuda::GridTables tables = cuda::host_grid_tables();
     const int n = nb * F::kElems;
     const QuantType& qt = quant_type(F::kType);
-    const cpu::VecDotFn cpu_dot = cpu::kernel_for(cpu::scalar::kKernels, F::kType);
+    const cpu::VecDotFn cpu_dot = cpu::kernel_for(cpu::scalar::kernel_set(), F::kType);
     LOWBIT_CHECK(cpu_dot != nullptr, ValueError, "no scalar CPU dot for ", qt.name);
     FormatCheck out;
     out.name = qt.name;

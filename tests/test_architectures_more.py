@@ -162,7 +162,9 @@ def test_quantized_against_llama_cpp(tmp_path_factory, name, weight_type):
     exact float64 result on these models (Q4_K olmo2, whose attention reads the un-normed residual
     stream), lowbit (~16-bit activations in these matmuls) 2.3e-3. Bound: the kernel tier (6e-2)
     plus llama.cpp's own distance to the exact result; argmax equal where llama.cpp's top-2 gap
-    exceeds 0.5."""
+    exceeds 0.5. On a CPU without the AVX-512 strip GEMMs auto rounds to 8 bits as llama.cpp does
+    (cpu/matmul.h): there lowbit's own distance to the exact result is bounded by the tier plus
+    llama.cpp's."""
     llama_cpp = llama_cpp_or_skip()
     path = model_path(tmp_path_factory, name, weight_type)
     ref = llama_cpp.Llama(path, n_ctx=64, n_threads=1, n_batch=64, logits_all=True, verbose=False)
@@ -172,7 +174,8 @@ def test_quantized_against_llama_cpp(tmp_path_factory, name, weight_type):
     theirs = np.array(ref.scores[:24])
     ours = e.eval(ids, all_logits=True)
     exact = ReferenceModel(path).logits(ids)
-    assert rel_err(ours, exact) <= 6e-2
+    eight_bit = "avx512" not in _core.cpu_features()["supported"]
+    assert rel_err(ours, exact) <= 6e-2 + (rel_err(theirs, exact) if eight_bit else 0.0)
     assert rel_err(ours, theirs) <= 6e-2 + rel_err(theirs, exact)
     top2 = np.sort(theirs, axis=1)[:, -2:]
     clear = (top2[:, 1] - top2[:, 0]) > 0.5

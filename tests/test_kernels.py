@@ -214,9 +214,14 @@ def test_fused_strip_quantizer_equals_the_composed_steps(type_name, level, kerne
     """The strip GEMM's activation groups (both precisions, one thread and the pool, zero blocks
     and a dominant negative element included): every set's bytes equal the scalar set's (there
     quantize_act, the residual and the regrouping run one after another; the AVX-512 set fuses
-    them into one pass)."""
+    them into one pass). The layout feeds the AVX-512 strip GEMM alone: a CPU without AVX-512
+    gets a ValueError naming what it supports instead of a layout nothing there reads."""
     rng = np.random.default_rng(3050)
     pool = cpu.pool(2)
+    if "avx512" not in supported_levels():
+        with pytest.raises(ValueError, match="AVX-512.*this CPU supports: scalar"):
+            _core.cpu_strip_acts(type_name, np.ones((8, 256), np.float32), "q8", pool)
+        pytest.skip("the strip activation layout is the AVX-512 strip GEMM's")
     for precision, n, cols in [("high", 4, 512), ("q8", 8, 768), ("high", 36, 2048), ("auto", 12, 256)]:
         x = (rng.standard_normal((n, cols)) * rng.uniform(0.001, 100, size=(n, 1))).astype(np.float32)
         x[0, :256] = 0.0

@@ -557,11 +557,19 @@ int64_t weight_row_bytes(GGMLType type, int64_t cols) {
     return cols / ts->block_elems * ts->block_bytes;
 }
 
+namespace {
+// Auto's precision for a matmul of n rows of `type` under ks (matmul.h).
+ActPrecision auto_precision(const KernelSet& ks, GGMLType type, int64_t n) {
+    if (!strip_kernels_for(ks, GGMLType::Q8_0)) return ActPrecision::Q8;   // a set without strip GEMMs
+    return strip_kernels_for(ks, type) || n < kStripMinRows ? ActPrecision::Q8X2 : ActPrecision::Q8;
+}
+}  // namespace
+
 void matvec(const void* weights, GGMLType type, int64_t rows, int64_t cols, const float* x, float* y,
             ThreadPool& pool, ActPrecision precision) {
     check_matmul_shape(type, rows, cols);
-    if (precision == ActPrecision::Auto) precision = ActPrecision::Q8X2;
     const KernelSet& ks = kernels();
+    if (precision == ActPrecision::Auto) precision = auto_precision(ks, type, 1);
     QuantizedActs act;
     quantize_rows(ks, type, cols, XRows{x}, 1, precision, act, pool);
     const auto* w = static_cast<const uint8_t*>(weights);
@@ -622,8 +630,7 @@ void matmul_x(const void* weights, GGMLType type, int64_t rows, int64_t cols, XR
     const KernelSet& ks = kernels();
     QuantizedActs act;
     const StripKernels* type_strip = strip_kernels_for(ks, type);
-    if (precision == ActPrecision::Auto)   // matmul.h: q8 only where prefill is compute-bound without a strip GEMM
-        precision = type_strip || n < kStripMinRows ? ActPrecision::Q8X2 : ActPrecision::Q8;
+    if (precision == ActPrecision::Auto) precision = auto_precision(ks, type, n);
     const int64_t act_rows = n * (precision == ActPrecision::Q8X2 ? 2 : 1);
     const StripKernels* strip = n >= kStripMinRows || (small_batches && act_rows >= kStripMinActRows) ? type_strip : nullptr;
     quantize_rows(ks, type, cols, x, n, precision, act, pool, strip);
@@ -641,8 +648,7 @@ void matmul_packed_x(const void* packed, GGMLType type, int64_t rows, int64_t co
     if (n <= 0) return;
     const KernelSet& ks = kernels();
     const StripKernels* sk = strip_kernels_for(ks, type);
-    if (precision == ActPrecision::Auto)   // as matmul decides on the unpacked rows (a strip GEMM for every n here)
-        precision = sk || n < kStripMinRows ? ActPrecision::Q8X2 : ActPrecision::Q8;
+    if (precision == ActPrecision::Auto) precision = auto_precision(ks, type, n);   // as matmul decides on the unpacked rows
     QuantizedActs act;
     if (sk && sk->packed) {
         quantize_rows(ks, type, cols, x, n, precision, act, pool, sk);

@@ -27,7 +27,9 @@ namespace lowbit::cpu {
 // row of what it missed (two-pass, ~16-bit). Auto: Q8X2, except Q8 for a matmul of >= 16 rows of
 // a type the kernel set has no strip GEMM for (kernels.h): decode is memory-bound, so the second
 // pass is nearly free, and the strip GEMMs leave prefill fast enough to afford it (~25% of pp);
-// the multi-row dots would pay 2x.
+// the multi-row dots would pay 2x. A set without any strip GEMM (scalar, AVX2: CPUs without
+// AVX-512) is Q8 everywhere: its dots are compute-bound at one token too, and one rule for every
+// n keeps a token's logits the same however its prompt was split into batches.
 enum class ActPrecision { Q8, Q8X2, Auto };
 
 // "q8" -> Q8, "high" -> Q8X2, "auto" -> Auto; ValueError names the valid ones otherwise.

@@ -11,7 +11,11 @@ namespace lowbit::cpu::avx2 {
 // Built on the first call (dispatch.cpp makes it only where the CPU has AVX2): code of this file
 // may use AVX2 anywhere, a namespace-scope initializer included, and those run at load on any CPU.
 const KernelSet& kernel_set() {
-    static const KernelSet k = LOWBIT_DOT_ONLY_SET("avx2");
+    static const KernelSet k = [] {
+        KernelSet set = LOWBIT_DOT_ONLY_SET("avx2");
+        legacy_rows_avx2(set);   // dot_x86_256.h: one weight block unpacked for four activation rows
+        return set;
+    }();
     return k;
 }
 

@@ -147,94 +147,116 @@ void LOWBIT_FN(quantize_act_q8_K)(const float* x, block_q8_K* y, int n) {
 }
 
 // ---- legacy 32-blocks x q8_0 ----------------------------------------------------------------
+// One template per pass of R activation rows: the block's weights are loaded and unpacked once,
+// and each row gets the single-row dot's integer sums and float steps in its order, so a row of
+// the multi-row dot equals vec_dot's bits (matmul's batched rows equal its mat-vec's).
+namespace {
 
-float LOWBIT_FN(vec_dot_q4_0)(int n, const void* vw, const void* va) {
-    const auto* w = static_cast<const block_q4_0*>(vw);
-    const auto* a = static_cast<const block_q8_0*>(va);
-    __m256 acc = _mm256_setzero_ps();
-    const __m256i off = _mm256_set1_epi8(8);
-    for (int b = 0; b < n / QK4_0; ++b) {
-        const __m256 d = _mm256_set1_ps(h2f(w[b].d) * h2f(a[b].d));
-        const __m256i qx = _mm256_sub_epi8(nibbles_32(w[b].qs), off);
-        const __m256i p = mul_sum_i8(qx, load256(a[b].qs));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc);
+// A type's 32 weights of one block as the bytes its dot multiplies: signed (times the q8 row
+// through the sign trick), or unsigned with a min (kMin: d * q + m).
+struct Q4_0W {
+    using Block = block_q4_0;
+    static constexpr bool kMin = false;
+    static __m256i bytes(const Block& b) { return _mm256_sub_epi8(nibbles_32(b.qs), _mm256_set1_epi8(8)); }
+};
+struct Q4_1W {
+    using Block = block_q4_1;
+    static constexpr bool kMin = true;
+    static __m256i bytes(const Block& b) { return nibbles_32(b.qs); }
+};
+struct Q5_0W {   // q - 16 as int8: the nibble with 0xF0 or-ed in where the fifth bit is clear
+    using Block = block_q5_0;
+    static constexpr bool kMin = false;
+    static __m256i bytes(const Block& b) {
+        return _mm256_or_si256(nibbles_32(b.qs), _mm256_andnot_si256(bits_to_bytes_32(b.qh), _mm256_set1_epi8(char(0xF0))));
     }
-    return hsum_f32(acc);
-}
-
-float LOWBIT_FN(vec_dot_q4_1)(int n, const void* vw, const void* va) {
-    const auto* w = static_cast<const block_q4_1*>(vw);
-    const auto* a = static_cast<const block_q8_0*>(va);
-    __m256 acc = _mm256_setzero_ps(), acc_m = _mm256_setzero_ps();
-    const __m256i ones = _mm256_set1_epi8(1);
-    for (int b = 0; b < n / QK4_1; ++b) {
-        const float da = h2f(a[b].d);
-        const __m256i qy = load256(a[b].qs);
-        const __m256i p = mul_sum_us8(nibbles_32(w[b].qs), qy);
-        const __m256i sy = mul_sum_us8(ones, qy);
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(h2f(w[b].d) * da), acc);
-        acc_m = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sy), _mm256_set1_ps(h2f(w[b].m) * da), acc_m);
+};
+struct Q5_1W {
+    using Block = block_q5_1;
+    static constexpr bool kMin = true;
+    static __m256i bytes(const Block& b) {
+        return _mm256_or_si256(nibbles_32(b.qs), _mm256_and_si256(bits_to_bytes_32(b.qh), _mm256_set1_epi8(0x10)));
     }
-    return hsum_f32(_mm256_add_ps(acc, acc_m));
-}
-
-float LOWBIT_FN(vec_dot_q5_0)(int n, const void* vw, const void* va) {
-    const auto* w = static_cast<const block_q5_0*>(vw);
-    const auto* a = static_cast<const block_q8_0*>(va);
-    __m256 acc = _mm256_setzero_ps();
-    const __m256i hi_off = _mm256_set1_epi8(char(0xF0));
-    for (int b = 0; b < n / QK5_0; ++b) {
-        const __m256 d = _mm256_set1_ps(h2f(w[b].d) * h2f(a[b].d));
-        // q - 16 as int8: the nibble with 0xF0 or-ed in where the fifth bit is clear
-        const __m256i qx = _mm256_or_si256(nibbles_32(w[b].qs), _mm256_andnot_si256(bits_to_bytes_32(w[b].qh), hi_off));
-        const __m256i p = mul_sum_i8(qx, load256(a[b].qs));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc);
+};
+struct Q8_0W {
+    using Block = block_q8_0;
+    static constexpr bool kMin = false;
+    static __m256i bytes(const Block& b) { return load256(b.qs); }
+};
+struct IQ4_NLW {
+    using Block = block_iq4_nl;
+    static constexpr bool kMin = false;
+    static __m256i bytes(const Block& b) {
+        return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(load128(kvalues_iq4nl)), nibbles_32(b.qs));
     }
-    return hsum_f32(acc);
-}
+};
 
-float LOWBIT_FN(vec_dot_q5_1)(int n, const void* vw, const void* va) {
-    const auto* w = static_cast<const block_q5_1*>(vw);
-    const auto* a = static_cast<const block_q8_0*>(va);
-    __m256 acc = _mm256_setzero_ps(), acc_m = _mm256_setzero_ps();
-    const __m256i ones = _mm256_set1_epi8(1), bit4 = _mm256_set1_epi8(0x10);
-    for (int b = 0; b < n / QK5_1; ++b) {
-        const float da = h2f(a[b].d);
-        const __m256i qy = load256(a[b].qs);
-        const __m256i qx = _mm256_or_si256(nibbles_32(w[b].qs), _mm256_and_si256(bits_to_bytes_32(w[b].qh), bit4));
-        const __m256i p = mul_sum_us8(qx, qy);
-        const __m256i sy = mul_sum_us8(ones, qy);
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(h2f(w[b].d) * da), acc);
-        acc_m = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sy), _mm256_set1_ps(h2f(w[b].m) * da), acc_m);
-    }
-    return hsum_f32(_mm256_add_ps(acc, acc_m));
-}
-
-float LOWBIT_FN(vec_dot_q8_0)(int n, const void* vw, const void* va) {
-    const auto* w = static_cast<const block_q8_0*>(vw);
-    const auto* a = static_cast<const block_q8_0*>(va);
-    __m256 acc = _mm256_setzero_ps();
+// Weight row w against R q8_0 rows at act, stride bytes apart: out[0..R).
+template <class W, int R>
+inline void legacy_dot_pass(int n, const void* vw, const uint8_t* act, size_t stride, float* out) {
+    const auto* w = static_cast<const typename W::Block*>(vw);
+    auto a_of = [&](int r, int b) { return reinterpret_cast<const block_q8_0*>(act + size_t(r) * stride) + b; };
+    __m256 acc[R], acc_m[R];
+    for (int r = 0; r < R; ++r) acc[r] = acc_m[r] = _mm256_setzero_ps();
     for (int b = 0; b < n / QK8_0; ++b) {
-        const __m256 d = _mm256_set1_ps(h2f(w[b].d) * h2f(a[b].d));
-        const __m256i p = mul_sum_i8(load256(w[b].qs), load256(a[b].qs));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc);
+        const __m256i qx = W::bytes(w[b]);
+        const float dw = h2f(w[b].d);
+        if constexpr (W::kMin) {
+            const float mw = h2f(w[b].m);
+            for (int r = 0; r < R; ++r) {
+                const float da = h2f(a_of(r, b)->d);
+                const __m256i qy = load256(a_of(r, b)->qs);
+                const __m256i p = mul_sum_us8(qx, qy), sy = mul_sum_us8(_mm256_set1_epi8(1), qy);
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * da), acc[r]);
+                acc_m[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sy), _mm256_set1_ps(mw * da), acc_m[r]);
+            }
+        } else {
+            const __m256i ax = _mm256_sign_epi8(qx, qx);   // mul_sum_i8's sign trick, |x| once for the R rows
+            for (int r = 0; r < R; ++r) {
+                const __m256i p = mul_sum_us8(ax, _mm256_sign_epi8(load256(a_of(r, b)->qs), qx));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * h2f(a_of(r, b)->d)), acc[r]);
+            }
+        }
     }
-    return hsum_f32(acc);
+    for (int r = 0; r < R; ++r) out[r] = hsum_f32(W::kMin ? _mm256_add_ps(acc[r], acc_m[r]) : acc[r]);
 }
 
-float LOWBIT_FN(vec_dot_iq4_nl)(int n, const void* vw, const void* va) {
-    const auto* w = static_cast<const block_iq4_nl*>(vw);
-    const auto* a = static_cast<const block_q8_0*>(va);
-    const __m256i table = _mm256_broadcastsi128_si256(load128(kvalues_iq4nl));
-    __m256 acc = _mm256_setzero_ps();
-    for (int b = 0; b < n / QK4_NL; ++b) {
-        const __m256 d = _mm256_set1_ps(h2f(w[b].d) * h2f(a[b].d));
-        const __m256i qx = _mm256_shuffle_epi8(table, nibbles_32(w[b].qs));
-        const __m256i p = mul_sum_i8(qx, load256(a[b].qs));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc);
-    }
-    return hsum_f32(acc);
+template <class W>
+float legacy_dot(int n, const void* w, const void* a) {
+    float out;
+    legacy_dot_pass<W, 1>(n, w, static_cast<const uint8_t*>(a), 0, &out);
+    return out;
 }
+
+// VecDotRowsFn: four rows a pass, then the rest one by one.
+template <class W>
+void legacy_dot_rows(int n, const void* w, const void* act, size_t stride, int nrows, float* out) {
+    const auto* a = static_cast<const uint8_t*>(act);
+    int i = 0;
+    for (; i + 4 <= nrows; i += 4) legacy_dot_pass<W, 4>(n, w, a + size_t(i) * stride, stride, out + i);
+    for (; i < nrows; ++i) legacy_dot_pass<W, 1>(n, w, a + size_t(i) * stride, stride, out + i);
+}
+
+}  // namespace
+
+float LOWBIT_FN(vec_dot_q4_0)(int n, const void* w, const void* a) { return legacy_dot<Q4_0W>(n, w, a); }
+float LOWBIT_FN(vec_dot_q4_1)(int n, const void* w, const void* a) { return legacy_dot<Q4_1W>(n, w, a); }
+float LOWBIT_FN(vec_dot_q5_0)(int n, const void* w, const void* a) { return legacy_dot<Q5_0W>(n, w, a); }
+float LOWBIT_FN(vec_dot_q5_1)(int n, const void* w, const void* a) { return legacy_dot<Q5_1W>(n, w, a); }
+float LOWBIT_FN(vec_dot_q8_0)(int n, const void* w, const void* a) { return legacy_dot<Q8_0W>(n, w, a); }
+float LOWBIT_FN(vec_dot_iq4_nl)(int n, const void* w, const void* a) { return legacy_dot<IQ4_NLW>(n, w, a); }
+
+#if !LOWBIT_VNNI
+// The multi-row dots of the legacy types (the AVX2 set; AVX-512 has its own, dot_avx512.cpp).
+void legacy_rows_avx2(KernelSet& k) {
+    k[GGMLType::Q4_0].dot_rows = legacy_dot_rows<Q4_0W>;
+    k[GGMLType::Q4_1].dot_rows = legacy_dot_rows<Q4_1W>;
+    k[GGMLType::Q5_0].dot_rows = legacy_dot_rows<Q5_0W>;
+    k[GGMLType::Q5_1].dot_rows = legacy_dot_rows<Q5_1W>;
+    k[GGMLType::Q8_0].dot_rows = legacy_dot_rows<Q8_0W>;
+    k[GGMLType::IQ4_NL].dot_rows = legacy_dot_rows<IQ4_NLW>;
+}
+#endif
 
 // ---- k-quants x q8_K: exact int per super-block, then the scalar float expression ------------
 

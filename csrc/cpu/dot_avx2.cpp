@@ -14,6 +14,7 @@ const KernelSet& kernel_set() {
     static const KernelSet k = [] {
         KernelSet set = LOWBIT_DOT_ONLY_SET("avx2");
         legacy_rows_avx2(set);   // dot_x86_256.h: one weight block unpacked for four activation rows
+        kquant_rows_avx2(set);
         return set;
     }();
     return k;

@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "cpu/kernels.h"
 
@@ -346,65 +347,58 @@ inline int k4_min_sum(const uint8_t* mins8, const int16_t* bsums) {
 }
 }  // namespace
 
-float LOWBIT_FN(vec_dot_q4_K)(int n, const void* vw, const void* va) {
-    const auto* w = static_cast<const block_q4_K*>(vw);
-    const auto* a = static_cast<const block_q8_K*>(va);
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    float sumf = 0.0f;
+// Q4_K / Q5_K / Q6_K as the legacy types above: one template per pass of R q8_K rows, the
+// super-block's weights unpacked once, each row's exact integer sums and scalar float expression
+// the single-row dot's.
+namespace {
+
+// Q4_K (kQ5 false) / Q5_K: weight row w against R rows at act, stride bytes apart.
+template <bool kQ5, int R>
+inline void k4_dot_pass(int n, const void* vw, const uint8_t* act, size_t stride, float* out) {
+    using Block = std::conditional_t<kQ5, block_q5_K, block_q4_K>;
+    const auto* w = static_cast<const Block*>(vw);
+    auto a_of = [&](int r, int b) { return reinterpret_cast<const block_q8_K*>(act + size_t(r) * stride) + b; };
+    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    float sumf[R] = {};
     for (int b = 0; b < n / QK_K; ++b) {
         uint8_t sm[16];
         unpack_k4_scales(w[b].scales, sm);
-        const int summs = k4_min_sum(sm + 8, a[b].bsums);
-        __m256i acc = _mm256_setzero_si256();
+        __m256i acc[R];
+        for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_si256();
         for (int c = 0; c < 4; ++c) {  // 64 elements: sub-blocks 2c (low nibbles), 2c+1 (high)
             const __m256i q4 = load256(w[b].qs + 32 * c);
-            const __m256i lo = _mm256_and_si256(q4, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
-            acc = _mm256_add_epi32(acc, scaled_pairs(lo, load256(a[b].qs + 64 * c), _mm256_set1_epi16(sm[2 * c])));
-            acc = _mm256_add_epi32(acc, scaled_pairs(hi, load256(a[b].qs + 64 * c + 32), _mm256_set1_epi16(sm[2 * c + 1])));
+            __m256i lo = _mm256_and_si256(q4, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+            if constexpr (kQ5) {
+                const __m256i qh = load256(w[b].qh);
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), one), 4));
+                hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), one), 4));
+            }
+            const __m256i s_lo = _mm256_set1_epi16(sm[2 * c]), s_hi = _mm256_set1_epi16(sm[2 * c + 1]);
+            for (int r = 0; r < R; ++r) {
+                acc[r] = _mm256_add_epi32(acc[r], scaled_pairs(lo, load256(a_of(r, b)->qs + 64 * c), s_lo));
+                acc[r] = _mm256_add_epi32(acc[r], scaled_pairs(hi, load256(a_of(r, b)->qs + 64 * c + 32), s_hi));
+            }
         }
-        const int isum = hsum_i32(acc);
-        const float dall = a[b].d * h2f(w[b].d), dmin = a[b].d * h2f(w[b].dmin);
-        sumf += dall * float(isum) - dmin * float(summs);
+        for (int r = 0; r < R; ++r) {
+            const block_q8_K* a = a_of(r, b);
+            const int summs = k4_min_sum(sm + 8, a->bsums);
+            const int isum = hsum_i32(acc[r]);
+            const float dall = a->d * h2f(w[b].d), dmin = a->d * h2f(w[b].dmin);
+            sumf[r] += dall * float(isum) - dmin * float(summs);
+        }
     }
-    return sumf;
+    for (int r = 0; r < R; ++r) out[r] = sumf[r];
 }
 
-float LOWBIT_FN(vec_dot_q5_K)(int n, const void* vw, const void* va) {
-    const auto* w = static_cast<const block_q5_K*>(vw);
-    const auto* a = static_cast<const block_q8_K*>(va);
-    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
-    float sumf = 0.0f;
-    for (int b = 0; b < n / QK_K; ++b) {
-        uint8_t sm[16];
-        unpack_k4_scales(w[b].scales, sm);
-        const int summs = k4_min_sum(sm + 8, a[b].bsums);
-        const __m256i qh = load256(w[b].qh);
-        __m256i acc = _mm256_setzero_si256();
-        for (int c = 0; c < 4; ++c) {
-            const __m256i q4 = load256(w[b].qs + 32 * c);
-            const __m256i h_lo = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), one), 4);
-            const __m256i h_hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), one), 4);
-            const __m256i lo = _mm256_or_si256(_mm256_and_si256(q4, m4), h_lo);
-            const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4, 4), m4), h_hi);
-            acc = _mm256_add_epi32(acc, scaled_pairs(lo, load256(a[b].qs + 64 * c), _mm256_set1_epi16(sm[2 * c])));
-            acc = _mm256_add_epi32(acc, scaled_pairs(hi, load256(a[b].qs + 64 * c + 32), _mm256_set1_epi16(sm[2 * c + 1])));
-        }
-        const int isum = hsum_i32(acc);
-        const float dall = a[b].d * h2f(w[b].d), dmin = a[b].d * h2f(w[b].dmin);
-        sumf += dall * float(isum) - dmin * float(summs);
-    }
-    return sumf;
-}
-
-float LOWBIT_FN(vec_dot_q6_K)(int n, const void* vw, const void* va) {
+template <int R>
+inline void q6k_dot_pass(int n, const void* vw, const uint8_t* act, size_t stride, float* out) {
     const auto* w = static_cast<const block_q6_K*>(vw);
-    const auto* a = static_cast<const block_q8_K*>(va);
+    auto a_of = [&](int r, int b) { return reinterpret_cast<const block_q8_K*>(act + size_t(r) * stride) + b; };
     const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x30);
-    float sumf = 0.0f;
+    float sumf[R] = {};
     for (int b = 0; b < n / QK_K; ++b) {
-        const __m256i sc16 = _mm256_cvtepi8_epi16(load128(w[b].scales));
-        const int offset = hsum_i32(_mm256_madd_epi16(sc16, load256(a[b].bsums)));  // sum sc * bsum
-        __m256i acc = _mm256_setzero_si256();
+        __m256i acc[R];
+        for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_si256();
         for (int half = 0; half < 2; ++half) {
             const __m256i ql0 = load256(w[b].ql + 64 * half), ql1 = load256(w[b].ql + 64 * half + 32);
             const __m256i qh = load256(w[b].qh + 32 * half);
@@ -418,14 +412,51 @@ float LOWBIT_FN(vec_dot_q6_K)(int n, const void* vw, const void* va) {
             for (int k = 0; k < 4; ++k) {  // elements 128*half + 32k: sub-blocks s, s+1
                 const int s = 8 * half + 2 * k;
                 const __m256i scale = two_scales(w[b].scales[s], w[b].scales[s + 1]);
-                acc = _mm256_add_epi32(acc, scaled_pairs(q[k], load256(a[b].qs + 16 * s), scale));
+                for (int r = 0; r < R; ++r)
+                    acc[r] = _mm256_add_epi32(acc[r], scaled_pairs(q[k], load256(a_of(r, b)->qs + 16 * s), scale));
             }
         }
-        const int isum = hsum_i32(acc) - 32 * offset;
-        sumf += (a[b].d * h2f(w[b].d)) * float(isum);
+        const __m256i sc16 = _mm256_cvtepi8_epi16(load128(w[b].scales));
+        for (int r = 0; r < R; ++r) {
+            const block_q8_K* a = a_of(r, b);
+            const int offset = hsum_i32(_mm256_madd_epi16(sc16, load256(a->bsums)));  // sum sc * bsum
+            const int isum = hsum_i32(acc[r]) - 32 * offset;
+            sumf[r] += (a->d * h2f(w[b].d)) * float(isum);
+        }
     }
-    return sumf;
+    for (int r = 0; r < R; ++r) out[r] = sumf[r];
 }
+
+// A pass template as VecDotFn (R = 1) and VecDotRowsFn (four rows a pass, then one by one).
+template <void (*Pass1)(int, const void*, const uint8_t*, size_t, float*)>
+float dot_of_pass(int n, const void* w, const void* a) {
+    float out;
+    Pass1(n, w, static_cast<const uint8_t*>(a), 0, &out);
+    return out;
+}
+template <void (*Pass4)(int, const void*, const uint8_t*, size_t, float*),
+          void (*Pass1)(int, const void*, const uint8_t*, size_t, float*)>
+void rows_of_passes(int n, const void* w, const void* act, size_t stride, int nrows, float* out) {
+    const auto* a = static_cast<const uint8_t*>(act);
+    int i = 0;
+    for (; i + 4 <= nrows; i += 4) Pass4(n, w, a + size_t(i) * stride, stride, out + i);
+    for (; i < nrows; ++i) Pass1(n, w, a + size_t(i) * stride, stride, out + i);
+}
+
+}  // namespace
+
+float LOWBIT_FN(vec_dot_q4_K)(int n, const void* w, const void* a) { return dot_of_pass<k4_dot_pass<false, 1>>(n, w, a); }
+float LOWBIT_FN(vec_dot_q5_K)(int n, const void* w, const void* a) { return dot_of_pass<k4_dot_pass<true, 1>>(n, w, a); }
+float LOWBIT_FN(vec_dot_q6_K)(int n, const void* w, const void* a) { return dot_of_pass<q6k_dot_pass<1>>(n, w, a); }
+
+#if !LOWBIT_VNNI
+// The multi-row dots of Q4_K, Q5_K, Q6_K (the AVX2 set; AVX-512 has its own).
+void kquant_rows_avx2(KernelSet& k) {
+    k[GGMLType::Q4_K].dot_rows = rows_of_passes<k4_dot_pass<false, 4>, k4_dot_pass<false, 1>>;
+    k[GGMLType::Q5_K].dot_rows = rows_of_passes<k4_dot_pass<true, 4>, k4_dot_pass<true, 1>>;
+    k[GGMLType::Q6_K].dot_rows = rows_of_passes<q6k_dot_pass<4>, q6k_dot_pass<1>>;
+}
+#endif
 
 float LOWBIT_FN(vec_dot_iq4_xs)(int n, const void* vw, const void* va) {
     const auto* w = static_cast<const block_iq4_xs*>(vw);

@@ -222,40 +222,41 @@ inline void legacy_dot_pass(int n, const void* vw, const uint8_t* act, size_t st
     for (int r = 0; r < R; ++r) out[r] = hsum_f32(W::kMin ? _mm256_add_ps(acc[r], acc_m[r]) : acc[r]);
 }
 
-template <class W>
-float legacy_dot(int n, const void* w, const void* a) {
+// A pass template as VecDotFn (R = 1) and VecDotRowsFn (four rows a pass, then one by one); the
+// k-quants below use them too.
+template <void (*Pass1)(int, const void*, const uint8_t*, size_t, float*)>
+float dot_of_pass(int n, const void* w, const void* a) {
     float out;
-    legacy_dot_pass<W, 1>(n, w, static_cast<const uint8_t*>(a), 0, &out);
+    Pass1(n, w, static_cast<const uint8_t*>(a), 0, &out);
     return out;
 }
-
-// VecDotRowsFn: four rows a pass, then the rest one by one.
-template <class W>
-void legacy_dot_rows(int n, const void* w, const void* act, size_t stride, int nrows, float* out) {
+template <void (*Pass4)(int, const void*, const uint8_t*, size_t, float*),
+          void (*Pass1)(int, const void*, const uint8_t*, size_t, float*)>
+void rows_of_passes(int n, const void* w, const void* act, size_t stride, int nrows, float* out) {
     const auto* a = static_cast<const uint8_t*>(act);
     int i = 0;
-    for (; i + 4 <= nrows; i += 4) legacy_dot_pass<W, 4>(n, w, a + size_t(i) * stride, stride, out + i);
-    for (; i < nrows; ++i) legacy_dot_pass<W, 1>(n, w, a + size_t(i) * stride, stride, out + i);
+    for (; i + 4 <= nrows; i += 4) Pass4(n, w, a + size_t(i) * stride, stride, out + i);
+    for (; i < nrows; ++i) Pass1(n, w, a + size_t(i) * stride, stride, out + i);
 }
 
 }  // namespace
 
-float LOWBIT_FN(vec_dot_q4_0)(int n, const void* w, const void* a) { return legacy_dot<Q4_0W>(n, w, a); }
-float LOWBIT_FN(vec_dot_q4_1)(int n, const void* w, const void* a) { return legacy_dot<Q4_1W>(n, w, a); }
-float LOWBIT_FN(vec_dot_q5_0)(int n, const void* w, const void* a) { return legacy_dot<Q5_0W>(n, w, a); }
-float LOWBIT_FN(vec_dot_q5_1)(int n, const void* w, const void* a) { return legacy_dot<Q5_1W>(n, w, a); }
-float LOWBIT_FN(vec_dot_q8_0)(int n, const void* w, const void* a) { return legacy_dot<Q8_0W>(n, w, a); }
-float LOWBIT_FN(vec_dot_iq4_nl)(int n, const void* w, const void* a) { return legacy_dot<IQ4_NLW>(n, w, a); }
+float LOWBIT_FN(vec_dot_q4_0)(int n, const void* w, const void* a) { return dot_of_pass<legacy_dot_pass<Q4_0W, 1>>(n, w, a); }
+float LOWBIT_FN(vec_dot_q4_1)(int n, const void* w, const void* a) { return dot_of_pass<legacy_dot_pass<Q4_1W, 1>>(n, w, a); }
+float LOWBIT_FN(vec_dot_q5_0)(int n, const void* w, const void* a) { return dot_of_pass<legacy_dot_pass<Q5_0W, 1>>(n, w, a); }
+float LOWBIT_FN(vec_dot_q5_1)(int n, const void* w, const void* a) { return dot_of_pass<legacy_dot_pass<Q5_1W, 1>>(n, w, a); }
+float LOWBIT_FN(vec_dot_q8_0)(int n, const void* w, const void* a) { return dot_of_pass<legacy_dot_pass<Q8_0W, 1>>(n, w, a); }
+float LOWBIT_FN(vec_dot_iq4_nl)(int n, const void* w, const void* a) { return dot_of_pass<legacy_dot_pass<IQ4_NLW, 1>>(n, w, a); }
 
 #if !LOWBIT_VNNI
 // The multi-row dots of the legacy types (the AVX2 set; AVX-512 has its own, dot_avx512.cpp).
 void legacy_rows_avx2(KernelSet& k) {
-    k[GGMLType::Q4_0].dot_rows = legacy_dot_rows<Q4_0W>;
-    k[GGMLType::Q4_1].dot_rows = legacy_dot_rows<Q4_1W>;
-    k[GGMLType::Q5_0].dot_rows = legacy_dot_rows<Q5_0W>;
-    k[GGMLType::Q5_1].dot_rows = legacy_dot_rows<Q5_1W>;
-    k[GGMLType::Q8_0].dot_rows = legacy_dot_rows<Q8_0W>;
-    k[GGMLType::IQ4_NL].dot_rows = legacy_dot_rows<IQ4_NLW>;
+    k[GGMLType::Q4_0].dot_rows = rows_of_passes<legacy_dot_pass<Q4_0W, 4>, legacy_dot_pass<Q4_0W, 1>>;
+    k[GGMLType::Q4_1].dot_rows = rows_of_passes<legacy_dot_pass<Q4_1W, 4>, legacy_dot_pass<Q4_1W, 1>>;
+    k[GGMLType::Q5_0].dot_rows = rows_of_passes<legacy_dot_pass<Q5_0W, 4>, legacy_dot_pass<Q5_0W, 1>>;
+    k[GGMLType::Q5_1].dot_rows = rows_of_passes<legacy_dot_pass<Q5_1W, 4>, legacy_dot_pass<Q5_1W, 1>>;
+    k[GGMLType::Q8_0].dot_rows = rows_of_passes<legacy_dot_pass<Q8_0W, 4>, legacy_dot_pass<Q8_0W, 1>>;
+    k[GGMLType::IQ4_NL].dot_rows = rows_of_passes<legacy_dot_pass<IQ4_NLW, 4>, legacy_dot_pass<IQ4_NLW, 1>>;
 }
 #endif
 
@@ -425,22 +426,6 @@ inline void q6k_dot_pass(int n, const void* vw, const uint8_t* act, size_t strid
         }
     }
     for (int r = 0; r < R; ++r) out[r] = sumf[r];
-}
-
-// A pass template as VecDotFn (R = 1) and VecDotRowsFn (four rows a pass, then one by one).
-template <void (*Pass1)(int, const void*, const uint8_t*, size_t, float*)>
-float dot_of_pass(int n, const void* w, const void* a) {
-    float out;
-    Pass1(n, w, static_cast<const uint8_t*>(a), 0, &out);
-    return out;
-}
-template <void (*Pass4)(int, const void*, const uint8_t*, size_t, float*),
-          void (*Pass1)(int, const void*, const uint8_t*, size_t, float*)>
-void rows_of_passes(int n, const void* w, const void* act, size_t stride, int nrows, float* out) {
-    const auto* a = static_cast<const uint8_t*>(act);
-    int i = 0;
-    for (; i + 4 <= nrows; i += 4) Pass4(n, w, a + size_t(i) * stride, stride, out + i);
-    for (; i < nrows; ++i) Pass1(n, w, a + size_t(i) * stride, stride, out + i);
 }
 
 }  // namespace

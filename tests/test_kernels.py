@@ -11,9 +11,10 @@ Claims checked here (see csrc/cpu/kernels.h):
   * F32/F16/BF16: scalar sums in double, SIMD in f32 lanes: |diff| <= 1e-7 * n * sum|w_i a_i|.
   * activation quantizers: SIMD == scalar byte for byte.
   * matmul: threaded == single-thread, mat-mat == per-row mat-vec, all bit for bit, except
-    the AVX-512 strip GEMM (STRIP_TYPES, >= 16 activation rows, csrc/cpu/kernels.h): exact
-    int32 block sums in another float order, tier 1 against the scalar dots; its outputs do not
-    depend on threads, tiles or how many rows a call has (bit for bit).
+    the strip GEMM (AVX-512: STRIP_TYPES; AVX2: AVX2_STRIP_TYPES; >= 16 activation rows,
+    csrc/cpu/kernels.h): exact int32 block sums in another float order, tier 1 against the
+    scalar dots; its outputs do not depend on threads, tiles or how many rows a call has (bit
+    for bit), and the AVX2 strip GEMM's equal the AVX-512 one's.
 """
 from __future__ import annotations
 
@@ -330,6 +331,7 @@ def test_matmul_threads_and_tiles_agree(type_name, level):
 
 
 STRIP_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"] + IQ_TYPES
+AVX2_STRIP_TYPES = STRIP_TYPES[:9]   # the AVX2 set's strip GEMM (strip_avx2.h): legacy types, Q4_K, Q5_K, Q6_K
 STRIP_16 = {"Q6_K", "IQ2_XS", "IQ2_S", "IQ1_M", "NVFP4"}   # one weight scale per 16 elements
 
 
@@ -366,7 +368,7 @@ def test_strip_gemm_matches_scalar_dots(type_name, level, kernel_set):
     assert np.array_equal(cpu.matmul(w, type_name, (rows, cols), x[:20], act_precision="high"), hi[:20])
     # the strip path ran: another float order than the per-row dots (MXFP4's scales are powers of
     # two, so both orders round the same products once: equal there)
-    if level == "avx512" and type_name != "MXFP4":
+    if (level == "avx512" and type_name != "MXFP4") or (level == "avx2" and type_name in AVX2_STRIP_TYPES):
         assert not np.array_equal(got[:15], cpu.matmul(w, type_name, (rows, cols), x[:15]))
 
 

@@ -5,6 +5,7 @@
 #define LOWBIT_VNNI 0
 #define LOWBIT_FN(name) name
 #include "cpu/dot_x86_256.h"
+#include "cpu/strip_avx2.h"
 
 namespace lowbit::cpu::avx2 {
 
@@ -15,6 +16,7 @@ const KernelSet& kernel_set() {
         KernelSet set = LOWBIT_DOT_ONLY_SET("avx2");
         legacy_rows_avx2(set);   // dot_x86_256.h: one weight block unpacked for four activation rows
         kquant_rows_avx2(set);
+        add_strips_avx2(set);   // strip_avx2.h: the strip GEMM of prefill
         return set;
     }();
     return k;

@@ -1,0 +1,241 @@
+// strip_avx2.h: the AVX2 strip GEMM (kernels.h, StripLayout) of the legacy types, Q4_K, Q5_K and
+// Q6_K: prefill through strips on CPUs without AVX-512. Included by dot_avx2.cpp only, after
+// dot_x86_256.h, whose helpers (nibbles_32, bits_to_bytes_32, unpack_k4_scales, h2f) it uses.
+//
+// The strips are the AVX-512 ones (16 weight rows interleaved by dword, per block the rows'
+// scales and mins) and so are the activation groups; a 256-bit register holds 8 of the 16 rows,
+// so the GEMM runs the strip as two halves. Without VNNI a u8 x s8 dword is maddubs (pairs into
+// int16) + madd (pairs into int32). maddubs saturates past 32767, so:
+//   unsigned weights (u <= 15 / 31 / 63: Q4_0 Q4_1 Q4_K, Q5_0 Q5_1 Q5_K, Q6_K) add the int16
+//     pair sums of kSum groups before one madd: kSum * 2 * umax * 128 <= 32767 (8, 4, 2 groups);
+//   Q8_0 and IQ4_NL keep their signed weights (bias 0, not AVX-512's 128, whose u reach 255) and
+//     take the sign trick per group, |w| x (a with w's sign), one madd per group.
+// Every block sum is exact in int32, as AVX-512's, and the float steps per block are its steps in
+// its order (x = float(isum) * d_a; acc = fma(x, dw, acc); with a min acc = fma(mw, s_a, acc)):
+// tier 1 to the scalar spec, and by construction the AVX-512 GEMM's outputs (not tested: no
+// machine here has run both sets since this was written).
+#pragma once
+#include <algorithm>
+
+#if LOWBIT_VNNI
+#error "strip_avx2.h is the maddubs strip GEMM: include it from dot_avx2.cpp only"
+#endif
+
+namespace lowbit::cpu::avx2 {
+namespace {
+
+// ---- decoding: weight rows -> strip ----------------------------------------------------------
+// A decoder gives, per row, 32 consecutive elements (a "unit": unit k holds elements 32k..32k+31)
+// as u bytes in natural order, and per strip block its scale dw and min mw. The 16 rows' units go
+// through two 8 x 8 dword transposes into the strip's groups.
+
+// In-register transpose of 8 rows x 8 dwords: on return r[k] holds dword k of rows 0..7.
+inline void transpose8x8_epi32(__m256i r[8]) {
+    __m256i t[8], u[8];
+    for (int k = 0; k < 4; ++k) {
+        t[2 * k] = _mm256_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm256_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+    }
+    for (int q = 0; q < 2; ++q) {   // u[4q + m], 128-bit lane l: dword 4l + m of rows 4q..4q+3
+        u[4 * q + 0] = _mm256_unpacklo_epi64(t[4 * q], t[4 * q + 2]);
+        u[4 * q + 1] = _mm256_unpackhi_epi64(t[4 * q], t[4 * q + 2]);
+        u[4 * q + 2] = _mm256_unpacklo_epi64(t[4 * q + 1], t[4 * q + 3]);
+        u[4 * q + 3] = _mm256_unpackhi_epi64(t[4 * q + 1], t[4 * q + 3]);
+    }
+    for (int m = 0; m < 4; ++m) {
+        r[m] = _mm256_permute2x128_si256(u[m], u[4 + m], 0x20);
+        r[4 + m] = _mm256_permute2x128_si256(u[m], u[4 + m], 0x31);
+    }
+}
+
+// Legacy 32-blocks: one unit per block, one scale per block.
+template <typename Block, bool kHasMin, typename Unpack>
+struct LegacyStrip {
+    static constexpr int kBlock = 32;
+    static __m256i unit(const uint8_t* row, int k) { return Unpack{}(reinterpret_cast<const Block*>(row)[k]); }
+    static void scales(const uint8_t* row, int b, float* dw, float* mw) {
+        const Block& x = reinterpret_cast<const Block*>(row)[b];
+        *dw = h2f(x.d);
+        if constexpr (kHasMin) *mw = h2f(x.m);
+    }
+};
+struct UnpackQ4 {
+    template <typename B> __m256i operator()(const B& x) const { return nibbles_32(x.qs); }
+};
+struct UnpackQ5 {   // q = nibble | fifth bit << 4 (bit j of qh: element j)
+    template <typename B> __m256i operator()(const B& x) const {
+        return _mm256_or_si256(nibbles_32(x.qs), _mm256_and_si256(bits_to_bytes_32(x.qh), _mm256_set1_epi8(0x10)));
+    }
+};
+struct UnpackQ8 {   // the signed quants as they are (bias 0, the signed GEMM)
+    __m256i operator()(const block_q8_0& x) const { return load256(x.qs); }
+};
+struct UnpackIQ4NL {   // the signed codebook values (bias 0, the signed GEMM)
+    __m256i operator()(const block_iq4_nl& x) const {
+        return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(load128(kvalues_iq4nl)), nibbles_32(x.qs));
+    }
+};
+
+// Q4_K / Q5_K: strip blocks are the 32-element sub-blocks; unit 8sb + s is sub-block s of
+// super-block sb (even s: low nibbles of qs[32 (s/2)..], odd: high). dw = d * sc, mw = -dmin * m.
+template <bool kQ5>
+struct K4Strip {
+    using Block = std::conditional_t<kQ5, block_q5_K, block_q4_K>;
+    static constexpr int kBlock = 32;
+    static __m256i unit(const uint8_t* row, int k) {
+        const Block& x = reinterpret_cast<const Block*>(row)[k / 8];
+        const int s = k % 8, c = s / 2;
+        const __m256i q4 = load256(x.qs + 32 * c);
+        __m256i q = _mm256_and_si256(s % 2 ? _mm256_srli_epi16(q4, 4) : q4, _mm256_set1_epi8(0x0F));
+        if constexpr (kQ5)
+            q = _mm256_or_si256(q, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(load256(x.qh), s), _mm256_set1_epi8(1)), 4));
+        return q;
+    }
+    static void scales(const uint8_t* row, int b, float* dw, float* mw) {   // strip block b: sub-block b % 8
+        const Block& x = reinterpret_cast<const Block*>(row)[b / 8];
+        uint8_t sm[16];
+        unpack_k4_scales(x.scales, sm);
+        *dw = float(sm[b % 8]) * h2f(x.d);
+        *mw = float(sm[8 + b % 8]) * -h2f(x.dmin);
+    }
+};
+
+// Q6_K: strip blocks are the 16-element sub-blocks (a unit holds two); u = the 6-bit q, bias 32,
+// dw = d * scale.
+struct Q6KStrip {
+    static constexpr int kBlock = 16;
+    static __m256i unit(const uint8_t* row, int k) {   // elements 128 half + 32 j of super-block k / 8
+        const block_q6_K& x = reinterpret_cast<const block_q6_K*>(row)[k / 8];
+        const int half = (k % 8) / 4, j = k % 4;
+        const __m256i ql = load256(x.ql + 64 * half + 32 * (j % 2)), qh = load256(x.qh + 32 * half);
+        const __m256i lo = _mm256_and_si256(j < 2 ? ql : _mm256_srli_epi16(ql, 4), _mm256_set1_epi8(0x0F));
+        const __m256i hi = _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(qh, 2 * j), 4), _mm256_set1_epi8(0x30));
+        return _mm256_or_si256(lo, hi);
+    }
+    static void scales(const uint8_t* row, int b, float* dw, float*) {
+        const block_q6_K& x = reinterpret_cast<const block_q6_K*>(row)[b / 16];
+        *dw = h2f(x.d) * float(x.scales[b % 16]);
+    }
+};
+
+// StripDecodeFn for decoder D: rows [0, nrows) of n elements, rows past them zero.
+template <typename D>
+void strip_decode(int n, const void* weights, size_t row_bytes, int nrows, void* strip_out) {
+    constexpr int kBlock = D::kBlock;
+    constexpr int64_t kBytes = StripLayout::block_bytes(kBlock), kD = StripLayout::u_bytes(kBlock), kM = kD + 4 * kStripRows;
+    const auto* w = static_cast<const uint8_t*>(weights);
+    auto* strip = static_cast<uint8_t*>(strip_out);
+    for (int k = 0; k < n / 32; ++k) {
+        for (int half = 0; half < 2; ++half) {
+            __m256i r[8];
+            for (int j = 0; j < 8; ++j) {
+                const int row = 8 * half + j;
+                r[j] = row < nrows ? D::unit(w + size_t(row) * row_bytes, k) : _mm256_setzero_si256();
+            }
+            transpose8x8_epi32(r);
+            for (int g = 0; g < 8; ++g) {   // dword g: elements 32k + 4g..: block (32k + 4g) / kBlock
+                const int e = 32 * k + 4 * g;
+                _mm256_store_si256(reinterpret_cast<__m256i*>(strip + int64_t(e / kBlock) * kBytes + 64 * ((e % kBlock) / 4) + 32 * half), r[g]);
+            }
+        }
+    }
+    const int nb = n / kBlock;
+    for (int b = 0; b < nb; ++b) {
+        auto* dw = reinterpret_cast<float*>(strip + int64_t(b) * kBytes + kD);
+        auto* mw = reinterpret_cast<float*>(strip + int64_t(b) * kBytes + kM);
+        for (int j = 0; j < kStripRows; ++j) {
+            dw[j] = mw[j] = 0.0f;
+            if (j < nrows) D::scales(w + size_t(j) * row_bytes, b, dw + j, mw + j);
+        }
+    }
+}
+
+// ---- the GEMM ---------------------------------------------------------------------------------
+// Activation slots s0 .. s0 + NR x one half (8 weight rows) of the strip:
+// out[r * kStripRows + 8 half + j] for slot s0 + r.
+// kSum: groups whose maddubs pair sums add in int16 before one madd (0: signed weights, the sign
+// trick and one madd per group).
+template <int Block, int NR, int kSum, bool kMin>
+__attribute__((always_inline)) inline void strip_gemm_half(int n, const uint8_t* strip, const uint8_t* act, int s0, int half, float* out) {
+    constexpr int64_t kBytes = StripLayout::block_bytes(Block), kD = StripLayout::u_bytes(Block), kM = kD + 4 * kStripRows;
+    constexpr int64_t kAct = StripActLayout::block_bytes(Block), kCorr = StripActLayout::corr(Block),
+                      kAd = StripActLayout::d(Block), kAs = StripActLayout::s(Block);
+    constexpr int kGroups = Block / 4;
+    auto i32 = [](const uint8_t* p) { int32_t v; std::memcpy(&v, p, 4); return v; };
+    auto f32 = [](const uint8_t* p) { float v; std::memcpy(&v, p, 4); return v; };
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[NR];
+    for (int r = 0; r < NR; ++r) acc[r] = _mm256_setzero_ps();
+    for (int b = 0; b < n / Block; ++b) {
+        const uint8_t* sb = strip + int64_t(b) * kBytes + 32 * half;
+        const uint8_t* pa = act + int64_t(b) * kAct + 4 * s0;   // slot s0's corr / d / s lanes
+        const uint8_t* qa = act + int64_t(b) * kAct + int64_t(s0) * Block;   // slot s0's quants
+        __m256i isum[NR];
+        for (int r = 0; r < NR; ++r) isum[r] = _mm256_set1_epi32(i32(pa + kCorr + 4 * r));
+        if constexpr (kSum == 0) {
+            for (int g = 0; g < kGroups; ++g) {
+                const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(sb + 64 * g));
+                const __m256i aw = _mm256_sign_epi8(w, w);
+                for (int r = 0; r < NR; ++r) {
+                    const __m256i a = _mm256_sign_epi8(_mm256_set1_epi32(i32(qa + r * Block + 4 * g)), w);
+                    isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, a), ones));
+                }
+            }
+        } else {
+            for (int g0 = 0; g0 < kGroups; g0 += kSum) {
+                __m256i s16[NR];
+                for (int g = g0; g < g0 + kSum; ++g) {
+                    const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(sb + 64 * g));
+                    for (int r = 0; r < NR; ++r) {
+                        const __m256i p = _mm256_maddubs_epi16(w, _mm256_set1_epi32(i32(qa + r * Block + 4 * g)));
+                        s16[r] = g == g0 ? p : _mm256_add_epi16(s16[r], p);
+                    }
+                }
+                for (int r = 0; r < NR; ++r) isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(s16[r], ones));
+            }
+        }
+        const __m256 dw = _mm256_load_ps(reinterpret_cast<const float*>(sb + kD));
+        for (int r = 0; r < NR; ++r)
+            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(isum[r]), _mm256_set1_ps(f32(pa + kAd + 4 * r))), dw, acc[r]);
+        if constexpr (kMin) {
+            const __m256 mw = _mm256_load_ps(reinterpret_cast<const float*>(sb + kM));
+            for (int r = 0; r < NR; ++r) acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(f32(pa + kAs + 4 * r)), acc[r]);
+        }
+    }
+    for (int r = 0; r < NR; ++r) _mm256_storeu_ps(out + r * kStripRows + 8 * half, acc[r]);
+}
+
+// StripGemmFn: nact slots in passes of up to four (3 x NR + 3 registers), each over both halves.
+template <int Block, int kSum, bool kMin>
+void strip_gemm(int n, const void* strip, const void* act_group, int nact, float* out) {
+    const auto* s = static_cast<const uint8_t*>(strip);
+    const auto* a = static_cast<const uint8_t*>(act_group);
+    for (int r0 = 0; r0 < nact; r0 += 4) {
+        const int nr = std::min(4, nact - r0);
+        float* o = out + r0 * kStripRows;
+        for (int half = 0; half < 2; ++half) {
+            switch (nr) {
+                case 1: strip_gemm_half<Block, 1, kSum, kMin>(n, s, a, r0, half, o); break;
+                case 2: strip_gemm_half<Block, 2, kSum, kMin>(n, s, a, r0, half, o); break;
+                case 3: strip_gemm_half<Block, 3, kSum, kMin>(n, s, a, r0, half, o); break;
+                default: strip_gemm_half<Block, 4, kSum, kMin>(n, s, a, r0, half, o); break;
+            }
+        }
+    }
+}
+
+// The strip entries of the AVX2 set: (decode, gemm, block, bias) as kernels.h's StripKernels.
+void add_strips_avx2(KernelSet& k) {
+    k[GGMLType::Q4_0].strip = {strip_decode<LegacyStrip<block_q4_0, false, UnpackQ4>>, strip_gemm<32, 8, false>, 32, 8};
+    k[GGMLType::Q4_1].strip = {strip_decode<LegacyStrip<block_q4_1, true, UnpackQ4>>, strip_gemm<32, 8, true>, 32, 0};
+    k[GGMLType::Q5_0].strip = {strip_decode<LegacyStrip<block_q5_0, false, UnpackQ5>>, strip_gemm<32, 4, false>, 32, 16};
+    k[GGMLType::Q5_1].strip = {strip_decode<LegacyStrip<block_q5_1, true, UnpackQ5>>, strip_gemm<32, 4, true>, 32, 0};
+    k[GGMLType::Q8_0].strip = {strip_decode<LegacyStrip<block_q8_0, false, UnpackQ8>>, strip_gemm<32, 0, false>, 32, 0};
+    k[GGMLType::IQ4_NL].strip = {strip_decode<LegacyStrip<block_iq4_nl, false, UnpackIQ4NL>>, strip_gemm<32, 0, false>, 32, 0};
+    k[GGMLType::Q4_K].strip = {strip_decode<K4Strip<false>>, strip_gemm<32, 8, true>, 32, 0};
+    k[GGMLType::Q5_K].strip = {strip_decode<K4Strip<true>>, strip_gemm<32, 4, true>, 32, 0};
+    k[GGMLType::Q6_K].strip = {strip_decode<Q6KStrip>, strip_gemm<16, 2, false>, 16, 32};
+}
+
+}  // namespace
+}  // namespace lowbit::cpu::avx2

@@ -260,6 +260,7 @@ KernelSet make_kernels() {
     add_iq_strips(k);   // strip_iq.cpp
     add_packed_gemms(k);
     add_strip_quantizers(k);
+    k.auto_two_pass = true;
     return k;
 }
 }  // namespace

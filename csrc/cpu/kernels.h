@@ -232,6 +232,9 @@ struct KernelSet {
     // Fused quantizers into strip slots (null: quantize_rows composes the steps itself).
     QuantizeStripFn quantize_strip_q8_0 = nullptr;
     QuantizeStripFn quantize_strip_q8_K = nullptr;
+    // act_precision "auto" is two-pass where matmul.h says (the AVX-512 set: its packed gemv makes
+    // the second pass cheap); false: q8 in every matmul (scalar, AVX2).
+    bool auto_two_pass = false;
 
     const TypeKernels& of(GGMLType t) const {
         static const TypeKernels none;

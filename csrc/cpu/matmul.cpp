@@ -560,11 +560,7 @@ int64_t weight_row_bytes(GGMLType type, int64_t cols) {
 namespace {
 // Auto's precision for a matmul of n rows of `type` under ks (matmul.h).
 ActPrecision auto_precision(const KernelSet& ks, GGMLType type, int64_t n) {
-    // A set without the packed GEMMs (scalar, AVX2: their decode is a dot per row, where the
-    // second pass costs what the first does): q8 everywhere, so a row's activation precision does
-    // not depend on how its prompt was split into batches.
-    const StripKernels* q8 = strip_kernels_for(ks, GGMLType::Q8_0);
-    if (!q8 || !q8->packed) return ActPrecision::Q8;
+    if (!ks.auto_two_pass) return ActPrecision::Q8;   // scalar, AVX2 (kernels.h)
     return strip_kernels_for(ks, type) || n < kStripMinRows ? ActPrecision::Q8X2 : ActPrecision::Q8;
 }
 }  // namespace

@@ -17,6 +17,8 @@
 #pragma once
 #include <algorithm>
 
+#include "cpu/weight_stream.h"
+
 #if LOWBIT_VNNI
 #error "strip_avx2.h is the maddubs strip GEMM: include it from dot_avx2.cpp only"
 #endif
@@ -151,90 +153,191 @@ void strip_decode(int n, const void* weights, size_t row_bytes, int nrows, void*
 }
 
 // ---- the GEMM ---------------------------------------------------------------------------------
-// Activation slots s0 .. s0 + NR x one half (8 weight rows) of the strip:
-// out[r * kStripRows + 8 half + j] for slot s0 + r.
-// kSum: groups whose maddubs pair sums add in int16 before one madd (0: signed weights, the sign
-// trick and one madd per group).
-template <int Block, int NR, int kSum, bool kMin>
-__attribute__((always_inline)) inline void strip_gemm_half(int n, const uint8_t* strip, const uint8_t* act, int s0, int half, float* out) {
-    constexpr int64_t kBytes = StripLayout::block_bytes(Block), kD = StripLayout::u_bytes(Block), kM = kD + 4 * kStripRows;
+// One GEMM over a weight source: Src gives, per strip block b, group g and half h (8 rows), the
+// rows' u bytes (signed weights where kSum == 0) and their scales and mins:
+//   Src::kBlock     elements per strip block (32, or 16 for Q6_K)
+//   Src::kSum       groups whose maddubs int16 pair sums add before one madd (0: signed weights,
+//                   the sign trick and one madd per group)
+//   Src::kMin       whether mw is read
+//   u(b, g, h), dw(b, h), mw(b, h), and step(): the source's bytes per strip block (requests ahead)
+// Decoded strips (StripLayout) are one source; packed strips (PackedLayout, read in place) the
+// others, so a token's mat-vec on packed rows and a prefill through decoded strips take the same
+// integer sums and float steps: the same bits, batched or not.
+template <int Block, int kSumGroups, bool kHasMin>
+struct DecodedSrc {
+    static constexpr int kBlock = Block, kSum = kSumGroups;
+    static constexpr bool kMin = kHasMin;
+    static constexpr int64_t kBytes = StripLayout::block_bytes(Block), kD = StripLayout::u_bytes(Block);
+    const uint8_t* s;
+    DecodedSrc(const void* strip, int) : s(static_cast<const uint8_t*>(strip)) {}
+    __m256i u(int b, int g, int h) const { return _mm256_load_si256(reinterpret_cast<const __m256i*>(s + b * kBytes + 64 * g + 32 * h)); }
+    __m256 dw(int b, int h) const { return _mm256_load_ps(reinterpret_cast<const float*>(s + b * kBytes + kD + 32 * h)); }
+    __m256 mw(int b, int h) const { return _mm256_load_ps(reinterpret_cast<const float*>(s + b * kBytes + kD + 64 + 32 * h)); }
+    int64_t step() const { return kBytes; }
+};
+
+// Packed legacy strips (kernels.h PackedLayout): Q4 nibbles (part k: group k low, group k + 4
+// high), Q5 the same plus qh words (bits 32h.. of word g: group g of rows 8h..8h+7), Q8 signed
+// bytes by group; fp16 scales and mins per block and row.
+enum class PackedKind { Q4, Q5, Q8 };
+template <PackedKind K, bool kHasMin>
+struct PackedLegacySrc {
+    static constexpr int kBlock = 32, kSum = K == PackedKind::Q4 ? 8 : K == PackedKind::Q5 ? 4 : 0;
+    static constexpr bool kMin = kHasMin;
+    static constexpr int64_t kQs = K == PackedKind::Q8 ? 512 : 256;
+    const uint8_t *qs, *qh, *d, *m;
+    int64_t bytes_per_block;
+    PackedLegacySrc(const void* strip, int n) {
+        const PackedLayout L(K == PackedKind::Q8 ? GGMLType::Q8_0 : K == PackedKind::Q5 ? (kHasMin ? GGMLType::Q5_1 : GGMLType::Q5_0)
+                                                 : (kHasMin ? GGMLType::Q4_1 : GGMLType::Q4_0), n);
+        const auto* s = static_cast<const uint8_t*>(strip);
+        qs = s + L.qs, qh = s + L.qh, d = s + L.d, m = s + L.m;
+        bytes_per_block = (L.strip_bytes + L.nb - 1) / L.nb;
+    }
+    __m256i u(int b, int g, int h) const {
+        if constexpr (K == PackedKind::Q8) return load256(qs + b * kQs + 64 * g + 32 * h);
+        const __m256i q = load256(qs + b * kQs + 64 * (g % 4) + 32 * h);
+        __m256i v = _mm256_and_si256(g < 4 ? q : _mm256_srli_epi16(q, 4), _mm256_set1_epi8(0x0F));
+        if constexpr (K == PackedKind::Q5)
+            v = _mm256_or_si256(v, _mm256_and_si256(bits_to_bytes_32(qh + b * 64 + 8 * g + 4 * h), _mm256_set1_epi8(0x10)));
+        return v;
+    }
+    __m256 dw(int b, int h) const { return _mm256_cvtph_ps(load128(d + b * 32 + 16 * h)); }
+    __m256 mw(int b, int h) const { return _mm256_cvtph_ps(load128(m + b * 32 + 16 * h)); }
+    int64_t step() const { return bytes_per_block; }
+};
+
+// Activation slots s0 .. s0 + NR against halves h0 .. h0 + H of the weight rows:
+// out[r * kStripRows + 8 h + j] for slot s0 + r. With `ahead`, block b also requests the lines
+// [b, b + 1) * step of ahead (up to ahead_end): over a call, one strip's bytes ahead.
+template <class Src, int NR, int H>
+__attribute__((always_inline)) inline void gemm_tile(int n, const Src& src, const uint8_t* act, int s0, int h0,
+                                                     float* out, const uint8_t* ahead, const uint8_t* ahead_end) {
+    constexpr int Block = Src::kBlock, kGroups = Block / 4, kSum = Src::kSum;
     constexpr int64_t kAct = StripActLayout::block_bytes(Block), kCorr = StripActLayout::corr(Block),
                       kAd = StripActLayout::d(Block), kAs = StripActLayout::s(Block);
-    constexpr int kGroups = Block / 4;
     auto i32 = [](const uint8_t* p) { int32_t v; std::memcpy(&v, p, 4); return v; };
     auto f32 = [](const uint8_t* p) { float v; std::memcpy(&v, p, 4); return v; };
     const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc[NR];
-    for (int r = 0; r < NR; ++r) acc[r] = _mm256_setzero_ps();
+    const int64_t step = ahead ? src.step() : 0;
+    __m256 acc[H][NR];
+    for (int h = 0; h < H; ++h)
+        for (int r = 0; r < NR; ++r) acc[h][r] = _mm256_setzero_ps();
     for (int b = 0; b < n / Block; ++b) {
-        const uint8_t* sb = strip + int64_t(b) * kBytes + 32 * half;
-        const uint8_t* pa = act + int64_t(b) * kAct + 4 * s0;   // slot s0's corr / d / s lanes
+        request_ahead(ahead, ahead_end, b, step);
+        const uint8_t* pa = act + int64_t(b) * kAct + 4 * s0;                 // slot s0's corr / d / s lanes
         const uint8_t* qa = act + int64_t(b) * kAct + int64_t(s0) * Block;   // slot s0's quants
-        __m256i isum[NR];
-        for (int r = 0; r < NR; ++r) isum[r] = _mm256_set1_epi32(i32(pa + kCorr + 4 * r));
+        __m256i isum[H][NR];
+        for (int h = 0; h < H; ++h)
+            for (int r = 0; r < NR; ++r) isum[h][r] = _mm256_set1_epi32(i32(pa + kCorr + 4 * r));
         if constexpr (kSum == 0) {
-            for (int g = 0; g < kGroups; ++g) {
-                const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(sb + 64 * g));
-                const __m256i aw = _mm256_sign_epi8(w, w);
-                for (int r = 0; r < NR; ++r) {
-                    const __m256i a = _mm256_sign_epi8(_mm256_set1_epi32(i32(qa + r * Block + 4 * g)), w);
-                    isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, a), ones));
-                }
-            }
-        } else {
-            for (int g0 = 0; g0 < kGroups; g0 += kSum) {
-                __m256i s16[NR];
-                for (int g = g0; g < g0 + kSum; ++g) {
-                    const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(sb + 64 * g));
+            for (int g = 0; g < kGroups; ++g)
+                for (int h = 0; h < H; ++h) {
+                    const __m256i w = src.u(b, g, h0 + h), aw = _mm256_sign_epi8(w, w);
                     for (int r = 0; r < NR; ++r) {
-                        const __m256i p = _mm256_maddubs_epi16(w, _mm256_set1_epi32(i32(qa + r * Block + 4 * g)));
-                        s16[r] = g == g0 ? p : _mm256_add_epi16(s16[r], p);
+                        const __m256i a = _mm256_sign_epi8(_mm256_set1_epi32(i32(qa + r * Block + 4 * g)), w);
+                        isum[h][r] = _mm256_add_epi32(isum[h][r], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, a), ones));
                     }
                 }
-                for (int r = 0; r < NR; ++r) isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(s16[r], ones));
+        } else {
+            for (int g0 = 0; g0 < kGroups; g0 += kSum) {
+                __m256i s16[H][NR];
+                for (int g = g0; g < g0 + kSum; ++g)
+                    for (int h = 0; h < H; ++h) {
+                        const __m256i w = src.u(b, g, h0 + h);
+                        for (int r = 0; r < NR; ++r) {
+                            const __m256i p = _mm256_maddubs_epi16(w, _mm256_set1_epi32(i32(qa + r * Block + 4 * g)));
+                            s16[h][r] = g == g0 ? p : _mm256_add_epi16(s16[h][r], p);
+                        }
+                    }
+                for (int h = 0; h < H; ++h)
+                    for (int r = 0; r < NR; ++r) isum[h][r] = _mm256_add_epi32(isum[h][r], _mm256_madd_epi16(s16[h][r], ones));
             }
         }
-        const __m256 dw = _mm256_load_ps(reinterpret_cast<const float*>(sb + kD));
-        for (int r = 0; r < NR; ++r)
-            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(isum[r]), _mm256_set1_ps(f32(pa + kAd + 4 * r))), dw, acc[r]);
-        if constexpr (kMin) {
-            const __m256 mw = _mm256_load_ps(reinterpret_cast<const float*>(sb + kM));
-            for (int r = 0; r < NR; ++r) acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(f32(pa + kAs + 4 * r)), acc[r]);
+        for (int h = 0; h < H; ++h) {
+            const __m256 dw = src.dw(b, h0 + h);
+            for (int r = 0; r < NR; ++r)
+                acc[h][r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(isum[h][r]), _mm256_set1_ps(f32(pa + kAd + 4 * r))), dw, acc[h][r]);
+            if constexpr (Src::kMin) {
+                const __m256 mw = src.mw(b, h0 + h);
+                for (int r = 0; r < NR; ++r) acc[h][r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(f32(pa + kAs + 4 * r)), acc[h][r]);
+            }
         }
     }
-    for (int r = 0; r < NR; ++r) _mm256_storeu_ps(out + r * kStripRows + 8 * half, acc[r]);
+    for (int h = 0; h < H; ++h)
+        for (int r = 0; r < NR; ++r) _mm256_storeu_ps(out + r * kStripRows + 8 * (h0 + h), acc[h][r]);
 }
 
-// StripGemmFn: nact slots in passes of up to four (3 x NR + 3 registers), each over both halves.
-template <int Block, int kSum, bool kMin>
-void strip_gemm(int n, const void* strip, const void* act_group, int nact, float* out) {
-    const auto* s = static_cast<const uint8_t*>(strip);
+// StripGemmFn on a source: one or two slots over both halves at once (a decode step: each weight
+// byte read once), more in passes of up to four slots, half by half (3 x NR + 3 registers).
+template <class Src>
+void src_gemm(int n, const void* strip, const void* act_group, int nact, float* out, const uint8_t* ahead = nullptr,
+              const uint8_t* ahead_end = nullptr) {
+    const Src src(strip, n);
     const auto* a = static_cast<const uint8_t*>(act_group);
+    if (nact == 1) return gemm_tile<Src, 1, 2>(n, src, a, 0, 0, out, ahead, ahead_end);
+    if (nact == 2) return gemm_tile<Src, 2, 2>(n, src, a, 0, 0, out, ahead, ahead_end);
     for (int r0 = 0; r0 < nact; r0 += 4) {
-        const int nr = std::min(4, nact - r0);
         float* o = out + r0 * kStripRows;
-        for (int half = 0; half < 2; ++half) {
-            switch (nr) {
-                case 1: strip_gemm_half<Block, 1, kSum, kMin>(n, s, a, r0, half, o); break;
-                case 2: strip_gemm_half<Block, 2, kSum, kMin>(n, s, a, r0, half, o); break;
-                case 3: strip_gemm_half<Block, 3, kSum, kMin>(n, s, a, r0, half, o); break;
-                default: strip_gemm_half<Block, 4, kSum, kMin>(n, s, a, r0, half, o); break;
+        for (int h = 0; h < 2; ++h) {
+            switch (std::min(4, nact - r0)) {
+                case 1: gemm_tile<Src, 1, 1>(n, src, a, r0, h, o, nullptr, nullptr); break;
+                case 2: gemm_tile<Src, 2, 1>(n, src, a, r0, h, o, nullptr, nullptr); break;
+                case 3: gemm_tile<Src, 3, 1>(n, src, a, r0, h, o, nullptr, nullptr); break;
+                default: gemm_tile<Src, 4, 1>(n, src, a, r0, h, o, nullptr, nullptr); break;
             }
         }
     }
 }
+template <class Src>
+void src_gemm_fn(int n, const void* strip, const void* act_group, int nact, float* out) {
+    src_gemm<Src>(n, strip, act_group, nact, out);
+}
+// StripGemvFn: one token on a packed strip, requesting the strip's bytes from `ahead` on.
+template <class Src>
+void src_gemv_fn(int n, const void* strip, const void* act_group, int nact, float* out, const void* ahead,
+                 const void* ahead_end) {
+    src_gemm<Src>(n, strip, act_group, nact, out, static_cast<const uint8_t*>(ahead), static_cast<const uint8_t*>(ahead_end));
+}
+// StripDecodeFn from a packed strip (weight_rows: its first byte; all 16 rows): its groups, scales
+// and mins written out as a decoded strip.
+template <class Src>
+void src_to_strip(int n, const void* packed, size_t, int, void* strip_out) {
+    const Src src(packed, n);
+    constexpr int Block = Src::kBlock;
+    constexpr int64_t kBytes = StripLayout::block_bytes(Block), kD = StripLayout::u_bytes(Block);
+    auto* s = static_cast<uint8_t*>(strip_out);
+    for (int b = 0; b < n / Block; ++b)
+        for (int h = 0; h < 2; ++h) {
+            for (int g = 0; g < Block / 4; ++g)
+                _mm256_store_si256(reinterpret_cast<__m256i*>(s + b * kBytes + 64 * g + 32 * h), src.u(b, g, h));
+            _mm256_store_ps(reinterpret_cast<float*>(s + b * kBytes + kD + 32 * h), src.dw(b, h));
+            _mm256_store_ps(reinterpret_cast<float*>(s + b * kBytes + kD + 64 + 32 * h),
+                            Src::kMin ? src.mw(b, h) : _mm256_setzero_ps());
+        }
+}
 
-// The strip entries of the AVX2 set: (decode, gemm, block, bias) as kernels.h's StripKernels.
+// The strip entries of the AVX2 set: (decode, gemm, block, bias) as kernels.h's StripKernels, and
+// for the legacy types their packed GEMMs (the packed rows read in place).
+template <PackedKind K, bool kMin>
+void set_packed(StripKernels& sk) {
+    using Src = PackedLegacySrc<K, kMin>;
+    sk.packed = src_gemm_fn<Src>;
+    sk.packed_to_strip = src_to_strip<Src>;
+    sk.packed_gemv = src_gemv_fn<Src>;
+}
+
 void add_strips_avx2(KernelSet& k) {
-    k[GGMLType::Q4_0].strip = {strip_decode<LegacyStrip<block_q4_0, false, UnpackQ4>>, strip_gemm<32, 8, false>, 32, 8};
-    k[GGMLType::Q4_1].strip = {strip_decode<LegacyStrip<block_q4_1, true, UnpackQ4>>, strip_gemm<32, 8, true>, 32, 0};
-    k[GGMLType::Q5_0].strip = {strip_decode<LegacyStrip<block_q5_0, false, UnpackQ5>>, strip_gemm<32, 4, false>, 32, 16};
-    k[GGMLType::Q5_1].strip = {strip_decode<LegacyStrip<block_q5_1, true, UnpackQ5>>, strip_gemm<32, 4, true>, 32, 0};
-    k[GGMLType::Q8_0].strip = {strip_decode<LegacyStrip<block_q8_0, false, UnpackQ8>>, strip_gemm<32, 0, false>, 32, 0};
-    k[GGMLType::IQ4_NL].strip = {strip_decode<LegacyStrip<block_iq4_nl, false, UnpackIQ4NL>>, strip_gemm<32, 0, false>, 32, 0};
-    k[GGMLType::Q4_K].strip = {strip_decode<K4Strip<false>>, strip_gemm<32, 8, true>, 32, 0};
-    k[GGMLType::Q5_K].strip = {strip_decode<K4Strip<true>>, strip_gemm<32, 4, true>, 32, 0};
-    k[GGMLType::Q6_K].strip = {strip_decode<Q6KStrip>, strip_gemm<16, 2, false>, 16, 32};
+    k[GGMLType::Q4_0].strip = {strip_decode<LegacyStrip<block_q4_0, false, UnpackQ4>>, src_gemm_fn<DecodedSrc<32, 8, false>>, 32, 8};
+    k[GGMLType::Q4_1].strip = {strip_decode<LegacyStrip<block_q4_1, true, UnpackQ4>>, src_gemm_fn<DecodedSrc<32, 8, true>>, 32, 0};
+    k[GGMLType::Q5_0].strip = {strip_decode<LegacyStrip<block_q5_0, false, UnpackQ5>>, src_gemm_fn<DecodedSrc<32, 4, false>>, 32, 16};
+    k[GGMLType::Q5_1].strip = {strip_decode<LegacyStrip<block_q5_1, true, UnpackQ5>>, src_gemm_fn<DecodedSrc<32, 4, true>>, 32, 0};
+    k[GGMLType::Q8_0].strip = {strip_decode<LegacyStrip<block_q8_0, false, UnpackQ8>>, src_gemm_fn<DecodedSrc<32, 0, false>>, 32, 0};
+    set_packed<PackedKind::Q4, false>(k[GGMLType::Q4_0].strip);
+    set_packed<PackedKind::Q4, true>(k[GGMLType::Q4_1].strip);
+    set_packed<PackedKind::Q5, false>(k[GGMLType::Q5_0].strip);
+    set_packed<PackedKind::Q5, true>(k[GGMLType::Q5_1].strip);
+    set_packed<PackedKind::Q8, false>(k[GGMLType::Q8_0].strip);
 }
 
 }  // namespace

@@ -4,11 +4,11 @@ Q6_K) repacked at load into strips of 16 interleaved rows that the AVX-512 strip
 Claims checked here, on fresh random blocks (random quants, sane random scales and mins), odd
 shapes and partial last strips:
   * pack / unpack are byte permutations: every strip unpacks to exactly the GGML rows it came from.
-  * AVX-512: the packed GEMM equals the strip GEMM on the unpacked rows bit for bit (same integer
+  * AVX-512 and AVX2: the packed GEMM equals the strip GEMM on the unpacked rows bit for bit (same integer
     sums, same float order), is within tier 1 of the scalar spec's dots, and gives each x row the
     same bits whatever the number of rows in the call (so batched decode equals unbatched): for
     2..15 rows the pair GEMM (two strips a call) against the one-row call's one-strip GEMM.
-  * other kernel sets: packed weights give exactly what matmul gives on the GGML rows.
+  * the scalar set: packed weights give exactly what matmul gives on the GGML rows.
   * a model loaded with packed weights counts them once (weights_copied_bytes, not twice) and keeps
     the same resident size (a tied head's token embedding lookups read the packed copy).
 """
@@ -90,8 +90,8 @@ def test_types_without_packed_layout_are_refused():
 @pytest.mark.parametrize("type_name", PACKED_TYPES)
 def test_packed_matmul_tiers(type_name, level, kernel_set):
     """67 rows (4 strips + 3), 19 blocks (k-quants: 2 super-blocks): the packed path at every
-    kernel level vs the scalar spec. On AVX-512 each call of 1..8 x rows is one packed GEMM call
-    of that many activation rows (q8), and equals the strip GEMM on the decoded GGML rows."""
+    kernel level vs the scalar spec. On AVX-512 and AVX2 each call of 1..8 x rows is one packed
+    GEMM call of that many activation rows (q8), and equals the strip GEMM on the decoded GGML rows."""
     rng = np.random.default_rng(7300 + PACKED_TYPES.index(type_name))
     rows, cols = 67, cols_of(type_name, 608)
     w = random_weights(rng, type_name, rows, cols)
@@ -102,9 +102,9 @@ def test_packed_matmul_tiers(type_name, level, kernel_set):
         for t in (1, 3):
             assert np.array_equal(packed_matmul(p, type_name, rows, cols, x, threads=t, precision=prec), y)
         for n in (1, 2, 3, 4, 5, 6, 7, 8, 16):   # any number of rows: the same bits per row (on every level)
-            if level == "avx512" or n < 16 or prec == "high":
+            if level != "scalar" or n < 16 or prec == "high":
                 assert np.array_equal(packed_matmul(p, type_name, rows, cols, x[:n], precision=prec), y[:n]), (prec, n)
-        if level != "avx512":   # unpacked strip by strip: exactly matmul's result on the GGML rows
+        if level == "scalar":   # unpacked strip by strip: exactly matmul's result on the GGML rows
             for n in (1, 5, 41):
                 assert np.array_equal(y[:n], raw_matmul(w, type_name, rows, cols, x[:n], precision=prec)), (prec, n)
         else:   # the strip GEMM on the unpacked rows: the same bits
@@ -176,10 +176,12 @@ def run_model(env_repack: str, code: str) -> str:
     return out.stdout
 
 
-_AVX512 = "avx512" in [s.strip() for s in cpu.features()["supported"].split(",")]
+_SUPPORTED = [s.strip() for s in cpu.features()["supported"].split(",")]
+PACKED_LEVELS = [lv for lv in ("avx2", "avx512") if lv in _SUPPORTED]   # the sets with packed GEMMs
+_PACKED = bool(PACKED_LEVELS)
 
 
-@pytest.mark.skipif(not _AVX512, reason="no packed GEMM without AVX-512")
+@pytest.mark.skipif(not _PACKED, reason="no packed GEMM without AVX2")
 @pytest.mark.parametrize("model", ["smollm2-135m-instruct", "gemma3-270m"])
 def test_model_packed_counts_once_and_matches_unpacked(tmp_path, model):
     """SmolLM2 (Q4_1 + a tied Q8_0 head), gemma3 (Q5_0, Q4_K, Q6_K + a tied Q8_0 head): with
@@ -191,7 +193,7 @@ def test_model_packed_counts_once_and_matches_unpacked(tmp_path, model):
     code = (
         "import numpy as np, json\n"
         "from lowbit import _core\n"
-        f"e = _core.Engine({path!r}, 600, 2, 64, 'f16', 'auto')\n"
+        f"e = _core.Engine({path!r}, 600, 2, 64, 'f16', 'high')\n"   # AVX-512's auto; q8 flips amplify reorderings
         "m = e.memory()\n"
         "y = np.asarray(e.eval(np.array([1, 400, 2000, 17], np.int32)))\n"
         "e.eval(np.random.default_rng(0).integers(100, 49000, 500).astype(np.int32))\n"   # embedding rows all over
@@ -214,7 +216,7 @@ def test_model_packed_counts_once_and_matches_unpacked(tmp_path, model):
     assert np.array_equal(np.argmax(y1, axis=-1), np.argmax(y0, axis=-1))
 
 
-@pytest.mark.skipif(not _AVX512, reason="experts are packed only for the AVX-512 packed GEMM")
+@pytest.mark.skipif(not _PACKED, reason="experts are packed only for a packed GEMM (AVX2, AVX-512)")
 @pytest.mark.parametrize("weight_type", ["Q4_K", "Q5_K"])
 def test_packed_kquant_experts_match_unpacked(tmp_path_factory, monkeypatch, weight_type):
     """MoE experts of a k-quant (the MoE bench's Q4_K) are packed at load like the legacy types and
@@ -228,15 +230,18 @@ def test_packed_kquant_experts_match_unpacked(tmp_path_factory, monkeypatch, wei
     test_moe.test_packed_experts_match_unpacked(tmp_path_factory, monkeypatch, "qwen3moe", weight_type)
 
 
-@pytest.mark.skipif(not _AVX512, reason="no packed GEMM without AVX-512")
-def test_packed_q6k_extreme_blocks_equal_strip_gemm(kernel_set):
-    """Q6_K's own kernels (packed_q6k_avx512.cpp: the unpack of ql nibbles + qh pairs, dw from the
+@pytest.mark.skipif(not _PACKED, reason="no packed GEMM without AVX2")
+@pytest.mark.parametrize("packed_level", ["avx2", "avx512"])
+def test_packed_q6k_extreme_blocks_equal_strip_gemm(kernel_set, packed_level):
+    """Q6_K's own kernels (AVX-512: packed_q6k_avx512.cpp; AVX2: strip_avx2.h; the unpack of ql nibbles + qh pairs, dw from the
     int8 scales through d * 2^-24 * (sc * 2^24)) at the edges random blocks rarely reach together:
     quants all 0 or all 63 (every qh bit set / clear), scales -128 / 127 / 0, fp16 d subnormal
     (2^-24), 1 and 65504. Every path (one-token gemv, the 1..8-row GEMM and the pair GEMM of 2..15
     rows, packed -> strip for many rows) equals the strip GEMM on the unpacked GGML rows bit for
     bit, and the q8 rows stay within tier 1 of the scalar spec."""
-    kernel_set("avx512")
+    if packed_level not in PACKED_LEVELS:
+        pytest.skip(f"CPU lacks {packed_level}")
+    kernel_set(packed_level)
     rng = np.random.default_rng(7500)
     rows, cols = 16 * 5 + 7, 768
     w = random_weights(rng, "Q6_K", rows, cols)

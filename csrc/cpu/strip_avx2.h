@@ -8,8 +8,8 @@
 // int16) + madd (pairs into int32). maddubs saturates past 32767, so:
 //   unsigned weights (u <= 15 / 31 / 63: Q4_0 Q4_1 Q4_K, Q5_0 Q5_1 Q5_K, Q6_K) add the int16
 //     pair sums of kSum groups before one madd: kSum * 2 * umax * 128 <= 32767 (8, 4, 2 groups);
-//   Q8_0 and IQ4_NL keep their signed weights (bias 0, not AVX-512's 128, whose u reach 255) and
-//     take the sign trick per group, |w| x (a with w's sign), one madd per group.
+//   Q8_0 keeps its signed weights (bias 0, not AVX-512's 128, whose u reach 255) and takes the
+//     sign trick per group, |w| x (a with w's sign), one madd per group.
 // Every block sum is exact in int32, as AVX-512's, and the float steps per block are its steps in
 // its order (x = float(isum) * d_a; acc = fma(x, dw, acc); with a min acc = fma(mw, s_a, acc)):
 // tier 1 to the scalar spec, and by construction the AVX-512 GEMM's outputs (not tested: no
@@ -71,11 +71,6 @@ struct UnpackQ5 {   // q = nibble | fifth bit << 4 (bit j of qh: element j)
 };
 struct UnpackQ8 {   // the signed quants as they are (bias 0, the signed GEMM)
     __m256i operator()(const block_q8_0& x) const { return load256(x.qs); }
-};
-struct UnpackIQ4NL {   // the signed codebook values (bias 0, the signed GEMM)
-    __m256i operator()(const block_iq4_nl& x) const {
-        return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(load128(kvalues_iq4nl)), nibbles_32(x.qs));
-    }
 };
 
 // Q4_K / Q5_K: strip blocks are the 32-element sub-blocks; unit 8sb + s is sub-block s of
@@ -207,6 +202,77 @@ struct PackedLegacySrc {
     int64_t step() const { return bytes_per_block; }
 };
 
+// Packed k-quant strips (kernels.h PackedLayout): per super-block a record of dword runs (run w:
+// dword w of the 16 rows), then fp16 d (and dmin) per super-block and row. Strip block b is
+// sub-block b % (256 / kBlock) of super-block b / (256 / kBlock), as the k-quant decoders above.
+// The 6-bit (Q4_K, Q5_K) and int8 (Q6_K) scales are taken out of their runs per lane; dw and mw
+// are the decoders' products (d * sc, -dmin * m), the same floats.
+enum class PackedKq { Q4K, Q5K, Q6K };
+template <PackedKq K>
+struct PackedKqSrc {
+    static constexpr int kBlock = K == PackedKq::Q6K ? 16 : 32;
+    static constexpr int kSum = K == PackedKq::Q4K ? 8 : K == PackedKq::Q5K ? 4 : 2;
+    static constexpr bool kMin = K != PackedKq::Q6K;
+    static constexpr int kPerSb = QK_K / kBlock;
+    static constexpr int64_t kQh = 2048, kScales = K == PackedKq::Q4K ? 2048 : K == PackedKq::Q5K ? 2560 : 3072;
+    const uint8_t *rec, *d, *m;
+    int64_t sb_bytes, bytes_per_block;
+    PackedKqSrc(const void* strip, int n) {
+        const PackedLayout L(K == PackedKq::Q4K ? GGMLType::Q4_K : K == PackedKq::Q5K ? GGMLType::Q5_K : GGMLType::Q6_K, n);
+        rec = static_cast<const uint8_t*>(strip);
+        d = rec + L.d, m = rec + L.m;
+        sb_bytes = L.sb_bytes;
+        bytes_per_block = (L.strip_bytes + n / kBlock - 1) / (n / kBlock);
+    }
+    // Run w of super-block sb, rows 8h..8h+7.
+    __m256i run(int sb, int64_t off, int w, int h) const { return load256(rec + sb * sb_bytes + off + 64 * w + 32 * h); }
+    __m256i u(int b, int g, int h) const {
+        const int sb = b / kPerSb, s = b % kPerSb;
+        if constexpr (K == PackedKq::Q6K) {
+            const int e = 16 * s + 4 * g, hf = e / 128, j = (e % 128) / 32, l = e % 32;   // Q6_K's element order
+            const __m256i ql = run(sb, 0, 16 * hf + 8 * (j % 2) + l / 4, h), qh = run(sb, kQh, 8 * hf + l / 4, h);
+            const __m256i lo = _mm256_and_si256(j < 2 ? ql : _mm256_srli_epi16(ql, 4), _mm256_set1_epi8(0x0F));
+            const __m128i sh = _mm_cvtsi32_si128(2 * j);
+            return _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(_mm256_srl_epi16(qh, sh), 4), _mm256_set1_epi8(0x30)));
+        } else {
+            const __m256i q = run(sb, 0, 8 * (s / 2) + g, h);   // low nibbles: sub-block 2c, high: 2c + 1
+            __m256i v = _mm256_and_si256(s % 2 ? _mm256_srli_epi16(q, 4) : q, _mm256_set1_epi8(0x0F));
+            if constexpr (K == PackedKq::Q5K) {
+                const __m256i qh = _mm256_srl_epi16(run(sb, kQh, g, h), _mm_cvtsi32_si128(s));
+                v = _mm256_or_si256(v, _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(1)), 4));
+            }
+            return v;
+        }
+    }
+    // Q4_K / Q5_K: the 6-bit scale (kMinPart false) or min of sub-block s per lane.
+    __m256i k4_scale(int sb, int s, int h, bool min_part) const {
+        const __m256i d0 = run(sb, kScales, 0, h), d1 = run(sb, kScales, 1, h), d2 = run(sb, kScales, 2, h);
+        const __m256i m6 = _mm256_set1_epi32(63), m4 = _mm256_set1_epi32(15), m2 = _mm256_set1_epi32(3);
+        auto srl = [](__m256i v, int c) { return _mm256_srl_epi32(v, _mm_cvtsi32_si128(c)); };
+        if (s < 4) return _mm256_and_si256(srl(min_part ? d1 : d0, 8 * s), m6);
+        const int t = s - 4;
+        const __m256i low = _mm256_and_si256(srl(d2, 8 * t + (min_part ? 4 : 0)), m4);
+        const __m256i high = _mm256_and_si256(srl(min_part ? d1 : d0, 8 * t + 6), m2);
+        return _mm256_or_si256(low, _mm256_slli_epi32(high, 4));
+    }
+    __m256 half_f16(const uint8_t* p, int sb, int h) const { return _mm256_cvtph_ps(load128(p + (int64_t(sb) * kStripRows + 8 * h) * 2)); }
+    __m256 dw(int b, int h) const {
+        const int sb = b / kPerSb, s = b % kPerSb;
+        if constexpr (K == PackedKq::Q6K) {
+            const __m256i sc = _mm256_srai_epi32(_mm256_sll_epi32(run(sb, kScales, s / 4, h), _mm_cvtsi32_si128(24 - 8 * (s % 4))), 24);
+            return _mm256_mul_ps(half_f16(d, sb, h), _mm256_cvtepi32_ps(sc));
+        } else {
+            return _mm256_mul_ps(_mm256_cvtepi32_ps(k4_scale(sb, s, h, false)), half_f16(d, sb, h));
+        }
+    }
+    __m256 mw(int b, int h) const {
+        const int sb = b / kPerSb, s = b % kPerSb;
+        const __m256 neg_dmin = _mm256_xor_ps(half_f16(m, sb, h), _mm256_set1_ps(-0.0f));
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(k4_scale(sb, s, h, true)), neg_dmin);
+    }
+    int64_t step() const { return bytes_per_block; }
+};
+
 // Activation slots s0 .. s0 + NR against halves h0 .. h0 + H of the weight rows:
 // out[r * kStripRows + 8 h + j] for slot s0 + r. With `ahead`, block b also requests the lines
 // [b, b + 1) * step of ahead (up to ahead_end): over a call, one strip's bytes ahead.
@@ -318,14 +384,16 @@ void src_to_strip(int n, const void* packed, size_t, int, void* strip_out) {
 }
 
 // The strip entries of the AVX2 set: (decode, gemm, block, bias) as kernels.h's StripKernels, and
-// for the legacy types their packed GEMMs (the packed rows read in place).
-template <PackedKind K, bool kMin>
-void set_packed(StripKernels& sk) {
-    using Src = PackedLegacySrc<K, kMin>;
+// their packed GEMMs (the packed rows read in place). Only types with a packed layout get a strip:
+// a type whose decode stayed a dot per row would take another float order batched than alone.
+template <class Src>
+void set_packed_src(StripKernels& sk) {
     sk.packed = src_gemm_fn<Src>;
     sk.packed_to_strip = src_to_strip<Src>;
     sk.packed_gemv = src_gemv_fn<Src>;
 }
+template <PackedKind K, bool kMin>
+void set_packed(StripKernels& sk) { set_packed_src<PackedLegacySrc<K, kMin>>(sk); }
 
 void add_strips_avx2(KernelSet& k) {
     k[GGMLType::Q4_0].strip = {strip_decode<LegacyStrip<block_q4_0, false, UnpackQ4>>, src_gemm_fn<DecodedSrc<32, 8, false>>, 32, 8};
@@ -338,6 +406,12 @@ void add_strips_avx2(KernelSet& k) {
     set_packed<PackedKind::Q5, false>(k[GGMLType::Q5_0].strip);
     set_packed<PackedKind::Q5, true>(k[GGMLType::Q5_1].strip);
     set_packed<PackedKind::Q8, false>(k[GGMLType::Q8_0].strip);
+    k[GGMLType::Q4_K].strip = {strip_decode<K4Strip<false>>, src_gemm_fn<DecodedSrc<32, 8, true>>, 32, 0};
+    k[GGMLType::Q5_K].strip = {strip_decode<K4Strip<true>>, src_gemm_fn<DecodedSrc<32, 4, true>>, 32, 0};
+    k[GGMLType::Q6_K].strip = {strip_decode<Q6KStrip>, src_gemm_fn<DecodedSrc<16, 2, false>>, 16, 32};
+    set_packed_src<PackedKqSrc<PackedKq::Q4K>>(k[GGMLType::Q4_K].strip);
+    set_packed_src<PackedKqSrc<PackedKq::Q5K>>(k[GGMLType::Q5_K].strip);
+    set_packed_src<PackedKqSrc<PackedKq::Q6K>>(k[GGMLType::Q6_K].strip);
 }
 
 }  // namespace

@@ -21,8 +21,9 @@
 //     block_q8_0 entry points build one first), still with exact integer block sums.
 // Multi-row dots (VecDotRowsFn) give each row exactly what the single-row dot of the same set
 // gives, so a mat-mat through them equals a loop of mat-vecs bit for bit in every set. The one
-// exception is the AVX-512 strip GEMM (legacy types, Q4_K, Q5_K, Q6_K, and through strip_iq.h the
-// i-quant / ternary / FP4 types and IQ4_XS; StripLayout below), which
+// exception is the strip GEMM (AVX-512: legacy types, Q4_K, Q5_K, Q6_K, and through strip_iq.h the
+// i-quant / ternary / FP4 types and IQ4_XS; AVX2, strip_avx2.h: the types with a packed layout;
+// StripLayout below), which
 // matmul takes for >= 16 x rows: exact int32 block sums, another float order (tier 1 to the spec), and
 // outputs independent of threads, tiles and the number of rows in the call.
 // Activation quantizers round to nearest-even in every implementation and agree bit for bit.
@@ -77,7 +78,7 @@ using PanelWRowsFn = void (*)(int n, const void* weight_rows, size_t row_bytes, 
                               size_t stride, int nrows, float* out);
 constexpr int kPanelWRows = 4;
 
-// Strip GEMM (mat-mat of many rows on AVX-512): kStripRows weight rows decoded once per matmul
+// Strip GEMM (mat-mat of many rows; AVX-512, and AVX2 in two 8-row halves): kStripRows weight rows decoded once per matmul
 // call into unsigned values u (weight = dw * (u - bias) + mw per block of `block` elements: 32 for
 // the legacy types, Q4_K and Q5_K, 16 for Q6_K) and interleaved so that one dpbusd lane holds one
 // weight row. Per block, StripLayout::block_bytes(block) bytes:
@@ -202,7 +203,8 @@ inline int64_t packed_bytes(GGMLType type, int64_t rows, int64_t cols) {
 //              depend on nrows or its place in the panel, so a mat-mat through them equals a loop
 //              of mat-vecs bit for bit.
 //   panel_wrows  the same panels, several weight rows per call (mat-vec; PanelWRowsFn)
-//   strip      AVX-512 strip GEMM for mat-mat of many rows (StripLayout)
+//   strip      strip GEMM for mat-mat of many rows (StripLayout; AVX-512, and AVX2 for the
+//              types with a packed layout), with the packed GEMMs where the set has them
 struct TypeKernels {
     VecDotFn dot = nullptr;
     VecDotRowsFn dot_rows = nullptr;

@@ -27,9 +27,10 @@ namespace lowbit::cpu {
 // row of what it missed (two-pass, ~16-bit). Auto: Q8X2, except Q8 for a matmul of >= 16 rows of
 // a type the kernel set has no strip GEMM for (kernels.h): decode is memory-bound, so the second
 // pass is nearly free, and the strip GEMMs leave prefill fast enough to afford it (~25% of pp);
-// the multi-row dots would pay 2x. A set without any strip GEMM (scalar, AVX2: CPUs without
-// AVX-512) is Q8 everywhere: its dots are compute-bound at one token too, and one rule for every
-// n keeps a token's logits the same however its prompt was split into batches.
+// the multi-row dots would pay 2x. The scalar and AVX2 sets (KernelSet::auto_two_pass false) are
+// Q8 everywhere: without VNNI the second pass is not nearly free at one token either. On AVX2
+// the types with a packed layout run one token, small batches and prefill through the same strip
+// arithmetic (packed weights), so a token's logits do not depend on how its prompt was split.
 enum class ActPrecision { Q8, Q8X2, Auto };
 
 // "q8" -> Q8, "high" -> Q8X2, "auto" -> Auto; ValueError names the valid ones otherwise.
@@ -47,7 +48,8 @@ void matvec(const void* weights, GGMLType type, int64_t rows, int64_t cols, cons
 
 // y[i][r] = dot(weight row r, x row i).   x: (n, cols) f32 row-major   y: (n, rows) f32 row-major
 // Every y element equals what matvec gives for that x row (same precision), bit for bit, except
-// where the AVX-512 strip GEMM runs (legacy types, Q4_K, Q5_K, Q6_K; n >= 16): there it
+// where the strip GEMM runs (AVX-512: legacy types, Q4_K, Q5_K, Q6_K, the i-quants; AVX2: Q4_0 Q4_1
+// Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K; n >= 16): there it
 // is within tier 1 of it, and still the same bits for that x row in any call of >= 16 rows.
 //
 // small_batches: the strip GEMM also takes calls of fewer rows, from kStripMinActRows activation

@@ -1,6 +1,6 @@
 // repack.cpp: PackedLayout (kernels.h): the byte permutation between GGML rows of the legacy
-// 32-blocks or the k-quants (Q4_K, Q5_K, Q6_K) and packed strips, both ways. ISA-independent; the packed strip GEMM that reads the
-// result is in packed_avx512.cpp.
+// 32-blocks or the k-quants (Q4_K, Q5_K, Q6_K) and packed strips, both ways. ISA-independent; the packed strip GEMMs that read the
+// result are in packed_avx512.cpp / packed_q6k_avx512.cpp and strip_avx2.h.
 #include <cstring>
 
 #include "common.h"

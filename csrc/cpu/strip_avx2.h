@@ -1,6 +1,7 @@
-// strip_avx2.h: the AVX2 strip GEMM (kernels.h, StripLayout) of the legacy types, Q4_K, Q5_K and
-// Q6_K: prefill through strips on CPUs without AVX-512. Included by dot_avx2.cpp only, after
-// dot_x86_256.h, whose helpers (nibbles_32, bits_to_bytes_32, unpack_k4_scales, h2f) it uses.
+// strip_avx2.h: the AVX2 strip GEMM (kernels.h, StripLayout) and packed GEMMs (PackedLayout) of
+// the types with a packed layout (Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K): prefill, small
+// batches and one-token decode on CPUs without AVX-512, all with the same integer sums and float
+// steps. Included by dot_avx2.cpp only, after dot_x86_256.h (load256, load128, bits_to_bytes_32).
 //
 // The strips are the AVX-512 ones (16 weight rows interleaved by dword, per block the rows'
 // scales and mins) and so are the activation groups; a 256-bit register holds 8 of the 16 rows,
@@ -16,6 +17,7 @@
 // machine here has run both sets since this was written).
 #pragma once
 #include <algorithm>
+#include <vector>
 
 #include "cpu/weight_stream.h"
 
@@ -25,127 +27,6 @@
 
 namespace lowbit::cpu::avx2 {
 namespace {
-
-// ---- decoding: weight rows -> strip ----------------------------------------------------------
-// A decoder gives, per row, 32 consecutive elements (a "unit": unit k holds elements 32k..32k+31)
-// as u bytes in natural order, and per strip block its scale dw and min mw. The 16 rows' units go
-// through two 8 x 8 dword transposes into the strip's groups.
-
-// In-register transpose of 8 rows x 8 dwords: on return r[k] holds dword k of rows 0..7.
-inline void transpose8x8_epi32(__m256i r[8]) {
-    __m256i t[8], u[8];
-    for (int k = 0; k < 4; ++k) {
-        t[2 * k] = _mm256_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
-        t[2 * k + 1] = _mm256_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
-    }
-    for (int q = 0; q < 2; ++q) {   // u[4q + m], 128-bit lane l: dword 4l + m of rows 4q..4q+3
-        u[4 * q + 0] = _mm256_unpacklo_epi64(t[4 * q], t[4 * q + 2]);
-        u[4 * q + 1] = _mm256_unpackhi_epi64(t[4 * q], t[4 * q + 2]);
-        u[4 * q + 2] = _mm256_unpacklo_epi64(t[4 * q + 1], t[4 * q + 3]);
-        u[4 * q + 3] = _mm256_unpackhi_epi64(t[4 * q + 1], t[4 * q + 3]);
-    }
-    for (int m = 0; m < 4; ++m) {
-        r[m] = _mm256_permute2x128_si256(u[m], u[4 + m], 0x20);
-        r[4 + m] = _mm256_permute2x128_si256(u[m], u[4 + m], 0x31);
-    }
-}
-
-// Legacy 32-blocks: one unit per block, one scale per block.
-template <typename Block, bool kHasMin, typename Unpack>
-struct LegacyStrip {
-    static constexpr int kBlock = 32;
-    static __m256i unit(const uint8_t* row, int k) { return Unpack{}(reinterpret_cast<const Block*>(row)[k]); }
-    static void scales(const uint8_t* row, int b, float* dw, float* mw) {
-        const Block& x = reinterpret_cast<const Block*>(row)[b];
-        *dw = h2f(x.d);
-        if constexpr (kHasMin) *mw = h2f(x.m);
-    }
-};
-struct UnpackQ4 {
-    template <typename B> __m256i operator()(const B& x) const { return nibbles_32(x.qs); }
-};
-struct UnpackQ5 {   // q = nibble | fifth bit << 4 (bit j of qh: element j)
-    template <typename B> __m256i operator()(const B& x) const {
-        return _mm256_or_si256(nibbles_32(x.qs), _mm256_and_si256(bits_to_bytes_32(x.qh), _mm256_set1_epi8(0x10)));
-    }
-};
-struct UnpackQ8 {   // the signed quants as they are (bias 0, the signed GEMM)
-    __m256i operator()(const block_q8_0& x) const { return load256(x.qs); }
-};
-
-// Q4_K / Q5_K: strip blocks are the 32-element sub-blocks; unit 8sb + s is sub-block s of
-// super-block sb (even s: low nibbles of qs[32 (s/2)..], odd: high). dw = d * sc, mw = -dmin * m.
-template <bool kQ5>
-struct K4Strip {
-    using Block = std::conditional_t<kQ5, block_q5_K, block_q4_K>;
-    static constexpr int kBlock = 32;
-    static __m256i unit(const uint8_t* row, int k) {
-        const Block& x = reinterpret_cast<const Block*>(row)[k / 8];
-        const int s = k % 8, c = s / 2;
-        const __m256i q4 = load256(x.qs + 32 * c);
-        __m256i q = _mm256_and_si256(s % 2 ? _mm256_srli_epi16(q4, 4) : q4, _mm256_set1_epi8(0x0F));
-        if constexpr (kQ5)
-            q = _mm256_or_si256(q, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(load256(x.qh), s), _mm256_set1_epi8(1)), 4));
-        return q;
-    }
-    static void scales(const uint8_t* row, int b, float* dw, float* mw) {   // strip block b: sub-block b % 8
-        const Block& x = reinterpret_cast<const Block*>(row)[b / 8];
-        uint8_t sm[16];
-        unpack_k4_scales(x.scales, sm);
-        *dw = float(sm[b % 8]) * h2f(x.d);
-        *mw = float(sm[8 + b % 8]) * -h2f(x.dmin);
-    }
-};
-
-// Q6_K: strip blocks are the 16-element sub-blocks (a unit holds two); u = the 6-bit q, bias 32,
-// dw = d * scale.
-struct Q6KStrip {
-    static constexpr int kBlock = 16;
-    static __m256i unit(const uint8_t* row, int k) {   // elements 128 half + 32 j of super-block k / 8
-        const block_q6_K& x = reinterpret_cast<const block_q6_K*>(row)[k / 8];
-        const int half = (k % 8) / 4, j = k % 4;
-        const __m256i ql = load256(x.ql + 64 * half + 32 * (j % 2)), qh = load256(x.qh + 32 * half);
-        const __m256i lo = _mm256_and_si256(j < 2 ? ql : _mm256_srli_epi16(ql, 4), _mm256_set1_epi8(0x0F));
-        const __m256i hi = _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(qh, 2 * j), 4), _mm256_set1_epi8(0x30));
-        return _mm256_or_si256(lo, hi);
-    }
-    static void scales(const uint8_t* row, int b, float* dw, float*) {
-        const block_q6_K& x = reinterpret_cast<const block_q6_K*>(row)[b / 16];
-        *dw = h2f(x.d) * float(x.scales[b % 16]);
-    }
-};
-
-// StripDecodeFn for decoder D: rows [0, nrows) of n elements, rows past them zero.
-template <typename D>
-void strip_decode(int n, const void* weights, size_t row_bytes, int nrows, void* strip_out) {
-    constexpr int kBlock = D::kBlock;
-    constexpr int64_t kBytes = StripLayout::block_bytes(kBlock), kD = StripLayout::u_bytes(kBlock), kM = kD + 4 * kStripRows;
-    const auto* w = static_cast<const uint8_t*>(weights);
-    auto* strip = static_cast<uint8_t*>(strip_out);
-    for (int k = 0; k < n / 32; ++k) {
-        for (int half = 0; half < 2; ++half) {
-            __m256i r[8];
-            for (int j = 0; j < 8; ++j) {
-                const int row = 8 * half + j;
-                r[j] = row < nrows ? D::unit(w + size_t(row) * row_bytes, k) : _mm256_setzero_si256();
-            }
-            transpose8x8_epi32(r);
-            for (int g = 0; g < 8; ++g) {   // dword g: elements 32k + 4g..: block (32k + 4g) / kBlock
-                const int e = 32 * k + 4 * g;
-                _mm256_store_si256(reinterpret_cast<__m256i*>(strip + int64_t(e / kBlock) * kBytes + 64 * ((e % kBlock) / 4) + 32 * half), r[g]);
-            }
-        }
-    }
-    const int nb = n / kBlock;
-    for (int b = 0; b < nb; ++b) {
-        auto* dw = reinterpret_cast<float*>(strip + int64_t(b) * kBytes + kD);
-        auto* mw = reinterpret_cast<float*>(strip + int64_t(b) * kBytes + kM);
-        for (int j = 0; j < kStripRows; ++j) {
-            dw[j] = mw[j] = 0.0f;
-            if (j < nrows) D::scales(w + size_t(j) * row_bytes, b, dw + j, mw + j);
-        }
-    }
-}
 
 // ---- the GEMM ---------------------------------------------------------------------------------
 // One GEMM over a weight source: Src gives, per strip block b, group g and half h (8 rows), the
@@ -204,9 +85,9 @@ struct PackedLegacySrc {
 
 // Packed k-quant strips (kernels.h PackedLayout): per super-block a record of dword runs (run w:
 // dword w of the 16 rows), then fp16 d (and dmin) per super-block and row. Strip block b is
-// sub-block b % (256 / kBlock) of super-block b / (256 / kBlock), as the k-quant decoders above.
+// sub-block b % (256 / kBlock) of super-block b / (256 / kBlock).
 // The 6-bit (Q4_K, Q5_K) and int8 (Q6_K) scales are taken out of their runs per lane; dw and mw
-// are the decoders' products (d * sc, -dmin * m), the same floats.
+// are the products d * sc and -dmin * m (AVX-512's decoders' floats).
 enum class PackedKq { Q4K, Q5K, Q6K };
 template <PackedKq K>
 struct PackedKqSrc {
@@ -383,35 +264,42 @@ void src_to_strip(int n, const void* packed, size_t, int, void* strip_out) {
         }
 }
 
+// StripDecodeFn from GGML rows (unpacked weights: LOWBIT_REPACK=0, cpu.matmul): the rows packed
+// into the thread's buffer (kernels.h pack_rows, a byte permutation), then read as a packed strip,
+// so the packed sources above are the one decoder of every type.
+template <class Src, GGMLType kType>
+void strip_decode(int n, const void* weights, size_t row_bytes, int nrows, void* strip_out) {
+    thread_local std::vector<uint8_t> packed;
+    packed.resize(size_t(packed_bytes(kType, nrows, n)) + 64);
+    uint8_t* p = packed.data() + (64 - reinterpret_cast<uintptr_t>(packed.data()) % 64) % 64;
+    pack_rows(kType, nrows, n, weights, row_bytes, p);
+    src_to_strip<Src>(n, p, 0, kStripRows, strip_out);
+}
+
 // The strip entries of the AVX2 set: (decode, gemm, block, bias) as kernels.h's StripKernels, and
 // their packed GEMMs (the packed rows read in place). Only types with a packed layout get a strip:
 // a type whose decode stayed a dot per row would take another float order batched than alone.
-template <class Src>
-void set_packed_src(StripKernels& sk) {
+// Type kType's entry: the strip GEMM on decoded strips (their source: DecodedSrc of the same
+// block, sum groups and mins), and the packed GEMMs of Src.
+template <class Src, GGMLType kType>
+void add_strip(KernelSet& k, int bias) {
+    using Decoded = DecodedSrc<Src::kBlock, Src::kSum, Src::kMin>;
+    StripKernels& sk = k[kType].strip;
+    sk = {strip_decode<Src, kType>, src_gemm_fn<Decoded>, Src::kBlock, bias};
     sk.packed = src_gemm_fn<Src>;
     sk.packed_to_strip = src_to_strip<Src>;
     sk.packed_gemv = src_gemv_fn<Src>;
 }
-template <PackedKind K, bool kMin>
-void set_packed(StripKernels& sk) { set_packed_src<PackedLegacySrc<K, kMin>>(sk); }
 
 void add_strips_avx2(KernelSet& k) {
-    k[GGMLType::Q4_0].strip = {strip_decode<LegacyStrip<block_q4_0, false, UnpackQ4>>, src_gemm_fn<DecodedSrc<32, 8, false>>, 32, 8};
-    k[GGMLType::Q4_1].strip = {strip_decode<LegacyStrip<block_q4_1, true, UnpackQ4>>, src_gemm_fn<DecodedSrc<32, 8, true>>, 32, 0};
-    k[GGMLType::Q5_0].strip = {strip_decode<LegacyStrip<block_q5_0, false, UnpackQ5>>, src_gemm_fn<DecodedSrc<32, 4, false>>, 32, 16};
-    k[GGMLType::Q5_1].strip = {strip_decode<LegacyStrip<block_q5_1, true, UnpackQ5>>, src_gemm_fn<DecodedSrc<32, 4, true>>, 32, 0};
-    k[GGMLType::Q8_0].strip = {strip_decode<LegacyStrip<block_q8_0, false, UnpackQ8>>, src_gemm_fn<DecodedSrc<32, 0, false>>, 32, 0};
-    set_packed<PackedKind::Q4, false>(k[GGMLType::Q4_0].strip);
-    set_packed<PackedKind::Q4, true>(k[GGMLType::Q4_1].strip);
-    set_packed<PackedKind::Q5, false>(k[GGMLType::Q5_0].strip);
-    set_packed<PackedKind::Q5, true>(k[GGMLType::Q5_1].strip);
-    set_packed<PackedKind::Q8, false>(k[GGMLType::Q8_0].strip);
-    k[GGMLType::Q4_K].strip = {strip_decode<K4Strip<false>>, src_gemm_fn<DecodedSrc<32, 8, true>>, 32, 0};
-    k[GGMLType::Q5_K].strip = {strip_decode<K4Strip<true>>, src_gemm_fn<DecodedSrc<32, 4, true>>, 32, 0};
-    k[GGMLType::Q6_K].strip = {strip_decode<Q6KStrip>, src_gemm_fn<DecodedSrc<16, 2, false>>, 16, 32};
-    set_packed_src<PackedKqSrc<PackedKq::Q4K>>(k[GGMLType::Q4_K].strip);
-    set_packed_src<PackedKqSrc<PackedKq::Q5K>>(k[GGMLType::Q5_K].strip);
-    set_packed_src<PackedKqSrc<PackedKq::Q6K>>(k[GGMLType::Q6_K].strip);
+    add_strip<PackedLegacySrc<PackedKind::Q4, false>, GGMLType::Q4_0>(k, 8);
+    add_strip<PackedLegacySrc<PackedKind::Q4, true>, GGMLType::Q4_1>(k, 0);
+    add_strip<PackedLegacySrc<PackedKind::Q5, false>, GGMLType::Q5_0>(k, 16);
+    add_strip<PackedLegacySrc<PackedKind::Q5, true>, GGMLType::Q5_1>(k, 0);
+    add_strip<PackedLegacySrc<PackedKind::Q8, false>, GGMLType::Q8_0>(k, 0);
+    add_strip<PackedKqSrc<PackedKq::Q4K>, GGMLType::Q4_K>(k, 0);
+    add_strip<PackedKqSrc<PackedKq::Q5K>, GGMLType::Q5_K>(k, 0);
+    add_strip<PackedKqSrc<PackedKq::Q6K>, GGMLType::Q6_K>(k, 32);
 }
 
 }  // namespace

@@ -276,7 +276,8 @@ def test_nan_router_does_not_break_selection(tmp_path):
 # ---- packed experts (weights.cpp pack_experts, moe.cpp) --------------------------------------
 
 _AVX512 = "avx512" in [s.strip() for s in _core.cpu_features()["supported"].split(",")]
-needs_packed_gemm = pytest.mark.skipif(not _AVX512, reason="experts are packed only for the AVX-512 packed GEMM")
+_PACKED = _AVX512 or "avx2" in [s.strip() for s in _core.cpu_features()["supported"].split(",")]
+needs_packed_gemm = pytest.mark.skipif(not _PACKED, reason="experts are packed only for a packed GEMM (AVX2, AVX-512)")
 
 
 def packed_and_plain(monkeypatch, path, n_batch, act_precision="auto"):

@@ -125,7 +125,7 @@ struct PackedKqSrc {
             return v;
         }
     }
-    // Q4_K / Q5_K: the 6-bit scale (kMinPart false) or min of sub-block s per lane.
+    // Q4_K / Q5_K: the 6-bit scale (min_part false) or min of sub-block s per lane.
     __m256i k4_scale(int sb, int s, int h, bool min_part) const {
         const __m256i d0 = run(sb, kScales, 0, h), d1 = run(sb, kScales, 1, h), d2 = run(sb, kScales, 2, h);
         const __m256i m6 = _mm256_set1_epi32(63), m4 = _mm256_set1_epi32(15), m2 = _mm256_set1_epi32(3);

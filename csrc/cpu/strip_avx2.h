@@ -35,7 +35,9 @@ namespace {
 //   Src::kSum       groups whose maddubs int16 pair sums add before one madd (0: signed weights,
 //                   the sign trick and one madd per group)
 //   Src::kMin       whether mw is read
-//   u(b, g, h), dw(b, h), mw(b, h), and step(): the source's bytes per strip block (requests ahead)
+//   Src::kUnroll    blocks per run of the loop (b0 a multiple of it, block b0 + bi)
+//   u(b0, bi, g, h), dw(b0, bi, h), mw(b0, bi, h), and step(): the source's bytes per strip block
+//   (requests ahead)
 // Decoded strips (StripLayout) are one source; packed strips (PackedLayout, read in place) the
 // others, so a token's mat-vec on packed rows and a prefill through decoded strips take the same
 // integer sums and float steps: the same bits, batched or not.
@@ -45,10 +47,11 @@ struct DecodedSrc {
     static constexpr bool kMin = kHasMin;
     static constexpr int64_t kBytes = StripLayout::block_bytes(Block), kD = StripLayout::u_bytes(Block);
     const uint8_t* s;
+    static constexpr int kUnroll = 1;
     DecodedSrc(const void* strip, int) : s(static_cast<const uint8_t*>(strip)) {}
-    __m256i u(int b, int g, int h) const { return _mm256_load_si256(reinterpret_cast<const __m256i*>(s + b * kBytes + 64 * g + 32 * h)); }
-    __m256 dw(int b, int h) const { return _mm256_load_ps(reinterpret_cast<const float*>(s + b * kBytes + kD + 32 * h)); }
-    __m256 mw(int b, int h) const { return _mm256_load_ps(reinterpret_cast<const float*>(s + b * kBytes + kD + 64 + 32 * h)); }
+    __m256i u(int b, int, int g, int h) const { return _mm256_load_si256(reinterpret_cast<const __m256i*>(s + b * kBytes + 64 * g + 32 * h)); }
+    __m256 dw(int b, int, int h) const { return _mm256_load_ps(reinterpret_cast<const float*>(s + b * kBytes + kD + 32 * h)); }
+    __m256 mw(int b, int, int h) const { return _mm256_load_ps(reinterpret_cast<const float*>(s + b * kBytes + kD + 64 + 32 * h)); }
     int64_t step() const { return kBytes; }
 };
 
@@ -61,6 +64,7 @@ struct PackedLegacySrc {
     static constexpr int kBlock = 32, kSum = K == PackedKind::Q4 ? 8 : K == PackedKind::Q5 ? 4 : 0;
     static constexpr bool kMin = kHasMin;
     static constexpr int64_t kQs = K == PackedKind::Q8 ? 512 : 256;
+    static constexpr int kUnroll = 1;
     const uint8_t *qs, *qh, *d, *m;
     int64_t bytes_per_block;
     PackedLegacySrc(const void* strip, int n) {
@@ -70,7 +74,7 @@ struct PackedLegacySrc {
         qs = s + L.qs, qh = s + L.qh, d = s + L.d, m = s + L.m;
         bytes_per_block = (L.strip_bytes + L.nb - 1) / L.nb;
     }
-    __m256i u(int b, int g, int h) const {
+    __m256i u(int b, int, int g, int h) const {
         if constexpr (K == PackedKind::Q8) return load256(qs + b * kQs + 64 * g + 32 * h);
         const __m256i q = load256(qs + b * kQs + 64 * (g % 4) + 32 * h);
         __m256i v = _mm256_and_si256(g < 4 ? q : _mm256_srli_epi16(q, 4), _mm256_set1_epi8(0x0F));
@@ -78,8 +82,8 @@ struct PackedLegacySrc {
             v = _mm256_or_si256(v, _mm256_and_si256(bits_to_bytes_32(qh + b * 64 + 8 * g + 4 * h), _mm256_set1_epi8(0x10)));
         return v;
     }
-    __m256 dw(int b, int h) const { return _mm256_cvtph_ps(load128(d + b * 32 + 16 * h)); }
-    __m256 mw(int b, int h) const { return _mm256_cvtph_ps(load128(m + b * 32 + 16 * h)); }
+    __m256 dw(int b, int, int h) const { return _mm256_cvtph_ps(load128(d + b * 32 + 16 * h)); }
+    __m256 mw(int b, int, int h) const { return _mm256_cvtph_ps(load128(m + b * 32 + 16 * h)); }
     int64_t step() const { return bytes_per_block; }
 };
 
@@ -95,6 +99,9 @@ struct PackedKqSrc {
     static constexpr int kSum = K == PackedKq::Q4K ? 8 : K == PackedKq::Q5K ? 4 : 2;
     static constexpr bool kMin = K != PackedKq::Q6K;
     static constexpr int kPerSb = QK_K / kBlock;
+    // Blocks per run of the GEMM loop, unrolled so that a sub-block's shifts are immediates and a
+    // super-block's d / dmin conversions are shared (b0: a multiple of it; bi < kUnroll).
+    static constexpr int kUnroll = K == PackedKq::Q6K ? 4 : 8;
     static constexpr int64_t kQh = 2048, kScales = K == PackedKq::Q4K ? 2048 : K == PackedKq::Q5K ? 2560 : 3072;
     const uint8_t *rec, *d, *m;
     int64_t sb_bytes, bytes_per_block;
@@ -107,8 +114,8 @@ struct PackedKqSrc {
     }
     // Run w of super-block sb, rows 8h..8h+7.
     __m256i run(int sb, int64_t off, int w, int h) const { return load256(rec + sb * sb_bytes + off + 64 * w + 32 * h); }
-    __m256i u(int b, int g, int h) const {
-        const int sb = b / kPerSb, s = b % kPerSb;
+    __m256i u(int b0, int bi, int g, int h) const {
+        const int sb = b0 / kPerSb, s = b0 % kPerSb + bi;
         if constexpr (K == PackedKq::Q6K) {
             const int e = 16 * s + 4 * g, hf = e / 128, j = (e % 128) / 32, l = e % 32;   // Q6_K's element order
             const __m256i ql = run(sb, 0, 16 * hf + 8 * (j % 2) + l / 4, h), qh = run(sb, kQh, 8 * hf + l / 4, h);
@@ -137,8 +144,8 @@ struct PackedKqSrc {
         return _mm256_or_si256(low, _mm256_slli_epi32(high, 4));
     }
     __m256 half_f16(const uint8_t* p, int sb, int h) const { return _mm256_cvtph_ps(load128(p + (int64_t(sb) * kStripRows + 8 * h) * 2)); }
-    __m256 dw(int b, int h) const {
-        const int sb = b / kPerSb, s = b % kPerSb;
+    __m256 dw(int b0, int bi, int h) const {
+        const int sb = b0 / kPerSb, s = b0 % kPerSb + bi;
         if constexpr (K == PackedKq::Q6K) {
             const __m256i sc = _mm256_srai_epi32(_mm256_sll_epi32(run(sb, kScales, s / 4, h), _mm_cvtsi32_si128(24 - 8 * (s % 4))), 24);
             return _mm256_mul_ps(half_f16(d, sb, h), _mm256_cvtepi32_ps(sc));
@@ -146,8 +153,8 @@ struct PackedKqSrc {
             return _mm256_mul_ps(_mm256_cvtepi32_ps(k4_scale(sb, s, h, false)), half_f16(d, sb, h));
         }
     }
-    __m256 mw(int b, int h) const {
-        const int sb = b / kPerSb, s = b % kPerSb;
+    __m256 mw(int b0, int bi, int h) const {
+        const int sb = b0 / kPerSb, s = b0 % kPerSb + bi;
         const __m256 neg_dmin = _mm256_xor_ps(half_f16(m, sb, h), _mm256_set1_ps(-0.0f));
         return _mm256_mul_ps(_mm256_cvtepi32_ps(k4_scale(sb, s, h, true)), neg_dmin);
     }
@@ -170,7 +177,10 @@ __attribute__((always_inline)) inline void gemm_tile(int n, const Src& src, cons
     __m256 acc[H][NR];
     for (int h = 0; h < H; ++h)
         for (int r = 0; r < NR; ++r) acc[h][r] = _mm256_setzero_ps();
-    for (int b = 0; b < n / Block; ++b) {
+    for (int b0 = 0; b0 < n / Block; b0 += Src::kUnroll)
+#pragma GCC unroll 8
+    for (int bi = 0; bi < Src::kUnroll; ++bi) {   // a run of kUnroll blocks: bi known to the compiler
+        const int b = b0 + bi;
         request_ahead(ahead, ahead_end, b, step);
         const uint8_t* pa = act + int64_t(b) * kAct + 4 * s0;                 // slot s0's corr / d / s lanes
         const uint8_t* qa = act + int64_t(b) * kAct + int64_t(s0) * Block;   // slot s0's quants
@@ -180,7 +190,7 @@ __attribute__((always_inline)) inline void gemm_tile(int n, const Src& src, cons
         if constexpr (kSum == 0) {
             for (int g = 0; g < kGroups; ++g)
                 for (int h = 0; h < H; ++h) {
-                    const __m256i w = src.u(b, g, h0 + h), aw = _mm256_sign_epi8(w, w);
+                    const __m256i w = src.u(b0, bi, g, h0 + h), aw = _mm256_sign_epi8(w, w);
                     for (int r = 0; r < NR; ++r) {
                         const __m256i a = _mm256_sign_epi8(_mm256_set1_epi32(i32(qa + r * Block + 4 * g)), w);
                         isum[h][r] = _mm256_add_epi32(isum[h][r], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, a), ones));
@@ -191,7 +201,7 @@ __attribute__((always_inline)) inline void gemm_tile(int n, const Src& src, cons
                 __m256i s16[H][NR];
                 for (int g = g0; g < g0 + kSum; ++g)
                     for (int h = 0; h < H; ++h) {
-                        const __m256i w = src.u(b, g, h0 + h);
+                        const __m256i w = src.u(b0, bi, g, h0 + h);
                         for (int r = 0; r < NR; ++r) {
                             const __m256i p = _mm256_maddubs_epi16(w, _mm256_set1_epi32(i32(qa + r * Block + 4 * g)));
                             s16[h][r] = g == g0 ? p : _mm256_add_epi16(s16[h][r], p);
@@ -202,11 +212,11 @@ __attribute__((always_inline)) inline void gemm_tile(int n, const Src& src, cons
             }
         }
         for (int h = 0; h < H; ++h) {
-            const __m256 dw = src.dw(b, h0 + h);
+            const __m256 dw = src.dw(b0, bi, h0 + h);
             for (int r = 0; r < NR; ++r)
                 acc[h][r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(isum[h][r]), _mm256_set1_ps(f32(pa + kAd + 4 * r))), dw, acc[h][r]);
             if constexpr (Src::kMin) {
-                const __m256 mw = src.mw(b, h0 + h);
+                const __m256 mw = src.mw(b0, bi, h0 + h);
                 for (int r = 0; r < NR; ++r) acc[h][r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(f32(pa + kAs + 4 * r)), acc[h][r]);
             }
         }
@@ -254,14 +264,16 @@ void src_to_strip(int n, const void* packed, size_t, int, void* strip_out) {
     constexpr int Block = Src::kBlock;
     constexpr int64_t kBytes = StripLayout::block_bytes(Block), kD = StripLayout::u_bytes(Block);
     auto* s = static_cast<uint8_t*>(strip_out);
-    for (int b = 0; b < n / Block; ++b)
-        for (int h = 0; h < 2; ++h) {
-            for (int g = 0; g < Block / 4; ++g)
-                _mm256_store_si256(reinterpret_cast<__m256i*>(s + b * kBytes + 64 * g + 32 * h), src.u(b, g, h));
-            _mm256_store_ps(reinterpret_cast<float*>(s + b * kBytes + kD + 32 * h), src.dw(b, h));
-            _mm256_store_ps(reinterpret_cast<float*>(s + b * kBytes + kD + 64 + 32 * h),
-                            Src::kMin ? src.mw(b, h) : _mm256_setzero_ps());
-        }
+    for (int b0 = 0; b0 < n / Block; b0 += Src::kUnroll)
+        for (int bi = 0; bi < Src::kUnroll; ++bi)
+            for (int h = 0; h < 2; ++h) {
+                const int64_t b = b0 + bi;
+                for (int g = 0; g < Block / 4; ++g)
+                    _mm256_store_si256(reinterpret_cast<__m256i*>(s + b * kBytes + 64 * g + 32 * h), src.u(b0, bi, g, h));
+                _mm256_store_ps(reinterpret_cast<float*>(s + b * kBytes + kD + 32 * h), src.dw(b0, bi, h));
+                _mm256_store_ps(reinterpret_cast<float*>(s + b * kBytes + kD + 64 + 32 * h),
+                                Src::kMin ? src.mw(b0, bi, h) : _mm256_setzero_ps());
+            }
 }
 
 // StripDecodeFn from GGML rows (unpacked weights: LOWBIT_REPACK=0, cpu.matmul): the rows packed

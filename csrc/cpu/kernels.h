@@ -78,8 +78,8 @@ using PanelWRowsFn = void (*)(int n, const void* weight_rows, size_t row_bytes, 
                               size_t stride, int nrows, float* out);
 constexpr int kPanelWRows = 4;
 
-// Strip GEMM (mat-mat of many rows; AVX-512, and AVX2 in two 8-row halves): kStripRows weight rows decoded once per matmul
-// call into unsigned values u (weight = dw * (u - bias) + mw per block of `block` elements: 32 for
+// Strip GEMM (mat-mat of many rows; AVX-512, and AVX2 in two 8-row halves): kStripRows weight
+// rows decoded once per matmul call into unsigned values u (weight = dw * (u - bias) + mw per block of `block` elements: 32 for
 // the legacy types, Q4_K and Q5_K, 16 for Q6_K) and interleaved so that one dpbusd lane holds one
 // weight row. Per block, StripLayout::block_bytes(block) bytes:
 //   u  uint8[block / 4][kStripRows][4]  group g (elements 4g..4g+3) of rows 0..15: one zmm per group

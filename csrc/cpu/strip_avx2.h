@@ -39,7 +39,7 @@ namespace {
 //   u(b0, bi, g, h), dw(b0, bi, h), mw(b0, bi, h), and step(): the source's bytes per strip block
 //   (requests ahead)
 // Decoded strips (StripLayout) are one source; packed strips (PackedLayout, read in place) the
-// others, so a token's mat-vec on packed rows and a prefill through decoded strips take the same
+// others, which also name their kType and the strip's kBias (u - weight), so a token's mat-vec on packed rows and a prefill through decoded strips take the same
 // integer sums and float steps: the same bits, batched or not.
 template <int Block, int kSumGroups, bool kHasMin>
 struct DecodedSrc {
@@ -57,28 +57,29 @@ struct DecodedSrc {
 
 // Packed legacy strips (kernels.h PackedLayout): Q4 nibbles (part k: group k low, group k + 4
 // high), Q5 the same plus qh words (bits 32h.. of word g: group g of rows 8h..8h+7), Q8 signed
-// bytes by group; fp16 scales and mins per block and row.
-enum class PackedKind { Q4, Q5, Q8 };
-template <PackedKind K, bool kHasMin>
+// bytes by group; fp16 scales and mins per block and row. kBias: the strip's u - weight.
+template <GGMLType T>
 struct PackedLegacySrc {
-    static constexpr int kBlock = 32, kSum = K == PackedKind::Q4 ? 8 : K == PackedKind::Q5 ? 4 : 0;
-    static constexpr bool kMin = kHasMin;
-    static constexpr int64_t kQs = K == PackedKind::Q8 ? 512 : 256;
+    static constexpr GGMLType kType = T;
+    static constexpr bool kQ5 = T == GGMLType::Q5_0 || T == GGMLType::Q5_1, kQ8 = T == GGMLType::Q8_0;
+    static constexpr int kBlock = 32, kSum = kQ8 ? 0 : kQ5 ? 4 : 8;
+    static constexpr bool kMin = T == GGMLType::Q4_1 || T == GGMLType::Q5_1;
+    static constexpr int kBias = T == GGMLType::Q4_0 ? 8 : T == GGMLType::Q5_0 ? 16 : 0;
+    static constexpr int64_t kQs = kQ8 ? 512 : 256;
     static constexpr int kUnroll = 1;
     const uint8_t *qs, *qh, *d, *m;
     int64_t bytes_per_block;
     PackedLegacySrc(const void* strip, int n) {
-        const PackedLayout L(K == PackedKind::Q8 ? GGMLType::Q8_0 : K == PackedKind::Q5 ? (kHasMin ? GGMLType::Q5_1 : GGMLType::Q5_0)
-                                                 : (kHasMin ? GGMLType::Q4_1 : GGMLType::Q4_0), n);
+        const PackedLayout L(T, n);
         const auto* s = static_cast<const uint8_t*>(strip);
         qs = s + L.qs, qh = s + L.qh, d = s + L.d, m = s + L.m;
         bytes_per_block = (L.strip_bytes + L.nb - 1) / L.nb;
     }
     __m256i u(int b, int, int g, int h) const {
-        if constexpr (K == PackedKind::Q8) return load256(qs + b * kQs + 64 * g + 32 * h);
+        if constexpr (kQ8) return load256(qs + b * kQs + 64 * g + 32 * h);
         const __m256i q = load256(qs + b * kQs + 64 * (g % 4) + 32 * h);
         __m256i v = _mm256_and_si256(g < 4 ? q : _mm256_srli_epi16(q, 4), _mm256_set1_epi8(0x0F));
-        if constexpr (K == PackedKind::Q5)
+        if constexpr (kQ5)
             v = _mm256_or_si256(v, _mm256_and_si256(bits_to_bytes_32(qh + b * 64 + 8 * g + 4 * h), _mm256_set1_epi8(0x10)));
         return v;
     }
@@ -92,21 +93,23 @@ struct PackedLegacySrc {
 // sub-block b % (256 / kBlock) of super-block b / (256 / kBlock).
 // The 6-bit (Q4_K, Q5_K) and int8 (Q6_K) scales are taken out of their runs per lane; dw and mw
 // are the products d * sc and -dmin * m (AVX-512's decoders' floats).
-enum class PackedKq { Q4K, Q5K, Q6K };
-template <PackedKq K>
+template <GGMLType T>
 struct PackedKqSrc {
-    static constexpr int kBlock = K == PackedKq::Q6K ? 16 : 32;
-    static constexpr int kSum = K == PackedKq::Q4K ? 8 : K == PackedKq::Q5K ? 4 : 2;
-    static constexpr bool kMin = K != PackedKq::Q6K;
+    static constexpr GGMLType kType = T;
+    static constexpr bool kQ5 = T == GGMLType::Q5_K, kQ6 = T == GGMLType::Q6_K;
+    static constexpr int kBlock = kQ6 ? 16 : 32;
+    static constexpr int kSum = kQ6 ? 2 : kQ5 ? 4 : 8;
+    static constexpr bool kMin = !kQ6;
+    static constexpr int kBias = kQ6 ? 32 : 0;
     static constexpr int kPerSb = QK_K / kBlock;
     // Blocks per run of the GEMM loop, unrolled so that a sub-block's shifts are immediates and a
     // super-block's d / dmin conversions are shared (b0: a multiple of it; bi < kUnroll).
-    static constexpr int kUnroll = K == PackedKq::Q6K ? 4 : 8;
-    static constexpr int64_t kQh = 2048, kScales = K == PackedKq::Q4K ? 2048 : K == PackedKq::Q5K ? 2560 : 3072;
+    static constexpr int kUnroll = kQ6 ? 4 : 8;
+    static constexpr int64_t kQh = 2048, kScales = kQ6 ? 3072 : kQ5 ? 2560 : 2048;
     const uint8_t *rec, *d, *m;
     int64_t sb_bytes, bytes_per_block;
     PackedKqSrc(const void* strip, int n) {
-        const PackedLayout L(K == PackedKq::Q4K ? GGMLType::Q4_K : K == PackedKq::Q5K ? GGMLType::Q5_K : GGMLType::Q6_K, n);
+        const PackedLayout L(T, n);
         rec = static_cast<const uint8_t*>(strip);
         d = rec + L.d, m = rec + L.m;
         sb_bytes = L.sb_bytes;
@@ -116,7 +119,7 @@ struct PackedKqSrc {
     __m256i run(int sb, int64_t off, int w, int h) const { return load256(rec + sb * sb_bytes + off + 64 * w + 32 * h); }
     __m256i u(int b0, int bi, int g, int h) const {
         const int sb = b0 / kPerSb, s = b0 % kPerSb + bi;
-        if constexpr (K == PackedKq::Q6K) {
+        if constexpr (kQ6) {
             const int e = 16 * s + 4 * g, hf = e / 128, j = (e % 128) / 32, l = e % 32;   // Q6_K's element order
             const __m256i ql = run(sb, 0, 16 * hf + 8 * (j % 2) + l / 4, h), qh = run(sb, kQh, 8 * hf + l / 4, h);
             const __m256i lo = _mm256_and_si256(j < 2 ? ql : _mm256_srli_epi16(ql, 4), _mm256_set1_epi8(0x0F));
@@ -125,7 +128,7 @@ struct PackedKqSrc {
         } else {
             const __m256i q = run(sb, 0, 8 * (s / 2) + g, h);   // low nibbles: sub-block 2c, high: 2c + 1
             __m256i v = _mm256_and_si256(s % 2 ? _mm256_srli_epi16(q, 4) : q, _mm256_set1_epi8(0x0F));
-            if constexpr (K == PackedKq::Q5K) {
+            if constexpr (kQ5) {
                 const __m256i qh = _mm256_srl_epi16(run(sb, kQh, g, h), _mm_cvtsi32_si128(s));
                 v = _mm256_or_si256(v, _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(1)), 4));
             }
@@ -146,7 +149,7 @@ struct PackedKqSrc {
     __m256 half_f16(const uint8_t* p, int sb, int h) const { return _mm256_cvtph_ps(load128(p + (int64_t(sb) * kStripRows + 8 * h) * 2)); }
     __m256 dw(int b0, int bi, int h) const {
         const int sb = b0 / kPerSb, s = b0 % kPerSb + bi;
-        if constexpr (K == PackedKq::Q6K) {
+        if constexpr (kQ6) {
             const __m256i sc = _mm256_srai_epi32(_mm256_sll_epi32(run(sb, kScales, s / 4, h), _mm_cvtsi32_si128(24 - 8 * (s % 4))), 24);
             return _mm256_mul_ps(half_f16(d, sb, h), _mm256_cvtepi32_ps(sc));
         } else {
@@ -279,39 +282,39 @@ void src_to_strip(int n, const void* packed, size_t, int, void* strip_out) {
 // StripDecodeFn from GGML rows (unpacked weights: LOWBIT_REPACK=0, cpu.matmul): the rows packed
 // into the thread's buffer (kernels.h pack_rows, a byte permutation), then read as a packed strip,
 // so the packed sources above are the one decoder of every type.
-template <class Src, GGMLType kType>
+template <class Src>
 void strip_decode(int n, const void* weights, size_t row_bytes, int nrows, void* strip_out) {
     thread_local std::vector<uint8_t> packed;
-    packed.resize(size_t(packed_bytes(kType, nrows, n)) + 64);
+    packed.resize(size_t(packed_bytes(Src::kType, nrows, n)) + 64);
     uint8_t* p = packed.data() + (64 - reinterpret_cast<uintptr_t>(packed.data()) % 64) % 64;
-    pack_rows(kType, nrows, n, weights, row_bytes, p);
+    pack_rows(Src::kType, nrows, n, weights, row_bytes, p);
     src_to_strip<Src>(n, p, 0, kStripRows, strip_out);
 }
 
-// The strip entries of the AVX2 set: (decode, gemm, block, bias) as kernels.h's StripKernels, and
-// their packed GEMMs (the packed rows read in place). Only types with a packed layout get a strip:
-// a type whose decode stayed a dot per row would take another float order batched than alone.
-// Type kType's entry: the strip GEMM on decoded strips (their source: DecodedSrc of the same
+// Src::kType's entry: the strip GEMM on decoded strips (their source: DecodedSrc of the same
 // block, sum groups and mins), and the packed GEMMs of Src.
-template <class Src, GGMLType kType>
-void add_strip(KernelSet& k, int bias) {
+template <class Src>
+void add_strip(KernelSet& k) {
     using Decoded = DecodedSrc<Src::kBlock, Src::kSum, Src::kMin>;
-    StripKernels& sk = k[kType].strip;
-    sk = {strip_decode<Src, kType>, src_gemm_fn<Decoded>, Src::kBlock, bias};
+    StripKernels& sk = k[Src::kType].strip;
+    sk = {strip_decode<Src>, src_gemm_fn<Decoded>, Src::kBlock, Src::kBias};
     sk.packed = src_gemm_fn<Src>;
     sk.packed_to_strip = src_to_strip<Src>;
     sk.packed_gemv = src_gemv_fn<Src>;
 }
 
+// The strip entries of the AVX2 set: (decode, gemm, block, bias) as kernels.h's StripKernels, and
+// their packed GEMMs (the packed rows read in place). Only types with a packed layout get a strip:
+// a type whose decode stayed a dot per row would take another float order batched than alone.
 void add_strips_avx2(KernelSet& k) {
-    add_strip<PackedLegacySrc<PackedKind::Q4, false>, GGMLType::Q4_0>(k, 8);
-    add_strip<PackedLegacySrc<PackedKind::Q4, true>, GGMLType::Q4_1>(k, 0);
-    add_strip<PackedLegacySrc<PackedKind::Q5, false>, GGMLType::Q5_0>(k, 16);
-    add_strip<PackedLegacySrc<PackedKind::Q5, true>, GGMLType::Q5_1>(k, 0);
-    add_strip<PackedLegacySrc<PackedKind::Q8, false>, GGMLType::Q8_0>(k, 0);
-    add_strip<PackedKqSrc<PackedKq::Q4K>, GGMLType::Q4_K>(k, 0);
-    add_strip<PackedKqSrc<PackedKq::Q5K>, GGMLType::Q5_K>(k, 0);
-    add_strip<PackedKqSrc<PackedKq::Q6K>, GGMLType::Q6_K>(k, 32);
+    add_strip<PackedLegacySrc<GGMLType::Q4_0>>(k);
+    add_strip<PackedLegacySrc<GGMLType::Q4_1>>(k);
+    add_strip<PackedLegacySrc<GGMLType::Q5_0>>(k);
+    add_strip<PackedLegacySrc<GGMLType::Q5_1>>(k);
+    add_strip<PackedLegacySrc<GGMLType::Q8_0>>(k);
+    add_strip<PackedKqSrc<GGMLType::Q4_K>>(k);
+    add_strip<PackedKqSrc<GGMLType::Q5_K>>(k);
+    add_strip<PackedKqSrc<GGMLType::Q6_K>>(k);
 }
 
 }  // namespace

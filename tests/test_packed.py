@@ -249,6 +249,30 @@ def test_packed_kquant_experts_match_unpacked(tmp_path_factory, monkeypatch, wei
     test_moe.test_packed_experts_match_unpacked(tmp_path_factory, monkeypatch, "qwen3moe", weight_type)
 
 
+@pytest.mark.parametrize("type_name", PACKED_TYPES)
+def test_avx2_and_avx512_packed_paths_are_the_same_bits(type_name, kernel_set):
+    """Both x86 sets pack a matrix into the same bytes, and their packed paths (one-token gemv,
+    the packed GEMM of a few rows, packed -> strip for many) and the strip GEMM on GGML rows give
+    the same bits in both precisions: exact int32 block sums (VNNI dpbusd on AVX-512; maddubs +
+    madd on AVX2, never saturating) and the same float steps in the same order. So a model packed
+    on one host computes what it would on the other, at every batch size."""
+    if PACKED_LEVELS != ["avx2", "avx512"]:
+        pytest.skip("needs a CPU with AVX-512 (both packed sets)")
+    rng = np.random.default_rng(7700 + PACKED_TYPES.index(type_name))
+    rows, cols = 67, cols_of(type_name, 608)
+    w = random_weights(rng, type_name, rows, cols)
+    x = (rng.standard_normal((41, cols)) * rng.uniform(0.1, 10, size=(41, 1))).astype(np.float32)
+    out = {}
+    for lv in PACKED_LEVELS:
+        kernel_set(lv)
+        p = np.asarray(_core.cpu_pack_rows(w.reshape(-1), type_name, rows, cols))
+        out[lv] = [p] + [packed_matmul(p, type_name, rows, cols, x[:n], precision=prec)
+                         for prec in ("q8", "high") for n in (1, 5, 41)]
+        out[lv] += [raw_matmul(w, type_name, rows, cols, x, precision=prec) for prec in ("q8", "high")]
+    for i, (a, b) in enumerate(zip(out["avx2"], out["avx512"])):
+        assert np.array_equal(a, b), (type_name, i)
+
+
 @pytest.mark.skipif(not _PACKED, reason="no packed GEMM without AVX2")
 @pytest.mark.parametrize("packed_level", ["avx2", "avx512"])
 def test_packed_q6k_extreme_blocks_equal_strip_gemm(kernel_set, packed_level):

@@ -99,6 +99,30 @@ Bytes pack_rows(const Bytes& weights, const std::string& type_name, int64_t rows
     return out;
 }
 
+// The GGML rows of `parts` (each rows x cols of type_name, as bytes) stacked, packed as load packs
+// q | k | v: pack_strips over the runs without a copy, `chunk` strips a call (0: all at once).
+Bytes pack_runs(const std::vector<Bytes>& parts, const std::string& type_name, int64_t cols, int64_t chunk) {
+    const GGMLType type = cpu_type(type_name);
+    LOWBIT_CHECK(cpu::PackedLayout::has(type), ValueError, type_name, " has no packed layout");
+    LOWBIT_CHECK(!parts.empty() && chunk >= 0, ValueError, "pack_runs needs parts and chunk >= 0");
+    const int64_t wrow = cpu::weight_row_bytes(type, cols);
+    std::vector<cpu::RowRun> runs;
+    int64_t rows = 0;
+    for (const Bytes& p : parts) {
+        LOWBIT_CHECK(p.size() > 0 && p.size() % wrow == 0, ValueError, "a part of ", p.size(), " bytes is not whole ",
+                     type_name, " rows of ", cols, " columns");
+        runs.push_back({p.data(), p.size() / wrow});
+        rows += p.size() / wrow;
+    }
+    cpu::check_matmul_shape(type, rows, cols);
+    Bytes out(cpu::packed_bytes(type, rows, cols));
+    const int64_t n_strips = (rows + cpu::kStripRows - 1) / cpu::kStripRows, step = chunk ? chunk : n_strips;
+    for (int64_t s = 0; s < n_strips; s += step)
+        cpu::pack_strips(type, cols, runs.data(), int(runs.size()), size_t(wrow), s, std::min(n_strips, s + step),
+                         out.mutable_data());
+    return out;
+}
+
 // Strip s of packed weights back to GGML rows (its rows that exist), as bytes.
 Bytes unpack_strip(const Bytes& packed, const std::string& type_name, int64_t rows, int64_t cols, int64_t s) {
     const GGMLType type = cpu_type(type_name);
@@ -285,6 +309,8 @@ void bind_cpu(py::module_& m) {
           py::arg("small_batches") = false, py::arg("made_rows") = false);
     m.def("cpu_pack_rows", &pack_rows, py::arg("weights"), py::arg("type_name"), py::arg("rows"), py::arg("cols"),
           "GGML rows -> packed strips of 16 interleaved rows (the layout weights are repacked into at load).");
+    m.def("cpu_pack_runs", &pack_runs, py::arg("parts"), py::arg("type_name"), py::arg("cols"), py::arg("chunk") = 0,
+          "Several GGML row blocks stacked and packed without a copy, `chunk` strips a call (as load packs q | k | v).");
     m.def("cpu_unpack_strip", &unpack_strip, py::arg("packed"), py::arg("type_name"), py::arg("rows"), py::arg("cols"),
           py::arg("strip"));
     m.def("cpu_vec_dot", &vec_dot, py::arg("type_name"), py::arg("weights"), py::arg("act"));

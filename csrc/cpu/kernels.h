@@ -185,6 +185,15 @@ struct PackedLayout {
 };
 // rows x cols of `type` (GGML rows, row_bytes apart) -> ceil(rows / kStripRows) packed strips.
 void pack_rows(GGMLType type, int64_t rows, int64_t cols, const void* src, size_t row_bytes, void* dst);
+// Strips [s0, s1) of the packed matrix whose rows are the runs' rows one after the other (e.g. q,
+// k and v stacked without a copy), written at dst + s * strip_bytes; strips are independent, so
+// threads may pack disjoint ranges of one matrix (model load).
+struct RowRun {
+    const void* data;   // rows GGML rows, row_bytes apart
+    int64_t rows;
+};
+void pack_strips(GGMLType type, int64_t cols, const RowRun* runs, int n_runs, size_t row_bytes, int64_t s0,
+                 int64_t s1, void* dst);
 // Strip `s` of a packed matrix back to GGML rows (nrows <= kStripRows, row_bytes apart).
 void unpack_strip(GGMLType type, int64_t cols, const void* packed, int64_t s, int nrows, void* dst, size_t row_bytes);
 // Row r of a packed matrix back to one GGML row (a tied head's token embedding lookups).

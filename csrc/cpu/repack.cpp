@@ -80,9 +80,8 @@ BlockFields fields_of(GGMLType type) {
 }
 
 // One block of one row <-> its place in the strip. to_strip: GGML block -> strip, else back.
-void move_block(GGMLType type, const PackedLayout& L, uint8_t* strip, int64_t b, int j, uint8_t* blk, bool to_strip) {
-    const Shape s = checked_shape(type);
-    const BlockFields f = fields_of(type);
+void move_block(const Shape& s, const BlockFields& f, const PackedLayout& L, uint8_t* strip, int64_t b, int j,
+                uint8_t* blk, bool to_strip) {
     auto mv = [to_strip](uint8_t* in_strip, uint8_t* in_block, size_t bytes) {
         if (to_strip) std::memcpy(in_strip, in_block, bytes);
         else std::memcpy(in_block, in_strip, bytes);
@@ -92,16 +91,18 @@ void move_block(GGMLType type, const PackedLayout& L, uint8_t* strip, int64_t b,
     mv(strip + L.d + (b * kStripRows + j) * 2, blk, 2);
     if (s.min) mv(strip + L.m + (b * kStripRows + j) * 2, blk + f.m, 2);
     if (!s.qh) return;
-    auto* words = reinterpret_cast<uint64_t*>(strip + L.qh + b * 64);
-    uint32_t h = 0;   // bit e: bit 4 of element e
-    if (to_strip) std::memcpy(&h, blk + f.qh, 4);
-    for (int e = 0; e < 32; ++e) {   // element e = 4g + i: bit 4j + i of word g
-        const uint64_t bit = uint64_t(1) << (4 * j + e % 4);
-        if (to_strip) words[e / 4] = (words[e / 4] & ~bit) | ((h >> e & 1u) ? bit : 0);
+    // element e = 4g + i: bit 4j + i of word g, i.e. word g's nibble j = bits 4g..4g+3 of the row's qh
+    uint64_t words[8];
+    std::memcpy(words, strip + L.qh + b * 64, 64);
+    uint32_t h = 0;
+    if (to_strip) {
+        std::memcpy(&h, blk + f.qh, 4);
+        for (int g = 0; g < 8; ++g)
+            words[g] = (words[g] & ~(uint64_t(0xF) << (4 * j))) | uint64_t(h >> (4 * g) & 0xFu) << (4 * j);
+        std::memcpy(strip + L.qh + b * 64, words, 64);
+        return;
     }
-    if (to_strip) return;
-    for (int e = 0; e < 32; ++e)
-        if (words[e / 4] >> (4 * j + e % 4) & 1u) h |= 1u << e;
+    for (int g = 0; g < 8; ++g) h |= uint32_t(words[g] >> (4 * j) & 0xFu) << (4 * g);
     std::memcpy(blk + f.qh, &h, 4);
 }
 
@@ -136,32 +137,45 @@ PackedLayout::PackedLayout(GGMLType type, int64_t n) {
 namespace {
 // One block (legacy) or super-block (k-quant) b of row j <-> the strip; bytes: its GGML size.
 struct BlockMover {
-    GGMLType type;
     PackedLayout L;
     KShape k{};
     bool kquant;
+    Shape s{};
+    BlockFields f;
     int bytes;
-    BlockMover(GGMLType t, int64_t cols) : type(t), L(t, cols), kquant(kshape_of(t, k)),
-                                           bytes(kquant ? k.block_bytes : fields_of(t).bytes) {}
+    BlockMover(GGMLType t, int64_t cols) : L(t, cols), kquant(kshape_of(t, k)), s(kquant ? Shape{} : checked_shape(t)),
+                                           f(fields_of(t)), bytes(kquant ? k.block_bytes : f.bytes) {}
     void operator()(uint8_t* strip, int64_t b, int j, uint8_t* blk, bool to_strip) const {
         if (kquant) move_kblock(k, L, strip, b, j, blk, to_strip);
-        else move_block(type, L, strip, b, j, blk, to_strip);
+        else move_block(s, f, L, strip, b, j, blk, to_strip);
     }
 };
 }  // namespace
 
-void pack_rows(GGMLType type, int64_t rows, int64_t cols, const void* src, size_t row_bytes, void* dst) {
+void pack_strips(GGMLType type, int64_t cols, const RowRun* runs, int n_runs, size_t row_bytes, int64_t s0,
+                 int64_t s1, void* dst) {
     const BlockMover mover(type, cols);
     const PackedLayout& L = mover.L;
-    const int64_t n_strips = (rows + kStripRows - 1) / kStripRows;
     auto* out = static_cast<uint8_t*>(dst);
-    std::memset(out, 0, size_t(n_strips * L.strip_bytes));
-    for (int64_t s = 0; s < n_strips; ++s)
-        for (int j = 0; j < kStripRows && s * kStripRows + j < rows; ++j) {
-            const auto* row = static_cast<const uint8_t*>(src) + size_t(s * kStripRows + j) * row_bytes;
+    int run = 0;
+    int64_t run_start = 0;   // first row of runs[run]
+    for (int64_t s = s0; s < s1; ++s) {
+        uint8_t* strip = out + s * L.strip_bytes;
+        std::memset(strip, 0, size_t(L.strip_bytes));   // padding and the rows past the last
+        for (int j = 0; j < kStripRows; ++j) {
+            const int64_t r = s * kStripRows + j;
+            while (run < n_runs && r >= run_start + runs[run].rows) run_start += runs[run++].rows;
+            if (run == n_runs) break;
+            const auto* row = static_cast<const uint8_t*>(runs[run].data) + size_t(r - run_start) * row_bytes;
             for (int64_t b = 0; b < L.nb; ++b)
-                mover(out + s * L.strip_bytes, b, j, const_cast<uint8_t*>(row + b * mover.bytes), true);
+                mover(strip, b, j, const_cast<uint8_t*>(row + b * mover.bytes), true);
         }
+    }
+}
+
+void pack_rows(GGMLType type, int64_t rows, int64_t cols, const void* src, size_t row_bytes, void* dst) {
+    const RowRun run{src, rows};
+    pack_strips(type, cols, &run, 1, row_bytes, 0, (rows + kStripRows - 1) / kStripRows, dst);
 }
 
 void unpack_strip(GGMLType type, int64_t cols, const void* packed, int64_t s, int nrows, void* dst, size_t row_bytes) {

@@ -5,6 +5,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <thread>
 #include <cstdlib>
 #include <initializer_list>
 
@@ -12,6 +17,7 @@
 #include "cpu/dispatch.h"
 #include "cpu/kernels.h"
 #include "cpu/matmul.h"
+#include "cpu/threadpool.h"
 #include "quant/types.h"
 
 namespace lowbit::model {
@@ -201,8 +207,7 @@ void release_pages(const void* p, size_t bytes) {
 }
 
 // One matrix made of `parts` stacked row-wise (all of one type and width), copied into `w.fused`;
-// an absent Matrix when the types differ.
-bool packable(GGMLType type);
+// an absent Matrix when the types differ. (Packed types are stacked by Packer::stacked instead.)
 
 Matrix concat_rows(ModelWeights& w, std::initializer_list<const Matrix*> parts) {
     const Matrix& first = **parts.begin();
@@ -212,8 +217,7 @@ Matrix concat_rows(ModelWeights& w, std::initializer_list<const Matrix*> parts) 
         if (part->type != first.type || part->cols != first.cols) return Matrix{};
         m.rows += part->rows;
     }
-    AlignedBuffer<uint8_t> buf(size_t(m.rows * m.row_bytes),
-                               repack_enabled() && packable(m.type) ? Pages::Small : Pages::Huge);   // packed later: a temporary
+    AlignedBuffer<uint8_t> buf(size_t(m.rows * m.row_bytes), Pages::Huge);   // a type without a packed layout
     size_t off = 0;
     for (const Matrix* part : parts) {
         const size_t bytes = size_t(part->rows * part->row_bytes);
@@ -233,45 +237,165 @@ bool packable(GGMLType type) {
     return sk && sk->packed && cpu::PackedLayout::has(type);
 }
 
-// Replaces the use of m's rows by a packed copy (PackedLayout) where the kernel set reads one in
-// place. The source stops being resident: a fused copy is freed, mapped pages are released (the
-// token embedding of a tied head keeps its mapping: lookups fault in the rows they read).
-void pack_matrix(ModelWeights& w, Matrix& m) {
-    if (!m.present() || m.packed || !m.data || !packable(m.type)) return;
-    AlignedBuffer<uint8_t> buf(size_t(cpu::packed_bytes(m.type, m.rows, m.cols)), Pages::Huge);
-    cpu::pack_rows(m.type, m.rows, m.cols, m.data, size_t(m.row_bytes), buf.data());
-    const size_t src_bytes = size_t(m.rows * m.row_bytes);
-    auto owned = std::find_if(w.fused.begin(), w.fused.end(), [&](const auto& b) { return b.data() == m.data; });
-    if (owned != w.fused.end()) {
-        w.fused_bytes -= owned->size();
-        w.fused.erase(owned);
-        m.data = nullptr;
-    } else {
-        release_pages(m.data, src_bytes);
-    }
-    m.packed = buf.data();
-    w.fused_bytes += buf.size();
-    w.packed_bytes += buf.size();
-    w.fused.push_back(std::move(buf));
-}
+// The packed copies of a model's matrices (PackedLayout), made in one parallel pass: add() and
+// add_experts() allocate each copy and point the matrix at it, run() fills them (strip ranges on
+// every core: the copies' first touch, i.e. the kernel's page zeroing, is spread too) and then
+// releases the sources: a fused copy is freed, mapped pages are dropped (the token embedding of a
+// tied head keeps its mapping: lookups read the packed copy).
+class Packer {
+public:
+    explicit Packer(ModelWeights& w) : w_(w) {}
 
-// Every expert of x packed (ExpertMatrices) where its type is packable; the mapped pages of the
-// stacked tensor are released, so the packed copy replaces them (counted in fused / packed bytes).
-void pack_experts(ModelWeights& w, ExpertMatrices& x) {
-    const Matrix& m = x.first;
-    if (!x.present() || x.packed || !m.data || !packable(m.type)) return;
-    const int64_t per_expert = cpu::packed_bytes(m.type, m.rows, m.cols);
-    AlignedBuffer<uint8_t> buf(size_t(per_expert * x.n), Pages::Huge);
-    for (int64_t e = 0; e < x.n; ++e)
-        cpu::pack_rows(m.type, m.rows, m.cols, static_cast<const uint8_t*>(m.data) + e * x.stride, size_t(m.row_bytes),
-                       buf.data() + e * per_expert);
-    release_pages(m.data, size_t(x.n * x.stride));
-    x.packed = buf.data();
-    x.packed_stride = per_expert;
-    w.fused_bytes += buf.size();
-    w.packed_bytes += buf.size();
-    w.fused.push_back(std::move(buf));
-}
+    // m's rows packed; m == the parts stacked row-wise (q | k | v without a fused copy), or m alone.
+    void add(Matrix& m, std::initializer_list<const Matrix*> parts = {}) {
+        if (!m.present() || m.packed || !m.data || !packable(m.type)) return;
+        Job j = job(m, size_t(m.row_bytes), 1);
+        Group& g = groups_.emplace_back();
+        if (parts.size() == 0) j.runs.push_back({m.data, m.rows});
+        else for (const Matrix* part : parts) j.runs.push_back({part->data, part->rows});
+        m.packed = j.dst;
+        for (const cpu::RowRun& r : j.runs) g.sources.push_back({r.data, size_t(r.rows * m.row_bytes)});
+        m.data = parts.size() == 0 && is_fused(m.data) ? nullptr : m.data;
+        j.group = groups_.size() - 1;
+        jobs_.push_back(std::move(j));
+    }
+
+    // q | k | v (or gate | up) as one packed matrix, read in place from the parts; absent (the
+    // parts are then used, and packed, one by one) when their types or widths differ.
+    Matrix stacked(std::initializer_list<const Matrix*> parts) {
+        const Matrix& first = **parts.begin();
+        Matrix m = first;
+        m.rows = 0;
+        for (const Matrix* part : parts) {
+            if (!part->data || part->type != first.type || part->cols != first.cols) return Matrix{};
+            m.rows += part->rows;
+        }
+        add(m, parts);
+        m.data = nullptr;   // no GGML copy: matrix_row unpacks from m.packed
+        return m;
+    }
+
+    // Every expert of x packed into one buffer (expert e at x.packed + e * x.packed_stride).
+    void add_experts(ExpertMatrices& x) {
+        const Matrix& m = x.first;
+        if (!x.present() || x.packed || !m.data || !packable(m.type)) return;
+        const int64_t per_expert = cpu::packed_bytes(m.type, m.rows, m.cols);
+        Job j = job(m, size_t(m.row_bytes), x.n);
+        x.packed = j.dst;
+        x.packed_stride = per_expert;
+        for (int64_t e = 0; e < x.n; ++e) {   // one job (and group: its source released when packed) per expert
+            Job je = j;
+            je.dst = j.dst + e * per_expert;
+            je.runs = {{static_cast<const uint8_t*>(m.data) + e * x.stride, m.rows}};
+            groups_.push_back({{{je.runs[0].data, size_t(x.stride)}}});
+            je.group = groups_.size() - 1;
+            jobs_.push_back(std::move(je));
+        }
+    }
+
+    void run() {
+        struct Item {
+            const Job* job;
+            int64_t s0, s1;
+        };
+        std::vector<Item> items;   // ~256 KB of packed bytes each
+        for (const Job& j : jobs_) {
+            const int64_t per = std::max<int64_t>(1, (int64_t(256) << 10) / j.strip_bytes);
+            for (int64_t s = 0; s < j.n_strips; s += per) {
+                items.push_back({&j, s, std::min(j.n_strips, s + per)});
+                ++groups_[j.group].items;
+            }
+        }
+        std::atomic<size_t> next{0};
+        std::exception_ptr error;
+        std::mutex error_mutex;
+        auto work = [&] {
+            try {
+                for (size_t i; (i = next.fetch_add(1)) < items.size();) {
+                    const Job& j = *items[i].job;
+                    cpu::pack_strips(j.type, j.cols, j.runs.data(), int(j.runs.size()), j.row_bytes, items[i].s0,
+                                     items[i].s1, j.dst);
+                    // the mapped rows just packed leave the process now (pages wholly inside them;
+                    // the group's last item releases its whole ranges, pages across items included),
+                    // so a load's resident memory peaks near the packed copies', not at twice them
+                    release_rows(j, items[i].s0 * cpu::kStripRows, items[i].s1 * cpu::kStripRows);
+                    if (groups_[j.group].items.fetch_sub(1) == 1)
+                        for (const auto& [p, bytes] : groups_[j.group].sources)
+                            if (!is_fused(p)) release_pages(p, bytes);
+                }
+            } catch (...) {
+                std::lock_guard<std::mutex> lock(error_mutex);
+                if (!error) error = std::current_exception();
+                next = items.size();
+            }
+        };
+        const int n_threads = int(std::min<size_t>(size_t(std::max(1, cpu::physical_core_count())), items.size()));
+        std::vector<std::thread> threads;
+        for (int t = 1; t < n_threads; ++t) threads.emplace_back(work);
+        work();
+        for (std::thread& t : threads) t.join();
+        if (error) std::rethrow_exception(error);
+        for (const Group& g : groups_)   // fused GGML copies that were packed: freed
+            for (const auto& src : g.sources) {
+                auto owned = std::find_if(w_.fused.begin(), w_.fused.end(), [&](const auto& b) { return b.data() == src.first; });
+                if (owned != w_.fused.end()) {
+                    w_.fused_bytes -= owned->size();
+                    w_.fused.erase(owned);
+                }
+            }
+        jobs_.clear();
+        groups_.clear();
+    }
+
+private:
+    struct Job {
+        GGMLType type;
+        int64_t cols, n_strips, strip_bytes;
+        size_t row_bytes;
+        std::vector<cpu::RowRun> runs;
+        uint8_t* dst;
+        size_t group = 0;
+    };
+    // The sources one add() packs (an expert: its own), released once its last strip is packed.
+    struct Group {
+        std::vector<std::pair<const void*, size_t>> sources;
+        std::atomic<int64_t> items{0};
+        Group(std::vector<std::pair<const void*, size_t>> s = {}) : sources(std::move(s)) {}
+        Group(Group&& o) noexcept : sources(std::move(o.sources)), items(o.items.load()) {}
+    };
+
+    // A job for rows x cols of m's type, with a new buffer of `copies` packed matrices.
+    Job job(const Matrix& m, size_t row_bytes, int64_t copies) {
+        const int64_t rows = m.rows;   // stacked: already the sum
+        const cpu::PackedLayout L(m.type, m.cols);   // throws for a width without a packed layout
+        const int64_t n_strips = (rows + cpu::kStripRows - 1) / cpu::kStripRows;
+        AlignedBuffer<uint8_t> buf(size_t(n_strips * L.strip_bytes * copies), Pages::Huge);
+        Job j{m.type, m.cols, n_strips, L.strip_bytes, row_bytes, {}, buf.data(), 0};
+        w_.fused_bytes += buf.size();
+        w_.packed_bytes += buf.size();
+        w_.fused.push_back(std::move(buf));
+        return j;
+    }
+
+    // Releases the mapped pages of rows [r0, r1) of j's runs (stacked rows; fused copies stay).
+    void release_rows(const Job& j, int64_t r0, int64_t r1) const {
+        int64_t start = 0;
+        for (const cpu::RowRun& run : j.runs) {
+            const int64_t a = std::max(r0, start), b = std::min(r1, start + run.rows);
+            if (a < b && !is_fused(run.data))
+                release_pages(static_cast<const uint8_t*>(run.data) + (a - start) * int64_t(j.row_bytes), size_t((b - a) * int64_t(j.row_bytes)));
+            start += run.rows;
+        }
+    }
+
+    bool is_fused(const void* p) const {
+        return std::any_of(w_.fused.begin(), w_.fused.end(), [&](const auto& b) { return b.data() == p; });
+    }
+
+    ModelWeights& w_;
+    std::vector<Job> jobs_;
+    std::deque<Group> groups_;
+};
 
 }  // namespace
 
@@ -314,24 +438,31 @@ ModelWeights load_weights(const GGUFFile& f, const ModelConfig& c) {
                          ", expected positive factors");
     w.layers.reserve(size_t(c.n_layers));
     for (int64_t il = 0; il < c.n_layers; ++il) w.layers.push_back(load_layer(ld, c, il));
+    const bool repack = repack_enabled();
+    Packer packer(w);
     for (LayerWeights& l : w.layers) {   // fewer, larger matvecs for decode
-        if (!l.wqkv.present()) l.wqkv = concat_rows(w, {&l.wq, &l.wk, &l.wv});
-        if (!l.w_gate_up.present() && l.w_gate.present()) l.w_gate_up = concat_rows(w, {&l.w_gate, &l.w_up});
+        // packed: q | k | v stacked straight into one packed copy; otherwise a fused GGML copy
+        if (!l.wqkv.present())
+            l.wqkv = repack && packable(l.wq.type) ? packer.stacked({&l.wq, &l.wk, &l.wv}) : concat_rows(w, {&l.wq, &l.wk, &l.wv});
+        if (!l.w_gate_up.present() && l.w_gate.present())
+            l.w_gate_up = repack && packable(l.w_gate.type) ? packer.stacked({&l.w_gate, &l.w_up})
+                                                            : concat_rows(w, {&l.w_gate, &l.w_up});
     }
-    if (repack_enabled()) {   // every matrix the forward multiplies through project(), experts included
+    if (repack) {   // every matrix the forward multiplies through project(), experts included
         for (LayerWeights& l : w.layers) {
-            if (l.wqkv.present()) pack_matrix(w, l.wqkv);
-            else for (Matrix* m : {&l.wq, &l.wk, &l.wv}) pack_matrix(w, *m);
-            pack_matrix(w, l.wo);
-            if (l.w_gate_up.present()) pack_matrix(w, l.w_gate_up);
-            else for (Matrix* m : {&l.w_gate, &l.w_up}) pack_matrix(w, *m);
-            pack_matrix(w, l.w_down);
-            for (ExpertMatrices* x : {&l.gate_exps, &l.up_exps, &l.down_exps}) pack_experts(w, *x);
-            for (Matrix* m : {&l.gate_shexp, &l.up_shexp, &l.down_shexp}) pack_matrix(w, *m);
+            if (l.wqkv.present()) packer.add(l.wqkv);
+            else for (Matrix* m : {&l.wq, &l.wk, &l.wv}) packer.add(*m);
+            packer.add(l.wo);
+            if (l.w_gate_up.present()) packer.add(l.w_gate_up);
+            else for (Matrix* m : {&l.w_gate, &l.w_up}) packer.add(*m);
+            packer.add(l.w_down);
+            for (ExpertMatrices* x : {&l.gate_exps, &l.up_exps, &l.down_exps}) packer.add_experts(*x);
+            for (Matrix* m : {&l.gate_shexp, &l.up_shexp, &l.down_shexp}) packer.add(*m);
         }
-        pack_matrix(w, w.output);
+        packer.add(w.output);
+        packer.run();
         // A tied head's rows are the token embeddings: lookups read the packed copy too, so the
-        // mapped table (whose pages pack_matrix released) is not faulted back in row by row.
+        // mapped table (whose pages run() released) is not faulted back in row by row.
         if (w.tied_output && w.output.packed) w.token_embd.packed = w.output.packed;
     }
     for (const TensorInfo& t : f.tensors()) {

@@ -7,7 +7,7 @@ medians).
         [--json out.json]
 
 MODEL: registry names or GGUF paths (default: smollm2-135m-instruct gemma3-270m). peak = the
-process's peak RSS; `peak - before` over the weights' bytes is what a load costs beyond them.
+process's peak RSS (VmHWM); `peak - before` over the weights' bytes is what a load costs beyond them.
 """
 from __future__ import annotations
 
@@ -19,16 +19,16 @@ import subprocess
 import sys
 
 _CHILD = r'''
-import json, resource, sys, time
+import json, sys, time
 from lowbit import _core
-def rss():
-    return [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS')][0] * 1024
-before = rss()
+def status(key):   # VmHWM: this process's peak (ru_maxrss would carry the forking parent's over exec)
+    return [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(key)][0] * 1024
+before = status('VmRSS:')
 t0 = time.perf_counter()
 e = _core.Engine(sys.argv[1], 512, 2, 512)
 seconds = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"seconds": seconds, "rss_bytes": rss(), "peak_bytes": peak, "before_bytes": before,
+peak = status('VmHWM:')
+print(json.dumps({"seconds": seconds, "rss_bytes": status('VmRSS:'), "peak_bytes": peak, "before_bytes": before,
                   "weights_bytes": e.memory()["weights_bytes"], "kernels": _core.cpu_features()["kernels"]}))
 '''
 

@@ -230,11 +230,11 @@ def test_model_packed_counts_once_and_matches_unpacked(tmp_path, model):
     code = (
         "import numpy as np, json\n"
         "from lowbit import _core\n"
-        "import resource\n"
-        "def rss_now(): return [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS')][0] * 1024\n"
-        "before = rss_now()\n"
+        # VmHWM: this process's peak (ru_maxrss would carry the forking parent's over exec)
+        "def status(k): return [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(k)][0] * 1024\n"
+        "before = status('VmRSS:')\n"
         f"e = _core.Engine({path!r}, 600, 2, 64, 'f16', 'high')\n"   # AVX-512's auto; q8 flips amplify reorderings
-        "load_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before\n"
+        "load_peak = status('VmHWM:') - before\n"
         "m = e.memory()\n"
         "y = np.asarray(e.eval(np.array([1, 400, 2000, 17], np.int32)))\n"
         "e.eval(np.random.default_rng(0).integers(100, 49000, 500).astype(np.int32))\n"   # embedding rows all over

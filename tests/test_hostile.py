@@ -244,6 +244,22 @@ def test_gemma3_sliding_window_pattern_is_honoured(tiny_gemma, tmp_path):
     assert describe_file(path)["memory"]["swa_layers"] == 0
 
 
+def test_load_raises_the_tokenizer_error_and_leaves_no_thread(tiny, tmp_path):
+    """lowbit.load builds the tokenizer on a thread while the engine loads: a vocabulary the
+    tokenizer rejects still fails the load with the tokenizer's error (the engine, which loads
+    this file fine, is closed), and the builder thread is gone afterwards."""
+    import threading
+    path = mutate(tiny, tmp_path / "bad_tokens.gguf",
+                  set={"tokenizer.ggml.tokens": (VT.ARRAY, Arr(U32, list(range(300))))})
+    for _ in range(2):
+        with pytest.raises(LowbitError, match=r"tokenizer\.ggml\.tokens"):
+            lowbit.load(path, n_ctx=64, n_threads=1)
+    assert not [t for t in threading.enumerate() if t.name == "lowbit-load-tokenizer"]
+    model = lowbit.load(tiny, n_ctx=64, n_threads=1)   # and a good file loads with its tokenizer
+    assert model.tokenizer.decode(model.tokenizer.encode("hello world")).strip() != ""
+    model.close()
+
+
 def test_cli_on_a_hostile_file_is_one_line(tiny, tmp_path):
     path = mutate(tiny, tmp_path / "bad.gguf", set={"tokenizer.ggml.bos_token_id": (STR, "x")})
     proc = subprocess.run([sys.executable, "-m", "lowbit", "run", str(path), "hi", "-n", "1"],

@@ -152,25 +152,48 @@ def load(path_or_name: Union[str, os.PathLike], *, n_ctx: Optional[int] = None,
     arch = meta.get("general.architecture")
     if arch not in supported:
         raise ModelError(f"{path}: unsupported architecture {arch!r}; supported: {', '.join(supported)}")
-    tokenizer = Tokenizer.from_metadata(meta)
-    n_ctx_train = Hparams.from_metadata(meta).n_ctx_train
-    asked = n_ctx
-    n_ctx = n_ctx or default_n_ctx(meta, kv_type, n_batch)
-    check_memory(meta, weights_bytes, n_ctx, kv_type, n_batch=n_batch)
-    if asked and n_ctx_train and asked > n_ctx_train:      # as llama.cpp: allowed, with a warning
-        warnings.warn(f"n_ctx={asked} is larger than the model's training context ({n_ctx_train} tokens); "
-                      f"output may degrade past {n_ctx_train} tokens", UserWarning, stacklevel=2)
-    start = 0.5 if pulled else 0.0
-    _prefault(path, progress, start, (1.0 - start) * 0.9)
-    if n_threads is None:
-        from lowbit.runtime.cpu import features
-        n_threads = features()["physical_cores"]
-    engine = _core.Engine(path, int(n_ctx), int(n_threads), int(n_batch), kv_type,
-                          act_precision=act_precision)
+    # The tokenizer builds on a thread while the file is read and the engine packs its weights
+    # (both release the GIL; a 151k vocabulary takes ~0.1 s). Its error, if any, is the one raised:
+    # it came first when the tokenizer was built before everything below.
+    built: Dict[str, Any] = {}
+
+    def build_tokenizer() -> None:
+        try:
+            built["tokenizer"] = Tokenizer.from_metadata(meta)
+        except BaseException as e:   # re-raised on the caller's thread
+            built["error"] = e
+
+    builder = threading.Thread(target=build_tokenizer, name="lowbit-load-tokenizer", daemon=True)
+    builder.start()
+    engine = None
+    try:
+        n_ctx_train = Hparams.from_metadata(meta).n_ctx_train
+        asked = n_ctx
+        n_ctx = n_ctx or default_n_ctx(meta, kv_type, n_batch)
+        check_memory(meta, weights_bytes, n_ctx, kv_type, n_batch=n_batch)
+        if asked and n_ctx_train and asked > n_ctx_train:      # as llama.cpp: allowed, with a warning
+            warnings.warn(f"n_ctx={asked} is larger than the model's training context ({n_ctx_train} tokens); "
+                          f"output may degrade past {n_ctx_train} tokens", UserWarning, stacklevel=2)
+        start = 0.5 if pulled else 0.0
+        _prefault(path, progress, start, (1.0 - start) * 0.9)
+        if n_threads is None:
+            from lowbit.runtime.cpu import features
+            n_threads = features()["physical_cores"]
+        engine = _core.Engine(path, int(n_ctx), int(n_threads), int(n_batch), kv_type,
+                              act_precision=act_precision)
+    except BaseException:
+        builder.join()
+        if "error" in built:
+            raise built["error"] from None
+        raise
+    builder.join()
+    if "error" in built:
+        engine.close()
+        raise built["error"]
     if progress is not None and progress(1.0) is False:
         engine.close()
         raise Cancelled("load cancelled by the progress callback")
-    return Model(engine, tokenizer, meta, path, device=device, load_options=dict(n_batch=int(n_batch)))
+    return Model(engine, built["tokenizer"], meta, path, device=device, load_options=dict(n_batch=int(n_batch)))
 
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")

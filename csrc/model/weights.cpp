@@ -239,9 +239,10 @@ bool packable(GGMLType type) {
 
 // The packed copies of a model's matrices (PackedLayout), made in one parallel pass: add() and
 // add_experts() allocate each copy and point the matrix at it, run() fills them (strip ranges on
-// every core: the copies' first touch, i.e. the kernel's page zeroing, is spread too) and then
-// releases the sources: a fused copy is freed, mapped pages are dropped (the token embedding of a
-// tied head keeps its mapping: lookups read the packed copy).
+// every core: the copies' first touch, i.e. the kernel's page zeroing, is spread too) and releases
+// the mapped rows as they are packed (the token embedding of a tied head keeps its mapping:
+// lookups read the packed copy). The sources are always mapped rows: a packable type is never
+// fused into a GGML copy (stacked() packs q | k | v straight from the parts).
 class Packer {
 public:
     explicit Packer(ModelWeights& w) : w_(w) {}
@@ -249,15 +250,12 @@ public:
     // m's rows packed; m == the parts stacked row-wise (q | k | v without a fused copy), or m alone.
     void add(Matrix& m, std::initializer_list<const Matrix*> parts = {}) {
         if (!m.present() || m.packed || !m.data || !packable(m.type)) return;
-        Job j = job(m, size_t(m.row_bytes), 1);
-        Group& g = groups_.emplace_back();
-        if (parts.size() == 0) j.runs.push_back({m.data, m.rows});
-        else for (const Matrix* part : parts) j.runs.push_back({part->data, part->rows});
-        m.packed = j.dst;
-        for (const cpu::RowRun& r : j.runs) g.sources.push_back({r.data, size_t(r.rows * m.row_bytes)});
-        m.data = parts.size() == 0 && is_fused(m.data) ? nullptr : m.data;
-        j.group = groups_.size() - 1;
-        jobs_.push_back(std::move(j));
+        std::vector<cpu::RowRun> runs;
+        if (parts.size() == 0) runs.push_back({m.data, m.rows});
+        else for (const Matrix* part : parts) runs.push_back({part->data, part->rows});
+        uint8_t* dst = allocate(m, 1);
+        m.packed = dst;
+        add_job(m, std::move(runs), dst);
     }
 
     // q | k | v (or gate | up) as one packed matrix, read in place from the parts; absent (the
@@ -275,35 +273,30 @@ public:
         return m;
     }
 
-    // Every expert of x packed into one buffer (expert e at x.packed + e * x.packed_stride).
+    // Every expert of x packed into one buffer (expert e at x.packed + e * x.packed_stride), one
+    // job per expert (its mapped rows released when packed).
     void add_experts(ExpertMatrices& x) {
         const Matrix& m = x.first;
         if (!x.present() || x.packed || !m.data || !packable(m.type)) return;
         const int64_t per_expert = cpu::packed_bytes(m.type, m.rows, m.cols);
-        Job j = job(m, size_t(m.row_bytes), x.n);
-        x.packed = j.dst;
+        uint8_t* dst = allocate(m, x.n);
+        x.packed = dst;
         x.packed_stride = per_expert;
-        for (int64_t e = 0; e < x.n; ++e) {   // one job (and group: its source released when packed) per expert
-            Job je = j;
-            je.dst = j.dst + e * per_expert;
-            je.runs = {{static_cast<const uint8_t*>(m.data) + e * x.stride, m.rows}};
-            groups_.push_back({{{je.runs[0].data, size_t(x.stride)}}});
-            je.group = groups_.size() - 1;
-            jobs_.push_back(std::move(je));
-        }
+        for (int64_t e = 0; e < x.n; ++e)
+            add_job(m, {{static_cast<const uint8_t*>(m.data) + e * x.stride, m.rows}}, dst + e * per_expert);
     }
 
     void run() {
         struct Item {
-            const Job* job;
+            Job* job;
             int64_t s0, s1;
         };
         std::vector<Item> items;   // ~256 KB of packed bytes each
-        for (const Job& j : jobs_) {
+        for (Job& j : jobs_) {
             const int64_t per = std::max<int64_t>(1, (int64_t(256) << 10) / j.strip_bytes);
             for (int64_t s = 0; s < j.n_strips; s += per) {
                 items.push_back({&j, s, std::min(j.n_strips, s + per)});
-                ++groups_[j.group].items;
+                ++j.items_left;
             }
         }
         std::atomic<size_t> next{0};
@@ -312,16 +305,14 @@ public:
         auto work = [&] {
             try {
                 for (size_t i; (i = next.fetch_add(1)) < items.size();) {
-                    const Job& j = *items[i].job;
+                    Job& j = *items[i].job;
                     cpu::pack_strips(j.type, j.cols, j.runs.data(), int(j.runs.size()), j.row_bytes, items[i].s0,
                                      items[i].s1, j.dst);
                     // the mapped rows just packed leave the process now (pages wholly inside them;
-                    // the group's last item releases its whole ranges, pages across items included),
-                    // so a load's resident memory peaks near the packed copies', not at twice them
+                    // the job's last item releases all its rows, pages across items included), so
+                    // a load's resident memory peaks near the packed copies', not at twice them
                     release_rows(j, items[i].s0 * cpu::kStripRows, items[i].s1 * cpu::kStripRows);
-                    if (groups_[j.group].items.fetch_sub(1) == 1)
-                        for (const auto& [p, bytes] : groups_[j.group].sources)
-                            if (!is_fused(p)) release_pages(p, bytes);
+                    if (j.items_left.fetch_sub(1) == 1) release_rows(j, 0, j.n_strips * cpu::kStripRows);
                 }
             } catch (...) {
                 std::lock_guard<std::mutex> lock(error_mutex);
@@ -334,17 +325,8 @@ public:
         for (int t = 1; t < n_threads; ++t) threads.emplace_back(work);
         work();
         for (std::thread& t : threads) t.join();
-        if (error) std::rethrow_exception(error);
-        for (const Group& g : groups_)   // fused GGML copies that were packed: freed
-            for (const auto& src : g.sources) {
-                auto owned = std::find_if(w_.fused.begin(), w_.fused.end(), [&](const auto& b) { return b.data() == src.first; });
-                if (owned != w_.fused.end()) {
-                    w_.fused_bytes -= owned->size();
-                    w_.fused.erase(owned);
-                }
-            }
         jobs_.clear();
-        groups_.clear();
+        if (error) std::rethrow_exception(error);
     }
 
 private:
@@ -352,49 +334,47 @@ private:
         GGMLType type;
         int64_t cols, n_strips, strip_bytes;
         size_t row_bytes;
-        std::vector<cpu::RowRun> runs;
+        std::vector<cpu::RowRun> runs;   // mapped rows, stacked
         uint8_t* dst;
-        size_t group = 0;
-    };
-    // The sources one add() packs (an expert: its own), released once its last strip is packed.
-    struct Group {
-        std::vector<std::pair<const void*, size_t>> sources;
-        std::atomic<int64_t> items{0};
-        Group(std::vector<std::pair<const void*, size_t>> s = {}) : sources(std::move(s)) {}
-        Group(Group&& o) noexcept : sources(std::move(o.sources)), items(o.items.load()) {}
+        std::atomic<int64_t> items_left{0};
     };
 
-    // A job for rows x cols of m's type, with a new buffer of `copies` packed matrices.
-    Job job(const Matrix& m, size_t row_bytes, int64_t copies) {
-        const int64_t rows = m.rows;   // stacked: already the sum
-        const cpu::PackedLayout L(m.type, m.cols);   // throws for a width without a packed layout
-        const int64_t n_strips = (rows + cpu::kStripRows - 1) / cpu::kStripRows;
-        AlignedBuffer<uint8_t> buf(size_t(n_strips * L.strip_bytes * copies), Pages::Huge);
-        Job j{m.type, m.cols, n_strips, L.strip_bytes, row_bytes, {}, buf.data(), 0};
+    // A new buffer of `copies` packed matrices of m's shape, owned by the weights.
+    uint8_t* allocate(const Matrix& m, int64_t copies) {
+        AlignedBuffer<uint8_t> buf(size_t(cpu::packed_bytes(m.type, m.rows, m.cols) * copies), Pages::Huge);
+        uint8_t* p = buf.data();
         w_.fused_bytes += buf.size();
         w_.packed_bytes += buf.size();
         w_.fused.push_back(std::move(buf));
-        return j;
+        return p;
     }
 
-    // Releases the mapped pages of rows [r0, r1) of j's runs (stacked rows; fused copies stay).
-    void release_rows(const Job& j, int64_t r0, int64_t r1) const {
+    void add_job(const Matrix& m, std::vector<cpu::RowRun> runs, uint8_t* dst) {
+        const cpu::PackedLayout L(m.type, m.cols);
+        Job& j = jobs_.emplace_back();   // a deque: items point at jobs
+        j.type = m.type;
+        j.cols = m.cols;
+        j.n_strips = (m.rows + cpu::kStripRows - 1) / cpu::kStripRows;
+        j.strip_bytes = L.strip_bytes;
+        j.row_bytes = size_t(m.row_bytes);
+        j.runs = std::move(runs);
+        j.dst = dst;
+    }
+
+    // Releases the mapped pages of rows [r0, r1) of j's stacked runs.
+    static void release_rows(const Job& j, int64_t r0, int64_t r1) {
         int64_t start = 0;
         for (const cpu::RowRun& run : j.runs) {
             const int64_t a = std::max(r0, start), b = std::min(r1, start + run.rows);
-            if (a < b && !is_fused(run.data))
-                release_pages(static_cast<const uint8_t*>(run.data) + (a - start) * int64_t(j.row_bytes), size_t((b - a) * int64_t(j.row_bytes)));
+            if (a < b)
+                release_pages(static_cast<const uint8_t*>(run.data) + (a - start) * int64_t(j.row_bytes),
+                              size_t((b - a) * int64_t(j.row_bytes)));
             start += run.rows;
         }
     }
 
-    bool is_fused(const void* p) const {
-        return std::any_of(w_.fused.begin(), w_.fused.end(), [&](const auto& b) { return b.data() == p; });
-    }
-
     ModelWeights& w_;
-    std::vector<Job> jobs_;
-    std::deque<Group> groups_;
+    std::deque<Job> jobs_;
 };
 
 }  // namespace

@@ -165,7 +165,6 @@ def load(path_or_name: Union[str, os.PathLike], *, n_ctx: Optional[int] = None,
 
     builder = threading.Thread(target=build_tokenizer, name="lowbit-load-tokenizer", daemon=True)
     builder.start()
-    engine = None
     try:
         n_ctx_train = Hparams.from_metadata(meta).n_ctx_train
         asked = n_ctx

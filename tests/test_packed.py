@@ -1,5 +1,6 @@
-"""Packed weights (csrc/cpu/kernels.h, PackedLayout): the legacy types and the k-quants (Q4_K, Q5_K,
-Q6_K) repacked at load into strips of 16 interleaved rows that the AVX-512 strip GEMM reads in place.
+"""Packed weights (csrc/cpu/kernels.h, PackedLayout): the legacy types, IQ4_NL and the k-quants (Q4_K,
+Q5_K, Q6_K) repacked at load into strips of 16 interleaved rows that the strip GEMMs read in place
+(IQ4_NL: AVX2 only; AVX-512 keeps its decoded strips and panels for it, `_core.cpu_packs`).
 
 Claims checked here, on fresh random blocks (random quants, sane random scales and mins), odd
 shapes and partial last strips:
@@ -8,7 +9,8 @@ shapes and partial last strips:
     sums, same float order), is within tier 1 of the scalar spec's dots, and gives each x row the
     same bits whatever the number of rows in the call (so batched decode equals unbatched): for
     2..15 rows the pair GEMM (two strips a call) against the one-row call's one-strip GEMM.
-  * the scalar set: packed weights give exactly what matmul gives on the GGML rows.
+  * a set without a packed GEMM of the type (scalar; AVX-512 for IQ4_NL): packed weights give
+    exactly what matmul's dots give on the GGML rows.
   * a model loaded with packed weights counts them once (weights_copied_bytes, not twice) and keeps
     the same resident size (a tied head's token embedding lookups read the packed copy).
 """
@@ -29,7 +31,7 @@ from _models import real_model_path
 from model_factory import write_default_model
 from test_kernels import dequant_weights, kernel_set, level, make_act, random_weights  # noqa: F401 (fixtures)
 
-PACKED_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
+PACKED_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL"]
 K_TYPES = ("Q4_K", "Q5_K", "Q6_K")
 
 
@@ -122,8 +124,8 @@ def test_packed_matmul_tiers(type_name, level, kernel_set):
         for n in (1, 2, 3, 4, 5, 6, 7, 8, 16):   # any number of rows: the same bits per row (on every level)
             if level != "scalar" or n < 16 or prec == "high":
                 assert np.array_equal(packed_matmul(p, type_name, rows, cols, x[:n], precision=prec), y[:n]), (prec, n)
-        if level == "scalar":   # unpacked strip by strip: exactly matmul's result on the GGML rows
-            for n in (1, 5, 41):
+        if not _core.cpu_packs(type_name):   # unpacked strip by strip: exactly matmul's dots on the GGML rows
+            for n in (1, 5, 41) if level == "scalar" else (1, 5):   # (AVX-512's 41 rows: its strip GEMM)
                 assert np.array_equal(y[:n], raw_matmul(w, type_name, rows, cols, x[:n], precision=prec)), (prec, n)
         else:   # the strip GEMM on the unpacked rows: the same bits
             for n in (8, 16, 41) if prec == "high" else (16, 41):
@@ -199,7 +201,7 @@ PACKED_LEVELS = [lv for lv in ("avx2", "avx512") if lv in _SUPPORTED]   # the se
 _PACKED = bool(PACKED_LEVELS)
 
 
-@pytest.mark.parametrize("weight_type", ["Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("weight_type", ["Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K", "IQ4_NL"])
 def test_avx2_prompt_logits_do_not_depend_on_the_batch(tmp_path, kernel_set, weight_type):
     """The AVX2 set at its auto precision (8-bit everywhere): a prompt's logits are the same bits
     prefilled in one batch (the strip GEMM on strips from the packed rows), in batches of 5 (the
@@ -286,6 +288,9 @@ def test_avx2_and_avx512_packed_paths_are_the_same_bits(type_name, kernel_set):
     on one host computes what it would on the other, at every batch size."""
     if PACKED_LEVELS != ["avx2", "avx512"]:
         pytest.skip("needs a CPU with AVX-512 (both packed sets)")
+    kernel_set("avx512")
+    if not _core.cpu_packs(type_name):
+        pytest.skip(f"the AVX-512 set has no packed {type_name} GEMM")
     rng = np.random.default_rng(7700 + PACKED_TYPES.index(type_name))
     rows, cols = 67, cols_of(type_name, 608)
     w = random_weights(rng, type_name, rows, cols)

@@ -325,6 +325,11 @@ inline const StripKernels* strip_kernels_for(const KernelSet& ks, GGMLType type)
     const StripKernels& k = ks.of(type).strip;
     return k.decode && k.gemm ? &k : nullptr;
 }
+// Whether `ks` reads a packed layout of `type` in place (model load repacks such matrices).
+inline bool packs(const KernelSet& ks, GGMLType type) {
+    const StripKernels* sk = strip_kernels_for(ks, type);
+    return sk && sk->packed && PackedLayout::has(type);
+}
 // One panel row (layout above) from n / 32 quantized blocks.
 void build_q8_panel_row(const block_q8_0* blocks, int64_t n, int bias, void* panel_row);
 // Slot `slot` of a StripActLayout group of n elements (block, bias: the strip kernels') from a row

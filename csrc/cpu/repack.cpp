@@ -1,5 +1,5 @@
 // repack.cpp: PackedLayout (kernels.h): the byte permutation between GGML rows of the legacy
-// 32-blocks or the k-quants (Q4_K, Q5_K, Q6_K) and packed strips, both ways. ISA-independent; the packed strip GEMMs that read the
+// 32-blocks (and IQ4_NL, laid out as Q4_0) or the k-quants (Q4_K, Q5_K, Q6_K) and packed strips, both ways. ISA-independent; the packed strip GEMMs that read the
 // result are in packed_avx512.cpp / packed_q6k_avx512.cpp and strip_avx2.h.
 #include <cstring>
 
@@ -17,6 +17,7 @@ struct Shape {
 bool shape_of(GGMLType type, Shape& s) {
     switch (type) {
         case GGMLType::Q4_0: s = {16, false, false}; return true;
+        case GGMLType::IQ4_NL: s = {16, false, false}; return true;   // Q4_0's bytes: d, then 16 nibble bytes
         case GGMLType::Q4_1: s = {16, false, true}; return true;
         case GGMLType::Q5_0: s = {16, true, false}; return true;
         case GGMLType::Q5_1: s = {16, true, true}; return true;
@@ -71,7 +72,8 @@ struct BlockFields {
 };
 BlockFields fields_of(GGMLType type) {
     switch (type) {
-        case GGMLType::Q4_0: return {-1, -1, 2, 18};
+        case GGMLType::Q4_0:
+        case GGMLType::IQ4_NL: return {-1, -1, 2, 18};
         case GGMLType::Q4_1: return {2, -1, 4, 20};
         case GGMLType::Q5_0: return {-1, 2, 6, 22};
         case GGMLType::Q5_1: return {2, 4, 8, 24};

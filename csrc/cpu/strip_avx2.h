@@ -1,5 +1,5 @@
 // strip_avx2.h: the AVX2 strip GEMM (kernels.h, StripLayout) and packed GEMMs (PackedLayout) of
-// the types with a packed layout (Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K): prefill, small
+// the types with a packed layout (Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL Q4_K Q5_K Q6_K): prefill, small
 // batches and one-token decode on CPUs without AVX-512, all with the same integer sums and float
 // steps. Included by dot_avx2.cpp only, after dot_x86_256.h (load256, load128, bits_to_bytes_32).
 //
@@ -9,8 +9,8 @@
 // int16) + madd (pairs into int32). maddubs saturates past 32767, so:
 //   unsigned weights (u <= 15 / 31 / 63: Q4_0 Q4_1 Q4_K, Q5_0 Q5_1 Q5_K, Q6_K) add the int16
 //     pair sums of kSum groups before one madd: kSum * 2 * umax * 128 <= 32767 (8, 4, 2 groups);
-//   Q8_0 keeps its signed weights (bias 0, not AVX-512's 128, whose u reach 255) and takes the
-//     sign trick per group, |w| x (a with w's sign), one madd per group.
+//   Q8_0 and IQ4_NL keep their signed weights (bias 0, not AVX-512's 128, whose u reach 255) and
+//     take the sign trick per group, |w| x (a with w's sign), one madd per group.
 // Every block sum is exact in int32, as AVX-512's, and the float steps per block are its steps in
 // its order (x = float(isum) * d_a; acc = fma(x, dw, acc); with a min acc = fma(mw, s_a, acc)):
 // tier 1 to the scalar spec, and by construction the AVX-512 GEMM's outputs (not tested: no
@@ -57,12 +57,14 @@ struct DecodedSrc {
 
 // Packed legacy strips (kernels.h PackedLayout): Q4 nibbles (part k: group k low, group k + 4
 // high), Q5 the same plus qh words (bits 32h.. of word g: group g of rows 8h..8h+7), Q8 signed
-// bytes by group; fp16 scales and mins per block and row. kBias: the strip's u - weight.
+// bytes by group, IQ4_NL Q4's nibbles as codebook indices (the signed values, |w| <= 127, take
+// Q8_0's sign trick); fp16 scales and mins per block and row. kBias: the strip's u - weight.
 template <GGMLType T>
 struct PackedLegacySrc {
     static constexpr GGMLType kType = T;
     static constexpr bool kQ5 = T == GGMLType::Q5_0 || T == GGMLType::Q5_1, kQ8 = T == GGMLType::Q8_0;
-    static constexpr int kBlock = 32, kSum = kQ8 ? 0 : kQ5 ? 4 : 8;
+    static constexpr bool kNL = T == GGMLType::IQ4_NL;   // Q4_0's nibbles, each looked up in kvalues_iq4nl: signed
+    static constexpr int kBlock = 32, kSum = kQ8 || kNL ? 0 : kQ5 ? 4 : 8;
     static constexpr bool kMin = T == GGMLType::Q4_1 || T == GGMLType::Q5_1;
     static constexpr int kBias = T == GGMLType::Q4_0 ? 8 : T == GGMLType::Q5_0 ? 16 : 0;
     static constexpr int64_t kQs = kQ8 ? 512 : 256;
@@ -79,6 +81,7 @@ struct PackedLegacySrc {
         if constexpr (kQ8) return load256(qs + b * kQs + 64 * g + 32 * h);
         const __m256i q = load256(qs + b * kQs + 64 * (g % 4) + 32 * h);
         __m256i v = _mm256_and_si256(g < 4 ? q : _mm256_srli_epi16(q, 4), _mm256_set1_epi8(0x0F));
+        if constexpr (kNL) return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(load128(kvalues_iq4nl)), v);
         if constexpr (kQ5)
             v = _mm256_or_si256(v, _mm256_and_si256(bits_to_bytes_32(qh + b * 64 + 8 * g + 4 * h), _mm256_set1_epi8(0x10)));
         return v;
@@ -312,6 +315,7 @@ void add_strips_avx2(KernelSet& k) {
     add_strip<PackedLegacySrc<GGMLType::Q5_0>>(k);
     add_strip<PackedLegacySrc<GGMLType::Q5_1>>(k);
     add_strip<PackedLegacySrc<GGMLType::Q8_0>>(k);
+    add_strip<PackedLegacySrc<GGMLType::IQ4_NL>>(k);
     add_strip<PackedKqSrc<GGMLType::Q4_K>>(k);
     add_strip<PackedKqSrc<GGMLType::Q5_K>>(k);
     add_strip<PackedKqSrc<GGMLType::Q6_K>>(k);

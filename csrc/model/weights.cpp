@@ -232,10 +232,7 @@ Matrix concat_rows(ModelWeights& w, std::initializer_list<const Matrix*> parts) 
 }
 
 // Whether matrices of `type` are repacked: the kernel set in use reads a packed layout of it in place.
-bool packable(GGMLType type) {
-    const cpu::StripKernels* sk = cpu::strip_kernels_for(cpu::kernels(), type);
-    return sk && sk->packed && cpu::PackedLayout::has(type);
-}
+bool packable(GGMLType type) { return cpu::packs(cpu::kernels(), type); }
 
 // The packed copies of a model's matrices (PackedLayout), made in one parallel pass: add() and
 // add_experts() allocate each copy and point the matrix at it, run() fills them (strip ranges on

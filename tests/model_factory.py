@@ -32,7 +32,7 @@ GPT_OSS_EXPERT_STD = 2.0     # gpt-oss gate / up rows
 GPT_OSS_EXPERT_BIAS_STD = 4.0   # their biases: ~8% of the rows sit beyond its SwiGLU clamp (7)
 QK_NORM_FULL_ARCHS = ("olmoe", "olmo2")        # q / k norm weights span the whole row, not one head
 WEIGHT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
-                "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL")
+                "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS")
 EXPERT_ONLY_TYPES = ("MXFP4",)   # written for the *_exps matrices only (llama.cpp's MXFP4_MOE)
 LOGIT_STD = 3.0
 GEMMA_TIED_EMBD_STD = 1.5
@@ -324,6 +324,7 @@ _KQUANT = {
     QT.Q5_K: dict(d=0, dmin=2, q_mean=15.5),     # d dmin scales[12] qh[32] qs[128]
     QT.Q6_K: dict(d=208, dmin=None, q_mean=0.0),  # ql[128] qh[64] scales[16] d
     QT.IQ4_NL: dict(d=0, dmin=None, q_mean=0.0),  # d qs[16]: random codebook indices (not a k-quant, made alike)
+    QT.IQ4_XS: dict(d=0, dmin=None, q_mean=0.0),  # d scales_h scales_l[4] qs[128]: random 6-bit scales too
 }
 
 

@@ -331,7 +331,7 @@ def test_matmul_threads_and_tiles_agree(type_name, level):
 
 
 STRIP_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"] + IQ_TYPES
-AVX2_STRIP_TYPES = STRIP_TYPES[:6] + ["Q4_K", "Q5_K", "Q6_K"]   # the AVX2 strip GEMM (strip_avx2.h): types with a packed layout
+AVX2_STRIP_TYPES = STRIP_TYPES[:6] + ["Q4_K", "Q5_K", "Q6_K", "IQ4_XS"]   # the AVX2 strip GEMM (strip_avx2.h): types with a packed layout
 STRIP_16 = {"Q6_K", "IQ2_XS", "IQ2_S", "IQ1_M", "NVFP4"}   # one weight scale per 16 elements
 
 

@@ -153,7 +153,7 @@ struct StripKernels {
 // lowbit's strip shape). Same bytes per row as the GGML blocks (plus < 64 bytes of padding per
 // strip and a zero-filled partial last strip); pack and unpack are byte permutations, so nothing
 // is rounded. One strip of kStripRows rows and nb = n / 32 blocks, four arrays, each 64-aligned:
-//   qs  Q4_0 Q4_1 Q5_0 Q5_1: uint8[nb][4][kStripRows][4]: dword j of part k = row j's qs[4k..4k+3]
+//   qs  Q4_0 Q4_1 Q5_0 Q5_1 IQ4_NL: uint8[nb][4][kStripRows][4]: dword j of part k = row j's qs[4k..4k+3]
 //       (low nibbles: elements 4k..4k+3, high nibbles: elements 16+4k..16+4k+3)
 //       Q8_0: int8[nb][8][kStripRows][4]: dword j of part g = row j's qs[4g..4g+3]
 //   qh  Q5_0 Q5_1: uint64[nb][8]: bit 4j + i of word g = bit 4 of element 4g + i of row j
@@ -161,7 +161,7 @@ struct StripKernels {
 //   m   fp16[nb][kStripRows]  Q4_1 Q5_1
 // Rows past the matrix's last are zero bytes (scale 0: they add nothing and are never stored).
 //
-// The k-quants (Q4_K Q5_K Q6_K; ik_llama.cpp's Q4_K_R4 / Q6_K_R4 idea with 16 rows, llama.cpp's
+// The k-quants (Q4_K Q5_K Q6_K, and IQ4_XS alike; ik_llama.cpp's Q4_K_R4 / Q6_K_R4 idea with 16 rows, llama.cpp's
 // block_q4_Kx8 with the quants left as they are) keep every byte of their GGML super-blocks too,
 // moved dword by dword: nb = n / 256 super-blocks, per super-block b one record of sb_bytes (a
 // multiple of 64) at b * sb_bytes, each of its runs `field[w][kStripRows][4]` (dword j of run w =
@@ -169,8 +169,9 @@ struct StripKernels {
 //   Q4_K record (2240): qs[32][16][4]  scales[3][16][4]
 //   Q5_K record (2752): qs[32][16][4]  qh[8][16][4]  scales[3][16][4]
 //   Q6_K record (3328): ql[32][16][4]  qh[16][16][4]  scales[4][16][4]
+//   IQ4_XS record (2112): qs[32][16][4]  scales_l[1][16][4]
 //   d   fp16[nb][kStripRows] at offset d = nb * sb_bytes
-//   m   fp16[nb][kStripRows] at offset m = d + nb * 32: dmin (Q4_K Q5_K)
+//   m   fp16[nb][kStripRows] at offset m = d + nb * 32: dmin (Q4_K Q5_K); IQ4_XS: the uint16 scales_h
 // So one zmm load gives the 16 rows' quant dword w (Q4_K: the low nibbles of qs dword 8c + g are
 // elements 4g..4g+3 of sub-block 2c, the high nibbles those of sub-block 2c + 1), and the 16 rows'
 // 6-bit scales and mins of sub-block s come out of the 3 scale zmm with a shift and a mask per

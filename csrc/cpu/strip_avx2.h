@@ -1,5 +1,5 @@
 // strip_avx2.h: the AVX2 strip GEMM (kernels.h, StripLayout) and packed GEMMs (PackedLayout) of
-// the types with a packed layout (Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL Q4_K Q5_K Q6_K): prefill, small
+// the types with a packed layout (Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL Q4_K Q5_K Q6_K IQ4_XS): prefill, small
 // batches and one-token decode on CPUs without AVX-512, all with the same integer sums and float
 // steps. Included by dot_avx2.cpp only, after dot_x86_256.h (load256, load128, bits_to_bytes_32).
 //
@@ -9,7 +9,7 @@
 // int16) + madd (pairs into int32). maddubs saturates past 32767, so:
 //   unsigned weights (u <= 15 / 31 / 63: Q4_0 Q4_1 Q4_K, Q5_0 Q5_1 Q5_K, Q6_K) add the int16
 //     pair sums of kSum groups before one madd: kSum * 2 * umax * 128 <= 32767 (8, 4, 2 groups);
-//   Q8_0 and IQ4_NL keep their signed weights (bias 0, not AVX-512's 128, whose u reach 255) and
+//   Q8_0, IQ4_NL and IQ4_XS keep their signed weights (bias 0, not AVX-512's 128, whose u reach 255) and
 //     take the sign trick per group, |w| x (a with w's sign), one madd per group.
 // Every block sum is exact in int32, as AVX-512's, and the float steps per block are its steps in
 // its order (x = float(isum) * d_a; acc = fma(x, dw, acc); with a min acc = fma(mw, s_a, acc)):
@@ -167,6 +167,44 @@ struct PackedKqSrc {
     int64_t step() const { return bytes_per_block; }
 };
 
+// Packed IQ4_XS strips (kernels.h PackedLayout): the k-quant record (qs[32][16][4], then
+// scales_l[1][16][4]), fp16 d per super-block and row, and the rows' uint16 scales_h where the
+// k-quants keep dmin. Strip block b is sub-block s = b % 8 of super-block b / 8: its nibbles are qs
+// dwords 4s..4s+3 (low: elements 0..15, high: 16..31, as Q4_0), looked up in kvalues_iq4nl
+// (signed: Q8_0's sign trick), and dw = d * (ls - 32), exact in f32 (ls: the 6-bit scale).
+struct PackedIq4xsSrc {
+    static constexpr GGMLType kType = GGMLType::IQ4_XS;
+    static constexpr int kBlock = 32, kSum = 0, kBias = 0, kPerSb = QK_K / 32, kUnroll = 8;
+    static constexpr bool kMin = false;
+    static constexpr int64_t kScalesL = 2048;
+    const uint8_t *rec, *d, *sh;
+    int64_t sb_bytes, bytes_per_block;
+    PackedIq4xsSrc(const void* strip, int n) {
+        const PackedLayout L(kType, n);
+        rec = static_cast<const uint8_t*>(strip);
+        d = rec + L.d, sh = rec + L.m;
+        sb_bytes = L.sb_bytes;
+        bytes_per_block = (L.strip_bytes + n / kBlock - 1) / (n / kBlock);
+    }
+    __m256i u(int b0, int bi, int g, int h) const {
+        const int sb = b0 / kPerSb, s = b0 % kPerSb + bi;
+        const __m256i q = load256(rec + sb * sb_bytes + 64 * (4 * s + g % 4) + 32 * h);
+        const __m256i v = _mm256_and_si256(g < 4 ? q : _mm256_srli_epi16(q, 4), _mm256_set1_epi8(0x0F));
+        return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(load128(kvalues_iq4nl)), v);
+    }
+    __m256 dw(int b0, int bi, int h) const {
+        const int sb = b0 / kPerSb, s = b0 % kPerSb + bi;
+        const __m256i sl = load256(rec + sb * sb_bytes + kScalesL + 32 * h);   // scales_l dword of rows 8h..8h+7
+        const __m256i hi = _mm256_cvtepu16_epi32(load128(sh + (int64_t(sb) * kStripRows + 8 * h) * 2));
+        const __m256i lo4 = _mm256_and_si256(_mm256_srl_epi32(sl, _mm_cvtsi32_si128(4 * s)), _mm256_set1_epi32(15));
+        const __m256i hi2 = _mm256_and_si256(_mm256_srl_epi32(hi, _mm_cvtsi32_si128(2 * s)), _mm256_set1_epi32(3));
+        const __m256i ls = _mm256_sub_epi32(_mm256_or_si256(lo4, _mm256_slli_epi32(hi2, 4)), _mm256_set1_epi32(32));
+        return _mm256_mul_ps(_mm256_cvtph_ps(load128(d + (int64_t(sb) * kStripRows + 8 * h) * 2)), _mm256_cvtepi32_ps(ls));
+    }
+    __m256 mw(int, int, int) const { return _mm256_setzero_ps(); }
+    int64_t step() const { return bytes_per_block; }
+};
+
 // Activation slots s0 .. s0 + NR against halves h0 .. h0 + H of the weight rows:
 // out[r * kStripRows + 8 h + j] for slot s0 + r. With `ahead`, block b also requests the lines
 // [b, b + 1) * step of ahead (up to ahead_end): over a call, one strip's bytes ahead.
@@ -319,6 +357,7 @@ void add_strips_avx2(KernelSet& k) {
     add_strip<PackedKqSrc<GGMLType::Q4_K>>(k);
     add_strip<PackedKqSrc<GGMLType::Q5_K>>(k);
     add_strip<PackedKqSrc<GGMLType::Q6_K>>(k);
+    add_strip<PackedIq4xsSrc>(k);
 }
 
 }  // namespace

@@ -87,7 +87,7 @@ def test_logits_match_reference_float_weights(tmp_path_factory, arch, weight_typ
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("weight_type", ["Q8_0", "Q4_K", "Q4_1", "Q6_K", "IQ4_NL", "IQ4_XS"])
+@pytest.mark.parametrize("weight_type", ["Q8_0", "Q4_K", "Q4_1", "Q6_K", "IQ4_NL", "IQ4_XS", "Q2_K", "Q3_K"])
 def test_logits_match_reference_quantized_weights(tmp_path_factory, arch, weight_type):
     """At two-pass activations ("high"): auto's arithmetic depends on the CPU (8 bits everywhere
     without the AVX-512 strip GEMMs, cpu/matmul.h), and 8-bit rounding alone moves these tiny

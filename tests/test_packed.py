@@ -1,6 +1,6 @@
 """Packed weights (csrc/cpu/kernels.h, PackedLayout): the legacy types, IQ4_NL and the k-quants (Q4_K,
 Q5_K, Q6_K) repacked at load into strips of 16 interleaved rows that the strip GEMMs read in place
-(IQ4_NL, IQ4_XS: AVX2 only; AVX-512 keeps its decoded strips and panels or dots for them,
+(IQ4_NL, IQ4_XS, Q2_K, Q3_K: AVX2 only; AVX-512 keeps its decoded strips and panels or dots for them,
 `_core.cpu_packs`).
 
 Claims checked here, on fresh random blocks (random quants, sane random scales and mins), odd
@@ -32,8 +32,8 @@ from _models import real_model_path
 from model_factory import write_default_model
 from test_kernels import dequant_weights, kernel_set, level, make_act, random_weights  # noqa: F401 (fixtures)
 
-PACKED_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
-K_TYPES = ("Q4_K", "Q5_K", "Q6_K", "IQ4_XS")   # 256-element super-blocks
+PACKED_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS", "Q2_K", "Q3_K"]
+K_TYPES = ("Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "Q2_K", "Q3_K")   # 256-element super-blocks
 
 
 def cols_of(type_name, legacy_cols):
@@ -44,7 +44,7 @@ def cols_of(type_name, legacy_cols):
 
 def tier1_blocks(type_name, cols):
     """Blocks the tier-1 tolerance counts: the strip GEMM's (16 elements for Q6_K, else 32)."""
-    return cols // (16 if type_name == "Q6_K" else 32)
+    return cols // (16 if type_name in ("Q6_K", "Q2_K", "Q3_K") else 32)
 
 
 def packed_matmul(p, type_name, rows, cols, x, threads=2, precision="q8"):
@@ -82,7 +82,7 @@ def test_pack_unpack_roundtrip(type_name, rows, cols):
 
 
 def test_types_without_packed_layout_are_refused():
-    for type_name in ("Q3_K", "Q2_K"):
+    for type_name in ("IQ2_XS", "TQ2_0"):
         w = random_weights(np.random.default_rng(1), type_name, 16, 256)
         with pytest.raises(ValueError, match="no packed layout"):
             _core.cpu_pack_rows(w.reshape(-1), type_name, 16, 256)
@@ -202,7 +202,7 @@ PACKED_LEVELS = [lv for lv in ("avx2", "avx512") if lv in _SUPPORTED]   # the se
 _PACKED = bool(PACKED_LEVELS)
 
 
-@pytest.mark.parametrize("weight_type", ["Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K", "IQ4_NL", "IQ4_XS"])
+@pytest.mark.parametrize("weight_type", ["Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K", "IQ4_NL", "IQ4_XS", "Q2_K", "Q3_K"])
 def test_avx2_prompt_logits_do_not_depend_on_the_batch(tmp_path, kernel_set, weight_type):
     """The AVX2 set at its auto precision (8-bit everywhere): a prompt's logits are the same bits
     prefilled in one batch (the strip GEMM on strips from the packed rows), in batches of 5 (the

@@ -161,7 +161,7 @@ struct StripKernels {
 //   m   fp16[nb][kStripRows]  Q4_1 Q5_1
 // Rows past the matrix's last are zero bytes (scale 0: they add nothing and are never stored).
 //
-// The k-quants (Q4_K Q5_K Q6_K, and IQ4_XS alike; ik_llama.cpp's Q4_K_R4 / Q6_K_R4 idea with 16 rows, llama.cpp's
+// The k-quants (Q2_K Q3_K Q4_K Q5_K Q6_K, and IQ4_XS alike; ik_llama.cpp's Q4_K_R4 / Q6_K_R4 idea with 16 rows, llama.cpp's
 // block_q4_Kx8 with the quants left as they are) keep every byte of their GGML super-blocks too,
 // moved dword by dword: nb = n / 256 super-blocks, per super-block b one record of sb_bytes (a
 // multiple of 64) at b * sb_bytes, each of its runs `field[w][kStripRows][4]` (dword j of run w =
@@ -169,9 +169,11 @@ struct StripKernels {
 //   Q4_K record (2240): qs[32][16][4]  scales[3][16][4]
 //   Q5_K record (2752): qs[32][16][4]  qh[8][16][4]  scales[3][16][4]
 //   Q6_K record (3328): ql[32][16][4]  qh[16][16][4]  scales[4][16][4]
+//   Q2_K record (1280): scales[4][16][4]  qs[16][16][4]
+//   Q3_K record (1728): hmask[8][16][4]  qs[16][16][4]  scales[3][16][4]
 //   IQ4_XS record (2112): qs[32][16][4]  scales_l[1][16][4]
 //   d   fp16[nb][kStripRows] at offset d = nb * sb_bytes
-//   m   fp16[nb][kStripRows] at offset m = d + nb * 32: dmin (Q4_K Q5_K); IQ4_XS: the uint16 scales_h
+//   m   fp16[nb][kStripRows] at offset m = d + nb * 32: dmin (Q2_K Q4_K Q5_K); IQ4_XS: the uint16 scales_h
 // So one zmm load gives the 16 rows' quant dword w (Q4_K: the low nibbles of qs dword 8c + g are
 // elements 4g..4g+3 of sub-block 2c, the high nibbles those of sub-block 2c + 1), and the 16 rows'
 // 6-bit scales and mins of sub-block s come out of the 3 scale zmm with a shift and a mask per

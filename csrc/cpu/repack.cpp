@@ -1,5 +1,5 @@
 // repack.cpp: PackedLayout (kernels.h): the byte permutation between GGML rows of the legacy
-// 32-blocks (and IQ4_NL, laid out as Q4_0) or the k-quants (Q4_K, Q5_K, Q6_K; IQ4_XS alike) and packed strips, both ways. ISA-independent; the packed strip GEMMs that read the
+// 32-blocks (and IQ4_NL, laid out as Q4_0) or the k-quants (Q2_K .. Q6_K; IQ4_XS alike) and packed strips, both ways. ISA-independent; the packed strip GEMMs that read the
 // result are in packed_avx512.cpp / packed_q6k_avx512.cpp and strip_avx2.h.
 #include <cstring>
 
@@ -48,6 +48,8 @@ bool kshape_of(GGMLType type, KShape& k) {
         case GGMLType::Q4_K: k = {{{16, 128, 0}, {4, 12, 2048}, {}}, 2, 0, 2, 144, 2240}; return true;
         case GGMLType::Q5_K: k = {{{48, 128, 0}, {16, 32, 2048}, {4, 12, 2560}}, 3, 0, 2, 176, 2752}; return true;
         case GGMLType::Q6_K: k = {{{0, 128, 0}, {128, 64, 2048}, {192, 16, 3072}}, 3, 208, -1, 210, 3328}; return true;
+        case GGMLType::Q2_K: k = {{{0, 16, 0}, {16, 64, 256}, {}}, 2, 80, 82, 84, 1280}; return true;
+        case GGMLType::Q3_K: k = {{{0, 32, 0}, {32, 64, 512}, {96, 12, 1536}}, 3, 108, -1, 110, 1728}; return true;
         // IQ4_XS: qs and scales_l as runs; d, and scales_h where the others keep dmin
         case GGMLType::IQ4_XS: k = {{{8, 128, 0}, {4, 4, 2048}, {}}, 2, 0, 2, 136, 2112}; return true;
         default: return false;

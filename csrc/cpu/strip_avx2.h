@@ -1,5 +1,5 @@
 // strip_avx2.h: the AVX2 strip GEMM (kernels.h, StripLayout) and packed GEMMs (PackedLayout) of
-// the types with a packed layout (Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL Q4_K Q5_K Q6_K IQ4_XS): prefill, small
+// the types with a packed layout (Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_XS): prefill, small
 // batches and one-token decode on CPUs without AVX-512, all with the same integer sums and float
 // steps. Included by dot_avx2.cpp only, after dot_x86_256.h (load256, load128, bits_to_bytes_32).
 //
@@ -7,8 +7,9 @@
 // scales and mins) and so are the activation groups; a 256-bit register holds 8 of the 16 rows,
 // so the GEMM runs the strip as two halves. Without VNNI a u8 x s8 dword is maddubs (pairs into
 // int16) + madd (pairs into int32). maddubs saturates past 32767, so:
-//   unsigned weights (u <= 15 / 31 / 63: Q4_0 Q4_1 Q4_K, Q5_0 Q5_1 Q5_K, Q6_K) add the int16
-//     pair sums of kSum groups before one madd: kSum * 2 * umax * 128 <= 32767 (8, 4, 2 groups);
+//   unsigned weights (u <= 15 / 31 / 63: Q4_0 Q4_1 Q4_K, Q5_0 Q5_1 Q5_K, Q6_K; 7: Q2_K Q3_K) add
+//     the int16 pair sums of kSum groups before one madd: kSum * 2 * umax * 128 <= 32767 (8, 4,
+//     2 groups; Q2_K / Q3_K: a 16-element block's 4);
 //   Q8_0, IQ4_NL and IQ4_XS keep their signed weights (bias 0, not AVX-512's 128, whose u reach 255) and
 //     take the sign trick per group, |w| x (a with w's sign), one madd per group.
 // Every block sum is exact in int32, as AVX-512's, and the float steps per block are its steps in
@@ -163,6 +164,63 @@ struct PackedKqSrc {
         const int sb = b0 / kPerSb, s = b0 % kPerSb + bi;
         const __m256 neg_dmin = _mm256_xor_ps(half_f16(m, sb, h), _mm256_set1_ps(-0.0f));
         return _mm256_mul_ps(_mm256_cvtepi32_ps(k4_scale(sb, s, h, true)), neg_dmin);
+    }
+    int64_t step() const { return bytes_per_block; }
+};
+
+// Packed Q2_K / Q3_K strips (kernels.h PackedLayout): strip block b (16 elements) is sub-block
+// s = b % 16 of super-block b / 16. Element e = 128 hf + 32 j + l of a super-block is bits 2j..2j+1
+// of qs byte 32 hf + l (Q3_K: plus 4 when bit 4 hf + j of hmask byte l is set), so group g of
+// sub-block s (4 consecutive l) is one qs dword run (and one hmask run): u = q2 (| hbit << 2), bias
+// 0 / 4, u <= 7: the int16 pair sums of a block's 4 groups add before one madd. Scales per lane:
+// Q2_K 4-bit scale and min bytes (dw = d * sc, mw = -dmin * m), Q3_K the 6-bit scales of its 12
+// bytes (dw = d * (sc - 32)); every product exact in f32.
+template <GGMLType T>
+struct PackedQ23Src {
+    static constexpr GGMLType kType = T;
+    static constexpr bool kQ3 = T == GGMLType::Q3_K;
+    static constexpr int kBlock = 16, kSum = 4, kBias = kQ3 ? 4 : 0, kPerSb = QK_K / 16, kUnroll = 8;
+    static constexpr bool kMin = !kQ3;
+    static constexpr int64_t kQs = kQ3 ? 512 : 256, kScales = kQ3 ? 1536 : 0;
+    const uint8_t *rec, *d, *m;
+    int64_t sb_bytes, bytes_per_block;
+    PackedQ23Src(const void* strip, int n) {
+        const PackedLayout L(T, n);
+        rec = static_cast<const uint8_t*>(strip);
+        d = rec + L.d, m = rec + L.m;
+        sb_bytes = L.sb_bytes;
+        bytes_per_block = (L.strip_bytes + n / kBlock - 1) / (n / kBlock);
+    }
+    __m256i run(int sb, int64_t off, int w, int h) const { return load256(rec + sb * sb_bytes + off + 64 * w + 32 * h); }
+    static __m256i srl32(__m256i v, int c) { return _mm256_srl_epi32(v, _mm_cvtsi32_si128(c)); }
+    __m256i u(int b0, int bi, int g, int h) const {
+        const int sb = b0 / kPerSb, s = b0 % kPerSb + bi;
+        const int e = 16 * s + 4 * g, hf = e / 128, j = (e % 128) / 32, l = e % 32;
+        const __m256i q = run(sb, kQs, 8 * hf + l / 4, h);
+        __m256i v = _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * j)), _mm256_set1_epi8(3));
+        if constexpr (kQ3) {
+            const __m256i hb = _mm256_and_si256(_mm256_srl_epi16(run(sb, 0, l / 4, h), _mm_cvtsi32_si128(4 * hf + j)), _mm256_set1_epi8(1));
+            v = _mm256_or_si256(v, _mm256_slli_epi16(hb, 2));
+        }
+        return v;
+    }
+    __m256 half_f16(const uint8_t* p, int sb, int h) const { return _mm256_cvtph_ps(load128(p + (int64_t(sb) * kStripRows + 8 * h) * 2)); }
+    __m256 dw(int b0, int bi, int h) const {
+        const int sb = b0 / kPerSb, s = b0 % kPerSb + bi;
+        __m256i sc;
+        if constexpr (kQ3) {   // byte s of ggml's unpacked scales: low 4 bits from dword (s / 4) % 2, high 2 from dword 2
+            const __m256i lo = _mm256_and_si256(srl32(run(sb, kScales, (s / 4) % 2, h), 8 * (s % 4) + 4 * (s / 8)), _mm256_set1_epi32(15));
+            const __m256i hi = _mm256_and_si256(srl32(run(sb, kScales, 2, h), 8 * (s % 4) + 2 * (s / 4)), _mm256_set1_epi32(3));
+            sc = _mm256_sub_epi32(_mm256_or_si256(lo, _mm256_slli_epi32(hi, 4)), _mm256_set1_epi32(32));
+        } else {
+            sc = _mm256_and_si256(srl32(run(sb, kScales, s / 4, h), 8 * (s % 4)), _mm256_set1_epi32(15));
+        }
+        return _mm256_mul_ps(half_f16(d, sb, h), _mm256_cvtepi32_ps(sc));
+    }
+    __m256 mw(int b0, int bi, int h) const {
+        const int sb = b0 / kPerSb, s = b0 % kPerSb + bi;
+        const __m256i mn = _mm256_and_si256(srl32(run(sb, kScales, s / 4, h), 8 * (s % 4) + 4), _mm256_set1_epi32(15));
+        return _mm256_mul_ps(_mm256_xor_ps(half_f16(m, sb, h), _mm256_set1_ps(-0.0f)), _mm256_cvtepi32_ps(mn));
     }
     int64_t step() const { return bytes_per_block; }
 };
@@ -358,6 +416,8 @@ void add_strips_avx2(KernelSet& k) {
     add_strip<PackedKqSrc<GGMLType::Q5_K>>(k);
     add_strip<PackedKqSrc<GGMLType::Q6_K>>(k);
     add_strip<PackedIq4xsSrc>(k);
+    add_strip<PackedQ23Src<GGMLType::Q2_K>>(k);
+    add_strip<PackedQ23Src<GGMLType::Q3_K>>(k);
 }
 
 }  // namespace

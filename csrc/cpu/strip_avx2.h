@@ -97,8 +97,28 @@ struct PackedLegacySrc {
 // sub-block b % (256 / kBlock) of super-block b / (256 / kBlock).
 // The 6-bit (Q4_K, Q5_K) and int8 (Q6_K) scales are taken out of their runs per lane; dw and mw
 // are the products d * sc and -dmin * m (AVX-512's decoders' floats).
+// What every packed super-block source shares (kernels.h PackedLayout's k-quant records): the
+// strip's records, its fp16 d and m arrays (m: dmin, or IQ4_XS's scales_h), a record's run w for
+// rows 8h..8h+7, and the bytes per strip block the requests ahead step by.
+struct PackedRecords {
+    const uint8_t *rec, *d, *m;
+    int64_t sb_bytes, bytes_per_block;
+    PackedRecords(GGMLType t, const void* strip, int n, int block) {
+        const PackedLayout L(t, n);
+        rec = static_cast<const uint8_t*>(strip);
+        d = rec + L.d, m = rec + L.m;
+        sb_bytes = L.sb_bytes;
+        bytes_per_block = (L.strip_bytes + n / block - 1) / (n / block);
+    }
+    // Run w of super-block sb (at record offset off), rows 8h..8h+7.
+    __m256i run(int sb, int64_t off, int w, int h) const { return load256(rec + sb * sb_bytes + off + 64 * w + 32 * h); }
+    // The fp16 values of super-block sb's rows 8h..8h+7 in array p (d or m).
+    __m256 half_f16(const uint8_t* p, int sb, int h) const { return _mm256_cvtph_ps(load128(p + (int64_t(sb) * kStripRows + 8 * h) * 2)); }
+    int64_t step() const { return bytes_per_block; }
+};
+
 template <GGMLType T>
-struct PackedKqSrc {
+struct PackedKqSrc : PackedRecords {
     static constexpr GGMLType kType = T;
     static constexpr bool kQ5 = T == GGMLType::Q5_K, kQ6 = T == GGMLType::Q6_K;
     static constexpr int kBlock = kQ6 ? 16 : 32;
@@ -110,17 +130,7 @@ struct PackedKqSrc {
     // super-block's d / dmin conversions are shared (b0: a multiple of it; bi < kUnroll).
     static constexpr int kUnroll = kQ6 ? 4 : 8;
     static constexpr int64_t kQh = 2048, kScales = kQ6 ? 3072 : kQ5 ? 2560 : 2048;
-    const uint8_t *rec, *d, *m;
-    int64_t sb_bytes, bytes_per_block;
-    PackedKqSrc(const void* strip, int n) {
-        const PackedLayout L(T, n);
-        rec = static_cast<const uint8_t*>(strip);
-        d = rec + L.d, m = rec + L.m;
-        sb_bytes = L.sb_bytes;
-        bytes_per_block = (L.strip_bytes + n / kBlock - 1) / (n / kBlock);
-    }
-    // Run w of super-block sb, rows 8h..8h+7.
-    __m256i run(int sb, int64_t off, int w, int h) const { return load256(rec + sb * sb_bytes + off + 64 * w + 32 * h); }
+    PackedKqSrc(const void* strip, int n) : PackedRecords(T, strip, n, kBlock) {}
     __m256i u(int b0, int bi, int g, int h) const {
         const int sb = b0 / kPerSb, s = b0 % kPerSb + bi;
         if constexpr (kQ6) {
@@ -150,7 +160,6 @@ struct PackedKqSrc {
         const __m256i high = _mm256_and_si256(srl(min_part ? d1 : d0, 8 * t + 6), m2);
         return _mm256_or_si256(low, _mm256_slli_epi32(high, 4));
     }
-    __m256 half_f16(const uint8_t* p, int sb, int h) const { return _mm256_cvtph_ps(load128(p + (int64_t(sb) * kStripRows + 8 * h) * 2)); }
     __m256 dw(int b0, int bi, int h) const {
         const int sb = b0 / kPerSb, s = b0 % kPerSb + bi;
         if constexpr (kQ6) {
@@ -165,7 +174,6 @@ struct PackedKqSrc {
         const __m256 neg_dmin = _mm256_xor_ps(half_f16(m, sb, h), _mm256_set1_ps(-0.0f));
         return _mm256_mul_ps(_mm256_cvtepi32_ps(k4_scale(sb, s, h, true)), neg_dmin);
     }
-    int64_t step() const { return bytes_per_block; }
 };
 
 // Packed Q2_K / Q3_K strips (kernels.h PackedLayout): strip block b (16 elements) is sub-block
@@ -176,22 +184,13 @@ struct PackedKqSrc {
 // Q2_K 4-bit scale and min bytes (dw = d * sc, mw = -dmin * m), Q3_K the 6-bit scales of its 12
 // bytes (dw = d * (sc - 32)); every product exact in f32.
 template <GGMLType T>
-struct PackedQ23Src {
+struct PackedQ23Src : PackedRecords {
     static constexpr GGMLType kType = T;
     static constexpr bool kQ3 = T == GGMLType::Q3_K;
     static constexpr int kBlock = 16, kSum = 4, kBias = kQ3 ? 4 : 0, kPerSb = QK_K / 16, kUnroll = 8;
     static constexpr bool kMin = !kQ3;
     static constexpr int64_t kQs = kQ3 ? 512 : 256, kScales = kQ3 ? 1536 : 0;
-    const uint8_t *rec, *d, *m;
-    int64_t sb_bytes, bytes_per_block;
-    PackedQ23Src(const void* strip, int n) {
-        const PackedLayout L(T, n);
-        rec = static_cast<const uint8_t*>(strip);
-        d = rec + L.d, m = rec + L.m;
-        sb_bytes = L.sb_bytes;
-        bytes_per_block = (L.strip_bytes + n / kBlock - 1) / (n / kBlock);
-    }
-    __m256i run(int sb, int64_t off, int w, int h) const { return load256(rec + sb * sb_bytes + off + 64 * w + 32 * h); }
+    PackedQ23Src(const void* strip, int n) : PackedRecords(T, strip, n, kBlock) {}
     static __m256i srl32(__m256i v, int c) { return _mm256_srl_epi32(v, _mm_cvtsi32_si128(c)); }
     __m256i u(int b0, int bi, int g, int h) const {
         const int sb = b0 / kPerSb, s = b0 % kPerSb + bi;
@@ -204,7 +203,6 @@ struct PackedQ23Src {
         }
         return v;
     }
-    __m256 half_f16(const uint8_t* p, int sb, int h) const { return _mm256_cvtph_ps(load128(p + (int64_t(sb) * kStripRows + 8 * h) * 2)); }
     __m256 dw(int b0, int bi, int h) const {
         const int sb = b0 / kPerSb, s = b0 % kPerSb + bi;
         __m256i sc;
@@ -222,7 +220,6 @@ struct PackedQ23Src {
         const __m256i mn = _mm256_and_si256(srl32(run(sb, kScales, s / 4, h), 8 * (s % 4) + 4), _mm256_set1_epi32(15));
         return _mm256_mul_ps(_mm256_xor_ps(half_f16(m, sb, h), _mm256_set1_ps(-0.0f)), _mm256_cvtepi32_ps(mn));
     }
-    int64_t step() const { return bytes_per_block; }
 };
 
 // Packed IQ4_XS strips (kernels.h PackedLayout): the k-quant record (qs[32][16][4], then
@@ -230,37 +227,28 @@ struct PackedQ23Src {
 // k-quants keep dmin. Strip block b is sub-block s = b % 8 of super-block b / 8: its nibbles are qs
 // dwords 4s..4s+3 (low: elements 0..15, high: 16..31, as Q4_0), looked up in kvalues_iq4nl
 // (signed: Q8_0's sign trick), and dw = d * (ls - 32), exact in f32 (ls: the 6-bit scale).
-struct PackedIq4xsSrc {
+struct PackedIq4xsSrc : PackedRecords {
     static constexpr GGMLType kType = GGMLType::IQ4_XS;
     static constexpr int kBlock = 32, kSum = 0, kBias = 0, kPerSb = QK_K / 32, kUnroll = 8;
     static constexpr bool kMin = false;
     static constexpr int64_t kScalesL = 2048;
-    const uint8_t *rec, *d, *sh;
-    int64_t sb_bytes, bytes_per_block;
-    PackedIq4xsSrc(const void* strip, int n) {
-        const PackedLayout L(kType, n);
-        rec = static_cast<const uint8_t*>(strip);
-        d = rec + L.d, sh = rec + L.m;
-        sb_bytes = L.sb_bytes;
-        bytes_per_block = (L.strip_bytes + n / kBlock - 1) / (n / kBlock);
-    }
+    PackedIq4xsSrc(const void* strip, int n) : PackedRecords(kType, strip, n, kBlock) {}
     __m256i u(int b0, int bi, int g, int h) const {
         const int sb = b0 / kPerSb, s = b0 % kPerSb + bi;
-        const __m256i q = load256(rec + sb * sb_bytes + 64 * (4 * s + g % 4) + 32 * h);
+        const __m256i q = run(sb, 0, 4 * s + g % 4, h);
         const __m256i v = _mm256_and_si256(g < 4 ? q : _mm256_srli_epi16(q, 4), _mm256_set1_epi8(0x0F));
         return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(load128(kvalues_iq4nl)), v);
     }
     __m256 dw(int b0, int bi, int h) const {
         const int sb = b0 / kPerSb, s = b0 % kPerSb + bi;
-        const __m256i sl = load256(rec + sb * sb_bytes + kScalesL + 32 * h);   // scales_l dword of rows 8h..8h+7
-        const __m256i hi = _mm256_cvtepu16_epi32(load128(sh + (int64_t(sb) * kStripRows + 8 * h) * 2));
+        const __m256i sl = run(sb, kScalesL, 0, h);   // scales_l dword of rows 8h..8h+7
+        const __m256i hi = _mm256_cvtepu16_epi32(load128(m + (int64_t(sb) * kStripRows + 8 * h) * 2));   // scales_h
         const __m256i lo4 = _mm256_and_si256(_mm256_srl_epi32(sl, _mm_cvtsi32_si128(4 * s)), _mm256_set1_epi32(15));
         const __m256i hi2 = _mm256_and_si256(_mm256_srl_epi32(hi, _mm_cvtsi32_si128(2 * s)), _mm256_set1_epi32(3));
         const __m256i ls = _mm256_sub_epi32(_mm256_or_si256(lo4, _mm256_slli_epi32(hi2, 4)), _mm256_set1_epi32(32));
-        return _mm256_mul_ps(_mm256_cvtph_ps(load128(d + (int64_t(sb) * kStripRows + 8 * h) * 2)), _mm256_cvtepi32_ps(ls));
+        return _mm256_mul_ps(half_f16(d, sb, h), _mm256_cvtepi32_ps(ls));
     }
     __m256 mw(int, int, int) const { return _mm256_setzero_ps(); }
-    int64_t step() const { return bytes_per_block; }
 };
 
 // Activation slots s0 .. s0 + NR against halves h0 .. h0 + H of the weight rows:

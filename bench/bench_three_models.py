@@ -62,16 +62,19 @@ def write_tokenizer(w: gguf.GGUFWriter, vocab_source: str, n_vocab: int) -> None
     w.add_add_bos_token(False)
 
 
-def write_f16_model(path: str, vocab_source: str) -> None:
-    spec = mf.TinySpec(arch="qwen2", weight_type="F16", tied=True, **QWEN25_05B)
+def write_f16_model(path: str, vocab_source: str, arch: str = "qwen2", shape: dict = QWEN25_05B,
+                    n_vocab: int = QWEN25_05B_VOCAB, name: str = "random-qwen2.5-0.5b-shape") -> None:
+    """A random F16 model of `arch` with the given hyperparameters (a tied head), SmolLM2's BPE
+    vocabulary padded to n_vocab."""
+    spec = mf.TinySpec(arch=arch, weight_type="F16", tied=True, **shape)
     rng = np.random.default_rng(0)
-    w = gguf.GGUFWriter(path, "qwen2")
-    mf._write_hparams(w, spec, QWEN25_05B_VOCAB)
-    w.add_name("random-qwen2.5-0.5b-shape")
-    write_tokenizer(w, vocab_source, QWEN25_05B_VOCAB)
+    w = gguf.GGUFWriter(path, arch)
+    mf._write_hparams(w, spec, n_vocab)
+    w.add_name(name)
+    write_tokenizer(w, vocab_source, n_vocab)
     for name, shape in mf.tensor_shapes(spec).items():
         if name == "token_embd.weight":
-            shape = (QWEN25_05B_VOCAB, shape[1])
+            shape = (n_vocab, shape[1])
         if len(shape) == 1:
             w.add_tensor(name, mf.random_vector(name, shape, rng))
         else:

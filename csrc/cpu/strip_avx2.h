@@ -187,7 +187,7 @@ template <GGMLType T>
 struct PackedQ23Src : PackedRecords {
     static constexpr GGMLType kType = T;
     static constexpr bool kQ3 = T == GGMLType::Q3_K;
-    static constexpr int kBlock = 16, kSum = 4, kBias = kQ3 ? 4 : 0, kPerSb = QK_K / 16, kUnroll = 8;
+    static constexpr int kBlock = 16, kSum = 4, kBias = kQ3 ? 4 : 0, kPerSb = QK_K / 16, kUnroll = 16;   // a whole super-block: every shift an immediate
     static constexpr bool kMin = !kQ3;
     static constexpr int64_t kQs = kQ3 ? 512 : 256, kScales = kQ3 ? 1536 : 0;
     PackedQ23Src(const void* strip, int n) : PackedRecords(T, strip, n, kBlock) {}
@@ -197,9 +197,11 @@ struct PackedQ23Src : PackedRecords {
         const int e = 16 * s + 4 * g, hf = e / 128, j = (e % 128) / 32, l = e % 32;
         const __m256i q = run(sb, kQs, 8 * hf + l / 4, h);
         __m256i v = _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * j)), _mm256_set1_epi8(3));
-        if constexpr (kQ3) {
-            const __m256i hb = _mm256_and_si256(_mm256_srl_epi16(run(sb, 0, l / 4, h), _mm_cvtsi32_si128(4 * hf + j)), _mm256_set1_epi8(1));
-            v = _mm256_or_si256(v, _mm256_slli_epi16(hb, 2));
+        if constexpr (kQ3) {   // hmask bit 4 hf + j moved to bit 2 with one shift
+            const __m256i hm = run(sb, 0, l / 4, h);
+            const int c = 4 * hf + j - 2;
+            const __m256i hs = c >= 0 ? _mm256_srl_epi16(hm, _mm_cvtsi32_si128(c)) : _mm256_sll_epi16(hm, _mm_cvtsi32_si128(-c));
+            v = _mm256_or_si256(v, _mm256_and_si256(hs, _mm256_set1_epi8(4)));
         }
         return v;
     }
@@ -268,7 +270,7 @@ __attribute__((always_inline)) inline void gemm_tile(int n, const Src& src, cons
     for (int h = 0; h < H; ++h)
         for (int r = 0; r < NR; ++r) acc[h][r] = _mm256_setzero_ps();
     for (int b0 = 0; b0 < n / Block; b0 += Src::kUnroll)
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int bi = 0; bi < Src::kUnroll; ++bi) {   // a run of kUnroll blocks: bi known to the compiler
         const int b = b0 + bi;
         request_ahead(ahead, ahead_end, b, step);

@@ -1,5 +1,5 @@
-"""Packed weights (csrc/cpu/kernels.h, PackedLayout): the legacy types, IQ4_NL and the k-quants (Q4_K,
-Q5_K, Q6_K) repacked at load into strips of 16 interleaved rows that the strip GEMMs read in place
+"""Packed weights (csrc/cpu/kernels.h, PackedLayout): the legacy types, IQ4_NL, the k-quants (Q2_K ..
+Q6_K) and IQ4_XS repacked at load into strips of 16 interleaved rows that the strip GEMMs read in place
 (IQ4_NL, IQ4_XS, Q2_K, Q3_K: AVX2 only; AVX-512 keeps its decoded strips and panels or dots for them,
 `_core.cpu_packs`).
 
@@ -10,7 +10,7 @@ shapes and partial last strips:
     sums, same float order), is within tier 1 of the scalar spec's dots, and gives each x row the
     same bits whatever the number of rows in the call (so batched decode equals unbatched): for
     2..15 rows the pair GEMM (two strips a call) against the one-row call's one-strip GEMM.
-  * a set without a packed GEMM of the type (scalar; AVX-512 for IQ4_NL): packed weights give
+  * a set without a packed GEMM of the type (scalar; AVX-512 for IQ4_NL, IQ4_XS, Q2_K, Q3_K): packed weights give
     exactly what matmul's dots give on the GGML rows.
   * a model loaded with packed weights counts them once (weights_copied_bytes, not twice) and keeps
     the same resident size (a tied head's token embedding lookups read the packed copy).
@@ -30,7 +30,7 @@ from lowbit.runtime import cpu
 
 from _models import real_model_path
 from model_factory import write_default_model
-from test_kernels import dequant_weights, kernel_set, level, make_act, random_weights  # noqa: F401 (fixtures)
+from test_kernels import dequant_weights, kernel_set, level, make_act, random_weights, strip_blocks  # noqa: F401 (fixtures)
 
 PACKED_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS", "Q2_K", "Q3_K"]
 K_TYPES = ("Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "Q2_K", "Q3_K")   # 256-element super-blocks
@@ -40,11 +40,6 @@ def cols_of(type_name, legacy_cols):
     """A test's column count for the type: the k-quants take whole super-blocks (256 columns), as
     many as the legacy count has 32-blocks modulo 9, plus one (1..9 super-blocks across tests)."""
     return 256 * (legacy_cols // 32 % 9 + 1) if type_name in K_TYPES else legacy_cols
-
-
-def tier1_blocks(type_name, cols):
-    """Blocks the tier-1 tolerance counts: the strip GEMM's (16 elements for Q6_K, else 32)."""
-    return cols // (16 if type_name in ("Q6_K", "Q2_K", "Q3_K") else 32)
 
 
 def packed_matmul(p, type_name, rows, cols, x, threads=2, precision="q8"):
@@ -137,7 +132,7 @@ def test_packed_matmul_tiers(type_name, level, kernel_set):
     for i in range(0, 41, 4):
         act, a64 = make_act(type_name, x[i])
         ref = np.array([cpu.vec_dot(type_name, w[r], act) for r in range(rows)])
-        tol = 2e-7 * tier1_blocks(type_name, cols) * (w64 @ np.abs(a64))
+        tol = 2e-7 * strip_blocks(type_name, cols) * (w64 @ np.abs(a64))
         assert np.all(np.abs(got["q8"][i] - ref) <= tol), (type_name, level, i)
     ref = x.astype(np.float64) @ dequant_weights(type_name, w).reshape(rows, cols).T
     assert np.linalg.norm(got["high"] - ref) / np.linalg.norm(ref) < 1e-4
@@ -165,7 +160,7 @@ def test_packed_batched_rows_2_to_15(type_name, level, kernel_set):
     for i in range(15):
         act, a64 = make_act(type_name, x[i])
         ref = np.array([cpu.vec_dot(type_name, w[r], act) for r in range(rows)])
-        tol = 2e-7 * tier1_blocks(type_name, cols) * (w64 @ np.abs(a64))
+        tol = 2e-7 * strip_blocks(type_name, cols) * (w64 @ np.abs(a64))
         assert np.all(np.abs(got[i] - ref) <= tol), (type_name, level, i)
 
 
@@ -348,5 +343,5 @@ def test_packed_q6k_extreme_blocks_equal_strip_gemm(kernel_set, packed_level):
     for i in range(4):
         act, a64 = make_act("Q6_K", x[i])
         ref = np.array([cpu.vec_dot("Q6_K", w[r], act) for r in range(rows)])
-        tol = 2e-7 * tier1_blocks("Q6_K", cols) * (w64 @ np.abs(a64))
+        tol = 2e-7 * strip_blocks("Q6_K", cols) * (w64 @ np.abs(a64))
         assert np.all(np.abs(got[i] - ref) <= tol), i

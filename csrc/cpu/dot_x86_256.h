@@ -56,6 +56,10 @@ inline __m256i scaled_pairs(__m256i u, __m256i s, __m256i scale16) {
 }
 
 // 16 packed bytes -> 32 bytes: low nibbles (elements 0..15), then high nibbles (16..31).
+// IQ4_NL / IQ4_XS: 32 nibbles (0..15) -> their signed kvalues_iq4nl values.
+inline __m256i iq4nl_values(__m256i nibbles) {
+    return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(load128(kvalues_iq4nl)), nibbles);
+}
 inline __m256i nibbles_32(const uint8_t* qs) {
     const __m128i x = load128(qs);
     const __m128i m = _mm_set1_epi8(0x0F);
@@ -188,7 +192,7 @@ struct IQ4_NLW {
     using Block = block_iq4_nl;
     static constexpr bool kMin = false;
     static __m256i bytes(const Block& b) {
-        return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(load128(kvalues_iq4nl)), nibbles_32(b.qs));
+        return iq4nl_values(nibbles_32(b.qs));
     }
 };
 

@@ -44,7 +44,7 @@ struct KShape {
     int n_fields, d_off, m_off, block_bytes, record_bytes;   // m_off < 0: no dmin
 };
 bool kshape_of(GGMLType type, KShape& k) {
-    switch (type) {   // qs / ql first, then qh, then the scales, as kernels.h lists them
+    switch (type) {   // each record's runs in the order kernels.h lists them
         case GGMLType::Q4_K: k = {{{16, 128, 0}, {4, 12, 2048}, {}}, 2, 0, 2, 144, 2240}; return true;
         case GGMLType::Q5_K: k = {{{48, 128, 0}, {16, 32, 2048}, {4, 12, 2560}}, 3, 0, 2, 176, 2752}; return true;
         case GGMLType::Q6_K: k = {{{0, 128, 0}, {128, 64, 2048}, {192, 16, 3072}}, 3, 208, -1, 210, 3328}; return true;

@@ -82,7 +82,7 @@ struct PackedLegacySrc {
         if constexpr (kQ8) return load256(qs + b * kQs + 64 * g + 32 * h);
         const __m256i q = load256(qs + b * kQs + 64 * (g % 4) + 32 * h);
         __m256i v = _mm256_and_si256(g < 4 ? q : _mm256_srli_epi16(q, 4), _mm256_set1_epi8(0x0F));
-        if constexpr (kNL) return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(load128(kvalues_iq4nl)), v);
+        if constexpr (kNL) return iq4nl_values(v);
         if constexpr (kQ5)
             v = _mm256_or_si256(v, _mm256_and_si256(bits_to_bytes_32(qh + b * 64 + 8 * g + 4 * h), _mm256_set1_epi8(0x10)));
         return v;
@@ -112,6 +112,8 @@ struct PackedRecords {
     }
     // Run w of super-block sb (at record offset off), rows 8h..8h+7.
     __m256i run(int sb, int64_t off, int w, int h) const { return load256(rec + sb * sb_bytes + off + 64 * w + 32 * h); }
+    // Every dword lane of v shifted right by c (a scale field out of its run).
+    static __m256i srl32(__m256i v, int c) { return _mm256_srl_epi32(v, _mm_cvtsi32_si128(c)); }
     // The fp16 values of super-block sb's rows 8h..8h+7 in array p (d or m).
     __m256 half_f16(const uint8_t* p, int sb, int h) const { return _mm256_cvtph_ps(load128(p + (int64_t(sb) * kStripRows + 8 * h) * 2)); }
     int64_t step() const { return bytes_per_block; }
@@ -153,11 +155,10 @@ struct PackedKqSrc : PackedRecords {
     __m256i k4_scale(int sb, int s, int h, bool min_part) const {
         const __m256i d0 = run(sb, kScales, 0, h), d1 = run(sb, kScales, 1, h), d2 = run(sb, kScales, 2, h);
         const __m256i m6 = _mm256_set1_epi32(63), m4 = _mm256_set1_epi32(15), m2 = _mm256_set1_epi32(3);
-        auto srl = [](__m256i v, int c) { return _mm256_srl_epi32(v, _mm_cvtsi32_si128(c)); };
-        if (s < 4) return _mm256_and_si256(srl(min_part ? d1 : d0, 8 * s), m6);
+        if (s < 4) return _mm256_and_si256(srl32(min_part ? d1 : d0, 8 * s), m6);
         const int t = s - 4;
-        const __m256i low = _mm256_and_si256(srl(d2, 8 * t + (min_part ? 4 : 0)), m4);
-        const __m256i high = _mm256_and_si256(srl(min_part ? d1 : d0, 8 * t + 6), m2);
+        const __m256i low = _mm256_and_si256(srl32(d2, 8 * t + (min_part ? 4 : 0)), m4);
+        const __m256i high = _mm256_and_si256(srl32(min_part ? d1 : d0, 8 * t + 6), m2);
         return _mm256_or_si256(low, _mm256_slli_epi32(high, 4));
     }
     __m256 dw(int b0, int bi, int h) const {
@@ -191,7 +192,6 @@ struct PackedQ23Src : PackedRecords {
     static constexpr bool kMin = !kQ3;
     static constexpr int64_t kQs = kQ3 ? 512 : 256, kScales = kQ3 ? 1536 : 0;
     PackedQ23Src(const void* strip, int n) : PackedRecords(T, strip, n, kBlock) {}
-    static __m256i srl32(__m256i v, int c) { return _mm256_srl_epi32(v, _mm_cvtsi32_si128(c)); }
     __m256i u(int b0, int bi, int g, int h) const {
         const int sb = b0 / kPerSb, s = b0 % kPerSb + bi;
         const int e = 16 * s + 4 * g, hf = e / 128, j = (e % 128) / 32, l = e % 32;
@@ -239,14 +239,14 @@ struct PackedIq4xsSrc : PackedRecords {
         const int sb = b0 / kPerSb, s = b0 % kPerSb + bi;
         const __m256i q = run(sb, 0, 4 * s + g % 4, h);
         const __m256i v = _mm256_and_si256(g < 4 ? q : _mm256_srli_epi16(q, 4), _mm256_set1_epi8(0x0F));
-        return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(load128(kvalues_iq4nl)), v);
+        return iq4nl_values(v);
     }
     __m256 dw(int b0, int bi, int h) const {
         const int sb = b0 / kPerSb, s = b0 % kPerSb + bi;
         const __m256i sl = run(sb, kScalesL, 0, h);   // scales_l dword of rows 8h..8h+7
         const __m256i hi = _mm256_cvtepu16_epi32(load128(m + (int64_t(sb) * kStripRows + 8 * h) * 2));   // scales_h
-        const __m256i lo4 = _mm256_and_si256(_mm256_srl_epi32(sl, _mm_cvtsi32_si128(4 * s)), _mm256_set1_epi32(15));
-        const __m256i hi2 = _mm256_and_si256(_mm256_srl_epi32(hi, _mm_cvtsi32_si128(2 * s)), _mm256_set1_epi32(3));
+        const __m256i lo4 = _mm256_and_si256(srl32(sl, 4 * s), _mm256_set1_epi32(15));
+        const __m256i hi2 = _mm256_and_si256(srl32(hi, 2 * s), _mm256_set1_epi32(3));
         const __m256i ls = _mm256_sub_epi32(_mm256_or_si256(lo4, _mm256_slli_epi32(hi2, 4)), _mm256_set1_epi32(32));
         return _mm256_mul_ps(half_f16(d, sb, h), _mm256_cvtepi32_ps(ls));
     }

@@ -11,7 +11,7 @@ Claims checked here (see csrc/cpu/kernels.h):
   * F32/F16/BF16: scalar sums in double, SIMD in f32 lanes: |diff| <= 1e-7 * n * sum|w_i a_i|.
   * activation quantizers: SIMD == scalar byte for byte.
   * matmul: threaded == single-thread, mat-mat == per-row mat-vec, all bit for bit, except
-    the strip GEMM (has_strip: AVX-512: STRIP_TYPES but Q2_K, Q3_K; AVX2: AVX2_STRIP_TYPES; >= 16 activation rows,
+    the strip GEMM (has_strip: AVX-512: STRIP_TYPES; AVX2: AVX2_STRIP_TYPES; >= 16 activation rows,
     csrc/cpu/kernels.h): exact int32 block sums in another float order, tier 1 against the
     scalar dots; its outputs do not depend on threads, tiles or how many rows a call has (bit
     for bit), and the AVX2 strip GEMM's equal the AVX-512 one's.
@@ -331,14 +331,12 @@ def test_matmul_threads_and_tiles_agree(type_name, level):
 
 
 STRIP_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"] + IQ_TYPES + ["Q2_K", "Q3_K"]
-AVX2_ONLY_STRIP_TYPES = ["Q2_K", "Q3_K"]   # no AVX-512 strip GEMM (its dots)
 AVX2_STRIP_TYPES = STRIP_TYPES[:6] + ["Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "Q2_K", "Q3_K"]   # the AVX2 strip GEMM (strip_avx2.h): types with a packed layout
 
 
 def has_strip(level, type_name):
     """Whether the kernel set `level` has a strip GEMM for the type (mat-mat of >= 16 rows)."""
-    return type_name in (AVX2_STRIP_TYPES if level == "avx2" else
-                         [t for t in STRIP_TYPES if t not in AVX2_ONLY_STRIP_TYPES] if level == "avx512" else [])
+    return type_name in (AVX2_STRIP_TYPES if level == "avx2" else STRIP_TYPES if level == "avx512" else [])
 
 
 STRIP_16 = {"Q6_K", "IQ2_XS", "IQ2_S", "IQ1_M", "NVFP4", "Q2_K", "Q3_K"}   # one weight scale per 16 elements

@@ -316,11 +316,14 @@ def test_packed_experts_match_unpacked(tmp_path_factory, monkeypatch, arch, weig
     assert mp["weights_copied_bytes"] <= 1.05 * mp["weights_bytes"]
     ids = np.random.default_rng(10).integers(0, packed.n_vocab, 120).astype(np.int32)
     ref = ReferenceModel(path)
+    # Q2_K: 16-element blocks with mins, twice the float steps of a 32-block type and the mins'
+    # cancellation (AVX-512, 16 tokens, ~5 rows an expert on the unpacked model's dots: 1.7e-4)
+    tier = 2e-4 if weight_type == "Q2_K" else 1e-4
     for n in (120, 40, 16):
         packed.truncate(0)
         plain.truncate(0)
         got, want = packed.eval(ids[:n], all_logits=True), plain.eval(ids[:n], all_logits=True)
-        assert rel_err(got, want) <= 1e-4, n   # strip-vs-dots tier, through the layers
+        assert rel_err(got, want) <= tier, n   # strip-vs-dots tier, through the layers
         # the 8-bit tier of test_8_bit_expert_path_matches_matmul (its batches of up to 40); gpt-oss
         # against the reference with the same 8-bit rounding of the expert inputs, which breaks its
         # router near-ties as the engine does (test_gpt_oss_8_bit_outlier_is_a_router_near_tie)

@@ -1,7 +1,6 @@
 """Packed weights (csrc/cpu/kernels.h, PackedLayout): the legacy types, IQ4_NL, the k-quants (Q2_K ..
 Q6_K) and IQ4_XS repacked at load into strips of 16 interleaved rows that the strip GEMMs read in place
-(IQ4_NL, IQ4_XS, Q2_K, Q3_K: AVX2 only; AVX-512 keeps its decoded strips and panels or dots for them,
-`_core.cpu_packs`).
+(AVX2 and AVX-512 pack every one of them; `_core.cpu_packs` tells what the set in use packs).
 
 Claims checked here, on fresh random blocks (random quants, sane random scales and mins), odd
 shapes and partial last strips:
@@ -10,7 +9,7 @@ shapes and partial last strips:
     sums, same float order), is within tier 1 of the scalar spec's dots, and gives each x row the
     same bits whatever the number of rows in the call (so batched decode equals unbatched): for
     2..15 rows the pair GEMM (two strips a call) against the one-row call's one-strip GEMM.
-  * a set without a packed GEMM of the type (scalar; AVX-512 for IQ4_NL, IQ4_XS, Q2_K, Q3_K): packed weights give
+  * a set without a packed GEMM of the type (scalar): packed weights give
     exactly what matmul's dots give on the GGML rows.
   * a model loaded with packed weights counts them once (weights_copied_bytes, not twice) and keeps
     the same resident size (a tied head's token embedding lookups read the packed copy).
@@ -264,7 +263,7 @@ def test_model_packed_counts_once_and_matches_unpacked(tmp_path, model):
 @pytest.mark.skipif(not _PACKED, reason="experts are packed only for a packed GEMM (AVX2, AVX-512)")
 @pytest.mark.parametrize("weight_type", ["Q4_K", "Q5_K", "Q2_K", "Q3_K", "IQ4_XS"])
 def test_packed_kquant_experts_match_unpacked(tmp_path_factory, monkeypatch, weight_type):
-    """MoE experts of a k-quant (the MoE bench's Q4_K; Q2_K, Q3_K, IQ4_XS on AVX2) are packed at load like the legacy types and
+    """MoE experts of a k-quant (the MoE bench's Q4_K; Q2_K, Q3_K, IQ4_XS) are packed at load like the legacy types and
     flow through moe.cpp's packed paths (decode: the one-token gemv; prefill: matmul_quantized on
     the packed strips): test_moe's packed-vs-unpacked check on a qwen3moe file of that type.
     (Not Q6_K: there the unpacked model's experts of < 9 rows take the dots, and that tier-1

@@ -258,6 +258,7 @@ KernelSet make_kernels() {
     LOWBIT_IQ_DOT_ONLY_ENTRIES(k);
     add_strips(k);      // strip_avx512.cpp
     add_iq_strips(k);   // strip_iq.cpp
+    add_packed_src_strips(k);   // packed_src_avx512.cpp: IQ4_NL IQ4_XS Q2_K Q3_K
     add_packed_gemms(k);
     add_strip_quantizers(k);
     k.auto_two_pass = true;

@@ -62,13 +62,6 @@ struct PackedPtrs {
     }
 };
 
-// The one-token gemv (legacy types and Q4_K / Q5_K): the same lines kGemvFar bytes further ahead too, so that
-// more of the weight stream is in flight than the L1's miss buffers hold.
-constexpr int64_t kGemvFar = 24 << 10;
-LOWBIT_HOT void request_far(const uint8_t* ahead, const uint8_t* ahead_end, int64_t sb, int64_t step) {
-    if (ahead) request_ahead(ahead + kGemvFar, ahead_end, sb, step);
-}
-
 // With `ahead` (the one-token gemv, StripGemvFn): block b also requests lines [b, b + 1) * step
 // of `ahead` (up to ahead_end), step = the strip's bytes per block, so the whole request stream
 // spans one strip's bytes while the strip is multiplied.
@@ -538,6 +531,7 @@ void add_packed_gemms(KernelSet& k) {
     for (GGMLType t : {GGMLType::Q4_0, GGMLType::Q5_0, GGMLType::Q8_0, GGMLType::IQ4_NL})
         if (k[t].strip.gemm) k[t].strip.gemm_pair = pair_gemm<DecodedStrip<32, false>>;
     if (k[GGMLType::Q6_K].strip.gemm) k[GGMLType::Q6_K].strip.gemm_pair = pair_gemm<DecodedStrip<16, false>>;
+    if (k[GGMLType::Q2_K].strip.gemm) k[GGMLType::Q2_K].strip.gemm_pair = pair_gemm<DecodedStrip<16, true>>;
     for (TypeKernels& tk : k.types) {
         if (tk.strip.gemm_pair || !tk.strip.gemm) continue;
         if (tk.strip.gemm == strip_gemm_b32) tk.strip.gemm_pair = pair_gemm<DecodedStrip<32, false>>;

@@ -211,6 +211,7 @@ void strip_decode_from_runs(int n, const void* w, size_t row_bytes, int nrows, v
 }
 void strip_gemm_b32(int n, const void* strip, const void* act, int nact, float* out) { strip_gemm<32, false>(n, strip, act, nact, out); }
 void strip_gemm_b16(int n, const void* strip, const void* act, int nact, float* out) { strip_gemm<16, false>(n, strip, act, nact, out); }
+void strip_gemm_b16_min(int n, const void* strip, const void* act, int nact, float* out) { strip_gemm<16, true>(n, strip, act, nact, out); }
 
 void add_strips(KernelSet& k) {
     k[GGMLType::Q4_0].strip = {strip_decode<false, block_q4_0, DecodeQ4>, strip_gemm<32, false>, 32, 8};
@@ -218,7 +219,6 @@ void add_strips(KernelSet& k) {
     k[GGMLType::Q5_0].strip = {strip_decode<false, block_q5_0, DecodeQ5>, strip_gemm<32, false>, 32, 16};
     k[GGMLType::Q5_1].strip = {strip_decode<true, block_q5_1, DecodeQ5>, strip_gemm<32, true>, 32, 0};
     k[GGMLType::Q8_0].strip = {strip_decode<false, block_q8_0, DecodeQ8>, strip_gemm<32, false>, 32, 128};
-    k[GGMLType::IQ4_NL].strip = {strip_decode<false, block_iq4_nl, DecodeIQ4NL>, strip_gemm<32, false>, 32, 128};
     k[GGMLType::Q4_K].strip = {strip_decode_k4<false, block_q4_K>, strip_gemm<32, true>, 32, 0};
     k[GGMLType::Q5_K].strip = {strip_decode_k4<true, block_q5_K>, strip_gemm<32, true>, 32, 0};
     k[GGMLType::Q6_K].strip = {strip_decode_q6_K, strip_gemm<16, false>, 16, 32};

@@ -1,4 +1,4 @@
-// strip_iq.cpp: strip decoders (strip_iq.h) of the i-quant, ternary and FP4 types and IQ4_XS.
+// strip_iq.cpp: strip decoders (strip_iq.h) of the i-quant, ternary and FP4 types.
 //
 // Each writes a run of one weight row as u = bias + integer weight (natural element order) and one
 // float scale dw per strip block, with weight = dw * (u - bias):
@@ -14,12 +14,11 @@
 //   TQ2_0    32     t - 1                                 d                         64
 //   MXFP4    32     kValuesMxfp4 (doubled E2M1)           2^(e - 128)               64
 //   NVFP4    16     kValuesMxfp4                          ue4m3(d_s) / 2            64
-//   IQ4_XS   32     kvalues_iq4nl                         d * (ls - 32)             128
 // These are the integers of the scalar spec (dot_scalar_iq.cpp), so every block sum is exact; the
 // float steps follow the strip GEMM's order (tier 1 to the spec, kernels.h).
 // Decoding runs once per strip and matmul call (a few % of a prefill GEMM), so it is plain C++
-// with 8 weights per uint64 (bytes never carry: bias +- magnitude stays in 2..126); IQ4_XS's,
-// a table load per weight in C++, is AVX-512 (strip_iq_avx512.cpp).
+// with 8 weights per uint64 (bytes never carry: bias +- magnitude stays in 2..126). (IQ4_XS has a
+// packed layout: its strips come from packed_src_avx512.cpp.)
 #include "cpu/strip_iq.h"
 
 #include <array>
@@ -246,7 +245,6 @@ void avx512::add_iq_strips(KernelSet& k) {
     k[GGMLType::TQ2_0].strip = strip_of<run_tq2_0, 32, kBias>();
     k[GGMLType::MXFP4].strip = strip_of<run_mxfp4, 32, kBias>();
     k[GGMLType::NVFP4].strip = strip_of<run_nvfp4, 16, kBias>();
-    k[GGMLType::IQ4_XS].strip = strip_of<avx512::strip_run_iq4_xs, 32, 128>();
 }
 
 }  // namespace lowbit::cpu

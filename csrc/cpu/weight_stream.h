@@ -30,5 +30,12 @@ inline void request_ahead(const uint8_t* ahead, const uint8_t* ahead_end, int64_
         request_weight_line(p);
 }
 
+// The one-token gemv's (AVX-512 packed GEMMs): the same lines kGemvFar bytes further ahead too, so
+// that more of the weight stream is in flight than the L1's miss buffers hold.
+constexpr int64_t kGemvFar = 24 << 10;
+inline void request_far(const uint8_t* ahead, const uint8_t* ahead_end, int64_t sb, int64_t step) {
+    if (ahead) request_ahead(ahead + kGemvFar, ahead_end, sb, step);
+}
+
 }  // namespace
 }  // namespace lowbit::cpu

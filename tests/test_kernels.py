@@ -468,6 +468,41 @@ def test_env_override_and_bad_value(tmp_path):
     assert out.returncode != 0 and "ValueError" in out.stderr and "valid choices are scalar, avx2, avx512" in out.stderr
 
 
+def test_weight_hint_env_and_no_bits_change():
+    """The weight requests' hint (csrc/cpu/weight_stream.h: 'nta' on AMD, 't0' elsewhere, env
+    LOWBIT_WEIGHT_HINT) only moves requests: a packed one-token gemv, a few-row packed GEMM and a
+    prefill-sized strip GEMM give the same bits under both; a bad value is a ValueError naming the
+    choices, as LOWBIT_CPU's."""
+    import subprocess
+    import sys
+    before = _core.cpu_weight_hint()
+    assert before in ("nta", "t0") and _core.cpu_features()["weight_hint"] == before
+    rng = np.random.default_rng(6100)
+    type_name = "Q4_K" if _core.cpu_packs("Q4_K") else "Q8_0"
+    rows, cols = 67, 768
+    w = random_weights(rng, type_name, rows, cols)
+    x = rng.standard_normal((40, cols)).astype(np.float32)
+    out = {}
+    try:
+        for hint in ("nta", "t0"):
+            _core.cpu_set_weight_hint(hint)
+            assert _core.cpu_weight_hint() == hint
+            out[hint] = [cpu.matmul(w, type_name, (rows, cols), x[:n], n_threads=2) for n in (1, 5, 40)]
+        with pytest.raises(ValueError, match="nta, t0"):
+            _core.cpu_set_weight_hint("t1")
+    finally:
+        _core.cpu_set_weight_hint(before)
+    for a, b in zip(out["nta"], out["t0"]):
+        assert np.array_equal(a, b)
+    code = "from lowbit import _core; print(_core.cpu_get_kernels(), _core.cpu_weight_hint())"
+    env = {"PYTHONPATH": str(__import__("pathlib").Path(cpu.__file__).parents[2]), "LOWBIT_WEIGHT_HINT": "nta"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.split()[-1] == "nta", run.stderr
+    env["LOWBIT_WEIGHT_HINT"] = "t2"
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode != 0 and "ValueError" in run.stderr and "is not one of: nta, t0" in run.stderr
+
+
 def test_thread_pool_many_small_jobs_and_shutdown():
     """Back-to-back jobs on one pool, more threads than cores, and pools created and dropped."""
     from lowbit import _core

@@ -46,6 +46,7 @@ py::dict features() {
     d["supported"] = cpu::supported_levels();
     d["kernels"] = cpu::kernels().name;
     d["physical_cores"] = cpu::physical_core_count();
+    d["weight_hint"] = cpu::weight_hint_name();
     return d;
 }
 
@@ -311,6 +312,9 @@ void bind_cpu(py::module_& m) {
           "GGML rows -> packed strips of 16 interleaved rows (the layout weights are repacked into at load).");
     m.def("cpu_pack_runs", &pack_runs, py::arg("parts"), py::arg("type_name"), py::arg("cols"), py::arg("chunk") = 0,
           "Several GGML row blocks stacked and packed without a copy, `chunk` strips a call (as load packs q | k | v).");
+    m.def("cpu_weight_hint", &cpu::weight_hint_name, "The hint of the matmuls' weight requests: 'nta' or 't0'.");
+    m.def("cpu_set_weight_hint", &cpu::set_weight_hint, py::arg("name"),
+          "Switch the weight requests' hint ('nta' or 't0') for the whole process (benchmarks); bits are unchanged.");
     m.def("cpu_packs", [](const std::string& type_name) { return cpu::packs(cpu::kernels(), cpu_type(type_name)); },
           py::arg("type_name"), "Whether the kernel set in use reads packed rows of the type in place (load repacks them).");
     m.def("cpu_unpack_strip", &unpack_strip, py::arg("packed"), py::arg("type_name"), py::arg("rows"), py::arg("cols"),

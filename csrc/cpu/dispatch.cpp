@@ -9,6 +9,7 @@
 #include <mutex>
 
 #include "common.h"
+#include "cpu/weight_stream.h"
 
 namespace lowbit::cpu {
 namespace {
@@ -82,12 +83,34 @@ std::string supported_levels() {
     return s;
 }
 
+namespace {
+// weight_stream.h: non-temporal on AMD (and Hygon), T0 elsewhere.
+int vendor_weight_hint() {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return kHintT0;
+    char vendor[13] = {};
+    std::memcpy(vendor, &b, 4), std::memcpy(vendor + 4, &d, 4), std::memcpy(vendor + 8, &c, 4);
+    return std::strcmp(vendor, "AuthenticAMD") == 0 || std::strcmp(vendor, "HygonGenuine") == 0 ? kHintNta : kHintT0;
+}
+}  // namespace
+int g_weight_hint = vendor_weight_hint();
+
+int weight_hint_of(const std::string& name) {
+    if (name == "nta") return kHintNta;
+    if (name == "t0") return kHintT0;
+    throw ValueError(str("weight request hint '", name, "' is not one of: nta, t0"));
+}
+std::string weight_hint_name() { return g_weight_hint == kHintNta ? "nta" : "t0"; }
+void set_weight_hint(const std::string& name) { g_weight_hint = weight_hint_of(name); }
+
+
 const KernelSet& kernels() {
     const KernelSet* ks = g_current.load(std::memory_order_acquire);
     if (ks) return *ks;
     std::lock_guard<std::mutex> lock(g_choose_mutex);
     ks = g_current.load(std::memory_order_acquire);
     if (ks) return *ks;
+    if (const char* hint = std::getenv("LOWBIT_WEIGHT_HINT"); hint && *hint) set_weight_hint(hint);   // ValueError as LOWBIT_CPU
     const char* env = std::getenv("LOWBIT_CPU");
     if (env && *env) {
         ks = set_named(env);  // throws for a bad value; nothing is cached, so it stays an error

@@ -29,4 +29,10 @@ const KernelSet& kernels();
 // Switch the kernel set for the whole process (tests, benchmarks); ValueError as above.
 void set_kernels(const std::string& name);
 
+// The hint of the weight requests (weight_stream.h): "nta" or "t0". By CPU vendor, or env
+// LOWBIT_WEIGHT_HINT=nta|t0 read when the kernel set is first chosen (another value: ValueError,
+// as LOWBIT_CPU); set_weight_hint switches it for the whole process (benchmarks).
+std::string weight_hint_name();
+void set_weight_hint(const std::string& name);
+
 }  // namespace lowbit::cpu

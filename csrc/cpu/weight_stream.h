@@ -1,22 +1,39 @@
 // weight_stream.h: the software requests of the weight bytes a matmul streams from memory (the
 // packed GEMM's and gemv's lines ahead, a strip GEMM's next strip), one helper for every kernel.
 //
-// The hint is non-temporal (prefetchnta): a decode step reads each weight byte once, while its
-// KV-cache rows, activations and scratch are read again within the step or in the next one.
-// Weight lines requested into L1 / L2 (T0 / T1) were later evicted into the L3 (a victim cache
-// on AMD Zen) and pushed those reused lines out, so attention read its cached K / V rows from
-// memory again every step. Measured on Zen 5 (2 cores, same process pairs, decode steps after a
-// 32-token prompt): SmolLM2 8 sessions, q8 activations: 4.14 -> 3.85 ms a step (best of 15);
-// gemma3 one token: 4.54 -> 4.24 ms. Bits are unchanged (requests only).
+// The hint is one process-wide choice (g_weight_hint, dispatch.cpp: by CPU vendor, or env
+// LOWBIT_WEIGHT_HINT=nta|t0), because the two vendors measured want opposite ones:
+//   AMD: non-temporal (prefetchnta). A decode step reads each weight byte once, while its KV-cache
+//     rows, activations and scratch are read again within the step or in the next one. Weight
+//     lines requested into L1 / L2 (T0 / T1) were later evicted into the L3 (a victim cache on
+//     Zen) and pushed those reused lines out, so attention read its cached K / V rows from memory
+//     again every step. Zen 5 (2 cores, same process pairs, decode steps after a 32-token prompt):
+//     SmolLM2 8 sessions, q8 activations: 4.14 -> 3.85 ms a step (best of 15); gemma3 one token:
+//     4.54 -> 4.24 ms.
+//   Intel and the rest: T0 (prefetcht0). On an Intel Xeon with AVX-512 and AMX (2 vCPUs, 2 MB L2
+//     a core), prefetchnta made one-token decode 4-6x slower than T0 (SmolLM2 70 vs 413-440
+//     tok/s, gemma3 28 vs 100, one process switching the hint between steps; no requests at all:
+//     230-310 / 85-88): its non-temporal lines are not kept long enough to be read.
+// Bits are unchanged (requests only).
 // Internal linkage: these are included by files compiled under different ISA flags.
 #pragma once
 #include <algorithm>
 #include <cstdint>
 
 namespace lowbit::cpu {
+
+enum WeightHint : int { kHintT0 = 0, kHintNta = 1 };
+// The hint every weight request takes (dispatch.cpp).
+extern int g_weight_hint;
+
 namespace {
 
-inline void request_weight_line(const void* p) { __builtin_prefetch(p, 0, 0); }
+// One line. (Written as this two-way branch on purpose: a switch over more hints compiled, with
+// GCC 12, to request loops that measured as if no request were made, whatever the hint.)
+inline void request_weight_line(const void* p) {
+    if (g_weight_hint == kHintNta) __builtin_prefetch(p, 0, 0);
+    else __builtin_prefetch(p, 0, 3);
+}
 
 inline void request_weight_bytes(const uint8_t* p, int64_t bytes) {
     for (int64_t off = 0; off < bytes; off += 64) request_weight_line(p + off);

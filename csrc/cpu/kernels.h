@@ -21,9 +21,9 @@
 //     block_q8_0 entry points build one first), still with exact integer block sums.
 // Multi-row dots (VecDotRowsFn) give each row exactly what the single-row dot of the same set
 // gives, so a mat-mat through them equals a loop of mat-vecs bit for bit in every set. The one
-// exception is the strip GEMM (AVX-512: legacy types, Q4_K, Q5_K, Q6_K, and through strip_iq.h the
-// i-quant / ternary / FP4 types and IQ4_XS; AVX2, strip_avx2.h: the types with a packed layout;
-// StripLayout below), which
+// exception is the strip GEMM (AVX-512: legacy types, Q4_K, Q5_K, Q6_K, through packed_src_avx512.cpp
+// IQ4_NL, IQ4_XS, Q2_K, Q3_K, and through strip_iq.h the i-quant / ternary / FP4 types; AVX2,
+// strip_avx2.h: the types with a packed layout; StripLayout below), which
 // matmul takes for >= 16 x rows: exact int32 block sums, another float order (tier 1 to the spec), and
 // outputs independent of threads, tiles and the number of rows in the call.
 // Activation quantizers round to nearest-even in every implementation and agree bit for bit.

@@ -26,7 +26,8 @@ namespace lowbit::cpu {
 // Q8: activations rounded to 8 bits per block (llama.cpp's arithmetic). Q8X2: a q8 row plus a q8
 // row of what it missed (two-pass, ~16-bit). Auto: Q8X2, except Q8 for a matmul of >= 16 rows of
 // a type the kernel set has no strip GEMM for (kernels.h): decode is memory-bound, so the second
-// pass is nearly free, and the strip GEMMs leave prefill fast enough to afford it (~25% of pp);
+// pass is nearly free, and the strip GEMMs leave prefill fast enough to afford it (~25% of pp on
+// Zen; on an Intel Xeon with AVX-512 q8 prefilled 1.6x faster, bench/RESULTS.md);
 // the multi-row dots would pay 2x. The scalar and AVX2 sets (KernelSet::auto_two_pass false) are
 // Q8 everywhere: without VNNI the second pass is not nearly free at one token either. On AVX2
 // the types with a packed layout run one token, small batches and prefill through the same strip

@@ -43,6 +43,22 @@ LOWBIT_HOT void prefetch_ahead(const void* p, size_t bytes, size_t ahead = kPref
         _mm_prefetch(static_cast<const char*>(p) + ahead + off, _MM_HINT_T0);
 }
 
+// The strip GEMMs' row-count dispatch: f.template operator()<NR>() with NR = nact for 1..7 and
+// kStripAct (8) for more, so each kernel is instantiated per row count.
+template <class F>
+inline void with_act_rows(int nact, F&& f) {
+    switch (nact) {
+        case 1: return f.template operator()<1>();
+        case 2: return f.template operator()<2>();
+        case 3: return f.template operator()<3>();
+        case 4: return f.template operator()<4>();
+        case 5: return f.template operator()<5>();
+        case 6: return f.template operator()<6>();
+        case 7: return f.template operator()<7>();
+        default: return f.template operator()<kStripAct>();
+    }
+}
+
 // Two 32-byte runs (at p and p + stride) as one zmm.
 LOWBIT_HOT __m512i load2x256(const uint8_t* p, size_t stride) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(load256(p)), load256(p + stride), 1);

@@ -186,8 +186,19 @@ struct PackedLayout {
     PackedLayout(GGMLType type, int64_t n);
     static bool has(GGMLType type);   // whether `type` has a packed layout
 };
+// A packed strip of a super-block type (the records above) as its kernels read it: the records,
+// the fp16 d and m arrays (m: dmin, or IQ4_XS's scales_h), bytes a record, and the strip's bytes
+// per strip block of `block` elements (the step of a one-token GEMM's requests ahead).
+struct PackedRecordView {
+    const uint8_t *rec, *d, *m;
+    int64_t sb_bytes, bytes_per_block;
+    PackedRecordView(GGMLType type, const void* strip, int64_t n, int block);
+};
 // rows x cols of `type` (GGML rows, row_bytes apart) -> ceil(rows / kStripRows) packed strips.
 void pack_rows(GGMLType type, int64_t rows, int64_t cols, const void* src, size_t row_bytes, void* dst);
+// The same, into the calling thread's scratch (64-aligned, reused by its next call): the strip
+// decoders of GGML rows that read them as a packed strip.
+const uint8_t* pack_rows_scratch(GGMLType type, int64_t rows, int64_t cols, const void* src, size_t row_bytes);
 // Strips [s0, s1) of the packed matrix whose rows are the runs' rows one after the other (e.g. q,
 // k and v stacked without a copy), written at dst + s * strip_bytes; strips are independent, so
 // threads may pack disjoint ranges of one matrix (model load).

@@ -141,16 +141,7 @@ void packed_to_strip(int n, const void* packed, size_t, int, void* strip) {
 
 template <Kind K, bool kMin>
 void packed_gemm(int n, const void* strip, const void* act_group, int nact, float* out) {
-    switch (nact) {
-        case 1: packed_gemm_n<K, kMin, 1>(n, strip, act_group, out); break;
-        case 2: packed_gemm_n<K, kMin, 2>(n, strip, act_group, out); break;
-        case 3: packed_gemm_n<K, kMin, 3>(n, strip, act_group, out); break;
-        case 4: packed_gemm_n<K, kMin, 4>(n, strip, act_group, out); break;
-        case 5: packed_gemm_n<K, kMin, 5>(n, strip, act_group, out); break;
-        case 6: packed_gemm_n<K, kMin, 6>(n, strip, act_group, out); break;
-        case 7: packed_gemm_n<K, kMin, 7>(n, strip, act_group, out); break;
-        default: packed_gemm_n<K, kMin, 8>(n, strip, act_group, out); break;
-    }
+    with_act_rows(nact, [&]<int NR>() { packed_gemm_n<K, kMin, NR>(n, strip, act_group, out); });
 }
 
 // The pair GEMM (kernels.h, StripKernels::packed_pair): two packed strips against up to 8
@@ -267,13 +258,7 @@ void pair_gemm(int n, const void* strip, size_t strip_stride, const void* act_gr
                const void* prefetch, size_t prefetch_bytes) {
     const auto* pf = static_cast<const uint8_t*>(prefetch);
     if (!pf) prefetch_bytes = 0;
-    switch (nact) {
-#define LOWBIT_PAIR_CASE(nr) case nr: return pair_gemm_n<Source, nr>(n, strip, strip_stride, act_group, out, pf, prefetch_bytes);
-        LOWBIT_PAIR_CASE(1) LOWBIT_PAIR_CASE(2) LOWBIT_PAIR_CASE(3) LOWBIT_PAIR_CASE(4)
-        LOWBIT_PAIR_CASE(5) LOWBIT_PAIR_CASE(6) LOWBIT_PAIR_CASE(7)
-#undef LOWBIT_PAIR_CASE
-        default: return pair_gemm_n<Source, 8>(n, strip, strip_stride, act_group, out, pf, prefetch_bytes);
-    }
+    with_act_rows(nact, [&]<int NR>() { pair_gemm_n<Source, NR>(n, strip, strip_stride, act_group, out, pf, prefetch_bytes); });
 }
 
 
@@ -414,13 +399,7 @@ void packed_kq_n(int n, const void* strip, const void* act_group, float* out, co
 
 template <KQ T>
 void packed_kq_gemm(int n, const void* strip, const void* act_group, int nact, float* out) {
-    switch (nact) {
-#define LOWBIT_KQ_CASE(nr) case nr: return packed_kq_n<T, nr>(n, strip, act_group, out);
-        LOWBIT_KQ_CASE(1) LOWBIT_KQ_CASE(2) LOWBIT_KQ_CASE(3) LOWBIT_KQ_CASE(4)
-        LOWBIT_KQ_CASE(5) LOWBIT_KQ_CASE(6) LOWBIT_KQ_CASE(7)
-#undef LOWBIT_KQ_CASE
-        default: return packed_kq_n<T, 8>(n, strip, act_group, out);
-    }
+    with_act_rows(nact, [&]<int NR>() { packed_kq_n<T, NR>(n, strip, act_group, out); });
 }
 
 template <KQ T>

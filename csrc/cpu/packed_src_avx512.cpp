@@ -19,7 +19,6 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <vector>
 
 #include "cpu/dot_avx512_common.h"   // LOWBIT_HOT
 #include "cpu/kernels.h"
@@ -74,18 +73,9 @@ struct Iq4nlSrc {
     int64_t step() const { return bytes_per_block; }
 };
 
-// What the super-block sources share (PackedLayout's k-quant records): run w of a record, the
-// fp16 d and m arrays (m: dmin, or IQ4_XS's scales_h), the bytes per strip block.
-struct Records {
-    const uint8_t *rec, *d, *m;
-    int64_t sb_bytes, bytes_per_block;
-    Records(GGMLType t, const void* strip, int n, int block) {
-        const PackedLayout L(t, n);
-        rec = static_cast<const uint8_t*>(strip);
-        d = rec + L.d, m = rec + L.m;
-        sb_bytes = L.sb_bytes;
-        bytes_per_block = (L.strip_bytes + n / block - 1) / (n / block);
-    }
+// What the super-block sources share (kernels.h PackedRecordView): run w of a record.
+struct Records : PackedRecordView {
+    Records(GGMLType t, const void* strip, int n, int block) : PackedRecordView(t, strip, n, block) {}
     LOWBIT_HOT __m512i run(int sb, int64_t off, int w) const { return _mm512_loadu_si512(rec + sb * sb_bytes + off + 64 * w); }
     int64_t step() const { return bytes_per_block; }
 };
@@ -208,13 +198,7 @@ __attribute__((hot)) void src_gemm_n(int n, const void* strip, const void* act_g
 // StripKernels::packed: up to kStripAct rows.
 template <class Src>
 void src_gemm(int n, const void* strip, const void* act_group, int nact, float* out) {
-    switch (nact) {
-#define LOWBIT_SRC_CASE(nr) case nr: return src_gemm_n<Src, nr>(n, strip, act_group, out);
-        LOWBIT_SRC_CASE(1) LOWBIT_SRC_CASE(2) LOWBIT_SRC_CASE(3) LOWBIT_SRC_CASE(4)
-        LOWBIT_SRC_CASE(5) LOWBIT_SRC_CASE(6) LOWBIT_SRC_CASE(7)
-#undef LOWBIT_SRC_CASE
-        default: return src_gemm_n<Src, 8>(n, strip, act_group, out);
-    }
+    with_act_rows(nact, [&]<int NR>() { src_gemm_n<Src, NR>(n, strip, act_group, out); });
 }
 
 // StripKernels::packed_gemv: one token (its q8 row, or its hi and lo rows).
@@ -248,11 +232,7 @@ void src_to_strip(int n, const void* packed, size_t, int, void* strip_out) {
 // strip, so the source is the type's one decoder.
 template <class Src>
 void src_decode(int n, const void* weights, size_t row_bytes, int nrows, void* strip_out) {
-    thread_local std::vector<uint8_t> packed;
-    packed.resize(size_t(packed_bytes(Src::kType, nrows, n)) + 64);
-    uint8_t* p = packed.data() + (64 - reinterpret_cast<uintptr_t>(packed.data()) % 64) % 64;
-    pack_rows(Src::kType, nrows, n, weights, row_bytes, p);
-    src_to_strip<Src>(n, p, 0, kStripRows, strip_out);
+    src_to_strip<Src>(n, pack_rows_scratch(Src::kType, nrows, n, weights, row_bytes), 0, kStripRows, strip_out);
 }
 
 template <class Src>

@@ -2,6 +2,7 @@
 // 32-blocks (and IQ4_NL, laid out as Q4_0) or the k-quants (Q2_K .. Q6_K; IQ4_XS alike) and packed strips, both ways. ISA-independent; the packed strip GEMMs that read the
 // result are in packed_avx512.cpp / packed_q6k_avx512.cpp and strip_avx2.h.
 #include <cstring>
+#include <vector>
 
 #include "common.h"
 #include "cpu/kernels.h"
@@ -113,6 +114,22 @@ void move_block(const Shape& s, const BlockFields& f, const PackedLayout& L, uin
 }
 
 }  // namespace
+
+const uint8_t* pack_rows_scratch(GGMLType type, int64_t rows, int64_t cols, const void* src, size_t row_bytes) {
+    thread_local std::vector<uint8_t> packed;
+    packed.resize(size_t(packed_bytes(type, rows, cols)) + 64);
+    uint8_t* p = packed.data() + (64 - reinterpret_cast<uintptr_t>(packed.data()) % 64) % 64;
+    pack_rows(type, rows, cols, src, row_bytes, p);
+    return p;
+}
+
+PackedRecordView::PackedRecordView(GGMLType type, const void* strip, int64_t n, int block) {
+    const PackedLayout L(type, n);
+    rec = static_cast<const uint8_t*>(strip);
+    d = rec + L.d, m = rec + L.m;
+    sb_bytes = L.sb_bytes;
+    bytes_per_block = (L.strip_bytes + n / block - 1) / (n / block);
+}
 
 bool PackedLayout::has(GGMLType type) {
     Shape s{};

@@ -18,7 +18,6 @@
 // machine here has run both sets since this was written).
 #pragma once
 #include <algorithm>
-#include <vector>
 
 #include "cpu/weight_stream.h"
 
@@ -97,19 +96,10 @@ struct PackedLegacySrc {
 // sub-block b % (256 / kBlock) of super-block b / (256 / kBlock).
 // The 6-bit (Q4_K, Q5_K) and int8 (Q6_K) scales are taken out of their runs per lane; dw and mw
 // are the products d * sc and -dmin * m (AVX-512's decoders' floats).
-// What every packed super-block source shares (kernels.h PackedLayout's k-quant records): the
-// strip's records, its fp16 d and m arrays (m: dmin, or IQ4_XS's scales_h), a record's run w for
-// rows 8h..8h+7, and the bytes per strip block the requests ahead step by.
-struct PackedRecords {
-    const uint8_t *rec, *d, *m;
-    int64_t sb_bytes, bytes_per_block;
-    PackedRecords(GGMLType t, const void* strip, int n, int block) {
-        const PackedLayout L(t, n);
-        rec = static_cast<const uint8_t*>(strip);
-        d = rec + L.d, m = rec + L.m;
-        sb_bytes = L.sb_bytes;
-        bytes_per_block = (L.strip_bytes + n / block - 1) / (n / block);
-    }
+// What every packed super-block source shares (kernels.h PackedRecordView: the records, fp16 d
+// and m arrays, bytes per strip block): a record's run w for rows 8h..8h+7, scale shifts, halves.
+struct PackedRecords : PackedRecordView {
+    PackedRecords(GGMLType t, const void* strip, int n, int block) : PackedRecordView(t, strip, n, block) {}
     // Run w of super-block sb (at record offset off), rows 8h..8h+7.
     __m256i run(int sb, int64_t off, int w, int h) const { return load256(rec + sb * sb_bytes + off + 64 * w + 32 * h); }
     // Every dword lane of v shifted right by c (a scale field out of its run).
@@ -373,11 +363,7 @@ void src_to_strip(int n, const void* packed, size_t, int, void* strip_out) {
 // so the packed sources above are the one decoder of every type.
 template <class Src>
 void strip_decode(int n, const void* weights, size_t row_bytes, int nrows, void* strip_out) {
-    thread_local std::vector<uint8_t> packed;
-    packed.resize(size_t(packed_bytes(Src::kType, nrows, n)) + 64);
-    uint8_t* p = packed.data() + (64 - reinterpret_cast<uintptr_t>(packed.data()) % 64) % 64;
-    pack_rows(Src::kType, nrows, n, weights, row_bytes, p);
-    src_to_strip<Src>(n, p, 0, kStripRows, strip_out);
+    src_to_strip<Src>(n, pack_rows_scratch(Src::kType, nrows, n, weights, row_bytes), 0, kStripRows, strip_out);
 }
 
 // Src::kType's entry: the strip GEMM on decoded strips (their source: DecodedSrc of the same

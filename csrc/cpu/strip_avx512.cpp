@@ -182,16 +182,7 @@ LOWBIT_HOT void strip_gemm_n(int n, const void* strip, const void* act_group, fl
 
 template <int Block, bool kMin>
 void strip_gemm(int n, const void* strip, const void* act_group, int nact, float* out) {
-    switch (nact) {
-        case 1: strip_gemm_n<Block, 1, kMin>(n, strip, act_group, out); break;
-        case 2: strip_gemm_n<Block, 2, kMin>(n, strip, act_group, out); break;
-        case 3: strip_gemm_n<Block, 3, kMin>(n, strip, act_group, out); break;
-        case 4: strip_gemm_n<Block, 4, kMin>(n, strip, act_group, out); break;
-        case 5: strip_gemm_n<Block, 5, kMin>(n, strip, act_group, out); break;
-        case 6: strip_gemm_n<Block, 6, kMin>(n, strip, act_group, out); break;
-        case 7: strip_gemm_n<Block, 7, kMin>(n, strip, act_group, out); break;
-        default: strip_gemm_n<Block, 8, kMin>(n, strip, act_group, out); break;
-    }
+    with_act_rows(nact, [&]<int NR>() { strip_gemm_n<Block, NR, kMin>(n, strip, act_group, out); });
 }
 
 }  // namespace

@@ -92,17 +92,16 @@ int vendor_weight_hint() {
     std::memcpy(vendor, &b, 4), std::memcpy(vendor + 4, &d, 4), std::memcpy(vendor + 8, &c, 4);
     return std::strcmp(vendor, "AuthenticAMD") == 0 || std::strcmp(vendor, "HygonGenuine") == 0 ? kHintNta : kHintT0;
 }
-}  // namespace
-int g_weight_hint = vendor_weight_hint();
-
 int weight_hint_of(const std::string& name) {
     if (name == "nta") return kHintNta;
     if (name == "t0") return kHintT0;
     throw ValueError(str("weight request hint '", name, "' is not one of: nta, t0"));
 }
+}  // namespace
+int g_weight_hint = vendor_weight_hint();
+
 std::string weight_hint_name() { return g_weight_hint == kHintNta ? "nta" : "t0"; }
 void set_weight_hint(const std::string& name) { g_weight_hint = weight_hint_of(name); }
-
 
 const KernelSet& kernels() {
     const KernelSet* ks = g_current.load(std::memory_order_acquire);

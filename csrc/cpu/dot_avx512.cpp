@@ -123,7 +123,7 @@ constexpr int kPanelPass = 8;   // rows per pass over the weight row
         legacy_panel_512<1, NR, kMin>(n, static_cast<const Block*>(w), 0, act, stride, out, Decode{}); \
     }                                                                                              \
     void name##_panel(int n, const void* w, const void* act, size_t stride, int nrows, float* out) { \
-        LOWBIT_ROWS_SWITCH(name##_panel_n, nrows, n, w, act, stride, out)                          \
+        with_act_rows(nrows, [&]<int NR>() { name##_panel_n<NR>(n, w, act, stride, out); });      \
     }                                                                                              \
     template <int NW>                                                                              \
     void name##_panel_w(int n, const void* w, size_t row_bytes, const void* act, size_t stride, int nrows, float* out) { \

@@ -43,8 +43,10 @@ LOWBIT_HOT void prefetch_ahead(const void* p, size_t bytes, size_t ahead = kPref
         _mm_prefetch(static_cast<const char*>(p) + ahead + off, _MM_HINT_T0);
 }
 
-// The strip GEMMs' row-count dispatch: f.template operator()<NR>() with NR = nact for 1..7 and
-// kStripAct (8) for more, so each kernel is instantiated per row count.
+// The row-count dispatch of the multi-row kernels (panels, strip GEMMs): f.template
+// operator()<NR>() with NR = nact for 1..7 and 8 (kStripAct, kMaxDotRows) for more, so each
+// kernel is instantiated per row count.
+static_assert(kStripAct == 8 && kMaxDotRows == 8, "with_act_rows dispatches 1..8 rows");
 template <class F>
 inline void with_act_rows(int nact, F&& f) {
     switch (nact) {
@@ -58,6 +60,10 @@ inline void with_act_rows(int nact, F&& f) {
         default: return f.template operator()<kStripAct>();
     }
 }
+
+// A strip activation group's int32 (corr) and f32 (d, s) fields (StripActLayout).
+inline int32_t act_i32(const uint8_t* p) { return *reinterpret_cast<const int32_t*>(p); }
+inline float act_f32(const uint8_t* p) { return *reinterpret_cast<const float*>(p); }
 
 // Two 32-byte runs (at p and p + stride) as one zmm.
 LOWBIT_HOT __m512i load2x256(const uint8_t* p, size_t stride) {
@@ -199,26 +205,17 @@ struct DecodeQ8 {   // w + 128 is unsigned
                                     _mm512_set1_epi8(char(0x80)));
     }
 };
+// 128 + kvalues_iq4nl in every 128-bit lane (u8 1 .. 241): a nibble's unsigned value in one vpshufb.
+LOWBIT_HOT __m512i iq4nl_u8_table() {
+    return _mm512_xor_si512(_mm512_broadcast_i32x4(load128(kvalues_iq4nl)), _mm512_set1_epi8(char(0x80)));
+}
 struct DecodeIQ4NL {   // table value + 128 is unsigned
     LOWBIT_HOT void operator()(const block_iq4_nl* x, __m512i* q, int count) const {
-        const __m512i table = _mm512_xor_si512(_mm512_broadcast_i32x4(load128(kvalues_iq4nl)), _mm512_set1_epi8(char(0x80)));
+        const __m512i table = iq4nl_u8_table();
         nibble_pairs8(x, q, count);
         for (int k = 0; k < 4; ++k) q[k] = _mm512_shuffle_epi8(table, q[k]);
     }
 };
-
-// Calls Kernel<NR>(args...) for a run-time nrows in [1, kMaxDotRows].
-#define LOWBIT_ROWS_SWITCH(kernel, nrows, ...)            \
-    switch (nrows) {                                      \
-        case 1: kernel<1>(__VA_ARGS__); break;            \
-        case 2: kernel<2>(__VA_ARGS__); break;            \
-        case 3: kernel<3>(__VA_ARGS__); break;            \
-        case 4: kernel<4>(__VA_ARGS__); break;            \
-        case 5: kernel<5>(__VA_ARGS__); break;            \
-        case 6: kernel<6>(__VA_ARGS__); break;            \
-        case 7: kernel<7>(__VA_ARGS__); break;            \
-        default: kernel<8>(__VA_ARGS__); break;           \
-    }
 
 // More than 4 rows: two passes (register pressure); the per-row arithmetic is unchanged.
 #define LOWBIT_SPLIT_ROWS(NR, fn)                                                 \
@@ -307,7 +304,7 @@ inline void q6_K_quants(const block_q6_K& x, __m512i q[4]) {
         return out;                                                                                   \
     }                                                                                                 \
     void name##_rows(int n, const void* w, const void* act, size_t stride, int nrows, float* out) {   \
-        LOWBIT_ROWS_SWITCH(name##_rows_n, nrows, n, w, act, stride, out)                              \
+        with_act_rows(nrows, [&]<int NR>() { name##_rows_n<NR>(n, w, act, stride, out); });         \
     }
 
 // dot_kq_avx512.cpp: the k-quant and IQ4_XS multi-row dots (kernels.h, VecDotRowsFn).

@@ -185,6 +185,9 @@ struct PackedLayout {
     int64_t sb_bytes = 0;   // k-quants: bytes of a super-block's record (above); 0 for the legacy types
     PackedLayout(GGMLType type, int64_t n);
     static bool has(GGMLType type);   // whether `type` has a packed layout
+    // A strip's bytes per strip block of `block` elements (n / block of them), rounded up: the
+    // step of a one-token GEMM's requests ahead.
+    int64_t bytes_per_block(int64_t n, int block) const { return (strip_bytes + n / block - 1) / (n / block); }
 };
 // A packed strip of a super-block type (the records above) as its kernels read it: the records,
 // the fp16 d and m arrays (m: dmin, or IQ4_XS's scales_h), bytes a record, and the strip's bytes

@@ -335,7 +335,6 @@ LOWBIT_HOT void block_float_step(__m512 acc[NR], const __m512i* isum, const uint
         for (int r = 0; r < NR; ++r) acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(f32(pa + kAs + 4 * r)), acc[r]);
 }
 
-inline int32_t act_i32(const uint8_t* p) { return *reinterpret_cast<const int32_t*>(p); }
 
 // Q4_K / Q5_K on a packed strip, NR activation rows: per chunk (64 elements: sub-blocks 2c and
 // 2c + 1) 8 quant loads shared by all rows, two dpbusd chains per row and sub-block for one or two

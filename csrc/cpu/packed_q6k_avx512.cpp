@@ -41,8 +41,6 @@ struct Q6kStrip {
     }
 };
 
-inline int32_t act_i32(const uint8_t* p) { return *reinterpret_cast<const int32_t*>(p); }
-inline float act_f32(const uint8_t* p) { return *reinterpret_cast<const float*>(p); }
 
 // dw of sub-block s = 4w + k of the 16 rows: int8 scale k of scale dword w (sc4[w]) moved alone to
 // the top byte of each lane (one vpshufb: sc * 2^24, exact in int32 and in f32), times d * 2^-24:

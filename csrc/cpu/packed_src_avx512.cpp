@@ -20,27 +20,17 @@
 
 #include <algorithm>
 
-#include "cpu/dot_avx512_common.h"   // LOWBIT_HOT
+#include "cpu/dot_avx512_common.h"   // LOWBIT_HOT, with_act_rows, act_i32 / act_f32, iq4nl_u8_table
 #include "cpu/kernels.h"
 #include "cpu/strip_iq.h"
 #include "cpu/weight_stream.h"
-#include "quant/iq_common.h"   // kvalues_iq4nl
 
 namespace lowbit::cpu::avx512 {
 namespace {
 
-inline int32_t act_i32(const uint8_t* p) { return *reinterpret_cast<const int32_t*>(p); }
-inline float act_f32(const uint8_t* p) { return *reinterpret_cast<const float*>(p); }
-
 // The fp16 values of the 16 rows at p, as f32.
 LOWBIT_HOT __m512 f16x16(const uint8_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
 
-// 128 + kvalues_iq4nl in every 128-bit lane (u8 1 .. 241): a nibble's u in one vpshufb.
-inline __m512i iq4_table() {
-    alignas(16) uint8_t t[16];
-    for (int i = 0; i < 16; ++i) t[i] = uint8_t(kvalues_iq4nl[i] + 128);
-    return _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(t)));
-}
 // Nibbles of q: the low ones (high = false) or the high ones, as bytes 0..15.
 LOWBIT_HOT __m512i nibbles(__m512i q, bool high) {
     return _mm512_and_si512(high ? _mm512_srli_epi16(q, 4) : q, _mm512_set1_epi8(0x0F));
@@ -60,10 +50,10 @@ struct Iq4nlSrc {
     const uint8_t *qs, *d;
     int64_t bytes_per_block;
     __m512i table;
-    Iq4nlSrc(const void* strip, int n) : table(iq4_table()) {
+    Iq4nlSrc(const void* strip, int n) : table(iq4nl_u8_table()) {
         const PackedLayout L(kType, n);
         qs = static_cast<const uint8_t*>(strip) + L.qs, d = static_cast<const uint8_t*>(strip) + L.d;
-        bytes_per_block = (L.strip_bytes + L.nb - 1) / L.nb;
+        bytes_per_block = L.bytes_per_block(n, kBlock);
     }
     LOWBIT_HOT __m512i u(int b, int, int g) const {
         return _mm512_shuffle_epi8(table, nibbles(_mm512_loadu_si512(qs + int64_t(b) * 256 + 64 * (g % 4)), g >= 4));
@@ -89,7 +79,7 @@ struct Iq4xsSrc : Records {
     static constexpr bool kMin = false;
     static constexpr int64_t kScalesL = 2048;
     __m512i table;
-    Iq4xsSrc(const void* strip, int n) : Records(kType, strip, n, kBlock), table(iq4_table()) {}
+    Iq4xsSrc(const void* strip, int n) : Records(kType, strip, n, kBlock), table(iq4nl_u8_table()) {}
     LOWBIT_HOT __m512i u(int b0, int bi, int g) const {
         const int sb = b0 / kPerSb, s = b0 % kPerSb + bi;
         return _mm512_shuffle_epi8(table, nibbles(run(sb, 0, 4 * s + g % 4), g >= 4));

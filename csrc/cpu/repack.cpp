@@ -128,7 +128,7 @@ PackedRecordView::PackedRecordView(GGMLType type, const void* strip, int64_t n, 
     rec = static_cast<const uint8_t*>(strip);
     d = rec + L.d, m = rec + L.m;
     sb_bytes = L.sb_bytes;
-    bytes_per_block = (L.strip_bytes + n / block - 1) / (n / block);
+    bytes_per_block = L.bytes_per_block(n, block);
 }
 
 bool PackedLayout::has(GGMLType type) {

@@ -75,7 +75,7 @@ struct PackedLegacySrc {
         const PackedLayout L(T, n);
         const auto* s = static_cast<const uint8_t*>(strip);
         qs = s + L.qs, qh = s + L.qh, d = s + L.d, m = s + L.m;
-        bytes_per_block = (L.strip_bytes + L.nb - 1) / L.nb;
+        bytes_per_block = L.bytes_per_block(n, kBlock);
     }
     __m256i u(int b, int, int g, int h) const {
         if constexpr (kQ8) return load256(qs + b * kQs + 64 * g + 32 * h);

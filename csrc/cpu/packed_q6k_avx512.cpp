@@ -106,6 +106,7 @@ __attribute__((hot)) void q6k_rows(int n, const void* strip, const void* act_gro
     for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
     for (int sb = 0; sb < nsb; ++sb) {
         request_ahead(ahead.p, ahead.end, sb, step);
+        request_far(ahead.p, ahead.end, sb, step);
         const uint8_t* rec = S.rec(sb);
         __m512i sc4[4];
         for (int i = 0; i < 4; ++i) sc4[i] = _mm512_loadu_si512(rec + kSc + 64 * i);
@@ -172,6 +173,7 @@ __attribute__((hot)) void q6k_rows_wide(int n, const void* strip, const void* ac
     for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
     for (int sb = 0; sb < nsb; ++sb) {
         request_ahead(ahead.p, ahead.end, sb, step);
+        request_far(ahead.p, ahead.end, sb, step);
         q6k_decode_sb(S, sb, scratch);
 #pragma GCC unroll 2
         for (int b = 0; b < kSub; ++b) {

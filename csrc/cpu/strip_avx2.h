@@ -264,6 +264,7 @@ __attribute__((always_inline)) inline void gemm_tile(int n, const Src& src, cons
     for (int bi = 0; bi < Src::kUnroll; ++bi) {   // a run of kUnroll blocks: bi known to the compiler
         const int b = b0 + bi;
         request_ahead(ahead, ahead_end, b, step);
+        request_far(ahead, ahead_end, b, step);
         const uint8_t* pa = act + int64_t(b) * kAct + 4 * s0;                 // slot s0's corr / d / s lanes
         const uint8_t* qa = act + int64_t(b) * kAct + int64_t(s0) * Block;   // slot s0's quants
         __m256i isum[H][NR];

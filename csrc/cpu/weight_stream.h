@@ -47,11 +47,19 @@ inline void request_ahead(const uint8_t* ahead, const uint8_t* ahead_end, int64_
         request_weight_line(p);
 }
 
-// The one-token gemv's (AVX-512 packed GEMMs): the same lines kGemvFar bytes further ahead too, so
-// that more of the weight stream is in flight than the L1's miss buffers hold.
+// The one-token gemv's (the packed GEMMs of both sets): the same lines kGemvFar bytes further
+// ahead too, into L2 (T1) whatever g_weight_hint says, so that more of the weight stream is in
+// flight than the L1's miss buffers hold while the near requests above bring each line on into
+// L1 (or, non-temporal, past it). Session 16 had these follow g_weight_hint; on the Intel Xeon
+// (t0) that put 32 KB of lines ahead into a 48 KB L1 and the stream slowed to 25 GB/s of a 34
+// GB/s probe (gemma3's 178 MB Q8_0 head: 7.0 ms a step). T1 again, as first measured on Zen,
+// same run, interleaved processes, one token, 2 threads: gemma3 92.5 -> 111.6 tok/s, the 0.5B
+// shape 53.6 -> 62.8, SmolLM2 1.04x. Far distances 12-24 KB measured alike; 48-96 KB slower.
 constexpr int64_t kGemvFar = 24 << 10;
 inline void request_far(const uint8_t* ahead, const uint8_t* ahead_end, int64_t sb, int64_t step) {
-    if (ahead) request_ahead(ahead + kGemvFar, ahead_end, sb, step);
+    if (!ahead) return;
+    for (const uint8_t *p = ahead + kGemvFar + sb * step, *e = std::min(p + step, ahead_end); p < e; p += 64)
+        __builtin_prefetch(p, 0, 2);
 }
 
 }  // namespace

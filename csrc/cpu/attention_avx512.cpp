@@ -94,12 +94,13 @@ inline void rows_to_f32(const uint16_t* x, int64_t stride, int64_t rows, int64_t
         }
 }
 
-// The f16 rows of a block converted once, not once per group of 4 query rows: with more than 4
-// rows (a prefill's tiles, batched decode) each key group of 4 rows, then each value column
-// panel of 64, is converted into a float buffer the rows' groups then share (the conversions are
-// exact and every sum keeps its order, so the bits are the per-group kernels'). d up to
-// kConvMaxD (the buffers are on the stack); beyond, the per-group kernels.
-constexpr int64_t kConvMaxD = 1024;
+// The f16 rows of a block converted once, not once per group of 4 query rows: with more than
+// kConvMinRows rows (a prefill's tiles) each key group of 4 rows, then each value column panel of
+// 64, is converted into a float buffer the rows' groups then share (the conversions are exact and
+// every sum keeps its order, so the bits are the per-group kernels'). d up to kConvMaxD (the
+// buffers are on the stack); beyond, the per-group kernels. Two groups (a decode step of 7 query
+// heads a KV head) measured 1.03-1.07x slower attention through the buffer, so from three.
+constexpr int64_t kConvMinRows = 8, kConvMaxD = 1024;
 
 template <int NK>
 void scores_f16_keys(const float* const* q, int64_t nq, const uint16_t* k, int64_t stride, int64_t d, float scale,
@@ -132,7 +133,7 @@ template <typename Row>
 void scores(const float* const* q, int64_t nq, const Row* k, int64_t stride, int64_t nk, int64_t d, float scale,
             float* s, int64_t ld) {
     if constexpr (std::is_same_v<Row, uint16_t>) {
-        if (nq > 4 && d <= kConvMaxD) return scores_f16_shared(q, nq, k, stride, nk, d, scale, s, ld);
+        if (nq > kConvMinRows && d <= kConvMaxD) return scores_f16_shared(q, nq, k, stride, nk, d, scale, s, ld);
     }
     for (int64_t i = 0; i < nq; i += 4) {
         switch (std::min<int64_t>(4, nq - i)) {
@@ -218,7 +219,7 @@ template <typename Row>
 void values(const float* p, int64_t ld, int64_t nq, const Row* v, int64_t stride, int64_t nk, int64_t d,
             float* const* out) {
     if constexpr (std::is_same_v<Row, uint16_t>) {
-        if (nq > 4) return values_f16_shared(p, ld, nq, v, stride, nk, d, out);   // scores' comment
+        if (nq > kConvMinRows) return values_f16_shared(p, ld, nq, v, stride, nk, d, out);   // scores' comment
     }
     for (int64_t i = 0; i < nq; i += 4)
         for (int64_t c = 0; c < d; c += 64) {

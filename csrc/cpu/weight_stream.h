@@ -28,38 +28,42 @@ extern int g_weight_hint;
 
 namespace {
 
-// One line. (Written as this two-way branch on purpose: a switch over more hints compiled, with
-// GCC 12, to request loops that measured as if no request were made, whatever the hint.)
+// One line, near (kFar false: into L1 under t0) or far (into L2 under t0). Under nta both are
+// non-temporal, as measured on Zen 5 (above). (Written as this two-way branch on purpose: a
+// switch over more hints compiled, with GCC 12, to request loops that measured as if no request
+// were made, whatever the hint.)
+template <bool kFar = false>
 inline void request_weight_line(const void* p) {
     if (g_weight_hint == kHintNta) __builtin_prefetch(p, 0, 0);
-    else __builtin_prefetch(p, 0, 3);
+    else __builtin_prefetch(p, 0, kFar ? 2 : 3);
 }
 
 inline void request_weight_bytes(const uint8_t* p, int64_t bytes) {
     for (int64_t off = 0; off < bytes; off += 64) request_weight_line(p + off);
 }
 
+// Lines [sb, sb + 1) * step of base, clipped to end.
+template <bool kFar>
+inline void request_block(const uint8_t* base, const uint8_t* end, int64_t sb, int64_t step) {
+    for (const uint8_t *p = base + sb * step, *e = std::min(p + step, end); p < e; p += 64) request_weight_line<kFar>(p);
+}
+
 // The requests of a one-token call's block sb (StripGemvFn's `ahead`): lines [sb, sb + 1) * step
 // of ahead, clipped to ahead_end, so that a whole call's requests span one strip's bytes.
 inline void request_ahead(const uint8_t* ahead, const uint8_t* ahead_end, int64_t sb, int64_t step) {
-    if (!ahead) return;
-    for (const uint8_t *p = ahead + sb * step, *e = std::min(p + step, ahead_end); p < e; p += 64)
-        request_weight_line(p);
+    if (ahead) request_block<false>(ahead, ahead_end, sb, step);
 }
 
 // The one-token gemv's (the packed GEMMs of both sets): the same lines kGemvFar bytes further
-// ahead too, into L2 (T1) whatever g_weight_hint says, so that more of the weight stream is in
-// flight than the L1's miss buffers hold while the near requests above bring each line on into
-// L1 (or, non-temporal, past it). Session 16 had these follow g_weight_hint; on the Intel Xeon
-// (t0) that put 32 KB of lines ahead into a 48 KB L1 and the stream slowed to 25 GB/s of a 34
-// GB/s probe (gemma3's 178 MB Q8_0 head: 7.0 ms a step). T1 again, as first measured on Zen,
-// same run, interleaved processes, one token, 2 threads: gemma3 92.5 -> 111.6 tok/s, the 0.5B
-// shape 53.6 -> 62.8, SmolLM2 1.04x. Far distances 12-24 KB measured alike; 48-96 KB slower.
+// ahead too, so that more of the weight stream is in flight than the L1's miss buffers hold; under
+// t0 into L2 (T1), as e773301 first had them. Session 16 sent them through the near hint, so on
+// the Intel Xeon (t0) 32 KB of lines ahead went into a 48 KB L1 and the stream slowed to 25 GB/s
+// of a 34 GB/s probe (gemma3's 178 MB Q8_0 head: 7.0 ms a step). Into L2 there, same run,
+// interleaved processes, one token, 2 threads: gemma3 92.5 -> 111.6 tok/s, the 0.5B shape 53.6 ->
+// 62.8, SmolLM2 1.04x. Far distances 12-24 KB measured alike; 48-96 KB slower.
 constexpr int64_t kGemvFar = 24 << 10;
 inline void request_far(const uint8_t* ahead, const uint8_t* ahead_end, int64_t sb, int64_t step) {
-    if (!ahead) return;
-    for (const uint8_t *p = ahead + kGemvFar + sb * step, *e = std::min(p + step, ahead_end); p < e; p += 64)
-        __builtin_prefetch(p, 0, 2);
+    if (ahead) request_block<true>(ahead + kGemvFar, ahead_end, sb, step);
 }
 
 }  // namespace

@@ -102,30 +102,18 @@ inline void rows_to_f32(const uint16_t* x, int64_t stride, int64_t rows, int64_t
 // heads a KV head) measured 1.03-1.07x slower attention through the buffer, so from three.
 constexpr int64_t kConvMinRows = 8, kConvMaxD = 1024;
 
-template <int NK>
-void scores_f16_keys(const float* const* q, int64_t nq, const uint16_t* k, int64_t stride, int64_t d, float scale,
-                     float* s, int64_t ld, float* buf) {
-    rows_to_f32(k, stride, NK, d, buf);
-    for (int64_t i = 0; i < nq; i += 4) {
-        switch (std::min<int64_t>(4, nq - i)) {
-            case 4: scores_block<4, NK>(q + i, buf, d, d, scale, s + i * ld, ld); break;
-            case 3: scores_block<3, NK>(q + i, buf, d, d, scale, s + i * ld, ld); break;
-            case 2: scores_block<2, NK>(q + i, buf, d, d, scale, s + i * ld, ld); break;
-            default: scores_block<1, NK>(q + i, buf, d, d, scale, s + i * ld, ld); break;
-        }
-    }
-}
+template <typename Row>
+void scores(const float* const* q, int64_t nq, const Row* k, int64_t stride, int64_t nk, int64_t d, float scale,
+            float* s, int64_t ld);
 
+// Each group of up to 4 keys converted, then every row group's scores on it (scores<float>).
 __attribute__((noinline)) void scores_f16_shared(const float* const* q, int64_t nq, const uint16_t* k, int64_t stride,
                                                  int64_t nk, int64_t d, float scale, float* s, int64_t ld) {
     alignas(64) float buf[4 * kConvMaxD];
-    int64_t j = 0;
-    for (; j + 4 <= nk; j += 4) scores_f16_keys<4>(q, nq, k + j * stride, stride, d, scale, s + j, ld, buf);
-    switch (nk - j) {
-        case 3: scores_f16_keys<3>(q, nq, k + j * stride, stride, d, scale, s + j, ld, buf); break;
-        case 2: scores_f16_keys<2>(q, nq, k + j * stride, stride, d, scale, s + j, ld, buf); break;
-        case 1: scores_f16_keys<1>(q, nq, k + j * stride, stride, d, scale, s + j, ld, buf); break;
-        default: break;
+    for (int64_t j = 0; j < nk; j += 4) {
+        const int64_t n = std::min<int64_t>(4, nk - j);
+        rows_to_f32(k + j * stride, stride, n, d, buf);
+        scores<float>(q, nq, buf, d, n, d, scale, s + j, ld);
     }
 }
 
@@ -150,8 +138,7 @@ void scores(const float* const* q, int64_t nq, const Row* k, int64_t stride, int
 // in scores_block.
 template <int NQ, typename Row>
 void values_rows(const float* p, int64_t ld, const Row* v, int64_t stride, int64_t nk, int64_t c, int64_t width,
-                 float* const* out, int64_t vc = -1) {   // vc: v's column of output column c (default c)
-    if (vc < 0) vc = c;
+                 float* const* out) {
     static_assert(NQ >= 1 && NQ <= 4, "at most 4 rows");
     const __mmask16 m0 = tail_mask(width), m1 = tail_mask(width - 16), m2 = tail_mask(width - 32),
                     m3 = tail_mask(width - 48);
@@ -170,7 +157,7 @@ void values_rows(const float* p, int64_t ld, const Row* v, int64_t stride, int64
     if (NQ > 2) load(2, a20, a21, a22, a23);
     if (NQ > 3) load(3, a30, a31, a32, a33);
     for (int64_t j = 0; j < nk; ++j) {
-        const Row* x = v + j * stride + vc;
+        const Row* x = v + j * stride + c;
         const __m512 v0 = load16(x, m0), v1 = load16(x + 16, m1), v2 = load16(x + 32, m2), v3 = load16(x + 48, m3);
         auto row = [&](int i, __m512& b0, __m512& b1, __m512& b2, __m512& b3) {
             const __m512 a = _mm512_set1_ps(p[i * ld + j]);
@@ -197,21 +184,22 @@ void values_rows(const float* p, int64_t ld, const Row* v, int64_t stride, int64
     if (NQ > 3) store(3, a30, a31, a32, a33);
 }
 
-// Each 64-column panel of the nk value rows converted once, then every group of 4 rows on it.
+template <typename Row>
+void values(const float* p, int64_t ld, int64_t nq, const Row* v, int64_t stride, int64_t nk, int64_t d,
+            float* const* out);
+
+// Each 64-column panel of the nk value rows converted once, then every row group on it
+// (values<float>, the rows' outputs offset to the panel).
 __attribute__((noinline)) void values_f16_shared(const float* p, int64_t ld, int64_t nq, const uint16_t* v, int64_t stride,
                                                  int64_t nk, int64_t d, float* const* out) {
     alignas(64) float buf[kAttnBlock * 64];
+    float* panel_out[kAttnMaxRows];
     for (int64_t c = 0; c < d; c += 64) {
         const int64_t width = std::min<int64_t>(64, d - c);
         for (int64_t j0 = 0; j0 < nk; j0 += 4)
             rows_to_f32(v + j0 * stride + c, stride, std::min<int64_t>(4, nk - j0), width, buf + j0 * width);
-        for (int64_t i = 0; i < nq; i += 4)
-            switch (std::min<int64_t>(4, nq - i)) {
-                case 4: values_rows<4>(p + i * ld, ld, buf, width, nk, c, width, out + i, 0); break;
-                case 3: values_rows<3>(p + i * ld, ld, buf, width, nk, c, width, out + i, 0); break;
-                case 2: values_rows<2>(p + i * ld, ld, buf, width, nk, c, width, out + i, 0); break;
-                default: values_rows<1>(p + i * ld, ld, buf, width, nk, c, width, out + i, 0); break;
-            }
+        for (int64_t i = 0; i < nq; ++i) panel_out[i] = out[i] + c;
+        values<float>(p, ld, nq, buf, width, nk, width, panel_out);
     }
 }
 

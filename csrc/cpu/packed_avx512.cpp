@@ -82,8 +82,7 @@ __attribute__((hot)) void packed_gemm_n(int n, const void* strip, const void* ac
     __m512 acc[NR];
     for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
     for (int b = 0; b < nb; ++b) {
-        request_ahead(ahead, ahead_end, b, step);
-        request_far(ahead, ahead_end, b, step);
+        const SpreadRequests<> rq(ahead, ahead_end, b, step);
         const uint8_t* q = qs + size_t(b) * kQs;
         const uint8_t* pa = pa0 + size_t(b) * kAct;
         __m512i w[8];   // w[g]: elements 4g..4g+3 of the 16 rows, unsigned
@@ -93,9 +92,12 @@ __attribute__((hot)) void packed_gemm_n(int n, const void* strip, const void* ac
             isum[r][0] = _mm512_set1_epi32(i32(pa + kCorr + 4 * r));
             for (int c = 1; c < C; ++c) isum[r][c] = _mm512_setzero_si512();
         }
-        for (int g = 0; g < 8; ++g)
+        for (int g = 0; g < 8; ++g) {
+            rq.slot(g);
             for (int r = 0; r < NR; ++r)
                 isum[r][g % C] = _mm512_dpbusd_epi32(isum[r][g % C], w[g], _mm512_set1_epi32(i32(pa + r * 32 + 4 * g)));
+        }
+        rq.rest(8);
         const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dp + size_t(b) * 32)));
         for (int r = 0; r < NR; ++r) {
             __m512i s = isum[r][0];
@@ -352,8 +354,7 @@ __attribute__((hot)) void packed_k4_n(int n, const void* strip, const void* act_
     __m512 acc[NR];
     for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
     for (int sb = 0; sb < nsb; ++sb) {
-        request_ahead(ahead, ahead_end, sb, step);
-        request_far(ahead, ahead_end, sb, step);
+        const SpreadRequests<> rq(ahead, ahead_end, sb, step);
         const uint8_t* rec = geo.rec(sb);
         __m512i sc3[3];
         load_sc3<T>(rec, sc3);
@@ -369,6 +370,7 @@ __attribute__((hot)) void packed_k4_n(int n, const void* strip, const void* act_
                 }
 #pragma GCC unroll 8
             for (int g = 0; g < 8; ++g) {
+                rq.slot(8 * c + g);
                 __m512i w[2];
                 k4_group_pair<T>(rec, c, g, w[0], w[1]);
                 for (int h = 0; h < 2; ++h)
@@ -386,6 +388,7 @@ __attribute__((hot)) void packed_k4_n(int n, const void* strip, const void* act_
                                            _mm512_mul_ps(ndmin, _mm512_cvtepi32_ps(m)));
             }
         }
+        rq.rest(32);
     }
     for (int r = 0; r < NR; ++r) _mm512_storeu_ps(out + r * kStripRows, acc[r]);
 }

@@ -105,8 +105,7 @@ __attribute__((hot)) void q6k_rows(int n, const void* strip, const void* act_gro
     __m512 acc[NR];
     for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
     for (int sb = 0; sb < nsb; ++sb) {
-        request_ahead(ahead.p, ahead.end, sb, step);
-        request_far(ahead.p, ahead.end, sb, step);
+        const SpreadRequests<4> rq(ahead.p, ahead.end, sb, step);
         const uint8_t* rec = S.rec(sb);
         __m512i sc4[4];
         for (int i = 0; i < 4; ++i) sc4[i] = _mm512_loadu_si512(rec + kSc + 64 * i);
@@ -121,6 +120,7 @@ __attribute__((hot)) void q6k_rows(int n, const void* strip, const void* act_gro
                         isum[2 * q + part][r] = _mm512_set1_epi32(act_i32(pa + (2 * q + part) * kAct + kCorr + 4 * r));
 #pragma GCC unroll 4
                 for (int g = 0; g < 4; ++g) {
+                    rq.slot(8 * h + 4 * part + g);
                     __m512i u[4];
                     q6k_groups4(rec, h, part, g, u);
                     for (int q = 0; q < 4; ++q)
@@ -132,6 +132,7 @@ __attribute__((hot)) void q6k_rows(int n, const void* strip, const void* act_gro
 #pragma GCC unroll 8
             for (int s8 = 0; s8 < 8; ++s8) float_step<NR>(acc, isum[s8], pa + s8 * kAct, q6k_dw(sc4, 8 * h + s8, ds));
         }
+        rq.rest(16);
     }
     for (int r = 0; r < NR; ++r) _mm512_storeu_ps(out + r * kStripRows, acc[r]);
 }

@@ -158,8 +158,7 @@ __attribute__((hot)) void src_gemm_n(int n, const void* strip, const void* act_g
 #pragma GCC unroll 16
         for (int bi = 0; bi < Src::kUnroll; ++bi) {
             const int b = b0 + bi;
-            request_ahead(ahead, ahead_end, b, step);
-            request_far(ahead, ahead_end, b, step);
+            const SpreadRequests<> rq(ahead, ahead_end, b, step);
             const uint8_t* pa = a0 + int64_t(b) * kAct;
             __m512i isum[NR][C];
             for (int r = 0; r < NR; ++r) {
@@ -167,10 +166,12 @@ __attribute__((hot)) void src_gemm_n(int n, const void* strip, const void* act_g
                 for (int c = 1; c < C; ++c) isum[r][c] = _mm512_setzero_si512();
             }
             for (int g = 0; g < G; ++g) {
+                rq.slot(g);
                 const __m512i w = src.u(b0, bi, g);
                 for (int r = 0; r < NR; ++r)
                     isum[r][g % C] = _mm512_dpbusd_epi32(isum[r][g % C], w, _mm512_set1_epi32(act_i32(pa + r * B + 4 * g)));
             }
+            rq.rest(G);
             const __m512 dw = src.dw(b0, bi);
             for (int r = 0; r < NR; ++r) {
                 __m512i s = isum[r][0];

@@ -263,8 +263,7 @@ __attribute__((always_inline)) inline void gemm_tile(int n, const Src& src, cons
 #pragma GCC unroll 16
     for (int bi = 0; bi < Src::kUnroll; ++bi) {   // a run of kUnroll blocks: bi known to the compiler
         const int b = b0 + bi;
-        request_ahead(ahead, ahead_end, b, step);
-        request_far(ahead, ahead_end, b, step);
+        const SpreadRequests<> rq(ahead, ahead_end, b, step);
         const uint8_t* pa = act + int64_t(b) * kAct + 4 * s0;                 // slot s0's corr / d / s lanes
         const uint8_t* qa = act + int64_t(b) * kAct + int64_t(s0) * Block;   // slot s0's quants
         __m256i isum[H][NR];
@@ -273,6 +272,7 @@ __attribute__((always_inline)) inline void gemm_tile(int n, const Src& src, cons
         if constexpr (kSum == 0) {
             for (int g = 0; g < kGroups; ++g)
                 for (int h = 0; h < H; ++h) {
+                    if (h == 0) rq.slot(g);
                     const __m256i w = src.u(b0, bi, g, h0 + h), aw = _mm256_sign_epi8(w, w);
                     for (int r = 0; r < NR; ++r) {
                         const __m256i a = _mm256_sign_epi8(_mm256_set1_epi32(i32(qa + r * Block + 4 * g)), w);
@@ -284,6 +284,7 @@ __attribute__((always_inline)) inline void gemm_tile(int n, const Src& src, cons
                 __m256i s16[H][NR];
                 for (int g = g0; g < g0 + kSum; ++g)
                     for (int h = 0; h < H; ++h) {
+                        if (h == 0) rq.slot(g);
                         const __m256i w = src.u(b0, bi, g, h0 + h);
                         for (int r = 0; r < NR; ++r) {
                             const __m256i p = _mm256_maddubs_epi16(w, _mm256_set1_epi32(i32(qa + r * Block + 4 * g)));
@@ -294,6 +295,7 @@ __attribute__((always_inline)) inline void gemm_tile(int n, const Src& src, cons
                     for (int r = 0; r < NR; ++r) isum[h][r] = _mm256_add_epi32(isum[h][r], _mm256_madd_epi16(s16[h][r], ones));
             }
         }
+        rq.rest(kGroups);
         for (int h = 0; h < H; ++h) {
             const __m256 dw = src.dw(b0, bi, h0 + h);
             for (int r = 0; r < NR; ++r)

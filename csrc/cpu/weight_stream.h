@@ -66,5 +66,41 @@ inline void request_far(const uint8_t* ahead, const uint8_t* ahead_end, int64_t 
     if (ahead) request_block<true>(ahead + kGemvFar, ahead_end, sb, step);
 }
 
+// One block's requests of a one-token call (request_ahead's lines and request_far's), spread over
+// the kernel's slots between its weight loads instead of issued in one burst per block: slot(k)
+// requests lines kPer k .. kPer k + kPer - 1 of each, rest(slots) the lines past the slots.
+// The same lines either way; only their order among the loads changes. On the Intel Xeon (2 vCPUs,
+// AVX-512 / AMX, 34-36 GB/s probe), eighteenth session: gemma3's 178 MB Q8_0 head, 2 threads, 29.3
+// -> 32.4-33.8 GB/s; one-token decode, interleaved processes, best of 5 (bench/results/
+// ab_spread_requests_s18.json): gemma3 1.30x (roofline 0.64 -> 0.83), the 0.5B shape 1.25x
+// (0.64 -> 0.80), SmolLM2 1.16x. A stand-alone stream loop (VNNI work on each line, T0 8 KB
+// ahead) showed it first: one request before each line's load read 16.5 GB/s on one thread, a
+// burst of the block's 9 requests before its 8 loads 12.7. Requests spread as k n / slots lines a
+// slot (a runtime divide and loop per slot) measured 0.8x of one a slot: hence kPer, a constant.
+template <int kPer = 1>
+struct SpreadRequests {
+    const uint8_t *near = nullptr, *far = nullptr;
+    int n_near = 0, n_far = 0;   // lines
+    SpreadRequests(const uint8_t* ahead, const uint8_t* ahead_end, int64_t sb, int64_t step) {
+        if (!ahead) return;
+        near = ahead + sb * step;
+        far = near + kGemvFar;
+        auto lines = [&](const uint8_t* p) { return p < ahead_end ? int((std::min(p + step, ahead_end) - p + 63) / 64) : 0; };
+        n_near = lines(near);
+        n_far = lines(far);
+    }
+    __attribute__((always_inline)) void slot(int k) const {
+#pragma GCC unroll 8
+        for (int i = kPer * k; i < kPer * k + kPer; ++i) {
+            if (i < n_near) request_weight_line<false>(near + 64 * i);
+            if (i < n_far) request_weight_line<true>(far + 64 * i);
+        }
+    }
+    void rest(int slots) const {
+        for (int i = kPer * slots; i < n_near; ++i) request_weight_line<false>(near + 64 * i);
+        for (int i = kPer * slots; i < n_far; ++i) request_weight_line<true>(far + 64 * i);
+    }
+};
+
 }  // namespace
 }  // namespace lowbit::cpu

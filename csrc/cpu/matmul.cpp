@@ -247,8 +247,8 @@ inline void store_strip(const float* out, int64_t i0, int64_t na, int64_t pt, in
 }
 
 constexpr int64_t kPackedChunks = 2;   // chunks a thread of packed_matmul (several tokens)
-// The most bytes of weights in a chunk of a decode matmul on packed strips (packed_matmul and
-// packed_matvec: strips_per_chunk).
+// The most bytes of weights in a chunk of a decode matmul on packed strips (packed_matmul:
+// strips_per_chunk).
 constexpr int64_t kGemvChunkBytes = 512 << 10;
 
 // Strips per chunk of a decode matmul on packed strips: per_thread chunks a thread, each at most
@@ -323,44 +323,82 @@ void packed_matmul(const StripKernels& sk, const void* packed, GGMLType type, in
     });
 }
 
-// One token on packed strips (matmul_packed's n == 1): a chunk is a run of strips, one contiguous
-// range of bytes, walked with requests kGemvAhead bytes ahead of the reads (StripGemvFn; the
-// chunk's first kGemvAhead bytes requested at once before its first strip). A decode step's
-// weights come from memory: with nothing but the hardware prefetchers (or one burst per strip,
-// which overruns L1 on wide strips) a mat-vec ran at 50-70% of the read bandwidth, the more so
-// the smaller the matrix (a chunk of a 576x576 Q4_1 matrix starts cold every 12 KB). Measured
-// (2 threads, load ~7, wall per call): SmolLM2's Q4_1 576x576 15.1 -> 7.9 us, 576x1536 30.6 ->
-// 20.9, 960x576 16.4 -> 11.5, 3072x576 33.3 -> 30.7. One chunk per thread (kGemvChunks): every
-// chunk start is a cold start of the request stream, and the pool's workers are awake when a
-// decode step's matmuls come, so finer chunks bought balance nobody needed. Against four a thread
-// (interleaved decode steps, 15 pairs each, 2 threads): SmolLM2 1.09x, 1.10x (two a thread) then
-// 1.06x more (one), gemma3 1.01-1.05x, the 0.5B shape 0.99-1.00x. At most kGemvChunkBytes a
-// chunk, so that an output head (gemma3's: 178 MB) does not end on one thread reading its last
-// part while the other waits.
+// One token on packed strips (matmul_packed's n == 1): each thread walks a contiguous run of
+// strips with requests kGemvAhead bytes ahead of the reads (StripGemvFn; the run's first
+// kGemvAhead bytes requested at once before its first strip). A decode step's weights come from
+// memory: with nothing but the hardware prefetchers (or one burst per strip, which overruns L1 on
+// wide strips) a mat-vec ran at 50-70% of the read bandwidth, the more so the smaller the matrix
+// (a run of a 576x576 Q4_1 matrix starting cold every 12 KB). Measured (2 threads, load ~7, wall
+// per call): SmolLM2's Q4_1 576x576 15.1 -> 7.9 us, 576x1536 30.6 -> 20.9, 960x576 16.4 -> 11.5,
+// 3072x576 33.3 -> 30.7. Every run start is a cold start of the request stream, so each thread
+// owns one run (against four chunks a thread: SmolLM2 1.16x, gemma3 1.01-1.05x), and balance
+// comes from threads taking batches off the back of a slower thread's run (StripRange).
 constexpr int64_t kGemvAhead = 8 << 10;
-constexpr int64_t kGemvChunks = 1;
+
+// A run of strips [front, back) that one thread owns and walks from the front, and that threads
+// done with their own take batches of from the back: one 64-bit word, front | back << 32.
+struct alignas(64) StripRange {
+    std::atomic<uint64_t> fb{0};
+    static uint64_t pack(int64_t f, int64_t b) { return uint64_t(f) | uint64_t(b) << 32; }
+    // Batch [f, e) from the front (owner, fromFront) or the back (thief); back: the range's end
+    // then. False when the range is empty.
+    template <bool kFront>
+    bool take(int64_t batch, int64_t& f, int64_t& e, int64_t& back) {
+        uint64_t cur = fb.load(std::memory_order_relaxed);
+        for (;;) {
+            const int64_t cf = int64_t(cur & 0xFFFFFFFFu), cb = int64_t(cur >> 32);
+            if (cf >= cb) return false;
+            f = kFront ? cf : std::max(cf, cb - batch);
+            e = kFront ? std::min(cb, cf + batch) : cb;
+            back = cb;
+            if (fb.compare_exchange_weak(cur, kFront ? pack(e, cb) : pack(cf, f), std::memory_order_relaxed)) return true;
+        }
+    }
+};
+
+// Strips a claim takes: about kGemvBatchBytes of weights (one strip at least). Against the
+// chunks of at most kGemvChunkBytes handed out by the pool before (every chunk a cold start of
+// the request stream; gemma3's head: 341 of them), eighteenth session, Intel Xeon, 2 threads:
+// gemma3's 178 MB Q8_0 head 30.9 -> 34.5 GB/s; one-token decode, interleaved processes, best of
+// 5 (bench/results/ab_gemv_ranges_s18.json): gemma3 1.02x, the 0.5B shape 1.04x, SmolLM2 1.00x.
+constexpr int64_t kGemvBatchBytes = 64 << 10;
 
 void packed_matvec(const StripKernels& sk, const void* packed, GGMLType type, int64_t rows, int64_t cols,
                    const QuantizedActs& act, float* y, ThreadPool& pool) {
     const int64_t strip_bytes = PackedLayout(type, cols).strip_bytes;
     const int64_t n_strips = (rows + kStripRows - 1) / kStripRows;
-    // One thread (a MoE expert's matmul on its worker, moe.cpp): one chunk, so the requests ahead
-    // run through the whole matrix instead of restarting cold every few strips.
-    const int64_t per_chunk =
-        pool.size() == 1 ? n_strips : strips_per_chunk(n_strips, strip_bytes, pool.size(), kGemvChunks, 1, 1);
-    const int64_t n_chunks = (n_strips + per_chunk - 1) / per_chunk;
     const int64_t pt = act.per_token;
     const auto* w = static_cast<const uint8_t*>(packed);
-    pool.parallel_for(n_chunks, [&](int64_t c, int) {
-        const int64_t s0 = c * per_chunk, s1 = std::min(n_strips, s0 + per_chunk);
-        const uint8_t* end = w + s1 * strip_bytes;
+    // Strip s, requesting kGemvAhead bytes ahead of its reads up to `end`.
+    auto strip = [&](int64_t s, const uint8_t* end) {
+        const int64_t r0 = s * kStripRows, nw = std::min<int64_t>(kStripRows, rows - r0);
+        alignas(64) float out[kStripAct * kStripRows];
+        sk.packed_gemv(int(cols), w + s * strip_bytes, act.group(0), int(pt), out, w + s * strip_bytes + kGemvAhead, end);
+        store_strip(out, 0, pt, pt, r0, nw, rows, y);
+    };
+    // Strips [s0, s1) as one stream: its first kGemvAhead bytes requested at once.
+    auto run = [&](int64_t s0, int64_t s1) {
         prefetch_strip(w + s0 * strip_bytes, std::min<int64_t>(kGemvAhead, (s1 - s0) * strip_bytes));
-        for (int64_t s = s0; s < s1; ++s) {
-            const int64_t r0 = s * kStripRows, nw = std::min<int64_t>(kStripRows, rows - r0);
-            alignas(64) float out[kStripAct * kStripRows];
-            sk.packed_gemv(int(cols), w + s * strip_bytes, act.group(0), int(pt), out, w + s * strip_bytes + kGemvAhead, end);
-            store_strip(out, 0, pt, pt, r0, nw, rows, y);
+        for (int64_t s = s0; s < s1; ++s) strip(s, w + s1 * strip_bytes);
+    };
+    // One thread (a MoE expert's matmul on its worker, moe.cpp): one run through the whole matrix.
+    const int64_t threads = std::min<int64_t>(pool.size(), n_strips);
+    if (threads <= 1) return run(0, n_strips);
+    // Each thread owns a contiguous run of strips and walks it as one stream (requests running on
+    // ahead to the run's current end); a thread done with its own takes batches from the back of
+    // the others', so none waits on a slower one for more than a batch.
+    std::vector<StripRange> ranges(static_cast<size_t>(threads));
+    for (int64_t t = 0; t < threads; ++t)
+        ranges[size_t(t)].fb.store(StripRange::pack(n_strips * t / threads, n_strips * (t + 1) / threads), std::memory_order_relaxed);
+    const int64_t batch = std::max<int64_t>(1, kGemvBatchBytes / strip_bytes);
+    pool.parallel_for(threads, [&](int64_t t, int) {
+        int64_t f, e, back;
+        for (bool first = true; ranges[size_t(t)].take<true>(batch, f, e, back); first = false) {
+            if (first) prefetch_strip(w + f * strip_bytes, std::min<int64_t>(kGemvAhead, (back - f) * strip_bytes));
+            for (int64_t s = f; s < e; ++s) strip(s, w + back * strip_bytes);
         }
+        for (int64_t k = 1; k < threads; ++k)
+            while (ranges[size_t((t + k) % threads)].take<false>(batch, f, e, back)) run(f, e);
     });
 }
 

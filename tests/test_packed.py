@@ -165,9 +165,10 @@ def test_packed_batched_rows_2_to_15(type_name, level, kernel_set):
 
 @pytest.mark.parametrize("type_name", PACKED_TYPES)
 def test_one_token_gemv_equals_packed_gemm_on_wide_matrices(type_name, level, kernel_set):
-    """The one-token path (packed_gemv: chunks of strips read with requests 8 KB ahead) on matrices
-    of many wide strips, a partial last one and 1-5 threads: the same bits as the packed GEMM gives
-    that x row in a call of several rows, at both precisions."""
+    """The one-token path (packed_gemv: a run of strips a thread, read with requests 8 KB ahead,
+    batches taken off the back of slower threads' runs) on matrices of many wide strips, a partial
+    last one and 1, 2, 5 and more threads than strips (38 on 38 strips: one each): the same bits as
+    the packed GEMM gives that x row in a call of several rows, at both precisions."""
     rng = np.random.default_rng(7400 + PACKED_TYPES.index(type_name))
     rows, cols = 16 * 37 + 5, 1536
     w = random_weights(rng, type_name, rows, cols)
@@ -176,7 +177,7 @@ def test_one_token_gemv_equals_packed_gemm_on_wide_matrices(type_name, level, ke
     for prec in ("q8", "high"):
         batched = packed_matmul(p, type_name, rows, cols, x, precision=prec)
         for i in range(len(x)):
-            for threads in (1, 2, 5):
+            for threads in (1, 2, 5) if i else (1, 2, 5, 38):
                 one = packed_matmul(p, type_name, rows, cols, x[i:i + 1], threads=threads, precision=prec)
                 assert np.array_equal(one[0], batched[i]), (prec, i, threads)
     ref = x.astype(np.float64) @ dequant_weights(type_name, w).reshape(rows, cols).T

@@ -77,12 +77,19 @@ inline void request_far(const uint8_t* ahead, const uint8_t* ahead_end, int64_t 
 // ahead) showed it first: one request before each line's load read 16.5 GB/s on one thread, a
 // burst of the block's 9 requests before its 8 loads 12.7. Requests spread as k n / slots lines a
 // slot (a runtime divide and loop per slot) measured 0.8x of one a slot: hence kPer, a constant.
+// Under nta (AMD) the block's requests stay one burst at its start, the order the Zen measurements
+// above were taken with: spreading them is unmeasured there.
 template <int kPer = 1>
 struct SpreadRequests {
     const uint8_t *near = nullptr, *far = nullptr;
     int n_near = 0, n_far = 0;   // lines
     SpreadRequests(const uint8_t* ahead, const uint8_t* ahead_end, int64_t sb, int64_t step) {
         if (!ahead) return;
+        if (g_weight_hint == kHintNta) {   // AMD: the burst order its measurements were taken with
+            request_ahead(ahead, ahead_end, sb, step);
+            request_far(ahead, ahead_end, sb, step);
+            return;
+        }
         near = ahead + sb * step;
         far = near + kGemvFar;
         auto lines = [&](const uint8_t* p) { return p < ahead_end ? int((std::min(p + step, ahead_end) - p + 63) / 64) : 0; };

@@ -124,7 +124,7 @@ def test_large_score_range_stays_finite(kset):
 def test_token_result_independent_of_tile_and_heads(kset, d):
     """A row's bits depend only on its query and its visible keys: the same token alone, in a
     tile of 12 and with the heads split gives equal outputs (what lets a batched decode step equal
-    each decode alone, and prefill tiles equal any other tiling). Tiles of more than 4 rows take
+    each decode alone, and prefill tiles equal any other tiling). Tiles of more than 8 rows take
     AVX-512's shared f16 -> f32 conversions (up to d 1024), single rows the per-group kernels."""
     q, k, v = case(9, 12, 4, d, 90, 0)
     pos0, window = 200, 50                          # a ring (90 cells) under a 50-key window

@@ -253,9 +253,10 @@ constexpr int64_t kGemvChunkBytes = 512 << 10;
 
 // Strips per chunk of a decode matmul on packed strips: per_thread chunks a thread, each at most
 // kGemvChunkBytes; where that cap makes more chunks, their count is rounded up to a multiple of
-// the thread count, so that every thread takes as many (the 0.5B shape's FFN down projection,
-// 56 Q6_K strips of 64 KB: 7 chunks of 8 left one thread a chunk after the other's last, 12 % of
-// its thread time idle). Then rounded up to `multiple` strips, at least `least`.
+// the thread count, so that every thread takes as many (measured on the one-token gemv, which
+// chunked this way until the eighteenth session: the 0.5B shape's FFN down projection, 56 Q6_K
+// strips of 64 KB: 7 chunks of 8 left one thread a chunk after the other's last, 12 % of its
+// thread time idle). Then rounded up to `multiple` strips, at least `least`.
 int64_t strips_per_chunk(int64_t n_strips, int64_t strip_bytes, int64_t threads, int64_t per_thread, int64_t multiple,
                          int64_t least) {
     const int64_t cap = std::max<int64_t>(1, kGemvChunkBytes / strip_bytes);   // strips
@@ -340,8 +341,8 @@ constexpr int64_t kGemvAhead = 8 << 10;
 struct alignas(64) StripRange {
     std::atomic<uint64_t> fb{0};
     static uint64_t pack(int64_t f, int64_t b) { return uint64_t(f) | uint64_t(b) << 32; }
-    // Batch [f, e) from the front (owner, fromFront) or the back (thief); back: the range's end
-    // then. False when the range is empty.
+    // Batch [f, e) from the front (the owner, kFront) or the back (a thief); back: the range's
+    // end then. False when the range is empty.
     template <bool kFront>
     bool take(int64_t batch, int64_t& f, int64_t& e, int64_t& back) {
         uint64_t cur = fb.load(std::memory_order_relaxed);
@@ -376,9 +377,13 @@ void packed_matvec(const StripKernels& sk, const void* packed, GGMLType type, in
         sk.packed_gemv(int(cols), w + s * strip_bytes, act.group(0), int(pt), out, w + s * strip_bytes + kGemvAhead, end);
         store_strip(out, 0, pt, pt, r0, nw, rows, y);
     };
-    // Strips [s0, s1) as one stream: its first kGemvAhead bytes requested at once.
-    auto run = [&](int64_t s0, int64_t s1) {
+    // The start of a stream of strips [s0, s1): its first kGemvAhead bytes requested at once.
+    auto start_stream = [&](int64_t s0, int64_t s1) {
         prefetch_strip(w + s0 * strip_bytes, std::min<int64_t>(kGemvAhead, (s1 - s0) * strip_bytes));
+    };
+    // Strips [s0, s1) as one stream.
+    auto run = [&](int64_t s0, int64_t s1) {
+        start_stream(s0, s1);
         for (int64_t s = s0; s < s1; ++s) strip(s, w + s1 * strip_bytes);
     };
     // One thread (a MoE expert's matmul on its worker, moe.cpp): one run through the whole matrix.
@@ -394,7 +399,7 @@ void packed_matvec(const StripKernels& sk, const void* packed, GGMLType type, in
     pool.parallel_for(threads, [&](int64_t t, int) {
         int64_t f, e, back;
         for (bool first = true; ranges[size_t(t)].take<true>(batch, f, e, back); first = false) {
-            if (first) prefetch_strip(w + f * strip_bytes, std::min<int64_t>(kGemvAhead, (back - f) * strip_bytes));
+            if (first) start_stream(f, back);
             for (int64_t s = f; s < e; ++s) strip(s, w + back * strip_bytes);
         }
         for (int64_t k = 1; k < threads; ++k)

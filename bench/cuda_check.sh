@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # cuda_check.sh: the prepared device check of the CUDA backend (issue 19), for a lent GPU machine.
 #
-# Builds lowbit with CUDA for sm_90 only (all cores), runs tests/test_cuda_host.py and
-# tests/test_cuda.py, then the self-test with bandwidth: every kernel of csrc/cuda/ against the CPU
-# path on random data, and the decode mat-vec of every format timed over 1 GiB of weights against a
-# device-to-device copy of the same run. Prints a table and writes cuda_check.json + the logs into
-# the folder given as $1 (default: $OUT, else ./cuda_check_out). Needs no network: the module
-# imports numpy and jinja2 only, both in the device image; optional wheels in .whl/ (ignored by
-# git) are installed into /tmp/site first when present.
+# Builds lowbit with CUDA for sm_90 only (all cores), runs tests/test_cuda_host.py,
+# tests/test_cuda.py and tests/test_cuda_model.py (the device model against the CPU engine on
+# synthetic models of every dense architecture), then the self-test with bandwidth: every kernel of
+# csrc/cuda/ against the CPU path on random data, and the decode mat-vec of every format timed over
+# 1 GiB of weights against a device-to-device copy of the same run; then bench/bench_cuda.py (decode
+# and prefill tok/s of llama 1B / 8B shapes, achieved bandwidth against the copy). Prints tables and
+# writes cuda_check.json, bench_cuda*.json and the logs into the folder given as $1 (default: $OUT,
+# else ./cuda_check_out). Needs no network. The module imports numpy and jinja2 only, both in the
+# device image; the model tests and the benchmark write GGUF files with the gguf package, which the
+# image lacks: bring its wheel in .whl/ (ignored by git), installed into /tmp/site first:
+#   pip download gguf==0.19.0 --no-deps -d .whl      (here, before the run; pyyaml, tqdm, requests
+#                                                     are in the image)
 #
-# With the `run` tool of a session that is lent a GPU (one call, ~3-4 minutes of device time):
-#   run(command="bash bench/cuda_check.sh", timeout_s=420)
-#   (add carry=[".whl"] only if .whl/ holds wheels a later version of this script needs;
-#    "CUDA_CHECK_SANITIZE=1 bash bench/cuda_check.sh" adds a compute-sanitizer memcheck pass, on
-#    Firecracker machines only (KINDS.md), untimed here: allow timeout_s=600)
+# With the `run` tool of a session that is lent a GPU (one call, ~5-6 minutes of device time):
+#   run(command="bash bench/cuda_check.sh", carry=[".whl"], timeout_s=480)
+#   (CUDA_CHECK_BENCH="--shapes 1b --types Q4_0" shortens the benchmark; CUDA_CHECK_BENCH=none
+#    skips it; "CUDA_CHECK_SANITIZE=1 bash bench/cuda_check.sh" adds a compute-sanitizer memcheck
+#    pass, on Firecracker machines only (KINDS.md), untimed here: allow timeout_s=600)
 # Then read the table at the end of output_tail; the JSON and logs come back under files_at.
 # Locally (any CUDA machine): bash bench/cuda_check.sh /tmp/cuda_out
 set -uo pipefail
@@ -64,9 +69,13 @@ export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
 $PY -c "import lowbit; print(lowbit.cuda_status())" 2>&1 | tee -a "$LOG"
 
 # ---- tests ------------------------------------------------------------------------------------
-stamp "pytest tests/test_cuda_host.py tests/test_cuda.py"
-$PY -m pytest -q -p no:cacheprovider tests/test_cuda_host.py tests/test_cuda.py 2>&1 | tee "$OUTDIR/pytest.log" | tail -25
+HAVE_GGUF=1
+$PY -c "import gguf" 2>/dev/null || { HAVE_GGUF=0; stamp "WARNING: no gguf package: tests/test_cuda_model.py and bench_cuda.py cannot write models (pip download gguf==0.19.0 --no-deps -d .whl, carry .whl)"; }
+stamp "pytest tests/test_cuda_host.py tests/test_cuda.py tests/test_cuda_model.py"
+PYTHONPATH="$PWD/tests:$PYTHONPATH" $PY -m pytest -q -p no:cacheprovider -rs tests/test_cuda_host.py tests/test_cuda.py \
+  tests/test_cuda_model.py 2>&1 | tee "$OUTDIR/pytest.log" | tail -40
 TEST_RC=${PIPESTATUS[0]}
+[ "$HAVE_GGUF" = 1 ] || TEST_RC=1
 
 # ---- optional: memcheck of the self-test (no bandwidth), CUDA_CHECK_SANITIZE=1 -----------------
 SAN_RC=0
@@ -115,5 +124,24 @@ print("FAILURES: " + ", ".join(fails) if fails else "all self-test checks within
 sys.exit(1 if fails else 0)
 EOF
 ST_RC=${PIPESTATUS[0]}
-stamp "done: pytest rc=$TEST_RC, self-test rc=$ST_RC, memcheck rc=$SAN_RC (H200 datasheet 4800 GB/s; copy is measured)"
-exit $(( TEST_RC != 0 || ST_RC != 0 || SAN_RC != 0 ))
+
+# ---- benchmark: llama 1B / 8B shapes (random valid blocks) -------------------------------------
+BENCH_RC=0
+BENCH_ARGS="${CUDA_CHECK_BENCH:-}"
+if [ "$BENCH_ARGS" != none ] && [ "$HAVE_GGUF" = 1 ]; then
+  if [ -z "$BENCH_ARGS" ]; then   # default: every type at 1B, the 4-bit ones at 8B
+    set -- "--shapes 1b --types Q4_0,Q4_K_M,Q8_0" "--shapes 8b --types Q4_0,Q4_K_M"
+  else
+    set -- "$BENCH_ARGS"
+  fi
+  i=0
+  for args in "$@"; do
+    i=$((i + 1))
+    stamp "bench_cuda.py $args"
+    # shellcheck disable=SC2086
+    $PY bench/bench_cuda.py $args --json "$OUTDIR/bench_cuda_$i.json" 2>&1 | tee -a "$LOG" "$OUTDIR/bench_cuda.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || BENCH_RC=1
+  done
+fi
+stamp "done: pytest rc=$TEST_RC, self-test rc=$ST_RC, bench rc=$BENCH_RC, memcheck rc=$SAN_RC (H200 datasheet 4800 GB/s; copy is measured)"
+exit $(( TEST_RC != 0 || ST_RC != 0 || SAN_RC != 0 || BENCH_RC != 0 ))

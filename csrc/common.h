@@ -24,6 +24,7 @@ struct ModelError : Error { using Error::Error; };     // config / tensor mismat
 struct ValueError : Error { using Error::Error; };     // bad argument -> ValueError
 struct CudaError : Error { using Error::Error; };      // CUDA runtime failure -> lowbit.CudaError
 struct Cancelled : Error { using Error::Error; };      // a cancel or progress callback stopped work
+struct InsufficientMemory : Error { using Error::Error; };   // a plan exceeds free memory -> lowbit.InsufficientMemory
 
 // str(a, b, c...) concatenates anything streamable: error messages without printf hazards.
 template <typename... Args>

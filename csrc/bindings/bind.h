@@ -3,8 +3,13 @@
 #pragma once
 #include <pybind11/pybind11.h>
 
+#include <cstdint>
+#include <vector>
+
+#include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "gguf/gguf.h"
 #include "model/config.h"
@@ -18,6 +23,10 @@ void bind_engine(pybind11::module_& m);
 void bind_sampling(pybind11::module_& m);
 void bind_tokenizer(pybind11::module_& m);
 void bind_cuda_host(pybind11::module_& m);
+void bind_cuda_model(pybind11::module_& m);
+// A 1-D integer array (or sequence) of token ids as int32; ValueError names what was wrong
+// (bind_engine.cpp).
+std::vector<int32_t> token_ids(const pybind11::handle& obj);
 // The validated ModelConfig as a dict (lowbit._core.model_config, _GGUFFile.model_config).
 pybind11::dict config_dict(const model::ModelConfig& c);
 // A file that cannot be opened as Python's OSError subclass for its errno (FileNotFoundError,

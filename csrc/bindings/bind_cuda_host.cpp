@@ -66,6 +66,11 @@ void bind_cuda_host(py::module_& m) {
     }, py::arg("seed") = 1, py::arg("bandwidth") = true,
        "Run every CUDA kernel on random data against the CPU path: (device name, {check: {max_err, tol, gbs, "
        "detail}}). Raises lowbit.CudaError without a CUDA build or device.");
+    m.def("cuda_copy_gbs", [](size_t bytes) {
+        py::gil_scoped_release release;
+        return cuda::device_copy_gbs(bytes);
+    }, py::arg("bytes") = size_t(1) << 30,
+       "GB/s (read + written) of a device-to-device copy of `bytes`; lowbit.CudaError without a device.");
     m.def("cuda_alloc_probe", [](size_t bytes) {
         py::gil_scoped_release release;
         cuda::device_alloc_probe(bytes);

@@ -18,11 +18,7 @@
 namespace py = pybind11;
 
 namespace lowbit {
-namespace {
 
-using runtime::Engine;
-
-// A 1-D integer array (or sequence) of token ids as int32; ValueError names what was wrong.
 std::vector<int32_t> token_ids(const py::handle& obj) {
     py::array arr = py::array::ensure(obj);
     LOWBIT_CHECK(arr, ValueError, "tokens must be a 1-D integer array");
@@ -40,6 +36,10 @@ std::vector<int32_t> token_ids(const py::handle& obj) {
     }
     return out;
 }
+
+namespace {
+
+using runtime::Engine;
 
 py::array_t<float> eval(Engine& e, const py::object& tokens, bool all_logits) {
     const std::vector<int32_t> ids = token_ids(tokens);

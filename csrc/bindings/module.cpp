@@ -24,6 +24,7 @@ PYBIND11_MODULE(_core, m) {
         } catch (const lowbit::ModelError& e) { raise_as("ModelError", e.what());
         } catch (const lowbit::CudaError& e) { raise_as("CudaError", e.what());
         } catch (const lowbit::Cancelled& e) { raise_as("Cancelled", e.what());
+        } catch (const lowbit::InsufficientMemory& e) { raise_as("InsufficientMemory", e.what());
         } catch (const lowbit::ValueError& e) { py::set_error(PyExc_ValueError, e.what());
         } catch (const lowbit::Error& e) { raise_as("LowbitError", e.what());
         }
@@ -36,4 +37,5 @@ PYBIND11_MODULE(_core, m) {
     lowbit::bind_sampling(m);
     lowbit::bind_tokenizer(m);
     lowbit::bind_cuda_host(m);
+    lowbit::bind_cuda_model(m);
 }

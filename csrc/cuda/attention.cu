@@ -1,16 +1,23 @@
-// attention.cu: KV-cache write (f32 -> f16) and decode attention split over the cache.
+// attention.cu: KV-cache write (f32 -> f16) and causal attention over an f16 cache, split over it.
 //
-// Decode attention, one query token: block (h, s) takes cache positions [s * kSplit, (s+1) * kSplit)
-// of query head h: scores scale * q.k_j (one warp per position, lanes over d, shuffle sum) into
-// shared memory, their max m and p_j = e^(score_j - m), l = sum p_j, o = sum p_j v_j; it writes
-// (m, l, o[0..d)) to scratch. A second kernel combines the splits of each head:
-// out = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s.
+// Query token t (of n_tok) sits at position pos0 + t and sees the cache rows of positions
+// max(0, p - window + 1) .. p (window 0: from 0); the cache holds position j at row j. Block
+// (h, s, t) takes the visible positions [s * kSplit, (s+1) * kSplit) of query head h: scores
+// scale * q.k_j (one warp per position, lanes over d, shuffle sum; softcap c: c tanh(score / c))
+// into shared memory, their max m and p_j = e^(score_j - m), l = sum p_j, o = sum p_j v_j; it writes
+// (m, l, o[0..d)) to scratch (m = -inf, l = 0, o = 0 past the token's keys). A second kernel
+// combines the splits of each (token, head): out = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s.
+// Decode is n_tok = 1; prefill runs every token's splits in one launch (no tensor cores: the
+// flash-attention prefill of issue 19 is still to come).
+#include <algorithm>
+
+#include "cuda/device_plan.h"
 #include "cuda/ops.cuh"
 
 namespace lowbit::cuda {
 namespace {
 
-constexpr int kSplit = 256;     // cache positions per block
+constexpr int kSplit = int(kAttnSplit);   // cache positions per block (cuda/device_plan.h)
 constexpr int kMaxD = 512;      // head dims held in shared memory
 constexpr int kThreads = 128;
 
@@ -22,22 +29,35 @@ __global__ void kv_write_kernel(const float* __restrict__ src, __half* __restric
 
 __global__ void attn_split_kernel(const float* __restrict__ q, const __half* __restrict__ k,
                                   const __half* __restrict__ v, float* __restrict__ partial, int64_t n_head,
-                                  int64_t group, int64_t d, int64_t n_kv, float scale) {
+                                  int64_t group, int64_t d, int64_t pos0, int64_t window, float scale,
+                                  float softcap) {
     __shared__ float qs[kMaxD];
     __shared__ float p[kSplit];
     __shared__ float red[kThreads / 32];
-    const int64_t h = blockIdx.x, s = blockIdx.y;
-    const int64_t j0 = s * kSplit, nj = min(int64_t(kSplit), n_kv - j0);
+    const int64_t h = blockIdx.x, s = blockIdx.y, t = blockIdx.z;
+    const int64_t pos = pos0 + t, first = window > 0 ? max(int64_t(0), pos - window + 1) : 0;
+    const int64_t j0 = first + s * kSplit, nj = min(int64_t(kSplit), pos + 1 - j0);   // nj <= 0: no keys
     const int64_t kv_stride = (n_head / group) * d, kv_off = (h / group) * d;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    for (int64_t e = threadIdx.x; e < d; e += blockDim.x) qs[e] = q[h * d + e];
+    float* out = partial + ((t * n_head + h) * gridDim.y + s) * (d + 2);
+    if (nj <= 0) {   // this split lies past the token's last key
+        for (int64_t e = threadIdx.x; e < d; e += blockDim.x) out[2 + e] = 0.0f;
+        if (threadIdx.x == 0) {
+            out[0] = -INFINITY;
+            out[1] = 0.0f;
+        }
+        return;
+    }
+    for (int64_t e = threadIdx.x; e < d; e += blockDim.x) qs[e] = q[(t * n_head + h) * d + e];
     __syncthreads();
     for (int64_t j = warp; j < nj; j += kThreads / 32) {
         const __half* kr = k + (j0 + j) * kv_stride + kv_off;
         float dot = 0.0f;
         for (int64_t e = lane; e < d; e += 32) dot += qs[e] * __half2float(kr[e]);
         dot = warp_sum(dot);
-        if (lane == 0) p[j] = scale * dot;
+        float sc = scale * dot;
+        if (softcap > 0.0f) sc = softcap * tanhf(sc / softcap);
+        if (lane == 0) p[j] = sc;
     }
     __syncthreads();
     float m = -INFINITY;
@@ -59,7 +79,6 @@ __global__ void attn_split_kernel(const float* __restrict__ q, const __half* __r
     __syncthreads();
     l = 0.0f;
     for (int w = 0; w < kThreads / 32; ++w) l += red[w];
-    float* out = partial + (h * gridDim.y + s) * (d + 2);
     for (int64_t e = threadIdx.x; e < d; e += blockDim.x) {
         float o = 0.0f;
         for (int64_t j = 0; j < nj; ++j) o += p[j] * __half2float(v[(j0 + j) * kv_stride + kv_off + e]);
@@ -71,10 +90,11 @@ __global__ void attn_split_kernel(const float* __restrict__ q, const __half* __r
     }
 }
 
+// Block (h, t): out row (t, h) from the splits of query head h of token t (split 0 always has keys).
 __global__ void attn_combine_kernel(const float* __restrict__ partial, float* __restrict__ out, int64_t splits,
-                                    int64_t d) {
-    const int64_t h = blockIdx.x;
-    const float* ph = partial + h * splits * (d + 2);
+                                    int64_t n_head, int64_t d) {
+    const int64_t h = blockIdx.x, t = blockIdx.y;
+    const float* ph = partial + (t * n_head + h) * splits * (d + 2);
     float mx = -INFINITY;
     for (int64_t s = 0; s < splits; ++s) mx = fmaxf(mx, ph[s * (d + 2)]);
     float l = 0.0f;
@@ -82,7 +102,7 @@ __global__ void attn_combine_kernel(const float* __restrict__ partial, float* __
     for (int64_t e = threadIdx.x; e < d; e += blockDim.x) {
         float o = 0.0f;
         for (int64_t s = 0; s < splits; ++s) o += expf(ph[s * (d + 2)] - mx) * ph[s * (d + 2) + 2 + e];
-        out[h * d + e] = o / l;
+        out[(t * n_head + h) * d + e] = o / l;
     }
 }
 
@@ -96,22 +116,36 @@ void kv_write_f16(const float* src, __half* cache, int64_t n_tok, int64_t width,
     LOWBIT_CUDA_LAUNCHED("kv_write_f16");
 }
 
-int64_t attention_scratch_floats(int64_t n_head, int64_t n_kv, int64_t d) {
-    return n_head * int64_t(ceil_div(n_kv, kSplit)) * (d + 2);
+// Splits of the widest token's visible keys: every token's keys fit in that many.
+static int64_t attention_splits(int64_t n_tok, int64_t pos0, int64_t window) {
+    const int64_t last = pos0 + n_tok - 1;
+    int64_t widest = last + 1;
+    if (window > 0) widest = std::min(widest, window);
+    return int64_t(ceil_div(widest, kSplit));
+}
+
+void attention(const float* q, const __half* k, const __half* v, float* out, int64_t n_head, int64_t n_head_kv,
+               int64_t d, int64_t n_tok, int64_t pos0, int64_t window, float scale, float softcap, float* scratch,
+               cudaStream_t stream) {
+    LOWBIT_CHECK(n_head > 0 && n_head_kv > 0 && n_head % n_head_kv == 0, ValueError, "attention: ", n_head,
+                 " query heads are not a multiple of ", n_head_kv, " kv heads");
+    LOWBIT_CHECK(d > 0 && d <= kMaxD, ValueError, "attention: head dim ", d, " not in [1, ", kMaxD, "]");
+    LOWBIT_CHECK(n_tok > 0 && n_tok <= 65535 && pos0 >= 0 && window >= 0, ValueError, "attention: bad query span (",
+                 n_tok, " tokens at position ", pos0, ", window ", window, ")");
+    const int64_t splits = attention_splits(n_tok, pos0, window);
+    LOWBIT_CHECK(splits <= 65535, ValueError, "attention: ", pos0 + n_tok, " positions exceed the kernel's grid");
+    attn_split_kernel<<<dim3(unsigned(n_head), unsigned(splits), unsigned(n_tok)), kThreads, 0, stream>>>(
+        q, k, v, scratch, n_head, n_head / n_head_kv, d, pos0, window, scale, softcap);
+    LOWBIT_CUDA_LAUNCHED("attention_split");
+    attn_combine_kernel<<<dim3(unsigned(n_head), unsigned(n_tok)), kThreads, 0, stream>>>(scratch, out, splits,
+                                                                                        n_head, d);
+    LOWBIT_CUDA_LAUNCHED("attention_combine");
 }
 
 void attention_decode(const float* q, const __half* k, const __half* v, float* out, int64_t n_head, int64_t n_head_kv,
                       int64_t d, int64_t n_kv, float scale, float* scratch, cudaStream_t stream) {
-    LOWBIT_CHECK(n_head > 0 && n_head_kv > 0 && n_head % n_head_kv == 0, ValueError, "attention_decode: ", n_head,
-                 " query heads are not a multiple of ", n_head_kv, " kv heads");
-    LOWBIT_CHECK(d > 0 && d <= kMaxD, ValueError, "attention_decode: head dim ", d, " not in [1, ", kMaxD, "]");
     LOWBIT_CHECK(n_kv > 0, ValueError, "attention_decode: empty cache");
-    const unsigned splits = ceil_div(n_kv, kSplit);
-    attn_split_kernel<<<dim3(unsigned(n_head), splits), kThreads, 0, stream>>>(q, k, v, scratch, n_head,
-                                                                             n_head / n_head_kv, d, n_kv, scale);
-    LOWBIT_CUDA_LAUNCHED("attention_split");
-    attn_combine_kernel<<<unsigned(n_head), kThreads, 0, stream>>>(scratch, out, splits, d);
-    LOWBIT_CUDA_LAUNCHED("attention_combine");
+    attention(q, k, v, out, n_head, n_head_kv, d, 1, n_kv - 1, 0, scale, 0.0f, scratch, stream);
 }
 
 }  // namespace lowbit::cuda

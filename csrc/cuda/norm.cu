@@ -28,8 +28,8 @@ __device__ T block_reduce(T v, Op op, T identity, T* shared /* [32] */) {
 struct Add { template <typename T> __device__ T operator()(T a, T b) const { return a + b; } };
 struct Max { __device__ float operator()(float a, float b) const { return fmaxf(a, b); } };
 
-__global__ void rmsnorm_kernel(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,
-                               int64_t n, float eps) {
+// y may be x (in place: qk-norm, post-norms); each thread reads its values before writing them.
+__global__ void rmsnorm_kernel(const float* x, const float* __restrict__ w, float* y, int64_t n, float eps) {
     __shared__ double red[32];
     const float* xr = x + int64_t(blockIdx.x) * n;
     float* yr = y + int64_t(blockIdx.x) * n;

@@ -49,16 +49,34 @@ void rope(float* x, int64_t n_tok, int64_t n_heads, int64_t head_dim, int64_t n_
 // act.cu: out = act(gate) * up (n values); act SiLU or GELU (tanh approximation).
 void silu_mul(const float* gate, const float* up, float* out, int64_t n, cudaStream_t stream);
 void gelu_tanh_mul(const float* gate, const float* up, float* out, int64_t n, cudaStream_t stream);
+// The FFN's gating over rows: out (rows, width) = act(gate row) * (up row), gate and up rows at
+// r * stride (fused [gate | up] rows: up = gate + width, stride 2 width); act GELU or SiLU.
+void gated_rows(const float* gate, const float* up, float* out, int64_t rows, int64_t width, int64_t stride, bool gelu,
+                cudaStream_t stream);
 
 // attention.cu: KV-cache write, f32 rows (n_tok, width) -> f16 cache rows pos0 .. pos0+n_tok-1
 // (cache row stride `width` halves, round to nearest even).
 void kv_write_f16(const float* src, __half* cache, int64_t n_tok, int64_t width, int64_t pos0, cudaStream_t stream);
-// Decode attention of one token: q (n_head, d), keys / values: n_kv cached f16 rows of
-// n_head_kv * d; head h reads kv head h / (n_head / n_head_kv). out (n_head, d) =
-// softmax(scale * q.K^T) V, split over the cache in chunks (partials combined in a second pass).
-// scratch: attention_scratch_floats(n_head, n_kv, d) floats.
-int64_t attention_scratch_floats(int64_t n_head, int64_t n_kv, int64_t d);
+// Causal attention of n_tok query tokens q (n_tok, n_head, d) at positions pos0 .. pos0+n_tok-1
+// over an f16 cache whose row j (n_head_kv * d halves) holds position j, rows up to the last
+// token's already written; token p sees positions max(0, p - window + 1) .. p (window 0: all).
+// Head h reads kv head h / (n_head / n_head_kv). out (n_tok, n_head, d) = softmax(scale * q.K^T
+// [softcap c: c tanh(./c)]) V, split over the keys (partials combined in a second pass).
+// scratch: attention_scratch_floats(n_head, n_tok, n_kv_max, d) floats, n_kv_max >= the keys any
+// token sees (cuda/device_plan.h).
+void attention(const float* q, const __half* k, const __half* v, float* out, int64_t n_head, int64_t n_head_kv,
+               int64_t d, int64_t n_tok, int64_t pos0, int64_t window, float scale, float softcap, float* scratch,
+               cudaStream_t stream);
+// One token at position n_kv - 1 seeing all n_kv cached rows.
 void attention_decode(const float* q, const __half* k, const __half* v, float* out, int64_t n_head, int64_t n_head_kv,
                       int64_t d, int64_t n_kv, float scale, float* scratch, cudaStream_t stream);
+
+// elementwise.cu: the residual stream's small steps.
+// x (rows, width) += b per row (a bias).
+void add_rows(float* x, const float* b, int64_t rows, int64_t width, cudaStream_t stream);
+// x += a * p (n values): the residual add (granite scales the branch).
+void axpy(float* x, float a, const float* p, int64_t n, cudaStream_t stream);
+// Logits: x = x / scale, then c tanh(x / c) when softcap c > 0 (n values).
+void scale_softcap(float* x, int64_t n, float scale, float softcap, cudaStream_t stream);
 
 }  // namespace lowbit::cuda

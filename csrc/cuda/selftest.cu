@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "cpu/matmul.h"
@@ -24,6 +25,7 @@
 #include "cuda/host_check.h"
 #include "cuda/ops.cuh"
 #include "cuda/selftest.h"
+#include "cuda/device_plan.h"
 #include "quant/types.h"
 
 namespace lowbit::cuda {
@@ -260,33 +262,68 @@ void check_ops(Rng& rng, SelfTestReport& r) {
         r.entries.push_back({"kv_write_f16", double(bad), 0, 0, "1000x256 (two writes) vs cpu::f32_to_f16_row, bit for bit"});
 
         const float scale = 1.0f / std::sqrt(float(d));
-        DeviceBuffer dout(n_head * d * sizeof(float)), scratch(attention_scratch_floats(n_head, n_kv, d) * sizeof(float));
+        // out row (h) of a query at position pos seeing keys max(0, pos - window + 1) .. pos, in double
+        auto reference = [&](const float* qt, int64_t pos, int64_t window, float softcap, float* out) {
+            const int64_t first = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
+            for (int64_t h = 0; h < n_head; ++h) {
+                const int64_t kvh = h / (n_head / n_kv_head);
+                std::vector<double> p(static_cast<size_t>(pos + 1 - first));
+                double m = -INFINITY, sum = 0;
+                for (int64_t j = first; j <= pos; ++j) {
+                    double dot = 0;
+                    for (int64_t e = 0; e < d; ++e) dot += double(qt[h * d + e]) * fp16_to_fp32(k16[j * width + kvh * d + e]);
+                    double sc = double(scale) * dot;
+                    if (softcap > 0.0f) sc = double(softcap) * std::tanh(sc / double(softcap));
+                    p[size_t(j - first)] = sc;
+                    m = std::max(m, sc);
+                }
+                for (auto& v : p) { v = std::exp(v - m); sum += v; }
+                for (int64_t e = 0; e < d; ++e) {
+                    double o = 0;
+                    for (int64_t j = first; j <= pos; ++j) o += p[size_t(j - first)] * fp16_to_fp32(v16[j * width + kvh * d + e]);
+                    out[h * d + e] = float(o / sum);
+                }
+            }
+        };
+        DeviceBuffer dout(n_head * d * sizeof(float)), scratch(attention_scratch_floats(n_head, 1, n_kv, d) * sizeof(float));
         attention_decode(dq.as<float>(), dk.as<__half>(), dv.as<__half>(), dout.as<float>(), n_head, n_kv_head, d, n_kv,
                          scale, scratch.as<float>(), nullptr);
         std::vector<float> ref(static_cast<size_t>(n_head * d));
-        for (int64_t h = 0; h < n_head; ++h) {
-            const int64_t kvh = h / (n_head / n_kv_head);
-            std::vector<double> p(static_cast<size_t>(n_kv));
-            double m = -INFINITY, s = 0;
-            for (int64_t j = 0; j < n_kv; ++j) {
-                double dot = 0;
-                for (int64_t e = 0; e < d; ++e) dot += double(q[h * d + e]) * fp16_to_fp32(k16[j * width + kvh * d + e]);
-                p[j] = double(scale) * dot;
-                m = std::max(m, p[j]);
-            }
-            for (auto& v : p) { v = std::exp(v - m); s += v; }
-            for (int64_t e = 0; e < d; ++e) {
-                double o = 0;
-                for (int64_t j = 0; j < n_kv; ++j) o += p[j] * fp16_to_fp32(v16[j * width + kvh * d + e]);
-                ref[h * d + e] = float(o / s);
-            }
-        }
+        reference(q.data(), n_kv - 1, 0, 0.0f, ref.data());
         r.entries.push_back({"attention_decode", rel_max(from_device<float>(dout, ref.size()), ref), 1e-5, 0,
                              "8 heads (GQA 4:1) x 128, 1000 cached f16 positions, vs double"});
+        // Prefill: 40 query tokens at positions 960..999 under a 300-key window and softcap 30 (each
+        // token's keys span two or three splits), then 40 at positions 0..39 with no window.
+        const int64_t n_tok = 40;
+        const std::vector<float> qs = random_floats(size_t(n_tok * n_head * d), rng, -2, 2);
+        DeviceBuffer dqs = to_device(qs), douts(n_tok * n_head * d * sizeof(float)),
+                     pscratch(attention_scratch_floats(n_head, n_tok, n_kv, d) * sizeof(float));
+        std::vector<float> refs(qs.size());
+        double worst = 0;
+        for (const auto& [pos0, window, softcap] : {std::tuple<int64_t, int64_t, float>{960, 300, 30.0f}, {0, 0, 0.0f}}) {
+            attention(dqs.as<float>(), dk.as<__half>(), dv.as<__half>(), douts.as<float>(), n_head, n_kv_head, d, n_tok,
+                      pos0, window, scale, softcap, pscratch.as<float>(), nullptr);
+            for (int64_t t = 0; t < n_tok; ++t)
+                reference(qs.data() + t * n_head * d, pos0 + t, window, softcap, refs.data() + t * n_head * d);
+            worst = std::max(worst, rel_max(from_device<float>(douts, refs.size()), refs));
+        }
+        r.entries.push_back({"attention_prefill", worst, 1e-5, 0,
+                             "40 tokens x 8 heads x 128 at positions 960.. (window 300, softcap 30) and 0.. (causal), vs double"});
     }
 }
 
 }  // namespace
+
+double device_copy_gbs(size_t bytes) {
+    LOWBIT_CHECK(bytes > 0, ValueError, "device_copy_gbs: bytes must be positive");
+    DeviceBuffer src(bytes, 0), dst(bytes, 0);
+    LOWBIT_CUDA_CHECK(cudaMemset(src.as<uint8_t>(), 1, bytes));
+    Timer t;
+    const double ms = t.median_ms([&] {
+        LOWBIT_CUDA_CHECK(cudaMemcpyAsync(dst.as<uint8_t>(), src.as<uint8_t>(), bytes, cudaMemcpyDeviceToDevice));
+    }, 2, 10);
+    return 2.0 * double(bytes) / (ms * 1e6);
+}
 
 void device_alloc_probe(size_t bytes) {
     DeviceBuffer b(bytes, 0);
@@ -311,13 +348,8 @@ SelfTestReport run_selftest(uint64_t seed, bool bandwidth) {
     cpu::ThreadPool pool;
     DeviceBuffer bench;
     if (bandwidth) {
+        r.entries.push_back({"copy", 0, 0, device_copy_gbs(kBenchBytes), "1 GiB device-to-device copy, read + write"});
         bench.alloc(kBenchBytes + (size_t(64) << 20));
-        DeviceBuffer dst(kBenchBytes);
-        Timer t;
-        const double ms = t.median_ms([&] {
-            LOWBIT_CUDA_CHECK(cudaMemcpyAsync(dst.as<uint8_t>(), bench.as<uint8_t>(), kBenchBytes, cudaMemcpyDeviceToDevice));
-        }, 2, 10);
-        r.entries.push_back({"copy", 0, 0, 2.0 * double(kBenchBytes) / (ms * 1e6), "1 GiB device-to-device copy, read + write"});
     }
     // A failing check becomes an entry with an infinite error and the exception's message, so one
     // run names every failure (after a sticky error such as an illegal address, the rest fail too).

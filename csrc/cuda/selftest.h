@@ -24,6 +24,10 @@ struct SelfTestReport {
 // Throws CudaError when the build has no CUDA backend or no device is usable.
 SelfTestReport run_selftest(uint64_t seed, bool bandwidth);
 
+// A device-to-device copy of `bytes` (median of 10 after 2 warm-ups): GB/s counting bytes read
+// and written, the yardstick of achieved bandwidth. CudaError without a device.
+double device_copy_gbs(size_t bytes);
+
 // Allocates `bytes` of device memory through DeviceBuffer and frees it: a failure must come back
 // as CudaError naming the size, with the device still usable afterwards (tests force one).
 void device_alloc_probe(size_t bytes);

@@ -7,6 +7,9 @@ namespace lowbit::cuda {
 SelfTestReport run_selftest(uint64_t, bool) {
     throw CudaError("no CUDA device (lowbit was built without the CUDA backend)");
 }
+double device_copy_gbs(size_t) {
+    throw CudaError("no CUDA device (lowbit was built without the CUDA backend)");
+}
 void device_alloc_probe(size_t) {
     throw CudaError("no CUDA device (lowbit was built without the CUDA backend)");
 }

@@ -1,0 +1,285 @@
+// device_model.cu: the forward pass of model/forward.cpp on the CUDA device (device_model.h).
+//
+// Per piece of n <= n_batch tokens at positions pos0 .. pos0+n-1, with the kernels of ops.cuh:
+//   x = embedding rows (looked up and scaled on the host, uploaded)
+//   per layer: xn = rmsnorm(x) * attn_norm; q, k, v = projections (+ biases) [per-head or
+//   whole-row qk-norm] RoPE; k, v -> the f16 cache rows pos0..; attn = attention (window on
+//   sliding layers, softcap); proj = attn Wo^T (+ bo) [post-norm]; x += residual_scale proj;
+//   xn = rmsnorm(x) * ffn_norm; h = act(xn Wgate^T) * (xn Wup^T); proj = h Wdown^T [post-norm];
+//   x += residual_scale proj
+//   logits = rmsnorm(x) * output_norm . Wout^T [/ logit_scale] [softcap], kLogitRows rows at a time.
+// Projections of one row take mmvq (q8 activations, fused dequantization), of several rows mmm
+// (f16 tensor cores through cuBLAS when built with it). Everything runs on one stream; the host
+// waits only for the logits (and for the end of a piece without them).
+#include <atomic>
+#include <cstring>
+#include <unordered_map>
+
+#include "cuda/device_model.h"
+#include "cuda/ops.cuh"
+#include "quant/types.h"
+
+namespace lowbit::cuda {
+
+struct DeviceModel::Impl {
+    std::shared_ptr<const model::Model> m;
+    DevicePlan plan;
+    DeviceBuffer arena, kv, scratch;
+    std::unordered_map<const void*, const uint8_t*> dev;   // host Matrix / Vec -> its device copy
+    cudaStream_t stream = nullptr;
+    uint8_t* part[kScratchParts] = {};
+    int64_t n_past = 0;
+    std::atomic<bool> cancelled{false};
+    std::vector<float> host_x;
+    std::vector<int32_t> host_pos;
+    std::string device_name;
+    int64_t peak = 0;
+
+    ~Impl() {
+        if (stream) cudaStreamDestroy(stream);
+    }
+    template <typename T> T* at(ScratchPart p) const { return reinterpret_cast<T*>(part[p]); }
+    const void* weights(const model::Matrix& mat) const { return dev.at(&mat); }
+    const float* vec(const model::Vec& v) const { return v.empty() ? nullptr : reinterpret_cast<const float*>(dev.at(&v)); }
+    // Layer il's K rows, then its V rows: n_ctx x kv_dim halves each.
+    __half* k_cache(int64_t il) { return kv.as<__half>() + 2 * il * plan.n_ctx * m->config.kv_dim(); }
+    __half* v_cache(int64_t il) { return k_cache(il) + plan.n_ctx * m->config.kv_dim(); }
+
+    void note_peak() {
+        size_t free_b = 0, total_b = 0;
+        if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) peak = std::max(peak, int64_t(total_b - free_b));
+        else cudaGetLastError();
+    }
+
+    void upload_weights(const std::vector<DeviceTensor>& tensors) {
+        std::vector<uint8_t> staging;
+        for (const DeviceTensor& t : tensors) {
+            if (t.vec) {
+                arena.upload(t.vec->data(), t.vec->size() * sizeof(float), size_t(t.offset));
+                dev[t.vec] = arena.as<uint8_t>() + t.offset;
+                continue;
+            }
+            const model::Matrix& mat = *t.matrix;
+            const size_t bytes = size_t(mat.rows * mat.row_bytes);
+            if (mat.data) {
+                arena.upload(mat.data, bytes, size_t(t.offset));
+            } else {   // packed from a copy (weights.h): the GGML rows come back one at a time
+                const int64_t per = std::max<int64_t>(1, (int64_t(8) << 20) / mat.row_bytes);
+                staging.resize(size_t(per * mat.row_bytes));
+                for (int64_t r0 = 0; r0 < mat.rows; r0 += per) {
+                    const int64_t nr = std::min(per, mat.rows - r0);
+                    for (int64_t r = 0; r < nr; ++r)
+                        std::memcpy(staging.data() + r * mat.row_bytes, model::matrix_row(mat, r0 + r), size_t(mat.row_bytes));
+                    arena.upload(staging.data(), size_t(nr * mat.row_bytes), size_t(t.offset + r0 * mat.row_bytes));
+                }
+            }
+            dev[t.matrix] = arena.as<uint8_t>() + t.offset;
+        }
+    }
+
+    // y (n, rows) = x (n, cols) . W^T
+    void project(const model::Matrix& mat, const float* x, int64_t n, float* y) {
+        if (n == 1) matvec(weights(mat), mat.type, mat.rows, mat.cols, x, at<block_q8a>(kQ8), y, stream);
+        else matmul(weights(mat), mat.type, mat.rows, mat.cols, x, n, y, stream);
+    }
+
+    // Columns [c0, c0 + width) of src rows (n, src_width) into dst (n, width).
+    void split(const float* src, int64_t src_width, int64_t c0, float* dst, int64_t width, int64_t n) {
+        LOWBIT_CUDA_CHECK(cudaMemcpy2DAsync(dst, size_t(width) * 4, src + c0, size_t(src_width) * 4, size_t(width) * 4,
+                                            size_t(n), cudaMemcpyDeviceToDevice, stream));
+    }
+
+    // x += [post_norm]([bias +] proj) for n rows
+    void residual(const model::Vec& bias, const model::Vec& post_norm, int64_t n) {
+        const model::ModelConfig& c = m->config;
+        float* proj = at<float>(kProj);
+        if (!bias.empty()) add_rows(proj, vec(bias), n, c.n_embd, stream);
+        if (!post_norm.empty()) rmsnorm(proj, vec(post_norm), proj, n, c.n_embd, c.norm_eps, stream);
+        axpy(at<float>(kX), c.residual_scale, proj, n * c.n_embd, stream);
+    }
+
+    void norm_rows(const model::Vec& w, int64_t n) {
+        const model::ModelConfig& c = m->config;
+        if (w.empty())   // olmo2: the sub-block reads the residual stream itself
+            LOWBIT_CUDA_CHECK(cudaMemcpyAsync(at<float>(kXn), at<float>(kX), size_t(n * c.n_embd) * 4,
+                                              cudaMemcpyDeviceToDevice, stream));
+        else rmsnorm(at<float>(kX), vec(w), at<float>(kXn), n, c.n_embd, c.norm_eps, stream);
+    }
+
+    void layer(int64_t il, int64_t n, int64_t pos0) {
+        const model::ModelConfig& c = m->config;
+        const model::LayerWeights& l = m->weights.layers[size_t(il)];
+        const int64_t Q = c.q_dim(), KV = c.kv_dim(), D = c.head_dim, F = c.n_ff;
+        float *xn = at<float>(kXn), *q = at<float>(kQ), *k = at<float>(kK), *v = at<float>(kV);
+        norm_rows(l.attn_norm, n);
+        if (l.wqkv.present()) {
+            float* qkv = at<float>(kQkv);
+            project(l.wqkv, xn, n, qkv);
+            split(qkv, Q + 2 * KV, 0, q, Q, n);
+            split(qkv, Q + 2 * KV, Q, k, KV, n);
+            split(qkv, Q + 2 * KV, Q + KV, v, KV, n);
+        } else {
+            project(l.wq, xn, n, q);
+            project(l.wk, xn, n, k);
+            project(l.wv, xn, n, v);
+        }
+        if (!l.bq.empty()) add_rows(q, vec(l.bq), n, Q, stream);
+        if (!l.bk.empty()) add_rows(k, vec(l.bk), n, KV, stream);
+        if (!l.bv.empty()) add_rows(v, vec(l.bv), n, KV, stream);
+        if (c.qk_norm) {
+            rmsnorm(q, vec(l.q_norm), q, n * c.n_head, D, c.norm_eps, stream);
+            rmsnorm(k, vec(l.k_norm), k, n * c.n_head_kv, D, c.norm_eps, stream);
+        } else if (c.qk_norm_full) {
+            rmsnorm(q, vec(l.q_norm), q, n, Q, c.norm_eps, stream);
+            rmsnorm(k, vec(l.k_norm), k, n, KV, c.norm_eps, stream);
+        }
+        if (c.has_rope(il)) {
+            const bool swa = c.layer_is_swa[size_t(il)], neox = c.rope_mode == model::RopeMode::NeoX;
+            const double* inv = at<double>(swa ? kInvFreqSwa : kInvFreqGlobal);
+            const float mscale = swa ? c.rope_swa.mscale() : c.rope_global.mscale();
+            rope(q, n, c.n_head, D, c.n_rot, neox, at<int32_t>(kPos), inv, mscale, stream);
+            rope(k, n, c.n_head_kv, D, c.n_rot, neox, at<int32_t>(kPos), inv, mscale, stream);
+        }
+        kv_write_f16(k, k_cache(il), n, KV, pos0, stream);
+        kv_write_f16(v, v_cache(il), n, KV, pos0, stream);
+        const int64_t window = c.layer_is_swa[size_t(il)] ? c.n_swa : 0;
+        attention(q, k_cache(il), v_cache(il), at<float>(kAttn), c.n_head, c.n_head_kv, D, n, pos0, window, c.attn_scale,
+                  c.attn_softcap, at<float>(kAttnPartials), stream);
+        project(l.wo, at<float>(kAttn), n, at<float>(kProj));
+        residual(l.bo, l.attn_post_norm, n);
+        norm_rows(l.ffn_norm, n);
+        float *gate = at<float>(kGate), *up = at<float>(kUp);
+        const bool gelu = c.ffn_act != model::FfnAct::SiLU;
+        if (l.w_gate_up.present()) {   // (n, 2F) rows [gate | up]
+            project(l.w_gate_up, xn, n, gate);
+            gated_rows(gate, gate + F, up, n, F, 2 * F, gelu, stream);
+        } else {
+            project(l.w_gate, xn, n, gate);
+            project(l.w_up, xn, n, up);
+            gated_rows(gate, up, up, n, F, F, gelu, stream);
+        }
+        project(l.w_down, up, n, at<float>(kProj));
+        residual(model::Vec{}, l.ffn_post_norm, n);
+    }
+
+    // Rows [r0, r1) of the piece into out (their logits, one after another).
+    void logits(int64_t r0, int64_t r1, float* out) {
+        const model::ModelConfig& c = m->config;
+        const model::ModelWeights& w = m->weights;
+        const int64_t E = c.n_embd, V = c.n_vocab;
+        for (int64_t a = r0; a < r1; a += kLogitRows) {
+            const int64_t rows = std::min(kLogitRows, r1 - a);
+            rmsnorm(at<float>(kX) + a * E, vec(w.output_norm), at<float>(kXn), rows, E, c.norm_eps, stream);
+            project(w.output, at<float>(kXn), rows, at<float>(kLogits));
+            if (c.logit_scale != 1.0f || c.logit_softcap > 0.0f)
+                scale_softcap(at<float>(kLogits), rows * V, c.logit_scale, c.logit_softcap, stream);
+            LOWBIT_CUDA_CHECK(cudaMemcpyAsync(out + (a - r0) * V, at<float>(kLogits), size_t(rows * V) * 4,
+                                              cudaMemcpyDeviceToHost, stream));
+            LOWBIT_CUDA_CHECK(cudaStreamSynchronize(stream));
+        }
+    }
+
+    void piece(const int32_t* tokens, int64_t n, bool all_logits, float* out) {
+        const model::ModelConfig& c = m->config;
+        const model::Matrix& te = m->weights.token_embd;
+        const int64_t E = c.n_embd, pos0 = n_past;
+        const QuantType& qt = quant_type(te.type);
+        host_x.resize(size_t(n * E));
+        host_pos.resize(size_t(n));
+        for (int64_t t = 0; t < n; ++t) {
+            float* x = host_x.data() + t * E;
+            qt.to_float(model::matrix_row(te, tokens[t]), x, E);
+            if (c.embd_scale != 1.0f) for (int64_t i = 0; i < E; ++i) x[i] *= c.embd_scale;
+            host_pos[size_t(t)] = int32_t(pos0 + t);
+        }
+        LOWBIT_CUDA_CHECK(cudaMemcpyAsync(at<float>(kX), host_x.data(), host_x.size() * 4, cudaMemcpyHostToDevice, stream));
+        LOWBIT_CUDA_CHECK(cudaMemcpyAsync(at<int32_t>(kPos), host_pos.data(), host_pos.size() * 4, cudaMemcpyHostToDevice,
+                                          stream));
+        for (int64_t il = 0; il < c.n_layers; ++il) {
+            if (cancelled.load(std::memory_order_relaxed)) {
+                cudaStreamSynchronize(stream);
+                throw Cancelled("CUDA eval cancelled");
+            }
+            layer(il, n, pos0);
+        }
+        if (out) logits(all_logits ? 0 : n - 1, n, out);
+        else LOWBIT_CUDA_CHECK(cudaStreamSynchronize(stream));   // host_x / host_pos are reused by the next piece
+        n_past = pos0 + n;
+    }
+};
+
+DeviceModel::DeviceModel(std::shared_ptr<const model::Model> m, int64_t n_ctx, int64_t n_batch)
+    : impl_(std::make_unique<Impl>()) {
+    LOWBIT_CHECK(m != nullptr, ValueError, "DeviceModel: no model");
+    Impl& d = *impl_;
+    d.m = std::move(m);
+    const std::vector<DeviceTensor> tensors = device_tensors(*d.m);   // ModelError before any CUDA call
+    d.plan = plan_device(*d.m, n_ctx, n_batch);
+    int count = 0;
+    cudaError_t err = cudaGetDeviceCount(&count);
+    if (err != cudaSuccess || count <= 0) {
+        cudaGetLastError();
+        throw CudaError(str("no CUDA device (", err != cudaSuccess ? cudaGetErrorString(err) : "none found", ")"));
+    }
+    LOWBIT_CUDA_CHECK(cudaSetDevice(0));
+    cudaDeviceProp prop{};
+    LOWBIT_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    d.device_name = str(prop.name, " (cc ", prop.major, ".", prop.minor, ", ", prop.multiProcessorCount, " SMs)");
+    size_t free_b = 0, total_b = 0;
+    LOWBIT_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    check_device_fit(*d.m, d.plan, int64_t(free_b));
+    // A blocking stream: ordered after the legacy-stream memsets and copies below (and mmm.cu's).
+    LOWBIT_CUDA_CHECK(cudaStreamCreate(&d.stream));
+    d.arena.alloc(size_t(d.plan.weights), 0);   // device_tensors padded each matrix already
+    d.kv.alloc(size_t(d.plan.kv), 0);
+    d.scratch.alloc(size_t(d.plan.scratch), 0);
+    LOWBIT_CUDA_CHECK(cudaMemset(d.kv.as<uint8_t>(), 0, size_t(d.plan.kv)));   // unwritten cells read as zeros, not NaN
+    uint8_t* p = d.scratch.as<uint8_t>();
+    for (int i = 0; i < kScratchParts; ++i) {
+        d.part[i] = p;
+        p += d.plan.scratch_parts[i];
+    }
+    d.upload_weights(tensors);
+    const model::Model& md = *d.m;
+    if (!md.inv_freq_global.empty())
+        d.scratch.upload(md.inv_freq_global.data(), md.inv_freq_global.size() * 8, size_t(d.part[kInvFreqGlobal] - d.scratch.as<uint8_t>()));
+    if (!md.inv_freq_swa.empty())
+        d.scratch.upload(md.inv_freq_swa.data(), md.inv_freq_swa.size() * 8, size_t(d.part[kInvFreqSwa] - d.scratch.as<uint8_t>()));
+    LOWBIT_CUDA_CHECK(cudaDeviceSynchronize());   // a pageable upload may still be in flight when cudaMemcpy returns
+    d.note_peak();
+}
+
+DeviceModel::~DeviceModel() = default;
+
+void DeviceModel::eval(const int32_t* tokens, int64_t n, bool all_logits, float* out) {
+    Impl& d = *impl_;
+    const model::ModelConfig& c = d.m->config;
+    LOWBIT_CHECK(n >= 1, ValueError, "eval: no tokens");
+    LOWBIT_CHECK(d.n_past + n <= d.plan.n_ctx, ValueError, "eval: ", n, " tokens after ", d.n_past,
+                 " exceed the device context of ", d.plan.n_ctx);
+    for (int64_t t = 0; t < n; ++t)
+        LOWBIT_CHECK(tokens[t] >= 0 && tokens[t] < c.n_vocab, ValueError, "eval: token ", tokens[t], " at index ", t,
+                     " is outside the vocabulary of ", c.n_vocab);
+    for (int64_t t0 = 0; t0 < n; t0 += d.plan.n_batch) {
+        const int64_t len = std::min(d.plan.n_batch, n - t0);
+        const bool last = t0 + len == n;
+        float* dst = !out ? nullptr : all_logits ? out + t0 * c.n_vocab : last ? out : nullptr;
+        d.piece(tokens + t0, len, all_logits, dst);
+    }
+    d.note_peak();
+}
+
+void DeviceModel::truncate(int64_t n) {
+    LOWBIT_CHECK(n >= 0 && n <= impl_->n_past, ValueError, "truncate: ", n, " is not in [0, ", impl_->n_past, "]");
+    impl_->n_past = n;
+}
+void DeviceModel::cancel() { impl_->cancelled.store(true, std::memory_order_relaxed); }
+void DeviceModel::reset_cancel() { impl_->cancelled.store(false, std::memory_order_relaxed); }
+int64_t DeviceModel::n_past() const { return impl_->n_past; }
+int64_t DeviceModel::n_ctx() const { return impl_->plan.n_ctx; }
+int64_t DeviceModel::n_vocab() const { return impl_->m->config.n_vocab; }
+const DevicePlan& DeviceModel::plan() const { return impl_->plan; }
+std::string DeviceModel::device() const { return impl_->device_name; }
+int64_t DeviceModel::peak_used_bytes() const { return impl_->peak; }
+
+}  // namespace lowbit::cuda

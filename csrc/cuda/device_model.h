@@ -1,0 +1,50 @@
+// device_model.h: a whole model on the CUDA device, the forward pass of model/forward.cpp for dense
+// architectures with every layer and the output head on the GPU (device_model.cu), an f16 KV
+// cache there, and a memory plan checked against free device memory before anything is
+// allocated (device_plan.h). Host-only declarations: bindings and tests include this in every
+// build; without the CUDA backend the constructor throws CudaError (device_model_nocuda.cpp).
+//
+// Left for later (issue 19): layer offload (n_gpu_layers below the layer count), mixture of
+// experts, q8_0 KV, CUDA-graph capture of the decode step, tensor-core flash attention for
+// prefill, and the engine / generate wiring.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "cuda/device_plan.h"
+#include "model/forward.h"
+
+namespace lowbit::cuda {
+
+class DeviceModel {
+public:
+    // Plans n_ctx cells and n_batch rows, checks the plan against the device's free memory
+    // (InsufficientMemory naming the figures and the largest n_ctx that fits), then uploads.
+    // ModelError for what the device pass does not run (device_tensors), CudaError without a device.
+    DeviceModel(std::shared_ptr<const model::Model> m, int64_t n_ctx, int64_t n_batch);
+    ~DeviceModel();
+    DeviceModel(const DeviceModel&) = delete;
+    DeviceModel& operator=(const DeviceModel&) = delete;
+
+    // Appends n tokens at n_past (in pieces of n_batch rows): logits of the last token, or of
+    // every token with all_logits, into out (rows x n_vocab floats, host memory). Cancelled
+    // between layers after cancel(); n_past then counts only the pieces that completed.
+    void eval(const int32_t* tokens, int64_t n, bool all_logits, float* out);
+    void truncate(int64_t n);   // forget positions >= n (0 <= n <= n_past)
+    void cancel();              // thread-safe; stays set until reset_cancel()
+    void reset_cancel();
+
+    int64_t n_past() const;
+    int64_t n_ctx() const;
+    int64_t n_vocab() const;
+    const DevicePlan& plan() const;
+    std::string device() const;          // "NVIDIA H200 (cc 9.0, 132 SMs)"
+    int64_t peak_used_bytes() const;     // the most device memory in use (total - free) seen after an eval
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace lowbit::cuda

@@ -1,0 +1,23 @@
+// device_model_nocuda.cpp: the device model of a build without the CUDA backend.
+#include "cuda/device_model.h"
+
+#ifndef LOWBIT_WITH_CUDA
+namespace lowbit::cuda {
+struct DeviceModel::Impl {};
+DeviceModel::DeviceModel(std::shared_ptr<const model::Model> m, int64_t, int64_t) {
+    if (m) device_tensors(*m);   // ModelError first, as in a CUDA build
+    throw CudaError("no CUDA device (lowbit was built without the CUDA backend)");
+}
+DeviceModel::~DeviceModel() = default;
+void DeviceModel::eval(const int32_t*, int64_t, bool, float*) {}
+void DeviceModel::truncate(int64_t) {}
+void DeviceModel::cancel() {}
+void DeviceModel::reset_cancel() {}
+int64_t DeviceModel::n_past() const { return 0; }
+int64_t DeviceModel::n_ctx() const { return 0; }
+int64_t DeviceModel::n_vocab() const { return 0; }
+const DevicePlan& DeviceModel::plan() const { static const DevicePlan none; return none; }
+std::string DeviceModel::device() const { return {}; }
+int64_t DeviceModel::peak_used_bytes() const { return 0; }
+}  // namespace lowbit::cuda
+#endif

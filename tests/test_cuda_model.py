@@ -1,0 +1,214 @@
+"""The model on the CUDA device (csrc/cuda/device_model.*) and its memory plan (device_plan.*).
+
+The plan is host code: its tests run in every build. They check it against the GGUF file (every
+matrix the device pass reads, at its file size plus the 16-byte pad, 256-byte aligned, nothing
+overlapping), the KV formula, and the fit check: InsufficientMemory (a MemoryError) names the
+largest n_ctx that fits, and that n_ctx does fit while one more does not.
+
+The device tests (skip without a CUDA device) run synthetic models of every dense architecture
+on the GPU and the CPU engine on the same tokens: prefill (pieces of n_batch rows, several logits
+chunks) and decode logits within DESIGN's GPU tolerance for q8 / f16 paths, greedy tokens equal,
+sliding windows past their width, cancel between layers, truncate, and a plan too big for the
+device refused before anything is allocated, the device still usable after.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+
+from lowbit import _core  # noqa: E402
+from lowbit.errors import Cancelled, CudaError, InsufficientMemory, ModelError  # noqa: E402
+
+import model_factory as mf  # noqa: E402
+
+status = _core.cuda_status()
+needs_device = pytest.mark.skipif(status["device_count"] == 0, reason=f"CUDA: {status['message']}")
+
+DENSE = ("llama", "qwen2", "qwen3", "gemma3", "phi3", "gemma2", "granite", "olmo2", "smollm3")
+
+
+def engine_for(tmp_path, arch, weight_type="Q8_0", n_ctx=64, n_batch=64, precision="auto", **overrides):
+    path = mf.write_default_model(tmp_path / f"{arch}-{weight_type}.gguf", arch, weight_type, **overrides)
+    return path, _core.Engine(str(path), n_ctx, 2, n_batch, "f16", precision)
+
+
+def file_tensor_bytes(path):
+    return {t.name: int(t.n_bytes) for t in gguf.GGUFReader(str(path)).tensors}
+
+
+# ---- the plan: host code, every build -----------------------------------------------------------
+
+@pytest.mark.parametrize("arch,weight_type", [("llama", "Q8_0"), ("gemma3", "Q4_K"), ("phi3", "Q4_0"),
+                                              ("qwen2", "F16")])
+def test_plan_holds_every_matrix_at_its_file_size(tmp_path, arch, weight_type):
+    path, engine = engine_for(tmp_path, arch, weight_type)
+    plan = _core.cuda_plan(engine, 64, 16)
+    spec = mf.default_spec(arch, weight_type)
+    sizes = file_tensor_bytes(path)
+    tensors = plan["tensors"]
+    # aligned, in order, not overlapping, and the arena ends with the last one
+    for (_, off, size), (_, nxt, _) in zip(tensors, tensors[1:]):
+        assert off % 256 == 0 and off + size <= nxt
+    assert plan["weights_bytes"] == tensors[-1][1] + tensors[-1][2]
+    # every layer matrix of the file is on the device, whole (fused copies hold their parts)
+    on_device = {}
+    for name, _, size in tensors:
+        on_device[name] = size
+    file_matrices = {k: v for k, v in sizes.items() if k.startswith("blk.") and len(_shape(path, k)) == 2}
+    device_matrix_bytes = sum(size - 16 for name, _, size in tensors
+                              if "norm" not in name and ".bias" not in name and name.startswith("blk."))
+    assert device_matrix_bytes == sum(file_matrices.values())
+    head = "output.weight" if "output.weight" in sizes else "token_embd.weight"
+    head_name = [n for n, _, _ in tensors if n.startswith(("output", "token_embd"))][-1]
+    assert on_device[head_name] == sizes[head] + 16
+    assert plan["kv_bytes"] == 4 * spec.n_layer * 64 * spec.n_head_kv * spec.head_dim
+    assert plan["total_bytes"] == (plan["weights_bytes"] + plan["kv_bytes"] + plan["scratch_bytes"]
+                                   + plan["transient_bytes"])
+    assert sum(plan["weights_by_type"].values()) == plan["weights_bytes"] - sum(
+        (-(off + size)) % 256 for _, off, size in tensors[:-1])
+
+
+_SHAPES = {}
+
+
+def _shape(path, name):
+    if path not in _SHAPES:
+        _SHAPES[path] = {t.name: tuple(int(x) for x in t.shape) for t in gguf.GGUFReader(str(path)).tensors}
+    return _SHAPES[path][name]
+
+
+def test_plan_scales_with_context_and_batch(tmp_path):
+    _, engine = engine_for(tmp_path, "llama", "Q8_0", n_ctx=512)
+    a, b = _core.cuda_plan(engine, 256, 8), _core.cuda_plan(engine, 512, 8)
+    assert b["kv_bytes"] == 2 * a["kv_bytes"] and b["weights_bytes"] == a["weights_bytes"]
+    one, many = _core.cuda_plan(engine, 256, 1), _core.cuda_plan(engine, 256, 64)
+    assert one["transient_bytes"] == 0 < many["transient_bytes"]      # one row never takes the f16 matmul
+    assert many["scratch_bytes"] > one["scratch_bytes"]
+    with pytest.raises(ValueError, match="n_batch"):
+        _core.cuda_plan(engine, 256, 0)
+
+
+def test_fit_check_names_the_largest_context_that_fits(tmp_path):
+    _, engine = engine_for(tmp_path, "llama", "Q8_0", n_ctx=4096)
+    plan = _core.cuda_plan(engine, 4096, 32)
+    free = plan["total_bytes"] + plan["reserve_bytes"]
+    _core.cuda_check_fit(engine, 4096, 32, free)                       # exactly enough
+    tight = free - plan["kv_bytes"] // 2                               # about half the cache is missing
+    with pytest.raises(InsufficientMemory) as info:
+        _core.cuda_check_fit(engine, 4096, 32, tight)
+    assert isinstance(info.value, MemoryError)
+    best = _core.cuda_largest_n_ctx(engine, 32, tight, 4096)
+    assert 0 < best < 4096
+    msg = str(info.value)
+    assert f"the largest n_ctx that fits is {best}" in msg and "n_ctx 4096" in msg and "MiB are free" in msg
+    fit = _core.cuda_plan(engine, best, 32)
+    over = _core.cuda_plan(engine, best + 1, 32)
+    assert fit["total_bytes"] + fit["reserve_bytes"] <= tight < over["total_bytes"] + over["reserve_bytes"]
+    with pytest.raises(InsufficientMemory, match="do not fit at any n_ctx"):
+        _core.cuda_check_fit(engine, 4096, 32, plan["weights_bytes"] // 2)
+    assert _core.cuda_largest_n_ctx(engine, 32, plan["weights_bytes"] // 2, 4096) == 0
+
+
+def test_plan_refuses_what_the_device_pass_does_not_run(tmp_path):
+    _, engine = engine_for(tmp_path, "qwen3moe", "Q8_0")
+    with pytest.raises(ModelError, match="mixture-of-experts"):
+        _core.cuda_plan(engine, 64, 8)
+
+
+@pytest.mark.skipif(status["device_count"] > 0, reason="a CUDA device is present")
+def test_without_a_device_cuda_model_raises_cuda_error(tmp_path):
+    _, engine = engine_for(tmp_path, "llama", "Q8_0")
+    with pytest.raises(CudaError, match="no CUDA"):
+        _core.CudaModel(engine, 64, 8)
+    with pytest.raises(ModelError):                     # the model check comes first, with or without a device
+        _core.CudaModel(engine_for(tmp_path, "qwen3moe", "Q8_0")[1], 64, 8)
+
+
+# ---- on the device ------------------------------------------------------------------------------
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+# GPU against the CPU engine at act_precision "high" (~16-bit activations): the GPU's decode rounds
+# activations to 8 bits per 32 (q8, as llama.cpp's mmvq) and its prefill rounds them to f16;
+# random-weight logits are less forgiving than a trained model's, hence 2 % per row.
+TOL = 2e-2
+
+
+@needs_device
+@pytest.mark.parametrize("arch", DENSE)
+@pytest.mark.parametrize("weight_type", ["Q8_0", "Q4_K", "F16"])
+def test_prefill_and_decode_match_the_cpu(tmp_path, arch, weight_type):
+    _, cpu = engine_for(tmp_path, arch, weight_type, n_ctx=64, n_batch=64, precision="high")
+    gpu = _core.CudaModel(cpu, 64, 8)                   # 20 prompt tokens: pieces of 8, 8, 4
+    rng = np.random.default_rng(7)
+    n_vocab = cpu.n_vocab
+    prompt = rng.integers(0, n_vocab, 20)
+    ref = cpu.eval(prompt, all_logits=True)
+    out = gpu.eval(prompt, all_logits=True)
+    assert out.shape == ref.shape and np.isfinite(out).all()
+    errs = [rel_err(out[i], ref[i]) for i in range(len(prompt))]
+    assert max(errs) <= TOL, errs
+    assert gpu.n_past == 20
+    for step in range(12):                              # decode, the CPU's greedy tokens fed to both
+        tok = int(np.argmax(ref[-1] if step == 0 else ref))
+        ref = cpu.eval([tok])
+        got = gpu.eval([tok])
+        assert rel_err(got, ref) <= TOL, (step, rel_err(got, ref))
+        top2 = np.sort(ref)[-2:]
+        if top2[1] - top2[0] > 0.05 * (np.abs(ref).max() + 1e-9):   # a clear winner: the same token
+            assert int(np.argmax(got)) == int(np.argmax(ref))
+
+
+@needs_device
+def test_sliding_window_past_its_width_and_last_logits_only(tmp_path):
+    _, cpu = engine_for(tmp_path, "gemma3", "Q8_0", n_ctx=128, n_batch=128, precision="high")   # window 4
+    gpu = _core.CudaModel(cpu, 128, 128)
+    ids = np.random.default_rng(3).integers(0, cpu.n_vocab, 70)
+    ref = cpu.eval(ids)
+    got = gpu.eval(ids)                                 # one piece, last row only
+    assert got.shape == (cpu.n_vocab,) and rel_err(got, ref) <= TOL
+
+
+@needs_device
+def test_truncate_then_replay_gives_the_same_logits(tmp_path):
+    _, cpu = engine_for(tmp_path, "llama", "Q4_K", precision="high")
+    gpu = _core.CudaModel(cpu, 64, 16)
+    ids = np.random.default_rng(5).integers(0, cpu.n_vocab, 24)
+    first = gpu.eval(ids, all_logits=True)
+    gpu.truncate(10)
+    again = gpu.eval(ids[10:], all_logits=True)
+    assert np.array_equal(again, first[10:]) or rel_err(again, first[10:]) <= 1e-6
+    with pytest.raises(ValueError, match="exceed the device context"):
+        gpu.eval(np.zeros(64, np.int64))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        gpu.eval([cpu.n_vocab])
+
+
+@needs_device
+def test_cancel_stops_between_layers_and_keeps_n_past(tmp_path):
+    _, cpu = engine_for(tmp_path, "qwen3", "Q8_0")
+    gpu = _core.CudaModel(cpu, 64, 8)
+    gpu.eval([1, 2, 3])
+    gpu.cancel()
+    with pytest.raises(Cancelled):
+        gpu.eval([4, 5])
+    assert gpu.n_past == 3
+    gpu.reset_cancel()
+    assert gpu.eval([4, 5]).shape == (cpu.n_vocab,) and gpu.n_past == 5
+
+
+@needs_device
+def test_a_plan_too_big_for_the_device_is_refused_and_the_device_stays_usable(tmp_path):
+    _, cpu = engine_for(tmp_path, "llama", "Q8_0", n_ctx=64)
+    # ~2**40 cells: the KV cache alone is far past any device; refused before allocating
+    with pytest.raises(InsufficientMemory, match="the largest n_ctx that fits is"):
+        _core.CudaModel(cpu, 1 << 40, 8)
+    gpu = _core.CudaModel(cpu, 64, 8)
+    mem = gpu.memory()
+    assert mem["peak_used_bytes"] >= mem["weights_bytes"] + mem["kv_bytes"] + mem["scratch_bytes"]
+    assert gpu.eval([1, 2, 3]).shape == (cpu.n_vocab,)

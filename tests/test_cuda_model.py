@@ -212,3 +212,80 @@ def test_a_plan_too_big_for_the_device_is_refused_and_the_device_stays_usable(tm
     mem = gpu.memory()
     assert mem["peak_used_bytes"] >= mem["weights_bytes"] + mem["kv_bytes"] + mem["scratch_bytes"]
     assert gpu.eval([1, 2, 3]).shape == (cpu.n_vocab,)
+
+
+# ---- placement through lowbit.load, the CLI and lowbit.Llama ------------------------------------
+
+def test_device_arguments_are_checked(tmp_path):
+    import lowbit
+
+    path = mf.write_default_model(tmp_path / "m.gguf", "llama", "Q8_0")
+    with pytest.raises(ValueError, match="device must be"):
+        lowbit.load(str(path), n_ctx=32, device="gpu")
+    with pytest.raises(ValueError, match="n_gpu_layers"):
+        lowbit.load(str(path), n_ctx=32, device="cuda", n_gpu_layers=-2)
+    with lowbit.load(str(path), n_ctx=32, device="cuda", n_gpu_layers=0) as m:   # 0 layers: the CPU, as llama.cpp
+        assert m.device == "cpu" and m.memory()["backend"] == "cpu"
+
+
+@pytest.mark.skipif(status["device_count"] > 0, reason="a CUDA device is present")
+def test_without_a_device_cuda_raises_and_auto_runs_on_the_cpu(tmp_path):
+    import subprocess
+    import sys
+    import warnings
+
+    import lowbit
+
+    path = str(mf.write_default_model(tmp_path / "m.gguf", "llama", "Q8_0"))
+    with pytest.raises(CudaError, match="device='cuda' is not available: no CUDA"):
+        lowbit.load(path, n_ctx=32, device="cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                  # auto falls back silently when there is no device
+        with lowbit.load(path, n_ctx=32, device="auto") as m:
+            assert m.device == "cpu" and m.generate("hello", max_new_tokens=2, temperature=0).text is not None
+    r = subprocess.run([sys.executable, "-m", "lowbit", "run", path, "hi", "-n", "2", "--device", "cuda", "-q"],
+                       capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no CUDA" in r.stderr, (r.returncode, r.stderr)
+
+
+def _greedy(m, prompt, n):
+    return m.generate(prompt, max_new_tokens=n, temperature=0).token_ids
+
+
+@needs_device
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "phi3"])
+def test_load_on_cuda_generates_the_cpu_tokens(tmp_path, arch):
+    import lowbit
+
+    path = str(mf.write_default_model(tmp_path / f"{arch}.gguf", arch, "Q8_0"))
+    with lowbit.load(path, n_ctx=96, act_precision="high") as cpu, lowbit.load(path, n_ctx=96, device="cuda") as gpu:
+        assert gpu.device == "cuda" and gpu.memory()["backend"].startswith("cuda: ")
+        mem = gpu.memory()["device_bytes"]
+        assert mem["weights"] > 0 and mem["kv"] > 0
+        prompt = "once upon a time the world"
+        a, b = _greedy(cpu, prompt, 24), _greedy(gpu, prompt, 24)
+        # random weights: near-ties can flip late tokens; the first ones must agree
+        assert a[:8] == b[:8], (a, b)
+        # a session on the device shares the weights and gives its own model's tokens
+        with gpu.session() as s:
+            assert _greedy(s, prompt, 8) == b[:8]
+            assert s.memory()["device_bytes"]["weights"] == mem["weights"]
+        assert gpu._engine.n_past > 1                    # the generation's tokens stay cached
+        with pytest.raises(ValueError, match="context shifts are CPU-only"):
+            gpu._engine.shift(0, 1)
+
+
+@needs_device
+def test_batched_steps_of_device_sessions_equal_their_single_steps(tmp_path):
+    import lowbit
+    from lowbit.runtime.batch import eval_batch
+
+    path = str(mf.write_default_model(tmp_path / "m.gguf", "qwen2", "Q8_0"))
+    with lowbit.load(path, n_ctx=64, device="cuda") as m:
+        a, b = m.session(), m.session()
+        out = eval_batch([(a, [1, 2, 3, 4]), (b, [5, 6])])
+        a2, b2 = m.session(), m.session()
+        assert np.array_equal(out[0], a2._engine.eval([1, 2, 3, 4]))
+        assert np.array_equal(out[1], b2._engine.eval([5, 6]))
+        for s in (a, b, a2, b2):
+            s.close()

@@ -8,6 +8,9 @@
 #include "cuda/device_plan.h"
 #include "runtime/engine.h"
 
+#include <functional>
+#include <map>
+
 namespace py = pybind11;
 
 namespace lowbit {
@@ -29,9 +32,43 @@ py::dict plan_dict(const cuda::DevicePlan& p) {
     return d;
 }
 
+// An engine's forward pass on the device: the engine keeps positions, chunks, sampling and cancel.
+class DeviceBackend final : public runtime::ForwardBackend {
+public:
+    DeviceBackend(std::shared_ptr<const model::Model> m, int64_t n_ctx, int64_t n_batch) : dm_(std::move(m), n_ctx, n_batch) {}
+    void eval(const int32_t* tokens, int64_t n, int64_t pos0, bool all_logits, float* out,
+              const std::function<void()>& check) override {
+        if (dm_.n_past() != pos0) dm_.truncate(pos0);   // the engine truncated since
+        dm_.eval(tokens, n, all_logits, out, check);
+    }
+    std::string name() const override { return "cuda: " + dm_.device(); }
+    std::map<std::string, int64_t> memory() const override {
+        const cuda::DevicePlan& p = dm_.plan();
+        return {{"weights", p.weights}, {"kv", p.kv}, {"scratch", p.scratch}, {"transient", p.transient},
+                {"peak_used", dm_.peak_used_bytes()}};
+    }
+
+private:
+    cuda::DeviceModel dm_;
+};
+
 }  // namespace
 
 void bind_cuda_model(py::module_& m) {
+    m.def("engine_to_cuda", [](Engine& e) {
+        auto model = e.shared_model();
+        const int64_t n_ctx = e.n_ctx(), n_batch = e.n_batch();
+        std::unique_ptr<runtime::ForwardBackend> backend;
+        {
+            py::gil_scoped_release nogil;
+            backend = std::make_unique<DeviceBackend>(std::move(model), n_ctx, n_batch);
+        }
+        e.set_backend(std::move(backend));
+    }, py::arg("engine"),
+       "Run the engine's later evals on the CUDA device: every layer and the output head there, an f16 KV cache of the "
+       "engine's n_ctx cells (sessions of one model share one upload of its weights). lowbit.CudaError without a "
+       "device, lowbit.InsufficientMemory when the plan does not fit, lowbit.ModelError for what the device pass does "
+       "not run, ValueError for an engine that already holds positions.");
     m.def("cuda_plan", [](const Engine& e, int64_t n_ctx, int64_t n_batch) {
         const auto model = e.shared_model();
         py::dict d = plan_dict(cuda::plan_device(*model, n_ctx, n_batch));

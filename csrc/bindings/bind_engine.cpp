@@ -145,6 +145,10 @@ py::dict memory(const Engine& e) {
     d["kv_cache"] = kv;
     d["scratch_bytes"] = r.scratch_bytes;
     d["total_bytes"] = r.total_bytes;
+    d["backend"] = r.device.empty() ? std::string("cpu") : r.device;
+    py::dict dev;
+    for (const auto& [part, bytes] : r.device_bytes) dev[py::str(part)] = bytes;
+    d["device_bytes"] = dev;
     return d;
 }
 
@@ -326,6 +330,7 @@ void bind_engine(py::module_& m) {
         .def("cancel", &Engine::cancel, "Stop the running eval (thread-safe); stays set until reset_cancel().")
         .def("reset_cancel", &Engine::reset_cancel)
         .def("memory", &memory)
+        .def_property_readonly("backend", &Engine::backend_name, "\"\" on the CPU, \"cuda: <device>\" after engine_to_cuda")
         .def("set_observer", [](Engine& e, std::shared_ptr<model::MatmulObserver> obs) {
                  py::gil_scoped_release nogil;
                  e.set_observer(std::move(obs));

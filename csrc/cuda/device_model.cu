@@ -13,6 +13,8 @@
 // waits only for the logits (and for the end of a piece without them).
 #include <atomic>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <unordered_map>
 
 #include "cuda/device_model.h"
@@ -20,12 +22,61 @@
 #include "quant/types.h"
 
 namespace lowbit::cuda {
+namespace {
+
+// One model's tensors on the device (device_tensors' arena), shared by its device models.
+struct DeviceWeights {
+    std::shared_ptr<const model::Model> m;
+    DeviceBuffer arena;
+    std::unordered_map<const void*, const uint8_t*> dev;   // host Matrix / Vec -> its device copy
+
+    void upload(const std::vector<DeviceTensor>& tensors, int64_t bytes) {
+        arena.alloc(size_t(bytes), 0);   // device_tensors padded each matrix already
+        std::vector<uint8_t> staging;
+        for (const DeviceTensor& t : tensors) {
+            if (t.vec) {
+                arena.upload(t.vec->data(), t.vec->size() * sizeof(float), size_t(t.offset));
+                dev[t.vec] = arena.as<uint8_t>() + t.offset;
+                continue;
+            }
+            const model::Matrix& mat = *t.matrix;
+            const size_t row_bytes = size_t(mat.row_bytes);
+            if (mat.data) {
+                arena.upload(mat.data, size_t(mat.rows) * row_bytes, size_t(t.offset));
+            } else {   // packed from a copy (weights.h): the GGML rows come back one at a time
+                const int64_t per = std::max<int64_t>(1, (int64_t(8) << 20) / mat.row_bytes);
+                staging.resize(size_t(per) * row_bytes);
+                for (int64_t r0 = 0; r0 < mat.rows; r0 += per) {
+                    const int64_t nr = std::min(per, mat.rows - r0);
+                    for (int64_t r = 0; r < nr; ++r)
+                        std::memcpy(staging.data() + size_t(r) * row_bytes, model::matrix_row(mat, r0 + r), row_bytes);
+                    arena.upload(staging.data(), size_t(nr) * row_bytes, size_t(t.offset) + size_t(r0) * row_bytes);
+                }
+            }
+            dev[t.matrix] = arena.as<uint8_t>() + t.offset;
+        }
+    }
+};
+
+std::mutex g_weights_mu;
+std::map<const model::Model*, std::weak_ptr<DeviceWeights>> g_weights;   // uploads alive, by model
+
+std::shared_ptr<DeviceWeights> resident_weights(const model::Model* m) {
+    std::lock_guard<std::mutex> lock(g_weights_mu);
+    auto it = g_weights.find(m);
+    if (it == g_weights.end()) return nullptr;
+    auto w = it->second.lock();
+    if (!w) g_weights.erase(it);
+    return w;
+}
+
+}  // namespace
 
 struct DeviceModel::Impl {
     std::shared_ptr<const model::Model> m;
+    std::shared_ptr<DeviceWeights> w;
     DevicePlan plan;
-    DeviceBuffer arena, kv, scratch;
-    std::unordered_map<const void*, const uint8_t*> dev;   // host Matrix / Vec -> its device copy
+    DeviceBuffer kv, scratch;
     cudaStream_t stream = nullptr;
     uint8_t* part[kScratchParts] = {};
     int64_t n_past = 0;
@@ -39,8 +90,10 @@ struct DeviceModel::Impl {
         if (stream) cudaStreamDestroy(stream);
     }
     template <typename T> T* at(ScratchPart p) const { return reinterpret_cast<T*>(part[p]); }
-    const void* weights(const model::Matrix& mat) const { return dev.at(&mat); }
-    const float* vec(const model::Vec& v) const { return v.empty() ? nullptr : reinterpret_cast<const float*>(dev.at(&v)); }
+    const void* weights(const model::Matrix& mat) const { return w->dev.at(&mat); }
+    const float* vec(const model::Vec& v) const {
+        return v.empty() ? nullptr : reinterpret_cast<const float*>(w->dev.at(&v));
+    }
     // Layer il's K rows, then its V rows: n_ctx x kv_dim halves each.
     __half* k_cache(int64_t il) { return kv.as<__half>() + 2 * il * plan.n_ctx * m->config.kv_dim(); }
     __half* v_cache(int64_t il) { return k_cache(il) + plan.n_ctx * m->config.kv_dim(); }
@@ -49,32 +102,6 @@ struct DeviceModel::Impl {
         size_t free_b = 0, total_b = 0;
         if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) peak = std::max(peak, int64_t(total_b - free_b));
         else cudaGetLastError();
-    }
-
-    void upload_weights(const std::vector<DeviceTensor>& tensors) {
-        std::vector<uint8_t> staging;
-        for (const DeviceTensor& t : tensors) {
-            if (t.vec) {
-                arena.upload(t.vec->data(), t.vec->size() * sizeof(float), size_t(t.offset));
-                dev[t.vec] = arena.as<uint8_t>() + t.offset;
-                continue;
-            }
-            const model::Matrix& mat = *t.matrix;
-            const size_t bytes = size_t(mat.rows * mat.row_bytes);
-            if (mat.data) {
-                arena.upload(mat.data, bytes, size_t(t.offset));
-            } else {   // packed from a copy (weights.h): the GGML rows come back one at a time
-                const int64_t per = std::max<int64_t>(1, (int64_t(8) << 20) / mat.row_bytes);
-                staging.resize(size_t(per * mat.row_bytes));
-                for (int64_t r0 = 0; r0 < mat.rows; r0 += per) {
-                    const int64_t nr = std::min(per, mat.rows - r0);
-                    for (int64_t r = 0; r < nr; ++r)
-                        std::memcpy(staging.data() + r * mat.row_bytes, model::matrix_row(mat, r0 + r), size_t(mat.row_bytes));
-                    arena.upload(staging.data(), size_t(nr * mat.row_bytes), size_t(t.offset + r0 * mat.row_bytes));
-                }
-            }
-            dev[t.matrix] = arena.as<uint8_t>() + t.offset;
-        }
     }
 
     // y (n, rows) = x (n, cols) . W^T
@@ -179,7 +206,7 @@ struct DeviceModel::Impl {
         }
     }
 
-    void piece(const int32_t* tokens, int64_t n, bool all_logits, float* out) {
+    void piece(const int32_t* tokens, int64_t n, bool all_logits, float* out, const std::function<void()>& check) {
         const model::ModelConfig& c = m->config;
         const model::Matrix& te = m->weights.token_embd;
         const int64_t E = c.n_embd, pos0 = n_past;
@@ -196,9 +223,12 @@ struct DeviceModel::Impl {
         LOWBIT_CUDA_CHECK(cudaMemcpyAsync(at<int32_t>(kPos), host_pos.data(), host_pos.size() * 4, cudaMemcpyHostToDevice,
                                           stream));
         for (int64_t il = 0; il < c.n_layers; ++il) {
-            if (cancelled.load(std::memory_order_relaxed)) {
-                cudaStreamSynchronize(stream);
-                throw Cancelled("CUDA eval cancelled");
+            try {
+                if (cancelled.load(std::memory_order_relaxed)) throw Cancelled("CUDA eval cancelled");
+                if (check) check();
+            } catch (...) {
+                cudaStreamSynchronize(stream);   // the launched layers finish before the caller goes on
+                throw;
             }
             layer(il, n, pos0);
         }
@@ -227,10 +257,14 @@ DeviceModel::DeviceModel(std::shared_ptr<const model::Model> m, int64_t n_ctx, i
     d.device_name = str(prop.name, " (cc ", prop.major, ".", prop.minor, ", ", prop.multiProcessorCount, " SMs)");
     size_t free_b = 0, total_b = 0;
     LOWBIT_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-    check_device_fit(*d.m, d.plan, int64_t(free_b));
+    // Another device model of this model holds the weights already: only the KV cache and scratch are new.
+    // (Two first device models of one model built at once may both upload; each is correct.)
+    d.w = resident_weights(d.m.get());
+    DevicePlan need = d.plan;
+    if (d.w) need.weights = 0;
+    check_device_fit(*d.m, need, int64_t(free_b));
     // A blocking stream: ordered after the legacy-stream memsets and copies below (and mmm.cu's).
     LOWBIT_CUDA_CHECK(cudaStreamCreate(&d.stream));
-    d.arena.alloc(size_t(d.plan.weights), 0);   // device_tensors padded each matrix already
     d.kv.alloc(size_t(d.plan.kv), 0);
     d.scratch.alloc(size_t(d.plan.scratch), 0);
     LOWBIT_CUDA_CHECK(cudaMemset(d.kv.as<uint8_t>(), 0, size_t(d.plan.kv)));   // unwritten cells read as zeros, not NaN
@@ -239,7 +273,14 @@ DeviceModel::DeviceModel(std::shared_ptr<const model::Model> m, int64_t n_ctx, i
         d.part[i] = p;
         p += d.plan.scratch_parts[i];
     }
-    d.upload_weights(tensors);
+    if (!d.w) {
+        auto w = std::make_shared<DeviceWeights>();
+        w->m = d.m;
+        w->upload(tensors, d.plan.weights);
+        std::lock_guard<std::mutex> lock(g_weights_mu);
+        g_weights[d.m.get()] = w;
+        d.w = std::move(w);
+    }
     const model::Model& md = *d.m;
     if (!md.inv_freq_global.empty())
         d.scratch.upload(md.inv_freq_global.data(), md.inv_freq_global.size() * 8, size_t(d.part[kInvFreqGlobal] - d.scratch.as<uint8_t>()));
@@ -251,7 +292,8 @@ DeviceModel::DeviceModel(std::shared_ptr<const model::Model> m, int64_t n_ctx, i
 
 DeviceModel::~DeviceModel() = default;
 
-void DeviceModel::eval(const int32_t* tokens, int64_t n, bool all_logits, float* out) {
+void DeviceModel::eval(const int32_t* tokens, int64_t n, bool all_logits, float* out,
+                       const std::function<void()>& check) {
     Impl& d = *impl_;
     const model::ModelConfig& c = d.m->config;
     LOWBIT_CHECK(n >= 1, ValueError, "eval: no tokens");
@@ -264,7 +306,7 @@ void DeviceModel::eval(const int32_t* tokens, int64_t n, bool all_logits, float*
         const int64_t len = std::min(d.plan.n_batch, n - t0);
         const bool last = t0 + len == n;
         float* dst = !out ? nullptr : all_logits ? out + t0 * c.n_vocab : last ? out : nullptr;
-        d.piece(tokens + t0, len, all_logits, dst);
+        d.piece(tokens + t0, len, all_logits, dst, check);
     }
     d.note_peak();
 }

@@ -4,11 +4,15 @@
 // allocated (device_plan.h). Host-only declarations: bindings and tests include this in every
 // build; without the CUDA backend the constructor throws CudaError (device_model_nocuda.cpp).
 //
+// Device models of one model::Model share one upload of its weights (every session on the model
+// adds only its KV cache and scratch); the fit check counts the weights only for the first.
+//
 // Left for later (issue 19): layer offload (n_gpu_layers below the layer count), mixture of
 // experts, q8_0 KV, CUDA-graph capture of the decode step, tensor-core flash attention for
 // prefill, and the engine / generate wiring.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -29,8 +33,9 @@ public:
 
     // Appends n tokens at n_past (in pieces of n_batch rows): logits of the last token, or of
     // every token with all_logits, into out (rows x n_vocab floats, host memory). Cancelled
-    // between layers after cancel(); n_past then counts only the pieces that completed.
-    void eval(const int32_t* tokens, int64_t n, bool all_logits, float* out);
+    // between layers after cancel() or when check() throws (the engine's cancel and abort
+    // checks); n_past then counts only the pieces that completed.
+    void eval(const int32_t* tokens, int64_t n, bool all_logits, float* out, const std::function<void()>& check = {});
     void truncate(int64_t n);   // forget positions >= n (0 <= n <= n_past)
     void cancel();              // thread-safe; stays set until reset_cancel()
     void reset_cancel();

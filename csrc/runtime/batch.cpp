@@ -75,6 +75,8 @@ void Engine::eval_batch(const std::vector<BatchItem>& items) {
         const BatchItem& it = items[i];
         Engine& e = *it.engine;
         LOWBIT_CHECK(!e.closed_.load(), ValueError, "eval_batch item ", i, ": the session is closed");
+        LOWBIT_CHECK(!e.backend_ || !it.hidden, ValueError, "eval_batch item ", i,
+                     ": hidden states are CPU-only for now; the session runs on ", e.backend_->name());
         LOWBIT_CHECK(e.model_ == lead.model_, ValueError, "eval_batch item ", i,
                      ": a session of another model than item 0's (one batch runs one model's weights)");
         LOWBIT_CHECK(it.n >= 1, ValueError, "eval_batch item ", i, ": no tokens");
@@ -90,6 +92,27 @@ void Engine::eval_batch(const std::vector<BatchItem>& items) {
         total += it.n;
     }
     const model::Model& m = *lead.model_;
+    bool any_backend = false;
+    for (const BatchItem& it : items) any_backend = any_backend || it.engine->backend_;
+    if (any_backend) {   // a session on the device: every item in turn through its own engine (not batched yet)
+        std::vector<float*> last_logits(items.size());
+        for (size_t i = 0; i < items.size(); ++i) {
+            Engine& e = *items[i].engine;
+            last_logits[i] = items[i].logits;
+            if (items[i].sampler && !last_logits[i]) {
+                e.sample_logits_.resize(size_t(m.config.n_vocab));
+                last_logits[i] = e.sample_logits_.data();
+            }
+            try {
+                e.eval_locked(items[i].tokens, items[i].n, false, last_logits[i]);
+            } catch (const Cancelled&) {
+                e.cancel_.store(false);
+                throw Cancelled(str("eval_batch item ", i, ": cancelled"));
+            }
+        }
+        sample_items(items, last_logits, *lead.pool_);
+        return;
+    }
     const int64_t pass_rows = std::min(max_batch, total);
     if (!lead.batch_state_ || lead.batch_state_->n_batch < pass_rows || lead.batch_state_->n_ctx < max_ctx)
         lead.batch_state_ = std::make_unique<model::ForwardState>(
@@ -155,6 +178,7 @@ void Engine::copy_prefix_from(Engine& other, int64_t n) {
     check_open();
     LOWBIT_CHECK(!other.closed_.load(), ValueError, "copy_prefix_from: the source session is closed");
     LOWBIT_CHECK(other.model_ == model_, ValueError, "copy_prefix_from: the source is a session of another model");
+    LOWBIT_CHECK(!backend_ && !other.backend_, ValueError, "copy_prefix_from: copying cached positions is CPU-only for now");
     LOWBIT_CHECK(n >= 0 && n <= other.n_past_, ValueError, "copy_prefix_from: ", n, " tokens asked, the source holds ",
                  other.n_past_);
     LOWBIT_CHECK(n <= n_ctx_, ValueError, "copy_prefix_from: ", n, " tokens do not fit n_ctx ", n_ctx_);

@@ -78,6 +78,7 @@ void Engine::check_fits_in_memory(const model::ModelConfig& c, model::KVType kvt
 void Engine::set_observer(std::shared_ptr<model::MatmulObserver> observer) {
     std::lock_guard<std::mutex> lock(mutex_);
     check_open();
+    LOWBIT_CHECK(!backend_ || !observer, ValueError, "observers are CPU-only; this session runs on ", backend_->name());
     observer_ = std::move(observer);
     state_->observer = observer_.get();
 }
@@ -117,9 +118,28 @@ void Engine::eval_locked(const int32_t* tokens, int64_t n, bool all_logits, floa
         const int64_t nb = std::min(n_batch_, n - i0);
         const bool last = i0 + nb == n;
         float* logits = all_logits ? out + i0 * c.n_vocab : (last ? out : nullptr);
-        model::forward(*model_, *cache_, *state_, *pool_, tokens + i0, nb, n_past_, logits, all_logits, check_cancel);
+        if (backend_) {
+            check_cancel();
+            backend_->eval(tokens + i0, nb, n_past_, all_logits, logits, check_cancel);
+        } else {
+            model::forward(*model_, *cache_, *state_, *pool_, tokens + i0, nb, n_past_, logits, all_logits, check_cancel);
+        }
         n_past_ += nb;
     }
+}
+
+void Engine::set_backend(std::unique_ptr<ForwardBackend> backend) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    check_open();
+    LOWBIT_CHECK(n_past_ == 0, ValueError, "set_backend: the session already holds ", n_past_, " positions");
+    LOWBIT_CHECK(!observer_, ValueError, "set_backend: an observer is attached (observers are CPU-only)");
+    backend_ = std::move(backend);
+}
+
+std::string Engine::backend_name() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    check_open();
+    return backend_ ? backend_->name() : std::string();
 }
 
 void Engine::set_abort_check(std::function<bool()> check) {
@@ -143,6 +163,8 @@ int64_t Engine::shift(int64_t n_keep, int64_t n_discard) {
                  n_keep, ", n_discard=", n_discard, ") needs 0 <= n_keep, 0 <= n_discard and n_keep + n_discard <= n_past (",
                  n_past_, ")");
     if (n_discard == 0) return n_past_;
+    LOWBIT_CHECK(!backend_, ValueError, "shift: context shifts are CPU-only for now; this session runs on ",
+                 backend_->name());
     const model::Model& m = *model_;
     n_past_ = cache_->shift(n_past_, n_keep, n_discard,
                             [&m](int64_t il, float* k, int64_t delta) { model::rerotate_keys(m, il, k, delta); });
@@ -162,6 +184,10 @@ MemoryReport Engine::memory() const {
     r.kv_type = model::kv_type_name(cache_->type());
     r.scratch_bytes = uint64_t(state_->bytes() + (batch_state_ ? batch_state_->bytes() : 0));
     r.total_bytes = r.weights_bytes + r.kv_bytes + r.scratch_bytes;
+    if (backend_) {
+        r.device = backend_->name();
+        r.device_bytes = backend_->memory();
+    }
     return r;
 }
 
@@ -171,6 +197,7 @@ void Engine::close() {
     pool_.reset();
     batch_state_.reset();
     observer_.reset();
+    backend_.reset();
     std::vector<float>().swap(sample_logits_);
     state_.reset();
     cache_.reset();

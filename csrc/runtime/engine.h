@@ -39,6 +39,21 @@ struct MemoryReport {
     std::string kv_type;
     uint64_t scratch_bytes = 0;  // activations of one batch + attention scratch (+ eval_batch's, when this led one)
     uint64_t total_bytes = 0;
+    std::string device;                             // the forward backend's name ("" on the CPU)
+    std::map<std::string, int64_t> device_bytes;    // its bytes by part (weights, kv, scratch, ...)
+};
+
+// A forward pass run elsewhere (the CUDA device model, bindings/bind_cuda_model.cpp) for an engine
+// that keeps its own bookkeeping: positions, chunks of n_batch, sampling, cancel.
+class ForwardBackend {
+public:
+    virtual ~ForwardBackend() = default;
+    // tokens at positions pos0.. (the engine's n_past, <= n_ctx - n); logits as Engine::eval;
+    // check() is called between layers and throws Cancelled to stop.
+    virtual void eval(const int32_t* tokens, int64_t n, int64_t pos0, bool all_logits, float* out,
+                      const std::function<void()>& check) = 0;
+    virtual std::string name() const = 0;
+    virtual std::map<std::string, int64_t> memory() const = 0;
 };
 
 class Engine;
@@ -114,6 +129,12 @@ public:
     // Polled with the cancel flag before each pass and between layers of eval(); returning true
     // cancels like cancel() (the C API's abort callback). Set it while no eval runs; {} removes it.
     void set_abort_check(std::function<bool()> check);
+    // Runs every later eval through `backend` (the CUDA device model) instead of the CPU pass.
+    // ValueError unless the engine is empty (n_past 0) and has no observer. Context shifts,
+    // copy_prefix_from, hidden states and observers stay CPU-only (ValueError on such an engine);
+    // eval_batch with such an engine runs its items one after another, each through its engine.
+    void set_backend(std::unique_ptr<ForwardBackend> backend);
+    std::string backend_name() const;   // "" on the CPU
     MemoryReport memory() const;
     // Reports the input of every weight matmul of later evals to `observer` (model/observer.h);
     // nullptr detaches. Waits for a running eval.
@@ -145,6 +166,7 @@ private:
     std::unique_ptr<cpu::ThreadPool> pool_;
     std::shared_ptr<model::MatmulObserver> observer_;   // kept alive while attached
     std::function<bool()> abort_check_;                  // set_abort_check's, or empty
+    std::unique_ptr<ForwardBackend> backend_;            // set_backend's, or null (the CPU pass)
     std::unique_ptr<model::ForwardState> batch_state_;  // eval_batch's rows when this engine leads one
     std::vector<float> sample_logits_;                  // eval_sample's / eval_batch's sampled row (n_vocab),
                                                         // made on first use

@@ -5,7 +5,7 @@ import json
 import sys
 import warnings
 
-from lowbit.cli.common import DEFAULT_MODEL, resolve_model
+from lowbit.cli.common import DEFAULT_MODEL, add_device_flags, resolve_model
 
 
 def run(args) -> int:
@@ -22,7 +22,8 @@ def run(args) -> int:
         say = None if args.json else (lambda msg, n=name: print(f"  {n}: {msg}", file=sys.stderr, flush=True))
         reports.append(bench_model(path, n_prompt=args.p, n_gen=args.n, reps=args.r, n_threads=args.threads,
                                    n_batch=args.batch, vs_llama_cpp=args.vs_llama_cpp,
-                                   act_precision=args.act_precision, progress=say))
+                                   act_precision=args.act_precision, progress=say, device=args.device,
+                                   n_gpu_layers=args.n_gpu_layers))
     if args.json:
         print(json.dumps(reports, indent=2))
     else:
@@ -40,6 +41,7 @@ def add_parser(sub) -> None:
     sp.add_argument("--batch", type=int, default=512, help="prefill batch size")
     sp.add_argument("--act-precision", default="auto", choices=["auto", "high", "q8"],
                     help="activation precision of the quantized matmuls (see lowbit.load)")
+    add_device_flags(sp)
     sp.add_argument("--vs-llama-cpp", action="store_true",
                     help="also run llama.cpp (llama-cpp-python) on the same file, alternating, and print ratios")
     sp.add_argument("--json", action="store_true", help="machine-readable output")

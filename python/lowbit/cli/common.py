@@ -84,6 +84,15 @@ def add_load_flags(sp: argparse.ArgumentParser) -> None:
     g.add_argument("--batch", type=positive_int, default=512, help="prefill batch size")
     g.add_argument("--kv-type", default="f16", choices=["f16", "q8_0"], help="KV cache type")
     add_act_precision_flag(g, "auto")
+    add_device_flags(g)
+
+
+def add_device_flags(g) -> None:
+    g.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
+                   help="cpu (default), cuda (every layer on the first CUDA device) or auto (CUDA when usable)")
+    g.add_argument("--n-gpu-layers", "-ngl", type=int, default=-1, metavar="N",
+                   help="layers on the GPU with --device cuda/auto: -1 (default) every layer, 0 none; "
+                        "partial offload is not supported yet")
 
 
 def add_act_precision_flag(g, default: str) -> None:
@@ -155,7 +164,8 @@ def load_for_cli(model: str, args: argparse.Namespace, quiet: bool = False):
 
     try:
         m = load(str(path), n_ctx=args.ctx, n_threads=args.threads, n_batch=args.batch,
-                 kv_type=args.kv_type, act_precision=args.act_precision, progress=progress)
+                 kv_type=args.kv_type, act_precision=args.act_precision, progress=progress,
+                 device=getattr(args, "device", "cpu"), n_gpu_layers=getattr(args, "n_gpu_layers", -1))
     finally:
         if bar:
             bar.close("loaded" if sys.exc_info()[0] is None else "stopped")

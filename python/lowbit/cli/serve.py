@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from lowbit.cli.common import DEFAULT_MODEL, add_act_precision_flag, load_for_cli, positive_int
+from lowbit.cli.common import DEFAULT_MODEL, add_act_precision_flag, add_device_flags, load_for_cli, positive_int
 
 
 def run(args) -> int:
@@ -82,4 +82,5 @@ def add_parser(sub) -> None:
     # q8 by default: a decode step of several streams batched together is compute-bound, and two-pass
     # activations double its int8 work (README, "Serve")
     add_act_precision_flag(g, DEFAULT_ACT_PRECISION)
+    add_device_flags(g)
     sp.set_defaults(func=run)

@@ -67,17 +67,19 @@ class LowbitRunner:
     name = "lowbit"
 
     def __init__(self, path: str, n_ctx: int, n_threads: Optional[int], n_batch: int,
-                 act_precision: str = "auto"):
+                 act_precision: str = "auto", device: str = "cpu", n_gpu_layers: int = -1):
         from lowbit.runtime.model import load
         rss0 = current_rss_bytes()
         t0 = time.perf_counter()
-        self.model = load(path, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, act_precision=act_precision)
+        self.model = load(path, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, act_precision=act_precision,
+                          device=device, n_gpu_layers=n_gpu_layers)
         self.load_seconds = time.perf_counter() - t0
         self.loaded_rss_bytes = current_rss_bytes() - rss0
         self.engine = self.model._engine
         self.n_vocab = self.engine.n_vocab
         mem = self.model.memory()
-        self.backend = f"CPU {mem.get('kernels', '')} act={act_precision}".strip()
+        self.backend = (mem["backend"] if self.model.device == "cuda"
+                        else f"CPU {mem.get('kernels', '')} act={act_precision}".strip())
         self.n_threads = mem.get("n_threads", n_threads)
 
     def prompt(self, tokens: np.ndarray) -> None:
@@ -220,11 +222,12 @@ def _timed(fn: Callable[[], None]) -> float:
 
 def bench_model(path: str, *, n_prompt: int = 512, n_gen: int = 128, reps: int = 5,
                 n_threads: Optional[int] = None, n_batch: int = 512, vs_llama_cpp: bool = False,
-                act_precision: str = "auto", progress: Optional[Callable[[str], None]] = None) -> dict:
+                act_precision: str = "auto", progress: Optional[Callable[[str], None]] = None,
+                device: str = "cpu", n_gpu_layers: int = -1) -> dict:
     if reps < 1 or n_prompt < 0 or n_gen < 0 or (n_prompt == 0 and n_gen == 0):
         raise ValueError(f"need reps >= 1 and a positive -p or -n (got reps={reps}, p={n_prompt}, n={n_gen})")
     n_ctx = max(n_prompt + n_gen + 8, 64)
-    runners = [LowbitRunner(path, n_ctx, n_threads, n_batch, act_precision)]
+    runners = [LowbitRunner(path, n_ctx, n_threads, n_batch, act_precision, device, n_gpu_layers)]
     if vs_llama_cpp:
         runners.append(LlamaCppRunner(path, n_ctx, n_threads or runners[0].n_threads, n_batch))
     bandwidths = [measure_bandwidth(runners[0].n_threads)]

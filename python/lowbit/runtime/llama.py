@@ -54,14 +54,18 @@ class Llama:
         check_int("n_gpu_layers", n_gpu_layers, minimum=-1)
         check_int("n_ctx", n_ctx, minimum=0)
         check_int("seed", seed, minimum=RANDOM_SEED)
-        if n_gpu_layers != 0:
-            warnings.warn(f"n_gpu_layers={n_gpu_layers}: this lowbit build runs on the CPU; "
-                          f"all layers stay on the CPU", UserWarning, stacklevel=2)
         self.model_path = os.fspath(model_path)
         self.verbose = verbose
         # n_ctx=0 means the model's training context, as in llama-cpp-python
+        # n_gpu_layers != 0: the GPU where lowbit can use one (every layer; load(device="auto")
+        # says why not when it cannot), the CPU otherwise, as a CPU build of llama-cpp-python
         self.lowbit_model: Model = load(self.model_path, n_ctx=n_ctx or None, n_threads=n_threads,
-                                        n_batch=n_batch)
+                                        n_batch=n_batch, device="auto" if n_gpu_layers else "cpu",
+                                        n_gpu_layers=-1 if n_gpu_layers else 0)
+        from lowbit import cuda_status
+        if n_gpu_layers != 0 and self.lowbit_model.device != "cuda" and not cuda_status()["device_count"]:
+            warnings.warn(f"n_gpu_layers={n_gpu_layers}: no usable CUDA device ({cuda_status()['message']}); "
+                          f"all layers run on the CPU", UserWarning, stacklevel=2)
         random_seed = seed in (RANDOM_SEED, LLAMA_DEFAULT_SEED)
         # calls without a seed draw theirs from this generator: reproducible per instance
         self._seeds = np.random.default_rng(None if random_seed else seed)

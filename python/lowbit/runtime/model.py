@@ -99,22 +99,50 @@ def _prefault(path: str, progress: Optional[ProgressFn], start: float, span: flo
                 raise Cancelled(f"load of {path} cancelled by the progress callback")
 
 
-def _select_device(device: str) -> str:
+def _select_device(device: str, n_gpu_layers: int) -> str:
+    """"cpu" or "cuda" for the asked device; CudaError when "cuda" is asked and none is usable."""
     from lowbit import cuda_status
     if device not in ("cpu", "cuda", "auto"):
         raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
-    if device == "cpu":
+    check_int("n_gpu_layers", n_gpu_layers, minimum=-1)
+    if device == "cpu" or n_gpu_layers == 0:       # as llama.cpp: 0 layers offloaded computes on the CPU
         return "cpu"
     status = cuda_status()
+    if status["device_count"] > 0:
+        return "cuda"
     if device == "auto":
-        return "cpu"   # the CUDA decoding backend is not wired into the engine yet
-    raise CudaError(f"device='cuda' is not available: {status['message']}; "
-                    f"the CUDA decoding backend is not part of this build yet — use device='cpu'")
+        return "cpu"
+    raise CudaError(f"device='cuda' is not available: {status['message']}; use device='cpu' or 'auto'")
+
+
+def _to_device(engine, asked: str, n_gpu_layers: int, n_layers: int, kv_type: str) -> str:
+    """Moves the engine's forward pass onto the CUDA device (every layer and the output head):
+    "cuda", or "cpu" where device="auto" cannot use it (with a warning saying why). Raises for
+    device="cuda": partial offload and the q8_0 KV cache are not on the device yet."""
+    from lowbit import _core
+    why = None
+    if 0 < n_gpu_layers < n_layers:
+        why = (f"n_gpu_layers={n_gpu_layers} of {n_layers}: partial offload is not supported yet "
+               f"(use -1 for every layer, or device='cpu')")
+    elif kv_type != "f16":
+        why = f"kv_type={kv_type!r}: the CUDA KV cache is f16 only for now"
+    if why is None:
+        try:
+            _core.engine_to_cuda(engine)
+            return "cuda"
+        except (ModelError, InsufficientMemory) as e:
+            if asked == "cuda":
+                raise
+            why = str(e)
+    if asked == "cuda":
+        raise ValueError(f"device='cuda': {why}")
+    warnings.warn(f"device='auto' runs on the CPU: {why}", UserWarning, stacklevel=3)
+    return "cpu"
 
 
 def load(path_or_name: Union[str, os.PathLike], *, n_ctx: Optional[int] = None,
          n_threads: Optional[int] = None, n_batch: int = 512, kv_type: str = "f16",
-         device: str = "cpu", progress: Optional[ProgressFn] = None,
+         device: str = "cpu", n_gpu_layers: int = -1, progress: Optional[ProgressFn] = None,
          act_precision: str = "auto") -> "Model":
     """Load a GGUF model from a path or a registry name (pulled into the cache on first use).
 
@@ -124,6 +152,14 @@ def load(path_or_name: Union[str, os.PathLike], *, n_ctx: Optional[int] = None,
     wherever the CPU's strip GEMM serves the weight type (AVX-512: the legacy types, Q4_K, Q5_K,
     Q6_K); prefill of other types stays at 8 bits for speed. "high" uses the two-pass form
     everywhere; "q8" quantizes activations once to 8 bits, as llama.cpp does.
+
+    ``device``: "cpu" (default), "cuda" (every layer and the output head on the first CUDA device,
+    an f16 KV cache there; CudaError without a usable device, InsufficientMemory when the model
+    and its n_ctx do not fit, naming the largest n_ctx that does) or "auto" (CUDA when a usable
+    device runs this model, else the CPU with a warning). ``n_gpu_layers``: -1 (default) or at
+    least the layer count puts every layer on the device, 0 keeps the CPU; partial offload is
+    not supported yet. On CUDA, context shifts, prompt-cache copies between sessions, batched
+    passes of several sessions and observers stay CPU-only (ValueError).
 
     ``progress(fraction)`` is called while loading; returning False aborts cleanly."""
     from lowbit import _core
@@ -139,7 +175,8 @@ def load(path_or_name: Union[str, os.PathLike], *, n_ctx: Optional[int] = None,
         check_int("n_threads", n_threads, minimum=1)
     if n_ctx is not None:
         check_int("n_ctx", n_ctx, minimum=1)
-    device = _select_device(device)
+    asked_device = device
+    device = _select_device(device, n_gpu_layers)
     pulled = not os.path.exists(os.fspath(path_or_name))
     path = str(registry.resolve(path_or_name, quiet=True,
                                 progress=(lambda f: progress(0.5 * f)) if (progress and pulled) else None))
@@ -189,6 +226,12 @@ def load(path_or_name: Union[str, os.PathLike], *, n_ctx: Optional[int] = None,
     if "error" in built:
         engine.close()
         raise built["error"]
+    if device == "cuda":
+        try:
+            device = _to_device(engine, asked_device, n_gpu_layers, int(engine.n_layers), kv_type)
+        except BaseException:
+            engine.close()
+            raise
     if progress is not None and progress(1.0) is False:
         engine.close()
         raise Cancelled("load cancelled by the progress callback")
@@ -639,6 +682,12 @@ class Model(Session):
             raise ValueError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
         self._check_session_memory(int(n_ctx), kv_type, int(n_batch))
         engine = e.new_session(int(n_ctx), int(n_threads), int(n_batch), kv_type, e.act_precision)
+        if self.device == "cuda":
+            try:
+                _to_device(engine, "cuda", -1, int(e.n_layers), kv_type)   # the weights are shared
+            except BaseException:
+                engine.close()
+                raise
         s = Session(engine, self.tokenizer, self.metadata, self.path, device=self.device)
         s._template, s._warned_template = self._template, self._warned_template
         s._parent = self                   # the Python Model stays alive with its sessions

@@ -111,6 +111,68 @@ def test_fit_check_names_the_largest_context_that_fits(tmp_path):
     assert _core.cuda_largest_n_ctx(engine, 32, plan["weights_bytes"] // 2, 4096) == 0
 
 
+def test_plan_of_the_last_layers_holds_only_them_and_the_head(tmp_path):
+    path, engine = engine_for(tmp_path, "llama", "Q8_0")
+    n_layer = mf.default_spec("llama", "Q8_0").n_layer
+    full = _core.cuda_plan(engine, 64, 8)
+    assert full["first_layer"] == 0 and _core.cuda_plan(engine, 64, 8, n_layer + 3)["first_layer"] == 0
+    for k in range(1, n_layer):
+        part = _core.cuda_plan(engine, 64, 8, k)
+        assert part["first_layer"] == n_layer - k
+        layers = {int(n.split(".")[1]) for n, _, _ in part["tensors"] if n.startswith("blk.")}
+        assert layers == set(range(n_layer - k, n_layer))
+        assert part["tensors"][-1][0] == full["tensors"][-1][0]          # the head is on the device
+        assert part["kv_bytes"] * n_layer == full["kv_bytes"] * k
+        # the same tensors, byte for byte, as the full plan's
+        sizes = {n: b for n, _, b in full["tensors"]}
+        assert all(sizes[n] == b for n, _, b in part["tensors"])
+        assert part["weights_bytes"] < full["weights_bytes"]
+    with pytest.raises(ValueError, match="n_gpu_layers"):
+        _core.cuda_plan(engine, 64, 8, 0)
+
+
+def test_fit_check_names_the_most_layers_that_fit(tmp_path):
+    _, engine = engine_for(tmp_path, "llama", "Q8_0", n_ctx=256)
+    n_layer = mf.default_spec("llama", "Q8_0").n_layer
+    plans = {k: _core.cuda_plan(engine, 256, 8, k) for k in range(1, n_layer + 1)}
+    need = {k: p["total_bytes"] + p["reserve_bytes"] for k, p in plans.items()}
+    assert all(need[k] < need[k + 1] for k in range(1, n_layer))
+    free = need[n_layer - 1]                             # one layer short of every one
+    assert _core.cuda_largest_n_gpu_layers(engine, 256, 8, free) == n_layer - 1
+    assert _core.cuda_largest_n_gpu_layers(engine, 256, 8, free - 1) == n_layer - 2
+    assert _core.cuda_largest_n_gpu_layers(engine, 256, 8, need[1] - 1) == 0
+    with pytest.raises(InsufficientMemory) as info:
+        _core.cuda_check_fit(engine, 256, 8, free)
+    assert f"n_gpu_layers={n_layer - 1} fits at n_ctx 256" in str(info.value)
+    assert f"{n_layer} of {n_layer} layers" in str(info.value)
+    _core.cuda_check_fit(engine, 256, 8, free, n_layer - 1)         # that many do fit
+    with pytest.raises(InsufficientMemory, match="nor one layer's"):
+        _core.cuda_check_fit(engine, 256, 8, 1 << 20)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "phi3", "qwen2"])
+def test_layer_hand_over_is_exact_on_the_cpu(tmp_path, arch):
+    """The split a partly offloaded engine makes (its CPU pass over the first layers, the residual
+    stream handed to the rest) with a CPU pass on the other side: the same bits as one pass, over
+    prefill in several pieces, decode, sliding windows past their width and a truncation."""
+    path = mf.write_default_model(tmp_path / f"{arch}.gguf", arch, "Q8_0")
+    n_layer = mf.default_spec(arch, "Q8_0").n_layer
+    ids = np.random.default_rng(11).integers(0, 200, 40)
+    for first in sorted({1, n_layer // 2, n_layer - 1}):
+        whole = _core.Engine(str(path), 96, 2, 16, "f16", "auto")
+        split = _core.Engine(str(path), 96, 2, 16, "f16", "auto")
+        _core.engine_split_on_cpu(split, first)
+        assert split.backend == f"cpu split at layer {first}"
+        a, b = whole.eval(ids, all_logits=True), split.eval(ids, all_logits=True)   # pieces of 16, 16, 8
+        assert np.array_equal(a, b), (first, float(np.abs(a - b).max()))
+        for t in (5, 9, 3):
+            assert np.array_equal(whole.eval([t]), split.eval([t]))
+        whole.truncate(30), split.truncate(30)
+        assert np.array_equal(whole.eval(ids[:7], all_logits=True), split.eval(ids[:7], all_logits=True))
+    with pytest.raises(ValueError, match="not in \\[1, "):
+        _core.engine_split_on_cpu(_core.Engine(str(path), 96, 2, 16, "f16", "auto"), n_layer)
+
+
 def test_plan_refuses_what_the_device_pass_does_not_run(tmp_path):
     _, engine = engine_for(tmp_path, "qwen3moe", "Q8_0")
     with pytest.raises(ModelError, match="mixture-of-experts"):
@@ -273,6 +335,29 @@ def test_load_on_cuda_generates_the_cpu_tokens(tmp_path, arch):
         assert gpu._engine.n_past > 1                    # the generation's tokens stay cached
         with pytest.raises(ValueError, match="context shifts are CPU-only"):
             gpu._engine.shift(0, 1)
+
+
+@needs_device
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_partial_offload_matches_the_cpu(tmp_path, arch):
+    import lowbit
+
+    path = str(mf.write_default_model(tmp_path / f"{arch}.gguf", arch, "Q8_0"))
+    n_layer = mf.default_spec(arch, "Q8_0").n_layer
+    prompt = "once upon a time the world"
+    with lowbit.load(path, n_ctx=96, act_precision="high") as cpu:
+        want = _greedy(cpu, prompt, 16)
+        ref = cpu._engine
+        for k in (1, n_layer - 1):
+            with lowbit.load(path, n_ctx=96, device="cuda", n_gpu_layers=k, act_precision="high") as gpu:
+                assert gpu.device == "cuda" and f"layers {n_layer - k}+" in gpu.memory()["backend"]
+                assert _greedy(gpu, prompt, 16)[:8] == want[:8]
+                ids = np.random.default_rng(2).integers(0, ref.n_vocab, 20)
+                ref.truncate(0), gpu._engine.truncate(0)
+                a, b = ref.eval(ids, all_logits=True), gpu._engine.eval(ids, all_logits=True)
+                assert max(rel_err(b[i], a[i]) for i in range(len(ids))) <= TOL
+                with gpu.session() as s:                 # sessions keep the model's layer split
+                    assert "layers" in s.memory()["backend"]
 
 
 @needs_device

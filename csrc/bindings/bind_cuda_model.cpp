@@ -8,6 +8,7 @@
 #include "cuda/device_plan.h"
 #include "runtime/engine.h"
 
+#include <cstring>
 #include <functional>
 #include <map>
 
@@ -22,6 +23,7 @@ py::dict plan_dict(const cuda::DevicePlan& p) {
     py::dict d;
     d["n_ctx"] = p.n_ctx;
     d["n_batch"] = p.n_batch;
+    d["first_layer"] = p.first_layer;
     d["weights_bytes"] = p.weights;
     d["kv_bytes"] = p.kv;
     d["scratch_bytes"] = p.scratch;
@@ -35,13 +37,18 @@ py::dict plan_dict(const cuda::DevicePlan& p) {
 // An engine's forward pass on the device: the engine keeps positions, chunks, sampling and cancel.
 class DeviceBackend final : public runtime::ForwardBackend {
 public:
-    DeviceBackend(std::shared_ptr<const model::Model> m, int64_t n_ctx, int64_t n_batch) : dm_(std::move(m), n_ctx, n_batch) {}
-    void eval(const int32_t* tokens, int64_t n, int64_t pos0, bool all_logits, float* out,
+    DeviceBackend(std::shared_ptr<const model::Model> m, int64_t n_ctx, int64_t n_batch, int64_t first_layer)
+        : dm_(std::move(m), n_ctx, n_batch, first_layer) {}
+    int64_t first_layer() const override { return dm_.plan().first_layer; }
+    void eval(const int32_t* tokens, const float* x, int64_t n, int64_t pos0, bool all_logits, float* out,
               const std::function<void()>& check) override {
         if (dm_.n_past() != pos0) dm_.truncate(pos0);   // the engine truncated since
-        dm_.eval(tokens, n, all_logits, out, check);
+        dm_.eval(tokens, x, n, all_logits, out, check);
     }
-    std::string name() const override { return "cuda: " + dm_.device(); }
+    std::string name() const override {
+        const int64_t l0 = dm_.plan().first_layer;
+        return "cuda: " + dm_.device() + (l0 > 0 ? str(", layers ", l0, "+ (below on the CPU)") : std::string());
+    }
     std::map<std::string, int64_t> memory() const override {
         const cuda::DevicePlan& p = dm_.plan();
         return {{"weights", p.weights}, {"kv", p.kv}, {"scratch", p.scratch}, {"transient", p.transient},
@@ -52,45 +59,119 @@ private:
     cuda::DeviceModel dm_;
 };
 
+// The layer-offload protocol with the CPU on both sides: layers [first_layer, n_layers) and the
+// head in a second CPU pass with its own cache, fed the residual stream the engine's pass leaves
+// (what DeviceBackend gets). Bit-equal to the engine's own pass (the same kernels on the same
+// rows), so the CPU tests check the split itself (forward_layers, the engine's hand-over,
+// truncation) in every build.
+class CpuLayersBackend final : public runtime::ForwardBackend {
+public:
+    CpuLayersBackend(const Engine& e, int64_t first_layer)
+        : m_(e.shared_model()), first_layer_(first_layer),
+          cache_(m_->config, e.n_ctx(), e.n_batch(), model::parse_kv_type(e.kv_type(), m_->config.head_dim)),
+          state_(m_->config, e.n_batch(), e.n_ctx(), e.n_threads()), pool_(e.n_threads()) {
+        LOWBIT_CHECK(first_layer >= 1 && first_layer < m_->config.n_layers, ValueError, "split: the first layer, ",
+                     first_layer, ", is not in [1, ", m_->config.n_layers, ")");
+        state_.act_precision = cpu::parse_act_precision(e.act_precision());
+    }
+    int64_t first_layer() const override { return first_layer_; }
+    void eval(const int32_t* tokens, const float* x, int64_t n, int64_t pos0, bool all_logits, float* out,
+              const std::function<void()>& check) override {
+        LOWBIT_CHECK(x != nullptr, ValueError, "split: no residual stream from the CPU's layers");
+        if (pos0 != n_past_) {
+            LOWBIT_CHECK(pos0 < n_past_ && cache_.truncate(n_past_, pos0) == pos0, ValueError, "split: position ",
+                         pos0, " after ", n_past_, " cannot be resumed");
+        }
+        std::memcpy(state_.x.data(), x, size_t(n * m_->config.n_embd) * sizeof(float));
+        std::vector<model::RowOutput> outputs;
+        if (out)
+            for (int64_t t = all_logits ? 0 : n - 1, i = 0; t < n; ++t, ++i)
+                outputs.push_back(model::RowOutput{t, out + i * m_->config.n_vocab, nullptr});
+        n_past_ = pos0;
+        model::forward_layers(*m_, {model::SeqSpan{&cache_, pos0, 0, n}}, state_, pool_, tokens, first_layer_,
+                              m_->config.n_layers, outputs, check);
+        n_past_ = pos0 + n;
+    }
+    std::string name() const override { return str("cpu split at layer ", first_layer_); }
+    std::map<std::string, int64_t> memory() const override {
+        return {{"kv", int64_t(cache_.bytes())}, {"scratch", state_.bytes()}};
+    }
+
+private:
+    std::shared_ptr<const model::Model> m_;
+    int64_t first_layer_, n_past_ = 0;
+    model::KVCache cache_;
+    model::ForwardState state_;
+    cpu::ThreadPool pool_;
+};
+
+// n_gpu_layers (-1: all) -> the first device layer.
+int64_t first_device_layer(const model::Model& m, int64_t n_gpu_layers) {
+    const int64_t n = m.config.n_layers;
+    LOWBIT_CHECK(n_gpu_layers == -1 || n_gpu_layers >= 1, ValueError, "n_gpu_layers must be -1 (all) or >= 1, got ",
+                 n_gpu_layers);
+    return n_gpu_layers == -1 || n_gpu_layers >= n ? 0 : n - n_gpu_layers;
+}
+
 }  // namespace
 
 void bind_cuda_model(py::module_& m) {
-    m.def("engine_to_cuda", [](Engine& e) {
+    m.def("engine_to_cuda", [](Engine& e, int64_t n_gpu_layers) {
         auto model = e.shared_model();
-        const int64_t n_ctx = e.n_ctx(), n_batch = e.n_batch();
+        const int64_t n_ctx = e.n_ctx(), n_batch = e.n_batch(), first = first_device_layer(*model, n_gpu_layers);
         std::unique_ptr<runtime::ForwardBackend> backend;
         {
             py::gil_scoped_release nogil;
-            backend = std::make_unique<DeviceBackend>(std::move(model), n_ctx, n_batch);
+            backend = std::make_unique<DeviceBackend>(std::move(model), n_ctx, n_batch, first);
         }
         e.set_backend(std::move(backend));
-    }, py::arg("engine"),
-       "Run the engine's later evals on the CUDA device: every layer and the output head there, an f16 KV cache of the "
-       "engine's n_ctx cells (sessions of one model share one upload of its weights). lowbit.CudaError without a "
-       "device, lowbit.InsufficientMemory when the plan does not fit, lowbit.ModelError for what the device pass does "
-       "not run, ValueError for an engine that already holds positions.");
-    m.def("cuda_plan", [](const Engine& e, int64_t n_ctx, int64_t n_batch) {
+    }, py::arg("engine"), py::arg("n_gpu_layers") = -1,
+       "Run the engine's later evals on the CUDA device: the last n_gpu_layers layers (-1 or >= the layer count: "
+       "every layer) and the output head there, with an f16 KV cache of the engine's n_ctx cells; the layers below "
+       "run on the CPU first, in the engine's own pass and cache (sessions of one model share one upload of its "
+       "weights). lowbit.CudaError without a device, lowbit.InsufficientMemory when the plan does not fit, "
+       "lowbit.ModelError for what the device pass does not run, ValueError for an engine that already holds "
+       "positions or n_gpu_layers below -1 or 0.");
+    m.def("engine_split_on_cpu", [](Engine& e, int64_t first_layer) {
+        e.set_backend(std::make_unique<CpuLayersBackend>(e, first_layer));
+    }, py::arg("engine"), py::arg("first_layer"),
+       "Test hook for layer offload: layers from first_layer on (and the head) run in a second CPU pass with its "
+       "own cache, fed the residual stream the engine's pass leaves: the hand-over a partly offloaded engine makes "
+       "to the device, bit-equal to the unsplit pass.");
+    m.def("cuda_plan", [](const Engine& e, int64_t n_ctx, int64_t n_batch, int64_t n_gpu_layers) {
         const auto model = e.shared_model();
-        py::dict d = plan_dict(cuda::plan_device(*model, n_ctx, n_batch));
+        const int64_t first = first_device_layer(*model, n_gpu_layers);
+        py::dict d = plan_dict(cuda::plan_device(*model, n_ctx, n_batch, first));
         py::list tensors;
-        for (const cuda::DeviceTensor& t : cuda::device_tensors(*model))
+        for (const cuda::DeviceTensor& t : cuda::device_tensors(*model, first))
             tensors.append(py::make_tuple(t.name, t.offset, t.bytes));
         d["tensors"] = tensors;
         return d;
-    }, py::arg("engine"), py::arg("n_ctx"), py::arg("n_batch"),
-       "What the engine's model takes on a CUDA device for n_ctx cells and n_batch rows, planned on the host: "
-       "{weights_bytes, kv_bytes, scratch_bytes, transient_bytes, total_bytes, reserve_bytes, weights_by_type, "
-       "tensors: [(name, offset, bytes)]}. lowbit.ModelError for what the device pass does not run.");
-    m.def("cuda_check_fit", [](const Engine& e, int64_t n_ctx, int64_t n_batch, int64_t free_bytes) {
+    }, py::arg("engine"), py::arg("n_ctx"), py::arg("n_batch"), py::arg("n_gpu_layers") = -1,
+       "What the engine's model takes on a CUDA device for n_ctx cells and n_batch rows with its last n_gpu_layers "
+       "layers there (-1: all), planned on the host: {first_layer, weights_bytes, kv_bytes, scratch_bytes, "
+       "transient_bytes, total_bytes, reserve_bytes, weights_by_type, tensors: [(name, offset, bytes)]}. "
+       "lowbit.ModelError for what the device pass does not run.");
+    m.def("cuda_check_fit", [](const Engine& e, int64_t n_ctx, int64_t n_batch, int64_t free_bytes, int64_t n_gpu_layers) {
         const auto model = e.shared_model();
-        cuda::check_device_fit(*model, cuda::plan_device(*model, n_ctx, n_batch), free_bytes);
-    }, py::arg("engine"), py::arg("n_ctx"), py::arg("n_batch"), py::arg("free_bytes"),
+        cuda::check_device_fit(*model, cuda::plan_device(*model, n_ctx, n_batch, first_device_layer(*model, n_gpu_layers)),
+                               free_bytes);
+    }, py::arg("engine"), py::arg("n_ctx"), py::arg("n_batch"), py::arg("free_bytes"), py::arg("n_gpu_layers") = -1,
        "lowbit.InsufficientMemory (a MemoryError) when the plan plus its reserve exceeds free_bytes, naming the "
-       "figures and the largest n_ctx that fits: the check a CudaModel makes against the device's free memory.");
-    m.def("cuda_largest_n_ctx", [](const Engine& e, int64_t n_batch, int64_t free_bytes, int64_t n_ctx_limit) {
-        return cuda::largest_fitting_n_ctx(*e.shared_model(), n_batch, free_bytes, n_ctx_limit);
+       "figures, the largest n_ctx and the most n_gpu_layers that fit: the check a CudaModel makes against the "
+       "device's free memory.");
+    m.def("cuda_largest_n_ctx", [](const Engine& e, int64_t n_batch, int64_t free_bytes, int64_t n_ctx_limit,
+                                   int64_t n_gpu_layers) {
+        const auto model = e.shared_model();
+        return cuda::largest_fitting_n_ctx(*model, n_batch, free_bytes, n_ctx_limit,
+                                           first_device_layer(*model, n_gpu_layers));
     }, py::arg("engine"), py::arg("n_batch"), py::arg("free_bytes"), py::arg("n_ctx_limit"),
+       py::arg("n_gpu_layers") = -1,
        "The largest n_ctx <= n_ctx_limit whose plan fits in free_bytes (0: none).");
+    m.def("cuda_largest_n_gpu_layers", [](const Engine& e, int64_t n_ctx, int64_t n_batch, int64_t free_bytes) {
+        return cuda::largest_fitting_gpu_layers(*e.shared_model(), n_ctx, n_batch, free_bytes);
+    }, py::arg("engine"), py::arg("n_ctx"), py::arg("n_batch"), py::arg("free_bytes"),
+       "The most layers (the last ones) whose plan at n_ctx fits in free_bytes (0: not one).");
 
     py::class_<cuda::DeviceModel>(m, "CudaModel",
         "The engine's model on the CUDA device: every layer and the output head there, an f16 KV cache of n_ctx "
@@ -109,7 +190,7 @@ void bind_cuda_model(py::module_& m) {
             float* dst = out.mutable_data();
             {
                 py::gil_scoped_release nogil;
-                d.eval(ids.data(), int64_t(ids.size()), all_logits, dst);
+                d.eval(ids.data(), nullptr, int64_t(ids.size()), all_logits, dst);
             }
             return out;
         }, py::arg("tokens"), py::arg("all_logits") = false,

@@ -1,8 +1,9 @@
 // device_model.cu: the forward pass of model/forward.cpp on the CUDA device (device_model.h).
 //
 // Per piece of n <= n_batch tokens at positions pos0 .. pos0+n-1, with the kernels of ops.cuh:
-//   x = embedding rows (looked up and scaled on the host, uploaded)
-//   per layer: xn = rmsnorm(x) * attn_norm; q, k, v = projections (+ biases) [per-head or
+//   x = embedding rows (looked up and scaled on the host, uploaded), or with layer offload the
+//       residual stream after the CPU's layers (uploaded)
+//   per device layer: xn = rmsnorm(x) * attn_norm; q, k, v = projections (+ biases) [per-head or
 //   whole-row qk-norm] RoPE; k, v -> the f16 cache rows pos0..; attn = attention (window on
 //   sliding layers, softcap); proj = attn Wo^T (+ bo) [post-norm]; x += residual_scale proj;
 //   xn = rmsnorm(x) * ffn_norm; h = act(xn Wgate^T) * (xn Wup^T); proj = h Wdown^T [post-norm];
@@ -59,11 +60,12 @@ struct DeviceWeights {
 };
 
 std::mutex g_weights_mu;
-std::map<const model::Model*, std::weak_ptr<DeviceWeights>> g_weights;   // uploads alive, by model
+using WeightsKey = std::pair<const model::Model*, int64_t>;          // model, first device layer
+std::map<WeightsKey, std::weak_ptr<DeviceWeights>> g_weights;         // uploads alive
 
-std::shared_ptr<DeviceWeights> resident_weights(const model::Model* m) {
+std::shared_ptr<DeviceWeights> resident_weights(const WeightsKey& key) {
     std::lock_guard<std::mutex> lock(g_weights_mu);
-    auto it = g_weights.find(m);
+    auto it = g_weights.find(key);
     if (it == g_weights.end()) return nullptr;
     auto w = it->second.lock();
     if (!w) g_weights.erase(it);
@@ -94,8 +96,10 @@ struct DeviceModel::Impl {
     const float* vec(const model::Vec& v) const {
         return v.empty() ? nullptr : reinterpret_cast<const float*>(w->dev.at(&v));
     }
-    // Layer il's K rows, then its V rows: n_ctx x kv_dim halves each.
-    __half* k_cache(int64_t il) { return kv.as<__half>() + 2 * il * plan.n_ctx * m->config.kv_dim(); }
+    // Layer il's K rows, then its V rows: n_ctx x kv_dim halves each (device layers only).
+    __half* k_cache(int64_t il) {
+        return kv.as<__half>() + 2 * (il - plan.first_layer) * plan.n_ctx * m->config.kv_dim();
+    }
     __half* v_cache(int64_t il) { return k_cache(il) + plan.n_ctx * m->config.kv_dim(); }
 
     void note_peak() {
@@ -206,7 +210,9 @@ struct DeviceModel::Impl {
         }
     }
 
-    void piece(const int32_t* tokens, int64_t n, bool all_logits, float* out, const std::function<void()>& check) {
+    // x_in: the CPU layers' residual stream (layer offload), else nullptr (embeddings here).
+    void piece(const int32_t* tokens, const float* x_in, int64_t n, bool all_logits, float* out,
+               const std::function<void()>& check) {
         const model::ModelConfig& c = m->config;
         const model::Matrix& te = m->weights.token_embd;
         const int64_t E = c.n_embd, pos0 = n_past;
@@ -215,14 +221,18 @@ struct DeviceModel::Impl {
         host_pos.resize(size_t(n));
         for (int64_t t = 0; t < n; ++t) {
             float* x = host_x.data() + t * E;
-            qt.to_float(model::matrix_row(te, tokens[t]), x, E);
-            if (c.embd_scale != 1.0f) for (int64_t i = 0; i < E; ++i) x[i] *= c.embd_scale;
+            if (x_in) {
+                std::memcpy(x, x_in + t * E, size_t(E) * 4);   // staged: the caller's rows may change once eval returns
+            } else {
+                qt.to_float(model::matrix_row(te, tokens[t]), x, E);
+                if (c.embd_scale != 1.0f) for (int64_t i = 0; i < E; ++i) x[i] *= c.embd_scale;
+            }
             host_pos[size_t(t)] = int32_t(pos0 + t);
         }
         LOWBIT_CUDA_CHECK(cudaMemcpyAsync(at<float>(kX), host_x.data(), host_x.size() * 4, cudaMemcpyHostToDevice, stream));
         LOWBIT_CUDA_CHECK(cudaMemcpyAsync(at<int32_t>(kPos), host_pos.data(), host_pos.size() * 4, cudaMemcpyHostToDevice,
                                           stream));
-        for (int64_t il = 0; il < c.n_layers; ++il) {
+        for (int64_t il = plan.first_layer; il < c.n_layers; ++il) {
             try {
                 if (cancelled.load(std::memory_order_relaxed)) throw Cancelled("CUDA eval cancelled");
                 if (check) check();
@@ -238,13 +248,13 @@ struct DeviceModel::Impl {
     }
 };
 
-DeviceModel::DeviceModel(std::shared_ptr<const model::Model> m, int64_t n_ctx, int64_t n_batch)
+DeviceModel::DeviceModel(std::shared_ptr<const model::Model> m, int64_t n_ctx, int64_t n_batch, int64_t first_layer)
     : impl_(std::make_unique<Impl>()) {
     LOWBIT_CHECK(m != nullptr, ValueError, "DeviceModel: no model");
     Impl& d = *impl_;
     d.m = std::move(m);
-    const std::vector<DeviceTensor> tensors = device_tensors(*d.m);   // ModelError before any CUDA call
-    d.plan = plan_device(*d.m, n_ctx, n_batch);
+    const std::vector<DeviceTensor> tensors = device_tensors(*d.m, first_layer);   // ModelError before any CUDA call
+    d.plan = plan_device(*d.m, n_ctx, n_batch, first_layer);
     int count = 0;
     cudaError_t err = cudaGetDeviceCount(&count);
     if (err != cudaSuccess || count <= 0) {
@@ -259,7 +269,8 @@ DeviceModel::DeviceModel(std::shared_ptr<const model::Model> m, int64_t n_ctx, i
     LOWBIT_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
     // Another device model of this model holds the weights already: only the KV cache and scratch are new.
     // (Two first device models of one model built at once may both upload; each is correct.)
-    d.w = resident_weights(d.m.get());
+    const WeightsKey key{d.m.get(), first_layer};
+    d.w = resident_weights(key);
     DevicePlan need = d.plan;
     if (d.w) need.weights = 0;
     check_device_fit(*d.m, need, int64_t(free_b));
@@ -278,7 +289,7 @@ DeviceModel::DeviceModel(std::shared_ptr<const model::Model> m, int64_t n_ctx, i
         w->m = d.m;
         w->upload(tensors, d.plan.weights);
         std::lock_guard<std::mutex> lock(g_weights_mu);
-        g_weights[d.m.get()] = w;
+        g_weights[key] = w;
         d.w = std::move(w);
     }
     const model::Model& md = *d.m;
@@ -292,11 +303,14 @@ DeviceModel::DeviceModel(std::shared_ptr<const model::Model> m, int64_t n_ctx, i
 
 DeviceModel::~DeviceModel() = default;
 
-void DeviceModel::eval(const int32_t* tokens, int64_t n, bool all_logits, float* out,
+void DeviceModel::eval(const int32_t* tokens, const float* x, int64_t n, bool all_logits, float* out,
                        const std::function<void()>& check) {
     Impl& d = *impl_;
     const model::ModelConfig& c = d.m->config;
     LOWBIT_CHECK(n >= 1, ValueError, "eval: no tokens");
+    LOWBIT_CHECK((x != nullptr) == (d.plan.first_layer > 0), ValueError, "eval: ",
+                 d.plan.first_layer > 0 ? str("layers below ", d.plan.first_layer, " run on the CPU: their output is needed")
+                                        : std::string("every layer is on the device: it takes tokens, not hidden states"));
     LOWBIT_CHECK(d.n_past + n <= d.plan.n_ctx, ValueError, "eval: ", n, " tokens after ", d.n_past,
                  " exceed the device context of ", d.plan.n_ctx);
     for (int64_t t = 0; t < n; ++t)
@@ -306,7 +320,7 @@ void DeviceModel::eval(const int32_t* tokens, int64_t n, bool all_logits, float*
         const int64_t len = std::min(d.plan.n_batch, n - t0);
         const bool last = t0 + len == n;
         float* dst = !out ? nullptr : all_logits ? out + t0 * c.n_vocab : last ? out : nullptr;
-        d.piece(tokens + t0, len, all_logits, dst, check);
+        d.piece(tokens + t0, x ? x + t0 * c.n_embd : nullptr, len, all_logits, dst, check);
     }
     d.note_peak();
 }

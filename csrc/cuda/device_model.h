@@ -4,12 +4,15 @@
 // allocated (device_plan.h). Host-only declarations: bindings and tests include this in every
 // build; without the CUDA backend the constructor throws CudaError (device_model_nocuda.cpp).
 //
-// Device models of one model::Model share one upload of its weights (every session on the model
-// adds only its KV cache and scratch); the fit check counts the weights only for the first.
+// Layer offload: with first_layer > 0 only layers [first_layer, n_layers) and the head are on the
+// device; eval then takes the residual stream the CPU's layers below left (model::forward_layers).
 //
-// Left for later (issue 19): layer offload (n_gpu_layers below the layer count), mixture of
-// experts, q8_0 KV, CUDA-graph capture of the decode step, tensor-core flash attention for
-// prefill, and the engine / generate wiring.
+// Device models of one model::Model and first layer share one upload of its weights (every
+// session on the model adds only its KV cache and scratch); the fit check counts the weights only
+// for the first.
+//
+// Left for later (issue 19): mixture of experts, q8_0 KV, CUDA-graph capture of the decode step,
+// tensor-core flash attention for prefill.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -23,19 +26,23 @@ namespace lowbit::cuda {
 
 class DeviceModel {
 public:
-    // Plans n_ctx cells and n_batch rows, checks the plan against the device's free memory
-    // (InsufficientMemory naming the figures and the largest n_ctx that fits), then uploads.
-    // ModelError for what the device pass does not run (device_tensors), CudaError without a device.
-    DeviceModel(std::shared_ptr<const model::Model> m, int64_t n_ctx, int64_t n_batch);
+    // Plans n_ctx cells and n_batch rows of layers [first_layer, n_layers), checks the plan
+    // against the device's free memory (InsufficientMemory naming the figures and the largest
+    // n_ctx / n_gpu_layers that fit), then uploads. ModelError for what the device pass does not
+    // run (device_tensors), CudaError without a device.
+    DeviceModel(std::shared_ptr<const model::Model> m, int64_t n_ctx, int64_t n_batch, int64_t first_layer = 0);
     ~DeviceModel();
     DeviceModel(const DeviceModel&) = delete;
     DeviceModel& operator=(const DeviceModel&) = delete;
 
     // Appends n tokens at n_past (in pieces of n_batch rows): logits of the last token, or of
-    // every token with all_logits, into out (rows x n_vocab floats, host memory). Cancelled
-    // between layers after cancel() or when check() throws (the engine's cancel and abort
-    // checks); n_past then counts only the pieces that completed.
-    void eval(const int32_t* tokens, int64_t n, bool all_logits, float* out, const std::function<void()>& check = {});
+    // every token with all_logits, into out (rows x n_vocab floats, host memory). With
+    // first_layer > 0, x (n, n_embd) is the tokens' residual stream after the CPU's layers
+    // (tokens then only range-checked); else nullptr. Cancelled between layers after cancel() or
+    // when check() throws (the engine's cancel and abort checks); n_past then counts only the
+    // pieces that completed.
+    void eval(const int32_t* tokens, const float* x, int64_t n, bool all_logits, float* out,
+              const std::function<void()>& check = {});
     void truncate(int64_t n);   // forget positions >= n (0 <= n <= n_past)
     void cancel();              // thread-safe; stays set until reset_cancel()
     void reset_cancel();

@@ -4,12 +4,12 @@
 #ifndef LOWBIT_WITH_CUDA
 namespace lowbit::cuda {
 struct DeviceModel::Impl {};
-DeviceModel::DeviceModel(std::shared_ptr<const model::Model> m, int64_t, int64_t) {
-    if (m) device_tensors(*m);   // ModelError first, as in a CUDA build
+DeviceModel::DeviceModel(std::shared_ptr<const model::Model> m, int64_t, int64_t, int64_t first_layer) {
+    if (m) device_tensors(*m, first_layer);   // ModelError first, as in a CUDA build
     throw CudaError("no CUDA device (lowbit was built without the CUDA backend)");
 }
 DeviceModel::~DeviceModel() = default;
-void DeviceModel::eval(const int32_t*, int64_t, bool, float*, const std::function<void()>&) {}
+void DeviceModel::eval(const int32_t*, const float*, int64_t, bool, float*, const std::function<void()>&) {}
 void DeviceModel::truncate(int64_t) {}
 void DeviceModel::cancel() {}
 void DeviceModel::reset_cancel() {}

@@ -27,8 +27,10 @@ struct Widths {
 
 }  // namespace
 
-std::vector<DeviceTensor> device_tensors(const model::Model& m) {
+std::vector<DeviceTensor> device_tensors(const model::Model& m, int64_t first_layer) {
     const model::ModelConfig& c = m.config;
+    LOWBIT_CHECK(first_layer >= 0 && first_layer < c.n_layers, ValueError, "device layers: the first one, ",
+                 first_layer, ", is not in [0, ", c.n_layers, ")");
     const model::ModelWeights& w = m.weights;
     LOWBIT_CHECK(!c.is_moe(), ModelError, "the CUDA forward pass does not run mixture-of-experts models yet (",
                  c.n_expert, " experts)");
@@ -53,7 +55,7 @@ std::vector<DeviceTensor> device_tensors(const model::Model& m) {
         offset = align_up(offset + t.bytes);
         out.push_back(t);
     };
-    for (size_t il = 0; il < w.layers.size(); ++il) {
+    for (size_t il = size_t(first_layer); il < w.layers.size(); ++il) {
         const model::LayerWeights& l = w.layers[il];
         const std::string p = "blk." + std::to_string(il) + ".";
         add_vec(p + "attn_norm", l.attn_norm);
@@ -85,14 +87,15 @@ std::vector<DeviceTensor> device_tensors(const model::Model& m) {
     return out;
 }
 
-DevicePlan plan_device(const model::Model& m, int64_t n_ctx, int64_t n_batch) {
+DevicePlan plan_device(const model::Model& m, int64_t n_ctx, int64_t n_batch, int64_t first_layer) {
     const model::ModelConfig& c = m.config;
     LOWBIT_CHECK(n_ctx >= 1 && n_batch >= 1 && n_batch <= 65535, ValueError, "device plan: n_ctx ", n_ctx,
                  " and n_batch ", n_batch, " must be >= 1 (n_batch <= 65535)");
     DevicePlan p;
     p.n_ctx = n_ctx;
     p.n_batch = n_batch;
-    const std::vector<DeviceTensor> tensors = device_tensors(m);
+    p.first_layer = first_layer;
+    const std::vector<DeviceTensor> tensors = device_tensors(m, first_layer);
     Widths wd;
     for (const DeviceTensor& t : tensors) {
         if (t.matrix) {
@@ -105,7 +108,7 @@ DevicePlan plan_device(const model::Model& m, int64_t n_ctx, int64_t n_batch) {
     }
     p.weights = tensors.empty() ? 0 : tensors.back().offset + tensors.back().bytes;
     const int64_t kv_dim = c.kv_dim(), Q = c.q_dim(), E = c.n_embd, F = c.n_ff;
-    p.kv = checked_mul(checked_mul(4 * c.n_layers, n_ctx, "device KV cache"), kv_dim, "device KV cache");
+    p.kv = checked_mul(checked_mul(4 * (c.n_layers - first_layer), n_ctx, "device KV cache"), kv_dim, "device KV cache");
     const int64_t keys = c.n_swa > 0 && std::all_of(c.layer_is_swa.begin(), c.layer_is_swa.end(), [](bool b) { return b; })
                              ? std::min(n_ctx, c.n_swa) : n_ctx;   // the most keys a token sees
     auto floats = [&](int64_t per_row) { return align_up(checked_mul(n_batch, per_row, "device activations") * 4); };
@@ -129,9 +132,10 @@ DevicePlan plan_device(const model::Model& m, int64_t n_ctx, int64_t n_batch) {
 
 int64_t device_reserve(const DevicePlan& p) { return (int64_t(64) << 20) + p.total() / 100; }
 
-int64_t largest_fitting_n_ctx(const model::Model& m, int64_t n_batch, int64_t free_bytes, int64_t n_ctx_limit) {
+int64_t largest_fitting_n_ctx(const model::Model& m, int64_t n_batch, int64_t free_bytes, int64_t n_ctx_limit,
+                              int64_t first_layer) {
     auto fits = [&](int64_t n_ctx) {
-        const DevicePlan p = plan_device(m, n_ctx, n_batch);
+        const DevicePlan p = plan_device(m, n_ctx, n_batch, first_layer);
         return p.total() + device_reserve(p) <= free_bytes;
     };
     if (n_ctx_limit < 1 || !fits(1)) return 0;
@@ -144,18 +148,41 @@ int64_t largest_fitting_n_ctx(const model::Model& m, int64_t n_batch, int64_t fr
     return lo;
 }
 
+int64_t largest_fitting_gpu_layers(const model::Model& m, int64_t n_ctx, int64_t n_batch, int64_t free_bytes) {
+    const int64_t n_layers = m.config.n_layers;
+    auto fits = [&](int64_t layers) {   // the plan grows with the layers: bisect
+        const DevicePlan p = plan_device(m, n_ctx, n_batch, n_layers - layers);
+        return p.total() + device_reserve(p) <= free_bytes;
+    };
+    if (!fits(1)) return 0;
+    int64_t lo = 1, hi = n_layers;   // fits(lo); the answer is in [lo, hi]
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo + 1) / 2;
+        if (fits(mid)) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
 void check_device_fit(const model::Model& m, const DevicePlan& p, int64_t free_bytes) {
     const int64_t reserve = device_reserve(p);
     if (p.total() + reserve <= free_bytes) return;
     const double MiB = double(1 << 20);
-    const int64_t best = largest_fitting_n_ctx(m, p.n_batch, free_bytes, p.n_ctx);
+    const int64_t n_layers = m.config.n_layers, layers = n_layers - p.first_layer;
+    const int64_t best_ctx = largest_fitting_n_ctx(m, p.n_batch, free_bytes, p.n_ctx, p.first_layer);
+    const int64_t best_layers = largest_fitting_gpu_layers(m, p.n_ctx, p.n_batch, free_bytes);
+    std::string advice;
+    if (best_ctx > 0) advice = str("the largest n_ctx that fits is ", best_ctx);
+    if (best_layers > 0) advice += str(best_ctx > 0 ? "; or " : "", "n_gpu_layers=", best_layers, " fits at n_ctx ", p.n_ctx);
+    if (advice.empty())
+        advice = str("the weights do not fit at any n_ctx", layers > 1 ? ", nor one layer's" : "", " (use device='cpu')");
     throw InsufficientMemory(str(
         "the model needs ", int64_t(double(p.total()) / MiB), " MiB on the CUDA device (weights ",
-        int64_t(double(p.weights) / MiB), " MiB, KV cache ", int64_t(double(p.kv) / MiB), " MiB for n_ctx ", p.n_ctx,
-        ", scratch ", int64_t(double(p.scratch + p.transient) / MiB), " MiB for n_batch ", p.n_batch, ") plus a ",
+        int64_t(double(p.weights) / MiB), " MiB of ", layers, " of ", n_layers, " layers and the head, KV cache ",
+        int64_t(double(p.kv) / MiB), " MiB for n_ctx ", p.n_ctx, ", scratch ",
+        int64_t(double(p.scratch + p.transient) / MiB), " MiB for n_batch ", p.n_batch, ") plus a ",
         int64_t(double(reserve) / MiB), " MiB reserve, but ", int64_t(double(free_bytes) / MiB), " MiB are free; ",
-        best > 0 ? str("the largest n_ctx that fits is ", best)
-                 : std::string("the weights do not fit at any n_ctx (use device='cpu')")));
+        advice));
 }
 
 }  // namespace lowbit::cuda

@@ -32,12 +32,13 @@ struct DeviceTensor {
     int64_t offset = 0;    // multiple of kDeviceAlign
 };
 
-// Every tensor of the device forward pass, in upload order: per layer its norms, biases and
-// matrices (fused [q|k|v] and [gate|up] where the CPU has them), then output_norm and the output
-// head (token_embd when tied). token_embd itself stays on the host: rows are looked up there.
-// ModelError for what the device pass does not run (mixture of experts, attention sinks, a
-// matrix type without a CUDA kernel, head_dim > 512), naming it.
-std::vector<DeviceTensor> device_tensors(const model::Model& m);
+// Every tensor of the device forward pass, in upload order: per layer from first_layer on (the
+// layers below run on the CPU: layer offload) its norms, biases and matrices (fused [q|k|v] and
+// [gate|up] where the CPU has them), then output_norm and the output head (token_embd when tied).
+// token_embd itself stays on the host: rows are looked up there. ModelError for what the device
+// pass does not run (mixture of experts, attention sinks, a matrix type without a CUDA kernel,
+// head_dim > 512), naming it; ValueError for first_layer outside [0, n_layers).
+std::vector<DeviceTensor> device_tensors(const model::Model& m, int64_t first_layer = 0);
 
 // The resident scratch buffer's parts, in order (each a multiple of kDeviceAlign bytes).
 enum ScratchPart { kX, kXn, kQkv, kQ, kK, kV, kAttn, kProj, kGate, kUp, kAttnPartials, kQ8, kLogits, kPos,
@@ -45,8 +46,9 @@ enum ScratchPart { kX, kXn, kQkv, kQ, kK, kV, kAttn, kProj, kGate, kUp, kAttnPar
 
 struct DevicePlan {
     int64_t n_ctx = 0, n_batch = 0;
+    int64_t first_layer = 0;   // layers [first_layer, n_layers) and the head are on the device
     int64_t weights = 0;     // the arena: device_tensors' last offset + bytes
-    int64_t kv = 0;          // f16 K and V: 2 x n_layers x n_ctx x kv_dim x 2 bytes
+    int64_t kv = 0;          // f16 K and V: 2 x device layers x n_ctx x kv_dim x 2 bytes
     int64_t scratch = 0;     // resident: activations of n_batch rows (x, xn, qkv, q, k, v, attn,
                              // proj, gate (2 n_ff), up), attention partials, q8 activations of a
                              // decode row, kLogitRows logits rows, positions, RoPE tables
@@ -56,17 +58,23 @@ struct DevicePlan {
     int64_t total() const { return weights + kv + scratch + transient; }
 };
 
-DevicePlan plan_device(const model::Model& m, int64_t n_ctx, int64_t n_batch);
+DevicePlan plan_device(const model::Model& m, int64_t n_ctx, int64_t n_batch, int64_t first_layer = 0);
 
 // Bytes kept free beyond the plan (the CUDA context is already outside `free`; this covers
 // cuBLAS's workspace and allocator rounding): 64 MiB + 1 % of the plan.
 int64_t device_reserve(const DevicePlan& p);
 
 // The largest n_ctx (<= n_ctx_limit) whose plan fits in free_bytes with the reserve, 0 if none.
-int64_t largest_fitting_n_ctx(const model::Model& m, int64_t n_batch, int64_t free_bytes, int64_t n_ctx_limit);
+int64_t largest_fitting_n_ctx(const model::Model& m, int64_t n_batch, int64_t free_bytes, int64_t n_ctx_limit,
+                              int64_t first_layer = 0);
+
+// The most layers (the last ones, as n_gpu_layers counts them) whose plan at n_ctx fits in
+// free_bytes with the reserve, 0 if not even one does.
+int64_t largest_fitting_gpu_layers(const model::Model& m, int64_t n_ctx, int64_t n_batch, int64_t free_bytes);
 
 // InsufficientMemory when plan + reserve exceeds free_bytes: names the weights, KV cache, scratch
-// and free figures and the largest n_ctx that would fit (or that the weights alone do not).
+// and free figures, the largest n_ctx that would fit with these layers and the most layers
+// (n_gpu_layers) that would fit at this n_ctx (or that nothing fits).
 void check_device_fit(const model::Model& m, const DevicePlan& p, int64_t free_bytes);
 
 }  // namespace lowbit::cuda

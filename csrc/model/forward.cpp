@@ -419,9 +419,18 @@ void forward(const Model& m, KVCache& cache, ForwardState& s, cpu::ThreadPool& p
 void forward_batch(const Model& m, const std::vector<SeqSpan>& spans, ForwardState& s, cpu::ThreadPool& pool,
                    const int32_t* tokens, const std::vector<RowOutput>& outputs,
                    const std::function<void()>& check_cancel) {
+    forward_layers(m, spans, s, pool, tokens, 0, m.config.n_layers, outputs, check_cancel);
+}
+
+void forward_layers(const Model& m, const std::vector<SeqSpan>& spans, ForwardState& s, cpu::ThreadPool& pool,
+                    const int32_t* tokens, int64_t il0, int64_t il1, const std::vector<RowOutput>& outputs,
+                    const std::function<void()>& check_cancel) {
     const ModelConfig& c = m.config;
     const ModelWeights& w = m.weights;
     const int64_t E = c.n_embd;
+    LOWBIT_CHECK(0 <= il0 && il0 <= il1 && il1 <= c.n_layers && (outputs.empty() || il1 == c.n_layers), ValueError,
+                 "forward_layers: layers [", il0, ", ", il1, ") of ", c.n_layers,
+                 outputs.empty() ? "" : " (outputs need the last layer)");
     check_cancel();
     int64_t n = 0;   // rows of the pass; each row's sequence and position
     s.row_pos.resize(size_t(s.n_batch));
@@ -437,15 +446,18 @@ void forward_batch(const Model& m, const std::vector<SeqSpan>& spans, ForwardSta
         n += spans[i].n;
     }
 
-    // Embeddings (scaled for gemma3) and each row's RoPE tables.
+    // Embeddings (scaled for gemma3; from layer 0 only: later starts find their input in s.x) and
+    // each row's RoPE tables.
     const QuantType& embd_type = quant_type(w.token_embd.type);
     cpu::prof::add_pass(n);
     std::optional<cpu::prof::Scope> scope(std::in_place, cpu::prof::Op::Embed);
     for_tokens(pool, n, E, [&](int64_t t) {
-        float* x = s.x.data() + t * E;
         const double pos = double(s.row_pos[size_t(t)]);
-        embd_type.to_float(model::matrix_row(w.token_embd, tokens[t]), x, E);   // packed when the head is tied (weights.h)
-        if (c.embd_scale != 1.0f) for (int64_t i = 0; i < E; ++i) x[i] *= c.embd_scale;
+        if (il0 == 0) {
+            float* x = s.x.data() + t * E;
+            embd_type.to_float(model::matrix_row(w.token_embd, tokens[t]), x, E);   // packed when the head is tied (weights.h)
+            if (c.embd_scale != 1.0f) for (int64_t i = 0; i < E; ++i) x[i] *= c.embd_scale;
+        }
         cpu::rope_cos_sin(pos, m.inv_freq_global.data(), c.n_rot / 2, s.rope_global.data() + t * c.n_rot,
                           c.rope_global.mscale());
         if (c.any_swa())
@@ -454,12 +466,12 @@ void forward_batch(const Model& m, const std::vector<SeqSpan>& spans, ForwardSta
     });
     scope.reset();
 
-    for (int64_t il = 0; il < c.n_layers; ++il) {
+    for (int64_t il = il0; il < il1; ++il) {
         const LayerWeights& l = w.layers[size_t(il)];
         prefetch_keys(c, il, spans);
         norm_rows(l.attn_norm, c, s, pool, n);
         attention_inputs(m, l, il, spans, s, pool, n);
-        if (il == 0)
+        if (il == il0)
             for (const SeqSpan& sp : spans) sp.cache->note_written(sp.pos0 + sp.n - 1);
         attention(m, il, spans, s, pool);
         {

@@ -97,6 +97,15 @@ void forward_batch(const Model& m, const std::vector<SeqSpan>& spans, ForwardSta
                    const int32_t* tokens, const std::vector<RowOutput>& outputs,
                    const std::function<void()>& check_cancel);
 
+// forward_batch over layers [il0, il1) only (what a pass split between the CPU and a device runs
+// on each side). il0 > 0: tokens are not read; s.x holds each row's residual stream after layer
+// il0 - 1 (as a pass over [0, il0) leaves it). il1 < n_layers: outputs must be empty and s.x is
+// left holding the residual stream after layer il1 - 1. The caches get the keys and values of
+// layers [il0, il1) only. forward_batch is forward_layers(..., 0, n_layers, ...).
+void forward_layers(const Model& m, const std::vector<SeqSpan>& spans, ForwardState& s, cpu::ThreadPool& pool,
+                    const int32_t* tokens, int64_t il0, int64_t il1, const std::vector<RowOutput>& outputs,
+                    const std::function<void()>& check_cancel);
+
 // Re-applies RoPE to one token's cached keys for a position change of `delta`.   k: (n_head_kv, head_dim)
 void rerotate_keys(const Model& m, int64_t il, float* k, int64_t delta);
 

@@ -120,7 +120,13 @@ void Engine::eval_locked(const int32_t* tokens, int64_t n, bool all_logits, floa
         float* logits = all_logits ? out + i0 * c.n_vocab : (last ? out : nullptr);
         if (backend_) {
             check_cancel();
-            backend_->eval(tokens + i0, nb, n_past_, all_logits, logits, check_cancel);
+            const float* x = nullptr;
+            if (const int64_t l0 = backend_->first_layer(); l0 > 0) {   // the CPU's layers first, then the backend's
+                model::forward_layers(*model_, {model::SeqSpan{cache_.get(), n_past_, 0, nb}}, *state_, *pool_,
+                                      tokens + i0, 0, l0, {}, check_cancel);
+                x = state_->x.data();
+            }
+            backend_->eval(tokens + i0, x, nb, n_past_, all_logits, logits, check_cancel);
         } else {
             model::forward(*model_, *cache_, *state_, *pool_, tokens + i0, nb, n_past_, logits, all_logits, check_cancel);
         }

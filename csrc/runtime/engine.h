@@ -48,9 +48,14 @@ struct MemoryReport {
 class ForwardBackend {
 public:
     virtual ~ForwardBackend() = default;
+    // The layers below this one run on the CPU first, in the engine's own pass and cache (layer
+    // offload: llama.cpp's n_gpu_layers below the layer count); 0: the backend runs every layer.
+    virtual int64_t first_layer() const { return 0; }
     // tokens at positions pos0.. (the engine's n_past, <= n_ctx - n); logits as Engine::eval;
-    // check() is called between layers and throws Cancelled to stop.
-    virtual void eval(const int32_t* tokens, int64_t n, int64_t pos0, bool all_logits, float* out,
+    // check() is called between layers and throws Cancelled to stop. With first_layer() > 0, x
+    // holds the n rows' residual stream after layer first_layer() - 1 ((n, n_embd) floats, host
+    // memory), else it is nullptr.
+    virtual void eval(const int32_t* tokens, const float* x, int64_t n, int64_t pos0, bool all_logits, float* out,
                       const std::function<void()>& check) = 0;
     virtual std::string name() const = 0;
     virtual std::map<std::string, int64_t> memory() const = 0;

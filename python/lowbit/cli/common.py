@@ -89,10 +89,10 @@ def add_load_flags(sp: argparse.ArgumentParser) -> None:
 
 def add_device_flags(g) -> None:
     g.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
-                   help="cpu (default), cuda (every layer on the first CUDA device) or auto (CUDA when usable)")
+                   help="cpu (default), cuda (the first CUDA device) or auto (CUDA when usable)")
     g.add_argument("--n-gpu-layers", "-ngl", type=int, default=-1, metavar="N",
-                   help="layers on the GPU with --device cuda/auto: -1 (default) every layer, 0 none; "
-                        "partial offload is not supported yet")
+                   help="layers on the GPU with --device cuda/auto: -1 (default) every layer, 0 none, N the "
+                        "last N layers and the output head (the layers below run on the CPU)")
 
 
 def add_act_precision_flag(g, default: str) -> None:

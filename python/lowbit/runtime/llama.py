@@ -57,11 +57,12 @@ class Llama:
         self.model_path = os.fspath(model_path)
         self.verbose = verbose
         # n_ctx=0 means the model's training context, as in llama-cpp-python
-        # n_gpu_layers != 0: the GPU where lowbit can use one (every layer; load(device="auto")
-        # says why not when it cannot), the CPU otherwise, as a CPU build of llama-cpp-python
+        # n_gpu_layers != 0: the GPU where lowbit can use one (that many of the last layers, -1
+        # every one; load(device="auto") says why not when it cannot), the CPU otherwise, as a
+        # CPU build of llama-cpp-python
         self.lowbit_model: Model = load(self.model_path, n_ctx=n_ctx or None, n_threads=n_threads,
                                         n_batch=n_batch, device="auto" if n_gpu_layers else "cpu",
-                                        n_gpu_layers=-1 if n_gpu_layers else 0)
+                                        n_gpu_layers=n_gpu_layers)
         from lowbit import cuda_status
         if n_gpu_layers != 0 and self.lowbit_model.device != "cuda" and not cuda_status()["device_count"]:
             warnings.warn(f"n_gpu_layers={n_gpu_layers}: no usable CUDA device ({cuda_status()['message']}); "

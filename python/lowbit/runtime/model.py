@@ -115,20 +115,18 @@ def _select_device(device: str, n_gpu_layers: int) -> str:
     raise CudaError(f"device='cuda' is not available: {status['message']}; use device='cpu' or 'auto'")
 
 
-def _to_device(engine, asked: str, n_gpu_layers: int, n_layers: int, kv_type: str) -> str:
-    """Moves the engine's forward pass onto the CUDA device (every layer and the output head):
-    "cuda", or "cpu" where device="auto" cannot use it (with a warning saying why). Raises for
-    device="cuda": partial offload and the q8_0 KV cache are not on the device yet."""
+def _to_device(engine, asked: str, n_gpu_layers: int, kv_type: str) -> str:
+    """Moves the engine's forward pass onto the CUDA device (its last n_gpu_layers layers, -1:
+    every one, and the output head; the layers below stay on the CPU): "cuda", or "cpu" where
+    device="auto" cannot use it (with a warning saying why). Raises for device="cuda": the q8_0
+    KV cache is not on the device yet."""
     from lowbit import _core
     why = None
-    if 0 < n_gpu_layers < n_layers:
-        why = (f"n_gpu_layers={n_gpu_layers} of {n_layers}: partial offload is not supported yet "
-               f"(use -1 for every layer, or device='cpu')")
-    elif kv_type != "f16":
+    if kv_type != "f16":
         why = f"kv_type={kv_type!r}: the CUDA KV cache is f16 only for now"
     if why is None:
         try:
-            _core.engine_to_cuda(engine)
+            _core.engine_to_cuda(engine, int(n_gpu_layers))
             return "cuda"
         except (ModelError, InsufficientMemory) as e:
             if asked == "cuda":
@@ -157,8 +155,10 @@ def load(path_or_name: Union[str, os.PathLike], *, n_ctx: Optional[int] = None,
     an f16 KV cache there; CudaError without a usable device, InsufficientMemory when the model
     and its n_ctx do not fit, naming the largest n_ctx that does) or "auto" (CUDA when a usable
     device runs this model, else the CPU with a warning). ``n_gpu_layers``: -1 (default) or at
-    least the layer count puts every layer on the device, 0 keeps the CPU; partial offload is
-    not supported yet. On CUDA, context shifts, prompt-cache copies between sessions, batched
+    least the layer count puts every layer on the device, 0 keeps the CPU, k in between puts the
+    last k layers and the output head on the device and runs the layers below on the CPU first
+    (llama.cpp's layer offload; the InsufficientMemory message names the most layers that fit).
+    On CUDA, context shifts, prompt-cache copies between sessions, batched
     passes of several sessions and observers stay CPU-only (ValueError).
 
     ``progress(fraction)`` is called while loading; returning False aborts cleanly."""
@@ -228,14 +228,15 @@ def load(path_or_name: Union[str, os.PathLike], *, n_ctx: Optional[int] = None,
         raise built["error"]
     if device == "cuda":
         try:
-            device = _to_device(engine, asked_device, n_gpu_layers, int(engine.n_layers), kv_type)
+            device = _to_device(engine, asked_device, n_gpu_layers, kv_type)
         except BaseException:
             engine.close()
             raise
     if progress is not None and progress(1.0) is False:
         engine.close()
         raise Cancelled("load cancelled by the progress callback")
-    return Model(engine, built["tokenizer"], meta, path, device=device, load_options=dict(n_batch=int(n_batch)))
+    return Model(engine, built["tokenizer"], meta, path, device=device,
+                 load_options=dict(n_batch=int(n_batch), n_gpu_layers=int(n_gpu_layers)))
 
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")
@@ -684,7 +685,7 @@ class Model(Session):
         engine = e.new_session(int(n_ctx), int(n_threads), int(n_batch), kv_type, e.act_precision)
         if self.device == "cuda":
             try:
-                _to_device(engine, "cuda", -1, int(e.n_layers), kv_type)   # the weights are shared
+                _to_device(engine, "cuda", self._load_options.get("n_gpu_layers", -1), kv_type)   # weights shared
             except BaseException:
                 engine.close()
                 raise

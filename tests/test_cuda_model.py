@@ -311,7 +311,7 @@ def test_without_a_device_cuda_raises_and_auto_runs_on_the_cpu(tmp_path):
 
 
 def _greedy(m, prompt, n):
-    return m.generate(prompt, max_new_tokens=n, temperature=0).token_ids
+    return m.generate(prompt, max_new_tokens=n, temperature=0).tokens
 
 
 @needs_device

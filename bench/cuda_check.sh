@@ -21,6 +21,7 @@
 #    pass, on Firecracker machines only (KINDS.md), untimed here: allow timeout_s=600)
 # Then read the table at the end of output_tail; the JSON and logs come back under files_at.
 # Locally (any CUDA machine): bash bench/cuda_check.sh /tmp/cuda_out
+# Before spending device time, dry-run the device tests' Python here: tests/tools/dry_cuda.py.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUTDIR="${1:-${OUT:-./cuda_check_out}}"

@@ -159,7 +159,7 @@ def measure(path: str, n_prefill: int, n_decode: int, copy_gbs: float) -> dict:
                weights_bytes=mem["weights_bytes"], prefill_tokens=n_prefill,
                prefill_tps=n_prefill / min(prefill), decode_tps=decode_tps, decode_gbs=achieved,
                decode_pct_copy=100.0 * achieved / copy_gbs if copy_gbs else 0.0,
-               peak_used_bytes=mem["peak_used_bytes"])
+               peak_used_bytes=mem["peak_used_bytes"], decode_graph=mem.get("decode_graph", ""))
     del gpu, engine
     return out
 
@@ -196,7 +196,8 @@ def main() -> int:
         rows.append(r)
         print(f"{r['model']:<36} load {r['load_s']:5.1f} s  weights {r['weights_bytes'] / 2**30:6.2f} GiB  "
               f"prefill {r['prefill_tps']:9.0f} tok/s  decode {r['decode_tps']:7.1f} tok/s  "
-              f"{r['decode_gbs']:6.0f} GB/s = {r['decode_pct_copy']:5.1f}% of copy", flush=True)
+              f"{r['decode_gbs']:6.0f} GB/s = {r['decode_pct_copy']:5.1f}% of copy  graph: {r['decode_graph']}",
+              flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(dict(copy_gbs=copy, device=rows[0]["device"] if rows else "", results=rows), f, indent=1)

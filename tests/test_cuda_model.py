@@ -227,6 +227,28 @@ def test_prefill_and_decode_match_the_cpu(tmp_path, arch, weight_type):
 
 
 @needs_device
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_decode_graph_replays_the_eager_steps_bit_for_bit(tmp_path, arch, monkeypatch):
+    """Decode steps after the first replay one captured CUDA graph (positions read on the device,
+    attention's grid sized for the whole context): the same bits as launching each kernel, across
+    a sliding window's wrap and after a truncation."""
+    _, cpu = engine_for(tmp_path, arch, "Q4_K", n_ctx=96, n_batch=16, precision="high")
+    graph = _core.CudaModel(cpu, 96, 16)
+    monkeypatch.setenv("LOWBIT_CUDA_GRAPHS", "0")
+    eager = _core.CudaModel(cpu, 96, 16)
+    assert eager.memory()["decode_graph"] == "off (LOWBIT_CUDA_GRAPHS=0)"
+    ids = np.random.default_rng(9).integers(0, cpu.n_vocab, 20)
+    assert np.array_equal(graph.eval(ids), eager.eval(ids))
+    for round_ in range(2):
+        for step in range(12):
+            tok = int(ids[step])
+            a, b = graph.eval([tok]), eager.eval([tok])
+            assert np.array_equal(a, b), (round_, step, rel_err(a, b))
+        assert graph.memory()["decode_graph"].startswith("captured"), graph.memory()["decode_graph"]
+        graph.truncate(15), eager.truncate(15)
+
+
+@needs_device
 def test_sliding_window_past_its_width_and_last_logits_only(tmp_path):
     _, cpu = engine_for(tmp_path, "gemma3", "Q8_0", n_ctx=128, n_batch=128, precision="high")   # window 4
     gpu = _core.CudaModel(cpu, 128, 128)

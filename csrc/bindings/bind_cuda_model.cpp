@@ -206,6 +206,7 @@ void bind_cuda_model(py::module_& m) {
             py::dict out = plan_dict(d.plan());
             out["peak_used_bytes"] = d.peak_used_bytes();
             out["device"] = d.device();
+            out["decode_graph"] = d.decode_graph_status();
             return out;
         }, "The plan's device bytes (weights, KV cache, scratch, transient) and the most device memory seen in use.");
 }

@@ -1,6 +1,8 @@
 // attention.cu: KV-cache write (f32 -> f16) and causal attention over an f16 cache, split over it.
 //
-// Query token t (of n_tok) sits at position pos0 + t and sees the cache rows of positions
+// Query token t (of n_tok) sits at position pos[t] (read on the device, so that a captured decode
+// step replays at new positions; the grid is sized by the host's bound max_pos) and sees the cache
+// rows of positions
 // max(0, p - window + 1) .. p (window 0: from 0); the cache holds position j at row j. Block
 // (h, s, t) takes the visible positions [s * kSplit, (s+1) * kSplit) of query head h: scores
 // scale * q.k_j (one warp per position, lanes over d, shuffle sum; softcap c: c tanh(score / c))
@@ -22,20 +24,20 @@ constexpr int kMaxD = 512;      // head dims held in shared memory
 constexpr int kThreads = 128;
 
 __global__ void kv_write_kernel(const float* __restrict__ src, __half* __restrict__ cache, int64_t total,
-                                int64_t offset) {
+                                int64_t width, const int32_t* __restrict__ pos) {
     const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (i < total) cache[offset + i] = __float2half_rn(src[i]);
+    if (i < total) cache[int64_t(pos[i / width]) * width + i % width] = __float2half_rn(src[i]);
 }
 
 __global__ void attn_split_kernel(const float* __restrict__ q, const __half* __restrict__ k,
                                   const __half* __restrict__ v, float* __restrict__ partial, int64_t n_head,
-                                  int64_t group, int64_t d, int64_t pos0, int64_t window, float scale,
-                                  float softcap) {
+                                  int64_t group, int64_t d, const int32_t* __restrict__ positions, int64_t window,
+                                  float scale, float softcap) {
     __shared__ float qs[kMaxD];
     __shared__ float p[kSplit];
     __shared__ float red[kThreads / 32];
     const int64_t h = blockIdx.x, s = blockIdx.y, t = blockIdx.z;
-    const int64_t pos = pos0 + t, first = window > 0 ? max(int64_t(0), pos - window + 1) : 0;
+    const int64_t pos = positions[t], first = window > 0 ? max(int64_t(0), pos - window + 1) : 0;
     const int64_t j0 = first + s * kSplit, nj = min(int64_t(kSplit), pos + 1 - j0);   // nj <= 0: no keys
     const int64_t kv_stride = (n_head / group) * d, kv_off = (h / group) * d;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -108,44 +110,37 @@ __global__ void attn_combine_kernel(const float* __restrict__ partial, float* __
 
 }  // namespace
 
-void kv_write_f16(const float* src, __half* cache, int64_t n_tok, int64_t width, int64_t pos0, cudaStream_t stream) {
-    LOWBIT_CHECK(n_tok > 0 && width > 0 && pos0 >= 0, ValueError, "kv_write_f16: bad shape (", n_tok, ", ", width,
-                 ") at position ", pos0);
+void kv_write_f16(const float* src, __half* cache, int64_t n_tok, int64_t width, const int32_t* pos,
+                  cudaStream_t stream) {
+    LOWBIT_CHECK(n_tok > 0 && width > 0 && pos != nullptr, ValueError, "kv_write_f16: bad shape (", n_tok, ", ",
+                 width, ")");
     const int64_t total = n_tok * width;
-    kv_write_kernel<<<ceil_div(total, 256), 256, 0, stream>>>(src, cache, total, pos0 * width);
+    kv_write_kernel<<<ceil_div(total, 256), 256, 0, stream>>>(src, cache, total, width, pos);
     LOWBIT_CUDA_LAUNCHED("kv_write_f16");
 }
 
-// Splits of the widest token's visible keys: every token's keys fit in that many.
-static int64_t attention_splits(int64_t n_tok, int64_t pos0, int64_t window) {
-    const int64_t last = pos0 + n_tok - 1;
-    int64_t widest = last + 1;
+int64_t attention_splits(int64_t max_pos, int64_t window) {
+    int64_t widest = max_pos + 1;
     if (window > 0) widest = std::min(widest, window);
     return int64_t(ceil_div(widest, kSplit));
 }
 
 void attention(const float* q, const __half* k, const __half* v, float* out, int64_t n_head, int64_t n_head_kv,
-               int64_t d, int64_t n_tok, int64_t pos0, int64_t window, float scale, float softcap, float* scratch,
-               cudaStream_t stream) {
+               int64_t d, int64_t n_tok, const int32_t* pos, int64_t max_pos, int64_t window, float scale,
+               float softcap, float* scratch, cudaStream_t stream) {
     LOWBIT_CHECK(n_head > 0 && n_head_kv > 0 && n_head % n_head_kv == 0, ValueError, "attention: ", n_head,
                  " query heads are not a multiple of ", n_head_kv, " kv heads");
     LOWBIT_CHECK(d > 0 && d <= kMaxD, ValueError, "attention: head dim ", d, " not in [1, ", kMaxD, "]");
-    LOWBIT_CHECK(n_tok > 0 && n_tok <= 65535 && pos0 >= 0 && window >= 0, ValueError, "attention: bad query span (",
-                 n_tok, " tokens at position ", pos0, ", window ", window, ")");
-    const int64_t splits = attention_splits(n_tok, pos0, window);
-    LOWBIT_CHECK(splits <= 65535, ValueError, "attention: ", pos0 + n_tok, " positions exceed the kernel's grid");
+    LOWBIT_CHECK(n_tok > 0 && n_tok <= 65535 && pos != nullptr && max_pos >= 0 && window >= 0, ValueError,
+                 "attention: bad query span (", n_tok, " tokens, positions up to ", max_pos, ", window ", window, ")");
+    const int64_t splits = attention_splits(max_pos, window);
+    LOWBIT_CHECK(splits <= 65535, ValueError, "attention: ", max_pos + 1, " positions exceed the kernel's grid");
     attn_split_kernel<<<dim3(unsigned(n_head), unsigned(splits), unsigned(n_tok)), kThreads, 0, stream>>>(
-        q, k, v, scratch, n_head, n_head / n_head_kv, d, pos0, window, scale, softcap);
+        q, k, v, scratch, n_head, n_head / n_head_kv, d, pos, window, scale, softcap);
     LOWBIT_CUDA_LAUNCHED("attention_split");
     attn_combine_kernel<<<dim3(unsigned(n_head), unsigned(n_tok)), kThreads, 0, stream>>>(scratch, out, splits,
                                                                                         n_head, d);
     LOWBIT_CUDA_LAUNCHED("attention_combine");
-}
-
-void attention_decode(const float* q, const __half* k, const __half* v, float* out, int64_t n_head, int64_t n_head_kv,
-                      int64_t d, int64_t n_kv, float scale, float* scratch, cudaStream_t stream) {
-    LOWBIT_CHECK(n_kv > 0, ValueError, "attention_decode: empty cache");
-    attention(q, k, v, out, n_head, n_head_kv, d, 1, n_kv - 1, 0, scale, 0.0f, scratch, stream);
 }
 
 }  // namespace lowbit::cuda

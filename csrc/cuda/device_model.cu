@@ -12,7 +12,13 @@
 // Projections of one row take mmvq (q8 activations, fused dequantization), of several rows mmm
 // (f16 tensor cores through cuBLAS when built with it). Everything runs on one stream; the host
 // waits only for the logits (and for the end of a piece without them).
+//
+// Decode steps (one token with logits) after the first run as one CUDA graph, captured once: the
+// kernels read the token's position from the device (kPos) and attention's grid is sized for the
+// whole context, so the same launches serve every position. LOWBIT_CUDA_GRAPHS=0 turns it off; a
+// capture that fails leaves the eager launches (decode_graph_status says why).
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -87,8 +93,13 @@ struct DeviceModel::Impl {
     std::vector<int32_t> host_pos;
     std::string device_name;
     int64_t peak = 0;
+    cudaGraphExec_t decode_graph = nullptr;
+    int64_t eager_decodes = 0;     // decode steps launched one kernel at a time (the first warms lazy set-ups)
+    std::string graph_status = "not captured yet";
+    bool graphs = true;            // LOWBIT_CUDA_GRAPHS != "0", and no capture failed
 
     ~Impl() {
+        if (decode_graph) cudaGraphExecDestroy(decode_graph);
         if (stream) cudaStreamDestroy(stream);
     }
     template <typename T> T* at(ScratchPart p) const { return reinterpret_cast<T*>(part[p]); }
@@ -137,7 +148,8 @@ struct DeviceModel::Impl {
         else rmsnorm(at<float>(kX), vec(w), at<float>(kXn), n, c.n_embd, c.norm_eps, stream);
     }
 
-    void layer(int64_t il, int64_t n, int64_t pos0) {
+    // max_pos: the largest position of the rows (kPos holds each row's), which sizes attention's grid.
+    void layer(int64_t il, int64_t n, int64_t max_pos) {
         const model::ModelConfig& c = m->config;
         const model::LayerWeights& l = m->weights.layers[size_t(il)];
         const int64_t Q = c.q_dim(), KV = c.kv_dim(), D = c.head_dim, F = c.n_ff;
@@ -171,11 +183,11 @@ struct DeviceModel::Impl {
             rope(q, n, c.n_head, D, c.n_rot, neox, at<int32_t>(kPos), inv, mscale, stream);
             rope(k, n, c.n_head_kv, D, c.n_rot, neox, at<int32_t>(kPos), inv, mscale, stream);
         }
-        kv_write_f16(k, k_cache(il), n, KV, pos0, stream);
-        kv_write_f16(v, v_cache(il), n, KV, pos0, stream);
+        kv_write_f16(k, k_cache(il), n, KV, at<int32_t>(kPos), stream);
+        kv_write_f16(v, v_cache(il), n, KV, at<int32_t>(kPos), stream);
         const int64_t window = c.layer_is_swa[size_t(il)] ? c.n_swa : 0;
-        attention(q, k_cache(il), v_cache(il), at<float>(kAttn), c.n_head, c.n_head_kv, D, n, pos0, window, c.attn_scale,
-                  c.attn_softcap, at<float>(kAttnPartials), stream);
+        attention(q, k_cache(il), v_cache(il), at<float>(kAttn), c.n_head, c.n_head_kv, D, n, at<int32_t>(kPos), max_pos,
+                  window, c.attn_scale, c.attn_softcap, at<float>(kAttnPartials), stream);
         project(l.wo, at<float>(kAttn), n, at<float>(kProj));
         residual(l.bo, l.attn_post_norm, n);
         norm_rows(l.ffn_norm, n);
@@ -193,21 +205,58 @@ struct DeviceModel::Impl {
         residual(model::Vec{}, l.ffn_post_norm, n);
     }
 
-    // Rows [r0, r1) of the piece into out (their logits, one after another).
-    void logits(int64_t r0, int64_t r1, float* out) {
+    // Logits of rows [a, a + rows) (rows <= kLogitRows) into kLogits.
+    void head(int64_t a, int64_t rows) {
         const model::ModelConfig& c = m->config;
         const model::ModelWeights& w = m->weights;
         const int64_t E = c.n_embd, V = c.n_vocab;
+        rmsnorm(at<float>(kX) + a * E, vec(w.output_norm), at<float>(kXn), rows, E, c.norm_eps, stream);
+        project(w.output, at<float>(kXn), rows, at<float>(kLogits));
+        if (c.logit_scale != 1.0f || c.logit_softcap > 0.0f)
+            scale_softcap(at<float>(kLogits), rows * V, c.logit_scale, c.logit_softcap, stream);
+    }
+
+    void download_logits(float* out, int64_t rows) {
+        LOWBIT_CUDA_CHECK(cudaMemcpyAsync(out, at<float>(kLogits), size_t(rows * m->config.n_vocab) * 4,
+                                          cudaMemcpyDeviceToHost, stream));
+        LOWBIT_CUDA_CHECK(cudaStreamSynchronize(stream));
+    }
+
+    // Rows [r0, r1) of the piece into out (their logits, one after another).
+    void logits(int64_t r0, int64_t r1, float* out) {
         for (int64_t a = r0; a < r1; a += kLogitRows) {
             const int64_t rows = std::min(kLogitRows, r1 - a);
-            rmsnorm(at<float>(kX) + a * E, vec(w.output_norm), at<float>(kXn), rows, E, c.norm_eps, stream);
-            project(w.output, at<float>(kXn), rows, at<float>(kLogits));
-            if (c.logit_scale != 1.0f || c.logit_softcap > 0.0f)
-                scale_softcap(at<float>(kLogits), rows * V, c.logit_scale, c.logit_softcap, stream);
-            LOWBIT_CUDA_CHECK(cudaMemcpyAsync(out + (a - r0) * V, at<float>(kLogits), size_t(rows * V) * 4,
-                                              cudaMemcpyDeviceToHost, stream));
-            LOWBIT_CUDA_CHECK(cudaStreamSynchronize(stream));
+            head(a, rows);
+            download_logits(out + (a - r0) * m->config.n_vocab, rows);
         }
+    }
+
+    // One decode step's launches (every device layer for one row at the position in kPos, the
+    // head into kLogits) captured into decode_graph; on failure the eager launches stay.
+    void capture_decode() {
+        cudaGraph_t g = nullptr;
+        cudaError_t err = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal);
+        std::string why;
+        if (err == cudaSuccess) {
+            try {
+                for (int64_t il = plan.first_layer; il < m->config.n_layers; ++il) layer(il, 1, plan.n_ctx - 1);
+                head(0, 1);
+            } catch (const std::exception& e) {
+                why = e.what();
+            }
+            const cudaError_t end = cudaStreamEndCapture(stream, &g);
+            if (err == cudaSuccess) err = end;
+        }
+        if (err == cudaSuccess && why.empty()) err = cudaGraphInstantiate(&decode_graph, g, 0);
+        if (g) cudaGraphDestroy(g);
+        if (err == cudaSuccess && why.empty()) {
+            graph_status = str("captured (", m->config.n_layers - plan.first_layer, " layers and the head)");
+            return;
+        }
+        cudaGetLastError();   // not sticky: the eager launches go on
+        decode_graph = nullptr;
+        graphs = false;
+        graph_status = "capture failed, eager launches: " + (why.empty() ? std::string(cudaGetErrorString(err)) : why);
     }
 
     // x_in: the CPU layers' residual stream (layer offload), else nullptr (embeddings here).
@@ -232,7 +281,7 @@ struct DeviceModel::Impl {
         LOWBIT_CUDA_CHECK(cudaMemcpyAsync(at<float>(kX), host_x.data(), host_x.size() * 4, cudaMemcpyHostToDevice, stream));
         LOWBIT_CUDA_CHECK(cudaMemcpyAsync(at<int32_t>(kPos), host_pos.data(), host_pos.size() * 4, cudaMemcpyHostToDevice,
                                           stream));
-        for (int64_t il = plan.first_layer; il < c.n_layers; ++il) {
+        const auto poll = [&]() {   // cancel() and the engine's checks, between layers
             try {
                 if (cancelled.load(std::memory_order_relaxed)) throw Cancelled("CUDA eval cancelled");
                 if (check) check();
@@ -240,7 +289,21 @@ struct DeviceModel::Impl {
                 cudaStreamSynchronize(stream);   // the launched layers finish before the caller goes on
                 throw;
             }
-            layer(il, n, pos0);
+        };
+        if (n == 1 && out && graphs) {   // a decode step: replayed from the graph after the first
+            poll();
+            if (!decode_graph && eager_decodes >= 1) capture_decode();
+            if (decode_graph) {
+                LOWBIT_CUDA_CHECK(cudaGraphLaunch(decode_graph, stream));
+                download_logits(out, 1);
+                n_past = pos0 + 1;
+                return;
+            }
+            ++eager_decodes;
+        }
+        for (int64_t il = plan.first_layer; il < c.n_layers; ++il) {
+            poll();
+            layer(il, n, pos0 + n - 1);
         }
         if (out) logits(all_logits ? 0 : n - 1, n, out);
         else LOWBIT_CUDA_CHECK(cudaStreamSynchronize(stream));   // host_x / host_pos are reused by the next piece
@@ -265,6 +328,10 @@ DeviceModel::DeviceModel(std::shared_ptr<const model::Model> m, int64_t n_ctx, i
     cudaDeviceProp prop{};
     LOWBIT_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     d.device_name = str(prop.name, " (cc ", prop.major, ".", prop.minor, ", ", prop.multiProcessorCount, " SMs)");
+    if (const char* env = std::getenv("LOWBIT_CUDA_GRAPHS"); env && std::string(env) == "0") {
+        d.graphs = false;
+        d.graph_status = "off (LOWBIT_CUDA_GRAPHS=0)";
+    }
     size_t free_b = 0, total_b = 0;
     LOWBIT_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
     // Another device model of this model holds the weights already: only the KV cache and scratch are new.
@@ -337,5 +404,6 @@ int64_t DeviceModel::n_vocab() const { return impl_->m->config.n_vocab; }
 const DevicePlan& DeviceModel::plan() const { return impl_->plan; }
 std::string DeviceModel::device() const { return impl_->device_name; }
 int64_t DeviceModel::peak_used_bytes() const { return impl_->peak; }
+std::string DeviceModel::decode_graph_status() const { return impl_->graph_status; }
 
 }  // namespace lowbit::cuda

@@ -11,8 +11,9 @@
 // session on the model adds only its KV cache and scratch); the fit check counts the weights only
 // for the first.
 //
-// Left for later (issue 19): mixture of experts, q8_0 KV, CUDA-graph capture of the decode step,
-// tensor-core flash attention for prefill.
+// Decode steps after the first replay one CUDA graph (device_model.cu).
+//
+// Left for later (issue 19): mixture of experts, q8_0 KV, tensor-core flash attention for prefill.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -53,6 +54,9 @@ public:
     const DevicePlan& plan() const;
     std::string device() const;          // "NVIDIA H200 (cc 9.0, 132 SMs)"
     int64_t peak_used_bytes() const;     // the most device memory in use (total - free) seen after an eval
+    // The decode step's CUDA graph: "not captured yet", "captured (...)", "off (LOWBIT_CUDA_GRAPHS=0)"
+    // or "capture failed, eager launches: <why>".
+    std::string decode_graph_status() const;
 
 private:
     struct Impl;

@@ -19,5 +19,6 @@ int64_t DeviceModel::n_vocab() const { return 0; }
 const DevicePlan& DeviceModel::plan() const { static const DevicePlan none; return none; }
 std::string DeviceModel::device() const { return {}; }
 int64_t DeviceModel::peak_used_bytes() const { return 0; }
+std::string DeviceModel::decode_graph_status() const { return {}; }
 }  // namespace lowbit::cuda
 #endif

@@ -250,9 +250,13 @@ void check_ops(Rng& rng, SelfTestReport& r) {
         const std::vector<float> q = random_floats(size_t(n_head * d), rng, -2, 2);
         DeviceBuffer dkf = to_device(kf), dvf = to_device(vf), dq = to_device(q);
         DeviceBuffer dk(n_kv * width * sizeof(__half)), dv(n_kv * width * sizeof(__half));
-        kv_write_f16(dkf.as<float>(), dk.as<__half>(), 600, width, 0, nullptr);   // two writes: positions 0..599, 600..999
-        kv_write_f16(dkf.as<float>() + 600 * width, dk.as<__half>(), n_kv - 600, width, 600, nullptr);
-        kv_write_f16(dvf.as<float>(), dv.as<__half>(), n_kv, width, 0, nullptr);
+        std::vector<int32_t> positions(static_cast<size_t>(n_kv));
+        for (int64_t j = 0; j < n_kv; ++j) positions[size_t(j)] = int32_t(j);
+        DeviceBuffer dpos = to_device(positions);
+        const int32_t* pos = dpos.as<int32_t>();   // pos + j: positions j, j + 1, ...
+        kv_write_f16(dkf.as<float>(), dk.as<__half>(), 600, width, pos, nullptr);   // two writes: positions 0..599, 600..999
+        kv_write_f16(dkf.as<float>() + 600 * width, dk.as<__half>(), n_kv - 600, width, pos + 600, nullptr);
+        kv_write_f16(dvf.as<float>(), dv.as<__half>(), n_kv, width, pos, nullptr);
         std::vector<uint16_t> k16(kf.size()), v16(vf.size());
         cpu::f32_to_f16_row(kf.data(), k16.data(), int64_t(kf.size()));
         cpu::f32_to_f16_row(vf.data(), v16.data(), int64_t(vf.size()));
@@ -285,13 +289,20 @@ void check_ops(Rng& rng, SelfTestReport& r) {
                 }
             }
         };
-        DeviceBuffer dout(n_head * d * sizeof(float)), scratch(attention_scratch_floats(n_head, 1, n_kv, d) * sizeof(float));
-        attention_decode(dq.as<float>(), dk.as<__half>(), dv.as<__half>(), dout.as<float>(), n_head, n_kv_head, d, n_kv,
-                         scale, scratch.as<float>(), nullptr);
+        // Decode: one token at position 999, the grid sized for it (4 splits) and, as a captured
+        // decode step launches it, for a 4096-cell context (16 splits, 12 of them past its keys).
+        const int64_t wide = 4096;
+        DeviceBuffer dout(n_head * d * sizeof(float)), scratch(attention_scratch_floats(n_head, 1, wide, d) * sizeof(float));
         std::vector<float> ref(static_cast<size_t>(n_head * d));
         reference(q.data(), n_kv - 1, 0, 0.0f, ref.data());
-        r.entries.push_back({"attention_decode", rel_max(from_device<float>(dout, ref.size()), ref), 1e-5, 0,
-                             "8 heads (GQA 4:1) x 128, 1000 cached f16 positions, vs double"});
+        double dec = 0;
+        for (const int64_t max_pos : {n_kv - 1, wide - 1}) {
+            attention(dq.as<float>(), dk.as<__half>(), dv.as<__half>(), dout.as<float>(), n_head, n_kv_head, d, 1,
+                      pos + (n_kv - 1), max_pos, 0, scale, 0.0f, scratch.as<float>(), nullptr);
+            dec = std::max(dec, rel_max(from_device<float>(dout, ref.size()), ref));
+        }
+        r.entries.push_back({"attention_decode", dec, 1e-5, 0,
+                             "8 heads (GQA 4:1) x 128, 1000 cached f16 positions, grid of 4 and of 16 splits, vs double"});
         // Prefill: 40 query tokens at positions 960..999 under a 300-key window and softcap 30 (each
         // token's keys span two or three splits), then 40 at positions 0..39 with no window.
         const int64_t n_tok = 40;
@@ -302,7 +313,7 @@ void check_ops(Rng& rng, SelfTestReport& r) {
         double worst = 0;
         for (const auto& [pos0, window, softcap] : {std::tuple<int64_t, int64_t, float>{960, 300, 30.0f}, {0, 0, 0.0f}}) {
             attention(dqs.as<float>(), dk.as<__half>(), dv.as<__half>(), douts.as<float>(), n_head, n_kv_head, d, n_tok,
-                      pos0, window, scale, softcap, pscratch.as<float>(), nullptr);
+                      pos + pos0, pos0 + n_tok - 1, window, scale, softcap, pscratch.as<float>(), nullptr);
             for (int64_t t = 0; t < n_tok; ++t)
                 reference(qs.data() + t * n_head * d, pos0 + t, window, softcap, refs.data() + t * n_head * d);
             worst = std::max(worst, rel_max(from_device<float>(douts, refs.size()), refs));

@@ -15,6 +15,8 @@ CudaModel is a CPU session of the engine's model at act_precision "high" behind 
 methods (its plan from cuda_plan, its fit checked against 80 GiB); cuda_copy_gbs is 1000. Expect
 the assertions on backend names, device byte counts and the device's own error messages to fail.
 """
+import os
+
 from lowbit import _core
 from lowbit.errors import Cancelled
 
@@ -38,6 +40,8 @@ class CudaModel:
         _core.cuda_check_fit(engine, n_ctx, n_batch, 80 << 30)
         self._e = engine.new_session(int(n_ctx), 2, int(n_batch), "f16", "high")
         self._cancel = False
+        self._graph = ("off (LOWBIT_CUDA_GRAPHS=0)" if os.environ.get("LOWBIT_CUDA_GRAPHS") == "0"
+                       else "captured (dry run)")
 
     def eval(self, tokens, all_logits=False):
         if self._cancel:
@@ -59,7 +63,8 @@ class CudaModel:
 
     def memory(self):
         d = {k: v for k, v in self._plan.items() if k != "tensors"}
-        d.update(peak_used_bytes=d["total_bytes"], device=self.device)
+        d.update(peak_used_bytes=d["total_bytes"], device=self.device,
+                 decode_graph=self._graph)
         return d
 
 

@@ -163,6 +163,9 @@ def test_layer_hand_over_is_exact_on_the_cpu(tmp_path, arch):
         split = _core.Engine(str(path), 96, 2, 16, "f16", "auto")
         _core.engine_split_on_cpu(split, first)
         assert split.backend == f"cpu split at layer {first}"
+        kv_whole, kv_split = whole.memory()["kv_cache"], split.memory()["kv_cache"]
+        assert kv_split["layers"] == first and kv_whole["layers"] == n_layer   # the host holds its own layers' KV
+        assert 0 < kv_split["bytes"] < kv_whole["bytes"] and kv_split["cells"] < kv_whole["cells"]
         a, b = whole.eval(ids, all_logits=True), split.eval(ids, all_logits=True)   # pieces of 16, 16, 8
         assert np.array_equal(a, b), (first, float(np.abs(a - b).max()))
         for t in (5, 9, 3):

@@ -55,15 +55,16 @@ KVCache::KVCache(const ModelConfig& c, int64_t n_ctx, int64_t n_batch, KVType ty
     }
 }
 
-int64_t KVCache::bytes() const {
+int64_t KVCache::bytes(int64_t n_layers) const {
     int64_t b = 0;
-    for (const Layer& l : layers_) b += int64_t(l.k.size() + l.v.size());
+    for (size_t il = 0; il < layers_.size() && (n_layers < 0 || int64_t(il) < n_layers); ++il)
+        b += int64_t(layers_[il].k.size() + layers_[il].v.size());
     return b;
 }
 
-int64_t KVCache::total_cells() const {
+int64_t KVCache::total_cells(int64_t n_layers) const {
     int64_t n = 0;
-    for (const Layer& l : layers_) n += l.n_cells;
+    for (size_t il = 0; il < layers_.size() && (n_layers < 0 || int64_t(il) < n_layers); ++il) n += layers_[il].n_cells;
     return n;
 }
 

@@ -43,8 +43,8 @@ public:
     int64_t n_cells(int64_t il) const { return layers_[size_t(il)].n_cells; }
     int64_t row_bytes() const { return row_bytes_; }
     int64_t head_dim() const { return head_dim_; }
-    int64_t bytes() const;           // K + V of every layer
-    int64_t total_cells() const;     // sum over layers of n_cells
+    int64_t bytes(int64_t n_layers = -1) const;         // K + V of every layer (of the first n_layers)
+    int64_t total_cells(int64_t n_layers = -1) const;   // sum over layers (the first n_layers) of n_cells
     int64_t lo_valid() const { return lo_valid_; }
 
     // Rows of consecutive cells of one head are row_stride() bytes apart; cell of pos = pos % n_cells.

@@ -184,9 +184,12 @@ MemoryReport Engine::memory() const {
     r.weights_by_type = model_->weights.bytes_by_type;
     for (const auto& [type, bytes] : r.weights_by_type) r.weights_bytes += bytes;
     r.weights_copied_bytes = model_->weights.fused_bytes;
-    r.kv_bytes = uint64_t(cache_->bytes());
-    r.kv_cells = cache_->total_cells();
-    r.kv_layers = cache_->n_layers();
+    // With a backend the host cache serves only the layers below its first (the rest of it is
+    // never written, so its pages are never touched): those are what the host holds.
+    const int64_t host_layers = backend_ ? backend_->first_layer() : cache_->n_layers();
+    r.kv_bytes = uint64_t(cache_->bytes(host_layers));
+    r.kv_cells = cache_->total_cells(host_layers);
+    r.kv_layers = host_layers;
     r.kv_type = model::kv_type_name(cache_->type());
     r.scratch_bytes = uint64_t(state_->bytes() + (batch_state_ ? batch_state_->bytes() : 0));
     r.total_bytes = r.weights_bytes + r.kv_bytes + r.scratch_bytes;

@@ -39,3 +39,14 @@ def test_block_arithmetic_matches_scalar_spec(blocks):
 def test_host_check_rejects_bad_sizes():
     with pytest.raises(ValueError, match="blocks must be in"):
         _core.cuda_host_check(1, 0)
+
+
+def test_kv_cache_rows_match_the_cpu_cache_bit_for_bit():
+    """The device KV cache's f16 and q8_0 rows (csrc/cuda/kv_hd.h) are the CPU cache's bytes and
+    decode to its values: what lets a device session with kv_type="q8_0" see the CPU's keys."""
+    seed = random.getrandbits(63)
+    c = _core.cuda_kv_host_check(seed, 256)
+    assert c["values"] == 256 * 128
+    assert (c["q8_quantize_mismatches"], c["q8_decode_mismatches"], c["f16_mismatches"]) == (0, 0, 0), (seed, c)
+    with pytest.raises(ValueError, match="rows must be in"):
+        _core.cuda_kv_host_check(1, 0)

@@ -40,6 +40,21 @@ void bind_cuda_host(py::module_& m) {
     m.def("cuda_host_check", &cuda_host_check, py::arg("seed"), py::arg("blocks") = 8,
           "Check the CUDA block arithmetic (cuda/quant_hd.h) on the host against the scalar spec for every "
           "device format: {format: {decode_mismatches, dot_int_mismatches, dot_rel_err, values}}.");
+    m.def("cuda_kv_host_check", [](uint64_t seed, int64_t rows) {
+        cuda::KvCheck c;
+        {
+            py::gil_scoped_release release;
+            c = cuda::kv_host_check(seed, rows);
+        }
+        py::dict d;
+        d["values"] = c.values;
+        d["q8_quantize_mismatches"] = c.q8_quantize_mismatches;
+        d["q8_decode_mismatches"] = c.q8_decode_mismatches;
+        d["f16_mismatches"] = c.f16_mismatches;
+        return d;
+    }, py::arg("seed"), py::arg("rows") = 64,
+       "Check the device KV cache's row arithmetic (cuda/kv_hd.h: f16 and q8_0 rows) on the host against the CPU "
+       "cache's on random head rows: {values, q8_quantize_mismatches, q8_decode_mismatches, f16_mismatches}.");
     m.def("cuda_formats", []() {
         std::vector<std::string> names;
 #define LOWBIT_FORMAT_NAME(T) names.push_back(#T);

@@ -10,7 +10,9 @@
 
 #include "common.h"
 #include "cpu/kernels.h"
+#include "cpu/ops.h"
 #include "cuda/grid_tables_host.h"
+#include "cuda/kv_hd.h"
 #include "quant/types.h"
 
 namespace lowbit {
@@ -265,6 +267,41 @@ std::vector<FormatCheck> host_check(uint64_t seed, int blocks) {
 #define LOWBIT_CHECK_FORMAT(T) out.push_back(check_format<Fmt<GGMLType::T>>(rng, blocks));
     LOWBIT_CUDA_FORMATS(LOWBIT_CHECK_FORMAT)
 #undef LOWBIT_CHECK_FORMAT
+    return out;
+}
+
+KvCheck kv_host_check(uint64_t seed, int64_t rows) {
+    LOWBIT_CHECK(rows >= 1 && rows <= 4096, ValueError, "kv_host_check: rows must be in [1, 4096], got ", rows);
+    constexpr int64_t D = 128;   // one head row: 4 q8_0 blocks
+    Rng rng(seed);
+    std::vector<float> x(size_t(rows * D));
+    for (int64_t r = 0; r < rows; ++r) {   // magnitudes from 1e-6 to 1e3 per row; row 0's first block all zero
+        const float mag = std::pow(10.0f, uniform(rng, -6.0f, 3.0f));
+        for (int64_t e = 0; e < D; ++e) x[size_t(r * D + e)] = r == 0 && e < 32 ? 0.0f : uniform(rng, -mag, mag);
+    }
+    if (rows > 1)   // row 1's first block: scale 1 exactly and codes on .5 ties (half away from zero, not to even)
+        for (int64_t e = 0; e < 32; ++e) x[size_t(D + e)] = e == 0 ? 127.0f : float(e) - 16.5f;
+    KvCheck out;
+    out.values = rows * D;
+    const int64_t q8_bytes = KvQ8::row_bytes(D);
+    std::vector<uint8_t> cpu_q8(size_t(rows * q8_bytes)), dev_q8(cpu_q8.size());
+    std::vector<float> cpu_back(x.size());
+    std::vector<uint16_t> cpu_f16(x.size());
+    quant_type(GGMLType::Q8_0).from_float(x.data(), cpu_q8.data(), rows * D, nullptr);   // what KVCache::store_row does
+    quant_type(GGMLType::Q8_0).to_float(cpu_q8.data(), cpu_back.data(), rows * D);
+    cpu::f32_to_f16_row(x.data(), cpu_f16.data(), rows * D);
+    for (int64_t b = 0; b < rows * D / 32; ++b) KvQ8::quantize_block(x.data() + b * 32, dev_q8.data() + b * KvQ8::kBlock);
+    for (size_t i = 0; i < cpu_q8.size(); ++i) out.q8_quantize_mismatches += cpu_q8[i] != dev_q8[i];
+    for (int64_t r = 0; r < rows; ++r) {
+        const uint8_t* q8_row = cpu_q8.data() + r * q8_bytes;
+        const uint8_t* f16_row = reinterpret_cast<const uint8_t*>(cpu_f16.data() + r * D);
+        for (int64_t e = 0; e < D; ++e) {
+            const size_t i = size_t(r * D + e);
+            out.q8_decode_mismatches += fp32_to_bits(KvQ8::at(q8_row, e)) != fp32_to_bits(cpu_back[i]);
+            out.f16_mismatches += f2h_bits(x[i]) != cpu_f16[i] ||
+                                  fp32_to_bits(KvF16::at(f16_row, e)) != fp32_to_bits(fp16_to_fp32(cpu_f16[i]));
+        }
+    }
     return out;
 }
 

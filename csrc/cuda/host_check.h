@@ -37,4 +37,16 @@ void quantize_act_host(const float* x, block_q8a* out, int64_t cols);
 void emulate_matvec(GGMLType type, const uint8_t* w, int64_t rows, int64_t cols, const float* x, float* y,
                     double* mag);
 
+// The device KV cache's row arithmetic (cuda/kv_hd.h) against the CPU cache's on `rows` random
+// head rows of 128 values (magnitudes 1e-6 .. 1e3, one all-zero block, one of exact .5 ties): bytes of KvQ8's blocks
+// that differ from the CPU's q8_0 rows, values KvQ8::at decodes differently from the CPU's
+// dequantizer, and f16 values (f2h_bits, KvF16::at) that differ from cpu::f32_to_f16_row's.
+struct KvCheck {
+    int64_t values = 0;
+    int64_t q8_quantize_mismatches = 0;
+    int64_t q8_decode_mismatches = 0;
+    int64_t f16_mismatches = 0;
+};
+KvCheck kv_host_check(uint64_t seed, int64_t rows);
+
 }  // namespace lowbit::cuda

@@ -40,7 +40,8 @@ def test_selftest_every_kernel_within_tolerance():
     for kind in ("matvec", "matvec_cpu", "dequant", "matmul"):
         assert {k.split("/", 1)[1] for k in report if k.startswith(kind + "/")} == formats, kind
     for op in ("rmsnorm", "softmax", "rope_normal", "rope_neox", "silu_mul", "gelu_tanh_mul", "kv_write_f16",
-               "attention_decode", "attention_prefill"):
+               "kv_write_q8_0", "attention_decode", "attention_prefill", "attention_decode_q8_0",
+               "attention_prefill_q8_0"):
         assert op in report
 
 

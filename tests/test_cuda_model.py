@@ -90,6 +90,25 @@ def test_plan_scales_with_context_and_batch(tmp_path):
         _core.cuda_plan(engine, 256, 0)
 
 
+def q8_heads(arch):
+    """Head shapes a q8_0 cache takes (head_dim a multiple of 32; gemma3's and qwen3's already are)."""
+    return {} if mf.default_spec(arch).head_dim % 32 == 0 else dict(n_head=2, n_head_kv=1, head_dim=32)
+
+
+def test_plan_of_a_q8_0_cache(tmp_path):
+    _, engine = engine_for(tmp_path, "llama", "Q8_0", **q8_heads("llama"))
+    spec = mf.default_spec("llama", "Q8_0", **q8_heads("llama"))
+    f16, q8 = _core.cuda_plan(engine, 64, 8), _core.cuda_plan(engine, 64, 8, kv_type="q8_0")
+    assert (f16["kv_type"], q8["kv_type"]) == ("f16", "q8_0")
+    # the CPU cache's rows: head_dim / 32 blocks of 34 bytes per kv head and position, K and V
+    assert q8["kv_bytes"] == 2 * spec.n_layer * 64 * spec.n_head_kv * (spec.head_dim // 32) * 34
+    assert q8["weights_bytes"] == f16["weights_bytes"] and q8["kv_bytes"] < f16["kv_bytes"]
+    with pytest.raises(ValueError, match="kv_type must be"):
+        _core.cuda_plan(engine, 64, 8, kv_type="q4_0")
+    with pytest.raises(ValueError, match="head_dim divisible by 32"):
+        _core.cuda_plan(engine_for(tmp_path, "qwen2", "Q8_0")[1], 64, 8, kv_type="q8_0")
+
+
 def test_fit_check_names_the_largest_context_that_fits(tmp_path):
     _, engine = engine_for(tmp_path, "llama", "Q8_0", n_ctx=4096)
     plan = _core.cuda_plan(engine, 4096, 32)
@@ -252,6 +271,20 @@ def test_decode_graph_replays_the_eager_steps_bit_for_bit(tmp_path, arch, monkey
 
 
 @needs_device
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "qwen2"])
+def test_q8_0_cache_matches_the_cpu_q8_0_cache(tmp_path, arch):
+    path = mf.write_default_model(tmp_path / f"{arch}.gguf", arch, "Q8_0", **q8_heads(arch))
+    cpu = _core.Engine(str(path), 64, 2, 64, "q8_0", "high")
+    gpu = _core.CudaModel(cpu, 64, 8, kv_type="q8_0")
+    assert gpu.memory()["kv_type"] == "q8_0"
+    ids = np.random.default_rng(4).integers(0, cpu.n_vocab, 20)
+    ref, out = cpu.eval(ids, all_logits=True), gpu.eval(ids, all_logits=True)
+    assert max(rel_err(out[i], ref[i]) for i in range(len(ids))) <= TOL
+    for tok in (3, 1, 4, 1, 5, 9):                      # decode: eager, then the captured graph
+        assert rel_err(gpu.eval([tok]), cpu.eval([tok])) <= TOL
+
+
+@needs_device
 def test_sliding_window_past_its_width_and_last_logits_only(tmp_path):
     _, cpu = engine_for(tmp_path, "gemma3", "Q8_0", n_ctx=128, n_batch=128, precision="high")   # window 4
     gpu = _core.CudaModel(cpu, 128, 128)
@@ -383,6 +416,20 @@ def test_partial_offload_matches_the_cpu(tmp_path, arch):
                 assert max(rel_err(b[i], a[i]) for i in range(len(ids))) <= TOL
                 with gpu.session() as s:                 # sessions keep the model's layer split
                     assert "layers" in s.memory()["backend"]
+
+
+@needs_device
+def test_load_on_cuda_with_a_q8_0_cache(tmp_path):
+    import lowbit
+
+    path = str(mf.write_default_model(tmp_path / "m.gguf", "llama", "Q8_0", **q8_heads("llama")))
+    with lowbit.load(path, n_ctx=96, kv_type="q8_0", act_precision="high") as cpu, \
+            lowbit.load(path, n_ctx=96, kv_type="q8_0", device="cuda") as gpu:
+        assert gpu.device == "cuda"
+        prompt = "once upon a time the world"
+        assert _greedy(cpu, prompt, 8) == _greedy(gpu, prompt, 8)
+        with gpu.session(n_ctx=48) as s:               # sessions keep the model's cache type
+            assert s._engine.kv_type == "q8_0" and _greedy(s, prompt, 8) == _greedy(gpu, prompt, 8)
 
 
 @needs_device

@@ -24,6 +24,7 @@ py::dict plan_dict(const cuda::DevicePlan& p) {
     d["n_ctx"] = p.n_ctx;
     d["n_batch"] = p.n_batch;
     d["first_layer"] = p.first_layer;
+    d["kv_type"] = p.kv_format == cuda::KvFormat::F16 ? "f16" : "q8_0";
     d["weights_bytes"] = p.weights;
     d["kv_bytes"] = p.kv;
     d["scratch_bytes"] = p.scratch;
@@ -37,8 +38,9 @@ py::dict plan_dict(const cuda::DevicePlan& p) {
 // An engine's forward pass on the device: the engine keeps positions, chunks, sampling and cancel.
 class DeviceBackend final : public runtime::ForwardBackend {
 public:
-    DeviceBackend(std::shared_ptr<const model::Model> m, int64_t n_ctx, int64_t n_batch, int64_t first_layer)
-        : dm_(std::move(m), n_ctx, n_batch, first_layer) {}
+    DeviceBackend(std::shared_ptr<const model::Model> m, int64_t n_ctx, int64_t n_batch, int64_t first_layer,
+                  cuda::KvFormat kv)
+        : dm_(std::move(m), n_ctx, n_batch, first_layer, kv) {}
     int64_t first_layer() const override { return dm_.plan().first_layer; }
     void eval(const int32_t* tokens, const float* x, int64_t n, int64_t pos0, bool all_logits, float* out,
               const std::function<void()>& check) override {
@@ -105,6 +107,12 @@ private:
     cpu::ThreadPool pool_;
 };
 
+cuda::KvFormat kv_format(const std::string& kv_type) {
+    if (kv_type == "f16") return cuda::KvFormat::F16;
+    if (kv_type == "q8_0") return cuda::KvFormat::Q8_0;
+    throw ValueError(str("kv_type must be 'f16' or 'q8_0', got '", kv_type, "'"));
+}
+
 // n_gpu_layers (-1: all) -> the first device layer.
 int64_t first_device_layer(const model::Model& m, int64_t n_gpu_layers) {
     const int64_t n = m.config.n_layers;
@@ -119,15 +127,16 @@ void bind_cuda_model(py::module_& m) {
     m.def("engine_to_cuda", [](Engine& e, int64_t n_gpu_layers) {
         auto model = e.shared_model();
         const int64_t n_ctx = e.n_ctx(), n_batch = e.n_batch(), first = first_device_layer(*model, n_gpu_layers);
+        const cuda::KvFormat kv = kv_format(e.kv_type());
         std::unique_ptr<runtime::ForwardBackend> backend;
         {
             py::gil_scoped_release nogil;
-            backend = std::make_unique<DeviceBackend>(std::move(model), n_ctx, n_batch, first);
+            backend = std::make_unique<DeviceBackend>(std::move(model), n_ctx, n_batch, first, kv);
         }
         e.set_backend(std::move(backend));
     }, py::arg("engine"), py::arg("n_gpu_layers") = -1,
        "Run the engine's later evals on the CUDA device: the last n_gpu_layers layers (-1 or >= the layer count: "
-       "every layer) and the output head there, with an f16 KV cache of the engine's n_ctx cells; the layers below "
+       "every layer) and the output head there, with a KV cache of the engine's n_ctx cells and kv_type; the layers below "
        "run on the CPU first, in the engine's own pass and cache (sessions of one model share one upload of its "
        "weights). lowbit.CudaError without a device, lowbit.InsufficientMemory when the plan does not fit, "
        "lowbit.ModelError for what the device pass does not run, ValueError for an engine that already holds "
@@ -138,50 +147,57 @@ void bind_cuda_model(py::module_& m) {
        "Test hook for layer offload: layers from first_layer on (and the head) run in a second CPU pass with its "
        "own cache, fed the residual stream the engine's pass leaves: the hand-over a partly offloaded engine makes "
        "to the device, bit-equal to the unsplit pass.");
-    m.def("cuda_plan", [](const Engine& e, int64_t n_ctx, int64_t n_batch, int64_t n_gpu_layers) {
+    m.def("cuda_plan", [](const Engine& e, int64_t n_ctx, int64_t n_batch, int64_t n_gpu_layers,
+                          const std::string& kv_type) {
         const auto model = e.shared_model();
         const int64_t first = first_device_layer(*model, n_gpu_layers);
-        py::dict d = plan_dict(cuda::plan_device(*model, n_ctx, n_batch, first));
+        py::dict d = plan_dict(cuda::plan_device(*model, n_ctx, n_batch, first, kv_format(kv_type)));
         py::list tensors;
         for (const cuda::DeviceTensor& t : cuda::device_tensors(*model, first))
             tensors.append(py::make_tuple(t.name, t.offset, t.bytes));
         d["tensors"] = tensors;
         return d;
     }, py::arg("engine"), py::arg("n_ctx"), py::arg("n_batch"), py::arg("n_gpu_layers") = -1,
-       "What the engine's model takes on a CUDA device for n_ctx cells and n_batch rows with its last n_gpu_layers "
-       "layers there (-1: all), planned on the host: {first_layer, weights_bytes, kv_bytes, scratch_bytes, "
+       py::arg("kv_type") = "f16",
+       "What the engine's model takes on a CUDA device for n_ctx cells of kv_type and n_batch rows with its last "
+       "n_gpu_layers layers there (-1: all), planned on the host: {first_layer, kv_type, weights_bytes, kv_bytes, scratch_bytes, "
        "transient_bytes, total_bytes, reserve_bytes, weights_by_type, tensors: [(name, offset, bytes)]}. "
        "lowbit.ModelError for what the device pass does not run.");
-    m.def("cuda_check_fit", [](const Engine& e, int64_t n_ctx, int64_t n_batch, int64_t free_bytes, int64_t n_gpu_layers) {
+    m.def("cuda_check_fit", [](const Engine& e, int64_t n_ctx, int64_t n_batch, int64_t free_bytes, int64_t n_gpu_layers,
+                               const std::string& kv_type) {
         const auto model = e.shared_model();
-        cuda::check_device_fit(*model, cuda::plan_device(*model, n_ctx, n_batch, first_device_layer(*model, n_gpu_layers)),
+        cuda::check_device_fit(*model, cuda::plan_device(*model, n_ctx, n_batch, first_device_layer(*model, n_gpu_layers),
+                                                         kv_format(kv_type)),
                                free_bytes);
     }, py::arg("engine"), py::arg("n_ctx"), py::arg("n_batch"), py::arg("free_bytes"), py::arg("n_gpu_layers") = -1,
+       py::arg("kv_type") = "f16",
        "lowbit.InsufficientMemory (a MemoryError) when the plan plus its reserve exceeds free_bytes, naming the "
        "figures, the largest n_ctx and the most n_gpu_layers that fit: the check a CudaModel makes against the "
        "device's free memory.");
     m.def("cuda_largest_n_ctx", [](const Engine& e, int64_t n_batch, int64_t free_bytes, int64_t n_ctx_limit,
-                                   int64_t n_gpu_layers) {
+                                   int64_t n_gpu_layers, const std::string& kv_type) {
         const auto model = e.shared_model();
         return cuda::largest_fitting_n_ctx(*model, n_batch, free_bytes, n_ctx_limit,
-                                           first_device_layer(*model, n_gpu_layers));
+                                           first_device_layer(*model, n_gpu_layers), kv_format(kv_type));
     }, py::arg("engine"), py::arg("n_batch"), py::arg("free_bytes"), py::arg("n_ctx_limit"),
-       py::arg("n_gpu_layers") = -1,
+       py::arg("n_gpu_layers") = -1, py::arg("kv_type") = "f16",
        "The largest n_ctx <= n_ctx_limit whose plan fits in free_bytes (0: none).");
-    m.def("cuda_largest_n_gpu_layers", [](const Engine& e, int64_t n_ctx, int64_t n_batch, int64_t free_bytes) {
-        return cuda::largest_fitting_gpu_layers(*e.shared_model(), n_ctx, n_batch, free_bytes);
-    }, py::arg("engine"), py::arg("n_ctx"), py::arg("n_batch"), py::arg("free_bytes"),
+    m.def("cuda_largest_n_gpu_layers", [](const Engine& e, int64_t n_ctx, int64_t n_batch, int64_t free_bytes,
+                                          const std::string& kv_type) {
+        return cuda::largest_fitting_gpu_layers(*e.shared_model(), n_ctx, n_batch, free_bytes, kv_format(kv_type));
+    }, py::arg("engine"), py::arg("n_ctx"), py::arg("n_batch"), py::arg("free_bytes"), py::arg("kv_type") = "f16",
        "The most layers (the last ones) whose plan at n_ctx fits in free_bytes (0: not one).");
 
     py::class_<cuda::DeviceModel>(m, "CudaModel",
-        "The engine's model on the CUDA device: every layer and the output head there, an f16 KV cache of n_ctx "
-        "cells, pieces of n_batch rows. lowbit.CudaError without a device, lowbit.InsufficientMemory when the plan "
-        "does not fit, lowbit.ModelError for what the device pass does not run.")
-        .def(py::init([](const Engine& e, int64_t n_ctx, int64_t n_batch) {
+        "The engine's model on the CUDA device: every layer and the output head there, a KV cache of n_ctx cells "
+        "(kv_type f16 or q8_0), pieces of n_batch rows. lowbit.CudaError without a device, lowbit.InsufficientMemory "
+        "when the plan does not fit, lowbit.ModelError for what the device pass does not run.")
+        .def(py::init([](const Engine& e, int64_t n_ctx, int64_t n_batch, const std::string& kv_type) {
             auto model = e.shared_model();
+            const cuda::KvFormat kv = kv_format(kv_type);
             py::gil_scoped_release nogil;
-            return std::make_unique<cuda::DeviceModel>(std::move(model), n_ctx, n_batch);
-        }), py::arg("engine"), py::arg("n_ctx"), py::arg("n_batch") = 512)
+            return std::make_unique<cuda::DeviceModel>(std::move(model), n_ctx, n_batch, 0, kv);
+        }), py::arg("engine"), py::arg("n_ctx"), py::arg("n_batch") = 512, py::arg("kv_type") = "f16")
         .def("eval", [](cuda::DeviceModel& d, const py::object& tokens, bool all_logits) {
             const std::vector<int32_t> ids = token_ids(tokens);
             LOWBIT_CHECK(!ids.empty(), ValueError, "eval needs at least one token");

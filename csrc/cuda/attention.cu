@@ -1,4 +1,5 @@
-// attention.cu: KV-cache write (f32 -> f16) and causal attention over an f16 cache, split over it.
+// attention.cu: KV-cache write (f32 -> f16 or q8_0 rows, cuda/kv_hd.h) and causal attention over
+// the cache, split over it.
 //
 // Query token t (of n_tok) sits at position pos[t] (read on the device, so that a captured decode
 // step replays at new positions; the grid is sized by the host's bound max_pos) and sees the cache
@@ -14,6 +15,7 @@
 #include <algorithm>
 
 #include "cuda/device_plan.h"
+#include "cuda/kv_hd.h"
 #include "cuda/ops.cuh"
 
 namespace lowbit::cuda {
@@ -29,8 +31,30 @@ __global__ void kv_write_kernel(const float* __restrict__ src, __half* __restric
     if (i < total) cache[int64_t(pos[i / width]) * width + i % width] = __float2half_rn(src[i]);
 }
 
-__global__ void attn_split_kernel(const float* __restrict__ q, const __half* __restrict__ k,
-                                  const __half* __restrict__ v, float* __restrict__ partial, int64_t n_head,
+// One warp per q8_0 block of 32 values (block b of token t's row of `width`): lane j quantizes
+// value j with the block's scale (KvQ8, the CPU cache's rule); lane 0 writes the fp16 scale.
+__global__ void kv_write_q8_kernel(const float* __restrict__ src, uint8_t* __restrict__ cache, int64_t blocks,
+                                   int64_t width, const int32_t* __restrict__ pos) {
+    const int64_t b = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (b >= blocks) return;   // whole warps leave together: blocks are warp-aligned
+    const int64_t per_row = width / 32, t = b / per_row, rb = b % per_row;
+    const float x = src[t * width + rb * 32 + lane];
+    const float amax = warp_max(fabsf(x));
+    uint16_t d_bits;
+    float id;
+    KvQ8::scale(amax, d_bits, id);
+    uint8_t* blk = cache + (int64_t(pos[t]) * per_row + rb) * KvQ8::kBlock;
+    blk[2 + lane] = uint8_t(KvQ8::code(x, id));
+    if (lane == 0) {
+        blk[0] = uint8_t(d_bits & 0xFF);
+        blk[1] = uint8_t(d_bits >> 8);
+    }
+}
+
+template <typename Kv>
+__global__ void attn_split_kernel(const float* __restrict__ q, const uint8_t* __restrict__ k,
+                                  const uint8_t* __restrict__ v, float* __restrict__ partial, int64_t n_head,
                                   int64_t group, int64_t d, const int32_t* __restrict__ positions, int64_t window,
                                   float scale, float softcap) {
     __shared__ float qs[kMaxD];
@@ -39,7 +63,7 @@ __global__ void attn_split_kernel(const float* __restrict__ q, const __half* __r
     const int64_t h = blockIdx.x, s = blockIdx.y, t = blockIdx.z;
     const int64_t pos = positions[t], first = window > 0 ? max(int64_t(0), pos - window + 1) : 0;
     const int64_t j0 = first + s * kSplit, nj = min(int64_t(kSplit), pos + 1 - j0);   // nj <= 0: no keys
-    const int64_t kv_stride = (n_head / group) * d, kv_off = (h / group) * d;
+    const int64_t n_kv_head = n_head / group, g = h / group, row = Kv::row_bytes(d);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     float* out = partial + ((t * n_head + h) * gridDim.y + s) * (d + 2);
     if (nj <= 0) {   // this split lies past the token's last key
@@ -53,9 +77,9 @@ __global__ void attn_split_kernel(const float* __restrict__ q, const __half* __r
     for (int64_t e = threadIdx.x; e < d; e += blockDim.x) qs[e] = q[(t * n_head + h) * d + e];
     __syncthreads();
     for (int64_t j = warp; j < nj; j += kThreads / 32) {
-        const __half* kr = k + (j0 + j) * kv_stride + kv_off;
+        const uint8_t* kr = k + ((j0 + j) * n_kv_head + g) * row;
         float dot = 0.0f;
-        for (int64_t e = lane; e < d; e += 32) dot += qs[e] * __half2float(kr[e]);
+        for (int64_t e = lane; e < d; e += 32) dot += qs[e] * Kv::at(kr, e);
         dot = warp_sum(dot);
         float sc = scale * dot;
         if (softcap > 0.0f) sc = softcap * tanhf(sc / softcap);
@@ -83,7 +107,7 @@ __global__ void attn_split_kernel(const float* __restrict__ q, const __half* __r
     for (int w = 0; w < kThreads / 32; ++w) l += red[w];
     for (int64_t e = threadIdx.x; e < d; e += blockDim.x) {
         float o = 0.0f;
-        for (int64_t j = 0; j < nj; ++j) o += p[j] * __half2float(v[(j0 + j) * kv_stride + kv_off + e]);
+        for (int64_t j = 0; j < nj; ++j) o += p[j] * Kv::at(v + ((j0 + j) * n_kv_head + g) * row, e);
         out[2 + e] = o;
     }
     if (threadIdx.x == 0) {
@@ -110,13 +134,19 @@ __global__ void attn_combine_kernel(const float* __restrict__ partial, float* __
 
 }  // namespace
 
-void kv_write_f16(const float* src, __half* cache, int64_t n_tok, int64_t width, const int32_t* pos,
-                  cudaStream_t stream) {
-    LOWBIT_CHECK(n_tok > 0 && width > 0 && pos != nullptr, ValueError, "kv_write_f16: bad shape (", n_tok, ", ",
-                 width, ")");
-    const int64_t total = n_tok * width;
-    kv_write_kernel<<<ceil_div(total, 256), 256, 0, stream>>>(src, cache, total, width, pos);
-    LOWBIT_CUDA_LAUNCHED("kv_write_f16");
+void kv_write(KvFormat format, const float* src, void* cache, int64_t n_tok, int64_t width, const int32_t* pos,
+              cudaStream_t stream) {
+    LOWBIT_CHECK(n_tok > 0 && width > 0 && pos != nullptr && (format == KvFormat::F16 || width % 32 == 0), ValueError,
+                 "kv_write: bad shape (", n_tok, ", ", width, ")");
+    if (format == KvFormat::F16) {
+        const int64_t total = n_tok * width;
+        kv_write_kernel<<<ceil_div(total, 256), 256, 0, stream>>>(src, static_cast<__half*>(cache), total, width, pos);
+    } else {
+        const int64_t blocks = n_tok * width / 32;
+        kv_write_q8_kernel<<<ceil_div(blocks * 32, 256), 256, 0, stream>>>(src, static_cast<uint8_t*>(cache), blocks,
+                                                                           width, pos);
+    }
+    LOWBIT_CUDA_LAUNCHED("kv_write");
 }
 
 int64_t attention_splits(int64_t max_pos, int64_t window) {
@@ -125,18 +155,26 @@ int64_t attention_splits(int64_t max_pos, int64_t window) {
     return int64_t(ceil_div(widest, kSplit));
 }
 
-void attention(const float* q, const __half* k, const __half* v, float* out, int64_t n_head, int64_t n_head_kv,
-               int64_t d, int64_t n_tok, const int32_t* pos, int64_t max_pos, int64_t window, float scale,
-               float softcap, float* scratch, cudaStream_t stream) {
+void attention(KvFormat format, const float* q, const void* k, const void* v, float* out, int64_t n_head,
+               int64_t n_head_kv, int64_t d, int64_t n_tok, const int32_t* pos, int64_t max_pos, int64_t window,
+               float scale, float softcap, float* scratch, cudaStream_t stream) {
     LOWBIT_CHECK(n_head > 0 && n_head_kv > 0 && n_head % n_head_kv == 0, ValueError, "attention: ", n_head,
                  " query heads are not a multiple of ", n_head_kv, " kv heads");
-    LOWBIT_CHECK(d > 0 && d <= kMaxD, ValueError, "attention: head dim ", d, " not in [1, ", kMaxD, "]");
+    LOWBIT_CHECK(d > 0 && d <= kMaxD && (format == KvFormat::F16 || d % 32 == 0), ValueError, "attention: head dim ",
+                 d, " not in [1, ", kMaxD, "]", format == KvFormat::F16 ? "" : " or not a multiple of 32 (q8_0 cache)");
     LOWBIT_CHECK(n_tok > 0 && n_tok <= 65535 && pos != nullptr && max_pos >= 0 && window >= 0, ValueError,
                  "attention: bad query span (", n_tok, " tokens, positions up to ", max_pos, ", window ", window, ")");
     const int64_t splits = attention_splits(max_pos, window);
     LOWBIT_CHECK(splits <= 65535, ValueError, "attention: ", max_pos + 1, " positions exceed the kernel's grid");
-    attn_split_kernel<<<dim3(unsigned(n_head), unsigned(splits), unsigned(n_tok)), kThreads, 0, stream>>>(
-        q, k, v, scratch, n_head, n_head / n_head_kv, d, pos, window, scale, softcap);
+    const dim3 grid{unsigned(n_head), unsigned(splits), unsigned(n_tok)};
+    const auto* kb = static_cast<const uint8_t*>(k);
+    const auto* vb = static_cast<const uint8_t*>(v);
+    if (format == KvFormat::F16)
+        attn_split_kernel<KvF16><<<grid, kThreads, 0, stream>>>(q, kb, vb, scratch, n_head, n_head / n_head_kv, d, pos,
+                                                               window, scale, softcap);
+    else
+        attn_split_kernel<KvQ8><<<grid, kThreads, 0, stream>>>(q, kb, vb, scratch, n_head, n_head / n_head_kv, d, pos,
+                                                              window, scale, softcap);
     LOWBIT_CUDA_LAUNCHED("attention_split");
     attn_combine_kernel<<<dim3(unsigned(n_head), unsigned(n_tok)), kThreads, 0, stream>>>(scratch, out, splits,
                                                                                         n_head, d);

@@ -11,7 +11,8 @@
 //   logits = rmsnorm(x) * output_norm . Wout^T [/ logit_scale] [softcap], kLogitRows rows at a time.
 // Projections of one row take mmvq (q8 activations, fused dequantization), of several rows mmm
 // (f16 tensor cores through cuBLAS when built with it). Everything runs on one stream; the host
-// waits only for the logits (and for the end of a piece without them).
+// waits only for the logits (and for the end of a piece without them). The KV cache holds f16 or
+// q8_0 rows, the CPU cache's bytes (cuda/kv_hd.h).
 //
 // Decode steps (one token with logits) after the first run as one CUDA graph, captured once: the
 // kernels read the token's position from the device (kPos) and attention's grid is sized for the
@@ -107,11 +108,13 @@ struct DeviceModel::Impl {
     const float* vec(const model::Vec& v) const {
         return v.empty() ? nullptr : reinterpret_cast<const float*>(w->dev.at(&v));
     }
-    // Layer il's K rows, then its V rows: n_ctx x kv_dim halves each (device layers only).
-    __half* k_cache(int64_t il) {
-        return kv.as<__half>() + 2 * (il - plan.first_layer) * plan.n_ctx * m->config.kv_dim();
+    // Layer il's K rows, then its V rows (device layers only): n_ctx positions of n_head_kv rows
+    // in the plan's format each (cuda/kv_hd.h).
+    int64_t kv_layer_bytes() const {
+        return plan.n_ctx * m->config.n_head_kv * kv_row_bytes(plan.kv_format, m->config.head_dim);
     }
-    __half* v_cache(int64_t il) { return k_cache(il) + plan.n_ctx * m->config.kv_dim(); }
+    uint8_t* k_cache(int64_t il) { return kv.as<uint8_t>() + 2 * (il - plan.first_layer) * kv_layer_bytes(); }
+    uint8_t* v_cache(int64_t il) { return k_cache(il) + kv_layer_bytes(); }
 
     void note_peak() {
         size_t free_b = 0, total_b = 0;
@@ -183,11 +186,11 @@ struct DeviceModel::Impl {
             rope(q, n, c.n_head, D, c.n_rot, neox, at<int32_t>(kPos), inv, mscale, stream);
             rope(k, n, c.n_head_kv, D, c.n_rot, neox, at<int32_t>(kPos), inv, mscale, stream);
         }
-        kv_write_f16(k, k_cache(il), n, KV, at<int32_t>(kPos), stream);
-        kv_write_f16(v, v_cache(il), n, KV, at<int32_t>(kPos), stream);
+        kv_write(plan.kv_format, k, k_cache(il), n, KV, at<int32_t>(kPos), stream);
+        kv_write(plan.kv_format, v, v_cache(il), n, KV, at<int32_t>(kPos), stream);
         const int64_t window = c.layer_is_swa[size_t(il)] ? c.n_swa : 0;
-        attention(q, k_cache(il), v_cache(il), at<float>(kAttn), c.n_head, c.n_head_kv, D, n, at<int32_t>(kPos), max_pos,
-                  window, c.attn_scale, c.attn_softcap, at<float>(kAttnPartials), stream);
+        attention(plan.kv_format, q, k_cache(il), v_cache(il), at<float>(kAttn), c.n_head, c.n_head_kv, D, n,
+                  at<int32_t>(kPos), max_pos, window, c.attn_scale, c.attn_softcap, at<float>(kAttnPartials), stream);
         project(l.wo, at<float>(kAttn), n, at<float>(kProj));
         residual(l.bo, l.attn_post_norm, n);
         norm_rows(l.ffn_norm, n);
@@ -311,13 +314,14 @@ struct DeviceModel::Impl {
     }
 };
 
-DeviceModel::DeviceModel(std::shared_ptr<const model::Model> m, int64_t n_ctx, int64_t n_batch, int64_t first_layer)
+DeviceModel::DeviceModel(std::shared_ptr<const model::Model> m, int64_t n_ctx, int64_t n_batch, int64_t first_layer,
+                         KvFormat kv_format)
     : impl_(std::make_unique<Impl>()) {
     LOWBIT_CHECK(m != nullptr, ValueError, "DeviceModel: no model");
     Impl& d = *impl_;
     d.m = std::move(m);
     const std::vector<DeviceTensor> tensors = device_tensors(*d.m, first_layer);   // ModelError before any CUDA call
-    d.plan = plan_device(*d.m, n_ctx, n_batch, first_layer);
+    d.plan = plan_device(*d.m, n_ctx, n_batch, first_layer, kv_format);
     int count = 0;
     cudaError_t err = cudaGetDeviceCount(&count);
     if (err != cudaSuccess || count <= 0) {

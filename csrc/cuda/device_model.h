@@ -1,6 +1,6 @@
 // device_model.h: a whole model on the CUDA device, the forward pass of model/forward.cpp for dense
-// architectures with every layer and the output head on the GPU (device_model.cu), an f16 KV
-// cache there, and a memory plan checked against free device memory before anything is
+// architectures with every layer and the output head on the GPU (device_model.cu), an f16 or
+// q8_0 KV cache there, and a memory plan checked against free device memory before anything is
 // allocated (device_plan.h). Host-only declarations: bindings and tests include this in every
 // build; without the CUDA backend the constructor throws CudaError (device_model_nocuda.cpp).
 //
@@ -13,7 +13,7 @@
 //
 // Decode steps after the first replay one CUDA graph (device_model.cu).
 //
-// Left for later (issue 19): mixture of experts, q8_0 KV, tensor-core flash attention for prefill.
+// Left for later (issue 19): mixture of experts, tensor-core flash attention for prefill.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -27,11 +27,12 @@ namespace lowbit::cuda {
 
 class DeviceModel {
 public:
-    // Plans n_ctx cells and n_batch rows of layers [first_layer, n_layers), checks the plan
+    // Plans n_ctx cells (f16 or q8_0) and n_batch rows of layers [first_layer, n_layers), checks the plan
     // against the device's free memory (InsufficientMemory naming the figures and the largest
     // n_ctx / n_gpu_layers that fit), then uploads. ModelError for what the device pass does not
     // run (device_tensors), CudaError without a device.
-    DeviceModel(std::shared_ptr<const model::Model> m, int64_t n_ctx, int64_t n_batch, int64_t first_layer = 0);
+    DeviceModel(std::shared_ptr<const model::Model> m, int64_t n_ctx, int64_t n_batch, int64_t first_layer = 0,
+                KvFormat kv_format = KvFormat::F16);
     ~DeviceModel();
     DeviceModel(const DeviceModel&) = delete;
     DeviceModel& operator=(const DeviceModel&) = delete;

@@ -4,7 +4,7 @@
 #ifndef LOWBIT_WITH_CUDA
 namespace lowbit::cuda {
 struct DeviceModel::Impl {};
-DeviceModel::DeviceModel(std::shared_ptr<const model::Model> m, int64_t, int64_t, int64_t first_layer) {
+DeviceModel::DeviceModel(std::shared_ptr<const model::Model> m, int64_t, int64_t, int64_t first_layer, KvFormat) {
     if (m) device_tensors(*m, first_layer);   // ModelError first, as in a CUDA build
     throw CudaError("no CUDA device (lowbit was built without the CUDA backend)");
 }

@@ -87,7 +87,7 @@ std::vector<DeviceTensor> device_tensors(const model::Model& m, int64_t first_la
     return out;
 }
 
-DevicePlan plan_device(const model::Model& m, int64_t n_ctx, int64_t n_batch, int64_t first_layer) {
+DevicePlan plan_device(const model::Model& m, int64_t n_ctx, int64_t n_batch, int64_t first_layer, KvFormat kv) {
     const model::ModelConfig& c = m.config;
     LOWBIT_CHECK(n_ctx >= 1 && n_batch >= 1 && n_batch <= 65535, ValueError, "device plan: n_ctx ", n_ctx,
                  " and n_batch ", n_batch, " must be >= 1 (n_batch <= 65535)");
@@ -95,6 +95,9 @@ DevicePlan plan_device(const model::Model& m, int64_t n_ctx, int64_t n_batch, in
     p.n_ctx = n_ctx;
     p.n_batch = n_batch;
     p.first_layer = first_layer;
+    p.kv_format = kv;
+    LOWBIT_CHECK(kv == KvFormat::F16 || c.head_dim % 32 == 0, ValueError, "a q8_0 KV cache needs head_dim divisible by "
+                 "32; this model has head_dim ", c.head_dim, " (use f16)");
     const std::vector<DeviceTensor> tensors = device_tensors(m, first_layer);
     Widths wd;
     for (const DeviceTensor& t : tensors) {
@@ -108,7 +111,8 @@ DevicePlan plan_device(const model::Model& m, int64_t n_ctx, int64_t n_batch, in
     }
     p.weights = tensors.empty() ? 0 : tensors.back().offset + tensors.back().bytes;
     const int64_t kv_dim = c.kv_dim(), Q = c.q_dim(), E = c.n_embd, F = c.n_ff;
-    p.kv = checked_mul(checked_mul(4 * (c.n_layers - first_layer), n_ctx, "device KV cache"), kv_dim, "device KV cache");
+    p.kv = checked_mul(checked_mul(2 * (c.n_layers - first_layer), n_ctx, "device KV cache"),
+                       c.n_head_kv * kv_row_bytes(kv, c.head_dim), "device KV cache");
     const int64_t keys = c.n_swa > 0 && std::all_of(c.layer_is_swa.begin(), c.layer_is_swa.end(), [](bool b) { return b; })
                              ? std::min(n_ctx, c.n_swa) : n_ctx;   // the most keys a token sees
     auto floats = [&](int64_t per_row) { return align_up(checked_mul(n_batch, per_row, "device activations") * 4); };
@@ -133,9 +137,9 @@ DevicePlan plan_device(const model::Model& m, int64_t n_ctx, int64_t n_batch, in
 int64_t device_reserve(const DevicePlan& p) { return (int64_t(64) << 20) + p.total() / 100; }
 
 int64_t largest_fitting_n_ctx(const model::Model& m, int64_t n_batch, int64_t free_bytes, int64_t n_ctx_limit,
-                              int64_t first_layer) {
+                              int64_t first_layer, KvFormat kv) {
     auto fits = [&](int64_t n_ctx) {
-        const DevicePlan p = plan_device(m, n_ctx, n_batch, first_layer);
+        const DevicePlan p = plan_device(m, n_ctx, n_batch, first_layer, kv);
         return p.total() + device_reserve(p) <= free_bytes;
     };
     if (n_ctx_limit < 1 || !fits(1)) return 0;
@@ -148,10 +152,11 @@ int64_t largest_fitting_n_ctx(const model::Model& m, int64_t n_batch, int64_t fr
     return lo;
 }
 
-int64_t largest_fitting_gpu_layers(const model::Model& m, int64_t n_ctx, int64_t n_batch, int64_t free_bytes) {
+int64_t largest_fitting_gpu_layers(const model::Model& m, int64_t n_ctx, int64_t n_batch, int64_t free_bytes,
+                                   KvFormat kv) {
     const int64_t n_layers = m.config.n_layers;
     auto fits = [&](int64_t layers) {   // the plan grows with the layers: bisect
-        const DevicePlan p = plan_device(m, n_ctx, n_batch, n_layers - layers);
+        const DevicePlan p = plan_device(m, n_ctx, n_batch, n_layers - layers, kv);
         return p.total() + device_reserve(p) <= free_bytes;
     };
     if (!fits(1)) return 0;
@@ -169,8 +174,8 @@ void check_device_fit(const model::Model& m, const DevicePlan& p, int64_t free_b
     if (p.total() + reserve <= free_bytes) return;
     const double MiB = double(1 << 20);
     const int64_t n_layers = m.config.n_layers, layers = n_layers - p.first_layer;
-    const int64_t best_ctx = largest_fitting_n_ctx(m, p.n_batch, free_bytes, p.n_ctx, p.first_layer);
-    const int64_t best_layers = largest_fitting_gpu_layers(m, p.n_ctx, p.n_batch, free_bytes);
+    const int64_t best_ctx = largest_fitting_n_ctx(m, p.n_batch, free_bytes, p.n_ctx, p.first_layer, p.kv_format);
+    const int64_t best_layers = largest_fitting_gpu_layers(m, p.n_ctx, p.n_batch, free_bytes, p.kv_format);
     std::string advice;
     if (best_ctx > 0) advice = str("the largest n_ctx that fits is ", best_ctx);
     if (best_layers > 0) advice += str(best_ctx > 0 ? "; or " : "", "n_gpu_layers=", best_layers, " fits at n_ctx ", p.n_ctx);
@@ -179,7 +184,8 @@ void check_device_fit(const model::Model& m, const DevicePlan& p, int64_t free_b
     throw InsufficientMemory(str(
         "the model needs ", int64_t(double(p.total()) / MiB), " MiB on the CUDA device (weights ",
         int64_t(double(p.weights) / MiB), " MiB of ", layers, " of ", n_layers, " layers and the head, KV cache ",
-        int64_t(double(p.kv) / MiB), " MiB for n_ctx ", p.n_ctx, ", scratch ",
+        int64_t(double(p.kv) / MiB), " MiB (", p.kv_format == KvFormat::F16 ? "f16" : "q8_0", ") for n_ctx ", p.n_ctx,
+        ", scratch ",
         int64_t(double(p.scratch + p.transient) / MiB), " MiB for n_batch ", p.n_batch, ") plus a ",
         int64_t(double(reserve) / MiB), " MiB reserve, but ", int64_t(double(free_bytes) / MiB), " MiB are free; ",
         advice));

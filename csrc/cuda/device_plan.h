@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/kv_hd.h"
 #include "model/forward.h"
 
 namespace lowbit::cuda {
@@ -47,8 +48,9 @@ enum ScratchPart { kX, kXn, kQkv, kQ, kK, kV, kAttn, kProj, kGate, kUp, kAttnPar
 struct DevicePlan {
     int64_t n_ctx = 0, n_batch = 0;
     int64_t first_layer = 0;   // layers [first_layer, n_layers) and the head are on the device
+    KvFormat kv_format = KvFormat::F16;
     int64_t weights = 0;     // the arena: device_tensors' last offset + bytes
-    int64_t kv = 0;          // f16 K and V: 2 x device layers x n_ctx x kv_dim x 2 bytes
+    int64_t kv = 0;          // K and V: 2 x device layers x n_ctx x n_head_kv x kv_row_bytes(format, head_dim)
     int64_t scratch = 0;     // resident: activations of n_batch rows (x, xn, qkv, q, k, v, attn,
                              // proj, gate (2 n_ff), up), attention partials, q8 activations of a
                              // decode row, kLogitRows logits rows, positions, RoPE tables
@@ -58,7 +60,9 @@ struct DevicePlan {
     int64_t total() const { return weights + kv + scratch + transient; }
 };
 
-DevicePlan plan_device(const model::Model& m, int64_t n_ctx, int64_t n_batch, int64_t first_layer = 0);
+// ValueError for a q8_0 cache when head_dim % 32 != 0.
+DevicePlan plan_device(const model::Model& m, int64_t n_ctx, int64_t n_batch, int64_t first_layer = 0,
+                       KvFormat kv = KvFormat::F16);
 
 // Bytes kept free beyond the plan (the CUDA context is already outside `free`; this covers
 // cuBLAS's workspace and allocator rounding): 64 MiB + 1 % of the plan.
@@ -66,11 +70,12 @@ int64_t device_reserve(const DevicePlan& p);
 
 // The largest n_ctx (<= n_ctx_limit) whose plan fits in free_bytes with the reserve, 0 if none.
 int64_t largest_fitting_n_ctx(const model::Model& m, int64_t n_batch, int64_t free_bytes, int64_t n_ctx_limit,
-                              int64_t first_layer = 0);
+                              int64_t first_layer = 0, KvFormat kv = KvFormat::F16);
 
 // The most layers (the last ones, as n_gpu_layers counts them) whose plan at n_ctx fits in
 // free_bytes with the reserve, 0 if not even one does.
-int64_t largest_fitting_gpu_layers(const model::Model& m, int64_t n_ctx, int64_t n_batch, int64_t free_bytes);
+int64_t largest_fitting_gpu_layers(const model::Model& m, int64_t n_ctx, int64_t n_batch, int64_t free_bytes,
+                                   KvFormat kv = KvFormat::F16);
 
 // InsufficientMemory when plan + reserve exceeds free_bytes: names the weights, KV cache, scratch
 // and free figures, the largest n_ctx that would fit with these layers and the most layers

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "cuda/cuda_common.cuh"
+#include "cuda/kv_hd.h"
 
 namespace lowbit::cuda {
 
@@ -54,23 +55,24 @@ void gelu_tanh_mul(const float* gate, const float* up, float* out, int64_t n, cu
 void gated_rows(const float* gate, const float* up, float* out, int64_t rows, int64_t width, int64_t stride, bool gelu,
                 cudaStream_t stream);
 
-// attention.cu: KV-cache write, f32 rows (n_tok, width) -> f16 cache rows pos[0] .. pos[n_tok-1]
-// (pos: device array; cache row stride `width` halves, round to nearest even).
-void kv_write_f16(const float* src, __half* cache, int64_t n_tok, int64_t width, const int32_t* pos,
-                  cudaStream_t stream);
+// attention.cu: KV-cache write, f32 rows (n_tok, width) -> cache rows pos[0] .. pos[n_tok-1] (pos:
+// device array) in `format` (cuda/kv_hd.h: f16 round to nearest even, or q8_0 blocks as the CPU
+// cache writes them; width % 32 == 0 for q8_0). A position's row is width values.
+void kv_write(KvFormat format, const float* src, void* cache, int64_t n_tok, int64_t width, const int32_t* pos,
+              cudaStream_t stream);
 // Causal attention of n_tok query tokens q (n_tok, n_head, d) at positions pos[t] (device array,
-// read by the kernels: a captured decode step replays at new positions) over an f16 cache whose
-// row j (n_head_kv * d halves) holds position j, rows up to each token's own already written;
-// token p sees positions max(0, p - window + 1) .. p (window 0: all). max_pos (host) bounds every
-// pos[t] and sizes the grid (attention_splits): the piece's last position, or n_ctx - 1 for a
-// captured step (splits past a token's keys cost one early-out block each). Head h reads kv head
-// h / (n_head / n_head_kv). out (n_tok, n_head, d) = softmax(scale * q.K^T [softcap c:
-// c tanh(./c)]) V, split over the keys (partials combined in a second pass). scratch:
+// read by the kernels: a captured decode step replays at new positions) over a cache in `format`
+// whose row j (n_head_kv heads of d values) holds position j, rows up to each token's own already
+// written; token p sees positions max(0, p - window + 1) .. p (window 0: all). max_pos (host)
+// bounds every pos[t] and sizes the grid (attention_splits): the piece's last position, or
+// n_ctx - 1 for a captured step (splits past a token's keys cost one early-out block each). Head
+// h reads kv head h / (n_head / n_head_kv). out (n_tok, n_head, d) = softmax(scale * q.K^T
+// [softcap c: c tanh(./c)]) V, split over the keys (partials combined in a second pass). scratch:
 // attention_scratch_floats(n_head, n_tok, n_kv_max, d) floats, n_kv_max >= min(max_pos + 1,
 // window or max_pos + 1) (cuda/device_plan.h).
-void attention(const float* q, const __half* k, const __half* v, float* out, int64_t n_head, int64_t n_head_kv,
-               int64_t d, int64_t n_tok, const int32_t* pos, int64_t max_pos, int64_t window, float scale,
-               float softcap, float* scratch, cudaStream_t stream);
+void attention(KvFormat format, const float* q, const void* k, const void* v, float* out, int64_t n_head,
+               int64_t n_head_kv, int64_t d, int64_t n_tok, const int32_t* pos, int64_t max_pos, int64_t window,
+               float scale, float softcap, float* scratch, cudaStream_t stream);
 // The key splits (blocks per query head and token) attention launches for max_pos and window.
 int64_t attention_splits(int64_t max_pos, int64_t window);
 

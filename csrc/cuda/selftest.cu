@@ -23,6 +23,7 @@
 #include "cpu/ops.h"
 #include "cpu/threadpool.h"
 #include "cuda/host_check.h"
+#include "cuda/kv_hd.h"
 #include "cuda/ops.cuh"
 #include "cuda/selftest.h"
 #include "cuda/device_plan.h"
@@ -244,82 +245,103 @@ void check_ops(Rng& rng, SelfTestReport& r) {
         r.entries.push_back({"gelu_tanh_mul", rel_max(from_device<float>(d2, size_t(n)), r2), 2e-6, 0,
                              "10007 vs cpu::gelu_tanh_mul"});
     }
-    {   // KV write f16 at an offset, then decode attention (GQA 8:2, 1000 cached positions: 4 splits)
+    {   // KV writes at an offset, then decode and prefill attention over the cache, f16 and q8_0
+        // (GQA 8:2, 1000 cached positions: 4 splits)
         const int64_t n_head = 8, n_kv_head = 2, d = 128, n_kv = 1000, width = n_kv_head * d;
         const std::vector<float> kf = random_floats(size_t(n_kv * width), rng, -2, 2), vf = random_floats(size_t(n_kv * width), rng, -2, 2);
         const std::vector<float> q = random_floats(size_t(n_head * d), rng, -2, 2);
         DeviceBuffer dkf = to_device(kf), dvf = to_device(vf), dq = to_device(q);
-        DeviceBuffer dk(n_kv * width * sizeof(__half)), dv(n_kv * width * sizeof(__half));
         std::vector<int32_t> positions(static_cast<size_t>(n_kv));
         for (int64_t j = 0; j < n_kv; ++j) positions[size_t(j)] = int32_t(j);
         DeviceBuffer dpos = to_device(positions);
         const int32_t* pos = dpos.as<int32_t>();   // pos + j: positions j, j + 1, ...
-        kv_write_f16(dkf.as<float>(), dk.as<__half>(), 600, width, pos, nullptr);   // two writes: positions 0..599, 600..999
-        kv_write_f16(dkf.as<float>() + 600 * width, dk.as<__half>(), n_kv - 600, width, pos + 600, nullptr);
-        kv_write_f16(dvf.as<float>(), dv.as<__half>(), n_kv, width, pos, nullptr);
-        std::vector<uint16_t> k16(kf.size()), v16(vf.size());
-        cpu::f32_to_f16_row(kf.data(), k16.data(), int64_t(kf.size()));
-        cpu::f32_to_f16_row(vf.data(), v16.data(), int64_t(vf.size()));
-        const std::vector<uint16_t> gk = from_device<uint16_t>(dk, k16.size()), gv = from_device<uint16_t>(dv, v16.size());
-        int64_t bad = 0;
-        for (size_t i = 0; i < k16.size(); ++i) bad += (gk[i] != k16[i]) + (gv[i] != v16[i]);
-        r.entries.push_back({"kv_write_f16", double(bad), 0, 0, "1000x256 (two writes) vs cpu::f32_to_f16_row, bit for bit"});
-
         const float scale = 1.0f / std::sqrt(float(d));
-        // out row (h) of a query at position pos seeing keys max(0, pos - window + 1) .. pos, in double
-        auto reference = [&](const float* qt, int64_t pos, int64_t window, float softcap, float* out) {
-            const int64_t first = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
-            for (int64_t h = 0; h < n_head; ++h) {
-                const int64_t kvh = h / (n_head / n_kv_head);
-                std::vector<double> p(static_cast<size_t>(pos + 1 - first));
-                double m = -INFINITY, sum = 0;
-                for (int64_t j = first; j <= pos; ++j) {
-                    double dot = 0;
-                    for (int64_t e = 0; e < d; ++e) dot += double(qt[h * d + e]) * fp16_to_fp32(k16[j * width + kvh * d + e]);
-                    double sc = double(scale) * dot;
-                    if (softcap > 0.0f) sc = double(softcap) * std::tanh(sc / double(softcap));
-                    p[size_t(j - first)] = sc;
-                    m = std::max(m, sc);
-                }
-                for (auto& v : p) { v = std::exp(v - m); sum += v; }
-                for (int64_t e = 0; e < d; ++e) {
-                    double o = 0;
-                    for (int64_t j = first; j <= pos; ++j) o += p[size_t(j - first)] * fp16_to_fp32(v16[j * width + kvh * d + e]);
-                    out[h * d + e] = float(o / sum);
-                }
-            }
-        };
-        // Decode: one token at position 999, the grid sized for it (4 splits) and, as a captured
-        // decode step launches it, for a 4096-cell context (16 splits, 12 of them past its keys).
-        const int64_t wide = 4096;
-        DeviceBuffer dout(n_head * d * sizeof(float)), scratch(attention_scratch_floats(n_head, 1, wide, d) * sizeof(float));
-        std::vector<float> ref(static_cast<size_t>(n_head * d));
-        reference(q.data(), n_kv - 1, 0, 0.0f, ref.data());
-        double dec = 0;
-        for (const int64_t max_pos : {n_kv - 1, wide - 1}) {
-            attention(dq.as<float>(), dk.as<__half>(), dv.as<__half>(), dout.as<float>(), n_head, n_kv_head, d, 1,
-                      pos + (n_kv - 1), max_pos, 0, scale, 0.0f, scratch.as<float>(), nullptr);
-            dec = std::max(dec, rel_max(from_device<float>(dout, ref.size()), ref));
-        }
-        r.entries.push_back({"attention_decode", dec, 1e-5, 0,
-                             "8 heads (GQA 4:1) x 128, 1000 cached f16 positions, grid of 4 and of 16 splits, vs double"});
-        // Prefill: 40 query tokens at positions 960..999 under a 300-key window and softcap 30 (each
-        // token's keys span two or three splits), then 40 at positions 0..39 with no window.
         const int64_t n_tok = 40;
         const std::vector<float> qs = random_floats(size_t(n_tok * n_head * d), rng, -2, 2);
-        DeviceBuffer dqs = to_device(qs), douts(n_tok * n_head * d * sizeof(float)),
-                     pscratch(attention_scratch_floats(n_head, n_tok, n_kv, d) * sizeof(float));
-        std::vector<float> refs(qs.size());
-        double worst = 0;
-        for (const auto& [pos0, window, softcap] : {std::tuple<int64_t, int64_t, float>{960, 300, 30.0f}, {0, 0, 0.0f}}) {
-            attention(dqs.as<float>(), dk.as<__half>(), dv.as<__half>(), douts.as<float>(), n_head, n_kv_head, d, n_tok,
-                      pos + pos0, pos0 + n_tok - 1, window, scale, softcap, pscratch.as<float>(), nullptr);
-            for (int64_t t = 0; t < n_tok; ++t)
-                reference(qs.data() + t * n_head * d, pos0 + t, window, softcap, refs.data() + t * n_head * d);
-            worst = std::max(worst, rel_max(from_device<float>(douts, refs.size()), refs));
+        for (const KvFormat format : {KvFormat::F16, KvFormat::Q8_0}) {
+            const bool f16 = format == KvFormat::F16;
+            const char* fname = f16 ? "f16" : "q8_0";
+            const int64_t row = kv_row_bytes(format, d) * n_kv_head;   // bytes of one position
+            DeviceBuffer dk(size_t(n_kv * row)), dv(size_t(n_kv * row));
+            kv_write(format, dkf.as<float>(), dk.as<uint8_t>(), 600, width, pos, nullptr);   // two writes: 0..599, 600..999
+            kv_write(format, dkf.as<float>() + 600 * width, dk.as<uint8_t>(), n_kv - 600, width, pos + 600, nullptr);
+            kv_write(format, dvf.as<float>(), dv.as<uint8_t>(), n_kv, width, pos, nullptr);
+            // The CPU cache's rows (model/kv_cache.cpp: f32_to_f16_row, or the q8_0 quantizer) and their values.
+            std::vector<uint8_t> ck(size_t(n_kv * row)), cv(ck.size());
+            std::vector<float> kdec(kf.size()), vdec(vf.size());
+            if (f16) {
+                cpu::f32_to_f16_row(kf.data(), reinterpret_cast<uint16_t*>(ck.data()), int64_t(kf.size()));
+                cpu::f32_to_f16_row(vf.data(), reinterpret_cast<uint16_t*>(cv.data()), int64_t(vf.size()));
+                cpu::f16_to_f32_row(reinterpret_cast<const uint16_t*>(ck.data()), kdec.data(), int64_t(kf.size()));
+                cpu::f16_to_f32_row(reinterpret_cast<const uint16_t*>(cv.data()), vdec.data(), int64_t(vf.size()));
+            } else {
+                const QuantType& q8 = quant_type(GGMLType::Q8_0);
+                q8.from_float(kf.data(), ck.data(), int64_t(kf.size()), nullptr);
+                q8.from_float(vf.data(), cv.data(), int64_t(vf.size()), nullptr);
+                q8.to_float(ck.data(), kdec.data(), int64_t(kf.size()));
+                q8.to_float(cv.data(), vdec.data(), int64_t(vf.size()));
+            }
+            const std::vector<uint8_t> gk = from_device<uint8_t>(dk, ck.size()), gv = from_device<uint8_t>(dv, cv.size());
+            int64_t bad = 0;
+            for (size_t i = 0; i < ck.size(); ++i) bad += (gk[i] != ck[i]) + (gv[i] != cv[i]);
+            r.entries.push_back({str("kv_write_", fname), double(bad), 0, 0,
+                                 str("1000x256 (two writes) vs the CPU cache's ", fname, " rows, bit for bit")});
+
+            // out row (h) of a query at position p seeing keys max(0, p - window + 1) .. p, in double
+            auto reference = [&](const float* qt, int64_t p, int64_t window, float softcap, float* out) {
+                const int64_t first = window > 0 ? std::max<int64_t>(0, p - window + 1) : 0;
+                for (int64_t h = 0; h < n_head; ++h) {
+                    const int64_t kvh = h / (n_head / n_kv_head);
+                    std::vector<double> pr(static_cast<size_t>(p + 1 - first));
+                    double m = -INFINITY, sum = 0;
+                    for (int64_t j = first; j <= p; ++j) {
+                        double dot = 0;
+                        for (int64_t e = 0; e < d; ++e) dot += double(qt[h * d + e]) * kdec[size_t(j * width + kvh * d + e)];
+                        double sc = double(scale) * dot;
+                        if (softcap > 0.0f) sc = double(softcap) * std::tanh(sc / double(softcap));
+                        pr[size_t(j - first)] = sc;
+                        m = std::max(m, sc);
+                    }
+                    for (auto& v : pr) { v = std::exp(v - m); sum += v; }
+                    for (int64_t e = 0; e < d; ++e) {
+                        double o = 0;
+                        for (int64_t j = first; j <= p; ++j) o += pr[size_t(j - first)] * vdec[size_t(j * width + kvh * d + e)];
+                        out[h * d + e] = float(o / sum);
+                    }
+                }
+            };
+            // Decode: one token at position 999, the grid sized for it (4 splits) and, as a captured
+            // decode step launches it, for a 4096-cell context (16 splits, 12 of them past its keys).
+            const int64_t wide = 4096;
+            DeviceBuffer dout(n_head * d * sizeof(float)), scratch(attention_scratch_floats(n_head, 1, wide, d) * sizeof(float));
+            std::vector<float> ref(static_cast<size_t>(n_head * d));
+            reference(q.data(), n_kv - 1, 0, 0.0f, ref.data());
+            double dec = 0;
+            for (const int64_t max_pos : {n_kv - 1, wide - 1}) {
+                attention(format, dq.as<float>(), dk.as<uint8_t>(), dv.as<uint8_t>(), dout.as<float>(), n_head, n_kv_head,
+                          d, 1, pos + (n_kv - 1), max_pos, 0, scale, 0.0f, scratch.as<float>(), nullptr);
+                dec = std::max(dec, rel_max(from_device<float>(dout, ref.size()), ref));
+            }
+            r.entries.push_back({f16 ? std::string("attention_decode") : str("attention_decode_", fname), dec, 1e-5, 0,
+                                 str("8 heads (GQA 4:1) x 128, 1000 cached ", fname,
+                                     " positions, grid of 4 and of 16 splits, vs double")});
+            // Prefill: 40 query tokens at positions 960..999 under a 300-key window and softcap 30
+            // (each token's keys span two or three splits), then 40 at positions 0..39 with no window.
+            DeviceBuffer dqs = to_device(qs), douts(n_tok * n_head * d * sizeof(float)),
+                         pscratch(attention_scratch_floats(n_head, n_tok, n_kv, d) * sizeof(float));
+            std::vector<float> refs(qs.size());
+            double worst = 0;
+            for (const auto& [pos0, window, softcap] : {std::tuple<int64_t, int64_t, float>{960, 300, 30.0f}, {0, 0, 0.0f}}) {
+                attention(format, dqs.as<float>(), dk.as<uint8_t>(), dv.as<uint8_t>(), douts.as<float>(), n_head, n_kv_head,
+                          d, n_tok, pos + pos0, pos0 + n_tok - 1, window, scale, softcap, pscratch.as<float>(), nullptr);
+                for (int64_t t = 0; t < n_tok; ++t)
+                    reference(qs.data() + t * n_head * d, pos0 + t, window, softcap, refs.data() + t * n_head * d);
+                worst = std::max(worst, rel_max(from_device<float>(douts, refs.size()), refs));
+            }
+            r.entries.push_back({f16 ? std::string("attention_prefill") : str("attention_prefill_", fname), worst, 1e-5, 0,
+                                 str("40 tokens x 8 heads x 128 at positions 960.. (window 300, softcap 30) and 0.. "
+                                     "(causal) over ", fname, " rows, vs double")});
         }
-        r.entries.push_back({"attention_prefill", worst, 1e-5, 0,
-                             "40 tokens x 8 heads x 128 at positions 960.. (window 300, softcap 30) and 0.. (causal), vs double"});
     }
 }
 

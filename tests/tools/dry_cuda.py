@@ -35,10 +35,10 @@ def engine_to_cuda(engine, n_gpu_layers=-1):
 
 
 class CudaModel:
-    def __init__(self, engine, n_ctx, n_batch=512):
-        self._plan = _core.cuda_plan(engine, n_ctx, n_batch)
-        _core.cuda_check_fit(engine, n_ctx, n_batch, 80 << 30)
-        self._e = engine.new_session(int(n_ctx), 2, int(n_batch), "f16", "high")
+    def __init__(self, engine, n_ctx, n_batch=512, kv_type="f16"):
+        self._plan = _core.cuda_plan(engine, n_ctx, n_batch, kv_type=kv_type)
+        _core.cuda_check_fit(engine, n_ctx, n_batch, 80 << 30, kv_type=kv_type)
+        self._e = engine.new_session(int(n_ctx), 2, int(n_batch), kv_type, "high")
         self._cancel = False
         self._graph = ("off (LOWBIT_CUDA_GRAPHS=0)" if os.environ.get("LOWBIT_CUDA_GRAPHS") == "0"
                        else "captured (dry run)")

@@ -115,27 +115,20 @@ def _select_device(device: str, n_gpu_layers: int) -> str:
     raise CudaError(f"device='cuda' is not available: {status['message']}; use device='cpu' or 'auto'")
 
 
-def _to_device(engine, asked: str, n_gpu_layers: int, kv_type: str) -> str:
+def _to_device(engine, asked: str, n_gpu_layers: int) -> str:
     """Moves the engine's forward pass onto the CUDA device (its last n_gpu_layers layers, -1:
-    every one, and the output head; the layers below stay on the CPU): "cuda", or "cpu" where
-    device="auto" cannot use it (with a warning saying why). Raises for device="cuda": the q8_0
-    KV cache is not on the device yet."""
+    every one, and the output head; the layers below stay on the CPU), with a KV cache of the
+    engine's kv_type there: "cuda", or "cpu" where device="auto" cannot use it (a model the
+    device pass does not run, or one that does not fit: with a warning saying why)."""
     from lowbit import _core
-    why = None
-    if kv_type != "f16":
-        why = f"kv_type={kv_type!r}: the CUDA KV cache is f16 only for now"
-    if why is None:
-        try:
-            _core.engine_to_cuda(engine, int(n_gpu_layers))
-            return "cuda"
-        except (ModelError, InsufficientMemory) as e:
-            if asked == "cuda":
-                raise
-            why = str(e)
-    if asked == "cuda":
-        raise ValueError(f"device='cuda': {why}")
-    warnings.warn(f"device='auto' runs on the CPU: {why}", UserWarning, stacklevel=3)
-    return "cpu"
+    try:
+        _core.engine_to_cuda(engine, int(n_gpu_layers))
+        return "cuda"
+    except (ModelError, InsufficientMemory) as e:
+        if asked == "cuda":
+            raise
+        warnings.warn(f"device='auto' runs on the CPU: {e}", UserWarning, stacklevel=3)
+        return "cpu"
 
 
 def load(path_or_name: Union[str, os.PathLike], *, n_ctx: Optional[int] = None,
@@ -152,8 +145,8 @@ def load(path_or_name: Union[str, os.PathLike], *, n_ctx: Optional[int] = None,
     everywhere; "q8" quantizes activations once to 8 bits, as llama.cpp does.
 
     ``device``: "cpu" (default), "cuda" (every layer and the output head on the first CUDA device,
-    an f16 KV cache there; CudaError without a usable device, InsufficientMemory when the model
-    and its n_ctx do not fit, naming the largest n_ctx that does) or "auto" (CUDA when a usable
+    a KV cache of kv_type there; CudaError without a usable device, InsufficientMemory when the
+    model and its n_ctx do not fit, naming the largest n_ctx that does) or "auto" (CUDA when a usable
     device runs this model, else the CPU with a warning). ``n_gpu_layers``: -1 (default) or at
     least the layer count puts every layer on the device, 0 keeps the CPU, k in between puts the
     last k layers and the output head on the device and runs the layers below on the CPU first
@@ -228,7 +221,7 @@ def load(path_or_name: Union[str, os.PathLike], *, n_ctx: Optional[int] = None,
         raise built["error"]
     if device == "cuda":
         try:
-            device = _to_device(engine, asked_device, n_gpu_layers, kv_type)
+            device = _to_device(engine, asked_device, n_gpu_layers)
         except BaseException:
             engine.close()
             raise
@@ -685,7 +678,7 @@ class Model(Session):
         engine = e.new_session(int(n_ctx), int(n_threads), int(n_batch), kv_type, e.act_precision)
         if self.device == "cuda":
             try:
-                _to_device(engine, "cuda", self._load_options.get("n_gpu_layers", -1), kv_type)   # weights shared
+                _to_device(engine, "cuda", self._load_options.get("n_gpu_layers", -1))   # weights shared
             except BaseException:
                 engine.close()
                 raise

@@ -57,15 +57,21 @@ def models(request):
         yield request.param, path, cpu
 
 
-@pytest.mark.parametrize("half", [False, True], ids=["all-layers", "half-offloaded"])
-def test_greedy_tokens_equal_the_cpu(models, half):
+def _on_gpu(path, cpu, half):
+    """The model on the device: every layer, or the last half (the first half on the CPU)."""
     import lowbit
 
+    ngl = int(cpu._engine.n_layers) // 2 if half else -1
+    gpu = lowbit.load(path, n_ctx=512, device="cuda", n_gpu_layers=ngl)
+    assert gpu.device == "cuda"
+    return gpu, ngl
+
+
+@pytest.mark.parametrize("half", [False, True], ids=["all-layers", "half-offloaded"])
+def test_greedy_tokens_equal_the_cpu(models, half):
     name, path, cpu = models
-    n_layers = int(cpu._engine.n_layers)
-    ngl = n_layers // 2 if half else -1
-    with lowbit.load(path, n_ctx=512, device="cuda", n_gpu_layers=ngl) as gpu:
-        assert gpu.device == "cuda"
+    gpu, ngl = _on_gpu(path, cpu, half)
+    with gpu:
         for prompt in _prompts(name):
             want = cpu.generate(prompt, max_new_tokens=32, temperature=0).tokens
             got = gpu.generate(prompt, max_new_tokens=32, temperature=0).tokens
@@ -74,13 +80,11 @@ def test_greedy_tokens_equal_the_cpu(models, half):
 
 @pytest.mark.parametrize("half", [False, True], ids=["all-layers", "half-offloaded"])
 def test_perplexity_top1_and_kl_against_the_cpu(models, half):
-    import lowbit
     from lowbit.quant.evaluate import format_perplexity, perplexity
 
     name, path, cpu = models
-    n_layers = int(cpu._engine.n_layers)
-    ngl = n_layers // 2 if half else -1
-    with lowbit.load(path, n_ctx=512, device="cuda", n_gpu_layers=ngl) as gpu:
+    gpu, ngl = _on_gpu(path, cpu, half)
+    with gpu:
         r = perplexity(gpu, _docs_text(), n_ctx=512, n_chunks=2, kl_base=cpu)
     print(f"\n{name} n_gpu_layers={ngl}\n{format_perplexity(r, name)}")
     assert r.kl.same_top1_pct == 100.0, format_perplexity(r, name)

@@ -92,17 +92,22 @@ void Engine::eval_batch(const std::vector<BatchItem>& items) {
         total += it.n;
     }
     const model::Model& m = *lead.model_;
+    // the last token's logits of each item: the caller's row, or for a sampled item without one
+    // its engine's own
+    std::vector<float*> last_logits(items.size());
+    for (size_t i = 0; i < items.size(); ++i) {
+        Engine& e = *items[i].engine;
+        last_logits[i] = items[i].logits;
+        if (items[i].sampler && !last_logits[i]) {
+            e.sample_logits_.resize(size_t(m.config.n_vocab));
+            last_logits[i] = e.sample_logits_.data();
+        }
+    }
     bool any_backend = false;
     for (const BatchItem& it : items) any_backend = any_backend || it.engine->backend_;
     if (any_backend) {   // a session on the device: every item in turn through its own engine (not batched yet)
-        std::vector<float*> last_logits(items.size());
         for (size_t i = 0; i < items.size(); ++i) {
             Engine& e = *items[i].engine;
-            last_logits[i] = items[i].logits;
-            if (items[i].sampler && !last_logits[i]) {
-                e.sample_logits_.resize(size_t(m.config.n_vocab));
-                last_logits[i] = e.sample_logits_.data();
-            }
             try {
                 e.eval_locked(items[i].tokens, items[i].n, false, last_logits[i]);
             } catch (const Cancelled&) {
@@ -118,17 +123,6 @@ void Engine::eval_batch(const std::vector<BatchItem>& items) {
         lead.batch_state_ = std::make_unique<model::ForwardState>(
             m.config, std::max(pass_rows, lead.batch_state_ ? lead.batch_state_->n_batch : 0),
             std::max(max_ctx, lead.batch_state_ ? lead.batch_state_->n_ctx : 0), lead.pool_->size());
-    // the last token's logits of each item: the caller's row, or for a sampled item without one
-    // its engine's own
-    std::vector<float*> last_logits(items.size());
-    for (size_t i = 0; i < items.size(); ++i) {
-        Engine& e = *items[i].engine;
-        last_logits[i] = items[i].logits;
-        if (items[i].sampler && !last_logits[i]) {
-            e.sample_logits_.resize(size_t(m.config.n_vocab));
-            last_logits[i] = e.sample_logits_.data();
-        }
-    }
     model::ForwardState& s = *lead.batch_state_;
     s.act_precision = lead.state_->act_precision;
     s.observer = lead.state_->observer;

@@ -236,20 +236,28 @@ struct DeviceModel::Impl {
 
     // One decode step's launches (every device layer for one row at the position in kPos, the
     // head into kLogits) captured into decode_graph; on failure the eager launches stay.
+    // Captured on a stream of its own that does not synchronize with the legacy stream: capturing a
+    // blocking stream would leave the legacy stream unusable meanwhile, and other sessions' uploads
+    // and prefill scratch use it from other threads. The graph is launched on `stream`.
     void capture_decode() {
         cudaGraph_t g = nullptr;
-        cudaError_t err = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal);
+        cudaStream_t main = stream, cap = nullptr;
+        cudaError_t err = cudaStreamCreateWithFlags(&cap, cudaStreamNonBlocking);
+        if (err == cudaSuccess) err = cudaStreamBeginCapture(cap, cudaStreamCaptureModeThreadLocal);
         std::string why;
         if (err == cudaSuccess) {
+            stream = cap;   // layer() and head() launch on `stream`
             try {
                 for (int64_t il = plan.first_layer; il < m->config.n_layers; ++il) layer(il, 1, plan.n_ctx - 1);
                 head(0, 1);
             } catch (const std::exception& e) {
                 why = e.what();
             }
-            const cudaError_t end = cudaStreamEndCapture(stream, &g);
+            stream = main;
+            const cudaError_t end = cudaStreamEndCapture(cap, &g);
             if (err == cudaSuccess) err = end;
         }
+        if (cap) cudaStreamDestroy(cap);
         if (err == cudaSuccess && why.empty()) err = cudaGraphInstantiate(&decode_graph, g, 0);
         if (g) cudaGraphDestroy(g);
         if (err == cudaSuccess && why.empty()) {

@@ -80,6 +80,10 @@ class LowbitRunner:
         mem = self.model.memory()
         self.backend = (mem["backend"] if self.model.device == "cuda"
                         else f"CPU {mem.get('kernels', '')} act={act_precision}".strip())
+        # every layer on the device: its decode roofline is the device's bandwidth (layer offload
+        # mixes two memories: no roofline)
+        self.on_device = self.model.device == "cuda"
+        self.all_on_device = self.on_device and (n_gpu_layers == -1 or n_gpu_layers >= int(self.engine.n_layers))
         self.n_threads = mem.get("n_threads", n_threads)
 
     def prompt(self, tokens: np.ndarray) -> None:
@@ -99,6 +103,7 @@ class LowbitRunner:
 
 class LlamaCppRunner:
     name = "llama.cpp"
+    on_device = False   # a CPU build of llama-cpp-python
 
     def __init__(self, path: str, n_ctx: int, n_threads: Optional[int], n_batch: int):
         llama_cpp = import_llama_cpp()
@@ -188,6 +193,15 @@ def decode_bytes_per_token(path: str) -> int:
         return int(decode_reads(g.model_config(), g.tensors)["decode_bytes_per_token"])
 
 
+DEVICE_COPY_BYTES = 1 << 30
+
+
+def measure_device_bandwidth() -> float:
+    """The CUDA device's copy bandwidth (GB/s, bytes read + written), as bench/bench_cuda.py."""
+    from lowbit import _core
+    return float(_core.cuda_copy_gbs(DEVICE_COPY_BYTES))
+
+
 def roofline(path: str, bandwidths_gbs: List[float], tg_means: dict, tg_reps: Optional[dict] = None) -> dict:
     """The decode limit of ``path`` at the best of ``bandwidths_gbs`` and each runtime's
     tg tok/s (``tg_means``: {runtime: tok/s}) as a fraction of it. With ``tg_reps``
@@ -230,7 +244,12 @@ def bench_model(path: str, *, n_prompt: int = 512, n_gen: int = 128, reps: int =
     runners = [LowbitRunner(path, n_ctx, n_threads, n_batch, act_precision, device, n_gpu_layers)]
     if vs_llama_cpp:
         runners.append(LlamaCppRunner(path, n_ctx, n_threads or runners[0].n_threads, n_batch))
-    bandwidths = [measure_bandwidth(runners[0].n_threads)]
+    lead = runners[0]
+    if lead.on_device:   # the roofline of a whole-model device run: the device's copy bandwidth
+        probe = measure_device_bandwidth if lead.all_on_device else None
+    else:
+        probe = lambda: measure_bandwidth(lead.n_threads)   # noqa: E731
+    bandwidths = [probe()] if probe else []
     rng = np.random.default_rng(0)
     n_vocab = runners[0].n_vocab
     results = {(r.name, t): TestResult(r.name, t, n) for r in runners
@@ -249,7 +268,8 @@ def bench_model(path: str, *, n_prompt: int = 512, n_gen: int = 128, reps: int =
                     secs = _timed(lambda: r.generate(int(tokens[0]), n_gen))
                     if rep:
                         results[(r.name, f"tg{n_gen}")].tok_s.append(n_gen / secs)
-            bandwidths.append(measure_bandwidth(runners[0].n_threads))   # after each repetition
+            if probe:
+                bandwidths.append(probe())   # after each repetition
         from lowbit.runtime.gguf_file import GGUFFile
         with GGUFFile(path) as g:
             n_params = sum(t.n_elements for t in g.tensors)
@@ -262,9 +282,13 @@ def bench_model(path: str, *, n_prompt: int = 512, n_gen: int = 128, reps: int =
                          for r in runners},
             "tests": [res.to_dict() for res in results.values()],
             "process_peak_rss_bytes": peak_rss_bytes(),
-            "roofline": roofline(path, bandwidths, {r.name: results[(r.name, f"tg{n_gen}")].mean
-                                                    for r in runners if n_gen},
-                                 {r.name: results[(r.name, f"tg{n_gen}")].tok_s for r in runners if n_gen}),
+            # a device's roofline is lowbit's alone (llama.cpp's runner is the CPU)
+            "roofline": {} if not probe else dict(
+                roofline(path, bandwidths, {r.name: results[(r.name, f"tg{n_gen}")].mean
+                                            for r in runners if n_gen and r.on_device == lead.on_device},
+                         {r.name: results[(r.name, f"tg{n_gen}")].tok_s
+                          for r in runners if n_gen and r.on_device == lead.on_device}),
+                bandwidth_kind="cuda device-to-device copy (read + written)" if lead.on_device else "cpu read"),
         }
         if vs_llama_cpp:
             out["ratios"] = {t: results[("lowbit", t)].mean / results[("llama.cpp", t)].mean
@@ -295,8 +319,9 @@ def format_table(reports: List[dict]) -> str:
     for rep in reports:
         roof = rep.get("roofline")
         if roof:
+            kind = "device copy" if roof.get("bandwidth_kind", "cpu read") != "cpu read" else "read"
             extra.append(f"- {rep['model']}: a decode step reads {human_bytes(roof['decode_bytes_per_token'])} of "
-                         f"weights; read bandwidth {roof['read_bandwidth_gbs']:.1f} GB/s (best of "
+                         f"weights; {kind} bandwidth {roof['read_bandwidth_gbs']:.1f} GB/s (best of "
                          f"{', '.join(f'{b:.1f}' for b in roof['read_bandwidth_measured_gbs'])}) "
                          f"-> roofline {roof['roofline_tok_s']:.1f} tok/s")
         for name, rt in rep["runtimes"].items():

@@ -195,6 +195,24 @@ def test_layer_hand_over_is_exact_on_the_cpu(tmp_path, arch):
         _core.engine_split_on_cpu(_core.Engine(str(path), 96, 2, 16, "f16", "auto"), n_layer)
 
 
+def test_hidden_states_through_a_backend_equal_the_cpu_pass(tmp_path):
+    """eval_batch(hidden=True) (what embeddings pool) through a forward backend, alone and next to
+    a CPU session in one batch (then every item goes through its own engine), gives the bits of the
+    batched CPU pass."""
+    path = mf.write_default_model(tmp_path / "m.gguf", "gemma3", "Q8_0")
+    ids = [int(t) for t in np.random.default_rng(6).integers(0, 200, 21)]
+    whole = _core.Engine(str(path), 64, 2, 16, "f16", "auto")
+    want = np.asarray(_core.eval_batch([(whole, ids)], hidden=True)[0])
+    split = whole.new_session(64, 2, 16, "f16", "auto")          # sessions of one model
+    _core.engine_split_on_cpu(split, 2)
+    assert np.array_equal(np.asarray(_core.eval_batch([(split, ids)], hidden=True)[0]), want)
+    split.truncate(0), whole.truncate(0)
+    cpu_too = whole.new_session(64, 2, 16, "f16", "auto")
+    both = _core.eval_batch([(split, ids), (cpu_too, ids[:9])], hidden=True)
+    assert np.array_equal(np.asarray(both[0]), want)
+    assert np.array_equal(np.asarray(both[1]), np.asarray(_core.eval_batch([(whole, ids[:9])], hidden=True)[0]))
+
+
 def test_plan_refuses_what_the_device_pass_does_not_run(tmp_path):
     _, engine = engine_for(tmp_path, "qwen3moe", "Q8_0")
     with pytest.raises(ModelError, match="mixture-of-experts"):
@@ -430,6 +448,17 @@ def test_load_on_cuda_with_a_q8_0_cache(tmp_path):
         assert _greedy(cpu, prompt, 8) == _greedy(gpu, prompt, 8)
         with gpu.session(n_ctx=48) as s:               # sessions keep the model's cache type
             assert s._engine.kv_type == "q8_0" and _greedy(s, prompt, 8) == _greedy(gpu, prompt, 8)
+
+
+@needs_device
+def test_embeddings_on_the_device_match_the_cpu(tmp_path):
+    import lowbit
+
+    path = str(mf.write_default_model(tmp_path / "m.gguf", "qwen2", "Q8_0"))
+    texts = ["the quick brown fox", "jumps over the lazy dog again and again"]
+    with lowbit.load(path, n_ctx=64, act_precision="high") as cpu, lowbit.load(path, n_ctx=64, device="cuda") as gpu:
+        a, b = np.asarray(cpu.embed(texts)), np.asarray(gpu.embed(texts))
+        assert a.shape == b.shape and max(rel_err(b[i], a[i]) for i in range(len(texts))) <= TOL
 
 
 @needs_device

@@ -43,9 +43,9 @@ public:
         : dm_(std::move(m), n_ctx, n_batch, first_layer, kv) {}
     int64_t first_layer() const override { return dm_.plan().first_layer; }
     void eval(const int32_t* tokens, const float* x, int64_t n, int64_t pos0, bool all_logits, float* out,
-              const std::function<void()>& check) override {
+              float* hidden, const std::function<void()>& check) override {
         if (dm_.n_past() != pos0) dm_.truncate(pos0);   // the engine truncated since
-        dm_.eval(tokens, x, n, all_logits, out, check);
+        dm_.eval(tokens, x, n, all_logits, out, check, hidden);
     }
     std::string name() const override {
         const int64_t l0 = dm_.plan().first_layer;
@@ -78,20 +78,16 @@ public:
     }
     int64_t first_layer() const override { return first_layer_; }
     void eval(const int32_t* tokens, const float* x, int64_t n, int64_t pos0, bool all_logits, float* out,
-              const std::function<void()>& check) override {
+              float* hidden, const std::function<void()>& check) override {
         LOWBIT_CHECK(x != nullptr, ValueError, "split: no residual stream from the CPU's layers");
         if (pos0 != n_past_) {
             LOWBIT_CHECK(pos0 < n_past_ && cache_.truncate(n_past_, pos0) == pos0, ValueError, "split: position ",
                          pos0, " after ", n_past_, " cannot be resumed");
         }
         std::memcpy(state_.x.data(), x, size_t(n * m_->config.n_embd) * sizeof(float));
-        std::vector<model::RowOutput> outputs;
-        if (out)
-            for (int64_t t = all_logits ? 0 : n - 1, i = 0; t < n; ++t, ++i)
-                outputs.push_back(model::RowOutput{t, out + i * m_->config.n_vocab, nullptr});
         n_past_ = pos0;
         model::forward_layers(*m_, {model::SeqSpan{&cache_, pos0, 0, n}}, state_, pool_, tokens, first_layer_,
-                              m_->config.n_layers, outputs, check);
+                              m_->config.n_layers, model::row_outputs(m_->config, n, all_logits, out, hidden), check);
         n_past_ = pos0 + n;
     }
     std::string name() const override { return str("cpu split at layer ", first_layer_); }

@@ -271,7 +271,8 @@ struct DeviceModel::Impl {
     }
 
     // x_in: the CPU layers' residual stream (layer offload), else nullptr (embeddings here).
-    void piece(const int32_t* tokens, const float* x_in, int64_t n, bool all_logits, float* out,
+    // hidden: nullptr, or (n, n_embd) host floats for every row's output-normed hidden state.
+    void piece(const int32_t* tokens, const float* x_in, int64_t n, bool all_logits, float* out, float* hidden,
                const std::function<void()>& check) {
         const model::ModelConfig& c = m->config;
         const model::Matrix& te = m->weights.token_embd;
@@ -301,7 +302,7 @@ struct DeviceModel::Impl {
                 throw;
             }
         };
-        if (n == 1 && out && graphs) {   // a decode step: replayed from the graph after the first
+        if (n == 1 && out && !hidden && graphs) {   // a decode step: replayed from the graph after the first
             poll();
             if (!decode_graph && eager_decodes >= 1) capture_decode();
             if (decode_graph) {
@@ -315,6 +316,11 @@ struct DeviceModel::Impl {
         for (int64_t il = plan.first_layer; il < c.n_layers; ++il) {
             poll();
             layer(il, n, pos0 + n - 1);
+        }
+        if (hidden) {   // the output norm of every row (what logits() starts from), downloaded
+            rmsnorm(at<float>(kX), vec(m->weights.output_norm), at<float>(kXn), n, c.n_embd, c.norm_eps, stream);
+            LOWBIT_CUDA_CHECK(cudaMemcpyAsync(hidden, at<float>(kXn), size_t(n * c.n_embd) * 4, cudaMemcpyDeviceToHost,
+                                              stream));
         }
         if (out) logits(all_logits ? 0 : n - 1, n, out);
         else LOWBIT_CUDA_CHECK(cudaStreamSynchronize(stream));   // host_x / host_pos are reused by the next piece
@@ -383,7 +389,7 @@ DeviceModel::DeviceModel(std::shared_ptr<const model::Model> m, int64_t n_ctx, i
 DeviceModel::~DeviceModel() = default;
 
 void DeviceModel::eval(const int32_t* tokens, const float* x, int64_t n, bool all_logits, float* out,
-                       const std::function<void()>& check) {
+                       const std::function<void()>& check, float* hidden) {
     Impl& d = *impl_;
     const model::ModelConfig& c = d.m->config;
     LOWBIT_CHECK(n >= 1, ValueError, "eval: no tokens");
@@ -399,7 +405,8 @@ void DeviceModel::eval(const int32_t* tokens, const float* x, int64_t n, bool al
         const int64_t len = std::min(d.plan.n_batch, n - t0);
         const bool last = t0 + len == n;
         float* dst = !out ? nullptr : all_logits ? out + t0 * c.n_vocab : last ? out : nullptr;
-        d.piece(tokens + t0, x ? x + t0 * c.n_embd : nullptr, len, all_logits, dst, check);
+        d.piece(tokens + t0, x ? x + t0 * c.n_embd : nullptr, len, all_logits, dst,
+                hidden ? hidden + t0 * c.n_embd : nullptr, check);
     }
     d.note_peak();
 }

@@ -42,9 +42,10 @@ public:
     // first_layer > 0, x (n, n_embd) is the tokens' residual stream after the CPU's layers
     // (tokens then only range-checked); else nullptr. Cancelled between layers after cancel() or
     // when check() throws (the engine's cancel and abort checks); n_past then counts only the
-    // pieces that completed.
+    // pieces that completed. hidden: nullptr, or (n, n_embd) for every token's output-normed
+    // hidden state (what embeddings pool).
     void eval(const int32_t* tokens, const float* x, int64_t n, bool all_logits, float* out,
-              const std::function<void()>& check = {});
+              const std::function<void()>& check = {}, float* hidden = nullptr);
     void truncate(int64_t n);   // forget positions >= n (0 <= n <= n_past)
     void cancel();              // thread-safe; stays set until reset_cancel()
     void reset_cancel();

@@ -9,7 +9,7 @@ DeviceModel::DeviceModel(std::shared_ptr<const model::Model> m, int64_t, int64_t
     throw CudaError("no CUDA device (lowbit was built without the CUDA backend)");
 }
 DeviceModel::~DeviceModel() = default;
-void DeviceModel::eval(const int32_t*, const float*, int64_t, bool, float*, const std::function<void()>&) {}
+void DeviceModel::eval(const int32_t*, const float*, int64_t, bool, float*, const std::function<void()>&, float*) {}
 void DeviceModel::truncate(int64_t) {}
 void DeviceModel::cancel() {}
 void DeviceModel::reset_cancel() {}

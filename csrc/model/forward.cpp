@@ -406,14 +406,21 @@ void output_rows(const Model& m, ForwardState& s, cpu::ThreadPool& pool, const s
 
 }  // namespace
 
-void forward(const Model& m, KVCache& cache, ForwardState& s, cpu::ThreadPool& pool, const int32_t* tokens,
-             int64_t n, int64_t pos0, float* logits, bool all_logits, const std::function<void()>& check_cancel) {
+std::vector<RowOutput> row_outputs(const ModelConfig& c, int64_t n, bool all_logits, float* logits, float* hidden) {
     std::vector<RowOutput> outputs;
-    if (logits) {
-        for (int64_t t = all_logits ? 0 : n - 1, i = 0; t < n; ++t, ++i)
-            outputs.push_back(RowOutput{t, logits + i * m.config.n_vocab, nullptr});
+    for (int64_t t = 0; t < n; ++t) {
+        float* l = logits && (all_logits || t == n - 1) ? logits + (all_logits ? t : 0) * c.n_vocab : nullptr;
+        float* h = hidden ? hidden + t * c.n_embd : nullptr;
+        if (l || h) outputs.push_back(RowOutput{t, l, h});
     }
-    forward_batch(m, {SeqSpan{&cache, pos0, 0, n}}, s, pool, tokens, outputs, check_cancel);
+    return outputs;
+}
+
+void forward(const Model& m, KVCache& cache, ForwardState& s, cpu::ThreadPool& pool, const int32_t* tokens,
+             int64_t n, int64_t pos0, float* logits, bool all_logits, const std::function<void()>& check_cancel,
+             float* hidden) {
+    forward_batch(m, {SeqSpan{&cache, pos0, 0, n}}, s, pool, tokens, row_outputs(m.config, n, all_logits, logits, hidden),
+                  check_cancel);
 }
 
 void forward_batch(const Model& m, const std::vector<SeqSpan>& spans, ForwardState& s, cpu::ThreadPool& pool,

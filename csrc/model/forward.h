@@ -70,9 +70,11 @@ struct ForwardState {
 
 // Runs tokens[0..n) (n <= n_batch) at positions pos0.. through the model, writing their keys and
 // values into the cache. logits: nullptr, or (n_out, n_vocab) with n_out = all_logits ? n : 1
-// (the last token). check_cancel runs between layers (it throws Cancelled to stop the pass).
+// (the last token); hidden: nullptr, or (n, n_embd) every token's output-normed hidden state.
+// check_cancel runs between layers (it throws Cancelled to stop the pass).
 void forward(const Model& m, KVCache& cache, ForwardState& s, cpu::ThreadPool& pool, const int32_t* tokens,
-             int64_t n, int64_t pos0, float* logits, bool all_logits, const std::function<void()>& check_cancel);
+             int64_t n, int64_t pos0, float* logits, bool all_logits, const std::function<void()>& check_cancel,
+             float* hidden = nullptr);
 
 // Batch rows [row0, row0 + n) are one sequence's tokens at positions pos0.. of its own cache
 // (which must hold every position it attends to, and at most its own n_batch of new rows).
@@ -88,6 +90,10 @@ struct RowOutput {
     float* logits = nullptr;
     float* hidden = nullptr;
 };
+
+// The outputs of a pass over n rows of one sequence: logits as forward() takes them, hidden
+// states of every row into hidden ((n, n_embd)); rows with neither are left out.
+std::vector<RowOutput> row_outputs(const ModelConfig& c, int64_t n, bool all_logits, float* logits, float* hidden);
 
 // One pass over the rows of several sequences (spans cover rows 0..n_rows without gaps, n_rows
 // <= s.n_batch, each span's keys fit s.n_ctx): the weight matmuls run once over all rows, so each

@@ -75,8 +75,6 @@ void Engine::eval_batch(const std::vector<BatchItem>& items) {
         const BatchItem& it = items[i];
         Engine& e = *it.engine;
         LOWBIT_CHECK(!e.closed_.load(), ValueError, "eval_batch item ", i, ": the session is closed");
-        LOWBIT_CHECK(!e.backend_ || !it.hidden, ValueError, "eval_batch item ", i,
-                     ": hidden states are CPU-only for now; the session runs on ", e.backend_->name());
         LOWBIT_CHECK(e.model_ == lead.model_, ValueError, "eval_batch item ", i,
                      ": a session of another model than item 0's (one batch runs one model's weights)");
         LOWBIT_CHECK(it.n >= 1, ValueError, "eval_batch item ", i, ": no tokens");
@@ -109,7 +107,7 @@ void Engine::eval_batch(const std::vector<BatchItem>& items) {
         for (size_t i = 0; i < items.size(); ++i) {
             Engine& e = *items[i].engine;
             try {
-                e.eval_locked(items[i].tokens, items[i].n, false, last_logits[i]);
+                e.eval_locked(items[i].tokens, items[i].n, false, last_logits[i], items[i].hidden);
             } catch (const Cancelled&) {
                 e.cancel_.store(false);
                 throw Cancelled(str("eval_batch item ", i, ": cancelled"));

@@ -100,7 +100,7 @@ int64_t Engine::eval_sample(int32_t token, sampling::Sampler& sampler, const int
     return sampler.sample(sample_logits_.data(), sample_logits_.size(), history, n_history);
 }
 
-void Engine::eval_locked(const int32_t* tokens, int64_t n, bool all_logits, float* out) {
+void Engine::eval_locked(const int32_t* tokens, int64_t n, bool all_logits, float* out, float* hidden) {
     check_open();
     const model::ModelConfig& c = model_->config;
     LOWBIT_CHECK(n >= 1, ValueError, "eval needs at least one token");
@@ -117,7 +117,8 @@ void Engine::eval_locked(const int32_t* tokens, int64_t n, bool all_logits, floa
     for (int64_t i0 = 0; i0 < n; i0 += n_batch_) {
         const int64_t nb = std::min(n_batch_, n - i0);
         const bool last = i0 + nb == n;
-        float* logits = all_logits ? out + i0 * c.n_vocab : (last ? out : nullptr);
+        float* logits = !out ? nullptr : all_logits ? out + i0 * c.n_vocab : (last ? out : nullptr);
+        float* hid = hidden ? hidden + i0 * c.n_embd : nullptr;
         if (backend_) {
             check_cancel();
             const float* x = nullptr;
@@ -126,9 +127,10 @@ void Engine::eval_locked(const int32_t* tokens, int64_t n, bool all_logits, floa
                                       tokens + i0, 0, l0, {}, check_cancel);
                 x = state_->x.data();
             }
-            backend_->eval(tokens + i0, x, nb, n_past_, all_logits, logits, check_cancel);
+            backend_->eval(tokens + i0, x, nb, n_past_, all_logits, logits, hid, check_cancel);
         } else {
-            model::forward(*model_, *cache_, *state_, *pool_, tokens + i0, nb, n_past_, logits, all_logits, check_cancel);
+            model::forward(*model_, *cache_, *state_, *pool_, tokens + i0, nb, n_past_, logits, all_logits, check_cancel,
+                           hid);
         }
         n_past_ += nb;
     }

@@ -55,8 +55,9 @@ public:
     // check() is called between layers and throws Cancelled to stop. With first_layer() > 0, x
     // holds the n rows' residual stream after layer first_layer() - 1 ((n, n_embd) floats, host
     // memory), else it is nullptr.
+    // hidden: nullptr, or (n, n_embd) every token's output-normed hidden state (what embeddings pool).
     virtual void eval(const int32_t* tokens, const float* x, int64_t n, int64_t pos0, bool all_logits, float* out,
-                      const std::function<void()>& check) = 0;
+                      float* hidden, const std::function<void()>& check) = 0;
     virtual std::string name() const = 0;
     virtual std::map<std::string, int64_t> memory() const = 0;
 };
@@ -136,7 +137,7 @@ public:
     void set_abort_check(std::function<bool()> check);
     // Runs every later eval through `backend` (the CUDA device model) instead of the CPU pass.
     // ValueError unless the engine is empty (n_past 0) and has no observer. Context shifts,
-    // copy_prefix_from, hidden states and observers stay CPU-only (ValueError on such an engine);
+    // copy_prefix_from and observers stay CPU-only (ValueError on such an engine);
     // eval_batch with such an engine runs its items one after another, each through its engine.
     void set_backend(std::unique_ptr<ForwardBackend> backend);
     std::string backend_name() const;   // "" on the CPU
@@ -157,7 +158,8 @@ public:
 
 private:
     void check_open() const;
-    void eval_locked(const int32_t* tokens, int64_t n, bool all_logits, float* out);
+    // hidden: nullptr, or (n, n_embd) output-normed hidden states of every token (eval_batch's).
+    void eval_locked(const int32_t* tokens, int64_t n, bool all_logits, float* out, float* hidden = nullptr);
     void init_session(int64_t n_ctx, int n_threads, int64_t n_batch, const std::string& kv_type,
                       const std::string& act_precision);
     void check_fits_in_memory(const model::ModelConfig& c, model::KVType kvt) const;

@@ -213,6 +213,32 @@ def test_hidden_states_through_a_backend_equal_the_cpu_pass(tmp_path):
     assert np.array_equal(np.asarray(both[1]), np.asarray(_core.eval_batch([(whole, ids[:9])], hidden=True)[0]))
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_prefix_copy_between_split_sessions(tmp_path, arch):
+    """copy_prefix_from between two sessions behind forward backends: the host half copies the
+    layers it runs, the backend its own (what a server's prompt cache does on the device); the
+    copied prefix then gives the logits of evaluating it. Mixed kinds are refused, nothing copied."""
+    path = mf.write_default_model(tmp_path / f"{arch}.gguf", arch, "Q8_0", n_layer=4)
+    ids = [int(t) for t in np.random.default_rng(8).integers(0, 200, 30)]
+    whole = _core.Engine(str(path), 64, 2, 16, "f16", "auto")
+    want = whole.eval(ids, all_logits=True)
+    a, b = whole.new_session(64, 2, 16, "f16", "auto"), whole.new_session(64, 2, 16, "f16", "auto")
+    _core.engine_split_on_cpu(a, 2)
+    _core.engine_split_on_cpu(b, 2)
+    a.eval(ids[:20])
+    b.copy_prefix_from(a, 12)
+    assert b.n_past == 12
+    assert np.array_equal(b.eval(ids[12:], all_logits=True), want[12:])
+    assert b.memory()["kv_cache"]["layers"] == 2
+    cpu = whole.new_session(64, 2, 16, "f16", "auto")
+    other = whole.new_session(64, 2, 16, "f16", "auto")
+    _core.engine_split_on_cpu(other, 1)
+    for dst, src in ((cpu, a), (a, cpu), (other, a)):
+        with pytest.raises(ValueError, match="runs on"):
+            dst.copy_prefix_from(src, 5)
+    assert other.n_past == 0 and cpu.n_past == 0
+
+
 def test_plan_refuses_what_the_device_pass_does_not_run(tmp_path):
     _, engine = engine_for(tmp_path, "qwen3moe", "Q8_0")
     with pytest.raises(ModelError, match="mixture-of-experts"):
@@ -459,6 +485,21 @@ def test_embeddings_on_the_device_match_the_cpu(tmp_path):
     with lowbit.load(path, n_ctx=64, act_precision="high") as cpu, lowbit.load(path, n_ctx=64, device="cuda") as gpu:
         a, b = np.asarray(cpu.embed(texts)), np.asarray(gpu.embed(texts))
         assert a.shape == b.shape and max(rel_err(b[i], a[i]) for i in range(len(texts))) <= TOL
+
+
+@needs_device
+def test_prefix_copy_between_device_sessions(tmp_path):
+    import lowbit
+
+    path = str(mf.write_default_model(tmp_path / "m.gguf", "llama", "Q8_0"))
+    ids = [int(t) for t in np.random.default_rng(12).integers(0, 200, 30)]
+    with lowbit.load(path, n_ctx=64, device="cuda") as m:
+        a, b = m.session(), m.session()
+        ref = a._engine.eval(ids, all_logits=True)
+        b.copy_prefix_from(a, 0)                         # nothing cached there yet through the wrapper
+        b._engine.copy_prefix_from(a._engine, 20)
+        assert np.array_equal(b._engine.eval(ids[20:], all_logits=True), ref[20:])
+        a.close(), b.close()
 
 
 @needs_device

@@ -51,6 +51,11 @@ public:
         const int64_t l0 = dm_.plan().first_layer;
         return "cuda: " + dm_.device() + (l0 > 0 ? str(", layers ", l0, "+ (below on the CPU)") : std::string());
     }
+    void copy_prefix_from(const runtime::ForwardBackend& src, int64_t, int64_t n, bool check_only) override {
+        const auto* other = dynamic_cast<const DeviceBackend*>(&src);
+        LOWBIT_CHECK(other != nullptr, ValueError, "copy_prefix_from: the source session runs on ", src.name());
+        dm_.copy_prefix_from(other->dm_, n, check_only);
+    }
     std::map<std::string, int64_t> memory() const override {
         const cuda::DevicePlan& p = dm_.plan();
         return {{"weights", p.weights}, {"kv", p.kv}, {"scratch", p.scratch}, {"transient", p.transient},
@@ -91,6 +96,14 @@ public:
         n_past_ = pos0 + n;
     }
     std::string name() const override { return str("cpu split at layer ", first_layer_); }
+    void copy_prefix_from(const runtime::ForwardBackend& src, int64_t src_n_past, int64_t n, bool check_only) override {
+        const auto* other = dynamic_cast<const CpuLayersBackend*>(&src);
+        LOWBIT_CHECK(other != nullptr && other->first_layer_ == first_layer_, ValueError,
+                     "copy_prefix_from: the source session runs on ", src.name());
+        if (check_only) return;
+        cache_.copy_prefix(other->cache_, src_n_past, n);
+        n_past_ = n;
+    }
     std::map<std::string, int64_t> memory() const override {
         return {{"kv", int64_t(cache_.bytes())}, {"scratch", state_.bytes()}};
     }

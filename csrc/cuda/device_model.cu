@@ -415,6 +415,27 @@ void DeviceModel::truncate(int64_t n) {
     LOWBIT_CHECK(n >= 0 && n <= impl_->n_past, ValueError, "truncate: ", n, " is not in [0, ", impl_->n_past, "]");
     impl_->n_past = n;
 }
+void DeviceModel::copy_prefix_from(const DeviceModel& src, int64_t n, bool check_only) {
+    Impl& d = *impl_;
+    const Impl& s = *src.impl_;
+    LOWBIT_CHECK(&src != this && s.m == d.m && s.plan.first_layer == d.plan.first_layer &&
+                 s.plan.kv_format == d.plan.kv_format, ValueError,
+                 "copy_prefix_from: the device sessions differ in model, layers or KV cache format");
+    LOWBIT_CHECK(n >= 0 && n <= s.n_past && n <= d.plan.n_ctx, ValueError, "copy_prefix_from: ", n,
+                 " positions asked, the source holds ", s.n_past, " and this cache ", d.plan.n_ctx);
+    if (check_only) return;
+    const int64_t bytes = n * d.m->config.n_head_kv * kv_row_bytes(d.plan.kv_format, d.m->config.head_dim);
+    Impl& from = const_cast<Impl&>(s);   // its rows are only read
+    for (int64_t il = d.plan.first_layer; il < d.m->config.n_layers && bytes > 0; ++il) {
+        LOWBIT_CUDA_CHECK(cudaMemcpyAsync(d.k_cache(il), from.k_cache(il), size_t(bytes), cudaMemcpyDeviceToDevice,
+                                          d.stream));
+        LOWBIT_CUDA_CHECK(cudaMemcpyAsync(d.v_cache(il), from.v_cache(il), size_t(bytes), cudaMemcpyDeviceToDevice,
+                                          d.stream));
+    }
+    LOWBIT_CUDA_CHECK(cudaStreamSynchronize(d.stream));
+    d.n_past = n;
+}
+
 void DeviceModel::cancel() { impl_->cancelled.store(true, std::memory_order_relaxed); }
 void DeviceModel::reset_cancel() { impl_->cancelled.store(false, std::memory_order_relaxed); }
 int64_t DeviceModel::n_past() const { return impl_->n_past; }

@@ -47,6 +47,10 @@ public:
     void eval(const int32_t* tokens, const float* x, int64_t n, bool all_logits, float* out,
               const std::function<void()>& check = {}, float* hidden = nullptr);
     void truncate(int64_t n);   // forget positions >= n (0 <= n <= n_past)
+    // Makes positions [0, n) hold src's (a device model of the same model, first layer and cache
+    // format, holding at least n positions; n <= n_ctx): rows copied on the device, n_past = n.
+    // ValueError, nothing changed, otherwise; check_only: only that check.
+    void copy_prefix_from(const DeviceModel& src, int64_t n, bool check_only = false);
     void cancel();              // thread-safe; stays set until reset_cancel()
     void reset_cancel();
 

@@ -162,7 +162,7 @@ int64_t KVCache::shift(int64_t n_past, int64_t n_keep, int64_t n_discard, const 
     return new_n;
 }
 
-void KVCache::copy_prefix(const KVCache& src, int64_t src_n_past, int64_t n) {
+void KVCache::copy_prefix(const KVCache& src, int64_t src_n_past, int64_t n, int64_t n_layers) {
     LOWBIT_CHECK(src.type_ == type_ && src.n_head_kv_ == n_head_kv_ && src.head_dim_ == head_dim_ &&
                  src.layers_.size() == layers_.size(), ValueError, "copy_prefix: the caches differ (",
                  kv_type_name(src.type_), " vs ", kv_type_name(type_), " or geometry); both must be of one model and kv_type");
@@ -172,8 +172,9 @@ void KVCache::copy_prefix(const KVCache& src, int64_t src_n_past, int64_t n) {
     // cut to what src still holds; a ring of src may have lost only keys no later query sees.
     const int64_t need = std::max<int64_t>(0, n - n_swa_ + 1);   // oldest key a query at n sees
     int64_t lo_new = 0;
-    std::vector<int64_t> first(layers_.size());
-    for (size_t il = 0; il < layers_.size(); ++il) {
+    const size_t layers = n_layers < 0 ? layers_.size() : std::min(layers_.size(), size_t(n_layers));
+    std::vector<int64_t> first(layers);
+    for (size_t il = 0; il < layers; ++il) {
         const int64_t cells = layers_[il].n_cells, src_cells = src.layers_[il].n_cells;
         const int64_t src_lo = src_cells < src.n_ctx_ ? std::max(src.lo_valid_, src_n_past - src_cells) : 0;
         first[il] = std::max<int64_t>(0, n - cells);
@@ -186,7 +187,7 @@ void KVCache::copy_prefix(const KVCache& src, int64_t src_n_past, int64_t n) {
         }
     }
     const size_t tok_bytes = size_t(n_head_kv_ * row_bytes_);   // one position: every head's row
-    for (size_t il = 0; il < layers_.size(); ++il)
+    for (size_t il = 0; il < layers; ++il)
         for (int64_t p = first[il]; p < n; ++p) {
             std::memcpy(row_mut(int64_t(il), p, 0, false), src.row(int64_t(il), p, 0, false), tok_bytes);
             std::memcpy(row_mut(int64_t(il), p, 0, true), src.row(int64_t(il), p, 0, true), tok_bytes);

@@ -84,8 +84,9 @@ public:
     // positions up to src_n_past > n - 1) holds there: K/V rows copied as bytes, cell by cell
     // (the two may differ in n_ctx, so in ring size). Throws ValueError, this cache unchanged,
     // when a ring of src no longer holds the window a query at position n needs. The caller's
-    // n_past becomes n; positions src's rings had lost stay lost here (lo_valid).
-    void copy_prefix(const KVCache& src, int64_t src_n_past, int64_t n);
+    // n_past becomes n; positions src's rings had lost stay lost here (lo_valid). n_layers >= 0:
+    // only the first n_layers layers (those a host pass writes below a forward backend's).
+    void copy_prefix(const KVCache& src, int64_t src_n_past, int64_t n, int64_t n_layers = -1);
 
 private:
     struct Layer {

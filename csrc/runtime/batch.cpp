@@ -170,11 +170,16 @@ void Engine::copy_prefix_from(Engine& other, int64_t n) {
     check_open();
     LOWBIT_CHECK(!other.closed_.load(), ValueError, "copy_prefix_from: the source session is closed");
     LOWBIT_CHECK(other.model_ == model_, ValueError, "copy_prefix_from: the source is a session of another model");
-    LOWBIT_CHECK(!backend_ && !other.backend_, ValueError, "copy_prefix_from: copying cached positions is CPU-only for now");
+    LOWBIT_CHECK(!backend_ == !other.backend_, ValueError, "copy_prefix_from: one session runs on ",
+                 backend_ ? backend_->name() : other.backend_->name(), ", the other on the CPU");
     LOWBIT_CHECK(n >= 0 && n <= other.n_past_, ValueError, "copy_prefix_from: ", n, " tokens asked, the source holds ",
                  other.n_past_);
     LOWBIT_CHECK(n <= n_ctx_, ValueError, "copy_prefix_from: ", n, " tokens do not fit n_ctx ", n_ctx_);
-    cache_->copy_prefix(*other.cache_, other.n_past_, n);
+    // Below a backend the host cache holds only the layers the host runs. Both halves are checked
+    // before either is copied (KVCache::copy_prefix checks before it writes).
+    if (backend_) backend_->copy_prefix_from(*other.backend_, other.n_past_, n, true);
+    cache_->copy_prefix(*other.cache_, other.n_past_, n, backend_ ? backend_->first_layer() : -1);
+    if (backend_) backend_->copy_prefix_from(*other.backend_, other.n_past_, n, false);
     n_past_ = n;
 }
 

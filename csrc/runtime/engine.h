@@ -60,6 +60,11 @@ public:
                       float* hidden, const std::function<void()>& check) = 0;
     virtual std::string name() const = 0;
     virtual std::map<std::string, int64_t> memory() const = 0;
+    // Makes this backend's cache hold the first n positions of `src`'s (the backend of another
+    // session of the same model, holding src_n_past positions): ValueError, nothing changed,
+    // when src is another kind of backend or differs in layers or cache format. check_only:
+    // only that check (the engine checks both halves of a split before copying either).
+    virtual void copy_prefix_from(const ForwardBackend& src, int64_t src_n_past, int64_t n, bool check_only) = 0;
 };
 
 class Engine;
@@ -136,8 +141,9 @@ public:
     // cancels like cancel() (the C API's abort callback). Set it while no eval runs; {} removes it.
     void set_abort_check(std::function<bool()> check);
     // Runs every later eval through `backend` (the CUDA device model) instead of the CPU pass.
-    // ValueError unless the engine is empty (n_past 0) and has no observer. Context shifts,
-    // copy_prefix_from and observers stay CPU-only (ValueError on such an engine);
+    // ValueError unless the engine is empty (n_past 0) and has no observer. Context shifts and
+    // observers stay CPU-only (ValueError on such an engine); copy_prefix_from copies between
+    // engines of the same backend kind;
     // eval_batch with such an engine runs its items one after another, each through its engine.
     void set_backend(std::unique_ptr<ForwardBackend> backend);
     std::string backend_name() const;   // "" on the CPU

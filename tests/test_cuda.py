@@ -41,7 +41,7 @@ def test_selftest_every_kernel_within_tolerance():
         assert {k.split("/", 1)[1] for k in report if k.startswith(kind + "/")} == formats, kind
     for op in ("rmsnorm", "softmax", "rope_normal", "rope_neox", "silu_mul", "gelu_tanh_mul", "kv_write_f16",
                "kv_write_q8_0", "attention_decode", "attention_prefill", "attention_decode_q8_0",
-               "attention_prefill_q8_0"):
+               "attention_prefill_q8_0", "kv_shift_f16", "kv_shift_f16_neox", "kv_shift_q8_0", "kv_shift_q8_0_neox"):
         assert op in report
 
 

@@ -239,6 +239,24 @@ def test_prefix_copy_between_split_sessions(tmp_path, arch):
     assert other.n_past == 0 and cpu.n_past == 0
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "phi3"])
+def test_context_shift_through_a_backend_equals_the_cpu_shift(tmp_path, arch):
+    """Engine.shift behind a forward backend: the host's layers shift in its cache, then the
+    backend's (the CPU split: the same KVCache::shift); decoding on gives the unsplit engine's bits."""
+    path = mf.write_default_model(tmp_path / f"{arch}.gguf", arch, "Q8_0", n_layer=4)
+    ids = [int(t) for t in np.random.default_rng(10).integers(0, 200, 40)]
+    whole = _core.Engine(str(path), 48, 2, 8, "f16", "auto")
+    split = whole.new_session(48, 2, 8, "f16", "auto")
+    _core.engine_split_on_cpu(split, 2)
+    assert np.array_equal(whole.eval(ids, all_logits=True), split.eval(ids, all_logits=True))
+    assert whole.shift(4, 16) == split.shift(4, 16) == 24
+    for t in (7, 8, 9, 10):
+        assert np.array_equal(whole.eval([t]), split.eval([t]))
+    whole.truncate(20), split.truncate(20)
+    assert whole.shift(2, 5) == split.shift(2, 5) == 15
+    assert np.array_equal(whole.eval(ids[:6], all_logits=True), split.eval(ids[:6], all_logits=True))
+
+
 def test_plan_refuses_what_the_device_pass_does_not_run(tmp_path):
     _, engine = engine_for(tmp_path, "qwen3moe", "Q8_0")
     with pytest.raises(ModelError, match="mixture-of-experts"):
@@ -435,8 +453,6 @@ def test_load_on_cuda_generates_the_cpu_tokens(tmp_path, arch):
             assert _greedy(s, prompt, 8) == b[:8]
             assert s.memory()["device_bytes"]["weights"] == mem["weights"]
         assert gpu._engine.n_past > 1                    # the generation's tokens stay cached
-        with pytest.raises(ValueError, match="context shifts are CPU-only"):
-            gpu._engine.shift(0, 1)
 
 
 @needs_device
@@ -500,6 +516,21 @@ def test_prefix_copy_between_device_sessions(tmp_path):
         b._engine.copy_prefix_from(a._engine, 20)
         assert np.array_equal(b._engine.eval(ids[20:], all_logits=True), ref[20:])
         a.close(), b.close()
+
+
+@needs_device
+@pytest.mark.parametrize("kv_type", ["f16", "q8_0"])
+def test_context_shift_on_the_device_matches_the_cpu(tmp_path, kv_type):
+    path = str(mf.write_default_model(tmp_path / "m.gguf", "gemma3", "Q8_0"))   # head_dim 32, sliding layers
+    ids = [int(t) for t in np.random.default_rng(14).integers(0, 200, 40)]
+    cpu = _core.Engine(path, 48, 2, 48, kv_type, "high")
+    gpu = cpu.new_session(48, 2, 48, kv_type, "high")
+    _core.engine_to_cuda(gpu)
+    cpu.eval(ids), gpu.eval(ids)
+    assert cpu.shift(4, 16) == gpu.shift(4, 16) == 24
+    for t in (7, 8, 9, 10):
+        a, b = cpu.eval([t]), gpu.eval([t])
+        assert rel_err(b, a) <= TOL
 
 
 @needs_device

@@ -56,6 +56,10 @@ public:
         LOWBIT_CHECK(other != nullptr, ValueError, "copy_prefix_from: the source session runs on ", src.name());
         dm_.copy_prefix_from(other->dm_, n, check_only);
     }
+    void shift(int64_t n_past, int64_t n_keep, int64_t n_discard) override {
+        if (dm_.n_past() != n_past) dm_.truncate(n_past);   // the engine truncated since
+        dm_.shift(n_keep, n_discard);
+    }
     std::map<std::string, int64_t> memory() const override {
         const cuda::DevicePlan& p = dm_.plan();
         return {{"weights", p.weights}, {"kv", p.kv}, {"scratch", p.scratch}, {"transient", p.transient},
@@ -103,6 +107,13 @@ public:
         if (check_only) return;
         cache_.copy_prefix(other->cache_, src_n_past, n);
         n_past_ = n;
+    }
+    void shift(int64_t n_past, int64_t n_keep, int64_t n_discard) override {
+        LOWBIT_CHECK(n_past <= n_past_ && cache_.truncate(n_past_, n_past) == n_past, ValueError, "split: position ",
+                     n_past, " after ", n_past_, " cannot be resumed");
+        const model::Model& m = *m_;
+        n_past_ = cache_.shift(n_past, n_keep, n_discard,
+                               [&m](int64_t il, float* k, int64_t delta) { model::rerotate_keys(m, il, k, delta); });
     }
     std::map<std::string, int64_t> memory() const override {
         return {{"kv", int64_t(cache_.bytes())}, {"scratch", state_.bytes()}};

@@ -31,24 +31,58 @@ __global__ void kv_write_kernel(const float* __restrict__ src, __half* __restric
     if (i < total) cache[int64_t(pos[i / width]) * width + i % width] = __float2half_rn(src[i]);
 }
 
-// One warp per q8_0 block of 32 values (block b of token t's row of `width`): lane j quantizes
-// value j with the block's scale (KvQ8, the CPU cache's rule); lane 0 writes the fp16 scale.
+// A warp stores one q8_0 block: lane j's value x quantized with the block's scale (KvQ8, the CPU
+// cache's rule); lane 0 writes the fp16 scale. Every lane of the warp must take part.
+__device__ __forceinline__ void store_q8_block(float x, int lane, uint8_t* blk) {
+    const float amax = warp_max(fabsf(x));
+    uint16_t d_bits;
+    float id;
+    KvQ8::scale(amax, d_bits, id);
+    blk[2 + lane] = uint8_t(KvQ8::code(x, id));
+    if (lane == 0) {
+        blk[0] = uint8_t(d_bits & 0xFF);
+        blk[1] = uint8_t(d_bits >> 8);
+    }
+}
+
+// One warp per q8_0 block of 32 values (block b of token t's row of `width`).
 __global__ void kv_write_q8_kernel(const float* __restrict__ src, uint8_t* __restrict__ cache, int64_t blocks,
                                    int64_t width, const int32_t* __restrict__ pos) {
     const int64_t b = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
     const int lane = threadIdx.x % 32;
     if (b >= blocks) return;   // whole warps leave together: blocks are warp-aligned
     const int64_t per_row = width / 32, t = b / per_row, rb = b % per_row;
-    const float x = src[t * width + rb * 32 + lane];
-    const float amax = warp_max(fabsf(x));
-    uint16_t d_bits;
-    float id;
-    KvQ8::scale(amax, d_bits, id);
-    uint8_t* blk = cache + (int64_t(pos[t]) * per_row + rb) * KvQ8::kBlock;
-    blk[2 + lane] = uint8_t(KvQ8::code(x, id));
-    if (lane == 0) {
-        blk[0] = uint8_t(d_bits & 0xFF);
-        blk[1] = uint8_t(d_bits >> 8);
+    store_q8_block(src[t * width + rb * 32 + lane], lane,
+                   cache + (int64_t(pos[t]) * per_row + rb) * KvQ8::kBlock);
+}
+
+// Block (i, g): kv head g's key row of position src0 + i, decoded, rotated by cos_sin (n_rot / 2
+// pairs: (j, j + n_rot/2) for NeoX, else (2j, 2j + 1); the rest of the row as it is: cpu::rope's
+// arithmetic) and re-encoded into position dst0 + i's row, as KVCache::shift does on the CPU.
+template <typename Kv>
+__global__ void kv_rotate_move_kernel(uint8_t* __restrict__ cache, int64_t n_kv_head, int64_t d, int64_t src0,
+                                      int64_t dst0, const float* __restrict__ cos_sin, int64_t n_rot, bool neox) {
+    __shared__ float row[kMaxD];
+    const int64_t i = blockIdx.x, g = blockIdx.y, rb = Kv::row_bytes(d);
+    const uint8_t* src = cache + ((src0 + i) * n_kv_head + g) * rb;
+    uint8_t* dst = cache + ((dst0 + i) * n_kv_head + g) * rb;
+    for (int64_t e = threadIdx.x; e < d; e += blockDim.x) row[e] = Kv::at(src, e);
+    __syncthreads();
+    const int64_t half = n_rot / 2;
+    for (int64_t j = threadIdx.x; j < half; j += blockDim.x) {
+        const int64_t a = neox ? j : 2 * j, b = neox ? j + half : 2 * j + 1;
+        const float c = cos_sin[2 * j], s = cos_sin[2 * j + 1], x0 = row[a], x1 = row[b];
+        row[a] = x0 * c - x1 * s;
+        row[b] = x0 * s + x1 * c;
+    }
+    __syncthreads();
+    if (Kv::kFormat == KvFormat::F16) {
+        for (int64_t e = threadIdx.x; e < d; e += blockDim.x)
+            reinterpret_cast<__half*>(dst)[e] = __float2half_rn(row[e]);
+    } else {
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+        for (int64_t blk = warp; blk < d / 32; blk += blockDim.x / 32)
+            store_q8_block(row[blk * 32 + lane], lane, dst + blk * KvQ8::kBlock);
     }
 }
 
@@ -147,6 +181,34 @@ void kv_write(KvFormat format, const float* src, void* cache, int64_t n_tok, int
                                                                            width, pos);
     }
     LOWBIT_CUDA_LAUNCHED("kv_write");
+}
+
+void kv_move(KvFormat format, void* cache, int64_t n_kv_head, int64_t d, int64_t src0, int64_t dst0, int64_t count,
+             const float* cos_sin, int64_t n_rot, bool neox, cudaStream_t stream) {
+    LOWBIT_CHECK(count >= 0 && dst0 >= 0 && dst0 < src0 && d > 0 && d <= kMaxD && n_kv_head > 0 &&
+                 (format == KvFormat::F16 || d % 32 == 0) && n_rot >= 0 && n_rot <= d && n_rot % 2 == 0, ValueError,
+                 "kv_move: bad rows (", count, " from ", src0, " to ", dst0, ", ", n_kv_head, " x ", d, ", n_rot ", n_rot,
+                 ")");
+    auto* base = static_cast<uint8_t*>(cache);
+    const int64_t pos_bytes = n_kv_head * kv_row_bytes(format, d), step = src0 - dst0;
+    // In launches of at most `step` positions, in order: each reads rows no launch before it wrote
+    // and writes rows every launch before it has read (the rows move down).
+    for (int64_t i0 = 0; i0 < count; i0 += step) {
+        const int64_t n = std::min(step, count - i0);
+        if (!cos_sin) {
+            LOWBIT_CUDA_CHECK(cudaMemcpyAsync(base + (dst0 + i0) * pos_bytes, base + (src0 + i0) * pos_bytes,
+                                              size_t(n * pos_bytes), cudaMemcpyDeviceToDevice, stream));
+            continue;
+        }
+        const dim3 grid{unsigned(n), unsigned(n_kv_head), 1u};
+        if (format == KvFormat::F16)
+            kv_rotate_move_kernel<KvF16><<<grid, kThreads, 0, stream>>>(base, n_kv_head, d, src0 + i0, dst0 + i0,
+                                                                         cos_sin, n_rot, neox);
+        else
+            kv_rotate_move_kernel<KvQ8><<<grid, kThreads, 0, stream>>>(base, n_kv_head, d, src0 + i0, dst0 + i0,
+                                                                        cos_sin, n_rot, neox);
+        LOWBIT_CUDA_LAUNCHED("kv_move");
+    }
 }
 
 int64_t attention_splits(int64_t max_pos, int64_t window) {

@@ -25,6 +25,7 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "cpu/ops.h"
 #include "cuda/device_model.h"
 #include "cuda/ops.cuh"
 #include "quant/types.h"
@@ -434,6 +435,35 @@ void DeviceModel::copy_prefix_from(const DeviceModel& src, int64_t n, bool check
     }
     LOWBIT_CUDA_CHECK(cudaStreamSynchronize(d.stream));
     d.n_past = n;
+}
+
+void DeviceModel::shift(int64_t n_keep, int64_t n_discard) {
+    Impl& d = *impl_;
+    const model::ModelConfig& c = d.m->config;
+    LOWBIT_CHECK(n_keep >= 0 && n_discard >= 0 && n_keep + n_discard <= d.n_past, ValueError, "shift(n_keep=", n_keep,
+                 ", n_discard=", n_discard, ") needs n_keep + n_discard <= n_past (", d.n_past, ")");
+    if (n_discard == 0) return;
+    // The rotation by -n_discard of each RoPE table (model::rerotate_keys: a pure rotation, no mscale).
+    const int64_t half = c.n_rot / 2, count = d.n_past - n_keep - n_discard;
+    std::vector<float> tables(size_t(4 * half));
+    if (half > 0) {
+        cpu::rope_cos_sin(double(-n_discard), d.m->inv_freq_global.data(), half, tables.data());
+        if (!d.m->inv_freq_swa.empty()) cpu::rope_cos_sin(double(-n_discard), d.m->inv_freq_swa.data(), half,
+                                                          tables.data() + 2 * half);
+    }
+    DeviceBuffer dev_tables(std::max<size_t>(tables.size(), 1) * sizeof(float));
+    if (half > 0) dev_tables.upload(tables.data(), tables.size() * sizeof(float));
+    const bool neox = c.rope_mode == model::RopeMode::NeoX;
+    for (int64_t il = d.plan.first_layer; il < c.n_layers && count > 0; ++il) {
+        const float* cs = !c.has_rope(il) || half == 0 ? nullptr
+                          : dev_tables.as<float>() + (c.layer_is_swa[size_t(il)] && !d.m->inv_freq_swa.empty() ? 2 * half : 0);
+        kv_move(d.plan.kv_format, d.k_cache(il), c.n_head_kv, c.head_dim, n_keep + n_discard, n_keep, count, cs, c.n_rot,
+                neox, d.stream);
+        kv_move(d.plan.kv_format, d.v_cache(il), c.n_head_kv, c.head_dim, n_keep + n_discard, n_keep, count, nullptr, 0,
+                neox, d.stream);
+    }
+    LOWBIT_CUDA_CHECK(cudaStreamSynchronize(d.stream));   // dev_tables is freed on return
+    d.n_past -= n_discard;
 }
 
 void DeviceModel::cancel() { impl_->cancelled.store(true, std::memory_order_relaxed); }

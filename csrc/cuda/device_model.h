@@ -51,6 +51,9 @@ public:
     // format, holding at least n positions; n <= n_ctx): rows copied on the device, n_past = n.
     // ValueError, nothing changed, otherwise; check_only: only that check.
     void copy_prefix_from(const DeviceModel& src, int64_t n, bool check_only = false);
+    // A context shift: positions [n_keep + n_discard, n_past) move down by n_discard, keys
+    // re-rotated by -n_discard as the CPU's KVCache::shift does (every row is kept: no rings).
+    void shift(int64_t n_keep, int64_t n_discard);
     void cancel();              // thread-safe; stays set until reset_cancel()
     void reset_cancel();
 

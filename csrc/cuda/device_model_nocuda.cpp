@@ -12,6 +12,7 @@ DeviceModel::~DeviceModel() = default;
 void DeviceModel::eval(const int32_t*, const float*, int64_t, bool, float*, const std::function<void()>&, float*) {}
 void DeviceModel::truncate(int64_t) {}
 void DeviceModel::copy_prefix_from(const DeviceModel&, int64_t, bool) {}
+void DeviceModel::shift(int64_t, int64_t) {}
 void DeviceModel::cancel() {}
 void DeviceModel::reset_cancel() {}
 int64_t DeviceModel::n_past() const { return 0; }

@@ -60,6 +60,13 @@ void gated_rows(const float* gate, const float* up, float* out, int64_t rows, in
 // cache writes them; width % 32 == 0 for q8_0). A position's row is width values.
 void kv_write(KvFormat format, const float* src, void* cache, int64_t n_tok, int64_t width, const int32_t* pos,
               cudaStream_t stream);
+// Moves `count` positions of one layer's K or V rows (n_kv_head heads of d values in `format`)
+// from position src0 on to dst0 on (dst0 < src0: a context shift), in launches that never read a
+// row another has written. cos_sin (device, n_rot / 2 (cos, sin) pairs, as cpu::rope_cos_sin
+// makes them): the rows are decoded, rotated as cpu::rope does and re-encoded (keys); nullptr:
+// moved as bytes (values, keys of layers without RoPE).
+void kv_move(KvFormat format, void* cache, int64_t n_kv_head, int64_t d, int64_t src0, int64_t dst0, int64_t count,
+             const float* cos_sin, int64_t n_rot, bool neox, cudaStream_t stream);
 // Causal attention of n_tok query tokens q (n_tok, n_head, d) at positions pos[t] (device array,
 // read by the kernels: a captured decode step replays at new positions) over a cache in `format`
 // whose row j (n_head_kv heads of d values) holds position j, rows up to each token's own already

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <random>
 #include <tuple>
@@ -342,6 +343,52 @@ void check_ops(Rng& rng, SelfTestReport& r) {
                                  str("40 tokens x 8 heads x 128 at positions 960.. (window 300, softcap 30) and 0.. "
                                      "(causal) over ", fname, " rows, vs double")});
         }
+    }
+    {   // Context shift: 60 positions move from 40 to 10 (two launches of 30), keys rotated by -30
+        // (partial rotary, NeoX and normal pairs), vs decode + cpu::rope + encode on the host, bit for bit
+        const int64_t n_kv_head = 2, d = 128, n_rot = 64, n_pos = 100, src0 = 40, dst0 = 10, count = 60;
+        std::vector<double> inv_freq(size_t(n_rot / 2));
+        for (int64_t j = 0; j < n_rot / 2; ++j) inv_freq[size_t(j)] = std::pow(10000.0, -2.0 * double(j) / double(n_rot));
+        std::vector<float> cs(static_cast<size_t>(n_rot));
+        cpu::rope_cos_sin(double(dst0 - src0), inv_freq.data(), n_rot / 2, cs.data());
+        DeviceBuffer dcs = to_device(cs);
+        for (const KvFormat format : {KvFormat::F16, KvFormat::Q8_0})
+            for (const bool neox : {false, true}) {
+                const bool f16 = format == KvFormat::F16;
+                const int64_t rb = kv_row_bytes(format, d), pos_bytes = n_kv_head * rb;
+                const std::vector<float> x = random_floats(size_t(n_pos * n_kv_head * d), rng, -3, 3);
+                std::vector<uint8_t> image(size_t(n_pos * pos_bytes));
+                if (f16) cpu::f32_to_f16_row(x.data(), reinterpret_cast<uint16_t*>(image.data()), int64_t(x.size()));
+                else quant_type(GGMLType::Q8_0).from_float(x.data(), image.data(), int64_t(x.size()), nullptr);
+                std::vector<uint8_t> want = image;
+                std::vector<float> rowf(static_cast<size_t>(d));
+                for (int64_t i = 0; i < count; ++i)
+                    for (int64_t g = 0; g < n_kv_head; ++g) {
+                        const uint8_t* src = image.data() + (src0 + i) * pos_bytes + g * rb;
+                        uint8_t* dst = want.data() + (dst0 + i) * pos_bytes + g * rb;
+                        for (int64_t e = 0; e < d; ++e) rowf[size_t(e)] = f16 ? KvF16::at(src, e) : KvQ8::at(src, e);
+                        cpu::rope(rowf.data(), 1, d, n_rot, neox, cs.data());
+                        for (int64_t e = 0; e < d; e += f16 ? 1 : 32) {
+                            if (f16) {
+                                const uint16_t h = fp32_to_fp16(rowf[size_t(e)]);
+                                std::memcpy(dst + 2 * e, &h, 2);
+                            } else {
+                                KvQ8::quantize_block(rowf.data() + e, dst + e / 32 * KvQ8::kBlock);
+                            }
+                        }
+                    }
+                DeviceBuffer dk = to_device(image), dv = to_device(image);
+                kv_move(format, dk.as<uint8_t>(), n_kv_head, d, src0, dst0, count, dcs.as<float>(), n_rot, neox, nullptr);
+                kv_move(format, dv.as<uint8_t>(), n_kv_head, d, src0, dst0, count, nullptr, 0, neox, nullptr);
+                const std::vector<uint8_t> gk = from_device<uint8_t>(dk, image.size()), gv = from_device<uint8_t>(dv, image.size());
+                std::vector<uint8_t> want_v = image;   // values: bytes moved down, nothing else
+                std::memmove(want_v.data() + dst0 * pos_bytes, image.data() + src0 * pos_bytes, size_t(count * pos_bytes));
+                int64_t bad = 0;
+                for (size_t i = 0; i < image.size(); ++i) bad += (gk[i] != want[i]) + (gv[i] != want_v[i]);
+                r.entries.push_back({str("kv_shift_", f16 ? "f16" : "q8_0", neox ? "_neox" : ""), double(bad), 0, 0,
+                                     str("60 of 100 positions x 2 heads x 128 moved by -30 (n_rot 64), keys rotated, vs "
+                                         "decode + cpu::rope + encode on the host, bit for bit")});
+            }
     }
 }
 

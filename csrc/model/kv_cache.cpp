@@ -118,8 +118,11 @@ int64_t KVCache::truncate(int64_t n_past, int64_t n) {
     return n;
 }
 
-int64_t KVCache::shift(int64_t n_past, int64_t n_keep, int64_t n_discard, const Rerotate& rerotate) {
+int64_t KVCache::shift(int64_t n_past, int64_t n_keep, int64_t n_discard, const Rerotate& rerotate,
+                       int64_t n_layers) {
     const int64_t new_n = n_past - n_discard;
+    const int64_t layers = n_layers < 0 ? this->n_layers() : std::min(n_layers, this->n_layers());
+    if (layers == 0) return new_n;
     const int64_t ring = ring_cells();
     // Oldest new position whose row every layer still has: rings may have lost some.
     int64_t lo_new = 0;
@@ -137,7 +140,7 @@ int64_t KVCache::shift(int64_t n_past, int64_t n_keep, int64_t n_discard, const 
     }
     // Moved rows go through a temporary copy (ring cells may overlap their destinations).
     std::vector<float> kbuf(size_t(n_head_kv_ * head_dim_));
-    for (int64_t il = 0; il < n_layers(); ++il) {
+    for (int64_t il = 0; il < layers; ++il) {
         const bool is_ring = layers_[size_t(il)].n_cells < n_ctx_;
         const int64_t first = std::max(n_keep, is_ring ? lo_new : int64_t(0));
         const int64_t n_move = std::max<int64_t>(0, new_n - first);

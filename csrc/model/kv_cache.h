@@ -78,7 +78,9 @@ public:
     // Throws ValueError (cache unchanged) when a ring lacks keys the moved window needs.
     // Returns the new n_past.
     using Rerotate = std::function<void(int64_t il, float* k, int64_t delta)>;
-    int64_t shift(int64_t n_past, int64_t n_keep, int64_t n_discard, const Rerotate& rerotate);
+    // n_layers >= 0: only the first n_layers layers move (those a host pass writes below a forward
+    // backend's; 0: none, the new n_past is still returned).
+    int64_t shift(int64_t n_past, int64_t n_keep, int64_t n_discard, const Rerotate& rerotate, int64_t n_layers = -1);
 
     // Makes positions [0, n) hold what `src` (a cache of the same model and type, holding
     // positions up to src_n_past > n - 1) holds there: K/V rows copied as bytes, cell by cell

@@ -65,6 +65,9 @@ public:
     // when src is another kind of backend or differs in layers or cache format. check_only:
     // only that check (the engine checks both halves of a split before copying either).
     virtual void copy_prefix_from(const ForwardBackend& src, int64_t src_n_past, int64_t n, bool check_only) = 0;
+    // Engine::shift for the backend's layers: positions [n_keep + n_discard, n_past) move down by
+    // n_discard, keys re-rotated (the host half has shifted already).
+    virtual void shift(int64_t n_past, int64_t n_keep, int64_t n_discard) = 0;
 };
 
 class Engine;
@@ -141,9 +144,9 @@ public:
     // cancels like cancel() (the C API's abort callback). Set it while no eval runs; {} removes it.
     void set_abort_check(std::function<bool()> check);
     // Runs every later eval through `backend` (the CUDA device model) instead of the CPU pass.
-    // ValueError unless the engine is empty (n_past 0) and has no observer. Context shifts and
-    // observers stay CPU-only (ValueError on such an engine); copy_prefix_from copies between
-    // engines of the same backend kind;
+    // ValueError unless the engine is empty (n_past 0) and has no observer. Observers stay
+    // CPU-only (ValueError on such an engine); copy_prefix_from copies between engines of the
+    // same backend kind; shift moves the host's layers and then the backend's;
     // eval_batch with such an engine runs its items one after another, each through its engine.
     void set_backend(std::unique_ptr<ForwardBackend> backend);
     std::string backend_name() const;   // "" on the CPU

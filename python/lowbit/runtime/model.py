@@ -151,8 +151,8 @@ def load(path_or_name: Union[str, os.PathLike], *, n_ctx: Optional[int] = None,
     least the layer count puts every layer on the device, 0 keeps the CPU, k in between puts the
     last k layers and the output head on the device and runs the layers below on the CPU first
     (llama.cpp's layer offload; the InsufficientMemory message names the most layers that fit).
-    On CUDA, context shifts, prompt-cache copies between sessions and observers stay CPU-only
-    (ValueError); batched steps of several sessions run one session after another.
+    On CUDA, observers stay CPU-only (ValueError) and batched steps of several sessions run one
+    session after another.
 
     ``progress(fraction)`` is called while loading; returning False aborts cleanly."""
     from lowbit import _core

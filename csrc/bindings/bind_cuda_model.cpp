@@ -89,12 +89,8 @@ public:
     void eval(const int32_t* tokens, const float* x, int64_t n, int64_t pos0, bool all_logits, float* out,
               float* hidden, const std::function<void()>& check) override {
         LOWBIT_CHECK(x != nullptr, ValueError, "split: no residual stream from the CPU's layers");
-        if (pos0 != n_past_) {
-            LOWBIT_CHECK(pos0 < n_past_ && cache_.truncate(n_past_, pos0) == pos0, ValueError, "split: position ",
-                         pos0, " after ", n_past_, " cannot be resumed");
-        }
+        resume(pos0);
         std::memcpy(state_.x.data(), x, size_t(n * m_->config.n_embd) * sizeof(float));
-        n_past_ = pos0;
         model::forward_layers(*m_, {model::SeqSpan{&cache_, pos0, 0, n}}, state_, pool_, tokens, first_layer_,
                               m_->config.n_layers, model::row_outputs(m_->config, n, all_logits, out, hidden), check);
         n_past_ = pos0 + n;
@@ -109,17 +105,22 @@ public:
         n_past_ = n;
     }
     void shift(int64_t n_past, int64_t n_keep, int64_t n_discard) override {
-        LOWBIT_CHECK(n_past <= n_past_ && cache_.truncate(n_past_, n_past) == n_past, ValueError, "split: position ",
-                     n_past, " after ", n_past_, " cannot be resumed");
-        const model::Model& m = *m_;
-        n_past_ = cache_.shift(n_past, n_keep, n_discard,
-                               [&m](int64_t il, float* k, int64_t delta) { model::rerotate_keys(m, il, k, delta); });
+        resume(n_past);
+        n_past_ = cache_.shift(n_past, n_keep, n_discard, model::key_rerotation(*m_));
     }
     std::map<std::string, int64_t> memory() const override {
         return {{"kv", int64_t(cache_.bytes())}, {"scratch", state_.bytes()}};
     }
 
 private:
+    // Continue at the engine's position: this cache truncated to it (the engine truncated since).
+    void resume(int64_t pos) {
+        if (pos == n_past_) return;
+        LOWBIT_CHECK(pos < n_past_ && cache_.truncate(n_past_, pos) == pos, ValueError, "split: position ", pos,
+                     " after ", n_past_, " cannot be resumed");
+        n_past_ = pos;
+    }
+
     std::shared_ptr<const model::Model> m_;
     int64_t first_layer_, n_past_ = 0;
     model::KVCache cache_;

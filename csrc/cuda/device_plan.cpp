@@ -25,6 +25,19 @@ struct Widths {
     int64_t cols = 0, elems = 0;
 };
 
+// The largest x in [1, hi] with fits(x), 0 if none; fits is monotone (true up to the answer).
+template <typename Fits>
+int64_t largest_fitting(int64_t hi, const Fits& fits) {
+    if (hi < 1 || !fits(1)) return 0;
+    int64_t lo = 1;   // fits(lo); the answer is in [lo, hi]
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo + 1) / 2;
+        if (fits(mid)) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
 }  // namespace
 
 std::vector<DeviceTensor> device_tensors(const model::Model& m, int64_t first_layer) {
@@ -142,31 +155,17 @@ int64_t largest_fitting_n_ctx(const model::Model& m, int64_t n_batch, int64_t fr
         const DevicePlan p = plan_device(m, n_ctx, n_batch, first_layer, kv);
         return p.total() + device_reserve(p) <= free_bytes;
     };
-    if (n_ctx_limit < 1 || !fits(1)) return 0;
-    int64_t lo = 1, hi = n_ctx_limit;   // fits(lo); the answer is in [lo, hi]
-    while (lo < hi) {
-        const int64_t mid = lo + (hi - lo + 1) / 2;
-        if (fits(mid)) lo = mid;
-        else hi = mid - 1;
-    }
-    return lo;
+    return largest_fitting(n_ctx_limit, fits);
 }
 
 int64_t largest_fitting_gpu_layers(const model::Model& m, int64_t n_ctx, int64_t n_batch, int64_t free_bytes,
                                    KvFormat kv) {
     const int64_t n_layers = m.config.n_layers;
-    auto fits = [&](int64_t layers) {   // the plan grows with the layers: bisect
+    auto fits = [&](int64_t layers) {   // the plan grows with the layers
         const DevicePlan p = plan_device(m, n_ctx, n_batch, n_layers - layers, kv);
         return p.total() + device_reserve(p) <= free_bytes;
     };
-    if (!fits(1)) return 0;
-    int64_t lo = 1, hi = n_layers;   // fits(lo); the answer is in [lo, hi]
-    while (lo < hi) {
-        const int64_t mid = lo + (hi - lo + 1) / 2;
-        if (fits(mid)) lo = mid;
-        else hi = mid - 1;
-    }
-    return lo;
+    return largest_fitting(n_layers, fits);
 }
 
 void check_device_fit(const model::Model& m, const DevicePlan& p, int64_t free_bytes) {

@@ -114,5 +114,9 @@ void forward_layers(const Model& m, const std::vector<SeqSpan>& spans, ForwardSt
 
 // Re-applies RoPE to one token's cached keys for a position change of `delta`.   k: (n_head_kv, head_dim)
 void rerotate_keys(const Model& m, int64_t il, float* k, int64_t delta);
+// rerotate_keys bound to m: what KVCache::shift takes.
+inline KVCache::Rerotate key_rerotation(const Model& m) {
+    return [&m](int64_t il, float* k, int64_t delta) { rerotate_keys(m, il, k, delta); };
+}
 
 }  // namespace lowbit::model

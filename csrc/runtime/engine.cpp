@@ -171,8 +171,7 @@ int64_t Engine::shift(int64_t n_keep, int64_t n_discard) {
                  n_keep, ", n_discard=", n_discard, ") needs 0 <= n_keep, 0 <= n_discard and n_keep + n_discard <= n_past (",
                  n_past_, ")");
     if (n_discard == 0) return n_past_;
-    const model::Model& m = *model_;
-    const auto rerotate = [&m](int64_t il, float* k, int64_t delta) { model::rerotate_keys(m, il, k, delta); };
+    const model::KVCache::Rerotate rerotate = model::key_rerotation(*model_);
     if (backend_) {   // the host's layers first (their ring check may refuse: nothing moved), then the backend's
         cache_->shift(n_past_, n_keep, n_discard, rerotate, backend_->first_layer());
         backend_->shift(n_past_, n_keep, n_discard);

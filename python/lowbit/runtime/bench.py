@@ -80,10 +80,10 @@ class LowbitRunner:
         mem = self.model.memory()
         self.backend = (mem["backend"] if self.model.device == "cuda"
                         else f"CPU {mem.get('kernels', '')} act={act_precision}".strip())
-        # every layer on the device: its decode roofline is the device's bandwidth (layer offload
-        # mixes two memories: no roofline)
+        # every layer on the device (the host runs no layer, so holds no KV layer): its decode
+        # roofline is the device's bandwidth (layer offload mixes two memories: no roofline)
         self.on_device = self.model.device == "cuda"
-        self.all_on_device = self.on_device and (n_gpu_layers == -1 or n_gpu_layers >= int(self.engine.n_layers))
+        self.all_on_device = self.on_device and mem["kv_cache"]["layers"] == 0
         self.n_threads = mem.get("n_threads", n_threads)
 
     def prompt(self, tokens: np.ndarray) -> None:
